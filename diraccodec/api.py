@@ -1,0 +1,142 @@
+"""The Python API, used by the command line: images in, .drc bytes out, and back.
+
+    data = diraccodec.encode("photo.png", quality=3)
+    image = diraccodec.decode(data)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from diraccodec.codec import BaseCodec
+from diraccodec.container import drc
+from diraccodec.errors import CorruptFileError, InvalidOptionError, WrongWeightsError
+from diraccodec.images import (
+    Planes,
+    compress_alpha,
+    decompress_alpha,
+    image_to_planes,
+    open_image,
+    planes_to_image,
+)
+from diraccodec.weights import default_weights_path, load_base_weights
+
+MAX_STEPS = 100
+
+
+@functools.lru_cache(maxsize=4)
+def _codec(weights: Path, device: str) -> BaseCodec:
+    return BaseCodec(load_base_weights(weights), device)
+
+
+def get_codec(weights: str | Path | None = None, device: str = "cpu") -> BaseCodec:
+    return _codec(Path(weights or default_weights_path()).resolve(), device)
+
+
+def check_quality(quality: float, num_levels: int) -> float:
+    if not isinstance(quality, int | float) or math.isnan(quality) or not 1 <= quality <= num_levels:
+        raise InvalidOptionError(f"quality must be between 1 and {num_levels}, got {quality}")
+    return drc.quantize_quality(quality) / drc.QUALITY_DENOMINATOR
+
+
+def check_steps(steps: int | None) -> int:
+    if steps is None:
+        return 0
+    if not 0 <= steps <= MAX_STEPS:
+        raise InvalidOptionError(f"steps must be between 0 and {MAX_STEPS}, got {steps}")
+    if steps > 0:
+        raise InvalidOptionError(
+            "diffusion decoding (steps > 0) is not available yet: these weights hold only the base codec; use 0 steps"
+        )
+    return steps
+
+
+def encode(
+    image: Image.Image | str | Path | bytes,
+    quality: float,
+    *,
+    steps: int | None = None,
+    weights: str | Path | None = None,
+    device: str = "cpu",
+    max_pixels: int = drc.DEFAULT_MAX_PIXELS,
+) -> bytes:
+    """Compress an image (a PIL image, a path or encoded image bytes) at a rate level 1..8."""
+    codec = get_codec(weights, device)
+    quality = check_quality(quality, codec.num_levels)
+    recommended_steps = check_steps(steps) if steps is not None else None
+    if not isinstance(image, Image.Image):
+        image = open_image(image, max_pixels)
+    planes = image_to_planes(image)
+    height, width = planes.rgb.shape[:2]
+    sections = {drc.TAG_LATENTS: codec.compress(planes.rgb, quality)}
+    if planes.alpha is not None:
+        sections[drc.TAG_ALPHA] = compress_alpha(planes.alpha)
+    if planes.icc_profile:
+        sections[drc.TAG_ICC] = planes.icc_profile
+    if recommended_steps is not None:
+        sections[drc.TAG_STEPS] = bytes([recommended_steps])
+    return drc.pack(
+        drc.DrcFile(
+            width=width,
+            height=height,
+            colour_mode=planes.colour_mode,
+            quality=quality,
+            weights_id=codec.weights.weights_id,
+            sections=sections,
+        )
+    )
+
+
+@dataclass
+class FileInfo:
+    header: drc.DrcFile
+    file_size: int
+
+    @property
+    def bits_per_pixel(self) -> float:
+        return 8 * self.file_size / self.header.pixels
+
+    @property
+    def recommended_steps(self) -> int | None:
+        value = self.header.sections.get(drc.TAG_STEPS)
+        return value[0] if value else None
+
+
+def inspect(data: bytes, max_pixels: int = drc.DEFAULT_MAX_PIXELS) -> FileInfo:
+    return FileInfo(drc.unpack(data, max_pixels), len(data))
+
+
+def decode(
+    data: bytes,
+    steps: int | None = None,
+    seed: int | None = None,
+    *,
+    weights: str | Path | None = None,
+    device: str = "cpu",
+    max_pixels: int = drc.DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Decompress .drc bytes. steps=None uses the file's recommendation (0 if it has none)."""
+    header = drc.unpack(data, max_pixels)
+    codec = get_codec(weights, device)
+    if header.weights_id != codec.weights.weights_id:
+        raise WrongWeightsError(
+            f"file was made with weights {header.weights_id.hex()}, but the loaded weights are "
+            f"{codec.weights.weights_id.hex()} ({codec.weights.path.name}); decode it with the weights that made it"
+        )
+    if header.quality > codec.num_levels:
+        raise CorruptFileError(f"corrupt .drc file (quality {header.quality} above the model's {codec.num_levels})")
+    info = FileInfo(header, len(data))
+    check_steps(info.recommended_steps if steps is None else steps)
+    del seed  # sampling seeds matter once the diffusion decoder exists
+    rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality)
+    alpha = None
+    if header.colour_mode.has_alpha:
+        if drc.TAG_ALPHA not in header.sections:
+            raise CorruptFileError("corrupt .drc file (alpha plane missing)")
+        alpha = decompress_alpha(header.sections[drc.TAG_ALPHA], header.width, header.height)
+    return planes_to_image(Planes(rgb, header.colour_mode, alpha, header.sections.get(drc.TAG_ICC)))

@@ -1,0 +1,120 @@
+"""Converting whole folder trees: images to .drc files, or .drc files to images.
+
+Each file goes into the same relative place under the destination. Work is spread over
+worker processes; an existing output is skipped unless overwriting is asked for; a bad
+file is recorded and the rest still converted. Outputs are written atomically, so a run
+that is killed can simply be started again: finished files are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from diraccodec.errors import DiracError
+from diraccodec.images import IMAGE_SUFFIXES
+
+DRC_SUFFIX = ".drc"
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    quality: float = 3.0
+    steps: int | None = None
+    seed: int | None = None
+    decoded_suffix: str = ".png"
+    weights: str | None = None
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    target: Path
+
+    @property
+    def encodes(self) -> bool:
+        return self.source.suffix.lower() != DRC_SUFFIX
+
+
+@dataclass
+class JobResult:
+    job: Job
+    status: str  # "converted", "skipped" or "failed"
+    message: str = ""
+    input_bytes: int = 0
+    output_bytes: int = 0
+    pixels: int = 0
+
+
+def plan_jobs(source: Path, destination: Path, settings: BatchSettings) -> list[Job]:
+    """Every image and .drc file under `source`, with its output path under `destination`."""
+    jobs = []
+    for path in sorted(source.rglob("*")):
+        suffix = path.suffix.lower()
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if suffix == DRC_SUFFIX:
+            target = destination / path.relative_to(source).with_suffix(settings.decoded_suffix)
+        elif suffix in IMAGE_SUFFIXES:
+            target = destination / path.relative_to(source).with_suffix(DRC_SUFFIX)
+        else:
+            continue
+        jobs.append(Job(path, target))
+    return jobs
+
+
+def run_job(job: Job, settings: BatchSettings) -> JobResult:
+    from diraccodec import api
+    from diraccodec.files import read_bytes, write_atomic, write_image
+
+    if job.target.exists() and not settings.overwrite:
+        return JobResult(job, "skipped", "output exists")
+    try:
+        data = read_bytes(job.source)
+        if job.encodes:
+            encoded = api.encode(data, settings.quality, steps=settings.steps, weights=settings.weights)
+            write_atomic(job.target, encoded)
+            info = api.inspect(encoded)
+            return JobResult(job, "converted", "", len(data), len(encoded), info.header.pixels)
+        image = api.decode(data, settings.steps, settings.seed, weights=settings.weights)
+        write_image(job.target, image)
+        return JobResult(job, "converted", "", len(data), job.target.stat().st_size, image.width * image.height)
+    except DiracError as error:
+        return JobResult(job, "failed", str(error))
+    except Exception as error:
+        return JobResult(job, "failed", f"unexpected {type(error).__name__}: {error}")
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_batch(
+    jobs: list[Job], settings: BatchSettings, workers: int, on_result: Callable[[JobResult], None]
+) -> list[JobResult]:
+    results = []
+    for result in _results(jobs, settings, workers):
+        on_result(result)
+        results.append(result)
+    return results
+
+
+def _results(jobs: list[Job], settings: BatchSettings, workers: int) -> Iterator[JobResult]:
+    if workers <= 1:
+        for job in jobs:
+            yield run_job(job, settings)
+        return
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+        futures = [pool.submit(run_job, job, settings) for job in jobs]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 1)))

@@ -1,0 +1,265 @@
+"""The `dirac` command line: encode, decode, info, batch and train.
+
+Every command reports a user's mistake (bad file, bad option, unwritable output) as one
+line on stderr with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from diraccodec.errors import DiracError
+
+DEFAULT_TRAIN_DATA = Path("../shared/data/train")
+EXIT_USER_ERROR = 2
+EXIT_SOME_FAILED = 1
+
+console = Console(stderr=True, highlight=False)
+
+
+def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn DiracError into one line on stderr and exit status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except DiracError as error:
+            click.echo(f"dirac: error: {error}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            click.echo("dirac: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+weights_option = click.option(
+    "--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Base weights file (default: weights/base.safetensors, or $DIRAC_WEIGHTS).",
+)
+steps_option = click.option(
+    "--steps", type=int, default=None, help="Diffusion steps at decode (0 = base reconstruction)."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="diraccodec")
+def main() -> None:
+    """diraccodec: a learned image codec with a diffusion decoder."""
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-q", "--quality", type=float, required=True, help="Rate level, 1 (smallest) to 8; fractions allowed.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .drc file.")
+@click.option("--steps", type=int, default=None, help="Recommended diffusion steps stored in the file.")
+@weights_option
+@reports_errors
+def encode(source: Path, quality: float, output: Path, steps: int | None, weights: Path | None) -> None:
+    """Compress an image into a .drc file."""
+    from diraccodec import api
+    from diraccodec.files import read_bytes, write_atomic
+
+    data = api.encode(read_bytes(source), quality, steps=steps, weights=weights)
+    write_atomic(output, data)
+    info = api.inspect(data)
+    console.print(f"{output}: {len(data)} bytes, {info.bits_per_pixel:.4f} bpp")
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output image (.png, ...).")
+@steps_option
+@click.option("--seed", type=int, default=None, help="Sampling seed (same seed, same pixels).")
+@weights_option
+@reports_errors
+def decode(source: Path, output: Path, steps: int | None, seed: int | None, weights: Path | None) -> None:
+    """Decompress a .drc file into an image."""
+    from diraccodec import api
+    from diraccodec.files import image_format_for, read_bytes, write_image
+
+    image_format_for(output)  # refuse a bad output name before the work
+    image = api.decode(read_bytes(source), steps, seed, weights=weights)
+    write_image(output, image)
+    console.print(f"{output}: {image.width}x{image.height} {image.mode}")
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@reports_errors
+def info(source: Path) -> None:
+    """Show a .drc file's header and its real bits per pixel."""
+    from diraccodec import api
+    from diraccodec.files import read_bytes
+
+    details = api.inspect(read_bytes(source))
+    header = details.header
+    table = Table(show_header=False, box=None)
+    rows = [
+        ("file", str(source)),
+        ("format version", str(header.version)),
+        ("size", f"{header.width}x{header.height}"),
+        ("colour mode", header.colour_mode.name),
+        ("quality", f"{header.quality:g}"),
+        ("weights", header.weights_id.hex()),
+        ("bytes", str(details.file_size)),
+        ("bpp", f"{details.bits_per_pixel:.4f}"),
+        ("sections", ", ".join(f"{tag.decode('ascii', 'replace')} ({len(v)} B)" for tag, v in header.sections.items())),
+        ("recommended steps", "none" if details.recommended_steps is None else str(details.recommended_steps)),
+        ("diffusion", "not available with the shipped weights (base codec only)"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console(highlight=False).print(table)
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("destination", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-q", "--quality", type=float, default=3.0, show_default=True, help="Rate level for images.")
+@steps_option
+@click.option("--seed", type=int, default=None)
+@click.option("--format", "decoded_suffix", type=click.Choice([".png", ".webp", ".tif", ".bmp"]), default=".png",
+              show_default=True, help="Image format that .drc files decode to.")
+@click.option("-j", "--workers", type=click.IntRange(1, 64), default=None, help="Parallel workers.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
+@weights_option
+@reports_errors
+def batch(source: Path, destination: Path, quality: float, steps: int | None, seed: int | None,
+          decoded_suffix: str, workers: int | None, overwrite: bool, weights: Path | None) -> None:
+    """Convert a folder tree: images become .drc files and .drc files become images."""
+    from diraccodec import api
+    from diraccodec.batch import BatchSettings, default_workers, plan_jobs, run_batch
+
+    codec = api.get_codec(weights)  # validate the options once, before any worker starts
+    api.check_quality(quality, codec.num_levels)
+    settings = BatchSettings(quality, steps, seed, decoded_suffix, str(weights) if weights else None, overwrite)
+    jobs = plan_jobs(source, destination, settings)
+    if not jobs:
+        raise DiracError(f"no images or .drc files found under {source}")
+    started = time.monotonic()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("converting", total=len(jobs))
+
+        def advance(result: Any) -> None:
+            progress.advance(task)
+            if result.status == "failed":
+                progress.console.print(f"[red]failed[/red] {result.job.source}: {result.message}")
+
+        results = run_batch(jobs, settings, workers or default_workers(), advance)
+    _print_summary(results, time.monotonic() - started)
+    if any(r.status == "failed" for r in results):
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _print_summary(results: list[Any], seconds: float) -> None:
+    table = Table(title="dirac batch")
+    for column in ("status", "files", "input MB", "output MB", "bpp"):
+        table.add_column(column, justify="right" if column != "status" else "left")
+    for status in ("converted", "skipped", "failed"):
+        chosen = [r for r in results if r.status == status]
+        if not chosen:
+            continue
+        input_mb = sum(r.input_bytes for r in chosen) / 1e6
+        output_mb = sum(r.output_bytes for r in chosen) / 1e6
+        encoded = [r for r in chosen if r.job.encodes and r.pixels]
+        bpp = f"{8 * sum(r.output_bytes for r in encoded) / sum(r.pixels for r in encoded):.4f}" if encoded else "-"
+        table.add_row(status, str(len(chosen)), f"{input_mb:.2f}", f"{output_mb:.2f}", bpp)
+    console.print(table)
+    failed = [r for r in results if r.status == "failed"]
+    for result in failed:
+        console.print(f"failed: {result.job.source}: {result.message}")
+    console.print(f"{len(results)} files in {seconds:.1f} s")
+
+
+@main.command("eval")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=Path("../shared/data/kodak"), show_default=True, help="Folder of test images.")
+@click.option("--levels", default="1,2,3,4,5,6,7,8", show_default=True, help="Comma-separated rate levels.")
+@click.option("--references/--no-references", default=True, show_default=True,
+              help="Also run JPEG, WebP, AVIF and JPEG XL in the same run.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("runs/eval.json"), show_default=True)
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table as Markdown here.")
+@weights_option
+@reports_errors
+def evaluate_command(data: Path, levels: str, references: bool, json_path: Path, markdown: Path | None,
+                     weights: Path | None) -> None:
+    """Rate-distortion evaluation on a folder of images (default: Kodak)."""
+    from diraccodec.evaluation.codecs import diraccodec_codec, reference_codecs
+    from diraccodec.evaluation.run import evaluate, write_report
+
+    try:
+        chosen = [float(v) for v in levels.split(",") if v.strip()]
+    except ValueError:
+        raise DiracError(f"--levels must be numbers separated by commas, got {levels!r}") from None
+    codecs = [diraccodec_codec(chosen, str(weights) if weights else None)]
+    if references:
+        codecs += reference_codecs()
+    points = evaluate(data, codecs, console)
+    write_report(points, "diraccodec", json_path, markdown)
+    table = Table(title=f"rate-distortion on {data}")
+    for column in ("codec", "setting", "bpp", "PSNR", "s/MP"):
+        table.add_column(column)
+    for p in points:
+        seconds = p.encode_decode_seconds_per_mp
+        table.add_row(p.codec, f"{p.setting:g}", f"{p.bpp:.4f}", f"{p.psnr:.2f}", f"{seconds:.2f}")
+    Console(highlight=False).print(table)
+
+
+@main.group()
+def train() -> None:
+    """Train the models (long-running; resumes from its checkpoint)."""
+
+
+@train.command("base")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
+              default=[DEFAULT_TRAIN_DATA], show_default=True, help="Folders of training photos.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("checkpoints/base.safetensors"), show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=9000, show_default=True, help="Total steps.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--patch-size", type=click.IntRange(64), default=128, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=2e-4, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
+@click.option("--checkpoint-minutes", type=float, default=5.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_base_command(data, checkpoint, steps, batch_size, patch_size, learning_rate, device, threads,
+                       checkpoint_minutes, seed) -> None:
+    """Train the multi-rate hyperprior base codec."""
+    from diraccodec.training.base import BaseTrainingOptions, train_base
+
+    train_base(BaseTrainingOptions(
+        data=tuple(data), checkpoint=checkpoint, steps=steps, batch_size=batch_size,
+        patch_size=patch_size, learning_rate=learning_rate, device=device, threads=threads,
+        checkpoint_minutes=checkpoint_minutes, seed=seed,
+    ))
+
+
+@train.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+def train_export_command(checkpoint: Path, output: Path) -> None:
+    """Write inference weights (with entropy tables) from a training checkpoint."""
+    from diraccodec.training.base import export_checkpoint
+
+    export_checkpoint(checkpoint, output)
+    console.print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The .drc container: a fixed header, tagged sections and a CRC-32 trailer.
+
+The byte layout is specified in docs/format.md; this module is its only reader and writer.
+A section tag whose first byte is an upper-case letter is critical (a decoder that does
+not know it must refuse the file); a lower-case first byte marks an optional section
+that an older decoder skips. That is the room left for later fields.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from diraccodec.errors import (
+    CorruptFileError,
+    LimitExceededError,
+    NotADrcFileError,
+    TruncatedFileError,
+    UnsupportedVersionError,
+)
+
+MAGIC = b"\x89DRC"
+FORMAT_VERSION = 1
+QUALITY_DENOMINATOR = 256  # the rate level is stored in 1/256 steps
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# magic, version, colour mode, quality*256, width, height, weights id, section count
+_HEADER = struct.Struct(">4sBBHII8sH")
+_SECTION = struct.Struct(">4sI")
+_TRAILER = struct.Struct(">I")
+
+TAG_LATENTS = b"LATS"  # range-coded hyper-latents then latents (critical)
+TAG_ALPHA = b"ALPH"  # zlib-compressed 8-bit alpha plane (critical: the image has it)
+TAG_ICC = b"iccp"  # ICC profile bytes (optional)
+TAG_STEPS = b"stps"  # recommended diffusion steps, one byte (optional)
+KNOWN_TAGS = {TAG_LATENTS, TAG_ALPHA, TAG_ICC, TAG_STEPS}
+
+
+class ColourMode(IntEnum):
+    RGB = 0
+    L = 1
+    RGBA = 2
+    LA = 3
+
+    @property
+    def has_alpha(self) -> bool:
+        return self in (ColourMode.RGBA, ColourMode.LA)
+
+
+@dataclass
+class DrcFile:
+    width: int
+    height: int
+    colour_mode: ColourMode
+    quality: float  # 1.0 .. number of levels, a multiple of 1/256
+    weights_id: bytes  # 8 bytes
+    sections: dict[bytes, bytes] = field(default_factory=dict)
+    version: int = FORMAT_VERSION
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def quantize_quality(quality: float) -> int:
+    return round(quality * QUALITY_DENOMINATOR)
+
+
+def pack(drc: DrcFile) -> bytes:
+    parts = [
+        _HEADER.pack(
+            MAGIC,
+            drc.version,
+            int(drc.colour_mode),
+            quantize_quality(drc.quality),
+            drc.width,
+            drc.height,
+            drc.weights_id,
+            len(drc.sections),
+        )
+    ]
+    for tag, payload in drc.sections.items():
+        parts.append(_SECTION.pack(tag, len(payload)))
+        parts.append(payload)
+    body = b"".join(parts)
+    return body + _TRAILER.pack(zlib.crc32(body))
+
+
+def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
+    """Parse and validate; every failure is a DiracError naming what is wrong."""
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise NotADrcFileError("not a .drc file (bad magic bytes)")
+    if len(data) < _HEADER.size + _TRAILER.size:
+        raise TruncatedFileError("truncated .drc file (header incomplete)")
+    _, version, mode, quality, width, height, weights_id, count = _HEADER.unpack_from(data)
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f"unsupported .drc format version {version} (this decoder reads {FORMAT_VERSION})"
+        )
+    body, (checksum,) = data[: -_TRAILER.size], _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
+    sections: dict[bytes, bytes] = {}
+    position = _HEADER.size
+    for _ in range(count):
+        if position + _SECTION.size > len(body):
+            raise _truncated_or_corrupt(body, checksum, "section header past the end of the file")
+        tag, length = _SECTION.unpack_from(body, position)
+        position += _SECTION.size
+        if length > len(body) - position:
+            raise _truncated_or_corrupt(body, checksum, "section longer than the file")
+        if tag in sections:
+            raise CorruptFileError(f"corrupt .drc file (section {tag!r} repeated)")
+        sections[tag] = body[position : position + length]
+        position += length
+    if position != len(body):
+        raise _truncated_or_corrupt(body, checksum, "unexpected bytes after the last section")
+    if zlib.crc32(body) != checksum:
+        raise CorruptFileError("corrupt .drc file (checksum mismatch)")
+    try:
+        colour_mode = ColourMode(mode)
+    except ValueError:
+        raise CorruptFileError(f"corrupt .drc file (unknown colour mode {mode})") from None
+    for tag in sections:
+        if tag not in KNOWN_TAGS and tag[:1].isupper():
+            raise UnsupportedVersionError(f"file needs a newer decoder (unknown critical section {tag!r})")
+    if TAG_LATENTS not in sections:
+        raise CorruptFileError("corrupt .drc file (no latent section)")
+    if width == 0 or height == 0:
+        raise CorruptFileError("corrupt .drc file (zero image size)")
+    if width * height > max_pixels:
+        raise LimitExceededError(
+            f"image of {width}x{height} exceeds the limit of {max_pixels} pixels (raise it with --max-pixels)"
+        )
+    if quality < QUALITY_DENOMINATOR:
+        raise CorruptFileError(f"corrupt .drc file (quality {quality / QUALITY_DENOMINATOR} out of range)")
+    return DrcFile(
+        width=width,
+        height=height,
+        colour_mode=colour_mode,
+        quality=quality / QUALITY_DENOMINATOR,
+        weights_id=weights_id,
+        sections=sections,
+        version=version,
+    )
+
+
+def _truncated_or_corrupt(body: bytes, checksum: int, what: str) -> Exception:
+    """A structural error in a file whose checksum fails is most likely a cut-off file."""
+    if zlib.crc32(body) != checksum:
+        return TruncatedFileError(f"truncated or corrupt .drc file ({what})")
+    return CorruptFileError(f"corrupt .drc file ({what})")

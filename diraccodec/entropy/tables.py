@@ -1,0 +1,138 @@
+"""Integer probability tables for the range coder.
+
+Every table is a row of integer frequencies summing to 2^16 over a contiguous range of
+values plus one escape symbol, the tail mass outside that range. The tables are built
+once, when the weights are exported, and stored in the weights file: the encoder and the
+decoder read the same integers and so agree exactly, on any machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+PRECISION_BITS = 16
+TOTAL = 1 << PRECISION_BITS
+
+# Scales of the Gaussian tables: a predicted scale is snapped up to the next entry.
+SCALE_TABLE_SIZE = 64
+SCALE_MIN = 0.11
+SCALE_MAX = 64.0
+GAUSSIAN_RANGE_SIGMAS = 8.0  # a table spans +-8 sigma; the rest goes through the escape
+
+# A hyper-latent table covers the values whose probability mass is at least this.
+HYPER_TAIL_MASS = 2.0**-20
+HYPER_SEARCH_RANGE = 512
+
+
+@dataclass(frozen=True)
+class TableSet:
+    """Row t codes values offsets[t] .. offsets[t] + lengths[t] - 2; index lengths[t] - 1 is the escape."""
+
+    frequencies: np.ndarray  # (tables, max_length) int32, zero-padded
+    offsets: np.ndarray  # (tables,) int32
+    lengths: np.ndarray  # (tables,) int32, escape included
+
+    def __post_init__(self) -> None:
+        rows = self.frequencies.shape[0]
+        if self.offsets.shape != (rows,) or self.lengths.shape != (rows,):
+            raise ValueError("table set arrays disagree in size")
+        if np.any(self.lengths < 2) or np.any(self.lengths > self.frequencies.shape[1]):
+            raise ValueError("table length out of range")
+
+    @property
+    def count(self) -> int:
+        return int(self.frequencies.shape[0])
+
+    def row(self, index: int) -> np.ndarray:
+        return self.frequencies[index, : self.lengths[index]]
+
+    def as_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {
+            f"{prefix}.frequencies": torch.from_numpy(self.frequencies.astype(np.int32)),
+            f"{prefix}.offsets": torch.from_numpy(self.offsets.astype(np.int32)),
+            f"{prefix}.lengths": torch.from_numpy(self.lengths.astype(np.int32)),
+        }
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str) -> TableSet:
+        return cls(
+            frequencies=tensors[f"{prefix}.frequencies"].numpy().astype(np.int64),
+            offsets=tensors[f"{prefix}.offsets"].numpy().astype(np.int64),
+            lengths=tensors[f"{prefix}.lengths"].numpy().astype(np.int64),
+        )
+
+
+def quantize_pmf(pmf: np.ndarray, tail_mass: float) -> np.ndarray:
+    """Integer frequencies summing to 2^16 for pmf + [tail_mass]; every entry at least 1."""
+    probabilities = np.append(np.asarray(pmf, dtype=np.float64), max(tail_mass, 0.0))
+    probabilities = probabilities / probabilities.sum()
+    frequencies = np.maximum(1, np.floor(probabilities * TOTAL)).astype(np.int64)
+    excess = int(frequencies.sum()) - TOTAL
+    order = np.argsort(-frequencies, kind="stable")
+    for index in order:  # give back the excess (or take the shortfall) from the largest entries
+        if excess == 0:
+            break
+        change = min(excess, int(frequencies[index]) - 1) if excess > 0 else excess
+        frequencies[index] -= change
+        excess -= change
+    if excess != 0 or frequencies.sum() != TOTAL:
+        raise ValueError("cannot quantize this distribution to the table precision")
+    return frequencies
+
+
+def _pack(rows: list[np.ndarray], offsets: list[int]) -> TableSet:
+    width = max(len(r) for r in rows)
+    frequencies = np.zeros((len(rows), width), dtype=np.int64)
+    for index, row in enumerate(rows):
+        frequencies[index, : len(row)] = row
+    return TableSet(frequencies, np.array(offsets, dtype=np.int64), np.array([len(r) for r in rows], dtype=np.int64))
+
+
+def gaussian_scales() -> np.ndarray:
+    return np.exp(np.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALE_TABLE_SIZE))
+
+
+def build_gaussian_tables(scales: np.ndarray) -> TableSet:
+    """One table per scale, for round(y - mean) ~ N(0, scale) integrated over unit bins."""
+    rows, offsets = [], []
+    for scale in scales:
+        radius = max(1, math.ceil(GAUSSIAN_RANGE_SIGMAS * float(scale)))
+        values = np.arange(-radius, radius + 1)
+        upper = np.array([0.5 * math.erfc((abs(v) - 0.5) / (scale * math.sqrt(2))) for v in values])
+        lower = np.array([0.5 * math.erfc((abs(v) + 0.5) / (scale * math.sqrt(2))) for v in values])
+        tail = math.erfc((radius + 0.5) / (scale * math.sqrt(2)))
+        rows.append(quantize_pmf(upper - lower, tail))
+        offsets.append(-radius)
+    return _pack(rows, offsets)
+
+
+def build_factorized_tables(cumulative: torch.Tensor, grid: torch.Tensor) -> TableSet:
+    """Tables from a per-channel cumulative evaluated at `grid` (channels, n): bin edges k +- 1/2.
+
+    `grid` holds the half-integers -R-0.5 .. R+0.5; each channel's table keeps the values
+    whose bins lie within the central mass and escapes the rest.
+    """
+    cdf = cumulative.double().numpy()
+    edges = grid.double().numpy()
+    rows, offsets = [], []
+    for channel_cdf in cdf:
+        inside = np.nonzero((channel_cdf[1:] > HYPER_TAIL_MASS) & (channel_cdf[:-1] < 1 - HYPER_TAIL_MASS))[0]
+        first, last = (int(inside[0]), int(inside[-1])) if inside.size else (len(edges) // 2 - 1,) * 2
+        pmf = np.diff(channel_cdf[first : last + 2])
+        tail = channel_cdf[first] + (1 - channel_cdf[last + 1])
+        rows.append(quantize_pmf(np.maximum(pmf, 0), tail))
+        offsets.append(round(float(edges[first]) + 0.5))
+    return _pack(rows, offsets)
+
+
+def hyper_grid() -> torch.Tensor:
+    return torch.arange(-HYPER_SEARCH_RANGE, HYPER_SEARCH_RANGE + 2, dtype=torch.float64) - 0.5
+
+
+def snap_scales(scales: np.ndarray, table_scales: np.ndarray) -> np.ndarray:
+    """Index of the smallest table scale at or above each scale (the last for larger ones)."""
+    return np.minimum(np.searchsorted(table_scales, scales, side="left"), len(table_scales) - 1)

@@ -1,0 +1,77 @@
+"""Reading inputs and writing outputs so that a failure never leaves a half-written file."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from diraccodec.errors import DiracError, ImageReadError, OutputWriteError
+
+# Output formats chosen by suffix; anything else is refused rather than guessed.
+IMAGE_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".jpg": "JPEG",
+                 ".jpeg": "JPEG"}
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DiracError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise DiracError(f"{path} is a folder, not a file") from None
+    except OSError as error:
+        raise ImageReadError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as error:
+        raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def image_format_for(path: Path) -> str:
+    try:
+        return IMAGE_FORMATS[Path(path).suffix.lower()]
+    except KeyError:
+        known = ", ".join(sorted(IMAGE_FORMATS))
+        raise OutputWriteError(f"cannot write {path}: unknown image suffix (use one of {known})") from None
+
+
+def image_bytes(image: Image.Image, image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    options: dict[str, object] = {}
+    if image.info.get("icc_profile"):
+        options["icc_profile"] = image.info["icc_profile"]
+    if image_format == "JPEG" and image.mode in ("RGBA", "LA"):
+        raise OutputWriteError("JPEG cannot hold an alpha channel: write .png instead")
+    if image_format == "JPEG":
+        options["quality"] = 100
+    if image_format == "WEBP":
+        options["lossless"] = True
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def write_image(path: Path, image: Image.Image) -> None:
+    write_atomic(path, image_bytes(image, image_format_for(path)))

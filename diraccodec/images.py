@@ -1,0 +1,120 @@
+"""From any image Pillow opens to the codec's planes, and back.
+
+The codec itself sees 8-bit RGB. Greyscale is sent as RGB and turned back into one
+channel on decode; alpha travels losslessly beside the latents; the ICC profile is
+carried through; EXIF orientation is applied on encode so that the pixels are upright.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from diraccodec.container.drc import ColourMode
+from diraccodec.errors import CorruptFileError, ImageReadError, LimitExceededError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+_GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+@dataclass
+class Planes:
+    rgb: np.ndarray  # (height, width, 3) uint8
+    colour_mode: ColourMode
+    alpha: np.ndarray | None = None  # (height, width) uint8
+    icc_profile: bytes | None = None
+
+
+def open_image(source: str | Path | bytes, max_pixels: int) -> Image.Image:
+    """Open, check the size and apply EXIF orientation; ImageReadError on any failure."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            if image.width * image.height > max_pixels:
+                raise LimitExceededError(
+                    f"image of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels"
+                )
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except (LimitExceededError, ImageReadError):
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(f"cannot read image: no such file {source}") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"cannot read image: {source} is not an image format Pillow knows") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageReadError(f"cannot read image {source}: {error}") from None
+
+
+def _to_8bit_grey(image: Image.Image) -> Image.Image:
+    if image.mode in ("1", "L"):
+        return image.convert("L")
+    array = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("I;16"):
+        array = array / 257.0
+    elif image.mode == "F":
+        array = array * 255.0 if array.size and array.max() <= 1.0 else array
+    return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), "L")
+
+
+def image_to_planes(image: Image.Image) -> Planes:
+    icc = image.info.get("icc_profile") or None
+    mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode == "PA":
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in _GREY_MODES:
+        grey = np.asarray(_to_8bit_grey(image))
+        return Planes(np.repeat(grey[:, :, None], 3, axis=2), ColourMode.L, None, icc)
+    if mode == "LA":
+        grey, alpha = (np.asarray(band) for band in image.split())
+        return Planes(np.repeat(grey[:, :, None], 3, axis=2), ColourMode.LA, alpha.copy(), icc)
+    if mode == "RGBA":
+        array = np.asarray(image)
+        return Planes(array[:, :, :3].copy(), ColourMode.RGBA, array[:, :, 3].copy(), icc)
+    if mode != "RGB":
+        image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX ...
+        icc = None if mode == "CMYK" else icc  # a CMYK profile no longer describes RGB pixels
+    return Planes(np.asarray(image).copy(), ColourMode.RGB, None, icc)
+
+
+def planes_to_image(planes: Planes) -> Image.Image:
+    rgb = planes.rgb
+    if planes.colour_mode in (ColourMode.L, ColourMode.LA):
+        grey = np.clip(np.round(rgb.astype(np.float32).mean(axis=2)), 0, 255).astype(np.uint8)
+        image = Image.fromarray(grey, "L")
+    else:
+        image = Image.fromarray(rgb, "RGB")
+    if planes.colour_mode.has_alpha:
+        if planes.alpha is None:
+            raise CorruptFileError("corrupt .drc file (alpha plane missing)")
+        image.putalpha(Image.fromarray(planes.alpha, "L"))
+    if planes.icc_profile:
+        image.info["icc_profile"] = planes.icc_profile
+    return image
+
+
+def compress_alpha(alpha: np.ndarray) -> bytes:
+    return zlib.compress(np.ascontiguousarray(alpha, dtype=np.uint8).tobytes(), 9)
+
+
+def decompress_alpha(payload: bytes, width: int, height: int) -> np.ndarray:
+    """Inflate at most width*height bytes: a hostile payload cannot make it allocate more."""
+    expected = width * height
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(payload, expected)
+    except zlib.error:
+        raise CorruptFileError("corrupt .drc file (alpha plane does not inflate)") from None
+    if len(raw) != expected or inflater.unconsumed_tail:
+        raise CorruptFileError("corrupt .drc file (alpha plane has the wrong size)")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(height, width).copy()

@@ -1,0 +1,148 @@
+"""The multi-rate mean-scale hyperprior: the base codec of diraccodec.
+
+One set of weights serves every rate level. A level selects a learned gain vector that
+scales the latents before quantisation (a large gain means fine quantisation, many bits)
+and an inverse gain applied before synthesis (Cui et al. 2021, "asymmetric gained"
+compression). A fractional level interpolates the gains geometrically, so rate is
+continuous in the quality index.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from diraccodec.models.entropy_models import (
+    FactorizedPrior,
+    gaussian_bin_likelihood,
+    quantize_with_noise,
+    round_straight_through,
+)
+from diraccodec.models.layers import GDN, conv_down, conv_same, conv_up
+
+# Rate-distortion trade-offs of the levels: loss = lambda * 255^2 * MSE + bpp.
+DEFAULT_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
+
+# The latent grid is 1/16 of the image, the hyper-latent grid 1/64.
+LATENT_STRIDE = 16
+HYPER_STRIDE = 64
+
+
+@dataclass(frozen=True)
+class HyperpriorConfig:
+    channels: int = 96  # N: width of the transforms
+    latent_channels: int = 160  # M: channels of y
+    lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.lambdas)
+
+
+class AnalysisTransform(nn.Sequential):
+    def __init__(self, channels: int, latent_channels: int) -> None:
+        super().__init__(
+            conv_down(3, channels),
+            GDN(channels),
+            conv_down(channels, channels),
+            GDN(channels),
+            conv_down(channels, channels),
+            GDN(channels),
+            conv_down(channels, latent_channels),
+        )
+
+
+class SynthesisTransform(nn.Sequential):
+    def __init__(self, channels: int, latent_channels: int) -> None:
+        super().__init__(
+            conv_up(latent_channels, channels),
+            GDN(channels, inverse=True),
+            conv_up(channels, channels),
+            GDN(channels, inverse=True),
+            conv_up(channels, channels),
+            GDN(channels, inverse=True),
+            conv_up(channels, 3),
+        )
+
+
+class HyperAnalysis(nn.Sequential):
+    def __init__(self, channels: int, latent_channels: int) -> None:
+        super().__init__(
+            conv_same(latent_channels, channels),
+            nn.LeakyReLU(),
+            conv_down(channels, channels),
+            nn.LeakyReLU(),
+            conv_down(channels, channels),
+        )
+
+
+class HyperSynthesis(nn.Sequential):
+    """Predicts the mean and the scale of every latent from the hyper-latents.
+
+    At coding time it runs in float64 on the CPU (see `diraccodec.codec`), so that the
+    encoder and the decoder derive bit-identical entropy tables on any machine.
+    """
+
+    def __init__(self, channels: int, latent_channels: int) -> None:
+        super().__init__(
+            conv_up(channels, channels),
+            nn.LeakyReLU(),
+            conv_up(channels, channels * 3 // 2),
+            nn.LeakyReLU(),
+            conv_same(channels * 3 // 2, latent_channels * 2),
+        )
+
+
+@dataclass
+class ForwardResult:
+    reconstruction: torch.Tensor
+    bits_latent: torch.Tensor  # per image
+    bits_hyper: torch.Tensor  # per image
+
+
+class MultiRateHyperprior(nn.Module):
+    def __init__(self, config: HyperpriorConfig = HyperpriorConfig()) -> None:
+        super().__init__()
+        self.config = config
+        n, m = config.channels, config.latent_channels
+        self.analysis = AnalysisTransform(n, m)
+        self.synthesis = SynthesisTransform(n, m)
+        self.hyper_analysis = HyperAnalysis(n, m)
+        self.hyper_synthesis = HyperSynthesis(n, m)
+        self.hyper_prior = FactorizedPrior(n)
+        # Level 1 starts with 8x coarser quantisation than the top level; training moves them.
+        start = torch.linspace(math.log(1 / 8), 0.0, config.num_levels)
+        self.log_gain = nn.Parameter(start[:, None].repeat(1, m))
+        self.log_inverse_gain = nn.Parameter(-start[:, None].repeat(1, m))
+
+    def gains(self, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gain and inverse gain for 0-based (possibly fractional) levels, shape (B, M, 1, 1)."""
+        level = level.to(self.log_gain.dtype).clamp(0, self.config.num_levels - 1)
+        low = level.floor().long().clamp(max=self.config.num_levels - 2)
+        weight = (level - low.to(level.dtype))[:, None]
+        log_gain = (1 - weight) * self.log_gain[low] + weight * self.log_gain[low + 1]
+        log_inverse = (1 - weight) * self.log_inverse_gain[low] + weight * self.log_inverse_gain[low + 1]
+        return log_gain.exp()[:, :, None, None], log_inverse.exp()[:, :, None, None]
+
+    def mean_and_scale(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, scale = self.hyper_synthesis(z_hat).chunk(2, dim=1)
+        return mean, scale.abs()
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> ForwardResult:
+        """Training pass: noise for the rate, straight-through rounding for the decoder."""
+        gain, inverse_gain = self.gains(level)
+        y = self.analysis(x) * gain
+        z = self.hyper_analysis(y)
+        z_likelihood = self.hyper_prior.likelihood(quantize_with_noise(z))
+        mean, scale = self.mean_and_scale(round_straight_through(z))
+        y_likelihood = gaussian_bin_likelihood(quantize_with_noise(y - mean) + mean, mean, scale)
+        y_hat = round_straight_through(y - mean) + mean
+        reconstruction = self.synthesis(y_hat * inverse_gain)
+        return ForwardResult(
+            reconstruction=reconstruction,
+            bits_latent=-torch.log2(y_likelihood).flatten(1).sum(1),
+            bits_hyper=-torch.log2(z_likelihood).flatten(1).sum(1),
+        )

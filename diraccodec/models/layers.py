@@ -1,0 +1,55 @@
+"""Small reusable layers of the transforms: convolutions that halve or double the grid and GDN."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from diraccodec.models.entropy_models import lower_bound
+
+
+def conv_down(in_channels: int, out_channels: int, kernel_size: int = 5) -> nn.Conv2d:
+    """Stride-2 convolution; 'same' padding so a grid of size 2n becomes n."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=2, padding=kernel_size // 2)
+
+
+def conv_up(in_channels: int, out_channels: int, kernel_size: int = 5) -> nn.ConvTranspose2d:
+    """Stride-2 transposed convolution, the exact inverse of `conv_down` in grid size."""
+    return nn.ConvTranspose2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=2,
+        padding=kernel_size // 2,
+        output_padding=1,
+    )
+
+
+def conv_same(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+
+
+class GDN(nn.Module):
+    """Generalized divisive normalization (Balle et al. 2016).
+
+    y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2), or its inverse (multiply) in the
+    synthesis. beta and gamma are stored as square roots and squared in the forward pass:
+    they stay non-negative, and (unlike a softplus) a small entry still learns at the
+    optimiser's full pace.
+    """
+
+    def __init__(self, channels: int, inverse: bool = False) -> None:
+        super().__init__()
+        self.inverse = inverse
+        self.beta_root = nn.Parameter(torch.ones(channels))
+        self.gamma_root = nn.Parameter(math.sqrt(0.1) * torch.eye(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = lower_bound(self.beta_root, 1e-3).pow(2)
+        gamma = lower_bound(self.gamma_root, 0.0).pow(2)
+        channels = gamma.shape[0]
+        norm = torch.sqrt(F.conv2d(x * x, gamma.view(channels, channels, 1, 1), beta))
+        return x * norm if self.inverse else x / norm

@@ -1,0 +1,77 @@
+"""Training checkpoints in safetensors: model, Adam moments, RNG state and step.
+
+No pickle: a checkpoint is plain tensors plus JSON metadata, written atomically so a
+run killed mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+
+@dataclass
+class TrainingState:
+    step: int
+    seconds: float  # wall-clock seconds of training so far, across resumes
+    metadata: dict[str, Any]
+
+
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Adam,
+    generator: torch.Generator,
+    state: TrainingState,
+) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
+        moments = optimizer.state.get(param)
+        if moments:
+            tensors[f"adam.{index}.exp_avg"] = moments["exp_avg"].cpu().contiguous()
+            tensors[f"adam.{index}.exp_avg_sq"] = moments["exp_avg_sq"].cpu().contiguous()
+            tensors[f"adam.{index}.step"] = torch.as_tensor(moments["step"]).reshape(1).float().cpu()
+    tensors["rng"] = generator.get_state()
+    tensors["rng_global"] = torch.get_rng_state()
+    header = {"step": str(state.step), "seconds": f"{state.seconds:.1f}", "meta": json.dumps(state.metadata)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(temporary), metadata=header)
+    os.replace(temporary, path)
+
+
+def load_checkpoint_metadata(path: Path) -> TrainingState:
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata()
+    return TrainingState(int(header["step"]), float(header["seconds"]), json.loads(header["meta"]))
+
+
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Adam | None,
+    generator: torch.Generator | None,
+) -> TrainingState:
+    state = load_checkpoint_metadata(path)
+    tensors = load_file(str(path))
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    device = next(model.parameters()).device
+    if optimizer is not None:
+        for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
+            if f"adam.{index}.exp_avg" in tensors:
+                optimizer.state[param] = {
+                    "step": tensors[f"adam.{index}.step"][0].clone(),
+                    "exp_avg": tensors[f"adam.{index}.exp_avg"].to(device),
+                    "exp_avg_sq": tensors[f"adam.{index}.exp_avg_sq"].to(device),
+                }
+    if generator is not None:
+        generator.set_state(tensors["rng"])
+        torch.set_rng_state(tensors["rng_global"])
+    return state

@@ -1,0 +1,160 @@
+"""The `dirac` command as a user runs it: outputs, one-line errors with status 2, batch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from diraccodec.cli import main
+from tests.conftest import SAMPLE
+
+
+def dirac(*args: str | Path) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a new process, as a user would."""
+    command = [sys.executable, "-m", "diraccodec.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def small_png(tmp_path: Path, small_image: Image.Image) -> Path:
+    path = tmp_path / "small.png"
+    small_image.save(path)
+    return path
+
+
+@pytest.fixture
+def small_drc(tmp_path: Path, small_png: Path) -> Path:
+    path = tmp_path / "small.drc"
+    result = CliRunner().invoke(main, ["encode", str(small_png), "-q", "3", "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_encode_decode_info(tmp_path: Path):
+    drc_path, png_path = tmp_path / "a.drc", tmp_path / "a.png"
+    assert dirac("encode", SAMPLE, "-q", "3", "-o", drc_path).returncode == 0
+    assert dirac("decode", drc_path, "-o", png_path).returncode == 0
+    with Image.open(png_path) as image:
+        assert image.size == (384, 256) and image.mode == "RGB"
+    info = dirac("info", drc_path)
+    assert info.returncode == 0
+    bpp = 8 * drc_path.stat().st_size / (384 * 256)
+    assert f"{bpp:.4f}" in info.stdout
+    assert "384x256" in info.stdout and "quality" in info.stdout
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("dirac: error:")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_error_paths_print_one_line_and_exit_2(tmp_path: Path, small_drc: Path, small_png: Path):
+    data = small_drc.read_bytes()
+    cases = {
+        "notdrc.drc": (small_png.read_bytes(), "not a .drc file"),
+        "truncated.drc": (data[: len(data) // 2], "truncated"),
+        "corrupt.drc": (data[:40] + bytes([data[40] ^ 1]) + data[41:], "checksum"),
+        "version.drc": (data[:4] + b"\x09" + data[5:], "version 9"),
+    }
+    for name, (content, fragment) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        out = tmp_path / f"{name}.png"
+        assert_one_line_error(dirac("decode", path, "-o", out), fragment)
+        assert not out.exists()
+    assert_one_line_error(dirac("decode", tmp_path / "missing.drc", "-o", tmp_path / "x.png"), "no such file")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    assert_one_line_error(dirac("encode", broken, "-q", "3", "-o", tmp_path / "b.drc"), "cannot read image")
+    assert not (tmp_path / "b.drc").exists()
+    assert_one_line_error(dirac("encode", small_png, "-q", "9", "-o", tmp_path / "q.drc"), "quality")
+    assert_one_line_error(dirac("decode", small_drc, "--steps", "20", "-o", tmp_path / "s.png"), "not available")
+    assert_one_line_error(dirac("decode", small_drc, "-o", tmp_path / "s.xyz"), "unknown image suffix")
+
+
+def test_unwritable_output_leaves_nothing(tmp_path: Path, small_png: Path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        # root ignores permission bits: there, aim below a regular file instead
+        target = small_png / "out.drc" if os.geteuid() == 0 else locked / "out.drc"
+        assert_one_line_error(dirac("encode", small_png, "-q", "3", "-o", target), "cannot write")
+        assert list(locked.iterdir()) == []
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "small.png"]
+    finally:
+        locked.chmod(0o700)
+
+
+def test_wrong_weights_are_named(tmp_path: Path, small_drc: Path):
+    from diraccodec.models.hyperprior import HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.weights import export_base_weights
+
+    other = tmp_path / "other.safetensors"
+    export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 8)), other, {"purpose": "test"})
+    assert_one_line_error(dirac("decode", small_drc, "-o", tmp_path / "w.png", "--weights", other), "weights")
+
+
+def test_decode_writes_greyscale_and_alpha(tmp_path: Path, small_image: Image.Image):
+    rgba = small_image.convert("RGBA")
+    rgba.putalpha(128)
+    source, encoded, decoded = tmp_path / "a.png", tmp_path / "a.drc", tmp_path / "b.png"
+    rgba.save(source)
+    runner = CliRunner()
+    assert runner.invoke(main, ["encode", str(source), "-q", "4", "-o", str(encoded)]).exit_code == 0
+    assert runner.invoke(main, ["decode", str(encoded), "-o", str(decoded)]).exit_code == 0
+    with Image.open(decoded) as image:
+        assert image.mode == "RGBA"
+        assert np.all(np.asarray(image.getchannel("A")) == 128)
+
+
+def test_batch_both_directions_skips_existing_and_reports_failures(tmp_path: Path, small_image: Image.Image):
+    source, encoded, decoded = tmp_path / "photos", tmp_path / "encoded", tmp_path / "decoded"
+    (source / "nested").mkdir(parents=True)
+    small_image.save(source / "one.png")
+    small_image.rotate(90, expand=True).save(source / "nested" / "two.jpg", quality=90)
+    (source / "bad.png").write_bytes(b"not an image")
+    (source / "notes.txt").write_text("ignored")
+
+    first = dirac("batch", source, encoded, "-q", "2", "-j", "2")
+    assert first.returncode == 1  # bad.png failed ...
+    assert (encoded / "one.drc").exists() and (encoded / "nested" / "two.drc").exists()  # ... the rest did not
+    assert not (encoded / "bad.drc").exists()
+    assert "bad.png" in first.stderr and "failed" in first.stderr
+
+    (source / "bad.png").unlink()
+    stamp = (encoded / "one.drc").stat().st_mtime_ns
+    second = dirac("batch", source, encoded, "-q", "2")
+    assert second.returncode == 0 and "skipped" in second.stderr
+    assert (encoded / "one.drc").stat().st_mtime_ns == stamp
+
+    third = dirac("batch", source, encoded, "-q", "2", "--overwrite")
+    assert third.returncode == 0 and (encoded / "one.drc").stat().st_mtime_ns != stamp
+
+    back = dirac("batch", encoded, decoded)
+    assert back.returncode == 0
+    with Image.open(decoded / "nested" / "two.png") as image:
+        assert image.size == (small_image.height, small_image.width)
+
+
+def test_batch_without_inputs_is_an_error(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(dirac("batch", tmp_path / "empty", tmp_path / "out"), "no images")
+
+
+def test_readme_demo_files_exist():
+    assert SAMPLE.exists()
+    assert shutil.which("git") is not None

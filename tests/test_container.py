@@ -1,0 +1,82 @@
+"""The .drc container: fields round-trip and every malformed file is refused by name."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+
+from diraccodec.container import drc
+from diraccodec.errors import (
+    CorruptFileError,
+    LimitExceededError,
+    NotADrcFileError,
+    TruncatedFileError,
+    UnsupportedVersionError,
+)
+
+
+def example(**changes) -> drc.DrcFile:
+    fields = dict(width=37, height=5, colour_mode=drc.ColourMode.RGBA, quality=3.5, weights_id=b"12345678",
+                  sections={drc.TAG_LATENTS: b"\x01\x02\x03\x04", drc.TAG_ALPHA: b"alpha"})
+    fields.update(changes)
+    return drc.DrcFile(**fields)
+
+
+def reseal(body: bytes) -> bytes:
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def test_fields_round_trip():
+    parsed = drc.unpack(drc.pack(example()))
+    assert (parsed.width, parsed.height, parsed.quality) == (37, 5, 3.5)
+    assert parsed.colour_mode is drc.ColourMode.RGBA
+    assert parsed.weights_id == b"12345678"
+    assert parsed.sections == example().sections
+
+
+def test_layout_matches_the_specification():
+    data = drc.pack(example())
+    assert data[:4] == b"\x89DRC" and data[4] == 1
+    assert struct.unpack(">HII", data[6:16]) == (896, 37, 5)
+    assert struct.unpack(">I", data[-4:])[0] == zlib.crc32(data[:-4])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error"),
+    [
+        (lambda d: b"PNG\x00" + d[4:], NotADrcFileError),
+        (lambda d: b"", NotADrcFileError),
+        (lambda d: d[:10], TruncatedFileError),
+        (lambda d: d[:-7], TruncatedFileError),
+        (lambda d: d[:35] + bytes([d[35] ^ 0x40]) + d[36:], CorruptFileError),
+        (lambda d: d[:4] + b"\x07" + d[5:], UnsupportedVersionError),
+    ],
+    ids=["magic", "empty", "header", "cut", "bitflip", "version"],
+)
+def test_malformed_files_are_refused(mutate, error):
+    with pytest.raises(error):
+        drc.unpack(mutate(drc.pack(example())))
+
+
+def test_unknown_critical_section_needs_newer_decoder_but_optional_is_skipped():
+    optional = example(sections={**example().sections, b"xtra": b"later field"})
+    assert drc.unpack(drc.pack(optional)).sections[b"xtra"] == b"later field"
+    critical = example(sections={**example().sections, b"XTRA": b"!"})
+    with pytest.raises(UnsupportedVersionError):
+        drc.unpack(drc.pack(critical))
+
+
+def test_huge_claimed_size_is_refused_before_decoding():
+    with pytest.raises(LimitExceededError):
+        drc.unpack(drc.pack(example(width=200_000, height=200_000)))
+    assert drc.unpack(drc.pack(example(width=2000, height=2000)), max_pixels=4_000_000).width == 2000
+
+
+def test_section_longer_than_file_is_refused():
+    body = drc.pack(example())[:-4]
+    header_end = 26
+    lying = body[:header_end + 4] + struct.pack(">I", 10**9) + body[header_end + 8:]
+    with pytest.raises(CorruptFileError):
+        drc.unpack(reseal(lying))

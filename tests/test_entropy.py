@@ -1,0 +1,76 @@
+"""Exact, lossless coding of integer latents, escapes included."""
+
+from __future__ import annotations
+
+import constriction
+import numpy as np
+import pytest
+import torch
+
+from diraccodec.entropy.coder import decode_values, encode_values
+from diraccodec.entropy.tables import (
+    TOTAL,
+    build_factorized_tables,
+    build_gaussian_tables,
+    gaussian_scales,
+    hyper_grid,
+    quantize_pmf,
+    snap_scales,
+)
+from diraccodec.models.entropy_models import FactorizedPrior
+
+
+def round_trip(values: np.ndarray, table_ids: np.ndarray, tables) -> tuple[np.ndarray, int]:
+    encoder = constriction.stream.queue.RangeEncoder()
+    encode_values(encoder, values, table_ids, tables)
+    words = encoder.get_compressed()
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    return decode_values(decoder, table_ids, tables), words.nbytes
+
+
+def test_quantized_pmf_sums_to_precision_and_keeps_every_symbol():
+    frequencies = quantize_pmf(np.array([0.5, 0.25, 1e-12, 0.25]), tail_mass=1e-15)
+    assert frequencies.sum() == TOTAL
+    assert frequencies.min() >= 1
+    assert frequencies[0] == pytest.approx(TOTAL / 2, abs=3)
+
+
+def test_gaussian_latents_round_trip_exactly_with_escapes():
+    tables = build_gaussian_tables(gaussian_scales())
+    rng = np.random.default_rng(1)
+    table_ids = rng.integers(0, tables.count, 50_000)
+    values = np.round(rng.normal(0, gaussian_scales()[table_ids] * 1.5)).astype(np.int64)
+    # values far outside every table's range go through the escape path
+    extremes = np.array([10**6, -(10**9), 2**39 - 1, -(2**39), 513, -514, 2, -2])
+    values[: extremes.size] = extremes
+    table_ids[: extremes.size] = 0  # the narrowest table: +-1 only
+    decoded, size = round_trip(values, table_ids, tables)
+    np.testing.assert_array_equal(decoded, values)
+    escapes = sum(1 for v, t in zip(values, table_ids, strict=True)
+                  if not tables.offsets[t] <= v <= tables.offsets[t] + tables.lengths[t] - 2)
+    assert escapes >= extremes.size
+    assert size < values.size  # well under 8 bits per value: the tables fit the data
+
+
+def test_escape_beyond_the_code_range_is_refused():
+    tables = build_gaussian_tables(gaussian_scales())
+    with pytest.raises(ValueError):
+        round_trip(np.array([2**41]), np.array([0]), tables)
+
+
+def test_factorized_tables_cover_the_mass_and_round_trip():
+    torch.manual_seed(0)
+    prior = FactorizedPrior(4).double()
+    grid = hyper_grid()
+    tables = build_factorized_tables(prior.cumulative(grid.expand(4, -1)), grid)
+    assert tables.count == 4
+    values = np.array([[-3, 0, 1, 200], [5, -600, 0, 0], [0, 0, 0, 0], [1, 2, 3, 4]], dtype=np.int64)
+    table_ids = np.broadcast_to(np.arange(4)[:, None], values.shape)
+    decoded, _ = round_trip(values.ravel(), table_ids.ravel(), tables)
+    np.testing.assert_array_equal(decoded, values.ravel())
+
+
+def test_scales_snap_up_to_the_next_table_entry():
+    scales = gaussian_scales()
+    snapped = snap_scales(np.array([0.0, scales[0], scales[3] * 1.0001, 1e6]), scales)
+    np.testing.assert_array_equal(snapped, [0, 0, 4, scales.size - 1])
