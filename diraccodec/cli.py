@@ -194,13 +194,15 @@ def _print_summary(results: list[Any], seconds: float) -> None:
               default=Path("runs/eval.json"), show_default=True)
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as Markdown here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the rate-distortion curves (PNG) here.")
 @weights_option
 @reports_errors
 def evaluate_command(data: Path, levels: str, references: bool, json_path: Path, markdown: Path | None,
-                     weights: Path | None) -> None:
+                     plot_path: Path | None, weights: Path | None) -> None:
     """Rate-distortion evaluation on a folder of images (default: Kodak)."""
     from diraccodec.evaluation.codecs import diraccodec_codec, reference_codecs
-    from diraccodec.evaluation.run import evaluate, write_report
+    from diraccodec.evaluation.run import evaluate, load_images, write_report
 
     try:
         chosen = [float(v) for v in levels.split(",") if v.strip()]
@@ -209,15 +211,18 @@ def evaluate_command(data: Path, levels: str, references: bool, json_path: Path,
     codecs = [diraccodec_codec(chosen, str(weights) if weights else None)]
     if references:
         codecs += reference_codecs()
-    points = evaluate(data, codecs, console)
-    write_report(points, "diraccodec", json_path, markdown)
+    points = evaluate(load_images(data), codecs, console)
+    report = write_report(points, json_path, markdown, plot_path, data.name)
     table = Table(title=f"rate-distortion on {data}")
-    for column in ("codec", "setting", "bpp", "PSNR", "s/MP"):
+    for column in ("codec", "setting", "bpp", "PSNR", "MS-SSIM", "LPIPS", "s/MP"):
         table.add_column(column)
     for p in points:
-        seconds = p.encode_decode_seconds_per_mp
-        table.add_row(p.codec, f"{p.setting:g}", f"{p.bpp:.4f}", f"{p.psnr:.2f}", f"{seconds:.2f}")
-    Console(highlight=False).print(table)
+        table.add_row(p.codec, f"{p.setting:g}", f"{p.bpp:.4f}", f"{p.psnr:.2f}", f"{p.ms_ssim:.4f}",
+                      f"{p.lpips:.4f}", f"{p.seconds_per_mp:.2f}")
+    out = Console(highlight=False)
+    out.print(table)
+    for name, value in report["bd_rate_psnr_percent"].items():
+        out.print(f"BD-rate vs {name}: {value:+.1f}% (PSNR), {report['bd_rate_lpips_percent'][name]:+.1f}% (LPIPS)")
 
 
 @main.group()

@@ -1,9 +1,21 @@
-"""Image quality metrics and the Bjontegaard delta rate."""
+"""Image quality metrics (PSNR, MS-SSIM, LPIPS) and the Bjontegaard delta rate."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+import torch
 from PIL import Image
+from torch.nn import functional as F
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """(1, 3, H, W) float in [0, 1]."""
+    array = np.array(image.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1)[None] / 255
 
 
 def psnr(reference: Image.Image, decoded: Image.Image) -> float:
@@ -12,6 +24,54 @@ def psnr(reference: Image.Image, decoded: Image.Image) -> float:
     b = np.asarray(decoded.convert("RGB"), dtype=np.float64)
     mse = float(np.mean((a - b) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(3, 1, size, size).contiguous()
+
+
+def ms_ssim(reference: Image.Image, decoded: Image.Image) -> float:
+    """Multi-scale SSIM (Wang et al. 2003), per RGB channel on [0, 255], 5 scales, averaged.
+
+    Scales that would be smaller than the 11x11 window are dropped and the weights renormalised,
+    so small images still get a score.
+    """
+    x, y = (to_tensor(i).double() * 255 for i in (reference, decoded))
+    window = _gaussian_window()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    levels = [w for i, w in enumerate(MS_SSIM_WEIGHTS) if min(x.shape[-2:]) // 2**i >= 11] or [1.0]
+    weights = torch.tensor(levels, dtype=torch.float64) / sum(levels)
+    values = []
+    for index in range(len(levels)):
+        mu_x, mu_y = F.conv2d(x, window, groups=3), F.conv2d(y, window, groups=3)
+        sigma_x = F.conv2d(x * x, window, groups=3) - mu_x**2
+        sigma_y = F.conv2d(y * y, window, groups=3) - mu_y**2
+        sigma_xy = F.conv2d(x * y, window, groups=3) - mu_x * mu_y
+        contrast = (2 * sigma_xy + c2) / (sigma_x + sigma_y + c2)
+        if index == len(levels) - 1:
+            luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+            values.append((luminance * contrast).mean(dim=(2, 3)).clamp_min(0))
+        else:
+            values.append(contrast.mean(dim=(2, 3)).clamp_min(0))
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    stacked = torch.stack(values, dim=0)  # (levels, 1, 3)
+    return float(torch.prod(stacked ** weights[:, None, None], dim=0).mean())
+
+
+@functools.lru_cache(maxsize=2)
+def _lpips_model(network: str):
+    from diraccodec.perceptual.lpips import LPIPS
+
+    return LPIPS(network)
+
+
+@torch.no_grad()
+def lpips(reference: Image.Image, decoded: Image.Image, network: str = "alexnet") -> float:
+    """LPIPS v0.1 distance (lower is closer)."""
+    return float(_lpips_model(network)(to_tensor(reference), to_tensor(decoded))[0])
 
 
 def bd_rate(rate_a: list[float], quality_a: list[float], rate_b: list[float], quality_b: list[float]) -> float:

@@ -1,7 +1,8 @@
 """Training checkpoints in safetensors: model, Adam moments, RNG state and step.
 
 No pickle: a checkpoint is plain tensors plus JSON metadata, written atomically so a
-run killed mid-write leaves the previous checkpoint intact.
+run killed mid-write leaves the previous checkpoint intact. The Adam moments go to a
+sibling file (`NAME.optim.safetensors`) so that each file stays small enough to commit.
 """
 
 from __future__ import annotations
@@ -32,16 +33,26 @@ def save_checkpoint(
     state: TrainingState,
 ) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    moments_file: dict[str, torch.Tensor] = {}
     for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
         moments = optimizer.state.get(param)
         if moments:
-            tensors[f"adam.{index}.exp_avg"] = moments["exp_avg"].cpu().contiguous()
-            tensors[f"adam.{index}.exp_avg_sq"] = moments["exp_avg_sq"].cpu().contiguous()
-            tensors[f"adam.{index}.step"] = torch.as_tensor(moments["step"]).reshape(1).float().cpu()
+            moments_file[f"adam.{index}.exp_avg"] = moments["exp_avg"].cpu().contiguous()
+            moments_file[f"adam.{index}.exp_avg_sq"] = moments["exp_avg_sq"].cpu().contiguous()
+            moments_file[f"adam.{index}.step"] = torch.as_tensor(moments["step"]).reshape(1).float().cpu()
     tensors["rng"] = generator.get_state()
     tensors["rng_global"] = torch.get_rng_state()
     header = {"step": str(state.step), "seconds": f"{state.seconds:.1f}", "meta": json.dumps(state.metadata)}
     path.parent.mkdir(parents=True, exist_ok=True)
+    _save_atomic(moments_file, optimizer_path(path), header)  # first: a resume checks the model file's step
+    _save_atomic(tensors, path, header)
+
+
+def optimizer_path(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".safetensors") + ".optim.safetensors")
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, header: dict[str, str]) -> None:
     temporary = path.with_name(path.name + ".tmp")
     save_file(tensors, str(temporary), metadata=header)
     os.replace(temporary, path)
@@ -61,6 +72,11 @@ def load_checkpoint(
 ) -> TrainingState:
     state = load_checkpoint_metadata(path)
     tensors = load_file(str(path))
+    if optimizer is not None and optimizer_path(path).exists():
+        moments_state = load_checkpoint_metadata(optimizer_path(path))
+        if moments_state.step != state.step:
+            raise ValueError(f"{optimizer_path(path)} is from step {moments_state.step}, the model from {state.step}")
+        tensors.update(load_file(str(optimizer_path(path))))
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     device = next(model.parameters()).device
     if optimizer is not None:
