@@ -15,7 +15,7 @@ from PIL import Image
 
 from diraccodec.codec import BaseCodec
 from diraccodec.container import drc
-from diraccodec.errors import CorruptFileError, InvalidOptionError, WrongWeightsError
+from diraccodec.errors import CorruptFileError, InvalidOptionError, LimitExceededError, WrongWeightsError
 from diraccodec.images import (
     Planes,
     compress_alpha,
@@ -64,13 +64,19 @@ def encode(
     weights: str | Path | None = None,
     device: str = "cpu",
     max_pixels: int = drc.DEFAULT_MAX_PIXELS,
+    label: str | None = None,
 ) -> bytes:
-    """Compress an image (a PIL image, a path or encoded image bytes) at a rate level 1..8."""
+    """Compress an image (a PIL image, a path or encoded image bytes) at a rate level 1..8.
+
+    `label` names the input in error messages when it is given as bytes.
+    """
     codec = get_codec(weights, device)
     quality = check_quality(quality, codec.num_levels)
     recommended_steps = check_steps(steps) if steps is not None else None
     if not isinstance(image, Image.Image):
-        image = open_image(image, max_pixels)
+        image = open_image(image, max_pixels, label)
+    elif image.width * image.height > max_pixels:
+        raise LimitExceededError(f"image of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels")
     planes = image_to_planes(image)
     height, width = planes.rgb.shape[:2]
     sections = {drc.TAG_LATENTS: codec.compress(planes.rgb, quality)}

@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
 from diraccodec.images import IMAGE_SUFFIXES
 
@@ -28,6 +29,7 @@ class BatchSettings:
     decoded_suffix: str = ".png"
     weights: str | None = None
     overwrite: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,13 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
     try:
         data = read_bytes(job.source)
         if job.encodes:
-            encoded = api.encode(data, settings.quality, steps=settings.steps, weights=settings.weights)
+            encoded = api.encode(data, settings.quality, steps=settings.steps, weights=settings.weights,
+                                 max_pixels=settings.max_pixels, label=str(job.source))
             write_atomic(job.target, encoded)
             info = api.inspect(encoded)
             return JobResult(job, "converted", "", len(data), len(encoded), info.header.pixels)
-        image = api.decode(data, settings.steps, settings.seed, weights=settings.weights)
+        image = api.decode(data, settings.steps, settings.seed, weights=settings.weights,
+                           max_pixels=settings.max_pixels)
         write_image(job.target, image)
         return JobResult(job, "converted", "", len(data), job.target.stat().st_size, image.width * image.height)
     except DiracError as error:
@@ -92,7 +96,10 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
 def _init_worker() -> None:
     import torch
 
+    from diraccodec.reporting import show_warnings_on_one_line
+
     torch.set_num_threads(1)
+    show_warnings_on_one_line()
 
 
 def run_batch(

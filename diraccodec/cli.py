@@ -18,7 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
+from diraccodec.reporting import show_warnings_on_one_line
 
 DEFAULT_TRAIN_DATA = Path("../shared/data/train")
 EXIT_USER_ERROR = 2
@@ -48,6 +50,10 @@ weights_option = click.option(
     "--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Base weights file (default: weights/base.safetensors, or $DIRAC_WEIGHTS).",
 )
+max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
+    help="Refuse images (or files claiming images) larger than this, before allocating anything.",
+)
 steps_option = click.option(
     "--steps", type=int, default=None, help="Diffusion steps at decode (0 = base reconstruction)."
 )
@@ -57,6 +63,7 @@ steps_option = click.option(
 @click.version_option(package_name="diraccodec")
 def main() -> None:
     """diraccodec: a learned image codec with a diffusion decoder."""
+    show_warnings_on_one_line()
 
 
 @main.command()
@@ -65,13 +72,15 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .drc file.")
 @click.option("--steps", type=int, default=None, help="Recommended diffusion steps stored in the file.")
 @weights_option
+@max_pixels_option
 @reports_errors
-def encode(source: Path, quality: float, output: Path, steps: int | None, weights: Path | None) -> None:
+def encode(source: Path, quality: float, output: Path, steps: int | None, weights: Path | None,
+           max_pixels: int) -> None:
     """Compress an image into a .drc file."""
     from diraccodec import api
-    from diraccodec.files import read_bytes, write_atomic
+    from diraccodec.files import write_atomic
 
-    data = api.encode(read_bytes(source), quality, steps=steps, weights=weights)
+    data = api.encode(source, quality, steps=steps, weights=weights, max_pixels=max_pixels)
     write_atomic(output, data)
     info = api.inspect(data)
     console.print(f"{output}: {len(data)} bytes, {info.bits_per_pixel:.4f} bpp")
@@ -83,27 +92,30 @@ def encode(source: Path, quality: float, output: Path, steps: int | None, weight
 @steps_option
 @click.option("--seed", type=int, default=None, help="Sampling seed (same seed, same pixels).")
 @weights_option
+@max_pixels_option
 @reports_errors
-def decode(source: Path, output: Path, steps: int | None, seed: int | None, weights: Path | None) -> None:
+def decode(source: Path, output: Path, steps: int | None, seed: int | None, weights: Path | None,
+           max_pixels: int) -> None:
     """Decompress a .drc file into an image."""
     from diraccodec import api
     from diraccodec.files import image_format_for, read_bytes, write_image
 
     image_format_for(output)  # refuse a bad output name before the work
-    image = api.decode(read_bytes(source), steps, seed, weights=weights)
+    image = api.decode(read_bytes(source), steps, seed, weights=weights, max_pixels=max_pixels)
     write_image(output, image)
     console.print(f"{output}: {image.width}x{image.height} {image.mode}")
 
 
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path))
+@max_pixels_option
 @reports_errors
-def info(source: Path) -> None:
+def info(source: Path, max_pixels: int) -> None:
     """Show a .drc file's header and its real bits per pixel."""
     from diraccodec import api
     from diraccodec.files import read_bytes
 
-    details = api.inspect(read_bytes(source))
+    details = api.inspect(read_bytes(source), max_pixels)
     header = details.header
     table = Table(show_header=False, box=None)
     rows = [
@@ -135,16 +147,18 @@ def info(source: Path) -> None:
 @click.option("-j", "--workers", type=click.IntRange(1, 64), default=None, help="Parallel workers.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @weights_option
+@max_pixels_option
 @reports_errors
 def batch(source: Path, destination: Path, quality: float, steps: int | None, seed: int | None,
-          decoded_suffix: str, workers: int | None, overwrite: bool, weights: Path | None) -> None:
+          decoded_suffix: str, workers: int | None, overwrite: bool, weights: Path | None, max_pixels: int) -> None:
     """Convert a folder tree: images become .drc files and .drc files become images."""
     from diraccodec import api
     from diraccodec.batch import BatchSettings, default_workers, plan_jobs, run_batch
 
     codec = api.get_codec(weights)  # validate the options once, before any worker starts
     api.check_quality(quality, codec.num_levels)
-    settings = BatchSettings(quality, steps, seed, decoded_suffix, str(weights) if weights else None, overwrite)
+    settings = BatchSettings(quality, steps, seed, decoded_suffix, str(weights) if weights else None, overwrite,
+                             max_pixels)
     jobs = plan_jobs(source, destination, settings)
     if not jobs:
         raise DiracError(f"no images or .drc files found under {source}")

@@ -135,7 +135,8 @@ class BaseCodec:
             hyper = hyper.reshape(hyper_shape)
             _, table_ids = self._entropy_parameters(hyper)
             symbols = decode_values(decoder, table_ids, self.weights.latent_tables).reshape(table_ids.shape)
-        except (ValueError, RuntimeError, OverflowError) as error:
+        except (ValueError, RuntimeError, OverflowError, AssertionError) as error:
+            # constriction reports data that no symbol sequence could produce by an assertion
             raise CorruptFileError(f"corrupt .drc file (latent stream: {error})") from None
         return Latents(hyper, symbols)
 

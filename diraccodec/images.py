@@ -31,36 +31,52 @@ class Planes:
     icc_profile: bytes | None = None
 
 
-def open_image(source: str | Path | bytes, max_pixels: int) -> Image.Image:
-    """Open, check the size and apply EXIF orientation; ImageReadError on any failure."""
+def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = None) -> Image.Image:
+    """Open, check the size and apply EXIF orientation; ImageReadError on any failure.
+
+    The size is checked from the header, before any pixel is decoded. An animated image
+    gives its first frame, with a warning.
+    """
+    label = label or ("input data" if isinstance(source, bytes) else str(source))
+    previous_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own guard then only fires far above ours
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             if image.width * image.height > max_pixels:
                 raise LimitExceededError(
-                    f"image of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels"
+                    f"image {label} of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels"
                 )
+            if getattr(image, "n_frames", 1) > 1:
+                warnings.warn(f"{label} is animated ({image.n_frames} frames): encoding the first frame only",
+                              UserWarning, stacklevel=2)
             image.load()
             return ImageOps.exif_transpose(image)
     except (LimitExceededError, ImageReadError):
         raise
     except FileNotFoundError:
-        raise ImageReadError(f"cannot read image: no such file {source}") from None
+        raise ImageReadError(f"cannot read image: no such file {label}") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"cannot read image: {label} is a folder") from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"cannot read image: {source} is not an image format Pillow knows") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageReadError(f"cannot read image {source}: {error}") from None
+        raise ImageReadError(f"cannot read image: {label} is not an image format Pillow knows") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"cannot read image {label}: {error}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
 
 
 def _to_8bit_grey(image: Image.Image) -> Image.Image:
     if image.mode in ("1", "L"):
         return image.convert("L")
     array = np.asarray(image).astype(np.float64)
-    if image.mode.startswith("I;16"):
-        array = array / 257.0
-    elif image.mode == "F":
-        array = array * 255.0 if array.size and array.max() <= 1.0 else array
+    array = np.nan_to_num(array)
+    peak = float(array.max()) if array.size else 0.0
+    if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
+        array = array / 257.0  # 16-bit samples
+    elif image.mode == "F" and peak <= 1.0:
+        array = array * 255.0  # floats in [0, 1]
     return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), "L")
 
 
