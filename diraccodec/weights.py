@@ -3,6 +3,9 @@
 A weights file holds the base codec's parameters, the integer entropy tables built from
 them and JSON metadata. Its identifier, the first 8 bytes of the file's SHA-256, is
 written into every .drc file so that a file is never decoded with other weights.
+
+Weights load only from safetensors, and only when `manifest.json` beside them lists the
+file's SHA-256: a truncated, modified or stray file is refused before it is parsed.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from diraccodec.models.hyperprior import HyperpriorConfig, MultiRateHyperprior
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_BASE_WEIGHTS = WEIGHTS_DIR / "base.safetensors"
 WEIGHTS_ENV = "DIRAC_WEIGHTS"
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -57,6 +61,15 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
         data = path.read_bytes()
     except OSError as error:
         raise DiracError(f"cannot read weights {path}: {error.strerror or error}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    expected = read_manifest(path.parent).get(path.name, {}).get("sha256")
+    if expected is None:
+        raise DiracError(
+            f"weights {path} are not listed in {path.parent / MANIFEST}; export them with 'dirac train export'"
+        )
+    if digest != expected:
+        raise DiracError(f"weights {path} fail their hash check (modified or corrupt): sha256 {digest[:16]}..., "
+                         f"expected {expected[:16]}...")
     try:
         tensors = load(data)
         with safe_open(str(path), framework="pt") as handle:
@@ -76,7 +89,7 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
         hyper_tables=hyper_tables,
         latent_tables=latent_tables,
         latent_scales=scales,
-        weights_id=hashlib.sha256(data).digest()[:8],
+        weights_id=bytes.fromhex(digest)[:8],
         path=path,
         metadata=metadata,
     )
@@ -100,3 +113,23 @@ def export_base_weights(model: MultiRateHyperprior, path: Path, info: dict[str, 
     temporary = path.with_name(path.name + ".tmp")
     save_file(tensors, str(temporary), metadata=metadata)
     os.replace(temporary, path)
+    record_in_manifest(path)
+
+
+def read_manifest(folder: Path) -> dict[str, dict[str, object]]:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as error:
+        raise DiracError(f"cannot read {folder / MANIFEST}: {error}") from None
+
+
+def record_in_manifest(path: Path) -> None:
+    """List the weights file with its SHA-256 and size in the manifest beside it."""
+    manifest = read_manifest(path.parent)
+    data = path.read_bytes()
+    manifest[path.name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    temporary = path.parent / f".{MANIFEST}.part"
+    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path.parent / MANIFEST)
