@@ -1,0 +1,106 @@
+"""The training loop every model shares: learning-rate schedule, logging, checkpoints, resume.
+
+A model's training supplies one function that draws a batch and returns its loss (and any
+figures worth logging); this loop does the rest identically on the CPU and on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from diraccodec.training.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class LoopOptions:
+    checkpoint: Path
+    steps: int
+    learning_rate: float = 2e-4
+    decay_from: float = 0.8  # fraction of `steps` after which the rate decays to 1/10
+    checkpoint_minutes: float = 5.0
+    log_every: int = 50
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    clip_norm: float = 1.0
+
+
+def learning_rate_at(step: int, options: LoopOptions) -> float:
+    start = options.decay_from * options.steps
+    if step < start:
+        return options.learning_rate
+    progress = min(1.0, (step - start) / max(1.0, options.steps - start))
+    return options.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@dataclass
+class Session:
+    """What a training run holds: the model, its optimiser, the data RNG and the progress."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Adam
+    generator: torch.Generator
+    state: TrainingState
+    device: torch.device
+
+
+def start_session(model: torch.nn.Module, options: LoopOptions, console: Console) -> Session:
+    """Seed everything, then resume from the checkpoint when there is one."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    device = torch.device(options.device)
+    model = model.to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=options.learning_rate)
+    generator = torch.Generator().manual_seed(options.seed)
+    state = TrainingState(step=0, seconds=0.0, metadata={})
+    if options.checkpoint.exists():
+        state = load_checkpoint(options.checkpoint, model, optimizer, generator)
+        console.print(f"resumed from {options.checkpoint} at step {state.step}")
+    return Session(model, optimizer, generator, state, device)
+
+
+def run_loop(
+    session: Session,
+    options: LoopOptions,
+    next_loss: Callable[[], dict[str, torch.Tensor]],
+    console: Console,
+) -> TrainingState:
+    """Train until options.steps; next_loss returns {"loss": ..., other figures to log}."""
+    state, optimizer = session.state, session.optimizer
+    last_save = time.monotonic()
+    window: dict[str, list[float]] = {}
+    step_started = time.monotonic()
+    while state.step < options.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(state.step, options)
+        figures = next_loss()
+        optimizer.zero_grad(set_to_none=True)
+        figures["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(session.model.parameters(), options.clip_norm)
+        optimizer.step()
+        state.step += 1
+        now = time.monotonic()
+        state.seconds += now - step_started
+        step_started = now
+        for name, value in figures.items():
+            window.setdefault(name, []).append(float(value))
+        if state.step % options.log_every == 0 or state.step == options.steps:
+            shown = "  ".join(f"{name} {sum(v) / len(v):.4f}" for name, v in window.items())
+            console.print(
+                f"step {state.step}/{options.steps}  {shown}  lr {optimizer.param_groups[0]['lr']:.2e}  "
+                f"{state.seconds / 3600:.2f} h"
+            )
+            sys.stderr.flush()
+            window.clear()
+        if now - last_save > options.checkpoint_minutes * 60 or state.step == options.steps:
+            save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
+            last_save = time.monotonic()
+    return state
