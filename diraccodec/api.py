@@ -15,6 +15,7 @@ from PIL import Image
 
 from diraccodec.codec import BaseCodec
 from diraccodec.container import drc
+from diraccodec.diffusion.decoder import DiffusionDecoder
 from diraccodec.errors import CorruptFileError, InvalidOptionError, LimitExceededError, WrongWeightsError
 from diraccodec.images import (
     Planes,
@@ -24,7 +25,7 @@ from diraccodec.images import (
     open_image,
     planes_to_image,
 )
-from diraccodec.weights import default_weights_path, load_base_weights
+from diraccodec.weights import default_weights_path, load_base_weights, load_diffusion_weights
 
 MAX_STEPS = 100
 
@@ -47,13 +48,34 @@ def check_quality(quality: float, num_levels: int) -> float:
 def check_steps(steps: int | None) -> int:
     if steps is None:
         return 0
-    if not 0 <= steps <= MAX_STEPS:
+    if not isinstance(steps, int) or not 0 <= steps <= MAX_STEPS:
         raise InvalidOptionError(f"steps must be between 0 and {MAX_STEPS}, got {steps}")
-    if steps > 0:
-        raise InvalidOptionError(
-            "diffusion decoding (steps > 0) is not available yet: these weights hold only the base codec; use 0 steps"
-        )
     return steps
+
+
+@functools.lru_cache(maxsize=4)
+def _diffusion(weights: Path | None, device: str) -> tuple[DiffusionDecoder, bytes] | None:
+    loaded = load_diffusion_weights(weights)
+    if loaded is None:
+        return None
+    return DiffusionDecoder(loaded.model, loaded.settings, device), loaded.base_weights_id
+
+
+def get_diffusion(codec: BaseCodec, weights: str | Path | None = None, device: str = "cpu") -> DiffusionDecoder:
+    """The diffusion decoder trained on `codec`'s reconstructions; a clear error if there is none."""
+    found = _diffusion(Path(weights).resolve() if weights else None, device)
+    if found is None:
+        raise InvalidOptionError(
+            "diffusion decoding (steps > 0) is not available yet: no diffusion weights are shipped "
+            "(weights/diffusion.safetensors); use 0 steps"
+        )
+    decoder, trained_on = found
+    if trained_on != codec.weights.weights_id:
+        raise WrongWeightsError(
+            f"the diffusion weights were trained on base weights {trained_on.hex()}, not on the loaded "
+            f"{codec.weights.weights_id.hex()}; use 0 steps or matching diffusion weights"
+        )
+    return decoder
 
 
 def encode(
@@ -123,10 +145,15 @@ def decode(
     seed: int | None = None,
     *,
     weights: str | Path | None = None,
+    diffusion_weights: str | Path | None = None,
     device: str = "cpu",
     max_pixels: int = drc.DEFAULT_MAX_PIXELS,
 ) -> Image.Image:
-    """Decompress .drc bytes. steps=None uses the file's recommendation (0 if it has none)."""
+    """Decompress .drc bytes. steps=None uses the file's recommendation (0 if it has none).
+
+    0 steps gives the base reconstruction; more steps add realistic detail with the
+    diffusion decoder. The same file, steps and seed always give the same pixels.
+    """
     header = drc.unpack(data, max_pixels)
     codec = get_codec(weights, device)
     if header.weights_id != codec.weights.weights_id:
@@ -137,9 +164,11 @@ def decode(
     if header.quality > codec.num_levels:
         raise CorruptFileError(f"corrupt .drc file (quality {header.quality} above the model's {codec.num_levels})")
     info = FileInfo(header, len(data))
-    check_steps(info.recommended_steps if steps is None else steps)
-    del seed  # sampling seeds matter once the diffusion decoder exists
+    steps = check_steps(info.recommended_steps if steps is None else steps)
+    diffusion = get_diffusion(codec, diffusion_weights, device) if steps > 0 else None
     rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality)
+    if diffusion is not None:
+        rgb = diffusion.enhance(rgb, header.quality, steps, seed)
     alpha = None
     if header.colour_mode.has_alpha:
         if drc.TAG_ALPHA not in header.sections:

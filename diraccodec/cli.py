@@ -129,11 +129,26 @@ def info(source: Path, max_pixels: int) -> None:
         ("bpp", f"{details.bits_per_pixel:.4f}"),
         ("sections", ", ".join(f"{tag.decode('ascii', 'replace')} ({len(v)} B)" for tag, v in header.sections.items())),
         ("recommended steps", "none" if details.recommended_steps is None else str(details.recommended_steps)),
-        ("diffusion", "not available with the shipped weights (base codec only)"),
+        ("diffusion", diffusion_support(header.weights_id)),
     ]
     for key, value in rows:
         table.add_row(key, value)
     Console(highlight=False).print(table)
+
+
+def diffusion_support(weights_id: bytes) -> str:
+    """Whether the installed diffusion weights can enhance files made with `weights_id`."""
+    from diraccodec.weights import default_diffusion_path, load_diffusion_weights
+
+    try:
+        diffusion = load_diffusion_weights()
+    except DiracError as error:
+        return f"unavailable ({error})"
+    if diffusion is None:
+        return f"not available: no diffusion weights at {default_diffusion_path()} (0 steps only)"
+    if diffusion.base_weights_id != weights_id:
+        return f"not available: {diffusion.path.name} was trained on other base weights"
+    return f"available ({diffusion.path.name}); decode with --steps N"
 
 
 @main.command()
@@ -267,6 +282,45 @@ def train_base_command(data, checkpoint, steps, batch_size, patch_size, learning
         patch_size=patch_size, learning_rate=learning_rate, device=device, threads=threads,
         checkpoint_minutes=checkpoint_minutes, seed=seed,
     ))
+
+
+@train.command("diffusion")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
+              default=[DEFAULT_TRAIN_DATA], show_default=True, help="Folders of training photos.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("checkpoints/diffusion.safetensors"), show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=20000, show_default=True, help="Total steps.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--patch-size", type=click.IntRange(64), default=128, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=2e-4, show_default=True)
+@click.option("--lpips-weight", type=float, default=0.0, show_default=True, help="Weight of the VGG LPIPS term.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
+@click.option("--checkpoint-minutes", type=float, default=5.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@weights_option
+def train_diffusion_command(data, checkpoint, steps, batch_size, patch_size, learning_rate, lpips_weight, device,
+                            threads, checkpoint_minutes, seed, weights) -> None:
+    """Train the diffusion decoder on the frozen base codec's reconstructions."""
+    from diraccodec.training.diffusion import DiffusionTrainingOptions, train_diffusion
+    from diraccodec.weights import default_weights_path
+
+    train_diffusion(DiffusionTrainingOptions(
+        data=tuple(data), checkpoint=checkpoint, steps=steps, batch_size=batch_size, patch_size=patch_size,
+        learning_rate=learning_rate, lpips_weight=lpips_weight, device=device, threads=threads,
+        checkpoint_minutes=checkpoint_minutes, seed=seed, base_weights=weights or default_weights_path(),
+    ))
+
+
+@train.command("export-diffusion")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+def train_export_diffusion_command(checkpoint: Path, output: Path) -> None:
+    """Write the diffusion decoder's weights from a training checkpoint."""
+    from diraccodec.training.diffusion import export_diffusion_checkpoint
+
+    export_diffusion_checkpoint(checkpoint, output)
+    console.print(f"wrote {output}")
 
 
 @train.command("export")

@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load, save_file
 
+from diraccodec.diffusion.sampler import SamplerSettings
 from diraccodec.entropy.tables import (
     TableSet,
     build_factorized_tables,
@@ -32,10 +33,13 @@ from diraccodec.entropy.tables import (
 )
 from diraccodec.errors import DiracError
 from diraccodec.models.hyperprior import HyperpriorConfig, MultiRateHyperprior
+from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_BASE_WEIGHTS = WEIGHTS_DIR / "base.safetensors"
 WEIGHTS_ENV = "DIRAC_WEIGHTS"
+DEFAULT_DIFFUSION_WEIGHTS = WEIGHTS_DIR / "diffusion.safetensors"
+DIFFUSION_ENV = "DIRAC_DIFFUSION_WEIGHTS"
 MANIFEST = "manifest.json"
 
 
@@ -54,9 +58,8 @@ def default_weights_path() -> Path:
     return Path(os.environ.get(WEIGHTS_ENV, DEFAULT_BASE_WEIGHTS))
 
 
-@functools.lru_cache(maxsize=4)
-def load_base_weights(path: Path | None = None) -> BaseWeights:
-    path = Path(path or default_weights_path())
+def read_verified(path: Path) -> tuple[bytes, str]:
+    """The file's bytes and SHA-256, after checking the hash against the manifest beside it."""
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -70,10 +73,21 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
     if digest != expected:
         raise DiracError(f"weights {path} fail their hash check (modified or corrupt): sha256 {digest[:16]}..., "
                          f"expected {expected[:16]}...")
+    return data, digest
+
+
+def _parse(path: Path, data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors = load(data)
+    with safe_open(str(path), framework="pt") as handle:
+        return tensors, handle.metadata() or {}
+
+
+@functools.lru_cache(maxsize=4)
+def load_base_weights(path: Path | None = None) -> BaseWeights:
+    path = Path(path or default_weights_path())
+    data, digest = read_verified(path)
     try:
-        tensors = load(data)
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+        tensors, metadata = _parse(path, data)
         fields = json.loads(metadata["config"])
         config = HyperpriorConfig(fields["channels"], fields["latent_channels"], tuple(fields["lambdas"]))
         model = MultiRateHyperprior(config)
@@ -82,7 +96,7 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
         latent_tables = TableSet.from_tensors(tensors, "tables.latent")
         scales = tensors["tables.latent.scales"].numpy()
     except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as error:
-        raise DiracError(f"{path} is not a diraccodec weights file ({error})") from None
+        raise DiracError(f"{path} is not a diraccodec base weights file ({error})") from None
     model.eval().requires_grad_(False)
     return BaseWeights(
         model=model,
@@ -93,6 +107,51 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
         path=path,
         metadata=metadata,
     )
+
+
+@dataclass
+class DiffusionWeights:
+    model: ResidualUNet
+    settings: SamplerSettings
+    base_weights_id: bytes  # the base codec whose reconstructions it was trained on
+    path: Path
+    metadata: dict[str, str]
+
+
+def default_diffusion_path() -> Path:
+    return Path(os.environ.get(DIFFUSION_ENV, DEFAULT_DIFFUSION_WEIGHTS))
+
+
+@functools.lru_cache(maxsize=4)
+def load_diffusion_weights(path: Path | None = None) -> DiffusionWeights | None:
+    """The diffusion decoder's weights, or None when the default file is not shipped."""
+    if path is None and not default_diffusion_path().exists():
+        return None
+    path = Path(path or default_diffusion_path())
+    data, _ = read_verified(path)
+    try:
+        tensors, metadata = _parse(path, data)
+        fields = json.loads(metadata["config"])
+        model = ResidualUNet(ResidualUNetConfig(tuple(fields["widths"]), fields["embedding"], fields["max_level"]))
+        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        settings = SamplerSettings(**json.loads(metadata["sampler"]))
+        base_id = bytes.fromhex(metadata["base_weights_id"])
+    except (KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError) as error:
+        raise DiracError(f"{path} is not a diraccodec diffusion weights file ({error})") from None
+    return DiffusionWeights(model.eval().requires_grad_(False), settings, base_id, path, metadata)
+
+
+def export_diffusion_weights(
+    model: ResidualUNet, settings: SamplerSettings, base_weights_id: bytes, path: Path, info: dict[str, object]
+) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "config": json.dumps(asdict(model.config)),
+        "sampler": json.dumps(asdict(settings)),
+        "base_weights_id": base_weights_id.hex(),
+        "info": json.dumps(info),
+    }
+    _save_listed(tensors, metadata, path)
 
 
 def export_base_weights(model: MultiRateHyperprior, path: Path, info: dict[str, object]) -> None:
@@ -109,6 +168,11 @@ def export_base_weights(model: MultiRateHyperprior, path: Path, info: dict[str, 
     tensors.update(build_gaussian_tables(scales).as_tensors("tables.latent"))
     tensors["tables.latent.scales"] = torch.from_numpy(scales)
     metadata = {"config": json.dumps(asdict(model.config)), "info": json.dumps(info)}
+    _save_listed(tensors, metadata, path)
+
+
+def _save_listed(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    """Write atomically, then list the file with its hash in the manifest beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     save_file(tensors, str(temporary), metadata=metadata)

@@ -131,6 +131,19 @@ class MultiRateHyperprior(nn.Module):
         mean, scale = self.hyper_synthesis(z_hat).chunk(2, dim=1)
         return mean, scale.abs()
 
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """What the decoder shows at 0 steps: hard-quantised latents, 8-bit output.
+
+        Float32 on any device; the bit-exact coding path lives in diraccodec.codec. The
+        diffusion decoder trains on these reconstructions.
+        """
+        gain, inverse_gain = self.gains(level)
+        y = self.analysis(x) * gain
+        mean, _ = self.mean_and_scale(torch.round(self.hyper_analysis(y)))
+        y_hat = torch.round(y - mean) + mean
+        return self.synthesis(y_hat * inverse_gain).clamp(0, 1).mul(255).round().div(255)
+
     def forward(self, x: torch.Tensor, level: torch.Tensor) -> ForwardResult:
         """Training pass: noise for the rate, straight-through rounding for the decoder."""
         gain, inverse_gain = self.gains(level)

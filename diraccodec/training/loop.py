@@ -91,7 +91,7 @@ def run_loop(
         state.seconds += now - step_started
         step_started = now
         for name, value in figures.items():
-            window.setdefault(name, []).append(float(value))
+            window.setdefault(name, []).append(float(value.detach()))
         if state.step % options.log_every == 0 or state.step == options.steps:
             shown = "  ".join(f"{name} {sum(v) / len(v):.4f}" for name, v in window.items())
             console.print(

@@ -1,0 +1,31 @@
+"""The diffusion stage of decoding: base reconstruction in, realistic image out."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from diraccodec.codec import without_onednn
+from diraccodec.diffusion.sampler import SamplerSettings, sample_residual
+from diraccodec.models.residual_unet import ResidualUNet
+
+DEFAULT_SEED = 0
+
+
+class DiffusionDecoder:
+    def __init__(self, model: ResidualUNet, settings: SamplerSettings, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.settings = settings
+
+    def enhance(self, base_rgb: np.ndarray, level: float, steps: int, seed: int | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 base reconstruction -> (H, W, 3) uint8 after `steps` sampling steps."""
+        if steps <= 0:
+            return base_rgb
+        base = torch.from_numpy(base_rgb.copy()).permute(2, 0, 1)[None].float().div(255).to(self.device)
+        # the plain kernels sum in the same order with any thread count (see codec.py)
+        with without_onednn():
+            residual = sample_residual(self.model, base, level, steps, DEFAULT_SEED if seed is None else seed,
+                                       self.settings)
+        image = (base + residual).clamp(0, 1)[0]
+        return image.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()

@@ -1,0 +1,28 @@
+"""The noise schedule over the (scaled) residual, and its respacing to a few steps.
+
+Time runs from 0 (clean) to 1 (pure noise) with a cosine schedule of the signal level,
+x_t = sqrt(a(t)) r + sqrt(1 - a(t)) noise. The residual x - x_base is small, so sampling
+starts late, at `start_time`, where the noise already dwarfs any residual, from the base
+image itself (a residual of zero) plus noise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+RESIDUAL_SCALE = 0.1  # residuals (in [0, 1] pixel units) are divided by this for the model
+COSINE_OFFSET = 0.008
+
+
+def signal_level(time: torch.Tensor) -> torch.Tensor:
+    """a(t): the fraction of variance that is signal at time t (1 at t=0, ~0 at t=1)."""
+    angle = (time + COSINE_OFFSET) / (1 + COSINE_OFFSET) * math.pi / 2
+    start = math.cos(COSINE_OFFSET / (1 + COSINE_OFFSET) * math.pi / 2) ** 2
+    return (torch.cos(angle) ** 2 / start).clamp(1e-5, 1.0)
+
+
+def respaced_times(steps: int, start_time: float) -> torch.Tensor:
+    """steps + 1 times from start_time down to 0, evenly spaced: the sampler's grid."""
+    return torch.linspace(start_time, 0.0, steps + 1, dtype=torch.float64)

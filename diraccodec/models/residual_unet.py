@@ -1,0 +1,124 @@
+"""The conditional U-Net of the diffusion decoder.
+
+It sees the noisy residual, the base reconstruction, the diffusion time and the rate level,
+and predicts the clean residual x - x_base (x0 parameterisation), so every sampling step
+yields a usable image. It works at half resolution after a pixel-unshuffle to be cheap on
+a CPU, and it is purely local (no attention, no statistics over the image): its output
+at a pixel depends only on a bounded neighbourhood, so tiles give the same result as the
+whole image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class ResidualUNetConfig:
+    widths: tuple[int, ...] = (32, 64, 128)  # channels at 1/2, 1/4 and 1/8 of the image size
+    embedding: int = 128
+    max_level: float = 8.0
+
+
+def sinusoidal_embedding(values: torch.Tensor, dimensions: int) -> torch.Tensor:
+    """values (B,) in [0, 1] -> (B, dimensions) features at geometric frequencies."""
+    half = dimensions // 2
+    frequencies = torch.exp(torch.arange(half, device=values.device) * (-math.log(1000.0) / max(1, half - 1)))
+    angles = values[:, None].float() * frequencies[None] * 1000.0
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class PixelNorm(nn.Module):
+    """Normalise each pixel's channel vector (a per-pixel LayerNorm): local, so tile-safe."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x - x.mean(dim=1, keepdim=True)
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-6) * self.weight
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions; the time-and-level embedding scales and shifts the middle."""
+
+    def __init__(self, in_channels: int, out_channels: int, embedding: int) -> None:
+        super().__init__()
+        self.norm_in = PixelNorm(in_channels)
+        self.conv_in = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.modulation = nn.Linear(embedding, 2 * out_channels)
+        self.norm_out = PixelNorm(out_channels)
+        self.conv_out = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(F.silu(self.norm_in(x)))
+        scale, shift = self.modulation(embedding)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm_out(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv_out(F.silu(h))
+
+
+class ResidualUNet(nn.Module):
+    def __init__(self, config: ResidualUNetConfig = ResidualUNetConfig()) -> None:
+        super().__init__()
+        self.config = config
+        widths = config.widths
+        self.embed = nn.Sequential(
+            nn.Linear(2 * config.embedding, config.embedding), nn.SiLU(), nn.Linear(config.embedding, config.embedding)
+        )
+        self.conv_in = nn.Conv2d(6 * 4, widths[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        for index, width in enumerate(widths):
+            self.down_blocks.append(ResidualBlock(width, width, config.embedding))
+            if index + 1 < len(widths):
+                self.downsample.append(nn.Conv2d(width, widths[index + 1], 3, stride=2, padding=1))
+        self.middle = ResidualBlock(widths[-1], widths[-1], config.embedding)
+        self.up_blocks = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for index in range(len(widths) - 1, 0, -1):
+            self.upsample.append(nn.Conv2d(widths[index], widths[index - 1] * 4, 3, padding=1))
+            self.up_blocks.append(ResidualBlock(2 * widths[index - 1], widths[index - 1], config.embedding))
+        self.conv_out = nn.Conv2d(widths[0], 3 * 4, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)  # starts by predicting no residual: the base image
+        nn.init.zeros_(self.conv_out.bias)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this."""
+        return 2 ** len(self.config.widths)
+
+    def forward(
+        self, noisy_residual: torch.Tensor, time: torch.Tensor, base: torch.Tensor, level: torch.Tensor
+    ) -> torch.Tensor:
+        """noisy_residual, base: (B, 3, H, W); time in [0, 1] and level in [1, 8]: (B,)."""
+        embedding = self.embed(
+            torch.cat(
+                [
+                    sinusoidal_embedding(time, self.config.embedding),
+                    sinusoidal_embedding(level / self.config.max_level, self.config.embedding),
+                ],
+                dim=1,
+            )
+        )
+        x = F.pixel_unshuffle(torch.cat([noisy_residual, base * 2 - 1], dim=1), 2)
+        x = self.conv_in(x)
+        skips = []
+        for index, block in enumerate(self.down_blocks):
+            x = block(x, embedding)
+            if index < len(self.downsample):
+                skips.append(x)
+                x = self.downsample[index](x)
+        x = self.middle(x, embedding)
+        for upsample, block in zip(self.upsample, self.up_blocks, strict=True):
+            x = F.pixel_shuffle(upsample(x), 2)
+            x = block(torch.cat([x, skips.pop()], dim=1), embedding)
+        return F.pixel_shuffle(self.conv_out(F.silu(x)), 2)

@@ -1,0 +1,110 @@
+"""Training of the diffusion decoder on the frozen base codec's reconstructions.
+
+Each sample gets a random (fractional) rate level; the base codec reconstructs it with hard
+quantisation exactly as the decoder would; the U-Net learns to predict the clean residual
+x - x_base from a noisy version of it at a random time in [0, start_time]. The loss is the
+squared error of the predicted residual, optionally plus LPIPS (VGG16) of the resulting
+image against the original.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from diraccodec.diffusion.sampler import SamplerSettings
+from diraccodec.diffusion.schedule import RESIDUAL_SCALE, signal_level
+from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
+from diraccodec.training.base import DEFAULT_TRAIN_DATA
+from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata
+from diraccodec.training.data import CropSampler
+from diraccodec.training.loop import LoopOptions, run_loop, start_session
+from diraccodec.weights import DEFAULT_BASE_WEIGHTS, export_diffusion_weights, load_base_weights
+
+
+@dataclass
+class DiffusionTrainingOptions(LoopOptions):
+    data: tuple[Path, ...] = (DEFAULT_TRAIN_DATA,)
+    base_weights: Path = DEFAULT_BASE_WEIGHTS
+    batch_size: int = 8
+    patch_size: int = 128
+    widths: tuple[int, ...] = ResidualUNetConfig.widths
+    lpips_weight: float = 0.0
+    start_time: float = SamplerSettings.start_time
+
+
+def diffusion_loss(
+    unet: ResidualUNet,
+    batch: torch.Tensor,
+    base: torch.Tensor,
+    levels: torch.Tensor,
+    start_time: float,
+    perceptual: torch.nn.Module | None = None,
+    lpips_weight: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    residual = (batch - base) / RESIDUAL_SCALE
+    time = torch.rand(batch.shape[0], device=batch.device) * start_time
+    signal = signal_level(time)[:, None, None, None]
+    noisy = signal.sqrt() * residual + (1 - signal).sqrt() * torch.randn_like(residual)
+    prediction = unet(noisy, time, base, levels)
+    mse = (prediction - residual).pow(2).mean()
+    figures = {"loss": mse, "residual_mse": mse.detach()}
+    if perceptual is not None and lpips_weight > 0:
+        distance = perceptual((base + prediction * RESIDUAL_SCALE).clamp(0, 1), batch).mean()
+        figures["loss"] = mse + lpips_weight * distance
+        figures["lpips"] = distance.detach()
+    return figures
+
+
+def train_diffusion(options: DiffusionTrainingOptions, console: Console | None = None) -> TrainingState:
+    console = console or Console(stderr=True)
+    torch.manual_seed(options.seed)
+    base_weights = load_base_weights(Path(options.base_weights).resolve())
+    config = ResidualUNetConfig(widths=tuple(options.widths), max_level=float(base_weights.model.config.num_levels))
+    session = start_session(ResidualUNet(config), options, console)
+    trained_on = session.state.metadata.get("base_weights_id")
+    if trained_on and trained_on != base_weights.weights_id.hex():
+        console.print(f"note: the checkpoint was trained on base {trained_on}; continuing on "
+                      f"{base_weights.weights_id.hex()} (fine-tuning)")
+    base_model = base_weights.model.to(session.device)
+    perceptual = None
+    if options.lpips_weight > 0:
+        from diraccodec.perceptual.lpips import LPIPS
+
+        perceptual = LPIPS("vgg16").to(session.device)
+    console.print(f"loading training images from {', '.join(map(str, options.data))}")
+    sampler = CropSampler(options.data, options.patch_size, generator=session.generator)
+    session.state.metadata.update({
+        "config": asdict(config),
+        "base_weights_id": base_weights.weights_id.hex(),
+        "batch_size": options.batch_size,
+        "patch_size": options.patch_size,
+        "lpips_weight": options.lpips_weight,
+        "start_time": options.start_time,
+        "device": str(session.device),
+        "data": [str(p) for p in options.data],
+    })
+    num_levels = base_model.config.num_levels
+
+    def next_loss() -> dict[str, torch.Tensor]:
+        batch = sampler.batch(options.batch_size).to(session.device)
+        levels = 1 + torch.rand(options.batch_size, generator=session.generator) * (num_levels - 1)
+        levels = levels.to(session.device)
+        base = base_model.reconstruct(batch, levels - 1)
+        return diffusion_loss(session.model, batch, base, levels, options.start_time, perceptual,
+                              options.lpips_weight)
+
+    return run_loop(session, options, next_loss, console)
+
+
+def export_diffusion_checkpoint(checkpoint: Path, output: Path, settings: SamplerSettings | None = None) -> None:
+    metadata = load_checkpoint_metadata(checkpoint).metadata
+    fields = metadata["config"]
+    model = ResidualUNet(ResidualUNetConfig(tuple(fields["widths"]), fields["embedding"], fields["max_level"]))
+    state = load_checkpoint(checkpoint, model, None, None)
+    settings = settings or SamplerSettings(start_time=metadata.get("start_time", SamplerSettings.start_time))
+    info = {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **metadata}
+    export_diffusion_weights(model, settings, bytes.fromhex(metadata["base_weights_id"]), output, info)
