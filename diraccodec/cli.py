@@ -259,57 +259,50 @@ def train() -> None:
     """Train the models (long-running; resumes from its checkpoint)."""
 
 
+def training_options(checkpoint: str, steps: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options every training command takes, with its own checkpoint and step defaults."""
+    options = [
+        click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
+                     default=[DEFAULT_TRAIN_DATA], show_default=True, help="Folders of training photos."),
+        click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=Path(checkpoint),
+                     show_default=True, help="Resumed from when it exists; written every few minutes."),
+        click.option("--steps", type=click.IntRange(1), default=steps, show_default=True, help="Total steps."),
+        click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True),
+        click.option("--patch-size", type=click.IntRange(64), default=128, show_default=True),
+        click.option("--lr", "learning_rate", type=float, default=2e-4, show_default=True),
+        click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
+        click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch."),
+        click.option("--checkpoint-minutes", type=float, default=5.0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 @train.command("base")
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
-              default=[DEFAULT_TRAIN_DATA], show_default=True, help="Folders of training photos.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("checkpoints/base.safetensors"), show_default=True)
-@click.option("--steps", type=click.IntRange(1), default=9000, show_default=True, help="Total steps.")
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--patch-size", type=click.IntRange(64), default=128, show_default=True)
-@click.option("--lr", "learning_rate", type=float, default=2e-4, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
-@click.option("--checkpoint-minutes", type=float, default=5.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-def train_base_command(data, checkpoint, steps, batch_size, patch_size, learning_rate, device, threads,
-                       checkpoint_minutes, seed) -> None:
+@training_options("checkpoints/base.safetensors", 9000)
+def train_base_command(data: tuple[Path, ...], **loop: Any) -> None:
     """Train the multi-rate hyperprior base codec."""
     from diraccodec.training.base import BaseTrainingOptions, train_base
 
-    train_base(BaseTrainingOptions(
-        data=tuple(data), checkpoint=checkpoint, steps=steps, batch_size=batch_size,
-        patch_size=patch_size, learning_rate=learning_rate, device=device, threads=threads,
-        checkpoint_minutes=checkpoint_minutes, seed=seed,
-    ))
+    train_base(BaseTrainingOptions(data=tuple(data), **loop))
 
 
 @train.command("diffusion")
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
-              default=[DEFAULT_TRAIN_DATA], show_default=True, help="Folders of training photos.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("checkpoints/diffusion.safetensors"), show_default=True)
-@click.option("--steps", type=click.IntRange(1), default=20000, show_default=True, help="Total steps.")
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--patch-size", type=click.IntRange(64), default=128, show_default=True)
-@click.option("--lr", "learning_rate", type=float, default=2e-4, show_default=True)
+@training_options("checkpoints/diffusion.safetensors", 20000)
 @click.option("--lpips-weight", type=float, default=0.0, show_default=True, help="Weight of the VGG LPIPS term.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
-@click.option("--checkpoint-minutes", type=float, default=5.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
 @weights_option
-def train_diffusion_command(data, checkpoint, steps, batch_size, patch_size, learning_rate, lpips_weight, device,
-                            threads, checkpoint_minutes, seed, weights) -> None:
+def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, **loop: Any) -> None:
     """Train the diffusion decoder on the frozen base codec's reconstructions."""
     from diraccodec.training.diffusion import DiffusionTrainingOptions, train_diffusion
     from diraccodec.weights import default_weights_path
 
-    train_diffusion(DiffusionTrainingOptions(
-        data=tuple(data), checkpoint=checkpoint, steps=steps, batch_size=batch_size, patch_size=patch_size,
-        learning_rate=learning_rate, lpips_weight=lpips_weight, device=device, threads=threads,
-        checkpoint_minutes=checkpoint_minutes, seed=seed, base_weights=weights or default_weights_path(),
-    ))
+    train_diffusion(DiffusionTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(), **loop))
 
 
 @train.command("export-diffusion")

@@ -57,3 +57,18 @@ def test_training_lowers_the_loss_and_exports_usable_weights(photo_folder: Path,
     image = Image.open(photo_folder / "b.png").convert("RGB").crop((0, 0, 70, 50))
     data = api.encode(image, 2, weights=weights)
     assert api.decode(data, weights=weights).size == (70, 50)
+
+
+def test_train_and_export_commands(photo_folder: Path, tmp_path: Path):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    checkpoint, weights = tmp_path / "ck.safetensors", tmp_path / "w" / "base.safetensors"
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "base", "--data", str(photo_folder), "--checkpoint", str(checkpoint),
+                                  "--steps", "1", "--batch-size", "1", "--patch-size", "64", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["train", "export", str(checkpoint), str(weights)])
+    assert result.exit_code == 0, result.output
+    assert (weights.parent / "manifest.json").exists()
