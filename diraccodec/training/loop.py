@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 
@@ -73,7 +74,28 @@ def run_loop(
     next_loss: Callable[[], dict[str, torch.Tensor]],
     console: Console,
 ) -> TrainingState:
-    """Train until options.steps; next_loss returns {"loss": ..., other figures to log}."""
+    """Train until options.steps; next_loss returns {"loss": ..., other figures to log}.
+
+    On a terminal a progress bar shows the running figures; otherwise (a log file) a line
+    is printed every `log_every` steps.
+    """
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[figures]}"), console=console, disable=not console.is_terminal,
+    )
+    with progress:
+        task = progress.add_task("training", total=options.steps, completed=session.state.step, figures="")
+        return _steps(session, options, next_loss, console, lambda shown: progress.update(
+            task, completed=session.state.step, figures=shown))
+
+
+def _steps(
+    session: Session,
+    options: LoopOptions,
+    next_loss: Callable[[], dict[str, torch.Tensor]],
+    console: Console,
+    show: Callable[[str], None],
+) -> TrainingState:
     state, optimizer = session.state, session.optimizer
     last_save = time.monotonic()
     window: dict[str, list[float]] = {}
@@ -94,11 +116,13 @@ def run_loop(
             window.setdefault(name, []).append(float(value.detach()))
         if state.step % options.log_every == 0 or state.step == options.steps:
             shown = "  ".join(f"{name} {sum(v) / len(v):.4f}" for name, v in window.items())
-            console.print(
-                f"step {state.step}/{options.steps}  {shown}  lr {optimizer.param_groups[0]['lr']:.2e}  "
-                f"{state.seconds / 3600:.2f} h"
-            )
-            sys.stderr.flush()
+            show(shown)
+            if not console.is_terminal:
+                console.print(
+                    f"step {state.step}/{options.steps}  {shown}  lr {optimizer.param_groups[0]['lr']:.2e}  "
+                    f"{state.seconds / 3600:.2f} h"
+                )
+                sys.stderr.flush()
             window.clear()
         if now - last_save > options.checkpoint_minutes * 60 or state.step == options.steps:
             save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
