@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,9 +119,12 @@ def _results(jobs: list[Job], settings: BatchSettings, workers: int) -> Iterator
             yield run_job(job, settings)
         return
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
-        futures = [pool.submit(run_job, job, settings) for job in jobs]
+        futures = {pool.submit(run_job, job, settings): job for job in jobs}
         for future in as_completed(futures):
-            yield future.result()
+            try:
+                yield future.result()
+            except BrokenProcessPool:  # a worker died (killed, out of memory): report, do not crash
+                yield JobResult(futures[future], "failed", "worker process died while converting this file")
 
 
 def default_workers() -> int:

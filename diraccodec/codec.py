@@ -98,7 +98,7 @@ class BaseCodec:
     def analyse(self, rgb: np.ndarray, quality: float) -> Latents:
         """The integer symbols that the stream will carry for this image and level."""
         height, width = rgb.shape[:2]
-        x = torch.from_numpy(np.ascontiguousarray(rgb).copy()).permute(2, 0, 1)[None].float().div(255).to(self.device)
+        x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float().div(255).to(self.device)
         padded_height, padded_width = padded_size(height, width)
         x = F.pad(x, (0, padded_width - width, 0, padded_height - height), mode="replicate")
         y = apply_tiled(
