@@ -18,7 +18,6 @@ from fractions import Fraction
 import constriction
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from diraccodec.entropy.coder import decode_values, encode_values
 from diraccodec.entropy.tables import snap_scales
@@ -98,9 +97,10 @@ class BaseCodec:
     def analyse(self, rgb: np.ndarray, quality: float) -> Latents:
         """The integer symbols that the stream will carry for this image and level."""
         height, width = rgb.shape[:2]
-        x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float().div(255).to(self.device)
         padded_height, padded_width = padded_size(height, width)
-        x = F.pad(x, (0, padded_width - width, 0, padded_height - height), mode="replicate")
+        padded = np.pad(rgb, ((0, padded_height - height), (0, padded_width - width), (0, 0)), mode="edge")
+        x = torch.from_numpy(padded).permute(2, 0, 1)[None].to(self.device).float().div_(255)
+        del padded
         y = apply_tiled(
             self.model.analysis,
             x,
@@ -156,8 +156,9 @@ class BaseCodec:
                 TILE_LATENTS,
                 MARGIN_LATENTS,
             )
-        x_hat = torch.nan_to_num(x_hat[0, :, :height, :width], nan=0.0).clamp(0, 1)
-        return x_hat.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        del y_hat
+        x_hat = x_hat[0, :, :height, :width].nan_to_num_(nan=0.0).clamp_(0, 1).mul_(255).round_()
+        return np.ascontiguousarray(x_hat.to(torch.uint8).permute(1, 2, 0).cpu().numpy())
 
     def compress(self, rgb: np.ndarray, quality: float) -> bytes:
         return self.write_stream(self.analyse(rgb, quality))

@@ -22,20 +22,27 @@ def apply_tiled(
 ) -> torch.Tensor:
     """transform maps (1, C, H, W) to (1, C', H*scale, W*scale); tile and margin in input units.
 
-    tile and margin must be multiples of the input stride (1/scale when scale < 1).
+    tile and margin must be multiples of the input stride (1/scale when scale < 1). Each
+    tile's centre is written straight into one preallocated output, so the peak memory is
+    the output plus one tile's working set.
     """
     height, width = x.shape[-2:]
     if height <= tile + 2 * margin and width <= tile + 2 * margin:
         return transform(x)
-    rows = []
+    output: torch.Tensor | None = None
     for top in range(0, height, tile):
-        row = []
         for left in range(0, width, tile):
             bottom, right = min(top + tile, height), min(left + tile, width)
             top_ext, left_ext = max(0, top - margin), max(0, left - margin)
             bottom_ext, right_ext = min(height, bottom + margin), min(width, right + margin)
             out = transform(x[..., top_ext:bottom_ext, left_ext:right_ext])
+            if output is None:
+                output = out.new_empty((*out.shape[:-2], int(height * scale), int(width * scale)))
             y0, x0 = int((top - top_ext) * scale), int((left - left_ext) * scale)
-            row.append(out[..., y0 : y0 + int((bottom - top) * scale), x0 : x0 + int((right - left) * scale)])
-        rows.append(torch.cat(row, dim=-1))
-    return torch.cat(rows, dim=-2)
+            rows, columns = int((bottom - top) * scale), int((right - left) * scale)
+            output[..., int(top * scale) : int(top * scale) + rows, int(left * scale) : int(left * scale) + columns] = (
+                out[..., y0 : y0 + rows, x0 : x0 + columns]
+            )
+            del out
+    assert output is not None
+    return output
