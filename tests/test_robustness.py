@@ -178,3 +178,22 @@ def test_no_pickle_in_the_loading_path():
         assert "torch.load(" not in text, path
         if path.name != "weights.py" or path.parent.name != "perceptual":
             assert "import pickle" not in text, path
+
+
+def test_memory_grows_slowly_with_image_size(tmp_path):
+    """Peak RSS of encode and decode in fresh processes at two sizes: the growth per extra
+    pixel stays small, so a 50-megapixel photo fits (measured in docs/robustness.md)."""
+    from tests.measure_large_image import measure, measure_decode
+
+    peaks = {}
+    for megapixels in (0.6, 2.4):
+        folder = tmp_path / str(megapixels)
+        folder.mkdir()
+        encoded = measure(megapixels, 3.0, folder)
+        decoded = measure_decode(folder)
+        peaks[megapixels] = (encoded["width"] * encoded["height"], encoded["encode_peak_bytes"],
+                             decoded["decode_peak_bytes"])
+    (small_pixels, small_encode, small_decode), (large_pixels, large_encode, large_decode) = peaks.values()
+    extra = large_pixels - small_pixels
+    assert (large_encode - small_encode) / extra < 150, peaks
+    assert (large_decode - small_decode) / extra < 150, peaks
