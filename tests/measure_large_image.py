@@ -4,14 +4,14 @@
 
 The photo is Kodak's kodim23 resized (bicubic) to the size asked for; each step runs as
 `dirac` in a fresh process and its peak resident set size comes from the kernel
-(getrusage of the child), so the figure includes Python, torch and the weights.
+(wait4's resource usage of that one child), so the figure includes Python, torch and the weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import resource
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,15 +25,15 @@ SOURCE = ROOT.parent / "shared" / "data" / "kodak" / "kodim23.png"
 
 
 def run_measured(arguments: list[str]) -> tuple[float, int]:
-    """(seconds, peak RSS in bytes) of `dirac ARGUMENTS` in a new process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """(seconds, peak RSS in bytes) of `dirac ARGUMENTS` in a new process (that child's own peak)."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "diraccodec.cli", *arguments], check=True)
+    child = subprocess.Popen([sys.executable, "-m", "diraccodec.cli", *arguments])
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak_kib <= before:
-        raise RuntimeError("this child's peak did not exceed an earlier child's; measure in a fresh process")
-    return seconds, peak_kib * 1024
+    if child.returncode != 0:
+        raise RuntimeError(f"dirac {' '.join(arguments)} failed with status {child.returncode}")
+    return seconds, usage.ru_maxrss * 1024
 
 
 def measure(megapixels: float, quality: float, folder: Path) -> dict[str, float]:
