@@ -305,26 +305,18 @@ def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, **loop
     train_diffusion(DiffusionTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(), **loop))
 
 
-@train.command("export-diffusion")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
-def train_export_diffusion_command(checkpoint: Path, output: Path) -> None:
-    """Write the diffusion decoder's weights from a training checkpoint."""
-    from diraccodec.training.diffusion import export_diffusion_checkpoint
-
-    export_diffusion_checkpoint(checkpoint, output)
-    console.print(f"wrote {output}")
-
-
 @train.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 def train_export_command(checkpoint: Path, output: Path) -> None:
-    """Write inference weights (with entropy tables) from a training checkpoint."""
+    """Write inference weights from a training checkpoint (base codec or diffusion decoder)."""
     from diraccodec.training.base import export_checkpoint
+    from diraccodec.training.checkpoint import load_checkpoint_metadata
+    from diraccodec.training.diffusion import export_diffusion_checkpoint
 
-    export_checkpoint(checkpoint, output)
-    console.print(f"wrote {output}")
+    is_diffusion = "base_weights_id" in load_checkpoint_metadata(checkpoint).metadata
+    (export_diffusion_checkpoint if is_diffusion else export_checkpoint)(checkpoint, output)
+    console.print(f"wrote {output} ({'diffusion decoder' if is_diffusion else 'base codec'})")
 
 
 if __name__ == "__main__":

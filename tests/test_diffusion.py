@@ -96,3 +96,13 @@ def test_steps_without_shipped_diffusion_weights_say_so(small_image, monkeypatch
         api._diffusion.cache_clear()
         load_diffusion_weights.cache_clear()
     assert DEFAULT_BASE_WEIGHTS.exists()
+
+
+def test_export_command_recognises_a_diffusion_checkpoint(diffusion_weights, tmp_path):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    checkpoint = diffusion_weights.parent / "ck.safetensors"
+    result = CliRunner().invoke(main, ["train", "export", str(checkpoint), str(tmp_path / "d.safetensors")])
+    assert result.exit_code == 0 and "diffusion decoder" in result.output
