@@ -21,8 +21,8 @@ from rich.table import Table
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
 from diraccodec.reporting import show_warnings_on_one_line
+from diraccodec.training.base import DEFAULT_TRAIN_DATA
 
-DEFAULT_TRAIN_DATA = Path("../shared/data/train")
 EXIT_USER_ERROR = 2
 EXIT_SOME_FAILED = 1
 
