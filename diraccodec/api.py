@@ -148,11 +148,13 @@ def decode(
     diffusion_weights: str | Path | None = None,
     device: str = "cpu",
     max_pixels: int = drc.DEFAULT_MAX_PIXELS,
+    fast: bool = False,
 ) -> Image.Image:
     """Decompress .drc bytes. steps=None uses the file's recommendation (0 if it has none).
 
     0 steps gives the base reconstruction; more steps add realistic detail with the
-    diffusion decoder. The same file, steps and seed always give the same pixels.
+    diffusion decoder. The same file, steps and seed always give the same pixels; with
+    fast=True (oneDNN kernels for the diffusion steps) only on the same thread count.
     """
     header = drc.unpack(data, max_pixels)
     codec = get_codec(weights, device)
@@ -168,7 +170,7 @@ def decode(
     diffusion = get_diffusion(codec, diffusion_weights, device) if steps > 0 else None
     rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality)
     if diffusion is not None:
-        rgb = diffusion.enhance(rgb, header.quality, steps, seed)
+        rgb = diffusion.enhance(rgb, header.quality, steps, seed, fast)
     alpha = None
     if header.colour_mode.has_alpha:
         if drc.TAG_ALPHA not in header.sections:

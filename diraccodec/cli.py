@@ -54,6 +54,10 @@ max_pixels_option = click.option(
     "--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
     help="Refuse images (or files claiming images) larger than this, before allocating anything.",
 )
+fast_option = click.option(
+    "--fast", is_flag=True,
+    help="Diffusion steps with oneDNN kernels: about 2.5x faster; pixels then depend on the thread count.",
+)
 steps_option = click.option(
     "--steps", type=int, default=None, help="Diffusion steps at decode (0 = base reconstruction)."
 )
@@ -91,17 +95,18 @@ def encode(source: Path, quality: float, output: Path, steps: int | None, weight
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output image (.png, ...).")
 @steps_option
 @click.option("--seed", type=int, default=None, help="Sampling seed (same seed, same pixels).")
+@fast_option
 @weights_option
 @max_pixels_option
 @reports_errors
-def decode(source: Path, output: Path, steps: int | None, seed: int | None, weights: Path | None,
+def decode(source: Path, output: Path, steps: int | None, seed: int | None, fast: bool, weights: Path | None,
            max_pixels: int) -> None:
     """Decompress a .drc file into an image."""
     from diraccodec import api
     from diraccodec.files import image_format_for, read_bytes, write_image
 
     image_format_for(output)  # refuse a bad output name before the work
-    image = api.decode(read_bytes(source), steps, seed, weights=weights, max_pixels=max_pixels)
+    image = api.decode(read_bytes(source), steps, seed, weights=weights, max_pixels=max_pixels, fast=fast)
     write_image(output, image)
     console.print(f"{output}: {image.width}x{image.height} {image.mode}")
 
@@ -213,45 +218,117 @@ def _print_summary(results: list[Any], seconds: float) -> None:
     console.print(f"{len(results)} files in {seconds:.1f} s")
 
 
+def parse_list(text: str, kind: type, option: str) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DiracError(f"{option} must be numbers separated by commas, got {text!r}") from None
+
+
 @main.command("eval")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=Path("../shared/data/kodak"), show_default=True, help="Folder of test images.")
 @click.option("--levels", default="1,2,3,4,5,6,7,8", show_default=True, help="Comma-separated rate levels.")
-@click.option("--references/--no-references", default=True, show_default=True,
-              help="Also run JPEG, WebP, AVIF and JPEG XL in the same run.")
+@click.option("--steps", "steps_text", default="0", show_default=True,
+              help="Diffusion step counts to decode each file with, e.g. 0,1,2,5,10,20,50 (the perception axis).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed for steps > 0.")
+@fast_option
+@click.option("--references", default="jpeg,webp,avif,jxl", show_default=True,
+              help="Codecs to run in the same run (jpeg, webp, avif, jxl), or 'none'.")
+@click.option("--no-references", is_flag=True, help="Same as --references none.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("runs/eval.json"), show_default=True)
+              default=Path("runs/eval.json"), show_default=True,
+              help="Every figure; rewritten after each setting, so a stopped run keeps its figures.")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as Markdown here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw the rate-distortion curves (PNG) here.")
+@click.option("--perception-plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the distortion-perception curves per level (PNG) here.")
 @weights_option
 @reports_errors
-def evaluate_command(data: Path, levels: str, references: bool, json_path: Path, markdown: Path | None,
-                     plot_path: Path | None, weights: Path | None) -> None:
-    """Rate-distortion evaluation on a folder of images (default: Kodak)."""
-    from diraccodec.evaluation.codecs import diraccodec_codec, reference_codecs
-    from diraccodec.evaluation.run import evaluate, load_images, write_report
+def evaluate_command(data: Path, levels: str, steps_text: str, seed: int, fast: bool, references: str,
+                     no_references: bool,
+                     json_path: Path, markdown: Path | None, plot_path: Path | None, perception_plot: Path | None,
+                     weights: Path | None) -> None:
+    """Rate-distortion (and distortion-perception) evaluation on a folder of images (default: Kodak)."""
+    from diraccodec.evaluation.codecs import REFERENCE_KEYS, diraccodec_codec, reference_codecs
+    from diraccodec.evaluation.run import (
+        evaluate,
+        format_percent,
+        load_images,
+        report_of,
+        write_json,
+        write_report,
+    )
 
-    try:
-        chosen = [float(v) for v in levels.split(",") if v.strip()]
-    except ValueError:
-        raise DiracError(f"--levels must be numbers separated by commas, got {levels!r}") from None
-    codecs = [diraccodec_codec(chosen, str(weights) if weights else None)]
-    if references:
-        codecs += reference_codecs()
-    points = evaluate(load_images(data), codecs, console)
-    report = write_report(points, json_path, markdown, plot_path, data.name)
-    table = Table(title=f"rate-distortion on {data}")
-    for column in ("codec", "setting", "bpp", "PSNR", "MS-SSIM", "LPIPS", "s/MP"):
+    chosen = parse_list(levels, float, "--levels")
+    steps = parse_list(steps_text, int, "--steps")
+    if not chosen or not steps or any(not 0 <= s <= 100 for s in steps):
+        raise DiracError("--levels and --steps need at least one value; steps are between 0 and 100")
+    keys = [] if no_references or references.strip().lower() == "none" else \
+        [k.strip().lower() for k in references.split(",") if k.strip()]
+    if unknown := [k for k in keys if k not in REFERENCE_KEYS]:
+        raise DiracError(f"unknown reference codec {unknown[0]!r}; choose from {', '.join(REFERENCE_KEYS)}")
+    # the references first: they are quick, so a long run that is stopped still has them
+    codecs = reference_codecs(keys)
+    codecs.append(diraccodec_codec(chosen, sorted(set(steps)), seed, str(weights) if weights else None, fast))
+    if any(s > 0 for s in steps):  # fail now, not after the first level, when there is no diffusion model
+        from diraccodec import api
+
+        api.get_diffusion(api.get_codec(weights))
+
+    def save_partial(points: list) -> None:
+        write_json(report_of(points, data.name, complete=False), json_path)
+
+    points = evaluate(load_images(data), codecs, console, save_partial)
+    report = write_report(points, json_path, markdown, plot_path, data.name, perception_plot)
+    table = Table(title=f"evaluation on {data}")
+    for column in ("codec", "setting", "bpp", "PSNR", "MS-SSIM", "LPIPS", "FD-AlexNet", "s/MP"):
         table.add_column(column)
     for p in points:
         table.add_row(p.codec, f"{p.setting:g}", f"{p.bpp:.4f}", f"{p.psnr:.2f}", f"{p.ms_ssim:.4f}",
-                      f"{p.lpips:.4f}", f"{p.seconds_per_mp:.2f}")
+                      f"{p.lpips:.4f}", f"{p.fd_alexnet:.2f}", f"{p.seconds_per_mp:.2f}")
     out = Console(highlight=False)
     out.print(table)
-    for name, value in report["bd_rate_psnr_percent"].items():
-        out.print(f"BD-rate vs {name}: {value:+.1f}% (PSNR), {report['bd_rate_lpips_percent'][name]:+.1f}% (LPIPS)")
+    for ours, against in report["bd_rate_psnr_percent"].items():
+        for name, value in against.items():
+            lpips_value = report["bd_rate_lpips_percent"][ours][name]
+            out.print(f"BD-rate of {ours} vs {name}: {format_percent(value)} (PSNR), "
+                      f"{format_percent(lpips_value)} (LPIPS)")
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-q", "--quality", type=float, required=True, help="Rate level of our file.")
+@click.option("--steps", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--box", default=None, help="Crop LEFT,TOP,SIZE in pixels (default: a centred square).")
+@click.option("--zoom", type=click.IntRange(1, 8), default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output picture (.png).")
+@weights_option
+@reports_errors
+def compare(source: Path, quality: float, steps: int, box: str | None, zoom: int, seed: int, output: Path,
+            weights: Path | None) -> None:
+    """Side by side crops: original, AVIF at the same size, 0 steps and N steps."""
+    from diraccodec.evaluation.pictures import comparison_picture, is_valid_box
+    from diraccodec.files import image_format_for, write_image
+    from diraccodec.images import open_image
+
+    image_format_for(output)
+    image = open_image(source, DEFAULT_MAX_PIXELS).convert("RGB")
+    if box is None:
+        size = min(256, image.width, image.height)
+        crop = ((image.width - size) // 2, (image.height - size) // 2, size)
+    else:
+        values = parse_list(box, int, "--box")
+        if len(values) != 3:
+            raise DiracError(f"--box takes LEFT,TOP,SIZE, got {box!r}")
+        crop = (values[0], values[1], values[2])
+    if not is_valid_box(image, crop):
+        raise DiracError(f"--box {crop} does not fit inside the {image.width}x{image.height} image")
+    write_image(output, comparison_picture(image, quality, steps, crop, seed, zoom, str(weights) if weights else None))
+    console.print(f"{output}: written")
 
 
 @main.group()

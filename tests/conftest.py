@@ -29,3 +29,46 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     return float(10 * np.log10(255**2 / max(np.mean((x - y) ** 2), 1e-12)))
+
+
+@pytest.fixture(scope="session")
+def diffusion_weights(tmp_path_factory, sample_image: Image.Image) -> Path:
+    """A tiny U-Net trained for a few steps on the shipped base: real weights, real format."""
+    from diraccodec.training.diffusion import DiffusionTrainingOptions, export_diffusion_checkpoint, train_diffusion
+
+    folder = tmp_path_factory.mktemp("diffusion")
+    photos = folder / "photos"
+    photos.mkdir()
+    sample_image.save(photos / "a.png")
+    options = DiffusionTrainingOptions(
+        data=(photos,), checkpoint=folder / "ck.safetensors", steps=3, batch_size=2, patch_size=64,
+        widths=(8, 16, 16), log_every=1, checkpoint_minutes=1e9, threads=1,
+    )
+    train_diffusion(options)
+    export_diffusion_checkpoint(options.checkpoint, folder / "diffusion.safetensors")
+    return folder / "diffusion.safetensors"
+
+
+def random_unet():
+    """A small U-Net with random, non-zero layers, so sampling really changes pixels."""
+    import torch
+
+    from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
+
+    torch.manual_seed(3)
+    model = ResidualUNet(ResidualUNetConfig(widths=(8, 16, 16))).eval()
+    for parameter in model.parameters():
+        parameter.data.normal_(0, 0.1)
+    return model
+
+
+@pytest.fixture(scope="session")
+def random_diffusion_weights(tmp_path_factory) -> Path:
+    """Diffusion weights for the shipped base that visibly change the image (untrained, random)."""
+    from diraccodec.diffusion.sampler import SamplerSettings
+    from diraccodec.weights import DEFAULT_BASE_WEIGHTS, export_diffusion_weights, load_base_weights
+
+    path = tmp_path_factory.mktemp("random-diffusion") / "diffusion.safetensors"
+    base_id = load_base_weights(DEFAULT_BASE_WEIGHTS.resolve()).weights_id
+    export_diffusion_weights(random_unet(), SamplerSettings(), base_id, path, {"purpose": "test"})
+    return path

@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import functools
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import diraccodec
 from diraccodec.diffusion.sampler import SamplerSettings, sample_residual
 from diraccodec.errors import InvalidOptionError, WrongWeightsError
-from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
-from diraccodec.training.diffusion import DiffusionTrainingOptions, export_diffusion_checkpoint, train_diffusion
 from diraccodec.weights import DEFAULT_BASE_WEIGHTS, export_diffusion_weights
-
-
-@pytest.fixture(scope="module")
-def diffusion_weights(tmp_path_factory, sample_image: Image.Image) -> Path:
-    """A tiny U-Net trained for a few steps on the shipped base: real weights, real format."""
-    folder = tmp_path_factory.mktemp("diffusion")
-    photos = folder / "photos"
-    photos.mkdir()
-    sample_image.save(photos / "a.png")
-    options = DiffusionTrainingOptions(
-        data=(photos,), checkpoint=folder / "ck.safetensors", steps=3, batch_size=2, patch_size=64,
-        widths=(8, 16, 16), log_every=1, checkpoint_minutes=1e9, threads=1,
-    )
-    train_diffusion(options)
-    export_diffusion_checkpoint(options.checkpoint, folder / "diffusion.safetensors")
-    return folder / "diffusion.safetensors"
-
-
-def random_unet() -> ResidualUNet:
-    torch.manual_seed(3)
-    model = ResidualUNet(ResidualUNetConfig(widths=(8, 16, 16))).eval()
-    for parameter in model.parameters():  # non-zero output layers, so sampling really changes pixels
-        parameter.data.normal_(0, 0.1)
-    return model
+from tests.conftest import random_unet
 
 
 def test_same_seed_same_pixels_other_seed_other_pixels(small_image, diffusion_weights):
@@ -106,3 +80,13 @@ def test_export_command_recognises_a_diffusion_checkpoint(diffusion_weights, tmp
     checkpoint = diffusion_weights.parent / "ck.safetensors"
     result = CliRunner().invoke(main, ["train", "export", str(checkpoint), str(tmp_path / "d.safetensors")])
     assert result.exit_code == 0 and "diffusion decoder" in result.output
+
+
+def test_fast_decoding_repeats_itself_and_stays_close_to_the_reproducible_one(small_image, random_diffusion_weights):
+    data = diraccodec.encode(small_image, 2)
+    decode = functools.partial(diraccodec.decode, data, steps=3, seed=5, diffusion_weights=random_diffusion_weights)
+    fast, again, exact = (np.asarray(decode(fast=f), dtype=np.int16) for f in (True, True, False))
+    np.testing.assert_array_equal(fast, again)
+    base = np.asarray(diraccodec.decode(data, steps=0), dtype=np.int16)
+    assert np.abs(exact - base).mean() > 1  # the sampler really changed the image
+    assert np.abs(fast - exact).max() <= 2  # and the kernels only round differently

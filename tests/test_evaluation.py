@@ -27,5 +27,83 @@ def test_eval_command_on_two_small_images(tmp_path: Path, sample_image: Image.Im
     assert {p["codec"] for p in report["points"]} == {"diraccodec", "JPEG", "WebP", "AVIF", "JPEG XL"}
     for point in report["points"]:
         assert point["images"] == 2 and point["bpp"] > 0 and 0 < point["ms_ssim"] <= 1 and point["lpips"] >= 0
-    assert set(report["bd_rate_psnr_percent"]) == {"JPEG", "WebP", "AVIF", "JPEG XL"}
+    assert set(report["bd_rate_psnr_percent"]["diraccodec"]) == {"JPEG", "WebP", "AVIF", "JPEG XL"}
+    assert report["complete"] is True
     assert "BD-rate" in table.read_text() and figure.stat().st_size > 10_000
+
+
+def test_perception_axis_decodes_each_file_at_every_step_count(tmp_path: Path, sample_image: Image.Image,
+                                                                random_diffusion_weights: Path, monkeypatch):
+    monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(random_diffusion_weights))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sample_image.crop((0, 0, 128, 96)).save(folder / "a.png")
+    sample_image.crop((200, 100, 296, 196)).save(folder / "b.png")
+    report_path, figure = tmp_path / "eval.json", tmp_path / "dp.png"
+    result = CliRunner().invoke(main, ["eval", "--data", str(folder), "--levels", "1,5", "--steps", "0,3",
+                                       "--references", "avif", "--json", str(report_path),
+                                       "--perception-plot", str(figure)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    by_curve: dict[str, list[dict]] = {}
+    for point in report["points"]:
+        by_curve.setdefault(point["codec"], []).append(point)
+    assert set(by_curve) == {"diraccodec", "diraccodec (3 steps)", "AVIF"}
+    base, enhanced = by_curve["diraccodec"], by_curve["diraccodec (3 steps)"]
+    # one file per level, decoded twice: the same bits, other pixels
+    assert [p["bpp"] for p in base] == [p["bpp"] for p in enhanced]
+    assert all(p["steps"] == 3 and p["seconds_per_step_per_mp"] > 0 for p in enhanced)
+    assert all(p["steps"] == 0 and p["seconds_per_step_per_mp"] is None for p in base)
+    assert all(b["psnr"] != e["psnr"] for b, e in zip(base, enhanced, strict=True))
+    assert all(p["fd_alexnet"] >= 0 for p in report["points"])
+    assert set(report["bd_rate_lpips_percent"]) == {"diraccodec", "diraccodec (3 steps)"}
+    assert "FD-AlexNet" in report["fd_alexnet"] or "AlexNet" in report["fd_alexnet"]
+    assert figure.stat().st_size > 10_000
+
+
+def test_partial_report_is_written_after_every_setting(tmp_path: Path, sample_image: Image.Image):
+    from diraccodec.evaluation.codecs import reference_codecs
+    from diraccodec.evaluation.run import evaluate
+
+    seen: list[int] = []
+    evaluate([sample_image.crop((0, 0, 64, 64))], reference_codecs(["jpeg"]), on_point=lambda p: seen.append(len(p)))
+    assert seen == list(range(1, 10))
+
+
+def test_unknown_reference_codec_is_one_line_error(tmp_path: Path, sample_image: Image.Image):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sample_image.crop((0, 0, 64, 64)).save(folder / "a.png")
+    result = CliRunner().invoke(main, ["eval", "--data", str(folder), "--references", "bmp"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["dirac: error: unknown reference codec 'bmp'; "
+                                                  "choose from jpeg, webp, avif, jxl"]
+
+
+def test_compare_picture_puts_four_panels_side_by_side(tmp_path: Path, sample_image: Image.Image,
+                                                      diffusion_weights: Path, monkeypatch):
+    monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(diffusion_weights))
+    source, output = tmp_path / "a.png", tmp_path / "crops.png"
+    sample_image.crop((100, 50, 260, 178)).save(source)
+    result = CliRunner().invoke(main, ["compare", str(source), "-q", "2", "--steps", "2", "--box", "16,8,64",
+                                       "--zoom", "2", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    with Image.open(output) as picture:
+        assert picture.width == 4 * 128 + 3 * 8 and picture.height == 128 + 44
+        # the first panel is the original crop, enlarged by nearest neighbour
+        original = sample_image.crop((116, 58, 180, 122)).resize((128, 128), Image.Resampling.NEAREST)
+        assert picture.crop((0, 44, 128, 172)).tobytes() == original.tobytes()
+    bad = CliRunner().invoke(main, ["compare", str(source), "-q", "2", "--box", "150,0,64", "-o", str(output)])
+    assert bad.exit_code == 2 and "does not fit" in bad.output
+
+
+def test_avif_at_most_picks_the_best_quality_within_the_size(sample_image: Image.Image):
+    from diraccodec.evaluation.pictures import avif_at_most
+
+    image = sample_image.crop((0, 0, 128, 128))
+    data, quality = avif_at_most(image, 1500)
+    assert len(data) <= 1500
+    if quality < 100:
+        from diraccodec.evaluation.codecs import AVIF_OPTIONS, encode_with_pillow
+
+        assert len(encode_with_pillow(image, "AVIF", quality + 1, **AVIF_OPTIONS)) > 1500

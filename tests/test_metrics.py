@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFilter
 
-from diraccodec.evaluation.metrics import bd_rate, lpips, ms_ssim, psnr
+from diraccodec.evaluation.metrics import bd_rate, frechet_distance, lpips, ms_ssim, patches, psnr
 from diraccodec.perceptual.weights import load_numpy_pickle
 
 LPIPS_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lpips"
@@ -51,3 +52,23 @@ def test_bd_rate_of_a_curve_that_needs_half_the_bits_is_minus_fifty_percent():
     quality = [28.0, 31.0, 34.0, 37.0]
     assert bd_rate(rates, quality, [r / 2 for r in rates], quality) == pytest.approx(-50.0, abs=1e-6)
     assert bd_rate(rates, quality, rates, quality) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_matches_the_closed_form_for_a_scaled_shifted_set():
+    # b = 2a + c has covariance 4 S_a, so (S_a S_b)^(1/2) = 2 S_a and FD = |mu_b - mu_a|^2 + tr(S_a)
+    a = np.random.default_rng(0).normal(size=(400, 6)) @ np.random.default_rng(1).normal(size=(6, 6))
+    shift = np.arange(6.0)
+    b = 2 * a + shift
+    expected = np.sum((b.mean(0) - a.mean(0)) ** 2) + np.trace(np.cov(a, rowvar=False))
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-9)
+    assert np.isnan(frechet_distance(a[:1], b))
+
+
+def test_patches_cover_the_image_on_a_half_overlapping_grid(sample_image):
+    kodak_sized = sample_image.resize((768, 512))
+    grid = patches(kodak_sized)
+    assert grid.shape == (15, 3, 256, 256)  # 5 columns x 3 rows, every 128 pixels
+    assert torch.equal(grid[1], patches(kodak_sized.crop((128, 0, 384, 256)))[0])
+    assert patches(sample_image.crop((0, 0, 96, 64))).shape == (1, 3, 64, 64)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -18,13 +20,20 @@ class DiffusionDecoder:
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.settings = settings
 
-    def enhance(self, base_rgb: np.ndarray, level: float, steps: int, seed: int | None = None) -> np.ndarray:
-        """(H, W, 3) uint8 base reconstruction -> (H, W, 3) uint8 after `steps` sampling steps."""
+    def enhance(
+        self, base_rgb: np.ndarray, level: float, steps: int, seed: int | None = None, fast: bool = False
+    ) -> np.ndarray:
+        """(H, W, 3) uint8 base reconstruction -> (H, W, 3) uint8 after `steps` sampling steps.
+
+        fast=True keeps oneDNN's convolutions (about 2.5x faster on a CPU), whose summation
+        order follows the thread count: the same machine and thread count still give the same
+        pixels, but other thread counts may differ by rounding.
+        """
         if steps <= 0:
             return base_rgb
         base = torch.from_numpy(base_rgb.copy()).permute(2, 0, 1)[None].float().div(255).to(self.device)
         # the plain kernels sum in the same order with any thread count (see codec.py)
-        with without_onednn():
+        with contextlib.nullcontext() if fast else without_onednn():
             residual = sample_residual(self.model, base, level, steps, DEFAULT_SEED if seed is None else seed,
                                        self.settings)
         image = (base + residual).clamp(0, 1)[0]

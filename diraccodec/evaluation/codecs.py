@@ -1,54 +1,92 @@
 """The codecs an evaluation compares: diraccodec at its levels and Pillow's encoders.
 
 Each is a name, a list of settings from lowest to highest rate, and a round trip that
-returns the real encoded size and the decoded image, so every bpp is a file size.
+returns the real encoded size and every decoding of that one file (diraccodec decodes
+the same file at several step counts), so every bpp is a file size.
 """
 
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
+
+
+@dataclass(frozen=True)
+class Decoding:
+    image: Image.Image
+    seconds: float  # encode plus this decode
+    steps: int | None = None  # diffusion steps; None for codecs without them
 
 
 @dataclass(frozen=True)
 class CodecUnderTest:
     name: str
     settings: Sequence[float]
-    round_trip: Callable[[Image.Image, float], tuple[bytes, Image.Image]]
+    round_trip: Callable[[Image.Image, float], tuple[bytes, list[Decoding]]]
     setting_name: str = "quality"
 
 
-def diraccodec_codec(levels: Sequence[float], weights: str | None = None) -> CodecUnderTest:
+def diraccodec_codec(
+    levels: Sequence[float], steps: Sequence[int] = (0,), seed: int = 0, weights: str | None = None,
+    fast: bool = False,
+) -> CodecUnderTest:
+    """Our codec; each file is decoded once to the base image and then at every step count."""
     from diraccodec import api
 
-    def round_trip(image: Image.Image, level: float) -> tuple[bytes, Image.Image]:
+    def round_trip(image: Image.Image, level: float) -> tuple[bytes, list[Decoding]]:
+        started = time.perf_counter()
         data = api.encode(image, level, weights=weights)
-        return data, api.decode(data, weights=weights)
+        base = api.decode(data, steps=0, weights=weights)
+        base_seconds = time.perf_counter() - started
+        decodings = []
+        for count in steps:
+            started = time.perf_counter()
+            decoded = base
+            if count > 0:
+                codec = api.get_codec(weights)
+                quality = api.inspect(data).header.quality
+                enhanced = api.get_diffusion(codec).enhance(np.asarray(base), quality, count, seed, fast)
+                decoded = Image.fromarray(enhanced)
+            decodings.append(Decoding(decoded, base_seconds + time.perf_counter() - started, count))
+        return data, decodings
 
     return CodecUnderTest("diraccodec", tuple(levels), round_trip, "level")
 
 
 def pillow_codec(name: str, image_format: str, settings: Sequence[float], **options: object) -> CodecUnderTest:
-    def round_trip(image: Image.Image, quality: float) -> tuple[bytes, Image.Image]:
-        buffer = io.BytesIO()
-        image.save(buffer, format=image_format, quality=int(quality), **options)
-        data = buffer.getvalue()
+    def round_trip(image: Image.Image, quality: float) -> tuple[bytes, list[Decoding]]:
+        started = time.perf_counter()
+        data = encode_with_pillow(image, image_format, int(quality), **options)
         with Image.open(io.BytesIO(data)) as decoded:
-            return data, decoded.convert("RGB")
+            rgb = decoded.convert("RGB")
+        return data, [Decoding(rgb, time.perf_counter() - started)]
 
     return CodecUnderTest(name, tuple(settings), round_trip)
 
 
-def reference_codecs() -> list[CodecUnderTest]:
+def encode_with_pillow(image: Image.Image, image_format: str, quality: int, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, quality=quality, **options)
+    return buffer.getvalue()
+
+
+REFERENCE_KEYS = ("jpeg", "webp", "avif", "jxl")
+AVIF_OPTIONS = {"speed": 6}
+
+
+def reference_codecs(keys: Sequence[str] = REFERENCE_KEYS) -> list[CodecUnderTest]:
     """JPEG (4:2:0, optimised Huffman), WebP, AVIF and JPEG XL as people ship them."""
     import pillow_jxl  # noqa: F401 - registers the JXL plugin with Pillow
 
-    return [
-        pillow_codec("JPEG", "JPEG", (5, 10, 20, 30, 45, 60, 75, 85, 92), optimize=True),
-        pillow_codec("WebP", "WEBP", (5, 15, 30, 45, 60, 75, 85, 95), method=6),
-        pillow_codec("AVIF", "AVIF", (10, 20, 35, 50, 60, 70, 80, 90), speed=6),
-        pillow_codec("JPEG XL", "JXL", (10, 25, 40, 55, 70, 80, 88, 95), effort=7),
-    ]
+    available = {
+        "jpeg": pillow_codec("JPEG", "JPEG", (5, 10, 20, 30, 45, 60, 75, 85, 92), optimize=True),
+        "webp": pillow_codec("WebP", "WEBP", (5, 15, 30, 45, 60, 75, 85, 95), method=6),
+        "avif": pillow_codec("AVIF", "AVIF", (10, 20, 35, 50, 60, 70, 80, 90), **AVIF_OPTIONS),
+        "jxl": pillow_codec("JPEG XL", "JXL", (10, 25, 40, 55, 70, 80, 88, 95), effort=7),
+    }
+    return [available[key] for key in keys]

@@ -97,3 +97,46 @@ def bd_rate(rate_a: list[float], quality_a: list[float], rate_b: list[float], qu
     integral_a = np.polyval(np.polyint(fit_a), high) - np.polyval(np.polyint(fit_a), low)
     integral_b = np.polyval(np.polyint(fit_b), high) - np.polyval(np.polyint(fit_b), low)
     return float((np.exp((integral_b - integral_a) / (high - low)) - 1) * 100)
+
+
+FD_PATCH = 256
+FD_STRIDE = 128
+FD_NAME = "FD-AlexNet"
+FD_DESCRIPTION = (
+    "Frechet distance between Gaussians fitted to AlexNet conv5 features (ImageNet-trained "
+    "weights from the LPIPS package, ReLU output averaged over space) of 256x256 patches taken "
+    "every 128 pixels from the originals and from the decodes; not FID (no Inception weights here)"
+)
+
+
+def patches(image: Image.Image, size: int = FD_PATCH, stride: int = FD_STRIDE) -> torch.Tensor:
+    """(P, 3, s, s) patches on a grid; an image smaller than `size` gives one patch of its short side."""
+    x = to_tensor(image)[0]
+    size = min(size, *x.shape[-2:])
+    stride = min(stride, size)
+    tiles = x.unfold(1, size, stride).unfold(2, size, stride)  # (3, rows, cols, s, s)
+    return tiles.permute(1, 2, 0, 3, 4).reshape(-1, 3, size, size)
+
+
+@torch.no_grad()
+def patch_features(image: Image.Image) -> np.ndarray:
+    """(P, 256) AlexNet conv5 features of the image's patches, for the Frechet distance."""
+    model = _lpips_model("alexnet")
+    scaled = ((patches(image) * 2 - 1) - model.shift) / model.scale
+    return model.stack(scaled)[-1].mean(dim=(2, 3)).double().numpy()
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two sets of feature rows.
+
+    The trace of the matrix square root is taken from the symmetric form S_a^(1/2) S_b S_a^(1/2),
+    which has the same eigenvalues and stays real.
+    """
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    values, vectors = np.linalg.eigh(cov_a)
+    root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
+    return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)

@@ -1,8 +1,10 @@
-"""The rate-distortion evaluation: every codec at every setting on a folder of images.
+"""The evaluation: every codec at every setting on a folder of images.
 
 bpp comes from real file sizes; PSNR, MS-SSIM and LPIPS are computed per image and then
-averaged. Writes a JSON of every figure, a rate-distortion plot and a Markdown table that
-names the command that produced it.
+averaged; a Frechet distance compares the distribution of the decodes' patches with the
+originals'. diraccodec's files are also decoded at several diffusion step counts (the
+perception axis), each count a curve of its own. The JSON of every figure so far is
+rewritten after every setting, so a long run that is stopped keeps what it measured.
 """
 
 from __future__ import annotations
@@ -11,17 +13,26 @@ import json
 import platform
 import shlex
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
 from diraccodec.evaluation.codecs import CodecUnderTest
-from diraccodec.evaluation.metrics import bd_rate, lpips, ms_ssim, psnr
+from diraccodec.evaluation.metrics import (
+    FD_DESCRIPTION,
+    bd_rate,
+    frechet_distance,
+    lpips,
+    ms_ssim,
+    patch_features,
+    psnr,
+)
+from diraccodec.files import write_atomic
 from diraccodec.images import IMAGE_SUFFIXES
 
 ANCHOR = "diraccodec"
@@ -29,14 +40,21 @@ ANCHOR = "diraccodec"
 
 @dataclass
 class Point:
-    codec: str
+    codec: str  # the curve: "diraccodec", "diraccodec (20 steps)", "AVIF", ...
     setting: float
     bpp: float
     psnr: float
     ms_ssim: float
     lpips: float
+    fd_alexnet: float  # over all the images' patches at this setting
     seconds_per_mp: float  # encode + decode
     images: int
+    steps: int | None = None
+    seconds_per_step_per_mp: float | None = None  # the diffusion part of decoding, per step
+
+
+def curve_name(codec: str, steps: int | None) -> str:
+    return f"{codec} ({steps} steps)" if steps else codec
 
 
 def load_images(folder: Path) -> list[Image.Image]:
@@ -51,27 +69,46 @@ def load_images(folder: Path) -> list[Image.Image]:
 
 
 def evaluate(
-    images: list[Image.Image], codecs: Sequence[CodecUnderTest], console: Console | None = None
+    images: list[Image.Image],
+    codecs: Sequence[CodecUnderTest],
+    console: Console | None = None,
+    on_point: Callable[[list[Point]], None] | None = None,
 ) -> list[Point]:
+    """Every codec at every setting on every image; `on_point` sees the points after each setting."""
     console = console or Console(stderr=True)
-    points = []
+    points: list[Point] = []
     total = sum(len(c.settings) for c in codecs) * len(images)
-    pixels = sum(image.width * image.height for image in images)
+    megapixels = sum(image.width * image.height for image in images) / 1e6
+    original_features = np.concatenate([patch_features(image) for image in images])
     with Progress(console=console) as progress:
         task = progress.add_task("evaluating", total=total)
         for codec in codecs:
             for setting in codec.settings:
-                bits = seconds = 0.0
-                scores: list[tuple[float, float, float]] = []
+                progress.update(task, description=f"{codec.name} {codec.setting_name} {setting:g}")
+                bits = 0.0
+                per_decoding: dict[int | None, dict[str, list]] = {}
                 for image in images:
-                    started = time.perf_counter()
-                    data, decoded = codec.round_trip(image, setting)
-                    seconds += time.perf_counter() - started
+                    data, decodings = codec.round_trip(image, setting)
                     bits += 8 * len(data)
-                    scores.append((psnr(image, decoded), ms_ssim(image, decoded), lpips(image, decoded)))
+                    for decoding in decodings:
+                        record = per_decoding.setdefault(decoding.steps, {"scores": [], "features": [],
+                                                                          "seconds": 0.0})
+                        decoded = decoding.image
+                        record["scores"].append((psnr(image, decoded), ms_ssim(image, decoded), lpips(image, decoded)))
+                        record["features"].append(patch_features(decoded))
+                        record["seconds"] += decoding.seconds
                     progress.advance(task)
-                mean = [sum(column) / len(scores) for column in zip(*scores, strict=True)]
-                points.append(Point(codec.name, setting, bits / pixels, *mean, seconds / (pixels / 1e6), len(images)))
+                base_seconds = per_decoding.get(0, {}).get("seconds")
+                for steps, record in per_decoding.items():
+                    mean = [sum(column) / len(images) for column in zip(*record["scores"], strict=True)]
+                    distance = frechet_distance(original_features, np.concatenate(record["features"]))
+                    per_step = None
+                    if steps and base_seconds is not None:
+                        per_step = (record["seconds"] - base_seconds) / steps / megapixels
+                    points.append(Point(curve_name(codec.name, steps), setting, bits / (megapixels * 1e6), *mean,
+                                        distance, record["seconds"] / megapixels, len(images), steps, per_step))
+                if on_point is not None:
+                    on_point(points)
     return points
 
 
@@ -82,27 +119,44 @@ def curves(points: list[Point]) -> dict[str, list[Point]]:
     return grouped
 
 
-def bd_rates(points: list[Point], metric: str) -> dict[str, float]:
-    """BD-rate of the anchor against every other codec; LPIPS is negated (lower is better)."""
+def is_ours(name: str) -> bool:
+    return name == ANCHOR or name.startswith(ANCHOR + " (")
+
+
+def bd_rates(points: list[Point], metric: str) -> dict[str, dict[str, float]]:
+    """BD-rate of each of our curves against every other codec; LPIPS is negated (lower is better)."""
     sign = -1.0 if metric == "lpips" else 1.0
     grouped = curves(points)
-    ours = grouped[ANCHOR]
 
     def axis(curve: list[Point]) -> tuple[list[float], list[float]]:
         return [p.bpp for p in curve], [sign * getattr(p, metric) for p in curve]
 
-    return {name: bd_rate(*axis(curve), *axis(ours)) for name, curve in grouped.items() if name != ANCHOR}
+    return {
+        ours: {name: bd_rate(*axis(curve), *axis(grouped[ours])) for name, curve in grouped.items()
+               if not is_ours(name)}
+        for ours in grouped if is_ours(ours) and len(grouped[ours]) > 1
+    }
 
 
-def plot(points: list[Point], path: Path, title: str) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    return plt
+
+
+def plot(points: list[Point], path: Path, title: str) -> None:
+    """Rate against PSNR, MS-SSIM and LPIPS; of our step counts only 0 and the largest up to 20."""
+    plt = _pyplot()
+    steps = sorted({p.steps for p in points if is_ours(p.codec) and p.steps and p.steps <= 20})
+    shown = {ANCHOR} | ({curve_name(ANCHOR, steps[-1])} if steps else set())
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for name, curve in curves(points).items():
-        style = dict(marker="o", linewidth=2.5 if name == ANCHOR else 1.2)
+        if is_ours(name) and name not in shown:
+            continue
+        style = dict(marker="o", linewidth=2.5 if is_ours(name) else 1.2)
         for ax, metric in zip(axes, ("psnr", "ms_ssim", "lpips"), strict=True):
             ax.plot([p.bpp for p in curve], [getattr(p, metric) for p in curve], label=name, **style)
     for ax, label in zip(axes, ("PSNR (dB, RGB)", "MS-SSIM", "LPIPS (AlexNet, lower is better)"), strict=True):
@@ -117,41 +171,113 @@ def plot(points: list[Point], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def write_report(points: list[Point], json_path: Path, markdown_path: Path | None, plot_path: Path | None,
-                 data_name: str) -> dict:
-    command = " ".join(shlex.quote(a) for a in ["dirac", *sys.argv[1:]])
-    report = {
-        "command": command,
+def plot_perception(points: list[Point], path: Path, title: str) -> None:
+    """The distortion-perception curves: for each level, PSNR against LPIPS and FD as steps grow."""
+    plt = _pyplot()
+    ours = [p for p in points if is_ours(p.codec)]
+    figure, axes = plt.subplots(1, 3, figsize=(16, 5))
+    for level in sorted({p.setting for p in ours}):
+        curve = sorted((p for p in ours if p.setting == level), key=lambda p: p.steps or 0)
+        label = f"level {level:g} ({curve[0].bpp:.3f} bpp)"
+        axes[0].plot([p.psnr for p in curve], [p.lpips for p in curve], marker="o", label=label)
+        for p in curve:
+            axes[0].annotate(str(p.steps or 0), (p.psnr, p.lpips), fontsize=7, xytext=(3, 3),
+                             textcoords="offset points")
+        steps = [max(p.steps or 0, 0.5) for p in curve]
+        axes[1].plot(steps, [p.lpips for p in curve], marker="o", label=label)
+        axes[2].plot(steps, [p.fd_alexnet for p in curve], marker="o", label=label)
+    axes[0].set_xlabel("PSNR (dB, RGB)")
+    axes[0].set_ylabel("LPIPS (AlexNet)")
+    axes[0].invert_xaxis()
+    axes[0].set_title("distortion-perception (numbers: steps)")
+    for ax, label in ((axes[1], "LPIPS (AlexNet)"), (axes[2], "FD-AlexNet (256x256 patches)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("diffusion steps (0 drawn at 0.5)")
+        ax.set_ylabel(label)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in ["dirac", *sys.argv[1:]])
+
+
+def _finite_or_none(value: object) -> object:
+    """JSON has no NaN: a figure that could not be computed is null."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def report_of(points: list[Point], data_name: str, complete: bool) -> dict:
+    return _finite_or_none({
+        "command": command_line(),
         "data": data_name,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "complete": complete,
+        "fd_alexnet": FD_DESCRIPTION,
         "points": [asdict(p) for p in points],
-        "bd_rate_psnr_percent": bd_rates(points, "psnr"),
-        "bd_rate_lpips_percent": bd_rates(points, "lpips"),
-    }
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2))
+        "bd_rate_psnr_percent": bd_rates(points, "psnr") if complete else {},
+        "bd_rate_lpips_percent": bd_rates(points, "lpips") if complete else {},
+    })
+
+
+def write_json(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(report, indent=2).encode())
+
+
+def write_report(points: list[Point], json_path: Path, markdown_path: Path | None, plot_path: Path | None,
+                 data_name: str, perception_plot_path: Path | None = None) -> dict:
+    report = report_of(points, data_name, complete=True)
+    write_json(report, json_path)
     if plot_path is not None:
         plot(points, plot_path, f"rate-distortion on {data_name}")
+    if perception_plot_path is not None:
+        plot_perception(points, perception_plot_path, f"distortion-perception on {data_name}")
     if markdown_path is not None:
         markdown_path.parent.mkdir(parents=True, exist_ok=True)
-        markdown_path.write_text(markdown_table(report))
+        write_atomic(markdown_path, markdown_table(report).encode())
     return report
+
+
+def _figure(value: float | None, format_spec: str) -> str:
+    return "" if value is None or value != value else format(value, format_spec)
+
+
+def format_percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1f}%"
 
 
 def markdown_table(report: dict) -> str:
     lines = [
         f"Reproduce: `{report['command']}` (data: {report['data']}; machine: {report['machine']})",
         "",
-        "| codec | setting | bpp | PSNR (dB) | MS-SSIM | LPIPS | enc+dec s/MP |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"FD-AlexNet: {report['fd_alexnet']}.",
+        "",
+        "| codec | setting | steps | bpp | PSNR (dB) | MS-SSIM | LPIPS | FD-AlexNet | enc+dec s/MP | s/step/MP |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in report["points"]:
         lines.append(
-            f"| {p['codec']} | {p['setting']:g} | {p['bpp']:.4f} | {p['psnr']:.2f} | {p['ms_ssim']:.4f} "
-            f"| {p['lpips']:.4f} | {p['seconds_per_mp']:.2f} |"
+            f"| {p['codec']} | {p['setting']:g} | {_figure(p['steps'], 'd')} | {p['bpp']:.4f} | {p['psnr']:.2f} "
+            f"| {p['ms_ssim']:.4f} | {p['lpips']:.4f} | {_figure(p['fd_alexnet'], '.2f')} "
+            f"| {p['seconds_per_mp']:.2f} | {_figure(p['seconds_per_step_per_mp'], '.2f')} |"
         )
-    lines += ["", f"BD-rate of {ANCHOR} (negative: fewer bits for the same quality):", "",
-              "| against | BD-rate (PSNR) | BD-rate (LPIPS) |", "|---|---:|---:|"]
-    for name, value in report["bd_rate_psnr_percent"].items():
-        lines.append(f"| {name} | {value:+.1f}% | {report['bd_rate_lpips_percent'][name]:+.1f}% |")
+    lines += ["", "BD-rate (negative: fewer bits for the same quality; blank where the curves do not overlap):",
+              "", "| ours | against | BD-rate (PSNR) | BD-rate (LPIPS) |", "|---|---|---:|---:|"]
+    for ours, against in report["bd_rate_psnr_percent"].items():
+        for name, value in against.items():
+            lpips_value = report["bd_rate_lpips_percent"][ours][name]
+            lines.append(f"| {ours} | {name} | {format_percent(value)} | {format_percent(lpips_value)} |")
     return "\n".join(lines) + "\n"

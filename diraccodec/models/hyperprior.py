@@ -24,7 +24,7 @@ from diraccodec.models.entropy_models import (
 from diraccodec.models.layers import GDN, conv_down, conv_same, conv_up
 
 # Rate-distortion trade-offs of the levels: loss = lambda * 255^2 * MSE + bpp.
-DEFAULT_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
+DEFAULT_LAMBDAS = (0.0005, 0.00107, 0.00227, 0.00484, 0.0103, 0.0220, 0.0469, 0.1000)
 
 # The latent grid is 1/16 of the image, the hyper-latent grid 1/64.
 LATENT_STRIDE = 16
