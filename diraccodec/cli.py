@@ -298,6 +298,35 @@ def evaluate_command(data: Path, levels: str, steps_text: str, seed: int, fast: 
                       f"{format_percent(lpips_value)} (LPIPS)")
 
 
+@main.command("report")
+@click.argument("json_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--perception-plot", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@reports_errors
+def report_command(json_path: Path, markdown: Path | None, plot_path: Path | None,
+                   perception_plot: Path | None) -> None:
+    """Tables, BD-rates and plots from an evaluation's JSON, also of a run stopped part-way."""
+    import json
+
+    from diraccodec.evaluation.run import points_of, write_report
+
+    try:
+        saved = json.loads(json_path.read_text())
+        points = points_of(saved)
+    except (ValueError, KeyError, TypeError) as error:
+        raise DiracError(f"{json_path} is not an evaluation report ({error})") from None
+    if not points:
+        raise DiracError(f"{json_path} holds no measured points yet")
+    command = saved.get("command", "")
+    note = " (stopped part-way; every setting it finished is here)"
+    if not saved.get("complete", True) and not command.endswith(note):
+        command += note
+    write_report(points, json_path, markdown, plot_path, saved.get("data", json_path.stem), perception_plot, command,
+                 complete=bool(saved.get("complete", True)))
+    console.print(f"{json_path}: {len(points)} points")
+
+
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-q", "--quality", type=float, required=True, help="Rate level of our file.")

@@ -107,3 +107,30 @@ def test_avif_at_most_picks_the_best_quality_within_the_size(sample_image: Image
         from diraccodec.evaluation.codecs import AVIF_OPTIONS, encode_with_pillow
 
         assert len(encode_with_pillow(image, "AVIF", quality + 1, **AVIF_OPTIONS)) > 1500
+
+
+def test_report_rebuilds_tables_and_plots_from_a_run_stopped_part_way(tmp_path: Path, sample_image: Image.Image):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sample_image.crop((0, 0, 96, 64)).save(folder / "a.png")
+    report_path = tmp_path / "eval.json"
+    result = CliRunner().invoke(main, ["eval", "--data", str(folder), "--levels", "2,5,7", "--references", "jpeg",
+                                       "--json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(report_path.read_text())
+    saved["complete"] = False
+    saved["points"] = saved["points"][:-1]  # as if stopped before level 7
+    report_path.write_text(json.dumps(saved))
+    table, figure = tmp_path / "t.md", tmp_path / "rd.png"
+    result = CliRunner().invoke(main, ["report", str(report_path), "--markdown", str(table), "--plot", str(figure)])
+    assert result.exit_code == 0, result.output
+    text = table.read_text()
+    assert "stopped part-way" in text and "| diraccodec | 5 |" in text and "| diraccodec | 7 |" not in text
+    rebuilt = json.loads(report_path.read_text())
+    assert rebuilt["complete"] is False and len(rebuilt["points"]) == 9 + 2
+    assert "JPEG" in rebuilt["bd_rate_psnr_percent"]["diraccodec"]
+    assert figure.stat().st_size > 10_000
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    result = CliRunner().invoke(main, ["report", str(bad)])
+    assert result.exit_code == 2 and result.output.startswith("dirac: error:")

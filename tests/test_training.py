@@ -72,3 +72,27 @@ def test_train_and_export_commands(photo_folder: Path, tmp_path: Path):
     result = runner.invoke(main, ["train", "export", str(checkpoint), str(weights)])
     assert result.exit_code == 0, result.output
     assert (weights.parent / "manifest.json").exists()
+
+
+def test_killed_training_saves_its_checkpoint_first(photo_folder: Path, tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from diraccodec.training.checkpoint import load_checkpoint_metadata
+
+    checkpoint = tmp_path / "ck.safetensors"
+    command = [sys.executable, "-m", "diraccodec.cli", "train", "base", "--data", str(photo_folder),
+               "--checkpoint", str(checkpoint), "--steps", "100000", "--batch-size", "1", "--patch-size", "64",
+               "--threads", "1", "--checkpoint-minutes", "1000"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.monotonic() + 120
+    while "step 50/" not in seen and time.monotonic() < deadline:  # the first progress line
+        seen += process.stderr.readline()
+    process.send_signal(signal.SIGTERM)
+    rest = process.communicate(timeout=60)[1]
+    assert process.returncode != 0
+    assert "interrupted: checkpoint saved at step" in rest
+    assert load_checkpoint_metadata(checkpoint).step >= 50

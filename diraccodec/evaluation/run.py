@@ -219,16 +219,16 @@ def _finite_or_none(value: object) -> object:
     return value
 
 
-def report_of(points: list[Point], data_name: str, complete: bool) -> dict:
+def report_of(points: list[Point], data_name: str, complete: bool, command: str | None = None) -> dict:
     return _finite_or_none({
-        "command": command_line(),
+        "command": command or command_line(),
         "data": data_name,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "complete": complete,
         "fd_alexnet": FD_DESCRIPTION,
         "points": [asdict(p) for p in points],
-        "bd_rate_psnr_percent": bd_rates(points, "psnr") if complete else {},
-        "bd_rate_lpips_percent": bd_rates(points, "lpips") if complete else {},
+        "bd_rate_psnr_percent": bd_rates(points, "psnr"),
+        "bd_rate_lpips_percent": bd_rates(points, "lpips"),
     })
 
 
@@ -237,9 +237,23 @@ def write_json(report: dict, path: Path) -> None:
     write_atomic(path, json.dumps(report, indent=2).encode())
 
 
+def points_of(report: dict) -> list[Point]:
+    """The points of a saved report, complete or not; null figures come back as NaN."""
+    def restored(fields: dict) -> Point:
+        point = Point(**fields)
+        for name in ("psnr", "ms_ssim", "lpips", "fd_alexnet"):
+            if getattr(point, name) is None:
+                setattr(point, name, float("nan"))
+        return point
+
+    return [restored(fields) for fields in report["points"]]
+
+
 def write_report(points: list[Point], json_path: Path, markdown_path: Path | None, plot_path: Path | None,
-                 data_name: str, perception_plot_path: Path | None = None) -> dict:
-    report = report_of(points, data_name, complete=True)
+                 data_name: str, perception_plot_path: Path | None = None, command: str | None = None,
+                 complete: bool = True) -> dict:
+    """JSON, Markdown and plots of the points; `command` names the run that measured them."""
+    report = report_of(points, data_name, complete, command)
     write_json(report, json_path)
     if plot_path is not None:
         plot(points, plot_path, f"rate-distortion on {data_name}")

@@ -24,6 +24,10 @@ from diraccodec.training.data import CropSampler
 from diraccodec.training.loop import LoopOptions, run_loop, start_session
 from diraccodec.weights import DEFAULT_BASE_WEIGHTS, export_diffusion_weights, load_base_weights
 
+# The model learns times in [0, 0.7]: wider than the sampler's default start, so the start
+# can be tuned at export without retraining.
+TRAINED_TIME_RANGE = 0.7
+
 
 @dataclass
 class DiffusionTrainingOptions(LoopOptions):
@@ -33,7 +37,7 @@ class DiffusionTrainingOptions(LoopOptions):
     patch_size: int = 128
     widths: tuple[int, ...] = ResidualUNetConfig.widths
     lpips_weight: float = 0.0
-    start_time: float = SamplerSettings.start_time
+    start_time: float = TRAINED_TIME_RANGE
 
 
 def diffusion_loss(
@@ -105,6 +109,7 @@ def export_diffusion_checkpoint(checkpoint: Path, output: Path, settings: Sample
     fields = metadata["config"]
     model = ResidualUNet(ResidualUNetConfig(tuple(fields["widths"]), fields["embedding"], fields["max_level"]))
     state = load_checkpoint(checkpoint, model, None, None)
-    settings = settings or SamplerSettings(start_time=metadata.get("start_time", SamplerSettings.start_time))
+    trained_range = metadata.get("start_time", TRAINED_TIME_RANGE)
+    settings = settings or SamplerSettings(start_time=min(SamplerSettings.start_time, trained_range))
     info = {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **metadata}
     export_diffusion_weights(model, settings, bytes.fromhex(metadata["base_weights_id"]), output, info)

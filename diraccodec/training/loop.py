@@ -7,7 +7,9 @@ figures worth logging); this loop does the rest identically on the CPU and on CU
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +70,17 @@ def start_session(model: torch.nn.Module, options: LoopOptions, console: Console
     return Session(model, optimizer, generator, state, device)
 
 
+def _stop_on_sigterm() -> signal.Handlers | None:
+    """Make `kill` (SIGTERM) stop training like Ctrl-C, so the checkpoint is saved first."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_loop(
     session: Session,
     options: LoopOptions,
@@ -100,31 +113,41 @@ def _steps(
     last_save = time.monotonic()
     window: dict[str, list[float]] = {}
     step_started = time.monotonic()
-    while state.step < options.steps:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(state.step, options)
-        figures = next_loss()
-        optimizer.zero_grad(set_to_none=True)
-        figures["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(session.model.parameters(), options.clip_norm)
-        optimizer.step()
-        state.step += 1
-        now = time.monotonic()
-        state.seconds += now - step_started
-        step_started = now
-        for name, value in figures.items():
-            window.setdefault(name, []).append(float(value.detach()))
-        if state.step % options.log_every == 0 or state.step == options.steps:
-            shown = "  ".join(f"{name} {sum(v) / len(v):.4f}" for name, v in window.items())
-            show(shown)
-            if not console.is_terminal:
-                console.print(
-                    f"step {state.step}/{options.steps}  {shown}  lr {optimizer.param_groups[0]['lr']:.2e}  "
-                    f"{state.seconds / 3600:.2f} h"
-                )
-                sys.stderr.flush()
-            window.clear()
-        if now - last_save > options.checkpoint_minutes * 60 or state.step == options.steps:
-            save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
-            last_save = time.monotonic()
+    previous_handler = _stop_on_sigterm()
+    try:
+        while state.step < options.steps:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(state.step, options)
+            figures = next_loss()
+            optimizer.zero_grad(set_to_none=True)
+            figures["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(session.model.parameters(), options.clip_norm)
+            optimizer.step()
+            state.step += 1
+            now = time.monotonic()
+            state.seconds += now - step_started
+            step_started = now
+            for name, value in figures.items():
+                window.setdefault(name, []).append(float(value.detach()))
+            if state.step % options.log_every == 0 or state.step == options.steps:
+                shown = "  ".join(f"{name} {sum(v) / len(v):.4f}" for name, v in window.items())
+                show(shown)
+                if not console.is_terminal:
+                    console.print(
+                        f"step {state.step}/{options.steps}  {shown}  lr {optimizer.param_groups[0]['lr']:.2e}  "
+                        f"{state.seconds / 3600:.2f} h",
+                        soft_wrap=True,  # one line per log entry, however narrow the console
+                    )
+                    sys.stderr.flush()
+                window.clear()
+            if now - last_save > options.checkpoint_minutes * 60 or state.step == options.steps:
+                save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
+                last_save = time.monotonic()
+    except KeyboardInterrupt:  # stopping by hand loses no steps: the next run resumes here
+        save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
+        console.print(f"interrupted: checkpoint saved at step {state.step}")
+        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     return state
