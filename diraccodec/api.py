@@ -25,7 +25,12 @@ from diraccodec.images import (
     open_image,
     planes_to_image,
 )
-from diraccodec.weights import default_weights_path, load_base_weights, load_diffusion_weights
+from diraccodec.weights import (
+    default_diffusion_path,
+    default_weights_path,
+    load_base_weights,
+    load_diffusion_weights,
+)
 
 MAX_STEPS = 100
 
@@ -54,22 +59,22 @@ def check_steps(steps: int | None) -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def _diffusion(weights: Path | None, device: str) -> tuple[DiffusionDecoder, bytes] | None:
+def _diffusion(weights: Path, device: str) -> tuple[DiffusionDecoder, bytes]:
     loaded = load_diffusion_weights(weights)
-    if loaded is None:
-        return None
+    assert loaded is not None  # an explicit path either loads or raises
     return DiffusionDecoder(loaded.model, loaded.settings, device), loaded.base_weights_id
 
 
 def get_diffusion(codec: BaseCodec, weights: str | Path | None = None, device: str = "cpu") -> DiffusionDecoder:
     """The diffusion decoder trained on `codec`'s reconstructions; a clear error if there is none."""
-    found = _diffusion(Path(weights).resolve() if weights else None, device)
-    if found is None:
+    # cached by the resolved file, so $DIRAC_DIFFUSION_WEIGHTS is read on every call
+    path = Path(weights) if weights else default_diffusion_path()
+    if not weights and not path.exists():
         raise InvalidOptionError(
             "diffusion decoding (steps > 0) is not available yet: no diffusion weights are shipped "
             "(weights/diffusion.safetensors); use 0 steps"
         )
-    decoder, trained_on = found
+    decoder, trained_on = _diffusion(path.resolve(), device)
     if trained_on != codec.weights.weights_id:
         raise WrongWeightsError(
             f"the diffusion weights were trained on base weights {trained_on.hex()}, not on the loaded "

@@ -61,7 +61,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in lines[0]
 
 
-def test_error_paths_print_one_line_and_exit_2(tmp_path: Path, small_drc: Path, small_png: Path):
+def test_error_paths_print_one_line_and_exit_2(tmp_path: Path, small_drc: Path, small_png: Path, monkeypatch):
     data = small_drc.read_bytes()
     cases = {
         "notdrc.drc": (small_png.read_bytes(), "not a .drc file"),
@@ -81,6 +81,7 @@ def test_error_paths_print_one_line_and_exit_2(tmp_path: Path, small_drc: Path, 
     assert_one_line_error(dirac("encode", broken, "-q", "3", "-o", tmp_path / "b.drc"), "cannot read image")
     assert not (tmp_path / "b.drc").exists()
     assert_one_line_error(dirac("encode", small_png, "-q", "9", "-o", tmp_path / "q.drc"), "quality")
+    monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(tmp_path / "absent.safetensors"))  # no diffusion model
     assert_one_line_error(dirac("decode", small_drc, "--steps", "20", "-o", tmp_path / "s.png"), "not available")
     assert_one_line_error(dirac("decode", small_drc, "-o", tmp_path / "s.xyz"), "unknown image suffix")
 

@@ -120,7 +120,8 @@ def test_quality_out_of_range_is_refused(small_image, quality):
         diraccodec.encode(small_image, quality)
 
 
-def test_diffusion_steps_are_validated_and_not_yet_available(small_image):
+def test_diffusion_steps_are_validated_and_not_yet_available(small_image, monkeypatch, tmp_path):
+    monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(tmp_path / "absent.safetensors"))  # no diffusion model
     data = diraccodec.encode(small_image, 2)
     assert diraccodec.decode(data, steps=0).size == small_image.size
     with pytest.raises(InvalidOptionError, match="not available yet"):
