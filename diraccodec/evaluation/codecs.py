@@ -43,15 +43,16 @@ def diraccodec_codec(
         data = api.encode(image, level, weights=weights)
         base = api.decode(data, steps=0, weights=weights)
         base_seconds = time.perf_counter() - started
+        if any(count > 0 for count in steps):
+            diffusion = api.get_diffusion(api.get_codec(weights))
+            quality = api.inspect(data).header.quality
+            base_rgb = np.asarray(base)
         decodings = []
         for count in steps:
             started = time.perf_counter()
             decoded = base
             if count > 0:
-                codec = api.get_codec(weights)
-                quality = api.inspect(data).header.quality
-                enhanced = api.get_diffusion(codec).enhance(np.asarray(base), quality, count, seed, fast)
-                decoded = Image.fromarray(enhanced)
+                decoded = Image.fromarray(diffusion.enhance(base_rgb, quality, count, seed, fast))
             decodings.append(Decoding(decoded, base_seconds + time.perf_counter() - started, count))
         return data, decodings
 
@@ -62,8 +63,7 @@ def pillow_codec(name: str, image_format: str, settings: Sequence[float], **opti
     def round_trip(image: Image.Image, quality: float) -> tuple[bytes, list[Decoding]]:
         started = time.perf_counter()
         data = encode_with_pillow(image, image_format, int(quality), **options)
-        with Image.open(io.BytesIO(data)) as decoded:
-            rgb = decoded.convert("RGB")
+        rgb = decode_with_pillow(data)
         return data, [Decoding(rgb, time.perf_counter() - started)]
 
     return CodecUnderTest(name, tuple(settings), round_trip)
@@ -73,6 +73,11 @@ def encode_with_pillow(image: Image.Image, image_format: str, quality: int, **op
     buffer = io.BytesIO()
     image.save(buffer, format=image_format, quality=quality, **options)
     return buffer.getvalue()
+
+
+def decode_with_pillow(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as decoded:
+        return decoded.convert("RGB")
 
 
 REFERENCE_KEYS = ("jpeg", "webp", "avif", "jxl")

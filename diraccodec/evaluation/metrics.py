@@ -101,7 +101,6 @@ def bd_rate(rate_a: list[float], quality_a: list[float], rate_b: list[float], qu
 
 FD_PATCH = 256
 FD_STRIDE = 128
-FD_NAME = "FD-AlexNet"
 FD_DESCRIPTION = (
     "Frechet distance between Gaussians fitted to AlexNet conv5 features (ImageNet-trained "
     "weights from the LPIPS package, ReLU output averaged over space) of 256x256 patches taken "

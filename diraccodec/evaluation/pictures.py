@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw, ImageFont
 
-from diraccodec.evaluation.codecs import AVIF_OPTIONS, encode_with_pillow
+from diraccodec.evaluation.codecs import AVIF_OPTIONS, decode_with_pillow, encode_with_pillow
 from diraccodec.evaluation.metrics import lpips, psnr
 
 LABEL_HEIGHT = 44
@@ -41,8 +41,6 @@ def comparison_picture(
     weights: str | None = None,
 ) -> Image.Image:
     """Four panels of the crop `box` = (left, top, size); figures are for the whole image."""
-    import io
-
     from diraccodec import api
 
     image = image.convert("RGB")
@@ -51,8 +49,7 @@ def comparison_picture(
     base = api.decode(data, steps=0, weights=weights)
     enhanced = api.decode(data, steps=steps, seed=seed, weights=weights)
     avif_data, avif_quality = avif_at_most(image, len(data))
-    with Image.open(io.BytesIO(avif_data)) as decoded:
-        avif = decoded.convert("RGB")
+    avif = decode_with_pillow(avif_data)
     left, top, size = box
     region = (left, top, left + size, top + size)
 
@@ -77,5 +74,3 @@ def comparison_picture(
 def is_valid_box(image: Image.Image, box: tuple[int, int, int]) -> bool:
     left, top, size = box
     return size > 0 and left >= 0 and top >= 0 and left + size <= image.width and top + size <= image.height
-
-

@@ -70,7 +70,7 @@ def start_session(model: torch.nn.Module, options: LoopOptions, console: Console
     return Session(model, optimizer, generator, state, device)
 
 
-def _stop_on_sigterm() -> signal.Handlers | None:
+def _stop_on_sigterm() -> Callable[..., object] | int | None:
     """Make `kill` (SIGTERM) stop training like Ctrl-C, so the checkpoint is saved first."""
     if threading.current_thread() is not threading.main_thread():
         return None
