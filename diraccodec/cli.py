@@ -365,11 +365,15 @@ def train() -> None:
     """Train the models (long-running; resumes from its checkpoint)."""
 
 
+training_data_option = click.option(
+    "--data", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
+    default=[DEFAULT_TRAIN_DATA], show_default=True, help="Folders of training photos (or packed shards).")
+
+
 def training_options(checkpoint: str, steps: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The options every training command takes, with its own checkpoint and step defaults."""
     options = [
-        click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
-                     default=[DEFAULT_TRAIN_DATA], show_default=True, help="Folders of training photos."),
+        training_data_option,
         click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=Path(checkpoint),
                      show_default=True, help="Resumed from when it exists; written every few minutes."),
         click.option("--steps", type=click.IntRange(1), default=steps, show_default=True, help="Total steps."),
@@ -379,6 +383,8 @@ def training_options(checkpoint: str, steps: int) -> Callable[[Callable[..., Any
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
         click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch."),
         click.option("--checkpoint-minutes", type=float, default=5.0, show_default=True),
+        click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Train for this long (wall clock); the step count is then set from the measured speed."),
         click.option("--seed", type=int, default=0, show_default=True),
     ]
 
@@ -402,6 +408,8 @@ def train_base_command(data: tuple[Path, ...], **loop: Any) -> None:
 @train.command("diffusion")
 @training_options("checkpoints/diffusion.safetensors", 20000)
 @click.option("--lpips-weight", type=float, default=0.0, show_default=True, help="Weight of the VGG LPIPS term.")
+@click.option("--own-prediction-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of samples noised from the model's own first step rather than the truth.")
 @weights_option
 def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, **loop: Any) -> None:
     """Train the diffusion decoder on the frozen base codec's reconstructions."""
@@ -409,6 +417,21 @@ def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, **loop
     from diraccodec.weights import default_weights_path
 
     train_diffusion(DiffusionTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(), **loop))
+
+
+@train.command("pack")
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@training_data_option
+@click.option("--prescale", type=click.FloatRange(min=1), default=2.0, show_default=True,
+              help="Downscale applied once, ahead of training.")
+@click.option("--quality", type=click.IntRange(50, 100), default=80, show_default=True, help="JPEG quality (4:4:4).")
+@reports_errors
+def train_pack_command(output: Path, data: tuple[Path, ...], prescale: float, quality: int) -> None:
+    """Pack training photos into a small, pre-downscaled shard (to carry to a GPU machine)."""
+    from diraccodec.training.data import pack_shard
+
+    count, size = pack_shard(data, output, prescale, quality)
+    console.print(f"{output}: {count} images, {size / 2**20:.1f} MiB")
 
 
 @train.command("export")

@@ -90,3 +90,37 @@ def test_fast_decoding_repeats_itself_and_stays_close_to_the_reproducible_one(sm
     base = np.asarray(diraccodec.decode(data, steps=0), dtype=np.int16)
     assert np.abs(exact - base).mean() > 1  # the sampler really changed the image
     assert np.abs(fast - exact).max() <= 2  # and the kernels only round differently
+
+
+def test_renoising_sampler_is_seeded_tile_invariant_and_differs_from_ddim():
+    model = random_unet()
+    base = torch.rand(1, 3, 72, 88)
+    renoise = SamplerSettings(renoise=True, tile=4096)
+    whole = sample_residual(model, base, 3.0, 4, seed=3, settings=renoise)
+    tiled = sample_residual(model, base, 3.0, 4, seed=3, settings=SamplerSettings(renoise=True, tile=32, margin=96))
+    torch.testing.assert_close(tiled, whole, atol=1e-4, rtol=0)
+    torch.testing.assert_close(sample_residual(model, base, 3.0, 4, seed=3, settings=renoise), whole, atol=0, rtol=0)
+    ddim = sample_residual(model, base, 3.0, 4, seed=3, settings=SamplerSettings(tile=4096))
+    assert (ddim - whole).abs().mean() > 1e-4
+    # one step draws only the starting noise: both updates agree there
+    torch.testing.assert_close(sample_residual(model, base, 3.0, 1, seed=3, settings=renoise),
+                               sample_residual(model, base, 3.0, 1, seed=3, settings=SamplerSettings(tile=4096)))
+
+
+def test_own_prediction_training_feeds_the_model_its_first_step():
+    from diraccodec.training.diffusion import diffusion_loss
+
+    model = random_unet()
+    batch, base = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    levels = torch.tensor([2.0, 5.0])
+    seen: list[torch.Tensor] = []
+    handle = model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    torch.manual_seed(0)
+    truth = diffusion_loss(model, batch, base, levels, 0.7)
+    torch.manual_seed(0)
+    own = diffusion_loss(model, batch, base, levels, 0.7, own_prediction_fraction=1.0)
+    handle.remove()
+    assert len(seen) == 1 + 2  # one pass with the truth; a first step, then the trained pass
+    assert own["loss"].requires_grad and torch.isfinite(own["loss"])
+    assert not torch.equal(seen[0], seen[2])  # the trained pass saw another input
+    assert truth["residual_mse"] != own["residual_mse"]

@@ -96,3 +96,45 @@ def test_killed_training_saves_its_checkpoint_first(photo_folder: Path, tmp_path
     assert process.returncode != 0
     assert "interrupted: checkpoint saved at step" in rest
     assert load_checkpoint_metadata(checkpoint).step >= 50
+
+
+def test_packed_shard_is_smaller_and_records_its_downscale(photo_folder: Path, tmp_path: Path):
+    from diraccodec.training.data import CropSampler, pack_shard, shard_prescale
+
+    shard = tmp_path / "shard"
+    count, size = pack_shard([photo_folder], shard, prescale=2.0, quality=85, min_side=32)
+    assert count == 2 and size == sum(p.stat().st_size for p in shard.glob("*.jpg"))
+    original = Image.open(photo_folder / "b.png")
+    packed = sorted(shard.glob("*.jpg"))[1]
+    assert Image.open(packed).size == (round(original.width / 2), round(original.height / 2))
+    assert shard_prescale(shard) == 2.0 and shard_prescale(photo_folder) == 1.0
+    # the shard is already downscaled 2x: of the usual 1.5x-2x nothing remains to apply
+    sampler = CropSampler([shard], 32)
+    assert sampler.scale_ranges == [(1.0, 1.0), (1.0, 1.0)]
+    assert sampler.batch(3).shape == (3, 3, 32, 32)
+
+
+def test_a_time_budget_sets_the_step_count_and_a_run_without_moments_warms_up(photo_folder: Path, tmp_path: Path,
+                                                                          capsys):
+    from diraccodec.training.checkpoint import load_checkpoint_metadata
+    from diraccodec.training.loop import LoopOptions, learning_rate_at
+
+    checkpoint = tmp_path / "ck.safetensors"
+    train_base(options(photo_folder, checkpoint, 2))
+    optimizer_path(checkpoint).unlink()  # weights brought from elsewhere, without Adam moments
+    budget = options(photo_folder, checkpoint, 1)  # --minutes overrides the step count
+    budget.minutes, budget.calibration_steps, budget.log_every = 0.02, 3, 1000
+    state = train_base(budget)
+    err = capsys.readouterr().err
+    assert "ramps up over 200 steps" in err and "steps/s: this run ends near step" in err
+    assert state.step > 2 + 3 and load_checkpoint_metadata(checkpoint).step == state.step
+    assert budget.steps == state.step
+    long_run = LoopOptions(checkpoint=checkpoint, steps=10_000, learning_rate=1e-3, warmup_steps=100)
+    assert learning_rate_at(50, long_run, warmup_from=50) == pytest.approx(1e-5)
+    assert learning_rate_at(149, long_run, warmup_from=50) == pytest.approx(1e-3)
+    assert learning_rate_at(50, long_run) == pytest.approx(1e-3)  # with moments: no ramp
+    assert learning_rate_at(10_000, long_run) == pytest.approx(1e-4)  # the decay ends at 1/10
+    assert learning_rate_at(7_999, long_run) == pytest.approx(1e-3)  # over the last fifth
+    resumed = LoopOptions(checkpoint=checkpoint, steps=10_000, learning_rate=1e-3, schedule_start=9_000)
+    assert learning_rate_at(9_799, resumed) == pytest.approx(1e-3)  # a budgeted run: the end of its own steps
+    assert learning_rate_at(9_900, resumed) < 1e-3

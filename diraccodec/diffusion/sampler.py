@@ -30,6 +30,9 @@ class SamplerSettings:
     # in between interpolate linearly. Coarse levels need room for more detail.
     bound_low_level: float = 0.5
     bound_high_level: float = 0.15
+    # Fresh noise at every step (x_next = sqrt(a) x0 + sqrt(1 - a) z) instead of the DDIM
+    # update's reuse of the implied noise: what a model trained on its own predictions expects.
+    renoise: bool = False
     tile: int = 768  # Kodak-sized images (768x512) in one pass; larger ones in tiles
     margin: int = 96  # beyond the U-Net's receptive field, so tiles leave no seam
 
@@ -78,6 +81,9 @@ def sample_residual(
         if index == steps - 1:
             break
         a_now, a_after = signal_level(now).item(), signal_level(after).item()
+        if settings.renoise:
+            x = a_after**0.5 * prediction + (1 - a_after) ** 0.5 * noise()
+            continue
         predicted_noise = (x - a_now**0.5 * prediction) / max((1 - a_now) ** 0.5, 1e-8)
         sigma = settings.eta * (((1 - a_after) / (1 - a_now)) * (1 - a_now / a_after)) ** 0.5
         direction = max(1 - a_after - sigma**2, 0.0) ** 0.5

@@ -50,7 +50,8 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
     config = HyperpriorConfig(options.channels, options.latent_channels)
     session = start_session(MultiRateHyperprior(config), options, console)
     console.print(f"loading training images from {', '.join(map(str, options.data))}")
-    sampler = CropSampler(options.data, options.patch_size, generator=session.generator)
+    sampler = CropSampler(options.data, options.patch_size, generator=session.generator,
+                         device=session.device)
     console.print(f"{len(sampler.images)} images; model N={config.channels} M={config.latent_channels}")
     session.state.metadata.update(
         {
@@ -63,7 +64,7 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
     )
 
     def next_loss() -> dict[str, torch.Tensor]:
-        batch = sampler.batch(options.batch_size).to(session.device)
+        batch = sampler.batch(options.batch_size)
         levels = torch.randint(config.num_levels, (options.batch_size,), generator=session.generator)
         return rate_distortion_loss(session.model, batch, levels.to(session.device))
 

@@ -38,6 +38,7 @@ class DiffusionTrainingOptions(LoopOptions):
     widths: tuple[int, ...] = ResidualUNetConfig.widths
     lpips_weight: float = 0.0
     start_time: float = TRAINED_TIME_RANGE
+    own_prediction_fraction: float = 0.0
 
 
 def diffusion_loss(
@@ -48,11 +49,26 @@ def diffusion_loss(
     start_time: float,
     perceptual: torch.nn.Module | None = None,
     lpips_weight: float = 0.0,
+    own_prediction_fraction: float = 0.0,
+    sampling_start: float = SamplerSettings.start_time,
 ) -> dict[str, torch.Tensor]:
+    """own_prediction_fraction: the share of samples whose noisy input is built from the model's
+    own first sampling step (from noise alone at `sampling_start`) instead of the true residual,
+    so that it learns what the sampler feeds it from the second step on: a noisy guess to
+    correct, not the truth to copy. The target is the true residual either way.
+    """
     residual = (batch - base) / RESIDUAL_SCALE
     time = torch.rand(batch.shape[0], device=batch.device) * start_time
     signal = signal_level(time)[:, None, None, None]
-    noisy = signal.sqrt() * residual + (1 - signal).sqrt() * torch.randn_like(residual)
+    clean = residual
+    if own_prediction_fraction > 0:
+        with torch.no_grad():
+            start = torch.full_like(time, sampling_start)
+            first_input = (1 - signal_level(start))[:, None, None, None].sqrt() * torch.randn_like(residual)
+            own = unet(first_input, start, base, levels)
+        chosen = torch.rand(batch.shape[0], device=batch.device) < own_prediction_fraction
+        clean = torch.where(chosen[:, None, None, None], own, residual)
+    noisy = signal.sqrt() * clean + (1 - signal).sqrt() * torch.randn_like(residual)
     prediction = unet(noisy, time, base, levels)
     mse = (prediction - residual).pow(2).mean()
     figures = {"loss": mse, "residual_mse": mse.detach()}
@@ -80,7 +96,8 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
 
         perceptual = LPIPS("vgg16").to(session.device)
     console.print(f"loading training images from {', '.join(map(str, options.data))}")
-    sampler = CropSampler(options.data, options.patch_size, generator=session.generator)
+    sampler = CropSampler(options.data, options.patch_size, generator=session.generator,
+                         device=session.device)
     session.state.metadata.update({
         "config": asdict(config),
         "base_weights_id": base_weights.weights_id.hex(),
@@ -88,18 +105,19 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
         "patch_size": options.patch_size,
         "lpips_weight": options.lpips_weight,
         "start_time": options.start_time,
+        "own_prediction_fraction": options.own_prediction_fraction,
         "device": str(session.device),
         "data": [str(p) for p in options.data],
     })
     num_levels = base_model.config.num_levels
 
     def next_loss() -> dict[str, torch.Tensor]:
-        batch = sampler.batch(options.batch_size).to(session.device)
+        batch = sampler.batch(options.batch_size)
         levels = 1 + torch.rand(options.batch_size, generator=session.generator) * (num_levels - 1)
         levels = levels.to(session.device)
         base = base_model.reconstruct(batch, levels - 1)
         return diffusion_loss(session.model, batch, base, levels, options.start_time, perceptual,
-                              options.lpips_weight)
+                              options.lpips_weight, options.own_prediction_fraction)
 
     return run_loop(session, options, next_loss, console)
 

@@ -34,14 +34,28 @@ class LoopOptions:
     device: str = "cpu"
     threads: int | None = None
     clip_norm: float = 1.0
+    # A wall-clock budget for this run: after `calibration_steps` the step count is set from
+    # the measured speed, so that the learning-rate decay ends when the time does.
+    minutes: float | None = None
+    calibration_steps: int = 100
+    # The step that `decay_from` counts from: 0 for a run to a total step count; the run's
+    # first step under `minutes`, so a resumed run decays over the end of its own budget.
+    schedule_start: int = 0
+    # A run that resumes without Adam moments (weights brought from elsewhere) ramps its
+    # learning rate up over this many steps instead of taking full-size steps blind.
+    warmup_steps: int = 200
 
 
-def learning_rate_at(step: int, options: LoopOptions) -> float:
-    start = options.decay_from * options.steps
+def learning_rate_at(step: int, options: LoopOptions, warmup_from: int | None = None) -> float:
+    """Constant, then a cosine decay to 1/10 over the last part; a linear ramp after `warmup_from`."""
+    ramp = 1.0
+    if warmup_from is not None and options.warmup_steps > 0:
+        ramp = min(1.0, (step - warmup_from + 1) / options.warmup_steps)
+    start = options.schedule_start + options.decay_from * (options.steps - options.schedule_start)
     if step < start:
-        return options.learning_rate
+        return options.learning_rate * ramp
     progress = min(1.0, (step - start) / max(1.0, options.steps - start))
-    return options.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return options.learning_rate * ramp * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @dataclass
@@ -53,6 +67,7 @@ class Session:
     generator: torch.Generator
     state: TrainingState
     device: torch.device
+    warmup_from: int | None = None  # the step a run without Adam moments started at
 
 
 def start_session(model: torch.nn.Module, options: LoopOptions, console: Console) -> Session:
@@ -60,14 +75,22 @@ def start_session(model: torch.nn.Module, options: LoopOptions, console: Console
     if options.threads:
         torch.set_num_threads(options.threads)
     device = torch.device(options.device)
+    if device.type == "cuda":  # TF32 convolutions: several times faster, ample for training
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     model = model.to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=options.learning_rate)
     generator = torch.Generator().manual_seed(options.seed)
     state = TrainingState(step=0, seconds=0.0, metadata={})
+    warmup_from = None
     if options.checkpoint.exists():
         state = load_checkpoint(options.checkpoint, model, optimizer, generator)
         console.print(f"resumed from {options.checkpoint} at step {state.step}")
-    return Session(model, optimizer, generator, state, device)
+        if state.step > 0 and not optimizer.state:
+            warmup_from = state.step
+            console.print(f"no Adam moments saved: the learning rate ramps up over {options.warmup_steps} steps")
+    return Session(model, optimizer, generator, state, device, warmup_from)
 
 
 def _stop_on_sigterm() -> Callable[..., object] | int | None:
@@ -99,7 +122,7 @@ def run_loop(
     with progress:
         task = progress.add_task("training", total=options.steps, completed=session.state.step, figures="")
         return _steps(session, options, next_loss, console, lambda shown: progress.update(
-            task, completed=session.state.step, figures=shown))
+            task, completed=session.state.step, total=options.steps, figures=shown))
 
 
 def _steps(
@@ -111,13 +134,18 @@ def _steps(
 ) -> TrainingState:
     state, optimizer = session.state, session.optimizer
     last_save = time.monotonic()
-    window: dict[str, list[float]] = {}
+    window: dict[str, list[torch.Tensor]] = {}
     step_started = time.monotonic()
+    run_started, calibration = step_started, (state.step, step_started)
+    if options.minutes is not None:  # until the speed is known, no end and no decay
+        options.steps, options.schedule_start = state.step + 10**9, state.step
     previous_handler = _stop_on_sigterm()
     try:
         while state.step < options.steps:
+            if options.minutes is not None:
+                calibration = _fit_steps_to_time(options, state.step, run_started, calibration, console)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(state.step, options)
+                group["lr"] = learning_rate_at(state.step, options, session.warmup_from)
             figures = next_loss()
             optimizer.zero_grad(set_to_none=True)
             figures["loss"].backward()
@@ -127,14 +155,16 @@ def _steps(
             now = time.monotonic()
             state.seconds += now - step_started
             step_started = now
-            for name, value in figures.items():
-                window.setdefault(name, []).append(float(value.detach()))
+            for name, value in figures.items():  # kept on the device: no GPU sync per step
+                window.setdefault(name, []).append(value.detach())
             if state.step % options.log_every == 0 or state.step == options.steps:
-                shown = "  ".join(f"{name} {sum(v) / len(v):.4f}" for name, v in window.items())
+                shown = "  ".join(f"{name} {float(torch.stack(v).mean()):.4f}" for name, v in window.items())
                 show(shown)
                 if not console.is_terminal:
+                    uncalibrated = options.minutes is not None and calibration[1] == run_started
+                    total = "?" if uncalibrated else options.steps
                     console.print(
-                        f"step {state.step}/{options.steps}  {shown}  lr {optimizer.param_groups[0]['lr']:.2e}  "
+                        f"step {state.step}/{total}  {shown}  lr {optimizer.param_groups[0]['lr']:.2e}  "
                         f"{state.seconds / 3600:.2f} h",
                         soft_wrap=True,  # one line per log entry, however narrow the console
                     )
@@ -151,3 +181,26 @@ def _steps(
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     return state
+
+
+def _fit_steps_to_time(
+    options: LoopOptions, step: int, run_started: float, calibration: tuple[int, float], console: Console
+) -> tuple[int, float]:
+    """Set options.steps so that the run ends on its time budget, at the speed measured so far.
+
+    The speed is measured from `calibration_steps` into the run (the first steps carry
+    start-up costs) and refreshed until the decay begins; the returned mark is that start.
+    """
+    assert options.minutes is not None
+    first_step, since = calibration
+    done = step - first_step
+    decay_start = options.schedule_start + options.decay_from * (options.steps - options.schedule_start)
+    if done == 0 or done % options.calibration_steps or step >= decay_start:
+        return calibration
+    now = time.monotonic()
+    rate = done / max(now - since, 1e-9)
+    options.steps = step + int(rate * max(0.0, run_started + options.minutes * 60 - now))
+    if since == run_started:  # the first estimate, with start-up costs: measure afresh from here
+        console.print(f"about {rate:.2f} steps/s: this run ends near step {options.steps}")
+        return step, now
+    return calibration

@@ -1,0 +1,78 @@
+"""Choose the diffusion sampler's settings on training photos, never on Kodak.
+
+For each candidate (start time, update) it decodes 256x256 crops of a few photos at three
+rate levels with 1, 2, 5 and 20 steps, and prints mean PSNR and LPIPS (AlexNet) against the
+crops themselves, beside the 0-step figures. The update is DDIM with eta 0 or 1, or
+'renoise' (fresh noise at every step). The settings are the sampler's, stored in the
+diffusion weights at export, so this needs no retraining.
+
+    python scripts/tune_sampler.py ../shared/data/train/sun-hays80 --images 6 --starts 0.2,0.4,0.55
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import click
+import numpy as np
+from PIL import Image
+
+from diraccodec import api
+from diraccodec.diffusion.decoder import DiffusionDecoder
+from diraccodec.evaluation.metrics import lpips, psnr
+from diraccodec.training.data import list_images
+from diraccodec.weights import load_diffusion_weights
+
+
+def crops(folder: Path, count: int, size: int = 256) -> list[Image.Image]:
+    """Centre crops of every n-th photo, after a 2x downscale (as in training)."""
+    paths = list_images([folder])
+    chosen = paths[:: max(1, len(paths) // count)][:count]
+    result = []
+    for path in chosen:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image = image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS)
+        left, top = (image.width - size) // 2, (image.height - size) // 2
+        result.append(image.crop((left, top, left + size, top + size)))
+    return result
+
+
+@click.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--images", default=8, show_default=True)
+@click.option("--levels", default="1,4,7", show_default=True)
+@click.option("--starts", default="0.3,0.4,0.5,0.6", show_default=True)
+@click.option("--updates", default="ddim,renoise", show_default=True, help="ddim (eta 0), ddim1 (eta 1), renoise.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+def main(folder: Path, images: int, levels: str, starts: str, updates: str, weights: Path | None) -> None:
+    loaded = load_diffusion_weights(weights)
+    assert loaded is not None, "no diffusion weights shipped"
+    originals = crops(folder, images)
+    level_list = [float(v) for v in levels.split(",")]
+    bases = {level: [np.asarray(api.decode(api.encode(image, level))) for image in originals] for level in level_list}
+
+    def score(decoded: list[np.ndarray]) -> tuple[float, float]:
+        pairs = [(o, Image.fromarray(d)) for o, d in zip(originals, decoded, strict=True)]
+        return float(np.mean([psnr(o, d) for o, d in pairs])), float(np.mean([lpips(o, d) for o, d in pairs]))
+
+    for level in level_list:
+        value_psnr, value_lpips = score(bases[level])
+        print(f"level {level:g}  0 steps: PSNR {value_psnr:.2f}  LPIPS {value_lpips:.4f}")
+    variants = {"ddim": {"eta": 0.0}, "ddim1": {"eta": 1.0}, "renoise": {"renoise": True}}
+    for start, update in itertools.product([float(v) for v in starts.split(",")], updates.split(",")):
+        fields = {"start_time": start, "eta": 0.0, "renoise": False, **variants[update]}
+        decoder = DiffusionDecoder(loaded.model, dataclasses.replace(loaded.settings, **fields))
+        for level in level_list:
+            row = []
+            for steps in (1, 2, 5, 20):
+                decoded = [decoder.enhance(base, level, steps, fast=True) for base in bases[level]]
+                value_psnr, value_lpips = score(decoded)
+                row.append(f"{steps:2d}: {value_psnr:.2f} dB {value_lpips:.4f}")
+            print(f"start {start:.2f} {update:7s} level {level:g} | " + " | ".join(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
