@@ -21,8 +21,8 @@ demo: setup
 	$(BIN)/dirac decode out/parrots.drc -o out/parrots.png
 
 test: setup
-	$(BIN)/ruff check diraccodec tests
+	$(BIN)/ruff check diraccodec tests scripts
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check diraccodec tests
+	$(BIN)/ruff check diraccodec tests scripts
