@@ -31,6 +31,7 @@ class BatchSettings:
     weights: str | None = None
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    fast: bool = False  # oneDNN for the diffusion steps (see api.decode)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
             info = api.inspect(encoded)
             return JobResult(job, "converted", "", len(data), len(encoded), info.header.pixels)
         image = api.decode(data, settings.steps, settings.seed, weights=settings.weights,
-                           max_pixels=settings.max_pixels)
+                           max_pixels=settings.max_pixels, fast=settings.fast)
         write_image(job.target, image)
         return JobResult(job, "converted", "", len(data), job.target.stat().st_size, image.width * image.height)
     except DiracError as error:

@@ -166,11 +166,13 @@ def diffusion_support(weights_id: bytes) -> str:
               show_default=True, help="Image format that .drc files decode to.")
 @click.option("-j", "--workers", type=click.IntRange(1, 64), default=None, help="Parallel workers.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
+@fast_option
 @weights_option
 @max_pixels_option
 @reports_errors
 def batch(source: Path, destination: Path, quality: float, steps: int | None, seed: int | None,
-          decoded_suffix: str, workers: int | None, overwrite: bool, weights: Path | None, max_pixels: int) -> None:
+          decoded_suffix: str, workers: int | None, overwrite: bool, fast: bool, weights: Path | None,
+          max_pixels: int) -> None:
     """Convert a folder tree: images become .drc files and .drc files become images."""
     from diraccodec import api
     from diraccodec.batch import BatchSettings, default_workers, plan_jobs, run_batch
@@ -178,7 +180,7 @@ def batch(source: Path, destination: Path, quality: float, steps: int | None, se
     codec = api.get_codec(weights)  # validate the options once, before any worker starts
     api.check_quality(quality, codec.num_levels)
     settings = BatchSettings(quality, steps, seed, decoded_suffix, str(weights) if weights else None, overwrite,
-                             max_pixels)
+                             max_pixels, fast)
     jobs = plan_jobs(source, destination, settings)
     if not jobs:
         raise DiracError(f"no images or .drc files found under {source}")

@@ -159,3 +159,21 @@ def test_batch_without_inputs_is_an_error(tmp_path: Path):
 def test_readme_demo_files_exist():
     assert SAMPLE.exists()
     assert shutil.which("git") is not None
+
+
+def test_batch_decodes_with_diffusion_steps_and_fast_kernels(tmp_path: Path, small_image: Image.Image):
+    import numpy as np
+
+    import diraccodec
+
+    encoded, decoded = tmp_path / "encoded", tmp_path / "decoded"
+    encoded.mkdir()
+    data = diraccodec.encode(small_image, 2)
+    (encoded / "one.drc").write_bytes(data)
+    result = dirac("batch", encoded, decoded, "--steps", "2", "--seed", "3", "--fast", "-j", "1")
+    assert result.returncode == 0, result.stderr
+    with Image.open(decoded / "one.png") as image:
+        batch_pixels = np.asarray(image.convert("RGB"))
+    expected = np.asarray(diraccodec.decode(data, steps=2, seed=3, fast=True), dtype=np.int16)
+    assert np.abs(batch_pixels.astype(np.int16) - expected).max() <= 2  # fast kernels: equal up to rounding
+    assert not np.array_equal(batch_pixels, np.asarray(diraccodec.decode(data, steps=0)))
