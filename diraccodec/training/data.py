@@ -51,6 +51,7 @@ def pack_shard(
     The downscale removes the source's JPEG blocking before the re-encoding at high quality.
     Images whose short side would fall under `min_side` are left out.
     """
+    folders = tuple(folders)  # read twice: for the photos and for the manifest
     output.mkdir(parents=True, exist_ok=True)
     count = total = 0
     for index, path in enumerate(list_images(folders)):

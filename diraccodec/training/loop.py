@@ -46,12 +46,17 @@ class LoopOptions:
     warmup_steps: int = 200
 
 
+def decay_start(options: LoopOptions) -> float:
+    """The step where the cosine decay begins: `decay_from` of the way from schedule_start to the end."""
+    return options.schedule_start + options.decay_from * (options.steps - options.schedule_start)
+
+
 def learning_rate_at(step: int, options: LoopOptions, warmup_from: int | None = None) -> float:
     """Constant, then a cosine decay to 1/10 over the last part; a linear ramp after `warmup_from`."""
     ramp = 1.0
     if warmup_from is not None and options.warmup_steps > 0:
         ramp = min(1.0, (step - warmup_from + 1) / options.warmup_steps)
-    start = options.schedule_start + options.decay_from * (options.steps - options.schedule_start)
+    start = decay_start(options)
     if step < start:
         return options.learning_rate * ramp
     progress = min(1.0, (step - start) / max(1.0, options.steps - start))
@@ -194,8 +199,7 @@ def _fit_steps_to_time(
     assert options.minutes is not None
     first_step, since = calibration
     done = step - first_step
-    decay_start = options.schedule_start + options.decay_from * (options.steps - options.schedule_start)
-    if done == 0 or done % options.calibration_steps or step >= decay_start:
+    if done == 0 or done % options.calibration_steps or step >= decay_start(options):
         return calibration
     now = time.monotonic()
     rate = done / max(now - since, 1e-9)
