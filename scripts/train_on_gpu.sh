@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# One lease of a GPU machine (the device tool), about 9 minutes: the base codec trains for
-# the whole lease while the diffusion decoder trains beside it in three segments, each on
-# the base weights exported at its start, so that it follows the base as it improves.
+# One lease of a GPU machine (the device tool), about 9 minutes in one command: the base
+# codec trains first, then the diffusion decoder trains on the base weights just made, so
+# the shipped decoder matches the shipped base. (Two processes on one GPU only time-slice
+# it: running them side by side bought nothing in session 3.)
 # Inputs (carried, not committed): .gpu/shard (dirac train pack), .gpu/base.safetensors and
-# .gpu/diffusion.safetensors (the checkpoints to resume, float16 to travel), .gpu/cache (the
-# converted LPIPS weights), .whl (constriction for Python 3.12). Checkpoints and logs go to $OUT.
+# .gpu/diffusion.safetensors (the checkpoints to resume, float16 to travel, optionally with
+# their .optim files), .gpu/cache (the converted LPIPS weights), .whl (constriction for
+# Python 3.12). Checkpoints come back in $OUT as soon as each model is done, the Adam
+# moments as bfloat16 so that every file stays under the 16 MiB limit.
 set -uo pipefail
-MINUTES=${MINUTES:-8.4}            # base training
-SEGMENT_MINUTES=${SEGMENT_MINUTES:-2.55}
+BASE_MINUTES=${BASE_MINUTES:-4.4}
+DIFFUSION_MINUTES=${DIFFUSION_MINUTES:-3.8}
 DEVICE=${DEVICE:-cuda}
-BASE_BATCH=${BASE_BATCH:-64}
+BASE_BATCH=${BASE_BATCH:-128}
 DIFFUSION_BATCH=${DIFFUSION_BATCH:-32}
+OWN_PREDICTION_FRACTION=${OWN_PREDICTION_FRACTION:-0.5}
 OUT=${OUT:-/tmp/gpu-out}
 RUN=${RUN:-/tmp/gpu-run}
 mkdir -p "$OUT" "$RUN"
@@ -20,27 +24,27 @@ if [ -d .whl ] && ! python3 -c 'import constriction' 2>/dev/null; then
 fi
 export DIRAC_CACHE=$PWD/.gpu/cache PYTHONUNBUFFERED=1
 dirac() { python3 -m diraccodec.cli "$@"; }
-cp .gpu/base.safetensors "$RUN/base.safetensors"
-cp .gpu/diffusion.safetensors "$RUN/diffusion.safetensors"
+cp .gpu/*.safetensors "$RUN/"
 (nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv 2>/dev/null || true) > "$OUT/gpu.txt"
 
-save_results() {
-  cp "$RUN/base.safetensors" "$OUT/base-checkpoint.safetensors"
-  cp "$RUN/diffusion.safetensors" "$OUT/diffusion-checkpoint.safetensors"
+bring_back() {  # MODEL: its checkpoint as is, its Adam moments as bfloat16
+  cp "$RUN/$1.safetensors" "$OUT/$1-checkpoint.safetensors"
+  if [ -f "$RUN/$1.optim.safetensors" ]; then
+    python3 scripts/cast_safetensors.py "$RUN/$1.optim.safetensors" \
+      "$OUT/$1-checkpoint.optim.safetensors" --dtype bfloat16
+  fi
 }
-trap save_results EXIT
 
 dirac train base --data .gpu/shard --checkpoint "$RUN/base.safetensors" --device "$DEVICE" \
-  --batch-size "$BASE_BATCH" --patch-size 128 --lr 3e-4 --minutes "$MINUTES" --checkpoint-minutes 0.5 \
-  > "$OUT/base.log" 2>&1 &
-BASE_PID=$!
-
-for segment in 1 2 3; do
-  sleep 2  # lets a checkpoint write finish
-  dirac train export "$RUN/base.safetensors" "$RUN/w$segment/base.safetensors" >> "$OUT/diffusion.log" 2>&1
-  dirac train diffusion --data .gpu/shard --checkpoint "$RUN/diffusion.safetensors" --device "$DEVICE" \
-    --weights "$RUN/w$segment/base.safetensors" --batch-size "$DIFFUSION_BATCH" --patch-size 128 --lr 2e-4 \
-    --lpips-weight 1.0 --minutes "$SEGMENT_MINUTES" --checkpoint-minutes 0.5 >> "$OUT/diffusion.log" 2>&1
-done
-wait "$BASE_PID"
+  --batch-size "$BASE_BATCH" --patch-size 128 --lr 3e-4 --minutes "$BASE_MINUTES" --checkpoint-minutes 0.5 \
+  > "$OUT/base.log" 2>&1
+bring_back base
 echo "done: $(date)" >> "$OUT/base.log"
+
+dirac train export "$RUN/base.safetensors" "$RUN/weights/base.safetensors" > "$OUT/diffusion.log" 2>&1
+trap 'bring_back diffusion' EXIT
+dirac train diffusion --data .gpu/shard --checkpoint "$RUN/diffusion.safetensors" --device "$DEVICE" \
+  --weights "$RUN/weights/base.safetensors" --batch-size "$DIFFUSION_BATCH" --patch-size 128 --lr 1.5e-4 \
+  --lpips-weight 1.0 --own-prediction-fraction "$OWN_PREDICTION_FRACTION" \
+  --minutes "$DIFFUSION_MINUTES" --checkpoint-minutes 0.5 >> "$OUT/diffusion.log" 2>&1
+echo "done: $(date)" >> "$OUT/diffusion.log"

@@ -45,9 +45,11 @@ def crops(folder: Path, count: int, size: int = 256) -> list[Image.Image]:
 @click.option("--images", default=8, show_default=True)
 @click.option("--levels", default="1,4,7", show_default=True)
 @click.option("--starts", default="0.3,0.4,0.5,0.6", show_default=True)
+@click.option("--ends", default="0", show_default=True, help="End times of the sampler's grid.")
 @click.option("--updates", default="ddim,renoise", show_default=True, help="ddim (eta 0), ddim1 (eta 1), renoise.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
-def main(folder: Path, images: int, levels: str, starts: str, updates: str, weights: Path | None) -> None:
+def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates: str,
+         weights: Path | None) -> None:
     loaded = load_diffusion_weights(weights)
     assert loaded is not None, "no diffusion weights shipped"
     originals = crops(folder, images)
@@ -62,8 +64,10 @@ def main(folder: Path, images: int, levels: str, starts: str, updates: str, weig
         value_psnr, value_lpips = score(bases[level])
         print(f"level {level:g}  0 steps: PSNR {value_psnr:.2f}  LPIPS {value_lpips:.4f}")
     variants = {"ddim": {"eta": 0.0}, "ddim1": {"eta": 1.0}, "renoise": {"renoise": True}}
-    for start, update in itertools.product([float(v) for v in starts.split(",")], updates.split(",")):
-        fields = {"start_time": start, "eta": 0.0, "renoise": False, **variants[update]}
+    grid = itertools.product([float(v) for v in starts.split(",")], [float(v) for v in ends.split(",")],
+                             updates.split(","))
+    for start, end, update in grid:
+        fields = {"start_time": start, "end_time": end, "eta": 0.0, "renoise": False, **variants[update]}
         decoder = DiffusionDecoder(loaded.model, dataclasses.replace(loaded.settings, **fields))
         for level in level_list:
             row = []
@@ -71,7 +75,7 @@ def main(folder: Path, images: int, levels: str, starts: str, updates: str, weig
                 decoded = [decoder.enhance(base, level, steps, fast=True) for base in bases[level]]
                 value_psnr, value_lpips = score(decoded)
                 row.append(f"{steps:2d}: {value_psnr:.2f} dB {value_lpips:.4f}")
-            print(f"start {start:.2f} {update:7s} level {level:g} | " + " | ".join(row), flush=True)
+            print(f"start {start:.2f} end {end:.2f} {update:7s} level {level:g} | " + " | ".join(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,19 @@ def test_zero_steps_is_the_base_and_the_residual_respects_the_bound():
     assert residual.abs().max() <= 0.01 + 1e-6
 
 
+def test_the_grid_ends_at_the_end_time_and_one_step_does_not_depend_on_it():
+    from diraccodec.diffusion.schedule import respaced_times
+
+    grid = respaced_times(3, 0.4, 0.1)
+    torch.testing.assert_close(grid, torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64))
+    model = random_unet()
+    base = torch.rand(1, 3, 40, 56)
+    late, early = SamplerSettings(end_time=0.1), SamplerSettings(end_time=0.0)
+    assert torch.equal(sample_residual(model, base, 4.0, 1, 0, late), sample_residual(model, base, 4.0, 1, 0, early))
+    assert not torch.equal(sample_residual(model, base, 4.0, 3, 0, late),
+                           sample_residual(model, base, 4.0, 3, 0, early))
+
+
 def test_diffusion_for_other_base_weights_is_refused(small_image, tmp_path):
     other = tmp_path / "diffusion.safetensors"
     export_diffusion_weights(random_unet(), SamplerSettings(), b"\x00" * 8, other, {"purpose": "test"})

@@ -138,3 +138,23 @@ def test_a_time_budget_sets_the_step_count_and_a_run_without_moments_warms_up(ph
     resumed = LoopOptions(checkpoint=checkpoint, steps=10_000, learning_rate=1e-3, schedule_start=9_000)
     assert learning_rate_at(9_799, resumed) == pytest.approx(1e-3)  # a budgeted run: the end of its own steps
     assert learning_rate_at(9_900, resumed) < 1e-3
+
+
+def test_a_budget_spent_at_its_first_measurement_still_saves_and_low_precision_moments_resume(
+        photo_folder: Path, tmp_path: Path):
+    from diraccodec.training.checkpoint import cast_file, load_checkpoint_metadata
+
+    checkpoint = tmp_path / "ck.safetensors"
+    train_base(options(photo_folder, checkpoint, 2))
+    budget = options(photo_folder, checkpoint, 1)
+    budget.minutes, budget.calibration_steps = 1e-6, 3  # over before the speed is even known
+    stopped = train_base(budget).step
+    assert stopped >= 5 and load_checkpoint_metadata(checkpoint).step == stopped
+    # the moments come back from a GPU machine as bfloat16; the run goes on in float32
+    cast_file(optimizer_path(checkpoint), optimizer_path(checkpoint), torch.bfloat16)
+    travelled = load_file(str(optimizer_path(checkpoint)))
+    assert travelled["adam.0.exp_avg"].dtype == torch.bfloat16
+    assert travelled["adam.0.step"].dtype == torch.float32
+    assert train_base(options(photo_folder, checkpoint, stopped + 2)).step == stopped + 2
+    moments = load_file(str(optimizer_path(checkpoint)))
+    assert {tensor.dtype for tensor in moments.values()} == {torch.float32}

@@ -25,6 +25,10 @@ class SamplerSettings:
     # Measured on Kodak crops with the first trained model: starting at 0.4 with the
     # deterministic DDIM update (eta 0) added the least noise-like grain (docs/diffusion.md).
     start_time: float = 0.4
+    # The grid's last time. Ending at 0.1 rather than 0 spares the model repeated corrections
+    # at near-clean times: on training photos 20 steps then beat 5 at levels 1, 4 and 7, and
+    # beat 20 steps ending at 0 (docs/diffusion.md).
+    end_time: float = 0.1
     eta: float = 0.0
     # Bound on the predicted residual (pixel units) at level 1 and at the top level; levels
     # in between interpolate linearly. Coarse levels need room for more detail.
@@ -59,7 +63,7 @@ def sample_residual(
     pad = (0, -width % multiple, 0, -height % multiple)
     base_padded = F.pad(base, pad, mode="replicate")
     generator = torch.Generator().manual_seed(seed)
-    times = respaced_times(steps, settings.start_time)
+    times = respaced_times(steps, settings.start_time, settings.end_time)
 
     def noise() -> torch.Tensor:
         return torch.randn(base_padded.shape, generator=generator, dtype=torch.float32).to(base.device)

@@ -23,6 +23,10 @@ def signal_level(time: torch.Tensor) -> torch.Tensor:
     return (torch.cos(angle) ** 2 / start).clamp(1e-5, 1.0)
 
 
-def respaced_times(steps: int, start_time: float) -> torch.Tensor:
-    """steps + 1 times from start_time down to 0, evenly spaced: the sampler's grid."""
-    return torch.linspace(start_time, 0.0, steps + 1, dtype=torch.float64)
+def respaced_times(steps: int, start_time: float, end_time: float = 0.0) -> torch.Tensor:
+    """steps + 1 times from start_time down to end_time, evenly spaced: the sampler's grid.
+
+    The model predicts at the first `steps` of them; an end above 0 keeps the last
+    predictions away from the near-clean times where repeated corrections pile up.
+    """
+    return torch.linspace(start_time, end_time, steps + 1, dtype=torch.float64)

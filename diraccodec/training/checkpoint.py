@@ -58,6 +58,22 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, header: dict[str,
     os.replace(temporary, path)
 
 
+def cast_file(source: Path, destination: Path, dtype: torch.dtype) -> None:
+    """Rewrite a safetensors file with its floating-point tensors in `dtype`, metadata kept.
+
+    Files travel to and from a lent GPU machine under size limits: float16 checkpoints on
+    the way there, bfloat16 Adam moments on the way back (float16 would flush the small
+    second moments to zero). Step counts stay float32; loading casts back to the parameters.
+    """
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not name.endswith(".step"):
+            tensors[name] = tensor.to(dtype)
+    _save_atomic(tensors, destination, metadata)
+
+
 def load_checkpoint_metadata(path: Path) -> TrainingState:
     with safe_open(str(path), framework="pt") as handle:
         header = handle.metadata()
@@ -84,8 +100,9 @@ def load_checkpoint(
             if f"adam.{index}.exp_avg" in tensors:
                 optimizer.state[param] = {
                     "step": tensors[f"adam.{index}.step"][0].clone(),
-                    "exp_avg": tensors[f"adam.{index}.exp_avg"].to(device),
-                    "exp_avg_sq": tensors[f"adam.{index}.exp_avg_sq"].to(device),
+                    # moments may have travelled at lower precision (scripts/cast_safetensors.py)
+                    "exp_avg": tensors[f"adam.{index}.exp_avg"].to(device, param.dtype),
+                    "exp_avg_sq": tensors[f"adam.{index}.exp_avg_sq"].to(device, param.dtype),
                 }
     if generator is not None:
         generator.set_state(tensors["rng"])

@@ -175,9 +175,11 @@ def _steps(
                     )
                     sys.stderr.flush()
                 window.clear()
-            if now - last_save > options.checkpoint_minutes * 60 or state.step == options.steps:
+            if now - last_save > options.checkpoint_minutes * 60:
                 save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
                 last_save = time.monotonic()
+        # also when a time budget ran out at a calibration, which ends the loop between steps
+        save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
     except KeyboardInterrupt:  # stopping by hand loses no steps: the next run resumes here
         save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
         console.print(f"interrupted: checkpoint saved at step {state.step}")
