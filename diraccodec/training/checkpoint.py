@@ -100,7 +100,7 @@ def load_checkpoint(
             if f"adam.{index}.exp_avg" in tensors:
                 optimizer.state[param] = {
                     "step": tensors[f"adam.{index}.step"][0].clone(),
-                    # moments may have travelled at lower precision (scripts/cast_safetensors.py)
+                    # moments may have travelled at lower precision (cast_file)
                     "exp_avg": tensors[f"adam.{index}.exp_avg"].to(device, param.dtype),
                     "exp_avg_sq": tensors[f"adam.{index}.exp_avg_sq"].to(device, param.dtype),
                 }

@@ -138,7 +138,7 @@ def _steps(
     show: Callable[[str], None],
 ) -> TrainingState:
     state, optimizer = session.state, session.optimizer
-    last_save = time.monotonic()
+    last_save, saved_step = time.monotonic(), state.step
     window: dict[str, list[torch.Tensor]] = {}
     step_started = time.monotonic()
     run_started, calibration = step_started, (state.step, step_started)
@@ -177,9 +177,9 @@ def _steps(
                 window.clear()
             if now - last_save > options.checkpoint_minutes * 60:
                 save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
-                last_save = time.monotonic()
-        # also when a time budget ran out at a calibration, which ends the loop between steps
-        save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
+                last_save, saved_step = time.monotonic(), state.step
+        if state.step != saved_step:  # the end, also where a time budget ran out at a calibration
+            save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
     except KeyboardInterrupt:  # stopping by hand loses no steps: the next run resumes here
         save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
         console.print(f"interrupted: checkpoint saved at step {state.step}")
