@@ -412,6 +412,8 @@ def train_base_command(data: tuple[Path, ...], **loop: Any) -> None:
 @click.option("--lpips-weight", type=float, default=0.0, show_default=True, help="Weight of the VGG LPIPS term.")
 @click.option("--own-prediction-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Share of samples noised from the model's own first step rather than the truth.")
+@click.option("--relative-loss", is_flag=True,
+              help="Divide each crop's error and LPIPS by the base reconstruction's, so every level counts alike.")
 @weights_option
 def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, **loop: Any) -> None:
     """Train the diffusion decoder on the frozen base codec's reconstructions."""

@@ -8,6 +8,11 @@
 # their .optim files), .gpu/cache (the converted LPIPS weights), .whl (constriction for
 # Python 3.12). Checkpoints come back in $OUT as soon as each model is done, the Adam
 # moments as bfloat16 so that every file stays under the 16 MiB limit.
+# BASE_MINUTES=0 skips the base and trains the diffusion decoder on .gpu/weights/base.safetensors
+# and its manifest.json (the shipped files themselves, so the decoder records the shipped id).
+# DIFFUSION_VARIANTS="name:extra args;name:extra args" trains several variants of the
+# diffusion decoder side by side from the same checkpoint (diffusion-NAME-checkpoint...), to be
+# compared afterwards; by default one run with no extra arguments.
 set -uo pipefail
 BASE_MINUTES=${BASE_MINUTES:-4.4}
 DIFFUSION_MINUTES=${DIFFUSION_MINUTES:-3.8}
@@ -15,6 +20,8 @@ DEVICE=${DEVICE:-cuda}
 BASE_BATCH=${BASE_BATCH:-128}
 DIFFUSION_BATCH=${DIFFUSION_BATCH:-32}
 OWN_PREDICTION_FRACTION=${OWN_PREDICTION_FRACTION:-0.5}
+DIFFUSION_LR=${DIFFUSION_LR:-1.5e-4}
+DIFFUSION_VARIANTS=${DIFFUSION_VARIANTS:-:}
 OUT=${OUT:-/tmp/gpu-out}
 RUN=${RUN:-/tmp/gpu-run}
 mkdir -p "$OUT" "$RUN"
@@ -30,21 +37,39 @@ cp .gpu/*.safetensors "$RUN/"
 bring_back() {  # MODEL: its checkpoint as is, its Adam moments as bfloat16
   cp "$RUN/$1.safetensors" "$OUT/$1-checkpoint.safetensors"
   if [ -f "$RUN/$1.optim.safetensors" ]; then
-    python3 scripts/cast_safetensors.py "$RUN/$1.optim.safetensors" \
+    PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} python3 scripts/cast_safetensors.py "$RUN/$1.optim.safetensors" \
       "$OUT/$1-checkpoint.optim.safetensors" --dtype bfloat16
   fi
 }
 
-dirac train base --data .gpu/shard --checkpoint "$RUN/base.safetensors" --device "$DEVICE" \
-  --batch-size "$BASE_BATCH" --patch-size 128 --lr 3e-4 --minutes "$BASE_MINUTES" --checkpoint-minutes 0.5 \
-  > "$OUT/base.log" 2>&1
-bring_back base
-echo "done: $(date)" >> "$OUT/base.log"
+if [ "$BASE_MINUTES" != 0 ]; then
+  dirac train base --data .gpu/shard --checkpoint "$RUN/base.safetensors" --device "$DEVICE" \
+    --batch-size "$BASE_BATCH" --patch-size 128 --lr 3e-4 --minutes "$BASE_MINUTES" --checkpoint-minutes 0.5 \
+    > "$OUT/base.log" 2>&1
+  bring_back base
+  echo "done: $(date)" >> "$OUT/base.log"
+  dirac train export "$RUN/base.safetensors" "$RUN/weights/base.safetensors" > "$OUT/diffusion.log" 2>&1
+else
+  mkdir -p "$RUN/weights" && cp .gpu/weights/base.safetensors .gpu/weights/manifest.json "$RUN/weights/"
+fi
 
-dirac train export "$RUN/base.safetensors" "$RUN/weights/base.safetensors" > "$OUT/diffusion.log" 2>&1
-trap 'bring_back diffusion' EXIT
-dirac train diffusion --data .gpu/shard --checkpoint "$RUN/diffusion.safetensors" --device "$DEVICE" \
-  --weights "$RUN/weights/base.safetensors" --batch-size "$DIFFUSION_BATCH" --patch-size 128 --lr 1.5e-4 \
-  --lpips-weight 1.0 --own-prediction-fraction "$OWN_PREDICTION_FRACTION" \
-  --minutes "$DIFFUSION_MINUTES" --checkpoint-minutes 0.5 >> "$OUT/diffusion.log" 2>&1
-echo "done: $(date)" >> "$OUT/diffusion.log"
+names=()
+IFS=';' read -ra variants <<< "$DIFFUSION_VARIANTS"
+for variant in "${variants[@]}"; do  # copies first: the runs below rewrite diffusion.safetensors
+  name=${variant%%:*} model=diffusion${name:+-$name}
+  names+=("$model")
+  [ "$model" = diffusion ] && continue
+  cp "$RUN/diffusion.safetensors" "$RUN/$model.safetensors"
+  [ -f "$RUN/diffusion.optim.safetensors" ] && cp "$RUN/diffusion.optim.safetensors" "$RUN/$model.optim.safetensors"
+done
+for variant in "${variants[@]}"; do
+  name=${variant%%:*} extra=${variant#*:} model=diffusion${name:+-$name}
+  # shellcheck disable=SC2086  # extra holds several arguments
+  dirac train diffusion --data .gpu/shard --checkpoint "$RUN/$model.safetensors" --device "$DEVICE" \
+    --weights "$RUN/weights/base.safetensors" --batch-size "$DIFFUSION_BATCH" --patch-size 128 \
+    --lr "$DIFFUSION_LR" --lpips-weight 1.0 --own-prediction-fraction "$OWN_PREDICTION_FRACTION" \
+    --minutes "$DIFFUSION_MINUTES" --checkpoint-minutes 0.5 $extra >> "$OUT/$model.log" 2>&1 &
+done
+trap 'for model in "${names[@]}"; do bring_back "$model"; done' EXIT
+wait
+for model in "${names[@]}"; do echo "done: $(date)" >> "$OUT/$model.log"; done

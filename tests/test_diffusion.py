@@ -137,3 +137,31 @@ def test_own_prediction_training_feeds_the_model_its_first_step():
     assert own["loss"].requires_grad and torch.isfinite(own["loss"])
     assert not torch.equal(seen[0], seen[2])  # the trained pass saw another input
     assert truth["residual_mse"] != own["residual_mse"]
+
+
+def test_relative_loss_weighs_every_crop_by_its_own_base_error():
+    from diraccodec.training.diffusion import diffusion_loss
+
+    class KeepsTheBase(torch.nn.Module):  # predicts a zero residual: exactly the base image
+        def __init__(self) -> None:
+            super().__init__()
+            self.gain = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, noisy, time, base, levels):
+            return noisy * self.gain
+
+    batch = torch.rand(2, 3, 16, 16)
+    base = batch.clone()
+    base[0] += 0.02 * torch.randn(3, 16, 16)  # a fine level's small residual
+    base[1] += 0.2 * torch.randn(3, 16, 16)  # a coarse level's large one
+    base = base.clamp(0, 1)  # as the base codec's reconstructions are
+    levels = torch.tensor([8.0, 1.0])
+
+    def distance(a, b):
+        return (a - b).abs().mean(dim=(1, 2, 3))
+    absolute = diffusion_loss(KeepsTheBase(), batch, base, levels, 0.7)
+    relative = diffusion_loss(KeepsTheBase(), batch, base, levels, 0.7, distance, 2.0, relative_loss=True)
+    # Keeping the base scores 1 per crop on each term, whatever the residual's size.
+    assert relative["loss"].item() == pytest.approx(1 + 2.0, rel=1e-4)
+    assert absolute["loss"].item() > 1.5  # dominated by the coarse crop's large residual
+    relative["loss"].backward()

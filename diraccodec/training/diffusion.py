@@ -39,6 +39,12 @@ class DiffusionTrainingOptions(LoopOptions):
     lpips_weight: float = 0.0
     start_time: float = TRAINED_TIME_RANGE
     own_prediction_fraction: float = 0.0
+    relative_loss: bool = False
+
+
+# Floor of a crop's squared base residual in the relative loss (model units; an RMS of 0.7% of
+# the pixel range), so that flat crops with almost no residual do not dominate a batch.
+RELATIVE_MSE_FLOOR = 0.005
 
 
 def diffusion_loss(
@@ -51,8 +57,15 @@ def diffusion_loss(
     lpips_weight: float = 0.0,
     own_prediction_fraction: float = 0.0,
     sampling_start: float = SamplerSettings.start_time,
+    relative_loss: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """own_prediction_fraction: the share of samples whose noisy input is built from the model's
+    """relative_loss: divide each crop's squared error and LPIPS by those of the base
+    reconstruction itself, so that every rate level weighs the same in relative terms, as the
+    product's targets are stated (LPIPS lowered by a share, PSNR lowered by a few dB). In
+    absolute terms the error and LPIPS of the finest levels are small, and the model learns
+    to leave them as they are.
+
+    own_prediction_fraction: the share of samples whose noisy input is built from the model's
     own first sampling step (from noise alone at `sampling_start`) instead of the true residual,
     so that it learns what the sampler feeds it from the second step on: a noisy guess to
     correct, not the truth to copy. The target is the true residual either way.
@@ -70,12 +83,20 @@ def diffusion_loss(
         clean = torch.where(chosen[:, None, None, None], own, residual)
     noisy = signal.sqrt() * clean + (1 - signal).sqrt() * torch.randn_like(residual)
     prediction = unet(noisy, time, base, levels)
-    mse = (prediction - residual).pow(2).mean()
+    squared_error = (prediction - residual).pow(2).mean(dim=(1, 2, 3))
+    mse = squared_error.mean()
     figures = {"loss": mse, "residual_mse": mse.detach()}
+    if relative_loss:
+        base_error = residual.pow(2).mean(dim=(1, 2, 3)).clamp_min(RELATIVE_MSE_FLOOR)
+        figures["loss"] = (squared_error / base_error).mean()
     if perceptual is not None and lpips_weight > 0:
-        distance = perceptual((base + prediction * RESIDUAL_SCALE).clamp(0, 1), batch).mean()
-        figures["loss"] = mse + lpips_weight * distance
-        figures["lpips"] = distance.detach()
+        distance = perceptual((base + prediction * RESIDUAL_SCALE).clamp(0, 1), batch)
+        figures["lpips"] = distance.mean().detach()
+        if relative_loss:
+            with torch.no_grad():
+                base_distance = perceptual(base, batch).clamp_min(1e-3)
+            distance = distance / base_distance
+        figures["loss"] = figures["loss"] + lpips_weight * distance.mean()
     return figures
 
 
@@ -106,6 +127,7 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
         "lpips_weight": options.lpips_weight,
         "start_time": options.start_time,
         "own_prediction_fraction": options.own_prediction_fraction,
+        "relative_loss": options.relative_loss,
         "device": str(session.device),
         "data": [str(p) for p in options.data],
     })
@@ -117,7 +139,8 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
         levels = levels.to(session.device)
         base = base_model.reconstruct(batch, levels - 1)
         return diffusion_loss(session.model, batch, base, levels, options.start_time, perceptual,
-                              options.lpips_weight, options.own_prediction_fraction)
+                              options.lpips_weight, options.own_prediction_fraction,
+                              relative_loss=options.relative_loss)
 
     return run_loop(session, options, next_loss, console)
 
