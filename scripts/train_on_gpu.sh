@@ -29,7 +29,8 @@ if [ -d .whl ] && ! python3 -c 'import constriction' 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
-export DIRAC_CACHE=$PWD/.gpu/cache PYTHONUNBUFFERED=1
+# the tree on the path, for scripts/*.py too: the package is not installed there
+export DIRAC_CACHE=$PWD/.gpu/cache PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 dirac() { python3 -m diraccodec.cli "$@"; }
 cp .gpu/*.safetensors "$RUN/"
 (nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv 2>/dev/null || true) > "$OUT/gpu.txt"
@@ -37,7 +38,7 @@ cp .gpu/*.safetensors "$RUN/"
 bring_back() {  # MODEL: its checkpoint as is, its Adam moments as bfloat16
   cp "$RUN/$1.safetensors" "$OUT/$1-checkpoint.safetensors"
   if [ -f "$RUN/$1.optim.safetensors" ]; then
-    PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} python3 scripts/cast_safetensors.py "$RUN/$1.optim.safetensors" \
+    python3 scripts/cast_safetensors.py "$RUN/$1.optim.safetensors" \
       "$OUT/$1-checkpoint.optim.safetensors" --dtype bfloat16
   fi
 }

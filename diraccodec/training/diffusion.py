@@ -84,11 +84,10 @@ def diffusion_loss(
     noisy = signal.sqrt() * clean + (1 - signal).sqrt() * torch.randn_like(residual)
     prediction = unet(noisy, time, base, levels)
     squared_error = (prediction - residual).pow(2).mean(dim=(1, 2, 3))
-    mse = squared_error.mean()
-    figures = {"loss": mse, "residual_mse": mse.detach()}
+    figures = {"residual_mse": squared_error.mean().detach()}
     if relative_loss:
-        base_error = residual.pow(2).mean(dim=(1, 2, 3)).clamp_min(RELATIVE_MSE_FLOOR)
-        figures["loss"] = (squared_error / base_error).mean()
+        squared_error = squared_error / residual.pow(2).mean(dim=(1, 2, 3)).clamp_min(RELATIVE_MSE_FLOOR)
+    loss = squared_error.mean()
     if perceptual is not None and lpips_weight > 0:
         distance = perceptual((base + prediction * RESIDUAL_SCALE).clamp(0, 1), batch)
         figures["lpips"] = distance.mean().detach()
@@ -96,8 +95,8 @@ def diffusion_loss(
             with torch.no_grad():
                 base_distance = perceptual(base, batch).clamp_min(1e-3)
             distance = distance / base_distance
-        figures["loss"] = figures["loss"] + lpips_weight * distance.mean()
-    return figures
+        loss = loss + lpips_weight * distance.mean()
+    return {"loss": loss, **figures}
 
 
 def train_diffusion(options: DiffusionTrainingOptions, console: Console | None = None) -> TrainingState:
