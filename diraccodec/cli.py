@@ -372,15 +372,17 @@ training_data_option = click.option(
     default=[DEFAULT_TRAIN_DATA], show_default=True, help="Folders of training photos (or packed shards).")
 
 
-def training_options(checkpoint: str, steps: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The options every training command takes, with its own checkpoint and step defaults."""
+def training_options(
+    checkpoint: str, steps: int, batch_size: int = 8, patch_size: int = 128
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options every training command takes, with its own checkpoint, step and crop defaults."""
     options = [
         training_data_option,
         click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=Path(checkpoint),
                      show_default=True, help="Resumed from when it exists; written every few minutes."),
         click.option("--steps", type=click.IntRange(1), default=steps, show_default=True, help="Total steps."),
-        click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True),
-        click.option("--patch-size", type=click.IntRange(64), default=128, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=batch_size, show_default=True),
+        click.option("--patch-size", type=click.IntRange(64), default=patch_size, show_default=True),
         click.option("--lr", "learning_rate", type=float, default=2e-4, show_default=True),
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
         click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch."),
@@ -391,6 +393,7 @@ def training_options(checkpoint: str, steps: int) -> Callable[[Callable[..., Any
     ]
 
     def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = reports_errors(command)
         for option in reversed(options):
             command = option(command)
         return command
@@ -423,6 +426,19 @@ def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, **loop
     train_diffusion(DiffusionTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(), **loop))
 
 
+@train.command("entropy")
+@training_options("checkpoints/base-entropy.safetensors", 4000, batch_size=16, patch_size=320)
+@click.option("--crops", type=click.IntRange(1), default=2400, show_default=True,
+              help="Crops whose latents are computed once and trained on.")
+@weights_option
+def train_entropy_command(data: tuple[Path, ...], weights: Path | None, **loop: Any) -> None:
+    """Fine-tune the base codec's entropy model for rate alone, transforms frozen, on large crops."""
+    from diraccodec.training.entropy import EntropyTrainingOptions, train_entropy
+    from diraccodec.weights import default_weights_path
+
+    train_entropy(EntropyTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(), **loop))
+
+
 @train.command("pack")
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
 @training_data_option
@@ -441,6 +457,7 @@ def train_pack_command(output: Path, data: tuple[Path, ...], prescale: float, qu
 @train.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@reports_errors
 def train_export_command(checkpoint: Path, output: Path) -> None:
     """Write inference weights from a training checkpoint (base codec or diffusion decoder)."""
     from diraccodec.training.base import export_checkpoint

@@ -72,6 +72,14 @@ def test_train_and_export_commands(photo_folder: Path, tmp_path: Path):
     result = runner.invoke(main, ["train", "export", str(checkpoint), str(weights)])
     assert result.exit_code == 0, result.output
     assert (weights.parent / "manifest.json").exists()
+    tuned_checkpoint, tuned = tmp_path / "entropy.safetensors", tmp_path / "tuned" / "base.safetensors"
+    result = runner.invoke(main, ["train", "entropy", "--data", str(photo_folder), "--weights", str(weights),
+                                  "--checkpoint", str(tuned_checkpoint), "--steps", "1", "--crops", "2",
+                                  "--batch-size", "1", "--patch-size", "128", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["train", "export", str(tuned_checkpoint), str(tuned)])
+    assert result.exit_code == 0, result.output
+    assert "base codec" in result.output
 
 
 def test_killed_training_saves_its_checkpoint_first(photo_folder: Path, tmp_path: Path):
@@ -158,3 +166,33 @@ def test_a_budget_spent_at_its_first_measurement_still_saves_and_low_precision_m
     assert train_base(options(photo_folder, checkpoint, stopped + 2)).step == stopped + 2
     moments = load_file(str(optimizer_path(checkpoint)))
     assert {tensor.dtype for tensor in moments.values()} == {torch.float32}
+
+
+def test_entropy_finetune_lowers_the_rate_and_leaves_the_transforms_alone(photo_folder: Path, tmp_path: Path,
+                                                                           capsys):
+    from diraccodec import api
+    from diraccodec.models.hyperprior import HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.training.entropy import EntropyTrainingOptions, train_entropy
+    from diraccodec.weights import export_base_weights
+
+    torch.manual_seed(0)
+    start = tmp_path / "start" / "base.safetensors"
+    export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 12)), start, {})
+    checkpoint, tuned = tmp_path / "entropy.safetensors", tmp_path / "tuned" / "base.safetensors"
+    train_entropy(EntropyTrainingOptions(
+        data=(photo_folder,), base_weights=start, checkpoint=checkpoint, steps=30, batch_size=2, patch_size=128,
+        crops=4, learning_rate=1e-2, log_every=1, checkpoint_minutes=1e9, threads=1,
+    ))
+    losses = [float(line.split("loss ")[1].split()[0]) for line in capsys.readouterr().err.splitlines()
+              if line.startswith("step ")]
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
+    export_checkpoint(checkpoint, tuned)
+    before, after = load_file(str(start)), load_file(str(tuned))
+    frozen = [k for k in before if k.startswith(("model.analysis", "model.synthesis", "model.log_"))]
+    trained = [k for k in before if k.startswith(("model.hyper_", "tables.hyper"))]
+    assert frozen and trained
+    for key in frozen:
+        torch.testing.assert_close(before[key], after[key], rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(before[key], after[key]) for key in trained)
+    image = Image.open(photo_folder / "b.png").convert("RGB").crop((0, 0, 96, 80))
+    assert api.decode(api.encode(image, 3, weights=tuned), weights=tuned).size == (96, 80)

@@ -144,18 +144,24 @@ class MultiRateHyperprior(nn.Module):
         y_hat = torch.round(y - mean) + mean
         return self.synthesis(y_hat * inverse_gain).clamp(0, 1).mul(255).round().div(255)
 
-    def forward(self, x: torch.Tensor, level: torch.Tensor) -> ForwardResult:
-        """Training pass: noise for the rate, straight-through rounding for the decoder."""
-        gain, inverse_gain = self.gains(level)
-        y = self.analysis(x) * gain
+    def rate(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The entropy model alone: bits of the (gain-scaled) latents and their hyper-latents.
+
+        Returns the predicted mean (which the decoder adds back), the bits of the latents
+        and of the hyper-latents per image; noise stands in for rounding in the rate.
+        """
         z = self.hyper_analysis(y)
         z_likelihood = self.hyper_prior.likelihood(quantize_with_noise(z))
         mean, scale = self.mean_and_scale(round_straight_through(z))
         y_likelihood = gaussian_bin_likelihood(quantize_with_noise(y - mean) + mean, mean, scale)
+        bits_latent = -torch.log2(y_likelihood).flatten(1).sum(1)
+        return mean, bits_latent, -torch.log2(z_likelihood).flatten(1).sum(1)
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> ForwardResult:
+        """Training pass: noise for the rate, straight-through rounding for the decoder."""
+        gain, inverse_gain = self.gains(level)
+        y = self.analysis(x) * gain
+        mean, bits_latent, bits_hyper = self.rate(y)
         y_hat = round_straight_through(y - mean) + mean
         reconstruction = self.synthesis(y_hat * inverse_gain)
-        return ForwardResult(
-            reconstruction=reconstruction,
-            bits_latent=-torch.log2(y_likelihood).flatten(1).sum(1),
-            bits_hyper=-torch.log2(z_likelihood).flatten(1).sum(1),
-        )
+        return ForwardResult(reconstruction=reconstruction, bits_latent=bits_latent, bits_hyper=bits_hyper)

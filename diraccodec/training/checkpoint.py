@@ -17,6 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from diraccodec.errors import DiracError
+
 
 @dataclass
 class TrainingState:
@@ -91,7 +93,7 @@ def load_checkpoint(
     if optimizer is not None and optimizer_path(path).exists():
         moments_state = load_checkpoint_metadata(optimizer_path(path))
         if moments_state.step != state.step:
-            raise ValueError(f"{optimizer_path(path)} is from step {moments_state.step}, the model from {state.step}")
+            raise DiracError(f"{optimizer_path(path)} is from step {moments_state.step}, the model from {state.step}")
         tensors.update(load_file(str(optimizer_path(path))))
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     device = next(model.parameters()).device

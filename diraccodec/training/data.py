@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from diraccodec.errors import DiracError
 from diraccodec.images import IMAGE_SUFFIXES
 
 SHARD_MANIFEST = "shard.json"
@@ -98,7 +99,7 @@ class CropSampler:
                     self.images.append(torch.from_numpy(array.copy()).permute(2, 0, 1).to(device))
                     self.scale_ranges.append(remaining)
         if not self.images:
-            raise ValueError(f"no training image of at least {patch_size}x{patch_size} found")
+            raise DiracError(f"no training image of at least {patch_size}x{patch_size} pixels found")
 
     def _uniform(self, low: float, high: float) -> float:
         return low + (high - low) * torch.rand((), generator=self.generator).item()

@@ -1,0 +1,105 @@
+"""Rate-only fine-tuning of the base codec's entropy model on large latent grids.
+
+The joint training (`diraccodec.training.base`) sees 128x128 crops: grids of 8x8 latents
+and 2x2 hyper-latents, where every hyper-latent sits on a border. The hyperprior learnt
+there is a poor fit to whole photos. Here the transforms and gains stay frozen, so the
+pixels a latent decodes to do not move, and only the hyper-analysis, hyper-synthesis and
+factorized prior learn to spend fewer bits, on latents of large crops. Those latents are
+computed once per run from a seeded draw, so a resumed run trains on the same set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import track
+
+from diraccodec.errors import DiracError
+from diraccodec.models.hyperprior import HYPER_STRIDE, LATENT_STRIDE, MultiRateHyperprior
+from diraccodec.training.base import DEFAULT_TRAIN_DATA
+from diraccodec.training.checkpoint import TrainingState
+from diraccodec.training.data import CropSampler
+from diraccodec.training.loop import LoopOptions, run_loop, start_session
+from diraccodec.weights import DEFAULT_BASE_WEIGHTS, load_base_weights
+
+# Crops are cut at the photos' own scale (at most 1.25x smaller): the training photos are
+# mostly 320-380 pixels on their short side, and a downscale would cut the grid again.
+ENTROPY_SCALE_RANGE = (1.0, 1.25)
+
+
+@dataclass
+class EntropyTrainingOptions(LoopOptions):
+    data: tuple[Path, ...] = (DEFAULT_TRAIN_DATA,)
+    base_weights: Path = DEFAULT_BASE_WEIGHTS
+    batch_size: int = 16
+    patch_size: int = 320
+    crops: int = 2400
+
+
+def entropy_modules(model: MultiRateHyperprior) -> list[torch.nn.Module]:
+    return [model.hyper_analysis, model.hyper_synthesis, model.hyper_prior]
+
+
+def latent_bank(model: MultiRateHyperprior, options: EntropyTrainingOptions, console: Console) -> torch.Tensor:
+    """Unscaled latents of `options.crops` crops (float16), the same for a given seed."""
+    generator = torch.Generator().manual_seed(options.seed + 1)
+    sampler = CropSampler(options.data, options.patch_size, ENTROPY_SCALE_RANGE, generator)
+    console.print(f"{len(sampler.images)} images of at least {options.patch_size} pixels a side")
+    chunk = 4
+    latents = []
+    with torch.no_grad():
+        for _ in track(range(0, options.crops, chunk), description="latents", console=console,
+                       disable=not console.is_terminal):
+            latents.append(model.analysis(sampler.batch(chunk).to(options.device)).half())
+    return torch.cat(latents)[: options.crops]
+
+
+def rate_loss(model: MultiRateHyperprior, latents: torch.Tensor, levels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Bits per pixel of latents at the given (fractional) levels."""
+    gain, _ = model.gains(levels)
+    _, bits_latent, bits_hyper = model.rate(latents.float() * gain)
+    pixels = latents.shape[-1] * latents.shape[-2] * LATENT_STRIDE**2
+    bpp = (bits_latent + bits_hyper) / pixels
+    return {"loss": bpp.mean(), "hyper_bpp": (bits_hyper / pixels).mean().detach()}
+
+
+def train_entropy(options: EntropyTrainingOptions, console: Console | None = None) -> TrainingState:
+    console = console or Console(stderr=True)
+    if options.patch_size % HYPER_STRIDE:
+        raise DiracError(f"--patch-size must be a multiple of {HYPER_STRIDE} (whole hyper-latents), "
+                         f"got {options.patch_size}")
+    torch.manual_seed(options.seed)
+    weights = load_base_weights(options.base_weights)
+    model = MultiRateHyperprior(weights.model.config)
+    model.load_state_dict(weights.model.state_dict())
+    model.requires_grad_(False)
+    for module in entropy_modules(model):
+        module.requires_grad_(True)
+    session = start_session(model, options, console)
+    latents = latent_bank(session.model, options, console).to(session.device)
+    console.print(f"{latents.shape[0]} latent grids of {latents.shape[-2]}x{latents.shape[-1]}")
+    session.state.metadata.update(
+        {
+            "config": asdict(model.config),
+            "entropy_finetune_of": weights.weights_id.hex(),
+            "batch_size": options.batch_size,
+            "patch_size": options.patch_size,
+            "crops": options.crops,
+            "device": str(session.device),
+            "data": [str(p) for p in options.data],
+        }
+    )
+    top_level = model.config.num_levels - 1
+
+    def next_loss() -> dict[str, torch.Tensor]:
+        index = torch.randint(latents.shape[0], (options.batch_size,), generator=session.generator)
+        batch = latents[index.to(latents.device)]
+        if torch.randint(2, (), generator=session.generator):
+            batch = batch.flip(-1)
+        levels = torch.rand(options.batch_size, generator=session.generator) * top_level
+        return rate_loss(session.model, batch, levels.to(session.device))
+
+    return run_loop(session, options, next_loss, console)
