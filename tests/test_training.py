@@ -72,6 +72,10 @@ def test_train_and_export_commands(photo_folder: Path, tmp_path: Path):
     result = runner.invoke(main, ["train", "export", str(checkpoint), str(weights)])
     assert result.exit_code == 0, result.output
     assert (weights.parent / "manifest.json").exists()
+    not_a_checkpoint = tmp_path / "photo.safetensors"
+    not_a_checkpoint.write_bytes(b"not a checkpoint")
+    result = runner.invoke(main, ["train", "export", str(not_a_checkpoint), str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 2 and "is not a diraccodec training checkpoint" in result.output
     tuned_checkpoint, tuned = tmp_path / "entropy.safetensors", tmp_path / "tuned" / "base.safetensors"
     result = runner.invoke(main, ["train", "entropy", "--data", str(photo_folder), "--weights", str(weights),
                                   "--checkpoint", str(tuned_checkpoint), "--steps", "1", "--crops", "2",

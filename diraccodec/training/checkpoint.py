@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from diraccodec.errors import DiracError
@@ -77,9 +77,12 @@ def cast_file(source: Path, destination: Path, dtype: torch.dtype) -> None:
 
 
 def load_checkpoint_metadata(path: Path) -> TrainingState:
-    with safe_open(str(path), framework="pt") as handle:
-        header = handle.metadata()
-    return TrainingState(int(header["step"]), float(header["seconds"]), json.loads(header["meta"]))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        return TrainingState(int(header["step"]), float(header["seconds"]), json.loads(header["meta"]))
+    except (SafetensorError, OSError, KeyError, ValueError) as error:
+        raise DiracError(f"{path} is not a diraccodec training checkpoint ({error})") from None
 
 
 def load_checkpoint(
