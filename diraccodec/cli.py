@@ -390,6 +390,8 @@ def training_options(
         click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Train for this long (wall clock); the step count is then set from the measured speed."),
         click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--average-decay", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+                     help="Keep a moving average of the weights (e.g. 0.999) and export it; 0: none."),
     ]
 
     def apply(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -7,6 +7,10 @@ crops themselves, beside the 0-step figures. The update is DDIM with eta 0 or 1,
 diffusion weights at export, so this needs no retraining.
 
     python scripts/tune_sampler.py ../shared/data/train/sun-hays80 --images 6 --starts 0.2,0.4,0.55
+
+With --weights it also compares decoders. To choose between them at the top levels, use
+BSDS500 photos at their own scale (--downscale 1 --size 320): of the training sets tried,
+only it ranked session 4's and session 6's decoders as Kodak does (docs/results.md).
 """
 
 from __future__ import annotations
@@ -26,15 +30,18 @@ from diraccodec.training.data import list_images
 from diraccodec.weights import load_diffusion_weights
 
 
-def crops(folder: Path, count: int, size: int = 256) -> list[Image.Image]:
-    """Centre crops of every n-th photo, after a 2x downscale (as in training)."""
+def crops(folder: Path, count: int, size: int = 256, downscale: float = 2.0) -> list[Image.Image]:
+    """Centre crops of every n-th photo, after a downscale (2x as in training; 1 keeps the
+    photos' own scale, whose smoother detail is closer to Kodak's)."""
     paths = list_images([folder])
     chosen = paths[:: max(1, len(paths) // count)][:count]
     result = []
     for path in chosen:
         with Image.open(path) as image:
             image = image.convert("RGB")
-            image = image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS)
+            if downscale != 1:
+                size_after = (round(image.width / downscale), round(image.height / downscale))
+                image = image.resize(size_after, Image.Resampling.LANCZOS)
         left, top = (image.width - size) // 2, (image.height - size) // 2
         result.append(image.crop((left, top, left + size, top + size)))
     return result
@@ -47,12 +54,15 @@ def crops(folder: Path, count: int, size: int = 256) -> list[Image.Image]:
 @click.option("--starts", default="0.3,0.4,0.5,0.6", show_default=True)
 @click.option("--ends", default="0", show_default=True, help="End times of the sampler's grid.")
 @click.option("--updates", default="ddim,renoise", show_default=True, help="ddim (eta 0), ddim1 (eta 1), renoise.")
+@click.option("--steps", "step_counts", default="1,2,5,20", show_default=True)
+@click.option("--size", default=256, show_default=True, help="Side of the square crops.")
+@click.option("--downscale", default=2.0, show_default=True, help="Downscale of the photos before cropping.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
-def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates: str,
-         weights: Path | None) -> None:
+def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates: str, step_counts: str,
+         size: int, downscale: float, weights: Path | None) -> None:
     loaded = load_diffusion_weights(weights)
     assert loaded is not None, "no diffusion weights shipped"
-    originals = crops(folder, images)
+    originals = crops(folder, images, size, downscale)
     level_list = [float(v) for v in levels.split(",")]
     bases = {level: [np.asarray(api.decode(api.encode(image, level))) for image in originals] for level in level_list}
 
@@ -71,7 +81,7 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
         decoder = DiffusionDecoder(loaded.model, dataclasses.replace(loaded.settings, **fields))
         for level in level_list:
             row = []
-            for steps in (1, 2, 5, 20):
+            for steps in [int(v) for v in step_counts.split(",")]:
                 decoded = [decoder.enhance(base, level, steps, fast=True) for base in bases[level]]
                 value_psnr, value_lpips = score(decoded)
                 row.append(f"{steps:2d}: {value_psnr:.2f} dB {value_lpips:.4f}")

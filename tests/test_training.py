@@ -44,6 +44,28 @@ def test_resumed_training_equals_uninterrupted_training(photo_folder: Path, tmp_
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+def test_weight_average_resumes_exactly_and_is_what_export_ships(photo_folder: Path, tmp_path: Path):
+    def averaged(checkpoint: Path, steps: int) -> BaseTrainingOptions:
+        run = options(photo_folder, checkpoint, steps)
+        run.average_decay = 0.5
+        return run
+
+    straight, resumed = tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors"
+    train_base(averaged(straight, 4))
+    train_base(averaged(resumed, 2))
+    train_base(averaged(resumed, 4))
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    average_keys = [k for k in a if k.startswith("average.")]
+    assert "average.updates" in average_keys and int(a["average.updates"][0]) == 4
+    for key in average_keys:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    weight = "synthesis.0.weight"
+    assert not torch.equal(a[f"average.{weight}"], a[f"model.{weight}"])
+    exported = tmp_path / "w.safetensors"
+    export_checkpoint(straight, exported)
+    torch.testing.assert_close(load_file(str(exported))[f"model.{weight}"], a[f"average.{weight}"], rtol=0, atol=0)
+
+
 def test_training_lowers_the_loss_and_exports_usable_weights(photo_folder: Path, tmp_path: Path, capsys):
     from diraccodec import api
 

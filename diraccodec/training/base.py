@@ -78,6 +78,6 @@ def export_checkpoint(checkpoint: Path, output: Path) -> None:
     fields = load_checkpoint_metadata(checkpoint).metadata["config"]
     model = MultiRateHyperprior(HyperpriorConfig(fields["channels"], fields["latent_channels"],
                                                  tuple(fields["lambdas"])))
-    state = load_checkpoint(checkpoint, model, None, None)
+    state = load_checkpoint(checkpoint, model, None, None, prefer_average=True)
     info = {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **state.metadata}
     export_base_weights(model, output, info)

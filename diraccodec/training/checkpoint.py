@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from diraccodec.errors import DiracError
+from diraccodec.training.averaging import AVERAGE_PREFIX, WeightAverage
 
 
 @dataclass
@@ -33,8 +34,11 @@ def save_checkpoint(
     optimizer: torch.optim.Adam,
     generator: torch.Generator,
     state: TrainingState,
+    average: WeightAverage | None = None,
 ) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if average is not None:
+        tensors.update(average.state_tensors())
     moments_file: dict[str, torch.Tensor] = {}
     for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
         moments = optimizer.state.get(param)
@@ -90,7 +94,12 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Adam | None,
     generator: torch.Generator | None,
+    average: WeightAverage | None = None,
+    prefer_average: bool = False,
 ) -> TrainingState:
+    """Restore a run. `average` takes the checkpoint's weight average (or starts one from the
+    loaded weights when it holds none); `prefer_average` loads that average into the model
+    instead of the last step's weights, as export does."""
     state = load_checkpoint_metadata(path)
     tensors = load_file(str(path))
     if optimizer is not None and optimizer_path(path).exists():
@@ -98,7 +107,12 @@ def load_checkpoint(
         if moments_state.step != state.step:
             raise DiracError(f"{optimizer_path(path)} is from step {moments_state.step}, the model from {state.step}")
         tensors.update(load_file(str(optimizer_path(path))))
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    if prefer_average and AVERAGE_PREFIX + "updates" in tensors:
+        weights = {k: tensors.get(AVERAGE_PREFIX + k, v) for k, v in weights.items()}
+    model.load_state_dict(weights)
+    if average is not None and not average.load_state_tensors(tensors):
+        average.reset(model)
     device = next(model.parameters()).device
     if optimizer is not None:
         for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):

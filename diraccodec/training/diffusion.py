@@ -148,7 +148,7 @@ def export_diffusion_checkpoint(checkpoint: Path, output: Path, settings: Sample
     metadata = load_checkpoint_metadata(checkpoint).metadata
     fields = metadata["config"]
     model = ResidualUNet(ResidualUNetConfig(tuple(fields["widths"]), fields["embedding"], fields["max_level"]))
-    state = load_checkpoint(checkpoint, model, None, None)
+    state = load_checkpoint(checkpoint, model, None, None, prefer_average=True)
     trained_range = metadata.get("start_time", TRAINED_TIME_RANGE)
     settings = settings or SamplerSettings(start_time=min(SamplerSettings.start_time, trained_range))
     info = {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **metadata}

@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from diraccodec.training.averaging import WeightAverage
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 
 
@@ -44,6 +45,9 @@ class LoopOptions:
     # A run that resumes without Adam moments (weights brought from elsewhere) ramps its
     # learning rate up over this many steps instead of taking full-size steps blind.
     warmup_steps: int = 200
+    # Decay of the moving average of the weights that export ships (0: none, the last step's
+    # weights are shipped). 0.999 averages over about the last thousand steps.
+    average_decay: float = 0.0
 
 
 def decay_start(options: LoopOptions) -> float:
@@ -73,6 +77,10 @@ class Session:
     state: TrainingState
     device: torch.device
     warmup_from: int | None = None  # the step a run without Adam moments started at
+    average: WeightAverage | None = None
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(path, self.model, self.optimizer, self.generator, self.state, self.average)
 
 
 def start_session(model: torch.nn.Module, options: LoopOptions, console: Console) -> Session:
@@ -89,13 +97,17 @@ def start_session(model: torch.nn.Module, options: LoopOptions, console: Console
     generator = torch.Generator().manual_seed(options.seed)
     state = TrainingState(step=0, seconds=0.0, metadata={})
     warmup_from = None
+    average = WeightAverage(model, options.average_decay) if options.average_decay > 0 else None
     if options.checkpoint.exists():
-        state = load_checkpoint(options.checkpoint, model, optimizer, generator)
+        state = load_checkpoint(options.checkpoint, model, optimizer, generator, average)
         console.print(f"resumed from {options.checkpoint} at step {state.step}")
         if state.step > 0 and not optimizer.state:
             warmup_from = state.step
             console.print(f"no Adam moments saved: the learning rate ramps up over {options.warmup_steps} steps")
-    return Session(model, optimizer, generator, state, device, warmup_from)
+    state.metadata.pop("average_decay", None)  # an earlier run's setting says nothing of this one's
+    if average is not None:
+        state.metadata["average_decay"] = options.average_decay
+    return Session(model, optimizer, generator, state, device, warmup_from, average)
 
 
 def _stop_on_sigterm() -> Callable[..., object] | int | None:
@@ -156,6 +168,8 @@ def _steps(
             figures["loss"].backward()
             torch.nn.utils.clip_grad_norm_(session.model.parameters(), options.clip_norm)
             optimizer.step()
+            if session.average is not None:
+                session.average.update(session.model)
             state.step += 1
             now = time.monotonic()
             state.seconds += now - step_started
@@ -176,12 +190,12 @@ def _steps(
                     sys.stderr.flush()
                 window.clear()
             if now - last_save > options.checkpoint_minutes * 60:
-                save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
+                session.save(options.checkpoint)
                 last_save, saved_step = time.monotonic(), state.step
         if state.step != saved_step:  # the end, also where a time budget ran out at a calibration
-            save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
+            session.save(options.checkpoint)
     except KeyboardInterrupt:  # stopping by hand loses no steps: the next run resumes here
-        save_checkpoint(options.checkpoint, session.model, optimizer, session.generator, state)
+        session.save(options.checkpoint)
         console.print(f"interrupted: checkpoint saved at step {state.step}")
         raise
     finally:
