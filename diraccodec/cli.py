@@ -419,13 +419,23 @@ def train_base_command(data: tuple[Path, ...], **loop: Any) -> None:
               help="Share of samples noised from the model's own first step rather than the truth.")
 @click.option("--relative-loss", is_flag=True,
               help="Divide each crop's error and LPIPS by the base reconstruction's, so every level counts alike.")
+@click.option("--level-range", default=None, metavar="LOW,HIGH",
+              help="Train only on rate levels in this range (default: all of the base's levels).")
 @weights_option
-def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, **loop: Any) -> None:
+def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, level_range: str | None,
+                            **loop: Any) -> None:
     """Train the diffusion decoder on the frozen base codec's reconstructions."""
     from diraccodec.training.diffusion import DiffusionTrainingOptions, train_diffusion
     from diraccodec.weights import default_weights_path
 
-    train_diffusion(DiffusionTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(), **loop))
+    levels = None
+    if level_range is not None:
+        bounds = parse_list(level_range, float, "--level-range")
+        if len(bounds) != 2:
+            raise DiracError(f"--level-range takes LOW,HIGH, got {level_range!r}")
+        levels = (bounds[0], bounds[1])
+    train_diffusion(DiffusionTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(),
+                                             level_range=levels, **loop))
 
 
 @train.command("entropy")

@@ -165,3 +165,30 @@ def test_relative_loss_weighs_every_crop_by_its_own_base_error():
     assert relative["loss"].item() == pytest.approx(1 + 2.0, rel=1e-4)
     assert absolute["loss"].item() > 1.5  # dominated by the coarse crop's large residual
     relative["loss"].backward()
+
+
+def test_diffusion_training_draws_levels_only_from_the_level_range(sample_image, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+    from diraccodec.training import diffusion
+
+    drawn = []
+
+    def recording_loss(unet, batch, base, levels, *args, **kwargs):
+        drawn.extend(levels.tolist())
+        return real_loss(unet, batch, base, levels, *args, **kwargs)
+
+    real_loss = diffusion.diffusion_loss
+    monkeypatch.setattr(diffusion, "diffusion_loss", recording_loss)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sample_image.save(photos / "a.png")
+    diffusion.train_diffusion(diffusion.DiffusionTrainingOptions(
+        data=(photos,), checkpoint=tmp_path / "ck.safetensors", steps=3, batch_size=4, patch_size=64,
+        widths=(8, 16, 16), checkpoint_minutes=1e9, threads=1, level_range=(6.5, 7.0),
+    ))
+    assert len(drawn) == 12 and all(6.5 <= level <= 7.0 for level in drawn) and len(set(drawn)) > 1
+    result = CliRunner().invoke(main, ["train", "diffusion", "--data", str(photos), "--level-range", "0,9",
+                                       "--checkpoint", str(tmp_path / "other.safetensors"), "--steps", "1"])
+    assert result.exit_code == 2 and "--level-range 0,9 is outside the base's levels 1-8" in result.output

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from diraccodec.diffusion.sampler import SamplerSettings
 from diraccodec.diffusion.schedule import RESIDUAL_SCALE, signal_level
+from diraccodec.errors import DiracError
 from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata
@@ -40,6 +41,8 @@ class DiffusionTrainingOptions(LoopOptions):
     start_time: float = TRAINED_TIME_RANGE
     own_prediction_fraction: float = 0.0
     relative_loss: bool = False
+    # Rate levels drawn for the crops (1-based, fractional); None: every level of the base.
+    level_range: tuple[float, float] | None = None
 
 
 # Floor of a crop's squared base residual in the relative loss (model units; an RMS of 0.7% of
@@ -103,6 +106,10 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
     console = console or Console(stderr=True)
     torch.manual_seed(options.seed)
     base_weights = load_base_weights(Path(options.base_weights).resolve())
+    top_level = base_weights.model.config.num_levels
+    lowest, highest = options.level_range or (1.0, float(top_level))
+    if not 1 <= lowest <= highest <= top_level:
+        raise DiracError(f"--level-range {lowest:g},{highest:g} is outside the base's levels 1-{top_level}")
     config = ResidualUNetConfig(widths=tuple(options.widths), max_level=float(base_weights.model.config.num_levels))
     session = start_session(ResidualUNet(config), options, console)
     trained_on = session.state.metadata.get("base_weights_id")
@@ -127,14 +134,14 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
         "start_time": options.start_time,
         "own_prediction_fraction": options.own_prediction_fraction,
         "relative_loss": options.relative_loss,
+        "level_range": list(options.level_range) if options.level_range else None,
         "device": str(session.device),
         "data": [str(p) for p in options.data],
     })
-    num_levels = base_model.config.num_levels
 
     def next_loss() -> dict[str, torch.Tensor]:
         batch = sampler.batch(options.batch_size)
-        levels = 1 + torch.rand(options.batch_size, generator=session.generator) * (num_levels - 1)
+        levels = lowest + torch.rand(options.batch_size, generator=session.generator) * (highest - lowest)
         levels = levels.to(session.device)
         base = base_model.reconstruct(batch, levels - 1)
         return diffusion_loss(session.model, batch, base, levels, options.start_time, perceptual,
