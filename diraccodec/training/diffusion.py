@@ -110,7 +110,7 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
     lowest, highest = options.level_range or (1.0, float(top_level))
     if not 1 <= lowest <= highest <= top_level:
         raise DiracError(f"--level-range {lowest:g},{highest:g} is outside the base's levels 1-{top_level}")
-    config = ResidualUNetConfig(widths=tuple(options.widths), max_level=float(base_weights.model.config.num_levels))
+    config = ResidualUNetConfig(widths=tuple(options.widths), max_level=float(top_level))
     session = start_session(ResidualUNet(config), options, console)
     trained_on = session.state.metadata.get("base_weights_id")
     if trained_on and trained_on != base_weights.weights_id.hex():
