@@ -25,11 +25,14 @@ from diraccodec.images import (
     open_image,
     planes_to_image,
 )
+from diraccodec.restoration import Restorer
 from diraccodec.weights import (
     default_diffusion_path,
+    default_restoration_path,
     default_weights_path,
     load_base_weights,
     load_diffusion_weights,
+    load_restoration_weights,
 )
 
 MAX_STEPS = 100
@@ -81,6 +84,23 @@ def get_diffusion(codec: BaseCodec, weights: str | Path | None = None, device: s
             f"{codec.weights.weights_id.hex()}; use 0 steps or matching diffusion weights"
         )
     return decoder
+
+
+@functools.lru_cache(maxsize=4)
+def _restorer(weights: Path, device: str) -> tuple[Restorer, bytes]:
+    loaded = load_restoration_weights(weights)
+    assert loaded is not None  # an explicit path either loads or raises
+    return Restorer(loaded.model, device), loaded.base_weights_id
+
+
+def get_restorer(codec: BaseCodec, device: str = "cpu") -> Restorer | None:
+    """The restoration filter for `codec`'s reconstructions, or None where none is installed
+    for these base weights (0 steps then give the base synthesis alone)."""
+    path = default_restoration_path()
+    if not path.exists():
+        return None
+    restorer, trained_on = _restorer(path.resolve(), device)
+    return restorer if trained_on == codec.weights.weights_id else None
 
 
 def encode(
@@ -154,12 +174,15 @@ def decode(
     device: str = "cpu",
     max_pixels: int = drc.DEFAULT_MAX_PIXELS,
     fast: bool = False,
+    restore: bool = True,
 ) -> Image.Image:
     """Decompress .drc bytes. steps=None uses the file's recommendation (0 if it has none).
 
-    0 steps gives the base reconstruction; more steps add realistic detail with the
-    diffusion decoder. The same file, steps and seed always give the same pixels; with
-    fast=True (oneDNN kernels for the diffusion steps) only on the same thread count.
+    0 steps gives the base reconstruction, corrected by the restoration filter where one is
+    installed for these weights (restore=False: the base synthesis alone); more steps add
+    realistic detail with the diffusion decoder. The same file, steps and seed always give
+    the same pixels; with fast=True (oneDNN kernels for the U-Nets) only on the same thread
+    count.
     """
     header = drc.unpack(data, max_pixels)
     codec = get_codec(weights, device)
@@ -176,6 +199,8 @@ def decode(
     rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality)
     if diffusion is not None:
         rgb = diffusion.enhance(rgb, header.quality, steps, seed, fast)
+    elif restore and (restorer := get_restorer(codec, device)) is not None:
+        rgb = restorer.restore(rgb, header.quality, fast)
     alpha = None
     if header.colour_mode.has_alpha:
         if drc.TAG_ALPHA not in header.sections:

@@ -56,7 +56,7 @@ max_pixels_option = click.option(
 )
 fast_option = click.option(
     "--fast", is_flag=True,
-    help="Diffusion steps with oneDNN kernels: about 2.5x faster; pixels then depend on the thread count.",
+    help="U-Nets (diffusion, restoration) with oneDNN kernels: about 2.5x faster; pixels depend on thread count.",
 )
 steps_option = click.option(
     "--steps", type=int, default=None, help="Diffusion steps at decode (0 = base reconstruction)."
@@ -96,17 +96,20 @@ def encode(source: Path, quality: float, output: Path, steps: int | None, weight
 @steps_option
 @click.option("--seed", type=int, default=None, help="Sampling seed (same seed, same pixels).")
 @fast_option
+@click.option("--no-restore", is_flag=True,
+              help="At 0 steps, skip the restoration filter: the base synthesis alone (faster, less faithful).")
 @weights_option
 @max_pixels_option
 @reports_errors
-def decode(source: Path, output: Path, steps: int | None, seed: int | None, fast: bool, weights: Path | None,
-           max_pixels: int) -> None:
+def decode(source: Path, output: Path, steps: int | None, seed: int | None, fast: bool, no_restore: bool,
+           weights: Path | None, max_pixels: int) -> None:
     """Decompress a .drc file into an image."""
     from diraccodec import api
     from diraccodec.files import image_format_for, read_bytes, write_image
 
     image_format_for(output)  # refuse a bad output name before the work
-    image = api.decode(read_bytes(source), steps, seed, weights=weights, max_pixels=max_pixels, fast=fast)
+    image = api.decode(read_bytes(source), steps, seed, weights=weights, max_pixels=max_pixels, fast=fast,
+                       restore=not no_restore)
     write_image(output, image)
     console.print(f"{output}: {image.width}x{image.height} {image.mode}")
 
@@ -135,6 +138,7 @@ def info(source: Path, max_pixels: int) -> None:
         ("sections", ", ".join(f"{tag.decode('ascii', 'replace')} ({len(v)} B)" for tag, v in header.sections.items())),
         ("recommended steps", "none" if details.recommended_steps is None else str(details.recommended_steps)),
         ("diffusion", diffusion_support(header.weights_id)),
+        ("restoration", restoration_support(header.weights_id)),
     ]
     for key, value in rows:
         table.add_row(key, value)
@@ -154,6 +158,19 @@ def diffusion_support(weights_id: bytes) -> str:
     if diffusion.base_weights_id != weights_id:
         return f"not available: {diffusion.path.name} was trained on other base weights"
     return f"available ({diffusion.path.name}); decode with --steps N"
+
+
+def restoration_support(weights_id: bytes) -> str:
+    """Whether 0 steps will go through the installed restoration filter for `weights_id`."""
+    from diraccodec.weights import load_restoration_weights
+
+    try:
+        restoration = load_restoration_weights()
+    except DiracError as error:
+        return f"unavailable ({error})"
+    if restoration is None or restoration.base_weights_id != weights_id:
+        return "none: 0 steps give the base synthesis alone"
+    return f"0 steps go through {restoration.path.name}"
 
 
 @main.command()
@@ -438,6 +455,23 @@ def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, level_
                                              level_range=levels, **loop))
 
 
+@train.command("restoration")
+@training_options("checkpoints/restoration.safetensors", 4000)
+@click.option("--start-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Diffusion weights whose U-Net a fresh run starts from (default: the shipped ones).")
+@click.option("--from-scratch", is_flag=True, help="Start a fresh run from the identity, not a diffusion U-Net.")
+@weights_option
+def train_restoration_command(data: tuple[Path, ...], weights: Path | None, start_from: Path | None,
+                              from_scratch: bool, **loop: Any) -> None:
+    """Train the restoration filter (squared error) on the frozen base codec's reconstructions."""
+    from diraccodec.training.restoration import RestorationTrainingOptions, train_restoration
+    from diraccodec.weights import default_diffusion_path, default_weights_path
+
+    origin = None if from_scratch else (start_from or default_diffusion_path())
+    train_restoration(RestorationTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(),
+                                                 start_from=origin, **loop))
+
+
 @train.command("entropy")
 @training_options("checkpoints/base-entropy.safetensors", 4000, batch_size=16, patch_size=320)
 @click.option("--crops", type=click.IntRange(1), default=2400, show_default=True,
@@ -471,14 +505,23 @@ def train_pack_command(output: Path, data: tuple[Path, ...], prescale: float, qu
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 @reports_errors
 def train_export_command(checkpoint: Path, output: Path) -> None:
-    """Write inference weights from a training checkpoint (base codec or diffusion decoder)."""
+    """Write inference weights from a training checkpoint (base codec, diffusion decoder or restoration filter)."""
     from diraccodec.training.base import export_checkpoint
     from diraccodec.training.checkpoint import load_checkpoint_metadata
     from diraccodec.training.diffusion import export_diffusion_checkpoint
+    from diraccodec.training.restoration import export_restoration_checkpoint
 
-    is_diffusion = "base_weights_id" in load_checkpoint_metadata(checkpoint).metadata
-    (export_diffusion_checkpoint if is_diffusion else export_checkpoint)(checkpoint, output)
-    console.print(f"wrote {output} ({'diffusion decoder' if is_diffusion else 'base codec'})")
+    metadata = load_checkpoint_metadata(checkpoint).metadata
+    if metadata.get("kind") == "restoration":
+        export_restoration_checkpoint(checkpoint, output)
+        kind = "restoration filter"
+    elif "base_weights_id" in metadata:
+        export_diffusion_checkpoint(checkpoint, output)
+        kind = "diffusion decoder"
+    else:
+        export_checkpoint(checkpoint, output)
+        kind = "base codec"
+    console.print(f"wrote {output} ({kind})")
 
 
 if __name__ == "__main__":

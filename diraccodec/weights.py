@@ -34,12 +34,15 @@ from diraccodec.entropy.tables import (
 from diraccodec.errors import DiracError
 from diraccodec.models.hyperprior import HyperpriorConfig, MultiRateHyperprior
 from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
+from diraccodec.models.restoration import RestorationFilter
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_BASE_WEIGHTS = WEIGHTS_DIR / "base.safetensors"
 WEIGHTS_ENV = "DIRAC_WEIGHTS"
 DEFAULT_DIFFUSION_WEIGHTS = WEIGHTS_DIR / "diffusion.safetensors"
 DIFFUSION_ENV = "DIRAC_DIFFUSION_WEIGHTS"
+DEFAULT_RESTORATION_WEIGHTS = WEIGHTS_DIR / "restoration.safetensors"
+RESTORATION_ENV = "DIRAC_RESTORATION_WEIGHTS"
 MANIFEST = "manifest.json"
 
 
@@ -122,36 +125,87 @@ def default_diffusion_path() -> Path:
     return Path(os.environ.get(DIFFUSION_ENV, DEFAULT_DIFFUSION_WEIGHTS))
 
 
+def _unet(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> ResidualUNet:
+    model = ResidualUNet(ResidualUNetConfig.from_fields(json.loads(metadata["config"])))
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    return model.eval().requires_grad_(False)
+
+
+def _unet_file(path: Path, kind: str) -> tuple[ResidualUNet, bytes, dict[str, str]]:
+    """A U-Net weights file (diffusion decoder or restoration filter) and its base's id."""
+    data, _ = read_verified(path)
+    try:
+        tensors, metadata = _parse(path, data)
+        return _unet(tensors, metadata), bytes.fromhex(metadata["base_weights_id"]), metadata
+    except (KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError) as error:
+        raise DiracError(f"{path} is not a diraccodec {kind} weights file ({error})") from None
+
+
+def _export_unet(model: ResidualUNet, base_weights_id: bytes, path: Path, info: dict[str, object],
+                 **extra: str) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "config": json.dumps(asdict(model.config)),
+        "base_weights_id": base_weights_id.hex(),
+        "info": json.dumps(info),
+        **extra,
+    }
+    _save_listed(tensors, metadata, path)
+
+
 @functools.lru_cache(maxsize=4)
 def load_diffusion_weights(path: Path | None = None) -> DiffusionWeights | None:
     """The diffusion decoder's weights, or None when the default file is not shipped."""
     if path is None and not default_diffusion_path().exists():
         return None
     path = Path(path or default_diffusion_path())
-    data, _ = read_verified(path)
+    model, base_id, metadata = _unet_file(path, "diffusion")
     try:
-        tensors, metadata = _parse(path, data)
-        fields = json.loads(metadata["config"])
-        model = ResidualUNet(ResidualUNetConfig(tuple(fields["widths"]), fields["embedding"], fields["max_level"]))
-        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         settings = SamplerSettings(**json.loads(metadata["sampler"]))
-        base_id = bytes.fromhex(metadata["base_weights_id"])
-    except (KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError) as error:
+    except (KeyError, TypeError, json.JSONDecodeError) as error:
         raise DiracError(f"{path} is not a diraccodec diffusion weights file ({error})") from None
-    return DiffusionWeights(model.eval().requires_grad_(False), settings, base_id, path, metadata)
+    return DiffusionWeights(model, settings, base_id, path, metadata)
 
 
 def export_diffusion_weights(
     model: ResidualUNet, settings: SamplerSettings, base_weights_id: bytes, path: Path, info: dict[str, object]
 ) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {
-        "config": json.dumps(asdict(model.config)),
-        "sampler": json.dumps(asdict(settings)),
-        "base_weights_id": base_weights_id.hex(),
-        "info": json.dumps(info),
-    }
-    _save_listed(tensors, metadata, path)
+    _export_unet(model, base_weights_id, path, info, sampler=json.dumps(asdict(settings)))
+
+
+@dataclass
+class RestorationWeights:
+    model: RestorationFilter
+    base_weights_id: bytes  # the base codec whose reconstructions it corrects
+    path: Path
+    metadata: dict[str, str]
+
+
+def default_restoration_path() -> Path:
+    return Path(os.environ.get(RESTORATION_ENV, DEFAULT_RESTORATION_WEIGHTS))
+
+
+def load_restoration_weights(path: Path | None = None) -> RestorationWeights | None:
+    """The restoration filter's weights, or None when the default file is not installed."""
+    if path is None:
+        path = default_restoration_path()  # read on every call: $DIRAC_RESTORATION_WEIGHTS may change
+        if not path.exists():
+            return None
+    return _load_restoration_file(Path(path).resolve())
+
+
+@functools.lru_cache(maxsize=4)
+def _load_restoration_file(path: Path) -> RestorationWeights:
+    unet, base_id, metadata = _unet_file(path, "restoration")
+    restorer = RestorationFilter(unet.config)
+    restorer.unet = unet
+    return RestorationWeights(restorer.eval(), base_id, path, metadata)
+
+
+def export_restoration_weights(
+    model: RestorationFilter, base_weights_id: bytes, path: Path, info: dict[str, object]
+) -> None:
+    _export_unet(model.unet, base_weights_id, path, info, kind="restoration")
 
 
 def export_base_weights(model: MultiRateHyperprior, path: Path, info: dict[str, object]) -> None:

@@ -64,7 +64,8 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
     assert loaded is not None, "no diffusion weights shipped"
     originals = crops(folder, images, size, downscale)
     level_list = [float(v) for v in levels.split(",")]
-    bases = {level: [np.asarray(api.decode(api.encode(image, level))) for image in originals] for level in level_list}
+    bases = {level: [np.asarray(api.decode(api.encode(image, level), restore=False)) for image in originals]
+             for level in level_list}  # the diffusion decoder works from the unrestored synthesis
 
     def score(decoded: list[np.ndarray]) -> tuple[float, float]:
         pairs = [(o, Image.fromarray(d)) for o, d in zip(originals, decoded, strict=True)]

@@ -92,19 +92,19 @@ def evaluate(
                     bits += 8 * len(data)
                     for decoding in decodings:
                         record = per_decoding.setdefault(decoding.steps, {"scores": [], "features": [],
-                                                                          "seconds": 0.0})
+                                                                          "seconds": 0.0, "shared": 0.0})
                         decoded = decoding.image
                         record["scores"].append((psnr(image, decoded), ms_ssim(image, decoded), lpips(image, decoded)))
                         record["features"].append(patch_features(decoded))
                         record["seconds"] += decoding.seconds
+                        record["shared"] += decoding.shared_seconds
                     progress.advance(task)
-                base_seconds = per_decoding.get(0, {}).get("seconds")
                 for steps, record in per_decoding.items():
                     mean = [sum(column) / len(images) for column in zip(*record["scores"], strict=True)]
                     distance = frechet_distance(original_features, np.concatenate(record["features"]))
                     per_step = None
-                    if steps and base_seconds is not None:
-                        per_step = (record["seconds"] - base_seconds) / steps / megapixels
+                    if steps:  # the diffusion stage alone: after the shared encode and synthesis
+                        per_step = (record["seconds"] - record["shared"]) / steps / megapixels
                     points.append(Point(curve_name(codec.name, steps), setting, bits / (megapixels * 1e6), *mean,
                                         distance, record["seconds"] / megapixels, len(images), steps, per_step))
                 if on_point is not None:

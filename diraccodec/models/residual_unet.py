@@ -24,6 +24,11 @@ class ResidualUNetConfig:
     embedding: int = 128
     max_level: float = 8.0
 
+    @classmethod
+    def from_fields(cls, fields: dict) -> ResidualUNetConfig:
+        """From the JSON of a weights file or checkpoint (where the widths are a list)."""
+        return cls(tuple(fields["widths"]), fields["embedding"], fields["max_level"])
+
 
 def sinusoidal_embedding(values: torch.Tensor, dimensions: int) -> torch.Tensor:
     """values (B,) in [0, 1] -> (B, dimensions) features at geometric frequencies."""

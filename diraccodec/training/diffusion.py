@@ -153,8 +153,7 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
 
 def export_diffusion_checkpoint(checkpoint: Path, output: Path, settings: SamplerSettings | None = None) -> None:
     metadata = load_checkpoint_metadata(checkpoint).metadata
-    fields = metadata["config"]
-    model = ResidualUNet(ResidualUNetConfig(tuple(fields["widths"]), fields["embedding"], fields["max_level"]))
+    model = ResidualUNet(ResidualUNetConfig.from_fields(metadata["config"]))
     state = load_checkpoint(checkpoint, model, None, None, prefer_average=True)
     trained_range = metadata.get("start_time", TRAINED_TIME_RANGE)
     settings = settings or SamplerSettings(start_time=min(SamplerSettings.start_time, trained_range))

@@ -1,0 +1,114 @@
+"""Training of the restoration filter on the frozen base codec's reconstructions.
+
+As for the diffusion decoder, each crop gets a random rate level and the base codec
+reconstructs it with hard quantisation, exactly as the decoder does. The loss is each
+crop's squared error after the filter divided by that of the base reconstruction, so that
+every level counts alike (a dB of PSNR is worth the same share of error at any level).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from diraccodec.errors import DiracError
+from diraccodec.models.residual_unet import ResidualUNetConfig
+from diraccodec.models.restoration import RestorationFilter
+from diraccodec.training.base import DEFAULT_TRAIN_DATA
+from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata
+from diraccodec.training.data import CropSampler
+from diraccodec.training.loop import LoopOptions, run_loop, start_session
+from diraccodec.weights import (
+    DEFAULT_BASE_WEIGHTS,
+    DEFAULT_DIFFUSION_WEIGHTS,
+    export_restoration_weights,
+    load_base_weights,
+    load_diffusion_weights,
+)
+
+# Floor of a crop's base MSE (pixel range 1): flat crops with almost no error must not
+# dominate a batch. An RMS error of 0.1% of the range is far below any level's.
+BASE_MSE_FLOOR = 1e-6
+
+
+@dataclass
+class RestorationTrainingOptions(LoopOptions):
+    data: tuple[Path, ...] = (DEFAULT_TRAIN_DATA,)
+    base_weights: Path = DEFAULT_BASE_WEIGHTS
+    batch_size: int = 8
+    patch_size: int = 128
+    # A fresh run starts from this diffusion decoder's U-Net (None: from scratch, which
+    # starts as the identity: the output layer is zero).
+    start_from: Path | None = DEFAULT_DIFFUSION_WEIGHTS
+
+
+def restoration_loss(
+    restorer: RestorationFilter, batch: torch.Tensor, base: torch.Tensor, levels: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    restored = (base + restorer(base, levels)).clamp(0, 1)
+    error = (restored - batch).pow(2).mean(dim=(1, 2, 3))
+    base_error = (base - batch).pow(2).mean(dim=(1, 2, 3)).clamp_min(BASE_MSE_FLOOR)
+    ratio = error / base_error
+    # the mean PSNR gain in dB over the batch, to watch
+    gain = -10 * torch.log10(ratio.detach().clamp_min(1e-12)).mean()
+    return {"loss": ratio.mean(), "psnr_gain": gain}
+
+
+def train_restoration(options: RestorationTrainingOptions, console: Console | None = None) -> TrainingState:
+    console = console or Console(stderr=True)
+    torch.manual_seed(options.seed)
+    base_weights = load_base_weights(Path(options.base_weights).resolve())
+    top_level = base_weights.model.config.num_levels
+    config = ResidualUNetConfig(max_level=float(top_level))
+    starting_unet = None
+    if options.checkpoint.exists():
+        config = ResidualUNetConfig.from_fields(load_checkpoint_metadata(options.checkpoint).metadata["config"])
+    elif options.start_from is not None:
+        diffusion = load_diffusion_weights(Path(options.start_from).resolve())
+        assert diffusion is not None  # an explicit path loads or raises
+        starting_unet, config = diffusion.model, diffusion.model.config
+    if config.max_level != top_level:
+        raise DiracError(f"the U-Net knows {config.max_level:g} levels, the base codec {top_level}")
+    restorer = RestorationFilter(config)
+    if starting_unet is not None:
+        restorer.unet.load_state_dict(starting_unet.state_dict())
+        console.print(f"starting from the U-Net of {options.start_from}")
+    session = start_session(restorer, options, console)
+    trained_on = session.state.metadata.get("base_weights_id")
+    if trained_on and trained_on != base_weights.weights_id.hex():
+        console.print(f"note: the checkpoint was trained on base {trained_on}; continuing on "
+                      f"{base_weights.weights_id.hex()} (fine-tuning)")
+    base_model = base_weights.model.to(session.device)
+    console.print(f"loading training images from {', '.join(map(str, options.data))}")
+    sampler = CropSampler(options.data, options.patch_size, generator=session.generator, device=session.device)
+    session.state.metadata.update({
+        "config": asdict(restorer.config),
+        "base_weights_id": base_weights.weights_id.hex(),
+        "kind": "restoration",
+        "batch_size": options.batch_size,
+        "patch_size": options.patch_size,
+        "start_from": str(options.start_from) if options.start_from else None,
+        "device": str(session.device),
+        "data": [str(p) for p in options.data],
+    })
+
+    def next_loss() -> dict[str, torch.Tensor]:
+        batch = sampler.batch(options.batch_size)
+        levels = (1 + torch.rand(options.batch_size, generator=session.generator) * (top_level - 1))
+        levels = levels.to(session.device)
+        with torch.no_grad():
+            base = base_model.reconstruct(batch, levels - 1)
+        return restoration_loss(session.model, batch, base, levels)
+
+    return run_loop(session, options, next_loss, console)
+
+
+def export_restoration_checkpoint(checkpoint: Path, output: Path) -> None:
+    metadata = load_checkpoint_metadata(checkpoint).metadata
+    restorer = RestorationFilter(ResidualUNetConfig.from_fields(metadata["config"]))
+    state = load_checkpoint(checkpoint, restorer, None, None, prefer_average=True)
+    info = {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **metadata}
+    export_restoration_weights(restorer, bytes.fromhex(metadata["base_weights_id"]), output, info)

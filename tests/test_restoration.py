@@ -1,0 +1,111 @@
+"""The restoration filter at 0 steps: used when installed for the base, deterministic, tiled
+without seams, left out of the diffusion path, and trained from the diffusion U-Net."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import diraccodec
+from diraccodec import restoration
+from diraccodec.cli import main
+from diraccodec.models.residual_unet import ResidualUNetConfig
+from diraccodec.models.restoration import FIXED_TIME, OUTPUT_SCALE, RestorationFilter
+from diraccodec.restoration import Restorer
+from diraccodec.weights import DEFAULT_BASE_WEIGHTS, export_restoration_weights, load_base_weights
+from tests.conftest import SAMPLE, psnr, random_unet
+
+
+def random_restorer() -> RestorationFilter:
+    restorer = RestorationFilter(ResidualUNetConfig(widths=(8, 16, 16)))
+    restorer.unet = random_unet()
+    return restorer.eval()
+
+
+@pytest.fixture
+def installed(tmp_path, monkeypatch):
+    """Install a restoration filter (random, so that it visibly acts) for the given base id."""
+
+    def install(base_id: bytes) -> None:
+        path = tmp_path / f"restoration-{base_id.hex()}.safetensors"
+        export_restoration_weights(random_restorer(), base_id, path, {"purpose": "test"})
+        monkeypatch.setenv("DIRAC_RESTORATION_WEIGHTS", str(path))
+
+    return install
+
+
+def shipped_base_id() -> bytes:
+    return load_base_weights(DEFAULT_BASE_WEIGHTS.resolve()).weights_id
+
+
+def test_zero_steps_go_through_the_installed_filter_and_repeat_exactly(small_image, installed,
+                                                                       random_diffusion_weights):
+    data = diraccodec.encode(small_image, 3)
+    synthesis = np.asarray(diraccodec.decode(data, steps=0, restore=False), dtype=np.int16)
+    installed(shipped_base_id())
+    restored = np.asarray(diraccodec.decode(data, steps=0), dtype=np.int16)
+    assert np.abs(restored - synthesis).mean() > 1  # the filter acted
+    np.testing.assert_array_equal(restored, np.asarray(diraccodec.decode(data, steps=0)))
+    np.testing.assert_array_equal(synthesis, np.asarray(diraccodec.decode(data, steps=0, restore=False)))
+    # the diffusion decoder starts from the unfiltered synthesis, on which it was trained
+    enhanced = np.asarray(diraccodec.decode(data, steps=2, diffusion_weights=random_diffusion_weights))
+    installed(b"\x00" * 8)  # a filter for other base weights is not used at all
+    np.testing.assert_array_equal(np.asarray(diraccodec.decode(data, steps=0), dtype=np.int16), synthesis)
+    np.testing.assert_array_equal(enhanced, np.asarray(diraccodec.decode(data, steps=2,
+                                                                         diffusion_weights=random_diffusion_weights)))
+
+
+def test_filter_tiles_leave_no_seam(monkeypatch):
+    rgb = np.random.default_rng(0).integers(0, 256, (200, 264, 3), dtype=np.uint8)
+    restorer = Restorer(random_restorer())
+    whole = restorer.restore(rgb, 2.5).astype(np.int16)
+    monkeypatch.setattr(restoration, "TILE", 64)
+    tiled = restorer.restore(rgb, 2.5).astype(np.int16)
+    assert whole.shape == rgb.shape and np.abs(whole - rgb).mean() > 1
+    assert np.abs(tiled - whole).max() <= 1  # float rounding only
+
+
+def test_info_says_whether_zero_steps_are_restored(small_image, installed, tmp_path):
+    path = tmp_path / "a.drc"
+    path.write_bytes(diraccodec.encode(small_image, 2))
+    installed(shipped_base_id())
+    assert "0 steps go through" in CliRunner().invoke(main, ["info", str(path)]).output
+    installed(b"\x00" * 8)
+    assert "base synthesis alone" in CliRunner().invoke(main, ["info", str(path)]).output
+
+
+def test_training_starts_from_the_diffusion_unet_and_exports_a_filter(sample_image, diffusion_weights, tmp_path):
+    from diraccodec.training.restoration import RestorationTrainingOptions, restoration_loss, train_restoration
+    from diraccodec.weights import load_diffusion_weights, load_restoration_weights
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sample_image.save(photos / "a.png")
+    checkpoint = tmp_path / "ck.safetensors"
+    options = RestorationTrainingOptions(data=(photos,), checkpoint=checkpoint, steps=1, batch_size=2, patch_size=64,
+                                         learning_rate=0.0, start_from=diffusion_weights, log_every=1, threads=1)
+    train_restoration(options)  # one step at a learning rate of 0: the starting point itself is saved
+    result = CliRunner().invoke(main, ["train", "export", str(checkpoint), str(tmp_path / "r.safetensors")])
+    assert result.exit_code == 0 and "restoration filter" in result.output
+    restorer = load_restoration_weights(tmp_path / "r.safetensors").model
+    unet = load_diffusion_weights(diffusion_weights).model
+    base, level = torch.rand(1, 3, 64, 64), torch.tensor([3.0])
+    expected = unet(torch.zeros_like(base), torch.tensor([FIXED_TIME]), base, level) * OUTPUT_SCALE
+    torch.testing.assert_close(restorer(base, level), expected)
+    # the loss is the error relative to the base's: 1 for a filter that changes nothing
+    identity = RestorationFilter(ResidualUNetConfig(widths=(8, 16, 16)))
+    batch = torch.rand(2, 3, 64, 64)
+    figures = restoration_loss(identity, batch, (batch + 0.05).clamp(0, 1), torch.tensor([1.0, 8.0]))
+    torch.testing.assert_close(figures["loss"], torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("level", [1, 4, 8])
+def test_shipped_filter_makes_the_base_image_more_faithful(level):
+    from PIL import Image
+
+    with Image.open(SAMPLE) as image:
+        photo = image.convert("RGB").crop((64, 64, 320, 320))
+    data = diraccodec.encode(photo, level)
+    assert psnr(photo, diraccodec.decode(data, steps=0)) > psnr(photo, diraccodec.decode(data, steps=0, restore=False))
