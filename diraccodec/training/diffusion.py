@@ -21,8 +21,8 @@ from diraccodec.errors import DiracError
 from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata
-from diraccodec.training.data import CropSampler
 from diraccodec.training.loop import LoopOptions, run_loop, start_session
+from diraccodec.training.reconstructions import ReconstructedCrops
 from diraccodec.weights import DEFAULT_BASE_WEIGHTS, export_diffusion_weights, load_base_weights
 
 # The model learns times in [0, 0.7]: wider than the sampler's default start, so the start
@@ -116,34 +116,26 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
     if trained_on and trained_on != base_weights.weights_id.hex():
         console.print(f"note: the checkpoint was trained on base {trained_on}; continuing on "
                       f"{base_weights.weights_id.hex()} (fine-tuning)")
-    base_model = base_weights.model.to(session.device)
     perceptual = None
     if options.lpips_weight > 0:
         from diraccodec.perceptual.lpips import LPIPS
 
         perceptual = LPIPS("vgg16").to(session.device)
-    console.print(f"loading training images from {', '.join(map(str, options.data))}")
-    sampler = CropSampler(options.data, options.patch_size, generator=session.generator,
-                         device=session.device)
+    crops = ReconstructedCrops(options.data, options.patch_size, options.batch_size, base_weights.model, session,
+                               (lowest, highest), console)
     session.state.metadata.update({
         "config": asdict(config),
         "base_weights_id": base_weights.weights_id.hex(),
-        "batch_size": options.batch_size,
-        "patch_size": options.patch_size,
         "lpips_weight": options.lpips_weight,
         "start_time": options.start_time,
         "own_prediction_fraction": options.own_prediction_fraction,
         "relative_loss": options.relative_loss,
         "level_range": list(options.level_range) if options.level_range else None,
-        "device": str(session.device),
-        "data": [str(p) for p in options.data],
+        **crops.metadata,
     })
 
     def next_loss() -> dict[str, torch.Tensor]:
-        batch = sampler.batch(options.batch_size)
-        levels = lowest + torch.rand(options.batch_size, generator=session.generator) * (highest - lowest)
-        levels = levels.to(session.device)
-        base = base_model.reconstruct(batch, levels - 1)
+        batch, base, levels = crops.draw()
         return diffusion_loss(session.model, batch, base, levels, options.start_time, perceptual,
                               options.lpips_weight, options.own_prediction_fraction,
                               relative_loss=options.relative_loss)

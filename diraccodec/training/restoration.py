@@ -19,8 +19,8 @@ from diraccodec.models.residual_unet import ResidualUNetConfig
 from diraccodec.models.restoration import RestorationFilter
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata
-from diraccodec.training.data import CropSampler
 from diraccodec.training.loop import LoopOptions, run_loop, start_session
+from diraccodec.training.reconstructions import ReconstructedCrops
 from diraccodec.weights import (
     DEFAULT_BASE_WEIGHTS,
     DEFAULT_DIFFUSION_WEIGHTS,
@@ -81,27 +81,18 @@ def train_restoration(options: RestorationTrainingOptions, console: Console | No
     if trained_on and trained_on != base_weights.weights_id.hex():
         console.print(f"note: the checkpoint was trained on base {trained_on}; continuing on "
                       f"{base_weights.weights_id.hex()} (fine-tuning)")
-    base_model = base_weights.model.to(session.device)
-    console.print(f"loading training images from {', '.join(map(str, options.data))}")
-    sampler = CropSampler(options.data, options.patch_size, generator=session.generator, device=session.device)
+    crops = ReconstructedCrops(options.data, options.patch_size, options.batch_size, base_weights.model, session,
+                               (1.0, float(top_level)), console)
     session.state.metadata.update({
         "config": asdict(restorer.config),
         "base_weights_id": base_weights.weights_id.hex(),
         "kind": "restoration",
-        "batch_size": options.batch_size,
-        "patch_size": options.patch_size,
         "start_from": str(options.start_from) if options.start_from else None,
-        "device": str(session.device),
-        "data": [str(p) for p in options.data],
+        **crops.metadata,
     })
 
     def next_loss() -> dict[str, torch.Tensor]:
-        batch = sampler.batch(options.batch_size)
-        levels = (1 + torch.rand(options.batch_size, generator=session.generator) * (top_level - 1))
-        levels = levels.to(session.device)
-        with torch.no_grad():
-            base = base_model.reconstruct(batch, levels - 1)
-        return restoration_loss(session.model, batch, base, levels)
+        return restoration_loss(session.model, *crops.draw())
 
     return run_loop(session, options, next_loss, console)
 
