@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from diraccodec.codec import rgb_to_tensor, tensor_to_rgb, without_onednn
+from diraccodec.codec import without_onednn
 from diraccodec.models.restoration import RestorationFilter
 from diraccodec.models.tiling import apply_tiled
 
@@ -31,14 +31,23 @@ class Restorer:
     def restore(self, base_rgb: np.ndarray, level: float, fast: bool = False) -> np.ndarray:
         """(H, W, 3) uint8 base reconstruction -> (H, W, 3) uint8 restored.
 
-        fast=True keeps oneDNN's kernels, whose summation order follows the thread count (as
-        for the diffusion decoder); by default the pixels are the same with any thread count.
+        Tiles go in and come out as 8-bit pixels, so that beyond one tile's working set the
+        memory is that of the 8-bit image (a 50-megapixel photo must decode). fast=True keeps
+        oneDNN's kernels, whose summation order follows the thread count (as for the
+        diffusion decoder); by default the pixels are the same with any thread count.
         """
-        base = rgb_to_tensor(base_rgb, self.device)
-        height, width = base.shape[-2:]
         multiple = self.model.size_multiple
-        padded = F.pad(base, (0, -width % multiple, 0, -height % multiple), mode="replicate")
         level_tensor = torch.tensor([float(level)], device=self.device)
+
+        def restore_tile(tile: torch.Tensor) -> torch.Tensor:
+            height, width = tile.shape[-2:]
+            image = tile.to(self.device).float().div(255)
+            padded = F.pad(image, (0, -width % multiple, 0, -height % multiple), mode="replicate")
+            restored = image + self.model(padded, level_tensor)[..., :height, :width]
+            return restored.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+
+        # a view of the 8-bit pixels (copied only when read-only, as from a PIL image)
+        base = torch.from_numpy(np.require(base_rgb, np.uint8, ["C", "W"])).permute(2, 0, 1)[None]
         with contextlib.nullcontext() if fast else without_onednn():
-            correction = apply_tiled(lambda tile: self.model(tile, level_tensor), padded, Fraction(1), TILE, MARGIN)
-        return tensor_to_rgb(base + correction[..., :height, :width])
+            restored = apply_tiled(restore_tile, base, Fraction(1), TILE, MARGIN)
+        return np.ascontiguousarray(restored[0].permute(1, 2, 0).numpy())
