@@ -87,9 +87,10 @@ def train_restoration(options: RestorationTrainingOptions, console: Console | No
         "config": asdict(restorer.config),
         "base_weights_id": base_weights.weights_id.hex(),
         "kind": "restoration",
-        "start_from": str(options.start_from) if options.start_from else None,
         **crops.metadata,
     })
+    if not session.state.step:  # what a fresh run started from; a resumed run keeps the record
+        session.state.metadata["start_from"] = str(options.start_from) if starting_unet is not None else None
 
     def next_loss() -> dict[str, torch.Tensor]:
         return restoration_loss(session.model, *crops.draw())
