@@ -50,16 +50,6 @@ def without_onednn() -> Iterator[None]:
         torch.backends.mkldnn.enabled = previous
 
 
-def rgb_to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1]: what the U-Nets after the base take."""
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float().div(255).to(device)
-
-
-def tensor_to_rgb(image: torch.Tensor) -> np.ndarray:
-    """(1, 3, H, W) float -> (H, W, 3) uint8, clamped and rounded."""
-    return image.clamp(0, 1)[0].mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
 @dataclass
 class Latents:
     """What a .drc file's latent stream carries: integer hyper-latents and latent symbols."""

@@ -197,9 +197,7 @@ def load_restoration_weights(path: Path | None = None) -> RestorationWeights | N
 @functools.lru_cache(maxsize=4)
 def _load_restoration_file(path: Path) -> RestorationWeights:
     unet, base_id, metadata = _unet_file(path, "restoration")
-    restorer = RestorationFilter(unet.config)
-    restorer.unet = unet
-    return RestorationWeights(restorer.eval(), base_id, path, metadata)
+    return RestorationWeights(RestorationFilter(unet).eval(), base_id, path, metadata)
 
 
 def export_restoration_weights(

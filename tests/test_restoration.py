@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import diraccodec
 from diraccodec import restoration
 from diraccodec.cli import main
-from diraccodec.models.residual_unet import ResidualUNetConfig
+from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
 from diraccodec.models.restoration import FIXED_TIME, OUTPUT_SCALE, RestorationFilter
 from diraccodec.restoration import Restorer
 from diraccodec.weights import DEFAULT_BASE_WEIGHTS, export_restoration_weights, load_base_weights
@@ -19,9 +19,7 @@ from tests.conftest import SAMPLE, psnr, random_unet
 
 
 def random_restorer() -> RestorationFilter:
-    restorer = RestorationFilter(ResidualUNetConfig(widths=(8, 16, 16)))
-    restorer.unet = random_unet()
-    return restorer.eval()
+    return RestorationFilter(random_unet()).eval()
 
 
 @pytest.fixture
@@ -95,7 +93,7 @@ def test_training_starts_from_the_diffusion_unet_and_exports_a_filter(sample_ima
     expected = unet(torch.zeros_like(base), torch.tensor([FIXED_TIME]), base, level) * OUTPUT_SCALE
     torch.testing.assert_close(restorer(base, level), expected)
     # the loss is the error relative to the base's: 1 for a filter that changes nothing
-    identity = RestorationFilter(ResidualUNetConfig(widths=(8, 16, 16)))
+    identity = RestorationFilter(ResidualUNet(ResidualUNetConfig(widths=(8, 16, 16))))
     batch = torch.rand(2, 3, 64, 64)
     figures = restoration_loss(identity, batch, (batch + 0.05).clamp(0, 1), torch.tensor([1.0, 8.0]))
     torch.testing.assert_close(figures["loss"], torch.tensor(1.0))

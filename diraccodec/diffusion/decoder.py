@@ -7,7 +7,7 @@ import contextlib
 import numpy as np
 import torch
 
-from diraccodec.codec import rgb_to_tensor, tensor_to_rgb, without_onednn
+from diraccodec.codec import without_onednn
 from diraccodec.diffusion.sampler import SamplerSettings, sample_residual
 from diraccodec.models.residual_unet import ResidualUNet
 
@@ -31,9 +31,10 @@ class DiffusionDecoder:
         """
         if steps <= 0:
             return base_rgb
-        base = rgb_to_tensor(base_rgb, self.device)
+        base = torch.from_numpy(base_rgb.copy()).permute(2, 0, 1)[None].float().div(255).to(self.device)
         # the plain kernels sum in the same order with any thread count (see codec.py)
         with contextlib.nullcontext() if fast else without_onednn():
             residual = sample_residual(self.model, base, level, steps, DEFAULT_SEED if seed is None else seed,
                                        self.settings)
-        return tensor_to_rgb(base + residual)
+        image = (base + residual).clamp(0, 1)[0]
+        return image.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()

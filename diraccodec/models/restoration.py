@@ -23,9 +23,9 @@ FIXED_TIME = 0.1
 
 
 class RestorationFilter(nn.Module):
-    def __init__(self, config: ResidualUNetConfig = ResidualUNetConfig()) -> None:
+    def __init__(self, unet: ResidualUNet) -> None:
         super().__init__()
-        self.unet = ResidualUNet(config)
+        self.unet = unet
 
     @property
     def config(self) -> ResidualUNetConfig:

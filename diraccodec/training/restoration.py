@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 
 from diraccodec.errors import DiracError
-from diraccodec.models.residual_unet import ResidualUNetConfig
+from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
 from diraccodec.models.restoration import RestorationFilter
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata
@@ -72,10 +72,11 @@ def train_restoration(options: RestorationTrainingOptions, console: Console | No
         starting_unet, config = diffusion.model, diffusion.model.config
     if config.max_level != top_level:
         raise DiracError(f"the U-Net knows {config.max_level:g} levels, the base codec {top_level}")
-    restorer = RestorationFilter(config)
+    unet = ResidualUNet(config)
     if starting_unet is not None:
-        restorer.unet.load_state_dict(starting_unet.state_dict())
+        unet.load_state_dict(starting_unet.state_dict())
         console.print(f"starting from the U-Net of {options.start_from}")
+    restorer = RestorationFilter(unet)
     session = start_session(restorer, options, console)
     trained_on = session.state.metadata.get("base_weights_id")
     if trained_on and trained_on != base_weights.weights_id.hex():
@@ -100,7 +101,7 @@ def train_restoration(options: RestorationTrainingOptions, console: Console | No
 
 def export_restoration_checkpoint(checkpoint: Path, output: Path) -> None:
     metadata = load_checkpoint_metadata(checkpoint).metadata
-    restorer = RestorationFilter(ResidualUNetConfig.from_fields(metadata["config"]))
+    restorer = RestorationFilter(ResidualUNet(ResidualUNetConfig.from_fields(metadata["config"])))
     state = load_checkpoint(checkpoint, restorer, None, None, prefer_average=True)
     info = {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **metadata}
     export_restoration_weights(restorer, bytes.fromhex(metadata["base_weights_id"]), output, info)
