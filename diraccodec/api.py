@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from diraccodec import latent_search
 from diraccodec.codec import BaseCodec
 from diraccodec.container import drc
 from diraccodec.diffusion.decoder import DiffusionDecoder
@@ -51,6 +52,12 @@ def check_quality(quality: float, num_levels: int) -> float:
     if not isinstance(quality, int | float) or math.isnan(quality) or not 1 <= quality <= num_levels:
         raise InvalidOptionError(f"quality must be between 1 and {num_levels}, got {quality}")
     return drc.quantize_quality(quality) / drc.QUALITY_DENOMINATOR
+
+
+def check_search_passes(passes: int) -> int:
+    if not isinstance(passes, int) or not 0 <= passes <= latent_search.MAX_PASSES:
+        raise InvalidOptionError(f"search passes must be between 0 and {latent_search.MAX_PASSES}, got {passes}")
+    return passes
 
 
 def check_steps(steps: int | None) -> int:
@@ -112,13 +119,18 @@ def encode(
     device: str = "cpu",
     max_pixels: int = drc.DEFAULT_MAX_PIXELS,
     label: str | None = None,
+    search_passes: int = latent_search.DEFAULT_PASSES,
+    progress: latent_search.Progress | None = None,
 ) -> bytes:
     """Compress an image (a PIL image, a path or encoded image bytes) at a rate level 1..8.
 
-    `label` names the input in error messages when it is given as bytes.
+    `label` names the input in error messages when it is given as bytes. search_passes=0
+    skips the encoder's search for cheaper symbols: faster, a slightly larger file;
+    `progress(done, total)` hears of each searched tile.
     """
     codec = get_codec(weights, device)
     quality = check_quality(quality, codec.num_levels)
+    search_passes = check_search_passes(search_passes)
     recommended_steps = check_steps(steps) if steps is not None else None
     if not isinstance(image, Image.Image):
         image = open_image(image, max_pixels, label)
@@ -126,7 +138,10 @@ def encode(
         raise LimitExceededError(f"image of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels")
     planes = image_to_planes(image)
     height, width = planes.rgb.shape[:2]
-    sections = {drc.TAG_LATENTS: codec.compress(planes.rgb, quality)}
+    # the search counts the error the way a 0-step decode will show it: after the filter
+    restorer = get_restorer(codec, device) if search_passes else None
+    restoration = restorer.model if restorer is not None else None
+    sections = {drc.TAG_LATENTS: codec.compress(planes.rgb, quality, search_passes, restoration, progress)}
     if planes.alpha is not None:
         sections[drc.TAG_ALPHA] = compress_alpha(planes.alpha)
     if planes.icc_profile:

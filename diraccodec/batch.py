@@ -18,6 +18,7 @@ from pathlib import Path
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
 from diraccodec.images import IMAGE_SUFFIXES
+from diraccodec.latent_search import DEFAULT_PASSES
 
 DRC_SUFFIX = ".drc"
 
@@ -32,6 +33,7 @@ class BatchSettings:
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     fast: bool = False  # oneDNN for the diffusion steps (see api.decode)
+    search_passes: int = DEFAULT_PASSES  # the encoder's search for cheaper symbols (see api.encode)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
         data = read_bytes(job.source)
         if job.encodes:
             encoded = api.encode(data, settings.quality, steps=settings.steps, weights=settings.weights,
-                                 max_pixels=settings.max_pixels, label=str(job.source))
+                                 max_pixels=settings.max_pixels, label=str(job.source),
+                                 search_passes=settings.search_passes)
             write_atomic(job.target, encoded)
             info = api.inspect(encoded)
             return JobResult(job, "converted", "", len(data), len(encoded), info.header.pixels)

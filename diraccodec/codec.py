@@ -22,7 +22,9 @@ import torch
 from diraccodec.entropy.coder import decode_values, encode_values
 from diraccodec.entropy.tables import snap_scales
 from diraccodec.errors import CorruptFileError
+from diraccodec.latent_search import Progress, SearchProblem, response_energy, search_symbols
 from diraccodec.models.hyperprior import HYPER_STRIDE, LATENT_STRIDE
+from diraccodec.models.restoration import RestorationFilter
 from diraccodec.models.tiling import apply_tiled
 from diraccodec.weights import BaseWeights
 
@@ -71,6 +73,7 @@ class BaseCodec:
         self._hyper_synthesis64 = copy.deepcopy(weights.model.hyper_synthesis).cpu().double()
         self._log_gain64 = weights.model.log_gain.detach().cpu().double()
         self._log_inverse_gain64 = weights.model.log_inverse_gain.detach().cpu().double()
+        self._response_energies: dict[float, torch.Tensor] = {}
 
     def _gains64(self, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Gain and inverse gain for a 1-based quality, in float64, shape (M, 1, 1)."""
@@ -93,9 +96,26 @@ class BaseCodec:
     def _hyper_table_ids(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
 
+    def _lambda(self, quality: float) -> float:
+        """The level's rate-distortion trade-off, geometric between levels for fractions."""
+        lambdas = np.log(self.model.config.lambdas)
+        return float(np.exp(np.interp(quality - 1.0, np.arange(lambdas.size), lambdas)))
+
     @torch.no_grad()
-    def analyse(self, rgb: np.ndarray, quality: float) -> Latents:
-        """The integer symbols that the stream will carry for this image and level."""
+    def analyse(
+        self,
+        rgb: np.ndarray,
+        quality: float,
+        search_passes: int = 0,
+        restoration: RestorationFilter | None = None,
+        progress: Progress | None = None,
+    ) -> Latents:
+        """The integer symbols that the stream will carry for this image and level.
+
+        search_passes > 0 lets the encoder move symbols where that lowers the training
+        objective on this image (diraccodec.latent_search), measured after `restoration`
+        (the decoder's filter at 0 steps) where given; 0 rounds the analysis.
+        """
         height, width = rgb.shape[:2]
         padded_height, padded_width = padded_size(height, width)
         padded = np.pad(rgb, ((0, padded_height - height), (0, padded_width - width), (0, 0)), mode="edge")
@@ -112,8 +132,26 @@ class BaseCodec:
         y_scaled = y[0].cpu().double() * gain
         z = self.model.hyper_analysis(y_scaled.float()[None].to(self.device))[0]
         hyper = torch.round(z).cpu().to(torch.int64).numpy()
-        mean, _ = self._entropy_parameters(hyper)
+        mean, table_ids = self._entropy_parameters(hyper)
         symbols = torch.round(y_scaled - mean).to(torch.int64).numpy()
+        if search_passes > 0:
+            inverse_gain = self._gains64(quality)[1].float().to(self.device)
+            if quality not in self._response_energies:
+                self._response_energies[quality] = response_energy(self.model, inverse_gain)
+            problem = SearchProblem(
+                model=self.model,
+                pixels=x[0, :, :height, :width],
+                mean=mean.float().to(self.device),
+                inverse_gain=inverse_gain,
+                table_ids=table_ids,
+                tables=self.weights.latent_tables,
+                distortion_weight=self._lambda(quality) * 255**2 / 3,
+                energy=self._response_energies[quality],
+                restoration=restoration,
+                level=torch.tensor([float(quality)], device=self.device),
+            )
+            with torch.enable_grad():
+                symbols = search_symbols(problem, symbols, search_passes, progress)
         return Latents(hyper, symbols)
 
     def write_stream(self, latents: Latents) -> bytes:
@@ -160,8 +198,15 @@ class BaseCodec:
         x_hat = x_hat[0, :, :height, :width].nan_to_num_(nan=0.0).clamp_(0, 1).mul_(255).round_()
         return np.ascontiguousarray(x_hat.to(torch.uint8).permute(1, 2, 0).cpu().numpy())
 
-    def compress(self, rgb: np.ndarray, quality: float) -> bytes:
-        return self.write_stream(self.analyse(rgb, quality))
+    def compress(
+        self,
+        rgb: np.ndarray,
+        quality: float,
+        search_passes: int = 0,
+        restoration: RestorationFilter | None = None,
+        progress: Progress | None = None,
+    ) -> bytes:
+        return self.write_stream(self.analyse(rgb, quality, search_passes, restoration, progress))
 
     def decompress(self, payload: bytes, width: int, height: int, quality: float) -> np.ndarray:
         return self.synthesize(self.read_stream(payload, width, height), width, height, quality)

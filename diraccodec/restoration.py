@@ -12,7 +12,6 @@ from fractions import Fraction
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from diraccodec.codec import without_onednn
 from diraccodec.models.restoration import RestorationFilter
@@ -36,14 +35,10 @@ class Restorer:
         oneDNN's kernels, whose summation order follows the thread count (as for the
         diffusion decoder); by default the pixels are the same with any thread count.
         """
-        multiple = self.model.size_multiple
         level_tensor = torch.tensor([float(level)], device=self.device)
 
         def restore_tile(tile: torch.Tensor) -> torch.Tensor:
-            height, width = tile.shape[-2:]
-            image = tile.to(self.device).float().div(255)
-            padded = F.pad(image, (0, -width % multiple, 0, -height % multiple), mode="replicate")
-            restored = image + self.model(padded, level_tensor)[..., :height, :width]
+            restored = self.model.restore(tile.to(self.device).float().div(255), level_tensor)
             return restored.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
 
         # a view of the 8-bit pixels (copied only when read-only, as from a PIL image)

@@ -5,11 +5,14 @@
 The photo is Kodak's kodim23 resized (bicubic) to the size asked for; each step runs as
 `dirac` in a fresh process and its peak resident set size comes from the kernel
 (wait4's resource usage of that one child), so the figure includes Python, torch and the weights.
+Linux carries the parent's peak over into a forked child's, so measure from a small process
+(this module's command line), never from one that has run models itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import subprocess
@@ -36,15 +39,17 @@ def run_measured(arguments: list[str]) -> tuple[float, int]:
     return seconds, usage.ru_maxrss * 1024
 
 
-def measure(megapixels: float, quality: float, folder: Path) -> dict[str, float]:
+def measure(megapixels: float, quality: float, folder: Path, search_passes: int | None = None) -> dict[str, float]:
+    """Encode (with `dirac encode`'s default search passes unless given) in a fresh process."""
     with Image.open(SOURCE) as photo:
         ratio = photo.width / photo.height
         height = round(math.sqrt(megapixels * 1e6 / ratio))
         width = round(height * ratio)
         photo.convert("RGB").resize((width, height), Image.Resampling.BICUBIC).save(folder / "large.png",
                                                                                     compress_level=1)
+    search = [] if search_passes is None else ["--search", str(search_passes)]
     encode_seconds, encode_peak = run_measured(["encode", str(folder / "large.png"), "-q", str(quality),
-                                                "-o", str(folder / "large.drc")])
+                                                "-o", str(folder / "large.drc"), *search])
     return {
         "width": width,
         "height": height,
@@ -65,11 +70,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megapixels", type=float, default=50.0)
     parser.add_argument("--quality", type=float, default=3.0)
+    parser.add_argument("--search", type=int, default=None, help="Encoder search passes (default: dirac's).")
+    parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        encoded = measure(args.megapixels, args.quality, Path(folder))
+        encoded = measure(args.megapixels, args.quality, Path(folder), args.search)
         decoded = measure_decode(Path(folder))
     figures = {**encoded, **decoded}
+    if args.json:
+        args.json.write_text(json.dumps(figures))
     pixels = figures["width"] * figures["height"]
     print(f"image {figures['width']}x{figures['height']} ({pixels / 1e6:.1f} MP), -q {args.quality}")
     print(f"encode: {figures['encode_seconds']:.1f} s, peak RSS {figures['encode_peak_bytes'] / 2**30:.2f} GiB "

@@ -50,6 +50,23 @@ class TableSet:
     def row(self, index: int) -> np.ndarray:
         return self.frequencies[index, : self.lengths[index]]
 
+    def bits(self, values: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
+        """What coding each value with its table costs, in bits (escapes approximately).
+
+        The encoder's search for cheaper symbols prices its moves with the very tables
+        the range coder will use.
+        """
+        offsets, lengths = self.offsets[table_ids], self.lengths[table_ids]
+        index = values - offsets
+        below, above = index < 0, index > lengths - 2
+        outside = below | above
+        frequency = self.frequencies[table_ids, np.where(outside, lengths - 1, index)]
+        cost = PRECISION_BITS - np.log2(frequency)
+        distance = np.where(below, -index, index - (lengths - 2))
+        # the escape's payload (diraccodec.entropy.coder): a side bit, the bit length out of
+        # 40 (5.3 bits) and the distance's bits below its leading one
+        return cost + outside * (6.3 + np.floor(np.log2(np.maximum(distance, 1))))
+
     def as_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         return {
             f"{prefix}.frequencies": torch.from_numpy(self.frequencies.astype(np.int32)),

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from diraccodec.latent_search import DEFAULT_PASSES
+
 
 @dataclass(frozen=True)
 class Decoding:
@@ -36,7 +38,7 @@ class CodecUnderTest:
 
 def diraccodec_codec(
     levels: Sequence[float], steps: Sequence[int] = (0,), seed: int = 0, weights: str | None = None,
-    fast: bool = False,
+    fast: bool = False, search_passes: int = DEFAULT_PASSES,
 ) -> CodecUnderTest:
     """Our codec; each file is decoded once to the base synthesis, which is then restored (0
     steps) or enhanced by the diffusion decoder (as `api.decode` does)."""
@@ -44,7 +46,7 @@ def diraccodec_codec(
 
     def round_trip(image: Image.Image, level: float) -> tuple[bytes, list[Decoding]]:
         started = time.perf_counter()
-        data = api.encode(image, level, weights=weights)
+        data = api.encode(image, level, weights=weights, search_passes=search_passes)
         synthesis = np.asarray(api.decode(data, steps=0, weights=weights, restore=False))
         base_seconds = time.perf_counter() - started
         codec = api.get_codec(weights)

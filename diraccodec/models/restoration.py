@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
 
@@ -39,3 +40,9 @@ class RestorationFilter(nn.Module):
         """base (B, 3, H, W) in [0, 1], level (B,) -> the correction to add, in pixel units."""
         time = torch.full((base.shape[0],), FIXED_TIME, device=base.device)
         return self.unet(torch.zeros_like(base), time, base, level) * OUTPUT_SCALE
+
+    def restore(self, base: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """The restored image, unclamped, for a base of any size (padded to the U-Net's multiple)."""
+        height, width = base.shape[-2:]
+        padded = F.pad(base, (0, -width % self.size_multiple, 0, -height % self.size_multiple), mode="replicate")
+        return base + self(padded, level)[..., :height, :width]
