@@ -17,8 +17,6 @@ Tiles of latents with a margin of context keep the memory bounded for any image 
 
 from __future__ import annotations
 
-import ctypes
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +26,7 @@ import torch
 from diraccodec.entropy.tables import TableSet
 from diraccodec.models.hyperprior import LATENT_STRIDE, MultiRateHyperprior
 from diraccodec.models.restoration import RestorationFilter
+from diraccodec.models.tiling import return_freed_memory
 
 # 4 passes take 3-5% off the objective on photos for about 15 s per megapixel (2-core CPU)
 DEFAULT_PASSES = 4
@@ -90,29 +89,10 @@ def search_symbols(
     for done, (top, left) in enumerate(tiles, 1):
         core = (slice(top, min(top + TILE_LATENTS, rows)), slice(left, min(left + TILE_LATENTS, columns)))
         _search_tile(problem, symbols, core, passes)
-        _return_freed_memory()
+        return_freed_memory()
         if progress is not None:
             progress(done, len(tiles))
     return symbols
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-def _return_freed_memory() -> None:
-    """Hand the tile's freed working set back to the system.
-
-    glibc keeps freed blocks of the varied tile sizes in its heap, where they fragment: the
-    peak memory of a search then grew by about 430 bytes per pixel of the image (2.4 MP
-    against 0.6 MP), not by one tile's working set.
-    """
-    if (trim := _malloc_trim()) is not None:
-        trim(0)
 
 
 def _best_moves(

@@ -7,6 +7,8 @@ whole-image output (up to float rounding): no seams.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -44,5 +46,24 @@ def apply_tiled(
                 out[..., y0 : y0 + rows, x0 : x0 + columns]
             )
             del out
+            return_freed_memory()
     assert output is not None
     return output
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def return_freed_memory() -> None:
+    """Hand a finished tile's freed working set back to the system (glibc only).
+
+    glibc keeps freed blocks of tiles of varied sizes in its heap, where they fragment, so
+    that the peak grows with the number of tiles rather than staying one tile's working set.
+    """
+    if (trim := _malloc_trim()) is not None:
+        trim(0)
