@@ -69,14 +69,34 @@ def check_steps(steps: int | None) -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def _diffusion(weights: Path, device: str) -> tuple[DiffusionDecoder, bytes]:
+def _restorer(weights: Path, device: str) -> tuple[Restorer, bytes, bytes]:
+    loaded = load_restoration_weights(weights)
+    assert loaded is not None  # an explicit path either loads or raises
+    return Restorer(loaded.model, device), loaded.base_weights_id, loaded.weights_id
+
+
+def _installed_restorer(device: str) -> tuple[Restorer, bytes, bytes] | None:
+    path = default_restoration_path()  # read on every call: $DIRAC_RESTORATION_WEIGHTS may change
+    return _restorer(path.resolve(), device) if path.exists() else None
+
+
+def get_restorer(codec: BaseCodec, device: str = "cpu") -> Restorer | None:
+    """The restoration filter for `codec`'s reconstructions, or None where none is installed
+    for these base weights (0 steps then give the base synthesis alone)."""
+    installed = _installed_restorer(device)
+    return installed[0] if installed is not None and installed[1] == codec.weights.weights_id else None
+
+
+@functools.lru_cache(maxsize=4)
+def _diffusion(weights: Path, device: str, restorer: Restorer | None) -> DiffusionDecoder:
     loaded = load_diffusion_weights(weights)
     assert loaded is not None  # an explicit path either loads or raises
-    return DiffusionDecoder(loaded.model, loaded.settings, device), loaded.base_weights_id
+    return DiffusionDecoder(loaded.model, loaded.settings, device, restorer)
 
 
 def get_diffusion(codec: BaseCodec, weights: str | Path | None = None, device: str = "cpu") -> DiffusionDecoder:
-    """The diffusion decoder trained on `codec`'s reconstructions; a clear error if there is none."""
+    """The diffusion decoder trained on `codec`'s reconstructions (and on the installed
+    restoration filter's output, where it was trained on that); a clear error if there is none."""
     # cached by the resolved file, so $DIRAC_DIFFUSION_WEIGHTS is read on every call
     path = Path(weights) if weights else default_diffusion_path()
     if not weights and not path.exists():
@@ -84,30 +104,23 @@ def get_diffusion(codec: BaseCodec, weights: str | Path | None = None, device: s
             "diffusion decoding (steps > 0) is not available yet: no diffusion weights are shipped "
             "(weights/diffusion.safetensors); use 0 steps"
         )
-    decoder, trained_on = _diffusion(path.resolve(), device)
-    if trained_on != codec.weights.weights_id:
+    loaded = load_diffusion_weights(path.resolve())
+    assert loaded is not None
+    if loaded.base_weights_id != codec.weights.weights_id:
         raise WrongWeightsError(
-            f"the diffusion weights were trained on base weights {trained_on.hex()}, not on the loaded "
+            f"the diffusion weights were trained on base weights {loaded.base_weights_id.hex()}, not on the loaded "
             f"{codec.weights.weights_id.hex()}; use 0 steps or matching diffusion weights"
         )
-    return decoder
-
-
-@functools.lru_cache(maxsize=4)
-def _restorer(weights: Path, device: str) -> tuple[Restorer, bytes]:
-    loaded = load_restoration_weights(weights)
-    assert loaded is not None  # an explicit path either loads or raises
-    return Restorer(loaded.model, device), loaded.base_weights_id
-
-
-def get_restorer(codec: BaseCodec, device: str = "cpu") -> Restorer | None:
-    """The restoration filter for `codec`'s reconstructions, or None where none is installed
-    for these base weights (0 steps then give the base synthesis alone)."""
-    path = default_restoration_path()
-    if not path.exists():
-        return None
-    restorer, trained_on = _restorer(path.resolve(), device)
-    return restorer if trained_on == codec.weights.weights_id else None
+    restorer = None
+    if loaded.restoration_weights_id is not None:
+        installed = _installed_restorer(device)
+        if installed is None or installed[2] != loaded.restoration_weights_id:
+            raise WrongWeightsError(
+                f"the diffusion weights enhance the output of restoration weights "
+                f"{loaded.restoration_weights_id.hex()}, which are not installed; use 0 steps or matching weights"
+            )
+        restorer = installed[0]
+    return _diffusion(path.resolve(), device, restorer)
 
 
 def encode(
@@ -140,8 +153,8 @@ def encode(
     height, width = planes.rgb.shape[:2]
     # the search counts the error the way a 0-step decode will show it: after the filter
     restorer = get_restorer(codec, device) if search_passes else None
-    restoration = restorer.model if restorer is not None else None
-    sections = {drc.TAG_LATENTS: codec.compress(planes.rgb, quality, search_passes, restoration, progress)}
+    search = latent_search.SearchSettings(search_passes, restorer.model if restorer is not None else None, progress)
+    sections = {drc.TAG_LATENTS: codec.compress(planes.rgb, quality, search)}
     if planes.alpha is not None:
         sections[drc.TAG_ALPHA] = compress_alpha(planes.alpha)
     if planes.icc_profile:

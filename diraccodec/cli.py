@@ -168,14 +168,25 @@ def diffusion_support(weights_id: bytes) -> str:
     """Whether the installed diffusion weights can enhance files made with `weights_id`."""
     from diraccodec.weights import default_diffusion_path, load_diffusion_weights
 
+    path = default_diffusion_path()  # read on every call: $DIRAC_DIFFUSION_WEIGHTS may change
+    if not path.exists():
+        return f"not available: no diffusion weights at {path} (0 steps only)"
     try:
-        diffusion = load_diffusion_weights()
+        diffusion = load_diffusion_weights(path.resolve())
     except DiracError as error:
         return f"unavailable ({error})"
-    if diffusion is None:
-        return f"not available: no diffusion weights at {default_diffusion_path()} (0 steps only)"
     if diffusion.base_weights_id != weights_id:
         return f"not available: {diffusion.path.name} was trained on other base weights"
+    if diffusion.restoration_weights_id is not None:
+        from diraccodec.weights import load_restoration_weights
+
+        try:
+            restoration = load_restoration_weights()
+        except DiracError as error:
+            return f"unavailable ({error})"
+        if restoration is None or restoration.weights_id != diffusion.restoration_weights_id:
+            return (f"not available: {diffusion.path.name} enhances the output of restoration weights "
+                    f"{diffusion.restoration_weights_id.hex()}, which are not installed")
     return f"available ({diffusion.path.name}); decode with --steps N"
 
 
@@ -461,9 +472,11 @@ def train_base_command(data: tuple[Path, ...], **loop: Any) -> None:
               help="Divide each crop's error and LPIPS by the base reconstruction's, so every level counts alike.")
 @click.option("--level-range", default=None, metavar="LOW,HIGH",
               help="Train only on rate levels in this range (default: all of the base's levels).")
+@click.option("--on-restored", "restoration_weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Learn to enhance this restoration filter's output instead of the base synthesis.")
 @weights_option
 def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, level_range: str | None,
-                            **loop: Any) -> None:
+                            restoration_weights: Path | None, **loop: Any) -> None:
     """Train the diffusion decoder on the frozen base codec's reconstructions."""
     from diraccodec.training.diffusion import DiffusionTrainingOptions, train_diffusion
     from diraccodec.weights import default_weights_path
@@ -475,7 +488,8 @@ def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, level_
             raise DiracError(f"--level-range takes LOW,HIGH, got {level_range!r}")
         levels = (bounds[0], bounds[1])
     train_diffusion(DiffusionTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(),
-                                             level_range=levels, **loop))
+                                             level_range=levels, restoration_weights=restoration_weights,
+                                             **loop))
 
 
 @train.command("restoration")

@@ -22,9 +22,8 @@ import torch
 from diraccodec.entropy.coder import decode_values, encode_values
 from diraccodec.entropy.tables import snap_scales
 from diraccodec.errors import CorruptFileError
-from diraccodec.latent_search import Progress, SearchProblem, response_energy, search_symbols
+from diraccodec.latent_search import SearchProblem, SearchSettings, response_energy, search_symbols
 from diraccodec.models.hyperprior import HYPER_STRIDE, LATENT_STRIDE
-from diraccodec.models.restoration import RestorationFilter
 from diraccodec.models.tiling import apply_tiled
 from diraccodec.weights import BaseWeights
 
@@ -102,18 +101,11 @@ class BaseCodec:
         return float(np.exp(np.interp(quality - 1.0, np.arange(lambdas.size), lambdas)))
 
     @torch.no_grad()
-    def analyse(
-        self,
-        rgb: np.ndarray,
-        quality: float,
-        search_passes: int = 0,
-        restoration: RestorationFilter | None = None,
-        progress: Progress | None = None,
-    ) -> Latents:
+    def analyse(self, rgb: np.ndarray, quality: float, search: SearchSettings = SearchSettings()) -> Latents:
         """The integer symbols that the stream will carry for this image and level.
 
-        search_passes > 0 lets the encoder move symbols where that lowers the training
-        objective on this image (diraccodec.latent_search), measured after `restoration`
+        search.passes > 0 lets the encoder move symbols where that lowers the training
+        objective on this image (diraccodec.latent_search), measured after search.restoration
         (the decoder's filter at 0 steps) where given; 0 rounds the analysis.
         """
         height, width = rgb.shape[:2]
@@ -134,7 +126,7 @@ class BaseCodec:
         hyper = torch.round(z).cpu().to(torch.int64).numpy()
         mean, table_ids = self._entropy_parameters(hyper)
         symbols = torch.round(y_scaled - mean).to(torch.int64).numpy()
-        if search_passes > 0:
+        if search.passes > 0:
             inverse_gain = self._gains64(quality)[1].float().to(self.device)
             if quality not in self._response_energies:
                 self._response_energies[quality] = response_energy(self.model, inverse_gain)
@@ -147,11 +139,11 @@ class BaseCodec:
                 tables=self.weights.latent_tables,
                 distortion_weight=self._lambda(quality) * 255**2 / 3,
                 energy=self._response_energies[quality],
-                restoration=restoration,
+                restoration=search.restoration,
                 level=torch.tensor([float(quality)], device=self.device),
             )
             with torch.enable_grad():
-                symbols = search_symbols(problem, symbols, search_passes, progress)
+                symbols = search_symbols(problem, symbols, search.passes, search.progress)
         return Latents(hyper, symbols)
 
     def write_stream(self, latents: Latents) -> bytes:
@@ -198,15 +190,8 @@ class BaseCodec:
         x_hat = x_hat[0, :, :height, :width].nan_to_num_(nan=0.0).clamp_(0, 1).mul_(255).round_()
         return np.ascontiguousarray(x_hat.to(torch.uint8).permute(1, 2, 0).cpu().numpy())
 
-    def compress(
-        self,
-        rgb: np.ndarray,
-        quality: float,
-        search_passes: int = 0,
-        restoration: RestorationFilter | None = None,
-        progress: Progress | None = None,
-    ) -> bytes:
-        return self.write_stream(self.analyse(rgb, quality, search_passes, restoration, progress))
+    def compress(self, rgb: np.ndarray, quality: float, search: SearchSettings = SearchSettings()) -> bytes:
+        return self.write_stream(self.analyse(rgb, quality, search))
 
     def decompress(self, payload: bytes, width: int, height: int, quality: float) -> np.ndarray:
         return self.synthesize(self.read_stream(payload, width, height), width, height, quality)

@@ -77,6 +77,16 @@ def response_energy(model: MultiRateHyperprior, inverse_gain: torch.Tensor) -> t
 Progress = Callable[[int, int], None]  # (tiles done, tiles in all)
 
 
+@dataclass(frozen=True)
+class SearchSettings:
+    """What the encoder's search may spend (passes=0: plain rounding) and whom it reports to."""
+
+    passes: int = 0
+    # the decoder's filter at 0 steps: the error is counted as a 0-step decode will show it
+    restoration: RestorationFilter | None = None
+    progress: Progress | None = None
+
+
 def search_symbols(
     problem: SearchProblem, symbols: np.ndarray, passes: int, progress: Progress | None = None
 ) -> np.ndarray:

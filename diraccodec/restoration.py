@@ -1,8 +1,9 @@
 """The restoration stage of decoding at 0 steps: one U-Net pass over the base reconstruction.
 
 It sharpens what the small base synthesis blurs, for squared error alone, so the image
-stays the most faithful one the decoder makes (docs/restoration.md). The diffusion decoder
-works from the unfiltered synthesis, on which it was trained.
+stays the most faithful one the decoder makes (docs/restoration.md). The shipped diffusion
+decoder works from the unfiltered synthesis, on which it was trained; one trained on this
+filter's output (`dirac train diffusion --on-restored`) runs the filter first.
 """
 
 from __future__ import annotations

@@ -119,6 +119,8 @@ class DiffusionWeights:
     base_weights_id: bytes  # the base codec whose reconstructions it was trained on
     path: Path
     metadata: dict[str, str]
+    # The restoration filter whose output it enhances (None: the base synthesis itself)
+    restoration_weights_id: bytes | None = None
 
 
 def default_diffusion_path() -> Path:
@@ -131,12 +133,12 @@ def _unet(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Residua
     return model.eval().requires_grad_(False)
 
 
-def _unet_file(path: Path, kind: str) -> tuple[ResidualUNet, bytes, dict[str, str]]:
-    """A U-Net weights file (diffusion decoder or restoration filter) and its base's id."""
-    data, _ = read_verified(path)
+def _unet_file(path: Path, kind: str) -> tuple[ResidualUNet, bytes, dict[str, str], bytes]:
+    """A U-Net weights file (diffusion decoder or restoration filter), its base's id and its own."""
+    data, digest = read_verified(path)
     try:
         tensors, metadata = _parse(path, data)
-        return _unet(tensors, metadata), bytes.fromhex(metadata["base_weights_id"]), metadata
+        return _unet(tensors, metadata), bytes.fromhex(metadata["base_weights_id"]), metadata, bytes.fromhex(digest)[:8]
     except (KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError) as error:
         raise DiracError(f"{path} is not a diraccodec {kind} weights file ({error})") from None
 
@@ -159,18 +161,23 @@ def load_diffusion_weights(path: Path | None = None) -> DiffusionWeights | None:
     if path is None and not default_diffusion_path().exists():
         return None
     path = Path(path or default_diffusion_path())
-    model, base_id, metadata = _unet_file(path, "diffusion")
+    model, base_id, metadata, _ = _unet_file(path, "diffusion")
     try:
         settings = SamplerSettings(**json.loads(metadata["sampler"]))
-    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        restoration_id = bytes.fromhex(metadata["restoration_weights_id"]) if "restoration_weights_id" in metadata \
+            else None
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
         raise DiracError(f"{path} is not a diraccodec diffusion weights file ({error})") from None
-    return DiffusionWeights(model, settings, base_id, path, metadata)
+    return DiffusionWeights(model, settings, base_id, path, metadata, restoration_id)
 
 
 def export_diffusion_weights(
-    model: ResidualUNet, settings: SamplerSettings, base_weights_id: bytes, path: Path, info: dict[str, object]
+    model: ResidualUNet, settings: SamplerSettings, base_weights_id: bytes, path: Path, info: dict[str, object],
+    restoration_weights_id: bytes | None = None,
 ) -> None:
-    _export_unet(model, base_weights_id, path, info, sampler=json.dumps(asdict(settings)))
+    """restoration_weights_id: the filter whose output the model was trained to enhance."""
+    extra = {"restoration_weights_id": restoration_weights_id.hex()} if restoration_weights_id else {}
+    _export_unet(model, base_weights_id, path, info, sampler=json.dumps(asdict(settings)), **extra)
 
 
 @dataclass
@@ -179,6 +186,7 @@ class RestorationWeights:
     base_weights_id: bytes  # the base codec whose reconstructions it corrects
     path: Path
     metadata: dict[str, str]
+    weights_id: bytes  # its own (the file's SHA-256, first 8 bytes), named by a diffusion decoder on it
 
 
 def default_restoration_path() -> Path:
@@ -196,8 +204,8 @@ def load_restoration_weights(path: Path | None = None) -> RestorationWeights | N
 
 @functools.lru_cache(maxsize=4)
 def _load_restoration_file(path: Path) -> RestorationWeights:
-    unet, base_id, metadata = _unet_file(path, "restoration")
-    return RestorationWeights(RestorationFilter(unet).eval(), base_id, path, metadata)
+    unet, base_id, metadata, weights_id = _unet_file(path, "restoration")
+    return RestorationWeights(RestorationFilter(unet).eval(), base_id, path, metadata, weights_id)
 
 
 def export_restoration_weights(

@@ -21,6 +21,7 @@ from PIL import Image
 
 from diraccodec import api
 from diraccodec.evaluation.metrics import bd_rate
+from diraccodec.latent_search import SearchSettings
 from diraccodec.training.data import list_images
 
 
@@ -51,7 +52,7 @@ def main(folder: Path, images: int, levels: str, passes_text: str) -> None:
             for photo in photos:
                 height, width = photo.shape[:2]
                 started = time.perf_counter()
-                data = codec.compress(photo, level, count, restorer.model if restorer else None)
+                data = codec.compress(photo, level, SearchSettings(count, restorer.model if restorer else None))
                 seconds += time.perf_counter() - started if count else 0.0
                 base = codec.decompress(data, width, height, level)
                 restored = restorer.restore(base, level) if restorer else base

@@ -27,7 +27,6 @@ from diraccodec import api
 from diraccodec.diffusion.decoder import DiffusionDecoder
 from diraccodec.evaluation.metrics import lpips, psnr
 from diraccodec.training.data import list_images
-from diraccodec.weights import load_diffusion_weights
 
 
 def crops(folder: Path, count: int, size: int = 256, downscale: float = 2.0) -> list[Image.Image]:
@@ -58,14 +57,18 @@ def crops(folder: Path, count: int, size: int = 256, downscale: float = 2.0) -> 
 @click.option("--size", default=256, show_default=True, help="Side of the square crops.")
 @click.option("--downscale", default=2.0, show_default=True, help="Downscale of the photos before cropping.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--search", "search_passes", default=0, show_default=True, help="Encoder search passes.")
 def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates: str, step_counts: str,
-         size: int, downscale: float, weights: Path | None) -> None:
-    loaded = load_diffusion_weights(weights)
-    assert loaded is not None, "no diffusion weights shipped"
+         size: int, downscale: float, weights: Path | None, search_passes: int) -> None:
+    # the shipped decoder unless --weights; with the filter it was trained on, where it was
+    shipped = api.get_diffusion(api.get_codec(), weights)
     originals = crops(folder, images, size, downscale)
     level_list = [float(v) for v in levels.split(",")]
-    bases = {level: [np.asarray(api.decode(api.encode(image, level), restore=False)) for image in originals]
-             for level in level_list}  # the diffusion decoder works from the unrestored synthesis
+    files = {level: [api.encode(image, level, search_passes=search_passes) for image in originals]
+             for level in level_list}
+    # the decoder restores the synthesis itself where it was trained on the filter's output
+    bases = {level: [np.asarray(api.decode(data, restore=False)) for data in files[level]] for level in level_list}
+    restored = {level: [np.asarray(api.decode(data)) for data in files[level]] for level in level_list}
 
     def score(decoded: list[np.ndarray]) -> tuple[float, float]:
         pairs = [(o, Image.fromarray(d)) for o, d in zip(originals, decoded, strict=True)]
@@ -73,13 +76,16 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
 
     for level in level_list:
         value_psnr, value_lpips = score(bases[level])
-        print(f"level {level:g}  0 steps: PSNR {value_psnr:.2f}  LPIPS {value_lpips:.4f}")
+        restored_psnr, restored_lpips = score(restored[level])
+        print(f"level {level:g}  0 steps: PSNR {value_psnr:.2f}  LPIPS {value_lpips:.4f}; restored: "
+              f"PSNR {restored_psnr:.2f}  LPIPS {restored_lpips:.4f}")
     variants = {"ddim": {"eta": 0.0}, "ddim1": {"eta": 1.0}, "renoise": {"renoise": True}}
     grid = itertools.product([float(v) for v in starts.split(",")], [float(v) for v in ends.split(",")],
                              updates.split(","))
     for start, end, update in grid:
         fields = {"start_time": start, "end_time": end, "eta": 0.0, "renoise": False, **variants[update]}
-        decoder = DiffusionDecoder(loaded.model, dataclasses.replace(loaded.settings, **fields))
+        decoder = DiffusionDecoder(shipped.model, dataclasses.replace(shipped.settings, **fields),
+                                   restorer=shipped.restorer)
         for level in level_list:
             row = []
             for steps in [int(v) for v in step_counts.split(",")]:

@@ -167,16 +167,14 @@ def test_relative_loss_weighs_every_crop_by_its_own_base_error():
     relative["loss"].backward()
 
 
-def test_diffusion_training_draws_levels_only_from_the_level_range(sample_image, tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
-    from diraccodec.cli import main
+def train_recording_batches(sample_image, tmp_path, monkeypatch, **options):
+    """Train a tiny decoder on the sample image; every batch's (crops, bases, levels) and the options."""
     from diraccodec.training import diffusion
 
-    drawn = []
+    seen = []
 
     def recording_loss(unet, batch, base, levels, *args, **kwargs):
-        drawn.extend(levels.tolist())
+        seen.append((batch, base, levels))
         return real_loss(unet, batch, base, levels, *args, **kwargs)
 
     real_loss = diffusion.diffusion_loss
@@ -184,11 +182,76 @@ def test_diffusion_training_draws_levels_only_from_the_level_range(sample_image,
     photos = tmp_path / "photos"
     photos.mkdir()
     sample_image.save(photos / "a.png")
-    diffusion.train_diffusion(diffusion.DiffusionTrainingOptions(
-        data=(photos,), checkpoint=tmp_path / "ck.safetensors", steps=3, batch_size=4, patch_size=64,
-        widths=(8, 16, 16), checkpoint_minutes=1e9, threads=1, level_range=(6.5, 7.0),
-    ))
+    settings = diffusion.DiffusionTrainingOptions(
+        data=(photos,), checkpoint=tmp_path / "ck.safetensors", patch_size=64, widths=(8, 16, 16),
+        checkpoint_minutes=1e9, threads=1, **options,
+    )
+    diffusion.train_diffusion(settings)
+    return seen, settings
+
+
+def test_diffusion_training_draws_levels_only_from_the_level_range(sample_image, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    seen, _ = train_recording_batches(sample_image, tmp_path, monkeypatch, steps=3, batch_size=4,
+                                      level_range=(6.5, 7.0))
+    drawn = [level for _, _, levels in seen for level in levels.tolist()]
     assert len(drawn) == 12 and all(6.5 <= level <= 7.0 for level in drawn) and len(set(drawn)) > 1
-    result = CliRunner().invoke(main, ["train", "diffusion", "--data", str(photos), "--level-range", "0,9",
+    result = CliRunner().invoke(main, ["train", "diffusion", "--data", str(tmp_path / "photos"), "--level-range", "0,9",
                                        "--checkpoint", str(tmp_path / "other.safetensors"), "--steps", "1"])
     assert result.exit_code == 2 and "--level-range 0,9 is outside the base's levels 1-8" in result.output
+
+
+def test_a_decoder_trained_on_the_filter_enhances_its_output_and_needs_it(small_image, tmp_path):
+    from diraccodec import api
+    from diraccodec.weights import load_restoration_weights
+
+    restoration = load_restoration_weights()
+    assert restoration is not None, "the shipped restoration filter is needed"
+    base_id = restoration.base_weights_id
+    on_filter = tmp_path / "on-filter" / "diffusion.safetensors"
+    export_diffusion_weights(random_unet(), SamplerSettings(), base_id, on_filter, {"purpose": "test"},
+                             restoration_weights_id=restoration.weights_id)
+    on_synthesis = tmp_path / "on-synthesis" / "diffusion.safetensors"
+    export_diffusion_weights(random_unet(), SamplerSettings(), base_id, on_synthesis, {"purpose": "test"})
+    data = diraccodec.encode(small_image, 2, search_passes=0)
+    synthesis = np.asarray(diraccodec.decode(data, steps=0, restore=False))
+    restored = np.asarray(diraccodec.decode(data, steps=0))
+    assert not np.array_equal(synthesis, restored)
+
+    decoded = np.asarray(diraccodec.decode(data, steps=2, seed=1, diffusion_weights=on_filter))
+    plain = api.get_diffusion(api.get_codec(), on_synthesis)
+    assert plain.restorer is None
+    assert np.array_equal(decoded, plain.enhance(restored, 2, 2, seed=1))
+    assert not np.array_equal(decoded, plain.enhance(synthesis, 2, 2, seed=1))
+
+    other = tmp_path / "other" / "diffusion.safetensors"
+    export_diffusion_weights(random_unet(), SamplerSettings(), base_id, other, {"purpose": "test"},
+                             restoration_weights_id=b"\x01" * 8)
+    with pytest.raises(WrongWeightsError, match="restoration weights 0101010101010101, which are not installed"):
+        diraccodec.decode(data, steps=2, diffusion_weights=other)
+
+
+def test_training_on_the_filter_feeds_the_model_the_filter_output(sample_image, tmp_path, monkeypatch):
+    from diraccodec.training import diffusion
+    from diraccodec.weights import (
+        DEFAULT_RESTORATION_WEIGHTS,
+        load_base_weights,
+        load_diffusion_weights,
+        load_restoration_weights,
+    )
+
+    seen, options = train_recording_batches(sample_image, tmp_path, monkeypatch, steps=1, batch_size=2,
+                                            restoration_weights=DEFAULT_RESTORATION_WEIGHTS)
+    batch, base, levels = seen[0]
+    restoration = load_restoration_weights(DEFAULT_RESTORATION_WEIGHTS.resolve())
+    with torch.no_grad():
+        synthesis = load_base_weights(DEFAULT_BASE_WEIGHTS.resolve()).model.reconstruct(batch, levels - 1)
+        expected = restoration.model.restore(synthesis, levels).clamp(0, 1).mul(255).round().div(255)
+    assert torch.allclose(base, expected, atol=1e-6) and not torch.allclose(base, synthesis, atol=1e-3)
+
+    diffusion.export_diffusion_checkpoint(options.checkpoint, tmp_path / "w" / "diffusion.safetensors")
+    exported = load_diffusion_weights(tmp_path / "w" / "diffusion.safetensors")
+    assert exported.restoration_weights_id == restoration.weights_id

@@ -9,6 +9,7 @@ from PIL import Image
 import diraccodec
 from diraccodec.api import get_codec
 from diraccodec.errors import InvalidOptionError
+from diraccodec.latent_search import SearchSettings
 from tests.test_cli import dirac
 
 
@@ -26,8 +27,8 @@ def test_search_lowers_the_objective_on_a_photo(sample_image, quality):
     image wide enough for two tiles of the search (640 pixels = 40 latents > 32)."""
     codec = get_codec()
     original = np.asarray(sample_image.resize((640, 224), Image.Resampling.LANCZOS))
-    plain = codec.compress(original, quality, search_passes=0)
-    searched = codec.compress(original, quality, search_passes=2)
+    plain = codec.compress(original, quality, SearchSettings(passes=0))
+    searched = codec.compress(original, quality, SearchSettings(passes=2))
     before, after = objective(codec, original, plain, quality), objective(codec, original, searched, quality)
     assert after < before * 0.995, (before, after)
 
@@ -36,7 +37,7 @@ def test_searched_symbols_round_trip_exactly(sample_image):
     codec = get_codec()
     original = np.asarray(sample_image)
     plain = codec.analyse(original, 4)
-    searched = codec.analyse(original, 4, search_passes=2)
+    searched = codec.analyse(original, 4, SearchSettings(passes=2))
     assert np.array_equal(searched.hyper, plain.hyper)  # the tables stay those of the analysis
     assert 0 < np.mean(searched.symbols != plain.symbols) < 0.2
     assert np.all(np.abs(searched.symbols - plain.symbols) <= 2)

@@ -74,6 +74,24 @@ def test_info_says_whether_zero_steps_are_restored(small_image, installed, tmp_p
     assert "base synthesis alone" in CliRunner().invoke(main, ["info", str(path)]).output
 
 
+def test_info_says_whether_a_decoder_trained_on_the_filter_can_run(small_image, installed, tmp_path, monkeypatch):
+    from diraccodec.diffusion.sampler import SamplerSettings
+    from diraccodec.weights import export_diffusion_weights, load_restoration_weights
+
+    path = tmp_path / "a.drc"
+    path.write_bytes(diraccodec.encode(small_image, 2, search_passes=0))
+    installed(shipped_base_id())
+    filter_id = load_restoration_weights().weights_id
+    diffusion = tmp_path / "d" / "diffusion.safetensors"
+    export_diffusion_weights(random_unet(), SamplerSettings(), shipped_base_id(), diffusion, {"purpose": "test"},
+                             restoration_weights_id=filter_id)
+    monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(diffusion))
+    assert "available (diffusion.safetensors)" in CliRunner().invoke(main, ["info", str(path)]).output
+    monkeypatch.setenv("DIRAC_RESTORATION_WEIGHTS", str(tmp_path / "absent.safetensors"))
+    output = " ".join(CliRunner().invoke(main, ["info", str(path)]).output.split())
+    assert f"enhances the output of restoration weights {filter_id.hex()}, which are not installed" in output
+
+
 def test_training_starts_from_the_diffusion_unet_and_exports_a_filter(sample_image, diffusion_weights, tmp_path):
     from diraccodec.training.restoration import RestorationTrainingOptions, restoration_loss, train_restoration
     from diraccodec.weights import load_diffusion_weights, load_restoration_weights

@@ -10,15 +10,20 @@ import torch
 from diraccodec.codec import without_onednn
 from diraccodec.diffusion.sampler import SamplerSettings, sample_residual
 from diraccodec.models.residual_unet import ResidualUNet
+from diraccodec.restoration import Restorer
 
 DEFAULT_SEED = 0
 
 
 class DiffusionDecoder:
-    def __init__(self, model: ResidualUNet, settings: SamplerSettings, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: ResidualUNet, settings: SamplerSettings, device: str | torch.device = "cpu",
+                 restorer: Restorer | None = None) -> None:
+        """restorer: the filter whose output the model was trained to enhance (None: it
+        enhances the base synthesis itself, as the first decoders did)."""
         self.device = torch.device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.settings = settings
+        self.restorer = restorer
 
     def enhance(
         self, base_rgb: np.ndarray, level: float, steps: int, seed: int | None = None, fast: bool = False
@@ -31,6 +36,8 @@ class DiffusionDecoder:
         """
         if steps <= 0:
             return base_rgb
+        if self.restorer is not None:
+            base_rgb = self.restorer.restore(base_rgb, level, fast)
         base = torch.from_numpy(base_rgb.copy()).permute(2, 0, 1)[None].float().div(255).to(self.device)
         # the plain kernels sum in the same order with any thread count (see codec.py)
         with contextlib.nullcontext() if fast else without_onednn():

@@ -23,7 +23,12 @@ from diraccodec.training.base import DEFAULT_TRAIN_DATA
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata
 from diraccodec.training.loop import LoopOptions, run_loop, start_session
 from diraccodec.training.reconstructions import ReconstructedCrops
-from diraccodec.weights import DEFAULT_BASE_WEIGHTS, export_diffusion_weights, load_base_weights
+from diraccodec.weights import (
+    DEFAULT_BASE_WEIGHTS,
+    export_diffusion_weights,
+    load_base_weights,
+    load_restoration_weights,
+)
 
 # The model learns times in [0, 0.7]: wider than the sampler's default start, so the start
 # can be tuned at export without retraining.
@@ -43,6 +48,8 @@ class DiffusionTrainingOptions(LoopOptions):
     relative_loss: bool = False
     # Rate levels drawn for the crops (1-based, fractional); None: every level of the base.
     level_range: tuple[float, float] | None = None
+    # Learn to enhance the restoration filter's output (this file) rather than the base synthesis.
+    restoration_weights: Path | None = None
 
 
 # Floor of a crop's squared base residual in the relative loss (model units; an RMS of 0.7% of
@@ -121,8 +128,15 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
         from diraccodec.perceptual.lpips import LPIPS
 
         perceptual = LPIPS("vgg16").to(session.device)
+    restoration = None
+    if options.restoration_weights is not None:
+        restoration = load_restoration_weights(Path(options.restoration_weights).resolve())
+        assert restoration is not None  # an explicit path either loads or raises
+        if restoration.base_weights_id != base_weights.weights_id:
+            raise DiracError(f"the restoration weights were trained on base {restoration.base_weights_id.hex()}, "
+                             f"not on {base_weights.weights_id.hex()}")
     crops = ReconstructedCrops(options.data, options.patch_size, options.batch_size, base_weights.model, session,
-                               (lowest, highest), console)
+                               (lowest, highest), console, restoration.model if restoration else None)
     session.state.metadata.update({
         "config": asdict(config),
         "base_weights_id": base_weights.weights_id.hex(),
@@ -131,6 +145,7 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
         "own_prediction_fraction": options.own_prediction_fraction,
         "relative_loss": options.relative_loss,
         "level_range": list(options.level_range) if options.level_range else None,
+        "restoration_weights_id": restoration.weights_id.hex() if restoration else None,
         **crops.metadata,
     })
 
@@ -150,4 +165,6 @@ def export_diffusion_checkpoint(checkpoint: Path, output: Path, settings: Sample
     trained_range = metadata.get("start_time", TRAINED_TIME_RANGE)
     settings = settings or SamplerSettings(start_time=min(SamplerSettings.start_time, trained_range))
     info = {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **metadata}
-    export_diffusion_weights(model, settings, bytes.fromhex(metadata["base_weights_id"]), output, info)
+    restoration_id = metadata.get("restoration_weights_id")
+    export_diffusion_weights(model, settings, bytes.fromhex(metadata["base_weights_id"]), output, info,
+                             bytes.fromhex(restoration_id) if restoration_id else None)
