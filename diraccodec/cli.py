@@ -337,11 +337,12 @@ def evaluate_command(data: Path, levels: str, steps_text: str, seed: int, fast: 
     points = evaluate(load_images(data), codecs, console, save_partial)
     report = write_report(points, json_path, markdown, plot_path, data.name, perception_plot)
     table = Table(title=f"evaluation on {data}")
-    for column in ("codec", "setting", "bpp", "PSNR", "MS-SSIM", "LPIPS", "FD-AlexNet", "s/MP"):
+    for column in ("codec", "setting", "bpp", "PSNR", "MS-SSIM", "LPIPS", "FD-AlexNet", "s/MP", "enc s/MP"):
         table.add_column(column)
     for p in points:
         table.add_row(p.codec, f"{p.setting:g}", f"{p.bpp:.4f}", f"{p.psnr:.2f}", f"{p.ms_ssim:.4f}",
-                      f"{p.lpips:.4f}", f"{p.fd_alexnet:.2f}", f"{p.seconds_per_mp:.2f}")
+                      f"{p.lpips:.4f}", f"{p.fd_alexnet:.2f}", f"{p.seconds_per_mp:.2f}",
+                      f"{p.encode_seconds_per_mp:.2f}")
     out = Console(highlight=False)
     out.print(table)
     for ours, against in report["bd_rate_psnr_percent"].items():

@@ -56,6 +56,9 @@ def test_perception_axis_decodes_each_file_at_every_step_count(tmp_path: Path, s
     assert all(p["steps"] == 0 and p["seconds_per_step_per_mp"] is None for p in base)
     assert all(b["psnr"] != e["psnr"] for b, e in zip(base, enhanced, strict=True))
     assert all(p["fd_alexnet"] >= 0 for p in report["points"])
+    # the encode is timed apart, once per file: the same for every decoding of it
+    assert all(0 < p["encode_seconds_per_mp"] < p["seconds_per_mp"] for p in report["points"])
+    assert [p["encode_seconds_per_mp"] for p in base] == [p["encode_seconds_per_mp"] for p in enhanced]
     assert set(report["bd_rate_lpips_percent"]) == {"diraccodec", "diraccodec (3 steps)"}
     assert "FD-AlexNet" in report["fd_alexnet"] or "AlexNet" in report["fd_alexnet"]
     assert figure.stat().st_size > 10_000

@@ -26,6 +26,7 @@ class Decoding:
     # the part of `seconds` that every decoding of the file shares (encode, base synthesis),
     # so that the rest is this decoding's own stage (restoration or diffusion steps)
     shared_seconds: float = 0.0
+    encode_seconds: float = 0.0  # the encode alone: the encoder's search makes it most of the time
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ def diraccodec_codec(
     def round_trip(image: Image.Image, level: float) -> tuple[bytes, list[Decoding]]:
         started = time.perf_counter()
         data = api.encode(image, level, weights=weights, search_passes=search_passes)
+        encode_seconds = time.perf_counter() - started
         synthesis = np.asarray(api.decode(data, steps=0, weights=weights, restore=False))
         base_seconds = time.perf_counter() - started
         codec = api.get_codec(weights)
@@ -62,7 +64,7 @@ def diraccodec_codec(
             else:
                 decoded = synthesis if restorer is None else restorer.restore(synthesis, quality, fast)
             decodings.append(Decoding(Image.fromarray(decoded), base_seconds + time.perf_counter() - started, count,
-                                      base_seconds))
+                                      base_seconds, encode_seconds))
         return data, decodings
 
     return CodecUnderTest("diraccodec", tuple(levels), round_trip, "level")
@@ -72,8 +74,9 @@ def pillow_codec(name: str, image_format: str, settings: Sequence[float], **opti
     def round_trip(image: Image.Image, quality: float) -> tuple[bytes, list[Decoding]]:
         started = time.perf_counter()
         data = encode_with_pillow(image, image_format, int(quality), **options)
+        encode_seconds = time.perf_counter() - started
         rgb = decode_with_pillow(data)
-        return data, [Decoding(rgb, time.perf_counter() - started)]
+        return data, [Decoding(rgb, time.perf_counter() - started, encode_seconds=encode_seconds)]
 
     return CodecUnderTest(name, tuple(settings), round_trip)
 
