@@ -28,6 +28,7 @@ from diraccodec.images import (
 )
 from diraccodec.restoration import Restorer
 from diraccodec.weights import (
+    DiffusionWeights,
     default_diffusion_path,
     default_restoration_path,
     default_weights_path,
@@ -111,16 +112,21 @@ def get_diffusion(codec: BaseCodec, weights: str | Path | None = None, device: s
             f"the diffusion weights were trained on base weights {loaded.base_weights_id.hex()}, not on the loaded "
             f"{codec.weights.weights_id.hex()}; use 0 steps or matching diffusion weights"
         )
-    restorer = None
-    if loaded.restoration_weights_id is not None:
-        installed = _installed_restorer(device)
-        if installed is None or installed[2] != loaded.restoration_weights_id:
-            raise WrongWeightsError(
-                f"the diffusion weights enhance the output of restoration weights "
-                f"{loaded.restoration_weights_id.hex()}, which are not installed; use 0 steps or matching weights"
-            )
-        restorer = installed[0]
-    return _diffusion(path.resolve(), device, restorer)
+    return _diffusion(path.resolve(), device, restorer_for(loaded, device))
+
+
+def restorer_for(diffusion: DiffusionWeights, device: str = "cpu") -> Restorer | None:
+    """The installed filter whose output `diffusion` was trained to enhance (None where it
+    enhances the base synthesis itself); WrongWeightsError where that filter is not installed."""
+    if diffusion.restoration_weights_id is None:
+        return None
+    installed = _installed_restorer(device)
+    if installed is None or installed[2] != diffusion.restoration_weights_id:
+        raise WrongWeightsError(
+            f"the diffusion weights enhance the output of restoration weights "
+            f"{diffusion.restoration_weights_id.hex()}, which are not installed; use 0 steps or matching weights"
+        )
+    return installed[0]
 
 
 def encode(

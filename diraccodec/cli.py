@@ -20,7 +20,7 @@ from rich.table import Table
 
 from diraccodec import latent_search
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
-from diraccodec.errors import DiracError
+from diraccodec.errors import DiracError, WrongWeightsError
 from diraccodec.reporting import show_warnings_on_one_line
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
 
@@ -166,6 +166,7 @@ def info(source: Path, max_pixels: int) -> None:
 
 def diffusion_support(weights_id: bytes) -> str:
     """Whether the installed diffusion weights can enhance files made with `weights_id`."""
+    from diraccodec import api
     from diraccodec.weights import default_diffusion_path, load_diffusion_weights
 
     path = default_diffusion_path()  # read on every call: $DIRAC_DIFFUSION_WEIGHTS may change
@@ -177,16 +178,13 @@ def diffusion_support(weights_id: bytes) -> str:
         return f"unavailable ({error})"
     if diffusion.base_weights_id != weights_id:
         return f"not available: {diffusion.path.name} was trained on other base weights"
-    if diffusion.restoration_weights_id is not None:
-        from diraccodec.weights import load_restoration_weights
-
-        try:
-            restoration = load_restoration_weights()
-        except DiracError as error:
-            return f"unavailable ({error})"
-        if restoration is None or restoration.weights_id != diffusion.restoration_weights_id:
-            return (f"not available: {diffusion.path.name} enhances the output of restoration weights "
-                    f"{diffusion.restoration_weights_id.hex()}, which are not installed")
+    try:
+        api.restorer_for(diffusion)  # the filter it was trained on, where it needs one
+    except WrongWeightsError:
+        return (f"not available: {diffusion.path.name} enhances the output of restoration weights "
+                f"{diffusion.restoration_weights_id.hex()}, which are not installed")
+    except DiracError as error:
+        return f"unavailable ({error})"
     return f"available ({diffusion.path.name}); decode with --steps N"
 
 
