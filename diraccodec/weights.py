@@ -180,6 +180,16 @@ def export_diffusion_weights(
     _export_unet(model, base_weights_id, path, info, sampler=json.dumps(asdict(settings)), **extra)
 
 
+def replace_sampler_settings(path: Path, settings: SamplerSettings, output: Path) -> None:
+    """Write the diffusion weights at `path` to `output` with other sampler settings (the model,
+    its ids and training record unchanged): the settings are chosen after training."""
+    loaded = load_diffusion_weights(path)
+    assert loaded is not None  # a path was given
+    export_diffusion_weights(loaded.model, settings, loaded.base_weights_id, output,
+                             json.loads(loaded.metadata["info"]), loaded.restoration_weights_id)
+    load_diffusion_weights.cache_clear()  # the file at `output` may have been one of these
+
+
 @dataclass
 class RestorationWeights:
     model: RestorationFilter

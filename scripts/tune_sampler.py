@@ -8,6 +8,11 @@ diffusion weights at export, so this needs no retraining.
 
     python scripts/tune_sampler.py ../shared/data/train/sun-hays80 --images 6 --starts 0.2,0.4,0.55
 
+--gains and --kept-noise try the finishing touches (the gain on the last prediction and the
+share of the noise left at the grid's end, the same at every level here; the weights file
+holds one value per level, used when they are not given): each sampling is done once and
+finished every way.
+
 With --weights it also compares decoders. To choose between them at the top levels, use
 BSDS500 photos at their own scale (--downscale 1 --size 320): of the training sets tried,
 only it ranked session 4's and session 6's decoders as Kodak does (docs/results.md).
@@ -25,6 +30,7 @@ from PIL import Image
 
 from diraccodec import api
 from diraccodec.diffusion.decoder import DiffusionDecoder
+from diraccodec.diffusion.sampler import per_level
 from diraccodec.evaluation.metrics import lpips, psnr
 from diraccodec.training.data import list_images
 
@@ -46,6 +52,10 @@ def crops(folder: Path, count: int, size: int = 256, downscale: float = 2.0) -> 
     return result
 
 
+def floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--images", default=8, show_default=True)
@@ -56,14 +66,18 @@ def crops(folder: Path, count: int, size: int = 256, downscale: float = 2.0) -> 
 @click.option("--steps", "step_counts", default="1,2,5,20", show_default=True)
 @click.option("--size", default=256, show_default=True, help="Side of the square crops.")
 @click.option("--downscale", default=2.0, show_default=True, help="Downscale of the photos before cropping.")
+@click.option("--gains", default=None, help="Gains on the last prediction [default: the weights' own per level].")
+@click.option("--kept-noise", "kept_noises", default=None,
+              help="Shares of the noise left at the grid's end kept in the output [default: the weights' own].")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--search", "search_passes", default=0, show_default=True, help="Encoder search passes.")
 def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates: str, step_counts: str,
-         size: int, downscale: float, weights: Path | None, search_passes: int) -> None:
+         size: int, downscale: float, gains: str | None, kept_noises: str | None, weights: Path | None,
+         search_passes: int) -> None:
     # the shipped decoder unless --weights; with the filter it was trained on, where it was
     shipped = api.get_diffusion(api.get_codec(), weights)
     originals = crops(folder, images, size, downscale)
-    level_list = [float(v) for v in levels.split(",")]
+    level_list = floats(levels)
     files = {level: [api.encode(image, level, search_passes=search_passes) for image in originals]
              for level in level_list}
     # the decoder restores the synthesis itself where it was trained on the filter's output
@@ -80,19 +94,24 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
         print(f"level {level:g}  0 steps: PSNR {value_psnr:.2f}  LPIPS {value_lpips:.4f}; restored: "
               f"PSNR {restored_psnr:.2f}  LPIPS {restored_lpips:.4f}")
     variants = {"ddim": {"eta": 0.0}, "ddim1": {"eta": 1.0}, "renoise": {"renoise": True}}
-    grid = itertools.product([float(v) for v in starts.split(",")], [float(v) for v in ends.split(",")],
-                             updates.split(","))
+    grid = itertools.product(floats(starts), floats(ends), updates.split(","))
     for start, end, update in grid:
         fields = {"start_time": start, "end_time": end, "eta": 0.0, "renoise": False, **variants[update]}
         decoder = DiffusionDecoder(shipped.model, dataclasses.replace(shipped.settings, **fields),
                                    restorer=shipped.restorer)
         for level in level_list:
-            row = []
+            rows: dict[tuple[float, float], list[str]] = {}
             for steps in [int(v) for v in step_counts.split(",")]:
-                decoded = [decoder.enhance(base, level, steps, fast=True) for base in bases[level]]
-                value_psnr, value_lpips = score(decoded)
-                row.append(f"{steps:2d}: {value_psnr:.2f} dB {value_lpips:.4f}")
-            print(f"start {start:.2f} end {end:.2f} {update:7s} level {level:g} | " + " | ".join(row), flush=True)
+                sampled = [decoder.sample(base, level, steps, fast=True) for base in bases[level]]
+                own = per_level(decoder.settings.residual_gain, level), per_level(decoder.settings.kept_noise, level)
+                for gain, kept in itertools.product(floats(gains) if gains else [own[0]],
+                                                    floats(kept_noises) if kept_noises else [own[1]]):
+                    decoded = [decoder.to_image(base, parts.finished(gain, kept)) for base, parts in sampled]
+                    value_psnr, value_lpips = score(decoded)
+                    rows.setdefault((gain, kept), []).append(f"{steps:2d}: {value_psnr:.2f} dB {value_lpips:.4f}")
+            for (gain, kept), row in rows.items():
+                print(f"start {start:.2f} end {end:.2f} {update:7s} gain {gain:.2f} kept noise {kept:.2f} "
+                      f"level {level:g} | " + " | ".join(row), flush=True)
 
 
 if __name__ == "__main__":

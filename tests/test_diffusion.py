@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import diraccodec
-from diraccodec.diffusion.sampler import SamplerSettings, sample_residual
+from diraccodec.diffusion.sampler import SamplerSettings, per_level, sample_residual, sample_residual_parts
+from diraccodec.diffusion.schedule import RESIDUAL_SCALE, signal_level
 from diraccodec.errors import InvalidOptionError, WrongWeightsError
 from diraccodec.weights import DEFAULT_BASE_WEIGHTS, export_diffusion_weights
 from tests.conftest import random_unet
@@ -30,8 +31,9 @@ def test_same_seed_same_pixels_other_seed_other_pixels(small_image, diffusion_we
 def test_sampler_is_seeded_and_tile_invariant():
     model = random_unet()
     base = torch.rand(1, 3, 200, 264)
-    settings = SamplerSettings(tile=64, margin=96)
-    whole = sample_residual(model, base, 3.0, 3, seed=1, settings=SamplerSettings(tile=4096))
+    finishing = {"residual_gain": (1.3,), "kept_noise": (0.5,)}  # the kept noise must not show tiles either
+    settings = SamplerSettings(tile=64, margin=96, **finishing)
+    whole = sample_residual(model, base, 3.0, 3, seed=1, settings=SamplerSettings(tile=4096, **finishing))
     tiled = sample_residual(model, base, 3.0, 3, seed=1, settings=settings)
     other = sample_residual(model, base, 3.0, 3, seed=2, settings=settings)
     assert whole.shape == base.shape
@@ -59,6 +61,53 @@ def test_the_grid_ends_at_the_end_time_and_one_step_does_not_depend_on_it():
     assert torch.equal(sample_residual(model, base, 4.0, 1, 0, late), sample_residual(model, base, 4.0, 1, 0, early))
     assert not torch.equal(sample_residual(model, base, 4.0, 3, 0, late),
                            sample_residual(model, base, 4.0, 3, 0, early))
+
+
+def test_per_level_values_interpolate_between_levels_and_hold_beyond():
+    values = (1.5, 1.2, 1.0)
+    assert [per_level(values, level) for level in (0.5, 1, 2, 3, 8)] == [1.5, 1.5, 1.2, 1.0, 1.0]
+    assert per_level(values, 1.5) == pytest.approx(1.35)
+    assert per_level((0.3,), 6.0) == 0.3
+
+
+def test_finishing_gain_and_kept_noise_act_on_the_last_prediction_and_the_noise_left():
+    model = random_unet()
+    base = torch.rand(1, 3, 64, 64)
+    plain = SamplerSettings(tile=4096)
+    parts = sample_residual_parts(model, base, 1.5, 3, 7, plain)
+    assert torch.equal(sample_residual(model, base, 1.5, 3, 7, plain), parts.prediction)  # (1.0,), (0.0,): as before
+    finishing = SamplerSettings(tile=4096, residual_gain=(1.5, 1.0), kept_noise=(0.5, 0.0))
+    torch.testing.assert_close(sample_residual(model, base, 1.5, 3, 7, finishing),
+                               1.25 * parts.prediction + 0.25 * parts.noise_left)
+    assert parts.noise_left.abs().mean() > 1e-3
+    # kept noise 1 after one step: the DDIM state at the grid's end, over sqrt(a), from the start noise
+    one = sample_residual_parts(model, base, 2.0, 1, 7, plain)
+    a_start, a_end = (signal_level(torch.tensor(t)).item() for t in (plain.start_time, plain.end_time))
+    start = torch.randn(base.shape, generator=torch.Generator().manual_seed(7)) * (1 - a_start) ** 0.5
+    predicted, scale = one.prediction / RESIDUAL_SCALE, RESIDUAL_SCALE / a_end**0.5
+    start_noise = (start - a_start**0.5 * predicted) / (1 - a_start) ** 0.5
+    state_at_end = a_end**0.5 * predicted + (1 - a_end) ** 0.5 * start_noise
+    torch.testing.assert_close(one.prediction + one.noise_left, state_at_end * scale, atol=1e-5, rtol=1e-5)
+    # a grid ending at 0 leaves no noise to keep
+    clean = sample_residual_parts(model, base, 2.0, 3, 7, SamplerSettings(tile=4096, end_time=0.0))
+    assert clean.noise_left.abs().max() < 1e-6
+
+
+def test_sampler_settings_can_be_replaced_in_a_weights_file(small_image, random_diffusion_weights, tmp_path):
+    from diraccodec.weights import load_diffusion_weights, replace_sampler_settings
+
+    copy = tmp_path / "diffusion.safetensors"
+    settings = SamplerSettings(residual_gain=(1.6, 1.0), kept_noise=(0.5, 0.2))
+    replace_sampler_settings(random_diffusion_weights, settings, copy)
+    before, after = load_diffusion_weights(random_diffusion_weights), load_diffusion_weights(copy)
+    assert after.settings == settings and after.base_weights_id == before.base_weights_id
+    assert after.metadata["info"] == before.metadata["info"]
+    for name, tensor in before.model.state_dict().items():
+        assert torch.equal(tensor, after.model.state_dict()[name])
+    data = diraccodec.encode(small_image, 2)
+    decoded = [np.asarray(diraccodec.decode(data, steps=2, diffusion_weights=w), dtype=np.int16)
+               for w in (random_diffusion_weights, copy)]
+    assert np.abs(decoded[0] - decoded[1]).mean() > 0.5
 
 
 def test_diffusion_for_other_base_weights_is_refused(small_image, tmp_path):
@@ -255,3 +304,18 @@ def test_training_on_the_filter_feeds_the_model_the_filter_output(sample_image, 
     diffusion.export_diffusion_checkpoint(options.checkpoint, tmp_path / "w" / "diffusion.safetensors")
     exported = load_diffusion_weights(tmp_path / "w" / "diffusion.safetensors")
     assert exported.restoration_weights_id == restoration.weights_id
+
+
+@pytest.mark.parametrize("level", [1, 4])
+def test_shipped_decoder_trades_a_little_psnr_for_much_lower_lpips(level):
+    from PIL import Image
+
+    from diraccodec.evaluation.metrics import lpips
+    from tests.conftest import SAMPLE, psnr
+
+    with Image.open(SAMPLE) as image:
+        photo = image.convert("RGB").crop((64, 64, 320, 320))
+    data = diraccodec.encode(photo, level, search_passes=0)
+    restored, enhanced = diraccodec.decode(data, steps=0), diraccodec.decode(data, steps=5)
+    assert lpips(photo, enhanced) < 0.8 * lpips(photo, restored)  # measured: -28% (level 1), -33% (level 4)
+    assert psnr(photo, enhanced) > psnr(photo, restored) - 1.5

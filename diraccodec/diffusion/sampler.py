@@ -5,6 +5,11 @@ next time on the grid with the DDIM update (eta=1 is ancestral, DDPM-like). Stop
 is always valid, since the prediction at every step is an image. Noise is drawn for the
 whole image, step after step, from one seeded generator, so the result does not depend
 on how the image is tiled.
+
+The output is the last prediction, amplified by a per-level gain, plus a per-level share of
+the noise that the grid's end time still carries (share 1 is the sampler's own state there).
+Both are finishing touches chosen on training photos for the shipped model: the model adds
+too little texture on its own, and LPIPS prefers a little grain to a smooth image.
 """
 
 from __future__ import annotations
@@ -37,8 +42,38 @@ class SamplerSettings:
     # Fresh noise at every step (x_next = sqrt(a) x0 + sqrt(1 - a) z) instead of the DDIM
     # update's reuse of the implied noise: what a model trained on its own predictions expects.
     renoise: bool = False
+    # Values at levels 1, 2, 3, ... (linear in between, the last one beyond): the gain on the
+    # predicted residual, and the share of the noise left at the grid's end kept in the output.
+    # (1.0,) and (0.0,) give the plain last prediction, as files from before session 11 expect.
+    residual_gain: tuple[float, ...] = (1.0,)
+    kept_noise: tuple[float, ...] = (0.0,)
     tile: int = 768  # Kodak-sized images (768x512) in one pass; larger ones in tiles
     margin: int = 96  # beyond the U-Net's receptive field, so tiles leave no seam
+
+
+    def __post_init__(self) -> None:  # JSON gives lists; keep the settings hashable
+        object.__setattr__(self, "residual_gain", tuple(float(v) for v in self.residual_gain))
+        object.__setattr__(self, "kept_noise", tuple(float(v) for v in self.kept_noise))
+
+
+def per_level(values: tuple[float, ...], level: float) -> float:
+    """The value at a (possibly fractional) level from values at levels 1, 2, 3, ..."""
+    position = min(max(level - 1, 0.0), len(values) - 1)
+    below = int(position)
+    above = min(below + 1, len(values) - 1)
+    return values[below] + (position - below) * (values[above] - values[below])
+
+
+@dataclass(frozen=True)
+class SampledResidual:
+    """What sampling leaves, in pixel units: the last prediction of the clean residual and the
+    noise the grid's end time still carries (zero when the grid ends at 0)."""
+
+    prediction: torch.Tensor
+    noise_left: torch.Tensor
+
+    def finished(self, gain: float, kept_noise: float) -> torch.Tensor:
+        return gain * self.prediction + kept_noise * self.noise_left
 
 
 def residual_bound(level: float, max_level: float, settings: SamplerSettings) -> float:
@@ -46,7 +81,6 @@ def residual_bound(level: float, max_level: float, settings: SamplerSettings) ->
     return settings.bound_low_level + position * (settings.bound_high_level - settings.bound_low_level)
 
 
-@torch.no_grad()
 def sample_residual(
     model: ResidualUNet,
     base: torch.Tensor,
@@ -58,6 +92,15 @@ def sample_residual(
     """base: (1, 3, H, W) in [0, 1] -> the residual to add, same shape, in pixel units."""
     if steps <= 0:
         return torch.zeros_like(base)
+    sampled = sample_residual_parts(model, base, level, steps, seed, settings)
+    return sampled.finished(per_level(settings.residual_gain, level), per_level(settings.kept_noise, level))
+
+
+@torch.no_grad()
+def sample_residual_parts(
+    model: ResidualUNet, base: torch.Tensor, level: float, steps: int, seed: int, settings: SamplerSettings
+) -> SampledResidual:
+    """The sampling itself (steps >= 1), before the finishing gain and kept noise."""
     height, width = base.shape[-2:]
     multiple = model.size_multiple
     pad = (0, -width % multiple, 0, -height % multiple)
@@ -72,7 +115,7 @@ def sample_residual(
     level_tensor = torch.tensor([float(level)], device=base.device)
 
     x = noise() * (1 - signal_level(times[0]).item()) ** 0.5
-    prediction = torch.zeros_like(x)
+    prediction = predicted_noise = torch.zeros_like(x)
     for index in range(steps):
         now, after = times[index], times[index + 1]
         time_tensor = torch.full((1,), float(now), device=base.device)
@@ -82,14 +125,21 @@ def sample_residual(
 
         prediction = apply_tiled(denoise, torch.cat([x, base_padded], dim=1), Fraction(1), settings.tile,
                                  settings.margin).clamp(-bound, bound)
+        a_now, a_after = signal_level(now).item(), signal_level(after).item()
+        predicted_noise = (x - a_now**0.5 * prediction) / max((1 - a_now) ** 0.5, 1e-8)
         if index == steps - 1:
             break
-        a_now, a_after = signal_level(now).item(), signal_level(after).item()
         if settings.renoise:
             x = a_after**0.5 * prediction + (1 - a_after) ** 0.5 * noise()
             continue
-        predicted_noise = (x - a_now**0.5 * prediction) / max((1 - a_now) ** 0.5, 1e-8)
         sigma = settings.eta * (((1 - a_after) / (1 - a_now)) * (1 - a_now / a_after)) ** 0.5
         direction = max(1 - a_after - sigma**2, 0.0) ** 0.5
         x = a_after**0.5 * prediction + direction * predicted_noise + sigma * noise()
-    return (prediction * RESIDUAL_SCALE)[..., :height, :width]
+    # x at the end time over sqrt(a): the prediction plus this much of the implied noise
+    end_level = signal_level(times[-1]).item()
+    noise_left = predicted_noise * ((1 - end_level) / end_level) ** 0.5
+
+    def crop(tensor: torch.Tensor) -> torch.Tensor:
+        return (tensor * RESIDUAL_SCALE)[..., :height, :width]
+
+    return SampledResidual(crop(prediction), crop(noise_left))
