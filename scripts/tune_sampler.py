@@ -30,7 +30,6 @@ from PIL import Image
 
 from diraccodec import api
 from diraccodec.diffusion.decoder import DiffusionDecoder
-from diraccodec.diffusion.sampler import per_level
 from diraccodec.evaluation.metrics import lpips, psnr
 from diraccodec.training.data import list_images
 
@@ -103,7 +102,7 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
             rows: dict[tuple[float, float], list[str]] = {}
             for steps in [int(v) for v in step_counts.split(",")]:
                 sampled = [decoder.sample(base, level, steps, fast=True) for base in bases[level]]
-                own = per_level(decoder.settings.residual_gain, level), per_level(decoder.settings.kept_noise, level)
+                own = decoder.settings.finishing(level)
                 for gain, kept in itertools.product(floats(gains) if gains else [own[0]],
                                                     floats(kept_noises) if kept_noises else [own[1]]):
                     decoded = [decoder.to_image(base, parts.finished(gain, kept)) for base, parts in sampled]

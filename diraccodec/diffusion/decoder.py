@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from diraccodec.codec import without_onednn
-from diraccodec.diffusion.sampler import SampledResidual, SamplerSettings, sample_residual, sample_residual_parts
+from diraccodec.diffusion.sampler import SampledResidual, SamplerSettings, sample_residual_parts
 from diraccodec.models.residual_unet import ResidualUNet
 from diraccodec.restoration import Restorer
 
@@ -36,19 +36,19 @@ class DiffusionDecoder:
         """
         if steps <= 0:
             return base_rgb
-        base = self._base_tensor(base_rgb, level, fast)
-        with self._kernels(fast):
-            residual = sample_residual(self.model, base, level, steps, DEFAULT_SEED if seed is None else seed,
-                                       self.settings)
-        return self.to_image(base, residual)
+        base, sampled = self.sample(base_rgb, level, steps, seed, fast)
+        return self.to_image(base, sampled.finished(*self.settings.finishing(level)))
 
     def sample(
         self, base_rgb: np.ndarray, level: float, steps: int, seed: int | None = None, fast: bool = False
     ) -> tuple[torch.Tensor, SampledResidual]:
         """The base (as the model sees it) and the sampling's parts before the finishing gain
         and kept noise (steps >= 1): scripts/tune_sampler.py varies those without sampling again."""
-        base = self._base_tensor(base_rgb, level, fast)
-        with self._kernels(fast):
+        if self.restorer is not None:
+            base_rgb = self.restorer.restore(base_rgb, level, fast)
+        base = torch.from_numpy(base_rgb.copy()).permute(2, 0, 1)[None].float().div(255).to(self.device)
+        # the plain kernels sum in the same order with any thread count (see codec.py)
+        with contextlib.nullcontext() if fast else without_onednn():
             return base, sample_residual_parts(self.model, base, level, steps,
                                                DEFAULT_SEED if seed is None else seed, self.settings)
 
@@ -56,13 +56,3 @@ class DiffusionDecoder:
     def to_image(base: torch.Tensor, residual: torch.Tensor) -> np.ndarray:
         image = (base + residual).clamp(0, 1)[0]
         return image.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-    def _base_tensor(self, base_rgb: np.ndarray, level: float, fast: bool) -> torch.Tensor:
-        if self.restorer is not None:
-            base_rgb = self.restorer.restore(base_rgb, level, fast)
-        return torch.from_numpy(base_rgb.copy()).permute(2, 0, 1)[None].float().div(255).to(self.device)
-
-    @staticmethod
-    def _kernels(fast: bool) -> contextlib.AbstractContextManager[object]:
-        # the plain kernels sum in the same order with any thread count (see codec.py)
-        return contextlib.nullcontext() if fast else without_onednn()

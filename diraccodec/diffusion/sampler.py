@@ -55,6 +55,10 @@ class SamplerSettings:
         object.__setattr__(self, "residual_gain", tuple(float(v) for v in self.residual_gain))
         object.__setattr__(self, "kept_noise", tuple(float(v) for v in self.kept_noise))
 
+    def finishing(self, level: float) -> tuple[float, float]:
+        """The gain on the last prediction and the kept share of the noise left, at this level."""
+        return per_level(self.residual_gain, level), per_level(self.kept_noise, level)
+
 
 def per_level(values: tuple[float, ...], level: float) -> float:
     """The value at a (possibly fractional) level from values at levels 1, 2, 3, ..."""
@@ -93,7 +97,7 @@ def sample_residual(
     if steps <= 0:
         return torch.zeros_like(base)
     sampled = sample_residual_parts(model, base, level, steps, seed, settings)
-    return sampled.finished(per_level(settings.residual_gain, level), per_level(settings.kept_noise, level))
+    return sampled.finished(*settings.finishing(level))
 
 
 @torch.no_grad()
