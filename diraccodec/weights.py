@@ -246,6 +246,7 @@ def _save_listed(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     save_file(tensors, str(temporary), metadata=metadata)
+    os.chmod(temporary, 0o644)  # safetensors creates it readable by its owner only
     os.replace(temporary, path)
     record_in_manifest(path)
 

@@ -1,10 +1,11 @@
 """Store chosen sampler settings in a diffusion weights file (the model stays as trained).
 
-The finishing gain and kept noise are given per level (values at levels 1, 2, 3, ...), as
+The finishing gains and kept noise are given per level (values at levels 1, 2, 3, ...), as
 chosen with scripts/tune_sampler.py on training photos; other settings keep their values
 unless given.
 
-    python scripts/set_sampler.py weights/diffusion.safetensors --gains 1.5,1.5,1.15 --kept-noise 0.45,0.45,0.3
+    python scripts/set_sampler.py weights/diffusion.safetensors --gains 1,1,1.1 --detail-gains 2.4,2.2,1.6 \
+        --kept-noise 0.45,0.45,0.3
 """
 
 from __future__ import annotations
@@ -24,18 +25,24 @@ def floats(text: str | None) -> tuple[float, ...] | None:
 @click.command()
 @click.argument("weights", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--gains", default=None, help="Gain on the last prediction at levels 1, 2, 3, ...")
+@click.option("--detail-gains", default=None,
+              help="Gain on the last prediction's detail at levels 1, 2, ... ('none': the gain's).")
+@click.option("--detail-sigma", type=float, default=None, help="Sigma (pixels) of the blur that splits off the detail.")
 @click.option("--kept-noise", default=None, help="Share of the noise left at the grid's end, at levels 1, 2, ...")
 @click.option("--start", "start_time", type=float, default=None)
 @click.option("--end", "end_time", type=float, default=None)
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write (default: over WEIGHTS, atomically, updating the manifest).")
-def main(weights: Path, gains: str | None, kept_noise: str | None, start_time: float | None,
-         end_time: float | None, output: Path | None) -> None:
+def main(weights: Path, gains: str | None, detail_gains: str | None, detail_sigma: float | None,
+         kept_noise: str | None, start_time: float | None, end_time: float | None, output: Path | None) -> None:
     loaded = load_diffusion_weights(weights)
     assert loaded is not None
     changes = {"residual_gain": floats(gains), "kept_noise": floats(kept_noise), "start_time": start_time,
-               "end_time": end_time}
+               "end_time": end_time, "detail_sigma": detail_sigma,
+               "detail_gain": None if detail_gains in (None, "none") else floats(detail_gains)}
     settings = dataclasses.replace(loaded.settings, **{k: v for k, v in changes.items() if v is not None})
+    if detail_gains == "none":
+        settings = dataclasses.replace(settings, detail_gain=None)
     replace_sampler_settings(weights, settings, output or weights)
     print(f"{output or weights}: {settings}")
 

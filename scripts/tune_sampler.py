@@ -8,9 +8,10 @@ diffusion weights at export, so this needs no retraining.
 
     python scripts/tune_sampler.py ../shared/data/train/sun-hays80 --images 6 --starts 0.2,0.4,0.55
 
---gains and --kept-noise try the finishing touches (the gain on the last prediction and the
-share of the noise left at the grid's end, the same at every level here; the weights file
-holds one value per level, used when they are not given): each sampling is done once and
+--gains, --detail-gains, --detail-sigmas and --kept-noise try the finishing touches (the gain
+on the last prediction's smooth part, the gain on its detail finer than the blur's sigma, and
+the share of the noise left at the grid's end; the same at every level here, where the weights
+file holds one value per level, used when they are not given): each sampling is done once and
 finished every way.
 
 With --weights it also compares decoders. To choose between them at the top levels, use
@@ -30,6 +31,7 @@ from PIL import Image
 
 from diraccodec import api
 from diraccodec.diffusion.decoder import DiffusionDecoder
+from diraccodec.diffusion.sampler import Finishing
 from diraccodec.evaluation.metrics import lpips, psnr
 from diraccodec.training.data import list_images
 
@@ -66,13 +68,16 @@ def floats(text: str) -> list[float]:
 @click.option("--size", default=256, show_default=True, help="Side of the square crops.")
 @click.option("--downscale", default=2.0, show_default=True, help="Downscale of the photos before cropping.")
 @click.option("--gains", default=None, help="Gains on the last prediction [default: the weights' own per level].")
+@click.option("--detail-gains", default=None,
+              help="Gains on the last prediction's detail [default: the weights' own; the gain where none].")
+@click.option("--detail-sigmas", default=None, help="Sigmas (pixels) of the blur that splits off the detail.")
 @click.option("--kept-noise", "kept_noises", default=None,
               help="Shares of the noise left at the grid's end kept in the output [default: the weights' own].")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--search", "search_passes", default=0, show_default=True, help="Encoder search passes.")
 def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates: str, step_counts: str,
-         size: int, downscale: float, gains: str | None, kept_noises: str | None, weights: Path | None,
-         search_passes: int) -> None:
+         size: int, downscale: float, gains: str | None, detail_gains: str | None, detail_sigmas: str | None,
+         kept_noises: str | None, weights: Path | None, search_passes: int) -> None:
     # the shipped decoder unless --weights; with the filter it was trained on, where it was
     shipped = api.get_diffusion(api.get_codec(), weights)
     originals = crops(folder, images, size, downscale)
@@ -99,18 +104,24 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
         decoder = DiffusionDecoder(shipped.model, dataclasses.replace(shipped.settings, **fields),
                                    restorer=shipped.restorer)
         for level in level_list:
-            rows: dict[tuple[float, float], list[str]] = {}
+            own = decoder.settings.finishing(level)
+            candidates = [Finishing(gain, gain if detail is None else detail, kept, sigma)
+                          for gain, detail, sigma, kept in itertools.product(
+                              floats(gains) if gains else [own.gain],
+                              floats(detail_gains) if detail_gains else [None if gains else own.detail_gain],
+                              floats(detail_sigmas) if detail_sigmas else [own.detail_sigma],
+                              floats(kept_noises) if kept_noises else [own.kept_noise])]
+            rows: dict[Finishing, list[str]] = {}
             for steps in [int(v) for v in step_counts.split(",")]:
                 sampled = [decoder.sample(base, level, steps, fast=True) for base in bases[level]]
-                own = decoder.settings.finishing(level)
-                for gain, kept in itertools.product(floats(gains) if gains else [own[0]],
-                                                    floats(kept_noises) if kept_noises else [own[1]]):
-                    decoded = [decoder.to_image(base, parts.finished(gain, kept)) for base, parts in sampled]
+                for finishing in candidates:
+                    decoded = [decoder.to_image(base, parts.finished(finishing)) for base, parts in sampled]
                     value_psnr, value_lpips = score(decoded)
-                    rows.setdefault((gain, kept), []).append(f"{steps:2d}: {value_psnr:.2f} dB {value_lpips:.4f}")
-            for (gain, kept), row in rows.items():
-                print(f"start {start:.2f} end {end:.2f} {update:7s} gain {gain:.2f} kept noise {kept:.2f} "
-                      f"level {level:g} | " + " | ".join(row), flush=True)
+                    rows.setdefault(finishing, []).append(f"{steps:2d}: {value_psnr:.2f} dB {value_lpips:.4f}")
+            for f, row in rows.items():
+                print(f"start {start:.2f} end {end:.2f} {update:7s} gain {f.gain:.2f} detail {f.detail_gain:.2f} "
+                      f"sigma {f.detail_sigma:.1f} kept noise {f.kept_noise:.2f} level {level:g} | " + " | ".join(row),
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -37,12 +37,12 @@ class DiffusionDecoder:
         if steps <= 0:
             return base_rgb
         base, sampled = self.sample(base_rgb, level, steps, seed, fast)
-        return self.to_image(base, sampled.finished(*self.settings.finishing(level)))
+        return self.to_image(base, sampled.finished(self.settings.finishing(level)))
 
     def sample(
         self, base_rgb: np.ndarray, level: float, steps: int, seed: int | None = None, fast: bool = False
     ) -> tuple[torch.Tensor, SampledResidual]:
-        """The base (as the model sees it) and the sampling's parts before the finishing gain
+        """The base (as the model sees it) and the sampling's parts before the finishing gains
         and kept noise (steps >= 1): scripts/tune_sampler.py varies those without sampling again."""
         if self.restorer is not None:
             base_rgb = self.restorer.restore(base_rgb, level, fast)

@@ -6,14 +6,16 @@ is always valid, since the prediction at every step is an image. Noise is drawn 
 whole image, step after step, from one seeded generator, so the result does not depend
 on how the image is tiled.
 
-The output is the last prediction, amplified by a per-level gain, plus a per-level share of
-the noise that the grid's end time still carries (share 1 is the sampler's own state there).
-Both are finishing touches chosen on training photos for the shipped model: the model adds
-too little texture on its own, and LPIPS prefers a little grain to a smooth image.
+The output is the last prediction, its smooth part and its fine detail (the prediction minus
+its Gaussian blur) each amplified by a per-level gain, plus a per-level share of the noise
+that the grid's end time still carries (share 1 is the sampler's own state there). These
+finishing touches were chosen on training photos for the shipped model: the model adds too
+little fine texture on its own, and LPIPS prefers a little grain to a smooth image.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -21,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from diraccodec.diffusion.schedule import RESIDUAL_SCALE, respaced_times, signal_level
+from diraccodec.models.layers import gaussian_window, separable_blur
 from diraccodec.models.residual_unet import ResidualUNet
 from diraccodec.models.tiling import apply_tiled
 
@@ -43,10 +46,15 @@ class SamplerSettings:
     # update's reuse of the implied noise: what a model trained on its own predictions expects.
     renoise: bool = False
     # Values at levels 1, 2, 3, ... (linear in between, the last one beyond): the gain on the
-    # predicted residual, and the share of the noise left at the grid's end kept in the output.
-    # (1.0,) and (0.0,) give the plain last prediction, as files from before session 11 expect.
+    # predicted residual (on its smooth part where detail_gain is given, else on all of it),
+    # the gain on its detail finer than detail_sigma pixels, and the share of the noise left
+    # at the grid's end kept in the output. (1.0,), None and (0.0,) give the plain last
+    # prediction, as files from before session 11 expect; files from session 11 have no
+    # detail_gain, so one gain acts on all of the prediction.
     residual_gain: tuple[float, ...] = (1.0,)
     kept_noise: tuple[float, ...] = (0.0,)
+    detail_gain: tuple[float, ...] | None = None
+    detail_sigma: float = 1.0
     tile: int = 768  # Kodak-sized images (768x512) in one pass; larger ones in tiles
     margin: int = 96  # beyond the U-Net's receptive field, so tiles leave no seam
 
@@ -54,10 +62,14 @@ class SamplerSettings:
     def __post_init__(self) -> None:  # JSON gives lists; keep the settings hashable
         object.__setattr__(self, "residual_gain", tuple(float(v) for v in self.residual_gain))
         object.__setattr__(self, "kept_noise", tuple(float(v) for v in self.kept_noise))
+        if self.detail_gain is not None:
+            object.__setattr__(self, "detail_gain", tuple(float(v) for v in self.detail_gain))
 
-    def finishing(self, level: float) -> tuple[float, float]:
-        """The gain on the last prediction and the kept share of the noise left, at this level."""
-        return per_level(self.residual_gain, level), per_level(self.kept_noise, level)
+    def finishing(self, level: float) -> Finishing:
+        """The finishing touches at this level."""
+        gain = per_level(self.residual_gain, level)
+        detail = gain if self.detail_gain is None else per_level(self.detail_gain, level)
+        return Finishing(gain, detail, per_level(self.kept_noise, level), self.detail_sigma)
 
 
 def per_level(values: tuple[float, ...], level: float) -> float:
@@ -69,6 +81,16 @@ def per_level(values: tuple[float, ...], level: float) -> float:
 
 
 @dataclass(frozen=True)
+class Finishing:
+    """What becomes of the last prediction and of the noise left, at one level."""
+
+    gain: float = 1.0  # on the prediction's smooth part (all of it where detail_gain equals it)
+    detail_gain: float = 1.0  # on the prediction minus its blur
+    kept_noise: float = 0.0
+    detail_sigma: float = 1.0  # of the Gaussian blur that splits smooth part from detail
+
+
+@dataclass(frozen=True)
 class SampledResidual:
     """What sampling leaves, in pixel units: the last prediction of the clean residual and the
     noise the grid's end time still carries (zero when the grid ends at 0)."""
@@ -76,8 +98,14 @@ class SampledResidual:
     prediction: torch.Tensor
     noise_left: torch.Tensor
 
-    def finished(self, gain: float, kept_noise: float) -> torch.Tensor:
-        return gain * self.prediction + kept_noise * self.noise_left
+    def finished(self, finishing: Finishing) -> torch.Tensor:
+        residual = finishing.gain * self.prediction
+        if finishing.detail_gain != finishing.gain:
+            # the whole image's prediction, after tiling, so the blur shows no seams
+            radius = math.ceil(3 * finishing.detail_sigma)
+            smooth = separable_blur(self.prediction, gaussian_window(finishing.detail_sigma, radius), pad=True)
+            residual += (finishing.detail_gain - finishing.gain) * (self.prediction - smooth)
+        return residual + finishing.kept_noise * self.noise_left
 
 
 def residual_bound(level: float, max_level: float, settings: SamplerSettings) -> float:
@@ -97,7 +125,7 @@ def sample_residual(
     if steps <= 0:
         return torch.zeros_like(base)
     sampled = sample_residual_parts(model, base, level, steps, seed, settings)
-    return sampled.finished(*settings.finishing(level))
+    return sampled.finished(settings.finishing(level))
 
 
 @torch.no_grad()

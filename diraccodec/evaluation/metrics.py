@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from diraccodec.models.layers import gaussian_window, separable_blur
+
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
@@ -26,19 +28,6 @@ def psnr(reference: Image.Image, decoded: Image.Image) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    coords = torch.arange(size, dtype=torch.float32) - size // 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def _blur(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Valid Gaussian filtering per channel, as two 1-D passes (separable: 22 taps, not 121)."""
-    size = window.numel()
-    x = F.conv2d(x, window.view(1, 1, 1, size).expand(3, 1, 1, size), groups=3)
-    return F.conv2d(x, window.view(1, 1, size, 1).expand(3, 1, size, 1), groups=3)
-
-
 def ms_ssim(reference: Image.Image, decoded: Image.Image) -> float:
     """Multi-scale SSIM (Wang et al. 2003), per RGB channel on [0, 255], 5 scales, averaged.
 
@@ -46,16 +35,16 @@ def ms_ssim(reference: Image.Image, decoded: Image.Image) -> float:
     so small images still get a score.
     """
     x, y = (to_tensor(i) * 255 for i in (reference, decoded))
-    window = _gaussian_window()
+    window = gaussian_window(sigma=1.5, radius=5)  # the 11x11 window of the reference
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     levels = [w for i, w in enumerate(MS_SSIM_WEIGHTS) if min(x.shape[-2:]) // 2**i >= 11] or [1.0]
     weights = torch.tensor(levels, dtype=torch.float32) / sum(levels)
     values = []
     for index in range(len(levels)):
-        mu_x, mu_y = _blur(x, window), _blur(y, window)
-        sigma_x = _blur(x * x, window) - mu_x**2
-        sigma_y = _blur(y * y, window) - mu_y**2
-        sigma_xy = _blur(x * y, window) - mu_x * mu_y
+        mu_x, mu_y = separable_blur(x, window), separable_blur(y, window)
+        sigma_x = separable_blur(x * x, window) - mu_x**2
+        sigma_y = separable_blur(y * y, window) - mu_y**2
+        sigma_xy = separable_blur(x * y, window) - mu_x * mu_y
         contrast = (2 * sigma_xy + c2) / (sigma_x + sigma_y + c2)
         if index == len(levels) - 1:
             luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)

@@ -1,4 +1,5 @@
-"""Small reusable layers of the transforms: convolutions that halve or double the grid and GDN."""
+"""Small reusable layers of the transforms: convolutions that halve or double the grid, GDN,
+and the separable Gaussian blur that MS-SSIM and the sampler's finishing share."""
 
 from __future__ import annotations
 
@@ -30,6 +31,27 @@ def conv_up(in_channels: int, out_channels: int, kernel_size: int = 5) -> nn.Con
 
 def conv_same(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+
+
+def gaussian_window(sigma: float, radius: int) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps at -radius..radius."""
+    coords = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    taps = torch.exp(-(coords**2) / (2 * sigma**2))
+    return taps / taps.sum()
+
+
+def separable_blur(x: torch.Tensor, window: torch.Tensor, pad: bool = False) -> torch.Tensor:
+    """Each channel of (N, C, H, W) filtered by `window` along both axes (2k taps, not k^2).
+
+    pad=False: the 'valid' part only (smaller output); pad=True: edges replicated, same size
+    (replication works for any image size, where reflection needs more pixels than taps).
+    """
+    size, channels = window.numel(), x.shape[1]
+    window = window.to(x)
+    if pad:
+        x = F.pad(x, (size // 2,) * 4, mode="replicate")
+    x = F.conv2d(x, window.view(1, 1, 1, size).expand(channels, 1, 1, size), groups=channels)
+    return F.conv2d(x, window.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels)
 
 
 class GDN(nn.Module):
