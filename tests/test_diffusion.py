@@ -128,6 +128,8 @@ def test_settings_without_a_detail_gain_use_the_gain_for_all_of_the_prediction()
     assert old.finishing(1.5) == Finishing(1.4, 1.4, 0.375, 1.0)
     new = SamplerSettings(residual_gain=(1.0,), detail_gain=[2.6, 1.8], kept_noise=(0.3,), detail_sigma=0.8)
     assert new.finishing(2.0) == Finishing(1.0, 1.8, 0.3, 0.8) and new.detail_gain == (2.6, 1.8)
+    with pytest.raises(ValueError, match="detail_sigma"):
+        SamplerSettings(detail_gain=(2.0,), detail_sigma=0.0)
 
 
 def test_sampler_settings_can_be_replaced_in_a_weights_file(small_image, random_diffusion_weights, tmp_path):

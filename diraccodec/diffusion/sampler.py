@@ -64,6 +64,8 @@ class SamplerSettings:
         object.__setattr__(self, "kept_noise", tuple(float(v) for v in self.kept_noise))
         if self.detail_gain is not None:
             object.__setattr__(self, "detail_gain", tuple(float(v) for v in self.detail_gain))
+        if not self.detail_sigma > 0:  # a weights file read as settings: the loader names the file
+            raise ValueError(f"detail_sigma must be positive, not {self.detail_sigma}")
 
     def finishing(self, level: float) -> Finishing:
         """The finishing touches at this level."""
