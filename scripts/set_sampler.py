@@ -15,11 +15,12 @@ from pathlib import Path
 
 import click
 
+from diraccodec.cli import parse_list
 from diraccodec.weights import load_diffusion_weights, replace_sampler_settings
 
 
-def floats(text: str | None) -> tuple[float, ...] | None:
-    return None if text is None else tuple(float(v) for v in text.split(","))
+def per_level(text: str | None, option: str) -> tuple[float, ...] | None:
+    return None if text is None else tuple(parse_list(text, float, option))
 
 
 @click.command()
@@ -37,12 +38,12 @@ def main(weights: Path, gains: str | None, detail_gains: str | None, detail_sigm
          kept_noise: str | None, start_time: float | None, end_time: float | None, output: Path | None) -> None:
     loaded = load_diffusion_weights(weights)
     assert loaded is not None
-    changes = {"residual_gain": floats(gains), "kept_noise": floats(kept_noise), "start_time": start_time,
-               "end_time": end_time, "detail_sigma": detail_sigma,
-               "detail_gain": None if detail_gains in (None, "none") else floats(detail_gains)}
+    changes = {"residual_gain": per_level(gains, "--gains"), "kept_noise": per_level(kept_noise, "--kept-noise"),
+               "start_time": start_time, "end_time": end_time, "detail_sigma": detail_sigma}
     settings = dataclasses.replace(loaded.settings, **{k: v for k, v in changes.items() if v is not None})
-    if detail_gains == "none":
-        settings = dataclasses.replace(settings, detail_gain=None)
+    if detail_gains is not None:  # 'none': one gain on all of the prediction again
+        detail = None if detail_gains == "none" else per_level(detail_gains, "--detail-gains")
+        settings = dataclasses.replace(settings, detail_gain=detail)
     replace_sampler_settings(weights, settings, output or weights)
     print(f"{output or weights}: {settings}")
 

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from diraccodec import api
+from diraccodec.cli import parse_list
 from diraccodec.diffusion.decoder import DiffusionDecoder
 from diraccodec.diffusion.sampler import Finishing
 from diraccodec.evaluation.metrics import lpips, psnr
@@ -51,10 +52,6 @@ def crops(folder: Path, count: int, size: int = 256, downscale: float = 2.0) -> 
         left, top = (image.width - size) // 2, (image.height - size) // 2
         result.append(image.crop((left, top, left + size, top + size)))
     return result
-
-
-def floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",")]
 
 
 @click.command()
@@ -81,7 +78,7 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
     # the shipped decoder unless --weights; with the filter it was trained on, where it was
     shipped = api.get_diffusion(api.get_codec(), weights)
     originals = crops(folder, images, size, downscale)
-    level_list = floats(levels)
+    level_list = parse_list(levels, float, "--levels")
     files = {level: [api.encode(image, level, search_passes=search_passes) for image in originals]
              for level in level_list}
     # the decoder restores the synthesis itself where it was trained on the filter's output
@@ -98,7 +95,13 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
         print(f"level {level:g}  0 steps: PSNR {value_psnr:.2f}  LPIPS {value_lpips:.4f}; restored: "
               f"PSNR {restored_psnr:.2f}  LPIPS {restored_lpips:.4f}")
     variants = {"ddim": {"eta": 0.0}, "ddim1": {"eta": 1.0}, "renoise": {"renoise": True}}
-    grid = itertools.product(floats(starts), floats(ends), updates.split(","))
+    grid = itertools.product(parse_list(starts, float, "--starts"), parse_list(ends, float, "--ends"),
+                             updates.split(","))
+    # finishing candidates (None: the weights' own at each level)
+    gain_grid, detail_grid, sigma_grid, kept_grid = (
+        parse_list(text, float, option) if text else None
+        for text, option in [(gains, "--gains"), (detail_gains, "--detail-gains"),
+                             (detail_sigmas, "--detail-sigmas"), (kept_noises, "--kept-noise")])
     for start, end, update in grid:
         fields = {"start_time": start, "end_time": end, "eta": 0.0, "renoise": False, **variants[update]}
         decoder = DiffusionDecoder(shipped.model, dataclasses.replace(shipped.settings, **fields),
@@ -107,10 +110,8 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
             own = decoder.settings.finishing(level)
             candidates = [Finishing(gain, gain if detail is None else detail, kept, sigma)
                           for gain, detail, sigma, kept in itertools.product(
-                              floats(gains) if gains else [own.gain],
-                              floats(detail_gains) if detail_gains else [None if gains else own.detail_gain],
-                              floats(detail_sigmas) if detail_sigmas else [own.detail_sigma],
-                              floats(kept_noises) if kept_noises else [own.kept_noise])]
+                              gain_grid or [own.gain], detail_grid or [None if gain_grid else own.detail_gain],
+                              sigma_grid or [own.detail_sigma], kept_grid or [own.kept_noise])]
             rows: dict[Finishing, list[str]] = {}
             for steps in [int(v) for v in step_counts.split(",")]:
                 sampled = [decoder.sample(base, level, steps, fast=True) for base in bases[level]]

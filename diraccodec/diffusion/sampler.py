@@ -58,7 +58,6 @@ class SamplerSettings:
     tile: int = 768  # Kodak-sized images (768x512) in one pass; larger ones in tiles
     margin: int = 96  # beyond the U-Net's receptive field, so tiles leave no seam
 
-
     def __post_init__(self) -> None:  # JSON gives lists; keep the settings hashable
         object.__setattr__(self, "residual_gain", tuple(float(v) for v in self.residual_gain))
         object.__setattr__(self, "kept_noise", tuple(float(v) for v in self.kept_noise))
