@@ -14,6 +14,11 @@ the share of the noise left at the grid's end; the same at every level here, whe
 file holds one value per level, used when they are not given): each sampling is done once and
 finished every way.
 
+--lattice-periods and --lattice-cells try taking the U-Net's grid-locked lattice out of the
+last prediction first (period 0: not at all). --vgg also prints LPIPS on VGG16 features, a
+second opinion: the AlexNet variant, which the evaluation reports, can reward a regular
+lattice as texture where VGG16 does not (docs/diffusion.md#the-lattice-session-13).
+
 With --weights it also compares decoders. To choose between them at the top levels, use
 BSDS500 photos at their own scale (--downscale 1 --size 320): of the training sets tried,
 only it ranked session 4's and session 6's decoders as Kodak does (docs/results.md).
@@ -70,11 +75,17 @@ def crops(folder: Path, count: int, size: int = 256, downscale: float = 2.0) -> 
 @click.option("--detail-sigmas", default=None, help="Sigmas (pixels) of the blur that splits off the detail.")
 @click.option("--kept-noise", "kept_noises", default=None,
               help="Shares of the noise left at the grid's end kept in the output [default: the weights' own].")
+@click.option("--lattice-periods", default=None,
+              help="Periods (pixels) of the lattice taken out of the prediction, 0: none [default: the weights' own].")
+@click.option("--lattice-cells", default=None,
+              help="Periods over which the lattice is measured [default: the weights' own].")
+@click.option("--vgg", is_flag=True, help="Also print LPIPS on VGG16 features (slower).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--search", "search_passes", default=0, show_default=True, help="Encoder search passes.")
 def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates: str, step_counts: str,
          size: int, downscale: float, gains: str | None, detail_gains: str | None, detail_sigmas: str | None,
-         kept_noises: str | None, weights: Path | None, search_passes: int) -> None:
+         kept_noises: str | None, lattice_periods: str | None, lattice_cells: str | None, vgg: bool,
+         weights: Path | None, search_passes: int) -> None:
     # the shipped decoder unless --weights; with the filter it was trained on, where it was
     shipped = api.get_diffusion(api.get_codec(), weights)
     originals = crops(folder, images, size, downscale)
@@ -85,43 +96,45 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
     bases = {level: [np.asarray(api.decode(data, restore=False)) for data in files[level]] for level in level_list}
     restored = {level: [np.asarray(api.decode(data)) for data in files[level]] for level in level_list}
 
-    def score(decoded: list[np.ndarray]) -> tuple[float, float]:
+    def score(decoded: list[np.ndarray]) -> str:
+        """Mean PSNR and LPIPS (and LPIPS on VGG16 where asked) against the crops."""
         pairs = [(o, Image.fromarray(d)) for o, d in zip(originals, decoded, strict=True)]
-        return float(np.mean([psnr(o, d) for o, d in pairs])), float(np.mean([lpips(o, d) for o, d in pairs]))
+        text = f"{np.mean([psnr(o, d) for o, d in pairs]):.2f} dB {np.mean([lpips(o, d) for o, d in pairs]):.4f}"
+        return text + (f" vgg {np.mean([lpips(o, d, 'vgg16') for o, d in pairs]):.4f}" if vgg else "")
 
     for level in level_list:
-        value_psnr, value_lpips = score(bases[level])
-        restored_psnr, restored_lpips = score(restored[level])
-        print(f"level {level:g}  0 steps: PSNR {value_psnr:.2f}  LPIPS {value_lpips:.4f}; restored: "
-              f"PSNR {restored_psnr:.2f}  LPIPS {restored_lpips:.4f}")
+        print(f"level {level:g}  0 steps: {score(bases[level])}; restored: {score(restored[level])}")
     variants = {"ddim": {"eta": 0.0}, "ddim1": {"eta": 1.0}, "renoise": {"renoise": True}}
     grid = itertools.product(parse_list(starts, float, "--starts"), parse_list(ends, float, "--ends"),
                              updates.split(","))
     # finishing candidates (None: the weights' own at each level)
-    gain_grid, detail_grid, sigma_grid, kept_grid = (
+    gain_grid, detail_grid, sigma_grid, kept_grid, cells_grid = (
         parse_list(text, float, option) if text else None
         for text, option in [(gains, "--gains"), (detail_gains, "--detail-gains"),
-                             (detail_sigmas, "--detail-sigmas"), (kept_noises, "--kept-noise")])
+                             (detail_sigmas, "--detail-sigmas"), (kept_noises, "--kept-noise"),
+                             (lattice_cells, "--lattice-cells")])
+    period_grid = parse_list(lattice_periods, int, "--lattice-periods") if lattice_periods else None
     for start, end, update in grid:
         fields = {"start_time": start, "end_time": end, "eta": 0.0, "renoise": False, **variants[update]}
         decoder = DiffusionDecoder(shipped.model, dataclasses.replace(shipped.settings, **fields),
                                    restorer=shipped.restorer)
         for level in level_list:
             own = decoder.settings.finishing(level)
-            candidates = [Finishing(gain, gain if detail is None else detail, kept, sigma)
-                          for gain, detail, sigma, kept in itertools.product(
+            candidates = [Finishing(gain, gain if detail is None else detail, kept, sigma, period, cells)
+                          for gain, detail, sigma, kept, period, cells in itertools.product(
                               gain_grid or [own.gain], detail_grid or [None if gain_grid else own.detail_gain],
-                              sigma_grid or [own.detail_sigma], kept_grid or [own.kept_noise])]
+                              sigma_grid or [own.detail_sigma], kept_grid or [own.kept_noise],
+                              period_grid or [own.lattice_period], cells_grid or [own.lattice_cells])]
             rows: dict[Finishing, list[str]] = {}
             for steps in [int(v) for v in step_counts.split(",")]:
                 sampled = [decoder.sample(base, level, steps, fast=True) for base in bases[level]]
                 for finishing in candidates:
                     decoded = [decoder.to_image(base, parts.finished(finishing)) for base, parts in sampled]
-                    value_psnr, value_lpips = score(decoded)
-                    rows.setdefault(finishing, []).append(f"{steps:2d}: {value_psnr:.2f} dB {value_lpips:.4f}")
+                    rows.setdefault(finishing, []).append(f"{steps:2d}: {score(decoded)}")
             for f, row in rows.items():
                 print(f"start {start:.2f} end {end:.2f} {update:7s} gain {f.gain:.2f} detail {f.detail_gain:.2f} "
-                      f"sigma {f.detail_sigma:.1f} kept noise {f.kept_noise:.2f} level {level:g} | " + " | ".join(row),
+                      f"sigma {f.detail_sigma:.1f} kept noise {f.kept_noise:.2f} "
+                      f"lattice {f.lattice_period}/{f.lattice_cells:g} level {level:g} | " + " | ".join(row),
                       flush=True)
 
 

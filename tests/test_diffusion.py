@@ -19,6 +19,7 @@ from diraccodec.diffusion.sampler import (
 )
 from diraccodec.diffusion.schedule import RESIDUAL_SCALE, signal_level
 from diraccodec.errors import InvalidOptionError, WrongWeightsError
+from diraccodec.models.layers import periodic_component
 from diraccodec.weights import DEFAULT_BASE_WEIGHTS, export_diffusion_weights
 from tests.conftest import random_unet
 
@@ -121,6 +122,34 @@ def test_detail_gain_scales_only_what_the_blur_takes_away():
     for shape in [(1, 3, 1, 1), (1, 3, 1, 7), (1, 3, 9, 2)]:
         flat = SampledResidual(torch.full(shape, 0.2), torch.zeros(shape))
         torch.testing.assert_close(flat.finished(Finishing(1.0, 3.0, 0.0)), torch.full(shape, 0.2))
+
+
+def test_lattice_removal_takes_out_a_grid_locked_pattern_and_keeps_the_rest():
+    torch.manual_seed(0)
+    height, width = 150, 171  # not multiples of the period
+    rows, columns = torch.meshgrid(torch.arange(height) / height, torch.arange(width) / width, indexing="ij")
+    smooth = torch.stack([torch.sin(3 * rows + 2 * columns), rows * columns, 0.5 * torch.cos(4 * columns)])[None]
+    cell = torch.randn(1, 3, 8, 8)
+    lattice = (cell - cell.mean(dim=(2, 3), keepdim=True)).repeat(1, 1, 19, 22)[..., :height, :width]
+    found = periodic_component(smooth + lattice, 8, 2.0)
+    interior = (..., slice(40, -40), slice(40, -40))  # beyond the measuring window's reach of the edges
+    torch.testing.assert_close(found[interior], lattice[interior], atol=0.01, rtol=0)
+    assert (found - lattice).abs().max() < 0.15  # near the edges too, within 15% of the lattice's height
+    assert periodic_component(smooth, 8, 2.0).abs().max() < 0.02  # smooth slopes are no lattice
+    # in the finishing: taken out of the prediction before the gains, the noise left untouched
+    noise_left = torch.randn(1, 3, height, width)
+    parts = SampledResidual(smooth + lattice, noise_left)
+    cleaned = parts.finished(Finishing(1.2, 1.2, 0.5, lattice_period=8, lattice_cells=2.0))
+    torch.testing.assert_close(cleaned, 1.2 * (smooth + lattice - found) + 0.5 * noise_left)
+    assert (cleaned - 0.5 * noise_left - 1.2 * smooth)[interior].abs().max() < 0.02
+    # period 0 (the default, and files from before session 13): the prediction as it is
+    assert torch.equal(parts.finished(Finishing(1.2, 1.2, 0.5)), 1.2 * (smooth + lattice) + 0.5 * noise_left)
+    assert SamplerSettings().finishing(1.0).lattice_period == 0
+    for shape in [(1, 3, 1, 1), (1, 3, 5, 9)]:  # any size, down to one pixel
+        flat = torch.full(shape, 0.3)
+        torch.testing.assert_close(flat - periodic_component(flat, 8, 2.0), flat)
+    with pytest.raises(ValueError, match="lattice_period"):
+        SamplerSettings(lattice_period=-8)
 
 
 def test_settings_without_a_detail_gain_use_the_gain_for_all_of_the_prediction():

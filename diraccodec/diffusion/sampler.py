@@ -10,7 +10,9 @@ The output is the last prediction, its smooth part and its fine detail (the pred
 its Gaussian blur) each amplified by a per-level gain, plus a per-level share of the noise
 that the grid's end time still carries (share 1 is the sampler's own state there). These
 finishing touches were chosen on training photos for the shipped model: the model adds too
-little fine texture on its own, and LPIPS prefers a little grain to a smooth image.
+little fine texture on its own, and LPIPS prefers a little grain to a smooth image. Before
+them the finishing can take out the lattice that the U-Net's sub-pixel upsampling leaves,
+locked to its 8-pixel grid, which the detail gain would otherwise amplify (lattice_period).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from diraccodec.diffusion.schedule import RESIDUAL_SCALE, respaced_times, signal_level
-from diraccodec.models.layers import gaussian_window, separable_blur
+from diraccodec.models.layers import gaussian_window, periodic_component, separable_blur
 from diraccodec.models.residual_unet import ResidualUNet
 from diraccodec.models.tiling import apply_tiled
 
@@ -55,6 +57,11 @@ class SamplerSettings:
     kept_noise: tuple[float, ...] = (0.0,)
     detail_gain: tuple[float, ...] | None = None
     detail_sigma: float = 1.0
+    # The period (pixels) of the grid-locked lattice taken out of the last prediction before
+    # the gains (0: none, as files before session 13 expect), measured over a Gaussian of
+    # lattice_cells periods.
+    lattice_period: int = 0
+    lattice_cells: float = 2.0
     tile: int = 768  # Kodak-sized images (768x512) in one pass; larger ones in tiles
     margin: int = 96  # beyond the U-Net's receptive field, so tiles leave no seam
 
@@ -65,12 +72,16 @@ class SamplerSettings:
             object.__setattr__(self, "detail_gain", tuple(float(v) for v in self.detail_gain))
         if not self.detail_sigma > 0:  # a weights file read as settings: the loader names the file
             raise ValueError(f"detail_sigma must be positive, not {self.detail_sigma}")
+        if not (isinstance(self.lattice_period, int) and self.lattice_period >= 0 and self.lattice_cells > 0):
+            raise ValueError(f"lattice_period must be a whole number >= 0 and lattice_cells positive, not "
+                             f"{self.lattice_period} and {self.lattice_cells}")
 
     def finishing(self, level: float) -> Finishing:
         """The finishing touches at this level."""
         gain = per_level(self.residual_gain, level)
         detail = gain if self.detail_gain is None else per_level(self.detail_gain, level)
-        return Finishing(gain, detail, per_level(self.kept_noise, level), self.detail_sigma)
+        return Finishing(gain, detail, per_level(self.kept_noise, level), self.detail_sigma, self.lattice_period,
+                         self.lattice_cells)
 
 
 def per_level(values: tuple[float, ...], level: float) -> float:
@@ -89,6 +100,8 @@ class Finishing:
     detail_gain: float = 1.0  # on the prediction minus its blur
     kept_noise: float = 0.0
     detail_sigma: float = 1.0  # of the Gaussian blur that splits smooth part from detail
+    lattice_period: int = 0  # of the grid-locked lattice taken out first (0: none)
+    lattice_cells: float = 2.0  # periods over which the lattice is measured
 
 
 @dataclass(frozen=True)
@@ -100,12 +113,15 @@ class SampledResidual:
     noise_left: torch.Tensor
 
     def finished(self, finishing: Finishing) -> torch.Tensor:
-        residual = finishing.gain * self.prediction
+        # the whole image's prediction, after tiling, so neither filter shows seams
+        prediction = self.prediction
+        if finishing.lattice_period:
+            prediction = prediction - periodic_component(prediction, finishing.lattice_period, finishing.lattice_cells)
+        residual = finishing.gain * prediction
         if finishing.detail_gain != finishing.gain:
-            # the whole image's prediction, after tiling, so the blur shows no seams
             radius = math.ceil(3 * finishing.detail_sigma)
-            smooth = separable_blur(self.prediction, gaussian_window(finishing.detail_sigma, radius), pad=True)
-            residual += (finishing.detail_gain - finishing.gain) * (self.prediction - smooth)
+            smooth = separable_blur(prediction, gaussian_window(finishing.detail_sigma, radius), pad=True)
+            residual += (finishing.detail_gain - finishing.gain) * (prediction - smooth)
         return residual + finishing.kept_noise * self.noise_left
 
 

@@ -1,5 +1,6 @@
 """Small reusable layers of the transforms: convolutions that halve or double the grid, GDN,
-and the separable Gaussian blur that MS-SSIM and the sampler's finishing share."""
+the separable Gaussian blur that MS-SSIM and the sampler's finishing share, and the local
+periodic part of an image that the finishing can take out."""
 
 from __future__ import annotations
 
@@ -52,6 +53,37 @@ def separable_blur(x: torch.Tensor, window: torch.Tensor, pad: bool = False) -> 
         x = F.pad(x, (size // 2,) * 4, mode="replicate")
     x = F.conv2d(x, window.view(1, 1, 1, size).expand(channels, 1, 1, size), groups=channels)
     return F.conv2d(x, window.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels)
+
+
+def periodic_component(x: torch.Tensor, period: int, cells: float) -> torch.Tensor:
+    """The part of (N, C, H, W) that repeats every `period` pixels along both axes, measured
+    locally (a Gaussian of `cells` periods over the period's grid) and without its local mean.
+
+    A network that upsamples by sub-pixel convolutions leaves a lattice of this kind, locked
+    to its grid; subtracting it notches the harmonics of 1/period out of an image and leaves
+    the rest nearly untouched. It is measured on the image minus its blur (sigma period/2,
+    which keeps 99% of the lowest harmonic), since averaging by position within the period
+    would take a smooth slope for a sawtooth. The grid starts at the top-left pixel; the far
+    edges are replicated up to a whole period.
+    """
+    batch, channels, height, width = x.shape
+    sigma = period / 2
+    detail = x - separable_blur(x, gaussian_window(sigma, math.ceil(3 * sigma)), pad=True)
+    # one plane per position within the period, each averaged over nearby whole periods; the
+    # pixels that pad the image to whole periods have weight 0, so they bias nothing
+    extra = (0, -width % period, 0, -height % period)
+    phases = F.pixel_unshuffle(F.pad(detail, extra), period)
+    present = F.pixel_unshuffle(F.pad(torch.ones_like(detail[:, :1]), extra), period)
+    window, radius = gaussian_window(cells, math.ceil(3 * cells)), math.ceil(3 * cells)
+
+    def average(planes: torch.Tensor) -> torch.Tensor:
+        return separable_blur(F.pad(planes, (radius,) * 4), window)
+
+    local = average(phases) / average(present).clamp_min(1e-6).repeat(1, channels, 1, 1)
+    rows, columns = local.shape[-2:]
+    local_mean = local.view(batch, channels, period * period, rows, columns).mean(dim=2)
+    lattice = F.pixel_shuffle(local, period) - local_mean.repeat_interleave(period, -2).repeat_interleave(period, -1)
+    return lattice[..., :height, :width]
 
 
 class GDN(nn.Module):
