@@ -25,7 +25,7 @@ def avif_at_most(image: Image.Image, max_bytes: int) -> tuple[bytes, int]:
     return best
 
 
-def _panel(crop: Image.Image, zoom: int, title: str, detail: str) -> Image.Image:
+def labelled_panel(crop: Image.Image, zoom: int, title: str, detail: str) -> Image.Image:
     enlarged = crop.resize((crop.width * zoom, crop.height * zoom), Image.Resampling.NEAREST)
     panel = Image.new("RGB", (enlarged.width, enlarged.height + LABEL_HEIGHT), "white")
     panel.paste(enlarged, (0, LABEL_HEIGHT))
@@ -57,12 +57,17 @@ def comparison_picture(
         return f"{8 * size_bytes / pixels:.3f} bpp  {psnr(image, decoded):.2f} dB  LPIPS {lpips(image, decoded):.3f}"
 
     panels = [
-        _panel(image.crop(region), zoom, "original", f"{image.width}x{image.height}"),
-        _panel(avif.crop(region), zoom, f"AVIF q{avif_quality} (same size or smaller)", figures(avif, len(avif_data))),
-        _panel(base.crop(region), zoom, f"diraccodec level {level:g}, 0 steps", figures(base, len(data))),
-        _panel(enhanced.crop(region), zoom, f"diraccodec level {level:g}, {steps} steps", figures(enhanced, len(data))),
+        labelled_panel(image.crop(region), zoom, "original", f"{image.width}x{image.height}"),
+        labelled_panel(avif.crop(region), zoom, f"AVIF q{avif_quality} (same size or smaller)",
+                       figures(avif, len(avif_data))),
+        labelled_panel(base.crop(region), zoom, f"diraccodec level {level:g}, 0 steps", figures(base, len(data))),
+        labelled_panel(enhanced.crop(region), zoom, f"diraccodec level {level:g}, {steps} steps",
+                       figures(enhanced, len(data))),
     ]
-    gap = 8
+    return side_by_side(panels)
+
+
+def side_by_side(panels: list[Image.Image], gap: int = 8) -> Image.Image:
     canvas = Image.new("RGB", (sum(p.width for p in panels) + gap * (len(panels) - 1), panels[0].height), "white")
     x = 0
     for panel in panels:
