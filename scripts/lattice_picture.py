@@ -4,7 +4,7 @@ Four panels of a crop, zoomed: the original, the 0-step decode, and the same sam
 finished with the shipped settings without and with the lattice taken out (the weights'
 lattice_period, or 8 where it is 0). Figures under each panel are for the whole image:
 PSNR, LPIPS on AlexNet features (what the evaluation reports) and on VGG16 features. It
-also prints the share of the last prediction's detail that the lattice holds.
+also prints the share of the last prediction's energy that the lattice holds.
 
     python scripts/lattice_picture.py ../shared/data/train/bsds500/105019.jpg --level 1 --box 130,150,100 \
         -o docs/lattice.png
@@ -25,7 +25,7 @@ from diraccodec.diffusion.decoder import DiffusionDecoder
 from diraccodec.evaluation.metrics import lpips, psnr
 from diraccodec.evaluation.pictures import labelled_panel, side_by_side
 from diraccodec.files import write_image
-from diraccodec.models.layers import gaussian_window, periodic_component, separable_blur
+from diraccodec.models.layers import periodic_component
 
 
 @click.command()
@@ -43,9 +43,9 @@ def main(photo: Path, level: float, steps: int, box: str, zoom: int, output: Pat
     period = shipped.lattice_period or 8
     base, parts = decoder.sample(np.asarray(api.decode(data, restore=False)), level, steps)
 
-    detail = parts.prediction - separable_blur(parts.prediction, gaussian_window(1.0, 3), pad=True)
-    share = periodic_component(parts.prediction, period, shipped.lattice_cells).pow(2).sum() / detail.pow(2).sum()
-    print(f"the {period}-pixel lattice is {share:.1%} of the energy of the prediction's detail (sigma 1 blur)")
+    lattice = periodic_component(parts.prediction, period, shipped.lattice_cells)
+    share = lattice.pow(2).sum() / (parts.prediction - parts.prediction.mean()).pow(2).sum()
+    print(f"the {period}-pixel lattice holds {share:.1%} of the prediction's energy (about its mean)")
 
     left, top, size = parse_list(box, int, "--box")
     region = (left, top, left + size, top + size)
