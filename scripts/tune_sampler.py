@@ -126,7 +126,7 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
                               sigma_grid or [own.detail_sigma], kept_grid or [own.kept_noise],
                               period_grid or [own.lattice_period], cells_grid or [own.lattice_cells])]
             rows: dict[Finishing, list[str]] = {}
-            for steps in [int(v) for v in step_counts.split(",")]:
+            for steps in parse_list(step_counts, int, "--steps"):
                 sampled = [decoder.sample(base, level, steps, fast=True) for base in bases[level]]
                 for finishing in candidates:
                     decoded = [decoder.to_image(base, parts.finished(finishing)) for base, parts in sampled]

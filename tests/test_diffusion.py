@@ -387,5 +387,5 @@ def test_shipped_decoder_trades_a_little_psnr_for_much_lower_lpips(level):
         photo = image.convert("RGB").crop((64, 64, 320, 320))
     data = diraccodec.encode(photo, level, search_passes=0)
     restored, enhanced = diraccodec.decode(data, steps=0), diraccodec.decode(data, steps=5)
-    assert lpips(photo, enhanced) < 0.8 * lpips(photo, restored)  # measured: -29% (level 1), -34% (level 4)
+    assert lpips(photo, enhanced) < 0.8 * lpips(photo, restored)  # measured: -28% (level 1), -33.5% (level 4)
     assert psnr(photo, enhanced) > psnr(photo, restored) - 1.5

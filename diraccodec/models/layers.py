@@ -63,18 +63,18 @@ def periodic_component(x: torch.Tensor, period: int, cells: float) -> torch.Tens
     to its grid; subtracting it notches the harmonics of 1/period out of an image and leaves
     the rest nearly untouched. It is measured on the image minus its blur (sigma period/2,
     which keeps 99% of the lowest harmonic), since averaging by position within the period
-    would take a smooth slope for a sawtooth. The grid starts at the top-left pixel; the far
-    edges are replicated up to a whole period.
+    would take a smooth slope for a sawtooth. The grid starts at the top-left pixel; where the
+    image does not fill a whole period, the missing pixels have weight 0 in the averages.
     """
     batch, channels, height, width = x.shape
     sigma = period / 2
     detail = x - separable_blur(x, gaussian_window(sigma, math.ceil(3 * sigma)), pad=True)
-    # one plane per position within the period, each averaged over nearby whole periods; the
-    # pixels that pad the image to whole periods have weight 0, so they bias nothing
+    # one plane per position within the period, each averaged over nearby periods
     extra = (0, -width % period, 0, -height % period)
     phases = F.pixel_unshuffle(F.pad(detail, extra), period)
     present = F.pixel_unshuffle(F.pad(torch.ones_like(detail[:, :1]), extra), period)
-    window, radius = gaussian_window(cells, math.ceil(3 * cells)), math.ceil(3 * cells)
+    radius = math.ceil(3 * cells)
+    window = gaussian_window(cells, radius)
 
     def average(planes: torch.Tensor) -> torch.Tensor:
         return separable_blur(F.pad(planes, (radius,) * 4), window)
