@@ -471,6 +471,9 @@ def train_base_command(data: tuple[Path, ...], **loop: Any) -> None:
               help="Divide each crop's error and LPIPS by the base reconstruction's, so every level counts alike.")
 @click.option("--level-range", default=None, metavar="LOW,HIGH",
               help="Train only on rate levels in this range (default: all of the base's levels).")
+@click.option("--blocks", type=click.IntRange(1), default=None,
+              help="Residual blocks per resolution of the U-Net: a new run's depth; a checkpoint with fewer is "
+                   "deepened, the new blocks starting as the identity (default: the checkpoint's, or 1).")
 @click.option("--on-restored", "restoration_weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Learn to enhance this restoration filter's output instead of the base synthesis.")
 @weights_option

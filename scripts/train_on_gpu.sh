@@ -7,7 +7,8 @@
 # .gpu/diffusion.safetensors (the checkpoints to resume, float16 to travel, optionally with
 # their .optim files), .gpu/cache (the converted LPIPS weights), .whl (constriction for
 # Python 3.12). Checkpoints come back in $OUT as soon as each model is done, the Adam
-# moments as bfloat16 so that every file stays under the 16 MiB limit.
+# moments as bfloat16 and a checkpoint over 15 MiB in two pieces (`cast_safetensors.py --join`
+# here), so that every file stays under the 16 MiB limit.
 # BASE_MINUTES=0 skips the base and trains the diffusion decoder on .gpu/weights/base.safetensors
 # and its manifest.json (the shipped files themselves, so the decoder records the shipped id).
 # DIFFUSION_VARIANTS="name:extra args;name:extra args" trains several variants of the
@@ -33,10 +34,16 @@ fi
 export DIRAC_CACHE=$PWD/.gpu/cache PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 dirac() { python3 -m diraccodec.cli "$@"; }
 cp .gpu/*.safetensors "$RUN/"
-(nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv 2>/dev/null || true) > "$OUT/gpu.txt"
+# at the head of each log: the machine returns at most 8 files, and split checkpoints take two
+gpu=$(nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv 2>/dev/null || true)
 
-bring_back() {  # MODEL: its checkpoint as is, its Adam moments as bfloat16
-  cp "$RUN/$1.safetensors" "$OUT/$1-checkpoint.safetensors"
+bring_back() {  # MODEL: its checkpoint as is (in two pieces over 15 MiB), its Adam moments as bfloat16
+  if [ "$(stat -c %s "$RUN/$1.safetensors")" -gt 15728640 ]; then  # join here with --join
+    python3 scripts/cast_safetensors.py "$RUN/$1.safetensors" "$OUT/$1-checkpoint.safetensors" \
+      --split model. "$OUT/$1-checkpoint.rest.safetensors"
+  else
+    cp "$RUN/$1.safetensors" "$OUT/$1-checkpoint.safetensors"
+  fi
   if [ -f "$RUN/$1.optim.safetensors" ]; then
     python3 scripts/cast_safetensors.py "$RUN/$1.optim.safetensors" \
       "$OUT/$1-checkpoint.optim.safetensors" --dtype bfloat16
@@ -47,6 +54,7 @@ if [ "$BASE_MINUTES" != 0 ]; then
   dirac train base --data .gpu/shard --checkpoint "$RUN/base.safetensors" --device "$DEVICE" \
     --batch-size "$BASE_BATCH" --patch-size 128 --lr 3e-4 --minutes "$BASE_MINUTES" --checkpoint-minutes 0.5 \
     > "$OUT/base.log" 2>&1
+  echo "$gpu" >> "$OUT/base.log"
   bring_back base
   echo "done: $(date)" >> "$OUT/base.log"
   dirac train export "$RUN/base.safetensors" "$RUN/weights/base.safetensors" > "$OUT/diffusion.log" 2>&1
@@ -65,6 +73,7 @@ for variant in "${variants[@]}"; do  # copies first: the runs below rewrite diff
 done
 for variant in "${variants[@]}"; do
   name=${variant%%:*} extra=${variant#*:} model=diffusion${name:+-$name}
+  echo "$gpu" >> "$OUT/$model.log"
   # shellcheck disable=SC2086  # extra holds several arguments
   dirac train diffusion --data .gpu/shard --checkpoint "$RUN/$model.safetensors" --device "$DEVICE" \
     --weights "$RUN/weights/base.safetensors" --batch-size "$DIFFUSION_BATCH" --patch-size 128 \

@@ -299,7 +299,7 @@ def train_recording_batches(sample_image, tmp_path, monkeypatch, **options):
     real_loss = diffusion.diffusion_loss
     monkeypatch.setattr(diffusion, "diffusion_loss", recording_loss)
     photos = tmp_path / "photos"
-    photos.mkdir()
+    photos.mkdir(exist_ok=True)
     sample_image.save(photos / "a.png")
     settings = diffusion.DiffusionTrainingOptions(
         data=(photos,), checkpoint=tmp_path / "ck.safetensors", patch_size=64, widths=(8, 16, 16),
@@ -389,3 +389,56 @@ def test_shipped_decoder_trades_a_little_psnr_for_much_lower_lpips(level):
     restored, enhanced = diraccodec.decode(data, steps=0), diraccodec.decode(data, steps=5)
     assert lpips(photo, enhanced) < 0.8 * lpips(photo, restored)  # measured: -28% (level 1), -33.5% (level 4)
     assert psnr(photo, enhanced) > psnr(photo, restored) - 1.5
+
+
+def input_radius(model, size: int = 384) -> int:
+    """How far from the centre the input pixels lie that move the centre output pixel."""
+    noisy = torch.zeros(1, 3, size, size, requires_grad=True)
+    out = model(noisy, torch.tensor([0.3]), torch.full((1, 3, size, size), 0.5), torch.tensor([2.0]))
+    out[0, 0, size // 2, size // 2].backward()
+    rows, columns = torch.nonzero(noisy.grad[0].abs().sum(0) > 0, as_tuple=True)
+    return int(max((rows - size // 2).abs().max(), (columns - size // 2).abs().max()))
+
+
+def test_a_deepened_unet_computes_the_same_function_and_tiles_with_a_wider_margin():
+    model = random_unet()
+    deeper = model.deepened(2)
+    noisy, base = torch.randn(1, 3, 48, 64), torch.rand(1, 3, 48, 64)
+    time, level = torch.tensor([0.3]), torch.tensor([2.0])
+    torch.testing.assert_close(deeper(noisy, time, base, level), model(noisy, time, base, level), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="cannot deepen"):
+        deeper.deepened(1)
+    for parameter in deeper.parameters():  # the added blocks no longer the identity: a wider view
+        parameter.data.normal_(0, 0.1)
+    shallow_radius, deep_radius = input_radius(model), input_radius(deeper)
+    assert shallow_radius <= model.receptive_radius < 96 and deep_radius <= deeper.receptive_radius
+    assert deep_radius > 96 and deeper.tile_margin(96) % 8 == 0 and deeper.tile_margin(96) >= deep_radius
+    image = torch.rand(1, 3, 200, 232)
+    whole = sample_residual(deeper, image, 3.0, 2, seed=1, settings=SamplerSettings(tile=4096))
+    tiled = sample_residual(deeper, image, 3.0, 2, seed=1, settings=SamplerSettings(tile=64, margin=16))
+    torch.testing.assert_close(tiled, whole, atol=1e-4, rtol=0)
+
+
+def test_training_with_more_blocks_deepens_the_checkpoint_and_resumes_it(sample_image, tmp_path, monkeypatch):
+    from diraccodec.errors import DiracError
+    from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
+    from diraccodec.training.checkpoint import load_checkpoint, load_checkpoint_metadata
+    from diraccodec.training.diffusion import deepen_checkpoint
+
+    _, settings = train_recording_batches(sample_image, tmp_path, monkeypatch, steps=2, batch_size=2)
+    checkpoint = settings.checkpoint
+    shallow = ResidualUNet(ResidualUNetConfig.from_fields(load_checkpoint_metadata(checkpoint).metadata["config"]))
+    load_checkpoint(checkpoint, shallow, None, None)
+    assert deepen_checkpoint(checkpoint, 2) and not deepen_checkpoint(checkpoint, 2)
+    state = load_checkpoint_metadata(checkpoint)
+    deep = ResidualUNet(ResidualUNetConfig.from_fields(state.metadata["config"]))
+    load_checkpoint(checkpoint, deep, None, None)
+    assert state.step == 2 and deep.config.blocks == 2 and deep.config.widths == (8, 16, 16)
+    noisy, base = torch.randn(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    arguments = (noisy, torch.tensor([0.2]), base, torch.tensor([4.0]))
+    torch.testing.assert_close(deep(*arguments), shallow(*arguments), atol=0, rtol=0)
+    with pytest.raises(DiracError, match="has 2 blocks per resolution"):
+        deepen_checkpoint(checkpoint, 1)
+    seen, _ = train_recording_batches(sample_image, tmp_path, monkeypatch, steps=3, batch_size=2)
+    assert len(seen) == 1  # resumed at step 2, at the checkpoint's depth
+    assert load_checkpoint_metadata(checkpoint).metadata["config"]["blocks"] == 2

@@ -176,7 +176,7 @@ def test_a_time_budget_sets_the_step_count_and_a_run_without_moments_warms_up(ph
 
 def test_a_budget_spent_at_its_first_measurement_still_saves_and_low_precision_moments_resume(
         photo_folder: Path, tmp_path: Path):
-    from diraccodec.training.checkpoint import cast_file, load_checkpoint_metadata
+    from diraccodec.training.checkpoint import cast_file, join_files, load_checkpoint_metadata, split_file
 
     checkpoint = tmp_path / "ck.safetensors"
     train_base(options(photo_folder, checkpoint, 2))
@@ -192,6 +192,15 @@ def test_a_budget_spent_at_its_first_measurement_still_saves_and_low_precision_m
     assert train_base(options(photo_folder, checkpoint, stopped + 2)).step == stopped + 2
     moments = load_file(str(optimizer_path(checkpoint)))
     assert {tensor.dtype for tensor in moments.values()} == {torch.float32}
+    # a checkpoint too large to come back in one file comes back in two, exactly
+    split_file(checkpoint, "model.", tmp_path / "weights.safetensors", tmp_path / "rest.safetensors")
+    pieces = [load_file(str(tmp_path / name)) for name in ("weights.safetensors", "rest.safetensors")]
+    assert pieces[0] and all(name.startswith("model.") for name in pieces[0])
+    assert pieces[1] and not any(name.startswith("model.") for name in pieces[1])
+    join_files([tmp_path / "weights.safetensors", tmp_path / "rest.safetensors"], tmp_path / "joined.safetensors")
+    joined, original = load_file(str(tmp_path / "joined.safetensors")), load_file(str(checkpoint))
+    assert joined.keys() == original.keys() and all(torch.equal(joined[k], original[k]) for k in original)
+    assert load_checkpoint_metadata(tmp_path / "joined.safetensors").step == stopped + 2
 
 
 def test_entropy_finetune_lowers_the_rate_and_leaves_the_transforms_alone(photo_folder: Path, tmp_path: Path,

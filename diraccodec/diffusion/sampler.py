@@ -63,7 +63,7 @@ class SamplerSettings:
     lattice_period: int = 0
     lattice_cells: float = 2.0
     tile: int = 768  # Kodak-sized images (768x512) in one pass; larger ones in tiles
-    margin: int = 96  # beyond the U-Net's receptive field, so tiles leave no seam
+    margin: int = 96  # at least; more where the U-Net's receptive field is wider, so tiles leave no seam
 
     def __post_init__(self) -> None:  # JSON gives lists; keep the settings hashable
         object.__setattr__(self, "residual_gain", tuple(float(v) for v in self.residual_gain))
@@ -162,6 +162,7 @@ def sample_residual_parts(
 
     bound = residual_bound(level, model.config.max_level, settings) / RESIDUAL_SCALE
     level_tensor = torch.tensor([float(level)], device=base.device)
+    margin = model.tile_margin(settings.margin)
 
     x = noise() * (1 - signal_level(times[0]).item()) ** 0.5
     prediction = predicted_noise = torch.zeros_like(x)
@@ -173,7 +174,7 @@ def sample_residual_parts(
             return model(stacked[:, :3], time_tensor, stacked[:, 3:], level_tensor)
 
         prediction = apply_tiled(denoise, torch.cat([x, base_padded], dim=1), Fraction(1), settings.tile,
-                                 settings.margin).clamp(-bound, bound)
+                                 margin).clamp(-bound, bound)
         a_now, a_after = signal_level(now).item(), signal_level(after).item()
         predicted_noise = (x - a_now**0.5 * prediction) / max((1 - a_now) ** 0.5, 1e-8)
         if index == steps - 1:

@@ -11,7 +11,7 @@ whole image.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -23,11 +23,14 @@ class ResidualUNetConfig:
     widths: tuple[int, ...] = (32, 64, 128)  # channels at 1/2, 1/4 and 1/8 of the image size
     embedding: int = 128
     max_level: float = 8.0
+    # Residual blocks at each resolution on the way down, in the middle and on the way up.
+    blocks: int = 1
 
     @classmethod
     def from_fields(cls, fields: dict) -> ResidualUNetConfig:
-        """From the JSON of a weights file or checkpoint (where the widths are a list)."""
-        return cls(tuple(fields["widths"]), fields["embedding"], fields["max_level"])
+        """From the JSON of a weights file or checkpoint (where the widths are a list); files
+        from before `blocks` existed have one block per resolution."""
+        return cls(tuple(fields["widths"]), fields["embedding"], fields["max_level"], fields.get("blocks", 1))
 
 
 def sinusoidal_embedding(values: torch.Tensor, dimensions: int) -> torch.Tensor:
@@ -92,9 +95,48 @@ class ResidualUNet(nn.Module):
         for index in range(len(widths) - 1, 0, -1):
             self.upsample.append(nn.Conv2d(widths[index], widths[index - 1] * 4, 3, padding=1))
             self.up_blocks.append(ResidualBlock(2 * widths[index - 1], widths[index - 1], config.embedding))
+        # Blocks beyond the first at each resolution, kept apart so that a model with one block
+        # loads unchanged; each starts as the identity, so `deepened` preserves the function.
+        self.deeper_down = nn.ModuleList(self._extra_blocks(width, config) for width in widths)
+        self.deeper_middle = self._extra_blocks(widths[-1], config)
+        self.deeper_up = nn.ModuleList(
+            self._extra_blocks(widths[index - 1], config) for index in range(len(widths) - 1, 0, -1)
+        )
         self.conv_out = nn.Conv2d(widths[0], 3 * 4, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)  # starts by predicting no residual: the base image
         nn.init.zeros_(self.conv_out.bias)
+
+    @staticmethod
+    def _extra_blocks(width: int, config: ResidualUNetConfig) -> nn.ModuleList:
+        return nn.ModuleList(ResidualBlock(width, width, config.embedding) for _ in range(config.blocks - 1))
+
+    def deepened(self, blocks: int) -> ResidualUNet:
+        """The same function with `blocks` blocks per resolution: the added blocks start as
+        the identity (their last convolution is zero), so training continues from here."""
+        if blocks < self.config.blocks:
+            raise ValueError(f"cannot deepen a U-Net of {self.config.blocks} blocks to {blocks}")
+        deeper = ResidualUNet(replace(self.config, blocks=blocks))
+        missing, unexpected = deeper.load_state_dict(self.state_dict(), strict=False)
+        assert not unexpected and all(key.startswith("deeper_") for key in missing)
+        return deeper
+
+    @property
+    def receptive_radius(self) -> int:
+        """How far (pixels, each side) an output pixel can see: tiles need a margin this wide.
+        Each 3x3 convolution adds its grid's stride; the size multiple covers the phases of
+        the pixel (un)shuffles and strided convolutions."""
+        strides = [2 ** (index + 1) for index in range(len(self.config.widths))]
+        per_resolution = 2 * self.config.blocks  # 3x3 convolutions in each resolution's blocks
+        down = sum(per_resolution * stride for stride in strides) + sum(strides[:-1])
+        middle = per_resolution * strides[-1]
+        up = sum(strides[1:]) + sum(per_resolution * stride for stride in strides[:-1])
+        return 2 * strides[0] + down + middle + up + self.size_multiple
+
+    def tile_margin(self, at_least: int) -> int:
+        """A tile margin beyond the receptive field, on the grid of the size multiple (so every
+        tile sees the same phase of the strided layers and no seam shows)."""
+        multiple = self.size_multiple
+        return max(at_least, -(-self.receptive_radius // multiple) * multiple)
 
     @property
     def size_multiple(self) -> int:
@@ -119,11 +161,17 @@ class ResidualUNet(nn.Module):
         skips = []
         for index, block in enumerate(self.down_blocks):
             x = block(x, embedding)
+            for extra in self.deeper_down[index]:
+                x = extra(x, embedding)
             if index < len(self.downsample):
                 skips.append(x)
                 x = self.downsample[index](x)
         x = self.middle(x, embedding)
-        for upsample, block in zip(self.upsample, self.up_blocks, strict=True):
+        for extra in self.deeper_middle:
+            x = extra(x, embedding)
+        for upsample, block, extras in zip(self.upsample, self.up_blocks, self.deeper_up, strict=True):
             x = F.pixel_shuffle(upsample(x), 2)
             x = block(torch.cat([x, skips.pop()], dim=1), embedding)
+            for extra in extras:
+                x = extra(x, embedding)
         return F.pixel_shuffle(self.conv_out(F.silu(x)), 2)

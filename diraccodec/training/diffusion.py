@@ -20,7 +20,7 @@ from diraccodec.diffusion.schedule import RESIDUAL_SCALE, signal_level
 from diraccodec.errors import DiracError
 from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
-from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata
+from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, save_checkpoint
 from diraccodec.training.loop import LoopOptions, run_loop, start_session
 from diraccodec.training.reconstructions import ReconstructedCrops
 from diraccodec.weights import (
@@ -42,6 +42,9 @@ class DiffusionTrainingOptions(LoopOptions):
     batch_size: int = 8
     patch_size: int = 128
     widths: tuple[int, ...] = ResidualUNetConfig.widths
+    # Residual blocks per resolution: a new run's depth; a checkpoint with fewer is deepened.
+    # None: the checkpoint's (one for a new run).
+    blocks: int | None = None
     lpips_weight: float = 0.0
     start_time: float = TRAINED_TIME_RANGE
     own_prediction_fraction: float = 0.0
@@ -117,7 +120,12 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
     lowest, highest = options.level_range or (1.0, float(top_level))
     if not 1 <= lowest <= highest <= top_level:
         raise DiracError(f"--level-range {lowest:g},{highest:g} is outside the base's levels 1-{top_level}")
-    config = ResidualUNetConfig(widths=tuple(options.widths), max_level=float(top_level))
+    config = ResidualUNetConfig(widths=tuple(options.widths), max_level=float(top_level), blocks=options.blocks or 1)
+    if options.checkpoint.exists():
+        if options.blocks and deepen_checkpoint(options.checkpoint, options.blocks):
+            console.print(f"deepened {options.checkpoint} to {options.blocks} blocks per resolution (the new "
+                          "blocks start as the identity; Adam moments and weight average start afresh)")
+        config = ResidualUNetConfig.from_fields(load_checkpoint_metadata(options.checkpoint).metadata["config"])
     session = start_session(ResidualUNet(config), options, console)
     trained_on = session.state.metadata.get("base_weights_id")
     if trained_on and trained_on != base_weights.weights_id.hex():
@@ -156,6 +164,25 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
                               relative_loss=options.relative_loss)
 
     return run_loop(session, options, next_loss, console)
+
+
+def deepen_checkpoint(path: Path, blocks: int) -> bool:
+    """Rewrite the checkpoint with `blocks` residual blocks per resolution where it has fewer,
+    computing the same function (the U-Net's `deepened`), so a run grows a trained model rather
+    than starting over. The Adam moments go (the parameters' order changes) and with them the
+    weight average, so the run ramps its learning rate up again. False where it had enough."""
+    stored = load_checkpoint_metadata(path)
+    config = ResidualUNetConfig.from_fields(stored.metadata["config"])
+    if blocks < config.blocks:
+        raise DiracError(f"{path} has {config.blocks} blocks per resolution; --blocks {blocks} cannot remove any")
+    if blocks == config.blocks:
+        return False
+    model, generator = ResidualUNet(config), torch.Generator()
+    state = load_checkpoint(path, model, None, generator)
+    deeper = model.deepened(blocks)
+    state.metadata["config"] = asdict(deeper.config)
+    save_checkpoint(path, deeper, torch.optim.Adam(deeper.parameters()), generator, state)
+    return True
 
 
 def export_diffusion_checkpoint(checkpoint: Path, output: Path, settings: SamplerSettings | None = None) -> None:
