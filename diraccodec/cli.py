@@ -66,7 +66,8 @@ search_option = click.option(
          "rate at equal quality for about 15 s per megapixel).",
 )
 steps_option = click.option(
-    "--steps", type=int, default=None, help="Diffusion steps at decode (0 = base reconstruction)."
+    "--steps", type=int, default=None,
+    help="Diffusion steps at decode: 0 = base reconstruction (highest fidelity); more add realistic detail.",
 )
 
 
@@ -185,7 +186,9 @@ def diffusion_support(weights_id: bytes) -> str:
                 f"{diffusion.restoration_weights_id.hex()}, which are not installed")
     except DiracError as error:
         return f"unavailable ({error})"
-    return f"available ({diffusion.path.name}); decode with --steps N"
+    full = diffusion.settings.full_steps
+    note = f" (its full effect from {full})" if full else ""
+    return f"available ({diffusion.path.name}); decode with --steps N{note}"
 
 
 def restoration_support(weights_id: bytes) -> str:

@@ -39,7 +39,7 @@ def main(photo: Path, level: float, steps: int, box: str, zoom: int, output: Pat
     image = Image.open(photo).convert("RGB")
     data = api.encode(image, level, search_passes=0)
     decoder = api.get_diffusion(api.get_codec())
-    shipped = decoder.settings.finishing(level)
+    shipped = decoder.settings.finishing(level, steps)
     period = shipped.lattice_period or 8
     base, parts = decoder.sample(np.asarray(api.decode(data, restore=False)), level, steps)
 

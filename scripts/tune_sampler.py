@@ -128,8 +128,10 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
             rows: dict[Finishing, list[str]] = {}
             for steps in parse_list(step_counts, int, "--steps"):
                 sampled = [decoder.sample(base, level, steps, fast=True) for base in bases[level]]
+                share = decoder.settings.finishing_share(steps)
                 for finishing in candidates:
-                    decoded = [decoder.to_image(base, parts.finished(finishing)) for base, parts in sampled]
+                    decoded = [decoder.to_image(base, parts.finished(finishing.share(share)))
+                               for base, parts in sampled]
                     rows.setdefault(finishing, []).append(f"{steps:2d}: {score(decoded)}")
             for f, row in rows.items():
                 print(f"start {start:.2f} end {end:.2f} {update:7s} gain {f.gain:.2f} detail {f.detail_gain:.2f} "

@@ -83,10 +83,11 @@ def test_info_says_whether_a_decoder_trained_on_the_filter_can_run(small_image, 
     installed(shipped_base_id())
     filter_id = load_restoration_weights().weights_id
     diffusion = tmp_path / "d" / "diffusion.safetensors"
-    export_diffusion_weights(random_unet(), SamplerSettings(), shipped_base_id(), diffusion, {"purpose": "test"},
-                             restoration_weights_id=filter_id)
+    export_diffusion_weights(random_unet(), SamplerSettings(full_steps=12), shipped_base_id(), diffusion,
+                             {"purpose": "test"}, restoration_weights_id=filter_id)
     monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(diffusion))
-    assert "available (diffusion.safetensors)" in CliRunner().invoke(main, ["info", str(path)]).output
+    output = " ".join(CliRunner().invoke(main, ["info", str(path)]).output.split())
+    assert "available (diffusion.safetensors); decode with --steps N (its full effect from 12)" in output
     monkeypatch.setenv("DIRAC_RESTORATION_WEIGHTS", str(tmp_path / "absent.safetensors"))
     output = " ".join(CliRunner().invoke(main, ["info", str(path)]).output.split())
     assert f"enhances the output of restoration weights {filter_id.hex()}, which are not installed" in output

@@ -37,7 +37,7 @@ class DiffusionDecoder:
         if steps <= 0:
             return base_rgb
         base, sampled = self.sample(base_rgb, level, steps, seed, fast)
-        return self.to_image(base, sampled.finished(self.settings.finishing(level)))
+        return self.to_image(base, sampled.finished(self.settings.finishing(level, steps)))
 
     def sample(
         self, base_rgb: np.ndarray, level: float, steps: int, seed: int | None = None, fast: bool = False

@@ -13,12 +13,17 @@ finishing touches were chosen on training photos for the shipped model: the mode
 little fine texture on its own, and LPIPS prefers a little grain to a smooth image. Before
 them the finishing can take out the lattice that the U-Net's sub-pixel upsampling leaves,
 locked to its 8-pixel grid, which the detail gain would otherwise amplify (lattice_period).
+
+With full_steps set, fewer steps apply only a share of the finishing, steps / full_steps: the
+output mixes the plain last prediction and its finished form. The shipped model reaches its
+best prediction in one or two steps, so without this the first step would take all of the
+way from fidelity to realism and `--steps` would be a switch, not a knob (docs/diffusion.md).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import torch
@@ -62,6 +67,9 @@ class SamplerSettings:
     # lattice_cells periods.
     lattice_period: int = 0
     lattice_cells: float = 2.0
+    # The step count from which the finishing applies in full; below it, the share
+    # steps / full_steps of it (0: in full at any count, as files before session 15 expect).
+    full_steps: int = 0
     tile: int = 768  # Kodak-sized images (768x512) in one pass; larger ones in tiles
     margin: int = 96  # at least; more where the U-Net's receptive field is wider, so tiles leave no seam
 
@@ -75,13 +83,20 @@ class SamplerSettings:
         if not (isinstance(self.lattice_period, int) and self.lattice_period >= 0 and self.lattice_cells > 0):
             raise ValueError(f"lattice_period must be a whole number >= 0 and lattice_cells positive, not "
                              f"{self.lattice_period} and {self.lattice_cells}")
+        if not (isinstance(self.full_steps, int) and self.full_steps >= 0):
+            raise ValueError(f"full_steps must be a whole number >= 0, not {self.full_steps}")
 
-    def finishing(self, level: float) -> Finishing:
-        """The finishing touches at this level."""
+    def finishing(self, level: float, steps: int | None = None) -> Finishing:
+        """The finishing touches at this level after `steps` steps (None: in full)."""
         gain = per_level(self.residual_gain, level)
         detail = gain if self.detail_gain is None else per_level(self.detail_gain, level)
-        return Finishing(gain, detail, per_level(self.kept_noise, level), self.detail_sigma, self.lattice_period,
+        full = Finishing(gain, detail, per_level(self.kept_noise, level), self.detail_sigma, self.lattice_period,
                          self.lattice_cells)
+        return full if steps is None else full.share(self.finishing_share(steps))
+
+    def finishing_share(self, steps: int) -> float:
+        """How much of the finishing `steps` steps apply."""
+        return 1.0 if self.full_steps <= 0 else min(max(steps, 0) / self.full_steps, 1.0)
 
 
 def per_level(values: tuple[float, ...], level: float) -> float:
@@ -102,6 +117,14 @@ class Finishing:
     detail_sigma: float = 1.0  # of the Gaussian blur that splits smooth part from detail
     lattice_period: int = 0  # of the grid-locked lattice taken out first (0: none)
     lattice_cells: float = 2.0  # periods over which the lattice is measured
+
+    def share(self, share: float) -> Finishing:
+        """This share of the finishing: its output mixes the plain prediction (share 0) and this
+        finishing's (share 1). The lattice, an artefact, comes out whatever the share."""
+        if share >= 1.0:
+            return self
+        return replace(self, gain=1 + share * (self.gain - 1), detail_gain=1 + share * (self.detail_gain - 1),
+                       kept_noise=share * self.kept_noise)
 
 
 @dataclass(frozen=True)
@@ -142,7 +165,7 @@ def sample_residual(
     if steps <= 0:
         return torch.zeros_like(base)
     sampled = sample_residual_parts(model, base, level, steps, seed, settings)
-    return sampled.finished(settings.finishing(level))
+    return sampled.finished(settings.finishing(level, steps))
 
 
 @torch.no_grad()
