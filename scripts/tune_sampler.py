@@ -12,7 +12,8 @@ diffusion weights at export, so this needs no retraining.
 on the last prediction's smooth part, the gain on its detail finer than the blur's sigma, and
 the share of the noise left at the grid's end; the same at every level here, where the weights
 file holds one value per level, used when they are not given): each sampling is done once and
-finished every way.
+finished every way. Below the weights' `full_steps`, each candidate applies the share of itself
+that the steps earn, as decoding does.
 
 --lattice-periods and --lattice-cells try taking the U-Net's grid-locked lattice out of the
 last prediction first (period 0: not at all). --vgg also prints LPIPS on VGG16 features, a
