@@ -5,6 +5,9 @@ time; the rate-distortion run has JPEG and WebP as well. Both decode the same im
 the same base weights, so their points can be pooled:
 
     python scripts/bd_rates_across.py docs/perception-kodak.json docs/rd-kodak.json
+
+--updated-by takes a later run of some of our settings (one level measured again after a
+change that touched only it): its points replace those of the same curve and setting.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from diraccodec.evaluation.run import bd_rates, is_ours, points_of
 @click.command()
 @click.argument("ours_json", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("references_json", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def main(ours_json: Path, references_json: Path) -> None:
-    ours = [p for p in points_of(json.loads(ours_json.read_text())) if is_ours(p.codec)]
+@click.option("--updated-by", "updates", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True)
+def main(ours_json: Path, references_json: Path, updates: tuple[Path, ...]) -> None:
+    ours = {(p.codec, p.setting): p for p in points_of(json.loads(ours_json.read_text())) if is_ours(p.codec)}
+    for update in updates:
+        ours.update({(p.codec, p.setting): p for p in points_of(json.loads(update.read_text())) if is_ours(p.codec)})
     references = [p for p in points_of(json.loads(references_json.read_text())) if not is_ours(p.codec)]
     for metric in ("psnr", "lpips"):
         click.echo(f"BD-rate ({metric}), %:")
-        for curve, against in bd_rates(ours + references, metric).items():
+        for curve, against in bd_rates(list(ours.values()) + references, metric).items():
             click.echo(f"  {curve:24} " + "  ".join(f"{name} {value:+.1f}" for name, value in against.items()))
 
 

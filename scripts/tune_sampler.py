@@ -1,6 +1,6 @@
 """Choose the diffusion sampler's settings on training photos, never on Kodak.
 
-For each candidate (start time, update) it decodes 256x256 crops of a few photos at three
+For each candidate (start time, end time, grid spacing, update) it decodes 256x256 crops of a few photos at three
 rate levels with 1, 2, 5 and 20 steps, and prints mean PSNR and LPIPS (AlexNet) against the
 crops themselves, beside the 0-step figures. The update is DDIM with eta 0 or 1, or
 'renoise' (fresh noise at every step). The settings are the sampler's, stored in the
@@ -38,7 +38,7 @@ from PIL import Image
 from diraccodec import api
 from diraccodec.cli import parse_list
 from diraccodec.diffusion.decoder import DiffusionDecoder
-from diraccodec.diffusion.sampler import Finishing
+from diraccodec.diffusion.sampler import Finishing, per_level
 from diraccodec.evaluation.metrics import lpips, psnr
 from diraccodec.training.data import list_images
 
@@ -66,6 +66,8 @@ def crops(folder: Path, count: int, size: int = 256, downscale: float = 2.0) -> 
 @click.option("--levels", default="1,4,7", show_default=True)
 @click.option("--starts", default="0.3,0.4,0.5,0.6", show_default=True)
 @click.option("--ends", default="0", show_default=True, help="End times of the sampler's grid.")
+@click.option("--grid-powers", default=None,
+              help="Spacings of the grid (1: even; below 1, short steps first) [default: the weights' own per level].")
 @click.option("--updates", default="ddim,renoise", show_default=True, help="ddim (eta 0), ddim1 (eta 1), renoise.")
 @click.option("--steps", "step_counts", default="1,2,5,20", show_default=True)
 @click.option("--size", default=256, show_default=True, help="Side of the square crops.")
@@ -83,7 +85,8 @@ def crops(folder: Path, count: int, size: int = 256, downscale: float = 2.0) -> 
 @click.option("--vgg", is_flag=True, help="Also print LPIPS on VGG16 features (slower).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--search", "search_passes", default=0, show_default=True, help="Encoder search passes.")
-def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates: str, step_counts: str,
+def main(folder: Path, images: int, levels: str, starts: str, ends: str, grid_powers: str | None, updates: str,
+         step_counts: str,
          size: int, downscale: float, gains: str | None, detail_gains: str | None, detail_sigmas: str | None,
          kept_noises: str | None, lattice_periods: str | None, lattice_cells: str | None, vgg: bool,
          weights: Path | None, search_passes: int) -> None:
@@ -106,7 +109,8 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
     for level in level_list:
         print(f"level {level:g}  0 steps: {score(bases[level])}; restored: {score(restored[level])}")
     variants = {"ddim": {"eta": 0.0}, "ddim1": {"eta": 1.0}, "renoise": {"renoise": True}}
-    grid = itertools.product(parse_list(starts, float, "--starts"), parse_list(ends, float, "--ends"),
+    powers = [(power,) for power in parse_list(grid_powers, float, "--grid-powers")] if grid_powers else [None]
+    grid = itertools.product(parse_list(starts, float, "--starts"), parse_list(ends, float, "--ends"), powers,
                              updates.split(","))
     # finishing candidates (None: the weights' own at each level)
     gain_grid, detail_grid, sigma_grid, kept_grid, cells_grid = (
@@ -115,8 +119,9 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
                              (detail_sigmas, "--detail-sigmas"), (kept_noises, "--kept-noise"),
                              (lattice_cells, "--lattice-cells")])
     period_grid = parse_list(lattice_periods, int, "--lattice-periods") if lattice_periods else None
-    for start, end, update in grid:
-        fields = {"start_time": start, "end_time": end, "eta": 0.0, "renoise": False, **variants[update]}
+    for start, end, power, update in grid:
+        fields = {"start_time": start, "end_time": end, "eta": 0.0, "renoise": False, **variants[update],
+                  "grid_power": power or shipped.settings.grid_power}
         decoder = DiffusionDecoder(shipped.model, dataclasses.replace(shipped.settings, **fields),
                                    restorer=shipped.restorer)
         for level in level_list:
@@ -135,7 +140,8 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, updates
                                for base, parts in sampled]
                     rows.setdefault(finishing, []).append(f"{steps:2d}: {score(decoded)}")
             for f, row in rows.items():
-                print(f"start {start:.2f} end {end:.2f} {update:7s} gain {f.gain:.2f} detail {f.detail_gain:.2f} "
+                print(f"start {start:.2f} end {end:.2f} power {per_level(decoder.settings.grid_power, level):.2f} "
+                      f"{update:7s} gain {f.gain:.2f} detail {f.detail_gain:.2f} "
                       f"sigma {f.detail_sigma:.1f} kept noise {f.kept_noise:.2f} "
                       f"lattice {f.lattice_period}/{f.lattice_cells:g} level {level:g} | " + " | ".join(row),
                       flush=True)

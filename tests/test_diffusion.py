@@ -478,3 +478,24 @@ def test_training_with_more_blocks_deepens_the_checkpoint_and_resumes_it(sample_
     seen, _ = train_recording_batches(sample_image, tmp_path, monkeypatch, steps=3, batch_size=2)
     assert len(seen) == 1  # resumed at step 2, at the checkpoint's depth
     assert load_checkpoint_metadata(checkpoint).metadata["config"]["blocks"] == 2
+
+
+
+def test_a_grid_power_below_one_takes_short_steps_first_and_applies_at_its_level():
+    from diraccodec.diffusion.schedule import respaced_times
+
+    torch.testing.assert_close(respaced_times(4, 0.4, 0.1, 1.0), torch.linspace(0.4, 0.1, 5, dtype=torch.float64))
+    grid = respaced_times(20, 0.4, 0.1, 0.4)
+    assert grid[0] == pytest.approx(0.4) and grid[-1] == pytest.approx(0.1)
+    sizes = (grid[:-1] - grid[1:]).tolist()
+    assert all(size > 0 for size in sizes) and sizes == sorted(sizes)  # the steps grow
+    assert grid[-2] == pytest.approx(0.1 + 0.3 / 20**0.4)  # the last prediction comes at a noisier time
+    model = random_unet()
+    base = torch.rand(1, 3, 40, 56)
+    even, short_first = SamplerSettings(), SamplerSettings(grid_power=(0.4, 1.0))
+    assert not torch.equal(sample_residual(model, base, 1.0, 3, 0, even),
+                           sample_residual(model, base, 1.0, 3, 0, short_first))
+    assert torch.equal(sample_residual(model, base, 3.0, 3, 0, even),
+                       sample_residual(model, base, 3.0, 3, 0, short_first))
+    with pytest.raises(ValueError, match="grid_power"):
+        SamplerSettings(grid_power=(0.0,))

@@ -44,6 +44,11 @@ class SamplerSettings:
     # at near-clean times: on training photos 20 steps then beat 5 at levels 1, 4 and 7, and
     # beat 20 steps ending at 0 (docs/diffusion.md).
     end_time: float = 0.1
+    # The grid's spacing at levels 1, 2, 3, ... (linear in between, the last one beyond): 1 is
+    # even steps; below 1, short steps at the noisy start that grow towards the end
+    # (respaced_times). Chosen on training photos: at level 1, 0.4 beat the even grid at 20
+    # steps, with the same finishing (docs/diffusion.md).
+    grid_power: tuple[float, ...] = (1.0,)
     eta: float = 0.0
     # Bound on the predicted residual (pixel units) at level 1 and at the top level; levels
     # in between interpolate linearly. Coarse levels need room for more detail.
@@ -76,6 +81,9 @@ class SamplerSettings:
     def __post_init__(self) -> None:  # JSON gives lists; keep the settings hashable
         object.__setattr__(self, "residual_gain", tuple(float(v) for v in self.residual_gain))
         object.__setattr__(self, "kept_noise", tuple(float(v) for v in self.kept_noise))
+        object.__setattr__(self, "grid_power", tuple(float(v) for v in self.grid_power))
+        if not all(power > 0 for power in self.grid_power):
+            raise ValueError(f"grid_power values must be positive, not {self.grid_power}")
         if self.detail_gain is not None:
             object.__setattr__(self, "detail_gain", tuple(float(v) for v in self.detail_gain))
         if not self.detail_sigma > 0:  # a weights file read as settings: the loader names the file
@@ -178,7 +186,7 @@ def sample_residual_parts(
     pad = (0, -width % multiple, 0, -height % multiple)
     base_padded = F.pad(base, pad, mode="replicate")
     generator = torch.Generator().manual_seed(seed)
-    times = respaced_times(steps, settings.start_time, settings.end_time)
+    times = respaced_times(steps, settings.start_time, settings.end_time, per_level(settings.grid_power, level))
 
     def noise() -> torch.Tensor:
         return torch.randn(base_padded.shape, generator=generator, dtype=torch.float32).to(base.device)

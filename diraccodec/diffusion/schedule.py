@@ -23,10 +23,16 @@ def signal_level(time: torch.Tensor) -> torch.Tensor:
     return (torch.cos(angle) ** 2 / start).clamp(1e-5, 1.0)
 
 
-def respaced_times(steps: int, start_time: float, end_time: float = 0.0) -> torch.Tensor:
-    """steps + 1 times from start_time down to end_time, evenly spaced: the sampler's grid.
+def respaced_times(steps: int, start_time: float, end_time: float = 0.0, power: float = 1.0) -> torch.Tensor:
+    """steps + 1 times from start_time down to end_time: the sampler's grid.
 
     The model predicts at the first `steps` of them; an end above 0 keeps the last
-    predictions away from the near-clean times where repeated corrections pile up.
+    predictions away from the near-clean times where repeated corrections pile up. Power 1
+    spaces them evenly; below 1 the steps are short at the noisy start and grow towards the
+    end, so the last prediction comes at a noisier time (end + (start - end) / steps**power)
+    after many small steps where the model settles the image's structure.
     """
-    return torch.linspace(start_time, end_time, steps + 1, dtype=torch.float64)
+    if power == 1.0:  # exactly the even grid of the files from before the power existed
+        return torch.linspace(start_time, end_time, steps + 1, dtype=torch.float64)
+    progress = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    return end_time + (start_time - end_time) * (1 - progress) ** power
