@@ -1,8 +1,8 @@
 """Choose the diffusion sampler's settings on training photos, never on Kodak.
 
-For each candidate (start time, end time, grid spacing, update) it decodes 256x256 crops of a few photos at three
-rate levels with 1, 2, 5 and 20 steps, and prints mean PSNR and LPIPS (AlexNet) against the
-crops themselves, beside the 0-step figures. The update is DDIM with eta 0 or 1, or
+For each candidate (start time, end time, grid spacing, update) it decodes 256x256 crops of a
+few photos at three rate levels with 1, 2, 5 and 20 steps, and prints mean PSNR and LPIPS
+(AlexNet) against the crops themselves, beside the 0-step figures. The update is DDIM with eta 0 or 1, or
 'renoise' (fresh noise at every step). The settings are the sampler's, stored in the
 diffusion weights at export, so this needs no retraining.
 
@@ -86,10 +86,9 @@ def crops(folder: Path, count: int, size: int = 256, downscale: float = 2.0) -> 
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--search", "search_passes", default=0, show_default=True, help="Encoder search passes.")
 def main(folder: Path, images: int, levels: str, starts: str, ends: str, grid_powers: str | None, updates: str,
-         step_counts: str,
-         size: int, downscale: float, gains: str | None, detail_gains: str | None, detail_sigmas: str | None,
-         kept_noises: str | None, lattice_periods: str | None, lattice_cells: str | None, vgg: bool,
-         weights: Path | None, search_passes: int) -> None:
+         step_counts: str, size: int, downscale: float, gains: str | None, detail_gains: str | None,
+         detail_sigmas: str | None, kept_noises: str | None, lattice_periods: str | None, lattice_cells: str | None,
+         vgg: bool, weights: Path | None, search_passes: int) -> None:
     # the shipped decoder unless --weights; with the filter it was trained on, where it was
     shipped = api.get_diffusion(api.get_codec(), weights)
     originals = crops(folder, images, size, downscale)
