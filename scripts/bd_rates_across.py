@@ -25,9 +25,9 @@ from diraccodec.evaluation.run import bd_rates, is_ours, points_of
 @click.argument("references_json", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--updated-by", "updates", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True)
 def main(ours_json: Path, references_json: Path, updates: tuple[Path, ...]) -> None:
-    ours = {(p.codec, p.setting): p for p in points_of(json.loads(ours_json.read_text())) if is_ours(p.codec)}
-    for update in updates:
-        ours.update({(p.codec, p.setting): p for p in points_of(json.loads(update.read_text())) if is_ours(p.codec)})
+    ours = {}  # by curve and setting, so a later run's points replace an earlier one's
+    for source in (ours_json, *updates):
+        ours.update({(p.codec, p.setting): p for p in points_of(json.loads(source.read_text())) if is_ours(p.codec)})
     references = [p for p in points_of(json.loads(references_json.read_text())) if not is_ours(p.codec)]
     for metric in ("psnr", "lpips"):
         click.echo(f"BD-rate ({metric}), %:")

@@ -2,8 +2,8 @@
 
 For each candidate (start time, end time, grid spacing, update) it decodes 256x256 crops of a
 few photos at three rate levels with 1, 2, 5 and 20 steps, and prints mean PSNR and LPIPS
-(AlexNet) against the crops themselves, beside the 0-step figures. The update is DDIM with eta 0 or 1, or
-'renoise' (fresh noise at every step). The settings are the sampler's, stored in the
+(AlexNet) against the crops themselves, beside the 0-step figures. The update is DDIM with eta
+0 or 1, or 'renoise' (fresh noise at every step). The settings are the sampler's, stored in the
 diffusion weights at export, so this needs no retraining.
 
     python scripts/tune_sampler.py ../shared/data/train/sun-hays80 --images 6 --starts 0.2,0.4,0.55
@@ -108,7 +108,8 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, grid_po
     for level in level_list:
         print(f"level {level:g}  0 steps: {score(bases[level])}; restored: {score(restored[level])}")
     variants = {"ddim": {"eta": 0.0}, "ddim1": {"eta": 1.0}, "renoise": {"renoise": True}}
-    powers = [(power,) for power in parse_list(grid_powers, float, "--grid-powers")] if grid_powers else [None]
+    powers = ([(power,) for power in parse_list(grid_powers, float, "--grid-powers")] if grid_powers
+              else [shipped.settings.grid_power])
     grid = itertools.product(parse_list(starts, float, "--starts"), parse_list(ends, float, "--ends"), powers,
                              updates.split(","))
     # finishing candidates (None: the weights' own at each level)
@@ -120,7 +121,7 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, grid_po
     period_grid = parse_list(lattice_periods, int, "--lattice-periods") if lattice_periods else None
     for start, end, power, update in grid:
         fields = {"start_time": start, "end_time": end, "eta": 0.0, "renoise": False, **variants[update],
-                  "grid_power": power or shipped.settings.grid_power}
+                  "grid_power": power}
         decoder = DiffusionDecoder(shipped.model, dataclasses.replace(shipped.settings, **fields),
                                    restorer=shipped.restorer)
         for level in level_list:
