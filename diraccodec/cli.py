@@ -84,10 +84,13 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .drc file.")
 @click.option("--steps", type=int, default=None, help="Recommended diffusion steps stored in the file.")
 @search_option
+@click.option("--no-detail-map", is_flag=True,
+              help="Leave out the map of where the image has fine detail, which steers the diffusion decoder "
+                   "at the levels that use one (1 and 2; about 0.0025 bpp).")
 @weights_option
 @max_pixels_option
 @reports_errors
-def encode(source: Path, quality: float, output: Path, steps: int | None, search_passes: int,
+def encode(source: Path, quality: float, output: Path, steps: int | None, search_passes: int, no_detail_map: bool,
            weights: Path | None, max_pixels: int) -> None:
     """Compress an image into a .drc file."""
     from diraccodec import api
@@ -104,7 +107,7 @@ def encode(source: Path, quality: float, output: Path, steps: int | None, search
             progress.update(task, completed=done)
 
         data = api.encode(source, quality, steps=steps, weights=weights, max_pixels=max_pixels,
-                          search_passes=search_passes, progress=searched)
+                          search_passes=search_passes, progress=searched, detail_map=False if no_detail_map else None)
     write_atomic(output, data)
     info = api.inspect(data)
     console.print(f"{output}: {len(data)} bytes, {info.bits_per_pixel:.4f} bpp")

@@ -36,19 +36,23 @@ def per_level(text: str | None, option: str) -> tuple[float, ...] | None:
 @click.option("--full-steps", type=click.IntRange(0), default=None,
               help="Steps from which the finishing applies in full; fewer apply steps/full-steps of it (0: always).")
 @click.option("--grid-powers", default=None, help="Spacing of the grid at levels 1, 2, ... (1: even).")
+@click.option("--detail-match", default=None,
+              help="Share of the encoder's detail map the fine detail is scaled to, at levels 1, 2, ... (0: none).")
 @click.option("--start", "start_time", type=float, default=None)
 @click.option("--end", "end_time", type=float, default=None)
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write (default: over WEIGHTS, atomically, updating the manifest).")
 def main(weights: Path, gains: str | None, detail_gains: str | None, detail_sigma: float | None,
          kept_noise: str | None, lattice_period: int | None, lattice_cells: float | None, full_steps: int | None,
-         grid_powers: str | None, start_time: float | None, end_time: float | None, output: Path | None) -> None:
+         grid_powers: str | None, detail_match: str | None, start_time: float | None, end_time: float | None,
+         output: Path | None) -> None:
     loaded = load_diffusion_weights(weights)
     assert loaded is not None
     changes = {"residual_gain": per_level(gains, "--gains"), "kept_noise": per_level(kept_noise, "--kept-noise"),
                "start_time": start_time, "end_time": end_time, "detail_sigma": detail_sigma,
                "lattice_period": lattice_period, "lattice_cells": lattice_cells, "full_steps": full_steps,
-               "grid_power": per_level(grid_powers, "--grid-powers")}
+               "grid_power": per_level(grid_powers, "--grid-powers"),
+               "detail_match": per_level(detail_match, "--detail-match")}
     settings = dataclasses.replace(loaded.settings, **{k: v for k, v in changes.items() if v is not None})
     if detail_gains is not None:  # 'none': one gain on all of the prediction again
         detail = None if detail_gains == "none" else per_level(detail_gains, "--detail-gains")

@@ -37,6 +37,7 @@ from PIL import Image
 
 from diraccodec import api
 from diraccodec.cli import parse_list
+from diraccodec.diffusion import detail_map
 from diraccodec.diffusion.decoder import DiffusionDecoder
 from diraccodec.diffusion.sampler import Finishing, per_level
 from diraccodec.evaluation.metrics import lpips, psnr
@@ -82,13 +83,15 @@ def crops(folder: Path, count: int, size: int = 256, downscale: float = 2.0) -> 
               help="Periods (pixels) of the lattice taken out of the prediction, 0: none [default: the weights' own].")
 @click.option("--lattice-cells", default=None,
               help="Periods over which the lattice is measured [default: the weights' own].")
+@click.option("--detail-match", "detail_matches", default=None,
+              help="Shares of the detail map's RMS the fine detail is scaled to (0: none) [default: the weights' own].")
 @click.option("--vgg", is_flag=True, help="Also print LPIPS on VGG16 features (slower).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--search", "search_passes", default=0, show_default=True, help="Encoder search passes.")
 def main(folder: Path, images: int, levels: str, starts: str, ends: str, grid_powers: str | None, updates: str,
          step_counts: str, size: int, downscale: float, gains: str | None, detail_gains: str | None,
          detail_sigmas: str | None, kept_noises: str | None, lattice_periods: str | None, lattice_cells: str | None,
-         vgg: bool, weights: Path | None, search_passes: int) -> None:
+         detail_matches: str | None, vgg: bool, weights: Path | None, search_passes: int) -> None:
     # the shipped decoder unless --weights; with the filter it was trained on, where it was
     shipped = api.get_diffusion(api.get_codec(), weights)
     originals = crops(folder, images, size, downscale)
@@ -113,11 +116,11 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, grid_po
     grid = itertools.product(parse_list(starts, float, "--starts"), parse_list(ends, float, "--ends"), powers,
                              updates.split(","))
     # finishing candidates (None: the weights' own at each level)
-    gain_grid, detail_grid, sigma_grid, kept_grid, cells_grid = (
+    gain_grid, detail_grid, sigma_grid, kept_grid, cells_grid, match_grid = (
         parse_list(text, float, option) if text else None
         for text, option in [(gains, "--gains"), (detail_gains, "--detail-gains"),
                              (detail_sigmas, "--detail-sigmas"), (kept_noises, "--kept-noise"),
-                             (lattice_cells, "--lattice-cells")])
+                             (lattice_cells, "--lattice-cells"), (detail_matches, "--detail-match")])
     period_grid = parse_list(lattice_periods, int, "--lattice-periods") if lattice_periods else None
     for start, end, power, update in grid:
         fields = {"start_time": start, "end_time": end, "eta": 0.0, "renoise": False, **variants[update],
@@ -126,24 +129,30 @@ def main(folder: Path, images: int, levels: str, starts: str, ends: str, grid_po
                                    restorer=shipped.restorer)
         for level in level_list:
             own = decoder.settings.finishing(level)
-            candidates = [Finishing(gain, gain if detail is None else detail, kept, sigma, period, cells)
-                          for gain, detail, sigma, kept, period, cells in itertools.product(
+            candidates = [Finishing(gain, gain if detail is None else detail, kept, sigma, period, cells, match,
+                                    own.detail_match_bounds)
+                          for gain, detail, sigma, kept, period, cells, match in itertools.product(
                               gain_grid or [own.gain], detail_grid or [None if gain_grid else own.detail_gain],
                               sigma_grid or [own.detail_sigma], kept_grid or [own.kept_noise],
-                              period_grid or [own.lattice_period], cells_grid or [own.lattice_cells])]
+                              period_grid or [own.lattice_period], cells_grid or [own.lattice_cells],
+                              match_grid or [own.detail_match])]
+            # the encoder's detail maps, measured against what the model enhances
+            maps = [detail_map.measure(np.asarray(original), decoder.conditioning(base, level))
+                    for original, base in zip(originals, bases[level], strict=True)]
             rows: dict[Finishing, list[str]] = {}
             for steps in parse_list(step_counts, int, "--steps"):
                 sampled = [decoder.sample(base, level, steps, fast=True) for base in bases[level]]
                 share = decoder.settings.finishing_share(steps)
                 for finishing in candidates:
-                    decoded = [decoder.to_image(base, parts.finished(finishing.share(share)))
-                               for base, parts in sampled]
+                    decoded = [decoder.to_image(base, parts.finished(finishing.share(share), measured))
+                               for (base, parts), measured in zip(sampled, maps, strict=True)]
                     rows.setdefault(finishing, []).append(f"{steps:2d}: {score(decoded)}")
             for f, row in rows.items():
                 print(f"start {start:.2f} end {end:.2f} power {per_level(decoder.settings.grid_power, level):.2f} "
                       f"{update:7s} gain {f.gain:.2f} detail {f.detail_gain:.2f} "
                       f"sigma {f.detail_sigma:.1f} kept noise {f.kept_noise:.2f} "
-                      f"lattice {f.lattice_period}/{f.lattice_cells:g} level {level:g} | " + " | ".join(row),
+                      f"lattice {f.lattice_period}/{f.lattice_cells:g} match {f.detail_match:.2f} level {level:g} | "
+                      + " | ".join(row),
                       flush=True)
 
 

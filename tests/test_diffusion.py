@@ -108,7 +108,7 @@ def test_fewer_steps_than_full_steps_mix_the_plain_prediction_and_the_finished_o
     settings = SamplerSettings(residual_gain=(1.2,), detail_gain=(2.6,), kept_noise=(0.4,), full_steps=20)
     full = settings.finishing(1.0)
     assert settings.finishing(1.0, 20) == settings.finishing(1.0, 50) == full
-    assert settings.finishing(1.0, 5) == Finishing(1.05, 1.4, 0.1, 1.0)
+    assert settings.finishing(1.0, 5) == Finishing(1.05, 1.4, 0.1, 1.0, match_share=0.25)
     for steps in (1, 5, 13):
         share = steps / 20
         torch.testing.assert_close(parts.finished(settings.finishing(1.0, steps)),
@@ -419,10 +419,11 @@ def test_shipped_decoder_trades_a_little_psnr_for_much_lower_lpips(level):
         photo = image.convert("RGB").crop((64, 64, 320, 320))
     data = diraccodec.encode(photo, level, search_passes=0)
     restored, partway, enhanced = (diraccodec.decode(data, steps=steps) for steps in (0, 5, 20))
-    # measured: -25.3% (level 1), -38.5% (level 4) at 20 steps, for 0.64 and 0.61 dB
-    assert lpips(photo, enhanced) < 0.85 * lpips(photo, restored)
+    # measured: -31.5% (level 1, steered by the file's detail map), -38.5% (level 4) at 20
+    # steps, for 0.62 and 0.61 dB
+    assert lpips(photo, enhanced) < 0.8 * lpips(photo, restored)
     assert psnr(photo, enhanced) > psnr(photo, restored) - 1.5
-    # the knob: 5 steps lie between (measured 0.1553 of 0.1882-0.1405; 0.0364 of 0.0551-0.0339)
+    # the knob: 5 steps lie between (measured 0.1482 of 0.1882-0.1289; 0.0364 of 0.0551-0.0339)
     assert lpips(photo, enhanced) < lpips(photo, partway) < lpips(photo, restored)
     assert psnr(photo, enhanced) < psnr(photo, partway) < psnr(photo, restored)
 

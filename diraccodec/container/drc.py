@@ -35,7 +35,8 @@ TAG_LATENTS = b"LATS"  # range-coded hyper-latents then latents (critical)
 TAG_ALPHA = b"ALPH"  # zlib-compressed 8-bit alpha plane (critical: the image has it)
 TAG_ICC = b"iccp"  # ICC profile bytes (optional)
 TAG_STEPS = b"stps"  # recommended diffusion steps, one byte (optional)
-KNOWN_TAGS = {TAG_LATENTS, TAG_ALPHA, TAG_ICC, TAG_STEPS}
+TAG_DETAIL = b"detl"  # the detail map for the diffusion decoder's finishing (optional)
+KNOWN_TAGS = {TAG_LATENTS, TAG_ALPHA, TAG_ICC, TAG_STEPS, TAG_DETAIL}
 
 
 class ColourMode(IntEnum):

@@ -29,6 +29,7 @@ from fractions import Fraction
 import torch
 from torch.nn import functional as F
 
+from diraccodec.diffusion.detail_map import DetailMap, match_detail
 from diraccodec.diffusion.schedule import RESIDUAL_SCALE, respaced_times, signal_level
 from diraccodec.models.layers import gaussian_window, periodic_component, separable_blur
 from diraccodec.models.residual_unet import ResidualUNet
@@ -75,6 +76,13 @@ class SamplerSettings:
     # The step count from which the finishing applies in full; below it, the share
     # steps / full_steps of it (0: in full at any count, as files before session 15 expect).
     full_steps: int = 0
+    # At levels 1, 2, 3, ...: the share of the encoder's detail map (the RMS of the original's
+    # fine detail, block by block) that the finished residual's fine detail is scaled to, the
+    # scale kept within detail_match_bounds (0: the map is not used, nor written by the encoder,
+    # as files before session 17 expect). Each value holds from its level up to the next, not
+    # interpolated: a small share takes detail away rather than steering it. See detail_map.py.
+    detail_match: tuple[float, ...] = (0.0,)
+    detail_match_bounds: tuple[float, float] = (0.4, 2.5)
     tile: int = 768  # Kodak-sized images (768x512) in one pass; larger ones in tiles
     margin: int = 96  # at least; more where the U-Net's receptive field is wider, so tiles leave no seam
 
@@ -82,6 +90,12 @@ class SamplerSettings:
         object.__setattr__(self, "residual_gain", tuple(float(v) for v in self.residual_gain))
         object.__setattr__(self, "kept_noise", tuple(float(v) for v in self.kept_noise))
         object.__setattr__(self, "grid_power", tuple(float(v) for v in self.grid_power))
+        object.__setattr__(self, "detail_match", tuple(float(v) for v in self.detail_match))
+        object.__setattr__(self, "detail_match_bounds", tuple(float(v) for v in self.detail_match_bounds))
+        low, high = self.detail_match_bounds
+        if not (min(self.detail_match) >= 0 and 0 < low <= 1 <= high):
+            raise ValueError(f"detail_match values must be >= 0 and its bounds enclose 1, not "
+                             f"{self.detail_match} within {self.detail_match_bounds}")
         if not all(power > 0 for power in self.grid_power):
             raise ValueError(f"grid_power values must be positive, not {self.grid_power}")
         if self.detail_gain is not None:
@@ -99,7 +113,7 @@ class SamplerSettings:
         gain = per_level(self.residual_gain, level)
         detail = gain if self.detail_gain is None else per_level(self.detail_gain, level)
         full = Finishing(gain, detail, per_level(self.kept_noise, level), self.detail_sigma, self.lattice_period,
-                         self.lattice_cells)
+                         self.lattice_cells, held_level(self.detail_match, level), self.detail_match_bounds)
         return full if steps is None else full.share(self.finishing_share(steps))
 
     def finishing_share(self, steps: int) -> float:
@@ -115,6 +129,11 @@ def per_level(values: tuple[float, ...], level: float) -> float:
     return values[below] + (position - below) * (values[above] - values[below])
 
 
+def held_level(values: tuple[float, ...], level: float) -> float:
+    """The value of the whole level at or below `level`, from values at levels 1, 2, 3, ..."""
+    return values[min(max(math.floor(level) - 1, 0), len(values) - 1)]
+
+
 @dataclass(frozen=True)
 class Finishing:
     """What becomes of the last prediction and of the noise left, at one level."""
@@ -125,6 +144,9 @@ class Finishing:
     detail_sigma: float = 1.0  # of the Gaussian blur that splits smooth part from detail
     lattice_period: int = 0  # of the grid-locked lattice taken out first (0: none)
     lattice_cells: float = 2.0  # periods over which the lattice is measured
+    detail_match: float = 0.0  # share of the detail map's RMS the fine detail is scaled to (0: none)
+    detail_match_bounds: tuple[float, float] = (0.4, 2.5)  # on that scale
+    match_share: float = 1.0  # the power the scale is raised to: below 1, part of the matching
 
     def share(self, share: float) -> Finishing:
         """This share of the finishing: its output mixes the plain prediction (share 0) and this
@@ -132,7 +154,7 @@ class Finishing:
         if share >= 1.0:
             return self
         return replace(self, gain=1 + share * (self.gain - 1), detail_gain=1 + share * (self.detail_gain - 1),
-                       kept_noise=share * self.kept_noise)
+                       kept_noise=share * self.kept_noise, match_share=share * self.match_share)
 
 
 @dataclass(frozen=True)
@@ -143,7 +165,8 @@ class SampledResidual:
     prediction: torch.Tensor
     noise_left: torch.Tensor
 
-    def finished(self, finishing: Finishing) -> torch.Tensor:
+    def finished(self, finishing: Finishing, detail_map: DetailMap | None = None) -> torch.Tensor:
+        """The finishing applied; with the encoder's detail map where the level uses one."""
         # the whole image's prediction, after tiling, so neither filter shows seams
         prediction = self.prediction
         if finishing.lattice_period:
@@ -153,7 +176,11 @@ class SampledResidual:
             radius = math.ceil(3 * finishing.detail_sigma)
             smooth = separable_blur(prediction, gaussian_window(finishing.detail_sigma, radius), pad=True)
             residual += (finishing.detail_gain - finishing.gain) * (prediction - smooth)
-        return residual + finishing.kept_noise * self.noise_left
+        residual = residual + finishing.kept_noise * self.noise_left
+        if detail_map is None or finishing.detail_match <= 0:
+            return residual
+        return match_detail(residual, detail_map, finishing.detail_match, finishing.detail_match_bounds,
+                            finishing.match_share)
 
 
 def residual_bound(level: float, max_level: float, settings: SamplerSettings) -> float:
@@ -168,12 +195,13 @@ def sample_residual(
     steps: int,
     seed: int,
     settings: SamplerSettings = SamplerSettings(),
+    detail_map: DetailMap | None = None,
 ) -> torch.Tensor:
     """base: (1, 3, H, W) in [0, 1] -> the residual to add, same shape, in pixel units."""
     if steps <= 0:
         return torch.zeros_like(base)
     sampled = sample_residual_parts(model, base, level, steps, seed, settings)
-    return sampled.finished(settings.finishing(level, steps))
+    return sampled.finished(settings.finishing(level, steps), detail_map)
 
 
 @torch.no_grad()

@@ -52,7 +52,8 @@ def diraccodec_codec(
         synthesis = np.asarray(api.decode(data, steps=0, weights=weights, restore=False))
         base_seconds = time.perf_counter() - started
         codec = api.get_codec(weights)
-        quality = api.inspect(data).header.quality
+        info = api.inspect(data)
+        quality = info.header.quality
         diffusion = api.get_diffusion(codec) if any(count > 0 for count in steps) else None
         restorer = api.get_restorer(codec)
         decodings = []
@@ -60,7 +61,7 @@ def diraccodec_codec(
             started = time.perf_counter()
             if count > 0:
                 assert diffusion is not None
-                decoded = diffusion.enhance(synthesis, quality, count, seed, fast)
+                decoded = diffusion.enhance(synthesis, quality, count, seed, fast, info.detail_map)
             else:
                 decoded = synthesis if restorer is None else restorer.restore(synthesis, quality, fast)
             decodings.append(Decoding(Image.fromarray(decoded), base_seconds + time.perf_counter() - started, count,
