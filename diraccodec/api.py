@@ -149,7 +149,8 @@ def encode(
     skips the encoder's search for cheaper symbols: faster, a slightly larger file;
     `progress(done, total)` hears of each searched tile. detail_map: whether to send the
     map of where the original has fine detail (None: where the installed diffusion decoder
-    uses one at this level; about 0.0025 bpp, some 125 bytes per Kodak image).
+    uses one at this level; True: at any level, for decoders that may; about 0.0025 bpp, some
+    125 bytes per Kodak image).
     """
     codec = get_codec(weights, device)
     quality = check_quality(quality, codec.num_levels)
@@ -165,10 +166,10 @@ def encode(
     restorer = get_restorer(codec, device) if search_passes else None
     search = latent_search.SearchSettings(search_passes, restorer.model if restorer is not None else None, progress)
     sections = {drc.TAG_LATENTS: codec.compress(planes.rgb, quality, search)}
-    diffusion = _detail_map_decoder(codec, quality, device) if detail_map is not False else None
+    diffusion = _installed_diffusion(codec, device) if detail_map is not False else None
     if detail_map and diffusion is None:
         raise InvalidOptionError("a detail map needs the diffusion weights installed for these base weights")
-    if diffusion is not None:
+    if diffusion is not None and (detail_map or diffusion.uses_detail_map(quality)):
         base = codec.decompress(sections[drc.TAG_LATENTS], width, height, quality)
         measured = detail_maps.measure(planes.rgb, diffusion.conditioning(base, quality))
         sections[drc.TAG_DETAIL] = detail_maps.to_payload(measured)
@@ -190,13 +191,12 @@ def encode(
     )
 
 
-def _detail_map_decoder(codec: BaseCodec, quality: float, device: str) -> DiffusionDecoder | None:
-    """The installed diffusion decoder where it uses a detail map at this level, else None."""
+def _installed_diffusion(codec: BaseCodec, device: str) -> DiffusionDecoder | None:
+    """The installed diffusion decoder for `codec`, None where there is none that fits."""
     try:
-        diffusion = get_diffusion(codec, device=device)
+        return get_diffusion(codec, device=device)
     except (InvalidOptionError, WrongWeightsError):
         return None
-    return diffusion if diffusion.uses_detail_map(quality) else None
 
 
 @dataclass

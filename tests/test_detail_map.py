@@ -106,6 +106,8 @@ def test_the_encoder_sends_a_map_where_the_decoder_uses_one_and_decoding_follows
         assert drc.TAG_DETAIL not in drc.unpack(without).sections
         assert drc.TAG_DETAIL not in drc.unpack(forced_off).sections
         assert 0 < len(with_map) - len(forced_off) < 40  # 3x3 blocks: a few bytes
+        asked = diraccodec.encode(small_image, 3, search_passes=0, detail_map=True)
+        assert drc.TAG_DETAIL in drc.unpack(asked).sections
         # the map changes the steered image only, not the base at 0 steps
         decoded = [np.asarray(diraccodec.decode(data, steps=steps), dtype=np.int16)
                    for data in (with_map, forced_off) for steps in (0, 3)]
@@ -129,5 +131,19 @@ def test_the_encoder_sends_a_map_where_the_decoder_uses_one_and_decoding_follows
         assert np.array_equal(np.asarray(plain),
                               np.asarray(diraccodec.decode(forced_off, steps=3,
                                                            diffusion_weights=random_diffusion_weights)))
+    finally:
+        api._diffusion.cache_clear()
+
+
+def test_asking_for_a_map_without_diffusion_weights_says_so(small_image, monkeypatch, tmp_path):
+    from diraccodec import api
+    from diraccodec.errors import InvalidOptionError
+
+    monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(tmp_path / "absent.safetensors"))
+    api._diffusion.cache_clear()
+    try:
+        with pytest.raises(InvalidOptionError, match="needs the diffusion weights"):
+            diraccodec.encode(small_image, 1, search_passes=0, detail_map=True)
+        assert drc.TAG_DETAIL not in drc.unpack(diraccodec.encode(small_image, 1, search_passes=0)).sections
     finally:
         api._diffusion.cache_clear()

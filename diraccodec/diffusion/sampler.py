@@ -14,6 +14,10 @@ little fine texture on its own, and LPIPS prefers a little grain to a smooth ima
 them the finishing can take out the lattice that the U-Net's sub-pixel upsampling leaves,
 locked to its 8-pixel grid, which the detail gain would otherwise amplify (lattice_period).
 
+Where the file carries the encoder's detail map and the level uses one (detail_match), the
+finished residual's fine detail is then scaled, block by block, towards the original's
+(detail_map.py): the model cannot see in a blurry base where the texture was.
+
 With full_steps set, fewer steps apply only a share of the finishing, steps / full_steps: the
 output mixes the plain last prediction and its finished form. The shipped model reaches its
 best prediction in one or two steps, so without this the first step would take all of the
