@@ -358,31 +358,48 @@ def evaluate_command(data: Path, levels: str, steps_text: str, seed: int, fast: 
 
 @main.command("report")
 @click.argument("json_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--updated-by", "updates", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="A later run of some of the same settings: its points replace those of the same curve and "
+                   "level, the others are added (repeatable, applied in order).")
+@click.option("--json", "pooled_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the report here (needed with --updated-by, which leaves every input as it is; "
+                   "default: rewrite JSON_PATH).")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--perception-plot", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @reports_errors
-def report_command(json_path: Path, markdown: Path | None, plot_path: Path | None,
-                   perception_plot: Path | None) -> None:
-    """Tables, BD-rates and plots from an evaluation's JSON, also of a run stopped part-way."""
+def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path | None, markdown: Path | None,
+                   plot_path: Path | None, perception_plot: Path | None) -> None:
+    """Tables, BD-rates and plots from an evaluation's JSON, also of a run stopped part-way, or of several pooled."""
     import json
+    import shlex
 
-    from diraccodec.evaluation.run import points_of, write_report
+    from diraccodec.evaluation.run import points_of, pooled_points, write_report
 
-    try:
-        saved = json.loads(json_path.read_text())
-        points = points_of(saved)
-    except (ValueError, KeyError, TypeError) as error:
-        raise DiracError(f"{json_path} is not an evaluation report ({error})") from None
+    if updates and pooled_path is None:
+        raise DiracError("--updated-by needs --json for the pooled report (the inputs are left as they are)")
+    saved: list[dict] = []
+    for source in (json_path, *updates):
+        try:
+            saved.append(json.loads(source.read_text()))
+            points_of(saved[-1])
+        except (ValueError, KeyError, TypeError) as error:
+            raise DiracError(f"{source} is not an evaluation report ({error})") from None
+    points = pooled_points(saved)
     if not points:
         raise DiracError(f"{json_path} holds no measured points yet")
-    command = saved.get("command", "")
     note = " (stopped part-way; every setting it finished is here)"
-    if not saved.get("complete", True) and not command.endswith(note):
-        command += note
-    write_report(points, json_path, markdown, plot_path, saved.get("data", json_path.stem), perception_plot, command,
-                 complete=bool(saved.get("complete", True)))
-    console.print(f"{json_path}: {len(points)} points")
+    commands = [report.get("command", "") for report in saved]
+    commands = [c + note if not r.get("complete", True) and not c.endswith(note) else c
+                for c, r in zip(commands, saved, strict=True)]
+    # pooled, the report's command is the whole recipe: each run, then this pooling
+    pooling = " ".join(["dirac report", shlex.quote(str(json_path)),
+                        *(f"--updated-by {shlex.quote(str(update))}" for update in updates),
+                        f"--json {shlex.quote(str(pooled_path))}"])
+    command = " && ".join([*commands, pooling]) if updates else commands[0]
+    write_report(points, pooled_path or json_path, markdown, plot_path, saved[0].get("data", json_path.stem),
+                 perception_plot, command, complete=all(bool(r.get("complete", True)) for r in saved))
+    console.print(f"{pooled_path or json_path}: {len(points)} points")
 
 
 @main.command()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from diraccodec.evaluation.run import bd_rates, is_ours, points_of
+from diraccodec.evaluation.run import bd_rates, is_ours, points_of, pooled_points
 
 
 @click.command()
@@ -25,13 +25,12 @@ from diraccodec.evaluation.run import bd_rates, is_ours, points_of
 @click.argument("references_json", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--updated-by", "updates", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True)
 def main(ours_json: Path, references_json: Path, updates: tuple[Path, ...]) -> None:
-    ours = {}  # by curve and setting, so a later run's points replace an earlier one's
-    for source in (ours_json, *updates):
-        ours.update({(p.codec, p.setting): p for p in points_of(json.loads(source.read_text())) if is_ours(p.codec)})
+    ours = [p for p in pooled_points([json.loads(source.read_text()) for source in (ours_json, *updates)])
+            if is_ours(p.codec)]
     references = [p for p in points_of(json.loads(references_json.read_text())) if not is_ours(p.codec)]
     for metric in ("psnr", "lpips"):
         click.echo(f"BD-rate ({metric}), %:")
-        for curve, against in bd_rates(list(ours.values()) + references, metric).items():
+        for curve, against in bd_rates(ours + references, metric).items():
             click.echo(f"  {curve:24} " + "  ".join(f"{name} {value:+.1f}" for name, value in against.items()))
 
 

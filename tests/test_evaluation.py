@@ -137,3 +137,35 @@ def test_report_rebuilds_tables_and_plots_from_a_run_stopped_part_way(tmp_path: 
     bad.write_text("{}")
     result = CliRunner().invoke(main, ["report", str(bad)])
     assert result.exit_code == 2 and result.output.startswith("dirac: error:")
+
+
+def test_report_pools_a_later_run_over_an_earlier_one_and_leaves_both(tmp_path: Path):
+    from diraccodec.evaluation.run import Point, report_of, write_json
+
+    def point(codec: str, level: float, lpips: float, steps: int | None = None) -> Point:
+        return Point(codec, level, bpp=0.1 * level, psnr=25.0 + level, ms_ssim=0.9, lpips=lpips, fd_alexnet=1.0,
+                     seconds_per_mp=2.0, images=24, steps=steps)
+
+    earlier, later, pooled = tmp_path / "earlier.json", tmp_path / "later.json", tmp_path / "pooled.json"
+    write_json(report_of([point("AVIF", 20, 0.5), point("diraccodec", 1, 0.4), point("diraccodec", 2, 0.3),
+                          point("diraccodec (20 steps)", 1, 0.28, 20), point("diraccodec (20 steps)", 2, 0.2, 20)],
+                         "kodak", True, command="dirac eval --levels 1,2"), earlier)
+    write_json(report_of([point("diraccodec (20 steps)", 1, 0.25, 20), point("diraccodec (50 steps)", 1, 0.24, 50)],
+                         "kodak", True, command="dirac eval --levels 1"), later)
+    inputs = earlier.read_bytes(), later.read_bytes()
+    missing = CliRunner().invoke(main, ["report", str(earlier), "--updated-by", str(later)])
+    assert missing.exit_code == 2 and missing.output.startswith("dirac: error: --updated-by needs --json")
+    table, figure = tmp_path / "pooled.md", tmp_path / "dp.png"
+    result = CliRunner().invoke(main, ["report", str(earlier), "--updated-by", str(later), "--json", str(pooled),
+                                       "--markdown", str(table), "--perception-plot", str(figure)])
+    assert result.exit_code == 0, result.output
+    assert (earlier.read_bytes(), later.read_bytes()) == inputs
+    report = json.loads(pooled.read_text())
+    lpips = {(p["codec"], p["setting"]): p["lpips"] for p in report["points"]}
+    assert lpips == {("AVIF", 20): 0.5, ("diraccodec", 1): 0.4, ("diraccodec", 2): 0.3,
+                     ("diraccodec (20 steps)", 1): 0.25, ("diraccodec (20 steps)", 2): 0.2,
+                     ("diraccodec (50 steps)", 1): 0.24}
+    pooling = f"dirac report {earlier} --updated-by {later} --json {pooled}"
+    assert report["command"] == f"dirac eval --levels 1,2 && dirac eval --levels 1 && {pooling}"
+    assert report["complete"] is True and report["data"] == "kodak"
+    assert "| diraccodec (20 steps) | 1 | 20 |" in table.read_text() and figure.stat().st_size > 10_000

@@ -253,6 +253,18 @@ def points_of(report: dict) -> list[Point]:
     return [restored(fields) for fields in report["points"]]
 
 
+def pooled_points(reports: list[dict]) -> list[Point]:
+    """The points of several reports; a later report's point replaces the same curve's at the same setting.
+
+    A change that touches some levels or step counts is measured again on those alone; pooled
+    with the earlier run, the figures describe the codec as it now is.
+    """
+    pooled: dict[tuple[str, float], Point] = {}
+    for report in reports:
+        pooled.update({(point.codec, point.setting): point for point in points_of(report)})
+    return list(pooled.values())
+
+
 def write_report(points: list[Point], json_path: Path, markdown_path: Path | None, plot_path: Path | None,
                  data_name: str, perception_plot_path: Path | None = None, command: str | None = None,
                  complete: bool = True) -> dict:
