@@ -1,7 +1,11 @@
 """diraccodec: a learned image codec whose decoder ends in a diffusion model."""
 
-from diraccodec.api import decode, encode, inspect
-from diraccodec.errors import DiracError
+from diraccodec.reproducibility import request_strict_mkl
+
+request_strict_mkl()  # before torch first calls MKL: decoded pixels then do not depend on the thread count
+
+from diraccodec.api import decode, encode, inspect  # noqa: E402 (after the request)
+from diraccodec.errors import DiracError  # noqa: E402
 
 __all__ = ["DiracError", "decode", "encode", "inspect"]
 __version__ = "0.1.0"

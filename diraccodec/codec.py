@@ -9,9 +9,7 @@ count, in any process, and whichever device runs the big transforms.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -25,30 +23,11 @@ from diraccodec.errors import CorruptFileError
 from diraccodec.latent_search import SearchProblem, SearchSettings, response_energy, search_symbols
 from diraccodec.models.hyperprior import HYPER_STRIDE, LATENT_STRIDE
 from diraccodec.models.tiling import apply_tiled
+from diraccodec.reproducibility import single_thread, thread_invariant
 from diraccodec.weights import BaseWeights
 
 TILE_LATENTS = 32  # transforms run on tiles of 32x32 latents (512x512 pixels) ...
 MARGIN_LATENTS = 4  # ... each with 4 latents (64 pixels) of context on every side
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@contextlib.contextmanager
-def without_onednn() -> Iterator[None]:
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
 
 
 @dataclass
@@ -176,9 +155,7 @@ class BaseCodec:
         _, inverse_gain = self._gains64(quality)
         y_hat = (torch.from_numpy(latents.symbols).double() + mean) * inverse_gain
         y_hat = y_hat.float()[None].to(self.device)
-        # oneDNN picks its blocking (and so its summation order) by thread count; the plain
-        # im2col kernels do not, so these pixels are the same with any number of threads.
-        with without_onednn():
+        with thread_invariant():  # the same pixels with any number of threads
             x_hat = apply_tiled(
                 self.model.synthesis,
                 y_hat,

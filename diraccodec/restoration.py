@@ -14,9 +14,9 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from diraccodec.codec import without_onednn
 from diraccodec.models.restoration import RestorationFilter
 from diraccodec.models.tiling import apply_tiled
+from diraccodec.reproducibility import thread_invariant
 
 TILE = 768  # Kodak-sized images in one pass, larger ones in tiles ...
 MARGIN = 96  # ... with at least this margin (more where the U-Net sees further), so no seam shows
@@ -44,6 +44,6 @@ class Restorer:
 
         # a view of the 8-bit pixels (copied only when read-only, as from a PIL image)
         base = torch.from_numpy(np.require(base_rgb, np.uint8, ["C", "W"])).permute(2, 0, 1)[None]
-        with contextlib.nullcontext() if fast else without_onednn():
+        with contextlib.nullcontext() if fast else thread_invariant():
             restored = apply_tiled(restore_tile, base, Fraction(1), TILE, self.model.unet.tile_margin(MARGIN))
         return np.ascontiguousarray(restored[0].permute(1, 2, 0).numpy())

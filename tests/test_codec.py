@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import diraccodec
 from diraccodec.api import get_codec
 from diraccodec.container import drc
 from diraccodec.errors import InvalidOptionError
+from diraccodec.reproducibility import mkl_is_strict
 from tests.conftest import psnr
 
 
@@ -139,17 +141,30 @@ print(hashlib.sha256(np.asarray(image).tobytes()).hexdigest())
 """
 
 
+def _decode_in_new_process(path, threads: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", DECODE_IN_NEW_PROCESS, str(threads), str(path)],
+                          check=True, capture_output=True, text=True, env=env)
+
+
 def test_same_pixels_with_one_or_two_threads_in_new_processes(sample_image, tmp_path):
     path = tmp_path / "parrots.drc"
     data = diraccodec.encode(sample_image, 3)
     path.write_bytes(data)
     here = __import__("hashlib").sha256(np.asarray(diraccodec.decode(data)).tobytes()).hexdigest()
-    digests = {
-        subprocess.run([sys.executable, "-c", DECODE_IN_NEW_PROCESS, str(threads), str(path)],
-                       check=True, capture_output=True, text=True).stdout.strip()
-        for threads in (1, 2)
-    }
+    assert mkl_is_strict() in (True, None)  # importing diraccodec asked for MKL's strict mode
+    digests = {_decode_in_new_process(path, threads).stdout.strip() for threads in (1, 2)}
     assert digests == {here}
+
+
+def test_without_strict_mkl_decoding_warns_and_stays_thread_invariant(sample_image, tmp_path):
+    if mkl_is_strict() is None:
+        pytest.skip("torch does not use MKL here")
+    path = tmp_path / "parrots.drc"
+    path.write_bytes(diraccodec.encode(sample_image, 3))
+    loose = {**os.environ, "MKL_CBWR": "AUTO"}  # MKL free to split its sums by thread count
+    runs = [_decode_in_new_process(path, threads, loose) for threads in (1, 2)]
+    assert all("not in strict reproducible mode" in run.stderr for run in runs)
+    assert runs[0].stdout.strip() == runs[1].stdout.strip()
 
 
 def test_encoding_is_reproducible(small_image):

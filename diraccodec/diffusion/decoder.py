@@ -7,10 +7,10 @@ import contextlib
 import numpy as np
 import torch
 
-from diraccodec.codec import without_onednn
 from diraccodec.diffusion.detail_map import DetailMap
 from diraccodec.diffusion.sampler import SampledResidual, SamplerSettings, sample_residual_parts
 from diraccodec.models.residual_unet import ResidualUNet
+from diraccodec.reproducibility import thread_invariant
 from diraccodec.restoration import Restorer
 
 DEFAULT_SEED = 0
@@ -53,8 +53,7 @@ class DiffusionDecoder:
         and kept noise (steps >= 1): scripts/tune_sampler.py varies those without sampling again."""
         base_rgb = self.conditioning(base_rgb, level, fast)
         base = torch.from_numpy(base_rgb.copy()).permute(2, 0, 1)[None].float().div(255).to(self.device)
-        # the plain kernels sum in the same order with any thread count (see codec.py)
-        with contextlib.nullcontext() if fast else without_onednn():
+        with contextlib.nullcontext() if fast else thread_invariant():
             return base, sample_residual_parts(self.model, base, level, steps,
                                                DEFAULT_SEED if seed is None else seed, self.settings)
 
