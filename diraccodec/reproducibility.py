@@ -60,13 +60,13 @@ def single_thread() -> Iterator[None]:
 @contextlib.contextmanager
 def thread_invariant() -> Iterator[None]:
     """Convolutions whose sums, and so pixels, are the same with any number of threads."""
+    mkl_loose = mkl_is_strict() is False
+    if mkl_loose:
+        _warn_not_strict()  # before any state changes: under -W error it raises
     previous = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
-    mkl_strict = mkl_is_strict()
-    if mkl_strict is False:
-        _warn_not_strict()
     try:
-        with single_thread() if mkl_strict is False else contextlib.nullcontext():
+        with single_thread() if mkl_loose else contextlib.nullcontext():
             yield
     finally:
         torch.backends.mkldnn.enabled = previous

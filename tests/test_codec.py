@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,7 +142,7 @@ print(hashlib.sha256(np.asarray(image).tobytes()).hexdigest())
 """
 
 
-def _decode_in_new_process(path, threads: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _decode_in_new_process(path: Path, threads: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", DECODE_IN_NEW_PROCESS, str(threads), str(path)],
                           check=True, capture_output=True, text=True, env=env)
 
