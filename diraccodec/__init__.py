@@ -1,6 +1,6 @@
 """diraccodec: a learned image codec whose decoder ends in a diffusion model."""
 
-from diraccodec.reproducibility import request_strict_mkl
+from diraccodec.compute import request_strict_mkl
 
 request_strict_mkl()  # before torch first calls MKL: decoded pixels then do not depend on the thread count
 

@@ -13,13 +13,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from diraccodec import latent_search
-from diraccodec.codec import BaseCodec
+from diraccodec.codec.base_codec import BaseCodec
 from diraccodec.container import drc
 from diraccodec.diffusion import detail_map as detail_maps
 from diraccodec.diffusion.decoder import DiffusionDecoder
 from diraccodec.errors import CorruptFileError, InvalidOptionError, LimitExceededError, WrongWeightsError
-from diraccodec.images import (
+from diraccodec.image.planes import (
     Planes,
     compress_alpha,
     decompress_alpha,
@@ -27,8 +26,7 @@ from diraccodec.images import (
     open_image,
     planes_to_image,
 )
-from diraccodec.restoration import Restorer
-from diraccodec.weights import (
+from diraccodec.modelfiles import (
     DiffusionWeights,
     default_diffusion_path,
     default_restoration_path,
@@ -37,6 +35,8 @@ from diraccodec.weights import (
     load_diffusion_weights,
     load_restoration_weights,
 )
+from diraccodec.restoration.filter import Restorer
+from diraccodec.transforms import search as latent_search
 
 MAX_STEPS = 100
 
@@ -164,7 +164,8 @@ def encode(
     height, width = planes.rgb.shape[:2]
     # the search counts the error the way a 0-step decode will show it: after the filter
     restorer = get_restorer(codec, device) if search_passes else None
-    search = latent_search.SearchSettings(search_passes, restorer.model if restorer is not None else None, progress)
+    search = latent_search.SearchSettings(search_passes, restorer.model.restore if restorer is not None else None,
+                                           progress)
     sections = {drc.TAG_LATENTS: codec.compress(planes.rgb, quality, search)}
     diffusion = _installed_diffusion(codec, device) if detail_map is not False else None
     if detail_map and diffusion is None:

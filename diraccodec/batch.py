@@ -17,8 +17,8 @@ from pathlib import Path
 
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
-from diraccodec.images import IMAGE_SUFFIXES
-from diraccodec.latent_search import DEFAULT_PASSES
+from diraccodec.image.planes import IMAGE_SUFFIXES
+from diraccodec.transforms.search import DEFAULT_PASSES
 
 DRC_SUFFIX = ".drc"
 
@@ -75,7 +75,7 @@ def plan_jobs(source: Path, destination: Path, settings: BatchSettings) -> list[
 
 def run_job(job: Job, settings: BatchSettings) -> JobResult:
     from diraccodec import api
-    from diraccodec.files import read_bytes, write_atomic, write_image
+    from diraccodec.image.files import read_bytes, write_atomic, write_image
 
     if job.target.exists() and not settings.overwrite:
         return JobResult(job, "skipped", "output exists")
@@ -101,7 +101,7 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
 def _init_worker() -> None:
     import torch
 
-    from diraccodec.reporting import show_warnings_on_one_line
+    from diraccodec.errors import show_warnings_on_one_line
 
     torch.set_num_threads(1)
     show_warnings_on_one_line()

@@ -18,11 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from diraccodec import latent_search
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
-from diraccodec.errors import DiracError, WrongWeightsError
-from diraccodec.reporting import show_warnings_on_one_line
+from diraccodec.errors import DiracError, WrongWeightsError, show_warnings_on_one_line
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
+from diraccodec.transforms import search as latent_search
 
 EXIT_USER_ERROR = 2
 EXIT_SOME_FAILED = 1
@@ -94,7 +93,7 @@ def encode(source: Path, quality: float, output: Path, steps: int | None, search
            weights: Path | None, max_pixels: int) -> None:
     """Compress an image into a .drc file."""
     from diraccodec import api
-    from diraccodec.files import write_atomic
+    from diraccodec.image.files import write_atomic
 
     columns = (TextColumn("searching latents"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
@@ -128,7 +127,7 @@ def decode(source: Path, output: Path, steps: int | None, seed: int | None, fast
            weights: Path | None, max_pixels: int) -> None:
     """Decompress a .drc file into an image."""
     from diraccodec import api
-    from diraccodec.files import image_format_for, read_bytes, write_image
+    from diraccodec.image.files import image_format_for, read_bytes, write_image
 
     image_format_for(output)  # refuse a bad output name before the work
     image = api.decode(read_bytes(source), steps, seed, weights=weights, max_pixels=max_pixels, fast=fast,
@@ -144,7 +143,7 @@ def decode(source: Path, output: Path, steps: int | None, seed: int | None, fast
 def info(source: Path, max_pixels: int) -> None:
     """Show a .drc file's header and its real bits per pixel."""
     from diraccodec import api
-    from diraccodec.files import read_bytes
+    from diraccodec.image.files import read_bytes
 
     details = api.inspect(read_bytes(source), max_pixels)
     header = details.header
@@ -171,7 +170,7 @@ def info(source: Path, max_pixels: int) -> None:
 def diffusion_support(weights_id: bytes) -> str:
     """Whether the installed diffusion weights can enhance files made with `weights_id`."""
     from diraccodec import api
-    from diraccodec.weights import default_diffusion_path, load_diffusion_weights
+    from diraccodec.modelfiles import default_diffusion_path, load_diffusion_weights
 
     path = default_diffusion_path()  # read on every call: $DIRAC_DIFFUSION_WEIGHTS may change
     if not path.exists():
@@ -196,7 +195,7 @@ def diffusion_support(weights_id: bytes) -> str:
 
 def restoration_support(weights_id: bytes) -> str:
     """Whether 0 steps will go through the installed restoration filter for `weights_id`."""
-    from diraccodec.weights import load_restoration_weights
+    from diraccodec.modelfiles import load_restoration_weights
 
     try:
         restoration = load_restoration_weights()
@@ -416,8 +415,8 @@ def compare(source: Path, quality: float, steps: int, box: str | None, zoom: int
             weights: Path | None) -> None:
     """Side by side crops: original, AVIF at the same size, 0 steps and N steps."""
     from diraccodec.evaluation.pictures import comparison_picture, is_valid_box
-    from diraccodec.files import image_format_for, write_image
-    from diraccodec.images import open_image
+    from diraccodec.image.files import image_format_for, write_image
+    from diraccodec.image.planes import open_image
 
     image_format_for(output)
     image = open_image(source, DEFAULT_MAX_PIXELS).convert("RGB")
@@ -503,8 +502,8 @@ def train_base_command(data: tuple[Path, ...], **loop: Any) -> None:
 def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, level_range: str | None,
                             restoration_weights: Path | None, **loop: Any) -> None:
     """Train the diffusion decoder on the frozen base codec's reconstructions."""
+    from diraccodec.modelfiles import default_weights_path
     from diraccodec.training.diffusion import DiffusionTrainingOptions, train_diffusion
-    from diraccodec.weights import default_weights_path
 
     levels = None
     if level_range is not None:
@@ -526,8 +525,8 @@ def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, level_
 def train_restoration_command(data: tuple[Path, ...], weights: Path | None, start_from: Path | None,
                               from_scratch: bool, **loop: Any) -> None:
     """Train the restoration filter (squared error) on the frozen base codec's reconstructions."""
+    from diraccodec.modelfiles import default_diffusion_path, default_weights_path
     from diraccodec.training.restoration import RestorationTrainingOptions, train_restoration
-    from diraccodec.weights import default_diffusion_path, default_weights_path
 
     origin = None if from_scratch else (start_from or default_diffusion_path())
     train_restoration(RestorationTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(),
@@ -541,8 +540,8 @@ def train_restoration_command(data: tuple[Path, ...], weights: Path | None, star
 @weights_option
 def train_entropy_command(data: tuple[Path, ...], weights: Path | None, **loop: Any) -> None:
     """Fine-tune the base codec's entropy model for rate alone, transforms frozen, on large crops."""
+    from diraccodec.modelfiles import default_weights_path
     from diraccodec.training.entropy import EntropyTrainingOptions, train_entropy
-    from diraccodec.weights import default_weights_path
 
     train_entropy(EntropyTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(), **loop))
 

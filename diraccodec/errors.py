@@ -1,4 +1,9 @@
-"""Errors a user can cause. The CLI prints each as one line and exits with status 2."""
+"""Errors a user can cause, and warnings: the CLI prints each as one line (errors exit with status 2)."""
+
+from __future__ import annotations
+
+import sys
+import warnings
 
 
 class DiracError(Exception):
@@ -39,3 +44,10 @@ class LimitExceededError(DiracError):
 
 class InvalidOptionError(DiracError):
     pass
+
+
+def show_warnings_on_one_line() -> None:
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"dirac: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show

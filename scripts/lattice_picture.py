@@ -24,8 +24,8 @@ from diraccodec.cli import parse_list
 from diraccodec.diffusion.decoder import DiffusionDecoder
 from diraccodec.evaluation.metrics import lpips, psnr
 from diraccodec.evaluation.pictures import labelled_panel, side_by_side
-from diraccodec.files import write_image
-from diraccodec.models.layers import periodic_component
+from diraccodec.image.files import write_image
+from diraccodec.transforms.layers import periodic_component
 
 
 @click.command()

@@ -21,8 +21,8 @@ from PIL import Image
 
 from diraccodec import api
 from diraccodec.evaluation.metrics import bd_rate
-from diraccodec.latent_search import SearchSettings
 from diraccodec.training.data import list_images
+from diraccodec.transforms.search import SearchSettings
 
 
 @click.command()

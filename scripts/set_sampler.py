@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from diraccodec.cli import parse_list
-from diraccodec.weights import load_diffusion_weights, replace_sampler_settings
+from diraccodec.modelfiles import load_diffusion_weights, replace_sampler_settings
 
 
 def per_level(text: str | None, option: str) -> tuple[float, ...] | None:

@@ -53,7 +53,7 @@ def random_unet():
     """A small U-Net with random, non-zero layers, so sampling really changes pixels."""
     import torch
 
-    from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
+    from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
 
     torch.manual_seed(3)
     model = ResidualUNet(ResidualUNetConfig(widths=(8, 16, 16))).eval()
@@ -66,7 +66,7 @@ def random_unet():
 def random_diffusion_weights(tmp_path_factory) -> Path:
     """Diffusion weights for the shipped base that visibly change the image (untrained, random)."""
     from diraccodec.diffusion.sampler import SamplerSettings
-    from diraccodec.weights import DEFAULT_BASE_WEIGHTS, export_diffusion_weights, load_base_weights
+    from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, export_diffusion_weights, load_base_weights
 
     path = tmp_path_factory.mktemp("random-diffusion") / "diffusion.safetensors"
     base_id = load_base_weights(DEFAULT_BASE_WEIGHTS.resolve()).weights_id

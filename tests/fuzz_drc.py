@@ -80,7 +80,7 @@ def check(data: bytes, max_pixels: int) -> tuple[str, str | None, float]:
     """(outcome, finding or None, seconds) for one input."""
     from diraccodec import api
     from diraccodec.errors import DiracError
-    from diraccodec.files import image_bytes
+    from diraccodec.image.files import image_bytes
 
     started = time.perf_counter()
     try:

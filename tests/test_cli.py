@@ -101,8 +101,8 @@ def test_unwritable_output_leaves_nothing(tmp_path: Path, small_png: Path):
 
 
 def test_wrong_weights_are_named(tmp_path: Path, small_drc: Path):
-    from diraccodec.models.hyperprior import HyperpriorConfig, MultiRateHyperprior
-    from diraccodec.weights import export_base_weights
+    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.modelfiles import export_base_weights
 
     other = tmp_path / "other.safetensors"
     export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 8)), other, {"purpose": "test"})

@@ -14,9 +14,9 @@ from PIL import Image, ImageCms
 
 import diraccodec
 from diraccodec.api import get_codec
+from diraccodec.compute import mkl_is_strict
 from diraccodec.container import drc
 from diraccodec.errors import InvalidOptionError
-from diraccodec.reproducibility import mkl_is_strict
 from tests.conftest import psnr
 
 

@@ -14,7 +14,7 @@ from diraccodec.diffusion import detail_map
 from diraccodec.diffusion.sampler import SamplerSettings
 from diraccodec.entropy.map_coder import decode_map, encode_map
 from diraccodec.errors import CorruptFileError
-from diraccodec.weights import load_diffusion_weights, replace_sampler_settings
+from diraccodec.modelfiles import load_diffusion_weights, replace_sampler_settings
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (16, 24)])

@@ -19,8 +19,8 @@ from diraccodec.diffusion.sampler import (
 )
 from diraccodec.diffusion.schedule import RESIDUAL_SCALE, signal_level
 from diraccodec.errors import InvalidOptionError, WrongWeightsError
-from diraccodec.models.layers import periodic_component
-from diraccodec.weights import DEFAULT_BASE_WEIGHTS, export_diffusion_weights
+from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, export_diffusion_weights
+from diraccodec.transforms.layers import periodic_component
 from tests.conftest import random_unet
 
 
@@ -194,7 +194,7 @@ def test_settings_without_a_detail_gain_use_the_gain_for_all_of_the_prediction()
 
 
 def test_sampler_settings_can_be_replaced_in_a_weights_file(small_image, random_diffusion_weights, tmp_path):
-    from diraccodec.weights import load_diffusion_weights, replace_sampler_settings
+    from diraccodec.modelfiles import load_diffusion_weights, replace_sampler_settings
 
     copy = tmp_path / "diffusion.safetensors"
     settings = SamplerSettings(residual_gain=(1.0,), kept_noise=(0.5, 0.2), detail_gain=(2.0, 0.5),
@@ -223,7 +223,7 @@ def test_diffusion_for_other_base_weights_is_refused(small_image, tmp_path):
 def test_steps_without_shipped_diffusion_weights_say_so(small_image, monkeypatch, tmp_path):
     monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(tmp_path / "absent.safetensors"))
     from diraccodec import api
-    from diraccodec.weights import load_diffusion_weights
+    from diraccodec.modelfiles import load_diffusion_weights
 
     api._diffusion.cache_clear()
     load_diffusion_weights.cache_clear()
@@ -357,7 +357,7 @@ def test_diffusion_training_draws_levels_only_from_the_level_range(sample_image,
 
 def test_a_decoder_trained_on_the_filter_enhances_its_output_and_needs_it(small_image, tmp_path):
     from diraccodec import api
-    from diraccodec.weights import load_restoration_weights
+    from diraccodec.modelfiles import load_restoration_weights
 
     restoration = load_restoration_weights()
     assert restoration is not None, "the shipped restoration filter is needed"
@@ -386,13 +386,13 @@ def test_a_decoder_trained_on_the_filter_enhances_its_output_and_needs_it(small_
 
 
 def test_training_on_the_filter_feeds_the_model_the_filter_output(sample_image, tmp_path, monkeypatch):
-    from diraccodec.training import diffusion
-    from diraccodec.weights import (
+    from diraccodec.modelfiles import (
         DEFAULT_RESTORATION_WEIGHTS,
         load_base_weights,
         load_diffusion_weights,
         load_restoration_weights,
     )
+    from diraccodec.training import diffusion
 
     seen, options = train_recording_batches(sample_image, tmp_path, monkeypatch, steps=1, batch_size=2,
                                             restoration_weights=DEFAULT_RESTORATION_WEIGHTS)
@@ -458,7 +458,7 @@ def test_a_deepened_unet_computes_the_same_function_and_tiles_with_a_wider_margi
 
 def test_training_with_more_blocks_deepens_the_checkpoint_and_resumes_it(sample_image, tmp_path, monkeypatch):
     from diraccodec.errors import DiracError
-    from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
+    from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
     from diraccodec.training.checkpoint import load_checkpoint, load_checkpoint_metadata
     from diraccodec.training.diffusion import deepen_checkpoint
 

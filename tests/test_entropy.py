@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from diraccodec.entropy.coder import decode_values, encode_values
+from diraccodec.entropy.models import FactorizedPrior
 from diraccodec.entropy.tables import (
     TOTAL,
     build_factorized_tables,
@@ -17,7 +18,6 @@ from diraccodec.entropy.tables import (
     quantize_pmf,
     snap_scales,
 )
-from diraccodec.models.entropy_models import FactorizedPrior
 
 
 def round_trip(values: np.ndarray, table_ids: np.ndarray, tables) -> tuple[np.ndarray, int]:

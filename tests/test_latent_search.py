@@ -9,7 +9,7 @@ from PIL import Image
 import diraccodec
 from diraccodec.api import get_codec
 from diraccodec.errors import InvalidOptionError
-from diraccodec.latent_search import SearchSettings
+from diraccodec.transforms.search import SearchSettings
 from tests.test_cli import dirac
 
 

@@ -9,12 +9,11 @@ import torch
 from click.testing import CliRunner
 
 import diraccodec
-from diraccodec import restoration
 from diraccodec.cli import main
-from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
-from diraccodec.models.restoration import FIXED_TIME, OUTPUT_SCALE, RestorationFilter
-from diraccodec.restoration import Restorer
-from diraccodec.weights import DEFAULT_BASE_WEIGHTS, export_restoration_weights, load_base_weights
+from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, export_restoration_weights, load_base_weights
+from diraccodec.restoration import filter as restoration
+from diraccodec.restoration.filter import FIXED_TIME, OUTPUT_SCALE, RestorationFilter, Restorer
+from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
 from tests.conftest import SAMPLE, psnr, random_unet
 
 
@@ -76,7 +75,7 @@ def test_info_says_whether_zero_steps_are_restored(small_image, installed, tmp_p
 
 def test_info_says_whether_a_decoder_trained_on_the_filter_can_run(small_image, installed, tmp_path, monkeypatch):
     from diraccodec.diffusion.sampler import SamplerSettings
-    from diraccodec.weights import export_diffusion_weights, load_restoration_weights
+    from diraccodec.modelfiles import export_diffusion_weights, load_restoration_weights
 
     path = tmp_path / "a.drc"
     path.write_bytes(diraccodec.encode(small_image, 2, search_passes=0))
@@ -94,8 +93,8 @@ def test_info_says_whether_a_decoder_trained_on_the_filter_can_run(small_image, 
 
 
 def test_training_starts_from_the_diffusion_unet_and_exports_a_filter(sample_image, diffusion_weights, tmp_path):
+    from diraccodec.modelfiles import load_diffusion_weights, load_restoration_weights
     from diraccodec.training.restoration import RestorationTrainingOptions, restoration_loss, train_restoration
-    from diraccodec.weights import load_diffusion_weights, load_restoration_weights
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -154,7 +154,7 @@ def test_killed_batch_resumes_without_redoing_finished_files(tmp_path, sample_im
 
 
 def test_weights_need_a_matching_hash_in_the_manifest(tmp_path, small_image):
-    from diraccodec.weights import DEFAULT_BASE_WEIGHTS, MANIFEST
+    from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, MANIFEST
 
     copy = tmp_path / "base.safetensors"
     shutil.copy(DEFAULT_BASE_WEIGHTS, copy)

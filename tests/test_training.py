@@ -206,9 +206,9 @@ def test_a_budget_spent_at_its_first_measurement_still_saves_and_low_precision_m
 def test_entropy_finetune_lowers_the_rate_and_leaves_the_transforms_alone(photo_folder: Path, tmp_path: Path,
                                                                            capsys):
     from diraccodec import api
-    from diraccodec.models.hyperprior import HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.modelfiles import export_base_weights
     from diraccodec.training.entropy import EntropyTrainingOptions, train_entropy
-    from diraccodec.weights import export_base_weights
 
     torch.manual_seed(0)
     start = tmp_path / "start" / "base.safetensors"

@@ -1,0 +1,1 @@
+"""The .drc container: header, tagged sections and checksum (docs/format.md)."""

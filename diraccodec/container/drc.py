@@ -11,7 +11,6 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass, field
-from enum import IntEnum
 
 from diraccodec.errors import (
     CorruptFileError,
@@ -20,6 +19,7 @@ from diraccodec.errors import (
     TruncatedFileError,
     UnsupportedVersionError,
 )
+from diraccodec.image.planes import ColourMode
 
 MAGIC = b"\x89DRC"
 FORMAT_VERSION = 1
@@ -37,17 +37,6 @@ TAG_ICC = b"iccp"  # ICC profile bytes (optional)
 TAG_STEPS = b"stps"  # recommended diffusion steps, one byte (optional)
 TAG_DETAIL = b"detl"  # the detail map for the diffusion decoder's finishing (optional)
 KNOWN_TAGS = {TAG_LATENTS, TAG_ALPHA, TAG_ICC, TAG_STEPS, TAG_DETAIL}
-
-
-class ColourMode(IntEnum):
-    RGB = 0
-    L = 1
-    RGBA = 2
-    LA = 3
-
-    @property
-    def has_alpha(self) -> bool:
-        return self in (ColourMode.RGBA, ColourMode.LA)
 
 
 @dataclass

@@ -7,11 +7,11 @@ import contextlib
 import numpy as np
 import torch
 
+from diraccodec.compute import thread_invariant
 from diraccodec.diffusion.detail_map import DetailMap
 from diraccodec.diffusion.sampler import SampledResidual, SamplerSettings, sample_residual_parts
-from diraccodec.models.residual_unet import ResidualUNet
-from diraccodec.reproducibility import thread_invariant
-from diraccodec.restoration import Restorer
+from diraccodec.restoration.filter import Restorer
+from diraccodec.restoration.unet import ResidualUNet
 
 DEFAULT_SEED = 0
 

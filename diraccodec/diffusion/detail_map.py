@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from diraccodec.entropy.map_coder import decode_map, encode_map
 from diraccodec.errors import CorruptFileError
-from diraccodec.models.layers import gaussian_window, separable_blur
+from diraccodec.transforms.layers import gaussian_window, separable_blur
 
 BLOCK = 32
 STEPS_PER_OCTAVE = 2  # of the RMS: steps of sqrt(2)

@@ -35,9 +35,9 @@ from torch.nn import functional as F
 
 from diraccodec.diffusion.detail_map import DetailMap, match_detail
 from diraccodec.diffusion.schedule import RESIDUAL_SCALE, respaced_times, signal_level
-from diraccodec.models.layers import gaussian_window, periodic_component, separable_blur
-from diraccodec.models.residual_unet import ResidualUNet
-from diraccodec.models.tiling import apply_tiled
+from diraccodec.restoration.unet import ResidualUNet
+from diraccodec.transforms.layers import gaussian_window, periodic_component, separable_blur
+from diraccodec.transforms.tiling import apply_tiled
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from diraccodec.latent_search import DEFAULT_PASSES
+from diraccodec.transforms.search import DEFAULT_PASSES
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from diraccodec.evaluation.metrics import (
     patch_features,
     psnr,
 )
-from diraccodec.files import write_atomic
-from diraccodec.images import IMAGE_SUFFIXES
+from diraccodec.image.files import write_atomic
+from diraccodec.image.planes import IMAGE_SUFFIXES
 
 ANCHOR = "diraccodec"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from diraccodec.models.hyperprior import HyperpriorConfig, MultiRateHyperprior
+from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata
 from diraccodec.training.data import CropSampler
 from diraccodec.training.loop import LoopOptions, run_loop, start_session
@@ -73,7 +73,7 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
 
 def export_checkpoint(checkpoint: Path, output: Path) -> None:
     """Inference weights from a training checkpoint, recording how long it trained."""
-    from diraccodec.weights import export_base_weights
+    from diraccodec.modelfiles import export_base_weights
 
     fields = load_checkpoint_metadata(checkpoint).metadata["config"]
     model = MultiRateHyperprior(HyperpriorConfig(fields["channels"], fields["latent_channels"],

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from diraccodec.errors import DiracError
-from diraccodec.images import IMAGE_SUFFIXES
+from diraccodec.image.planes import IMAGE_SUFFIXES
 
 SHARD_MANIFEST = "shard.json"
 DOWNSCALE_RANGE = (1.5, 2.0)

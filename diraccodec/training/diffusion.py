@@ -18,17 +18,17 @@ from rich.console import Console
 from diraccodec.diffusion.sampler import SamplerSettings
 from diraccodec.diffusion.schedule import RESIDUAL_SCALE, signal_level
 from diraccodec.errors import DiracError
-from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
-from diraccodec.training.base import DEFAULT_TRAIN_DATA
-from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, save_checkpoint
-from diraccodec.training.loop import LoopOptions, run_loop, start_session
-from diraccodec.training.reconstructions import ReconstructedCrops
-from diraccodec.weights import (
+from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
     export_diffusion_weights,
     load_base_weights,
     load_restoration_weights,
 )
+from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
+from diraccodec.training.base import DEFAULT_TRAIN_DATA
+from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, save_checkpoint
+from diraccodec.training.loop import LoopOptions, run_loop, start_session
+from diraccodec.training.reconstructions import ReconstructedCrops
 
 # The model learns times in [0, 0.7]: wider than the sampler's default start, so the start
 # can be tuned at export without retraining.

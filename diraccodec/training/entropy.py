@@ -17,13 +17,14 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
+from diraccodec.codec.hyperprior import MultiRateHyperprior
 from diraccodec.errors import DiracError
-from diraccodec.models.hyperprior import HYPER_STRIDE, LATENT_STRIDE, MultiRateHyperprior
+from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, load_base_weights
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
 from diraccodec.training.checkpoint import TrainingState
 from diraccodec.training.data import CropSampler
 from diraccodec.training.loop import LoopOptions, run_loop, start_session
-from diraccodec.weights import DEFAULT_BASE_WEIGHTS, load_base_weights
+from diraccodec.transforms.networks import HYPER_STRIDE, LATENT_STRIDE
 
 # Crops are cut at the photos' own scale (at most 1.25x smaller): the training photos are
 # mostly 320-380 pixels on their short side, and a downscale would cut the grid again.

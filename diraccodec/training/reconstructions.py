@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from diraccodec.models.hyperprior import MultiRateHyperprior
-from diraccodec.models.restoration import RestorationFilter
+from diraccodec.codec.hyperprior import MultiRateHyperprior
+from diraccodec.restoration.filter import RestorationFilter
 from diraccodec.training.data import CropSampler
 from diraccodec.training.loop import Session
 

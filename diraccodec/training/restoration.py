@@ -15,19 +15,19 @@ import torch
 from rich.console import Console
 
 from diraccodec.errors import DiracError
-from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
-from diraccodec.models.restoration import RestorationFilter
-from diraccodec.training.base import DEFAULT_TRAIN_DATA
-from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata
-from diraccodec.training.loop import LoopOptions, run_loop, start_session
-from diraccodec.training.reconstructions import ReconstructedCrops
-from diraccodec.weights import (
+from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
     DEFAULT_DIFFUSION_WEIGHTS,
     export_restoration_weights,
     load_base_weights,
     load_diffusion_weights,
 )
+from diraccodec.restoration.filter import RestorationFilter
+from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
+from diraccodec.training.base import DEFAULT_TRAIN_DATA
+from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata
+from diraccodec.training.loop import LoopOptions, run_loop, start_session
+from diraccodec.training.reconstructions import ReconstructedCrops
 
 # Floor of a crop's base MSE (pixel range 1): flat crops with almost no error must not
 # dominate a batch. An RMS error of 0.1% of the range is far below any level's.

@@ -18,11 +18,12 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load, save_file
 
+from diraccodec.codec.base_codec import BaseWeights
+from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
 from diraccodec.diffusion.sampler import SamplerSettings
 from diraccodec.entropy.tables import (
     TableSet,
@@ -32,9 +33,8 @@ from diraccodec.entropy.tables import (
     hyper_grid,
 )
 from diraccodec.errors import DiracError
-from diraccodec.models.hyperprior import HyperpriorConfig, MultiRateHyperprior
-from diraccodec.models.residual_unet import ResidualUNet, ResidualUNetConfig
-from diraccodec.models.restoration import RestorationFilter
+from diraccodec.restoration.filter import RestorationFilter
+from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_BASE_WEIGHTS = WEIGHTS_DIR / "base.safetensors"
@@ -44,17 +44,6 @@ DIFFUSION_ENV = "DIRAC_DIFFUSION_WEIGHTS"
 DEFAULT_RESTORATION_WEIGHTS = WEIGHTS_DIR / "restoration.safetensors"
 RESTORATION_ENV = "DIRAC_RESTORATION_WEIGHTS"
 MANIFEST = "manifest.json"
-
-
-@dataclass
-class BaseWeights:
-    model: MultiRateHyperprior
-    hyper_tables: TableSet
-    latent_tables: TableSet
-    latent_scales: np.ndarray
-    weights_id: bytes
-    path: Path
-    metadata: dict[str, str]
 
 
 def default_weights_path() -> Path:

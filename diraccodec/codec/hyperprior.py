@@ -15,21 +15,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diraccodec.models.entropy_models import (
+from diraccodec.entropy.models import (
     FactorizedPrior,
     gaussian_bin_likelihood,
     quantize_with_noise,
     round_straight_through,
 )
-from diraccodec.models.layers import GDN, conv_down, conv_same, conv_up
+from diraccodec.transforms.networks import (
+    AnalysisTransform,
+    HyperAnalysis,
+    HyperSynthesis,
+    SynthesisTransform,
+)
 
 # Rate-distortion trade-offs of the levels: loss = lambda * 255^2 * MSE + bpp.
 DEFAULT_LAMBDAS = (0.0005, 0.00107, 0.00227, 0.00484, 0.0103, 0.0220, 0.0469, 0.1000)
-
-# The latent grid is 1/16 of the image, the hyper-latent grid 1/64.
-LATENT_STRIDE = 16
-HYPER_STRIDE = 64
-
 
 @dataclass(frozen=True)
 class HyperpriorConfig:
@@ -40,60 +40,6 @@ class HyperpriorConfig:
     @property
     def num_levels(self) -> int:
         return len(self.lambdas)
-
-
-class AnalysisTransform(nn.Sequential):
-    def __init__(self, channels: int, latent_channels: int) -> None:
-        super().__init__(
-            conv_down(3, channels),
-            GDN(channels),
-            conv_down(channels, channels),
-            GDN(channels),
-            conv_down(channels, channels),
-            GDN(channels),
-            conv_down(channels, latent_channels),
-        )
-
-
-class SynthesisTransform(nn.Sequential):
-    def __init__(self, channels: int, latent_channels: int) -> None:
-        super().__init__(
-            conv_up(latent_channels, channels),
-            GDN(channels, inverse=True),
-            conv_up(channels, channels),
-            GDN(channels, inverse=True),
-            conv_up(channels, channels),
-            GDN(channels, inverse=True),
-            conv_up(channels, 3),
-        )
-
-
-class HyperAnalysis(nn.Sequential):
-    def __init__(self, channels: int, latent_channels: int) -> None:
-        super().__init__(
-            conv_same(latent_channels, channels),
-            nn.LeakyReLU(),
-            conv_down(channels, channels),
-            nn.LeakyReLU(),
-            conv_down(channels, channels),
-        )
-
-
-class HyperSynthesis(nn.Sequential):
-    """Predicts the mean and the scale of every latent from the hyper-latents.
-
-    At coding time it runs in float64 on the CPU (see `diraccodec.codec`), so that the
-    encoder and the decoder derive bit-identical entropy tables on any machine.
-    """
-
-    def __init__(self, channels: int, latent_channels: int) -> None:
-        super().__init__(
-            conv_up(channels, channels),
-            nn.LeakyReLU(),
-            conv_up(channels, channels * 3 // 2),
-            nn.LeakyReLU(),
-            conv_same(channels * 3 // 2, latent_channels * 2),
-        )
 
 
 @dataclass
@@ -135,7 +81,7 @@ class MultiRateHyperprior(nn.Module):
     def reconstruct(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """What the decoder shows at 0 steps: hard-quantised latents, 8-bit output.
 
-        Float32 on any device; the bit-exact coding path lives in diraccodec.codec. The
+        Float32 on any device; the bit-exact coding path lives in diraccodec.codec.base_codec. The
         diffusion decoder trains on these reconstructions.
         """
         gain, inverse_gain = self.gains(level)

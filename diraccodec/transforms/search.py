@@ -22,11 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from diraccodec.entropy.tables import TableSet
-from diraccodec.models.hyperprior import LATENT_STRIDE, MultiRateHyperprior
-from diraccodec.models.restoration import RestorationFilter
-from diraccodec.models.tiling import return_freed_memory
+from diraccodec.transforms.networks import LATENT_STRIDE
+from diraccodec.transforms.tiling import return_freed_memory
 
 # 4 passes take 3-5% off the objective on photos for about 15 s per megapixel (2-core CPU)
 DEFAULT_PASSES = 4
@@ -39,25 +38,30 @@ MOVE_FRACTION = 0.5  # the share of the paying moves (best first) tried at once
 RETRIES = 5  # a rejected set of moves is retried with half as many
 
 
+Progress = Callable[[int, int], None]  # (tiles done, tiles in all)
+Pricing = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (symbols, table ids) -> bits of each
+Filter = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (image, level) -> filtered image
+
+
 @dataclass
 class SearchProblem:
     """One image's search: its pixels, its latents' fixed context and the objective's weights."""
 
-    model: MultiRateHyperprior
+    synthesis: nn.Module
     pixels: torch.Tensor  # (3, H, W) in [0, 1], the image without padding
     mean: torch.Tensor  # (M, h, w) predicted mean of every latent (gain-scaled units)
     inverse_gain: torch.Tensor  # (M, 1, 1)
     table_ids: np.ndarray  # (M, h, w)
-    tables: TableSet
+    price: Pricing  # the range coder's cost of symbols under their tables
     distortion_weight: float  # lambda * 255^2 / 3: bits per unit of squared error summed over RGB
     energy: torch.Tensor  # (M, 1, 1) response_energy at this level
     # the decoder's restoration filter at this level, if it has one: the error then counts
     # after the filter, as the user will see the image at 0 steps
-    restoration: RestorationFilter | None = None
+    restoration: Filter | None = None
     level: torch.Tensor | None = None  # (1,) the 1-based level, for the filter
 
 
-def response_energy(model: MultiRateHyperprior, inverse_gain: torch.Tensor) -> torch.Tensor:
+def response_energy(synthesis: nn.Module, inverse_gain: torch.Tensor) -> torch.Tensor:
     """Squared pixel change (summed over RGB) from one unit step of one symbol, per channel.
 
     Measured by the synthesis' response to an impulse on flat latents: the second-order
@@ -67,14 +71,13 @@ def response_energy(model: MultiRateHyperprior, inverse_gain: torch.Tensor) -> t
     impulses = torch.zeros(channels, channels, IMPULSE_GRID, IMPULSE_GRID, device=inverse_gain.device)
     impulses[torch.arange(channels), torch.arange(channels), IMPULSE_GRID // 2, IMPULSE_GRID // 2] = 1.0
     with torch.no_grad():
-        flat = model.synthesis(torch.zeros_like(impulses[:1]))
+        flat = synthesis(torch.zeros_like(impulses[:1]))
         energy = torch.cat(
-            [(model.synthesis(chunk * inverse_gain) - flat).pow(2).sum((1, 2, 3)) for chunk in impulses.split(32)]
+            [(synthesis(chunk * inverse_gain) - flat).pow(2).sum((1, 2, 3)) for chunk in impulses.split(32)]
         )
     return energy[:, None, None]
 
 
-Progress = Callable[[int, int], None]  # (tiles done, tiles in all)
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class SearchSettings:
 
     passes: int = 0
     # the decoder's filter at 0 steps: the error is counted as a 0-step decode will show it
-    restoration: RestorationFilter | None = None
+    restoration: Filter | None = None
     progress: Progress | None = None
 
 
@@ -142,14 +145,14 @@ def _search_tile(problem: SearchProblem, symbols: np.ndarray, core: tuple[slice,
     table_ids = problem.table_ids[:, core[0], core[1]]
 
     def squared_error(candidate: torch.Tensor) -> torch.Tensor:
-        image = problem.model.synthesis(((candidate + mean) * problem.inverse_gain)[None])
+        image = problem.synthesis(((candidate + mean) * problem.inverse_gain)[None])
         if problem.restoration is not None:
-            image = problem.restoration.restore(image.clamp(0, 1), problem.level)
+            image = problem.restoration(image.clamp(0, 1), problem.level)
         image = image[0]
         return (image[:, : pixels.shape[1], : pixels.shape[2]] - pixels).pow(2).sum()
 
     def bits(values: np.ndarray) -> np.ndarray:
-        return problem.tables.bits(values, table_ids)
+        return problem.price(values, table_ids)
 
     device = pixels.device
     current = torch.from_numpy(symbols[:, window[0], window[1]]).float().to(device)

@@ -11,16 +11,27 @@ import io
 import warnings
 import zlib
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from diraccodec.container.drc import ColourMode
 from diraccodec.errors import CorruptFileError, ImageReadError, LimitExceededError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+class ColourMode(IntEnum):
+    RGB = 0
+    L = 1
+    RGBA = 2
+    LA = 3
+
+    @property
+    def has_alpha(self) -> bool:
+        return self in (ColourMode.RGBA, ColourMode.LA)
 
 
 @dataclass

@@ -12,19 +12,34 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import constriction
 import numpy as np
 import torch
 
+from diraccodec.codec.hyperprior import MultiRateHyperprior
+from diraccodec.compute import single_thread, thread_invariant
 from diraccodec.entropy.coder import decode_values, encode_values
-from diraccodec.entropy.tables import snap_scales
+from diraccodec.entropy.tables import TableSet, snap_scales
 from diraccodec.errors import CorruptFileError
-from diraccodec.latent_search import SearchProblem, SearchSettings, response_energy, search_symbols
-from diraccodec.models.hyperprior import HYPER_STRIDE, LATENT_STRIDE
-from diraccodec.models.tiling import apply_tiled
-from diraccodec.reproducibility import single_thread, thread_invariant
-from diraccodec.weights import BaseWeights
+from diraccodec.transforms.networks import HYPER_STRIDE, LATENT_STRIDE
+from diraccodec.transforms.search import SearchProblem, SearchSettings, response_energy, search_symbols
+from diraccodec.transforms.tiling import apply_tiled
+
+
+@dataclass
+class BaseWeights:
+    """A base weights file, loaded: the model, the integer tables built from it and its identity."""
+
+    model: MultiRateHyperprior
+    hyper_tables: TableSet
+    latent_tables: TableSet
+    latent_scales: np.ndarray
+    weights_id: bytes
+    path: Path
+    metadata: dict[str, str]
+
 
 TILE_LATENTS = 32  # transforms run on tiles of 32x32 latents (512x512 pixels) ...
 MARGIN_LATENTS = 4  # ... each with 4 latents (64 pixels) of context on every side
@@ -84,7 +99,7 @@ class BaseCodec:
         """The integer symbols that the stream will carry for this image and level.
 
         search.passes > 0 lets the encoder move symbols where that lowers the training
-        objective on this image (diraccodec.latent_search), measured after search.restoration
+        objective on this image (diraccodec.transforms.search), measured after search.restoration
         (the decoder's filter at 0 steps) where given; 0 rounds the analysis.
         """
         height, width = rgb.shape[:2]
@@ -108,14 +123,14 @@ class BaseCodec:
         if search.passes > 0:
             inverse_gain = self._gains64(quality)[1].float().to(self.device)
             if quality not in self._response_energies:
-                self._response_energies[quality] = response_energy(self.model, inverse_gain)
+                self._response_energies[quality] = response_energy(self.model.synthesis, inverse_gain)
             problem = SearchProblem(
-                model=self.model,
+                synthesis=self.model.synthesis,
                 pixels=x[0, :, :height, :width],
                 mean=mean.float().to(self.device),
                 inverse_gain=inverse_gain,
                 table_ids=table_ids,
-                tables=self.weights.latent_tables,
+                price=self.weights.latent_tables.bits,
                 distortion_weight=self._lambda(quality) * 255**2 / 3,
                 energy=self._response_energies[quality],
                 restoration=search.restoration,

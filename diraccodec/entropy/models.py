@@ -13,28 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from diraccodec.transforms.layers import lower_bound
+
 SCALE_LOWER_BOUND = 0.11
 LIKELIHOOD_LOWER_BOUND = 1e-9
-
-
-class _LowerBound(torch.autograd.Function):
-    """max(x, bound) whose gradient still flows when it would push x back above the bound."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, bound: float) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        ctx.bound = bound
-        return x.clamp_min(bound)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        pass_through = (x >= ctx.bound) | (grad < 0)
-        return grad * pass_through, None
-
-
-def lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
-    return _LowerBound.apply(x, bound)
 
 
 def quantize_with_noise(x: torch.Tensor) -> torch.Tensor:
