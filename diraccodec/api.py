@@ -1,19 +1,27 @@
-"""The Python API, used by the command line: images in, .drc bytes out, and back.
+"""The Python API, used by the command line and the Pillow plugin: images in, .drc bytes out, and back.
 
     data = diraccodec.encode("photo.png", quality=3)
-    image = diraccodec.decode(data)
+    image = diraccodec.decode(data, steps=20)
+
+Every call is safe from several threads at once: the networks run one call at a time (each
+already uses every core), so concurrent calls give the bytes and pixels of serial ones.
+An encoder's output depends only on its input, its options and the installed weights.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image
 
 from diraccodec.codec.base_codec import BaseCodec
+from diraccodec.compute import AUTO, Compute
 from diraccodec.container import drc
 from diraccodec.diffusion import detail_map as detail_maps
 from diraccodec.diffusion.decoder import DiffusionDecoder
@@ -39,72 +47,89 @@ from diraccodec.restoration.filter import Restorer
 from diraccodec.transforms import search as latent_search
 
 MAX_STEPS = 100
+# Encoder effort -> passes of the search for cheaper latent symbols (0: plain rounding).
+EFFORT_PASSES = {1: 0, 2: 1, 3: 2, 4: 4, 5: 8}
+DEFAULT_EFFORT = 1
+# The encoder writes the detail map by default below this level: the shipped diffusion decoder
+# steers its detail by the map at levels 1 and 2 and ignores it above.
+DETAIL_MAP_BELOW_LEVEL = 3.0
+
+Progress = latent_search.Progress
+
+_LOCK = threading.RLock()  # torch's thread count and kernel flags are process-wide
 
 
-@functools.lru_cache(maxsize=4)
-def _codec(weights: Path, device: str) -> BaseCodec:
-    return BaseCodec(load_base_weights(weights), device)
+def compute_for(device: str | torch.device | None = AUTO, exact: bool = False) -> Compute:
+    try:
+        return Compute.of(device, exact)
+    except ValueError as error:
+        raise InvalidOptionError(str(error)) from None
 
 
-def get_codec(weights: str | Path | None = None, device: str = "cpu") -> BaseCodec:
-    return _codec(Path(weights or default_weights_path()).resolve(), device)
+@functools.lru_cache(maxsize=8)
+def _codec(weights: Path, compute: Compute) -> BaseCodec:
+    return BaseCodec(load_base_weights(weights), compute)
+
+
+def get_codec(weights: str | Path | None = None, compute: Compute | None = None) -> BaseCodec:
+    return _codec(Path(weights or default_weights_path()).resolve(), compute or Compute())
 
 
 def check_quality(quality: float, num_levels: int) -> float:
-    if not isinstance(quality, int | float) or math.isnan(quality) or not 1 <= quality <= num_levels:
+    if isinstance(quality, bool) or not isinstance(quality, int | float) or math.isnan(quality) \
+            or not 1 <= quality <= num_levels:
         raise InvalidOptionError(f"quality must be between 1 and {num_levels}, got {quality}")
     return drc.quantize_quality(quality) / drc.QUALITY_DENOMINATOR
 
 
-def check_search_passes(passes: int) -> int:
-    if not isinstance(passes, int) or not 0 <= passes <= latent_search.MAX_PASSES:
-        raise InvalidOptionError(f"search passes must be between 0 and {latent_search.MAX_PASSES}, got {passes}")
-    return passes
+def check_effort(effort: int) -> int:
+    if isinstance(effort, bool) or not isinstance(effort, int) or effort not in EFFORT_PASSES:
+        raise InvalidOptionError(f"effort must be between {min(EFFORT_PASSES)} and {max(EFFORT_PASSES)}, got {effort}")
+    return effort
 
 
 def check_steps(steps: int | None) -> int:
     if steps is None:
         return 0
-    if not isinstance(steps, int) or not 0 <= steps <= MAX_STEPS:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= MAX_STEPS:
         raise InvalidOptionError(f"steps must be between 0 and {MAX_STEPS}, got {steps}")
     return steps
 
 
-@functools.lru_cache(maxsize=4)
-def _restorer(weights: Path, device: str) -> tuple[Restorer, bytes, bytes]:
+@functools.lru_cache(maxsize=8)
+def _restorer(weights: Path, compute: Compute) -> tuple[Restorer, bytes, bytes]:
     loaded = load_restoration_weights(weights)
     assert loaded is not None  # an explicit path either loads or raises
-    return Restorer(loaded.model, device), loaded.base_weights_id, loaded.weights_id
+    return Restorer(loaded.model, compute), loaded.base_weights_id, loaded.weights_id
 
 
-def _installed_restorer(device: str) -> tuple[Restorer, bytes, bytes] | None:
+def _installed_restorer(compute: Compute) -> tuple[Restorer, bytes, bytes] | None:
     path = default_restoration_path()  # read on every call: $DIRAC_RESTORATION_WEIGHTS may change
-    return _restorer(path.resolve(), device) if path.exists() else None
+    return _restorer(path.resolve(), compute) if path.exists() else None
 
 
-def get_restorer(codec: BaseCodec, device: str = "cpu") -> Restorer | None:
+def get_restorer(codec: BaseCodec) -> Restorer | None:
     """The restoration filter for `codec`'s reconstructions, or None where none is installed
     for these base weights (0 steps then give the base synthesis alone)."""
-    installed = _installed_restorer(device)
+    installed = _installed_restorer(codec.compute)
     return installed[0] if installed is not None and installed[1] == codec.weights.weights_id else None
 
 
-@functools.lru_cache(maxsize=4)
-def _diffusion(weights: Path, device: str, restorer: Restorer | None) -> DiffusionDecoder:
+@functools.lru_cache(maxsize=8)
+def _diffusion(weights: Path, compute: Compute, restorer: Restorer | None) -> DiffusionDecoder:
     loaded = load_diffusion_weights(weights)
     assert loaded is not None  # an explicit path either loads or raises
-    return DiffusionDecoder(loaded.model, loaded.settings, device, restorer)
+    return DiffusionDecoder(loaded.model, loaded.settings, loaded.finishing, compute, restorer)
 
 
-def get_diffusion(codec: BaseCodec, weights: str | Path | None = None, device: str = "cpu") -> DiffusionDecoder:
+def get_diffusion(codec: BaseCodec, weights: str | Path | None = None) -> DiffusionDecoder:
     """The diffusion decoder trained on `codec`'s reconstructions (and on the installed
     restoration filter's output, where it was trained on that); a clear error if there is none."""
     # cached by the resolved file, so $DIRAC_DIFFUSION_WEIGHTS is read on every call
     path = Path(weights) if weights else default_diffusion_path()
     if not weights and not path.exists():
         raise InvalidOptionError(
-            "diffusion decoding (steps > 0) is not available yet: no diffusion weights are shipped "
-            "(weights/diffusion.safetensors); use 0 steps"
+            f"diffusion decoding (steps > 0) is not available: no diffusion weights at {path}; use 0 steps"
         )
     loaded = load_diffusion_weights(path.resolve())
     assert loaded is not None
@@ -113,15 +138,15 @@ def get_diffusion(codec: BaseCodec, weights: str | Path | None = None, device: s
             f"the diffusion weights were trained on base weights {loaded.base_weights_id.hex()}, not on the loaded "
             f"{codec.weights.weights_id.hex()}; use 0 steps or matching diffusion weights"
         )
-    return _diffusion(path.resolve(), device, restorer_for(loaded, device))
+    return _diffusion(path.resolve(), codec.compute, restorer_for(loaded, codec.compute))
 
 
-def restorer_for(diffusion: DiffusionWeights, device: str = "cpu") -> Restorer | None:
+def restorer_for(diffusion: DiffusionWeights, compute: Compute | None = None) -> Restorer | None:
     """The installed filter whose output `diffusion` was trained to enhance (None where it
     enhances the base synthesis itself); WrongWeightsError where that filter is not installed."""
     if diffusion.restoration_weights_id is None:
         return None
-    installed = _installed_restorer(device)
+    installed = _installed_restorer(compute or Compute())
     if installed is None or installed[2] != diffusion.restoration_weights_id:
         raise WrongWeightsError(
             f"the diffusion weights enhance the output of restoration weights "
@@ -130,74 +155,146 @@ def restorer_for(diffusion: DiffusionWeights, device: str = "cpu") -> Restorer |
     return installed[0]
 
 
+@dataclass(frozen=True)
+class EncodeOptions:
+    """Everything besides the image and its level that decides an encoder's output."""
+
+    effort: int = DEFAULT_EFFORT
+    detail_map: bool | None = None  # None: below DETAIL_MAP_BELOW_LEVEL
+    recommended_steps: int | None = None
+    progress: Progress | None = None
+
+
+class _Encoder:
+    """One image's encoding: its planes, its level-free latents and the files it makes."""
+
+    def __init__(self, planes: Planes, codec: BaseCodec, options: EncodeOptions) -> None:
+        self.planes, self.codec, self.options = planes, codec, options
+        self.latents = codec.analysis_latents(planes.rgb)
+        passes = EFFORT_PASSES[options.effort]
+        # the search counts the error the way a 0-step decode will show it: after the filter
+        restorer = get_restorer(codec) if passes else None
+        self.search = latent_search.SearchSettings(passes, restorer.model.restore if restorer is not None else None,
+                                                   options.progress)
+
+    def file(self, quality: float, searched: bool = True) -> bytes:
+        """The .drc file at this level; searched=False rounds the latents (a quick size probe)."""
+        codec, planes = self.codec, self.planes
+        search = self.search if searched else latent_search.SearchSettings()
+        latents = codec.quantize(self.latents, quality, planes.rgb, search)
+        height, width = planes.rgb.shape[:2]
+        sections = {drc.TAG_LATENTS: codec.write_stream(latents)}
+        wants_map = self.options.detail_map
+        if wants_map or (wants_map is None and quality < DETAIL_MAP_BELOW_LEVEL):
+            base = codec.synthesize(latents, width, height, quality)
+            sections[drc.TAG_DETAIL] = detail_maps.to_payload(detail_maps.measure(planes.rgb, base))
+        if planes.alpha is not None:
+            sections[drc.TAG_ALPHA] = compress_alpha(planes.alpha)
+        if planes.icc_profile:
+            sections[drc.TAG_ICC] = planes.icc_profile
+        if self.options.recommended_steps is not None:
+            sections[drc.TAG_STEPS] = bytes([self.options.recommended_steps])
+        header = drc.DrcFile(width=width, height=height, colour_mode=planes.colour_mode, quality=quality,
+                             weights_id=codec.weights.weights_id, sections=sections)
+        return drc.pack(header)
+
+
 def encode(
     image: Image.Image | str | Path | bytes,
-    quality: float,
+    quality: float | None = None,
     *,
+    effort: int = DEFAULT_EFFORT,
+    size: int | None = None,
+    bpp: float | None = None,
     steps: int | None = None,
+    detail_map: bool | None = None,
     weights: str | Path | None = None,
-    device: str = "cpu",
+    device: str | torch.device | None = AUTO,
     max_pixels: int = drc.DEFAULT_MAX_PIXELS,
     label: str | None = None,
-    search_passes: int = latent_search.DEFAULT_PASSES,
-    progress: latent_search.Progress | None = None,
-    detail_map: bool | None = None,
+    progress: Progress | None = None,
 ) -> bytes:
-    """Compress an image (a PIL image, a path or encoded image bytes) at a rate level 1..8.
+    """Compress an image (a PIL image, a path or encoded image bytes) into .drc bytes.
 
-    `label` names the input in error messages when it is given as bytes. search_passes=0
-    skips the encoder's search for cheaper symbols: faster, a slightly larger file;
-    `progress(done, total)` hears of each searched tile. detail_map: whether to send the
-    map of where the original has fine detail (None: where the installed diffusion decoder
-    uses one at this level; True: at any level, for decoders that may; about 0.0025 bpp, some
-    125 bytes per Kodak image).
+    The rate is a level `quality` from 1 to 8 (fractions allowed), or a target: `size` in
+    bytes or `bpp` in bits per pixel, reached by searching the fractional level (the file is
+    at or under the target). `effort` 1 (fastest, the default) to 5 spends more time on
+    cheaper latents; `progress(done, total)` hears of each searched tile. `steps` stores a
+    recommended step count. `detail_map`: whether to send the map of where the original has
+    fine detail, which the diffusion decoder steers by (None: below level 3, where the shipped
+    decoder uses it; about 125 bytes per Kodak image). `label` names byte input in errors.
     """
-    codec = get_codec(weights, device)
-    quality = check_quality(quality, codec.num_levels)
-    search_passes = check_search_passes(search_passes)
-    recommended_steps = check_steps(steps) if steps is not None else None
+    targets = [name for name, value in (("quality", quality), ("size", size), ("bpp", bpp)) if value is not None]
+    if len(targets) != 1:
+        raise InvalidOptionError("give exactly one of quality, size or bpp" if targets else
+                                 "give a quality (1-8), a size in bytes or a bpp")
+    options = EncodeOptions(check_effort(effort), detail_map, check_steps(steps) if steps is not None else None,
+                            progress)
+    compute = compute_for(device)
     if not isinstance(image, Image.Image):
         image = open_image(image, max_pixels, label)
     elif image.width * image.height > max_pixels:
         raise LimitExceededError(f"image of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels")
     planes = image_to_planes(image)
-    height, width = planes.rgb.shape[:2]
-    # the search counts the error the way a 0-step decode will show it: after the filter
-    restorer = get_restorer(codec, device) if search_passes else None
-    search = latent_search.SearchSettings(search_passes, restorer.model.restore if restorer is not None else None,
-                                           progress)
-    sections = {drc.TAG_LATENTS: codec.compress(planes.rgb, quality, search)}
-    diffusion = _installed_diffusion(codec, device) if detail_map is not False else None
-    if detail_map and diffusion is None:
-        raise InvalidOptionError("a detail map needs the diffusion weights installed for these base weights")
-    if diffusion is not None and (detail_map or diffusion.uses_detail_map(quality)):
-        base = codec.decompress(sections[drc.TAG_LATENTS], width, height, quality)
-        measured = detail_maps.measure(planes.rgb, diffusion.conditioning(base, quality))
-        sections[drc.TAG_DETAIL] = detail_maps.to_payload(measured)
-    if planes.alpha is not None:
-        sections[drc.TAG_ALPHA] = compress_alpha(planes.alpha)
-    if planes.icc_profile:
-        sections[drc.TAG_ICC] = planes.icc_profile
-    if recommended_steps is not None:
-        sections[drc.TAG_STEPS] = bytes([recommended_steps])
-    return drc.pack(
-        drc.DrcFile(
-            width=width,
-            height=height,
-            colour_mode=planes.colour_mode,
-            quality=quality,
-            weights_id=codec.weights.weights_id,
-            sections=sections,
-        )
-    )
+    del image
+    with _LOCK:
+        codec = get_codec(weights, compute)
+        if quality is not None:
+            return _Encoder(planes, codec, options).file(check_quality(quality, codec.num_levels))
+        target = size if size is not None else bpp_to_bytes(bpp, planes.rgb.shape[0] * planes.rgb.shape[1])
+        return encode_to_size(_Encoder(planes, codec, options), target, codec.num_levels)
 
 
-def _installed_diffusion(codec: BaseCodec, device: str) -> DiffusionDecoder | None:
-    """The installed diffusion decoder for `codec`, None where there is none that fits."""
-    try:
-        return get_diffusion(codec, device=device)
-    except (InvalidOptionError, WrongWeightsError):
-        return None
+def bpp_to_bytes(bpp: float | None, pixels: int) -> int:
+    if isinstance(bpp, bool) or not isinstance(bpp, int | float) or not bpp > 0 or math.isinf(bpp):
+        raise InvalidOptionError(f"bpp must be a positive number, got {bpp}")
+    return math.floor(bpp * pixels / 8)
+
+
+def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
+    """The file of the highest level on the 1/256 grid whose size is at most `target` bytes.
+
+    Sizes grow with the level, so a bisection over the grid finds it: with plain rounding
+    first (quick), then, where the effort searches the latents, again with the search over
+    the few grid steps that the search's smaller files make room for."""
+    if isinstance(target, bool) or not isinstance(target, int) or target <= 0:
+        raise InvalidOptionError(f"size must be a positive number of bytes, got {target}")
+    grid = drc.QUALITY_DENOMINATOR
+    lowest, highest = grid, num_levels * grid  # levels 1..num_levels in grid units
+
+    def size_at(step: int, searched: bool) -> tuple[int, bytes]:
+        data = encoder.file(step / grid, searched)
+        return len(data), data
+
+    def highest_fitting(low: int, high: int, searched: bool) -> tuple[int, bytes] | None:
+        """The highest grid step in [low, high] whose file fits, with its file; None if none does."""
+        best = None
+        while low <= high:
+            middle = (low + high) // 2
+            length, data = size_at(middle, searched)
+            if length <= target:
+                best, low = (middle, data), middle + 1
+            else:
+                high = middle - 1
+        return best
+
+    plain = highest_fitting(lowest, highest, searched=False)
+    searches = encoder.search.passes > 0
+    if plain is None and not searches:
+        smallest = size_at(lowest, False)[0]
+        raise InvalidOptionError(f"a target of {target} bytes is below the smallest file at level 1 "
+                                 f"({smallest} bytes); ask for at least that")
+    if not searches:
+        assert plain is not None
+        return plain[1]
+    # the searched file at a level is a few percent smaller than the plain one: look a little higher
+    start = lowest if plain is None else plain[0]
+    found = highest_fitting(start, min(highest, start + grid // 4), searched=True)
+    if found is None:
+        smallest = size_at(lowest, True)[0]
+        raise InvalidOptionError(f"a target of {target} bytes is below the smallest file at level 1 "
+                                 f"({smallest} bytes); ask for at least that")
+    return found[1]
 
 
 @dataclass
@@ -232,39 +329,52 @@ def decode(
     *,
     weights: str | Path | None = None,
     diffusion_weights: str | Path | None = None,
-    device: str = "cpu",
+    device: str | torch.device | None = AUTO,
+    exact: bool = False,
     max_pixels: int = drc.DEFAULT_MAX_PIXELS,
-    fast: bool = False,
     restore: bool = True,
 ) -> Image.Image:
     """Decompress .drc bytes. steps=None uses the file's recommendation (0 if it has none).
 
     0 steps gives the base reconstruction, corrected by the restoration filter where one is
     installed for these weights (restore=False: the base synthesis alone); more steps add
-    realistic detail with the diffusion decoder. The same file, steps and seed always give
-    the same pixels; with fast=True (oneDNN kernels for the U-Nets) only on the same thread
-    count.
+    realistic detail with the diffusion decoder. The same file, steps, seed, device and mode
+    give the same pixels on the same machine; exact=True gives pixels that are also the same
+    with any thread count (slower). Other machines and devices decode within the tolerance
+    that docs/format.md states.
     """
     header = drc.unpack(data, max_pixels)
-    codec = get_codec(weights, device)
-    if header.weights_id != codec.weights.weights_id:
-        raise WrongWeightsError(
-            f"file was made with weights {header.weights_id.hex()}, but the loaded weights are "
-            f"{codec.weights.weights_id.hex()} ({codec.weights.path.name}); decode it with the weights that made it"
-        )
-    if header.quality > codec.num_levels:
-        raise CorruptFileError(f"corrupt .drc file (quality {header.quality} above the model's {codec.num_levels})")
-    info = FileInfo(header, len(data))
-    steps = check_steps(info.recommended_steps if steps is None else steps)
-    diffusion = get_diffusion(codec, diffusion_weights, device) if steps > 0 else None
-    rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality)
-    if diffusion is not None:
-        rgb = diffusion.enhance(rgb, header.quality, steps, seed, fast, info.detail_map)
-    elif restore and (restorer := get_restorer(codec, device)) is not None:
-        rgb = restorer.restore(rgb, header.quality, fast)
-    alpha = None
-    if header.colour_mode.has_alpha:
-        if drc.TAG_ALPHA not in header.sections:
-            raise CorruptFileError("corrupt .drc file (alpha plane missing)")
-        alpha = decompress_alpha(header.sections[drc.TAG_ALPHA], header.width, header.height)
+    compute = compute_for(device, exact)
+    with _LOCK:
+        codec = get_codec(weights, compute)
+        if header.weights_id != codec.weights.weights_id:
+            raise WrongWeightsError(
+                f"file was made with weights {header.weights_id.hex()}, but the loaded weights are "
+                f"{codec.weights.weights_id.hex()} ({codec.weights.path.name}); decode it with the weights that made it"
+            )
+        if header.quality > codec.num_levels:
+            raise CorruptFileError(f"corrupt .drc file (quality {header.quality} above the model's {codec.num_levels})")
+        info = FileInfo(header, len(data))
+        steps = check_steps(info.recommended_steps if steps is None else steps)
+        diffusion = get_diffusion(codec, diffusion_weights) if steps > 0 else None
+        alpha = None
+        if header.colour_mode.has_alpha:  # checked first: a corrupt plane fails before the work
+            if drc.TAG_ALPHA not in header.sections:
+                raise CorruptFileError("corrupt .drc file (alpha plane missing)")
+            alpha = decompress_alpha(header.sections[drc.TAG_ALPHA], header.width, header.height)
+        detail_map = info.detail_map if diffusion is not None else None
+        rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality)
+        rgb = enhance(codec, rgb, header.quality, steps, seed, diffusion, detail_map, restore)
     return planes_to_image(Planes(rgb, header.colour_mode, alpha, header.sections.get(drc.TAG_ICC)))
+
+
+def enhance(codec: BaseCodec, rgb: np.ndarray, quality: float, steps: int, seed: int | None,
+            diffusion: DiffusionDecoder | None, detail_map: detail_maps.DetailMap | None,
+            restore: bool = True) -> np.ndarray:
+    """The decoder's last stages on a base synthesis: diffusion at steps > 0, else the filter."""
+    if diffusion is not None and steps > 0:
+        return diffusion.enhance(rgb, quality, steps, seed, detail_map)
+    if restore and (restorer := get_restorer(codec)) is not None:
+        return restorer.restore(rgb, quality)
+    return rgb
+

@@ -15,10 +15,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+from diraccodec.api import DEFAULT_EFFORT
+from diraccodec.compute import AUTO
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
 from diraccodec.image.planes import IMAGE_SUFFIXES
-from diraccodec.transforms.search import DEFAULT_PASSES
 
 DRC_SUFFIX = ".drc"
 
@@ -32,8 +33,12 @@ class BatchSettings:
     weights: str | None = None
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
-    fast: bool = False  # oneDNN for the diffusion steps (see api.decode)
-    search_passes: int = DEFAULT_PASSES  # the encoder's search for cheaper symbols (see api.encode)
+    effort: int = DEFAULT_EFFORT  # the encoder's effort (see api.encode)
+    size: int | None = None  # a target file size in bytes instead of the quality
+    bpp: float | None = None  # a target in bits per pixel instead of the quality
+    detail_map: bool | None = None
+    device: str = AUTO
+    exact: bool = False  # thread-invariant decoding (see api.decode)
 
 
 @dataclass(frozen=True)
@@ -82,14 +87,15 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
     try:
         data = read_bytes(job.source)
         if job.encodes:
-            encoded = api.encode(data, settings.quality, steps=settings.steps, weights=settings.weights,
-                                 max_pixels=settings.max_pixels, label=str(job.source),
-                                 search_passes=settings.search_passes)
+            quality = None if settings.size is not None or settings.bpp is not None else settings.quality
+            encoded = api.encode(data, quality, size=settings.size, bpp=settings.bpp, effort=settings.effort,
+                                 steps=settings.steps, detail_map=settings.detail_map, weights=settings.weights,
+                                 device=settings.device, max_pixels=settings.max_pixels, label=str(job.source))
             write_atomic(job.target, encoded)
             info = api.inspect(encoded)
             return JobResult(job, "converted", "", len(data), len(encoded), info.header.pixels)
-        image = api.decode(data, settings.steps, settings.seed, weights=settings.weights,
-                           max_pixels=settings.max_pixels, fast=settings.fast)
+        image = api.decode(data, settings.steps, settings.seed, weights=settings.weights, device=settings.device,
+                           exact=settings.exact, max_pixels=settings.max_pixels)
         write_image(job.target, image)
         return JobResult(job, "converted", "", len(data), job.target.stat().st_size, image.width * image.height)
     except DiracError as error:

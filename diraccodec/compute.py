@@ -1,6 +1,13 @@
-"""Pixels that do not depend on the thread count.
+"""Where and how the networks run: the device, the fast kernels, and the exact mode.
 
-Two kinds of kernel sum in an order that follows the thread count: oneDNN's convolutions
+The default is fast: oneDNN's convolutions on channels-last tensors on a CPU (cuDNN on a
+GPU), and bfloat16 for the diffusion U-Net where the device computes it natively. Its sums
+follow the thread count and the kernels chosen, so pixels may differ from another machine's
+by the tolerance that docs/format.md states; the entropy decoding, which must be exact, never
+runs in this mode (see diraccodec.codec.base_codec).
+
+The exact mode (`exact=True`, `dirac decode --exact`) gives pixels that do not depend on the
+thread count. Two kinds of kernel sum in an order that follows the thread count: oneDNN's convolutions
 (it picks its blocking by threads) and MKL's sgemm, which the plain im2col convolutions
 call (on AVX-512 machines it splits its sums by threads). The reproducible paths turn
 oneDNN off, and MKL gives the same sums with any thread count in its strict conditional
@@ -14,11 +21,13 @@ other processes'.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import functools
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -81,3 +90,101 @@ def _warn_not_strict() -> None:
         RuntimeWarning,
         stacklevel=4,
     )
+
+
+AUTO = "auto"
+CPU = torch.device("cpu")
+DEVICE_CHOICES = (AUTO, "cpu", "cuda")
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def available_devices() -> list[str]:
+    """The devices this process can run on, the CPU first."""
+    return ["cpu", *([f"cuda ({torch.cuda.get_device_name(0)})"] if cuda_available() else [])]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto' (or None): CUDA where present, else the CPU; otherwise the named device."""
+    if device is None or str(device) == AUTO:
+        return torch.device("cuda" if cuda_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r} (use auto, cpu or cuda)")
+    if resolved.type == "cuda" and not cuda_available():
+        raise ValueError("device cuda was asked for, but this machine has no CUDA device (use auto or cpu)")
+    return resolved
+
+
+@functools.cache
+def cpu_computes_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively on this CPU (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Compute:
+    """A device and a mode: what every network stage is given, and the key of its model cache."""
+
+    device: torch.device = CPU
+    exact: bool = False  # thread-invariant float32 kernels: slower, pixels independent of threads
+
+    @classmethod
+    def of(cls, device: str | torch.device | None = AUTO, exact: bool = False) -> Compute:
+        return cls(resolve_device(device), exact)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """Channels-last lets oneDNN and cuDNN skip their reorders; the exact kernels take plain tensors."""
+        return torch.contiguous_format if self.exact else torch.channels_last
+
+    @property
+    def low_precision(self) -> torch.dtype | None:
+        """The dtype the diffusion U-Net may run in (None: float32): bfloat16 on a GPU and on CPUs
+        that compute it natively, never in the exact mode. Its error stays far below one grey level
+        of the finished image, where the fidelity stages (synthesis, restoration) stay float32."""
+        if self.exact:
+            return None
+        if self.device.type == "cuda" or cpu_computes_bfloat16():
+            return torch.bfloat16
+        return None
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A copy of `module` on this device, in this mode's memory format, for inference.
+
+        A copy, because the caller's module may serve other devices: moving it in place would
+        pull it away from them."""
+        prepared = copy.deepcopy(module).to(self.device).eval().requires_grad_(False)
+        return prepared.to(memory_format=self.memory_format)
+
+    def tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on this device in this mode's memory format (4-D tensors only are reformatted)."""
+        tensor = tensor.to(self.device)
+        return tensor.contiguous(memory_format=self.memory_format) if tensor.dim() == 4 else tensor
+
+    def tile(self, cpu_tile: int) -> int:
+        """The tile side for a network whose CPU tile is `cpu_tile`: a GPU takes tiles 4x wider
+        (16x the pixels), so that a 12-megapixel photo runs in a few launches and memory still
+        stays bounded on a 50-megapixel one."""
+        return cpu_tile if self.device.type == "cpu" else 4 * cpu_tile
+
+    def kernels(self) -> contextlib.AbstractContextManager[None]:
+        """The context the networks run in: thread-invariant kernels in the exact mode on a CPU."""
+        if self.exact and self.device.type == "cpu":
+            return thread_invariant()
+        return contextlib.nullcontext()
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """Mixed precision for the diffusion U-Net where `low_precision` allows it."""
+        dtype = self.low_precision
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)

@@ -1,4 +1,5 @@
-"""Shipped weights: loading (safetensors only, never pickle), identification and export.
+"""The model files: where the shipped weights are, loading (safetensors only, never pickle),
+identification and export.
 
 A weights file holds the base codec's parameters, the integer entropy tables built from
 them and JSON metadata. Its identifier, the first 8 bytes of the file's SHA-256, is
@@ -24,6 +25,7 @@ from safetensors.torch import load, save_file
 
 from diraccodec.codec.base_codec import BaseWeights
 from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
+from diraccodec.diffusion.finishing import FinishingSettings
 from diraccodec.diffusion.sampler import SamplerSettings
 from diraccodec.entropy.tables import (
     TableSet,
@@ -36,14 +38,23 @@ from diraccodec.errors import DiracError
 from diraccodec.restoration.filter import RestorationFilter
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+def shipped_weights_folder() -> Path:
+    """The installed package's weights (package data of a wheel: diraccodec/weights/), else the
+    checkout's weights/ beside the package (a source tree or an editable install)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "weights"
+    return installed if (installed / MANIFEST).exists() else package.parent / "weights"
+
+
+MANIFEST = "manifest.json"
+WEIGHTS_DIR = shipped_weights_folder()
 DEFAULT_BASE_WEIGHTS = WEIGHTS_DIR / "base.safetensors"
 WEIGHTS_ENV = "DIRAC_WEIGHTS"
 DEFAULT_DIFFUSION_WEIGHTS = WEIGHTS_DIR / "diffusion.safetensors"
 DIFFUSION_ENV = "DIRAC_DIFFUSION_WEIGHTS"
 DEFAULT_RESTORATION_WEIGHTS = WEIGHTS_DIR / "restoration.safetensors"
 RESTORATION_ENV = "DIRAC_RESTORATION_WEIGHTS"
-MANIFEST = "manifest.json"
 
 
 def default_weights_path() -> Path:
@@ -105,6 +116,7 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
 class DiffusionWeights:
     model: ResidualUNet
     settings: SamplerSettings
+    finishing: FinishingSettings
     base_weights_id: bytes  # the base codec whose reconstructions it was trained on
     path: Path
     metadata: dict[str, str]
@@ -152,30 +164,42 @@ def load_diffusion_weights(path: Path | None = None) -> DiffusionWeights | None:
     path = Path(path or default_diffusion_path())
     model, base_id, metadata, _ = _unet_file(path, "diffusion")
     try:
-        settings = SamplerSettings(**json.loads(metadata["sampler"]))
+        settings, finishing = split_settings(json.loads(metadata["sampler"]))
         restoration_id = bytes.fromhex(metadata["restoration_weights_id"]) if "restoration_weights_id" in metadata \
             else None
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
         raise DiracError(f"{path} is not a diraccodec diffusion weights file ({error})") from None
-    return DiffusionWeights(model, settings, base_id, path, metadata, restoration_id)
+    return DiffusionWeights(model, settings, finishing, base_id, path, metadata, restoration_id)
+
+
+def split_settings(fields: dict[str, object]) -> tuple[SamplerSettings, FinishingSettings]:
+    """A weights file's "sampler" record (one JSON object) as the sampler's and the finishing's settings."""
+    unknown = set(fields) - SamplerSettings.field_names() - FinishingSettings.field_names()
+    if unknown:
+        raise ValueError(f"unknown sampler settings {sorted(unknown)}")
+    sampler = SamplerSettings(**{k: v for k, v in fields.items() if k in SamplerSettings.field_names()})
+    return sampler, FinishingSettings(**{k: v for k, v in fields.items() if k in FinishingSettings.field_names()})
 
 
 def export_diffusion_weights(
     model: ResidualUNet, settings: SamplerSettings, base_weights_id: bytes, path: Path, info: dict[str, object],
-    restoration_weights_id: bytes | None = None,
+    restoration_weights_id: bytes | None = None, finishing: FinishingSettings = FinishingSettings(),
 ) -> None:
     """restoration_weights_id: the filter whose output the model was trained to enhance."""
     extra = {"restoration_weights_id": restoration_weights_id.hex()} if restoration_weights_id else {}
-    _export_unet(model, base_weights_id, path, info, sampler=json.dumps(asdict(settings)), **extra)
+    record = json.dumps({**asdict(settings), **asdict(finishing)})
+    _export_unet(model, base_weights_id, path, info, sampler=record, **extra)
 
 
-def replace_sampler_settings(path: Path, settings: SamplerSettings, output: Path) -> None:
-    """Write the diffusion weights at `path` to `output` with other sampler settings (the model,
-    its ids and training record unchanged): the settings are chosen after training."""
+def replace_diffusion_settings(path: Path, output: Path, settings: SamplerSettings | None = None,
+                               finishing: FinishingSettings | None = None) -> None:
+    """Write the diffusion weights at `path` to `output` with other sampler or finishing settings
+    (the model, its ids and training record unchanged): the settings are chosen after training."""
     loaded = load_diffusion_weights(path)
     assert loaded is not None  # a path was given
-    export_diffusion_weights(loaded.model, settings, loaded.base_weights_id, output,
-                             json.loads(loaded.metadata["info"]), loaded.restoration_weights_id)
+    export_diffusion_weights(loaded.model, settings or loaded.settings, loaded.base_weights_id, output,
+                             json.loads(loaded.metadata["info"]), loaded.restoration_weights_id,
+                             finishing or loaded.finishing)
     load_diffusion_weights.cache_clear()  # the file at `output` may have been one of these
 
 

@@ -39,15 +39,15 @@ def run_measured(arguments: list[str]) -> tuple[float, int]:
     return seconds, usage.ru_maxrss * 1024
 
 
-def measure(megapixels: float, quality: float, folder: Path, search_passes: int | None = None) -> dict[str, float]:
-    """Encode (with `dirac encode`'s default search passes unless given) in a fresh process."""
+def measure(megapixels: float, quality: float, folder: Path, effort: int | None = None) -> dict[str, float]:
+    """Encode (at `dirac encode`'s default effort unless given) in a fresh process."""
     with Image.open(SOURCE) as photo:
         ratio = photo.width / photo.height
         height = round(math.sqrt(megapixels * 1e6 / ratio))
         width = round(height * ratio)
         photo.convert("RGB").resize((width, height), Image.Resampling.BICUBIC).save(folder / "large.png",
                                                                                     compress_level=1)
-    search = [] if search_passes is None else ["--search", str(search_passes)]
+    search = [] if effort is None else ["--effort", str(effort)]
     encode_seconds, encode_peak = run_measured(["encode", str(folder / "large.png"), "-q", str(quality),
                                                 "-o", str(folder / "large.drc"), *search])
     return {
@@ -59,8 +59,9 @@ def measure(megapixels: float, quality: float, folder: Path, search_passes: int 
     }
 
 
-def measure_decode(folder: Path) -> dict[str, float]:
-    seconds, peak = run_measured(["decode", str(folder / "large.drc"), "-o", str(folder / "decoded.png")])
+def measure_decode(folder: Path, steps: int = 0) -> dict[str, float]:
+    seconds, peak = run_measured(["decode", str(folder / "large.drc"), "--steps", str(steps),
+                                  "-o", str(folder / "decoded.png")])
     with Image.open(folder / "decoded.png") as decoded:
         size = decoded.size
     return {"decode_seconds": seconds, "decode_peak_bytes": peak, "decoded_size": size}
@@ -70,12 +71,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megapixels", type=float, default=50.0)
     parser.add_argument("--quality", type=float, default=3.0)
-    parser.add_argument("--search", type=int, default=None, help="Encoder search passes (default: dirac's).")
+    parser.add_argument("--effort", type=int, default=None, help="Encoder effort (default: dirac's).")
+    parser.add_argument("--steps", type=int, default=0, help="Diffusion steps of the decode.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        encoded = measure(args.megapixels, args.quality, Path(folder), args.search)
-        decoded = measure_decode(Path(folder))
+        encoded = measure(args.megapixels, args.quality, Path(folder), args.effort)
+        decoded = measure_decode(Path(folder), args.steps)
     figures = {**encoded, **decoded}
     if args.json:
         args.json.write_text(json.dumps(figures))

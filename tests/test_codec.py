@@ -14,6 +14,7 @@ from PIL import Image, ImageCms
 
 import diraccodec
 from diraccodec.api import get_codec
+from diraccodec.codec.base_codec import Latents
 from diraccodec.compute import mkl_is_strict
 from diraccodec.container import drc
 from diraccodec.errors import InvalidOptionError
@@ -58,6 +59,7 @@ def test_latent_symbols_round_trip_exactly(small_image):
     # Values far outside every table must escape and still come back exactly.
     latents.symbols[0, 0, :3] = [100_000, -(2**35), 7_777]
     latents.hyper[0, 0, 0] = -5_000
+    latents = Latents(latents.hyper, latents.symbols, *codec.entropy_parameters(latents.hyper))
     decoded = codec.read_stream(codec.write_stream(latents), small_image.width, small_image.height)
     np.testing.assert_array_equal(decoded.hyper, latents.hyper)
     np.testing.assert_array_equal(decoded.symbols, latents.symbols)
@@ -123,11 +125,11 @@ def test_quality_out_of_range_is_refused(small_image, quality):
         diraccodec.encode(small_image, quality)
 
 
-def test_diffusion_steps_are_validated_and_not_yet_available(small_image, monkeypatch, tmp_path):
+def test_diffusion_steps_are_validated_and_need_diffusion_weights(small_image, monkeypatch, tmp_path):
     monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(tmp_path / "absent.safetensors"))  # no diffusion model
     data = diraccodec.encode(small_image, 2)
     assert diraccodec.decode(data, steps=0).size == small_image.size
-    with pytest.raises(InvalidOptionError, match="not available yet"):
+    with pytest.raises(InvalidOptionError, match="not available"):
         diraccodec.decode(data, steps=20)
     with pytest.raises(InvalidOptionError, match="between 0 and 100"):
         diraccodec.decode(data, steps=-1)
@@ -137,7 +139,7 @@ DECODE_IN_NEW_PROCESS = """
 import sys, hashlib, numpy as np, torch
 torch.set_num_threads(int(sys.argv[1]))
 import diraccodec
-image = diraccodec.decode(open(sys.argv[2], "rb").read())
+image = diraccodec.decode(open(sys.argv[2], "rb").read(), exact=True, device="cpu")
 print(hashlib.sha256(np.asarray(image).tobytes()).hexdigest())
 """
 
@@ -147,17 +149,20 @@ def _decode_in_new_process(path: Path, threads: int, env: dict[str, str] | None 
                           check=True, capture_output=True, text=True, env=env)
 
 
-def test_same_pixels_with_one_or_two_threads_in_new_processes(sample_image, tmp_path):
+@pytest.mark.slow
+def test_exact_mode_gives_the_same_pixels_with_one_or_two_threads_in_new_processes(sample_image, tmp_path):
     path = tmp_path / "parrots.drc"
     data = diraccodec.encode(sample_image, 3)
     path.write_bytes(data)
-    here = __import__("hashlib").sha256(np.asarray(diraccodec.decode(data)).tobytes()).hexdigest()
+    exact = np.asarray(diraccodec.decode(data, exact=True, device="cpu"))
+    here = __import__("hashlib").sha256(exact.tobytes()).hexdigest()
     assert mkl_is_strict() in (True, None)  # importing diraccodec asked for MKL's strict mode
     digests = {_decode_in_new_process(path, threads).stdout.strip() for threads in (1, 2)}
     assert digests == {here}
 
 
-def test_without_strict_mkl_decoding_warns_and_stays_thread_invariant(sample_image, tmp_path):
+@pytest.mark.slow
+def test_without_strict_mkl_exact_decoding_warns_and_stays_thread_invariant(sample_image, tmp_path):
     if mkl_is_strict() is None:
         pytest.skip("torch does not use MKL here")
     path = tmp_path / "parrots.drc"
@@ -172,3 +177,60 @@ def test_encoding_is_reproducible(small_image):
     assert diraccodec.encode(small_image, 4) == diraccodec.encode(small_image, 4)
     header = drc.unpack(diraccodec.encode(small_image, 4))
     assert header.weights_id == get_codec().weights.weights_id
+
+
+def test_fast_decoding_is_within_the_format_tolerance_of_the_exact_one(sample_image):
+    """docs/format.md: at 0 steps a decoder's pixels are within 2 grey levels of the reference
+    decoder's (the exact mode), and 99% of them equal."""
+    for level in (1, 4, 8):
+        data = diraccodec.encode(sample_image, level)
+        fast = np.asarray(diraccodec.decode(data, device="cpu"), dtype=np.int16)
+        exact = np.asarray(diraccodec.decode(data, device="cpu", exact=True), dtype=np.int16)
+        assert np.abs(fast - exact).max() <= 2 and np.mean(fast != exact) < 0.01, level
+        np.testing.assert_array_equal(fast, np.asarray(diraccodec.decode(data, device="cpu"), dtype=np.int16))
+
+
+def devices() -> list[str]:
+    import torch
+
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def test_one_process_uses_every_device_in_any_order(small_image):
+    """A model moved to one device must not pull another device's copy with it: decode on each
+    device, back and forth, and every decode of the same file agrees with its device's first."""
+    data = diraccodec.encode(small_image, 3, device="cpu")
+    first: dict[str, np.ndarray] = {}
+    for device in devices() + devices()[::-1] + devices():
+        decoded = np.asarray(diraccodec.decode(data, device=device), dtype=np.int16)
+        first.setdefault(device, decoded)
+        np.testing.assert_array_equal(decoded, first[device])
+    for device, decoded in first.items():  # within the format's tolerance of the CPU
+        assert np.abs(decoded - first["cpu"]).max() <= 2, device
+    assert get_codec(None, diraccodec.api.compute_for("cpu")).model.analysis[0].weight.device.type == "cpu"
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_files_cross_between_cpu_and_cuda_with_identical_symbols(sample_image):
+    from diraccodec import api
+
+    for source, target in (("cpu", "cuda"), ("cuda", "cpu")):
+        data = diraccodec.encode(sample_image, 4, device=source)
+        header = drc.unpack(data)
+        symbols = {device: get_codec(None, api.compute_for(device)).read_stream(
+            header.sections[drc.TAG_LATENTS], header.width, header.height) for device in ("cpu", "cuda")}
+        np.testing.assert_array_equal(symbols["cpu"].symbols, symbols["cuda"].symbols)
+        np.testing.assert_array_equal(symbols["cpu"].hyper, symbols["cuda"].hyper)
+        here = np.asarray(diraccodec.decode(data, device=source), dtype=np.int16)
+        there = np.asarray(diraccodec.decode(data, device=target), dtype=np.int16)
+        assert np.abs(here - there).max() <= 2 and np.mean(here != there) < 0.01
+
+
+def test_an_unknown_or_absent_device_is_a_clear_error(small_image):
+    import torch
+
+    with pytest.raises(InvalidOptionError, match=r"(unsupported|unknown) device"):
+        diraccodec.encode(small_image, 3, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidOptionError, match="no CUDA device"):
+            diraccodec.decode(diraccodec.encode(small_image, 3), device="cuda")

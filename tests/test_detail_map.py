@@ -11,10 +11,10 @@ import torch
 import diraccodec
 from diraccodec.container import drc
 from diraccodec.diffusion import detail_map
-from diraccodec.diffusion.sampler import SamplerSettings
+from diraccodec.diffusion.finishing import FinishingSettings
 from diraccodec.entropy.map_coder import decode_map, encode_map
 from diraccodec.errors import CorruptFileError
-from diraccodec.modelfiles import load_diffusion_weights, replace_sampler_settings
+from diraccodec.modelfiles import load_diffusion_weights, replace_diffusion_settings
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (16, 24)])
@@ -78,55 +78,55 @@ def test_matching_scales_each_blocks_fine_detail_to_its_share_of_the_map():
 
 
 def test_detail_match_holds_each_levels_value_and_is_checked():
-    settings = SamplerSettings(detail_match=(0.7, 0.8, 0.0))
-    assert [settings.finishing(level).detail_match for level in (1, 1.9, 2, 2.5, 3, 8)] == [0.7, 0.7, 0.8, 0.8, 0, 0]
-    assert SamplerSettings().finishing(1).detail_match == 0  # files before the map: never used
+    settings = FinishingSettings(detail_match=(0.7, 0.8, 0.0))
+    assert [settings.at(level).detail_match for level in (1, 1.9, 2, 2.5, 3, 8)] == [0.7, 0.7, 0.8, 0.8, 0, 0]
+    assert FinishingSettings().at(1).detail_match == 0  # the plain finishing never uses it
     with pytest.raises(ValueError, match="detail_match"):
-        SamplerSettings(detail_match=(-0.1,))
+        FinishingSettings(detail_match=(-0.1,))
     with pytest.raises(ValueError, match="detail_match"):
-        SamplerSettings(detail_match_bounds=(1.2, 2.0))
+        FinishingSettings(detail_match_bounds=(1.2, 2.0))
 
 
-def test_the_encoder_sends_a_map_where_the_decoder_uses_one_and_decoding_follows_it(
+def test_the_encoder_sends_a_map_below_level_3_or_when_asked_and_decoding_follows_it(
     small_image, random_diffusion_weights, tmp_path, monkeypatch
 ):
     from diraccodec import api
 
     weights = tmp_path / "diffusion.safetensors"
     loaded = load_diffusion_weights(random_diffusion_weights)
-    replace_sampler_settings(random_diffusion_weights,
-                             dataclasses.replace(loaded.settings, detail_match=(0.0, 0.7, 0.0)), weights)
+    replace_diffusion_settings(random_diffusion_weights, weights,
+                               finishing=dataclasses.replace(loaded.finishing, detail_match=(0.0, 0.7, 0.0)))
     monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(weights))
     api._diffusion.cache_clear()
     try:
-        with_map = diraccodec.encode(small_image, 2, search_passes=0)
-        without = diraccodec.encode(small_image, 3, search_passes=0)
-        forced_off = diraccodec.encode(small_image, 2, search_passes=0, detail_map=False)
+        with_map = diraccodec.encode(small_image, 2)
+        without = diraccodec.encode(small_image, 3)
+        forced_off = diraccodec.encode(small_image, 2, detail_map=False)
         assert drc.TAG_DETAIL in drc.unpack(with_map).sections
         assert drc.TAG_DETAIL not in drc.unpack(without).sections
         assert drc.TAG_DETAIL not in drc.unpack(forced_off).sections
         assert 0 < len(with_map) - len(forced_off) < 40  # 3x3 blocks: a few bytes
-        asked = diraccodec.encode(small_image, 3, search_passes=0, detail_map=True)
+        asked = diraccodec.encode(small_image, 3, detail_map=True)
         assert drc.TAG_DETAIL in drc.unpack(asked).sections
         # the map changes the steered image only, not the base at 0 steps
         decoded = [np.asarray(diraccodec.decode(data, steps=steps), dtype=np.int16)
                    for data in (with_map, forced_off) for steps in (0, 3)]
         assert np.array_equal(decoded[0], decoded[2])
         assert np.abs(decoded[1] - decoded[3]).mean() > 0.2
-        # decoders that do not use it at this level ignore it
         from click.testing import CliRunner
 
         from diraccodec.cli import main
 
         small_image.save(tmp_path / "small.png")
-        result = CliRunner().invoke(main, ["encode", str(tmp_path / "small.png"), "-q", "2", "--search", "0",
+        result = CliRunner().invoke(main, ["encode", str(tmp_path / "small.png"), "-q", "2",
                                            "--no-detail-map", "-o", str(tmp_path / "small.drc")])
         assert result.exit_code == 0 and (tmp_path / "small.drc").read_bytes() == forced_off
         # the evaluation decodes as the API does
         from diraccodec.evaluation.codecs import diraccodec_codec
 
-        data, decodings = diraccodec_codec([2], steps=(3,), search_passes=0).round_trip(small_image, 2)
+        data, decodings = diraccodec_codec([2], steps=(3,)).round_trip(small_image, 2)
         assert data == with_map and np.array_equal(np.asarray(decodings[0].image, dtype=np.int16), decoded[1])
+        # decoders that do not use it at this level ignore it
         plain = diraccodec.decode(with_map, steps=3, diffusion_weights=random_diffusion_weights)
         assert np.array_equal(np.asarray(plain),
                               np.asarray(diraccodec.decode(forced_off, steps=3,
@@ -135,15 +135,14 @@ def test_the_encoder_sends_a_map_where_the_decoder_uses_one_and_decoding_follows
         api._diffusion.cache_clear()
 
 
-def test_asking_for_a_map_without_diffusion_weights_says_so(small_image, monkeypatch, tmp_path):
+def test_the_map_does_not_depend_on_which_diffusion_weights_are_installed(small_image, monkeypatch, tmp_path):
     from diraccodec import api
-    from diraccodec.errors import InvalidOptionError
 
+    with_weights = diraccodec.encode(small_image, 1)
     monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(tmp_path / "absent.safetensors"))
     api._diffusion.cache_clear()
     try:
-        with pytest.raises(InvalidOptionError, match="needs the diffusion weights"):
-            diraccodec.encode(small_image, 1, search_passes=0, detail_map=True)
-        assert drc.TAG_DETAIL not in drc.unpack(diraccodec.encode(small_image, 1, search_passes=0)).sections
+        assert diraccodec.encode(small_image, 1) == with_weights
+        assert drc.TAG_DETAIL in drc.unpack(with_weights).sections
     finally:
         api._diffusion.cache_clear()

@@ -37,13 +37,17 @@ def layer_of(module: str) -> int:
     raise AssertionError(f"{module} belongs to no layer: add it to LAYERS and docs/design.md")
 
 
+def is_module(name: str) -> bool:
+    return (PACKAGE / f"{name}.py").exists() or (PACKAGE / name / "__init__.py").exists()
+
+
 def imports_of(path: Path) -> list[str]:
     """Every diraccodec module `path` imports, at the top or inside functions."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("diraccodec"):
-            if node.module == "diraccodec":
-                found += [f"diraccodec.{alias.name}" for alias in node.names]
+            if node.module == "diraccodec":  # a submodule, or a name the package's front door exports
+                found += [f"diraccodec.{alias.name}" if is_module(alias.name) else "diraccodec" for alias in node.names]
             else:
                 found.append(node.module)
         elif isinstance(node, ast.Import):

@@ -74,16 +74,18 @@ def test_info_says_whether_zero_steps_are_restored(small_image, installed, tmp_p
 
 
 def test_info_says_whether_a_decoder_trained_on_the_filter_can_run(small_image, installed, tmp_path, monkeypatch):
+    from diraccodec.diffusion.finishing import FinishingSettings
     from diraccodec.diffusion.sampler import SamplerSettings
     from diraccodec.modelfiles import export_diffusion_weights, load_restoration_weights
 
     path = tmp_path / "a.drc"
-    path.write_bytes(diraccodec.encode(small_image, 2, search_passes=0))
+    path.write_bytes(diraccodec.encode(small_image, 2))
     installed(shipped_base_id())
     filter_id = load_restoration_weights().weights_id
     diffusion = tmp_path / "d" / "diffusion.safetensors"
-    export_diffusion_weights(random_unet(), SamplerSettings(full_steps=12), shipped_base_id(), diffusion,
-                             {"purpose": "test"}, restoration_weights_id=filter_id)
+    export_diffusion_weights(random_unet(), SamplerSettings(), shipped_base_id(), diffusion,
+                             {"purpose": "test"}, restoration_weights_id=filter_id,
+                             finishing=FinishingSettings(full_steps=12))
     monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(diffusion))
     output = " ".join(CliRunner().invoke(main, ["info", str(path)]).output.split())
     assert "available (diffusion.safetensors); decode with --steps N (its full effect from 12)" in output

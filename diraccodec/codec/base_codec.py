@@ -2,13 +2,16 @@
 
 Determinism is designed in, because the decoder must rebuild the encoder's tables bit for
 bit. The only float computation that selects tables is the hyper-synthesis (hyper-latents
-to the mean and scale of each latent) and the gains; both run in float64 on the CPU in one
-thread, from integer inputs, so the same file yields the same tables with any thread
-count, in any process, and whichever device runs the big transforms.
+to the mean and scale of each latent) and the gains; both run in float64 on the CPU, in
+one thread unless MKL sums alike on any thread count, from integer inputs, so the same file
+yields the same tables with any thread count, in any process, and whichever device and mode
+run the big transforms. The transforms themselves run where `Compute` says, in tiles that
+go in and come out as 8-bit pixels, so that memory beyond one tile is that of the 8-bit image.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from fractions import Fraction
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 
 from diraccodec.codec.hyperprior import MultiRateHyperprior
-from diraccodec.compute import single_thread, thread_invariant
+from diraccodec.compute import Compute, mkl_is_strict, single_thread
 from diraccodec.entropy.coder import decode_values, encode_values
 from diraccodec.entropy.tables import TableSet, snap_scales
 from diraccodec.errors import CorruptFileError
@@ -47,10 +50,13 @@ MARGIN_LATENTS = 4  # ... each with 4 latents (64 pixels) of context on every si
 
 @dataclass
 class Latents:
-    """What a .drc file's latent stream carries: integer hyper-latents and latent symbols."""
+    """What a .drc file's latent stream carries, integer hyper-latents and latent symbols, with
+    the entropy parameters they imply (computed once: the hyper-synthesis is the costly part)."""
 
     hyper: np.ndarray  # (N, Hp/64, Wp/64) int64
     symbols: np.ndarray  # (M, Hp/16, Wp/16) int64: round(y * gain - mean)
+    mean: torch.Tensor  # (M, Hp/16, Wp/16) float64, predicted from `hyper`
+    table_ids: np.ndarray  # (M, Hp/16, Wp/16) the range coder's table of each symbol
 
 
 def padded_size(height: int, width: int) -> tuple[int, int]:
@@ -58,10 +64,11 @@ def padded_size(height: int, width: int) -> tuple[int, int]:
 
 
 class BaseCodec:
-    def __init__(self, weights: BaseWeights, device: str | torch.device = "cpu") -> None:
+    def __init__(self, weights: BaseWeights, compute: Compute = Compute()) -> None:
         self.weights = weights
-        self.device = torch.device(device)
-        self.model = weights.model.to(self.device)
+        self.compute = compute
+        self.device = compute.device
+        self.model = compute.prepare(weights.model)
         self.num_levels = self.model.config.num_levels
         self._hyper_synthesis64 = copy.deepcopy(weights.model.hyper_synthesis).cpu().double()
         self._log_gain64 = weights.model.log_gain.detach().cpu().double()
@@ -79,10 +86,13 @@ class BaseCodec:
 
         return mix(self._log_gain64), mix(self._log_inverse_gain64)
 
-    def _entropy_parameters(self, z: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """Mean (float64) and table index of every latent, from integer hyper-latents."""
-        with torch.no_grad(), single_thread():
-            mean, scale = self._hyper_synthesis64(torch.from_numpy(z).double()[None]).chunk(2, dim=1)
+    def entropy_parameters(self, hyper: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Mean (float64) and table index of every latent, from integer hyper-latents: the same
+        on every machine, so the decoder rebuilds the encoder's tables."""
+        # MKL in strict mode sums float64 alike on any thread count; otherwise one thread does
+        threads = contextlib.nullcontext() if mkl_is_strict() else single_thread()
+        with torch.no_grad(), threads:
+            mean, scale = self._hyper_synthesis64(torch.from_numpy(hyper).double()[None]).chunk(2, dim=1)
         table_ids = snap_scales(scale.abs()[0].numpy(), self.weights.latent_scales)
         return mean[0], table_ids
 
@@ -94,57 +104,80 @@ class BaseCodec:
         lambdas = np.log(self.model.config.lambdas)
         return float(np.exp(np.interp(quality - 1.0, np.arange(lambdas.size), lambdas)))
 
-    @torch.no_grad()
-    def analyse(self, rgb: np.ndarray, quality: float, search: SearchSettings = SearchSettings()) -> Latents:
-        """The integer symbols that the stream will carry for this image and level.
-
-        search.passes > 0 lets the encoder move symbols where that lowers the training
-        objective on this image (diraccodec.transforms.search), measured after search.restoration
-        (the decoder's filter at 0 steps) where given; 0 rounds the analysis.
-        """
+    @staticmethod
+    def _padded_pixels(rgb: np.ndarray) -> torch.Tensor:
+        """(1, 3, Hp, Wp) uint8 view of the image with its edges replicated to the hyper grid."""
         height, width = rgb.shape[:2]
         padded_height, padded_width = padded_size(height, width)
         padded = np.pad(rgb, ((0, padded_height - height), (0, padded_width - width), (0, 0)), mode="edge")
-        x = torch.from_numpy(padded).permute(2, 0, 1)[None].to(self.device).float().div_(255)
-        del padded
-        y = apply_tiled(
-            self.model.analysis,
-            x,
-            Fraction(1, LATENT_STRIDE),
-            TILE_LATENTS * LATENT_STRIDE,
-            MARGIN_LATENTS * LATENT_STRIDE,
-        )
+        return torch.from_numpy(padded).permute(2, 0, 1)[None]
+
+    @torch.no_grad()
+    def analysis_latents(self, rgb: np.ndarray) -> torch.Tensor:
+        """(M, Hp/16, Wp/16) float32 latents of the image before any level's gain, on the CPU.
+
+        They do not depend on the level, so a search for a file size reuses them. Tiles are
+        converted to floats on the device one at a time: the whole image is never float."""
+
+        def analyse_tile(tile: torch.Tensor) -> torch.Tensor:
+            return self.model.analysis(self.compute.tensor(tile).float().div_(255)).float().cpu()
+
+        with self.compute.kernels():
+            y = apply_tiled(analyse_tile, self._padded_pixels(rgb), Fraction(1, LATENT_STRIDE),
+                            TILE_LATENTS * LATENT_STRIDE, MARGIN_LATENTS * LATENT_STRIDE)
+        return y[0].contiguous()
+
+    @torch.no_grad()
+    def quantize(self, y: torch.Tensor, quality: float, rgb: np.ndarray | None = None,
+                 search: SearchSettings = SearchSettings()) -> Latents:
+        """The integer symbols that the stream will carry for latents `y` at this level.
+
+        search.passes > 0 lets the encoder move symbols where that lowers the training
+        objective on the image `rgb` (diraccodec.transforms.search), measured after
+        search.restoration (the decoder's filter at 0 steps) where given; 0 rounds.
+        """
         gain, _ = self._gains64(quality)
-        y_scaled = y[0].cpu().double() * gain
-        z = self.model.hyper_analysis(y_scaled.float()[None].to(self.device))[0]
-        hyper = torch.round(z).cpu().to(torch.int64).numpy()
-        mean, table_ids = self._entropy_parameters(hyper)
+        y_scaled = y.double() * gain
+        z = self.model.hyper_analysis(self.compute.tensor(y_scaled.float()[None]))[0]
+        hyper = torch.round(z.float()).cpu().to(torch.int64).numpy()
+        mean, table_ids = self.entropy_parameters(hyper)
         symbols = torch.round(y_scaled - mean).to(torch.int64).numpy()
+        del y_scaled
         if search.passes > 0:
-            inverse_gain = self._gains64(quality)[1].float().to(self.device)
-            if quality not in self._response_energies:
-                self._response_energies[quality] = response_energy(self.model.synthesis, inverse_gain)
-            problem = SearchProblem(
-                synthesis=self.model.synthesis,
-                pixels=x[0, :, :height, :width],
-                mean=mean.float().to(self.device),
-                inverse_gain=inverse_gain,
-                table_ids=table_ids,
-                price=self.weights.latent_tables.bits,
-                distortion_weight=self._lambda(quality) * 255**2 / 3,
-                energy=self._response_energies[quality],
-                restoration=search.restoration,
-                level=torch.tensor([float(quality)], device=self.device),
-            )
-            with torch.enable_grad():
-                symbols = search_symbols(problem, symbols, search.passes, search.progress)
-        return Latents(hyper, symbols)
+            if rgb is None:
+                raise ValueError("the search needs the image")
+            symbols = self._search(rgb, quality, mean, table_ids, symbols, search)
+        return Latents(hyper, symbols, mean, table_ids)
+
+    def _search(self, rgb: np.ndarray, quality: float, mean: torch.Tensor, table_ids: np.ndarray,
+                symbols: np.ndarray, search: SearchSettings) -> np.ndarray:
+        height, width = rgb.shape[:2]
+        inverse_gain = self._gains64(quality)[1].float().to(self.device)
+        if quality not in self._response_energies:
+            self._response_energies[quality] = response_energy(self.model.synthesis, inverse_gain)
+        problem = SearchProblem(
+            synthesis=self.model.synthesis,
+            pixels=self._padded_pixels(rgb)[0, :, :height, :width],
+            mean=mean.float().to(self.device),
+            inverse_gain=inverse_gain,
+            table_ids=table_ids,
+            price=self.weights.latent_tables.bits,
+            distortion_weight=self._lambda(quality) * 255**2 / 3,
+            energy=self._response_energies[quality],
+            restoration=search.restoration,
+            level=torch.tensor([float(quality)], device=self.device),
+        )
+        with torch.enable_grad(), self.compute.kernels():
+            return search_symbols(problem, symbols, search.passes, search.progress)
+
+    def analyse(self, rgb: np.ndarray, quality: float, search: SearchSettings = SearchSettings()) -> Latents:
+        """The latents the stream will carry for this image and level (see `quantize`)."""
+        return self.quantize(self.analysis_latents(rgb), quality, rgb, search)
 
     def write_stream(self, latents: Latents) -> bytes:
-        _, table_ids = self._entropy_parameters(latents.hyper)
         encoder = constriction.stream.queue.RangeEncoder()
         encode_values(encoder, latents.hyper, self._hyper_table_ids(latents.hyper.shape), self.weights.hyper_tables)
-        encode_values(encoder, latents.symbols, table_ids, self.weights.latent_tables)
+        encode_values(encoder, latents.symbols, latents.table_ids, self.weights.latent_tables)
         return encoder.get_compressed().astype("<u4").tobytes()
 
     def read_stream(self, payload: bytes, width: int, height: int) -> Latents:
@@ -157,30 +190,27 @@ class BaseCodec:
             decoder = constriction.stream.queue.RangeDecoder(words)
             hyper = decode_values(decoder, self._hyper_table_ids(hyper_shape), self.weights.hyper_tables)
             hyper = hyper.reshape(hyper_shape)
-            _, table_ids = self._entropy_parameters(hyper)
+            mean, table_ids = self.entropy_parameters(hyper)
             symbols = decode_values(decoder, table_ids, self.weights.latent_tables).reshape(table_ids.shape)
         except (ValueError, RuntimeError, OverflowError, AssertionError) as error:
             # constriction reports data that no symbol sequence could produce by an assertion
             raise CorruptFileError(f"corrupt .drc file (latent stream: {error})") from None
-        return Latents(hyper, symbols)
+        return Latents(hyper, symbols, mean, table_ids)
 
     @torch.no_grad()
     def synthesize(self, latents: Latents, width: int, height: int, quality: float) -> np.ndarray:
-        mean, _ = self._entropy_parameters(latents.hyper)
+        """(H, W, 3) uint8 base reconstruction, synthesized tile by tile into 8-bit pixels."""
         _, inverse_gain = self._gains64(quality)
-        y_hat = (torch.from_numpy(latents.symbols).double() + mean) * inverse_gain
-        y_hat = y_hat.float()[None].to(self.device)
-        with thread_invariant():  # the same pixels with any number of threads
-            x_hat = apply_tiled(
-                self.model.synthesis,
-                y_hat,
-                Fraction(LATENT_STRIDE),
-                TILE_LATENTS,
-                MARGIN_LATENTS,
-            )
+        y_hat = ((torch.from_numpy(latents.symbols).double() + latents.mean) * inverse_gain).float()[None]
+
+        def synthesize_tile(tile: torch.Tensor) -> torch.Tensor:
+            pixels = self.model.synthesis(self.compute.tensor(tile)).float()
+            return pixels.nan_to_num_(nan=0.0).clamp_(0, 1).mul_(255).round_().to(torch.uint8).cpu()
+
+        with self.compute.kernels():  # in the exact mode, the same pixels with any number of threads
+            x_hat = apply_tiled(synthesize_tile, y_hat, Fraction(LATENT_STRIDE), TILE_LATENTS, MARGIN_LATENTS)
         del y_hat
-        x_hat = x_hat[0, :, :height, :width].nan_to_num_(nan=0.0).clamp_(0, 1).mul_(255).round_()
-        return np.ascontiguousarray(x_hat.to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+        return np.ascontiguousarray(x_hat[0, :, :height, :width].permute(1, 2, 0).numpy())
 
     def compress(self, rgb: np.ndarray, quality: float, search: SearchSettings = SearchSettings()) -> bytes:
         return self.write_stream(self.analyse(rgb, quality, search))

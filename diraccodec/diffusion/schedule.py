@@ -36,3 +36,17 @@ def respaced_times(steps: int, start_time: float, end_time: float = 0.0, power: 
         return torch.linspace(start_time, end_time, steps + 1, dtype=torch.float64)
     progress = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     return end_time + (start_time - end_time) * (1 - progress) ** power
+
+
+def per_level(values: tuple[float, ...], level: float) -> float:
+    """The value at a (possibly fractional) level from values at levels 1, 2, 3, ... (linear in
+    between, the last one beyond)."""
+    position = min(max(level - 1, 0.0), len(values) - 1)
+    below = int(position)
+    above = min(below + 1, len(values) - 1)
+    return values[below] + (position - below) * (values[above] - values[below])
+
+
+def held_level(values: tuple[float, ...], level: float) -> float:
+    """The value of the whole level at or below `level`, from values at levels 1, 2, 3, ..."""
+    return values[min(max(math.floor(level) - 1, 0), len(values) - 1)]

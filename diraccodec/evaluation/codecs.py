@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from diraccodec.transforms.search import DEFAULT_PASSES
+from diraccodec import api
+from diraccodec.api import DEFAULT_EFFORT
+from diraccodec.compute import AUTO
 
 
 @dataclass(frozen=True)
@@ -39,31 +41,26 @@ class CodecUnderTest:
 
 def diraccodec_codec(
     levels: Sequence[float], steps: Sequence[int] = (0,), seed: int = 0, weights: str | None = None,
-    fast: bool = False, search_passes: int = DEFAULT_PASSES,
+    effort: int = DEFAULT_EFFORT, device: str = AUTO, exact: bool = False,
 ) -> CodecUnderTest:
     """Our codec; each file is decoded once to the base synthesis, which is then restored (0
     steps) or enhanced by the diffusion decoder (as `api.decode` does)."""
-    from diraccodec import api
+    compute = api.compute_for(device, exact)
 
     def round_trip(image: Image.Image, level: float) -> tuple[bytes, list[Decoding]]:
         started = time.perf_counter()
-        data = api.encode(image, level, weights=weights, search_passes=search_passes)
+        data = api.encode(image, level, weights=weights, effort=effort, device=device)
         encode_seconds = time.perf_counter() - started
-        synthesis = np.asarray(api.decode(data, steps=0, weights=weights, restore=False))
+        synthesis = np.asarray(api.decode(data, steps=0, weights=weights, restore=False, device=device, exact=exact))
         base_seconds = time.perf_counter() - started
-        codec = api.get_codec(weights)
+        codec = api.get_codec(weights, compute)
         info = api.inspect(data)
         quality = info.header.quality
         diffusion = api.get_diffusion(codec) if any(count > 0 for count in steps) else None
-        restorer = api.get_restorer(codec)
         decodings = []
         for count in steps:
             started = time.perf_counter()
-            if count > 0:
-                assert diffusion is not None
-                decoded = diffusion.enhance(synthesis, quality, count, seed, fast, info.detail_map)
-            else:
-                decoded = synthesis if restorer is None else restorer.restore(synthesis, quality, fast)
+            decoded = api.enhance(codec, synthesis, quality, count, seed, diffusion, info.detail_map)
             decodings.append(Decoding(Image.fromarray(decoded), base_seconds + time.perf_counter() - started, count,
                                       base_seconds, encode_seconds))
         return data, decodings

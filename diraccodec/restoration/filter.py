@@ -12,7 +12,6 @@ filter's output (`dirac train diffusion --on-restored`) runs the filter first.
 
 from __future__ import annotations
 
-import contextlib
 from fractions import Fraction
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from diraccodec.compute import thread_invariant
+from diraccodec.compute import Compute
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
 from diraccodec.transforms.tiling import apply_tiled
 
@@ -61,27 +60,30 @@ MARGIN = 96  # ... with at least this margin (more where the U-Net sees further)
 
 
 class Restorer:
-    def __init__(self, model: RestorationFilter, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval().requires_grad_(False)
+    """The filter as a decoding stage: 8-bit image in, 8-bit image out, in tiles, where `compute` says."""
+
+    def __init__(self, model: RestorationFilter, compute: Compute = Compute()) -> None:
+        self.compute = compute
+        self.device = compute.device
+        self.model = compute.prepare(model)
 
     @torch.no_grad()
-    def restore(self, base_rgb: np.ndarray, level: float, fast: bool = False) -> np.ndarray:
+    def restore(self, base_rgb: np.ndarray, level: float) -> np.ndarray:
         """(H, W, 3) uint8 base reconstruction -> (H, W, 3) uint8 restored.
 
         Tiles go in and come out as 8-bit pixels, so that beyond one tile's working set the
-        memory is that of the 8-bit image (a 50-megapixel photo must decode). fast=True keeps
-        oneDNN's kernels, whose summation order follows the thread count (as for the
-        diffusion decoder); by default the pixels are the same with any thread count.
+        memory is that of the 8-bit image (a 50-megapixel photo must decode). It runs in
+        float32 in every mode: it sets the fidelity of a 0-step decode.
         """
         level_tensor = torch.tensor([float(level)], device=self.device)
 
         def restore_tile(tile: torch.Tensor) -> torch.Tensor:
-            restored = self.model.restore(tile.to(self.device).float().div(255), level_tensor)
-            return restored.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+            restored = self.model.restore(self.compute.tensor(tile).float().div_(255), level_tensor)
+            return restored.clamp_(0, 1).mul_(255).round_().to(torch.uint8).cpu()
 
         # a view of the 8-bit pixels (copied only when read-only, as from a PIL image)
         base = torch.from_numpy(np.require(base_rgb, np.uint8, ["C", "W"])).permute(2, 0, 1)[None]
-        with contextlib.nullcontext() if fast else thread_invariant():
-            restored = apply_tiled(restore_tile, base, Fraction(1), TILE, self.model.unet.tile_margin(MARGIN))
+        with self.compute.kernels():
+            restored = apply_tiled(restore_tile, base, Fraction(1), self.compute.tile(TILE),
+                                   self.model.unet.tile_margin(MARGIN))
         return np.ascontiguousarray(restored[0].permute(1, 2, 0).numpy())

@@ -41,16 +41,40 @@ def sinusoidal_embedding(values: torch.Tensor, dimensions: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU, in place where no gradient needs the input (inference): one image-sized buffer less."""
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
 class PixelNorm(nn.Module):
-    """Normalise each pixel's channel vector (a per-pixel LayerNorm): local, so tile-safe."""
+    """Normalise each pixel's channel vector (a per-pixel LayerNorm): local, so tile-safe.
+
+    It runs as one fused layer_norm over the channel axis, which is the innermost axis of a
+    channels-last tensor; for a batch of one, a per-channel scale and shift (the time-and-level
+    modulation) fold into the same kernel.
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(1, channels, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x - x.mean(dim=1, keepdim=True)
-        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-6) * self.weight
+    def forward(
+        self, x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, C, H, W); scale and shift (B, C, 1, 1): the result is norm(x) * (1 + scale) + shift."""
+        channels = x.shape[1]
+        weight, bias = self.weight.view(channels), None
+        if scale is not None and shift is not None and x.shape[0] == 1:
+            weight, bias = weight * (1 + scale.view(channels)), shift.view(channels)
+            scale = shift = None
+        # in the input's own precision: under autocast, bfloat16 activations stay bfloat16 (the
+        # kernel accumulates in float32) rather than making a float32 copy both ways
+        with torch.autocast(x.device.type, enabled=False):
+            normed = F.layer_norm(x.permute(0, 2, 3, 1), (channels,), weight.to(x.dtype),
+                                  None if bias is None else bias.to(x.dtype), eps=1e-6).permute(0, 3, 1, 2)
+        if scale is not None and shift is not None:
+            normed = normed * (1 + scale) + shift
+        return normed
 
 
 class ResidualBlock(nn.Module):
@@ -68,10 +92,10 @@ class ResidualBlock(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(F.silu(self.norm_in(x)))
+        h = self.conv_in(silu(self.norm_in(x)))
         scale, shift = self.modulation(embedding)[:, :, None, None].chunk(2, dim=1)
-        h = self.norm_out(h) * (1 + scale) + shift
-        return self.skip(x) + self.conv_out(F.silu(h))
+        h = self.norm_out(h, scale, shift)
+        return self.skip(x) + self.conv_out(silu(h))
 
 
 class ResidualUNet(nn.Module):
@@ -156,8 +180,11 @@ class ResidualUNet(nn.Module):
                 dim=1,
             )
         )
-        x = F.pixel_unshuffle(torch.cat([noisy_residual, base * 2 - 1], dim=1), 2)
-        x = self.conv_in(x)
+        # the (un)shuffles run on plain tensors, the layers between in the input's memory format
+        memory_format = torch.channels_last if base.is_contiguous(memory_format=torch.channels_last) and \
+            not base.is_contiguous() else torch.contiguous_format
+        x = F.pixel_unshuffle(torch.cat([noisy_residual, base * 2 - 1], dim=1).contiguous(), 2)
+        x = self.conv_in(x.contiguous(memory_format=memory_format))
         skips = []
         for index, block in enumerate(self.down_blocks):
             x = block(x, embedding)
@@ -174,4 +201,4 @@ class ResidualUNet(nn.Module):
             x = block(torch.cat([x, skips.pop()], dim=1), embedding)
             for extra in extras:
                 x = extra(x, embedding)
-        return F.pixel_shuffle(self.conv_out(F.silu(x)), 2)
+        return F.pixel_shuffle(self.conv_out(silu(x)).contiguous(), 2)

@@ -48,7 +48,7 @@ class SearchProblem:
     """One image's search: its pixels, its latents' fixed context and the objective's weights."""
 
     synthesis: nn.Module
-    pixels: torch.Tensor  # (3, H, W) in [0, 1], the image without padding
+    pixels: torch.Tensor  # (3, H, W) uint8 on the CPU, the image without padding
     mean: torch.Tensor  # (M, h, w) predicted mean of every latent (gain-scaled units)
     inverse_gain: torch.Tensor  # (M, 1, 1)
     table_ids: np.ndarray  # (M, h, w)
@@ -140,7 +140,8 @@ def _search_tile(problem: SearchProblem, symbols: np.ndarray, core: tuple[slice,
     window = (slice(top, bottom), slice(left, right))
     inner = (slice(core[0].start - top, core[0].stop - top), slice(core[1].start - left, core[1].stop - left))
     stride = LATENT_STRIDE
-    pixels = problem.pixels[:, top * stride : bottom * stride, left * stride : right * stride]
+    device = problem.mean.device
+    pixels = problem.pixels[:, top * stride : bottom * stride, left * stride : right * stride].to(device).float() / 255
     mean = problem.mean[:, window[0], window[1]]
     table_ids = problem.table_ids[:, core[0], core[1]]
 
@@ -154,7 +155,6 @@ def _search_tile(problem: SearchProblem, symbols: np.ndarray, core: tuple[slice,
     def bits(values: np.ndarray) -> np.ndarray:
         return problem.price(values, table_ids)
 
-    device = pixels.device
     current = torch.from_numpy(symbols[:, window[0], window[1]]).float().to(device)
     with torch.no_grad():
         objective = problem.distortion_weight * squared_error(current).item() + bits(symbols[:, core[0], core[1]]).sum()

@@ -1,0 +1,211 @@
+"""`dirac bench`: seconds per megapixel of every stage, in this process, beside AVIF and JPEG XL.
+
+Each stage is timed on its own on every image (the fastest of `repeat` runs), after one
+warm-up round that loads the models, so process start and first-call costs stay out; the
+table gives the median over the images, and their range. The reference codecs encode and
+decode the same images in the same run, through Pillow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from diraccodec import api
+from diraccodec.errors import DiracError
+from diraccodec.evaluation.codecs import decode_with_pillow, encode_with_pillow
+from diraccodec.image.files import read_bytes, write_atomic
+from diraccodec.image.planes import IMAGE_SUFFIXES, image_to_planes, open_image
+
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "parrots.png"
+# Reference codecs as people ship them, at a mid setting: (Pillow format, options)
+REFERENCES = {
+    "avif": ("AVIF", {"quality": 50, "speed": 6}),
+    "jxl": ("JXL", {"quality": 70, "effort": 7}),
+    "webp": ("WEBP", {"quality": 60, "method": 6}),
+    "jpeg": ("JPEG", {"quality": 60, "optimize": True}),
+}
+STAGES = (
+    ("load", "read and decode the input file into planes"),
+    ("analysis", "analysis transform"),
+    ("entropy coding", "hyper-analysis, entropy parameters, rounding and range coding"),
+    ("encode", "whole encode at the effort (api.encode)"),
+    ("entropy decoding", "range decoding and entropy parameters"),
+    ("synthesis", "synthesis transform"),
+    ("restoration", "restoration filter (0 steps)"),
+    ("decode", "whole decode at 0 steps (api.decode)"),
+    ("diffusion step", "one more sampling step (2 steps minus 1)"),
+)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    images: tuple[Path, ...] = ()
+    level: float = 4.0
+    effort: int = api.DEFAULT_EFFORT
+    references: tuple[str, ...] = ("avif", "jxl")
+    steps: int = 0  # also time whole decodes at this many steps (0: no)
+    repeat: int = 1
+    device: str = "auto"
+    exact: bool = False
+    weights: str | None = None
+
+
+def image_paths(sources: tuple[Path, ...]) -> list[Path]:
+    """Image files from files and folders (a folder's images in name order); the sample if none."""
+    if not sources:
+        return [SAMPLE]
+    paths: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            paths += sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(source)
+    if not paths:
+        raise DiracError("no images to time")
+    return paths
+
+
+def fastest(repeat: int, function: Callable[[], object]) -> tuple[float, object]:
+    """The shortest of `repeat` runs of `function`, and its last result."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = function()
+        best = min(best, time.perf_counter() - started)
+    return best, result
+
+
+def time_image(path: Path, options: BenchOptions) -> dict[str, float]:
+    """Seconds per megapixel of each stage on one image, and the file's bpp."""
+    compute = api.compute_for(options.device, options.exact)
+    codec = api.get_codec(options.weights, compute)
+    data = read_bytes(path)
+    seconds: dict[str, float] = {}
+    seconds["load"], planes = fastest(options.repeat, lambda: image_to_planes(open_image(data, 10**9, str(path))))
+    rgb = planes.rgb
+    height, width = rgb.shape[:2]
+    level = api.check_quality(options.level, codec.num_levels)
+    seconds["analysis"], latents = fastest(options.repeat, lambda: codec.analysis_latents(rgb))
+    seconds["entropy coding"], _ = fastest(
+        options.repeat, lambda: codec.write_stream(codec.quantize(latents, level)))
+    image = Image.fromarray(rgb)
+    seconds["encode"], encoded = fastest(options.repeat, lambda: api.encode(
+        image, level, effort=options.effort, weights=options.weights, device=options.device))
+    payload = api.inspect(encoded).header.sections[b"LATS"]
+    seconds["entropy decoding"], decoded = fastest(options.repeat, lambda: codec.read_stream(payload, width, height))
+    seconds["synthesis"], base = fastest(options.repeat, lambda: codec.synthesize(decoded, width, height, level))
+    restorer = api.get_restorer(codec)
+    if restorer is not None:
+        seconds["restoration"], _ = fastest(options.repeat, lambda: restorer.restore(base, level))
+    seconds["decode"], _ = fastest(options.repeat, lambda: api.decode(
+        encoded, 0, weights=options.weights, device=options.device, exact=options.exact))
+    diffusion = api.get_diffusion(codec)
+    one, _ = fastest(options.repeat, lambda: diffusion.sample(base, level, 1))
+    two, _ = fastest(options.repeat, lambda: diffusion.sample(base, level, 2))
+    seconds["diffusion step"] = max(two - one, 0.0)
+    if options.steps:
+        seconds[f"decode {options.steps} steps"], _ = fastest(options.repeat, lambda: api.decode(
+            encoded, options.steps, weights=options.weights, device=options.device, exact=options.exact))
+    megapixels = width * height / 1e6
+    figures = {stage: value / megapixels for stage, value in seconds.items()}
+    figures["bpp"] = 8 * len(encoded) / (width * height)
+    for key in options.references:
+        image_format, settings = REFERENCES[key]
+        encode_seconds, reference = fastest(options.repeat, lambda f=image_format, s=settings: encode_with_pillow(
+            image, f, **s))
+        decode_seconds, _ = fastest(options.repeat, lambda r=reference: decode_with_pillow(r))
+        figures[f"{key} encode"] = encode_seconds / megapixels
+        figures[f"{key} decode"] = decode_seconds / megapixels
+        figures[f"{key} bpp"] = 8 * len(reference) / (width * height)
+    return figures
+
+
+def run_bench(options: BenchOptions, console: Console) -> dict:
+    if unknown := [key for key in options.references if key not in REFERENCES]:
+        raise DiracError(f"unknown reference codec {unknown[0]!r}; choose from {', '.join(REFERENCES)}")
+    if options.references:
+        import pillow_jxl  # noqa: F401 - registers JPEG XL with Pillow
+    paths = image_paths(options.images)
+    warm = open_image(paths[0], 10**9).convert("RGB").crop((0, 0, 128, 128))
+    api.decode(api.encode(warm, options.level, effort=options.effort, weights=options.weights,
+                          device=options.device), 2, weights=options.weights, device=options.device,
+               exact=options.exact)  # loads every model once, outside the timings
+    per_image = {}
+    for index, path in enumerate(paths, 1):
+        console.print(f"[{index}/{len(paths)}] {path.name}")
+        per_image[path.name] = time_image(path, options)
+    figures = sorted({name for values in per_image.values() for name in values},
+                     key=lambda name: list(per_image[paths[0].name]).index(name))
+    summary = {}
+    for name in figures:
+        values = [image[name] for image in per_image.values() if name in image]
+        summary[name] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return {
+        "command": " ".join(["dirac", *map(shlex.quote, sys.argv[1:])]) if sys.argv else "dirac bench",
+        "options": {**asdict(options), "images": [str(p) for p in paths]},
+        "machine": machine_description(options),
+        "images": len(paths),
+        "megapixels": sum(Image.open(p).size[0] * Image.open(p).size[1] for p in paths) / 1e6,
+        "summary": summary,
+        "per_image": per_image,
+    }
+
+
+def machine_description(options: BenchOptions) -> dict[str, object]:
+    import torch
+
+    compute = api.compute_for(options.device, options.exact)
+    gpu = f" ({torch.cuda.get_device_name(0)})" if compute.device.type == "cuda" else ""
+    return {
+        "processor": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": f"{compute.device}{gpu}",
+        "mode": "exact" if options.exact else "fast",
+        "bfloat16 diffusion": compute.low_precision is not None,
+    }
+
+
+def table_of(report: dict) -> Table:
+    options, machine = report["options"], report["machine"]
+    table = Table(title=f"dirac bench: {report['images']} images, {report['megapixels']:.2f} MP, level "
+                        f"{options['level']:g}, effort {options['effort']}, {machine['device']}, {machine['mode']}")
+    for column in ("stage", "s/MP median", "min", "max"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for name, values in report["summary"].items():
+        digits = 4 if "bpp" in name else 3
+        table.add_row(name, *(f"{values[key]:.{digits}f}" for key in ("median", "min", "max")))
+    return table
+
+
+def markdown_of(report: dict) -> str:
+    lines = [f"Command: `{report['command']}`", "",
+             f"Machine: {', '.join(f'{k} {v}' for k, v in report['machine'].items())}", "",
+             "| stage | s/MP median | min | max |", "|---|---|---|---|"]
+    for name, values in report["summary"].items():
+        digits = 4 if "bpp" in name else 3
+        lines.append(f"| {name} | " + " | ".join(f"{values[k]:.{digits}f}" for k in ("median", "min", "max")) + " |")
+    lines += ["", "What each stage times:", ""] + [f"- {name}: {meaning}" for name, meaning in STAGES]
+    return "\n".join(lines) + "\n"
+
+
+def write_bench(report: dict, json_path: Path | None, markdown: Path | None) -> None:
+    if json_path is not None:
+        write_atomic(json_path, (json.dumps(report, indent=1) + "\n").encode())
+    if markdown is not None:
+        write_atomic(markdown, markdown_of(report).encode())
+

@@ -1,0 +1,285 @@
+"""The user's commands: encode, decode, info, batch and bench."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from diraccodec.cli.common import (
+    EXIT_SOME_FAILED,
+    bpp_option,
+    console,
+    detail_map_option,
+    device_option,
+    effort_option,
+    exact_option,
+    max_pixels_option,
+    parse_list,
+    rate_target,
+    reports_errors,
+    seed_option,
+    size_option,
+    steps_option,
+    weights_option,
+)
+from diraccodec.errors import DiracError, WrongWeightsError
+
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-q", "--quality", type=float, default=None,
+              help="Rate level, 1 (smallest files) to 8 (best); fractions such as 3.5 allowed.")
+@size_option
+@bpp_option
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .drc file.")
+@effort_option(1)
+@click.option("--steps", "recommended_steps", type=click.IntRange(0, 100), default=None,
+              help="Recommended diffusion steps, stored in the file for decoders that are not told.")
+@detail_map_option
+@device_option
+@weights_option
+@max_pixels_option
+@reports_errors
+def encode(source: Path, quality: float | None, size_text: str | None, bpp: float | None, output: Path, effort: int,
+           recommended_steps: int | None, detail_map: bool | None, device: str, weights: Path | None,
+           max_pixels: int) -> None:
+    """Compress an image into a .drc file."""
+    from diraccodec import api
+    from diraccodec.image.files import write_atomic
+
+    rate = rate_target(quality, size_text, bpp)
+    columns = (TextColumn("searching latents"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = None
+
+        def searched(done: int, total: int) -> None:
+            nonlocal task
+            if task is None:
+                task = progress.add_task("search", total=total, visible=total > 1)
+            progress.update(task, completed=done, total=total)
+
+        data = api.encode(source, **rate, effort=effort, steps=recommended_steps, detail_map=detail_map,
+                          device=device, weights=weights, max_pixels=max_pixels, progress=searched)
+    write_atomic(output, data)
+    info = api.inspect(data)
+    console.print(f"{output}: {len(data)} bytes, {info.bits_per_pixel:.4f} bpp, level {info.header.quality:g}")
+
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Output image: .png, .webp (lossless), .tif, .bmp or .jpg (quality 100).")
+@steps_option
+@seed_option
+@device_option
+@exact_option
+@click.option("--no-restore", is_flag=True,
+              help="At 0 steps, skip the restoration filter: the base synthesis alone (faster, less faithful).")
+@weights_option
+@max_pixels_option
+@reports_errors
+def decode(source: Path, output: Path, steps: int | None, seed: int | None, device: str, exact: bool,
+           no_restore: bool, weights: Path | None, max_pixels: int) -> None:
+    """Decompress a .drc file into an image."""
+    from diraccodec import api
+    from diraccodec.image.files import image_format_for, read_bytes, write_image
+
+    image_format_for(output)  # refuse a bad output name before the work
+    image = api.decode(read_bytes(source), steps, seed, weights=weights, device=device, exact=exact,
+                       max_pixels=max_pixels, restore=not no_restore)
+    write_image(output, image)
+    console.print(f"{output}: {image.width}x{image.height} {image.mode}")
+
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@max_pixels_option
+@reports_errors
+def info(source: Path, max_pixels: int) -> None:
+    """Show a .drc file's header and its real bits per pixel."""
+    from diraccodec import api
+    from diraccodec.image.files import read_bytes
+
+    details = api.inspect(read_bytes(source), max_pixels)
+    header = details.header
+    table = Table(show_header=False, box=None)
+    rows = [
+        ("file", str(source)),
+        ("format version", str(header.version)),
+        ("size", f"{header.width}x{header.height}"),
+        ("colour mode", header.colour_mode.name),
+        ("quality", f"{header.quality:g}"),
+        ("weights", header.weights_id.hex()),
+        ("bytes", str(details.file_size)),
+        ("bpp", f"{details.bits_per_pixel:.4f}"),
+        ("sections", ", ".join(f"{tag.decode('ascii', 'replace')} ({len(v)} B)" for tag, v in header.sections.items())),
+        ("recommended steps", "none" if details.recommended_steps is None else str(details.recommended_steps)),
+        ("diffusion", diffusion_support(header.weights_id)),
+        ("restoration", restoration_support(header.weights_id)),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console(highlight=False).print(table)
+
+
+def diffusion_support(weights_id: bytes) -> str:
+    """Whether the installed diffusion weights can enhance files made with `weights_id`."""
+    from diraccodec import api
+    from diraccodec.modelfiles import default_diffusion_path, load_diffusion_weights
+
+    path = default_diffusion_path()  # read on every call: $DIRAC_DIFFUSION_WEIGHTS may change
+    if not path.exists():
+        return f"not available: no diffusion weights at {path} (0 steps only)"
+    try:
+        diffusion = load_diffusion_weights(path.resolve())
+    except DiracError as error:
+        return f"unavailable ({error})"
+    if diffusion.base_weights_id != weights_id:
+        return f"not available: {diffusion.path.name} was trained on other base weights"
+    try:
+        api.restorer_for(diffusion)  # the filter it was trained on, where it needs one
+    except WrongWeightsError:
+        return (f"not available: {diffusion.path.name} enhances the output of restoration weights "
+                f"{diffusion.restoration_weights_id.hex()}, which are not installed")
+    except DiracError as error:
+        return f"unavailable ({error})"
+    full = diffusion.finishing.full_steps
+    note = f" (its full effect from {full})" if full else ""
+    return f"available ({diffusion.path.name}); decode with --steps N{note}"
+
+
+def restoration_support(weights_id: bytes) -> str:
+    """Whether 0 steps will go through the installed restoration filter for `weights_id`."""
+    from diraccodec.modelfiles import load_restoration_weights
+
+    try:
+        restoration = load_restoration_weights()
+    except DiracError as error:
+        return f"unavailable ({error})"
+    if restoration is None or restoration.base_weights_id != weights_id:
+        return "none: 0 steps give the base synthesis alone"
+    return f"0 steps go through {restoration.path.name}"
+
+
+@click.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("destination", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-q", "--quality", type=float, default=None, help="Rate level for images, 1-8 (default 3).")
+@size_option
+@bpp_option
+@effort_option(1)
+@steps_option
+@seed_option
+@detail_map_option
+@click.option("--format", "decoded_suffix", type=click.Choice([".png", ".webp", ".tif", ".bmp"]), default=".png",
+              show_default=True, help="Image format that .drc files decode to.")
+@click.option("-j", "--workers", type=click.IntRange(1, 64), default=None,
+              help="Parallel workers (default: up to 4, one per core).")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
+@click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="auto", metavar="[ADDRESS]",
+              help="Run on a Ray cluster (pip install diraccodec[ray]): its address, or alone for a local or the "
+                   "configured cluster. SOURCE and DESTINATION must be paths every node reads.")
+@device_option
+@exact_option
+@weights_option
+@max_pixels_option
+@reports_errors
+def batch(source: Path, destination: Path, quality: float | None, size_text: str | None, bpp: float | None,
+          effort: int, steps: int | None, seed: int | None, detail_map: bool | None, decoded_suffix: str,
+          workers: int | None, overwrite: bool, ray_address: str | None, device: str, exact: bool,
+          weights: Path | None, max_pixels: int) -> None:
+    """Convert a folder tree: images become .drc files and .drc files become images."""
+    from diraccodec import api
+    from diraccodec.batch import BatchSettings, default_workers, plan_jobs, run_batch
+
+    if size_text is None and bpp is None and quality is None:
+        quality = 3.0
+    rate = rate_target(quality, size_text, bpp)
+    codec = api.get_codec(weights, api.compute_for(device, exact))  # check the options once, before any worker
+    if "quality" in rate:
+        api.check_quality(quality, codec.num_levels)
+    settings = BatchSettings(quality if quality is not None else 3.0, steps, seed, decoded_suffix,
+                             str(weights) if weights else None, overwrite, max_pixels, effort,
+                             rate.get("size"), rate.get("bpp"), detail_map, device, exact)
+    jobs = plan_jobs(source, destination, settings)
+    if not jobs:
+        raise DiracError(f"no images or .drc files found under {source}")
+    started = time.monotonic()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("converting", total=len(jobs))
+
+        def advance(result: Any) -> None:
+            progress.advance(task)
+            if result.status == "failed":
+                progress.console.print(f"[red]failed[/red] {result.job.source}: {result.message}")
+
+        if ray_address is not None:
+            from diraccodec.batch import run_batch_on_ray
+
+            results = run_batch_on_ray(jobs, settings, ray_address, workers, advance)
+        else:
+            results = run_batch(jobs, settings, workers or default_workers(), advance)
+    print_summary(results, time.monotonic() - started)
+    if any(r.status == "failed" for r in results):
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def print_summary(results: list[Any], seconds: float) -> None:
+    table = Table(title="dirac batch")
+    for column in ("status", "files", "input MB", "output MB", "bpp"):
+        table.add_column(column, justify="right" if column != "status" else "left")
+    for status in ("converted", "skipped", "failed"):
+        chosen = [r for r in results if r.status == status]
+        if not chosen:
+            continue
+        input_mb = sum(r.input_bytes for r in chosen) / 1e6
+        output_mb = sum(r.output_bytes for r in chosen) / 1e6
+        encoded = [r for r in chosen if r.job.encodes and r.pixels]
+        bpp = f"{8 * sum(r.output_bytes for r in encoded) / sum(r.pixels for r in encoded):.4f}" if encoded else "-"
+        table.add_row(status, str(len(chosen)), f"{input_mb:.2f}", f"{output_mb:.2f}", bpp)
+    console.print(table)
+    failed = [r for r in results if r.status == "failed"]
+    for result in failed:
+        console.print(f"failed: {result.job.source}: {result.message}")
+    console.print(f"{len(results)} files in {seconds:.1f} s")
+
+
+@click.command()
+@click.argument("images", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("-q", "--quality", "level", type=click.FloatRange(1, 8), default=4.0, show_default=True,
+              help="Rate level of the files timed.")
+@effort_option(1)
+@click.option("--references", default="avif,jxl", show_default=True,
+              help="Codecs timed on the same images in the same run (avif, jxl, webp, jpeg), or 'none'.")
+@click.option("--steps", "steps", type=click.IntRange(0, 100), default=0, show_default=True,
+              help="Also time whole decodes at this many diffusion steps (0: only one step, as a stage).")
+@click.option("--repeat", type=click.IntRange(1, 10), default=1, show_default=True,
+              help="Time each stage this many times per image and keep the fastest.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write every figure here.")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table as Markdown here.")
+@device_option
+@exact_option
+@weights_option
+@reports_errors
+def bench(images: tuple[Path, ...], level: float, effort: int, references: str, steps: int, repeat: int,
+          json_path: Path | None, markdown: Path | None, device: str, exact: bool, weights: Path | None) -> None:
+    """Time every stage in seconds per megapixel, beside AVIF and JPEG XL (default: the shipped sample)."""
+    from diraccodec.bench import BenchOptions, run_bench, table_of, write_bench
+
+    keys = [] if references.strip().lower() == "none" else parse_list(references, str, "--references")
+    options = BenchOptions(tuple(images), level, effort, tuple(k.strip().lower() for k in keys), steps, repeat,
+                           device, exact, str(weights) if weights else None)
+    report = run_bench(options, console)
+    Console(highlight=False).print(table_of(report))
+    write_bench(report, json_path, markdown)
+

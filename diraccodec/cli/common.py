@@ -1,0 +1,119 @@
+"""What the commands share: the console, one-line errors, common options and value parsers."""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from diraccodec.compute import DEVICE_CHOICES
+from diraccodec.container.drc import DEFAULT_MAX_PIXELS
+from diraccodec.errors import DiracError
+
+EXIT_USER_ERROR = 2
+EXIT_SOME_FAILED = 1
+
+console = Console(stderr=True, highlight=False)
+
+
+def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn DiracError into one line on stderr and exit status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except DiracError as error:
+            click.echo(f"dirac: error: {error}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            click.echo("dirac: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+weights_option = click.option(
+    "--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Base weights file (default: the shipped weights, or $DIRAC_WEIGHTS).",
+)
+max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
+    help="Refuse images (or files claiming images) larger than this, before allocating anything.",
+)
+device_option = click.option(
+    "--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+    help="Where the networks run: auto takes CUDA where present, else the CPU.",
+)
+exact_option = click.option(
+    "--exact", is_flag=True,
+    help="Pixels independent of the thread count (float32 kernels without oneDNN): about 3x slower on a CPU.",
+)
+steps_option = click.option(
+    "--steps", type=click.IntRange(0, 100), default=None,
+    help="Diffusion steps at decode, 0-100 (default: the file's recommendation, else 0). 0 gives the base "
+         "reconstruction (highest fidelity); more add realistic detail, in full from 20.",
+)
+seed_option = click.option("--seed", type=int, default=None, help="Sampling seed (default 0; same seed, same pixels).")
+
+
+def effort_option(default: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    from diraccodec.api import EFFORT_PASSES
+
+    return click.option(
+        "-e", "--effort", type=click.IntRange(min(EFFORT_PASSES), max(EFFORT_PASSES)), default=default,
+        show_default=True,
+        help="Encoder effort, 1 (fastest) to 5: efforts 2-5 search for cheaper latents (1, 2, 4, 8 passes), "
+             "files 1-3% smaller at 3-25x the time (docs/user-guide.md).",
+    )
+
+
+size_option = click.option(
+    "--size", "size_text", default=None, metavar="SIZE",
+    help="Target file size instead of -q, e.g. 30KB: the file is at or under it. B, KB (1,000 bytes), MB, "
+         "KiB (1,024), MiB; a bare number is bytes.",
+)
+bpp_option = click.option("--bpp", type=click.FloatRange(min=0, min_open=True), default=None,
+                          help="Target bits per pixel instead of -q (at or under it).")
+detail_map_option = click.option(
+    "--detail-map/--no-detail-map", default=None,
+    help="Send the map of where the image has fine detail, which steers the diffusion decoder (about 0.0025 bpp; "
+         "default: at levels below 3, where the shipped decoder uses it).",
+)
+
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """'30KB' -> 30000 bytes (KB is 1,000 bytes, KiB 1,024)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise DiracError(f"--size takes a number with an optional unit (B, KB, MB, KiB, MiB), got {text!r}")
+    size = int(float(match.group(1)) * _UNITS[unit])
+    if size <= 0:
+        raise DiracError(f"--size must be positive, got {text!r}")
+    return size
+
+
+def parse_list(text: str, kind: type, option: str) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DiracError(f"{option} must be numbers separated by commas, got {text!r}") from None
+
+
+def rate_target(quality: float | None, size_text: str | None, bpp: float | None) -> dict[str, Any]:
+    """The API's rate arguments from -q, --size and --bpp: exactly one of them."""
+    given = [name for name, value in (("-q", quality), ("--size", size_text), ("--bpp", bpp)) if value is not None]
+    if len(given) != 1:
+        raise DiracError("give exactly one of -q, --size or --bpp" if given else "give -q LEVEL, --size or --bpp")
+    if size_text is not None:
+        return {"size": parse_size(size_text)}
+    return {"quality": quality} if quality is not None else {"bpp": bpp}

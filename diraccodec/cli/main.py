@@ -1,0 +1,59 @@
+"""The `dirac` group: the user's commands on the first screen, research and training after them."""
+
+from __future__ import annotations
+
+import click
+
+from diraccodec.cli.codec_commands import batch, bench, decode, encode, info
+from diraccodec.cli.research_commands import compare, evaluate_command, report_command
+from diraccodec.cli.train_commands import train
+from diraccodec.errors import show_warnings_on_one_line
+
+USER_COMMANDS = (encode, decode, info, batch, bench)
+RESEARCH_COMMANDS = (evaluate_command, report_command, compare, train)
+
+
+class SectionedGroup(click.Group):
+    """Lists the user's commands first, in their natural order, then research and training."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [command.name for command in (*USER_COMMANDS, *RESEARCH_COMMANDS) if command.name]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        for title, commands in (("Commands", USER_COMMANDS), ("Research and training", RESEARCH_COMMANDS)):
+            rows = [(command.name or "", command.get_short_help_str(limit=formatter.width - 16))
+                    for command in commands]
+            with formatter.section(title):
+                formatter.write_dl(rows)
+
+
+def print_version(ctx: click.Context, _parameter: click.Parameter, value: bool) -> None:
+    """The version, and the devices this machine offers (`--device auto` takes the last)."""
+    if not value or ctx.resilient_parsing:
+        return
+    import torch
+
+    from diraccodec import __version__
+    from diraccodec.compute import available_devices, cpu_computes_bfloat16
+
+    cpu_note = " (bfloat16 diffusion)" if cpu_computes_bfloat16() else ""
+    click.echo(f"dirac {__version__} (torch {torch.__version__})")
+    click.echo("devices: " + ", ".join(available_devices()).replace("cpu", f"cpu{cpu_note}", 1))
+    ctx.exit()
+
+
+@click.group(cls=SectionedGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=print_version,
+              help="Show the version and the devices available, then exit.")
+def main() -> None:
+    """diraccodec: a learned image codec whose decoder ends in a diffusion model.
+
+    \b
+      dirac encode photo.png -q 3 -o photo.drc
+      dirac decode photo.drc --steps 20 -o photo.png
+    """
+    show_warnings_on_one_line()
+
+
+for _command in (*USER_COMMANDS, *RESEARCH_COMMANDS):
+    main.add_command(_command)

@@ -1,0 +1,178 @@
+"""Research commands: evaluation against other codecs, reports of evaluations, comparison pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from diraccodec.cli.common import (
+    console,
+    device_option,
+    effort_option,
+    exact_option,
+    parse_list,
+    reports_errors,
+    weights_option,
+)
+from diraccodec.container.drc import DEFAULT_MAX_PIXELS
+from diraccodec.errors import DiracError
+
+
+@click.command("eval")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=Path("../shared/data/kodak"), show_default=True, help="Folder of test images.")
+@click.option("--levels", default="1,2,3,4,5,6,7,8", show_default=True, help="Comma-separated rate levels.")
+@click.option("--steps", "steps_text", default="0", show_default=True,
+              help="Diffusion step counts to decode each file with, e.g. 0,1,2,5,10,20,50 (the perception axis).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed for steps > 0.")
+@effort_option(1)
+@device_option
+@exact_option
+@click.option("--references", default="jpeg,webp,avif,jxl", show_default=True,
+              help="Codecs to run in the same run (jpeg, webp, avif, jxl), or 'none'.")
+@click.option("--no-references", is_flag=True, help="Same as --references none.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("runs/eval.json"), show_default=True,
+              help="Every figure; rewritten after each setting, so a stopped run keeps its figures.")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table as Markdown here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the rate-distortion curves (PNG) here.")
+@click.option("--perception-plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the distortion-perception curves per level (PNG) here.")
+@weights_option
+@reports_errors
+def evaluate_command(data: Path, levels: str, steps_text: str, seed: int, effort: int, device: str, exact: bool,
+                     references: str,
+                     no_references: bool,
+                     json_path: Path, markdown: Path | None, plot_path: Path | None, perception_plot: Path | None,
+                     weights: Path | None) -> None:
+    """Rate-distortion (and distortion-perception) evaluation on a folder of images (default: Kodak)."""
+    from diraccodec.evaluation.codecs import REFERENCE_KEYS, diraccodec_codec, reference_codecs
+    from diraccodec.evaluation.run import (
+        evaluate,
+        format_percent,
+        load_images,
+        report_of,
+        write_json,
+        write_report,
+    )
+
+    chosen = parse_list(levels, float, "--levels")
+    steps = parse_list(steps_text, int, "--steps")
+    if not chosen or not steps or any(not 0 <= s <= 100 for s in steps):
+        raise DiracError("--levels and --steps need at least one value; steps are between 0 and 100")
+    keys = [] if no_references or references.strip().lower() == "none" else \
+        [k.strip().lower() for k in references.split(",") if k.strip()]
+    if unknown := [k for k in keys if k not in REFERENCE_KEYS]:
+        raise DiracError(f"unknown reference codec {unknown[0]!r}; choose from {', '.join(REFERENCE_KEYS)}")
+    # the references first: they are quick, so a long run that is stopped still has them
+    codecs = reference_codecs(keys)
+    codecs.append(diraccodec_codec(chosen, sorted(set(steps)), seed, str(weights) if weights else None, effort,
+                                   device, exact))
+    if any(s > 0 for s in steps):  # fail now, not after the first level, when there is no diffusion model
+        from diraccodec import api
+
+        api.get_diffusion(api.get_codec(weights, api.compute_for(device, exact)))
+
+    def save_partial(points: list) -> None:
+        write_json(report_of(points, data.name, complete=False), json_path)
+
+    points = evaluate(load_images(data), codecs, console, save_partial)
+    report = write_report(points, json_path, markdown, plot_path, data.name, perception_plot)
+    table = Table(title=f"evaluation on {data}")
+    for column in ("codec", "setting", "bpp", "PSNR", "MS-SSIM", "LPIPS", "FD-AlexNet", "s/MP", "enc s/MP"):
+        table.add_column(column)
+    for p in points:
+        table.add_row(p.codec, f"{p.setting:g}", f"{p.bpp:.4f}", f"{p.psnr:.2f}", f"{p.ms_ssim:.4f}",
+                      f"{p.lpips:.4f}", f"{p.fd_alexnet:.2f}", f"{p.seconds_per_mp:.2f}",
+                      f"{p.encode_seconds_per_mp:.2f}")
+    out = Console(highlight=False)
+    out.print(table)
+    for ours, against in report["bd_rate_psnr_percent"].items():
+        for name, value in against.items():
+            lpips_value = report["bd_rate_lpips_percent"][ours][name]
+            out.print(f"BD-rate of {ours} vs {name}: {format_percent(value)} (PSNR), "
+                      f"{format_percent(lpips_value)} (LPIPS)")
+
+
+@click.command("report")
+@click.argument("json_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--updated-by", "updates", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="A later run of some of the same settings: its points replace those of the same curve and "
+                   "level, the others are added (repeatable, applied in order).")
+@click.option("--json", "pooled_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the report here (needed with --updated-by, which leaves every input as it is; "
+                   "default: rewrite JSON_PATH).")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--perception-plot", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@reports_errors
+def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path | None, markdown: Path | None,
+                   plot_path: Path | None, perception_plot: Path | None) -> None:
+    """Tables, BD-rates and plots from an evaluation's JSON, also of a run stopped part-way, or of several pooled."""
+    import json
+    import shlex
+
+    from diraccodec.evaluation.run import points_of, pooled_points, write_report
+
+    if updates and pooled_path is None:
+        raise DiracError("--updated-by needs --json for the pooled report (the inputs are left as they are)")
+    saved: list[dict] = []
+    for source in (json_path, *updates):
+        try:
+            saved.append(json.loads(source.read_text()))
+            points_of(saved[-1])
+        except (ValueError, KeyError, TypeError) as error:
+            raise DiracError(f"{source} is not an evaluation report ({error})") from None
+    points = pooled_points(saved)
+    if not points:
+        raise DiracError(f"{json_path} holds no measured points yet")
+    note = " (stopped part-way; every setting it finished is here)"
+    commands = [report.get("command", "") for report in saved]
+    commands = [c + note if not r.get("complete", True) and not c.endswith(note) else c
+                for c, r in zip(commands, saved, strict=True)]
+    # pooled, the report's command is the whole recipe: each run, then this pooling
+    pooling = " ".join(["dirac report", shlex.quote(str(json_path)),
+                        *(f"--updated-by {shlex.quote(str(update))}" for update in updates),
+                        f"--json {shlex.quote(str(pooled_path))}"])
+    command = " && ".join([*commands, pooling]) if updates else commands[0]
+    write_report(points, pooled_path or json_path, markdown, plot_path, saved[0].get("data", json_path.stem),
+                 perception_plot, command, complete=all(bool(r.get("complete", True)) for r in saved))
+    console.print(f"{pooled_path or json_path}: {len(points)} points")
+
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-q", "--quality", type=float, required=True, help="Rate level of our file.")
+@click.option("--steps", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--box", default=None, help="Crop LEFT,TOP,SIZE in pixels (default: a centred square).")
+@click.option("--zoom", type=click.IntRange(1, 8), default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output picture (.png).")
+@weights_option
+@reports_errors
+def compare(source: Path, quality: float, steps: int, box: str | None, zoom: int, seed: int, output: Path,
+            weights: Path | None) -> None:
+    """Side by side crops: original, AVIF at the same size, 0 steps and N steps."""
+    from diraccodec.evaluation.pictures import comparison_picture, is_valid_box
+    from diraccodec.image.files import image_format_for, write_image
+    from diraccodec.image.planes import open_image
+
+    image_format_for(output)
+    image = open_image(source, DEFAULT_MAX_PIXELS).convert("RGB")
+    if box is None:
+        size = min(256, image.width, image.height)
+        crop = ((image.width - size) // 2, (image.height - size) // 2, size)
+    else:
+        values = parse_list(box, int, "--box")
+        if len(values) != 3:
+            raise DiracError(f"--box takes LEFT,TOP,SIZE, got {box!r}")
+        crop = (values[0], values[1], values[2])
+    if not is_valid_box(image, crop):
+        raise DiracError(f"--box {crop} does not fit inside the {image.width}x{image.height} image")
+    write_image(output, comparison_picture(image, quality, steps, crop, seed, zoom, str(weights) if weights else None))
+    console.print(f"{output}: written")

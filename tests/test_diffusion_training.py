@@ -1,0 +1,151 @@
+"""Training the diffusion decoder: its loss, its data and its checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS
+from tests.conftest import random_unet
+
+
+def test_export_command_recognises_a_diffusion_checkpoint(diffusion_weights, tmp_path):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    checkpoint = diffusion_weights.parent / "ck.safetensors"
+    result = CliRunner().invoke(main, ["train", "export", str(checkpoint), str(tmp_path / "d.safetensors")])
+    assert result.exit_code == 0 and "diffusion decoder" in result.output
+
+
+def test_own_prediction_training_feeds_the_model_its_first_step():
+    from diraccodec.training.diffusion import diffusion_loss
+
+    model = random_unet()
+    batch, base = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    levels = torch.tensor([2.0, 5.0])
+    seen: list[torch.Tensor] = []
+    handle = model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    torch.manual_seed(0)
+    truth = diffusion_loss(model, batch, base, levels, 0.7)
+    torch.manual_seed(0)
+    own = diffusion_loss(model, batch, base, levels, 0.7, own_prediction_fraction=1.0)
+    handle.remove()
+    assert len(seen) == 1 + 2  # one pass with the truth; a first step, then the trained pass
+    assert own["loss"].requires_grad and torch.isfinite(own["loss"])
+    assert not torch.equal(seen[0], seen[2])  # the trained pass saw another input
+    assert truth["residual_mse"] != own["residual_mse"]
+
+
+def test_relative_loss_weighs_every_crop_by_its_own_base_error():
+    from diraccodec.training.diffusion import diffusion_loss
+
+    class KeepsTheBase(torch.nn.Module):  # predicts a zero residual: exactly the base image
+        def __init__(self) -> None:
+            super().__init__()
+            self.gain = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, noisy, time, base, levels):
+            return noisy * self.gain
+
+    batch = torch.rand(2, 3, 16, 16)
+    base = batch.clone()
+    base[0] += 0.02 * torch.randn(3, 16, 16)  # a fine level's small residual
+    base[1] += 0.2 * torch.randn(3, 16, 16)  # a coarse level's large one
+    base = base.clamp(0, 1)  # as the base codec's reconstructions are
+    levels = torch.tensor([8.0, 1.0])
+
+    def distance(a, b):
+        return (a - b).abs().mean(dim=(1, 2, 3))
+    absolute = diffusion_loss(KeepsTheBase(), batch, base, levels, 0.7)
+    relative = diffusion_loss(KeepsTheBase(), batch, base, levels, 0.7, distance, 2.0, relative_loss=True)
+    # Keeping the base scores 1 per crop on each term, whatever the residual's size.
+    assert relative["loss"].item() == pytest.approx(1 + 2.0, rel=1e-4)
+    assert absolute["loss"].item() > 1.5  # dominated by the coarse crop's large residual
+    relative["loss"].backward()
+
+
+def train_recording_batches(sample_image, tmp_path, monkeypatch, **options):
+    """Train a tiny decoder on the sample image; every batch's (crops, bases, levels) and the options."""
+    from diraccodec.training import diffusion
+
+    seen = []
+
+    def recording_loss(unet, batch, base, levels, *args, **kwargs):
+        seen.append((batch, base, levels))
+        return real_loss(unet, batch, base, levels, *args, **kwargs)
+
+    real_loss = diffusion.diffusion_loss
+    monkeypatch.setattr(diffusion, "diffusion_loss", recording_loss)
+    photos = tmp_path / "photos"
+    photos.mkdir(exist_ok=True)
+    sample_image.save(photos / "a.png")
+    settings = diffusion.DiffusionTrainingOptions(
+        data=(photos,), checkpoint=tmp_path / "ck.safetensors", patch_size=64, widths=(8, 16, 16),
+        checkpoint_minutes=1e9, threads=1, **options,
+    )
+    diffusion.train_diffusion(settings)
+    return seen, settings
+
+
+def test_diffusion_training_draws_levels_only_from_the_level_range(sample_image, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    seen, _ = train_recording_batches(sample_image, tmp_path, monkeypatch, steps=3, batch_size=4,
+                                      level_range=(6.5, 7.0))
+    drawn = [level for _, _, levels in seen for level in levels.tolist()]
+    assert len(drawn) == 12 and all(6.5 <= level <= 7.0 for level in drawn) and len(set(drawn)) > 1
+    result = CliRunner().invoke(main, ["train", "diffusion", "--data", str(tmp_path / "photos"), "--level-range", "0,9",
+                                       "--checkpoint", str(tmp_path / "other.safetensors"), "--steps", "1"])
+    assert result.exit_code == 2 and "--level-range 0,9 is outside the base's levels 1-8" in result.output
+
+
+def test_training_on_the_filter_feeds_the_model_the_filter_output(sample_image, tmp_path, monkeypatch):
+    from diraccodec.modelfiles import (
+        DEFAULT_RESTORATION_WEIGHTS,
+        load_base_weights,
+        load_diffusion_weights,
+        load_restoration_weights,
+    )
+    from diraccodec.training import diffusion
+
+    seen, options = train_recording_batches(sample_image, tmp_path, monkeypatch, steps=1, batch_size=2,
+                                            restoration_weights=DEFAULT_RESTORATION_WEIGHTS)
+    batch, base, levels = seen[0]
+    restoration = load_restoration_weights(DEFAULT_RESTORATION_WEIGHTS.resolve())
+    with torch.no_grad():
+        synthesis = load_base_weights(DEFAULT_BASE_WEIGHTS.resolve()).model.reconstruct(batch, levels - 1)
+        expected = restoration.model.restore(synthesis, levels).clamp(0, 1).mul(255).round().div(255)
+    assert torch.allclose(base, expected, atol=1e-6) and not torch.allclose(base, synthesis, atol=1e-3)
+
+    diffusion.export_diffusion_checkpoint(options.checkpoint, tmp_path / "w" / "diffusion.safetensors")
+    exported = load_diffusion_weights(tmp_path / "w" / "diffusion.safetensors")
+    assert exported.restoration_weights_id == restoration.weights_id
+
+
+def test_training_with_more_blocks_deepens_the_checkpoint_and_resumes_it(sample_image, tmp_path, monkeypatch):
+    from diraccodec.errors import DiracError
+    from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
+    from diraccodec.training.checkpoint import load_checkpoint, load_checkpoint_metadata
+    from diraccodec.training.diffusion import deepen_checkpoint
+
+    _, settings = train_recording_batches(sample_image, tmp_path, monkeypatch, steps=2, batch_size=2)
+    checkpoint = settings.checkpoint
+    shallow = ResidualUNet(ResidualUNetConfig.from_fields(load_checkpoint_metadata(checkpoint).metadata["config"]))
+    load_checkpoint(checkpoint, shallow, None, None)
+    assert deepen_checkpoint(checkpoint, 2) and not deepen_checkpoint(checkpoint, 2)
+    state = load_checkpoint_metadata(checkpoint)
+    deep = ResidualUNet(ResidualUNetConfig.from_fields(state.metadata["config"]))
+    load_checkpoint(checkpoint, deep, None, None)
+    assert state.step == 2 and deep.config.blocks == 2 and deep.config.widths == (8, 16, 16)
+    noisy, base = torch.randn(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    arguments = (noisy, torch.tensor([0.2]), base, torch.tensor([4.0]))
+    torch.testing.assert_close(deep(*arguments), shallow(*arguments), atol=0, rtol=0)
+    with pytest.raises(DiracError, match="has 2 blocks per resolution"):
+        deepen_checkpoint(checkpoint, 1)
+    seen, _ = train_recording_batches(sample_image, tmp_path, monkeypatch, steps=3, batch_size=2)
+    assert len(seen) == 1  # resumed at step 2, at the checkpoint's depth
+    assert load_checkpoint_metadata(checkpoint).metadata["config"]["blocks"] == 2

@@ -1,0 +1,161 @@
+"""The finishing: gains, kept noise, the share that fewer steps apply, the lattice, and its settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import diraccodec
+from diraccodec.diffusion.finishing import Finishing, FinishingSettings, finish
+from diraccodec.diffusion.sampler import SampledResidual, SamplerSettings, sample_residual
+from diraccodec.diffusion.schedule import per_level
+from diraccodec.transforms.layers import periodic_component
+from tests.conftest import random_unet
+
+
+def test_per_level_values_interpolate_between_levels_and_hold_beyond():
+    values = (1.5, 1.2, 1.0)
+    assert [per_level(values, level) for level in (0.5, 1, 2, 3, 8)] == [1.5, 1.5, 1.2, 1.0, 1.0]
+    assert per_level(values, 1.5) == pytest.approx(1.35)
+    assert per_level((0.3,), 6.0) == 0.3
+
+
+def test_gain_and_kept_noise_act_on_the_last_prediction_and_the_noise_left():
+    model = random_unet()
+    base = torch.rand(1, 3, 64, 64)
+    parts = sample_residual(model, base, 1.5, 3, 7, SamplerSettings(tile=4096))
+    assert torch.equal(finish(parts, FinishingSettings().at(1.5, 3)), parts.prediction)  # the plain finishing
+    finishing = FinishingSettings(residual_gain=(1.5, 1.0), kept_noise=(0.5, 0.0))
+    torch.testing.assert_close(finish(parts, finishing.at(1.5, 3)), 1.25 * parts.prediction + 0.25 * parts.noise_left)
+    assert parts.noise_left.abs().mean() > 1e-3
+
+
+def test_fewer_steps_than_full_steps_mix_the_plain_prediction_and_the_finished_one():
+    torch.manual_seed(0)
+    parts = SampledResidual(torch.randn(1, 3, 40, 52), torch.randn(1, 3, 40, 52))
+    settings = FinishingSettings(residual_gain=(1.2,), detail_gain=(2.6,), kept_noise=(0.4,), full_steps=20)
+    full = settings.at(1.0)
+    assert settings.at(1.0, 20) == settings.at(1.0, 50) == full
+    assert settings.at(1.0, 5) == Finishing(1.05, 1.4, 0.1, 1.0, match_share=0.25)
+    for steps in (1, 5, 13):
+        share = steps / 20
+        torch.testing.assert_close(finish(parts, settings.at(1.0, steps)),
+                                   (1 - share) * parts.prediction + share * finish(parts, full))
+    # full_steps 0: the whole finishing at any count
+    assert FinishingSettings(residual_gain=(1.2,), kept_noise=(0.4,)).at(2.0, 1) == Finishing(1.2, 1.2, 0.4)
+    with pytest.raises(ValueError, match="full_steps"):
+        FinishingSettings(full_steps=-1)
+
+
+def test_decoding_applies_the_share_of_the_finishing_its_steps_earn():
+    from diraccodec.diffusion.decoder import DiffusionDecoder
+
+    settings = FinishingSettings(residual_gain=(1.0,), detail_gain=(3.0,), kept_noise=(0.5,), full_steps=4)
+    decoder = DiffusionDecoder(random_unet(), SamplerSettings(), settings)
+    base_rgb = (np.random.default_rng(0).random((48, 40, 3)) * 255).astype(np.uint8)
+    for steps, share in [(2, 0.5), (4, 1.0)]:
+        decoded = decoder.enhance(base_rgb, 2.0, steps, seed=3)
+        base, parts = decoder.sample(base_rgb, 2.0, steps, seed=3)
+        expected = decoder.to_image(base, finish(parts, Finishing(1.0, 1 + 2 * share, 0.5 * share)))
+        np.testing.assert_array_equal(decoded, expected)
+        if share < 1:  # not the whole finishing
+            assert not np.array_equal(decoded, decoder.to_image(base, finish(parts, Finishing(1.0, 3.0, 0.5))))
+
+
+def test_detail_gain_scales_only_what_the_blur_takes_away():
+    torch.manual_seed(0)
+    prediction, noise_left = torch.randn(1, 3, 40, 52), torch.randn(1, 3, 40, 52)
+    parts = SampledResidual(prediction, noise_left)
+    # one gain for both parts: exactly the gain on the whole prediction
+    assert torch.equal(finish(parts, Finishing(1.6, 1.6, 0.45)), 1.6 * prediction + 0.45 * noise_left)
+    # otherwise: the blur's output scaled by the gain, the rest by the detail gain (a 2-D
+    # Gaussian of sigma 1.5 over 3-sigma taps, edges replicated, computed here independently)
+    sigma, radius = 1.5, 5
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).expand(3, 1, -1, -1)
+    padded = torch.nn.functional.pad(prediction, (radius,) * 4, mode="replicate")
+    smooth = torch.nn.functional.conv2d(padded, kernel, groups=3)
+    torch.testing.assert_close(finish(parts, Finishing(0.9, 2.5, 0.3, sigma)),
+                               0.9 * smooth + 2.5 * (prediction - smooth) + 0.3 * noise_left)
+    # a flat prediction has no detail, up to its edges, at any size down to one pixel
+    for shape in [(1, 3, 1, 1), (1, 3, 1, 7), (1, 3, 9, 2)]:
+        flat = SampledResidual(torch.full(shape, 0.2), torch.zeros(shape))
+        torch.testing.assert_close(finish(flat, Finishing(1.0, 3.0, 0.0)), torch.full(shape, 0.2))
+
+
+def test_lattice_removal_takes_out_a_grid_locked_pattern_and_keeps_the_rest():
+    torch.manual_seed(0)
+    height, width = 150, 171  # not multiples of the period
+    rows, columns = torch.meshgrid(torch.arange(height) / height, torch.arange(width) / width, indexing="ij")
+    smooth = torch.stack([torch.sin(3 * rows + 2 * columns), rows * columns, 0.5 * torch.cos(4 * columns)])[None]
+    cell = torch.randn(1, 3, 8, 8)
+    lattice = (cell - cell.mean(dim=(2, 3), keepdim=True)).repeat(1, 1, 19, 22)[..., :height, :width]
+    found = periodic_component(smooth + lattice, 8, 2.0)
+    interior = (..., slice(40, -40), slice(40, -40))  # beyond the measuring window's reach of the edges
+    torch.testing.assert_close(found[interior], lattice[interior], atol=0.01, rtol=0)
+    assert (found - lattice).abs().max() < 0.15  # near the edges too, within 15% of the lattice's height
+    assert periodic_component(smooth, 8, 2.0).abs().max() < 0.02  # smooth slopes are no lattice
+    # in the finishing: taken out of the prediction before the gains, the noise left untouched
+    noise_left = torch.randn(1, 3, height, width)
+    parts = SampledResidual(smooth + lattice, noise_left)
+    cleaned = finish(parts, Finishing(1.2, 1.2, 0.5, lattice_period=8, lattice_cells=2.0))
+    torch.testing.assert_close(cleaned, 1.2 * (smooth + lattice - found) + 0.5 * noise_left)
+    assert (cleaned - 0.5 * noise_left - 1.2 * smooth)[interior].abs().max() < 0.02
+    # period 0 (the default): the prediction as it is
+    assert torch.equal(finish(parts, Finishing(1.2, 1.2, 0.5)), 1.2 * (smooth + lattice) + 0.5 * noise_left)
+    assert FinishingSettings().at(1.0).lattice_period == 0
+    for shape in [(1, 3, 1, 1), (1, 3, 5, 9)]:  # any size, down to one pixel
+        flat = torch.full(shape, 0.3)
+        torch.testing.assert_close(flat - periodic_component(flat, 8, 2.0), flat)
+    with pytest.raises(ValueError, match="lattice_period"):
+        FinishingSettings(lattice_period=-8)
+
+
+def test_settings_without_a_detail_gain_use_the_gain_for_all_of_the_prediction():
+    one_gain = FinishingSettings(residual_gain=(1.6, 1.2), kept_noise=(0.45, 0.3))
+    assert one_gain.at(1.5) == Finishing(1.4, 1.4, 0.375, 1.0)
+    two_gains = FinishingSettings(residual_gain=(1.0,), detail_gain=[2.6, 1.8], kept_noise=(0.3,), detail_sigma=0.8)
+    assert two_gains.at(2.0) == Finishing(1.0, 1.8, 0.3, 0.8) and two_gains.detail_gain == (2.6, 1.8)
+    with pytest.raises(ValueError, match="detail_sigma"):
+        FinishingSettings(detail_gain=(2.0,), detail_sigma=0.0)
+
+
+def test_settings_can_be_replaced_in_a_weights_file(small_image, random_diffusion_weights, tmp_path):
+    from diraccodec.modelfiles import load_diffusion_weights, replace_diffusion_settings
+
+    copy = tmp_path / "diffusion.safetensors"
+    finishing = FinishingSettings(residual_gain=(1.0,), kept_noise=(0.5, 0.2), detail_gain=(2.0, 0.5),
+                                  detail_sigma=1.5)
+    replace_diffusion_settings(random_diffusion_weights, copy, finishing=finishing)
+    before, after = load_diffusion_weights(random_diffusion_weights), load_diffusion_weights(copy)
+    assert copy.stat().st_mode & 0o777 == 0o644  # readable by all, like the files it replaces
+    assert after.finishing == finishing and after.settings == before.settings
+    assert after.base_weights_id == before.base_weights_id and after.metadata["info"] == before.metadata["info"]
+    for name, tensor in before.model.state_dict().items():
+        assert torch.equal(tensor, after.model.state_dict()[name])
+    data = diraccodec.encode(small_image, 2)
+    decoded = [np.asarray(diraccodec.decode(data, steps=2, diffusion_weights=w), dtype=np.int16)
+               for w in (random_diffusion_weights, copy)]
+    assert np.abs(decoded[0] - decoded[1]).mean() > 0.5
+
+
+def test_a_weights_file_with_an_unknown_setting_is_refused(random_diffusion_weights, tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from diraccodec.errors import DiracError
+    from diraccodec.modelfiles import load_diffusion_weights, record_in_manifest
+
+    with safe_open(str(random_diffusion_weights), "pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        metadata = handle.metadata()
+    record = json.loads(metadata["sampler"]) | {"sharpening": 2.0}
+    odd = tmp_path / "diffusion.safetensors"
+    save_file(tensors, str(odd), metadata=metadata | {"sampler": json.dumps(record)})
+    record_in_manifest(odd)
+    with pytest.raises(DiracError, match="unknown sampler settings"):
+        load_diffusion_weights(odd)

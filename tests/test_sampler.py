@@ -1,0 +1,181 @@
+"""The sampler: counter-based noise, the schedule, the DDIM update, tiling and seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diraccodec.diffusion.finishing import FinishingSettings, finish
+from diraccodec.diffusion.noise import gaussian_noise, mix32
+from diraccodec.diffusion.sampler import SamplerSettings, sample_residual
+from diraccodec.diffusion.schedule import RESIDUAL_SCALE, respaced_times, signal_level
+from tests.conftest import random_unet
+
+
+def residual(model, base, level, steps, seed, sampler=SamplerSettings(), finishing=FinishingSettings()):
+    """The residual a decode adds: sampling, then the finishing."""
+    if steps <= 0:
+        return torch.zeros_like(base)
+    return finish(sample_residual(model, base, level, steps, seed, sampler), finishing.at(level, steps))
+
+
+def test_noise_is_standard_normal_and_a_function_of_position_seed_and_draw():
+    noise = gaussian_noise((1, 3, 200, 300), seed=5, draw=0)
+    assert abs(noise.mean().item()) < 0.01 and abs(noise.std().item() - 1) < 0.01
+    assert abs(((noise**4).mean() / noise.var() ** 2).item() - 3) < 0.05  # the kurtosis of a normal
+    neighbours = torch.corrcoef(torch.stack([noise[..., 1:].flatten(), noise[..., :-1].flatten()]))[0, 1]
+    assert abs(neighbours.item()) < 0.01
+    torch.testing.assert_close(gaussian_noise((1, 3, 200, 300), 5, 0), noise, atol=0, rtol=0)
+    for other in (gaussian_noise((1, 3, 200, 300), 6, 0), gaussian_noise((1, 3, 200, 300), 5, 1)):
+        assert abs(torch.corrcoef(torch.stack([noise.flatten(), other.flatten()]))[0, 1].item()) < 0.01
+    # made in bands of rows, each value the same as alone: any part can be made on its own
+    tall = gaussian_noise((1, 1, 600, 7), seed=2**40 + 3, draw=4)
+    assert torch.equal(tall[..., 300:310, :], gaussian_noise((1, 1, 600, 7), 2**40 + 3, 4)[..., 300:310, :])
+    with pytest.raises(ValueError, match="one image"):
+        gaussian_noise((2, 3, 4, 4), 0, 0)
+
+
+def test_the_hash_is_integer_arithmetic_that_no_device_can_round():
+    values = torch.tensor([0, 1, 2, 0xFFFFFFFF, 123456789], dtype=torch.int64)
+    hashed = mix32(values)
+    assert hashed.dtype == torch.int64 and int(hashed.min()) >= 0 and int(hashed.max()) < 2**32
+    # a reference in Python's exact integers
+    def reference(value: int) -> int:
+        value ^= value >> 16
+        value = (value * 0x21F0AAAD) & 0xFFFFFFFF
+        value ^= value >> 15
+        value = (value * 0x735A2D97) & 0xFFFFFFFF
+        return value ^ (value >> 15)
+    assert hashed.tolist() == [reference(v) for v in values.tolist()]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_same_noise_on_the_gpu():
+    cpu = gaussian_noise((1, 3, 333, 517), 11, 2)
+    gpu = gaussian_noise((1, 3, 333, 517), 11, 2, "cuda").cpu()
+    torch.testing.assert_close(gpu, cpu, atol=1e-5, rtol=1e-5)
+
+
+def test_sampler_is_seeded_and_tile_invariant():
+    model = random_unet()
+    base = torch.rand(1, 3, 200, 264)
+    # neither the kept noise nor the detail gain's blur may show tiles
+    finishing = FinishingSettings(residual_gain=(1.3,), kept_noise=(0.5,), detail_gain=(2.0,))
+    tiled_settings = SamplerSettings(tile=64, margin=96)
+    whole = residual(model, base, 3.0, 3, 1, SamplerSettings(tile=4096), finishing)
+    tiled = residual(model, base, 3.0, 3, 1, tiled_settings, finishing)
+    other = residual(model, base, 3.0, 3, 2, tiled_settings, finishing)
+    assert whole.shape == base.shape
+    torch.testing.assert_close(tiled, whole, atol=1e-4, rtol=0)
+    assert (other - whole).abs().mean() > 1e-3
+
+
+def test_the_residual_respects_the_bound():
+    model = random_unet()
+    base = torch.rand(1, 3, 40, 56)
+    settings = SamplerSettings(bound_low_level=0.05, bound_high_level=0.01)
+    assert residual(model, base, 8.0, 2, 0, settings).abs().max() <= 0.01 + 1e-6
+    assert settings.bound(1.0, 8.0) == 0.05 and settings.bound(4.5, 8.0) == pytest.approx(0.03)
+
+
+def test_the_grid_ends_at_the_end_time_and_one_step_does_not_depend_on_it():
+    grid = respaced_times(3, 0.4, 0.1)
+    torch.testing.assert_close(grid, torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64))
+    model = random_unet()
+    base = torch.rand(1, 3, 40, 56)
+    late, early = SamplerSettings(end_time=0.1), SamplerSettings(end_time=0.0)
+    assert torch.equal(residual(model, base, 4.0, 1, 0, late), residual(model, base, 4.0, 1, 0, early))
+    assert not torch.equal(residual(model, base, 4.0, 3, 0, late), residual(model, base, 4.0, 3, 0, early))
+
+
+def test_one_step_leaves_the_ddim_state_at_the_end_of_the_grid():
+    model = random_unet()
+    base = torch.rand(1, 3, 64, 64)
+    plain = SamplerSettings(tile=4096)
+    one = sample_residual(model, base, 2.0, 1, 7, plain)
+    a_start, a_end = (signal_level(torch.tensor(t)).item() for t in (plain.start_time, plain.end_time))
+    start = gaussian_noise((1, 3, 64, 64), 7, 0) * (1 - a_start) ** 0.5
+    predicted, scale = one.prediction / RESIDUAL_SCALE, RESIDUAL_SCALE / a_end**0.5
+    start_noise = (start - a_start**0.5 * predicted) / (1 - a_start) ** 0.5
+    state_at_end = a_end**0.5 * predicted + (1 - a_end) ** 0.5 * start_noise
+    torch.testing.assert_close(one.prediction + one.noise_left, state_at_end * scale, atol=1e-5, rtol=1e-5)
+    # a grid ending at 0 leaves no noise to keep
+    clean = sample_residual(model, base, 2.0, 3, 7, SamplerSettings(tile=4096, end_time=0.0))
+    assert clean.noise_left.abs().max() < 1e-6
+
+
+def test_renoising_sampler_is_seeded_tile_invariant_and_differs_from_ddim():
+    model = random_unet()
+    base = torch.rand(1, 3, 72, 88)
+    renoise = SamplerSettings(renoise=True, tile=4096)
+    whole = residual(model, base, 3.0, 4, 3, renoise)
+    tiled = residual(model, base, 3.0, 4, 3, SamplerSettings(renoise=True, tile=32, margin=96))
+    torch.testing.assert_close(tiled, whole, atol=1e-4, rtol=0)
+    torch.testing.assert_close(residual(model, base, 3.0, 4, 3, renoise), whole, atol=0, rtol=0)
+    ddim = residual(model, base, 3.0, 4, 3, SamplerSettings(tile=4096))
+    assert (ddim - whole).abs().mean() > 1e-4
+    # one step draws only the starting noise: both updates agree there
+    torch.testing.assert_close(residual(model, base, 3.0, 1, 3, renoise),
+                               residual(model, base, 3.0, 1, 3, SamplerSettings(tile=4096)))
+
+
+def test_a_grid_power_below_one_takes_short_steps_first_and_applies_at_its_level():
+    torch.testing.assert_close(respaced_times(4, 0.4, 0.1, 1.0), torch.linspace(0.4, 0.1, 5, dtype=torch.float64))
+    grid = respaced_times(20, 0.4, 0.1, 0.4)
+    assert grid[0] == pytest.approx(0.4) and grid[-1] == pytest.approx(0.1)
+    sizes = (grid[:-1] - grid[1:]).tolist()
+    assert all(size > 0 for size in sizes) and sizes == sorted(sizes)  # the steps grow
+    assert grid[-2] == pytest.approx(0.1 + 0.3 / 20**0.4)  # the last prediction comes at a noisier time
+    model = random_unet()
+    base = torch.rand(1, 3, 40, 56)
+    even, short_first = SamplerSettings(), SamplerSettings(grid_power=(0.4, 1.0))
+    assert not torch.equal(residual(model, base, 1.0, 3, 0, even), residual(model, base, 1.0, 3, 0, short_first))
+    assert torch.equal(residual(model, base, 3.0, 3, 0, even), residual(model, base, 3.0, 3, 0, short_first))
+    with pytest.raises(ValueError, match="grid_power"):
+        SamplerSettings(grid_power=(0.0,))
+
+
+def input_radius(model, size: int = 384) -> int:
+    """How far from the centre the input pixels lie that move the centre output pixel."""
+    noisy = torch.zeros(1, 3, size, size, requires_grad=True)
+    out = model(noisy, torch.tensor([0.3]), torch.full((1, 3, size, size), 0.5), torch.tensor([2.0]))
+    out[0, 0, size // 2, size // 2].backward()
+    rows, columns = torch.nonzero(noisy.grad[0].abs().sum(0) > 0, as_tuple=True)
+    return int(max((rows - size // 2).abs().max(), (columns - size // 2).abs().max()))
+
+
+def test_a_deepened_unet_computes_the_same_function_and_tiles_with_a_wider_margin():
+    model = random_unet()
+    deeper = model.deepened(2)
+    noisy, base = torch.randn(1, 3, 48, 64), torch.rand(1, 3, 48, 64)
+    time, level = torch.tensor([0.3]), torch.tensor([2.0])
+    torch.testing.assert_close(deeper(noisy, time, base, level), model(noisy, time, base, level), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="cannot deepen"):
+        deeper.deepened(1)
+    for parameter in deeper.parameters():  # the added blocks no longer the identity: a wider view
+        parameter.data.normal_(0, 0.1)
+    shallow_radius, deep_radius = input_radius(model), input_radius(deeper)
+    assert shallow_radius <= model.receptive_radius < 96 and deep_radius <= deeper.receptive_radius
+    assert deep_radius > 96 and deeper.tile_margin(96) % 8 == 0 and deeper.tile_margin(96) >= deep_radius
+    image = torch.rand(1, 3, 200, 232)
+    whole = residual(deeper, image, 3.0, 2, 1, SamplerSettings(tile=4096))
+    tiled = residual(deeper, image, 3.0, 2, 1, SamplerSettings(tile=64, margin=16))
+    torch.testing.assert_close(tiled, whole, atol=1e-4, rtol=0)
+
+
+def test_the_fused_pixel_norm_is_a_per_pixel_layer_norm_with_its_modulation():
+    from diraccodec.restoration.unet import PixelNorm
+
+    torch.manual_seed(0)
+    norm = PixelNorm(16)
+    norm.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 16, 9, 11)
+    scale, shift = torch.randn(2, 16, 1, 1), torch.randn(2, 16, 1, 1)
+    centred = x - x.mean(dim=1, keepdim=True)
+    expected = centred * torch.rsqrt(centred.pow(2).mean(dim=1, keepdim=True) + 1e-6) * norm.weight
+    torch.testing.assert_close(norm(x), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(norm(x, scale, shift), expected * (1 + scale) + shift, atol=1e-5, rtol=1e-5)
+    # a batch of one folds the modulation into the kernel, channels-last or not
+    one = x[:1].contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(norm(one, scale[:1], shift[:1]), expected[:1] * (1 + scale[:1]) + shift[:1],
+                               atol=1e-5, rtol=1e-5)

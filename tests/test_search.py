@@ -1,0 +1,90 @@
+"""The encoder's search for cheaper symbols (efforts 2-5): it lowers the real objective, files stay exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import diraccodec
+from diraccodec.api import get_codec
+from diraccodec.errors import InvalidOptionError
+from diraccodec.transforms.search import SearchSettings
+from tests.test_cli import dirac
+
+
+def objective(codec, original: np.ndarray, data: bytes, quality: float) -> float:
+    """lambda * 255^2 * MSE + bpp of a latent stream, from its real size and decoded pixels."""
+    height, width = original.shape[:2]
+    decoded = codec.decompress(data, width, height, quality).astype(np.float64)
+    mse = np.mean((decoded / 255 - original / 255) ** 2)
+    return codec._lambda(quality) * 255**2 * mse + 8 * len(data) / (height * width)
+
+
+@pytest.mark.parametrize("quality", [2, 7])
+def test_search_lowers_the_objective_on_a_photo(sample_image, quality):
+    """Measured with the range coder's real output and the decoder's real pixels, on an
+    image wide enough for two tiles of the search (640 pixels = 40 latents > 32)."""
+    codec = get_codec()
+    original = np.asarray(sample_image.resize((640, 224), Image.Resampling.LANCZOS))
+    plain = codec.compress(original, quality, SearchSettings(passes=0))
+    searched = codec.compress(original, quality, SearchSettings(passes=2))
+    before, after = objective(codec, original, plain, quality), objective(codec, original, searched, quality)
+    assert after < before * 0.995, (before, after)
+
+
+def test_searched_symbols_round_trip_exactly(sample_image):
+    codec = get_codec()
+    original = np.asarray(sample_image)
+    plain = codec.analyse(original, 4)
+    searched = codec.analyse(original, 4, SearchSettings(passes=2))
+    assert np.array_equal(searched.hyper, plain.hyper)  # the tables stay those of the analysis
+    assert 0 < np.mean(searched.symbols != plain.symbols) < 0.2
+    assert np.all(np.abs(searched.symbols - plain.symbols) <= 2)
+    height, width = original.shape[:2]
+    read = codec.read_stream(codec.write_stream(searched), width, height)
+    assert np.array_equal(read.symbols, searched.symbols) and np.array_equal(read.hyper, searched.hyper)
+
+
+def test_table_bits_predict_the_stream_size(sample_image):
+    codec = get_codec()
+    latents = codec.analyse(np.asarray(sample_image), 5)
+    predicted = codec.weights.latent_tables.bits(latents.symbols, latents.table_ids).sum()
+    predicted += codec.weights.hyper_tables.bits(latents.hyper, codec._hyper_table_ids(latents.hyper.shape)).sum()
+    actual = 8 * len(codec.write_stream(latents))
+    assert abs(predicted - actual) < 0.01 * actual + 64
+
+
+def test_effort_1_rounds_plainly_and_higher_efforts_search(small_image):
+    from diraccodec.api import EFFORT_PASSES
+    from diraccodec.container import drc
+
+    codec = get_codec()
+    plain = codec.compress(np.asarray(small_image), 3.0)  # the codec alone rounds the analysis
+    by_effort = {effort: drc.unpack(diraccodec.encode(small_image, 3, effort=effort)).sections[drc.TAG_LATENTS]
+                 for effort in (1, 2, 4)}
+    assert by_effort[1] == plain and diraccodec.encode(small_image, 3) == diraccodec.encode(small_image, 3, effort=1)
+    assert by_effort[2] != plain and by_effort[4] != plain
+    assert [EFFORT_PASSES[e] for e in sorted(EFFORT_PASSES)] == [0, 1, 2, 4, 8]
+
+
+@pytest.mark.parametrize("effort", [0, 6, 1.5, True])
+def test_bad_efforts_are_refused(small_image, effort):
+    with pytest.raises(InvalidOptionError, match="effort must be between 1 and 5"):
+        diraccodec.encode(small_image, 3, effort=effort)
+
+
+def test_cli_effort_option(tmp_path, small_image):
+    small_image.save(tmp_path / "a.png")
+    done = dirac("encode", tmp_path / "a.png", "-q", "3", "-e", "2", "-o", tmp_path / "a.drc")
+    assert done.returncode == 0 and (tmp_path / "a.drc").read_bytes() == diraccodec.encode(small_image, 3, effort=2)
+    refused = dirac("encode", tmp_path / "a.png", "-q", "3", "--effort", "9", "-o", tmp_path / "b.drc")
+    assert refused.returncode == 2 and "--effort" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "b.drc").exists()
+
+
+def test_progress_hears_of_every_tile(sample_image):
+    calls: list[tuple[int, int]] = []
+    image = sample_image.resize((640, 224))  # 40 x 16 latents: two tiles of the search
+    diraccodec.encode(image, 3, effort=2, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 2), (2, 2)]
