@@ -1,20 +1,29 @@
 # Set-up and the two everyday commands. Everything lands in .venv; torch is pinned to the
 # CPU build through constraints.txt (pyproject.toml states the range users get).
+# The set-up installs the package as users get it (not editable: a wheel with the weights
+# inside). The tests still import the checkout's code (`python -m pytest` in the repository
+# puts it first on sys.path), and `demo` reinstalls the package first, so both run the code
+# as it is now; `make install` does that reinstall alone, for the `dirac` command in .venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# setuptools packs whatever an earlier build left in build/lib, deleted modules too: start clean
+PIP_INSTALL := rm -rf build && $(BIN)/python -m pip install --quiet -c constraints.txt
 
-.PHONY: setup demo test lint
+.PHONY: setup install demo test test-fast lint
 
 $(BIN)/dirac: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP_INSTALL) '.[dev]'
 	touch $@
 
 setup: $(BIN)/dirac
 
-demo: setup
+install: setup
+	$(PIP_INSTALL) --no-deps .
+
+demo: install
 	mkdir -p out
 	$(BIN)/dirac encode samples/parrots.png -q 3 -o out/parrots.drc
 	$(BIN)/dirac info out/parrots.drc
@@ -23,6 +32,11 @@ demo: setup
 test: setup
 	$(BIN)/ruff check diraccodec tests scripts
 	$(BIN)/python -m pytest -q
+
+# the fast tier, for every change: the tests not marked slow (under 3 minutes on 2 cores)
+test-fast: setup
+	$(BIN)/ruff check diraccodec tests scripts
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check diraccodec tests scripts

@@ -187,7 +187,8 @@ class _Encoder:
         wants_map = self.options.detail_map
         if wants_map or (wants_map is None and quality < DETAIL_MAP_BELOW_LEVEL):
             base = codec.synthesize(latents, width, height, quality)
-            sections[drc.TAG_DETAIL] = detail_maps.to_payload(detail_maps.measure(planes.rgb, base))
+            measured = detail_maps.measure(planes.rgb, base, device=codec.device)
+            sections[drc.TAG_DETAIL] = detail_maps.to_payload(measured)
         if planes.alpha is not None:
             sections[drc.TAG_ALPHA] = compress_alpha(planes.alpha)
         if planes.icc_profile:
@@ -287,9 +288,12 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
     if not searches:
         assert plain is not None
         return plain[1]
-    # the searched file at a level is a few percent smaller than the plain one: look a little higher
+    # the searched file at a level is usually a few percent smaller than the plain one (at
+    # fine levels it can be a little larger): look around the plain answer, then everywhere
     start = lowest if plain is None else plain[0]
-    found = highest_fitting(start, min(highest, start + grid // 4), searched=True)
+    found = highest_fitting(max(lowest, start - grid // 4), min(highest, start + grid // 4), searched=True)
+    if found is None:
+        found = highest_fitting(lowest, highest, searched=True)
     if found is None:
         smallest = size_at(lowest, True)[0]
         raise InvalidOptionError(f"a target of {target} bytes is below the smallest file at level 1 "

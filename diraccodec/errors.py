@@ -10,12 +10,12 @@ class DiracError(Exception):
     """Base of every error caused by input, files or options rather than by a bug."""
 
 
-class NotADrcFileError(DiracError):
-    pass
+class NotADrcFileError(DiracError, OSError):
+    """Also an OSError, as Pillow's readers raise for data they cannot parse."""
 
 
-class CorruptFileError(DiracError):
-    pass
+class CorruptFileError(DiracError, OSError):
+    """Also an OSError, as Pillow's readers raise for data they cannot parse."""
 
 
 class TruncatedFileError(CorruptFileError):

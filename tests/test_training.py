@@ -1,4 +1,8 @@
-"""Training runs, resumes exactly and exports weights the codec can use (tiny settings)."""
+"""Training runs, exports weights the codec can use, and trains only on its own photos (tiny settings).
+
+Exact resume, the state's parts and time budgets are tested through scripts/train_gpu.py
+(test_gpu_training.py), which runs these same trainers.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diraccodec.training.base import BaseTrainingOptions, export_checkpoint, train_base
-from diraccodec.training.checkpoint import optimizer_path
+from diraccodec.training.checkpoint import load_checkpoint_metadata, read_state, write_travel_copy
 
 
 @pytest.fixture(scope="module")
@@ -29,41 +33,17 @@ def options(folder: Path, checkpoint: Path, steps: int) -> BaseTrainingOptions:
     )
 
 
-def test_resumed_training_equals_uninterrupted_training(photo_folder: Path, tmp_path: Path):
-    straight = tmp_path / "straight.safetensors"
-    resumed = tmp_path / "resumed.safetensors"
-    train_base(options(photo_folder, straight, 4))
-    train_base(options(photo_folder, resumed, 2))
-    assert optimizer_path(resumed).exists()
-    state = train_base(options(photo_folder, resumed, 4))
-    assert state.step == 4
-    a, b = load_file(str(straight)), load_file(str(resumed))
-    model_keys = [k for k in a if k.startswith("model.")]
-    assert model_keys
-    for key in model_keys:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-
-
-def test_weight_average_resumes_exactly_and_is_what_export_ships(photo_folder: Path, tmp_path: Path):
-    def averaged(checkpoint: Path, steps: int) -> BaseTrainingOptions:
-        run = options(photo_folder, checkpoint, steps)
-        run.average_decay = 0.5
-        return run
-
-    straight, resumed = tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors"
-    train_base(averaged(straight, 4))
-    train_base(averaged(resumed, 2))
-    train_base(averaged(resumed, 4))
-    a, b = load_file(str(straight)), load_file(str(resumed))
-    average_keys = [k for k in a if k.startswith("average.")]
-    assert "average.updates" in average_keys and int(a["average.updates"][0]) == 4
-    for key in average_keys:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+def test_the_weight_average_is_what_export_ships(photo_folder: Path, tmp_path: Path):
+    run = options(photo_folder, tmp_path / "ck.safetensors", 4)
+    run.average_decay = 0.5
+    train_base(run)
+    _, tensors = read_state(run.checkpoint)
+    assert int(tensors["average.updates"][0]) == 4
     weight = "synthesis.0.weight"
-    assert not torch.equal(a[f"average.{weight}"], a[f"model.{weight}"])
+    assert not torch.equal(tensors[f"average.{weight}"], tensors[f"model.{weight}"])
     exported = tmp_path / "w.safetensors"
-    export_checkpoint(straight, exported)
-    torch.testing.assert_close(load_file(str(exported))[f"model.{weight}"], a[f"average.{weight}"], rtol=0, atol=0)
+    export_checkpoint(run.checkpoint, exported)
+    assert torch.equal(load_file(str(exported))[f"model.{weight}"], tensors[f"average.{weight}"])
 
 
 def test_training_lowers_the_loss_and_exports_usable_weights(photo_folder: Path, tmp_path: Path, capsys):
@@ -86,83 +66,114 @@ def test_train_and_export_commands(photo_folder: Path, tmp_path: Path):
 
     from diraccodec.cli import main
 
-    checkpoint, weights = tmp_path / "ck.safetensors", tmp_path / "w" / "base.safetensors"
+    state, weights = tmp_path / "checkpoints" / "base", tmp_path / "w" / "base.safetensors"
     runner = CliRunner()
-    result = runner.invoke(main, ["train", "base", "--data", str(photo_folder), "--checkpoint", str(checkpoint),
+    result = runner.invoke(main, ["train", "base", "--data", str(photo_folder), "--checkpoint", str(state),
                                   "--steps", "1", "--batch-size", "1", "--patch-size", "64", "--threads", "1"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(main, ["train", "export", str(checkpoint), str(weights)])
+    assert load_checkpoint_metadata(state).step == 1 and (state / "state.safetensors.000").is_file()
+    result = runner.invoke(main, ["train", "export", str(state), str(weights)])
     assert result.exit_code == 0, result.output
     assert (weights.parent / "manifest.json").exists()
     not_a_checkpoint = tmp_path / "photo.safetensors"
     not_a_checkpoint.write_bytes(b"not a checkpoint")
     result = runner.invoke(main, ["train", "export", str(not_a_checkpoint), str(tmp_path / "x.safetensors")])
     assert result.exit_code == 2 and "is not a diraccodec training checkpoint" in result.output
-    tuned_checkpoint, tuned = tmp_path / "entropy.safetensors", tmp_path / "tuned" / "base.safetensors"
+    tuned_state, tuned = tmp_path / "checkpoints" / "base-entropy", tmp_path / "tuned" / "base.safetensors"
     result = runner.invoke(main, ["train", "entropy", "--data", str(photo_folder), "--weights", str(weights),
-                                  "--checkpoint", str(tuned_checkpoint), "--steps", "1", "--crops", "2",
+                                  "--checkpoint", str(tuned_state), "--steps", "1", "--crops", "2",
                                   "--batch-size", "1", "--patch-size", "128", "--threads", "1"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(main, ["train", "export", str(tuned_checkpoint), str(tuned)])
+    result = runner.invoke(main, ["train", "export", str(tuned_state), str(tuned)])
     assert result.exit_code == 0, result.output
     assert "base codec" in result.output
 
 
-def test_killed_training_saves_its_checkpoint_first(photo_folder: Path, tmp_path: Path):
-    import signal
-    import subprocess
-    import sys
-    import time
+def test_packed_shard_holds_training_photos_under_their_names_and_records_its_downscale(photo_folder: Path,
+                                                                                        tmp_path: Path):
+    from diraccodec.training.crops import CropSampler, scale_grid
+    from diraccodec.training.data import is_held_out, pack_shard, shard_prescale
 
-    from diraccodec.training.checkpoint import load_checkpoint_metadata
-
-    checkpoint = tmp_path / "ck.safetensors"
-    command = [sys.executable, "-m", "diraccodec.cli", "train", "base", "--data", str(photo_folder),
-               "--checkpoint", str(checkpoint), "--steps", "100000", "--batch-size", "1", "--patch-size", "64",
-               "--threads", "1", "--checkpoint-minutes", "1000"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    seen = ""
-    deadline = time.monotonic() + 120
-    while "step 50/" not in seen and time.monotonic() < deadline:  # the first progress line
-        seen += process.stderr.readline()
-    process.send_signal(signal.SIGTERM)
-    rest = process.communicate(timeout=60)[1]
-    assert process.returncode != 0
-    assert "interrupted: checkpoint saved at step" in rest
-    assert load_checkpoint_metadata(checkpoint).step >= 50
-
-
-def test_packed_shard_is_smaller_and_records_its_downscale(photo_folder: Path, tmp_path: Path):
-    from diraccodec.training.data import CropSampler, pack_shard, shard_prescale
-
+    held_out_name = next(f"photo{i}" for i in range(1000) if is_held_out(Path(f"photo{i}.png")))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, source in (("a.jpg", "a.jpg"), ("b.png", "b.png"), (f"{held_out_name}.png", "b.png")):
+        (folder / name).write_bytes((photo_folder / source).read_bytes())
     shard = tmp_path / "shard"
-    count, size = pack_shard([photo_folder], shard, prescale=2.0, quality=85, min_side=32)
-    assert count == 2 and size == sum(p.stat().st_size for p in shard.glob("*.jpg"))
-    original = Image.open(photo_folder / "b.png")
-    packed = sorted(shard.glob("*.jpg"))[1]
-    assert Image.open(packed).size == (round(original.width / 2), round(original.height / 2))
-    assert shard_prescale(shard) == 2.0 and shard_prescale(photo_folder) == 1.0
+    count, size = pack_shard([folder], shard, prescale=2.0, quality=85, min_side=32)
+    packed = sorted(shard.rglob("*.jpg"))
+    assert count == 2 and size == sum(p.stat().st_size for p in packed)
+    assert [p.relative_to(shard).as_posix() for p in packed] == ["00-photos/a.jpg", "00-photos/b.jpg"]
+    original = Image.open(folder / "b.png")
+    assert Image.open(packed[1]).size == (round(original.width / 2), round(original.height / 2))
+    assert shard_prescale(shard) == 2.0 and shard_prescale(folder) == 1.0
     # the shard is already downscaled 2x: of the usual 1.5x-2x nothing remains to apply
+    assert scale_grid((1.5, 2.0), 2.0, 4) == [1.0] and scale_grid((1.5, 2.0), 1.0, 3) == [1.5, 1.75, 2.0]
     sampler = CropSampler([shard], 32)
-    assert sampler.scale_ranges == [(1.0, 1.0), (1.0, 1.0)]
+    assert sampler.image_count == sampler.copies == 2
     assert sampler.batch(3).shape == (3, 3, 32, 32)
+
+
+def test_the_held_out_split_is_fixed_by_name_and_no_training_path_sees_it(tmp_path: Path):
+    from diraccodec.errors import DiracError
+    from diraccodec.training.crops import CropSampler
+    from diraccodec.training.data import HELD_OUT_SHARE, held_out_images, is_held_out, training_images
+
+    names = [f"img_{index:05d}" for index in range(4000)]
+    held = sorted(name for name in names if is_held_out(Path(f"{name}.jpg")))
+    assert abs(len(held) / len(names) - HELD_OUT_SHARE) < 0.01
+    assert all(is_held_out(Path(f"elsewhere/{name}.png")) for name in held)  # by name: any folder, any format
+    kept = [name for name in names if name not in held][:3]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in [*held[:2], *kept]:
+        Image.new("RGB", (40, 40), (7, 0, 0)).save(folder / f"{name}.png")
+    assert [p.stem for p in held_out_images([folder])] == held[:2]
+    assert [p.stem for p in training_images([folder])] == kept
+    for name in names[-50:]:  # adding photos moves none across the split
+        Image.new("RGB", (8, 8)).save(folder / f"{name}.png")
+    assert set(held[:2]) <= {p.stem for p in held_out_images([folder])}
+    assert set(kept) <= {p.stem for p in training_images([folder])}
+    assert CropSampler([folder], 32).image_count == len(kept)  # the 8x8 additions are too small to crop
+    (folder / "shard.json").write_text('{"prescale": 2.0}')  # a shard packed before the split
+    with pytest.raises(DiracError, match="pack it again"):
+        training_images([folder])
+
+
+def test_crops_are_windows_of_the_photos_mirrored_at_random(tmp_path: Path):
+    from diraccodec.training.crops import CropSampler
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rows, columns = np.meshgrid(np.arange(50), np.arange(70), indexing="ij")
+    coded = np.stack([rows * 5, columns * 3, np.full_like(rows, 7)], axis=-1).astype(np.uint8)
+    Image.fromarray(coded).save(folder / "a.png")  # each pixel says where it is
+    batch = CropSampler([folder], 16, scale_range=(1.0, 1.0), channels_last=True).batch(64)
+    assert batch.shape == (64, 3, 16, 16) and batch.is_contiguous(memory_format=torch.channels_last)
+    pixels = (batch * 255).round().to(torch.int64)
+    mirrored = 0
+    for crop in pixels:
+        top, left = int(crop[0, 0, 0]) // 5, int(crop[1, 0, :].min()) // 3
+        window = torch.from_numpy(coded[top : top + 16, left : left + 16].astype(np.int64)).permute(2, 0, 1)
+        flipped = bool(crop[1, 0, 0] > crop[1, 0, -1])
+        assert torch.equal(crop, window.flip(-1) if flipped else window)
+        mirrored += flipped
+    assert 10 < mirrored < 54
 
 
 def test_a_time_budget_sets_the_step_count_and_a_run_without_moments_warms_up(photo_folder: Path, tmp_path: Path,
                                                                           capsys):
-    from diraccodec.training.checkpoint import load_checkpoint_metadata
     from diraccodec.training.loop import LoopOptions, learning_rate_at
 
-    checkpoint = tmp_path / "ck.safetensors"
+    checkpoint = tmp_path / "ck"
     train_base(options(photo_folder, checkpoint, 2))
-    optimizer_path(checkpoint).unlink()  # weights brought from elsewhere, without Adam moments
+    write_travel_copy(checkpoint, checkpoint)  # weights brought from elsewhere, without Adam moments
     budget = options(photo_folder, checkpoint, 1)  # --minutes overrides the step count
-    budget.minutes, budget.calibration_steps, budget.log_every = 0.02, 3, 1000
+    budget.minutes, budget.calibration_steps, budget.log_every, budget.save_margin_seconds = 0.03, 3, 1000, 0.2
     state = train_base(budget)
     err = capsys.readouterr().err
     assert "ramps up over 200 steps" in err and "steps/s: this run ends near step" in err
-    assert state.step > 2 + 3 and load_checkpoint_metadata(checkpoint).step == state.step
-    assert budget.steps == state.step
+    assert state.step > 2 + 3 and load_checkpoint_metadata(checkpoint).step == state.step <= budget.steps
     long_run = LoopOptions(checkpoint=checkpoint, steps=10_000, learning_rate=1e-3, warmup_steps=100)
     assert learning_rate_at(50, long_run, warmup_from=50) == pytest.approx(1e-5)
     assert learning_rate_at(149, long_run, warmup_from=50) == pytest.approx(1e-3)
@@ -172,35 +183,6 @@ def test_a_time_budget_sets_the_step_count_and_a_run_without_moments_warms_up(ph
     resumed = LoopOptions(checkpoint=checkpoint, steps=10_000, learning_rate=1e-3, schedule_start=9_000)
     assert learning_rate_at(9_799, resumed) == pytest.approx(1e-3)  # a budgeted run: the end of its own steps
     assert learning_rate_at(9_900, resumed) < 1e-3
-
-
-def test_a_budget_spent_at_its_first_measurement_still_saves_and_low_precision_moments_resume(
-        photo_folder: Path, tmp_path: Path):
-    from diraccodec.training.checkpoint import cast_file, join_files, load_checkpoint_metadata, split_file
-
-    checkpoint = tmp_path / "ck.safetensors"
-    train_base(options(photo_folder, checkpoint, 2))
-    budget = options(photo_folder, checkpoint, 1)
-    budget.minutes, budget.calibration_steps = 1e-6, 3  # over before the speed is even known
-    stopped = train_base(budget).step
-    assert stopped >= 5 and load_checkpoint_metadata(checkpoint).step == stopped
-    # the moments come back from a GPU machine as bfloat16; the run goes on in float32
-    cast_file(optimizer_path(checkpoint), optimizer_path(checkpoint), torch.bfloat16)
-    travelled = load_file(str(optimizer_path(checkpoint)))
-    assert travelled["adam.0.exp_avg"].dtype == torch.bfloat16
-    assert travelled["adam.0.step"].dtype == torch.float32
-    assert train_base(options(photo_folder, checkpoint, stopped + 2)).step == stopped + 2
-    moments = load_file(str(optimizer_path(checkpoint)))
-    assert {tensor.dtype for tensor in moments.values()} == {torch.float32}
-    # a checkpoint too large to come back in one file comes back in two, exactly
-    split_file(checkpoint, "model.", tmp_path / "weights.safetensors", tmp_path / "rest.safetensors")
-    pieces = [load_file(str(tmp_path / name)) for name in ("weights.safetensors", "rest.safetensors")]
-    assert pieces[0] and all(name.startswith("model.") for name in pieces[0])
-    assert pieces[1] and not any(name.startswith("model.") for name in pieces[1])
-    join_files([tmp_path / "weights.safetensors", tmp_path / "rest.safetensors"], tmp_path / "joined.safetensors")
-    joined, original = load_file(str(tmp_path / "joined.safetensors")), load_file(str(checkpoint))
-    assert joined.keys() == original.keys() and all(torch.equal(joined[k], original[k]) for k in original)
-    assert load_checkpoint_metadata(tmp_path / "joined.safetensors").step == stopped + 2
 
 
 def test_entropy_finetune_lowers_the_rate_and_leaves_the_transforms_alone(photo_folder: Path, tmp_path: Path,

@@ -169,8 +169,8 @@ def restoration_support(weights_id: bytes) -> str:
 
 
 @click.command()
-@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("destination", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("source", type=click.Path(file_okay=False, path_type=str))
+@click.argument("destination", type=click.Path(file_okay=False, path_type=str))
 @click.option("-q", "--quality", type=float, default=None, help="Rate level for images, 1-8 (default 3).")
 @size_option
 @bpp_option
@@ -185,13 +185,14 @@ def restoration_support(weights_id: bytes) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="auto", metavar="[ADDRESS]",
               help="Run on a Ray cluster (pip install diraccodec[ray]): its address, or alone for a local or the "
-                   "configured cluster. SOURCE and DESTINATION must be paths every node reads.")
+                   "configured cluster. SOURCE and DESTINATION must be paths every node reads, or s3:// and "
+                   "other URIs that pyarrow opens.")
 @device_option
 @exact_option
 @weights_option
 @max_pixels_option
 @reports_errors
-def batch(source: Path, destination: Path, quality: float | None, size_text: str | None, bpp: float | None,
+def batch(source: str, destination: str, quality: float | None, size_text: str | None, bpp: float | None,
           effort: int, steps: int | None, seed: int | None, detail_map: bool | None, decoded_suffix: str,
           workers: int | None, overwrite: bool, ray_address: str | None, device: str, exact: bool,
           weights: Path | None, max_pixels: int) -> None:
@@ -202,7 +203,8 @@ def batch(source: Path, destination: Path, quality: float | None, size_text: str
     if size_text is None and bpp is None and quality is None:
         quality = 3.0
     rate = rate_target(quality, size_text, bpp)
-    codec = api.get_codec(weights, api.compute_for(device, exact))  # check the options once, before any worker
+    # check the options once, before any worker (on the CPU with --ray: the head node may have no GPU)
+    codec = api.get_codec(weights, api.compute_for("cpu" if ray_address else device, exact))
     if "quality" in rate:
         api.check_quality(quality, codec.num_levels)
     settings = BatchSettings(quality if quality is not None else 3.0, steps, seed, decoded_suffix,

@@ -30,7 +30,7 @@ def training_options(
     """The options every training command takes, with its own checkpoint, step and crop defaults."""
     options = [
         training_data_option,
-        click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=Path(checkpoint),
+        click.option("--checkpoint", type=click.Path(path_type=Path), default=Path(checkpoint),
                      show_default=True, help="Resumed from when it exists; written every few minutes."),
         click.option("--steps", type=click.IntRange(1), default=steps, show_default=True, help="Total steps."),
         click.option("--batch-size", type=click.IntRange(1), default=batch_size, show_default=True),
@@ -56,7 +56,7 @@ def training_options(
 
 
 @train.command("base")
-@training_options("checkpoints/base.safetensors", 9000)
+@training_options("checkpoints/base", 9000)
 def train_base_command(data: tuple[Path, ...], **loop: Any) -> None:
     """Train the multi-rate hyperprior base codec."""
     from diraccodec.training.base import BaseTrainingOptions, train_base
@@ -65,7 +65,7 @@ def train_base_command(data: tuple[Path, ...], **loop: Any) -> None:
 
 
 @train.command("diffusion")
-@training_options("checkpoints/diffusion.safetensors", 20000)
+@training_options("checkpoints/diffusion", 20000)
 @click.option("--lpips-weight", type=float, default=0.0, show_default=True, help="Weight of the VGG LPIPS term.")
 @click.option("--own-prediction-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Share of samples noised from the model's own first step rather than the truth.")
@@ -97,7 +97,7 @@ def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, level_
 
 
 @train.command("restoration")
-@training_options("checkpoints/restoration.safetensors", 4000)
+@training_options("checkpoints/restoration", 4000)
 @click.option("--start-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Diffusion weights whose U-Net a fresh run starts from (default: the shipped ones).")
 @click.option("--from-scratch", is_flag=True, help="Start a fresh run from the identity, not a diffusion U-Net.")
@@ -114,7 +114,7 @@ def train_restoration_command(data: tuple[Path, ...], weights: Path | None, star
 
 
 @train.command("entropy")
-@training_options("checkpoints/base-entropy.safetensors", 4000, batch_size=16, patch_size=320)
+@training_options("checkpoints/base-entropy", 4000, batch_size=16, patch_size=320)
 @click.option("--crops", type=click.IntRange(1), default=2400, show_default=True,
               help="Crops whose latents are computed once and trained on.")
 @weights_option
@@ -142,7 +142,7 @@ def train_pack_command(output: Path, data: tuple[Path, ...], prescale: float, qu
 
 
 @train.command("export")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 @reports_errors
 def train_export_command(checkpoint: Path, output: Path) -> None:

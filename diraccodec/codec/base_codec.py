@@ -44,7 +44,7 @@ class BaseWeights:
     metadata: dict[str, str]
 
 
-TILE_LATENTS = 32  # transforms run on tiles of 32x32 latents (512x512 pixels) ...
+TILE_LATENTS = 32  # transforms run on tiles of 32x32 latents (512x512 pixels; wider on a GPU) ...
 MARGIN_LATENTS = 4  # ... each with 4 latents (64 pixels) of context on every side
 
 
@@ -92,9 +92,9 @@ class BaseCodec:
         # MKL in strict mode sums float64 alike on any thread count; otherwise one thread does
         threads = contextlib.nullcontext() if mkl_is_strict() else single_thread()
         with torch.no_grad(), threads:
-            mean, scale = self._hyper_synthesis64(torch.from_numpy(hyper).double()[None]).chunk(2, dim=1)
-        table_ids = snap_scales(scale.abs()[0].numpy(), self.weights.latent_scales)
-        return mean[0], table_ids
+            mean, scale = self._hyper_synthesis64(torch.from_numpy(hyper).double()[None])[0].chunk(2, dim=0)
+        table_ids = snap_scales(scale.abs_().numpy(), self.weights.latent_scales)
+        return mean.clone(), table_ids  # a copy: the view would hold the scales' memory too
 
     def _hyper_table_ids(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
@@ -124,7 +124,7 @@ class BaseCodec:
 
         with self.compute.kernels():
             y = apply_tiled(analyse_tile, self._padded_pixels(rgb), Fraction(1, LATENT_STRIDE),
-                            TILE_LATENTS * LATENT_STRIDE, MARGIN_LATENTS * LATENT_STRIDE)
+                            self.compute.tile(TILE_LATENTS) * LATENT_STRIDE, MARGIN_LATENTS * LATENT_STRIDE)
         return y[0].contiguous()
 
     @torch.no_grad()
@@ -141,7 +141,7 @@ class BaseCodec:
         z = self.model.hyper_analysis(self.compute.tensor(y_scaled.float()[None]))[0]
         hyper = torch.round(z.float()).cpu().to(torch.int64).numpy()
         mean, table_ids = self.entropy_parameters(hyper)
-        symbols = torch.round(y_scaled - mean).to(torch.int64).numpy()
+        symbols = y_scaled.sub_(mean).round_().to(torch.int64).numpy()  # in place: image-sized float64
         del y_scaled
         if search.passes > 0:
             if rgb is None:
@@ -208,7 +208,8 @@ class BaseCodec:
             return pixels.nan_to_num_(nan=0.0).clamp_(0, 1).mul_(255).round_().to(torch.uint8).cpu()
 
         with self.compute.kernels():  # in the exact mode, the same pixels with any number of threads
-            x_hat = apply_tiled(synthesize_tile, y_hat, Fraction(LATENT_STRIDE), TILE_LATENTS, MARGIN_LATENTS)
+            x_hat = apply_tiled(synthesize_tile, y_hat, Fraction(LATENT_STRIDE), self.compute.tile(TILE_LATENTS),
+                                MARGIN_LATENTS)
         del y_hat
         return np.ascontiguousarray(x_hat[0, :, :height, :width].permute(1, 2, 0).numpy())
 

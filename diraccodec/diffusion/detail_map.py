@@ -57,11 +57,12 @@ def block_energy(detail: torch.Tensor, block: int) -> torch.Tensor:
     return F.avg_pool2d(detail.square().mean(dim=1, keepdim=True), block, ceil_mode=True)
 
 
-def measure(original_rgb: np.ndarray, base_rgb: np.ndarray, block: int = BLOCK) -> DetailMap:
+def measure(original_rgb: np.ndarray, base_rgb: np.ndarray, block: int = BLOCK,
+            device: torch.device | str = "cpu") -> DetailMap:
     """The encoder's side: (H, W, 3) uint8 original and base reconstruction -> the detail map.
 
     Measured in bands of block rows, each with the blur's margin of real pixels around it, so
-    the map is the whole image's and the memory that of a band."""
+    the map is the whole image's and the memory that of a band; on `device`, band by band."""
     height = original_rgb.shape[0]
     energies = []
     for top in range(0, height, block * _ROWS_AT_ONCE):
@@ -69,11 +70,12 @@ def measure(original_rgb: np.ndarray, base_rgb: np.ndarray, block: int = BLOCK) 
         above, below = max(top - _RADIUS, 0), min(bottom + _RADIUS, height)
 
         def band(rgb: np.ndarray, above: int = above, below: int = below) -> torch.Tensor:
-            return torch.from_numpy(rgb[above:below].astype(np.float32) / 255).permute(2, 0, 1)[None]
+            pixels = torch.from_numpy(np.require(rgb[above:below], np.uint8, ["C", "W"])).to(device)
+            return pixels.permute(2, 0, 1)[None].float() / 255
 
         detail = fine_detail(band(original_rgb) - band(base_rgb))[..., top - above : bottom - above, :]
         energies.append(block_energy(detail, block))
-    rms = torch.cat(energies, dim=2)[0, 0].double().sqrt().clamp_min(2.0**-13).numpy()
+    rms = torch.cat(energies, dim=2)[0, 0].double().sqrt().clamp_min(2.0**-13).cpu().numpy()
     levels = np.clip(np.round(STEPS_PER_OCTAVE * np.log2(rms)), LOWEST, HIGHEST).astype(np.int64)
     return DetailMap(block, levels)
 

@@ -1,22 +1,23 @@
 """Training of the multi-rate base codec.
 
 Each sample in a batch gets its own random rate level; the loss at that level is
-lambda * 255^2 * MSE + bpp. Runs on CPU or CUDA, checkpoints every few minutes and
-resumes exactly (model, Adam moments, data and noise RNG).
+lambda * 255^2 * MSE + bpp. Runs on CPU or CUDA, saves its state every few minutes and
+resumes it (model, Adam moments, data and noise RNG); a resumed run keeps its state's size.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
 
 from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
-from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata
-from diraccodec.training.data import CropSampler
-from diraccodec.training.loop import LoopOptions, run_loop, start_session
+from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
+from diraccodec.training.crops import CropSampler
+from diraccodec.training.loop import LoopOptions, run_loop, start_run
 
 DEFAULT_TRAIN_DATA = Path("../shared/data/train")
 
@@ -44,40 +45,45 @@ def rate_distortion_loss(
     return {"loss": loss, "bpp": bpp.mean().detach(), "psnr": psnr.detach()}
 
 
+def hyperprior_config(fields: dict[str, Any]) -> HyperpriorConfig:
+    """The base codec's configuration as a state's metadata records it."""
+    return HyperpriorConfig(fields["channels"], fields["latent_channels"], tuple(fields["lambdas"]))
+
+
 def train_base(options: BaseTrainingOptions, console: Console | None = None) -> TrainingState:
     console = console or Console(stderr=True)
     torch.manual_seed(options.seed)
     config = HyperpriorConfig(options.channels, options.latent_channels)
-    session = start_session(MultiRateHyperprior(config), options, console)
+    if state_exists(options.checkpoint):
+        config = hyperprior_config(load_checkpoint_metadata(options.checkpoint).metadata["config"])
+    run = start_run(MultiRateHyperprior(config), options, console)
     console.print(f"loading training images from {', '.join(map(str, options.data))}")
-    sampler = CropSampler(options.data, options.patch_size, generator=session.generator,
-                         device=session.device)
-    console.print(f"{len(sampler.images)} images; model N={config.channels} M={config.latent_channels}")
-    session.state.metadata.update(
+    sampler = CropSampler(options.data, options.patch_size, generator=run.generator, device=run.device,
+                          channels_last=run.channels_last)
+    console.print(f"{sampler.image_count} images; model N={config.channels} M={config.latent_channels}")
+    run.state.metadata.update(
         {
             "config": asdict(config),
             "batch_size": options.batch_size,
             "patch_size": options.patch_size,
-            "device": str(session.device),
+            "device": str(run.device),
             "data": [str(p) for p in options.data],
         }
     )
 
     def next_loss() -> dict[str, torch.Tensor]:
         batch = sampler.batch(options.batch_size)
-        levels = torch.randint(config.num_levels, (options.batch_size,), generator=session.generator)
-        return rate_distortion_loss(session.model, batch, levels.to(session.device))
+        levels = torch.randint(config.num_levels, (options.batch_size,), generator=run.generator, device=run.device)
+        return rate_distortion_loss(run.step_model, batch, levels)
 
-    return run_loop(session, options, next_loss, console)
+    return run_loop(run, options, next_loss, console, options.batch_size * options.patch_size**2)
 
 
 def export_checkpoint(checkpoint: Path, output: Path) -> None:
-    """Inference weights from a training checkpoint, recording how long it trained."""
+    """Inference weights from a training state, recording how long it trained."""
     from diraccodec.modelfiles import export_base_weights
 
-    fields = load_checkpoint_metadata(checkpoint).metadata["config"]
-    model = MultiRateHyperprior(HyperpriorConfig(fields["channels"], fields["latent_channels"],
-                                                 tuple(fields["lambdas"])))
+    model = MultiRateHyperprior(hyperprior_config(load_checkpoint_metadata(checkpoint).metadata["config"]))
     state = load_checkpoint(checkpoint, model, None, None, prefer_average=True)
     info = {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **state.metadata}
     export_base_weights(model, output, info)

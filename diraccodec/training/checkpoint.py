@@ -1,24 +1,43 @@
-"""Training checkpoints in safetensors: model, Adam moments, RNG state and step.
+"""A model's resumable training state: one folder of parts, each small enough to commit or carry.
 
-No pickle: a checkpoint is plain tensors plus JSON metadata, written atomically so a
-run killed mid-write leaves the previous checkpoint intact. The Adam moments go to a
-sibling file (`NAME.optim.safetensors`) so that each file stays small enough to commit.
+The state is one safetensors stream cut into parts of at most `part_bytes` (15 MiB by default;
+a GPU machine returns files of at most 16 MiB): the float32 parameters, the weight average, the
+Adam moments in bfloat16 (float16 would flush the small second moments to zero; float32 on
+request, for a bit-exact resume), the RNG states, and in its header the step, the schedule's
+warm-up and the run's metadata as JSON. Concatenating the parts in name order gives a plain
+safetensors file. No pickle.
+
+A save writes every part into a temporary folder and renames it into place, so a kill
+mid-write leaves the previous state whole; each save replaces the previous state instead of
+adding one. The older layout, one file `NAME.safetensors` with its Adam moments in
+`NAME.optim.safetensors`, is still read (to resume or export it) and replaced by the folder at
+the next save. `checkpoints/base.safetensors` and `checkpoints/base` name the same state.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save
 
 from diraccodec.errors import DiracError
 from diraccodec.training.averaging import AVERAGE_PREFIX, WeightAverage
+
+PART_PREFIX = "state.safetensors."
+DEFAULT_PART_BYTES = 15 * 2**20
+MOMENTS_DTYPE = torch.bfloat16
+STATE_FORMAT = "diraccodec training state 1"
+MODEL_PREFIX = "model."
+ADAM_PREFIX = "adam."
+RNG_PREFIX = "rng."
 
 
 @dataclass
@@ -26,87 +45,192 @@ class TrainingState:
     step: int
     seconds: float  # wall-clock seconds of training so far, across resumes
     metadata: dict[str, Any]
+    warmup_from: int | None = None  # the step a learning-rate ramp started at (a run begun without moments)
+
+
+def state_folder(path: Path) -> Path:
+    """The folder holding the state named `path` (a `.safetensors` suffix is dropped)."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".safetensors"))
+
+
+def state_parts(path: Path) -> list[Path]:
+    """The parts of a saved state, in the order they join."""
+    return sorted(state_folder(path).glob(PART_PREFIX + "*"))
+
+
+def summary_path(path: Path) -> Path:
+    """The JSON summary of the latest run, beside the state."""
+    folder = state_folder(path)
+    return folder.with_name(folder.name + ".summary.json")
+
+
+def _previous(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.previous")
+
+
+def _legacy_files(folder: Path) -> tuple[Path, Path]:
+    """The older layout's checkpoint and Adam moments files."""
+    return folder.with_name(folder.name + ".safetensors"), folder.with_name(folder.name + ".optim.safetensors")
+
+
+def _stored_at(path: Path) -> Path | None:
+    """Where the state named `path` is: its folder, the previous folder (a save killed between
+    its two renames leaves only that), or an older single file; None when there is none."""
+    folder = state_folder(path)
+    for candidate in (folder, _previous(folder)):
+        if (candidate / f"{PART_PREFIX}000").is_file():
+            return candidate
+    legacy = _legacy_files(folder)[0]
+    return legacy if legacy.is_file() else None
+
+
+def state_exists(path: Path) -> bool:
+    return _stored_at(path) is not None
+
+
+def write_state(path: Path, tensors: dict[str, torch.Tensor], state: TrainingState,
+                part_bytes: int = DEFAULT_PART_BYTES) -> list[Path]:
+    """Replace the state at `path` with these tensors and this state, atomically; returns the parts."""
+    if part_bytes < 1:
+        raise ValueError(f"parts of {part_bytes} bytes")
+    header = {"format": STATE_FORMAT, "step": str(state.step), "seconds": f"{state.seconds:.3f}",
+              "meta": json.dumps(state.metadata)}
+    if state.warmup_from is not None:
+        header["warmup_from"] = str(state.warmup_from)
+    stream = memoryview(save(tensors, metadata=header))
+    folder = state_folder(path)
+    temporary, previous = folder.with_name(f".{folder.name}.partial"), _previous(folder)
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    for index, start in enumerate(range(0, len(stream), part_bytes)):
+        with open(temporary / f"{PART_PREFIX}{index:03d}", "wb") as part:
+            part.write(stream[start : start + part_bytes])
+            part.flush()
+            os.fsync(part.fileno())
+    if folder.is_dir():
+        shutil.rmtree(previous, ignore_errors=True)  # a whole state stands at `folder`
+        os.replace(folder, previous)
+    os.replace(temporary, folder)
+    _sync_folder(folder.parent)
+    shutil.rmtree(previous, ignore_errors=True)
+    for legacy in _legacy_files(folder):
+        legacy.unlink(missing_ok=True)
+    return state_parts(folder)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the renames in `folder` durable (where the system allows a folder to be synced)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def read_state(path: Path) -> tuple[TrainingState, dict[str, torch.Tensor]]:
+    """The state and every tensor of the state named `path`, in either layout."""
+    location = _stored_at(path)
+    if location is None:
+        raise DiracError(f"no training state at {state_folder(path)}")
+    try:
+        if location.is_dir():
+            stream = b"".join(part.read_bytes() for part in state_parts(location))
+            return _state_from_header(_header_of(stream)), load(stream)
+        return _read_legacy(location)
+    except (SafetensorError, OSError, KeyError, ValueError) as error:
+        raise DiracError(f"{location} is not a diraccodec training checkpoint ({error})") from None
+
+
+def load_checkpoint_metadata(path: Path) -> TrainingState:
+    """The state without its tensors (read from the head of the first part alone)."""
+    location = _stored_at(path)
+    if location is None:
+        raise DiracError(f"no training state at {state_folder(path)}")
+    try:
+        if location.is_dir():
+            with open(location / f"{PART_PREFIX}000", "rb") as first:
+                length = struct.unpack("<Q", first.read(8))[0]
+                head = first.read(length)
+            if len(head) < length:  # a header longer than a part: read the whole stream
+                return read_state(path)[0]
+            return _state_from_header(_header_of(struct.pack("<Q", length) + head))
+        return _file_state(location)
+    except (SafetensorError, OSError, KeyError, ValueError, struct.error) as error:
+        raise DiracError(f"{location} is not a diraccodec training checkpoint ({error})") from None
+
+
+def _header_of(stream: bytes) -> dict[str, str]:
+    """The string metadata of a safetensors stream."""
+    length = struct.unpack("<Q", stream[:8])[0]
+    return dict(json.loads(stream[8 : 8 + length]).get("__metadata__", {}))
+
+
+def _state_from_header(header: dict[str, str]) -> TrainingState:
+    warmup_from = header.get("warmup_from")
+    return TrainingState(int(header["step"]), float(header["seconds"]), json.loads(header["meta"]),
+                         int(warmup_from) if warmup_from is not None else None)
+
+
+def _file_state(path: Path) -> TrainingState:
+    with safe_open(str(path), framework="pt") as handle:
+        return _state_from_header(handle.metadata() or {})
+
+
+def _read_legacy(path: Path) -> tuple[TrainingState, dict[str, torch.Tensor]]:
+    """An older checkpoint file with its Adam moments file beside it, renamed to today's tensor names."""
+    state = _file_state(path)
+    tensors = load_file(str(path))
+    moments_file = _legacy_files(state_folder(path))[1]
+    if moments_file.exists():
+        moments_step = _file_state(moments_file).step
+        if moments_step != state.step:
+            raise DiracError(f"{moments_file} is from step {moments_step}, the model from {state.step}")
+        tensors.update(load_file(str(moments_file)))
+    for old, new in (("rng", RNG_PREFIX + "data"), ("rng_global", RNG_PREFIX + "torch")):
+        if old in tensors:
+            tensors[new] = tensors.pop(old)
+    return state, tensors
 
 
 def save_checkpoint(
     path: Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Adam,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     state: TrainingState,
     average: WeightAverage | None = None,
-) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    part_bytes: int = DEFAULT_PART_BYTES,
+    moments_dtype: torch.dtype = MOMENTS_DTYPE,
+) -> list[Path]:
+    """Save a run: weights, average, Adam moments (in `moments_dtype`) and every RNG; returns the parts."""
+    tensors = {MODEL_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if average is not None:
         tensors.update(average.state_tensors())
-    moments_file: dict[str, torch.Tensor] = {}
-    for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
-        moments = optimizer.state.get(param)
-        if moments:
-            moments_file[f"adam.{index}.exp_avg"] = moments["exp_avg"].cpu().contiguous()
-            moments_file[f"adam.{index}.exp_avg_sq"] = moments["exp_avg_sq"].cpu().contiguous()
-            moments_file[f"adam.{index}.step"] = torch.as_tensor(moments["step"]).reshape(1).float().cpu()
-    tensors["rng"] = generator.get_state()
-    tensors["rng_global"] = torch.get_rng_state()
-    header = {"step": str(state.step), "seconds": f"{state.seconds:.1f}", "meta": json.dumps(state.metadata)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomic(moments_file, optimizer_path(path), header)  # first: a resume checks the model file's step
-    _save_atomic(tensors, path, header)
+    for index, moments in optimizer.state_dict()["state"].items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            tensors[f"{ADAM_PREFIX}{index}.{name}"] = moments[name].detach().to("cpu", moments_dtype).contiguous()
+        tensors[f"{ADAM_PREFIX}{index}.step"] = torch.as_tensor(moments["step"]).reshape(1).float().cpu()
+    tensors[RNG_PREFIX + "torch"] = torch.get_rng_state()
+    if generator is not None:
+        tensors[RNG_PREFIX + "data"] = generator.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"{RNG_PREFIX}cuda.{index}"] = cuda_state
+    return write_state(path, tensors, state, part_bytes)
 
 
-def optimizer_path(path: Path) -> Path:
-    return path.with_name(path.name.removesuffix(".safetensors") + ".optim.safetensors")
-
-
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, header: dict[str, str]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temporary), metadata=header)
-    os.replace(temporary, path)
-
-
-def cast_file(source: Path, destination: Path, dtype: torch.dtype) -> None:
-    """Rewrite a safetensors file with its floating-point tensors in `dtype`, metadata kept.
-
-    Files travel to and from a lent GPU machine under size limits: float16 checkpoints on
-    the way there, bfloat16 Adam moments on the way back (float16 would flush the small
-    second moments to zero). Step counts stay float32; loading casts back to the parameters.
-    """
-    metadata, tensors = _read(source)
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not name.endswith(".step"):
-            tensors[name] = tensor.to(dtype)
-    _save_atomic(tensors, destination, metadata)
-
-
-def split_file(source: Path, prefix: str, matching: Path, rest: Path) -> None:
-    """Write the tensors named `prefix...` to one file and the others to another, each with the
-    metadata: a checkpoint over the GPU machine's 16 MiB per returned file (the 2-block U-Net's
-    weights with their average, 18.9 MB) comes back in two pieces, exactly."""
-    metadata, tensors = _read(source)
-    _save_atomic({k: v for k, v in tensors.items() if k.startswith(prefix)}, matching, metadata)
-    _save_atomic({k: v for k, v in tensors.items() if not k.startswith(prefix)}, rest, metadata)
-
-
-def join_files(sources: list[Path], destination: Path) -> None:
-    """The inverse of `split_file`: one file with every piece's tensors and the first's metadata."""
-    metadata, tensors = _read(sources[0])
-    for source in sources[1:]:
-        tensors.update(_read(source)[1])
-    _save_atomic(tensors, destination, metadata)
-
-
-def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    with safe_open(str(path), framework="pt") as handle:
-        return handle.metadata(), {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-
-
-def load_checkpoint_metadata(path: Path) -> TrainingState:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-        return TrainingState(int(header["step"]), float(header["seconds"]), json.loads(header["meta"]))
-    except (SafetensorError, OSError, KeyError, ValueError) as error:
-        raise DiracError(f"{path} is not a diraccodec training checkpoint ({error})") from None
+def model_weights(tensors: dict[str, torch.Tensor], prefer_average: bool = False) -> dict[str, torch.Tensor]:
+    """The model's state dict in a state's tensors; its weight average instead where asked and kept."""
+    weights = {k.removeprefix(MODEL_PREFIX): v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    if prefer_average and AVERAGE_PREFIX + "updates" in tensors:
+        weights = {k: tensors.get(AVERAGE_PREFIX + k, v) for k, v in weights.items()}
+    return weights
 
 
 def load_checkpoint(
@@ -117,33 +241,60 @@ def load_checkpoint(
     average: WeightAverage | None = None,
     prefer_average: bool = False,
 ) -> TrainingState:
-    """Restore a run. `average` takes the checkpoint's weight average (or starts one from the
-    loaded weights when it holds none); `prefer_average` loads that average into the model
-    instead of the last step's weights, as export does."""
-    state = load_checkpoint_metadata(path)
-    tensors = load_file(str(path))
-    if optimizer is not None and optimizer_path(path).exists():
-        moments_state = load_checkpoint_metadata(optimizer_path(path))
-        if moments_state.step != state.step:
-            raise DiracError(f"{optimizer_path(path)} is from step {moments_state.step}, the model from {state.step}")
-        tensors.update(load_file(str(optimizer_path(path))))
-    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    if prefer_average and AVERAGE_PREFIX + "updates" in tensors:
-        weights = {k: tensors.get(AVERAGE_PREFIX + k, v) for k, v in weights.items()}
-    model.load_state_dict(weights)
+    """Restore a run. `average` takes the state's weight average (or starts one from the loaded
+    weights when it holds none); `prefer_average` loads that average into the model instead of
+    the last step's weights, as export does. With a generator, every RNG is restored too."""
+    state, tensors = read_state(path)
+    model.load_state_dict(model_weights(tensors, prefer_average))
     if average is not None and not average.load_state_tensors(tensors):
         average.reset(model)
-    device = next(model.parameters()).device
     if optimizer is not None:
-        for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
-            if f"adam.{index}.exp_avg" in tensors:
-                optimizer.state[param] = {
-                    "step": tensors[f"adam.{index}.step"][0].clone(),
-                    # moments may have travelled at lower precision (cast_file)
-                    "exp_avg": tensors[f"adam.{index}.exp_avg"].to(device, param.dtype),
-                    "exp_avg_sq": tensors[f"adam.{index}.exp_avg_sq"].to(device, param.dtype),
-                }
+        _load_moments(optimizer, tensors)
     if generator is not None:
-        generator.set_state(tensors["rng"])
-        torch.set_rng_state(tensors["rng_global"])
+        _restore_generators(generator, tensors)
     return state
+
+
+def _load_moments(optimizer: torch.optim.Adam, tensors: dict[str, torch.Tensor]) -> None:
+    """Adam's moments back in the parameters' dtype, device and memory layout (stored at lower precision)."""
+    moments = {}
+    for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
+        if f"{ADAM_PREFIX}{index}.exp_avg" in tensors:
+            moments[index] = {
+                "step": tensors[f"{ADAM_PREFIX}{index}.step"][0].clone(),
+                **{name: torch.empty_like(param).copy_(tensors[f"{ADAM_PREFIX}{index}.{name}"])
+                   for name in ("exp_avg", "exp_avg_sq")},
+            }
+    if moments:
+        optimizer.load_state_dict({"state": moments, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def _restore_generators(generator: torch.Generator, tensors: dict[str, torch.Tensor]) -> None:
+    """The global CPU RNG, CUDA's and the data generator's. A run moved between CPU and CUDA
+    (whose generators differ in kind) keeps its fresh data generator: it cannot resume exactly."""
+    if RNG_PREFIX + "torch" in tensors:
+        torch.set_rng_state(tensors[RNG_PREFIX + "torch"])
+    data = tensors.get(RNG_PREFIX + "data")
+    if data is not None and data.numel() == generator.get_state().numel():
+        generator.set_state(data)
+    cuda_states = [tensors[name] for name in sorted(tensors) if name.startswith(RNG_PREFIX + "cuda.")]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def write_travel_copy(path: Path, destination: Path, dtype: torch.dtype = torch.float16, moments: bool = False,
+                      part_bytes: int = DEFAULT_PART_BYTES) -> list[Path]:
+    """A smaller copy of a state to carry to another machine: weights and average in `dtype`, the
+    Adam moments (bfloat16) only where asked. A run resumed from it is close, not exact; without
+    moments its learning rate ramps up again."""
+    state, tensors = read_state(path)
+    copy: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if name.startswith(ADAM_PREFIX):
+            if moments:
+                copy[name] = tensor if name.endswith(".step") else tensor.to(MOMENTS_DTYPE)
+        elif name.startswith((MODEL_PREFIX, AVERAGE_PREFIX)) and tensor.is_floating_point():
+            copy[name] = tensor.to(dtype)
+        else:
+            copy[name] = tensor
+    return write_state(destination, copy, state, part_bytes)

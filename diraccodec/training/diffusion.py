@@ -26,8 +26,17 @@ from diraccodec.modelfiles import (
 )
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
-from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, save_checkpoint
-from diraccodec.training.loop import LoopOptions, run_loop, start_session
+from diraccodec.training.checkpoint import (
+    RNG_PREFIX,
+    TrainingState,
+    load_checkpoint,
+    load_checkpoint_metadata,
+    model_weights,
+    read_state,
+    state_exists,
+    write_state,
+)
+from diraccodec.training.loop import LoopOptions, run_loop, start_run
 from diraccodec.training.reconstructions import ReconstructedCrops
 
 # The model learns times in [0, 0.7]: wider than the sampler's default start, so the start
@@ -42,8 +51,8 @@ class DiffusionTrainingOptions(LoopOptions):
     batch_size: int = 8
     patch_size: int = 128
     widths: tuple[int, ...] = ResidualUNetConfig.widths
-    # Residual blocks per resolution: a new run's depth; a checkpoint with fewer is deepened.
-    # None: the checkpoint's (one for a new run).
+    # Residual blocks per resolution: a new run's depth; a saved state with fewer is deepened.
+    # None: the state's (one for a new run).
     blocks: int | None = None
     lpips_weight: float = 0.0
     start_time: float = TRAINED_TIME_RANGE
@@ -121,21 +130,21 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
     if not 1 <= lowest <= highest <= top_level:
         raise DiracError(f"--level-range {lowest:g},{highest:g} is outside the base's levels 1-{top_level}")
     config = ResidualUNetConfig(widths=tuple(options.widths), max_level=float(top_level), blocks=options.blocks or 1)
-    if options.checkpoint.exists():
+    if state_exists(options.checkpoint):
         if options.blocks and deepen_checkpoint(options.checkpoint, options.blocks):
             console.print(f"deepened {options.checkpoint} to {options.blocks} blocks per resolution (the new "
                           "blocks start as the identity; Adam moments and weight average start afresh)")
         config = ResidualUNetConfig.from_fields(load_checkpoint_metadata(options.checkpoint).metadata["config"])
-    session = start_session(ResidualUNet(config), options, console)
-    trained_on = session.state.metadata.get("base_weights_id")
+    run = start_run(ResidualUNet(config), options, console)
+    trained_on = run.state.metadata.get("base_weights_id")
     if trained_on and trained_on != base_weights.weights_id.hex():
-        console.print(f"note: the checkpoint was trained on base {trained_on}; continuing on "
+        console.print(f"note: the saved state was trained on base {trained_on}; continuing on "
                       f"{base_weights.weights_id.hex()} (fine-tuning)")
     perceptual = None
     if options.lpips_weight > 0:
         from diraccodec.perceptual.lpips import LPIPS
 
-        perceptual = LPIPS("vgg16").to(session.device)
+        perceptual = LPIPS("vgg16").to(run.device)
     restoration = None
     if options.restoration_weights is not None:
         restoration = load_restoration_weights(Path(options.restoration_weights).resolve())
@@ -143,9 +152,9 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
         if restoration.base_weights_id != base_weights.weights_id:
             raise DiracError(f"the restoration weights were trained on base {restoration.base_weights_id.hex()}, "
                              f"not on {base_weights.weights_id.hex()}")
-    crops = ReconstructedCrops(options.data, options.patch_size, options.batch_size, base_weights.model, session,
+    crops = ReconstructedCrops(options.data, options.patch_size, options.batch_size, base_weights.model, run,
                                (lowest, highest), console, restoration.model if restoration else None)
-    session.state.metadata.update({
+    run.state.metadata.update({
         "config": asdict(config),
         "base_weights_id": base_weights.weights_id.hex(),
         "lpips_weight": options.lpips_weight,
@@ -159,29 +168,32 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
 
     def next_loss() -> dict[str, torch.Tensor]:
         batch, base, levels = crops.draw()
-        return diffusion_loss(session.model, batch, base, levels, options.start_time, perceptual,
+        return diffusion_loss(run.step_model, batch, base, levels, options.start_time, perceptual,
                               options.lpips_weight, options.own_prediction_fraction,
                               relative_loss=options.relative_loss)
 
-    return run_loop(session, options, next_loss, console)
+    return run_loop(run, options, next_loss, console, crops.pixels_per_step)
 
 
 def deepen_checkpoint(path: Path, blocks: int) -> bool:
-    """Rewrite the checkpoint with `blocks` residual blocks per resolution where it has fewer,
+    """Rewrite the saved state with `blocks` residual blocks per resolution where it has fewer,
     computing the same function (the U-Net's `deepened`), so a run grows a trained model rather
     than starting over. The Adam moments go (the parameters' order changes) and with them the
-    weight average, so the run ramps its learning rate up again. False where it had enough."""
-    stored = load_checkpoint_metadata(path)
-    config = ResidualUNetConfig.from_fields(stored.metadata["config"])
+    weight average, so the run ramps its learning rate up again; the RNG states stay. False
+    where it had enough."""
+    config = ResidualUNetConfig.from_fields(load_checkpoint_metadata(path).metadata["config"])
     if blocks < config.blocks:
         raise DiracError(f"{path} has {config.blocks} blocks per resolution; --blocks {blocks} cannot remove any")
     if blocks == config.blocks:
         return False
-    model, generator = ResidualUNet(config), torch.Generator()
-    state = load_checkpoint(path, model, None, generator)
+    state, tensors = read_state(path)
+    model = ResidualUNet(config)
+    model.load_state_dict(model_weights(tensors))
     deeper = model.deepened(blocks)
     state.metadata["config"] = asdict(deeper.config)
-    save_checkpoint(path, deeper, torch.optim.Adam(deeper.parameters()), generator, state)
+    kept = {name: tensor for name, tensor in tensors.items() if name.startswith(RNG_PREFIX)}
+    kept.update({f"model.{name}": tensor.contiguous() for name, tensor in deeper.state_dict().items()})
+    write_state(path, kept, state)
     return True
 
 

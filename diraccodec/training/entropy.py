@@ -22,8 +22,8 @@ from diraccodec.errors import DiracError
 from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, load_base_weights
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
 from diraccodec.training.checkpoint import TrainingState
-from diraccodec.training.data import CropSampler
-from diraccodec.training.loop import LoopOptions, run_loop, start_session
+from diraccodec.training.crops import CropSampler
+from diraccodec.training.loop import LoopOptions, run_loop, start_run
 from diraccodec.transforms.networks import HYPER_STRIDE, LATENT_STRIDE
 
 # Crops are cut at the photos' own scale (at most 1.25x smaller): the training photos are
@@ -46,15 +46,15 @@ def entropy_modules(model: MultiRateHyperprior) -> list[torch.nn.Module]:
 
 def latent_bank(model: MultiRateHyperprior, options: EntropyTrainingOptions, console: Console) -> torch.Tensor:
     """Unscaled latents of `options.crops` crops (float16), the same for a given seed."""
-    generator = torch.Generator().manual_seed(options.seed + 1)
-    sampler = CropSampler(options.data, options.patch_size, ENTROPY_SCALE_RANGE, generator)
-    console.print(f"{len(sampler.images)} images of at least {options.patch_size} pixels a side")
+    generator = torch.Generator(options.device).manual_seed(options.seed + 1)
+    sampler = CropSampler(options.data, options.patch_size, ENTROPY_SCALE_RANGE, generator, options.device)
+    console.print(f"{sampler.image_count} images of at least {options.patch_size} pixels a side")
     chunk = 4
     latents = []
     with torch.no_grad():
         for _ in track(range(0, options.crops, chunk), description="latents", console=console,
                        disable=not console.is_terminal):
-            latents.append(model.analysis(sampler.batch(chunk).to(options.device)).half())
+            latents.append(model.analysis(sampler.batch(chunk)).half())
     return torch.cat(latents)[: options.crops]
 
 
@@ -79,28 +79,28 @@ def train_entropy(options: EntropyTrainingOptions, console: Console | None = Non
     model.requires_grad_(False)
     for module in entropy_modules(model):
         module.requires_grad_(True)
-    session = start_session(model, options, console)
-    latents = latent_bank(session.model, options, console).to(session.device)
+    run = start_run(model, options, console)
+    latents = latent_bank(run.model, options, console)
     console.print(f"{latents.shape[0]} latent grids of {latents.shape[-2]}x{latents.shape[-1]}")
-    session.state.metadata.update(
+    run.state.metadata.update(
         {
             "config": asdict(model.config),
             "entropy_finetune_of": weights.weights_id.hex(),
             "batch_size": options.batch_size,
             "patch_size": options.patch_size,
             "crops": options.crops,
-            "device": str(session.device),
+            "device": str(run.device),
             "data": [str(p) for p in options.data],
         }
     )
     top_level = model.config.num_levels - 1
 
     def next_loss() -> dict[str, torch.Tensor]:
-        index = torch.randint(latents.shape[0], (options.batch_size,), generator=session.generator)
-        batch = latents[index.to(latents.device)]
-        if torch.randint(2, (), generator=session.generator):
-            batch = batch.flip(-1)
-        levels = torch.rand(options.batch_size, generator=session.generator) * top_level
-        return rate_loss(session.model, batch, levels.to(session.device))
+        generator, device = run.generator, run.device
+        batch = latents[torch.randint(latents.shape[0], (options.batch_size,), generator=generator, device=device)]
+        mirrored = torch.rand((options.batch_size, 1, 1, 1), generator=generator, device=device) < 0.5
+        batch = torch.where(mirrored, batch.flip(-1), batch)  # no host sync for a coin flip
+        levels = torch.rand(options.batch_size, generator=generator, device=device) * top_level
+        return rate_loss(run.step_model, batch, levels)
 
-    return run_loop(session, options, next_loss, console)
+    return run_loop(run, options, next_loss, console, options.batch_size * options.patch_size**2)

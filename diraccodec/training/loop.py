@@ -1,31 +1,50 @@
-"""The training loop every model shares: learning-rate schedule, logging, checkpoints, resume.
+"""The training loop every model shares: learning-rate schedule, logging, state saves, resume.
 
 A model's training supplies one function that draws a batch and returns its loss (and any
-figures worth logging); this loop does the rest identically on the CPU and on CUDA.
+figures worth logging); this loop does the rest identically on the CPU and on CUDA. It serves
+short, preemptible GPU runs as well as long CPU ones: on CUDA it trains with TF32, channels-last
+tensors, fused Adam and a compiled model (bfloat16 autocast on request); under a wall-clock
+budget it stops early enough to save; SIGTERM or Ctrl-C stop it at the next step boundary,
+saved; and it reports its throughput (training pixels per second, start-up excluded) in its log
+and in a JSON summary beside the state.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diraccodec.training.averaging import WeightAverage
-from diraccodec.training.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from diraccodec.training.checkpoint import (
+    DEFAULT_PART_BYTES,
+    MOMENTS_DTYPE,
+    TrainingState,
+    load_checkpoint,
+    save_checkpoint,
+    state_exists,
+    state_folder,
+    state_parts,
+    summary_path,
+)
 
 
 @dataclass
 class LoopOptions:
-    checkpoint: Path
+    checkpoint: Path  # the state's folder (`NAME.safetensors` names the folder NAME)
     steps: int
     learning_rate: float = 2e-4
     decay_from: float = 0.8  # fraction of `steps` after which the rate decays to 1/10
@@ -35,8 +54,9 @@ class LoopOptions:
     device: str = "cpu"
     threads: int | None = None
     clip_norm: float = 1.0
-    # A wall-clock budget for this run: after `calibration_steps` the step count is set from
-    # the measured speed, so that the learning-rate decay ends when the time does.
+    # A wall-clock budget for this run, counted from its start (data loading and compilation
+    # included): the step count is set from the measured speed, so that the learning-rate
+    # decay ends when the time does, and the run stops early enough to save.
     minutes: float | None = None
     calibration_steps: int = 100
     # The step that `decay_from` counts from: 0 for a run to a total step count; the run's
@@ -48,6 +68,13 @@ class LoopOptions:
     # Decay of the moving average of the weights that export ships (0: none, the last step's
     # weights are shipped). 0.999 averages over about the last thousand steps.
     average_decay: float = 0.0
+    compile: bool | None = None  # torch.compile the trained model; None: on CUDA, where it pays
+    channels_last: bool | None = None  # channels-last weights and crops; None: on CUDA
+    bf16: bool = False  # bfloat16 autocast of the forward pass
+    stop_after: int | None = None  # the most steps this run takes (the schedule still spans `steps`)
+    part_bytes: int = DEFAULT_PART_BYTES  # the largest part of the saved state
+    exact_moments: bool = False  # save the Adam moments in float32: a bit-exact resume, a larger state
+    save_margin_seconds: float = 15.0  # kept free at the end of a `minutes` budget for the last save
 
 
 def decay_start(options: LoopOptions) -> float:
@@ -68,66 +95,171 @@ def learning_rate_at(step: int, options: LoopOptions, warmup_from: int | None = 
 
 
 @dataclass
-class Session:
-    """What a training run holds: the model, its optimiser, the data RNG and the progress."""
+class TrainingRun:
+    """What a training run holds: the model, the module its steps call, its optimiser, the data RNG
+    and the progress."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module  # the weights that are saved
     optimizer: torch.optim.Adam
-    generator: torch.Generator
+    generator: torch.Generator  # on the device: the crops, levels and all else the data draws
     state: TrainingState
     device: torch.device
+    step_model: torch.nn.Module  # what the loss calls: the model, or the model compiled
     warmup_from: int | None = None  # the step a run without Adam moments started at
     average: WeightAverage | None = None
+    channels_last: bool = False
+    started: float = field(default_factory=time.monotonic)  # a `minutes` budget counts from here
 
-    def save(self, path: Path) -> None:
-        save_checkpoint(path, self.model, self.optimizer, self.generator, self.state, self.average)
+    def save(self, options: LoopOptions) -> list[Path]:
+        self.state.warmup_from = self.warmup_from
+        moments_dtype = torch.float32 if options.exact_moments else MOMENTS_DTYPE
+        return save_checkpoint(options.checkpoint, self.model, self.optimizer, self.generator, self.state,
+                               self.average, options.part_bytes, moments_dtype)
 
 
-def start_session(model: torch.nn.Module, options: LoopOptions, console: Console) -> Session:
-    """Seed everything, then resume from the checkpoint when there is one."""
+def start_run(model: torch.nn.Module, options: LoopOptions, console: Console) -> TrainingRun:
+    """Put the model on its device, seed the data generator, and resume from the saved state when there is one."""
+    started = time.monotonic()
     if options.threads:
         torch.set_num_threads(options.threads)
     device = torch.device(options.device)
-    if device.type == "cuda":  # TF32 convolutions: several times faster, ample for training
+    on_cuda = device.type == "cuda"
+    if on_cuda:  # TF32 convolutions: several times faster, ample for training
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+    channels_last = on_cuda if options.channels_last is None else options.channels_last
     model = model.to(device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=options.learning_rate)
-    generator = torch.Generator().manual_seed(options.seed)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=options.learning_rate, fused=True if on_cuda else None)
+    generator = torch.Generator(device).manual_seed(options.seed)
     state = TrainingState(step=0, seconds=0.0, metadata={})
     warmup_from = None
     average = WeightAverage(model, options.average_decay) if options.average_decay > 0 else None
-    if options.checkpoint.exists():
+    if state_exists(options.checkpoint):
         state = load_checkpoint(options.checkpoint, model, optimizer, generator, average)
-        console.print(f"resumed from {options.checkpoint} at step {state.step}")
+        console.print(f"resumed from {state_folder(options.checkpoint)} at step {state.step}")
+        warmup_from = state.warmup_from
         if state.step > 0 and not optimizer.state:
             warmup_from = state.step
             console.print(f"no Adam moments saved: the learning rate ramps up over {options.warmup_steps} steps")
+        if warmup_from is not None and state.step >= warmup_from + options.warmup_steps:
+            warmup_from = None  # the ramp is over
     state.metadata.pop("average_decay", None)  # an earlier run's setting says nothing of this one's
     if average is not None:
         state.metadata["average_decay"] = options.average_decay
-    return Session(model, optimizer, generator, state, device, warmup_from, average)
+    compiled = on_cuda if options.compile is None else options.compile
+    if compiled:  # where compilation fails, the steps run uncompiled rather than a short run ending
+        torch._dynamo.config.suppress_errors = True
+    step_model = torch.compile(model) if compiled else model
+    return TrainingRun(model, optimizer, generator, state, device, step_model, warmup_from, average, channels_last,
+                       started)
 
 
-def _stop_on_sigterm() -> Callable[..., object] | int | None:
-    """Make `kill` (SIGTERM) stop training like Ctrl-C, so the checkpoint is saved first."""
+class _StopRequest:
+    requested = False
+
+
+@contextmanager
+def _stop_requests() -> Iterator[_StopRequest]:
+    """SIGTERM (`kill`) and Ctrl-C while training: the first asks the loop to stop at the next step
+    boundary and save; a second stops at once, leaving the last saved state."""
+    request = _StopRequest()
     if threading.current_thread() is not threading.main_thread():
-        return None
+        yield request
+        return
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    def ask(signum: int, frame: object) -> None:
+        if request.requested:
+            raise KeyboardInterrupt
+        request.requested = True
 
-    return signal.signal(signal.SIGTERM, interrupt)
+    previous = {number: signal.signal(number, ask) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield request
+    finally:
+        for number, handler in previous.items():
+            if handler is not None:
+                signal.signal(number, handler)
+
+
+class _Throughput:
+    """Training pixels per second, timed from the end of a run's first steps (which carry
+    compilation and warm-up) to its last; CUDA is synchronised at each mark."""
+
+    SKIPPED_STEPS = 2
+
+    def __init__(self, run: TrainingRun, pixels_per_step: int | None) -> None:
+        self.device, self.pixels_per_step, self.started = run.device, pixels_per_step, run.started
+        self.marks: list[tuple[int, float]] = []  # (steps of this run, time) after each skipped step
+        self.window = (0, time.monotonic())
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.monotonic()
+
+    def stepped(self, steps: int) -> None:
+        if steps <= self.SKIPPED_STEPS:
+            self.marks.append((steps, self._now()))
+
+    def _rate(self, steps: int, since: tuple[int, float], now: float) -> float | None:
+        if self.pixels_per_step is None or steps <= since[0]:
+            return None
+        return self.pixels_per_step * (steps - since[0]) / max(now - since[1], 1e-9) / 1e6
+
+    def window_rate(self, steps: int) -> float | None:
+        """Mpx/s since the previous call (the first window includes the start-up)."""
+        now = self._now()
+        rate, self.window = self._rate(steps, self.window, now), (steps, now)
+        return rate
+
+    def summary(self, steps: int) -> dict[str, float | None]:
+        """Mpx/s over the run, the seconds its first step ended at, and the pixels per step."""
+        now = self._now()
+        counted = [mark for mark in self.marks if mark[0] < steps]
+        since = counted[-1] if counted else (0, self.started)  # one step alone: start-up included
+        rate = self._rate(steps, since, now)
+        return {"mpx_per_second": round(rate, 3) if rate is not None else None,
+                "startup_seconds": round(self.marks[0][1] - self.started, 2) if self.marks else None,
+                "pixels_per_step": self.pixels_per_step}
+
+
+@dataclass
+class _Pace:
+    """Where the speed under a time budget is measured from: the loop's start for a first
+    estimate (start-up included), then the step of that estimate."""
+
+    step: int
+    since: float
+    first: bool = True
+
+
+def _fit_steps_to_time(options: LoopOptions, step: int, end: float, pace: _Pace, console: Console) -> None:
+    """Set options.steps so that the run ends at `end`, at the speed measured so far, refreshed
+    every `calibration_steps` until the decay begins."""
+    done = step - pace.step
+    if done == 0 or done % options.calibration_steps or step >= decay_start(options):
+        return
+    now = time.monotonic()
+    rate = done / max(now - pace.since, 1e-9)
+    options.steps = step + int(rate * max(0.0, end - now))
+    if pace.first:
+        console.print(f"about {rate:.2f} steps/s: this run ends near step {options.steps}")
+        pace.step, pace.since, pace.first = step, now, False
 
 
 def run_loop(
-    session: Session,
+    run: TrainingRun,
     options: LoopOptions,
     next_loss: Callable[[], dict[str, torch.Tensor]],
     console: Console,
+    pixels_per_step: int | None = None,
 ) -> TrainingState:
-    """Train until options.steps; next_loss returns {"loss": ..., other figures to log}.
+    """Train until options.steps (or the time budget, or `stop_after`); next_loss returns
+    {"loss": ..., other figures to log}; pixels_per_step: the training pixels in one step's batch.
 
     On a terminal a progress bar shows the running figures; otherwise (a log file) a line
     is printed every `log_every` steps.
@@ -137,90 +269,130 @@ def run_loop(
         TextColumn("{task.fields[figures]}"), console=console, disable=not console.is_terminal,
     )
     with progress:
-        task = progress.add_task("training", total=options.steps, completed=session.state.step, figures="")
-        return _steps(session, options, next_loss, console, lambda shown: progress.update(
-            task, completed=session.state.step, total=options.steps, figures=shown))
+        task = progress.add_task("training", total=options.steps, completed=run.state.step, figures="")
+        return _steps(run, options, next_loss, console, pixels_per_step, lambda shown: progress.update(
+            task, completed=run.state.step, total=options.steps, figures=shown))
 
 
 def _steps(
-    session: Session,
+    run: TrainingRun,
     options: LoopOptions,
     next_loss: Callable[[], dict[str, torch.Tensor]],
     console: Console,
+    pixels_per_step: int | None,
     show: Callable[[str], None],
 ) -> TrainingState:
-    state, optimizer = session.state, session.optimizer
-    last_save, saved_step = time.monotonic(), state.step
-    window: dict[str, list[torch.Tensor]] = {}
-    step_started = time.monotonic()
-    run_started, calibration = step_started, (state.step, step_started)
+    state, optimizer = run.state, run.optimizer
+    first_step, pace = state.step, _Pace(state.step, time.monotonic())
+    end, margin = None, options.save_margin_seconds
     if options.minutes is not None:  # until the speed is known, no end and no decay
+        end = run.started + options.minutes * 60
         options.steps, options.schedule_start = state.step + 10**9, state.step
-    previous_handler = _stop_on_sigterm()
-    try:
-        while state.step < options.steps:
-            if options.minutes is not None:
-                calibration = _fit_steps_to_time(options, state.step, run_started, calibration, console)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(state.step, options, session.warmup_from)
-            figures = next_loss()
-            optimizer.zero_grad(set_to_none=True)
-            figures["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(session.model.parameters(), options.clip_norm)
-            optimizer.step()
-            if session.average is not None:
-                session.average.update(session.model)
-            state.step += 1
+    speed = _Throughput(run, pixels_per_step)
+    window: dict[str, list[torch.Tensor]] = {}
+    logged: list[dict[str, float]] = []  # the mean figures of each log window
+
+    def log() -> None:
+        means = {name: float(torch.stack(values).float().mean()) for name, values in window.items()}
+        window.clear()
+        logged.append(means)
+        shown = "  ".join(f"{name} {value:.4f}" for name, value in means.items())
+        rate = speed.window_rate(state.step - first_step)
+        if rate is not None:
+            shown += f"  {rate:.1f} Mpx/s"
+        show(shown)
+        if not console.is_terminal:
+            total = "?" if options.minutes is not None and pace.first else options.steps
+            console.print(f"step {state.step}/{total}  {shown}  lr {optimizer.param_groups[0]['lr']:.2e}  "
+                          f"{state.seconds / 3600:.2f} h", soft_wrap=True)  # one line per entry, however narrow
+            sys.stderr.flush()
+
+    last_save, saved_step, step_seconds = time.monotonic(), state.step, 0.0
+    with _stop_requests() as stop:
+        while True:
+            out_of_time = end is not None and time.monotonic() + step_seconds + margin > end
+            stopped_by = _stop_reason(options, state.step, state.step - first_step, stop.requested, out_of_time)
+            if stopped_by:
+                break
+            if end is not None:
+                _fit_steps_to_time(options, state.step, end - margin, pace, console)
+            step_started = time.monotonic()
+            figures = _take_step(run, options, next_loss)
+            speed.stepped(state.step - first_step)
             now = time.monotonic()
-            state.seconds += now - step_started
-            step_started = now
+            step_seconds = now - step_started
+            state.seconds += step_seconds
             for name, value in figures.items():  # kept on the device: no GPU sync per step
                 window.setdefault(name, []).append(value.detach())
             if state.step % options.log_every == 0 or state.step == options.steps:
-                shown = "  ".join(f"{name} {float(torch.stack(v).mean()):.4f}" for name, v in window.items())
-                show(shown)
-                if not console.is_terminal:
-                    uncalibrated = options.minutes is not None and calibration[1] == run_started
-                    total = "?" if uncalibrated else options.steps
-                    console.print(
-                        f"step {state.step}/{total}  {shown}  lr {optimizer.param_groups[0]['lr']:.2e}  "
-                        f"{state.seconds / 3600:.2f} h",
-                        soft_wrap=True,  # one line per log entry, however narrow the console
-                    )
-                    sys.stderr.flush()
-                window.clear()
+                log()
             if now - last_save > options.checkpoint_minutes * 60:
-                session.save(options.checkpoint)
+                run.save(options)
+                margin = max(margin, 2 * (time.monotonic() - now))  # a save must fit in the margin
                 last_save, saved_step = time.monotonic(), state.step
-        if state.step != saved_step:  # the end, also where a time budget ran out at a calibration
-            session.save(options.checkpoint)
-    except KeyboardInterrupt:  # stopping by hand loses no steps: the next run resumes here
-        session.save(options.checkpoint)
+    measured = speed.summary(state.step - first_step)  # before the last save and log line
+    if window:
+        log()
+    if state.step != saved_step or not state_parts(options.checkpoint):
+        run.save(options)
+    summary = _summary(run, options, stopped_by, state.step - first_step, measured, logged)
+    console.print("summary " + json.dumps(summary), markup=False, highlight=False, soft_wrap=True)
+    if stopped_by == "interrupted":  # stopping by hand loses no steps: the next run resumes here
         console.print(f"interrupted: checkpoint saved at step {state.step}")
-        raise
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        raise KeyboardInterrupt
     return state
 
 
-def _fit_steps_to_time(
-    options: LoopOptions, step: int, run_started: float, calibration: tuple[int, float], console: Console
-) -> tuple[int, float]:
-    """Set options.steps so that the run ends on its time budget, at the speed measured so far.
+def _stop_reason(options: LoopOptions, step: int, steps_this_run: int, requested: bool, out_of_time: bool) -> str:
+    """Why the loop stops before another step ("" where it goes on)."""
+    if step >= options.steps:  # under `minutes`, the step count is the time budget's
+        return "steps" if options.minutes is None else "time"
+    if options.stop_after is not None and steps_this_run >= options.stop_after:
+        return "stop_after"
+    if requested:
+        return "interrupted"
+    return "time" if out_of_time else ""
 
-    The speed is measured from `calibration_steps` into the run (the first steps carry
-    start-up costs) and refreshed until the decay begins; the returned mark is that start.
-    """
-    assert options.minutes is not None
-    first_step, since = calibration
-    done = step - first_step
-    if done == 0 or done % options.calibration_steps or step >= decay_start(options):
-        return calibration
-    now = time.monotonic()
-    rate = done / max(now - since, 1e-9)
-    options.steps = step + int(rate * max(0.0, run_started + options.minutes * 60 - now))
-    if since == run_started:  # the first estimate, with start-up costs: measure afresh from here
-        console.print(f"about {rate:.2f} steps/s: this run ends near step {options.steps}")
-        return step, now
-    return calibration
+
+def _take_step(run: TrainingRun, options: LoopOptions,
+               next_loss: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One optimiser step at the schedule's learning rate; its figures stay on the device."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate_at(run.state.step, options, run.warmup_from)
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=options.bf16):
+        figures = next_loss()
+    run.optimizer.zero_grad(set_to_none=True)
+    figures["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), options.clip_norm)
+    run.optimizer.step()
+    if run.average is not None:
+        run.average.update(run.model)
+    run.state.step += 1
+    return figures
+
+
+def _summary(run: TrainingRun, options: LoopOptions, stopped_by: str, steps: int,
+             measured: dict[str, float | None], logged: list[dict[str, float]]) -> dict[str, Any]:
+    """What the run did, written as JSON beside the state (replacing the previous run's)."""
+    summary = {
+        "state": str(state_folder(options.checkpoint)),
+        "stopped_by": stopped_by,
+        "step": run.state.step,
+        "steps_this_run": steps,
+        "seconds": round(time.monotonic() - run.started, 2),
+        **measured,
+        "training_hours": round(run.state.seconds / 3600, 4),
+        "learning_rate": run.optimizer.param_groups[0]["lr"],
+        "first_figures": logged[0] if logged else {},
+        "last_figures": logged[-1] if logged else {},
+        "device": str(run.device),
+        "compiled": run.step_model is not run.model,
+        "channels_last": run.channels_last,
+        "bf16": options.bf16,
+        "part_bytes": [part.stat().st_size for part in state_parts(options.checkpoint)],
+    }
+    path = summary_path(options.checkpoint)
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(temporary, path)
+    return summary

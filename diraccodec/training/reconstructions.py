@@ -2,43 +2,57 @@
 
 The decoder stages after the base (the diffusion decoder, the restoration filter) learn from
 what the decoder really shows: each crop gets a random fractional rate level and the base
-codec reconstructs it with hard quantisation, exactly as at decode time.
+codec reconstructs it with hard quantisation, exactly as at decode time. The crops are cut
+and reconstructed on the training device, batch by batch, in float32 whatever the autocast.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from rich.console import Console
 
 from diraccodec.codec.hyperprior import MultiRateHyperprior
 from diraccodec.restoration.filter import RestorationFilter
-from diraccodec.training.data import CropSampler
-from diraccodec.training.loop import Session
+from diraccodec.training.crops import CropSampler
+from diraccodec.training.loop import TrainingRun
+
+Frozen = TypeVar("Frozen", bound=torch.nn.Module)
+
+
+def _frozen_copy(model: Frozen, run: TrainingRun) -> Frozen:
+    """The model on the run's device and memory layout, leaving the (cached, shared) original as it is."""
+    frozen = copy.deepcopy(model).to(run.device).eval().requires_grad_(False)
+    return frozen.to(memory_format=torch.channels_last) if run.channels_last else frozen
 
 
 class ReconstructedCrops:
     def __init__(self, folders: tuple[Path, ...], patch_size: int, batch_size: int, base_model: MultiRateHyperprior,
-                 session: Session, levels: tuple[float, float], console: Console,
+                 run: TrainingRun, levels: tuple[float, float], console: Console,
                  restoration: RestorationFilter | None = None) -> None:
         """restoration: a filter applied to the reconstructions (8-bit in, 8-bit out), for a
         stage that works on its output."""
         console.print(f"loading training images from {', '.join(map(str, folders))}")
-        self.sampler = CropSampler(folders, patch_size, generator=session.generator, device=session.device)
-        self.base_model = base_model.to(session.device)
-        self.restoration = restoration.to(session.device).eval().requires_grad_(False) if restoration else None
-        self.session, self.levels, self.batch_size = session, levels, batch_size
-        self.metadata = {"batch_size": batch_size, "patch_size": patch_size, "device": str(session.device),
+        self.sampler = CropSampler(folders, patch_size, generator=run.generator, device=run.device,
+                                   channels_last=run.channels_last)
+        console.print(f"{self.sampler.image_count} images")
+        self.base_model = _frozen_copy(base_model, run)
+        self.restoration = _frozen_copy(restoration, run) if restoration is not None else None
+        self.run, self.levels, self.batch_size = run, levels, batch_size
+        self.pixels_per_step = batch_size * patch_size**2
+        self.metadata = {"batch_size": batch_size, "patch_size": patch_size, "device": str(run.device),
                          "data": [str(p) for p in folders]}
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(crops, their base reconstructions, their levels 1..L) for one batch."""
         batch = self.sampler.batch(self.batch_size)
         lowest, highest = self.levels
-        levels = lowest + torch.rand(self.batch_size, generator=self.session.generator) * (highest - lowest)
-        levels = levels.to(self.session.device)
-        with torch.no_grad():
+        generator = self.run.generator
+        levels = lowest + torch.rand(self.batch_size, generator=generator, device=generator.device) * (highest - lowest)
+        with torch.no_grad(), torch.autocast(self.run.device.type, enabled=False):
             base = self.base_model.reconstruct(batch, levels - 1)
             if self.restoration is not None:
                 base = self.restoration.restore(base, levels).clamp(0, 1).mul(255).round().div(255)

@@ -25,8 +25,8 @@ from diraccodec.modelfiles import (
 from diraccodec.restoration.filter import RestorationFilter
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
-from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata
-from diraccodec.training.loop import LoopOptions, run_loop, start_session
+from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
+from diraccodec.training.loop import LoopOptions, run_loop, start_run
 from diraccodec.training.reconstructions import ReconstructedCrops
 
 # Floor of a crop's base MSE (pixel range 1): flat crops with almost no error must not
@@ -64,7 +64,7 @@ def train_restoration(options: RestorationTrainingOptions, console: Console | No
     top_level = base_weights.model.config.num_levels
     config = ResidualUNetConfig(max_level=float(top_level))
     starting_unet = None
-    if options.checkpoint.exists():
+    if state_exists(options.checkpoint):
         config = ResidualUNetConfig.from_fields(load_checkpoint_metadata(options.checkpoint).metadata["config"])
     elif options.start_from is not None:
         diffusion = load_diffusion_weights(Path(options.start_from).resolve())
@@ -77,26 +77,26 @@ def train_restoration(options: RestorationTrainingOptions, console: Console | No
         unet.load_state_dict(starting_unet.state_dict())
         console.print(f"starting from the U-Net of {options.start_from}")
     restorer = RestorationFilter(unet)
-    session = start_session(restorer, options, console)
-    trained_on = session.state.metadata.get("base_weights_id")
+    run = start_run(restorer, options, console)
+    trained_on = run.state.metadata.get("base_weights_id")
     if trained_on and trained_on != base_weights.weights_id.hex():
-        console.print(f"note: the checkpoint was trained on base {trained_on}; continuing on "
+        console.print(f"note: the saved state was trained on base {trained_on}; continuing on "
                       f"{base_weights.weights_id.hex()} (fine-tuning)")
-    crops = ReconstructedCrops(options.data, options.patch_size, options.batch_size, base_weights.model, session,
+    crops = ReconstructedCrops(options.data, options.patch_size, options.batch_size, base_weights.model, run,
                                (1.0, float(top_level)), console)
-    session.state.metadata.update({
+    run.state.metadata.update({
         "config": asdict(restorer.config),
         "base_weights_id": base_weights.weights_id.hex(),
         "kind": "restoration",
         **crops.metadata,
     })
-    if not session.state.step:  # what a fresh run started from; a resumed run keeps the record
-        session.state.metadata["start_from"] = str(options.start_from) if starting_unet is not None else None
+    if not run.state.step:  # what a fresh run started from; a resumed run keeps the record
+        run.state.metadata["start_from"] = str(options.start_from) if starting_unet is not None else None
 
     def next_loss() -> dict[str, torch.Tensor]:
-        return restoration_loss(session.model, *crops.draw())
+        return restoration_loss(run.step_model, *crops.draw())
 
-    return run_loop(session, options, next_loss, console)
+    return run_loop(run, options, next_loss, console, crops.pixels_per_step)
 
 
 def export_restoration_checkpoint(checkpoint: Path, output: Path) -> None:

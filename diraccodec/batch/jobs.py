@@ -1,0 +1,114 @@
+"""One file's conversion, the same wherever it runs: a local worker process or a Ray worker.
+
+Everything a guarantee rests on happens here, so both runners keep it alike: an existing
+output is skipped unless overwriting is asked for, an output is written atomically, and a
+bad file becomes a failed JobResult with its message instead of an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from diraccodec.api import DEFAULT_EFFORT
+from diraccodec.batch.storage import Location, join, location_of, storage_for
+from diraccodec.compute import AUTO
+from diraccodec.container.drc import DEFAULT_MAX_PIXELS
+from diraccodec.errors import DiracError
+from diraccodec.image.planes import IMAGE_SUFFIXES
+
+DRC_SUFFIX = ".drc"
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    quality: float = 3.0
+    steps: int | None = None
+    seed: int | None = None
+    decoded_suffix: str = ".png"
+    weights: str | None = None
+    overwrite: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    effort: int = DEFAULT_EFFORT  # the encoder's effort (see api.encode)
+    size: int | None = None  # a target file size in bytes instead of the quality
+    bpp: float | None = None  # a target in bits per pixel instead of the quality
+    detail_map: bool | None = None
+    device: str = AUTO
+    exact: bool = False  # thread-invariant decoding (see api.decode)
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Location  # a Path, or a URI string (see diraccodec.batch.storage)
+    target: Location
+
+    @property
+    def encodes(self) -> bool:
+        return PurePosixPath(str(self.source)).suffix.lower() != DRC_SUFFIX
+
+
+@dataclass
+class JobResult:
+    job: Job
+    status: str  # "converted", "skipped" or "failed"
+    message: str = ""
+    input_bytes: int = 0
+    output_bytes: int = 0
+    pixels: int = 0
+
+
+def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettings) -> list[Job]:
+    """Every image and .drc file under `source`, with its output path under `destination`."""
+    source, destination = location_of(source), location_of(destination)
+    jobs = []
+    for relative in storage_for(source).files(source):
+        path = PurePosixPath(relative)
+        suffix = path.suffix.lower()
+        if path.name.startswith("."):
+            continue
+        if suffix == DRC_SUFFIX:
+            output = path.with_suffix(settings.decoded_suffix)
+        elif suffix in IMAGE_SUFFIXES:
+            output = path.with_suffix(DRC_SUFFIX)
+        else:
+            continue
+        jobs.append(Job(join(source, relative), join(destination, output.as_posix())))
+    return jobs
+
+
+def run_job(job: Job, settings: BatchSettings) -> JobResult:
+    from diraccodec import api
+    from diraccodec.image.files import image_bytes, image_format_for
+
+    try:
+        source, target = storage_for(job.source), storage_for(job.target)
+        if not settings.overwrite and target.exists(job.target):
+            return JobResult(job, "skipped", "output exists")
+        data = source.read(job.source)
+        if job.encodes:
+            quality = None if settings.size is not None or settings.bpp is not None else settings.quality
+            encoded = api.encode(data, quality, size=settings.size, bpp=settings.bpp, effort=settings.effort,
+                                 steps=settings.steps, detail_map=settings.detail_map, weights=settings.weights,
+                                 device=settings.device, max_pixels=settings.max_pixels, label=str(job.source))
+            target.write_atomic(job.target, encoded)
+            info = api.inspect(encoded)
+            return JobResult(job, "converted", "", len(data), len(encoded), info.header.pixels)
+        image = api.decode(data, settings.steps, settings.seed, weights=settings.weights, device=settings.device,
+                           exact=settings.exact, max_pixels=settings.max_pixels)
+        output = image_bytes(image, image_format_for(Path(str(job.target))))
+        target.write_atomic(job.target, output)
+        return JobResult(job, "converted", "", len(data), len(output), image.width * image.height)
+    except DiracError as error:
+        return JobResult(job, "failed", str(error))
+    except Exception as error:
+        return JobResult(job, "failed", f"unexpected {type(error).__name__}: {error}")
+
+
+def gather(results: Iterable[JobResult], on_result: Callable[[JobResult], None]) -> list[JobResult]:
+    """Every result, each handed to `on_result` as it arrives (the progress bar moves with them)."""
+    collected = []
+    for result in results:
+        on_result(result)
+        collected.append(result)
+    return collected

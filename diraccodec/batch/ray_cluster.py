@@ -1,0 +1,226 @@
+"""The batch on a Ray cluster: a pool of actors, each loading the models once.
+
+The address: "auto" (`dirac batch --ray` alone) connects to the cluster that $RAY_ADDRESS
+or `ray start` on this machine names, and where there is none starts a local Ray instance,
+stopped again at the end; any other address (`--ray HOST:6379`, `--ray ray://HOST:10001`)
+connects to that cluster or fails. A program that already called ray.init() keeps its
+connection. Ray is imported only here, and only when asked for: it is an optional extra.
+
+Each actor converts one file at a time with `run_job`, so the local batch's guarantees hold
+(skip, atomic writes, a bad file is a failed result); a worker that dies takes only its
+current file with it, as a failed result, and a fresh actor takes its place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import socket
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from types import ModuleType
+from typing import Any
+
+from diraccodec.batch.jobs import BatchSettings, Job, JobResult, gather, run_job
+from diraccodec.batch.storage import absolute
+from diraccodec.compute import AUTO
+from diraccodec.errors import DiracError
+
+RAY_MISSING = "--ray needs Ray: pip install diraccodec[ray]"
+AUTO_ADDRESS = "auto"
+CONNECT_SECONDS = 10
+WORKER_DIED = "Ray worker died while converting this file"
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit): ")
+
+
+def import_ray() -> ModuleType:
+    try:
+        import ray
+    except ImportError:
+        raise DiracError(RAY_MISSING) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    count: int  # actors
+    num_cpus: float  # Ray's resource request per actor
+    num_gpus: float
+    threads: int  # torch threads per actor
+
+
+def share(total: float, count: int) -> float:
+    """total / count as Ray takes a request: whole numbers above 1, and below 1 rounded down
+    to Ray's 1/10000 (2/3 rounded up three times would be more than 2, and one would never start)."""
+    each = total / count
+    return float(int(each)) if each >= 1 else math.floor(each * 10_000) / 10_000
+
+
+def plan_workers(cpus: float, gpus: float, node_cpus: float, device: str, workers: int | None) -> WorkerPlan:
+    """One actor per GPU where the cluster has them and the device allows, else one per CPU;
+    `workers` overrides the count, and the resources are shared out among the actors."""
+    if device == "cuda" and gpus < 1:
+        raise DiracError("--device cuda was asked for, but the Ray cluster has no GPUs (use auto or cpu)")
+    if gpus >= 1 and device in (AUTO, "cuda"):
+        count = workers or int(gpus)
+        return WorkerPlan(count, min(1.0, share(cpus, count)), min(1.0, share(gpus, count)), 1)
+    count = workers or max(1, int(cpus))
+    each = min(share(cpus, count), max(node_cpus, 1.0))  # an actor lives on one node
+    return WorkerPlan(count, each, 0.0, max(1, int(each)))
+
+
+def warm_models(settings: BatchSettings) -> None:
+    """Load the networks the jobs use, once per actor rather than on its first file."""
+    from diraccodec import api
+
+    # a failure here (weights missing on this node, say) recurs in each job, where run_job reports it
+    with contextlib.suppress(DiracError):
+        for exact in {False, settings.exact}:  # encoding never runs exact, decoding may
+            codec = api.get_codec(settings.weights, api.compute_for(settings.device, exact))
+            api.get_restorer(codec)
+            if settings.steps:
+                api.get_diffusion(codec)
+
+
+class Converter:
+    """The actor (wrapped by ray.remote when a batch starts, so that importing needs no Ray)."""
+
+    def __init__(self, settings: BatchSettings, threads: int) -> None:
+        import torch
+
+        from diraccodec.errors import show_warnings_on_one_line
+
+        torch.set_num_threads(threads)
+        show_warnings_on_one_line()
+        self.settings = settings
+        warm_models(settings)
+
+    def ready(self) -> bool:
+        return True
+
+    def convert(self, job: Job) -> JobResult:
+        return run_job(job, self.settings)
+
+
+def run_batch_on_ray(
+    jobs: list[Job], settings: BatchSettings, address: str, workers: int | None,
+    on_result: Callable[[JobResult], None],
+) -> list[JobResult]:
+    """Convert `jobs` on the Ray cluster at `address`, with `workers` actors (None: see plan_workers);
+    each result reaches `on_result` as its file finishes."""
+    ray = import_ray()
+    connected = connect(ray, address)
+    try:
+        return gather(_results(ray, jobs, settings, cluster_plan(ray, settings.device, workers)), on_result)
+    finally:
+        if connected:
+            ray.shutdown()  # a local instance started by connect() stops with it
+
+
+def connect(ray: ModuleType, address: str) -> bool:
+    """Whether this call connected, and so must disconnect at the end."""
+    if ray.is_initialized():
+        return False
+    if address != AUTO_ADDRESS:
+        check_reachable(address)
+    try:  # no address: $RAY_ADDRESS, else the cluster `ray start` runs here, else a new local instance
+        ray.init(address=None if address == AUTO_ADDRESS else address, include_dashboard=False,
+                 logging_level=logging.ERROR)
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as error:
+        where = "a Ray cluster" if address == AUTO_ADDRESS else f"the Ray cluster at {address}"
+        raise DiracError(f"cannot connect to {where}: {one_line(error)}") from None
+    return True
+
+
+def check_reachable(address: str) -> None:
+    """Fail in seconds where Ray would retry a wrong HOST:PORT for minutes."""
+    host, _, port = address.rpartition("://")[2].rpartition(":")
+    if not host or not port.isdigit():
+        return  # not HOST:PORT: Ray judges it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as error:
+        raise DiracError(f"cannot connect to the Ray cluster at {address}: {error.strerror or error}") from None
+
+
+def cluster_plan(ray: ModuleType, device: str, workers: int | None) -> WorkerPlan:
+    resources = ray.cluster_resources()
+    node_cpus = max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]), default=0.0)
+    return plan_workers(resources.get("CPU", 0.0), resources.get("GPU", 0.0), node_cpus, device, workers)
+
+
+def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: WorkerPlan) -> Iterator[JobResult]:
+    """Results in the order files finish. Work goes only to actors that have started, so actors
+    the cluster cannot place (yet) hold nothing up; each has one file at a time, so a death
+    blames the file it was converting and no other."""
+    actor_class = ray.remote(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0)(Converter)
+    actors: list[Any] = []
+    starting: dict[Any, Any] = {}  # ready() reference -> actor
+    running: dict[Any, tuple[Job, Any]] = {}  # convert() reference -> (job, actor)
+    queue = deque(jobs)
+    start_failure = ""
+
+    def start() -> None:
+        actor = actor_class.remote(settings, plan.threads)
+        actors.append(actor)
+        starting[actor.ready.remote()] = actor
+
+    def give_work(actor: Any) -> None:
+        if queue:
+            job = queue.popleft()
+            shipped = Job(absolute(job.source), absolute(job.target))  # the worker's folder is not ours
+            running[actor.convert.remote(shipped)] = (job, actor)
+
+    for _ in range(min(plan.count, len(jobs))):
+        start()
+    try:
+        while queue or running:
+            if not starting and not running:
+                for job in queue:
+                    yield JobResult(job, "failed", f"no Ray worker could start: {start_failure}")
+                return
+            [reference], _ = ray.wait([*running, *starting], num_returns=1)
+            if reference in starting:
+                actor = starting.pop(reference)
+                try:
+                    ray.get(reference)
+                except ray.exceptions.RayError as error:
+                    start_failure = one_line(error)
+                    continue
+                give_work(actor)
+                continue
+            job, actor = running.pop(reference)
+            result, died = _outcome(ray, reference, job)
+            yield result
+            if not died:
+                give_work(actor)
+            elif queue:
+                start()  # in place of the dead one
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def _outcome(ray: ModuleType, reference: Any, job: Job) -> tuple[JobResult, bool]:
+    """The file's result, and whether its actor died."""
+    try:
+        return replace(ray.get(reference), job=job), False
+    except ray.exceptions.RayActorError:
+        return JobResult(job, "failed", WORKER_DIED), True
+    except ray.exceptions.RayError as error:
+        return JobResult(job, "failed", f"Ray: {one_line(error)}"), False
+
+
+def one_line(error: BaseException) -> str:
+    """A Ray error in one line: a task's own exception, or the exception that ends the worker's
+    traceback that Ray puts in the message (an actor whose constructor raised), else its first line."""
+    cause = getattr(error, "cause", None)
+    cause = cause if isinstance(cause, BaseException) else error
+    lines = [line.strip() for line in ANSI_COLOUR.sub("", str(cause)).splitlines() if line.strip()]
+    raised = [line for line in lines if EXCEPTION_LINE.match(line)]
+    text = raised[-1] if raised else lines[0] if lines else ""
+    return text if raised else f"{type(cause).__name__}: {text}".rstrip(": ")

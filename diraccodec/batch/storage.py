@@ -1,0 +1,182 @@
+"""Where a batch reads and writes: local paths, or URIs such as s3://bucket/photos through pyarrow.
+
+A Ray cluster's workers must all reach the inputs and outputs, so besides a shared
+filesystem a batch takes any URI that `pyarrow.fs.FileSystem.from_uri` understands. Both
+kinds list a tree, read bytes, say whether a file exists and write atomically, so neither
+runner knows which it has. Local paths stay `Path`s and behave as they always did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+from urllib.parse import quote, unquote, urlsplit
+
+from diraccodec.errors import DiracError, ImageReadError, OutputWriteError
+
+Location = Path | str  # a local path, or a URI string ("scheme://...")
+
+# Object stores make a single put visible whole or not at all, and their "rename" is a copy.
+OBJECT_STORES = {"s3", "gcs", "abfs"}
+
+
+class Storage(Protocol):
+    def files(self, folder: Location) -> list[str]:
+        """Every file under `folder`, as relative POSIX paths in the order of a sorted walk."""
+
+    def read(self, location: Location) -> bytes: ...
+
+    def exists(self, location: Location) -> bool: ...
+
+    def write_atomic(self, location: Location, data: bytes) -> None:
+        """Never leave a half-written file at `location`, even when killed."""
+
+
+def is_uri(location: Location) -> bool:
+    return isinstance(location, str) and "://" in location
+
+
+def location_of(text: str | Path) -> Location:
+    """A URI stays a string (Path would fold its '//'); anything else becomes a Path."""
+    return text if is_uri(text) else Path(text)
+
+
+def join(folder: Location, relative: str) -> Location:
+    """`relative` is a raw name ("a b#1.png"): in a URI it is quoted, and `ArrowStorage.path` unquotes it."""
+    if is_uri(folder):
+        return f"{str(folder).rstrip('/')}/{quote(relative)}"
+    return Path(folder) / relative
+
+
+def absolute(location: Location) -> Location:
+    """The same place named from any working folder, for workers that run elsewhere."""
+    return location if is_uri(location) else Path(location).absolute()
+
+
+def storage_for(location: Location) -> Storage:
+    return arrow_storage(location) if is_uri(location) else LOCAL
+
+
+def sorted_relative(names: list[str]) -> list[str]:
+    return sorted(names, key=PurePosixPath)
+
+
+class LocalStorage:
+    def files(self, folder: Location) -> list[str]:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DiracError(f"no such folder: {folder}")
+        return sorted_relative([p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()])
+
+    def read(self, location: Location) -> bytes:
+        from diraccodec.image.files import read_bytes
+
+        return read_bytes(Path(location))
+
+    def exists(self, location: Location) -> bool:
+        return Path(location).exists()
+
+    def write_atomic(self, location: Location, data: bytes) -> None:
+        from diraccodec.image.files import write_atomic
+
+        write_atomic(Path(location), data)
+
+
+LOCAL = LocalStorage()
+
+
+class ArrowStorage:
+    """One pyarrow filesystem, e.g. one S3 bucket: URIs map to its paths by a fixed prefix."""
+
+    def __init__(self, filesystem: Any, prefix: str) -> None:
+        self.filesystem = filesystem
+        self.prefix = prefix
+
+    def path(self, uri: Location) -> str:
+        return self.prefix + unquote(urlsplit(str(uri)).path).lstrip("/")
+
+    def files(self, folder: Location) -> list[str]:
+        import pyarrow.fs
+
+        base = self.path(folder).rstrip("/")
+        try:
+            infos = self.filesystem.get_file_info(pyarrow.fs.FileSelector(base, recursive=True))
+        except FileNotFoundError:
+            raise DiracError(f"no such folder: {folder}") from None
+        except OSError as error:
+            raise DiracError(f"cannot list {folder}: {error}") from None
+        return sorted_relative([info.path[len(base) + 1:] for info in infos
+                                if info.type == pyarrow.fs.FileType.File])
+
+    def read(self, location: Location) -> bytes:
+        try:
+            with self.filesystem.open_input_stream(self.path(location)) as stream:
+                return stream.readall()
+        except FileNotFoundError:
+            raise DiracError(f"no such file: {location}") from None
+        except OSError as error:
+            raise ImageReadError(f"cannot read {location}: {error}") from None
+
+    def exists(self, location: Location) -> bool:
+        import pyarrow.fs
+
+        try:
+            return self.filesystem.get_file_info(self.path(location)).type != pyarrow.fs.FileType.NotFound
+        except OSError as error:
+            raise DiracError(f"cannot reach {location}: {error}") from None
+
+    def write_atomic(self, location: Location, data: bytes) -> None:
+        path = self.path(location)
+        try:
+            if self.filesystem.type_name in OBJECT_STORES:
+                self._put(path, data)
+                return
+            # elsewhere (local disks, HDFS) a stream is visible while written: write beside it, then rename
+            parent, _, name = path.rpartition("/")
+            self.filesystem.create_dir(parent, recursive=True)
+            temporary = f"{parent}/.{name}.{uuid.uuid4().hex}.part"
+            try:
+                self._put(temporary, data)
+                self.filesystem.move(temporary, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self.filesystem.delete_file(temporary)
+                raise
+        except OSError as error:
+            raise OutputWriteError(f"cannot write {location}: {error}") from None
+
+    def _put(self, path: str, data: bytes) -> None:
+        with self.filesystem.open_output_stream(path) as stream:
+            stream.write(data)
+
+
+_FILESYSTEMS: dict[tuple[str, str, str], ArrowStorage] = {}
+
+
+def arrow_storage(uri: Location) -> ArrowStorage:
+    """Resolved once per bucket or host and process: for S3 that asks the region over the network."""
+    uri = str(uri)
+    parts = urlsplit(uri)
+    key = (parts.scheme, parts.netloc, parts.query)
+    if key not in _FILESYSTEMS:
+        _FILESYSTEMS[key] = _open_arrow_storage(uri)
+    return _FILESYSTEMS[key]
+
+
+def _open_arrow_storage(uri: str) -> ArrowStorage:
+    try:
+        import pyarrow.fs
+    except ImportError:
+        raise DiracError(f"{uri}: URIs need pyarrow (pip install pyarrow), or use a shared filesystem path") from None
+    try:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+    except (ValueError, OSError) as error:
+        raise DiracError(f"cannot open {uri}: {error}") from None
+    # pyarrow's path is a fixed prefix (an S3 bucket, or "/" on a local disk) plus the URI's own path
+    path, tail = path.rstrip("/"), unquote(urlsplit(uri).path).strip("/")
+    if not path.endswith(tail):
+        raise DiracError(f"cannot map {uri} to a pyarrow path (pyarrow gave {path})")
+    prefix = path[: len(path) - len(tail)] if tail else path
+    return ArrowStorage(filesystem, prefix if prefix.endswith("/") else prefix + "/")

@@ -1,0 +1,128 @@
+"""The Pillow plugin: after `import diraccodec`, Pillow opens and saves .drc files like any format.
+
+    import diraccodec
+    from PIL import Image
+
+    Image.open("photo.png").save("photo.drc", quality=3)  # any of diraccodec.encode's keywords
+    with Image.open("photo.drc") as image:                # size, mode and info from the header alone
+        image.decoding = {"steps": 20, "seed": 1}        # this image's decode options, before it loads
+        pixels = image.convert("RGB")                     # the decoder runs here, on the first load
+
+Options, the way the AVIF and JPEG XL plugins take theirs:
+
+- Saving takes diraccodec.encode's keywords as save parameters (quality, size, bpp, steps, effort,
+  detail_map, device, weights, max_pixels, progress); without quality, size or bpp the level is
+  DEFAULT_QUALITY. Other parameters are ignored, as every Pillow plugin ignores what is not its own,
+  so that `save(path, **other.info)` works.
+- Image.open has no place for options, so those plugins read theirs from module globals. Here
+  decoding takes diraccodec.decode's keywords (steps, seed, device, exact, restore, weights,
+  diffusion_weights, max_pixels) from process-wide defaults, set with set_decode_options(), and
+  per image from the dict `image.decoding`, set between open and load, which wins over them.
+  These are this plugin's own, so an unknown name raises InvalidOptionError; max_pixels also
+  bounds the header that Image.open reads.
+
+Errors are the package's typed ones (diraccodec.errors): Image.open swallows only a plugin's
+SyntaxError, IndexError, TypeError and struct.error while it tries formats, and _accept lets only
+data that starts with the .drc magic reach _open, so a corrupt or truncated file raises
+CorruptFileError or TruncatedFileError from Image.open, and decoding errors come from load().
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+from typing import IO, Any
+
+from PIL import Image, ImageFile
+
+from diraccodec import api
+from diraccodec.container import drc
+from diraccodec.errors import InvalidOptionError
+
+FORMAT = "DRC"
+EXTENSION = ".drc"
+MIME = "image/x-drc"
+DEFAULT_QUALITY = 3
+# The keywords the plugin passes on: everything but the input, from the API's own signatures.
+ENCODE_OPTIONS = frozenset(inspect.signature(api.encode).parameters) - {"image", "label"}
+DECODE_OPTIONS = frozenset(inspect.signature(api.decode).parameters) - {"data"}
+_RATE_OPTIONS = ("quality", "size", "bpp")
+
+_decode_defaults: dict[str, Any] = {}
+
+
+def _checked_decode_options(options: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(options, dict):
+        raise InvalidOptionError(f"decode options must be a dict of diraccodec.decode's keywords, got {options!r}")
+    unknown = sorted(set(options) - DECODE_OPTIONS)
+    if unknown:
+        raise InvalidOptionError(f"unknown decode option(s) {', '.join(unknown)}; "
+                                 f"known: {', '.join(sorted(DECODE_OPTIONS))}")
+    return dict(options)
+
+
+def set_decode_options(**options: Any) -> dict[str, Any]:
+    """Replace the process-wide decode defaults (none: the API's) and return the previous ones,
+    so that `set_decode_options(**previous)` restores them: Image.open cannot take options."""
+    global _decode_defaults
+    previous, _decode_defaults = _decode_defaults, _checked_decode_options(options)
+    return previous
+
+
+def _accept(prefix: bytes) -> bool:
+    """Only real .drc data reaches _open, so its errors are about a .drc file, never a probe."""
+    return prefix.startswith(drc.MAGIC)
+
+
+class DrcImageFile(ImageFile.ImageFile):
+    """A .drc file: the header is read on open, the latents are decoded on the first load."""
+
+    format = FORMAT
+    format_description = "diraccodec learned image"
+
+    def _open(self) -> None:
+        assert self.fp is not None
+        self.decoding: dict[str, Any] = {}
+        self._data: bytes | None = self.fp.read()
+        max_pixels = _decode_defaults.get("max_pixels", drc.DEFAULT_MAX_PIXELS)
+        info = api.inspect(self._data, max_pixels)  # checks the whole file, decodes nothing
+        header = info.header
+        self._size = (header.width, header.height)
+        self._mode = header.colour_mode.name  # RGB, L, RGBA, LA: Pillow's names
+        self.info["quality"] = header.quality
+        self.info["weights_id"] = header.weights_id.hex()
+        if info.recommended_steps is not None:
+            self.info["recommended_steps"] = info.recommended_steps
+        if icc := header.sections.get(drc.TAG_ICC):
+            self.info["icc_profile"] = icc
+        self.tile = []
+
+    def load(self) -> Image.core.PixelAccess | None:
+        if self._data is not None:  # not yet decoded
+            options = {**_decode_defaults, **_checked_decode_options(self.decoding)}
+            decoded = api.decode(self._data, **options)
+            # hand the pixels to Pillow's raw decoder, as the AVIF, JPEG XL and WebP plugins do
+            if self.fp and self._exclusive_fp:
+                self.fp.close()
+            self.fp = io.BytesIO(decoded.tobytes())
+            self.tile = [("raw", (0, 0, *self.size), 0, decoded.mode)]  # a plain tuple: older Pillows lack _Tile
+            self._data = None  # kept until now so that a load with bad options can be retried
+        return super().load()
+
+    def load_seek(self, pos: int) -> None:
+        """Defined so that Pillow reads the decoded pixels, never memory-maps the .drc file as raw."""
+
+
+def _save(image: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    options = {name: value for name, value in image.encoderinfo.items() if name in ENCODE_OPTIONS}
+    if not any(options.get(name) is not None for name in _RATE_OPTIONS):
+        options["quality"] = DEFAULT_QUALITY
+    fp.write(api.encode(image, **options))
+
+
+def register() -> None:
+    """Tell Pillow about .drc files (run by `import diraccodec`; running it again changes nothing)."""
+    Image.register_open(FORMAT, DrcImageFile, _accept)
+    Image.register_save(FORMAT, _save)
+    Image.register_extension(FORMAT, EXTENSION)
+    Image.register_mime(FORMAT, MIME)

@@ -1,0 +1,206 @@
+"""Train a model in one command made for short, preemptible GPU runs (and for tiny CPU ones).
+
+    python scripts/train_gpu.py base --data .gpu/shard --minutes 9 --channels 192 --latent-channels 320
+
+It trains until --minutes (counted from its start, data loading and compilation included) and
+saves its state before then, in parts of at most --part-mib MiB (diraccodec.training.checkpoint);
+the same command run again resumes where it stopped. It appends its log, throughput in Mpx/s
+included, to STATE.log, writes STATE.summary.json (also the log's last line), and at the end can
+export inference weights (--export) and copy the state's parts and the log into --output. With
+--travel-copy it only writes a float16 copy of the state, small enough to carry, and exits.
+The package is imported from this checkout, installed or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # a GPU machine runs the checkout without installing it
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, DEFAULT_DIFFUSION_WEIGHTS  # noqa: E402
+from diraccodec.training.base import DEFAULT_TRAIN_DATA, BaseTrainingOptions, export_checkpoint, train_base  # noqa: E402
+from diraccodec.training.checkpoint import state_folder, state_parts, summary_path, write_travel_copy  # noqa: E402
+from diraccodec.training.diffusion import (  # noqa: E402
+    DiffusionTrainingOptions,
+    export_diffusion_checkpoint,
+    train_diffusion,
+)
+from diraccodec.training.loop import LoopOptions  # noqa: E402
+from diraccodec.training.restoration import (  # noqa: E402
+    RestorationTrainingOptions,
+    export_restoration_checkpoint,
+    train_restoration,
+)
+from diraccodec.transforms.networks import HYPER_STRIDE  # noqa: E402
+
+DEFAULT_MINUTES = 9.0
+DEFAULT_BATCH = {"base": 64, "diffusion": 32, "restoration": 32}
+TRAINERS = {"base": train_base, "diffusion": train_diffusion, "restoration": train_restoration}
+EXPORTERS = {"base": export_checkpoint, "diffusion": export_diffusion_checkpoint,
+             "restoration": export_restoration_checkpoint}
+
+
+def numbers(kind: type, count: int | None = None) -> Any:
+    """An argparse type for comma-separated numbers (exactly `count` of them where given)."""
+
+    def parse(text: str) -> tuple[Any, ...]:
+        values = tuple(kind(value) for value in text.split(","))
+        if count is not None and len(values) != count:
+            raise argparse.ArgumentTypeError(f"{count} comma-separated values expected, got {text!r}")
+        return values
+
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument("model", choices=sorted(TRAINERS))
+    cli.add_argument("--state", type=Path, help="The state's folder, resumed if it exists (default checkpoints/MODEL).")
+    cli.add_argument("--data", type=Path, action="append", help=f"Folders of photos or packed shards "
+                     f"(repeatable; default {DEFAULT_TRAIN_DATA}). Held-out photos are never trained on.")
+    budget = cli.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help=f"Wall-clock budget of this run (default {DEFAULT_MINUTES:g}).")
+    budget.add_argument("--steps", type=int, help="Train to this total step count instead of a time budget.")
+    cli.add_argument("--stop-after", type=int, help="Take at most this many steps in this run.")
+    cli.add_argument("--batch-size", type=int, help="Crops per step (default 64 for base, 32 for the others).")
+    cli.add_argument("--patch-size", type=int, default=128, help="Crop side in pixels (default 128).")
+    cli.add_argument("--lr", type=float, help="Peak learning rate (default 2e-4).")
+    cli.add_argument("--seed", type=int, default=0)
+    cli.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    cli.add_argument("--threads", type=int, help="CPU threads for torch.")
+    cli.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on CUDA).")
+    cli.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="(default: on CUDA).")
+    cli.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the forward pass.")
+    cli.add_argument("--average-decay", type=float, default=0.0, help="Weight average to export (e.g. 0.999).")
+    cli.add_argument("--checkpoint-minutes", type=float, default=3.0, help="Save this often (default 3).")
+    cli.add_argument("--save-margin", type=float, default=15.0, help="Seconds kept for the last save (default 15).")
+    cli.add_argument("--part-mib", type=float, default=15.0, help="Largest part of the saved state (default 15).")
+    cli.add_argument("--exact-moments", action="store_true",
+                     help="Save Adam moments in float32 (bit-exact resume) instead of bfloat16.")
+    cli.add_argument("--log-every", type=int, default=50)
+    base = cli.add_argument_group("base codec (a resumed run keeps its state's size)")
+    base.add_argument("--channels", type=int, default=96, help="N, the transforms' width (default 96).")
+    base.add_argument("--latent-channels", type=int, default=160, help="M, the latents' channels (default 160).")
+    stages = cli.add_argument_group("diffusion decoder and restoration filter")
+    stages.add_argument("--weights", type=Path, default=DEFAULT_BASE_WEIGHTS, help="The frozen base codec's weights.")
+    stages.add_argument("--widths", type=numbers(int), help="The U-Net's widths, e.g. 32,64,128 (a new run's).")
+    stages.add_argument("--blocks", type=int, help="Residual blocks per resolution (deepens a saved state).")
+    stages.add_argument("--lpips-weight", type=float, default=0.0)
+    stages.add_argument("--own-prediction-fraction", type=float, default=0.0)
+    stages.add_argument("--relative-loss", action="store_true")
+    stages.add_argument("--level-range", type=numbers(float, 2), metavar="LOW,HIGH")
+    stages.add_argument("--on-restored", type=Path, help="Enhance this restoration filter's output (diffusion).")
+    stages.add_argument("--start-from", type=Path, default=DEFAULT_DIFFUSION_WEIGHTS,
+                        help="Diffusion weights a new restoration run starts from.")
+    stages.add_argument("--from-scratch", action="store_true", help="A new restoration run starts from the identity.")
+    results = cli.add_argument_group("results")
+    results.add_argument("--export", type=Path, help="Write inference weights here at the end.")
+    results.add_argument("--output", type=Path, help="Copy the state's parts (in a folder so named) and the log here.")
+    results.add_argument("--travel-copy", type=Path, metavar="FOLDER",
+                         help="Only write a float16 copy of the state to FOLDER (to carry elsewhere) and exit.")
+    results.add_argument("--travel-moments", action="store_true", help="Keep the Adam moments in the travel copy.")
+    return cli
+
+
+def training_options(arguments: argparse.Namespace, state: Path) -> LoopOptions:
+    """The model's training options from the command line."""
+    common: dict[str, Any] = {
+        "checkpoint": state, "data": tuple(arguments.data or [DEFAULT_TRAIN_DATA]),
+        "steps": arguments.steps or 1, "minutes": arguments.minutes, "stop_after": arguments.stop_after,
+        "batch_size": arguments.batch_size or DEFAULT_BATCH[arguments.model], "patch_size": arguments.patch_size,
+        "seed": arguments.seed, "device": arguments.device, "threads": arguments.threads,
+        "compile": arguments.compile, "channels_last": arguments.channels_last, "bf16": arguments.bf16,
+        "average_decay": arguments.average_decay, "checkpoint_minutes": arguments.checkpoint_minutes,
+        "save_margin_seconds": arguments.save_margin, "part_bytes": int(arguments.part_mib * 2**20),
+        "exact_moments": arguments.exact_moments, "log_every": arguments.log_every,
+    }
+    if arguments.lr is not None:
+        common["learning_rate"] = arguments.lr
+    if arguments.model == "base":
+        if arguments.patch_size % HYPER_STRIDE:
+            raise SystemExit(f"--patch-size must be a multiple of {HYPER_STRIDE}")
+        return BaseTrainingOptions(**common, channels=arguments.channels, latent_channels=arguments.latent_channels)
+    if arguments.model == "diffusion":
+        widths = {"widths": arguments.widths} if arguments.widths else {}
+        return DiffusionTrainingOptions(
+            **common, **widths, base_weights=arguments.weights, blocks=arguments.blocks,
+            lpips_weight=arguments.lpips_weight, own_prediction_fraction=arguments.own_prediction_fraction,
+            relative_loss=arguments.relative_loss, level_range=arguments.level_range,
+            restoration_weights=arguments.on_restored)
+    return RestorationTrainingOptions(**common, base_weights=arguments.weights,
+                                      start_from=None if arguments.from_scratch else arguments.start_from)
+
+
+class _Tee(io.TextIOBase):
+    """The console's text to the terminal and to the log file alike."""
+
+    def __init__(self, *streams: TextIO) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+    def isatty(self) -> bool:
+        return False  # log lines rather than a progress bar
+
+
+def copy_results(state: Path, log: Path, output: Path) -> list[Path]:
+    """The state's parts into OUTPUT/NAME/ (ready to stand in for the state folder) and the log into OUTPUT."""
+    folder = output / state_folder(state).name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    copied = [Path(shutil.copy2(part, folder / part.name)) for part in state_parts(state)]
+    return [*copied, Path(shutil.copy2(log, output / log.name))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parser().parse_args(argv)
+    if arguments.steps is None and arguments.minutes is None:
+        arguments.minutes = DEFAULT_MINUTES
+    state = state_folder(arguments.state or Path("checkpoints") / arguments.model)
+    if arguments.travel_copy:
+        parts = write_travel_copy(state, arguments.travel_copy, moments=arguments.travel_moments,
+                                  part_bytes=int(arguments.part_mib * 2**20))
+        print(f"{arguments.travel_copy}: {len(parts)} parts, {sum(p.stat().st_size for p in parts) / 2**20:.1f} MiB")
+        return 0
+    options = training_options(arguments, state)
+    log = state.with_name(state.name + ".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    interrupted = False
+    with open(log, "a") as log_file:
+        console = Console(file=_Tee(sys.stderr, log_file), soft_wrap=True)
+        device = torch.cuda.get_device_name(options.device) if options.device.startswith("cuda") else "cpu"
+        console.print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)} | torch {torch.__version__} "
+                      f"on {device}", markup=False, highlight=False)
+        try:
+            TRAINERS[arguments.model](options, console)
+        except KeyboardInterrupt:  # SIGTERM or Ctrl-C: the state is saved; deliver it all the same
+            interrupted = True
+        if arguments.export:
+            EXPORTERS[arguments.model](state, arguments.export)
+            console.print(f"exported {arguments.export}")
+    if arguments.output:
+        copy_results(state, log, arguments.output)
+    print(f"summary: {summary_path(state)}", file=sys.stderr)
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The API's own promises: target sizes, one rate option at a time, and safety across threads."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import diraccodec
+from diraccodec.cli import main
+from diraccodec.cli.common import parse_size
+from diraccodec.errors import DiracError, InvalidOptionError
+
+
+@pytest.mark.parametrize("target", [2500, 4000, 9000])
+def test_a_size_target_gives_the_largest_file_at_or_under_it(small_image, target):
+    data = diraccodec.encode(small_image, size=target)
+    level = diraccodec.inspect(data).header.quality
+    assert len(data) <= target
+    # the next step up the 1/256 grid would not fit (or the top level was reached)
+    if level < 8:
+        assert len(diraccodec.encode(small_image, level + 1 / 256)) > target
+    assert diraccodec.encode(small_image, level) == data
+
+
+def test_a_size_target_on_a_photo_lands_within_3_percent(sample_image):
+    data = diraccodec.encode(sample_image, size=10_000)
+    assert 9_700 <= len(data) <= 10_000
+
+
+def test_a_bpp_target_is_a_size_in_bits_per_pixel(small_image):
+    pixels = small_image.width * small_image.height
+    data = diraccodec.encode(small_image, bpp=1.0)
+    assert len(data) <= pixels / 8 and data == diraccodec.encode(small_image, size=pixels // 8)
+
+
+def test_a_searched_size_target_fits_too(sample_image):
+    data = diraccodec.encode(sample_image, size=6_000, effort=2)
+    assert len(data) <= 6_000 and len(data) >= 0.97 * 6_000
+
+
+def test_targets_below_the_smallest_file_and_bad_rates_are_clear_errors(small_image):
+    with pytest.raises(InvalidOptionError, match=r"below the smallest file at level 1 \(\d+ bytes\)"):
+        diraccodec.encode(small_image, size=100)
+    with pytest.raises(InvalidOptionError, match="exactly one of quality, size or bpp"):
+        diraccodec.encode(small_image, 3, size=5000)
+    with pytest.raises(InvalidOptionError, match="give a quality"):
+        diraccodec.encode(small_image)
+    for bad in (0, -1.0, float("inf")):
+        with pytest.raises(InvalidOptionError, match="bpp must be a positive number"):
+            diraccodec.encode(small_image, bpp=bad)
+
+
+def test_size_texts_use_decimal_and_binary_units():
+    assert [parse_size(text) for text in ("30KB", "30kb", "30 KB", "1.5MB", "2KiB", "512", "512B")] == [
+        30_000, 30_000, 30_000, 1_500_000, 2048, 512, 512]
+    for bad in ("30XB", "KB", "-3KB", "0"):
+        with pytest.raises(DiracError):
+            parse_size(bad)
+
+
+def test_the_cli_takes_a_size(tmp_path, sample_image):
+    sample_image.save(tmp_path / "a.png")
+    result = CliRunner().invoke(main, ["encode", str(tmp_path / "a.png"), "--size", "10KB",
+                                       "-o", str(tmp_path / "a.drc")])
+    assert result.exit_code == 0, result.output
+    assert 9_700 <= (tmp_path / "a.drc").stat().st_size <= 10_000
+    both = CliRunner().invoke(main, ["encode", str(tmp_path / "a.png"), "-q", "3", "--size", "10KB",
+                                     "-o", str(tmp_path / "b.drc")])
+    assert both.exit_code == 2 and "exactly one of -q, --size or --bpp" in both.output
+
+
+def test_calls_from_four_threads_give_the_bytes_and_pixels_of_serial_calls(small_image, sample_image):
+    images = [small_image, sample_image.crop((0, 0, 200, 120)), small_image.convert("L"),
+              sample_image.crop((100, 50, 260, 210))]
+    jobs = [(image, level) for image in images for level in (2, 5)]
+
+    def round_trip(job: tuple) -> tuple[str, str]:
+        # the exact mode switches oneDNN off process-wide while it runs: a fast decode beside
+        # it must not see that
+        image, level = job
+        data = diraccodec.encode(image, level)
+        pixels = np.asarray(diraccodec.decode(data, steps=2 if level == 2 else 0, exact=level == 5))
+        return hashlib.sha256(data).hexdigest(), hashlib.sha256(pixels.tobytes()).hexdigest()
+
+    serial = [round_trip(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(round_trip, jobs))
+    assert concurrent == serial

@@ -1,0 +1,247 @@
+"""`dirac batch --ray` on a local Ray instance: the local batch's outputs and guarantees; URIs through pyarrow."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from diraccodec.batch import BatchSettings, Job, JobResult, plan_jobs, ray_cluster, run_batch, run_batch_on_ray
+from diraccodec.batch.ray_cluster import (
+    RAY_MISSING,
+    WORKER_DIED,
+    Converter,
+    WorkerPlan,
+    check_reachable,
+    plan_workers,
+)
+from diraccodec.batch.storage import join, location_of
+from diraccodec.cli import main
+from diraccodec.errors import DiracError
+
+RAY_PROGRAMS = ("/ray/raylet", "/gcs_server")  # the processes a Ray instance runs
+
+
+def ray_processes() -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and any(p in (entry / "cmdline").read_text() for p in RAY_PROGRAMS):
+                found.add(int(entry.name))
+    return found
+
+
+def assert_no_new_ray_processes(before: set[int]) -> None:
+    deadline = time.monotonic() + 20
+    while ray_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ray_processes() - before
+
+
+@pytest.fixture
+def photos(tmp_path: Path, small_image: Image.Image) -> Path:
+    source = tmp_path / "photos"
+    (source / "nested").mkdir(parents=True)
+    small_image.save(source / "one.png")
+    small_image.rotate(90, expand=True).save(source / "nested" / "two.jpg", quality=90)
+    small_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(source / "a b#3.png")
+    (source / "bad.png").write_bytes(b"not an image")
+    return source
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """As a Ray actor on one CPU runs: decoded pixels follow the thread count (docs/format.md)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def dirac(*args: str | Path) -> tuple[int, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[str]:
+    """A local Ray instance of 2 CPUs in this process, its files in a short temporary folder (Ray's
+    socket paths must stay short), and nothing of it left running afterwards."""
+    ray = pytest.importorskip("ray")
+    before = ray_processes()
+    folder = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, _temp_dir=folder)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        assert_no_new_ray_processes(before)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_batch_equals_the_local_batch_skips_and_reports_failures(tmp_path: Path, photos: Path, ray_instance: str):
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    with one_thread():
+        assert dirac("batch", photos, local / "encoded", "-q", "2", "-j", "1")[0] == 1
+    code, output = dirac("batch", photos, on_ray / "encoded", "-q", "2", "--ray", ray_instance, "-j", "2")
+    assert code == 1, output  # bad.png failed ...
+    assert "failed" in output and "bad.png" in output and "Traceback" not in output
+    encoded = files_under(on_ray / "encoded")
+    assert sorted(encoded) == ["a b#3.drc", "nested/two.drc", "one.drc"]  # ... the others converted
+    assert encoded == files_under(local / "encoded")  # byte for byte
+
+    with one_thread():
+        assert dirac("batch", local / "encoded", local / "decoded", "-j", "1")[0] == 0
+    code, output = dirac("batch", on_ray / "encoded", on_ray / "decoded", "--ray", ray_instance, "-j", "2")
+    assert code == 0, output
+    for name in ("a b#3.png", "nested/two.png", "one.png"):
+        assert np.array_equal(pixels(on_ray / "decoded" / name), pixels(local / "decoded" / name))
+
+    (photos / "bad.png").unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in (on_ray / "encoded").rglob("*.drc")}
+    code, output = dirac("batch", photos, on_ray / "encoded", "-q", "2", "--ray", ray_instance)
+    assert code == 0 and "skipped" in output, output
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert not [p for p in (on_ray / "encoded").rglob("*") if p.is_file() and p.suffix != ".drc"]
+
+
+class DiesOnTwo(Converter):
+    """A worker whose process ends, as one the kernel kills for memory would, on the file named two."""
+
+    def convert(self, job: Job) -> JobResult:
+        if PurePosixPath(str(job.source)).stem == "two":
+            os._exit(1)
+        return super().convert(job)
+
+
+@pytest.mark.slow
+def test_a_dying_worker_fails_its_file_alone(tmp_path: Path, photos: Path, ray_instance: str,
+                                             monkeypatch: pytest.MonkeyPatch):
+    from ray import cloudpickle
+
+    this_module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(this_module)  # Ray's workers cannot import the tests
+    monkeypatch.setattr(ray_cluster, "Converter", DiesOnTwo)
+    settings = BatchSettings(quality=2)
+    try:
+        results = run_batch_on_ray(plan_jobs(photos, tmp_path / "out", settings), settings, ray_instance, 2,
+                                   lambda _: None)
+    finally:
+        cloudpickle.unregister_pickle_by_value(this_module)
+    outcomes = {PurePosixPath(str(r.job.source)).name: (r.status, r.message) for r in results}
+    assert outcomes["two.jpg"] == ("failed", WORKER_DIED)
+    assert outcomes["one.png"][0] == outcomes["a b#3.png"][0] == "converted"  # a fresh worker took over
+    assert outcomes["bad.png"][0] == "failed" and "cannot read image" in outcomes["bad.png"][1]
+
+
+@pytest.mark.slow
+def test_ray_alone_starts_a_local_instance_and_stops_it(tmp_path: Path, photos: Path):
+    pytest.importorskip("ray")
+    (photos / "bad.png").unlink()
+    before = ray_processes()
+    folder = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    environment = {**os.environ, "RAY_TMPDIR": folder}
+    environment.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "diraccodec.cli", "batch", str(photos), str(tmp_path / "out"), "--ray", "-j", "1"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+        assert result.returncode == 0, result.stderr
+        assert len(list((tmp_path / "out").rglob("*.drc"))) == 3
+        assert_no_new_ray_processes(before)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_ray_missing_is_a_one_line_error(tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    code, output = dirac("batch", photos, tmp_path / "out", "--ray")
+    assert code == 2
+    assert f"dirac: error: {RAY_MISSING}" in output and "Traceback" not in output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_address_fails_in_seconds():
+    started = time.monotonic()  # where ray.init would retry for minutes
+    with pytest.raises(DiracError, match=re.escape("cannot connect to the Ray cluster at 127.0.0.1:1: ")):
+        check_reachable("127.0.0.1:1")
+    assert time.monotonic() - started < 5
+    check_reachable("a-name-without-a-port")  # left to Ray
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "node_cpus", "device", "workers", "expected"),
+    [
+        (8, 0, 4, "auto", None, WorkerPlan(8, 1.0, 0.0, 1)),  # one actor per CPU, one thread each
+        (8, 0, 4, "auto", 2, WorkerPlan(2, 4.0, 0.0, 4)),  # fewer actors, more threads each
+        (8, 0, 4, "auto", 1, WorkerPlan(1, 4.0, 0.0, 4)),  # no more than one node holds
+        (2, 0, 2, "auto", 3, WorkerPlan(3, 0.6666, 0.0, 1)),  # more actors than CPUs: all three fit
+        (16, 4, 8, "auto", None, WorkerPlan(4, 1.0, 1.0, 1)),  # one actor per GPU
+        (16, 2, 8, "cuda", 4, WorkerPlan(4, 1.0, 0.5, 1)),  # two actors share each GPU
+        (16, 4, 8, "cpu", None, WorkerPlan(16, 1.0, 0.0, 1)),  # --device cpu leaves the GPUs alone
+    ],
+)
+def test_workers_share_out_the_cluster(cpus, gpus, node_cpus, device, workers, expected):
+    assert plan_workers(cpus, gpus, node_cpus, device, workers) == expected
+
+
+def test_cuda_on_a_cluster_without_gpus_is_refused():
+    with pytest.raises(DiracError, match="no GPUs"):
+        plan_workers(8, 0, 8, "cuda", None)
+
+
+def test_uris_through_pyarrow_give_the_local_paths_outputs(tmp_path: Path, photos: Path):
+    pytest.importorskip("pyarrow")
+    settings = BatchSettings(quality=2)
+    source_uri, target_uri = photos.as_uri(), (tmp_path / "by uri").as_uri()
+    jobs = plan_jobs(source_uri, target_uri, settings)
+    assert [str(job.target).removeprefix(target_uri) for job in jobs] == \
+        ["/a%20b%233.drc", "/bad.drc", "/nested/two.drc", "/one.drc"]
+    results = {str(r.job.source).rsplit("/", 1)[1]: r for r in run_batch(jobs, settings, 1, lambda _: None)}
+    assert results["bad.png"].status == "failed" and "cannot read image" in results["bad.png"].message
+    run_batch(plan_jobs(photos, tmp_path / "by path", settings), settings, 1, lambda _: None)
+    assert files_under(tmp_path / "by uri") == files_under(tmp_path / "by path")
+    assert [r.status for r in run_batch(jobs, settings, 1, lambda _: None)].count("skipped") == 3
+
+
+def test_uri_storage_writes_atomically_and_reports_missing_files(tmp_path: Path):
+    pytest.importorskip("pyarrow")
+    from diraccodec.batch.storage import storage_for
+
+    folder = location_of(tmp_path.as_uri())
+    target = join(folder, "deep/er/out file.drc")
+    storage = storage_for(target)
+    assert not storage.exists(target)
+    storage.write_atomic(target, b"data")
+    assert storage.exists(target) and storage.read(target) == b"data"
+    assert (tmp_path / "deep" / "er" / "out file.drc").read_bytes() == b"data"
+    assert storage.files(folder) == ["deep/er/out file.drc"]  # no temporary file left beside it
+    with pytest.raises(DiracError, match="no such file"):
+        storage.read(join(folder, "missing.png"))
+    with pytest.raises(DiracError, match="no such folder"):
+        plan_jobs(join(folder, "missing"), folder, BatchSettings())

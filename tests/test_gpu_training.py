@@ -1,0 +1,238 @@
+"""scripts/train_gpu.py and the training state it keeps, at tiny sizes on the CPU.
+
+The command is made for short GPU runs; here it runs on a few small photos made by the test,
+with a model a few channels wide, to check what must hold on any device: it resumes exactly,
+its state comes in parts under the limit that join back exactly, a time budget stops and saves,
+it reports its throughput, and a state survives a save killed midway.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load, save_file
+
+from diraccodec.training import checkpoint
+from diraccodec.training.checkpoint import (
+    TrainingState,
+    load_checkpoint_metadata,
+    read_state,
+    state_folder,
+    state_parts,
+    summary_path,
+    write_state,
+)
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "train_gpu.py"
+TINY_BASE = ["--channels", "8", "--latent-channels", "12", "--batch-size", "2", "--patch-size", "64",
+             "--threads", "1", "--log-every", "1", "--device", "cpu"]
+
+
+def make_photos(folder: Path, names: list[str], size: tuple[int, int] = (112, 96)) -> Path:
+    """Smooth random photos: enough structure for a codec to learn from in a few steps."""
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(len(names))
+    for name in names:
+        coarse = generator.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    return make_photos(tmp_path_factory.mktemp("photos"), ["a", "b", "c"])
+
+
+@pytest.fixture(scope="module")
+def script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("train_gpu", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train(script: ModuleType, photos: Path, state: Path, *options: str) -> int:
+    return script.main(["base", "--state", str(state), "--data", str(photos), *TINY_BASE, *options])
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+
+
+def test_a_run_stopped_halfway_and_resumed_equals_one_run_bit_for_bit(script, photos, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    exact = ("--steps", "6", "--exact-moments", "--average-decay", "0.5")
+    assert train(script, photos, straight, *exact) == 0
+    assert train(script, photos, resumed, *exact, "--stop-after", "3") == 0
+    assert load_checkpoint_metadata(resumed).step == 3
+    assert train(script, photos, resumed, *exact) == 0
+    (state_a, a), (state_b, b) = read_state(straight), read_state(resumed)
+    assert state_a.step == state_b.step == 6
+    assert any(name.startswith("adam.") for name in a) and "average.updates" in a and "rng.data" in a
+    assert_same_tensors(a, b)  # parameters, Adam moments, weight average and every RNG
+    assert a["adam.0.exp_avg"].dtype == torch.float32
+
+
+def test_bfloat16_moments_halve_their_size_and_resume_closely(script, photos, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(script, photos, straight, "--steps", "4")
+    train(script, photos, resumed, "--steps", "4", "--stop-after", "2")
+    train(script, photos, resumed, "--steps", "4")
+    a, b = read_state(straight)[1], read_state(resumed)[1]
+    assert {a[name].dtype for name in a if name.startswith("adam.") and not name.endswith(".step")} == {torch.bfloat16}
+    weights = [name for name in a if name.startswith("model.")]
+    assert all(a[name].dtype == torch.float32 for name in weights)
+    for name in weights:  # one step taken with moments rounded to 8 bits: close, not equal
+        torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=0, msg=name)
+
+
+def test_the_command_reports_throughput_exports_and_delivers_its_results(script, photos, tmp_path):
+    from diraccodec import api
+
+    state, output, weights = tmp_path / "checkpoints" / "base", tmp_path / "out", tmp_path / "w" / "base.safetensors"
+    assert train(script, photos, state, "--steps", "3", "--output", str(output), "--export", str(weights),
+                 "--part-mib", "0.1") == 0
+    summary = json.loads(summary_path(state).read_text())
+    assert summary["step"] == 3 and summary["stopped_by"] == "steps" and summary["mpx_per_second"] > 0
+    assert summary["pixels_per_step"] == 2 * 64 * 64 and summary["startup_seconds"] >= 0
+    assert summary["first_figures"]["loss"] > 0 and summary["last_figures"]["loss"] > 0
+    log = state.with_name("base.log").read_text()
+    assert "Mpx/s" in log and log.splitlines()[-2].startswith("summary {")
+    parts = state_parts(state)
+    assert len(parts) > 1 and all(part.stat().st_size <= 0.1 * 2**20 for part in parts)
+    delivered = sorted(path.relative_to(output).as_posix() for path in output.rglob("*") if path.is_file())
+    assert delivered == ["base.log", *(f"base/{part.name}" for part in parts)]
+    assert read_state(output / "base")[0].step == 3  # the delivered folder is the state itself
+    image = Image.open(photos / "a.png").convert("RGB")
+    assert api.decode(api.encode(image, 2, weights=weights), weights=weights).size == image.size
+
+
+def test_parts_stay_under_the_limit_and_join_into_one_safetensors_stream(tmp_path):
+    tensors = {"model.big": torch.randn(300, 200), "model.small": torch.arange(7), "adam.0.step": torch.ones(1)}
+    state = TrainingState(12, 3.5, {"note": "x"}, warmup_from=4)
+    limit = 40_000
+    parts = write_state(tmp_path / "s", tensors, state, part_bytes=limit)
+    joined = b"".join(part.read_bytes() for part in parts)
+    assert len(parts) == -(-len(joined) // limit) > 1
+    assert all(part.stat().st_size == limit for part in parts[:-1]) and parts[-1].stat().st_size <= limit
+    assert_same_tensors(load(joined), tensors)  # `cat` of the parts is a plain safetensors file
+    back, read = read_state(tmp_path / "s.safetensors")  # the older name of the same state
+    assert back == state and load_checkpoint_metadata(tmp_path / "s") == state
+    assert_same_tensors(read, tensors)
+    assert write_state(tmp_path / "s", tensors, state) == [tmp_path / "s" / "state.safetensors.000"]
+
+
+def test_a_save_killed_midway_leaves_the_previous_state(tmp_path, monkeypatch):
+    path, old = tmp_path / "s", {"model.w": torch.zeros(3)}
+    write_state(path, old, TrainingState(1, 0.0, {}))
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed)  # after the parts are written, before they count
+    with pytest.raises(KeyboardInterrupt):
+        write_state(path, {"model.w": torch.ones(3)}, TrainingState(2, 0.0, {}))
+    monkeypatch.undo()
+    assert read_state(path)[0].step == 1 and torch.equal(read_state(path)[1]["model.w"], old["model.w"])
+    # killed between its two renames: only the previous folder stands, and it is read
+    state_folder(path).rename(tmp_path / ".s.previous")
+    assert read_state(path)[0].step == 1
+    write_state(path, {"model.w": torch.ones(3)}, TrainingState(3, 0.0, {}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # nothing left behind
+    assert read_state(path)[0].step == 3
+
+
+def test_a_time_budget_stops_the_run_in_time_and_saves(script, photos, tmp_path):
+    state = tmp_path / "base"
+    started = time.monotonic()
+    assert train(script, photos, state, "--minutes", "0.04", "--save-margin", "0.3") == 0
+    elapsed = time.monotonic() - started
+    summary = json.loads(summary_path(state).read_text())
+    assert summary["stopped_by"] == "time" and summary["steps_this_run"] > 0
+    assert load_checkpoint_metadata(state).step == summary["step"]
+    assert summary["seconds"] <= 0.04 * 60 and elapsed < 0.04 * 60 + 2
+
+
+def test_sigterm_stops_at_a_step_boundary_saves_and_delivers(photos, tmp_path):
+    state, output = tmp_path / "base", tmp_path / "out"
+    command = [sys.executable, str(SCRIPT), "base", "--state", str(state), "--data", str(photos), *TINY_BASE,
+               "--steps", "100000", "--output", str(output)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    seen, deadline = "", time.monotonic() + 120
+    while "step 5/" not in seen and time.monotonic() < deadline:
+        seen += process.stderr.readline()
+    process.send_signal(signal.SIGTERM)
+    rest = process.communicate(timeout=60)[1]
+    assert process.returncode == 130, rest
+    assert "interrupted: checkpoint saved at step" in rest
+    step = load_checkpoint_metadata(state).step
+    assert step >= 5 and read_state(output / "base")[0].step == step
+    assert json.loads(summary_path(state).read_text())["stopped_by"] == "interrupted"
+
+
+def test_the_diffusion_decoder_trains_on_reconstructions_made_in_the_batch(script, photos, tmp_path):
+    from diraccodec.modelfiles import load_diffusion_weights
+
+    state, weights = tmp_path / "diffusion", tmp_path / "w" / "diffusion.safetensors"
+    assert script.main(["diffusion", "--state", str(state), "--data", str(photos), "--widths", "8,16,16",
+                        "--batch-size", "2", "--patch-size", "64", "--steps", "2", "--threads", "1",
+                        "--device", "cpu", "--export", str(weights)]) == 0
+    summary = json.loads(summary_path(state).read_text())
+    assert summary["step"] == 2 and summary["mpx_per_second"] > 0
+    assert load_diffusion_weights(weights).model.config.widths == (8, 16, 16)
+
+
+def test_the_restoration_filter_trains_through_the_command(script, photos, tmp_path):
+    from diraccodec.modelfiles import load_restoration_weights
+
+    state, weights = tmp_path / "restoration", tmp_path / "w" / "restoration.safetensors"
+    assert script.main(["restoration", "--state", str(state), "--data", str(photos), "--from-scratch",
+                        "--batch-size", "1", "--patch-size", "64", "--steps", "1", "--threads", "1",
+                        "--device", "cpu", "--export", str(weights)]) == 0
+    assert load_checkpoint_metadata(state).metadata["kind"] == "restoration"
+    assert load_restoration_weights(weights) is not None
+
+
+def test_a_travel_copy_is_float16_without_moments_and_resumes_with_a_ramp(script, photos, tmp_path, capsys):
+    state, carried = tmp_path / "base", tmp_path / "carried"
+    train(script, photos, state, "--steps", "2")
+    assert script.main(["base", "--state", str(state), "--travel-copy", str(carried)]) == 0
+    tensors = read_state(carried)[1]
+    assert not any(name.startswith("adam.") for name in tensors)
+    assert {tensors[name].dtype for name in tensors if name.startswith("model.")} == {torch.float16}
+    train(script, photos, carried, "--steps", "3")
+    assert "the learning rate ramps up" in capsys.readouterr().err
+    assert read_state(carried)[0].warmup_from == 2  # saved, so that a run stopped mid-ramp goes on with it
+
+
+def test_an_older_single_file_checkpoint_is_read_exported_and_replaced(script, photos, tmp_path):
+    state = tmp_path / "base"
+    train(script, photos, state, "--steps", "2", "--exact-moments")
+    saved, tensors = read_state(state)
+    header = {"step": str(saved.step), "seconds": "1.0", "meta": json.dumps(saved.metadata)}
+    legacy, legacy_moments = tmp_path / "old.safetensors", tmp_path / "old.optim.safetensors"
+    renamed = {"rng": "rng.data", "rng_global": "rng.torch"}
+    save_file({old: tensors[new] for old, new in renamed.items()} |
+              {k: v for k, v in tensors.items() if k.startswith("model.")}, str(legacy), metadata=header)
+    save_file({k: v for k, v in tensors.items() if k.startswith("adam.")}, str(legacy_moments), metadata=header)
+    assert_same_tensors(read_state(legacy)[1], tensors)
+    assert train(script, photos, legacy, "--steps", "2", "--stop-after", "0", "--exact-moments",
+                 "--export", str(tmp_path / "w.safetensors")) == 0
+    assert (tmp_path / "w.safetensors").exists()
+    assert not legacy.exists() and not legacy_moments.exists()  # replaced by the folder
+    assert_same_tensors(read_state(tmp_path / "old")[1], tensors)

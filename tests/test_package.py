@@ -1,0 +1,67 @@
+"""The package as users get it: a wheel with the weights inside that works away from the checkout,
+while the tests themselves keep testing the checkout's code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import diraccodec
+from tests.conftest import ROOT
+
+USER_COMMAND = ("import diraccodec; from PIL import Image; "
+                "Image.open('x.png').save('x.drc', quality=3); print(Image.open('x.drc').size)")
+WHERE_COMMAND = "import diraccodec.modelfiles as m; print(m.__file__); print(m.shipped_weights_folder())"
+
+
+def test_the_tests_import_the_checkout():
+    """The set-up installs a copy into .venv; an edited module must be what the tests run."""
+    assert Path(diraccodec.__file__).resolve() == ROOT / "diraccodec" / "__init__.py"
+
+
+def test_the_package_list_names_every_package():
+    """pyproject.toml lists the packages (to map weights/ into the package): a new one must be added."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {path.parent.relative_to(ROOT) for path in (ROOT / "diraccodec").rglob("*.py")}
+    assert listed == {".".join(folder.parts) for folder in folders} | {"diraccodec.weights"}
+
+
+def run(command: list[str | Path], cwd: Path, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run([str(part) for part in command], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_works_in_a_fresh_environment(tmp_path: Path, small_image: Image.Image):
+    # sdist, then the wheel built from it: nothing stale from the checkout's build/ can slip in
+    run([sys.executable, "-m", "build", "--outdir", tmp_path / "dist", ROOT], cwd=ROOT)
+    (wheel,) = (tmp_path / "dist").glob("diraccodec-*.whl")
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
+    python = venv / "bin" / "python"
+    run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", wheel], cwd=tmp_path)
+    # the dependencies come from this environment (quick, no downloads), added after the install so
+    # that pip does not take a copy of the package installed here for the wheel's; it comes later on sys.path
+    site_packages = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    ours = dict.fromkeys(sysconfig.get_path(name) for name in ("purelib", "platlib"))
+    (site_packages / "dependencies.pth").write_text("".join(f"{path}\n" for path in ours))
+
+    outside = tmp_path / "outside"  # away from the checkout, so that it cannot be imported
+    outside.mkdir()
+    small_image.save(outside / "x.png")
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH" and not name.startswith("DIRAC_")}
+    env["PYTHONNOUSERSITE"] = "1"
+    assert run([python, "-c", USER_COMMAND], outside, env).strip() == str(small_image.size)
+    where = run([python, "-c", WHERE_COMMAND], outside, env).split()
+    assert all(Path(path).is_relative_to(site_packages) for path in where), where
+    assert Path(where[1]).name == "weights" and (Path(where[1]) / "manifest.json").exists()
+    assert "96x80" in run([venv / "bin" / "dirac", "info", "x.drc"], outside, env)  # the console script

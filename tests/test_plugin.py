@@ -1,0 +1,163 @@
+"""The Pillow plugin: Image.open and Image.save on .drc files give what the API gives, on real images."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+import diraccodec
+from diraccodec import api, plugin
+from diraccodec.container import drc
+from diraccodec.errors import CorruptFileError, InvalidOptionError, TruncatedFileError
+from tests.conftest import SAMPLE
+
+
+def with_alpha(image: Image.Image) -> Image.Image:
+    """The image with a real, varying alpha plane (a gradient), which the codec keeps losslessly."""
+    rgba = image.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(image.size))
+    return rgba
+
+
+def saved(image: Image.Image, **options: object) -> bytes:
+    """What Image.save writes for .drc, through a file object."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="DRC", **options)
+    return buffer.getvalue()
+
+
+def opened(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data))
+
+
+@pytest.fixture
+def small_drc(small_image: Image.Image) -> bytes:
+    return diraccodec.encode(small_image, quality=3)
+
+
+@pytest.fixture
+def restored_defaults() -> Iterator[None]:
+    """Process-wide decode defaults are global state: each test that sets them puts them back."""
+    previous = plugin.set_decode_options()
+    yield
+    plugin.set_decode_options(**previous)
+
+
+def test_open_reads_size_mode_and_info_from_the_header_without_decoding(small_image, tmp_path, monkeypatch):
+    path = tmp_path / "small.drc"
+    path.write_bytes(diraccodec.encode(with_alpha(small_image), quality=3.5, steps=4))
+
+    def no_decoding(*args: object, **kwargs: object) -> Image.Image:
+        raise AssertionError("decoded before load()")
+
+    monkeypatch.setattr(api, "decode", no_decoding)
+    with Image.open(path) as image:
+        assert (image.format, image.size, image.mode) == ("DRC", small_image.size, "RGBA")
+        assert image.get_format_mimetype() == plugin.MIME
+        assert image.info["quality"] == 3.5 and image.info["recommended_steps"] == 4
+        assert image.info["weights_id"] == api.get_codec().weights.weights_id.hex()
+        with pytest.raises(AssertionError, match="before load"):
+            image.load()  # the decoder runs here, and only here
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA"])
+def test_save_then_open_gives_the_api_bytes_and_pixels(small_image, tmp_path: Path, mode: str):
+    image = with_alpha(small_image).convert(mode) if "A" in mode else small_image.convert(mode)
+    path = tmp_path / "small.drc"
+    image.save(path, quality=3)
+    data = path.read_bytes()
+    assert data == diraccodec.encode(image, quality=3)
+    with Image.open(path) as reopened:
+        assert reopened.mode == mode
+        assert reopened.tobytes() == diraccodec.decode(data).tobytes()
+
+
+def test_the_icc_profile_travels(small_image):
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    image = small_image.copy()
+    image.info["icc_profile"] = profile
+    with opened(saved(image)) as reopened:
+        assert reopened.info["icc_profile"] == profile  # from the header, before any decoding
+        reopened.load()
+        assert reopened.info["icc_profile"] == profile
+
+
+def test_file_objects_and_the_default_quality(small_image, small_drc: bytes):
+    data = saved(small_image)  # no quality, size or bpp: the default level
+    assert data == small_drc and plugin.DEFAULT_QUALITY == 3
+    source = io.BytesIO(data)
+    with Image.open(source) as image:
+        image.load()
+        assert image.tobytes() == diraccodec.decode(data).tobytes()
+    assert not source.closed  # the caller's file stays the caller's
+
+
+def test_save_options_pass_through(small_image, small_drc: bytes):
+    assert len(saved(small_image, quality=2)) < len(small_drc) < len(saved(small_image, quality=5))
+    target = len(small_drc) - 40
+    sized = saved(small_image, size=target)
+    assert len(sized) <= target and 2 < api.inspect(sized).header.quality < 3
+    assert api.inspect(saved(small_image, steps=7)).recommended_steps == 7
+    assert drc.TAG_DETAIL in api.inspect(saved(small_image, quality=5, detail_map=True)).header.sections
+
+
+def test_steps_change_the_pixels_per_image_and_by_default(small_drc: bytes, restored_defaults):
+    plain = diraccodec.decode(small_drc).tobytes()
+    diffused = diraccodec.decode(small_drc, steps=1, seed=5).tobytes()
+    assert diffused != plain
+    with opened(small_drc) as image:
+        image.decoding = {"steps": 1, "seed": 5}
+        assert image.tobytes() == diffused
+    plugin.set_decode_options(steps=1, seed=5)
+    with opened(small_drc) as image:
+        assert image.tobytes() == diffused
+    with opened(small_drc) as image:
+        image.decoding = {"steps": 0}  # an image's own options win over the defaults
+        assert image.tobytes() == plain
+
+
+def test_bad_options_raise_invalid_option_error(small_image, small_drc: bytes, tmp_path: Path, restored_defaults):
+    with pytest.raises(InvalidOptionError, match="quality"):
+        small_image.save(tmp_path / "bad.drc", quality=85)
+    assert not (tmp_path / "bad.drc").exists()
+    with pytest.raises(InvalidOptionError, match="stepz"):
+        plugin.set_decode_options(stepz=1)
+    with opened(small_drc) as image:
+        image.decoding = {"steps": 1000}
+        with pytest.raises(InvalidOptionError, match="steps"):
+            image.load()
+        image.decoding = {}  # the file is kept, so a corrected load works
+        assert image.tobytes() == diraccodec.decode(small_drc).tobytes()
+
+
+def test_damaged_files_raise_the_typed_errors(small_image, small_drc: bytes):
+    flipped = small_drc[:40] + bytes([small_drc[40] ^ 1]) + small_drc[41:]
+    with pytest.raises(CorruptFileError, match="checksum"):
+        opened(flipped)
+    with pytest.raises(TruncatedFileError):
+        opened(small_drc[: len(small_drc) // 2])
+    with pytest.raises(TruncatedFileError):
+        opened(small_drc[:20])
+    # intact container, but the RGBA file's alpha plane is gone: found by the decoder, on load
+    header = drc.unpack(diraccodec.encode(with_alpha(small_image), quality=3))
+    del header.sections[drc.TAG_ALPHA]
+    with opened(drc.pack(header)) as image:
+        assert image.mode == "RGBA"
+        with pytest.raises(CorruptFileError, match="alpha"):
+            image.load()
+
+
+def test_other_formats_still_open_and_save(small_image):
+    with Image.open(SAMPLE) as png:
+        assert png.format == "PNG" and png.size == (384, 256)
+        png.load()
+    buffer = io.BytesIO()
+    small_image.save(buffer, format="PNG")
+    with Image.open(buffer) as again:
+        assert np.array_equal(np.asarray(again), np.asarray(small_image))
+    assert Image.registered_extensions()[".drc"] == "DRC"
