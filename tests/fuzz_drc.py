@@ -6,7 +6,7 @@ that the mutations reach past the CRC into the parser and the entropy decoder. E
 must either decode or raise a DiracError; anything else, or an input that takes too long, is
 a finding.
 
-    python -m tests.fuzz_drc --inputs 20000          # the long run (docs/robustness.md)
+    python -m tests.fuzz_drc --inputs 1000000 --workers 2    # the long run (docs/robustness.md)
 
 The test suite runs a bounded version (tests/test_robustness.py).
 """
@@ -113,6 +113,7 @@ def seed_files() -> list[bytes]:
     with_icc.info["icc_profile"] = b"not really a profile but carried verbatim" * 3
     return [
         api.encode(photo, 2),
+        api.encode(photo.crop((0, 0, 40, 32)), 1.5, steps=1),  # the sampler and the detail map's reader
         api.encode(photo.resize((17, 9)), 7.5, steps=0),
         api.encode(photo.convert("L"), 4),
         api.encode(rgba, 3),
@@ -136,17 +137,39 @@ def fuzz(inputs: int, seed: int = 0, max_pixels: int = 1_000_000, seconds: float
     return report
 
 
+def fuzz_in_one_thread(inputs: int, seed: int, seconds: float | None) -> FuzzReport:
+    import torch
+
+    torch.set_num_threads(1)
+    return fuzz(inputs, seed, seconds=seconds)
+
+
+def fuzz_in_parallel(inputs: int, seed: int, seconds: float | None, workers: int) -> FuzzReport:
+    """`inputs` split over `workers` processes, worker i drawing from seed + i."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    shares = [inputs // workers + (index < inputs % workers) for index in range(workers)]
+    with ProcessPoolExecutor(workers) as pool:
+        reports = list(pool.map(fuzz_in_one_thread, shares, [seed + i for i in range(workers)],
+                                [seconds] * workers))
+    total = FuzzReport()
+    for part in reports:
+        total.inputs += part.inputs
+        total.outcomes.update(part.outcomes)
+        total.findings += part.findings
+        total.slowest = max(total.slowest, part.slowest)
+    return total
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    parser.add_argument("--workers", type=int, default=1, help="processes, each with its own seed")
     args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
     started = time.monotonic()
-    report = fuzz(args.inputs, args.seed, seconds=args.seconds)
+    report = fuzz_in_parallel(args.inputs, args.seed, args.seconds, args.workers)
     print(f"inputs: {report.inputs} in {time.monotonic() - started:.0f} s, slowest {report.slowest:.2f} s")
     for outcome, count in report.outcomes.most_common():
         print(f"  {outcome}: {count}")

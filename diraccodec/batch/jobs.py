@@ -42,6 +42,8 @@ class BatchSettings:
 class Job:
     source: Location  # a Path, or a URI string (see diraccodec.batch.storage)
     target: Location
+    # another input that converts to the same output (photo.png and photo.jpg): this one fails
+    same_output_as: Location | None = None
 
     @property
     def encodes(self) -> bool:
@@ -62,6 +64,7 @@ def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettin
     """Every image and .drc file under `source`, with its output path under `destination`."""
     source, destination = location_of(source), location_of(destination)
     jobs = []
+    first_source: dict[str, Location] = {}
     for relative in storage_for(source).files(source):
         path = PurePosixPath(relative)
         suffix = path.suffix.lower()
@@ -73,7 +76,9 @@ def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettin
             output = path.with_suffix(DRC_SUFFIX)
         else:
             continue
-        jobs.append(Job(join(source, relative), join(destination, output.as_posix())))
+        job = Job(join(source, relative), join(destination, output.as_posix()))
+        first = first_source.setdefault(str(job.target), job.source)
+        jobs.append(job if first == job.source else Job(job.source, job.target, same_output_as=first))
     return jobs
 
 
@@ -81,6 +86,8 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
     from diraccodec import api
     from diraccodec.image.files import image_bytes, image_format_for
 
+    if job.same_output_as is not None:
+        return JobResult(job, "failed", f"converts to the same output as {job.same_output_as}; rename one of them")
     try:
         source, target = storage_for(job.source), storage_for(job.target)
         if not settings.overwrite and target.exists(job.target):

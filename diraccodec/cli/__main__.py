@@ -2,4 +2,4 @@
 
 from diraccodec.cli.main import main
 
-main()
+main(prog_name="dirac")

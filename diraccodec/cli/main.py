@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
 
 from diraccodec.cli.codec_commands import batch, bench, decode, encode, info
+from diraccodec.cli.common import EXIT_USER_ERROR
 from diraccodec.cli.research_commands import compare, evaluate_command, report_command
 from diraccodec.cli.train_commands import train
 from diraccodec.errors import show_warnings_on_one_line
@@ -14,7 +18,25 @@ RESEARCH_COMMANDS = (evaluate_command, report_command, compare, train)
 
 
 class SectionedGroup(click.Group):
-    """Lists the user's commands first, in their natural order, then research and training."""
+    """Lists the user's commands first, in their natural order, then research and training; a
+    mistake on the command line (an unknown option, a value out of range) is one line, status 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as error:  # `dirac` alone, or a group alone: its help
+            click.echo(error.ctx.get_help() if error.ctx else str(error))
+            sys.exit(EXIT_USER_ERROR)
+        except click.UsageError as error:
+            hint = f" (see: {error.ctx.command_path} --help)" if error.ctx else ""
+            click.echo(f"dirac: error: {error.format_message()}{hint}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except click.ClickException as error:
+            click.echo(f"dirac: error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        except click.exceptions.Abort:
+            click.echo("dirac: interrupted", err=True)
+            sys.exit(130)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [command.name for command in (*USER_COMMANDS, *RESEARCH_COMMANDS) if command.name]

@@ -107,12 +107,17 @@ def evaluate_command(data: Path, levels: str, steps_text: str, seed: int, effort
 @click.option("--json", "pooled_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the report here (needed with --updated-by, which leaves every input as it is; "
                    "default: rewrite JSON_PATH).")
-@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--perception-plot", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table as Markdown here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the rate-distortion curves (PNG) here.")
+@click.option("--perception-plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the distortion-perception curves per level (PNG) here.")
+@click.option("--curves", "curves_folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write one JSON per curve into this folder (CompressAI's layout).")
 @reports_errors
 def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path | None, markdown: Path | None,
-                   plot_path: Path | None, perception_plot: Path | None) -> None:
+                   plot_path: Path | None, perception_plot: Path | None, curves_folder: Path | None) -> None:
     """Tables, BD-rates and plots from an evaluation's JSON, also of a run stopped part-way, or of several pooled."""
     import json
     import shlex
@@ -140,23 +145,33 @@ def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path
                         *(f"--updated-by {shlex.quote(str(update))}" for update in updates),
                         f"--json {shlex.quote(str(pooled_path))}"])
     command = " && ".join([*commands, pooling]) if updates else commands[0]
-    write_report(points, pooled_path or json_path, markdown, plot_path, saved[0].get("data", json_path.stem),
-                 perception_plot, command, complete=all(bool(r.get("complete", True)) for r in saved))
+    data_name = saved[0].get("data", json_path.stem)
+    report = write_report(points, pooled_path or json_path, markdown, plot_path, data_name, perception_plot, command,
+                          complete=all(bool(r.get("complete", True)) for r in saved))
     console.print(f"{pooled_path or json_path}: {len(points)} points")
+    if curves_folder is not None:
+        from diraccodec.evaluation.curves import write_curves
+
+        written = write_curves(report, curves_folder, data_name)
+        console.print(f"{curves_folder}: {len(written)} curves")
 
 
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-q", "--quality", type=float, required=True, help="Rate level of our file.")
-@click.option("--steps", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 100), default=20, show_default=True,
+              help="Diffusion steps of the last panel.")
 @click.option("--box", default=None, help="Crop LEFT,TOP,SIZE in pixels (default: a centred square).")
-@click.option("--zoom", type=click.IntRange(1, 8), default=2, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output picture (.png).")
+@click.option("--zoom", type=click.IntRange(1, 8), default=2, show_default=True,
+              help="Each crop pixel drawn as ZOOM x ZOOM pixels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed of the last panel.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Output picture (.png; any image suffix that decode writes).")
+@device_option
 @weights_option
 @reports_errors
 def compare(source: Path, quality: float, steps: int, box: str | None, zoom: int, seed: int, output: Path,
-            weights: Path | None) -> None:
+            device: str, weights: Path | None) -> None:
     """Side by side crops: original, AVIF at the same size, 0 steps and N steps."""
     from diraccodec.evaluation.pictures import comparison_picture, is_valid_box
     from diraccodec.image.files import image_format_for, write_image
@@ -174,5 +189,6 @@ def compare(source: Path, quality: float, steps: int, box: str | None, zoom: int
         crop = (values[0], values[1], values[2])
     if not is_valid_box(image, crop):
         raise DiracError(f"--box {crop} does not fit inside the {image.width}x{image.height} image")
-    write_image(output, comparison_picture(image, quality, steps, crop, seed, zoom, str(weights) if weights else None))
+    picture = comparison_picture(image, quality, steps, crop, seed, zoom, str(weights) if weights else None, device)
+    write_image(output, picture)
     console.print(f"{output}: written")

@@ -28,7 +28,7 @@ from diraccodec.entropy.tables import TableSet, snap_scales
 from diraccodec.errors import CorruptFileError
 from diraccodec.transforms.networks import HYPER_STRIDE, LATENT_STRIDE
 from diraccodec.transforms.search import SearchProblem, SearchSettings, response_energy, search_symbols
-from diraccodec.transforms.tiling import apply_tiled
+from diraccodec.transforms.tiling import apply_tiled, tile_windows
 
 
 @dataclass
@@ -43,6 +43,10 @@ class BaseWeights:
     path: Path
     metadata: dict[str, str]
 
+
+HYPER_TO_LATENT = HYPER_STRIDE // LATENT_STRIDE
+WHOLE_HYPER_GRID = 64 * 64  # hyper-latents computed in one pass (an image of 16 megapixels) ...
+HYPER_TILE, HYPER_MARGIN = 24, 4  # ... above it, tiles of 24 with 4 of context (its reach is under 4)
 
 TILE_LATENTS = 32  # transforms run on tiles of 32x32 latents (512x512 pixels; wider on a GPU) ...
 MARGIN_LATENTS = 4  # ... each with 4 latents (64 pixels) of context on every side
@@ -87,14 +91,34 @@ class BaseCodec:
         return mix(self._log_gain64), mix(self._log_inverse_gain64)
 
     def entropy_parameters(self, hyper: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """Mean (float64) and table index of every latent, from integer hyper-latents: the same
-        on every machine, so the decoder rebuilds the encoder's tables."""
+        """Mean (float64) and table index (int16) of every latent, from integer hyper-latents: the
+        same on every machine, so the decoder rebuilds the encoder's tables.
+
+        A grid of up to WHOLE_HYPER_GRID hyper-latents (a 16-megapixel image) runs in one pass;
+        larger ones in tiles, whose float64 im2col buffers would otherwise take gigabytes. The
+        tiling depends on the image's size alone, so an encoder and a decoder tile alike."""
         # MKL in strict mode sums float64 alike on any thread count; otherwise one thread does
         threads = contextlib.nullcontext() if mkl_is_strict() else single_thread()
+        z = torch.from_numpy(hyper).double()[None]
+        channels = self.model.config.latent_channels
+        height, width = hyper.shape[-2] * HYPER_TO_LATENT, hyper.shape[-1] * HYPER_TO_LATENT
+        mean = torch.empty((channels, height, width), dtype=torch.float64)
+        table_ids = np.empty((channels, height, width), dtype=np.int16)
+        whole = hyper.shape[-2] * hyper.shape[-1] <= WHOLE_HYPER_GRID
+        tile = max(hyper.shape[-2:]) if whole else HYPER_TILE
         with torch.no_grad(), threads:
-            mean, scale = self._hyper_synthesis64(torch.from_numpy(hyper).double()[None])[0].chunk(2, dim=0)
-        table_ids = snap_scales(scale.abs_().numpy(), self.weights.latent_scales)
-        return mean.clone(), table_ids  # a copy: the view would hold the scales' memory too
+            for (top, left, bottom, right), extent in tile_windows(*hyper.shape[-2:], tile, HYPER_MARGIN):
+                top_ext, left_ext, bottom_ext, right_ext = extent
+                out = self._hyper_synthesis64(z[..., top_ext:bottom_ext, left_ext:right_ext])[0]
+                rows = slice((top - top_ext) * HYPER_TO_LATENT, (bottom - top_ext) * HYPER_TO_LATENT)
+                columns = slice((left - left_ext) * HYPER_TO_LATENT, (right - left_ext) * HYPER_TO_LATENT)
+                target = (slice(None), slice(top * HYPER_TO_LATENT, bottom * HYPER_TO_LATENT),
+                          slice(left * HYPER_TO_LATENT, right * HYPER_TO_LATENT))
+                mean[target] = out[:channels, rows, columns]
+                scale = out[channels:, rows, columns].abs_().contiguous().numpy()
+                table_ids[target] = snap_scales(scale, self.weights.latent_scales)
+                del out, scale
+        return mean, table_ids
 
     def _hyper_table_ids(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(np.arange(shape[0])[:, None, None], shape)

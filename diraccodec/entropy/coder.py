@@ -42,7 +42,7 @@ def encode_values(
 ) -> None:
     """Append `values` (int64, flat) coded with tables[table_ids] to `encoder`."""
     values = np.asarray(values, dtype=np.int64).ravel()
-    table_ids = np.asarray(table_ids, dtype=np.int64).ravel()
+    table_ids = np.asarray(table_ids).ravel()  # any integer type: a copy to int64 costs 8 bytes a latent
     escaped_values, escaped_offsets, escaped_lengths = [], [], []
     for table, positions in _groups(table_ids, tables.count):
         offset, length = int(tables.offsets[table]), int(tables.lengths[table])
@@ -64,7 +64,7 @@ def decode_values(
     decoder: constriction.stream.queue.RangeDecoder, table_ids: np.ndarray, tables: TableSet
 ) -> np.ndarray:
     """Inverse of `encode_values`: the values for positions that use tables[table_ids]."""
-    table_ids = np.asarray(table_ids, dtype=np.int64).ravel()
+    table_ids = np.asarray(table_ids).ravel()
     values = np.zeros(table_ids.size, dtype=np.int64)
     escaped_positions, escaped_offsets, escaped_lengths = [], [], []
     for table, positions in _groups(table_ids, tables.count):

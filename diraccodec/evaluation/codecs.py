@@ -18,6 +18,7 @@ from PIL import Image
 from diraccodec import api
 from diraccodec.api import DEFAULT_EFFORT
 from diraccodec.compute import AUTO
+from diraccodec.errors import DiracError
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,18 @@ REFERENCE_KEYS = ("jpeg", "webp", "avif", "jxl")
 AVIF_OPTIONS = {"speed": 6}
 
 
+def register_jpeg_xl() -> None:
+    """Pillow reads and writes JPEG XL through pillow-jxl-plugin (the eval extra)."""
+    try:
+        import pillow_jxl  # noqa: F401 - registers the JXL plugin with Pillow
+    except ImportError:
+        raise DiracError("the JPEG XL reference needs pillow-jxl-plugin: pip install 'diraccodec[eval]'") from None
+
+
 def reference_codecs(keys: Sequence[str] = REFERENCE_KEYS) -> list[CodecUnderTest]:
     """JPEG (4:2:0, optimised Huffman), WebP, AVIF and JPEG XL as people ship them."""
-    import pillow_jxl  # noqa: F401 - registers the JXL plugin with Pillow
+    if "jxl" in keys:
+        register_jpeg_xl()
 
     available = {
         "jpeg": pillow_codec("JPEG", "JPEG", (5, 10, 20, 30, 45, 60, 75, 85, 92), optimize=True),

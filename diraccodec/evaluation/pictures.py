@@ -38,16 +38,16 @@ def labelled_panel(crop: Image.Image, zoom: int, title: str, detail: str) -> Ima
 
 def comparison_picture(
     image: Image.Image, level: float, steps: int, box: tuple[int, int, int], seed: int = 0, zoom: int = 2,
-    weights: str | None = None,
+    weights: str | None = None, device: str = "auto",
 ) -> Image.Image:
     """Four panels of the crop `box` = (left, top, size); figures are for the whole image."""
     from diraccodec import api
 
     image = image.convert("RGB")
     pixels = image.width * image.height
-    data = api.encode(image, level, weights=weights)
-    base = api.decode(data, steps=0, weights=weights)
-    enhanced = api.decode(data, steps=steps, seed=seed, weights=weights)
+    data = api.encode(image, level, weights=weights, device=device)
+    base = api.decode(data, steps=0, weights=weights, device=device)
+    enhanced = api.decode(data, steps=steps, seed=seed, weights=weights, device=device)
     avif_data, avif_quality = avif_at_most(image, len(data))
     avif = decode_with_pillow(avif_data)
     left, top, size = box

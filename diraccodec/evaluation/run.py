@@ -237,8 +237,16 @@ def report_of(points: list[Point], data_name: str, complete: bool, command: str 
 
 
 def write_json(report: dict, path: Path) -> None:
+    """Readable and small: the report's fields indented, each point on one line."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(report, indent=2).encode())
+    fields = []
+    for key, value in report.items():
+        if key == "points":
+            rows = ",\n".join(f"    {json.dumps(point)}" for point in value)
+            fields.append(f'  "points": [\n{rows}\n  ]')
+        else:
+            fields.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+    write_atomic(path, ("{\n" + ",\n".join(fields) + "\n}\n").encode())
 
 
 def points_of(report: dict) -> list[Point]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 
 import torch
@@ -32,23 +32,32 @@ def apply_tiled(
     if height <= tile + 2 * margin and width <= tile + 2 * margin:
         return transform(x)
     output: torch.Tensor | None = None
+    for (top, left, bottom, right), (top_ext, left_ext, bottom_ext, right_ext) in tile_windows(height, width, tile,
+                                                                                              margin):
+        out = transform(x[..., top_ext:bottom_ext, left_ext:right_ext])
+        if output is None:
+            output = out.new_empty((*out.shape[:-2], int(height * scale), int(width * scale)))
+        y0, x0 = int((top - top_ext) * scale), int((left - left_ext) * scale)
+        rows, columns = int((bottom - top) * scale), int((right - left) * scale)
+        output[..., int(top * scale) : int(top * scale) + rows, int(left * scale) : int(left * scale) + columns] = (
+            out[..., y0 : y0 + rows, x0 : x0 + columns]
+        )
+        del out
+        return_freed_memory()
+    assert output is not None
+    return output
+
+
+Window = tuple[int, int, int, int]  # top, left, bottom, right
+
+
+def tile_windows(height: int, width: int, tile: int, margin: int) -> Iterator[tuple[Window, Window]]:
+    """Each tile's core and its extent with the margin, clipped to the image, in raster order."""
     for top in range(0, height, tile):
         for left in range(0, width, tile):
             bottom, right = min(top + tile, height), min(left + tile, width)
-            top_ext, left_ext = max(0, top - margin), max(0, left - margin)
-            bottom_ext, right_ext = min(height, bottom + margin), min(width, right + margin)
-            out = transform(x[..., top_ext:bottom_ext, left_ext:right_ext])
-            if output is None:
-                output = out.new_empty((*out.shape[:-2], int(height * scale), int(width * scale)))
-            y0, x0 = int((top - top_ext) * scale), int((left - left_ext) * scale)
-            rows, columns = int((bottom - top) * scale), int((right - left) * scale)
-            output[..., int(top * scale) : int(top * scale) + rows, int(left * scale) : int(left * scale) + columns] = (
-                out[..., y0 : y0 + rows, x0 : x0 + columns]
-            )
-            del out
-            return_freed_memory()
-    assert output is not None
-    return output
+            yield (top, left, bottom, right), (max(0, top - margin), max(0, left - margin),
+                                               min(height, bottom + margin), min(width, right + margin))
 
 
 @functools.cache

@@ -1,0 +1,37 @@
+"""`dirac bench`: every stage timed on every image, beside a reference codec, in one table."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from diraccodec.bench import STAGES
+from diraccodec.cli import main
+
+
+def test_bench_times_every_stage_and_a_reference(tmp_path, small_image, sample_image):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    small_image.save(folder / "a.png")
+    sample_image.crop((0, 0, 160, 96)).save(folder / "b.png")
+    report_path, markdown = tmp_path / "bench.json", tmp_path / "bench.md"
+    result = CliRunner().invoke(main, ["bench", str(folder), "-q", "3", "--references", "avif", "--steps", "2",
+                                       "--json", str(report_path), "--markdown", str(markdown)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["images"] == 2 and sorted(report["per_image"]) == ["a.png", "b.png"]
+    for stage, _ in STAGES:
+        values = report["summary"][stage]
+        assert 0 <= values["min"] <= values["median"] <= values["max"], stage
+    # a step is a difference of two timings, which noise on a loaded machine can cancel
+    assert all(report["summary"][stage]["min"] > 0 for stage, _ in STAGES if stage != "diffusion step")
+    for figure in ("decode 2 steps", "avif encode", "avif decode", "avif bpp", "bpp"):
+        assert report["summary"][figure]["median"] > 0, figure
+    assert "| diffusion step |" in markdown.read_text() and "s/MP" in result.output
+
+
+def test_bench_refuses_unknown_references(tmp_path, small_image):
+    small_image.save(tmp_path / "a.png")
+    result = CliRunner().invoke(main, ["bench", str(tmp_path / "a.png"), "--references", "bmp"])
+    assert result.exit_code == 2 and "unknown reference codec 'bmp'" in result.output
