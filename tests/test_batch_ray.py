@@ -16,7 +16,6 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -31,6 +30,7 @@ from diraccodec.batch.ray_cluster import (
 )
 from diraccodec.batch.storage import join, location_of
 from diraccodec.cli import main
+from diraccodec.compute import single_thread
 from diraccodec.errors import DiracError
 
 RAY_PROGRAMS = ("/ray/raylet", "/gcs_server")  # the processes a Ray instance runs
@@ -61,17 +61,6 @@ def photos(tmp_path: Path, small_image: Image.Image) -> Path:
     small_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(source / "a b#3.png")
     (source / "bad.png").write_bytes(b"not an image")
     return source
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """As a Ray actor on one CPU runs: decoded pixels follow the thread count (docs/format.md)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def dirac(*args: str | Path) -> tuple[int, str]:
@@ -107,7 +96,7 @@ def ray_instance() -> Iterator[str]:
 @pytest.mark.slow
 def test_ray_batch_equals_the_local_batch_skips_and_reports_failures(tmp_path: Path, photos: Path, ray_instance: str):
     local, on_ray = tmp_path / "local", tmp_path / "ray"
-    with one_thread():
+    with single_thread():
         assert dirac("batch", photos, local / "encoded", "-q", "2", "-j", "1")[0] == 1
     code, output = dirac("batch", photos, on_ray / "encoded", "-q", "2", "--ray", ray_instance, "-j", "2")
     assert code == 1, output  # bad.png failed ...
@@ -116,7 +105,7 @@ def test_ray_batch_equals_the_local_batch_skips_and_reports_failures(tmp_path: P
     assert sorted(encoded) == ["a b#3.drc", "nested/two.drc", "one.drc"]  # ... the others converted
     assert encoded == files_under(local / "encoded")  # byte for byte
 
-    with one_thread():
+    with single_thread():
         assert dirac("batch", local / "encoded", local / "decoded", "-j", "1")[0] == 0
     code, output = dirac("batch", on_ray / "encoded", on_ray / "decoded", "--ray", ray_instance, "-j", "2")
     assert code == 0, output

@@ -20,6 +20,7 @@ from diraccodec.cli.common import (
     device_option,
     effort_option,
     exact_option,
+    markdown_option,
     max_pixels_option,
     parse_list,
     rate_target,
@@ -267,8 +268,7 @@ def print_summary(results: list[Any], seconds: float) -> None:
               help="Time each stage this many times per image and keep the fastest.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write every figure here.")
-@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the table as Markdown here.")
+@markdown_option
 @device_option
 @exact_option
 @weights_option

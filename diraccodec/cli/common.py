@@ -117,3 +117,12 @@ def rate_target(quality: float | None, size_text: str | None, bpp: float | None)
     if size_text is not None:
         return {"size": parse_size(size_text)}
     return {"quality": quality} if quality is not None else {"bpp": bpp}
+
+
+markdown_option = click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                               help="Also write the table as Markdown here.")
+plot_option = click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                           help="Also draw the rate-distortion curves (PNG) here.")
+perception_plot_option = click.option(
+    "--perception-plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Also draw the distortion-perception curves per level (PNG) here.")

@@ -13,7 +13,10 @@ from diraccodec.cli.common import (
     device_option,
     effort_option,
     exact_option,
+    markdown_option,
     parse_list,
+    perception_plot_option,
+    plot_option,
     reports_errors,
     weights_option,
 )
@@ -37,12 +40,9 @@ from diraccodec.errors import DiracError
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("runs/eval.json"), show_default=True,
               help="Every figure; rewritten after each setting, so a stopped run keeps its figures.")
-@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the table as Markdown here.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also draw the rate-distortion curves (PNG) here.")
-@click.option("--perception-plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also draw the distortion-perception curves per level (PNG) here.")
+@markdown_option
+@plot_option
+@perception_plot_option
 @weights_option
 @reports_errors
 def evaluate_command(data: Path, levels: str, steps_text: str, seed: int, effort: int, device: str, exact: bool,
@@ -107,12 +107,9 @@ def evaluate_command(data: Path, levels: str, steps_text: str, seed: int, effort
 @click.option("--json", "pooled_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the report here (needed with --updated-by, which leaves every input as it is; "
                    "default: rewrite JSON_PATH).")
-@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the table as Markdown here.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also draw the rate-distortion curves (PNG) here.")
-@click.option("--perception-plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also draw the distortion-perception curves per level (PNG) here.")
+@markdown_option
+@plot_option
+@perception_plot_option
 @click.option("--curves", "curves_folder", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write one JSON per curve into this folder (CompressAI's layout).")
 @reports_errors
