@@ -8,10 +8,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from diraccodec.api import EFFORT_PASSES
 from diraccodec.cli.common import (
     console,
     device_option,
-    effort_option,
     exact_option,
     markdown_option,
     parse_list,
@@ -27,11 +27,14 @@ from diraccodec.errors import DiracError
 @click.command("eval")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=Path("../shared/data/kodak"), show_default=True, help="Folder of test images.")
+@click.option("--images", "image_count", type=click.IntRange(1), default=None,
+              help="Only the first N images of the folder, in name order (default: all).")
 @click.option("--levels", default="1,2,3,4,5,6,7,8", show_default=True, help="Comma-separated rate levels.")
 @click.option("--steps", "steps_text", default="0", show_default=True,
               help="Diffusion step counts to decode each file with, e.g. 0,1,2,5,10,20,50 (the perception axis).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed for steps > 0.")
-@effort_option(1)
+@click.option("-e", "--effort", "efforts_text", default="1", show_default=True,
+              help="Encoder efforts, e.g. 1,3,5: one curve each, with its BD-rate against effort 1's.")
 @device_option
 @exact_option
 @click.option("--references", default="jpeg,webp,avif,jxl", show_default=True,
@@ -45,10 +48,9 @@ from diraccodec.errors import DiracError
 @perception_plot_option
 @weights_option
 @reports_errors
-def evaluate_command(data: Path, levels: str, steps_text: str, seed: int, effort: int, device: str, exact: bool,
-                     references: str,
-                     no_references: bool,
-                     json_path: Path, markdown: Path | None, plot_path: Path | None, perception_plot: Path | None,
+def evaluate_command(data: Path, image_count: int | None, levels: str, steps_text: str, seed: int, efforts_text: str,
+                     device: str, exact: bool, references: str, no_references: bool, json_path: Path,
+                     markdown: Path | None, plot_path: Path | None, perception_plot: Path | None,
                      weights: Path | None) -> None:
     """Rate-distortion (and distortion-perception) evaluation on a folder of images (default: Kodak)."""
     from diraccodec.evaluation.codecs import REFERENCE_KEYS, diraccodec_codec, reference_codecs
@@ -71,8 +73,12 @@ def evaluate_command(data: Path, levels: str, steps_text: str, seed: int, effort
         raise DiracError(f"unknown reference codec {unknown[0]!r}; choose from {', '.join(REFERENCE_KEYS)}")
     # the references first: they are quick, so a long run that is stopped still has them
     codecs = reference_codecs(keys)
-    codecs.append(diraccodec_codec(chosen, sorted(set(steps)), seed, str(weights) if weights else None, effort,
-                                   device, exact))
+    efforts = parse_list(efforts_text, int, "--effort")
+    if not efforts or any(effort not in EFFORT_PASSES for effort in efforts):
+        raise DiracError(f"--effort takes efforts between {min(EFFORT_PASSES)} and {max(EFFORT_PASSES)}")
+    for effort in sorted(set(efforts)):
+        codecs.append(diraccodec_codec(chosen, sorted(set(steps)), seed, str(weights) if weights else None, effort,
+                                       device, exact))
     if any(s > 0 for s in steps):  # fail now, not after the first level, when there is no diffusion model
         from diraccodec import api
 
@@ -81,7 +87,7 @@ def evaluate_command(data: Path, levels: str, steps_text: str, seed: int, effort
     def save_partial(points: list) -> None:
         write_json(report_of(points, data.name, complete=False), json_path)
 
-    points = evaluate(load_images(data), codecs, console, save_partial)
+    points = evaluate(load_images(data)[:image_count], codecs, console, save_partial)
     report = write_report(points, json_path, markdown, plot_path, data.name, perception_plot)
     table = Table(title=f"evaluation on {data}")
     for column in ("codec", "setting", "bpp", "PSNR", "MS-SSIM", "LPIPS", "FD-AlexNet", "s/MP", "enc s/MP"):

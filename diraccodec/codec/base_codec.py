@@ -190,6 +190,8 @@ class BaseCodec:
             energy=self._response_energies[quality],
             restoration=search.restoration,
             level=torch.tensor([float(quality)], device=self.device),
+            prepare=self.compute.tensor,
+            precision=self.compute.autocast,
         )
         with torch.enable_grad(), self.compute.kernels():
             return search_symbols(problem, symbols, search.passes, search.progress)

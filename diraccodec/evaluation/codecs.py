@@ -66,7 +66,8 @@ def diraccodec_codec(
                                       base_seconds, encode_seconds))
         return data, decodings
 
-    return CodecUnderTest("diraccodec", tuple(levels), round_trip, "level")
+    name = "diraccodec" if effort == DEFAULT_EFFORT else f"diraccodec effort {effort}"
+    return CodecUnderTest(name, tuple(levels), round_trip, "level")
 
 
 def pillow_codec(name: str, image_format: str, settings: Sequence[float], **options: object) -> CodecUnderTest:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -124,7 +125,13 @@ def curves(points: list[Point]) -> dict[str, list[Point]]:
 
 
 def is_ours(name: str) -> bool:
-    return name == ANCHOR or name.startswith(ANCHOR + " (")
+    return name == ANCHOR or name.startswith(ANCHOR + " ")
+
+
+def default_effort_curve(name: str) -> str:
+    """The curve at the default encoder effort with the same steps: "diraccodec effort 3 (20
+    steps)" -> "diraccodec (20 steps)"."""
+    return re.sub(r" effort \d+", "", name)
 
 
 def bd_rates(points: list[Point], metric: str) -> dict[str, dict[str, float]]:
@@ -135,9 +142,14 @@ def bd_rates(points: list[Point], metric: str) -> dict[str, dict[str, float]]:
     def axis(curve: list[Point]) -> tuple[list[float], list[float]]:
         return [p.bpp for p in curve], [sign * getattr(p, metric) for p in curve]
 
+    def anchors(ours: str) -> list[str]:
+        """The other codecs, and for an encoder effort's curve the default effort's too."""
+        names = [name for name in grouped if not is_ours(name)]
+        base = default_effort_curve(ours)
+        return [*names, base] if base != ours and base in grouped else names
+
     return {
-        ours: {name: bd_rate(*axis(curve), *axis(grouped[ours])) for name, curve in grouped.items()
-               if not is_ours(name)}
+        ours: {name: bd_rate(*axis(grouped[name]), *axis(grouped[ours])) for name in anchors(ours)}
         for ours in grouped if is_ours(ours) and len(grouped[ours]) > 1
     }
 
