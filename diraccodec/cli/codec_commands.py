@@ -176,7 +176,9 @@ def restoration_support(weights_id: bytes) -> str:
 @size_option
 @bpp_option
 @effort_option(1)
-@steps_option
+@click.option("--steps", type=click.IntRange(0, 100), default=None,
+              help="Diffusion steps when decoding .drc files (default: each file's recommendation, else 0); "
+                   "when encoding images, the recommended steps stored in each file.")
 @seed_option
 @detail_map_option
 @click.option("--format", "decoded_suffix", type=click.Choice([".png", ".webp", ".tif", ".bmp"]), default=".png",
@@ -209,7 +211,7 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     if "quality" in rate:
         api.check_quality(quality, codec.num_levels)
     settings = BatchSettings(quality if quality is not None else 3.0, steps, seed, decoded_suffix,
-                             str(weights) if weights else None, overwrite, max_pixels, effort,
+                             str(weights.resolve()) if weights else None, overwrite, max_pixels, effort,
                              rate.get("size"), rate.get("bpp"), detail_map, device, exact)
     jobs = plan_jobs(source, destination, settings)
     if not jobs:
