@@ -177,7 +177,8 @@ def split_settings(fields: dict[str, object]) -> tuple[SamplerSettings, Finishin
     unknown = set(fields) - SamplerSettings.field_names() - FinishingSettings.field_names()
     if unknown:
         raise ValueError(f"unknown sampler settings {sorted(unknown)}")
-    sampler = SamplerSettings(**{k: v for k, v in fields.items() if k in SamplerSettings.field_names()})
+    runtime = {"tile", "margin"}  # chosen by the decoder for its device, not by the model
+    sampler = SamplerSettings(**{k: v for k, v in fields.items() if k in SamplerSettings.field_names() - runtime})
     return sampler, FinishingSettings(**{k: v for k, v in fields.items() if k in FinishingSettings.field_names()})
 
 

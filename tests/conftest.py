@@ -13,13 +13,13 @@ SAMPLE = ROOT / "samples" / "parrots.png"
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def sample_image() -> Image.Image:
     with Image.open(SAMPLE) as image:
         return image.convert("RGB")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def small_image(sample_image: Image.Image) -> Image.Image:
     """A 96x80 crop: big enough to be a real photo, small enough to code in milliseconds."""
     return sample_image.crop((150, 60, 246, 140))
@@ -31,7 +31,7 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return float(10 * np.log10(255**2 / max(np.mean((x - y) ** 2), 1e-12)))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def diffusion_weights(tmp_path_factory, sample_image: Image.Image) -> Path:
     """A tiny U-Net trained for a few steps on the shipped base: real weights, real format."""
     from diraccodec.training.diffusion import DiffusionTrainingOptions, export_diffusion_checkpoint, train_diffusion
@@ -62,7 +62,7 @@ def random_unet():
     return model
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def random_diffusion_weights(tmp_path_factory) -> Path:
     """Diffusion weights for the shipped base that visibly change the image (untrained, random)."""
     from diraccodec.diffusion.sampler import SamplerSettings

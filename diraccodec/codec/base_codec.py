@@ -48,7 +48,8 @@ HYPER_TO_LATENT = HYPER_STRIDE // LATENT_STRIDE
 WHOLE_HYPER_GRID = 64 * 64  # hyper-latents computed in one pass (an image of 16 megapixels) ...
 HYPER_TILE, HYPER_MARGIN = 24, 4  # ... above it, tiles of 24 with 4 of context (its reach is under 4)
 
-TILE_LATENTS = 32  # transforms run on tiles of 32x32 latents (512x512 pixels; wider on a GPU) ...
+TILE_LATENTS = 32  # the analysis runs on tiles of 32x32 latents (512x512 pixels; 4x on a GPU), ...
+SYNTHESIS_TILE_LATENTS = 64  # ... the synthesis, which keeps no float image, on 64x64 (1024 pixels) ...
 MARGIN_LATENTS = 4  # ... each with 4 latents (64 pixels) of context on every side
 
 
@@ -234,8 +235,8 @@ class BaseCodec:
             return pixels.nan_to_num_(nan=0.0).clamp_(0, 1).mul_(255).round_().to(torch.uint8).cpu()
 
         with self.compute.kernels():  # in the exact mode, the same pixels with any number of threads
-            x_hat = apply_tiled(synthesize_tile, y_hat, Fraction(LATENT_STRIDE), self.compute.tile(TILE_LATENTS),
-                                MARGIN_LATENTS)
+            x_hat = apply_tiled(synthesize_tile, y_hat, Fraction(LATENT_STRIDE),
+                                self.compute.tile(SYNTHESIS_TILE_LATENTS), MARGIN_LATENTS)
         del y_hat
         return np.ascontiguousarray(x_hat[0, :, :height, :width].permute(1, 2, 0).numpy())
 

@@ -55,7 +55,7 @@ class RestorationFilter(nn.Module):
         return base + self(padded, level)[..., :height, :width]
 
 
-TILE = 768  # Kodak-sized images in one pass, larger ones in tiles ...
+TILE = 1024  # on a CPU (4x on a GPU): a 12-megapixel photo in 12 tiles, larger ones in more ...
 MARGIN = 96  # ... with at least this margin (more where the U-Net sees further), so no seam shows
 
 
