@@ -26,8 +26,9 @@ import ctypes
 import functools
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import torch
 
@@ -54,6 +55,25 @@ def mkl_is_strict() -> bool | None:
     get_mode.argtypes, get_mode.restype = [ctypes.c_int], ctypes.c_int
     mode = get_mode(_MKL_CBWR_ALL)
     return mode >= 0 and bool(mode & _MKL_CBWR_STRICT)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def keeps_thread_count(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """For functions that set torch's thread count for their own work (training's --threads):
+    the caller gets its own count back, so a library call leaves no process-wide change behind."""
+
+    @functools.wraps(function)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        previous = torch.get_num_threads()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+    return call
 
 
 @contextlib.contextmanager

@@ -17,10 +17,11 @@ from diraccodec.cli import main
 from tests.conftest import SAMPLE
 
 
-def dirac(*args: str | Path) -> subprocess.CompletedProcess:
-    """Run the real console entry point in a new process, as a user would."""
+def dirac(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a new process, as a user would; env: variables to add."""
     command = [sys.executable, "-m", "diraccodec.cli", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env} if env else None)
 
 
 @pytest.fixture

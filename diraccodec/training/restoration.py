@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from diraccodec.compute import keeps_thread_count
 from diraccodec.errors import DiracError
 from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
@@ -57,6 +58,7 @@ def restoration_loss(
     return {"loss": ratio.mean(), "psnr_gain": gain}
 
 
+@keeps_thread_count
 def train_restoration(options: RestorationTrainingOptions, console: Console | None = None) -> TrainingState:
     console = console or Console(stderr=True)
     torch.manual_seed(options.seed)
