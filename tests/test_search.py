@@ -10,6 +10,7 @@ from PIL import Image
 import diraccodec
 from diraccodec.api import get_codec
 from diraccodec.errors import InvalidOptionError
+from diraccodec.transforms import search
 from diraccodec.transforms.search import SearchSettings
 from tests.test_cli import dirac
 
@@ -23,9 +24,10 @@ def objective(codec, original: np.ndarray, data: bytes, quality: float) -> float
 
 
 @pytest.mark.parametrize("quality", [2, 7])
-def test_search_lowers_the_objective_on_a_photo(sample_image, quality):
+def test_search_lowers_the_objective_on_a_photo(sample_image, quality, monkeypatch):
     """Measured with the range coder's real output and the decoder's real pixels, on an
-    image wide enough for two tiles of the search (640 pixels = 40 latents > 32)."""
+    image cut into tiles of the search (windows of at most 500 latents)."""
+    monkeypatch.setattr(search, "WINDOW_LATENTS", 500)
     codec = get_codec()
     original = np.asarray(sample_image.resize((640, 224), Image.Resampling.LANCZOS))
     plain = codec.compress(original, quality, SearchSettings(passes=0))
@@ -56,7 +58,7 @@ def test_table_bits_predict_the_stream_size(sample_image):
     assert abs(predicted - actual) < 0.01 * actual + 64
 
 
-def test_effort_1_rounds_plainly_and_higher_efforts_search(small_image):
+def test_effort_1_rounds_plainly_and_the_default_and_higher_efforts_search(small_image):
     from diraccodec.api import EFFORT_PASSES
     from diraccodec.container import drc
 
@@ -64,7 +66,7 @@ def test_effort_1_rounds_plainly_and_higher_efforts_search(small_image):
     plain = codec.compress(np.asarray(small_image), 3.0)  # the codec alone rounds the analysis
     by_effort = {effort: drc.unpack(diraccodec.encode(small_image, 3, effort=effort)).sections[drc.TAG_LATENTS]
                  for effort in (1, 2, 4)}
-    assert by_effort[1] == plain and diraccodec.encode(small_image, 3) == diraccodec.encode(small_image, 3, effort=1)
+    assert by_effort[1] == plain and diraccodec.encode(small_image, 3) == diraccodec.encode(small_image, 3, effort=2)
     assert by_effort[2] != plain and by_effort[4] != plain
     assert [EFFORT_PASSES[e] for e in sorted(EFFORT_PASSES)] == [0, 1, 2, 4, 8]
 
@@ -87,8 +89,9 @@ def test_cli_effort_option(tmp_path, small_image):
     assert not (tmp_path / "b.drc").exists()
 
 
-def test_progress_hears_of_every_tile(sample_image):
+def test_progress_hears_of_every_tile(sample_image, monkeypatch):
+    monkeypatch.setattr(search, "WINDOW_LATENTS", 500)  # cores of at most 14 latents
     calls: list[tuple[int, int]] = []
-    image = sample_image.resize((640, 224))  # 40 x 16 latents: two tiles of the search
+    image = sample_image.resize((480, 224))  # padded to 32 x 16 latents: 3 x 2 tiles of the search
     diraccodec.encode(image, 3, effort=2, progress=lambda done, total: calls.append((done, total)))
-    assert calls == [(1, 2), (2, 2)]
+    assert calls == [(done, 6) for done in range(1, 7)]

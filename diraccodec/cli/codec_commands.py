@@ -40,7 +40,7 @@ from diraccodec.errors import DiracError, WrongWeightsError
 @size_option
 @bpp_option
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .drc file.")
-@effort_option(1)
+@effort_option
 @click.option("--steps", "recommended_steps", type=click.IntRange(0, 100), default=None,
               help="Recommended diffusion steps, stored in the file for decoders that are not told.")
 @detail_map_option
@@ -175,7 +175,7 @@ def restoration_support(weights_id: bytes) -> str:
 @click.option("-q", "--quality", type=float, default=None, help="Rate level for images, 1-8 (default 3).")
 @size_option
 @bpp_option
-@effort_option(1)
+@effort_option
 @click.option("--steps", type=click.IntRange(0, 100), default=None,
               help="Diffusion steps when decoding .drc files (default: each file's recommendation, else 0); "
                    "when encoding images, the recommended steps stored in each file.")
@@ -261,7 +261,7 @@ def print_summary(results: list[Any], seconds: float) -> None:
 @click.argument("images", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("-q", "--quality", "level", type=click.FloatRange(1, 8), default=4.0, show_default=True,
               help="Rate level of the files timed.")
-@effort_option(1)
+@effort_option
 @click.option("--references", default="avif,jxl", show_default=True,
               help="Codecs timed on the same images in the same run (avif, jxl, webp, jpeg), or 'none'.")
 @click.option("--steps", "steps", type=click.IntRange(0, 100), default=0, show_default=True,

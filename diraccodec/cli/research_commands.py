@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from diraccodec.api import EFFORT_PASSES
+from diraccodec.api import DEFAULT_EFFORT, EFFORT_PASSES
 from diraccodec.cli.common import (
     console,
     device_option,
@@ -33,8 +33,8 @@ from diraccodec.errors import DiracError
 @click.option("--steps", "steps_text", default="0", show_default=True,
               help="Diffusion step counts to decode each file with, e.g. 0,1,2,5,10,20,50 (the perception axis).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed for steps > 0.")
-@click.option("-e", "--effort", "efforts_text", default="1", show_default=True,
-              help="Encoder efforts, e.g. 1,3,5: one curve each, with its BD-rate against effort 1's.")
+@click.option("-e", "--effort", "efforts_text", default=str(DEFAULT_EFFORT), show_default=True,
+              help="Encoder efforts, e.g. 1,2,5: one curve each, with its BD-rate against the default effort's.")
 @device_option
 @exact_option
 @click.option("--references", default="jpeg,webp,avif,jxl", show_default=True,
