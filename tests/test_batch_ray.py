@@ -234,3 +234,20 @@ def test_uri_storage_writes_atomically_and_reports_missing_files(tmp_path: Path)
         storage.read(join(folder, "missing.png"))
     with pytest.raises(DiracError, match="no such folder"):
         plan_jobs(join(folder, "missing"), folder, BatchSettings())
+
+
+@pytest.mark.slow
+def test_the_per_image_script_times_both_ways_and_compares_their_outputs(tmp_path: Path, small_image: Image.Image):
+    source = tmp_path / "photos"
+    source.mkdir()
+    for angle in (0, 90, 180):
+        small_image.rotate(angle, expand=True).save(source / f"{angle}.png")
+    before = ray_processes()
+    done = subprocess.run([sys.executable, "scripts/batch_per_image.py", str(source), "--workers", "1", "--runs", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert re.fullmatch(r"  encode: local \d+\.\d{3}, Ray \d+\.\d{3} \([+-]\d+%\)", lines[1])
+    assert re.fullmatch(r"  decode: local \d+\.\d{3}, Ray \d+\.\d{3} \([+-]\d+%\)", lines[2])
+    assert lines[3] == "  outputs byte-identical"
+    assert_no_new_ray_processes(before)
