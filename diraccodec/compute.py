@@ -26,9 +26,8 @@ import ctypes
 import functools
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
 
 import torch
 
@@ -57,33 +56,23 @@ def mkl_is_strict() -> bool | None:
     return mode >= 0 and bool(mode & _MKL_CBWR_STRICT)
 
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def keeps_thread_count(function: Callable[_P, _R]) -> Callable[_P, _R]:
-    """For functions that set torch's thread count for their own work (training's --threads):
-    the caller gets its own count back, so a library call leaves no process-wide change behind."""
-
-    @functools.wraps(function)
-    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        previous = torch.get_num_threads()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            torch.set_num_threads(previous)
-
-    return call
-
-
 @contextlib.contextmanager
-def single_thread() -> Iterator[None]:
+def thread_count_restored() -> Iterator[None]:
+    """Torch's thread count as it was on entry, whatever the body sets. Also a decorator, for
+    functions that set the count for their own work (training's --threads): a library call
+    leaves no process-wide change behind."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    with thread_count_restored():
+        torch.set_num_threads(1)
+        yield
 
 
 @contextlib.contextmanager

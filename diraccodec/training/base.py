@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 
 from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
-from diraccodec.compute import keeps_thread_count
+from diraccodec.compute import thread_count_restored
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
 from diraccodec.training.crops import CropSampler
 from diraccodec.training.loop import LoopOptions, run_loop, start_run
@@ -51,7 +51,7 @@ def hyperprior_config(fields: dict[str, Any]) -> HyperpriorConfig:
     return HyperpriorConfig(fields["channels"], fields["latent_channels"], tuple(fields["lambdas"]))
 
 
-@keeps_thread_count
+@thread_count_restored()
 def train_base(options: BaseTrainingOptions, console: Console | None = None) -> TrainingState:
     console = console or Console(stderr=True)
     torch.manual_seed(options.seed)

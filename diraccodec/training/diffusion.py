@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from diraccodec.compute import keeps_thread_count
+from diraccodec.compute import thread_count_restored
 from diraccodec.diffusion.sampler import SamplerSettings
 from diraccodec.diffusion.schedule import RESIDUAL_SCALE, signal_level
 from diraccodec.errors import DiracError
@@ -122,7 +122,7 @@ def diffusion_loss(
     return {"loss": loss, **figures}
 
 
-@keeps_thread_count
+@thread_count_restored()
 def train_diffusion(options: DiffusionTrainingOptions, console: Console | None = None) -> TrainingState:
     console = console or Console(stderr=True)
     torch.manual_seed(options.seed)

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import track
 
 from diraccodec.codec.hyperprior import MultiRateHyperprior
-from diraccodec.compute import keeps_thread_count
+from diraccodec.compute import thread_count_restored
 from diraccodec.errors import DiracError
 from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, load_base_weights
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
@@ -68,7 +68,7 @@ def rate_loss(model: MultiRateHyperprior, latents: torch.Tensor, levels: torch.T
     return {"loss": bpp.mean(), "hyper_bpp": (bits_hyper / pixels).mean().detach()}
 
 
-@keeps_thread_count
+@thread_count_restored()
 def train_entropy(options: EntropyTrainingOptions, console: Console | None = None) -> TrainingState:
     console = console or Console(stderr=True)
     if options.patch_size % HYPER_STRIDE:

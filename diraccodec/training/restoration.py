@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from diraccodec.compute import keeps_thread_count
+from diraccodec.compute import thread_count_restored
 from diraccodec.errors import DiracError
 from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
@@ -58,7 +58,7 @@ def restoration_loss(
     return {"loss": ratio.mean(), "psnr_gain": gain}
 
 
-@keeps_thread_count
+@thread_count_restored()
 def train_restoration(options: RestorationTrainingOptions, console: Console | None = None) -> TrainingState:
     console = console or Console(stderr=True)
     torch.manual_seed(options.seed)
