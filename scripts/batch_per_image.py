@@ -3,11 +3,15 @@
     python scripts/batch_per_image.py PHOTOS --workers 4 --runs 3    # docs/cluster.md
 
 A whole command also pays start-up (Ray's instance, each worker's torch import and model
-load), which says nothing about how either scales. So this times the gap between the first
-and the last converted file, over the files after the first, for an encode of the folder
+load), which says nothing about how either scales; nor do the first files, while Ray's actors
+are still starting one after another (the local pool's workers fork with the models loaded),
+or the last, while some workers already idle. So this times the middle half of the results:
+the gap between the files that finish a quarter and three quarters of the way, over the files
+between them. It does so for an encode of the folder
 (at `dirac encode`'s default effort) and a decode of the result at 0 steps, both in the local
 pool and on Ray (`--address`, default: a local instance of its own). It prints the median
-over the runs and checks that both convert to the same bytes.
+over the runs, with the lowest and highest in brackets, and checks that both convert to the
+same bytes.
 """
 
 from __future__ import annotations
@@ -32,9 +36,14 @@ def seconds_per_image(convert: Convert, source: Path, target: Path, settings: Ba
     started = time.monotonic()
     jobs = plan_jobs(source, target, settings)
     results = convert(jobs, settings, lambda _: arrivals.append(time.monotonic() - started))
-    if len(arrivals) < 3 or any(result.status != "converted" for result in results):
-        raise SystemExit(f"{source}: needs at least 3 images that convert")
-    return (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1)
+    if len(arrivals) < 8 or any(result.status != "converted" for result in results):
+        raise SystemExit(f"{source}: needs at least 8 images that convert")
+    first, last = (len(arrivals) - 1) // 4, 3 * (len(arrivals) - 1) // 4
+    return (arrivals[last] - arrivals[first]) / (last - first)
+
+
+def spread(values: list[float]) -> str:
+    return f"[{min(values):.3f}-{max(values):.3f}]"
 
 
 def files_under(folder: Path) -> dict[str, bytes]:
@@ -43,7 +52,7 @@ def files_under(folder: Path) -> dict[str, bytes]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("photos", type=Path, help="A folder of images (at least 3).")
+    parser.add_argument("photos", type=Path, help="A folder of images (at least 8).")
     parser.add_argument("--workers", type=int, default=2, help="Workers in each (default 2).")
     parser.add_argument("--runs", type=int, default=3, help="Runs of each (default 3); the median is printed.")
     parser.add_argument("--address", default="auto", help="Ray's address (default: a local instance of its own).")
@@ -69,7 +78,8 @@ def main() -> None:
     print(f"{args.photos}, {args.workers} workers, median of {args.runs} runs, seconds per image once running:")
     for kind in ("encode", "decode"):
         local, ray = (statistics.median(timings[way, kind]) for way in ways)
-        print(f"  {kind}: local {local:.3f}, Ray {ray:.3f} ({100 * (ray / local - 1):+.0f}%)")
+        local_range, ray_range = (spread(timings[way, kind]) for way in ways)
+        print(f"  {kind}: local {local:.3f} {local_range}, Ray {ray:.3f} {ray_range} ({100 * (ray / local - 1):+.0f}%)")
     print("  outputs byte-identical" if same else "  OUTPUTS DIFFER")
     if not same:
         raise SystemExit(1)

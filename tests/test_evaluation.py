@@ -169,3 +169,34 @@ def test_report_pools_a_later_run_over_an_earlier_one_and_leaves_both(tmp_path: 
     assert report["command"] == f"dirac eval --levels 1,2 && dirac eval --levels 1 && {pooling}"
     assert report["complete"] is True and report["data"] == "kodak"
     assert "| diraccodec (20 steps) | 1 | 20 |" in table.read_text() and figure.stat().st_size > 10_000
+
+
+def test_held_out_evaluates_only_the_photos_training_never_sees(tmp_path: Path, sample_image: Image.Image):
+    from diraccodec.evaluation.run import load_images
+    from diraccodec.training.data import is_held_out, training_images
+
+    folder = tmp_path / "train"
+    (folder / "nested").mkdir(parents=True)
+    names = {"nested/photo8.png": (0, 0), "photo23.png": (40, 20), "photo1.png": (80, 40), "nested/photo2.png": (0, 60)}
+    for name, (left, top) in names.items():
+        sample_image.crop((left, top, left + 64, top + 48)).save(folder / name)
+    held = [name for name in names if is_held_out(folder / name)]
+    assert sorted(held) == ["nested/photo8.png", "photo23.png"]  # the two whose names hash into the split
+    assert not set(training_images([folder])) & {folder / name for name in held}
+    loaded = load_images(folder, held_out=True)
+    expected = [sample_image.crop((left, top, left + 64, top + 48)) for left, top in (names[n] for n in held)]
+    assert [image.tobytes() for image in loaded] == [image.tobytes() for image in expected]
+
+    report_path = tmp_path / "eval.json"
+    result = CliRunner().invoke(main, ["eval", "--data", str(folder), "--held-out", "--levels", "3",
+                                       "--references", "jpeg", "--json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["data"] == "train (held out)"
+    assert {point["images"] for point in report["points"]} == {2}
+
+    (folder / "nested" / "photo8.png").unlink()
+    (folder / "photo23.png").unlink()
+    result = CliRunner().invoke(main, ["eval", "--data", str(folder), "--held-out", "--references", "none"])
+    assert result.exit_code == 2 and "dirac: error: no held-out images in" in result.output
+    assert "Traceback" not in result.output

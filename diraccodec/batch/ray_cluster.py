@@ -8,7 +8,8 @@ connection. Ray is imported only here, and only when asked for: it is an optiona
 
 Each actor converts one file at a time with `run_job`, so the local batch's guarantees hold
 (skip, atomic writes, a bad file is a failed result); a worker that dies takes only its
-current file with it, as a failed result, and a fresh actor takes its place.
+current file with it, as a failed result, and a fresh actor takes its place and the files
+it held waiting.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ RAY_MISSING = "--ray needs Ray: pip install diraccodec[ray]"
 AUTO_ADDRESS = "auto"
 CONNECT_SECONDS = 10
 WORKER_DIED = "Ray worker died while converting this file"
+PIPELINE = 2  # files an actor holds at once
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit): ")
 
@@ -155,12 +157,15 @@ def cluster_plan(ray: ModuleType, device: str, workers: int | None) -> WorkerPla
 
 def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: WorkerPlan) -> Iterator[JobResult]:
     """Results in the order files finish. Work goes only to actors that have started, so actors
-    the cluster cannot place (yet) hold nothing up; each has one file at a time, so a death
-    blames the file it was converting and no other."""
+    the cluster cannot place (yet) hold nothing up. An actor holds at most PIPELINE files: one
+    converting and the next already sent, so it never waits for a round trip through this
+    driver. It converts them in the order sent, so a death blames the oldest file it holds;
+    the others go back to the queue."""
     actor_class = ray.remote(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0)(Converter)
     actors: list[Any] = []
     starting: dict[Any, Any] = {}  # ready() reference -> actor
-    running: dict[Any, tuple[Job, Any]] = {}  # convert() reference -> (job, actor)
+    running: dict[Any, Any] = {}  # convert() reference -> actor, oldest first
+    held: dict[Any, deque[tuple[Any, Job]]] = {}  # actor -> its (convert() reference, job), oldest first
     queue = deque(jobs)
     start_failure = ""
 
@@ -170,10 +175,14 @@ def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: Wo
         starting[actor.ready.remote()] = actor
 
     def give_work(actor: Any) -> None:
-        if queue:
+        files = held.setdefault(actor, deque())
+        # a second file only while there is work for every actor, so the last files go to idle ones
+        while queue and (not files or (len(files) < PIPELINE and len(queue) >= plan.count)):
             job = queue.popleft()
             shipped = Job(absolute(job.source), absolute(job.target))  # the worker's folder is not ours
-            running[actor.convert.remote(shipped)] = (job, actor)
+            reference = actor.convert.remote(shipped)
+            running[reference] = actor
+            files.append((reference, job))
 
     for _ in range(min(plan.count, len(jobs))):
         start()
@@ -193,12 +202,20 @@ def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: Wo
                     continue
                 give_work(actor)
                 continue
-            job, actor = running.pop(reference)
+            actor = running.pop(reference)
+            job = next(job for sent, job in held[actor] if sent == reference)
             result, died = _outcome(ray, reference, job)
-            yield result
             if not died:
-                give_work(actor)
-            elif queue:
+                held[actor].remove((reference, job))
+                give_work(actor)  # before the caller sees the result: its printing may take a while
+                yield result
+                continue
+            (_, converting), *waiting = files = held.pop(actor)
+            for sent, _ in files:
+                running.pop(sent, None)  # all fail alike: the dead actor's queue is ours again
+            queue.extendleft(job for _, job in reversed(waiting))
+            yield JobResult(converting, "failed", WORKER_DIED)
+            if queue:
                 start()  # in place of the dead one
     finally:
         for actor in actors:
@@ -206,7 +223,7 @@ def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: Wo
 
 
 def _outcome(ray: ModuleType, reference: Any, job: Job) -> tuple[JobResult, bool]:
-    """The file's result, and whether its actor died."""
+    """The file's result, and whether its actor died (then the result is unused)."""
     try:
         return replace(ray.get(reference), job=job), False
     except ray.exceptions.RayActorError:

@@ -29,6 +29,8 @@ from diraccodec.errors import DiracError
               default=Path("../shared/data/kodak"), show_default=True, help="Folder of test images.")
 @click.option("--images", "image_count", type=click.IntRange(1), default=None,
               help="Only the first N images of the folder, in name order (default: all).")
+@click.option("--held-out", is_flag=True,
+              help="The held-out training photos under --data (5%, never trained on) instead of its images.")
 @click.option("--levels", default="1,2,3,4,5,6,7,8", show_default=True, help="Comma-separated rate levels.")
 @click.option("--steps", "steps_text", default="0", show_default=True,
               help="Diffusion step counts to decode each file with, e.g. 0,1,2,5,10,20,50 (the perception axis).")
@@ -48,8 +50,8 @@ from diraccodec.errors import DiracError
 @perception_plot_option
 @weights_option
 @reports_errors
-def evaluate_command(data: Path, image_count: int | None, levels: str, steps_text: str, seed: int, efforts_text: str,
-                     device: str, exact: bool, references: str, no_references: bool, json_path: Path,
+def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels: str, steps_text: str, seed: int,
+                     efforts_text: str, device: str, exact: bool, references: str, no_references: bool, json_path: Path,
                      markdown: Path | None, plot_path: Path | None, perception_plot: Path | None,
                      weights: Path | None) -> None:
     """Rate-distortion (and distortion-perception) evaluation on a folder of images (default: Kodak)."""
@@ -84,11 +86,13 @@ def evaluate_command(data: Path, image_count: int | None, levels: str, steps_tex
 
         api.get_diffusion(api.get_codec(weights, api.compute_for(device, exact)))
 
-    def save_partial(points: list) -> None:
-        write_json(report_of(points, data.name, complete=False), json_path)
+    name = f"{data.name} (held out)" if held_out else data.name
 
-    points = evaluate(load_images(data)[:image_count], codecs, console, save_partial)
-    report = write_report(points, json_path, markdown, plot_path, data.name, perception_plot)
+    def save_partial(points: list) -> None:
+        write_json(report_of(points, name, complete=False), json_path)
+
+    points = evaluate(load_images(data, held_out)[:image_count], codecs, console, save_partial)
+    report = write_report(points, json_path, markdown, plot_path, name, perception_plot)
     table = Table(title=f"evaluation on {data}")
     for column in ("codec", "setting", "bpp", "PSNR", "MS-SSIM", "LPIPS", "FD-AlexNet", "s/MP", "enc s/MP"):
         table.add_column(column)

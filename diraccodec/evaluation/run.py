@@ -23,6 +23,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
+from diraccodec.errors import DiracError
 from diraccodec.evaluation.codecs import CodecUnderTest
 from diraccodec.evaluation.metrics import (
     FD_DESCRIPTION,
@@ -59,10 +60,17 @@ def curve_name(codec: str, steps: int | None) -> str:
     return f"{codec} ({steps} steps)" if steps else codec
 
 
-def load_images(folder: Path) -> list[Image.Image]:
-    paths = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+def load_images(folder: Path, held_out: bool = False) -> list[Image.Image]:
+    """The folder's images in name order; with `held_out`, the held-out training photos anywhere
+    under it instead (diraccodec.training.data), which no training run has seen."""
+    if held_out:
+        from diraccodec.training.data import held_out_images
+
+        paths = held_out_images([folder])
+    else:
+        paths = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
-        raise ValueError(f"no images in {folder}")
+        raise DiracError(f"no {'held-out ' if held_out else ''}images in {folder}")
     images = []
     for path in paths:
         with Image.open(path) as image:
