@@ -1,17 +1,17 @@
 """Seconds per image of `dirac batch` once its workers run: the local pool against Ray.
 
-    python scripts/batch_per_image.py PHOTOS --workers 4 --runs 3    # docs/cluster.md
+    python scripts/batch_per_image.py PHOTOS --workers 4 --runs 5    # docs/cluster.md
 
 A whole command also pays start-up (Ray's instance, each worker's torch import and model
 load), which says nothing about how either scales; nor do the first files, while Ray's actors
 are still starting one after another (the local pool's workers fork with the models loaded),
 or the last, while some workers already idle. So this times the middle half of the results:
 the gap between the files that finish a quarter and three quarters of the way, over the files
-between them. It does so for an encode of the folder
-(at `dirac encode`'s default effort) and a decode of the result at 0 steps, both in the local
-pool and on Ray (`--address`, default: a local instance of its own). It prints the median
-over the runs, with the lowest and highest in brackets, and checks that both convert to the
-same bytes.
+between them. It does so for an encode of the folder (at `dirac encode`'s default effort) and
+a decode of the result at 0 steps, both in the local pool and on Ray (`--address`; by default
+the cluster `ray start` runs on this machine, else an instance of its own). It prints the
+median over the runs, with the lowest and highest in brackets, and checks that both convert
+to the same bytes.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("photos", type=Path, help="A folder of images (at least 8).")
     parser.add_argument("--workers", type=int, default=2, help="Workers in each (default 2).")
     parser.add_argument("--runs", type=int, default=3, help="Runs of each (default 3); the median is printed.")
-    parser.add_argument("--address", default="auto", help="Ray's address (default: a local instance of its own).")
+    parser.add_argument("--address", default="auto",
+                        help="Ray's address (default: the cluster `ray start` runs here, else an instance of its own).")
     parser.add_argument("--quality", type=float, default=3.0, help="Level of the encode (default 3).")
     args = parser.parse_args()
 

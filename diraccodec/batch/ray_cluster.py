@@ -164,8 +164,8 @@ def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: Wo
     actor_class = ray.remote(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0)(Converter)
     actors: list[Any] = []
     starting: dict[Any, Any] = {}  # ready() reference -> actor
-    running: dict[Any, Any] = {}  # convert() reference -> actor, oldest first
-    held: dict[Any, deque[tuple[Any, Job]]] = {}  # actor -> its (convert() reference, job), oldest first
+    running: dict[Any, tuple[Job, Any]] = {}  # convert() reference -> (job, actor)
+    held: dict[Any, deque[Any]] = {}  # actor -> its convert() references, oldest first
     queue = deque(jobs)
     start_failure = ""
 
@@ -181,8 +181,8 @@ def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: Wo
             job = queue.popleft()
             shipped = Job(absolute(job.source), absolute(job.target))  # the worker's folder is not ours
             reference = actor.convert.remote(shipped)
-            running[reference] = actor
-            files.append((reference, job))
+            running[reference] = (job, actor)
+            files.append(reference)
 
     for _ in range(min(plan.count, len(jobs))):
         start()
@@ -202,18 +202,17 @@ def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: Wo
                     continue
                 give_work(actor)
                 continue
-            actor = running.pop(reference)
-            job = next(job for sent, job in held[actor] if sent == reference)
+            job, actor = running[reference]
             result, died = _outcome(ray, reference, job)
             if not died:
-                held[actor].remove((reference, job))
+                del running[reference]
+                held[actor].remove(reference)
                 give_work(actor)  # before the caller sees the result: its printing may take a while
                 yield result
                 continue
-            (_, converting), *waiting = files = held.pop(actor)
-            for sent, _ in files:
-                running.pop(sent, None)  # all fail alike: the dead actor's queue is ours again
-            queue.extendleft(job for _, job in reversed(waiting))
+            # all its files fail alike: the oldest was converting, the others go back to the queue
+            converting, *waiting = [running.pop(sent)[0] for sent in held.pop(actor)]
+            queue.extendleft(reversed(waiting))
             yield JobResult(converting, "failed", WORKER_DIED)
             if queue:
                 start()  # in place of the dead one

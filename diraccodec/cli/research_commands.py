@@ -30,7 +30,7 @@ from diraccodec.errors import DiracError
 @click.option("--images", "image_count", type=click.IntRange(1), default=None,
               help="Only the first N images of the folder, in name order (default: all).")
 @click.option("--held-out", is_flag=True,
-              help="The held-out training photos under --data (5%, never trained on) instead of its images.")
+              help="The held-out training photos under --data (the 5% training leaves out) instead of its images.")
 @click.option("--levels", default="1,2,3,4,5,6,7,8", show_default=True, help="Comma-separated rate levels.")
 @click.option("--steps", "steps_text", default="0", show_default=True,
               help="Diffusion step counts to decode each file with, e.g. 0,1,2,5,10,20,50 (the perception axis).")

@@ -62,7 +62,7 @@ def curve_name(codec: str, steps: int | None) -> str:
 
 def load_images(folder: Path, held_out: bool = False) -> list[Image.Image]:
     """The folder's images in name order; with `held_out`, the held-out training photos anywhere
-    under it instead (diraccodec.training.data), which no training run has seen."""
+    under it instead (diraccodec.training.data), the share that training leaves out."""
     if held_out:
         from diraccodec.training.data import held_out_images
 
