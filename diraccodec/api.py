@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diraccodec.codec.base_codec import BaseCodec
+from diraccodec.codec.base_codec import BaseCodec, BaseWeights
 from diraccodec.compute import AUTO, Compute
 from diraccodec.container import drc
 from diraccodec.diffusion import detail_map as detail_maps
@@ -42,6 +42,7 @@ from diraccodec.modelfiles import (
     load_base_weights,
     load_diffusion_weights,
     load_restoration_weights,
+    released_base_weights,
 )
 from diraccodec.restoration.filter import Restorer
 from diraccodec.transforms import search as latent_search
@@ -200,6 +201,18 @@ class _Encoder:
         return drc.pack(header)
 
 
+def _wrong_weights_message(file_weights: bytes, loaded: BaseWeights) -> str:
+    """One line that names the weights a file needs, and the release that ships them if another does."""
+    message = (f"file was made with weights {file_weights.hex()}, but the loaded weights are "
+               f"{loaded.weights_id.hex()} ({loaded.path.name})")
+    from diraccodec import __version__  # the package's, set once it has imported this module
+
+    release = released_base_weights().get(file_weights.hex())
+    if release is not None and release != __version__:
+        return f"{message}; decode it with diraccodec {release}, which ships them (pip install 'diraccodec=={release}')"
+    return f"{message}; decode it with the weights that made it"
+
+
 def encode(
     image: Image.Image | str | Path | bytes,
     quality: float | None = None,
@@ -352,10 +365,7 @@ def decode(
     with _LOCK:
         codec = get_codec(weights, compute)
         if header.weights_id != codec.weights.weights_id:
-            raise WrongWeightsError(
-                f"file was made with weights {header.weights_id.hex()}, but the loaded weights are "
-                f"{codec.weights.weights_id.hex()} ({codec.weights.path.name}); decode it with the weights that made it"
-            )
+            raise WrongWeightsError(_wrong_weights_message(header.weights_id, codec.weights))
         if header.quality > codec.num_levels:
             raise CorruptFileError(f"corrupt .drc file (quality {header.quality} above the model's {codec.num_levels})")
         info = FileInfo(header, len(data))

@@ -48,6 +48,7 @@ def shipped_weights_folder() -> Path:
 
 
 MANIFEST = "manifest.json"
+RELEASES = "releases.json"  # the base weights id each release ships -> that release's version
 WEIGHTS_DIR = shipped_weights_folder()
 DEFAULT_BASE_WEIGHTS = WEIGHTS_DIR / "base.safetensors"
 WEIGHTS_ENV = "DIRAC_WEIGHTS"
@@ -59,6 +60,18 @@ RESTORATION_ENV = "DIRAC_RESTORATION_WEIGHTS"
 
 def default_weights_path() -> Path:
     return Path(os.environ.get(WEIGHTS_ENV, DEFAULT_BASE_WEIGHTS))
+
+
+@functools.cache
+def released_base_weights() -> dict[str, str]:
+    """Base weights ids (hex) -> the diraccodec release that ships them, from weights/releases.json.
+
+    A release that ships new base weights adds its own and keeps the earlier ones, so that a
+    file made with any released weights can name the release that decodes it."""
+    try:
+        return dict(json.loads((WEIGHTS_DIR / RELEASES).read_text())["base"])
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return {}
 
 
 def read_verified(path: Path) -> tuple[bytes, str]:
@@ -92,8 +105,7 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
     try:
         tensors, metadata = _parse(path, data)
         fields = json.loads(metadata["config"])
-        config = HyperpriorConfig(fields["channels"], fields["latent_channels"], tuple(fields["lambdas"]))
-        model = MultiRateHyperprior(config)
+        model = MultiRateHyperprior(HyperpriorConfig.from_fields(fields))
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         hyper_tables = TableSet.from_tensors(tensors, "tables.hyper")
         latent_tables = TableSet.from_tensors(tensors, "tables.latent")

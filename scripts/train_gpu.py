@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:  # a GPU machine runs the checkout without install
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from diraccodec.codec.hyperprior import CONTEXTS  # noqa: E402
 from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, DEFAULT_DIFFUSION_WEIGHTS  # noqa: E402
 from diraccodec.training.base import DEFAULT_TRAIN_DATA, BaseTrainingOptions, export_checkpoint, train_base  # noqa: E402
 from diraccodec.training.checkpoint import state_folder, state_parts, summary_path, write_travel_copy  # noqa: E402
@@ -92,6 +93,8 @@ def parser() -> argparse.ArgumentParser:
     base = cli.add_argument_group("base codec (a resumed run keeps its state's size)")
     base.add_argument("--channels", type=int, default=96, help="N, the transforms' width (default 96).")
     base.add_argument("--latent-channels", type=int, default=160, help="M, the latents' channels (default 160).")
+    base.add_argument("--context", choices=CONTEXTS, default="none",
+                      help="A new run's entropy model: none (the hyperprior alone) or checkerboard.")
     stages = cli.add_argument_group("diffusion decoder and restoration filter")
     stages.add_argument("--weights", type=Path, default=DEFAULT_BASE_WEIGHTS, help="The frozen base codec's weights.")
     stages.add_argument("--widths", type=numbers(int), help="The U-Net's widths, e.g. 32,64,128 (a new run's).")
@@ -101,8 +104,9 @@ def parser() -> argparse.ArgumentParser:
     stages.add_argument("--relative-loss", action="store_true")
     stages.add_argument("--level-range", type=numbers(float, 2), metavar="LOW,HIGH")
     stages.add_argument("--on-restored", type=Path, help="Enhance this restoration filter's output (diffusion).")
-    stages.add_argument("--start-from", type=Path, default=DEFAULT_DIFFUSION_WEIGHTS,
-                        help="Diffusion weights a new restoration run starts from.")
+    cli.add_argument("--start-from", type=Path, help="Weights a new run starts from: base weights for the base "
+                     "(default: none; a context model they lack starts at zero), diffusion weights for the "
+                     "restoration filter (default: the shipped diffusion decoder).")
     stages.add_argument("--from-scratch", action="store_true", help="A new restoration run starts from the identity.")
     results = cli.add_argument_group("results")
     results.add_argument("--export", type=Path, help="Write inference weights here at the end.")
@@ -130,7 +134,8 @@ def training_options(arguments: argparse.Namespace, state: Path) -> LoopOptions:
     if arguments.model == "base":
         if arguments.patch_size % HYPER_STRIDE:
             raise SystemExit(f"--patch-size must be a multiple of {HYPER_STRIDE}")
-        return BaseTrainingOptions(**common, channels=arguments.channels, latent_channels=arguments.latent_channels)
+        return BaseTrainingOptions(**common, channels=arguments.channels, latent_channels=arguments.latent_channels,
+                                   context=arguments.context, start_from=arguments.start_from)
     if arguments.model == "diffusion":
         widths = {"widths": arguments.widths} if arguments.widths else {}
         return DiffusionTrainingOptions(
@@ -139,7 +144,8 @@ def training_options(arguments: argparse.Namespace, state: Path) -> LoopOptions:
             relative_loss=arguments.relative_loss, level_range=arguments.level_range,
             restoration_weights=arguments.on_restored)
     return RestorationTrainingOptions(**common, base_weights=arguments.weights,
-                                      start_from=None if arguments.from_scratch else arguments.start_from)
+                                      start_from=None if arguments.from_scratch else
+                                      arguments.start_from or DEFAULT_DIFFUSION_WEIGHTS)
 
 
 class _Tee(io.TextIOBase):

@@ -179,3 +179,21 @@ def test_batch_decodes_with_diffusion_steps(tmp_path: Path, small_image: Image.I
     # another process (one thread per worker): the same within the format's tolerance
     assert np.abs(batch_pixels.astype(np.int16) - expected).max() <= 12
     assert not np.array_equal(batch_pixels, np.asarray(diraccodec.decode(data, steps=0)))
+
+
+def test_a_file_of_an_earlier_release_names_it(tmp_path: Path, small_drc: Path, monkeypatch):
+    from diraccodec import __version__, api, modelfiles
+    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.container import drc
+
+    shipped_id = drc.unpack(small_drc.read_bytes()).weights_id.hex()
+    # the shipped base weights are listed with the release that ships them
+    assert modelfiles.released_base_weights()[shipped_id] == __version__
+    other = tmp_path / "other.safetensors"
+    modelfiles.export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 8)), other, {"purpose": "test"})
+    monkeypatch.setattr(api, "released_base_weights", lambda: {shipped_id: "0.0.9"})
+    result = CliRunner().invoke(main, ["decode", str(small_drc), "-o", str(tmp_path / "w.png"),
+                                       "--weights", str(other)])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "decode it with diraccodec 0.0.9" in result.output
+    assert "pip install 'diraccodec==0.0.9'" in result.output

@@ -215,3 +215,29 @@ def test_entropy_finetune_lowers_the_rate_and_leaves_the_transforms_alone(photo_
     assert any(not torch.equal(before[key], after[key]) for key in trained)
     image = Image.open(photo_folder / "b.png").convert("RGB").crop((0, 0, 96, 80))
     assert api.decode(api.encode(image, 3, weights=tuned), weights=tuned).size == (96, 80)
+
+
+def test_a_context_model_trains_from_hyperprior_weights_and_codes(photo_folder: Path, tmp_path: Path):
+    from diraccodec import api
+    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.errors import DiracError
+    from diraccodec.modelfiles import export_base_weights
+
+    torch.manual_seed(0)
+    start = tmp_path / "start" / "base.safetensors"
+    export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 12)), start, {})
+    run = options(photo_folder, tmp_path / "ck", 3)
+    run.context, run.start_from = "checkerboard", start
+    train_base(run)
+    weights = tmp_path / "w" / "base.safetensors"
+    export_checkpoint(run.checkpoint, weights)
+    before, after = load_file(str(start)), load_file(str(weights))
+    assert not torch.equal(after["model.context.parameters_net.2.weight"], torch.zeros(24, 24, 1, 1))
+    assert not torch.equal(after["model.synthesis.0.weight"], before["model.synthesis.0.weight"])
+    image = Image.open(photo_folder / "b.png").convert("RGB").crop((0, 0, 70, 50))
+    assert api.decode(api.encode(image, 2, weights=weights), weights=weights).size == (70, 50)
+    # weights that already hold a context model do not start a plain hyperprior
+    again = options(photo_folder, tmp_path / "ck2", 1)
+    again.start_from = weights
+    with pytest.raises(DiracError, match="does not fit a none context model"):
+        train_base(again)

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from diraccodec.cli.common import console, parse_list, reports_errors, weights_option
+from diraccodec.codec.hyperprior import CONTEXTS
 from diraccodec.errors import DiracError
 
 TRAINING_PHOTOS = Path("../shared/data/train")  # the project's training photos, beside a checkout
@@ -58,11 +59,15 @@ def training_options(
 
 @train.command("base")
 @training_options("checkpoints/base", 9000)
-def train_base_command(data: tuple[Path, ...], **loop: Any) -> None:
+@click.option("--context", type=click.Choice(CONTEXTS), default="none", show_default=True,
+              help="A new run's entropy model: the hyperprior alone, or with a checkerboard context model.")
+@click.option("--start-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Base weights a new run starts from (a context model they lack starts at zero).")
+def train_base_command(data: tuple[Path, ...], context: str, start_from: Path | None, **loop: Any) -> None:
     """Train the multi-rate hyperprior base codec."""
     from diraccodec.training.base import BaseTrainingOptions, train_base
 
-    train_base(BaseTrainingOptions(data=tuple(data), **loop))
+    train_base(BaseTrainingOptions(data=tuple(data), context=context, start_from=start_from, **loop))
 
 
 @train.command("diffusion")

@@ -2,20 +2,22 @@
 
 Determinism is designed in, because the decoder must rebuild the encoder's tables bit for
 bit. The only float computation that selects tables is the hyper-synthesis (hyper-latents
-to the mean and scale of each latent) and the gains; both run in float64 on the CPU, in
-one thread unless MKL sums alike on any thread count, from integer inputs, so the same file
-yields the same tables with any thread count, in any process, and whichever device and mode
-run the big transforms. The transforms themselves run where `Compute` says, in tiles that
-go in and come out as 8-bit pixels, so that memory beyond one tile is that of the 8-bit image.
+to the mean and scale of each latent), the context model where the weights have one, and
+the gains; all run in float64 on the CPU, in one thread unless MKL sums alike on any thread
+count, from integer inputs, so the same file yields the same tables with any thread count,
+in any process, and whichever device and mode run the big transforms. The transforms
+themselves run where `Compute` says, in tiles that go in and come out as 8-bit pixels, so
+that memory beyond one tile is that of the 8-bit image.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import constriction
 import numpy as np
@@ -24,6 +26,7 @@ import torch
 from diraccodec.codec.hyperprior import MultiRateHyperprior
 from diraccodec.compute import Compute, mkl_is_strict, single_thread
 from diraccodec.entropy.coder import decode_values, encode_values
+from diraccodec.entropy.context import anchor_mask, context_parameters64
 from diraccodec.entropy.tables import TableSet, snap_scales
 from diraccodec.errors import CorruptFileError
 from diraccodec.transforms.networks import HYPER_STRIDE, LATENT_STRIDE
@@ -64,6 +67,14 @@ class Latents:
     table_ids: np.ndarray  # (M, Hp/16, Wp/16) the range coder's table of each symbol
 
 
+def _half(search: SearchSettings, index: int) -> SearchSettings:
+    """The settings of one of a context model's two searches, reporting progress over both."""
+    report = search.progress
+    if report is None:
+        return search
+    return replace(search, progress=lambda done, total: report(index * total + done, 2 * total))
+
+
 def padded_size(height: int, width: int) -> tuple[int, int]:
     return -(-height // HYPER_STRIDE) * HYPER_STRIDE, -(-width // HYPER_STRIDE) * HYPER_STRIDE
 
@@ -76,6 +87,8 @@ class BaseCodec:
         self.model = compute.prepare(weights.model)
         self.num_levels = self.model.config.num_levels
         self._hyper_synthesis64 = copy.deepcopy(weights.model.hyper_synthesis).cpu().double()
+        context = weights.model.context
+        self._context64 = None if context is None else copy.deepcopy(context).cpu().double()
         self._log_gain64 = weights.model.log_gain.detach().cpu().double()
         self._log_inverse_gain64 = weights.model.log_inverse_gain.detach().cpu().double()
         self._response_energies: dict[float, torch.Tensor] = {}
@@ -91,23 +104,38 @@ class BaseCodec:
 
         return mix(self._log_gain64), mix(self._log_inverse_gain64)
 
-    def entropy_parameters(self, hyper: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """Mean (float64) and table index (int16) of every latent, from integer hyper-latents: the
-        same on every machine, so the decoder rebuilds the encoder's tables.
+    def entropy_parameters(
+        self, hyper: np.ndarray, symbols: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Mean (float64) and table index (int16) of every latent, from integer hyper-latents
+        and, with a context model, the anchors among `symbols`: the same on every machine, so the
+        decoder rebuilds the encoder's tables. A context model without `symbols` gives the
+        hyperprior's prediction, which is final at the anchors only."""
+        mean, table_ids, scale = self._hyper_parameters(hyper)
+        if self._context64 is not None and symbols is not None:
+            self._refine_non_anchors(symbols, mean, scale, table_ids)
+        return mean, table_ids
+
+    def _exact_sums(self) -> contextlib.AbstractContextManager[None]:
+        """MKL in strict mode sums float64 alike on any thread count; otherwise one thread does."""
+        return contextlib.nullcontext() if mkl_is_strict() else single_thread()
+
+    def _hyper_parameters(self, hyper: np.ndarray) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
+        """The hyper-synthesis' mean and table index of every latent, and with a context model its
+        float64 scale, which the context refines.
 
         A grid of up to WHOLE_HYPER_GRID hyper-latents (a 16-megapixel image) runs in one pass;
         larger ones in tiles, whose float64 im2col buffers would otherwise take gigabytes. The
         tiling depends on the image's size alone, so an encoder and a decoder tile alike."""
-        # MKL in strict mode sums float64 alike on any thread count; otherwise one thread does
-        threads = contextlib.nullcontext() if mkl_is_strict() else single_thread()
         z = torch.from_numpy(hyper).double()[None]
         channels = self.model.config.latent_channels
         height, width = hyper.shape[-2] * HYPER_TO_LATENT, hyper.shape[-1] * HYPER_TO_LATENT
         mean = torch.empty((channels, height, width), dtype=torch.float64)
+        scale = None if self._context64 is None else torch.empty_like(mean)
         table_ids = np.empty((channels, height, width), dtype=np.int16)
         whole = hyper.shape[-2] * hyper.shape[-1] <= WHOLE_HYPER_GRID
         tile = max(hyper.shape[-2:]) if whole else HYPER_TILE
-        with torch.no_grad(), threads:
+        with torch.no_grad(), self._exact_sums():
             for (top, left, bottom, right), extent in tile_windows(*hyper.shape[-2:], tile, HYPER_MARGIN):
                 top_ext, left_ext, bottom_ext, right_ext = extent
                 out = self._hyper_synthesis64(z[..., top_ext:bottom_ext, left_ext:right_ext])[0]
@@ -116,10 +144,25 @@ class BaseCodec:
                 target = (slice(None), slice(top * HYPER_TO_LATENT, bottom * HYPER_TO_LATENT),
                           slice(left * HYPER_TO_LATENT, right * HYPER_TO_LATENT))
                 mean[target] = out[:channels, rows, columns]
-                scale = out[channels:, rows, columns].abs_().contiguous().numpy()
-                table_ids[target] = snap_scales(scale, self.weights.latent_scales)
-                del out, scale
-        return mean, table_ids
+                tile_scale = out[channels:, rows, columns].abs_()
+                if scale is not None:
+                    scale[target] = tile_scale
+                table_ids[target] = snap_scales(tile_scale.contiguous().numpy(), self.weights.latent_scales)
+                del out, tile_scale
+        return mean, table_ids, scale
+
+    def _refine_non_anchors(self, symbols: np.ndarray, mean: torch.Tensor, scale: torch.Tensor,
+                            table_ids: np.ndarray) -> None:
+        """Replace the non-anchors' mean and table, in place, by the context model's prediction
+        from the anchors' symbols (non-anchor symbols are not read)."""
+        is_anchor = anchor_mask(*symbols.shape[1:])
+        anchors_hat = torch.from_numpy(symbols).double().add_(mean).mul_(is_anchor)
+        with self._exact_sums():
+            context_mean, context_scale = context_parameters64(self._context64, anchors_hat, mean, scale)
+        del anchors_hat
+        non_anchor = ~is_anchor
+        mean[:, non_anchor] = context_mean
+        table_ids[:, non_anchor.numpy()] = snap_scales(context_scale.numpy(), self.weights.latent_scales)
 
     def _hyper_table_ids(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
@@ -165,17 +208,31 @@ class BaseCodec:
         y_scaled = y.double() * gain
         z = self.model.hyper_analysis(self.compute.tensor(y_scaled.float()[None]))[0]
         hyper = torch.round(z.float()).cpu().to(torch.int64).numpy()
-        mean, table_ids = self.entropy_parameters(hyper)
-        symbols = y_scaled.sub_(mean).round_().to(torch.int64).numpy()  # in place: image-sized float64
+        if search.passes > 0 and rgb is None:
+            raise ValueError("the search needs the image")
+        mean, table_ids, scale = self._hyper_parameters(hyper)
+        if self._context64 is None:
+            symbols = y_scaled.sub_(mean).round_().to(torch.int64).numpy()  # in place: image-sized float64
+            del y_scaled
+            if search.passes > 0:
+                symbols = self._search(rgb, quality, mean, table_ids, symbols, search)
+            return Latents(hyper, symbols, mean, table_ids)
+        # With a context model, the anchors first (the non-anchors round against the hyperprior's
+        # mean meanwhile), then the non-anchors against the mean the final anchors give them.
+        is_anchor = anchor_mask(*y_scaled.shape[1:]).numpy()
+        symbols = (y_scaled - mean).round_().to(torch.int64).numpy()
+        if search.passes > 0:
+            symbols = self._search(rgb, quality, mean, table_ids, symbols, _half(search, 0), is_anchor)
+        self._refine_non_anchors(symbols, mean, scale, table_ids)
+        del scale
+        symbols[:, ~is_anchor] = y_scaled.sub_(mean).round_().to(torch.int64).numpy()[:, ~is_anchor]
         del y_scaled
         if search.passes > 0:
-            if rgb is None:
-                raise ValueError("the search needs the image")
-            symbols = self._search(rgb, quality, mean, table_ids, symbols, search)
+            symbols = self._search(rgb, quality, mean, table_ids, symbols, _half(search, 1), ~is_anchor)
         return Latents(hyper, symbols, mean, table_ids)
 
     def _search(self, rgb: np.ndarray, quality: float, mean: torch.Tensor, table_ids: np.ndarray,
-                symbols: np.ndarray, search: SearchSettings) -> np.ndarray:
+                symbols: np.ndarray, search: SearchSettings, movable: np.ndarray | None = None) -> np.ndarray:
         height, width = rgb.shape[:2]
         inverse_gain = self._gains64(quality)[1].float().to(self.device)
         if quality not in self._response_energies:
@@ -193,6 +250,7 @@ class BaseCodec:
             level=torch.tensor([float(quality)], device=self.device),
             prepare=self.compute.tensor,
             precision=self.compute.autocast,
+            movable=movable,
         )
         with torch.enable_grad(), self.compute.kernels():
             return search_symbols(problem, symbols, search.passes, search.progress)
@@ -202,10 +260,20 @@ class BaseCodec:
         return self.quantize(self.analysis_latents(rgb), quality, rgb, search)
 
     def write_stream(self, latents: Latents) -> bytes:
+        """The hyper-latents, then the latents; with a context model the anchors' before the rest."""
         encoder = constriction.stream.queue.RangeEncoder()
         encode_values(encoder, latents.hyper, self._hyper_table_ids(latents.hyper.shape), self.weights.hyper_tables)
-        encode_values(encoder, latents.symbols, latents.table_ids, self.weights.latent_tables)
+        for part in self._latent_parts(latents.symbols.shape[1:]):
+            encode_values(encoder, latents.symbols[:, part], latents.table_ids[:, part], self.weights.latent_tables)
         return encoder.get_compressed().astype("<u4").tobytes()
+
+    def _latent_parts(self, grid: tuple[int, ...]) -> list[Any]:
+        """The latent grid's positions in the order the stream codes them: `...` for all of them
+        at once, or boolean masks of (h, w)."""
+        if self._context64 is None:
+            return [...]
+        is_anchor = anchor_mask(*grid).numpy()
+        return [is_anchor, ~is_anchor]
 
     def read_stream(self, payload: bytes, width: int, height: int) -> Latents:
         if len(payload) % 4:
@@ -217,8 +285,13 @@ class BaseCodec:
             decoder = constriction.stream.queue.RangeDecoder(words)
             hyper = decode_values(decoder, self._hyper_table_ids(hyper_shape), self.weights.hyper_tables)
             hyper = hyper.reshape(hyper_shape)
-            mean, table_ids = self.entropy_parameters(hyper)
-            symbols = decode_values(decoder, table_ids, self.weights.latent_tables).reshape(table_ids.shape)
+            mean, table_ids, scale = self._hyper_parameters(hyper)
+            symbols = np.zeros(table_ids.shape, dtype=np.int64)
+            for index, part in enumerate(self._latent_parts(table_ids.shape[1:])):
+                if index > 0:  # the non-anchors' tables come from the anchors just decoded
+                    self._refine_non_anchors(symbols, mean, scale, table_ids)
+                symbols[:, part] = decode_values(decoder, table_ids[:, part], self.weights.latent_tables).reshape(
+                    symbols[:, part].shape)
         except (ValueError, RuntimeError, OverflowError, AssertionError) as error:
             # constriction reports data that no symbol sequence could produce by an assertion
             raise CorruptFileError(f"corrupt .drc file (latent stream: {error})") from None

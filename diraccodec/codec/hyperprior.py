@@ -4,17 +4,20 @@ One set of weights serves every rate level. A level selects a learned gain vecto
 scales the latents before quantisation (a large gain means fine quantisation, many bits)
 and an inverse gain applied before synthesis (Cui et al. 2021, "asymmetric gained"
 compression). A fractional level interpolates the gains geometrically, so rate is
-continuous in the quality index.
+continuous in the quality index. With `context="checkerboard"` the non-anchor half of the
+latents refines its mean and scale from the decoded anchors (diraccodec.entropy.context).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from diraccodec.entropy.context import CheckerboardContext, anchor_mask
 from diraccodec.entropy.models import (
     FactorizedPrior,
     gaussian_bin_likelihood,
@@ -30,12 +33,26 @@ from diraccodec.transforms.networks import (
 
 # Rate-distortion trade-offs of the levels: loss = lambda * 255^2 * MSE + bpp.
 DEFAULT_LAMBDAS = (0.0005, 0.00107, 0.00227, 0.00484, 0.0103, 0.0220, 0.0469, 0.1000)
+CONTEXTS = ("none", "checkerboard")
+
 
 @dataclass(frozen=True)
 class HyperpriorConfig:
     channels: int = 96  # N: width of the transforms
     latent_channels: int = 160  # M: channels of y
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
+    context: str = "none"  # one of CONTEXTS: how the latents' mean and scale are predicted
+
+    def __post_init__(self) -> None:
+        if self.context not in CONTEXTS:
+            raise ValueError(f"unknown context model {self.context!r} (expected one of {', '.join(CONTEXTS)})")
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> HyperpriorConfig:
+        """The configuration as a weights file or a training state records it (older ones
+        have no context field: they are plain hyperpriors)."""
+        return cls(fields["channels"], fields["latent_channels"], tuple(fields["lambdas"]),
+                   fields.get("context", "none"))
 
     @property
     def num_levels(self) -> int:
@@ -59,6 +76,7 @@ class MultiRateHyperprior(nn.Module):
         self.hyper_analysis = HyperAnalysis(n, m)
         self.hyper_synthesis = HyperSynthesis(n, m)
         self.hyper_prior = FactorizedPrior(n)
+        self.context = CheckerboardContext(m) if config.context == "checkerboard" else None
         # Level 1 starts with 8x coarser quantisation than the top level; training moves them.
         start = torch.linspace(math.log(1 / 8), 0.0, config.num_levels)
         self.log_gain = nn.Parameter(start[:, None].repeat(1, m))
@@ -74,8 +92,20 @@ class MultiRateHyperprior(nn.Module):
         return log_gain.exp()[:, :, None, None], log_inverse.exp()[:, :, None, None]
 
     def mean_and_scale(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hyperprior's prediction for every latent (the anchors' with a context model)."""
         mean, scale = self.hyper_synthesis(z_hat).chunk(2, dim=1)
         return mean, scale.abs()
+
+    def latent_parameters(self, y: torch.Tensor, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and scale that code each latent of `y`: the hyperprior's, refined at the
+        non-anchors from the anchors rounded as the decoder will have them, with a context model."""
+        mean, scale = self.mean_and_scale(z_hat)
+        if self.context is None:
+            return mean, scale
+        anchors_hat = round_straight_through(y - mean) + mean
+        context_mean, context_scale = self.context(anchors_hat, mean, scale)
+        is_anchor = anchor_mask(*y.shape[-2:], device=y.device)
+        return torch.where(is_anchor, mean, context_mean), torch.where(is_anchor, scale, context_scale)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
@@ -86,7 +116,7 @@ class MultiRateHyperprior(nn.Module):
         """
         gain, inverse_gain = self.gains(level)
         y = self.analysis(x) * gain
-        mean, _ = self.mean_and_scale(torch.round(self.hyper_analysis(y)))
+        mean, _ = self.latent_parameters(y, torch.round(self.hyper_analysis(y)))
         y_hat = torch.round(y - mean) + mean
         return self.synthesis(y_hat * inverse_gain).clamp(0, 1).mul(255).round().div(255)
 
@@ -98,7 +128,7 @@ class MultiRateHyperprior(nn.Module):
         """
         z = self.hyper_analysis(y)
         z_likelihood = self.hyper_prior.likelihood(quantize_with_noise(z))
-        mean, scale = self.mean_and_scale(round_straight_through(z))
+        mean, scale = self.latent_parameters(y, round_straight_through(z))
         y_likelihood = gaussian_bin_likelihood(quantize_with_noise(y - mean) + mean, mean, scale)
         bits_latent = -torch.log2(y_likelihood).flatten(1).sum(1)
         return mean, bits_latent, -torch.log2(z_likelihood).flatten(1).sum(1)

@@ -7,15 +7,15 @@ resumes it (model, Adam moments, data and noise RNG); a resumed run keeps its st
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from rich.console import Console
 
 from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
 from diraccodec.compute import thread_count_restored
+from diraccodec.errors import DiracError
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
 from diraccodec.training.crops import CropSampler
 from diraccodec.training.loop import LoopOptions, run_loop, start_run
@@ -30,6 +30,10 @@ class BaseTrainingOptions(LoopOptions):
     patch_size: int = 128
     channels: int = HyperpriorConfig.channels
     latent_channels: int = HyperpriorConfig.latent_channels
+    context: str = HyperpriorConfig.context
+    # A fresh run starts from these base weights (their size, transforms, gains and entropy
+    # model; a context model they lack starts at zero, predicting what their hyperprior does).
+    start_from: Path | None = None
 
 
 def rate_distortion_loss(
@@ -46,23 +50,22 @@ def rate_distortion_loss(
     return {"loss": loss, "bpp": bpp.mean().detach(), "psnr": psnr.detach()}
 
 
-def hyperprior_config(fields: dict[str, Any]) -> HyperpriorConfig:
-    """The base codec's configuration as a state's metadata records it."""
-    return HyperpriorConfig(fields["channels"], fields["latent_channels"], tuple(fields["lambdas"]))
-
-
 @thread_count_restored()
 def train_base(options: BaseTrainingOptions, console: Console | None = None) -> TrainingState:
     console = console or Console(stderr=True)
     torch.manual_seed(options.seed)
-    config = HyperpriorConfig(options.channels, options.latent_channels)
-    if state_exists(options.checkpoint):
-        config = hyperprior_config(load_checkpoint_metadata(options.checkpoint).metadata["config"])
-    run = start_run(MultiRateHyperprior(config), options, console)
+    if state_exists(options.checkpoint):  # a resumed run keeps its state's size and context
+        model = MultiRateHyperprior(
+            HyperpriorConfig.from_fields(load_checkpoint_metadata(options.checkpoint).metadata["config"]))
+    else:
+        model = _new_model(options, console)
+    config = model.config
+    run = start_run(model, options, console)
     console.print(f"loading training images from {', '.join(map(str, options.data))}")
     sampler = CropSampler(options.data, options.patch_size, generator=run.generator, device=run.device,
                           channels_last=run.channels_last)
-    console.print(f"{sampler.image_count} images; model N={config.channels} M={config.latent_channels}")
+    console.print(f"{sampler.image_count} images; model N={config.channels} M={config.latent_channels} "
+                  f"context {config.context}")
     run.state.metadata.update(
         {
             "config": asdict(config),
@@ -81,11 +84,28 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
     return run_loop(run, options, next_loss, console, options.batch_size * options.patch_size**2)
 
 
+def _new_model(options: BaseTrainingOptions, console: Console) -> MultiRateHyperprior:
+    """A fresh run's model: from scratch, or from the weights of options.start_from."""
+    if options.start_from is None:
+        return MultiRateHyperprior(HyperpriorConfig(options.channels, options.latent_channels,
+                                                    context=options.context))
+    from diraccodec.modelfiles import load_base_weights
+
+    start = load_base_weights(Path(options.start_from).resolve()).model
+    model = MultiRateHyperprior(replace(start.config, context=options.context))
+    missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("context.") for key in missing):
+        raise DiracError(f"{options.start_from} does not fit a {options.context} context model: "
+                         f"{', '.join([*unexpected, *missing][:3])} ...")
+    console.print(f"starting from {options.start_from}" + (" (a new context model)" if missing else ""))
+    return model
+
+
 def export_checkpoint(checkpoint: Path, output: Path) -> None:
     """Inference weights from a training state, recording how long it trained."""
     from diraccodec.modelfiles import export_base_weights
 
-    model = MultiRateHyperprior(hyperprior_config(load_checkpoint_metadata(checkpoint).metadata["config"]))
+    model = MultiRateHyperprior(HyperpriorConfig.from_fields(load_checkpoint_metadata(checkpoint).metadata["config"]))
     state = load_checkpoint(checkpoint, model, None, None, prefer_average=True)
     info = {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **state.metadata}
     export_base_weights(model, output, info)

@@ -42,7 +42,9 @@ class EntropyTrainingOptions(LoopOptions):
 
 
 def entropy_modules(model: MultiRateHyperprior) -> list[torch.nn.Module]:
-    return [model.hyper_analysis, model.hyper_synthesis, model.hyper_prior]
+    """What the fine-tune trains: everything that prices the latents, the context model included."""
+    context = [] if model.context is None else [model.context]
+    return [model.hyper_analysis, model.hyper_synthesis, model.hyper_prior, *context]
 
 
 def latent_bank(model: MultiRateHyperprior, options: EntropyTrainingOptions, console: Console) -> torch.Tensor:

@@ -13,8 +13,9 @@ exact cost under the range coder's tables, and tries the most promising eighth o
 that pay. The trial's error is measured per latent cell (its 16x16 pixels), so that each cell
 keeps its moves only where its own share of the objective falls; the kept moves stand if the
 true objective of the whole tile falls. The hyper-latents stay as the analysis made them, so
-every table, and so every price, stays fixed during the search. Tiles of latents with a margin
-of context keep the memory bounded for any image size.
+every table, and so every price, stays fixed during the search (with a context model, the
+encoder searches the anchors and then the non-anchors, whose tables the anchors set). Tiles
+of latents with a margin of context keep the memory bounded for any image size.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class SearchProblem:
     # training photos
     prepare: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
     precision: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
+    # (h, w) bool: the positions whose symbols may move (None: all). A context model searches its
+    # anchors and its non-anchors apart, each half's prices fixed by what is coded before it.
+    movable: np.ndarray | None = None
 
 
 def response_energy(synthesis: nn.Module, inverse_gain: torch.Tensor) -> torch.Tensor:
@@ -181,6 +185,8 @@ def _search_tile(
     table_ids = problem.table_ids[:, core[0], core[1]]
     owner = _cell_owners(bottom - top, right - left, inner, device)
     core_cells = (inner[0].stop - inner[0].start) * (inner[1].stop - inner[1].start)
+    movable = (torch.ones((), dtype=torch.bool) if problem.movable is None
+               else torch.from_numpy(np.ascontiguousarray(problem.movable[core[0], core[1]]))).to(device)
 
     def cell_errors(candidate: torch.Tensor) -> torch.Tensor:
         """The squared error of each latent's 16x16 cell of pixels, (rows * columns,)."""
@@ -214,7 +220,7 @@ def _search_tile(
         errors = errors.detach()
         gradient = gradient[:, inner[0], inner[1]].float()
         best_change, best_move = _best_moves(problem, gradient, values, value_bits, bits)
-        paying = best_change < 0
+        paying = (best_change < 0) & movable
         fraction = MOVE_FRACTION
         for _ in range(RETRIES + 1):
             if not paying.any():

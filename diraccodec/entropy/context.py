@@ -1,0 +1,100 @@
+"""A checkerboard context model (He et al. 2021): the latents are coded in two halves.
+
+The anchors, the latents whose row + column is even, are coded first, with the mean and
+scale that the hyperprior predicts. Every other latent then refines its mean and scale from
+the decoded anchors around it (a 5x5 neighbourhood holds 12 of them). Both halves decode in
+one parallel pass each, so the decoder stays as parallel as the hyperprior alone, where a
+raster-order context would decode one latent at a time.
+
+Training runs the context as a masked convolution over the whole grid. Coding runs it in
+float64 on the CPU at the non-anchors only, each tap a matrix product over the anchors it
+reads (`context_parameters64`): a quarter of the dense convolution's work, with the same
+result up to float64 rounding, and the same bits in the encoder and the decoder.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+CONTEXT_KERNEL = 5
+NEGATIVE_SLOPE = 0.01  # nn.LeakyReLU's default, which the float64 path repeats
+POSITIONS_AT_ONCE = 16384  # non-anchors per matrix product: bounds the float64 buffers on a large image
+
+
+def anchor_mask(rows: int, columns: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(rows, columns) bool, True at the anchors (row + column even), which are coded first."""
+    parity = torch.arange(rows, device=device)[:, None] + torch.arange(columns, device=device)[None, :]
+    return parity % 2 == 0
+
+
+def _context_taps(kernel_size: int) -> list[tuple[int, int]]:
+    """The kernel positions that fall on anchors when centred on a non-anchor: (dy + dx) odd."""
+    return [(dy, dx) for dy in range(kernel_size) for dx in range(kernel_size) if (dy + dx) % 2 == 1]
+
+
+class CheckerboardContext(nn.Module):
+    """Refines the hyperprior's mean and scale of the non-anchors from the decoded anchors.
+
+    The last layer starts at zero, so a new context model predicts exactly what the
+    hyperprior predicts: it can start from trained hyperprior weights and only gain.
+    """
+
+    def __init__(self, latent_channels: int, kernel_size: int = CONTEXT_KERNEL) -> None:
+        super().__init__()
+        m = latent_channels
+        self.context = nn.Conv2d(m, m, kernel_size, padding=kernel_size // 2)
+        self.parameters_net = nn.Sequential(
+            nn.Conv2d(3 * m, 2 * m, 1), nn.LeakyReLU(NEGATIVE_SLOPE), nn.Conv2d(2 * m, 2 * m, 1)
+        )
+        nn.init.zeros_(self.parameters_net[-1].weight)
+        nn.init.zeros_(self.parameters_net[-1].bias)
+        mask = torch.zeros(1, 1, kernel_size, kernel_size)
+        for dy, dx in _context_taps(kernel_size):
+            mask[0, 0, dy, dx] = 1.0
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(
+        self, y_hat: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and scale of every position as if it were a non-anchor; use them at the non-anchors
+        only, whose taps read anchors alone (the values of y_hat elsewhere do not matter there)."""
+        features = F.conv2d(y_hat, self.context.weight * self.mask, self.context.bias,
+                            padding=self.context.padding)
+        change_mean, change_scale = self.parameters_net(torch.cat([mean, scale, features], dim=1)).chunk(2, dim=1)
+        return mean + change_mean, (scale + change_scale).abs()
+
+
+@torch.no_grad()
+def context_parameters64(
+    context: CheckerboardContext, y_hat: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The non-anchors' mean and scale, (M, P) in raster order, in the module's float64.
+
+    y_hat, mean and scale are (M, h, w) float64; only y_hat's anchors are read. The sums run
+    in a fixed order (tap by tap, then the 1x1 layers) over chunks whose bounds depend on the
+    grid's size alone, so an encoder and a decoder compute the same values.
+    """
+    channels, rows, columns = y_hat.shape
+    pad = context.context.kernel_size[0] // 2
+    padded = F.pad(y_hat, (pad, pad, pad, pad))
+    taps = _context_taps(context.context.kernel_size[0])
+    weight = context.context.weight
+    first, _, last = context.parameters_net
+    positions = (~anchor_mask(rows, columns)).flatten().nonzero().squeeze(1)
+    out_mean = torch.empty(channels, positions.numel(), dtype=y_hat.dtype)
+    out_scale = torch.empty_like(out_mean)
+    for start in range(0, positions.numel(), POSITIONS_AT_ONCE):
+        chunk = positions[start : start + POSITIONS_AT_ONCE]
+        row, column = chunk // columns, chunk % columns
+        features = context.context.bias[:, None].expand(-1, chunk.numel()).clone()
+        for dy, dx in taps:
+            features.addmm_(weight[:, :, dy, dx], padded[:, row + dy, column + dx])
+        chunk_mean, chunk_scale = mean.flatten(1)[:, chunk], scale.flatten(1)[:, chunk]
+        hidden = torch.cat([chunk_mean, chunk_scale, features])
+        hidden = F.leaky_relu(torch.addmm(first.bias[:, None], first.weight[:, :, 0, 0], hidden), NEGATIVE_SLOPE)
+        change = torch.addmm(last.bias[:, None], last.weight[:, :, 0, 0], hidden)
+        out_mean[:, start : start + chunk.numel()] = chunk_mean + change[:channels]
+        out_scale[:, start : start + chunk.numel()] = (chunk_scale + change[channels:]).abs()
+    return out_mean, out_scale
