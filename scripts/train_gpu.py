@@ -95,6 +95,8 @@ def parser() -> argparse.ArgumentParser:
     base.add_argument("--latent-channels", type=int, default=160, help="M, the latents' channels (default 160).")
     base.add_argument("--context", choices=CONTEXTS, default="none",
                       help="A new run's entropy model: none (the hyperprior alone) or checkerboard.")
+    base.add_argument("--lambdas", type=numbers(float), help="A new run's rate-distortion trade-offs, ascending "
+                      "(default: --start-from's, else the shipped ladder).")
     stages = cli.add_argument_group("diffusion decoder and restoration filter")
     stages.add_argument("--weights", type=Path, default=DEFAULT_BASE_WEIGHTS, help="The frozen base codec's weights.")
     stages.add_argument("--widths", type=numbers(int), help="The U-Net's widths, e.g. 32,64,128 (a new run's).")
@@ -135,7 +137,8 @@ def training_options(arguments: argparse.Namespace, state: Path) -> LoopOptions:
         if arguments.patch_size % HYPER_STRIDE:
             raise SystemExit(f"--patch-size must be a multiple of {HYPER_STRIDE}")
         return BaseTrainingOptions(**common, channels=arguments.channels, latent_channels=arguments.latent_channels,
-                                   context=arguments.context, start_from=arguments.start_from)
+                                   context=arguments.context, start_from=arguments.start_from,
+                                   lambdas=arguments.lambdas)
     if arguments.model == "diffusion":
         widths = {"widths": arguments.widths} if arguments.widths else {}
         return DiffusionTrainingOptions(

@@ -241,3 +241,55 @@ def test_a_context_model_trains_from_hyperprior_weights_and_codes(photo_folder: 
     again.start_from = weights
     with pytest.raises(DiracError, match="does not fit a none context model"):
         train_base(again)
+
+
+def test_a_new_ladder_starts_from_the_gains_of_the_old_one():
+    from diraccodec.training.base import gains_on_ladder
+
+    old = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128)
+    log_gains = torch.linspace(-2.0, 0.0, 8)[:, None] * torch.tensor([[1.0, 0.5]])
+    new = gains_on_ladder(log_gains, old, (0.0005, 0.001, 0.002 * 2**0.5, 0.128))
+    assert torch.equal(new[1], log_gains[0]) and torch.equal(new[3], log_gains[7])
+    torch.testing.assert_close(new[2], (log_gains[1] + log_gains[2]) / 2)  # halfway in log-lambda
+    torch.testing.assert_close(new[0], 2 * log_gains[0] - log_gains[1])  # the end segment, extended
+
+
+def test_train_base_takes_a_lower_ladder_from_trained_weights(photo_folder: Path, tmp_path: Path):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+    from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.modelfiles import export_base_weights, load_base_weights
+
+    torch.manual_seed(0)
+    start = tmp_path / "start" / "base.safetensors"
+    export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 12)), start, {})
+    ladder = (0.0002, *DEFAULT_LAMBDAS[1:])
+    state, weights = tmp_path / "state", tmp_path / "w" / "base.safetensors"
+    common = ["train", "base", "--data", str(photo_folder), "--checkpoint", str(state), "--steps", "1",
+              "--batch-size", "1", "--patch-size", "64", "--threads", "1", "--start-from", str(start), "--lr", "1e-9"]
+    runner = CliRunner()
+    result = runner.invoke(main, [*common, "--lambdas", "0.0002,0.0001"])
+    assert result.exit_code == 2 and "--lambdas takes 8 positive values in ascending order" in result.output
+    result = runner.invoke(main, [*common, "--lambdas", ",".join(map(str, ladder))])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(main, ["train", "export", str(state), str(weights)]).exit_code == 0
+    before, after = load_base_weights(start).model, load_base_weights(weights).model
+    assert after.config.lambdas == ladder
+    # level 1 moved down the ladder: coarser quantisation than the start's level 1
+    assert after.log_gain[0].mean() < before.log_gain[0].mean() - 0.1
+    torch.testing.assert_close(after.log_gain[1:], before.log_gain[1:], atol=1e-5, rtol=0)
+
+
+def test_the_ladder_script_lowers_level_1s_rate(tmp_path: Path, sample_image: Image.Image):
+    import subprocess
+    import sys
+
+    sample_image.crop((0, 0, 192, 128)).save(tmp_path / "a.png")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "ladder_rates.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path), "--images", "1", "--lowest", "0.0005,0.0001"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| 0")]
+    assert [row[1].strip() for row in rows] == ["0.0005", "0.0001"]
+    assert float(rows[1][2]) < float(rows[0][2])  # a lower lambda, fewer bits

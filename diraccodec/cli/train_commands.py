@@ -63,11 +63,17 @@ def training_options(
               help="A new run's entropy model: the hyperprior alone, or with a checkerboard context model.")
 @click.option("--start-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Base weights a new run starts from (a context model they lack starts at zero).")
-def train_base_command(data: tuple[Path, ...], context: str, start_from: Path | None, **loop: Any) -> None:
+@click.option("--lambdas", default=None, metavar="L1,...,L8",
+              help="A new run's rate-distortion trade-offs, ascending (default: the start's, else the shipped "
+                   "ladder); the start's gains are carried over to them.")
+def train_base_command(data: tuple[Path, ...], context: str, start_from: Path | None, lambdas: str | None,
+                       **loop: Any) -> None:
     """Train the multi-rate hyperprior base codec."""
     from diraccodec.training.base import BaseTrainingOptions, train_base
 
-    train_base(BaseTrainingOptions(data=tuple(data), context=context, start_from=start_from, **loop))
+    ladder = None if lambdas is None else tuple(parse_list(lambdas, float, "--lambdas"))
+    train_base(BaseTrainingOptions(data=tuple(data), context=context, start_from=start_from, lambdas=ladder,
+                                   **loop))
 
 
 @train.command("diffusion")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
+from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, HyperpriorConfig, MultiRateHyperprior
 from diraccodec.compute import thread_count_restored
 from diraccodec.errors import DiracError
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
@@ -34,6 +34,9 @@ class BaseTrainingOptions(LoopOptions):
     # A fresh run starts from these base weights (their size, transforms, gains and entropy
     # model; a context model they lack starts at zero, predicting what their hyperprior does).
     start_from: Path | None = None
+    # A fresh run's rate-distortion trade-offs, one per level, ascending (None: the defaults, or
+    # those of start_from); the gains of start_from's ladder are carried over to them
+    lambdas: tuple[float, ...] | None = None
 
 
 def rate_distortion_loss(
@@ -86,19 +89,47 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
 
 def _new_model(options: BaseTrainingOptions, console: Console) -> MultiRateHyperprior:
     """A fresh run's model: from scratch, or from the weights of options.start_from."""
+    lambdas = {} if options.lambdas is None else {"lambdas": check_lambdas(options.lambdas)}
     if options.start_from is None:
         return MultiRateHyperprior(HyperpriorConfig(options.channels, options.latent_channels,
-                                                    context=options.context))
+                                                    context=options.context, **lambdas))
     from diraccodec.modelfiles import load_base_weights
 
     start = load_base_weights(Path(options.start_from).resolve()).model
-    model = MultiRateHyperprior(replace(start.config, context=options.context))
-    missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
-    if unexpected or any(not key.startswith("context.") for key in missing):
+    model = MultiRateHyperprior(replace(start.config, context=options.context, **lambdas))
+    weights = {k: v for k, v in start.state_dict().items() if k not in ("log_gain", "log_inverse_gain")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    new_context = [key for key in missing if key.startswith("context.")]
+    if unexpected or len(missing) != len(new_context) + 2:
         raise DiracError(f"{options.start_from} does not fit a {options.context} context model: "
                          f"{', '.join([*unexpected, *missing][:3])} ...")
-    console.print(f"starting from {options.start_from}" + (" (a new context model)" if missing else ""))
+    with torch.no_grad():
+        model.log_gain.copy_(gains_on_ladder(start.log_gain, start.config.lambdas, model.config.lambdas))
+        model.log_inverse_gain.copy_(
+            gains_on_ladder(start.log_inverse_gain, start.config.lambdas, model.config.lambdas))
+    console.print(f"starting from {options.start_from}" + (" (a new context model)" if new_context else ""))
     return model
+
+
+def check_lambdas(lambdas: tuple[float, ...]) -> tuple[float, ...]:
+    """A ladder of as many levels as the codec's interface has (-q 1 to 8), rising strictly."""
+    count = len(DEFAULT_LAMBDAS)
+    if len(lambdas) != count or any(value <= 0 for value in lambdas) or list(lambdas) != sorted(set(lambdas)):
+        raise DiracError(f"--lambdas takes {count} positive values in ascending order, got "
+                         f"{','.join(f'{value:g}' for value in lambdas)}")
+    return tuple(float(value) for value in lambdas)
+
+
+def gains_on_ladder(log_gains: torch.Tensor, old: tuple[float, ...], new: tuple[float, ...]) -> torch.Tensor:
+    """Log-gains (len(new), M) for the lambdas `new`, from those trained for `old`: linear in
+    log-lambda between the two nearest old levels, and extended along the end segments beyond
+    them, so that a run with a lower or higher ladder starts near the rates it asks for."""
+    old_log, rows = torch.tensor(old, dtype=torch.float64).log(), []
+    for value in torch.tensor(new, dtype=torch.float64).log():
+        low = int(torch.searchsorted(old_log, value, right=True).clamp(1, len(old) - 1)) - 1
+        weight = float((value - old_log[low]) / (old_log[low + 1] - old_log[low]))
+        rows.append((1 - weight) * log_gains[low] + weight * log_gains[low + 1])
+    return torch.stack(rows).to(log_gains.dtype)
 
 
 def export_checkpoint(checkpoint: Path, output: Path) -> None:
