@@ -70,7 +70,7 @@ def released_base_weights() -> dict[str, str]:
     file made with any released weights can name the release that decodes it."""
     try:
         return dict(json.loads((WEIGHTS_DIR / RELEASES).read_text())["base"])
-    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+    except (OSError, KeyError, TypeError, ValueError):  # JSONDecodeError is a ValueError
         return {}
 
 

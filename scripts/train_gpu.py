@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from diraccodec.codec.hyperprior import CONTEXTS  # noqa: E402
+from diraccodec.errors import DiracError  # noqa: E402
 from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, DEFAULT_DIFFUSION_WEIGHTS  # noqa: E402
 from diraccodec.training.base import DEFAULT_TRAIN_DATA, BaseTrainingOptions, export_checkpoint, train_base  # noqa: E402
 from diraccodec.training.checkpoint import state_folder, state_parts, summary_path, write_travel_copy  # noqa: E402
@@ -95,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
     base.add_argument("--latent-channels", type=int, default=160, help="M, the latents' channels (default 160).")
     base.add_argument("--context", choices=CONTEXTS, default="none",
                       help="A new run's entropy model: none (the hyperprior alone) or checkerboard.")
-    base.add_argument("--lambdas", type=numbers(float), help="A new run's rate-distortion trade-offs, ascending "
+    base.add_argument("--lambdas", type=numbers(float, 8), help="A new run's rate-distortion trade-offs, ascending "
                       "(default: --start-from's, else the shipped ladder).")
     stages = cli.add_argument_group("diffusion decoder and restoration filter")
     stages.add_argument("--weights", type=Path, default=DEFAULT_BASE_WEIGHTS, help="The frozen base codec's weights.")
@@ -202,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             TRAINERS[arguments.model](options, console)
         except KeyboardInterrupt:  # SIGTERM or Ctrl-C: the state is saved; deliver it all the same
             interrupted = True
+        except DiracError as error:  # bad input: one line, as the dirac command gives it
+            console.print(f"error: {error}", markup=False, highlight=False)
+            return 2
         if arguments.export:
             EXPORTERS[arguments.model](state, arguments.export)
             console.print(f"exported {arguments.export}")

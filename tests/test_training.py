@@ -6,6 +6,7 @@ Exact resume, the state's parts and time budgets are tested through scripts/trai
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -269,13 +270,16 @@ def test_train_base_takes_a_lower_ladder_from_trained_weights(photo_folder: Path
     common = ["train", "base", "--data", str(photo_folder), "--checkpoint", str(state), "--steps", "1",
               "--batch-size", "1", "--patch-size", "64", "--threads", "1", "--start-from", str(start), "--lr", "1e-9"]
     runner = CliRunner()
-    result = runner.invoke(main, [*common, "--lambdas", "0.0002,0.0001"])
-    assert result.exit_code == 2 and "--lambdas takes 8 positive values in ascending order" in result.output
+    for bad in ("0.0002,0.0001", ",".join(["inf", *map(str, DEFAULT_LAMBDAS[1:])])):
+        result = runner.invoke(main, [*common, "--lambdas", bad])
+        assert result.exit_code == 2 and "--lambdas takes 8 positive values in ascending order" in result.output
     result = runner.invoke(main, [*common, "--lambdas", ",".join(map(str, ladder))])
     assert result.exit_code == 0, result.output
     assert runner.invoke(main, ["train", "export", str(state), str(weights)]).exit_code == 0
     before, after = load_base_weights(start).model, load_base_weights(weights).model
     assert after.config.lambdas == ladder
+    info = json.loads(load_base_weights(weights).metadata["info"])
+    assert info["started_from"] == load_base_weights(start).weights_id.hex()
     # level 1 moved down the ladder: coarser quantisation than the start's level 1
     assert after.log_gain[0].mean() < before.log_gain[0].mean() - 0.1
     torch.testing.assert_close(after.log_gain[1:], before.log_gain[1:], atol=1e-5, rtol=0)
@@ -293,3 +297,17 @@ def test_the_ladder_script_lowers_level_1s_rate(tmp_path: Path, sample_image: Im
     rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| 0")]
     assert [row[1].strip() for row in rows] == ["0.0005", "0.0001"]
     assert float(rows[1][2]) < float(rows[0][2])  # a lower lambda, fewer bits
+
+
+def test_the_gpu_script_reports_bad_input_in_one_line(photo_folder: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "train_gpu.py"
+    unlisted = tmp_path / "base.safetensors"
+    unlisted.write_bytes(b"not weights")
+    result = subprocess.run([sys.executable, str(script), "base", "--data", str(photo_folder), "--state",
+                             str(tmp_path / "state"), "--start-from", str(unlisted), "--steps", "1", "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: weights" in result.stderr and "are not listed" in result.stderr

@@ -17,7 +17,6 @@ import copy
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import constriction
 import numpy as np
@@ -151,10 +150,11 @@ class BaseCodec:
                 del out, tile_scale
         return mean, table_ids, scale
 
-    def _refine_non_anchors(self, symbols: np.ndarray, mean: torch.Tensor, scale: torch.Tensor,
+    def _refine_non_anchors(self, symbols: np.ndarray, mean: torch.Tensor, scale: torch.Tensor | None,
                             table_ids: np.ndarray) -> None:
         """Replace the non-anchors' mean and table, in place, by the context model's prediction
         from the anchors' symbols (non-anchor symbols are not read)."""
+        assert self._context64 is not None and scale is not None, "only weights with a context model refine"
         is_anchor = anchor_mask(*symbols.shape[1:])
         anchors_hat = torch.from_numpy(symbols).double().add_(mean).mul_(is_anchor)
         with self._exact_sums():
@@ -225,7 +225,8 @@ class BaseCodec:
             symbols = self._search(rgb, quality, mean, table_ids, symbols, _half(search, 0), is_anchor)
         self._refine_non_anchors(symbols, mean, scale, table_ids)
         del scale
-        symbols[:, ~is_anchor] = y_scaled.sub_(mean).round_().to(torch.int64).numpy()[:, ~is_anchor]
+        non_anchor = torch.from_numpy(~is_anchor)
+        symbols[:, ~is_anchor] = torch.round(y_scaled[:, non_anchor] - mean[:, non_anchor]).to(torch.int64).numpy()
         del y_scaled
         if search.passes > 0:
             symbols = self._search(rgb, quality, mean, table_ids, symbols, _half(search, 1), ~is_anchor)
@@ -263,17 +264,13 @@ class BaseCodec:
         """The hyper-latents, then the latents; with a context model the anchors' before the rest."""
         encoder = constriction.stream.queue.RangeEncoder()
         encode_values(encoder, latents.hyper, self._hyper_table_ids(latents.hyper.shape), self.weights.hyper_tables)
-        for part in self._latent_parts(latents.symbols.shape[1:]):
-            encode_values(encoder, latents.symbols[:, part], latents.table_ids[:, part], self.weights.latent_tables)
-        return encoder.get_compressed().astype("<u4").tobytes()
-
-    def _latent_parts(self, grid: tuple[int, ...]) -> list[Any]:
-        """The latent grid's positions in the order the stream codes them: `...` for all of them
-        at once, or boolean masks of (h, w)."""
         if self._context64 is None:
-            return [...]
-        is_anchor = anchor_mask(*grid).numpy()
-        return [is_anchor, ~is_anchor]
+            encode_values(encoder, latents.symbols, latents.table_ids, self.weights.latent_tables)
+        else:
+            is_anchor = anchor_mask(*latents.symbols.shape[1:]).numpy()
+            for part in (is_anchor, ~is_anchor):
+                encode_values(encoder, latents.symbols[:, part], latents.table_ids[:, part], self.weights.latent_tables)
+        return encoder.get_compressed().astype("<u4").tobytes()
 
     def read_stream(self, payload: bytes, width: int, height: int) -> Latents:
         if len(payload) % 4:
@@ -281,17 +278,23 @@ class BaseCodec:
         padded_height, padded_width = padded_size(height, width)
         hyper_shape = (self.model.config.channels, padded_height // HYPER_STRIDE, padded_width // HYPER_STRIDE)
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        tables = self.weights.latent_tables
         try:
             decoder = constriction.stream.queue.RangeDecoder(words)
             hyper = decode_values(decoder, self._hyper_table_ids(hyper_shape), self.weights.hyper_tables)
             hyper = hyper.reshape(hyper_shape)
             mean, table_ids, scale = self._hyper_parameters(hyper)
-            symbols = np.zeros(table_ids.shape, dtype=np.int64)
-            for index, part in enumerate(self._latent_parts(table_ids.shape[1:])):
-                if index > 0:  # the non-anchors' tables come from the anchors just decoded
-                    self._refine_non_anchors(symbols, mean, scale, table_ids)
-                symbols[:, part] = decode_values(decoder, table_ids[:, part], self.weights.latent_tables).reshape(
-                    symbols[:, part].shape)
+            if scale is None:
+                symbols = decode_values(decoder, table_ids, tables).reshape(table_ids.shape)
+            else:  # the anchors, then the rest under the tables the anchors give them
+                is_anchor = anchor_mask(*table_ids.shape[1:]).numpy()
+                symbols = np.zeros(table_ids.shape, dtype=np.int64)
+                symbols[:, is_anchor] = decode_values(decoder, table_ids[:, is_anchor], tables).reshape(
+                    table_ids.shape[0], -1)
+                self._refine_non_anchors(symbols, mean, scale, table_ids)
+                del scale
+                symbols[:, ~is_anchor] = decode_values(decoder, table_ids[:, ~is_anchor], tables).reshape(
+                    table_ids.shape[0], -1)
         except (ValueError, RuntimeError, OverflowError, AssertionError) as error:
             # constriction reports data that no symbol sequence could produce by an assertion
             raise CorruptFileError(f"corrupt .drc file (latent stream: {error})") from None

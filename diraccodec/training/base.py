@@ -7,6 +7,7 @@ resumes it (model, Adam moments, data and noise RNG); a resumed run keeps its st
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -57,11 +58,14 @@ def rate_distortion_loss(
 def train_base(options: BaseTrainingOptions, console: Console | None = None) -> TrainingState:
     console = console or Console(stderr=True)
     torch.manual_seed(options.seed)
-    if state_exists(options.checkpoint):  # a resumed run keeps its state's size and context
+    started_from = None
+    if state_exists(options.checkpoint):  # a resumed run keeps its state's size, context and ladder
         model = MultiRateHyperprior(
             HyperpriorConfig.from_fields(load_checkpoint_metadata(options.checkpoint).metadata["config"]))
+        if options.start_from is not None or options.lambdas is not None or options.context != model.config.context:
+            console.print("note: resuming the saved state; --start-from, --lambdas and --context apply to new runs")
     else:
-        model = _new_model(options, console)
+        model, started_from = _new_model(options, console)
     config = model.config
     run = start_run(model, options, console)
     console.print(f"loading training images from {', '.join(map(str, options.data))}")
@@ -78,6 +82,8 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
             "data": [str(p) for p in options.data],
         }
     )
+    if started_from is not None:  # kept by every later save of this state
+        run.state.metadata["started_from"] = started_from
 
     def next_loss() -> dict[str, torch.Tensor]:
         batch = sampler.batch(options.batch_size)
@@ -87,15 +93,17 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
     return run_loop(run, options, next_loss, console, options.batch_size * options.patch_size**2)
 
 
-def _new_model(options: BaseTrainingOptions, console: Console) -> MultiRateHyperprior:
-    """A fresh run's model: from scratch, or from the weights of options.start_from."""
+def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRateHyperprior, str | None]:
+    """A fresh run's model: from scratch, or from the weights of options.start_from (whose
+    weights id it also returns, for the state's record)."""
     lambdas = {} if options.lambdas is None else {"lambdas": check_lambdas(options.lambdas)}
     if options.start_from is None:
         return MultiRateHyperprior(HyperpriorConfig(options.channels, options.latent_channels,
-                                                    context=options.context, **lambdas))
+                                                    context=options.context, **lambdas)), None
     from diraccodec.modelfiles import load_base_weights
 
-    start = load_base_weights(Path(options.start_from).resolve()).model
+    loaded = load_base_weights(Path(options.start_from).resolve())
+    start = loaded.model
     model = MultiRateHyperprior(replace(start.config, context=options.context, **lambdas))
     weights = {k: v for k, v in start.state_dict().items() if k not in ("log_gain", "log_inverse_gain")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -108,13 +116,14 @@ def _new_model(options: BaseTrainingOptions, console: Console) -> MultiRateHyper
         model.log_inverse_gain.copy_(
             gains_on_ladder(start.log_inverse_gain, start.config.lambdas, model.config.lambdas))
     console.print(f"starting from {options.start_from}" + (" (a new context model)" if new_context else ""))
-    return model
+    return model, loaded.weights_id.hex()
 
 
 def check_lambdas(lambdas: tuple[float, ...]) -> tuple[float, ...]:
     """A ladder of as many levels as the codec's interface has (-q 1 to 8), rising strictly."""
     count = len(DEFAULT_LAMBDAS)
-    if len(lambdas) != count or any(value <= 0 for value in lambdas) or list(lambdas) != sorted(set(lambdas)):
+    if (len(lambdas) != count or any(not (math.isfinite(value) and value > 0) for value in lambdas)
+            or list(lambdas) != sorted(set(lambdas))):
         raise DiracError(f"--lambdas takes {count} positive values in ascending order, got "
                          f"{','.join(f'{value:g}' for value in lambdas)}")
     return tuple(float(value) for value in lambdas)
