@@ -27,6 +27,14 @@ def active_context(latent_channels: int, seed: int = 0) -> CheckerboardContext:
     return context
 
 
+def coding_path(context: CheckerboardContext, symbols: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor):
+    """The float64 path's chunks, joined: the non-anchors' (M, P) mean and scale in raster order."""
+    chunks = list(context_parameters64(context, symbols, mean, scale))
+    positions = torch.cat([chunk[0] for chunk in chunks])
+    assert torch.equal(positions, (~anchor_mask(*mean.shape[1:])).flatten().nonzero().squeeze(1))
+    return torch.cat([chunk[1] for chunk in chunks], 1), torch.cat([chunk[2] for chunk in chunks], 1)
+
+
 def test_the_coding_path_computes_what_the_masked_convolution_does(monkeypatch):
     context = active_context(6).double()
     y_hat, mean, scale = torch.randn(3, 1, 6, 9, 11, dtype=torch.float64)
@@ -34,13 +42,14 @@ def test_the_coding_path_computes_what_the_masked_convolution_does(monkeypatch):
     dense_mean, dense_scale = context(y_hat, mean, scale)
     non_anchor = ~anchor_mask(9, 11)
     monkeypatch.setattr(context_module, "POSITIONS_AT_ONCE", 7)  # several chunks, one of them short
-    sparse_mean, sparse_scale = context_parameters64(context, y_hat[0], mean[0], scale[0])
+    symbols = (y_hat - mean)[0]
+    sparse_mean, sparse_scale = coding_path(context, symbols, mean[0], scale[0])
     torch.testing.assert_close(sparse_mean, dense_mean[0][:, non_anchor], rtol=0, atol=1e-12)
     torch.testing.assert_close(sparse_scale, dense_scale[0][:, non_anchor], rtol=0, atol=1e-12)
     assert not torch.allclose(sparse_mean, mean[0][:, non_anchor])  # the context did change the mean
     # a non-anchor's prediction reads the anchors alone
-    other = torch.where(non_anchor, torch.randn_like(y_hat[0]), y_hat[0])
-    assert torch.equal(context_parameters64(context, other, mean[0], scale[0])[0], sparse_mean)
+    other = torch.where(non_anchor, torch.randn_like(symbols), symbols)
+    assert torch.equal(coding_path(context, other, mean[0], scale[0])[0], sparse_mean)
 
 
 @pytest.fixture(scope="module")

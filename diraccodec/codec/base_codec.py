@@ -155,14 +155,14 @@ class BaseCodec:
         """Replace the non-anchors' mean and table, in place, by the context model's prediction
         from the anchors' symbols (non-anchor symbols are not read)."""
         assert self._context64 is not None and scale is not None, "only weights with a context model refine"
-        is_anchor = anchor_mask(*symbols.shape[1:])
-        anchors_hat = torch.from_numpy(symbols).double().add_(mean).mul_(is_anchor)
+        symbols_tensor = torch.from_numpy(symbols)
+        flat_mean, flat_table_ids = mean.view(mean.shape[0], -1), table_ids.view()
+        flat_table_ids.shape = (table_ids.shape[0], -1)  # raises rather than copy: the writes must land
         with self._exact_sums():
-            context_mean, context_scale = context_parameters64(self._context64, anchors_hat, mean, scale)
-        del anchors_hat
-        non_anchor = ~is_anchor
-        mean[:, non_anchor] = context_mean
-        table_ids[:, non_anchor.numpy()] = snap_scales(context_scale.numpy(), self.weights.latent_scales)
+            for positions, chunk_mean, chunk_scale in context_parameters64(self._context64, symbols_tensor, mean,
+                                                                           scale):
+                flat_mean[:, positions] = chunk_mean
+                flat_table_ids[:, positions.numpy()] = snap_scales(chunk_scale.numpy(), self.weights.latent_scales)
 
     def _hyper_table_ids(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
@@ -220,14 +220,16 @@ class BaseCodec:
         # With a context model, the anchors first (the non-anchors round against the hyperprior's
         # mean meanwhile), then the non-anchors against the mean the final anchors give them.
         is_anchor = anchor_mask(*y_scaled.shape[1:]).numpy()
-        symbols = (y_scaled - mean).round_().to(torch.int64).numpy()
+        non_anchor = torch.from_numpy(~is_anchor)
+        y_rest = y_scaled[:, non_anchor]
+        symbols = y_scaled.sub_(mean).round_().to(torch.int64).numpy()  # in place, as above
+        del y_scaled
         if search.passes > 0:
             symbols = self._search(rgb, quality, mean, table_ids, symbols, _half(search, 0), is_anchor)
         self._refine_non_anchors(symbols, mean, scale, table_ids)
         del scale
-        non_anchor = torch.from_numpy(~is_anchor)
-        symbols[:, ~is_anchor] = torch.round(y_scaled[:, non_anchor] - mean[:, non_anchor]).to(torch.int64).numpy()
-        del y_scaled
+        symbols[:, ~is_anchor] = y_rest.sub_(mean[:, non_anchor]).round_().to(torch.int64).numpy()
+        del y_rest
         if search.passes > 0:
             symbols = self._search(rgb, quality, mean, table_ids, symbols, _half(search, 1), ~is_anchor)
         return Latents(hyper, symbols, mean, table_ids)

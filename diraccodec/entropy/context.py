@@ -14,6 +14,8 @@ result up to float64 rounding, and the same bits in the encoder and the decoder.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -68,33 +70,35 @@ class CheckerboardContext(nn.Module):
 
 @torch.no_grad()
 def context_parameters64(
-    context: CheckerboardContext, y_hat: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The non-anchors' mean and scale, (M, P) in raster order, in the module's float64.
+    context: CheckerboardContext, symbols: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The non-anchors' mean and scale in the module's float64, chunk by chunk: (positions, mean,
+    scale), positions as flat indices of the (h, w) grid in raster order, the others (M, chunk).
 
-    y_hat, mean and scale are (M, h, w) float64; only y_hat's anchors are read. The sums run
-    in a fixed order (tap by tap, then the 1x1 layers) over chunks whose bounds depend on the
-    grid's size alone, so an encoder and a decoder compute the same values.
+    The anchors are `symbols + mean` (symbols (M, h, w) of any type; only the anchors' are read);
+    mean and scale, (M, h, w) float64, are the hyperprior's. The sums run in a fixed order (tap
+    by tap, then the 1x1 layers) over chunks whose bounds depend on the grid's size alone, so an
+    encoder and a decoder compute the same values. A caller may overwrite each chunk's mean once
+    it has it: a chunk reads the mean of its own positions and, through the anchors, no other.
     """
-    channels, rows, columns = y_hat.shape
+    channels, rows, columns = mean.shape
     pad = context.context.kernel_size[0] // 2
-    padded = F.pad(y_hat, (pad, pad, pad, pad))
+    padded = mean.new_zeros(channels, rows + 2 * pad, columns + 2 * pad)
+    anchors = padded[:, pad : pad + rows, pad : pad + columns]  # built in place: one image-sized buffer
+    anchors.copy_(symbols).add_(mean).mul_(anchor_mask(rows, columns))
     taps = _context_taps(context.context.kernel_size[0])
     weight = context.context.weight
     first, _, last = context.parameters_net
+    flat_mean, flat_scale = mean.view(channels, -1), scale.reshape(channels, -1)
     positions = (~anchor_mask(rows, columns)).flatten().nonzero().squeeze(1)
-    out_mean = torch.empty(channels, positions.numel(), dtype=y_hat.dtype)
-    out_scale = torch.empty_like(out_mean)
     for start in range(0, positions.numel(), POSITIONS_AT_ONCE):
         chunk = positions[start : start + POSITIONS_AT_ONCE]
         row, column = chunk // columns, chunk % columns
         features = context.context.bias[:, None].expand(-1, chunk.numel()).clone()
         for dy, dx in taps:
             features.addmm_(weight[:, :, dy, dx], padded[:, row + dy, column + dx])
-        chunk_mean, chunk_scale = mean.flatten(1)[:, chunk], scale.flatten(1)[:, chunk]
+        chunk_mean, chunk_scale = flat_mean[:, chunk], flat_scale[:, chunk]
         hidden = torch.cat([chunk_mean, chunk_scale, features])
         hidden = F.leaky_relu(torch.addmm(first.bias[:, None], first.weight[:, :, 0, 0], hidden), NEGATIVE_SLOPE)
         change = torch.addmm(last.bias[:, None], last.weight[:, :, 0, 0], hidden)
-        out_mean[:, start : start + chunk.numel()] = chunk_mean + change[:channels]
-        out_scale[:, start : start + chunk.numel()] = (chunk_scale + change[channels:]).abs()
-    return out_mean, out_scale
+        yield chunk, chunk_mean + change[:channels], (chunk_scale + change[channels:]).abs()
