@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +26,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from diraccodec.codec.base_codec import BaseCodec  # noqa: E402
-from diraccodec.codec.hyperprior import MultiRateHyperprior  # noqa: E402
 from diraccodec.image.planes import IMAGE_SUFFIXES  # noqa: E402
 from diraccodec.modelfiles import default_weights_path, export_base_weights, load_base_weights  # noqa: E402
+from diraccodec.training.base import model_from_weights  # noqa: E402
 from diraccodec.transforms.search import SearchSettings  # noqa: E402
 
 
@@ -57,11 +56,9 @@ def time_stages(codec: BaseCodec, rgb: np.ndarray, quality: float, repeat: int) 
 
 
 def with_context(weights: Path, folder: Path) -> Path:
-    plain = load_base_weights(weights).model
-    model = MultiRateHyperprior(replace(plain.config, context="checkerboard"))
-    model.load_state_dict(plain.state_dict(), strict=False)
     path = folder / "base-context.safetensors"
-    export_base_weights(model, path, {"purpose": "timing"})
+    export_base_weights(model_from_weights(load_base_weights(weights).model, "checkerboard"), path,
+                        {"purpose": "timing"})
     return path
 
 

@@ -3,7 +3,7 @@
     python scripts/ladder_rates.py ../shared/data/train/bsds500 --images 16 --lowest 0.0005,0.0002,0.0001
 
 For each candidate, level 1's lambda is replaced and its gains carried over from the base
-weights' ladder as a new run would start them (`diraccodec.training.base.gains_on_ladder`:
+weights' ladder as a new run would start them (`diraccodec.training.base.model_from_weights`:
 extended along the end segment below the lowest level). Prints the bits per pixel of the
 latent streams and the PSNR (of the pooled squared error) of the base synthesis at level 1,
 plainly rounded. It reads training photos only: the held-out ones are skipped, and the
@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,18 +27,13 @@ if str(ROOT) not in sys.path:
 from diraccodec.codec.base_codec import BaseCodec  # noqa: E402
 from diraccodec.codec.hyperprior import MultiRateHyperprior  # noqa: E402
 from diraccodec.modelfiles import default_weights_path, export_base_weights, load_base_weights  # noqa: E402
-from diraccodec.training.base import gains_on_ladder  # noqa: E402
+from diraccodec.training.base import model_from_weights  # noqa: E402
 from diraccodec.training.data import training_images  # noqa: E402
 
 
 def with_lowest(start: MultiRateHyperprior, lowest: float, folder: Path) -> BaseCodec:
     """A codec whose level 1 has lambda `lowest`, its gains as a new run would start them."""
-    ladder = (lowest, *start.config.lambdas[1:])
-    model = MultiRateHyperprior(replace(start.config, lambdas=ladder))
-    model.load_state_dict(start.state_dict())
-    with torch.no_grad():
-        model.log_gain.copy_(gains_on_ladder(start.log_gain, start.config.lambdas, ladder))
-        model.log_inverse_gain.copy_(gains_on_ladder(start.log_inverse_gain, start.config.lambdas, ladder))
+    model = model_from_weights(start, lambdas=(lowest, *start.config.lambdas[1:]))
     path = folder / f"base-{lowest:g}.safetensors"
     export_base_weights(model, path, {"purpose": "ladder"})
     return BaseCodec(load_base_weights(path))

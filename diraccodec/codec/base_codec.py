@@ -103,16 +103,11 @@ class BaseCodec:
 
         return mix(self._log_gain64), mix(self._log_inverse_gain64)
 
-    def entropy_parameters(
-        self, hyper: np.ndarray, symbols: np.ndarray | None = None
-    ) -> tuple[torch.Tensor, np.ndarray]:
-        """Mean (float64) and table index (int16) of every latent, from integer hyper-latents
-        and, with a context model, the anchors among `symbols`: the same on every machine, so the
-        decoder rebuilds the encoder's tables. A context model without `symbols` gives the
-        hyperprior's prediction, which is final at the anchors only."""
-        mean, table_ids, scale = self._hyper_parameters(hyper)
-        if self._context64 is not None and symbols is not None:
-            self._refine_non_anchors(symbols, mean, scale, table_ids)
+    def entropy_parameters(self, hyper: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Mean (float64) and table index (int16) of every latent, from integer hyper-latents: the
+        same on every machine, so the decoder rebuilds the encoder's tables. With a context model
+        they are final at the anchors only; the rest follow from the anchors' symbols."""
+        mean, table_ids, _ = self._hyper_parameters(hyper)
         return mean, table_ids
 
     def _exact_sums(self) -> contextlib.AbstractContextManager[None]:
@@ -211,19 +206,18 @@ class BaseCodec:
         if search.passes > 0 and rgb is None:
             raise ValueError("the search needs the image")
         mean, table_ids, scale = self._hyper_parameters(hyper)
-        if self._context64 is None:
-            symbols = y_scaled.sub_(mean).round_().to(torch.int64).numpy()  # in place: image-sized float64
-            del y_scaled
+        # With a context model the non-anchors are rounded again once the anchors set their mean,
+        # so their scaled latents are kept aside.
+        non_anchor = None if scale is None else ~anchor_mask(*y_scaled.shape[1:])
+        y_rest = None if non_anchor is None else y_scaled[:, non_anchor]
+        symbols = y_scaled.sub_(mean).round_().to(torch.int64).numpy()  # in place: image-sized float64
+        del y_scaled
+        if non_anchor is None:
             if search.passes > 0:
                 symbols = self._search(rgb, quality, mean, table_ids, symbols, search)
             return Latents(hyper, symbols, mean, table_ids)
-        # With a context model, the anchors first (the non-anchors round against the hyperprior's
-        # mean meanwhile), then the non-anchors against the mean the final anchors give them.
-        is_anchor = anchor_mask(*y_scaled.shape[1:]).numpy()
-        non_anchor = torch.from_numpy(~is_anchor)
-        y_rest = y_scaled[:, non_anchor]
-        symbols = y_scaled.sub_(mean).round_().to(torch.int64).numpy()  # in place, as above
-        del y_scaled
+        # The anchors first, then the non-anchors against the mean the final anchors give them.
+        is_anchor = ~non_anchor.numpy()
         if search.passes > 0:
             symbols = self._search(rgb, quality, mean, table_ids, symbols, _half(search, 0), is_anchor)
         self._refine_non_anchors(symbols, mean, scale, table_ids)

@@ -96,27 +96,39 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
 def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRateHyperprior, str | None]:
     """A fresh run's model: from scratch, or from the weights of options.start_from (whose
     weights id it also returns, for the state's record)."""
-    lambdas = {} if options.lambdas is None else {"lambdas": check_lambdas(options.lambdas)}
+    ladder = None if options.lambdas is None else check_lambdas(options.lambdas)
     if options.start_from is None:
         return MultiRateHyperprior(HyperpriorConfig(options.channels, options.latent_channels,
-                                                    context=options.context, **lambdas)), None
+                                                    ladder or DEFAULT_LAMBDAS, options.context)), None
     from diraccodec.modelfiles import load_base_weights
 
     loaded = load_base_weights(Path(options.start_from).resolve())
-    start = loaded.model
-    model = MultiRateHyperprior(replace(start.config, context=options.context, **lambdas))
-    weights = {k: v for k, v in start.state_dict().items() if k not in ("log_gain", "log_inverse_gain")}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    new_context = [key for key in missing if key.startswith("context.")]
-    if unexpected or len(missing) != len(new_context) + 2:
-        raise DiracError(f"{options.start_from} does not fit a {options.context} context model: "
-                         f"{', '.join([*unexpected, *missing][:3])} ...")
+    try:
+        model = model_from_weights(loaded.model, options.context, ladder)
+    except ValueError as error:
+        raise DiracError(f"{options.start_from} does not fit a {options.context} context model: {error}") from None
+    new_context = loaded.model.context is None and model.context is not None
+    console.print(f"starting from {options.start_from}" + (" (a new context model)" if new_context else ""))
+    return model, loaded.weights_id.hex()
+
+
+def model_from_weights(start: MultiRateHyperprior, context: str | None = None,
+                       lambdas: tuple[float, ...] | None = None) -> MultiRateHyperprior:
+    """A model with `start`'s size, transforms and hyperprior, the given context model (None:
+    start's) and ladder (None: start's), its gains carried over to the ladder. A context model
+    that start lacks begins at zero, so the new model codes exactly as start does."""
+    model = MultiRateHyperprior(replace(start.config, context=context or start.config.context,
+                                        lambdas=lambdas or start.config.lambdas))
+    gains = ("log_gain", "log_inverse_gain")  # carried over below, whatever the ladders' lengths
+    missing, unexpected = model.load_state_dict(
+        {key: value for key, value in start.state_dict().items() if key not in gains}, strict=False)
+    if unexpected or any(key not in gains and not key.startswith("context.") for key in missing):
+        raise ValueError(f"{', '.join([*unexpected, *missing][:3])} ...")
     with torch.no_grad():
         model.log_gain.copy_(gains_on_ladder(start.log_gain, start.config.lambdas, model.config.lambdas))
         model.log_inverse_gain.copy_(
             gains_on_ladder(start.log_inverse_gain, start.config.lambdas, model.config.lambdas))
-    console.print(f"starting from {options.start_from}" + (" (a new context model)" if new_context else ""))
-    return model, loaded.weights_id.hex()
+    return model
 
 
 def check_lambdas(lambdas: tuple[float, ...]) -> tuple[float, ...]:
