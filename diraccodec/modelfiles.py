@@ -156,6 +156,12 @@ def _unet_file(path: Path, kind: str) -> tuple[ResidualUNet, bytes, dict[str, st
         raise DiracError(f"{path} is not a diraccodec {kind} weights file ({error})") from None
 
 
+def load_unet_weights(path: Path) -> ResidualUNet:
+    """The U-Net of a diffusion decoder's or a restoration filter's weights file (the two share
+    the architecture), for a training run to start from."""
+    return _unet_file(Path(path).resolve(), "diffusion or restoration")[0]
+
+
 def _export_unet(model: ResidualUNet, base_weights_id: bytes, path: Path, info: dict[str, object],
                  **extra: str) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -275,6 +281,19 @@ def _save_listed(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
     os.chmod(temporary, 0o644)  # safetensors creates it readable by its owner only
     os.replace(temporary, path)
     record_in_manifest(path)
+
+
+def write_half_precision_copy(source: Path, destination: Path) -> None:
+    """A copy of a weights file with the model's parameters in float16, about half the size, to
+    carry a training run's start where the bytes that travel are few. The entropy tables and
+    the metadata are kept; the copy records the original's id and is listed in the manifest
+    beside it. It is a start for training, not for coding: its parameters are rounded, its
+    tables are the original's."""
+    data, digest = read_verified(Path(source))
+    tensors, metadata = _parse(Path(source), data)
+    halved = {name: tensor.half() if name.startswith("model.") and tensor.is_floating_point() else tensor
+              for name, tensor in tensors.items()}
+    _save_listed(halved, {**metadata, "half_precision_copy_of": digest[:16]}, Path(destination))
 
 
 def read_manifest(folder: Path) -> dict[str, dict[str, object]]:

@@ -108,8 +108,9 @@ def parser() -> argparse.ArgumentParser:
     stages.add_argument("--level-range", type=numbers(float, 2), metavar="LOW,HIGH")
     stages.add_argument("--on-restored", type=Path, help="Enhance this restoration filter's output (diffusion).")
     cli.add_argument("--start-from", type=Path, help="Weights a new run starts from: base weights for the base "
-                     "(default: none; a context model they lack starts at zero), diffusion weights for the "
-                     "restoration filter (default: the shipped diffusion decoder).")
+                     "(default: none; a context model they lack starts at zero); diffusion or restoration "
+                     "weights for the U-Nets (default: none for the diffusion decoder, the shipped diffusion "
+                     "decoder for the restoration filter).")
     stages.add_argument("--from-scratch", action="store_true", help="A new restoration run starts from the identity.")
     results = cli.add_argument_group("results")
     results.add_argument("--export", type=Path, help="Write inference weights here at the end.")
@@ -146,7 +147,7 @@ def training_options(arguments: argparse.Namespace, state: Path) -> LoopOptions:
             **common, **widths, base_weights=arguments.weights, blocks=arguments.blocks,
             lpips_weight=arguments.lpips_weight, own_prediction_fraction=arguments.own_prediction_fraction,
             relative_loss=arguments.relative_loss, level_range=arguments.level_range,
-            restoration_weights=arguments.on_restored)
+            restoration_weights=arguments.on_restored, start_from=arguments.start_from)
     return RestorationTrainingOptions(**common, base_weights=arguments.weights,
                                       start_from=None if arguments.from_scratch else
                                       arguments.start_from or DEFAULT_DIFFUSION_WEIGHTS)
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(log, "a") as log_file:
         console = Console(file=_Tee(sys.stderr, log_file), soft_wrap=True)
         device = torch.cuda.get_device_name(options.device) if options.device.startswith("cuda") else "cpu"
-        console.print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)} | torch {torch.__version__} "
+        command = " ".join(["scripts/train_gpu.py", *(sys.argv[1:] if argv is None else argv)])
+        console.print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {command} | torch {torch.__version__} "
                       f"on {device}", markup=False, highlight=False)
         try:
             TRAINERS[arguments.model](options, console)

@@ -87,12 +87,16 @@ def train_base_command(data: tuple[Path, ...], context: str, start_from: Path | 
               help="Train only on rate levels in this range (default: all of the base's levels).")
 @click.option("--blocks", type=click.IntRange(1), default=None,
               help="Residual blocks per resolution of the U-Net: a new run's depth; a checkpoint with fewer is "
-                   "deepened, the new blocks starting as the identity (default: the checkpoint's, or 1).")
+                   "deepened, the new blocks starting as the identity (default: the checkpoint's or the "
+                   "start's, else 1).")
 @click.option("--on-restored", "restoration_weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Learn to enhance this restoration filter's output instead of the base synthesis.")
+@click.option("--start-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Diffusion or restoration weights whose U-Net a new run starts from, deepened to --blocks "
+                   "(default: a new U-Net).")
 @weights_option
 def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, level_range: str | None,
-                            restoration_weights: Path | None, **loop: Any) -> None:
+                            restoration_weights: Path | None, start_from: Path | None, **loop: Any) -> None:
     """Train the diffusion decoder on the frozen base codec's reconstructions."""
     from diraccodec.modelfiles import default_weights_path
     from diraccodec.training.diffusion import DiffusionTrainingOptions, train_diffusion
@@ -105,13 +109,14 @@ def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, level_
         levels = (bounds[0], bounds[1])
     train_diffusion(DiffusionTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(),
                                              level_range=levels, restoration_weights=restoration_weights,
-                                             **loop))
+                                             start_from=start_from, **loop))
 
 
 @train.command("restoration")
 @training_options("checkpoints/restoration", 4000)
 @click.option("--start-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Diffusion weights whose U-Net a fresh run starts from (default: the shipped ones).")
+              help="Diffusion or restoration weights whose U-Net a fresh run starts from (default: the shipped "
+                   "diffusion decoder).")
 @click.option("--from-scratch", is_flag=True, help="Start a fresh run from the identity, not a diffusion U-Net.")
 @weights_option
 def train_restoration_command(data: tuple[Path, ...], weights: Path | None, start_from: Path | None,

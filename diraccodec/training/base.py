@@ -67,7 +67,7 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
     else:
         model, started_from = _new_model(options, console)
     config = model.config
-    run = start_run(model, options, console)
+    run = start_run(model, options, console, from_weights=started_from is not None)
     console.print(f"loading training images from {', '.join(map(str, options.data))}")
     sampler = CropSampler(options.data, options.patch_size, generator=run.generator, device=run.device,
                           channels_last=run.channels_last)

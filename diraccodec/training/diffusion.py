@@ -24,6 +24,7 @@ from diraccodec.modelfiles import (
     export_diffusion_weights,
     load_base_weights,
     load_restoration_weights,
+    load_unet_weights,
 )
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
@@ -63,6 +64,9 @@ class DiffusionTrainingOptions(LoopOptions):
     level_range: tuple[float, float] | None = None
     # Learn to enhance the restoration filter's output (this file) rather than the base synthesis.
     restoration_weights: Path | None = None
+    # A new run starts from this diffusion decoder's (or restoration filter's) U-Net, deepened
+    # to `blocks` where that is more (None: a new U-Net of `widths`).
+    start_from: Path | None = None
 
 
 # Floor of a crop's squared base residual in the relative loss (model units; an RMS of 0.7% of
@@ -132,12 +136,19 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
     if not 1 <= lowest <= highest <= top_level:
         raise DiracError(f"--level-range {lowest:g},{highest:g} is outside the base's levels 1-{top_level}")
     config = ResidualUNetConfig(widths=tuple(options.widths), max_level=float(top_level), blocks=options.blocks or 1)
+    unet = None
     if state_exists(options.checkpoint):
         if options.blocks and deepen_checkpoint(options.checkpoint, options.blocks):
             console.print(f"deepened {options.checkpoint} to {options.blocks} blocks per resolution (the new "
                           "blocks start as the identity; Adam moments and weight average start afresh)")
         config = ResidualUNetConfig.from_fields(load_checkpoint_metadata(options.checkpoint).metadata["config"])
-    run = start_run(ResidualUNet(config), options, console)
+    elif options.start_from is not None:
+        unet = load_unet_weights(options.start_from)
+        unet = unet.deepened(max(options.blocks or 1, unet.config.blocks))
+        if unet.config.max_level != top_level:
+            raise DiracError(f"the U-Net knows {unet.config.max_level:g} levels, the base codec {top_level}")
+        console.print(f"starting from the U-Net of {options.start_from}")
+    run = start_run(unet or ResidualUNet(config), options, console, from_weights=unet is not None)
     trained_on = run.state.metadata.get("base_weights_id")
     if trained_on and trained_on != base_weights.weights_id.hex():
         console.print(f"note: the saved state was trained on base {trained_on}; continuing on "
@@ -157,7 +168,7 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
     crops = ReconstructedCrops(options.data, options.patch_size, options.batch_size, base_weights.model, run,
                                (lowest, highest), console, restoration.model if restoration else None)
     run.state.metadata.update({
-        "config": asdict(config),
+        "config": asdict(run.model.config),
         "base_weights_id": base_weights.weights_id.hex(),
         "lpips_weight": options.lpips_weight,
         "start_time": options.start_time,
@@ -167,6 +178,8 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
         "restoration_weights_id": restoration.weights_id.hex() if restoration else None,
         **crops.metadata,
     })
+    if not run.state.step:  # what a fresh run started from; a resumed run keeps the record
+        run.state.metadata["start_from"] = str(options.start_from) if unet is not None else None
 
     def next_loss() -> dict[str, torch.Tensor]:
         batch, base, levels = crops.draw()

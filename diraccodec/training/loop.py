@@ -62,8 +62,9 @@ class LoopOptions:
     # The step that `decay_from` counts from: 0 for a run to a total step count; the run's
     # first step under `minutes`, so a resumed run decays over the end of its own budget.
     schedule_start: int = 0
-    # A run that resumes without Adam moments (weights brought from elsewhere) ramps its
-    # learning rate up over this many steps instead of taking full-size steps blind.
+    # A run without Adam moments (resumed from a copy without them, or started from trained
+    # weights) ramps its learning rate up over this many steps instead of taking full-size
+    # steps blind.
     warmup_steps: int = 200
     # Decay of the moving average of the weights that export ships (0: none, the last step's
     # weights are shipped). 0.999 averages over about the last thousand steps.
@@ -117,8 +118,12 @@ class TrainingRun:
                                self.average, options.part_bytes, moments_dtype)
 
 
-def start_run(model: torch.nn.Module, options: LoopOptions, console: Console) -> TrainingRun:
-    """Put the model on its device, seed the data generator, and resume from the saved state when there is one."""
+def start_run(model: torch.nn.Module, options: LoopOptions, console: Console,
+              from_weights: bool = False) -> TrainingRun:
+    """Put the model on its device, seed the data generator, and resume from the saved state when there is one.
+
+    from_weights: the model holds trained weights (a new run started from them); without Adam
+    moments its learning rate ramps up, as for a resumed run that has none."""
     started = time.monotonic()
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -136,7 +141,7 @@ def start_run(model: torch.nn.Module, options: LoopOptions, console: Console) ->
     optimizer = torch.optim.Adam(trainable, lr=options.learning_rate, fused=True if on_cuda else None)
     generator = torch.Generator(device).manual_seed(options.seed)
     state = TrainingState(step=0, seconds=0.0, metadata={})
-    warmup_from = None
+    warmup_from = 0 if from_weights else None
     average = WeightAverage(model, options.average_decay) if options.average_decay > 0 else None
     if state_exists(options.checkpoint):
         state = load_checkpoint(options.checkpoint, model, optimizer, generator, average)

@@ -21,7 +21,7 @@ from diraccodec.modelfiles import (
     DEFAULT_DIFFUSION_WEIGHTS,
     export_restoration_weights,
     load_base_weights,
-    load_diffusion_weights,
+    load_unet_weights,
 )
 from diraccodec.restoration.filter import RestorationFilter
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
@@ -41,8 +41,8 @@ class RestorationTrainingOptions(LoopOptions):
     base_weights: Path = DEFAULT_BASE_WEIGHTS
     batch_size: int = 8
     patch_size: int = 128
-    # A fresh run starts from this diffusion decoder's U-Net (None: from scratch, which
-    # starts as the identity: the output layer is zero).
+    # A fresh run starts from this diffusion decoder's or restoration filter's U-Net (None: from
+    # scratch, which starts as the identity: the output layer is zero).
     start_from: Path | None = DEFAULT_DIFFUSION_WEIGHTS
 
 
@@ -69,9 +69,8 @@ def train_restoration(options: RestorationTrainingOptions, console: Console | No
     if state_exists(options.checkpoint):
         config = ResidualUNetConfig.from_fields(load_checkpoint_metadata(options.checkpoint).metadata["config"])
     elif options.start_from is not None:
-        diffusion = load_diffusion_weights(Path(options.start_from).resolve())
-        assert diffusion is not None  # an explicit path loads or raises
-        starting_unet, config = diffusion.model, diffusion.model.config
+        starting_unet = load_unet_weights(options.start_from)
+        config = starting_unet.config
     if config.max_level != top_level:
         raise DiracError(f"the U-Net knows {config.max_level:g} levels, the base codec {top_level}")
     unet = ResidualUNet(config)
@@ -79,7 +78,7 @@ def train_restoration(options: RestorationTrainingOptions, console: Console | No
         unet.load_state_dict(starting_unet.state_dict())
         console.print(f"starting from the U-Net of {options.start_from}")
     restorer = RestorationFilter(unet)
-    run = start_run(restorer, options, console)
+    run = start_run(restorer, options, console, from_weights=starting_unet is not None)
     trained_on = run.state.metadata.get("base_weights_id")
     if trained_on and trained_on != base_weights.weights_id.hex():
         console.print(f"note: the saved state was trained on base {trained_on}; continuing on "

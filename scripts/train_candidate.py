@@ -1,0 +1,296 @@
+"""Train a whole candidate model (base codec, restoration filter, diffusion decoder) in one short GPU run.
+
+A new base codec makes the shipped restoration filter and diffusion decoder unusable: both are
+tied to the base weights they were trained on. This script trains the three in turn within one
+time budget, each fine-tuned from a start, so that a single run returns a model that can be
+evaluated and shipped:
+
+    python scripts/train_candidate.py pack .gpu/start      # here: the start, in float16 (about 44 MiB)
+    python3 scripts/train_candidate.py train --start .gpu/start --data /tmp/shard --minutes 9 --output OUT
+    python scripts/train_candidate.py join OUT candidate/  # here: the weights, checked and listed
+
+`pack` writes float16 copies of the shipped weights and of the VGG16 LPIPS weights (the
+diffusion decoder's loss), small enough to travel with a training shard. `train` runs
+scripts/train_gpu.py's three trainings in one process: the base (by default with the
+checkerboard context model and the ladder down to 0.05 bpp), then the restoration filter and
+the diffusion decoder on the base it has just exported. Each stage ends by a deadline, its
+share of --minutes counted from the start, so a slow start shortens only its own stage. The
+output holds at most 6 files of at most 15 MiB: the base weights in parts, the two U-Nets,
+the log and candidate.json (each stage's summary, each file's SHA-256). `join` puts the base
+back together, checks every file, gives the diffusion decoder the sampler and finishing
+settings of a reference file (the shipped one by default), lists the three in a manifest
+and prints the evaluation command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+for folder in (ROOT, ROOT / "scripts"):  # a GPU machine runs the checkout without installing it
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+import torch  # noqa: E402
+import train_gpu  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from diraccodec.errors import DiracError  # noqa: E402
+from diraccodec.modelfiles import (  # noqa: E402
+    DEFAULT_DIFFUSION_WEIGHTS,
+    WEIGHTS_DIR,
+    load_base_weights,
+    load_diffusion_weights,
+    load_restoration_weights,
+    record_in_manifest,
+    replace_diffusion_settings,
+    write_half_precision_copy,
+)
+from diraccodec.perceptual.weights import CACHE_ENV, perceptual_weights  # noqa: E402
+from diraccodec.training.checkpoint import summary_path  # noqa: E402
+
+STAGES = ("base", "restoration", "diffusion")
+WEIGHTS = {stage: f"{stage}.safetensors" for stage in STAGES}
+LPIPS_NETWORK = "vgg16"  # the diffusion decoder's training loss (the evaluation uses AlexNet)
+# The ladder from 0.05 bpp (level 1, lambda 0.0001) to the shipped top level, geometric.
+LADDER = (0.0001, 0.000268, 0.00072, 0.00193, 0.00518, 0.0139, 0.0373, 0.1)
+PART_BYTES = 15 * 2**20  # returned files stay under 16 MiB
+SHORTEST_STAGE_MINUTES = 0.1  # a stage left no time still starts, saves and exports
+# Each stage's options beyond data, state, budget and export: how the shipped models trained
+# on a GPU (docs/models.md), at a learning rate for fine-tuning.
+STAGE_OPTIONS = {
+    "base": ["--lr", "1e-4"],
+    "restoration": ["--lr", "1e-4", "--average-decay", "0.998"],
+    "diffusion": ["--lr", "1e-4", "--average-decay", "0.999", "--lpips-weight", "1.0",
+                  "--own-prediction-fraction", "0.5"],
+}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pack(start: Path, weights: Path, lpips: bool) -> None:
+    """Float16 copies of the three weights files (listed in start's manifest) and of VGG16's LPIPS weights."""
+    for name in WEIGHTS.values():
+        write_half_precision_copy(weights / name, start / name)
+    if lpips:
+        folder = start / "lpips"
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = perceptual_weights(LPIPS_NETWORK)
+        halved = {name: tensor.half() for name, tensor in tensors.items()}
+        save_file(halved, str(folder / f"{LPIPS_NETWORK}.safetensors"))
+    files = sorted(path for path in start.rglob("*") if path.is_file())
+    for path in files:
+        print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB")
+    print(f"{start}: {sum(path.stat().st_size for path in files) / 2**20:.1f} MiB in all")
+
+
+def stage_arguments(stage: str, arguments: argparse.Namespace, budget: list[str]) -> list[str]:
+    """scripts/train_gpu.py's command line for one stage."""
+    work, start = arguments.work, arguments.start
+    batch, patch = arguments.batch_sizes[STAGES.index(stage)], arguments.patch_sizes[STAGES.index(stage)]
+    line = [stage, "--state", str(work / stage), "--batch-size", str(batch), "--patch-size", str(patch),
+            "--export", str(work / "weights" / WEIGHTS[stage]), "--seed", str(arguments.seed), *budget,
+            *STAGE_OPTIONS[stage]]
+    for folder in arguments.data:
+        line += ["--data", str(folder)]
+    if arguments.device:
+        line += ["--device", arguments.device]
+    if arguments.threads:
+        line += ["--threads", str(arguments.threads)]
+    if arguments.no_compile:
+        line.append("--no-compile")
+    if stage == "base":
+        line += ["--start-from", str(start / WEIGHTS["base"]), "--context", arguments.context,
+                 "--lambdas", ",".join(f"{value:g}" for value in arguments.lambdas)]
+    else:
+        line += ["--weights", str(work / "weights" / WEIGHTS["base"]), "--start-from", str(start / WEIGHTS[stage])]
+    return line
+
+
+def split_file(path: Path, output: Path, part_bytes: int) -> list[Path]:
+    """`path` as OUTPUT/NAME.1, NAME.2, ... of at most part_bytes each."""
+    data = path.read_bytes()
+    parts = []
+    for index, offset in enumerate(range(0, len(data), part_bytes), start=1):
+        part = output / f"{path.name}.{index}"
+        part.write_bytes(data[offset:offset + part_bytes])
+        parts.append(part)
+    return parts
+
+
+def stage_minutes(total: float, shares: Sequence[float], index: int, elapsed: float) -> float:
+    """Stage `index`'s budget: until its deadline, the sum of the shares up to it of `total`
+    minutes counted from the run's start, so a stage that overruns shortens only the next."""
+    deadline = total * sum(shares[: index + 1]) / sum(shares)
+    return max(deadline - elapsed, SHORTEST_STAGE_MINUTES)
+
+
+@contextmanager
+def lpips_weights_from(start: Path) -> Iterator[None]:
+    """The LPIPS loss reads the carried copy of its weights (where pack wrote one) while the stages run."""
+    previous = os.environ.get(CACHE_ENV)
+    if (start / "lpips" / f"{LPIPS_NETWORK}.safetensors").exists():
+        os.environ[CACHE_ENV] = str(start)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = previous
+
+
+def train(arguments: argparse.Namespace) -> int:
+    started = time.monotonic()
+    record: dict[str, Any] = {"minutes": arguments.minutes, "shares": dict(zip(STAGES, arguments.shares, strict=True)),
+                              "stages": {}}
+    status = 0
+    with lpips_weights_from(arguments.start):
+        for index, stage in enumerate(STAGES):
+            if arguments.steps:
+                budget = ["--steps", str(arguments.steps)]
+            else:
+                elapsed = (time.monotonic() - started) / 60
+                budget = ["--minutes", f"{stage_minutes(arguments.minutes, arguments.shares, index, elapsed):.3f}"]
+            line = stage_arguments(stage, arguments, budget)
+            print(f"== {stage}: scripts/train_gpu.py {' '.join(line)}", file=sys.stderr)
+            status = train_gpu.main(line)
+            summary = summary_path(arguments.work / stage)
+            record["stages"][stage] = json.loads(summary.read_text()) if summary.exists() else None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if status:
+                break
+    record["seconds"] = round(time.monotonic() - started, 1)
+    if arguments.output:
+        deliver(arguments, record)
+    return status
+
+
+def deliver(arguments: argparse.Namespace, record: dict[str, Any]) -> None:
+    """The weights (the base in parts), the stages' logs in one and candidate.json into --output."""
+    output, trained = arguments.output, arguments.work / "weights"
+    output.mkdir(parents=True, exist_ok=True)
+    record["files"] = {}
+    for stage in STAGES:
+        path = trained / WEIGHTS[stage]
+        if not path.exists():
+            continue
+        parts = split_file(path, output, PART_BYTES) if path.stat().st_size > PART_BYTES else \
+            [Path(shutil.copy2(path, output / path.name))]
+        record["files"][path.name] = {"sha256": sha256(path), "bytes": path.stat().st_size,
+                                      "parts": [part.name for part in parts]}
+    with open(output / "candidate.log", "w") as log:
+        for stage in STAGES:
+            stage_log = (arguments.work / stage).with_name(f"{stage}.log")
+            if stage_log.exists():
+                log.write(stage_log.read_text())
+    (output / "candidate.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def join(output: Path, destination: Path, settings_from: Path | None) -> None:
+    """The returned weights whole again, checked against candidate.json and tied together, in DESTINATION."""
+    try:
+        record = json.loads((output / "candidate.json").read_text())
+        files = {name: b"".join((output / part).read_bytes() for part in entry["parts"])
+                 for name, entry in record["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DiracError(f"{output} holds no complete candidate: {error}") from None
+    for name, data in files.items():
+        if hashlib.sha256(data).hexdigest() != record["files"][name]["sha256"]:
+            raise DiracError(f"{name} does not match candidate.json: a part is missing or damaged")
+    missing = [name for name in WEIGHTS.values() if name not in files]
+    if missing:
+        raise DiracError(f"the run returned no {', '.join(missing)}: see {output / 'candidate.log'}")
+    destination.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (destination / name).write_bytes(data)
+        record_in_manifest(destination / name)
+    base = load_base_weights(destination / WEIGHTS["base"])
+    restoration = load_restoration_weights(destination / WEIGHTS["restoration"])
+    diffusion = load_diffusion_weights(destination / WEIGHTS["diffusion"])
+    assert restoration is not None and diffusion is not None  # explicit paths load or raise
+    for name, tied_to in (("restoration", restoration.base_weights_id), ("diffusion", diffusion.base_weights_id)):
+        if tied_to != base.weights_id:
+            raise DiracError(f"the {name} weights name base {tied_to.hex()}, not the returned {base.weights_id.hex()}")
+    if settings_from is not None:
+        reference = load_diffusion_weights(settings_from.resolve())
+        assert reference is not None
+        replace_diffusion_settings(destination / WEIGHTS["diffusion"], destination / WEIGHTS["diffusion"],
+                                   reference.settings, reference.finishing)
+    print(f"{destination}: base {base.weights_id.hex()}, restoration and diffusion decoder on it")
+    print(f"evaluate: DIRAC_WEIGHTS={destination / WEIGHTS['base']} "
+          f"DIRAC_RESTORATION_WEIGHTS={destination / WEIGHTS['restoration']} "
+          f"DIRAC_DIFFUSION_WEIGHTS={destination / WEIGHTS['diffusion']} dirac eval ...")
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = cli.add_subparsers(dest="command", required=True)
+    packing = commands.add_parser("pack", help="Write the start: float16 copies of the weights and LPIPS VGG16.")
+    packing.add_argument("start", type=Path)
+    packing.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="Where the three weights files are "
+                         "(default: the shipped ones).")
+    packing.add_argument("--no-lpips", dest="lpips", action="store_false", help="Leave out LPIPS VGG16.")
+
+    training = commands.add_parser("train", help="Train the three models in turn within one budget.")
+    training.add_argument("--start", type=Path, required=True, help="A folder written by pack.")
+    training.add_argument("--data", type=Path, action="append", required=True, help="Photos or packed shards.")
+    budget = training.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=9.0, help="The whole run's budget (default 9).")
+    budget.add_argument("--steps", type=int, help="Train each stage to this many steps instead (tiny runs).")
+    training.add_argument("--shares", type=train_gpu.numbers(float, 3), default=(0.55, 0.12, 0.33),
+                          help="The stages' shares of --minutes (default 0.55,0.12,0.33).")
+    training.add_argument("--work", type=Path, default=Path(".gpu/candidate"),
+                          help="The stages' states and exported weights (default .gpu/candidate).")
+    training.add_argument("--output", type=Path, help="Where the weights, the log and candidate.json go.")
+    training.add_argument("--context", choices=("none", "checkerboard"), default="checkerboard")
+    training.add_argument("--lambdas", type=train_gpu.numbers(float, 8), default=LADDER,
+                          help="The base's ladder (default: 0.0001 ... 0.1, geometric).")
+    training.add_argument("--batch-sizes", type=train_gpu.numbers(int, 3), default=(64, 32, 32))
+    training.add_argument("--patch-sizes", type=train_gpu.numbers(int, 3), default=(256, 128, 128))
+    training.add_argument("--seed", type=int, default=0)
+    training.add_argument("--device", help="(default: CUDA where present)")
+    training.add_argument("--threads", type=int)
+    training.add_argument("--no-compile", action="store_true")
+
+    joining = commands.add_parser("join", help="Check the returned weights and put them in a folder of their own.")
+    joining.add_argument("output", type=Path, help="What train wrote to --output.")
+    joining.add_argument("destination", type=Path)
+    joining.add_argument("--settings-from", type=Path, default=DEFAULT_DIFFUSION_WEIGHTS,
+                         help="Diffusion weights whose sampler and finishing settings the candidate takes "
+                              "(default: the shipped ones).")
+    joining.add_argument("--trained-settings", dest="settings_from", action="store_const", const=None,
+                         help="Keep the settings the export wrote (no finishing).")
+    return cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parser().parse_args(argv)
+    try:
+        if arguments.command == "pack":
+            pack(arguments.start, arguments.weights, arguments.lpips)
+        elif arguments.command == "join":
+            join(arguments.output, arguments.destination, arguments.settings_from)
+        else:
+            return train(arguments)
+    except DiracError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""scripts/train_candidate.py: a whole candidate model (base, restoration filter, diffusion
+decoder) trained in one run from float16 copies of the shipped weights, returned in parts and
+joined into weights that code an image. Tiny on the CPU: a step per stage on photos made here."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from diraccodec.modelfiles import (
+    DEFAULT_BASE_WEIGHTS,
+    DEFAULT_DIFFUSION_WEIGHTS,
+    DEFAULT_RESTORATION_WEIGHTS,
+    DIFFUSION_ENV,
+    RESTORATION_ENV,
+    load_base_weights,
+    load_diffusion_weights,
+    load_unet_weights,
+    read_manifest,
+)
+from diraccodec.perceptual.weights import CACHE_ENV
+from tests.test_gpu_training import make_photos
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+@pytest.fixture(scope="module")
+def script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("train_candidate", SCRIPTS / "train_candidate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_half_precision_copy_rounds_the_parameters_and_keeps_the_tables(tmp_path):
+    from diraccodec.modelfiles import write_half_precision_copy
+
+    copy = tmp_path / "base.safetensors"
+    write_half_precision_copy(DEFAULT_BASE_WEIGHTS, copy)
+    assert copy.stat().st_size < 0.55 * DEFAULT_BASE_WEIGHTS.stat().st_size
+    assert read_manifest(tmp_path)["base.safetensors"]["bytes"] == copy.stat().st_size
+    with safe_open(str(copy), "pt") as half, safe_open(str(DEFAULT_BASE_WEIGHTS), "pt") as full:
+        assert half.metadata()["half_precision_copy_of"] == load_base_weights().weights_id.hex()
+        assert half.metadata()["config"] == full.metadata()["config"]
+        for name in sorted(full.keys()):
+            original, halved = full.get_tensor(name), half.get_tensor(name)
+            expected = original.half() if name.startswith("model.") and original.is_floating_point() else original
+            assert halved.dtype == expected.dtype and torch.equal(halved, expected), name
+    loaded = load_base_weights(copy).model.state_dict()  # loads as float32, the rounded values
+    shipped = load_base_weights().model.state_dict()
+    assert all(loaded[name].dtype == shipped[name].dtype for name in shipped)
+    assert all(torch.equal(loaded[name], shipped[name].half().to(shipped[name].dtype)) for name in shipped)
+
+
+def test_a_diffusion_run_starts_from_a_restoration_filter_deepened(tmp_path):
+    from diraccodec.training.diffusion import DiffusionTrainingOptions, export_diffusion_checkpoint, train_diffusion
+
+    photos = make_photos(tmp_path / "photos", ["a", "b"], size=(160, 128))
+    state, exported = tmp_path / "diffusion", tmp_path / "w" / "diffusion.safetensors"
+    options = DiffusionTrainingOptions(checkpoint=state, data=(photos,), steps=1, batch_size=1, patch_size=64,
+                                       threads=1, blocks=2, start_from=DEFAULT_RESTORATION_WEIGHTS)
+    train_diffusion(options)
+    export_diffusion_checkpoint(state, exported)
+    trained = load_diffusion_weights(exported)
+    assert trained is not None and trained.model.config.blocks == 2
+    start = load_unet_weights(DEFAULT_RESTORATION_WEIGHTS).state_dict()  # one block per resolution
+    # one step at the start of the learning-rate ramp (1/200 of 2e-4): the start, barely moved
+    gaps = [(trained.model.state_dict()[name] - start[name]).abs().max().item() for name in start]
+    assert max(gaps) < 1e-5 and max(gaps) > 0
+    added = set(trained.model.state_dict()) - set(start)
+    assert added and all(name.startswith("deeper_") for name in added)
+    assert json.loads(trained.metadata["info"])["start_from"] == str(DEFAULT_RESTORATION_WEIGHTS)
+
+
+def test_each_stage_ends_by_its_share_of_the_whole_budget(script):
+    shares = (0.5, 0.2, 0.3)
+    assert script.stage_minutes(10.0, shares, 0, elapsed=0.0) == pytest.approx(5.0)
+    assert script.stage_minutes(10.0, shares, 1, elapsed=5.5) == pytest.approx(1.5)  # a late start costs its own
+    assert script.stage_minutes(10.0, shares, 2, elapsed=7.0) == pytest.approx(3.0)
+    assert script.stage_minutes(10.0, shares, 2, elapsed=9.99) == pytest.approx(script.SHORTEST_STAGE_MINUTES)
+
+
+def test_a_candidate_trains_travels_in_parts_and_joins_into_weights_that_code(script, tmp_path, monkeypatch):
+    from diraccodec import api
+
+    start, work, output, candidate = (tmp_path / name for name in ("start", "work", "output", "candidate"))
+    assert script.main(["pack", str(start)]) == 0
+    assert (start / "lpips" / "vgg16.safetensors").exists()
+    photos = make_photos(tmp_path / "photos", ["a", "b", "c"], size=(192, 160))
+    cache_before = os.environ.get(CACHE_ENV)
+    assert script.main(["train", "--start", str(start), "--data", str(photos), "--steps", "1", "--work", str(work),
+                        "--output", str(output), "--batch-sizes", "1,1,1", "--patch-sizes", "64,64,64",
+                        "--device", "cpu", "--threads", "1"]) == 0
+    assert os.environ.get(CACHE_ENV) == cache_before  # the carried LPIPS weights were read, then let go
+    record = json.loads((output / "candidate.json").read_text())
+    assert set(record["stages"]) == {"base", "restoration", "diffusion"}
+    assert all(summary["step"] == 1 for summary in record["stages"].values())
+    returned = sorted(path.name for path in output.iterdir())
+    assert returned == ["base.safetensors.1", "base.safetensors.2", "candidate.json", "candidate.log",
+                        "diffusion.safetensors", "restoration.safetensors"]
+    assert all(path.stat().st_size <= script.PART_BYTES for path in output.iterdir())
+    log = (output / "candidate.log").read_text()
+    assert log.count("summary {") == 3
+
+    assert script.main(["join", str(output), str(candidate)]) == 0
+    base = load_base_weights(candidate / "base.safetensors")
+    assert base.model.config.context == "checkerboard"
+    assert base.model.config.lambdas == pytest.approx(script.LADDER)
+    diffusion = load_diffusion_weights(candidate / "diffusion.safetensors")
+    shipped = load_diffusion_weights(DEFAULT_DIFFUSION_WEIGHTS)
+    assert diffusion is not None and shipped is not None
+    assert diffusion.base_weights_id == base.weights_id
+    assert (diffusion.settings, diffusion.finishing) == (shipped.settings, shipped.finishing)
+
+    monkeypatch.setenv(RESTORATION_ENV, str(candidate / "restoration.safetensors"))
+    monkeypatch.setenv(DIFFUSION_ENV, str(candidate / "diffusion.safetensors"))
+    image = Image.open(photos / "a.png").convert("RGB")
+    data = api.encode(image, 1, weights=candidate / "base.safetensors")
+    restored = api.decode(data, steps=0, weights=candidate / "base.safetensors")
+    enhanced = api.decode(data, steps=2, weights=candidate / "base.safetensors")
+    assert restored.size == enhanced.size == image.size
+    assert not np.array_equal(np.asarray(restored), np.asarray(enhanced))
+
+
+def test_join_refuses_a_damaged_part_in_one_line(script, tmp_path, capsys):
+    output = tmp_path / "output"
+    output.mkdir()
+    (output / "base.safetensors.1").write_bytes(b"abc")
+    (output / "base.safetensors.2").write_bytes(b"de")
+    sha = hashlib.sha256(b"abcdf").hexdigest()
+    (output / "candidate.json").write_text(json.dumps(
+        {"files": {"base.safetensors": {"sha256": sha, "bytes": 5,
+                                        "parts": ["base.safetensors.1", "base.safetensors.2"]}}}))
+    assert script.main(["join", str(output), str(tmp_path / "candidate")]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message == "error: base.safetensors does not match candidate.json: a part is missing or damaged"
+    assert not (tmp_path / "candidate" / "base.safetensors").exists()
