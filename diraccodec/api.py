@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 from PIL import Image
 
 from diraccodec.codec.base_codec import BaseCodec, BaseWeights
+from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, ladder_position
 from diraccodec.compute import AUTO, Compute
 from diraccodec.container import drc
 from diraccodec.diffusion import detail_map as detail_maps
@@ -51,9 +53,16 @@ MAX_STEPS = 100
 # Encoder effort -> passes of the search for cheaper latent symbols (0: plain rounding).
 EFFORT_PASSES = {1: 0, 2: 1, 3: 2, 4: 4, 5: 8}
 DEFAULT_EFFORT = 2  # one search pass: 3-4% fewer bits than plain rounding at the same PSNR (docs/user-guide.md)
-# The encoder writes the detail map by default below this level: the shipped diffusion decoder
-# steers its detail by the map at levels 1 and 2 and ignores it above.
-DETAIL_MAP_BELOW_LEVEL = 3.0
+# The encoder writes the detail map by default below the level of this trade-off on the base's
+# ladder (level 3 of the shipped ladder): the shipped diffusion decoder steers its detail by the
+# map at levels 1 and 2 and ignores it above. Stated as a lambda, the rule keeps its meaning on
+# another ladder, as the decoder's settings carried to that ladder do (diffusion.finishing).
+DETAIL_MAP_BELOW_LAMBDA = DEFAULT_LAMBDAS[2]
+
+
+def detail_map_below(lambdas: Sequence[float]) -> float:
+    """The level below which an encoder with this ladder writes the detail map by default."""
+    return min(max(ladder_position(lambdas, DETAIL_MAP_BELOW_LAMBDA), 1.0), float(len(lambdas)))
 
 Progress = latent_search.Progress
 
@@ -161,7 +170,7 @@ class EncodeOptions:
     """Everything besides the image and its level that decides an encoder's output."""
 
     effort: int = DEFAULT_EFFORT
-    detail_map: bool | None = None  # None: below DETAIL_MAP_BELOW_LEVEL
+    detail_map: bool | None = None  # None: below detail_map_below(the base's ladder)
     recommended_steps: int | None = None
     progress: Progress | None = None
 
@@ -186,7 +195,7 @@ class _Encoder:
         height, width = planes.rgb.shape[:2]
         sections = {drc.TAG_LATENTS: codec.write_stream(latents)}
         wants_map = self.options.detail_map
-        if wants_map or (wants_map is None and quality < DETAIL_MAP_BELOW_LEVEL):
+        if wants_map or (wants_map is None and quality < detail_map_below(codec.weights.model.config.lambdas)):
             base = codec.synthesize(latents, width, height, quality)
             measured = detail_maps.measure(planes.rgb, base, device=codec.device)
             sections[drc.TAG_DETAIL] = detail_maps.to_payload(measured)

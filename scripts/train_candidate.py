@@ -18,8 +18,9 @@ share of --minutes counted from the start, so a slow start shortens only its own
 output holds at most 6 files of at most 15 MiB: the base weights in parts, the two U-Nets,
 the log and candidate.json (each stage's summary, each file's SHA-256). `join` puts the base
 back together, checks every file, gives the diffusion decoder the sampler and finishing
-settings of a reference file (the shipped one by default), lists the three in a manifest
-and prints the evaluation command.
+settings of a reference file (the shipped one by default), carried to the candidate's ladder
+level by level (diraccodec.diffusion.finishing.settings_on_ladder), lists the three in a
+manifest and prints the evaluation command.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ import torch  # noqa: E402
 import train_gpu  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from diraccodec.diffusion.finishing import FinishingSettings, settings_on_ladder  # noqa: E402
+from diraccodec.diffusion.sampler import SamplerSettings  # noqa: E402
 from diraccodec.errors import DiracError  # noqa: E402
 from diraccodec.modelfiles import (  # noqa: E402
     DEFAULT_DIFFUSION_WEIGHTS,
@@ -200,6 +203,22 @@ def deliver(arguments: argparse.Namespace, record: dict[str, Any]) -> None:
     (output / "candidate.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
+def reference_settings(path: Path, ladder: tuple[float, ...]) -> tuple[SamplerSettings, FinishingSettings]:
+    """The sampler and finishing settings of the diffusion weights at `path`, carried from the
+    ladder of their base (the base weights beside them) to `ladder`."""
+    reference = load_diffusion_weights(path)
+    assert reference is not None  # an explicit path loads or raises
+    beside = path.parent / WEIGHTS["base"]
+    reference_base = load_base_weights(beside) if beside.exists() else None
+    if reference_base is None or reference_base.weights_id != reference.base_weights_id:
+        raise DiracError(f"{path}'s base weights {reference.base_weights_id.hex()} are not beside it as {beside}: "
+                         "their ladder is needed to carry the settings")
+    chosen_for = reference_base.model.config.lambdas
+    if tuple(chosen_for) == tuple(ladder):
+        return reference.settings, reference.finishing
+    return settings_on_ladder(reference.settings, reference.finishing, chosen_for, ladder)
+
+
 def join(output: Path, destination: Path, settings_from: Path | None) -> None:
     """The returned weights whole again, checked against candidate.json and tied together, in DESTINATION."""
     try:
@@ -226,10 +245,9 @@ def join(output: Path, destination: Path, settings_from: Path | None) -> None:
         if tied_to != base.weights_id:
             raise DiracError(f"the {name} weights name base {tied_to.hex()}, not the returned {base.weights_id.hex()}")
     if settings_from is not None:
-        reference = load_diffusion_weights(settings_from.resolve())
-        assert reference is not None
+        sampler, finishing = reference_settings(settings_from.resolve(), base.model.config.lambdas)
         replace_diffusion_settings(destination / WEIGHTS["diffusion"], destination / WEIGHTS["diffusion"],
-                                   reference.settings, reference.finishing)
+                                   sampler, finishing)
     print(f"{destination}: base {base.weights_id.hex()}, restoration and diffusion decoder on it")
     print(f"evaluate: DIRAC_WEIGHTS={destination / WEIGHTS['base']} "
           f"DIRAC_RESTORATION_WEIGHTS={destination / WEIGHTS['restoration']} "

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from diraccodec.diffusion.finishing import settings_on_ladder
 from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
     DEFAULT_DIFFUSION_WEIGHTS,
@@ -121,7 +122,9 @@ def test_a_candidate_trains_travels_in_parts_and_joins_into_weights_that_code(sc
     shipped = load_diffusion_weights(DEFAULT_DIFFUSION_WEIGHTS)
     assert diffusion is not None and shipped is not None
     assert diffusion.base_weights_id == base.weights_id
-    assert (diffusion.settings, diffusion.finishing) == (shipped.settings, shipped.finishing)
+    carried = settings_on_ladder(shipped.settings, shipped.finishing, load_base_weights().model.config.lambdas,
+                                 script.LADDER)
+    assert (diffusion.settings, diffusion.finishing) == carried != (shipped.settings, shipped.finishing)
 
     monkeypatch.setenv(RESTORATION_ENV, str(candidate / "restoration.safetensors"))
     monkeypatch.setenv(DIFFUSION_ENV, str(candidate / "diffusion.safetensors"))

@@ -159,3 +159,51 @@ def test_a_weights_file_with_an_unknown_setting_is_refused(random_diffusion_weig
     record_in_manifest(odd)
     with pytest.raises(DiracError, match="unknown sampler settings"):
         load_diffusion_weights(odd)
+
+
+def test_settings_carried_to_another_ladder_keep_each_lambdas_settings():
+    from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, ladder_position
+    from diraccodec.diffusion.finishing import settings_on_ladder
+
+    sampler = SamplerSettings(grid_power=(0.4, 1.0), bound_low_level=0.5, bound_high_level=0.1)
+    finishing = FinishingSettings(residual_gain=(1.2, 1.0), kept_noise=(0.3, 0.45, 0.45, 0.3),
+                                  detail_gain=(2.6, 2.2, 1.8, 1.3, 0.7), detail_match=(0.7, 0.7, 0.0))
+    same = settings_on_ladder(sampler, finishing, DEFAULT_LAMBDAS, DEFAULT_LAMBDAS)
+    for level in (1, 1.5, 2, 2.5, 3, 4.25, 7, 8):
+        assert same[1].at(level) == pytest.approx(finishing.at(level))
+        assert same[0].bound(level, 8) == pytest.approx(sampler.bound(level, 8))
+        assert per_level(same[0].grid_power, level) == pytest.approx(per_level(sampler.grid_power, level))
+    # one level lower: each new level k has the old level k-1's settings; the new level 1 lies
+    # below the old ladder and holds the old level 1's
+    lower = (DEFAULT_LAMBDAS[0] / 3, *DEFAULT_LAMBDAS[:-1])
+    carried_sampler, carried = settings_on_ladder(sampler, finishing, DEFAULT_LAMBDAS, lower)
+    for level in range(2, 9):
+        assert carried.at(level) == pytest.approx(finishing.at(level - 1))
+    assert carried.at(1) == pytest.approx(finishing.at(1))
+    assert carried_sampler.bound(1, 8) == 0.5 and carried_sampler.bound(8, 8) == pytest.approx(sampler.bound(7, 8))
+    # a lambda halfway (in log) between two old levels: their settings' mean, except the detail
+    # map's share, held from its level up to the next
+    halfway = (DEFAULT_LAMBDAS[1] * DEFAULT_LAMBDAS[2]) ** 0.5
+    assert ladder_position(DEFAULT_LAMBDAS, halfway) == pytest.approx(2.5)
+    _, between = settings_on_ladder(sampler, finishing, DEFAULT_LAMBDAS, (halfway, *DEFAULT_LAMBDAS[1:]))
+    assert between.at(1).detail_gain == pytest.approx(2.0) and between.at(1).detail_match == 0.7
+
+
+def test_ladder_positions_interpolate_in_log_lambda_and_extend_beyond_the_ends():
+    from diraccodec.codec.hyperprior import ladder_position
+
+    ladder = (0.001, 0.01, 0.1)
+    assert [ladder_position(ladder, value) for value in ladder] == [1.0, 2.0, 3.0]
+    assert ladder_position(ladder, 0.001 * 10**0.25) == pytest.approx(1.25)
+    assert ladder_position(ladder, 0.0001) == pytest.approx(0.0)
+    assert ladder_position(ladder, 10.0) == pytest.approx(5.0)
+
+
+def test_the_detail_map_rule_keeps_its_lambda_on_another_ladder():
+    from diraccodec.api import DETAIL_MAP_BELOW_LAMBDA, detail_map_below
+    from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS
+
+    assert detail_map_below(DEFAULT_LAMBDAS) == 3.0  # the shipped ladder: levels 1 and 2 carry the map
+    lower = (0.0001, 0.000268, 0.00072, 0.00193, 0.00518, 0.0139, 0.0373, 0.1)
+    assert lower[3] < DETAIL_MAP_BELOW_LAMBDA < lower[4] and 4 < detail_map_below(lower) < 5
+    assert detail_map_below((0.01, 0.1)) == 1.0 and detail_map_below((0.0001, 0.0002)) == 2.0

@@ -10,7 +10,9 @@ latents refines its mean and scale from the decoded anchors (diraccodec.entropy.
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,16 @@ from diraccodec.transforms.networks import (
 # Rate-distortion trade-offs of the levels: loss = lambda * 255^2 * MSE + bpp.
 DEFAULT_LAMBDAS = (0.0005, 0.00107, 0.00227, 0.00484, 0.0103, 0.0220, 0.0469, 0.1000)
 CONTEXTS = ("none", "checkerboard")
+
+
+def ladder_position(lambdas: Sequence[float], value: float) -> float:
+    """The (1-based, fractional) level at which the trade-off `value` falls on the ascending
+    ladder `lambdas`: linear in log-lambda between the two nearest levels, and extended along
+    the end segments beyond them. What one ladder's level means on another."""
+    logs = [math.log(entry) for entry in lambdas]
+    target = math.log(value)
+    low = min(max(bisect.bisect_right(logs, target), 1), len(logs) - 1) - 1
+    return low + 1 + (target - logs[low]) / (logs[low + 1] - logs[low])
 
 
 @dataclass(frozen=True)

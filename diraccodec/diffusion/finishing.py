@@ -19,12 +19,14 @@ to need none would ship with the plain finishing (every gain 1, nothing kept).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
 
+from diraccodec.codec.hyperprior import ladder_position
 from diraccodec.diffusion.detail_map import DetailMap, match_detail
-from diraccodec.diffusion.sampler import SampledResidual
+from diraccodec.diffusion.sampler import SampledResidual, SamplerSettings
 from diraccodec.diffusion.schedule import held_level, per_level
 from diraccodec.transforms.layers import gaussian_window, periodic_component, separable_blur
 
@@ -103,6 +105,30 @@ class FinishingSettings:
     def uses_detail_map(self, level: float) -> bool:
         """Whether the finishing at this level scales its detail to an encoder's detail map."""
         return self.at(level).detail_match > 0
+
+
+def settings_on_ladder(
+    sampler: SamplerSettings, finishing: FinishingSettings, chosen_for: Sequence[float], ladder: Sequence[float]
+) -> tuple[SamplerSettings, FinishingSettings]:
+    """Per-level settings chosen for the base ladder `chosen_for`, carried to the ladder `ladder`
+    (the same lambdas give back the same settings at every level). Each new level takes the
+    settings of the level where its lambda falls on the old ladder; beyond the old ends it takes
+    the end's, as hand-set values are not extrapolated. The residual bound, linear from level 1
+    to the top, takes the old bounds at the new ends."""
+    top = len(chosen_for)
+    positions = [min(max(ladder_position(chosen_for, value), 1.0), float(top)) for value in ladder]
+
+    def carried(values: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(per_level(values, position) for position in positions)
+
+    sampler = replace(sampler, grid_power=carried(sampler.grid_power),
+                      bound_low_level=sampler.bound(positions[0], top),
+                      bound_high_level=sampler.bound(positions[-1], top))
+    finishing = replace(
+        finishing, residual_gain=carried(finishing.residual_gain), kept_noise=carried(finishing.kept_noise),
+        detail_gain=None if finishing.detail_gain is None else carried(finishing.detail_gain),
+        detail_match=tuple(held_level(finishing.detail_match, position) for position in positions))
+    return sampler, finishing
 
 
 def finish(sampled: SampledResidual, finishing: Finishing, detail_map: DetailMap | None = None) -> torch.Tensor:

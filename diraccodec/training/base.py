@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, HyperpriorConfig, MultiRateHyperprior
+from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, HyperpriorConfig, MultiRateHyperprior, ladder_position
 from diraccodec.compute import thread_count_restored
 from diraccodec.errors import DiracError
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
@@ -145,12 +145,13 @@ def gains_on_ladder(log_gains: torch.Tensor, old: tuple[float, ...], new: tuple[
     """Log-gains (len(new), M) for the lambdas `new`, from those trained for `old`: linear in
     log-lambda between the two nearest old levels, and extended along the end segments beyond
     them, so that a run with a lower or higher ladder starts near the rates it asks for."""
-    old_log, rows = torch.tensor(old, dtype=torch.float64).log(), []
-    for value in torch.tensor(new, dtype=torch.float64).log():
-        low = int(torch.searchsorted(old_log, value, right=True).clamp(1, len(old) - 1)) - 1
-        weight = float((value - old_log[low]) / (old_log[low + 1] - old_log[low]))
+    rows = []
+    for value in new:
+        position = ladder_position(old, value) - 1  # 0-based, fractional, beyond the ends along them
+        low = min(max(math.floor(position), 0), len(old) - 2)
+        weight = position - low
         rows.append((1 - weight) * log_gains[low] + weight * log_gains[low + 1])
-    return torch.stack(rows).to(log_gains.dtype)
+    return torch.stack(rows)
 
 
 def export_checkpoint(checkpoint: Path, output: Path) -> None:
