@@ -14,7 +14,8 @@ diffusion decoder's loss), small enough to travel with a training shard. `train`
 scripts/train_gpu.py's three trainings in one process: the base (by default with the
 checkerboard context model and the ladder down to 0.05 bpp), then the restoration filter and
 the diffusion decoder on the base it has just exported. Each stage ends by a deadline, its
-share of --minutes counted from the start, so a slow start shortens only its own stage. The
+share of --minutes counted from the start, so a slow start shortens only its own stage. Each
+stage delivers as it ends, so a run stopped later still returns what is done. The
 output holds at most 6 files of at most 15 MiB: the base weights in parts, the two U-Nets,
 the log and candidate.json (each stage's summary, each file's SHA-256). `join` puts the base
 back together, checks every file, gives the diffusion decoder the sampler and finishing
@@ -172,29 +173,26 @@ def train(arguments: argparse.Namespace) -> int:
             status = train_gpu.main(line)
             summary = summary_path(arguments.work / stage)
             record["stages"][stage] = json.loads(summary.read_text()) if summary.exists() else None
+            record["seconds"] = round(time.monotonic() - started, 1)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            if arguments.output:  # stage by stage: a run killed later still returns what is done
+                deliver(arguments, record, stage)
             if status:
                 break
-    record["seconds"] = round(time.monotonic() - started, 1)
-    if arguments.output:
-        deliver(arguments, record)
     return status
 
 
-def deliver(arguments: argparse.Namespace, record: dict[str, Any]) -> None:
-    """The weights (the base in parts), the stages' logs in one and candidate.json into --output."""
-    output, trained = arguments.output, arguments.work / "weights"
+def deliver(arguments: argparse.Namespace, record: dict[str, Any], stage: str) -> None:
+    """The stage's weights (the base in parts), the logs so far in one and candidate.json into --output."""
+    output, path = arguments.output, arguments.work / "weights" / WEIGHTS[stage]
     output.mkdir(parents=True, exist_ok=True)
-    record["files"] = {}
-    for stage in STAGES:
-        path = trained / WEIGHTS[stage]
-        if not path.exists():
-            continue
+    files = record.setdefault("files", {})
+    if path.exists():
         parts = split_file(path, output, PART_BYTES) if path.stat().st_size > PART_BYTES else \
             [Path(shutil.copy2(path, output / path.name))]
-        record["files"][path.name] = {"sha256": sha256(path), "bytes": path.stat().st_size,
-                                      "parts": [part.name for part in parts]}
+        files[path.name] = {"sha256": sha256(path), "bytes": path.stat().st_size,
+                            "parts": [part.name for part in parts]}
     with open(output / "candidate.log", "w") as log:
         for stage in STAGES:
             stage_log = (arguments.work / stage).with_name(f"{stage}.log")

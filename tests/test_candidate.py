@@ -149,3 +149,19 @@ def test_join_refuses_a_damaged_part_in_one_line(script, tmp_path, capsys):
     message = capsys.readouterr().err.strip()
     assert message == "error: base.safetensors does not match candidate.json: a part is missing or damaged"
     assert not (tmp_path / "candidate" / "base.safetensors").exists()
+
+
+def test_a_stage_that_fails_still_returns_the_stages_before_it(script, tmp_path, capsys):
+    start, output = tmp_path / "start", tmp_path / "output"
+    assert script.main(["pack", str(start), "--no-lpips"]) == 0
+    (start / "diffusion.safetensors").unlink()  # the last stage cannot start
+    photos = make_photos(tmp_path / "photos", ["a", "b"], size=(192, 160))
+    assert script.main(["train", "--start", str(start), "--data", str(photos), "--steps", "1",
+                        "--work", str(tmp_path / "work"), "--output", str(output), "--batch-sizes", "1,1,1",
+                        "--patch-sizes", "64,64,64", "--device", "cpu", "--threads", "1"]) == 2
+    record = json.loads((output / "candidate.json").read_text())
+    assert sorted(record["files"]) == ["base.safetensors", "restoration.safetensors"]
+    assert record["stages"]["diffusion"] is None
+    capsys.readouterr()
+    assert script.main(["join", str(output), str(tmp_path / "candidate")]) == 2
+    assert capsys.readouterr().err.startswith("error: the run returned no diffusion.safetensors: see ")
