@@ -11,11 +11,12 @@ evaluated and shipped:
 
 `pack` writes float16 copies of the shipped weights and of the VGG16 LPIPS weights (the
 diffusion decoder's loss), small enough to travel with a training shard. `train` runs
-scripts/train_gpu.py's three trainings in one process: the base (by default with the
-checkerboard context model and the ladder down to 0.05 bpp), then the restoration filter and
-the diffusion decoder on the base it has just exported. Each stage ends by a deadline, its
-share of --minutes counted from the start, so a slow start shortens only its own stage. Each
-stage delivers as it ends, so a run stopped later still returns what is done. The
+scripts/train_gpu.py's three trainings: the base (by default with the checkerboard context
+model and the ladder down to 0.05 bpp) for --base-share of --minutes, then the restoration
+filter and the diffusion decoder side by side (two processes: each alone leaves the GPU
+waiting on Python) on the base it has just exported, until the end. Deadlines count from
+the start, so a slow start shortens only the stages after it, and each stage delivers as it
+ends, so a run stopped later still returns what is done. The
 output holds at most 6 files of at most 15 MiB: the base weights in parts, the two U-Nets,
 the log and candidate.json (each stage's summary, each file's SHA-256). `join` puts the base
 back together, checks every file, gives the diffusion decoder the sampler and finishing
@@ -31,9 +32,10 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -134,11 +136,10 @@ def split_file(path: Path, output: Path, part_bytes: int) -> list[Path]:
     return parts
 
 
-def stage_minutes(total: float, shares: Sequence[float], index: int, elapsed: float) -> float:
-    """Stage `index`'s budget: until its deadline, the sum of the shares up to it of `total`
-    minutes counted from the run's start, so a stage that overruns shortens only the next."""
-    deadline = total * sum(shares[: index + 1]) / sum(shares)
-    return max(deadline - elapsed, SHORTEST_STAGE_MINUTES)
+def stage_minutes(total: float, until: float, elapsed: float) -> float:
+    """A stage's budget: until its deadline, the share `until` of `total` minutes counted from
+    the run's start, so a stage that overruns shortens only the stages after it."""
+    return max(total * until - elapsed, SHORTEST_STAGE_MINUTES)
 
 
 @contextmanager
@@ -157,30 +158,48 @@ def lpips_weights_from(start: Path) -> Iterator[None]:
 
 
 def train(arguments: argparse.Namespace) -> int:
+    """The base, then the restoration filter (in a process of its own) beside the diffusion decoder."""
     started = time.monotonic()
-    record: dict[str, Any] = {"minutes": arguments.minutes, "shares": dict(zip(STAGES, arguments.shares, strict=True)),
-                              "stages": {}}
-    status = 0
+    record: dict[str, Any] = {"minutes": arguments.minutes, "base_share": arguments.base_share, "stages": {}}
+
+    def budget(until: float) -> list[str]:
+        if arguments.steps:
+            return ["--steps", str(arguments.steps)]
+        return ["--minutes", f"{stage_minutes(arguments.minutes, until, (time.monotonic() - started) / 60):.3f}"]
+
+    def finished(stage: str) -> None:
+        summary = summary_path(arguments.work / stage)
+        record["stages"][stage] = json.loads(summary.read_text()) if summary.exists() else None
+        record["seconds"] = round(time.monotonic() - started, 1)
+        if arguments.output:  # stage by stage: a run killed later still returns what is done
+            deliver(arguments, record, stage)
+
     with lpips_weights_from(arguments.start):
-        for index, stage in enumerate(STAGES):
-            if arguments.steps:
-                budget = ["--steps", str(arguments.steps)]
-            else:
-                elapsed = (time.monotonic() - started) / 60
-                budget = ["--minutes", f"{stage_minutes(arguments.minutes, arguments.shares, index, elapsed):.3f}"]
-            line = stage_arguments(stage, arguments, budget)
-            print(f"== {stage}: scripts/train_gpu.py {' '.join(line)}", file=sys.stderr)
-            status = train_gpu.main(line)
-            summary = summary_path(arguments.work / stage)
-            record["stages"][stage] = json.loads(summary.read_text()) if summary.exists() else None
-            record["seconds"] = round(time.monotonic() - started, 1)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if arguments.output:  # stage by stage: a run killed later still returns what is done
-                deliver(arguments, record, stage)
-            if status:
-                break
-    return status
+        status = train_gpu.main(announced("base", stage_arguments("base", arguments, budget(arguments.base_share))))
+        finished("base")
+        if status:
+            return status
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        # The two U-Nets are small: one alone leaves the GPU waiting on Python between its
+        # kernels, so they train side by side until the end of the budget.
+        restoration_line = announced("restoration", stage_arguments("restoration", arguments, budget(1.0)))
+        arguments.work.mkdir(parents=True, exist_ok=True)
+        with open(arguments.work / "restoration.console", "w") as console:
+            helper = subprocess.Popen([sys.executable, str(Path(train_gpu.__file__)), *restoration_line],
+                                      stdout=console, stderr=subprocess.STDOUT)
+            try:
+                status = train_gpu.main(announced("diffusion", stage_arguments("diffusion", arguments, budget(1.0))))
+            finally:
+                helper_status = helper.wait()
+    finished("restoration")
+    finished("diffusion")
+    return status or helper_status
+
+
+def announced(stage: str, line: list[str]) -> list[str]:
+    print(f"== {stage}: scripts/train_gpu.py {' '.join(line)}", file=sys.stderr)
+    return line
 
 
 def deliver(arguments: argparse.Namespace, record: dict[str, Any], stage: str) -> None:
@@ -198,6 +217,9 @@ def deliver(arguments: argparse.Namespace, record: dict[str, Any], stage: str) -
             stage_log = (arguments.work / stage).with_name(f"{stage}.log")
             if stage_log.exists():
                 log.write(stage_log.read_text())
+        console = arguments.work / "restoration.console"  # what its process printed, should it fail early
+        if "restoration" in record["stages"] and record["stages"]["restoration"] is None and console.exists():
+            log.write(console.read_text())
     (output / "candidate.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -267,8 +289,9 @@ def parser() -> argparse.ArgumentParser:
     budget = training.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=9.0, help="The whole run's budget (default 9).")
     budget.add_argument("--steps", type=int, help="Train each stage to this many steps instead (tiny runs).")
-    training.add_argument("--shares", type=train_gpu.numbers(float, 3), default=(0.55, 0.12, 0.33),
-                          help="The stages' shares of --minutes (default 0.55,0.12,0.33).")
+    training.add_argument("--base-share", type=float, default=0.55,
+                          help="The base's share of --minutes; the U-Nets train side by side in the rest "
+                               "(default 0.55).")
     training.add_argument("--work", type=Path, default=Path(".gpu/candidate"),
                           help="The stages' states and exported weights (default .gpu/candidate).")
     training.add_argument("--output", type=Path, help="Where the weights, the log and candidate.json go.")

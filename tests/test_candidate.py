@@ -84,12 +84,10 @@ def test_a_diffusion_run_starts_from_a_restoration_filter_deepened(tmp_path):
     assert json.loads(trained.metadata["info"])["start_from"] == str(DEFAULT_RESTORATION_WEIGHTS)
 
 
-def test_each_stage_ends_by_its_share_of_the_whole_budget(script):
-    shares = (0.5, 0.2, 0.3)
-    assert script.stage_minutes(10.0, shares, 0, elapsed=0.0) == pytest.approx(5.0)
-    assert script.stage_minutes(10.0, shares, 1, elapsed=5.5) == pytest.approx(1.5)  # a late start costs its own
-    assert script.stage_minutes(10.0, shares, 2, elapsed=7.0) == pytest.approx(3.0)
-    assert script.stage_minutes(10.0, shares, 2, elapsed=9.99) == pytest.approx(script.SHORTEST_STAGE_MINUTES)
+def test_each_stage_ends_by_its_deadline_counted_from_the_start(script):
+    assert script.stage_minutes(10.0, 0.55, elapsed=0.0) == pytest.approx(5.5)
+    assert script.stage_minutes(10.0, 1.0, elapsed=6.5) == pytest.approx(3.5)  # a late start costs the rest
+    assert script.stage_minutes(10.0, 1.0, elapsed=9.99) == pytest.approx(script.SHORTEST_STAGE_MINUTES)
 
 
 def test_a_candidate_trains_travels_in_parts_and_joins_into_weights_that_code(script, tmp_path, monkeypatch):
@@ -151,17 +149,18 @@ def test_join_refuses_a_damaged_part_in_one_line(script, tmp_path, capsys):
     assert not (tmp_path / "candidate" / "base.safetensors").exists()
 
 
-def test_a_stage_that_fails_still_returns_the_stages_before_it(script, tmp_path, capsys):
+def test_a_stage_that_fails_leaves_the_others_returned(script, tmp_path, capsys):
     start, output = tmp_path / "start", tmp_path / "output"
     assert script.main(["pack", str(start), "--no-lpips"]) == 0
-    (start / "diffusion.safetensors").unlink()  # the last stage cannot start
+    (start / "restoration.safetensors").unlink()  # the filter's process cannot start
     photos = make_photos(tmp_path / "photos", ["a", "b"], size=(192, 160))
     assert script.main(["train", "--start", str(start), "--data", str(photos), "--steps", "1",
                         "--work", str(tmp_path / "work"), "--output", str(output), "--batch-sizes", "1,1,1",
                         "--patch-sizes", "64,64,64", "--device", "cpu", "--threads", "1"]) == 2
     record = json.loads((output / "candidate.json").read_text())
-    assert sorted(record["files"]) == ["base.safetensors", "restoration.safetensors"]
-    assert record["stages"]["diffusion"] is None
+    assert sorted(record["files"]) == ["base.safetensors", "diffusion.safetensors"]
+    assert record["stages"]["restoration"] is None and record["stages"]["diffusion"]["step"] == 1
+    assert "error: cannot read weights" in (output / "candidate.log").read_text()
     capsys.readouterr()
     assert script.main(["join", str(output), str(tmp_path / "candidate")]) == 2
-    assert capsys.readouterr().err.startswith("error: the run returned no diffusion.safetensors: see ")
+    assert capsys.readouterr().err.startswith("error: the run returned no restoration.safetensors: see ")
