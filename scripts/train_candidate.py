@@ -122,6 +122,8 @@ def stage_arguments(stage: str, arguments: argparse.Namespace, budget: list[str]
                  "--lambdas", ",".join(f"{value:g}" for value in arguments.lambdas)]
     else:
         line += ["--weights", str(work / "weights" / WEIGHTS["base"]), "--start-from", str(start / WEIGHTS[stage])]
+    if stage == "diffusion" and arguments.adversarial_weight:
+        line += ["--adversarial-weight", f"{arguments.adversarial_weight:g}"]
     return line
 
 
@@ -300,6 +302,8 @@ def parser() -> argparse.ArgumentParser:
                           help="The base's ladder (default: 0.0001 ... 0.1, geometric).")
     training.add_argument("--batch-sizes", type=train_gpu.numbers(int, 3), default=(64, 32, 32))
     training.add_argument("--patch-sizes", type=train_gpu.numbers(int, 3), default=(256, 128, 128))
+    training.add_argument("--adversarial-weight", type=float, default=0.0,
+                          help="The diffusion decoder's adversarial term (default 0: none).")
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--device", help="(default: CUDA where present)")
     training.add_argument("--threads", type=int)

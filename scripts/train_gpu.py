@@ -103,6 +103,8 @@ def parser() -> argparse.ArgumentParser:
     stages.add_argument("--widths", type=numbers(int), help="The U-Net's widths, e.g. 32,64,128 (a new run's).")
     stages.add_argument("--blocks", type=int, help="Residual blocks per resolution (deepens a saved state).")
     stages.add_argument("--lpips-weight", type=float, default=0.0)
+    stages.add_argument("--adversarial-weight", type=float, default=0.0,
+                        help="Weight of the adversarial term; above 0 a new diffusion run trains a critic beside it.")
     stages.add_argument("--own-prediction-fraction", type=float, default=0.0)
     stages.add_argument("--relative-loss", action="store_true")
     stages.add_argument("--level-range", type=numbers(float, 2), metavar="LOW,HIGH")
@@ -147,7 +149,8 @@ def training_options(arguments: argparse.Namespace, state: Path) -> LoopOptions:
             **common, **widths, base_weights=arguments.weights, blocks=arguments.blocks,
             lpips_weight=arguments.lpips_weight, own_prediction_fraction=arguments.own_prediction_fraction,
             relative_loss=arguments.relative_loss, level_range=arguments.level_range,
-            restoration_weights=arguments.on_restored, start_from=arguments.start_from)
+            restoration_weights=arguments.on_restored, start_from=arguments.start_from,
+            adversarial_weight=arguments.adversarial_weight)
     return RestorationTrainingOptions(**common, base_weights=arguments.weights,
                                       start_from=None if arguments.from_scratch else
                                       arguments.start_from or DEFAULT_DIFFUSION_WEIGHTS)

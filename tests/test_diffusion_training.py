@@ -149,3 +149,58 @@ def test_training_with_more_blocks_deepens_the_checkpoint_and_resumes_it(sample_
     seen, _ = train_recording_batches(sample_image, tmp_path, monkeypatch, steps=3, batch_size=2)
     assert len(seen) == 1  # resumed at step 2, at the checkpoint's depth
     assert load_checkpoint_metadata(checkpoint).metadata["config"]["blocks"] == 2
+
+
+def test_each_adversarial_term_reaches_only_its_own_side():
+    from diraccodec.training.adversarial import PatchCritic, adversarial_terms
+
+    torch.manual_seed(0)
+    critic = PatchCritic()
+    photo, base = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    source = torch.rand(2, 3, 32, 32, requires_grad=True)  # stands in for the decoder's parameters
+    decoder_term, critic_term = adversarial_terms(critic, photo, source.sigmoid(), base)
+    assert all(parameter.requires_grad for parameter in critic.parameters())  # left trainable
+    decoder_term.backward(retain_graph=True)
+    assert source.grad is not None and source.grad.abs().sum() > 0
+    assert all(parameter.grad is None for parameter in critic.parameters())
+    source.grad = None
+    critic_term.backward()
+    assert source.grad is None
+    assert all(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in critic.parameters())
+    assert critic(photo, base).shape == (2, 1, 4, 4)  # a logit per patch
+
+
+def test_the_adversarial_term_trains_a_critic_in_the_state_and_exports_the_unet_alone(sample_image, tmp_path,
+                                                                                         monkeypatch):
+    from safetensors import safe_open
+
+    from diraccodec.errors import DiracError
+    from diraccodec.modelfiles import load_diffusion_weights
+    from diraccodec.training.checkpoint import load_checkpoint_metadata, read_state
+    from diraccodec.training.diffusion import deepen_checkpoint, export_diffusion_checkpoint
+
+    seen, options = train_recording_batches(sample_image, tmp_path, monkeypatch, steps=2, batch_size=2,
+                                            adversarial_weight=0.1, lpips_weight=0.0)
+    checkpoint = options.checkpoint
+    state, tensors = read_state(checkpoint)
+    assert state.metadata["critic"] == {"widths": [64, 128, 256]} and state.metadata["adversarial_weight"] == 0.1
+    assert any(name.startswith("model.critic.") for name in tensors)
+    assert any(name.startswith("adam.") for name in tensors)
+    exported = tmp_path / "w" / "diffusion.safetensors"
+    export_diffusion_checkpoint(checkpoint, exported)
+    with safe_open(str(exported), "pt") as handle:
+        assert not any("critic" in name for name in list(handle.keys()))
+    loaded = load_diffusion_weights(exported)
+    assert loaded is not None and loaded.model.config.widths == (8, 16, 16)
+    unet_weights = {name.removeprefix("model.unet."): tensor for name, tensor in tensors.items()
+                    if name.startswith("model.unet.")}
+    assert all(torch.equal(loaded.model.state_dict()[name], unet_weights[name]) for name in unet_weights)
+    with pytest.raises(DiracError, match="holds a critic"):
+        deepen_checkpoint(checkpoint, 2)
+    seen, _ = train_recording_batches(sample_image, tmp_path, monkeypatch, steps=3, batch_size=2)  # resumes
+    assert len(seen) == 1 and load_checkpoint_metadata(checkpoint).step == 3
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    train_recording_batches(sample_image, plain, monkeypatch, steps=1, batch_size=2)
+    with pytest.raises(DiracError, match="holds no critic"):
+        train_recording_batches(sample_image, plain, monkeypatch, steps=2, batch_size=2, adversarial_weight=0.1)

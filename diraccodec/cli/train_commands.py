@@ -79,6 +79,8 @@ def train_base_command(data: tuple[Path, ...], context: str, start_from: Path | 
 @train.command("diffusion")
 @training_options("checkpoints/diffusion", 20000)
 @click.option("--lpips-weight", type=float, default=0.0, show_default=True, help="Weight of the VGG LPIPS term.")
+@click.option("--adversarial-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of the adversarial term; above 0 a new run trains a critic beside the U-Net.")
 @click.option("--own-prediction-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Share of samples noised from the model's own first step rather than the truth.")
 @click.option("--relative-loss", is_flag=True,

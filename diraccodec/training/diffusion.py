@@ -27,6 +27,7 @@ from diraccodec.modelfiles import (
     load_unet_weights,
 )
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
+from diraccodec.training.adversarial import CriticConfig, CriticisedUNet, PatchCritic, adversarial_terms
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
 from diraccodec.training.checkpoint import (
     RNG_PREFIX,
@@ -67,6 +68,9 @@ class DiffusionTrainingOptions(LoopOptions):
     # A new run starts from this diffusion decoder's (or restoration filter's) U-Net, deepened
     # to `blocks` where that is more (None: a new U-Net of `widths`).
     start_from: Path | None = None
+    # Weight of the adversarial term (training.adversarial); above 0 a new run trains a critic
+    # beside the U-Net, kept in its state.
+    adversarial_weight: float = 0.0
 
 
 # Floor of a crop's squared base residual in the relative loss (model units; an RMS of 0.7% of
@@ -85,8 +89,13 @@ def diffusion_loss(
     own_prediction_fraction: float = 0.0,
     sampling_start: float = SamplerSettings.start_time,
     relative_loss: bool = False,
+    critic: PatchCritic | None = None,
+    adversarial_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """relative_loss: divide each crop's squared error and LPIPS by those of the base
+    """critic, adversarial_weight: a critic's term on the decoded image (training.adversarial),
+    and the critic's own term, added to the loss.
+
+    relative_loss: divide each crop's squared error and LPIPS by those of the base
     reconstruction itself, so that every rate level weighs the same in relative terms, as the
     product's targets are stated (LPIPS lowered by a share, PSNR lowered by a few dB). In
     absolute terms the error and LPIPS of the finest levels are small, and the model learns
@@ -115,14 +124,19 @@ def diffusion_loss(
     if relative_loss:
         squared_error = squared_error / residual.pow(2).mean(dim=(1, 2, 3)).clamp_min(RELATIVE_MSE_FLOOR)
     loss = squared_error.mean()
+    decoded = (base + prediction * RESIDUAL_SCALE).clamp(0, 1)
     if perceptual is not None and lpips_weight > 0:
-        distance = perceptual((base + prediction * RESIDUAL_SCALE).clamp(0, 1), batch)
+        distance = perceptual(decoded, batch)
         figures["lpips"] = distance.mean().detach()
         if relative_loss:
             with torch.no_grad():
                 base_distance = perceptual(base, batch).clamp_min(1e-3)
             distance = distance / base_distance
         loss = loss + lpips_weight * distance.mean()
+    if critic is not None and adversarial_weight > 0:
+        decoder_term, critic_term = adversarial_terms(critic, batch, decoded, base)
+        figures.update(adversarial=decoder_term.detach(), critic=critic_term.detach())
+        loss = loss + adversarial_weight * decoder_term + critic_term
     return {"loss": loss, **figures}
 
 
@@ -136,19 +150,28 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
     if not 1 <= lowest <= highest <= top_level:
         raise DiracError(f"--level-range {lowest:g},{highest:g} is outside the base's levels 1-{top_level}")
     config = ResidualUNetConfig(widths=tuple(options.widths), max_level=float(top_level), blocks=options.blocks or 1)
-    unet = None
+    unet, critic_fields = None, None
     if state_exists(options.checkpoint):
         if options.blocks and deepen_checkpoint(options.checkpoint, options.blocks):
             console.print(f"deepened {options.checkpoint} to {options.blocks} blocks per resolution (the new "
                           "blocks start as the identity; Adam moments and weight average start afresh)")
-        config = ResidualUNetConfig.from_fields(load_checkpoint_metadata(options.checkpoint).metadata["config"])
+        metadata = load_checkpoint_metadata(options.checkpoint).metadata
+        config, critic_fields = ResidualUNetConfig.from_fields(metadata["config"]), metadata.get("critic")
+        if options.adversarial_weight > 0 and critic_fields is None:
+            raise DiracError(f"{options.checkpoint} holds no critic: start a new run from its exported weights "
+                             "(--start-from) to add the adversarial term")
     elif options.start_from is not None:
         unet = load_unet_weights(options.start_from)
         unet = unet.deepened(max(options.blocks or 1, unet.config.blocks))
         if unet.config.max_level != top_level:
             raise DiracError(f"the U-Net knows {unet.config.max_level:g} levels, the base codec {top_level}")
         console.print(f"starting from the U-Net of {options.start_from}")
-    run = start_run(unet or ResidualUNet(config), options, console, from_weights=unet is not None)
+    model: torch.nn.Module = unet or ResidualUNet(config)
+    if critic_fields is not None or (not state_exists(options.checkpoint) and options.adversarial_weight > 0):
+        model = CriticisedUNet(model, PatchCritic(CriticConfig.from_fields(critic_fields) if critic_fields
+                                                  else CriticConfig()))
+    run = start_run(model, options, console, from_weights=unet is not None)
+    critic = run.model.critic if isinstance(run.model, CriticisedUNet) else None
     trained_on = run.state.metadata.get("base_weights_id")
     if trained_on and trained_on != base_weights.weights_id.hex():
         console.print(f"note: the saved state was trained on base {trained_on}; continuing on "
@@ -176,6 +199,8 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
         "relative_loss": options.relative_loss,
         "level_range": list(options.level_range) if options.level_range else None,
         "restoration_weights_id": restoration.weights_id.hex() if restoration else None,
+        "critic": run.model.critic_record() if critic is not None else None,
+        "adversarial_weight": options.adversarial_weight,
         **crops.metadata,
     })
     if not run.state.step:  # what a fresh run started from; a resumed run keeps the record
@@ -185,7 +210,8 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
         batch, base, levels = crops.draw()
         return diffusion_loss(run.step_model, batch, base, levels, options.start_time, perceptual,
                               options.lpips_weight, options.own_prediction_fraction,
-                              relative_loss=options.relative_loss)
+                              relative_loss=options.relative_loss, critic=critic,
+                              adversarial_weight=options.adversarial_weight)
 
     return run_loop(run, options, next_loss, console, crops.pixels_per_step)
 
@@ -196,7 +222,10 @@ def deepen_checkpoint(path: Path, blocks: int) -> bool:
     than starting over. The Adam moments go (the parameters' order changes) and with them the
     weight average, so the run ramps its learning rate up again; the RNG states stay. False
     where it had enough."""
-    config = ResidualUNetConfig.from_fields(load_checkpoint_metadata(path).metadata["config"])
+    metadata = load_checkpoint_metadata(path).metadata
+    config = ResidualUNetConfig.from_fields(metadata["config"])
+    if metadata.get("critic") and blocks > config.blocks:
+        raise DiracError(f"{path} holds a critic: deepen the U-Net in a run without the adversarial term")
     if blocks < config.blocks:
         raise DiracError(f"{path} has {config.blocks} blocks per resolution; --blocks {blocks} cannot remove any")
     if blocks == config.blocks:
@@ -215,7 +244,10 @@ def deepen_checkpoint(path: Path, blocks: int) -> bool:
 def export_diffusion_checkpoint(checkpoint: Path, output: Path, settings: SamplerSettings | None = None) -> None:
     metadata = load_checkpoint_metadata(checkpoint).metadata
     model = ResidualUNet(ResidualUNetConfig.from_fields(metadata["config"]))
-    state = load_checkpoint(checkpoint, model, None, None, prefer_average=True)
+    trained: torch.nn.Module = model  # what the state holds: the U-Net, or the U-Net beside its critic
+    if metadata.get("critic"):
+        trained = CriticisedUNet(model, PatchCritic(CriticConfig.from_fields(metadata["critic"])))
+    state = load_checkpoint(checkpoint, trained, None, None, prefer_average=True)
     trained_range = metadata.get("start_time", TRAINED_TIME_RANGE)
     settings = settings or SamplerSettings(start_time=min(SamplerSettings.start_time, trained_range))
     info = {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **metadata}
