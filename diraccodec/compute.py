@@ -26,7 +26,7 @@ import ctypes
 import functools
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -130,6 +130,53 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
+CUDA_GRAPHS_ENV = "DIRAC_CUDA_GRAPHS"  # "1": the sampler's steps replay CUDA graphs (off by default)
+
+
+class GraphReplay:
+    """`function` (tensors in, one tensor out) replayed from a CUDA graph captured once per
+    input shape: a step of a small network then costs one launch instead of hundreds, which
+    is what bounds it on a GPU. The graphs (and their memory) live as long as this object.
+    The inputs are copied into the graph's own buffers and the output copied out, so the
+    caller sees plain tensors."""
+
+    WARMUP_CALLS = 2  # on a side stream before capture: cuDNN picks its kernels, lazy state settles
+
+    def __init__(self, function: Callable[..., torch.Tensor]) -> None:
+        self.function = function
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
+        self.refused: set[tuple] = set()
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        key = tuple((tuple(tensor.shape), tensor.dtype, tensor.stride()) for tensor in inputs)
+        if key in self.refused:
+            return self.function(*inputs)
+        if key not in self.graphs:
+            try:
+                self.graphs[key] = self._capture([tensor.clone() for tensor in inputs])
+            except RuntimeError as error:  # an operation capture does not allow: run as it is
+                warnings.warn(f"CUDA graph capture failed, running without it: {error}", stacklevel=2)
+                self.refused.add(key)
+                return self.function(*inputs)
+        graph, buffers, output = self.graphs[key]
+        for buffer, tensor in zip(buffers, inputs, strict=True):
+            buffer.copy_(tensor)
+        graph.replay()
+        return output.clone()
+
+    def _capture(self, buffers: list[torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP_CALLS):
+                self.function(*buffers)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = self.function(*buffers)
+        return graph, buffers, output
+
+
 @functools.cache
 def cpu_computes_bfloat16() -> bool:
     """Whether oneDNN runs bfloat16 convolutions natively on this CPU (AVX-512 BF16 or AMX)."""
@@ -192,8 +239,16 @@ class Compute:
         return contextlib.nullcontext()
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
-        """Mixed precision for the diffusion U-Net where `low_precision` allows it."""
+        """Mixed precision for the diffusion U-Net where `low_precision` allows it (its cast cache
+        off: inference weights are never cached, and CUDA graph capture forbids the cache)."""
         dtype = self.low_precision
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)
+
+    def replayed(self, function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """`function` replayed from CUDA graphs where this is a GPU and $DIRAC_CUDA_GRAPHS is 1;
+        elsewhere `function` itself."""
+        if self.device.type == "cuda" and os.environ.get(CUDA_GRAPHS_ENV) == "1":
+            return GraphReplay(function)
+        return function

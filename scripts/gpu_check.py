@@ -6,7 +6,9 @@
    be identical, and the pixels of both devices' decodes within the tolerance of
    docs/format.md (0 and 20 steps).
 2. Speed, mean per image over the folder: encode at the default effort, decode at 0 and 20
-   steps (the first image of each kind is a warm-up, left out).
+   steps (the first image of each kind is a warm-up, left out); on CUDA also 20 steps with
+   the sampler's steps replayed from CUDA graphs ($DIRAC_CUDA_GRAPHS=1), and how far their
+   pixels lie from the decodes without.
 3. A 12-megapixel photo (4032x3024) at 20 steps and a 50-megapixel one at 0 steps: seconds
    and peak GPU memory.
 
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import torch
@@ -30,6 +34,7 @@ from PIL import Image
 
 import diraccodec
 from diraccodec import api
+from diraccodec.compute import CUDA_GRAPHS_ENV
 from diraccodec.container import drc
 from diraccodec.image.planes import IMAGE_SUFFIXES
 
@@ -93,6 +98,22 @@ def speed(images: list[Image.Image], device: str) -> dict[str, float]:
     return {name: statistics.mean(values) for name, values in times.items()}
 
 
+def with_cuda_graphs(images: list[Image.Image], device: str) -> dict[str, float]:
+    """20-step decodes with the sampler's steps replayed from CUDA graphs: mean seconds, and how
+    far their pixels lie from the same decodes without (the same kernels: expected identical)."""
+    files = [diraccodec.encode(image, 4, device=device) for image in images]
+    plain = [pixels(diraccodec.decode(data, 20, device=device)) for data in files[:3]]
+    times = []
+    with patch.dict(os.environ, {CUDA_GRAPHS_ENV: "1"}):  # GraphReplay meanwhile
+        for index, data in enumerate([files[0], *files]):  # the first round warms up
+            seconds, _ = timed(device, lambda data=data: diraccodec.decode(data, 20, device=device))
+            if index:
+                times.append(seconds)
+        replayed = [pixels(diraccodec.decode(data, 20, device=device)) for data in files[:3]]
+    largest = max(int(np.abs(a - b).max()) for a, b in zip(plain, replayed, strict=True))
+    return {"decode 20 steps": statistics.mean(times), "largest difference from without": largest}
+
+
 def large(photo: Image.Image, megapixels: float, steps: int, device: str) -> dict[str, float]:
     """Encode and decode a photo scaled to `megapixels` (4:3): seconds and peak GPU memory."""
     height = round((megapixels * 1e6 * 3 / 4) ** 0.5)
@@ -109,6 +130,10 @@ def large(photo: Image.Image, megapixels: float, steps: int, device: str) -> dic
 def markdown(report: dict) -> str:
     lines = [f"Command: `{report['command']}`", "", f"Device: {report['device']}", "", "## Speed (mean per image)", ""]
     lines += [f"- {name}: {value:.4f} s" for name, value in report["speed"].items()]
+    if report.get("cuda graphs"):
+        graphs = report["cuda graphs"]
+        lines += [f"- decode 20 steps with CUDA graphs: {graphs['decode 20 steps']:.4f} s (largest pixel "
+                  f"difference from without: {graphs['largest difference from without']})"]
     lines += ["", "## Large photos", ""]
     lines += [f"- {row['size']}, {row['steps']} steps: {row['decode seconds']:.2f} s, "
               f"peak GPU memory {row['peak GPU memory GiB']:.2f} GiB" for row in report["large"]]
@@ -135,6 +160,7 @@ def main() -> int:
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else args.device,
         "torch": torch.__version__,
         "speed": speed(images, args.device),
+        "cuda graphs": with_cuda_graphs(images, args.device) if args.device == "cuda" else None,
         "large": [large(images[0], megapixels, 20 if megapixels <= 12 else 0, args.device)
                   for megapixels in args.large_megapixels if megapixels > 0],
         "cross device": cross_device(images[: args.cross_images], devices),

@@ -35,10 +35,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 ROOT = Path(__file__).resolve().parent.parent
 for folder in (ROOT, ROOT / "scripts"):  # a GPU machine runs the checkout without installing it
@@ -144,19 +144,10 @@ def stage_minutes(total: float, until: float, elapsed: float) -> float:
     return max(total * until - elapsed, SHORTEST_STAGE_MINUTES)
 
 
-@contextmanager
-def lpips_weights_from(start: Path) -> Iterator[None]:
+def lpips_weights_from(start: Path) -> AbstractContextManager[object]:
     """The LPIPS loss reads the carried copy of its weights (where pack wrote one) while the stages run."""
-    previous = os.environ.get(CACHE_ENV)
-    if (start / "lpips" / f"{LPIPS_NETWORK}.safetensors").exists():
-        os.environ[CACHE_ENV] = str(start)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(CACHE_ENV, None)
-        else:
-            os.environ[CACHE_ENV] = previous
+    carried = (start / "lpips" / f"{LPIPS_NETWORK}.safetensors").exists()
+    return patch.dict(os.environ, {CACHE_ENV: str(start)} if carried else {})
 
 
 def train(arguments: argparse.Namespace) -> int:

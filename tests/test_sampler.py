@@ -179,3 +179,35 @@ def test_the_fused_pixel_norm_is_a_per_pixel_layer_norm_with_its_modulation():
     one = x[:1].contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(norm(one, scale[:1], shift[:1]), expected[:1] * (1 + scale[:1]) + shift[:1],
                                atol=1e-5, rtol=1e-5)
+
+
+def test_cuda_graphs_are_asked_for_on_a_gpu_only(monkeypatch):
+    from diraccodec.compute import CPU, CUDA_GRAPHS_ENV, Compute
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    monkeypatch.setenv(CUDA_GRAPHS_ENV, "1")
+    assert Compute(CPU).replayed(network) is network  # a CPU has no graphs: the function itself
+    monkeypatch.setenv(CUDA_GRAPHS_ENV, "0")
+    assert Compute(torch.device("cuda")).replayed(network) is network  # off unless asked for
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_replayed_steps_give_the_pixels_of_plain_ones(monkeypatch, small_image):
+    import numpy as np
+
+    import diraccodec
+    from diraccodec.compute import CUDA_GRAPHS_ENV, GraphReplay
+
+    model = random_unet().cuda()
+    replay = GraphReplay(lambda x, t: model(x[:, :3], t, x[:, 3:], torch.tensor([2.0], device="cuda")))
+    for shape in ((1, 6, 64, 64), (1, 6, 64, 96), (1, 6, 64, 64)):
+        x, t = torch.rand(shape, device="cuda"), torch.rand(1, device="cuda")
+        with torch.no_grad():
+            torch.testing.assert_close(replay(x, t), model(x[:, :3], t, x[:, 3:], torch.tensor([2.0], device="cuda")))
+    assert len(replay.graphs) == 2 and not replay.refused
+    data = diraccodec.encode(small_image, 3, device="cuda")
+    plain = np.asarray(diraccodec.decode(data, 5, device="cuda"))
+    monkeypatch.setenv(CUDA_GRAPHS_ENV, "1")
+    assert np.array_equal(np.asarray(diraccodec.decode(data, 5, device="cuda")), plain)

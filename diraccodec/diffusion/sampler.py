@@ -130,13 +130,17 @@ def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps
     def noise() -> torch.Tensor:
         return gaussian_noise(tuple(base_padded.shape), seed, next(draws), base.device)
 
+    def network(stacked: torch.Tensor, time_tensor: torch.Tensor) -> torch.Tensor:
+        with compute.autocast():
+            return model(stacked[:, :3], time_tensor, stacked[:, 3:], level_tensor).float()
+
+    step = compute.replayed(network)  # one step's network, replayed where the device allows
+
     def denoise(x: torch.Tensor, time: float) -> torch.Tensor:
         time_tensor = torch.full((1,), time, device=base.device)
 
         def tile(stacked: torch.Tensor) -> torch.Tensor:
-            stacked = compute.tensor(stacked)
-            with compute.autocast():
-                return model(stacked[:, :3], time_tensor, stacked[:, 3:], level_tensor).float()
+            return step(compute.tensor(stacked), time_tensor)
 
         with compute.kernels():
             predicted = apply_tiled(tile, torch.cat([x, base_padded], dim=1), Fraction(1),
