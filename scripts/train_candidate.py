@@ -1,28 +1,29 @@
 """Train a whole candidate model (base codec, restoration filter, diffusion decoder) in one short GPU run.
 
 A new base codec makes the shipped restoration filter and diffusion decoder unusable: both are
-tied to the base weights they were trained on. This script trains the three in turn within one
-time budget, each fine-tuned from a start, so that a single run returns a model that can be
+tied to the base weights they were trained on. This script trains the three within one time
+budget, each fine-tuned from a start, so that a single run returns a model that can be
 evaluated and shipped:
 
-    python scripts/train_candidate.py pack .gpu/start      # here: the start, in float16 (about 44 MiB)
+    python scripts/train_candidate.py pack .gpu/start      # here: the start, in float16 (42.1 MiB)
     python3 scripts/train_candidate.py train --start .gpu/start --data /tmp/shard --minutes 9 --output OUT
     python scripts/train_candidate.py join OUT candidate/  # here: the weights, checked and listed
 
 `pack` writes float16 copies of the shipped weights and of the VGG16 LPIPS weights (the
 diffusion decoder's loss), small enough to travel with a training shard. `train` runs
 scripts/train_gpu.py's three trainings: the base (by default with the checkerboard context
-model and the ladder down to 0.05 bpp) for --base-share of --minutes, then the restoration
-filter and the diffusion decoder side by side (two processes: each alone leaves the GPU
-waiting on Python) on the base it has just exported, until the end. Deadlines count from
-the start, so a slow start shortens only the stages after it, and each stage delivers as it
-ends, so a run stopped later still returns what is done. The
-output holds at most 6 files of at most 15 MiB: the base weights in parts, the two U-Nets,
-the log and candidate.json (each stage's summary, each file's SHA-256). `join` puts the base
-back together, checks every file, gives the diffusion decoder the sampler and finishing
-settings of a reference file (the shipped one by default), carried to the candidate's ladder
-level by level (diraccodec.diffusion.finishing.settings_on_ladder), lists the three in a
-manifest and prints the evaluation command.
+model and the ladder down to 0.05 bpp, its hyperprior kept as the start has it: the small,
+downscaled crops here would undo the entropy fine-tune made on large crops at the photos' own
+scale) for --base-share of --minutes, then the restoration filter and the diffusion decoder
+side by side (two processes: each alone leaves the GPU waiting on Python) on the base it has
+just exported, until the end. Deadlines count from the start, so a slow start shortens only
+the stages after it, and each stage delivers as it ends, so a run stopped later still returns
+what is done. The output holds at most 6 files of at most 15 MiB: the base weights in parts,
+the two U-Nets, the log and candidate.json (each stage's summary, each file's SHA-256). `join`
+puts the base back together, checks every file, gives the diffusion decoder the sampler and
+finishing settings of a reference file (the shipped one by default), carried to the
+candidate's ladder level by level (diraccodec.diffusion.finishing.settings_on_ladder), lists
+the three in a manifest and prints the evaluation command.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ def stage_arguments(stage: str, arguments: argparse.Namespace, budget: list[str]
     if stage == "base":
         line += ["--start-from", str(start / WEIGHTS["base"]), "--context", arguments.context,
                  "--lambdas", ",".join(f"{value:g}" for value in arguments.lambdas)]
+        if not arguments.train_hyperprior:
+            line.append("--freeze-hyperprior")
     else:
         line += ["--weights", str(work / "weights" / WEIGHTS["base"]), "--start-from", str(start / WEIGHTS[stage])]
     if stage == "diffusion" and arguments.adversarial_weight:
@@ -291,8 +294,14 @@ def parser() -> argparse.ArgumentParser:
     training.add_argument("--context", choices=("none", "checkerboard"), default="checkerboard")
     training.add_argument("--lambdas", type=train_gpu.numbers(float, 8), default=LADDER,
                           help="The base's ladder (default: 0.0001 ... 0.1, geometric).")
-    training.add_argument("--batch-sizes", type=train_gpu.numbers(int, 3), default=(64, 32, 32))
-    training.add_argument("--patch-sizes", type=train_gpu.numbers(int, 3), default=(256, 128, 128))
+    training.add_argument("--train-hyperprior", action="store_true",
+                          help="Train the base's hyperprior too (default: kept as the start has it).")
+    training.add_argument("--batch-sizes", type=train_gpu.numbers(int, 3), default=(128, 32, 32),
+                          help="Crops per step of the base, the restoration filter and the diffusion decoder "
+                               "(default 128,32,32).")
+    training.add_argument("--patch-sizes", type=train_gpu.numbers(int, 3), default=(128, 128, 128),
+                          help="Their crop sides (default 128,128,128: of the shard's 1,407 photos, 2x "
+                               "downscaled, 126 are 256 pixels a side).")
     training.add_argument("--adversarial-weight", type=float, default=0.0,
                           help="The diffusion decoder's adversarial term (default 0: none).")
     training.add_argument("--seed", type=int, default=0)

@@ -98,6 +98,8 @@ def parser() -> argparse.ArgumentParser:
                       help="A new run's entropy model: none (the hyperprior alone) or checkerboard.")
     base.add_argument("--lambdas", type=numbers(float, 8), help="A new run's rate-distortion trade-offs, ascending "
                       "(default: --start-from's, else the shipped ladder).")
+    base.add_argument("--freeze-hyperprior", action="store_true",
+                      help="A new run keeps its start's hyperprior and trains the transforms, gains and context.")
     stages = cli.add_argument_group("diffusion decoder and restoration filter")
     stages.add_argument("--weights", type=Path, default=DEFAULT_BASE_WEIGHTS, help="The frozen base codec's weights.")
     stages.add_argument("--widths", type=numbers(int), help="The U-Net's widths, e.g. 32,64,128 (a new run's).")
@@ -142,7 +144,7 @@ def training_options(arguments: argparse.Namespace, state: Path) -> LoopOptions:
             raise SystemExit(f"--patch-size must be a multiple of {HYPER_STRIDE}")
         return BaseTrainingOptions(**common, channels=arguments.channels, latent_channels=arguments.latent_channels,
                                    context=arguments.context, start_from=arguments.start_from,
-                                   lambdas=arguments.lambdas)
+                                   lambdas=arguments.lambdas, freeze_hyperprior=arguments.freeze_hyperprior)
     if arguments.model == "diffusion":
         widths = {"widths": arguments.widths} if arguments.widths else {}
         return DiffusionTrainingOptions(

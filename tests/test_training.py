@@ -311,3 +311,34 @@ def test_the_gpu_script_reports_bad_input_in_one_line(photo_folder: Path, tmp_pa
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: weights" in result.stderr and "are not listed" in result.stderr
+
+
+def test_a_frozen_hyperprior_stays_as_its_start_had_it_while_the_rest_trains(photo_folder: Path, tmp_path: Path):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.modelfiles import export_base_weights
+
+    torch.manual_seed(0)
+    start = tmp_path / "start" / "base.safetensors"
+    export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 12)), start, {})
+    state, weights = tmp_path / "state", tmp_path / "w" / "base.safetensors"
+    common = ["train", "base", "--data", str(photo_folder), "--checkpoint", str(state), "--batch-size", "1",
+              "--patch-size", "64", "--threads", "1", "--start-from", str(start), "--context", "checkerboard",
+              "--lr", "1e-2"]
+    runner = CliRunner()
+    result = runner.invoke(main, [*common, "--steps", "2", "--freeze-hyperprior"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, [*common, "--steps", "4"])  # resumed: the state keeps its freeze
+    assert result.exit_code == 0 and "--freeze-hyperprior apply to new runs" in result.output
+    assert runner.invoke(main, ["train", "export", str(state), str(weights)]).exit_code == 0
+    before, after = load_file(str(start)), load_file(str(weights))
+    hyperprior = [name for name in before if name.startswith(("model.hyper_analysis", "model.hyper_synthesis",
+                                                               "model.hyper_prior"))]
+    assert hyperprior and all(torch.equal(after[name], before[name]) for name in hyperprior)
+    assert all(torch.equal(after[name], before[name]) for name in before if name.startswith("tables.hyper."))
+    for name in ("model.synthesis.0.weight", "model.analysis.0.weight", "model.log_gain"):
+        assert not torch.equal(after[name], before[name]), name
+    assert not torch.equal(after["model.context.parameters_net.2.weight"], torch.zeros(24, 24, 1, 1))
+    assert load_checkpoint_metadata(state).metadata["frozen_hyperprior"] is True

@@ -66,6 +66,8 @@ def training_options(
 @click.option("--lambdas", default=None, metavar="L1,...,L8",
               help="A new run's rate-distortion trade-offs, ascending (default: the start's, else the shipped "
                    "ladder); the start's gains are carried over to them.")
+@click.option("--freeze-hyperprior", is_flag=True,
+              help="A new run keeps its start's hyperprior and trains the transforms, gains and context model.")
 def train_base_command(data: tuple[Path, ...], context: str, start_from: Path | None, lambdas: str | None,
                        **loop: Any) -> None:
     """Train the multi-rate hyperprior base codec."""

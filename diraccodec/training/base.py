@@ -38,6 +38,10 @@ class BaseTrainingOptions(LoopOptions):
     # A fresh run's rate-distortion trade-offs, one per level, ascending (None: the defaults, or
     # those of start_from); the gains of start_from's ladder are carried over to them
     lambdas: tuple[float, ...] | None = None
+    # A new run keeps the hyperprior (hyper-analysis, hyper-synthesis, factorized prior) of
+    # start_from as it is and trains the transforms, gains and context model: small downscaled
+    # crops would undo an entropy fine-tune made on large crops at the photos' own scale.
+    freeze_hyperprior: bool = False
 
 
 def rate_distortion_loss(
@@ -58,14 +62,20 @@ def rate_distortion_loss(
 def train_base(options: BaseTrainingOptions, console: Console | None = None) -> TrainingState:
     console = console or Console(stderr=True)
     torch.manual_seed(options.seed)
-    started_from = None
-    if state_exists(options.checkpoint):  # a resumed run keeps its state's size, context and ladder
-        model = MultiRateHyperprior(
-            HyperpriorConfig.from_fields(load_checkpoint_metadata(options.checkpoint).metadata["config"]))
-        if options.start_from is not None or options.lambdas is not None or options.context != model.config.context:
-            console.print("note: resuming the saved state; --start-from, --lambdas and --context apply to new runs")
+    started_from, frozen = None, options.freeze_hyperprior
+    if state_exists(options.checkpoint):  # a resumed run keeps its state's size, context, ladder and freeze
+        metadata = load_checkpoint_metadata(options.checkpoint).metadata
+        model = MultiRateHyperprior(HyperpriorConfig.from_fields(metadata["config"]))
+        frozen = bool(metadata.get("frozen_hyperprior", False))
+        if (options.start_from is not None or options.lambdas is not None or options.context != model.config.context
+                or options.freeze_hyperprior != frozen):
+            console.print("note: resuming the saved state; --start-from, --lambdas, --context and "
+                          "--freeze-hyperprior apply to new runs")
     else:
         model, started_from = _new_model(options, console)
+    if frozen:
+        for module in hyperprior_modules(model):
+            module.requires_grad_(False)
     config = model.config
     run = start_run(model, options, console, from_weights=started_from is not None)
     console.print(f"loading training images from {', '.join(map(str, options.data))}")
@@ -80,6 +90,7 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
             "patch_size": options.patch_size,
             "device": str(run.device),
             "data": [str(p) for p in options.data],
+            "frozen_hyperprior": frozen,
         }
     )
     if started_from is not None:  # kept by every later save of this state
@@ -91,6 +102,12 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
         return rate_distortion_loss(run.step_model, batch, levels)
 
     return run_loop(run, options, next_loss, console, options.batch_size * options.patch_size**2)
+
+
+def hyperprior_modules(model: MultiRateHyperprior) -> list[torch.nn.Module]:
+    """The hyperprior: what predicts every latent's mean and scale from the hyper-latents, and
+    prices those."""
+    return [model.hyper_analysis, model.hyper_synthesis, model.hyper_prior]
 
 
 def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRateHyperprior, str | None]:

@@ -21,7 +21,7 @@ from diraccodec.codec.hyperprior import MultiRateHyperprior
 from diraccodec.compute import thread_count_restored
 from diraccodec.errors import DiracError
 from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, load_base_weights
-from diraccodec.training.base import DEFAULT_TRAIN_DATA
+from diraccodec.training.base import DEFAULT_TRAIN_DATA, hyperprior_modules
 from diraccodec.training.checkpoint import TrainingState
 from diraccodec.training.crops import CropSampler
 from diraccodec.training.loop import LoopOptions, run_loop, start_run
@@ -44,7 +44,7 @@ class EntropyTrainingOptions(LoopOptions):
 def entropy_modules(model: MultiRateHyperprior) -> list[torch.nn.Module]:
     """What the fine-tune trains: everything that prices the latents, the context model included."""
     context = [] if model.context is None else [model.context]
-    return [model.hyper_analysis, model.hyper_synthesis, model.hyper_prior, *context]
+    return [*hyperprior_modules(model), *context]
 
 
 def latent_bank(model: MultiRateHyperprior, options: EntropyTrainingOptions, console: Console) -> torch.Tensor:
