@@ -146,3 +146,16 @@ def test_the_map_does_not_depend_on_which_diffusion_weights_are_installed(small_
         assert drc.TAG_DETAIL in drc.unpack(with_weights).sections
     finally:
         api._diffusion.cache_clear()
+
+
+def test_the_encoder_writes_the_map_below_the_same_lambda_on_another_ladder(small_image, tmp_path):
+    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.modelfiles import export_base_weights
+
+    torch.manual_seed(0)
+    weights = tmp_path / "base.safetensors"
+    ladder = (0.0001, 0.000268, 0.00072, 0.00193, 0.00518, 0.0139, 0.0373, 0.1)  # the map below level 4.16
+    export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 12, ladder)), weights, {})
+    for quality, has_map in ((4.0, True), (4.5, False)):
+        data = diraccodec.encode(small_image, quality, effort=1, weights=weights)
+        assert (drc.TAG_DETAIL in drc.unpack(data).sections) == has_map, quality
