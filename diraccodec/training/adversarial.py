@@ -65,6 +65,11 @@ class CriticisedUNet(nn.Module):
     def config(self) -> ResidualUNetConfig:
         return self.unet.config
 
+    @classmethod
+    def around(cls, unet: ResidualUNet, record: dict[str, Any] | None = None) -> CriticisedUNet:
+        """`unet` beside a new critic, of the configuration a training state records where given."""
+        return cls(unet, PatchCritic(CriticConfig.from_fields(record) if record else CriticConfig()))
+
     def forward(self, *arguments: torch.Tensor) -> torch.Tensor:
         return self.unet(*arguments)
 

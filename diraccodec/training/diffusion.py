@@ -27,7 +27,7 @@ from diraccodec.modelfiles import (
     load_unet_weights,
 )
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
-from diraccodec.training.adversarial import CriticConfig, CriticisedUNet, PatchCritic, adversarial_terms
+from diraccodec.training.adversarial import CriticisedUNet, PatchCritic, adversarial_terms
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
 from diraccodec.training.checkpoint import (
     RNG_PREFIX,
@@ -161,15 +161,14 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
             raise DiracError(f"{options.checkpoint} holds no critic: start a new run from its exported weights "
                              "(--start-from) to add the adversarial term")
     elif options.start_from is not None:
-        unet = load_unet_weights(options.start_from)
-        unet = unet.deepened(max(options.blocks or 1, unet.config.blocks))
+        start = load_unet_weights(options.start_from)  # frozen, for inference
+        unet = start.deepened(max(options.blocks or 1, start.config.blocks))  # a trainable copy, deeper if asked
         if unet.config.max_level != top_level:
             raise DiracError(f"the U-Net knows {unet.config.max_level:g} levels, the base codec {top_level}")
         console.print(f"starting from the U-Net of {options.start_from}")
     model: torch.nn.Module = unet or ResidualUNet(config)
     if critic_fields is not None or (not state_exists(options.checkpoint) and options.adversarial_weight > 0):
-        model = CriticisedUNet(model, PatchCritic(CriticConfig.from_fields(critic_fields) if critic_fields
-                                                  else CriticConfig()))
+        model = CriticisedUNet.around(model, critic_fields)
     run = start_run(model, options, console, from_weights=unet is not None)
     critic = run.model.critic if isinstance(run.model, CriticisedUNet) else None
     trained_on = run.state.metadata.get("base_weights_id")
@@ -246,7 +245,7 @@ def export_diffusion_checkpoint(checkpoint: Path, output: Path, settings: Sample
     model = ResidualUNet(ResidualUNetConfig.from_fields(metadata["config"]))
     trained: torch.nn.Module = model  # what the state holds: the U-Net, or the U-Net beside its critic
     if metadata.get("critic"):
-        trained = CriticisedUNet(model, PatchCritic(CriticConfig.from_fields(metadata["critic"])))
+        trained = CriticisedUNet.around(model, metadata["critic"])
     state = load_checkpoint(checkpoint, trained, None, None, prefer_average=True)
     trained_range = metadata.get("start_time", TRAINED_TIME_RANGE)
     settings = settings or SamplerSettings(start_time=min(SamplerSettings.start_time, trained_range))
