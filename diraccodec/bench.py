@@ -8,6 +8,7 @@ decode the same images in the same run, through Pillow.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
@@ -80,6 +82,24 @@ def image_paths(sources: tuple[Path, ...]) -> list[Path]:
     if not paths:
         raise DiracError("no images to time")
     return paths
+
+
+def variant_timing_parser(description: str) -> argparse.ArgumentParser:
+    """The command line of the scripts that time variants of the base codec against each other
+    (scripts/context_cost.py, scripts/architecture_cost.py) on the first images of a folder."""
+    cli = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument("folder", type=Path)
+    cli.add_argument("--images", type=int, default=4, help="The first N images of the folder (default 4).")
+    cli.add_argument("--quality", type=float, default=4.0)
+    cli.add_argument("--repeat", type=int, default=3)
+    return cli
+
+
+def first_images(folder: Path, count: int) -> tuple[list[np.ndarray], float]:
+    """The first `count` images of `folder` in name order, as RGB arrays, and their megapixels."""
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    return images, sum(image.shape[0] * image.shape[1] for image in images) / 1e6
 
 
 def fastest(repeat: int, function: Callable[[], object]) -> tuple[float, object]:

@@ -269,7 +269,7 @@ def export_base_weights(model: MultiRateHyperprior, path: Path, info: dict[str, 
     tensors.update(hyper_tables.as_tensors("tables.hyper"))
     tensors.update(build_gaussian_tables(scales).as_tensors("tables.latent"))
     tensors["tables.latent.scales"] = torch.from_numpy(scales)
-    metadata = {"config": json.dumps(asdict(model.config)), "info": json.dumps(info)}
+    metadata = {"config": json.dumps(model.config.as_fields()), "info": json.dumps(info)}
     _save_listed(tensors, metadata, path)
 
 

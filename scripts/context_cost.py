@@ -11,34 +11,21 @@ images), and checks that both decode the same pixels.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from diraccodec.bench import fastest, first_images, variant_timing_parser  # noqa: E402
 from diraccodec.codec.base_codec import BaseCodec  # noqa: E402
-from diraccodec.image.planes import IMAGE_SUFFIXES  # noqa: E402
 from diraccodec.modelfiles import default_weights_path, export_base_weights, load_base_weights  # noqa: E402
 from diraccodec.training.base import model_from_weights  # noqa: E402
 from diraccodec.transforms.search import SearchSettings  # noqa: E402
-
-
-def fastest(repeat: int, work: Callable[[], object]) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def time_stages(codec: BaseCodec, rgb: np.ndarray, quality: float, repeat: int) -> dict[str, float]:
@@ -48,10 +35,10 @@ def time_stages(codec: BaseCodec, rgb: np.ndarray, quality: float, repeat: int) 
     stream = codec.compress(rgb, quality)
     search = SearchSettings(passes=1)
     return {
-        "entropy parameters, rounding": fastest(repeat, lambda: codec.quantize(y, quality)),
-        "entropy parameters, one-pass search": fastest(repeat, lambda: codec.quantize(y, quality, rgb, search)),
-        "read stream": fastest(repeat, lambda: codec.read_stream(stream, width, height)),
-        "whole base decode": fastest(repeat, lambda: codec.decompress(stream, width, height, quality)),
+        "entropy parameters, rounding": fastest(repeat, lambda: codec.quantize(y, quality))[0],
+        "entropy parameters, one-pass search": fastest(repeat, lambda: codec.quantize(y, quality, rgb, search))[0],
+        "read stream": fastest(repeat, lambda: codec.read_stream(stream, width, height))[0],
+        "whole base decode": fastest(repeat, lambda: codec.decompress(stream, width, height, quality))[0],
     }
 
 
@@ -63,16 +50,10 @@ def with_context(weights: Path, folder: Path) -> Path:
 
 
 def main() -> None:
-    cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_argument("folder", type=Path)
-    cli.add_argument("--images", type=int, default=4, help="The first N images of the folder (default 4).")
-    cli.add_argument("--quality", type=float, default=4.0)
-    cli.add_argument("--repeat", type=int, default=3)
+    cli = variant_timing_parser(__doc__)
     cli.add_argument("--weights", type=Path, default=None, help="Base weights (default: the shipped ones).")
     arguments = cli.parse_args()
-    paths = sorted(p for p in arguments.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: arguments.images]
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-    megapixels = sum(image.shape[0] * image.shape[1] for image in images) / 1e6
+    images, megapixels = first_images(arguments.folder, arguments.images)
     quality = arguments.quality
     with tempfile.TemporaryDirectory() as folder:
         weights = arguments.weights or default_weights_path()

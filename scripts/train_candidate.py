@@ -123,6 +123,9 @@ def stage_arguments(stage: str, arguments: argparse.Namespace, budget: list[str]
                  "--lambdas", ",".join(f"{value:g}" for value in arguments.lambdas)]
         if not arguments.train_hyperprior:
             line.append("--freeze-hyperprior")
+        for option in ("analysis_channels", "synthesis_channels"):
+            if getattr(arguments, option):
+                line += [f"--{option.replace('_', '-')}", str(getattr(arguments, option))]
     else:
         line += ["--weights", str(work / "weights" / WEIGHTS["base"]), "--start-from", str(start / WEIGHTS[stage])]
     if stage == "diffusion" and arguments.adversarial_weight:
@@ -296,6 +299,10 @@ def parser() -> argparse.ArgumentParser:
                           help="The base's ladder (default: 0.0001 ... 0.1, geometric).")
     training.add_argument("--train-hyperprior", action="store_true",
                           help="Train the base's hyperprior too (default: kept as the start has it).")
+    training.add_argument("--analysis-channels", type=int,
+                          help="Grow the base's analysis to this width (default: the start's).")
+    training.add_argument("--synthesis-channels", type=int,
+                          help="Grow the base's synthesis to this width (default: the start's).")
     training.add_argument("--batch-sizes", type=train_gpu.numbers(int, 3), default=(128, 32, 32),
                           help="Crops per step of the base, the restoration filter and the diffusion decoder "
                                "(default 128,32,32).")

@@ -100,6 +100,9 @@ def parser() -> argparse.ArgumentParser:
                       "(default: --start-from's, else the shipped ladder).")
     base.add_argument("--freeze-hyperprior", action="store_true",
                       help="A new run keeps its start's hyperprior and trains the transforms, gains and context.")
+    base.add_argument("--analysis-channels", type=int, help="A new run's analysis width (default: the start's, "
+                      "else --channels); from --start-from a wider one grows out of the trained one.")
+    base.add_argument("--synthesis-channels", type=int, help="A new run's synthesis width, likewise.")
     stages = cli.add_argument_group("diffusion decoder and restoration filter")
     stages.add_argument("--weights", type=Path, default=DEFAULT_BASE_WEIGHTS, help="The frozen base codec's weights.")
     stages.add_argument("--widths", type=numbers(int), help="The U-Net's widths, e.g. 32,64,128 (a new run's).")
@@ -144,7 +147,9 @@ def training_options(arguments: argparse.Namespace, state: Path) -> LoopOptions:
             raise SystemExit(f"--patch-size must be a multiple of {HYPER_STRIDE}")
         return BaseTrainingOptions(**common, channels=arguments.channels, latent_channels=arguments.latent_channels,
                                    context=arguments.context, start_from=arguments.start_from,
-                                   lambdas=arguments.lambdas, freeze_hyperprior=arguments.freeze_hyperprior)
+                                   lambdas=arguments.lambdas, freeze_hyperprior=arguments.freeze_hyperprior,
+                                   analysis_channels=arguments.analysis_channels,
+                                   synthesis_channels=arguments.synthesis_channels)
     if arguments.model == "diffusion":
         widths = {"widths": arguments.widths} if arguments.widths else {}
         return DiffusionTrainingOptions(

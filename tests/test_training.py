@@ -27,6 +27,16 @@ def photo_folder(tmp_path_factory, sample_image: Image.Image) -> Path:
     return folder
 
 
+def small_base_weights(folder: Path) -> Path:
+    """Untrained base weights of a tiny size (N=8, M=12) to start runs from, always the same."""
+    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.modelfiles import export_base_weights
+
+    torch.manual_seed(0)
+    export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 12)), folder / "base.safetensors", {})
+    return folder / "base.safetensors"
+
+
 def options(folder: Path, checkpoint: Path, steps: int) -> BaseTrainingOptions:
     return BaseTrainingOptions(
         data=(folder,), checkpoint=checkpoint, steps=steps, batch_size=2, patch_size=64,
@@ -191,13 +201,9 @@ def test_a_time_budget_sets_the_step_count_and_a_run_without_moments_warms_up(ph
 def test_entropy_finetune_lowers_the_rate_and_leaves_the_transforms_alone(photo_folder: Path, tmp_path: Path,
                                                                            capsys):
     from diraccodec import api
-    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
-    from diraccodec.modelfiles import export_base_weights
     from diraccodec.training.entropy import EntropyTrainingOptions, train_entropy
 
-    torch.manual_seed(0)
-    start = tmp_path / "start" / "base.safetensors"
-    export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 12)), start, {})
+    start = small_base_weights(tmp_path / "start")
     checkpoint, tuned = tmp_path / "entropy.safetensors", tmp_path / "tuned" / "base.safetensors"
     train_entropy(EntropyTrainingOptions(
         data=(photo_folder,), base_weights=start, checkpoint=checkpoint, steps=30, batch_size=2, patch_size=128,
@@ -220,13 +226,9 @@ def test_entropy_finetune_lowers_the_rate_and_leaves_the_transforms_alone(photo_
 
 def test_a_context_model_trains_from_hyperprior_weights_and_codes(photo_folder: Path, tmp_path: Path):
     from diraccodec import api
-    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
     from diraccodec.errors import DiracError
-    from diraccodec.modelfiles import export_base_weights
 
-    torch.manual_seed(0)
-    start = tmp_path / "start" / "base.safetensors"
-    export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 12)), start, {})
+    start = small_base_weights(tmp_path / "start")
     run = options(photo_folder, tmp_path / "ck", 3)
     run.context, run.start_from = "checkerboard", start
     train_base(run)
@@ -259,12 +261,10 @@ def test_train_base_takes_a_lower_ladder_from_trained_weights(photo_folder: Path
     from click.testing import CliRunner
 
     from diraccodec.cli import main
-    from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, HyperpriorConfig, MultiRateHyperprior
-    from diraccodec.modelfiles import export_base_weights, load_base_weights
+    from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS
+    from diraccodec.modelfiles import load_base_weights
 
-    torch.manual_seed(0)
-    start = tmp_path / "start" / "base.safetensors"
-    export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 12)), start, {})
+    start = small_base_weights(tmp_path / "start")
     ladder = (0.0002, *DEFAULT_LAMBDAS[1:])
     state, weights = tmp_path / "state", tmp_path / "w" / "base.safetensors"
     common = ["train", "base", "--data", str(photo_folder), "--checkpoint", str(state), "--steps", "1",
@@ -317,12 +317,8 @@ def test_a_frozen_hyperprior_stays_as_its_start_had_it_while_the_rest_trains(pho
     from click.testing import CliRunner
 
     from diraccodec.cli import main
-    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
-    from diraccodec.modelfiles import export_base_weights
 
-    torch.manual_seed(0)
-    start = tmp_path / "start" / "base.safetensors"
-    export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 12)), start, {})
+    start = small_base_weights(tmp_path / "start")
     state, weights = tmp_path / "state", tmp_path / "w" / "base.safetensors"
     common = ["train", "base", "--data", str(photo_folder), "--checkpoint", str(state), "--batch-size", "1",
               "--patch-size", "64", "--threads", "1", "--start-from", str(start), "--context", "checkerboard",
@@ -331,7 +327,7 @@ def test_a_frozen_hyperprior_stays_as_its_start_had_it_while_the_rest_trains(pho
     result = runner.invoke(main, [*common, "--steps", "2", "--freeze-hyperprior"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, [*common, "--steps", "4"])  # resumed: the state keeps its freeze
-    assert result.exit_code == 0 and "--freeze-hyperprior apply to new runs" in result.output
+    assert result.exit_code == 0 and "apply to new runs" in result.output and "--freeze-hyperprior" in result.output
     assert runner.invoke(main, ["train", "export", str(state), str(weights)]).exit_code == 0
     before, after = load_file(str(start)), load_file(str(weights))
     hyperprior = [name for name in before if name.startswith(("model.hyper_analysis", "model.hyper_synthesis",
@@ -342,3 +338,29 @@ def test_a_frozen_hyperprior_stays_as_its_start_had_it_while_the_rest_trains(pho
         assert not torch.equal(after[name], before[name]), name
     assert not torch.equal(after["model.context.parameters_net.2.weight"], torch.zeros(24, 24, 1, 1))
     assert load_checkpoint_metadata(state).metadata["frozen_hyperprior"] is True
+
+
+def test_train_base_grows_wider_transforms_out_of_trained_weights(photo_folder: Path, tmp_path: Path):
+    from click.testing import CliRunner
+
+    from diraccodec import api
+    from diraccodec.cli import main
+    from diraccodec.modelfiles import load_base_weights
+
+    start = small_base_weights(tmp_path / "start")
+    state, weights = tmp_path / "state", tmp_path / "w" / "base.safetensors"
+    common = ["train", "base", "--data", str(photo_folder), "--checkpoint", str(state), "--steps", "1",
+              "--batch-size", "1", "--patch-size", "64", "--threads", "1", "--start-from", str(start)]
+    runner = CliRunner()
+    result = runner.invoke(main, [*common, "--synthesis-channels", "4"])
+    assert result.exit_code == 2 and "does not fit a none context model of synthesis 4" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(main, [*common, "--analysis-channels", "16", "--synthesis-channels", "12"])
+    assert result.exit_code == 0, result.output
+    assert "(analysis 8 -> 16, synthesis 8 -> 12)" in result.output
+    assert runner.invoke(main, ["train", "export", str(state), str(weights)]).exit_code == 0
+    grown = load_base_weights(weights).model
+    assert (grown.config.analysis_width, grown.config.synthesis_width, grown.config.channels) == (16, 12, 8)
+    assert grown.analysis[0].weight.shape == (16, 3, 5, 5) and grown.synthesis[0].weight.shape == (12, 12, 5, 5)
+    image = Image.open(photo_folder / "b.png").convert("RGB").crop((0, 0, 70, 50))
+    assert api.decode(api.encode(image, 2, weights=weights), weights=weights).size == (70, 50)

@@ -68,6 +68,11 @@ def training_options(
                    "ladder); the start's gains are carried over to them.")
 @click.option("--freeze-hyperprior", is_flag=True,
               help="A new run keeps its start's hyperprior and trains the transforms, gains and context model.")
+@click.option("--analysis-channels", type=click.IntRange(min=1), default=None,
+              help="A new run's analysis width (default: the start's, else 96); from --start-from a wider "
+                   "analysis grows out of the trained one.")
+@click.option("--synthesis-channels", type=click.IntRange(min=1), default=None,
+              help="A new run's synthesis width, likewise.")
 def train_base_command(data: tuple[Path, ...], context: str, start_from: Path | None, lambdas: str | None,
                        **loop: Any) -> None:
     """Train the multi-rate hyperprior base codec."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -50,10 +50,15 @@ def ladder_position(lambdas: Sequence[float], value: float) -> float:
 
 @dataclass(frozen=True)
 class HyperpriorConfig:
-    channels: int = 96  # N: width of the transforms
+    channels: int = 96  # N: width of the hyper transforms, and of the two below unless given
     latent_channels: int = 160  # M: channels of y
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
     context: str = "none"  # one of CONTEXTS: how the latents' mean and scale are predicted
+    # The analysis and the synthesis may differ in width (None: N). Only the encoder runs the
+    # analysis, once per image; the decoder runs the synthesis, and the encoder's search runs
+    # it again on every pass, so the two widths cost the CPU differently (models.md).
+    analysis_channels: int | None = None
+    synthesis_channels: int | None = None
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXTS:
@@ -62,9 +67,26 @@ class HyperpriorConfig:
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> HyperpriorConfig:
         """The configuration as a weights file or a training state records it (older ones
-        have no context field: they are plain hyperpriors)."""
+        have no context field: they are plain hyperpriors; nor widths of their own)."""
         return cls(fields["channels"], fields["latent_channels"], tuple(fields["lambdas"]),
-                   fields.get("context", "none"))
+                   fields.get("context", "none"), fields.get("analysis_channels"), fields.get("synthesis_channels"))
+
+    def as_fields(self) -> dict[str, Any]:
+        """What a weights file or a training state records: widths only where they differ
+        from N, so that a model of one width is recorded as it always was."""
+        fields = asdict(self)
+        for name in ("analysis_channels", "synthesis_channels"):
+            if fields[name] is None:
+                del fields[name]
+        return fields
+
+    @property
+    def analysis_width(self) -> int:
+        return self.analysis_channels or self.channels
+
+    @property
+    def synthesis_width(self) -> int:
+        return self.synthesis_channels or self.channels
 
     @property
     def num_levels(self) -> int:
@@ -83,8 +105,8 @@ class MultiRateHyperprior(nn.Module):
         super().__init__()
         self.config = config
         n, m = config.channels, config.latent_channels
-        self.analysis = AnalysisTransform(n, m)
-        self.synthesis = SynthesisTransform(n, m)
+        self.analysis = AnalysisTransform(config.analysis_width, m)
+        self.synthesis = SynthesisTransform(config.synthesis_width, m)
         self.hyper_analysis = HyperAnalysis(n, m)
         self.hyper_synthesis = HyperSynthesis(n, m)
         self.hyper_prior = FactorizedPrior(n)

@@ -8,7 +8,7 @@ resumes it (model, Adam moments, data and noise RNG); a resumed run keeps its st
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from diraccodec.errors import DiracError
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
 from diraccodec.training.crops import CropSampler
 from diraccodec.training.loop import LoopOptions, run_loop, start_run
+from diraccodec.training.widening import widen_into
 
 DEFAULT_TRAIN_DATA = Path("../shared/data/train")
 
@@ -42,6 +43,10 @@ class BaseTrainingOptions(LoopOptions):
     # start_from as it is and trains the transforms, gains and context model: small downscaled
     # crops would undo an entropy fine-tune made on large crops at the photos' own scale.
     freeze_hyperprior: bool = False
+    # A new run's analysis and synthesis widths (None: N, or start_from's). From start_from a
+    # wider transform grows out of the trained one and starts computing exactly what it does.
+    analysis_channels: int | None = None
+    synthesis_channels: int | None = None
 
 
 def rate_distortion_loss(
@@ -68,9 +73,9 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
         model = MultiRateHyperprior(HyperpriorConfig.from_fields(metadata["config"]))
         frozen = bool(metadata.get("frozen_hyperprior", False))
         if (options.start_from is not None or options.lambdas is not None or options.context != model.config.context
-                or options.freeze_hyperprior != frozen):
-            console.print("note: resuming the saved state; --start-from, --lambdas, --context and "
-                          "--freeze-hyperprior apply to new runs")
+                or options.freeze_hyperprior != frozen or options.analysis_channels or options.synthesis_channels):
+            console.print("note: resuming the saved state; --start-from, --lambdas, --context, --freeze-hyperprior "
+                          "and the widths apply to new runs")
     else:
         model, started_from = _new_model(options, console)
     if frozen:
@@ -82,10 +87,10 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
     sampler = CropSampler(options.data, options.patch_size, generator=run.generator, device=run.device,
                           channels_last=run.channels_last)
     console.print(f"{sampler.image_count} images; model N={config.channels} M={config.latent_channels} "
-                  f"context {config.context}")
+                  f"(analysis {config.analysis_width}, synthesis {config.synthesis_width}) context {config.context}")
     run.state.metadata.update(
         {
-            "config": asdict(config),
+            "config": config.as_fields(),
             "batch_size": options.batch_size,
             "patch_size": options.patch_size,
             "device": str(run.device),
@@ -115,32 +120,60 @@ def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRat
     weights id it also returns, for the state's record)."""
     ladder = None if options.lambdas is None else check_lambdas(options.lambdas)
     if options.start_from is None:
-        return MultiRateHyperprior(HyperpriorConfig(options.channels, options.latent_channels,
-                                                    ladder or DEFAULT_LAMBDAS, options.context)), None
+        config = HyperpriorConfig(options.channels, options.latent_channels, ladder or DEFAULT_LAMBDAS,
+                                  options.context)
+        return MultiRateHyperprior(with_widths(config, options.analysis_channels, options.synthesis_channels)), None
     from diraccodec.modelfiles import load_base_weights
 
     loaded = load_base_weights(Path(options.start_from).resolve())
     try:
-        model = model_from_weights(loaded.model, options.context, ladder)
+        model = model_from_weights(loaded.model, options.context, ladder, options.analysis_channels,
+                                   options.synthesis_channels)
     except ValueError as error:
-        raise DiracError(f"{options.start_from} does not fit a {options.context} context model: {error}") from None
-    new_context = loaded.model.context is None and model.context is not None
-    console.print(f"starting from {options.start_from}" + (" (a new context model)" if new_context else ""))
+        widths = [f"{name} {width}" for name, width in (("analysis", options.analysis_channels),
+                                                        ("synthesis", options.synthesis_channels)) if width]
+        raise DiracError(f"{options.start_from} does not fit a {options.context} context model"
+                         f"{' of ' + ' and '.join(widths) if widths else ''}: {error}") from None
+    grown = [f"{name} {old} -> {new}" for name, old, new in (
+        ("analysis", loaded.model.config.analysis_width, model.config.analysis_width),
+        ("synthesis", loaded.model.config.synthesis_width, model.config.synthesis_width)) if new != old]
+    if loaded.model.context is None and model.context is not None:
+        grown.append("a new context model")
+    console.print(f"starting from {options.start_from}" + (f" ({', '.join(grown)})" if grown else ""))
     return model, loaded.weights_id.hex()
 
 
+def with_widths(config: HyperpriorConfig, analysis: int | None, synthesis: int | None) -> HyperpriorConfig:
+    """`config` with the given analysis and synthesis widths (None: keep its own); a width equal
+    to N is recorded as none of its own."""
+    analysis, synthesis = analysis or config.analysis_width, synthesis or config.synthesis_width
+    if min(analysis, synthesis) < 1:
+        raise ValueError(f"widths must be positive, got {analysis} and {synthesis}")
+    return replace(config, analysis_channels=None if analysis == config.channels else analysis,
+                   synthesis_channels=None if synthesis == config.channels else synthesis)
+
+
 def model_from_weights(start: MultiRateHyperprior, context: str | None = None,
-                       lambdas: tuple[float, ...] | None = None) -> MultiRateHyperprior:
-    """A model with `start`'s size, transforms and hyperprior, the given context model (None:
-    start's) and ladder (None: start's), its gains carried over to the ladder. A context model
-    that start lacks begins at zero, so the new model codes exactly as start does."""
-    model = MultiRateHyperprior(replace(start.config, context=context or start.config.context,
-                                        lambdas=lambdas or start.config.lambdas))
+                       lambdas: tuple[float, ...] | None = None, analysis_channels: int | None = None,
+                       synthesis_channels: int | None = None) -> MultiRateHyperprior:
+    """A model with `start`'s transforms and hyperprior, the given context model (None: start's),
+    ladder (None: start's), its gains carried over to the ladder, and analysis and synthesis
+    widths (None: start's; never narrower). A context model that start lacks begins at zero,
+    and wider transforms grow out of start's (training.widening), so the new model codes
+    exactly as start does."""
+    config = replace(start.config, context=context or start.config.context, lambdas=lambdas or start.config.lambdas)
+    model = MultiRateHyperprior(with_widths(config, analysis_channels, synthesis_channels))
     gains = ("log_gain", "log_inverse_gain")  # carried over below, whatever the ladders' lengths
+    grown = {name for name, old, new in (
+        ("analysis", start.config.analysis_width, model.config.analysis_width),
+        ("synthesis", start.config.synthesis_width, model.config.synthesis_width)) if new != old}
     missing, unexpected = model.load_state_dict(
-        {key: value for key, value in start.state_dict().items() if key not in gains}, strict=False)
-    if unexpected or any(key not in gains and not key.startswith("context.") for key in missing):
+        {key: value for key, value in start.state_dict().items()
+         if key not in gains and key.split(".")[0] not in grown}, strict=False)
+    if unexpected or any(key not in gains and key.split(".")[0] not in {"context", *grown} for key in missing):
         raise ValueError(f"{', '.join([*unexpected, *missing][:3])} ...")
+    for name in sorted(grown):
+        widen_into(getattr(start, name), getattr(model, name))
     with torch.no_grad():
         model.log_gain.copy_(gains_on_ladder(start.log_gain, start.config.lambdas, model.config.lambdas))
         model.log_inverse_gain.copy_(

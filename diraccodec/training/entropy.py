@@ -10,7 +10,7 @@ computed once per run from a seeded draw, so a resumed run trains on the same se
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -88,7 +88,7 @@ def train_entropy(options: EntropyTrainingOptions, console: Console | None = Non
     console.print(f"{latents.shape[0]} latent grids of {latents.shape[-2]}x{latents.shape[-1]}")
     run.state.metadata.update(
         {
-            "config": asdict(model.config),
+            "config": model.config.as_fields(),
             "entropy_finetune_of": weights.weights_id.hex(),
             "batch_size": options.batch_size,
             "patch_size": options.patch_size,

@@ -1,0 +1,120 @@
+"""What wider analysis and synthesis transforms cost the CPU, before any of them is trained.
+
+    python scripts/architecture_cost.py ../shared/data/kodak --images 4 --repeat 3 --widths 96/96,192/96,144/144,192/192
+
+Each WIDTHS entry is ANALYSIS/SYNTHESIS. Its base weights grow out of the shipped ones
+(diraccodec.training.widening): the new channels give nothing to the old, so every width makes
+the same symbols as the shipped base and the timings differ only by the transforms' work. The
+shipped restoration filter is tied to each grown base, so that the encoder's search and the
+0-step decode run as they do with the shipped weights. The widths take turns on every image,
+so that a drift of the machine's speed hits them all, after a warm-up round; each stage is the fastest of --repeat
+runs, summed over the images, in seconds per megapixel, in the default (fast) mode.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from diraccodec import api  # noqa: E402
+from diraccodec.bench import fastest, first_images, variant_timing_parser  # noqa: E402
+from diraccodec.modelfiles import (  # noqa: E402
+    RESTORATION_ENV,
+    default_weights_path,
+    export_base_weights,
+    export_restoration_weights,
+    load_base_weights,
+    load_restoration_weights,
+)
+from diraccodec.training.base import model_from_weights  # noqa: E402
+
+STAGES = ("analysis", "encode, effort 1", "encode, effort 2 (default)", "synthesis", "decode, 0 steps")
+
+
+def grown_weights(widths: tuple[int, int], folder: Path) -> tuple[Path, Path]:
+    """Base weights of these widths grown out of the shipped ones, and the shipped restoration
+    filter tied to them, in a folder of their own."""
+    folder.mkdir()
+    base = load_base_weights(default_weights_path())
+    path = folder / "base.safetensors"
+    export_base_weights(model_from_weights(base.model, analysis_channels=widths[0], synthesis_channels=widths[1]),
+                        path, {"purpose": "timing"})
+    restoration = load_restoration_weights()
+    if restoration is None:
+        raise SystemExit("the shipped restoration filter is not installed")
+    filter_path = folder / "restoration.safetensors"
+    export_restoration_weights(restoration.model, load_base_weights(path).weights_id, filter_path,
+                               {"purpose": "timing"})
+    return path, filter_path
+
+
+def time_stages(rgb: np.ndarray, weights: Path, quality: float, repeat: int) -> tuple[dict[str, float], int]:
+    """Seconds of each stage on one image, and the default encode's size in bytes."""
+    codec = api.get_codec(weights, api.compute_for("cpu", False))
+    if api.get_restorer(codec) is None:
+        raise SystemExit(f"no restoration filter for {weights}")
+    height, width = rgb.shape[:2]
+    image = Image.fromarray(rgb)
+    seconds: dict[str, float] = {}
+    seconds["analysis"], _ = fastest(repeat, lambda: codec.analysis_latents(rgb))
+    seconds["encode, effort 1"], _ = fastest(repeat, lambda: api.encode(image, quality, effort=1, weights=weights))
+    seconds["encode, effort 2 (default)"], encoded = fastest(
+        repeat, lambda: api.encode(image, quality, weights=weights))
+    latents = codec.read_stream(api.inspect(encoded).header.sections[b"LATS"], width, height)
+    seconds["synthesis"], _ = fastest(repeat, lambda: codec.synthesize(latents, width, height, quality))
+    seconds["decode, 0 steps"], _ = fastest(repeat, lambda: api.decode(encoded, 0, weights=weights))
+    return seconds, len(encoded)
+
+
+def parse_widths(text: str) -> list[tuple[int, int]]:
+    try:
+        pairs = [tuple(int(value) for value in entry.split("/")) for entry in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--widths takes ANALYSIS/SYNTHESIS pairs, got {text}") from None
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"--widths takes ANALYSIS/SYNTHESIS pairs, got {text}")
+    return [(pair[0], pair[1]) for pair in pairs]
+
+
+def main() -> None:
+    cli = variant_timing_parser(__doc__)
+    cli.add_argument("--widths", type=parse_widths, default=parse_widths("96/96,192/96,144/144,192/192"),
+                     help="ANALYSIS/SYNTHESIS pairs, each at least the shipped width (default "
+                          "96/96,192/96,144/144,192/192).")
+    arguments = cli.parse_args()
+    images, megapixels = first_images(arguments.folder, arguments.images)
+    names = [f"{analysis}/{synthesis}" for analysis, synthesis in arguments.widths]
+    seconds = {name: dict.fromkeys(STAGES, 0.0) for name in names}
+    sizes = dict.fromkeys(names, 0)
+    with tempfile.TemporaryDirectory() as temporary:
+        files = {name: grown_weights(widths, Path(temporary) / name.replace("/", "-"))
+                 for name, widths in zip(names, arguments.widths, strict=True)}
+        for weights, restoration in files.values():  # a warm-up round: first calls load and plan
+            os.environ[RESTORATION_ENV] = str(restoration)
+            time_stages(images[0], weights, arguments.quality, 1)
+        for rgb in images:  # the widths take turns
+            for name, (weights, restoration) in files.items():
+                os.environ[RESTORATION_ENV] = str(restoration)
+                spent, size = time_stages(rgb, weights, arguments.quality, arguments.repeat)
+                sizes[name] += size
+                for stage in STAGES:
+                    seconds[name][stage] += spent[stage]
+    print(f"{len(images)} images, {megapixels:.2f} MP, level {arguments.quality:g}; seconds per megapixel")
+    print("| stage | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names))
+    for stage in STAGES:
+        print(f"| {stage} | " + " | ".join(f"{seconds[name][stage] / megapixels:.3f}" for name in names) + " |")
+    print("| bpp at the default effort | " + " | ".join(f"{8 * sizes[name] / megapixels / 1e6:.4f}" for name in names)
+          + " |")
+
+
+if __name__ == "__main__":
+    main()
