@@ -1,14 +1,16 @@
-"""What wider analysis and synthesis transforms cost the CPU, before any of them is trained.
+"""What wider analysis and synthesis transforms, and a context model, cost the CPU, before any
+of them is trained.
 
-    python scripts/architecture_cost.py ../shared/data/kodak --images 4 --repeat 3 --widths 96/96,192/96,144/144,192/192
+    python scripts/architecture_cost.py ../shared/data/kodak --widths 96/96,192/96,96/96+checkerboard
 
-Each WIDTHS entry is ANALYSIS/SYNTHESIS. Its base weights grow out of the shipped ones
-(diraccodec.training.widening): the new channels give nothing to the old, so every width makes
-the same symbols as the shipped base and the timings differ only by the transforms' work. The
-shipped restoration filter is tied to each grown base, so that the encoder's search and the
-0-step decode run as they do with the shipped weights. The widths take turns on every image,
-so that a drift of the machine's speed hits them all, after a warm-up round; each stage is the fastest of --repeat
-runs, summed over the images, in seconds per megapixel, in the default (fast) mode.
+Each WIDTHS entry is ANALYSIS/SYNTHESIS, optionally +checkerboard. Its base weights grow out of
+the shipped ones (diraccodec.training.widening), a context model starting at zero beside them:
+the new parts give nothing to the old, so every variant makes the same symbols as the shipped
+base and the timings differ only by the work. The shipped restoration filter is tied to each
+grown base, so that the encoder's search and the 0-step decode run as they do with the shipped
+weights. The variants take turns on every image, after a warm-up round, so that a drift of the
+machine's speed hits them all; each stage is the fastest of --repeat runs, summed over the
+images, in seconds per megapixel, in the default (fast) mode.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ if str(ROOT) not in sys.path:
 
 from diraccodec import api  # noqa: E402
 from diraccodec.bench import fastest, first_images, variant_timing_parser  # noqa: E402
+from diraccodec.codec.hyperprior import CONTEXTS  # noqa: E402
+from diraccodec.evaluation.metrics import psnr  # noqa: E402
 from diraccodec.modelfiles import (  # noqa: E402
     RESTORATION_ENV,
     default_weights_path,
@@ -40,14 +44,15 @@ from diraccodec.training.base import model_from_weights  # noqa: E402
 STAGES = ("analysis", "encode, effort 1", "encode, effort 2 (default)", "synthesis", "decode, 0 steps")
 
 
-def grown_weights(widths: tuple[int, int], folder: Path) -> tuple[Path, Path]:
-    """Base weights of these widths grown out of the shipped ones, and the shipped restoration
-    filter tied to them, in a folder of their own."""
+def grown_weights(variant: Variant, folder: Path) -> tuple[Path, Path]:
+    """Base weights of these widths and context model grown out of the shipped ones, and the
+    shipped restoration filter tied to them, in a folder of their own."""
     folder.mkdir()
     base = load_base_weights(default_weights_path())
     path = folder / "base.safetensors"
-    export_base_weights(model_from_weights(base.model, analysis_channels=widths[0], synthesis_channels=widths[1]),
-                        path, {"purpose": "timing"})
+    analysis, synthesis, context = variant
+    export_base_weights(model_from_weights(base.model, context, analysis_channels=analysis,
+                                           synthesis_channels=synthesis), path, {"purpose": "timing"})
     restoration = load_restoration_weights()
     if restoration is None:
         raise SystemExit("the shipped restoration filter is not installed")
@@ -57,8 +62,8 @@ def grown_weights(widths: tuple[int, int], folder: Path) -> tuple[Path, Path]:
     return path, filter_path
 
 
-def time_stages(rgb: np.ndarray, weights: Path, quality: float, repeat: int) -> tuple[dict[str, float], int]:
-    """Seconds of each stage on one image, and the default encode's size in bytes."""
+def time_stages(rgb: np.ndarray, weights: Path, quality: float, repeat: int) -> tuple[dict[str, float], int, float]:
+    """Seconds of each stage on one image, the default encode's size in bytes and its PSNR at 0 steps."""
     codec = api.get_codec(weights, api.compute_for("cpu", False))
     if api.get_restorer(codec) is None:
         raise SystemExit(f"no restoration filter for {weights}")
@@ -71,41 +76,51 @@ def time_stages(rgb: np.ndarray, weights: Path, quality: float, repeat: int) -> 
         repeat, lambda: api.encode(image, quality, weights=weights))
     latents = codec.read_stream(api.inspect(encoded).header.sections[b"LATS"], width, height)
     seconds["synthesis"], _ = fastest(repeat, lambda: codec.synthesize(latents, width, height, quality))
-    seconds["decode, 0 steps"], _ = fastest(repeat, lambda: api.decode(encoded, 0, weights=weights))
-    return seconds, len(encoded)
+    seconds["decode, 0 steps"], decoded = fastest(repeat, lambda: api.decode(encoded, 0, weights=weights))
+    return seconds, len(encoded), psnr(image, decoded)
 
 
-def parse_widths(text: str) -> list[tuple[int, int]]:
-    try:
-        pairs = [tuple(int(value) for value in entry.split("/")) for entry in text.split(",")]
-    except ValueError:
-        raise SystemExit(f"--widths takes ANALYSIS/SYNTHESIS pairs, got {text}") from None
-    if any(len(pair) != 2 for pair in pairs):
-        raise SystemExit(f"--widths takes ANALYSIS/SYNTHESIS pairs, got {text}")
-    return [(pair[0], pair[1]) for pair in pairs]
+Variant = tuple[int, int, str]  # analysis width, synthesis width, context model
+
+
+def parse_variants(text: str) -> list[Variant]:
+    """ANALYSIS/SYNTHESIS[+CONTEXT] entries, comma-separated."""
+    variants = []
+    for entry in text.split(","):
+        widths, _, context = entry.partition("+")
+        try:
+            analysis, synthesis = (int(value) for value in widths.split("/"))
+        except ValueError:
+            raise SystemExit(f"--widths takes ANALYSIS/SYNTHESIS[+CONTEXT] entries, got {entry}") from None
+        if (context or "none") not in CONTEXTS:
+            raise SystemExit(f"unknown context model {context!r} in {entry} (one of {', '.join(CONTEXTS)})")
+        variants.append((analysis, synthesis, context or "none"))
+    return variants
 
 
 def main() -> None:
     cli = variant_timing_parser(__doc__)
-    cli.add_argument("--widths", type=parse_widths, default=parse_widths("96/96,192/96,144/144,192/192"),
-                     help="ANALYSIS/SYNTHESIS pairs, each at least the shipped width (default "
-                          "96/96,192/96,144/144,192/192).")
+    cli.add_argument("--widths", type=parse_variants, default=parse_variants("96/96,192/96,144/144,192/192"),
+                     help="ANALYSIS/SYNTHESIS[+CONTEXT] entries, each at least the shipped width; +checkerboard "
+                          "adds a context model (default 96/96,192/96,144/144,192/192).")
     arguments = cli.parse_args()
     images, megapixels = first_images(arguments.folder, arguments.images)
-    names = [f"{analysis}/{synthesis}" for analysis, synthesis in arguments.widths]
+    names = [f"{analysis}/{synthesis}" + ("" if context == "none" else f"+{context}")
+             for analysis, synthesis, context in arguments.widths]
     seconds = {name: dict.fromkeys(STAGES, 0.0) for name in names}
-    sizes = dict.fromkeys(names, 0)
+    sizes, qualities = dict.fromkeys(names, 0), dict.fromkeys(names, 0.0)
     with tempfile.TemporaryDirectory() as temporary:
-        files = {name: grown_weights(widths, Path(temporary) / name.replace("/", "-"))
-                 for name, widths in zip(names, arguments.widths, strict=True)}
+        files = {name: grown_weights(variant, Path(temporary) / name.replace("/", "-"))
+                 for name, variant in zip(names, arguments.widths, strict=True)}
         for weights, restoration in files.values():  # a warm-up round: first calls load and plan
             os.environ[RESTORATION_ENV] = str(restoration)
             time_stages(images[0], weights, arguments.quality, 1)
-        for rgb in images:  # the widths take turns
+        for rgb in images:  # the variants take turns
             for name, (weights, restoration) in files.items():
                 os.environ[RESTORATION_ENV] = str(restoration)
-                spent, size = time_stages(rgb, weights, arguments.quality, arguments.repeat)
+                spent, size, quality = time_stages(rgb, weights, arguments.quality, arguments.repeat)
                 sizes[name] += size
+                qualities[name] += quality / len(images)
                 for stage in STAGES:
                     seconds[name][stage] += spent[stage]
     print(f"{len(images)} images, {megapixels:.2f} MP, level {arguments.quality:g}; seconds per megapixel")
@@ -113,6 +128,8 @@ def main() -> None:
     for stage in STAGES:
         print(f"| {stage} | " + " | ".join(f"{seconds[name][stage] / megapixels:.3f}" for name in names) + " |")
     print("| bpp at the default effort | " + " | ".join(f"{8 * sizes[name] / megapixels / 1e6:.4f}" for name in names)
+          + " |")
+    print("| PSNR at the default effort, 0 steps (dB) | " + " | ".join(f"{qualities[name]:.3f}" for name in names)
           + " |")
 
 

@@ -63,17 +63,21 @@ def context_weights(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("passes", [0, 1])
+@pytest.mark.parametrize("passes", [0, 1, 2])
 def test_context_streams_round_trip_exactly(context_weights: Path, small_image: Image.Image, passes: int):
     codec = BaseCodec(load_base_weights(context_weights))
     assert codec.model.config.context == "checkerboard"
     rgb = np.asarray(small_image)
     reports: list[tuple[int, int]] = []
     latents = codec.analyse(rgb, 4, SearchSettings(passes=passes, progress=lambda *report: reports.append(report)))
-    if passes:  # the two halves' searches report as one
-        assert reports == [(1, 2), (2, 2)]
+    # the halves share the passes, the anchors first; two halves' searches report as one
+    assert reports == {0: [], 1: [(1, 1)], 2: [(1, 2), (2, 2)]}[passes]
     hyper_mean, hyper_tables = codec.entropy_parameters(latents.hyper)
     non_anchor = ~anchor_mask(*latents.symbols.shape[1:]).numpy()
+    rounded = (codec.analysis_latents(rgb).double() * codec._gains64(4)[0] - latents.mean).round().long().numpy()
+    rounded_rest = np.array_equal(latents.symbols[:, non_anchor], rounded[:, non_anchor])
+    assert rounded_rest == (passes < 2)  # one pass searches the anchors alone
+    assert np.array_equal(latents.symbols[:, ~non_anchor], rounded[:, ~non_anchor]) == (passes == 0)
     assert not np.array_equal(latents.table_ids[:, non_anchor], hyper_tables[:, non_anchor])
     assert torch.equal(latents.mean[:, ~non_anchor], hyper_mean[:, ~non_anchor])
     decoded = codec.read_stream(codec.write_stream(latents), small_image.width, small_image.height)

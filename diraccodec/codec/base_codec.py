@@ -66,12 +66,24 @@ class Latents:
     table_ids: np.ndarray  # (M, Hp/16, Wp/16) the range coder's table of each symbol
 
 
-def _half(search: SearchSettings, index: int) -> SearchSettings:
-    """The settings of one of a context model's two searches, reporting progress over both."""
+def _halves(search: SearchSettings) -> tuple[SearchSettings, SearchSettings]:
+    """The settings of a context model's two searches, the anchors' and the rest's.
+
+    An effort's passes are the search's work, so the halves share them, the anchors taking the
+    odd one: one pass (the default effort) searches the anchors alone and rounds the rest
+    against the mean the anchors give them. Progress is reported over the halves that search.
+    """
+    passes = (-(-search.passes // 2), search.passes // 2)
+    searching = sum(count > 0 for count in passes)
     report = search.progress
-    if report is None:
-        return search
-    return replace(search, progress=lambda done, total: report(index * total + done, 2 * total))
+
+    def half(index: int) -> SearchSettings:
+        if report is None or searching < 2:
+            return replace(search, passes=passes[index])
+        return replace(search, passes=passes[index],
+                       progress=lambda done, total: report(index * total + done, 2 * total))
+
+    return half(0), half(1)
 
 
 def padded_size(height: int, width: int) -> tuple[int, int]:
@@ -218,14 +230,15 @@ class BaseCodec:
             return Latents(hyper, symbols, mean, table_ids)
         # The anchors first, then the non-anchors against the mean the final anchors give them.
         is_anchor = ~non_anchor.numpy()
-        if search.passes > 0:
-            symbols = self._search(rgb, quality, mean, table_ids, symbols, _half(search, 0), is_anchor)
+        anchor_search, rest_search = _halves(search)
+        if anchor_search.passes > 0:
+            symbols = self._search(rgb, quality, mean, table_ids, symbols, anchor_search, is_anchor)
         self._refine_non_anchors(symbols, mean, scale, table_ids)
         del scale
         symbols[:, ~is_anchor] = y_rest.sub_(mean[:, non_anchor]).round_().to(torch.int64).numpy()
         del y_rest
-        if search.passes > 0:
-            symbols = self._search(rgb, quality, mean, table_ids, symbols, _half(search, 1), ~is_anchor)
+        if rest_search.passes > 0:
+            symbols = self._search(rgb, quality, mean, table_ids, symbols, rest_search, ~is_anchor)
         return Latents(hyper, symbols, mean, table_ids)
 
     def _search(self, rgb: np.ndarray, quality: float, mean: torch.Tensor, table_ids: np.ndarray,
