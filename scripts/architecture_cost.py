@@ -42,6 +42,7 @@ from diraccodec.modelfiles import (  # noqa: E402
 from diraccodec.training.base import model_from_weights  # noqa: E402
 
 STAGES = ("analysis", "encode, effort 1", "encode, effort 2 (default)", "synthesis", "decode, 0 steps")
+Variant = tuple[int, int, str]  # analysis width, synthesis width, context model
 
 
 def grown_weights(variant: Variant, folder: Path) -> tuple[Path, Path]:
@@ -80,9 +81,6 @@ def time_stages(rgb: np.ndarray, weights: Path, quality: float, repeat: int) -> 
     return seconds, len(encoded), psnr(image, decoded)
 
 
-Variant = tuple[int, int, str]  # analysis width, synthesis width, context model
-
-
 def parse_variants(text: str) -> list[Variant]:
     """ANALYSIS/SYNTHESIS[+CONTEXT] entries, comma-separated."""
     variants = []
@@ -108,7 +106,7 @@ def main() -> None:
     names = [f"{analysis}/{synthesis}" + ("" if context == "none" else f"+{context}")
              for analysis, synthesis, context in arguments.widths]
     seconds = {name: dict.fromkeys(STAGES, 0.0) for name in names}
-    sizes, qualities = dict.fromkeys(names, 0), dict.fromkeys(names, 0.0)
+    sizes, mean_psnr = dict.fromkeys(names, 0), dict.fromkeys(names, 0.0)
     with tempfile.TemporaryDirectory() as temporary:
         files = {name: grown_weights(variant, Path(temporary) / name.replace("/", "-"))
                  for name, variant in zip(names, arguments.widths, strict=True)}
@@ -118,9 +116,9 @@ def main() -> None:
         for rgb in images:  # the variants take turns
             for name, (weights, restoration) in files.items():
                 os.environ[RESTORATION_ENV] = str(restoration)
-                spent, size, quality = time_stages(rgb, weights, arguments.quality, arguments.repeat)
+                spent, size, image_psnr = time_stages(rgb, weights, arguments.quality, arguments.repeat)
                 sizes[name] += size
-                qualities[name] += quality / len(images)
+                mean_psnr[name] += image_psnr / len(images)
                 for stage in STAGES:
                     seconds[name][stage] += spent[stage]
     print(f"{len(images)} images, {megapixels:.2f} MP, level {arguments.quality:g}; seconds per megapixel")
@@ -129,7 +127,7 @@ def main() -> None:
         print(f"| {stage} | " + " | ".join(f"{seconds[name][stage] / megapixels:.3f}" for name in names) + " |")
     print("| bpp at the default effort | " + " | ".join(f"{8 * sizes[name] / megapixels / 1e6:.4f}" for name in names)
           + " |")
-    print("| PSNR at the default effort, 0 steps (dB) | " + " | ".join(f"{qualities[name]:.3f}" for name in names)
+    print("| PSNR at the default effort, 0 steps (dB) | " + " | ".join(f"{mean_psnr[name]:.3f}" for name in names)
           + " |")
 
 

@@ -124,7 +124,7 @@ def stage_arguments(stage: str, arguments: argparse.Namespace, budget: list[str]
         if not arguments.train_hyperprior:
             line.append("--freeze-hyperprior")
         for option in ("analysis_channels", "synthesis_channels"):
-            if getattr(arguments, option):
+            if getattr(arguments, option) is not None:
                 line += [f"--{option.replace('_', '-')}", str(getattr(arguments, option))]
     else:
         line += ["--weights", str(work / "weights" / WEIGHTS["base"]), "--start-from", str(start / WEIGHTS[stage])]

@@ -7,6 +7,7 @@ Exact resume, the state's parts and time budgets are tested through scripts/trai
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -345,6 +346,7 @@ def test_train_base_grows_wider_transforms_out_of_trained_weights(photo_folder: 
 
     from diraccodec import api
     from diraccodec.cli import main
+    from diraccodec.errors import DiracError
     from diraccodec.modelfiles import load_base_weights
 
     start = small_base_weights(tmp_path / "start")
@@ -352,6 +354,10 @@ def test_train_base_grows_wider_transforms_out_of_trained_weights(photo_folder: 
     common = ["train", "base", "--data", str(photo_folder), "--checkpoint", str(state), "--steps", "1",
               "--batch-size", "1", "--patch-size", "64", "--threads", "1", "--start-from", str(start)]
     runner = CliRunner()
+    result = runner.invoke(main, [*common, "--analysis-channels", "0"])
+    assert result.exit_code == 2 and "Invalid value for '--analysis-channels'" in result.output
+    with pytest.raises(DiracError, match="the synthesis width must be at least 1, got 0"):
+        train_base(replace(options(photo_folder, tmp_path / "fresh", 1), synthesis_channels=0))
     result = runner.invoke(main, [*common, "--synthesis-channels", "4"])
     assert result.exit_code == 2 and "does not fit a none context model of synthesis 4" in result.output
     assert len(result.output.strip().splitlines()) == 1

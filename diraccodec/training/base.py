@@ -119,6 +119,9 @@ def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRat
     """A fresh run's model: from scratch, or from the weights of options.start_from (whose
     weights id it also returns, for the state's record)."""
     ladder = None if options.lambdas is None else check_lambdas(options.lambdas)
+    for name, width in (("analysis", options.analysis_channels), ("synthesis", options.synthesis_channels)):
+        if width is not None and width < 1:
+            raise DiracError(f"the {name} width must be at least 1, got {width}")
     if options.start_from is None:
         config = HyperpriorConfig(options.channels, options.latent_channels, ladder or DEFAULT_LAMBDAS,
                                   options.context)
@@ -146,9 +149,8 @@ def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRat
 def with_widths(config: HyperpriorConfig, analysis: int | None, synthesis: int | None) -> HyperpriorConfig:
     """`config` with the given analysis and synthesis widths (None: keep its own); a width equal
     to N is recorded as none of its own."""
-    analysis, synthesis = analysis or config.analysis_width, synthesis or config.synthesis_width
-    if min(analysis, synthesis) < 1:
-        raise ValueError(f"widths must be positive, got {analysis} and {synthesis}")
+    analysis = config.analysis_width if analysis is None else analysis
+    synthesis = config.synthesis_width if synthesis is None else synthesis
     return replace(config, analysis_channels=None if analysis == config.channels else analysis,
                    synthesis_channels=None if synthesis == config.channels else synthesis)
 
