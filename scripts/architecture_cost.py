@@ -41,7 +41,8 @@ from diraccodec.modelfiles import (  # noqa: E402
 )
 from diraccodec.training.base import model_from_weights  # noqa: E402
 
-STAGES = ("analysis", "encode, effort 1", "encode, effort 2 (default)", "synthesis", "decode, 0 steps")
+STAGES = ("analysis", "encode, effort 1", "encode, effort 2 (default)", "encode, effort 3", "synthesis",
+          "decode, 0 steps")
 Variant = tuple[int, int, str]  # analysis width, synthesis width, context model
 
 
@@ -75,6 +76,7 @@ def time_stages(rgb: np.ndarray, weights: Path, quality: float, repeat: int) -> 
     seconds["encode, effort 1"], _ = fastest(repeat, lambda: api.encode(image, quality, effort=1, weights=weights))
     seconds["encode, effort 2 (default)"], encoded = fastest(
         repeat, lambda: api.encode(image, quality, weights=weights))
+    seconds["encode, effort 3"], _ = fastest(repeat, lambda: api.encode(image, quality, effort=3, weights=weights))
     latents = codec.read_stream(api.inspect(encoded).header.sections[b"LATS"], width, height)
     seconds["synthesis"], _ = fastest(repeat, lambda: codec.synthesize(latents, width, height, quality))
     seconds["decode, 0 steps"], decoded = fastest(repeat, lambda: api.decode(encoded, 0, weights=weights))

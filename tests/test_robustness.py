@@ -20,6 +20,7 @@ from PIL import Image
 
 import diraccodec
 from diraccodec.errors import DiracError, ImageReadError, LimitExceededError
+from diraccodec.transforms.tiling import TRIM_ABOVE_PIXELS
 from tests import fuzz_drc
 from tests.conftest import ROOT, psnr
 
@@ -181,13 +182,26 @@ def test_no_pickle_in_the_loading_path():
             assert "import pickle" not in text, path
 
 
+def test_the_trim_script_times_both_rules_on_the_same_files(tmp_path, sample_image):
+    sample_image.crop((0, 0, 160, 128)).save(tmp_path / "a.png")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "trim_cost.py"), str(tmp_path / "a.png"),
+                             "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    row = result.stdout.splitlines()[-1].split("|")
+    assert row[1].strip() == "a.png" and float(row[2]) == pytest.approx(0.02, abs=0.005)
+    assert all(float(time) > 0 for cell in row[3:6] for time in cell.split("/"))
+
+
 @pytest.mark.slow
 def test_memory_grows_slowly_with_image_size(tmp_path):
     """Peak RSS of encode and decode in fresh processes at two sizes: the growth per extra
     pixel stays small, so a 50-megapixel photo fits (measured in docs/robustness.md). One
-    search pass (effort 2) has the working set of any number of them, for a fraction of the time."""
+    search pass (effort 2) has the working set of any number of them, for a fraction of the time.
+    Both sizes are above TRIM_ABOVE_PIXELS, where finished tiles hand their memory back, as a
+    large photo's do."""
+    assert TRIM_ABOVE_PIXELS < 1.2e6
     peaks = {}
-    for megapixels in (0.6, 2.4):
+    for megapixels in (1.2, 4.8):
         # from a fresh, small process: a child forked from this one (which has run models)
         # would report this process's peak as its own
         figures = tmp_path / f"{megapixels}.json"

@@ -126,7 +126,7 @@ def search_symbols(
     for done, core in enumerate(tiles, 1):
         _search_tile(problem, symbols, core, passes, window_shape)
         if len(tiles) > 1:  # one tile's blocks are reused by the next, not left to fragment
-            return_freed_memory()
+            return_freed_memory(rows * columns * LATENT_STRIDE**2)
         if progress is not None:
             progress(done, len(tiles))
     return symbols

@@ -43,7 +43,7 @@ def apply_tiled(
             out[..., y0 : y0 + rows, x0 : x0 + columns]
         )
         del out
-        return_freed_memory()
+        return_freed_memory(int(height * width * max(1, scale * scale)))  # the image's pixels, either side
     assert output is not None
     return output
 
@@ -68,11 +68,19 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def return_freed_memory() -> None:
-    """Hand a finished tile's freed working set back to the system (glibc only).
+# Images up to this many pixels keep their finished tiles' freed memory: there, handing it back
+# costs more time than the memory is worth, since the next tile faults its working set back in
+# (a Kodak encode is 15-20% faster keeping it; docs/robustness.md, scripts/trim_cost.py). Above
+# it the peak would grow with the number of tiles.
+TRIM_ABOVE_PIXELS = 1_000_000
+
+
+def return_freed_memory(image_pixels: int) -> None:
+    """Hand a finished tile's freed working set back to the system (glibc only), for images of
+    more than TRIM_ABOVE_PIXELS.
 
     glibc keeps freed blocks of tiles of varied sizes in its heap, where they fragment, so
     that the peak grows with the number of tiles rather than staying one tile's working set.
     """
-    if (trim := _malloc_trim()) is not None:
+    if image_pixels > TRIM_ABOVE_PIXELS and (trim := _malloc_trim()) is not None:
         trim(0)
