@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,19 @@ def test_the_cost_script_times_grown_widths_that_code_as_the_shipped_base(tmp_pa
     assert all(float(cell) > 0 for stage, cells in rows.items() if stage != "stage" for cell in cells)
     shipped, grown = (float(cell) for cell in rows["bpp at the default effort"])
     assert grown == pytest.approx(shipped, rel=0.02)  # the same symbols but for the search's rounding
+
+
+def test_only_images_above_a_megapixel_hand_their_tiles_memory_back(monkeypatch):
+    from diraccodec.transforms import tiling
+
+    trims: list[int] = []
+    monkeypatch.setattr(tiling, "_malloc_trim", lambda: trims.append)
+    image = torch.zeros(1, 3, 1100, 1200)  # 1.32 megapixels, tiled by 512 with a margin of 64
+    tiling.apply_tiled(lambda tile: tile[:, :, ::16, ::16], image, Fraction(1, 16), 512, 64)
+    assert len(trims) == 9  # after each of the 3x3 tiles
+    trims.clear()
+    tiling.apply_tiled(lambda tile: tile[:, :, ::16, ::16], image[..., :800, :1200], Fraction(1, 16), 512, 64)
+    assert trims == []  # 0.96 megapixels: two rows of three tiles, kept
+    tiling.apply_tiled(lambda tile: tile.repeat_interleave(16, -2).repeat_interleave(16, -1),
+                       torch.zeros(1, 3, 70, 70), Fraction(16), 32, 4)  # 1.25 megapixels out
+    assert len(trims) == 9
