@@ -119,7 +119,8 @@ def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRat
     """A fresh run's model: from scratch, or from the weights of options.start_from (whose
     weights id it also returns, for the state's record)."""
     ladder = None if options.lambdas is None else check_lambdas(options.lambdas)
-    for name, width in (("analysis", options.analysis_channels), ("synthesis", options.synthesis_channels)):
+    requested = {"analysis": options.analysis_channels, "synthesis": options.synthesis_channels}
+    for name, width in requested.items():
         if width is not None and width < 1:
             raise DiracError(f"the {name} width must be at least 1, got {width}")
     if options.start_from is None:
@@ -133,13 +134,10 @@ def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRat
         model = model_from_weights(loaded.model, options.context, ladder, options.analysis_channels,
                                    options.synthesis_channels)
     except ValueError as error:
-        widths = [f"{name} {width}" for name, width in (("analysis", options.analysis_channels),
-                                                        ("synthesis", options.synthesis_channels)) if width]
+        widths = [f"{name} {width}" for name, width in requested.items() if width]
         raise DiracError(f"{options.start_from} does not fit a {options.context} context model"
                          f"{' of ' + ' and '.join(widths) if widths else ''}: {error}") from None
-    grown = [f"{name} {old} -> {new}" for name, old, new in (
-        ("analysis", loaded.model.config.analysis_width, model.config.analysis_width),
-        ("synthesis", loaded.model.config.synthesis_width, model.config.synthesis_width)) if new != old]
+    grown = [f"{name} {old} -> {new}" for name, (old, new) in changed_widths(loaded.model.config, model.config).items()]
     if loaded.model.context is None and model.context is not None:
         grown.append("a new context model")
     console.print(f"starting from {options.start_from}" + (f" ({', '.join(grown)})" if grown else ""))
@@ -155,6 +153,13 @@ def with_widths(config: HyperpriorConfig, analysis: int | None, synthesis: int |
                    synthesis_channels=None if synthesis == config.channels else synthesis)
 
 
+def changed_widths(old: HyperpriorConfig, new: HyperpriorConfig) -> dict[str, tuple[int, int]]:
+    """The transforms (by module name) whose width differs between two configurations: (old, new)."""
+    widths = {"analysis": (old.analysis_width, new.analysis_width),
+              "synthesis": (old.synthesis_width, new.synthesis_width)}
+    return {name: pair for name, pair in widths.items() if pair[0] != pair[1]}
+
+
 def model_from_weights(start: MultiRateHyperprior, context: str | None = None,
                        lambdas: tuple[float, ...] | None = None, analysis_channels: int | None = None,
                        synthesis_channels: int | None = None) -> MultiRateHyperprior:
@@ -166,9 +171,7 @@ def model_from_weights(start: MultiRateHyperprior, context: str | None = None,
     config = replace(start.config, context=context or start.config.context, lambdas=lambdas or start.config.lambdas)
     model = MultiRateHyperprior(with_widths(config, analysis_channels, synthesis_channels))
     gains = ("log_gain", "log_inverse_gain")  # carried over below, whatever the ladders' lengths
-    grown = {name for name, old, new in (
-        ("analysis", start.config.analysis_width, model.config.analysis_width),
-        ("synthesis", start.config.synthesis_width, model.config.synthesis_width)) if new != old}
+    grown = changed_widths(start.config, model.config)
     missing, unexpected = model.load_state_dict(
         {key: value for key, value in start.state_dict().items()
          if key not in gains and key.split(".")[0] not in grown}, strict=False)

@@ -14,7 +14,8 @@ that pay. The trial's error is measured per latent cell (its 16x16 pixels), so t
 keeps its moves only where its own share of the objective falls; the kept moves stand if the
 true objective of the whole tile falls. The hyper-latents stay as the analysis made them, so
 every table, and so every price, stays fixed during the search (with a context model, the
-encoder searches the anchors and then the non-anchors, whose tables the anchors set). Tiles
+encoder searches the anchors, then, with passes to spare, the non-anchors, whose tables the
+anchors set). Tiles
 of latents with a margin of context keep the memory bounded for any image size.
 """
 
