@@ -1,12 +1,13 @@
-"""What wider analysis and synthesis transforms, and a context model, cost the CPU, before any
-of them is trained.
+"""What wider analysis and synthesis transforms, more latents, and a context model cost the
+CPU, before any of them is trained.
 
-    python scripts/architecture_cost.py ../shared/data/kodak --widths 96/96,192/96,96/96+checkerboard
+    python scripts/architecture_cost.py ../shared/data/kodak --widths 96/96,192/96,96/96/320+checkerboard
 
-Each WIDTHS entry is ANALYSIS/SYNTHESIS, optionally +checkerboard. Its base weights grow out of
-the shipped ones (diraccodec.training.widening), a context model starting at zero beside them:
-the new parts give nothing to the old, so every variant makes the same symbols as the shipped
-base and the timings differ only by the work. The shipped restoration filter is tied to each
+Each WIDTHS entry is ANALYSIS/SYNTHESIS, optionally /LATENTS (M) and +checkerboard. Its base
+weights grow out of the shipped ones (diraccodec.training.widening), a context model starting at
+zero beside them: the new parts give nothing to the old, and new latents are 0, so every
+variant makes the shipped base's symbols, plus zeros for new latents (the search may move one
+where that pays), and the timings differ only by the work. The shipped restoration filter is tied to each
 grown base, so that the encoder's search and the 0-step decode run as they do with the shipped
 weights. The variants take turns on every image, after a warm-up round, so that a drift of the
 machine's speed hits them all; each stage is the fastest of --repeat runs, summed over the
@@ -43,7 +44,7 @@ from diraccodec.training.base import model_from_weights  # noqa: E402
 
 STAGES = ("analysis", "encode, effort 1", "encode, effort 2 (default)", "encode, effort 3", "synthesis",
           "decode, 0 steps")
-Variant = tuple[int, int, str]  # analysis width, synthesis width, context model
+Variant = tuple[int, int, int | None, str]  # analysis width, synthesis width, latents (None: M), context model
 
 
 def grown_weights(variant: Variant, folder: Path) -> tuple[Path, Path]:
@@ -52,9 +53,10 @@ def grown_weights(variant: Variant, folder: Path) -> tuple[Path, Path]:
     folder.mkdir()
     base = load_base_weights(default_weights_path())
     path = folder / "base.safetensors"
-    analysis, synthesis, context = variant
+    analysis, synthesis, latents, context = variant
     export_base_weights(model_from_weights(base.model, context, analysis_channels=analysis,
-                                           synthesis_channels=synthesis), path, {"purpose": "timing"})
+                                           synthesis_channels=synthesis, latent_channels=latents),
+                        path, {"purpose": "timing"})
     restoration = load_restoration_weights()
     if restoration is None:
         raise SystemExit("the shipped restoration filter is not installed")
@@ -84,29 +86,36 @@ def time_stages(rgb: np.ndarray, weights: Path, quality: float, repeat: int) -> 
 
 
 def parse_variants(text: str) -> list[Variant]:
-    """ANALYSIS/SYNTHESIS[+CONTEXT] entries, comma-separated."""
+    """ANALYSIS/SYNTHESIS[/LATENTS][+CONTEXT] entries, comma-separated."""
     variants = []
     for entry in text.split(","):
         widths, _, context = entry.partition("+")
         try:
-            analysis, synthesis = (int(value) for value in widths.split("/"))
+            numbers = [int(value) for value in widths.split("/")]
+            if len(numbers) not in (2, 3):
+                raise ValueError
         except ValueError:
-            raise SystemExit(f"--widths takes ANALYSIS/SYNTHESIS[+CONTEXT] entries, got {entry}") from None
+            raise SystemExit(f"--widths takes ANALYSIS/SYNTHESIS[/LATENTS][+CONTEXT] entries, got {entry}") from None
         if (context or "none") not in CONTEXTS:
             raise SystemExit(f"unknown context model {context!r} in {entry} (one of {', '.join(CONTEXTS)})")
-        variants.append((analysis, synthesis, context or "none"))
+        variants.append((numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else None, context or "none"))
     return variants
+
+
+def variant_name(variant: Variant) -> str:
+    analysis, synthesis, latents, context = variant
+    return (f"{analysis}/{synthesis}" + ("" if latents is None else f"/{latents}")
+            + ("" if context == "none" else f"+{context}"))
 
 
 def main() -> None:
     cli = variant_timing_parser(__doc__)
     cli.add_argument("--widths", type=parse_variants, default=parse_variants("96/96,192/96,144/144,192/192"),
-                     help="ANALYSIS/SYNTHESIS[+CONTEXT] entries, each at least the shipped width; +checkerboard "
-                          "adds a context model (default 96/96,192/96,144/144,192/192).")
+                     help="ANALYSIS/SYNTHESIS[/LATENTS][+CONTEXT] entries, each at least the shipped width; "
+                          "+checkerboard adds a context model (default 96/96,192/96,144/144,192/192).")
     arguments = cli.parse_args()
     images, megapixels = first_images(arguments.folder, arguments.images)
-    names = [f"{analysis}/{synthesis}" + ("" if context == "none" else f"+{context}")
-             for analysis, synthesis, context in arguments.widths]
+    names = [variant_name(variant) for variant in arguments.widths]
     seconds = {name: dict.fromkeys(STAGES, 0.0) for name in names}
     sizes, mean_psnr = dict.fromkeys(names, 0), dict.fromkeys(names, 0.0)
     with tempfile.TemporaryDirectory() as temporary:

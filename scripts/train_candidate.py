@@ -123,7 +123,7 @@ def stage_arguments(stage: str, arguments: argparse.Namespace, budget: list[str]
                  "--lambdas", ",".join(f"{value:g}" for value in arguments.lambdas)]
         if not arguments.train_hyperprior:
             line.append("--freeze-hyperprior")
-        for option in ("analysis_channels", "synthesis_channels"):
+        for option in ("analysis_channels", "synthesis_channels", "latent_channels"):
             if getattr(arguments, option) is not None:
                 line += [f"--{option.replace('_', '-')}", str(getattr(arguments, option))]
     else:
@@ -303,6 +303,9 @@ def parser() -> argparse.ArgumentParser:
                           help="Grow the base's analysis to this width (default: the start's).")
     training.add_argument("--synthesis-channels", type=int,
                           help="Grow the base's synthesis to this width (default: the start's).")
+    training.add_argument("--latent-channels", type=int,
+                          help="Grow the base's latents to this many channels, M (default: the start's); needs "
+                               "--train-hyperprior.")
     training.add_argument("--batch-sizes", type=train_gpu.numbers(int, 3), default=(128, 32, 32),
                           help="Crops per step of the base, the restoration filter and the diffusion decoder "
                                "(default 128,32,32).")

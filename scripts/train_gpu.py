@@ -93,7 +93,8 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--log-every", type=int, default=50)
     base = cli.add_argument_group("base codec (a resumed run keeps its state's size)")
     base.add_argument("--channels", type=int, default=96, help="N, the transforms' width (default 96).")
-    base.add_argument("--latent-channels", type=int, default=160, help="M, the latents' channels (default 160).")
+    base.add_argument("--latent-channels", type=int, help="M, the latents' channels (default: the start's, else "
+                      "160); from --start-from the new latents start at 0 beside the trained ones.")
     base.add_argument("--context", choices=CONTEXTS, default="none",
                       help="A new run's entropy model: none (the hyperprior alone) or checkerboard.")
     base.add_argument("--lambdas", type=numbers(float, 8), help="A new run's rate-distortion trade-offs, ascending "

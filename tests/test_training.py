@@ -341,7 +341,7 @@ def test_a_frozen_hyperprior_stays_as_its_start_had_it_while_the_rest_trains(pho
     assert load_checkpoint_metadata(state).metadata["frozen_hyperprior"] is True
 
 
-def test_train_base_grows_wider_transforms_out_of_trained_weights(photo_folder: Path, tmp_path: Path):
+def test_train_base_grows_wider_transforms_and_more_latents_out_of_trained_weights(photo_folder: Path, tmp_path: Path):
     from click.testing import CliRunner
 
     from diraccodec import api
@@ -361,12 +361,17 @@ def test_train_base_grows_wider_transforms_out_of_trained_weights(photo_folder: 
     result = runner.invoke(main, [*common, "--synthesis-channels", "4"])
     assert result.exit_code == 2 and "does not fit a none context model of synthesis 4" in result.output
     assert len(result.output.strip().splitlines()) == 1
-    result = runner.invoke(main, [*common, "--analysis-channels", "16", "--synthesis-channels", "12"])
+    result = runner.invoke(main, [*common, "--latent-channels", "16", "--freeze-hyperprior"])
+    assert result.exit_code == 2 and "new latents need the hyperprior to train" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(main, [*common, "--analysis-channels", "16", "--synthesis-channels", "12",
+                                  "--latent-channels", "16"])
     assert result.exit_code == 0, result.output
-    assert "(analysis 8 -> 16, synthesis 8 -> 12)" in result.output
+    assert "(analysis 8 -> 16, synthesis 8 -> 12, latents 12 -> 16)" in result.output
     assert runner.invoke(main, ["train", "export", str(state), str(weights)]).exit_code == 0
     grown = load_base_weights(weights).model
     assert (grown.config.analysis_width, grown.config.synthesis_width, grown.config.channels) == (16, 12, 8)
-    assert grown.analysis[0].weight.shape == (16, 3, 5, 5) and grown.synthesis[0].weight.shape == (12, 12, 5, 5)
+    assert grown.config.latent_channels == 16
+    assert grown.analysis[0].weight.shape == (16, 3, 5, 5) and grown.synthesis[0].weight.shape == (16, 12, 5, 5)
     image = Image.open(photo_folder / "b.png").convert("RGB").crop((0, 0, 70, 50))
     assert api.decode(api.encode(image, 2, weights=weights), weights=weights).size == (70, 50)

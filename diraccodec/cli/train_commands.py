@@ -73,6 +73,9 @@ def training_options(
                    "analysis grows out of the trained one.")
 @click.option("--synthesis-channels", type=click.IntRange(min=1), default=None,
               help="A new run's synthesis width, likewise.")
+@click.option("--latent-channels", type=click.IntRange(min=1), default=None,
+              help="A new run's latent channels, M (default: the start's, else 160); from --start-from the new "
+                   "latents start at 0 beside the trained ones.")
 def train_base_command(data: tuple[Path, ...], context: str, start_from: Path | None, lambdas: str | None,
                        **loop: Any) -> None:
     """Train the multi-rate hyperprior base codec."""

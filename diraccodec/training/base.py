@@ -20,7 +20,7 @@ from diraccodec.errors import DiracError
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
 from diraccodec.training.crops import CropSampler
 from diraccodec.training.loop import LoopOptions, run_loop, start_run
-from diraccodec.training.widening import widen_into
+from diraccodec.training.widening import grow_model, grown_gains
 
 DEFAULT_TRAIN_DATA = Path("../shared/data/train")
 
@@ -31,7 +31,9 @@ class BaseTrainingOptions(LoopOptions):
     batch_size: int = 8
     patch_size: int = 128
     channels: int = HyperpriorConfig.channels
-    latent_channels: int = HyperpriorConfig.latent_channels
+    # M, the latents' channels (None: start_from's, else the default); from start_from new
+    # latents grow beside the trained ones, starting at 0 (the hyperprior must then train)
+    latent_channels: int | None = None
     context: str = HyperpriorConfig.context
     # A fresh run starts from these base weights (their size, transforms, gains and entropy
     # model; a context model they lack starts at zero, predicting what their hyperprior does).
@@ -73,7 +75,8 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
         model = MultiRateHyperprior(HyperpriorConfig.from_fields(metadata["config"]))
         frozen = bool(metadata.get("frozen_hyperprior", False))
         if (options.start_from is not None or options.lambdas is not None or options.context != model.config.context
-                or options.freeze_hyperprior != frozen or options.analysis_channels or options.synthesis_channels):
+                or options.freeze_hyperprior != frozen or options.analysis_channels or options.synthesis_channels
+                or options.latent_channels):
             console.print("note: resuming the saved state; --start-from, --lambdas, --context, --freeze-hyperprior "
                           "and the widths apply to new runs")
     else:
@@ -119,25 +122,29 @@ def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRat
     """A fresh run's model: from scratch, or from the weights of options.start_from (whose
     weights id it also returns, for the state's record)."""
     ladder = None if options.lambdas is None else check_lambdas(options.lambdas)
-    requested = {"analysis": options.analysis_channels, "synthesis": options.synthesis_channels}
+    requested = {"analysis": options.analysis_channels, "synthesis": options.synthesis_channels,
+                 "latents": options.latent_channels}
     for name, width in requested.items():
         if width is not None and width < 1:
             raise DiracError(f"the {name} width must be at least 1, got {width}")
     if options.start_from is None:
-        config = HyperpriorConfig(options.channels, options.latent_channels, ladder or DEFAULT_LAMBDAS,
-                                  options.context)
+        config = HyperpriorConfig(options.channels, options.latent_channels or HyperpriorConfig.latent_channels,
+                                  ladder or DEFAULT_LAMBDAS, options.context)
         return MultiRateHyperprior(with_widths(config, options.analysis_channels, options.synthesis_channels)), None
     from diraccodec.modelfiles import load_base_weights
 
     loaded = load_base_weights(Path(options.start_from).resolve())
     try:
         model = model_from_weights(loaded.model, options.context, ladder, options.analysis_channels,
-                                   options.synthesis_channels)
+                                   options.synthesis_channels, options.latent_channels)
     except ValueError as error:
         widths = [f"{name} {width}" for name, width in requested.items() if width]
         raise DiracError(f"{options.start_from} does not fit a {options.context} context model"
                          f"{' of ' + ' and '.join(widths) if widths else ''}: {error}") from None
     grown = [f"{name} {old} -> {new}" for name, (old, new) in changed_widths(loaded.model.config, model.config).items()]
+    if options.freeze_hyperprior and model.config.latent_channels != loaded.model.config.latent_channels:
+        raise DiracError("new latents need the hyperprior to train, and it is frozen: it has not learned "
+                         "their means and scales")
     if loaded.model.context is None and model.context is not None:
         grown.append("a new context model")
     console.print(f"starting from {options.start_from}" + (f" ({', '.join(grown)})" if grown else ""))
@@ -154,35 +161,31 @@ def with_widths(config: HyperpriorConfig, analysis: int | None, synthesis: int |
 
 
 def changed_widths(old: HyperpriorConfig, new: HyperpriorConfig) -> dict[str, tuple[int, int]]:
-    """The transforms (by module name) whose width differs between two configurations: (old, new)."""
+    """What differs in width between two configurations (the analysis, the synthesis, the
+    latents' channels): (old, new)."""
     widths = {"analysis": (old.analysis_width, new.analysis_width),
-              "synthesis": (old.synthesis_width, new.synthesis_width)}
+              "synthesis": (old.synthesis_width, new.synthesis_width),
+              "latents": (old.latent_channels, new.latent_channels)}
     return {name: pair for name, pair in widths.items() if pair[0] != pair[1]}
 
 
 def model_from_weights(start: MultiRateHyperprior, context: str | None = None,
                        lambdas: tuple[float, ...] | None = None, analysis_channels: int | None = None,
-                       synthesis_channels: int | None = None) -> MultiRateHyperprior:
+                       synthesis_channels: int | None = None,
+                       latent_channels: int | None = None) -> MultiRateHyperprior:
     """A model with `start`'s transforms and hyperprior, the given context model (None: start's),
     ladder (None: start's), its gains carried over to the ladder, and analysis and synthesis
-    widths (None: start's; never narrower). A context model that start lacks begins at zero,
-    and wider transforms grow out of start's (training.widening), so the new model codes
-    exactly as start does."""
-    config = replace(start.config, context=context or start.config.context, lambdas=lambdas or start.config.lambdas)
+    widths and latent channels (None: start's; never fewer). A context model that start lacks
+    begins at zero, and wider transforms and new latents grow out of start's
+    (training.widening), so the new model codes as start does."""
+    config = replace(start.config, context=context or start.config.context, lambdas=lambdas or start.config.lambdas,
+                     latent_channels=latent_channels or start.config.latent_channels)
     model = MultiRateHyperprior(with_widths(config, analysis_channels, synthesis_channels))
-    gains = ("log_gain", "log_inverse_gain")  # carried over below, whatever the ladders' lengths
-    grown = changed_widths(start.config, model.config)
-    missing, unexpected = model.load_state_dict(
-        {key: value for key, value in start.state_dict().items()
-         if key not in gains and key.split(".")[0] not in grown}, strict=False)
-    if unexpected or any(key not in gains and key.split(".")[0] not in {"context", *grown} for key in missing):
-        raise ValueError(f"{', '.join([*unexpected, *missing][:3])} ...")
-    for name in sorted(grown):
-        widen_into(getattr(start, name), getattr(model, name))
+    grow_model(start, model)
     with torch.no_grad():
-        model.log_gain.copy_(gains_on_ladder(start.log_gain, start.config.lambdas, model.config.lambdas))
-        model.log_inverse_gain.copy_(
-            gains_on_ladder(start.log_inverse_gain, start.config.lambdas, model.config.lambdas))
+        for name in ("log_gain", "log_inverse_gain"):
+            on_ladder = gains_on_ladder(getattr(start, name), start.config.lambdas, model.config.lambdas)
+            getattr(model, name).copy_(grown_gains(on_ladder, model.config.latent_channels))
     return model
 
 
