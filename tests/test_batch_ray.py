@@ -240,6 +240,7 @@ def test_uri_storage_writes_atomically_and_reports_missing_files(tmp_path: Path)
 
 @pytest.mark.slow
 def test_the_per_image_script_times_both_ways_and_compares_their_outputs(tmp_path: Path, small_image: Image.Image):
+    pytest.importorskip("ray")
     source = tmp_path / "photos"
     source.mkdir()
     small_image.save(source / "original.png")

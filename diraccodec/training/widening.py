@@ -6,16 +6,18 @@ grow the shipped one (as Net2Net grows a network, Chen et al. 2016). Two kinds o
 - A new hidden channel of a wider analysis or synthesis is active and unheard: it keeps the
   fresh layer's random weights from its inputs, and the weights from it into the old channels
   are 0, as are GDN's couplings that normalise an old channel by it.
-- A new latent channel (a larger M) is silent and heard: the layers that make latent-sized
+- A new latent channel (a larger M) starts silent: the layers that make latent-sized
   channels (the analysis's latents, the hyperprior's and the context model's means and
   scales, the context features) give it zero weights, so it is 0 and codes as symbol 0 at
-  the smallest scale, while the layers that read it keep random weights, which multiply 0.
-  Its scale starts at that smallest scale rather than at 0, where the scale's absolute
-  value would pass back no gradient; so the context model, which reads the scales, reads
-  the new ones with its new hidden channels only.
+  the smallest scale. Its scale starts at that smallest scale rather than at 0, where the
+  scale's absolute value would pass back no gradient. The synthesis reads it with random
+  weights, which multiply 0 and carry the gradient that brings it into use; the entropy
+  model's layers read it with zero weights (their new hidden channels aside), so the trained
+  entropy model is not disturbed as it comes into use.
 
-Either way the old channels compute what they did and the output is unchanged, and the zero
-weights receive gradients, so training puts the new channels to use from there.
+Either way the old channels compute what they did (up to the rounding of longer sums) and the
+output is unchanged, and the zero weights receive gradients, so training puts the new
+channels to use from there.
 """
 
 from __future__ import annotations
@@ -36,15 +38,15 @@ def grow_model(start: MultiRateHyperprior, model: MultiRateHyperprior) -> None:
         raise ValueError("the start has a context model")
     widen_into(start.analysis, model.analysis, outputs_silent=True)
     widen_into(start.synthesis, model.synthesis, inputs_silent=True)
-    widen_into(start.hyper_analysis, model.hyper_analysis, inputs_silent=True)
+    widen_into(start.hyper_analysis, model.hyper_analysis)
     widen_into(start.hyper_synthesis, model.hyper_synthesis, output_blocks=2, outputs_silent=True)  # means, scales
     with torch.no_grad():
         model.hyper_synthesis[-1].bias.chunk(2)[1][start.config.latent_channels:] = SCALE_LOWER_BOUND
     model.hyper_prior.load_state_dict(start.hyper_prior.state_dict())
     if start.context is not None and model.context is not None:
         with torch.no_grad():
-            _grow_convolution(start.context.context, model.context.context, inputs_silent=True, outputs_silent=True)
-        # reads the means, the scales (a new one is not 0) and the features; changes the means and the scales
+            _grow_convolution(start.context.context, model.context.context, outputs_silent=True)
+        # reads the means, the scales and the features; changes the means and the scales
         widen_into(start.context.parameters_net, model.context.parameters_net, input_blocks=3, output_blocks=2,
                    outputs_silent=True)
 
