@@ -4,14 +4,14 @@ CPU, before any of them is trained.
     python scripts/architecture_cost.py ../shared/data/kodak --widths 96/96,192/96,96/96/320+checkerboard
 
 Each WIDTHS entry is ANALYSIS/SYNTHESIS, optionally /LATENTS (M) and +checkerboard. Its base
-weights grow out of the shipped ones (diraccodec.training.widening), a context model starting at
-zero beside them: the new parts give nothing to the old, and new latents are 0, so every
+weights grow out of the shipped ones (diraccodec.training.widening), a context model starting
+at zero beside them: the new parts give nothing to the old, and new latents are 0, so every
 variant makes the shipped base's symbols, plus zeros for new latents (the search may move one
-where that pays), and the timings differ only by the work. The shipped restoration filter is tied to each
-grown base, so that the encoder's search and the 0-step decode run as they do with the shipped
-weights. The variants take turns on every image, after a warm-up round, so that a drift of the
-machine's speed hits them all; each stage is the fastest of --repeat runs, summed over the
-images, in seconds per megapixel, in the default (fast) mode.
+where that pays), and the timings differ only by the work. The shipped restoration filter is
+tied to each grown base, so that the encoder's search and the 0-step decode run as they do
+with the shipped weights. The variants take turns on every image, after a warm-up round, so
+that a drift of the machine's speed hits them all; each stage is the fastest of --repeat
+runs, summed over the images, in seconds per megapixel, in the default (fast) mode.
 """
 
 from __future__ import annotations
