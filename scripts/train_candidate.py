@@ -304,8 +304,8 @@ def parser() -> argparse.ArgumentParser:
     training.add_argument("--synthesis-channels", type=int,
                           help="Grow the base's synthesis to this width (default: the start's).")
     training.add_argument("--latent-channels", type=int,
-                          help="Grow the base's latents to this many channels, M (default: the start's); needs "
-                               "--train-hyperprior.")
+                          help="Grow the base's latents to this many channels, M (default: the start's); a frozen "
+                               "hyperprior learns their means and scales alone.")
     training.add_argument("--batch-sizes", type=train_gpu.numbers(int, 3), default=(128, 32, 32),
                           help="Crops per step of the base, the restoration filter and the diffusion decoder "
                                "(default 128,32,32).")

@@ -100,7 +100,8 @@ def parser() -> argparse.ArgumentParser:
     base.add_argument("--lambdas", type=numbers(float, 8), help="A new run's rate-distortion trade-offs, ascending "
                       "(default: --start-from's, else the shipped ladder).")
     base.add_argument("--freeze-hyperprior", action="store_true",
-                      help="A new run keeps its start's hyperprior and trains the transforms, gains and context.")
+                      help="A new run keeps its start's hyperprior (but for new latents' means and scales) and "
+                           "trains the transforms, gains and context.")
     base.add_argument("--analysis-channels", type=int, help="A new run's analysis width (default: the start's, "
                       "else --channels); from --start-from a wider one grows out of the trained one.")
     base.add_argument("--synthesis-channels", type=int, help="A new run's synthesis width, likewise.")

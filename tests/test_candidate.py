@@ -100,8 +100,8 @@ def test_a_candidate_trains_travels_in_parts_and_joins_into_weights_that_code(sc
     cache_before = os.environ.get(CACHE_ENV)
     assert script.main(["train", "--start", str(start), "--data", str(photos), "--steps", "1", "--work", str(work),
                         "--output", str(output), "--batch-sizes", "1,1,1", "--patch-sizes", "64,64,64",
-                        "--device", "cpu", "--threads", "1", "--analysis-channels", "112", "--latent-channels", "176",
-                        "--train-hyperprior"]) == 0
+                        "--device", "cpu", "--threads", "1", "--analysis-channels", "112",
+                        "--latent-channels", "176"]) == 0
     assert os.environ.get(CACHE_ENV) == cache_before  # the carried LPIPS weights were read, then let go
     record = json.loads((output / "candidate.json").read_text())
     assert set(record["stages"]) == {"base", "restoration", "diffusion"}
@@ -118,6 +118,10 @@ def test_a_candidate_trains_travels_in_parts_and_joins_into_weights_that_code(sc
     assert base.model.config.context == "checkerboard"
     assert (base.model.config.analysis_width, base.model.config.synthesis_width) == (112, 96)
     assert base.model.config.latent_channels == 176
+    # the frozen hyperprior (the default) keeps what it predicts for the 160 trained latents
+    packed = load_base_weights(start / "base.safetensors").model.hyper_synthesis[-1].weight
+    predicts = base.model.hyper_synthesis[-1].weight
+    assert torch.equal(predicts[:160], packed[:160]) and torch.equal(predicts[176:336], packed[160:])
     assert base.model.config.lambdas == pytest.approx(script.LADDER)
     diffusion = load_diffusion_weights(candidate / "diffusion.safetensors")
     shipped = load_diffusion_weights(DEFAULT_DIFFUSION_WEIGHTS)

@@ -67,7 +67,8 @@ def training_options(
               help="A new run's rate-distortion trade-offs, ascending (default: the start's, else the shipped "
                    "ladder); the start's gains are carried over to them.")
 @click.option("--freeze-hyperprior", is_flag=True,
-              help="A new run keeps its start's hyperprior and trains the transforms, gains and context model.")
+              help="A new run keeps its start's hyperprior (but for new latents' means and scales) and trains "
+                   "the transforms, gains and context model.")
 @click.option("--analysis-channels", type=click.IntRange(min=1), default=None,
               help="A new run's analysis width (default: the start's, else 96); from --start-from a wider "
                    "analysis grows out of the trained one.")

@@ -32,7 +32,7 @@ class BaseTrainingOptions(LoopOptions):
     patch_size: int = 128
     channels: int = HyperpriorConfig.channels
     # M, the latents' channels (None: start_from's, else the default); from start_from new
-    # latents grow beside the trained ones, starting at 0 (the hyperprior must then train)
+    # latents grow beside the trained ones, starting at 0
     latent_channels: int | None = None
     context: str = HyperpriorConfig.context
     # A fresh run starts from these base weights (their size, transforms, gains and entropy
@@ -43,7 +43,8 @@ class BaseTrainingOptions(LoopOptions):
     lambdas: tuple[float, ...] | None = None
     # A new run keeps the hyperprior (hyper-analysis, hyper-synthesis, factorized prior) of
     # start_from as it is and trains the transforms, gains and context model: small downscaled
-    # crops would undo an entropy fine-tune made on large crops at the photos' own scale.
+    # crops would undo an entropy fine-tune made on large crops at the photos' own scale. Of
+    # latents grown beside start_from's, it learns the means and scales alone.
     freeze_hyperprior: bool = False
     # A new run's analysis and synthesis widths (None: N, or start_from's). From start_from a
     # wider transform grows out of the trained one and starts computing exactly what it does.
@@ -69,21 +70,25 @@ def rate_distortion_loss(
 def train_base(options: BaseTrainingOptions, console: Console | None = None) -> TrainingState:
     console = console or Console(stderr=True)
     torch.manual_seed(options.seed)
-    started_from, frozen = None, options.freeze_hyperprior
+    started_from, frozen, trained_latents = None, options.freeze_hyperprior, None
     if state_exists(options.checkpoint):  # a resumed run keeps its state's size, context, ladder and freeze
         metadata = load_checkpoint_metadata(options.checkpoint).metadata
         model = MultiRateHyperprior(HyperpriorConfig.from_fields(metadata["config"]))
         frozen = bool(metadata.get("frozen_hyperprior", False))
+        trained_latents = metadata.get("frozen_latents")
         if (options.start_from is not None or options.lambdas is not None or options.context != model.config.context
                 or options.freeze_hyperprior != frozen or options.analysis_channels or options.synthesis_channels
                 or options.latent_channels):
             console.print("note: resuming the saved state; --start-from, --lambdas, --context, --freeze-hyperprior "
                           "and the widths apply to new runs")
     else:
-        model, started_from = _new_model(options, console)
+        model, started_from, start_latents = _new_model(options, console)
+        if frozen and start_latents is not None and start_latents < model.config.latent_channels:
+            trained_latents = start_latents
+            console.print(f"the frozen hyperprior learns the means and scales of the new latents "
+                          f"{start_latents + 1}-{model.config.latent_channels} alone")
     if frozen:
-        for module in hyperprior_modules(model):
-            module.requires_grad_(False)
+        freeze_hyperprior(model, trained_latents)
     config = model.config
     run = start_run(model, options, console, from_weights=started_from is not None)
     console.print(f"loading training images from {', '.join(map(str, options.data))}")
@@ -101,6 +106,8 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
             "frozen_hyperprior": frozen,
         }
     )
+    if trained_latents is not None:
+        run.state.metadata["frozen_latents"] = trained_latents
     if started_from is not None:  # kept by every later save of this state
         run.state.metadata["started_from"] = started_from
 
@@ -118,9 +125,26 @@ def hyperprior_modules(model: MultiRateHyperprior) -> list[torch.nn.Module]:
     return [model.hyper_analysis, model.hyper_synthesis, model.hyper_prior]
 
 
-def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRateHyperprior, str | None]:
+def freeze_hyperprior(model: MultiRateHyperprior, trained_latents: int | None = None) -> None:
+    """Hold the hyperprior as it is. With trained_latents, the latents from that channel on were
+    grown beside trained ones: the hyper-synthesis still learns their means and scales (its
+    rows for them, from hyper-latents that do not read them), the rest stays as it is."""
+    for module in hyperprior_modules(model):
+        module.requires_grad_(False)
+    if trained_latents is None:
+        return
+    last = model.hyper_synthesis[-1]
+    last.requires_grad_(True)
+    m = model.config.latent_channels
+    learns = torch.zeros(2 * m, dtype=torch.bool)
+    learns[trained_latents:m] = learns[m + trained_latents :] = True  # their means, their scales
+    last.weight.register_hook(lambda grad: grad * learns.to(grad)[:, None, None, None])
+    last.bias.register_hook(lambda grad: grad * learns.to(grad))
+
+
+def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRateHyperprior, str | None, int | None]:
     """A fresh run's model: from scratch, or from the weights of options.start_from (whose
-    weights id it also returns, for the state's record)."""
+    weights id and latent channels it also returns, for the state's record)."""
     ladder = None if options.lambdas is None else check_lambdas(options.lambdas)
     requested = {"analysis": options.analysis_channels, "synthesis": options.synthesis_channels,
                  "latents": options.latent_channels}
@@ -130,7 +154,8 @@ def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRat
     if options.start_from is None:
         config = HyperpriorConfig(options.channels, options.latent_channels or HyperpriorConfig.latent_channels,
                                   ladder or DEFAULT_LAMBDAS, options.context)
-        return MultiRateHyperprior(with_widths(config, options.analysis_channels, options.synthesis_channels)), None
+        model = MultiRateHyperprior(with_widths(config, options.analysis_channels, options.synthesis_channels))
+        return model, None, None
     from diraccodec.modelfiles import load_base_weights
 
     loaded = load_base_weights(Path(options.start_from).resolve())
@@ -142,13 +167,10 @@ def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRat
         raise DiracError(f"{options.start_from} does not fit a {options.context} context model"
                          f"{' of ' + ' and '.join(widths) if widths else ''}: {error}") from None
     grown = [f"{name} {old} -> {new}" for name, (old, new) in changed_widths(loaded.model.config, model.config).items()]
-    if options.freeze_hyperprior and model.config.latent_channels != loaded.model.config.latent_channels:
-        raise DiracError("new latents need the hyperprior to train, and it is frozen: it has not learned "
-                         "their means and scales")
     if loaded.model.context is None and model.context is not None:
         grown.append("a new context model")
     console.print(f"starting from {options.start_from}" + (f" ({', '.join(grown)})" if grown else ""))
-    return model, loaded.weights_id.hex()
+    return model, loaded.weights_id.hex(), loaded.model.config.latent_channels
 
 
 def with_widths(config: HyperpriorConfig, analysis: int | None, synthesis: int | None) -> HyperpriorConfig:
