@@ -138,8 +138,15 @@ def freeze_hyperprior(model: MultiRateHyperprior, trained_latents: int | None = 
     m = model.config.latent_channels
     learns = torch.zeros(2 * m, dtype=torch.bool)
     learns[trained_latents:m] = learns[m + trained_latents :] = True  # their means, their scales
-    last.weight.register_hook(lambda grad: grad * learns.to(grad)[:, None, None, None])
-    last.bias.register_hook(lambda grad: grad * learns.to(grad))
+    on_device: dict[torch.device, torch.Tensor] = {}  # copied once: no transfer in every step
+
+    def new_rows_only(grad: torch.Tensor) -> torch.Tensor:
+        if grad.device not in on_device:
+            on_device[grad.device] = learns.to(grad.device)
+        return grad * on_device[grad.device].view(-1, *[1] * (grad.dim() - 1))
+
+    last.weight.register_hook(new_rows_only)
+    last.bias.register_hook(new_rows_only)
 
 
 def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRateHyperprior, str | None, int | None]:
