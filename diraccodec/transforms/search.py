@@ -15,8 +15,8 @@ keeps its moves only where its own share of the objective falls; the kept moves 
 true objective of the whole tile falls. The hyper-latents stay as the analysis made them, so
 every table, and so every price, stays fixed during the search (with a context model, the
 encoder searches the anchors, then, with passes to spare, the non-anchors, whose tables the
-anchors set). Tiles
-of latents with a margin of context keep the memory bounded for any image size.
+anchors set). Tiles of latents with a margin of context keep the memory bounded for any
+image size.
 """
 
 from __future__ import annotations
