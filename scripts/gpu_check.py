@@ -2,18 +2,25 @@
 
     python scripts/gpu_check.py --data path/to/kodak --output results/   # on a machine with CUDA
 
-1. Files encoded on the CPU and on the GPU: their latent symbols decoded on both devices must
+The sections run in this order, the most wanted figures first, and the report is written
+again after each one, so a run stopped by `--minutes` or killed from outside keeps what it
+finished:
+
+1. Speed, mean per image over the folder: encode at the default effort, decode at 0 and 20
+   steps (the first image is a warm-up, left out).
+2. Files encoded on the CPU and on the GPU: their latent symbols decoded on both devices must
    be identical, and the pixels of both devices' decodes within the tolerance of
    docs/format.md (0 and 20 steps).
-2. Speed, mean per image over the folder: encode at the default effort, decode at 0 and 20
-   steps (the first image of each kind is a warm-up, left out); on CUDA also 20 steps with
-   the sampler's steps replayed from CUDA graphs ($DIRAC_CUDA_GRAPHS=1), and how far their
-   pixels lie from the decodes without.
-3. A 12-megapixel photo (4032x3024) at 20 steps and a 50-megapixel one at 0 steps: seconds
-   and peak GPU memory.
+3. A 12-megapixel photo (4032x3024) at 20 steps: seconds and peak GPU memory.
+4. On CUDA, 20 steps with the sampler's steps replayed from CUDA graphs ($DIRAC_CUDA_GRAPHS=1),
+   and how far their pixels lie from the decodes without.
+5. A 50-megapixel photo at 0 steps: seconds and peak GPU memory.
 
-It writes gpu-check.json and gpu-check.md into --output and exits 1 when a conformance check
-fails. `--device cpu --images 1 --large-megapixels 0` runs it quickly anywhere (its own test).
+Large photos are encoded at effort 1: their decode is what is measured. With `--minutes`, a
+section not begun by then is skipped and a loop over images stops where the time runs out;
+the report names what was left out. It writes gpu-check.json and gpu-check.md into --output
+and exits 1 when a conformance check fails. `--device cpu --images 1 --large-megapixels`
+runs it quickly anywhere (its own test).
 """
 
 from __future__ import annotations
@@ -24,22 +31,48 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest.mock import patch
 
-import numpy as np
-import torch
-from PIL import Image
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # a GPU machine runs the checkout without installing it
+    sys.path.insert(0, str(ROOT))
 
-import diraccodec
-from diraccodec import api
-from diraccodec.compute import CUDA_GRAPHS_ENV
-from diraccodec.container import drc
-from diraccodec.image.planes import IMAGE_SUFFIXES
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import diraccodec  # noqa: E402
+from diraccodec import api  # noqa: E402
+from diraccodec.compute import CUDA_GRAPHS_ENV  # noqa: E402
+from diraccodec.container import drc  # noqa: E402
+from diraccodec.image.planes import IMAGE_SUFFIXES  # noqa: E402
 
 # docs/format.md, "Conformance": a decoder's pixels against the reference decoder's
 TOLERANCE = {0: (2, 0.01), 20: (8, 0.5)}  # steps -> (largest difference, mean difference or share differing)
+LEVEL = 4
+
+
+class Clock:
+    """The run's time budget: sections and loops ask it before they begin the next piece."""
+
+    def __init__(self, minutes: float | None) -> None:
+        self.end = None if minutes is None else time.monotonic() + 60 * minutes
+        self.left_out: list[str] = []
+
+    def allows(self, what: str) -> bool:
+        if self.end is not None and time.monotonic() >= self.end:
+            self.left_out.append(what)
+            return False
+        return True
+
+    def each(self, items: list, what: str) -> Iterator:
+        """The items, while time is left; what was cut is recorded as `what` with the count done."""
+        for done, item in enumerate(items):
+            if not self.allows(f"{what} after {done} of {len(items)}"):
+                return
+            yield item
 
 
 def synchronize(device: str) -> None:
@@ -59,12 +92,32 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
-def cross_device(images: list[Image.Image], devices: tuple[str, str]) -> list[dict]:
+def mean_after_warm_up(times: list[float]) -> float | None:
+    return statistics.mean(times[1:]) if len(times) > 1 else None
+
+
+def speed(images: list[Image.Image], device: str, clock: Clock) -> tuple[dict, list[bytes]]:
+    """Mean seconds per image: encode at the default effort, decode at 0 and at 20 steps; and
+    the files, for the later sections."""
+    times: dict[str, list[float]] = {"encode": [], "decode 0 steps": [], "decode 20 steps": []}
+    files = []
+    for image in clock.each([images[0], *images], "speed"):  # the first round warms up
+        seconds, data = timed(device, lambda image=image: diraccodec.encode(image, LEVEL, device=device))
+        zero, _ = timed(device, lambda data=data: diraccodec.decode(data, 0, device=device))
+        twenty, _ = timed(device, lambda data=data: diraccodec.decode(data, 20, device=device))
+        for name, value in zip(times, (seconds, zero, twenty), strict=True):
+            times[name].append(value)
+        files.append(data)
+    report = {name: mean_after_warm_up(values) for name, values in times.items()}
+    return {**report, "images": max(len(files) - 1, 0)}, files[1:]
+
+
+def cross_device(images: list[Image.Image], devices: tuple[str, str], clock: Clock) -> list[dict]:
     """Each image encoded on each device and decoded on both: symbols and pixels compared."""
     rows = []
-    for index, image in enumerate(images):
-        for source in devices:
-            data = diraccodec.encode(image, 4, device=source)
+    for index, image in enumerate(clock.each(images, "cross-device images")):
+        encoded = [diraccodec.encode(image, LEVEL, device=device) for device in devices]
+        for source, data in zip(devices, encoded, strict=True):
             header = drc.unpack(data)
             streams = [api.get_codec(None, api.compute_for(device)).read_stream(
                 header.sections[drc.TAG_LATENTS], header.width, header.height) for device in devices]
@@ -79,46 +132,30 @@ def cross_device(images: list[Image.Image], devices: tuple[str, str]) -> list[di
                 rows.append({"image": index, "encoded on": source, "steps": steps, "symbols identical": same_symbols,
                              "largest difference": int(difference.max()), "mean difference": float(difference.mean()),
                              "share differing": float(np.mean(difference != 0)), "within tolerance": within})
-        encoded = [diraccodec.encode(image, 4, device=device) for device in devices]
         rows.append({"image": index, "bytes identical": encoded[0] == encoded[1],
                      "bytes": [len(data) for data in encoded]})
     return rows
 
 
-def speed(images: list[Image.Image], device: str) -> dict[str, float]:
-    """Mean seconds per image: encode at the default effort, decode at 0 and at 20 steps."""
-    times: dict[str, list[float]] = {"encode": [], "decode 0 steps": [], "decode 20 steps": []}
-    for index, image in enumerate([images[0], *images]):  # the first round warms up
-        seconds, data = timed(device, lambda image=image: diraccodec.encode(image, 4, device=device))
-        zero, _ = timed(device, lambda data=data: diraccodec.decode(data, 0, device=device))
-        twenty, _ = timed(device, lambda data=data: diraccodec.decode(data, 20, device=device))
-        if index:
-            for name, value in zip(times, (seconds, zero, twenty), strict=True):
-                times[name].append(value)
-    return {name: statistics.mean(values) for name, values in times.items()}
-
-
-def with_cuda_graphs(images: list[Image.Image], device: str) -> dict[str, float]:
+def with_cuda_graphs(files: list[bytes], device: str, clock: Clock) -> dict:
     """20-step decodes with the sampler's steps replayed from CUDA graphs: mean seconds, and how
     far their pixels lie from the same decodes without (the same kernels: expected identical)."""
-    files = [diraccodec.encode(image, 4, device=device) for image in images]
     plain = [pixels(diraccodec.decode(data, 20, device=device)) for data in files[:3]]
     times = []
     with patch.dict(os.environ, {CUDA_GRAPHS_ENV: "1"}):  # GraphReplay meanwhile
-        for index, data in enumerate([files[0], *files]):  # the first round warms up
-            seconds, _ = timed(device, lambda data=data: diraccodec.decode(data, 20, device=device))
-            if index:
-                times.append(seconds)
+        for data in clock.each([files[0], *files], "CUDA graph decodes"):  # the first round warms up
+            times.append(timed(device, lambda data=data: diraccodec.decode(data, 20, device=device))[0])
         replayed = [pixels(diraccodec.decode(data, 20, device=device)) for data in files[:3]]
     largest = max(int(np.abs(a - b).max()) for a, b in zip(plain, replayed, strict=True))
-    return {"decode 20 steps": statistics.mean(times), "largest difference from without": largest}
+    return {"decode 20 steps": mean_after_warm_up(times), "images": max(len(times) - 1, 0),
+            "largest difference from without": largest}
 
 
-def large(photo: Image.Image, megapixels: float, steps: int, device: str) -> dict[str, float]:
-    """Encode and decode a photo scaled to `megapixels` (4:3): seconds and peak GPU memory."""
+def large(photo: Image.Image, megapixels: float, steps: int, device: str) -> dict:
+    """Encode (effort 1) and decode a photo scaled to `megapixels` (4:3): seconds and peak GPU memory."""
     height = round((megapixels * 1e6 * 3 / 4) ** 0.5)
     image = photo.resize((height * 4 // 3, height), Image.Resampling.BICUBIC)
-    data = diraccodec.encode(image, 4, device=device)
+    data = diraccodec.encode(image, LEVEL, effort=1, device=device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seconds, _ = timed(device, lambda: diraccodec.decode(data, steps, device=device))
@@ -127,18 +164,31 @@ def large(photo: Image.Image, megapixels: float, steps: int, device: str) -> dic
             "peak GPU memory GiB": peak}
 
 
+def seconds_text(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.4f} s"
+
+
 def markdown(report: dict) -> str:
-    lines = [f"Command: `{report['command']}`", "", f"Device: {report['device']}", "", "## Speed (mean per image)", ""]
-    lines += [f"- {name}: {value:.4f} s" for name, value in report["speed"].items()]
+    lines = [f"Command: `{report['command']}`", "", f"Device: {report['device']}, torch {report['torch']}", ""]
+    if "speed" in report:
+        speed_report = report["speed"]
+        lines += [f"## Speed (mean per image over {speed_report['images']})", ""]
+        lines += [f"- {name}: {seconds_text(speed_report[name])}" for name in speed_report if name != "images"]
     if report.get("cuda graphs"):
         graphs = report["cuda graphs"]
-        lines += [f"- decode 20 steps with CUDA graphs: {graphs['decode 20 steps']:.4f} s (largest pixel "
-                  f"difference from without: {graphs['largest difference from without']})"]
-    lines += ["", "## Large photos", ""]
-    lines += [f"- {row['size']}, {row['steps']} steps: {row['decode seconds']:.2f} s, "
-              f"peak GPU memory {row['peak GPU memory GiB']:.2f} GiB" for row in report["large"]]
-    lines += ["", "## Cross-device conformance", "", f"All within tolerance: {report['conformant']}", ""]
-    lines += [f"- {json.dumps(row)}" for row in report["cross device"]]
+        lines += [f"- decode 20 steps with CUDA graphs, over {graphs['images']}: "
+                  f"{seconds_text(graphs['decode 20 steps'])} (largest pixel difference from without: "
+                  f"{graphs['largest difference from without']})"]
+    if report.get("large"):
+        lines += ["", "## Large photos", ""]
+        lines += [f"- {row['size']}, {row['steps']} steps: {row['decode seconds']:.2f} s, "
+                  f"peak GPU memory {row['peak GPU memory GiB']:.2f} GiB" for row in report["large"]]
+    if "cross device" in report:
+        verdict = "not checked" if report["conformant"] is None else report["conformant"]
+        lines += ["", "## Cross-device conformance", "", f"All within tolerance: {verdict}", ""]
+        lines += [f"- {json.dumps(row)}" for row in report["cross device"]]
+    if report["left out"]:
+        lines += ["", "## Left out by the time limit", ""] + [f"- {what}" for what in report["left out"]]
     return "\n".join(lines) + "\n"
 
 
@@ -149,28 +199,49 @@ def main() -> int:
     parser.add_argument("--cross-images", type=int, default=3, help="How many to check across devices.")
     parser.add_argument("--device", default="cuda", help="The device under test (cuda; cpu to try the script).")
     parser.add_argument("--large-megapixels", type=float, nargs="*", default=[12.0, 50.0],
-                        help="Sizes of the large-photo runs (12 MP at 20 steps, others at 0); none: skip.")
+                        help="Sizes of the large-photo runs (up to 12 MP at 20 steps, larger at 0); none: skip.")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="Time budget: begin nothing after it (default: none).")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
+    clock = Clock(args.minutes)
     paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.images]
     images = [Image.open(path).convert("RGB") for path in paths]
-    devices = ("cpu", args.device)
-    report = {
+    report: dict = {
         "command": " ".join(["python", *sys.argv]),
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else args.device,
         "torch": torch.__version__,
-        "speed": speed(images, args.device),
-        "cuda graphs": with_cuda_graphs(images, args.device) if args.device == "cuda" else None,
-        "large": [large(images[0], megapixels, 20 if megapixels <= 12 else 0, args.device)
-                  for megapixels in args.large_megapixels if megapixels > 0],
-        "cross device": cross_device(images[: args.cross_images], devices),
+        "left out": clock.left_out,
     }
-    report["conformant"] = all(row.get("within tolerance", True) for row in report["cross device"])
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "gpu-check.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.output / "gpu-check.md").write_text(markdown(report))
+
+    def write(section: str) -> None:
+        rows = [row for row in report.get("cross device", []) if "within tolerance" in row]
+        report["conformant"] = all(row["within tolerance"] for row in rows) if rows else None  # None: unchecked
+        (args.output / "gpu-check.json").write_text(json.dumps(report, indent=1) + "\n")
+        (args.output / "gpu-check.md").write_text(markdown(report))
+        print(f"gpu-check: {section} written", flush=True)
+
+    report["speed"], files = speed(images, args.device, clock)
+    write("speed")
+    report["cross device"] = cross_device(images[: args.cross_images], ("cpu", args.device), clock)
+    write("cross device")
+    sizes = [megapixels for megapixels in args.large_megapixels if megapixels > 0]
+    report["large"] = []
+    for megapixels in (size for size in sizes if size <= 12):
+        if clock.allows(f"{megapixels:g} MP photo"):
+            report["large"].append(large(images[0], megapixels, 20, args.device))
+            write(f"{megapixels:g} MP")
+    if args.device == "cuda" and files and clock.allows("CUDA graph decodes"):
+        report["cuda graphs"] = with_cuda_graphs(files, args.device, clock)
+        write("CUDA graphs")
+    for megapixels in (size for size in sizes if size > 12):
+        if clock.allows(f"{megapixels:g} MP photo"):
+            report["large"].append(large(images[0], megapixels, 0, args.device))
+            write(f"{megapixels:g} MP")
+    write("report")
     print(markdown(report))
-    return 0 if report["conformant"] else 1
+    return 1 if report["conformant"] is False else 0
 
 
 if __name__ == "__main__":

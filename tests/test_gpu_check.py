@@ -22,7 +22,27 @@ def test_gpu_check_runs_and_reports(tmp_path, small_image):
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "gpu-check.json").read_text())
-    assert set(report["speed"]) == {"encode", "decode 0 steps", "decode 20 steps"}
-    assert all(value > 0 for value in report["speed"].values())
+    speed = report.pop("speed")
+    assert speed.pop("images") == 1 and set(speed) == {"encode", "decode 0 steps", "decode 20 steps"}
+    assert all(value > 0 for value in speed.values()) and report["left out"] == []
     assert report["conformant"] and report["cross device"][0]["symbols identical"]
     assert (out / "gpu-check.md").read_text().startswith("Command: `python scripts/gpu_check.py")
+
+
+def test_gpu_check_names_what_its_time_limit_left_out(tmp_path, small_image):
+    """A budget already spent begins nothing, yet the report is written and says what is missing,
+    and conformance that was never checked is not claimed."""
+    data = tmp_path / "images"
+    data.mkdir()
+    small_image.save(data / "a.png")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "scripts/gpu_check.py", "--data", str(data), "--device", "cpu",
+                             "--minutes", "0", "--output", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "gpu-check.json").read_text())
+    assert report["speed"] == {"encode": None, "decode 0 steps": None, "decode 20 steps": None, "images": 0}
+    assert report["conformant"] is None and report["cross device"] == [] and report["large"] == []
+    assert report["left out"] == ["speed after 0 of 2", "cross-device images after 0 of 1", "12 MP photo",
+                                  "50 MP photo"]
+    assert "## Left out by the time limit" in (out / "gpu-check.md").read_text()
