@@ -7,7 +7,9 @@ again after each one, so a run stopped by `--minutes` or killed from outside kee
 finished:
 
 1. Speed, mean per image over the folder: encode at the default effort, decode at 0 and 20
-   steps (the first image is a warm-up, left out).
+   steps (the first image is a warm-up, left out). Then where the time of one encode and one
+   20-step decode goes: torch's profiler (CPU and device time, kernel launches) and Python's
+   (our functions), into gpu-profile.txt.
 2. Files encoded on the CPU and on the GPU: their latent symbols decoded on both devices must
    be identical, and the pixels of both devices' decodes within the tolerance of
    docs/format.md (0 and 20 steps).
@@ -26,8 +28,11 @@ runs it quickly anywhere (its own test).
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
 import statistics
 import sys
 import time
@@ -42,6 +47,7 @@ if str(ROOT) not in sys.path:  # a GPU machine runs the checkout without install
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import diraccodec  # noqa: E402
 from diraccodec import api  # noqa: E402
@@ -52,6 +58,7 @@ from diraccodec.image.planes import IMAGE_SUFFIXES  # noqa: E402
 # docs/format.md, "Conformance": a decoder's pixels against the reference decoder's
 TOLERANCE = {0: (2, 0.01), 20: (8, 0.5)}  # steps -> (largest difference, mean difference or share differing)
 LEVEL = 4
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel")  # the profiler's names for a kernel launch
 
 
 class Clock:
@@ -110,6 +117,35 @@ def speed(images: list[Image.Image], device: str, clock: Clock) -> tuple[dict, l
         files.append(data)
     report = {name: mean_after_warm_up(values) for name, values in times.items()}
     return {**report, "images": max(len(files) - 1, 0)}, files[1:]
+
+
+def where_time_goes(image: Image.Image, device: str, output: Path) -> dict:
+    """One encode and one 20-step decode under torch's profiler and then Python's: totals in the
+    report, the tables in gpu-profile.txt (the profilers slow both down; read shares, not times)."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    work = {"encode": lambda: diraccodec.encode(image, LEVEL, device=device)}
+    data = work["encode"]()
+    work["decode 20 steps"] = lambda: diraccodec.decode(data, 20, device=device)
+    summary, text = {}, []
+    for name, function in work.items():
+        with profile(activities=activities) as profiler:
+            seconds, _ = timed(device, function)
+        events = profiler.key_averages()
+        summary[name] = {
+            "seconds": seconds,
+            "CPU self seconds": sum(event.self_cpu_time_total for event in events) / 1e6,
+            "device self seconds": sum(event.self_device_time_total for event in events) / 1e6,
+            "kernel launches": sum(event.count for event in events if event.key in LAUNCHES),
+        }
+        for order in ("self_device_time_total", "self_cpu_time_total"):
+            text += [f"# {name}: torch's profiler, by {order}", events.table(sort_by=order, row_limit=25)]
+        python = cProfile.Profile()
+        python.runcall(function)
+        stream = io.StringIO()
+        pstats.Stats(python, stream=stream).sort_stats("tottime").print_stats(25)
+        text += [f"# {name}: Python's profiler, by own time", stream.getvalue()]
+    (output / "gpu-profile.txt").write_text("\n\n".join(text))
+    return summary
 
 
 def cross_device(images: list[Image.Image], devices: tuple[str, str], clock: Clock) -> list[dict]:
@@ -174,6 +210,8 @@ def markdown(report: dict) -> str:
         speed_report = report["speed"]
         lines += [f"## Speed (mean per image over {speed_report['images']})", ""]
         lines += [f"- {name}: {seconds_text(speed_report[name])}" for name in speed_report if name != "images"]
+    for name, totals in report.get("profile", {}).items():
+        lines += [f"- profiled {name}: " + ", ".join(f"{key} {value:.4g}" for key, value in totals.items())]
     if report.get("cuda graphs"):
         graphs = report["cuda graphs"]
         lines += [f"- decode 20 steps with CUDA graphs, over {graphs['images']}: "
@@ -224,6 +262,9 @@ def main() -> int:
 
     report["speed"], files = speed(images, args.device, clock)
     write("speed")
+    if images and clock.allows("profile"):
+        report["profile"] = where_time_goes(images[0], args.device, args.output)
+        write("profile")
     report["cross device"] = cross_device(images[: args.cross_images], ("cpu", args.device), clock)
     write("cross device")
     sizes = [megapixels for megapixels in args.large_megapixels if megapixels > 0]

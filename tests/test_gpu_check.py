@@ -26,6 +26,9 @@ def test_gpu_check_runs_and_reports(tmp_path, small_image):
     assert speed.pop("images") == 1 and set(speed) == {"encode", "decode 0 steps", "decode 20 steps"}
     assert all(value > 0 for value in speed.values()) and report["left out"] == []
     assert report["conformant"] and report["cross device"][0]["symbols identical"]
+    assert {name: report["profile"][name]["seconds"] > 0 for name in report["profile"]} == {
+        "encode": True, "decode 20 steps": True}
+    assert "decode 20 steps: Python's profiler" in (out / "gpu-profile.txt").read_text()
     assert (out / "gpu-check.md").read_text().startswith("Command: `python scripts/gpu_check.py")
 
 
@@ -43,6 +46,6 @@ def test_gpu_check_names_what_its_time_limit_left_out(tmp_path, small_image):
     report = json.loads((out / "gpu-check.json").read_text())
     assert report["speed"] == {"encode": None, "decode 0 steps": None, "decode 20 steps": None, "images": 0}
     assert report["conformant"] is None and report["cross device"] == [] and report["large"] == []
-    assert report["left out"] == ["speed after 0 of 2", "cross-device images after 0 of 1", "12 MP photo",
-                                  "50 MP photo"]
+    assert report["left out"] == ["speed after 0 of 2", "profile", "cross-device images after 0 of 1",
+                                  "12 MP photo", "50 MP photo"]
     assert "## Left out by the time limit" in (out / "gpu-check.md").read_text()
