@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+from torch.autograd import DeviceType
 
 STRICT_MKL = "AUTO,STRICT"  # the fastest code branch for this CPU, summed alike on any thread count
 _MKL_CBWR_ALL = -1  # mkl_cbwr_get's query for the whole setting
@@ -252,3 +253,17 @@ class Compute:
         if self.device.type == "cuda" and os.environ.get(CUDA_GRAPHS_ENV) == "1":
             return GraphReplay(function)
         return function
+
+
+KERNEL_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel")  # torch's profiler's names for a launch
+
+
+def profile_totals(events: list) -> dict[str, float]:
+    """What torch's profiler saw (its `key_averages()`), in figures a log line can carry: the
+    CPU's and the device's own seconds, each kernel counted once (as torch's tables count it:
+    on the device's events, not again on the operators that launched them), and the launches."""
+    device_seconds = sum(event.self_device_time_total for event in events
+                         if event.device_type != DeviceType.CPU and not event.is_user_annotation) / 1e6
+    return {"CPU seconds": sum(event.self_cpu_time_total for event in events) / 1e6,
+            "device seconds": device_seconds,
+            "kernel launches": sum(event.count for event in events if event.key in KERNEL_LAUNCHES)}

@@ -51,14 +51,13 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import diraccodec  # noqa: E402
 from diraccodec import api  # noqa: E402
-from diraccodec.compute import CUDA_GRAPHS_ENV  # noqa: E402
+from diraccodec.compute import CUDA_GRAPHS_ENV, profile_totals  # noqa: E402
 from diraccodec.container import drc  # noqa: E402
 from diraccodec.image.planes import IMAGE_SUFFIXES  # noqa: E402
 
 # docs/format.md, "Conformance": a decoder's pixels against the reference decoder's
 TOLERANCE = {0: (2, 0.01), 20: (8, 0.5)}  # steps -> (largest difference, mean difference or share differing)
 LEVEL = 4
-LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel")  # the profiler's names for a kernel launch
 
 
 class Clock:
@@ -131,12 +130,7 @@ def where_time_goes(image: Image.Image, device: str, output: Path) -> dict:
         with profile(activities=activities) as profiler:
             seconds, _ = timed(device, function)
         events = profiler.key_averages()
-        summary[name] = {
-            "seconds": seconds,
-            "CPU self seconds": sum(event.self_cpu_time_total for event in events) / 1e6,
-            "device self seconds": sum(event.self_device_time_total for event in events) / 1e6,
-            "kernel launches": sum(event.count for event in events if event.key in LAUNCHES),
-        }
+        summary[name] = {"seconds": seconds, **profile_totals(events)}
         for order in ("self_device_time_total", "self_cpu_time_total"):
             text += [f"# {name}: torch's profiler, by {order}", events.table(sort_by=order, row_limit=25)]
         python = cProfile.Profile()

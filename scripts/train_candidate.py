@@ -118,6 +118,8 @@ def stage_arguments(stage: str, arguments: argparse.Namespace, budget: list[str]
         line += ["--threads", str(arguments.threads)]
     if arguments.no_compile:
         line.append("--no-compile")
+    if arguments.profile_steps:
+        line += ["--profile-steps", str(arguments.profile_steps)]
     if stage == "base":
         line += ["--start-from", str(start / WEIGHTS["base"]), "--context", arguments.context,
                  "--lambdas", ",".join(f"{value:g}" for value in arguments.lambdas)]
@@ -318,6 +320,8 @@ def parser() -> argparse.ArgumentParser:
     training.add_argument("--device", help="(default: CUDA where present)")
     training.add_argument("--threads", type=int)
     training.add_argument("--no-compile", action="store_true")
+    training.add_argument("--profile-steps", type=int, default=10,
+                          help="Steps of each stage profiled after its first 50, in the log (default 10; 0: none).")
 
     joining = commands.add_parser("join", help="Check the returned weights and put them in a folder of their own.")
     joining.add_argument("output", type=Path, help="What train wrote to --output.")

@@ -91,6 +91,9 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--exact-moments", action="store_true",
                      help="Save Adam moments in float32 (bit-exact resume) instead of bfloat16.")
     cli.add_argument("--log-every", type=int, default=50)
+    cli.add_argument("--profile-steps", type=int, default=0,
+                     help="Profile this many steps after the first --profile-after and log where their time went.")
+    cli.add_argument("--profile-after", type=int, default=50, help="(default 50: compilation and warm-up done).")
     base = cli.add_argument_group("base codec (a resumed run keeps its state's size)")
     base.add_argument("--channels", type=int, default=96, help="N, the transforms' width (default 96).")
     base.add_argument("--latent-channels", type=int, help="M, the latents' channels (default: the start's, else "
@@ -141,6 +144,7 @@ def training_options(arguments: argparse.Namespace, state: Path) -> LoopOptions:
         "average_decay": arguments.average_decay, "checkpoint_minutes": arguments.checkpoint_minutes,
         "save_margin_seconds": arguments.save_margin, "part_bytes": int(arguments.part_mib * 2**20),
         "exact_moments": arguments.exact_moments, "log_every": arguments.log_every,
+        "profile_steps": arguments.profile_steps, "profile_after": arguments.profile_after,
     }
     if arguments.lr is not None:
         common["learning_rate"] = arguments.lr

@@ -121,6 +121,20 @@ def test_the_command_reports_throughput_exports_and_delivers_its_results(script,
     assert api.decode(api.encode(image, 2, weights=weights), weights=weights).size == image.size
 
 
+def test_profiled_steps_say_where_their_time_went_and_a_run_may_end_while_profiling(script, photos, tmp_path):
+    state = tmp_path / "base"
+    assert train(script, photos, state, "--steps", "5", "--profile-steps", "2", "--profile-after", "1") == 0
+    log = state.with_name("base.log").read_text()
+    line = next(line for line in log.splitlines() if line.startswith("profile of steps 2-3 of this run: "))
+    assert " s a step, the device busy 0.0000 s of it (0%), 0 kernel launches and " in line
+    assert "Self CPU time total" in log and "aten::" in log  # the operators' table
+    assert json.loads(summary_path(state).read_text())["step"] == 5
+    ended = tmp_path / "ended"
+    assert train(script, photos, ended, "--steps", "2", "--profile-steps", "5", "--profile-after", "1") == 0
+    assert "profile of" not in ended.with_name("ended.log").read_text()
+    assert json.loads(summary_path(ended).read_text())["mpx_per_second"] > 0
+
+
 def test_parts_stay_under_the_limit_and_join_into_one_safetensors_stream(tmp_path):
     tensors = {"model.big": torch.randn(300, 200), "model.small": torch.arange(7), "adam.0.step": torch.ones(1)}
     state = TrainingState(12, 3.5, {"note": "x"}, warmup_from=4)

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.profiler import ProfilerActivity, profile
 
+from diraccodec.compute import profile_totals
 from diraccodec.training.averaging import WeightAverage
 from diraccodec.training.checkpoint import (
     DEFAULT_PART_BYTES,
@@ -76,6 +78,10 @@ class LoopOptions:
     part_bytes: int = DEFAULT_PART_BYTES  # the largest part of the saved state
     exact_moments: bool = False  # save the Adam moments in float32: a bit-exact resume, a larger state
     save_margin_seconds: float = 15.0  # kept free at the end of a `minutes` budget for the last save
+    # Steps to run under torch's profiler once `profile_after` steps of this run are done
+    # (compilation and warm-up behind them); the log then says where their time went. 0: none.
+    profile_steps: int = 0
+    profile_after: int = 50
 
 
 def decay_start(options: LoopOptions) -> float:
@@ -200,6 +206,7 @@ class _Throughput:
         self.device, self.pixels_per_step, self.started = run.device, pixels_per_step, run.started
         self.marks: list[tuple[int, float]] = []  # (steps of this run, time) after each skipped step
         self.window = (0, time.monotonic())
+        self.left_out = (0, 0.0)  # profiled steps and their seconds, which the summary's figure leaves out
 
     def _now(self) -> float:
         if self.device.type == "cuda":
@@ -221,12 +228,17 @@ class _Throughput:
         rate, self.window = self._rate(steps, self.window, now), (steps, now)
         return rate
 
+    def leave_out(self, steps: int, seconds: float) -> None:
+        self.left_out = (self.left_out[0] + steps, self.left_out[1] + seconds)
+
     def summary(self, steps: int) -> dict[str, float | None]:
-        """Mpx/s over the run, the seconds its first step ended at, and the pixels per step."""
+        """Mpx/s over the run (profiled steps left out), the seconds its first step ended at, and
+        the pixels per step."""
         now = self._now()
         counted = [mark for mark in self.marks if mark[0] < steps]
         since = counted[-1] if counted else (0, self.started)  # one step alone: start-up included
-        rate = self._rate(steps, since, now)
+        profiled_steps, profiled_seconds = self.left_out
+        rate = self._rate(steps - profiled_steps, since, now - profiled_seconds)
         return {"mpx_per_second": round(rate, 3) if rate is not None else None,
                 "startup_seconds": round(self.marks[0][1] - self.started, 2) if self.marks else None,
                 "pixels_per_step": self.pixels_per_step}
@@ -279,6 +291,50 @@ def run_loop(
             task, completed=run.state.step, total=options.steps, figures=shown))
 
 
+class StepProfile:
+    """A few training steps under torch's profiler, so that a run's log says where the time of a
+    step goes: the seconds a step, how much of it kept the device busy, the kernel launches a
+    step (what launch-bound small models pay for), and the operators that took the most."""
+
+    def __init__(self, steps: int, after: int, device: torch.device) -> None:
+        self.steps, self.after, self.device = steps, after, device
+        self.profiler: profile | None = None
+        self.started = 0.0
+        self.seconds = 0.0  # what the profiled steps took, with the profiler's work
+
+    def before_step(self, done: int) -> None:
+        """Begins profiling before the step that follows `done` steps of this run, where due."""
+        if self.steps > 0 and done == self.after:
+            cuda = self.device.type == "cuda"
+            self.profiler = profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])])
+            self.profiler.start()
+            self.started = time.monotonic()
+
+    def after_step(self, done: int) -> list[str]:
+        """The log's lines once the profiled steps are done (`done` counts this run's steps)."""
+        if self.profiler is None or done < self.after + self.steps:
+            return []
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = (time.monotonic() - self.started) / self.steps
+        events = self.stop()
+        self.seconds = time.monotonic() - self.started  # the profiler's own work included
+        totals = {name: value / self.steps for name, value in profile_totals(events).items()}
+        order = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        return [f"profile of steps {self.after + 1}-{self.after + self.steps} of this run: {seconds:.4f} s a step, "
+                f"the device busy {totals['device seconds']:.4f} s of it ({totals['device seconds'] / seconds:.0%}), "
+                f"{totals['kernel launches']:.0f} kernel launches and {totals['CPU seconds']:.4f} CPU seconds a step "
+                "(the profiler slows the steps)", events.table(sort_by=order, row_limit=15)]
+
+    def stop(self) -> list:
+        """Stops profiling (also for a run that ends first) and returns what it saw."""
+        profiler, self.profiler = self.profiler, None
+        if profiler is None:
+            return []
+        profiler.stop()
+        return profiler.key_averages()
+
+
 def _steps(
     run: TrainingRun,
     options: LoopOptions,
@@ -294,6 +350,7 @@ def _steps(
         end = run.started + options.minutes * 60
         options.steps, options.schedule_start = state.step + 10**9, state.step
     speed = _Throughput(run, pixels_per_step)
+    profiled = StepProfile(options.profile_steps, options.profile_after, run.device)
     window: dict[str, list[torch.Tensor]] = {}
     logged: list[dict[str, float]] = []  # the mean figures of each log window
 
@@ -322,7 +379,13 @@ def _steps(
             if end is not None:
                 _fit_steps_to_time(options, state.step, end - margin, pace, console)
             step_started = time.monotonic()
+            profiled.before_step(state.step - first_step)
             figures = _take_step(run, options, next_loss)
+            profile_lines = profiled.after_step(state.step - first_step)
+            for line in profile_lines:
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+            if profile_lines:
+                speed.leave_out(profiled.steps, profiled.seconds)
             speed.stepped(state.step - first_step)
             now = time.monotonic()
             step_seconds = now - step_started
@@ -335,6 +398,7 @@ def _steps(
                 run.save(options)
                 margin = max(margin, 2 * (time.monotonic() - now))  # a save must fit in the margin
                 last_save, saved_step = time.monotonic(), state.step
+    profiled.stop()  # a run that ended while it profiled
     measured = speed.summary(state.step - first_step)  # before the last save and log line
     if window:
         log()
