@@ -135,6 +135,19 @@ def test_profiled_steps_say_where_their_time_went_and_a_run_may_end_while_profil
     assert json.loads(summary_path(ended).read_text())["mpx_per_second"] > 0
 
 
+def test_a_profiler_that_fails_costs_a_log_line_not_the_run(script, photos, tmp_path, monkeypatch):
+    from diraccodec.training import loop
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("profiler unavailable")
+
+    monkeypatch.setattr(loop, "profile", refused)
+    state = tmp_path / "base"
+    assert train(script, photos, state, "--steps", "4", "--profile-steps", "1", "--profile-after", "1") == 0
+    assert "no profile: profiler unavailable" in state.with_name("base.log").read_text()
+    assert json.loads(summary_path(state).read_text())["step"] == 4
+
+
 def test_parts_stay_under_the_limit_and_join_into_one_safetensors_stream(tmp_path):
     tensors = {"model.big": torch.randn(300, 200), "model.small": torch.arange(7), "adam.0.step": torch.ones(1)}
     state = TrainingState(12, 3.5, {"note": "x"}, warmup_from=4)

@@ -11,6 +11,7 @@ and in a JSON summary beside the state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -294,37 +295,50 @@ def run_loop(
 class StepProfile:
     """A few training steps under torch's profiler, so that a run's log says where the time of a
     step goes: the seconds a step, how much of it kept the device busy, the kernel launches a
-    step (what launch-bound small models pay for), and the operators that took the most."""
+    step (what launch-bound small models pay for), and the operators that took the most. A
+    profiler that fails costs a log line, never the run."""
 
     def __init__(self, steps: int, after: int, device: torch.device) -> None:
         self.steps, self.after, self.device = steps, after, device
         self.profiler: profile | None = None
         self.started = 0.0
-        self.seconds = 0.0  # what the profiled steps took, with the profiler's work
+        self.seconds = 0.0  # what the profiled steps took, with the profiler's work (0: no profile)
+        self.failure = ""
 
     def before_step(self, done: int) -> None:
         """Begins profiling before the step that follows `done` steps of this run, where due."""
-        if self.steps > 0 and done == self.after:
-            cuda = self.device.type == "cuda"
+        if self.steps <= 0 or done != self.after:
+            return
+        cuda = self.device.type == "cuda"
+        try:
             self.profiler = profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])])
             self.profiler.start()
-            self.started = time.monotonic()
+        except Exception as error:  # any profiler fault: the training goes on
+            self.profiler, self.failure = None, f"no profile: {error}"
+        self.started = time.monotonic()
 
     def after_step(self, done: int) -> list[str]:
         """The log's lines once the profiled steps are done (`done` counts this run's steps)."""
-        if self.profiler is None or done < self.after + self.steps:
+        if done != self.after + self.steps or not (self.profiler or self.failure):
             return []
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = (time.monotonic() - self.started) / self.steps
-        events = self.stop()
+        if self.failure:
+            return [self.failure]
+        try:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds = (time.monotonic() - self.started) / self.steps
+            events = self.stop()
+            totals = {name: value / self.steps for name, value in profile_totals(events).items()}
+            order = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+            table = events.table(sort_by=order, row_limit=15)
+        except Exception as error:  # any profiler fault: the training goes on
+            self.profiler = None
+            return [f"no profile: {error}"]
         self.seconds = time.monotonic() - self.started  # the profiler's own work included
-        totals = {name: value / self.steps for name, value in profile_totals(events).items()}
-        order = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
         return [f"profile of steps {self.after + 1}-{self.after + self.steps} of this run: {seconds:.4f} s a step, "
                 f"the device busy {totals['device seconds']:.4f} s of it ({totals['device seconds'] / seconds:.0%}), "
                 f"{totals['kernel launches']:.0f} kernel launches and {totals['CPU seconds']:.4f} CPU seconds a step "
-                "(the profiler slows the steps)", events.table(sort_by=order, row_limit=15)]
+                "(the profiler slows the steps)", table]
 
     def stop(self) -> list:
         """Stops profiling (also for a run that ends first) and returns what it saw."""
@@ -384,7 +398,7 @@ def _steps(
             profile_lines = profiled.after_step(state.step - first_step)
             for line in profile_lines:
                 console.print(line, markup=False, highlight=False, soft_wrap=True)
-            if profile_lines:
+            if profile_lines and profiled.seconds:
                 speed.leave_out(profiled.steps, profiled.seconds)
             speed.stepped(state.step - first_step)
             now = time.monotonic()
@@ -398,7 +412,8 @@ def _steps(
                 run.save(options)
                 margin = max(margin, 2 * (time.monotonic() - now))  # a save must fit in the margin
                 last_save, saved_step = time.monotonic(), state.step
-    profiled.stop()  # a run that ended while it profiled
+    with contextlib.suppress(Exception):  # a run that ended while it profiled; a fault costs nothing
+        profiled.stop()
     measured = speed.summary(state.step - first_step)  # before the last save and log line
     if window:
         log()
