@@ -136,12 +136,12 @@ def test_profiled_steps_say_where_their_time_went_and_a_run_may_end_while_profil
 
 
 def test_a_profiler_that_fails_costs_a_log_line_not_the_run(script, photos, tmp_path, monkeypatch):
-    from diraccodec.training import loop
+    from diraccodec.training import speed
 
     def refused(*args, **kwargs):
         raise RuntimeError("profiler unavailable")
 
-    monkeypatch.setattr(loop, "profile", refused)
+    monkeypatch.setattr(speed, "profile", refused)
     state = tmp_path / "base"
     assert train(script, photos, state, "--steps", "4", "--profile-steps", "1", "--profile-after", "1") == 0
     assert "no profile: profiler unavailable" in state.with_name("base.log").read_text()
