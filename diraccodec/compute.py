@@ -91,6 +91,21 @@ def thread_invariant() -> Iterator[None]:
         torch.backends.mkldnn.enabled = previous
 
 
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """Float32 convolutions and matrix products on a GPU in full float32, not TF32 (cuDNN's
+    default for convolutions, a 10-bit mantissa): the synthesis and the restoration filter set a
+    0-step decode's fidelity and are meant to run in float32 on every device. Set through the
+    flags that training also sets (`allow_tf32`): torch refuses a mix of its two interfaces."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    previous = (cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = previous
+
+
 @functools.cache
 def _warn_not_strict() -> None:
     warnings.warn(
@@ -234,8 +249,11 @@ class Compute:
         return cpu_tile if self.device.type == "cpu" else 4 * cpu_tile
 
     def kernels(self) -> contextlib.AbstractContextManager[None]:
-        """The context the networks run in: thread-invariant kernels in the exact mode on a CPU."""
-        if self.exact and self.device.type == "cpu":
+        """The context the networks run in: thread-invariant kernels in the exact mode on a CPU,
+        full float32 (no TF32) on a GPU."""
+        if self.device.type == "cuda":
+            return full_float32()
+        if self.exact:
             return thread_invariant()
         return contextlib.nullcontext()
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageCms
 import diraccodec
 from diraccodec.api import get_codec
 from diraccodec.codec.base_codec import Latents
-from diraccodec.compute import mkl_is_strict
+from diraccodec.compute import CPU, Compute, mkl_is_strict
 from diraccodec.container import drc
 from diraccodec.errors import InvalidOptionError
 from tests.conftest import psnr
@@ -208,6 +208,31 @@ def test_one_process_uses_every_device_in_any_order(small_image):
     for device, decoded in first.items():  # within the format's tolerance of the CPU
         assert np.abs(decoded - first["cpu"]).max() <= 2, device
     assert get_codec(None, diraccodec.api.compute_for("cpu")).model.analysis[0].weight.device.type == "cpu"
+
+
+def test_a_gpu_runs_the_networks_in_full_float32_not_tf32_and_restores_the_flags():
+    import torch
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        for training_sets in (False, True):  # a training process turns TF32 on for itself
+            cudnn.allow_tf32 = matmul.allow_tf32 = training_sets
+            with Compute(torch.device("cuda")).kernels():
+                assert not cudnn.allow_tf32 and not matmul.allow_tf32
+            assert cudnn.allow_tf32 is training_sets and matmul.allow_tf32 is training_sets
+            with Compute(CPU).kernels():
+                assert cudnn.allow_tf32 is training_sets
+        if torch.cuda.is_available():  # TF32 (10-bit mantissa) errs about 100 times more than float32
+            generator = torch.Generator().manual_seed(0)
+            x, weight = torch.randn(1, 64, 64, 64, generator=generator), torch.randn(64, 64, 3, 3, generator=generator)
+            reference = torch.nn.functional.conv2d(x.double(), weight.double())
+            cudnn.allow_tf32 = True
+            with Compute(torch.device("cuda")).kernels():
+                on_gpu = torch.nn.functional.conv2d(x.cuda(), weight.cuda()).cpu().double()
+            assert (on_gpu - reference).abs().max() / reference.std() < 5e-5
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = before
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
