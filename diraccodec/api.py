@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diraccodec.codec.base_codec import BaseCodec, BaseWeights
+from diraccodec.codec.base_codec import Arithmetic, BaseCodec, BaseWeights
 from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, ladder_position
 from diraccodec.compute import AUTO, Compute
 from diraccodec.container import drc
@@ -65,6 +65,8 @@ def detail_map_below(lambdas: Sequence[float]) -> float:
     return min(max(ladder_position(lambdas, DETAIL_MAP_BELOW_LAMBDA), 1.0), float(len(lambdas)))
 
 Progress = latent_search.Progress
+# How each format version computes its entropy parameters; the encoder writes drc.FORMAT_VERSION.
+VERSION_ARITHMETIC = {1: Arithmetic.FLOAT64_CPU, 2: Arithmetic.FIXED_POINT}
 
 _LOCK = threading.RLock()  # torch's thread count and kernel flags are process-wide
 
@@ -386,7 +388,8 @@ def decode(
                 raise CorruptFileError("corrupt .drc file (alpha plane missing)")
             alpha = decompress_alpha(header.sections[drc.TAG_ALPHA], header.width, header.height)
         detail_map = info.detail_map if diffusion is not None else None
-        rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality)
+        rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality,
+                               VERSION_ARITHMETIC[header.version])
         rgb = enhance(codec, rgb, header.quality, steps, seed, diffusion, detail_map, restore)
     return planes_to_image(Planes(rgb, header.colour_mode, alpha, header.sections.get(drc.TAG_ICC)))
 

@@ -153,13 +153,17 @@ def cross_device(images: list[Image.Image], devices: tuple[str, str], clock: Clo
                 header.sections[drc.TAG_LATENTS], header.width, header.height) for device in devices]
             same_symbols = bool(np.array_equal(streams[0].symbols, streams[1].symbols)
                                 and np.array_equal(streams[0].hyper, streams[1].hyper))
+            # the fixed-point hyper-synthesis ran on each device: its tables and means agree to the bit
+            same_parameters = bool(np.array_equal(streams[0].table_ids, streams[1].table_ids)
+                                   and torch.equal(streams[0].mean, streams[1].mean))
             for steps in TOLERANCE:
                 first, second = (pixels(diraccodec.decode(data, steps, device=device)) for device in devices)
                 difference = np.abs(first - second)
                 largest, bound = TOLERANCE[steps]
                 measure = float(np.mean(difference != 0)) if steps == 0 else float(difference.mean())
-                within = bool(same_symbols and difference.max() <= largest and measure <= bound)
+                within = bool(same_symbols and same_parameters and difference.max() <= largest and measure <= bound)
                 rows.append({"image": index, "encoded on": source, "steps": steps, "symbols identical": same_symbols,
+                             "entropy parameters identical": same_parameters,
                              "largest difference": int(difference.max()), "mean difference": float(difference.mean()),
                              "share differing": float(np.mean(difference != 0)), "within tolerance": within})
         rows.append({"image": index, "bytes identical": encoded[0] == encoded[1],

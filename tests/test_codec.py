@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -13,12 +14,18 @@ import pytest
 from PIL import Image, ImageCms
 
 import diraccodec
-from diraccodec.api import get_codec
-from diraccodec.codec.base_codec import Latents
+from diraccodec.api import compute_for, get_codec
+from diraccodec.codec.base_codec import Arithmetic, Latents
 from diraccodec.compute import CPU, Compute, mkl_is_strict
 from diraccodec.container import drc
-from diraccodec.errors import InvalidOptionError
+from diraccodec.errors import CorruptFileError, InvalidOptionError
 from tests.conftest import psnr
+
+# A 192x128 crop of the sample at level 3, written by the encoder of format version 1 (entropy
+# parameters in float64 on the CPU), and the SHA-256 of its latent symbols (int64, little-endian).
+VERSION_1_FILE = Path(__file__).parent / "data" / "parrots-v1.drc"
+VERSION_1_CROP = (120, 40, 312, 168)
+VERSION_1_SYMBOLS = "3a1e9fced01561dec01ed331fb0e7fd030713d069fe92ec7ab02e038bda15bbe"
 
 
 def test_round_trip_keeps_size_and_resembles_the_input(small_image):
@@ -26,6 +33,29 @@ def test_round_trip_keeps_size_and_resembles_the_input(small_image):
     decoded = diraccodec.decode(data)
     assert decoded.size == small_image.size and decoded.mode == "RGB"
     assert psnr(small_image, decoded) > 20
+
+
+def test_a_format_version_1_file_still_decodes_with_its_float64_parameters(sample_image):
+    data = VERSION_1_FILE.read_bytes()
+    header = drc.unpack(data)
+    stream = header.sections[drc.TAG_LATENTS]
+    codec = get_codec(None, compute_for("cpu"))
+    latents = codec.read_stream(stream, header.width, header.height, Arithmetic.FLOAT64_CPU)
+    assert header.version == 1
+    assert hashlib.sha256(latents.symbols.astype("<i8").tobytes()).hexdigest() == VERSION_1_SYMBOLS
+    crop = sample_image.crop(VERSION_1_CROP)
+    decoded = diraccodec.decode(data, steps=0)
+    assert decoded.size == crop.size and psnr(crop, decoded) > 29
+    # the version decides: the current arithmetic's tables read the stream otherwise, or not at all
+    try:
+        misread = codec.read_stream(stream, header.width, header.height, Arithmetic.FIXED_POINT)
+    except CorruptFileError:
+        pass
+    else:
+        assert not np.array_equal(misread.symbols, latents.symbols)
+    rewritten = diraccodec.encode(crop, 3)
+    assert drc.unpack(rewritten).version == drc.FORMAT_VERSION == 2
+    assert abs(len(rewritten) - len(data)) <= 0.02 * len(data)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 9), (13, 1), (37, 53), (65, 129)])
@@ -237,6 +267,8 @@ def test_a_gpu_runs_the_networks_in_full_float32_not_tf32_and_restores_the_flags
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
 def test_files_cross_between_cpu_and_cuda_with_identical_symbols(sample_image):
+    import torch
+
     from diraccodec import api
 
     for source, target in (("cpu", "cuda"), ("cuda", "cpu")):
@@ -246,9 +278,16 @@ def test_files_cross_between_cpu_and_cuda_with_identical_symbols(sample_image):
             header.sections[drc.TAG_LATENTS], header.width, header.height) for device in ("cpu", "cuda")}
         np.testing.assert_array_equal(symbols["cpu"].symbols, symbols["cuda"].symbols)
         np.testing.assert_array_equal(symbols["cpu"].hyper, symbols["cuda"].hyper)
+        # the fixed-point hyper-synthesis ran on each device: its parameters agree to the bit
+        np.testing.assert_array_equal(symbols["cpu"].table_ids, symbols["cuda"].table_ids)
+        assert torch.equal(symbols["cpu"].mean, symbols["cuda"].mean)
         here = np.asarray(diraccodec.decode(data, device=source), dtype=np.int16)
         there = np.asarray(diraccodec.decode(data, device=target), dtype=np.int16)
         assert np.abs(here - there).max() <= 2 and np.mean(here != there) < 0.01
+    old = VERSION_1_FILE.read_bytes()  # a version 1 file's float64 parameters come from the CPU on either
+    here, there = (np.asarray(diraccodec.decode(old, steps=0, device=device), dtype=np.int16)
+                   for device in ("cpu", "cuda"))
+    assert np.abs(here - there).max() <= 2 and np.mean(here != there) < 0.01
 
 
 def test_an_unknown_or_absent_device_is_a_clear_error(small_image):

@@ -71,6 +71,7 @@ def test_factorized_tables_cover_the_mass_and_round_trip():
 
 
 def test_scales_snap_up_to_the_next_table_entry():
-    scales = gaussian_scales()
-    snapped = snap_scales(np.array([0.0, scales[0], scales[3] * 1.0001, 1e6]), scales)
-    np.testing.assert_array_equal(snapped, [0, 0, 4, scales.size - 1])
+    scales = torch.from_numpy(gaussian_scales())
+    snapped = snap_scales(torch.tensor([0.0, scales[0], scales[3] * 1.0001, 1e6], dtype=torch.float64), scales)
+    assert snapped.tolist() == [0, 0, 4, scales.numel() - 1]
+

@@ -25,7 +25,8 @@ def test_gpu_check_runs_and_reports(tmp_path, small_image):
     speed = report.pop("speed")
     assert speed.pop("images") == 1 and set(speed) == {"encode", "decode 0 steps", "decode 20 steps"}
     assert all(value > 0 for value in speed.values()) and report["left out"] == []
-    assert report["conformant"] and report["cross device"][0]["symbols identical"]
+    cross = report["cross device"][0]
+    assert report["conformant"] and cross["symbols identical"] and cross["entropy parameters identical"]
     assert {name: report["profile"][name]["seconds"] > 0 for name in report["profile"]} == {
         "encode": True, "decode 20 steps": True}
     assert "decode 20 steps: Python's profiler" in (out / "gpu-profile.txt").read_text()

@@ -1,19 +1,22 @@
 """The base codec: RGB pixels to a range-coded latent stream and back.
 
 Determinism is designed in, because the decoder must rebuild the encoder's tables bit for
-bit. The only float computation that selects tables is the hyper-synthesis (hyper-latents
-to the mean and scale of each latent), the context model where the weights have one, and
-the gains; all run in float64 on the CPU, in one thread unless MKL sums alike on any thread
-count, from integer inputs, so the same file yields the same tables with any thread count,
-in any process, and whichever device and mode run the big transforms. The transforms
-themselves run where `Compute` says, in tiles that go in and come out as 8-bit pixels, so
-that memory beyond one tile is that of the 8-bit image.
+bit. The only computation that selects tables is the hyper-synthesis (hyper-latents to the
+mean and scale of each latent), and the context model where the weights have one. The
+current format runs the hyper-synthesis in fixed point (diraccodec.entropy.fixed_point),
+exact on the codec's own device with any kernel and thread count; files of format version 1
+ran it in float64 on the CPU in one fixed order, and still decode that way. The context
+model and the gains run in float64 on the CPU, in one thread unless MKL sums alike on any
+thread count, from integer inputs. The transforms themselves run where `Compute` says, in
+tiles that go in and come out as 8-bit pixels, so that memory beyond one tile is that of the
+8-bit image.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import enum
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -26,11 +29,19 @@ from diraccodec.codec.hyperprior import MultiRateHyperprior
 from diraccodec.compute import Compute, mkl_is_strict, single_thread
 from diraccodec.entropy.coder import decode_values, encode_values
 from diraccodec.entropy.context import anchor_mask, context_parameters64
+from diraccodec.entropy.fixed_point import FixedPointNetwork
 from diraccodec.entropy.tables import TableSet, snap_scales
 from diraccodec.errors import CorruptFileError
 from diraccodec.transforms.networks import HYPER_STRIDE, LATENT_STRIDE
 from diraccodec.transforms.search import SearchProblem, SearchSettings, response_energy, search_symbols
 from diraccodec.transforms.tiling import apply_tiled, tile_windows
+
+
+class Arithmetic(enum.Enum):
+    """How the hyper-synthesis computes the entropy parameters; a file's format version says which."""
+
+    FLOAT64_CPU = "float64 on the CPU, in one fixed order"  # format version 1
+    FIXED_POINT = "fixed point, exact on every device"  # format version 2 on
 
 
 @dataclass
@@ -98,6 +109,8 @@ class BaseCodec:
         self.model = compute.prepare(weights.model)
         self.num_levels = self.model.config.num_levels
         self._hyper_synthesis64 = copy.deepcopy(weights.model.hyper_synthesis).cpu().double()
+        self._hyper_synthesis_fixed = FixedPointNetwork(weights.model.hyper_synthesis, self.device)
+        self._latent_scales = torch.from_numpy(weights.latent_scales).to(self.device, torch.float64)
         context = weights.model.context
         self._context64 = None if context is None else copy.deepcopy(context).cpu().double()
         self._log_gain64 = weights.model.log_gain.detach().cpu().double()
@@ -115,36 +128,44 @@ class BaseCodec:
 
         return mix(self._log_gain64), mix(self._log_inverse_gain64)
 
-    def entropy_parameters(self, hyper: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    def entropy_parameters(self, hyper: np.ndarray, arithmetic: Arithmetic = Arithmetic.FIXED_POINT
+                           ) -> tuple[torch.Tensor, np.ndarray]:
         """Mean (float64) and table index (int16) of every latent, from integer hyper-latents: the
         same on every machine, so the decoder rebuilds the encoder's tables. With a context model
         they are final at the anchors only; the rest follow from the anchors' symbols."""
-        mean, table_ids, _ = self._hyper_parameters(hyper)
+        mean, table_ids, _ = self._hyper_parameters(hyper, arithmetic)
         return mean, table_ids
 
     def _exact_sums(self) -> contextlib.AbstractContextManager[None]:
         """MKL in strict mode sums float64 alike on any thread count; otherwise one thread does."""
         return contextlib.nullcontext() if mkl_is_strict() else single_thread()
 
-    def _hyper_parameters(self, hyper: np.ndarray) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
-        """The hyper-synthesis' mean and table index of every latent, and with a context model its
-        float64 scale, which the context refines.
+    def _hyper_parameters(self, hyper: np.ndarray, arithmetic: Arithmetic
+                          ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
+        """The hyper-synthesis' mean and table index of every latent (on the CPU), and with a
+        context model its float64 scale, which the context refines.
 
+        In fixed point it runs on the codec's device, in float64 on the CPU in one fixed order.
         A grid of up to WHOLE_HYPER_GRID hyper-latents (a 16-megapixel image) runs in one pass;
         larger ones in tiles, whose float64 im2col buffers would otherwise take gigabytes. The
         tiling depends on the image's size alone, so an encoder and a decoder tile alike."""
-        z = torch.from_numpy(hyper).double()[None]
+        if arithmetic is Arithmetic.FIXED_POINT:
+            synthesis, device, sums = self._hyper_synthesis_fixed, self.device, contextlib.nullcontext()
+        else:
+            synthesis, device, sums = self._hyper_synthesis64, torch.device("cpu"), self._exact_sums()
+        z = torch.from_numpy(hyper).to(device, torch.float64)[None]
         channels = self.model.config.latent_channels
         height, width = hyper.shape[-2] * HYPER_TO_LATENT, hyper.shape[-1] * HYPER_TO_LATENT
-        mean = torch.empty((channels, height, width), dtype=torch.float64)
+        mean = torch.empty((channels, height, width), dtype=torch.float64, device=device)
         scale = None if self._context64 is None else torch.empty_like(mean)
-        table_ids = np.empty((channels, height, width), dtype=np.int16)
+        table_ids = torch.empty((channels, height, width), dtype=torch.int16, device=device)
+        table_scales = self._latent_scales.to(device)
         whole = hyper.shape[-2] * hyper.shape[-1] <= WHOLE_HYPER_GRID
         tile = max(hyper.shape[-2:]) if whole else HYPER_TILE
-        with torch.no_grad(), self._exact_sums():
+        with torch.no_grad(), sums:
             for (top, left, bottom, right), extent in tile_windows(*hyper.shape[-2:], tile, HYPER_MARGIN):
                 top_ext, left_ext, bottom_ext, right_ext = extent
-                out = self._hyper_synthesis64(z[..., top_ext:bottom_ext, left_ext:right_ext])[0]
+                out = synthesis(z[..., top_ext:bottom_ext, left_ext:right_ext])[0]
                 rows = slice((top - top_ext) * HYPER_TO_LATENT, (bottom - top_ext) * HYPER_TO_LATENT)
                 columns = slice((left - left_ext) * HYPER_TO_LATENT, (right - left_ext) * HYPER_TO_LATENT)
                 target = (slice(None), slice(top * HYPER_TO_LATENT, bottom * HYPER_TO_LATENT),
@@ -153,9 +174,9 @@ class BaseCodec:
                 tile_scale = out[channels:, rows, columns].abs_()
                 if scale is not None:
                     scale[target] = tile_scale
-                table_ids[target] = snap_scales(tile_scale.contiguous().numpy(), self.weights.latent_scales)
+                table_ids[target] = snap_scales(tile_scale.contiguous(), table_scales).to(torch.int16)
                 del out, tile_scale
-        return mean, table_ids, scale
+        return mean.cpu(), table_ids.cpu().numpy(), None if scale is None else scale.cpu()
 
     def _refine_non_anchors(self, symbols: np.ndarray, mean: torch.Tensor, scale: torch.Tensor | None,
                             table_ids: np.ndarray) -> None:
@@ -165,11 +186,12 @@ class BaseCodec:
         symbols_tensor = torch.from_numpy(symbols)
         flat_mean, flat_table_ids = mean.view(mean.shape[0], -1), table_ids.view()
         flat_table_ids.shape = (table_ids.shape[0], -1)  # raises rather than copy: the writes must land
+        table_scales = torch.from_numpy(self.weights.latent_scales)
         with self._exact_sums():
             for positions, chunk_mean, chunk_scale in context_parameters64(self._context64, symbols_tensor, mean,
                                                                            scale):
                 flat_mean[:, positions] = chunk_mean
-                flat_table_ids[:, positions.numpy()] = snap_scales(chunk_scale.numpy(), self.weights.latent_scales)
+                flat_table_ids[:, positions.numpy()] = snap_scales(chunk_scale, table_scales).numpy()
 
     def _hyper_table_ids(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
@@ -204,7 +226,8 @@ class BaseCodec:
 
     @torch.no_grad()
     def quantize(self, y: torch.Tensor, quality: float, rgb: np.ndarray | None = None,
-                 search: SearchSettings = SearchSettings()) -> Latents:
+                 search: SearchSettings = SearchSettings(), arithmetic: Arithmetic = Arithmetic.FIXED_POINT
+                 ) -> Latents:
         """The integer symbols that the stream will carry for latents `y` at this level.
 
         search.passes > 0 lets the encoder move symbols where that lowers the training
@@ -217,7 +240,7 @@ class BaseCodec:
         hyper = torch.round(z.float()).cpu().to(torch.int64).numpy()
         if search.passes > 0 and rgb is None:
             raise ValueError("the search needs the image")
-        mean, table_ids, scale = self._hyper_parameters(hyper)
+        mean, table_ids, scale = self._hyper_parameters(hyper, arithmetic)
         # With a context model the non-anchors are rounded again once the anchors set their mean,
         # so their scaled latents are kept aside.
         non_anchor = None if scale is None else ~anchor_mask(*y_scaled.shape[1:])
@@ -281,7 +304,8 @@ class BaseCodec:
                 encode_values(encoder, latents.symbols[:, part], latents.table_ids[:, part], self.weights.latent_tables)
         return encoder.get_compressed().astype("<u4").tobytes()
 
-    def read_stream(self, payload: bytes, width: int, height: int) -> Latents:
+    def read_stream(self, payload: bytes, width: int, height: int,
+                    arithmetic: Arithmetic = Arithmetic.FIXED_POINT) -> Latents:
         if len(payload) % 4:
             raise CorruptFileError("corrupt .drc file (latent stream length is not a whole number of words)")
         padded_height, padded_width = padded_size(height, width)
@@ -292,7 +316,7 @@ class BaseCodec:
             decoder = constriction.stream.queue.RangeDecoder(words)
             hyper = decode_values(decoder, self._hyper_table_ids(hyper_shape), self.weights.hyper_tables)
             hyper = hyper.reshape(hyper_shape)
-            mean, table_ids, scale = self._hyper_parameters(hyper)
+            mean, table_ids, scale = self._hyper_parameters(hyper, arithmetic)
             if scale is None:
                 symbols = decode_values(decoder, table_ids, tables).reshape(table_ids.shape)
             else:  # the anchors, then the rest under the tables the anchors give them
@@ -328,5 +352,6 @@ class BaseCodec:
     def compress(self, rgb: np.ndarray, quality: float, search: SearchSettings = SearchSettings()) -> bytes:
         return self.write_stream(self.analyse(rgb, quality, search))
 
-    def decompress(self, payload: bytes, width: int, height: int, quality: float) -> np.ndarray:
-        return self.synthesize(self.read_stream(payload, width, height), width, height, quality)
+    def decompress(self, payload: bytes, width: int, height: int, quality: float,
+                   arithmetic: Arithmetic = Arithmetic.FIXED_POINT) -> np.ndarray:
+        return self.synthesize(self.read_stream(payload, width, height, arithmetic), width, height, quality)

@@ -22,7 +22,8 @@ from diraccodec.errors import (
 from diraccodec.image.planes import ColourMode
 
 MAGIC = b"\x89DRC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this encoder writes
+READABLE_VERSIONS = (1, 2)  # version 1 computed the entropy parameters in float64 on the CPU
 QUALITY_DENOMINATOR = 256  # the rate level is stored in 1/256 steps
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -85,9 +86,10 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
     if len(data) < _HEADER.size + _TRAILER.size:
         raise TruncatedFileError("truncated .drc file (header incomplete)")
     _, version, mode, quality, width, height, weights_id, count = _HEADER.unpack_from(data)
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
         raise UnsupportedVersionError(
-            f"unsupported .drc format version {version} (this decoder reads {FORMAT_VERSION})"
+            f"unsupported .drc format version {version} (this decoder reads versions {readable})"
         )
     body, (checksum,) = data[: -_TRAILER.size], _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
     sections: dict[bytes, bytes] = {}

@@ -150,6 +150,7 @@ def hyper_grid() -> torch.Tensor:
     return torch.arange(-HYPER_SEARCH_RANGE, HYPER_SEARCH_RANGE + 2, dtype=torch.float64) - 0.5
 
 
-def snap_scales(scales: np.ndarray, table_scales: np.ndarray) -> np.ndarray:
-    """Index of the smallest table scale at or above each scale (the last for larger ones)."""
-    return np.minimum(np.searchsorted(table_scales, scales, side="left"), len(table_scales) - 1)
+def snap_scales(scales: torch.Tensor, table_scales: torch.Tensor) -> torch.Tensor:
+    """Index of the smallest table scale at or above each scale (the last for larger ones),
+    on the scales' device."""
+    return torch.searchsorted(table_scales, scales, side="left").clamp_max_(len(table_scales) - 1)
