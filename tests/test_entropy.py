@@ -75,3 +75,18 @@ def test_scales_snap_up_to_the_next_table_entry():
     snapped = snap_scales(torch.tensor([0.0, scales[0], scales[3] * 1.0001, 1e6], dtype=torch.float64), scales)
     assert snapped.tolist() == [0, 0, 4, scales.numel() - 1]
 
+
+def test_prices_are_the_tables_costs_with_the_escape_payload():
+    tables = build_gaussian_tables(gaussian_scales()[:4])
+    table, offset, length = 2, int(tables.offsets[2]), int(tables.lengths[2])
+    last = offset + length - 2  # the largest value the table codes without an escape
+    values = torch.tensor([offset, 0, last, last + 1, last + 2, last + 4, offset - 1000])
+    bits = tables.prices().bits(values, torch.full_like(values, table).to(torch.int16))
+    row = tables.row(table).astype(np.float64)
+    inside = 16 - np.log2(row[[0, -offset, length - 2]])
+    escape = 16 - np.log2(row[-1])
+    # distances 1, 2, 4 and 1000 beyond the edge: a side bit, 5.3 bits of length, floor(log2 d) bits
+    expected = [*inside, *(escape + 6.3 + np.array([0, 1, 2, 9]))]
+    assert bits.dtype == torch.float64 and bits.tolist() == pytest.approx(expected, abs=1e-12)
+    # the numpy form used by the stream-size estimates is the same function
+    assert np.array_equal(tables.bits(values.numpy(), np.full(values.shape, table)), bits.numpy())

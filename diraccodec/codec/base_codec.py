@@ -111,6 +111,7 @@ class BaseCodec:
         self._hyper_synthesis64 = copy.deepcopy(weights.model.hyper_synthesis).cpu().double()
         self._hyper_synthesis_fixed = FixedPointNetwork(weights.model.hyper_synthesis, self.device)
         self._latent_scales = torch.from_numpy(weights.latent_scales).to(self.device, torch.float64)
+        self._latent_prices = weights.latent_tables.prices(self.device)
         context = weights.model.context
         self._context64 = None if context is None else copy.deepcopy(context).cpu().double()
         self._log_gain64 = weights.model.log_gain.detach().cpu().double()
@@ -276,7 +277,7 @@ class BaseCodec:
             mean=mean.float().to(self.device),
             inverse_gain=inverse_gain,
             table_ids=table_ids,
-            price=self.weights.latent_tables.bits,
+            price=self._latent_prices.bits,
             distortion_weight=self._lambda(quality) * 255**2 / 3,
             energy=self._response_energies[quality],
             restoration=search.restoration,

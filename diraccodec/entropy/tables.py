@@ -51,21 +51,15 @@ class TableSet:
         return self.frequencies[index, : self.lengths[index]]
 
     def bits(self, values: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
-        """What coding each value with its table costs, in bits (escapes approximately).
+        """What coding each value with its table costs, in bits (escapes approximately)."""
+        return self.prices().bits(torch.tensor(values), torch.tensor(table_ids)).numpy()  # copies: may be read-only
 
-        The encoder's search for cheaper symbols prices its moves with the very tables
-        the range coder will use.
-        """
-        offsets, lengths = self.offsets[table_ids], self.lengths[table_ids]
-        index = values - offsets
-        below, above = index < 0, index > lengths - 2
-        outside = below | above
-        frequency = self.frequencies[table_ids, np.where(outside, lengths - 1, index)]
-        cost = PRECISION_BITS - np.log2(frequency)
-        distance = np.where(below, -index, index - (lengths - 2))
-        # the escape's payload (diraccodec.entropy.coder): a side bit, the bit length out of
-        # 40 (5.3 bits) and the distance's bits below its leading one
-        return cost + outside * (6.3 + np.floor(np.log2(np.maximum(distance, 1))))
+    def prices(self, device: torch.device | str = "cpu") -> Prices:
+        """The cost of every value under every table, as tensors on `device`: the encoder's
+        search prices its moves with the very tables the range coder will use, where it runs."""
+        with np.errstate(divide="ignore"):  # the zero padding past a table's end costs infinity
+            costs = PRECISION_BITS - np.log2(self.frequencies.astype(np.float64))
+        return Prices(*(torch.from_numpy(array).to(device) for array in (costs, self.offsets, self.lengths)))
 
     def as_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         return {
@@ -81,6 +75,30 @@ class TableSet:
             offsets=tensors[f"{prefix}.offsets"].numpy().astype(np.int64),
             lengths=tensors[f"{prefix}.lengths"].numpy().astype(np.int64),
         )
+
+
+@dataclass(frozen=True)
+class Prices:
+    """A TableSet's costs on one device (TableSet.prices)."""
+
+    costs: torch.Tensor  # (tables, max_length) float64 bits of each index; the escape's at lengths - 1
+    offsets: torch.Tensor  # (tables,) int64
+    lengths: torch.Tensor  # (tables,) int64, escape included
+
+    def bits(self, values: torch.Tensor, table_ids: torch.Tensor) -> torch.Tensor:
+        """Bits of each integer value (float64) under its table (int64 or int16 indices, same shape)."""
+        table_ids = table_ids.long()
+        offsets, last = self.offsets.take(table_ids), self.lengths.take(table_ids) - 2
+        index = values - offsets
+        below, above = index < 0, index > last
+        outside = below | above
+        cost = self.costs.take(table_ids * self.costs.shape[1] + torch.where(outside, last + 1, index))
+        if not outside.any():
+            return cost
+        distance = torch.where(below, -index, index - last).clamp_min_(1)
+        # the escape's payload (diraccodec.entropy.coder): a side bit, the bit length out of 40
+        # (5.3 bits) and the distance's bits below its leading one, floor(log2(distance))
+        return cost + outside * (6.3 + (torch.frexp(distance.double()).exponent - 1).double())
 
 
 def quantize_pmf(pmf: np.ndarray, tail_mass: float) -> np.ndarray:

@@ -52,7 +52,7 @@ RETRIES = 4
 
 
 Progress = Callable[[int, int], None]  # (tiles done, tiles in all)
-Pricing = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (symbols, table ids) -> bits of each
+Pricing = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (symbols, table ids) -> float64 bits of each
 Filter = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (image, level) -> filtered image
 
 
@@ -65,7 +65,7 @@ class SearchProblem:
     mean: torch.Tensor  # (M, h, w) predicted mean of every latent (gain-scaled units)
     inverse_gain: torch.Tensor  # (M, 1, 1)
     table_ids: np.ndarray  # (M, h, w)
-    price: Pricing  # the range coder's cost of symbols under their tables
+    price: Pricing  # the range coder's cost of symbols under their tables, on the search's device
     distortion_weight: float  # lambda * 255^2 / 3: bits per unit of squared error summed over RGB
     energy: torch.Tensor  # (M, 1, 1) response_energy at this level
     # the decoder's restoration filter at this level, if it has one: the error then counts
@@ -142,15 +142,15 @@ def _spans(length: int, tile: int) -> list[slice]:
 
 
 def _best_moves(
-    problem: SearchProblem, gradient: torch.Tensor, values: np.ndarray, value_bits: np.ndarray,
-    bits: Callable[[np.ndarray], np.ndarray],
+    problem: SearchProblem, gradient: torch.Tensor, values: torch.Tensor, value_bits: torch.Tensor,
+    bits: Callable[[torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each symbol's best single move (-1, 0 or +1) and the objective's predicted change."""
     best_change = torch.zeros_like(gradient)
     best_move = torch.zeros_like(gradient)
     for move in (-1, 1):
         predicted = problem.distortion_weight * (gradient * move + problem.energy * move * move)
-        predicted = predicted + torch.from_numpy(bits(values + move) - value_bits).float().to(gradient.device)
+        predicted = predicted + (bits(values + move) - value_bits).float()
         better = predicted < best_change
         best_change = torch.where(better, predicted, best_change)
         best_move = torch.where(better, torch.full_like(best_move, move), best_move)
@@ -183,7 +183,7 @@ def _search_tile(
     pixels = problem.pixels[:, top * stride : bottom * stride, left * stride : right * stride].to(device).float() / 255
     height, width = pixels.shape[1:]
     mean = problem.mean[:, window[0], window[1]]
-    table_ids = problem.table_ids[:, core[0], core[1]]
+    table_ids = torch.from_numpy(np.ascontiguousarray(problem.table_ids[:, core[0], core[1]])).to(device)
     owner = _cell_owners(bottom - top, right - left, inner, device)
     core_cells = (inner[0].stop - inner[0].start) * (inner[1].stop - inner[1].start)
     movable = (torch.ones((), dtype=torch.bool) if problem.movable is None
@@ -199,13 +199,13 @@ def _search_tile(
         error = F.pad(error, (0, columns * stride - width, 0, rows * stride - height))
         return error.reshape(rows, stride, columns, stride).sum((1, 3)).flatten()
 
-    def bits(values: np.ndarray) -> np.ndarray:
+    def bits(values: torch.Tensor) -> torch.Tensor:
         return problem.price(values, table_ids)
 
-    def moved(moves: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    def moved(moves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         trial = current.clone()
         trial[:, inner[0], inner[1]] += moves
-        return trial, trial[:, inner[0], inner[1]].cpu().numpy().astype(np.int64)
+        return trial, trial[:, inner[0], inner[1]].to(torch.int64)
 
     current = torch.from_numpy(symbols[:, window[0], window[1]]).float().to(device)
     objective = None
@@ -213,10 +213,10 @@ def _search_tile(
         candidate = current.clone().requires_grad_(True)
         with problem.precision():
             errors = cell_errors(candidate)
-        values = current[:, inner[0], inner[1]].cpu().numpy().astype(np.int64)
+        values = current[:, inner[0], inner[1]].to(torch.int64)
         value_bits = bits(values)
         if objective is None:  # the first pass's forward prices the starting symbols too
-            objective = problem.distortion_weight * errors.sum().item() + value_bits.sum()
+            objective = problem.distortion_weight * errors.sum().item() + value_bits.sum().item()
         (gradient,) = torch.autograd.grad(errors.sum(), candidate)  # not the weights'
         errors = errors.detach()
         gradient = gradient[:, inner[0], inner[1]].float()
@@ -232,7 +232,7 @@ def _search_tile(
             with torch.no_grad(), problem.precision():
                 trial_errors = cell_errors(trial)
             # keep the moves of the cells whose own share of the change pays
-            bit_change = torch.from_numpy(bits(trial_values) - value_bits).float().sum(0).flatten().to(device)
+            bit_change = (bits(trial_values) - value_bits).float().sum(0).flatten()
             change = problem.distortion_weight * torch.zeros(core_cells, device=device).index_add_(
                 0, owner, trial_errors - errors) + bit_change
             kept = (change < 0).reshape(moves.shape[1:])
@@ -240,10 +240,10 @@ def _search_tile(
                 trial, trial_values = moved(moves * kept)
                 with torch.no_grad(), problem.precision():
                     trial_objective = problem.distortion_weight * cell_errors(trial).sum().item()
-                trial_objective += bits(trial_values).sum()
+                trial_objective += bits(trial_values).sum().item()
                 if trial_objective < objective:
                     current, objective = trial, trial_objective
-                    symbols[:, core[0], core[1]] = trial_values
+                    symbols[:, core[0], core[1]] = trial_values.cpu().numpy()
                     break
             fraction /= 2
         else:
