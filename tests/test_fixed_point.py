@@ -3,6 +3,8 @@ an encoder and a decoder derive the same tables on any device, thread count and 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -116,3 +118,22 @@ def test_only_small_weights_and_leaky_relus_have_a_fixed_point_form():
     stack[2].weight.data *= 1e12  # sums would overflow float64's integers unless inputs were clamped to nothing
     with pytest.raises(ValueError, match="too large"):
         FixedPointNetwork(stack)
+
+
+def test_base_weights_without_a_fixed_point_form_are_refused_in_one_line(tmp_path, codec):
+    from safetensors.torch import load_file
+
+    from diraccodec.errors import DiracError
+    from diraccodec.modelfiles import _save_listed, export_base_weights, load_base_weights
+
+    model = copy.deepcopy(codec.weights.model)
+    model.hyper_synthesis[-1].weight.data *= 1e9
+    with pytest.raises(DiracError, match="cannot export these base weights: weights too large"):
+        export_base_weights(model, tmp_path / "export.safetensors", {})
+    assert not (tmp_path / "export.safetensors").exists()
+    # a file written otherwise is refused when it is loaded, before any stream is coded with it
+    tensors = load_file(str(codec.weights.path))
+    tensors["model.hyper_synthesis.4.weight"] = model.hyper_synthesis[-1].weight.detach().clone()
+    _save_listed(tensors, codec.weights.metadata, tmp_path / "base.safetensors")
+    with pytest.raises(DiracError, match=r"is not a diraccodec base weights file \(weights too large"):
+        load_base_weights(tmp_path / "base.safetensors")

@@ -73,7 +73,8 @@ class FixedPointNetwork:
             reach = float(weight.abs().sum(dims).max())
             limit = math.floor((EXACT_BELOW - 1 - float(bias.abs().max())) / max(reach, 1.0))
             if limit < SMALLEST_LIMIT * 2.0**input_bits:
-                raise ValueError("weights too large for exact fixed-point sums")
+                raise ValueError(f"weights too large for exact fixed-point sums (layer {index} would clamp its "
+                                 f"inputs at {limit * 2.0**-input_bits:.3g}, below {SMALLEST_LIMIT:g})")
             layers.append(_FixedLayer(module, weight.to(device), bias.to(device), input_bits, float(limit), slope))
             input_bits = ACTIVATION_BITS
         self.layers = layers
