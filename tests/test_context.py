@@ -1,4 +1,5 @@
-"""The checkerboard context model: its float64 coding path, exact streams, and a start from the hyperprior."""
+"""The checkerboard context model: its coding paths (float64, fixed point), exact streams, and a start from the
+hyperprior."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from diraccodec.codec.base_codec import BaseCodec
+from diraccodec.codec.base_codec import Arithmetic, BaseCodec
 from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
 from diraccodec.entropy import context as context_module
-from diraccodec.entropy.context import CheckerboardContext, anchor_mask, context_parameters64
+from diraccodec.entropy.context import CheckerboardContext, ContextLayers, anchor_mask, context_parameters
 from diraccodec.modelfiles import default_weights_path, export_base_weights, load_base_weights
 from diraccodec.transforms.search import SearchSettings
 
@@ -27,19 +28,20 @@ def active_context(latent_channels: int, seed: int = 0) -> CheckerboardContext:
     return context
 
 
-def coding_path(context: CheckerboardContext, symbols: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor):
-    """The float64 path's chunks, joined: the non-anchors' (M, P) mean and scale in raster order."""
-    chunks = list(context_parameters64(context, symbols, mean, scale))
+def coding_path(context: CheckerboardContext, symbols: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
+                fixed: bool = False):
+    """A coding path's chunks, joined: the non-anchors' (M, P) mean and scale in raster order."""
+    chunks = list(context_parameters(ContextLayers(context, fixed), symbols, mean, scale))
     positions = torch.cat([chunk[0] for chunk in chunks])
     assert torch.equal(positions, (~anchor_mask(*mean.shape[1:])).flatten().nonzero().squeeze(1))
     return torch.cat([chunk[1] for chunk in chunks], 1), torch.cat([chunk[2] for chunk in chunks], 1)
 
 
 def test_the_coding_path_computes_what_the_masked_convolution_does(monkeypatch):
-    context = active_context(6).double()
+    context = active_context(6)
     y_hat, mean, scale = torch.randn(3, 1, 6, 9, 11, dtype=torch.float64)
     scale = scale.abs()
-    dense_mean, dense_scale = context(y_hat, mean, scale)
+    dense_mean, dense_scale = context.double()(y_hat, mean, scale)
     non_anchor = ~anchor_mask(9, 11)
     monkeypatch.setattr(context_module, "POSITIONS_AT_ONCE", 7)  # several chunks, one of them short
     symbols = (y_hat - mean)[0]
@@ -50,6 +52,51 @@ def test_the_coding_path_computes_what_the_masked_convolution_does(monkeypatch):
     # a non-anchor's prediction reads the anchors alone
     other = torch.where(non_anchor, torch.randn_like(symbols), symbols)
     assert torch.equal(coding_path(context, other, mean[0], scale[0])[0], sparse_mean)
+
+
+def integer_context(context: CheckerboardContext, symbols: np.ndarray, mean: np.ndarray, scale: np.ndarray):
+    """The fixed-point context as docs/format.md states it, in int64 sums: the non-anchors' mean and
+    scale, (M, P) in raster order."""
+    layers = ContextLayers.fixed_point(context)
+    def integers(tensor: torch.Tensor) -> np.ndarray:
+        return tensor.numpy().astype(np.int64)
+
+    def on_grid(values: np.ndarray, layer: int) -> np.ndarray:
+        return np.clip(np.round(values * 2.0**16), -layers.limits[layer], layers.limits[layer]).astype(np.int64)
+
+    channels, rows, columns = mean.shape
+    is_anchor = anchor_mask(rows, columns).numpy()
+    anchors = np.pad(on_grid(np.where(is_anchor, symbols + mean, 0.0), 0), ((0, 0), (2, 2), (2, 2)))
+    features = np.repeat(integers(layers.feature_bias), rows * columns, axis=1).reshape(channels, rows, columns)
+    for (dy, dx), weight in zip(layers.taps, layers.tap_weights, strict=True):
+        features += np.einsum("oc,cij->oij", integers(weight), anchors[:, dy : dy + rows, dx : dx + columns])
+    non_anchor = ~is_anchor
+    hidden = on_grid(np.concatenate([mean[:, non_anchor], scale[:, non_anchor],
+                                     features[:, non_anchor] * 2.0**-32]), 1)
+    sums = integers(layers.first_bias) + integers(layers.first_weight) @ hidden
+    values = np.where(sums < 0, sums * 0.01, sums.astype(np.float64))
+    hidden = on_grid(values * 2.0**-32, 2)
+    change = (integers(layers.last_bias) + integers(layers.last_weight) @ hidden) * 2.0**-32
+    return mean[:, non_anchor] + change[:channels], np.abs(scale[:, non_anchor] + change[channels:])
+
+
+def test_the_fixed_point_context_is_the_stated_integer_computation_in_any_chunks(monkeypatch):
+    context = active_context(6)
+    generator = torch.Generator().manual_seed(5)
+    symbols = torch.randint(-4, 5, (6, 9, 11), generator=generator).double()
+    mean = torch.round(torch.randn(6, 9, 11, generator=generator, dtype=torch.float64) * 2.0**32) * 2.0**-32
+    scale = torch.round(torch.rand(6, 9, 11, generator=generator, dtype=torch.float64) * 2.0**34) * 2.0**-32
+    fixed_mean, fixed_scale = coding_path(context, symbols, mean, scale, fixed=True)
+    expected_mean, expected_scale = integer_context(context, symbols.numpy(), mean.numpy(), scale.numpy())
+    np.testing.assert_array_equal(fixed_mean.numpy(), expected_mean)
+    np.testing.assert_array_equal(fixed_scale.numpy(), expected_scale)
+    monkeypatch.setattr(context_module, "POSITIONS_AT_ONCE", 7)  # other chunks: the very same values
+    assert all(torch.equal(*pair) for pair in zip(coding_path(context, symbols, mean, scale, fixed=True),
+                                                   (fixed_mean, fixed_scale), strict=True))
+    # and it is the trained context, up to the rounding of its weights and inputs
+    float_mean, float_scale = coding_path(context, symbols, mean, scale)
+    assert (float_mean - fixed_mean).abs().max() < 1e-3 and (float_scale - fixed_scale).abs().max() < 1e-3
+    assert not torch.allclose(fixed_mean, mean[:, ~anchor_mask(9, 11)])  # the context did change the mean
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +134,37 @@ def test_context_streams_round_trip_exactly(context_weights: Path, small_image: 
     assert torch.equal(decoded.mean, latents.mean)
     np.testing.assert_array_equal(codec.synthesize(decoded, small_image.width, small_image.height, 4),
                                   codec.synthesize(latents, small_image.width, small_image.height, 4))
+
+
+def test_a_context_stream_round_trips_in_either_format_versions_arithmetic(context_weights: Path,
+                                                                            small_image: Image.Image):
+    codec = BaseCodec(load_base_weights(context_weights))
+    rgb = np.asarray(small_image)
+    y = codec.analysis_latents(rgb)
+    means = []
+    for arithmetic in Arithmetic:
+        latents = codec.quantize(y, 4, rgb, SearchSettings(passes=1), arithmetic)
+        decoded = codec.read_stream(codec.write_stream(latents), small_image.width, small_image.height, arithmetic)
+        np.testing.assert_array_equal(decoded.symbols, latents.symbols)
+        np.testing.assert_array_equal(decoded.table_ids, latents.table_ids)
+        assert torch.equal(decoded.mean, latents.mean)
+        means.append(latents.mean)
+    assert not torch.equal(*means) and (means[0] - means[1]).abs().max() < 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_context_stream_reads_alike_on_the_cpu_and_cuda(context_weights: Path, small_image: Image.Image):
+    from diraccodec.api import compute_for
+
+    weights = load_base_weights(context_weights)
+    cpu, cuda = BaseCodec(weights, compute_for("cpu")), BaseCodec(weights, compute_for("cuda"))
+    latents = cuda.analyse(np.asarray(small_image), 4, SearchSettings(passes=1))
+    stream = cuda.write_stream(latents)
+    for codec in (cpu, cuda):
+        decoded = codec.read_stream(stream, small_image.width, small_image.height)
+        np.testing.assert_array_equal(decoded.symbols, latents.symbols)
+        np.testing.assert_array_equal(decoded.table_ids, latents.table_ids)
+        assert torch.equal(decoded.mean, latents.mean)
 
 
 def test_the_search_moves_only_the_half_it_is_given(context_weights: Path, small_image: Image.Image):

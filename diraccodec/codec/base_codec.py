@@ -3,11 +3,10 @@
 Determinism is designed in, because the decoder must rebuild the encoder's tables bit for
 bit. The only computation that selects tables is the hyper-synthesis (hyper-latents to the
 mean and scale of each latent), and the context model where the weights have one. The
-current format runs the hyper-synthesis in fixed point (diraccodec.entropy.fixed_point),
-exact on the codec's own device with any kernel and thread count; files of format version 1
-ran it in float64 on the CPU in one fixed order, and still decode that way. The context
-model and the gains run in float64 on the CPU, in one thread unless MKL sums alike on any
-thread count, from integer inputs. The transforms themselves run where `Compute` says, in
+current format runs both in fixed point (diraccodec.entropy.fixed_point), exact on the
+codec's own device with any kernel and thread count; files of format version 1 ran them in
+float64 on the CPU, in one thread unless MKL sums alike on any thread count, and still
+decode that way. The transforms themselves run where `Compute` says, in
 tiles that go in and come out as 8-bit pixels, so that memory beyond one tile is that of the
 8-bit image.
 """
@@ -28,7 +27,7 @@ import torch
 from diraccodec.codec.hyperprior import MultiRateHyperprior
 from diraccodec.compute import Compute, mkl_is_strict, single_thread
 from diraccodec.entropy.coder import decode_values, encode_values
-from diraccodec.entropy.context import anchor_mask, context_parameters64
+from diraccodec.entropy.context import ContextLayers, anchor_mask, context_parameters
 from diraccodec.entropy.fixed_point import FixedPointNetwork
 from diraccodec.entropy.tables import TableSet, snap_scales
 from diraccodec.errors import CorruptFileError
@@ -113,7 +112,9 @@ class BaseCodec:
         self._latent_scales = torch.from_numpy(weights.latent_scales).to(self.device, torch.float64)
         self._latent_prices = weights.latent_tables.prices(self.device)
         context = weights.model.context
-        self._context64 = None if context is None else copy.deepcopy(context).cpu().double()
+        self._context_layers = None if context is None else {
+            Arithmetic.FLOAT64_CPU: ContextLayers.float64(context),
+            Arithmetic.FIXED_POINT: ContextLayers.fixed_point(context, self.device)}
         self._log_gain64 = weights.model.log_gain.detach().cpu().double()
         self._log_inverse_gain64 = weights.model.log_inverse_gain.detach().cpu().double()
         self._response_energies: dict[float, torch.Tensor] = {}
@@ -158,7 +159,7 @@ class BaseCodec:
         channels = self.model.config.latent_channels
         height, width = hyper.shape[-2] * HYPER_TO_LATENT, hyper.shape[-1] * HYPER_TO_LATENT
         mean = torch.empty((channels, height, width), dtype=torch.float64, device=device)
-        scale = None if self._context64 is None else torch.empty_like(mean)
+        scale = None if self._context_layers is None else torch.empty_like(mean)
         table_ids = torch.empty((channels, height, width), dtype=torch.int16, device=device)
         table_scales = self._latent_scales.to(device)
         whole = hyper.shape[-2] * hyper.shape[-1] <= WHOLE_HYPER_GRID
@@ -177,22 +178,25 @@ class BaseCodec:
                     scale[target] = tile_scale
                 table_ids[target] = snap_scales(tile_scale.contiguous(), table_scales).to(torch.int16)
                 del out, tile_scale
-        return mean.cpu(), table_ids.cpu().numpy(), None if scale is None else scale.cpu()
+        return mean.cpu(), table_ids.cpu().numpy(), scale  # the scale stays where the context will run
 
     def _refine_non_anchors(self, symbols: np.ndarray, mean: torch.Tensor, scale: torch.Tensor | None,
-                            table_ids: np.ndarray) -> None:
+                            table_ids: np.ndarray, arithmetic: Arithmetic) -> None:
         """Replace the non-anchors' mean and table, in place, by the context model's prediction
-        from the anchors' symbols (non-anchor symbols are not read)."""
-        assert self._context64 is not None and scale is not None, "only weights with a context model refine"
-        symbols_tensor = torch.from_numpy(symbols)
+        from the anchors' symbols (non-anchor symbols are not read): in fixed point on the
+        codec's device, in float64 on the CPU in a fixed order for format version 1."""
+        assert self._context_layers is not None and scale is not None, "only weights with a context model refine"
+        layers = self._context_layers[arithmetic]
+        fixed = arithmetic is Arithmetic.FIXED_POINT
+        device = scale.device
         flat_mean, flat_table_ids = mean.view(mean.shape[0], -1), table_ids.view()
         flat_table_ids.shape = (table_ids.shape[0], -1)  # raises rather than copy: the writes must land
-        table_scales = torch.from_numpy(self.weights.latent_scales)
-        with self._exact_sums():
-            for positions, chunk_mean, chunk_scale in context_parameters64(self._context64, symbols_tensor, mean,
-                                                                           scale):
-                flat_mean[:, positions] = chunk_mean
-                flat_table_ids[:, positions.numpy()] = snap_scales(chunk_scale, table_scales).numpy()
+        table_scales = self._latent_scales.to(device)
+        with contextlib.nullcontext() if fixed else self._exact_sums():
+            for positions, chunk_mean, chunk_scale in context_parameters(
+                    layers, torch.from_numpy(symbols).to(device), mean.to(device), scale):
+                flat_mean[:, positions.cpu()] = chunk_mean.cpu()
+                flat_table_ids[:, positions.cpu().numpy()] = snap_scales(chunk_scale, table_scales).cpu().numpy()
 
     def _hyper_table_ids(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
@@ -257,7 +261,7 @@ class BaseCodec:
         anchor_search, rest_search = _halves(search)
         if anchor_search.passes > 0:
             symbols = self._search(rgb, quality, mean, table_ids, symbols, anchor_search, is_anchor)
-        self._refine_non_anchors(symbols, mean, scale, table_ids)
+        self._refine_non_anchors(symbols, mean, scale, table_ids, arithmetic)
         del scale
         symbols[:, ~is_anchor] = y_rest.sub_(mean[:, non_anchor]).round_().to(torch.int64).numpy()
         del y_rest
@@ -297,7 +301,7 @@ class BaseCodec:
         """The hyper-latents, then the latents; with a context model the anchors' before the rest."""
         encoder = constriction.stream.queue.RangeEncoder()
         encode_values(encoder, latents.hyper, self._hyper_table_ids(latents.hyper.shape), self.weights.hyper_tables)
-        if self._context64 is None:
+        if self._context_layers is None:
             encode_values(encoder, latents.symbols, latents.table_ids, self.weights.latent_tables)
         else:
             is_anchor = anchor_mask(*latents.symbols.shape[1:]).numpy()
@@ -325,7 +329,7 @@ class BaseCodec:
                 symbols = np.zeros(table_ids.shape, dtype=np.int64)
                 symbols[:, is_anchor] = decode_values(decoder, table_ids[:, is_anchor], tables).reshape(
                     table_ids.shape[0], -1)
-                self._refine_non_anchors(symbols, mean, scale, table_ids)
+                self._refine_non_anchors(symbols, mean, scale, table_ids, arithmetic)
                 del scale
                 symbols[:, ~is_anchor] = decode_values(decoder, table_ids[:, ~is_anchor], tables).reshape(
                     table_ids.shape[0], -1)

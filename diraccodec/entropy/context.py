@@ -6,10 +6,12 @@ the decoded anchors around it (a 5x5 neighbourhood holds 12 of them). Both halve
 one parallel pass each, so the decoder stays as parallel as the hyperprior alone, where a
 raster-order context would decode one latent at a time.
 
-Training runs the context as a masked convolution over the whole grid. Coding runs it in
-float64 on the CPU at the non-anchors only, each tap a matrix product over the anchors it
-reads (`context_parameters64`): a quarter of the dense convolution's work, with the same
-result up to float64 rounding, and the same bits in the encoder and the decoder.
+Training runs the context as a masked convolution over the whole grid. Coding runs it at the
+non-anchors only, each tap a matrix product over the anchors it reads (`context_parameters`):
+a quarter of the dense convolution's work. The current format computes it in fixed point
+(`ContextLayers.fixed_point`, docs/format.md), exact on any device; files of format version 1
+computed it in float64 on the CPU in a fixed order (`ContextLayers.float64`). Either way the
+encoder and the decoder get the same bits.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from diraccodec.entropy.fixed_point import ACTIVATION_BITS, WEIGHT_BITS, fixed_weights, input_limit, to_grid
+
 CONTEXT_KERNEL = 5
-NEGATIVE_SLOPE = 0.01  # nn.LeakyReLU's default, which the float64 path repeats
+NEGATIVE_SLOPE = 0.01  # nn.LeakyReLU's default, which the coding paths repeat
 POSITIONS_AT_ONCE = 16384  # non-anchors per matrix product: bounds the float64 buffers on a large image
 
 
@@ -68,37 +72,84 @@ class CheckerboardContext(nn.Module):
         return mean + change_mean, (scale + change_scale).abs()
 
 
+class ContextLayers:
+    """A context model's layers in one coding arithmetic, with the steps it takes between them.
+
+    `float64`: the trained weights in float64, values as they come (run on the CPU in a fixed
+    order). `fixed_point`: weights on a 2^-WEIGHT_BITS grid, and every layer's input rounded to
+    a 2^-ACTIVATION_BITS grid and clamped, so that every sum is an exact integer below 2^53
+    (diraccodec.entropy.fixed_point): the same values on any device.
+    """
+
+    def __init__(self, context: CheckerboardContext, fixed: bool, device: torch.device | str = "cpu") -> None:
+        self.fixed = fixed
+        self.padding = context.context.kernel_size[0] // 2
+        self.taps = _context_taps(context.context.kernel_size[0])
+        first, _, last = context.parameters_net
+        layers = [(context.context.weight * context.mask, context.context.bias),
+                  (first.weight[:, :, 0, 0], first.bias), (last.weight[:, :, 0, 0], last.bias)]
+        if fixed:
+            layers = [fixed_weights(weight, bias, ACTIVATION_BITS) for weight, bias in layers]
+            self.limits = [input_limit(weight, bias, tuple(range(1, weight.dim())), ACTIVATION_BITS, name)
+                           for (weight, bias), name in zip(layers, ("the context", "its first layer",
+                                                                     "its second layer"), strict=True)]
+        else:
+            layers = [(weight.detach().double(), bias.detach().double()) for weight, bias in layers]
+        (weight, bias), (self.first_weight, first_bias), (self.last_weight, last_bias) = [
+            (weight.to(device), bias.to(device)[:, None]) for weight, bias in layers]
+        self.tap_weights = [weight[:, :, dy, dx] for dy, dx in self.taps]
+        self.feature_bias, self.first_bias, self.last_bias = bias, first_bias, last_bias
+
+    @classmethod
+    def float64(cls, context: CheckerboardContext) -> ContextLayers:
+        return cls(context, fixed=False)
+
+    @classmethod
+    def fixed_point(cls, context: CheckerboardContext, device: torch.device | str = "cpu") -> ContextLayers:
+        return cls(context, fixed=True, device=device)
+
+    def layer_input(self, values: torch.Tensor, layer: int) -> torch.Tensor:
+        """A layer's input: in fixed point its values on the activation grid, clamped."""
+        if not self.fixed:
+            return values
+        return to_grid(values, ACTIVATION_BITS).clamp_(-self.limits[layer], self.limits[layer])
+
+    def output(self, sums: torch.Tensor) -> torch.Tensor:
+        """A layer's sums as values: in fixed point they are integers on the grid of its products."""
+        return sums * 2.0 ** -(WEIGHT_BITS + ACTIVATION_BITS) if self.fixed else sums
+
+
 @torch.no_grad()
-def context_parameters64(
-    context: CheckerboardContext, symbols: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
+def context_parameters(
+    layers: ContextLayers, symbols: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The non-anchors' mean and scale in the module's float64, chunk by chunk: (positions, mean,
-    scale), positions as flat indices of the (h, w) grid in raster order, the others (M, chunk).
+    """The non-anchors' mean and scale, chunk by chunk: (positions, mean, scale), positions as
+    flat indices of the (h, w) grid in raster order, the others (M, chunk) float64.
 
     The anchors are `symbols + mean` (symbols (M, h, w) of any type; only the anchors' are read);
-    mean and scale, (M, h, w) float64, are the hyperprior's. The sums run in a fixed order (tap
-    by tap, then the 1x1 layers) over chunks whose bounds depend on the grid's size alone, so an
-    encoder and a decoder compute the same values. A caller may overwrite each chunk's mean once
-    it has it: a chunk reads the mean of its own positions and, through the anchors, no other.
+    mean and scale, (M, h, w) float64 on the layers' device, are the hyperprior's. The float64
+    sums run in a fixed order (tap by tap, then the 1x1 layers) over chunks whose bounds depend
+    on the grid's size alone, so an encoder and a decoder compute the same values; the fixed
+    point's are exact in any order. A caller may overwrite each chunk's mean once it has it: a
+    chunk reads the mean of its own positions and, through the anchors, no other.
     """
     channels, rows, columns = mean.shape
-    pad = context.context.kernel_size[0] // 2
+    pad = layers.padding
     padded = mean.new_zeros(channels, rows + 2 * pad, columns + 2 * pad)
     anchors = padded[:, pad : pad + rows, pad : pad + columns]  # built in place: one image-sized buffer
-    anchors.copy_(symbols).add_(mean).mul_(anchor_mask(rows, columns))
-    taps = _context_taps(context.context.kernel_size[0])
-    weight = context.context.weight
-    first, _, last = context.parameters_net
+    anchors.copy_(symbols).add_(mean).mul_(anchor_mask(rows, columns, mean.device))
+    anchors.copy_(layers.layer_input(anchors, 0))
     flat_mean, flat_scale = mean.view(channels, -1), scale.reshape(channels, -1)
-    positions = (~anchor_mask(rows, columns)).flatten().nonzero().squeeze(1)
+    positions = (~anchor_mask(rows, columns, mean.device)).flatten().nonzero().squeeze(1)
     for start in range(0, positions.numel(), POSITIONS_AT_ONCE):
         chunk = positions[start : start + POSITIONS_AT_ONCE]
         row, column = chunk // columns, chunk % columns
-        features = context.context.bias[:, None].expand(-1, chunk.numel()).clone()
-        for dy, dx in taps:
-            features.addmm_(weight[:, :, dy, dx], padded[:, row + dy, column + dx])
+        features = layers.feature_bias.expand(-1, chunk.numel()).clone()
+        for (dy, dx), weight in zip(layers.taps, layers.tap_weights, strict=True):
+            features.addmm_(weight, padded[:, row + dy, column + dx])
         chunk_mean, chunk_scale = flat_mean[:, chunk], flat_scale[:, chunk]
-        hidden = torch.cat([chunk_mean, chunk_scale, features])
-        hidden = F.leaky_relu(torch.addmm(first.bias[:, None], first.weight[:, :, 0, 0], hidden), NEGATIVE_SLOPE)
-        change = torch.addmm(last.bias[:, None], last.weight[:, :, 0, 0], hidden)
+        hidden = layers.layer_input(torch.cat([chunk_mean, chunk_scale, layers.output(features)]), 1)
+        hidden = F.leaky_relu(torch.addmm(layers.first_bias, layers.first_weight, hidden), NEGATIVE_SLOPE)
+        hidden = layers.layer_input(layers.output(hidden), 2)
+        change = layers.output(torch.addmm(layers.last_bias, layers.last_weight, hidden))
         yield chunk, chunk_mean + change[:channels], (chunk_scale + change[channels:]).abs()

@@ -45,6 +45,32 @@ class _FixedLayer:
     slope: float | None  # None for the last layer, whose output leaves the grid as a value
 
 
+def to_grid(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Values as integers on a grid of 2^-bits, rounded to nearest (ties to even) alike everywhere."""
+    return (values * 2.0**bits).round_()
+
+
+def fixed_weights(weight: torch.Tensor, bias: torch.Tensor | None,
+                  input_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's integer weight (grid 2^-WEIGHT_BITS) and bias (the grid of its sums, 2^-(WEIGHT_BITS +
+    input_bits)), in float64 on the CPU, from its float weights."""
+    float_bias = bias if bias is not None else weight.new_zeros(weight.shape[0])
+    return (to_grid(weight.detach().double().cpu(), WEIGHT_BITS),
+            to_grid(float_bias.detach().double().cpu(), WEIGHT_BITS + input_bits))
+
+
+def input_limit(weight: torch.Tensor, bias: torch.Tensor, input_dims: tuple[int, ...], input_bits: int,
+                name: str) -> float:
+    """The clamp on a layer's integer inputs that keeps every sum below 2^53: the largest sum an
+    output can reach is its weights' magnitudes (summed over `input_dims`) times the inputs' bound."""
+    reach = float(weight.abs().sum(input_dims).max())
+    limit = math.floor((EXACT_BELOW - 1 - float(bias.abs().max())) / max(reach, 1.0))
+    if limit < SMALLEST_LIMIT * 2.0**input_bits:
+        raise ValueError(f"weights too large for exact fixed-point sums ({name} would clamp its inputs at "
+                         f"{limit * 2.0**-input_bits:.3g}, below {SMALLEST_LIMIT:g})")
+    return float(limit)
+
+
 class FixedPointNetwork:
     """A stack of Conv2d / ConvTranspose2d layers with leaky ReLUs between them, evaluated in
     fixed point on integer inputs (hyper-latents): exact, so alike on every device.
@@ -65,17 +91,10 @@ class FixedPointNetwork:
             slope = following.negative_slope if isinstance(following, nn.LeakyReLU) else None
             if slope is None and index + 1 < len(modules):
                 raise TypeError("only leaky ReLUs may follow a convolution before the last")
-            weight = torch.round(module.weight.detach().double().cpu() * 2.0**WEIGHT_BITS)
-            float_bias = module.bias if module.bias is not None else module.weight.new_zeros(module.out_channels)
-            bias = torch.round(float_bias.detach().double().cpu() * 2.0 ** (WEIGHT_BITS + input_bits))
-            # the largest sum any output can reach is its weights' magnitudes times the input's bound
-            dims = (0, 2, 3) if isinstance(module, nn.ConvTranspose2d) else (1, 2, 3)
-            reach = float(weight.abs().sum(dims).max())
-            limit = math.floor((EXACT_BELOW - 1 - float(bias.abs().max())) / max(reach, 1.0))
-            if limit < SMALLEST_LIMIT * 2.0**input_bits:
-                raise ValueError(f"weights too large for exact fixed-point sums (layer {index} would clamp its "
-                                 f"inputs at {limit * 2.0**-input_bits:.3g}, below {SMALLEST_LIMIT:g})")
-            layers.append(_FixedLayer(module, weight.to(device), bias.to(device), input_bits, float(limit), slope))
+            weight, bias = fixed_weights(module.weight, module.bias, input_bits)
+            input_dims = (0, 2, 3) if isinstance(module, nn.ConvTranspose2d) else (1, 2, 3)
+            limit = input_limit(weight, bias, input_dims, input_bits, f"layer {index}")
+            layers.append(_FixedLayer(module, weight.to(device), bias.to(device), input_bits, limit, slope))
             input_bits = ACTIVATION_BITS
         self.layers = layers
         self.device = torch.device(device)
@@ -92,7 +111,7 @@ class FixedPointNetwork:
                 if layer.slope is None:
                     return x.mul_(2.0**-output_bits)
                 x = torch.where(x < 0, x * layer.slope, x)  # the leaky ReLU, on grid units
-                x = x.mul_(2.0 ** (ACTIVATION_BITS - output_bits)).round_()
+                x = to_grid(x, ACTIVATION_BITS - output_bits)
         raise ValueError("the network has no layers")
 
 
