@@ -6,9 +6,8 @@ mean and scale of each latent), and the context model where the weights have one
 current format runs both in fixed point (diraccodec.entropy.fixed_point), exact on the
 codec's own device with any kernel and thread count; files of format version 1 ran them in
 float64 on the CPU, in one thread unless MKL sums alike on any thread count, and still
-decode that way. The transforms themselves run where `Compute` says, in
-tiles that go in and come out as 8-bit pixels, so that memory beyond one tile is that of the
-8-bit image.
+decode that way. The transforms themselves run where `Compute` says, in tiles that go in
+and come out as 8-bit pixels, so that memory beyond one tile is that of the 8-bit image.
 """
 
 from __future__ import annotations
@@ -37,7 +36,8 @@ from diraccodec.transforms.tiling import apply_tiled, tile_windows
 
 
 class Arithmetic(enum.Enum):
-    """How the hyper-synthesis computes the entropy parameters; a file's format version says which."""
+    """How the hyper-synthesis and the context model compute the entropy parameters; a file's
+    format version says which."""
 
     FLOAT64_CPU = "float64 on the CPU, in one fixed order"  # format version 1
     FIXED_POINT = "fixed point, exact on every device"  # format version 2 on
@@ -145,7 +145,7 @@ class BaseCodec:
     def _hyper_parameters(self, hyper: np.ndarray, arithmetic: Arithmetic
                           ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
         """The hyper-synthesis' mean and table index of every latent (on the CPU), and with a
-        context model its float64 scale, which the context refines.
+        context model its float64 scale (where it ran), which the context refines.
 
         In fixed point it runs on the codec's device, in float64 on the CPU in one fixed order.
         A grid of up to WHOLE_HYPER_GRID hyper-latents (a 16-megapixel image) runs in one pass;

@@ -1,4 +1,5 @@
-"""Fixed-point evaluation of a small convolution stack: the same values on every device.
+"""Fixed-point arithmetic for the small networks that set the entropy tables (the
+hyper-synthesis here, the context model in `context.py`): the same values on every device.
 
 The decoder must derive the encoder's tables bit for bit. A float sum depends on its order,
 and the order differs between CPU kernels, thread counts and GPUs. Here every weight is
