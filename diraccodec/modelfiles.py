@@ -23,11 +23,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load, save_file
 
-from diraccodec.codec.base_codec import BaseWeights
+from diraccodec.codec.base_codec import BaseWeights, check_fixed_point
 from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
 from diraccodec.diffusion.finishing import FinishingSettings
 from diraccodec.diffusion.sampler import SamplerSettings
-from diraccodec.entropy.fixed_point import FixedPointNetwork
 from diraccodec.entropy.tables import (
     TableSet,
     build_factorized_tables,
@@ -111,7 +110,7 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
         hyper_tables = TableSet.from_tensors(tensors, "tables.hyper")
         latent_tables = TableSet.from_tensors(tensors, "tables.latent")
         scales = tensors["tables.latent.scales"].numpy()
-        FixedPointNetwork(model.hyper_synthesis)  # the format's arithmetic must hold for these weights
+        check_fixed_point(model)  # the format's arithmetic must hold for these weights
     except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as error:
         raise DiracError(f"{path} is not a diraccodec base weights file ({error})") from None
     model.eval().requires_grad_(False)
@@ -262,7 +261,7 @@ def export_base_weights(model: MultiRateHyperprior, path: Path, info: dict[str, 
     """Write the inference weights with their entropy tables (built here, once)."""
     model = model.cpu().eval()
     try:
-        FixedPointNetwork(model.hyper_synthesis)  # as load_base_weights will ask
+        check_fixed_point(model)  # as load_base_weights will ask
     except ValueError as error:
         raise DiracError(f"cannot export these base weights: {error}") from None
     with torch.no_grad():

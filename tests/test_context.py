@@ -110,6 +110,16 @@ def context_weights(tmp_path_factory) -> Path:
     return path
 
 
+def test_a_context_model_without_a_fixed_point_form_is_not_exported(tmp_path: Path):
+    from diraccodec.errors import DiracError
+
+    model = MultiRateHyperprior(HyperpriorConfig(8, 12, context="checkerboard"))
+    model.context = active_context(12)
+    model.context.parameters_net[0].weight.data *= 1e10
+    with pytest.raises(DiracError, match=r"cannot export these base weights: .*its first layer would clamp"):
+        export_base_weights(model, tmp_path / "base.safetensors", {})
+
+
 @pytest.mark.parametrize("passes", [0, 1, 2])
 def test_context_streams_round_trip_exactly(context_weights: Path, small_image: Image.Image, passes: int):
     codec = BaseCodec(load_base_weights(context_weights))

@@ -43,6 +43,14 @@ class Arithmetic(enum.Enum):
     FIXED_POINT = "fixed point, exact on every device"  # format version 2 on
 
 
+def check_fixed_point(model: MultiRateHyperprior) -> None:
+    """ValueError where the model's hyper-synthesis or context model has no fixed-point form
+    (weights so large that their exact sums would clamp real inputs): the format cannot code it."""
+    FixedPointNetwork(model.hyper_synthesis)
+    if model.context is not None:
+        ContextLayers.fixed_point(model.context)
+
+
 @dataclass
 class BaseWeights:
     """A base weights file, loaded: the model, the integer tables built from it and its identity."""
