@@ -4,7 +4,7 @@
 
 The context model is added to the base weights (default: the shipped ones) with its last
 layer at zero, so both codecs make the same symbols and the timings differ only by the
-context's work: its float64 parameters at the non-anchors, and the search run in two halves.
+context's work: its parameters at the non-anchors, and the search run in two halves.
 Prints the seconds per megapixel of each stage (the fastest of --repeat, summed over the
 images), and checks that both decode the same pixels.
 """
