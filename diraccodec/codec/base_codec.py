@@ -195,16 +195,16 @@ class BaseCodec:
         codec's device, in float64 on the CPU in a fixed order for format version 1."""
         assert self._context_layers is not None and scale is not None, "only weights with a context model refine"
         layers = self._context_layers[arithmetic]
-        fixed = arithmetic is Arithmetic.FIXED_POINT
         device = scale.device
         flat_mean, flat_table_ids = mean.view(mean.shape[0], -1), table_ids.view()
         flat_table_ids.shape = (table_ids.shape[0], -1)  # raises rather than copy: the writes must land
         table_scales = self._latent_scales.to(device)
-        with contextlib.nullcontext() if fixed else self._exact_sums():
+        with contextlib.nullcontext() if arithmetic is Arithmetic.FIXED_POINT else self._exact_sums():
             for positions, chunk_mean, chunk_scale in context_parameters(
                     layers, torch.from_numpy(symbols).to(device), mean.to(device), scale):
-                flat_mean[:, positions.cpu()] = chunk_mean.cpu()
-                flat_table_ids[:, positions.cpu().numpy()] = snap_scales(chunk_scale, table_scales).cpu().numpy()
+                positions = positions.cpu()
+                flat_mean[:, positions] = chunk_mean.cpu()
+                flat_table_ids[:, positions.numpy()] = snap_scales(chunk_scale, table_scales).cpu().numpy()
 
     def _hyper_table_ids(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
