@@ -193,6 +193,11 @@ class GraphReplay:
         return graph, buffers, output
 
 
+# Layers whose weights autocast casts to its dtype at every call, for CPU and CUDA alike.
+AUTOCAST_CAST_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d,
+                        torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d, torch.nn.Linear)
+
+
 @functools.cache
 def cpu_computes_bfloat16() -> bool:
     """Whether oneDNN runs bfloat16 convolutions natively on this CPU (AVX-512 BF16 or AMX)."""
@@ -236,6 +241,18 @@ class Compute:
         pull it away from them."""
         prepared = copy.deepcopy(module).to(self.device).eval().requires_grad_(False)
         return prepared.to(memory_format=self.memory_format)
+
+    def prepare_for_autocast(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`prepare`, for a module that runs only under `autocast`: the weights and biases that
+        autocast casts at every call (convolutions, linear layers) are stored in `low_precision`
+        already. The sums are the same, without two casts per layer and call: in a U-Net step
+        that is over half of the casts (each a kernel launch on a GPU)."""
+        prepared = self.prepare(module)
+        if self.low_precision is not None:
+            for layer in prepared.modules():
+                if isinstance(layer, AUTOCAST_CAST_LAYERS):
+                    layer.to(self.low_precision)
+        return prepared
 
     def tensor(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` on this device in this mode's memory format (4-D tensors only are reformatted)."""

@@ -211,3 +211,31 @@ def test_replayed_steps_give_the_pixels_of_plain_ones(monkeypatch, small_image):
     plain = np.asarray(diraccodec.decode(data, 5, device="cuda"))
     monkeypatch.setenv(CUDA_GRAPHS_ENV, "1")
     assert np.array_equal(np.asarray(diraccodec.decode(data, 5, device="cuda")), plain)
+
+
+def test_weights_stored_in_the_autocast_dtype_sample_the_same_bits_with_fewer_casts(monkeypatch):
+    from torch.profiler import ProfilerActivity, profile
+
+    from diraccodec import compute as compute_module
+    from diraccodec.compute import CPU, Compute
+
+    monkeypatch.setattr(compute_module, "cpu_computes_bfloat16", lambda: True)  # autocast on any CPU
+    fast = Compute(CPU)
+    assert fast.low_precision == torch.bfloat16
+    model = random_unet()
+    plain, stored = fast.prepare(model), fast.prepare_for_autocast(model)
+    assert stored.conv_in.weight.dtype == torch.bfloat16 and stored.embed[0].bias.dtype == torch.bfloat16
+    assert stored.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert stored.down_blocks[0].norm_in.weight.dtype == torch.float32  # norms keep their precision
+    assert model.conv_in.weight.dtype == torch.float32  # the caller's module is untouched
+    base = torch.rand(1, 3, 48, 64)
+
+    def sampled(unet: torch.nn.Module) -> tuple[torch.Tensor, int]:
+        with profile(activities=[ProfilerActivity.CPU]) as trace:
+            result = sample_residual(unet, base, 3.0, 2, 5, SamplerSettings(), fast).prediction
+        return result, sum(event.count for event in trace.key_averages() if event.key == "aten::_to_copy")
+
+    (plain_result, plain_casts), (stored_result, stored_casts) = sampled(plain), sampled(stored)
+    assert torch.equal(stored_result, plain_result)
+    assert stored_casts < plain_casts / 2
+    assert Compute(CPU, exact=True).prepare_for_autocast(model).conv_in.weight.dtype == torch.float32

@@ -22,7 +22,7 @@ class DiffusionDecoder:
         enhances the base synthesis itself)."""
         self.compute = compute
         self.device = compute.device
-        self.model = compute.prepare(model)
+        self.model = compute.prepare_for_autocast(model)  # sample_residual runs it under autocast
         self.sampler = sampler
         self.finishing = finishing
         self.restorer = restorer
