@@ -13,10 +13,11 @@ exact cost under the range coder's tables, and tries the most promising eighth o
 that pay. The trial's error is measured per latent cell (its 16x16 pixels), so that each cell
 keeps its moves only where its own share of the objective falls; the kept moves stand if the
 true objective of the whole tile falls. The hyper-latents stay as the analysis made them, so
-every table, and so every price, stays fixed during the search (with a context model, the
-encoder searches the anchors, then, with passes to spare, the non-anchors, whose tables the
-anchors set). Tiles of latents with a margin of context keep the memory bounded for any
-image size.
+every table, and so every price, stays fixed during the search. (Optimising them first for
+the rate, by gradient descent, changed files by -0.1% on training photos: not worth a pass.)
+With a context model, the encoder searches the anchors, then, with passes to spare, the
+non-anchors, whose tables the anchors set. Tiles of latents with a margin of context keep
+the memory bounded for any image size.
 """
 
 from __future__ import annotations
