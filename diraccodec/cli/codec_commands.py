@@ -76,7 +76,7 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="Output image: .png, .webp (lossless), .tif, .bmp or .jpg (quality 100).")
+              help="Output image: .png, .webp (lossless), .tif/.tiff, .bmp or .jpg/.jpeg (quality 100).")
 @steps_option
 @seed_option
 @device_option
