@@ -200,3 +200,19 @@ def test_held_out_evaluates_only_the_photos_training_never_sees(tmp_path: Path, 
     result = CliRunner().invoke(main, ["eval", "--data", str(folder), "--held-out", "--references", "none"])
     assert result.exit_code == 2 and "dirac: error: no held-out images in" in result.output
     assert "Traceback" not in result.output
+
+
+def test_evaluated_images_are_pixels_without_their_profile(tmp_path: Path, sample_image: Image.Image):
+    """A profile would cost diraccodec and AVIF its bytes, and JPEG, WebP and JPEG XL nothing."""
+    from PIL import ImageCms
+
+    from diraccodec.evaluation.codecs import encode_with_pillow
+    from diraccodec.evaluation.run import load_images
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    crop = sample_image.crop((0, 0, 96, 64))
+    crop.save(tmp_path / "with-profile.png", icc_profile=profile)
+    [loaded] = load_images(tmp_path)
+    assert Image.open(tmp_path / "with-profile.png").info["icc_profile"] == profile
+    assert "icc_profile" not in loaded.info and loaded.tobytes() == crop.tobytes()
+    assert len(encode_with_pillow(loaded, "PNG", 90)) == len(encode_with_pillow(crop, "PNG", 90))

@@ -62,7 +62,10 @@ def curve_name(codec: str, steps: int | None) -> str:
 
 def load_images(folder: Path, held_out: bool = False) -> list[Image.Image]:
     """The folder's images in name order; with `held_out`, the held-out training photos anywhere
-    under it instead (diraccodec.training.data), the share that training leaves out."""
+    under it instead (diraccodec.training.data), the share that training leaves out.
+
+    Their pixels only: the metrics compare pixels, and a codec that carries an ICC profile
+    (diraccodec, Pillow's AVIF) would otherwise pay kilobytes for it that the others skip."""
     if held_out:
         from diraccodec.training.data import held_out_images
 
@@ -74,7 +77,9 @@ def load_images(folder: Path, held_out: bool = False) -> list[Image.Image]:
     images = []
     for path in paths:
         with Image.open(path) as image:
-            images.append(image.convert("RGB"))
+            pixels = image.convert("RGB")
+        pixels.info.clear()
+        images.append(pixels)
     return images
 
 
