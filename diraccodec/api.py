@@ -36,6 +36,7 @@ from diraccodec.image.planes import (
     open_image,
     planes_to_image,
 )
+from diraccodec.image.profiles import compress_profile, decompress_profile, describes_srgb
 from diraccodec.modelfiles import (
     DiffusionWeights,
     default_diffusion_path,
@@ -203,8 +204,8 @@ class _Encoder:
             sections[drc.TAG_DETAIL] = detail_maps.to_payload(measured)
         if planes.alpha is not None:
             sections[drc.TAG_ALPHA] = compress_alpha(planes.alpha)
-        if planes.icc_profile:
-            sections[drc.TAG_ICC] = planes.icc_profile
+        if planes.icc_profile and not describes_srgb(planes.icc_profile):
+            sections[drc.TAG_ICC_COMPRESSED] = compress_profile(planes.icc_profile)
         if self.options.recommended_steps is not None:
             sections[drc.TAG_STEPS] = bytes([self.options.recommended_steps])
         header = drc.DrcFile(width=width, height=height, colour_mode=planes.colour_mode, quality=quality,
@@ -345,6 +346,13 @@ class FileInfo:
         payload = self.header.sections.get(drc.TAG_DETAIL)
         return detail_maps.from_payload(payload, self.header.width, self.header.height) if payload else None
 
+    @property
+    def icc_profile(self) -> bytes | None:
+        """The image's ICC profile, where it has one other than sRGB's (diraccodec.image.profiles)."""
+        if payload := self.header.sections.get(drc.TAG_ICC_COMPRESSED):
+            return decompress_profile(payload)
+        return self.header.sections.get(drc.TAG_ICC) or None
+
 
 def inspect(data: bytes, max_pixels: int = drc.DEFAULT_MAX_PIXELS) -> FileInfo:
     return FileInfo(drc.unpack(data, max_pixels), len(data))
@@ -387,11 +395,12 @@ def decode(
             if drc.TAG_ALPHA not in header.sections:
                 raise CorruptFileError("corrupt .drc file (alpha plane missing)")
             alpha = decompress_alpha(header.sections[drc.TAG_ALPHA], header.width, header.height)
+        profile = info.icc_profile  # a corrupt profile, too, fails before the work
         detail_map = info.detail_map if diffusion is not None else None
         rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality,
                                VERSION_ARITHMETIC[header.version])
         rgb = enhance(codec, rgb, header.quality, steps, seed, diffusion, detail_map, restore)
-    return planes_to_image(Planes(rgb, header.colour_mode, alpha, header.sections.get(drc.TAG_ICC)))
+    return planes_to_image(Planes(rgb, header.colour_mode, alpha, profile))
 
 
 def enhance(codec: BaseCodec, rgb: np.ndarray, quality: float, steps: int, seed: int | None,

@@ -93,7 +93,7 @@ class DrcImageFile(ImageFile.ImageFile):
         self.info["weights_id"] = header.weights_id.hex()
         if info.recommended_steps is not None:
             self.info["recommended_steps"] = info.recommended_steps
-        if icc := header.sections.get(drc.TAG_ICC):
+        if icc := info.icc_profile:
             self.info["icc_profile"] = icc
         self.tile = []
 

@@ -25,6 +25,28 @@ def small_image(sample_image: Image.Image) -> Image.Image:
     return sample_image.crop((150, 60, 246, 140))
 
 
+def srgb_profile() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def swapped_primaries_profile() -> bytes:
+    """An RGB profile that is not sRGB: littleCMS's sRGB with its red and blue colorants swapped
+    (a file must keep it, as it would Adobe RGB's)."""
+    import struct
+
+    profile = bytearray(srgb_profile())
+    count = struct.unpack(">I", profile[128:132])[0]
+    tags = {bytes(profile[132 + 12 * i : 136 + 12 * i]): struct.unpack(">II", profile[136 + 12 * i : 144 + 12 * i])
+            for i in range(count)}
+    (red, red_size), (blue, blue_size) = tags[b"rXYZ"], tags[b"bXYZ"]
+    assert red_size == blue_size
+    profile[red : red + red_size], profile[blue : blue + blue_size] = (profile[blue : blue + blue_size],
+                                                                      profile[red : red + red_size])
+    return bytes(profile)
+
+
 def psnr(a: Image.Image, b: Image.Image) -> float:
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)

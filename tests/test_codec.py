@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image
 
 import diraccodec
 from diraccodec.api import compute_for, get_codec
@@ -19,7 +21,7 @@ from diraccodec.codec.base_codec import Arithmetic, Latents
 from diraccodec.compute import CPU, Compute, mkl_is_strict
 from diraccodec.container import drc
 from diraccodec.errors import CorruptFileError, InvalidOptionError
-from tests.conftest import psnr
+from tests.conftest import psnr, srgb_profile, swapped_primaries_profile
 
 # A 192x128 crop of the sample at level 3, written by the encoder of format version 1 (entropy
 # parameters in float64 on the CPU), and the SHA-256 of its latent symbols (int64, little-endian).
@@ -114,12 +116,33 @@ def test_alpha_is_kept_exactly(small_image, mode):
     np.testing.assert_array_equal(np.asarray(decoded.getchannel("A")), alpha)
 
 
-def test_icc_profile_is_carried_through(small_image):
-    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+def with_profile(image: Image.Image, profile: bytes) -> bytes:
     buffer = io.BytesIO()
-    small_image.save(buffer, format="PNG", icc_profile=profile)
-    decoded = diraccodec.decode(diraccodec.encode(buffer.getvalue(), 3))
-    assert decoded.info.get("icc_profile") == profile
+    image.save(buffer, format="PNG", icc_profile=profile)
+    return buffer.getvalue()
+
+
+def test_an_icc_profile_is_carried_compressed_and_an_srgb_one_is_left_out(small_image):
+    plain = diraccodec.encode(small_image, 3)
+    wide = diraccodec.encode(with_profile(small_image, swapped_primaries_profile()), 3)
+    sections = drc.unpack(wide).sections
+    assert set(sections) == {drc.TAG_LATENTS, drc.TAG_ICC_COMPRESSED}
+    assert len(sections[drc.TAG_ICC_COMPRESSED]) < len(swapped_primaries_profile())
+    assert diraccodec.decode(wide).info.get("icc_profile") == swapped_primaries_profile()
+    # the same pixels without a profile are what every viewer shows as sRGB: nothing to keep
+    srgb = diraccodec.encode(with_profile(small_image, srgb_profile()), 3)
+    assert srgb == plain and "icc_profile" not in diraccodec.decode(srgb).info
+
+
+def test_a_profile_stored_as_it_is_still_decodes_and_a_corrupt_one_fails_in_one_line(small_image):
+    wide = drc.unpack(diraccodec.encode(with_profile(small_image, swapped_primaries_profile()), 3))
+    del wide.sections[drc.TAG_ICC_COMPRESSED]
+    verbatim = dataclasses.replace(wide, sections={**wide.sections, drc.TAG_ICC: srgb_profile()})
+    assert diraccodec.decode(drc.pack(verbatim)).info.get("icc_profile") == srgb_profile()  # version 1 files
+    for payload in (b"not zlib", zlib.compress(swapped_primaries_profile())[:-3], zlib.compress(b"")):
+        broken = dataclasses.replace(wide, sections={**wide.sections, drc.TAG_ICC_COMPRESSED: payload})
+        with pytest.raises(CorruptFileError, match="ICC profile"):
+            diraccodec.decode(drc.pack(broken))
 
 
 def test_exif_orientation_is_applied_on_encode(small_image):

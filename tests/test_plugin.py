@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image
 
 import diraccodec
 from diraccodec import api, plugin
 from diraccodec.container import drc
 from diraccodec.errors import CorruptFileError, InvalidOptionError, TruncatedFileError
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, swapped_primaries_profile
 
 
 def with_alpha(image: Image.Image) -> Image.Image:
@@ -78,7 +78,7 @@ def test_save_then_open_gives_the_api_bytes_and_pixels(small_image, tmp_path: Pa
 
 
 def test_the_icc_profile_travels(small_image):
-    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    profile = swapped_primaries_profile()
     image = small_image.copy()
     image.info["icc_profile"] = profile
     with opened(saved(image)) as reopened:
