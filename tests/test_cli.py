@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from diraccodec.cli import main
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, swapped_primaries_profile
 
 
 def dirac(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -50,6 +50,16 @@ def test_encode_decode_info(tmp_path: Path):
     bpp = 8 * drc_path.stat().st_size / (384 * 256)
     assert f"{bpp:.4f}" in info.stdout
     assert "384x256" in info.stdout and "quality" in info.stdout
+    assert "sRGB (no profile stored)" in info.stdout
+
+
+def test_info_names_a_stored_profile(tmp_path: Path, small_image: Image.Image):
+    source, drc_path = tmp_path / "wide.png", tmp_path / "wide.drc"
+    small_image.save(source, icc_profile=swapped_primaries_profile())
+    assert CliRunner().invoke(main, ["encode", str(source), "-q", "2", "-o", str(drc_path)]).exit_code == 0
+    info = CliRunner().invoke(main, ["info", str(drc_path)])
+    assert info.exit_code == 0 and f"({len(swapped_primaries_profile())} bytes)" in info.output
+    assert "sRGB built-in" in info.output  # the profile's own description
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -107,6 +107,7 @@ def info(source: Path, max_pixels: int) -> None:
     """Show a .drc file's header and its real bits per pixel."""
     from diraccodec import api
     from diraccodec.image.files import read_bytes
+    from diraccodec.image.profiles import describe as describe_profile
 
     details = api.inspect(read_bytes(source), max_pixels)
     header = details.header
@@ -121,6 +122,7 @@ def info(source: Path, max_pixels: int) -> None:
         ("bytes", str(details.file_size)),
         ("bpp", f"{details.bits_per_pixel:.4f}"),
         ("sections", ", ".join(f"{tag.decode('ascii', 'replace')} ({len(v)} B)" for tag, v in header.sections.items())),
+        ("colour profile", describe_profile(details.icc_profile)),
         ("recommended steps", "none" if details.recommended_steps is None else str(details.recommended_steps)),
         ("diffusion", diffusion_support(header.weights_id)),
         ("restoration", restoration_support(header.weights_id)),

@@ -57,6 +57,21 @@ def describes_srgb(profile: bytes) -> bool:
     return int(difference.max()) <= SRGB_TOLERANCE
 
 
+def describe(profile: bytes | None) -> str:
+    """A profile in a few words, for people: its own description, or what its absence means."""
+    if not profile:
+        return "sRGB (no profile stored)"
+    try:
+        from PIL import ImageCms
+    except ImportError:
+        return f"{len(profile):,} bytes"
+    try:
+        name = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(profile))).strip() or "unnamed"
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        name = "unreadable"
+    return f"{name} ({len(profile):,} bytes)"
+
+
 def compress_profile(profile: bytes) -> bytes:
     return zlib.compress(profile, 9)
 
