@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ def small_image(sample_image: Image.Image) -> Image.Image:
     return sample_image.crop((150, 60, 246, 140))
 
 
+@functools.cache  # littleCMS stamps the time of making into the header: make it once
 def srgb_profile() -> bytes:
     from PIL import ImageCms
 
