@@ -66,8 +66,22 @@ def detail_map_below(lambdas: Sequence[float]) -> float:
     return min(max(ladder_position(lambdas, DETAIL_MAP_BELOW_LAMBDA), 1.0), float(len(lambdas)))
 
 Progress = latent_search.Progress
-# How each format version computes its entropy parameters; the encoder writes drc.FORMAT_VERSION.
-VERSION_ARITHMETIC = {1: Arithmetic.FLOAT64_CPU, 2: Arithmetic.FIXED_POINT}
+
+
+@dataclass(frozen=True)
+class StreamRules:
+    """How a format version's latent stream is read (docs/format.md)."""
+
+    arithmetic: Arithmetic  # how its entropy parameters are computed
+    whole_grid: bool  # it codes the padding's latents too
+
+
+# Each format version's rules; the encoder writes drc.FORMAT_VERSION.
+STREAM_RULES = {
+    1: StreamRules(Arithmetic.FLOAT64_CPU, whole_grid=True),
+    2: StreamRules(Arithmetic.FIXED_POINT, whole_grid=True),
+    3: StreamRules(Arithmetic.FIXED_POINT, whole_grid=False),
+}
 
 _LOCK = threading.RLock()  # torch's thread count and kernel flags are process-wide
 
@@ -397,8 +411,9 @@ def decode(
             alpha = decompress_alpha(header.sections[drc.TAG_ALPHA], header.width, header.height)
         profile = info.icc_profile  # a corrupt profile, too, fails before the work
         detail_map = info.detail_map if diffusion is not None else None
+        rules = STREAM_RULES[header.version]
         rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality,
-                               VERSION_ARITHMETIC[header.version])
+                               rules.arithmetic, rules.whole_grid)
         rgb = enhance(codec, rgb, header.quality, steps, seed, diffusion, detail_map, restore)
     return planes_to_image(Planes(rgb, header.colour_mode, alpha, profile))
 

@@ -123,7 +123,7 @@ def time_image(path: Path, options: BenchOptions) -> dict[str, float]:
     level = api.check_quality(options.level, codec.num_levels)
     seconds["analysis"], latents = fastest(options.repeat, lambda: codec.analysis_latents(rgb))
     seconds["entropy coding"], _ = fastest(
-        options.repeat, lambda: codec.write_stream(codec.quantize(latents, level)))
+        options.repeat, lambda: codec.write_stream(codec.quantize(latents, level, rgb)))
     image = Image.fromarray(rgb)
     seconds["encode"], encoded = fastest(options.repeat, lambda: api.encode(
         image, level, effort=options.effort, weights=options.weights, device=options.device))

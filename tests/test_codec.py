@@ -21,6 +21,7 @@ from diraccodec.codec.base_codec import Arithmetic, Latents
 from diraccodec.compute import CPU, Compute, mkl_is_strict
 from diraccodec.container import drc
 from diraccodec.errors import CorruptFileError, InvalidOptionError
+from diraccodec.transforms.search import SearchSettings
 from tests.conftest import psnr, srgb_profile, swapped_primaries_profile
 
 # A 192x128 crop of the sample at level 3, written by the encoder of format version 1 (entropy
@@ -28,6 +29,11 @@ from tests.conftest import psnr, srgb_profile, swapped_primaries_profile
 VERSION_1_FILE = Path(__file__).parent / "data" / "parrots-v1.drc"
 VERSION_1_CROP = (120, 40, 312, 168)
 VERSION_1_SYMBOLS = "3a1e9fced01561dec01ed331fb0e7fd030713d069fe92ec7ab02e038bda15bbe"
+# A 180x110 crop at level 3 by the encoder of format version 2 (fixed point, and the padding's
+# latents coded: the crop is padded to 192x128), and the SHA-256 of its symbols.
+VERSION_2_FILE = Path(__file__).parent / "data" / "parrots-v2.drc"
+VERSION_2_CROP = (120, 40, 300, 150)
+VERSION_2_SYMBOLS = "566a4b6a6826ae450e2b15677442808523dff7198a97f36b6aa8b2901d796396"
 
 
 def test_round_trip_keeps_size_and_resembles_the_input(small_image):
@@ -42,7 +48,7 @@ def test_a_format_version_1_file_still_decodes_with_its_float64_parameters(sampl
     header = drc.unpack(data)
     stream = header.sections[drc.TAG_LATENTS]
     codec = get_codec(None, compute_for("cpu"))
-    latents = codec.read_stream(stream, header.width, header.height, Arithmetic.FLOAT64_CPU)
+    latents = codec.read_stream(stream, header.width, header.height, Arithmetic.FLOAT64_CPU, whole_grid=True)
     assert header.version == 1
     assert hashlib.sha256(latents.symbols.astype("<i8").tobytes()).hexdigest() == VERSION_1_SYMBOLS
     crop = sample_image.crop(VERSION_1_CROP)
@@ -50,13 +56,13 @@ def test_a_format_version_1_file_still_decodes_with_its_float64_parameters(sampl
     assert decoded.size == crop.size and psnr(crop, decoded) > 29
     # the version decides: the current arithmetic's tables read the stream otherwise, or not at all
     try:
-        misread = codec.read_stream(stream, header.width, header.height, Arithmetic.FIXED_POINT)
+        misread = codec.read_stream(stream, header.width, header.height, Arithmetic.FIXED_POINT, whole_grid=True)
     except CorruptFileError:
         pass
     else:
         assert not np.array_equal(misread.symbols, latents.symbols)
     rewritten = diraccodec.encode(crop, 3)
-    assert drc.unpack(rewritten).version == drc.FORMAT_VERSION == 2
+    assert drc.unpack(rewritten).version == drc.FORMAT_VERSION == 3
     assert abs(len(rewritten) - len(data)) <= 0.02 * len(data)
 
 
@@ -91,7 +97,7 @@ def test_latent_symbols_round_trip_exactly(small_image):
     # Values far outside every table must escape and still come back exactly.
     latents.symbols[0, 0, :3] = [100_000, -(2**35), 7_777]
     latents.hyper[0, 0, 0] = -5_000
-    latents = Latents(latents.hyper, latents.symbols, *codec.entropy_parameters(latents.hyper))
+    latents = Latents(latents.hyper, latents.symbols, *codec.entropy_parameters(latents.hyper), latents.cells)
     decoded = codec.read_stream(codec.write_stream(latents), small_image.width, small_image.height)
     np.testing.assert_array_equal(decoded.hyper, latents.hyper)
     np.testing.assert_array_equal(decoded.symbols, latents.symbols)
@@ -116,6 +122,41 @@ def test_alpha_is_kept_exactly(small_image, mode):
     np.testing.assert_array_equal(np.asarray(decoded.getchannel("A")), alpha)
 
 
+def test_a_format_version_2_file_still_decodes_with_its_padding_coded(sample_image):
+    data = VERSION_2_FILE.read_bytes()
+    header = drc.unpack(data)
+    stream = header.sections[drc.TAG_LATENTS]
+    codec = get_codec(None, compute_for("cpu"))
+    latents = codec.read_stream(stream, header.width, header.height, Arithmetic.FIXED_POINT, whole_grid=True)
+    assert header.version == 2 and latents.symbols.shape[1:] == (8, 12)
+    assert hashlib.sha256(latents.symbols.astype("<i8").tobytes()).hexdigest() == VERSION_2_SYMBOLS
+    assert latents.symbols[:, 7:, :].any()  # the padding's row (110 pixels cover 7 of the 8) was coded
+    crop = sample_image.crop(VERSION_2_CROP)
+    decoded = diraccodec.decode(data, steps=0)
+    assert decoded.size == crop.size and psnr(crop, decoded) > 28
+    rewritten = diraccodec.encode(crop, 3)
+    assert drc.unpack(rewritten).version == 3 and len(rewritten) < len(data)
+
+
+def test_the_stream_codes_the_image_cells_and_the_padding_latents_are_zero(small_image):
+    """96x80 pixels are 6x5 latent cells, padded to 8x8: the stream carries the 30 cells only."""
+    codec = get_codec(None, compute_for("cpu"))
+    rgb = np.asarray(small_image)
+    latents = codec.analyse(rgb, 4.0, SearchSettings(passes=1))
+    assert latents.cells == (5, 6) and latents.symbols.shape[1:] == (8, 8)
+    assert not latents.symbols[:, 5:, :].any() and not latents.symbols[:, :, 6:].any()
+    assert latents.symbols[:, :5, :6].any()
+    stream = codec.write_stream(latents)
+    read = codec.read_stream(stream, small_image.width, small_image.height)
+    assert read.cells == (5, 6) and np.array_equal(read.symbols, latents.symbols)
+    whole = codec.write_stream(dataclasses.replace(latents, cells=None))  # the same symbols, the padding coded too
+    assert len(stream) < len(whole)
+    assert np.array_equal(codec.read_stream(whole, small_image.width, small_image.height, whole_grid=True).symbols,
+                          latents.symbols)
+    # without the image, nothing is known of its padding: every latent is rounded and coded
+    assert codec.quantize(codec.analysis_latents(rgb), 4.0).cells is None
+
+
 def with_profile(image: Image.Image, profile: bytes) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", icc_profile=profile)
@@ -123,7 +164,6 @@ def with_profile(image: Image.Image, profile: bytes) -> bytes:
 
 
 def test_an_icc_profile_is_carried_compressed_and_an_srgb_one_is_left_out(small_image):
-    plain = diraccodec.encode(small_image, 3)
     wide = diraccodec.encode(with_profile(small_image, swapped_primaries_profile()), 3)
     sections = drc.unpack(wide).sections
     assert set(sections) == {drc.TAG_LATENTS, drc.TAG_ICC_COMPRESSED}
@@ -131,7 +171,7 @@ def test_an_icc_profile_is_carried_compressed_and_an_srgb_one_is_left_out(small_
     assert diraccodec.decode(wide).info.get("icc_profile") == swapped_primaries_profile()
     # the same pixels without a profile are what every viewer shows as sRGB: nothing to keep
     srgb = diraccodec.encode(with_profile(small_image, srgb_profile()), 3)
-    assert srgb == plain and "icc_profile" not in diraccodec.decode(srgb).info
+    assert srgb == diraccodec.encode(small_image, 3) and "icc_profile" not in diraccodec.decode(srgb).info
 
 
 def test_a_profile_stored_as_it_is_still_decodes_and_a_corrupt_one_fails_in_one_line(small_image):

@@ -38,7 +38,7 @@ def test_fields_round_trip():
 
 def test_layout_matches_the_specification():
     data = drc.pack(example())
-    assert data[:4] == b"\x89DRC" and data[4] == drc.FORMAT_VERSION == 2
+    assert data[:4] == b"\x89DRC" and data[4] == drc.FORMAT_VERSION == 3
     assert struct.unpack(">HII", data[6:16]) == (896, 37, 5)
     assert struct.unpack(">I", data[-4:])[0] == zlib.crc32(data[:-4])
 

@@ -22,8 +22,10 @@ from diraccodec.errors import (
 from diraccodec.image.planes import ColourMode
 
 MAGIC = b"\x89DRC"
-FORMAT_VERSION = 2  # what this encoder writes
-READABLE_VERSIONS = (1, 2)  # version 1 computed the entropy parameters in float64 on the CPU
+FORMAT_VERSION = 3  # what this encoder writes
+# Version 1 computed the entropy parameters in float64 on the CPU; versions 1 and 2 coded the
+# latents of the padding too.
+READABLE_VERSIONS = (1, 2, 3)
 QUALITY_DENOMINATOR = 256  # the rate level is stored in 1/256 steps
 DEFAULT_MAX_PIXELS = 100_000_000
 
