@@ -43,27 +43,43 @@ def test_round_trip_keeps_size_and_resembles_the_input(small_image):
     assert psnr(small_image, decoded) > 20
 
 
-def test_a_format_version_1_file_still_decodes_with_its_float64_parameters(sample_image):
-    data = VERSION_1_FILE.read_bytes()
+def read_earlier_version(path: Path, arithmetic: Arithmetic) -> tuple[bytes, drc.DrcFile, Latents, str]:
+    """A file of an earlier format version, its header, its latents read as that version codes
+    them (the padding's latents too), and the SHA-256 of their symbols (int64, little-endian)."""
+    data = path.read_bytes()
     header = drc.unpack(data)
-    stream = header.sections[drc.TAG_LATENTS]
-    codec = get_codec(None, compute_for("cpu"))
-    latents = codec.read_stream(stream, header.width, header.height, Arithmetic.FLOAT64_CPU, whole_grid=True)
-    assert header.version == 1
-    assert hashlib.sha256(latents.symbols.astype("<i8").tobytes()).hexdigest() == VERSION_1_SYMBOLS
+    latents = get_codec(None, compute_for("cpu")).read_stream(
+        header.sections[drc.TAG_LATENTS], header.width, header.height, arithmetic, whole_grid=True)
+    return data, header, latents, hashlib.sha256(latents.symbols.astype("<i8").tobytes()).hexdigest()
+
+
+def test_a_format_version_1_file_still_decodes_with_its_float64_parameters(sample_image):
+    data, header, latents, digest = read_earlier_version(VERSION_1_FILE, Arithmetic.FLOAT64_CPU)
+    assert header.version == 1 and digest == VERSION_1_SYMBOLS
     crop = sample_image.crop(VERSION_1_CROP)
     decoded = diraccodec.decode(data, steps=0)
     assert decoded.size == crop.size and psnr(crop, decoded) > 29
     # the version decides: the current arithmetic's tables read the stream otherwise, or not at all
     try:
-        misread = codec.read_stream(stream, header.width, header.height, Arithmetic.FIXED_POINT, whole_grid=True)
+        _, _, misread, _ = read_earlier_version(VERSION_1_FILE, Arithmetic.FIXED_POINT)
     except CorruptFileError:
         pass
     else:
         assert not np.array_equal(misread.symbols, latents.symbols)
     rewritten = diraccodec.encode(crop, 3)
     assert drc.unpack(rewritten).version == drc.FORMAT_VERSION == 3
-    assert abs(len(rewritten) - len(data)) <= 0.02 * len(data)
+    assert abs(len(rewritten) - len(data)) <= 0.02 * len(data)  # a crop of whole 64-pixel blocks
+
+
+def test_a_format_version_2_file_still_decodes_with_its_padding_coded(sample_image):
+    data, header, latents, digest = read_earlier_version(VERSION_2_FILE, Arithmetic.FIXED_POINT)
+    assert header.version == 2 and digest == VERSION_2_SYMBOLS and latents.symbols.shape[1:] == (8, 12)
+    assert latents.symbols[:, 7:, :].any()  # the padding's row (110 pixels cover 7 of the 8) was coded
+    crop = sample_image.crop(VERSION_2_CROP)
+    decoded = diraccodec.decode(data, steps=0)
+    assert decoded.size == crop.size and psnr(crop, decoded) > 28
+    rewritten = diraccodec.encode(crop, 3)
+    assert drc.unpack(rewritten).version == 3 and len(rewritten) < len(data)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 9), (13, 1), (37, 53), (65, 129)])
@@ -120,22 +136,6 @@ def test_alpha_is_kept_exactly(small_image, mode):
     decoded = diraccodec.decode(diraccodec.encode(image, 5))
     assert decoded.mode == mode
     np.testing.assert_array_equal(np.asarray(decoded.getchannel("A")), alpha)
-
-
-def test_a_format_version_2_file_still_decodes_with_its_padding_coded(sample_image):
-    data = VERSION_2_FILE.read_bytes()
-    header = drc.unpack(data)
-    stream = header.sections[drc.TAG_LATENTS]
-    codec = get_codec(None, compute_for("cpu"))
-    latents = codec.read_stream(stream, header.width, header.height, Arithmetic.FIXED_POINT, whole_grid=True)
-    assert header.version == 2 and latents.symbols.shape[1:] == (8, 12)
-    assert hashlib.sha256(latents.symbols.astype("<i8").tobytes()).hexdigest() == VERSION_2_SYMBOLS
-    assert latents.symbols[:, 7:, :].any()  # the padding's row (110 pixels cover 7 of the 8) was coded
-    crop = sample_image.crop(VERSION_2_CROP)
-    decoded = diraccodec.decode(data, steps=0)
-    assert decoded.size == crop.size and psnr(crop, decoded) > 28
-    rewritten = diraccodec.encode(crop, 3)
-    assert drc.unpack(rewritten).version == 3 and len(rewritten) < len(data)
 
 
 def test_the_stream_codes_the_image_cells_and_the_padding_latents_are_zero(small_image):
