@@ -98,6 +98,15 @@ class Latents:
         values = values[:, :rows, :columns]
         return values if part is None else values[:, part[:rows, :columns]]
 
+    def fill(self, values: np.ndarray, part: np.ndarray | None = None) -> None:
+        """The inverse of `coded` for the symbols: decoded values (flat) into their places."""
+        rows, columns = self.cells or self.symbols.shape[1:]
+        cells = self.symbols[:, :rows, :columns]  # a view: the values land in the symbols
+        if part is None:
+            cells[...] = values.reshape(cells.shape)
+        else:
+            cells[:, part[:rows, :columns]] = values.reshape(cells.shape[0], -1)
+
 
 def image_cells(height: int, width: int) -> tuple[int, int]:
     """The latent rows and columns that cover an image: its 16-pixel cells."""
@@ -374,18 +383,12 @@ class BaseCodec:
             mean, table_ids, scale = self._hyper_parameters(hyper, arithmetic)
             latents = Latents(hyper, np.zeros(table_ids.shape, dtype=np.int64), mean, table_ids,
                               None if whole_grid else image_cells(height, width))
-            rows, columns = latents.cells or table_ids.shape[1:]
-            coded = latents.symbols[:, :rows, :columns]  # a view: decoded values land in the symbols
-            # with a context model the anchors first, then the rest under the tables the anchors give them
             parts = [None] if scale is None else self._anchor_parts(table_ids.shape[1:])
-            for index, part in enumerate(parts):
-                if index == 1:
-                    self._refine_non_anchors(latents.symbols, mean, scale, table_ids, arithmetic)
-                values = decode_values(decoder, latents.coded(table_ids, part), tables)
-                if part is None:
-                    coded[...] = values.reshape(coded.shape)
-                else:
-                    coded[:, part[:rows, :columns]] = values.reshape(coded.shape[0], -1)
+            latents.fill(decode_values(decoder, latents.coded(table_ids, parts[0]), tables), parts[0])
+            if scale is not None:  # the rest, under the tables the anchors give them
+                self._refine_non_anchors(latents.symbols, mean, scale, table_ids, arithmetic)
+                del scale
+                latents.fill(decode_values(decoder, latents.coded(table_ids, parts[1]), tables), parts[1])
         except (ValueError, RuntimeError, OverflowError, AssertionError) as error:
             # constriction reports data that no symbol sequence could produce by an assertion
             raise CorruptFileError(f"corrupt .drc file (latent stream: {error})") from None
