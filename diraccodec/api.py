@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diraccodec.codec.base_codec import Arithmetic, BaseCodec, BaseWeights
+from diraccodec.codec.base_codec import LOWEST_LEVEL, Arithmetic, BaseCodec, BaseWeights
 from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, ladder_position
 from diraccodec.compute import AUTO, Compute
 from diraccodec.container import drc
@@ -104,8 +104,8 @@ def get_codec(weights: str | Path | None = None, compute: Compute | None = None)
 
 def check_quality(quality: float, num_levels: int) -> float:
     if isinstance(quality, bool) or not isinstance(quality, int | float) or math.isnan(quality) \
-            or not 1 <= quality <= num_levels:
-        raise InvalidOptionError(f"quality must be between 1 and {num_levels}, got {quality}")
+            or not LOWEST_LEVEL <= quality <= num_levels:
+        raise InvalidOptionError(f"quality must be between {LOWEST_LEVEL:g} and {num_levels}, got {quality}")
     return drc.quantize_quality(quality) / drc.QUALITY_DENOMINATOR
 
 
@@ -256,7 +256,7 @@ def encode(
 ) -> bytes:
     """Compress an image (a PIL image, a path or encoded image bytes) into .drc bytes.
 
-    The rate is a level `quality` from 1 to 8 (fractions allowed), or a target: `size` in
+    The rate is a level `quality` from 0 to 8 (fractions allowed), or a target: `size` in
     bytes or `bpp` in bits per pixel, reached by searching the fractional level (the file is
     at or under the target). `effort` 1 (plain rounding, fastest) to 5 (2 by default) spends more time on
     cheaper latents; `progress(done, total)` hears of each searched tile. `steps` stores a
@@ -267,7 +267,7 @@ def encode(
     targets = [name for name, value in (("quality", quality), ("size", size), ("bpp", bpp)) if value is not None]
     if len(targets) != 1:
         raise InvalidOptionError("give exactly one of quality, size or bpp" if targets else
-                                 "give a quality (1-8), a size in bytes or a bpp")
+                                 f"give a quality ({LOWEST_LEVEL:g}-8), a size in bytes or a bpp")
     options = EncodeOptions(check_effort(effort), detail_map, check_steps(steps) if steps is not None else None,
                             progress)
     compute = compute_for(device)
@@ -300,7 +300,7 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
     if isinstance(target, bool) or not isinstance(target, int) or target <= 0:
         raise InvalidOptionError(f"size must be a positive number of bytes, got {target}")
     grid = drc.QUALITY_DENOMINATOR
-    lowest, highest = grid, num_levels * grid  # levels 1..num_levels in grid units
+    lowest, highest = round(LOWEST_LEVEL * grid), num_levels * grid  # the levels in grid units
 
     def size_at(step: int, searched: bool) -> tuple[int, bytes]:
         data = encoder.file(step / grid, searched)
@@ -318,12 +318,15 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
                 high = middle - 1
         return best
 
+    def below_smallest(searched: bool) -> InvalidOptionError:
+        smallest = size_at(lowest, searched)[0]
+        return InvalidOptionError(f"a target of {target} bytes is below the smallest file at level "
+                                  f"{LOWEST_LEVEL:g} ({smallest} bytes); ask for at least that")
+
     plain = highest_fitting(lowest, highest, searched=False)
     searches = encoder.search.passes > 0
     if plain is None and not searches:
-        smallest = size_at(lowest, False)[0]
-        raise InvalidOptionError(f"a target of {target} bytes is below the smallest file at level 1 "
-                                 f"({smallest} bytes); ask for at least that")
+        raise below_smallest(searched=False)
     if not searches:
         assert plain is not None
         return plain[1]
@@ -334,9 +337,7 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
     if found is None:
         found = highest_fitting(lowest, highest, searched=True)
     if found is None:
-        smallest = size_at(lowest, True)[0]
-        raise InvalidOptionError(f"a target of {target} bytes is below the smallest file at level 1 "
-                                 f"({smallest} bytes); ask for at least that")
+        raise below_smallest(searched=True)
     return found[1]
 
 

@@ -42,8 +42,15 @@ def test_a_searched_size_target_fits_too(sample_image):
     assert len(data) <= 6_000 and len(data) >= 0.97 * 6_000
 
 
+def test_a_target_between_the_files_of_levels_0_and_1_lands_below_level_1(small_image):
+    smallest, level_1 = (len(diraccodec.encode(small_image, q, effort=1)) for q in (0, 1))
+    target = (smallest + level_1) // 2
+    data = diraccodec.encode(small_image, size=target, effort=1)
+    assert smallest <= len(data) <= target and 0 < diraccodec.inspect(data).header.quality < 1
+
+
 def test_targets_below_the_smallest_file_and_bad_rates_are_clear_errors(small_image):
-    with pytest.raises(InvalidOptionError, match=r"below the smallest file at level 1 \(\d+ bytes\)"):
+    with pytest.raises(InvalidOptionError, match=r"below the smallest file at level 0 \(\d+ bytes\)"):
         diraccodec.encode(small_image, size=100)
     with pytest.raises(InvalidOptionError, match="exactly one of quality, size or bpp"):
         diraccodec.encode(small_image, 3, size=5000)

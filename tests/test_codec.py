@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import diraccodec
@@ -212,7 +213,20 @@ def test_fractional_level_lies_between_its_neighbours(small_image):
     assert diraccodec.inspect(diraccodec.encode(small_image, 3.5)).header.quality == 3.5
 
 
-@pytest.mark.parametrize("quality", [0, 0.99, 8.01, 100, float("nan")])
+def test_levels_below_1_go_on_along_the_line_of_levels_1_and_2(small_image):
+    sizes = [len(diraccodec.encode(small_image, q, effort=1)) for q in (0, 0.5, 1)]
+    assert sizes[0] < sizes[1] < sizes[2]
+    data = diraccodec.encode(small_image, 0)
+    assert diraccodec.inspect(data).header.quality == 0.0
+    assert 20 < psnr(small_image, diraccodec.decode(data)) < psnr(small_image, diraccodec.decode(
+        diraccodec.encode(small_image, 1)))
+    codec = get_codec()
+    log_gains = [codec._gains64(q)[0].log() for q in (0, 1, 2)]
+    assert torch.allclose(log_gains[0], 2 * log_gains[1] - log_gains[2])
+    assert codec._lambda(0) == pytest.approx(codec._lambda(1) ** 2 / codec._lambda(2))
+
+
+@pytest.mark.parametrize("quality", [-0.01, -1, 8.01, 100, float("nan")])
 def test_quality_out_of_range_is_refused(small_image, quality):
     with pytest.raises(InvalidOptionError):
         diraccodec.encode(small_image, quality)

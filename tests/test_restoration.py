@@ -127,3 +127,13 @@ def test_shipped_filter_makes_the_base_image_more_faithful(level):
         photo = image.convert("RGB").crop((64, 64, 320, 320))
     data = diraccodec.encode(photo, level)
     assert psnr(photo, diraccodec.decode(data, steps=0)) > psnr(photo, diraccodec.decode(data, steps=0, restore=False))
+
+
+def test_levels_below_the_lowest_trained_one_condition_the_unet_as_level_1():
+    unet = random_unet().eval()
+    residual, base = torch.rand(2, 1, 3, 32, 32).unbind(0)
+    time = torch.tensor([0.5])
+    with torch.no_grad():
+        at = {level: unet(residual, time, base, torch.tensor([level])) for level in (0.0, 0.5, 1.0, 2.0)}
+    assert torch.equal(at[0.0], at[1.0]) and torch.equal(at[0.5], at[1.0])
+    assert not torch.equal(at[1.0], at[2.0])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import enum
+import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -140,6 +141,10 @@ def _halves(search: SearchSettings) -> tuple[SearchSettings, SearchSettings]:
     return half(0), half(1)
 
 
+# The lowest rate level: levels from 0 to 1 extrapolate the gains of levels 1 and 2 (_gains64).
+LOWEST_LEVEL = 0.0
+
+
 def padded_size(height: int, width: int) -> tuple[int, int]:
     return -(-height // HYPER_STRIDE) * HYPER_STRIDE, -(-width // HYPER_STRIDE) * HYPER_STRIDE
 
@@ -164,9 +169,13 @@ class BaseCodec:
         self._response_energies: dict[float, torch.Tensor] = {}
 
     def _gains64(self, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gain and inverse gain for a 1-based quality, in float64, shape (M, 1, 1)."""
-        level = min(max(quality - 1.0, 0.0), self.num_levels - 1.0)
-        low = min(int(level), self.num_levels - 2)
+        """Gain and inverse gain for a 1-based quality, in float64, shape (M, 1, 1).
+
+        Fractional levels interpolate the log-gains of their neighbours. Below level 1 the
+        line through levels 1 and 2 goes on (level 0 is one level's step coarser than 1), so
+        the lowest rates need no trained level of their own."""
+        level = min(quality - 1.0, self.num_levels - 1.0)
+        low = min(max(math.floor(level), 0), self.num_levels - 2)
         weight = level - low
 
         def mix(table: torch.Tensor) -> torch.Tensor:
@@ -246,9 +255,13 @@ class BaseCodec:
         return np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
 
     def _lambda(self, quality: float) -> float:
-        """The level's rate-distortion trade-off, geometric between levels for fractions."""
+        """The level's rate-distortion trade-off, geometric between levels for fractions and,
+        as the gains, below level 1."""
         lambdas = np.log(self.model.config.lambdas)
-        return float(np.exp(np.interp(quality - 1.0, np.arange(lambdas.size), lambdas)))
+        position = quality - 1.0
+        if position < 0:
+            return float(np.exp(lambdas[0] + position * (lambdas[1] - lambdas[0])))
+        return float(np.exp(np.interp(position, np.arange(lambdas.size), lambdas)))
 
     @staticmethod
     def _padded_pixels(rgb: np.ndarray) -> torch.Tensor:

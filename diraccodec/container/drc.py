@@ -48,7 +48,7 @@ class DrcFile:
     width: int
     height: int
     colour_mode: ColourMode
-    quality: float  # 1.0 .. number of levels, a multiple of 1/256
+    quality: float  # 0.0 .. number of levels, a multiple of 1/256
     weights_id: bytes  # 8 bytes
     sections: dict[bytes, bytes] = field(default_factory=dict)
     version: int = FORMAT_VERSION
@@ -127,8 +127,6 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
         raise LimitExceededError(
             f"image of {width}x{height} exceeds the limit of {max_pixels} pixels (raise it with --max-pixels)"
         )
-    if quality < QUALITY_DENOMINATOR:
-        raise CorruptFileError(f"corrupt .drc file (quality {quality / QUALITY_DENOMINATOR} out of range)")
     return DrcFile(
         width=width,
         height=height,

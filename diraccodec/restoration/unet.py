@@ -170,7 +170,9 @@ class ResidualUNet(nn.Module):
     def forward(
         self, noisy_residual: torch.Tensor, time: torch.Tensor, base: torch.Tensor, level: torch.Tensor
     ) -> torch.Tensor:
-        """noisy_residual, base: (B, 3, H, W); time in [0, 1] and level in [1, 8]: (B,)."""
+        """noisy_residual, base: (B, 3, H, W); time in [0, 1] and level: (B,). Levels below 1
+        (the base codec's extrapolated ones) are seen as 1, the lowest the U-Net was trained on."""
+        level = level.clamp(min=1.0)
         embedding = self.embed(
             torch.cat(
                 [
