@@ -227,6 +227,14 @@ class _Encoder:
         return drc.pack(header)
 
 
+def _codec_for_file(header: drc.DrcFile, weights: str | Path | None, compute: Compute) -> BaseCodec:
+    """The base codec of `weights`, which must be the weights that made the file."""
+    codec = get_codec(weights, compute)
+    if header.weights_id != codec.weights.weights_id:
+        raise WrongWeightsError(_wrong_weights_message(header.weights_id, codec.weights))
+    return codec
+
+
 def _wrong_weights_message(file_weights: bytes, loaded: BaseWeights) -> str:
     """One line that names the weights a file needs, and the release that ships them if another does."""
     message = (f"file was made with weights {file_weights.hex()}, but the loaded weights are "
@@ -373,6 +381,30 @@ def inspect(data: bytes, max_pixels: int = drc.DEFAULT_MAX_PIXELS) -> FileInfo:
     return FileInfo(drc.unpack(data, max_pixels), len(data))
 
 
+@dataclass(frozen=True)
+class StreamBytes:
+    """Where a file's latent stream goes: the information content of its two parts in bytes
+    (the stream itself, `total`, is within a few bytes of their sum)."""
+
+    hyper_latents: float
+    latents: float
+    total: int
+
+
+def stream_bytes(data: bytes, *, weights: str | Path | None = None,
+                 max_pixels: int = drc.DEFAULT_MAX_PIXELS) -> StreamBytes:
+    """Read a file's latent stream (no synthesis) and split its bytes between the hyper-latents,
+    the side information, and the latents, under the base weights that made it."""
+    header = drc.unpack(data, max_pixels)
+    with _LOCK:
+        codec = _codec_for_file(header, weights, compute_for("cpu"))
+        rules = STREAM_RULES[header.version]
+        payload = header.sections[drc.TAG_LATENTS]
+        latents = codec.read_stream(payload, header.width, header.height, rules.arithmetic, rules.whole_grid)
+        hyper_bits, latent_bits = codec.information_bits(latents)
+    return StreamBytes(hyper_bits / 8, latent_bits / 8, len(payload))
+
+
 def decode(
     data: bytes,
     steps: int | None = None,
@@ -397,9 +429,7 @@ def decode(
     header = drc.unpack(data, max_pixels)
     compute = compute_for(device, exact)
     with _LOCK:
-        codec = get_codec(weights, compute)
-        if header.weights_id != codec.weights.weights_id:
-            raise WrongWeightsError(_wrong_weights_message(header.weights_id, codec.weights))
+        codec = _codec_for_file(header, weights, compute)
         if header.quality > codec.num_levels:
             raise CorruptFileError(f"corrupt .drc file (quality {header.quality} above the model's {codec.num_levels})")
         info = FileInfo(header, len(data))

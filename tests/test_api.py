@@ -97,3 +97,22 @@ def test_calls_from_four_threads_give_the_bytes_and_pixels_of_serial_calls(small
     with ThreadPoolExecutor(max_workers=4) as pool:
         concurrent = list(pool.map(round_trip, jobs))
     assert concurrent == serial
+
+
+def test_the_latent_stream_splits_into_hyper_latents_and_latents(small_image, tmp_path):
+    from diraccodec import api, modelfiles
+    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.errors import WrongWeightsError
+    from tests.test_codec import VERSION_2_FILE
+
+    shares = []
+    for data in (diraccodec.encode(small_image, 0), diraccodec.encode(small_image, 6), VERSION_2_FILE.read_bytes()):
+        split = api.stream_bytes(data)
+        assert split.total == len(diraccodec.inspect(data).header.sections[b"LATS"])
+        assert 0 <= split.total - (split.hyper_latents + split.latents) <= 8  # the coder's last words
+        shares.append(split.hyper_latents / split.total)
+    assert shares[0] > shares[1] > 0  # the side information weighs most in the smallest files
+    other = tmp_path / "other.safetensors"
+    modelfiles.export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 8)), other, {"purpose": "test"})
+    with pytest.raises(WrongWeightsError, match="file was made with weights"):
+        api.stream_bytes(VERSION_2_FILE.read_bytes(), weights=other)

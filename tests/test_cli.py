@@ -51,6 +51,7 @@ def test_encode_decode_info(tmp_path: Path):
     assert f"{bpp:.4f}" in info.stdout
     assert "384x256" in info.stdout and "quality" in info.stdout
     assert "sRGB (no profile stored)" in info.stdout
+    assert "latent stream" in info.stdout and "hyper-latents" in info.stdout
 
 
 def test_info_names_a_stored_profile(tmp_path: Path, small_image: Image.Image):

@@ -109,7 +109,8 @@ def info(source: Path, max_pixels: int) -> None:
     from diraccodec.image.files import read_bytes
     from diraccodec.image.profiles import describe as describe_profile
 
-    details = api.inspect(read_bytes(source), max_pixels)
+    data = read_bytes(source)
+    details = api.inspect(data, max_pixels)
     header = details.header
     table = Table(show_header=False, box=None)
     rows = [
@@ -122,6 +123,7 @@ def info(source: Path, max_pixels: int) -> None:
         ("bytes", str(details.file_size)),
         ("bpp", f"{details.bits_per_pixel:.4f}"),
         ("sections", ", ".join(f"{tag.decode('ascii', 'replace')} ({len(v)} B)" for tag, v in header.sections.items())),
+        ("latent stream", stream_split(data, max_pixels)),
         ("colour profile", describe_profile(details.icc_profile)),
         ("recommended steps", "none" if details.recommended_steps is None else str(details.recommended_steps)),
         ("diffusion", diffusion_support(header.weights_id)),
@@ -130,6 +132,20 @@ def info(source: Path, max_pixels: int) -> None:
     for key, value in rows:
         table.add_row(key, value)
     Console(highlight=False).print(table)
+
+
+def stream_split(data: bytes, max_pixels: int) -> str:
+    """The latent stream's bytes between the hyper-latents and the latents, where the installed
+    base weights made the file."""
+    from diraccodec import api
+
+    try:
+        split = api.stream_bytes(data, max_pixels=max_pixels)
+    except DiracError as error:
+        return f"not read ({error})"
+    share = 100 * split.hyper_latents / max(split.hyper_latents + split.latents, 1e-9)
+    return (f"hyper-latents {split.hyper_latents:.0f} B ({share:.1f}%), latents {split.latents:.0f} B "
+            "(information content)")
 
 
 def diffusion_support(weights_id: bytes) -> str:

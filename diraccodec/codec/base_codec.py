@@ -426,6 +426,14 @@ class BaseCodec:
     def compress(self, rgb: np.ndarray, quality: float, search: SearchSettings = SearchSettings()) -> bytes:
         return self.write_stream(self.analyse(rgb, quality, search))
 
+    def information_bits(self, latents: Latents) -> tuple[float, float]:
+        """Bits of the hyper-latents and of the coded latents, each value's -log2 of its
+        probability under the table that codes it: where a stream's bytes go (the range coder's
+        total is within a few bytes of their sum)."""
+        hyper = self.weights.hyper_tables.bits(latents.hyper, self._hyper_table_ids(latents.hyper.shape))
+        coded = self.weights.latent_tables.bits(latents.coded(latents.symbols), latents.coded(latents.table_ids))
+        return float(hyper.sum()), float(coded.sum())
+
     def decompress(self, payload: bytes, width: int, height: int, quality: float,
                    arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False) -> np.ndarray:
         return self.synthesize(self.read_stream(payload, width, height, arithmetic, whole_grid), width, height,
