@@ -210,7 +210,7 @@ class _Encoder:
         search = self.search if searched else latent_search.SearchSettings()
         latents = codec.quantize(self.latents, quality, planes.rgb, search)
         height, width = planes.rgb.shape[:2]
-        sections = {drc.TAG_LATENTS: codec.write_stream(latents)}
+        sections = {drc.TAG_LATENTS: codec.write_stream(latents, quality)}
         wants_map = self.options.detail_map
         if wants_map or (wants_map is None and quality < detail_map_below(codec.weights.model.config.lambdas)):
             base = codec.synthesize(latents, width, height, quality)
@@ -400,8 +400,9 @@ def stream_bytes(data: bytes, *, weights: str | Path | None = None,
         codec = _codec_for_file(header, weights, compute_for("cpu"))
         rules = STREAM_RULES[header.version]
         payload = header.sections[drc.TAG_LATENTS]
-        latents = codec.read_stream(payload, header.width, header.height, rules.arithmetic, rules.whole_grid)
-        hyper_bits, latent_bits = codec.information_bits(latents)
+        latents = codec.read_stream(payload, header.width, header.height, rules.arithmetic, rules.whole_grid,
+                                    header.quality)
+        hyper_bits, latent_bits = codec.information_bits(latents, header.quality)
     return StreamBytes(hyper_bits / 8, latent_bits / 8, len(payload))
 
 

@@ -123,12 +123,13 @@ def time_image(path: Path, options: BenchOptions) -> dict[str, float]:
     level = api.check_quality(options.level, codec.num_levels)
     seconds["analysis"], latents = fastest(options.repeat, lambda: codec.analysis_latents(rgb))
     seconds["entropy coding"], _ = fastest(
-        options.repeat, lambda: codec.write_stream(codec.quantize(latents, level, rgb)))
+        options.repeat, lambda: codec.write_stream(codec.quantize(latents, level, rgb), level))
     image = Image.fromarray(rgb)
     seconds["encode"], encoded = fastest(options.repeat, lambda: api.encode(
         image, level, effort=options.effort, weights=options.weights, device=options.device))
     payload = api.inspect(encoded).header.sections[b"LATS"]
-    seconds["entropy decoding"], decoded = fastest(options.repeat, lambda: codec.read_stream(payload, width, height))
+    seconds["entropy decoding"], decoded = fastest(
+        options.repeat, lambda: codec.read_stream(payload, width, height, quality=level))
     seconds["synthesis"], base = fastest(options.repeat, lambda: codec.synthesize(decoded, width, height, level))
     restorer = api.get_restorer(codec)
     if restorer is not None:

@@ -19,6 +19,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load, save_file
@@ -109,6 +110,10 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         hyper_tables = TableSet.from_tensors(tensors, "tables.hyper")
         latent_tables = TableSet.from_tensors(tensors, "tables.latent")
+        level_tables = None
+        if f"{LEVEL_TABLES}.frequencies" in tensors:
+            level_tables = TableSet.from_tensors(tensors, LEVEL_TABLES)
+            check_level_tables(level_tables, hyper_tables, model.config.num_levels)
         scales = tensors["tables.latent.scales"].numpy()
         check_fixed_point(model)  # the format's arithmetic must hold for these weights
     except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as error:
@@ -122,7 +127,34 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
         weights_id=bytes.fromhex(digest)[:8],
         path=path,
         metadata=metadata,
+        hyper_level_tables=level_tables,
     )
+
+
+LEVEL_TABLES = "tables.hyper_levels"  # optional: the hyper-latents' tables per whole level
+
+
+def check_level_tables(tables: TableSet, shared: TableSet, num_levels: int) -> None:
+    """Per-level hyper tables must code each level's channels over the shared tables' values."""
+    levels = num_levels + 1  # levels 0 .. num_levels
+    if tables.count != levels * shared.count or not (
+            np.array_equal(tables.offsets, np.tile(shared.offsets, levels))
+            and np.array_equal(tables.lengths, np.tile(shared.lengths, levels))):
+        raise ValueError(f"per-level hyper tables need {levels} x {shared.count} rows over the shared tables' values")
+
+
+def write_with_level_tables(source: Path, destination: Path, tables: TableSet, info: dict[str, object]) -> None:
+    """A copy of base weights whose hyper-latents are coded with `tables`, one set per whole
+    level (diraccodec.training.entropy.fit_level_tables), listed in the manifest beside it. The
+    model is the same, so it reconstructs the same images; it has another weights id."""
+    weights = load_base_weights(Path(source).resolve())
+    check_level_tables(tables, weights.hyper_tables, weights.model.config.num_levels)
+    data, _ = read_verified(weights.path)
+    tensors, metadata = _parse(weights.path, data)
+    tensors.update(tables.as_tensors(LEVEL_TABLES))
+    recorded = json.loads(metadata.get("info", "{}"))
+    metadata = {**metadata, "info": json.dumps({**recorded, "hyper_level_tables": info})}
+    _save_listed(tensors, metadata, Path(destination))
 
 
 @dataclass

@@ -53,7 +53,8 @@ def test_table_bits_predict_the_stream_size(sample_image):
     codec = get_codec()
     latents = codec.analyse(np.asarray(sample_image), 5)
     predicted = codec.weights.latent_tables.bits(latents.symbols, latents.table_ids).sum()
-    predicted += codec.weights.hyper_tables.bits(latents.hyper, codec._hyper_table_ids(latents.hyper.shape)).sum()
+    rows, tables = codec.hyper_coding(latents.hyper.shape, 5)
+    predicted += tables.bits(latents.hyper, rows).sum()
     actual = 8 * len(codec.write_stream(latents))
     assert abs(predicted - actual) < 0.01 * actual + 64
 

@@ -156,6 +156,31 @@ def train_entropy_command(data: tuple[Path, ...], weights: Path | None, **loop: 
     train_entropy(EntropyTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(), **loop))
 
 
+@train.command("level-tables")
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@training_data_option
+@click.option("--every", type=click.IntRange(1), default=1, show_default=True,
+              help="Count every N-th training photo (held-out photos are never read).")
+@weights_option
+@reports_errors
+def train_level_tables_command(output: Path, data: tuple[Path, ...], every: int, weights: Path | None) -> None:
+    """Count hyper-latent tables for each level: base weights that code the side information in fewer bits."""
+    from diraccodec.modelfiles import default_weights_path, load_base_weights, write_with_level_tables
+    from diraccodec.training.data import training_images
+    from diraccodec.training.entropy import LEVEL_TABLE_PSEUDO_COUNTS, fit_level_tables
+
+    source = Path(weights or default_weights_path()).resolve()
+    photos = training_images(data)[::every]
+    if not photos:
+        raise DiracError(f"no training photos under {', '.join(map(str, data))}")
+    tables = fit_level_tables(load_base_weights(source), photos, console)
+    write_with_level_tables(source, output, tables, {"photos": len(photos), "every": every,
+                                                     "pseudo_counts": LEVEL_TABLE_PSEUDO_COUNTS,
+                                                     "data": [str(folder) for folder in data]})
+    console.print(f"wrote {output}: hyper tables for levels 0-{load_base_weights(source).model.config.num_levels} "
+                  f"counted on {len(photos)} photos")
+
+
 @train.command("pack")
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
 @training_data_option

@@ -68,6 +68,9 @@ class BaseWeights:
     weights_id: bytes
     path: Path
     metadata: dict[str, str]
+    # Optional tables fitted to each whole level's hyper-latents, rows level * N + channel for
+    # levels 0 .. num_levels (modelfiles.write_with_level_tables); None: hyper_tables code every level.
+    hyper_level_tables: TableSet | None = None
 
 
 HYPER_TO_LATENT = HYPER_STRIDE // LATENT_STRIDE
@@ -251,8 +254,17 @@ class BaseCodec:
                 flat_mean[:, positions] = chunk_mean.cpu()
                 flat_table_ids[:, positions.numpy()] = snap_scales(chunk_scale, table_scales).cpu().numpy()
 
-    def _hyper_table_ids(self, shape: tuple[int, ...]) -> np.ndarray:
-        return np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
+    def hyper_coding(self, shape: tuple[int, ...], quality: float | None) -> tuple[np.ndarray, TableSet]:
+        """Each hyper-latent's table row, and the tables: channel c's row of the weights' shared
+        tables or, where the weights carry tables per level, of the file's whole level (levels
+        below 1: level 0's), row level * N + c."""
+        rows = np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
+        if self.weights.hyper_level_tables is None:
+            return rows, self.weights.hyper_tables
+        if quality is None:
+            raise ValueError("these weights code the hyper-latents per level: give the level")
+        level = min(max(math.floor(quality), 0), self.num_levels)
+        return rows + level * shape[0], self.weights.hyper_level_tables
 
     def _lambda(self, quality: float) -> float:
         """The level's rate-distortion trade-off, geometric between levels for fractions and,
@@ -298,10 +310,7 @@ class BaseCodec:
         image, the padding's latents are 0 and the stream codes the image's cells only;
         without it, every latent is rounded and coded.
         """
-        gain, _ = self._gains64(quality)
-        y_scaled = y.double() * gain
-        z = self.model.hyper_analysis(self.compute.tensor(y_scaled.float()[None]))[0]
-        hyper = torch.round(z.float()).cpu().to(torch.int64).numpy()
+        y_scaled, hyper = self.hyper_latents(y, quality)
         if search.passes > 0 and rgb is None:
             raise ValueError("the search needs the image")
         mean, table_ids, scale = self._hyper_parameters(hyper, arithmetic)
@@ -335,6 +344,13 @@ class BaseCodec:
             symbols = self._search(rgb, quality, mean, table_ids, symbols, rest_search, rest)
         return Latents(hyper, symbols, mean, table_ids, cells)
 
+    def hyper_latents(self, y: torch.Tensor, quality: float) -> tuple[torch.Tensor, np.ndarray]:
+        """The latents scaled by the level's gain (float64) and their integer hyper-latents."""
+        gain, _ = self._gains64(quality)
+        y_scaled = y.double() * gain
+        z = self.model.hyper_analysis(self.compute.tensor(y_scaled.float()[None]))[0]
+        return y_scaled, torch.round(z.float()).cpu().to(torch.int64).numpy()
+
     def _search(self, rgb: np.ndarray, quality: float, mean: torch.Tensor, table_ids: np.ndarray,
                 symbols: np.ndarray, search: SearchSettings, movable: np.ndarray | None = None) -> np.ndarray:
         height, width = rgb.shape[:2]
@@ -363,10 +379,11 @@ class BaseCodec:
         """The latents the stream will carry for this image and level (see `quantize`)."""
         return self.quantize(self.analysis_latents(rgb), quality, rgb, search)
 
-    def write_stream(self, latents: Latents) -> bytes:
-        """The hyper-latents, then the latents; with a context model the anchors' before the rest."""
+    def write_stream(self, latents: Latents, quality: float | None = None) -> bytes:
+        """The hyper-latents, then the latents; with a context model the anchors' before the rest.
+        The level is needed where the weights code the hyper-latents per level."""
         encoder = constriction.stream.queue.RangeEncoder()
-        encode_values(encoder, latents.hyper, self._hyper_table_ids(latents.hyper.shape), self.weights.hyper_tables)
+        encode_values(encoder, latents.hyper, *self.hyper_coding(latents.hyper.shape, quality))
         parts = [None] if self._context_layers is None else self._anchor_parts(latents.symbols.shape[1:])
         for part in parts:
             encode_values(encoder, latents.coded(latents.symbols, part), latents.coded(latents.table_ids, part),
@@ -380,18 +397,21 @@ class BaseCodec:
         return [is_anchor, ~is_anchor]
 
     def read_stream(self, payload: bytes, width: int, height: int,
-                    arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False) -> Latents:
+                    arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False,
+                    quality: float | None = None) -> Latents:
         """The latents of a stream; `whole_grid`: it codes the padding's latents too (format
-        versions 1 and 2)."""
+        versions 1 and 2); `quality`: the file's level, needed where the weights code the
+        hyper-latents per level."""
         if len(payload) % 4:
             raise CorruptFileError("corrupt .drc file (latent stream length is not a whole number of words)")
         padded_height, padded_width = padded_size(height, width)
         hyper_shape = (self.model.config.channels, padded_height // HYPER_STRIDE, padded_width // HYPER_STRIDE)
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         tables = self.weights.latent_tables
+        hyper_coding = self.hyper_coding(hyper_shape, quality)  # raises before the try: not a corrupt file
         try:
             decoder = constriction.stream.queue.RangeDecoder(words)
-            hyper = decode_values(decoder, self._hyper_table_ids(hyper_shape), self.weights.hyper_tables)
+            hyper = decode_values(decoder, *hyper_coding)
             hyper = hyper.reshape(hyper_shape)
             mean, table_ids, scale = self._hyper_parameters(hyper, arithmetic)
             latents = Latents(hyper, np.zeros(table_ids.shape, dtype=np.int64), mean, table_ids,
@@ -424,17 +444,18 @@ class BaseCodec:
         return np.ascontiguousarray(x_hat[0, :, :height, :width].permute(1, 2, 0).numpy())
 
     def compress(self, rgb: np.ndarray, quality: float, search: SearchSettings = SearchSettings()) -> bytes:
-        return self.write_stream(self.analyse(rgb, quality, search))
+        return self.write_stream(self.analyse(rgb, quality, search), quality)
 
-    def information_bits(self, latents: Latents) -> tuple[float, float]:
+    def information_bits(self, latents: Latents, quality: float | None = None) -> tuple[float, float]:
         """Bits of the hyper-latents and of the coded latents, each value's -log2 of its
         probability under the table that codes it: where a stream's bytes go (the range coder's
         total is within a few bytes of their sum)."""
-        hyper = self.weights.hyper_tables.bits(latents.hyper, self._hyper_table_ids(latents.hyper.shape))
+        rows, tables = self.hyper_coding(latents.hyper.shape, quality)
+        hyper = tables.bits(latents.hyper, rows)
         coded = self.weights.latent_tables.bits(latents.coded(latents.symbols), latents.coded(latents.table_ids))
         return float(hyper.sum()), float(coded.sum())
 
     def decompress(self, payload: bytes, width: int, height: int, quality: float,
                    arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False) -> np.ndarray:
-        return self.synthesize(self.read_stream(payload, width, height, arithmetic, whole_grid), width, height,
-                               quality)
+        return self.synthesize(self.read_stream(payload, width, height, arithmetic, whole_grid, quality), width,
+                               height, quality)

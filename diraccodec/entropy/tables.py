@@ -119,6 +119,20 @@ def quantize_pmf(pmf: np.ndarray, tail_mass: float) -> np.ndarray:
     return frequencies
 
 
+def tables_from_counts(counts: np.ndarray, prior: TableSet, pseudo_counts: float) -> TableSet:
+    """Tables over the same values as `prior`'s, from counts of the values seen (the escape's
+    last in each row, as `prior` lays them out), each row drawn towards its prior row by
+    `pseudo_counts` values distributed as the prior's: rows seen little stay near the prior."""
+    rows = []
+    for index, row_counts in enumerate(counts):
+        length = int(prior.lengths[index % prior.count])
+        prior_row = prior.row(index % prior.count) / TOTAL
+        mass = np.asarray(row_counts[:length], dtype=np.float64) + pseudo_counts * prior_row
+        rows.append(quantize_pmf(mass[:-1] / mass.sum(), float(mass[-1] / mass.sum())))
+    offsets = [int(prior.offsets[index % prior.count]) for index in range(len(counts))]
+    return _pack(rows, offsets)
+
+
 def _pack(rows: list[np.ndarray], offsets: list[int]) -> TableSet:
     width = max(len(r) for r in rows)
     frequencies = np.zeros((len(rows), width), dtype=np.int64)

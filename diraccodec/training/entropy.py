@@ -1,4 +1,5 @@
-"""Rate-only fine-tuning of the base codec's entropy model on large latent grids.
+"""Rate-only fine-tuning of the base codec's entropy model on large latent grids, and tables
+for the hyper-latents of each level, counted.
 
 The joint training (`diraccodec.training.base`) sees 128x128 crops: grids of 8x8 latents
 and 2x2 hyper-latents, where every hyper-latent sits on a border. The hyperprior learnt
@@ -10,15 +11,20 @@ computed once per run from a seeded draw, so a resumed run trains on the same se
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from rich.console import Console
 from rich.progress import track
 
+from diraccodec.codec.base_codec import BaseCodec, BaseWeights
 from diraccodec.codec.hyperprior import MultiRateHyperprior
 from diraccodec.compute import thread_count_restored
+from diraccodec.entropy.tables import TableSet, tables_from_counts
 from diraccodec.errors import DiracError
 from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, load_base_weights
 from diraccodec.training.base import DEFAULT_TRAIN_DATA, hyperprior_modules
@@ -108,3 +114,35 @@ def train_entropy(options: EntropyTrainingOptions, console: Console | None = Non
         return rate_loss(run.step_model, batch, levels)
 
     return run_loop(run, options, next_loss, console, options.batch_size * options.patch_size**2)
+
+
+# Pseudo-counts drawing a level's fitted hyper table towards the shared one: a channel seen on
+# few hyper-latents keeps about the shared table's shape.
+LEVEL_TABLE_PSEUDO_COUNTS = 16.0
+
+
+def fit_level_tables(weights: BaseWeights, photos: Sequence[Path], console: Console | None = None,
+                     pseudo_counts: float = LEVEL_TABLE_PSEUDO_COUNTS) -> TableSet:
+    """Hyper tables for each whole level 0 .. num_levels, counted from the hyper-latents the
+    encoder makes of whole `photos` at their own scale at that level.
+
+    The factorized prior is one for all levels, while the hyper-latents of the low levels are
+    narrower: there a table of their own spends fewer bits on the side information. Nothing
+    trains: the model and its reconstructions stay as they are."""
+    console = console or Console(stderr=True)
+    codec = BaseCodec(weights)
+    shared = weights.hyper_tables
+    levels = weights.model.config.num_levels + 1
+    counts = np.zeros((levels * shared.count, shared.frequencies.shape[1]))
+    escape = shared.lengths - 1
+    with torch.no_grad():
+        for path in track(photos, description="hyper-latents", console=console, disable=not console.is_terminal):
+            with Image.open(path) as image:
+                y = codec.analysis_latents(np.asarray(image.convert("RGB")))
+            for level in range(levels):
+                _, hyper = codec.hyper_latents(y, float(level))
+                index = hyper.reshape(shared.count, -1) - shared.offsets[:, None]
+                index = np.where((index < 0) | (index >= escape[:, None]), escape[:, None], index)
+                rows = np.broadcast_to(np.arange(shared.count)[:, None] + level * shared.count, index.shape)
+                np.add.at(counts, (rows, index), 1)
+    return tables_from_counts(counts, shared, pseudo_counts)

@@ -1,0 +1,97 @@
+"""Hyper-latent tables per level: counted from photos, carried by a copy of the base weights,
+coding the same symbols (and so the same pixels) in fewer bytes where they fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import diraccodec
+from diraccodec.api import get_codec
+from diraccodec.cli import main
+from diraccodec.entropy.tables import TOTAL, TableSet, tables_from_counts
+from diraccodec.errors import DiracError
+from diraccodec.modelfiles import (
+    DEFAULT_BASE_WEIGHTS,
+    LEVEL_TABLES,
+    load_base_weights,
+    write_with_level_tables,
+)
+from diraccodec.training.entropy import fit_level_tables
+
+PRIOR = TableSet(np.array([[100, 65_000, 434, 2], [32_768, 32_767, 1, 0]]), np.array([-1, 0]), np.array([4, 3]))
+
+
+def test_tables_from_counts_follow_the_counts_and_stay_near_the_prior_where_few_were_seen():
+    counts = np.zeros((4, 4))
+    counts[2, 0] = 10_000  # level 1, channel 0: nearly always -1
+    tables = tables_from_counts(counts, PRIOR, pseudo_counts=16)
+    assert tables.count == 4 and np.array_equal(tables.offsets, [-1, 0, -1, 0])
+    for row in range(4):
+        assert tables.row(row).sum() == TOTAL and tables.row(row).min() >= 1
+    assert abs(int(tables.row(0)[1]) - 65_000) <= 2  # unseen: the prior, to rounding
+    assert tables.row(2)[0] > 60_000  # seen: the counts
+
+
+@pytest.fixture(scope="module")
+def level_weights(tmp_path_factory, sample_image) -> Path:
+    """Shipped base weights with tables counted on three crops of the sample."""
+    folder = tmp_path_factory.mktemp("level-tables")
+    photos = []
+    for index, box in enumerate(((0, 0, 192, 128), (192, 0, 384, 128), (0, 128, 192, 256))):
+        photos.append(folder / f"crop{index}.png")
+        sample_image.crop(box).save(photos[-1])
+    source = DEFAULT_BASE_WEIGHTS.resolve()
+    tables = fit_level_tables(load_base_weights(source), photos)
+    write_with_level_tables(source, folder / "base-levels.safetensors", tables, {"purpose": "test"})
+    return folder / "base-levels.safetensors"
+
+
+def test_per_level_tables_code_the_same_symbols_in_fewer_bytes(level_weights, sample_image):
+    photo = sample_image.crop((0, 0, 192, 128))  # one the tables were counted on
+    weights = load_base_weights(level_weights)
+    assert weights.weights_id != load_base_weights(DEFAULT_BASE_WEIGHTS.resolve()).weights_id
+    for level in (0, 1.5, 8):
+        shipped = diraccodec.encode(photo, level, effort=1)
+        counted = diraccodec.encode(photo, level, effort=1, weights=level_weights)
+        shipped_latents, counted_latents = (
+            codec.read_stream(diraccodec.inspect(data).header.sections[b"LATS"], *photo.size, quality=level)
+            for codec, data in ((get_codec(), shipped), (get_codec(level_weights), counted)))
+        assert np.array_equal(shipped_latents.hyper, counted_latents.hyper)
+        assert np.array_equal(shipped_latents.symbols, counted_latents.symbols)
+        assert np.array_equal(np.asarray(diraccodec.decode(shipped, restore=False)),
+                              np.asarray(diraccodec.decode(counted, weights=level_weights, restore=False)))
+        if level == 0:
+            assert len(counted) < len(shipped)
+
+
+def test_per_level_tables_need_the_level_and_are_checked_on_load(level_weights, small_image, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from diraccodec.modelfiles import record_in_manifest
+
+    codec = get_codec(level_weights)
+    data = diraccodec.encode(small_image.crop((0, 0, 32, 32)), 2, weights=level_weights)
+    with pytest.raises(ValueError, match="give the level"):
+        codec.read_stream(diraccodec.inspect(data).header.sections[b"LATS"], 32, 32)
+    tensors = load_file(str(level_weights))
+    tensors[f"{LEVEL_TABLES}.offsets"] = tensors[f"{LEVEL_TABLES}.offsets"][:-1]
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, str(broken), metadata={"config": load_base_weights(level_weights).metadata["config"]})
+    record_in_manifest(broken)
+    with pytest.raises(DiracError, match="not a diraccodec base weights file"):
+        load_base_weights(broken)
+
+
+def test_train_level_tables_writes_weights_from_training_photos(sample_image, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sample_image.crop((0, 0, 128, 128)).save(photos / "one.png")
+    output = tmp_path / "levels.safetensors"
+    result = CliRunner().invoke(main, ["train", "level-tables", str(output), "--data", str(photos)])
+    assert result.exit_code == 0, result.output
+    assert "counted on 1 photos" in result.output
+    assert load_base_weights(output).hyper_level_tables is not None
