@@ -289,6 +289,37 @@ def export_restoration_weights(
     _export_unet(model.unet, base_weights_id, path, info, kind="restoration")
 
 
+def retie_unets(source_base: Path, new_base: Path, restoration: Path, diffusion: Path,
+                folder: Path) -> tuple[Path, Path]:
+    """Copies of a restoration filter and a diffusion decoder made for `source_base`, naming
+    `new_base` instead, in `folder`: for base weights that reconstruct exactly as their source
+    (the same model, other tables), whose pixels the U-Nets were trained on."""
+    old, new = load_base_weights(Path(source_base).resolve()), load_base_weights(Path(new_base).resolve())
+    old_state, new_state = old.model.state_dict(), new.model.state_dict()
+    if old_state.keys() != new_state.keys() or not all(torch.equal(old_state[k], new_state[k]) for k in old_state):
+        raise DiracError(f"{new.path.name} does not reconstruct as {old.path.name}: its U-Nets need training")
+    filter_weights = load_restoration_weights(restoration)
+    decoder = load_diffusion_weights(Path(diffusion).resolve())
+    assert filter_weights is not None and decoder is not None  # explicit paths load or raise
+    for name, tied_to in (("restoration", filter_weights.base_weights_id), ("diffusion", decoder.base_weights_id)):
+        if tied_to != old.weights_id:
+            raise DiracError(f"the {name} weights name base {tied_to.hex()}, not {old.weights_id.hex()}")
+    if decoder.restoration_weights_id not in (None, filter_weights.weights_id):
+        raise DiracError("the diffusion decoder enhances another restoration filter")
+    retied = {"retied_from_base": old.weights_id.hex()}
+    restoration_out, diffusion_out = Path(folder) / "restoration.safetensors", Path(folder) / "diffusion.safetensors"
+    export_restoration_weights(filter_weights.model, new.weights_id, restoration_out,
+                               {**json.loads(filter_weights.metadata["info"]), **retied})
+    _load_restoration_file.cache_clear()  # the file at restoration_out may have been read before
+    new_filter = load_restoration_weights(restoration_out)
+    assert new_filter is not None
+    export_diffusion_weights(decoder.model, decoder.settings, new.weights_id, diffusion_out,
+                             {**json.loads(decoder.metadata["info"]), **retied},
+                             new_filter.weights_id if decoder.restoration_weights_id else None, decoder.finishing)
+    load_diffusion_weights.cache_clear()
+    return restoration_out, diffusion_out
+
+
 def export_base_weights(model: MultiRateHyperprior, path: Path, info: dict[str, object]) -> None:
     """Write the inference weights with their entropy tables (built here, once)."""
     model = model.cpu().eval()

@@ -86,12 +86,38 @@ def test_per_level_tables_need_the_level_and_are_checked_on_load(level_weights, 
         load_base_weights(broken)
 
 
-def test_train_level_tables_writes_weights_from_training_photos(sample_image, tmp_path):
+def test_train_level_tables_writes_a_weights_set_that_decodes_the_same_pixels(sample_image, tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     photos.mkdir()
     sample_image.crop((0, 0, 128, 128)).save(photos / "one.png")
-    output = tmp_path / "levels.safetensors"
+    output = tmp_path / "levels"
     result = CliRunner().invoke(main, ["train", "level-tables", str(output), "--data", str(photos)])
     assert result.exit_code == 0, result.output
     assert "counted on 1 photos" in result.output
-    assert load_base_weights(output).hyper_level_tables is not None
+    base = load_base_weights((output / "base.safetensors").resolve())
+    assert base.hyper_level_tables is not None
+    photo = sample_image.crop((128, 64, 224, 160))
+    shipped = diraccodec.encode(photo, 1)
+    expected = {steps: np.asarray(diraccodec.decode(shipped, steps=steps)) for steps in (0, 2)}
+    for variable, name in (("DIRAC_WEIGHTS", "base"), ("DIRAC_RESTORATION_WEIGHTS", "restoration"),
+                           ("DIRAC_DIFFUSION_WEIGHTS", "diffusion")):
+        monkeypatch.setenv(variable, str(output / f"{name}.safetensors"))
+    counted = diraccodec.encode(photo, 1)
+    assert diraccodec.inspect(counted).header.weights_id == base.weights_id
+    for steps, pixels in expected.items():  # the filter and the decoder name the new weights
+        assert np.array_equal(np.asarray(diraccodec.decode(counted, steps=steps)), pixels)
+
+
+def test_unets_are_not_tied_to_weights_that_reconstruct_otherwise(tmp_path):
+    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.modelfiles import (
+        DEFAULT_DIFFUSION_WEIGHTS,
+        DEFAULT_RESTORATION_WEIGHTS,
+        export_base_weights,
+        retie_unets,
+    )
+
+    other = tmp_path / "other.safetensors"
+    export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 8)), other, {"purpose": "test"})
+    with pytest.raises(DiracError, match="does not reconstruct as"):
+        retie_unets(DEFAULT_BASE_WEIGHTS, other, DEFAULT_RESTORATION_WEIGHTS, DEFAULT_DIFFUSION_WEIGHTS, tmp_path)

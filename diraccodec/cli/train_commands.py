@@ -157,15 +157,22 @@ def train_entropy_command(data: tuple[Path, ...], weights: Path | None, **loop: 
 
 
 @train.command("level-tables")
-@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
 @training_data_option
 @click.option("--every", type=click.IntRange(1), default=1, show_default=True,
               help="Count every N-th training photo (held-out photos are never read).")
 @weights_option
 @reports_errors
 def train_level_tables_command(output: Path, data: tuple[Path, ...], every: int, weights: Path | None) -> None:
-    """Count hyper-latent tables for each level: base weights that code the side information in fewer bits."""
-    from diraccodec.modelfiles import default_weights_path, load_base_weights, write_with_level_tables
+    """Count hyper-latent tables per level into a weights folder: the same pixels in fewer bytes."""
+    from diraccodec.modelfiles import (
+        default_diffusion_path,
+        default_restoration_path,
+        default_weights_path,
+        load_base_weights,
+        retie_unets,
+        write_with_level_tables,
+    )
     from diraccodec.training.data import training_images
     from diraccodec.training.entropy import LEVEL_TABLE_PSEUDO_COUNTS, fit_level_tables
 
@@ -173,12 +180,23 @@ def train_level_tables_command(output: Path, data: tuple[Path, ...], every: int,
     photos = training_images(data)[::every]
     if not photos:
         raise DiracError(f"no training photos under {', '.join(map(str, data))}")
-    tables = fit_level_tables(load_base_weights(source), photos, console)
-    write_with_level_tables(source, output, tables, {"photos": len(photos), "every": every,
-                                                     "pseudo_counts": LEVEL_TABLE_PSEUDO_COUNTS,
-                                                     "data": [str(folder) for folder in data]})
-    console.print(f"wrote {output}: hyper tables for levels 0-{load_base_weights(source).model.config.num_levels} "
+    base = load_base_weights(source)
+    tables = fit_level_tables(base, photos, console)
+    write_with_level_tables(source, output / "base.safetensors", tables, {
+        "photos": len(photos), "every": every, "pseudo_counts": LEVEL_TABLE_PSEUDO_COUNTS,
+        "data": [str(folder) for folder in data]})
+    console.print(f"wrote {output / 'base.safetensors'}: hyper tables for levels 0-{base.model.config.num_levels} "
                   f"counted on {len(photos)} photos")
+    restoration, diffusion = default_restoration_path(), default_diffusion_path()
+    if not (restoration.exists() and diffusion.exists()):
+        console.print("no restoration filter and diffusion decoder installed to carry over")
+        return
+    try:
+        written = retie_unets(source, output / "base.safetensors", restoration, diffusion, output)
+    except DiracError as error:
+        console.print(f"the installed restoration filter and diffusion decoder are not carried over: {error}")
+        return
+    console.print(f"wrote {' and '.join(map(str, written))}, naming the new base weights")
 
 
 @train.command("pack")
