@@ -155,6 +155,7 @@ def write_with_level_tables(source: Path, destination: Path, tables: TableSet, i
     recorded = json.loads(metadata.get("info", "{}"))
     metadata = {**metadata, "info": json.dumps({**recorded, "hyper_level_tables": info})}
     _save_listed(tensors, metadata, Path(destination))
+    load_base_weights.cache_clear()  # the file at `destination` may have been read before
 
 
 @dataclass

@@ -22,8 +22,10 @@ what is done. The output holds at most 6 files of at most 15 MiB: the base weigh
 the two U-Nets, the log and candidate.json (each stage's summary, each file's SHA-256). `join`
 puts the base back together, checks every file, gives the diffusion decoder the sampler and
 finishing settings of a reference file (the shipped one by default), carried to the
-candidate's ladder level by level (diraccodec.diffusion.finishing.settings_on_ladder), lists
-the three in a manifest and prints the evaluation command.
+candidate's ladder level by level (diraccodec.diffusion.finishing.settings_on_ladder), gives
+the base hyper-latent tables per level counted on the training photos and ties the U-Nets to
+it (as `dirac train level-tables`), lists the files in a manifest and prints the evaluation
+command.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import torch  # noqa: E402
 import train_gpu  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from diraccodec.codec.base_codec import BaseWeights  # noqa: E402
 from diraccodec.diffusion.finishing import FinishingSettings, settings_on_ladder  # noqa: E402
 from diraccodec.diffusion.sampler import SamplerSettings  # noqa: E402
 from diraccodec.errors import DiracError  # noqa: E402
@@ -61,10 +64,14 @@ from diraccodec.modelfiles import (  # noqa: E402
     load_restoration_weights,
     record_in_manifest,
     replace_diffusion_settings,
+    retie_unets,
     write_half_precision_copy,
+    write_with_level_tables,
 )
 from diraccodec.perceptual.weights import CACHE_ENV, perceptual_weights  # noqa: E402
 from diraccodec.training.checkpoint import summary_path  # noqa: E402
+from diraccodec.training.data import training_images  # noqa: E402
+from diraccodec.training.entropy import fit_level_tables  # noqa: E402
 
 STAGES = ("base", "restoration", "diffusion")
 WEIGHTS = {stage: f"{stage}.safetensors" for stage in STAGES}
@@ -72,6 +79,8 @@ LPIPS_NETWORK = "vgg16"  # the diffusion decoder's training loss (the evaluation
 # The ladder from 0.05 bpp (level 1, lambda 0.0001) to the shipped top level, geometric.
 LADDER = (0.0001, 0.000268, 0.00072, 0.00193, 0.00518, 0.0139, 0.0373, 0.1)
 PART_BYTES = 15 * 2**20  # returned files stay under 16 MiB
+TRAINING_PHOTOS = ROOT.parent / "shared" / "data" / "train"  # beside the checkout, where join runs
+SHARED_TABLES_BASE = "base-shared-tables.safetensors"  # the trained base, before the level tables
 SHORTEST_STAGE_MINUTES = 0.1  # a stage left no time still starts, saves and exports
 # Each stage's options beyond data, state, budget and export: how the shipped models trained
 # on a GPU (docs/models.md), at a learning rate for fine-tuning.
@@ -240,8 +249,10 @@ def reference_settings(path: Path, ladder: tuple[float, ...]) -> tuple[SamplerSe
     return settings_on_ladder(reference.settings, reference.finishing, chosen_for, ladder)
 
 
-def join(output: Path, destination: Path, settings_from: Path | None) -> None:
-    """The returned weights whole again, checked against candidate.json and tied together, in DESTINATION."""
+def join(output: Path, destination: Path, settings_from: Path | None, level_tables_from: Path | None = None) -> None:
+    """The returned weights whole again, checked against candidate.json and tied together, in
+    DESTINATION; with `level_tables_from`, its base carries hyper-latent tables per level counted
+    on those training photos (the trained base, without them, kept as base-shared-tables)."""
     try:
         record = json.loads((output / "candidate.json").read_text())
         files = {name: b"".join((output / part).read_bytes() for part in entry["parts"])
@@ -269,10 +280,28 @@ def join(output: Path, destination: Path, settings_from: Path | None) -> None:
         sampler, finishing = reference_settings(settings_from.resolve(), base.model.config.lambdas)
         replace_diffusion_settings(destination / WEIGHTS["diffusion"], destination / WEIGHTS["diffusion"],
                                    sampler, finishing)
+    if level_tables_from is not None:
+        base = add_level_tables(destination, level_tables_from)
     print(f"{destination}: base {base.weights_id.hex()}, restoration and diffusion decoder on it")
     print(f"evaluate: DIRAC_WEIGHTS={destination / WEIGHTS['base']} "
           f"DIRAC_RESTORATION_WEIGHTS={destination / WEIGHTS['restoration']} "
           f"DIRAC_DIFFUSION_WEIGHTS={destination / WEIGHTS['diffusion']} dirac eval ...")
+
+
+def add_level_tables(folder: Path, photos_folder: Path) -> BaseWeights:
+    """Give the folder's base hyper-latent tables per level (as `dirac train level-tables`) and
+    tie its U-Nets to it; the base without them stays beside it as SHARED_TABLES_BASE."""
+    photos = training_images([photos_folder])
+    if not photos:
+        raise DiracError(f"no training photos under {photos_folder} to count the level tables on")
+    base_path, shared_path = folder / WEIGHTS["base"], folder / SHARED_TABLES_BASE
+    os.replace(base_path, shared_path)
+    record_in_manifest(shared_path)
+    load_base_weights.cache_clear()  # the path now holds other weights
+    tables = fit_level_tables(load_base_weights(shared_path.resolve()), photos)
+    write_with_level_tables(shared_path, base_path, tables, {"photos": len(photos), "data": [str(photos_folder)]})
+    retie_unets(shared_path, base_path, folder / WEIGHTS["restoration"], folder / WEIGHTS["diffusion"], folder)
+    return load_base_weights(base_path.resolve())
 
 
 def parser() -> argparse.ArgumentParser:
@@ -331,6 +360,11 @@ def parser() -> argparse.ArgumentParser:
                               "(default: the shipped ones).")
     joining.add_argument("--trained-settings", dest="settings_from", action="store_const", const=None,
                          help="Keep the settings the export wrote (no finishing).")
+    joining.add_argument("--level-tables-from", type=Path, default=TRAINING_PHOTOS,
+                         help="Training photos to count the base's hyper-latent tables per level on "
+                              f"(default {TRAINING_PHOTOS}).")
+    joining.add_argument("--no-level-tables", dest="level_tables_from", action="store_const", const=None,
+                         help="Keep the shared hyper-latent tables.")
     return cli
 
 
@@ -340,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.command == "pack":
             pack(arguments.start, arguments.weights, arguments.lpips)
         elif arguments.command == "join":
-            join(arguments.output, arguments.destination, arguments.settings_from)
+            join(arguments.output, arguments.destination, arguments.settings_from, arguments.level_tables_from)
         else:
             return train(arguments)
     except DiracError as error:

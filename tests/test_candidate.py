@@ -26,6 +26,7 @@ from diraccodec.modelfiles import (
     RESTORATION_ENV,
     load_base_weights,
     load_diffusion_weights,
+    load_restoration_weights,
     load_unet_weights,
     read_manifest,
 )
@@ -113,8 +114,12 @@ def test_a_candidate_trains_travels_in_parts_and_joins_into_weights_that_code(sc
     log = (output / "candidate.log").read_text()
     assert log.count("summary {") == 3
 
-    assert script.main(["join", str(output), str(candidate)]) == 0
+    assert script.main(["join", str(output), str(candidate), "--level-tables-from", str(photos)]) == 0
     base = load_base_weights(candidate / "base.safetensors")
+    # hyper-latent tables per level, counted on the photos; the trained base kept beside it
+    shared = load_base_weights(candidate / script.SHARED_TABLES_BASE)
+    assert base.hyper_level_tables is not None and shared.hyper_level_tables is None
+    assert all(torch.equal(value, shared.model.state_dict()[key]) for key, value in base.model.state_dict().items())
     assert base.model.config.context == "checkerboard"
     assert (base.model.config.analysis_width, base.model.config.synthesis_width) == (112, 96)
     assert base.model.config.latent_channels == 176
@@ -127,6 +132,9 @@ def test_a_candidate_trains_travels_in_parts_and_joins_into_weights_that_code(sc
     shipped = load_diffusion_weights(DEFAULT_DIFFUSION_WEIGHTS)
     assert diffusion is not None and shipped is not None
     assert diffusion.base_weights_id == base.weights_id
+    restoration = load_restoration_weights(candidate / "restoration.safetensors")
+    assert restoration is not None and restoration.base_weights_id == base.weights_id
+    assert diffusion.restoration_weights_id in (None, restoration.weights_id)
     carried = settings_on_ladder(shipped.settings, shipped.finishing, load_base_weights().model.config.lambdas,
                                  script.LADDER)
     assert (diffusion.settings, diffusion.finishing) == carried != (shipped.settings, shipped.finishing)
