@@ -83,6 +83,24 @@ def test_unknown_reference_codec_is_one_line_error(tmp_path: Path, sample_image:
                                                   "choose from jpeg, webp, avif, jxl"]
 
 
+def test_reference_settings_replace_a_references_qualities(tmp_path: Path, sample_image: Image.Image):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sample_image.crop((0, 0, 64, 64)).save(folder / "a.png")
+    report_path = tmp_path / "eval.json"
+    result = CliRunner().invoke(main, ["eval", "--data", str(folder), "--levels", "0,3", "--references", "avif",
+                                       "--reference-settings", "AVIF=0,30", "--json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    points = json.loads(report_path.read_text())["points"]
+    assert [p["setting"] for p in points if p["codec"] == "AVIF"] == [0, 30]
+    assert [p["setting"] for p in points if p["codec"] == "diraccodec"] == [0, 3]
+    for bad, message in ((["--references", "avif", "--reference-settings", "webp=10"], "not among the references"),
+                         (["--reference-settings", "avif=60,30"], "ascending"),
+                         (["--reference-settings", "avif=0,101"], "from 0 to 100")):
+        result = CliRunner().invoke(main, ["eval", "--data", str(folder), *bad])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and message in result.output
+
+
 def test_compare_picture_puts_four_panels_side_by_side(tmp_path: Path, sample_image: Image.Image,
                                                       diffusion_weights: Path, monkeypatch):
     monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(diffusion_weights))

@@ -24,6 +24,22 @@ from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
 
 
+def parse_reference_settings(texts: tuple[str, ...], keys: list[str]) -> dict[str, list[float]]:
+    """`KEY=Q1,Q2,...` texts as each chosen reference's qualities."""
+    settings: dict[str, list[float]] = {}
+    for text in texts:
+        key, _, values = text.partition("=")
+        key = key.strip().lower()
+        if key not in keys:
+            raise DiracError(f"--reference-settings {text!r}: {key!r} is not among the references "
+                             f"({', '.join(keys) or 'none'})")
+        qualities = parse_list(values, float, "--reference-settings")
+        if not qualities or any(not 0 <= q <= 100 for q in qualities) or qualities != sorted(set(qualities)):
+            raise DiracError(f"--reference-settings {text!r}: give qualities from 0 to 100 in ascending order")
+        settings[key] = qualities
+    return settings
+
+
 @click.command("eval")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=Path("../shared/data/kodak"), show_default=True, help="Folder of test images.")
@@ -42,6 +58,9 @@ from diraccodec.errors import DiracError
 @click.option("--references", default="jpeg,webp,avif,jxl", show_default=True,
               help="Codecs to run in the same run (jpeg, webp, avif, jxl), or 'none'.")
 @click.option("--no-references", is_flag=True, help="Same as --references none.")
+@click.option("--reference-settings", "reference_settings", multiple=True, metavar="KEY=Q1,Q2,...",
+              help="Other qualities (0-100, ascending) for one of the references, e.g. avif=0,4,10,20 "
+                   "(repeatable; defaults in docs/user-guide.md).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("runs/eval.json"), show_default=True,
               help="Every figure; rewritten after each setting, so a stopped run keeps its figures.")
@@ -51,9 +70,9 @@ from diraccodec.errors import DiracError
 @weights_option
 @reports_errors
 def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels: str, steps_text: str, seed: int,
-                     efforts_text: str, device: str, exact: bool, references: str, no_references: bool, json_path: Path,
-                     markdown: Path | None, plot_path: Path | None, perception_plot: Path | None,
-                     weights: Path | None) -> None:
+                     efforts_text: str, device: str, exact: bool, references: str, no_references: bool,
+                     reference_settings: tuple[str, ...], json_path: Path, markdown: Path | None,
+                     plot_path: Path | None, perception_plot: Path | None, weights: Path | None) -> None:
     """Rate-distortion (and distortion-perception) evaluation on a folder of images (default: Kodak)."""
     from diraccodec.evaluation.codecs import REFERENCE_KEYS, diraccodec_codec, reference_codecs
     from diraccodec.evaluation.run import (
@@ -74,7 +93,7 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
     if unknown := [k for k in keys if k not in REFERENCE_KEYS]:
         raise DiracError(f"unknown reference codec {unknown[0]!r}; choose from {', '.join(REFERENCE_KEYS)}")
     # the references first: they are quick, so a long run that is stopped still has them
-    codecs = reference_codecs(keys)
+    codecs = reference_codecs(keys, parse_reference_settings(reference_settings, keys))
     efforts = parse_list(efforts_text, int, "--effort")
     if not efforts or any(effort not in EFFORT_PASSES for effort in efforts):
         raise DiracError(f"--effort takes efforts between {min(EFFORT_PASSES)} and {max(EFFORT_PASSES)}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +94,13 @@ def decode_with_pillow(data: bytes) -> Image.Image:
 
 REFERENCE_KEYS = ("jpeg", "webp", "avif", "jxl")
 AVIF_OPTIONS = {"speed": 6}
+# Each reference's qualities, lowest rate first: from a blurry image to near transparency.
+REFERENCE_SETTINGS: dict[str, tuple[float, ...]] = {
+    "jpeg": (5, 10, 20, 30, 45, 60, 75, 85, 92),
+    "webp": (5, 15, 30, 45, 60, 75, 85, 95),
+    "avif": (10, 20, 35, 50, 60, 70, 80, 90),
+    "jxl": (10, 25, 40, 55, 70, 80, 88, 95),
+}
 
 
 def register_jpeg_xl() -> None:
@@ -104,15 +111,17 @@ def register_jpeg_xl() -> None:
         raise DiracError("the JPEG XL reference needs pillow-jxl-plugin: pip install 'diraccodec[eval]'") from None
 
 
-def reference_codecs(keys: Sequence[str] = REFERENCE_KEYS) -> list[CodecUnderTest]:
-    """JPEG (4:2:0, optimised Huffman), WebP, AVIF and JPEG XL as people ship them."""
+def reference_codecs(keys: Sequence[str] = REFERENCE_KEYS,
+                     settings: Mapping[str, Sequence[float]] | None = None) -> list[CodecUnderTest]:
+    """JPEG (4:2:0, optimised Huffman), WebP, AVIF and JPEG XL as people ship them, at
+    REFERENCE_SETTINGS or at the qualities `settings` gives a key."""
     if "jxl" in keys:
         register_jpeg_xl()
-
-    available = {
-        "jpeg": pillow_codec("JPEG", "JPEG", (5, 10, 20, 30, 45, 60, 75, 85, 92), optimize=True),
-        "webp": pillow_codec("WebP", "WEBP", (5, 15, 30, 45, 60, 75, 85, 95), method=6),
-        "avif": pillow_codec("AVIF", "AVIF", (10, 20, 35, 50, 60, 70, 80, 90), **AVIF_OPTIONS),
-        "jxl": pillow_codec("JPEG XL", "JXL", (10, 25, 40, 55, 70, 80, 88, 95), effort=7),
+    qualities = {**REFERENCE_SETTINGS, **(settings or {})}
+    builders = {
+        "jpeg": lambda values: pillow_codec("JPEG", "JPEG", values, optimize=True),
+        "webp": lambda values: pillow_codec("WebP", "WEBP", values, method=6),
+        "avif": lambda values: pillow_codec("AVIF", "AVIF", values, **AVIF_OPTIONS),
+        "jxl": lambda values: pillow_codec("JPEG XL", "JXL", values, effort=7),
     }
-    return [available[key] for key in keys]
+    return [builders[key](qualities[key]) for key in keys]
