@@ -83,10 +83,16 @@ def test_unknown_reference_codec_is_one_line_error(tmp_path: Path, sample_image:
                                                   "choose from jpeg, webp, avif, jxl"]
 
 
-def test_reference_settings_replace_a_references_qualities(tmp_path: Path, sample_image: Image.Image):
+def image_folder(tmp_path: Path, image: Image.Image, box: tuple[int, int, int, int]) -> Path:
+    """A folder holding one crop of `image`, as a.png."""
     folder = tmp_path / "images"
     folder.mkdir()
-    sample_image.crop((0, 0, 64, 64)).save(folder / "a.png")
+    image.crop(box).save(folder / "a.png")
+    return folder
+
+
+def test_reference_settings_replace_a_references_qualities(tmp_path: Path, sample_image: Image.Image):
+    folder = image_folder(tmp_path, sample_image, (0, 0, 64, 64))
     report_path = tmp_path / "eval.json"
     result = CliRunner().invoke(main, ["eval", "--data", str(folder), "--levels", "0,3", "--references", "avif",
                                        "--reference-settings", "AVIF=0,30", "--json", str(report_path)])
@@ -131,9 +137,7 @@ def test_avif_at_most_picks_the_best_quality_within_the_size(sample_image: Image
 
 
 def test_report_rebuilds_tables_and_plots_from_a_run_stopped_part_way(tmp_path: Path, sample_image: Image.Image):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    sample_image.crop((0, 0, 96, 64)).save(folder / "a.png")
+    folder = image_folder(tmp_path, sample_image, (0, 0, 96, 64))
     report_path = tmp_path / "eval.json"
     result = CliRunner().invoke(main, ["eval", "--data", str(folder), "--levels", "2,5,7", "--references", "jpeg",
                                        "--json", str(report_path)])
