@@ -123,13 +123,13 @@ def tables_from_counts(counts: np.ndarray, prior: TableSet, pseudo_counts: float
     """Tables over the same values as `prior`'s, from counts of the values seen (the escape's
     last in each row, as `prior` lays them out), each row drawn towards its prior row by
     `pseudo_counts` values distributed as the prior's: rows seen little stay near the prior."""
-    rows = []
+    rows, offsets = [], []
     for index, row_counts in enumerate(counts):
-        length = int(prior.lengths[index % prior.count])
-        prior_row = prior.row(index % prior.count) / TOTAL
-        mass = np.asarray(row_counts[:length], dtype=np.float64) + pseudo_counts * prior_row
+        source = index % prior.count  # the prior's row for the same values
+        prior_row = prior.row(source) / TOTAL
+        mass = np.asarray(row_counts[: len(prior_row)], dtype=np.float64) + pseudo_counts * prior_row
         rows.append(quantize_pmf(mass[:-1] / mass.sum(), float(mass[-1] / mass.sum())))
-    offsets = [int(prior.offsets[index % prior.count]) for index in range(len(counts))]
+        offsets.append(int(prior.offsets[source]))
     return _pack(rows, offsets)
 
 
