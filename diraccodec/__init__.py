@@ -11,4 +11,4 @@ from diraccodec.errors import DiracError  # noqa: E402
 plugin.register()  # Image.open and Image.save then know .drc files
 
 __all__ = ["DiracError", "decode", "encode", "inspect"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -228,11 +228,13 @@ class _Encoder:
 
 
 def _codec_for_file(header: drc.DrcFile, weights: str | Path | None, compute: Compute) -> BaseCodec:
-    """The base codec of `weights`, which must be the weights that made the file."""
+    """The base codec of `weights` as it reads the file: the weights that made it, or the same
+    model with level tables added since (BaseWeights.coding_for)."""
     codec = get_codec(weights, compute)
-    if header.weights_id != codec.weights.weights_id:
+    reader = codec.for_file(header.weights_id)
+    if reader is None:
         raise WrongWeightsError(_wrong_weights_message(header.weights_id, codec.weights))
-    return codec
+    return reader
 
 
 def _wrong_weights_message(file_weights: bytes, loaded: BaseWeights) -> str:
@@ -400,8 +402,8 @@ def stream_bytes(data: bytes, *, weights: str | Path | None = None,
         codec = _codec_for_file(header, weights, compute_for("cpu"))
         rules = STREAM_RULES[header.version]
         payload = header.sections[drc.TAG_LATENTS]
-        latents = codec.read_stream(payload, header.width, header.height, rules.arithmetic, rules.whole_grid,
-                                    header.quality)
+        latents = codec.read_stream(payload, header.width, header.height, header.quality, rules.arithmetic,
+                                    rules.whole_grid)
         hyper_bits, latent_bits = codec.information_bits(latents, header.quality)
     return StreamBytes(hyper_bits / 8, latent_bits / 8, len(payload))
 

@@ -129,7 +129,7 @@ def time_image(path: Path, options: BenchOptions) -> dict[str, float]:
         image, level, effort=options.effort, weights=options.weights, device=options.device))
     payload = api.inspect(encoded).header.sections[b"LATS"]
     seconds["entropy decoding"], decoded = fastest(
-        options.repeat, lambda: codec.read_stream(payload, width, height, quality=level))
+        options.repeat, lambda: codec.read_stream(payload, width, height, level))
     seconds["synthesis"], base = fastest(options.repeat, lambda: codec.synthesize(decoded, width, height, level))
     restorer = api.get_restorer(codec)
     if restorer is not None:

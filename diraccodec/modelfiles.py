@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load, save_file
+from safetensors.torch import load, save
 
 from diraccodec.codec.base_codec import BaseWeights, check_fixed_point
 from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
@@ -93,10 +92,12 @@ def read_verified(path: Path) -> tuple[bytes, str]:
     return data, digest
 
 
-def _parse(path: Path, data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _parse(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata, the metadata in the order the file lists it: written back in that
+    order, the same tensors and metadata give the same bytes, so the same id."""
     tensors = load(data)
-    with safe_open(str(path), framework="pt") as handle:
-        return tensors, handle.metadata() or {}
+    header_size = int.from_bytes(data[:8], "little")
+    return tensors, dict(json.loads(data[8 : 8 + header_size]).get("__metadata__") or {})
 
 
 @functools.lru_cache(maxsize=4)
@@ -104,7 +105,7 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
     path = Path(path or default_weights_path())
     data, digest = read_verified(path)
     try:
-        tensors, metadata = _parse(path, data)
+        tensors, metadata = _parse(data)
         fields = json.loads(metadata["config"])
         model = MultiRateHyperprior(HyperpriorConfig.from_fields(fields))
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -128,10 +129,14 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
         path=path,
         metadata=metadata,
         hyper_level_tables=level_tables,
+        shared_tables_id=bytes.fromhex(metadata[SHARED_TABLES_ID]) if SHARED_TABLES_ID in metadata else None,
     )
 
 
 LEVEL_TABLES = "tables.hyper_levels"  # optional: the hyper-latents' tables per whole level
+# Metadata of weights with level tables: the id of the same model with its shared tables alone,
+# whose files these weights still decode (BaseWeights.coding_for)
+SHARED_TABLES_ID = "shared_tables_weights_id"
 
 
 def check_level_tables(tables: TableSet, shared: TableSet, num_levels: int) -> None:
@@ -150,12 +155,38 @@ def write_with_level_tables(source: Path, destination: Path, tables: TableSet, i
     weights = load_base_weights(Path(source).resolve())
     check_level_tables(tables, weights.hyper_tables, weights.model.config.num_levels)
     data, _ = read_verified(weights.path)
-    tensors, metadata = _parse(weights.path, data)
+    tensors, metadata = _parse(data)
     tensors.update(tables.as_tensors(LEVEL_TABLES))
     recorded = json.loads(metadata.get("info", "{}"))
     metadata = {**metadata, "info": json.dumps({**recorded, "hyper_level_tables": info})}
+    shared = weights.weights_id if weights.hyper_level_tables is None else weights.shared_tables_id
+    if shared is not None:  # the files of the weights without level tables still decode
+        metadata[SHARED_TABLES_ID] = shared.hex()
     _save_listed(tensors, metadata, Path(destination))
     load_base_weights.cache_clear()  # the file at `destination` may have been read before
+
+
+def write_shared_tables_copy(source: Path, destination: Path) -> bytes:
+    """The weights that `source`'s level tables were added to (write_with_level_tables): the
+    same model coding every level with its shared tables, byte for byte, so with the id that
+    files of that earlier release carry. Returns the id, checked against the one `source` names."""
+    weights = load_base_weights(Path(source).resolve())
+    if weights.shared_tables_id is None:
+        raise DiracError(f"{weights.path.name} names no weights with shared tables alone")
+    data, _ = read_verified(weights.path)
+    tensors, metadata = _parse(data)
+    tensors = {name: tensor for name, tensor in tensors.items() if not name.startswith(f"{LEVEL_TABLES}.")}
+    recorded = json.loads(metadata["info"])
+    recorded.pop("hyper_level_tables", None)
+    metadata = {key: json.dumps(recorded) if key == "info" else value
+                for key, value in metadata.items() if key != SHARED_TABLES_ID}
+    _save_listed(tensors, metadata, Path(destination))
+    load_base_weights.cache_clear()
+    written = load_base_weights(Path(destination).resolve()).weights_id
+    if written != weights.shared_tables_id:
+        raise DiracError(f"the copy of {weights.path.name} without level tables is {written.hex()}, "
+                         f"not the {weights.shared_tables_id.hex()} it names")
+    return written
 
 
 @dataclass
@@ -184,7 +215,7 @@ def _unet_file(path: Path, kind: str) -> tuple[ResidualUNet, bytes, dict[str, st
     """A U-Net weights file (diffusion decoder or restoration filter), its base's id and its own."""
     data, digest = read_verified(path)
     try:
-        tensors, metadata = _parse(path, data)
+        tensors, metadata = _parse(data)
         return _unet(tensors, metadata), bytes.fromhex(metadata["base_weights_id"]), metadata, bytes.fromhex(digest)[:8]
     except (KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError) as error:
         raise DiracError(f"{path} is not a diraccodec {kind} weights file ({error})") from None
@@ -342,26 +373,42 @@ def export_base_weights(model: MultiRateHyperprior, path: Path, info: dict[str, 
     _save_listed(tensors, metadata, path)
 
 
+def serialized(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors bytes with the metadata in `metadata`'s order. safetensors writes it in
+    a hash map's order, which changes from one process to the next; the weights id is the
+    file's hash, so the same tensors and metadata must always give the same bytes."""
+    data = save(tensors, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(metadata)
+    ordered = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(ordered) > size:  # the same fields in another order: never longer
+        raise DiracError("safetensors wrote a header that cannot be put in order")
+    return data[:8] + ordered.ljust(size) + data[8 + size :]
+
+
 def _save_listed(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
     """Write atomically, then list the file with its hash in the manifest beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temporary), metadata=metadata)
-    os.chmod(temporary, 0o644)  # safetensors creates it readable by its owner only
+    temporary.write_bytes(serialized(tensors, metadata))
+    os.chmod(temporary, 0o644)
     os.replace(temporary, path)
     record_in_manifest(path)
 
 
 def write_half_precision_copy(source: Path, destination: Path) -> None:
     """A copy of a weights file with the model's parameters in float16, about half the size, to
-    carry a training run's start where the bytes that travel are few. The entropy tables and
-    the metadata are kept; the copy records the original's id and is listed in the manifest
+    carry a training run's start where the bytes that travel are few. The shared entropy
+    tables and the metadata are kept, not the tables per level or the id of weights whose
+    files it would read; the copy records the original's id and is listed in the manifest
     beside it. It is a start for training, not for coding: its parameters are rounded, its
     tables are the original's."""
     data, digest = read_verified(Path(source))
-    tensors, metadata = _parse(Path(source), data)
+    tensors, metadata = _parse(data)
     halved = {name: tensor.half() if name.startswith("model.") and tensor.is_floating_point() else tensor
-              for name, tensor in tensors.items()}
+              for name, tensor in tensors.items() if not name.startswith(f"{LEVEL_TABLES}.")}
+    metadata = {key: value for key, value in metadata.items() if key != SHARED_TABLES_ID}
     _save_listed(halved, {**metadata, "half_precision_copy_of": digest[:16]}, Path(destination))
 
 
@@ -372,6 +419,18 @@ def read_manifest(folder: Path) -> dict[str, dict[str, object]]:
         return {}
     except (OSError, json.JSONDecodeError) as error:
         raise DiracError(f"cannot read {folder / MANIFEST}: {error}") from None
+
+
+def models_in_use(base: Path | None = None) -> dict[str, str | None]:
+    """The ids (16 hex digits, as in .drc headers) of the base, restoration and diffusion weights
+    that decoding would load, from their manifests; None where a file is absent or unlisted."""
+    paths = {"base": Path(base or default_weights_path()), "restoration": default_restoration_path(),
+             "diffusion": default_diffusion_path()}
+    ids: dict[str, str | None] = {}
+    for name, path in paths.items():
+        digest = read_manifest(path.resolve().parent).get(path.name, {}).get("sha256") if path.exists() else None
+        ids[name] = str(digest)[:16] if digest else None
+    return ids
 
 
 def record_in_manifest(path: Path) -> None:

@@ -79,7 +79,7 @@ def time_stages(rgb: np.ndarray, weights: Path, quality: float, repeat: int) -> 
     seconds["encode, effort 2 (default)"], encoded = fastest(
         repeat, lambda: api.encode(image, quality, weights=weights))
     seconds["encode, effort 3"], _ = fastest(repeat, lambda: api.encode(image, quality, effort=3, weights=weights))
-    latents = codec.read_stream(api.inspect(encoded).header.sections[b"LATS"], width, height)
+    latents = codec.read_stream(api.inspect(encoded).header.sections[b"LATS"], width, height, quality)
     seconds["synthesis"], _ = fastest(repeat, lambda: codec.synthesize(latents, width, height, quality))
     seconds["decode, 0 steps"], decoded = fastest(repeat, lambda: api.decode(encoded, 0, weights=weights))
     return seconds, len(encoded), psnr(image, decoded)

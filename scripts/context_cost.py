@@ -37,7 +37,7 @@ def time_stages(codec: BaseCodec, rgb: np.ndarray, quality: float, repeat: int) 
     return {
         "entropy parameters, rounding": fastest(repeat, lambda: codec.quantize(y, quality))[0],
         "entropy parameters, one-pass search": fastest(repeat, lambda: codec.quantize(y, quality, rgb, search))[0],
-        "read stream": fastest(repeat, lambda: codec.read_stream(stream, width, height))[0],
+        "read stream": fastest(repeat, lambda: codec.read_stream(stream, width, height, quality))[0],
         "whole base decode": fastest(repeat, lambda: codec.decompress(stream, width, height, quality))[0],
     }
 

@@ -150,7 +150,7 @@ def cross_device(images: list[Image.Image], devices: tuple[str, str], clock: Clo
         for source, data in zip(devices, encoded, strict=True):
             header = drc.unpack(data)
             streams = [api.get_codec(None, api.compute_for(device)).read_stream(
-                header.sections[drc.TAG_LATENTS], header.width, header.height, quality=header.quality)
+                header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality)
                 for device in devices]
             same_symbols = bool(np.array_equal(streams[0].symbols, streams[1].symbols)
                                 and np.array_equal(streams[0].hyper, streams[1].hyper))

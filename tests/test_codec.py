@@ -49,8 +49,10 @@ def read_earlier_version(path: Path, arithmetic: Arithmetic) -> tuple[bytes, drc
     them (the padding's latents too), and the SHA-256 of their symbols (int64, little-endian)."""
     data = path.read_bytes()
     header = drc.unpack(data)
-    latents = get_codec(None, compute_for("cpu")).read_stream(
-        header.sections[drc.TAG_LATENTS], header.width, header.height, arithmetic, whole_grid=True)
+    reader = get_codec(None, compute_for("cpu")).for_file(header.weights_id)  # the earlier release's tables
+    assert reader is not None
+    latents = reader.read_stream(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality,
+                                 arithmetic, whole_grid=True)
     return data, header, latents, hashlib.sha256(latents.symbols.astype("<i8").tobytes()).hexdigest()
 
 
@@ -108,18 +110,18 @@ def test_latent_symbols_round_trip_exactly(small_image):
     """Decoded hyper-latents and latents equal what the encoder coded, escapes included."""
     codec = get_codec()
     latents = codec.analyse(np.asarray(small_image), 3)
-    decoded = codec.read_stream(codec.write_stream(latents), small_image.width, small_image.height)
+    decoded = codec.read_stream(codec.write_stream(latents, 3), small_image.width, small_image.height, 3)
     np.testing.assert_array_equal(decoded.hyper, latents.hyper)
     np.testing.assert_array_equal(decoded.symbols, latents.symbols)
     # Values far outside every table must escape and still come back exactly.
     latents.symbols[0, 0, :3] = [100_000, -(2**35), 7_777]
     latents.hyper[0, 0, 0] = -5_000
     latents = Latents(latents.hyper, latents.symbols, *codec.entropy_parameters(latents.hyper), latents.cells)
-    decoded = codec.read_stream(codec.write_stream(latents), small_image.width, small_image.height)
+    decoded = codec.read_stream(codec.write_stream(latents, 3), small_image.width, small_image.height, 3)
     np.testing.assert_array_equal(decoded.hyper, latents.hyper)
     np.testing.assert_array_equal(decoded.symbols, latents.symbols)
     # ... and the escapes really cost extra bits, so the path was taken.
-    assert len(codec.write_stream(latents)) > len(codec.compress(np.asarray(small_image), 3))
+    assert len(codec.write_stream(latents, 3)) > len(codec.compress(np.asarray(small_image), 3))
 
 
 def test_greyscale_decodes_to_greyscale(small_image):
@@ -147,12 +149,12 @@ def test_the_stream_codes_the_image_cells_and_the_padding_latents_are_zero(small
     assert latents.cells == (5, 6) and latents.symbols.shape[1:] == (8, 8)
     assert not latents.symbols[:, 5:, :].any() and not latents.symbols[:, :, 6:].any()
     assert latents.symbols[:, :5, :6].any()
-    stream = codec.write_stream(latents)
-    read = codec.read_stream(stream, small_image.width, small_image.height)
+    stream = codec.write_stream(latents, 4)
+    read = codec.read_stream(stream, small_image.width, small_image.height, 4)
     assert read.cells == (5, 6) and np.array_equal(read.symbols, latents.symbols)
-    whole = codec.write_stream(dataclasses.replace(latents, cells=None))  # the same symbols, the padding coded too
+    whole = codec.write_stream(dataclasses.replace(latents, cells=None), 4)  # the same symbols, the padding coded too
     assert len(stream) < len(whole)
-    assert np.array_equal(codec.read_stream(whole, small_image.width, small_image.height, whole_grid=True).symbols,
+    assert np.array_equal(codec.read_stream(whole, small_image.width, small_image.height, 4, whole_grid=True).symbols,
                           latents.symbols)
     # without the image, nothing is known of its padding: every latent is rounded and coded
     assert codec.quantize(codec.analysis_latents(rgb), 4.0).cells is None
@@ -352,7 +354,8 @@ def test_files_cross_between_cpu_and_cuda_with_identical_symbols(sample_image):
         data = diraccodec.encode(sample_image, 4, device=source)
         header = drc.unpack(data)
         symbols = {device: get_codec(None, api.compute_for(device)).read_stream(
-            header.sections[drc.TAG_LATENTS], header.width, header.height) for device in ("cpu", "cuda")}
+            header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality)
+            for device in ("cpu", "cuda")}
         np.testing.assert_array_equal(symbols["cpu"].symbols, symbols["cuda"].symbols)
         np.testing.assert_array_equal(symbols["cpu"].hyper, symbols["cuda"].hyper)
         # the fixed-point hyper-synthesis ran on each device: its parameters agree to the bit

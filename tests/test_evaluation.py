@@ -8,6 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from PIL import Image
 
+from diraccodec.api import get_codec
 from diraccodec.cli import main
 
 
@@ -29,6 +30,9 @@ def test_eval_command_on_two_small_images(tmp_path: Path, sample_image: Image.Im
         assert point["images"] == 2 and point["bpp"] > 0 and 0 < point["ms_ssim"] <= 1 and point["lpips"] >= 0
     assert set(report["bd_rate_psnr_percent"]["diraccodec"]) == {"JPEG", "WebP", "AVIF", "JPEG XL"}
     assert report["complete"] is True
+    # the weights measured, by the ids .drc files carry
+    assert report["models"]["base"] == get_codec().weights.weights_id.hex()
+    assert report["models"]["diffusion"] and report["models"]["restoration"]
     assert "BD-rate" in table.read_text() and figure.stat().st_size > 10_000
 
 
@@ -171,9 +175,9 @@ def test_report_pools_a_later_run_over_an_earlier_one_and_leaves_both(tmp_path: 
     earlier, later, pooled = tmp_path / "earlier.json", tmp_path / "later.json", tmp_path / "pooled.json"
     write_json(report_of([point("AVIF", 20, 0.5), point("diraccodec", 1, 0.4), point("diraccodec", 2, 0.3),
                           point("diraccodec (20 steps)", 1, 0.28, 20), point("diraccodec (20 steps)", 2, 0.2, 20)],
-                         "kodak", True, command="dirac eval --levels 1,2"), earlier)
+                         "kodak", True, command="dirac eval --levels 1,2", models={"base": "aa"}), earlier)
     write_json(report_of([point("diraccodec (20 steps)", 1, 0.25, 20), point("diraccodec (50 steps)", 1, 0.24, 50)],
-                         "kodak", True, command="dirac eval --levels 1"), later)
+                         "kodak", True, command="dirac eval --levels 1", models={"base": "bb"}), later)
     inputs = earlier.read_bytes(), later.read_bytes()
     missing = CliRunner().invoke(main, ["report", str(earlier), "--updated-by", str(later)])
     assert missing.exit_code == 2 and missing.output.startswith("dirac: error: --updated-by needs --json")
@@ -190,6 +194,7 @@ def test_report_pools_a_later_run_over_an_earlier_one_and_leaves_both(tmp_path: 
     pooling = f"dirac report {earlier} --updated-by {later} --json {pooled}"
     assert report["command"] == f"dirac eval --levels 1,2 && dirac eval --levels 1 && {pooling}"
     assert report["complete"] is True and report["data"] == "kodak"
+    assert report["models"] == {"base": "bb"}  # the codec as it now is: the latest run's
     assert "| diraccodec (20 steps) | 1 | 20 |" in table.read_text() and figure.stat().st_size > 10_000
 
 

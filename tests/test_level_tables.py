@@ -3,6 +3,7 @@ coding the same symbols (and so the same pixels) in fewer bytes where they fit."
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,13 @@ import diraccodec
 from diraccodec.api import get_codec
 from diraccodec.cli import main
 from diraccodec.entropy.tables import TOTAL, TableSet, tables_from_counts
-from diraccodec.errors import DiracError
+from diraccodec.errors import CorruptFileError, DiracError
 from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
     LEVEL_TABLES,
     load_base_weights,
+    released_base_weights,
+    write_shared_tables_copy,
     write_with_level_tables,
 )
 from diraccodec.training.entropy import fit_level_tables
@@ -37,46 +40,85 @@ def test_tables_from_counts_follow_the_counts_and_stay_near_the_prior_where_few_
 
 
 @pytest.fixture(scope="module")
-def level_weights(tmp_path_factory, sample_image) -> Path:
-    """Shipped base weights with tables counted on three crops of the sample."""
+def shared_weights(tmp_path_factory) -> Path:
+    """The shipped model with its shared hyper tables alone: the earlier release's base weights."""
+    path = tmp_path_factory.mktemp("shared-tables") / "base.safetensors"
+    write_shared_tables_copy(DEFAULT_BASE_WEIGHTS.resolve(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def level_weights(tmp_path_factory, sample_image, shared_weights) -> Path:
+    """Those weights with tables counted on three crops of the sample."""
     folder = tmp_path_factory.mktemp("level-tables")
     photos = []
     for index, box in enumerate(((0, 0, 192, 128), (192, 0, 384, 128), (0, 128, 192, 256))):
         photos.append(folder / f"crop{index}.png")
         sample_image.crop(box).save(photos[-1])
-    source = DEFAULT_BASE_WEIGHTS.resolve()
-    tables = fit_level_tables(load_base_weights(source), photos)
-    write_with_level_tables(source, folder / "base-levels.safetensors", tables, {"purpose": "test"})
+    tables = fit_level_tables(load_base_weights(shared_weights), photos)
+    write_with_level_tables(shared_weights, folder / "base-levels.safetensors", tables, {"purpose": "test"})
     return folder / "base-levels.safetensors"
 
 
-def test_per_level_tables_code_the_same_symbols_in_fewer_bytes(level_weights, sample_image):
+def test_per_level_tables_code_the_same_symbols_in_fewer_bytes(level_weights, shared_weights, sample_image):
     photo = sample_image.crop((0, 0, 192, 128))  # one the tables were counted on
     weights = load_base_weights(level_weights)
-    assert weights.weights_id != load_base_weights(DEFAULT_BASE_WEIGHTS.resolve()).weights_id
+    assert weights.weights_id != load_base_weights(shared_weights).weights_id
     for level in (0, 1.5, 8):
-        shipped = diraccodec.encode(photo, level, effort=1)
+        shared = diraccodec.encode(photo, level, effort=1, weights=shared_weights)
         counted = diraccodec.encode(photo, level, effort=1, weights=level_weights)
-        shipped_latents, counted_latents = (
-            codec.read_stream(diraccodec.inspect(data).header.sections[b"LATS"], *photo.size, quality=level)
-            for codec, data in ((get_codec(), shipped), (get_codec(level_weights), counted)))
-        assert np.array_equal(shipped_latents.hyper, counted_latents.hyper)
-        assert np.array_equal(shipped_latents.symbols, counted_latents.symbols)
-        assert np.array_equal(np.asarray(diraccodec.decode(shipped, restore=False)),
+        shared_latents, counted_latents = (
+            codec.read_stream(diraccodec.inspect(data).header.sections[b"LATS"], *photo.size, level)
+            for codec, data in ((get_codec(shared_weights), shared), (get_codec(level_weights), counted)))
+        assert np.array_equal(shared_latents.hyper, counted_latents.hyper)
+        assert np.array_equal(shared_latents.symbols, counted_latents.symbols)
+        assert np.array_equal(np.asarray(diraccodec.decode(shared, weights=shared_weights, restore=False)),
                               np.asarray(diraccodec.decode(counted, weights=level_weights, restore=False)))
         if level == 0:
-            assert len(counted) < len(shipped)
+            assert len(counted) < len(shared)
 
 
-def test_per_level_tables_need_the_level_and_are_checked_on_load(level_weights, small_image, tmp_path):
+def test_the_shipped_weights_less_their_level_tables_are_the_earlier_release(shared_weights):
+    shipped = load_base_weights(DEFAULT_BASE_WEIGHTS.resolve())
+    earlier = load_base_weights(shared_weights)
+    assert shipped.hyper_level_tables is not None and earlier.hyper_level_tables is None
+    assert earlier.weights_id == shipped.shared_tables_id  # byte for byte: the same SHA-256
+    releases = released_base_weights()
+    assert releases[earlier.weights_id.hex()] != releases[shipped.weights_id.hex()] == diraccodec.__version__
+    with pytest.raises(DiracError, match="names no weights with shared tables"):
+        write_shared_tables_copy(shared_weights, shared_weights.parent / "again.safetensors")
+
+
+def test_files_of_the_earlier_release_decode_to_the_same_pixels(shared_weights, sample_image, tmp_path):
+    photo = sample_image.crop((64, 32, 160, 128))
+    earlier = diraccodec.encode(photo, 0.5, effort=1, weights=shared_weights)  # rounding: the same latents
+    current = diraccodec.encode(photo, 0.5, effort=1)
+    assert diraccodec.inspect(earlier).header.weights_id == load_base_weights(shared_weights).weights_id
+    for steps in (0, 2):  # the shipped filter and decoder serve the earlier files too
+        assert np.array_equal(np.asarray(diraccodec.decode(earlier, steps=steps, seed=1)),
+                              np.asarray(diraccodec.decode(current, steps=steps, seed=1)))
+    (tmp_path / "earlier.drc").write_bytes(earlier)
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "earlier.drc")])
+    assert result.exit_code == 0, result.output
+    assert "the same model" in result.output and re.search(r"diffusion\s+available", result.output)
+
+
+def test_the_whole_level_picks_the_tables_and_they_are_checked_on_load(level_weights, small_image, tmp_path):
     from safetensors.torch import load_file, save_file
 
     from diraccodec.modelfiles import record_in_manifest
 
     codec = get_codec(level_weights)
     data = diraccodec.encode(small_image.crop((0, 0, 32, 32)), 2, weights=level_weights)
-    with pytest.raises(ValueError, match="give the level"):
-        codec.read_stream(diraccodec.inspect(data).header.sections[b"LATS"], 32, 32)
+    stream = diraccodec.inspect(data).header.sections[b"LATS"]
+    hyper = codec.read_stream(stream, 32, 32, 2).hyper
+    assert np.array_equal(codec.read_stream(stream, 32, 32, 2.75).hyper, hyper)  # level 2's tables
+    try:
+        misread = codec.read_stream(stream, 32, 32, 6).hyper
+    except CorruptFileError:
+        pass
+    else:
+        assert not np.array_equal(misread, hyper)
     tensors = load_file(str(level_weights))
     tensors[f"{LEVEL_TABLES}.offsets"] = tensors[f"{LEVEL_TABLES}.offsets"][:-1]
     broken = tmp_path / "broken.safetensors"
@@ -121,3 +163,19 @@ def test_unets_are_not_tied_to_weights_that_reconstruct_otherwise(tmp_path):
     export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 8)), other, {"purpose": "test"})
     with pytest.raises(DiracError, match="does not reconstruct as"):
         retie_unets(DEFAULT_BASE_WEIGHTS, other, DEFAULT_RESTORATION_WEIGHTS, DEFAULT_DIFFUSION_WEIGHTS, tmp_path)
+
+
+def test_weights_files_list_their_metadata_in_the_order_given():
+    """safetensors alone writes metadata in a hash map's order, which differs between processes;
+    the weights id is the file's hash, so the writer fixes the order."""
+    import torch
+    from safetensors.torch import load
+
+    from diraccodec.modelfiles import serialized
+
+    tensors = {"a": torch.arange(3), "b": torch.ones(2, 2)}
+    for order in (("info", "config", "note"), ("note", "config", "info")):
+        data = serialized(tensors, {key: f"{key} value" for key in order})
+        header = data[8 : 8 + int.from_bytes(data[:8], "little")].decode()
+        assert [header.index(f'"{key}":') for key in order] == sorted(header.index(f'"{key}":') for key in order)
+        assert torch.equal(load(data)["b"], tensors["b"])

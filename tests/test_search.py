@@ -45,7 +45,7 @@ def test_searched_symbols_round_trip_exactly(sample_image):
     assert 0 < np.mean(searched.symbols != plain.symbols) < 0.2
     assert np.all(np.abs(searched.symbols - plain.symbols) <= 2)
     height, width = original.shape[:2]
-    read = codec.read_stream(codec.write_stream(searched), width, height)
+    read = codec.read_stream(codec.write_stream(searched, 4), width, height, 4)
     assert np.array_equal(read.symbols, searched.symbols) and np.array_equal(read.hyper, searched.hyper)
 
 
@@ -55,7 +55,7 @@ def test_table_bits_predict_the_stream_size(sample_image):
     predicted = codec.weights.latent_tables.bits(latents.symbols, latents.table_ids).sum()
     rows, tables = codec.hyper_coding(latents.hyper.shape, 5)
     predicted += tables.bits(latents.hyper, rows).sum()
-    actual = 8 * len(codec.write_stream(latents))
+    actual = 8 * len(codec.write_stream(latents, 5))
     assert abs(predicted - actual) < 0.01 * actual + 64
 
 

@@ -108,7 +108,7 @@ def test_a_base_grown_to_more_latents_codes_the_same_symbols_and_pixels(tmp_path
     for name, weights in files.items():
         encoded = api.encode(small_image, 5, effort=1, weights=weights)  # rounded: the search may use new latents
         codec = api.get_codec(weights, api.compute_for("cpu", False))
-        latents = codec.read_stream(api.inspect(encoded).header.sections[b"LATS"], *small_image.size)
+        latents = codec.read_stream(api.inspect(encoded).header.sections[b"LATS"], *small_image.size, 5)
         coded[name] = (latents.symbols, np.asarray(api.decode(encoded, 0, weights=weights), dtype=int))
     (symbols, pixels), (grown_symbols, grown_pixels) = coded["start"], coded["grown"]
     assert symbols.shape[0] == 12 and grown_symbols.shape[0] == 20

@@ -112,6 +112,7 @@ def info(source: Path, max_pixels: int) -> None:
     data = read_bytes(source)
     details = api.inspect(data, max_pixels)
     header = details.header
+    reads_as, reading_note = installed_reading(header.weights_id)
     table = Table(show_header=False, box=None)
     rows = [
         ("file", str(source)),
@@ -119,19 +120,33 @@ def info(source: Path, max_pixels: int) -> None:
         ("size", f"{header.width}x{header.height}"),
         ("colour mode", header.colour_mode.name),
         ("quality", f"{header.quality:g}"),
-        ("weights", header.weights_id.hex()),
+        ("weights", f"{header.weights_id.hex()}{reading_note}"),
         ("bytes", str(details.file_size)),
         ("bpp", f"{details.bits_per_pixel:.4f}"),
         ("sections", ", ".join(f"{tag.decode('ascii', 'replace')} ({len(v)} B)" for tag, v in header.sections.items())),
         ("latent stream", stream_split(data, max_pixels)),
         ("colour profile", describe_profile(details.icc_profile)),
         ("recommended steps", "none" if details.recommended_steps is None else str(details.recommended_steps)),
-        ("diffusion", diffusion_support(header.weights_id)),
-        ("restoration", restoration_support(header.weights_id)),
+        ("diffusion", diffusion_support(reads_as)),
+        ("restoration", restoration_support(reads_as)),
     ]
     for key, value in rows:
         table.add_row(key, value)
     Console(highlight=False).print(table)
+
+
+def installed_reading(file_weights_id: bytes) -> tuple[bytes, str]:
+    """The base weights id whose restoration and diffusion models serve the file, and a note
+    where the installed weights read a file of their earlier release (BaseWeights.coding_for)."""
+    from diraccodec.modelfiles import default_weights_path, load_base_weights
+
+    try:
+        installed = load_base_weights(default_weights_path().resolve())
+    except DiracError:
+        return file_weights_id, ""
+    if file_weights_id != installed.weights_id and installed.coding_for(file_weights_id) is not None:
+        return installed.weights_id, f" (read by the installed {installed.weights_id.hex()}: the same model)"
+    return file_weights_id, ""
 
 
 def stream_split(data: bytes, max_pixels: int) -> str:

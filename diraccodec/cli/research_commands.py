@@ -83,6 +83,7 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
         write_json,
         write_report,
     )
+    from diraccodec.modelfiles import models_in_use
 
     chosen = parse_list(levels, float, "--levels")
     steps = parse_list(steps_text, int, "--steps")
@@ -106,12 +107,13 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
         api.get_diffusion(api.get_codec(weights, api.compute_for(device, exact)))
 
     name = f"{data.name} (held out)" if held_out else data.name
+    models = models_in_use(weights)
 
     def save_partial(points: list) -> None:
-        write_json(report_of(points, name, complete=False), json_path)
+        write_json(report_of(points, name, complete=False, models=models), json_path)
 
     points = evaluate(load_images(data, held_out)[:image_count], codecs, console, save_partial)
-    report = write_report(points, json_path, markdown, plot_path, name, perception_plot)
+    report = write_report(points, json_path, markdown, plot_path, name, perception_plot, models=models)
     table = Table(title=f"evaluation on {data}")
     for column in ("codec", "setting", "bpp", "PSNR", "MS-SSIM", "LPIPS", "FD-AlexNet", "s/MP", "enc s/MP"):
         table.add_column(column)
@@ -172,8 +174,10 @@ def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path
                         f"--json {shlex.quote(str(pooled_path))}"])
     command = " && ".join([*commands, pooling]) if updates else commands[0]
     data_name = saved[0].get("data", json_path.stem)
+    measured = [r["models"] for r in saved if r.get("models")]  # the latest run's weights
     report = write_report(points, pooled_path or json_path, markdown, plot_path, data_name, perception_plot, command,
-                          complete=all(bool(r.get("complete", True)) for r in saved))
+                          complete=all(bool(r.get("complete", True)) for r in saved),
+                          models=measured[-1] if measured else None)
     console.print(f"{pooled_path or json_path}: {len(points)} points")
     if curves_folder is not None:
         from diraccodec.evaluation.curves import write_curves

@@ -71,6 +71,18 @@ class BaseWeights:
     # Optional tables fitted to each whole level's hyper-latents, rows level * N + channel for
     # levels 0 .. num_levels (modelfiles.write_with_level_tables); None: hyper_tables code every level.
     hyper_level_tables: TableSet | None = None
+    # With level tables: the id of the same model coding every level with hyper_tables, an
+    # earlier release's weights, whose files these decode too
+    shared_tables_id: bytes | None = None
+
+    def coding_for(self, file_weights_id: bytes) -> BaseWeights | None:
+        """These weights as they read a file made with `file_weights_id`: themselves, the same
+        model with the shared hyper tables alone for a file of its earlier release, else None."""
+        if file_weights_id == self.weights_id:
+            return self
+        if file_weights_id == self.shared_tables_id:
+            return replace(self, hyper_level_tables=None)
+        return None
 
 
 HYPER_TO_LATENT = HYPER_STRIDE // LATENT_STRIDE
@@ -171,6 +183,16 @@ class BaseCodec:
         self._log_inverse_gain64 = weights.model.log_inverse_gain.detach().cpu().double()
         self._response_energies: dict[float, torch.Tensor] = {}
 
+    def for_file(self, file_weights_id: bytes) -> BaseCodec | None:
+        """This codec as it reads a file made with `file_weights_id` (BaseWeights.coding_for):
+        the same model, perhaps other hyper tables; None when these weights cannot read it."""
+        weights = self.weights.coding_for(file_weights_id)
+        if weights is None or weights is self.weights:
+            return None if weights is None else self
+        reader = copy.copy(self)  # shares the model and its prepared layers
+        reader.weights = weights
+        return reader
+
     def _gains64(self, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Gain and inverse gain for a 1-based quality, in float64, shape (M, 1, 1).
 
@@ -254,15 +276,13 @@ class BaseCodec:
                 flat_mean[:, positions] = chunk_mean.cpu()
                 flat_table_ids[:, positions.numpy()] = snap_scales(chunk_scale, table_scales).cpu().numpy()
 
-    def hyper_coding(self, shape: tuple[int, ...], quality: float | None) -> tuple[np.ndarray, TableSet]:
+    def hyper_coding(self, shape: tuple[int, ...], quality: float) -> tuple[np.ndarray, TableSet]:
         """Each hyper-latent's table row, and the tables: channel c's row of the weights' shared
         tables or, where the weights carry tables per level, of the file's whole level (levels
         below 1: level 0's), row level * N + c."""
         rows = np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
         if self.weights.hyper_level_tables is None:
             return rows, self.weights.hyper_tables
-        if quality is None:
-            raise ValueError("these weights code the hyper-latents per level: give the level")
         level = min(max(math.floor(quality), 0), self.num_levels)
         return rows + level * shape[0], self.weights.hyper_level_tables
 
@@ -379,9 +399,9 @@ class BaseCodec:
         """The latents the stream will carry for this image and level (see `quantize`)."""
         return self.quantize(self.analysis_latents(rgb), quality, rgb, search)
 
-    def write_stream(self, latents: Latents, quality: float | None = None) -> bytes:
+    def write_stream(self, latents: Latents, quality: float) -> bytes:
         """The hyper-latents, then the latents; with a context model the anchors' before the rest.
-        The level is needed where the weights code the hyper-latents per level."""
+        The level picks the hyper-latents' tables where the weights carry them per level."""
         encoder = constriction.stream.queue.RangeEncoder()
         encode_values(encoder, latents.hyper, *self.hyper_coding(latents.hyper.shape, quality))
         parts = [None] if self._context_layers is None else self._anchor_parts(latents.symbols.shape[1:])
@@ -396,19 +416,17 @@ class BaseCodec:
         is_anchor = anchor_mask(*shape).numpy()
         return [is_anchor, ~is_anchor]
 
-    def read_stream(self, payload: bytes, width: int, height: int,
-                    arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False,
-                    quality: float | None = None) -> Latents:
-        """The latents of a stream; `whole_grid`: it codes the padding's latents too (format
-        versions 1 and 2); `quality`: the file's level, needed where the weights code the
-        hyper-latents per level."""
+    def read_stream(self, payload: bytes, width: int, height: int, quality: float,
+                    arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False) -> Latents:
+        """The latents of a stream at the file's level; `whole_grid`: it codes the padding's
+        latents too (format versions 1 and 2)."""
         if len(payload) % 4:
             raise CorruptFileError("corrupt .drc file (latent stream length is not a whole number of words)")
         padded_height, padded_width = padded_size(height, width)
         hyper_shape = (self.model.config.channels, padded_height // HYPER_STRIDE, padded_width // HYPER_STRIDE)
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         tables = self.weights.latent_tables
-        hyper_coding = self.hyper_coding(hyper_shape, quality)  # raises before the try: not a corrupt file
+        hyper_coding = self.hyper_coding(hyper_shape, quality)
         try:
             decoder = constriction.stream.queue.RangeDecoder(words)
             hyper = decode_values(decoder, *hyper_coding)
@@ -446,7 +464,7 @@ class BaseCodec:
     def compress(self, rgb: np.ndarray, quality: float, search: SearchSettings = SearchSettings()) -> bytes:
         return self.write_stream(self.analyse(rgb, quality, search), quality)
 
-    def information_bits(self, latents: Latents, quality: float | None = None) -> tuple[float, float]:
+    def information_bits(self, latents: Latents, quality: float) -> tuple[float, float]:
         """Bits of the hyper-latents and of the coded latents, each value's -log2 of its
         probability under the table that codes it: where a stream's bytes go (the range coder's
         total is within a few bytes of their sum)."""
@@ -457,5 +475,5 @@ class BaseCodec:
 
     def decompress(self, payload: bytes, width: int, height: int, quality: float,
                    arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False) -> np.ndarray:
-        return self.synthesize(self.read_stream(payload, width, height, arithmetic, whole_grid, quality), width,
+        return self.synthesize(self.read_stream(payload, width, height, quality, arithmetic, whole_grid), width,
                                height, quality)

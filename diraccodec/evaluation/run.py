@@ -262,12 +262,15 @@ def _finite_or_none(value: object) -> object:
     return value
 
 
-def report_of(points: list[Point], data_name: str, complete: bool, command: str | None = None) -> dict:
+def report_of(points: list[Point], data_name: str, complete: bool, command: str | None = None,
+              models: dict[str, str | None] | None = None) -> dict:
+    """The report's fields; `models`: the weights ids measured (modelfiles.models_in_use)."""
     return _finite_or_none({
         "command": command or command_line(),
         "data": data_name,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "complete": complete,
+        **({"models": models} if models else {}),
         "fd_alexnet": FD_DESCRIPTION,
         "points": [asdict(p) for p in points],
         "bd_rate_psnr_percent": bd_rates(points, "psnr"),
@@ -319,9 +322,9 @@ def pooled_points(reports: list[dict]) -> list[Point]:
 
 def write_report(points: list[Point], json_path: Path, markdown_path: Path | None, plot_path: Path | None,
                  data_name: str, perception_plot_path: Path | None = None, command: str | None = None,
-                 complete: bool = True) -> dict:
+                 complete: bool = True, models: dict[str, str | None] | None = None) -> dict:
     """JSON, Markdown and plots of the points; `command` names the run that measured them."""
-    report = report_of(points, data_name, complete, command)
+    report = report_of(points, data_name, complete, command, models)
     write_json(report, json_path)
     if plot_path is not None:
         plot(points, plot_path, f"rate-distortion on {data_name}")
