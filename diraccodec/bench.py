@@ -31,6 +31,7 @@ from diraccodec.errors import DiracError
 from diraccodec.evaluation.codecs import decode_with_pillow, encode_with_pillow, register_jpeg_xl
 from diraccodec.image.files import write_atomic
 from diraccodec.image.planes import IMAGE_SUFFIXES, image_to_planes, open_image
+from diraccodec.modelfiles import models_in_use
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "parrots.png"
 # Reference codecs as people ship them, at a mid setting: (Pillow format, options)
@@ -186,6 +187,7 @@ def run_bench(options: BenchOptions, console: Console) -> dict:
         "command": " ".join(["dirac", *map(shlex.quote, sys.argv[1:])]) if sys.argv else "dirac bench",
         "options": {**asdict(options), "images": [str(p) for p in paths]},
         "machine": machine_description(options),
+        "models": models_in_use(options.weights),  # the weights timed, by id
         "images": len(paths),
         "megapixels": sum(Image.open(p).size[0] * Image.open(p).size[1] for p in paths) / 1e6,
         "summary": summary,

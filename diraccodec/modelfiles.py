@@ -421,7 +421,7 @@ def read_manifest(folder: Path) -> dict[str, dict[str, object]]:
         raise DiracError(f"cannot read {folder / MANIFEST}: {error}") from None
 
 
-def models_in_use(base: Path | None = None) -> dict[str, str | None]:
+def models_in_use(base: str | Path | None = None) -> dict[str, str | None]:
     """The ids (16 hex digits, as in .drc headers) of the base, restoration and diffusion weights
     that decoding would load, from their manifests; None where a file is absent or unlisted."""
     paths = {"base": Path(base or default_weights_path()), "restoration": default_restoration_path(),

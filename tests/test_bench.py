@@ -6,6 +6,7 @@ import json
 
 from click.testing import CliRunner
 
+from diraccodec.api import get_codec
 from diraccodec.bench import STAGES
 from diraccodec.cli import main
 
@@ -21,6 +22,7 @@ def test_bench_times_every_stage_and_a_reference(tmp_path, small_image, sample_i
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     assert report["images"] == 2 and sorted(report["per_image"]) == ["a.png", "b.png"]
+    assert report["models"]["base"] == get_codec().weights.weights_id.hex()  # the weights timed
     for stage, _ in STAGES:
         values = report["summary"][stage]
         assert 0 <= values["min"] <= values["median"] <= values["max"], stage

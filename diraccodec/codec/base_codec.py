@@ -187,8 +187,10 @@ class BaseCodec:
         """This codec as it reads a file made with `file_weights_id` (BaseWeights.coding_for):
         the same model, perhaps other hyper tables; None when these weights cannot read it."""
         weights = self.weights.coding_for(file_weights_id)
-        if weights is None or weights is self.weights:
-            return None if weights is None else self
+        if weights is None:
+            return None
+        if weights is self.weights:
+            return self
         reader = copy.copy(self)  # shares the model and its prepared layers
         reader.weights = weights
         return reader
