@@ -380,7 +380,8 @@ def serialized(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> by
     data = save(tensors, metadata=metadata)
     size = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + size])
-    header["__metadata__"] = dict(metadata)
+    if metadata:  # none: safetensors writes no metadata field at all
+        header["__metadata__"] = dict(metadata)
     ordered = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     if len(ordered) > size:  # the same fields in another order: never longer
         raise DiracError("safetensors wrote a header that cannot be put in order")

@@ -179,3 +179,4 @@ def test_weights_files_list_their_metadata_in_the_order_given():
         header = data[8 : 8 + int.from_bytes(data[:8], "little")].decode()
         assert [header.index(f'"{key}":') for key in order] == sorted(header.index(f'"{key}":') for key in order)
         assert torch.equal(load(data)["b"], tensors["b"])
+    assert torch.equal(load(serialized(tensors, {}))["a"], tensors["a"])
