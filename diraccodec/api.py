@@ -81,6 +81,7 @@ STREAM_RULES = {
     1: StreamRules(Arithmetic.FLOAT64_CPU, whole_grid=True),
     2: StreamRules(Arithmetic.FIXED_POINT, whole_grid=True),
     3: StreamRules(Arithmetic.FIXED_POINT, whole_grid=False),
+    4: StreamRules(Arithmetic.FIXED_POINT, whole_grid=False),  # version 3 with a signed level
 }
 
 _LOCK = threading.RLock()  # torch's thread count and kernel flags are process-wide
@@ -229,11 +230,15 @@ class _Encoder:
 
 def _codec_for_file(header: drc.DrcFile, weights: str | Path | None, compute: Compute) -> BaseCodec:
     """The base codec of `weights` as it reads the file: the weights that made it, or the same
-    model with level tables added since (BaseWeights.coding_for)."""
+    model with level tables added since (BaseWeights.coding_for). A level outside the codec's
+    range makes the file corrupt: no encoder writes one."""
     codec = get_codec(weights, compute)
     reader = codec.for_file(header.weights_id)
     if reader is None:
         raise WrongWeightsError(_wrong_weights_message(header.weights_id, codec.weights))
+    if not LOWEST_LEVEL <= header.quality <= codec.num_levels:
+        raise CorruptFileError(f"corrupt .drc file (level {header.quality:g} outside the model's "
+                               f"{LOWEST_LEVEL:g} to {codec.num_levels})")
     return reader
 
 
@@ -266,7 +271,7 @@ def encode(
 ) -> bytes:
     """Compress an image (a PIL image, a path or encoded image bytes) into .drc bytes.
 
-    The rate is a level `quality` from 0 to 8 (fractions allowed), or a target: `size` in
+    The rate is a level `quality` from -1 to 8 (fractions allowed), or a target: `size` in
     bytes or `bpp` in bits per pixel, reached by searching the fractional level (the file is
     at or under the target). `effort` 1 (plain rounding, fastest) to 5 (2 by default) spends more time on
     cheaper latents; `progress(done, total)` hears of each searched tile. `steps` stores a
@@ -277,7 +282,7 @@ def encode(
     targets = [name for name, value in (("quality", quality), ("size", size), ("bpp", bpp)) if value is not None]
     if len(targets) != 1:
         raise InvalidOptionError("give exactly one of quality, size or bpp" if targets else
-                                 f"give a quality ({LOWEST_LEVEL:g}-8), a size in bytes or a bpp")
+                                 f"give a quality ({LOWEST_LEVEL:g} to 8), a size in bytes or a bpp")
     options = EncodeOptions(check_effort(effort), detail_map, check_steps(steps) if steps is not None else None,
                             progress)
     compute = compute_for(device)
@@ -433,8 +438,6 @@ def decode(
     compute = compute_for(device, exact)
     with _LOCK:
         codec = _codec_for_file(header, weights, compute)
-        if header.quality > codec.num_levels:
-            raise CorruptFileError(f"corrupt .drc file (quality {header.quality} above the model's {codec.num_levels})")
         info = FileInfo(header, len(data))
         steps = check_steps(info.recommended_steps if steps is None else steps)
         diffusion = get_diffusion(codec, diffusion_weights) if steps > 0 else None

@@ -50,7 +50,7 @@ def test_a_target_between_the_files_of_levels_0_and_1_lands_below_level_1(small_
 
 
 def test_targets_below_the_smallest_file_and_bad_rates_are_clear_errors(small_image):
-    with pytest.raises(InvalidOptionError, match=r"below the smallest file at level 0 \(\d+ bytes\)"):
+    with pytest.raises(InvalidOptionError, match=r"below the smallest file at level -1 \(\d+ bytes\)"):
         diraccodec.encode(small_image, size=100)
     with pytest.raises(InvalidOptionError, match="exactly one of quality, size or bpp"):
         diraccodec.encode(small_image, 3, size=5000)

@@ -216,19 +216,32 @@ def test_fractional_level_lies_between_its_neighbours(small_image):
 
 
 def test_levels_below_1_go_on_along_the_line_of_levels_1_and_2(small_image):
-    sizes = [len(diraccodec.encode(small_image, q, effort=1)) for q in (0, 0.5, 1)]
-    assert sizes[0] < sizes[1] < sizes[2]
-    data = diraccodec.encode(small_image, 0)
-    assert diraccodec.inspect(data).header.quality == 0.0
-    assert 20 < psnr(small_image, diraccodec.decode(data)) < psnr(small_image, diraccodec.decode(
-        diraccodec.encode(small_image, 1)))
+    sizes = [len(diraccodec.encode(small_image, q, effort=1)) for q in (-1, -0.5, 0, 0.5, 1)]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+    scores = []
+    for level in (-1, 0, 1):
+        data = diraccodec.encode(small_image, level)
+        header = diraccodec.inspect(data).header
+        assert header.quality == level and header.version == (4 if level < 0 else 3)
+        scores.append(psnr(small_image, diraccodec.decode(data)))
+    assert 19 < scores[0] < scores[1] < scores[2]
     codec = get_codec()
-    log_gains = [codec._gains64(q)[0].log() for q in (0, 1, 2)]
-    assert torch.allclose(log_gains[0], 2 * log_gains[1] - log_gains[2])
+    log_gains = [codec._gains64(q)[0].log() for q in (-1, 0, 1, 2)]
+    assert torch.allclose(log_gains[1], 2 * log_gains[2] - log_gains[3])
+    assert torch.allclose(log_gains[0], 3 * log_gains[2] - 2 * log_gains[3])
     assert codec._lambda(0) == pytest.approx(codec._lambda(1) ** 2 / codec._lambda(2))
 
 
-@pytest.mark.parametrize("quality", [-0.01, -1, 8.01, 100, float("nan")])
+def test_a_level_below_the_lowest_in_a_file_is_corrupt(small_image):
+    data = diraccodec.encode(small_image, -1, effort=1)
+    header = drc.unpack(data)
+    for level in (-1.5, 8.5):
+        forged = drc.pack(dataclasses.replace(header, quality=level, version=None))
+        with pytest.raises(CorruptFileError, match="outside the model's -1 to 8"):
+            diraccodec.decode(forged)
+
+
+@pytest.mark.parametrize("quality", [-1.01, -2, 8.01, 100, float("nan")])
 def test_quality_out_of_range_is_refused(small_image, quality):
     with pytest.raises(InvalidOptionError):
         diraccodec.encode(small_image, quality)

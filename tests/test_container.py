@@ -43,6 +43,18 @@ def test_layout_matches_the_specification():
     assert struct.unpack(">I", data[-4:])[0] == zlib.crc32(data[:-4])
 
 
+def test_levels_below_0_are_signed_in_version_4_alone():
+    for level, version, field in ((-1, 4, 0xFF00), (-0.5, 4, 0xFF80), (0, 3, 0), (2, 3, 512)):
+        data = drc.pack(example(quality=level))
+        assert data[4] == version and struct.unpack(">H", data[6:8])[0] == field
+        assert drc.unpack(data).quality == level
+    with pytest.raises(ValueError, match="cannot hold the level -1"):
+        drc.pack(example(quality=-1, version=3))
+    # version 3's field is unsigned: the same bytes read as level 255 (which a decoder refuses)
+    signed = drc.pack(example(quality=-1))
+    assert drc.unpack(reseal(signed[:4] + b"\x03" + signed[5:-4])).quality == 255
+
+
 @pytest.mark.parametrize(
     ("mutate", "error"),
     [

@@ -36,7 +36,7 @@ from diraccodec.errors import DiracError, WrongWeightsError
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-q", "--quality", type=float, default=None,
-              help="Rate level, 0 (smallest files) to 8 (best); fractions such as 3.5 allowed.")
+              help="Rate level, -1 (smallest files) to 8 (best); fractions such as 3.5 allowed.")
 @size_option
 @bpp_option
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .drc file.")
@@ -205,7 +205,7 @@ def restoration_support(weights_id: bytes) -> str:
 @click.command()
 @click.argument("source", type=click.Path(file_okay=False, path_type=str))
 @click.argument("destination", type=click.Path(file_okay=False, path_type=str))
-@click.option("-q", "--quality", type=float, default=None, help="Rate level for images, 0-8 (default 3).")
+@click.option("-q", "--quality", type=float, default=None, help="Rate level for images, -1 to 8 (default 3).")
 @size_option
 @bpp_option
 @effort_option

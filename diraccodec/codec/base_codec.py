@@ -156,8 +156,10 @@ def _halves(search: SearchSettings) -> tuple[SearchSettings, SearchSettings]:
     return half(0), half(1)
 
 
-# The lowest rate level: levels from 0 to 1 extrapolate the gains of levels 1 and 2 (_gains64).
-LOWEST_LEVEL = 0.0
+# The lowest rate level: levels below 1 extrapolate the gains of levels 1 and 2 (_gains64), two
+# levels' steps at most, where PSNR still falls with the bits as it does above level 1
+# (docs/results.md, "Below level 1"). Below 0 the file is version 4 (diraccodec.container.drc).
+LOWEST_LEVEL = -1.0
 
 
 def padded_size(height: int, width: int) -> tuple[int, int]:

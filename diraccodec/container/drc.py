@@ -22,10 +22,12 @@ from diraccodec.errors import (
 from diraccodec.image.planes import ColourMode
 
 MAGIC = b"\x89DRC"
-FORMAT_VERSION = 3  # what this encoder writes
-# Version 1 computed the entropy parameters in float64 on the CPU; versions 1 and 2 coded the
-# latents of the padding too.
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 3  # what this encoder writes for rate levels 0 and up
+# Version 4 is version 3 with the rate level signed (two's complement): written only below level
+# 0, so that every file a version-3 decoder can read stays version 3. Version 1 computed the
+# entropy parameters in float64 on the CPU; versions 1 and 2 coded the latents of the padding too.
+SIGNED_LEVEL_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 QUALITY_DENOMINATOR = 256  # the rate level is stored in 1/256 steps
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -48,10 +50,10 @@ class DrcFile:
     width: int
     height: int
     colour_mode: ColourMode
-    quality: float  # 0.0 .. number of levels, a multiple of 1/256
+    quality: float  # the rate level, a multiple of 1/256 (below 0 only in version 4)
     weights_id: bytes  # 8 bytes
     sections: dict[bytes, bytes] = field(default_factory=dict)
-    version: int = FORMAT_VERSION
+    version: int | None = None  # None: the lowest version that holds the level (version_for)
 
     @property
     def pixels(self) -> int:
@@ -62,13 +64,22 @@ def quantize_quality(quality: float) -> int:
     return round(quality * QUALITY_DENOMINATOR)
 
 
+def version_for(quality: float) -> int:
+    """The version an encoder writes at this level: 3, or 4 where the level is below 0."""
+    return SIGNED_LEVEL_VERSION if quantize_quality(quality) < 0 else FORMAT_VERSION
+
+
 def pack(drc: DrcFile) -> bytes:
+    version = drc.version or version_for(drc.quality)
+    level = quantize_quality(drc.quality)
+    if level < 0 and version < SIGNED_LEVEL_VERSION:
+        raise ValueError(f"format version {version} cannot hold the level {drc.quality:g}")
     parts = [
         _HEADER.pack(
             MAGIC,
-            drc.version,
+            version,
             int(drc.colour_mode),
-            quantize_quality(drc.quality),
+            level % 0x10000,  # two's complement in version 4
             drc.width,
             drc.height,
             drc.weights_id,
@@ -89,6 +100,8 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
     if len(data) < _HEADER.size + _TRAILER.size:
         raise TruncatedFileError("truncated .drc file (header incomplete)")
     _, version, mode, quality, width, height, weights_id, count = _HEADER.unpack_from(data)
+    if version >= SIGNED_LEVEL_VERSION and quality >= 0x8000:
+        quality -= 0x10000
     if version not in READABLE_VERSIONS:
         readable = ", ".join(map(str, READABLE_VERSIONS))
         raise UnsupportedVersionError(
