@@ -118,6 +118,7 @@ def seed_files() -> list[bytes]:
         api.encode(photo.convert("L"), 4),
         api.encode(rgba, 3),
         api.encode(with_icc, 1),
+        api.encode(photo.crop((40, 24, 96, 80)), -0.5),  # format version 4: a level below 0
     ]
 
 
