@@ -232,7 +232,7 @@ def test_levels_below_1_go_on_along_the_line_of_levels_1_and_2(small_image):
     assert codec._lambda(0) == pytest.approx(codec._lambda(1) ** 2 / codec._lambda(2))
 
 
-def test_a_level_below_the_lowest_in_a_file_is_corrupt(small_image):
+def test_a_level_outside_the_models_range_in_a_file_is_corrupt(small_image):
     data = diraccodec.encode(small_image, -1, effort=1)
     header = drc.unpack(data)
     for level in (-1.5, 8.5):

@@ -70,7 +70,7 @@ def version_for(quality: float) -> int:
 
 
 def pack(drc: DrcFile) -> bytes:
-    version = drc.version or version_for(drc.quality)
+    version = version_for(drc.quality) if drc.version is None else drc.version
     level = quantize_quality(drc.quality)
     if level < 0 and version < SIGNED_LEVEL_VERSION:
         raise ValueError(f"format version {version} cannot hold the level {drc.quality:g}")
