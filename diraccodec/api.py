@@ -28,6 +28,8 @@ from diraccodec.container import drc
 from diraccodec.diffusion import detail_map as detail_maps
 from diraccodec.diffusion.decoder import DiffusionDecoder
 from diraccodec.errors import CorruptFileError, InvalidOptionError, LimitExceededError, WrongWeightsError
+from diraccodec.image import metadata as metadata_parts
+from diraccodec.image.metadata import Metadata
 from diraccodec.image.planes import (
     Planes,
     compress_alpha,
@@ -221,6 +223,9 @@ class _Encoder:
             sections[drc.TAG_ALPHA] = compress_alpha(planes.alpha)
         if planes.icc_profile and not describes_srgb(planes.icc_profile):
             sections[drc.TAG_ICC_COMPRESSED] = compress_profile(planes.icc_profile)
+        for tag, part in ((drc.TAG_EXIF, planes.metadata.exif), (drc.TAG_XMP, planes.metadata.xmp)):
+            if part:
+                sections[tag] = metadata_parts.compress(part)
         if self.options.recommended_steps is not None:
             sections[drc.TAG_STEPS] = bytes([self.options.recommended_steps])
         header = drc.DrcFile(width=width, height=height, colour_mode=planes.colour_mode, quality=quality,
@@ -268,6 +273,7 @@ def encode(
     max_pixels: int = drc.DEFAULT_MAX_PIXELS,
     label: str | None = None,
     progress: Progress | None = None,
+    metadata: bool = True,
 ) -> bytes:
     """Compress an image (a PIL image, a path or encoded image bytes) into .drc bytes.
 
@@ -278,11 +284,15 @@ def encode(
     recommended step count. `detail_map`: whether to send the map of where the original has
     fine detail, which the diffusion decoder steers by (None: below level 3, where the shipped
     decoder uses it; about 125 bytes per Kodak image). `label` names byte input in errors.
+    `metadata=False` leaves out the image's EXIF and XMP (carried by default, without the EXIF
+    thumbnail; diraccodec.image.metadata); the ICC profile is always kept.
     """
     targets = [name for name, value in (("quality", quality), ("size", size), ("bpp", bpp)) if value is not None]
     if len(targets) != 1:
         raise InvalidOptionError("give exactly one of quality, size or bpp" if targets else
                                  f"give a quality ({LOWEST_LEVEL:g} to 8), a size in bytes or a bpp")
+    if not isinstance(metadata, bool):
+        raise InvalidOptionError(f"metadata must be True or False, got {metadata!r}")
     options = EncodeOptions(check_effort(effort), detail_map, check_steps(steps) if steps is not None else None,
                             progress)
     compute = compute_for(device)
@@ -290,7 +300,7 @@ def encode(
         image = open_image(image, max_pixels, label)
     elif image.width * image.height > max_pixels:
         raise LimitExceededError(f"image of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels")
-    planes = image_to_planes(image)
+    planes = image_to_planes(image, metadata)
     del image
     with _LOCK:
         codec = get_codec(weights, compute)
@@ -317,9 +327,12 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
     grid = drc.QUALITY_DENOMINATOR
     lowest, highest = round(LOWEST_LEVEL * grid), num_levels * grid  # the levels in grid units
 
+    files: dict[tuple[int, bool], bytes] = {}  # each grid step's file is made once
+
     def size_at(step: int, searched: bool) -> tuple[int, bytes]:
-        data = encoder.file(step / grid, searched)
-        return len(data), data
+        if (step, searched) not in files:
+            files[step, searched] = encoder.file(step / grid, searched)
+        return len(files[step, searched]), files[step, searched]
 
     def highest_fitting(low: int, high: int, searched: bool) -> tuple[int, bytes] | None:
         """The highest grid step in [low, high] whose file fits, with its file; None if none does."""
@@ -340,8 +353,8 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
 
     plain = highest_fitting(lowest, highest, searched=False)
     searches = encoder.search.passes > 0
-    if plain is None and not searches:
-        raise below_smallest(searched=False)
+    if plain is None and (not searches or size_at(lowest, searched=True)[0] > target):
+        raise below_smallest(searches)  # the smallest file of all does not fit: nothing will
     if not searches:
         assert plain is not None
         return plain[1]
@@ -382,6 +395,14 @@ class FileInfo:
         if payload := self.header.sections.get(drc.TAG_ICC_COMPRESSED):
             return decompress_profile(payload)
         return self.header.sections.get(drc.TAG_ICC) or None
+
+    @property
+    def metadata(self) -> Metadata:
+        """The image's EXIF and XMP, where the encoder carried them."""
+        parts = [self.header.sections.get(tag) for tag in (drc.TAG_EXIF, drc.TAG_XMP)]
+        exif, xmp = (metadata_parts.inflate(part, metadata_parts.MAX_METADATA_BYTES, what) if part else None
+                     for part, what in zip(parts, ("EXIF", "XMP"), strict=True))
+        return Metadata(exif, xmp)
 
 
 def inspect(data: bytes, max_pixels: int = drc.DEFAULT_MAX_PIXELS) -> FileInfo:
@@ -446,13 +467,14 @@ def decode(
             if drc.TAG_ALPHA not in header.sections:
                 raise CorruptFileError("corrupt .drc file (alpha plane missing)")
             alpha = decompress_alpha(header.sections[drc.TAG_ALPHA], header.width, header.height)
-        profile = info.icc_profile  # a corrupt profile, too, fails before the work
+        profile = info.icc_profile  # a corrupt profile or metadata, too, fails before the work
+        metadata = info.metadata
         detail_map = info.detail_map if diffusion is not None else None
         rules = STREAM_RULES[header.version]
         rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality,
                                rules.arithmetic, rules.whole_grid)
         rgb = enhance(codec, rgb, header.quality, steps, seed, diffusion, detail_map, restore)
-    return planes_to_image(Planes(rgb, header.colour_mode, alpha, profile))
+    return planes_to_image(Planes(rgb, header.colour_mode, alpha, profile, metadata))
 
 
 def enhance(codec: BaseCodec, rgb: np.ndarray, quality: float, steps: int, seed: int | None,

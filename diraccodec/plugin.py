@@ -11,7 +11,8 @@
 Options, the way the AVIF and JPEG XL plugins take theirs:
 
 - Saving takes diraccodec.encode's keywords as save parameters (quality, size, bpp, steps, effort,
-  detail_map, device, weights, max_pixels, progress); without quality, size or bpp the level is
+  detail_map, device, weights, max_pixels, progress, metadata); the image's info["exif"] and
+  info["xmp"] are carried unless metadata=False; without quality, size or bpp the level is
   DEFAULT_QUALITY. Other parameters are ignored, as every Pillow plugin ignores what is not its own,
   so that `save(path, **other.info)` works.
 - Image.open has no place for options, so those plugins read theirs from module globals. Here
@@ -38,6 +39,7 @@ from PIL import Image, ImageFile
 from diraccodec import api
 from diraccodec.container import drc
 from diraccodec.errors import InvalidOptionError
+from diraccodec.image.metadata import attach
 
 FORMAT = "DRC"
 EXTENSION = ".drc"
@@ -95,6 +97,7 @@ class DrcImageFile(ImageFile.ImageFile):
             self.info["recommended_steps"] = info.recommended_steps
         if icc := info.icc_profile:
             self.info["icc_profile"] = icc
+        attach(self, info.metadata)  # info["exif"] and info["xmp"], as Pillow's JPEG reader gives them
         self.tile = []
 
     def load(self) -> Image.core.PixelAccess | None:

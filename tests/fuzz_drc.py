@@ -111,6 +111,9 @@ def seed_files() -> list[bytes]:
     rgba.putalpha(Image.fromarray(np.tile(np.arange(96, dtype=np.uint8), (80, 1)), "L"))
     with_icc = photo.copy()
     with_icc.info["icc_profile"] = b"not really a profile but carried verbatim" * 3
+    camera = Image.Exif()
+    camera[0x010F] = "a camera make"
+    with_icc.info.update(exif=camera.tobytes(), xmp=b"<x:xmpmeta>a description</x:xmpmeta>")  # EXIF and XMP too
     return [
         api.encode(photo, 2),
         api.encode(photo.crop((0, 0, 40, 32)), 1.5, steps=1),  # the sampler and the detail map's reader

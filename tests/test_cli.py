@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from PIL import Image
 
 from diraccodec.cli import main
 from tests.conftest import SAMPLE, swapped_primaries_profile
+from tests.test_metadata import camera_jpeg
 
 
 def dirac(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -63,6 +66,17 @@ def test_info_names_a_stored_profile(tmp_path: Path, small_image: Image.Image):
     assert "sRGB built-in" in info.output  # the profile's own description
 
 
+def test_strip_leaves_exif_and_xmp_out_and_info_gives_their_sizes(tmp_path: Path, small_image: Image.Image):
+    source = tmp_path / "photo.jpg"
+    source.write_bytes(camera_jpeg(small_image))
+    for flags, row in (([], r"metadata\s+EXIF \(\d+ bytes\), XMP"), (["--strip"], r"metadata\s+none")):
+        drc_path = tmp_path / f"photo{len(flags)}.drc"
+        result = CliRunner().invoke(main, ["encode", str(source), "-q", "1", "-e", "1", "-o", str(drc_path), *flags])
+        assert result.exit_code == 0, result.output
+        info = CliRunner().invoke(main, ["info", str(drc_path)])
+        assert info.exit_code == 0 and re.search(row, info.output), info.output
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -73,29 +87,35 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in lines[0]
 
 
-def test_error_paths_print_one_line_and_exit_2(tmp_path: Path, small_drc: Path, small_png: Path, monkeypatch):
+def test_error_paths_print_one_line_and_exit_2(tmp_path: Path, small_drc: Path, small_png: Path):
     data = small_drc.read_bytes()
-    cases = {
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    no_diffusion = {"DIRAC_DIFFUSION_WEIGHTS": str(tmp_path / "absent.safetensors")}
+    files = {
         "notdrc.drc": (small_png.read_bytes(), "not a .drc file"),
         "truncated.drc": (data[: len(data) // 2], "truncated"),
         "corrupt.drc": (data[:40] + bytes([data[40] ^ 1]) + data[41:], "checksum"),
         "version.drc": (data[:4] + b"\x09" + data[5:], "version 9"),
     }
-    for name, (content, fragment) in cases.items():
-        path = tmp_path / name
-        path.write_bytes(content)
-        out = tmp_path / f"{name}.png"
-        assert_one_line_error(dirac("decode", path, "-o", out), fragment)
-        assert not out.exists()
-    assert_one_line_error(dirac("decode", tmp_path / "missing.drc", "-o", tmp_path / "x.png"), "no such file")
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    assert_one_line_error(dirac("encode", broken, "-q", "3", "-o", tmp_path / "b.drc"), "cannot read image")
-    assert not (tmp_path / "b.drc").exists()
-    assert_one_line_error(dirac("encode", small_png, "-q", "9", "-o", tmp_path / "q.drc"), "quality")
-    monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(tmp_path / "absent.safetensors"))  # no diffusion model
-    assert_one_line_error(dirac("decode", small_drc, "--steps", "20", "-o", tmp_path / "s.png"), "not available")
-    assert_one_line_error(dirac("decode", small_drc, "-o", tmp_path / "s.xyz"), "unknown image suffix")
+    cases = []  # (arguments, environment, what the error names, an output that must not appear)
+    for name, (content, fragment) in files.items():
+        (tmp_path / name).write_bytes(content)
+        cases.append((("decode", tmp_path / name, "-o", tmp_path / f"{name}.png"), None, fragment,
+                      tmp_path / f"{name}.png"))
+    cases += [
+        (("decode", tmp_path / "missing.drc", "-o", tmp_path / "x.png"), None, "no such file", None),
+        (("encode", broken, "-q", "3", "-o", tmp_path / "b.drc"), None, "cannot read image", tmp_path / "b.drc"),
+        (("encode", small_png, "-q", "9", "-o", tmp_path / "q.drc"), None, "quality", tmp_path / "q.drc"),
+        (("decode", small_drc, "--steps", "20", "-o", tmp_path / "s.png"), no_diffusion, "not available", None),
+        (("decode", small_drc, "-o", tmp_path / "s.xyz"), None, "unknown image suffix", None),
+    ]
+    # each case is a new process that spends its time starting: two at a time on two cores
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda case: dirac(*case[0], env=case[1]), cases))
+    for (_, _, fragment, output), result in zip(cases, results, strict=True):
+        assert_one_line_error(result, fragment)
+        assert output is None or not output.exists()
 
 
 def test_unwritable_output_leaves_nothing(tmp_path: Path, small_png: Path):

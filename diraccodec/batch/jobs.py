@@ -36,6 +36,7 @@ class BatchSettings:
     detail_map: bool | None = None
     device: str = AUTO
     exact: bool = False  # thread-invariant decoding (see api.decode)
+    metadata: bool = True  # carry each image's EXIF and XMP (see api.encode)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
             quality = None if settings.size is not None or settings.bpp is not None else settings.quality
             encoded = api.encode(data, quality, size=settings.size, bpp=settings.bpp, effort=settings.effort,
                                  steps=settings.steps, detail_map=settings.detail_map, weights=settings.weights,
-                                 device=settings.device, max_pixels=settings.max_pixels, label=str(job.source))
+                                 device=settings.device, max_pixels=settings.max_pixels, label=str(job.source),
+                                 metadata=settings.metadata)
             target.write_atomic(job.target, encoded)
             info = api.inspect(encoded)
             return JobResult(job, "converted", "", len(data), len(encoded), info.header.pixels)

@@ -28,6 +28,7 @@ from diraccodec.cli.common import (
     seed_option,
     size_option,
     steps_option,
+    strip_option,
     weights_option,
 )
 from diraccodec.errors import DiracError, WrongWeightsError
@@ -44,12 +45,13 @@ from diraccodec.errors import DiracError, WrongWeightsError
 @click.option("--steps", "recommended_steps", type=click.IntRange(0, 100), default=None,
               help="Recommended diffusion steps, stored in the file for decoders that are not told.")
 @detail_map_option
+@strip_option
 @device_option
 @weights_option
 @max_pixels_option
 @reports_errors
 def encode(source: Path, quality: float | None, size_text: str | None, bpp: float | None, output: Path, effort: int,
-           recommended_steps: int | None, detail_map: bool | None, device: str, weights: Path | None,
+           recommended_steps: int | None, detail_map: bool | None, strip: bool, device: str, weights: Path | None,
            max_pixels: int) -> None:
     """Compress an image into a .drc file."""
     from diraccodec import api
@@ -67,7 +69,8 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
             progress.update(task, completed=done, total=total)
 
         data = api.encode(source, **rate, effort=effort, steps=recommended_steps, detail_map=detail_map,
-                          device=device, weights=weights, max_pixels=max_pixels, progress=searched)
+                          device=device, weights=weights, max_pixels=max_pixels, progress=searched,
+                          metadata=not strip)
     write_atomic(output, data)
     info = api.inspect(data)
     console.print(f"{output}: {len(data)} bytes, {info.bits_per_pixel:.4f} bpp, level {info.header.quality:g}")
@@ -107,6 +110,7 @@ def info(source: Path, max_pixels: int) -> None:
     """Show a .drc file's header and its real bits per pixel."""
     from diraccodec import api
     from diraccodec.image.files import read_bytes
+    from diraccodec.image.metadata import describe as describe_metadata
     from diraccodec.image.profiles import describe as describe_profile
 
     data = read_bytes(source)
@@ -126,6 +130,7 @@ def info(source: Path, max_pixels: int) -> None:
         ("sections", ", ".join(f"{tag.decode('ascii', 'replace')} ({len(v)} B)" for tag, v in header.sections.items())),
         ("latent stream", stream_split(data, max_pixels)),
         ("colour profile", describe_profile(details.icc_profile)),
+        ("metadata", describe_metadata(details.metadata)),
         ("recommended steps", "none" if details.recommended_steps is None else str(details.recommended_steps)),
         ("diffusion", diffusion_support(reads_as)),
         ("restoration", restoration_support(reads_as)),
@@ -214,6 +219,7 @@ def restoration_support(weights_id: bytes) -> str:
                    "when encoding images, the recommended steps stored in each file.")
 @seed_option
 @detail_map_option
+@strip_option
 @click.option("--format", "decoded_suffix", type=click.Choice([".png", ".webp", ".tif", ".bmp"]), default=".png",
               show_default=True, help="Image format that .drc files decode to.")
 @click.option("-j", "--workers", type=click.IntRange(1, 64), default=None,
@@ -229,7 +235,7 @@ def restoration_support(weights_id: bytes) -> str:
 @max_pixels_option
 @reports_errors
 def batch(source: str, destination: str, quality: float | None, size_text: str | None, bpp: float | None,
-          effort: int, steps: int | None, seed: int | None, detail_map: bool | None, decoded_suffix: str,
+          effort: int, steps: int | None, seed: int | None, detail_map: bool | None, strip: bool, decoded_suffix: str,
           workers: int | None, overwrite: bool, ray_address: str | None, device: str, exact: bool,
           weights: Path | None, max_pixels: int) -> None:
     """Convert a folder tree: images become .drc files and .drc files become images."""
@@ -245,7 +251,7 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
         api.check_quality(quality, codec.num_levels)
     settings = BatchSettings(quality if quality is not None else 3.0, steps, seed, decoded_suffix,
                              str(weights.resolve()) if weights else None, overwrite, max_pixels, effort,
-                             rate.get("size"), rate.get("bpp"), detail_map, device, exact)
+                             rate.get("size"), rate.get("bpp"), detail_map, device, exact, metadata=not strip)
     jobs = plan_jobs(source, destination, settings)
     if not jobs:
         raise DiracError(f"no images or .drc files found under {source}")

@@ -87,6 +87,12 @@ detail_map_option = click.option(
          "default: at levels below 3, where the shipped decoder uses it).",
 )
 
+strip_option = click.option(
+    "--strip", is_flag=True,
+    help="Leave out the image's EXIF and XMP metadata (camera, date, place, rights). The ICC profile is always kept: "
+         "it sets the colours.",
+)
+
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
 

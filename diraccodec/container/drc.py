@@ -42,7 +42,9 @@ TAG_ICC = b"iccp"  # ICC profile bytes as they are (optional; earlier encoders w
 TAG_ICC_COMPRESSED = b"iccz"  # zlib-compressed ICC profile (optional)
 TAG_STEPS = b"stps"  # recommended diffusion steps, one byte (optional)
 TAG_DETAIL = b"detl"  # the detail map for the diffusion decoder's finishing (optional)
-KNOWN_TAGS = {TAG_LATENTS, TAG_ALPHA, TAG_ICC, TAG_ICC_COMPRESSED, TAG_STEPS, TAG_DETAIL}
+TAG_EXIF = b"exfz"  # zlib-compressed EXIF (optional)
+TAG_XMP = b"xmpz"  # zlib-compressed XMP packet (optional)
+KNOWN_TAGS = {TAG_LATENTS, TAG_ALPHA, TAG_ICC, TAG_ICC_COMPRESSED, TAG_STEPS, TAG_DETAIL, TAG_EXIF, TAG_XMP}
 
 
 @dataclass

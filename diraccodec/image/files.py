@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from PIL import Image
 
 from diraccodec.errors import DiracError, ImageReadError, OutputWriteError
+from diraccodec.image.metadata import save_options
 
 # Output formats chosen by suffix; anything else is refused rather than guessed.
 IMAGE_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".jpg": "JPEG",
@@ -69,7 +71,15 @@ def image_bytes(image: Image.Image, image_format: str) -> bytes:
         options["quality"] = 100
     if image_format == "WEBP":
         options["lossless"] = True
-    image.save(buffer, format=image_format, **options)
+    carried = save_options(image, image_format)
+    try:
+        image.save(buffer, format=image_format, **options, **carried)
+    except ValueError as error:  # JPEG's markers hold at most 64 KB of EXIF and of XMP
+        if not carried:
+            raise
+        warnings.warn(f"EXIF and XMP left out of the {image_format} output: {error}", UserWarning, stacklevel=2)
+        buffer = io.BytesIO()
+        image.save(buffer, format=image_format, **options)
     return buffer.getvalue()
 
 

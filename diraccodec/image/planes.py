@@ -1,8 +1,9 @@
 """From any image Pillow opens to the codec's planes, and back.
 
 The codec itself sees 8-bit RGB. Greyscale is sent as RGB and turned back into one
-channel on decode; alpha travels losslessly beside the latents; the ICC profile is
-carried through; EXIF orientation is applied on encode so that the pixels are upright.
+channel on decode; alpha travels losslessly beside the latents; the ICC profile, EXIF and
+XMP are carried through (diraccodec.image.metadata); EXIF orientation is applied on encode
+so that the pixels are upright.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from diraccodec.errors import CorruptFileError, ImageReadError, LimitExceededError
+from diraccodec.image.metadata import Metadata, attach, read_metadata
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -40,6 +42,7 @@ class Planes:
     colour_mode: ColourMode
     alpha: np.ndarray | None = None  # (height, width) uint8
     icc_profile: bytes | None = None
+    metadata: Metadata = field(default_factory=Metadata)
 
 
 def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = None) -> Image.Image:
@@ -91,8 +94,10 @@ def _to_8bit_grey(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), "L")
 
 
-def image_to_planes(image: Image.Image) -> Planes:
+def image_to_planes(image: Image.Image, metadata: bool = True) -> Planes:
+    """The image's pixels and profile, and its EXIF and XMP where `metadata` asks for them."""
     icc = image.info.get("icc_profile") or None
+    metadata = read_metadata(image) if metadata else Metadata()
     mode = image.mode
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -101,17 +106,17 @@ def image_to_planes(image: Image.Image) -> Planes:
         image, mode = image.convert("RGBA"), "RGBA"
     if mode in _GREY_MODES:
         grey = np.asarray(_to_8bit_grey(image))
-        return Planes(np.repeat(grey[:, :, None], 3, axis=2), ColourMode.L, None, icc)
+        return Planes(np.repeat(grey[:, :, None], 3, axis=2), ColourMode.L, None, icc, metadata)
     if mode == "LA":
         grey, alpha = (np.asarray(band) for band in image.split())
-        return Planes(np.repeat(grey[:, :, None], 3, axis=2), ColourMode.LA, alpha.copy(), icc)
+        return Planes(np.repeat(grey[:, :, None], 3, axis=2), ColourMode.LA, alpha.copy(), icc, metadata)
     if mode == "RGBA":
         array = np.asarray(image)
-        return Planes(array[:, :, :3].copy(), ColourMode.RGBA, array[:, :, 3].copy(), icc)
+        return Planes(array[:, :, :3].copy(), ColourMode.RGBA, array[:, :, 3].copy(), icc, metadata)
     if mode != "RGB":
         image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX ...
         icc = None if mode == "CMYK" else icc  # a CMYK profile no longer describes RGB pixels
-    return Planes(np.asarray(image).copy(), ColourMode.RGB, None, icc)
+    return Planes(np.asarray(image).copy(), ColourMode.RGB, None, icc, metadata)
 
 
 def planes_to_image(planes: Planes) -> Image.Image:
@@ -127,6 +132,7 @@ def planes_to_image(planes: Planes) -> Image.Image:
         image.putalpha(Image.fromarray(planes.alpha, "L"))
     if planes.icc_profile:
         image.info["icc_profile"] = planes.icc_profile
+    attach(image, planes.metadata)
     return image
 
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import functools
 import io
-import zlib
 
 import numpy as np
 from PIL import Image
 
-from diraccodec.errors import CorruptFileError
+from diraccodec.image.metadata import compress, inflate
 
 SRGB_TOLERANCE = 1  # levels of 8 bits: well below what lossy coding moves
 MAX_PROFILE_BYTES = 1 << 24  # inflating a stored profile stops here: a hostile file cannot ask for more
@@ -73,16 +72,8 @@ def describe(profile: bytes | None) -> str:
 
 
 def compress_profile(profile: bytes) -> bytes:
-    return zlib.compress(profile, 9)
+    return compress(profile)
 
 
 def decompress_profile(payload: bytes) -> bytes:
-    """Inflate at most MAX_PROFILE_BYTES; a payload that is not a whole zlib stream is corrupt."""
-    inflater = zlib.decompressobj()
-    try:
-        profile = inflater.decompress(payload, MAX_PROFILE_BYTES)
-    except zlib.error:
-        raise CorruptFileError("corrupt .drc file (ICC profile)") from None
-    if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data or not profile:
-        raise CorruptFileError("corrupt .drc file (ICC profile)")
-    return profile
+    return inflate(payload, MAX_PROFILE_BYTES, "ICC profile")

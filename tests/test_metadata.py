@@ -1,0 +1,153 @@
+"""EXIF and XMP: carried from the input to every output that holds them, upright and without
+the EXIF thumbnail, left out on request, and refused in one line where a file's are corrupt."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import ExifTags, Image
+
+import diraccodec
+from diraccodec.batch import BatchSettings
+from diraccodec.batch.jobs import Job, run_job
+from diraccodec.container import drc
+from diraccodec.errors import CorruptFileError, InvalidOptionError
+from diraccodec.image.files import image_bytes
+from diraccodec.image.metadata import MAX_METADATA_BYTES, Metadata, inflate, read_metadata
+
+MAKE, ORIENTATION, DATE_ORIGINAL = 0x010F, 0x0112, 0x9003
+XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+       b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+       b'tiff:Orientation="6" dc:format="image/jpeg"/></rdf:RDF></x:xmpmeta>')
+
+
+def exif_with_thumbnail(orientation: int) -> bytes:
+    """A camera's kind of EXIF, written out by hand (Pillow writes no thumbnail): IFD0 with the
+    make, the orientation and the Exif IFD (the time taken), then IFD1 pointing at a JPEG thumbnail."""
+    thumbnail = io.BytesIO()
+    Image.new("RGB", (16, 12), (200, 30, 30)).save(thumbnail, "JPEG")
+    entries0 = [(MAKE, 2, 4, b"Cam\x00"), (ORIENTATION, 3, 1, struct.pack("<HH", orientation, 0))]
+    ifd0 = 8
+    exif_ifd = ifd0 + 2 + 12 * (len(entries0) + 1) + 4
+    date = b"2026:01:02 03:04:05\x00"
+    date_at = exif_ifd + 2 + 12 + 4
+    ifd1 = date_at + len(date)
+    thumbnail_at = ifd1 + 2 + 2 * 12 + 4
+    entries0.append((0x8769, 4, 1, struct.pack("<I", exif_ifd)))
+    out = b"II*\x00" + struct.pack("<I", ifd0)
+    out += struct.pack("<H", len(entries0)) + b"".join(struct.pack("<HHI", tag, kind, count) + value
+                                                       for tag, kind, count, value in entries0)
+    out += struct.pack("<I", ifd1)
+    out += struct.pack("<H", 1) + struct.pack("<HHII", DATE_ORIGINAL, 2, len(date), date_at) + struct.pack("<I", 0)
+    out += date
+    out += struct.pack("<H", 2) + struct.pack("<HHII", 0x0201, 4, 1, thumbnail_at)
+    out += struct.pack("<HHII", 0x0202, 4, 1, len(thumbnail.getvalue())) + struct.pack("<I", 0)
+    return b"Exif\x00\x00" + out + thumbnail.getvalue()
+
+
+def camera_jpeg(image: Image.Image, orientation: int = 6) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=95, exif=exif_with_thumbnail(orientation), xmp=XMP)
+    return buffer.getvalue()
+
+
+def parsed(exif: bytes) -> Image.Exif:
+    tags = Image.Exif()
+    tags.load(exif)
+    return tags
+
+
+def test_the_hand_written_exif_is_what_a_camera_writes(small_image):
+    with Image.open(io.BytesIO(camera_jpeg(small_image))) as photo:
+        tags = photo.getexif()
+        assert tags[MAKE] == "Cam" and tags[ORIENTATION] == 6
+        assert tags.get_ifd(ExifTags.IFD.Exif)[DATE_ORIGINAL] == "2026:01:02 03:04:05"
+        assert tags.get_ifd(ExifTags.IFD.IFD1)[0x0202] > 100  # the thumbnail's length
+        assert photo.info["xmp"] == XMP
+
+
+def test_exif_and_xmp_are_carried_upright_and_without_the_thumbnail(small_image):
+    data = diraccodec.encode(camera_jpeg(small_image), 1, effort=1)
+    sections = drc.unpack(data).sections
+    assert {drc.TAG_EXIF, drc.TAG_XMP} <= set(sections)
+    assert all(tag[:1].islower() for tag in (drc.TAG_EXIF, drc.TAG_XMP))  # optional: earlier decoders skip them
+    decoded = diraccodec.decode(data)
+    assert decoded.size == (small_image.height, small_image.width)  # the pixels were turned upright
+    tags = parsed(decoded.info["exif"])
+    assert tags[MAKE] == "Cam" and ORIENTATION not in tags  # no viewer turns them again
+    assert tags.get_ifd(ExifTags.IFD.Exif)[DATE_ORIGINAL] == "2026:01:02 03:04:05"
+    assert not tags.get_ifd(ExifTags.IFD.IFD1)
+    assert len(decoded.info["exif"]) < len(exif_with_thumbnail(6)) - 300
+    assert b'dc:format="image/jpeg"' in decoded.info["xmp"] and b"Orientation" not in decoded.info["xmp"]
+    assert diraccodec.inspect(data).metadata == Metadata(decoded.info["exif"][6:], decoded.info["xmp"])
+
+
+def test_metadata_false_leaves_both_out(small_image):
+    photo = camera_jpeg(small_image, orientation=1)
+    stripped = diraccodec.encode(photo, 1, effort=1, metadata=False)
+    with Image.open(io.BytesIO(photo)) as opened:
+        bare = opened.convert("RGB")
+    bare.info.clear()
+    assert stripped == diraccodec.encode(bare, 1, effort=1)
+    assert not {drc.TAG_EXIF, drc.TAG_XMP} & set(drc.unpack(stripped).sections)
+    assert not {"exif", "xmp"} & set(diraccodec.decode(stripped).info)
+    with pytest.raises(InvalidOptionError, match="metadata"):
+        diraccodec.encode(photo, 1, metadata="no")
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "WEBP", "TIFF"])
+def test_every_output_format_that_holds_metadata_gets_it(small_image, image_format):
+    decoded = diraccodec.decode(diraccodec.encode(camera_jpeg(small_image), 1, effort=1))
+    with Image.open(io.BytesIO(image_bytes(decoded, image_format))) as written:
+        tags = written.getexif()
+        assert tags[MAKE] == "Cam"
+        assert tags.get_ifd(ExifTags.IFD.Exif)[DATE_ORIGINAL] == "2026:01:02 03:04:05"
+        assert written.info["xmp"] == decoded.info["xmp"]
+        if image_format == "PNG":
+            assert written.tobytes() == decoded.tobytes()
+
+
+def test_a_jpeg_output_too_small_for_the_xmp_is_written_without_it(small_image):
+    image = small_image.copy()
+    image.info["xmp"] = b"<x:xmpmeta>" + bytes(70_000) + b"</x:xmpmeta>"  # JPEG's markers hold 64 KB
+    with pytest.warns(UserWarning, match="left out of the JPEG output"):
+        written = image_bytes(image, "JPEG")
+    with Image.open(io.BytesIO(written)) as reopened:
+        assert "xmp" not in reopened.info and reopened.size == image.size
+    assert "xmp" in Image.open(io.BytesIO(image_bytes(image, "PNG"))).info  # PNG holds it
+
+
+def test_unreadable_exif_is_left_out_with_a_warning(small_image):
+    image = small_image.copy()
+    image.info["exif"] = b"Exif\x00\x00II*\x00\xff\xff\xff\x7f"  # IFD0 far past the end
+    with pytest.warns(UserWarning, match="EXIF left out"):
+        assert read_metadata(image) == Metadata()
+
+
+def test_corrupt_metadata_fails_in_one_line_before_any_decoding(small_image):
+    header = drc.unpack(diraccodec.encode(camera_jpeg(small_image), 1, effort=1))
+    for tag, what in ((drc.TAG_EXIF, "EXIF"), (drc.TAG_XMP, "XMP")):
+        for payload in (b"not zlib", header.sections[tag][:-3], zlib.compress(b"")):
+            broken = dataclasses.replace(header, sections={**header.sections, tag: payload})
+            with pytest.raises(CorruptFileError, match=f"corrupt .drc file \\({what}\\)"):
+                diraccodec.decode(drc.pack(broken))
+    with pytest.raises(CorruptFileError, match="XMP"):
+        inflate(zlib.compress(bytes(MAX_METADATA_BYTES + 1)), MAX_METADATA_BYTES, "XMP")  # a bomb stops at the cap
+
+
+def test_the_pillow_plugin_and_batch_carry_it_too(small_image, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(camera_jpeg(small_image))
+    with Image.open(photo) as opened:
+        opened.save(tmp_path / "plugin.drc", quality=1, effort=1)
+    with Image.open(tmp_path / "plugin.drc") as reopened:  # from the header, before any decoding
+        assert parsed(reopened.info["exif"])[MAKE] == "Cam" and reopened.info["xmp"].startswith(b"<x:xmpmeta")
+    for metadata in (True, False):
+        target = tmp_path / f"batch-{metadata}.drc"
+        result = run_job(Job(photo, target), BatchSettings(quality=1, effort=1, metadata=metadata))
+        assert result.status == "converted", result.message
+        assert (drc.TAG_EXIF in drc.unpack(target.read_bytes()).sections) is metadata
