@@ -445,6 +445,7 @@ def decode(
     exact: bool = False,
     max_pixels: int = drc.DEFAULT_MAX_PIXELS,
     restore: bool = True,
+    progress: Progress | None = None,
 ) -> Image.Image:
     """Decompress .drc bytes. steps=None uses the file's recommendation (0 if it has none).
 
@@ -453,7 +454,8 @@ def decode(
     realistic detail with the diffusion decoder. The same file, steps, seed, device and mode
     give the same pixels on the same machine; exact=True gives pixels that are also the same
     with any thread count (slower). Other machines and devices decode within the tolerance
-    that docs/format.md states.
+    that docs/format.md states. `progress(done, total)` hears of the start (0), the base
+    reconstruction (1) and each diffusion step: total is steps + 1.
     """
     header = drc.unpack(data, max_pixels)
     compute = compute_for(device, exact)
@@ -471,18 +473,22 @@ def decode(
         metadata = info.metadata
         detail_map = info.detail_map if diffusion is not None else None
         rules = STREAM_RULES[header.version]
+        report = progress or (lambda done, total: None)
+        report(0, steps + 1)
         rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality,
                                rules.arithmetic, rules.whole_grid)
-        rgb = enhance(codec, rgb, header.quality, steps, seed, diffusion, detail_map, restore)
+        report(1, steps + 1)
+        rgb = enhance(codec, rgb, header.quality, steps, seed, diffusion, detail_map, restore,
+                      lambda done, total: report(1 + done, 1 + total))
     return planes_to_image(Planes(rgb, header.colour_mode, alpha, profile, metadata))
 
 
 def enhance(codec: BaseCodec, rgb: np.ndarray, quality: float, steps: int, seed: int | None,
             diffusion: DiffusionDecoder | None, detail_map: detail_maps.DetailMap | None,
-            restore: bool = True) -> np.ndarray:
+            restore: bool = True, progress: Progress | None = None) -> np.ndarray:
     """The decoder's last stages on a base synthesis: diffusion at steps > 0, else the filter."""
     if diffusion is not None and steps > 0:
-        return diffusion.enhance(rgb, quality, steps, seed, detail_map)
+        return diffusion.enhance(rgb, quality, steps, seed, detail_map, progress)
     if restore and (restorer := get_restorer(codec)) is not None:
         return restorer.restore(rgb, quality)
     return rgb

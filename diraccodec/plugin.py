@@ -17,7 +17,7 @@ Options, the way the AVIF and JPEG XL plugins take theirs:
   so that `save(path, **other.info)` works.
 - Image.open has no place for options, so those plugins read theirs from module globals. Here
   decoding takes diraccodec.decode's keywords (steps, seed, device, exact, restore, weights,
-  diffusion_weights, max_pixels) from process-wide defaults, set with set_decode_options(), and
+  diffusion_weights, max_pixels, progress) from process-wide defaults, set with set_decode_options(), and
   per image from the dict `image.decoding`, set between open and load, which wins over them.
   These are this plugin's own, so an unknown name raises InvalidOptionError; max_pixels also
   bounds the header that Image.open reads.

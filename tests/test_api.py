@@ -116,3 +116,12 @@ def test_the_latent_stream_splits_into_hyper_latents_and_latents(small_image, tm
     modelfiles.export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 8)), other, {"purpose": "test"})
     with pytest.raises(WrongWeightsError, match="file was made with weights"):
         api.stream_bytes(VERSION_2_FILE.read_bytes(), weights=other)
+
+
+def test_decode_reports_its_progress_and_gives_the_same_pixels(small_image):
+    data = diraccodec.encode(small_image, 2, effort=1)
+    for steps in (0, 3):
+        heard: list[tuple[int, int]] = []
+        decoded = diraccodec.decode(data, steps, progress=lambda done, total, heard=heard: heard.append((done, total)))
+        assert heard == [(done, steps + 1) for done in range(steps + 2)]  # start, base, each step
+        assert decoded.tobytes() == diraccodec.decode(data, steps).tobytes()

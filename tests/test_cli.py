@@ -66,6 +66,17 @@ def test_info_names_a_stored_profile(tmp_path: Path, small_image: Image.Image):
     assert "sRGB built-in" in info.output  # the profile's own description
 
 
+def test_decode_with_steps_writes_the_apis_pixels(tmp_path: Path, small_image: Image.Image):
+    import diraccodec
+
+    drc_path, png_path = tmp_path / "a.drc", tmp_path / "a.png"
+    drc_path.write_bytes(diraccodec.encode(small_image, 2, effort=1))
+    result = CliRunner().invoke(main, ["decode", str(drc_path), "--steps", "2", "-o", str(png_path)])
+    assert result.exit_code == 0, result.output  # through the progress bar's callback
+    with Image.open(png_path) as image:
+        assert image.tobytes() == diraccodec.decode(drc_path.read_bytes(), 2).tobytes()
+
+
 def test_strip_leaves_exif_and_xmp_out_and_info_gives_their_sizes(tmp_path: Path, small_image: Image.Image):
     source = tmp_path / "photo.jpg"
     source.write_bytes(camera_jpeg(small_image))

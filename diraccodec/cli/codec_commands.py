@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,23 @@ from diraccodec.cli.common import (
 from diraccodec.errors import DiracError, WrongWeightsError
 
 
+@contextlib.contextmanager
+def progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A `progress(done, total)` callback that draws a bar while the block runs, once the work
+    has more than one part, and clears it at the end."""
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = None
+
+        def advance(done: int, total: int) -> None:
+            nonlocal task
+            if task is None:
+                task = bar.add_task(what, total=total, visible=total > 1)
+            bar.update(task, completed=done, total=total)
+
+        yield advance
+
+
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-q", "--quality", type=float, default=None,
@@ -58,16 +77,7 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
     from diraccodec.image.files import write_atomic
 
     rate = rate_target(quality, size_text, bpp)
-    columns = (TextColumn("searching latents"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = None
-
-        def searched(done: int, total: int) -> None:
-            nonlocal task
-            if task is None:
-                task = progress.add_task("search", total=total, visible=total > 1)
-            progress.update(task, completed=done, total=total)
-
+    with progress_bar("searching latents") as searched:
         data = api.encode(source, **rate, effort=effort, steps=recommended_steps, detail_map=detail_map,
                           device=device, weights=weights, max_pixels=max_pixels, progress=searched,
                           metadata=not strip)
@@ -96,8 +106,9 @@ def decode(source: Path, output: Path, steps: int | None, seed: int | None, devi
     from diraccodec.image.files import image_format_for, read_bytes, write_image
 
     image_format_for(output)  # refuse a bad output name before the work
-    image = api.decode(read_bytes(source), steps, seed, weights=weights, device=device, exact=exact,
-                       max_pixels=max_pixels, restore=not no_restore)
+    with progress_bar("decoding") as decoded:
+        image = api.decode(read_bytes(source), steps, seed, weights=weights, device=device, exact=exact,
+                           max_pixels=max_pixels, restore=not no_restore, progress=decoded)
     write_image(output, image)
     console.print(f"{output}: {image.width}x{image.height} {image.mode}")
 

@@ -11,6 +11,7 @@ from diraccodec.diffusion.finishing import FinishingSettings, finish
 from diraccodec.diffusion.sampler import SampledResidual, SamplerSettings, sample_residual
 from diraccodec.restoration.filter import Restorer
 from diraccodec.restoration.unet import ResidualUNet
+from diraccodec.transforms.search import Progress
 
 DEFAULT_SEED = 0
 
@@ -28,24 +29,25 @@ class DiffusionDecoder:
         self.restorer = restorer
 
     def enhance(self, base_rgb: np.ndarray, level: float, steps: int, seed: int | None = None,
-                detail_map: DetailMap | None = None) -> np.ndarray:
+                detail_map: DetailMap | None = None, progress: Progress | None = None) -> np.ndarray:
         """(H, W, 3) uint8 base reconstruction -> (H, W, 3) uint8 after `steps` sampling steps,
-        with the file's detail map where it has one and the level uses it."""
+        with the file's detail map where it has one and the level uses it; `progress(done,
+        steps)` hears of each step."""
         if steps <= 0:
             return base_rgb
-        base, sampled = self.sample(base_rgb, level, steps, seed)
+        base, sampled = self.sample(base_rgb, level, steps, seed, progress)
         return self.to_image(base, finish(sampled, self.finishing.at(level, steps), detail_map))
 
     def uses_detail_map(self, level: float) -> bool:
         return self.finishing.uses_detail_map(level)
 
-    def sample(self, base_rgb: np.ndarray, level: float, steps: int,
-               seed: int | None = None) -> tuple[torch.Tensor, SampledResidual]:
+    def sample(self, base_rgb: np.ndarray, level: float, steps: int, seed: int | None = None,
+               progress: Progress | None = None) -> tuple[torch.Tensor, SampledResidual]:
         """The base (as the model sees it) and the sampling's parts before the finishing."""
         base_rgb = self.conditioning(base_rgb, level)
         base = torch.from_numpy(base_rgb.copy()).permute(2, 0, 1)[None].to(self.device).float().div_(255)
         sampled = sample_residual(self.model, base, level, steps, DEFAULT_SEED if seed is None else seed,
-                                  self.sampler, self.compute)
+                                  self.sampler, self.compute, progress)
         return base, sampled
 
     def conditioning(self, base_rgb: np.ndarray, level: float) -> np.ndarray:

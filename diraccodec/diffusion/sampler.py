@@ -24,6 +24,7 @@ from diraccodec.compute import Compute
 from diraccodec.diffusion.noise import gaussian_noise
 from diraccodec.diffusion.schedule import RESIDUAL_SCALE, per_level, respaced_times, signal_level
 from diraccodec.restoration.unet import ResidualUNet
+from diraccodec.transforms.search import Progress
 from diraccodec.transforms.tiling import apply_tiled
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]  # (noisy residual, time) -> clean prediction
@@ -114,11 +115,13 @@ def sample_ddim(denoise: Denoiser, times: torch.Tensor, noise: NoiseSource, eta:
 
 @torch.no_grad()
 def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps: int, seed: int,
-                    settings: SamplerSettings = SamplerSettings(), compute: Compute = Compute()) -> SampledResidual:
+                    settings: SamplerSettings = SamplerSettings(), compute: Compute = Compute(),
+                    progress: Progress | None = None) -> SampledResidual:
     """base: (1, 3, H, W) in [0, 1] on compute's device -> the sampling's parts (steps >= 1).
 
     The U-Net runs in tiles where the image is larger than the device's tile, in the mode's
-    precision; the sampler's own arithmetic stays float32."""
+    precision; the sampler's own arithmetic stays float32. `progress(done, steps)` hears of
+    each finished step."""
     height, width = base.shape[-2:]
     multiple = model.size_multiple
     base_padded = F.pad(base, (0, -width % multiple, 0, -height % multiple), mode="replicate")
@@ -135,6 +138,7 @@ def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps
             return model(stacked[:, :3], time_tensor, stacked[:, 3:], level_tensor).float()
 
     step = compute.replayed(network)  # one step's network, replayed where the device allows
+    finished = iter(range(1, steps + 1))
 
     def denoise(x: torch.Tensor, time: float) -> torch.Tensor:
         time_tensor = torch.full((1,), time, device=base.device)
@@ -145,6 +149,8 @@ def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps
         with compute.kernels():
             predicted = apply_tiled(tile, torch.cat([x, base_padded], dim=1), Fraction(1),
                                     compute.tile(settings.tile), margin)
+        if progress is not None:
+            progress(next(finished), steps)
         return predicted.contiguous().clamp_(-bound, bound)
 
     prediction, noise_left = sample_ddim(denoise, settings.times(level, steps), noise, settings.eta, settings.renoise)
