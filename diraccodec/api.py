@@ -327,12 +327,15 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
     grid = drc.QUALITY_DENOMINATOR
     lowest, highest = round(LOWEST_LEVEL * grid), num_levels * grid  # the levels in grid units
 
-    files: dict[tuple[int, bool], bytes] = {}  # each grid step's file is made once
+    smallest: dict[bool, bytes] = {}  # the files at the lowest level, which several checks ask for
 
     def size_at(step: int, searched: bool) -> tuple[int, bytes]:
-        if (step, searched) not in files:
-            files[step, searched] = encoder.file(step / grid, searched)
-        return len(files[step, searched]), files[step, searched]
+        if step == lowest and searched in smallest:
+            return len(smallest[searched]), smallest[searched]
+        data = encoder.file(step / grid, searched)
+        if step == lowest:
+            smallest[searched] = data
+        return len(data), data
 
     def highest_fitting(low: int, high: int, searched: bool) -> tuple[int, bytes] | None:
         """The highest grid step in [low, high] whose file fits, with its file; None if none does."""
