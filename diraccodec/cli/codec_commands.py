@@ -38,19 +38,26 @@ from diraccodec.errors import DiracError, WrongWeightsError
 
 @contextlib.contextmanager
 def progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
-    """A `progress(done, total)` callback that draws a bar while the block runs, once the work
-    has more than one part, and clears it at the end."""
-    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = None
+    """A `progress(done, total)` callback that draws a bar on a terminal once the work has more
+    than one part, and clears it at the end. Until then nothing is drawn, so an error in the
+    block still prints as one line."""
+    bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                   transient=True)
+    task = None
 
-        def advance(done: int, total: int) -> None:
-            nonlocal task
-            if task is None:
-                task = bar.add_task(what, total=total, visible=total > 1)
+    def advance(done: int, total: int) -> None:
+        nonlocal task
+        if task is None and total > 1 and console.is_terminal:
+            bar.start()
+            task = bar.add_task(what, total=total)
+        if task is not None:
             bar.update(task, completed=done, total=total)
 
+    try:
         yield advance
+    finally:
+        if task is not None:
+            bar.stop()
 
 
 @click.command()

@@ -94,10 +94,10 @@ def _to_8bit_grey(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), "L")
 
 
-def image_to_planes(image: Image.Image, metadata: bool = True) -> Planes:
-    """The image's pixels and profile, and its EXIF and XMP where `metadata` asks for them."""
+def image_to_planes(image: Image.Image, with_metadata: bool = True) -> Planes:
+    """The image's pixels and profile, and its EXIF and XMP unless `with_metadata` is False."""
     icc = image.info.get("icc_profile") or None
-    metadata = read_metadata(image) if metadata else Metadata()
+    metadata = read_metadata(image) if with_metadata else Metadata()
     mode = image.mode
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")

@@ -52,7 +52,7 @@ MOVE_FRACTION = 0.125
 RETRIES = 4
 
 
-Progress = Callable[[int, int], None]  # (tiles done, tiles in all)
+Progress = Callable[[int, int], None]  # (parts done, parts in all): the search's tiles, the decoder's steps
 Pricing = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (symbols, table ids) -> float64 bits of each
 Filter = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (image, level) -> filtered image
 
