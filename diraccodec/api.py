@@ -402,10 +402,11 @@ class FileInfo:
     @property
     def metadata(self) -> Metadata:
         """The image's EXIF and XMP, where the encoder carried them."""
-        parts = [self.header.sections.get(tag) for tag in (drc.TAG_EXIF, drc.TAG_XMP)]
-        exif, xmp = (metadata_parts.inflate(part, metadata_parts.MAX_METADATA_BYTES, what) if part else None
-                     for part, what in zip(parts, ("EXIF", "XMP"), strict=True))
-        return Metadata(exif, xmp)
+        def part(tag: bytes, what: str) -> bytes | None:
+            payload = self.header.sections.get(tag)
+            return metadata_parts.inflate(payload, metadata_parts.MAX_METADATA_BYTES, what) if payload else None
+
+        return Metadata(part(drc.TAG_EXIF, "EXIF"), part(drc.TAG_XMP, "XMP"))
 
 
 def inspect(data: bytes, max_pixels: int = drc.DEFAULT_MAX_PIXELS) -> FileInfo:
