@@ -29,14 +29,18 @@ demo: install
 	$(BIN)/dirac info out/parrots.drc
 	$(BIN)/dirac decode out/parrots.drc -o out/parrots.png
 
+# one worker per core (pytest-xdist), each running torch in one thread (tests/conftest.py); a
+# test file's tests stay together, so its fixtures are made once
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
+
 test: setup
 	$(BIN)/ruff check diraccodec tests scripts
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # the fast tier, for every change: the tests not marked slow (under 3 minutes on 2 cores)
 test-fast: setup
 	$(BIN)/ruff check diraccodec tests scripts
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check diraccodec tests scripts

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from diraccodec.cli.common import (
     EXIT_SOME_FAILED,
@@ -29,6 +29,7 @@ from diraccodec.cli.common import (
     reports_errors,
     seed_option,
     size_option,
+    stdout_console,
     steps_option,
     strip_option,
     weights_option,
@@ -155,7 +156,7 @@ def info(source: Path, max_pixels: int) -> None:
     ]
     for key, value in rows:
         table.add_row(key, value)
-    Console(highlight=False).print(table)
+    stdout_console().print(table)
 
 
 def installed_reading(file_weights_id: bytes) -> tuple[bytes, str]:
@@ -281,7 +282,7 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
         def advance(result: Any) -> None:
             progress.advance(task)
             if result.status == "failed":
-                progress.console.print(f"[red]failed[/red] {result.job.source}: {result.message}")
+                progress.console.print(Text.assemble(("failed", "red"), f" {result.job.source}: {result.message}"))
 
         if ray_address is not None:
             from diraccodec.batch import run_batch_on_ray
@@ -341,6 +342,6 @@ def bench(images: tuple[Path, ...], level: float, effort: int, references: str, 
     options = BenchOptions(tuple(images), level, effort, tuple(k.strip().lower() for k in keys), steps, repeat,
                            device, exact, str(weights) if weights else None)
     report = run_bench(options, console)
-    Console(highlight=False).print(table_of(report))
+    stdout_console().print(table_of(report))
     write_bench(report, json_path, markdown)
 

@@ -19,7 +19,14 @@ from diraccodec.errors import DiracError
 EXIT_USER_ERROR = 2
 EXIT_SOME_FAILED = 1
 
-console = Console(stderr=True, highlight=False)
+# File names are printed as they are: no markup read into them (a name with "[/x]" in it is no
+# style), and a long line is not broken into two, so that a log keeps each path whole for grep.
+console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+
+
+def stdout_console() -> Console:
+    """Where tables go (stdout, at its width), with file names printed as they are."""
+    return Console(highlight=False, markup=False)
 
 
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:

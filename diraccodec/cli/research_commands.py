@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from diraccodec.api import DEFAULT_EFFORT, EFFORT_PASSES
@@ -18,6 +17,7 @@ from diraccodec.cli.common import (
     perception_plot_option,
     plot_option,
     reports_errors,
+    stdout_console,
     weights_option,
 )
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
@@ -121,7 +121,7 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
         table.add_row(p.codec, f"{p.setting:g}", f"{p.bpp:.4f}", f"{p.psnr:.2f}", f"{p.ms_ssim:.4f}",
                       f"{p.lpips:.4f}", f"{p.fd_alexnet:.2f}", f"{p.seconds_per_mp:.2f}",
                       f"{p.encode_seconds_per_mp:.2f}")
-    out = Console(highlight=False)
+    out = stdout_console()
     out.print(table)
     for ours, against in report["bd_rate_psnr_percent"].items():
         for name, value in against.items():

@@ -84,7 +84,7 @@ def train_base_command(data: tuple[Path, ...], context: str, start_from: Path | 
 
     ladder = None if lambdas is None else tuple(parse_list(lambdas, float, "--lambdas"))
     train_base(BaseTrainingOptions(data=tuple(data), context=context, start_from=start_from, lambdas=ladder,
-                                   **loop))
+                                   **loop), console)
 
 
 @train.command("diffusion")
@@ -122,7 +122,7 @@ def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, level_
         levels = (bounds[0], bounds[1])
     train_diffusion(DiffusionTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(),
                                              level_range=levels, restoration_weights=restoration_weights,
-                                             start_from=start_from, **loop))
+                                             start_from=start_from, **loop), console)
 
 
 @train.command("restoration")
@@ -140,7 +140,7 @@ def train_restoration_command(data: tuple[Path, ...], weights: Path | None, star
 
     origin = None if from_scratch else (start_from or default_diffusion_path())
     train_restoration(RestorationTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(),
-                                                 start_from=origin, **loop))
+                                                 start_from=origin, **loop), console)
 
 
 @train.command("entropy")
@@ -153,7 +153,8 @@ def train_entropy_command(data: tuple[Path, ...], weights: Path | None, **loop: 
     from diraccodec.modelfiles import default_weights_path
     from diraccodec.training.entropy import EntropyTrainingOptions, train_entropy
 
-    train_entropy(EntropyTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(), **loop))
+    train_entropy(EntropyTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(), **loop),
+                  console)
 
 
 @train.command("level-tables")
