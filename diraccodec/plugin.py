@@ -12,9 +12,11 @@ Options, the way the AVIF and JPEG XL plugins take theirs:
 
 - Saving takes diraccodec.encode's keywords as save parameters (quality, size, bpp, steps, effort,
   detail_map, device, weights, max_pixels, progress, metadata); the image's info["exif"] and
-  info["xmp"] are carried unless metadata=False; without quality, size or bpp the level is
-  DEFAULT_QUALITY. Other parameters are ignored, as every Pillow plugin ignores what is not its own,
-  so that `save(path, **other.info)` works.
+  info["xmp"] are carried unless metadata=False, and its info["icc_profile"]. Like Pillow's own
+  writers, `exif=`, `xmp=` and `icc_profile=` given to save replace the image's (empty: none);
+  exif may be an Image.Exif. Without quality, size or bpp the level is DEFAULT_QUALITY. Other
+  parameters are ignored, as every Pillow plugin ignores what is not its own, so that
+  `save(path, **other.info)` works.
 - Image.open has no place for options, so those plugins read theirs from module globals. Here
   decoding takes diraccodec.decode's keywords (steps, seed, device, exact, restore, weights,
   diffusion_weights, max_pixels, progress) from process-wide defaults, set with set_decode_options(), and
@@ -49,6 +51,7 @@ DEFAULT_QUALITY = 3
 ENCODE_OPTIONS = frozenset(inspect.signature(api.encode).parameters) - {"image", "label"}
 DECODE_OPTIONS = frozenset(inspect.signature(api.decode).parameters) - {"data"}
 _RATE_OPTIONS = ("quality", "size", "bpp")
+_INFO_OPTIONS = ("icc_profile", "exif", "xmp")  # save parameters over the image's info, as Pillow's writers take them
 
 _decode_defaults: dict[str, Any] = {}
 
@@ -120,7 +123,25 @@ def _save(image: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     options = {name: value for name, value in image.encoderinfo.items() if name in ENCODE_OPTIONS}
     if not any(options.get(name) is not None for name in _RATE_OPTIONS):
         options["quality"] = DEFAULT_QUALITY
-    fp.write(api.encode(image, **options))
+    fp.write(api.encode(_with_given_info(image), **options))
+
+
+def _with_given_info(image: Image.Image) -> Image.Image:
+    """The image, or a copy whose info holds the ICC profile, EXIF and XMP given to save."""
+    given = {name: image.encoderinfo[name] for name in _INFO_OPTIONS if name in image.encoderinfo}
+    if not given:
+        return image
+    image = image.copy()  # the caller's image keeps its own info
+    for name, value in given.items():
+        if isinstance(value, Image.Exif):
+            value = value.tobytes()
+        if isinstance(value, str):  # XMP as text
+            value = value.encode("utf-8")
+        if value:
+            image.info[name] = value
+        else:
+            image.info.pop(name, None)
+    return image
 
 
 def register() -> None:

@@ -15,6 +15,7 @@ from diraccodec import api, plugin
 from diraccodec.container import drc
 from diraccodec.errors import CorruptFileError, InvalidOptionError, TruncatedFileError
 from tests.conftest import SAMPLE, swapped_primaries_profile
+from tests.test_metadata import MAKE, XMP, camera_jpeg, parsed
 
 
 def with_alpha(image: Image.Image) -> Image.Image:
@@ -85,6 +86,24 @@ def test_the_icc_profile_travels(small_image):
         assert reopened.info["icc_profile"] == profile  # from the header, before any decoding
         reopened.load()
         assert reopened.info["icc_profile"] == profile
+
+
+def test_icc_profile_exif_and_xmp_given_to_save_replace_the_images(small_image):
+    with Image.open(io.BytesIO(camera_jpeg(small_image, orientation=1))) as photo:
+        image = photo.convert("RGB")
+        image.info.update(photo.info, icc_profile=swapped_primaries_profile())
+    assert parsed(image.info["exif"])[MAKE] == "Cam" and image.info["xmp"] == XMP
+    other_exif = Image.Exif()
+    other_exif[MAKE] = "Other"
+    given = {"icc_profile": b"", "exif": other_exif, "xmp": "<x:xmpmeta>given</x:xmpmeta>"}
+    with opened(saved(image, **given)) as reopened:
+        assert "icc_profile" not in reopened.info
+        assert parsed(reopened.info["exif"])[MAKE] == "Other"
+        assert reopened.info["xmp"] == b"<x:xmpmeta>given</x:xmpmeta>"
+    assert image.info["xmp"] == XMP  # the caller's image is left as it was
+    with opened(saved(image, exif=None, xmp=b"")) as reopened:
+        assert "exif" not in reopened.info and "xmp" not in reopened.info
+        assert reopened.info["icc_profile"] == image.info["icc_profile"]
 
 
 def test_file_objects_and_the_default_quality(small_image, small_drc: bytes):
