@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import pty
 import re
 import shutil
 import subprocess
@@ -15,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import diraccodec
 from diraccodec.cli import main
 from tests.conftest import SAMPLE, swapped_primaries_profile
 from tests.test_metadata import camera_jpeg
@@ -129,6 +132,31 @@ def test_error_paths_print_one_line_and_exit_2(tmp_path: Path, small_drc: Path, 
     for (_, _, fragment, output), result in zip(cases, results, strict=True):
         assert_one_line_error(result, fragment)
         assert output is None or not output.exists()
+
+
+def test_standard_input_and_output_stand_in_for_files(small_png: Path, small_drc: Path):
+    image_data = small_png.read_bytes()
+    runner = CliRunner()
+    encoded = runner.invoke(main, ["encode", "-", "-q", "1", "-e", "1", "-o", "-"], input=image_data)
+    assert encoded.exit_code == 0, encoded.output
+    assert encoded.stdout_bytes == diraccodec.encode(image_data, 1, effort=1)
+    assert encoded.stderr.startswith("standard output: ")
+    decoded = runner.invoke(main, ["decode", "-", "-o", "-"], input=encoded.stdout_bytes)
+    assert decoded.exit_code == 0, decoded.output
+    with Image.open(io.BytesIO(decoded.stdout_bytes)) as image:
+        assert image.format == "PNG" and image.tobytes() == diraccodec.decode(encoded.stdout_bytes).tobytes()
+    info = runner.invoke(main, ["info", "-"], input=encoded.stdout_bytes)
+    assert info.exit_code == 0 and "standard input" in info.stdout
+    # binary bytes are not written to a terminal, nor read from one: refused before any work
+    terminal, device = pty.openpty()
+    try:
+        for arguments in (("decode", small_drc, "-o", "-"), ("info", "-")):
+            refused = subprocess.run([sys.executable, "-m", "diraccodec.cli", *map(str, arguments)], stdin=device,
+                                     stdout=device, stderr=subprocess.PIPE, text=True, timeout=120)
+            assert_one_line_error(refused, "is a terminal")
+    finally:
+        os.close(terminal)
+        os.close(device)
 
 
 def test_unwritable_output_leaves_nothing(tmp_path: Path, small_png: Path):

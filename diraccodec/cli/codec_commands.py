@@ -17,24 +17,31 @@ from rich.text import Text
 from diraccodec.cli.common import (
     EXIT_SOME_FAILED,
     bpp_option,
+    check_output,
     console,
     detail_map_option,
     device_option,
     effort_option,
     exact_option,
+    is_stream,
     markdown_option,
     max_pixels_option,
     parse_list,
     rate_target,
+    read_source,
     reports_errors,
     seed_option,
+    shown_name,
     size_option,
     stdout_console,
     steps_option,
     strip_option,
     weights_option,
+    write_output,
 )
 from diraccodec.errors import DiracError, WrongWeightsError
+
+STREAM_FORMAT = "PNG"  # what `dirac decode -o -` writes
 
 
 @contextlib.contextmanager
@@ -67,7 +74,8 @@ def progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
               help="Rate level, -1 (smallest files) to 8 (best); fractions such as 3.5 allowed.")
 @size_option
 @bpp_option
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .drc file.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help='Output .drc file ("-": standard output).')
 @effort_option
 @click.option("--steps", "recommended_steps", type=click.IntRange(0, 100), default=None,
               help="Recommended diffusion steps, stored in the file for decoders that are not told.")
@@ -80,24 +88,27 @@ def progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
 def encode(source: Path, quality: float | None, size_text: str | None, bpp: float | None, output: Path, effort: int,
            recommended_steps: int | None, detail_map: bool | None, strip: bool, device: str, weights: Path | None,
            max_pixels: int) -> None:
-    """Compress an image into a .drc file."""
+    """Compress an image into a .drc file ("-": standard input or output)."""
     from diraccodec import api
-    from diraccodec.image.files import write_atomic
 
     rate = rate_target(quality, size_text, bpp)
+    check_output(output)
+    image = read_source(source) if is_stream(source) else source
     with progress_bar("searching latents") as searched:
-        data = api.encode(source, **rate, effort=effort, steps=recommended_steps, detail_map=detail_map,
+        data = api.encode(image, **rate, effort=effort, steps=recommended_steps, detail_map=detail_map,
                           device=device, weights=weights, max_pixels=max_pixels, progress=searched,
-                          metadata=not strip)
-    write_atomic(output, data)
+                          metadata=not strip, label=shown_name(source, "standard input"))
+    write_output(output, data)
     info = api.inspect(data)
-    console.print(f"{output}: {len(data)} bytes, {info.bits_per_pixel:.4f} bpp, level {info.header.quality:g}")
+    console.print(f"{shown_name(output, 'standard output')}: {len(data)} bytes, {info.bits_per_pixel:.4f} bpp, "
+                  f"level {info.header.quality:g}")
 
 
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="Output image: .png, .webp (lossless), .tif/.tiff, .bmp or .jpg/.jpeg (quality 100).")
+              help='Output image: .png, .webp (lossless), .tif/.tiff, .bmp or .jpg/.jpeg (quality 100); "-": PNG to '
+                   "standard output.")
 @steps_option
 @seed_option
 @device_option
@@ -109,16 +120,18 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
 @reports_errors
 def decode(source: Path, output: Path, steps: int | None, seed: int | None, device: str, exact: bool,
            no_restore: bool, weights: Path | None, max_pixels: int) -> None:
-    """Decompress a .drc file into an image."""
+    """Decompress a .drc file into an image ("-": standard input, or PNG to standard output)."""
     from diraccodec import api
-    from diraccodec.image.files import image_format_for, read_bytes, write_image
+    from diraccodec.image.files import image_bytes, image_format_for
 
-    image_format_for(output)  # refuse a bad output name before the work
+    check_output(output)  # a bad output fails now, not after the work
+    image_format = STREAM_FORMAT if is_stream(output) else image_format_for(output)
+    data = read_source(source)
     with progress_bar("decoding") as decoded:
-        image = api.decode(read_bytes(source), steps, seed, weights=weights, device=device, exact=exact,
+        image = api.decode(data, steps, seed, weights=weights, device=device, exact=exact,
                            max_pixels=max_pixels, restore=not no_restore, progress=decoded)
-    write_image(output, image)
-    console.print(f"{output}: {image.width}x{image.height} {image.mode}")
+    write_output(output, image_bytes(image, image_format))
+    console.print(f"{shown_name(output, 'standard output')}: {image.width}x{image.height} {image.mode}")
 
 
 @click.command()
@@ -128,17 +141,16 @@ def decode(source: Path, output: Path, steps: int | None, seed: int | None, devi
 def info(source: Path, max_pixels: int) -> None:
     """Show a .drc file's header and its real bits per pixel."""
     from diraccodec import api
-    from diraccodec.image.files import read_bytes
     from diraccodec.image.metadata import describe as describe_metadata
     from diraccodec.image.profiles import describe as describe_profile
 
-    data = read_bytes(source)
+    data = read_source(source)
     details = api.inspect(data, max_pixels)
     header = details.header
     reads_as, reading_note = installed_reading(header.weights_id)
     table = Table(show_header=False, box=None)
     rows = [
-        ("file", str(source)),
+        ("file", shown_name(source, "standard input")),
         ("format version", str(header.version)),
         ("size", f"{header.width}x{header.height}"),
         ("colour mode", header.colour_mode.name),

@@ -24,6 +24,48 @@ EXIT_SOME_FAILED = 1
 console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
+STREAM = "-"  # a SOURCE or OUTPUT of "-" is standard input or output, as in cwebp and djxl
+
+
+def is_stream(path: Path) -> bool:
+    return str(path) == STREAM
+
+
+def shown_name(path: Path, stream: str) -> str:
+    """The path as printed: "standard input" or "standard output" for "-"."""
+    return stream if is_stream(path) else str(path)
+
+
+def read_source(path: Path) -> bytes:
+    """The bytes of a file, or of standard input for "-" (refused on a terminal, where it would
+    wait for typed bytes)."""
+    from diraccodec.image.files import read_bytes
+
+    if not is_stream(path):
+        return read_bytes(path)
+    if sys.stdin.isatty():
+        raise DiracError("standard input is a terminal: pipe a file into it, or name the file")
+    return sys.stdin.buffer.read()
+
+
+def check_output(path: Path) -> None:
+    """Refuse "-" on a terminal, where the bytes would be garbage: before the work, not after."""
+    if is_stream(path) and sys.stdout.isatty():
+        raise DiracError("standard output is a terminal: redirect it to a file or a pipe, or name the file with -o")
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Write a file atomically, or to standard output for "-"."""
+    from diraccodec.image.files import write_atomic
+
+    check_output(path)
+    if not is_stream(path):
+        write_atomic(path, data)
+        return
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
 def stdout_console() -> Console:
     """Where tables go (stdout, at its width), with file names printed as they are."""
     return Console(highlight=False, markup=False)
