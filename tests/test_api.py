@@ -26,17 +26,20 @@ def test_a_size_target_gives_the_largest_file_at_or_under_it(small_image, target
     assert diraccodec.encode(small_image, level) == data
 
 
+@pytest.mark.slow
 def test_a_size_target_on_a_photo_lands_within_3_percent(sample_image):
     data = diraccodec.encode(sample_image, size=10_000)
     assert 9_700 <= len(data) <= 10_000
 
 
+@pytest.mark.slow
 def test_a_bpp_target_is_a_size_in_bits_per_pixel(small_image):
     pixels = small_image.width * small_image.height
     data = diraccodec.encode(small_image, bpp=1.0)
     assert len(data) <= pixels / 8 and data == diraccodec.encode(small_image, size=pixels // 8)
 
 
+@pytest.mark.slow
 def test_a_searched_size_target_fits_too(sample_image):
     data = diraccodec.encode(sample_image, size=6_000, effort=2)
     assert len(data) <= 6_000 and len(data) >= 0.97 * 6_000
@@ -69,6 +72,7 @@ def test_size_texts_use_decimal_and_binary_units():
             parse_size(bad)
 
 
+@pytest.mark.slow
 def test_the_cli_takes_a_size(tmp_path, sample_image):
     sample_image.save(tmp_path / "a.png")
     result = CliRunner().invoke(main, ["encode", str(tmp_path / "a.png"), "--size", "10KB",
@@ -80,6 +84,7 @@ def test_the_cli_takes_a_size(tmp_path, sample_image):
     assert both.exit_code == 2 and "exactly one of -q, --size or --bpp" in both.output
 
 
+@pytest.mark.slow
 def test_calls_from_four_threads_give_the_bytes_and_pixels_of_serial_calls(small_image, sample_image):
     images = [small_image, sample_image.crop((0, 0, 200, 120)), small_image.convert("L"),
               sample_image.crop((100, 50, 260, 210))]

@@ -95,6 +95,7 @@ def test_each_stage_ends_by_its_deadline_counted_from_the_start(script):
     assert script.stage_minutes(10.0, 1.0, elapsed=9.99) == pytest.approx(script.SHORTEST_STAGE_MINUTES)
 
 
+@pytest.mark.slow
 def test_a_candidate_trains_travels_in_parts_and_joins_into_weights_that_code(script, tmp_path, monkeypatch):
     from diraccodec import api
 

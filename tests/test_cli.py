@@ -45,6 +45,7 @@ def small_drc(tmp_path: Path, small_png: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_encode_decode_info(tmp_path: Path):
     # a name that reads as rich markup is printed as it is
     drc_path, png_path = tmp_path / "a[bold].drc", tmp_path / "a.png"
@@ -103,6 +104,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in lines[0]
 
 
+@pytest.mark.slow
 def test_error_paths_print_one_line_and_exit_2(tmp_path: Path, small_drc: Path, small_png: Path):
     data = small_drc.read_bytes()
     broken = tmp_path / "broken.png"
@@ -134,6 +136,7 @@ def test_error_paths_print_one_line_and_exit_2(tmp_path: Path, small_drc: Path, 
         assert output is None or not output.exists()
 
 
+@pytest.mark.slow
 def test_standard_input_and_output_stand_in_for_files(small_png: Path, small_drc: Path):
     image_data = small_png.read_bytes()
     runner = CliRunner()
@@ -195,6 +198,7 @@ def test_decode_writes_greyscale_and_alpha(tmp_path: Path, small_image: Image.Im
         assert np.all(np.asarray(image.getchannel("A")) == 128)
 
 
+@pytest.mark.slow
 def test_batch_both_directions_skips_existing_and_reports_failures(tmp_path: Path, small_image: Image.Image):
     source, encoded, decoded = tmp_path / "photos", tmp_path / "encoded", tmp_path / "decoded"
     (source / "nested").mkdir(parents=True)

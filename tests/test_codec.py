@@ -94,6 +94,7 @@ def test_any_size_decodes_to_that_size(sample_image, size):
         assert psnr(image, decoded) > 18
 
 
+@pytest.mark.slow
 def test_large_image_goes_through_tiles_without_seams(sample_image):
     image = sample_image.resize((1100, 700), Image.BICUBIC)
     data = diraccodec.encode(image, 5)
@@ -301,6 +302,7 @@ def test_encoding_is_reproducible(small_image):
     assert header.weights_id == get_codec().weights.weights_id
 
 
+@pytest.mark.slow
 def test_fast_decoding_is_within_the_format_tolerance_of_the_exact_one(sample_image):
     """docs/format.md: at 0 steps a decoder's pixels are within 2 grey levels of the reference
     decoder's (the exact mode), and 99% of them equal."""

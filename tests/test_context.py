@@ -213,6 +213,7 @@ def test_a_new_context_model_codes_as_its_hyperprior(tmp_path: Path, small_image
                                   plain.synthesize(expected, *small_image.size, 3))
 
 
+@pytest.mark.slow
 def test_the_cost_script_times_both_codecs(tmp_path: Path, small_image: Image.Image):
     import subprocess
     import sys

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -12,6 +13,7 @@ from diraccodec.api import get_codec
 from diraccodec.cli import main
 
 
+@pytest.mark.slow
 def test_eval_command_on_two_small_images(tmp_path: Path, sample_image: Image.Image):
     folder = tmp_path / "images"
     folder.mkdir()

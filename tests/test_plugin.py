@@ -116,6 +116,7 @@ def test_file_objects_and_the_default_quality(small_image, small_drc: bytes):
     assert not source.closed  # the caller's file stays the caller's
 
 
+@pytest.mark.slow
 def test_save_options_pass_through(small_image, small_drc: bytes):
     assert len(saved(small_image, quality=2)) < len(small_drc) < len(saved(small_image, quality=5))
     target = len(small_drc) - 40

@@ -131,6 +131,7 @@ def test_truncated_and_empty_images_are_refused(data):
         diraccodec.encode(data, 3)
 
 
+@pytest.mark.slow
 def test_killed_batch_resumes_without_redoing_finished_files(tmp_path, sample_image):
     source, target = tmp_path / "in", tmp_path / "out"
     source.mkdir()
@@ -182,6 +183,7 @@ def test_no_pickle_in_the_loading_path():
             assert "import pickle" not in text, path
 
 
+@pytest.mark.slow
 def test_the_trim_script_times_both_rules_on_the_same_files(tmp_path, sample_image):
     sample_image.crop((0, 0, 160, 128)).save(tmp_path / "a.png")
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "trim_cost.py"), str(tmp_path / "a.png"),

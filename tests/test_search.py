@@ -23,7 +23,7 @@ def objective(codec, original: np.ndarray, data: bytes, quality: float) -> float
     return codec._lambda(quality) * 255**2 * mse + 8 * len(data) / (height * width)
 
 
-@pytest.mark.parametrize("quality", [2, 7])
+@pytest.mark.parametrize("quality", [2, pytest.param(7, marks=pytest.mark.slow)])
 def test_search_lowers_the_objective_on_a_photo(sample_image, quality, monkeypatch):
     """Measured with the range coder's real output and the decoder's real pixels, on an
     image cut into tiles of the search (windows of at most 500 latents)."""
@@ -78,6 +78,7 @@ def test_bad_efforts_are_refused(small_image, effort):
         diraccodec.encode(small_image, 3, effort=effort)
 
 
+@pytest.mark.slow
 def test_cli_effort_option(tmp_path, small_image):
     small_image.save(tmp_path / "a.png")
     # the search's choices may depend on the thread count (format.md: encoders may differ), so

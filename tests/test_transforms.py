@@ -128,6 +128,7 @@ def test_same_widths_change_nothing_and_narrower_ones_are_refused():
         widen_into(SynthesisTransform(8, 12), nn.Sequential(*list(SynthesisTransform(8, 12))[:-1]))
 
 
+@pytest.mark.slow
 def test_the_cost_script_times_grown_widths_that_code_as_the_shipped_base(tmp_path: Path, small_image: Image.Image):
     small_image.save(tmp_path / "a.png")
     script = Path(__file__).resolve().parent.parent / "scripts" / "architecture_cost.py"

@@ -324,7 +324,7 @@ def print_summary(results: list[Any], seconds: float) -> None:
     failed = [r for r in results if r.status == "failed"]
     for result in failed:
         console.print(f"failed: {result.job.source}: {result.message}")
-    console.print(f"{len(results)} files in {seconds:.1f} s")
+    console.print(f"{len(results)} file{'' if len(results) == 1 else 's'} in {seconds:.1f} s")
 
 
 @click.command()
