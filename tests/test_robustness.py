@@ -131,6 +131,17 @@ def test_truncated_and_empty_images_are_refused(data):
         diraccodec.encode(data, 3)
 
 
+def test_an_empty_file_is_called_empty(tmp_path):
+    (tmp_path / "empty.png").touch()
+    with pytest.raises(ImageReadError, match=r"^cannot read image: \S*empty\.png is empty$"):
+        diraccodec.encode(tmp_path / "empty.png", 3)
+    with pytest.raises(ImageReadError, match=r"^cannot read image: input data is empty$"):
+        diraccodec.encode(b"", 3)
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(ImageReadError, match=r"text\.png is not an image format Pillow knows"):
+        diraccodec.encode(tmp_path / "text.png", 3)
+
+
 @pytest.mark.slow
 def test_killed_batch_resumes_without_redoing_finished_files(tmp_path, sample_image):
     source, target = tmp_path / "in", tmp_path / "out"

@@ -45,6 +45,14 @@ class Planes:
     metadata: Metadata = field(default_factory=Metadata)
 
 
+def _is_empty(source: str | Path | bytes) -> bool:
+    """Whether the input has no bytes at all (a failed download, a truncated copy)."""
+    try:
+        return len(source) == 0 if isinstance(source, bytes) else Path(source).stat().st_size == 0
+    except OSError:
+        return False
+
+
 def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = None) -> Image.Image:
     """Open, check the size and apply EXIF orientation; ImageReadError on any failure.
 
@@ -74,6 +82,8 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
     except IsADirectoryError:
         raise ImageReadError(f"cannot read image: {label} is a folder") from None
     except UnidentifiedImageError:
+        if _is_empty(source):
+            raise ImageReadError(f"cannot read image: {label} is empty") from None
         raise ImageReadError(f"cannot read image: {label} is not an image format Pillow knows") from None
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"cannot read image {label}: {error}") from None
