@@ -17,7 +17,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import ExifTags, Image
 
 from diraccodec.errors import CorruptFileError
 
@@ -32,14 +32,37 @@ class Metadata:
     xmp: bytes | None = None  # the XMP packet, XML
 
 
+# A TIFF's first IFD is mostly its own layout (size, strips, compression); these of its tags
+# say what EXIF says of a photo, and its EXIF and GPS IFDs are EXIF's own.
+TIFF_DESCRIPTIVE_TAGS = (0x010E, 0x010F, 0x0110, 0x0112, 0x0131, 0x0132, 0x013B, 0x013C, 0x8298)
+# ImageDescription, Make, Model, Orientation, Software, DateTime, Artist, HostComputer, Copyright
+TIFF_EXIF_IFDS = (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo)
+
+
 def read_metadata(image: Image.Image) -> Metadata:
-    """The EXIF and XMP that Pillow read from the image's file (a TIFF's own tags are its
-    layout, not EXIF: only its XMP is read). Of EXIF that Pillow cannot parse, what it reads
-    is kept, with a warning, rather than bytes carried unchecked."""
+    """The EXIF and XMP that Pillow read from the image's file (of a TIFF, its descriptive
+    tags: tiff_exif). Of EXIF that Pillow cannot parse, what it reads is kept, with a warning,
+    rather than bytes carried unchecked."""
     xmp = image.info.get("xmp") or None
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8")
-    return Metadata(_rewritten_exif(image.info.get("exif")), xmp)
+    exif = image.info.get("exif") or (tiff_exif(image) if image.format == "TIFF" else None)
+    return Metadata(_rewritten_exif(exif), xmp)
+
+
+def tiff_exif(image: Image.Image) -> bytes | None:
+    """A TIFF's EXIF, as the other formats hold it: its descriptive tags and its EXIF and GPS
+    IFDs, without its layout tags (None where it has none). Pillow keeps no info["exif"] for a
+    TIFF, so the encoder puts this there before the orientation is applied (planes.open_image)."""
+    tags = image.getexif()
+    kept = Image.Exif()
+    for tag in TIFF_DESCRIPTIVE_TAGS:
+        if tag in tags:
+            kept[tag] = tags[tag]
+    for pointer in TIFF_EXIF_IFDS:
+        if ifd := tags.get_ifd(pointer):
+            kept[pointer] = dict(ifd)
+    return kept.tobytes() if len(kept) else None
 
 
 def _rewritten_exif(raw: bytes | None) -> bytes | None:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from diraccodec.errors import CorruptFileError, ImageReadError, LimitExceededError
-from diraccodec.image.metadata import Metadata, attach, read_metadata
+from diraccodec.image.metadata import Metadata, attach, read_metadata, tiff_exif
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -74,6 +74,8 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
                 warnings.warn(f"{label} is animated ({image.n_frames} frames): encoding the first frame only",
                               UserWarning, stacklevel=2)
             image.load()
+            if image.format == "TIFF" and "exif" not in image.info and (exif := tiff_exif(image)):
+                image.info["exif"] = exif  # so that turning it upright takes the orientation out of it
             return ImageOps.exif_transpose(image)
     except (LimitExceededError, ImageReadError):
         raise
