@@ -54,15 +54,19 @@ def tiff_exif(image: Image.Image) -> bytes | None:
     """A TIFF's EXIF, as the other formats hold it: its descriptive tags and its EXIF and GPS
     IFDs, without its layout tags (None where it has none). Pillow keeps no info["exif"] for a
     TIFF, so the encoder puts this there before the orientation is applied (planes.open_image)."""
-    tags = image.getexif()
-    kept = Image.Exif()
-    for tag in TIFF_DESCRIPTIVE_TAGS:
-        if tag in tags:
-            kept[tag] = tags[tag]
-    for pointer in TIFF_EXIF_IFDS:
-        if ifd := tags.get_ifd(pointer):
-            kept[pointer] = dict(ifd)
-    return kept.tobytes() if len(kept) else None
+    try:
+        tags = image.getexif()
+        kept = Image.Exif()
+        for tag in TIFF_DESCRIPTIVE_TAGS:
+            if tag in tags:
+                kept[tag] = tags[tag]
+        for pointer in TIFF_EXIF_IFDS:
+            if ifd := tags.get_ifd(pointer):
+                kept[pointer] = dict(ifd)
+        return kept.tobytes() if len(kept) else None
+    except Exception as error:  # Pillow raises many kinds on malformed IFDs: the pixels still count
+        warnings.warn(f"EXIF left out: it cannot be read ({error})", UserWarning, stacklevel=2)
+        return None
 
 
 def _rewritten_exif(raw: bytes | None) -> bytes | None:
