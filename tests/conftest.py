@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# Under pytest-xdist (`-n 2`) each worker, and every process a test starts, runs torch in one
-# thread: two workers of one thread each keep both cores busy through the tests' serial parts
-# (process starts, imports, file I/O), where one process of two threads leaves one idle.
+# Under pytest-xdist (`make test` runs `-n auto`) each worker, and every process a test
+# starts, runs torch in one thread: two workers of one thread each keep both cores busy through
+# the tests' serial parts (process starts, imports, file I/O), where one process of two threads
+# leaves one idle.
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
