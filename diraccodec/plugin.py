@@ -135,9 +135,7 @@ def _with_given_info(image: Image.Image) -> Image.Image:
     for name, value in given.items():
         if isinstance(value, Image.Exif):
             value = value.tobytes()
-        if isinstance(value, str):  # XMP as text
-            value = value.encode("utf-8")
-        if value:
+        if value:  # XMP as text is read as read_metadata reads it from any image's info
             image.info[name] = value
         else:
             image.info.pop(name, None)
