@@ -23,7 +23,7 @@ from PIL import Image
 
 from diraccodec.codec.base_codec import LOWEST_LEVEL, Arithmetic, BaseCodec, BaseWeights
 from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, ladder_position
-from diraccodec.compute import AUTO, Compute
+from diraccodec.compute import Compute
 from diraccodec.container import drc
 from diraccodec.diffusion import detail_map as detail_maps
 from diraccodec.diffusion.decoder import DiffusionDecoder
@@ -49,13 +49,10 @@ from diraccodec.modelfiles import (
     load_restoration_weights,
     released_base_weights,
 )
+from diraccodec.options import AUTO, DEFAULT_EFFORT, EFFORT_PASSES, MAX_STEPS
 from diraccodec.restoration.filter import Restorer
 from diraccodec.transforms import search as latent_search
 
-MAX_STEPS = 100
-# Encoder effort -> passes of the search for cheaper latent symbols (0: plain rounding).
-EFFORT_PASSES = {1: 0, 2: 1, 3: 2, 4: 4, 5: 8}
-DEFAULT_EFFORT = 2  # one search pass: 3-4% fewer bits than plain rounding at the same PSNR (docs/user-guide.md)
 # The encoder writes the detail map by default below the level of this trade-off on the base's
 # ladder (level 3 of the shipped ladder): the shipped diffusion decoder steers its detail by the
 # map at levels 1 and 2 and ignores it above. Stated as a lambda, the rule keeps its meaning on

@@ -12,7 +12,7 @@ thread count. Two kinds of kernel sum in an order that follows the thread count:
 call (on AVX-512 machines it splits its sums by threads). The reproducible paths turn
 oneDNN off, and MKL gives the same sums with any thread count in its strict conditional
 numerical reproducibility (CNR) mode. MKL reads that mode once, at its first call, so
-`request_strict_mkl` (run when diraccodec is imported) asks for it through MKL_CBWR; where
+`options.request_strict_mkl` (run when diraccodec is imported) asks for it through MKL_CBWR; where
 that came too late (MKL already used in this process) or MKL_CBWR chose otherwise, the
 reproducible paths run in one thread, and a warning says the last bit may then differ from
 other processes'.
@@ -32,14 +32,10 @@ from dataclasses import dataclass
 import torch
 from torch.autograd import DeviceType
 
-STRICT_MKL = "AUTO,STRICT"  # the fastest code branch for this CPU, summed alike on any thread count
+from diraccodec.options import AUTO, STRICT_MKL
+
 _MKL_CBWR_ALL = -1  # mkl_cbwr_get's query for the whole setting
 _MKL_CBWR_STRICT = 0x10000
-
-
-def request_strict_mkl() -> None:
-    """Ask for MKL's strict CNR mode before MKL's first call (importing torch makes none)."""
-    os.environ.setdefault("MKL_CBWR", STRICT_MKL)
 
 
 @functools.cache
@@ -117,9 +113,7 @@ def _warn_not_strict() -> None:
     )
 
 
-AUTO = "auto"
 CPU = torch.device("cpu")
-DEVICE_CHOICES = (AUTO, "cpu", "cuda")
 
 
 def cuda_available() -> bool:

@@ -38,7 +38,6 @@ from typing import IO, Any
 
 from PIL import Image, ImageFile
 
-from diraccodec import api
 from diraccodec.container import drc
 from diraccodec.errors import InvalidOptionError
 from diraccodec.image.metadata import attach
@@ -47,22 +46,34 @@ FORMAT = "DRC"
 EXTENSION = ".drc"
 MIME = "image/x-drc"
 DEFAULT_QUALITY = 3
-# The keywords the plugin passes on: everything but the input, from the API's own signatures.
-ENCODE_OPTIONS = frozenset(inspect.signature(api.encode).parameters) - {"image", "label"}
-DECODE_OPTIONS = frozenset(inspect.signature(api.decode).parameters) - {"data"}
 _RATE_OPTIONS = ("quality", "size", "bpp")
 _INFO_OPTIONS = ("icc_profile", "exif", "xmp")  # save parameters over the image's info, as Pillow's writers take them
 
 _decode_defaults: dict[str, Any] = {}
 
 
+def encode_options() -> frozenset[str]:
+    """The keywords the plugin passes on to encode: all but the input, from the API's signature.
+    The API (and torch with it) is imported on the plugin's first use, not when Pillow learns of it."""
+    from diraccodec import api
+
+    return frozenset(inspect.signature(api.encode).parameters) - {"image", "label"}
+
+
+def decode_options() -> frozenset[str]:
+    """The keywords the plugin passes on to decode: all but the data."""
+    from diraccodec import api
+
+    return frozenset(inspect.signature(api.decode).parameters) - {"data"}
+
+
 def _checked_decode_options(options: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(options, dict):
         raise InvalidOptionError(f"decode options must be a dict of diraccodec.decode's keywords, got {options!r}")
-    unknown = sorted(set(options) - DECODE_OPTIONS)
+    unknown = sorted(set(options) - decode_options())
     if unknown:
         raise InvalidOptionError(f"unknown decode option(s) {', '.join(unknown)}; "
-                                 f"known: {', '.join(sorted(DECODE_OPTIONS))}")
+                                 f"known: {', '.join(sorted(decode_options()))}")
     return dict(options)
 
 
@@ -89,6 +100,8 @@ class DrcImageFile(ImageFile.ImageFile):
         assert self.fp is not None
         self.decoding: dict[str, Any] = {}
         self._data: bytes | None = self.fp.read()
+        from diraccodec import api
+
         max_pixels = _decode_defaults.get("max_pixels", drc.DEFAULT_MAX_PIXELS)
         info = api.inspect(self._data, max_pixels)  # checks the whole file, decodes nothing
         header = info.header
@@ -105,6 +118,8 @@ class DrcImageFile(ImageFile.ImageFile):
 
     def load(self) -> Image.core.PixelAccess | None:
         if self._data is not None:  # not yet decoded
+            from diraccodec import api
+
             options = {**_decode_defaults, **_checked_decode_options(self.decoding)}
             decoded = api.decode(self._data, **options)
             # hand the pixels to Pillow's raw decoder, as the AVIF, JPEG XL and WebP plugins do
@@ -120,7 +135,9 @@ class DrcImageFile(ImageFile.ImageFile):
 
 
 def _save(image: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
-    options = {name: value for name, value in image.encoderinfo.items() if name in ENCODE_OPTIONS}
+    from diraccodec import api
+
+    options = {name: value for name, value in image.encoderinfo.items() if name in encode_options()}
     if not any(options.get(name) is not None for name in _RATE_OPTIONS):
         options["quality"] = DEFAULT_QUALITY
     fp.write(api.encode(_with_given_info(image), **options))

@@ -30,7 +30,6 @@ if str(ROOT) not in sys.path:
 
 from diraccodec import api  # noqa: E402
 from diraccodec.bench import fastest, first_images, variant_timing_parser  # noqa: E402
-from diraccodec.codec.hyperprior import CONTEXTS  # noqa: E402
 from diraccodec.evaluation.metrics import psnr  # noqa: E402
 from diraccodec.modelfiles import (  # noqa: E402
     RESTORATION_ENV,
@@ -40,6 +39,7 @@ from diraccodec.modelfiles import (  # noqa: E402
     load_base_weights,
     load_restoration_weights,
 )
+from diraccodec.options import CONTEXTS  # noqa: E402
 from diraccodec.training.base import model_from_weights  # noqa: E402
 
 STAGES = ("analysis", "encode, effort 1", "encode, effort 2 (default)", "encode, effort 3", "synthesis",

@@ -33,6 +33,42 @@ def test_the_package_list_names_every_package():
     assert listed == {".".join(folder.parts) for folder in folders} | {"diraccodec.weights"}
 
 
+NO_TORCH_COMMAND = """
+import sys
+from diraccodec.cli import main
+for arguments in (["--help"], ["encode", "--help"], ["decode", "--steps", "500", "x.drc"]):
+    try:
+        main(arguments, prog_name="dirac")
+    except SystemExit:
+        pass
+from PIL import Image
+Image.init()  # every plugin Pillow knows, ours among them
+print("torch loaded:", sorted(name for name in sys.modules if name.split(".")[0] == "torch"))
+"""
+
+
+def test_the_command_line_answers_help_and_usage_errors_without_torch():
+    """torch takes seconds to import: `dirac --help` or a mistyped option must not wait for it,
+    and nor must a program that imports diraccodec for the Pillow plugin and never uses it."""
+    result = subprocess.run([sys.executable, "-c", NO_TORCH_COMMAND], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: dirac encode" in result.stdout
+    assert result.stderr.startswith("dirac: error: Invalid value for '--steps': 500")
+    assert result.stdout.splitlines()[-1] == "torch loaded: []"
+
+
+def test_the_api_functions_and_modules_load_on_first_use():
+    from diraccodec import decode
+
+    command = "import diraccodec; print(diraccodec.api.stream_bytes.__name__, diraccodec.modelfiles.__name__)"
+    assert run([sys.executable, "-c", command], cwd=ROOT).split() == ["stream_bytes", "diraccodec.modelfiles"]
+    assert decode is diraccodec.api.decode and diraccodec.encode is diraccodec.api.encode
+    assert {"encode", "decode", "inspect", "DiracError"} <= set(dir(diraccodec))
+    with pytest.raises(AttributeError, match="no attribute 'encoder'"):
+        diraccodec.encoder  # noqa: B018 (the attribute access is the test)
+
+
 def run(command: list[str | Path], cwd: Path, env: dict[str, str] | None = None) -> str:
     result = subprocess.run([str(part) for part in command], cwd=cwd, env=env, capture_output=True, text=True,
                             timeout=600)

@@ -11,12 +11,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from diraccodec.api import DEFAULT_EFFORT
 from diraccodec.batch.storage import Location, join, location_of, storage_for
-from diraccodec.compute import AUTO
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
 from diraccodec.image.planes import IMAGE_SUFFIXES
+from diraccodec.options import AUTO, DEFAULT_EFFORT
 
 DRC_SUFFIX = ".drc"
 

@@ -27,8 +27,8 @@ from typing import Any
 
 from diraccodec.batch.jobs import BatchSettings, Job, JobResult, gather, run_job
 from diraccodec.batch.storage import absolute
-from diraccodec.compute import AUTO
 from diraccodec.errors import DiracError
+from diraccodec.options import AUTO
 
 RAY_MISSING = "--ray needs Ray: pip install diraccodec[ray]"
 AUTO_ADDRESS = "auto"

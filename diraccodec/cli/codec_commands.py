@@ -40,6 +40,7 @@ from diraccodec.cli.common import (
     write_output,
 )
 from diraccodec.errors import DiracError, WrongWeightsError
+from diraccodec.options import MAX_STEPS
 
 STREAM_FORMAT = "PNG"  # what `dirac decode -o -` writes
 
@@ -77,7 +78,7 @@ def progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help='Output .drc file ("-": standard output).')
 @effort_option
-@click.option("--steps", "recommended_steps", type=click.IntRange(0, 100), default=None,
+@click.option("--steps", "recommended_steps", type=click.IntRange(0, MAX_STEPS), default=None,
               help="Recommended diffusion steps, stored in the file for decoders that are not told.")
 @detail_map_option
 @strip_option
@@ -245,7 +246,7 @@ def restoration_support(weights_id: bytes) -> str:
 @size_option
 @bpp_option
 @effort_option
-@click.option("--steps", type=click.IntRange(0, 100), default=None,
+@click.option("--steps", type=click.IntRange(0, MAX_STEPS), default=None,
               help="Diffusion steps when decoding .drc files (default: each file's recommendation, else 0); "
                    "when encoding images, the recommended steps stored in each file.")
 @seed_option
@@ -334,7 +335,7 @@ def print_summary(results: list[Any], seconds: float) -> None:
 @effort_option
 @click.option("--references", default="avif,jxl", show_default=True,
               help="Codecs timed on the same images in the same run (avif, jxl, webp, jpeg), or 'none'.")
-@click.option("--steps", "steps", type=click.IntRange(0, 100), default=0, show_default=True,
+@click.option("--steps", "steps", type=click.IntRange(0, MAX_STEPS), default=0, show_default=True,
               help="Also time whole decodes at this many diffusion steps (0: only one step, as a stage).")
 @click.option("--repeat", type=click.IntRange(1, 10), default=1, show_default=True,
               help="Time each stage this many times per image and keep the fastest.")

@@ -12,9 +12,9 @@ from typing import Any
 import click
 from rich.console import Console
 
-from diraccodec.compute import DEVICE_CHOICES
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
+from diraccodec.options import DEFAULT_EFFORT, DEVICE_CHOICES, EFFORT_PASSES, MAX_STEPS
 
 EXIT_USER_ERROR = 2
 EXIT_SOME_FAILED = 1
@@ -105,16 +105,14 @@ exact_option = click.option(
     help="Pixels independent of the thread count (float32 kernels without oneDNN): about 3x slower on a CPU.",
 )
 steps_option = click.option(
-    "--steps", type=click.IntRange(0, 100), default=None,
-    help="Diffusion steps at decode, 0-100 (default: the file's recommendation, else 0). 0 gives the base "
+    "--steps", type=click.IntRange(0, MAX_STEPS), default=None,
+    help=f"Diffusion steps at decode, 0-{MAX_STEPS} (default: the file's recommendation, else 0). 0 gives the base "
          "reconstruction (highest fidelity); more add realistic detail, in full from 20.",
 )
 seed_option = click.option("--seed", type=int, default=None, help="Sampling seed (default 0; same seed, same pixels).")
 
 
 def effort_option(function: Callable[..., Any]) -> Callable[..., Any]:
-    from diraccodec.api import DEFAULT_EFFORT, EFFORT_PASSES
-
     return click.option(
         "-e", "--effort", type=click.IntRange(min(EFFORT_PASSES), max(EFFORT_PASSES)), default=DEFAULT_EFFORT,
         show_default=True,

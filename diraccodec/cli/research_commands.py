@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from diraccodec.api import DEFAULT_EFFORT, EFFORT_PASSES
 from diraccodec.cli.common import (
     console,
     device_option,
@@ -22,6 +21,7 @@ from diraccodec.cli.common import (
 )
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
+from diraccodec.options import DEFAULT_EFFORT, EFFORT_PASSES, MAX_STEPS
 
 
 def parse_reference_settings(texts: tuple[str, ...], keys: list[str]) -> dict[str, list[float]]:
@@ -189,7 +189,7 @@ def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-q", "--quality", type=float, required=True, help="Rate level of our file.")
-@click.option("--steps", type=click.IntRange(1, 100), default=20, show_default=True,
+@click.option("--steps", type=click.IntRange(1, MAX_STEPS), default=20, show_default=True,
               help="Diffusion steps of the last panel.")
 @click.option("--box", default=None, help="Crop LEFT,TOP,SIZE in pixels (default: a centred square).")
 @click.option("--zoom", type=click.IntRange(1, 8), default=2, show_default=True,

@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from diraccodec.cli.common import console, parse_list, reports_errors, weights_option
-from diraccodec.codec.hyperprior import CONTEXTS
 from diraccodec.errors import DiracError
+from diraccodec.options import CONTEXTS
 
 TRAINING_PHOTOS = Path("../shared/data/train")  # the project's training photos, beside a checkout
 

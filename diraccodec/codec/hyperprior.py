@@ -26,6 +26,7 @@ from diraccodec.entropy.models import (
     quantize_with_noise,
     round_straight_through,
 )
+from diraccodec.options import CONTEXTS
 from diraccodec.transforms.networks import (
     AnalysisTransform,
     HyperAnalysis,
@@ -35,7 +36,6 @@ from diraccodec.transforms.networks import (
 
 # Rate-distortion trade-offs of the levels: loss = lambda * 255^2 * MSE + bpp.
 DEFAULT_LAMBDAS = (0.0005, 0.00107, 0.00227, 0.00484, 0.0103, 0.0220, 0.0469, 0.1000)
-CONTEXTS = ("none", "checkerboard")
 
 
 def ladder_position(lambdas: Sequence[float], value: float) -> float:

@@ -16,9 +16,8 @@ import numpy as np
 from PIL import Image
 
 from diraccodec import api
-from diraccodec.api import DEFAULT_EFFORT
-from diraccodec.compute import AUTO
 from diraccodec.errors import DiracError
+from diraccodec.options import AUTO, DEFAULT_EFFORT
 
 
 @dataclass(frozen=True)
