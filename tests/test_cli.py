@@ -231,6 +231,23 @@ def test_batch_both_directions_skips_existing_and_reports_failures(tmp_path: Pat
         assert image.size == (small_image.height, small_image.width)
 
 
+def test_batch_decodes_to_jpeg_and_names_the_files_that_have_alpha(tmp_path: Path, small_image: Image.Image):
+    encoded, decoded = tmp_path / "encoded", tmp_path / "decoded"
+    encoded.mkdir()
+    data = diraccodec.encode(small_image, 2, effort=1)
+    (encoded / "plain.drc").write_bytes(data)
+    (encoded / "clear.drc").write_bytes(diraccodec.encode(small_image.convert("LA"), 2, effort=1))
+    result = dirac("batch", encoded, decoded, "--format", ".jpg", "-j", "1")
+    assert result.returncode == 1  # the file with alpha failed, the other did not
+    assert f"failed: {encoded / 'clear.drc'}: JPEG cannot hold an alpha channel" in result.stderr
+    assert not (decoded / "clear.jpg").exists()
+    with Image.open(decoded / "plain.jpg") as image:
+        assert image.format == "JPEG" and image.size == small_image.size
+        pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    expected = np.asarray(diraccodec.decode(data), dtype=np.int16)
+    assert np.abs(pixels - expected).mean() < 1.5  # quality 100, and another process's pixels
+
+
 def test_batch_without_inputs_is_an_error(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     assert_one_line_error(dirac("batch", tmp_path / "empty", tmp_path / "out"), "no images")

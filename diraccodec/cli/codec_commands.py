@@ -252,8 +252,9 @@ def restoration_support(weights_id: bytes) -> str:
 @seed_option
 @detail_map_option
 @strip_option
-@click.option("--format", "decoded_suffix", type=click.Choice([".png", ".webp", ".tif", ".bmp"]), default=".png",
-              show_default=True, help="Image format that .drc files decode to.")
+@click.option("--format", "decoded_suffix", type=click.Choice([".png", ".webp", ".tif", ".bmp", ".jpg"]),
+              default=".png", show_default=True,
+              help="Image format that .drc files decode to (.webp lossless; .jpg quality 100, not with alpha).")
 @click.option("-j", "--workers", type=click.IntRange(1, 64), default=None,
               help="Parallel workers (default: up to 4, one per core).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
