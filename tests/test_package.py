@@ -34,13 +34,19 @@ def test_the_package_list_names_every_package():
 
 
 NO_TORCH_COMMAND = """
+import os
 import sys
 from diraccodec.cli import main
-for arguments in (["--help"], ["encode", "--help"], ["decode", "--steps", "500", "x.drc"]):
+def run(*arguments, **completion):
+    os.environ.update(completion)
     try:
-        main(arguments, prog_name="dirac")
+        main(list(arguments), prog_name="dirac")
     except SystemExit:
         pass
+run("--help")
+run("encode", "--help")
+run("decode", "--steps", "500", "x.drc")
+run(_DIRAC_COMPLETE="bash_complete", COMP_WORDS="dirac batch --format ", COMP_CWORD="3")  # a shell's TAB
 from PIL import Image
 Image.init()  # every plugin Pillow knows, ours among them
 print("torch loaded:", sorted(name for name in sys.modules if name.split(".")[0] == "torch"))
@@ -48,13 +54,15 @@ print("torch loaded:", sorted(name for name in sys.modules if name.split(".")[0]
 
 
 def test_the_command_line_answers_help_and_usage_errors_without_torch():
-    """torch takes seconds to import: `dirac --help` or a mistyped option must not wait for it,
-    and nor must a program that imports diraccodec for the Pillow plugin and never uses it."""
+    """torch takes seconds to import: `dirac --help`, a mistyped option or a shell's completion
+    must not wait for it, and nor must a program that imports diraccodec for the Pillow plugin
+    and never uses it."""
     result = subprocess.run([sys.executable, "-c", NO_TORCH_COMMAND], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Usage: dirac encode" in result.stdout
     assert result.stderr.startswith("dirac: error: Invalid value for '--steps': 500")
+    assert "plain,.png\nplain,.webp\nplain,.tif\nplain,.bmp\nplain,.jpg\n" in result.stdout  # the completions
     assert result.stdout.splitlines()[-1] == "torch loaded: []"
 
 
