@@ -30,8 +30,9 @@ demo: install
 	$(BIN)/dirac decode out/parrots.drc -o out/parrots.png
 
 # one worker per core (pytest-xdist), each running torch in one thread (tests/conftest.py); a
-# test file's tests stay together, so its fixtures are made once
-PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
+# test file's tests stay together, so its fixtures are made once; the longest files start first
+# (tests/conftest.py: LONGEST_FILES), in the order given there
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 test: setup
 	$(BIN)/ruff check diraccodec tests scripts

@@ -20,6 +20,21 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 
     torch.set_num_threads(1)
 
+# The files that take longest under `make test` (seconds summed over their tests with
+# --durations=0: 277, 187, 153, 115, 100; every other file under 45). They start first, so that
+# the two workers end together (xdist hands out whole files in collection order, and
+# `--no-loadscope-reorder` keeps this one); the rest follow in name order.
+LONGEST_FILES = ("test_robustness.py", "test_batch_ray.py", "test_api.py", "test_codec.py", "test_cli.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+    items.sort(key=rank)  # stable: a file's tests keep their order
+
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "parrots.png"
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
