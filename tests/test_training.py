@@ -22,7 +22,8 @@ from diraccodec.training.checkpoint import load_checkpoint_metadata, read_state,
 
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory, sample_image: Image.Image) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
+    folder = tmp_path_factory.mktemp("photos") / "odd[" / "x]"  # "[/x]", which rich would read as a closing tag
+    folder.mkdir(parents=True)
     sample_image.save(folder / "a.jpg", quality=95)
     sample_image.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(folder / "b.png")
     return folder
@@ -65,8 +66,9 @@ def test_training_lowers_the_loss_and_exports_usable_weights(photo_folder: Path,
 
     checkpoint = tmp_path / "ck.safetensors"
     train_base(options(photo_folder, checkpoint, 12))
-    losses = [float(line.split("loss ")[1].split()[0]) for line in capsys.readouterr().err.splitlines()
-              if line.startswith("step ")]
+    printed = capsys.readouterr().err.splitlines()
+    assert f"loading training images from {photo_folder}" in printed  # the path as it is
+    losses = [float(line.split("loss ")[1].split()[0]) for line in printed if line.startswith("step ")]
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     weights = tmp_path / "w.safetensors"
     export_checkpoint(checkpoint, weights)

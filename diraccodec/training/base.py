@@ -19,7 +19,7 @@ from diraccodec.compute import thread_count_restored
 from diraccodec.errors import DiracError
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
 from diraccodec.training.crops import CropSampler
-from diraccodec.training.loop import LoopOptions, run_loop, start_run
+from diraccodec.training.loop import LoopOptions, plain_console, run_loop, start_run
 from diraccodec.training.widening import grow_model, grown_gains
 
 DEFAULT_TRAIN_DATA = Path("../shared/data/train")
@@ -68,7 +68,7 @@ def rate_distortion_loss(
 
 @thread_count_restored()
 def train_base(options: BaseTrainingOptions, console: Console | None = None) -> TrainingState:
-    console = console or Console(stderr=True)
+    console = plain_console(console)
     torch.manual_seed(options.seed)
     started_from, frozen, trained_latents = None, options.freeze_hyperprior, None
     if state_exists(options.checkpoint):  # a resumed run keeps its state's size, context, ladder and freeze

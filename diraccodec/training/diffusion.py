@@ -39,7 +39,7 @@ from diraccodec.training.checkpoint import (
     state_exists,
     write_state,
 )
-from diraccodec.training.loop import LoopOptions, run_loop, start_run
+from diraccodec.training.loop import LoopOptions, plain_console, run_loop, start_run
 from diraccodec.training.reconstructions import ReconstructedCrops
 
 # The model learns times in [0, 0.7]: wider than the sampler's default start, so the start
@@ -142,7 +142,7 @@ def diffusion_loss(
 
 @thread_count_restored()
 def train_diffusion(options: DiffusionTrainingOptions, console: Console | None = None) -> TrainingState:
-    console = console or Console(stderr=True)
+    console = plain_console(console)
     torch.manual_seed(options.seed)
     base_weights = load_base_weights(Path(options.base_weights).resolve())
     top_level = base_weights.model.config.num_levels

@@ -30,7 +30,7 @@ from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, load_base_weights
 from diraccodec.training.base import DEFAULT_TRAIN_DATA, hyperprior_modules
 from diraccodec.training.checkpoint import TrainingState
 from diraccodec.training.crops import CropSampler
-from diraccodec.training.loop import LoopOptions, run_loop, start_run
+from diraccodec.training.loop import LoopOptions, plain_console, run_loop, start_run
 from diraccodec.transforms.networks import HYPER_STRIDE, LATENT_STRIDE
 
 # Crops are cut at the photos' own scale (at most 1.25x smaller): the training photos are
@@ -78,7 +78,7 @@ def rate_loss(model: MultiRateHyperprior, latents: torch.Tensor, levels: torch.T
 
 @thread_count_restored()
 def train_entropy(options: EntropyTrainingOptions, console: Console | None = None) -> TrainingState:
-    console = console or Console(stderr=True)
+    console = plain_console(console)
     if options.patch_size % HYPER_STRIDE:
         raise DiracError(f"--patch-size must be a multiple of {HYPER_STRIDE} (whole hyper-latents), "
                          f"got {options.patch_size}")
@@ -129,7 +129,7 @@ def fit_level_tables(weights: BaseWeights, photos: Sequence[Path], console: Cons
     The factorized prior is one for all levels, while the hyper-latents of the low levels are
     narrower: there a table of their own spends fewer bits on the side information. Nothing
     trains: the model and its reconstructions stay as they are."""
-    console = console or Console(stderr=True)
+    console = plain_console(console)
     codec = BaseCodec(weights)
     shared = weights.hyper_tables
     levels = weights.model.config.num_levels + 1

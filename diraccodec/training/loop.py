@@ -43,6 +43,11 @@ from diraccodec.training.checkpoint import (
 from diraccodec.training.speed import StepProfile, Throughput
 
 
+def plain_console(console: Console | None = None) -> Console:
+    """The console given, or one on stderr that prints paths as they are: no rich markup read
+    into a name that holds "[/x]", and no line broken inside a path."""
+    return console or Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+
 @dataclass
 class LoopOptions:
     checkpoint: Path  # the state's folder (`NAME.safetensors` names the folder NAME)

@@ -27,7 +27,7 @@ from diraccodec.restoration.filter import RestorationFilter
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
-from diraccodec.training.loop import LoopOptions, run_loop, start_run
+from diraccodec.training.loop import LoopOptions, plain_console, run_loop, start_run
 from diraccodec.training.reconstructions import ReconstructedCrops
 
 # Floor of a crop's base MSE (pixel range 1): flat crops with almost no error must not
@@ -60,7 +60,7 @@ def restoration_loss(
 
 @thread_count_restored()
 def train_restoration(options: RestorationTrainingOptions, console: Console | None = None) -> TrainingState:
-    console = console or Console(stderr=True)
+    console = plain_console(console)
     torch.manual_seed(options.seed)
     base_weights = load_base_weights(Path(options.base_weights).resolve())
     top_level = base_weights.model.config.num_levels
