@@ -38,7 +38,7 @@ from diraccodec.image.planes import (
     open_image,
     planes_to_image,
 )
-from diraccodec.image.profiles import compress_profile, decompress_profile, describes_srgb
+from diraccodec.image.profiles import compress_profile, describes_srgb
 from diraccodec.modelfiles import (
     DiffusionWeights,
     default_diffusion_path,
@@ -380,8 +380,7 @@ class FileInfo:
 
     @property
     def recommended_steps(self) -> int | None:
-        value = self.header.sections.get(drc.TAG_STEPS)
-        return value[0] if value else None
+        return self.header.recommended_steps
 
     @property
     def detail_map(self) -> detail_maps.DetailMap | None:
@@ -391,19 +390,11 @@ class FileInfo:
 
     @property
     def icc_profile(self) -> bytes | None:
-        """The image's ICC profile, where it has one other than sRGB's (diraccodec.image.profiles)."""
-        if payload := self.header.sections.get(drc.TAG_ICC_COMPRESSED):
-            return decompress_profile(payload)
-        return self.header.sections.get(drc.TAG_ICC) or None
+        return self.header.icc_profile
 
     @property
     def metadata(self) -> Metadata:
-        """The image's EXIF and XMP, where the encoder carried them."""
-        def part(tag: bytes, what: str) -> bytes | None:
-            payload = self.header.sections.get(tag)
-            return metadata_parts.inflate(payload, metadata_parts.MAX_METADATA_BYTES, what) if payload else None
-
-        return Metadata(part(drc.TAG_EXIF, "EXIF"), part(drc.TAG_XMP, "XMP"))
+        return self.header.metadata
 
 
 def inspect(data: bytes, max_pixels: int = drc.DEFAULT_MAX_PIXELS) -> FileInfo:

@@ -100,20 +100,17 @@ class DrcImageFile(ImageFile.ImageFile):
         assert self.fp is not None
         self.decoding: dict[str, Any] = {}
         self._data: bytes | None = self.fp.read()
-        from diraccodec import api
-
         max_pixels = _decode_defaults.get("max_pixels", drc.DEFAULT_MAX_PIXELS)
-        info = api.inspect(self._data, max_pixels)  # checks the whole file, decodes nothing
-        header = info.header
+        header = drc.unpack(self._data, max_pixels)  # checks the whole file, decodes nothing (and loads no torch)
         self._size = (header.width, header.height)
         self._mode = header.colour_mode.name  # RGB, L, RGBA, LA: Pillow's names
         self.info["quality"] = header.quality
         self.info["weights_id"] = header.weights_id.hex()
-        if info.recommended_steps is not None:
-            self.info["recommended_steps"] = info.recommended_steps
-        if icc := info.icc_profile:
+        if header.recommended_steps is not None:
+            self.info["recommended_steps"] = header.recommended_steps
+        if icc := header.icc_profile:
             self.info["icc_profile"] = icc
-        attach(self, info.metadata)  # info["exif"] and info["xmp"], as Pillow's JPEG reader gives them
+        attach(self, header.metadata)  # info["exif"] and info["xmp"], as Pillow's JPEG reader gives them
         self.tile = []
 
     def load(self) -> Image.core.PixelAccess | None:

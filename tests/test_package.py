@@ -48,22 +48,25 @@ run("encode", "--help")
 run("decode", "--steps", "500", "x.drc")
 run(_DIRAC_COMPLETE="bash_complete", COMP_WORDS="dirac batch --format ", COMP_CWORD="3")  # a shell's TAB
 from PIL import Image
-Image.init()  # every plugin Pillow knows, ours among them
+with Image.open(sys.argv[1]) as image:  # a .drc file's size, mode and info come from its header
+    print("opened:", image.format, image.size, image.mode, image.info["recommended_steps"])
 print("torch loaded:", sorted(name for name in sys.modules if name.split(".")[0] == "torch"))
 """
 
 
-def test_the_command_line_answers_help_and_usage_errors_without_torch():
+def test_the_command_line_answers_help_and_usage_errors_without_torch(tmp_path: Path, small_image: Image.Image):
     """torch takes seconds to import: `dirac --help`, a mistyped option or a shell's completion
-    must not wait for it, and nor must a program that imports diraccodec for the Pillow plugin
-    and never uses it."""
-    result = subprocess.run([sys.executable, "-c", NO_TORCH_COMMAND], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    must not wait for it, and nor must a program that opens a .drc file with Pillow to read its
+    size, or imports diraccodec for the plugin and never uses it."""
+    path = tmp_path / "small.drc"
+    path.write_bytes(diraccodec.encode(small_image.convert("LA"), 2, effort=1, steps=7))
+    result = subprocess.run([sys.executable, "-c", NO_TORCH_COMMAND, path], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Usage: dirac encode" in result.stdout
     assert result.stderr.startswith("dirac: error: Invalid value for '--steps': 500")
     assert "plain,.png\nplain,.webp\nplain,.tif\nplain,.bmp\nplain,.jpg\n" in result.stdout  # the completions
-    assert result.stdout.splitlines()[-1] == "torch loaded: []"
+    assert result.stdout.splitlines()[-2:] == [f"opened: DRC {small_image.size} LA 7", "torch loaded: []"]
 
 
 def test_the_api_functions_and_modules_load_on_first_use():

@@ -19,7 +19,10 @@ from diraccodec.errors import (
     TruncatedFileError,
     UnsupportedVersionError,
 )
+from diraccodec.image import metadata as metadata_parts
+from diraccodec.image.metadata import Metadata
 from diraccodec.image.planes import ColourMode
+from diraccodec.image.profiles import decompress_profile
 
 MAGIC = b"\x89DRC"
 FORMAT_VERSION = 3  # what this encoder writes for rate levels 0 and up
@@ -60,6 +63,27 @@ class DrcFile:
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    @property
+    def recommended_steps(self) -> int | None:
+        value = self.sections.get(TAG_STEPS)
+        return value[0] if value else None
+
+    @property
+    def icc_profile(self) -> bytes | None:
+        """The image's ICC profile, where it has one other than sRGB's (diraccodec.image.profiles)."""
+        if payload := self.sections.get(TAG_ICC_COMPRESSED):
+            return decompress_profile(payload)
+        return self.sections.get(TAG_ICC) or None
+
+    @property
+    def metadata(self) -> Metadata:
+        """The image's EXIF and XMP, where the encoder carried them."""
+        def part(tag: bytes, what: str) -> bytes | None:
+            payload = self.sections.get(tag)
+            return metadata_parts.inflate(payload, metadata_parts.MAX_METADATA_BYTES, what) if payload else None
+
+        return Metadata(part(TAG_EXIF, "EXIF"), part(TAG_XMP, "XMP"))
 
 
 def quantize_quality(quality: float) -> int:
