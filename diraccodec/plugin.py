@@ -134,7 +134,8 @@ class DrcImageFile(ImageFile.ImageFile):
 def _save(image: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     from diraccodec import api
 
-    options = {name: value for name, value in image.encoderinfo.items() if name in encode_options()}
+    known = encode_options()
+    options = {name: value for name, value in image.encoderinfo.items() if name in known}
     if not any(options.get(name) is not None for name in _RATE_OPTIONS):
         options["quality"] = DEFAULT_QUALITY
     fp.write(api.encode(_with_given_info(image), **options))

@@ -48,6 +48,7 @@ def plain_console(console: Console | None = None) -> Console:
     into a name that holds "[/x]", and no line broken inside a path."""
     return console or Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
+
 @dataclass
 class LoopOptions:
     checkpoint: Path  # the state's folder (`NAME.safetensors` names the folder NAME)
