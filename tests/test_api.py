@@ -130,3 +130,23 @@ def test_decode_reports_its_progress_and_gives_the_same_pixels(small_image):
         decoded = diraccodec.decode(data, steps, progress=lambda done, total, heard=heard: heard.append((done, total)))
         assert heard == [(done, steps + 1) for done in range(steps + 2)]  # start, base, each step
         assert decoded.tobytes() == diraccodec.decode(data, steps).tobytes()
+
+
+def test_images_opened_from_several_threads_leave_pillow_s_own_limit_as_it_was(small_image):
+    import io
+
+    from PIL import Image
+
+    from diraccodec.image.planes import open_image
+
+    buffer = io.BytesIO()
+    small_image.save(buffer, format="PNG")
+    data, before = buffer.getvalue(), Image.MAX_IMAGE_PIXELS
+
+    def open_many(limit: int) -> None:
+        for _ in range(200):
+            assert open_image(data, limit).size == small_image.size
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(open_many, [10**6, 10**9, 10**7, 10**8]))
+    assert before == Image.MAX_IMAGE_PIXELS  # what Pillow had before the calls

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 import diraccodec
 from diraccodec.cli import main
@@ -45,6 +45,18 @@ def small_drc(tmp_path: Path, small_png: Path) -> Path:
     return path
 
 
+def test_encode_checks_its_file_against_the_pixel_limit_given_not_the_default(tmp_path: Path, small_png: Path,
+                                                                             small_image: Image.Image, monkeypatch):
+    from diraccodec import api
+
+    monkeypatch.setattr(api.inspect, "__defaults__", (small_image.width * small_image.height - 1,))
+    path = tmp_path / "small.drc"
+    result = CliRunner().invoke(main, ["encode", str(small_png), "-q", "1", "--effort", "1", "-o", str(path),
+                                       "--max-pixels", "1000000"])
+    assert result.exit_code == 0, result.output
+    assert api.inspect(path.read_bytes(), 10**6).header.width == small_image.width
+
+
 @pytest.mark.slow
 def test_encode_decode_info(tmp_path: Path):
     # a name that reads as rich markup is printed as it is
@@ -58,7 +70,7 @@ def test_encode_decode_info(tmp_path: Path):
     assert info.returncode == 0
     bpp = 8 * drc_path.stat().st_size / (384 * 256)
     assert f"{bpp:.4f}" in info.stdout
-    assert "384x256" in info.stdout and "quality" in info.stdout
+    assert "384x256" in info.stdout and re.search(r"^ *level +3 *$", info.stdout, re.M)
     assert "sRGB (no profile stored)" in info.stdout
     assert "latent stream" in info.stdout and "hyper-latents" in info.stdout
 
@@ -243,6 +255,7 @@ def test_batch_decodes_to_jpeg_and_names_the_files_that_have_alpha(tmp_path: Pat
     assert not (decoded / "clear.jpg").exists()
     with Image.open(decoded / "plain.jpg") as image:
         assert image.format == "JPEG" and image.size == small_image.size
+        assert JpegImagePlugin.get_sampling(image) == 0  # 4:4:4, chroma at full resolution
         pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
     expected = np.asarray(diraccodec.decode(data), dtype=np.int16)
     assert np.abs(pixels - expected).mean() < 1.5  # quality 100, and another process's pixels

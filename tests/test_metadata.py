@@ -128,13 +128,17 @@ def test_every_output_format_that_holds_metadata_gets_it(small_image, image_form
             assert written.tobytes() == decoded.tobytes()
 
 
-def test_a_jpeg_output_too_small_for_the_xmp_is_written_without_it(small_image):
+def test_a_jpeg_output_too_small_for_the_xmp_is_written_without_it_and_keeps_the_exif(small_image):
     image = small_image.copy()
     image.info["xmp"] = b"<x:xmpmeta>" + bytes(70_000) + b"</x:xmpmeta>"  # JPEG's markers hold 64 KB
-    with pytest.warns(UserWarning, match="left out of the JPEG output"):
+    tags = Image.Exif()
+    tags[MAKE] = "Cam"
+    image.info["exif"] = b"Exif\x00\x00" + tags.tobytes()
+    with pytest.warns(UserWarning, match="XMP of 70023 bytes left out of the JPEG output"):
         written = image_bytes(image, "JPEG")
     with Image.open(io.BytesIO(written)) as reopened:
         assert "xmp" not in reopened.info and reopened.size == image.size
+        assert reopened.getexif()[MAKE] == "Cam"
     assert "xmp" in Image.open(io.BytesIO(image_bytes(image, "PNG"))).info  # PNG holds it
 
 

@@ -68,7 +68,7 @@ def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettin
     for relative in storage_for(source).files(source):
         path = PurePosixPath(relative)
         suffix = path.suffix.lower()
-        if path.name.startswith("."):
+        if any(part.startswith(".") for part in path.parts):  # hidden files and folders, and temporary files
             continue
         if suffix == DRC_SUFFIX:
             output = path.with_suffix(settings.decoded_suffix)
@@ -100,7 +100,7 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
                                  device=settings.device, max_pixels=settings.max_pixels, label=str(job.source),
                                  metadata=settings.metadata)
             target.write_atomic(job.target, encoded)
-            info = api.inspect(encoded)
+            info = api.inspect(encoded, settings.max_pixels)
             return JobResult(job, "converted", "", len(data), len(encoded), info.header.pixels)
         image = api.decode(data, settings.steps, settings.seed, weights=settings.weights, device=settings.device,
                            exact=settings.exact, max_pixels=settings.max_pixels)

@@ -100,7 +100,7 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
                           device=device, weights=weights, max_pixels=max_pixels, progress=searched,
                           metadata=not strip, label=shown_name(source, "standard input"))
     write_output(output, data)
-    info = api.inspect(data)
+    info = api.inspect(data, max_pixels)
     console.print(f"{shown_name(output, 'standard output')}: {len(data)} bytes, {info.bits_per_pixel:.4f} bpp, "
                   f"level {info.header.quality:g}")
 
@@ -155,7 +155,7 @@ def info(source: Path, max_pixels: int) -> None:
         ("format version", str(header.version)),
         ("size", f"{header.width}x{header.height}"),
         ("colour mode", header.colour_mode.name),
-        ("quality", f"{header.quality:g}"),
+        ("level", f"{header.quality:g}"),
         ("weights", f"{header.weights_id.hex()}{reading_note}"),
         ("bytes", str(details.file_size)),
         ("bpp", f"{details.bits_per_pixel:.4f}"),

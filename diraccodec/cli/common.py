@@ -90,7 +90,7 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 weights_option = click.option(
     "--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="Base weights file (default: the shipped weights, or $DIRAC_WEIGHTS).",
+    help="Base weights file (default: $DIRAC_WEIGHTS if set, else the shipped weights).",
 )
 max_pixels_option = click.option(
     "--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
@@ -148,7 +148,7 @@ def parse_size(text: str) -> int:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in _UNITS:
-        raise DiracError(f"--size takes a number with an optional unit (B, KB, MB, KiB, MiB), got {text!r}")
+        raise DiracError(f"--size takes a number with an optional unit (B, KB, MB, GB, KiB, MiB, GiB), got {text!r}")
     size = int(float(match.group(1)) * _UNITS[unit])
     if size <= 0:
         raise DiracError(f"--size must be positive, got {text!r}")

@@ -87,8 +87,8 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
 
     chosen = parse_list(levels, float, "--levels")
     steps = parse_list(steps_text, int, "--steps")
-    if not chosen or not steps or any(not 0 <= s <= 100 for s in steps):
-        raise DiracError("--levels and --steps need at least one value; steps are between 0 and 100")
+    if not chosen or not steps or any(not 0 <= s <= MAX_STEPS for s in steps):
+        raise DiracError(f"--levels and --steps need at least one value; steps are between 0 and {MAX_STEPS}")
     keys = [] if no_references or references.strip().lower() == "none" else \
         [k.strip().lower() for k in references.split(",") if k.strip()]
     if unknown := [k for k in keys if k not in REFERENCE_KEYS]:

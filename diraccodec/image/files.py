@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-import warnings
 from pathlib import Path
 
 from PIL import Image
@@ -68,18 +67,10 @@ def image_bytes(image: Image.Image, image_format: str) -> bytes:
     if image_format == "JPEG" and image.mode in ("RGBA", "LA"):
         raise OutputWriteError("JPEG cannot hold an alpha channel: write .png instead")
     if image_format == "JPEG":
-        options["quality"] = 100
+        options |= {"quality": 100, "subsampling": 0}  # full-resolution chroma: Pillow halves it otherwise
     if image_format == "WEBP":
         options["lossless"] = True
-    carried = save_options(image, image_format)
-    try:
-        image.save(buffer, format=image_format, **options, **carried)
-    except ValueError as error:  # JPEG's markers hold at most 64 KB of EXIF and of XMP
-        if not carried:
-            raise
-        warnings.warn(f"EXIF and XMP left out of the {image_format} output: {error}", UserWarning, stacklevel=2)
-        buffer = io.BytesIO()
-        image.save(buffer, format=image_format, **options)
+    image.save(buffer, format=image_format, **options, **save_options(image, image_format))
     return buffer.getvalue()
 
 

@@ -24,6 +24,9 @@ from diraccodec.errors import CorruptFileError
 MAX_METADATA_BYTES = 1 << 24  # inflating a stored part stops here: a hostile file cannot ask for more
 EXIF_PREFIX = b"Exif\x00\x00"  # JPEG's APP1 marker starts its EXIF with it; PNG and WebP hold none
 XMP_TIFF_TAG = 700  # where TIFF keeps its XMP packet
+# The most of each part one JPEG marker holds (65,533 bytes, less the XMP's namespace name);
+# JPEG has no way to split EXIF or XMP over markers, as it splits an ICC profile.
+JPEG_MARKER_ROOM = {"exif": 65533, "xmp": 65533 - 29}
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,9 @@ def save_options(image: Image.Image, image_format: str) -> dict[str, object]:
     """Pillow's save parameters that write `image.info`'s EXIF and XMP in `image_format`
     (BMP holds neither)."""
     exif, xmp = image.info.get("exif"), image.info.get("xmp")
-    if image_format in ("JPEG", "WEBP"):
+    if image_format == "JPEG":
+        return _fitting_jpeg({key: value for key, value in (("exif", exif), ("xmp", xmp)) if value})
+    if image_format == "WEBP":
         return {key: value for key, value in (("exif", exif), ("xmp", xmp)) if value}
     if image_format == "PNG":
         options: dict[str, object] = {"exif": exif} if exif else {}
@@ -146,3 +151,16 @@ def save_options(image: Image.Image, image_format: str) -> dict[str, object]:
             tags[XMP_TIFF_TAG] = xmp
         return {"exif": tags}
     return {}
+
+
+def _fitting_jpeg(parts: dict[str, bytes]) -> dict[str, bytes]:
+    """The parts that fit a JPEG marker; each one that does not is left out with a warning,
+    and the other is written all the same."""
+    fitting = {}
+    for key, value in parts.items():
+        if len(value) <= JPEG_MARKER_ROOM[key]:
+            fitting[key] = value
+        else:
+            warnings.warn(f"{key.upper()} of {len(value)} bytes left out of the JPEG output: a JPEG marker "
+                          f"holds at most {JPEG_MARKER_ROOM[key]}", UserWarning, stacklevel=4)
+    return fitting

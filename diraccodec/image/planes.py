@@ -9,6 +9,7 @@ so that the pixels are upright.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -60,6 +61,16 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
     gives its first frame, with a warning.
     """
     label = label or ("input data" if isinstance(source, bytes) else str(source))
+    with _PILLOW_SETTINGS:
+        return _open_image(source, max_pixels, label)
+
+
+# Pillow's size guard and the warning filters are process-wide: calls from several threads
+# change them one at a time, so that each restores what it found.
+_PILLOW_SETTINGS = threading.Lock()
+
+
+def _open_image(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Image:
     previous_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
@@ -72,7 +83,7 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
                 )
             if getattr(image, "n_frames", 1) > 1:
                 warnings.warn(f"{label} is animated ({image.n_frames} frames): encoding the first frame only",
-                              UserWarning, stacklevel=2)
+                              UserWarning, stacklevel=3)
             image.load()
             if image.format == "TIFF" and "exif" not in image.info and (exif := tiff_exif(image)):
                 image.info["exif"] = exif  # so that turning it upright takes the orientation out of it
