@@ -49,7 +49,7 @@ from diraccodec.modelfiles import (
     load_restoration_weights,
     released_base_weights,
 )
-from diraccodec.options import AUTO, DEFAULT_EFFORT, EFFORT_PASSES, MAX_STEPS
+from diraccodec.options import AUTO, DEFAULT_EFFORT, EFFORT_PASSES, MAX_STEPS, Progress
 from diraccodec.restoration.filter import Restorer
 from diraccodec.transforms import search as latent_search
 
@@ -63,8 +63,6 @@ DETAIL_MAP_BELOW_LAMBDA = DEFAULT_LAMBDAS[2]
 def detail_map_below(lambdas: Sequence[float]) -> float:
     """The level below which an encoder with this ladder writes the detail map by default."""
     return min(max(ladder_position(lambdas, DETAIL_MAP_BELOW_LAMBDA), 1.0), float(len(lambdas)))
-
-Progress = latent_search.Progress
 
 
 @dataclass(frozen=True)

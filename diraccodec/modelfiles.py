@@ -35,6 +35,7 @@ from diraccodec.entropy.tables import (
     hyper_grid,
 )
 from diraccodec.errors import DiracError
+from diraccodec.image.files import write_atomic
 from diraccodec.restoration.filter import RestorationFilter
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
 
@@ -390,11 +391,7 @@ def serialized(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> by
 
 def _save_listed(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
     """Write atomically, then list the file with its hash in the manifest beside it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(serialized(tensors, metadata))
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
+    write_atomic(path, serialized(tensors, metadata))
     record_in_manifest(path)
 
 
@@ -439,6 +436,4 @@ def record_in_manifest(path: Path) -> None:
     manifest = read_manifest(path.parent)
     data = path.read_bytes()
     manifest[path.name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    temporary = path.parent / f".{MANIFEST}.part"
-    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path.parent / MANIFEST)
+    write_atomic(path.parent / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())

@@ -1,5 +1,5 @@
-"""What a caller chooses (device, encoder effort, diffusion steps, context model), with its range
-and default, and the MKL mode requested for the process.
+"""What a caller chooses (device, encoder effort, diffusion steps, context model, a progress
+callback), with its range and default, and the MKL mode requested for the process.
 
 This module imports nothing heavy, so the command line builds its options from it and
 `import diraccodec` stays quick: torch loads with the first encode or decode, not before.
@@ -8,6 +8,7 @@ This module imports nothing heavy, so the command line builds its options from i
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 AUTO = "auto"  # the device: CUDA where present, else the CPU
 DEVICE_CHOICES = (AUTO, "cpu", "cuda")
@@ -16,7 +17,13 @@ DEVICE_CHOICES = (AUTO, "cpu", "cuda")
 EFFORT_PASSES = {1: 0, 2: 1, 3: 2, 4: 4, 5: 8}
 DEFAULT_EFFORT = 2  # one search pass: 3-4% fewer bits than plain rounding at the same PSNR (docs/user-guide.md)
 
+# The rate level where none is given (batch and the Pillow plugin; `dirac encode` asks for one).
+DEFAULT_QUALITY = 3.0
+
 MAX_STEPS = 100  # diffusion steps at decode; 20 give the full detail
+
+# Told of long work as it goes: (parts done, parts in all), the search's tiles or the decoder's steps.
+Progress = Callable[[int, int], None]
 
 CONTEXTS = ("none", "checkerboard")  # how a base codec predicts its latents' mean and scale
 

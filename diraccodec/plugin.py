@@ -41,11 +41,11 @@ from PIL import Image, ImageFile
 from diraccodec.container import drc
 from diraccodec.errors import InvalidOptionError
 from diraccodec.image.metadata import attach
+from diraccodec.options import DEFAULT_QUALITY
 
 FORMAT = "DRC"
 EXTENSION = ".drc"
 MIME = "image/x-drc"
-DEFAULT_QUALITY = 3
 _RATE_OPTIONS = ("quality", "size", "bpp")
 _INFO_OPTIONS = ("icc_profile", "exif", "xmp")  # save parameters over the image's info, as Pillow's writers take them
 

@@ -58,6 +58,7 @@ def integer_context(context: CheckerboardContext, symbols: np.ndarray, mean: np.
     """The fixed-point context as docs/format.md states it, in int64 sums: the non-anchors' mean and
     scale, (M, P) in raster order."""
     layers = ContextLayers.fixed_point(context)
+
     def integers(tensor: torch.Tensor) -> np.ndarray:
         return tensor.numpy().astype(np.int64)
 
@@ -132,6 +133,7 @@ def test_context_streams_round_trip_exactly(context_weights: Path, small_image: 
     hyper_mean, hyper_tables = codec.entropy_parameters(latents.hyper)
     non_anchor = ~anchor_mask(*latents.symbols.shape[1:]).numpy()
     rounded = (codec.analysis_latents(rgb).double() * codec._gains64(4)[0] - latents.mean).round().long().numpy()
+
     def rounded_in(part: np.ndarray) -> bool:  # over the image's cells: the padding's latents are 0
         return np.array_equal(latents.coded(latents.symbols, part), latents.coded(rounded, part))
 

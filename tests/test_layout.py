@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "diraccodec"
 
 # Lowest first. A module may import from its own layer and the layers before it, never after.
 LAYERS = [
-    ("errors", "options", "compute"),
+    ("errors", "options", "console", "compute"),
     ("image",),
     ("transforms",),
     ("entropy",),

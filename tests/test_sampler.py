@@ -40,6 +40,7 @@ def test_the_hash_is_integer_arithmetic_that_no_device_can_round():
     hashed = mix32(values)
     assert hashed.dtype == torch.int64 and int(hashed.min()) >= 0 and int(hashed.max()) < 2**32
     # a reference in Python's exact integers
+
     def reference(value: int) -> int:
         value ^= value >> 16
         value = (value * 0x21F0AAAD) & 0xFFFFFFFF

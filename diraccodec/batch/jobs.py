@@ -15,14 +15,14 @@ from diraccodec.batch.storage import Location, join, location_of, storage_for
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
 from diraccodec.image.planes import IMAGE_SUFFIXES
-from diraccodec.options import AUTO, DEFAULT_EFFORT
+from diraccodec.options import AUTO, DEFAULT_EFFORT, DEFAULT_QUALITY
 
 DRC_SUFFIX = ".drc"
 
 
 @dataclass(frozen=True)
 class BatchSettings:
-    quality: float = 3.0
+    quality: float = DEFAULT_QUALITY
     steps: int | None = None
     seed: int | None = None
     decoded_suffix: str = ".png"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
@@ -39,8 +39,9 @@ from diraccodec.cli.common import (
     weights_option,
     write_output,
 )
+from diraccodec.console import bar_columns
 from diraccodec.errors import DiracError, WrongWeightsError
-from diraccodec.options import MAX_STEPS
+from diraccodec.options import DEFAULT_QUALITY, MAX_STEPS
 
 STREAM_FORMAT = "PNG"  # what `dirac decode -o -` writes
 
@@ -50,8 +51,7 @@ def progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
     """A `progress(done, total)` callback that draws a bar on a terminal once the work has more
     than one part, and clears it at the end. Until then nothing is drawn, so an error in the
     block still prints as one line."""
-    bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
-                   transient=True)
+    bar = Progress(*bar_columns(what), console=console, transient=True)
     task = None
 
     def advance(done: int, total: int) -> None:
@@ -242,7 +242,8 @@ def restoration_support(weights_id: bytes) -> str:
 @click.command()
 @click.argument("source", type=click.Path(file_okay=False, path_type=str))
 @click.argument("destination", type=click.Path(file_okay=False, path_type=str))
-@click.option("-q", "--quality", type=float, default=None, help="Rate level for images, -1 to 8 (default 3).")
+@click.option("-q", "--quality", type=float, default=None,
+              help=f"Rate level for images, -1 to 8 (default {DEFAULT_QUALITY:g}).")
 @size_option
 @bpp_option
 @effort_option
@@ -276,21 +277,20 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     from diraccodec.batch import BatchSettings, default_workers, plan_jobs, run_batch
 
     if size_text is None and bpp is None and quality is None:
-        quality = 3.0
+        quality = DEFAULT_QUALITY
     rate = rate_target(quality, size_text, bpp)
     # check the options once, before any worker (on the CPU with --ray: the head node may have no GPU)
     codec = api.get_codec(weights, api.compute_for("cpu" if ray_address else device, exact))
     if "quality" in rate:
         api.check_quality(quality, codec.num_levels)
-    settings = BatchSettings(quality if quality is not None else 3.0, steps, seed, decoded_suffix,
+    settings = BatchSettings(quality if quality is not None else DEFAULT_QUALITY, steps, seed, decoded_suffix,
                              str(weights.resolve()) if weights else None, overwrite, max_pixels, effort,
                              rate.get("size"), rate.get("bpp"), detail_map, device, exact, metadata=not strip)
     jobs = plan_jobs(source, destination, settings)
     if not jobs:
         raise DiracError(f"no images or .drc files found under {source}")
     started = time.monotonic()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*bar_columns(), console=console, transient=False) as progress:
         task = progress.add_task("converting", total=len(jobs))
 
         def advance(result: Any) -> None:

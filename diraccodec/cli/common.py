@@ -12,6 +12,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from diraccodec.console import plain_console
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
 from diraccodec.options import DEFAULT_EFFORT, DEVICE_CHOICES, EFFORT_PASSES, MAX_STEPS
@@ -19,9 +20,7 @@ from diraccodec.options import DEFAULT_EFFORT, DEVICE_CHOICES, EFFORT_PASSES, MA
 EXIT_USER_ERROR = 2
 EXIT_SOME_FAILED = 1
 
-# File names are printed as they are: no markup read into them (a name with "[/x]" in it is no
-# style), and a long line is not broken into two, so that a log keeps each path whole for grep.
-console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+console = plain_console()
 
 
 STREAM = "-"  # a SOURCE or OUTPUT of "-" is standard input or output, as in cwebp and djxl

@@ -9,9 +9,9 @@ from diraccodec.compute import Compute
 from diraccodec.diffusion.detail_map import DetailMap
 from diraccodec.diffusion.finishing import FinishingSettings, finish
 from diraccodec.diffusion.sampler import SampledResidual, SamplerSettings, sample_residual
+from diraccodec.options import Progress
 from diraccodec.restoration.filter import Restorer
 from diraccodec.restoration.unet import ResidualUNet
-from diraccodec.transforms.search import Progress
 
 DEFAULT_SEED = 0
 
@@ -38,9 +38,6 @@ class DiffusionDecoder:
         base, sampled = self.sample(base_rgb, level, steps, seed, progress)
         return self.to_image(base, finish(sampled, self.finishing.at(level, steps), detail_map))
 
-    def uses_detail_map(self, level: float) -> bool:
-        return self.finishing.uses_detail_map(level)
-
     def sample(self, base_rgb: np.ndarray, level: float, steps: int, seed: int | None = None,
                progress: Progress | None = None) -> tuple[torch.Tensor, SampledResidual]:
         """The base (as the model sees it) and the sampling's parts before the finishing."""
@@ -52,7 +49,8 @@ class DiffusionDecoder:
 
     def conditioning(self, base_rgb: np.ndarray, level: float) -> np.ndarray:
         """The image the model enhances: the base synthesis, or the filter's output where the
-        model was trained on that. The encoder measures its detail map against it."""
+        model was trained on that. (The encoder's detail map is measured against the base
+        synthesis, whichever this is.)"""
         return base_rgb if self.restorer is None else self.restorer.restore(base_rgb, level)
 
     @staticmethod

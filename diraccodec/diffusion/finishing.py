@@ -102,10 +102,6 @@ class FinishingSettings:
         """How much of the finishing `steps` steps apply."""
         return 1.0 if self.full_steps <= 0 else min(max(steps, 0) / self.full_steps, 1.0)
 
-    def uses_detail_map(self, level: float) -> bool:
-        """Whether the finishing at this level scales its detail to an encoder's detail map."""
-        return self.at(level).detail_match > 0
-
 
 def settings_on_ladder(
     sampler: SamplerSettings, finishing: FinishingSettings, chosen_for: Sequence[float], ladder: Sequence[float]

@@ -23,8 +23,8 @@ from torch.nn import functional as F
 from diraccodec.compute import Compute
 from diraccodec.diffusion.noise import gaussian_noise
 from diraccodec.diffusion.schedule import RESIDUAL_SCALE, per_level, respaced_times, signal_level
+from diraccodec.options import Progress
 from diraccodec.restoration.unet import ResidualUNet
-from diraccodec.transforms.search import Progress
 from diraccodec.transforms.tiling import apply_tiled
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]  # (noisy residual, time) -> clean prediction

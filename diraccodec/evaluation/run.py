@@ -23,6 +23,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
+from diraccodec.console import plain_console
 from diraccodec.errors import DiracError
 from diraccodec.evaluation.codecs import CodecUnderTest
 from diraccodec.evaluation.metrics import (
@@ -90,7 +91,7 @@ def evaluate(
     on_point: Callable[[list[Point]], None] | None = None,
 ) -> list[Point]:
     """Every codec at every setting on every image; `on_point` sees the points after each setting."""
-    console = console or Console(stderr=True)
+    console = plain_console(console)
     points: list[Point] = []
     total = sum(len(c.settings) for c in codecs) * len(images)
     megapixels = sum(image.width * image.height for image in images) / 1e6

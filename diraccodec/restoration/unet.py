@@ -1,4 +1,5 @@
-"""The conditional U-Net of the diffusion decoder.
+"""The conditional U-Net of the diffusion decoder, which the restoration filter runs once at a
+fixed time (so it lives in the lower of the two layers).
 
 It sees the noisy residual, the base reconstruction, the diffusion time and the rate level,
 and predicts the clean residual x - x_base (x0 parameterisation), so every sampling step

@@ -16,10 +16,11 @@ from rich.console import Console
 
 from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, HyperpriorConfig, MultiRateHyperprior, ladder_position
 from diraccodec.compute import thread_count_restored
+from diraccodec.console import plain_console
 from diraccodec.errors import DiracError
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
 from diraccodec.training.crops import CropSampler
-from diraccodec.training.loop import LoopOptions, plain_console, run_loop, start_run
+from diraccodec.training.loop import LoopOptions, run_loop, start_run
 from diraccodec.training.widening import grow_model, grown_gains
 
 DEFAULT_TRAIN_DATA = Path("../shared/data/train")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 from PIL import Image
 
 from diraccodec.errors import DiracError
+from diraccodec.image.files import write_atomic
 from diraccodec.image.planes import IMAGE_SUFFIXES
 
 SHARD_MANIFEST = "shard.json"
@@ -108,8 +108,7 @@ def pack_shard(
             target.write_bytes(buffer.getvalue())
             written.add(target)
             count, total = count + 1, total + buffer.tell()
-    temporary = output / f".{SHARD_MANIFEST}.part"
-    temporary.write_text(json.dumps({"prescale": prescale, "quality": quality, "images": count,
-                                     "held_out": "excluded", "sources": [str(f) for f in folders]}, indent=2) + "\n")
-    os.replace(temporary, output / SHARD_MANIFEST)
+    manifest = {"prescale": prescale, "quality": quality, "images": count, "held_out": "excluded",
+                "sources": [str(f) for f in folders]}
+    write_atomic(output / SHARD_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return count, total

@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 
 from diraccodec.compute import thread_count_restored
+from diraccodec.console import plain_console
 from diraccodec.diffusion.sampler import SamplerSettings
 from diraccodec.diffusion.schedule import RESIDUAL_SCALE, signal_level
 from diraccodec.errors import DiracError
@@ -39,7 +40,7 @@ from diraccodec.training.checkpoint import (
     state_exists,
     write_state,
 )
-from diraccodec.training.loop import LoopOptions, plain_console, run_loop, start_run
+from diraccodec.training.loop import LoopOptions, run_loop, start_run
 from diraccodec.training.reconstructions import ReconstructedCrops
 
 # The model learns times in [0, 0.7]: wider than the sampler's default start, so the start

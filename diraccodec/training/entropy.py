@@ -24,13 +24,14 @@ from rich.progress import track
 from diraccodec.codec.base_codec import BaseCodec, BaseWeights
 from diraccodec.codec.hyperprior import MultiRateHyperprior
 from diraccodec.compute import thread_count_restored
+from diraccodec.console import plain_console
 from diraccodec.entropy.tables import TableSet, tables_from_counts
 from diraccodec.errors import DiracError
 from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, load_base_weights
 from diraccodec.training.base import DEFAULT_TRAIN_DATA, hyperprior_modules
 from diraccodec.training.checkpoint import TrainingState
 from diraccodec.training.crops import CropSampler
-from diraccodec.training.loop import LoopOptions, plain_console, run_loop, start_run
+from diraccodec.training.loop import LoopOptions, run_loop, start_run
 from diraccodec.transforms.networks import HYPER_STRIDE, LATENT_STRIDE
 
 # Crops are cut at the photos' own scale (at most 1.25x smaller): the training photos are

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -26,8 +25,10 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress, TextColumn
 
+from diraccodec.console import bar_columns
+from diraccodec.image.files import write_atomic
 from diraccodec.training.averaging import WeightAverage
 from diraccodec.training.checkpoint import (
     DEFAULT_PART_BYTES,
@@ -41,12 +42,6 @@ from diraccodec.training.checkpoint import (
     summary_path,
 )
 from diraccodec.training.speed import StepProfile, Throughput
-
-
-def plain_console(console: Console | None = None) -> Console:
-    """The console given, or one on stderr that prints paths as they are: no rich markup read
-    into a name that holds "[/x]", and no line broken inside a path."""
-    return console or Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
 @dataclass
@@ -238,10 +233,8 @@ def run_loop(
     On a terminal a progress bar shows the running figures; otherwise (a log file) a line
     is printed every `log_every` steps.
     """
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[figures]}"), console=console, disable=not console.is_terminal,
-    )
+    progress = Progress(*bar_columns(), TextColumn("{task.fields[figures]}"), console=console,
+                        disable=not console.is_terminal)
     with progress:
         task = progress.add_task("training", total=options.steps, completed=run.state.step, figures="")
         return _steps(run, options, next_loss, console, pixels_per_step, lambda shown: progress.update(
@@ -374,8 +367,5 @@ def _summary(run: TrainingRun, options: LoopOptions, stopped_by: str, steps: int
         "bf16": options.bf16,
         "part_bytes": [part.stat().st_size for part in state_parts(options.checkpoint)],
     }
-    path = summary_path(options.checkpoint)
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_atomic(summary_path(options.checkpoint), (json.dumps(summary, indent=2) + "\n").encode())
     return summary

@@ -15,6 +15,7 @@ import torch
 from rich.console import Console
 
 from diraccodec.compute import thread_count_restored
+from diraccodec.console import plain_console
 from diraccodec.errors import DiracError
 from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
@@ -27,7 +28,7 @@ from diraccodec.restoration.filter import RestorationFilter
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
-from diraccodec.training.loop import LoopOptions, plain_console, run_loop, start_run
+from diraccodec.training.loop import LoopOptions, run_loop, start_run
 from diraccodec.training.reconstructions import ReconstructedCrops
 
 # Floor of a crop's base MSE (pixel range 1): flat crops with almost no error must not

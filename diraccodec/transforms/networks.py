@@ -14,7 +14,6 @@ LATENT_STRIDE = 16
 HYPER_STRIDE = 64
 
 
-
 class AnalysisTransform(nn.Sequential):
     def __init__(self, channels: int, latent_channels: int) -> None:
         super().__init__(

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diraccodec.options import Progress
 from diraccodec.transforms.networks import LATENT_STRIDE
 from diraccodec.transforms.tiling import return_freed_memory
 
@@ -55,7 +56,6 @@ MOVE_FRACTION = 0.125
 RETRIES = 4
 
 
-Progress = Callable[[int, int], None]  # (parts done, parts in all): the search's tiles, the decoder's steps
 Pricing = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (symbols, table ids) -> float64 bits of each
 Filter = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (image, level) -> filtered image
 
@@ -101,8 +101,6 @@ def response_energy(synthesis: nn.Module, inverse_gain: torch.Tensor) -> torch.T
             [(synthesis(chunk * inverse_gain) - flat).pow(2).sum((1, 2, 3)) for chunk in impulses.split(32)]
         )
     return energy[:, None, None]
-
-
 
 
 @dataclass(frozen=True)
