@@ -57,6 +57,27 @@ def test_encode_checks_its_file_against_the_pixel_limit_given_not_the_default(tm
     assert api.inspect(path.read_bytes(), 10**6).header.width == small_image.width
 
 
+def test_threads_sets_the_networks_thread_count_for_the_command_alone(tmp_path: Path, small_drc: Path, monkeypatch):
+    import torch
+
+    from diraccodec import api
+
+    seen, real_decode, before = [], api.decode, torch.get_num_threads()
+
+    def decode(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(api, "decode", decode)
+    for threads in (["--threads", "3"], []):
+        result = CliRunner().invoke(main, ["decode", str(small_drc), "-o", str(tmp_path / "out.png"), *threads])
+        assert result.exit_code == 0, result.output
+    assert seen == [3, before] and torch.get_num_threads() == before
+    refused = CliRunner().invoke(main, ["encode", str(small_drc), "-q", "1", "-o", str(tmp_path / "x.drc"),
+                                        "--threads", "0"])
+    assert refused.exit_code == 2 and "--threads" in refused.output
+
+
 @pytest.mark.slow
 def test_encode_decode_info(tmp_path: Path):
     # a name that reads as rich markup is printed as it is

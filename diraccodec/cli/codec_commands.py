@@ -36,6 +36,7 @@ from diraccodec.cli.common import (
     stdout_console,
     steps_option,
     strip_option,
+    threads_option,
     weights_option,
     write_output,
 )
@@ -85,6 +86,7 @@ def progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
 @device_option
 @weights_option
 @max_pixels_option
+@threads_option
 @reports_errors
 def encode(source: Path, quality: float | None, size_text: str | None, bpp: float | None, output: Path, effort: int,
            recommended_steps: int | None, detail_map: bool | None, strip: bool, device: str, weights: Path | None,
@@ -108,8 +110,8 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help='Output image: .png, .webp (lossless), .tif/.tiff, .bmp or .jpg/.jpeg (quality 100); "-": PNG to '
-                   "standard output.")
+              help="Output image: .png, .webp (lossless), .tif/.tiff, .bmp or .jpg/.jpeg (quality 100, 4:4:4); "
+                   '"-": PNG to standard output.')
 @steps_option
 @seed_option
 @device_option
@@ -118,6 +120,7 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
               help="At 0 steps, skip the restoration filter: the base synthesis alone (faster, less faithful).")
 @weights_option
 @max_pixels_option
+@threads_option
 @reports_errors
 def decode(source: Path, output: Path, steps: int | None, seed: int | None, device: str, exact: bool,
            no_restore: bool, weights: Path | None, max_pixels: int) -> None:
@@ -255,7 +258,7 @@ def restoration_support(weights_id: bytes) -> str:
 @strip_option
 @click.option("--format", "decoded_suffix", type=click.Choice([".png", ".webp", ".tif", ".bmp", ".jpg"]),
               default=".png", show_default=True,
-              help="Image format that .drc files decode to (.webp lossless; .jpg quality 100, not with alpha).")
+              help="Image format that .drc files decode to (.webp lossless; .jpg quality 100, 4:4:4, not with alpha).")
 @click.option("-j", "--workers", type=click.IntRange(1, 64), default=None,
               help="Parallel workers (default: up to 4, one per core).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
@@ -346,6 +349,7 @@ def print_summary(results: list[Any], seconds: float) -> None:
 @device_option
 @exact_option
 @weights_option
+@threads_option
 @reports_errors
 def bench(images: tuple[Path, ...], level: float, effort: int, references: str, steps: int, repeat: int,
           json_path: Path | None, markdown: Path | None, device: str, exact: bool, weights: Path | None) -> None:

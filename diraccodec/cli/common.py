@@ -111,6 +111,29 @@ steps_option = click.option(
 seed_option = click.option("--seed", type=int, default=None, help="Sampling seed (default 0; same seed, same pixels).")
 
 
+def threads_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--threads N`: the CPU threads the command's networks use, restored when it ends (so an
+    in-process call leaves no change behind); the command itself never sees the option."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, threads: int | None, **kwargs: Any) -> Any:
+        if threads is None:
+            return command(*args, **kwargs)
+        import torch
+
+        from diraccodec.compute import thread_count_restored
+
+        with thread_count_restored():
+            torch.set_num_threads(threads)
+            return command(*args, **kwargs)
+
+    return click.option(
+        "--threads", type=click.IntRange(1, 1024), default=None, metavar="N",
+        help="CPU threads for the networks (default: one per core). Fewer leave cores to other work; the exact "
+             "mode gives the same pixels with any number.",
+    )(wrapper)
+
+
 def effort_option(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "-e", "--effort", type=click.IntRange(min(EFFORT_PASSES), max(EFFORT_PASSES)), default=DEFAULT_EFFORT,
