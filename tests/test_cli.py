@@ -78,6 +78,27 @@ def test_threads_sets_the_networks_thread_count_for_the_command_alone(tmp_path: 
     assert refused.exit_code == 2 and "--threads" in refused.output
 
 
+def test_decode_and_batch_take_the_restoration_switch_and_diffusion_weights(tmp_path: Path, small_drc: Path):
+    from diraccodec.modelfiles import default_diffusion_path
+
+    data, shipped = small_drc.read_bytes(), str(default_diffusion_path())
+    expected = {name: np.asarray(diraccodec.decode(data, steps, restore=restore))
+                for name, steps, restore in (("bare", 0, False), ("two steps", 2, True))}
+    encoded, decoded = tmp_path / "encoded", tmp_path / "decoded"
+    encoded.mkdir()
+    (encoded / "small.drc").write_bytes(data)
+    for name, options in (("bare", ["--no-restore"]), ("two steps", ["--steps", "2", "--diffusion-weights", shipped])):
+        one = CliRunner().invoke(main, ["decode", str(small_drc), "-o", str(tmp_path / "one.png"), *options])
+        every = CliRunner().invoke(main, ["batch", str(encoded), str(decoded), "-j", "1", "--overwrite", *options])
+        assert one.exit_code == 0 and every.exit_code == 0, one.output + every.output
+        for path in (tmp_path / "one.png", decoded / "small.png"):
+            with Image.open(path) as image:
+                assert np.array_equal(np.asarray(image), expected[name]), (name, path)
+    for command in (["decode", str(small_drc), "-o", str(tmp_path / "x.png")], ["batch", str(encoded), str(decoded)]):
+        missing = CliRunner().invoke(main, [*command, "--steps", "2", "--diffusion-weights", str(tmp_path / "no")])
+        assert missing.exit_code == 2 and missing.output.count("\n") == 1 and "error" in missing.output, missing.output
+
+
 @pytest.mark.slow
 def test_encode_decode_info(tmp_path: Path):
     # a name that reads as rich markup is printed as it is

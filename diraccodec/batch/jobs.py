@@ -36,6 +36,8 @@ class BatchSettings:
     device: str = AUTO
     exact: bool = False  # thread-invariant decoding (see api.decode)
     metadata: bool = True  # carry each image's EXIF and XMP (see api.encode)
+    restore: bool = True  # at 0 steps, the restoration filter (see api.decode)
+    diffusion_weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,9 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
             target.write_atomic(job.target, encoded)
             info = api.inspect(encoded, settings.max_pixels)
             return JobResult(job, "converted", "", len(data), len(encoded), info.header.pixels)
-        image = api.decode(data, settings.steps, settings.seed, weights=settings.weights, device=settings.device,
-                           exact=settings.exact, max_pixels=settings.max_pixels)
+        image = api.decode(data, settings.steps, settings.seed, weights=settings.weights,
+                           diffusion_weights=settings.diffusion_weights, device=settings.device, exact=settings.exact,
+                           max_pixels=settings.max_pixels, restore=settings.restore)
         output = image_bytes(image, image_format_for(Path(str(job.target))))
         target.write_atomic(job.target, output)
         return JobResult(job, "converted", "", len(data), len(output), image.width * image.height)

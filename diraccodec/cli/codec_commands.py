@@ -21,11 +21,13 @@ from diraccodec.cli.common import (
     console,
     detail_map_option,
     device_option,
+    diffusion_weights_option,
     effort_option,
     exact_option,
     is_stream,
     markdown_option,
     max_pixels_option,
+    no_restore_option,
     parse_list,
     rate_target,
     read_source,
@@ -116,14 +118,14 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
 @seed_option
 @device_option
 @exact_option
-@click.option("--no-restore", is_flag=True,
-              help="At 0 steps, skip the restoration filter: the base synthesis alone (faster, less faithful).")
+@no_restore_option
 @weights_option
+@diffusion_weights_option
 @max_pixels_option
 @threads_option
 @reports_errors
 def decode(source: Path, output: Path, steps: int | None, seed: int | None, device: str, exact: bool,
-           no_restore: bool, weights: Path | None, max_pixels: int) -> None:
+           no_restore: bool, weights: Path | None, diffusion_weights: Path | None, max_pixels: int) -> None:
     """Decompress a .drc file into an image ("-": standard input, or PNG to standard output)."""
     from diraccodec import api
     from diraccodec.image.files import image_bytes, image_format_for
@@ -132,8 +134,8 @@ def decode(source: Path, output: Path, steps: int | None, seed: int | None, devi
     image_format = STREAM_FORMAT if is_stream(output) else image_format_for(output)
     data = read_source(source)
     with progress_bar("decoding") as decoded:
-        image = api.decode(data, steps, seed, weights=weights, device=device, exact=exact,
-                           max_pixels=max_pixels, restore=not no_restore, progress=decoded)
+        image = api.decode(data, steps, seed, weights=weights, diffusion_weights=diffusion_weights, device=device,
+                           exact=exact, max_pixels=max_pixels, restore=not no_restore, progress=decoded)
     write_output(output, image_bytes(image, image_format))
     console.print(f"{shown_name(output, 'standard output')}: {image.width}x{image.height} {image.mode}")
 
@@ -268,13 +270,15 @@ def restoration_support(weights_id: bytes) -> str:
                    "other URIs that pyarrow opens.")
 @device_option
 @exact_option
+@no_restore_option
 @weights_option
+@diffusion_weights_option
 @max_pixels_option
 @reports_errors
 def batch(source: str, destination: str, quality: float | None, size_text: str | None, bpp: float | None,
           effort: int, steps: int | None, seed: int | None, detail_map: bool | None, strip: bool, decoded_suffix: str,
-          workers: int | None, overwrite: bool, ray_address: str | None, device: str, exact: bool,
-          weights: Path | None, max_pixels: int) -> None:
+          workers: int | None, overwrite: bool, ray_address: str | None, device: str, exact: bool, no_restore: bool,
+          weights: Path | None, diffusion_weights: Path | None, max_pixels: int) -> None:
     """Convert a folder tree: images become .drc files and .drc files become images."""
     from diraccodec import api
     from diraccodec.batch import BatchSettings, default_workers, plan_jobs, run_batch
@@ -286,9 +290,13 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     codec = api.get_codec(weights, api.compute_for("cpu" if ray_address else device, exact))
     if "quality" in rate:
         api.check_quality(quality, codec.num_levels)
+    if diffusion_weights is not None:
+        api.get_diffusion(codec, diffusion_weights)  # the wrong file fails once, not once per .drc file
     settings = BatchSettings(quality if quality is not None else DEFAULT_QUALITY, steps, seed, decoded_suffix,
                              str(weights.resolve()) if weights else None, overwrite, max_pixels, effort,
-                             rate.get("size"), rate.get("bpp"), detail_map, device, exact, metadata=not strip)
+                             rate.get("size"), rate.get("bpp"), detail_map, device, exact, metadata=not strip,
+                             restore=not no_restore,
+                             diffusion_weights=str(diffusion_weights.resolve()) if diffusion_weights else None)
     jobs = plan_jobs(source, destination, settings)
     if not jobs:
         raise DiracError(f"no images or .drc files found under {source}")

@@ -91,6 +91,14 @@ weights_option = click.option(
     "--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Base weights file (default: $DIRAC_WEIGHTS if set, else the shipped weights).",
 )
+diffusion_weights_option = click.option(
+    "--diffusion-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Diffusion weights for steps above 0 (default: $DIRAC_DIFFUSION_WEIGHTS if set, else the shipped weights).",
+)
+no_restore_option = click.option(
+    "--no-restore", is_flag=True,
+    help="At 0 steps, skip the restoration filter: the base synthesis alone (faster, less faithful).",
+)
 max_pixels_option = click.option(
     "--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
     help="Refuse images (or files claiming images) larger than this, before allocating anything.",

@@ -60,7 +60,7 @@ def parse_reference_settings(texts: tuple[str, ...], keys: list[str]) -> dict[st
 @click.option("--no-references", is_flag=True, help="Same as --references none.")
 @click.option("--reference-settings", "reference_settings", multiple=True, metavar="KEY=Q1,Q2,...",
               help="Other qualities (0-100, ascending) for one of the references, e.g. avif=0,4,10,20 "
-                   "(repeatable; defaults in docs/user-guide.md).")
+                   "(repeatable; defaults in docs/measuring.md).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("runs/eval.json"), show_default=True,
               help="Every figure; rewritten after each setting, so a stopped run keeps its figures.")
