@@ -104,7 +104,7 @@ def check_quality(quality: float, num_levels: int) -> float:
     if isinstance(quality, bool) or not isinstance(quality, int | float) or math.isnan(quality) \
             or not LOWEST_LEVEL <= quality <= num_levels:
         raise InvalidOptionError(f"quality must be between {LOWEST_LEVEL:g} and {num_levels}, got {quality}")
-    return drc.quantize_quality(quality) / drc.QUALITY_DENOMINATOR
+    return drc.quantize_level(quality) / drc.LEVEL_DENOMINATOR
 
 
 def check_effort(effort: int) -> int:
@@ -202,16 +202,16 @@ class _Encoder:
         self.search = latent_search.SearchSettings(passes, restorer.model.restore if restorer is not None else None,
                                                    options.progress)
 
-    def file(self, quality: float, searched: bool = True) -> bytes:
+    def file(self, level: float, searched: bool = True) -> bytes:
         """The .drc file at this level; searched=False rounds the latents (a quick size probe)."""
         codec, planes = self.codec, self.planes
         search = self.search if searched else latent_search.SearchSettings()
-        latents = codec.quantize(self.latents, quality, planes.rgb, search)
+        latents = codec.quantize(self.latents, level, planes.rgb, search)
         height, width = planes.rgb.shape[:2]
-        sections = {drc.TAG_LATENTS: codec.write_stream(latents, quality)}
+        sections = {drc.TAG_LATENTS: codec.write_stream(latents, level)}
         wants_map = self.options.detail_map
-        if wants_map or (wants_map is None and quality < detail_map_below(codec.weights.model.config.lambdas)):
-            base = codec.synthesize(latents, width, height, quality)
+        if wants_map or (wants_map is None and level < detail_map_below(codec.weights.model.config.lambdas)):
+            base = codec.synthesize(latents, width, height, level)
             measured = detail_maps.measure(planes.rgb, base, device=codec.device)
             sections[drc.TAG_DETAIL] = detail_maps.to_payload(measured)
         if planes.alpha is not None:
@@ -223,7 +223,7 @@ class _Encoder:
                 sections[tag] = metadata_parts.compress(part)
         if self.options.recommended_steps is not None:
             sections[drc.TAG_STEPS] = bytes([self.options.recommended_steps])
-        header = drc.DrcFile(width=width, height=height, colour_mode=planes.colour_mode, quality=quality,
+        header = drc.DrcFile(width=width, height=height, colour_mode=planes.colour_mode, quality=level,
                              weights_id=codec.weights.weights_id, sections=sections)
         return drc.pack(header)
 
@@ -319,7 +319,7 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
     the few grid steps that the search's smaller files make room for."""
     if isinstance(target, bool) or not isinstance(target, int) or target <= 0:
         raise InvalidOptionError(f"size must be a positive number of bytes, got {target}")
-    grid = drc.QUALITY_DENOMINATOR
+    grid = drc.LEVEL_DENOMINATOR
     lowest, highest = round(LOWEST_LEVEL * grid), num_levels * grid  # the levels in grid units
 
     smallest: dict[bool, bytes] = {}  # the files at the lowest level, which several checks ask for
@@ -473,13 +473,13 @@ def decode(
     return planes_to_image(Planes(rgb, header.colour_mode, alpha, profile, metadata))
 
 
-def enhance(codec: BaseCodec, rgb: np.ndarray, quality: float, steps: int, seed: int | None,
+def enhance(codec: BaseCodec, rgb: np.ndarray, level: float, steps: int, seed: int | None,
             diffusion: DiffusionDecoder | None, detail_map: detail_maps.DetailMap | None,
             restore: bool = True, progress: Progress | None = None) -> np.ndarray:
     """The decoder's last stages on a base synthesis: diffusion at steps > 0, else the filter."""
     if diffusion is not None and steps > 0:
-        return diffusion.enhance(rgb, quality, steps, seed, detail_map, progress)
+        return diffusion.enhance(rgb, level, steps, seed, detail_map, progress)
     if restore and (restorer := get_restorer(codec)) is not None:
-        return restorer.restore(rgb, quality)
+        return restorer.restore(rgb, level)
     return rgb
 

@@ -42,24 +42,24 @@ def test_the_map_measures_the_missing_fine_detail_block_by_block_in_bands(sample
     original = np.asarray(sample_image.crop((0, 0, 200, 300)))  # more rows than one band holds
     base = np.asarray(sample_image.crop((0, 0, 200, 300)).resize((50, 75)).resize((200, 300)))
     measured = detail_map.measure(original, base)
-    assert measured.levels.shape == detail_map.map_shape(200, 300, detail_map.BLOCK) == (10, 7)
+    assert measured.codes.shape == detail_map.map_shape(200, 300, detail_map.BLOCK) == (10, 7)
     # the bands agree with the whole image measured at once
     whole = torch.from_numpy((original.astype(np.float32) - base.astype(np.float32)) / 255).permute(2, 0, 1)[None]
     rms = detail_map.block_energy(detail_map.fine_detail(whole), detail_map.BLOCK)[0, 0].sqrt().numpy()
     expected = np.clip(np.round(2 * np.log2(np.maximum(rms, 2.0**-13))), -24, 0)
-    assert np.array_equal(measured.levels, expected)
-    assert len(np.unique(measured.levels)) > 3  # a photo's detail varies across it
+    assert np.array_equal(measured.codes, expected)
+    assert len(np.unique(measured.codes)) > 3  # a photo's detail varies across it
     # nothing missing: as little as the map can say
-    assert (detail_map.measure(original, original).levels == detail_map.LOWEST).all()
+    assert (detail_map.measure(original, original).codes == detail_map.LOWEST_CODE).all()
     sent = detail_map.from_payload(detail_map.to_payload(measured), 200, 300)
-    assert sent.block == measured.block and np.array_equal(sent.levels, measured.levels)
+    assert sent.block == measured.block and np.array_equal(sent.codes, measured.codes)
 
 
 def test_matching_scales_each_blocks_fine_detail_to_its_share_of_the_map():
     torch.manual_seed(0)
     residual = 0.02 * torch.randn(1, 3, 64, 96)
-    levels = np.full((2, 3), -10)  # RMS 2^-5 everywhere
-    matched = detail_map.match_detail(residual, detail_map.DetailMap(32, levels), 0.5, (0.1, 10.0))
+    codes = np.full((2, 3), -10)  # RMS 2^-5 everywhere
+    matched = detail_map.match_detail(residual, detail_map.DetailMap(32, codes), 0.5, (0.1, 10.0))
     detail = detail_map.fine_detail(residual)
     smooth = residual - detail
     # only the fine detail changes, by one scale where the map and the detail are even
@@ -69,9 +69,9 @@ def test_matching_scales_each_blocks_fine_detail_to_its_share_of_the_map():
     assert torch.allclose(energy, torch.full_like(energy, 0.5 * 2**-5), rtol=0.05)
     # the bounds hold the scale; a share of the matching raises it to that power
     assert 0.85 < scale.mean() < 0.95  # the detail's RMS is about 0.017
-    bounded = detail_map.match_detail(residual, detail_map.DetailMap(32, levels), 0.5, (0.5, 0.8))
+    bounded = detail_map.match_detail(residual, detail_map.DetailMap(32, codes), 0.5, (0.5, 0.8))
     assert torch.allclose(bounded - smooth, 0.8 * detail, atol=1e-6)
-    half = detail_map.match_detail(residual, detail_map.DetailMap(32, levels), 0.5, (0.5, 0.8), share=0.5)
+    half = detail_map.match_detail(residual, detail_map.DetailMap(32, codes), 0.5, (0.5, 0.8), share=0.5)
     assert torch.allclose(half - smooth, 0.8**0.5 * detail, atol=1e-6)
     with pytest.raises(CorruptFileError, match="does not fit"):
         detail_map.match_detail(residual, detail_map.DetailMap(32, np.zeros((3, 3), dtype=int)), 0.5, (0.5, 2))

@@ -197,15 +197,15 @@ class BaseCodec:
         reader.weights = weights
         return reader
 
-    def _gains64(self, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gain and inverse gain for a 1-based quality, in float64, shape (M, 1, 1).
+    def _gains64(self, level: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gain and inverse gain for a rate level (1-based), in float64, shape (M, 1, 1).
 
         Fractional levels interpolate the log-gains of their neighbours. Below level 1 the
         line through levels 1 and 2 goes on (level 0 is one level's step coarser than 1), so
         the lowest rates need no trained level of their own."""
-        level = min(quality - 1.0, self.num_levels - 1.0)
-        low = min(max(math.floor(level), 0), self.num_levels - 2)
-        weight = level - low
+        position = min(level - 1.0, self.num_levels - 1.0)  # 0-based, along the trained levels
+        low = min(max(math.floor(position), 0), self.num_levels - 2)
+        weight = position - low
 
         def mix(table: torch.Tensor) -> torch.Tensor:
             return ((1 - weight) * table[low] + weight * table[low + 1]).exp()[:, None, None]
@@ -280,21 +280,21 @@ class BaseCodec:
                 flat_mean[:, positions] = chunk_mean.cpu()
                 flat_table_ids[:, positions.numpy()] = snap_scales(chunk_scale, table_scales).cpu().numpy()
 
-    def hyper_coding(self, shape: tuple[int, ...], quality: float) -> tuple[np.ndarray, TableSet]:
+    def hyper_coding(self, shape: tuple[int, ...], level: float) -> tuple[np.ndarray, TableSet]:
         """Each hyper-latent's table row, and the tables: channel c's row of the weights' shared
         tables or, where the weights carry tables per level, of the file's whole level (levels
         below 1: level 0's), row level * N + c."""
         rows = np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
         if self.weights.hyper_level_tables is None:
             return rows, self.weights.hyper_tables
-        level = min(max(math.floor(quality), 0), self.num_levels)
-        return rows + level * shape[0], self.weights.hyper_level_tables
+        row_level = min(max(math.floor(level), 0), self.num_levels)
+        return rows + row_level * shape[0], self.weights.hyper_level_tables
 
-    def _lambda(self, quality: float) -> float:
+    def _lambda(self, level: float) -> float:
         """The level's rate-distortion trade-off, geometric between levels for fractions and,
         as the gains, below level 1."""
         lambdas = np.log(self.model.config.lambdas)
-        position = quality - 1.0
+        position = level - 1.0
         if position < 0:
             return float(np.exp(lambdas[0] + position * (lambdas[1] - lambdas[0])))
         return float(np.exp(np.interp(position, np.arange(lambdas.size), lambdas)))
@@ -323,7 +323,7 @@ class BaseCodec:
         return y[0].contiguous()
 
     @torch.no_grad()
-    def quantize(self, y: torch.Tensor, quality: float, rgb: np.ndarray | None = None,
+    def quantize(self, y: torch.Tensor, level: float, rgb: np.ndarray | None = None,
                  search: SearchSettings = SearchSettings(), arithmetic: Arithmetic = Arithmetic.FIXED_POINT
                  ) -> Latents:
         """The integer symbols that the stream will carry for latents `y` at this level.
@@ -334,7 +334,7 @@ class BaseCodec:
         image, the padding's latents are 0 and the stream codes the image's cells only;
         without it, every latent is rounded and coded.
         """
-        y_scaled, hyper = self.hyper_latents(y, quality)
+        y_scaled, hyper = self.hyper_latents(y, level)
         if search.passes > 0 and rgb is None:
             raise ValueError("the search needs the image")
         mean, table_ids, scale = self._hyper_parameters(hyper, arithmetic)
@@ -350,14 +350,14 @@ class BaseCodec:
             symbols[:, ~inside] = 0
         if non_anchor is None:
             if search.passes > 0:
-                symbols = self._search(rgb, quality, mean, table_ids, symbols, search, inside)
+                symbols = self._search(rgb, level, mean, table_ids, symbols, search, inside)
             return Latents(hyper, symbols, mean, table_ids, cells)
         # The anchors first, then the non-anchors against the mean the final anchors give them.
         is_anchor = ~non_anchor.numpy()
         anchors, rest = (part if inside is None else part & inside for part in (is_anchor, ~is_anchor))
         anchor_search, rest_search = _halves(search)
         if anchor_search.passes > 0:
-            symbols = self._search(rgb, quality, mean, table_ids, symbols, anchor_search, anchors)
+            symbols = self._search(rgb, level, mean, table_ids, symbols, anchor_search, anchors)
         self._refine_non_anchors(symbols, mean, scale, table_ids, arithmetic)
         del scale
         symbols[:, ~is_anchor] = y_rest.sub_(mean[:, non_anchor]).round_().to(torch.int64).numpy()
@@ -365,22 +365,22 @@ class BaseCodec:
         if inside is not None:
             symbols[:, ~inside] = 0
         if rest_search.passes > 0:
-            symbols = self._search(rgb, quality, mean, table_ids, symbols, rest_search, rest)
+            symbols = self._search(rgb, level, mean, table_ids, symbols, rest_search, rest)
         return Latents(hyper, symbols, mean, table_ids, cells)
 
-    def hyper_latents(self, y: torch.Tensor, quality: float) -> tuple[torch.Tensor, np.ndarray]:
+    def hyper_latents(self, y: torch.Tensor, level: float) -> tuple[torch.Tensor, np.ndarray]:
         """The latents scaled by the level's gain (float64) and their integer hyper-latents."""
-        gain, _ = self._gains64(quality)
+        gain, _ = self._gains64(level)
         y_scaled = y.double() * gain
         z = self.model.hyper_analysis(self.compute.tensor(y_scaled.float()[None]))[0]
         return y_scaled, torch.round(z.float()).cpu().to(torch.int64).numpy()
 
-    def _search(self, rgb: np.ndarray, quality: float, mean: torch.Tensor, table_ids: np.ndarray,
+    def _search(self, rgb: np.ndarray, level: float, mean: torch.Tensor, table_ids: np.ndarray,
                 symbols: np.ndarray, search: SearchSettings, movable: np.ndarray | None = None) -> np.ndarray:
         height, width = rgb.shape[:2]
-        inverse_gain = self._gains64(quality)[1].float().to(self.device)
-        if quality not in self._response_energies:
-            self._response_energies[quality] = response_energy(self.model.synthesis, inverse_gain)
+        inverse_gain = self._gains64(level)[1].float().to(self.device)
+        if level not in self._response_energies:
+            self._response_energies[level] = response_energy(self.model.synthesis, inverse_gain)
         problem = SearchProblem(
             synthesis=self.model.synthesis,
             pixels=self._padded_pixels(rgb)[0, :, :height, :width],
@@ -388,10 +388,10 @@ class BaseCodec:
             inverse_gain=inverse_gain,
             table_ids=table_ids,
             price=self._latent_prices.bits,
-            distortion_weight=self._lambda(quality) * 255**2 / 3,
-            energy=self._response_energies[quality],
+            distortion_weight=self._lambda(level) * 255**2 / 3,
+            energy=self._response_energies[level],
             restoration=search.restoration,
-            level=torch.tensor([float(quality)], device=self.device),
+            level=torch.tensor([float(level)], device=self.device),
             prepare=self.compute.tensor,
             precision=self.compute.autocast,
             movable=movable,
@@ -399,15 +399,15 @@ class BaseCodec:
         with torch.enable_grad(), self.compute.kernels():
             return search_symbols(problem, symbols, search.passes, search.progress)
 
-    def analyse(self, rgb: np.ndarray, quality: float, search: SearchSettings = SearchSettings()) -> Latents:
+    def analyse(self, rgb: np.ndarray, level: float, search: SearchSettings = SearchSettings()) -> Latents:
         """The latents the stream will carry for this image and level (see `quantize`)."""
-        return self.quantize(self.analysis_latents(rgb), quality, rgb, search)
+        return self.quantize(self.analysis_latents(rgb), level, rgb, search)
 
-    def write_stream(self, latents: Latents, quality: float) -> bytes:
+    def write_stream(self, latents: Latents, level: float) -> bytes:
         """The hyper-latents, then the latents; with a context model the anchors' before the rest.
         The level picks the hyper-latents' tables where the weights carry them per level."""
         encoder = constriction.stream.queue.RangeEncoder()
-        encode_values(encoder, latents.hyper, *self.hyper_coding(latents.hyper.shape, quality))
+        encode_values(encoder, latents.hyper, *self.hyper_coding(latents.hyper.shape, level))
         parts = [None] if self._context_layers is None else self._anchor_parts(latents.symbols.shape[1:])
         for part in parts:
             encode_values(encoder, latents.coded(latents.symbols, part), latents.coded(latents.table_ids, part),
@@ -420,7 +420,7 @@ class BaseCodec:
         is_anchor = anchor_mask(*shape).numpy()
         return [is_anchor, ~is_anchor]
 
-    def read_stream(self, payload: bytes, width: int, height: int, quality: float,
+    def read_stream(self, payload: bytes, width: int, height: int, level: float,
                     arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False) -> Latents:
         """The latents of a stream at the file's level; `whole_grid`: it codes the padding's
         latents too (format versions 1 and 2)."""
@@ -430,7 +430,7 @@ class BaseCodec:
         hyper_shape = (self.model.config.channels, padded_height // HYPER_STRIDE, padded_width // HYPER_STRIDE)
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         tables = self.weights.latent_tables
-        hyper_coding = self.hyper_coding(hyper_shape, quality)
+        hyper_coding = self.hyper_coding(hyper_shape, level)
         try:
             decoder = constriction.stream.queue.RangeDecoder(words)
             hyper = decode_values(decoder, *hyper_coding)
@@ -450,9 +450,9 @@ class BaseCodec:
         return latents
 
     @torch.no_grad()
-    def synthesize(self, latents: Latents, width: int, height: int, quality: float) -> np.ndarray:
+    def synthesize(self, latents: Latents, width: int, height: int, level: float) -> np.ndarray:
         """(H, W, 3) uint8 base reconstruction, synthesized tile by tile into 8-bit pixels."""
-        _, inverse_gain = self._gains64(quality)
+        _, inverse_gain = self._gains64(level)
         y_hat = ((torch.from_numpy(latents.symbols).double() + latents.mean) * inverse_gain).float()[None]
 
         def synthesize_tile(tile: torch.Tensor) -> torch.Tensor:
@@ -465,19 +465,19 @@ class BaseCodec:
         del y_hat
         return np.ascontiguousarray(x_hat[0, :, :height, :width].permute(1, 2, 0).numpy())
 
-    def compress(self, rgb: np.ndarray, quality: float, search: SearchSettings = SearchSettings()) -> bytes:
-        return self.write_stream(self.analyse(rgb, quality, search), quality)
+    def compress(self, rgb: np.ndarray, level: float, search: SearchSettings = SearchSettings()) -> bytes:
+        return self.write_stream(self.analyse(rgb, level, search), level)
 
-    def information_bits(self, latents: Latents, quality: float) -> tuple[float, float]:
+    def information_bits(self, latents: Latents, level: float) -> tuple[float, float]:
         """Bits of the hyper-latents and of the coded latents, each value's -log2 of its
         probability under the table that codes it: where a stream's bytes go (the range coder's
         total is within a few bytes of their sum)."""
-        rows, tables = self.hyper_coding(latents.hyper.shape, quality)
+        rows, tables = self.hyper_coding(latents.hyper.shape, level)
         hyper = tables.bits(latents.hyper, rows)
         coded = self.weights.latent_tables.bits(latents.coded(latents.symbols), latents.coded(latents.table_ids))
         return float(hyper.sum()), float(coded.sum())
 
-    def decompress(self, payload: bytes, width: int, height: int, quality: float,
+    def decompress(self, payload: bytes, width: int, height: int, level: float,
                    arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False) -> np.ndarray:
-        return self.synthesize(self.read_stream(payload, width, height, quality, arithmetic, whole_grid), width,
-                               height, quality)
+        return self.synthesize(self.read_stream(payload, width, height, level, arithmetic, whole_grid), width,
+                               height, level)

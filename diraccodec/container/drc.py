@@ -31,10 +31,10 @@ FORMAT_VERSION = 3  # what this encoder writes for rate levels 0 and up
 # entropy parameters in float64 on the CPU; versions 1 and 2 coded the latents of the padding too.
 SIGNED_LEVEL_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
-QUALITY_DENOMINATOR = 256  # the rate level is stored in 1/256 steps
+LEVEL_DENOMINATOR = 256  # the rate level is stored in 1/256 steps
 DEFAULT_MAX_PIXELS = 100_000_000
 
-# magic, version, colour mode, quality*256, width, height, weights id, section count
+# magic, version, colour mode, level*256, width, height, weights id, section count
 _HEADER = struct.Struct(">4sBBHII8sH")
 _SECTION = struct.Struct(">4sI")
 _TRAILER = struct.Struct(">I")
@@ -55,7 +55,7 @@ class DrcFile:
     width: int
     height: int
     colour_mode: ColourMode
-    quality: float  # the rate level, a multiple of 1/256 (below 0 only in version 4)
+    quality: float  # the rate level (encode's `quality`), a multiple of 1/256 (below 0 only in version 4)
     weights_id: bytes  # 8 bytes
     sections: dict[bytes, bytes] = field(default_factory=dict)
     version: int | None = None  # None: the lowest version that holds the level (version_for)
@@ -86,18 +86,19 @@ class DrcFile:
         return Metadata(part(TAG_EXIF, "EXIF"), part(TAG_XMP, "XMP"))
 
 
-def quantize_quality(quality: float) -> int:
-    return round(quality * QUALITY_DENOMINATOR)
+def quantize_level(level: float) -> int:
+    """The level as the header stores it: a count of 1/256 steps."""
+    return round(level * LEVEL_DENOMINATOR)
 
 
-def version_for(quality: float) -> int:
+def version_for(level: float) -> int:
     """The version an encoder writes at this level: 3, or 4 where the level is below 0."""
-    return SIGNED_LEVEL_VERSION if quantize_quality(quality) < 0 else FORMAT_VERSION
+    return SIGNED_LEVEL_VERSION if quantize_level(level) < 0 else FORMAT_VERSION
 
 
 def pack(drc: DrcFile) -> bytes:
     version = version_for(drc.quality) if drc.version is None else drc.version
-    level = quantize_quality(drc.quality)
+    level = quantize_level(drc.quality)
     if level < 0 and version < SIGNED_LEVEL_VERSION:
         raise ValueError(f"format version {version} cannot hold the level {drc.quality:g}")
     parts = [
@@ -125,9 +126,9 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
         raise NotADrcFileError("not a .drc file (bad magic bytes)")
     if len(data) < _HEADER.size + _TRAILER.size:
         raise TruncatedFileError("truncated .drc file (header incomplete)")
-    _, version, mode, quality, width, height, weights_id, count = _HEADER.unpack_from(data)
-    if version >= SIGNED_LEVEL_VERSION and quality >= 0x8000:
-        quality -= 0x10000
+    _, version, mode, level, width, height, weights_id, count = _HEADER.unpack_from(data)
+    if version >= SIGNED_LEVEL_VERSION and level >= 0x8000:
+        level -= 0x10000
     if version not in READABLE_VERSIONS:
         readable = ", ".join(map(str, READABLE_VERSIONS))
         raise UnsupportedVersionError(
@@ -170,7 +171,7 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
         width=width,
         height=height,
         colour_mode=colour_mode,
-        quality=quality / QUALITY_DENOMINATOR,
+        quality=level / LEVEL_DENOMINATOR,
         weights_id=weights_id,
         sections=sections,
         version=version,

@@ -26,7 +26,7 @@ from diraccodec.transforms.layers import gaussian_window, separable_blur
 
 BLOCK = 32
 STEPS_PER_OCTAVE = 2  # of the RMS: steps of sqrt(2)
-LOWEST, HIGHEST = -24, 0  # RMS from 2^-12 (below: as good as none) to 1, in [0, 1] pixel units
+LOWEST_CODE, HIGHEST_CODE = -24, 0  # RMS from 2^-12 (below: as good as none) to 1, in [0, 1] pixel units
 DETAIL_SIGMA = 1.0
 _RADIUS = math.ceil(3 * DETAIL_SIGMA)
 _ROWS_AT_ONCE = 8  # block rows measured together, so memory stays small for any image size
@@ -35,11 +35,11 @@ _ROWS_AT_ONCE = 8  # block rows measured together, so memory stays small for any
 @dataclass(frozen=True)
 class DetailMap:
     block: int
-    levels: np.ndarray  # (rows, columns) integers: STEPS_PER_OCTAVE * log2 of each block's RMS
+    codes: np.ndarray  # (rows, columns) integers: STEPS_PER_OCTAVE * log2 of each block's RMS
 
     def rms(self) -> torch.Tensor:
         """(1, 1, rows, columns) RMS of the original's missing fine detail, in [0, 1] pixel units."""
-        return torch.from_numpy(2.0 ** (self.levels / STEPS_PER_OCTAVE)).float()[None, None]
+        return torch.from_numpy(2.0 ** (self.codes / STEPS_PER_OCTAVE)).float()[None, None]
 
 
 def map_shape(width: int, height: int, block: int) -> tuple[int, int]:
@@ -76,20 +76,20 @@ def measure(original_rgb: np.ndarray, base_rgb: np.ndarray, block: int = BLOCK,
         detail = fine_detail(band(original_rgb) - band(base_rgb))[..., top - above : bottom - above, :]
         energies.append(block_energy(detail, block))
     rms = torch.cat(energies, dim=2)[0, 0].double().sqrt().clamp_min(2.0**-13).cpu().numpy()
-    levels = np.clip(np.round(STEPS_PER_OCTAVE * np.log2(rms)), LOWEST, HIGHEST).astype(np.int64)
-    return DetailMap(block, levels)
+    codes = np.clip(np.round(STEPS_PER_OCTAVE * np.log2(rms)), LOWEST_CODE, HIGHEST_CODE).astype(np.int64)
+    return DetailMap(block, codes)
 
 
 def to_payload(detail_map: DetailMap) -> bytes:
-    """Block side (1 byte), steps per octave (1 byte), then the range-coded levels."""
-    return bytes([detail_map.block, STEPS_PER_OCTAVE]) + encode_map(detail_map.levels, LOWEST, HIGHEST)
+    """Block side (1 byte), steps per octave (1 byte), then the range-coded codes."""
+    return bytes([detail_map.block, STEPS_PER_OCTAVE]) + encode_map(detail_map.codes, LOWEST_CODE, HIGHEST_CODE)
 
 
 def from_payload(payload: bytes, width: int, height: int) -> DetailMap:
     if len(payload) < 2 or payload[0] < 8 or payload[1] != STEPS_PER_OCTAVE:
         raise CorruptFileError("corrupt .drc file (detail map header)")
     block = payload[0]
-    return DetailMap(block, decode_map(payload[2:], map_shape(width, height, block), LOWEST, HIGHEST))
+    return DetailMap(block, decode_map(payload[2:], map_shape(width, height, block), LOWEST_CODE, HIGHEST_CODE))
 
 
 def match_detail(residual: torch.Tensor, detail_map: DetailMap, strength: float,
@@ -99,7 +99,7 @@ def match_detail(residual: torch.Tensor, detail_map: DetailMap, strength: float,
     `share` (fewer steps than the finishing's full count apply part of it)."""
     detail = fine_detail(residual)
     energy = block_energy(detail, detail_map.block)
-    if energy.shape != (1, 1, *detail_map.levels.shape):
+    if energy.shape != (1, 1, *detail_map.codes.shape):
         raise CorruptFileError("corrupt .drc file (detail map does not fit the image)")
     target = strength * detail_map.rms().to(residual)
     scale = (target / energy.sqrt().clamp_min(1e-6)).clamp(*bounds) ** share

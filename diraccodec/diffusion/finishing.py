@@ -45,7 +45,7 @@ class Finishing:
     detail_match_bounds: tuple[float, float] = (0.4, 2.5)  # on that scale
     match_share: float = 1.0  # the power the scale is raised to: below 1, part of the matching
 
-    def share(self, share: float) -> Finishing:
+    def in_share(self, share: float) -> Finishing:
         """This share of the finishing: its output mixes the plain prediction (share 0) and this
         finishing's (share 1). The lattice, an artefact, comes out whatever the share."""
         if share >= 1.0:
@@ -96,9 +96,9 @@ class FinishingSettings:
         detail = gain if self.detail_gain is None else per_level(self.detail_gain, level)
         full = Finishing(gain, detail, per_level(self.kept_noise, level), self.detail_sigma, self.lattice_period,
                          self.lattice_cells, held_level(self.detail_match, level), self.detail_match_bounds)
-        return full if steps is None else full.share(self.share(steps))
+        return full if steps is None else full.in_share(self.share_at(steps))
 
-    def share(self, steps: int) -> float:
+    def share_at(self, steps: int) -> float:
         """How much of the finishing `steps` steps apply."""
         return 1.0 if self.full_steps <= 0 else min(max(steps, 0) / self.full_steps, 1.0)
 
