@@ -176,80 +176,105 @@ def _search_tile(
     problem: SearchProblem, symbols: np.ndarray, core: tuple[slice, slice], passes: int, window_shape: tuple[int, int]
 ) -> None:
     """Improve symbols[:, core] in place, the tile's margin held fixed as context."""
-    top, bottom = _window(core[0], symbols.shape[1], window_shape[0])
-    left, right = _window(core[1], symbols.shape[2], window_shape[1])
-    window = (slice(top, bottom), slice(left, right))
-    inner = (slice(core[0].start - top, core[0].stop - top), slice(core[1].start - left, core[1].stop - left))
-    stride = LATENT_STRIDE
-    device = problem.mean.device
-    pixels = problem.pixels[:, top * stride : bottom * stride, left * stride : right * stride].to(device).float() / 255
-    height, width = pixels.shape[1:]
-    mean = problem.mean[:, window[0], window[1]]
-    table_ids = torch.from_numpy(np.ascontiguousarray(problem.table_ids[:, core[0], core[1]])).to(device)
-    owner = _cell_owners(bottom - top, right - left, inner, device)
-    core_cells = (inner[0].stop - inner[0].start) * (inner[1].stop - inner[1].start)
-    movable = (torch.ones((), dtype=torch.bool) if problem.movable is None
-               else torch.from_numpy(np.ascontiguousarray(problem.movable[core[0], core[1]]))).to(device)
-
-    def cell_errors(candidate: torch.Tensor) -> torch.Tensor:
-        """The squared error of each latent's 16x16 cell of pixels, (rows * columns,)."""
-        image = problem.synthesis(problem.prepare(((candidate + mean) * problem.inverse_gain)[None]))
-        if problem.restoration is not None:
-            image = problem.restoration(image.clamp(0, 1), problem.level)
-        error = (image[0].float()[:, :height, :width] - pixels).pow(2).sum(0)
-        rows, columns = candidate.shape[1:]
-        error = F.pad(error, (0, columns * stride - width, 0, rows * stride - height))
-        return error.reshape(rows, stride, columns, stride).sum((1, 3)).flatten()
-
-    def bits(values: torch.Tensor) -> torch.Tensor:
-        return problem.price(values, table_ids)
-
-    def moved(moves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        trial = current.clone()
-        trial[:, inner[0], inner[1]] += moves
-        return trial, trial[:, inner[0], inner[1]].to(torch.int64)
-
-    current = torch.from_numpy(symbols[:, window[0], window[1]]).float().to(device)
+    tile = _TileSearch(problem, symbols, core, window_shape)
+    current = torch.from_numpy(symbols[:, tile.window[0], tile.window[1]]).float().to(tile.device)
     objective = None
     for _ in range(passes):
         candidate = current.clone().requires_grad_(True)
         with problem.precision():
-            errors = cell_errors(candidate)
-        values = current[:, inner[0], inner[1]].to(torch.int64)
-        value_bits = bits(values)
+            errors = tile.cell_errors(candidate)
+        values = current[:, tile.inner[0], tile.inner[1]].to(torch.int64)
+        value_bits = tile.bits(values)
         if objective is None:  # the first pass's forward prices the starting symbols too
             objective = problem.distortion_weight * errors.sum().item() + value_bits.sum().item()
         (gradient,) = torch.autograd.grad(errors.sum(), candidate)  # not the weights'
-        errors = errors.detach()
-        gradient = gradient[:, inner[0], inner[1]].float()
-        best_change, best_move = _best_moves(problem, gradient, values, value_bits, bits)
-        paying = (best_change < 0) & movable
+        gradient = gradient[:, tile.inner[0], tile.inner[1]].float()
+        best_change, best_move = _best_moves(problem, gradient, values, value_bits, tile.bits)
+        improved = tile.keep_paying_moves(current, objective, errors.detach(), value_bits, best_change, best_move)
+        if improved is None:
+            return
+        current, objective, kept_values = improved
+        symbols[:, core[0], core[1]] = kept_values.cpu().numpy()
+
+
+class _TileSearch:
+    """One tile of the search: its window of pixels and latents (the core and its margin), and
+    the objective's parts measured over it."""
+
+    def __init__(self, problem: SearchProblem, symbols: np.ndarray, core: tuple[slice, slice],
+                 window_shape: tuple[int, int]) -> None:
+        self.problem = problem
+        top, bottom = _window(core[0], symbols.shape[1], window_shape[0])
+        left, right = _window(core[1], symbols.shape[2], window_shape[1])
+        self.window = (slice(top, bottom), slice(left, right))
+        self.inner = (slice(core[0].start - top, core[0].stop - top), slice(core[1].start - left, core[1].stop - left))
+        self.device = device = problem.mean.device
+        stride = LATENT_STRIDE
+        self.pixels = problem.pixels[:, top * stride : bottom * stride, left * stride : right * stride].to(
+            device).float() / 255
+        self.mean = problem.mean[:, self.window[0], self.window[1]]
+        self.table_ids = torch.from_numpy(np.ascontiguousarray(problem.table_ids[:, core[0], core[1]])).to(device)
+        self.owner = _cell_owners(bottom - top, right - left, self.inner, device)
+        self.core_cells = (core[0].stop - core[0].start) * (core[1].stop - core[1].start)
+        self.movable = (torch.ones((), dtype=torch.bool) if problem.movable is None
+                        else torch.from_numpy(np.ascontiguousarray(problem.movable[core[0], core[1]]))).to(device)
+
+    def cell_errors(self, candidate: torch.Tensor) -> torch.Tensor:
+        """The squared error of each latent's 16x16 cell of pixels, (rows * columns,)."""
+        problem, stride = self.problem, LATENT_STRIDE
+        height, width = self.pixels.shape[1:]
+        image = problem.synthesis(problem.prepare(((candidate + self.mean) * problem.inverse_gain)[None]))
+        if problem.restoration is not None:
+            image = problem.restoration(image.clamp(0, 1), problem.level)
+        error = (image[0].float()[:, :height, :width] - self.pixels).pow(2).sum(0)
+        rows, columns = candidate.shape[1:]
+        error = F.pad(error, (0, columns * stride - width, 0, rows * stride - height))
+        return error.reshape(rows, stride, columns, stride).sum((1, 3)).flatten()
+
+    def bits(self, values: torch.Tensor) -> torch.Tensor:
+        return self.problem.price(values, self.table_ids)
+
+    def moved(self, current: torch.Tensor, moves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window's symbols with `moves` applied to the core, and the core's symbols."""
+        trial = current.clone()
+        trial[:, self.inner[0], self.inner[1]] += moves
+        return trial, trial[:, self.inner[0], self.inner[1]].to(torch.int64)
+
+    def objective(self, trial: torch.Tensor, trial_values: torch.Tensor) -> float:
+        with torch.no_grad(), self.problem.precision():
+            distortion = self.problem.distortion_weight * self.cell_errors(trial).sum().item()
+        return distortion + self.bits(trial_values).sum().item()
+
+    def keep_paying_moves(
+        self, current: torch.Tensor, objective: float, errors: torch.Tensor, value_bits: torch.Tensor,
+        best_change: torch.Tensor, best_move: torch.Tensor,
+    ) -> tuple[torch.Tensor, float, torch.Tensor] | None:
+        """Try the best MOVE_FRACTION of the paying moves at once, keep those whose cells' own
+        change pays, and return the window, objective and core symbols where the whole lowers
+        the objective; retried with half as many moves, RETRIES times. None: nothing pays."""
+        problem = self.problem
+        paying = (best_change < 0) & self.movable
         fraction = MOVE_FRACTION
         for _ in range(RETRIES + 1):
             if not paying.any():
-                return
+                return None
             threshold = torch.quantile(best_change[paying], fraction) if paying.sum() > 1 else 0.0
             moves = best_move * (paying & (best_change <= threshold))
-            trial, trial_values = moved(moves)
+            trial, trial_values = self.moved(current, moves)
             with torch.no_grad(), problem.precision():
-                trial_errors = cell_errors(trial)
+                trial_errors = self.cell_errors(trial)
             # keep the moves of the cells whose own share of the change pays
-            bit_change = (bits(trial_values) - value_bits).float().sum(0).flatten()
-            change = problem.distortion_weight * torch.zeros(core_cells, device=device).index_add_(
-                0, owner, trial_errors - errors) + bit_change
+            bit_change = (self.bits(trial_values) - value_bits).float().sum(0).flatten()
+            change = problem.distortion_weight * torch.zeros(self.core_cells, device=self.device).index_add_(
+                0, self.owner, trial_errors - errors) + bit_change
             kept = (change < 0).reshape(moves.shape[1:])
             if kept.any():
-                trial, trial_values = moved(moves * kept)
-                with torch.no_grad(), problem.precision():
-                    trial_objective = problem.distortion_weight * cell_errors(trial).sum().item()
-                trial_objective += bits(trial_values).sum().item()
+                trial, trial_values = self.moved(current, moves * kept)
+                trial_objective = self.objective(trial, trial_values)
                 if trial_objective < objective:
-                    current, objective = trial, trial_objective
-                    symbols[:, core[0], core[1]] = trial_values.cpu().numpy()
-                    break
+                    return trial, trial_objective, trial_values
             fraction /= 2
-        else:
-            return
+        return None
 
 
 def _cell_owners(rows: int, columns: int, inner: tuple[slice, slice], device: torch.device) -> torch.Tensor:
