@@ -57,6 +57,10 @@ DEFAULT_DIFFUSION_WEIGHTS = WEIGHTS_DIR / "diffusion.safetensors"
 DIFFUSION_ENV = "DIRAC_DIFFUSION_WEIGHTS"
 DEFAULT_RESTORATION_WEIGHTS = WEIGHTS_DIR / "restoration.safetensors"
 RESTORATION_ENV = "DIRAC_RESTORATION_WEIGHTS"
+LEVEL_TABLES = "tables.hyper_levels"  # optional: the hyper-latents' tables per whole level
+# Metadata of weights with level tables: the id of the same model with its shared tables alone,
+# whose files these weights still decode (BaseWeights.coding_for)
+SHARED_TABLES_ID = "shared_tables_weights_id"
 
 
 def default_weights_path() -> Path:
@@ -132,12 +136,6 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
         hyper_level_tables=level_tables,
         shared_tables_id=bytes.fromhex(metadata[SHARED_TABLES_ID]) if SHARED_TABLES_ID in metadata else None,
     )
-
-
-LEVEL_TABLES = "tables.hyper_levels"  # optional: the hyper-latents' tables per whole level
-# Metadata of weights with level tables: the id of the same model with its shared tables alone,
-# whose files these weights still decode (BaseWeights.coding_for)
-SHARED_TABLES_ID = "shared_tables_weights_id"
 
 
 def check_level_tables(tables: TableSet, shared: TableSet, num_levels: int) -> None:

@@ -31,7 +31,7 @@ from rich.console import Console  # noqa: E402
 from diraccodec.codec.hyperprior import CONTEXTS  # noqa: E402
 from diraccodec.errors import DiracError  # noqa: E402
 from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, DEFAULT_DIFFUSION_WEIGHTS  # noqa: E402
-from diraccodec.training.base import DEFAULT_TRAIN_DATA, BaseTrainingOptions, export_checkpoint, train_base  # noqa: E402
+from diraccodec.training.base import DEFAULT_TRAIN_DATA, BaseTrainingOptions, export_base_checkpoint, train_base  # noqa: E402
 from diraccodec.training.checkpoint import state_folder, state_parts, summary_path, write_travel_copy  # noqa: E402
 from diraccodec.training.diffusion import (  # noqa: E402
     DiffusionTrainingOptions,
@@ -49,7 +49,7 @@ from diraccodec.transforms.networks import HYPER_STRIDE  # noqa: E402
 DEFAULT_MINUTES = 9.0
 DEFAULT_BATCH = {"base": 64, "diffusion": 32, "restoration": 32}
 TRAINERS = {"base": train_base, "diffusion": train_diffusion, "restoration": train_restoration}
-EXPORTERS = {"base": export_checkpoint, "diffusion": export_diffusion_checkpoint,
+EXPORTERS = {"base": export_base_checkpoint, "diffusion": export_diffusion_checkpoint,
              "restoration": export_restoration_checkpoint}
 
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from diraccodec.training.base import BaseTrainingOptions, export_checkpoint, train_base
+from diraccodec.training.base import BaseTrainingOptions, export_base_checkpoint, train_base
 from diraccodec.training.checkpoint import load_checkpoint_metadata, read_state, write_travel_copy
 
 
@@ -57,7 +57,7 @@ def test_the_weight_average_is_what_export_ships(photo_folder: Path, tmp_path: P
     weight = "synthesis.0.weight"
     assert not torch.equal(tensors[f"average.{weight}"], tensors[f"model.{weight}"])
     exported = tmp_path / "w.safetensors"
-    export_checkpoint(run.checkpoint, exported)
+    export_base_checkpoint(run.checkpoint, exported)
     assert torch.equal(load_file(str(exported))[f"model.{weight}"], tensors[f"average.{weight}"])
 
 
@@ -71,7 +71,7 @@ def test_training_lowers_the_loss_and_exports_usable_weights(photo_folder: Path,
     losses = [float(line.split("loss ")[1].split()[0]) for line in printed if line.startswith("step ")]
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     weights = tmp_path / "w.safetensors"
-    export_checkpoint(checkpoint, weights)
+    export_base_checkpoint(checkpoint, weights)
     image = Image.open(photo_folder / "b.png").convert("RGB").crop((0, 0, 70, 50))
     data = api.encode(image, 2, weights=weights)
     assert api.decode(data, weights=weights).size == (70, 50)
@@ -215,7 +215,7 @@ def test_entropy_finetune_lowers_the_rate_and_leaves_the_transforms_alone(photo_
     losses = [float(line.split("loss ")[1].split()[0]) for line in capsys.readouterr().err.splitlines()
               if line.startswith("step ")]
     assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
-    export_checkpoint(checkpoint, tuned)
+    export_base_checkpoint(checkpoint, tuned)
     before, after = load_file(str(start)), load_file(str(tuned))
     frozen = [k for k in before if k.startswith(("model.analysis", "model.synthesis", "model.log_"))]
     trained = [k for k in before if k.startswith(("model.hyper_", "tables.hyper"))]
@@ -236,7 +236,7 @@ def test_a_context_model_trains_from_hyperprior_weights_and_codes(photo_folder: 
     run.context, run.start_from = "checkerboard", start
     train_base(run)
     weights = tmp_path / "w" / "base.safetensors"
-    export_checkpoint(run.checkpoint, weights)
+    export_base_checkpoint(run.checkpoint, weights)
     before, after = load_file(str(start)), load_file(str(weights))
     assert not torch.equal(after["model.context.parameters_net.2.weight"], torch.zeros(24, 24, 1, 1))
     assert not torch.equal(after["model.synthesis.0.weight"], before["model.synthesis.0.weight"])

@@ -221,7 +221,7 @@ def train_pack_command(output: Path, data: tuple[Path, ...], prescale: float, qu
 @reports_errors
 def train_export_command(checkpoint: Path, output: Path) -> None:
     """Write inference weights from a training checkpoint (base codec, diffusion decoder or restoration filter)."""
-    from diraccodec.training.base import export_checkpoint
+    from diraccodec.training.base import export_base_checkpoint
     from diraccodec.training.checkpoint import load_checkpoint_metadata
     from diraccodec.training.diffusion import export_diffusion_checkpoint
     from diraccodec.training.restoration import export_restoration_checkpoint
@@ -234,6 +234,6 @@ def train_export_command(checkpoint: Path, output: Path) -> None:
         export_diffusion_checkpoint(checkpoint, output)
         kind = "diffusion decoder"
     else:
-        export_checkpoint(checkpoint, output)
+        export_base_checkpoint(checkpoint, output)
         kind = "base codec"
     console.print(f"wrote {output} ({kind})")

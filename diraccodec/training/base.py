@@ -242,7 +242,7 @@ def gains_on_ladder(log_gains: torch.Tensor, old: tuple[float, ...], new: tuple[
     return torch.stack(rows)
 
 
-def export_checkpoint(checkpoint: Path, output: Path) -> None:
+def export_base_checkpoint(checkpoint: Path, output: Path) -> None:
     """Inference weights from a training state, recording how long it trained."""
     from diraccodec.modelfiles import export_base_weights
 

@@ -237,11 +237,11 @@ def run_loop(
                         disable=not console.is_terminal)
     with progress:
         task = progress.add_task("training", total=options.steps, completed=run.state.step, figures="")
-        return _steps(run, options, next_loss, console, pixels_per_step, lambda shown: progress.update(
+        return _train_until_stopped(run, options, next_loss, console, pixels_per_step, lambda shown: progress.update(
             task, completed=run.state.step, total=options.steps, figures=shown))
 
 
-def _steps(
+def _train_until_stopped(
     run: TrainingRun,
     options: LoopOptions,
     next_loss: Callable[[], dict[str, torch.Tensor]],
@@ -249,6 +249,8 @@ def _steps(
     pixels_per_step: int | None,
     show: Callable[[str], None],
 ) -> TrainingState:
+    """Step, log and save until a stop reason (_stop_reason), then save and print the summary.
+    Under a time budget, options.steps is set from the measured speed as the run goes."""
     state, optimizer = run.state, run.optimizer
     first_step, pace = state.step, _Pace(state.step, time.monotonic())
     end, margin = None, options.save_margin_seconds
@@ -309,14 +311,21 @@ def _steps(
     measured = speed.summary(state.step - first_step)  # before the last save and log line
     if window:
         log()
-    if state.step != saved_step or not state_parts(options.checkpoint):
-        run.save(options)
-    summary = _summary(run, options, stopped_by, state.step - first_step, measured, logged)
-    console.print("summary " + json.dumps(summary), markup=False, highlight=False, soft_wrap=True)
-    if stopped_by == "interrupted":  # stopping by hand loses no steps: the next run resumes here
-        console.print(f"interrupted: checkpoint saved at step {state.step}")
-        raise KeyboardInterrupt
+    _finish_run(run, options, console, stopped_by, state.step - first_step, measured, logged, saved_step)
     return state
+
+
+def _finish_run(run: TrainingRun, options: LoopOptions, console: Console, stopped_by: str, steps_this_run: int,
+                measured: dict[str, float | None], logged: list[dict[str, float]], saved_step: int) -> None:
+    """Save what the last checkpoint missed, print and write the summary; an interrupted run
+    raises KeyboardInterrupt after its save, so that stopping by hand loses no steps."""
+    if run.state.step != saved_step or not state_parts(options.checkpoint):
+        run.save(options)
+    summary = _summary(run, options, stopped_by, steps_this_run, measured, logged)
+    console.print("summary " + json.dumps(summary), markup=False, highlight=False, soft_wrap=True)
+    if stopped_by == "interrupted":
+        console.print(f"interrupted: checkpoint saved at step {run.state.step}")
+        raise KeyboardInterrupt
 
 
 def _stop_reason(options: LoopOptions, step: int, steps_this_run: int, requested: bool, out_of_time: bool) -> str:
