@@ -28,7 +28,7 @@ from diraccodec.cli.common import (
     markdown_option,
     max_pixels_option,
     no_restore_option,
-    parse_list,
+    parse_references,
     rate_target,
     read_source,
     reports_errors,
@@ -362,11 +362,11 @@ def print_summary(results: list[Any], seconds: float) -> None:
 def bench(images: tuple[Path, ...], level: float, effort: int, references: str, steps: int, repeat: int,
           json_path: Path | None, markdown: Path | None, device: str, exact: bool, weights: Path | None) -> None:
     """Time every stage in seconds per megapixel, beside AVIF and JPEG XL (default: the shipped sample)."""
-    from diraccodec.bench import BenchOptions, run_bench, table_of, write_bench
+    from diraccodec.bench import REFERENCES, BenchOptions, run_bench, table_of, write_bench
 
-    keys = [] if references.strip().lower() == "none" else parse_list(references, str, "--references")
-    options = BenchOptions(tuple(images), level, effort, tuple(k.strip().lower() for k in keys), steps, repeat,
-                           device, exact, str(weights) if weights else None)
+    keys = parse_references(references, list(REFERENCES))
+    options = BenchOptions(tuple(images), level, effort, tuple(keys), steps, repeat, device, exact,
+                           str(weights) if weights else None)
     report = run_bench(options, console)
     stdout_console().print(table_of(report))
     write_bench(report, json_path, markdown)

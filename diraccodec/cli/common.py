@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,14 @@ def parse_list(text: str, kind: type, option: str) -> list:
         return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise DiracError(f"{option} must be numbers separated by commas, got {text!r}") from None
+
+
+def parse_references(text: str, known: Sequence[str]) -> list[str]:
+    """--references: reference codec keys separated by commas, in any case, or "none"."""
+    keys = [] if text.strip().lower() == "none" else [key.strip().lower() for key in text.split(",") if key.strip()]
+    if unknown := [key for key in keys if key not in known]:
+        raise DiracError(f"unknown reference codec {unknown[0]!r}; choose from {', '.join(known)}")
+    return keys
 
 
 def rate_target(quality: float | None, size_text: str | None, bpp: float | None) -> dict[str, Any]:

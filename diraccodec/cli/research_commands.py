@@ -13,6 +13,7 @@ from diraccodec.cli.common import (
     exact_option,
     markdown_option,
     parse_list,
+    parse_references,
     perception_plot_option,
     plot_option,
     reports_errors,
@@ -89,10 +90,7 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
     steps = parse_list(steps_text, int, "--steps")
     if not chosen or not steps or any(not 0 <= s <= MAX_STEPS for s in steps):
         raise DiracError(f"--levels and --steps need at least one value; steps are between 0 and {MAX_STEPS}")
-    keys = [] if no_references or references.strip().lower() == "none" else \
-        [k.strip().lower() for k in references.split(",") if k.strip()]
-    if unknown := [k for k in keys if k not in REFERENCE_KEYS]:
-        raise DiracError(f"unknown reference codec {unknown[0]!r}; choose from {', '.join(REFERENCE_KEYS)}")
+    keys = [] if no_references else parse_references(references, REFERENCE_KEYS)
     # the references first: they are quick, so a long run that is stopped still has them
     codecs = reference_codecs(keys, parse_reference_settings(reference_settings, keys))
     efforts = parse_list(efforts_text, int, "--effort")
