@@ -216,6 +216,40 @@ def test_standard_input_and_output_stand_in_for_files(small_png: Path, small_drc
         os.close(device)
 
 
+def test_decode_writes_the_format_asked_for_to_standard_output(tmp_path: Path, small_drc: Path):
+    expected = np.asarray(diraccodec.decode(small_drc.read_bytes()), dtype=np.int16)
+    for suffix, image_format in ((".jpg", "JPEG"), (".webp", "WEBP"), (".bmp", "BMP")):
+        written = CliRunner().invoke(main, ["decode", str(small_drc), "-o", "-", "--format", suffix])
+        assert written.exit_code == 0, written.output
+        with Image.open(io.BytesIO(written.stdout_bytes)) as image:
+            assert image.format == image_format
+            assert np.abs(np.asarray(image.convert("RGB"), dtype=np.int16) - expected).max() <= (4 if suffix == ".jpg"
+                                                                                                 else 0)
+    same = CliRunner().invoke(main, ["decode", str(small_drc), "-o", str(tmp_path / "a.jpeg"), "--format", ".jpg"])
+    assert same.exit_code == 0 and (tmp_path / "a.jpeg").read_bytes()[:2] == b"\xff\xd8"
+    refused = CliRunner().invoke(main, ["decode", str(small_drc), "-o", str(tmp_path / "a.png"), "--format", ".jpg"])
+    assert refused.exit_code == 2
+    assert refused.stderr == "dirac: error: --format .jpg disagrees with the output's suffix .png\n"
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_info_gives_its_fields_as_json(small_drc: Path):
+    import json
+
+    result = CliRunner().invoke(main, ["info", str(small_drc), "--json"])
+    assert result.exit_code == 0, result.output
+    fields = json.loads(result.stdout)
+    header = diraccodec.inspect(small_drc.read_bytes()).header
+    assert (fields["width"], fields["height"], fields["level"], fields["format_version"]) == \
+        (header.width, header.height, header.quality, header.version)
+    assert fields["bytes"] == small_drc.stat().st_size and fields["weights"] == header.weights_id.hex()
+    assert fields["sections"] == {"LATS": len(header.sections[b"LATS"])} and fields["recommended_steps"] is None
+    stream = fields["latent_stream"]
+    assert 0 < stream["hyper_latents"] < stream["latents"] and stream["hyper_latents"] + stream["latents"] <= \
+        fields["sections"]["LATS"] + 8
+    assert fields["metadata"] == {"exif": 0, "xmp": 0} and fields["restoration"].startswith("0 steps go through")
+
+
 def test_unwritable_output_leaves_nothing(tmp_path: Path, small_png: Path):
     locked = tmp_path / "locked"
     locked.mkdir()

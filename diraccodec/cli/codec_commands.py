@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +47,8 @@ from diraccodec.console import bar_columns
 from diraccodec.errors import DiracError, WrongWeightsError
 from diraccodec.options import DEFAULT_QUALITY, MAX_STEPS
 
-STREAM_FORMAT = "PNG"  # what `dirac decode -o -` writes
+# The image formats decode and batch write, by suffix; standard output takes PNG unless told.
+DECODED_SUFFIXES = (".png", ".webp", ".tif", ".bmp", ".jpg")
 
 
 @contextlib.contextmanager
@@ -113,7 +115,10 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Output image: .png, .webp (lossless), .tif/.tiff, .bmp or .jpg/.jpeg (quality 100, 4:4:4); "
-                   '"-": PNG to standard output.')
+                   '"-": standard output, PNG unless --format says otherwise.')
+@click.option("--format", "format_suffix", type=click.Choice(DECODED_SUFFIXES), default=None,
+              help="The output's image format: for standard output (default .png); a named output's suffix must "
+                   "agree.")
 @steps_option
 @seed_option
 @device_option
@@ -124,14 +129,15 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
 @max_pixels_option
 @threads_option
 @reports_errors
-def decode(source: Path, output: Path, steps: int | None, seed: int | None, device: str, exact: bool,
-           no_restore: bool, weights: Path | None, diffusion_weights: Path | None, max_pixels: int) -> None:
-    """Decompress a .drc file into an image ("-": standard input, or PNG to standard output)."""
+def decode(source: Path, output: Path, format_suffix: str | None, steps: int | None, seed: int | None, device: str,
+           exact: bool, no_restore: bool, weights: Path | None, diffusion_weights: Path | None,
+           max_pixels: int) -> None:
+    """Decompress a .drc file into an image ("-": standard input, or standard output)."""
     from diraccodec import api
-    from diraccodec.image.files import image_bytes, image_format_for
+    from diraccodec.image.files import image_bytes
 
     check_output(output)  # a bad output fails now, not after the work
-    image_format = STREAM_FORMAT if is_stream(output) else image_format_for(output)
+    image_format = output_format(output, format_suffix)
     data = read_source(source)
     with progress_bar("decoding") as decoded:
         image = api.decode(data, steps, seed, weights=weights, diffusion_weights=diffusion_weights, device=device,
@@ -140,11 +146,26 @@ def decode(source: Path, output: Path, steps: int | None, seed: int | None, devi
     console.print(f"{shown_name(output, 'standard output')}: {image.width}x{image.height} {image.mode}")
 
 
+def output_format(output: Path, format_suffix: str | None) -> str:
+    """The image format decode writes: the output's suffix, or for standard output `--format`
+    (PNG without it). A named output whose suffix disagrees with `--format` is refused."""
+    from diraccodec.image.files import image_format_for
+
+    told = image_format_for(Path(f"output{format_suffix or '.png'}"))
+    if is_stream(output):
+        return told
+    named = image_format_for(output)
+    if format_suffix is not None and named != told:
+        raise DiracError(f"--format {format_suffix} disagrees with the output's suffix {output.suffix}")
+    return named
+
+
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the fields as one JSON object, for scripts.")
 @max_pixels_option
 @reports_errors
-def info(source: Path, max_pixels: int) -> None:
+def info(source: Path, as_json: bool, max_pixels: int) -> None:
     """Show a .drc file's header and its real bits per pixel."""
     from diraccodec import api
     from diraccodec.image.metadata import describe as describe_metadata
@@ -154,7 +175,21 @@ def info(source: Path, max_pixels: int) -> None:
     details = api.inspect(data, max_pixels)
     header = details.header
     reads_as, reading_note = installed_reading(header.weights_id)
-    table = Table(show_header=False, box=None)
+    sections = {tag.decode("ascii", "replace"): len(payload) for tag, payload in header.sections.items()}
+    split, profile = stream_split(data, max_pixels), describe_profile(details.icc_profile)
+    diffusion, restoration = diffusion_support(reads_as), restoration_support(reads_as)
+    if as_json:
+        metadata = {"exif": len(details.metadata.exif or b""), "xmp": len(details.metadata.xmp or b"")}
+        click.echo(json.dumps({
+            "file": shown_name(source, "standard input"), "format_version": header.version, "width": header.width,
+            "height": header.height, "colour_mode": header.colour_mode.name, "level": header.quality,
+            "weights": header.weights_id.hex(), "bytes": details.file_size, "bpp": details.bits_per_pixel,
+            "sections": sections, "latent_stream": split, "colour_profile": profile, "metadata": metadata,
+            "recommended_steps": details.recommended_steps, "diffusion": diffusion, "restoration": restoration,
+        }))
+        return
+    stream = split.get("error") or (f"hyper-latents {split['hyper_latents']:.0f} B ({split['hyper_share']:.1f}%), "
+                                    f"latents {split['latents']:.0f} B (information content)")
     rows = [
         ("file", shown_name(source, "standard input")),
         ("format version", str(header.version)),
@@ -164,14 +199,15 @@ def info(source: Path, max_pixels: int) -> None:
         ("weights", f"{header.weights_id.hex()}{reading_note}"),
         ("bytes", str(details.file_size)),
         ("bpp", f"{details.bits_per_pixel:.4f}"),
-        ("sections", ", ".join(f"{tag.decode('ascii', 'replace')} ({len(v)} B)" for tag, v in header.sections.items())),
-        ("latent stream", stream_split(data, max_pixels)),
-        ("colour profile", describe_profile(details.icc_profile)),
+        ("sections", ", ".join(f"{tag} ({size} B)" for tag, size in sections.items())),
+        ("latent stream", stream),
+        ("colour profile", profile),
         ("metadata", describe_metadata(details.metadata)),
         ("recommended steps", "none" if details.recommended_steps is None else str(details.recommended_steps)),
-        ("diffusion", diffusion_support(reads_as)),
-        ("restoration", restoration_support(reads_as)),
+        ("diffusion", diffusion),
+        ("restoration", restoration),
     ]
+    table = Table(show_header=False, box=None)
     for key, value in rows:
         table.add_row(key, value)
     stdout_console().print(table)
@@ -191,18 +227,17 @@ def installed_reading(file_weights_id: bytes) -> tuple[bytes, str]:
     return file_weights_id, ""
 
 
-def stream_split(data: bytes, max_pixels: int) -> str:
-    """The latent stream's bytes between the hyper-latents and the latents, where the installed
-    base weights made the file."""
+def stream_split(data: bytes, max_pixels: int) -> dict[str, Any]:
+    """The latent stream's bytes (information content) between the hyper-latents and the
+    latents, where the installed base weights made the file; else why it was not read."""
     from diraccodec import api
 
     try:
         split = api.stream_bytes(data, max_pixels=max_pixels)
     except DiracError as error:
-        return f"not read ({error})"
+        return {"error": f"not read ({error})"}
     share = 100 * split.hyper_latents / max(split.hyper_latents + split.latents, 1e-9)
-    return (f"hyper-latents {split.hyper_latents:.0f} B ({share:.1f}%), latents {split.latents:.0f} B "
-            "(information content)")
+    return {"hyper_latents": split.hyper_latents, "latents": split.latents, "hyper_share": share}
 
 
 def diffusion_support(weights_id: bytes) -> str:
@@ -258,7 +293,7 @@ def restoration_support(weights_id: bytes) -> str:
 @seed_option
 @detail_map_option
 @strip_option
-@click.option("--format", "decoded_suffix", type=click.Choice([".png", ".webp", ".tif", ".bmp", ".jpg"]),
+@click.option("--format", "decoded_suffix", type=click.Choice(DECODED_SUFFIXES),
               default=".png", show_default=True,
               help="Image format that .drc files decode to (.webp lossless; .jpg quality 100, 4:4:4, not with alpha).")
 @click.option("-j", "--workers", type=click.IntRange(1, 64), default=None,
