@@ -145,42 +145,16 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
 def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path | None, markdown: Path | None,
                    plot_path: Path | None, perception_plot: Path | None, curves_folder: Path | None) -> None:
     """Tables, BD-rates and plots from an evaluation's JSON, also of a run stopped part-way, or of several pooled."""
-    import json
-    import shlex
-
-    from diraccodec.evaluation.run import points_of, pooled_points, write_report
+    from diraccodec.evaluation.run import report_again
 
     if updates and pooled_path is None:
         raise DiracError("--updated-by needs --json for the pooled report (the inputs are left as they are)")
-    saved: list[dict] = []
-    for source in (json_path, *updates):
-        try:
-            saved.append(json.loads(source.read_text()))
-            points_of(saved[-1])
-        except (ValueError, KeyError, TypeError) as error:
-            raise DiracError(f"{source} is not an evaluation report ({error})") from None
-    points = pooled_points(saved)
-    if not points:
-        raise DiracError(f"{json_path} holds no measured points yet")
-    note = " (stopped part-way; every setting it finished is here)"
-    commands = [report.get("command", "") for report in saved]
-    commands = [c + note if not r.get("complete", True) and not c.endswith(note) else c
-                for c, r in zip(commands, saved, strict=True)]
-    # pooled, the report's command is the whole recipe: each run, then this pooling
-    pooling = " ".join(["dirac report", shlex.quote(str(json_path)),
-                        *(f"--updated-by {shlex.quote(str(update))}" for update in updates),
-                        f"--json {shlex.quote(str(pooled_path))}"])
-    command = " && ".join([*commands, pooling]) if updates else commands[0]
-    data_name = saved[0].get("data", json_path.stem)
-    measured = [r["models"] for r in saved if r.get("models")]  # the latest run's weights
-    report = write_report(points, pooled_path or json_path, markdown, plot_path, data_name, perception_plot, command,
-                          complete=all(bool(r.get("complete", True)) for r in saved),
-                          models=measured[-1] if measured else None)
-    console.print(f"{pooled_path or json_path}: {len(points)} points")
+    report = report_again(json_path, updates, pooled_path, markdown, plot_path, perception_plot)
+    console.print(f"{pooled_path or json_path}: {len(report['points'])} points")
     if curves_folder is not None:
         from diraccodec.evaluation.curves import write_curves
 
-        written = write_curves(report, curves_folder, data_name)
+        written = write_curves(report, curves_folder, report["data"])
         console.print(f"{curves_folder}: {len(written)} curves")
 
 

@@ -166,38 +166,10 @@ def train_entropy_command(data: tuple[Path, ...], weights: Path | None, **loop: 
 @reports_errors
 def train_level_tables_command(output: Path, data: tuple[Path, ...], every: int, weights: Path | None) -> None:
     """Count hyper-latent tables per level into a weights folder: the same pixels in fewer bytes."""
-    from diraccodec.modelfiles import (
-        default_diffusion_path,
-        default_restoration_path,
-        default_weights_path,
-        load_base_weights,
-        retie_unets,
-        write_with_level_tables,
-    )
-    from diraccodec.training.data import training_images
-    from diraccodec.training.entropy import LEVEL_TABLE_PSEUDO_COUNTS, fit_level_tables
+    from diraccodec.modelfiles import default_weights_path
+    from diraccodec.training.entropy import write_level_tables
 
-    source = Path(weights or default_weights_path()).resolve()
-    photos = training_images(data)[::every]
-    if not photos:
-        raise DiracError(f"no training photos under {', '.join(map(str, data))}")
-    base = load_base_weights(source)
-    tables = fit_level_tables(base, photos, console)
-    write_with_level_tables(source, output / "base.safetensors", tables, {
-        "photos": len(photos), "every": every, "pseudo_counts": LEVEL_TABLE_PSEUDO_COUNTS,
-        "data": [str(folder) for folder in data]})
-    console.print(f"wrote {output / 'base.safetensors'}: hyper tables for levels 0-{base.model.config.num_levels} "
-                  f"counted on {len(photos)} photos")
-    restoration, diffusion = default_restoration_path(), default_diffusion_path()
-    if not (restoration.exists() and diffusion.exists()):
-        console.print("no restoration filter and diffusion decoder installed to carry over")
-        return
-    try:
-        written = retie_unets(source, output / "base.safetensors", restoration, diffusion, output)
-    except DiracError as error:
-        console.print(f"the installed restoration filter and diffusion decoder are not carried over: {error}")
-        return
-    console.print(f"wrote {' and '.join(map(str, written))}, naming the new base weights")
+    write_level_tables(Path(weights or default_weights_path()).resolve(), data, every, output, console)
 
 
 @train.command("pack")

@@ -321,6 +321,36 @@ def pooled_points(reports: list[dict]) -> list[Point]:
     return list(pooled.values())
 
 
+def report_again(json_path: Path, updates: Sequence[Path] = (), pooled_path: Path | None = None,
+                 markdown_path: Path | None = None, plot_path: Path | None = None,
+                 perception_plot_path: Path | None = None) -> dict:
+    """The report of a saved evaluation (also one stopped part-way), or of it with `updates`'
+    points pooled in (pooled_points), written to `pooled_path` (default: over `json_path`).
+    The report's command is the whole recipe: each run's command, then this pooling."""
+    saved: list[dict] = []
+    for source in (json_path, *updates):
+        try:
+            saved.append(json.loads(Path(source).read_text()))
+            points_of(saved[-1])
+        except (ValueError, KeyError, TypeError) as error:
+            raise DiracError(f"{source} is not an evaluation report ({error})") from None
+    points = pooled_points(saved)
+    if not points:
+        raise DiracError(f"{json_path} holds no measured points yet")
+    note = " (stopped part-way; every setting it finished is here)"
+    commands = [c + note if not r.get("complete", True) and not c.endswith(note) else c
+                for c, r in zip((report.get("command", "") for report in saved), saved, strict=True)]
+    pooling = " ".join(["dirac report", shlex.quote(str(json_path)),
+                        *(f"--updated-by {shlex.quote(str(update))}" for update in updates),
+                        f"--json {shlex.quote(str(pooled_path))}"])
+    command = " && ".join([*commands, pooling]) if updates else commands[0]
+    measured = [r["models"] for r in saved if r.get("models")]  # the latest run's weights
+    data_name = saved[0].get("data", Path(json_path).stem)
+    return write_report(points, pooled_path or json_path, markdown_path, plot_path, data_name, perception_plot_path,
+                        command, complete=all(bool(r.get("complete", True)) for r in saved),
+                        models=measured[-1] if measured else None)
+
+
 def write_report(points: list[Point], json_path: Path, markdown_path: Path | None, plot_path: Path | None,
                  data_name: str, perception_plot_path: Path | None = None, command: str | None = None,
                  complete: bool = True, models: dict[str, str | None] | None = None) -> dict:

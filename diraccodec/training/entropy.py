@@ -27,10 +27,18 @@ from diraccodec.compute import thread_count_restored
 from diraccodec.console import plain_console
 from diraccodec.entropy.tables import TableSet, tables_from_counts
 from diraccodec.errors import DiracError
-from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, load_base_weights
+from diraccodec.modelfiles import (
+    DEFAULT_BASE_WEIGHTS,
+    default_diffusion_path,
+    default_restoration_path,
+    load_base_weights,
+    retie_unets,
+    write_with_level_tables,
+)
 from diraccodec.training.base import DEFAULT_TRAIN_DATA, hyperprior_modules
 from diraccodec.training.checkpoint import TrainingState
 from diraccodec.training.crops import CropSampler
+from diraccodec.training.data import training_images
 from diraccodec.training.loop import LoopOptions, run_loop, start_run
 from diraccodec.transforms.networks import HYPER_STRIDE, LATENT_STRIDE
 
@@ -147,3 +155,32 @@ def fit_level_tables(weights: BaseWeights, photos: Sequence[Path], console: Cons
                 rows = np.broadcast_to(np.arange(shared.count)[:, None] + level * shared.count, index.shape)
                 np.add.at(counts, (rows, index), 1)
     return tables_from_counts(counts, shared, pseudo_counts)
+
+
+def write_level_tables(source: Path, data: Sequence[Path], every: int, output: Path,
+                       console: Console | None = None) -> None:
+    """`source` with hyper tables per level counted on every `every`-th training photo under
+    `data`, written into the folder `output`; the installed restoration filter and diffusion
+    decoder go with it, tied to the new weights (modelfiles.retie_unets), where they fit."""
+    console = plain_console(console)
+    photos = training_images(data)[::every]
+    if not photos:
+        raise DiracError(f"no training photos under {', '.join(map(str, data))}")
+    base = load_base_weights(source)
+    tables = fit_level_tables(base, photos, console)
+    written_base = output / "base.safetensors"
+    write_with_level_tables(source, written_base, tables, {
+        "photos": len(photos), "every": every, "pseudo_counts": LEVEL_TABLE_PSEUDO_COUNTS,
+        "data": [str(folder) for folder in data]})
+    console.print(f"wrote {written_base}: hyper tables for levels 0-{base.model.config.num_levels} "
+                  f"counted on {len(photos)} photos")
+    restoration, diffusion = default_restoration_path(), default_diffusion_path()
+    if not (restoration.exists() and diffusion.exists()):
+        console.print("no restoration filter and diffusion decoder installed to carry over")
+        return
+    try:
+        written = retie_unets(source, written_base, restoration, diffusion, output)
+    except DiracError as error:
+        console.print(f"the installed restoration filter and diffusion decoder are not carried over: {error}")
+        return
+    console.print(f"wrote {' and '.join(map(str, written))}, naming the new base weights")
