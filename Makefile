@@ -38,7 +38,7 @@ test: setup
 	$(BIN)/ruff check diraccodec tests scripts
 	$(PYTEST)
 
-# the fast tier, for every change: the tests not marked slow (2 min 28 s on 2 AVX2 cores)
+# the fast tier, for every change: the tests not marked slow (2 min 18 s on 2 AVX2 cores)
 test-fast: setup
 	$(BIN)/ruff check diraccodec tests scripts
 	$(PYTEST) -m "not slow"

@@ -150,7 +150,14 @@ def _diffusion(weights: Path, compute: Compute, restorer: Restorer | None) -> Di
 def get_diffusion(codec: BaseCodec, weights: str | Path | None = None) -> DiffusionDecoder:
     """The diffusion decoder trained on `codec`'s reconstructions (and on the installed
     restoration filter's output, where it was trained on that); a clear error if there is none."""
-    # cached by the resolved file, so $DIRAC_DIFFUSION_WEIGHTS is read on every call
+    loaded = diffusion_weights_for(codec, weights)
+    return _diffusion(loaded.path, codec.compute, restorer_for(loaded, codec.compute))
+
+
+def diffusion_weights_for(codec: BaseCodec, weights: str | Path | None = None) -> DiffusionWeights:
+    """The diffusion weights file for `codec`'s files (`weights`, else $DIRAC_DIFFUSION_WEIGHTS or
+    the shipped file), checked but not made into a decoder; a clear error if there is none."""
+    # read on every call, so $DIRAC_DIFFUSION_WEIGHTS may change; the decoder is cached by the resolved file
     path = Path(weights) if weights else default_diffusion_path()
     if not weights and not path.exists():
         raise InvalidOptionError(
@@ -163,7 +170,7 @@ def get_diffusion(codec: BaseCodec, weights: str | Path | None = None) -> Diffus
             f"the diffusion weights were trained on base weights {loaded.base_weights_id.hex()}, not on the loaded "
             f"{codec.weights.weights_id.hex()}; use 0 steps or matching diffusion weights"
         )
-    return _diffusion(path.resolve(), codec.compute, restorer_for(loaded, codec.compute))
+    return loaded
 
 
 def restorer_for(diffusion: DiffusionWeights, compute: Compute | None = None) -> Restorer | None:

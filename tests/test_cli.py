@@ -63,27 +63,30 @@ def test_threads_sets_the_networks_thread_count_for_the_command_alone(tmp_path: 
     from diraccodec import api
 
     seen, real_decode, before = [], api.decode, torch.get_num_threads()
+    asked = before + 2
 
     def decode(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return real_decode(*args, **kwargs)
 
     monkeypatch.setattr(api, "decode", decode)
-    for threads in (["--threads", "3"], []):
+    for threads in (["--threads", str(asked)], []):
         result = CliRunner().invoke(main, ["decode", str(small_drc), "-o", str(tmp_path / "out.png"), *threads])
         assert result.exit_code == 0, result.output
-    assert seen == [3, before] and torch.get_num_threads() == before
+    assert seen == [asked, before] and torch.get_num_threads() == before
     refused = CliRunner().invoke(main, ["encode", str(small_drc), "-q", "1", "-o", str(tmp_path / "x.drc"),
                                         "--threads", "0"])
     assert refused.exit_code == 2 and "--threads" in refused.output
 
 
-def test_decode_and_batch_take_the_restoration_switch_and_diffusion_weights(tmp_path: Path, small_drc: Path):
-    from diraccodec.modelfiles import default_diffusion_path
+def test_decode_and_batch_take_the_restoration_switch_and_diffusion_weights(tmp_path: Path, small_drc: Path,
+                                                                           monkeypatch):
+    from diraccodec.modelfiles import DIFFUSION_ENV, default_diffusion_path
 
     data, shipped = small_drc.read_bytes(), str(default_diffusion_path())
     expected = {name: np.asarray(diraccodec.decode(data, steps, restore=restore))
                 for name, steps, restore in (("bare", 0, False), ("two steps", 2, True))}
+    monkeypatch.setenv(DIFFUSION_ENV, str(tmp_path / "none here"))  # so only the option can find the weights
     encoded, decoded = tmp_path / "encoded", tmp_path / "decoded"
     encoded.mkdir()
     (encoded / "small.drc").write_bytes(data)

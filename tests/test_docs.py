@@ -30,10 +30,10 @@ def section_of(path: tuple[str, ...]) -> str:
         return (DOCS / "training.md").read_text()
     for page in ("user-guide.md", "measuring.md"):
         text = (DOCS / page).read_text()
-        heading = re.search(rf"^## dirac {path[0]}\b.*?(?=^## |\Z)", text, re.M | re.S)
         paragraph = re.search(rf"^\*\*`dirac {path[0]}\b.*?(?=\n\n|\Z)", text, re.M | re.S)
-        if heading or paragraph:
-            return (heading or paragraph).group(0)
+        heading = re.search(rf"^## dirac {path[0]}\n.*?(?=^## |\Z)", text, re.M | re.S)
+        if paragraph or heading:
+            return (paragraph or heading).group(0)
     raise AssertionError(f"dirac {' '.join(path)} has no section in user-guide.md or measuring.md")
 
 
@@ -41,7 +41,10 @@ def section_of(path: tuple[str, ...]) -> str:
                          if isinstance(value, tuple) else "")
 def test_every_option_is_in_the_command_s_reference(path: tuple[str, ...], command: click.Command) -> None:
     section = section_of(path)
-    missing = [name for parameter in command.params if isinstance(parameter, click.Option)
-               if not any(name in section for name in parameter.opts + parameter.secondary_opts)
-               for name in [max(parameter.opts, key=len)]]
+
+    def named(option: str) -> bool:  # the whole name: "-e" is not found inside "--exact"
+        return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", section) is not None
+
+    missing = [max(parameter.opts, key=len) for parameter in command.params if isinstance(parameter, click.Option)
+               and not any(named(option) for option in parameter.opts + parameter.secondary_opts)]
     assert not missing, f"dirac {' '.join(path)}: {', '.join(missing)} not in its reference"

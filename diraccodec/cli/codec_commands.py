@@ -326,7 +326,7 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     if "quality" in rate:
         api.check_quality(quality, codec.num_levels)
     if diffusion_weights is not None:
-        api.get_diffusion(codec, diffusion_weights)  # the wrong file fails once, not once per .drc file
+        api.diffusion_weights_for(codec, diffusion_weights)  # the wrong file fails once, not once per .drc file
     settings = BatchSettings(quality if quality is not None else DEFAULT_QUALITY, steps, seed, decoded_suffix,
                              str(weights.resolve()) if weights else None, overwrite, max_pixels, effort,
                              rate.get("size"), rate.get("bpp"), detail_map, device, exact, metadata=not strip,

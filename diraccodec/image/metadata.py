@@ -13,6 +13,7 @@ are stored zlib-compressed and inflated to at most MAX_METADATA_BYTES.
 
 from __future__ import annotations
 
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from diraccodec.errors import CorruptFileError
 MAX_METADATA_BYTES = 1 << 24  # inflating a stored part stops here: a hostile file cannot ask for more
 EXIF_PREFIX = b"Exif\x00\x00"  # JPEG's APP1 marker starts its EXIF with it; PNG and WebP hold none
 XMP_TIFF_TAG = 700  # where TIFF keeps its XMP packet
+# Pillow's size limit and Python's warning filters are process-wide: the calls that change them
+# (here and in diraccodec.image.planes) take turns, so that each restores what it found.
+PILLOW_SETTINGS = threading.RLock()
 # The most of each part one JPEG marker holds (65,533 bytes, less the XMP's namespace name);
 # JPEG has no way to split EXIF or XMP over markers, as it splits an ICC profile.
 JPEG_MARKER_ROOM = {"exif": 65533, "xmp": 65533 - 29}
@@ -77,7 +81,7 @@ def _rewritten_exif(raw: bytes | None) -> bytes | None:
     if not raw:
         return None
     exif = Image.Exif()
-    with warnings.catch_warnings(record=True) as complaints:  # Pillow warns of entries it skips
+    with PILLOW_SETTINGS, warnings.catch_warnings(record=True) as complaints:  # Pillow warns of entries it skips
         warnings.simplefilter("always")
         try:
             exif.load(raw)

@@ -9,7 +9,6 @@ so that the pixels are upright.
 from __future__ import annotations
 
 import io
-import threading
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from diraccodec.errors import CorruptFileError, ImageReadError, LimitExceededError
-from diraccodec.image.metadata import Metadata, attach, read_metadata, tiff_exif
+from diraccodec.image.metadata import PILLOW_SETTINGS, Metadata, attach, read_metadata, tiff_exif
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -61,33 +60,15 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
     gives its first frame, with a warning.
     """
     label = label or ("input data" if isinstance(source, bytes) else str(source))
-    with _PILLOW_SETTINGS:
-        return _open_image(source, max_pixels, label)
-
-
-# Pillow's size guard and the warning filters are process-wide: calls from several threads
-# change them one at a time, so that each restores what it found.
-_PILLOW_SETTINGS = threading.Lock()
-
-
-def _open_image(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Image:
-    previous_limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own guard then only fires far above ours
-            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-            if image.width * image.height > max_pixels:
-                raise LimitExceededError(
-                    f"image {label} of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels"
-                )
-            if getattr(image, "n_frames", 1) > 1:
-                warnings.warn(f"{label} is animated ({image.n_frames} frames): encoding the first frame only",
-                              UserWarning, stacklevel=3)
-            image.load()
-            if image.format == "TIFF" and "exif" not in image.info and (exif := tiff_exif(image)):
-                image.info["exif"] = exif  # so that turning it upright takes the orientation out of it
-            return ImageOps.exif_transpose(image)
+        image = _opened(source, max_pixels, label)
+        if getattr(image, "n_frames", 1) > 1:
+            warnings.warn(f"{label} is animated ({image.n_frames} frames): encoding the first frame only",
+                          UserWarning, stacklevel=2)
+        image.load()
+        if image.format == "TIFF" and "exif" not in image.info and (exif := tiff_exif(image)):
+            image.info["exif"] = exif  # so that turning it upright takes the orientation out of it
+        return ImageOps.exif_transpose(image)
     except (LimitExceededError, ImageReadError):
         raise
     except FileNotFoundError:
@@ -100,8 +81,23 @@ def _open_image(source: str | Path | bytes, max_pixels: int, label: str) -> Imag
         raise ImageReadError(f"cannot read image: {label} is not an image format Pillow knows") from None
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"cannot read image {label}: {error}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous_limit
+
+
+def _opened(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Image:
+    """The image opened (its header read) with Pillow's own size guard moved past ours, and
+    refused over `max_pixels`. Pillow's limit is process-wide: it is changed under the lock."""
+    with PILLOW_SETTINGS, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous_limit
+    if image.width * image.height > max_pixels:
+        raise LimitExceededError(
+            f"image {label} of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels"
+        )
+    return image
 
 
 def _to_8bit_grey(image: Image.Image) -> Image.Image:
