@@ -19,7 +19,7 @@ from PIL import Image, JpegImagePlugin
 
 import diraccodec
 from diraccodec.cli import main
-from tests.conftest import SAMPLE, swapped_primaries_profile
+from tests.conftest import SAMPLE, psnr, swapped_primaries_profile
 from tests.test_metadata import camera_jpeg
 
 
@@ -278,15 +278,21 @@ def test_wrong_weights_are_named(tmp_path: Path, small_drc: Path):
 
 def test_decode_writes_greyscale_and_alpha(tmp_path: Path, small_image: Image.Image):
     rgba = small_image.convert("RGBA")
-    rgba.putalpha(128)
-    source, encoded, decoded = tmp_path / "a.png", tmp_path / "a.drc", tmp_path / "b.png"
-    rgba.save(source)
+    alpha = Image.linear_gradient("L").resize(rgba.size).rotate(30)  # varies along both axes
+    rgba.putalpha(alpha)
+    grey = small_image.convert("L")
     runner = CliRunner()
-    assert runner.invoke(main, ["encode", str(source), "-q", "4", "-o", str(encoded)]).exit_code == 0
-    assert runner.invoke(main, ["decode", str(encoded), "-o", str(decoded)]).exit_code == 0
-    with Image.open(decoded) as image:
-        assert image.mode == "RGBA"
-        assert np.all(np.asarray(image.getchannel("A")) == 128)
+    for name, original in (("rgba", rgba), ("grey", grey)):
+        source, encoded, decoded = tmp_path / f"{name}.png", tmp_path / f"{name}.drc", tmp_path / f"{name}-out.png"
+        original.save(source)
+        assert runner.invoke(main, ["encode", str(source), "-q", "4", "-o", str(encoded)]).exit_code == 0
+        assert runner.invoke(main, ["decode", str(encoded), "-o", str(decoded)]).exit_code == 0
+        with Image.open(decoded) as image:
+            assert image.mode == original.mode and image.size == original.size
+            if name == "rgba":  # alpha travels exactly
+                assert np.array_equal(np.asarray(image.getchannel("A")), np.asarray(alpha))
+            else:
+                assert psnr(np.asarray(image), np.asarray(grey)) > 25
 
 
 @pytest.mark.slow

@@ -92,6 +92,9 @@ def test_each_curve_is_one_file_sorted_by_rate(tmp_path: Path) -> None:
 
 def test_writing_again_replaces_the_files(tmp_path: Path) -> None:
     first = write_curves(REPORT, tmp_path, "kodak")
-    again = write_curves(REPORT, tmp_path, "kodak")
+    measured_again = [dict(fields, psnr=31.5) if (fields["codec"], fields["setting"]) == ("JPEG", 30) else fields
+                      for fields in REPORT["points"]]
+    again = write_curves({**REPORT, "points": measured_again}, tmp_path, "kodak")
     assert first == again
     assert len(list(tmp_path.iterdir())) == 3
+    assert read(tmp_path / "jpeg.json")["results"]["psnr-rgb"] == [23.9, 31.5]

@@ -48,19 +48,19 @@ def test_steps_without_diffusion_weights_say_so(small_image, monkeypatch, tmp_pa
     assert DEFAULT_BASE_WEIGHTS.exists()
 
 
-def test_fast_decoding_repeats_itself_and_stays_close_to_the_exact_one(small_image, random_diffusion_weights):
+def test_fast_decoding_repeats_itself_and_stays_close_to_the_exact_one(small_image):
     data = diraccodec.encode(small_image, 2)
 
     def decode(exact: bool) -> np.ndarray:
-        image = diraccodec.decode(data, steps=3, seed=5, diffusion_weights=random_diffusion_weights, exact=exact)
-        return np.asarray(image, dtype=np.int16)
+        return np.asarray(diraccodec.decode(data, steps=3, seed=5, exact=exact), dtype=np.int16)
 
     fast, again, exact = decode(False), decode(False), decode(True)
     np.testing.assert_array_equal(fast, again)
     base = np.asarray(diraccodec.decode(data, steps=0), dtype=np.int16)
     assert np.abs(exact - base).mean() > 1  # the sampler really changed the image
-    # bfloat16 (on CPUs that have it) and oneDNN's sums against the exact float32 kernels
-    assert np.abs(fast - exact).mean() < 0.5 and np.abs(fast - exact).max() <= 12
+    # bfloat16 (on CPUs that have it) and oneDNN's sums against the exact float32 kernels, with
+    # the shipped weights: within the tolerance docs/format.md states for 1-100 steps
+    assert np.abs(fast - exact).mean() <= 0.5 and np.abs(fast - exact).max() <= 8
 
 
 def test_a_decoder_trained_on_the_filter_enhances_its_output_and_needs_it(small_image, tmp_path):

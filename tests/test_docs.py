@@ -23,11 +23,27 @@ def commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple
     return found
 
 
+# The training commands whose options training.md's options table lists for all of them.
+TABLED = ("base", "entropy", "restoration", "diffusion")
+
+
+def training_section_of(name: str) -> str:
+    """training.md's text for `dirac train NAME`: in its Options section, the shared table (for
+    the commands it covers), the paragraph that begins with the command, and the sentence that
+    names the command among those that "also take" an option."""
+    options = re.search(r"^## Options\n.*?(?=^## |\Z)", (DOCS / "training.md").read_text(), re.M | re.S).group(0)
+    shared = options[: options.index("`train base`")] if name in TABLED else ""
+    own = re.search(rf"^`(?:dirac )?train {re.escape(name)}(?: [A-Z]+)*`.*?(?=^`(?:dirac )?train |^`entropy`|\n\n|\Z)",
+                    options, re.M | re.S)
+    also = [line for line in options.splitlines() if "also take" in line and f"`{name}`" in line]
+    return "\n".join([shared, own.group(0) if own else "", *also])
+
+
 def section_of(path: tuple[str, ...]) -> str:
     """The text that documents the command: its section of the user guide or of measuring.md
-    (a heading, or a bold paragraph), or training.md for the training commands."""
+    (a heading, or a bold paragraph), or of training.md's options for the training commands."""
     if path[0] == "train":
-        return (DOCS / "training.md").read_text()
+        return training_section_of(path[1])
     for page in ("user-guide.md", "measuring.md"):
         text = (DOCS / page).read_text()
         paragraph = re.search(rf"^\*\*`dirac {path[0]}\b.*?(?=\n\n|\Z)", text, re.M | re.S)

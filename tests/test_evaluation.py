@@ -70,13 +70,28 @@ def test_perception_axis_decodes_each_file_at_every_step_count(tmp_path: Path, s
     assert figure.stat().st_size > 10_000
 
 
-def test_partial_report_is_written_after_every_setting(tmp_path: Path, sample_image: Image.Image):
+def test_partial_report_is_written_after_every_setting(tmp_path: Path, sample_image: Image.Image, monkeypatch):
+    from diraccodec.evaluation import run
     from diraccodec.evaluation.codecs import reference_codecs
-    from diraccodec.evaluation.run import evaluate
 
+    jpeg = reference_codecs(["jpeg"])
     seen: list[int] = []
-    evaluate([sample_image.crop((0, 0, 64, 64))], reference_codecs(["jpeg"]), on_point=lambda p: seen.append(len(p)))
-    assert seen == list(range(1, 10))
+    run.evaluate([sample_image.crop((0, 0, 64, 64))], jpeg, on_point=lambda p: seen.append(len(p)))
+    assert seen == list(range(1, len(jpeg[0].settings) + 1))
+    # a run that stops before its final report leaves every finished setting in its JSON
+    data, report = tmp_path / "photos", tmp_path / "r.json"
+    data.mkdir()
+    sample_image.crop((0, 0, 64, 64)).save(data / "a.png")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "write_report", stopped)
+    CliRunner().invoke(main, ["eval", "--data", str(data), "--levels", "2", "--references", "jpeg",
+                              "--json", str(report)])
+    saved = json.loads(report.read_text())
+    assert saved["complete"] is False
+    assert len(saved["points"]) == len(jpeg[0].settings) + 1  # every JPEG quality, and our level 2
 
 
 def test_unknown_reference_codec_is_one_line_error(tmp_path: Path, sample_image: Image.Image):

@@ -80,18 +80,23 @@ def test_the_fixed_point_hyper_synthesis_is_the_stated_integer_computation(codec
 
 
 def test_fixed_point_parameters_do_not_depend_on_threads_or_tiles(codec, photo_hyper, monkeypatch):
-    hyper = photo_hyper[1.0]
-    mean, table_ids = codec.entropy_parameters(hyper)
+    # a 12x16 grid (the photo's hyper-latents four times over each way), so that tiles of 2
+    # with a margin of 4 are smaller than the grid and the margin has to hold the reach
+    hyper = np.tile(photo_hyper[1.0], (1, 4, 4))
+    assert min(hyper.shape[1:]) > base_codec.HYPER_MARGIN * 2 + 2
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        one_thread = codec.entropy_parameters(hyper)
+        by_threads = []
+        for count in (1, 3):  # the tests run one thread: three make the sums split otherwise
+            torch.set_num_threads(count)
+            by_threads.append(codec.entropy_parameters(hyper))
     finally:
         torch.set_num_threads(threads)
+    (mean, table_ids), three_threads = by_threads
     monkeypatch.setattr(base_codec, "WHOLE_HYPER_GRID", 1)  # tiles of HYPER_TILE with margins
     monkeypatch.setattr(base_codec, "HYPER_TILE", 2)
     tiled = codec.entropy_parameters(hyper)
-    for other_mean, other_tables in (one_thread, tiled):
+    for other_mean, other_tables in (three_threads, tiled):
         assert torch.equal(other_mean, mean)
         np.testing.assert_array_equal(other_tables, table_ids)
     # the format version 1 arithmetic gives (slightly) other parameters for the same latents

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -163,7 +164,9 @@ def test_killed_batch_resumes_without_redoing_finished_files(tmp_path, sample_im
     assert sorted(p.name for p in target.glob("*.drc")) == [f"{i}.drc" for i in range(8)]
     for name, stamp in finished.items():
         assert (target / name).stat().st_mtime_ns == stamp  # not redone
-    assert f"{len(finished)}" in result.stderr
+    # the summary's rows: the files left to do converted, the finished ones skipped
+    assert re.search(rf"\bconverted\W+{8 - len(finished)}\s", result.stderr), result.stderr
+    assert re.search(rf"\bskipped\W+{len(finished)}\s", result.stderr), result.stderr
 
 
 def test_weights_need_a_matching_hash_in_the_manifest(tmp_path, small_image):
