@@ -19,7 +19,7 @@ from PIL import Image, JpegImagePlugin
 
 import diraccodec
 from diraccodec.cli import main
-from tests.conftest import SAMPLE, psnr, swapped_primaries_profile
+from tests.conftest import ROOT, SAMPLE, psnr, swapped_primaries_profile
 from tests.test_metadata import camera_jpeg
 
 
@@ -351,9 +351,21 @@ def test_batch_without_inputs_is_an_error(tmp_path: Path):
     assert_one_line_error(dirac("batch", tmp_path / "empty", tmp_path / "out"), "no images")
 
 
-def test_readme_demo_files_exist():
-    assert SAMPLE.exists()
-    assert shutil.which("git") is not None
+def test_the_readme_s_two_commands_have_what_they_need():
+    import json
+
+    from diraccodec.modelfiles import MANIFEST, WEIGHTS_DIR
+
+    first_lines = (ROOT / "README.md").read_text().splitlines()[:6]
+    commands = [line.split("#")[0].strip() for line in first_lines if line.startswith("make ")]
+    assert commands == ["make demo", "make test"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    assert "make test" in (ROOT / ".ci" / "run").read_text()  # CI runs the README's test command
+    assert SAMPLE.exists() and shutil.which("git") is not None
+    shipped = json.loads((WEIGHTS_DIR / MANIFEST).read_text())
+    assert {"base.safetensors", "restoration.safetensors", "diffusion.safetensors"} <= set(shipped)
+    assert all((WEIGHTS_DIR / name).stat().st_size == entry["bytes"] for name, entry in shipped.items())
 
 
 def test_batch_decodes_with_diffusion_steps(tmp_path: Path, small_image: Image.Image):
@@ -371,7 +383,11 @@ def test_batch_decodes_with_diffusion_steps(tmp_path: Path, small_image: Image.I
         batch_pixels = np.asarray(image.convert("RGB"))
     expected = np.asarray(diraccodec.decode(data, steps=2, seed=3), dtype=np.int16)
     # another process (one thread per worker): the same within the format's tolerance
-    assert np.abs(batch_pixels.astype(np.int16) - expected).max() <= 12
+    difference = np.abs(batch_pixels.astype(np.int16) - expected)
+    assert difference.max() <= 8 and difference.mean() <= 0.5
+    # and the seed was heard: another seed's noise lands further off than the tolerance
+    other_seed = np.asarray(diraccodec.decode(data, steps=2, seed=4), dtype=np.int16)
+    assert np.abs(batch_pixels.astype(np.int16) - other_seed).mean() > 0.5
     assert not np.array_equal(batch_pixels, np.asarray(diraccodec.decode(data, steps=0)))
 
 
