@@ -246,3 +246,21 @@ def test_memory_grows_slowly_with_image_size(tmp_path):
     # 200 bytes per extra pixel is 10 GB over 50 MP: a 50-MP photo fits a 24-GiB machine.
     assert (large_encode - small_encode) / extra < 200, peaks
     assert (large_decode - small_decode) / extra < 200, peaks
+
+
+def test_written_files_get_the_mode_the_umask_gives(tmp_path):
+    """Atomic writes start from a private temporary file; the result is what a plain write
+    would make: readable by all under umask 022, private under 077."""
+    import os
+
+    from diraccodec.image.files import write_atomic
+
+    modes = {}
+    for umask in (0o022, 0o077):
+        previous = os.umask(umask)
+        try:
+            write_atomic(tmp_path / f"{umask:o}.drc", b"data")
+        finally:
+            os.umask(previous)
+        modes[umask] = (tmp_path / f"{umask:o}.drc").stat().st_mode & 0o777
+    assert modes == {0o022: 0o644, 0o077: 0o600}

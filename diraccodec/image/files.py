@@ -28,8 +28,23 @@ def read_bytes(path: Path) -> bytes:
         raise ImageReadError(f"cannot read {path}: {error.strerror or error}") from None
 
 
+def file_mode() -> int:
+    """The mode open() gives a new file: 0666 less the process's umask. Linux says the umask in
+    /proc; elsewhere it is read by setting it and back (briefly seen by other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it into place."""
+    """Write to a temporary file beside `path`, then rename it into place, with the mode a
+    plain write would give it (the temporary file starts private)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +56,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, file_mode())
         os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
