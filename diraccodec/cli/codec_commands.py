@@ -149,9 +149,9 @@ def decode(source: Path, output: Path, format_suffix: str | None, steps: int | N
 def output_format(output: Path, format_suffix: str | None) -> str:
     """The image format decode writes: the output's suffix, or for standard output `--format`
     (PNG without it). A named output whose suffix disagrees with `--format` is refused."""
-    from diraccodec.image.files import image_format_for
+    from diraccodec.image.files import IMAGE_FORMATS, image_format_for
 
-    told = image_format_for(Path(f"output{format_suffix or '.png'}"))
+    told = IMAGE_FORMATS[format_suffix or ".png"]
     if is_stream(output):
         return told
     named = image_format_for(output)

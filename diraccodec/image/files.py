@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from PIL import Image
@@ -28,27 +28,24 @@ def read_bytes(path: Path) -> bytes:
         raise ImageReadError(f"cannot read {path}: {error.strerror or error}") from None
 
 
-def file_mode() -> int:
-    """The mode open() gives a new file: 0666 less the process's umask. Linux says the umask in
-    /proc; elsewhere it is read by setting it and back (briefly seen by other threads)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
+def _created_beside(path: Path) -> tuple[int, Path]:
+    """A new hidden file beside `path`, open for writing. It is created with mode 0666, so the
+    system gives it what a plain write would (the umask applied), with no umask read here."""
+    while True:
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
+        except FileExistsError:
+            continue
 
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename it into place, with the mode a
-    plain write would give it (the temporary file starts private)."""
+    plain write would give it."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        handle, temporary = _created_beside(path)
     except OSError as error:
         raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
     try:
@@ -56,13 +53,12 @@ def write_atomic(path: Path, data: bytes) -> None:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, file_mode())
         os.replace(temporary, path)
     except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 
