@@ -1,10 +1,16 @@
-"""The finishing: gains, kept noise, the share that fewer steps apply, the lattice, and its settings."""
+"""The finishing: gains, kept noise, the share that fewer steps apply, the lattice, bands and
+the memory they save, and its settings."""
 
 from __future__ import annotations
+
+import functools
+import weakref
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode  # what torch's own FLOP counter is built on
+from torch.utils._pytree import tree_flatten
 
 import diraccodec
 from diraccodec.diffusion.finishing import Finishing, FinishingSettings, finish
@@ -63,6 +69,63 @@ def test_decoding_applies_the_share_of_the_finishing_its_steps_earn():
             assert not np.array_equal(decoded, decoder.to_image(base, finish(parts, Finishing(1.0, 3.0, 0.5))))
 
 
+def test_decoding_with_steps_holds_five_image_sized_tensors_at_most(monkeypatch):
+    """What grows with the image in a decode with steps, counted exactly: the peak bytes of
+    tensors the size of the image's three float32 planes or larger, alive at once. The
+    sampler keeps its state, the network's input (state and base: two), the prediction and
+    the implied noise; the finishing works in bands. (Filtering the whole image, with a new
+    tensor for each update, it held nine.) Tiles and bands are set small, as they are on an
+    image many times their size."""
+    from diraccodec.diffusion import decoder as decoders
+    from diraccodec.diffusion.detail_map import DetailMap, map_shape
+
+    monkeypatch.setattr(decoders, "FINISH_BAND_SIDE", 128)  # bands of 64 rows here
+    height, width = 1024, 384
+    image_bytes = 3 * height * width * 4
+    finishing = FinishingSettings(residual_gain=(1.0,), kept_noise=(0.3,), detail_gain=(2.6,), lattice_period=8,
+                                  detail_match=(0.7,))  # every filter the shipped finishing has
+    decoder = decoders.DiffusionDecoder(random_unet(), SamplerSettings(tile=128, margin=32), finishing)
+    base = (np.random.default_rng(0).random((height, width, 3)) * 255).astype(np.uint8)
+    detail_map = DetailMap(32, np.full(map_shape(width, height, 32), -8))
+    with LiveTensorBytes(smallest=image_bytes) as counted:
+        decoded = decoder.enhance(base, 1.0, 3, 0, detail_map)
+    assert np.abs(decoded.astype(np.int16) - base).mean() > 1  # the steps and the finishing ran
+    assert counted.peak <= 5 * image_bytes * 1.01, counted.peak / image_bytes  # padding to the U-Net's multiple
+    assert counted.peak >= 4 * image_bytes  # it does count them
+    assert isinstance(decoded, np.ndarray) and torch.is_grad_enabled()
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """The peak bytes that storages of at least `smallest` bytes, made by torch operations
+    under it, hold at once (tracked through the tensors that refer to them)."""
+
+    def __init__(self, smallest: int) -> None:
+        super().__init__()
+        self.smallest, self.live, self.peak = smallest, 0, 0
+        self.holders: dict[int, list[int]] = {}  # storage address -> [tensors, bytes]
+
+    def _release(self, address: int) -> None:
+        entry = self.holders[address]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.live -= entry[1]
+            del self.holders[address]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(result)[0]:
+            if not isinstance(tensor, torch.Tensor) or tensor.untyped_storage().nbytes() < self.smallest:
+                continue
+            address = tensor.untyped_storage().data_ptr()
+            if address not in self.holders:
+                self.holders[address] = [0, tensor.untyped_storage().nbytes()]
+                self.live += self.holders[address][1]
+                self.peak = max(self.peak, self.live)
+            self.holders[address][0] += 1
+            weakref.finalize(tensor, self._release, address)
+        return result
+
+
 def test_detail_gain_scales_only_what_the_blur_takes_away():
     torch.manual_seed(0)
     prediction, noise_left = torch.randn(1, 3, 40, 52), torch.randn(1, 3, 40, 52)
@@ -111,6 +174,63 @@ def test_lattice_removal_takes_out_a_grid_locked_pattern_and_keeps_the_rest():
         torch.testing.assert_close(flat - periodic_component(flat, 8, 2.0), flat)
     with pytest.raises(ValueError, match="lattice_period"):
         FinishingSettings(lattice_period=-8)
+
+
+SHIPPED_LIKE = Finishing(1.0, 2.6, 0.3, 1.0, lattice_period=8, lattice_cells=2.0, detail_match=0.7)
+
+
+def collect(bands: list, first: int, end: int, rows: torch.Tensor) -> None:
+    bands.append((first, end, rows))
+
+
+@pytest.mark.parametrize("finishing", [
+    SHIPPED_LIKE,  # lattice, detail gain and the detail map
+    Finishing(1.0, 1.3, 0.45, 1.0, lattice_period=8, lattice_cells=2.0),  # no map at this level
+    Finishing(1.1, 2.0, 0.2, 1.5, lattice_period=12, lattice_cells=1.5, detail_match=0.5, match_share=0.7),
+    Finishing(1.2, 1.2, 0.5),  # gains alone: nothing reaches across rows
+])
+def test_finishing_band_by_band_gives_the_whole_images_residual(finishing):
+    """Bands as narrow as their alignment allows, on sizes that fill no whole period, block or
+    band: each band's margin covers the filters' reach, so no row differs beyond float
+    rounding (a margin one period of 8 short already leaves errors of 2.6e-6 with the second
+    finishing here)."""
+    from diraccodec.diffusion.detail_map import DetailMap, map_shape
+    from diraccodec.diffusion.finishing import finish_in_bands
+
+    generator = torch.Generator().manual_seed(1)
+    for height, width in [(301, 203), (77, 300), (530, 41)]:
+        parts = SampledResidual(0.05 * torch.randn(1, 3, height, width, generator=generator),
+                                0.02 * torch.randn(1, 3, height, width, generator=generator))
+        codes = np.random.default_rng(0).integers(-20, -4, map_shape(width, height, 32))
+        detail_map = DetailMap(32, codes)
+        whole = finish(parts, finishing, detail_map)
+        for band_pixels in (1, 5_000):
+            spent = SampledResidual(parts.prediction.clone(), parts.noise_left.clone())
+            bands: list[tuple[int, int, torch.Tensor]] = []
+            finish_in_bands(spent, finishing, detail_map, functools.partial(collect, bands), band_pixels, consume=True)
+            assert [first for first, _, _ in bands] == [0] + [end for _, end, _ in bands[:-1]]
+            assert bands[-1][1] == height and (len(bands) > 1 or height <= 96)  # 96: lcm of a period of 12 and a block
+            torch.testing.assert_close(torch.cat([rows for _, _, rows in bands], dim=-2), whole, atol=1e-6, rtol=0)
+            if finishing.detail_match:  # the residual waited in the noise's place, not in a store of its own
+                assert not torch.equal(spent.noise_left, parts.noise_left)
+            else:
+                assert torch.equal(spent.noise_left, parts.noise_left)
+
+
+def test_the_decoder_finishes_a_large_image_in_bands_within_rounding_of_the_whole(monkeypatch):
+    from diraccodec.diffusion import decoder as decoders
+    from diraccodec.diffusion.detail_map import DetailMap, map_shape
+
+    monkeypatch.setattr(decoders, "FINISH_BAND_SIDE", 32)  # bands of 1,024 pixels: 16 rows here
+    decoder = decoders.DiffusionDecoder(random_unet(), SamplerSettings(), FinishingSettings())
+    base_rgb = (np.random.default_rng(0).random((120, 64, 3)) * 255).astype(np.uint8)
+    detail_map = DetailMap(32, np.full(map_shape(64, 120, 32), -8))
+    base, parts = decoder.sample(base_rgb, 2.0, 2, seed=3)
+    expected = decoder.to_image(base, finish(parts, SHIPPED_LIKE, detail_map))
+    banded = decoder.finished_image(base, parts, SHIPPED_LIKE, detail_map)
+    difference = np.abs(banded.astype(np.int16) - expected)
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.001
+    assert np.abs(expected.astype(np.int16) - base_rgb).mean() > 1  # the finishing did change the image
 
 
 def test_settings_without_a_detail_gain_use_the_gain_for_all_of_the_prediction():

@@ -105,6 +105,45 @@ def test_one_step_leaves_the_ddim_state_at_the_end_of_the_grid():
     assert clean.noise_left.abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("eta, renoise", [(0.0, False), (0.6, False), (0.0, True)])
+def test_the_sampler_computes_the_ddim_update_as_written(eta, renoise):
+    """The sampler writes each step over its own tensors (memory); the numbers are the textbook
+    update's, to the last bit, against this plain transcription of it."""
+    from diraccodec.diffusion.sampler import sample_ddim
+
+    times = respaced_times(4, 0.4, 0.1, 1.0)
+    generator = torch.Generator().manual_seed(2)
+    draws = [torch.randn(1, 3, 16, 24, generator=generator) for _ in range(8)]
+
+    def denoise(x: torch.Tensor, time: float) -> torch.Tensor:
+        return torch.tanh(0.7 * x + time)
+
+    def level(index: int) -> float:
+        return signal_level(times[index]).item()
+
+    noise = iter(draws)
+    x = next(noise) * (1 - level(0)) ** 0.5
+    for index in range(4):
+        prediction = denoise(x, float(times[index]))
+        a_now = level(index)
+        predicted_noise = (x - a_now**0.5 * prediction) / max((1 - a_now) ** 0.5, 1e-8)
+        if index == 3:
+            break
+        a_after = level(index + 1)
+        if renoise:
+            x = a_after**0.5 * prediction + (1 - a_after) ** 0.5 * next(noise)
+            continue
+        sigma = eta * (((1 - a_after) / (1 - a_now)) * (1 - a_now / a_after)) ** 0.5
+        x = a_after**0.5 * prediction + max(1 - a_after - sigma**2, 0.0) ** 0.5 * predicted_noise
+        if sigma > 0:
+            x = x + sigma * next(noise)
+    noise_left = predicted_noise * ((1 - level(4)) / level(4)) ** 0.5
+    sampled = sample_ddim(denoise, times, iter(draws).__next__, eta, renoise)
+    assert torch.equal(sampled[0], prediction) and torch.equal(sampled[1], noise_left)
+    with pytest.raises(ValueError, match="at least one step"):
+        sample_ddim(denoise, times[:1], iter(draws).__next__)
+
+
 def test_renoising_sampler_is_seeded_tile_invariant_and_differs_from_ddim():
     model = random_unet()
     base = torch.rand(1, 3, 72, 88)

@@ -7,13 +7,16 @@ import torch
 
 from diraccodec.compute import Compute
 from diraccodec.diffusion.detail_map import DetailMap
-from diraccodec.diffusion.finishing import FinishingSettings, finish
+from diraccodec.diffusion.finishing import Finishing, FinishingSettings, finish_in_bands
 from diraccodec.diffusion.sampler import SampledResidual, SamplerSettings, sample_residual
 from diraccodec.options import Progress
 from diraccodec.restoration.filter import Restorer
 from diraccodec.restoration.unet import ResidualUNet
 
 DEFAULT_SEED = 0
+# The finishing works in bands of about this side squared pixels on a CPU (16 times more on a
+# GPU, as the networks' tiles): rows of 1 megapixel over the width.
+FINISH_BAND_SIDE = 1024
 
 
 class DiffusionDecoder:
@@ -35,17 +38,16 @@ class DiffusionDecoder:
         steps)` hears of each step."""
         if steps <= 0:
             return base_rgb
-        base, sampled = self.sample(base_rgb, level, steps, seed, progress)
-        return self.to_image(base, finish(sampled, self.finishing.at(level, steps), detail_map))
+        base_rgb, sampled = self.sample(base_rgb, level, steps, seed, progress)
+        return self.finished_image(base_rgb, sampled, self.finishing.at(level, steps), detail_map)
 
     def sample(self, base_rgb: np.ndarray, level: float, steps: int, seed: int | None = None,
-               progress: Progress | None = None) -> tuple[torch.Tensor, SampledResidual]:
+               progress: Progress | None = None) -> tuple[np.ndarray, SampledResidual]:
         """The base (as the model sees it) and the sampling's parts before the finishing."""
         base_rgb = self.conditioning(base_rgb, level)
-        base = torch.from_numpy(base_rgb.copy()).permute(2, 0, 1)[None].to(self.device).float().div_(255)
-        sampled = sample_residual(self.model, base, level, steps, DEFAULT_SEED if seed is None else seed,
-                                  self.sampler, self.compute, progress)
-        return base, sampled
+        sampled = sample_residual(self.model, self.as_tensor(base_rgb), level, steps,
+                                  DEFAULT_SEED if seed is None else seed, self.sampler, self.compute, progress)
+        return base_rgb, sampled
 
     def conditioning(self, base_rgb: np.ndarray, level: float) -> np.ndarray:
         """The image the model enhances: the base synthesis, or the filter's output where the
@@ -53,7 +55,24 @@ class DiffusionDecoder:
         synthesis, whichever this is.)"""
         return base_rgb if self.restorer is None else self.restorer.restore(base_rgb, level)
 
-    @staticmethod
-    def to_image(base: torch.Tensor, residual: torch.Tensor) -> np.ndarray:
-        image = (base + residual).clamp_(0, 1)[0]
+    def finished_image(self, base_rgb: np.ndarray, sampled: SampledResidual, finishing: Finishing,
+                       detail_map: DetailMap | None = None) -> np.ndarray:
+        """The base plus the finished residual, as (H, W, 3) uint8, made band by band (the
+        sampling's parts are spent): beside the sampling's parts the memory holds one band's
+        finishing, not the whole image's."""
+        image = np.empty_like(base_rgb)
+
+        def write(first: int, end: int, residual: torch.Tensor) -> None:
+            image[first:end] = self.to_image(base_rgb[first:end], residual)
+
+        finish_in_bands(sampled, finishing, detail_map, write, self.compute.tile(FINISH_BAND_SIDE) ** 2, consume=True)
+        return image
+
+    def as_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1] on the decoder's device."""
+        return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].to(self.device).float().div_(255)
+
+    def to_image(self, base_rgb: np.ndarray, residual: torch.Tensor) -> np.ndarray:
+        """(H, W, 3) uint8 base plus a (1, 3, H, W) residual in [0, 1] units -> (H, W, 3) uint8."""
+        image = (self.as_tensor(base_rgb) + residual).clamp_(0, 1)[0]
         return image.mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()

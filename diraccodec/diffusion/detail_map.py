@@ -13,7 +13,7 @@ much detail appears where, never which detail, and it needs no diffusion at enco
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,13 +22,14 @@ from torch.nn import functional as F
 
 from diraccodec.entropy.map_coder import decode_map, encode_map
 from diraccodec.errors import CorruptFileError
-from diraccodec.transforms.layers import gaussian_window, separable_blur
+from diraccodec.transforms.layers import blur_radius, gaussian_blur
+from diraccodec.transforms.tiling import spans
 
 BLOCK = 32
 STEPS_PER_OCTAVE = 2  # of the RMS: steps of sqrt(2)
 LOWEST_CODE, HIGHEST_CODE = -24, 0  # RMS from 2^-12 (below: as good as none) to 1, in [0, 1] pixel units
 DETAIL_SIGMA = 1.0
-_RADIUS = math.ceil(3 * DETAIL_SIGMA)
+_RADIUS = blur_radius(DETAIL_SIGMA)
 _ROWS_AT_ONCE = 8  # block rows measured together, so memory stays small for any image size
 
 
@@ -48,7 +49,7 @@ def map_shape(width: int, height: int, block: int) -> tuple[int, int]:
 
 def fine_detail(image: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) minus its Gaussian blur: the band the detail map measures."""
-    return image - separable_blur(image, gaussian_window(DETAIL_SIGMA, _RADIUS), pad=True)
+    return image - gaussian_blur(image, DETAIL_SIGMA)
 
 
 def block_energy(detail: torch.Tensor, block: int) -> torch.Tensor:
@@ -63,11 +64,8 @@ def measure(original_rgb: np.ndarray, base_rgb: np.ndarray, block: int = BLOCK,
 
     Measured in bands of block rows, each with the blur's margin of real pixels around it, so
     the map is the whole image's and the memory that of a band; on `device`, band by band."""
-    height = original_rgb.shape[0]
     energies = []
-    for top in range(0, height, block * _ROWS_AT_ONCE):
-        bottom = min(top + block * _ROWS_AT_ONCE, height)
-        above, below = max(top - _RADIUS, 0), min(bottom + _RADIUS, height)
+    for (top, bottom), (above, below) in spans(original_rgb.shape[0], block * _ROWS_AT_ONCE, _RADIUS):
 
         def band(rgb: np.ndarray, above: int = above, below: int = below) -> torch.Tensor:
             pixels = torch.from_numpy(np.require(rgb[above:below], np.uint8, ["C", "W"])).to(device)
@@ -92,16 +90,35 @@ def from_payload(payload: bytes, width: int, height: int) -> DetailMap:
     return DetailMap(block, decode_map(payload[2:], map_shape(width, height, block), LOWEST_CODE, HIGHEST_CODE))
 
 
+Emit = Callable[[int, int, torch.Tensor], None]  # (first row, end row, those rows of the result)
+
+
 def match_detail(residual: torch.Tensor, detail_map: DetailMap, strength: float,
                  bounds: tuple[float, float], share: float = 1.0) -> torch.Tensor:
     """The decoder's side: scale the fine detail of (1, 3, H, W) `residual` so that each block's
     RMS becomes `strength` times the map's, the scale kept within `bounds` and raised to
     `share` (fewer steps than the finishing's full count apply part of it)."""
-    detail = fine_detail(residual)
-    energy = block_energy(detail, detail_map.block)
+    rows: list[torch.Tensor] = []
+    match_detail_in_bands(residual, detail_map, strength, bounds, share, residual.shape[-2],
+                          lambda first, end, matched: rows.append(matched))
+    return torch.cat(rows, dim=-2)
+
+
+def match_detail_in_bands(residual: torch.Tensor, detail_map: DetailMap, strength: float,
+                          bounds: tuple[float, float], share: float, rows: int, emit: Emit) -> None:
+    """`match_detail` by bands of `rows` rows (a multiple of the map's block), each handed to
+    `emit` in order: the same values, with one band's working set beside the residual."""
+    height = residual.shape[-2]
+
+    def details() -> Iterator[tuple[int, int, torch.Tensor]]:
+        for (top, bottom), (above, below) in spans(height, rows, _RADIUS):
+            yield top, bottom, fine_detail(residual[..., above:below, :])[..., top - above : bottom - above, :]
+
+    energy = torch.cat([block_energy(detail, detail_map.block) for _, _, detail in details()], dim=2)
     if energy.shape != (1, 1, *detail_map.codes.shape):
         raise CorruptFileError("corrupt .drc file (detail map does not fit the image)")
     target = strength * detail_map.rms().to(residual)
     scale = (target / energy.sqrt().clamp_min(1e-6)).clamp(*bounds) ** share
-    scale = F.interpolate(scale, size=residual.shape[-2:], mode="bilinear", align_corners=False)
-    return residual + (scale - 1) * detail
+    scale = F.interpolate(scale, size=residual.shape[-2:], mode="bilinear", align_corners=False)  # one plane
+    for top, bottom, detail in details():  # the fine detail again, rather than kept for the whole image
+        emit(top, bottom, residual[..., top:bottom, :] + (scale[..., top:bottom, :] - 1) * detail)

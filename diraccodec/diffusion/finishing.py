@@ -25,10 +25,11 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from diraccodec.codec.hyperprior import ladder_position
-from diraccodec.diffusion.detail_map import DetailMap, match_detail
+from diraccodec.diffusion.detail_map import DetailMap, Emit, match_detail_in_bands
 from diraccodec.diffusion.sampler import SampledResidual, SamplerSettings
 from diraccodec.diffusion.schedule import held_level, per_level
-from diraccodec.transforms.layers import gaussian_window, periodic_component, separable_blur
+from diraccodec.transforms.layers import blur_radius, gaussian_blur, periodic_component, periodic_reach
+from diraccodec.transforms.tiling import spans
 
 
 @dataclass(frozen=True)
@@ -130,16 +131,57 @@ def settings_on_ladder(
 def finish(sampled: SampledResidual, finishing: Finishing, detail_map: DetailMap | None = None) -> torch.Tensor:
     """The residual to add: `finishing` applied to the whole image's prediction (after tiling,
     so neither filter shows seams), with the encoder's detail map where the level uses one."""
-    prediction = sampled.prediction
+    rows: list[torch.Tensor] = []
+    finish_in_bands(sampled, finishing, detail_map, lambda first, end, residual: rows.append(residual),
+                    band_pixels=sampled.prediction[0, 0].numel())
+    return torch.cat(rows, dim=-2)
+
+
+def finish_in_bands(sampled: SampledResidual, finishing: Finishing, detail_map: DetailMap | None, emit: Emit,
+                    band_pixels: int, consume: bool = False) -> None:
+    """`finish` by bands of about `band_pixels` pixels, each handed to `emit(first row, end
+    row, residual)` in order: the same values, with one band's working set rather than the
+    several image-sized ones that filtering the whole image takes. Each band reads the
+    prediction over a margin as wide as the filters reach. Where the detail map applies, the
+    residual waits for it in an image-sized store: with consume=True, sampled.noise_left's
+    own (its noise is added by then), which leaves `sampled` spent."""
+    prediction, noise_left = sampled.prediction, sampled.noise_left
+    height, width = prediction.shape[-2:]
+    matched = detail_map if detail_map is not None and finishing.detail_match > 0 else None
+    # bands start on the lattice's grid and, where the map applies, on its blocks
+    align = math.lcm(finishing.lattice_period or 1, matched.block if matched is not None else 1)
+    rows = _round_up(max(band_pixels // width, 1), align)
+    store = None if matched is None else noise_left if consume else torch.empty_like(noise_left)
+    for (top, bottom), (above, below) in spans(height, rows, _round_up(reach(finishing), align)):
+        filtered = _filtered(prediction[..., above:below, :], finishing)[..., top - above : bottom - above, :]
+        residual = filtered + finishing.kept_noise * noise_left[..., top:bottom, :]
+        if store is None:
+            emit(top, bottom, residual)
+        else:
+            store[..., top:bottom, :] = residual
+    if matched is not None and store is not None:
+        match_detail_in_bands(store, matched, finishing.detail_match, finishing.detail_match_bounds,
+                              finishing.match_share, rows, emit)
+
+
+def _filtered(prediction: torch.Tensor, finishing: Finishing) -> torch.Tensor:
+    """The finishing's filters on the prediction: lattice out, then the smooth part and the fine
+    detail each by its gain."""
     if finishing.lattice_period:
         prediction = prediction - periodic_component(prediction, finishing.lattice_period, finishing.lattice_cells)
     residual = finishing.gain * prediction
     if finishing.detail_gain != finishing.gain:
-        radius = math.ceil(3 * finishing.detail_sigma)
-        smooth = separable_blur(prediction, gaussian_window(finishing.detail_sigma, radius), pad=True)
-        residual += (finishing.detail_gain - finishing.gain) * (prediction - smooth)
-    residual = residual + finishing.kept_noise * sampled.noise_left
-    if detail_map is None or finishing.detail_match <= 0:
-        return residual
-    return match_detail(residual, detail_map, finishing.detail_match, finishing.detail_match_bounds,
-                        finishing.match_share)
+        residual += (finishing.detail_gain - finishing.gain) * (prediction - gaussian_blur(prediction,
+                                                                                          finishing.detail_sigma))
+    return residual
+
+
+def reach(finishing: Finishing) -> int:
+    """The rows either side of a band that its filtered prediction depends on (bands on the
+    lattice's grid)."""
+    rows = periodic_reach(finishing.lattice_period, finishing.lattice_cells) if finishing.lattice_period else 0
+    return rows + (blur_radius(finishing.detail_sigma) if finishing.detail_gain != finishing.gain else 0)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple

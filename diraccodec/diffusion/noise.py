@@ -18,7 +18,7 @@ _MASK = 0xFFFFFFFF
 # in int64): an avalanche hash of the lowbias32 family.
 _MULTIPLIERS = (0x21F0AAAD, 0x735A2D97)
 _GOLDEN = 0x9E3779B9
-_ROWS_AT_ONCE = 256  # rows made at a time, so the int64 working set stays small on a large image
+_VALUES_AT_ONCE = 1 << 18  # made at a time (whole rows), so the int64 working set stays small on a large image
 
 
 def mix32(value: torch.Tensor) -> torch.Tensor:
@@ -55,8 +55,9 @@ def gaussian_noise(shape: tuple[int, int, int, int], seed: int, draw: int,
     output = torch.empty(shape, dtype=torch.float32, device=device)
     keys = _key(seed, draw, 0), _key(seed, draw, 1)
     columns = torch.arange(width, device=device, dtype=torch.int64)
-    for top in range(0, height, _ROWS_AT_ONCE):
-        rows = torch.arange(top, min(top + _ROWS_AT_ONCE, height), device=device, dtype=torch.int64)
+    rows_at_once = max(1, _VALUES_AT_ONCE // (channels * width))
+    for top in range(0, height, rows_at_once):
+        rows = torch.arange(top, min(top + rows_at_once, height), device=device, dtype=torch.int64)
         planes = torch.arange(channels, device=device, dtype=torch.int64)
         counter = (planes[:, None, None] * height + rows[None, :, None]) * width + columns[None, None, :]
         radius = torch.sqrt(-2.0 * torch.log(_uniform(counter, keys[0])))

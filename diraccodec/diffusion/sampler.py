@@ -27,7 +27,8 @@ from diraccodec.options import Progress
 from diraccodec.restoration.unet import ResidualUNet
 from diraccodec.transforms.tiling import apply_tiled
 
-Denoiser = Callable[[torch.Tensor, float], torch.Tensor]  # (noisy residual, time) -> clean prediction
+# (noisy residual, time) -> clean prediction; the sampler later writes over the noisy residual
+Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 NoiseSource = Callable[[], torch.Tensor]  # the next draw of standard normal noise
 
 
@@ -92,28 +93,39 @@ def sample_ddim(denoise: Denoiser, times: torch.Tensor, noise: NoiseSource, eta:
 
     Returns the last prediction and the noise it implies at the grid's end time, scaled as the
     state there carries it (x_end / sqrt(a) = prediction + that)."""
-    x = noise() * (1 - signal_level(times[0]).item()) ** 0.5
-    prediction = predicted_noise = torch.zeros_like(x)
-    steps = len(times) - 1
-    for index in range(steps):
+
+    def estimate(x: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prediction at time `index` and the noise it implies in x."""
         prediction = denoise(x, float(times[index]))
-        a_now, a_after = signal_level(times[index]).item(), signal_level(times[index + 1]).item()
-        predicted_noise = (x - a_now**0.5 * prediction) / max((1 - a_now) ** 0.5, 1e-8)
-        if index == steps - 1:
-            break
-        if renoise:
-            x = a_after**0.5 * prediction + (1 - a_after) ** 0.5 * noise()
-            continue
-        sigma = eta * (((1 - a_after) / (1 - a_now)) * (1 - a_now / a_after)) ** 0.5
-        direction = max(1 - a_after - sigma**2, 0.0) ** 0.5
-        x = a_after**0.5 * prediction + direction * predicted_noise
-        if sigma > 0:
-            x = x + sigma * noise()
+        a_now = signal_level(times[index]).item()
+        implied = prediction * a_now**0.5
+        return prediction, torch.sub(x, implied, out=implied).div_(max((1 - a_now) ** 0.5, 1e-8))
+
+    steps = len(times) - 1
+    if steps < 1:
+        raise ValueError("sampling takes at least one step")
+    x = noise() * (1 - signal_level(times[0]).item()) ** 0.5
+    for index in range(steps - 1):
+        # one call, so that this step's prediction is freed before the next network pass
+        x = _next_state(x, *estimate(x, index), signal_level(times[index]).item(),
+                        signal_level(times[index + 1]).item(), eta, renoise, noise)
+    prediction, predicted_noise = estimate(x, steps - 1)
     end_level = signal_level(times[-1]).item()
-    return prediction, predicted_noise * ((1 - end_level) / end_level) ** 0.5
+    return prediction, predicted_noise.mul_(((1 - end_level) / end_level) ** 0.5)
 
 
-@torch.no_grad()
+def _next_state(x: torch.Tensor, prediction: torch.Tensor, predicted_noise: torch.Tensor, a_now: float,
+                a_after: float, eta: float, renoise: bool, noise: NoiseSource) -> torch.Tensor:
+    """The state at the next time, written over x and the implied noise, which the sampler
+    needs no more: on a large image its few image-sized tensors are most of the memory."""
+    if renoise:
+        return a_after**0.5 * prediction + (1 - a_after) ** 0.5 * noise()
+    sigma = eta * (((1 - a_after) / (1 - a_now)) * (1 - a_now / a_after)) ** 0.5
+    direction = max(1 - a_after - sigma**2, 0.0) ** 0.5
+    x = torch.mul(prediction, a_after**0.5, out=x).add_(predicted_noise.mul_(direction))
+    return x + sigma * noise() if sigma > 0 else x
+
+
 def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps: int, seed: int,
                     settings: SamplerSettings = SamplerSettings(), compute: Compute = Compute(),
                     progress: Progress | None = None) -> SampledResidual:
@@ -123,15 +135,18 @@ def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps
     precision; the sampler's own arithmetic stays float32. `progress(done, steps)` hears of
     each finished step."""
     height, width = base.shape[-2:]
-    multiple = model.size_multiple
-    base_padded = F.pad(base, (0, -width % multiple, 0, -height % multiple), mode="replicate")
+    device, multiple = base.device, model.size_multiple
+    with torch.no_grad():  # the network's input, the state beside the base, in one buffer for every step
+        stacked = base.new_empty((1, 6, height + -height % multiple, width + -width % multiple))
+        stacked[:, 3:] = F.pad(base, (0, -width % multiple, 0, -height % multiple), mode="replicate")
+    del base  # the buffer's copy is kept; a caller that hands its base over keeps none
     bound = settings.bound(level, model.config.max_level) / RESIDUAL_SCALE
-    level_tensor = torch.tensor([float(level)], device=base.device)
+    level_tensor = torch.tensor([float(level)], device=device)
     margin = model.tile_margin(settings.margin)
     draws = iter(range(1 << 30))
 
     def noise() -> torch.Tensor:
-        return gaussian_noise(tuple(base_padded.shape), seed, next(draws), base.device)
+        return gaussian_noise((1, 3, *stacked.shape[-2:]), seed, next(draws), device)
 
     def network(stacked: torch.Tensor, time_tensor: torch.Tensor) -> torch.Tensor:
         with compute.autocast():
@@ -141,21 +156,22 @@ def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps
     finished = iter(range(1, steps + 1))
 
     def denoise(x: torch.Tensor, time: float) -> torch.Tensor:
-        time_tensor = torch.full((1,), time, device=base.device)
+        time_tensor = torch.full((1,), time, device=device)
 
         def tile(stacked: torch.Tensor) -> torch.Tensor:
             return step(compute.tensor(stacked), time_tensor)
 
+        stacked[:, :3] = x
         with compute.kernels():
-            predicted = apply_tiled(tile, torch.cat([x, base_padded], dim=1), Fraction(1),
-                                    compute.tile(settings.tile), margin)
+            predicted = apply_tiled(tile, stacked, Fraction(1), compute.tile(settings.tile), margin)
         if progress is not None:
             progress(next(finished), steps)
         return predicted.contiguous().clamp_(-bound, bound)
 
-    prediction, noise_left = sample_ddim(denoise, settings.times(level, steps), noise, settings.eta, settings.renoise)
+    def crop(tensor: torch.Tensor) -> torch.Tensor:  # in place: both are the sampling's own
+        return tensor.mul_(RESIDUAL_SCALE)[..., :height, :width]
 
-    def crop(tensor: torch.Tensor) -> torch.Tensor:
-        return (tensor * RESIDUAL_SCALE)[..., :height, :width]
-
-    return SampledResidual(crop(prediction), crop(noise_left))
+    with torch.no_grad():
+        prediction, noise_left = sample_ddim(denoise, settings.times(level, steps), noise, settings.eta,
+                                             settings.renoise)
+        return SampledResidual(crop(prediction), crop(noise_left))

@@ -87,6 +87,11 @@ def gaussian_window(sigma: float, radius: int) -> torch.Tensor:
     return taps / taps.sum()
 
 
+def blur_radius(sigma: float) -> int:
+    """The taps either side of a Gaussian blur of `sigma`: three sigma hold all but 0.3% of it."""
+    return math.ceil(3 * sigma)
+
+
 def separable_blur(x: torch.Tensor, window: torch.Tensor, pad: bool = False) -> torch.Tensor:
     """Each channel of (N, C, H, W) filtered by `window` along both axes (2k taps, not k^2).
 
@@ -101,6 +106,11 @@ def separable_blur(x: torch.Tensor, window: torch.Tensor, pad: bool = False) -> 
     return F.conv2d(x, window.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels)
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(N, C, H, W) blurred by a Gaussian of `sigma`, same size, edges replicated."""
+    return separable_blur(x, gaussian_window(sigma, blur_radius(sigma)), pad=True)
+
+
 def periodic_component(x: torch.Tensor, period: int, cells: float) -> torch.Tensor:
     """The part of (N, C, H, W) that repeats every `period` pixels along both axes, measured
     locally (a Gaussian of `cells` periods over the period's grid) and without its local mean.
@@ -113,13 +123,12 @@ def periodic_component(x: torch.Tensor, period: int, cells: float) -> torch.Tens
     image does not fill a whole period, the missing pixels have weight 0 in the averages.
     """
     batch, channels, height, width = x.shape
-    sigma = period / 2
-    detail = x - separable_blur(x, gaussian_window(sigma, math.ceil(3 * sigma)), pad=True)
+    detail = x - gaussian_blur(x, period / 2)
     # one plane per position within the period, each averaged over nearby periods
     extra = (0, -width % period, 0, -height % period)
     phases = F.pixel_unshuffle(F.pad(detail, extra), period)
     present = F.pixel_unshuffle(F.pad(torch.ones_like(detail[:, :1]), extra), period)
-    radius = math.ceil(3 * cells)
+    radius = blur_radius(cells)
     window = gaussian_window(cells, radius)
 
     def average(planes: torch.Tensor) -> torch.Tensor:
@@ -130,6 +139,12 @@ def periodic_component(x: torch.Tensor, period: int, cells: float) -> torch.Tens
     local_mean = local.view(batch, channels, period * period, rows, columns).mean(dim=2)
     lattice = F.pixel_shuffle(local, period) - local_mean.repeat_interleave(period, -2).repeat_interleave(period, -1)
     return lattice[..., :height, :width]
+
+
+def periodic_reach(period: int, cells: float) -> int:
+    """The pixels either side, along an axis, that `periodic_component` at a pixel depends on,
+    where the image's part starts and ends on the period's grid (or at the image's own edge)."""
+    return period * blur_radius(cells) + blur_radius(period / 2)
 
 
 class GDN(nn.Module):

@@ -49,15 +49,23 @@ def apply_tiled(
 
 
 Window = tuple[int, int, int, int]  # top, left, bottom, right
+Span = tuple[int, int]  # first, end (exclusive)
+
+
+def spans(length: int, size: int, margin: int) -> Iterator[tuple[Span, Span]]:
+    """Runs of `size` along an axis of `length` (the last shorter), each with its extent
+    `margin` either side, clipped to the axis."""
+    for first in range(0, length, size):
+        end = min(first + size, length)
+        yield (first, end), (max(0, first - margin), min(length, end + margin))
 
 
 def tile_windows(height: int, width: int, tile: int, margin: int) -> Iterator[tuple[Window, Window]]:
     """Each tile's core and its extent with the margin, clipped to the image, in raster order."""
-    for top in range(0, height, tile):
-        for left in range(0, width, tile):
-            bottom, right = min(top + tile, height), min(left + tile, width)
-            yield (top, left, bottom, right), (max(0, top - margin), max(0, left - margin),
-                                               min(height, bottom + margin), min(width, right + margin))
+    columns = list(spans(width, tile, margin))
+    for (top, bottom), (top_ext, bottom_ext) in spans(height, tile, margin):
+        for (left, right), (left_ext, right_ext) in columns:
+            yield (top, left, bottom, right), (top_ext, left_ext, bottom_ext, right_ext)
 
 
 @functools.cache
