@@ -16,7 +16,8 @@ finished:
 3. A 12-megapixel photo (4032x3024) at 20 steps: seconds and peak GPU memory.
 4. On CUDA, 20 steps with the sampler's steps replayed from CUDA graphs ($DIRAC_CUDA_GRAPHS=1),
    and how far their pixels lie from the decodes without.
-5. A 50-megapixel photo at 0 steps: seconds and peak GPU memory.
+5. A 50-megapixel photo at 0 steps and at 1 (whose memory any step count has): seconds and
+   peak GPU memory.
 
 Large photos are encoded at effort 1: their decode is what is measured. With `--minutes`, a
 section not begun by then is skipped and a loop over images stops where the time runs out;
@@ -186,17 +187,21 @@ def with_cuda_graphs(files: list[bytes], device: str, clock: Clock) -> dict:
             "largest difference from without": largest}
 
 
-def large(photo: Image.Image, megapixels: float, steps: int, device: str) -> dict:
-    """Encode (effort 1) and decode a photo scaled to `megapixels` (4:3): seconds and peak GPU memory."""
+def large(photo: Image.Image, megapixels: float, steps: tuple[int, ...], device: str) -> list[dict]:
+    """Encode (effort 1) a photo scaled to `megapixels` (4:3) and decode it at each step count:
+    seconds and peak GPU memory of each decode."""
     height = round((megapixels * 1e6 * 3 / 4) ** 0.5)
     image = photo.resize((height * 4 // 3, height), Image.Resampling.BICUBIC)
     data = diraccodec.encode(image, LEVEL, effort=1, device=device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    seconds, _ = timed(device, lambda: diraccodec.decode(data, steps, device=device))
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return {"size": f"{image.width}x{image.height}", "steps": steps, "decode seconds": seconds,
-            "peak GPU memory GiB": peak}
+    rows = []
+    for count in steps:
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        seconds, _ = timed(device, lambda count=count: diraccodec.decode(data, count, device=device))
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+        rows.append({"size": f"{image.width}x{image.height}", "steps": count, "decode seconds": seconds,
+                     "peak GPU memory GiB": peak})
+    return rows
 
 
 def seconds_text(value: float | None) -> str:
@@ -237,7 +242,7 @@ def main() -> int:
     parser.add_argument("--cross-images", type=int, default=3, help="How many to check across devices.")
     parser.add_argument("--device", default="cuda", help="The device under test (cuda; cpu to try the script).")
     parser.add_argument("--large-megapixels", type=float, nargs="*", default=[12.0, 50.0],
-                        help="Sizes of the large-photo runs (up to 12 MP at 20 steps, larger at 0); none: skip.")
+                        help="Sizes of the large-photo runs (up to 12 MP at 20 steps, larger at 0 and 1); none: skip.")
     parser.add_argument("--minutes", type=float, default=None,
                         help="Time budget: begin nothing after it (default: none).")
     parser.add_argument("--output", type=Path, required=True)
@@ -274,14 +279,14 @@ def main() -> int:
     report["large"] = []
     for megapixels in (size for size in sizes if size <= 12):
         if clock.allows(f"{megapixels:g} MP photo"):
-            report["large"].append(large(images[0], megapixels, 20, args.device))
+            report["large"] += large(images[0], megapixels, (20,), args.device)
             write(f"{megapixels:g} MP")
     if args.device == "cuda" and files and clock.allows("CUDA graph decodes"):
         report["cuda graphs"] = with_cuda_graphs(files, args.device, clock)
         write("CUDA graphs")
     for megapixels in (size for size in sizes if size > 12):
         if clock.allows(f"{megapixels:g} MP photo"):
-            report["large"].append(large(images[0], megapixels, 0, args.device))
+            report["large"] += large(images[0], megapixels, (0, 1), args.device)
             write(f"{megapixels:g} MP")
     write("report")
     print(markdown(report))

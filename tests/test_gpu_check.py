@@ -18,7 +18,7 @@ def test_gpu_check_runs_and_reports(tmp_path, small_image):
     small_image.save(data / "a.png")
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "scripts/gpu_check.py", "--data", str(data), "--device", "cpu",
-                             "--images", "1", "--cross-images", "1", "--large-megapixels", "--output", str(out)],
+                             "--images", "1", "--cross-images", "1", "--large-megapixels", "0.02", "--output", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "gpu-check.json").read_text())
@@ -30,6 +30,8 @@ def test_gpu_check_runs_and_reports(tmp_path, small_image):
     assert {name: report["profile"][name]["seconds"] > 0 for name in report["profile"]} == {
         "encode": True, "decode 20 steps": True}
     assert "decode 20 steps: Python's profiler" in (out / "gpu-profile.txt").read_text()
+    (row,) = report["large"]  # up to 12 MP: one decode, at 20 steps
+    assert row["size"] == "162x122" and row["steps"] == 20 and row["decode seconds"] > 0
     assert (out / "gpu-check.md").read_text().startswith("Command: `python scripts/gpu_check.py")
 
 
