@@ -18,7 +18,8 @@ def test_gpu_check_runs_and_reports(tmp_path, small_image):
     small_image.save(data / "a.png")
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "scripts/gpu_check.py", "--data", str(data), "--device", "cpu",
-                             "--images", "1", "--cross-images", "1", "--large-megapixels", "0.02", "--output", str(out)],
+                             "--images", "1", "--cross-images", "1", "--large-megapixels", "0.02",
+                             "--output", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "gpu-check.json").read_text())

@@ -178,9 +178,13 @@ def _filtered(prediction: torch.Tensor, finishing: Finishing) -> torch.Tensor:
 
 def reach(finishing: Finishing) -> int:
     """The rows either side of a band that its filtered prediction depends on (bands on the
-    lattice's grid)."""
-    rows = periodic_reach(finishing.lattice_period, finishing.lattice_cells) if finishing.lattice_period else 0
-    return rows + (blur_radius(finishing.detail_sigma) if finishing.detail_gain != finishing.gain else 0)
+    lattice's grid): the detail blur's, widened to whole periods where the lattice comes out
+    first, since the rows it reads lie in the next cells out, then the lattice's reach."""
+    blur = blur_radius(finishing.detail_sigma) if finishing.detail_gain != finishing.gain else 0
+    period = finishing.lattice_period
+    if not period:
+        return blur
+    return _round_up(blur, period) + periodic_reach(period, finishing.lattice_cells)
 
 
 def _round_up(value: int, multiple: int) -> int:

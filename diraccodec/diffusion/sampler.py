@@ -119,11 +119,11 @@ def _next_state(x: torch.Tensor, prediction: torch.Tensor, predicted_noise: torc
     """The state at the next time, written over x and the implied noise, which the sampler
     needs no more: on a large image its few image-sized tensors are most of the memory."""
     if renoise:
-        return a_after**0.5 * prediction + (1 - a_after) ** 0.5 * noise()
+        return torch.mul(prediction, a_after**0.5, out=x).add_(noise().mul_((1 - a_after) ** 0.5))
     sigma = eta * (((1 - a_after) / (1 - a_now)) * (1 - a_now / a_after)) ** 0.5
     direction = max(1 - a_after - sigma**2, 0.0) ** 0.5
     x = torch.mul(prediction, a_after**0.5, out=x).add_(predicted_noise.mul_(direction))
-    return x + sigma * noise() if sigma > 0 else x
+    return x.add_(noise().mul_(sigma)) if sigma > 0 else x
 
 
 def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps: int, seed: int,
