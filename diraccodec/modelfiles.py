@@ -11,11 +11,13 @@ file's SHA-256: a truncated, modified or stray file is refused before it is pars
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -430,8 +432,27 @@ def models_in_use(base: str | Path | None = None) -> dict[str, str | None]:
 
 
 def record_in_manifest(path: Path) -> None:
-    """List the weights file with its SHA-256 and size in the manifest beside it."""
-    manifest = read_manifest(path.parent)
+    """List the weights file with its SHA-256 and size in the manifest beside it. Processes
+    that list files in one folder at once take turns, so that none loses another's entry."""
     data = path.read_bytes()
-    manifest[path.name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    write_atomic(path.parent / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    entry = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    with _taking_turns(path.parent):
+        manifest = read_manifest(path.parent)
+        manifest[path.name] = entry
+        write_atomic(path.parent / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+@contextlib.contextmanager
+def _taking_turns(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on the folder itself (flock; where there is none, no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock

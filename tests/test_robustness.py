@@ -188,6 +188,33 @@ def test_weights_need_a_matching_hash_in_the_manifest(tmp_path, small_image):
         diraccodec.encode(small_image, 3, weights=tampered)
 
 
+def _record_each(folder: Path, names: list[str]) -> None:
+    from diraccodec.modelfiles import record_in_manifest
+
+    for name in names:
+        record_in_manifest(folder / name)
+
+
+def test_processes_listing_weights_in_one_folder_at_once_lose_no_entry(tmp_path):
+    """Four processes each list 30 files in one manifest at the same time (a read, a change and
+    an atomic rename each): every entry is there. Without taking turns, 3 runs of 3 lost some."""
+    import multiprocessing
+
+    from diraccodec.modelfiles import read_manifest
+
+    names = [f"weights-{index}.safetensors" for index in range(120)]
+    for name in names:
+        (tmp_path / name).write_bytes(name.encode())
+    context = multiprocessing.get_context("fork")  # the work is hashing and JSON: no torch in the children
+    workers = [context.Process(target=_record_each, args=(tmp_path, names[index::4])) for index in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    assert sorted(read_manifest(tmp_path)) == sorted(names)
+
+
 def test_no_pickle_in_the_loading_path():
     """Weights and files load without unpickling (which runs code): no torch.load, no pickle
     module, no numpy load that allows pickles. The one exception converts the LPIPS weights
