@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,6 +70,18 @@ def test_sampler_is_seeded_and_tile_invariant():
     assert whole.shape == base.shape
     torch.testing.assert_close(tiled, whole, atol=1e-4, rtol=0)
     assert (other - whole).abs().mean() > 1e-3
+
+
+def test_an_8_bit_base_samples_as_its_float_values_do_tiled_or_not():
+    """The decoder hands the sampler its 8-bit base, which becomes float a tile at a time (a
+    size that fills no tile and no multiple of the U-Net's, so edges are replicated too)."""
+    model = random_unet()
+    pixels = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (1, 3, 150, 203), dtype=np.uint8))
+    for settings in (SamplerSettings(tile=4096), SamplerSettings(tile=64, margin=96)):
+        eight_bit = sample_residual(model, pixels, 2.0, 2, 5, settings)
+        floats = sample_residual(model, pixels.float() / 255, 2.0, 2, 5, settings)
+        assert torch.equal(eight_bit.prediction, floats.prediction)
+        assert torch.equal(eight_bit.noise_left, floats.noise_left)
 
 
 def test_the_residual_respects_the_bound():

@@ -157,3 +157,15 @@ def test_only_images_above_a_megapixel_hand_their_tiles_memory_back(monkeypatch)
     tiling.apply_tiled(lambda tile: tile.repeat_interleave(16, -2).repeat_interleave(16, -1),
                        torch.zeros(1, 3, 70, 70), Fraction(16), 32, 4)  # 1.25 megapixels out
     assert len(trims) == 9
+
+
+def test_replicate_padding_repeats_the_last_row_and_column_for_any_dtype():
+    from diraccodec.transforms.tiling import replicate_padded
+
+    pixels = torch.arange(3 * 5 * 7, dtype=torch.uint8).reshape(1, 3, 5, 7)
+    for x in (pixels, pixels.float() / 255):
+        for height, width in [(5, 7), (8, 7), (5, 16), (9, 10)]:
+            expected = torch.nn.functional.pad(x.float(), (0, width - 7, 0, height - 5), mode="replicate")
+            padded = replicate_padded(x, height, width)
+            assert padded.dtype == x.dtype and torch.equal(padded.float(), expected)
+    assert replicate_padded(pixels, 5, 7) is pixels  # nothing to add: no copy

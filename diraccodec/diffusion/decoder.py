@@ -45,8 +45,9 @@ class DiffusionDecoder:
                progress: Progress | None = None) -> tuple[np.ndarray, SampledResidual]:
         """The base (as the model sees it) and the sampling's parts before the finishing."""
         base_rgb = self.conditioning(base_rgb, level)
-        sampled = sample_residual(self.model, self.as_tensor(base_rgb), level, steps,
-                                  DEFAULT_SEED if seed is None else seed, self.sampler, self.compute, progress)
+        pixels = torch.from_numpy(np.require(base_rgb, np.uint8, ["C", "W"])).permute(2, 0, 1)[None].to(self.device)
+        sampled = sample_residual(self.model, pixels, level, steps, DEFAULT_SEED if seed is None else seed,
+                                  self.sampler, self.compute, progress)
         return base_rgb, sampled
 
     def conditioning(self, base_rgb: np.ndarray, level: float) -> np.ndarray:

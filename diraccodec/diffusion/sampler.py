@@ -18,14 +18,13 @@ from dataclasses import dataclass, fields
 from fractions import Fraction
 
 import torch
-from torch.nn import functional as F
 
 from diraccodec.compute import Compute
 from diraccodec.diffusion.noise import gaussian_noise
 from diraccodec.diffusion.schedule import RESIDUAL_SCALE, per_level, respaced_times, signal_level
 from diraccodec.options import Progress
 from diraccodec.restoration.unet import ResidualUNet
-from diraccodec.transforms.tiling import apply_tiled
+from diraccodec.transforms.tiling import apply_tiled, replicate_padded
 
 # (noisy residual, time) -> clean prediction; the sampler later writes over the noisy residual
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
@@ -129,24 +128,23 @@ def _next_state(x: torch.Tensor, prediction: torch.Tensor, predicted_noise: torc
 def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps: int, seed: int,
                     settings: SamplerSettings = SamplerSettings(), compute: Compute = Compute(),
                     progress: Progress | None = None) -> SampledResidual:
-    """base: (1, 3, H, W) in [0, 1] on compute's device -> the sampling's parts (steps >= 1).
+    """base: (1, 3, H, W) on compute's device, 8-bit pixels or floats in [0, 1] -> the
+    sampling's parts (steps >= 1).
 
     The U-Net runs in tiles where the image is larger than the device's tile, in the mode's
-    precision; the sampler's own arithmetic stays float32. `progress(done, steps)` hears of
-    each finished step."""
+    precision; the sampler's own arithmetic stays float32. An 8-bit base stays 8-bit but for
+    the tile at hand (a float one would take 12 bytes a pixel). `progress(done, steps)`
+    hears of each finished step."""
     height, width = base.shape[-2:]
     device, multiple = base.device, model.size_multiple
-    with torch.no_grad():  # the network's input, the state beside the base, in one buffer for every step
-        stacked = base.new_empty((1, 6, height + -height % multiple, width + -width % multiple))
-        stacked[:, 3:] = F.pad(base, (0, -width % multiple, 0, -height % multiple), mode="replicate")
-    del base  # the buffer's copy is kept; a caller that hands its base over keeps none
+    base = replicate_padded(base, height + -height % multiple, width + -width % multiple)
     bound = settings.bound(level, model.config.max_level) / RESIDUAL_SCALE
     level_tensor = torch.tensor([float(level)], device=device)
     margin = model.tile_margin(settings.margin)
     draws = iter(range(1 << 30))
 
     def noise() -> torch.Tensor:
-        return gaussian_noise((1, 3, *stacked.shape[-2:]), seed, next(draws), device)
+        return gaussian_noise((1, 3, *base.shape[-2:]), seed, next(draws), device)
 
     def network(stacked: torch.Tensor, time_tensor: torch.Tensor) -> torch.Tensor:
         with compute.autocast():
@@ -158,12 +156,13 @@ def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps
     def denoise(x: torch.Tensor, time: float) -> torch.Tensor:
         time_tensor = torch.full((1,), time, device=device)
 
-        def tile(stacked: torch.Tensor) -> torch.Tensor:
-            return step(compute.tensor(stacked), time_tensor)
+        def tile(x_tile: torch.Tensor, base_tile: torch.Tensor) -> torch.Tensor:
+            if base_tile.dtype == torch.uint8:
+                base_tile = base_tile.float().div_(255)
+            return step(compute.tensor(torch.cat([x_tile, base_tile], dim=1)), time_tensor)
 
-        stacked[:, :3] = x
         with compute.kernels():
-            predicted = apply_tiled(tile, stacked, Fraction(1), compute.tile(settings.tile), margin)
+            predicted = apply_tiled(tile, (x, base), Fraction(1), compute.tile(settings.tile), margin)
         if progress is not None:
             progress(next(finished), steps)
         return predicted.contiguous().clamp_(-bound, bound)

@@ -16,25 +16,27 @@ import torch
 
 
 def apply_tiled(
-    transform: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
+    transform: Callable[..., torch.Tensor],
+    x: torch.Tensor | tuple[torch.Tensor, ...],
     scale: Fraction,
     tile: int,
     margin: int,
 ) -> torch.Tensor:
     """transform maps (1, C, H, W) to (1, C', H*scale, W*scale); tile and margin in input units.
 
-    tile and margin must be multiples of the input stride (1/scale when scale < 1). Each
-    tile's centre is written straight into one preallocated output, so the peak memory is
-    the output plus one tile's working set.
+    Several inputs of one size (a tuple) are cut alike, and the transform takes their tiles
+    in order. tile and margin must be multiples of the input stride (1/scale when scale < 1).
+    Each tile's centre is written straight into one preallocated output, so the peak memory
+    is the output plus one tile's working set.
     """
-    height, width = x.shape[-2:]
+    inputs = x if isinstance(x, tuple) else (x,)
+    height, width = inputs[0].shape[-2:]
     if height <= tile + 2 * margin and width <= tile + 2 * margin:
-        return transform(x)
+        return transform(*inputs)
     output: torch.Tensor | None = None
     for (top, left, bottom, right), (top_ext, left_ext, bottom_ext, right_ext) in tile_windows(height, width, tile,
                                                                                               margin):
-        out = transform(x[..., top_ext:bottom_ext, left_ext:right_ext])
+        out = transform(*(part[..., top_ext:bottom_ext, left_ext:right_ext] for part in inputs))
         if output is None:
             output = out.new_empty((*out.shape[:-2], int(height * scale), int(width * scale)))
         y0, x0 = int((top - top_ext) * scale), int((left - left_ext) * scale)
@@ -46,6 +48,19 @@ def apply_tiled(
         return_freed_memory(int(height * width * max(1, scale * scale)))  # the image's pixels, either side
     assert output is not None
     return output
+
+
+def replicate_padded(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(..., h, w) grown to (..., height, width) by repeating its last row and column: what
+    F.pad's replicate mode gives, for any dtype on any device (8-bit pixels on a GPU too)."""
+    rows, columns = x.shape[-2:]
+    if (rows, columns) == (height, width):
+        return x
+    padded = x.new_empty((*x.shape[:-2], height, width))
+    padded[..., :rows, :columns] = x
+    padded[..., :rows, columns:] = x[..., columns - 1 :]
+    padded[..., rows:, :] = padded[..., rows - 1 : rows, :]
+    return padded
 
 
 Window = tuple[int, int, int, int]  # top, left, bottom, right
