@@ -72,16 +72,31 @@ def test_sampler_is_seeded_and_tile_invariant():
     assert (other - whole).abs().mean() > 1e-3
 
 
-def test_an_8_bit_base_samples_as_its_float_values_do_tiled_or_not():
+def test_an_8_bit_base_samples_as_its_float_values_do_tiled_or_not(monkeypatch):
     """The decoder hands the sampler its 8-bit base, which becomes float a tile at a time (a
     size that fills no tile and no multiple of the U-Net's, so edges are replicated too)."""
+    from diraccodec.transforms import tiling
+
+    windows: list[object] = []
+    cut = tiling.tile_windows
+
+    def counted(*size: int):
+        for window in cut(*size):
+            windows.append(window)
+            yield window
+
+    monkeypatch.setattr(tiling, "tile_windows", counted)
     model = random_unet()
-    pixels = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (1, 3, 150, 203), dtype=np.uint8))
-    for settings in (SamplerSettings(tile=4096), SamplerSettings(tile=64, margin=96)):
+    pixels = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (1, 3, 60, 235), dtype=np.uint8))
+    for settings, tiles in ((SamplerSettings(tile=4096), 0), (SamplerSettings(tile=16, margin=32), 2 * 60)):
+        windows.clear()
         eight_bit = sample_residual(model, pixels, 2.0, 2, 5, settings)
+        assert len(windows) == tiles  # per step, for 2 steps
         floats = sample_residual(model, pixels.float() / 255, 2.0, 2, 5, settings)
         assert torch.equal(eight_bit.prediction, floats.prediction)
         assert torch.equal(eight_bit.noise_left, floats.noise_left)
+    with pytest.raises(ValueError, match="8-bit pixels or floats"):
+        sample_residual(model, pixels.long(), 2.0, 1, 5)
 
 
 def test_the_residual_respects_the_bound():

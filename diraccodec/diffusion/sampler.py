@@ -136,7 +136,9 @@ def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps
     the tile at hand (a float one would take 12 bytes a pixel). `progress(done, steps)`
     hears of each finished step."""
     height, width = base.shape[-2:]
-    device, multiple = base.device, model.size_multiple
+    device, multiple, eight_bit = base.device, model.size_multiple, base.dtype == torch.uint8
+    if not (eight_bit or base.is_floating_point()):
+        raise ValueError(f"the base must be 8-bit pixels or floats in [0, 1], not {base.dtype}")
     base = replicate_padded(base, height + -height % multiple, width + -width % multiple)
     bound = settings.bound(level, model.config.max_level) / RESIDUAL_SCALE
     level_tensor = torch.tensor([float(level)], device=device)
@@ -157,9 +159,11 @@ def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps
         time_tensor = torch.full((1,), time, device=device)
 
         def tile(x_tile: torch.Tensor, base_tile: torch.Tensor) -> torch.Tensor:
-            if base_tile.dtype == torch.uint8:
-                base_tile = base_tile.float().div_(255)
-            return step(compute.tensor(torch.cat([x_tile, base_tile], dim=1)), time_tensor)
+            # the network's input made once, in the kernels' memory format: no further copies
+            stacked = torch.empty((1, 6, *x_tile.shape[-2:]), device=device, memory_format=compute.memory_format)
+            stacked[:, :3] = x_tile
+            stacked[:, 3:] = base_tile.float().div_(255) if eight_bit else base_tile  # dense, then copied
+            return step(stacked, time_tensor)
 
         with compute.kernels():
             predicted = apply_tiled(tile, (x, base), Fraction(1), compute.tile(settings.tile), margin)

@@ -31,6 +31,8 @@ def apply_tiled(
     """
     inputs = x if isinstance(x, tuple) else (x,)
     height, width = inputs[0].shape[-2:]
+    if any(part.shape[-2:] != (height, width) for part in inputs):
+        raise ValueError(f"inputs to cut alike must be of one size, not {[tuple(part.shape) for part in inputs]}")
     if height <= tile + 2 * margin and width <= tile + 2 * margin:
         return transform(*inputs)
     output: torch.Tensor | None = None
