@@ -27,7 +27,7 @@ from diraccodec.compute import Compute
 from diraccodec.container import drc
 from diraccodec.diffusion import detail_map as detail_maps
 from diraccodec.diffusion.decoder import DiffusionDecoder
-from diraccodec.errors import CorruptFileError, InvalidOptionError, LimitExceededError, WrongWeightsError
+from diraccodec.errors import CorruptFileError, DiracError, InvalidOptionError, LimitExceededError, WrongWeightsError
 from diraccodec.image import metadata as metadata_parts
 from diraccodec.image.metadata import Metadata
 from diraccodec.image.planes import (
@@ -185,6 +185,62 @@ def restorer_for(diffusion: DiffusionWeights, compute: Compute | None = None) ->
             f"{diffusion.restoration_weights_id.hex()}, which are not installed; use 0 steps or matching weights"
         )
     return installed[0]
+
+
+@dataclass(frozen=True)
+class Support:
+    """Whether an installed model serves the files of some base weights: the weights file that
+    does, or why none does (a sentence)."""
+
+    weights: Path | None
+    why_not: str = ""
+    full_steps: int = 0  # of diffusion weights: the step count from which the finishing applies in full
+
+
+def installed_reader(file_weights_id: bytes) -> bytes:
+    """The base weights id whose restoration and diffusion models serve files of
+    `file_weights_id`: the installed base weights' own where they read that earlier release's
+    files as the same model (BaseWeights.coding_for), else the file's."""
+    try:
+        installed = load_base_weights(default_weights_path().resolve())
+    except DiracError:
+        return file_weights_id
+    if file_weights_id != installed.weights_id and installed.coding_for(file_weights_id) is not None:
+        return installed.weights_id
+    return file_weights_id
+
+
+def diffusion_support(weights_id: bytes) -> Support:
+    """Whether the installed diffusion weights can enhance files of base weights `weights_id`
+    (decoding with steps above 0), with the restoration filter they were trained on."""
+    path = default_diffusion_path()  # read on every call: $DIRAC_DIFFUSION_WEIGHTS may change
+    if not path.exists():
+        return Support(None, f"not available: no diffusion weights at {path} (0 steps only)")
+    try:
+        diffusion = load_diffusion_weights(path.resolve())
+    except DiracError as error:
+        return Support(None, f"unavailable ({error})")
+    if diffusion.base_weights_id != weights_id:
+        return Support(None, f"not available: {diffusion.path.name} was trained on other base weights")
+    try:
+        restorer_for(diffusion)  # the filter it was trained on, where it needs one
+    except WrongWeightsError:
+        return Support(None, f"not available: {diffusion.path.name} enhances the output of restoration weights "
+                             f"{diffusion.restoration_weights_id.hex()}, which are not installed")
+    except DiracError as error:
+        return Support(None, f"unavailable ({error})")
+    return Support(diffusion.path, full_steps=diffusion.finishing.full_steps)
+
+
+def restoration_support(weights_id: bytes) -> Support:
+    """Whether 0 steps go through the installed restoration filter for files of `weights_id`."""
+    try:
+        restoration = load_restoration_weights()
+    except DiracError as error:
+        return Support(None, f"unavailable ({error})")
+    if restoration is None or restoration.base_weights_id != weights_id:
+        return Support(None, "none: 0 steps give the base synthesis alone")
+    return Support(restoration.path)
 
 
 @dataclass(frozen=True)

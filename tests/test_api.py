@@ -150,3 +150,22 @@ def test_images_opened_from_several_threads_leave_pillow_s_own_limit_as_it_was(s
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(open_many, [10**6, 10**9, 10**7, 10**8]))
     assert before == Image.MAX_IMAGE_PIXELS  # what Pillow had before the calls
+
+
+def test_the_api_says_which_installed_models_serve_a_files_weights(small_image):
+    """What `dirac info` prints comes from the API: the shipped weights serve their own files
+    with 20-step diffusion and the filter, and nothing serves files of other base weights."""
+    from diraccodec import api
+
+    shipped = diraccodec.inspect(diraccodec.encode(small_image, 3)).header.weights_id
+    assert api.installed_reader(shipped) == shipped
+    diffusion, restoration = api.diffusion_support(shipped), api.restoration_support(shipped)
+    assert diffusion.weights is not None and diffusion.weights.name == "diffusion.safetensors"
+    assert diffusion.full_steps == 20 and diffusion.why_not == ""
+    assert restoration.weights is not None and restoration.weights.name == "restoration.safetensors"
+    other = bytes(8)
+    assert api.installed_reader(other) == other
+    unserved = api.diffusion_support(other)
+    assert unserved.weights is None
+    assert unserved.why_not == "not available: diffusion.safetensors was trained on other base weights"
+    assert api.restoration_support(other).why_not == "none: 0 steps give the base synthesis alone"

@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.progress import Progress
@@ -44,8 +44,11 @@ from diraccodec.cli.common import (
     write_output,
 )
 from diraccodec.console import bar_columns
-from diraccodec.errors import DiracError, WrongWeightsError
+from diraccodec.errors import DiracError
 from diraccodec.options import DEFAULT_QUALITY, MAX_STEPS
+
+if TYPE_CHECKING:  # the API loads torch: imported where a command runs
+    from diraccodec.api import Support
 
 # The image formats decode and batch write, by suffix; standard output takes PNG unless told.
 DECODED_SUFFIXES = (".png", ".webp", ".tif", ".bmp", ".jpg")
@@ -174,10 +177,12 @@ def info(source: Path, as_json: bool, max_pixels: int) -> None:
     data = read_source(source)
     details = api.inspect(data, max_pixels)
     header = details.header
-    reads_as, reading_note = installed_reading(header.weights_id)
+    reads_as = api.installed_reader(header.weights_id)
+    reading_note = "" if reads_as == header.weights_id else f" (read by the installed {reads_as.hex()}: the same model)"
     sections = {tag.decode("ascii", "replace"): len(payload) for tag, payload in header.sections.items()}
     split, profile = stream_split(data, max_pixels), describe_profile(details.icc_profile)
-    diffusion, restoration = diffusion_support(reads_as), restoration_support(reads_as)
+    diffusion = diffusion_text(api.diffusion_support(reads_as))
+    restoration = restoration_text(api.restoration_support(reads_as))
     if as_json:
         metadata = {"exif": len(details.metadata.exif or b""), "xmp": len(details.metadata.xmp or b"")}
         click.echo(json.dumps({
@@ -213,20 +218,6 @@ def info(source: Path, as_json: bool, max_pixels: int) -> None:
     stdout_console().print(table)
 
 
-def installed_reading(file_weights_id: bytes) -> tuple[bytes, str]:
-    """The base weights id whose restoration and diffusion models serve the file, and a note
-    where the installed weights read a file of their earlier release (BaseWeights.coding_for)."""
-    from diraccodec.modelfiles import default_weights_path, load_base_weights
-
-    try:
-        installed = load_base_weights(default_weights_path().resolve())
-    except DiracError:
-        return file_weights_id, ""
-    if file_weights_id != installed.weights_id and installed.coding_for(file_weights_id) is not None:
-        return installed.weights_id, f" (read by the installed {installed.weights_id.hex()}: the same model)"
-    return file_weights_id, ""
-
-
 def stream_split(data: bytes, max_pixels: int) -> dict[str, Any]:
     """The latent stream's bytes (information content) between the hyper-latents and the
     latents, where the installed base weights made the file; else why it was not read."""
@@ -240,43 +231,17 @@ def stream_split(data: bytes, max_pixels: int) -> dict[str, Any]:
     return {"hyper_latents": split.hyper_latents, "latents": split.latents, "hyper_share": share}
 
 
-def diffusion_support(weights_id: bytes) -> str:
-    """Whether the installed diffusion weights can enhance files made with `weights_id`."""
-    from diraccodec import api
-    from diraccodec.modelfiles import default_diffusion_path, load_diffusion_weights
-
-    path = default_diffusion_path()  # read on every call: $DIRAC_DIFFUSION_WEIGHTS may change
-    if not path.exists():
-        return f"not available: no diffusion weights at {path} (0 steps only)"
-    try:
-        diffusion = load_diffusion_weights(path.resolve())
-    except DiracError as error:
-        return f"unavailable ({error})"
-    if diffusion.base_weights_id != weights_id:
-        return f"not available: {diffusion.path.name} was trained on other base weights"
-    try:
-        api.restorer_for(diffusion)  # the filter it was trained on, where it needs one
-    except WrongWeightsError:
-        return (f"not available: {diffusion.path.name} enhances the output of restoration weights "
-                f"{diffusion.restoration_weights_id.hex()}, which are not installed")
-    except DiracError as error:
-        return f"unavailable ({error})"
-    full = diffusion.finishing.full_steps
-    note = f" (its full effect from {full})" if full else ""
-    return f"available ({diffusion.path.name}); decode with --steps N{note}"
+def diffusion_text(support: Support) -> str:
+    """`dirac info`'s line on steps above 0, from the API's `diffusion_support`."""
+    if support.weights is None:
+        return support.why_not
+    note = f" (its full effect from {support.full_steps})" if support.full_steps else ""
+    return f"available ({support.weights.name}); decode with --steps N{note}"
 
 
-def restoration_support(weights_id: bytes) -> str:
-    """Whether 0 steps will go through the installed restoration filter for `weights_id`."""
-    from diraccodec.modelfiles import load_restoration_weights
-
-    try:
-        restoration = load_restoration_weights()
-    except DiracError as error:
-        return f"unavailable ({error})"
-    if restoration is None or restoration.base_weights_id != weights_id:
-        return "none: 0 steps give the base synthesis alone"
-    return f"0 steps go through {restoration.path.name}"
+def restoration_text(support: Support) -> str:
+    """`dirac info`'s line on 0 steps, from the API's `restoration_support`."""
+    return support.why_not if support.weights is None else f"0 steps go through {support.weights.name}"
 
 
 @click.command()
