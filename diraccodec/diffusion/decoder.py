@@ -45,9 +45,8 @@ class DiffusionDecoder:
                progress: Progress | None = None) -> tuple[np.ndarray, SampledResidual]:
         """The base (as the model sees it) and the sampling's parts before the finishing."""
         base_rgb = self.conditioning(base_rgb, level)
-        pixels = torch.from_numpy(np.require(base_rgb, np.uint8, ["C", "W"])).permute(2, 0, 1)[None].to(self.device)
-        sampled = sample_residual(self.model, pixels, level, steps, DEFAULT_SEED if seed is None else seed,
-                                  self.sampler, self.compute, progress)
+        sampled = sample_residual(self.model, self.pixels(base_rgb), level, steps,
+                                  DEFAULT_SEED if seed is None else seed, self.sampler, self.compute, progress)
         return base_rgb, sampled
 
     def conditioning(self, base_rgb: np.ndarray, level: float) -> np.ndarray:
@@ -69,11 +68,12 @@ class DiffusionDecoder:
         finish_in_bands(sampled, finishing, detail_map, write, self.compute.tile(FINISH_BAND_SIDE) ** 2, consume=True)
         return image
 
-    def as_tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1] on the decoder's device."""
-        return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].to(self.device).float().div_(255)
+    def pixels(self, rgb: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (1, 3, H, W) uint8 on the decoder's device (on a CPU a view of
+        the array, copied only where it is read-only or not contiguous)."""
+        return torch.from_numpy(np.require(rgb, np.uint8, ["C", "W"])).permute(2, 0, 1)[None].to(self.device)
 
     def to_image(self, base_rgb: np.ndarray, residual: torch.Tensor) -> np.ndarray:
         """(H, W, 3) uint8 base plus a (1, 3, H, W) residual in [0, 1] units -> (H, W, 3) uint8."""
-        image = (self.as_tensor(base_rgb) + residual).clamp_(0, 1)[0]
+        image = (self.pixels(base_rgb).float().div_(255) + residual).clamp_(0, 1)[0]
         return image.mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
