@@ -97,3 +97,16 @@ def test_progress_hears_of_every_tile(sample_image, monkeypatch):
     image = sample_image.resize((480, 224))  # padded to 32 x 16 latents: 3 x 2 tiles of the search
     diraccodec.encode(image, 3, effort=2, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(done, 6) for done in range(1, 7)]
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_moves_that_raise_the_whole_tiles_objective_are_undone_by_the_next_pass(small_image, monkeypatch, passes):
+    """The next pass's forward checks the kept moves; the last pass's stand on their cells' word.
+    Here every pass keeps a move of +1 on every symbol, which must raise the objective."""
+    monkeypatch.setattr(search._TileSearch, "paying_moves",
+                        lambda self, current, *rest: torch.ones_like(current[:, self.inner[0], self.inner[1]]))
+    codec, original = get_codec(), np.asarray(small_image)
+    plain = codec.analyse(original, 3).symbols
+    searched = codec.analyse(original, 3, SearchSettings(passes=passes)).symbols
+    expected = plain + 1 if passes == 1 else plain  # the one pass's moves stand; the second undoes the first's
+    assert np.array_equal(searched, expected)
