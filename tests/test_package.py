@@ -95,7 +95,11 @@ def test_the_wheel_works_in_a_fresh_environment(tmp_path: Path, small_image: Ima
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
     python = venv / "bin" / "python"
-    run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", wheel], cwd=tmp_path)
+    # no PYTHONPATH and no user site from here on: pip would take a checkout on either for the
+    # installed package, and install nothing
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH" and not name.startswith("DIRAC_")}
+    env["PYTHONNOUSERSITE"] = "1"
+    run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", wheel], tmp_path, env)
     # the dependencies come from this environment (quick, no downloads), added after the install so
     # that pip does not take a copy of the package installed here for the wheel's; it comes later on sys.path
     site_packages = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
@@ -105,8 +109,6 @@ def test_the_wheel_works_in_a_fresh_environment(tmp_path: Path, small_image: Ima
     outside = tmp_path / "outside"  # away from the checkout, so that it cannot be imported
     outside.mkdir()
     small_image.save(outside / "x.png")
-    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH" and not name.startswith("DIRAC_")}
-    env["PYTHONNOUSERSITE"] = "1"
     assert run([python, "-c", USER_COMMAND], outside, env).strip() == str(small_image.size)
     where = run([python, "-c", WHERE_COMMAND], outside, env).split()
     assert all(Path(path).is_relative_to(site_packages) for path in where), where
