@@ -99,14 +99,25 @@ def test_progress_hears_of_every_tile(sample_image, monkeypatch):
     assert calls == [(done, 6) for done in range(1, 7)]
 
 
-@pytest.mark.parametrize("passes", [1, 2])
-def test_moves_that_raise_the_whole_tiles_objective_are_undone_by_the_next_pass(small_image, monkeypatch, passes):
-    """The next pass's forward checks the kept moves; the last pass's stand on their cells' word.
-    Here every pass keeps a move of +1 on every symbol, which must raise the objective."""
-    monkeypatch.setattr(search._TileSearch, "paying_moves",
-                        lambda self, current, *rest: torch.ones_like(current[:, self.inner[0], self.inner[1]]))
+def test_moves_that_raise_the_whole_tiles_objective_are_undone_by_the_next_pass(small_image, monkeypatch):
+    """The next pass's forward checks the kept moves and undoes them, back to what that pass
+    started from; the last pass's moves stand on their cells' word. Here the second pass of
+    each search keeps a move of +1 on every symbol, which must raise the objective."""
     codec, original = get_codec(), np.asarray(small_image)
+    assert codec._context_layers is None  # the passes are not split between anchors and the rest
     plain = codec.analyse(original, 3).symbols
-    searched = codec.analyse(original, 3, SearchSettings(passes=passes)).symbols
-    expected = plain + 1 if passes == 1 else plain  # the one pass's moves stand; the second undoes the first's
-    assert np.array_equal(searched, expected)
+    one_pass = codec.analyse(original, 3, SearchSettings(passes=1)).symbols
+    assert not np.array_equal(one_pass, plain)
+
+    found = search._TileSearch.paying_moves
+    calls = iter(range(1, 100))
+
+    def second_raises_everything(self, current, *rest):
+        moves = found(self, current, *rest)
+        return torch.ones_like(moves) if next(calls) % 2 == 0 else moves  # the second call of each search
+
+    monkeypatch.setattr(search._TileSearch, "paying_moves", second_raises_everything)
+    raised = codec.analyse(original, 3, SearchSettings(passes=2)).symbols  # the last pass's moves stand
+    assert np.array_equal(raised, one_pass + 1)
+    undone = codec.analyse(original, 3, SearchSettings(passes=3)).symbols  # the third pass undoes them
+    assert np.array_equal(undone, one_pass)
