@@ -219,6 +219,25 @@ def test_standard_input_and_output_stand_in_for_files(small_png: Path, small_drc
         os.close(device)
 
 
+
+def test_an_output_that_is_a_folder_is_refused_before_the_work(tmp_path: Path, small_png: Path, small_drc: Path,
+                                                               monkeypatch):
+    from diraccodec import api
+
+    def no_work(*arguments, **options):
+        raise AssertionError("the work ran")
+
+    monkeypatch.setattr(api, "encode", no_work)
+    monkeypatch.setattr(api, "decode", no_work)
+    commands = {tmp_path / "out": ["encode", str(small_png), "-q", "3"],
+                tmp_path / "out.png": ["decode", str(small_drc)]}  # a folder with an image's suffix too
+    for folder, arguments in commands.items():
+        folder.mkdir()
+        result = CliRunner().invoke(main, [*arguments, "-o", str(folder)])
+        assert result.exit_code == 2, result.output
+        assert f"dirac: error: cannot write {folder}: it is a folder; name a file in it" in result.stderr
+        assert list(folder.iterdir()) == []
+
 def test_decode_writes_the_format_asked_for_to_standard_output(tmp_path: Path, small_drc: Path):
     expected = np.asarray(diraccodec.decode(small_drc.read_bytes()), dtype=np.int16)
     for suffix, image_format in ((".jpg", "JPEG"), (".webp", "WEBP"), (".bmp", "BMP")):
