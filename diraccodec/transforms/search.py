@@ -7,19 +7,18 @@ may move any symbol by one step wherever that lowers the training objective
 lambda * 255^2 * MSE + bits on the image itself. The bitstream and the decoder stay the
 same; only encoding takes longer.
 
-Each pass predicts the change of every possible move from one gradient of the squared
-error (first order), the synthesis' response energy per channel (second order) and the
-exact cost under the range coder's tables, and tries the most promising eighth of the moves
-that pay. The trial's error is measured per latent cell (its 16x16 pixels), so that each cell
-keeps its moves only where its own share of the objective falls. The next pass's forward
-checks that the whole tile's objective fell; if not, it undoes those moves and the tile's
-search ends. The last pass's moves go unchecked. The hyper-latents stay
-as the analysis made them, so every table, and so every price, stays fixed during the search.
-(Optimising them first for the rate, by gradient descent, changed files by -0.1% on training
-photos: not worth a pass.)
-With a context model, the encoder searches the anchors, then, with passes to spare, the
-non-anchors, whose tables the anchors set. Tiles of latents with a margin of context keep
-the memory bounded for any image size.
+Each pass predicts the change of every possible move from one gradient of the squared error
+(first order), the synthesis' response energy per channel (second order) and the exact cost
+under the range coder's tables, and tries the most promising eighth of the moves that pay. The
+trial's error is measured per latent cell (its 16x16 pixels), so that each cell keeps its
+moves only where its own share of the objective falls. The next pass's forward checks that the
+whole tile's objective fell; if not, it undoes those moves and the tile's search ends. The
+last pass's moves go unchecked. The hyper-latents stay as the analysis made them, so every
+table, and so every price, stays fixed during the search. (Optimising them first for the rate,
+by gradient descent, changed files by -0.1% on training photos: not worth a pass.) With a
+context model, the encoder searches the anchors, then, with passes to spare, the non-anchors,
+whose tables the anchors set. Tiles of latents with a margin of context keep the memory
+bounded for any image size.
 """
 
 from __future__ import annotations
