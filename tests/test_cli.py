@@ -238,6 +238,49 @@ def test_an_output_that_is_a_folder_is_refused_before_the_work(tmp_path: Path, s
         assert f"dirac: error: cannot write {folder}: it is a folder; name a file in it" in result.stderr
         assert list(folder.iterdir()) == []
 
+
+def test_an_output_that_cannot_be_written_where_it_is_fails_before_the_work(tmp_path: Path, small_png: Path,
+                                                                            small_drc: Path, monkeypatch):
+    """A file where a folder must be, for encode, decode and batch: one line before any model
+    loads, and nothing left behind (the trial file goes again)."""
+    from diraccodec import api
+
+    def no_work(*arguments, **options):
+        raise AssertionError("the work ran")
+
+    for name in ("encode", "decode", "get_codec"):
+        monkeypatch.setattr(api, name, no_work)
+    blocker = tmp_path / "blocker"
+    blocker.write_bytes(b"a file")
+    before = sorted(tmp_path.rglob("*"))
+    commands = {blocker / "out.drc": ["encode", str(small_png), "-q", "3", "-o"],
+                blocker / "deeper" / "out.png": ["decode", str(small_drc), "-o"],
+                blocker / "encoded": ["batch", str(small_png.parent)]}
+    for output, arguments in commands.items():
+        result = CliRunner().invoke(main, [*arguments, str(output)])
+        assert result.exit_code == 2, result.output
+        assert result.stderr == f"dirac: error: cannot write {output}: {blocker} is a file, not a folder\n"
+    assert sorted(tmp_path.rglob("*")) == before
+    assert blocker.read_bytes() == b"a file"
+
+
+def test_the_write_check_names_the_system_s_reason_and_makes_no_folders(tmp_path: Path, monkeypatch):
+    from diraccodec.errors import OutputWriteError
+    from diraccodec.image import files
+
+    nested = tmp_path / "a" / "b" / "out.png"
+    files.check_writable(nested)  # the write would make a/b: the check leaves that to it
+    files.check_writable_folder(tmp_path / "c" / "d")
+    assert list(tmp_path.iterdir()) == []
+
+    def refused(*arguments, **options):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(files.os, "open", refused)
+    with pytest.raises(OutputWriteError, match=f"^cannot write {nested}: Permission denied$"):
+        files.check_writable(nested)
+
+
 def test_decode_writes_the_format_asked_for_to_standard_output(tmp_path: Path, small_drc: Path):
     expected = np.asarray(diraccodec.decode(small_drc.read_bytes()), dtype=np.int16)
     for suffix, image_format in ((".jpg", "JPEG"), (".webp", "WEBP"), (".bmp", "BMP")):

@@ -282,10 +282,14 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     """Convert a folder tree: images become .drc files and .drc files become images."""
     from diraccodec import api
     from diraccodec.batch import BatchSettings, default_workers, plan_jobs, run_batch
+    from diraccodec.batch.storage import is_uri
+    from diraccodec.image.files import check_writable_folder
 
     if size_text is None and bpp is None and quality is None:
         quality = DEFAULT_QUALITY
     rate = rate_target(quality, size_text, bpp)
+    if not is_uri(destination):  # a destination that cannot be written fails now, not once per image
+        check_writable_folder(Path(destination))
     # check the options once, before any worker (on the CPU with --ray: the head node may have no GPU)
     codec = api.get_codec(weights, api.compute_for("cpu" if ray_address else device, exact))
     if "quality" in rate:

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from diraccodec.console import plain_console
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
-from diraccodec.errors import DiracError, OutputWriteError
+from diraccodec.errors import DiracError
 from diraccodec.options import DEFAULT_EFFORT, DEVICE_CHOICES, EFFORT_PASSES, MAX_STEPS
 
 EXIT_USER_ERROR = 2
@@ -49,12 +49,13 @@ def read_source(path: Path) -> bytes:
 
 def check_output(path: Path) -> None:
     """Refuse, before the work rather than after it, "-" on a terminal (where the bytes would
-    be garbage) and an output that is a folder."""
-    if is_stream(path):
-        if sys.stdout.isatty():
-            raise DiracError("standard output is a terminal: redirect it to a file or a pipe, or name the file with -o")
-    elif path.is_dir():
-        raise OutputWriteError(f"cannot write {path}: it is a folder; name a file in it")
+    be garbage) and an output that cannot be written where it is (image.files.check_writable)."""
+    from diraccodec.image.files import check_writable
+
+    if not is_stream(path):
+        check_writable(path)
+    elif sys.stdout.isatty():
+        raise DiracError("standard output is a terminal: redirect it to a file or a pipe, or name the file with -o")
 
 
 def write_output(path: Path, data: bytes) -> None:

@@ -39,6 +39,37 @@ def _created_beside(path: Path) -> tuple[int, Path]:
             continue
 
 
+def check_writable(path: Path) -> None:
+    """Fail now, before any work, where `write_atomic(path)` would fail for where `path` is: a
+    folder in its place, a file where a folder must be, a folder this process may not write
+    in. Nothing is left behind: missing folders are made only by the write, and the trial file
+    goes again."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputWriteError(f"cannot write {path}: it is a folder; name a file in it")
+    _check_can_create_in(path.parent, path)
+
+
+def check_writable_folder(folder: Path) -> None:
+    """`check_writable` for files anywhere under `folder` (a batch's destination)."""
+    _check_can_create_in(Path(folder), Path(folder))
+
+
+def _check_can_create_in(folder: Path, shown: Path) -> None:
+    """Whether a file can be created in `folder`, or, where it does not exist yet, in the
+    nearest folder above it that does (where the write will make the rest)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputWriteError(f"cannot write {shown}: {folder} is a file, not a folder")
+    try:
+        handle, trial = _created_beside(folder / shown.name)
+    except OSError as error:
+        raise OutputWriteError(f"cannot write {shown}: {error.strerror or error}") from None
+    os.close(handle)
+    trial.unlink()
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename it into place, with the mode a
     plain write would give it."""
