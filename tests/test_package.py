@@ -92,6 +92,7 @@ def test_the_wheel_works_in_a_fresh_environment(tmp_path: Path, small_image: Ima
     # sdist, then the wheel built from it: nothing stale from the checkout's build/ can slip in
     run([sys.executable, "-m", "build", "--outdir", tmp_path / "dist", ROOT], cwd=ROOT)
     (wheel,) = (tmp_path / "dist").glob("diraccodec-*.whl")
+    assert wheel.name.startswith(f"diraccodec-{diraccodec.__version__}-")  # pyproject.toml reads it from the package
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
     python = venv / "bin" / "python"
