@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # setuptools packs whatever an earlier build left in build/lib, deleted modules too: start clean
 PIP_INSTALL := rm -rf build && $(BIN)/python -m pip install --quiet -c constraints.txt
 
-.PHONY: setup install demo test test-fast lint
+.PHONY: setup install demo test test-fast lint gpu-kit
 
 $(BIN)/dirac: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,21 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check diraccodec tests scripts
+
+# What a GPU machine without network needs for training and the GPU check
+# (docs/training-gpu.md): constriction's wheel for that machine's Python, the candidate's start
+# (float16 weights and LPIPS VGG16), the training shard in one tar file, and Kodak. All of it
+# is ignored by git; weights/ and docs/ stay behind for the training call.
+GPU_PYTHON ?= 3.12
+KIT := .gpu
+
+gpu-kit: install
+	rm -rf .whl $(KIT) && mkdir -p $(KIT)
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+	  $$(grep '^constriction==' constraints.txt)
+	$(BIN)/python scripts/train_candidate.py pack $(KIT)/start
+	$(BIN)/dirac train pack $(KIT)/shard --prescale 2 --quality 70
+	tar -cf $(KIT)/shard.tar -C $(KIT)/shard . && rm -rf $(KIT)/shard
+	cp -r ../shared/data/kodak $(KIT)/kodak
+	du -sh .whl $(KIT)/*
