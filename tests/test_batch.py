@@ -1,8 +1,14 @@
-"""The local batch's planning: every input has its own output, or fails with the reason."""
+"""The local batch: every input has its own output, or fails with the reason; a worker that
+dies fails its own file alone."""
 
 from __future__ import annotations
 
-from diraccodec.batch import BatchSettings, plan_jobs, run_batch
+import os
+from pathlib import Path
+
+import pytest
+
+from diraccodec.batch import BatchSettings, Job, JobResult, local, plan_jobs, run_batch, run_job
 
 
 def test_two_inputs_with_one_output_convert_once_and_fail_once(tmp_path, small_image):
@@ -45,3 +51,27 @@ def test_an_encode_checks_its_file_against_the_batch_pixel_limit_not_the_default
     [result] = run_batch(plan_jobs(source, tmp_path / "out", settings), settings, workers=1,
                          on_result=lambda result: None)
     assert result.status == "converted", result.message
+
+
+def dies_on_b(job: Job, settings: BatchSettings) -> JobResult:
+    """run_job, but the worker's process ends on the file named b, as one the kernel kills for memory would."""
+    if Path(job.source).stem == "b":
+        os._exit(1)
+    return run_job(job, settings)
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_a_dying_worker_fails_its_file_alone(tmp_path, small_image, monkeypatch, workers):
+    source, destination = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    names = ["a", "b", "c", "d", "e"]
+    for name in names:
+        small_image.save(source / f"{name}.png")
+    monkeypatch.setattr(local, "run_job", dies_on_b)  # the workers are forked, so they call it too
+    settings = BatchSettings(quality=1, effort=1)
+    results = run_batch(plan_jobs(source, destination, settings), settings, workers, on_result=lambda result: None)
+    outcomes = {Path(r.job.source).stem: (r.status, r.message) for r in results}
+    assert sorted(outcomes) == names and len(results) == len(names)
+    assert outcomes.pop("b") == ("failed", local.WORKER_DIED)
+    assert all(status == "converted" for status, _ in outcomes.values()), outcomes
+    assert sorted(p.stem for p in destination.iterdir()) == ["a", "c", "d", "e"]

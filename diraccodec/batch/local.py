@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from diraccodec.batch.jobs import BatchSettings, Job, JobResult, gather, run_job
+
+WORKER_DIED = "worker process died while converting this file"
 
 
 def _init_worker() -> None:
@@ -26,17 +29,44 @@ def run_batch(
 
 
 def _results(jobs: list[Job], settings: BatchSettings, workers: int) -> Iterator[JobResult]:
+    """Every job's result. A worker that dies (killed, out of memory) takes the pool down, and
+    with it the files the other workers were converting: those go again one at a time, each in
+    a pool of its own, so that only a file that kills its worker fails. The rest go on in a
+    fresh pool."""
     if workers <= 1:
         for job in jobs:
             yield run_job(job, settings)
         return
+    queue = deque(jobs)
+    while queue:
+        suspects = yield from _until_a_worker_dies(queue, settings, workers)
+        if len(suspects) == 1:  # it was the only file in the pool
+            yield JobResult(suspects[0], "failed", WORKER_DIED)
+            continue
+        for job in suspects:
+            if (yield from _until_a_worker_dies(deque([job]), settings, 1)):
+                yield JobResult(job, "failed", WORKER_DIED)
+
+
+def _until_a_worker_dies(queue: deque[Job], settings: BatchSettings, workers: int) -> Iterator[JobResult]:
+    """The results of jobs taken from `queue`, one per worker at a time, so that the files in a
+    pool are known when a worker dies; returns those files then (else nothing)."""
+    running: dict[Future, Job] = {}
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
-        futures = {pool.submit(run_job, job, settings): job for job in jobs}
-        for future in as_completed(futures):
-            try:
-                yield future.result()
-            except BrokenProcessPool:  # a worker died (killed, out of memory): report, do not crash
-                yield JobResult(futures[future], "failed", "worker process died while converting this file")
+        while queue or running:
+            while queue and len(running) < workers:
+                job = queue.popleft()
+                running[pool.submit(run_job, job, settings)] = job
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            if any(isinstance(future.exception(), BrokenProcessPool) for future in finished):
+                finished, _ = wait(running)  # a broken pool ends every future at once
+            for future in finished:
+                if not isinstance(future.exception(), BrokenProcessPool):
+                    yield future.result()
+                    del running[future]
+            if running.keys() & finished:
+                return list(running.values())
+    return []
 
 
 def default_workers() -> int:
