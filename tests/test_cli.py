@@ -100,6 +100,11 @@ def test_decode_and_batch_take_the_restoration_switch_and_diffusion_weights(tmp_
     for command in (["decode", str(small_drc), "-o", str(tmp_path / "x.png")], ["batch", str(encoded), str(decoded)]):
         missing = CliRunner().invoke(main, [*command, "--steps", "2", "--diffusion-weights", str(tmp_path / "no")])
         assert missing.exit_code == 2 and missing.output.count("\n") == 1 and "error" in missing.output, missing.output
+    # none installed ($DIRAC_DIFFUSION_WEIGHTS names no file): a batch that decodes with steps fails once, at once
+    none_installed = CliRunner().invoke(main, ["batch", str(encoded), str(tmp_path / "later"), "--steps", "2"])
+    assert none_installed.exit_code == 2, none_installed.output
+    assert none_installed.stderr.startswith("dirac: error: diffusion decoding (steps > 0) is not available")
+    assert not (tmp_path / "later").exists()
 
 
 @pytest.mark.slow
@@ -307,7 +312,8 @@ def test_info_gives_its_fields_as_json(small_drc: Path):
     header = diraccodec.inspect(small_drc.read_bytes()).header
     assert (fields["width"], fields["height"], fields["level"], fields["format_version"]) == \
         (header.width, header.height, header.quality, header.version)
-    assert fields["bytes"] == small_drc.stat().st_size and fields["weights"] == header.weights_id.hex()
+    assert fields["bytes"] == small_drc.stat().st_size and fields["weights"] == fields["read_by"] == \
+        header.weights_id.hex()
     assert fields["sections"] == {"LATS": len(header.sections[b"LATS"])} and fields["recommended_steps"] is None
     stream = fields["latent_stream"]
     assert 0 < stream["hyper_latents"] < stream["latents"] and stream["hyper_latents"] + stream["latents"] <= \

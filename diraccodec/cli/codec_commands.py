@@ -188,7 +188,8 @@ def info(source: Path, as_json: bool, max_pixels: int) -> None:
         click.echo(json.dumps({
             "file": shown_name(source, "standard input"), "format_version": header.version, "width": header.width,
             "height": header.height, "colour_mode": header.colour_mode.name, "level": header.quality,
-            "weights": header.weights_id.hex(), "bytes": details.file_size, "bpp": details.bits_per_pixel,
+            "weights": header.weights_id.hex(), "read_by": reads_as.hex(), "bytes": details.file_size,
+            "bpp": details.bits_per_pixel,
             "sections": sections, "latent_stream": split, "colour_profile": profile, "metadata": metadata,
             "recommended_steps": details.recommended_steps, "diffusion": diffusion, "restoration": restoration,
         }))
@@ -294,8 +295,6 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     codec = api.get_codec(weights, api.compute_for("cpu" if ray_address else device, exact))
     if "quality" in rate:
         api.check_quality(quality, codec.num_levels)
-    if diffusion_weights is not None:
-        api.diffusion_weights_for(codec, diffusion_weights)  # the wrong file fails once, not once per .drc file
     settings = BatchSettings(quality if quality is not None else DEFAULT_QUALITY, steps, seed, decoded_suffix,
                              str(weights.resolve()) if weights else None, overwrite, max_pixels, effort,
                              rate.get("size"), rate.get("bpp"), detail_map, device, exact, metadata=not strip,
@@ -304,6 +303,8 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     jobs = plan_jobs(source, destination, settings)
     if not jobs:
         raise DiracError(f"no images or .drc files found under {source}")
+    if diffusion_weights is not None or (steps and any(not job.encodes for job in jobs)):
+        api.diffusion_weights_for(codec, diffusion_weights)  # missing or wrong ones fail once, not once per file
     started = time.monotonic()
     with Progress(*bar_columns(), console=console, transient=False) as progress:
         task = progress.add_task("converting", total=len(jobs))
