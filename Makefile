@@ -54,7 +54,7 @@ GPU_PYTHON ?= 3.12
 KIT := .gpu
 
 gpu-kit: install
-	rm -rf .whl $(KIT) && mkdir -p $(KIT)
+	rm -rf .whl $(KIT)/start $(KIT)/shard $(KIT)/shard.tar $(KIT)/kodak && mkdir -p $(KIT)
 	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
 	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
 	  $$(grep '^constriction==' constraints.txt)

@@ -67,7 +67,7 @@ def test_a_dying_worker_fails_its_file_alone(tmp_path, small_image, monkeypatch,
     names = ["a", "b", "c", "d", "e"]
     for name in names:
         small_image.save(source / f"{name}.png")
-    monkeypatch.setattr(local, "run_job", dies_on_b)  # the workers are forked, so they call it too
+    monkeypatch.setattr(local, "run_job", dies_on_b)  # sent to the workers by name: they call it too
     settings = BatchSettings(quality=1, effort=1)
     results = run_batch(plan_jobs(source, destination, settings), settings, workers, on_result=lambda result: None)
     outcomes = {Path(r.job.source).stem: (r.status, r.message) for r in results}

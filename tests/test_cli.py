@@ -264,7 +264,7 @@ def test_an_output_that_cannot_be_written_where_it_is_fails_before_the_work(tmp_
     for output, arguments in commands.items():
         result = CliRunner().invoke(main, [*arguments, str(output)])
         assert result.exit_code == 2, result.output
-        assert result.stderr == f"dirac: error: cannot write {output}: {blocker} is a file, not a folder\n"
+        assert result.stderr == f"dirac: error: cannot write {output}: {blocker} is not a folder\n"
     assert sorted(tmp_path.rglob("*")) == before
     assert blocker.read_bytes() == b"a file"
 
@@ -276,12 +276,18 @@ def test_the_write_check_names_the_system_s_reason_and_makes_no_folders(tmp_path
     nested = tmp_path / "a" / "b" / "out.png"
     files.check_writable(nested)  # the write would make a/b: the check leaves that to it
     files.check_writable_folder(tmp_path / "c" / "d")
+    monkeypatch.chdir(tmp_path)
+    files.check_writable(Path("out.drc"))  # names with no folder, and the current folder itself
+    files.check_writable_folder(Path("."))
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "gone").symlink_to(tmp_path / "nothing")  # the write could not make a folder there
+    with pytest.raises(OutputWriteError, match=f"^cannot write {tmp_path}/gone/x.drc: {tmp_path}/gone is not a"):
+        files.check_writable(tmp_path / "gone" / "x.drc")
 
-    def refused(*arguments, **options):
+    def refused(path: Path):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(files.os, "open", refused)
+    monkeypatch.setattr(files, "_created_beside", refused)
     with pytest.raises(OutputWriteError, match=f"^cannot write {nested}: Permission denied$"):
         files.check_writable(nested)
 

@@ -93,6 +93,8 @@ def test_the_wheel_works_in_a_fresh_environment(tmp_path: Path, small_image: Ima
     run([sys.executable, "-m", "build", "--outdir", tmp_path / "dist", ROOT], cwd=ROOT)
     (wheel,) = (tmp_path / "dist").glob("diraccodec-*.whl")
     assert wheel.name.startswith(f"diraccodec-{diraccodec.__version__}-")  # pyproject.toml reads it from the package
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" in project["dynamic"] and "version" not in project  # stated once, in the package
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
     python = venv / "bin" / "python"

@@ -30,9 +30,9 @@ def run_batch(
 
 def _results(jobs: list[Job], settings: BatchSettings, workers: int) -> Iterator[JobResult]:
     """Every job's result. A worker that dies (killed, out of memory) takes the pool down, and
-    with it the files the other workers were converting: those go again one at a time, each in
-    a pool of its own, so that only a file that kills its worker fails. The rest go on in a
-    fresh pool."""
+    with it the files the other workers were converting: each file that was in the pool goes
+    again alone, in a pool of its own, so that only a file that kills its worker fails. The
+    rest go on in a fresh pool."""
     if workers <= 1:
         for job in jobs:
             yield run_job(job, settings)
@@ -40,9 +40,6 @@ def _results(jobs: list[Job], settings: BatchSettings, workers: int) -> Iterator
     queue = deque(jobs)
     while queue:
         suspects = yield from _until_a_worker_dies(queue, settings, workers)
-        if len(suspects) == 1:  # it was the only file in the pool
-            yield JobResult(suspects[0], "failed", WORKER_DIED)
-            continue
         for job in suspects:
             if (yield from _until_a_worker_dies(deque([job]), settings, 1)):
                 yield JobResult(job, "failed", WORKER_DIED)
@@ -54,17 +51,23 @@ def _until_a_worker_dies(queue: deque[Job], settings: BatchSettings, workers: in
     running: dict[Future, Job] = {}
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
         while queue or running:
-            while queue and len(running) < workers:
+            broken = False
+            while queue and len(running) < workers and not broken:
                 job = queue.popleft()
-                running[pool.submit(run_job, job, settings)] = job
+                try:
+                    running[pool.submit(run_job, job, settings)] = job
+                except BrokenProcessPool:  # a worker died since the last wait
+                    queue.appendleft(job)
+                    broken = True
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            if any(isinstance(future.exception(), BrokenProcessPool) for future in finished):
+            if broken or any(isinstance(future.exception(), BrokenProcessPool) for future in finished):
                 finished, _ = wait(running)  # a broken pool ends every future at once
+                broken = True
             for future in finished:
                 if not isinstance(future.exception(), BrokenProcessPool):
                     yield future.result()
                     del running[future]
-            if running.keys() & finished:
+            if broken:
                 return list(running.values())
     return []
 

@@ -289,7 +289,8 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     if size_text is None and bpp is None and quality is None:
         quality = DEFAULT_QUALITY
     rate = rate_target(quality, size_text, bpp)
-    if not is_uri(destination):  # a destination that cannot be written fails now, not once per image
+    # a destination that cannot be written fails now, not once per file (Ray's workers write elsewhere)
+    if not is_uri(destination) and ray_address is None:
         check_writable_folder(Path(destination))
     # check the options once, before any worker (on the CPU with --ray: the head node may have no GPU)
     codec = api.get_codec(weights, api.compute_for("cpu" if ray_address else device, exact))
@@ -304,7 +305,8 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     if not jobs:
         raise DiracError(f"no images or .drc files found under {source}")
     if diffusion_weights is not None or (steps and any(not job.encodes for job in jobs)):
-        api.diffusion_weights_for(codec, diffusion_weights)  # missing or wrong ones fail once, not once per file
+        # missing or wrong ones (or their restoration filter) fail once, not once per file
+        api.restorer_for(api.diffusion_weights_for(codec, diffusion_weights), codec.compute)
     started = time.monotonic()
     with Progress(*bar_columns(), console=console, transient=False) as progress:
         task = progress.add_task("converting", total=len(jobs))

@@ -12,6 +12,7 @@ from PIL import Image
 from diraccodec.errors import DiracError, ImageReadError, OutputWriteError
 from diraccodec.image.metadata import save_options
 
+WRITE_CHECK_NAME = "write-check"  # the trial file is hidden, as a temporary file: .write-check.<random>.part
 # Output formats chosen by suffix; anything else is refused rather than guessed.
 IMAGE_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".jpg": "JPEG",
                  ".jpeg": "JPEG"}
@@ -41,31 +42,35 @@ def _created_beside(path: Path) -> tuple[int, Path]:
 
 def check_writable(path: Path) -> None:
     """Fail now, before any work, where `write_atomic(path)` would fail for where `path` is: a
-    folder in its place, a file where a folder must be, a folder this process may not write
-    in. Nothing is left behind: missing folders are made only by the write, and the trial file
-    goes again."""
+    folder in its place, something else where a folder must be, a folder this process may not
+    write in. Nothing is left behind: missing folders are made only by the write, and the
+    trial file goes again."""
     path = Path(path)
-    if path.is_dir():
-        raise OutputWriteError(f"cannot write {path}: it is a folder; name a file in it")
-    _check_can_create_in(path.parent, path)
+    try:
+        if path.is_dir():
+            raise OutputWriteError(f"cannot write {path}: it is a folder; name a file in it")
+        _check_can_create_in(path.parent, path)
+    except OSError as error:  # a folder on the way that may not be searched, a name too long
+        raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def check_writable_folder(folder: Path) -> None:
     """`check_writable` for files anywhere under `folder` (a batch's destination)."""
-    _check_can_create_in(Path(folder), Path(folder))
+    try:
+        _check_can_create_in(Path(folder), Path(folder))
+    except OSError as error:
+        raise OutputWriteError(f"cannot write {folder}: {error.strerror or error}") from None
 
 
 def _check_can_create_in(folder: Path, shown: Path) -> None:
     """Whether a file can be created in `folder`, or, where it does not exist yet, in the
-    nearest folder above it that does (where the write will make the rest)."""
-    while not folder.exists() and folder != folder.parent:
+    nearest folder above it that does (where the write will make the rest). A dangling link
+    on the way counts as there: the write could not make a folder in its place."""
+    while not os.path.lexists(folder) and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise OutputWriteError(f"cannot write {shown}: {folder} is a file, not a folder")
-    try:
-        handle, trial = _created_beside(folder / shown.name)
-    except OSError as error:
-        raise OutputWriteError(f"cannot write {shown}: {error.strerror or error}") from None
+        raise OutputWriteError(f"cannot write {shown}: {folder} is not a folder")
+    handle, trial = _created_beside(folder / WRITE_CHECK_NAME)
     os.close(handle)
     trial.unlink()
 
