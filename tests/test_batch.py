@@ -75,3 +75,30 @@ def test_a_dying_worker_fails_its_file_alone(tmp_path, small_image, monkeypatch,
     assert outcomes.pop("b") == ("failed", local.WORKER_DIED)
     assert all(status == "converted" for status, _ in outcomes.values()), outcomes
     assert sorted(p.stem for p in destination.iterdir()) == ["a", "c", "d", "e"]
+
+
+def test_a_pool_found_broken_at_a_submit_loses_no_file(tmp_path, small_image, monkeypatch):
+    """A worker may die between two submits: the submit then raises, and the file goes to a fresh pool."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    submits = []
+
+    class BreaksOnThirdSubmit(ProcessPoolExecutor):
+        def submit(self, *arguments, **options):
+            submits.append(arguments[1])
+            if len(submits) == 3:
+                raise BrokenProcessPool("a worker died")
+            return super().submit(*arguments, **options)
+
+    source, destination = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    names = ["a", "b", "c", "d", "e"]
+    for name in names:
+        small_image.save(source / f"{name}.png")
+    monkeypatch.setattr(local, "ProcessPoolExecutor", BreaksOnThirdSubmit)
+    settings = BatchSettings(quality=1, effort=1)
+    results = run_batch(plan_jobs(source, destination, settings), settings, 2, on_result=lambda result: None)
+    assert sorted(Path(r.job.source).stem for r in results) == names
+    assert all(r.status == "converted" for r in results), [(r.job.source, r.message) for r in results]
+    assert Path(submits[2].source).stem == Path(submits[3].source).stem == "c"  # tried again, in a new pool
