@@ -53,6 +53,18 @@ def test_an_encode_checks_its_file_against_the_batch_pixel_limit_not_the_default
     assert result.status == "converted", result.message
 
 
+NAMES = ["a", "b", "c", "d", "e"]
+
+
+@pytest.fixture
+def five_photos(tmp_path, small_image) -> Path:
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in NAMES:
+        small_image.save(source / f"{name}.png")
+    return source
+
+
 def dies_on_b(job: Job, settings: BatchSettings) -> JobResult:
     """run_job, but the worker's process ends on the file named b, as one the kernel kills for memory would."""
     if Path(job.source).stem == "b":
@@ -61,23 +73,19 @@ def dies_on_b(job: Job, settings: BatchSettings) -> JobResult:
 
 
 @pytest.mark.parametrize("workers", [2, 4])
-def test_a_dying_worker_fails_its_file_alone(tmp_path, small_image, monkeypatch, workers):
-    source, destination = tmp_path / "in", tmp_path / "out"
-    source.mkdir()
-    names = ["a", "b", "c", "d", "e"]
-    for name in names:
-        small_image.save(source / f"{name}.png")
+def test_a_dying_worker_fails_its_file_alone(tmp_path, five_photos, monkeypatch, workers):
+    source, destination = five_photos, tmp_path / "out"
     monkeypatch.setattr(local, "run_job", dies_on_b)  # sent to the workers by name: they call it too
     settings = BatchSettings(quality=1, effort=1)
     results = run_batch(plan_jobs(source, destination, settings), settings, workers, on_result=lambda result: None)
     outcomes = {Path(r.job.source).stem: (r.status, r.message) for r in results}
-    assert sorted(outcomes) == names and len(results) == len(names)
+    assert sorted(outcomes) == NAMES and len(results) == len(NAMES)
     assert outcomes.pop("b") == ("failed", local.WORKER_DIED)
     assert all(status == "converted" for status, _ in outcomes.values()), outcomes
     assert sorted(p.stem for p in destination.iterdir()) == ["a", "c", "d", "e"]
 
 
-def test_a_pool_found_broken_at_a_submit_loses_no_file(tmp_path, small_image, monkeypatch):
+def test_a_pool_found_broken_at_a_submit_loses_no_file(tmp_path, five_photos, monkeypatch):
     """A worker may die between two submits: the submit then raises, and the file goes to a fresh pool."""
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -91,14 +99,10 @@ def test_a_pool_found_broken_at_a_submit_loses_no_file(tmp_path, small_image, mo
                 raise BrokenProcessPool("a worker died")
             return super().submit(*arguments, **options)
 
-    source, destination = tmp_path / "in", tmp_path / "out"
-    source.mkdir()
-    names = ["a", "b", "c", "d", "e"]
-    for name in names:
-        small_image.save(source / f"{name}.png")
+    source, destination = five_photos, tmp_path / "out"
     monkeypatch.setattr(local, "ProcessPoolExecutor", BreaksOnThirdSubmit)
     settings = BatchSettings(quality=1, effort=1)
     results = run_batch(plan_jobs(source, destination, settings), settings, 2, on_result=lambda result: None)
-    assert sorted(Path(r.job.source).stem for r in results) == names
+    assert sorted(Path(r.job.source).stem for r in results) == NAMES
     assert all(r.status == "converted" for r in results), [(r.job.source, r.message) for r in results]
     assert Path(submits[2].source).stem == Path(submits[3].source).stem == "c"  # tried again, in a new pool
