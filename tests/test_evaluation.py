@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from rich.console import Console
 
 from diraccodec.api import get_codec
 from diraccodec.cli import main
@@ -76,8 +78,14 @@ def test_partial_report_is_written_after_every_setting(tmp_path: Path, sample_im
 
     jpeg = reference_codecs(["jpeg"])
     seen: list[int] = []
-    run.evaluate([sample_image.crop((0, 0, 64, 64))], jpeg, on_point=lambda p: seen.append(len(p)))
-    assert seen == list(range(1, len(jpeg[0].settings) + 1))
+    log = io.StringIO()  # not a terminal: no live bar, a line per setting
+    run.evaluate([sample_image.crop((0, 0, 64, 64))], jpeg, Console(file=log, width=200),
+                 on_point=lambda p: seen.append(len(p)))
+    settings = jpeg[0].settings
+    assert seen == list(range(1, len(settings) + 1))
+    lines = log.getvalue().splitlines()  # then rich's one picture of the finished bar
+    assert lines[:len(settings)] == [f"[{index}/{len(settings)}] JPEG quality {setting:g}"
+                                     for index, setting in enumerate(settings, 1)]
     # a run that stops before its final report leaves every finished setting in its JSON
     data, report = tmp_path / "photos", tmp_path / "r.json"
     data.mkdir()

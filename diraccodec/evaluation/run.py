@@ -94,6 +94,7 @@ def evaluate(
     console = plain_console(console)
     points: list[Point] = []
     total = sum(len(c.settings) for c in codecs) * len(images)
+    settings_total, settings_done = sum(len(c.settings) for c in codecs), 0
     megapixels = sum(image.width * image.height for image in images) / 1e6
     original_features = np.concatenate([patch_features(image) for image in images])
     with Progress(console=console) as progress:
@@ -128,6 +129,9 @@ def evaluate(
                                         record["encode"] / megapixels))
                 if on_point is not None:
                     on_point(points)
+                settings_done += 1
+                if not console.is_terminal:  # no live bar in a log or a pipe: a line per setting instead
+                    console.print(f"[{settings_done}/{settings_total}] {codec.name} {codec.setting_name} {setting:g}")
     return points
 
 
