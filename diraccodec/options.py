@@ -20,6 +20,9 @@ DEFAULT_EFFORT = 2  # one search pass: 3-4% fewer bits than plain rounding at th
 # The rate level where none is given (batch and the Pillow plugin; `dirac encode` asks for one).
 DEFAULT_QUALITY = 3.0
 
+# zlib's level for PNG outputs, libpng's and Pillow's default; lower levels write faster for
+# more bytes (docs/user-guide.md)
+DEFAULT_PNG_COMPRESSION = 6
 MAX_STEPS = 100  # diffusion steps at decode; 20 give the full detail
 
 # Told of long work as it goes: (parts done, parts in all), the search's tiles or the decoder's steps.

@@ -292,6 +292,27 @@ def test_the_write_check_names_the_system_s_reason_and_makes_no_folders(tmp_path
         files.check_writable(nested)
 
 
+def test_png_compress_sets_the_zlib_level_of_png_outputs(tmp_path: Path, small_drc: Path):
+    encoded = tmp_path / "encoded"
+    encoded.mkdir()
+    (encoded / "small.drc").write_bytes(small_drc.read_bytes())
+    expected = np.asarray(diraccodec.decode(small_drc.read_bytes()))
+    written = {}
+    for level in ("0", "9"):
+        one, every = tmp_path / f"{level}.png", tmp_path / f"batch-{level}"
+        decoded = CliRunner().invoke(main, ["decode", str(small_drc), "-o", str(one), "--png-compress", level])
+        batched = CliRunner().invoke(main, ["batch", str(encoded), str(every), "-j", "1", "--png-compress", level])
+        assert decoded.exit_code == 0 and batched.exit_code == 0, decoded.output + batched.output
+        assert (every / "small.png").read_bytes() == one.read_bytes()  # batch passes the level on
+        with Image.open(one) as image:
+            assert np.array_equal(np.asarray(image), expected)
+        written[level] = one.stat().st_size
+    assert written["0"] > expected.size > 2 * written["9"]  # level 0 stores the pixels as they are
+    refused = CliRunner().invoke(main, ["decode", str(small_drc), "-o", str(tmp_path / "x.png"),
+                                        "--png-compress", "10"])
+    assert refused.exit_code == 2 and "--png-compress" in refused.stderr
+
+
 def test_decode_writes_the_format_asked_for_to_standard_output(tmp_path: Path, small_drc: Path):
     expected = np.asarray(diraccodec.decode(small_drc.read_bytes()), dtype=np.int16)
     for suffix, image_format in ((".jpg", "JPEG"), (".webp", "WEBP"), (".bmp", "BMP")):

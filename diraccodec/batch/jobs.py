@@ -15,7 +15,7 @@ from diraccodec.batch.storage import Location, join, location_of, storage_for
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
 from diraccodec.image.planes import IMAGE_SUFFIXES
-from diraccodec.options import AUTO, DEFAULT_EFFORT, DEFAULT_QUALITY
+from diraccodec.options import AUTO, DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEFAULT_QUALITY
 
 DRC_SUFFIX = ".drc"
 
@@ -38,6 +38,7 @@ class BatchSettings:
     metadata: bool = True  # carry each image's EXIF and XMP (see api.encode)
     restore: bool = True  # at 0 steps, the restoration filter (see api.decode)
     diffusion_weights: str | None = None
+    png_compression: int = DEFAULT_PNG_COMPRESSION  # zlib's level for PNG outputs
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
         image = api.decode(data, settings.steps, settings.seed, weights=settings.weights,
                            diffusion_weights=settings.diffusion_weights, device=settings.device, exact=settings.exact,
                            max_pixels=settings.max_pixels, restore=settings.restore)
-        output = image_bytes(image, image_format_for(Path(str(job.target))))
+        output = image_bytes(image, image_format_for(Path(str(job.target))), settings.png_compression)
         target.write_atomic(job.target, output)
         return JobResult(job, "converted", "", len(data), len(output), image.width * image.height)
     except DiracError as error:

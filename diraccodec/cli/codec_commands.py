@@ -30,6 +30,7 @@ from diraccodec.cli.common import (
     max_pixels_option,
     no_restore_option,
     parse_references,
+    png_compress_option,
     rate_target,
     read_source,
     reports_errors,
@@ -122,6 +123,7 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
 @click.option("--format", "format_suffix", type=click.Choice(DECODED_SUFFIXES), default=None,
               help="The output's image format: for standard output (default .png); a named output's suffix must "
                    "agree.")
+@png_compress_option
 @steps_option
 @seed_option
 @device_option
@@ -132,9 +134,9 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
 @max_pixels_option
 @threads_option
 @reports_errors
-def decode(source: Path, output: Path, format_suffix: str | None, steps: int | None, seed: int | None, device: str,
-           exact: bool, no_restore: bool, weights: Path | None, diffusion_weights: Path | None,
-           max_pixels: int) -> None:
+def decode(source: Path, output: Path, format_suffix: str | None, png_compression: int, steps: int | None,
+           seed: int | None, device: str, exact: bool, no_restore: bool, weights: Path | None,
+           diffusion_weights: Path | None, max_pixels: int) -> None:
     """Decompress a .drc file into an image ("-": standard input, or standard output)."""
     from diraccodec import api
     from diraccodec.image.files import image_bytes
@@ -145,7 +147,7 @@ def decode(source: Path, output: Path, format_suffix: str | None, steps: int | N
     with progress_bar("decoding") as decoded:
         image = api.decode(data, steps, seed, weights=weights, diffusion_weights=diffusion_weights, device=device,
                            exact=exact, max_pixels=max_pixels, restore=not no_restore, progress=decoded)
-    write_output(output, image_bytes(image, image_format))
+    write_output(output, image_bytes(image, image_format, png_compression))
     console.print(f"{shown_name(output, 'standard output')}: {image.width}x{image.height} {image.mode}")
 
 
@@ -262,6 +264,7 @@ def restoration_text(support: Support) -> str:
 @click.option("--format", "decoded_suffix", type=click.Choice(DECODED_SUFFIXES),
               default=".png", show_default=True,
               help="Image format that .drc files decode to (.webp lossless; .jpg quality 100, 4:4:4, not with alpha).")
+@png_compress_option
 @click.option("-j", "--workers", type=click.IntRange(1, 64), default=None,
               help="Parallel workers (default: up to 4, one per core).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
@@ -278,8 +281,9 @@ def restoration_text(support: Support) -> str:
 @reports_errors
 def batch(source: str, destination: str, quality: float | None, size_text: str | None, bpp: float | None,
           effort: int, steps: int | None, seed: int | None, detail_map: bool | None, strip: bool, decoded_suffix: str,
-          workers: int | None, overwrite: bool, ray_address: str | None, device: str, exact: bool, no_restore: bool,
-          weights: Path | None, diffusion_weights: Path | None, max_pixels: int) -> None:
+          png_compression: int, workers: int | None, overwrite: bool, ray_address: str | None, device: str,
+          exact: bool, no_restore: bool, weights: Path | None, diffusion_weights: Path | None,
+          max_pixels: int) -> None:
     """Convert a folder tree: images become .drc files and .drc files become images."""
     from diraccodec import api
     from diraccodec.batch import BatchSettings, default_workers, plan_jobs, run_batch
@@ -300,7 +304,8 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
                              str(weights.resolve()) if weights else None, overwrite, max_pixels, effort,
                              rate.get("size"), rate.get("bpp"), detail_map, device, exact, metadata=not strip,
                              restore=not no_restore,
-                             diffusion_weights=str(diffusion_weights.resolve()) if diffusion_weights else None)
+                             diffusion_weights=str(diffusion_weights.resolve()) if diffusion_weights else None,
+                             png_compression=png_compression)
     jobs = plan_jobs(source, destination, settings)
     if not jobs:
         raise DiracError(f"no images or .drc files found under {source}")

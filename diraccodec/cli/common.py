@@ -15,7 +15,7 @@ from rich.console import Console
 from diraccodec.console import plain_console
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
-from diraccodec.options import DEFAULT_EFFORT, DEVICE_CHOICES, EFFORT_PASSES, MAX_STEPS
+from diraccodec.options import DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEVICE_CHOICES, EFFORT_PASSES, MAX_STEPS
 
 EXIT_USER_ERROR = 2
 EXIT_SOME_FAILED = 1
@@ -121,6 +121,10 @@ steps_option = click.option(
     help=f"Diffusion steps at decode, 0-{MAX_STEPS} (default: the file's recommendation, else 0). 0 gives the base "
          "reconstruction (highest fidelity); more add realistic detail, in full from 20.",
 )
+png_compress_option = click.option(
+    "--png-compress", "png_compression", type=click.IntRange(0, 9), default=DEFAULT_PNG_COMPRESSION, show_default=True,
+    help="zlib level of PNG outputs, 0 (none) to 9 (smallest): 1 writes several times faster than the default "
+         "for a few percent more bytes.")
 seed_option = click.option("--seed", type=int, default=None, help="Sampling seed (default 0; same seed, same pixels).")
 
 

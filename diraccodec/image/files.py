@@ -11,6 +11,7 @@ from PIL import Image
 
 from diraccodec.errors import DiracError, ImageReadError, OutputWriteError
 from diraccodec.image.metadata import save_options
+from diraccodec.options import DEFAULT_PNG_COMPRESSION
 
 WRITE_CHECK_NAME = "write-check"  # the trial file is hidden, as a temporary file: .write-check.<random>.part
 # Output formats chosen by suffix; anything else is refused rather than guessed.
@@ -106,9 +107,13 @@ def image_format_for(path: Path) -> str:
         raise OutputWriteError(f"cannot write {path}: unknown image suffix (use one of {known})") from None
 
 
-def image_bytes(image: Image.Image, image_format: str) -> bytes:
+def image_bytes(image: Image.Image, image_format: str, png_compression: int = DEFAULT_PNG_COMPRESSION) -> bytes:
+    """The image encoded as `image_format` (a Pillow name), its profile and metadata kept;
+    `png_compression`: zlib's level 0-9 for PNG."""
     buffer = io.BytesIO()
     options: dict[str, object] = {}
+    if image_format == "PNG":
+        options["compress_level"] = png_compression
     if image.info.get("icc_profile"):
         options["icc_profile"] = image.info["icc_profile"]
     if image_format == "JPEG" and image.mode in ("RGBA", "LA"):
