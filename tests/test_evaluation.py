@@ -78,8 +78,8 @@ def test_partial_report_is_written_after_every_setting(tmp_path: Path, sample_im
 
     jpeg = reference_codecs(["jpeg"])
     seen: list[int] = []
-    log = io.StringIO()  # not a terminal: no live bar, a line per setting
-    run.evaluate([sample_image.crop((0, 0, 64, 64))], jpeg, Console(file=log, width=200),
+    log = io.StringIO()  # not a terminal (whatever FORCE_COLOR says): no live bar, a line per setting
+    run.evaluate([sample_image.crop((0, 0, 64, 64))], jpeg, Console(file=log, width=200, force_terminal=False),
                  on_point=lambda p: seen.append(len(p)))
     settings = jpeg[0].settings
     assert seen == list(range(1, len(settings) + 1))

@@ -11,6 +11,9 @@ from concurrent.futures.process import BrokenProcessPool
 from diraccodec.batch.jobs import BatchSettings, Job, JobResult, gather, run_job
 
 WORKER_DIED = "worker process died while converting this file"
+# How long a broken pool's futures may take to end (they end at once; a submit that raced the
+# break may leave one that never does, and its file then goes again as a suspect)
+BROKEN_POOL_SECONDS = 60
 
 
 def _init_worker() -> None:
@@ -41,8 +44,10 @@ def _results(jobs: list[Job], settings: BatchSettings, workers: int) -> Iterator
     while queue:
         suspects = yield from _until_a_worker_dies(queue, settings, workers)
         for job in suspects:
-            if (yield from _until_a_worker_dies(deque([job]), settings, 1)):
-                yield JobResult(job, "failed", WORKER_DIED)
+            alone = deque([job])
+            while alone:  # emptied by the run, unless the pool was found broken before it took the file
+                if (yield from _until_a_worker_dies(alone, settings, 1)):
+                    yield JobResult(job, "failed", WORKER_DIED)
 
 
 def _until_a_worker_dies(queue: deque[Job], settings: BatchSettings, workers: int) -> Iterator[JobResult]:
@@ -61,7 +66,7 @@ def _until_a_worker_dies(queue: deque[Job], settings: BatchSettings, workers: in
                     broken = True
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             if broken or any(isinstance(future.exception(), BrokenProcessPool) for future in finished):
-                finished, _ = wait(running)  # a broken pool ends every future at once
+                finished, _ = wait(running, timeout=BROKEN_POOL_SECONDS)  # a broken pool ends every future
                 broken = True
             for future in finished:
                 if not isinstance(future.exception(), BrokenProcessPool):

@@ -130,7 +130,7 @@ def evaluate(
                 if on_point is not None:
                     on_point(points)
                 settings_done += 1
-                if not console.is_terminal:  # no live bar in a log or a pipe: a line per setting instead
+                if not console.is_terminal or console.is_dumb_terminal:  # no live bar there: a line per setting
                     console.print(f"[{settings_done}/{settings_total}] {codec.name} {codec.setting_name} {setting:g}")
     return points
 

@@ -271,7 +271,7 @@ def _train_until_stopped(
         if rate is not None:
             shown += f"  {rate:.1f} Mpx/s"
         show(shown)
-        if not console.is_terminal:
+        if not console.is_terminal or console.is_dumb_terminal:  # no live bar there
             total = "?" if options.minutes is not None and pace.first else options.steps
             console.print(f"step {state.step}/{total}  {shown}  lr {optimizer.param_groups[0]['lr']:.2e}  "
                           f"{state.seconds / 3600:.2f} h", soft_wrap=True)  # one line per entry, however narrow
