@@ -292,6 +292,18 @@ def test_the_write_check_names_the_system_s_reason_and_makes_no_folders(tmp_path
         files.check_writable(nested)
 
 
+def test_batch_in_a_log_gives_a_line_per_file(tmp_path: Path, small_image: Image.Image):
+    source, encoded = tmp_path / "photos", tmp_path / "encoded"
+    source.mkdir()
+    for name in ("a[1].png", "b.png"):  # a name rich would read as markup is printed as it is
+        small_image.save(source / name)
+    for status in ("converted", "skipped"):  # the second run finds the outputs there
+        result = CliRunner().invoke(main, ["batch", str(source), str(encoded), "-j", "1", "-e", "1"])
+        assert result.exit_code == 0, result.output
+        assert result.stderr.splitlines()[:2] == [f"[1/2] {status} {source / 'a[1].png'}",
+                                                  f"[2/2] {status} {source / 'b.png'}"]
+
+
 def test_png_compress_sets_the_zlib_level_of_png_outputs(tmp_path: Path, small_drc: Path):
     encoded = tmp_path / "encoded"
     encoded.mkdir()

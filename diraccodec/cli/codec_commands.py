@@ -316,10 +316,15 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     with Progress(*bar_columns(), console=console, transient=False) as progress:
         task = progress.add_task("converting", total=len(jobs))
 
+        lines = not console.is_terminal or console.is_dumb_terminal  # no live bar there: a line per file
+
         def advance(result: Any) -> None:
             progress.advance(task)
             if result.status == "failed":
                 progress.console.print(Text.assemble(("failed", "red"), f" {result.job.source}: {result.message}"))
+            elif lines:
+                progress.console.print(f"[{progress.tasks[0].completed:.0f}/{len(jobs)}] {result.status} "
+                                       f"{result.job.source}", markup=False, highlight=False)
 
         if ray_address is not None:
             from diraccodec.batch import run_batch_on_ray
