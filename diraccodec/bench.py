@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -27,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from diraccodec import api
+from diraccodec.compute import cpu_description
 from diraccodec.errors import DiracError
 from diraccodec.evaluation.codecs import decode_with_pillow, encode_with_pillow, register_jpeg_xl
 from diraccodec.image.files import write_atomic
@@ -201,7 +201,7 @@ def machine_description(options: BenchOptions) -> dict[str, object]:
     compute = api.compute_for(options.device, options.exact)
     gpu = f" ({torch.cuda.get_device_name(0)})" if compute.device.type == "cuda" else ""
     return {
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_description(),
         "cores": os.cpu_count(),
         "torch threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -52,7 +52,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import diraccodec  # noqa: E402
 from diraccodec import api  # noqa: E402
-from diraccodec.compute import CUDA_GRAPHS_ENV, profile_totals  # noqa: E402
+from diraccodec.compute import CUDA_GRAPHS_ENV, cpu_description, profile_totals  # noqa: E402
 from diraccodec.container import drc  # noqa: E402
 from diraccodec.image.planes import IMAGE_SUFFIXES  # noqa: E402
 
@@ -253,6 +253,7 @@ def main() -> int:
     report: dict = {
         "command": " ".join(["python", *sys.argv]),
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else args.device,
+        "cpu": cpu_description(),  # it runs the entropy coding and the CPU half of the cross checks
         "torch": torch.__version__,
         "left out": clock.left_out,
     }

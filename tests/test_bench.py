@@ -37,3 +37,20 @@ def test_bench_refuses_unknown_references(tmp_path, small_image):
     small_image.save(tmp_path / "a.png")
     result = CliRunner().invoke(main, ["bench", str(tmp_path / "a.png"), "--references", "bmp"])
     assert result.exit_code == 2 and "unknown reference codec 'bmp'" in result.output
+
+
+def test_the_cpu_is_named_with_its_family_model_and_vector_instructions(tmp_path, monkeypatch):
+    import torch
+
+    from diraccodec import compute
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\ncpu family\t: 25\nmodel\t\t: 17\n\n"
+                    "processor\t: 1\nmodel name\t: Another CPU\n")
+    monkeypatch.setattr(compute, "CPU_INFO", str(info))
+    compute.cpu_description.cache_clear()
+    try:
+        described = compute.cpu_description()
+    finally:
+        compute.cpu_description.cache_clear()
+    assert described == f"Some CPU, family 25 model 17 ({torch.backends.cpu.get_cpu_capability()})"

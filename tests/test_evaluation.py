@@ -200,9 +200,11 @@ def test_report_pools_a_later_run_over_an_earlier_one_and_leaves_both(tmp_path: 
     earlier, later, pooled = tmp_path / "earlier.json", tmp_path / "later.json", tmp_path / "pooled.json"
     write_json(report_of([point("AVIF", 20, 0.5), point("diraccodec", 1, 0.4), point("diraccodec", 2, 0.3),
                           point("diraccodec (20 steps)", 1, 0.28, 20), point("diraccodec (20 steps)", 2, 0.2, 20)],
-                         "kodak", True, command="dirac eval --levels 1,2", models={"base": "aa"}), earlier)
+                         "kodak", True, command="dirac eval --levels 1,2", models={"base": "aa"},
+                         machine="x86_64, CPU A (AVX512)"), earlier)
     write_json(report_of([point("diraccodec (20 steps)", 1, 0.25, 20), point("diraccodec (50 steps)", 1, 0.24, 50)],
-                         "kodak", True, command="dirac eval --levels 1", models={"base": "bb"}), later)
+                         "kodak", True, command="dirac eval --levels 1", models={"base": "bb"},
+                         machine="x86_64, CPU B (AVX2)"), later)
     inputs = earlier.read_bytes(), later.read_bytes()
     missing = CliRunner().invoke(main, ["report", str(earlier), "--updated-by", str(later)])
     assert missing.exit_code == 2 and missing.output.startswith("dirac: error: --updated-by needs --json")
@@ -220,6 +222,7 @@ def test_report_pools_a_later_run_over_an_earlier_one_and_leaves_both(tmp_path: 
     assert report["command"] == f"dirac eval --levels 1,2 && dirac eval --levels 1 && {pooling}"
     assert report["complete"] is True and report["data"] == "kodak"
     assert report["models"] == {"base": "bb"}  # the codec as it now is: the latest run's
+    assert report["machine"] == "x86_64, CPU A (AVX512) and x86_64, CPU B (AVX2)"  # where they ran, not here
     assert "| diraccodec (20 steps) | 1 | 20 |" in table.read_text() and figure.stat().st_size > 10_000
 
 

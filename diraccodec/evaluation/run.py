@@ -268,12 +268,17 @@ def _finite_or_none(value: object) -> object:
 
 
 def report_of(points: list[Point], data_name: str, complete: bool, command: str | None = None,
-              models: dict[str, str | None] | None = None) -> dict:
-    """The report's fields; `models`: the weights ids measured (modelfiles.models_in_use)."""
+              models: dict[str, str | None] | None = None, machine: str | None = None) -> dict:
+    """The report's fields; `models`: the weights ids measured (modelfiles.models_in_use);
+    `machine`: where they were measured (default: this machine)."""
+    if machine is None:
+        from diraccodec.compute import cpu_description  # torch, which an evaluation has loaded
+
+        machine = f"{platform.machine()}, {cpu_description()}"
     return _finite_or_none({
         "command": command or command_line(),
         "data": data_name,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": machine,
         "complete": complete,
         **({"models": models} if models else {}),
         "fd_alexnet": FD_DESCRIPTION,
@@ -349,17 +354,19 @@ def report_again(json_path: Path, updates: Sequence[Path] = (), pooled_path: Pat
                         f"--json {shlex.quote(str(pooled_path))}"])
     command = " && ".join([*commands, pooling]) if updates else commands[0]
     measured = [r["models"] for r in saved if r.get("models")]  # the latest run's weights
+    machines = list(dict.fromkeys(r["machine"] for r in saved if r.get("machine")))  # where they ran, not here
     data_name = saved[0].get("data", Path(json_path).stem)
     return write_report(points, pooled_path or json_path, markdown_path, plot_path, data_name, perception_plot_path,
                         command, complete=all(bool(r.get("complete", True)) for r in saved),
-                        models=measured[-1] if measured else None)
+                        models=measured[-1] if measured else None, machine=" and ".join(machines) or None)
 
 
 def write_report(points: list[Point], json_path: Path, markdown_path: Path | None, plot_path: Path | None,
                  data_name: str, perception_plot_path: Path | None = None, command: str | None = None,
-                 complete: bool = True, models: dict[str, str | None] | None = None) -> dict:
+                 complete: bool = True, models: dict[str, str | None] | None = None,
+                 machine: str | None = None) -> dict:
     """JSON, Markdown and plots of the points; `command` names the run that measured them."""
-    report = report_of(points, data_name, complete, command, models)
+    report = report_of(points, data_name, complete, command, models, machine)
     write_json(report, json_path)
     if plot_path is not None:
         plot(points, plot_path, f"rate-distortion on {data_name}")
