@@ -44,7 +44,7 @@ from diraccodec.cli.common import (
     weights_option,
     write_output,
 )
-from diraccodec.console import bar_columns
+from diraccodec.console import bar_columns, draws_live_bars
 from diraccodec.errors import DiracError
 from diraccodec.options import DEFAULT_QUALITY, MAX_STEPS
 
@@ -316,7 +316,7 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     with Progress(*bar_columns(), console=console, transient=False) as progress:
         task = progress.add_task("converting", total=len(jobs))
 
-        lines = not console.is_terminal or console.is_dumb_terminal  # no live bar there: a line per file
+        lines = not draws_live_bars(console)  # a line per file instead
 
         def advance(result: Any) -> None:
             progress.advance(task)

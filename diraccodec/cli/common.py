@@ -59,10 +59,10 @@ def check_output(path: Path) -> None:
 
 
 def write_output(path: Path, data: bytes) -> None:
-    """Write a file atomically, or to standard output for "-"."""
+    """Write a file atomically, or to standard output for "-" (check_output has vetted both
+    before the work; a write that fails all the same is an OutputWriteError)."""
     from diraccodec.image.files import write_atomic
 
-    check_output(path)
     if not is_stream(path):
         write_atomic(path, data)
         return

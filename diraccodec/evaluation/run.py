@@ -23,7 +23,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
-from diraccodec.console import plain_console
+from diraccodec.console import draws_live_bars, plain_console
 from diraccodec.errors import DiracError
 from diraccodec.evaluation.codecs import CodecUnderTest
 from diraccodec.evaluation.metrics import (
@@ -93,8 +93,8 @@ def evaluate(
     """Every codec at every setting on every image; `on_point` sees the points after each setting."""
     console = plain_console(console)
     points: list[Point] = []
-    total = sum(len(c.settings) for c in codecs) * len(images)
     settings_total, settings_done = sum(len(c.settings) for c in codecs), 0
+    total = settings_total * len(images)
     megapixels = sum(image.width * image.height for image in images) / 1e6
     original_features = np.concatenate([patch_features(image) for image in images])
     with Progress(console=console) as progress:
@@ -130,7 +130,7 @@ def evaluate(
                 if on_point is not None:
                     on_point(points)
                 settings_done += 1
-                if not console.is_terminal or console.is_dumb_terminal:  # no live bar there: a line per setting
+                if not draws_live_bars(console):
                     console.print(f"[{settings_done}/{settings_total}] {codec.name} {codec.setting_name} {setting:g}")
     return points
 

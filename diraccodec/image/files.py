@@ -47,31 +47,29 @@ def check_writable(path: Path) -> None:
     write in. Nothing is left behind: missing folders are made only by the write, and the
     trial file goes again."""
     path = Path(path)
-    try:
-        if path.is_dir():
-            raise OutputWriteError(f"cannot write {path}: it is a folder; name a file in it")
-        _check_can_create_in(path.parent, path)
-    except OSError as error:  # a folder on the way that may not be searched, a name too long
-        raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
+    if os.path.isdir(path):  # which, unlike Path.is_dir, never raises
+        raise OutputWriteError(f"cannot write {path}: it is a folder; name a file in it")
+    _check_can_create_in(path.parent, path)
 
 
 def check_writable_folder(folder: Path) -> None:
     """`check_writable` for files anywhere under `folder` (a batch's destination)."""
-    try:
-        _check_can_create_in(Path(folder), Path(folder))
-    except OSError as error:
-        raise OutputWriteError(f"cannot write {folder}: {error.strerror or error}") from None
+    _check_can_create_in(Path(folder), Path(folder))
 
 
 def _check_can_create_in(folder: Path, shown: Path) -> None:
     """Whether a file can be created in `folder`, or, where it does not exist yet, in the
     nearest folder above it that does (where the write will make the rest). A dangling link
-    on the way counts as there: the write could not make a folder in its place."""
+    on the way counts as there: the write could not make a folder in its place. Any failure,
+    a folder on the way that may not be searched too, is an OutputWriteError naming `shown`."""
     while not os.path.lexists(folder) and folder != folder.parent:
         folder = folder.parent
-    if not folder.is_dir():
-        raise OutputWriteError(f"cannot write {shown}: {folder} is not a folder")
-    handle, trial = _created_beside(folder / WRITE_CHECK_NAME)
+    try:
+        if not folder.is_dir():
+            raise OutputWriteError(f"cannot write {shown}: {folder} is not a folder")
+        handle, trial = _created_beside(folder / WRITE_CHECK_NAME)
+    except OSError as error:
+        raise OutputWriteError(f"cannot write {shown}: {error.strerror or error}") from None
     os.close(handle)
     trial.unlink()
 

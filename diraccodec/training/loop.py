@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress, TextColumn
 
-from diraccodec.console import bar_columns
+from diraccodec.console import bar_columns, draws_live_bars
 from diraccodec.image.files import write_atomic
 from diraccodec.training.averaging import WeightAverage
 from diraccodec.training.checkpoint import (
@@ -271,7 +271,7 @@ def _train_until_stopped(
         if rate is not None:
             shown += f"  {rate:.1f} Mpx/s"
         show(shown)
-        if not console.is_terminal or console.is_dumb_terminal:  # no live bar there
+        if not draws_live_bars(console):
             total = "?" if options.minutes is not None and pace.first else options.steps
             console.print(f"step {state.step}/{total}  {shown}  lr {optimizer.param_groups[0]['lr']:.2e}  "
                           f"{state.seconds / 3600:.2f} h", soft_wrap=True)  # one line per entry, however narrow
