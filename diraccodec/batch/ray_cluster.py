@@ -159,13 +159,16 @@ def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: Wo
     """Results in the order files finish. Work goes only to actors that have started, so actors
     the cluster cannot place (yet) hold nothing up. An actor holds at most PIPELINE files: one
     converting and the next already sent, so it never waits for a round trip through this
-    driver. It converts them in the order sent, so a death blames the oldest file it holds;
-    the others go back to the queue."""
+    driver. When an actor dies, a file it finished keeps its result; if it held one file more,
+    that file fails, and if it held several, none can be blamed for sure (a result on its way
+    dies with the actor), so each goes back to the queue to be converted alone, by an actor
+    holding nothing else."""
     actor_class = ray.remote(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0)(Converter)
     actors: list[Any] = []
     starting: dict[Any, Any] = {}  # ready() reference -> actor
     running: dict[Any, tuple[Job, Any]] = {}  # convert() reference -> (job, actor)
     held: dict[Any, deque[Any]] = {}  # actor -> its convert() references, oldest first
+    suspects: set[Job] = set()  # files of an actor that died holding several: each goes alone
     queue = deque(jobs)
     start_failure = ""
 
@@ -178,6 +181,8 @@ def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: Wo
         files = held.setdefault(actor, deque())
         # a second file only while there is work for every actor, so the last files go to idle ones
         while queue and (not files or (len(files) < PIPELINE and len(queue) >= plan.count)):
+            if files and (queue[0] in suspects or running[files[0]][0] in suspects):
+                break
             job = queue.popleft()
             shipped = Job(absolute(job.source), absolute(job.target))  # the worker's folder is not ours
             reference = actor.convert.remote(shipped)
@@ -210,10 +215,21 @@ def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: Wo
                 give_work(actor)  # before the caller sees the result: its printing may take a while
                 yield result
                 continue
-            # all its files fail alike: the oldest was converting, the others go back to the queue
-            converting, *waiting = [running.pop(sent)[0] for sent in held.pop(actor)]
-            queue.extendleft(reversed(waiting))
-            yield JobResult(converting, "failed", WORKER_DIED)
+            # a file it finished before it died keeps its result (the wait may have named the death first)
+            unfinished = []
+            for sent in held.pop(actor):
+                sent_job = running.pop(sent)[0]
+                finished = sent != reference and ray.wait([sent], timeout=0)[0]
+                sent_result, lost = _outcome(ray, sent, sent_job) if finished else (None, True)
+                if lost:
+                    unfinished.append(sent_job)
+                else:
+                    yield sent_result
+            if len(unfinished) == 1:
+                yield JobResult(unfinished[0], "failed", WORKER_DIED)
+            else:
+                suspects.update(unfinished)
+                queue.extendleft(reversed(unfinished))
             if queue:
                 start()  # in place of the dead one
     finally:
