@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ class StreamRules:
     whole_grid: bool  # it codes the padding's latents too
 
 
-# Each format version's rules; the encoder writes drc.FORMAT_VERSION.
+# Each format version's rules (drc.READABLE_VERSIONS); the encoder writes drc.version_for(level).
 STREAM_RULES = {
     1: StreamRules(Arithmetic.FLOAT64_CPU, whole_grid=True),
     2: StreamRules(Arithmetic.FIXED_POINT, whole_grid=True),
@@ -121,14 +122,30 @@ def check_steps(steps: int | None) -> int:
     return steps
 
 
+def _recommended_steps(info: FileInfo) -> int:
+    """The steps the file recommends (0 where it names none). Its byte can say up to 255, more
+    than this decoder runs: the error then names the file, not an option the caller never gave."""
+    steps = info.recommended_steps or 0
+    if steps > MAX_STEPS:
+        raise InvalidOptionError(f"the file recommends {steps} diffusion steps, more than the {MAX_STEPS} "
+                                 f"this decoder runs: give the steps to decode with")
+    return steps
+
+
+class _InstalledFilter(NamedTuple):
+    restorer: Restorer
+    base_weights_id: bytes  # the base whose reconstructions it corrects
+    weights_id: bytes  # its own, which a diffusion decoder trained on its output names
+
+
 @functools.lru_cache(maxsize=8)
-def _restorer(weights: Path, compute: Compute) -> tuple[Restorer, bytes, bytes]:
+def _restorer(weights: Path, compute: Compute) -> _InstalledFilter:
     loaded = load_restoration_weights(weights)
     assert loaded is not None  # an explicit path either loads or raises
-    return Restorer(loaded.model, compute), loaded.base_weights_id, loaded.weights_id
+    return _InstalledFilter(Restorer(loaded.model, compute), loaded.base_weights_id, loaded.weights_id)
 
 
-def _installed_restorer(compute: Compute) -> tuple[Restorer, bytes, bytes] | None:
+def _installed_restorer(compute: Compute) -> _InstalledFilter | None:
     path = default_restoration_path()  # read on every call: $DIRAC_RESTORATION_WEIGHTS may change
     return _restorer(path.resolve(), compute) if path.exists() else None
 
@@ -137,13 +154,14 @@ def get_restorer(codec: BaseCodec) -> Restorer | None:
     """The restoration filter for `codec`'s reconstructions, or None where none is installed
     for these base weights (0 steps then give the base synthesis alone)."""
     installed = _installed_restorer(codec.compute)
-    return installed[0] if installed is not None and installed[1] == codec.weights.weights_id else None
+    if installed is None or installed.base_weights_id != codec.weights.weights_id:
+        return None
+    return installed.restorer
 
 
 @functools.lru_cache(maxsize=8)
 def _diffusion(weights: Path, compute: Compute, restorer: Restorer | None) -> DiffusionDecoder:
     loaded = load_diffusion_weights(weights)
-    assert loaded is not None  # an explicit path either loads or raises
     return DiffusionDecoder(loaded.model, loaded.settings, loaded.finishing, compute, restorer)
 
 
@@ -164,7 +182,6 @@ def diffusion_weights_for(codec: BaseCodec, weights: str | Path | None = None) -
             f"diffusion decoding (steps > 0) is not available: no diffusion weights at {path}; use 0 steps"
         )
     loaded = load_diffusion_weights(path.resolve())
-    assert loaded is not None
     if loaded.base_weights_id != codec.weights.weights_id:
         raise WrongWeightsError(
             f"the diffusion weights were trained on base weights {loaded.base_weights_id.hex()}, not on the loaded "
@@ -179,12 +196,12 @@ def restorer_for(diffusion: DiffusionWeights, compute: Compute | None = None) ->
     if diffusion.restoration_weights_id is None:
         return None
     installed = _installed_restorer(compute or Compute())
-    if installed is None or installed[2] != diffusion.restoration_weights_id:
+    if installed is None or installed.weights_id != diffusion.restoration_weights_id:
         raise WrongWeightsError(
             f"the diffusion weights enhance the output of restoration weights "
             f"{diffusion.restoration_weights_id.hex()}, which are not installed; use 0 steps or matching weights"
         )
-    return installed[0]
+    return installed.restorer
 
 
 @dataclass(frozen=True)
@@ -264,6 +281,21 @@ class _Encoder:
         restorer = get_restorer(codec) if passes else None
         self.search = latent_search.SearchSettings(passes, restorer.model.restore if restorer is not None else None,
                                                    options.progress)
+        self.level_free_sections = self._level_free_sections()  # made once: a size target makes many files
+
+    def _level_free_sections(self) -> dict[bytes, bytes]:
+        """The sections after the latents and the detail map, the same at every level."""
+        planes, sections = self.planes, {}
+        if planes.alpha is not None:
+            sections[drc.TAG_ALPHA] = compress_alpha(planes.alpha)
+        if planes.icc_profile and not describes_srgb(planes.icc_profile):
+            sections[drc.TAG_ICC_COMPRESSED] = compress_profile(planes.icc_profile)
+        for tag, part in ((drc.TAG_EXIF, planes.metadata.exif), (drc.TAG_XMP, planes.metadata.xmp)):
+            if part:
+                sections[tag] = metadata_parts.compress(part)
+        if self.options.recommended_steps is not None:
+            sections[drc.TAG_STEPS] = bytes([self.options.recommended_steps])
+        return sections
 
     def file(self, level: float, searched: bool = True) -> bytes:
         """The .drc file at this level; searched=False rounds the latents (a quick size probe)."""
@@ -277,17 +309,8 @@ class _Encoder:
             base = codec.synthesize(latents, width, height, level)
             measured = detail_maps.measure(planes.rgb, base, device=codec.device)
             sections[drc.TAG_DETAIL] = detail_maps.to_payload(measured)
-        if planes.alpha is not None:
-            sections[drc.TAG_ALPHA] = compress_alpha(planes.alpha)
-        if planes.icc_profile and not describes_srgb(planes.icc_profile):
-            sections[drc.TAG_ICC_COMPRESSED] = compress_profile(planes.icc_profile)
-        for tag, part in ((drc.TAG_EXIF, planes.metadata.exif), (drc.TAG_XMP, planes.metadata.xmp)):
-            if part:
-                sections[tag] = metadata_parts.compress(part)
-        if self.options.recommended_steps is not None:
-            sections[drc.TAG_STEPS] = bytes([self.options.recommended_steps])
         header = drc.DrcFile(width=width, height=height, colour_mode=planes.colour_mode, quality=level,
-                             weights_id=codec.weights.weights_id, sections=sections)
+                             weights_id=codec.weights.weights_id, sections={**sections, **self.level_free_sections})
         return drc.pack(header)
 
 
@@ -364,14 +387,24 @@ def encode(
         codec = get_codec(weights, compute)
         if quality is not None:
             return _Encoder(planes, codec, options).file(check_quality(quality, codec.num_levels))
-        target = size if size is not None else bpp_to_bytes(bpp, planes.rgb.shape[0] * planes.rgb.shape[1])
+        # the target is checked before the analysis transform runs
+        target = check_size(size) if size is not None else bpp_to_bytes(bpp, planes.rgb.shape[0] * planes.rgb.shape[1])
         return encode_to_size(_Encoder(planes, codec, options), target, codec.num_levels)
+
+
+def check_size(size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise InvalidOptionError(f"size must be a positive number of bytes, got {size}")
+    return size
 
 
 def bpp_to_bytes(bpp: float | None, pixels: int) -> int:
     if isinstance(bpp, bool) or not isinstance(bpp, int | float) or not bpp > 0 or math.isinf(bpp):
         raise InvalidOptionError(f"bpp must be a positive number, got {bpp}")
-    return math.floor(bpp * pixels / 8)
+    target = math.floor(bpp * pixels / 8)
+    if target < 1:
+        raise InvalidOptionError(f"{bpp} bpp is less than one byte for an image of {pixels} pixels")
+    return target
 
 
 def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
@@ -380,8 +413,7 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
     Sizes grow with the level, so a bisection over the grid finds it: with plain rounding
     first (quick), then, where the effort searches the latents, again with the search over
     the few grid steps that the search's smaller files make room for."""
-    if isinstance(target, bool) or not isinstance(target, int) or target <= 0:
-        raise InvalidOptionError(f"size must be a positive number of bytes, got {target}")
+    check_size(target)
     grid = drc.LEVEL_DENOMINATOR
     lowest, highest = round(LOWEST_LEVEL * grid), num_levels * grid  # the levels in grid units
 
@@ -408,9 +440,8 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
         return best
 
     def below_smallest(searched: bool) -> InvalidOptionError:
-        smallest = size_at(lowest, searched)[0]
         return InvalidOptionError(f"a target of {target} bytes is below the smallest file at level "
-                                  f"{LOWEST_LEVEL:g} ({smallest} bytes); ask for at least that")
+                                  f"{LOWEST_LEVEL:g} ({size_at(lowest, searched)[0]} bytes); ask for at least that")
 
     plain = highest_fitting(lowest, highest, searched=False)
     searches = encoder.search.passes > 0
@@ -422,7 +453,10 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
     # the searched file at a level is usually a few percent smaller than the plain one (at
     # fine levels it can be a little larger): look around the plain answer, then everywhere
     start = lowest if plain is None else plain[0]
-    found = highest_fitting(max(lowest, start - grid // 4), min(highest, start + grid // 4), searched=True)
+    top = min(highest, start + grid // 4)
+    found = highest_fitting(max(lowest, start - grid // 4), top, searched=True)
+    if found is not None and found[0] == top < highest:  # the window's top fits: higher levels may too
+        found = highest_fitting(top, highest, searched=True)
     if found is None:
         found = highest_fitting(lowest, highest, searched=True)
     if found is None:
@@ -515,7 +549,7 @@ def decode(
     with _LOCK:
         codec = _codec_for_file(header, weights, compute)
         info = FileInfo(header, len(data))
-        steps = check_steps(info.recommended_steps if steps is None else steps)
+        steps = check_steps(steps) if steps is not None else _recommended_steps(info)
         diffusion = get_diffusion(codec, diffusion_weights) if steps > 0 else None
         alpha = None
         if header.colour_mode.has_alpha:  # checked first: a corrupt plane fails before the work

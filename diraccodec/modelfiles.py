@@ -124,7 +124,8 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
             check_level_tables(level_tables, hyper_tables, model.config.num_levels)
         scales = tensors["tables.latent.scales"].numpy()
         check_fixed_point(model)  # the format's arithmetic must hold for these weights
-    except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as error:
+        shared_tables_id = bytes.fromhex(metadata[SHARED_TABLES_ID]) if SHARED_TABLES_ID in metadata else None
+    except (KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError) as error:
         raise DiracError(f"{path} is not a diraccodec base weights file ({error})") from None
     model.eval().requires_grad_(False)
     return BaseWeights(
@@ -136,7 +137,7 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
         path=path,
         metadata=metadata,
         hyper_level_tables=level_tables,
-        shared_tables_id=bytes.fromhex(metadata[SHARED_TABLES_ID]) if SHARED_TABLES_ID in metadata else None,
+        shared_tables_id=shared_tables_id,
     )
 
 
@@ -241,11 +242,9 @@ def _export_unet(model: ResidualUNet, base_weights_id: bytes, path: Path, info: 
 
 
 @functools.lru_cache(maxsize=4)
-def load_diffusion_weights(path: Path | None = None) -> DiffusionWeights | None:
-    """The diffusion decoder's weights, or None when the default file is not shipped."""
-    if path is None and not default_diffusion_path().exists():
-        return None
-    path = Path(path or default_diffusion_path())
+def load_diffusion_weights(path: Path) -> DiffusionWeights:
+    """The diffusion decoder's weights in the file at `path` (api.diffusion_weights_for finds the installed one)."""
+    path = Path(path)
     model, base_id, metadata, _ = _unet_file(path, "diffusion")
     try:
         settings, finishing = split_settings(json.loads(metadata["sampler"]))
@@ -281,7 +280,6 @@ def replace_diffusion_settings(path: Path, output: Path, settings: SamplerSettin
     """Write the diffusion weights at `path` to `output` with other sampler or finishing settings
     (the model, its ids and training record unchanged): the settings are chosen after training."""
     loaded = load_diffusion_weights(path)
-    assert loaded is not None  # a path was given
     export_diffusion_weights(loaded.model, settings or loaded.settings, loaded.base_weights_id, output,
                              json.loads(loaded.metadata["info"]), loaded.restoration_weights_id,
                              finishing or loaded.finishing)
@@ -313,6 +311,9 @@ def load_restoration_weights(path: Path | None = None) -> RestorationWeights | N
 @functools.lru_cache(maxsize=4)
 def _load_restoration_file(path: Path) -> RestorationWeights:
     unet, base_id, metadata, weights_id = _unet_file(path, "restoration")
+    if metadata.get("kind") != "restoration":  # a diffusion decoder's file has the same layers and ids
+        what = "a diffusion decoder's weights" if "sampler" in metadata else "its kind is not restoration"
+        raise DiracError(f"{path} is not a diraccodec restoration weights file ({what})")
     return RestorationWeights(RestorationFilter(unet).eval(), base_id, path, metadata, weights_id)
 
 
@@ -333,7 +334,7 @@ def retie_unets(source_base: Path, new_base: Path, restoration: Path, diffusion:
         raise DiracError(f"{new.path.name} does not reconstruct as {old.path.name}: its U-Nets need training")
     filter_weights = load_restoration_weights(restoration)
     decoder = load_diffusion_weights(Path(diffusion).resolve())
-    assert filter_weights is not None and decoder is not None  # explicit paths load or raise
+    assert filter_weights is not None  # an explicit path loads or raises
     for name, tied_to in (("restoration", filter_weights.base_weights_id), ("diffusion", decoder.base_weights_id)):
         if tied_to != old.weights_id:
             raise DiracError(f"the {name} weights name base {tied_to.hex()}, not {old.weights_id.hex()}")

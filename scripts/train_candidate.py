@@ -237,7 +237,6 @@ def reference_settings(path: Path, ladder: tuple[float, ...]) -> tuple[SamplerSe
     """The sampler and finishing settings of the diffusion weights at `path`, carried from the
     ladder of their base (the base weights beside them) to `ladder`."""
     reference = load_diffusion_weights(path)
-    assert reference is not None  # an explicit path loads or raises
     beside = path.parent / WEIGHTS["base"]
     reference_base = load_base_weights(beside) if beside.exists() else None
     if reference_base is None or reference_base.weights_id != reference.base_weights_id:
@@ -272,7 +271,7 @@ def join(output: Path, destination: Path, settings_from: Path | None, level_tabl
     base = load_base_weights(destination / WEIGHTS["base"])
     restoration = load_restoration_weights(destination / WEIGHTS["restoration"])
     diffusion = load_diffusion_weights(destination / WEIGHTS["diffusion"])
-    assert restoration is not None and diffusion is not None  # explicit paths load or raise
+    assert restoration is not None  # an explicit path loads or raises
     for name, tied_to in (("restoration", restoration.base_weights_id), ("diffusion", diffusion.base_weights_id)):
         if tied_to != base.weights_id:
             raise DiracError(f"the {name} weights name base {tied_to.hex()}, not the returned {base.weights_id.hex()}")

@@ -33,6 +33,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
 
     items.sort(key=rank)  # stable: a file's tests keep their order
+    # tests marked cuda (`python -m pytest -m cuda` runs them alone on a GPU machine) skip without
+    # it, but for those marked cuda(required=False), whose CPU half runs everywhere
+    needs_cuda = [item for item in items if item.get_closest_marker("cuda")
+                  and item.get_closest_marker("cuda").kwargs.get("required", True)]
+    if needs_cuda and not __import__("torch").cuda.is_available():
+        for item in needs_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
 
 
 ROOT = Path(__file__).resolve().parent.parent

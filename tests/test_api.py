@@ -62,6 +62,20 @@ def test_targets_below_the_smallest_file_and_bad_rates_are_clear_errors(small_im
     for bad in (0, -1.0, float("inf")):
         with pytest.raises(InvalidOptionError, match="bpp must be a positive number"):
             diraccodec.encode(small_image, bpp=bad)
+    with pytest.raises(InvalidOptionError, match=r"1e-09 bpp is less than one byte for an image of \d+ pixels"):
+        diraccodec.encode(small_image, bpp=1e-9)
+
+
+def test_a_bad_size_fails_before_the_analysis(small_image, monkeypatch):
+    from diraccodec import api
+
+    def no_analysis(*arguments, **options):
+        raise AssertionError("the image was analysed before its target was checked")
+
+    monkeypatch.setattr(api, "_Encoder", no_analysis)
+    for bad in (0, -3, 1.5):
+        with pytest.raises(InvalidOptionError, match="size must be a positive number of bytes"):
+            diraccodec.encode(small_image, size=bad)
 
 
 def test_size_texts_use_decimal_and_binary_units():
@@ -70,6 +84,8 @@ def test_size_texts_use_decimal_and_binary_units():
     for bad in ("30XB", "KB", "-3KB", "0"):
         with pytest.raises(DiracError):
             parse_size(bad)
+    with pytest.raises(DiracError, match="--size is too large"):  # float() of 400 digits is infinite
+        parse_size("9" * 400 + "KB")
 
 
 @pytest.mark.slow
@@ -169,3 +185,27 @@ def test_the_api_says_which_installed_models_serve_a_files_weights(small_image):
     assert unserved.weights is None
     assert unserved.why_not == "not available: diffusion.safetensors was trained on other base weights"
     assert api.restoration_support(other).why_not == "none: 0 steps give the base synthesis alone"
+
+
+def test_every_readable_format_version_has_its_stream_rules():
+    """A version the container accepts but the decoder has no rules for would end in a KeyError."""
+    from diraccodec import api
+    from diraccodec.container import drc
+
+    assert set(api.STREAM_RULES) == set(drc.READABLE_VERSIONS)
+
+
+def test_a_size_target_climbs_past_the_window_where_the_search_makes_room():
+    """The searched files are looked for near the plain answer first; where the search frees
+    more room than that window, the bisection goes on upwards to the highest level that fits."""
+    from types import SimpleNamespace
+
+    from diraccodec import api
+
+    def file(level: float, searched: bool = True) -> bytes:  # sizes grow with the level; the search halves them
+        return bytes(round((level + 2) * 1000 * (0.5 if searched else 1.0)))
+
+    encoder = SimpleNamespace(file=file, search=SimpleNamespace(passes=1))
+    data = api.encode_to_size(encoder, 5_000, num_levels=8)
+    assert len(data) == 5_000  # level 8: (8 + 2) * 1000 / 2, where plain rounding fits only level 3
+    assert api.encode_to_size(SimpleNamespace(file=file, search=SimpleNamespace(passes=0)), 5_000, 8) == file(3, False)

@@ -3,6 +3,7 @@ dies fails its own file alone."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -106,3 +107,51 @@ def test_a_pool_found_broken_at_a_submit_loses_no_file(tmp_path, five_photos, mo
     assert sorted(Path(r.job.source).stem for r in results) == NAMES
     assert all(r.status == "converted" for r in results), [(r.job.source, r.message) for r in results]
     assert Path(submits[2].source).stem == Path(submits[3].source).stem == "c"  # tried again, in a new pool
+
+
+def test_workers_on_cuda_start_fresh_and_convert_as_forked_ones_do(tmp_path, five_photos, monkeypatch):
+    """A process forked from one that has used CUDA cannot use it, and the batch's own process
+    has (it checks the options on the device): on CUDA the workers are spawned. A spawned pool
+    (forced here on the CPU) converts every file, to the same bytes as the forked pool."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from diraccodec import compute
+
+    monkeypatch.setattr(compute, "cuda_available", lambda: True)  # as on a machine with a GPU
+    assert local.worker_start("auto").get_start_method() == local.worker_start("cuda").get_start_method() == "spawn"
+    assert local.worker_start("cpu") is None
+    monkeypatch.setattr(compute, "cuda_available", lambda: False)
+    assert local.worker_start("auto") is None
+
+    starts = []
+
+    class Recorded(ProcessPoolExecutor):
+        def __init__(self, *arguments, **options):
+            starts.append(options["mp_context"] and options["mp_context"].get_start_method())
+            super().__init__(*arguments, **options)
+
+    monkeypatch.setattr(local, "ProcessPoolExecutor", Recorded)
+    settings = BatchSettings(quality=1, effort=1, device="cpu")
+    forked = run_batch(plan_jobs(five_photos, tmp_path / "forked", settings), settings, 2, lambda result: None)
+    monkeypatch.setattr(local, "worker_start", lambda device: multiprocessing.get_context("spawn"))
+    spawned = run_batch(plan_jobs(five_photos, tmp_path / "spawned", settings), settings, 2, lambda result: None)
+    assert starts == [None, "spawn"]
+    assert [r.status for r in forked] == [r.status for r in spawned] == ["converted"] * len(NAMES)
+    for name in NAMES:
+        assert (tmp_path / "spawned" / f"{name}.drc").read_bytes() == (tmp_path / "forked" / f"{name}.drc").read_bytes()
+
+
+@pytest.mark.cuda
+def test_a_batch_on_cuda_converts_in_its_worker_processes(tmp_path, five_photos):
+    """The command checks its options on the GPU before the workers start, as a user's run
+    does; the workers then use CUDA too, both ways."""
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    encoded, decoded = tmp_path / "encoded", tmp_path / "decoded"
+    for source, destination in ((five_photos, encoded), (encoded, decoded)):
+        result = CliRunner().invoke(main, ["batch", str(source), str(destination), "-q", "1", "-e", "1", "-j", "2",
+                                           "--device", "cuda"])
+        assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in decoded.iterdir()) == [f"{name}.png" for name in NAMES]

@@ -320,6 +320,7 @@ def devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
+@pytest.mark.cuda(required=False)
 def test_one_process_uses_every_device_in_any_order(small_image):
     """A model moved to one device must not pull another device's copy with it: decode on each
     device, back and forth, and every decode of the same file agrees with its device's first."""
@@ -334,6 +335,7 @@ def test_one_process_uses_every_device_in_any_order(small_image):
     assert get_codec(None, diraccodec.api.compute_for("cpu")).model.analysis[0].weight.device.type == "cpu"
 
 
+@pytest.mark.cuda(required=False)
 def test_a_gpu_runs_the_networks_in_full_float32_not_tf32_and_restores_the_flags():
     import torch
 
@@ -359,7 +361,7 @@ def test_a_gpu_runs_the_networks_in_full_float32_not_tf32_and_restores_the_flags
         cudnn.allow_tf32, matmul.allow_tf32 = before
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_files_cross_between_cpu_and_cuda_with_identical_symbols(sample_image):
     import torch
 

@@ -167,7 +167,7 @@ def test_a_context_stream_round_trips_in_either_format_versions_arithmetic(conte
     assert not torch.equal(*means) and (means[0] - means[1]).abs().max() < 1e-2
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_a_context_stream_reads_alike_on_the_cpu_and_cuda(context_weights: Path, small_image: Image.Image):
     from diraccodec.api import compute_for
 

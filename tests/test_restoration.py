@@ -94,6 +94,21 @@ def test_info_says_whether_a_decoder_trained_on_the_filter_can_run(small_image, 
     assert f"enhances the output of restoration weights {filter_id.hex()}, which are not installed" in output
 
 
+def test_a_diffusion_decoder_s_file_is_refused_as_the_filter(small_image, tmp_path, monkeypatch):
+    """The two U-Nets share their layers and their base's id: only the file's kind tells them
+    apart. Named as the filter, a diffusion decoder's file fails in one line, not silently."""
+    from diraccodec.modelfiles import DEFAULT_DIFFUSION_WEIGHTS, load_restoration_weights
+
+    path = tmp_path / "a.drc"
+    path.write_bytes(diraccodec.encode(small_image, 2))
+    monkeypatch.setenv("DIRAC_RESTORATION_WEIGHTS", str(DEFAULT_DIFFUSION_WEIGHTS.resolve()))
+    with pytest.raises(diraccodec.DiracError, match=r"not a diraccodec restoration weights file \(a diffusion decoder"):
+        load_restoration_weights()
+    result = CliRunner().invoke(main, ["decode", str(path), "-o", str(tmp_path / "a.png")])
+    assert result.exit_code == 2 and "not a diraccodec restoration weights file" in result.output
+    assert not (tmp_path / "a.png").exists()
+
+
 def test_training_starts_from_the_diffusion_unet_and_exports_a_filter(sample_image, diffusion_weights, tmp_path):
     from diraccodec.modelfiles import load_diffusion_weights, load_restoration_weights
     from diraccodec.training.restoration import RestorationTrainingOptions, restoration_loss, train_restoration

@@ -41,6 +41,22 @@ def test_unmutated_seeds_decode():
         assert fuzz_drc.check(data, 1_000_000)[0] == "decoded"
 
 
+def test_a_file_recommending_more_steps_than_the_decoder_runs_names_the_file(small_image):
+    """The recommendation is one byte (up to 255); this decoder runs at most 100 steps. The
+    error is about the file, not an option the caller never gave, and steps given still decode."""
+    from dataclasses import replace
+
+    from diraccodec.api import MAX_STEPS
+    from diraccodec.container import drc
+    from diraccodec.errors import InvalidOptionError
+
+    header = drc.unpack(diraccodec.encode(small_image, 2, effort=1))
+    data = drc.pack(replace(header, sections={**header.sections, drc.TAG_STEPS: bytes([200])}))
+    with pytest.raises(InvalidOptionError, match=f"the file recommends 200 diffusion steps, more than the {MAX_STEPS}"):
+        diraccodec.decode(data)
+    assert diraccodec.decode(data, steps=0).size == small_image.size
+
+
 def test_huge_claimed_image_is_refused_before_allocation():
     import tracemalloc
 

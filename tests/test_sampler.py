@@ -51,7 +51,7 @@ def test_the_hash_is_integer_arithmetic_that_no_device_can_round():
     assert hashed.tolist() == [reference(v) for v in values.tolist()]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_the_same_noise_on_the_gpu():
     cpu = gaussian_noise((1, 3, 333, 517), 11, 2)
     gpu = gaussian_noise((1, 3, 333, 517), 11, 2, "cuda").cpu()
@@ -261,7 +261,7 @@ def test_cuda_graphs_are_asked_for_on_a_gpu_only(monkeypatch):
     assert Compute(torch.device("cuda")).replayed(network) is network  # off unless asked for
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_replayed_steps_give_the_pixels_of_plain_ones(monkeypatch, small_image):
     import numpy as np
 

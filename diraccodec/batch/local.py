@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.context import BaseContext
 
 from diraccodec.batch.jobs import BatchSettings, Job, JobResult, gather, run_job
 
@@ -31,6 +33,16 @@ def run_batch(
     return gather(_results(jobs, settings, workers), on_result)
 
 
+def worker_start(device: str) -> BaseContext | None:
+    """How the workers start: fresh interpreters (spawn) where the work runs on CUDA, which a
+    process forked from one that has used CUDA cannot use, and this one has (resolving `auto`
+    initialises the driver; the options are checked on the device). Elsewhere the platform's
+    default (a fork on Linux: quick, with torch already imported)."""
+    from diraccodec.compute import resolve_device
+
+    return multiprocessing.get_context("spawn") if resolve_device(device).type == "cuda" else None
+
+
 def _results(jobs: list[Job], settings: BatchSettings, workers: int) -> Iterator[JobResult]:
     """Every job's result. A worker that dies (killed, out of memory) takes the pool down, and
     with it the files the other workers were converting: each file that was in the pool goes
@@ -40,21 +52,22 @@ def _results(jobs: list[Job], settings: BatchSettings, workers: int) -> Iterator
         for job in jobs:
             yield run_job(job, settings)
         return
-    queue = deque(jobs)
+    queue, start = deque(jobs), worker_start(settings.device)
     while queue:
-        suspects = yield from _until_a_worker_dies(queue, settings, workers)
+        suspects = yield from _until_a_worker_dies(queue, settings, workers, start)
         for job in suspects:
             alone = deque([job])
             while alone:  # emptied by the run, unless the pool was found broken before it took the file
-                if (yield from _until_a_worker_dies(alone, settings, 1)):
+                if (yield from _until_a_worker_dies(alone, settings, 1, start)):
                     yield JobResult(job, "failed", WORKER_DIED)
 
 
-def _until_a_worker_dies(queue: deque[Job], settings: BatchSettings, workers: int) -> Iterator[JobResult]:
+def _until_a_worker_dies(queue: deque[Job], settings: BatchSettings, workers: int,
+                         start: BaseContext | None) -> Iterator[JobResult]:
     """The results of jobs taken from `queue`, one per worker at a time, so that the files in a
     pool are known when a worker dies; returns those files then (else nothing)."""
     running: dict[Future, Job] = {}
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=start) as pool:
         while queue or running:
             broken = False
             while queue and len(running) < workers and not broken:

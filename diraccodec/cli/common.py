@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -188,7 +189,10 @@ def parse_size(text: str) -> int:
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in _UNITS:
         raise DiracError(f"--size takes a number with an optional unit (B, KB, MB, GB, KiB, MiB, GiB), got {text!r}")
-    size = int(float(match.group(1)) * _UNITS[unit])
+    value = float(match.group(1)) * _UNITS[unit]
+    if not math.isfinite(value):
+        raise DiracError(f"--size is too large, got {text!r}")
+    size = int(value)
     if size <= 0:
         raise DiracError(f"--size must be positive, got {text!r}")
     return size

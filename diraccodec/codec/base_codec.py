@@ -12,7 +12,7 @@ and come out as 8-bit pixels, so that memory beyond one tile is that of the 8-bi
 The image is padded to a multiple of 64 pixels (the hyper-latents' stride). The stream codes
 only the latents of the image's own 16-pixel cells; those of the padding beyond are 0 (their
 predicted mean) on both sides, and cost nothing. Files of format versions 1 and 2 coded the
-whole padded grid, which on a 481x321 photo is 27% more latents; they still decode so.
+whole padded grid, which on a 481x321 photo is 18% more latents; they still decode so.
 """
 
 from __future__ import annotations
@@ -332,11 +332,12 @@ class BaseCodec:
         objective on the image `rgb` (diraccodec.transforms.search), measured after
         search.restoration (the decoder's filter at 0 steps) where given; 0 rounds. With the
         image, the padding's latents are 0 and the stream codes the image's cells only;
-        without it, every latent is rounded and coded.
+        without it, every latent is rounded and coded, as format versions 1 and 2 did (read such
+        a stream with `read_stream(..., whole_grid=True)`).
         """
-        y_scaled, hyper = self.hyper_latents(y, level)
         if search.passes > 0 and rgb is None:
             raise ValueError("the search needs the image")
+        y_scaled, hyper = self.hyper_latents(y, level)
         mean, table_ids, scale = self._hyper_parameters(hyper, arithmetic)
         # With a context model the non-anchors are rounded again once the anchors set their mean,
         # so their scaled latents are kept aside.

@@ -143,7 +143,9 @@ class MultiRateHyperprior(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """What the decoder shows at 0 steps: hard-quantised latents, 8-bit output.
+        """What the decoder shows at 0 steps: hard-quantised latents, 8-bit output. `level`
+        (B,) counts from 0 here, as `gains` does (a file's level 1 is 0); levels below the
+        first trained one are clamped to it, where the codec extrapolates them.
 
         Float32 on any device; the bit-exact coding path lives in diraccodec.codec.base_codec. The
         diffusion decoder trains on these reconstructions.
@@ -168,7 +170,8 @@ class MultiRateHyperprior(nn.Module):
         return mean, bits_latent, -torch.log2(z_likelihood).flatten(1).sum(1)
 
     def forward(self, x: torch.Tensor, level: torch.Tensor) -> ForwardResult:
-        """Training pass: noise for the rate, straight-through rounding for the decoder."""
+        """Training pass: noise for the rate, straight-through rounding for the decoder.
+        `level` (B,) counts from 0, as in `gains`."""
         gain, inverse_gain = self.gains(level)
         y = self.analysis(x) * gain
         mean, bits_latent, bits_hyper = self.rate(y)
