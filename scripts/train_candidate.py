@@ -82,6 +82,9 @@ PART_BYTES = 15 * 2**20  # returned files stay under 16 MiB
 TRAINING_PHOTOS = ROOT.parent / "shared" / "data" / "train"  # beside the checkout, where join runs
 SHARED_TABLES_BASE = "base-shared-tables.safetensors"  # the trained base, before the level tables
 SHORTEST_STAGE_MINUTES = 0.1  # a stage left no time still starts, saves and exports
+# How long past the budget the filter's process may take (its imports delay its own clock's
+# start by a few seconds) before it is asked to stop, and again before it is killed
+HELPER_GRACE_SECONDS = 60
 # Each stage's options beyond data, state, budget and export: how the shipped models trained
 # on a GPU (docs/models.md), at a learning rate for fine-tuning.
 STAGE_OPTIONS = {
@@ -184,6 +187,12 @@ def train(arguments: argparse.Namespace) -> int:
         if arguments.output:  # stage by stage: a run killed later still returns what is done
             deliver(arguments, record, stage)
 
+    def seconds_left() -> float | None:
+        return None if arguments.steps else max(0.0, arguments.minutes * 60 - (time.monotonic() - started))
+
+    for stage in STAGES:  # an earlier run's exports are not this run's (the states stay, to resume)
+        for path in (arguments.work / "weights" / WEIGHTS[stage], summary_path(arguments.work / stage)):
+            path.unlink(missing_ok=True)
     with lpips_weights_from(arguments.start):
         status = train_gpu.main(announced("base", stage_arguments("base", arguments, budget(arguments.base_share))))
         finished("base")
@@ -201,10 +210,25 @@ def train(arguments: argparse.Namespace) -> int:
             try:
                 status = train_gpu.main(announced("diffusion", stage_arguments("diffusion", arguments, budget(1.0))))
             finally:
-                helper_status = helper.wait()
-    finished("restoration")
-    finished("diffusion")
+                finished("diffusion")  # before waiting on the filter's process, which may overrun
+                left = seconds_left()
+                helper_status = wait_for(helper, None if left is None else left + HELPER_GRACE_SECONDS)
+                finished("restoration")
     return status or helper_status
+
+
+def wait_for(process: subprocess.Popen, seconds: float | None) -> int:
+    """The process's exit status; past `seconds` it is asked to stop (SIGTERM: it saves and
+    exports at its next step), and killed if it has not within HELPER_GRACE_SECONDS."""
+    try:
+        return process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        try:
+            return process.wait(timeout=HELPER_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
 
 
 def announced(stage: str, line: list[str]) -> list[str]:

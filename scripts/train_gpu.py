@@ -18,6 +18,7 @@ import io
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,7 +33,13 @@ from diraccodec.codec.hyperprior import CONTEXTS  # noqa: E402
 from diraccodec.errors import DiracError  # noqa: E402
 from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, DEFAULT_DIFFUSION_WEIGHTS  # noqa: E402
 from diraccodec.training.base import DEFAULT_TRAIN_DATA, BaseTrainingOptions, export_base_checkpoint, train_base  # noqa: E402
-from diraccodec.training.checkpoint import state_folder, state_parts, summary_path, write_travel_copy  # noqa: E402
+from diraccodec.training.checkpoint import (  # noqa: E402
+    state_exists,
+    state_folder,
+    state_parts,
+    summary_path,
+    write_travel_copy,
+)
 from diraccodec.training.diffusion import (  # noqa: E402
     DiffusionTrainingOptions,
     export_diffusion_checkpoint,
@@ -217,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["scripts/train_gpu.py", *(sys.argv[1:] if argv is None else argv)])
         console.print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {command} | torch {torch.__version__} "
                       f"on {device}", markup=False, highlight=False)
+        failed = False
         try:
             TRAINERS[arguments.model](options, console)
         except KeyboardInterrupt:  # SIGTERM or Ctrl-C: the state is saved; deliver it all the same
@@ -224,13 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         except DiracError as error:  # bad input: one line, as the dirac command gives it
             console.print(f"error: {error}", markup=False, highlight=False)
             return 2
-        if arguments.export:
+        except Exception:  # a fault mid-run (out of GPU memory, a compiler's): the last saved state still ships
+            console.print(traceback.format_exc(), markup=False, highlight=False)
+            failed = True
+        if arguments.export and state_exists(state):
             EXPORTERS[arguments.model](state, arguments.export)
-            console.print(f"exported {arguments.export}")
+            saved = " (the last state saved before the fault)" if failed else ""
+            console.print(f"exported {arguments.export}{saved}")
     if arguments.output:
         copy_results(state, log, arguments.output)
     print(f"summary: {summary_path(state)}", file=sys.stderr)
-    return 130 if interrupted else 0
+    return 1 if failed else 130 if interrupted else 0
 
 
 if __name__ == "__main__":

@@ -174,6 +174,9 @@ def test_a_stage_that_fails_leaves_the_others_returned(script, tmp_path, capsys)
     assert script.main(["pack", str(start), "--no-lpips"]) == 0
     (start / "restoration.safetensors").unlink()  # the filter's process cannot start
     photos = make_photos(tmp_path / "photos", ["a", "b"], size=(192, 160))
+    stale = tmp_path / "work" / "weights" / "restoration.safetensors"  # an earlier call's, on a machine kept warm
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an earlier run's filter")
     assert script.main(["train", "--start", str(start), "--data", str(photos), "--steps", "1",
                         "--work", str(tmp_path / "work"), "--output", str(output), "--batch-sizes", "1,1,1",
                         "--patch-sizes", "64,64,64", "--device", "cpu", "--threads", "1"]) == 2
@@ -184,3 +187,23 @@ def test_a_stage_that_fails_leaves_the_others_returned(script, tmp_path, capsys)
     capsys.readouterr()
     assert script.main(["join", str(output), str(tmp_path / "candidate")]) == 2
     assert capsys.readouterr().err.startswith("error: the run returned no restoration.safetensors: see ")
+
+
+def test_the_filter_s_process_is_stopped_past_its_time_and_killed_if_it_will_not(script, monkeypatch):
+    """The candidate waits for the restoration filter's process at most until the budget's end
+    and a grace: then SIGTERM (it saves and exports at its next step), then SIGKILL."""
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.setattr(script, "HELPER_GRACE_SECONDS", 1.0)
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    started = time.monotonic()
+    assert script.wait_for(polite, 0.5) == -15 and time.monotonic() - started < 10
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)"],
+                                stdout=subprocess.PIPE)
+    stubborn.stdout.readline()  # its handler is in place
+    assert script.wait_for(stubborn, 0.5) == -9
+    done = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    assert script.wait_for(done, None) == 3

@@ -263,3 +263,23 @@ def test_an_older_single_file_checkpoint_is_read_exported_and_replaced(script, p
     assert (tmp_path / "w.safetensors").exists()
     assert not legacy.exists() and not legacy_moments.exists()  # replaced by the folder
     assert_same_tensors(read_state(tmp_path / "old")[1], tensors)
+
+
+def test_a_fault_mid_run_still_exports_and_delivers_the_last_saved_state(script, photos, tmp_path, monkeypatch):
+    """Out of GPU memory, or a compiler's error, in the middle of a rare GPU run: the command
+    logs the traceback, exports the state saved before the fault, delivers it, and exits 1."""
+    state, output, weights = tmp_path / "base", tmp_path / "out", tmp_path / "w" / "base.safetensors"
+    assert train(script, photos, state, "--steps", "2") == 0
+
+    def faulty(options, console):
+        raise RuntimeError("CUDA out of memory (as a test raises it)")
+
+    monkeypatch.setitem(script.TRAINERS, "base", faulty)
+    assert train(script, photos, state, "--steps", "4", "--export", str(weights), "--output", str(output)) == 1
+    log = state.with_name("base.log").read_text()
+    assert "Traceback" in log and "CUDA out of memory (as a test raises it)" in log
+    assert "(the last state saved before the fault)" in log and weights.exists()
+    assert read_state(output / "base")[0].step == 2
+    fresh = tmp_path / "fresh"  # nothing saved yet: nothing to export, and still no traceback out
+    assert train(script, photos, fresh, "--steps", "4", "--export", str(tmp_path / "none.safetensors")) == 1
+    assert not (tmp_path / "none.safetensors").exists()

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diraccodec.training.base import BaseTrainingOptions, export_base_checkpoint, train_base
-from diraccodec.training.checkpoint import load_checkpoint_metadata, read_state, write_travel_copy
+from diraccodec.training.checkpoint import load_checkpoint_metadata, read_state, summary_path, write_travel_copy
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +203,33 @@ def test_a_time_budget_sets_the_step_count_and_a_run_without_moments_warms_up(ph
     resumed = LoopOptions(checkpoint=checkpoint, steps=10_000, learning_rate=1e-3, schedule_start=9_000)
     assert learning_rate_at(9_799, resumed) == pytest.approx(1e-3)  # a budgeted run: the end of its own steps
     assert learning_rate_at(9_900, resumed) < 1e-3
+
+
+def test_a_slow_first_step_does_not_end_a_budgeted_run_early(photo_folder: Path, tmp_path: Path, monkeypatch):
+    """On a GPU the first step compiles the model (a minute or more). Counted in the speed, it
+    made the first estimate of the run's steps so small that the decay began before the next
+    estimate, and the run stopped at that count with half of its time unused."""
+    import time
+
+    from diraccodec.training import loop
+
+    take_step, taken = loop._take_step, []
+
+    def compiling_first(*arguments):
+        if not taken:
+            time.sleep(3.0)  # the compilation
+        taken.append(1)
+        return take_step(*arguments)
+
+    monkeypatch.setattr(loop, "_take_step", compiling_first)
+    budget = options(photo_folder, tmp_path / "ck", 1)
+    budget.minutes, budget.calibration_steps, budget.log_every, budget.save_margin_seconds = 0.1, 3, 1000, 0.2
+    started = time.monotonic()
+    train_base(budget)
+    elapsed = time.monotonic() - started
+    summary = json.loads(summary_path(tmp_path / "ck").read_text())
+    assert summary["stopped_by"] == "time" and elapsed > 0.8 * 6, (elapsed, summary["steps_this_run"])
+    assert summary["steps_this_run"] > 10
 
 
 def test_entropy_finetune_lowers_the_rate_and_leaves_the_transforms_alone(photo_folder: Path, tmp_path: Path,

@@ -20,16 +20,21 @@ class WeightAverage:
     def reset(self, model: torch.nn.Module) -> None:
         """Start the average afresh at the model's current weights."""
         self.updates = 0
-        self.tensors = {name: value.detach().clone() for name, value in model.state_dict().items()
-                        if value.is_floating_point()}
+        current = model.state_dict()
+        self.tensors = {name: value.detach().clone() for name, value in current.items() if value.is_floating_point()}
+        # the model's own tensors (state_dict's share their storage), listed once: building the
+        # state dict at every step is Python work a GPU step waits for
+        self._model, self._sources = model, [current[name] for name in self.tensors]
+        self._averages = list(self.tensors.values())
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         """Fold in the current weights; early on the decay is smaller, so the start fades fast."""
+        if model is not self._model:
+            raise ValueError("the average follows the model it was made for")
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        current = model.state_dict()  # one fused update for all tensors: a GPU step launches few kernels
-        torch._foreach_lerp_(list(self.tensors.values()), [current[name] for name in self.tensors], 1 - decay)
+        torch._foreach_lerp_(self._averages, self._sources, 1 - decay)  # one fused update: few launches
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """For the checkpoint: the averaged tensors and the update count."""

@@ -7,6 +7,7 @@ resumes it (model, Adam moments, data and noise RNG); a resumed run keeps its st
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,6 +54,13 @@ class BaseTrainingOptions(LoopOptions):
     synthesis_channels: int | None = None
 
 
+@functools.lru_cache(maxsize=4)
+def _lambda_table(lambdas: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """The ladder on the device, made once: a copy from the host at every step would wait for
+    the GPU to finish the queued work first, each step."""
+    return torch.tensor(lambdas, device=device)
+
+
 def rate_distortion_loss(
     model: MultiRateHyperprior, batch: torch.Tensor, levels: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -61,7 +69,7 @@ def rate_distortion_loss(
     pixels = batch.shape[-1] * batch.shape[-2]
     bpp = (result.bits_latent + result.bits_hyper) / pixels
     mse = (result.reconstruction - batch).pow(2).flatten(1).mean(1)
-    lambdas = torch.tensor(model.config.lambdas, device=batch.device)[levels]
+    lambdas = _lambda_table(model.config.lambdas, batch.device)[levels]
     loss = (lambdas * 255**2 * mse + bpp).mean()
     psnr = (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()
     return {"loss": loss, "bpp": bpp.mean().detach(), "psnr": psnr.detach()}

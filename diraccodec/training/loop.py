@@ -198,8 +198,10 @@ def _stop_requests() -> Iterator[_StopRequest]:
 
 @dataclass
 class _Pace:
-    """Where the speed under a time budget is measured from: the loop's start for a first
-    estimate (start-up included), then the step of that estimate."""
+    """Where the speed under a time budget is measured from: the end of the run's first step
+    (on a GPU that step compiles the model, which can take a minute or more: counted in the
+    speed, it would set the run's end far too early, and a decay begun before the next
+    estimate would keep it there), then the step of each estimate."""
 
     step: int
     since: float
@@ -277,10 +279,10 @@ def _train_until_stopped(
                           f"{state.seconds / 3600:.2f} h", soft_wrap=True)  # one line per entry, however narrow
             sys.stderr.flush()
 
-    last_save, saved_step, step_seconds = time.monotonic(), state.step, 0.0
+    last_save, saved_step, next_step_seconds = time.monotonic(), state.step, 0.0
     with _stop_requests() as stop:
         while True:
-            out_of_time = end is not None and time.monotonic() + step_seconds + margin > end
+            out_of_time = end is not None and time.monotonic() + next_step_seconds + margin > end
             stopped_by = _stop_reason(options, state.step, state.step - first_step, stop.requested, out_of_time)
             if stopped_by:
                 break
@@ -297,6 +299,12 @@ def _train_until_stopped(
             speed.stepped(state.step - first_step)
             now = time.monotonic()
             step_seconds = now - step_started
+            # the next step takes as long as this one, but for the first, which compiles on a GPU
+            # (its time would stop a run with less than a compilation left); the speed is
+            # measured from there too (_Pace)
+            next_step_seconds = step_seconds if state.step - first_step > 1 else 0.0
+            if state.step - first_step == 1:
+                pace.step, pace.since = state.step, now
             state.seconds += step_seconds
             for name, value in figures.items():  # kept on the device: no GPU sync per step
                 window.setdefault(name, []).append(value.detach())
