@@ -38,6 +38,7 @@ from diraccodec.image.planes import (
     image_to_planes,
     open_image,
     planes_to_image,
+    upright,
 )
 from diraccodec.image.profiles import compress_profile, describes_srgb
 from diraccodec.modelfiles import (
@@ -381,6 +382,8 @@ def encode(
         image = open_image(image, max_pixels, label)
     elif image.width * image.height > max_pixels:
         raise LimitExceededError(f"image of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels")
+    else:
+        image = upright(image)  # as open_image turns a file's (the Pillow plugin's save comes here)
     planes = image_to_planes(image, metadata)
     del image
     with _LOCK:

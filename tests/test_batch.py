@@ -155,3 +155,26 @@ def test_a_batch_on_cuda_converts_in_its_worker_processes(tmp_path, five_photos)
                                            "--device", "cuda"])
         assert result.exit_code == 0, result.output
     assert sorted(p.name for p in decoded.iterdir()) == [f"{name}.png" for name in NAMES]
+
+
+def test_a_folder_converted_in_place_keeps_its_originals_even_when_overwriting(tmp_path, five_photos):
+    """Run twice in place, a batch decodes its own a.drc back onto the original a.png: that
+    output is an input of the batch, and is never replaced."""
+    settings = BatchSettings(quality=1, effort=1, overwrite=True)
+    originals = {name: (five_photos / f"{name}.png").read_bytes() for name in NAMES}
+    run_batch(plan_jobs(five_photos, five_photos, settings), settings, 1, lambda result: None)
+    results = run_batch(plan_jobs(five_photos, five_photos, settings), settings, 1, lambda result: None)
+    refused = sorted(Path(r.job.source).name for r in results if r.status == "failed")
+    assert refused == sorted([f"{name}.drc" for name in NAMES] + [f"{name}.png" for name in NAMES])
+    assert all("is an input of this batch" in r.message for r in results)
+    assert {name: (five_photos / f"{name}.png").read_bytes() for name in NAMES} == originals
+
+
+def test_a_destination_inside_the_source_is_not_read_as_input(tmp_path, five_photos):
+    settings = BatchSettings(quality=1, effort=1)
+    inside = five_photos / "encoded"
+    for _ in range(2):  # the second run finds the first's outputs under the source
+        jobs = plan_jobs(five_photos, inside, settings)
+        assert sorted(Path(job.source).name for job in jobs) == [f"{name}.png" for name in NAMES]
+        run_batch(jobs, settings, 1, lambda result: None)
+    assert sorted(p.relative_to(inside).as_posix() for p in inside.rglob("*")) == [f"{name}.drc" for name in NAMES]

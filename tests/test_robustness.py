@@ -307,3 +307,124 @@ def test_written_files_get_the_mode_the_umask_gives(tmp_path):
             os.umask(previous)
         modes[umask] = (tmp_path / f"{umask:o}.drc").stat().st_mode & 0o777
     assert modes == {0o022: 0o644, 0o077: 0o600}
+
+
+def test_a_device_or_pipe_named_as_the_output_is_written_into_not_replaced(tmp_path, small_image):
+    """`-o /dev/null` (run as root, as in a container) must not replace the device by a file."""
+    import os
+    import stat
+
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    small_image.save(tmp_path / "a.png")
+    device = tmp_path / "null"
+    os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # the null device, under another name
+    result = CliRunner().invoke(main, ["encode", str(tmp_path / "a.png"), "-q", "2", "-e", "1", "-o", str(device)])
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISCHR(os.stat(device).st_mode) and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    fifo = tmp_path / "out.png"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    (tmp_path / "a.drc").write_bytes(diraccodec.encode(small_image, 2, effort=1))
+    result = CliRunner().invoke(main, ["decode", str(tmp_path / "a.drc"), "-o", str(fifo)])
+    assert result.exit_code == 0, result.output
+    assert Image.open(io.BytesIO(reader.communicate(timeout=60)[0])).size == small_image.size
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_the_input_named_as_the_output_is_refused_before_the_work(tmp_path, small_image):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    small_image.save(tmp_path / "a.png")
+    before = (tmp_path / "a.png").read_bytes()
+    result = CliRunner().invoke(main, ["encode", str(tmp_path / "a.png"), "-q", "2", "-o", str(tmp_path / "a.png")])
+    assert result.exit_code == 2 and "is the input: name another file" in result.output
+    assert (tmp_path / "a.png").read_bytes() == before
+
+
+def test_a_long_valid_output_name_is_written(tmp_path, small_image):
+    """The temporary file beside it must not push a valid 250-byte name past the system's 255."""
+    path = tmp_path / ("x" * 246 + ".drc")
+    from diraccodec.image.files import write_atomic
+
+    write_atomic(path, b"data")
+    assert path.read_bytes() == b"data"
+
+
+def test_a_transparent_colour_becomes_alpha(tmp_path):
+    """PNG's tRNS for grey, 16-bit grey and RGB images: one colour marked transparent."""
+    grey = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (8, 1))
+    cases = [(Image.fromarray(grey), 16, "LA"),
+             (Image.fromarray(grey.astype(np.uint16) * 257), 16 * 257, "LA"),
+             (Image.fromarray(np.dstack([grey] * 3)), (16, 16, 16), "RGBA")]
+    for image, colour, mode in cases:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG", transparency=colour)
+        decoded = diraccodec.decode(diraccodec.encode(buffer.getvalue(), 2, effort=1))
+        assert decoded.mode == mode, image.mode
+        alpha = np.asarray(decoded.getchannel("A"))
+        assert (alpha[:, 2] == 0).all() and (np.delete(alpha, 2, axis=1) == 255).all(), image.mode
+
+
+def test_an_image_object_is_turned_upright_as_a_file_is(small_image):
+    """The API and the Pillow plugin take PIL images: their EXIF orientation is applied too."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned 90 degrees clockwise to view
+    buffer = io.BytesIO()
+    small_image.save(buffer, "JPEG", exif=exif, quality=95)
+    opened = Image.open(buffer)
+    from_object = diraccodec.decode(diraccodec.encode(opened, 2, effort=1, metadata=False))
+    from_bytes = diraccodec.decode(diraccodec.encode(buffer.getvalue(), 2, effort=1, metadata=False))
+    assert from_object.size == from_bytes.size == (small_image.height, small_image.width)
+    assert np.array_equal(np.asarray(from_object), np.asarray(from_bytes))
+
+
+def test_damaged_inputs_outputs_and_limits_are_one_line_errors(tmp_path, small_image):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    small_image.save(tmp_path / "a.tif")
+    data = bytearray((tmp_path / "a.tif").read_bytes())
+    first_ifd = int.from_bytes(data[4:8], "little")
+    entries = int.from_bytes(data[first_ifd:first_ifd + 2], "little")
+    data[first_ifd + 2 + 12 * entries:first_ifd + 6 + 12 * entries] = (0xAD000000).to_bytes(4, "little")
+    (tmp_path / "b.tif").write_bytes(data)  # its next directory points far past the end
+    runner = CliRunner()
+    result = runner.invoke(main, ["encode", str(tmp_path / "b.tif"), "-q", "2", "-o", str(tmp_path / "b.drc")])
+    assert result.exit_code == 2 and "dirac: error: cannot read image" in result.output, result.output
+    pixels = small_image.width * small_image.height
+    result = runner.invoke(main, ["encode", str(tmp_path / "a.tif"), "-q", "2", "-o", str(tmp_path / "c.drc"),
+                                  "--max-pixels", str(pixels // 3)])  # past Pillow's own guard at twice the limit
+    assert result.exit_code == 2 and f"exceeds the limit of {pixels // 3} pixels" in result.output, result.output
+    encoded = tmp_path / "la.drc"
+    encoded.write_bytes(diraccodec.encode(small_image.convert("LA"), 2, effort=1))
+    for mode_suffix in (".bmp", ".jpg"):
+        result = runner.invoke(main, ["decode", str(encoded), "-o", str(tmp_path / f"la{mode_suffix}")])
+        assert result.exit_code == 2 and "cannot hold an alpha channel" in result.output, result.output
+
+
+def test_an_exif_block_that_does_not_parse_is_left_out_of_a_tiff_with_a_warning(small_image):
+    from diraccodec.image.files import image_bytes
+    from diraccodec.image.metadata import EXIF_PREFIX
+
+    image = small_image.copy()
+    image.info["exif"] = EXIF_PREFIX + b"garbage"
+    with pytest.warns(UserWarning, match="EXIF left out of the TIFF output"):
+        written = image_bytes(image, "TIFF")
+    assert Image.open(io.BytesIO(written)).size == small_image.size
+
+
+def test_standard_streams_that_are_closed_or_full_are_one_line_errors(tmp_path, small_image):
+    encoded = tmp_path / "a.drc"
+    encoded.write_bytes(diraccodec.encode(small_image, 2, effort=1))
+    command = f"{sys.executable} -m diraccodec.cli"
+    for shell, expected in ((f"{command} decode {encoded} -o - > /dev/full", "cannot write standard output"),
+                            (f"{command} decode {encoded} -o - >&-", "standard output is closed"),
+                            (f"{command} encode - -q 2 -o {tmp_path / 'b.drc'} <&-", "standard input is closed")):
+        result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, shell

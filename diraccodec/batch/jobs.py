@@ -8,10 +8,10 @@ bad file becomes a failed JobResult with its message instead of an exception.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from diraccodec.batch.storage import Location, join, location_of, storage_for
+from diraccodec.batch.storage import Location, is_uri, join, location_of, storage_for
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
 from diraccodec.image.planes import IMAGE_SUFFIXES
@@ -47,6 +47,9 @@ class Job:
     target: Location
     # another input that converts to the same output (photo.png and photo.jpg): this one fails
     same_output_as: Location | None = None
+    # its output is one of the batch's own inputs (a folder converted in place: a.drc to a.png
+    # beside the original a.png): never replaced, even when overwriting
+    replaces_source: bool = False
 
     @property
     def encodes(self) -> bool:
@@ -68,10 +71,14 @@ def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettin
     source, destination = location_of(source), location_of(destination)
     jobs = []
     first_source: dict[str, Location] = {}
-    for relative in storage_for(source).files(source):
+    relatives = storage_for(source).files(source)
+    nested = _inside(destination, source)  # the outputs of earlier runs are not inputs
+    for relative in relatives:
         path = PurePosixPath(relative)
         suffix = path.suffix.lower()
         if any(part.startswith(".") for part in path.parts):  # hidden files and folders, and temporary files
+            continue
+        if nested is not None and nested in path.parents:
             continue
         if suffix == DRC_SUFFIX:
             output = path.with_suffix(settings.decoded_suffix)
@@ -82,7 +89,20 @@ def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettin
         job = Job(join(source, relative), join(destination, output.as_posix()))
         first = first_source.setdefault(str(job.target), job.source)
         jobs.append(job if first == job.source else Job(job.source, job.target, same_output_as=first))
-    return jobs
+    sources = {str(job.source) for job in jobs}
+    return [replace(job, replaces_source=True) if str(job.target) in sources else job for job in jobs]
+
+
+def _inside(destination: Location, source: Location) -> PurePosixPath | None:
+    """Where `destination` lies under `source`, relative to it (None: elsewhere, or the same folder)."""
+    if is_uri(destination) != is_uri(source):
+        return None
+    if is_uri(source):
+        below, above = str(destination).rstrip("/"), str(source).rstrip("/")
+        return PurePosixPath(below[len(above) + 1:]) if below.startswith(above + "/") else None
+    below, above = Path(destination).resolve(), Path(source).resolve()
+    return PurePosixPath(below.relative_to(above).as_posix()) if below != above and below.is_relative_to(above) \
+        else None
 
 
 def run_job(job: Job, settings: BatchSettings) -> JobResult:
@@ -95,6 +115,9 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
         source, target = storage_for(job.source), storage_for(job.target)
         if not settings.overwrite and target.exists(job.target):
             return JobResult(job, "skipped", "output exists")
+        if job.replaces_source:
+            return JobResult(job, "failed", f"its output {job.target} is an input of this batch, left as it is: "
+                                            f"convert into another folder")
         data = source.read(job.source)
         if job.encodes:
             quality = None if settings.size is not None or settings.bpp is not None else settings.quality

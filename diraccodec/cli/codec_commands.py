@@ -103,7 +103,7 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
     from diraccodec import api
 
     rate = rate_target(quality, size_text, bpp)
-    check_output(output)
+    check_output(output, source)
     image = read_source(source) if is_stream(source) else source
     with progress_bar("searching latents") as searched:
         data = api.encode(image, **rate, effort=effort, steps=recommended_steps, detail_map=detail_map,
@@ -141,7 +141,7 @@ def decode(source: Path, output: Path, format_suffix: str | None, png_compressio
     from diraccodec import api
     from diraccodec.image.files import image_bytes
 
-    check_output(output)  # a bad output fails now, not after the work
+    check_output(output, source)  # a bad output fails now, not after the work
     image_format = output_format(output, format_suffix)
     data = read_source(source)
     with progress_bar("decoding") as decoded:

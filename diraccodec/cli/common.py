@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ from rich.console import Console
 
 from diraccodec.console import plain_console
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
-from diraccodec.errors import DiracError
+from diraccodec.errors import DiracError, OutputWriteError
 from diraccodec.options import DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEVICE_CHOICES, EFFORT_PASSES, MAX_STEPS
 
 EXIT_USER_ERROR = 2
@@ -43,20 +44,34 @@ def read_source(path: Path) -> bytes:
 
     if not is_stream(path):
         return read_bytes(path)
+    if sys.stdin is None:
+        raise DiracError("standard input is closed: pipe a file into it, or name the file")
     if sys.stdin.isatty():
         raise DiracError("standard input is a terminal: pipe a file into it, or name the file")
     return sys.stdin.buffer.read()
 
 
-def check_output(path: Path) -> None:
+def check_output(path: Path, source: Path | None = None) -> None:
     """Refuse, before the work rather than after it, "-" on a terminal (where the bytes would
-    be garbage) and an output that cannot be written where it is (image.files.check_writable)."""
+    be garbage), an output that cannot be written where it is (image.files.check_writable),
+    and the input itself named as the output (it would be lost)."""
     from diraccodec.image.files import check_writable
 
     if not is_stream(path):
+        if source is not None and not is_stream(source) and _same_file(source, path):
+            raise DiracError(f"the output {path} is the input: name another file")
         check_writable(path)
+    elif sys.stdout is None:
+        raise DiracError("standard output is closed: redirect it to a file or a pipe, or name the file with -o")
     elif sys.stdout.isatty():
         raise DiracError("standard output is a terminal: redirect it to a file or a pipe, or name the file with -o")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def write_output(path: Path, data: bytes) -> None:
@@ -67,8 +82,13 @@ def write_output(path: Path, data: bytes) -> None:
     if not is_stream(path):
         write_atomic(path, data)
         return
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        raise  # the reader went away: the caller's usual quiet end
+    except OSError as error:  # a full disk behind the redirection, say
+        raise OutputWriteError(f"cannot write standard output: {error.strerror or error}") from None
 
 
 def stdout_console() -> Console:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from PIL import Image
@@ -32,9 +33,11 @@ def read_bytes(path: Path) -> bytes:
 
 def _created_beside(path: Path) -> tuple[int, Path]:
     """A new hidden file beside `path`, open for writing. It is created with mode 0666, so the
-    system gives it what a plain write would (the umask applied), with no umask read here."""
+    system gives it what a plain write would (the umask applied), with no umask read here. Its
+    name keeps at most 200 bytes of `path`'s, so that a valid long name stays valid."""
+    shown = os.fsencode(path.name)[:200].decode(errors="ignore")
     while True:
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+        temporary = path.with_name(f".{shown}.{secrets.token_hex(6)}.part")
         try:
             return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
         except FileExistsError:
@@ -49,7 +52,21 @@ def check_writable(path: Path) -> None:
     path = Path(path)
     if os.path.isdir(path):  # which, unlike Path.is_dir, never raises
         raise OutputWriteError(f"cannot write {path}: it is a folder; name a file in it")
+    if is_special(path):  # written in place (write_atomic)
+        if not os.access(path, os.W_OK):
+            raise OutputWriteError(f"cannot write {path}: Permission denied")
+        return
     _check_can_create_in(path.parent, path)
+
+
+def is_special(path: Path) -> bool:
+    """Whether `path` is a device, a pipe or a socket (/dev/null, a FIFO): written into, never
+    replaced by a file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def check_writable_folder(folder: Path) -> None:
@@ -76,8 +93,15 @@ def _check_can_create_in(folder: Path, shown: Path) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename it into place, with the mode a
-    plain write would give it."""
+    plain write would give it. A device or a pipe (/dev/null, a FIFO) is written into as it is."""
     path = Path(path)
+    if is_special(path):
+        try:
+            with open(path, "wb") as stream:
+                stream.write(data)
+        except OSError as error:
+            raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = _created_beside(path)
@@ -114,8 +138,9 @@ def image_bytes(image: Image.Image, image_format: str, png_compression: int = DE
         options["compress_level"] = png_compression
     if image.info.get("icc_profile"):
         options["icc_profile"] = image.info["icc_profile"]
-    if image_format == "JPEG" and image.mode in ("RGBA", "LA"):
-        raise OutputWriteError("JPEG cannot hold an alpha channel: write .png instead")
+    # BMP's 32-bit pixels carry no alpha that readers agree on (Pillow reads them back as RGB)
+    if image_format in ("JPEG", "BMP") and image.mode in ("RGBA", "LA"):
+        raise OutputWriteError(f"{image_format} cannot hold an alpha channel: write .png instead")
     if image_format == "JPEG":
         options |= {"quality": 100, "subsampling": 0}  # full-resolution chroma: Pillow halves it otherwise
     if image_format == "WEBP":

@@ -13,6 +13,7 @@ are stored zlib-compressed and inflated to at most MAX_METADATA_BYTES.
 
 from __future__ import annotations
 
+import struct
 import threading
 import warnings
 import zlib
@@ -150,7 +151,10 @@ def save_options(image: Image.Image, image_format: str) -> dict[str, object]:
     if image_format == "TIFF" and (exif or xmp):
         tags = Image.Exif()  # TIFF writes EXIF as its own tags: one set, with the XMP among them
         if exif:
-            tags.load(exif)
+            try:
+                tags.load(exif)
+            except (SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error, OSError):
+                warnings.warn("EXIF left out of the TIFF output: it does not parse as EXIF", UserWarning, stacklevel=4)
         if xmp:
             tags[XMP_TIFF_TAG] = xmp
         return {"exif": tags}

@@ -9,6 +9,7 @@ so that the pixels are upright.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from diraccodec.image.metadata import PILLOW_SETTINGS, Metadata, attach, read_me
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+ORIENTATION_TAG = 0x0112
 
 
 class ColourMode(IntEnum):
@@ -71,6 +73,9 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
         return ImageOps.exif_transpose(image)
     except (LimitExceededError, ImageReadError):
         raise
+    except Image.DecompressionBombError:  # Pillow's own guard, at twice our limit
+        raise LimitExceededError(f"image {label} exceeds the limit of {max_pixels} pixels "
+                                 f"(it has over twice as many)") from None
     except FileNotFoundError:
         raise ImageReadError(f"cannot read image: no such file {label}") from None
     except IsADirectoryError:
@@ -79,8 +84,19 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
         if _is_empty(source):
             raise ImageReadError(f"cannot read image: {label} is empty") from None
         raise ImageReadError(f"cannot read image: {label} is not an image format Pillow knows") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+    # what Pillow's parsers raise on a damaged file (a TIFF's broken directory gives a TypeError)
+    except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError, struct.error) as error:
         raise ImageReadError(f"cannot read image {label}: {error}") from None
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (itself where it needs no turn), the
+    orientation taken out of its EXIF: a .drc file holds upright pixels."""
+    try:
+        orientation = image.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # an EXIF block Pillow cannot parse: nothing to turn by
+        return image
+    return image if orientation == 1 else ImageOps.exif_transpose(image)
 
 
 def _opened(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Image:
@@ -123,6 +139,8 @@ def image_to_planes(image: Image.Image, with_metadata: bool = True) -> Planes:
         mode = image.mode
     if mode == "PA":
         image, mode = image.convert("RGBA"), "RGBA"
+    if "transparency" in image.info and (mode in _GREY_MODES or mode == "RGB"):  # a colour marked transparent
+        return _with_transparent_colour(image, icc, metadata)
     if mode in _GREY_MODES:
         grey = np.asarray(_to_8bit_grey(image))
         return Planes(np.repeat(grey[:, :, None], 3, axis=2), ColourMode.L, None, icc, metadata)
@@ -136,6 +154,18 @@ def image_to_planes(image: Image.Image, with_metadata: bool = True) -> Planes:
         image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX ...
         icc = None if mode == "CMYK" else icc  # a CMYK profile no longer describes RGB pixels
     return Planes(np.asarray(image).copy(), ColourMode.RGB, None, icc, metadata)
+
+
+def _with_transparent_colour(image: Image.Image, icc: bytes | None, metadata: Metadata) -> Planes:
+    """An image whose `transparency` names one colour (grey level or RGB triple): that colour
+    becomes alpha 0, every other pixel alpha 255."""
+    colour, values = image.info["transparency"], np.asarray(image)
+    if image.mode != "RGB":  # a grey level, in the image's own depth
+        alpha = np.where(values == colour, 0, 255).astype(np.uint8)
+        grey = np.asarray(_to_8bit_grey(image))
+        return Planes(np.repeat(grey[:, :, None], 3, axis=2), ColourMode.LA, alpha, icc, metadata)
+    alpha = np.where((values == np.asarray(colour[:3], dtype=values.dtype)).all(axis=2), 0, 255).astype(np.uint8)
+    return Planes(values.copy(), ColourMode.RGBA, alpha, icc, metadata)
 
 
 def planes_to_image(planes: Planes) -> Image.Image:
