@@ -379,6 +379,10 @@ def encode(
                             progress)
     compute = compute_for(device)
     if not isinstance(image, Image.Image):
+        if _starts_as_drc(image):  # the Pillow plugin would open it, whatever its name, and decode it
+            name = label or (str(image) if isinstance(image, str | Path) else "the input")
+            raise InvalidOptionError(f"{name} is a .drc file already: decode it (dirac decode); encoding it again "
+                                     f"loses quality twice")
         image = open_image(image, max_pixels, label)
     elif image.width * image.height > max_pixels:
         raise LimitExceededError(f"image of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels")
@@ -393,6 +397,16 @@ def encode(
         # the target is checked before the analysis transform runs
         target = check_size(size) if size is not None else bpp_to_bytes(bpp, planes.rgb.shape[0] * planes.rgb.shape[1])
         return encode_to_size(_Encoder(planes, codec, options), target, codec.num_levels)
+
+
+def _starts_as_drc(source: str | Path | bytes) -> bool:
+    if isinstance(source, bytes):
+        return source.startswith(drc.MAGIC)
+    try:
+        with open(source, "rb") as stream:
+            return stream.read(len(drc.MAGIC)) == drc.MAGIC
+    except OSError:  # open_image names what is wrong with it
+        return False
 
 
 def check_size(size: int) -> int:

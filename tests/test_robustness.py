@@ -428,3 +428,22 @@ def test_standard_streams_that_are_closed_or_full_are_one_line_errors(tmp_path, 
                             (f"{command} encode - -q 2 -o {tmp_path / 'b.drc'} <&-", "standard input is closed")):
         result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, shell
+
+
+def test_a_drc_file_given_to_encode_is_refused_and_an_empty_one_is_called_empty(tmp_path, small_image):
+    """Pillow opens .drc files through the plugin, whatever their name: encoding one would
+    decode it (diffusion steps too, where it recommends some) and lose quality a second time."""
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    data = diraccodec.encode(small_image, 2, effort=1)
+    (tmp_path / "renamed.png").write_bytes(data)
+    renamed, output = str(tmp_path / "renamed.png"), str(tmp_path / "x.drc")
+    result = CliRunner().invoke(main, ["encode", renamed, "-q", "2", "-o", output])
+    assert result.exit_code == 2 and "renamed.png is a .drc file already: decode it" in result.output
+    with pytest.raises(DiracError, match=r"the input is a \.drc file already"):
+        diraccodec.encode(data, 2)
+    (tmp_path / "empty.drc").write_bytes(b"")
+    result = CliRunner().invoke(main, ["decode", str(tmp_path / "empty.drc"), "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "not a .drc file (it is empty)" in result.output

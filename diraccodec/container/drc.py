@@ -122,6 +122,8 @@ def pack(drc: DrcFile) -> bytes:
 
 def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
     """Parse and validate; every failure is a DiracError naming what is wrong."""
+    if not data:
+        raise NotADrcFileError("not a .drc file (it is empty)")
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         raise NotADrcFileError("not a .drc file (bad magic bytes)")
     if len(data) < _HEADER.size + _TRAILER.size:
