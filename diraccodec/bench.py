@@ -162,6 +162,14 @@ def time_image(path: Path, options: BenchOptions) -> dict[str, float]:
     return figures
 
 
+def image_keys(paths: list[Path]) -> list[str]:
+    """Each image's key in the report: its file name, or its path where two share a name."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        counts[path.name] = counts.get(path.name, 0) + 1
+    return [path.name if counts[path.name] == 1 else str(path) for path in paths]
+
+
 def run_bench(options: BenchOptions, console: Console) -> dict:
     if unknown := [key for key in options.references if key not in REFERENCES]:
         raise DiracError(f"unknown reference codec {unknown[0]!r}; choose from {', '.join(REFERENCES)}")
@@ -174,11 +182,12 @@ def run_bench(options: BenchOptions, console: Console) -> dict:
         with contextlib.suppress(DiracError):  # no diffusion weights: no step to time
             api.decode(warm_file, steps, weights=options.weights, device=options.device, exact=options.exact)
     per_image = {}
-    for index, path in enumerate(paths, 1):
-        console.print(f"[{index}/{len(paths)}] {path.name}")
-        per_image[path.name] = time_image(path, options)
+    names = image_keys(paths)
+    for index, (path, key) in enumerate(zip(paths, names, strict=True), 1):
+        console.print(f"[{index}/{len(paths)}] {key}")
+        per_image[key] = time_image(path, options)
     figures = sorted({name for values in per_image.values() for name in values},
-                     key=lambda name: list(per_image[paths[0].name]).index(name))
+                     key=lambda name: list(per_image[names[0]]).index(name))
     summary = {}
     for name in figures:
         values = [image[name] for image in per_image.values() if name in image]

@@ -422,13 +422,22 @@ def read_manifest(folder: Path) -> dict[str, dict[str, object]]:
 
 def models_in_use(base: str | Path | None = None) -> dict[str, str | None]:
     """The ids (16 hex digits, as in .drc headers) of the base, restoration and diffusion weights
-    that decoding would load, from their manifests; None where a file is absent or unlisted."""
+    that decoding would load, from their manifests; None where a file is absent or unlisted, or
+    made for other base weights (which decoding then leaves out)."""
     paths = {"base": Path(base or default_weights_path()), "restoration": default_restoration_path(),
              "diffusion": default_diffusion_path()}
     ids: dict[str, str | None] = {}
     for name, path in paths.items():
         digest = read_manifest(path.resolve().parent).get(path.name, {}).get("sha256") if path.exists() else None
         ids[name] = str(digest)[:16] if digest else None
+    # a filter or a diffusion decoder made for other base weights is not used: not named either
+    for name, loader in (("restoration", load_restoration_weights), ("diffusion", load_diffusion_weights)):
+        if ids[name] is not None:
+            try:
+                tied_to = loader(paths[name].resolve()).base_weights_id.hex()
+            except DiracError:
+                tied_to = None
+            ids[name] = ids[name] if tied_to == ids["base"] else None
     return ids
 
 

@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -13,6 +14,7 @@ from rich.console import Console
 
 from diraccodec.api import get_codec
 from diraccodec.cli import main
+from diraccodec.errors import DiracError
 
 
 @pytest.mark.slow
@@ -212,6 +214,7 @@ def test_report_pools_a_later_run_over_an_earlier_one_and_leaves_both(tmp_path: 
     result = CliRunner().invoke(main, ["report", str(earlier), "--updated-by", str(later), "--json", str(pooled),
                                        "--markdown", str(table), "--perception-plot", str(figure)])
     assert result.exit_code == 0, result.output
+    assert 'the runs measured different weights ({"base": "aa"} then {"base": "bb"})' in result.output
     assert (earlier.read_bytes(), later.read_bytes()) == inputs
     report = json.loads(pooled.read_text())
     lpips = {(p["codec"], p["setting"]): p["lpips"] for p in report["points"]}
@@ -273,3 +276,37 @@ def test_evaluated_images_are_pixels_without_their_profile(tmp_path: Path, sampl
     carrying = crop.copy()
     carrying.info["icc_profile"] = profile  # what the file's own profile would cost a codec that keeps it
     assert len(encode_with_pillow(loaded, "PNG", 90)) < len(encode_with_pillow(carrying, "PNG", 90))
+
+
+def test_images_are_read_as_the_codec_reads_them_and_bad_ones_are_one_line_errors(tmp_path: Path):
+    from diraccodec.evaluation.metrics import MAX_PSNR, psnr
+    from diraccodec.evaluation.run import load_images
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")  # 16-bit grey: scaled by 1/257, not clipped to white
+    (loaded,) = load_images(tmp_path)
+    assert loaded.mode == "RGB" and np.asarray(loaded)[0, ::21, 0].tolist() == [0, 85, 170, 255]
+    assert psnr(loaded, loaded) == MAX_PSNR  # identical: a finite figure that means and fits can take
+    Image.new("RGB", (30, 64)).save(tmp_path / "narrow.png")
+    with pytest.raises(DiracError, match=r"narrow.png is 30x64: the metrics need at least 31 pixels a side"):
+        load_images(tmp_path)
+    (tmp_path / "narrow.png").write_bytes(b"not an image")
+    with pytest.raises(DiracError, match="cannot read image"):
+        load_images(tmp_path)
+
+
+def test_runs_of_different_data_do_not_pool(tmp_path: Path):
+    from diraccodec.evaluation.run import Point, report_of, write_json
+
+    point = Point("AVIF", 20, bpp=0.5, psnr=30.0, ms_ssim=0.9, lpips=0.3, fd_alexnet=1.0, seconds_per_mp=1.0, images=2)
+    for name, data in (("a.json", "kodak"), ("b.json", "train (held out)")):
+        write_json(report_of([point], data, True, command="dirac eval", machine="here"), tmp_path / name)
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "a.json"), "--updated-by", str(tmp_path / "b.json"),
+                                       "--json", str(tmp_path / "pooled.json")])
+    assert result.exit_code == 2 and "measured different data (kodak and train (held out))" in result.output
+
+
+def test_bench_keys_images_that_share_a_name_by_their_paths():
+    from diraccodec.bench import image_keys
+
+    assert image_keys([Path("a/x.png"), Path("b/x.png"), Path("b/y.png")]) == ["a/x.png", "b/x.png", "y.png"]

@@ -152,3 +152,12 @@ def test_levels_below_the_lowest_trained_one_condition_the_unet_as_level_1():
         at = {level: unet(residual, time, base, torch.tensor([level])) for level in (0.0, 0.5, 1.0, 2.0)}
     assert torch.equal(at[0.0], at[1.0]) and torch.equal(at[0.5], at[1.0])
     assert not torch.equal(at[1.0], at[2.0])
+
+
+def test_a_filter_made_for_other_base_weights_is_not_named_among_the_models_measured(installed):
+    from diraccodec.modelfiles import models_in_use
+
+    installed(shipped_base_id())
+    assert models_in_use()["restoration"] is not None
+    installed(b"\x00" * 8)  # listed, but decoding leaves it out
+    assert models_in_use()["restoration"] is None

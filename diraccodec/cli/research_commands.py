@@ -75,8 +75,10 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
                      reference_settings: tuple[str, ...], json_path: Path, markdown: Path | None,
                      plot_path: Path | None, perception_plot: Path | None, weights: Path | None) -> None:
     """Rate-distortion (and distortion-perception) evaluation on a folder of images (default: Kodak)."""
+    from diraccodec import api
     from diraccodec.evaluation.codecs import REFERENCE_KEYS, diraccodec_codec, reference_codecs
     from diraccodec.evaluation.run import (
+        describe_machine,
         evaluate,
         format_percent,
         load_images,
@@ -100,18 +102,18 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
         codecs.append(diraccodec_codec(chosen, sorted(set(steps)), seed, str(weights) if weights else None, effort,
                                        device, exact))
     if any(s > 0 for s in steps):  # fail now, not after the first level, when there is no diffusion model
-        from diraccodec import api
-
         api.get_diffusion(api.get_codec(weights, api.compute_for(device, exact)))
 
     name = f"{data.name} (held out)" if held_out else data.name
     models = models_in_use(weights)
+    machine = describe_machine(str(api.compute_for(device, exact).device))
 
     def save_partial(points: list) -> None:
-        write_json(report_of(points, name, complete=False, models=models), json_path)
+        write_json(report_of(points, name, complete=False, models=models, machine=machine), json_path)
 
     points = evaluate(load_images(data, held_out)[:image_count], codecs, console, save_partial)
-    report = write_report(points, json_path, markdown, plot_path, name, perception_plot, models=models)
+    report = write_report(points, json_path, markdown, plot_path, name, perception_plot, models=models,
+                          machine=machine)
     table = Table(title=f"evaluation on {data}")
     for column in ("codec", "setting", "bpp", "PSNR", "MS-SSIM", "LPIPS", "FD-AlexNet", "s/MP", "enc s/MP"):
         table.add_column(column)

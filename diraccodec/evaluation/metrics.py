@@ -20,12 +20,15 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)[None] / 255
 
 
+MAX_PSNR = 100.0  # dB: what identical images score, so that means and curve fits stay finite
+
+
 def psnr(reference: Image.Image, decoded: Image.Image) -> float:
-    """RGB PSNR in dB over all channels, on 8-bit values."""
+    """RGB PSNR in dB over all channels, on 8-bit values; at most MAX_PSNR."""
     a = np.asarray(reference.convert("RGB"), dtype=np.float64)
     b = np.asarray(decoded.convert("RGB"), dtype=np.float64)
     mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+    return MAX_PSNR if mse == 0 else min(MAX_PSNR, 10 * np.log10(255**2 / mse))
 
 
 def ms_ssim(reference: Image.Image, decoded: Image.Image) -> float:

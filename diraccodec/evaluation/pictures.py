@@ -58,7 +58,8 @@ def comparison_picture(
 
     panels = [
         labelled_panel(image.crop(region), zoom, "original", f"{image.width}x{image.height}"),
-        labelled_panel(avif.crop(region), zoom, f"AVIF q{avif_quality} (same size or smaller)",
+        labelled_panel(avif.crop(region), zoom, f"AVIF q{avif_quality} "
+                       f"({'same size or smaller' if len(avif_data) <= len(data) else 'its smallest, larger'})",
                        figures(avif, len(avif_data))),
         labelled_panel(base.crop(region), zoom, f"diraccodec level {level:g}, 0 steps", figures(base, len(data))),
         labelled_panel(enhanced.crop(region), zoom, f"diraccodec level {level:g}, {steps} steps",

@@ -14,6 +14,7 @@ import platform
 import re
 import shlex
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from diraccodec.console import draws_live_bars, plain_console
+from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
 from diraccodec.evaluation.codecs import CodecUnderTest
 from diraccodec.evaluation.metrics import (
@@ -36,9 +38,10 @@ from diraccodec.evaluation.metrics import (
     psnr,
 )
 from diraccodec.image.files import write_atomic
-from diraccodec.image.planes import IMAGE_SUFFIXES
+from diraccodec.image.planes import IMAGE_SUFFIXES, image_to_planes, open_image
 
 ANCHOR = "diraccodec"
+SMALLEST_SIDE = 31  # pixels: LPIPS's AlexNet needs this much for its last layers
 
 
 @dataclass
@@ -77,10 +80,13 @@ def load_images(folder: Path, held_out: bool = False) -> list[Image.Image]:
         raise DiracError(f"no {'held-out ' if held_out else ''}images in {folder}")
     images = []
     for path in paths:
-        with Image.open(path) as image:
-            pixels = image.convert("RGB")
-        pixels.info.clear()
-        images.append(pixels)
+        # read as the codec reads its input (16-bit grey scaled, upright), then plain RGB pixels
+        planes = image_to_planes(open_image(path, DEFAULT_MAX_PIXELS), with_metadata=False)
+        height, width = planes.rgb.shape[:2]
+        if min(height, width) < SMALLEST_SIDE:
+            raise DiracError(f"{path} is {width}x{height}: the metrics need at least {SMALLEST_SIDE} pixels a side "
+                             f"(LPIPS's AlexNet)")
+        images.append(Image.fromarray(planes.rgb))
     return images
 
 
@@ -198,7 +204,10 @@ def plot(points: list[Point], path: Path, title: str) -> None:
     """Rate against PSNR, MS-SSIM and LPIPS; of our step counts only 0 and the largest up to 20."""
     plt = _pyplot()
     steps = sorted({p.steps for p in points if is_ours(p.codec) and p.steps and p.steps <= 20})
-    shown = {ANCHOR} | ({curve_name(ANCHOR, steps[-1])} if steps else set())
+    wanted = {ANCHOR} | ({curve_name(ANCHOR, steps[-1])} if steps else set())
+    ours = {p.codec for p in points if is_ours(p.codec)}
+    # the default effort's curves; a run of other efforts alone shows each of theirs
+    shown = (wanted & ours) or {name for name in ours if default_effort_curve(name) in wanted}
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for name, curve in curves(points).items():
         if is_ours(name) and name not in shown:
@@ -223,6 +232,9 @@ def plot_perception(points: list[Point], path: Path, title: str) -> None:
     plt = _pyplot()
     # the default encoder's curves: other efforts change the files, not the steps' effect
     ours = [p for p in points if is_ours(p.codec) and default_effort_curve(p.codec) == p.codec]
+    if not ours and any(is_ours(p.codec) for p in points):  # other efforts alone: the first one's curves
+        first = min(p.codec.split(" (")[0] for p in points if is_ours(p.codec))  # "diraccodec effort 1"
+        ours = [p for p in points if is_ours(p.codec) and p.codec.split(" (")[0] == first]
     figure, axes = plt.subplots(1, 3, figsize=(16, 5))
     for level in sorted({p.setting for p in ours}):
         curve = sorted((p for p in ours if p.setting == level), key=lambda p: p.steps or 0)
@@ -267,14 +279,26 @@ def _finite_or_none(value: object) -> object:
     return value
 
 
+def describe_machine(device: str = "cpu") -> str:
+    """Where and with what a run measures: the CPU (its vector instructions decide bfloat16),
+    the device and thread count, the versions of the code and of the codecs' libraries."""
+    import PIL
+    import torch  # which an evaluation has loaded
+
+    from diraccodec import __version__
+    from diraccodec.compute import cpu_description
+
+    where = f"{device} ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else device
+    return (f"{platform.machine()}, {cpu_description()}; networks on {where}, {torch.get_num_threads()} threads; "
+            f"diraccodec {__version__}, torch {torch.__version__}, Pillow {PIL.__version__}")
+
+
 def report_of(points: list[Point], data_name: str, complete: bool, command: str | None = None,
               models: dict[str, str | None] | None = None, machine: str | None = None) -> dict:
     """The report's fields; `models`: the weights ids measured (modelfiles.models_in_use);
     `machine`: where they were measured (default: this machine)."""
     if machine is None:
-        from diraccodec.compute import cpu_description  # torch, which an evaluation has loaded
-
-        machine = f"{platform.machine()}, {cpu_description()}"
+        machine = describe_machine()
     return _finite_or_none({
         "command": command or command_line(),
         "data": data_name,
@@ -343,6 +367,13 @@ def report_again(json_path: Path, updates: Sequence[Path] = (), pooled_path: Pat
             points_of(saved[-1])
         except (ValueError, KeyError, TypeError) as error:
             raise DiracError(f"{source} is not an evaluation report ({error})") from None
+    data_sets = list(dict.fromkeys(str(report["data"]) for report in saved if report.get("data")))
+    if len(data_sets) > 1:  # figures of other images do not pool
+        raise DiracError(f"the reports measured different data ({' and '.join(data_sets)}): pool runs of one data set")
+    weights = list(dict.fromkeys(json.dumps(r["models"], sort_keys=True) for r in saved if r.get("models")))
+    if len(weights) > 1:  # a later run of new weights over some settings: as designed, but said
+        warnings.warn(f"the runs measured different weights ({' then '.join(weights)}): the report names the last "
+                      f"run's, and its command every run", UserWarning, stacklevel=2)
     points = pooled_points(saved)
     if not points:
         raise DiracError(f"{json_path} holds no measured points yet")
