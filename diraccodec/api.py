@@ -5,7 +5,9 @@
 
 Every call is safe from several threads at once: the networks run one call at a time (each
 already uses every core), so concurrent calls give the bytes and pixels of serial ones.
-An encoder's output depends only on its input, its options and the installed weights.
+An encoder's output depends only on its input, its options and the installed weights, on a
+given CPU and thread count; a GPU's kernels may sum in another order from run to run
+(scripts/gpu_check.py measures whether its files repeat).
 """
 
 from __future__ import annotations
@@ -308,7 +310,8 @@ class _Encoder:
         wants_map = self.options.detail_map
         if wants_map or (wants_map is None and level < detail_map_below(codec.weights.model.config.lambdas)):
             base = codec.synthesize(latents, width, height, level)
-            measured = detail_maps.measure(planes.rgb, base, device=codec.device)
+            with codec.compute.kernels():
+                measured = detail_maps.measure(planes.rgb, base, device=codec.device)
             sections[drc.TAG_DETAIL] = detail_maps.to_payload(measured)
         header = drc.DrcFile(width=width, height=height, colour_mode=planes.colour_mode, quality=level,
                              weights_id=codec.weights.weights_id, sections={**sections, **self.level_free_sections})

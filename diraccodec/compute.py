@@ -206,9 +206,17 @@ class GraphReplay:
             for _ in range(self.WARMUP_CALLS):
                 self.function(*buffers)
         torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            output = self.function(*buffers)
+        graph, capturing = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+        torch.cuda.synchronize()
+        # begun and ended here, not by torch.cuda.graph, whose exit after a failed capture can
+        # leave this thread on the capture stream: the caller then runs the function as it is
+        with torch.cuda.stream(capturing):
+            graph.capture_begin()
+            try:
+                output = self.function(*buffers)
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream().wait_stream(capturing)
         return graph, buffers, output
 
 

@@ -104,6 +104,9 @@ def seed_files() -> list[bytes]:
 
     from diraccodec import api
 
+    def encode(image: Image.Image, level: float, **options: object) -> bytes:
+        return api.encode(image, level, device="cpu", **options)  # on a GPU machine too: no CUDA work at collection
+
     root = Path(__file__).resolve().parent.parent
     with Image.open(root / "samples" / "parrots.png") as sample:
         photo = sample.convert("RGB").crop((120, 40, 216, 120))
@@ -115,13 +118,13 @@ def seed_files() -> list[bytes]:
     camera[0x010F] = "a camera make"
     with_icc.info.update(exif=camera.tobytes(), xmp=b"<x:xmpmeta>a description</x:xmpmeta>")  # EXIF and XMP too
     return [
-        api.encode(photo, 2),
-        api.encode(photo.crop((0, 0, 40, 32)), 1.5, steps=1),  # the sampler and the detail map's reader
-        api.encode(photo.resize((17, 9)), 7.5, steps=0),
-        api.encode(photo.convert("L"), 4),
-        api.encode(rgba, 3),
-        api.encode(with_icc, 1),
-        api.encode(photo.crop((40, 24, 96, 80)), -0.5),  # format version 4: a level below 0
+        encode(photo, 2),
+        encode(photo.crop((0, 0, 40, 32)), 1.5, steps=1),  # the sampler and the detail map's reader
+        encode(photo.resize((17, 9)), 7.5, steps=0),
+        encode(photo.convert("L"), 4),
+        encode(rgba, 3),
+        encode(with_icc, 1),
+        encode(photo.crop((40, 24, 96, 80)), -0.5),  # format version 4: a level below 0
     ]
 
 

@@ -28,6 +28,7 @@ def test_gpu_check_runs_and_reports(tmp_path, small_image):
     assert all(value > 0 for value in speed.values()) and report["left out"] == []
     cross = report["cross device"][0]
     assert report["conformant"] and cross["symbols identical"] and cross["entropy parameters identical"]
+    assert report["cross device"][-1]["repeat on the device identical"] is True  # a CPU repeats its files
     assert {name: report["profile"][name]["seconds"] > 0 for name in report["profile"]} == {
         "encode": True, "decode 20 steps": True}
     assert "decode 20 steps: Python's profiler" in (out / "gpu-profile.txt").read_text()

@@ -373,7 +373,8 @@ class BaseCodec:
         """The latents scaled by the level's gain (float64) and their integer hyper-latents."""
         gain, _ = self._gains64(level)
         y_scaled = y.double() * gain
-        z = self.model.hyper_analysis(self.compute.tensor(y_scaled.float()[None]))[0]
+        with self.compute.kernels():  # full float32 on a GPU too: TF32 would round other hyper-latents
+            z = self.model.hyper_analysis(self.compute.tensor(y_scaled.float()[None]))[0]
         return y_scaled, torch.round(z.float()).cpu().to(torch.int64).numpy()
 
     def _search(self, rgb: np.ndarray, level: float, mean: torch.Tensor, table_ids: np.ndarray,
@@ -381,7 +382,8 @@ class BaseCodec:
         height, width = rgb.shape[:2]
         inverse_gain = self._gains64(level)[1].float().to(self.device)
         if level not in self._response_energies:
-            self._response_energies[level] = response_energy(self.model.synthesis, inverse_gain)
+            with self.compute.kernels():
+                self._response_energies[level] = response_energy(self.model.synthesis, inverse_gain)
         problem = SearchProblem(
             synthesis=self.model.synthesis,
             pixels=self._padded_pixels(rgb)[0, :, :height, :width],
