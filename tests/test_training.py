@@ -443,3 +443,19 @@ def test_train_base_grows_wider_transforms_and_more_latents_out_of_trained_weigh
     assert grown.analysis[0].weight.shape == (16, 3, 5, 5) and grown.synthesis[0].weight.shape == (16, 12, 5, 5)
     image = Image.open(photo_folder / "b.png").convert("RGB").crop((0, 0, 70, 50))
     assert api.decode(api.encode(image, 2, weights=weights), weights=weights).size == (70, 50)
+
+
+def test_the_entropy_model_runs_in_float32_under_bfloat16_autocast():
+    """Training's --bf16 speeds up the transforms; the rate stays float32, where bfloat16's 8
+    bits would round the latents' integer steps and the likelihoods' small differences."""
+    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
+
+    model = MultiRateHyperprior(HyperpriorConfig(8, 12))
+    y = (torch.randn(2, 12, 8, 8) * 40).bfloat16()  # as a bfloat16 analysis hands it over
+    torch.manual_seed(0)
+    plain = model.rate(y.float())
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model.rate(y)
+    for a, b in zip(plain, mixed, strict=True):
+        assert b.dtype == torch.float32 and torch.equal(a, b)

@@ -160,8 +160,14 @@ class MultiRateHyperprior(nn.Module):
         """The entropy model alone: bits of the (gain-scaled) latents and their hyper-latents.
 
         Returns the predicted mean (which the decoder adds back), the bits of the latents
-        and of the hyper-latents per image; noise stands in for rounding in the rate.
+        and of the hyper-latents per image; noise stands in for rounding in the rate. In
+        float32 whatever the autocast (training's --bf16 is for the transforms): bfloat16's 8
+        bits would round the latents' integer steps and the likelihoods' small differences.
         """
+        with torch.autocast(y.device.type, enabled=False):
+            return self._rate(y.float())
+
+    def _rate(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z = self.hyper_analysis(y)
         z_likelihood = self.hyper_prior.likelihood(quantize_with_noise(z))
         mean, scale = self.latent_parameters(y, round_straight_through(z))
