@@ -22,12 +22,12 @@ class TruncatedFileError(CorruptFileError):
     pass
 
 
-class UnsupportedVersionError(DiracError):
-    pass
+class UnsupportedVersionError(DiracError, OSError):
+    """Also an OSError, as Pillow's readers raise for data they cannot read."""
 
 
-class WrongWeightsError(DiracError):
-    pass
+class WrongWeightsError(DiracError, OSError):
+    """Also an OSError: to a Pillow user, a file these weights cannot read."""
 
 
 class ImageReadError(DiracError):

@@ -28,6 +28,8 @@ Errors are the package's typed ones (diraccodec.errors): Image.open swallows onl
 SyntaxError, IndexError, TypeError and struct.error while it tries formats, and _accept lets only
 data that starts with the .drc magic reach _open, so a corrupt or truncated file raises
 CorruptFileError or TruncatedFileError from Image.open, and decoding errors come from load().
+Those that a Pillow user meets for a file (corrupt, of a newer format, of other weights) are
+also OSErrors, as Pillow's own readers raise.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ def _checked_decode_options(options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidOptionError(f"unknown decode option(s) {', '.join(unknown)}; "
                                  f"known: {', '.join(sorted(decode_options()))}")
+    limit = options.get("max_pixels", 1)  # Image.open reads it first, where Pillow would swallow a TypeError
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidOptionError(f"max_pixels must be a whole number of pixels above 0, got {limit!r}")
     return dict(options)
 
 
@@ -95,6 +100,7 @@ class DrcImageFile(ImageFile.ImageFile):
 
     format = FORMAT
     format_description = "diraccodec learned image"
+    _data: bytes | None = None  # the file, until it is decoded (an unpickled copy holds pixels, not this)
 
     def _open(self) -> None:
         assert self.fp is not None
@@ -104,7 +110,7 @@ class DrcImageFile(ImageFile.ImageFile):
         header = drc.unpack(self._data, max_pixels)  # checks the whole file, decodes nothing (and loads no torch)
         self._size = (header.width, header.height)
         self._mode = header.colour_mode.name  # RGB, L, RGBA, LA: Pillow's names
-        self.info["quality"] = header.quality
+        self.info["level"] = header.quality  # not "quality": other writers read that from save(**info)
         self.info["weights_id"] = header.weights_id.hex()
         if header.recommended_steps is not None:
             self.info["recommended_steps"] = header.recommended_steps
@@ -126,6 +132,10 @@ class DrcImageFile(ImageFile.ImageFile):
             self.tile = [("raw", (0, 0, *self.size), 0, decoded.mode)]  # a plain tuple: older Pillows lack _Tile
             self._data = None  # kept until now so that a load with bad options can be retried
         return super().load()
+
+    def close(self) -> None:
+        self._data = None  # a load after close fails at once, as Pillow's own images do, not after a decode
+        super().close()
 
     def load_seek(self, pos: int) -> None:
         """Defined so that Pillow reads the decoded pixels, never memory-maps the .drc file as raw."""

@@ -60,7 +60,7 @@ def test_open_reads_size_mode_and_info_from_the_header_without_decoding(small_im
     with Image.open(path) as image:
         assert (image.format, image.size, image.mode) == ("DRC", small_image.size, "RGBA")
         assert image.get_format_mimetype() == plugin.MIME
-        assert image.info["quality"] == 3.5 and image.info["recommended_steps"] == 4
+        assert image.info["level"] == 3.5 and image.info["recommended_steps"] == 4
         assert image.info["weights_id"] == api.get_codec().weights.weights_id.hex()
         with pytest.raises(AssertionError, match="before load"):
             image.load()  # the decoder runs here, and only here
@@ -181,3 +181,27 @@ def test_other_formats_still_open_and_save(small_image):
     with Image.open(buffer) as again:
         assert np.array_equal(np.asarray(again), np.asarray(small_image))
     assert Image.registered_extensions()[".drc"] == "DRC"
+
+
+def test_an_opened_image_pickles_copies_and_closes_as_pillow_s_own_do(small_drc: bytes):
+    import copy
+    import pickle
+
+    from diraccodec.errors import UnsupportedVersionError
+
+    for duplicate in (lambda image: pickle.loads(pickle.dumps(image)), copy.deepcopy):
+        with Image.open(io.BytesIO(small_drc)) as image:
+            twin = duplicate(image)
+            assert np.array_equal(np.asarray(twin.convert("RGB")), np.asarray(image.convert("RGB")))
+    image = Image.open(io.BytesIO(small_drc))
+    assert set(image.info) >= {"level", "weights_id"} and "quality" not in image.info  # save(**info) elsewhere works
+    image.close()
+    with pytest.raises(ValueError, match="closed image"):  # at once, without a decode first
+        image.load()
+    newer = bytearray(small_drc)
+    newer[4] = 99  # a format version from the future
+    with pytest.raises(OSError) as raised:  # what Pillow users catch for a file they cannot read
+        Image.open(io.BytesIO(bytes(newer)))
+    assert isinstance(raised.value, UnsupportedVersionError)
+    with pytest.raises(InvalidOptionError, match="max_pixels must be a whole number"):
+        plugin.set_decode_options(max_pixels=None)
