@@ -32,6 +32,7 @@ from diraccodec.diffusion import detail_map as detail_maps
 from diraccodec.diffusion.decoder import DiffusionDecoder
 from diraccodec.errors import CorruptFileError, DiracError, InvalidOptionError, LimitExceededError, WrongWeightsError
 from diraccodec.image import metadata as metadata_parts
+from diraccodec.image.files import is_special
 from diraccodec.image.metadata import Metadata
 from diraccodec.image.planes import (
     Planes,
@@ -403,12 +404,16 @@ def encode(
 
 
 def _starts_as_drc(source: str | Path | bytes) -> bool:
+    """Whether the input begins as a .drc file does. A pipe or device is not read here (its
+    bytes would be gone for open_image), and anything that cannot be read is open_image's to name."""
     if isinstance(source, bytes):
         return source.startswith(drc.MAGIC)
+    if not isinstance(source, str | Path) or is_special(Path(source)):
+        return False
     try:
         with open(source, "rb") as stream:
             return stream.read(len(drc.MAGIC)) == drc.MAGIC
-    except OSError:  # open_image names what is wrong with it
+    except (OSError, ValueError):  # ValueError: a NUL in the name
         return False
 
 
@@ -420,6 +425,8 @@ def check_size(size: int) -> int:
 
 def bpp_to_bytes(bpp: float | None, pixels: int) -> int:
     if isinstance(bpp, bool) or not isinstance(bpp, int | float) or not bpp > 0 or math.isinf(bpp):
+        raise InvalidOptionError(f"bpp must be a positive number, got {bpp}")
+    if not math.isfinite(bpp * pixels):
         raise InvalidOptionError(f"bpp must be a positive number, got {bpp}")
     target = math.floor(bpp * pixels / 8)
     if target < 1:
@@ -476,7 +483,7 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
     top = min(highest, start + grid // 4)
     found = highest_fitting(max(lowest, start - grid // 4), top, searched=True)
     if found is not None and found[0] == top < highest:  # the window's top fits: higher levels may too
-        found = highest_fitting(top, highest, searched=True)
+        found = highest_fitting(top + 1, highest, searched=True) or found
     if found is None:
         found = highest_fitting(lowest, highest, searched=True)
     if found is None:

@@ -64,6 +64,8 @@ def test_targets_below_the_smallest_file_and_bad_rates_are_clear_errors(small_im
             diraccodec.encode(small_image, bpp=bad)
     with pytest.raises(InvalidOptionError, match=r"1e-09 bpp is less than one byte for an image of \d+ pixels"):
         diraccodec.encode(small_image, bpp=1e-9)
+    with pytest.raises(InvalidOptionError, match="bpp must be a positive number"):  # bits beyond a float
+        diraccodec.encode(small_image, bpp=1e308)
 
 
 def test_a_bad_size_fails_before_the_analysis(small_image, monkeypatch):
@@ -205,7 +207,14 @@ def test_a_size_target_climbs_past_the_window_where_the_search_makes_room():
     def file(level: float, searched: bool = True) -> bytes:  # sizes grow with the level; the search halves them
         return bytes(round((level + 2) * 1000 * (0.5 if searched else 1.0)))
 
-    encoder = SimpleNamespace(file=file, search=SimpleNamespace(passes=1))
+    tried = []
+
+    def counted(level: float, searched: bool = True) -> bytes:
+        tried.append((level, searched))
+        return file(level, searched)
+
+    encoder = SimpleNamespace(file=counted, search=SimpleNamespace(passes=1))
     data = api.encode_to_size(encoder, 5_000, num_levels=8)
     assert len(data) == 5_000  # level 8: (8 + 2) * 1000 / 2, where plain rounding fits only level 3
+    assert len(tried) == len(set(tried))  # no level encoded twice
     assert api.encode_to_size(SimpleNamespace(file=file, search=SimpleNamespace(passes=0)), 5_000, 8) == file(3, False)

@@ -168,6 +168,11 @@ def test_a_folder_converted_in_place_keeps_its_originals_even_when_overwriting(t
     assert refused == sorted([f"{name}.drc" for name in NAMES] + [f"{name}.png" for name in NAMES])
     assert all("is an input of this batch" in r.message for r in results)
     assert {name: (five_photos / f"{name}.png").read_bytes() for name in NAMES} == originals
+    link = tmp_path / "link"
+    link.symlink_to(five_photos)  # the same folder by another name
+    assert all(job.replaces_source for job in plan_jobs(five_photos, link, settings))
+    assert all(job.replaces_source for job in plan_jobs(five_photos.absolute(), Path(os.path.relpath(five_photos)),
+                                                        settings))
 
 
 def test_a_destination_inside_the_source_is_not_read_as_input(tmp_path, five_photos):

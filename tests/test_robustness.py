@@ -324,6 +324,9 @@ def test_a_device_or_pipe_named_as_the_output_is_written_into_not_replaced(tmp_p
     result = CliRunner().invoke(main, ["encode", str(tmp_path / "a.png"), "-q", "2", "-e", "1", "-o", str(device)])
     assert result.exit_code == 0, result.output
     assert stat.S_ISCHR(os.stat(device).st_mode) and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    (tmp_path / "b.drc").write_bytes(diraccodec.encode(small_image, 2, effort=1))
+    result = CliRunner().invoke(main, ["decode", str(tmp_path / "b.drc"), "-o", str(device)])  # no suffix: --format's
+    assert result.exit_code == 0 and stat.S_ISCHR(os.stat(device).st_mode), result.output
     fifo = tmp_path / "out.png"
     os.mkfifo(fifo)
     reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
@@ -368,6 +371,19 @@ def test_a_transparent_colour_becomes_alpha(tmp_path):
         assert decoded.mode == mode, image.mode
         alpha = np.asarray(decoded.getchannel("A"))
         assert (alpha[:, 2] == 0).all() and (np.delete(alpha, 2, axis=1) == 255).all(), image.mode
+    rgb16 = Image.fromarray(np.dstack([grey] * 3))
+    rgb16.info["transparency"] = (16 * 257, 16 * 257, 16 * 257)  # a 16-bit PNG's colour over its 8-bit pixels
+    bilevel = Image.fromarray(grey > 100)  # mode 1, its white marked transparent
+    bilevel.info["transparency"] = 255
+    nowhere = Image.fromarray(np.dstack([grey] * 3))
+    nowhere.info["transparency"] = (1, 2, 3)  # a colour no pixel has: no alpha to carry
+    for image, mode, clear in ((rgb16, "RGBA", grey == 16), (bilevel, "LA", grey > 100), (nowhere, "L", None)):
+        decoded = diraccodec.decode(diraccodec.encode(image, 2, effort=1))
+        assert decoded.mode in (mode, "RGB" if mode == "L" else mode), (image.mode, decoded.mode)
+        if clear is not None:
+            assert np.array_equal(np.asarray(decoded.getchannel("A")) == 0, clear), image.mode
+        else:
+            assert "A" not in decoded.getbands()
 
 
 def test_an_image_object_is_turned_upright_as_a_file_is(small_image):
@@ -381,6 +397,11 @@ def test_an_image_object_is_turned_upright_as_a_file_is(small_image):
     from_bytes = diraccodec.decode(diraccodec.encode(buffer.getvalue(), 2, effort=1, metadata=False))
     assert from_object.size == from_bytes.size == (small_image.height, small_image.width)
     assert np.array_equal(np.asarray(from_object), np.asarray(from_bytes))
+    tiff = io.BytesIO()
+    exif[0x010F] = "a camera make"
+    small_image.save(tiff, "TIFF", exif=exif)  # TIFF keeps EXIF among its own tags, not in info
+    kept = diraccodec.decode(diraccodec.encode(Image.open(tiff), 2, effort=1)).getexif()
+    assert kept.get(0x010F) == "a camera make" and 0x0112 not in kept
 
 
 def test_damaged_inputs_outputs_and_limits_are_one_line_errors(tmp_path, small_image):
@@ -428,6 +449,10 @@ def test_standard_streams_that_are_closed_or_full_are_one_line_errors(tmp_path, 
                             (f"{command} encode - -q 2 -o {tmp_path / 'b.drc'} <&-", "standard input is closed")):
         result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, shell
+    small_image.save(tmp_path / "a.png")  # a pipe named as the input is read once, by the image reader
+    piped = f"cat {tmp_path / 'a.png'} | {command} encode /dev/stdin -q 2 -e 1 -o {tmp_path / 'c.drc'}"
+    result = subprocess.run(["bash", "-c", piped], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0 and (tmp_path / "c.drc").exists(), result.stderr
 
 
 def test_a_drc_file_given_to_encode_is_refused_and_an_empty_one_is_called_empty(tmp_path, small_image):

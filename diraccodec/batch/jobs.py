@@ -89,8 +89,13 @@ def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettin
         job = Job(join(source, relative), join(destination, output.as_posix()))
         first = first_source.setdefault(str(job.target), job.source)
         jobs.append(job if first == job.source else Job(job.source, job.target, same_output_as=first))
-    sources = {str(job.source) for job in jobs}
-    return [replace(job, replaces_source=True) if str(job.target) in sources else job for job in jobs]
+    sources = {_same_place(job.source) for job in jobs}
+    return [replace(job, replaces_source=True) if _same_place(job.target) in sources else job for job in jobs]
+
+
+def _same_place(location: Location) -> str:
+    """A key that two names of one file share (./p/a.png, /abs/p/a.png, a link to p)."""
+    return str(location) if is_uri(location) else str(Path(location).resolve())
 
 
 def _inside(destination: Location, source: Location) -> PurePosixPath | None:

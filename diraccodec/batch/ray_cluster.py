@@ -184,7 +184,8 @@ def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: Wo
             if files and (queue[0] in suspects or running[files[0]][0] in suspects):
                 break
             job = queue.popleft()
-            shipped = Job(absolute(job.source), absolute(job.target))  # the worker's folder is not ours
+            # the worker's folder is not ours; the job's own flags go with it
+            shipped = replace(job, source=absolute(job.source), target=absolute(job.target))
             reference = actor.convert.remote(shipped)
             running[reference] = (job, actor)
             files.append(reference)

@@ -152,12 +152,13 @@ def decode(source: Path, output: Path, format_suffix: str | None, png_compressio
 
 
 def output_format(output: Path, format_suffix: str | None) -> str:
-    """The image format decode writes: the output's suffix, or for standard output `--format`
-    (PNG without it). A named output whose suffix disagrees with `--format` is refused."""
-    from diraccodec.image.files import IMAGE_FORMATS, image_format_for
+    """The image format decode writes: the output's suffix, or for standard output (and a
+    device or pipe named without an image suffix, such as /dev/null) `--format` (PNG without
+    it). A named output whose suffix disagrees with `--format` is refused."""
+    from diraccodec.image.files import IMAGE_FORMATS, image_format_for, is_special
 
     told = IMAGE_FORMATS[format_suffix or ".png"]
-    if is_stream(output):
+    if is_stream(output) or (is_special(output) and output.suffix.lower() not in IMAGE_FORMATS):
         return told
     named = image_format_for(output)
     if format_suffix is not None and named != told:

@@ -56,17 +56,23 @@ def check_writable(path: Path) -> None:
         if not os.access(path, os.W_OK):
             raise OutputWriteError(f"cannot write {path}: Permission denied")
         return
+    if _mode(path) is not None and stat.S_ISSOCK(_mode(path)):
+        raise OutputWriteError(f"cannot write {path}: it is a socket")
     _check_can_create_in(path.parent, path)
 
 
-def is_special(path: Path) -> bool:
-    """Whether `path` is a device, a pipe or a socket (/dev/null, a FIFO): written into, never
-    replaced by a file."""
+def _mode(path: Path) -> int | None:
     try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+        return os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+
+
+def is_special(path: Path) -> bool:
+    """Whether `path` is a device or a pipe (/dev/null, a FIFO): written into, never replaced
+    by a file."""
+    mode = _mode(path)
+    return mode is not None and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode))
 
 
 def check_writable_folder(folder: Path) -> None:

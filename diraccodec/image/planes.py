@@ -68,9 +68,7 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
             warnings.warn(f"{label} is animated ({image.n_frames} frames): encoding the first frame only",
                           UserWarning, stacklevel=2)
         image.load()
-        if image.format == "TIFF" and "exif" not in image.info and (exif := tiff_exif(image)):
-            image.info["exif"] = exif  # so that turning it upright takes the orientation out of it
-        return ImageOps.exif_transpose(image)
+        return upright(image)
     except (LimitExceededError, ImageReadError):
         raise
     except Image.DecompressionBombError:  # Pillow's own guard, at twice our limit
@@ -96,7 +94,12 @@ def upright(image: Image.Image) -> Image.Image:
         orientation = image.getexif().get(ORIENTATION_TAG, 1)
     except Exception:  # an EXIF block Pillow cannot parse: nothing to turn by
         return image
-    return image if orientation == 1 else ImageOps.exif_transpose(image)
+    if orientation == 1:
+        return image
+    if image.format == "TIFF" and "exif" not in image.info and (exif := tiff_exif(image)):
+        image = image.copy()  # the caller's keeps its info; the turned copy, unlike a TIFF, keeps EXIF
+        image.info["exif"] = exif  # only there, and turning takes the orientation out of it
+    return ImageOps.exif_transpose(image)
 
 
 def _opened(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Image:
@@ -158,14 +161,28 @@ def image_to_planes(image: Image.Image, with_metadata: bool = True) -> Planes:
 
 def _with_transparent_colour(image: Image.Image, icc: bytes | None, metadata: Metadata) -> Planes:
     """An image whose `transparency` names one colour (grey level or RGB triple): that colour
-    becomes alpha 0, every other pixel alpha 255."""
-    colour, values = image.info["transparency"], np.asarray(image)
-    if image.mode != "RGB":  # a grey level, in the image's own depth
-        alpha = np.where(values == colour, 0, 255).astype(np.uint8)
-        grey = np.asarray(_to_8bit_grey(image))
-        return Planes(np.repeat(grey[:, :, None], 3, axis=2), ColourMode.LA, alpha, icc, metadata)
-    alpha = np.where((values == np.asarray(colour[:3], dtype=values.dtype)).all(axis=2), 0, 255).astype(np.uint8)
-    return Planes(values.copy(), ColourMode.RGBA, alpha, icc, metadata)
+    becomes alpha 0, every other pixel alpha 255. Where the colour is nowhere (or is not one a
+    pixel can have), the image goes without alpha, as it is."""
+    colour, transparent = image.info["transparency"], None
+    if image.mode == "RGB" and isinstance(colour, tuple) and len(colour) >= 3:
+        values = np.asarray(image)
+        if max(colour[:3]) > 255:  # a 16-bit PNG's colour, over pixels Pillow gives as their high bytes
+            colour = tuple(value >> 8 for value in colour)
+        transparent = (values == np.asarray(colour[:3], dtype=values.dtype)).all(axis=2)
+    elif image.mode != "RGB" and isinstance(colour, int):  # a grey level, in the image's own depth
+        values = np.asarray(image.convert("L") if image.mode == "1" else image)  # mode 1's white is 255
+        transparent = values == colour
+    if transparent is None or not transparent.any():
+        plain = image.copy()
+        plain.info.pop("transparency")
+        planes = image_to_planes(plain, with_metadata=False)
+        planes.icc_profile, planes.metadata = icc, metadata
+        return planes
+    alpha = np.where(transparent, 0, 255).astype(np.uint8)
+    if image.mode == "RGB":
+        return Planes(values.copy(), ColourMode.RGBA, alpha, icc, metadata)
+    grey = np.asarray(_to_8bit_grey(image))
+    return Planes(np.repeat(grey[:, :, None], 3, axis=2), ColourMode.LA, alpha, icc, metadata)
 
 
 def planes_to_image(planes: Planes) -> Image.Image:

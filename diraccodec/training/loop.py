@@ -201,7 +201,7 @@ class _Pace:
     """Where the speed under a time budget is measured from: the end of the run's first step
     (on a GPU that step compiles the model, which can take a minute or more: counted in the
     speed, it would set the run's end far too early, and a decay begun before the next
-    estimate would keep it there), then the step of each estimate."""
+    estimate would keep it there), then the step of its first estimate."""
 
     step: int
     since: float
