@@ -32,7 +32,6 @@ from diraccodec.diffusion import detail_map as detail_maps
 from diraccodec.diffusion.decoder import DiffusionDecoder
 from diraccodec.errors import CorruptFileError, DiracError, InvalidOptionError, LimitExceededError, WrongWeightsError
 from diraccodec.image import metadata as metadata_parts
-from diraccodec.image.files import is_special
 from diraccodec.image.metadata import Metadata
 from diraccodec.image.planes import (
     Planes,
@@ -383,11 +382,7 @@ def encode(
                             progress)
     compute = compute_for(device)
     if not isinstance(image, Image.Image):
-        if _starts_as_drc(image):  # the Pillow plugin would open it, whatever its name, and decode it
-            name = label or (str(image) if isinstance(image, str | Path) else "the input")
-            raise InvalidOptionError(f"{name} is a .drc file already: decode it (dirac decode); encoding it again "
-                                     f"loses quality twice")
-        image = open_image(image, max_pixels, label)
+        image = open_image(image, max_pixels, label)  # a .drc file, whatever its name, is refused there
     elif image.width * image.height > max_pixels:
         raise LimitExceededError(f"image of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels")
     else:
@@ -403,20 +398,6 @@ def encode(
         return encode_to_size(_Encoder(planes, codec, options), target, codec.num_levels)
 
 
-def _starts_as_drc(source: str | Path | bytes) -> bool:
-    """Whether the input begins as a .drc file does. A pipe or device is not read here (its
-    bytes would be gone for open_image), and anything that cannot be read is open_image's to name."""
-    if isinstance(source, bytes):
-        return source.startswith(drc.MAGIC)
-    if not isinstance(source, str | Path) or is_special(Path(source)):
-        return False
-    try:
-        with open(source, "rb") as stream:
-            return stream.read(len(drc.MAGIC)) == drc.MAGIC
-    except (OSError, ValueError):  # ValueError: a NUL in the name
-        return False
-
-
 def check_size(size: int) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise InvalidOptionError(f"size must be a positive number of bytes, got {size}")
@@ -427,7 +408,7 @@ def bpp_to_bytes(bpp: float | None, pixels: int) -> int:
     if isinstance(bpp, bool) or not isinstance(bpp, int | float) or not bpp > 0 or math.isinf(bpp):
         raise InvalidOptionError(f"bpp must be a positive number, got {bpp}")
     if not math.isfinite(bpp * pixels):
-        raise InvalidOptionError(f"bpp must be a positive number, got {bpp}")
+        raise InvalidOptionError(f"{bpp} bpp is too many bits for an image of {pixels} pixels")
     target = math.floor(bpp * pixels / 8)
     if target < 1:
         raise InvalidOptionError(f"{bpp} bpp is less than one byte for an image of {pixels} pixels")

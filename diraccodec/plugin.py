@@ -147,7 +147,8 @@ def _save(image: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     known = encode_options()
     options = {name: value for name, value in image.encoderinfo.items() if name in known}
     if not any(options.get(name) is not None for name in _RATE_OPTIONS):
-        options["quality"] = DEFAULT_QUALITY
+        # an opened .drc image's info gives its level as `level`: save(**info) keeps it
+        options["quality"] = image.encoderinfo.get("level", DEFAULT_QUALITY)
     fp.write(api.encode(_with_given_info(image), **options))
 
 

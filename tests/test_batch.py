@@ -168,6 +168,10 @@ def test_a_folder_converted_in_place_keeps_its_originals_even_when_overwriting(t
     assert refused == sorted([f"{name}.drc" for name in NAMES] + [f"{name}.png" for name in NAMES])
     assert all("is an input of this batch" in r.message for r in results)
     assert {name: (five_photos / f"{name}.png").read_bytes() for name in NAMES} == originals
+    loop = tmp_path / "elsewhere"
+    loop.mkdir()
+    (loop / "a.drc").symlink_to(loop / "a.drc")  # a link to itself: a failed job at most, not a crash
+    assert len(plan_jobs(five_photos, loop, settings)) == 2 * len(NAMES)
     link = tmp_path / "link"
     link.symlink_to(five_photos)  # the same folder by another name
     assert all(job.replaces_source for job in plan_jobs(five_photos, link, settings))

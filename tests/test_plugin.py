@@ -183,7 +183,7 @@ def test_other_formats_still_open_and_save(small_image):
     assert Image.registered_extensions()[".drc"] == "DRC"
 
 
-def test_an_opened_image_pickles_copies_and_closes_as_pillow_s_own_do(small_drc: bytes):
+def test_an_opened_image_pickles_copies_and_closes_as_pillow_s_own_do(small_drc: bytes, monkeypatch):
     import copy
     import pickle
 
@@ -195,9 +195,16 @@ def test_an_opened_image_pickles_copies_and_closes_as_pillow_s_own_do(small_drc:
             assert np.array_equal(np.asarray(twin.convert("RGB")), np.asarray(image.convert("RGB")))
     image = Image.open(io.BytesIO(small_drc))
     assert set(image.info) >= {"level", "weights_id"} and "quality" not in image.info  # save(**info) elsewhere works
+    again = io.BytesIO()
+    image.save(again, "DRC", **image.info)  # re-encoded at its own level
+    assert api.inspect(again.getvalue()).header.quality == image.info["level"] == 3
     image.close()
+    decodes = []
+    monkeypatch.setattr(api, "decode", lambda *arguments, **options: decodes.append(1))
     with pytest.raises(ValueError, match="closed image"):  # at once, without a decode first
         image.load()
+    assert decodes == []
+    monkeypatch.undo()
     newer = bytearray(small_drc)
     newer[4] = 99  # a format version from the future
     with pytest.raises(OSError) as raised:  # what Pillow users catch for a file they cannot read

@@ -377,7 +377,10 @@ def test_a_transparent_colour_becomes_alpha(tmp_path):
     bilevel.info["transparency"] = 255
     nowhere = Image.fromarray(np.dstack([grey] * 3))
     nowhere.info["transparency"] = (1, 2, 3)  # a colour no pixel has: no alpha to carry
-    for image, mode, clear in ((rgb16, "RGBA", grey == 16), (bilevel, "LA", grey > 100), (nowhere, "L", None)):
+    odd = Image.fromarray(np.dstack([grey] * 3))
+    odd.info["transparency"] = (300.5, -1, 16)  # set by hand, no colour a pixel can have: ignored
+    for image, mode, clear in ((rgb16, "RGBA", grey == 16), (bilevel, "LA", grey > 100), (nowhere, "L", None),
+                               (odd, "L", None)):
         decoded = diraccodec.decode(diraccodec.encode(image, 2, effort=1))
         assert decoded.mode in (mode, "RGB" if mode == "L" else mode), (image.mode, decoded.mode)
         if clear is not None:
@@ -467,8 +470,12 @@ def test_a_drc_file_given_to_encode_is_refused_and_an_empty_one_is_called_empty(
     renamed, output = str(tmp_path / "renamed.png"), str(tmp_path / "x.drc")
     result = CliRunner().invoke(main, ["encode", renamed, "-q", "2", "-o", output])
     assert result.exit_code == 2 and "renamed.png is a .drc file already: decode it" in result.output
-    with pytest.raises(DiracError, match=r"the input is a \.drc file already"):
+    with pytest.raises(DiracError, match=r"input data is a \.drc file already"):
         diraccodec.encode(data, 2)
+    command = (f"cat {tmp_path / 'renamed.png'} | {sys.executable} -m diraccodec.cli encode /dev/stdin -q 2 "
+               f"-o {tmp_path / 'x.drc'}")
+    piped = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert piped.returncode == 2 and "is a .drc file already" in piped.stderr and not (tmp_path / "x.drc").exists()
     (tmp_path / "empty.drc").write_bytes(b"")
     result = CliRunner().invoke(main, ["decode", str(tmp_path / "empty.drc"), "-o", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "not a .drc file (it is empty)" in result.output

@@ -7,6 +7,7 @@ bad file becomes a failed JobResult with its message instead of an exception.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -95,7 +96,7 @@ def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettin
 
 def _same_place(location: Location) -> str:
     """A key that two names of one file share (./p/a.png, /abs/p/a.png, a link to p)."""
-    return str(location) if is_uri(location) else str(Path(location).resolve())
+    return str(location) if is_uri(location) else os.path.realpath(location)  # never raises on a link loop
 
 
 def _inside(destination: Location, source: Location) -> PurePosixPath | None:
@@ -105,7 +106,7 @@ def _inside(destination: Location, source: Location) -> PurePosixPath | None:
     if is_uri(source):
         below, above = str(destination).rstrip("/"), str(source).rstrip("/")
         return PurePosixPath(below[len(above) + 1:]) if below.startswith(above + "/") else None
-    below, above = Path(destination).resolve(), Path(source).resolve()
+    below, above = Path(os.path.realpath(destination)), Path(os.path.realpath(source))
     return PurePosixPath(below.relative_to(above).as_posix()) if below != above and below.is_relative_to(above) \
         else None
 

@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from diraccodec.errors import CorruptFileError, ImageReadError, LimitExceededError
+from diraccodec.errors import CorruptFileError, ImageReadError, InvalidOptionError, LimitExceededError
 from diraccodec.image.metadata import PILLOW_SETTINGS, Metadata, attach, read_metadata, tiff_exif
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 ORIENTATION_TAG = 0x0112
+DRC_FORMAT = "DRC"  # the Pillow plugin's name for .drc files, which the codec decodes, never encodes
 
 
 class ColourMode(IntEnum):
@@ -64,12 +65,15 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
     label = label or ("input data" if isinstance(source, bytes) else str(source))
     try:
         image = _opened(source, max_pixels, label)
+        if image.format == DRC_FORMAT:  # nothing decoded yet: the plugin decodes on load
+            raise InvalidOptionError(f"{label} is a .drc file already: decode it (dirac decode); encoding it "
+                                     f"again loses quality twice")
         if getattr(image, "n_frames", 1) > 1:
             warnings.warn(f"{label} is animated ({image.n_frames} frames): encoding the first frame only",
                           UserWarning, stacklevel=2)
         image.load()
         return upright(image)
-    except (LimitExceededError, ImageReadError):
+    except (LimitExceededError, ImageReadError, InvalidOptionError):
         raise
     except Image.DecompressionBombError:  # Pillow's own guard, at twice our limit
         raise LimitExceededError(f"image {label} exceeds the limit of {max_pixels} pixels "
@@ -164,9 +168,12 @@ def _with_transparent_colour(image: Image.Image, icc: bytes | None, metadata: Me
     becomes alpha 0, every other pixel alpha 255. Where the colour is nowhere (or is not one a
     pixel can have), the image goes without alpha, as it is."""
     colour, transparent = image.info["transparency"], None
-    if image.mode == "RGB" and isinstance(colour, tuple) and len(colour) >= 3:
+    if image.mode == "RGB" and isinstance(colour, tuple) and len(colour) >= 3 and \
+            all(isinstance(value, int) and 0 <= value <= 0xFFFF for value in colour[:3]):
         values = np.asarray(image)
-        if max(colour[:3]) > 255:  # a 16-bit PNG's colour, over pixels Pillow gives as their high bytes
+        # a 16-bit PNG's colour, over pixels Pillow gives as their high bytes (every pixel of that
+        # high byte goes; one whose channels are all under 256 cannot be told from an 8-bit one)
+        if max(colour[:3]) > 255:
             colour = tuple(value >> 8 for value in colour)
         transparent = (values == np.asarray(colour[:3], dtype=values.dtype)).all(axis=2)
     elif image.mode != "RGB" and isinstance(colour, int):  # a grey level, in the image's own depth
