@@ -133,7 +133,9 @@ def test_reference_settings_replace_a_references_qualities(tmp_path: Path, sampl
     assert [p["setting"] for p in points if p["codec"] == "diraccodec"] == [0, 3]
     for bad, message in ((["--references", "avif", "--reference-settings", "webp=10"], "not among the references"),
                          (["--reference-settings", "avif=60,30"], "ascending"),
-                         (["--reference-settings", "avif=0,101"], "from 0 to 100")):
+                         (["--reference-settings", "avif=0,101"], "from 0 to 100"),
+                         (["--reference-settings", "avif=10.2,10.7"], "whole numbers"),  # the codecs take no others
+                         (["--levels", "3,9"], "between -1 and 8")):  # refused before the references run
         result = CliRunner().invoke(main, ["eval", "--data", str(folder), *bad])
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and message in result.output
 

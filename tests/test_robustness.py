@@ -407,7 +407,7 @@ def test_an_image_object_is_turned_upright_as_a_file_is(small_image):
     assert kept.get(0x010F) == "a camera make" and 0x0112 not in kept
 
 
-def test_damaged_inputs_outputs_and_limits_are_one_line_errors(tmp_path, small_image):
+def test_damaged_inputs_outputs_and_limits_are_one_line_errors(tmp_path, small_image, monkeypatch):
     from click.testing import CliRunner
 
     from diraccodec.cli import main
@@ -427,6 +427,11 @@ def test_damaged_inputs_outputs_and_limits_are_one_line_errors(tmp_path, small_i
     assert result.exit_code == 2 and f"exceeds the limit of {pixels // 3} pixels" in result.output, result.output
     encoded = tmp_path / "la.drc"
     encoded.write_bytes(diraccodec.encode(small_image.convert("LA"), 2, effort=1))
+
+    def no_decode(*arguments, **options):
+        raise AssertionError("decoded before the output's format was checked for alpha")
+
+    monkeypatch.setattr(diraccodec.api, "decode", no_decode)
     for mode_suffix in (".bmp", ".jpg"):
         result = runner.invoke(main, ["decode", str(encoded), "-o", str(tmp_path / f"la{mode_suffix}")])
         assert result.exit_code == 2 and "cannot hold an alpha channel" in result.output, result.output

@@ -121,8 +121,8 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
               help="Output image: .png, .webp (lossless), .tif/.tiff, .bmp or .jpg/.jpeg (quality 100, 4:4:4); "
                    '"-": standard output, PNG unless --format says otherwise.')
 @click.option("--format", "format_suffix", type=click.Choice(DECODED_SUFFIXES), default=None,
-              help="The output's image format: for standard output (default .png); a named output's suffix must "
-                   "agree.")
+              help="The output's image format: for standard output, or a device or pipe named without an image "
+                   "suffix (default .png); a named output's suffix must agree.")
 @png_compress_option
 @steps_option
 @seed_option
@@ -139,11 +139,13 @@ def decode(source: Path, output: Path, format_suffix: str | None, png_compressio
            diffusion_weights: Path | None, max_pixels: int) -> None:
     """Decompress a .drc file into an image ("-": standard input, or standard output)."""
     from diraccodec import api
-    from diraccodec.image.files import image_bytes
+    from diraccodec.container import drc
+    from diraccodec.image.files import check_alpha_fits, image_bytes
 
     check_output(output, source)  # a bad output fails now, not after the work
     image_format = output_format(output, format_suffix)
     data = read_source(source)
+    check_alpha_fits(image_format, drc.unpack(data, max_pixels).colour_mode.has_alpha)  # before the decode too
     with progress_bar("decoding") as decoded:
         image = api.decode(data, steps, seed, weights=weights, diffusion_weights=diffusion_weights, device=device,
                            exact=exact, max_pixels=max_pixels, restore=not no_restore, progress=decoded)
@@ -264,10 +266,12 @@ def restoration_text(support: Support) -> str:
 @strip_option
 @click.option("--format", "decoded_suffix", type=click.Choice(DECODED_SUFFIXES),
               default=".png", show_default=True,
-              help="Image format that .drc files decode to (.webp lossless; .jpg quality 100, 4:4:4, not with alpha).")
+              help="Image format that .drc files decode to (.webp lossless; .jpg quality 100, 4:4:4; .jpg and .bmp "
+                   "not with alpha).")
 @png_compress_option
 @click.option("-j", "--workers", type=click.IntRange(1, 64), default=None,
-              help="Parallel workers (default: up to 4, one per core).")
+              help="Parallel workers (default: up to 4, one per core; with --ray, one actor per CPU of the "
+                   "cluster, or per GPU).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="auto", metavar="[ADDRESS]",
               help="Run on a Ray cluster (pip install diraccodec[ray]): its address, or alone for a local or the "

@@ -167,8 +167,8 @@ def threads_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
     return click.option(
         "--threads", type=click.IntRange(1, 1024), default=None, metavar="N",
-        help="CPU threads for the networks (default: one per core). Fewer leave cores to other work; the exact "
-             "mode gives the same pixels with any number.",
+        help="CPU threads for the networks (default: one per core). Fewer leave cores to other work. A decode "
+             "in the exact mode gives the same pixels with any number; an encode's bytes may follow it.",
     )(wrapper)
 
 
@@ -222,7 +222,8 @@ def parse_list(text: str, kind: type, option: str) -> list:
     try:
         return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise DiracError(f"{option} must be numbers separated by commas, got {text!r}") from None
+        kind_name = "whole numbers" if kind is int else "numbers"
+        raise DiracError(f"{option} must be {kind_name} separated by commas, got {text!r}") from None
 
 
 def parse_references(text: str, known: Sequence[str]) -> list[str]:

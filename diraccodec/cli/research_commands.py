@@ -25,18 +25,18 @@ from diraccodec.errors import DiracError
 from diraccodec.options import DEFAULT_EFFORT, EFFORT_PASSES, MAX_STEPS
 
 
-def parse_reference_settings(texts: tuple[str, ...], keys: list[str]) -> dict[str, list[float]]:
+def parse_reference_settings(texts: tuple[str, ...], keys: list[str]) -> dict[str, list[int]]:
     """`KEY=Q1,Q2,...` texts as each chosen reference's qualities."""
-    settings: dict[str, list[float]] = {}
+    settings: dict[str, list[int]] = {}
     for text in texts:
         key, _, values = text.partition("=")
         key = key.strip().lower()
         if key not in keys:
             raise DiracError(f"--reference-settings {text!r}: {key!r} is not among the references "
                              f"({', '.join(keys) or 'none'})")
-        qualities = parse_list(values, float, "--reference-settings")
+        qualities = parse_list(values, int, "--reference-settings")  # whole numbers: the codecs take no others
         if not qualities or any(not 0 <= q <= 100 for q in qualities) or qualities != sorted(set(qualities)):
-            raise DiracError(f"--reference-settings {text!r}: give qualities from 0 to 100 in ascending order")
+            raise DiracError(f"--reference-settings {text!r}: give whole qualities from 0 to 100 in ascending order")
         settings[key] = qualities
     return settings
 
@@ -101,8 +101,12 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
     for effort in sorted(set(efforts)):
         codecs.append(diraccodec_codec(chosen, sorted(set(steps)), seed, str(weights) if weights else None, effort,
                                        device, exact))
-    if any(s > 0 for s in steps):  # fail now, not after the first level, when there is no diffusion model
-        api.get_diffusion(api.get_codec(weights, api.compute_for(device, exact)))
+    # fail now, not after the references have run: a level out of range, steps without a diffusion model
+    codec = api.get_codec(weights, api.compute_for(device, exact))
+    for level in chosen:
+        api.check_quality(level, codec.num_levels)
+    if any(s > 0 for s in steps):
+        api.get_diffusion(codec)
 
     name = f"{data.name} (held out)" if held_out else data.name
     models = models_in_use(weights)
@@ -162,7 +166,7 @@ def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path
 
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("-q", "--quality", type=float, required=True, help="Rate level of our file.")
+@click.option("-q", "--quality", type=float, required=True, help="Rate level of our file, -1 to 8.")
 @click.option("--steps", type=click.IntRange(1, MAX_STEPS), default=20, show_default=True,
               help="Diffusion steps of the last panel.")
 @click.option("--box", default=None, help="Crop LEFT,TOP,SIZE in pixels (default: a centred square).")
@@ -176,7 +180,8 @@ def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path
 @reports_errors
 def compare(source: Path, quality: float, steps: int, box: str | None, zoom: int, seed: int, output: Path,
             device: str, weights: Path | None) -> None:
-    """Side by side crops: original, AVIF at the same size, 0 steps and N steps."""
+    """Side by side crops: original, AVIF at the same size or smaller (its smallest where that is larger), 0 steps
+    and N steps."""
     from diraccodec.evaluation.pictures import comparison_picture, is_valid_box
     from diraccodec.image.files import image_format_for, write_image
     from diraccodec.image.planes import open_image

@@ -17,7 +17,7 @@ TRAINING_PHOTOS = Path("../shared/data/train")  # the project's training photos,
 
 @click.group()
 def train() -> None:
-    """Train the models (long-running; resumes from its checkpoint)."""
+    """Train the models (long-running; each resumes from its checkpoint), and pack, export or count for them."""
 
 
 training_data_option = click.option(
@@ -34,16 +34,20 @@ def training_options(
         click.option("--checkpoint", type=click.Path(path_type=Path), default=Path(checkpoint),
                      show_default=True, help="Resumed from when it exists; written every few minutes."),
         click.option("--steps", type=click.IntRange(1), default=steps, show_default=True, help="Total steps."),
-        click.option("--batch-size", type=click.IntRange(1), default=batch_size, show_default=True),
-        click.option("--patch-size", type=click.IntRange(64), default=patch_size, show_default=True),
-        click.option("--lr", "learning_rate", type=float, default=2e-4, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=batch_size, show_default=True,
+                     help="Crops per step."),
+        click.option("--patch-size", type=click.IntRange(64), default=patch_size, show_default=True,
+                     help="Side of each square crop, in pixels."),
+        click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=2e-4,
+                     show_default=True, help="Adam's learning rate (then a cosine decay over the last fifth)."),
         click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
                      help="Where to train (long runs belong on a GPU: scripts/train_gpu.py)."),
         click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch."),
-        click.option("--checkpoint-minutes", type=float, default=5.0, show_default=True),
+        click.option("--checkpoint-minutes", type=click.FloatRange(min=0, min_open=True), default=5.0,
+                     show_default=True, help="Minutes between saves of the state."),
         click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Train for this long (wall clock); the step count is then set from the measured speed."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seeds the crops and the initial weights."),
         click.option("--average-decay", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
                      help="Keep a moving average of the weights (e.g. 0.999) and export it; 0: none."),
     ]
@@ -128,8 +132,8 @@ def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, level_
 @train.command("restoration")
 @training_options("checkpoints/restoration", 4000)
 @click.option("--start-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Diffusion or restoration weights whose U-Net a fresh run starts from (default: the shipped "
-                   "diffusion decoder).")
+              help="Diffusion or restoration weights whose U-Net a fresh run starts from (default: "
+                   "$DIRAC_DIFFUSION_WEIGHTS if set, else the shipped diffusion decoder).")
 @click.option("--from-scratch", is_flag=True, help="Start a fresh run from the identity, not a diffusion U-Net.")
 @weights_option
 def train_restoration_command(data: tuple[Path, ...], weights: Path | None, start_from: Path | None,

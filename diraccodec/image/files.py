@@ -135,6 +135,13 @@ def image_format_for(path: Path) -> str:
         raise OutputWriteError(f"cannot write {path}: unknown image suffix (use one of {known})") from None
 
 
+def check_alpha_fits(image_format: str, has_alpha: bool) -> None:
+    """JPEG has no alpha, and BMP's 32-bit pixels none that readers agree on (Pillow reads
+    them back as RGB): an image with alpha is refused there rather than written without it."""
+    if has_alpha and image_format in ("JPEG", "BMP"):
+        raise OutputWriteError(f"{image_format} cannot hold an alpha channel: write .png instead")
+
+
 def image_bytes(image: Image.Image, image_format: str, png_compression: int = DEFAULT_PNG_COMPRESSION) -> bytes:
     """The image encoded as `image_format` (a Pillow name), its profile and metadata kept;
     `png_compression`: zlib's level 0-9 for PNG."""
@@ -144,9 +151,7 @@ def image_bytes(image: Image.Image, image_format: str, png_compression: int = DE
         options["compress_level"] = png_compression
     if image.info.get("icc_profile"):
         options["icc_profile"] = image.info["icc_profile"]
-    # BMP's 32-bit pixels carry no alpha that readers agree on (Pillow reads them back as RGB)
-    if image_format in ("JPEG", "BMP") and image.mode in ("RGBA", "LA"):
-        raise OutputWriteError(f"{image_format} cannot hold an alpha channel: write .png instead")
+    check_alpha_fits(image_format, image.mode in ("RGBA", "LA"))
     if image_format == "JPEG":
         options |= {"quality": 100, "subsampling": 0}  # full-resolution chroma: Pillow halves it otherwise
     if image_format == "WEBP":
