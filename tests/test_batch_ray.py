@@ -120,6 +120,17 @@ def test_ray_batch_equals_the_local_batch_skips_and_reports_failures(tmp_path: P
     assert not [p for p in (on_ray / "encoded").rglob("*") if p.is_file() and p.suffix != ".drc"]
 
 
+@pytest.mark.slow
+def test_ray_keeps_a_folder_s_originals_when_converting_in_place(photos: Path, ray_instance: str):
+    """The job's flags travel to the actor with it: a decode onto an input of the batch fails there too."""
+    (photos / "bad.png").unlink()
+    original = (photos / "one.png").read_bytes()
+    assert dirac("batch", photos, photos, "-q", "2", "-e", "1", "--ray", ray_instance, "-j", "2")[0] == 0
+    code, output = dirac("batch", photos, photos, "-q", "2", "-e", "1", "--overwrite", "--ray", ray_instance)
+    assert code == 1 and "is an input of this batch" in output, output
+    assert (photos / "one.png").read_bytes() == original
+
+
 class DiesOnTwo(Converter):
     """A worker whose process ends, as one the kernel kills for memory would, on the file named two."""
 
