@@ -43,9 +43,10 @@ from PIL import Image, ImageFile
 from diraccodec.container import drc
 from diraccodec.errors import InvalidOptionError
 from diraccodec.image.metadata import attach
+from diraccodec.image.planes import DRC_FORMAT
 from diraccodec.options import DEFAULT_QUALITY
 
-FORMAT = "DRC"
+FORMAT = DRC_FORMAT  # the name encode refuses to read as an input (image.planes)
 EXTENSION = ".drc"
 MIME = "image/x-drc"
 _RATE_OPTIONS = ("quality", "size", "bpp")

@@ -50,29 +50,34 @@ def check_writable(path: Path) -> None:
     write in. Nothing is left behind: missing folders are made only by the write, and the
     trial file goes again."""
     path = Path(path)
-    if os.path.isdir(path):  # which, unlike Path.is_dir, never raises
+    mode = _mode(path)
+    if mode is not None and stat.S_ISDIR(mode):
         raise OutputWriteError(f"cannot write {path}: it is a folder; name a file in it")
-    if is_special(path):  # written in place (write_atomic)
+    if _is_special_mode(mode):  # written in place (write_atomic)
         if not os.access(path, os.W_OK):
             raise OutputWriteError(f"cannot write {path}: Permission denied")
         return
-    if _mode(path) is not None and stat.S_ISSOCK(_mode(path)):
+    if mode is not None and stat.S_ISSOCK(mode):
         raise OutputWriteError(f"cannot write {path}: it is a socket")
     _check_can_create_in(path.parent, path)
 
 
 def _mode(path: Path) -> int | None:
+    """The file's mode through links, or None where there is none to read (never raises)."""
     try:
         return os.stat(path).st_mode
     except (OSError, ValueError):
         return None
 
 
+def _is_special_mode(mode: int | None) -> bool:
+    return mode is not None and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode))
+
+
 def is_special(path: Path) -> bool:
     """Whether `path` is a device or a pipe (/dev/null, a FIFO): written into, never replaced
     by a file."""
-    mode = _mode(path)
-    return mode is not None and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode))
+    return _is_special_mode(_mode(path))
 
 
 def check_writable_folder(folder: Path) -> None:
