@@ -86,6 +86,37 @@ def test_a_dying_worker_fails_its_file_alone(tmp_path, five_photos, monkeypatch,
     assert sorted(p.stem for p in destination.iterdir()) == ["a", "c", "d", "e"]
 
 
+def dies_on_b_while_a_is_written(job: Job, settings: BatchSettings) -> JobResult:
+    """run_job, but the first write of a's output stalls before its rename, and the worker
+    converting b ends while it does: the pool then stops a's worker in the middle of its write."""
+    import time
+
+    from diraccodec.image import files
+
+    writing = Path(job.target).parent / "a-is-being-written"  # not a .drc: no output of the batch's
+    stem = Path(job.source).stem
+    if stem == "b":
+        while not writing.exists():
+            time.sleep(0.01)
+        os._exit(1)
+    if stem == "a" and not writing.exists():
+        files.os.fsync = lambda descriptor: (writing.touch(), time.sleep(60))  # this worker's os alone
+    return run_job(job, settings)
+
+
+def test_a_worker_stopped_mid_write_leaves_no_temporary_file(tmp_path, five_photos, monkeypatch):
+    """When a worker dies the pool stops the others, each perhaps mid-write: no temporary file
+    of theirs stays beside the outputs, and their files go again whole."""
+    source, destination = five_photos, tmp_path / "out"
+    monkeypatch.setattr(local, "run_job", dies_on_b_while_a_is_written)
+    settings = BatchSettings(quality=1, effort=1)
+    results = run_batch(plan_jobs(source, destination, settings), settings, 2, on_result=lambda result: None)
+    outcomes = {Path(r.job.source).stem: r.status for r in results}
+    assert outcomes == {"a": "converted", "b": "failed", "c": "converted", "d": "converted", "e": "converted"}
+    assert sorted(p.name for p in destination.iterdir()) == ["a-is-being-written", "a.drc", "c.drc", "d.drc",
+                                                            "e.drc"]
+
+
 def test_a_pool_found_broken_at_a_submit_loses_no_file(tmp_path, five_photos, monkeypatch):
     """A worker may die between two submits: the submit then raises, and the file goes to a fresh pool."""
     from concurrent.futures import ProcessPoolExecutor

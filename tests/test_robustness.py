@@ -185,6 +185,60 @@ def test_killed_batch_resumes_without_redoing_finished_files(tmp_path, sample_im
     assert re.search(rf"\bskipped\W+{len(finished)}\s", result.stderr), result.stderr
 
 
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (read from /proc; zombies count as ended)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while read
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_a_terminated_batch_stops_its_workers_and_leaves_no_partial_file(tmp_path, sample_image):
+    """SIGTERM (`kill`, a service stopping) ends a batch as Ctrl-C does: at once, with status
+    143, its workers stopped with it (they went on alone, or waited for work forever), and no
+    temporary file of theirs left."""
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for index in range(4):
+        image = sample_image.rotate(index * 90).crop((0, 0, 200, 160))
+        (source / f"{index}.drc").write_bytes(diraccodec.encode(image, 1, effort=1))
+    command = [sys.executable, "-m", "diraccodec.cli", "batch", str(source), str(target), "-j", "2", "--steps", "20"]
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: workers left running would hold a pipe open
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(workers := _children(process.pid)) < 2:
+        time.sleep(0.05)
+    assert len(workers) == 2
+    time.sleep(1)  # into their first files
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    errors = log.read_text()
+    assert process.returncode == 143 and errors.strip().endswith("dirac: terminated"), errors
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(_ended(pid) for pid in workers):
+        time.sleep(0.05)
+    assert all(_ended(pid) for pid in workers)
+    written = sorted(target.iterdir()) if target.exists() else []
+    assert len(written) < 4 and all(p.suffix == ".png" for p in written), written  # no temporary file
+    for path in written:
+        with Image.open(path) as image:
+            assert image.size == (200, 160)  # whole
+
+
 def test_weights_need_a_matching_hash_in_the_manifest(tmp_path, small_image):
     from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, MANIFEST
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -25,12 +26,27 @@ def _init_worker() -> None:
 
     torch.set_num_threads(1)
     show_warnings_on_one_line()
+    signal.signal(signal.SIGTERM, _end_mid_write)
+
+
+def _end_mid_write(number: int, _frame: object) -> None:
+    """A worker's end when the pool goes down (a worker died: the pool stops the others with
+    SIGTERM, which Python would obey without removing the file a worker was writing). Its
+    file goes again in a fresh pool."""
+    from diraccodec.image.files import remove_unfinished
+
+    remove_unfinished()
+    os._exit(128 + number)
 
 
 def run_batch(
     jobs: list[Job], settings: BatchSettings, workers: int, on_result: Callable[[JobResult], None]
 ) -> list[JobResult]:
-    return gather(_results(jobs, settings, workers), on_result)
+    results = _results(jobs, settings, workers)
+    try:
+        return gather(results, on_result)
+    finally:
+        results.close()  # stopped early (Ctrl-C while a result is shown): the workers stop now, not when collected
 
 
 def worker_start(device: str) -> BaseContext | None:
@@ -66,28 +82,45 @@ def _until_a_worker_dies(queue: deque[Job], settings: BatchSettings, workers: in
                          start: BaseContext | None) -> Iterator[JobResult]:
     """The results of jobs taken from `queue`, one per worker at a time, so that the files in a
     pool are known when a worker dies; returns those files then (else nothing)."""
-    running: dict[Future, Job] = {}
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=start) as pool:
-        while queue or running:
-            broken = False
-            while queue and len(running) < workers and not broken:
-                job = queue.popleft()
-                try:
-                    running[pool.submit(run_job, job, settings)] = job
-                except BrokenProcessPool:  # a worker died since the last wait
-                    queue.appendleft(job)
-                    broken = True
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            if broken or any(isinstance(future.exception(), BrokenProcessPool) for future in finished):
-                finished, _ = wait(running, timeout=BROKEN_POOL_SECONDS)  # a broken pool ends every future
+        try:
+            return (yield from _results_in(pool, queue, settings, workers))
+        except BaseException:  # Ctrl-C, SIGTERM (the CLI raises it as one), or the batch closed early
+            _stop_workers(pool)
+            raise
+
+
+def _results_in(pool: ProcessPoolExecutor, queue: deque[Job], settings: BatchSettings,
+                workers: int) -> Iterator[JobResult]:
+    running: dict[Future, Job] = {}
+    while queue or running:
+        broken = False
+        while queue and len(running) < workers and not broken:
+            job = queue.popleft()
+            try:
+                running[pool.submit(run_job, job, settings)] = job
+            except BrokenProcessPool:  # a worker died since the last wait
+                queue.appendleft(job)
                 broken = True
-            for future in finished:
-                if not isinstance(future.exception(), BrokenProcessPool):
-                    yield future.result()
-                    del running[future]
-            if broken:
-                return list(running.values())
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        if broken or any(isinstance(future.exception(), BrokenProcessPool) for future in finished):
+            finished, _ = wait(running, timeout=BROKEN_POOL_SECONDS)  # a broken pool ends every future
+            broken = True
+        for future in finished:
+            if not isinstance(future.exception(), BrokenProcessPool):
+                yield future.result()
+                del running[future]
+        if broken:
+            return list(running.values())
     return []
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End the pool's workers now rather than wait for their files (minutes, for a large
+    decode); each removes the file it was writing (`_end_mid_write`). Left running, they would
+    finish after this process is gone, or wait for work forever."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
 
 
 def default_workers() -> int:

@@ -6,7 +6,9 @@ import functools
 import math
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,32 @@ from diraccodec.errors import DiracError, OutputWriteError
 from diraccodec.options import DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEVICE_CHOICES, EFFORT_PASSES, MAX_STEPS
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a service stopping), raised in the program so that it ends as on
+    Ctrl-C: the file being written is removed, a batch's workers stop, training saves."""
+
+
+def _raise_terminated(_number: int, _frame: object) -> None:
+    raise Terminated
+
+
+def stop_on_sigterm_as_on_ctrl_c() -> None:
+    """Python's own end on SIGTERM runs no cleanup: a half-made output stays, a batch's
+    workers go on alone. Only the main thread may set a handler (a CLI run in a thread keeps
+    the default)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def report_interruption(interruption: BaseException) -> None:
+    """One line, and the status a shell gives a process ended by that signal."""
+    terminated = isinstance(interruption, Terminated) or isinstance(interruption.__cause__, Terminated)
+    click.echo("dirac: terminated" if terminated else "dirac: interrupted", err=True)
+    sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 EXIT_SOME_FAILED = 1
 
 console = plain_console()
@@ -106,9 +134,8 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except DiracError as error:
             click.echo(f"dirac: error: {error}", err=True)
             sys.exit(EXIT_USER_ERROR)
-        except KeyboardInterrupt:
-            click.echo("dirac: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as interruption:
+            report_interruption(interruption)
 
     return wrapper
 

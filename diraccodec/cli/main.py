@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from diraccodec.cli.codec_commands import batch, bench, decode, encode, info
-from diraccodec.cli.common import EXIT_USER_ERROR
+from diraccodec.cli.common import EXIT_USER_ERROR, report_interruption, stop_on_sigterm_as_on_ctrl_c
 from diraccodec.cli.research_commands import compare, evaluate_command, report_command
 from diraccodec.cli.train_commands import train
 from diraccodec.errors import show_warnings_on_one_line
@@ -22,6 +22,7 @@ class SectionedGroup(click.Group):
     mistake on the command line (an unknown option, a value out of range) is one line, status 2."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        stop_on_sigterm_as_on_ctrl_c()
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as error:  # `dirac` alone, or a group alone: its help
@@ -34,9 +35,8 @@ class SectionedGroup(click.Group):
         except click.ClickException as error:
             click.echo(f"dirac: error: {error.format_message()}", err=True)
             sys.exit(error.exit_code)
-        except click.exceptions.Abort:
-            click.echo("dirac: interrupted", err=True)
-            sys.exit(130)
+        except click.exceptions.Abort as interruption:  # click's name for Ctrl-C outside a command
+            report_interruption(interruption)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [command.name for command in (*USER_COMMANDS, *RESEARCH_COMMANDS) if command.name]

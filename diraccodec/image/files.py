@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import secrets
@@ -31,17 +32,41 @@ def read_bytes(path: Path) -> bytes:
         raise ImageReadError(f"cannot read {path}: {error.strerror or error}") from None
 
 
+# The temporary files this process is writing now: one ended by a signal removes them
+# (remove_unfinished) rather than leave them beside the outputs.
+_UNFINISHED: set[Path] = set()
+
+
+def remove_unfinished() -> None:
+    """Remove the temporary files being written, for a process about to end mid-write (a batch
+    worker told to stop when another worker died). Safe in a signal handler: a name is listed
+    before its file is made and dropped after its rename, so none is missed, and a name whose
+    file is not there is passed over."""
+    for temporary in list(_UNFINISHED):
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+
+
 def _created_beside(path: Path) -> tuple[int, Path]:
-    """A new hidden file beside `path`, open for writing. It is created with mode 0666, so the
-    system gives it what a plain write would (the umask applied), with no umask read here. Its
-    name keeps at most 200 bytes of `path`'s, so that a valid long name stays valid."""
+    """A new hidden file beside `path`, open for writing, listed as unfinished until
+    `_finished`. It is created with mode 0666, so the system gives it what a plain write would
+    (the umask applied), with no umask read here. Its name keeps at most 200 bytes of `path`'s,
+    so that a valid long name stays valid."""
     shown = os.fsencode(path.name)[:200].decode(errors="ignore")
     while True:
         temporary = path.with_name(f".{shown}.{secrets.token_hex(6)}.part")
+        _UNFINISHED.add(temporary)
         try:
             return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
         except FileExistsError:
-            continue
+            _UNFINISHED.discard(temporary)  # another's file: never removed as ours
+        except BaseException:
+            _UNFINISHED.discard(temporary)
+            raise
+
+
+def _finished(temporary: Path) -> None:
+    _UNFINISHED.discard(temporary)
 
 
 def check_writable(path: Path) -> None:
@@ -100,6 +125,7 @@ def _check_can_create_in(folder: Path, shown: Path) -> None:
         raise OutputWriteError(f"cannot write {shown}: {error.strerror or error}") from None
     os.close(handle)
     trial.unlink()
+    _finished(trial)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -130,6 +156,8 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    finally:
+        _finished(temporary)
 
 
 def image_format_for(path: Path) -> str:
