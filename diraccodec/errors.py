@@ -6,6 +6,12 @@ import sys
 import warnings
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a service stopping) raised in the program, so that it ends as on Ctrl-C
+    (the file being written is removed, a batch's workers stop, training saves) and the CLI can
+    tell the two apart: status 143, not 130."""
+
+
 class DiracError(Exception):
     """Base of every error caused by input, files or options rather than by a bug."""
 

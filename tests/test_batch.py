@@ -82,8 +82,9 @@ def test_a_dying_worker_fails_its_file_alone(tmp_path, five_photos, monkeypatch,
     outcomes = {Path(r.job.source).stem: (r.status, r.message) for r in results}
     assert sorted(outcomes) == NAMES and len(results) == len(NAMES)
     assert outcomes.pop("b") == ("failed", local.WORKER_DIED)
-    assert all(status == "converted" for status, _ in outcomes.values()), outcomes
-    assert sorted(p.stem for p in destination.iterdir()) == ["a", "c", "d", "e"]
+    # a file written just before b's worker died, its result not yet read, goes again and finds its output
+    assert all(outcome in (("converted", ""), ("skipped", "output exists")) for outcome in outcomes.values()), outcomes
+    assert sorted(p.name for p in destination.iterdir()) == ["a.drc", "c.drc", "d.drc", "e.drc"]
 
 
 def dies_on_b_while_a_is_written(job: Job, settings: BatchSettings) -> JobResult:
@@ -96,7 +97,8 @@ def dies_on_b_while_a_is_written(job: Job, settings: BatchSettings) -> JobResult
     writing = Path(job.target).parent / "a-is-being-written"  # not a .drc: no output of the batch's
     stem = Path(job.source).stem
     if stem == "b":
-        while not writing.exists():
+        deadline = time.monotonic() + 60
+        while not writing.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
         os._exit(1)
     if stem == "a" and not writing.exists():

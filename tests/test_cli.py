@@ -7,6 +7,7 @@ import os
 import pty
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -284,7 +285,7 @@ def test_the_write_check_names_the_system_s_reason_and_makes_no_folders(tmp_path
     with pytest.raises(OutputWriteError, match=f"^cannot write {tmp_path}/gone/x.drc: {tmp_path}/gone is not a"):
         files.check_writable(tmp_path / "gone" / "x.drc")
 
-    def refused(path: Path):
+    def refused(path: Path, made: list[Path]):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(files, "_created_beside", refused)
@@ -514,3 +515,29 @@ def test_a_file_of_an_earlier_release_names_it(tmp_path: Path, small_drc: Path, 
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and "decode it with diraccodec 0.0.9" in result.output
     assert "pip install 'diraccodec==0.0.9'" in result.output
+
+
+@pytest.mark.parametrize("callers", [signal.SIG_DFL, signal.SIG_IGN])
+def test_the_cli_run_in_a_program_leaves_its_sigterm_handling_as_it_was(callers, small_image, tmp_path, monkeypatch):
+    """The CLI turns SIGTERM into an interruption while a command runs (cleanup, status 143),
+    where nobody else handles it; a program running it in-process keeps its own afterwards,
+    and one that ignores SIGTERM keeps ignoring it during the command."""
+    import diraccodec.batch
+
+    small_image.save(tmp_path / "a.png")
+    seen, original = [], diraccodec.batch.run_batch
+
+    def watching(*arguments, **options):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        return original(*arguments, **options)
+
+    monkeypatch.setattr(diraccodec.batch, "run_batch", watching)
+    previous = signal.signal(signal.SIGTERM, callers)
+    try:
+        result = CliRunner().invoke(main, ["batch", str(tmp_path), str(tmp_path / "out"), "-q", "1", "-j", "1"])
+        after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 0, result.output
+    assert after is callers and len(seen) == 1
+    assert (seen[0] is signal.SIG_IGN) if callers is signal.SIG_IGN else callable(seen[0])  # handled while it ran

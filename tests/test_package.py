@@ -89,8 +89,9 @@ def run(command: list[str | Path], cwd: Path, env: dict[str, str] | None = None)
 
 @pytest.mark.slow
 def test_the_wheel_works_in_a_fresh_environment(tmp_path: Path, small_image: Image.Image):
-    # sdist, then the wheel built from it: nothing stale from the checkout's build/ can slip in
-    run([sys.executable, "-m", "build", "--outdir", tmp_path / "dist", ROOT], cwd=ROOT)
+    # sdist, then the wheel built from it: nothing stale from the checkout's build/ can slip in;
+    # with this environment's setuptools (a dev requirement), not one fetched from the index
+    run([sys.executable, "-m", "build", "--no-isolation", "--outdir", tmp_path / "dist", ROOT], cwd=ROOT)
     (wheel,) = (tmp_path / "dist").glob("diraccodec-*.whl")
     assert wheel.name.startswith(f"diraccodec-{diraccodec.__version__}-")  # pyproject.toml reads it from the package
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -28,7 +28,9 @@ from tests.conftest import ROOT, psnr
 SEEDS = fuzz_drc.seed_files()
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# the same 250 files in every run, so that a red run is a change's doing; `python -m tests.fuzz_drc`
+# explores at random, as long as it is given
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(st.randoms(use_true_random=False), st.integers(0, len(SEEDS) - 1))
 def test_fuzzed_files_decode_or_fail_with_a_clear_error(rng, index):
     _, finding, seconds = fuzz_drc.check(fuzz_drc.mutate(SEEDS[index], rng), max_pixels=1_000_000)
@@ -191,6 +193,33 @@ def test_killed_batch_resumes_without_redoing_finished_files(tmp_path, sample_im
     assert re.search(rf"\bskipped\W+{len(finished)}\s", result.stderr), result.stderr
 
 
+@pytest.mark.parametrize("where", ["open", "fsync", "replace"])
+def test_a_write_interrupted_anywhere_leaves_nothing_beside_its_output(tmp_path, monkeypatch, where):
+    """Ctrl-C (or SIGTERM, which the CLI raises as one) lands between any two bytecodes, the
+    first just after the call that made the temporary file returns: nothing is left, the
+    output is as it was, and the trial file of a writability check goes too."""
+    from diraccodec.image import files
+
+    real = getattr(files.os, where)
+
+    def interrupted(*arguments, **options):
+        real(*arguments, **options)
+        raise KeyboardInterrupt
+
+    output = tmp_path / "out.drc"
+    output.write_bytes(b"before")
+    monkeypatch.setattr(files.os, where, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        files.write_atomic(output, b"after")
+    if where != "replace":
+        assert output.read_bytes() == b"before"
+        if where == "open":
+            with pytest.raises(KeyboardInterrupt):
+                files.check_writable(tmp_path / "other.drc")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.drc"]
+    assert not files._UNFINISHED
+
+
 def _children(pid: int) -> list[int]:
     """The live processes whose parent is `pid` (read from /proc; zombies count as ended)."""
     children = []
@@ -213,15 +242,16 @@ def _ended(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 def test_a_terminated_batch_stops_its_workers_and_leaves_no_partial_file(tmp_path, sample_image):
-    """SIGTERM (`kill`, a service stopping) ends a batch as Ctrl-C does: at once, with status
-    143, its workers stopped with it (they went on alone, or waited for work forever), and no
-    temporary file of theirs left."""
+    """SIGTERM (`kill`, a service stopping) ends a batch as Ctrl-C does: at once, not after the
+    files in progress (each takes many seconds here), with status 143, its workers stopped
+    with it (they went on alone, or waited for work forever), and no temporary file left."""
     source, target = tmp_path / "in", tmp_path / "out"
     source.mkdir()
     for index in range(4):
-        image = sample_image.rotate(index * 90).crop((0, 0, 200, 160))
+        image = sample_image.rotate(index * 90, expand=True).resize((768, 512))
         (source / f"{index}.drc").write_bytes(diraccodec.encode(image, 1, effort=1))
-    command = [sys.executable, "-m", "diraccodec.cli", "batch", str(source), str(target), "-j", "2", "--steps", "20"]
+    command = [sys.executable, "-m", "diraccodec.cli", "batch", str(source), str(target), "-j", "2", "--steps", "20",
+               "--device", "cpu"]
     log = tmp_path / "stderr.txt"  # a file, not a pipe: workers left running would hold a pipe open
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -231,7 +261,9 @@ def test_a_terminated_batch_stops_its_workers_and_leaves_no_partial_file(tmp_pat
     assert len(workers) == 2
     time.sleep(1)  # into their first files
     process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     process.wait(timeout=60)
+    assert time.monotonic() - signalled < 6, "waited for the files in progress"
     errors = log.read_text()
     assert process.returncode == 143 and errors.strip().endswith("dirac: terminated"), errors
     deadline = time.monotonic() + 10
@@ -239,10 +271,7 @@ def test_a_terminated_batch_stops_its_workers_and_leaves_no_partial_file(tmp_pat
         time.sleep(0.05)
     assert all(_ended(pid) for pid in workers)
     written = sorted(target.iterdir()) if target.exists() else []
-    assert len(written) < 4 and all(p.suffix == ".png" for p in written), written  # no temporary file
-    for path in written:
-        with Image.open(path) as image:
-            assert image.size == (200, 160)  # whole
+    assert written == [], written  # none finished, and no temporary file
 
 
 def test_weights_need_a_matching_hash_in_the_manifest(tmp_path, small_image):

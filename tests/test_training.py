@@ -7,6 +7,10 @@ Exact resume, the state's parts and time budgets are tested through scripts/trai
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -79,6 +83,28 @@ def test_training_lowers_the_loss_and_exports_usable_weights(photo_folder: Path,
     image = Image.open(photo_folder / "b.png").convert("RGB").crop((0, 0, 70, 50))
     data = api.encode(image, 2, weights=weights)
     assert api.decode(data, weights=weights).size == (70, 50)
+
+
+def test_sigterm_stops_dirac_train_as_ctrl_c_does_with_its_own_status(photo_folder: Path, tmp_path: Path):
+    """`kill` of a training run: it saves at the next step, then ends with "dirac: terminated"
+    and status 143, as any command does on SIGTERM (Ctrl-C gives 130)."""
+    from tests.conftest import ROOT
+
+    state = tmp_path / "state"
+    command = [sys.executable, "-m", "diraccodec.cli", "train", "base", "--data", str(photo_folder), "--checkpoint",
+               str(state), "--steps", "100000", "--batch-size", "1", "--patch-size", "64", "--threads", "1",
+               "--analysis-channels", "8", "--synthesis-channels", "8", "--latent-channels", "12"]
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    seen, deadline = "", time.monotonic() + 120
+    while "model N=" not in seen and time.monotonic() < deadline:
+        seen += process.stderr.readline()
+    time.sleep(1)  # into its steps
+    process.send_signal(signal.SIGTERM)
+    rest = process.communicate(timeout=60)[1]
+    assert process.returncode == 143, rest
+    assert "interrupted: checkpoint saved at step" in rest and rest.strip().endswith("dirac: terminated")
+    assert load_checkpoint_metadata(state).step >= 1
 
 
 def test_train_and_export_commands(photo_folder: Path, tmp_path: Path):

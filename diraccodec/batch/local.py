@@ -5,13 +5,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from multiprocessing.context import BaseContext
 
 from diraccodec.batch.jobs import BatchSettings, Job, JobResult, gather, run_job
+from diraccodec.image.files import remove_unfinished
 
 WORKER_DIED = "worker process died while converting this file"
 # How long a broken pool's futures may take to end (they end at once; a submit that raced the
@@ -20,21 +23,23 @@ BROKEN_POOL_SECONDS = 60
 
 
 def _init_worker() -> None:
+    """A worker ends on SIGTERM only, sent by the batch's own process (or by its pool when a
+    worker died), which handles Ctrl-C for the whole batch: the terminal's SIGINT, sent to
+    every process in the group, is ignored here."""
+    signal.signal(signal.SIGTERM, _end_mid_write)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
     from diraccodec.errors import show_warnings_on_one_line
 
     torch.set_num_threads(1)
     show_warnings_on_one_line()
-    signal.signal(signal.SIGTERM, _end_mid_write)
 
 
 def _end_mid_write(number: int, _frame: object) -> None:
-    """A worker's end when the pool goes down (a worker died: the pool stops the others with
-    SIGTERM, which Python would obey without removing the file a worker was writing). Its
-    file goes again in a fresh pool."""
-    from diraccodec.image.files import remove_unfinished
-
+    """A worker's end when told to stop, without Python's own end, which would leave the
+    file being written beside the outputs. Its file goes again in a fresh pool, or not at all
+    where the batch is stopping."""
     remove_unfinished()
     os._exit(128 + number)
 
@@ -98,7 +103,8 @@ def _results_in(pool: ProcessPoolExecutor, queue: deque[Job], settings: BatchSet
         while queue and len(running) < workers and not broken:
             job = queue.popleft()
             try:
-                running[pool.submit(run_job, job, settings)] = job
+                with _signals_held():
+                    running[pool.submit(run_job, job, settings)] = job
             except BrokenProcessPool:  # a worker died since the last wait
                 queue.appendleft(job)
                 broken = True
@@ -119,8 +125,29 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """End the pool's workers now rather than wait for their files (minutes, for a large
     decode); each removes the file it was writing (`_end_mid_write`). Left running, they would
     finish after this process is gone, or wait for work forever."""
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.terminate()
+    with _signals_held():
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait for the end of the block, then act as they would have: a
+    worker forked by a submit is on the pool's list only once the submit returns, and one
+    missed by `_stop_workers` would wait for work forever."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {number: signal.signal(number, lambda number, _frame: held.append(number))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        for number in held:
+            signal.raise_signal(number)
 
 
 def default_workers() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -9,7 +10,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from rich.console import Console
 
 from diraccodec.console import plain_console
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
-from diraccodec.errors import DiracError, OutputWriteError
+from diraccodec.errors import DiracError, OutputWriteError, Terminated
 from diraccodec.options import DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEVICE_CHOICES, EFFORT_PASSES, MAX_STEPS
 
 EXIT_USER_ERROR = 2
@@ -26,26 +27,36 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, a service stopping), raised in the program so that it ends as on
-    Ctrl-C: the file being written is removed, a batch's workers stop, training saves."""
+_received: set[int] = set()  # SIGTERM, once it came: a library (Ray) may raise a plain KeyboardInterrupt for it
 
 
-def _raise_terminated(_number: int, _frame: object) -> None:
+def _raise_terminated(number: int, _frame: object) -> None:
+    _received.add(number)
     raise Terminated
 
 
-def stop_on_sigterm_as_on_ctrl_c() -> None:
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
     """Python's own end on SIGTERM runs no cleanup: a half-made output stays, a batch's
-    workers go on alone. Only the main thread may set a handler (a CLI run in a thread keeps
-    the default)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    workers go on alone. While a command runs SIGTERM raises `Terminated` instead, unless the
+    caller set its own handler or ignores it; the caller's is back afterwards. Only the main
+    thread may set a handler (a CLI run in a thread keeps what it has)."""
+    _received.clear()
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def report_interruption(interruption: BaseException) -> None:
     """One line, and the status a shell gives a process ended by that signal."""
-    terminated = isinstance(interruption, Terminated) or isinstance(interruption.__cause__, Terminated)
+    terminated = signal.SIGTERM in _received or isinstance(interruption, Terminated) or \
+        isinstance(interruption.__cause__, Terminated)
     click.echo("dirac: terminated" if terminated else "dirac: interrupted", err=True)
     sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 EXIT_SOME_FAILED = 1

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from diraccodec.cli.codec_commands import batch, bench, decode, encode, info
-from diraccodec.cli.common import EXIT_USER_ERROR, report_interruption, stop_on_sigterm_as_on_ctrl_c
+from diraccodec.cli.common import EXIT_USER_ERROR, report_interruption, sigterm_as_interrupt
 from diraccodec.cli.research_commands import compare, evaluate_command, report_command
 from diraccodec.cli.train_commands import train
 from diraccodec.errors import show_warnings_on_one_line
@@ -22,7 +22,10 @@ class SectionedGroup(click.Group):
     mistake on the command line (an unknown option, a value out of range) is one line, status 2."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        stop_on_sigterm_as_on_ctrl_c()
+        with sigterm_as_interrupt():
+            return self._main(*args, **kwargs)
+
+    def _main(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as error:  # `dirac` alone, or a group alone: its help

@@ -42,31 +42,35 @@ def remove_unfinished() -> None:
     worker told to stop when another worker died). Safe in a signal handler: a name is listed
     before its file is made and dropped after its rename, so none is missed, and a name whose
     file is not there is passed over."""
-    for temporary in list(_UNFINISHED):
+    _remove(list(_UNFINISHED))
+
+
+def _created_beside(path: Path, made: list[Path]) -> int:
+    """A new hidden file beside `path`, open for writing; its name goes on `made` (and on the
+    process's unfinished list) before the file exists, so that the caller's cleanup finds it
+    whenever an interruption lands. It is created with mode 0666, so the system gives it what
+    a plain write would (the umask applied), with no umask read here. Its name keeps at most
+    200 bytes of `path`'s, so that a valid long name stays valid."""
+    shown = os.fsencode(path.name)[:200].decode(errors="ignore")
+    while True:
+        temporary = path.with_name(f".{shown}.{secrets.token_hex(6)}.part")
+        made.append(temporary)
+        _UNFINISHED.add(temporary)
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:  # another's file: never removed as ours
+            made.pop()
+            _UNFINISHED.discard(temporary)
+
+
+def _remove(temporaries: list[Path]) -> None:
+    for temporary in temporaries:
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
 
 
-def _created_beside(path: Path) -> tuple[int, Path]:
-    """A new hidden file beside `path`, open for writing, listed as unfinished until
-    `_finished`. It is created with mode 0666, so the system gives it what a plain write would
-    (the umask applied), with no umask read here. Its name keeps at most 200 bytes of `path`'s,
-    so that a valid long name stays valid."""
-    shown = os.fsencode(path.name)[:200].decode(errors="ignore")
-    while True:
-        temporary = path.with_name(f".{shown}.{secrets.token_hex(6)}.part")
-        _UNFINISHED.add(temporary)
-        try:
-            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
-        except FileExistsError:
-            _UNFINISHED.discard(temporary)  # another's file: never removed as ours
-        except BaseException:
-            _UNFINISHED.discard(temporary)
-            raise
-
-
-def _finished(temporary: Path) -> None:
-    _UNFINISHED.discard(temporary)
+def _finished(made: list[Path]) -> None:
+    _UNFINISHED.difference_update(made)
 
 
 def check_writable(path: Path) -> None:
@@ -117,15 +121,16 @@ def _check_can_create_in(folder: Path, shown: Path) -> None:
     a folder on the way that may not be searched too, is an OutputWriteError naming `shown`."""
     while not os.path.lexists(folder) and folder != folder.parent:
         folder = folder.parent
+    made: list[Path] = []
     try:
         if not folder.is_dir():
             raise OutputWriteError(f"cannot write {shown}: {folder} is not a folder")
-        handle, trial = _created_beside(folder / WRITE_CHECK_NAME)
+        os.close(_created_beside(folder / WRITE_CHECK_NAME, made))
     except OSError as error:
         raise OutputWriteError(f"cannot write {shown}: {error.strerror or error}") from None
-    os.close(handle)
-    trial.unlink()
-    _finished(trial)
+    finally:
+        _remove(made)
+        _finished(made)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -139,25 +144,22 @@ def write_atomic(path: Path, data: bytes) -> None:
         except OSError as error:
             raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
         return
+    made: list[Path] = []  # the temporary file, once named: removed however the write ends early
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = _created_beside(path)
-    except OSError as error:
-        raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
-    try:
+        handle = _created_beside(path, made)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
+        os.replace(made[-1], path)
+    except BaseException as error:  # Ctrl-C, SIGTERM (raised by the CLI) and failures alike
+        _remove(made)
+        if isinstance(error, OSError):
+            raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
         raise
     finally:
-        _finished(temporary)
+        _finished(made)
 
 
 def image_format_for(path: Path) -> str:

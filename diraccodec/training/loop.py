@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn
 
 from diraccodec.console import bar_columns, draws_live_bars
+from diraccodec.errors import Terminated
 from diraccodec.image.files import write_atomic
 from diraccodec.training.averaging import WeightAverage
 from diraccodec.training.checkpoint import (
@@ -171,6 +172,11 @@ def start_run(model: torch.nn.Module, options: LoopOptions, console: Console,
 
 class _StopRequest:
     requested = False
+    interruption: type[KeyboardInterrupt] = KeyboardInterrupt  # what the run raises once saved
+
+
+def _interruption(signum: int) -> type[KeyboardInterrupt]:
+    return Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 @contextmanager
@@ -184,8 +190,9 @@ def _stop_requests() -> Iterator[_StopRequest]:
 
     def ask(signum: int, frame: object) -> None:
         if request.requested:
-            raise KeyboardInterrupt
+            raise _interruption(signum)
         request.requested = True
+        request.interruption = _interruption(signum)
 
     previous = {number: signal.signal(number, ask) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -319,21 +326,24 @@ def _train_until_stopped(
     measured = speed.summary(state.step - first_step)  # before the last save and log line
     if window:
         log()
-    _finish_run(run, options, console, stopped_by, state.step - first_step, measured, logged, saved_step)
+    _finish_run(run, options, console, stopped_by, state.step - first_step, measured, logged, saved_step,
+                stop.interruption)
     return state
 
 
 def _finish_run(run: TrainingRun, options: LoopOptions, console: Console, stopped_by: str, steps_this_run: int,
-                measured: dict[str, float | None], logged: list[dict[str, float]], saved_step: int) -> None:
+                measured: dict[str, float | None], logged: list[dict[str, float]], saved_step: int,
+                interruption: type[KeyboardInterrupt]) -> None:
     """Save what the last checkpoint missed, print and write the summary; an interrupted run
-    raises KeyboardInterrupt after its save, so that stopping by hand loses no steps."""
+    raises `interruption` (KeyboardInterrupt, or Terminated for SIGTERM) after its save, so
+    that stopping by hand loses no steps."""
     if run.state.step != saved_step or not state_parts(options.checkpoint):
         run.save(options)
     summary = _summary(run, options, stopped_by, steps_this_run, measured, logged)
     console.print("summary " + json.dumps(summary), markup=False, highlight=False, soft_wrap=True)
     if stopped_by == "interrupted":
         console.print(f"interrupted: checkpoint saved at step {run.state.step}")
-        raise KeyboardInterrupt
+        raise interruption
 
 
 def _stop_reason(options: LoopOptions, step: int, steps_this_run: int, requested: bool, out_of_time: bool) -> str:
