@@ -119,6 +119,44 @@ def test_a_worker_stopped_mid_write_leaves_no_temporary_file(tmp_path, five_phot
                                                             "e.drc"]
 
 
+def sleeps_long(job: Job, settings: BatchSettings) -> JobResult:
+    import time
+
+    time.sleep(30)
+    return run_job(job, settings)
+
+
+def test_ctrl_c_as_a_submit_starts_the_workers_stops_them_at_once(tmp_path, five_photos, monkeypatch):
+    """Ctrl-C during a submit waits for its end (the workers it forks are then known), and a
+    worker stopped before it set its own handlers stops: it kept the batch's, which only held
+    the signal, and went on with its file while the batch waited."""
+    import signal
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    set_up = local._init_worker
+
+    def slow_start() -> None:
+        time.sleep(1)
+        set_up()
+
+    class InterruptedInItsFirstSubmit(ProcessPoolExecutor):
+        def submit(self, *arguments, **options):
+            future = super().submit(*arguments, **options)
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C, held until the submit returns
+            return future
+
+    monkeypatch.setattr(local, "_init_worker", slow_start)
+    monkeypatch.setattr(local, "run_job", sleeps_long)
+    monkeypatch.setattr(local, "ProcessPoolExecutor", InterruptedInItsFirstSubmit)
+    settings = BatchSettings(quality=1, effort=1)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(plan_jobs(five_photos, tmp_path / "out", settings), settings, 2, on_result=lambda result: None)
+    assert time.monotonic() - started < 10 and not multiprocessing.active_children()
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_pool_found_broken_at_a_submit_loses_no_file(tmp_path, five_photos, monkeypatch):
     """A worker may die between two submits: the submit then raises, and the file goes to a fresh pool."""
     from concurrent.futures import ProcessPoolExecutor

@@ -188,6 +188,31 @@ def test_ray_missing_is_a_one_line_error(tmp_path: Path, photos: Path, monkeypat
     assert not (tmp_path / "out").exists()
 
 
+def test_connecting_keeps_the_batch_s_sigterm_handling():
+    """ray.init sets a SIGTERM handler that exits at once (seen with Ray 2.60): the batch's own,
+    which stops its work cleanly, is put back."""
+    import signal
+
+    class Ray:
+        @staticmethod
+        def is_initialized() -> bool:
+            return False
+
+        @staticmethod
+        def init(**options: object) -> None:
+            signal.signal(signal.SIGTERM, lambda number, _frame: sys.exit(number))
+
+    def batch_s(number: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, batch_s)
+    try:
+        assert ray_cluster.connect(Ray, ray_cluster.AUTO_ADDRESS)  # type: ignore[arg-type]
+        assert signal.getsignal(signal.SIGTERM) is batch_s
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_an_unreachable_address_fails_in_seconds():
     started = time.monotonic()  # where ray.init would retry for minutes
     with pytest.raises(DiracError, match=re.escape("cannot connect to the Ray cluster at 127.0.0.1:1: ")):

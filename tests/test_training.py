@@ -93,7 +93,7 @@ def test_sigterm_stops_dirac_train_as_ctrl_c_does_with_its_own_status(photo_fold
     state = tmp_path / "state"
     command = [sys.executable, "-m", "diraccodec.cli", "train", "base", "--data", str(photo_folder), "--checkpoint",
                str(state), "--steps", "100000", "--batch-size", "1", "--patch-size", "64", "--threads", "1",
-               "--analysis-channels", "8", "--synthesis-channels", "8", "--latent-channels", "12"]
+               "--analysis-channels", "8", "--synthesis-channels", "8", "--latent-channels", "12", "--device", "cpu"]
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     seen, deadline = "", time.monotonic() + 120

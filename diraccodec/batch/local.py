@@ -139,8 +139,15 @@ def _signals_held() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    previous = {number: signal.signal(number, lambda number, _frame: held.append(number))
-                for number in (signal.SIGINT, signal.SIGTERM)}
+    holder = os.getpid()
+
+    def hold(number: int, _frame: object) -> None:
+        if os.getpid() == holder:
+            held.append(number)
+        elif number == signal.SIGTERM:  # a worker forked in the block, told to stop before it set its own handler
+            os._exit(128 + number)
+
+    previous = {number: signal.signal(number, hold) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

@@ -18,7 +18,9 @@ import contextlib
 import logging
 import math
 import re
+import signal
 import socket
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -129,12 +131,16 @@ def connect(ray: ModuleType, address: str) -> bool:
         return False
     if address != AUTO_ADDRESS:
         check_reachable(address)
+    ours = signal.getsignal(signal.SIGTERM)
     try:  # no address: $RAY_ADDRESS, else the cluster `ray start` runs here, else a new local instance
         ray.init(address=None if address == AUTO_ADDRESS else address, include_dashboard=False,
                  logging_level=logging.ERROR)
     except (ConnectionError, ValueError, RuntimeError, TimeoutError) as error:
         where = "a Ray cluster" if address == AUTO_ADDRESS else f"the Ray cluster at {address}"
         raise DiracError(f"cannot connect to {where}: {one_line(error)}") from None
+    finally:  # ray.init sets a SIGTERM handler that exits at once, without the batch's cleanup
+        if ours is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, ours)
     return True
 
 

@@ -22,16 +22,19 @@ from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError, OutputWriteError, Terminated
 from diraccodec.options import DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEVICE_CHOICES, EFFORT_PASSES, MAX_STEPS
 
+EXIT_SOME_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
-_received: set[int] = set()  # SIGTERM, once it came: a library (Ray) may raise a plain KeyboardInterrupt for it
+# Set when SIGTERM came during the command: Ray turns the Terminated raised in its wait into a
+# plain KeyboardInterrupt
+_sigterm_came = threading.Event()
 
 
-def _raise_terminated(number: int, _frame: object) -> None:
-    _received.add(number)
+def _raise_terminated(_number: int, _frame: object) -> None:
+    _sigterm_came.set()
     raise Terminated
 
 
@@ -41,7 +44,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
     workers go on alone. While a command runs SIGTERM raises `Terminated` instead, unless the
     caller set its own handler or ignores it; the caller's is back afterwards. Only the main
     thread may set a handler (a CLI run in a thread keeps what it has)."""
-    _received.clear()
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
@@ -51,15 +53,16 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _sigterm_came.clear()
 
 
 def report_interruption(interruption: BaseException) -> None:
     """One line, and the status a shell gives a process ended by that signal."""
-    terminated = signal.SIGTERM in _received or isinstance(interruption, Terminated) or \
+    terminated = _sigterm_came.is_set() or isinstance(interruption, Terminated) or \
         isinstance(interruption.__cause__, Terminated)
     click.echo("dirac: terminated" if terminated else "dirac: interrupted", err=True)
     sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
-EXIT_SOME_FAILED = 1
+
 
 console = plain_console()
 

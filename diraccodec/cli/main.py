@@ -22,10 +22,13 @@ class SectionedGroup(click.Group):
     mistake on the command line (an unknown option, a value out of range) is one line, status 2."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        with sigterm_as_interrupt():
-            return self._main(*args, **kwargs)
+        try:
+            with sigterm_as_interrupt():
+                return self._main_with_one_line_errors(*args, **kwargs)
+        except KeyboardInterrupt as interruption:  # one that lands as the command ends
+            report_interruption(interruption)
 
-    def _main(self, *args: Any, **kwargs: Any) -> Any:
+    def _main_with_one_line_errors(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as error:  # `dirac` alone, or a group alone: its help
