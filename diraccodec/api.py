@@ -12,10 +12,11 @@ given CPU and thread count; a GPU's kernels may sum in another order from run to
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -26,7 +27,7 @@ from PIL import Image
 
 from diraccodec.codec.base_codec import LOWEST_LEVEL, Arithmetic, BaseCodec, BaseWeights
 from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, ladder_position
-from diraccodec.compute import Compute
+from diraccodec.compute import Compute, float32_default
 from diraccodec.container import drc
 from diraccodec.diffusion import detail_map as detail_maps
 from diraccodec.diffusion.decoder import DiffusionDecoder
@@ -86,6 +87,14 @@ STREAM_RULES = {
 }
 
 _LOCK = threading.RLock()  # torch's thread count and kernel flags are process-wide
+
+
+@contextlib.contextmanager
+def _exclusive() -> Iterator[None]:
+    """One call's model work at a time, with torch's default dtype float32 whatever the
+    caller's (its thread count, kernel flags and default dtype are process-wide)."""
+    with _LOCK, float32_default():
+        yield
 
 
 def compute_for(device: str | torch.device | None = AUTO, exact: bool = False) -> Compute:
@@ -389,7 +398,7 @@ def encode(
         image = upright(image)  # as open_image turns a file's (the Pillow plugin's save comes here)
     planes = image_to_planes(image, metadata)
     del image
-    with _LOCK:
+    with _exclusive():
         codec = get_codec(weights, compute)
         if quality is not None:
             return _Encoder(planes, codec, options).file(check_quality(quality, codec.num_levels))
@@ -519,7 +528,7 @@ def stream_bytes(data: bytes, *, weights: str | Path | None = None,
     """Read a file's latent stream (no synthesis) and split its bytes between the hyper-latents,
     the side information, and the latents, under the base weights that made it."""
     header = drc.unpack(data, max_pixels)
-    with _LOCK:
+    with _exclusive():
         codec = _codec_for_file(header, weights, compute_for("cpu"))
         rules = STREAM_RULES[header.version]
         payload = header.sections[drc.TAG_LATENTS]
@@ -554,7 +563,7 @@ def decode(
     """
     header = drc.unpack(data, max_pixels)
     compute = compute_for(device, exact)
-    with _LOCK:
+    with _exclusive():
         codec = _codec_for_file(header, weights, compute)
         info = FileInfo(header, len(data))
         steps = check_steps(steps) if steps is not None else _recommended_steps(info)

@@ -80,8 +80,8 @@ def thread_invariant() -> Iterator[None]:
     if mkl_loose:
         _warn_not_strict()  # before any state changes: under -W error it raises
     previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
     try:
+        torch.backends.mkldnn.enabled = False
         with single_thread() if mkl_loose else contextlib.nullcontext():
             yield
     finally:
@@ -89,18 +89,38 @@ def thread_invariant() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def float32_default() -> Iterator[None]:
+    """torch's default dtype float32 for the block, whatever the caller set: under a float64
+    default the models (loaded and cached then) and the tensors made along the way disagree."""
+    previous = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float32)
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@contextlib.contextmanager
 def full_float32() -> Iterator[None]:
     """Float32 convolutions and matrix products on a GPU in full float32, not TF32 (cuDNN's
     default for convolutions, a 10-bit mantissa): the synthesis and the restoration filter set a
-    0-step decode's fidelity and are meant to run in float32 on every device. Set through the
-    flags that training also sets (`allow_tf32`): torch refuses a mix of its two interfaces."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    previous = (cudnn.allow_tf32, matmul.allow_tf32)
-    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    0-step decode's fidelity and are meant to run in float32 on every device. Set and put back
+    through torch's per-backend precision where it has one (torch 2.9 on): the older flags
+    cannot hold every setting ("medium"), and reading them after a caller used the newer
+    interface raises."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv"):
+        flags, full = ((matmul, "fp32_precision"), (cudnn.conv, "fp32_precision")), "ieee"
+    else:
+        flags, full = ((matmul, "allow_tf32"), (cudnn, "allow_tf32")), False
+    previous = [getattr(owner, name) for owner, name in flags]
     try:
+        for owner, name in flags:
+            setattr(owner, name, full)
         yield
     finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = previous
+        for (owner, name), value in zip(flags, previous, strict=True):
+            setattr(owner, name, value)
 
 
 @functools.cache

@@ -114,7 +114,7 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
     try:
         tensors, metadata = _parse(data)
         fields = json.loads(metadata["config"])
-        model = MultiRateHyperprior(HyperpriorConfig.from_fields(fields))
+        model = MultiRateHyperprior(HyperpriorConfig.from_fields(fields)).float()  # whatever torch's default dtype
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         hyper_tables = TableSet.from_tensors(tensors, "tables.hyper")
         latent_tables = TableSet.from_tensors(tensors, "tables.latent")
@@ -208,7 +208,7 @@ def default_diffusion_path() -> Path:
 
 
 def _unet(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> ResidualUNet:
-    model = ResidualUNet(ResidualUNetConfig.from_fields(json.loads(metadata["config"])))
+    model = ResidualUNet(ResidualUNetConfig.from_fields(json.loads(metadata["config"]))).float()  # whatever the default
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     return model.eval().requires_grad_(False)
 

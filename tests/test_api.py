@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -13,6 +15,7 @@ import diraccodec
 from diraccodec.cli import main
 from diraccodec.cli.common import parse_size
 from diraccodec.errors import DiracError, InvalidOptionError
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("target", [2500, 4000, 9000])
@@ -218,3 +221,46 @@ def test_a_size_target_climbs_past_the_window_where_the_search_makes_room():
     assert len(data) == 5_000  # level 8: (8 + 2) * 1000 / 2, where plain rounding fits only level 3
     assert len(tried) == len(set(tried))  # no level encoded twice
     assert api.encode_to_size(SimpleNamespace(file=file, search=SimpleNamespace(passes=0)), 5_000, 8) == file(3, False)
+
+
+FLOAT64_DEFAULT = """
+import hashlib, torch, numpy as np, diraccodec
+from PIL import Image
+image = Image.open("samples/parrots.png").convert("RGB").crop((150, 60, 246, 140))
+def outputs():
+    data = diraccodec.encode(image, 2, effort=2)
+    pixels = [np.asarray(diraccodec.decode(data, steps)).tobytes() for steps in (0, 2)]
+    return hashlib.sha256(data + b"".join(pixels)).hexdigest()
+torch.set_default_dtype(torch.float64)  # before the first call: the models load under it
+under_float64 = outputs()
+assert torch.get_default_dtype() == torch.float64
+torch.set_default_dtype(torch.float32)
+assert outputs() == under_float64
+"""
+
+
+def test_a_caller_s_float64_default_dtype_changes_nothing_and_stays():
+    """A program that set torch's default dtype to float64 gets the same file and pixels, and
+    keeps its default; the models were built under it and cached, and every later call failed."""
+    result = subprocess.run([sys.executable, "-c", FLOAT64_DEFAULT], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("image_format", ["TIFF", "GIF", "PNG"])
+def test_a_caller_s_lower_pillow_limit_does_not_refuse_an_image_within_max_pixels(small_image, monkeypatch,
+                                                                                    image_format):
+    """Pillow checks its limit again as it counts a file's frames and loads its pixels (TIFF,
+    GIF): the codec's own limit holds there too, and the caller's is back afterwards."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    small_image.save(buffer, format=image_format)
+    pixels = small_image.width * small_image.height
+    callers_limit = pixels // 4
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", callers_limit)
+    data = diraccodec.encode(buffer.getvalue(), 1, effort=1, max_pixels=pixels)
+    limit_after = Image.MAX_IMAGE_PIXELS
+    assert diraccodec.inspect(data).header.pixels == pixels and limit_after == callers_limit

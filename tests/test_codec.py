@@ -19,11 +19,11 @@ from PIL import Image
 import diraccodec
 from diraccodec.api import compute_for, get_codec
 from diraccodec.codec.base_codec import Arithmetic, Latents
-from diraccodec.compute import CPU, Compute, mkl_is_strict
+from diraccodec.compute import Compute, mkl_is_strict
 from diraccodec.container import drc
 from diraccodec.errors import CorruptFileError, InvalidOptionError
 from diraccodec.transforms.search import SearchSettings
-from tests.conftest import psnr, srgb_profile, swapped_primaries_profile
+from tests.conftest import ROOT, psnr, srgb_profile, swapped_primaries_profile
 
 # A 192x128 crop of the sample at level 3, written by the encoder of format version 1 (entropy
 # parameters in float64 on the CPU), and the SHA-256 of its latent symbols (int64, little-endian).
@@ -335,30 +335,60 @@ def test_one_process_uses_every_device_in_any_order(small_image):
     assert get_codec(None, diraccodec.api.compute_for("cpu")).model.analysis[0].weight.device.type == "cpu"
 
 
+CALLERS_PRECISION = {  # how a program may have set TF32 before it calls the codec
+    "untouched": "",
+    "old flags on": "torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True",
+    "old flags off": "torch.backends.cudnn.allow_tf32 = False",
+    "medium": "torch.set_float32_matmul_precision('medium')",
+    "newer interface": "torch.backends.cuda.matmul.fp32_precision = 'tf32'",
+}
+PRECISION_CHECK = """
+import torch
+from diraccodec.compute import Compute, CPU
+{setting}
+matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+newer = hasattr(matmul, "fp32_precision")
+name = "fp32_precision" if newer else "allow_tf32"
+flags = ((matmul, name), (cudnn.conv if newer else cudnn, name))
+def readable():
+    try:
+        return torch.get_float32_matmul_precision()
+    except RuntimeError:
+        return None
+before = [getattr(owner, name) for owner, name in flags], readable()
+with Compute(torch.device("cuda")).kernels():
+    assert [getattr(owner, name) for owner, name in flags] == (["ieee"] * 2 if newer else [False] * 2)
+assert ([getattr(owner, name) for owner, name in flags], readable()) == before, before
+with Compute(CPU).kernels():
+    assert [getattr(owner, name) for owner, name in flags] == before[0]
+"""
+
+
 @pytest.mark.cuda(required=False)
-def test_a_gpu_runs_the_networks_in_full_float32_not_tf32_and_restores_the_flags():
+@pytest.mark.parametrize("setting", list(CALLERS_PRECISION))
+def test_a_gpu_runs_the_networks_in_full_float32_and_leaves_the_caller_s_precision_as_it_was(setting):
+    """Set and put back through torch's newer per-backend interface where it has one: the older
+    flags lost a caller's "medium" and left torch refusing to read its own precision, and read
+    after a caller used the newer interface, they raise."""
+    script = PRECISION_CHECK.format(setting=CALLERS_PRECISION[setting])
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.cuda
+def test_a_gpu_convolution_under_the_codec_errs_as_float32_not_tf32():
     import torch
 
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    before = (cudnn.allow_tf32, matmul.allow_tf32)
+    generator = torch.Generator().manual_seed(0)  # TF32 (10-bit mantissa) errs about 100 times more than float32
+    x, weight = torch.randn(1, 64, 64, 64, generator=generator), torch.randn(64, 64, 3, 3, generator=generator)
+    reference = torch.nn.functional.conv2d(x.double(), weight.double())
+    previous, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, True  # as a training process has it
     try:
-        for training_sets in (False, True):  # a training process turns TF32 on for itself
-            cudnn.allow_tf32 = matmul.allow_tf32 = training_sets
-            with Compute(torch.device("cuda")).kernels():
-                assert not cudnn.allow_tf32 and not matmul.allow_tf32
-            assert cudnn.allow_tf32 is training_sets and matmul.allow_tf32 is training_sets
-            with Compute(CPU).kernels():
-                assert cudnn.allow_tf32 is training_sets
-        if torch.cuda.is_available():  # TF32 (10-bit mantissa) errs about 100 times more than float32
-            generator = torch.Generator().manual_seed(0)
-            x, weight = torch.randn(1, 64, 64, 64, generator=generator), torch.randn(64, 64, 3, 3, generator=generator)
-            reference = torch.nn.functional.conv2d(x.double(), weight.double())
-            cudnn.allow_tf32 = True
-            with Compute(torch.device("cuda")).kernels():
-                on_gpu = torch.nn.functional.conv2d(x.cuda(), weight.cuda()).cpu().double()
-            assert (on_gpu - reference).abs().max() / reference.std() < 5e-5
+        with Compute(torch.device("cuda")).kernels():
+            on_gpu = torch.nn.functional.conv2d(x.cuda(), weight.cuda()).cpu().double()
     finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = before
+        torch.backends.cudnn.allow_tf32 = previous
+    assert (on_gpu - reference).abs().max() / reference.std() < 5e-5
 
 
 @pytest.mark.cuda

@@ -172,3 +172,25 @@ def test_the_pillow_plugin_and_batch_carry_it_too(small_image, tmp_path):
         result = run_job(Job(photo, target), BatchSettings(quality=1, effort=1, metadata=metadata))
         assert result.status == "converted", result.message
         assert (drc.TAG_EXIF in drc.unpack(target.read_bytes()).sections) is metadata
+
+
+def test_another_thread_s_warning_during_the_exif_rewrite_is_not_taken_for_pillow_s(small_image, monkeypatch):
+    """Recording Pillow's complaints about an EXIF block records every thread's warnings in that
+    moment (warnings.catch_warnings is process-wide): only those from Pillow's code count."""
+    import warnings
+
+    from diraccodec.image import metadata
+
+    load = Image.Exif.load
+
+    def load_while_another_thread_warns(exif: Image.Exif, data: bytes) -> None:
+        warnings.warn("another thread's own warning", UserWarning, stacklevel=1)  # from this file, not Pillow
+        load(exif, data)
+
+    monkeypatch.setattr(Image.Exif, "load", load_while_another_thread_warns)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        rewritten = metadata._rewritten_exif(exif_with_thumbnail(6))
+    monkeypatch.undo()
+    assert rewritten is not None and parsed(rewritten)[0x0112] == 6  # the orientation
+    assert [str(w.message) for w in shown] == []

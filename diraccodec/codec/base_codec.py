@@ -394,7 +394,7 @@ class BaseCodec:
             distortion_weight=self._lambda(level) * 255**2 / 3,
             energy=self._response_energies[level],
             restoration=search.restoration,
-            level=torch.tensor([float(level)], device=self.device),
+            level=torch.tensor([float(level)], device=self.device, dtype=torch.float32),
             prepare=self.compute.tensor,
             precision=self.compute.autocast,
             movable=movable,

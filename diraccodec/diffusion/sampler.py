@@ -141,7 +141,7 @@ def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps
         raise ValueError(f"the base must be 8-bit pixels or floats in [0, 1], not {base.dtype}")
     base = replicate_padded(base, height + -height % multiple, width + -width % multiple)
     bound = settings.bound(level, model.config.max_level) / RESIDUAL_SCALE
-    level_tensor = torch.tensor([float(level)], device=device)
+    level_tensor = torch.tensor([float(level)], device=device, dtype=torch.float32)
     margin = model.tile_margin(settings.margin)
     draws = iter(range(1 << 30))
 
@@ -156,7 +156,7 @@ def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps
     finished = iter(range(1, steps + 1))
 
     def denoise(x: torch.Tensor, time: float) -> torch.Tensor:
-        time_tensor = torch.full((1,), time, device=device)
+        time_tensor = torch.full((1,), time, device=device, dtype=torch.float32)
 
         def tile(x_tile: torch.Tensor, base_tile: torch.Tensor) -> torch.Tensor:
             # the network's input made once, in the kernels' memory format: no further copies

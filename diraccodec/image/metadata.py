@@ -18,7 +18,9 @@ import threading
 import warnings
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
+import PIL
 from PIL import ExifTags, Image
 
 from diraccodec.errors import CorruptFileError
@@ -29,6 +31,7 @@ XMP_TIFF_TAG = 700  # where TIFF keeps its XMP packet
 # Pillow's size limit and Python's warning filters are process-wide: the calls that change them
 # (here and in diraccodec.image.planes) take turns, so that each restores what it found.
 PILLOW_SETTINGS = threading.RLock()
+PILLOW_FOLDER = Path(PIL.__file__).resolve().parent  # where Pillow's warnings come from
 # The most of each part one JPEG marker holds (65,533 bytes, less the XMP's namespace name);
 # JPEG has no way to split EXIF or XMP over markers, as it splits an ICC profile.
 JPEG_MARKER_ROOM = {"exif": 65533, "xmp": 65533 - 29}
@@ -90,7 +93,9 @@ def _rewritten_exif(raw: bytes | None) -> bytes | None:
         except Exception as error:  # and raises many kinds on other malformed EXIF
             complaints.append(warnings.WarningMessage(str(error), UserWarning, "", 0))
             exif = Image.Exif()
-    complaint = str(complaints[0].message).strip() if complaints else ""
+    # Pillow's own: catch_warnings records every thread's warnings meanwhile (before Python 3.14)
+    pillows = [c for c in complaints if not c.filename or Path(c.filename).resolve().is_relative_to(PILLOW_FOLDER)]
+    complaint = str(pillows[0].message).strip() if pillows else ""
     if not len(exif):
         if complaint:
             warnings.warn(f"EXIF left out: it cannot be read ({complaint})", UserWarning, stacklevel=3)

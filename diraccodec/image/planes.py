@@ -8,10 +8,12 @@ so that the pixels are upright.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -64,14 +66,16 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
     """
     label = label or ("input data" if isinstance(source, bytes) else str(source))
     try:
-        image = _opened(source, max_pixels, label)
-        if image.format == DRC_FORMAT:  # nothing decoded yet: the plugin decodes on load
-            raise InvalidOptionError(f"{label} is a .drc file already: decode it (dirac decode); encoding it "
-                                     f"again loses quality twice")
-        if getattr(image, "n_frames", 1) > 1:
-            warnings.warn(f"{label} is animated ({image.n_frames} frames): encoding the first frame only",
+        with _pillow_limit(max_pixels):  # Pillow checks it again as it counts frames and loads (TIFF, GIF)
+            image = _opened(source, max_pixels, label)
+            if image.format == DRC_FORMAT:  # nothing decoded yet: the plugin decodes on load
+                raise InvalidOptionError(f"{label} is a .drc file already: decode it (dirac decode); encoding "
+                                         f"it again loses quality twice")
+            frames = getattr(image, "n_frames", 1)
+            image.load()
+        if frames > 1:
+            warnings.warn(f"{label} is animated ({frames} frames): encoding the first frame only",
                           UserWarning, stacklevel=2)
-        image.load()
         return upright(image)
     except (LimitExceededError, ImageReadError, InvalidOptionError):
         raise
@@ -106,16 +110,25 @@ def upright(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def _opened(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Image:
-    """The image opened (its header read) with Pillow's own size guard moved past ours, and
-    refused over `max_pixels`. Pillow's limit is process-wide: it is changed under the lock."""
+@contextlib.contextmanager
+def _pillow_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow's own size guard moved to `max_pixels` (its error comes at twice that, its warning
+    at once: silenced). Its limit and the warning filters are process-wide: they are changed
+    under the lock that the package's own calls take, so other threads' warnings may be lost
+    meanwhile (warnings.catch_warnings is process-wide before Python 3.14)."""
     with PILLOW_SETTINGS, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        previous_limit = Image.MAX_IMAGE_PIXELS
         try:
-            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            Image.MAX_IMAGE_PIXELS = max_pixels
+            yield
         finally:
             Image.MAX_IMAGE_PIXELS = previous_limit
+
+
+def _opened(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Image:
+    """The image opened (its header read, under `_pillow_limit`), refused over `max_pixels`."""
+    image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     if image.width * image.height > max_pixels:
         raise LimitExceededError(
             f"image {label} of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels"

@@ -45,7 +45,7 @@ class RestorationFilter(nn.Module):
 
     def forward(self, base: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """base (B, 3, H, W) in [0, 1], level (B,) -> the correction to add, in pixel units."""
-        time = torch.full((base.shape[0],), FIXED_TIME, device=base.device)
+        time = torch.full((base.shape[0],), FIXED_TIME, device=base.device, dtype=base.dtype)
         return self.unet(torch.zeros_like(base), time, base, level) * OUTPUT_SCALE
 
     def restore(self, base: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ class Restorer:
         memory is that of the 8-bit image (a 50-megapixel photo must decode). It runs in
         float32 in every mode: it sets the fidelity of a 0-step decode.
         """
-        level_tensor = torch.tensor([float(level)], device=self.device)
+        level_tensor = torch.tensor([float(level)], device=self.device, dtype=torch.float32)
 
         def restore_tile(tile: torch.Tensor) -> torch.Tensor:
             restored = self.model.restore(self.compute.tensor(tile).float().div_(255), level_tensor)

@@ -37,7 +37,8 @@ class ResidualUNetConfig:
 def sinusoidal_embedding(values: torch.Tensor, dimensions: int) -> torch.Tensor:
     """values (B,) in [0, 1] -> (B, dimensions) features at geometric frequencies."""
     half = dimensions // 2
-    frequencies = torch.exp(torch.arange(half, device=values.device) * (-math.log(1000.0) / max(1, half - 1)))
+    steps = torch.arange(half, device=values.device, dtype=torch.float32)
+    frequencies = torch.exp(steps * (-math.log(1000.0) / max(1, half - 1)))
     angles = values[:, None].float() * frequencies[None] * 1000.0
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
