@@ -91,6 +91,8 @@ def test_size_texts_use_decimal_and_binary_units():
             parse_size(bad)
     with pytest.raises(DiracError, match="--size is too large"):  # float() of 400 digits is infinite
         parse_size("9" * 400 + "KB")
+    with pytest.raises(DiracError, match=r"at least 1 byte, got '0.5' \(whole bytes\)$"):
+        parse_size("0.5")
 
 
 @pytest.mark.slow

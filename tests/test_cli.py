@@ -226,6 +226,38 @@ def test_standard_input_and_output_stand_in_for_files(small_png: Path, small_drc
 
 
 
+def test_a_file_named_dash_is_read_and_written_as_dot_slash_dash(tmp_path: Path, small_png: Path, monkeypatch):
+    """Only "-" as typed is standard input or output: "./-" is the file named - (a Path folds
+    the two together; the file was ignored, and standard input encoded in its place)."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(small_png, tmp_path / "-")
+    runner = CliRunner()
+    encoded = runner.invoke(main, ["encode", "./-", "-q", "1", "-e", "1", "-o", "out.drc"], input=b"")
+    assert encoded.exit_code == 0, encoded.output
+    assert (tmp_path / "out.drc").read_bytes() == diraccodec.encode(small_png.read_bytes(), 1, effort=1)
+    (tmp_path / "-").unlink()
+    written = runner.invoke(main, ["encode", str(small_png), "-q", "1", "-e", "1", "-o", "./-"])
+    assert written.exit_code == 0 and written.stdout_bytes == b"", written.output
+    assert (tmp_path / "-").read_bytes() == (tmp_path / "out.drc").read_bytes()
+    info = runner.invoke(main, ["info", "./-"], input=b"")
+    assert info.exit_code == 0 and "standard input" not in info.stdout, info.output
+
+
+def test_a_reader_that_leaves_before_the_end_of_standard_output_is_an_error(tmp_path: Path, sample_image):
+    """`dirac decode x.drc -o - | head -c 1000`: the rest of the image was dropped without a word
+    and the command said it wrote it (status 0). The image is 768 KB: more than a pipe holds."""
+    drc = tmp_path / "big.drc"
+    drc.write_bytes(diraccodec.encode(sample_image.resize((512, 512)), 1, effort=1))
+    process = subprocess.Popen([sys.executable, "-m", "diraccodec.cli", "decode", str(drc), "-o", "-",
+                                "--png-compress", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.read(1000)
+    process.stdout.close()
+    errors = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 2
+    assert errors == "dirac: error: cannot write standard output: its reader closed it before the end\n", errors
+
+
 def test_an_output_that_is_a_folder_is_refused_before_the_work(tmp_path: Path, small_png: Path, small_drc: Path,
                                                                monkeypatch):
     from diraccodec import api
@@ -298,11 +330,19 @@ def test_batch_in_a_log_gives_a_line_per_file(tmp_path: Path, small_image: Image
     source.mkdir()
     for name in ("a[1].png", "b.png"):  # a name rich would read as markup is printed as it is
         small_image.save(source / name)
+    (source / "c.png").write_bytes(b"not an image")
     for status in ("converted", "skipped"):  # the second run finds the outputs there
         result = CliRunner().invoke(main, ["batch", str(source), str(encoded), "-j", "1", "-e", "1"])
-        assert result.exit_code == 0, result.output
-        assert result.stderr.splitlines()[:2] == [f"[1/2] {status} {source / 'a[1].png'}",
-                                                  f"[2/2] {status} {source / 'b.png'}"]
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.splitlines()
+        assert lines[:3] == [f"[1/3] {status} {source / 'a[1].png'}", f"[2/3] {status} {source / 'b.png'}",
+                             f"[3/3] failed {source / 'c.png'}: cannot read image: {source / 'c.png'} is not an "
+                             f"image format Pillow knows"]
+        assert not any(line.startswith("converting") for line in lines)  # no bar in a log
+        rows = {cells[0]: cells[1:] for line in lines
+                if len(cells := [cell.strip() for cell in line.strip("│").split("│")]) == 5}
+        assert rows["failed"][1:] == ["-", "-", "-"], rows  # nothing read or written: no sizes (0.00 MB was shown)
+        assert (rows["skipped"][1:] == ["-", "-", "-"]) if status == "skipped" else rows["converted"][3] != "-"
 
 
 def test_png_compress_sets_the_zlib_level_of_png_outputs(tmp_path: Path, small_drc: Path):
@@ -548,3 +588,20 @@ def test_the_cli_run_in_a_program_leaves_its_sigterm_handling_as_it_was(callers,
         assert callable(seen[0])  # the CLI's, while it ran
     else:
         assert seen[0] is callers
+
+
+def test_format_takes_a_suffix_with_or_without_its_dot_in_any_case(tmp_path: Path, small_drc: Path):
+    runner = CliRunner()
+    decoded = runner.invoke(main, ["decode", str(small_drc), "-o", "-", "--format", "jpg"])
+    assert decoded.exit_code == 0, decoded.output
+    with Image.open(io.BytesIO(decoded.stdout_bytes)) as image:
+        assert image.format == "JPEG"
+    source = tmp_path / "encoded"
+    source.mkdir()
+    shutil.copy(small_drc, source / "small.drc")
+    batched = runner.invoke(main, ["batch", str(source), str(tmp_path / "out"), "-j", "1", "--format", "JPEG"])
+    assert batched.exit_code == 0, batched.output
+    with Image.open(tmp_path / "out" / "small.jpeg") as image:
+        assert image.format == "JPEG"
+    refused = runner.invoke(main, ["decode", str(small_drc), "-o", "-", "--format", "gif"])
+    assert refused.exit_code == 2 and "--format" in refused.stderr

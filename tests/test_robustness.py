@@ -398,6 +398,32 @@ def test_written_files_get_the_mode_the_umask_gives(tmp_path):
     assert modes == {0o022: 0o644, 0o077: 0o600}
 
 
+def test_a_replaced_file_keeps_its_permissions_and_a_link_stays_a_link(tmp_path):
+    """A plain write into an existing file keeps its mode and follows a link: so does the
+    atomic write (a private 0600 file became readable by all, and a link became a file)."""
+    from diraccodec.image.files import check_writable, write_atomic
+
+    private = tmp_path / "private.drc"
+    private.write_bytes(b"old")
+    private.chmod(0o600)
+    write_atomic(private, b"new")
+    assert private.read_bytes() == b"new" and private.stat().st_mode & 0o777 == 0o600
+    (tmp_path / "elsewhere").mkdir()
+    named = tmp_path / "elsewhere" / "named.drc"
+    named.write_bytes(b"old")
+    link = tmp_path / "link.drc"
+    link.symlink_to(named)
+    check_writable(link)
+    write_atomic(link, b"through")
+    assert link.is_symlink() and named.read_bytes() == b"through"
+    dangling = tmp_path / "dangling.drc"
+    dangling.symlink_to(tmp_path / "elsewhere" / "new.drc")
+    write_atomic(dangling, b"made")  # as open(..., "wb") does: the file it names is made
+    assert dangling.is_symlink() and (tmp_path / "elsewhere" / "new.drc").read_bytes() == b"made"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["dangling.drc", "elsewhere", "link.drc", "named.drc",
+                                                          "new.drc", "private.drc"]
+
+
 def test_a_device_or_pipe_named_as_the_output_is_written_into_not_replaced(tmp_path, small_image):
     """`-o /dev/null` (run as root, as in a container) must not replace the device by a file."""
     import os
@@ -513,7 +539,13 @@ def test_damaged_inputs_outputs_and_limits_are_one_line_errors(tmp_path, small_i
     pixels = small_image.width * small_image.height
     result = runner.invoke(main, ["encode", str(tmp_path / "a.tif"), "-q", "2", "-o", str(tmp_path / "c.drc"),
                                   "--max-pixels", str(pixels // 3)])  # past Pillow's own guard at twice the limit
-    assert result.exit_code == 2 and f"exceeds the limit of {pixels // 3} pixels" in result.output, result.output
+    assert result.exit_code == 2 and f"exceeds the limit of {pixels // 3} pixels more than twice over (raise it " \
+        "with --max-pixels" in result.output, result.output
+    result = runner.invoke(main, ["encode", str(tmp_path / "a.tif"), "-q", "2", "-o", str(tmp_path / "c.drc"),
+                                  "--max-pixels", str(pixels - 1)])  # the codec's own check: the size is known
+    assert result.exit_code == 2 and result.output.endswith(f"of {small_image.width}x{small_image.height} exceeds "
+                                                            f"the limit of {pixels - 1} pixels (raise it with "
+                                                            "--max-pixels, or max_pixels= in the API)\n"), result.output
     encoded = tmp_path / "la.drc"
     encoded.write_bytes(diraccodec.encode(small_image.convert("LA"), 2, effort=1))
 

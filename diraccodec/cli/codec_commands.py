@@ -17,6 +17,7 @@ from rich.text import Text
 
 from diraccodec.cli.common import (
     EXIT_SOME_FAILED,
+    FileOrStream,
     bpp_option,
     check_output,
     console,
@@ -52,7 +53,19 @@ if TYPE_CHECKING:  # the API loads torch: imported where a command runs
     from diraccodec.api import Support
 
 # The image formats decode and batch write, by suffix; standard output takes PNG unless told.
-DECODED_SUFFIXES = (".png", ".webp", ".tif", ".bmp", ".jpg")
+DECODED_SUFFIXES = (".png", ".webp", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")  # those image.files writes
+
+
+class ImageSuffix(click.Choice):
+    """One of DECODED_SUFFIXES, with or without its dot, in any case (jpg, .JPEG)."""
+
+    def __init__(self) -> None:
+        super().__init__(DECODED_SUFFIXES)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            value = value.lower() if value.startswith(".") else "." + value.lower()
+        return super().convert(value, param, ctx)
 
 
 @contextlib.contextmanager
@@ -79,12 +92,12 @@ def progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
 
 
 @click.command()
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source", type=FileOrStream(path_type=Path))
 @click.option("-q", "--quality", type=float, default=None,
               help="Rate level, -1 (smallest files) to 8 (best); fractions such as 3.5 allowed.")
 @size_option
 @bpp_option
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+@click.option("-o", "--output", type=FileOrStream(path_type=Path), required=True,
               help='Output .drc file ("-": standard output).')
 @effort_option
 @click.option("--steps", "recommended_steps", type=click.IntRange(0, MAX_STEPS), default=None,
@@ -116,11 +129,11 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
 
 
 @click.command()
-@click.argument("source", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+@click.argument("source", type=FileOrStream(path_type=Path))
+@click.option("-o", "--output", type=FileOrStream(path_type=Path), required=True,
               help="Output image: .png, .webp (lossless), .tif/.tiff, .bmp or .jpg/.jpeg (quality 100, 4:4:4); "
                    '"-": standard output, PNG unless --format says otherwise.')
-@click.option("--format", "format_suffix", type=click.Choice(DECODED_SUFFIXES), default=None,
+@click.option("--format", "format_suffix", type=ImageSuffix(), default=None,
               help="The output's image format: for standard output, or a device or pipe named without an image "
                    "suffix (default .png); a named output's suffix must agree.")
 @png_compress_option
@@ -169,7 +182,7 @@ def output_format(output: Path, format_suffix: str | None) -> str:
 
 
 @click.command()
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source", type=FileOrStream(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the fields as one JSON object, for scripts.")
 @max_pixels_option
 @reports_errors
@@ -264,7 +277,7 @@ def restoration_text(support: Support) -> str:
 @seed_option
 @detail_map_option
 @strip_option
-@click.option("--format", "decoded_suffix", type=click.Choice(DECODED_SUFFIXES),
+@click.option("--format", "decoded_suffix", type=ImageSuffix(),
               default=".png", show_default=True,
               help="Image format that .drc files decode to (.webp lossless; .jpg quality 100, 4:4:4; .jpg and .bmp "
                    "not with alpha).")
@@ -318,18 +331,18 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
         # missing or wrong ones (or their restoration filter) fail once, not once per file
         api.restorer_for(api.diffusion_weights_for(codec, diffusion_weights), codec.compute)
     started = time.monotonic()
-    with Progress(*bar_columns(), console=console, transient=False) as progress:
+    lines = not draws_live_bars(console)  # a line per file instead of the bar
+    with Progress(*bar_columns(), console=console, transient=False, disable=lines) as progress:
         task = progress.add_task("converting", total=len(jobs))
-
-        lines = not draws_live_bars(console)  # a line per file instead
 
         def advance(result: Any) -> None:
             progress.advance(task)
-            if result.status == "failed":
-                progress.console.print(Text.assemble(("failed", "red"), f" {result.job.source}: {result.message}"))
-            elif lines:
+            reason = f": {result.message}" if result.status == "failed" else ""
+            if lines:
                 progress.console.print(f"[{progress.tasks[0].completed:.0f}/{len(jobs)}] {result.status} "
-                                       f"{result.job.source}", markup=False, highlight=False)
+                                       f"{result.job.source}{reason}", markup=False, highlight=False)
+            elif reason:
+                progress.console.print(Text.assemble(("failed", "red"), f" {result.job.source}{reason}"))
 
         if ray_address is not None:
             from diraccodec.batch import run_batch_on_ray
@@ -349,6 +362,9 @@ def print_summary(results: list[Any], seconds: float) -> None:
     for status in ("converted", "skipped", "failed"):
         chosen = [r for r in results if r.status == status]
         if not chosen:
+            continue
+        if status != "converted":  # nothing was read or written for these: no sizes to give
+            table.add_row(status, str(len(chosen)), "-", "-", "-")
             continue
         input_mb = sum(r.input_bytes for r in chosen) / 1e6
         output_mb = sum(r.output_bytes for r in chosen) / 1e6

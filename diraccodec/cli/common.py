@@ -68,10 +68,19 @@ console = plain_console()
 
 
 STREAM = "-"  # a SOURCE or OUTPUT of "-" is standard input or output, as in cwebp and djxl
+# The one object that stands for it: Path folds "./-", the file named -, to the same value
+STANDARD_STREAM = Path(STREAM)
+
+
+class FileOrStream(click.Path):
+    """A file, or "-" as typed for standard input or output; "./-" stays the file named -."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return STANDARD_STREAM if value == STREAM else super().convert(value, param, ctx)
 
 
 def is_stream(path: Path) -> bool:
-    return str(path) == STREAM
+    return path is STANDARD_STREAM
 
 
 def shown_name(path: Path, stream: str) -> str:
@@ -124,13 +133,23 @@ def write_output(path: Path, data: bytes) -> None:
     if not is_stream(path):
         write_atomic(path, data)
         return
+    unwritten = memoryview(data)
     try:
-        sys.stdout.buffer.write(data)
+        while unwritten:  # a write may take part of the bytes (it did, silently, when the reader left)
+            unwritten = unwritten[sys.stdout.buffer.write(unwritten):]
         sys.stdout.buffer.flush()
-    except BrokenPipeError:
-        raise  # the reader went away: the caller's usual quiet end
+    except BrokenPipeError:  # the reader left (`| head -c`): the bytes it took are not the whole file
+        _stdout_to_null()
+        raise OutputWriteError("cannot write standard output: its reader closed it before the end") from None
     except OSError as error:  # a full disk behind the redirection, say
         raise OutputWriteError(f"cannot write standard output: {error.strerror or error}") from None
+
+
+def _stdout_to_null() -> None:
+    """Point standard output at /dev/null, so that the flush at exit does not fail again."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
 
 
 def stdout_console() -> Console:
@@ -255,7 +274,7 @@ def parse_size(text: str) -> int:
         raise DiracError(f"--size is too large, got {text!r}")
     size = int(value)
     if size <= 0:
-        raise DiracError(f"--size must be positive, got {text!r}")
+        raise DiracError(f"--size must be at least 1 byte, got {text!r}" + (" (whole bytes)" if value > 0 else ""))
     return size
 
 

@@ -13,6 +13,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from diraccodec.errors import (
+    RAISE_THE_LIMIT,
     CorruptFileError,
     LimitExceededError,
     NotADrcFileError,
@@ -167,7 +168,7 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
         raise CorruptFileError("corrupt .drc file (zero image size)")
     if width * height > max_pixels:
         raise LimitExceededError(
-            f"image of {width}x{height} exceeds the limit of {max_pixels} pixels (raise it with --max-pixels)"
+            f"image of {width}x{height} exceeds the limit of {max_pixels} pixels {RAISE_THE_LIMIT}"
         )
     return DrcFile(
         width=width,

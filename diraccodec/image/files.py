@@ -88,7 +88,8 @@ def check_writable(path: Path) -> None:
         return
     if mode is not None and stat.S_ISSOCK(mode):
         raise OutputWriteError(f"cannot write {path}: it is a socket")
-    _check_can_create_in(path.parent, path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path  # where write_atomic writes
+    _check_can_create_in(target.parent, path)
 
 
 def _mode(path: Path) -> int | None:
@@ -135,7 +136,9 @@ def _check_can_create_in(folder: Path, shown: Path) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename it into place, with the mode a
-    plain write would give it. A device or a pipe (/dev/null, a FIFO) is written into as it is."""
+    plain write would give it: a new file's from the umask, a replaced file's own permission
+    bits. A symbolic link is written through (the file it names is replaced, the link stays),
+    and a device or a pipe (/dev/null, a FIFO) is written into as it is."""
     path = Path(path)
     if is_special(path):
         try:
@@ -144,15 +147,19 @@ def write_atomic(path: Path, data: bytes) -> None:
         except OSError as error:
             raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
         return
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    replaced_mode = _mode(target)
     made: list[Path] = []  # the temporary file, once named: removed however the write ends early
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = _created_beside(path, made)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle = _created_beside(target, made)
         with os.fdopen(handle, "wb") as stream:
+            if replaced_mode is not None and stat.S_ISREG(replaced_mode):
+                os.fchmod(stream.fileno(), stat.S_IMODE(replaced_mode) & 0o777)
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(made[-1], path)
+        os.replace(made[-1], target)
     except BaseException as error:  # Ctrl-C, SIGTERM (raised by the CLI) and failures alike
         _remove(made)
         if isinstance(error, OSError):

@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from diraccodec.errors import CorruptFileError, ImageReadError, InvalidOptionError, LimitExceededError
+from diraccodec.errors import (
+    RAISE_THE_LIMIT,
+    CorruptFileError,
+    ImageReadError,
+    InvalidOptionError,
+    LimitExceededError,
+)
 from diraccodec.image.metadata import PILLOW_SETTINGS, Metadata, attach, read_metadata, tiff_exif
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -80,8 +86,8 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
     except (LimitExceededError, ImageReadError, InvalidOptionError):
         raise
     except Image.DecompressionBombError:  # Pillow's own guard, at twice our limit
-        raise LimitExceededError(f"image {label} exceeds the limit of {max_pixels} pixels "
-                                 f"(it has over twice as many)") from None
+        raise LimitExceededError(f"image {label} exceeds the limit of {max_pixels} pixels more than twice over "
+                                 f"{RAISE_THE_LIMIT}") from None
     except FileNotFoundError:
         raise ImageReadError(f"cannot read image: no such file {label}") from None
     except IsADirectoryError:
@@ -131,7 +137,7 @@ def _opened(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Im
     image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     if image.width * image.height > max_pixels:
         raise LimitExceededError(
-            f"image {label} of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels"
+            f"image {label} of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels {RAISE_THE_LIMIT}"
         )
     return image
 
