@@ -32,7 +32,6 @@ from diraccodec.container import drc
 from diraccodec.diffusion import detail_map as detail_maps
 from diraccodec.diffusion.decoder import DiffusionDecoder
 from diraccodec.errors import (
-    RAISE_THE_LIMIT,
     CorruptFileError,
     DiracError,
     InvalidOptionError,
@@ -400,8 +399,7 @@ def encode(
     if not isinstance(image, Image.Image):
         image = open_image(image, max_pixels, label)  # a .drc file, whatever its name, is refused there
     elif image.width * image.height > max_pixels:
-        raise LimitExceededError(f"image of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels "
-                                 f"{RAISE_THE_LIMIT}")
+        raise LimitExceededError(f"image of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels")
     else:
         image = upright(image)  # as open_image turns a file's (the Pillow plugin's save comes here)
     planes = image_to_planes(image, metadata)

@@ -48,8 +48,6 @@ class LimitExceededError(DiracError):
     pass
 
 
-RAISE_THE_LIMIT = "(raise it with --max-pixels, or max_pixels= in the API)"  # ends each LimitExceededError on size
-
 
 class InvalidOptionError(DiracError):
     pass

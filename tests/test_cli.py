@@ -243,19 +243,28 @@ def test_a_file_named_dash_is_read_and_written_as_dot_slash_dash(tmp_path: Path,
     assert info.exit_code == 0 and "standard input" not in info.stdout, info.output
 
 
-def test_a_reader_that_leaves_before_the_end_of_standard_output_is_an_error(tmp_path: Path, sample_image):
-    """`dirac decode x.drc -o - | head -c 1000`: the rest of the image was dropped without a word
-    and the command said it wrote it (status 0). The image is 768 KB: more than a pipe holds."""
+@pytest.mark.parametrize("unbuffered", [False, True])
+def test_a_reader_that_leaves_before_the_end_of_standard_output_is_an_error(tmp_path: Path, sample_image,
+                                                                            unbuffered: bool):
+    """`dirac decode x.drc -o - | head -c 1000`: it ended with status 1 and no word, or unbuffered
+    (python -u), dropped the rest of the image and said it wrote it (status 0). The image is
+    768 KB, more than a pipe holds."""
     drc = tmp_path / "big.drc"
     drc.write_bytes(diraccodec.encode(sample_image.resize((512, 512)), 1, effort=1))
-    process = subprocess.Popen([sys.executable, "-m", "diraccodec.cli", "decode", str(drc), "-o", "-",
-                                "--png-compress", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    assert process.stdout is not None and process.stderr is not None
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        environment["PYTHONUNBUFFERED"] = "1"
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "diraccodec.cli", "decode", str(drc), "-o", "-",
+                                    "--png-compress", "0"], stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT,
+                                   env=environment)
+    assert process.stdout is not None
     process.stdout.read(1000)
     process.stdout.close()
-    errors = process.stderr.read().decode()
     assert process.wait(timeout=120) == 2
-    assert errors == "dirac: error: cannot write standard output: its reader closed it before the end\n", errors
+    assert errors.read_text().endswith("dirac: error: cannot write standard output: its reader closed it before "
+                                       "the end\n"), errors.read_text()
 
 
 def test_an_output_that_is_a_folder_is_refused_before_the_work(tmp_path: Path, small_png: Path, small_drc: Path,

@@ -65,7 +65,7 @@ def test_the_command_line_answers_help_and_usage_errors_without_torch(tmp_path: 
     assert result.returncode == 0, result.stderr
     assert "Usage: dirac encode" in result.stdout
     assert result.stderr.startswith("dirac: error: Invalid value for '--steps': 500")
-    assert "plain,.png\nplain,.webp\nplain,.tif\nplain,.bmp\nplain,.jpg\n" in result.stdout  # the completions
+    assert "plain,.png\nplain,.webp\nplain,.tif\nplain,.tiff\nplain,.bmp\nplain,.jpg\nplain,.jpeg\n" in result.stdout
     assert result.stdout.splitlines()[-2:] == [f"opened: DRC {small_image.size} LA 7", "torch loaded: []"]
 
 

@@ -98,11 +98,13 @@ def test_sigterm_stops_dirac_train_as_ctrl_c_does_with_its_own_status(photo_fold
     assert process.stderr is not None
     seen, deadline = "", time.monotonic() + 120
     while "model N=" not in seen and time.monotonic() < deadline:
-        seen += process.stderr.readline()
+        line = process.stderr.readline()
+        assert line, seen  # it ended before training
+        seen += line
     time.sleep(1)  # into its steps
     process.send_signal(signal.SIGTERM)
     rest = process.communicate(timeout=60)[1]
-    assert process.returncode == 143, rest
+    assert process.returncode == 143, seen + rest
     assert "interrupted: checkpoint saved at step" in rest and rest.strip().endswith("dirac: terminated")
     assert load_checkpoint_metadata(state).step >= 1
 

@@ -47,13 +47,14 @@ from diraccodec.cli.common import (
 )
 from diraccodec.console import bar_columns, draws_live_bars
 from diraccodec.errors import DiracError
+from diraccodec.image.files import IMAGE_FORMATS
 from diraccodec.options import DEFAULT_QUALITY, MAX_STEPS
 
 if TYPE_CHECKING:  # the API loads torch: imported where a command runs
     from diraccodec.api import Support
 
 # The image formats decode and batch write, by suffix; standard output takes PNG unless told.
-DECODED_SUFFIXES = (".png", ".webp", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")  # those image.files writes
+DECODED_SUFFIXES = tuple(IMAGE_FORMATS)  # the formats a decode writes
 
 
 class ImageSuffix(click.Choice):
@@ -170,7 +171,7 @@ def output_format(output: Path, format_suffix: str | None) -> str:
     """The image format decode writes: the output's suffix, or for standard output (and a
     device or pipe named without an image suffix, such as /dev/null) `--format` (PNG without
     it). A named output whose suffix disagrees with `--format` is refused."""
-    from diraccodec.image.files import IMAGE_FORMATS, image_format_for, is_special
+    from diraccodec.image.files import image_format_for, is_special
 
     told = IMAGE_FORMATS[format_suffix or ".png"]
     if is_stream(output) or (is_special(output) and output.suffix.lower() not in IMAGE_FORMATS):
@@ -331,14 +332,14 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
         # missing or wrong ones (or their restoration filter) fail once, not once per file
         api.restorer_for(api.diffusion_weights_for(codec, diffusion_weights), codec.compute)
     started = time.monotonic()
-    lines = not draws_live_bars(console)  # a line per file instead of the bar
-    with Progress(*bar_columns(), console=console, transient=False, disable=lines) as progress:
+    one_line_per_file = not draws_live_bars(console)  # in a log, instead of the bar
+    with Progress(*bar_columns(), console=console, transient=False, disable=one_line_per_file) as progress:
         task = progress.add_task("converting", total=len(jobs))
 
         def advance(result: Any) -> None:
             progress.advance(task)
             reason = f": {result.message}" if result.status == "failed" else ""
-            if lines:
+            if one_line_per_file:
                 progress.console.print(f"[{progress.tasks[0].completed:.0f}/{len(jobs)}] {result.status} "
                                        f"{result.job.source}{reason}", markup=False, highlight=False)
             elif reason:

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from diraccodec.console import plain_console
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
-from diraccodec.errors import DiracError, OutputWriteError, Terminated
+from diraccodec.errors import DiracError, LimitExceededError, OutputWriteError, Terminated
 from diraccodec.options import DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEVICE_CHOICES, EFFORT_PASSES, MAX_STEPS
 
 EXIT_SOME_FAILED = 1
@@ -135,21 +135,29 @@ def write_output(path: Path, data: bytes) -> None:
         return
     unwritten = memoryview(data)
     try:
-        while unwritten:  # a write may take part of the bytes (it did, silently, when the reader left)
-            unwritten = unwritten[sys.stdout.buffer.write(unwritten):]
+        while unwritten:  # unbuffered (python -u), a write may take part of the bytes: it did when the reader left
+            written = sys.stdout.buffer.write(unwritten)
+            if written is None:  # a non-blocking pipe that is full
+                raise OutputWriteError("cannot write standard output: it is a full non-blocking pipe")
+            unwritten = unwritten[written:]
         sys.stdout.buffer.flush()
     except BrokenPipeError:  # the reader left (`| head -c`): the bytes it took are not the whole file
-        _stdout_to_null()
+        _quiet_stdout_at_exit()
         raise OutputWriteError("cannot write standard output: its reader closed it before the end") from None
     except OSError as error:  # a full disk behind the redirection, say
         raise OutputWriteError(f"cannot write standard output: {error.strerror or error}") from None
 
 
-def _stdout_to_null() -> None:
-    """Point standard output at /dev/null, so that the flush at exit does not fail again."""
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, sys.stdout.fileno())
-    os.close(null)
+def _quiet_stdout_at_exit() -> None:
+    """After a broken pipe, the flush at exit of what is still buffered would fail again (a
+    second message): the process's own standard output goes to /dev/null, as Python's docs
+    advise. A program running the CLI in-process with other streams keeps them."""
+    if sys.stdout is not sys.__stdout__:
+        return
+    with contextlib.suppress(OSError, ValueError):  # no file descriptor, or already closed
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
 
 
 def stdout_console() -> Console:
@@ -165,7 +173,9 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except DiracError as error:
-            click.echo(f"dirac: error: {error}", err=True)
+            hint = " (raise it with --max-pixels)" if isinstance(error, LimitExceededError) and \
+                "max_pixels" in kwargs else ""
+            click.echo(f"dirac: error: {error}{hint}", err=True)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt as interruption:
             report_interruption(interruption)

@@ -13,7 +13,6 @@ import zlib
 from dataclasses import dataclass, field
 
 from diraccodec.errors import (
-    RAISE_THE_LIMIT,
     CorruptFileError,
     LimitExceededError,
     NotADrcFileError,
@@ -168,7 +167,7 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
         raise CorruptFileError("corrupt .drc file (zero image size)")
     if width * height > max_pixels:
         raise LimitExceededError(
-            f"image of {width}x{height} exceeds the limit of {max_pixels} pixels {RAISE_THE_LIMIT}"
+            f"image of {width}x{height} exceeds the limit of {max_pixels} pixels"
         )
     return DrcFile(
         width=width,

@@ -69,8 +69,23 @@ def _remove(temporaries: list[Path]) -> None:
             temporary.unlink(missing_ok=True)
 
 
-def _finished(made: list[Path]) -> None:
+def _forget_unfinished(made: list[Path]) -> None:
     _UNFINISHED.difference_update(made)
+
+
+def _written_path(path: Path) -> Path:
+    """Where a write of `path` lands: the file a symbolic link names, where that is a regular
+    file (a plain write goes through the link, and the link stays); else `path` itself (a
+    dangling link, or one to anything else, is replaced by the file)."""
+    if not path.is_symlink():
+        return path
+    target = Path(os.path.realpath(path))
+    return target if target.is_file() else path
+
+
+def _as_named(path: Path, target: Path) -> str:
+    """`path` for messages, with the file it stands for where that is another."""
+    return str(path) if target == path else f"{path} (a link to {target})"
 
 
 def check_writable(path: Path) -> None:
@@ -88,8 +103,8 @@ def check_writable(path: Path) -> None:
         return
     if mode is not None and stat.S_ISSOCK(mode):
         raise OutputWriteError(f"cannot write {path}: it is a socket")
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path  # where write_atomic writes
-    _check_can_create_in(target.parent, path)
+    target = _written_path(path)
+    _check_can_create_in(target.parent, _as_named(path, target))
 
 
 def _mode(path: Path) -> int | None:
@@ -115,7 +130,7 @@ def check_writable_folder(folder: Path) -> None:
     _check_can_create_in(Path(folder), Path(folder))
 
 
-def _check_can_create_in(folder: Path, shown: Path) -> None:
+def _check_can_create_in(folder: Path, shown: Path | str) -> None:
     """Whether a file can be created in `folder`, or, where it does not exist yet, in the
     nearest folder above it that does (where the write will make the rest). A dangling link
     on the way counts as there: the write could not make a folder in its place. Any failure,
@@ -131,7 +146,7 @@ def _check_can_create_in(folder: Path, shown: Path) -> None:
         raise OutputWriteError(f"cannot write {shown}: {error.strerror or error}") from None
     finally:
         _remove(made)
-        _finished(made)
+        _forget_unfinished(made)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -147,7 +162,8 @@ def write_atomic(path: Path, data: bytes) -> None:
         except OSError as error:
             raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
         return
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    target = _written_path(path)
+    shown = _as_named(path, target)
     replaced_mode = _mode(target)
     made: list[Path] = []  # the temporary file, once named: removed however the write ends early
     try:
@@ -163,10 +179,10 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException as error:  # Ctrl-C, SIGTERM (raised by the CLI) and failures alike
         _remove(made)
         if isinstance(error, OSError):
-            raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
+            raise OutputWriteError(f"cannot write {shown}: {error.strerror or error}") from None
         raise
     finally:
-        _finished(made)
+        _forget_unfinished(made)
 
 
 def image_format_for(path: Path) -> str:

@@ -22,7 +22,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from diraccodec.errors import (
-    RAISE_THE_LIMIT,
     CorruptFileError,
     ImageReadError,
     InvalidOptionError,
@@ -86,8 +85,8 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
     except (LimitExceededError, ImageReadError, InvalidOptionError):
         raise
     except Image.DecompressionBombError:  # Pillow's own guard, at twice our limit
-        raise LimitExceededError(f"image {label} exceeds the limit of {max_pixels} pixels more than twice over "
-                                 f"{RAISE_THE_LIMIT}") from None
+        raise LimitExceededError(f"image {label} exceeds the limit of {max_pixels} pixels "
+                                 f"more than twice over") from None
     except FileNotFoundError:
         raise ImageReadError(f"cannot read image: no such file {label}") from None
     except IsADirectoryError:
@@ -137,7 +136,7 @@ def _opened(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Im
     image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     if image.width * image.height > max_pixels:
         raise LimitExceededError(
-            f"image {label} of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels {RAISE_THE_LIMIT}"
+            f"image {label} of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels"
         )
     return image
 
