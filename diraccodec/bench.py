@@ -72,7 +72,8 @@ def image_paths(sources: tuple[Path, ...]) -> list[Path]:
     """Image files from files and folders (a folder's images in name order); the sample if none."""
     if not sources:
         if not SAMPLE.exists():  # an installed package ships no sample
-            raise DiracError("give the images (or folders of images) to time")
+            raise DiracError("give the images (or folders of images) to time: the sample it takes by default, "
+                             "samples/parrots.png, is in the repository, not in the installed package")
         return [SAMPLE]
     paths: list[Path] = []
     for source in sources:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -182,6 +183,8 @@ def test_report_rebuilds_tables_and_plots_from_a_run_stopped_part_way(tmp_path: 
     table, figure = tmp_path / "t.md", tmp_path / "rd.png"
     result = CliRunner().invoke(main, ["report", str(report_path), "--markdown", str(table), "--plot", str(figure)])
     assert result.exit_code == 0, result.output
+    printed = result.stdout  # the table and BD-rates on the screen too, as eval prints them
+    assert "MS-SSIM" in printed and "BD-rate of diraccodec vs JPEG:" in printed, printed
     text = table.read_text()
     assert "stopped part-way" in text and "| diraccodec | 5 |" in text and "| diraccodec | 7 |" not in text
     rebuilt = json.loads(report_path.read_text())
@@ -306,9 +309,67 @@ def test_runs_of_different_data_do_not_pool(tmp_path: Path):
     result = CliRunner().invoke(main, ["report", str(tmp_path / "a.json"), "--updated-by", str(tmp_path / "b.json"),
                                        "--json", str(tmp_path / "pooled.json")])
     assert result.exit_code == 2 and "measured different data (kodak and train (held out))" in result.output
+    # one folder's name, other images: fewer of them (--images N), or other pixels (another folder of that name)
+    other_count = dataclasses.replace(point, images=1)
+    write_json(report_of([other_count], "kodak", True, command="dirac eval --images 1", machine="here"),
+               tmp_path / "c.json")
+    for name, data_id in (("d.json", "0123456789abcdef"), ("e.json", "fedcba9876543210")):
+        write_json(report_of([point], "kodak", True, command="dirac eval", machine="here", data_id=data_id),
+                   tmp_path / name)
+    for first, later, differ in (("a.json", "c.json", "other images of kodak: 1 images and 2 images"),
+                                 ("d.json", "e.json", "other images of kodak: other pixels")):
+        result = CliRunner().invoke(main, ["report", str(tmp_path / first), "--updated-by", str(tmp_path / later),
+                                           "--json", str(tmp_path / "pooled.json")])
+        assert result.exit_code == 2 and f"measured different data ({differ})" in result.output, result.output
+    pooled = CliRunner().invoke(main, ["report", str(tmp_path / "a.json"), "--updated-by", str(tmp_path / "d.json"),
+                                       "--json", str(tmp_path / "pooled.json")])  # an older report has no data id
+    assert pooled.exit_code == 0, pooled.output
+    for output in ("--json", "--markdown"):  # the inputs are left as they are (plots must be .png)
+        result = CliRunner().invoke(main, ["report", str(tmp_path / "a.json"), "--updated-by",
+                                           str(tmp_path / "d.json"), "--json", str(tmp_path / "pooled.json"),
+                                           output, str(tmp_path / "d.json")])
+        assert result.exit_code == 2 and f"the output {tmp_path / 'd.json'} is an input" in result.output
+    for text in ("[1, 2]", "\x89PNG"):
+        (tmp_path / "bad.json").write_text(text)
+        result = CliRunner().invoke(main, ["report", str(tmp_path / "bad.json")])
+        assert result.exit_code == 2 and result.output.startswith(f"dirac: error: {tmp_path / 'bad.json'} is not an "
+                                                                  f"evaluation report ("), result.output
+        assert "__init__" not in result.output and "indices" not in result.output
+
+
+def test_eval_and_compare_refuse_an_output_that_is_one_of_their_images(tmp_path: Path, small_image: Image.Image):
+    data = tmp_path / "data"
+    data.mkdir()
+    small_image.resize((64, 64)).save(data / "a.png")
+    before = (data / "a.png").read_bytes()
+    result = CliRunner().invoke(main, ["eval", "--data", str(data), "--levels", "1", "--references", "none",
+                                       "--json", str(data / "a.png")])
+    assert result.exit_code == 2 and f"the output {data / 'a.png'} is an input" in result.output, result.output
+    result = CliRunner().invoke(main, ["compare", str(data / "a.png"), "-q", "1", "-o", str(data / "a.png")])
+    assert result.exit_code == 2 and f"the output {data / 'a.png'} is an input" in result.output, result.output
+    assert (data / "a.png").read_bytes() == before
 
 
 def test_bench_keys_images_that_share_a_name_by_their_paths():
     from diraccodec.bench import image_keys
 
     assert image_keys([Path("a/x.png"), Path("b/x.png"), Path("b/y.png")]) == ["a/x.png", "b/x.png", "y.png"]
+
+
+def test_eval_in_a_log_measures_each_level_once_and_prints_whole_rows(tmp_path: Path, small_image: Image.Image):
+    """In a log: a line per setting and no bar's last frame; the table is not folded to 80
+    columns; a level given twice is measured once; a plot must be named .png (PNG bytes went
+    under any name)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    small_image.resize((64, 64)).save(data / "a.png")
+    arguments = ["eval", "--data", str(data), "--levels", "1,1", "--references", "none", "-e", "1",
+                 "--json", str(tmp_path / "e.json")]
+    refused = CliRunner().invoke(main, [*arguments, "--plot", str(tmp_path / "rd.svg")])
+    assert refused.exit_code == 2 and "plots are written as PNG" in refused.output
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[-1] == "[1/1] diraccodec effort 1 level 1"  # one setting, no bar after it
+    header = next(line for line in result.stdout.splitlines() if "codec" in line and "setting" in line)
+    assert all(column in header for column in ("MS-SSIM", "FD-AlexNet", "enc s/MP")), header
+    assert len(json.loads((tmp_path / "e.json").read_text())["points"]) == 1

@@ -400,7 +400,7 @@ def print_summary(results: list[Any], seconds: float) -> None:
 @reports_errors
 def bench(images: tuple[Path, ...], level: float, effort: int, references: str, steps: int, repeat: int,
           json_path: Path | None, markdown: Path | None, device: str, exact: bool, weights: Path | None) -> None:
-    """Time every stage in seconds per megapixel, beside AVIF and JPEG XL (default: the shipped sample)."""
+    """Time every stage in seconds per megapixel, beside AVIF and JPEG XL (default: the repository's sample)."""
     from diraccodec.bench import REFERENCES, BenchOptions, run_bench, table_of, write_bench
 
     keys = parse_references(references, list(REFERENCES))

@@ -109,13 +109,21 @@ def check_output(path: Path, source: Path | None = None) -> None:
     from diraccodec.image.files import check_writable
 
     if not is_stream(path):
-        if source is not None and not is_stream(source) and _same_file(source, path):
-            raise DiracError(f"the output {path} is the input: name another file")
+        if source is not None and not is_stream(source):
+            check_not_an_input([path], [source])
         check_writable(path)
     elif sys.stdout is None:
         raise DiracError("standard output is closed: redirect it to a file or a pipe, or name the file with -o")
     elif sys.stdout.isatty():
         raise DiracError("standard output is a terminal: redirect it to a file or a pipe, or name the file with -o")
+
+
+def check_not_an_input(outputs: Sequence[Path | None], inputs: Sequence[Path]) -> None:
+    """Refuse, before the work, an output that names one of the command's inputs: writing it
+    would destroy that input."""
+    for output in outputs:
+        if output is not None and any(_same_file(source, output) for source in inputs):
+            raise DiracError(f"the output {output} is an input: name another file")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -161,8 +169,10 @@ def _quiet_stdout_at_exit() -> None:
 
 
 def stdout_console() -> Console:
-    """Where tables go (stdout, at its width), with file names printed as they are."""
-    return Console(highlight=False, markup=False)
+    """Where tables go (stdout, at its width; in a file or a pipe wide enough not to fold a
+    row), with file names printed as they are."""
+    terminal = Console(highlight=False, markup=False)
+    return terminal if terminal.is_terminal else Console(highlight=False, markup=False, width=200)
 
 
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -316,8 +326,15 @@ def rate_target(quality: float | None, size_text: str | None, bpp: float | None)
 
 markdown_option = click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
                                help="Also write the table as Markdown here.")
+def _png_file(_ctx: click.Context, parameter: click.Parameter, path: Path | None) -> Path | None:
+    """Plots are PNG: another suffix would name PNG bytes wrongly."""
+    if path is not None and path.suffix.lower() != ".png":
+        raise click.BadParameter(f"{path}: plots are written as PNG; name a .png file", param=parameter)
+    return path
+
+
 plot_option = click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                           help="Also draw the rate-distortion curves (PNG) here.")
+                           callback=_png_file, help="Also draw the rate-distortion curves (PNG) here.")
 perception_plot_option = click.option(
-    "--perception-plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--perception-plot", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_png_file,
     help="Also draw the distortion-perception curves per level (PNG) here.")

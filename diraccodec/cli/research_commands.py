@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 
 from diraccodec.cli.common import (
+    check_not_an_input,
     console,
     device_option,
     exact_option,
@@ -24,6 +26,8 @@ from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
 from diraccodec.options import DEFAULT_EFFORT, EFFORT_PASSES, MAX_STEPS
 
+if TYPE_CHECKING:  # the evaluation loads torch: imported where a command runs
+    from diraccodec.evaluation.run import Point
 
 def parse_reference_settings(texts: tuple[str, ...], keys: list[str]) -> dict[str, list[int]]:
     """`KEY=Q1,Q2,...` texts as each chosen reference's qualities."""
@@ -80,7 +84,7 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
     from diraccodec.evaluation.run import (
         describe_machine,
         evaluate,
-        format_percent,
+        images_id,
         load_images,
         report_of,
         write_json,
@@ -88,7 +92,7 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
     )
     from diraccodec.modelfiles import models_in_use
 
-    chosen = parse_list(levels, float, "--levels")
+    chosen = list(dict.fromkeys(parse_list(levels, float, "--levels")))  # each level once
     steps = parse_list(steps_text, int, "--steps")
     if not chosen or not steps or any(not 0 <= s <= MAX_STEPS for s in steps):
         raise DiracError(f"--levels and --steps need at least one value; steps are between 0 and {MAX_STEPS}")
@@ -104,27 +108,42 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
     # fail now, not after the references have run: a level out of range, steps without a diffusion model
     codec = api.get_codec(weights, api.compute_for(device, exact))
     for level in chosen:
-        api.check_quality(level, codec.num_levels)
+        try:
+            api.check_quality(level, codec.num_levels)
+        except DiracError as error:
+            raise DiracError(f"--levels: {error}") from None
     if any(s > 0 for s in steps):
         api.get_diffusion(codec)
 
+    check_not_an_input([json_path, markdown, plot_path, perception_plot], [p for p in data.rglob("*") if p.is_file()])
     name = f"{data.name} (held out)" if held_out else data.name
     models = models_in_use(weights)
     machine = describe_machine(str(api.compute_for(device, exact).device))
 
-    def save_partial(points: list) -> None:
-        write_json(report_of(points, name, complete=False, models=models, machine=machine), json_path)
+    images = load_images(data, held_out)[:image_count]
+    data_id = images_id(images)
 
-    points = evaluate(load_images(data, held_out)[:image_count], codecs, console, save_partial)
+    def save_partial(points: list) -> None:
+        write_json(report_of(points, name, complete=False, models=models, machine=machine, data_id=data_id),
+                   json_path)
+
+    points = evaluate(images, codecs, console, save_partial)
     report = write_report(points, json_path, markdown, plot_path, name, perception_plot, models=models,
-                          machine=machine)
-    table = Table(title=f"evaluation on {data}")
+                          machine=machine, data_id=data_id)
+    print_results(points, report, f"evaluation on {data}")
+
+
+def print_results(points: list[Point], report: dict, title: str) -> None:
+    """The points as a table, then each BD-rate, on standard output."""
+    from diraccodec.evaluation.run import format_percent
+
+    table = Table(title=title)
     for column in ("codec", "setting", "bpp", "PSNR", "MS-SSIM", "LPIPS", "FD-AlexNet", "s/MP", "enc s/MP"):
         table.add_column(column)
     for p in points:
+        encode = "-" if p.encode_seconds_per_mp is None else f"{p.encode_seconds_per_mp:.2f}"  # older reports
         table.add_row(p.codec, f"{p.setting:g}", f"{p.bpp:.4f}", f"{p.psnr:.2f}", f"{p.ms_ssim:.4f}",
-                      f"{p.lpips:.4f}", f"{p.fd_alexnet:.2f}", f"{p.seconds_per_mp:.2f}",
-                      f"{p.encode_seconds_per_mp:.2f}")
+                      f"{p.lpips:.4f}", f"{p.fd_alexnet:.2f}", f"{p.seconds_per_mp:.2f}", encode)
     out = stdout_console()
     out.print(table)
     for ours, against in report["bd_rate_psnr_percent"].items():
@@ -151,11 +170,14 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
 def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path | None, markdown: Path | None,
                    plot_path: Path | None, perception_plot: Path | None, curves_folder: Path | None) -> None:
     """Tables, BD-rates and plots from an evaluation's JSON, also of a run stopped part-way, or of several pooled."""
-    from diraccodec.evaluation.run import report_again
+    from diraccodec.evaluation.run import points_of, report_again
 
     if updates and pooled_path is None:
         raise DiracError("--updated-by needs --json for the pooled report (the inputs are left as they are)")
+    # JSON_PATH alone may be rewritten (the default); with --updated-by every input stays as it is
+    check_not_an_input([pooled_path if updates else None, markdown, plot_path, perception_plot], [json_path, *updates])
     report = report_again(json_path, updates, pooled_path, markdown, plot_path, perception_plot)
+    print_results(points_of(report), report, f"report of {report['data']}")
     console.print(f"{pooled_path or json_path}: {len(report['points'])} points")
     if curves_folder is not None:
         from diraccodec.evaluation.curves import write_curves
@@ -187,6 +209,7 @@ def compare(source: Path, quality: float, steps: int, box: str | None, zoom: int
     from diraccodec.image.planes import open_image
 
     image_format_for(output)
+    check_not_an_input([output], [source])
     image = open_image(source, DEFAULT_MAX_PIXELS).convert("RGB")
     if box is None:
         size = min(256, image.width, image.height)

@@ -9,6 +9,7 @@ rewritten after every setting, so a long run that is stopped keeps what it measu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import re
@@ -90,6 +91,16 @@ def load_images(folder: Path, held_out: bool = False) -> list[Image.Image]:
     return images
 
 
+def images_id(images: list[Image.Image]) -> str:
+    """A fingerprint of the images' pixels, in order: runs pool only when they measured the same
+    images (a folder's name says little: another folder, or --images N, share it)."""
+    digest = hashlib.sha256()
+    for image in images:
+        digest.update(f"{image.width}x{image.height}{image.mode}".encode())
+        digest.update(image.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def evaluate(
     images: list[Image.Image],
     codecs: Sequence[CodecUnderTest],
@@ -103,7 +114,8 @@ def evaluate(
     total = settings_total * len(images)
     megapixels = sum(image.width * image.height for image in images) / 1e6
     original_features = np.concatenate([patch_features(image) for image in images])
-    with Progress(console=console) as progress:
+    one_line_per_setting = not draws_live_bars(console)  # in a log, instead of the bar
+    with Progress(console=console, disable=one_line_per_setting) as progress:
         task = progress.add_task("evaluating", total=total)
         for codec in codecs:
             for setting in codec.settings:
@@ -136,7 +148,7 @@ def evaluate(
                 if on_point is not None:
                     on_point(points)
                 settings_done += 1
-                if not draws_live_bars(console):
+                if one_line_per_setting:
                     console.print(f"[{settings_done}/{settings_total}] {codec.name} {codec.setting_name} {setting:g}")
     return points
 
@@ -294,14 +306,16 @@ def describe_machine(device: str = "cpu") -> str:
 
 
 def report_of(points: list[Point], data_name: str, complete: bool, command: str | None = None,
-              models: dict[str, str | None] | None = None, machine: str | None = None) -> dict:
+              models: dict[str, str | None] | None = None, machine: str | None = None,
+              data_id: str | None = None) -> dict:
     """The report's fields; `models`: the weights ids measured (modelfiles.models_in_use);
-    `machine`: where they were measured (default: this machine)."""
+    `machine`: where they were measured (default: this machine); `data_id`: images_id."""
     if machine is None:
         machine = describe_machine()
     return _finite_or_none({
         "command": command or command_line(),
         "data": data_name,
+        **({"data_id": data_id} if data_id else {}),
         "machine": machine,
         "complete": complete,
         **({"models": models} if models else {}),
@@ -364,12 +378,23 @@ def report_again(json_path: Path, updates: Sequence[Path] = (), pooled_path: Pat
     for source in (json_path, *updates):
         try:
             saved.append(json.loads(Path(source).read_text()))
+        except ValueError:  # not UTF-8, or not JSON
+            raise DiracError(f"{source} is not an evaluation report (not JSON text): give dirac eval's "
+                             f"--json") from None
+        try:
             points_of(saved[-1])
-        except (ValueError, KeyError, TypeError) as error:
-            raise DiracError(f"{source} is not an evaluation report ({error})") from None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise DiracError(f"{source} is not an evaluation report (JSON without its fields): give dirac eval's "
+                             f"--json") from None
     data_sets = list(dict.fromkeys(str(report["data"]) for report in saved if report.get("data")))
-    if len(data_sets) > 1:  # figures of other images do not pool
-        raise DiracError(f"the reports measured different data ({' and '.join(data_sets)}): pool runs of one data set")
+    image_sets = list(dict.fromkeys(str(report["data_id"]) for report in saved if report.get("data_id")))
+    counts = sorted({int(point["images"]) for report in saved for point in report["points"]})
+    if len(data_sets) > 1 or len(image_sets) > 1 or len(counts) > 1:  # figures of other images do not pool
+        differ = " and ".join(data_sets) if len(data_sets) > 1 else \
+            f"other images of {data_sets[0] if data_sets else 'the folder'}: " + \
+            (" and ".join(f"{count} images" for count in counts) if len(counts) > 1 else "other pixels")
+        raise DiracError(f"the reports measured different data ({differ}): pool runs of one image set")
+    data_id = image_sets[0] if image_sets and all(report.get("data_id") for report in saved) else None
     weights = list(dict.fromkeys(json.dumps(r["models"], sort_keys=True) for r in saved if r.get("models")))
     if len(weights) > 1:  # a later run of new weights over some settings: as designed, but said
         warnings.warn(f"the runs measured different weights ({' then '.join(weights)}): the report names the last "
@@ -389,15 +414,16 @@ def report_again(json_path: Path, updates: Sequence[Path] = (), pooled_path: Pat
     data_name = saved[0].get("data", Path(json_path).stem)
     return write_report(points, pooled_path or json_path, markdown_path, plot_path, data_name, perception_plot_path,
                         command, complete=all(bool(r.get("complete", True)) for r in saved),
-                        models=measured[-1] if measured else None, machine=" and ".join(machines) or None)
+                        models=measured[-1] if measured else None, machine=" and ".join(machines) or None,
+                        data_id=data_id)
 
 
 def write_report(points: list[Point], json_path: Path, markdown_path: Path | None, plot_path: Path | None,
                  data_name: str, perception_plot_path: Path | None = None, command: str | None = None,
                  complete: bool = True, models: dict[str, str | None] | None = None,
-                 machine: str | None = None) -> dict:
+                 machine: str | None = None, data_id: str | None = None) -> dict:
     """JSON, Markdown and plots of the points; `command` names the run that measured them."""
-    report = report_of(points, data_name, complete, command, models, machine)
+    report = report_of(points, data_name, complete, command, models, machine, data_id)
     write_json(report, json_path)
     if plot_path is not None:
         plot(points, plot_path, f"rate-distortion on {data_name}")
