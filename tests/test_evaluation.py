@@ -328,7 +328,7 @@ def test_runs_of_different_data_do_not_pool(tmp_path: Path):
         result = CliRunner().invoke(main, ["report", str(tmp_path / "a.json"), "--updated-by",
                                            str(tmp_path / "d.json"), "--json", str(tmp_path / "pooled.json"),
                                            output, str(tmp_path / "d.json")])
-        assert result.exit_code == 2 and f"the output {tmp_path / 'd.json'} is an input" in result.output
+        assert result.exit_code == 2 and f"the output {tmp_path / 'd.json'} is one of the inputs" in result.output
     for text in ("[1, 2]", "\x89PNG"):
         (tmp_path / "bad.json").write_text(text)
         result = CliRunner().invoke(main, ["report", str(tmp_path / "bad.json")])
@@ -344,9 +344,9 @@ def test_eval_and_compare_refuse_an_output_that_is_one_of_their_images(tmp_path:
     before = (data / "a.png").read_bytes()
     result = CliRunner().invoke(main, ["eval", "--data", str(data), "--levels", "1", "--references", "none",
                                        "--json", str(data / "a.png")])
-    assert result.exit_code == 2 and f"the output {data / 'a.png'} is an input" in result.output, result.output
+    assert result.exit_code == 2 and f"the output {data / 'a.png'} is the input" in result.output, result.output
     result = CliRunner().invoke(main, ["compare", str(data / "a.png"), "-q", "1", "-o", str(data / "a.png")])
-    assert result.exit_code == 2 and f"the output {data / 'a.png'} is an input" in result.output, result.output
+    assert result.exit_code == 2 and f"the output {data / 'a.png'} is the input" in result.output, result.output
     assert (data / "a.png").read_bytes() == before
 
 

@@ -121,9 +121,10 @@ def check_output(path: Path, source: Path | None = None) -> None:
 def check_not_an_input(outputs: Sequence[Path | None], inputs: Sequence[Path]) -> None:
     """Refuse, before the work, an output that names one of the command's inputs: writing it
     would destroy that input."""
+    which = "the input" if len(inputs) == 1 else "one of the inputs"
     for output in outputs:
         if output is not None and any(_same_file(source, output) for source in inputs):
-            raise DiracError(f"the output {output} is an input: name another file")
+            raise DiracError(f"the output {output} is {which}: name another file")
 
 
 def _same_file(a: Path, b: Path) -> bool:
