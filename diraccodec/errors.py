@@ -48,7 +48,6 @@ class LimitExceededError(DiracError):
     pass
 
 
-
 class InvalidOptionError(DiracError):
     pass
 

@@ -316,7 +316,7 @@ def test_runs_of_different_data_do_not_pool(tmp_path: Path):
     for name, data_id in (("d.json", "0123456789abcdef"), ("e.json", "fedcba9876543210")):
         write_json(report_of([point], "kodak", True, command="dirac eval", machine="here", data_id=data_id),
                    tmp_path / name)
-    for first, later, differ in (("a.json", "c.json", "other images of kodak: 1 images and 2 images"),
+    for first, later, differ in (("a.json", "c.json", "other images of kodak: 1 image and 2 images"),
                                  ("d.json", "e.json", "other images of kodak: other pixels")):
         result = CliRunner().invoke(main, ["report", str(tmp_path / first), "--updated-by", str(tmp_path / later),
                                            "--json", str(tmp_path / "pooled.json")])

@@ -101,7 +101,7 @@ def test_sigterm_stops_dirac_train_as_ctrl_c_does_with_its_own_status(photo_fold
         line = process.stderr.readline()
         assert line, seen  # it ended before training
         seen += line
-    time.sleep(1)  # into its steps
+    time.sleep(3)  # into its steps, well past the loop's own handler
     process.send_signal(signal.SIGTERM)
     rest = process.communicate(timeout=60)[1]
     assert process.returncode == 143, seen + rest

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from diraccodec.batch.storage import Location, is_uri, join, location_of, storage_for
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
-from diraccodec.errors import DiracError
+from diraccodec.errors import DiracError, LimitExceededError
 from diraccodec.image.planes import IMAGE_SUFFIXES
 from diraccodec.options import AUTO, DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEFAULT_QUALITY
 
@@ -140,6 +140,8 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
         output = image_bytes(image, image_format_for(Path(str(job.target))), settings.png_compression)
         target.write_atomic(job.target, output)
         return JobResult(job, "converted", "", len(data), len(output), image.width * image.height)
+    except LimitExceededError as error:
+        return JobResult(job, "failed", f"{error} (raise it with --max-pixels)")
     except DiracError as error:
         return JobResult(job, "failed", str(error))
     except Exception as error:

@@ -153,7 +153,7 @@ def _signals_held() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, signal.SIG_DFL if handler is None else handler)
-        for number in held:
+        for number in sorted(set(held), key=lambda number: number != signal.SIGTERM):  # SIGTERM's status wins
             signal.raise_signal(number)
 
 

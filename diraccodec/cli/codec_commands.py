@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # the API loads torch: imported where a command runs
     from diraccodec.api import Support
 
 # The image formats decode and batch write, by suffix; standard output takes PNG unless told.
-DECODED_SUFFIXES = tuple(IMAGE_FORMATS)  # the formats a decode writes
+DECODED_SUFFIXES = tuple(IMAGE_FORMATS)
 
 
 class ImageSuffix(click.Choice):

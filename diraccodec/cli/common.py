@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -33,7 +33,7 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 _sigterm_came = threading.Event()
 
 
-def _raise_terminated(_number: int, _frame: object) -> None:
+def _raise_terminated(_number: int, _frame: object) -> NoReturn:
     _sigterm_came.set()
     raise Terminated
 
@@ -56,7 +56,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         _sigterm_came.clear()
 
 
-def report_interruption(interruption: BaseException) -> None:
+def report_interruption(interruption: BaseException) -> NoReturn:
     """One line, and the status a shell gives a process ended by that signal."""
     terminated = _sigterm_came.is_set() or isinstance(interruption, Terminated) or \
         isinstance(interruption.__cause__, Terminated)
@@ -80,6 +80,7 @@ class FileOrStream(click.Path):
 
 
 def is_stream(path: Path) -> bool:
+    """By identity: only FileOrStream's "-" is the stream, not a Path equal to it (./-)."""
     return path is STANDARD_STREAM
 
 
@@ -144,7 +145,7 @@ def write_output(path: Path, data: bytes) -> None:
         return
     unwritten = memoryview(data)
     try:
-        while unwritten:  # unbuffered (python -u), a write may take part of the bytes: it did when the reader left
+        while unwritten:  # unbuffered (python -u), a write may take part of the bytes, as when the reader leaves
             written = sys.stdout.buffer.write(unwritten)
             if written is None:  # a non-blocking pipe that is full
                 raise OutputWriteError("cannot write standard output: it is a full non-blocking pipe")
@@ -327,6 +328,8 @@ def rate_target(quality: float | None, size_text: str | None, bpp: float | None)
 
 markdown_option = click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
                                help="Also write the table as Markdown here.")
+
+
 def _png_file(_ctx: click.Context, parameter: click.Parameter, path: Path | None) -> Path | None:
     """Plots are PNG: another suffix would name PNG bytes wrongly."""
     if path is not None and path.suffix.lower() != ".png":

@@ -29,6 +29,7 @@ from diraccodec.options import DEFAULT_EFFORT, EFFORT_PASSES, MAX_STEPS
 if TYPE_CHECKING:  # the evaluation loads torch: imported where a command runs
     from diraccodec.evaluation.run import Point
 
+
 def parse_reference_settings(texts: tuple[str, ...], keys: list[str]) -> dict[str, list[int]]:
     """`KEY=Q1,Q2,...` texts as each chosen reference's qualities."""
     settings: dict[str, list[int]] = {}
@@ -84,8 +85,9 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
     from diraccodec.evaluation.run import (
         describe_machine,
         evaluate,
+        image_paths,
         images_id,
-        load_images,
+        read_images,
         report_of,
         write_json,
         write_report,
@@ -115,12 +117,13 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
     if any(s > 0 for s in steps):
         api.get_diffusion(codec)
 
-    check_not_an_input([json_path, markdown, plot_path, perception_plot], [p for p in data.rglob("*") if p.is_file()])
+    measured = image_paths(data, held_out)[:image_count]
+    check_not_an_input([json_path, markdown, plot_path, perception_plot], measured)
     name = f"{data.name} (held out)" if held_out else data.name
     models = models_in_use(weights)
     machine = describe_machine(str(api.compute_for(device, exact).device))
 
-    images = load_images(data, held_out)[:image_count]
+    images = read_images(measured)
     data_id = images_id(images)
 
     def save_partial(points: list) -> None:

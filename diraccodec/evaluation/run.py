@@ -65,12 +65,9 @@ def curve_name(codec: str, steps: int | None) -> str:
     return f"{codec} ({steps} steps)" if steps else codec
 
 
-def load_images(folder: Path, held_out: bool = False) -> list[Image.Image]:
+def image_paths(folder: Path, held_out: bool = False) -> list[Path]:
     """The folder's images in name order; with `held_out`, the held-out training photos anywhere
-    under it instead (diraccodec.training.data), the share that training leaves out.
-
-    Their pixels only: the metrics compare pixels, and a codec that carries an ICC profile
-    (diraccodec, Pillow's AVIF) would otherwise pay kilobytes for it that the others skip."""
+    under it instead (diraccodec.training.data), the share that training leaves out."""
     if held_out:
         from diraccodec.training.data import held_out_images
 
@@ -79,6 +76,18 @@ def load_images(folder: Path, held_out: bool = False) -> list[Image.Image]:
         paths = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
         raise DiracError(f"no {'held-out ' if held_out else ''}images in {folder}")
+    return paths
+
+
+def load_images(folder: Path, held_out: bool = False) -> list[Image.Image]:
+    """The pixels of `image_paths(folder, held_out)`: the metrics compare pixels, and a codec
+    that carries an ICC profile (diraccodec, Pillow's AVIF) would otherwise pay kilobytes for
+    it that the others skip."""
+    return read_images(image_paths(folder, held_out))
+
+
+def read_images(paths: list[Path]) -> list[Image.Image]:
+    """Each file read as the codec reads its input, as plain RGB pixels."""
     images = []
     for path in paths:
         # read as the codec reads its input (16-bit grey scaled, upright), then plain RGB pixels
@@ -368,6 +377,21 @@ def pooled_points(reports: list[dict]) -> list[Point]:
     return list(pooled.values())
 
 
+def _why_not_pooled(saved: list[dict]) -> str | None:
+    """How the saved reports' images differ (None where they may be pooled): the folder's name,
+    the count, or the pixels' fingerprint (another folder of that name)."""
+    data_sets = list(dict.fromkeys(str(report["data"]) for report in saved if report.get("data")))
+    if len(data_sets) > 1:
+        return " and ".join(data_sets)
+    where = f"other images of {data_sets[0] if data_sets else 'the folder'}"
+    counts = sorted({int(point["images"]) for report in saved for point in report["points"]})
+    if len(counts) > 1:
+        return f"{where}: " + " and ".join(f"{count} image{'' if count == 1 else 's'}" for count in counts)
+    if len({report["data_id"] for report in saved if report.get("data_id")}) > 1:
+        return f"{where}: other pixels"
+    return None
+
+
 def report_again(json_path: Path, updates: Sequence[Path] = (), pooled_path: Path | None = None,
                  markdown_path: Path | None = None, plot_path: Path | None = None,
                  perception_plot_path: Path | None = None) -> dict:
@@ -386,14 +410,9 @@ def report_again(json_path: Path, updates: Sequence[Path] = (), pooled_path: Pat
         except (ValueError, KeyError, TypeError, AttributeError):
             raise DiracError(f"{source} is not an evaluation report (JSON without its fields): give dirac eval's "
                              f"--json") from None
-    data_sets = list(dict.fromkeys(str(report["data"]) for report in saved if report.get("data")))
+    if reason := _why_not_pooled(saved):
+        raise DiracError(f"the reports measured different data ({reason}): pool runs of one image set")
     image_sets = list(dict.fromkeys(str(report["data_id"]) for report in saved if report.get("data_id")))
-    counts = sorted({int(point["images"]) for report in saved for point in report["points"]})
-    if len(data_sets) > 1 or len(image_sets) > 1 or len(counts) > 1:  # figures of other images do not pool
-        differ = " and ".join(data_sets) if len(data_sets) > 1 else \
-            f"other images of {data_sets[0] if data_sets else 'the folder'}: " + \
-            (" and ".join(f"{count} images" for count in counts) if len(counts) > 1 else "other pixels")
-        raise DiracError(f"the reports measured different data ({differ}): pool runs of one image set")
     data_id = image_sets[0] if image_sets and all(report.get("data_id") for report in saved) else None
     weights = list(dict.fromkeys(json.dumps(r["models"], sort_keys=True) for r in saved if r.get("models")))
     if len(weights) > 1:  # a later run of new weights over some settings: as designed, but said

