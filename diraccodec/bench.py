@@ -177,6 +177,8 @@ def run_bench(options: BenchOptions, console: Console) -> dict:
     if "jxl" in options.references:
         register_jpeg_xl()
     paths = image_paths(options.images)
+    if options.steps:  # no diffusion weights for the steps: fail now, not after the first image's timings
+        api.get_diffusion(api.get_codec(options.weights, api.compute_for(options.device, options.exact)))
     warm = open_image(paths[0], 10**9).convert("RGB").crop((0, 0, 128, 128))
     warm_file = api.encode(warm, options.level, effort=options.effort, weights=options.weights, device=options.device)
     for steps in (0, 2):  # loads the models and sets up their kernels once, outside the timings

@@ -39,6 +39,19 @@ def test_bench_refuses_unknown_references(tmp_path, small_image):
     assert result.exit_code == 2 and "unknown reference codec 'bmp'" in result.output
 
 
+def test_bench_with_steps_and_no_diffusion_weights_fails_before_any_timing(tmp_path, small_image, monkeypatch):
+    from diraccodec import bench
+
+    def no_timing(*arguments, **options):
+        raise AssertionError("an image was timed")
+
+    small_image.save(tmp_path / "a.png")
+    monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(tmp_path / "none.safetensors"))
+    monkeypatch.setattr(bench, "time_image", no_timing)
+    result = CliRunner().invoke(main, ["bench", str(tmp_path / "a.png"), "--steps", "2", "--references", "none"])
+    assert result.exit_code == 2 and "no diffusion weights at" in result.output, result.output
+
+
 def test_the_cpu_is_named_with_its_family_model_and_vector_instructions(tmp_path, monkeypatch):
     import torch
 
