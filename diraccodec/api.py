@@ -31,13 +31,7 @@ from diraccodec.compute import Compute, float32_default
 from diraccodec.container import drc
 from diraccodec.diffusion import detail_map as detail_maps
 from diraccodec.diffusion.decoder import DiffusionDecoder
-from diraccodec.errors import (
-    CorruptFileError,
-    DiracError,
-    InvalidOptionError,
-    LimitExceededError,
-    WrongWeightsError,
-)
+from diraccodec.errors import CorruptFileError, DiracError, InvalidOptionError, LimitExceededError, WrongWeightsError
 from diraccodec.image import metadata as metadata_parts
 from diraccodec.image.metadata import Metadata
 from diraccodec.image.planes import (

@@ -48,6 +48,9 @@ class LimitExceededError(DiracError):
     pass
 
 
+MAX_PIXELS_HINT = "(raise it with --max-pixels)"  # after a LimitExceededError, where the command has the option
+
+
 class InvalidOptionError(DiracError):
     pass
 

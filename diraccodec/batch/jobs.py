@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from diraccodec.batch.storage import Location, is_uri, join, location_of, storage_for
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
-from diraccodec.errors import DiracError, LimitExceededError
+from diraccodec.errors import MAX_PIXELS_HINT, DiracError, LimitExceededError
 from diraccodec.image.planes import IMAGE_SUFFIXES
 from diraccodec.options import AUTO, DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEFAULT_QUALITY
 
@@ -141,7 +141,7 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
         target.write_atomic(job.target, output)
         return JobResult(job, "converted", "", len(data), len(output), image.width * image.height)
     except LimitExceededError as error:
-        return JobResult(job, "failed", f"{error} (raise it with --max-pixels)")
+        return JobResult(job, "failed", f"{error} {MAX_PIXELS_HINT}")
     except DiracError as error:
         return JobResult(job, "failed", str(error))
     except Exception as error:

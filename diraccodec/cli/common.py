@@ -19,7 +19,7 @@ from rich.console import Console
 
 from diraccodec.console import plain_console
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
-from diraccodec.errors import DiracError, LimitExceededError, OutputWriteError, Terminated
+from diraccodec.errors import MAX_PIXELS_HINT, DiracError, LimitExceededError, OutputWriteError, Terminated
 from diraccodec.options import DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEVICE_CHOICES, EFFORT_PASSES, MAX_STEPS
 
 EXIT_SOME_FAILED = 1
@@ -185,8 +185,7 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except DiracError as error:
-            hint = " (raise it with --max-pixels)" if isinstance(error, LimitExceededError) and \
-                "max_pixels" in kwargs else ""
+            hint = f" {MAX_PIXELS_HINT}" if isinstance(error, LimitExceededError) and "max_pixels" in kwargs else ""
             click.echo(f"dirac: error: {error}{hint}", err=True)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt as interruption:

@@ -412,8 +412,8 @@ def report_again(json_path: Path, updates: Sequence[Path] = (), pooled_path: Pat
                              f"--json") from None
     if reason := _why_not_pooled(saved):
         raise DiracError(f"the reports measured different data ({reason}): pool runs of one image set")
-    image_sets = list(dict.fromkeys(str(report["data_id"]) for report in saved if report.get("data_id")))
-    data_id = image_sets[0] if image_sets and all(report.get("data_id") for report in saved) else None
+    # one fingerprint at most (_why_not_pooled); the pooled report keeps it where every run had it
+    data_id = saved[0].get("data_id") if all(report.get("data_id") for report in saved) else None
     weights = list(dict.fromkeys(json.dumps(r["models"], sort_keys=True) for r in saved if r.get("models")))
     if len(weights) > 1:  # a later run of new weights over some settings: as designed, but said
         warnings.warn(f"the runs measured different weights ({' then '.join(weights)}): the report names the last "

@@ -21,12 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from diraccodec.errors import (
-    CorruptFileError,
-    ImageReadError,
-    InvalidOptionError,
-    LimitExceededError,
-)
+from diraccodec.errors import CorruptFileError, ImageReadError, InvalidOptionError, LimitExceededError
 from diraccodec.image.metadata import PILLOW_SETTINGS, Metadata, attach, read_metadata, tiff_exif
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
