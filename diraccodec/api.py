@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import numbers
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,7 +33,14 @@ from diraccodec.compute import Compute, float32_default
 from diraccodec.container import drc
 from diraccodec.diffusion import detail_map as detail_maps
 from diraccodec.diffusion.decoder import DiffusionDecoder
-from diraccodec.errors import CorruptFileError, DiracError, InvalidOptionError, LimitExceededError, WrongWeightsError
+from diraccodec.errors import (
+    CorruptFileError,
+    DiracError,
+    ImageReadError,
+    InvalidOptionError,
+    LimitExceededError,
+    WrongWeightsError,
+)
 from diraccodec.image import metadata as metadata_parts
 from diraccodec.image.metadata import Metadata
 from diraccodec.image.planes import (
@@ -113,25 +122,71 @@ def get_codec(weights: str | Path | None = None, compute: Compute | None = None)
     return _codec(Path(weights or default_weights_path()).resolve(), compute or Compute())
 
 
+def _whole(value: object) -> bool:
+    """An integer of any kind (a numpy one too), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _real(value: object) -> bool:
+    """A real number of any kind (a numpy one too), but not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_quality(quality: float, num_levels: int) -> float:
-    if isinstance(quality, bool) or not isinstance(quality, int | float) or math.isnan(quality) \
-            or not LOWEST_LEVEL <= quality <= num_levels:
+    if not _real(quality):
+        raise InvalidOptionError(f"quality must be a number, got {quality!r}")
+    if math.isnan(quality) or not LOWEST_LEVEL <= quality <= num_levels:
         raise InvalidOptionError(f"quality must be between {LOWEST_LEVEL:g} and {num_levels}, got {quality}")
-    return drc.quantize_level(quality) / drc.LEVEL_DENOMINATOR
+    return drc.quantize_level(float(quality)) / drc.LEVEL_DENOMINATOR
 
 
 def check_effort(effort: int) -> int:
-    if isinstance(effort, bool) or not isinstance(effort, int) or effort not in EFFORT_PASSES:
+    if not _whole(effort):
+        raise InvalidOptionError(f"effort must be a whole number, got {effort!r}")
+    if effort not in EFFORT_PASSES:
         raise InvalidOptionError(f"effort must be between {min(EFFORT_PASSES)} and {max(EFFORT_PASSES)}, got {effort}")
-    return effort
+    return int(effort)
 
 
 def check_steps(steps: int | None) -> int:
     if steps is None:
         return 0
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= MAX_STEPS:
+    if not _whole(steps):
+        raise InvalidOptionError(f"steps must be a whole number, got {steps!r}")
+    if not 0 <= steps <= MAX_STEPS:
         raise InvalidOptionError(f"steps must be between 0 and {MAX_STEPS}, got {steps}")
-    return steps
+    return int(steps)
+
+
+def check_seed(seed: int | None) -> int | None:
+    if seed is not None and not _whole(seed):
+        raise InvalidOptionError(f"seed must be a whole number, got {seed!r}")
+    return None if seed is None else int(seed)
+
+
+def check_max_pixels(max_pixels: int) -> int:
+    if not _whole(max_pixels) or max_pixels < 1:
+        raise InvalidOptionError(f"max_pixels must be a whole number of at least 1, got {max_pixels!r}")
+    return int(max_pixels)
+
+
+def check_flag(name: str, value: bool | None, none_allowed: bool = False) -> bool | None:
+    """True or False (or None where that means a default): a truthy string is not taken for True."""
+    if not isinstance(value, bool) and not (none_allowed and value is None):
+        raise InvalidOptionError(f"{name} must be True or False{' or None' if none_allowed else ''}, got {value!r}")
+    return value
+
+
+def file_bytes(data: bytes | bytearray | memoryview) -> bytes:
+    """A .drc file's bytes from any bytes-like object; a path or another object is refused by name."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str | os.PathLike):
+        raise InvalidOptionError(f"give the .drc file's bytes, not a path: Path({str(data)!r}).read_bytes()")
+    try:
+        return memoryview(data).tobytes()
+    except TypeError:
+        raise InvalidOptionError(f"a .drc file must be given as bytes, got {type(data).__name__}") from None
 
 
 def _recommended_steps(info: FileInfo) -> int:
@@ -385,17 +440,21 @@ def encode(
     if len(targets) != 1:
         raise InvalidOptionError("give exactly one of quality, size or bpp" if targets else
                                  f"give a quality ({LOWEST_LEVEL:g} to 8), a size in bytes or a bpp")
-    if not isinstance(metadata, bool):
-        raise InvalidOptionError(f"metadata must be True or False, got {metadata!r}")
-    options = EncodeOptions(check_effort(effort), detail_map, check_steps(steps) if steps is not None else None,
-                            progress)
+    check_flag("metadata", metadata)
+    options = EncodeOptions(check_effort(effort), check_flag("detail_map", detail_map, none_allowed=True),
+                            check_steps(steps) if steps is not None else None, progress)
+    max_pixels = check_max_pixels(max_pixels)
     compute = compute_for(device)
-    if not isinstance(image, Image.Image):
+    if isinstance(image, str | os.PathLike):
         image = open_image(image, max_pixels, label)  # a .drc file, whatever its name, is refused there
+    elif not isinstance(image, Image.Image):
+        image = open_image(_image_bytes(image), max_pixels, label)
     elif image.width * image.height > max_pixels:
         raise LimitExceededError(f"image of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels")
     else:
         image = upright(image)  # as open_image turns a file's (the Pillow plugin's save comes here)
+    if image.width == 0 or image.height == 0:
+        raise ImageReadError(f"{label or 'the image'} has no pixels ({image.width}x{image.height})")
     planes = image_to_planes(image, metadata)
     del image
     with _exclusive():
@@ -407,15 +466,30 @@ def encode(
         return encode_to_size(_Encoder(planes, codec, options), target, codec.num_levels)
 
 
+def _image_bytes(image: object) -> bytes:
+    """An encoded image's bytes from any bytes-like object; anything else is refused by name."""
+    if isinstance(image, bytes):
+        return image
+    pixels = isinstance(image, np.ndarray | torch.Tensor)  # bytes-like, but pixels rather than a file
+    if not pixels:
+        with contextlib.suppress(TypeError):
+            return memoryview(image).tobytes()
+    kind = type(image).__qualname__ if type(image).__module__ == "builtins" else \
+        f"{type(image).__module__}.{type(image).__qualname__}"
+    raise InvalidOptionError(f"image must be a PIL image, a path or an image file's bytes, got {kind}"
+                             f"{': make a PIL image of its pixels first (PIL.Image.fromarray)' if pixels else ''}")
+
+
 def check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise InvalidOptionError(f"size must be a positive number of bytes, got {size}")
-    return size
+    if not _whole(size) or size <= 0:
+        raise InvalidOptionError(f"size must be a positive number of bytes, got {size!r}")
+    return int(size)
 
 
 def bpp_to_bytes(bpp: float | None, pixels: int) -> int:
-    if isinstance(bpp, bool) or not isinstance(bpp, int | float) or not bpp > 0 or math.isinf(bpp):
-        raise InvalidOptionError(f"bpp must be a positive number, got {bpp}")
+    if not _real(bpp) or not bpp > 0 or math.isinf(bpp):
+        raise InvalidOptionError(f"bpp must be a positive number, got {bpp!r}")
+    bpp = float(bpp)
     if not math.isfinite(bpp * pixels):
         raise InvalidOptionError(f"{bpp} bpp is too many bits for an image of {pixels} pixels")
     target = math.floor(bpp * pixels / 8)
@@ -510,7 +584,8 @@ class FileInfo:
 
 
 def inspect(data: bytes, max_pixels: int = drc.DEFAULT_MAX_PIXELS) -> FileInfo:
-    return FileInfo(drc.unpack(data, max_pixels), len(data))
+    data = file_bytes(data)
+    return FileInfo(drc.unpack(data, check_max_pixels(max_pixels)), len(data))
 
 
 @dataclass(frozen=True)
@@ -527,7 +602,8 @@ def stream_bytes(data: bytes, *, weights: str | Path | None = None,
                  max_pixels: int = drc.DEFAULT_MAX_PIXELS) -> StreamBytes:
     """Read a file's latent stream (no synthesis) and split its bytes between the hyper-latents,
     the side information, and the latents, under the base weights that made it."""
-    header = drc.unpack(data, max_pixels)
+    data = file_bytes(data)
+    header = drc.unpack(data, check_max_pixels(max_pixels))
     with _exclusive():
         codec = _codec_for_file(header, weights, compute_for("cpu"))
         rules = STREAM_RULES[header.version]
@@ -561,8 +637,11 @@ def decode(
     that docs/format.md states. `progress(done, total)` hears of the start (0), the base
     reconstruction (1) and each diffusion step: total is steps + 1.
     """
-    header = drc.unpack(data, max_pixels)
-    compute = compute_for(device, exact)
+    data = file_bytes(data)
+    header = drc.unpack(data, check_max_pixels(max_pixels))
+    seed = check_seed(seed)
+    check_flag("restore", restore)
+    compute = compute_for(device, check_flag("exact", exact))
     with _exclusive():
         codec = _codec_for_file(header, weights, compute)
         info = FileInfo(header, len(data))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -10,11 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 import diraccodec
 from diraccodec.cli import main
 from diraccodec.cli.common import parse_size
-from diraccodec.errors import DiracError, InvalidOptionError
+from diraccodec.errors import DiracError, ImageReadError, InvalidOptionError
 from tests.conftest import ROOT
 
 
@@ -81,6 +83,47 @@ def test_a_bad_size_fails_before_the_analysis(small_image, monkeypatch):
     for bad in (0, -3, 1.5):
         with pytest.raises(InvalidOptionError, match="size must be a positive number of bytes"):
             diraccodec.encode(small_image, size=bad)
+
+
+def test_numpy_numbers_and_bytes_like_inputs_are_taken(small_image):
+    data = diraccodec.encode(small_image, 3, effort=1)
+    assert diraccodec.encode(small_image, np.float32(3), effort=np.int64(1)) == data
+    png = io.BytesIO()
+    small_image.save(png, format="PNG")
+    assert diraccodec.encode(bytearray(png.getvalue()), 3, effort=1) == data
+    assert diraccodec.encode(memoryview(png.getvalue()), 3, effort=1) == data
+    pixels = np.asarray(diraccodec.decode(data, 0))
+    for same in (bytearray(data), memoryview(data), np.frombuffer(data, np.uint8)):
+        assert np.array_equal(np.asarray(diraccodec.decode(same, np.int64(0), np.int64(5))), pixels)
+    assert diraccodec.inspect(bytearray(data)).file_size == len(data)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda image, data: diraccodec.encode(image, "3"), r"^quality must be a number, got '3'$"),
+    (lambda image, data: diraccodec.encode(image, 3, effort=2.0), r"^effort must be a whole number, got 2.0$"),
+    (lambda image, data: diraccodec.encode(image, 3, steps=1.0), r"^steps must be a whole number, got 1.0$"),
+    (lambda image, data: diraccodec.encode(image, 3, detail_map=1), r"^detail_map must be True or False or None"),
+    (lambda image, data: diraccodec.encode(image, 3, max_pixels=-1), r"^max_pixels must be a whole number of at "),
+    (lambda image, data: diraccodec.encode(np.zeros((16, 16, 3), np.uint8), 3),
+     r"^image must be a PIL image, a path or an image file's bytes, got numpy.ndarray: make a PIL image of its "),
+    (lambda image, data: diraccodec.encode(None, 3), r"^image must be .* got NoneType$"),
+    (lambda image, data: diraccodec.decode(data, 1, "a"), r"^seed must be a whole number, got 'a'$"),
+    (lambda image, data: diraccodec.decode(data, 0, restore="no"), r"^restore must be True or False, got 'no'$"),
+    (lambda image, data: diraccodec.decode(data, 0, exact=1), r"^exact must be True or False, got 1$"),
+    (lambda image, data: diraccodec.decode(data, 0, max_pixels=None), r"^max_pixels must be a whole number"),
+    (lambda image, data: diraccodec.decode("photo.drc"),
+     r"^give the .drc file's bytes, not a path: Path\('photo.drc'\).read_bytes\(\)$"),
+    (lambda image, data: diraccodec.inspect(None), r"^a .drc file must be given as bytes, got NoneType$"),
+])
+def test_options_and_inputs_of_the_wrong_kind_are_refused_by_name(small_image, call, message):
+    data = diraccodec.encode(small_image, 1, effort=1)
+    with pytest.raises(InvalidOptionError, match=message):
+        call(small_image, data)
+
+
+def test_an_image_without_pixels_is_refused():
+    with pytest.raises(ImageReadError, match=r"^the image has no pixels \(0x5\)$"):
+        diraccodec.encode(Image.new("RGB", (0, 5)), 3)
 
 
 def test_size_texts_use_decimal_and_binary_units():

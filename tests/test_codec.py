@@ -178,6 +178,19 @@ def test_an_icc_profile_is_carried_compressed_and_an_srgb_one_is_left_out(small_
     assert srgb == diraccodec.encode(small_image, 3) and "icc_profile" not in diraccodec.decode(srgb).info
 
 
+def test_a_profile_of_another_colour_space_than_the_decoded_pixels_is_left_out(small_image):
+    """A Lab profile does not describe converted RGB pixels, nor an RGB one grey pixels."""
+    grey_profile = bytearray(swapped_primaries_profile())
+    grey_profile[16:20] = b"GRAY"  # the colour space an ICC header names
+    lab = small_image.convert("LAB")
+    assert lab.info["icc_profile"][16:20] == b"Lab "  # Pillow gives its Lab pixels a Lab profile
+    grey = small_image.convert("L")
+    cases = [(lab, None), (with_profile(grey, bytes(grey_profile)), bytes(grey_profile)),
+             (with_profile(grey, swapped_primaries_profile()), None)]
+    for image, profile in cases:
+        assert diraccodec.decode(diraccodec.encode(image, 3, effort=1)).info.get("icc_profile") == profile
+
+
 def test_a_profile_stored_as_it_is_still_decodes_and_a_corrupt_one_fails_in_one_line(small_image):
     wide = drc.unpack(diraccodec.encode(with_profile(small_image, swapped_primaries_profile()), 3))
     del wide.sections[drc.TAG_ICC_COMPRESSED]

@@ -122,6 +122,15 @@ def test_every_pillow_mode_encodes_and_decodes(small_image, mode):
         assert psnr(expected.convert("RGB"), decoded.convert("RGB")) > 18
 
 
+def test_alpha_premultiplied_modes_decode_with_their_alpha_and_straight_colours(small_image):
+    straight = small_image.convert("RGBA")
+    straight.putalpha(128)
+    for image, decoded_mode in ((straight.convert("RGBa"), "RGBA"), (straight.convert("LA").convert("La"), "LA")):
+        decoded = diraccodec.decode(diraccodec.encode(image, 6))
+        assert decoded.mode == decoded_mode and set(np.asarray(decoded)[..., -1].ravel()) == {128}
+        assert psnr(straight.convert(decoded_mode).convert("RGB"), decoded.convert("RGB")) > 18
+
+
 def test_tiff_modes_from_files(small_image, tmp_path):
     sixteen = Image.fromarray(np.asarray(small_image.convert("L"), dtype=np.uint16) * 257)
     path = tmp_path / "grey16.tif"

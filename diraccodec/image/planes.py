@@ -26,6 +26,7 @@ from diraccodec.image.metadata import PILLOW_SETTINGS, Metadata, attach, read_me
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_PREMULTIPLIED = {"RGBa": "RGBA", "La": "LA"}
 ORIENTATION_TAG = 0x0112
 DRC_FORMAT = "DRC"  # the Pillow plugin's name for .drc files, which the codec decodes, never encodes
 
@@ -149,10 +150,27 @@ def _to_8bit_grey(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), "L")
 
 
+# The colour space an ICC profile must describe (its header's bytes 16-19) to describe a mode's pixels
+_PROFILE_SPACES = {ColourMode.RGB: b"RGB ", ColourMode.RGBA: b"RGB ", ColourMode.L: b"GRAY", ColourMode.LA: b"GRAY"}
+
+
 def image_to_planes(image: Image.Image, with_metadata: bool = True) -> Planes:
-    """The image's pixels and profile, and its EXIF and XMP unless `with_metadata` is False."""
+    """The image's pixels and profile, and its EXIF and XMP unless `with_metadata` is False.
+
+    The profile is kept where it describes the planes' colours: one of another colour space
+    (CMYK, Lab ...) no longer does once the pixels are converted to RGB or grey."""
+    planes = _planes(image, with_metadata)
+    profile = planes.icc_profile  # an ICC profile says "acsp" at bytes 36-39; other bytes are kept as they came
+    if profile and profile[36:40] == b"acsp" and profile[16:20] != _PROFILE_SPACES[planes.colour_mode]:
+        planes.icc_profile = None
+    return planes
+
+
+def _planes(image: Image.Image, with_metadata: bool) -> Planes:
     icc = image.info.get("icc_profile") or None
     metadata = read_metadata(image) if with_metadata else Metadata()
+    if image.mode in _PREMULTIPLIED:  # alpha-premultiplied: the planes hold straight colours
+        image = image.convert(_PREMULTIPLIED[image.mode])
     mode = image.mode
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -172,7 +190,6 @@ def image_to_planes(image: Image.Image, with_metadata: bool = True) -> Planes:
         return Planes(array[:, :, :3].copy(), ColourMode.RGBA, array[:, :, 3].copy(), icc, metadata)
     if mode != "RGB":
         image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX ...
-        icc = None if mode == "CMYK" else icc  # a CMYK profile no longer describes RGB pixels
     return Planes(np.asarray(image).copy(), ColourMode.RGB, None, icc, metadata)
 
 
@@ -195,7 +212,7 @@ def _with_transparent_colour(image: Image.Image, icc: bytes | None, metadata: Me
     if transparent is None or not transparent.any():
         plain = image.copy()
         plain.info.pop("transparency")
-        planes = image_to_planes(plain, with_metadata=False)
+        planes = _planes(plain, with_metadata=False)
         planes.icc_profile, planes.metadata = icc, metadata
         return planes
     alpha = np.where(transparent, 0, 255).astype(np.uint8)
