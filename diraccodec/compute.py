@@ -27,6 +27,7 @@ import functools
 import os
 import platform
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -191,28 +192,33 @@ CUDA_GRAPHS_ENV = "DIRAC_CUDA_GRAPHS"  # "1": the sampler's steps replay CUDA gr
 class GraphReplay:
     """`function` (tensors in, one tensor out) replayed from a CUDA graph captured once per
     input shape: a step of a small network then costs one launch instead of hundreds, which
-    is what bounds it on a GPU. The graphs (and their memory) live as long as this object.
-    The inputs are copied into the graph's own buffers and the output copied out, so the
-    caller sees plain tensors."""
+    is what bounds it on a GPU. The graphs (and their memory) live as long as this object,
+    the `max_graphs` last used of them. The inputs are copied into the graph's own buffers and
+    the output copied out, so the caller sees plain tensors."""
 
     WARMUP_CALLS = 2  # on a side stream before capture: cuDNN picks its kernels, lazy state settles
 
-    def __init__(self, function: Callable[..., torch.Tensor]) -> None:
-        self.function = function
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
+    def __init__(self, function: Callable[..., torch.Tensor], max_graphs: int = 4) -> None:
+        self.function, self.max_graphs = function, max_graphs
+        self.graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = OrderedDict()
         self.refused: set[tuple] = set()
+        self.captures = 0  # graphs captured so far, dropped ones too
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         key = tuple((tuple(tensor.shape), tensor.dtype, tensor.stride()) for tensor in inputs)
         if key in self.refused:
             return self.function(*inputs)
         if key not in self.graphs:
+            while len(self.graphs) >= self.max_graphs:  # the least recently used goes, and its memory
+                self.graphs.popitem(last=False)
             try:
                 self.graphs[key] = self._capture([tensor.clone() for tensor in inputs])
             except RuntimeError as error:  # an operation capture does not allow: run as it is
                 warnings.warn(f"CUDA graph capture failed, running without it: {error}", stacklevel=2)
                 self.refused.add(key)
                 return self.function(*inputs)
+            self.captures += 1
+        self.graphs.move_to_end(key)
         graph, buffers, output = self.graphs[key]
         for buffer, tensor in zip(buffers, inputs, strict=True):
             buffer.copy_(tensor)
@@ -329,12 +335,14 @@ class Compute:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)
 
+    @property
+    def uses_graphs(self) -> bool:
+        """Whether networks replay CUDA graphs: on a GPU, where $DIRAC_CUDA_GRAPHS is 1."""
+        return self.device.type == "cuda" and os.environ.get(CUDA_GRAPHS_ENV) == "1"
+
     def replayed(self, function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        """`function` replayed from CUDA graphs where this is a GPU and $DIRAC_CUDA_GRAPHS is 1;
-        elsewhere `function` itself."""
-        if self.device.type == "cuda" and os.environ.get(CUDA_GRAPHS_ENV) == "1":
-            return GraphReplay(function)
-        return function
+        """`function` replayed from CUDA graphs where `uses_graphs`; elsewhere `function` itself."""
+        return GraphReplay(function) if self.uses_graphs else function
 
 
 KERNEL_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel")  # torch's profiler's names for a launch

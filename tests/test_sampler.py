@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from diraccodec.diffusion import sampler
 from diraccodec.diffusion.finishing import FinishingSettings, finish
 from diraccodec.diffusion.noise import gaussian_noise, mix32
 from diraccodec.diffusion.sampler import SamplerSettings, sample_residual
@@ -274,11 +275,45 @@ def test_replayed_steps_give_the_pixels_of_plain_ones(monkeypatch, small_image):
         x, t = torch.rand(shape, device="cuda"), torch.rand(1, device="cuda")
         with torch.no_grad():
             torch.testing.assert_close(replay(x, t), model(x[:, :3], t, x[:, 3:], level))
-    assert len(replay.graphs) == 2 and not replay.refused
+    assert len(replay.graphs) == 2 and replay.captures == 2 and not replay.refused
+    one_kept = GraphReplay(replay.function, max_graphs=1)
+    for shape in ((1, 6, 64, 64), (1, 6, 64, 96), (1, 6, 64, 64)):
+        with torch.no_grad():
+            one_kept(torch.rand(shape, device="cuda"), torch.rand(1, device="cuda"))
+    assert len(one_kept.graphs) == 1 and one_kept.captures == 3  # the least recently used went
     data = diraccodec.encode(small_image, 3, device="cuda")
     plain = np.asarray(diraccodec.decode(data, 5, device="cuda"))
     monkeypatch.setenv(CUDA_GRAPHS_ENV, "1")
+
+    def captured() -> int:
+        return sum(step.captures for steps in sampler._REPLAYED_STEPS.values() for step in steps.values())
+
+    assert np.array_equal(np.asarray(diraccodec.decode(data, 5, device="cuda")), plain) and captured() >= 1
+    first = captured()
     assert np.array_equal(np.asarray(diraccodec.decode(data, 5, device="cuda")), plain)
+    assert captured() == first  # a second decode replays the graphs the first one captured
+
+
+def test_a_replayed_step_is_kept_with_its_model_and_goes_with_it(monkeypatch):
+    import gc
+    import weakref
+
+    from diraccodec.compute import CPU, Compute
+
+    made = []
+    monkeypatch.setattr(Compute, "uses_graphs", property(lambda self: True))
+    monkeypatch.setattr(Compute, "replayed", lambda self, function: made.append(function) or function)
+    compute, model, other = Compute(CPU, exact=True), random_unet(), random_unet()  # exact: no autocast
+    step = sampler.step_network(model, compute)
+    assert sampler.step_network(model, compute) is step and len(made) == 1  # made once per model
+    assert sampler.step_network(other, compute) is not step and len(made) == 2
+    x, t, level = torch.rand(1, 6, 32, 32), torch.rand(1), torch.tensor([2.0])
+    with torch.no_grad():
+        torch.testing.assert_close(step(x, t, level), model(x[:, :3], t, x[:, 3:], level))
+    held = weakref.ref(model)
+    del model, step
+    gc.collect()
+    assert held() is None and len(sampler._REPLAYED_STEPS) == 1  # the cache does not keep a model alive
 
 
 def test_weights_stored_in_the_autocast_dtype_sample_the_same_bits_with_fewer_casts(monkeypatch):

@@ -270,8 +270,8 @@ class BaseCodec:
         assert self._context_layers is not None and scale is not None, "only weights with a context model refine"
         layers = self._context_layers[arithmetic]
         device = scale.device
-        flat_mean, flat_table_ids = mean.view(mean.shape[0], -1), table_ids.view()
-        flat_table_ids.shape = (table_ids.shape[0], -1)  # raises rather than copy: the writes must land
+        flat_mean, flat_table_ids = mean.view(mean.shape[0], -1), table_ids.reshape(table_ids.shape[0], -1)
+        assert np.shares_memory(flat_table_ids, table_ids), "a view, so that the writes land in table_ids"
         table_scales = self._latent_scales.to(device)
         with contextlib.nullcontext() if arithmetic is Arithmetic.FIXED_POINT else self._exact_sums():
             for positions, chunk_mean, chunk_scale in context_parameters(

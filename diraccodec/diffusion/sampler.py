@@ -13,6 +13,7 @@ carries; finishing.py makes the residual to add from them.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from fractions import Fraction
@@ -125,6 +126,31 @@ def _next_state(x: torch.Tensor, prediction: torch.Tensor, predicted_noise: torc
     return x.add_(noise().mul_(sigma)) if sigma > 0 else x
 
 
+def _network_pass(model: ResidualUNet, compute: Compute, stacked: torch.Tensor, time: torch.Tensor,
+                  level: torch.Tensor) -> torch.Tensor:
+    """One pass of the U-Net over a tile: the noisy residual and the base, stacked."""
+    with compute.autocast():
+        return model(stacked[:, :3], time, stacked[:, 3:], level).float()
+
+
+# Each model's replayed step per compute, kept as long as the model: its CUDA graphs then serve
+# every later decode, which would otherwise capture them again (two warm-up passes and a capture)
+_REPLAYED_STEPS: weakref.WeakKeyDictionary[ResidualUNet, dict[Compute, Callable[..., torch.Tensor]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def step_network(model: ResidualUNet, compute: Compute) -> Callable[..., torch.Tensor]:
+    """(stacked, time, level) -> the U-Net's prediction, replayed from CUDA graphs where
+    `compute` uses them (kept with the model), else run as it is."""
+    if not compute.uses_graphs:
+        return lambda *inputs: _network_pass(model, compute, *inputs)
+    replayed = _REPLAYED_STEPS.setdefault(model, {})
+    if compute not in replayed:
+        held = weakref.ref(model)  # the cache's value must not keep its key alive
+        replayed[compute] = compute.replayed(lambda *inputs: _network_pass(held(), compute, *inputs))
+    return replayed[compute]
+
+
 def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps: int, seed: int,
                     settings: SamplerSettings = SamplerSettings(), compute: Compute = Compute(),
                     progress: Progress | None = None) -> SampledResidual:
@@ -148,11 +174,7 @@ def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps
     def noise() -> torch.Tensor:
         return gaussian_noise((1, 3, *base.shape[-2:]), seed, next(draws), device)
 
-    def network(stacked: torch.Tensor, time_tensor: torch.Tensor) -> torch.Tensor:
-        with compute.autocast():
-            return model(stacked[:, :3], time_tensor, stacked[:, 3:], level_tensor).float()
-
-    step = compute.replayed(network)  # one step's network, replayed where the device allows
+    step = step_network(model, compute)  # replayed where the device allows
     finished = iter(range(1, steps + 1))
 
     def denoise(x: torch.Tensor, time: float) -> torch.Tensor:
@@ -163,7 +185,7 @@ def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps
             stacked = torch.empty((1, 6, *x_tile.shape[-2:]), device=device, memory_format=compute.memory_format)
             stacked[:, :3] = x_tile
             stacked[:, 3:] = base_tile.float().div_(255) if eight_bit else base_tile  # dense, then copied
-            return step(stacked, time_tensor)
+            return step(stacked, time_tensor, level_tensor)
 
         with compute.kernels():
             predicted = apply_tiled(tile, (x, base), Fraction(1), compute.tile(settings.tile), margin)
