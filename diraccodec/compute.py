@@ -345,7 +345,9 @@ class Compute:
         return GraphReplay(function) if self.uses_graphs else function
 
 
-KERNEL_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel")  # torch's profiler's names for a launch
+# torch's profiler's names for a launch: the runtime's and the driver's calls, their extended
+# forms (cudaLaunchKernelExC, cuLaunchKernelEx: cuDNN 9, cuBLASLt) and a CUDA graph's replay
+KERNEL_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch")
 
 
 def profile_totals(events: list) -> dict[str, float]:
@@ -356,4 +358,4 @@ def profile_totals(events: list) -> dict[str, float]:
                          if event.device_type != DeviceType.CPU and not event.is_user_annotation) / 1e6
     return {"CPU seconds": sum(event.self_cpu_time_total for event in events) / 1e6,
             "device seconds": device_seconds,
-            "kernel launches": sum(event.count for event in events if event.key in KERNEL_LAUNCHES)}
+            "kernel launches": sum(event.count for event in events if event.key.startswith(KERNEL_LAUNCHES))}

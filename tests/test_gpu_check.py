@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -28,6 +30,8 @@ def test_gpu_check_runs_and_reports(tmp_path, small_image):
     assert all(value > 0 for value in speed.values()) and report["left out"] == []
     cross = report["cross device"][0]
     assert report["conformant"] and cross["symbols identical"] and cross["entropy parameters identical"]
+    assert report["failed"] == {} and {row["decoded on"] for row in report["cross device"] if "steps" in row} == {
+        "cpu", "cpu (fast)"}  # the device under test and the CPU's fast mode, each against the exact mode
     assert report["cross device"][-1]["repeat on the device identical"] is True  # a CPU repeats its files
     assert {name: report["profile"][name]["seconds"] > 0 for name in report["profile"]} == {
         "encode": True, "decode 20 steps": True}
@@ -54,3 +58,41 @@ def test_gpu_check_names_what_its_time_limit_left_out(tmp_path, small_image):
     assert report["left out"] == ["speed after 0 of 2", "profile", "cross-device images after 0 of 1",
                                   "12 MP photo", "50 MP photo"]
     assert "## Left out by the time limit" in (out / "gpu-check.md").read_text()
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_failing_section_is_recorded_and_the_next_one_runs(tmp_path, small_image, monkeypatch):
+    gpu_check = load_script()
+    data = tmp_path / "images"
+    data.mkdir()
+    small_image.crop((0, 0, 64, 48)).save(data / "a.png")
+
+    def out_of_memory(*arguments):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore lines")
+
+    monkeypatch.setattr(gpu_check, "where_time_goes", out_of_memory)
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--data", str(data), "--device", "cpu", "--images", "1",
+                                      "--cross-images", "1", "--large-megapixels", "--output", str(tmp_path / "out")])
+    assert gpu_check.main() == 3  # no conformance failure, but a section failed
+    report = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
+    assert report["failed"] == {"profile": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"}
+    assert report["conformant"] is True and report["speed"]["images"] == 1  # the sections around it ran
+    assert "## Sections that failed" in (tmp_path / "out" / "gpu-check.md").read_text()
+
+
+def test_kernel_launches_are_counted_in_every_form_the_profiler_names():
+    from diraccodec.compute import profile_totals
+
+    def event(key: str, count: int) -> SimpleNamespace:
+        return SimpleNamespace(key=key, count=count, self_cpu_time_total=1.0, self_device_time_total=0.0,
+                               device_type=None, is_user_annotation=False)
+
+    names = {"cudaLaunchKernel": 3, "cudaLaunchKernelExC": 4, "cuLaunchKernel": 5, "cuLaunchKernelEx": 6,
+             "cudaGraphLaunch": 7, "aten::conv2d": 100, "cudaMemcpyAsync": 100}
+    assert profile_totals([event(key, count) for key, count in names.items()])["kernel launches"] == 25
