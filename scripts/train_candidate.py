@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+LAUNCHED = time.time()  # a run's budget counts from here: torch's import (seconds) is part of it
+
 ROOT = Path(__file__).resolve().parent.parent
 for folder in (ROOT, ROOT / "scripts"):  # a GPU machine runs the checkout without installing it
     if str(folder) not in sys.path:
@@ -158,10 +160,11 @@ def split_file(path: Path, output: Path, part_bytes: int) -> list[Path]:
     return parts
 
 
-def stage_minutes(total: float, until: float, elapsed: float) -> float:
-    """A stage's budget: until its deadline, the share `until` of `total` minutes counted from
-    the run's start, so a stage that overruns shortens only the stages after it."""
-    return max(total * until - elapsed, SHORTEST_STAGE_MINUTES)
+def stage_deadline(total: float, until: float, now: float, launched: float) -> float:
+    """A stage's deadline (seconds since the epoch): the share `until` of `total` minutes counted
+    from the launch, so a stage that overruns shortens only the stages after it; at least
+    SHORTEST_STAGE_MINUTES from `now`. The stage counts its own start-up within it."""
+    return max(launched + 60 * total * until, now + 60 * SHORTEST_STAGE_MINUTES)
 
 
 def lpips_weights_from(start: Path) -> AbstractContextManager[object]:
@@ -170,32 +173,36 @@ def lpips_weights_from(start: Path) -> AbstractContextManager[object]:
     return patch.dict(os.environ, {CACHE_ENV: str(start)} if carried else {})
 
 
-def train(arguments: argparse.Namespace) -> int:
-    """The base, then the restoration filter (in a process of its own) beside the diffusion decoder."""
-    started = time.monotonic()
-    record: dict[str, Any] = {"minutes": arguments.minutes, "base_share": arguments.base_share, "stages": {}}
+def train(arguments: argparse.Namespace, launched: float) -> int:
+    """The base, then the restoration filter (in a process of its own) beside the diffusion
+    decoder, within --minutes of `launched` (seconds since the epoch)."""
+    record: dict[str, Any] = {"minutes": arguments.minutes, "base_share": arguments.base_share, "stages": {},
+                              "start_up_seconds": round(time.time() - launched, 1)}
 
     def budget(until: float) -> list[str]:
         if arguments.steps:
             return ["--steps", str(arguments.steps)]
-        return ["--minutes", f"{stage_minutes(arguments.minutes, until, (time.monotonic() - started) / 60):.3f}"]
+        return ["--deadline", f"{stage_deadline(arguments.minutes, until, time.time(), launched):.1f}"]
 
     def finished(stage: str) -> None:
         summary = summary_path(arguments.work / stage)
         record["stages"][stage] = json.loads(summary.read_text()) if summary.exists() else None
-        record["seconds"] = round(time.monotonic() - started, 1)
+        record["seconds"] = round(time.time() - launched, 1)
         if arguments.output:  # stage by stage: a run killed later still returns what is done
             deliver(arguments, record, stage)
 
     def seconds_left() -> float | None:
-        return None if arguments.steps else max(0.0, arguments.minutes * 60 - (time.monotonic() - started))
+        return None if arguments.steps else max(0.0, launched + arguments.minutes * 60 - time.time())
 
     for stage in STAGES:  # an earlier run's exports are not this run's (the states stay, to resume)
         for path in (arguments.work / "weights" / WEIGHTS[stage], summary_path(arguments.work / stage)):
             path.unlink(missing_ok=True)
     with lpips_weights_from(arguments.start):
-        status = train_gpu.main(announced("base", stage_arguments("base", arguments, budget(arguments.base_share))))
-        finished("base")
+        try:
+            status = train_gpu.main(announced("base", stage_arguments("base", arguments,
+                                                                      budget(arguments.base_share))))
+        finally:
+            finished("base")  # its log, at least, whatever happened
         if status:
             return status
         if torch.cuda.is_available():
@@ -372,8 +379,8 @@ def parser() -> argparse.ArgumentParser:
     training.add_argument("--device", help="(default: CUDA where present)")
     training.add_argument("--threads", type=int)
     training.add_argument("--no-compile", action="store_true")
-    training.add_argument("--profile-steps", type=int, default=10,
-                          help="Steps of each stage profiled after its first 50, in the log (default 10; 0: none).")
+    training.add_argument("--profile-steps", type=int, default=0,
+                          help="Steps of each stage profiled after its first 50, in the log (default 0: none).")
 
     joining = commands.add_parser("join", help="Check the returned weights and put them in a folder of their own.")
     joining.add_argument("output", type=Path, help="What train wrote to --output.")
@@ -392,6 +399,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; its time budget counts from the script's launch, or, called with `argv`
+    from other code, from the call."""
+    launched = LAUNCHED if argv is None else time.time()
     arguments = parser().parse_args(argv)
     try:
         if arguments.command == "pack":
@@ -399,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         elif arguments.command == "join":
             join(arguments.output, arguments.destination, arguments.settings_from, arguments.level_tables_from)
         else:
-            return train(arguments)
+            return train(arguments, launched)
     except DiracError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

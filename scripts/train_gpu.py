@@ -54,6 +54,7 @@ from diraccodec.training.restoration import (  # noqa: E402
 from diraccodec.transforms.networks import HYPER_STRIDE  # noqa: E402
 
 DEFAULT_MINUTES = 9.0
+SHORTEST_MINUTES = 0.1  # a run whose deadline has passed still starts, saves and exports
 DEFAULT_BATCH = {"base": 64, "diffusion": 32, "restoration": 32}
 TRAINERS = {"base": train_base, "diffusion": train_diffusion, "restoration": train_restoration}
 EXPORTERS = {"base": export_base_checkpoint, "diffusion": export_diffusion_checkpoint,
@@ -81,6 +82,8 @@ def parser() -> argparse.ArgumentParser:
     budget = cli.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help=f"Wall-clock budget of this run (default {DEFAULT_MINUTES:g}).")
     budget.add_argument("--steps", type=int, help="Train to this total step count instead of a time budget.")
+    budget.add_argument("--deadline", type=float, help="End of the budget as seconds since the epoch, so that "
+                        "the start-up is counted too (what a process that launches this one passes).")
     cli.add_argument("--stop-after", type=int, help="Take at most this many steps in this run.")
     cli.add_argument("--batch-size", type=int, help="Crops per step (default 64 for base, 32 for the others).")
     cli.add_argument("--patch-size", type=int, default=128, help="Crop side in pixels (default 128).")
@@ -206,6 +209,8 @@ def copy_results(state: Path, log: Path, output: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parser().parse_args(argv)
+    if arguments.deadline is not None:  # the time left, whatever this process's start took
+        arguments.minutes = max((arguments.deadline - time.time()) / 60, SHORTEST_MINUTES)
     if arguments.steps is None and arguments.minutes is None:
         arguments.minutes = DEFAULT_MINUTES
     state = state_folder(arguments.state or Path("checkpoints") / arguments.model)
@@ -236,9 +241,14 @@ def main(argv: list[str] | None = None) -> int:
             console.print(traceback.format_exc(), markup=False, highlight=False)
             failed = True
         if arguments.export and state_exists(state):
-            EXPORTERS[arguments.model](state, arguments.export)
-            saved = " (the last state saved before the fault)" if failed else ""
-            console.print(f"exported {arguments.export}{saved}")
+            try:
+                EXPORTERS[arguments.model](state, arguments.export)
+                saved = " (the last state saved before the fault)" if failed else ""
+                console.print(f"exported {arguments.export}{saved}")
+            except Exception:  # the state stays, to export elsewhere; the log and parts still go out
+                console.print(traceback.format_exc(), markup=False, highlight=False)
+                console.print(f"export failed: the state {state} is kept")
+                failed = True
     if arguments.output:
         copy_results(state, log, arguments.output)
     print(f"summary: {summary_path(state)}", file=sys.stderr)

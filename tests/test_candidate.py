@@ -89,10 +89,29 @@ def test_a_diffusion_run_starts_from_a_restoration_filter_deepened(tmp_path):
     assert json.loads(trained.metadata["info"])["start_from"] == str(DEFAULT_RESTORATION_WEIGHTS)
 
 
-def test_each_stage_ends_by_its_deadline_counted_from_the_start(script):
-    assert script.stage_minutes(10.0, 0.55, elapsed=0.0) == pytest.approx(5.5)
-    assert script.stage_minutes(10.0, 1.0, elapsed=6.5) == pytest.approx(3.5)  # a late start costs the rest
-    assert script.stage_minutes(10.0, 1.0, elapsed=9.99) == pytest.approx(script.SHORTEST_STAGE_MINUTES)
+def test_each_stage_ends_by_its_deadline_counted_from_the_launch(script):
+    launched = 1_000_000.0
+    assert script.stage_deadline(10.0, 0.55, now=launched + 20, launched=launched) == launched + 330
+    assert script.stage_deadline(10.0, 1.0, now=launched + 390, launched=launched) == launched + 600  # late: less
+    assert script.stage_deadline(10.0, 1.0, now=launched + 599.4, launched=launched) == pytest.approx(
+        launched + 599.4 + 60 * script.SHORTEST_STAGE_MINUTES)
+
+
+def test_a_stage_given_a_deadline_counts_its_own_start_up(script, tmp_path, monkeypatch):
+    import time
+
+    import train_gpu  # beside the script, on the path it set
+
+    seen = {}
+
+    def trainer(options, console):
+        seen["minutes"] = options.minutes
+
+    monkeypatch.setitem(train_gpu.TRAINERS, "base", trainer)
+    assert train_gpu.main(["base", "--state", str(tmp_path / "base"), "--deadline", str(time.time() + 90)]) == 0
+    assert seen["minutes"] == pytest.approx(1.5, abs=0.05)  # the time left when it runs, not the launcher's
+    assert train_gpu.main(["base", "--state", str(tmp_path / "base"), "--deadline", "5"]) == 0  # long past
+    assert seen["minutes"] == train_gpu.SHORTEST_MINUTES
 
 
 @pytest.mark.slow

@@ -260,6 +260,39 @@ def test_a_slow_first_step_does_not_end_a_budgeted_run_early(photo_folder: Path,
     assert summary["steps_this_run"] > 10
 
 
+def test_a_fault_mid_run_saves_the_steps_taken_before_it_goes_on(photo_folder: Path, tmp_path: Path, monkeypatch):
+    """An out-of-memory error or a kernel's fault between saves (every few minutes) lost every
+    step since the last one: the state is saved where the fault came, then the error goes on."""
+    from diraccodec.training import loop
+
+    take_step, taken = loop._take_step, []
+
+    def faulting_third(*arguments):
+        taken.append(1)
+        if len(taken) == 3:
+            raise RuntimeError("CUDA out of memory")
+        return take_step(*arguments)
+
+    monkeypatch.setattr(loop, "_take_step", faulting_third)
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        train_base(options(photo_folder, tmp_path / "ck", 5))  # checkpoint_minutes 1e9: no save of its own
+    assert read_state(tmp_path / "ck")[0].step == 2
+
+
+def test_a_compiled_run_says_what_the_compiler_made_of_its_steps(photo_folder: Path, tmp_path: Path, monkeypatch):
+    """A compiler that gives up runs the steps uncompiled and quietly: the summary counts its graphs."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))  # no C++ build here
+    compiled = options(photo_folder, tmp_path / "ck", 2)
+    compiled.compile = True
+    train_base(compiled)
+    summary = json.loads(summary_path(tmp_path / "ck").read_text())
+    assert summary["compiled"] and summary["compiled_graphs"] >= 1 and summary["graph_breaks"] >= 0
+    train_base(options(photo_folder, tmp_path / "plain", 1))
+    assert "compiled_graphs" not in json.loads(summary_path(tmp_path / "plain").read_text())
+
+
 def test_entropy_finetune_lowers_the_rate_and_leaves_the_transforms_alone(photo_folder: Path, tmp_path: Path,
                                                                            capsys):
     from diraccodec import api

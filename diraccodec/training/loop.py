@@ -288,39 +288,46 @@ def _train_until_stopped(
 
     last_save, saved_step, next_step_seconds = time.monotonic(), state.step, 0.0
     with _stop_requests() as stop:
-        while True:
-            out_of_time = end is not None and time.monotonic() + next_step_seconds + margin > end
-            stopped_by = _stop_reason(options, state.step, state.step - first_step, stop.requested, out_of_time)
-            if stopped_by:
-                break
-            if end is not None:
-                _fit_steps_to_time(options, state.step, end - margin, pace, console)
-            step_started = time.monotonic()
-            profiled.before_step(state.step - first_step)
-            figures = _take_step(run, options, next_loss)
-            profile_lines = profiled.after_step(state.step - first_step)
-            for line in profile_lines:
-                console.print(line, markup=False, highlight=False, soft_wrap=True)
-            if profile_lines and profiled.seconds:
-                speed.leave_out(profiled.steps, profiled.seconds)
-            speed.stepped(state.step - first_step)
-            now = time.monotonic()
-            step_seconds = now - step_started
-            # the next step takes as long as this one, but for the first, which compiles on a GPU
-            # (its time would stop a run with less than a compilation left); the speed is
-            # measured from there too (_Pace)
-            next_step_seconds = step_seconds if state.step - first_step > 1 else 0.0
-            if state.step - first_step == 1:
-                pace.step, pace.since = state.step, now
-            state.seconds += step_seconds
-            for name, value in figures.items():  # kept on the device: no GPU sync per step
-                window.setdefault(name, []).append(value.detach())
-            if state.step % options.log_every == 0 or state.step == options.steps:
-                log()
-            if now - last_save > options.checkpoint_minutes * 60:
-                run.save(options)
-                margin = max(margin, 2 * (time.monotonic() - now))  # a save must fit in the margin
-                last_save, saved_step = time.monotonic(), state.step
+        try:
+            while True:
+                out_of_time = end is not None and time.monotonic() + next_step_seconds + margin > end
+                stopped_by = _stop_reason(options, state.step, state.step - first_step, stop.requested, out_of_time)
+                if stopped_by:
+                    break
+                if end is not None:
+                    _fit_steps_to_time(options, state.step, end - margin, pace, console)
+                step_started = time.monotonic()
+                profiled.before_step(state.step - first_step)
+                figures = _take_step(run, options, next_loss)
+                profile_lines = profiled.after_step(state.step - first_step)
+                for line in profile_lines:
+                    console.print(line, markup=False, highlight=False, soft_wrap=True)
+                if profile_lines and profiled.seconds:
+                    speed.leave_out(profiled.steps, profiled.seconds)
+                speed.stepped(state.step - first_step)
+                now = time.monotonic()
+                step_seconds = now - step_started
+                # the next step takes as long as this one, but for the first, which compiles on a GPU
+                # (its time would stop a run with less than a compilation left); the speed is
+                # measured from there too (_Pace)
+                next_step_seconds = step_seconds if state.step - first_step > 1 else 0.0
+                if state.step - first_step == 1:
+                    pace.step, pace.since = state.step, now
+                state.seconds += step_seconds
+                for name, value in figures.items():  # kept on the device: no GPU sync per step
+                    window.setdefault(name, []).append(value.detach())
+                if state.step % options.log_every == 0 or state.step == options.steps:
+                    log()
+                if now - last_save > options.checkpoint_minutes * 60:
+                    run.save(options)
+                    margin = max(margin, 2 * (time.monotonic() - now))  # a save must fit in the margin
+                    last_save, saved_step = time.monotonic(), state.step
+        except Exception:  # a fault mid-run (out of memory, a kernel's): keep the steps since the last save
+            if state.step != saved_step:
+                with suppress(Exception):  # a device that faulted may not give its tensors back
+                    run.save(options)
+                    console.print(f"fault at step {state.step}: the state is saved there")
+            raise
     with suppress(Exception):  # a run that ended while it profiled; a fault costs nothing
         profiled.stop()
     measured = speed.summary(state.step - first_step)  # before the last save and log line
@@ -374,6 +381,19 @@ def _take_step(run: TrainingRun, options: LoopOptions,
     return figures
 
 
+def _compilation(run: TrainingRun) -> dict[str, int]:
+    """What torch.compile made of the steps: graphs compiled and breaks between them (none
+    compiled: it gave up, and the steps ran uncompiled; suppress_errors keeps that quiet)."""
+    if run.step_model is run.model:
+        return {}
+    with suppress(Exception):  # the compiler's own counters, not a public interface
+        from torch._dynamo.utils import counters
+
+        return {"compiled_graphs": int(counters["stats"]["unique_graphs"]),
+                "graph_breaks": int(sum(counters["graph_break"].values()))}
+    return {}
+
+
 def _summary(run: TrainingRun, options: LoopOptions, stopped_by: str, steps: int,
              measured: dict[str, float | None], logged: list[dict[str, float]]) -> dict[str, Any]:
     """What the run did, written as JSON beside the state (replacing the previous run's)."""
@@ -390,6 +410,7 @@ def _summary(run: TrainingRun, options: LoopOptions, stopped_by: str, steps: int
         "last_figures": logged[-1] if logged else {},
         "device": str(run.device),
         "compiled": run.step_model is not run.model,
+        **_compilation(run),
         "channels_last": run.channels_last,
         "bf16": options.bf16,
         "part_bytes": [part.stat().st_size for part in state_parts(options.checkpoint)],
