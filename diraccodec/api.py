@@ -56,8 +56,8 @@ from diraccodec.image.profiles import compress_profile, describes_srgb
 from diraccodec.modelfiles import (
     DiffusionWeights,
     default_diffusion_path,
-    default_restoration_path,
     default_weights_path,
+    installed_restoration_path,
     load_base_weights,
     load_diffusion_weights,
     load_restoration_weights,
@@ -213,8 +213,8 @@ def _restorer(weights: Path, compute: Compute) -> _InstalledFilter:
 
 
 def _installed_restorer(compute: Compute) -> _InstalledFilter | None:
-    path = default_restoration_path()  # read on every call: $DIRAC_RESTORATION_WEIGHTS may change
-    return _restorer(path.resolve(), compute) if path.exists() else None
+    path = installed_restoration_path()
+    return _restorer(path.resolve(), compute) if path is not None else None
 
 
 def get_restorer(codec: BaseCodec) -> Restorer | None:

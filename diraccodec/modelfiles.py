@@ -299,11 +299,23 @@ def default_restoration_path() -> Path:
     return Path(os.environ.get(RESTORATION_ENV, DEFAULT_RESTORATION_WEIGHTS))
 
 
+def installed_restoration_path() -> Path | None:
+    """The restoration weights a decode uses (read on every call: $DIRAC_RESTORATION_WEIGHTS
+    may change): the file that variable names, which must exist (a misspelt name would quietly
+    give unrestored pixels), else the shipped file, or None where it is not installed."""
+    named = os.environ.get(RESTORATION_ENV)
+    if named:
+        if not Path(named).exists():
+            raise DiracError(f"no restoration weights at {named} (${RESTORATION_ENV})")
+        return Path(named)
+    return DEFAULT_RESTORATION_WEIGHTS if DEFAULT_RESTORATION_WEIGHTS.exists() else None
+
+
 def load_restoration_weights(path: Path | None = None) -> RestorationWeights | None:
     """The restoration filter's weights, or None when the default file is not installed."""
     if path is None:
-        path = default_restoration_path()  # read on every call: $DIRAC_RESTORATION_WEIGHTS may change
-        if not path.exists():
+        path = installed_restoration_path()
+        if path is None:
             return None
     return _load_restoration_file(Path(path).resolve())
 

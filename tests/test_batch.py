@@ -238,6 +238,9 @@ def test_a_folder_converted_in_place_keeps_its_originals_even_when_overwriting(t
     refused = sorted(Path(r.job.source).name for r in results if r.status == "failed")
     assert refused == sorted([f"{name}.drc" for name in NAMES] + [f"{name}.png" for name in NAMES])
     assert all("is an input of this batch" in r.message for r in results)
+    unforced = BatchSettings(quality=1, effort=1)  # without --overwrite too: failed, not "skipped" as if done
+    results = run_batch(plan_jobs(five_photos, five_photos, unforced), unforced, 1, lambda result: None)
+    assert all(r.status == "failed" and "is an input of this batch" in r.message for r in results)
     assert {name: (five_photos / f"{name}.png").read_bytes() for name in NAMES} == originals
     loop = tmp_path / "elsewhere"
     loop.mkdir()
@@ -248,6 +251,21 @@ def test_a_folder_converted_in_place_keeps_its_originals_even_when_overwriting(t
     assert all(job.replaces_source for job in plan_jobs(five_photos, link, settings))
     assert all(job.replaces_source for job in plan_jobs(five_photos.absolute(), Path(os.path.relpath(five_photos)),
                                                         settings))
+
+
+def test_a_file_where_an_inputs_subfolder_must_be_fails_that_input_by_name(tmp_path, small_image):
+    source, destination = tmp_path / "in", tmp_path / "out"
+    (source / "sub").mkdir(parents=True)
+    small_image.save(source / "a.png")
+    small_image.save(source / "sub" / "b.png")
+    destination.mkdir()
+    (destination / "sub").touch()  # a file named as the subfolder
+    settings = BatchSettings(quality=1, effort=1)
+    results = {Path(r.job.source).name: r for r in run_batch(plan_jobs(source, destination, settings), settings, 1,
+                                                              lambda result: None)}
+    assert results["a.png"].status == "converted" and results["b.png"].status == "failed"
+    folder = destination / "sub"
+    assert results["b.png"].message == f"cannot write {folder / 'b.drc'}: {folder} is not a folder"
 
 
 def test_a_destination_inside_the_source_is_not_read_as_input(tmp_path, five_photos):

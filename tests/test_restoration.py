@@ -109,6 +109,19 @@ def test_a_diffusion_decoder_s_file_is_refused_as_the_filter(small_image, tmp_pa
     assert not (tmp_path / "a.png").exists()
 
 
+def test_a_filter_named_where_none_is_fails_rather_than_decoding_unrestored(small_image, tmp_path, monkeypatch):
+    """A misspelt $DIRAC_RESTORATION_WEIGHTS gave the base synthesis alone, silently."""
+    path = tmp_path / "a.drc"
+    path.write_bytes(diraccodec.encode(small_image, 2, effort=1))
+    monkeypatch.setenv("DIRAC_RESTORATION_WEIGHTS", str(tmp_path / "restoraton.safetensors"))
+    result = CliRunner().invoke(main, ["decode", str(path), "-o", str(tmp_path / "a.png")])
+    assert result.exit_code == 2 and not (tmp_path / "a.png").exists()
+    assert result.output == (f"dirac: error: no restoration weights at {tmp_path / 'restoraton.safetensors'} "
+                             f"($DIRAC_RESTORATION_WEIGHTS)\n")
+    info = CliRunner().invoke(main, ["info", str(path)])
+    assert info.exit_code == 0 and "unavailable (no restoration weights at" in info.output
+
+
 def test_training_starts_from_the_diffusion_unet_and_exports_a_filter(sample_image, diffusion_weights, tmp_path):
     from diraccodec.modelfiles import load_diffusion_weights, load_restoration_weights
     from diraccodec.training.restoration import RestorationTrainingOptions, restoration_loss, train_restoration

@@ -119,11 +119,11 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
         return JobResult(job, "failed", f"converts to the same output as {job.same_output_as}; rename one of them")
     try:
         source, target = storage_for(job.source), storage_for(job.target)
-        if not settings.overwrite and target.exists(job.target):
-            return JobResult(job, "skipped", "output exists")
-        if job.replaces_source:
+        if job.replaces_source:  # whether or not it may overwrite: not "skipped", as if it were done
             return JobResult(job, "failed", f"its output {job.target} is an input of this batch, left as it is: "
                                             f"convert into another folder")
+        if not settings.overwrite and target.exists(job.target):
+            return JobResult(job, "skipped", "output exists")
         data = source.read(job.source)
         if job.encodes:
             quality = None if settings.size is not None or settings.bpp is not None else settings.quality

@@ -182,10 +182,20 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException as error:  # Ctrl-C, SIGTERM (raised by the CLI) and failures alike
         _remove(made)
         if isinstance(error, OSError):
-            raise OutputWriteError(f"cannot write {shown}: {error.strerror or error}") from None
+            raise OutputWriteError(f"cannot write {shown}: {_why_not_written(target, error)}") from None
         raise
     finally:
         _forget_unfinished(made)
+
+
+def _why_not_written(target: Path, error: OSError) -> str:
+    """The error's reason, or which file stands where a folder on the way must be (mkdir says
+    only "File exists", or "Not a directory" further down)."""
+    if isinstance(error, FileExistsError | NotADirectoryError):
+        for folder in reversed(target.parents):
+            if os.path.lexists(folder) and not folder.is_dir():
+                return f"{folder} is not a folder"
+    return error.strerror or str(error)
 
 
 def image_format_for(path: Path) -> str:
