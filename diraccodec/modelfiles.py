@@ -299,11 +299,17 @@ def default_restoration_path() -> Path:
     return Path(os.environ.get(RESTORATION_ENV, DEFAULT_RESTORATION_WEIGHTS))
 
 
+NO_RESTORATION = "none"  # $DIRAC_RESTORATION_WEIGHTS for 0 steps without the filter (the base synthesis)
+
+
 def installed_restoration_path() -> Path | None:
     """The restoration weights a decode uses (read on every call: $DIRAC_RESTORATION_WEIGHTS
     may change): the file that variable names, which must exist (a misspelt name would quietly
-    give unrestored pixels), else the shipped file, or None where it is not installed."""
+    give unrestored pixels; `none` asks for no filter), else the shipped file, or None where it
+    is not installed."""
     named = os.environ.get(RESTORATION_ENV)
+    if named == NO_RESTORATION:
+        return None
     if named:
         if not Path(named).exists():
             raise DiracError(f"no restoration weights at {named} (${RESTORATION_ENV})")

@@ -89,7 +89,7 @@ def test_info_says_whether_a_decoder_trained_on_the_filter_can_run(small_image, 
     monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(diffusion))
     output = " ".join(CliRunner().invoke(main, ["info", str(path)]).output.split())
     assert "available (diffusion.safetensors); decode with --steps N (its full effect from 12)" in output
-    monkeypatch.setenv("DIRAC_RESTORATION_WEIGHTS", str(tmp_path / "absent.safetensors"))
+    monkeypatch.setenv("DIRAC_RESTORATION_WEIGHTS", "none")  # no filter installed
     output = " ".join(CliRunner().invoke(main, ["info", str(path)]).output.split())
     assert f"enhances the output of restoration weights {filter_id.hex()}, which are not installed" in output
 
@@ -120,6 +120,9 @@ def test_a_filter_named_where_none_is_fails_rather_than_decoding_unrestored(smal
                              f"($DIRAC_RESTORATION_WEIGHTS)\n")
     info = CliRunner().invoke(main, ["info", str(path)])
     assert info.exit_code == 0 and "unavailable (no restoration weights at" in info.output
+    monkeypatch.setenv("DIRAC_RESTORATION_WEIGHTS", "none")  # asked for by name: the base synthesis alone
+    assert diraccodec.decode(path.read_bytes(), 0).tobytes() == diraccodec.decode(path.read_bytes(), 0,
+                                                                                   restore=False).tobytes()
 
 
 def test_training_starts_from_the_diffusion_unet_and_exports_a_filter(sample_image, diffusion_weights, tmp_path):
