@@ -344,42 +344,49 @@ def parser() -> argparse.ArgumentParser:
     packing.add_argument("--no-lpips", dest="lpips", action="store_false", help="Leave out LPIPS VGG16.")
 
     training = commands.add_parser("train", help="Train the three models in turn within one budget.")
-    training.add_argument("--start", type=Path, required=True, help="A folder written by pack.")
-    training.add_argument("--data", type=Path, action="append", required=True, help="Photos or packed shards.")
+    training.add_argument("--start", type=train_gpu.existing, required=True, help="A folder written by pack.")
+    training.add_argument("--data", type=train_gpu.existing, action="append", required=True,
+                          help="Photos or packed shards.")
     budget = training.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, default=9.0, help="The whole run's budget (default 9).")
-    budget.add_argument("--steps", type=int, help="Train each stage to this many steps instead (tiny runs).")
-    training.add_argument("--base-share", type=float, default=0.55,
+    budget.add_argument("--minutes", type=train_gpu.POSITIVE, default=9.0,
+                        help="The whole run's budget, counted from the launch (default 9).")
+    budget.add_argument("--steps", type=train_gpu.POSITIVE_INT,
+                        help="Train each stage to this many steps instead (tiny runs).")
+    training.add_argument("--base-share", type=train_gpu.within(float, 0, 1, above=True, below=True), default=0.55,
                           help="The base's share of --minutes; the U-Nets train side by side in the rest "
                                "(default 0.55).")
     training.add_argument("--work", type=Path, default=Path(".gpu/candidate"),
                           help="The stages' states and exported weights (default .gpu/candidate).")
     training.add_argument("--output", type=Path, help="Where the weights, the log and candidate.json go.")
-    training.add_argument("--context", choices=("none", "checkerboard"), default="checkerboard")
+    training.add_argument("--context", choices=("none", "checkerboard"), default="checkerboard",
+                          help="The base's entropy model: checkerboard (default; a start without one gains it "
+                               "at zero) or none.")
     training.add_argument("--lambdas", type=train_gpu.numbers(float, 8), default=LADDER,
                           help="The base's ladder (default: 0.0001 ... 0.1, geometric).")
     training.add_argument("--train-hyperprior", action="store_true",
                           help="Train the base's hyperprior too (default: kept as the start has it).")
-    training.add_argument("--analysis-channels", type=int,
+    training.add_argument("--analysis-channels", type=train_gpu.POSITIVE_INT,
                           help="Grow the base's analysis to this width (default: the start's).")
-    training.add_argument("--synthesis-channels", type=int,
+    training.add_argument("--synthesis-channels", type=train_gpu.POSITIVE_INT,
                           help="Grow the base's synthesis to this width (default: the start's).")
-    training.add_argument("--latent-channels", type=int,
+    training.add_argument("--latent-channels", type=train_gpu.POSITIVE_INT,
                           help="Grow the base's latents to this many channels, M (default: the start's); a frozen "
                                "hyperprior learns their means and scales alone.")
-    training.add_argument("--batch-sizes", type=train_gpu.numbers(int, 3), default=(128, 32, 32),
+    training.add_argument("--batch-sizes", type=train_gpu.numbers(int, 3, train_gpu.POSITIVE_INT),
+                          default=(128, 32, 32),
                           help="Crops per step of the base, the restoration filter and the diffusion decoder "
                                "(default 128,32,32).")
-    training.add_argument("--patch-sizes", type=train_gpu.numbers(int, 3), default=(128, 128, 128),
-                          help="Their crop sides (default 128,128,128: of the shard's 1,407 photos, 2x "
-                               "downscaled, 126 are 256 pixels a side).")
-    training.add_argument("--adversarial-weight", type=float, default=0.0,
+    training.add_argument("--patch-sizes", type=train_gpu.numbers(int, 3, train_gpu.within(int, 64)),
+                          default=(128, 128, 128),
+                          help="Their crop sides, multiples of 64 (default 128,128,128: of the shard's 1,407 "
+                               "photos, 2x downscaled, 126 are 256 pixels a side).")
+    training.add_argument("--adversarial-weight", type=train_gpu.NON_NEGATIVE, default=0.0,
                           help="The diffusion decoder's adversarial term (default 0: none).")
-    training.add_argument("--seed", type=int, default=0)
-    training.add_argument("--device", help="(default: CUDA where present)")
-    training.add_argument("--threads", type=int)
-    training.add_argument("--no-compile", action="store_true")
-    training.add_argument("--profile-steps", type=int, default=0,
+    training.add_argument("--seed", type=int, default=0, help="Seeds each stage's crops (default 0).")
+    training.add_argument("--device", help="cuda or cpu (default: CUDA where present).")
+    training.add_argument("--threads", type=train_gpu.POSITIVE_INT, help="CPU threads for torch.")
+    training.add_argument("--no-compile", action="store_true", help="No torch.compile (default: on CUDA).")
+    training.add_argument("--profile-steps", type=train_gpu.NON_NEGATIVE_INT, default=0,
                           help="Steps of each stage profiled after its first 50, in the log (default 0: none).")
 
     joining = commands.add_parser("join", help="Check the returned weights and put them in a folder of their own.")

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -51,7 +53,6 @@ from diraccodec.training.restoration import (  # noqa: E402
     export_restoration_checkpoint,
     train_restoration,
 )
-from diraccodec.transforms.networks import HYPER_STRIDE  # noqa: E402
 
 DEFAULT_MINUTES = 9.0
 SHORTEST_MINUTES = 0.1  # a run whose deadline has passed still starts, saves and exports
@@ -61,11 +62,39 @@ EXPORTERS = {"base": export_base_checkpoint, "diffusion": export_diffusion_check
              "restoration": export_restoration_checkpoint}
 
 
-def numbers(kind: type, count: int | None = None) -> Any:
-    """An argparse type for comma-separated numbers (exactly `count` of them where given)."""
+def within(kind: type, low: float = -math.inf, high: float = math.inf, *, above: bool = False,
+           below: bool = False) -> Callable[[str], Any]:
+    """An argparse type for a number from `low` to `high` (`above`, `below`: not the bound itself)."""
+    bounds = " and ".join(part for part in (
+        f"{'above' if above else 'at least'} {low:g}" if low > -math.inf else "",
+        f"{'below' if below else 'at most'} {high:g}" if high < math.inf else "") if part)
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") \
+                from None
+        if value < low or value > high or (above and value == low) or (below and value == high) or value != value:
+            raise argparse.ArgumentTypeError(f"{text} is not {bounds}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT, POSITIVE = within(int, 1), within(float, 0, above=True)
+NON_NEGATIVE_INT, NON_NEGATIVE = within(int, 0), within(float, 0)
+
+
+def numbers(kind: type, count: int | None = None, each: Callable[[str], Any] | None = None) -> Any:
+    """An argparse type for comma-separated numbers (exactly `count` of them where given), each
+    parsed by `each` where given (a range check), else by `kind`."""
 
     def parse(text: str) -> tuple[Any, ...]:
-        values = tuple(kind(value) for value in text.split(","))
+        try:
+            values = tuple((each or kind)(value) for value in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a list of {kind.__name__} values") from None
         if count is not None and len(values) != count:
             raise argparse.ArgumentTypeError(f"{count} comma-separated values expected, got {text!r}")
         return values
@@ -73,41 +102,55 @@ def numbers(kind: type, count: int | None = None) -> Any:
     return parse
 
 
+def existing(text: str) -> Path:
+    """An argparse type for a file or folder that must be there (a missing one would look empty)."""
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
+    return Path(text)
+
+
 def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("model", choices=sorted(TRAINERS))
     cli.add_argument("--state", type=Path, help="The state's folder, resumed if it exists (default checkpoints/MODEL).")
-    cli.add_argument("--data", type=Path, action="append", help=f"Folders of photos or packed shards "
+    cli.add_argument("--data", type=existing, action="append", help=f"Folders of photos or packed shards "
                      f"(repeatable; default {DEFAULT_TRAIN_DATA}). Held-out photos are never trained on.")
     budget = cli.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, help=f"Wall-clock budget of this run (default {DEFAULT_MINUTES:g}).")
-    budget.add_argument("--steps", type=int, help="Train to this total step count instead of a time budget.")
+    budget.add_argument("--minutes", type=POSITIVE,
+                        help=f"Wall-clock budget of this run (default {DEFAULT_MINUTES:g}).")
+    budget.add_argument("--steps", type=POSITIVE_INT, help="Train to this total step count instead of a time budget.")
     budget.add_argument("--deadline", type=float, help="End of the budget as seconds since the epoch, so that "
                         "the start-up is counted too (what a process that launches this one passes).")
-    cli.add_argument("--stop-after", type=int, help="Take at most this many steps in this run.")
-    cli.add_argument("--batch-size", type=int, help="Crops per step (default 64 for base, 32 for the others).")
-    cli.add_argument("--patch-size", type=int, default=128, help="Crop side in pixels (default 128).")
-    cli.add_argument("--lr", type=float, help="Peak learning rate (default 2e-4).")
-    cli.add_argument("--seed", type=int, default=0)
-    cli.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    cli.add_argument("--threads", type=int, help="CPU threads for torch.")
+    cli.add_argument("--stop-after", type=NON_NEGATIVE_INT, help="Take at most this many steps in this run.")
+    cli.add_argument("--batch-size", type=POSITIVE_INT, help="Crops per step (default 64 for base, 32 for the others).")
+    cli.add_argument("--patch-size", type=within(int, 64), default=128,
+                     help="Crop side in pixels, a multiple of 64 (default 128).")
+    cli.add_argument("--lr", type=POSITIVE, help="Peak learning rate (default 2e-4).")
+    cli.add_argument("--seed", type=int, default=0, help="Seeds the crops and new weights (default 0).")
+    cli.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                     help="cuda or cpu (default: cuda where present).")
+    cli.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for torch.")
     cli.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on CUDA).")
     cli.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="(default: on CUDA).")
     cli.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the forward pass.")
-    cli.add_argument("--average-decay", type=float, default=0.0, help="Weight average to export (e.g. 0.999).")
-    cli.add_argument("--checkpoint-minutes", type=float, default=3.0, help="Save this often (default 3).")
-    cli.add_argument("--save-margin", type=float, default=15.0, help="Seconds kept for the last save (default 15).")
-    cli.add_argument("--part-mib", type=float, default=15.0, help="Largest part of the saved state (default 15).")
+    cli.add_argument("--average-decay", type=within(float, 0, 1, below=True), default=0.0,
+                     help="Weight average to export (e.g. 0.999).")
+    cli.add_argument("--checkpoint-minutes", type=POSITIVE, default=3.0, help="Save this often (default 3).")
+    cli.add_argument("--save-margin", type=NON_NEGATIVE, default=15.0,
+                     help="Seconds kept for the last save (default 15).")
+    cli.add_argument("--part-mib", type=POSITIVE, default=15.0,
+                     help="Largest part of the saved state (default 15).")
     cli.add_argument("--exact-moments", action="store_true",
                      help="Save Adam moments in float32 (bit-exact resume) instead of bfloat16.")
-    cli.add_argument("--log-every", type=int, default=50)
-    cli.add_argument("--profile-steps", type=int, default=0,
+    cli.add_argument("--log-every", type=POSITIVE_INT, default=50, help="Steps per log line (default 50).")
+    cli.add_argument("--profile-steps", type=NON_NEGATIVE_INT, default=0,
                      help="Profile this many steps after the first --profile-after and log where their time went.")
-    cli.add_argument("--profile-after", type=int, default=50, help="(default 50: compilation and warm-up done).")
+    cli.add_argument("--profile-after", type=NON_NEGATIVE_INT, default=50,
+                     help="(default 50: compilation and warm-up done).")
     base = cli.add_argument_group("base codec (a resumed run keeps its state's size)")
-    base.add_argument("--channels", type=int, default=96, help="N, the transforms' width (default 96).")
-    base.add_argument("--latent-channels", type=int, help="M, the latents' channels (default: the start's, else "
-                      "160); from --start-from the new latents start at 0 beside the trained ones.")
+    base.add_argument("--channels", type=POSITIVE_INT, default=96, help="N, the transforms' width (default 96).")
+    base.add_argument("--latent-channels", type=POSITIVE_INT, help="M, the latents' channels (default: the "
+                      "start's, else 160); from --start-from the new latents start at 0 beside the trained ones.")
     base.add_argument("--context", choices=CONTEXTS, default="none",
                       help="A new run's entropy model: none (the hyperprior alone) or checkerboard.")
     base.add_argument("--lambdas", type=numbers(float, 8), help="A new run's rate-distortion trade-offs, ascending "
@@ -115,19 +158,27 @@ def parser() -> argparse.ArgumentParser:
     base.add_argument("--freeze-hyperprior", action="store_true",
                       help="A new run keeps its start's hyperprior (but for new latents' means and scales) and "
                            "trains the transforms, gains and context.")
-    base.add_argument("--analysis-channels", type=int, help="A new run's analysis width (default: the start's, "
-                      "else --channels); from --start-from a wider one grows out of the trained one.")
-    base.add_argument("--synthesis-channels", type=int, help="A new run's synthesis width, likewise.")
+    base.add_argument("--analysis-channels", type=POSITIVE_INT, help="A new run's analysis width (default: the "
+                      "start's, else --channels); from --start-from a wider one grows out of the trained one.")
+    base.add_argument("--synthesis-channels", type=POSITIVE_INT, help="A new run's synthesis width, likewise.")
     stages = cli.add_argument_group("diffusion decoder and restoration filter")
-    stages.add_argument("--weights", type=Path, default=DEFAULT_BASE_WEIGHTS, help="The frozen base codec's weights.")
-    stages.add_argument("--widths", type=numbers(int), help="The U-Net's widths, e.g. 32,64,128 (a new run's).")
-    stages.add_argument("--blocks", type=int, help="Residual blocks per resolution (deepens a saved state).")
-    stages.add_argument("--lpips-weight", type=float, default=0.0)
-    stages.add_argument("--adversarial-weight", type=float, default=0.0,
+    stages.add_argument("--weights", type=Path, default=DEFAULT_BASE_WEIGHTS,
+                        help="The frozen base codec's weights (default: the shipped ones, not $DIRAC_WEIGHTS).")
+    stages.add_argument("--widths", type=numbers(int, each=POSITIVE_INT),
+                        help="The diffusion U-Net's widths, e.g. 32,64,128 (a new run's; the filter keeps "
+                             "its start's).")
+    stages.add_argument("--blocks", type=POSITIVE_INT,
+                        help="The diffusion U-Net's residual blocks per resolution (deepens a saved state).")
+    stages.add_argument("--lpips-weight", type=NON_NEGATIVE, default=0.0,
+                        help="Weight of the LPIPS (VGG16) term of the diffusion loss (default 0: none).")
+    stages.add_argument("--adversarial-weight", type=NON_NEGATIVE, default=0.0,
                         help="Weight of the adversarial term; above 0 a new diffusion run trains a critic beside it.")
-    stages.add_argument("--own-prediction-fraction", type=float, default=0.0)
-    stages.add_argument("--relative-loss", action="store_true")
-    stages.add_argument("--level-range", type=numbers(float, 2), metavar="LOW,HIGH")
+    stages.add_argument("--own-prediction-fraction", type=within(float, 0, 1), default=0.0,
+                        help="Share of diffusion steps trained on the model's own prediction (default 0).")
+    stages.add_argument("--relative-loss", action="store_true",
+                        help="Weigh the diffusion loss by the residual's size at each level.")
+    stages.add_argument("--level-range", type=numbers(float, 2), metavar="LOW,HIGH",
+                        help="The levels the U-Net is trained at (default: 1 to the base's top level).")
     stages.add_argument("--on-restored", type=Path, help="Enhance this restoration filter's output (diffusion).")
     cli.add_argument("--start-from", type=Path, help="Weights a new run starts from: base weights for the base "
                      "(default: none; a context model they lack starts at zero); diffusion or restoration "
@@ -159,8 +210,6 @@ def training_options(arguments: argparse.Namespace, state: Path) -> LoopOptions:
     if arguments.lr is not None:
         common["learning_rate"] = arguments.lr
     if arguments.model == "base":
-        if arguments.patch_size % HYPER_STRIDE:
-            raise SystemExit(f"--patch-size must be a multiple of {HYPER_STRIDE}")
         return BaseTrainingOptions(**common, channels=arguments.channels, latent_channels=arguments.latent_channels,
                                    context=arguments.context, start_from=arguments.start_from,
                                    lambdas=arguments.lambdas, freeze_hyperprior=arguments.freeze_hyperprior,

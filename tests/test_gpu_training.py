@@ -283,3 +283,40 @@ def test_a_fault_mid_run_still_exports_and_delivers_the_last_saved_state(script,
     fresh = tmp_path / "fresh"  # nothing saved yet: nothing to export, and still no traceback out
     assert train(script, photos, fresh, "--steps", "4", "--export", str(tmp_path / "none.safetensors")) == 1
     assert not (tmp_path / "none.safetensors").exists()
+
+
+def test_an_export_that_fails_keeps_the_state_and_still_delivers(script, photos, tmp_path, monkeypatch):
+    state, output = tmp_path / "base", tmp_path / "out"
+
+    def full_disk(state, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(script.EXPORTERS, "base", full_disk)
+    assert train(script, photos, state, "--steps", "2", "--export", str(tmp_path / "b.safetensors"),
+                 "--output", str(output)) == 1
+    assert "export failed: the state" in state.with_name("base.log").read_text()
+    assert read_state(output / "base")[0].step == 2 and (output / "base.log").exists()
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--minutes", "0", "0 is not above 0"),
+    ("--steps", "-5", "-5 is not at least 1"),
+    ("--batch-size", "0", "0 is not at least 1"),
+    ("--average-decay", "1", "1 is not at least 0 and below 1"),
+    ("--lpips-weight", "-1", "-1 is not at least 0"),
+    ("--part-mib", "0", "0 is not above 0"),
+    ("--widths", "32,x", "'x' is not a whole number"),
+    ("--data", "no/such/folder", "no/such/folder: no such file or folder"),
+])
+def test_options_out_of_range_are_one_line_errors_before_any_work(script, tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as stopped:
+        script.main(["diffusion", "--state", str(tmp_path / "s"), option, value])
+    assert stopped.value.code == 2 and f"argument {option}: {message}" in capsys.readouterr().err
+
+
+def test_a_crop_side_the_base_codec_cannot_code_is_a_one_line_error_for_every_model(script, photos, tmp_path,
+                                                                                   capsys):
+    for model in ("base", "diffusion", "restoration"):
+        assert script.main([model, "--data", str(photos), "--state", str(tmp_path / model), "--steps", "1",
+                            "--patch-size", "96", "--device", "cpu"]) == 2
+        assert "error: --patch-size must be a multiple of 64 (whole hyper-latents), got 96" in capsys.readouterr().err

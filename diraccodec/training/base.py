@@ -20,7 +20,7 @@ from diraccodec.compute import thread_count_restored
 from diraccodec.console import plain_console
 from diraccodec.errors import DiracError
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
-from diraccodec.training.crops import CropSampler
+from diraccodec.training.crops import CropSampler, check_whole_blocks
 from diraccodec.training.loop import LoopOptions, run_loop, start_run
 from diraccodec.training.widening import grow_model, grown_gains
 
@@ -78,6 +78,7 @@ def rate_distortion_loss(
 @thread_count_restored()
 def train_base(options: BaseTrainingOptions, console: Console | None = None) -> TrainingState:
     console = plain_console(console)
+    check_whole_blocks(options.patch_size)
     torch.manual_seed(options.seed)
     started_from, frozen, trained_latents = None, options.freeze_hyperprior, None
     if state_exists(options.checkpoint):  # a resumed run keeps its state's size, context, ladder and freeze

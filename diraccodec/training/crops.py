@@ -25,6 +25,7 @@ from PIL import Image
 
 from diraccodec.errors import DiracError
 from diraccodec.training.data import DOWNSCALE_RANGE, shard_prescale, training_images
+from diraccodec.transforms.networks import HYPER_STRIDE
 
 CHANNELS = 3
 
@@ -42,6 +43,13 @@ class _Copy:
 class _Photo:
     path: Path
     copies: list[_Copy]
+
+
+def check_whole_blocks(patch_size: int) -> None:
+    """Every training crop goes through the base codec, which codes whole blocks of its
+    hyper-latents: a crop of another side would fail at its first step, deep in a transform."""
+    if patch_size % HYPER_STRIDE:
+        raise DiracError(f"--patch-size must be a multiple of {HYPER_STRIDE} (whole hyper-latents), got {patch_size}")
 
 
 def copy_sizes(size: tuple[int, int], patch_size: int, scales: Iterable[float]) -> list[tuple[int, int]]:
@@ -84,9 +92,11 @@ class CropSampler:
         if self.generator.device.type != device.type:
             raise ValueError(f"the crops' generator is on {self.generator.device}, the photos on {device}")
         self.patch_size, self.channels_last = patch_size, channels_last
+        folders = tuple(folders)
         photos, total = _plan(folders, patch_size, scale_range, scale_steps)
         if not photos:
-            raise DiracError(f"no training image of at least {patch_size}x{patch_size} pixels found")
+            raise DiracError(f"no training image of at least {patch_size}x{patch_size} pixels found in "
+                             f"{', '.join(map(str, folders))}")
         pixels = torch.empty((total, CHANNELS), dtype=torch.uint8)
         _decode_into(pixels.numpy(), photos)
         self.pixels = pixels.to(device)  # one row per pixel, RGB

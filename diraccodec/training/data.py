@@ -108,6 +108,9 @@ def pack_shard(
             target.write_bytes(buffer.getvalue())
             written.add(target)
             count, total = count + 1, total + buffer.tell()
+    if count == 0:  # a shard of nothing would only fail later, on the GPU machine
+        raise DiracError(f"no training photo in {', '.join(map(str, folders))} is at least {min_side} pixels a "
+                         f"side after the {prescale:g}x downscale: nothing to pack")
     manifest = {"prescale": prescale, "quality": quality, "images": count, "held_out": "excluded",
                 "sources": [str(f) for f in folders]}
     write_atomic(output / SHARD_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())

@@ -40,6 +40,7 @@ from diraccodec.training.checkpoint import (
     state_exists,
     write_state,
 )
+from diraccodec.training.crops import check_whole_blocks
 from diraccodec.training.loop import LoopOptions, run_loop, start_run
 from diraccodec.training.reconstructions import ReconstructedCrops
 
@@ -144,6 +145,7 @@ def diffusion_loss(
 @thread_count_restored()
 def train_diffusion(options: DiffusionTrainingOptions, console: Console | None = None) -> TrainingState:
     console = plain_console(console)
+    check_whole_blocks(options.patch_size)
     torch.manual_seed(options.seed)
     base_weights = load_base_weights(Path(options.base_weights).resolve())
     top_level = base_weights.model.config.num_levels

@@ -37,10 +37,10 @@ from diraccodec.modelfiles import (
 )
 from diraccodec.training.base import DEFAULT_TRAIN_DATA, hyperprior_modules
 from diraccodec.training.checkpoint import TrainingState
-from diraccodec.training.crops import CropSampler
+from diraccodec.training.crops import CropSampler, check_whole_blocks
 from diraccodec.training.data import training_images
 from diraccodec.training.loop import LoopOptions, run_loop, start_run
-from diraccodec.transforms.networks import HYPER_STRIDE, LATENT_STRIDE
+from diraccodec.transforms.networks import LATENT_STRIDE
 
 # Crops are cut at the photos' own scale (at most 1.25x smaller): the training photos are
 # mostly 320-380 pixels on their short side, and a downscale would cut the grid again.
@@ -88,9 +88,7 @@ def rate_loss(model: MultiRateHyperprior, latents: torch.Tensor, levels: torch.T
 @thread_count_restored()
 def train_entropy(options: EntropyTrainingOptions, console: Console | None = None) -> TrainingState:
     console = plain_console(console)
-    if options.patch_size % HYPER_STRIDE:
-        raise DiracError(f"--patch-size must be a multiple of {HYPER_STRIDE} (whole hyper-latents), "
-                         f"got {options.patch_size}")
+    check_whole_blocks(options.patch_size)
     torch.manual_seed(options.seed)
     weights = load_base_weights(options.base_weights)
     model = MultiRateHyperprior(weights.model.config)

@@ -28,6 +28,7 @@ from diraccodec.restoration.filter import RestorationFilter
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
 from diraccodec.training.base import DEFAULT_TRAIN_DATA
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
+from diraccodec.training.crops import check_whole_blocks
 from diraccodec.training.loop import LoopOptions, run_loop, start_run
 from diraccodec.training.reconstructions import ReconstructedCrops
 
@@ -62,6 +63,7 @@ def restoration_loss(
 @thread_count_restored()
 def train_restoration(options: RestorationTrainingOptions, console: Console | None = None) -> TrainingState:
     console = plain_console(console)
+    check_whole_blocks(options.patch_size)
     torch.manual_seed(options.seed)
     base_weights = load_base_weights(Path(options.base_weights).resolve())
     top_level = base_weights.model.config.num_levels
