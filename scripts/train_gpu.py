@@ -138,8 +138,7 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--checkpoint-minutes", type=POSITIVE, default=3.0, help="Save this often (default 3).")
     cli.add_argument("--save-margin", type=NON_NEGATIVE, default=15.0,
                      help="Seconds kept for the last save (default 15).")
-    cli.add_argument("--part-mib", type=POSITIVE, default=15.0,
-                     help="Largest part of the saved state (default 15).")
+    cli.add_argument("--part-mib", type=POSITIVE, default=15.0, help="Largest part of the saved state (default 15).")
     cli.add_argument("--exact-moments", action="store_true",
                      help="Save Adam moments in float32 (bit-exact resume) instead of bfloat16.")
     cli.add_argument("--log-every", type=POSITIVE_INT, default=50, help="Steps per log line (default 50).")
