@@ -208,10 +208,10 @@ def test_report_pools_a_later_run_over_an_earlier_one_and_leaves_both(tmp_path: 
     write_json(report_of([point("AVIF", 20, 0.5), point("diraccodec", 1, 0.4), point("diraccodec", 2, 0.3),
                           point("diraccodec (20 steps)", 1, 0.28, 20), point("diraccodec (20 steps)", 2, 0.2, 20)],
                          "kodak", True, command="dirac eval --levels 1,2", models={"base": "aa"},
-                         machine="x86_64, CPU A (AVX512)"), earlier)
+                         machine="x86_64, CPU A (AVX512)", decoding={"seed": 0, "exact": False}), earlier)
     write_json(report_of([point("diraccodec (20 steps)", 1, 0.25, 20), point("diraccodec (50 steps)", 1, 0.24, 50)],
                          "kodak", True, command="dirac eval --levels 1", models={"base": "bb"},
-                         machine="x86_64, CPU B (AVX2)"), later)
+                         machine="x86_64, CPU B (AVX2)", decoding={"seed": 7, "exact": True}), later)
     inputs = earlier.read_bytes(), later.read_bytes()
     missing = CliRunner().invoke(main, ["report", str(earlier), "--updated-by", str(later)])
     assert missing.exit_code == 2 and missing.output.startswith("dirac: error: --updated-by needs --json")
@@ -219,7 +219,12 @@ def test_report_pools_a_later_run_over_an_earlier_one_and_leaves_both(tmp_path: 
     result = CliRunner().invoke(main, ["report", str(earlier), "--updated-by", str(later), "--json", str(pooled),
                                        "--markdown", str(table), "--perception-plot", str(figure)])
     assert result.exit_code == 0, result.output
-    assert 'the runs measured different weights ({"base": "aa"} then {"base": "bb"})' in result.output
+    assert 'the runs measured with different weights ({"base": "aa"} then {"base": "bb"})' in result.output
+    # another seed, mode or machine under the same names is said too (the reference codecs' libraries are
+    # in the machine's text): the pooled curves mix them
+    said = " ".join(result.output.split())
+    assert 'different decoder settings ({"exact": false, "seed": 0} then {"exact": true, "seed": 7})' in said
+    assert 'different machines ("x86_64, CPU A (AVX512)" then "x86_64, CPU B (AVX2)")' in said
     assert (earlier.read_bytes(), later.read_bytes()) == inputs
     report = json.loads(pooled.read_text())
     lpips = {(p["codec"], p["setting"]): p["lpips"] for p in report["points"]}
@@ -229,7 +234,7 @@ def test_report_pools_a_later_run_over_an_earlier_one_and_leaves_both(tmp_path: 
     pooling = f"dirac report {earlier} --updated-by {later} --json {pooled}"
     assert report["command"] == f"dirac eval --levels 1,2 && dirac eval --levels 1 && {pooling}"
     assert report["complete"] is True and report["data"] == "kodak"
-    assert report["models"] == {"base": "bb"}  # the codec as it now is: the latest run's
+    assert report["models"] == {"base": "bb"} and report["decoding"] == {"seed": 7, "exact": True}  # the latest
     assert report["machine"] == "x86_64, CPU A (AVX512) and x86_64, CPU B (AVX2)"  # where they ran, not here
     assert "| diraccodec (20 steps) | 1 | 20 |" in table.read_text() and figure.stat().st_size > 10_000
 

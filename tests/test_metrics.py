@@ -54,6 +54,14 @@ def test_bd_rate_of_a_curve_that_needs_half_the_bits_is_minus_fifty_percent():
     assert bd_rate(rates, quality, rates, quality) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_bd_rate_needs_four_qualities_on_each_curve_and_an_overlap():
+    rates, quality = [0.1, 0.2, 0.4, 0.8], [28.0, 31.0, 34.0, 37.0]
+    assert np.isnan(bd_rate(rates, quality, rates[:3], quality[:3]))  # a parabola is not Bjontegaard's figure
+    assert np.isnan(bd_rate(rates, quality, [0.1, 0.1, 0.2, 0.2], [28.0, 28.0, 31.0, 31.0]))  # two qualities
+    assert np.isnan(bd_rate(rates, quality, rates, [q + 20 for q in quality]))  # no common quality
+    assert bd_rate(rates, quality, [r * 0.8 for r in rates], [q + 1 for q in quality]) < -20
+
+
 def test_frechet_distance_matches_the_closed_form_for_a_scaled_shifted_set():
     # b = 2a + c has covariance 4 S_a, so (S_a S_b)^(1/2) = 2 S_a and FD = |mu_b - mu_a|^2 + tr(S_a)
     a = np.random.default_rng(0).normal(size=(400, 6)) @ np.random.default_rng(1).normal(size=(6, 6))

@@ -125,14 +125,15 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
 
     images = read_images(measured)
     data_id = images_id(images)
+    decoding = {"seed": seed, "exact": exact}  # what changes the decoder's points beside the weights
 
     def save_partial(points: list) -> None:
-        write_json(report_of(points, name, complete=False, models=models, machine=machine, data_id=data_id),
-                   json_path)
+        write_json(report_of(points, name, complete=False, models=models, machine=machine, data_id=data_id,
+                             decoding=decoding), json_path)
 
     points = evaluate(images, codecs, console, save_partial)
     report = write_report(points, json_path, markdown, plot_path, name, perception_plot, models=models,
-                          machine=machine, data_id=data_id)
+                          machine=machine, data_id=data_id, decoding=decoding)
     print_results(points, report, f"evaluation on {data}")
 
 

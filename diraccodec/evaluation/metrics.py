@@ -72,20 +72,24 @@ def lpips(reference: Image.Image, decoded: Image.Image, network: str = "alexnet"
     return float(_lpips_model(network)(to_tensor(reference), to_tensor(decoded))[0])
 
 
+BD_POINTS = 4  # the fewest distinct qualities a curve's cubic fit needs
+
+
 def bd_rate(rate_a: list[float], quality_a: list[float], rate_b: list[float], quality_b: list[float]) -> float:
     """Average bitrate difference of curve b against curve a, in percent, at equal quality.
 
     Bjontegaard (VCEG-M33): fit log-rate as a cubic in quality for each curve and compare
     the integrals over the quality interval both curves cover. Negative: b needs fewer bits.
-    For a metric where lower is better (LPIPS), pass the negated values.
+    For a metric where lower is better (LPIPS), pass the negated values. NaN where the curves
+    do not overlap, or where either has fewer than BD_POINTS qualities (a line or a parabola
+    through them would be printed as if it were Bjontegaard's figure).
     """
-    log_a, log_b = np.log(rate_a), np.log(rate_b)
-    fit_a = np.polyfit(quality_a, log_a, min(3, len(rate_a) - 1))
-    fit_b = np.polyfit(quality_b, log_b, min(3, len(rate_b) - 1))
     low = max(min(quality_a), min(quality_b))
     high = min(max(quality_a), max(quality_b))
-    if high <= low:
+    if high <= low or min(len(set(quality_a)), len(set(quality_b))) < BD_POINTS:
         return float("nan")
+    fit_a = np.polyfit(quality_a, np.log(rate_a), 3)
+    fit_b = np.polyfit(quality_b, np.log(rate_b), 3)
     integral_a = np.polyval(np.polyint(fit_a), high) - np.polyval(np.polyint(fit_a), low)
     integral_b = np.polyval(np.polyint(fit_b), high) - np.polyval(np.polyint(fit_b), low)
     return float((np.exp((integral_b - integral_a) / (high - low)) - 1) * 100)
@@ -101,7 +105,8 @@ FD_DESCRIPTION = (
 
 
 def patches(image: Image.Image, size: int = FD_PATCH, stride: int = FD_STRIDE) -> torch.Tensor:
-    """(P, 3, s, s) patches on a grid; an image smaller than `size` gives one patch of its short side."""
+    """(P, 3, s, s) patches on a grid; in an image smaller than `size` they are squares of its
+    short side, one every `stride` (at most) along its long side."""
     x = to_tensor(image)[0]
     size = min(size, *x.shape[-2:])
     stride = min(stride, size)
@@ -130,4 +135,5 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     values, vectors = np.linalg.eigh(cov_a)
     root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
-    return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
+    # at least 0: a set against itself comes out a rounding error below
+    return max(0.0, float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross))

@@ -316,9 +316,10 @@ def describe_machine(device: str = "cpu") -> str:
 
 def report_of(points: list[Point], data_name: str, complete: bool, command: str | None = None,
               models: dict[str, str | None] | None = None, machine: str | None = None,
-              data_id: str | None = None) -> dict:
+              data_id: str | None = None, decoding: dict | None = None) -> dict:
     """The report's fields; `models`: the weights ids measured (modelfiles.models_in_use);
-    `machine`: where they were measured (default: this machine); `data_id`: images_id."""
+    `machine`: where they were measured (default: this machine); `data_id`: images_id;
+    `decoding`: the decoder's settings that change its points (seed, exact mode)."""
     if machine is None:
         machine = describe_machine()
     return _finite_or_none({
@@ -328,6 +329,7 @@ def report_of(points: list[Point], data_name: str, complete: bool, command: str 
         "machine": machine,
         "complete": complete,
         **({"models": models} if models else {}),
+        **({"decoding": decoding} if decoding else {}),
         "fd_alexnet": FD_DESCRIPTION,
         "points": [asdict(p) for p in points],
         "bd_rate_psnr_percent": bd_rates(points, "psnr"),
@@ -392,6 +394,16 @@ def _why_not_pooled(saved: list[dict]) -> str | None:
     return None
 
 
+def _warn_where_runs_differ(saved: list[dict]) -> None:
+    """Runs pooled across weights, decoder settings or machines (library versions, speed): as
+    designed, a later run replaces some settings' points, but the mix is said, not hidden."""
+    for field, what in (("models", "weights"), ("decoding", "decoder settings"), ("machine", "machines")):
+        values = list(dict.fromkeys(json.dumps(r[field], sort_keys=True) for r in saved if r.get(field)))
+        if len(values) > 1:
+            warnings.warn(f"the runs measured with different {what} ({' then '.join(values)}): the pooled curves "
+                          f"mix them; the report's command names every run", UserWarning, stacklevel=3)
+
+
 def report_again(json_path: Path, updates: Sequence[Path] = (), pooled_path: Path | None = None,
                  markdown_path: Path | None = None, plot_path: Path | None = None,
                  perception_plot_path: Path | None = None) -> dict:
@@ -414,10 +426,7 @@ def report_again(json_path: Path, updates: Sequence[Path] = (), pooled_path: Pat
         raise DiracError(f"the reports measured different data ({reason}): pool runs of one image set")
     # one fingerprint at most (_why_not_pooled); the pooled report keeps it where every run had it
     data_id = saved[0].get("data_id") if all(report.get("data_id") for report in saved) else None
-    weights = list(dict.fromkeys(json.dumps(r["models"], sort_keys=True) for r in saved if r.get("models")))
-    if len(weights) > 1:  # a later run of new weights over some settings: as designed, but said
-        warnings.warn(f"the runs measured different weights ({' then '.join(weights)}): the report names the last "
-                      f"run's, and its command every run", UserWarning, stacklevel=2)
+    _warn_where_runs_differ(saved)
     points = pooled_points(saved)
     if not points:
         raise DiracError(f"{json_path} holds no measured points yet")
@@ -429,20 +438,21 @@ def report_again(json_path: Path, updates: Sequence[Path] = (), pooled_path: Pat
                         f"--json {shlex.quote(str(pooled_path))}"])
     command = " && ".join([*commands, pooling]) if updates else commands[0]
     measured = [r["models"] for r in saved if r.get("models")]  # the latest run's weights
+    decodings = [r["decoding"] for r in saved if r.get("decoding")]
     machines = list(dict.fromkeys(r["machine"] for r in saved if r.get("machine")))  # where they ran, not here
     data_name = saved[0].get("data", Path(json_path).stem)
     return write_report(points, pooled_path or json_path, markdown_path, plot_path, data_name, perception_plot_path,
                         command, complete=all(bool(r.get("complete", True)) for r in saved),
                         models=measured[-1] if measured else None, machine=" and ".join(machines) or None,
-                        data_id=data_id)
+                        data_id=data_id, decoding=decodings[-1] if decodings else None)
 
 
 def write_report(points: list[Point], json_path: Path, markdown_path: Path | None, plot_path: Path | None,
                  data_name: str, perception_plot_path: Path | None = None, command: str | None = None,
                  complete: bool = True, models: dict[str, str | None] | None = None,
-                 machine: str | None = None, data_id: str | None = None) -> dict:
+                 machine: str | None = None, data_id: str | None = None, decoding: dict | None = None) -> dict:
     """JSON, Markdown and plots of the points; `command` names the run that measured them."""
-    report = report_of(points, data_name, complete, command, models, machine, data_id)
+    report = report_of(points, data_name, complete, command, models, machine, data_id, decoding)
     write_json(report, json_path)
     if plot_path is not None:
         plot(points, plot_path, f"rate-distortion on {data_name}")
