@@ -162,6 +162,33 @@ def test_a_dying_worker_fails_its_file_alone(tmp_path: Path, photos: Path, ray_i
     assert len(results) == 4 and (tmp_path / "out" / "one.drc").is_file()
 
 
+class OtherWeights(Converter):
+    """A worker on a node whose diraccodec or weights differ from the head's."""
+
+    def ready(self) -> str:
+        return "diraccodec 0.0.1 with base weights 0000000000000000"
+
+
+@pytest.mark.slow
+def test_workers_that_convert_with_other_weights_get_no_file(tmp_path: Path, photos: Path, ray_instance: str,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    from ray import cloudpickle
+
+    this_module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(this_module)
+    monkeypatch.setattr(ray_cluster, "Converter", OtherWeights)
+    settings = BatchSettings(quality=2)
+    try:
+        results = run_batch_on_ray(plan_jobs(photos, tmp_path / "out", settings), settings, ray_instance, 2,
+                                   lambda _: None)
+    finally:
+        cloudpickle.unregister_pickle_by_value(this_module)
+    assert len(results) == 4 and all(r.status == "failed" for r in results)
+    assert results[0].message.startswith("no Ray worker could start: a worker runs diraccodec 0.0.1 with base "
+                                         "weights 0000000000000000, where this batch runs diraccodec ")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_ray_alone_starts_a_local_instance_and_stops_it(tmp_path: Path, photos: Path):
     pytest.importorskip("ray")
@@ -254,6 +281,37 @@ def test_uris_through_pyarrow_give_the_local_paths_outputs(tmp_path: Path, photo
     run_batch(plan_jobs(photos, tmp_path / "by path", settings), settings, 1, lambda _: None)
     assert files_under(tmp_path / "by uri") == files_under(tmp_path / "by path")
     assert [r.status for r in run_batch(jobs, settings, 1, lambda _: None)].count("skipped") == 3
+
+
+def test_a_uri_s_query_stays_after_the_names_joined_to_its_path():
+    assert join("s3://bucket/photos?region=eu-west-1", "a b#1.png") == "s3://bucket/photos/a%20b%231.png?region=eu-west-1"
+    assert join("s3://bucket/photos/", "x.drc") == "s3://bucket/photos/x.drc"
+
+
+def test_a_destination_uri_that_cannot_be_opened_fails_once_before_any_file(photos: Path):
+    pytest.importorskip("pyarrow")
+    code, output = dirac("batch", photos, "xyz://bucket/out", "-q", "2", "-e", "1")
+    assert code == 2 and output == "dirac: error: cannot open xyz://bucket/out: Unrecognized filesystem type in " \
+                                   "URI: xyz://bucket/out\n"  # not once per file, each a failure
+
+
+def test_an_empty_object_in_an_object_store_is_not_a_finished_output():
+    """Azure's writer makes the blob, empty, before it writes: a killed write left one, which a
+    rerun took for a finished output and skipped."""
+    pyarrow_fs = pytest.importorskip("pyarrow.fs")
+    from diraccodec.batch.storage import ArrowStorage
+
+    class Store:
+        type_name = "abfs"
+
+        def __init__(self, size: int) -> None:
+            self.size = size
+
+        def get_file_info(self, path: str):
+            return pyarrow_fs.FileInfo(path, type=pyarrow_fs.FileType.File, size=self.size)
+
+    assert not ArrowStorage(Store(0), "bucket/").exists("abfs://bucket/out/a.drc")
+    assert ArrowStorage(Store(31), "bucket/").exists("abfs://bucket/out/a.drc")
 
 
 def test_uri_storage_writes_atomically_and_reports_missing_files(tmp_path: Path):

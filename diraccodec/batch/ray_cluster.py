@@ -8,8 +8,8 @@ connection. Ray is imported only here, and only when asked for: it is an optiona
 
 Each actor converts one file at a time with `run_job`, so the local batch's guarantees hold
 (skip, atomic writes, a bad file is a failed result); a worker that dies takes only its
-current file with it, as a failed result, and a fresh actor takes its place and the files
-it held waiting.
+current file with it, as a failed result, and a fresh actor takes its place. An actor that
+runs another diraccodec version or other base weights than this process is given no work.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from diraccodec.batch.jobs import BatchSettings, Job, JobResult, gather, run_job
 from diraccodec.batch.storage import absolute
-from diraccodec.errors import DiracError
+from diraccodec.errors import DiracError, Terminated
 from diraccodec.options import AUTO
 
 RAY_MISSING = "--ray needs Ray: pip install diraccodec[ray]"
@@ -77,6 +78,19 @@ def plan_workers(cpus: float, gpus: float, node_cpus: float, device: str, worker
     return WorkerPlan(count, each, 0.0, max(1, int(each)))
 
 
+def worker_identity(settings: BatchSettings) -> str:
+    """The diraccodec version and base weights a process converts with: every node of a cluster
+    must have the same, or files would silently come out of other weights."""
+    from diraccodec import __version__
+    from diraccodec.modelfiles import default_weights_path, load_base_weights
+
+    try:
+        weights = load_base_weights(Path(settings.weights or default_weights_path()).resolve()).weights_id.hex()
+    except DiracError as error:
+        weights = f"unreadable ({error})"
+    return f"diraccodec {__version__} with base weights {weights}"
+
+
 def warm_models(settings: BatchSettings) -> None:
     """Load the networks the jobs use, once per actor rather than on its first file."""
     from diraccodec import api
@@ -103,8 +117,9 @@ class Converter:
         self.settings = settings
         warm_models(settings)
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str:
+        """What it converts with (worker_identity), once its models are loaded."""
+        return worker_identity(self.settings)
 
     def convert(self, job: Job) -> JobResult:
         return run_job(job, self.settings)
@@ -118,9 +133,13 @@ def run_batch_on_ray(
     each result reaches `on_result` as its file finishes."""
     ray = import_ray()
     connected = connect(ray, address)
+    results = None
     try:
-        return gather(_results(ray, jobs, settings, cluster_plan(ray, settings.device, workers)), on_result)
+        results = _results(ray, jobs, settings, cluster_plan(ray, settings.device, workers), worker_identity(settings))
+        return gather(results, on_result)
     finally:
+        if results is not None:
+            results.close()  # its actors are killed now, while connected (Ctrl-C may come while a result prints)
         if connected:
             ray.shutdown()  # a local instance started by connect() stops with it
 
@@ -138,6 +157,8 @@ def connect(ray: ModuleType, address: str) -> bool:
     except (ConnectionError, ValueError, RuntimeError, TimeoutError) as error:
         where = "a Ray cluster" if address == AUTO_ADDRESS else f"the Ray cluster at {address}"
         raise DiracError(f"cannot connect to {where}: {one_line(error)}") from None
+    except SystemExit:  # SIGTERM meanwhile, through the handler ray.init sets for its start-up
+        raise Terminated() from None
     finally:  # ray.init sets a SIGTERM handler that exits at once, without the batch's cleanup
         if ours is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, ours)
@@ -161,14 +182,15 @@ def cluster_plan(ray: ModuleType, device: str, workers: int | None) -> WorkerPla
     return plan_workers(resources.get("CPU", 0.0), resources.get("GPU", 0.0), node_cpus, device, workers)
 
 
-def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: WorkerPlan) -> Iterator[JobResult]:
+def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: WorkerPlan,
+             identity: str) -> Iterator[JobResult]:
     """Results in the order files finish. Work goes only to actors that have started, so actors
     the cluster cannot place (yet) hold nothing up. An actor holds at most PIPELINE files: one
     converting and the next already sent, so it never waits for a round trip through this
     driver. When an actor dies, a file it finished keeps its result; if it held one file more,
     that file fails, and if it held several, none can be blamed for sure (a result on its way
     dies with the actor), so each goes back to the queue to be converted alone, by an actor
-    holding nothing else."""
+    holding nothing else. An actor whose worker_identity differs from `identity` gets no work."""
     actor_class = ray.remote(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0)(Converter)
     actors: list[Any] = []
     starting: dict[Any, Any] = {}  # ready() reference -> actor
@@ -208,9 +230,13 @@ def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: Wo
             if reference in starting:
                 actor = starting.pop(reference)
                 try:
-                    ray.get(reference)
+                    converts_with = ray.get(reference)
                 except ray.exceptions.RayError as error:
                     start_failure = one_line(error)
+                    continue
+                if converts_with != identity:  # its files would not be this batch's
+                    start_failure = f"a worker runs {converts_with}, where this batch runs {identity}"
+                    ray.kill(actor)
                     continue
                 give_work(actor)
                 continue
@@ -222,6 +248,8 @@ def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: Wo
                 give_work(actor)  # before the caller sees the result: its printing may take a while
                 yield result
                 continue
+            with contextlib.suppress(Exception):  # unreachable rather than dead: it must not convert them too
+                ray.kill(actor)
             # a file it finished before it died keeps its result (the wait may have named the death first)
             unfinished = []
             for sent in held.pop(actor):
@@ -237,6 +265,8 @@ def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: Wo
             else:
                 suspects.update(unfinished)
                 queue.extendleft(reversed(unfinished))
+                for idle in [other for other, files in held.items() if not files]:
+                    give_work(idle)  # no result of theirs will come to ask for these
             if queue:
                 start()  # in place of the dead one
     finally:

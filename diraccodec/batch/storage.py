@@ -12,7 +12,7 @@ import contextlib
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from diraccodec.errors import DiracError, ImageReadError, OutputWriteError
 
@@ -44,9 +44,11 @@ def location_of(text: str | Path) -> Location:
 
 
 def join(folder: Location, relative: str) -> Location:
-    """`relative` is a raw name ("a b#1.png"): in a URI it is quoted, and `ArrowStorage.path` unquotes it."""
+    """`relative` is a raw name ("a b#1.png"): in a URI it is quoted, and `ArrowStorage.path`
+    unquotes it; it joins the URI's path, before any query (`?endpoint_override=...`)."""
     if is_uri(folder):
-        return f"{str(folder).rstrip('/')}/{quote(relative)}"
+        parts = urlsplit(str(folder))
+        return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{quote(relative)}"))
     return Path(folder) / relative
 
 
@@ -120,12 +122,17 @@ class ArrowStorage:
             raise ImageReadError(f"cannot read {location}: {error}") from None
 
     def exists(self, location: Location) -> bool:
+        """Whether a finished file is there. An empty object in an object store is not one: Azure's
+        writer makes the blob empty before it writes (no output of a batch is ever empty)."""
         import pyarrow.fs
 
         try:
-            return self.filesystem.get_file_info(self.path(location)).type != pyarrow.fs.FileType.NotFound
+            info = self.filesystem.get_file_info(self.path(location))
         except OSError as error:
             raise DiracError(f"cannot reach {location}: {error}") from None
+        if info.type == pyarrow.fs.FileType.File and info.size == 0 and self.filesystem.type_name in OBJECT_STORES:
+            return False
+        return info.type != pyarrow.fs.FileType.NotFound
 
     def write_atomic(self, location: Location, data: bytes) -> None:
         path = self.path(location)

@@ -306,7 +306,7 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     """Convert a folder tree: images become .drc files and .drc files become images."""
     from diraccodec import api
     from diraccodec.batch import BatchSettings, default_workers, plan_jobs, run_batch
-    from diraccodec.batch.storage import is_uri
+    from diraccodec.batch.storage import is_uri, storage_for
     from diraccodec.image.files import check_writable_folder
 
     if size_text is None and bpp is None and quality is None:
@@ -315,6 +315,8 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     # a destination that cannot be written fails now, not once per file (Ray's workers write elsewhere)
     if not is_uri(destination) and ray_address is None:
         check_writable_folder(Path(destination))
+    elif is_uri(destination):  # a missing bucket or refused credentials: said once, here
+        storage_for(destination).exists(destination)
     # check the options once, before any worker (on the CPU with --ray: the head node may have no GPU)
     codec = api.get_codec(weights, api.compute_for("cpu" if ray_address else device, exact))
     if "quality" in rate:
