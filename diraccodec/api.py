@@ -133,6 +133,7 @@ def _real(value: object) -> bool:
 
 
 def check_quality(quality: float, num_levels: int) -> float:
+    """The level a file at `quality` carries: checked, then rounded to the format's 1/256 steps."""
     if not _real(quality):
         raise InvalidOptionError(f"quality must be a number, got {quality!r}")
     if math.isnan(quality) or not LOWEST_LEVEL <= quality <= num_levels:
@@ -584,6 +585,7 @@ class FileInfo:
 
 
 def inspect(data: bytes, max_pixels: int = drc.DEFAULT_MAX_PIXELS) -> FileInfo:
+    """The file's header and sections, checked (drc.unpack) but not decoded: no model is loaded."""
     data = file_bytes(data)
     return FileInfo(drc.unpack(data, check_max_pixels(max_pixels)), len(data))
 
@@ -600,8 +602,8 @@ class StreamBytes:
 
 def stream_bytes(data: bytes, *, weights: str | Path | None = None,
                  max_pixels: int = drc.DEFAULT_MAX_PIXELS) -> StreamBytes:
-    """Read a file's latent stream (no synthesis) and split its bytes between the hyper-latents,
-    the side information, and the latents, under the base weights that made it."""
+    """Read a file's latent stream (no synthesis) and split its bytes between its two parts, the
+    hyper-latents (the side information) and the latents, under the base weights that made it."""
     data = file_bytes(data)
     header = drc.unpack(data, check_max_pixels(max_pixels))
     with _exclusive():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 AUTO = "auto"  # the device: CUDA where present, else the CPU
 DEVICE_CHOICES = (AUTO, "cpu", "cuda")
@@ -16,6 +17,9 @@ DEVICE_CHOICES = (AUTO, "cpu", "cuda")
 # Encoder effort -> passes of the search for cheaper latent symbols (0: plain rounding).
 EFFORT_PASSES = {1: 0, 2: 1, 3: 2, 4: 4, 5: 8}
 DEFAULT_EFFORT = 2  # one search pass: 3-4% fewer bits than plain rounding at the same PSNR (docs/user-guide.md)
+
+# The project's training photos, beside a checkout (the training commands' default --data)
+TRAINING_PHOTOS = Path("../shared/data/train")
 
 # The rate level where none is given (batch and the Pillow plugin; `dirac encode` asks for one).
 DEFAULT_QUALITY = 3.0

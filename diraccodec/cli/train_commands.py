@@ -10,9 +10,7 @@ import click
 
 from diraccodec.cli.common import console, parse_list, reports_errors, weights_option
 from diraccodec.errors import DiracError
-from diraccodec.options import CONTEXTS
-
-TRAINING_PHOTOS = Path("../shared/data/train")  # the project's training photos, beside a checkout
+from diraccodec.options import CONTEXTS, TRAINING_PHOTOS
 
 
 @click.group()

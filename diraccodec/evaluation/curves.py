@@ -15,7 +15,7 @@ import math
 import re
 from pathlib import Path
 
-from diraccodec.evaluation.run import ANCHOR, Point, curves, points_of
+from diraccodec.evaluation.run import OURS, Point, curves, points_of
 from diraccodec.image.files import write_atomic
 
 # How each curve was made: the reference codecs as `reference_codecs` in codecs.py runs them.
@@ -24,7 +24,7 @@ CODEC_DESCRIPTIONS = {
     "WebP": "WebP through Pillow, method 6",
     "AVIF": "AVIF through Pillow, speed 6",
     "JPEG XL": "JPEG XL through Pillow's JPEG XL plugin, effort 7",
-    ANCHOR: "diraccodec at 0 diffusion steps: the base synthesis through the restoration filter",
+    OURS: "diraccodec at 0 diffusion steps: the base synthesis through the restoration filter",
 }
 
 # The report's figures, by the names CompressAI's files use where it has one.

@@ -41,7 +41,7 @@ from diraccodec.evaluation.metrics import (
 from diraccodec.image.files import write_atomic
 from diraccodec.image.planes import IMAGE_SUFFIXES, image_to_planes, open_image
 
-ANCHOR = "diraccodec"
+OURS = "diraccodec"
 SMALLEST_SIDE = 31  # pixels: LPIPS's AlexNet needs this much for its last layers
 
 
@@ -170,7 +170,7 @@ def curves(points: list[Point]) -> dict[str, list[Point]]:
 
 
 def is_ours(name: str) -> bool:
-    return name == ANCHOR or name.startswith(ANCHOR + " ")
+    return name == OURS or name.startswith(OURS + " ")
 
 
 def default_effort_curve(name: str) -> str:
@@ -225,7 +225,7 @@ def plot(points: list[Point], path: Path, title: str) -> None:
     """Rate against PSNR, MS-SSIM and LPIPS; of our step counts only 0 and the largest up to 20."""
     plt = _pyplot()
     steps = sorted({p.steps for p in points if is_ours(p.codec) and p.steps and p.steps <= 20})
-    wanted = {ANCHOR} | ({curve_name(ANCHOR, steps[-1])} if steps else set())
+    wanted = {OURS} | ({curve_name(OURS, steps[-1])} if steps else set())
     ours = {p.codec for p in points if is_ours(p.codec)}
     # the default effort's curves; a run of other efforts alone shows each of theirs
     shown = (wanted & ours) or {name for name in ours if default_effort_curve(name) in wanted}

@@ -19,12 +19,13 @@ from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, HyperpriorConfig, Multi
 from diraccodec.compute import thread_count_restored
 from diraccodec.console import plain_console
 from diraccodec.errors import DiracError
+from diraccodec.options import TRAINING_PHOTOS
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
 from diraccodec.training.crops import CropSampler, check_whole_blocks
 from diraccodec.training.loop import LoopOptions, run_loop, start_run
 from diraccodec.training.widening import grow_model, grown_gains
 
-DEFAULT_TRAIN_DATA = Path("../shared/data/train")
+DEFAULT_TRAIN_DATA = TRAINING_PHOTOS
 
 
 @dataclass
