@@ -29,7 +29,7 @@ import constriction
 import numpy as np
 import torch
 
-from diraccodec.codec.hyperprior import MultiRateHyperprior
+from diraccodec.codec.hyperprior import MultiRateHyperprior, row_at
 from diraccodec.compute import Compute, mkl_is_strict, single_thread
 from diraccodec.entropy.coder import decode_values, encode_values
 from diraccodec.entropy.context import ContextLayers, anchor_mask, context_parameters
@@ -204,13 +204,9 @@ class BaseCodec:
         line through levels 1 and 2 goes on (level 0 is one level's step coarser than 1), so
         the lowest rates need no trained level of their own."""
         position = min(level - 1.0, self.num_levels - 1.0)  # 0-based, along the trained levels
-        low = min(max(math.floor(position), 0), self.num_levels - 2)
-        weight = position - low
-
-        def mix(table: torch.Tensor) -> torch.Tensor:
-            return ((1 - weight) * table[low] + weight * table[low + 1]).exp()[:, None, None]
-
-        return mix(self._log_gain64), mix(self._log_inverse_gain64)
+        gain, inverse_gain = (row_at(table, position).exp()[:, None, None]
+                              for table in (self._log_gain64, self._log_inverse_gain64))
+        return gain, inverse_gain
 
     def entropy_parameters(self, hyper: np.ndarray, arithmetic: Arithmetic = Arithmetic.FIXED_POINT
                            ) -> tuple[torch.Tensor, np.ndarray]:

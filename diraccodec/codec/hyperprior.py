@@ -48,6 +48,15 @@ def ladder_position(lambdas: Sequence[float], value: float) -> float:
     return low + 1 + (target - logs[low]) / (logs[low + 1] - logs[low])
 
 
+def row_at(table: torch.Tensor, position: float) -> torch.Tensor:
+    """Row `position` (0-based, fractional) of `table`: linear between the two nearest rows,
+    and extended along the end segments beyond them (a caller that must not go beyond clamps
+    `position` first)."""
+    low = min(max(math.floor(position), 0), len(table) - 2)
+    weight = position - low
+    return (1 - weight) * table[low] + weight * table[low + 1]
+
+
 @dataclass(frozen=True)
 class HyperpriorConfig:
     channels: int = 96  # N: width of the hyper transforms, and of the two below unless given

@@ -15,7 +15,13 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, HyperpriorConfig, MultiRateHyperprior, ladder_position
+from diraccodec.codec.hyperprior import (
+    DEFAULT_LAMBDAS,
+    HyperpriorConfig,
+    MultiRateHyperprior,
+    ladder_position,
+    row_at,
+)
 from diraccodec.compute import thread_count_restored
 from diraccodec.console import plain_console
 from diraccodec.errors import DiracError
@@ -243,13 +249,7 @@ def gains_on_ladder(log_gains: torch.Tensor, old: tuple[float, ...], new: tuple[
     """Log-gains (len(new), M) for the lambdas `new`, from those trained for `old`: linear in
     log-lambda between the two nearest old levels, and extended along the end segments beyond
     them, so that a run with a lower or higher ladder starts near the rates it asks for."""
-    rows = []
-    for value in new:
-        position = ladder_position(old, value) - 1  # 0-based, fractional, beyond the ends along them
-        low = min(max(math.floor(position), 0), len(old) - 2)
-        weight = position - low
-        rows.append((1 - weight) * log_gains[low] + weight * log_gains[low + 1])
-    return torch.stack(rows)
+    return torch.stack([row_at(log_gains, ladder_position(old, value) - 1) for value in new])
 
 
 def export_base_checkpoint(checkpoint: Path, output: Path) -> None:
