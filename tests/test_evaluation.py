@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 from rich.console import Console
 
+import diraccodec
 from diraccodec.api import get_codec
 from diraccodec.cli import main
 from diraccodec.errors import DiracError
@@ -154,6 +155,12 @@ def test_compare_picture_puts_four_panels_side_by_side(tmp_path: Path, sample_im
         # the first panel is the original crop, enlarged by nearest neighbour
         original = sample_image.crop((116, 58, 180, 122)).resize((128, 128), Image.Resampling.NEAREST)
         assert picture.crop((0, 44, 128, 172)).tobytes() == original.tobytes()
+        # the third and fourth: the same crop of the file decoded at 0 and at 2 steps (the command's defaults)
+        data = diraccodec.encode(source, 2)
+        for panel, steps in ((2, 0), (3, 2)):
+            decoded = diraccodec.decode(data, steps, 0).crop((16, 8, 80, 72))
+            decoded = decoded.resize((128, 128), Image.Resampling.NEAREST)
+            assert picture.crop((panel * 136, 44, panel * 136 + 128, 172)).tobytes() == decoded.tobytes(), steps
     bad = CliRunner().invoke(main, ["compare", str(source), "-q", "2", "--box", "150,0,64", "-o", str(output)])
     assert bad.exit_code == 2 and "does not fit" in bad.output
 
