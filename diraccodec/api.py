@@ -132,11 +132,19 @@ def _real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _as_float(value: float) -> float:
+    """A real number as a float; an integer too large for one is infinite (out of every range)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def check_quality(quality: float, num_levels: int) -> float:
     """The level a file at `quality` carries: checked, then rounded to the format's 1/256 steps."""
     if not _real(quality):
         raise InvalidOptionError(f"quality must be a number, got {quality!r}")
-    if math.isnan(quality) or not LOWEST_LEVEL <= quality <= num_levels:
+    if math.isnan(_as_float(quality)) or not LOWEST_LEVEL <= quality <= num_levels:
         raise InvalidOptionError(f"quality must be between {LOWEST_LEVEL:g} and {num_levels}, got {quality}")
     return drc.quantize_level(float(quality)) / drc.LEVEL_DENOMINATOR
 
@@ -172,10 +180,11 @@ def check_max_pixels(max_pixels: int) -> int:
 
 
 def check_flag(name: str, value: bool | None, none_allowed: bool = False) -> bool | None:
-    """True or False (or None where that means a default): a truthy string is not taken for True."""
-    if not isinstance(value, bool) and not (none_allowed and value is None):
+    """True or False (numpy's too; or None where that means a default): a truthy string is not
+    taken for True."""
+    if not isinstance(value, bool | np.bool_) and not (none_allowed and value is None):
         raise InvalidOptionError(f"{name} must be True or False{' or None' if none_allowed else ''}, got {value!r}")
-    return value
+    return None if value is None else bool(value)
 
 
 def file_bytes(data: bytes | bytearray | memoryview) -> bytes:
@@ -468,9 +477,16 @@ def encode(
 
 
 def _image_bytes(image: object) -> bytes:
-    """An encoded image's bytes from any bytes-like object; anything else is refused by name."""
+    """An encoded image's bytes from any bytes-like object, a binary file object, or a flat
+    uint8 array (cv2.imencode's); anything else is refused by name."""
     if isinstance(image, bytes):
         return image
+    if callable(getattr(image, "read", None)):  # io.BytesIO, an open file
+        data = image.read()
+        if isinstance(data, bytes):
+            return data
+    if isinstance(image, np.ndarray) and image.ndim == 1 and image.dtype == np.uint8:
+        return image.tobytes()
     pixels = isinstance(image, np.ndarray | torch.Tensor)  # bytes-like, but pixels rather than a file
     if not pixels:
         with contextlib.suppress(TypeError):
@@ -488,7 +504,7 @@ def check_size(size: int) -> int:
 
 
 def bpp_to_bytes(bpp: float | None, pixels: int) -> int:
-    if not _real(bpp) or not bpp > 0 or math.isinf(bpp):
+    if not _real(bpp) or not bpp > 0 or math.isinf(_as_float(bpp)):
         raise InvalidOptionError(f"bpp must be a positive number, got {bpp!r}")
     bpp = float(bpp)
     if not math.isfinite(bpp * pixels):

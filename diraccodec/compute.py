@@ -192,9 +192,11 @@ CUDA_GRAPHS_ENV = "DIRAC_CUDA_GRAPHS"  # "1": the sampler's steps replay CUDA gr
 class GraphReplay:
     """`function` (tensors in, one tensor out) replayed from a CUDA graph captured once per
     input shape: a step of a small network then costs one launch instead of hundreds, which
-    is what bounds it on a GPU. The graphs (and their memory) live as long as this object,
-    the `max_graphs` last used of them. The inputs are copied into the graph's own buffers and
-    the output copied out, so the caller sees plain tensors."""
+    is what bounds it on a GPU. The graphs (and their memory) live as long as this object;
+    `trim` keeps the `max_graphs` last used, between pieces of work (a decode whose tiles
+    come in more shapes keeps them all while it runs: dropping one it uses again at the next
+    step would capture it again every step). The inputs are copied into the graph's own
+    buffers and the output copied out, so the caller sees plain tensors."""
 
     WARMUP_CALLS = 2  # on a side stream before capture: cuDNN picks its kernels, lazy state settles
 
@@ -209,8 +211,6 @@ class GraphReplay:
         if key in self.refused:
             return self.function(*inputs)
         if key not in self.graphs:
-            while len(self.graphs) >= self.max_graphs:  # the least recently used goes, and its memory
-                self.graphs.popitem(last=False)
             try:
                 self.graphs[key] = self._capture([tensor.clone() for tensor in inputs])
             except RuntimeError as error:  # an operation capture does not allow: run as it is
@@ -224,6 +224,11 @@ class GraphReplay:
             buffer.copy_(tensor)
         graph.replay()
         return output.clone()
+
+    def trim(self) -> None:
+        """Drop all but the `max_graphs` graphs last used, and their memory."""
+        while len(self.graphs) > self.max_graphs:
+            self.graphs.popitem(last=False)
 
     def _capture(self, buffers: list[torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]:
         side = torch.cuda.Stream()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import numbers
 from typing import IO, Any
 
 from PIL import Image, ImageFile
@@ -78,7 +79,7 @@ def _checked_decode_options(options: dict[str, Any]) -> dict[str, Any]:
         raise InvalidOptionError(f"unknown decode option(s) {', '.join(unknown)}; "
                                  f"known: {', '.join(sorted(decode_options()))}")
     limit = options.get("max_pixels", 1)  # Image.open reads it first, where Pillow would swallow a TypeError
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+    if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1:
         raise InvalidOptionError(f"max_pixels must be a whole number of pixels above 0, got {limit!r}")
     return dict(options)
 

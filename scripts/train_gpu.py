@@ -197,7 +197,8 @@ def training_options(arguments: argparse.Namespace, state: Path) -> LoopOptions:
     """The model's training options from the command line."""
     common: dict[str, Any] = {
         "checkpoint": state, "data": tuple(arguments.data or [DEFAULT_TRAIN_DATA]),
-        "steps": arguments.steps or 1, "minutes": arguments.minutes, "stop_after": arguments.stop_after,
+        "steps": arguments.steps or 1, "minutes": arguments.minutes, "deadline": arguments.deadline,
+        "stop_after": arguments.stop_after,
         "batch_size": arguments.batch_size or DEFAULT_BATCH[arguments.model], "patch_size": arguments.patch_size,
         "seed": arguments.seed, "device": arguments.device, "threads": arguments.threads,
         "compile": arguments.compile, "channels_last": arguments.channels_last, "bf16": arguments.bf16,

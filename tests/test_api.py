@@ -92,10 +92,13 @@ def test_numpy_numbers_and_bytes_like_inputs_are_taken(small_image):
     small_image.save(png, format="PNG")
     assert diraccodec.encode(bytearray(png.getvalue()), 3, effort=1) == data
     assert diraccodec.encode(memoryview(png.getvalue()), 3, effort=1) == data
+    assert diraccodec.encode(io.BytesIO(png.getvalue()), 3, effort=1) == data  # a file object
+    assert diraccodec.encode(np.frombuffer(png.getvalue(), np.uint8), 3, effort=1) == data  # cv2.imencode's
     pixels = np.asarray(diraccodec.decode(data, 0))
     for same in (bytearray(data), memoryview(data), np.frombuffer(data, np.uint8)):
         assert np.array_equal(np.asarray(diraccodec.decode(same, np.int64(0), np.int64(5))), pixels)
     assert diraccodec.inspect(bytearray(data)).file_size == len(data)
+    assert np.array_equal(np.asarray(diraccodec.decode(data, 0, restore=np.True_)), pixels)
 
 
 @pytest.mark.parametrize(("call", "message"), [
@@ -107,6 +110,8 @@ def test_numpy_numbers_and_bytes_like_inputs_are_taken(small_image):
     (lambda image, data: diraccodec.encode(np.zeros((16, 16, 3), np.uint8), 3),
      r"^image must be a PIL image, a path or an image file's bytes, got numpy.ndarray: make a PIL image of its "),
     (lambda image, data: diraccodec.encode(None, 3), r"^image must be .* got NoneType$"),
+    (lambda image, data: diraccodec.encode(image, 10**400), r"^quality must be between -1 and 8, got 1000"),
+    (lambda image, data: diraccodec.encode(image, bpp=10**400), r"^bpp must be a positive number, got 1000"),
     (lambda image, data: diraccodec.decode(data, 1, "a"), r"^seed must be a whole number, got 'a'$"),
     (lambda image, data: diraccodec.decode(data, 0, restore="no"), r"^restore must be True or False, got 'no'$"),
     (lambda image, data: diraccodec.decode(data, 0, exact=1), r"^exact must be True or False, got 1$"),

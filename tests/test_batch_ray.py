@@ -284,8 +284,13 @@ def test_uris_through_pyarrow_give_the_local_paths_outputs(tmp_path: Path, photo
 
 
 def test_a_uri_s_query_stays_after_the_names_joined_to_its_path():
+    from diraccodec.batch.jobs import _inside
+
     assert join("s3://bucket/photos?region=eu-west-1", "a b#1.png") == "s3://bucket/photos/a%20b%231.png?region=eu-west-1"
     assert join("s3://bucket/photos/", "x.drc") == "s3://bucket/photos/x.drc"
+    # a destination inside the source is found with the query too (its files are then not read as inputs)
+    assert str(_inside("s3://b/in/my%20out?region=x", "s3://b/in?region=x")) == "my out"
+    assert _inside("s3://b/in/out?region=y", "s3://b/in?region=x") is None  # another endpoint
 
 
 def test_a_destination_uri_that_cannot_be_opened_fails_once_before_any_file(photos: Path):

@@ -189,6 +189,9 @@ def test_a_profile_of_another_colour_space_than_the_decoded_pixels_is_left_out(s
     grey = small_image.convert("L")
     cases = [(lab, None), (with_profile(grey, bytes(grey_profile)), bytes(grey_profile)),
              (with_profile(grey, swapped_primaries_profile()), None)]
+    cmyk = small_image.convert("CMYK")
+    cmyk.info["icc_profile"] = b"not a profile" * 40  # unreadable, but a CMYK one whatever it says
+    cases.append((cmyk, None))
     for image, profile in cases:
         assert diraccodec.decode(diraccodec.encode(image, 3, effort=1)).info.get("icc_profile") == profile
 

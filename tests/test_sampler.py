@@ -280,7 +280,10 @@ def test_replayed_steps_give_the_pixels_of_plain_ones(monkeypatch, small_image):
     for shape in ((1, 6, 64, 64), (1, 6, 64, 96), (1, 6, 64, 64)):
         with torch.no_grad():
             one_kept(torch.rand(shape, device="cuda"), torch.rand(1, device="cuda"))
-    assert len(one_kept.graphs) == 1 and one_kept.captures == 3  # the least recently used went
+    assert len(one_kept.graphs) == 2 and one_kept.captures == 2  # none dropped while in use
+    one_kept.trim()
+    assert list(one_kept.graphs) == [((((1, 6, 64, 64)), torch.float32, (24576, 4096, 64, 1)),
+                                      ((1,), torch.float32, (1,)))]  # the last used stays
     data = diraccodec.encode(small_image, 3, device="cuda")
     plain = np.asarray(diraccodec.decode(data, 5, device="cuda"))
     monkeypatch.setenv(CUDA_GRAPHS_ENV, "1")
@@ -292,6 +295,26 @@ def test_replayed_steps_give_the_pixels_of_plain_ones(monkeypatch, small_image):
     first = captured()
     assert np.array_equal(np.asarray(diraccodec.decode(data, 5, device="cuda")), plain)
     assert captured() == first  # a second decode replays the graphs the first one captured
+
+
+def test_graphs_of_a_decode_s_many_tile_shapes_are_captured_once_and_trimmed_after():
+    """Tiles come in the same order at every step: dropping the least recently used graph when
+    there are more shapes than kept graphs would capture every tile again at every step."""
+    from diraccodec.compute import GraphReplay
+
+    class Captured(GraphReplay):  # the graph's bookkeeping, without a GPU: replaying runs the function
+        def _capture(self, buffers):
+            graph = type("Graph", (), {"replay": lambda graph: None})()
+            return graph, buffers, self.function(*buffers)
+
+    replay = Captured(lambda x: x * 2, max_graphs=4)
+    shapes = [(1, 6, 8, 8 + width) for width in range(9)]
+    for _ in range(20):  # the steps
+        for shape in shapes:
+            replay(torch.ones(shape))
+    assert replay.captures == 9 and len(replay.graphs) == 9
+    replay.trim()
+    assert [key[0][0] for key in replay.graphs] == shapes[-4:]
 
 
 def test_a_replayed_step_is_kept_with_its_model_and_goes_with_it(monkeypatch):

@@ -236,6 +236,17 @@ def test_a_time_budget_sets_the_step_count_and_a_run_without_moments_warms_up(ph
     assert learning_rate_at(9_900, resumed) < 1e-3
 
 
+def test_a_deadline_ends_a_budgeted_run_before_its_minutes_do(photo_folder: Path, tmp_path: Path):
+    """A stage launched by the candidate script ends by its launcher's deadline, whatever its
+    own start-up took: the minutes it was given count from later than the deadline does."""
+    budget = options(photo_folder, tmp_path / "ck", 1)
+    budget.minutes, budget.deadline, budget.log_every, budget.save_margin_seconds = 1.0, time.time() + 3, 1000, 0.2
+    started = time.monotonic()
+    train_base(budget)
+    assert time.monotonic() - started < 20 and json.loads(summary_path(tmp_path / "ck").read_text())[
+        "stopped_by"] == "time"  # not the minute it was given
+
+
 def test_a_slow_first_step_does_not_end_a_budgeted_run_early(photo_folder: Path, tmp_path: Path, monkeypatch):
     """On a GPU the first step compiles the model (a minute or more). Counted in the speed, it
     made the first estimate of the run's steps so small that the decay began before the next

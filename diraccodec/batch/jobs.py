@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 from diraccodec.batch.storage import Location, is_uri, join, location_of, storage_for
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
@@ -103,9 +104,12 @@ def _inside(destination: Location, source: Location) -> PurePosixPath | None:
     """Where `destination` lies under `source`, relative to it (None: elsewhere, or the same folder)."""
     if is_uri(destination) != is_uri(source):
         return None
-    if is_uri(source):
-        below, above = str(destination).rstrip("/"), str(source).rstrip("/")
-        return PurePosixPath(below[len(above) + 1:]) if below.startswith(above + "/") else None
+    if is_uri(source):  # the same scheme, host and query (?endpoint_override=...), a path below
+        below, above = urlsplit(str(destination)), urlsplit(str(source))
+        if (below.scheme, below.netloc, below.query) != (above.scheme, above.netloc, above.query):
+            return None
+        lower, upper = below.path.rstrip("/"), above.path.rstrip("/")
+        return PurePosixPath(unquote(lower[len(upper) + 1:])) if lower.startswith(upper + "/") else None
     below, above = Path(os.path.realpath(destination)), Path(os.path.realpath(source))
     return PurePosixPath(below.relative_to(above).as_posix()) if below != above and below.is_relative_to(above) \
         else None
@@ -119,11 +123,11 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
         return JobResult(job, "failed", f"converts to the same output as {job.same_output_as}; rename one of them")
     try:
         source, target = storage_for(job.source), storage_for(job.target)
-        if job.replaces_source:  # whether or not it may overwrite: not "skipped", as if it were done
-            return JobResult(job, "failed", f"its output {job.target} is an input of this batch, left as it is: "
-                                            f"convert into another folder")
         if not settings.overwrite and target.exists(job.target):
             return JobResult(job, "skipped", "output exists")
+        if job.replaces_source:
+            return JobResult(job, "failed", f"its output {job.target} is an input of this batch, left as it is: "
+                                            f"convert into another folder")
         data = source.read(job.source)
         if job.encodes:
             quality = None if settings.size is not None or settings.bpp is not None else settings.quality

@@ -20,7 +20,7 @@ from fractions import Fraction
 
 import torch
 
-from diraccodec.compute import Compute
+from diraccodec.compute import Compute, GraphReplay
 from diraccodec.diffusion.noise import gaussian_noise
 from diraccodec.diffusion.schedule import RESIDUAL_SCALE, per_level, respaced_times, signal_level
 from diraccodec.options import Progress
@@ -196,7 +196,11 @@ def sample_residual(model: ResidualUNet, base: torch.Tensor, level: float, steps
     def crop(tensor: torch.Tensor) -> torch.Tensor:  # in place: both are the sampling's own
         return tensor.mul_(RESIDUAL_SCALE)[..., :height, :width]
 
-    with torch.no_grad():
-        prediction, noise_left = sample_ddim(denoise, settings.times(level, steps), noise, settings.eta,
-                                             settings.renoise)
-        return SampledResidual(crop(prediction), crop(noise_left))
+    try:
+        with torch.no_grad():
+            prediction, noise_left = sample_ddim(denoise, settings.times(level, steps), noise, settings.eta,
+                                                 settings.renoise)
+            return SampledResidual(crop(prediction), crop(noise_left))
+    finally:
+        if isinstance(step, GraphReplay):
+            step.trim()  # the shapes this decode used stay for the next

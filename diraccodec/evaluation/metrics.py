@@ -135,5 +135,5 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     values, vectors = np.linalg.eigh(cov_a)
     root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
-    # at least 0: a set against itself comes out a rounding error below
-    return max(0.0, float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross))
+    distance = float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
+    return 0.0 if distance < 0 else distance  # a set against itself comes out a rounding error below 0

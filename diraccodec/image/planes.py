@@ -190,6 +190,7 @@ def _planes(image: Image.Image, with_metadata: bool) -> Planes:
         return Planes(array[:, :, :3].copy(), ColourMode.RGBA, array[:, :, 3].copy(), icc, metadata)
     if mode != "RGB":
         image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX ...
+        icc = None if mode == "CMYK" else icc  # a CMYK profile, readable or not, no longer describes them
     return Planes(np.asarray(image).copy(), ColourMode.RGB, None, icc, metadata)
 
 

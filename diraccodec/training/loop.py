@@ -61,6 +61,9 @@ class LoopOptions:
     # included): the step count is set from the measured speed, so that the learning-rate
     # decay ends when the time does, and the run stops early enough to save.
     minutes: float | None = None
+    # The latest end of that budget, in seconds since the epoch (time.time()): a process that
+    # another one launched ends by the launcher's deadline, its own start-up counted.
+    deadline: float | None = None
     calibration_steps: int = 100
     # The step that `decay_from` counts from: 0 for a run to a total step count; the run's
     # first step under `minutes`, so a resumed run decays over the end of its own budget.
@@ -265,6 +268,8 @@ def _train_until_stopped(
     end, margin = None, options.save_margin_seconds
     if options.minutes is not None:  # until the speed is known, no end and no decay
         end = run.started + options.minutes * 60
+        if options.deadline is not None:
+            end = min(end, time.monotonic() + options.deadline - time.time())
         options.steps, options.schedule_start = state.step + 10**9, state.step
     speed = Throughput(run.device, run.started, pixels_per_step)
     profiled = StepProfile(options.profile_steps, options.profile_after, run.device)
