@@ -32,7 +32,7 @@ LEVELS = (0, 0.5, 1, 2, 3, 4, 5, 6, 7, 8)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--weights", type=Path, default=None,
                         help="Base weights with tables per level (default: the shipped ones).")

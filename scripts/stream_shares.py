@@ -43,7 +43,7 @@ def shares(images: list, level: float) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--levels", default="0,1,2,4,8", help="Comma-separated rate levels (default 0,1,2,4,8).")
     parser.add_argument("--images", type=int, default=None, help="The first N images only.")
