@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import math
 import numbers
 import os
@@ -122,6 +123,16 @@ def get_codec(weights: str | Path | None = None, compute: Compute | None = None)
     return _codec(Path(weights or default_weights_path()).resolve(), compute or Compute())
 
 
+def _shown(value: object) -> str:
+    """A value as an error names it: its repr, cut short (an integer of thousands of digits has
+    none: Python refuses to print it)."""
+    try:
+        text = str(value) if isinstance(value, numbers.Number) else repr(value)
+    except ValueError:
+        return "a number too long to print"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _whole(value: object) -> bool:
     """An integer of any kind (a numpy one too), but not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -143,17 +154,18 @@ def _as_float(value: float) -> float:
 def check_quality(quality: float, num_levels: int) -> float:
     """The level a file at `quality` carries: checked, then rounded to the format's 1/256 steps."""
     if not _real(quality):
-        raise InvalidOptionError(f"quality must be a number, got {quality!r}")
+        raise InvalidOptionError(f"quality must be a number, got {_shown(quality)}")
     if math.isnan(_as_float(quality)) or not LOWEST_LEVEL <= quality <= num_levels:
-        raise InvalidOptionError(f"quality must be between {LOWEST_LEVEL:g} and {num_levels}, got {quality}")
+        raise InvalidOptionError(f"quality must be between {LOWEST_LEVEL:g} and {num_levels}, got {_shown(quality)}")
     return drc.quantize_level(float(quality)) / drc.LEVEL_DENOMINATOR
 
 
 def check_effort(effort: int) -> int:
     if not _whole(effort):
-        raise InvalidOptionError(f"effort must be a whole number, got {effort!r}")
+        raise InvalidOptionError(f"effort must be a whole number, got {_shown(effort)}")
     if effort not in EFFORT_PASSES:
-        raise InvalidOptionError(f"effort must be between {min(EFFORT_PASSES)} and {max(EFFORT_PASSES)}, got {effort}")
+        raise InvalidOptionError(f"effort must be between {min(EFFORT_PASSES)} and {max(EFFORT_PASSES)}, "
+                                 f"got {_shown(effort)}")
     return int(effort)
 
 
@@ -161,21 +173,21 @@ def check_steps(steps: int | None) -> int:
     if steps is None:
         return 0
     if not _whole(steps):
-        raise InvalidOptionError(f"steps must be a whole number, got {steps!r}")
+        raise InvalidOptionError(f"steps must be a whole number, got {_shown(steps)}")
     if not 0 <= steps <= MAX_STEPS:
-        raise InvalidOptionError(f"steps must be between 0 and {MAX_STEPS}, got {steps}")
+        raise InvalidOptionError(f"steps must be between 0 and {MAX_STEPS}, got {_shown(steps)}")
     return int(steps)
 
 
 def check_seed(seed: int | None) -> int | None:
     if seed is not None and not _whole(seed):
-        raise InvalidOptionError(f"seed must be a whole number, got {seed!r}")
+        raise InvalidOptionError(f"seed must be a whole number, got {_shown(seed)}")
     return None if seed is None else int(seed)
 
 
 def check_max_pixels(max_pixels: int) -> int:
     if not _whole(max_pixels) or max_pixels < 1:
-        raise InvalidOptionError(f"max_pixels must be a whole number of at least 1, got {max_pixels!r}")
+        raise InvalidOptionError(f"max_pixels must be a whole number of at least 1, got {_shown(max_pixels)}")
     return int(max_pixels)
 
 
@@ -183,7 +195,8 @@ def check_flag(name: str, value: bool | None, none_allowed: bool = False) -> boo
     """True or False (numpy's too; or None where that means a default): a truthy string is not
     taken for True."""
     if not isinstance(value, bool | np.bool_) and not (none_allowed and value is None):
-        raise InvalidOptionError(f"{name} must be True or False{' or None' if none_allowed else ''}, got {value!r}")
+        raise InvalidOptionError(f"{name} must be True or False{' or None' if none_allowed else ''}, "
+                                 f"got {_shown(value)}")
     return None if value is None else bool(value)
 
 
@@ -481,11 +494,15 @@ def _image_bytes(image: object) -> bytes:
     uint8 array (cv2.imencode's); anything else is refused by name."""
     if isinstance(image, bytes):
         return image
+    if isinstance(image, io.TextIOBase):
+        raise InvalidOptionError("an image file object must be open in binary mode ('rb'), not text")
     if callable(getattr(image, "read", None)):  # io.BytesIO, an open file
         data = image.read()
-        if isinstance(data, bytes):
-            return data
-    if isinstance(image, np.ndarray) and image.ndim == 1 and image.dtype == np.uint8:
+        if not isinstance(data, bytes | bytearray):
+            raise InvalidOptionError(f"an image file object must give bytes, gave {type(data).__name__}")
+        return bytes(data)
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and (
+            image.ndim == 1 or (image.ndim == 2 and image.shape[1] == 1)):  # cv2.imencode gives (N, 1)
         return image.tobytes()
     pixels = isinstance(image, np.ndarray | torch.Tensor)  # bytes-like, but pixels rather than a file
     if not pixels:
@@ -499,13 +516,13 @@ def _image_bytes(image: object) -> bytes:
 
 def check_size(size: int) -> int:
     if not _whole(size) or size <= 0:
-        raise InvalidOptionError(f"size must be a positive number of bytes, got {size!r}")
+        raise InvalidOptionError(f"size must be a positive number of bytes, got {_shown(size)}")
     return int(size)
 
 
 def bpp_to_bytes(bpp: float | None, pixels: int) -> int:
     if not _real(bpp) or not bpp > 0 or math.isinf(_as_float(bpp)):
-        raise InvalidOptionError(f"bpp must be a positive number, got {bpp!r}")
+        raise InvalidOptionError(f"bpp must be a positive number, got {_shown(bpp)}")
     bpp = float(bpp)
     if not math.isfinite(bpp * pixels):
         raise InvalidOptionError(f"{bpp} bpp is too many bits for an image of {pixels} pixels")

@@ -93,7 +93,8 @@ def test_numpy_numbers_and_bytes_like_inputs_are_taken(small_image):
     assert diraccodec.encode(bytearray(png.getvalue()), 3, effort=1) == data
     assert diraccodec.encode(memoryview(png.getvalue()), 3, effort=1) == data
     assert diraccodec.encode(io.BytesIO(png.getvalue()), 3, effort=1) == data  # a file object
-    assert diraccodec.encode(np.frombuffer(png.getvalue(), np.uint8), 3, effort=1) == data  # cv2.imencode's
+    assert diraccodec.encode(np.frombuffer(png.getvalue(), np.uint8), 3, effort=1) == data
+    assert diraccodec.encode(np.frombuffer(png.getvalue(), np.uint8)[:, None], 3, effort=1) == data  # cv2.imencode's
     pixels = np.asarray(diraccodec.decode(data, 0))
     for same in (bytearray(data), memoryview(data), np.frombuffer(data, np.uint8)):
         assert np.array_equal(np.asarray(diraccodec.decode(same, np.int64(0), np.int64(5))), pixels)
@@ -112,6 +113,9 @@ def test_numpy_numbers_and_bytes_like_inputs_are_taken(small_image):
     (lambda image, data: diraccodec.encode(None, 3), r"^image must be .* got NoneType$"),
     (lambda image, data: diraccodec.encode(image, 10**400), r"^quality must be between -1 and 8, got 1000"),
     (lambda image, data: diraccodec.encode(image, bpp=10**400), r"^bpp must be a positive number, got 1000"),
+    (lambda image, data: diraccodec.encode(image, 3, effort=10**5000), r"^effort must be between 1 and 5, got a "
+                                                                      r"number too long to print$"),
+    (lambda image, data: diraccodec.encode(io.StringIO("text"), 3), r"^an image file object must be open in binary"),
     (lambda image, data: diraccodec.decode(data, 1, "a"), r"^seed must be a whole number, got 'a'$"),
     (lambda image, data: diraccodec.decode(data, 0, restore="no"), r"^restore must be True or False, got 'no'$"),
     (lambda image, data: diraccodec.decode(data, 0, exact=1), r"^exact must be True or False, got 1$"),

@@ -291,6 +291,8 @@ def test_a_uri_s_query_stays_after_the_names_joined_to_its_path():
     # a destination inside the source is found with the query too (its files are then not read as inputs)
     assert str(_inside("s3://b/in/my%20out?region=x", "s3://b/in?region=x")) == "my out"
     assert _inside("s3://b/in/out?region=y", "s3://b/in?region=x") is None  # another endpoint
+    assert str(_inside("s3://b/my%20in/out", "s3://b/my in")) == "out"  # spelt two ways
+    assert str(_inside("s3://b/in//out/", "s3://b/in/")) == "out"
 
 
 def test_a_destination_uri_that_cannot_be_opened_fails_once_before_any_file(photos: Path):

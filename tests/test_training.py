@@ -247,6 +247,14 @@ def test_a_deadline_ends_a_budgeted_run_before_its_minutes_do(photo_folder: Path
         "stopped_by"] == "time"  # not the minute it was given
 
 
+def test_a_deadline_ends_a_run_to_a_step_count_early_without_changing_the_count(photo_folder: Path, tmp_path: Path):
+    budget = options(photo_folder, tmp_path / "ck", 10**6)
+    budget.deadline, budget.log_every, budget.save_margin_seconds = time.time() + 2, 1000, 0.2
+    started = time.monotonic()
+    train_base(budget)
+    assert time.monotonic() - started < 20 and budget.steps == 10**6  # stopped by the deadline, its count kept
+
+
 def test_a_slow_first_step_does_not_end_a_budgeted_run_early(photo_folder: Path, tmp_path: Path, monkeypatch):
     """On a GPU the first step compiles the model (a minute or more). Counted in the speed, it
     made the first estimate of the run's steps so small that the decay began before the next

@@ -108,8 +108,8 @@ def _inside(destination: Location, source: Location) -> PurePosixPath | None:
         below, above = urlsplit(str(destination)), urlsplit(str(source))
         if (below.scheme, below.netloc, below.query) != (above.scheme, above.netloc, above.query):
             return None
-        lower, upper = below.path.rstrip("/"), above.path.rstrip("/")
-        return PurePosixPath(unquote(lower[len(upper) + 1:])) if lower.startswith(upper + "/") else None
+        lower, upper = unquote(below.path).rstrip("/"), unquote(above.path).rstrip("/")
+        return PurePosixPath(lower[len(upper):].strip("/")) if lower.startswith(upper + "/") else None
     below, above = Path(os.path.realpath(destination)), Path(os.path.realpath(source))
     return PurePosixPath(below.relative_to(above).as_posix()) if below != above and below.is_relative_to(above) \
         else None

@@ -268,9 +268,10 @@ def _train_until_stopped(
     end, margin = None, options.save_margin_seconds
     if options.minutes is not None:  # until the speed is known, no end and no decay
         end = run.started + options.minutes * 60
-        if options.deadline is not None:
-            end = min(end, time.monotonic() + options.deadline - time.time())
         options.steps, options.schedule_start = state.step + 10**9, state.step
+    if options.deadline is not None:
+        until = time.monotonic() + options.deadline - time.time()
+        end = until if end is None else min(end, until)
     speed = Throughput(run.device, run.started, pixels_per_step)
     profiled = StepProfile(options.profile_steps, options.profile_after, run.device)
     window: dict[str, list[torch.Tensor]] = {}
@@ -299,7 +300,7 @@ def _train_until_stopped(
                 stopped_by = _stop_reason(options, state.step, state.step - first_step, stop.requested, out_of_time)
                 if stopped_by:
                     break
-                if end is not None:
+                if options.minutes is not None:  # a step count's run keeps its count, ended early at most
                     _fit_steps_to_time(options, state.step, end - margin, pace, console)
                 step_started = time.monotonic()
                 profiled.before_step(state.step - first_step)
