@@ -200,16 +200,23 @@ def check_flag(name: str, value: bool | None, none_allowed: bool = False) -> boo
     return None if value is None else bool(value)
 
 
-def file_bytes(data: bytes | bytearray | memoryview) -> bytes:
-    """A .drc file's bytes from any bytes-like object; a path or another object is refused by name."""
+def _bytes_of(data: object) -> bytes | None:
+    """The bytes of a bytes-like object (bytes, bytearray, memoryview, arrays); None for others."""
     if isinstance(data, bytes):
         return data
-    if isinstance(data, str | os.PathLike):
-        raise InvalidOptionError(f"give the .drc file's bytes, not a path: Path({str(data)!r}).read_bytes()")
     try:
         return memoryview(data).tobytes()
     except TypeError:
-        raise InvalidOptionError(f"a .drc file must be given as bytes, got {type(data).__name__}") from None
+        return None
+
+
+def file_bytes(data: bytes | bytearray | memoryview) -> bytes:
+    """A .drc file's bytes from any bytes-like object; a path or another object is refused by name."""
+    if isinstance(data, str | os.PathLike):
+        raise InvalidOptionError(f"give the .drc file's bytes, not a path: Path({str(data)!r}).read_bytes()")
+    if (found := _bytes_of(data)) is None:
+        raise InvalidOptionError(f"a .drc file must be given as bytes, got {type(data).__name__}")
+    return found
 
 
 def _recommended_steps(info: FileInfo) -> int:
@@ -463,7 +470,7 @@ def encode(
     if len(targets) != 1:
         raise InvalidOptionError("give exactly one of quality, size or bpp" if targets else
                                  f"give a quality ({LOWEST_LEVEL:g} to 8), a size in bytes or a bpp")
-    check_flag("metadata", metadata)
+    metadata = check_flag("metadata", metadata)
     options = EncodeOptions(check_effort(effort), check_flag("detail_map", detail_map, none_allowed=True),
                             check_steps(steps) if steps is not None else None, progress)
     max_pixels = check_max_pixels(max_pixels)
@@ -492,8 +499,6 @@ def encode(
 def _image_bytes(image: object) -> bytes:
     """An encoded image's bytes from any bytes-like object, a binary file object, or a flat
     uint8 array (cv2.imencode's); anything else is refused by name."""
-    if isinstance(image, bytes):
-        return image
     if isinstance(image, io.TextIOBase):
         raise InvalidOptionError("an image file object must be open in binary mode ('rb'), not text")
     if callable(getattr(image, "read", None)):  # io.BytesIO, an open file
@@ -505,9 +510,8 @@ def _image_bytes(image: object) -> bytes:
             image.ndim == 1 or (image.ndim == 2 and image.shape[1] == 1)):  # cv2.imencode gives (N, 1)
         return image.tobytes()
     pixels = isinstance(image, np.ndarray | torch.Tensor)  # bytes-like, but pixels rather than a file
-    if not pixels:
-        with contextlib.suppress(TypeError):
-            return memoryview(image).tobytes()
+    if not pixels and (found := _bytes_of(image)) is not None:
+        return found
     kind = type(image).__qualname__ if type(image).__module__ == "builtins" else \
         f"{type(image).__module__}.{type(image).__qualname__}"
     raise InvalidOptionError(f"image must be a PIL image, a path or an image file's bytes, got {kind}"
@@ -675,7 +679,7 @@ def decode(
     data = file_bytes(data)
     header = drc.unpack(data, check_max_pixels(max_pixels))
     seed = check_seed(seed)
-    check_flag("restore", restore)
+    restore = check_flag("restore", restore)
     compute = compute_for(device, check_flag("exact", exact))
     with _exclusive():
         codec = _codec_for_file(header, weights, compute)

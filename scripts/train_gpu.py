@@ -34,7 +34,8 @@ from rich.console import Console  # noqa: E402
 from diraccodec.codec.hyperprior import CONTEXTS  # noqa: E402
 from diraccodec.errors import DiracError  # noqa: E402
 from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, DEFAULT_DIFFUSION_WEIGHTS  # noqa: E402
-from diraccodec.training.base import DEFAULT_TRAIN_DATA, BaseTrainingOptions, export_base_checkpoint, train_base  # noqa: E402
+from diraccodec.options import TRAINING_PHOTOS  # noqa: E402
+from diraccodec.training.base import BaseTrainingOptions, export_base_checkpoint, train_base  # noqa: E402
 from diraccodec.training.checkpoint import (  # noqa: E402
     state_exists,
     state_folder,
@@ -114,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("model", choices=sorted(TRAINERS))
     cli.add_argument("--state", type=Path, help="The state's folder, resumed if it exists (default checkpoints/MODEL).")
     cli.add_argument("--data", type=existing, action="append", help=f"Folders of photos or packed shards "
-                     f"(repeatable; default {DEFAULT_TRAIN_DATA}). Held-out photos are never trained on.")
+                     f"(repeatable; default {TRAINING_PHOTOS}). Held-out photos are never trained on.")
     budget = cli.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=POSITIVE,
                         help=f"Wall-clock budget of this run (default {DEFAULT_MINUTES:g}).")
@@ -196,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
 def training_options(arguments: argparse.Namespace, state: Path) -> LoopOptions:
     """The model's training options from the command line."""
     common: dict[str, Any] = {
-        "checkpoint": state, "data": tuple(arguments.data or [DEFAULT_TRAIN_DATA]),
+        "checkpoint": state, "data": tuple(arguments.data or [TRAINING_PHOTOS]),
         "steps": arguments.steps or 1, "minutes": arguments.minutes, "deadline": arguments.deadline,
         "stop_after": arguments.stop_after,
         "batch_size": arguments.batch_size or DEFAULT_BATCH[arguments.model], "patch_size": arguments.patch_size,

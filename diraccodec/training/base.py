@@ -31,12 +31,10 @@ from diraccodec.training.crops import CropSampler, check_whole_blocks
 from diraccodec.training.loop import LoopOptions, run_loop, start_run
 from diraccodec.training.widening import grow_model, grown_gains
 
-DEFAULT_TRAIN_DATA = TRAINING_PHOTOS
-
 
 @dataclass
 class BaseTrainingOptions(LoopOptions):
-    data: tuple[Path, ...] = (DEFAULT_TRAIN_DATA,)
+    data: tuple[Path, ...] = (TRAINING_PHOTOS,)
     batch_size: int = 8
     patch_size: int = 128
     channels: int = HyperpriorConfig.channels

@@ -27,9 +27,9 @@ from diraccodec.modelfiles import (
     load_restoration_weights,
     load_unet_weights,
 )
+from diraccodec.options import TRAINING_PHOTOS
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
 from diraccodec.training.adversarial import CriticisedUNet, PatchCritic, adversarial_terms
-from diraccodec.training.base import DEFAULT_TRAIN_DATA
 from diraccodec.training.checkpoint import (
     RNG_PREFIX,
     TrainingState,
@@ -51,7 +51,7 @@ TRAINED_TIME_RANGE = 0.7
 
 @dataclass
 class DiffusionTrainingOptions(LoopOptions):
-    data: tuple[Path, ...] = (DEFAULT_TRAIN_DATA,)
+    data: tuple[Path, ...] = (TRAINING_PHOTOS,)
     base_weights: Path = DEFAULT_BASE_WEIGHTS
     batch_size: int = 8
     patch_size: int = 128

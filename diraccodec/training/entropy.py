@@ -35,7 +35,8 @@ from diraccodec.modelfiles import (
     retie_unets,
     write_with_level_tables,
 )
-from diraccodec.training.base import DEFAULT_TRAIN_DATA, hyperprior_modules
+from diraccodec.options import TRAINING_PHOTOS
+from diraccodec.training.base import hyperprior_modules
 from diraccodec.training.checkpoint import TrainingState
 from diraccodec.training.crops import CropSampler, check_whole_blocks
 from diraccodec.training.data import training_images
@@ -49,7 +50,7 @@ ENTROPY_SCALE_RANGE = (1.0, 1.25)
 
 @dataclass
 class EntropyTrainingOptions(LoopOptions):
-    data: tuple[Path, ...] = (DEFAULT_TRAIN_DATA,)
+    data: tuple[Path, ...] = (TRAINING_PHOTOS,)
     base_weights: Path = DEFAULT_BASE_WEIGHTS
     batch_size: int = 16
     patch_size: int = 320

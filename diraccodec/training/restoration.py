@@ -24,9 +24,9 @@ from diraccodec.modelfiles import (
     load_base_weights,
     load_unet_weights,
 )
+from diraccodec.options import TRAINING_PHOTOS
 from diraccodec.restoration.filter import RestorationFilter
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
-from diraccodec.training.base import DEFAULT_TRAIN_DATA
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
 from diraccodec.training.crops import check_whole_blocks
 from diraccodec.training.loop import LoopOptions, run_loop, start_run
@@ -39,7 +39,7 @@ BASE_MSE_FLOOR = 1e-6
 
 @dataclass
 class RestorationTrainingOptions(LoopOptions):
-    data: tuple[Path, ...] = (DEFAULT_TRAIN_DATA,)
+    data: tuple[Path, ...] = (TRAINING_PHOTOS,)
     base_weights: Path = DEFAULT_BASE_WEIGHTS
     batch_size: int = 8
     patch_size: int = 128
