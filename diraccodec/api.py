@@ -41,6 +41,7 @@ from diraccodec.errors import (
     InvalidOptionError,
     LimitExceededError,
     WrongWeightsError,
+    counted,
 )
 from diraccodec.image import metadata as metadata_parts
 from diraccodec.image.metadata import Metadata
@@ -49,6 +50,7 @@ from diraccodec.image.planes import (
     compress_alpha,
     decompress_alpha,
     image_to_planes,
+    loaded,
     open_image,
     planes_to_image,
     upright,
@@ -127,7 +129,7 @@ def _shown(value: object) -> str:
     """A value as an error names it: its repr, cut short (an integer of thousands of digits has
     none: Python refuses to print it)."""
     try:
-        text = str(value) if isinstance(value, numbers.Number) else repr(value)
+        text = str(value) if isinstance(value, numbers.Real) else repr(value)  # Decimal('2.5'), not 2.5
     except ValueError:
         return "a number too long to print"
     return text if len(text) <= 40 else text[:37] + "..."
@@ -198,6 +200,50 @@ def check_flag(name: str, value: bool | None, none_allowed: bool = False) -> boo
         raise InvalidOptionError(f"{name} must be True or False{' or None' if none_allowed else ''}, "
                                  f"got {_shown(value)}")
     return None if value is None else bool(value)
+
+
+def check_progress(progress: Progress | None) -> Progress | None:
+    """A callback of (done, total), or None: checked before any work, not at the first tile."""
+    if progress is not None and not callable(progress):
+        raise InvalidOptionError(f"progress must be a function of (done, total) or None, got {_shown(progress)}")
+    return progress
+
+
+def check_weights_path(name: str, path: str | Path | None) -> str | Path | None:
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise InvalidOptionError(f"{name} must be a path or None, got {_shown(path)}")
+    return path
+
+
+def check_decode_options(steps: int | None = None, seed: int | None = None, *,
+                         weights: str | Path | None = None, diffusion_weights: str | Path | None = None,
+                         device: str | torch.device | None = AUTO, exact: bool = False,
+                         max_pixels: int = drc.DEFAULT_MAX_PIXELS, restore: bool = True,
+                         progress: Progress | None = None) -> None:
+    """The checks `decode` makes of its options before it reads a file, for callers that keep
+    options for later decodes (the Pillow plugin's defaults): a bad one fails where it is set."""
+    if steps is not None:
+        check_steps(steps)
+    check_seed(seed)
+    check_weights_path("weights", weights)
+    check_weights_path("diffusion_weights", diffusion_weights)
+    compute_for(device, check_flag("exact", exact))
+    check_max_pixels(max_pixels)
+    check_flag("restore", restore)
+    check_progress(progress)
+
+
+def weights_id_bytes(weights_id: bytes | str) -> bytes:
+    """A base weights id as the format stores it (8 bytes) from those bytes or their hex (the
+    Pillow plugin's `info["weights_id"]`, `dirac info`'s)."""
+    if isinstance(weights_id, str):
+        try:
+            weights_id = bytes.fromhex(weights_id)
+        except ValueError:
+            raise InvalidOptionError(f"a weights id in hex has 16 hex digits, got {_shown(weights_id)}") from None
+    if not isinstance(weights_id, bytes | bytearray) or len(weights_id) != 8:
+        raise InvalidOptionError(f"a weights id is 8 bytes or 16 hex digits, got {_shown(weights_id)}")
+    return bytes(weights_id)
 
 
 def _bytes_of(data: object) -> bytes | None:
@@ -311,10 +357,11 @@ class Support:
     full_steps: int = 0  # of diffusion weights: the step count from which the finishing applies in full
 
 
-def installed_reader(file_weights_id: bytes) -> bytes:
+def installed_reader(file_weights_id: bytes | str) -> bytes:
     """The base weights id whose restoration and diffusion models serve files of
     `file_weights_id`: the installed base weights' own where they read that earlier release's
     files as the same model (BaseWeights.coding_for), else the file's."""
+    file_weights_id = weights_id_bytes(file_weights_id)
     try:
         installed = load_base_weights(default_weights_path().resolve())
     except DiracError:
@@ -324,9 +371,10 @@ def installed_reader(file_weights_id: bytes) -> bytes:
     return file_weights_id
 
 
-def diffusion_support(weights_id: bytes) -> Support:
+def diffusion_support(weights_id: bytes | str) -> Support:
     """Whether the installed diffusion weights can enhance files of base weights `weights_id`
     (decoding with steps above 0), with the restoration filter they were trained on."""
+    weights_id = weights_id_bytes(weights_id)
     path = default_diffusion_path()  # read on every call: $DIRAC_DIFFUSION_WEIGHTS may change
     if not path.exists():
         return Support(None, f"not available: no diffusion weights at {path} (0 steps only)")
@@ -346,8 +394,9 @@ def diffusion_support(weights_id: bytes) -> Support:
     return Support(diffusion.path, full_steps=diffusion.finishing.full_steps)
 
 
-def restoration_support(weights_id: bytes) -> Support:
+def restoration_support(weights_id: bytes | str) -> Support:
     """Whether 0 steps go through the installed restoration filter for files of `weights_id`."""
+    weights_id = weights_id_bytes(weights_id)
     try:
         restoration = load_restoration_weights()
     except DiracError as error:
@@ -472,17 +521,19 @@ def encode(
                                  f"give a quality ({LOWEST_LEVEL:g} to 8), a size in bytes or a bpp")
     metadata = check_flag("metadata", metadata)
     options = EncodeOptions(check_effort(effort), check_flag("detail_map", detail_map, none_allowed=True),
-                            check_steps(steps) if steps is not None else None, progress)
+                            check_steps(steps) if steps is not None else None, check_progress(progress))
     max_pixels = check_max_pixels(max_pixels)
+    check_weights_path("weights", weights)
     compute = compute_for(device)
     if isinstance(image, str | os.PathLike):
         image = open_image(image, max_pixels, label)  # a .drc file, whatever its name, is refused there
     elif not isinstance(image, Image.Image):
         image = open_image(_image_bytes(image), max_pixels, label)
     elif image.width * image.height > max_pixels:
-        raise LimitExceededError(f"image of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels")
-    else:
-        image = upright(image)  # as open_image turns a file's (the Pillow plugin's save comes here)
+        raise LimitExceededError(f"image of {image.width}x{image.height} exceeds the limit of "
+                                 f"{counted(max_pixels, 'pixel')}")
+    else:  # as open_image reads and turns a file's (the Pillow plugin's save comes here)
+        image = upright(loaded(image, max_pixels, label))
     if image.width == 0 or image.height == 0:
         raise ImageReadError(f"{label or 'the image'} has no pixels ({image.width}x{image.height})")
     planes = image_to_planes(image, metadata)
@@ -502,6 +553,8 @@ def _image_bytes(image: object) -> bytes:
     if isinstance(image, io.TextIOBase):
         raise InvalidOptionError("an image file object must be open in binary mode ('rb'), not text")
     if callable(getattr(image, "read", None)):  # io.BytesIO, an open file
+        if getattr(image, "seekable", lambda: False)():
+            image.seek(0)  # read whole, as Image.open reads one: a buffer just written is at its end
         data = image.read()
         if not isinstance(data, bytes | bytearray):
             raise InvalidOptionError(f"an image file object must give bytes, gave {type(data).__name__}")
@@ -509,6 +562,8 @@ def _image_bytes(image: object) -> bytes:
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and (
             image.ndim == 1 or (image.ndim == 2 and image.shape[1] == 1)):  # cv2.imencode gives (N, 1)
         return image.tobytes()
+    if isinstance(image, np.ndarray) and (image.ndim == 1 or (image.ndim == 2 and image.shape[1] == 1)):
+        raise InvalidOptionError(f"an image file's bytes in an array must be uint8, got {image.dtype}")
     pixels = isinstance(image, np.ndarray | torch.Tensor)  # bytes-like, but pixels rather than a file
     if not pixels and (found := _bytes_of(image)) is not None:
         return found
@@ -529,10 +584,10 @@ def bpp_to_bytes(bpp: float | None, pixels: int) -> int:
         raise InvalidOptionError(f"bpp must be a positive number, got {_shown(bpp)}")
     bpp = float(bpp)
     if not math.isfinite(bpp * pixels):
-        raise InvalidOptionError(f"{bpp} bpp is too many bits for an image of {pixels} pixels")
+        raise InvalidOptionError(f"{bpp} bpp is too many bits for an image of {counted(pixels, 'pixel')}")
     target = math.floor(bpp * pixels / 8)
     if target < 1:
-        raise InvalidOptionError(f"{bpp} bpp is less than one byte for an image of {pixels} pixels")
+        raise InvalidOptionError(f"{bpp} bpp is less than one byte for an image of {counted(pixels, 'pixel')}")
     return target
 
 
@@ -569,8 +624,9 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
         return best
 
     def below_smallest(searched: bool) -> InvalidOptionError:
-        return InvalidOptionError(f"a target of {target} bytes is below the smallest file at level "
-                                  f"{LOWEST_LEVEL:g} ({size_at(lowest, searched)[0]} bytes); ask for at least that")
+        smallest_size = size_at(lowest, searched)[0]
+        return InvalidOptionError(f"a target of {counted(target, 'byte')} is below the smallest file at level "
+                                  f"{LOWEST_LEVEL:g} ({counted(smallest_size, 'byte')}); ask for at least that")
 
     plain = highest_fitting(lowest, highest, searched=False)
     searches = encoder.search.passes > 0
@@ -620,11 +676,28 @@ class FileInfo:
     def metadata(self) -> Metadata:
         return self.header.metadata
 
+    @property
+    def alpha_payload(self) -> bytes | None:
+        """The compressed alpha plane, where the colour mode has alpha (its absence is corrupt)."""
+        if not self.header.colour_mode.has_alpha:
+            return None
+        if drc.TAG_ALPHA not in self.header.sections:
+            raise CorruptFileError("corrupt .drc file (alpha plane missing)")
+        return self.header.sections[drc.TAG_ALPHA]
+
+    def check_sections(self) -> None:
+        """Read the sections beside the latents that a decode reads (alpha present, profile,
+        metadata, detail map): a damaged one raises CorruptFileError now, not on first use."""
+        _ = self.alpha_payload, self.icc_profile, self.metadata, self.detail_map
+
 
 def inspect(data: bytes, max_pixels: int = drc.DEFAULT_MAX_PIXELS) -> FileInfo:
-    """The file's header and sections, checked (drc.unpack) but not decoded: no model is loaded."""
+    """The file's header and sections, checked (drc.unpack, and the sections beside the
+    latents read) but not decoded: no model is loaded."""
     data = file_bytes(data)
-    return FileInfo(drc.unpack(data, check_max_pixels(max_pixels)), len(data))
+    info = FileInfo(drc.unpack(data, check_max_pixels(max_pixels)), len(data))
+    info.check_sections()
+    return info
 
 
 @dataclass(frozen=True)
@@ -677,20 +750,18 @@ def decode(
     reconstruction (1) and each diffusion step: total is steps + 1.
     """
     data = file_bytes(data)
-    header = drc.unpack(data, check_max_pixels(max_pixels))
-    seed = check_seed(seed)
-    restore = check_flag("restore", restore)
-    compute = compute_for(device, check_flag("exact", exact))
+    check_decode_options(steps, seed, weights=weights, diffusion_weights=diffusion_weights, device=device,
+                         exact=exact, max_pixels=max_pixels, restore=restore, progress=progress)
+    header = drc.unpack(data, int(max_pixels))
+    compute = compute_for(device, bool(exact))
     with _exclusive():
         codec = _codec_for_file(header, weights, compute)
         info = FileInfo(header, len(data))
         steps = check_steps(steps) if steps is not None else _recommended_steps(info)
         diffusion = get_diffusion(codec, diffusion_weights) if steps > 0 else None
-        alpha = None
-        if header.colour_mode.has_alpha:  # checked first: a corrupt plane fails before the work
-            if drc.TAG_ALPHA not in header.sections:
-                raise CorruptFileError("corrupt .drc file (alpha plane missing)")
-            alpha = decompress_alpha(header.sections[drc.TAG_ALPHA], header.width, header.height)
+        alpha = None  # checked first: a corrupt plane fails before the work
+        if (alpha_payload := info.alpha_payload) is not None:
+            alpha = decompress_alpha(alpha_payload, header.width, header.height)
         profile = info.icc_profile  # a corrupt profile or metadata, too, fails before the work
         metadata = info.metadata
         detail_map = info.detail_map if diffusion is not None else None
@@ -700,7 +771,7 @@ def decode(
         rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality,
                                rules.arithmetic, rules.whole_grid)
         report(1, steps + 1)
-        rgb = enhance(codec, rgb, header.quality, steps, seed, diffusion, detail_map, restore,
+        rgb = enhance(codec, rgb, header.quality, steps, check_seed(seed), diffusion, detail_map, bool(restore),
                       lambda done, total: report(1 + done, 1 + total))
     return planes_to_image(Planes(rgb, header.colour_mode, alpha, profile, metadata))
 

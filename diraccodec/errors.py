@@ -48,6 +48,11 @@ class LimitExceededError(DiracError):
     pass
 
 
+def counted(number: int, noun: str) -> str:
+    """"1 byte", "2 bytes": a count and its noun, as a message says them."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 MAX_PIXELS_HINT = "(raise it with --max-pixels)"  # after a LimitExceededError, where the command has the option
 
 

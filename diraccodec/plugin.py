@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import inspect
 import io
-import numbers
 from typing import IO, Any
 
 from PIL import Image, ImageFile
@@ -78,9 +77,9 @@ def _checked_decode_options(options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidOptionError(f"unknown decode option(s) {', '.join(unknown)}; "
                                  f"known: {', '.join(sorted(decode_options()))}")
-    limit = options.get("max_pixels", 1)  # Image.open reads it first, where Pillow would swallow a TypeError
-    if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1:
-        raise InvalidOptionError(f"max_pixels must be a whole number of pixels above 0, got {limit!r}")
+    from diraccodec import api
+
+    api.check_decode_options(**options)  # where they are set, not at a later load (max_pixels: at Image.open)
     return dict(options)
 
 

@@ -7,6 +7,7 @@ import io
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 
 import numpy as np
 import pytest
@@ -116,6 +117,9 @@ def test_numpy_numbers_and_bytes_like_inputs_are_taken(small_image):
     (lambda image, data: diraccodec.encode(image, 3, effort=10**5000), r"^effort must be between 1 and 5, got a "
                                                                       r"number too long to print$"),
     (lambda image, data: diraccodec.encode(io.StringIO("text"), 3), r"^an image file object must be open in binary"),
+    (lambda image, data: diraccodec.encode(np.zeros(64, np.int8), 3),
+     r"^an image file's bytes in an array must be uint8, got int8$"),
+    (lambda image, data: diraccodec.encode(image, Decimal("2.5")), r"^quality must be a number, got Decimal\('2.5'\)$"),
     (lambda image, data: diraccodec.decode(data, 1, "a"), r"^seed must be a whole number, got 'a'$"),
     (lambda image, data: diraccodec.decode(data, 0, restore="no"), r"^restore must be True or False, got 'no'$"),
     (lambda image, data: diraccodec.decode(data, 0, exact=1), r"^exact must be True or False, got 1$"),
@@ -123,11 +127,76 @@ def test_numpy_numbers_and_bytes_like_inputs_are_taken(small_image):
     (lambda image, data: diraccodec.decode("photo.drc"),
      r"^give the .drc file's bytes, not a path: Path\('photo.drc'\).read_bytes\(\)$"),
     (lambda image, data: diraccodec.inspect(None), r"^a .drc file must be given as bytes, got NoneType$"),
+    (lambda image, data: diraccodec.encode(image, 3, effort=1, progress=5),
+     r"^progress must be a function of \(done, total\) or None, got 5$"),
+    (lambda image, data: diraccodec.decode(data, 0, progress="bar"), r"^progress must be a function of "),
+    (lambda image, data: diraccodec.decode(data, 0, weights=3), r"^weights must be a path or None, got 3$"),
+    (lambda image, data: diraccodec.encode(image, 3, weights=b"w"), r"^weights must be a path or None, got b'w'$"),
 ])
 def test_options_and_inputs_of_the_wrong_kind_are_refused_by_name(small_image, call, message):
     data = diraccodec.encode(small_image, 1, effort=1)
     with pytest.raises(InvalidOptionError, match=message):
         call(small_image, data)
+
+
+def test_a_file_object_is_read_from_its_start_as_pillow_reads_one(small_image):
+    png = io.BytesIO()
+    small_image.save(png, format="PNG")  # the buffer is left at its end
+    png.read(3)
+    assert diraccodec.encode(png, 3, effort=1) == diraccodec.encode(small_image, 3, effort=1)
+
+
+def test_a_pil_image_that_cannot_be_read_is_an_image_read_error(small_image):
+    closed = small_image.copy()
+    closed.close()
+    with pytest.raises(ImageReadError, match=r"^cannot read the image: Operation on closed image$"):
+        diraccodec.encode(closed, 3, effort=1)
+    png = io.BytesIO()
+    small_image.save(png, format="PNG")
+    lazily = Image.open(io.BytesIO(png.getvalue()[:-200]))  # its header read, its pixels not yet
+    with pytest.raises(ImageReadError, match=r"^cannot read image photo: image file is truncated"):
+        diraccodec.encode(lazily, 3, effort=1, label="photo")
+
+
+def test_metadata_a_caller_sets_in_info_is_checked_or_taken_as_pillow_takes_it(small_image):
+    for name, value, kind in (("xmp", 5, "int"), ("icc_profile", "abc", "str"), ("exif", [1], "list")):
+        image = small_image.copy()
+        image.info[name] = value
+        with pytest.raises(InvalidOptionError, match=rf"^the image's info\['{name}'\] must be bytes, got {kind}$"):
+            diraccodec.encode(image, 3, effort=1)
+    image, exif = small_image.copy(), Image.Exif()
+    exif[0x010F] = "a camera make"
+    image.info["exif"] = exif  # an Image.Exif, as Pillow's writers take it
+    assert diraccodec.decode(diraccodec.encode(image, 3, effort=1)).getexif()[0x010F] == "a camera make"
+
+
+def test_an_animated_pil_image_warns_that_its_current_frame_is_encoded(small_image):
+    gif = io.BytesIO()
+    small_image.save(gif, "GIF", save_all=True, append_images=[small_image.rotate(180)])
+    animated = Image.open(gif)
+    animated.seek(1)
+    with pytest.warns(UserWarning, match=r"^the image is animated \(2 frames\): encoding frame 2 only$"):
+        data = diraccodec.encode(animated, 3, effort=1)
+    assert data == diraccodec.encode(animated.convert("RGB"), 3, effort=1)
+
+
+def test_inspect_reads_every_section_beside_the_latents(small_image):
+    from diraccodec.container import drc
+    from diraccodec.errors import CorruptFileError
+
+    header = diraccodec.inspect(diraccodec.encode(small_image.convert("RGBA"), 1, effort=1)).header
+    for tag, what in ((drc.TAG_EXIF, "EXIF"), (drc.TAG_XMP, "XMP"), (drc.TAG_DETAIL, "detail map"),
+                      (drc.TAG_ICC_COMPRESSED, "ICC")):
+        damaged = drc.DrcFile(header.width, header.height, header.colour_mode, header.quality, header.weights_id,
+                              {**header.sections, tag: b"\x01\x02junk"})
+        with pytest.raises(CorruptFileError, match=what):
+            diraccodec.inspect(drc.pack(damaged))
+    sections = dict(header.sections)
+    del sections[drc.TAG_ALPHA]
+    without_alpha = drc.pack(drc.DrcFile(header.width, header.height, header.colour_mode, header.quality,
+                                         header.weights_id, sections))
+    with pytest.raises(CorruptFileError, match=r"alpha plane missing"):
+        diraccodec.inspect(without_alpha)
 
 
 def test_an_image_without_pixels_is_refused():
@@ -238,6 +307,11 @@ def test_the_api_says_which_installed_models_serve_a_files_weights(small_image):
     assert diffusion.weights is not None and diffusion.weights.name == "diffusion.safetensors"
     assert diffusion.full_steps == 20 and diffusion.why_not == ""
     assert restoration.weights is not None and restoration.weights.name == "restoration.safetensors"
+    assert api.installed_reader(shipped.hex()) == shipped  # as the Pillow plugin's info gives it
+    assert api.diffusion_support(shipped.hex()) == diffusion and api.restoration_support(shipped.hex()) == restoration
+    for bad in ("xyz", shipped.hex()[:-2], 7, shipped + b"\x00"):
+        with pytest.raises(InvalidOptionError, match="weights id"):
+            api.restoration_support(bad)
     other = bytes(8)
     assert api.installed_reader(other) == other
     unserved = api.diffusion_support(other)

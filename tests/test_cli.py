@@ -410,6 +410,25 @@ def test_info_gives_its_fields_as_json(small_drc: Path):
     assert fields["metadata"] == {"exif": 0, "xmp": 0} and fields["restoration"].startswith("0 steps go through")
 
 
+def test_info_of_several_files_shows_each_and_names_the_one_it_cannot_read(small_drc: Path, small_png: Path):
+    import json
+
+    other = small_drc.with_name("other.drc")
+    other.write_bytes(diraccodec.encode(Image.open(small_png), 1, effort=1))
+    runner = CliRunner()
+    result = runner.invoke(main, ["info", str(small_drc), str(small_png), str(other), "--json"])
+    lines = result.stdout.splitlines()
+    assert result.exit_code == 1 and len(lines) == 2, result.output
+    assert [json.loads(line)["file"] for line in lines] == [str(small_drc), str(other)]
+    assert [json.loads(line)["level"] for line in lines] == [3, 1]
+    assert result.stderr == f"dirac: error: {small_png}: not a .drc file (bad magic bytes)\n"
+    tables = runner.invoke(main, ["info", str(small_drc), str(other)])
+    assert tables.exit_code == 0 and tables.stdout.count("format version") == 2, tables.output
+    assert tables.stdout.index(str(small_drc)) < tables.stdout.index("\n\n") < tables.stdout.index(str(other))
+    twice = runner.invoke(main, ["info", "-", "-"], input=small_drc.read_bytes())
+    assert twice.exit_code == 2 and twice.stderr == "dirac: error: standard input (-) can be read once\n"
+
+
 def test_unwritable_output_leaves_nothing(tmp_path: Path, small_png: Path):
     locked = tmp_path / "locked"
     locked.mkdir()

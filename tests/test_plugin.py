@@ -147,6 +147,13 @@ def test_bad_options_raise_invalid_option_error(small_image, small_drc: bytes, t
     assert not (tmp_path / "bad.drc").exists()
     with pytest.raises(InvalidOptionError, match="stepz"):
         plugin.set_decode_options(stepz=1)
+    for bad, message in (({"steps": "x"}, "steps must be a whole number"), ({"seed": 1.5}, "seed must be"),
+                         ({"device": "tpu"}, "device"), ({"restore": "no"}, "restore must be True or False"),
+                         ({"progress": 1}, "progress must be a function")):
+        plugin.set_decode_options(steps=2)
+        with pytest.raises(InvalidOptionError, match=message):  # where it is set, not at every later load
+            plugin.set_decode_options(**bad)
+        assert plugin.set_decode_options() == {"steps": 2}  # the defaults stayed as they were
     with opened(small_drc) as image:
         image.decoding = {"steps": 1000}
         with pytest.raises(InvalidOptionError, match="steps"):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,26 @@ def test_alpha_premultiplied_modes_decode_with_their_alpha_and_straight_colours(
         decoded = diraccodec.decode(diraccodec.encode(image, 6))
         assert decoded.mode == decoded_mode and set(np.asarray(decoded)[..., -1].ravel()) == {128}
         assert psnr(straight.convert(decoded_mode).convert("RGB"), decoded.convert("RGB")) > 18
+
+
+def test_a_16_bit_grey_png_with_alpha_stays_grey(tmp_path):
+    """Pillow loads such a PNG as RGBA; the codec keeps it grey with its alpha."""
+    from diraccodec.image.planes import ColourMode, image_to_planes, open_image
+
+    rng = np.random.default_rng(3)
+    grey, alpha = rng.integers(0, 65536, (2, 5, 7), dtype=np.uint16)
+    rows = b"".join(b"\x00" + np.stack([grey[y], alpha[y]], axis=1).astype(">u2").tobytes() for y in range(5))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    header = (7).to_bytes(4, "big") + (5).to_bytes(4, "big") + bytes([16, 4, 0, 0, 0])  # 16 bits, grey + alpha
+    path = tmp_path / "la16.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+    planes = image_to_planes(open_image(path, 10**6))
+    assert planes.colour_mode == ColourMode.LA
+    assert (planes.alpha == alpha >> 8).all() and (planes.rgb == (grey >> 8)[:, :, None]).all()
 
 
 def test_tiff_modes_from_files(small_image, tmp_path):
@@ -558,9 +579,21 @@ def test_damaged_inputs_outputs_and_limits_are_one_line_errors(tmp_path, small_i
     assert result.exit_code == 2 and "dirac: error: cannot read image" in result.output, result.output
     pixels = small_image.width * small_image.height
     result = runner.invoke(main, ["encode", str(tmp_path / "a.tif"), "-q", "2", "-o", str(tmp_path / "c.drc"),
-                                  "--max-pixels", str(pixels // 3)])  # past Pillow's own guard at twice the limit
-    assert result.exit_code == 2 and f"exceeds the limit of {pixels // 3} pixels more than twice over (raise it " \
-        "with --max-pixels" in result.output, result.output
+                                  "--max-pixels", str(pixels // 3)])  # past where Pillow's own guard stops it
+    assert result.exit_code == 2 and result.output.endswith(f"of {small_image.width}x{small_image.height} exceeds "
+                                                            f"the limit of {pixels // 3} pixels (raise it with "
+                                                            "--max-pixels)\n"), result.output
+    result = runner.invoke(main, ["encode", str(tmp_path / "a.tif"), "-q", "2", "-o", str(tmp_path / "c.drc"),
+                                  "--max-pixels", "1"])
+    assert result.exit_code == 2 and "exceeds the limit of 1 pixel (raise it" in result.output, result.output
+    png = io.BytesIO()
+    small_image.save(png, "PNG")
+    for cut, kind in ((png.getvalue()[:8], "PNG"), (png.getvalue()[:33], "PNG"),  # its signature; and IHDR
+                      (b"RIFF\x04\x00\x00\x00WEBP", "WebP"), (b"\xff\xd8\xff", "JPEG")):
+        (tmp_path / "cut").write_bytes(cut)
+        result = runner.invoke(main, ["encode", str(tmp_path / "cut"), "-q", "2", "-o", str(tmp_path / "c.drc")])
+        assert result.exit_code == 2 and result.output == f"dirac: error: cannot read image: {tmp_path / 'cut'} " \
+            f"is a damaged or truncated {kind} file\n", result.output
     result = runner.invoke(main, ["encode", str(tmp_path / "a.tif"), "-q", "2", "-o", str(tmp_path / "c.drc"),
                                   "--max-pixels", str(pixels - 1)])  # the codec's own check: the size is known
     assert result.exit_code == 2 and result.output.endswith(f"of {small_image.width}x{small_image.height} exceeds "

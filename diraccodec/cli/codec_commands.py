@@ -34,6 +34,7 @@ from diraccodec.cli.common import (
     png_compress_option,
     rate_target,
     read_source,
+    report_error,
     reports_errors,
     seed_option,
     shown_name,
@@ -183,12 +184,36 @@ def output_format(output: Path, format_suffix: str | None) -> str:
 
 
 @click.command()
-@click.argument("source", type=FileOrStream(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the fields as one JSON object, for scripts.")
+@click.argument("sources", nargs=-1, required=True, type=FileOrStream(path_type=Path))
+@click.option("--json", "as_json", is_flag=True,
+              help="Print each file's fields as one JSON object on a line of its own, for scripts.")
 @max_pixels_option
 @reports_errors
-def info(source: Path, as_json: bool, max_pixels: int) -> None:
-    """Show a .drc file's header and its real bits per pixel."""
+def info(sources: tuple[Path, ...], as_json: bool, max_pixels: int) -> None:
+    """Show .drc files' headers and their real bits per pixel.
+
+    Of several files, one that cannot be read is reported in a line of its own and the others
+    are shown; the status is then 1, as for a batch."""
+    if sum(map(is_stream, sources)) > 1:
+        raise DiracError("standard input (-) can be read once")
+    if len(sources) == 1:
+        show_info(sources[0], as_json, max_pixels)
+        return
+    failed = False
+    for number, source in enumerate(sources):
+        if number and not as_json:
+            click.echo()
+        try:
+            show_info(source, as_json, max_pixels)
+        except DiracError as error:
+            report_error(error, with_max_pixels=True, about=f"{shown_name(source, 'standard input')}: ")
+            failed = True
+    if failed:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def show_info(source: Path, as_json: bool, max_pixels: int) -> None:
+    """`dirac info` of one file: a table, or one line of JSON."""
     from diraccodec import api
     from diraccodec.image.metadata import describe as describe_metadata
     from diraccodec.image.profiles import describe as describe_profile

@@ -177,6 +177,13 @@ def stdout_console() -> Console:
     return terminal if terminal.is_terminal else Console(highlight=False, markup=False, width=200)
 
 
+def report_error(error: DiracError, with_max_pixels: bool, about: str = "") -> None:
+    """The error's one line on stderr (after `about`, such as a file's name), with the hint
+    to raise the limit where the command has --max-pixels."""
+    hint = f" {MAX_PIXELS_HINT}" if isinstance(error, LimitExceededError) and with_max_pixels else ""
+    click.echo(f"dirac: error: {about}{error}{hint}", err=True)
+
+
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn DiracError into one line on stderr and exit status 2."""
 
@@ -185,8 +192,7 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except DiracError as error:
-            hint = f" {MAX_PIXELS_HINT}" if isinstance(error, LimitExceededError) and "max_pixels" in kwargs else ""
-            click.echo(f"dirac: error: {error}{hint}", err=True)
+            report_error(error, with_max_pixels="max_pixels" in kwargs)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt as interruption:
             report_interruption(interruption)

@@ -18,6 +18,7 @@ from diraccodec.errors import (
     NotADrcFileError,
     TruncatedFileError,
     UnsupportedVersionError,
+    counted,
 )
 from diraccodec.image import metadata as metadata_parts
 from diraccodec.image.metadata import Metadata
@@ -167,7 +168,7 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
         raise CorruptFileError("corrupt .drc file (zero image size)")
     if width * height > max_pixels:
         raise LimitExceededError(
-            f"image of {width}x{height} exceeds the limit of {max_pixels} pixels"
+            f"image of {width}x{height} exceeds the limit of {counted(max_pixels, 'pixel')}"
         )
     return DrcFile(
         width=width,

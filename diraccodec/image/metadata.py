@@ -23,7 +23,7 @@ from pathlib import Path
 import PIL
 from PIL import ExifTags, Image
 
-from diraccodec.errors import CorruptFileError
+from diraccodec.errors import CorruptFileError, InvalidOptionError
 
 MAX_METADATA_BYTES = 1 << 24  # inflating a stored part stops here: a hostile file cannot ask for more
 EXIF_PREFIX = b"Exif\x00\x00"  # JPEG's APP1 marker starts its EXIF with it; PNG and WebP hold none
@@ -58,7 +58,12 @@ def read_metadata(image: Image.Image) -> Metadata:
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8")
     exif = image.info.get("exif") or (tiff_exif(image) if image.format == "TIFF" else None)
-    return Metadata(_rewritten_exif(exif), xmp)
+    if isinstance(exif, Image.Exif):  # as Pillow's writers take it
+        exif = exif.tobytes()
+    for name, part in (("exif", exif), ("xmp", xmp)):  # a caller's own, set in info: Pillow's readers give bytes
+        if part is not None and not isinstance(part, bytes | bytearray):
+            raise InvalidOptionError(f"the image's info[{name!r}] must be bytes, got {type(part).__name__}")
+    return Metadata(_rewritten_exif(bytes(exif) if exif else None), bytes(xmp) if xmp else None)
 
 
 def tiff_exif(image: Image.Image) -> bytes | None:

@@ -19,9 +19,9 @@ from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from diraccodec.errors import CorruptFileError, ImageReadError, InvalidOptionError, LimitExceededError
+from diraccodec.errors import CorruptFileError, ImageReadError, InvalidOptionError, LimitExceededError, counted
 from diraccodec.image.metadata import PILLOW_SETTINGS, Metadata, attach, read_metadata, tiff_exif
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -29,6 +29,14 @@ _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _PREMULTIPLIED = {"RGBa": "RGBA", "La": "LA"}
 ORIENTATION_TAG = 0x0112
 DRC_FORMAT = "DRC"  # the Pillow plugin's name for .drc files, which the codec decodes, never encodes
+# How files of the formats users meet begin: a file that begins so but that Pillow cannot
+# open is a damaged one of that format, not one of a format Pillow does not know
+_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"II*\x00": "TIFF",
+               b"MM\x00*": "TIFF", b"BM": "BMP"}
+
+
+# What Pillow's parsers raise on a damaged file (a TIFF's broken directory gives a TypeError)
+_PILLOW_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError, struct.error)
 
 
 class ColourMode(IntEnum):
@@ -73,7 +81,10 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
                 raise InvalidOptionError(f"{label} is a .drc file already: decode it (dirac decode); encoding "
                                          f"it again loses quality twice")
             frames = getattr(image, "n_frames", 1)
+            grey_with_alpha = _is_grey_png_with_alpha(image)
             image.load()
+            if grey_with_alpha:
+                image = image.convert("LA")  # its info (profile, EXIF, XMP) goes with it
         if frames > 1:
             warnings.warn(f"{label} is animated ({frames} frames): encoding the first frame only",
                           UserWarning, stacklevel=2)
@@ -81,7 +92,7 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
     except (LimitExceededError, ImageReadError, InvalidOptionError):
         raise
     except Image.DecompressionBombError:  # Pillow's own guard, at twice our limit
-        raise LimitExceededError(f"image {label} exceeds the limit of {max_pixels} pixels "
+        raise LimitExceededError(f"image {label} exceeds the limit of {counted(max_pixels, 'pixel')} "
                                  f"more than twice over") from None
     except FileNotFoundError:
         raise ImageReadError(f"cannot read image: no such file {label}") from None
@@ -90,10 +101,53 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
     except UnidentifiedImageError:
         if _is_empty(source):
             raise ImageReadError(f"cannot read image: {label} is empty") from None
+        if kind := _format_by_signature(source):
+            raise ImageReadError(f"cannot read image: {label} is a damaged or truncated {kind} file") from None
         raise ImageReadError(f"cannot read image: {label} is not an image format Pillow knows") from None
-    # what Pillow's parsers raise on a damaged file (a TIFF's broken directory gives a TypeError)
-    except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError, struct.error) as error:
+    except _PILLOW_READ_ERRORS as error:
         raise ImageReadError(f"cannot read image {label}: {error}") from None
+
+
+def loaded(image: Image.Image, max_pixels: int, label: str | None = None) -> Image.Image:
+    """A caller's PIL image (already within `max_pixels`) with its pixels read, as open_image
+    reads a file's: Pillow's errors (a closed image, a damaged file opened lazily) as
+    ImageReadError, and an animated image warns that one frame, its current one, is encoded."""
+    try:
+        with _pillow_limit(max_pixels):
+            try:
+                frames = getattr(image, "n_frames", 1)
+            except (OSError, ValueError, EOFError):  # its file closed after its frame was read
+                frames = 1
+            image.load()
+    except _PILLOW_READ_ERRORS as error:
+        raise ImageReadError(f"cannot read {f'image {label}' if label else 'the image'}: {error}") from None
+    if frames > 1:
+        warnings.warn(f"{label or 'the image'} is animated ({frames} frames): encoding frame {image.tell() + 1} only",
+                      UserWarning, stacklevel=3)
+    return image
+
+
+def _format_by_signature(source: str | Path | bytes) -> str | None:
+    """The format whose signature the file begins with (None for none known, or unreadable);
+    WebP's RIFF header names its format at bytes 8-11."""
+    try:
+        if isinstance(source, bytes):
+            start = source[:16]
+        else:
+            with open(source, "rb") as file:
+                start = file.read(16)
+    except OSError:
+        return None
+    if start[:4] == b"RIFF" and start[8:12] == b"WEBP" and features.check_module("webp"):
+        return "WebP"
+    return next((kind for signature, kind in _SIGNATURES.items() if start.startswith(signature)), None)
+
+
+def _is_grey_png_with_alpha(image: Image.Image) -> bool:
+    """Whether an opened, not yet loaded, image is a 16-bit grey PNG with alpha, which Pillow
+    loads as RGBA (its raw mode says what the file holds): the codec keeps it grey."""
+    return image.format == "PNG" and image.mode == "RGBA" and any(
+        len(tile) > 3 and tile[3] == "LA;16B" for tile in image.tile)
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -128,11 +182,17 @@ def _pillow_limit(max_pixels: int) -> Iterator[None]:
 
 
 def _opened(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Image:
-    """The image opened (its header read, under `_pillow_limit`), refused over `max_pixels`."""
-    image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    """The image opened (its header read, under `_pillow_limit`, whose limit it keeps), refused
+    over `max_pixels` with its size named: Pillow's own guard, off while the header is read,
+    would refuse it at twice the limit without its size."""
+    Image.MAX_IMAGE_PIXELS = None  # opening reads the header alone: the check below names the size
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    finally:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     if image.width * image.height > max_pixels:
         raise LimitExceededError(
-            f"image {label} of {image.width}x{image.height} exceeds the limit of {max_pixels} pixels"
+            f"image {label} of {image.width}x{image.height} exceeds the limit of {counted(max_pixels, 'pixel')}"
         )
     return image
 
@@ -168,6 +228,9 @@ def image_to_planes(image: Image.Image, with_metadata: bool = True) -> Planes:
 
 def _planes(image: Image.Image, with_metadata: bool) -> Planes:
     icc = image.info.get("icc_profile") or None
+    if icc is not None and not isinstance(icc, bytes | bytearray):  # a caller's own: Pillow's readers give bytes
+        raise InvalidOptionError(f"the image's info['icc_profile'] must be bytes, got {type(icc).__name__}")
+    icc = bytes(icc) if icc else None
     metadata = read_metadata(image) if with_metadata else Metadata()
     if image.mode in _PREMULTIPLIED:  # alpha-premultiplied: the planes hold straight colours
         image = image.convert(_PREMULTIPLIED[image.mode])
