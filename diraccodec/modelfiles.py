@@ -65,8 +65,13 @@ LEVEL_TABLES = "tables.hyper_levels"  # optional: the hyper-latents' tables per 
 SHARED_TABLES_ID = "shared_tables_weights_id"
 
 
+def _named_in_environment(variable: str, default: Path) -> Path:
+    """The file a variable names, or `default` where it is unset or empty (as a shell clears one)."""
+    return Path(os.environ.get(variable) or default)
+
+
 def default_weights_path() -> Path:
-    return Path(os.environ.get(WEIGHTS_ENV, DEFAULT_BASE_WEIGHTS))
+    return _named_in_environment(WEIGHTS_ENV, DEFAULT_BASE_WEIGHTS)
 
 
 @functools.cache
@@ -204,7 +209,7 @@ class DiffusionWeights:
 
 
 def default_diffusion_path() -> Path:
-    return Path(os.environ.get(DIFFUSION_ENV, DEFAULT_DIFFUSION_WEIGHTS))
+    return _named_in_environment(DIFFUSION_ENV, DEFAULT_DIFFUSION_WEIGHTS)
 
 
 def _unet(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> ResidualUNet:
@@ -296,7 +301,7 @@ class RestorationWeights:
 
 
 def default_restoration_path() -> Path:
-    return Path(os.environ.get(RESTORATION_ENV, DEFAULT_RESTORATION_WEIGHTS))
+    return _named_in_environment(RESTORATION_ENV, DEFAULT_RESTORATION_WEIGHTS)
 
 
 NO_RESTORATION = "none"  # $DIRAC_RESTORATION_WEIGHTS for 0 steps without the filter (the base synthesis)

@@ -276,3 +276,27 @@ def test_a_destination_inside_the_source_is_not_read_as_input(tmp_path, five_pho
         assert sorted(Path(job.source).name for job in jobs) == [f"{name}.png" for name in NAMES]
         run_batch(jobs, settings, 1, lambda result: None)
     assert sorted(p.relative_to(inside).as_posix() for p in inside.rglob("*")) == [f"{name}.drc" for name in NAMES]
+
+
+def test_diffusion_weights_are_checked_only_where_a_decode_may_run_steps(tmp_path, small_image):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    source = tmp_path / "in"
+    source.mkdir()
+    small_image.save(source / "photo.png")
+    not_weights = source / "photo.png"  # no diffusion weights at all
+    runner = CliRunner()
+    for number, steps in enumerate((["--steps", "0"], ["--steps", "2"], [])):  # images alone: no step runs
+        result = runner.invoke(main, ["batch", str(source), str(tmp_path / f"out{number}"), "-q", "1", "-e", "1",
+                                      *steps, "--diffusion-weights", str(not_weights)])
+        assert result.exit_code == 0, result.output
+    (source / "photo.png").rename(source / "kept.png")
+    (tmp_path / "out0" / "photo.drc").rename(source / "photo.drc")
+    result = runner.invoke(main, ["batch", str(source), str(tmp_path / "mixed"), "-q", "1", "-e", "1", "--steps",
+                                  "0", "--diffusion-weights", str(source / "kept.png")])
+    assert result.exit_code == 0 and (tmp_path / "mixed" / "photo.png").exists(), result.output
+    result = runner.invoke(main, ["batch", str(source), str(tmp_path / "stepped"), "-q", "1", "-e", "1", "--steps",
+                                  "2", "--diffusion-weights", str(source / "kept.png")])
+    assert result.exit_code == 2 and "kept.png" in result.output and not (tmp_path / "stepped").exists()

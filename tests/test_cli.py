@@ -421,12 +421,73 @@ def test_info_of_several_files_shows_each_and_names_the_one_it_cannot_read(small
     assert result.exit_code == 1 and len(lines) == 2, result.output
     assert [json.loads(line)["file"] for line in lines] == [str(small_drc), str(other)]
     assert [json.loads(line)["level"] for line in lines] == [3, 1]
-    assert result.stderr == f"dirac: error: {small_png}: not a .drc file (bad magic bytes)\n"
+    assert result.stderr == f"dirac: error: {small_png}: not a .drc file (a PNG image: encode it first)\n"
     tables = runner.invoke(main, ["info", str(small_drc), str(other)])
     assert tables.exit_code == 0 and tables.stdout.count("format version") == 2, tables.output
+    assert all(line == line.rstrip() for line in tables.stdout.splitlines())  # no padding after the values
     assert tables.stdout.index(str(small_drc)) < tables.stdout.index("\n\n") < tables.stdout.index(str(other))
     twice = runner.invoke(main, ["info", "-", "-"], input=small_drc.read_bytes())
     assert twice.exit_code == 2 and twice.stderr == "dirac: error: standard input (-) can be read once\n"
+
+
+def test_decode_names_the_mode_it_wrote_and_webp_keeps_every_value(tmp_path: Path, small_image: Image.Image):
+    grey, translucent = tmp_path / "grey.drc", small_image.convert("LA")
+    alpha = np.repeat(np.linspace(0, 255, small_image.height).astype(np.uint8)[:, None], small_image.width, axis=1)
+    translucent.putalpha(Image.fromarray(alpha))  # from 0 (WebP drops an alpha opaque everywhere)
+    grey.write_bytes(diraccodec.encode(translucent, 3, effort=1))
+    for suffix, mode in ((".png", "LA"), (".webp", "RGBA")):  # WebP holds no grey
+        output = tmp_path / f"grey{suffix}"
+        result = CliRunner().invoke(main, ["decode", str(grey), "-o", str(output)])
+        assert result.exit_code == 0 and result.stderr.endswith(f" {mode}\n"), result.output
+        assert Image.open(output).mode == mode
+    png, webp = (np.asarray(Image.open(tmp_path / f"grey{suffix}").convert("RGBA")) for suffix in (".png", ".webp"))
+    assert (png[..., 3] == 0).any() and np.array_equal(png, webp)  # lossless: the colours under alpha 0 too
+
+
+@pytest.mark.parametrize(("arguments", "line"), [
+    (["encode", "a.png", "--bogus"], "No such option '--bogus'. (see: dirac encode --help)"),
+    (["decode", "a.drc", "-o", "a.png", "--steps", "101"],
+     "Invalid value for '--steps': 101 is not in the range 0<=x<=100. (see: dirac decode --help)"),
+    (["encode", "a.png", "-q", "3", "-o"], "Option '-o' requires an argument. (see: dirac encode --help)"),
+    (["train", "base", "--batch-size"], "Option '--batch-size' requires an argument. (see: dirac train base --help)"),
+])
+def test_a_mistake_the_parser_finds_points_to_the_command_s_help(arguments, line):
+    result = CliRunner().invoke(main, arguments, prog_name="dirac")
+    assert result.exit_code == 2 and result.stderr == f"dirac: error: {line}\n", result.output
+
+
+def test_info_fails_on_a_file_whose_stream_a_decode_calls_corrupt(small_drc: Path, tmp_path: Path):
+    from diraccodec.container import drc
+
+    header = diraccodec.inspect(small_drc.read_bytes()).header
+    beyond = tmp_path / "level9.drc"
+    beyond.write_bytes(drc.pack(drc.DrcFile(header.width, header.height, header.colour_mode, 9, header.weights_id,
+                                            header.sections)))
+    result = CliRunner().invoke(main, ["info", str(beyond)])
+    assert result.exit_code == 2 and result.output == "dirac: error: corrupt .drc file (level 9 outside the " \
+        "model's -1 to 8)\n", result.output
+
+
+def test_an_output_named_by_an_open_descriptor_is_written_into_not_replaced(tmp_path: Path, small_png: Path):
+    """/dev/stdout or /dev/fd/N behind a shell's `>> file`: the bytes go where the descriptor
+    stands (appended), as with `-o -`; the file behind it was replaced, losing what it held."""
+    expected = tmp_path / "expected.drc"
+    assert dirac("encode", small_png, "-q", "3", "-e", "1", "-o", expected).returncode == 0
+    archive = tmp_path / "archive.bin"
+    archive.write_bytes(b"OLD DATA\n")
+    command = [sys.executable, "-m", "diraccodec.cli", "encode", str(small_png), "-q", "3", "-e", "1", "-o"]
+    with open(archive, "ab") as appended:
+        done = subprocess.run([*command, "/dev/stdout"], stdout=appended, stderr=subprocess.PIPE, timeout=300)
+        assert done.returncode == 0, done.stderr
+        done = subprocess.run([*command, f"/dev/fd/{appended.fileno()}"], pass_fds=[appended.fileno()],
+                              stderr=subprocess.PIPE, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert archive.read_bytes() == b"OLD DATA\n" + 2 * expected.read_bytes()
+    with open(tmp_path / "out.png", "wb") as redirected:
+        done = subprocess.run([sys.executable, "-m", "diraccodec.cli", "decode", str(expected), "-o", "/dev/stdout",
+                               "--format", ".png"], stdout=redirected, stderr=subprocess.PIPE, timeout=300)
+    assert done.returncode == 0, done.stderr  # it was "unknown image suffix", whatever --format said
+    assert Image.open(tmp_path / "out.png").size == Image.open(small_png).size
 
 
 def test_unwritable_output_leaves_nothing(tmp_path: Path, small_png: Path):

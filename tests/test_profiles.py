@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import zlib
 
 import pytest
@@ -26,3 +27,17 @@ def test_a_stored_profile_inflates_to_its_bytes_and_no_further():
         decompress_profile(zlib.compress(bytes(MAX_PROFILE_BYTES + 1)))  # a bomb stops at the cap
     with pytest.raises(CorruptFileError, match="ICC profile"):
         decompress_profile(compress_profile(profile) + b"trailing")
+
+
+def test_an_output_format_without_profiles_warns_that_the_profile_is_left_out():
+    from PIL import Image
+
+    from diraccodec.image.files import image_bytes
+
+    image = Image.new("RGB", (8, 8), (200, 30, 60))
+    image.info["icc_profile"] = swapped_primaries_profile()
+    for image_format in ("PNG", "TIFF", "WEBP", "JPEG"):  # each keeps it
+        assert Image.open(io.BytesIO(image_bytes(image, image_format))).info["icc_profile"] == \
+            image.info["icc_profile"]
+    with pytest.warns(UserWarning, match=r"^the colour profile \([\d,]+ bytes\) is left out of the BMP output"):
+        assert "icc_profile" not in Image.open(io.BytesIO(image_bytes(image, "BMP"))).info

@@ -177,3 +177,13 @@ def test_a_filter_made_for_other_base_weights_is_not_named_among_the_models_meas
     assert models_in_use()["restoration"] is not None
     installed(b"\x00" * 8)  # listed, but decoding leaves it out
     assert models_in_use()["restoration"] is None
+
+
+def test_an_empty_weights_variable_counts_as_unset(small_image, monkeypatch):
+    """`DIRAC_WEIGHTS=` (a shell's way to clear it) read as the current folder: "Is a directory"."""
+    data = diraccodec.encode(small_image, 2, effort=1)
+    expected = diraccodec.decode(data, 1).tobytes()
+    for variable in ("DIRAC_WEIGHTS", "DIRAC_DIFFUSION_WEIGHTS", "DIRAC_RESTORATION_WEIGHTS"):
+        monkeypatch.setenv(variable, "")
+    assert diraccodec.encode(small_image, 2, effort=1) == data
+    assert diraccodec.decode(data, 1).tobytes() == expected

@@ -136,8 +136,8 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
               help="Output image: .png, .webp (lossless), .tif/.tiff, .bmp or .jpg/.jpeg (quality 100, 4:4:4); "
                    '"-": standard output, PNG unless --format says otherwise.')
 @click.option("--format", "format_suffix", type=ImageSuffix(), default=None,
-              help="The output's image format: for standard output, or a device or pipe named without an image "
-                   "suffix (default .png); a named output's suffix must agree.")
+              help="The output's image format: for standard output, or a device, pipe or descriptor (/dev/stdout) "
+                   "named without an image suffix (default .png); a named output's suffix must agree.")
 @png_compress_option
 @steps_option
 @seed_option
@@ -155,7 +155,7 @@ def decode(source: Path, output: Path, format_suffix: str | None, png_compressio
     """Decompress a .drc file into an image ("-": standard input, or standard output)."""
     from diraccodec import api
     from diraccodec.container import drc
-    from diraccodec.image.files import check_alpha_fits, image_bytes
+    from diraccodec.image.files import check_alpha_fits, image_bytes, written_mode
 
     check_output(output, source)  # a bad output fails now, not after the work
     image_format = output_format(output, format_suffix)
@@ -165,7 +165,8 @@ def decode(source: Path, output: Path, format_suffix: str | None, png_compressio
         image = api.decode(data, steps, seed, weights=weights, diffusion_weights=diffusion_weights, device=device,
                            exact=exact, max_pixels=max_pixels, restore=not no_restore, progress=decoded)
     write_output(output, image_bytes(image, image_format, png_compression))
-    console.print(f"{shown_name(output, 'standard output')}: {image.width}x{image.height} {image.mode}")
+    console.print(f"{shown_name(output, 'standard output')}: {image.width}x{image.height} "
+                  f"{written_mode(image.mode, image_format)}")
 
 
 def output_format(output: Path, format_suffix: str | None) -> str:
@@ -257,19 +258,22 @@ def show_info(source: Path, as_json: bool, max_pixels: int) -> None:
         ("diffusion", diffusion),
         ("restoration", restoration),
     ]
-    table = Table(show_header=False, box=None)
-    for key, value in rows:
-        table.add_row(key, value)
-    stdout_console().print(table)
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:  # plain lines, without a table's padding after the values: grep and awk read them
+        click.echo(f"{key:<{width}}  {value}")
 
 
 def stream_split(data: bytes, max_pixels: int) -> dict[str, Any]:
     """The latent stream's bytes (information content) between the hyper-latents and the
-    latents, where the installed base weights made the file; else why it was not read."""
+    latents, where the installed base weights made the file; else why it was not read. A
+    stream they find corrupt makes the file so, as a decode would call it."""
     from diraccodec import api
+    from diraccodec.errors import CorruptFileError
 
     try:
         split = api.stream_bytes(data, max_pixels=max_pixels)
+    except CorruptFileError:
+        raise
     except DiracError as error:
         return {"error": f"not read ({error})"}
     share = 100 * split.hyper_latents / max(split.hyper_latents + split.latents, 1e-9)
@@ -355,8 +359,9 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     jobs = plan_jobs(source, destination, settings)
     if not jobs:
         raise DiracError(f"no images or .drc files found under {source}")
-    if diffusion_weights is not None or (steps and any(not job.encodes for job in jobs)):
-        # missing or wrong ones (or their restoration filter) fail once, not once per file
+    if any(not job.encodes for job in jobs) and (steps or (steps is None and diffusion_weights is not None)):
+        # missing or wrong ones (or their restoration filter) fail once, not once per file;
+        # without --steps the files' recommendations may ask for them
         api.restorer_for(api.diffusion_weights_for(codec, diffusion_weights), codec.compute)
     started = time.monotonic()
     one_line_per_file = not draws_live_bars(console)  # in a log, instead of the bar

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -35,14 +36,26 @@ class SectionedGroup(click.Group):
             click.echo(error.ctx.get_help() if error.ctx else str(error))
             sys.exit(EXIT_USER_ERROR)
         except click.UsageError as error:
-            hint = f" (see: {error.ctx.command_path} --help)" if error.ctx else ""
-            click.echo(f"dirac: error: {error.format_message()}{hint}", err=True)
+            path = error.ctx.command_path if error.ctx else self._command_path(kwargs.get("args"),
+                                                                               kwargs.get("prog_name"))
+            click.echo(f"dirac: error: {error.format_message()} (see: {path} --help)", err=True)
             sys.exit(EXIT_USER_ERROR)
         except click.ClickException as error:
             click.echo(f"dirac: error: {error.format_message()}", err=True)
             sys.exit(error.exit_code)
         except click.exceptions.Abort as interruption:  # click's name for Ctrl-C outside a command
             report_interruption(interruption)
+
+    def _command_path(self, args: Sequence[str] | None, prog_name: str | None) -> str:
+        """"dirac encode" for an error click's parser raises without its context (an option
+        missing its value): the words that name a command and its subcommands, in turn."""
+        path, group = [prog_name or "dirac"], self
+        for word in sys.argv[1:] if args is None else args:
+            command = group.commands.get(word) if isinstance(group, click.Group) else None
+            if command is not None:
+                path.append(word)
+                group = command
+        return " ".join(path)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [command.name for command in (*USER_COMMANDS, *RESEARCH_COMMANDS) if command.name]

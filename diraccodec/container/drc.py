@@ -22,7 +22,7 @@ from diraccodec.errors import (
 )
 from diraccodec.image import metadata as metadata_parts
 from diraccodec.image.metadata import Metadata
-from diraccodec.image.planes import ColourMode
+from diraccodec.image.planes import ColourMode, format_by_signature
 from diraccodec.image.profiles import decompress_profile
 
 MAGIC = b"\x89DRC"
@@ -126,7 +126,8 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
     if not data:
         raise NotADrcFileError("not a .drc file (it is empty)")
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
-        raise NotADrcFileError("not a .drc file (bad magic bytes)")
+        kind = format_by_signature(data[:16])
+        raise NotADrcFileError(f"not a .drc file ({f'a {kind} image: encode it first' if kind else 'bad magic bytes'})")
     if len(data) < _HEADER.size + _TRAILER.size:
         raise TruncatedFileError("truncated .drc file (header incomplete)")
     _, version, mode, level, width, height, weights_id, count = _HEADER.unpack_from(data)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import secrets
 import stat
+import sys
+import warnings
 from pathlib import Path
 
 from PIL import Image
@@ -19,6 +22,10 @@ WRITE_CHECK_NAME = "write-check"  # the trial file is hidden, as a temporary fil
 # Output formats chosen by suffix; anything else is refused rather than guessed.
 IMAGE_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".jpg": "JPEG",
                  ".jpeg": "JPEG"}
+FORMATS_WITHOUT_PROFILES = {"BMP"}  # Pillow's BMP writer has no place for an ICC profile
+# Names of this process's open file descriptors: /dev/stdout and /dev/stderr, /dev/fd/N, /proc/self/fd/N
+_STANDARD_DESCRIPTORS = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+_DESCRIPTOR_PATH = re.compile(rf"/(?:dev/fd|proc/self/fd|proc/{os.getpid()}/fd)/(\d+)")
 
 
 def read_bytes(path: Path) -> bytes:
@@ -97,6 +104,9 @@ def check_writable(path: Path) -> None:
     write in. Nothing is left behind: missing folders are made only by the write, and the
     trial file goes again."""
     path = Path(path)
+    if (number := descriptor_of(path)) is not None:  # written into (write_atomic)
+        _check_descriptor_writable(path, number)
+        return
     mode = _mode(path)
     if mode is not None and stat.S_ISDIR(mode):
         raise OutputWriteError(f"cannot write {path}: it is a folder; name a file in it")
@@ -108,6 +118,44 @@ def check_writable(path: Path) -> None:
         raise OutputWriteError(f"cannot write {path}: it is a socket")
     target = _written_path(path)
     _check_can_create_in(target.parent, _as_named(path, target))
+
+
+def descriptor_of(path: Path) -> int | None:
+    """The open file descriptor of this process that `path` names (/dev/stdout, /dev/fd/3), or
+    None. A write there goes into the descriptor as the shell set it up (`>> log` appends);
+    opening the name anew would replace, or truncate, the file behind it."""
+    if os.name != "posix":
+        return None
+    text = os.path.normpath(os.path.abspath(path))
+    if (number := _STANDARD_DESCRIPTORS.get(text)) is None:
+        named = _DESCRIPTOR_PATH.fullmatch(text)
+        number = int(named.group(1)) if named else None
+    if number is None:
+        return None
+    try:
+        os.fstat(number)
+    except (OSError, OverflowError):  # not open here: the name leads nowhere
+        return None
+    return number
+
+
+def _check_descriptor_writable(path: Path, number: int) -> None:
+    import fcntl  # POSIX, as descriptor_of's names are
+
+    if fcntl.fcntl(number, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+        raise OutputWriteError(f"cannot write {path}: it is open for reading only")
+
+
+def _write_descriptor(path: Path, number: int, data: bytes) -> None:
+    _check_descriptor_writable(path, number)
+    if number == 1 and sys.stdout is not None:
+        sys.stdout.flush()  # text printed before goes first
+    unwritten = memoryview(data)
+    try:
+        while unwritten:
+            unwritten = unwritten[os.write(number, unwritten):]
+    except OSError as error:
+        raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def _mode(path: Path) -> int | None:
@@ -123,9 +171,9 @@ def _is_special_mode(mode: int | None) -> bool:
 
 
 def is_special(path: Path) -> bool:
-    """Whether `path` is a device or a pipe (/dev/null, a FIFO): written into, never replaced
-    by a file."""
-    return _is_special_mode(_mode(path))
+    """Whether `path` is a device or a pipe (/dev/null, a FIFO), or names an open descriptor
+    (/dev/stdout, whatever it leads to): written into, never replaced by a file."""
+    return descriptor_of(path) is not None or _is_special_mode(_mode(path))
 
 
 def check_writable_folder(folder: Path) -> None:
@@ -156,8 +204,12 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename it into place, with the mode a
     plain write would give it: a new file's from the umask, a replaced file's own permission
     bits. A symbolic link is written through (the file it names is replaced, the link stays),
-    and a device or a pipe (/dev/null, a FIFO) is written into as it is."""
+    and a device or a pipe (/dev/null, a FIFO), or an open descriptor's name (/dev/stdout), is
+    written into as it is."""
     path = Path(path)
+    if (number := descriptor_of(path)) is not None:
+        _write_descriptor(path, number, data)
+        return
     if is_special(path):
         try:
             with open(path, "wb") as stream:
@@ -221,14 +273,23 @@ def image_bytes(image: Image.Image, image_format: str, png_compression: int = DE
     if image_format == "PNG":
         options["compress_level"] = png_compression
     if image.info.get("icc_profile"):
+        if image_format in FORMATS_WITHOUT_PROFILES:
+            warnings.warn(f"the colour profile ({len(image.info['icc_profile']):,} bytes) is left out of the "
+                          f"{image_format} output, which holds none: viewers show its colours as sRGB "
+                          f"(write PNG, TIFF, WebP or JPEG to keep it)", UserWarning, stacklevel=2)
         options["icc_profile"] = image.info["icc_profile"]
     check_alpha_fits(image_format, image.mode in ("RGBA", "LA"))
     if image_format == "JPEG":
         options |= {"quality": 100, "subsampling": 0}  # full-resolution chroma: Pillow halves it otherwise
     if image_format == "WEBP":
-        options["lossless"] = True
+        options |= {"lossless": True, "exact": True}  # exact: the colours under alpha 0 kept too
     image.save(buffer, format=image_format, **options, **save_options(image, image_format))
     return buffer.getvalue()
+
+
+def written_mode(mode: str, image_format: str) -> str:
+    """The mode an image of `mode` has once written as `image_format`: WebP holds no grey."""
+    return {"L": "RGB", "LA": "RGBA"}.get(mode, mode) if image_format == "WEBP" else mode
 
 
 def write_image(path: Path, image: Image.Image) -> None:

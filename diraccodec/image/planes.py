@@ -101,7 +101,7 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
     except UnidentifiedImageError:
         if _is_empty(source):
             raise ImageReadError(f"cannot read image: {label} is empty") from None
-        if kind := _format_by_signature(source):
+        if kind := format_by_signature(source):
             raise ImageReadError(f"cannot read image: {label} is a damaged or truncated {kind} file") from None
         raise ImageReadError(f"cannot read image: {label} is not an image format Pillow knows") from None
     except _PILLOW_READ_ERRORS as error:
@@ -127,7 +127,7 @@ def loaded(image: Image.Image, max_pixels: int, label: str | None = None) -> Ima
     return image
 
 
-def _format_by_signature(source: str | Path | bytes) -> str | None:
+def format_by_signature(source: str | Path | bytes) -> str | None:
     """The format whose signature the file begins with (None for none known, or unreadable);
     WebP's RIFF header names its format at bytes 8-11."""
     try:
