@@ -562,7 +562,7 @@ def _image_bytes(image: object) -> bytes:
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and (
             image.ndim == 1 or (image.ndim == 2 and image.shape[1] == 1)):  # cv2.imencode gives (N, 1)
         return image.tobytes()
-    if isinstance(image, np.ndarray) and (image.ndim == 1 or (image.ndim == 2 and image.shape[1] == 1)):
+    if isinstance(image, np.ndarray) and image.ndim == 1:  # (N, 1) may be pixels too: the hint below
         raise InvalidOptionError(f"an image file's bytes in an array must be uint8, got {image.dtype}")
     pixels = isinstance(image, np.ndarray | torch.Tensor)  # bytes-like, but pixels rather than a file
     if not pixels and (found := _bytes_of(image)) is not None:
@@ -686,14 +686,16 @@ class FileInfo:
         return self.header.sections[drc.TAG_ALPHA]
 
     def check_sections(self) -> None:
-        """Read the sections beside the latents that a decode reads (alpha present, profile,
-        metadata, detail map): a damaged one raises CorruptFileError now, not on first use."""
-        _ = self.alpha_payload, self.icc_profile, self.metadata, self.detail_map
+        """Read the sections that every decode reads before its work (the alpha plane's
+        presence, the profile, the metadata), as Image.open does: a damaged one raises
+        CorruptFileError now, not on first use. The alpha plane's contents and the detail map
+        (read only with steps) are checked where they are decoded, as docs/format.md says."""
+        _ = self.alpha_payload, self.icc_profile, self.metadata
 
 
 def inspect(data: bytes, max_pixels: int = drc.DEFAULT_MAX_PIXELS) -> FileInfo:
-    """The file's header and sections, checked (drc.unpack, and the sections beside the
-    latents read) but not decoded: no model is loaded."""
+    """The file's header and sections, checked (drc.unpack, FileInfo.check_sections) but not
+    decoded: no model is loaded."""
     data = file_bytes(data)
     info = FileInfo(drc.unpack(data, check_max_pixels(max_pixels)), len(data))
     info.check_sections()

@@ -139,6 +139,18 @@ def test_options_and_inputs_of_the_wrong_kind_are_refused_by_name(small_image, c
         call(small_image, data)
 
 
+def test_the_decode_options_check_takes_what_decode_takes():
+    """The plugin checks its decode options with it: a keyword decode gained and it lacked would
+    be a TypeError there."""
+    import inspect
+
+    from diraccodec import api
+
+    decode_options = dict(inspect.signature(api.decode).parameters)
+    del decode_options["data"]
+    assert dict(inspect.signature(api.check_decode_options).parameters) == decode_options
+
+
 def test_a_file_object_is_read_from_its_start_as_pillow_reads_one(small_image):
     png = io.BytesIO()
     small_image.save(png, format="PNG")  # the buffer is left at its end
@@ -153,6 +165,10 @@ def test_a_pil_image_that_cannot_be_read_is_an_image_read_error(small_image):
         diraccodec.encode(closed, 3, effort=1)
     png = io.BytesIO()
     small_image.save(png, format="PNG")
+    with Image.open(io.BytesIO(png.getvalue())) as unread:
+        pass  # closed before its pixels were read
+    with pytest.raises(ImageReadError, match=r"^cannot read the image: its file was closed before its pixels "):
+        diraccodec.encode(unread, 3, effort=1)
     lazily = Image.open(io.BytesIO(png.getvalue()[:-200]))  # its header read, its pixels not yet
     with pytest.raises(ImageReadError, match=r"^cannot read image photo: image file is truncated"):
         diraccodec.encode(lazily, 3, effort=1, label="photo")
@@ -180,13 +196,12 @@ def test_an_animated_pil_image_warns_that_its_current_frame_is_encoded(small_ima
     assert data == diraccodec.encode(animated.convert("RGB"), 3, effort=1)
 
 
-def test_inspect_reads_every_section_beside_the_latents(small_image):
+def test_inspect_reads_the_sections_every_decode_reads_first(small_image):
     from diraccodec.container import drc
     from diraccodec.errors import CorruptFileError
 
     header = diraccodec.inspect(diraccodec.encode(small_image.convert("RGBA"), 1, effort=1)).header
-    for tag, what in ((drc.TAG_EXIF, "EXIF"), (drc.TAG_XMP, "XMP"), (drc.TAG_DETAIL, "detail map"),
-                      (drc.TAG_ICC_COMPRESSED, "ICC")):
+    for tag, what in ((drc.TAG_EXIF, "EXIF"), (drc.TAG_XMP, "XMP"), (drc.TAG_ICC_COMPRESSED, "ICC")):
         damaged = drc.DrcFile(header.width, header.height, header.colour_mode, header.quality, header.weights_id,
                               {**header.sections, tag: b"\x01\x02junk"})
         with pytest.raises(CorruptFileError, match=what):

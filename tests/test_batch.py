@@ -300,3 +300,17 @@ def test_diffusion_weights_are_checked_only_where_a_decode_may_run_steps(tmp_pat
     result = runner.invoke(main, ["batch", str(source), str(tmp_path / "stepped"), "-q", "1", "-e", "1", "--steps",
                                   "2", "--diffusion-weights", str(source / "kept.png")])
     assert result.exit_code == 2 and "kept.png" in result.output and not (tmp_path / "stepped").exists()
+
+
+def test_a_link_to_nothing_and_a_folder_in_an_output_s_place_fail_by_name(tmp_path, small_image):
+    source, destination = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    small_image.save(source / "photo.png")
+    (source / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (destination / "photo.drc").mkdir(parents=True)  # a folder where the output goes
+    settings = BatchSettings(quality=1, effort=1)
+    results = {Path(r.job.source).name: r for r in run_batch(plan_jobs(source, destination, settings), settings, 1,
+                                                              lambda result: None)}
+    assert results["gone.png"].status == "failed"  # it went unmentioned
+    assert results["gone.png"].message == f"{source / 'gone.png'} is a link to nothing ({tmp_path / 'deleted.png'})"
+    assert results["photo.png"].status == "failed" and "photo.drc" in results["photo.png"].message  # not "skipped"

@@ -422,8 +422,9 @@ def test_info_of_several_files_shows_each_and_names_the_one_it_cannot_read(small
     assert [json.loads(line)["file"] for line in lines] == [str(small_drc), str(other)]
     assert [json.loads(line)["level"] for line in lines] == [3, 1]
     assert result.stderr == f"dirac: error: {small_png}: not a .drc file (a PNG image: encode it first)\n"
-    tables = runner.invoke(main, ["info", str(small_drc), str(other)])
-    assert tables.exit_code == 0 and tables.stdout.count("format version") == 2, tables.output
+    tables = runner.invoke(main, ["info", str(small_png), str(small_drc), str(small_png), str(other)])
+    assert tables.exit_code == 1 and tables.stdout.count("format version") == 2, tables.output
+    assert tables.stdout.startswith("file ") and tables.stdout.count("\n\n") == 1  # one blank line between
     assert all(line == line.rstrip() for line in tables.stdout.splitlines())  # no padding after the values
     assert tables.stdout.index(str(small_drc)) < tables.stdout.index("\n\n") < tables.stdout.index(str(other))
     twice = runner.invoke(main, ["info", "-", "-"], input=small_drc.read_bytes())
@@ -435,6 +436,10 @@ def test_decode_names_the_mode_it_wrote_and_webp_keeps_every_value(tmp_path: Pat
     alpha = np.repeat(np.linspace(0, 255, small_image.height).astype(np.uint8)[:, None], small_image.width, axis=1)
     translucent.putalpha(Image.fromarray(alpha))  # from 0 (WebP drops an alpha opaque everywhere)
     grey.write_bytes(diraccodec.encode(translucent, 3, effort=1))
+    opaque = tmp_path / "opaque.drc"
+    opaque.write_bytes(diraccodec.encode(small_image.convert("LA"), 3, effort=1))
+    result = CliRunner().invoke(main, ["decode", str(opaque), "-o", str(tmp_path / "opaque.webp")])
+    assert result.stderr.endswith(" RGB\n") and Image.open(tmp_path / "opaque.webp").mode == "RGB"  # alpha left out
     for suffix, mode in ((".png", "LA"), (".webp", "RGBA")):  # WebP holds no grey
         output = tmp_path / f"grey{suffix}"
         result = CliRunner().invoke(main, ["decode", str(grey), "-o", str(output)])
@@ -488,6 +493,9 @@ def test_an_output_named_by_an_open_descriptor_is_written_into_not_replaced(tmp_
                                "--format", ".png"], stdout=redirected, stderr=subprocess.PIPE, timeout=300)
     assert done.returncode == 0, done.stderr  # it was "unknown image suffix", whatever --format said
     assert Image.open(tmp_path / "out.png").size == Image.open(small_png).size
+    closed = CliRunner().invoke(main, ["encode", str(small_png), "-q", "3", "-e", "1", "-o", "/dev/fd/250"])
+    assert closed.exit_code == 2 and closed.stderr == "dirac: error: cannot write /dev/fd/250: descriptor 250 is " \
+        "not open\n"  # not a file made in /dev/fd's place, nor one a later open would give that number
 
 
 def test_unwritable_output_leaves_nothing(tmp_path: Path, small_png: Path):

@@ -134,7 +134,7 @@ def test_alpha_premultiplied_modes_decode_with_their_alpha_and_straight_colours(
 
 def test_a_16_bit_grey_png_with_alpha_stays_grey(tmp_path):
     """Pillow loads such a PNG as RGBA; the codec keeps it grey with its alpha."""
-    from diraccodec.image.planes import ColourMode, image_to_planes, open_image
+    from diraccodec.image.planes import ColourMode, image_to_planes, loaded, open_image
 
     rng = np.random.default_rng(3)
     grey, alpha = rng.integers(0, 65536, (2, 5, 7), dtype=np.uint16)
@@ -147,9 +147,9 @@ def test_a_16_bit_grey_png_with_alpha_stays_grey(tmp_path):
     path = tmp_path / "la16.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
                      + chunk(b"IEND", b""))
-    planes = image_to_planes(open_image(path, 10**6))
-    assert planes.colour_mode == ColourMode.LA
-    assert (planes.alpha == alpha >> 8).all() and (planes.rgb == (grey >> 8)[:, :, None]).all()
+    for planes in (image_to_planes(open_image(path, 10**6)), image_to_planes(loaded(Image.open(path), 10**6))):
+        assert planes.colour_mode == ColourMode.LA  # from a file, and from a PIL image opened on one
+        assert (planes.alpha == alpha >> 8).all() and (planes.rgb == (grey >> 8)[:, :, None]).all()
 
 
 def test_tiff_modes_from_files(small_image, tmp_path):
@@ -169,6 +169,9 @@ def test_animated_image_encodes_its_first_frame_with_a_warning(small_image):
     assert any("first frame" in str(w.message) for w in caught)
     assert decoded.size == small_image.size
     assert psnr(frames[0], decoded.convert("RGB")) > psnr(frames[1], decoded.convert("RGB")) + 3  # the first one
+    pages = encoded_as(frames[0], "TIFF", save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match=r"^photo.tif has 2 pages: encoding the first page only$"):
+        diraccodec.encode(pages, 2, effort=1, label="photo.tif")
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 300), (300, 1), (2, 2)])
@@ -589,7 +592,8 @@ def test_damaged_inputs_outputs_and_limits_are_one_line_errors(tmp_path, small_i
     png = io.BytesIO()
     small_image.save(png, "PNG")
     for cut, kind in ((png.getvalue()[:8], "PNG"), (png.getvalue()[:33], "PNG"),  # its signature; and IHDR
-                      (b"RIFF\x04\x00\x00\x00WEBP", "WebP"), (b"\xff\xd8\xff", "JPEG")):
+                      (b"RIFF\x04\x00\x00\x00WEBP", "WebP"), (b"\xff\xd8\xff", "JPEG"),
+                      (b"BM\x46\x00\x00\x00\x00\x00\x00\x00", "BMP")):
         (tmp_path / "cut").write_bytes(cut)
         result = runner.invoke(main, ["encode", str(tmp_path / "cut"), "-q", "2", "-o", str(tmp_path / "c.drc")])
         assert result.exit_code == 2 and result.output == f"dirac: error: cannot read image: {tmp_path / 'cut'} " \

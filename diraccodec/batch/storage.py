@@ -70,7 +70,9 @@ class LocalStorage:
         folder = Path(folder)
         if not folder.is_dir():
             raise DiracError(f"no such folder: {folder}")
-        return sorted_relative([p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()])
+        # a link to nothing is listed, so that its job fails by name rather than vanish unsaid
+        return sorted_relative([p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                                if p.is_file() or (p.is_symlink() and not p.exists())])
 
     def read(self, location: Location) -> bytes:
         from diraccodec.image.files import read_bytes
@@ -78,7 +80,8 @@ class LocalStorage:
         return read_bytes(Path(location))
 
     def exists(self, location: Location) -> bool:
-        return Path(location).exists()
+        """Whether an output is there to skip: a file (a folder of its name is no output; its write fails by name)."""
+        return Path(location).is_file()
 
     def write_atomic(self, location: Location, data: bytes) -> None:
         from diraccodec.image.files import write_atomic

@@ -164,9 +164,9 @@ def decode(source: Path, output: Path, format_suffix: str | None, png_compressio
     with progress_bar("decoding") as decoded:
         image = api.decode(data, steps, seed, weights=weights, diffusion_weights=diffusion_weights, device=device,
                            exact=exact, max_pixels=max_pixels, restore=not no_restore, progress=decoded)
-    write_output(output, image_bytes(image, image_format, png_compression))
-    console.print(f"{shown_name(output, 'standard output')}: {image.width}x{image.height} "
-                  f"{written_mode(image.mode, image_format)}")
+    written = image_bytes(image, image_format, png_compression)
+    write_output(output, written)
+    console.print(f"{shown_name(output, 'standard output')}: {image.width}x{image.height} {written_mode(written)}")
 
 
 def output_format(output: Path, format_suffix: str | None) -> str:
@@ -198,14 +198,14 @@ def info(sources: tuple[Path, ...], as_json: bool, max_pixels: int) -> None:
     if sum(map(is_stream, sources)) > 1:
         raise DiracError("standard input (-) can be read once")
     if len(sources) == 1:
-        show_info(sources[0], as_json, max_pixels)
+        click.echo(info_text(sources[0], as_json, max_pixels))
         return
-    failed = False
-    for number, source in enumerate(sources):
-        if number and not as_json:
-            click.echo()
+    failed = shown = False
+    for source in sources:
         try:
-            show_info(source, as_json, max_pixels)
+            text = info_text(source, as_json, max_pixels)
+            click.echo(f"\n{text}" if shown and not as_json else text)  # a blank line between two tables
+            shown = True
         except DiracError as error:
             report_error(error, with_max_pixels=True, about=f"{shown_name(source, 'standard input')}: ")
             failed = True
@@ -213,7 +213,7 @@ def info(sources: tuple[Path, ...], as_json: bool, max_pixels: int) -> None:
         sys.exit(EXIT_SOME_FAILED)
 
 
-def show_info(source: Path, as_json: bool, max_pixels: int) -> None:
+def info_text(source: Path, as_json: bool, max_pixels: int) -> str:
     """`dirac info` of one file: a table, or one line of JSON."""
     from diraccodec import api
     from diraccodec.image.metadata import describe as describe_metadata
@@ -230,15 +230,14 @@ def show_info(source: Path, as_json: bool, max_pixels: int) -> None:
     restoration = restoration_text(api.restoration_support(reads_as))
     if as_json:
         metadata = {"exif": len(details.metadata.exif or b""), "xmp": len(details.metadata.xmp or b"")}
-        click.echo(json.dumps({
+        return json.dumps({
             "file": shown_name(source, "standard input"), "format_version": header.version, "width": header.width,
             "height": header.height, "colour_mode": header.colour_mode.name, "level": header.quality,
             "weights": header.weights_id.hex(), "read_by": reads_as.hex(), "bytes": details.file_size,
             "bpp": details.bits_per_pixel,
             "sections": sections, "latent_stream": split, "colour_profile": profile, "metadata": metadata,
             "recommended_steps": details.recommended_steps, "diffusion": diffusion, "restoration": restoration,
-        }))
-        return
+        })
     stream = split.get("error") or (f"hyper-latents {split['hyper_latents']:.0f} B ({split['hyper_share']:.1f}%), "
                                     f"latents {split['latents']:.0f} B (information content)")
     rows = [
@@ -258,9 +257,8 @@ def show_info(source: Path, as_json: bool, max_pixels: int) -> None:
         ("diffusion", diffusion),
         ("restoration", restoration),
     ]
-    width = max(len(key) for key, _ in rows)
-    for key, value in rows:  # plain lines, without a table's padding after the values: grep and awk read them
-        click.echo(f"{key:<{width}}  {value}")
+    width = max(len(key) for key, _ in rows)  # plain lines, without a table's padding after the values
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
 
 
 def stream_split(data: bytes, max_pixels: int) -> dict[str, Any]:

@@ -36,8 +36,8 @@ class SectionedGroup(click.Group):
             click.echo(error.ctx.get_help() if error.ctx else str(error))
             sys.exit(EXIT_USER_ERROR)
         except click.UsageError as error:
-            path = error.ctx.command_path if error.ctx else self._command_path(kwargs.get("args"),
-                                                                               kwargs.get("prog_name"))
+            given = kwargs.get("args", args[0] if args else None)  # main(args) or main(args=...)
+            path = error.ctx.command_path if error.ctx else self._command_path(given, kwargs.get("prog_name"))
             click.echo(f"dirac: error: {error.format_message()} (see: {path} --help)", err=True)
             sys.exit(EXIT_USER_ERROR)
         except click.ClickException as error:

@@ -25,13 +25,15 @@ IMAGE_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"
 FORMATS_WITHOUT_PROFILES = {"BMP"}  # Pillow's BMP writer has no place for an ICC profile
 # Names of this process's open file descriptors: /dev/stdout and /dev/stderr, /dev/fd/N, /proc/self/fd/N
 _STANDARD_DESCRIPTORS = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
-_DESCRIPTOR_PATH = re.compile(rf"/(?:dev/fd|proc/self/fd|proc/{os.getpid()}/fd)/(\d+)")
+_DESCRIPTOR_PATH = re.compile(r"/(?:dev/fd|proc/(?P<process>self|\d+)/fd)/(?P<number>\d+)")
 
 
 def read_bytes(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
+        if Path(path).is_symlink():
+            raise DiracError(f"{path} is a link to nothing ({os.readlink(path)})") from None
         raise DiracError(f"no such file: {path}") from None
     except IsADirectoryError:
         raise DiracError(f"{path} is a folder, not a file") from None
@@ -121,29 +123,32 @@ def check_writable(path: Path) -> None:
 
 
 def descriptor_of(path: Path) -> int | None:
-    """The open file descriptor of this process that `path` names (/dev/stdout, /dev/fd/3), or
+    """The file descriptor of this process that `path` names (/dev/stdout, /dev/fd/3), or
     None. A write there goes into the descriptor as the shell set it up (`>> log` appends);
-    opening the name anew would replace, or truncate, the file behind it."""
+    opening the name anew would replace, or truncate, the file behind it. The descriptor may
+    be closed (`>&-`): _check_descriptor_writable refuses it then."""
     if os.name != "posix":
         return None
     text = os.path.normpath(os.path.abspath(path))
     if (number := _STANDARD_DESCRIPTORS.get(text)) is None:
         named = _DESCRIPTOR_PATH.fullmatch(text)
-        number = int(named.group(1)) if named else None
-    if number is None:
-        return None
-    try:
-        os.fstat(number)
-    except (OSError, OverflowError):  # not open here: the name leads nowhere
-        return None
+        ours = named is not None and named["process"] in (None, "self", str(os.getpid()))
+        number = int(named["number"]) if ours else None
     return number
 
 
 def _check_descriptor_writable(path: Path, number: int) -> None:
+    """Open for writing, and not a terminal (binary output there is garbage, as for `-o -`)."""
     import fcntl  # POSIX, as descriptor_of's names are
 
-    if fcntl.fcntl(number, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+    try:
+        flags = fcntl.fcntl(number, fcntl.F_GETFL)
+    except (OSError, OverflowError):  # closed: a file the process opens later could take its number
+        raise OutputWriteError(f"cannot write {path}: descriptor {number} is not open") from None
+    if flags & os.O_ACCMODE == os.O_RDONLY:
         raise OutputWriteError(f"cannot write {path}: it is open for reading only")
+    if os.isatty(number):
+        raise OutputWriteError(f"cannot write {path}: it is a terminal; redirect it to a file or a pipe")
 
 
 def _write_descriptor(path: Path, number: int, data: bytes) -> None:
@@ -287,9 +292,11 @@ def image_bytes(image: Image.Image, image_format: str, png_compression: int = DE
     return buffer.getvalue()
 
 
-def written_mode(mode: str, image_format: str) -> str:
-    """The mode an image of `mode` has once written as `image_format`: WebP holds no grey."""
-    return {"L": "RGB", "LA": "RGBA"}.get(mode, mode) if image_format == "WEBP" else mode
+def written_mode(data: bytes) -> str:
+    """The mode of an encoded image as readers open it (its header alone): a WebP holds grey as
+    RGB, and leaves out an alpha that is opaque everywhere."""
+    with Image.open(io.BytesIO(data)) as written:
+        return written.mode
 
 
 def write_image(path: Path, image: Image.Image) -> None:

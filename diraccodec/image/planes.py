@@ -32,7 +32,7 @@ DRC_FORMAT = "DRC"  # the Pillow plugin's name for .drc files, which the codec d
 # How files of the formats users meet begin: a file that begins so but that Pillow cannot
 # open is a damaged one of that format, not one of a format Pillow does not know
 _SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"II*\x00": "TIFF",
-               b"MM\x00*": "TIFF", b"BM": "BMP"}
+               b"MM\x00*": "TIFF"}
 
 
 # What Pillow's parsers raise on a damaged file (a TIFF's broken directory gives a TypeError)
@@ -80,14 +80,10 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
             if image.format == DRC_FORMAT:  # nothing decoded yet: the plugin decodes on load
                 raise InvalidOptionError(f"{label} is a .drc file already: decode it (dirac decode); encoding "
                                          f"it again loses quality twice")
-            frames = getattr(image, "n_frames", 1)
-            grey_with_alpha = _is_grey_png_with_alpha(image)
-            image.load()
-            if grey_with_alpha:
-                image = image.convert("LA")  # its info (profile, EXIF, XMP) goes with it
+            frames, image_format = getattr(image, "n_frames", 1), image.format
+            image = _load(image)
         if frames > 1:
-            warnings.warn(f"{label} is animated ({frames} frames): encoding the first frame only",
-                          UserWarning, stacklevel=2)
+            warnings.warn(_one_of_several(label, image_format, frames, None), UserWarning, stacklevel=2)
         return upright(image)
     except (LimitExceededError, ImageReadError, InvalidOptionError):
         raise
@@ -118,18 +114,38 @@ def loaded(image: Image.Image, max_pixels: int, label: str | None = None) -> Ima
                 frames = getattr(image, "n_frames", 1)
             except (OSError, ValueError, EOFError):  # its file closed after its frame was read
                 frames = 1
-            image.load()
-    except _PILLOW_READ_ERRORS as error:
-        raise ImageReadError(f"cannot read {f'image {label}' if label else 'the image'}: {error}") from None
+            image_format, current = image.format, image.tell() + 1
+            image = _load(image)
+    # and a file closed before its pixels were read, where Pillow asserts that it is open
+    except (*_PILLOW_READ_ERRORS, AssertionError, AttributeError) as error:
+        reason = str(error) or "its file was closed before its pixels were read"
+        raise ImageReadError(f"cannot read {f'image {label}' if label else 'the image'}: {reason}") from None
     if frames > 1:
-        warnings.warn(f"{label or 'the image'} is animated ({frames} frames): encoding frame {image.tell() + 1} only",
-                      UserWarning, stacklevel=3)
+        warnings.warn(_one_of_several(label or "the image", image_format, frames, current), UserWarning,
+                      stacklevel=3)
     return image
+
+
+def _load(image: Image.Image) -> Image.Image:
+    """The image with its pixels read (under the caller's _pillow_limit); a 16-bit grey PNG
+    with alpha, which Pillow loads as RGBA, as LA, with its info (profile, EXIF, XMP)."""
+    grey_with_alpha = _is_grey_png_with_alpha(image)
+    image.load()
+    return image.convert("LA") if grey_with_alpha else image
+
+
+def _one_of_several(label: str, image_format: str | None, frames: int, current: int | None) -> str:
+    """The warning for an image of several frames, of which one is encoded (`current`, counted
+    from 1; None: the first): a TIFF's frames are pages."""
+    part = "page" if image_format == "TIFF" else "frame"
+    has = f"has {frames} pages" if part == "page" else f"is animated ({frames} frames)"
+    return f"{label} {has}: encoding {f'the first {part}' if current is None else f'{part} {current}'} only"
 
 
 def format_by_signature(source: str | Path | bytes) -> str | None:
     """The format whose signature the file begins with (None for none known, or unreadable);
-    WebP's RIFF header names its format at bytes 8-11."""
+    WebP's RIFF header names its format at bytes 8-11, BMP's "BM" is followed by its size and
+    two reserved words of 0."""
     try:
         if isinstance(source, bytes):
             start = source[:16]
@@ -140,6 +156,8 @@ def format_by_signature(source: str | Path | bytes) -> str | None:
         return None
     if start[:4] == b"RIFF" and start[8:12] == b"WEBP" and features.check_module("webp"):
         return "WebP"
+    if start[:2] == b"BM" and start[6:10] == bytes(4):  # its two reserved words are 0: text beginning "BM" is not
+        return "BMP"
     return next((kind for signature, kind in _SIGNATURES.items() if start.startswith(signature)), None)
 
 
