@@ -58,6 +58,7 @@ from diraccodec.codec.base_codec import BaseWeights  # noqa: E402
 from diraccodec.diffusion.finishing import FinishingSettings, settings_on_ladder  # noqa: E402
 from diraccodec.diffusion.sampler import SamplerSettings  # noqa: E402
 from diraccodec.errors import DiracError  # noqa: E402
+from diraccodec.image.files import check_writable_folder  # noqa: E402
 from diraccodec.modelfiles import (  # noqa: E402
     DEFAULT_DIFFUSION_WEIGHTS,
     WEIGHTS_DIR,
@@ -283,6 +284,9 @@ def join(output: Path, destination: Path, settings_from: Path | None, level_tabl
     """The returned weights whole again, checked against candidate.json and tied together, in
     DESTINATION; with `level_tables_from`, its base carries hyper-latent tables per level counted
     on those training photos (the trained base, without them, kept as base-shared-tables)."""
+    if destination.resolve() == output.resolve():
+        raise DiracError(f"join {output} into another folder: its parts are what a later join reads")
+    check_writable_folder(destination)
     try:
         record = json.loads((output / "candidate.json").read_text())
         files = {name: b"".join((output / part).read_bytes() for part in entry["parts"])

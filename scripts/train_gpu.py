@@ -33,6 +33,7 @@ from rich.console import Console  # noqa: E402
 
 from diraccodec.codec.hyperprior import CONTEXTS  # noqa: E402
 from diraccodec.errors import DiracError  # noqa: E402
+from diraccodec.image.files import check_writable_folder  # noqa: E402
 from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, DEFAULT_DIFFUSION_WEIGHTS  # noqa: E402
 from diraccodec.options import TRAINING_PHOTOS  # noqa: E402
 from diraccodec.training.base import BaseTrainingOptions, export_base_checkpoint, train_base  # noqa: E402
@@ -48,7 +49,7 @@ from diraccodec.training.diffusion import (  # noqa: E402
     export_diffusion_checkpoint,
     train_diffusion,
 )
-from diraccodec.training.loop import LoopOptions  # noqa: E402
+from diraccodec.training.loop import LoopOptions, check_before_work  # noqa: E402
 from diraccodec.training.restoration import (  # noqa: E402
     RestorationTrainingOptions,
     export_restoration_checkpoint,
@@ -248,6 +249,15 @@ class _Tee(io.TextIOBase):
         return False  # log lines rather than a progress bar
 
 
+def check_output_apart(state: Path, output: Path) -> None:
+    """Refuse, before the run, an --output whose copies would land on the state or its log
+    (OUTPUT/NAME is emptied first: the state's parent as OUTPUT would empty the state itself)."""
+    state, folder = state.resolve(), output.resolve()
+    if folder == state.parent or folder.is_relative_to(state) or state.is_relative_to(folder / state.name):
+        raise DiracError(f"--output {output} would copy the state {state} onto itself: name another folder")
+    check_writable_folder(output)
+
+
 def copy_results(state: Path, log: Path, output: Path) -> list[Path]:
     """The state's parts into OUTPUT/NAME/ (ready to stand in for the state folder) and the log into OUTPUT."""
     folder = output / state_folder(state).name
@@ -264,12 +274,20 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.steps is None and arguments.minutes is None:
         arguments.minutes = DEFAULT_MINUTES
     state = state_folder(arguments.state or Path("checkpoints") / arguments.model)
-    if arguments.travel_copy:
-        parts = write_travel_copy(state, arguments.travel_copy, moments=arguments.travel_moments,
-                                  part_bytes=int(arguments.part_mib * 2**20))
-        print(f"{arguments.travel_copy}: {len(parts)} parts, {sum(p.stat().st_size for p in parts) / 2**20:.1f} MiB")
-        return 0
-    options = training_options(arguments, state)
+    try:
+        if arguments.travel_copy:
+            parts = write_travel_copy(state, arguments.travel_copy, moments=arguments.travel_moments,
+                                      part_bytes=int(arguments.part_mib * 2**20))
+            size = sum(p.stat().st_size for p in parts) / 2**20
+            print(f"{arguments.travel_copy}: {len(parts)} parts, {size:.1f} MiB")
+            return 0
+        options = training_options(arguments, state)
+        check_before_work(options)  # before the log is opened beside the state
+        if arguments.output is not None:
+            check_output_apart(state, arguments.output)
+    except DiracError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     log = state.with_name(state.name + ".log")
     log.parent.mkdir(parents=True, exist_ok=True)
     interrupted = False

@@ -226,3 +226,12 @@ def test_the_filter_s_process_is_stopped_past_its_time_and_killed_if_it_will_not
     assert script.wait_for(stubborn, 0.5) == -9
     done = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     assert script.wait_for(done, None) == 3
+
+
+def test_join_into_the_returned_folder_itself_is_refused(script, tmp_path, capsys):
+    returned = tmp_path / "returned"
+    returned.mkdir()
+    (returned / "candidate.json").write_text("{}")
+    assert script.main(["join", str(returned), str(returned)]) == 2  # its U-Nets were rewritten in place
+    assert "into another folder" in capsys.readouterr().err
+    assert list(returned.iterdir()) == [returned / "candidate.json"]

@@ -385,3 +385,41 @@ def test_eval_in_a_log_measures_each_level_once_and_prints_whole_rows(tmp_path: 
     header = next(line for line in result.stdout.splitlines() if "codec" in line and "setting" in line)
     assert all(column in header for column in ("MS-SSIM", "FD-AlexNet", "enc s/MP")), header
     assert len(json.loads((tmp_path / "e.json").read_text())["points"]) == 1
+
+
+def test_outputs_that_would_replace_an_input_or_each_other_are_refused_before_the_work(tmp_path: Path,
+                                                                                      sample_image: Image.Image):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sample_image.crop((0, 0, 64, 64)).save(folder / "a.png")
+    (tmp_path / "a-file").write_text("kept")
+    runner = CliRunner()
+    for arguments, message in (
+            (["eval", "--data", str(folder), "--json", str(tmp_path / "r"), "--markdown", str(tmp_path / "r")],
+             f"--json and --markdown name the same file {tmp_path / 'r'}"),
+            (["eval", "--data", str(folder), "--json", str(tmp_path / "r.json"), "--plot",
+              str(tmp_path / "a-file" / "p.png")], "a-file is not a folder"),  # a traceback after the whole run
+            (["bench", str(folder / "a.png"), "--references", "none", "--json", str(folder / "a.png")],
+             "is the input"),
+            (["compare", str(tmp_path / "small.png"), "-q", "2", "-o", str(tmp_path / "c.png")],
+             "the comparison's LPIPS needs at least 31 pixels a side")):
+        sample_image.crop((0, 0, 20, 20)).save(tmp_path / "small.png")
+        result = runner.invoke(main, arguments)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert (folder / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_report_with_null_figures_prints_and_one_of_another_shape_is_refused(tmp_path: Path):
+    import json
+
+    point = {"codec": "diraccodec", "setting": 2, "bpp": 0.3, "psnr": None, "ms_ssim": 0.9, "lpips": 0.2,
+             "fd_alexnet": None, "seconds_per_mp": None, "images": 1}
+    report = {"command": "dirac eval", "data": "x", "machine": "m", "fd_alexnet": "none", "points": [point]}
+    (tmp_path / "nulls.json").write_text(json.dumps(report))
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "nulls.json"), "--markdown", str(tmp_path / "n.md")])
+    assert result.exit_code == 0, result.output  # a run stopped before its figures: a TypeError
+    assert "| diraccodec | 2 |  | 0.3000 |  | 0.9000 | 0.2000 |" in (tmp_path / "n.md").read_text()
+    report["points"] = [{**point, "bpp": "0.3"}]
+    (tmp_path / "text.json").write_text(json.dumps(report))
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "text.json"), "--markdown", str(tmp_path / "t.md")])
+    assert result.exit_code == 2 and "is not an evaluation report (JSON without its fields)" in result.output

@@ -323,3 +323,17 @@ def test_a_crop_side_the_base_codec_cannot_code_is_a_one_line_error_for_every_mo
         assert script.main([model, "--data", str(photos), "--state", str(tmp_path / model), "--steps", "1",
                             "--patch-size", "96", "--device", "cpu"]) == 2
         assert "error: --patch-size must be a multiple of 64 (whole hyper-latents), got 96" in capsys.readouterr().err
+
+
+def test_an_output_that_would_copy_the_state_onto_itself_is_refused_before_the_run(script, photos, tmp_path,
+                                                                                   capsys):
+    state = tmp_path / "run" / "base"
+    assert train(script, photos, state, "--steps", "1") == 0
+    # OUTPUT/base is emptied before the copy: with the state's own parent it was the state
+    assert train(script, photos, state, "--steps", "2", "--output", str(tmp_path / "run")) == 2
+    assert "would copy the state" in capsys.readouterr().err and read_state(state)[0].step == 1
+    (tmp_path / "a-file").write_text("kept")
+    assert train(script, photos, tmp_path / "a-file" / "base", "--steps", "1") == 2  # a traceback at the log before
+    assert "a-file is not a folder" in capsys.readouterr().err
+    assert script.main(["restoration", "--state", str(tmp_path / "none"), "--travel-copy", str(tmp_path / "t")]) == 2
+    assert "no training state at" in capsys.readouterr().err

@@ -543,3 +543,61 @@ def test_the_entropy_model_runs_in_float32_under_bfloat16_autocast():
         mixed = model.rate(y)
     for a, b in zip(plain, mixed, strict=True):
         assert b.dtype == torch.float32 and torch.equal(a, b)
+
+
+def test_a_state_never_replaces_what_is_not_a_state(photo_folder: Path, tmp_path: Path):
+    """A save replaces the state's whole folder: a folder of photos named as the state lost them."""
+    from diraccodec.errors import DiracError
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("kept")
+    with pytest.raises(DiracError, match=r"victim holds other files than a training state \(notes.txt\)"):
+        train_base(options(photo_folder, victim, 1))
+    assert [p.name for p in victim.iterdir()] == ["notes.txt"]
+    (tmp_path / "a-file").write_text("kept")
+    with pytest.raises(DiracError, match="a-file is a file, not a training state's folder"):
+        train_base(options(photo_folder, tmp_path / "a-file", 1))
+    with pytest.raises(DiracError, match="a-file is not a folder"):  # before training, not at the save
+        train_base(options(photo_folder, tmp_path / "a-file" / "ck", 1))
+    budget = options(photo_folder, tmp_path / "ck", 1)
+    budget.minutes = 0.2  # 12 s, within the 15 s kept for the save
+    with pytest.raises(DiracError, match=r"--minutes 0\.2 leaves no time to train"):
+        train_base(budget)
+    assert not (tmp_path / "ck").exists()
+
+
+def test_an_export_beside_a_state_stays_and_one_inside_it_is_refused(photo_folder: Path, tmp_path: Path):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    state = tmp_path / "base"
+    train_base(options(photo_folder, state, 1))
+    exported = tmp_path / "base.safetensors"  # the name an older layout's checkpoint had
+    export_base_checkpoint(state, exported)
+    train_base(options(photo_folder, state, 2))  # its save used to delete the export as that older checkpoint
+    assert exported.is_file() and load_checkpoint_metadata(state).step == 2
+    result = CliRunner().invoke(main, ["train", "export", str(state), str(state / "state.safetensors.000")])
+    assert result.exit_code == 2 and "is inside the training state" in result.output, result.output
+    assert load_checkpoint_metadata(state).step == 2
+
+
+def test_a_damaged_training_photo_or_shard_manifest_is_named_in_one_line(photo_folder: Path, tmp_path: Path):
+    import shutil
+
+    from diraccodec.errors import DiracError
+
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_folder, folder)
+    good = (folder / "a.jpg").read_bytes()
+    (folder / "a.jpg").write_bytes(good[: len(good) // 3])  # cut short
+    with pytest.raises(DiracError, match=r"cannot read the training photo .*a.jpg: image file is truncated"):
+        train_base(options(folder, tmp_path / "ck", 1))
+    (folder / "a.jpg").write_bytes(b"not a photo")
+    with pytest.raises(DiracError, match=r"cannot read the training photo .*a.jpg: cannot identify image file"):
+        train_base(options(folder, tmp_path / "ck", 1))
+    (folder / "a.jpg").write_bytes(good)
+    (folder / "shard.json").write_text("{bad")
+    with pytest.raises(DiracError, match=r"shard.json is not a shard's manifest"):
+        train_base(options(folder, tmp_path / "ck", 1))

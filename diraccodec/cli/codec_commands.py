@@ -20,6 +20,7 @@ from diraccodec.cli.common import (
     FileOrStream,
     bpp_option,
     check_output,
+    check_outputs,
     console,
     detail_map_option,
     device_option,
@@ -434,6 +435,7 @@ def bench(images: tuple[Path, ...], level: float, effort: int, references: str, 
     from diraccodec.bench import REFERENCES, BenchOptions, run_bench, table_of, write_bench
 
     keys = parse_references(references, list(REFERENCES))
+    check_outputs({"--json": json_path, "--markdown": markdown}, images)
     options = BenchOptions(tuple(images), level, effort, tuple(keys), steps, repeat, device, exact,
                            str(weights) if weights else None)
     report = run_bench(options, console)

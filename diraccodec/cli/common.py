@@ -128,6 +128,22 @@ def check_not_an_input(outputs: Sequence[Path | None], inputs: Sequence[Path]) -
             raise DiracError(f"the output {output} is {which}: name another file")
 
 
+def check_outputs(outputs: dict[str, Path | None], inputs: Sequence[Path]) -> None:
+    """Refuse, before the work: an output that names an input, two options that name one file
+    (the second write would replace the first) and an output that cannot be written where it
+    is. `outputs` maps each option's name to its path, None where it was not given."""
+    from diraccodec.image.files import check_writable
+
+    named = {option: Path(path) for option, path in outputs.items() if path is not None}
+    check_not_an_input(list(named.values()), inputs)
+    seen: dict[str, str] = {}
+    for option, path in named.items():
+        if (where := os.path.realpath(path)) in seen:
+            raise DiracError(f"{seen[where]} and {option} name the same file {path}: name two files")
+        seen[where] = option
+        check_writable(path)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,7 +10,7 @@ import click
 from rich.table import Table
 
 from diraccodec.cli.common import (
-    check_not_an_input,
+    check_outputs,
     console,
     device_option,
     exact_option,
@@ -118,7 +119,8 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
         api.get_diffusion(codec)
 
     measured = image_paths(data, held_out)[:image_count]
-    check_not_an_input([json_path, markdown, plot_path, perception_plot], measured)
+    check_outputs({"--json": json_path, "--markdown": markdown, "--plot": plot_path,
+                   "--perception-plot": perception_plot}, measured)
     name = f"{data.name} (held out)" if held_out else data.name
     models = models_in_use(weights)
     machine = describe_machine(str(api.compute_for(device, exact).device))
@@ -179,7 +181,9 @@ def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path
     if updates and pooled_path is None:
         raise DiracError("--updated-by needs --json for the pooled report (the inputs are left as they are)")
     # JSON_PATH alone may be rewritten (the default); with --updated-by every input stays as it is
-    check_not_an_input([pooled_path if updates else None, markdown, plot_path, perception_plot], [json_path, *updates])
+    rewritten = pooled_path is not None and not updates and os.path.realpath(pooled_path) == os.path.realpath(json_path)
+    check_outputs({"--json": None if rewritten else pooled_path, "--markdown": markdown, "--plot": plot_path,
+                   "--perception-plot": perception_plot}, [json_path, *updates])
     report = report_again(json_path, updates, pooled_path, markdown, plot_path, perception_plot)
     print_results(points_of(report), report, f"report of {report['data']}")
     console.print(f"{pooled_path or json_path}: {len(report['points'])} points")
@@ -209,12 +213,16 @@ def compare(source: Path, quality: float, steps: int, box: str | None, zoom: int
     """Side by side crops: original, AVIF at the same size or smaller (its smallest where that is larger), 0 steps
     and N steps."""
     from diraccodec.evaluation.pictures import comparison_picture, is_valid_box
+    from diraccodec.evaluation.run import SMALLEST_SIDE
     from diraccodec.image.files import image_format_for, write_image
     from diraccodec.image.planes import open_image
 
     image_format_for(output)
-    check_not_an_input([output], [source])
+    check_outputs({"-o": output}, [source])
     image = open_image(source, DEFAULT_MAX_PIXELS).convert("RGB")
+    if min(image.size) < SMALLEST_SIDE:  # the panels' LPIPS is measured over the whole image
+        raise DiracError(f"{source} is {image.width}x{image.height}: the comparison's LPIPS needs at least "
+                         f"{SMALLEST_SIDE} pixels a side")
     if box is None:
         size = min(256, image.width, image.height)
         crop = ((image.width - size) // 2, (image.height - size) // 2, size)

@@ -91,7 +91,8 @@ def train_base_command(data: tuple[Path, ...], context: str, start_from: Path | 
 
 @train.command("diffusion")
 @training_options("checkpoints/diffusion", 20000)
-@click.option("--lpips-weight", type=float, default=0.0, show_default=True, help="Weight of the VGG LPIPS term.")
+@click.option("--lpips-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of the VGG LPIPS term.")
 @click.option("--adversarial-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of the adversarial term; above 0 a new run trains a critic beside the U-Net.")
 @click.option("--own-prediction-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
@@ -195,12 +196,15 @@ def train_pack_command(output: Path, data: tuple[Path, ...], prescale: float, qu
 @reports_errors
 def train_export_command(checkpoint: Path, output: Path) -> None:
     """Write inference weights from a training checkpoint (base codec, diffusion decoder or restoration filter)."""
+    from diraccodec.image.files import check_writable
     from diraccodec.training.base import export_base_checkpoint
-    from diraccodec.training.checkpoint import load_checkpoint_metadata
+    from diraccodec.training.checkpoint import check_not_in_state, load_checkpoint_metadata
     from diraccodec.training.diffusion import export_diffusion_checkpoint
     from diraccodec.training.restoration import export_restoration_checkpoint
 
     metadata = load_checkpoint_metadata(checkpoint).metadata
+    check_not_in_state(output, checkpoint)  # the state's next save replaces its folder
+    check_writable(output)
     if metadata.get("kind") == "restoration":
         export_restoration_checkpoint(checkpoint, output)
         kind = "restoration filter"

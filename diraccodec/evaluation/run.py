@@ -359,12 +359,22 @@ def points_of(report: dict) -> list[Point]:
     """The points of a saved report, complete or not; null figures come back as NaN."""
     def restored(fields: dict) -> Point:
         point = Point(**fields)
-        for name in ("psnr", "ms_ssim", "lpips", "fd_alexnet"):
+        for name in ("psnr", "ms_ssim", "lpips", "fd_alexnet", "seconds_per_mp"):
             if getattr(point, name) is None:
                 setattr(point, name, float("nan"))
+        numbers = (point.setting, point.bpp, point.psnr, point.ms_ssim, point.lpips, point.fd_alexnet,
+                   point.seconds_per_mp, point.images)
+        optional = (point.steps, point.seconds_per_step_per_mp, point.encode_seconds_per_mp)
+        if not isinstance(point.codec, str) or not all(_is_number(value) for value in numbers) or \
+                not all(value is None or _is_number(value) for value in optional):
+            raise TypeError(f"a point of another shape: {fields}")  # what report_again calls not a report
         return point
 
     return [restored(fields) for fields in report["points"]]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def pooled_points(reports: list[dict]) -> list[Point]:
@@ -484,12 +494,14 @@ def markdown_table(report: dict) -> str:
     ]
     for p in report["points"]:
         lines.append(
-            f"| {p['codec']} | {p['setting']:g} | {_figure(p['steps'], 'd')} | {p['bpp']:.4f} | {p['psnr']:.2f} "
-            f"| {p['ms_ssim']:.4f} | {p['lpips']:.4f} | {_figure(p['fd_alexnet'], '.2f')} "
-            f"| {p['seconds_per_mp']:.2f} | {_figure(p.get('encode_seconds_per_mp'), '.2f')} "
+            f"| {p['codec']} | {p['setting']:g} | {_figure(p['steps'], 'd')} | {p['bpp']:.4f} "
+            f"| {_figure(p['psnr'], '.2f')} | {_figure(p['ms_ssim'], '.4f')} | {_figure(p['lpips'], '.4f')} "
+            f"| {_figure(p['fd_alexnet'], '.2f')} "
+            f"| {_figure(p['seconds_per_mp'], '.2f')} | {_figure(p.get('encode_seconds_per_mp'), '.2f')} "
             f"| {_figure(p['seconds_per_step_per_mp'], '.2f')} |"
         )
-    lines += ["", "BD-rate (negative: fewer bits for the same quality; blank where the curves do not overlap):",
+    lines += ["", "BD-rate (negative: fewer bits for the same quality; n/a where the curves do not overlap or "
+                  "have under 4 points):",
               "", "| ours | against | BD-rate (PSNR) | BD-rate (LPIPS) |", "|---|---|---:|---:|"]
     for ours, against in report["bd_rate_psnr_percent"].items():
         for name, value in against.items():

@@ -28,7 +28,7 @@ from diraccodec.errors import DiracError
 from diraccodec.options import TRAINING_PHOTOS
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
 from diraccodec.training.crops import CropSampler, check_whole_blocks
-from diraccodec.training.loop import LoopOptions, run_loop, start_run
+from diraccodec.training.loop import LoopOptions, check_before_work, run_loop, start_run
 from diraccodec.training.widening import grow_model, grown_gains
 
 
@@ -84,6 +84,7 @@ def rate_distortion_loss(
 def train_base(options: BaseTrainingOptions, console: Console | None = None) -> TrainingState:
     console = plain_console(console)
     check_whole_blocks(options.patch_size)
+    check_before_work(options)
     torch.manual_seed(options.seed)
     started_from, frozen, trained_latents = None, options.freeze_hyperprior, None
     if state_exists(options.checkpoint):  # a resumed run keeps its state's size, context, ladder and freeze

@@ -29,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load, load_file, save
 
 from diraccodec.errors import DiracError
+from diraccodec.image.files import WRITE_CHECK_NAME, check_writable_folder
 from diraccodec.training.averaging import AVERAGE_PREFIX, WeightAverage
 
 PART_PREFIX = "state.safetensors."
@@ -74,6 +75,16 @@ def _legacy_files(folder: Path) -> tuple[Path, Path]:
     return folder.with_name(folder.name + ".safetensors"), folder.with_name(folder.name + ".optim.safetensors")
 
 
+def _is_legacy_checkpoint(file: Path) -> bool:
+    """Whether `file` is a checkpoint of the older layout (its header names a step), not, say,
+    weights exported beside the state under the same name."""
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return "step" in (handle.metadata() or {})
+    except (SafetensorError, OSError):
+        return False
+
+
 def _stored_at(path: Path) -> Path | None:
     """Where the state named `path` is: its folder, the previous folder (a save killed between
     its two renames leaves only that), or an older single file; None when there is none."""
@@ -82,7 +93,31 @@ def _stored_at(path: Path) -> Path | None:
         if (candidate / f"{PART_PREFIX}000").is_file():
             return candidate
     legacy = _legacy_files(folder)[0]
-    return legacy if legacy.is_file() else None
+    return legacy if legacy.is_file() else None  # read_state says so where it is not one
+
+
+def check_state_place(path: Path, writable: bool = True) -> None:
+    """Refuse, before any work, a state name whose folder holds anything but a state's parts
+    (a save replaces the whole folder: the photos or notes in it would go), or is a file, or
+    (`writable`) cannot be made."""
+    folder = state_folder(path)
+    if folder.is_dir():
+        strangers = sorted(entry.name for entry in folder.iterdir()
+                           if not entry.name.startswith((PART_PREFIX, f".{WRITE_CHECK_NAME}.")))
+        if strangers:
+            raise DiracError(f"{folder} holds other files than a training state ({strangers[0]}): a save replaces "
+                             f"the whole folder; name a new one")
+    elif folder.exists():
+        raise DiracError(f"{folder} is a file, not a training state's folder")
+    if writable:
+        check_writable_folder(folder)
+
+
+def check_not_in_state(output: Path, state: Path) -> None:
+    """Refuse an output inside a state's folder (the next save replaces the folder)."""
+    folder = state_folder(state).resolve()
+    if Path(output).resolve().is_relative_to(folder):
+        raise DiracError(f"{output} is inside the training state {folder}: write it elsewhere")
 
 
 def state_exists(path: Path) -> bool:
@@ -99,6 +134,7 @@ def write_state(path: Path, tensors: dict[str, torch.Tensor], state: TrainingSta
     if state.warmup_from is not None:
         header["warmup_from"] = str(state.warmup_from)
     stream = memoryview(save(tensors, metadata=header))
+    check_state_place(path, writable=False)  # checked before the run: the last guard of what the folder holds
     folder = state_folder(path)
     temporary, previous = folder.with_name(f".{folder.name}.partial"), _previous(folder)
     shutil.rmtree(temporary, ignore_errors=True)
@@ -114,8 +150,10 @@ def write_state(path: Path, tensors: dict[str, torch.Tensor], state: TrainingSta
     os.replace(temporary, folder)
     _sync_folder(folder.parent)
     shutil.rmtree(previous, ignore_errors=True)
-    for legacy in _legacy_files(folder):
-        legacy.unlink(missing_ok=True)
+    older, moments = _legacy_files(folder)
+    if _is_legacy_checkpoint(older):  # the state they held is in the parts now
+        older.unlink()
+        moments.unlink(missing_ok=True)
     return state_parts(folder)
 
 

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from diraccodec.errors import DiracError
-from diraccodec.training.data import DOWNSCALE_RANGE, shard_prescale, training_images
+from diraccodec.training.data import DOWNSCALE_RANGE, opened_photo, shard_prescale, training_images
 from diraccodec.transforms.networks import HYPER_STRIDE
 
 CHANNELS = 3
@@ -142,7 +142,7 @@ def _plan(folders: Iterable[Path], patch_size: int, scale_range: tuple[float, fl
     for folder in folders:
         scales = scale_grid(scale_range, shard_prescale(folder), scale_steps)
         for path in training_images([folder]):
-            with Image.open(path) as image:
+            with opened_photo(path) as image:
                 sizes = copy_sizes(image.size, patch_size, scales)
             copies = []
             for width, height in sizes:
@@ -158,7 +158,7 @@ def _decode_into(buffer: np.ndarray, photos: list[_Photo]) -> None:
     decodes and resizes outside the GIL)."""
 
     def decode(photo: _Photo) -> None:
-        with Image.open(photo.path) as opened:
+        with opened_photo(photo.path) as opened:
             image = opened.convert("RGB")
         for copy in photo.copies:
             size = (copy.width, copy.height)

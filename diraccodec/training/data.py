@@ -16,14 +16,16 @@ photos only, under their own names.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from diraccodec.errors import DiracError
 from diraccodec.image.files import write_atomic
@@ -66,10 +68,32 @@ def held_out_images(folders: Iterable[Path]) -> list[Path]:
 
 
 def _shard_manifest(folder: Path) -> dict[str, Any] | None:
+    """A shard's manifest (None for an ordinary folder); one that is not `pack`'s is an error."""
+    path = Path(folder) / SHARD_MANIFEST
     try:
-        return dict(json.loads((Path(folder) / SHARD_MANIFEST).read_text()))
+        manifest = json.loads(path.read_text())
+        prescale = float(manifest["prescale"])
     except FileNotFoundError:
         return None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DiracError(f"{path} is not a shard's manifest ({error!r}): pack the shard again with "
+                         f"`dirac train pack`") from None
+    if not prescale >= 1:
+        raise DiracError(f"{path} gives a downscale of {prescale:g}, below 1: pack the shard again")
+    return dict(manifest)
+
+
+@contextlib.contextmanager
+def opened_photo(path: Path) -> Iterator[Image.Image]:
+    """A training photo, opened; one that Pillow cannot read (damaged, cut short, not an image)
+    is a DiracError that names it, at the first read of its pixels, not a traceback."""
+    try:
+        with Image.open(path) as image:
+            yield image
+    except DiracError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as error:
+        raise DiracError(f"cannot read the training photo {path}: {error}; remove it or replace it") from None
 
 
 def shard_prescale(folder: Path) -> float:
@@ -96,7 +120,7 @@ def pack_shard(
             target = output / f"{position:02d}-{Path(folder).name}" / path.relative_to(folder).with_suffix(".jpg")
             if target in written:  # the same name with two suffixes: one photo is enough
                 continue
-            with Image.open(path) as image:
+            with opened_photo(path) as image:
                 image = image.convert("RGB")
                 size = (round(image.width / prescale), round(image.height / prescale))
                 if min(size) < min_side:

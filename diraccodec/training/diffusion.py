@@ -41,7 +41,7 @@ from diraccodec.training.checkpoint import (
     write_state,
 )
 from diraccodec.training.crops import check_whole_blocks
-from diraccodec.training.loop import LoopOptions, run_loop, start_run
+from diraccodec.training.loop import LoopOptions, check_before_work, run_loop, start_run
 from diraccodec.training.reconstructions import ReconstructedCrops
 
 # The model learns times in [0, 0.7]: wider than the sampler's default start, so the start
@@ -146,6 +146,7 @@ def diffusion_loss(
 def train_diffusion(options: DiffusionTrainingOptions, console: Console | None = None) -> TrainingState:
     console = plain_console(console)
     check_whole_blocks(options.patch_size)
+    check_before_work(options)
     torch.manual_seed(options.seed)
     base_weights = load_base_weights(Path(options.base_weights).resolve())
     top_level = base_weights.model.config.num_levels

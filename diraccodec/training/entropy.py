@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from rich.console import Console
 from rich.progress import track
 
@@ -27,6 +26,7 @@ from diraccodec.compute import thread_count_restored
 from diraccodec.console import plain_console
 from diraccodec.entropy.tables import TableSet, tables_from_counts
 from diraccodec.errors import DiracError
+from diraccodec.image.files import check_writable_folder
 from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
     default_diffusion_path,
@@ -39,8 +39,8 @@ from diraccodec.options import TRAINING_PHOTOS
 from diraccodec.training.base import hyperprior_modules
 from diraccodec.training.checkpoint import TrainingState
 from diraccodec.training.crops import CropSampler, check_whole_blocks
-from diraccodec.training.data import training_images
-from diraccodec.training.loop import LoopOptions, run_loop, start_run
+from diraccodec.training.data import opened_photo, training_images
+from diraccodec.training.loop import LoopOptions, check_before_work, run_loop, start_run
 from diraccodec.transforms.networks import LATENT_STRIDE
 
 # Crops are cut at the photos' own scale (at most 1.25x smaller): the training photos are
@@ -90,6 +90,7 @@ def rate_loss(model: MultiRateHyperprior, latents: torch.Tensor, levels: torch.T
 def train_entropy(options: EntropyTrainingOptions, console: Console | None = None) -> TrainingState:
     console = plain_console(console)
     check_whole_blocks(options.patch_size)
+    check_before_work(options)
     torch.manual_seed(options.seed)
     weights = load_base_weights(options.base_weights)
     model = MultiRateHyperprior(weights.model.config)
@@ -145,7 +146,7 @@ def fit_level_tables(weights: BaseWeights, photos: Sequence[Path], console: Cons
     escape = shared.lengths - 1
     with torch.no_grad():
         for path in track(photos, description="hyper-latents", console=console, disable=not console.is_terminal):
-            with Image.open(path) as image:
+            with opened_photo(path) as image:
                 y = codec.analysis_latents(np.asarray(image.convert("RGB")))
             for level in range(levels):
                 _, hyper = codec.hyper_latents(y, float(level))
@@ -162,12 +163,17 @@ def write_level_tables(source: Path, data: Sequence[Path], every: int, output: P
     `data`, written into the folder `output`; the installed restoration filter and diffusion
     decoder go with it, tied to the new weights (modelfiles.retie_unets), where they fit."""
     console = plain_console(console)
+    written_base = output / "base.safetensors"
+    installed = (source, default_restoration_path(), default_diffusion_path())
+    if any(written_base.resolve() == path.resolve() or output.resolve() == path.resolve().parent for path in installed):
+        raise DiracError(f"{output} holds the weights the tables are counted for: write them into another folder "
+                         f"(they would replace those the diffusion decoder is tied to)")
+    check_writable_folder(output)
     photos = training_images(data)[::every]
     if not photos:
         raise DiracError(f"no training photos under {', '.join(map(str, data))}")
     base = load_base_weights(source)
     tables = fit_level_tables(base, photos, console)
-    written_base = output / "base.safetensors"
     write_with_level_tables(source, written_base, tables, {
         "photos": len(photos), "every": every, "pseudo_counts": LEVEL_TABLE_PSEUDO_COUNTS,
         "data": [str(folder) for folder in data]})

@@ -27,14 +27,16 @@ import torch
 from rich.console import Console
 from rich.progress import Progress, TextColumn
 
+from diraccodec.compute import resolve_device
 from diraccodec.console import bar_columns, draws_live_bars
-from diraccodec.errors import Terminated
+from diraccodec.errors import DiracError, Terminated
 from diraccodec.image.files import write_atomic
 from diraccodec.training.averaging import WeightAverage
 from diraccodec.training.checkpoint import (
     DEFAULT_PART_BYTES,
     MOMENTS_DTYPE,
     TrainingState,
+    check_state_place,
     load_checkpoint,
     save_checkpoint,
     state_exists,
@@ -86,6 +88,21 @@ class LoopOptions:
     # (compilation and warm-up behind them); the log then says where their time went. 0: none.
     profile_steps: int = 0
     profile_after: int = 50
+
+
+def check_before_work(options: LoopOptions) -> None:
+    """What every trainer checks before it loads anything: a place where the state can be saved
+    without losing what is there, a device this machine has, and a time budget that leaves
+    room for a step and the save."""
+    check_state_place(options.checkpoint)
+    try:
+        resolve_device(options.device)
+    except ValueError as error:
+        raise DiracError(str(error)) from None
+    # (a launcher's deadline that has passed still gets its start, save and export)
+    if options.minutes is not None and options.deadline is None and options.minutes * 60 <= options.save_margin_seconds:
+        raise DiracError(f"--minutes {options.minutes:g} leaves no time to train: the last "
+                         f"{options.save_margin_seconds:g} s are kept for the save")
 
 
 def decay_start(options: LoopOptions) -> float:

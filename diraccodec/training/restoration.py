@@ -29,7 +29,7 @@ from diraccodec.restoration.filter import RestorationFilter
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
 from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
 from diraccodec.training.crops import check_whole_blocks
-from diraccodec.training.loop import LoopOptions, run_loop, start_run
+from diraccodec.training.loop import LoopOptions, check_before_work, run_loop, start_run
 from diraccodec.training.reconstructions import ReconstructedCrops
 
 # Floor of a crop's base MSE (pixel range 1): flat crops with almost no error must not
@@ -64,6 +64,7 @@ def restoration_loss(
 def train_restoration(options: RestorationTrainingOptions, console: Console | None = None) -> TrainingState:
     console = plain_console(console)
     check_whole_blocks(options.patch_size)
+    check_before_work(options)
     torch.manual_seed(options.seed)
     base_weights = load_base_weights(Path(options.base_weights).resolve())
     top_level = base_weights.model.config.num_levels
