@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 import shutil
 import sys
 import time
@@ -33,11 +34,12 @@ from rich.console import Console  # noqa: E402
 
 from diraccodec.codec.hyperprior import CONTEXTS  # noqa: E402
 from diraccodec.errors import DiracError  # noqa: E402
-from diraccodec.image.files import check_writable_folder  # noqa: E402
+from diraccodec.image.files import check_writable, check_writable_folder  # noqa: E402
 from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, DEFAULT_DIFFUSION_WEIGHTS  # noqa: E402
 from diraccodec.options import TRAINING_PHOTOS  # noqa: E402
 from diraccodec.training.base import BaseTrainingOptions, export_base_checkpoint, train_base  # noqa: E402
 from diraccodec.training.checkpoint import (  # noqa: E402
+    check_not_in_state,
     state_exists,
     state_folder,
     state_parts,
@@ -252,8 +254,11 @@ class _Tee(io.TextIOBase):
 def check_output_apart(state: Path, output: Path) -> None:
     """Refuse, before the run, an --output whose copies would land on the state or its log
     (OUTPUT/NAME is emptied first: the state's parent as OUTPUT would empty the state itself)."""
-    state, folder = state.resolve(), output.resolve()
-    if folder == state.parent or folder.is_relative_to(state) or state.is_relative_to(folder / state.name):
+    copied_to, original = Path(os.path.realpath(output / state.name)), Path(os.path.realpath(state))
+    log = f"{state.name}.log"
+    log_to, log_at = os.path.realpath(output / log), os.path.realpath(state.with_name(log))
+    if copied_to == original or copied_to.is_relative_to(original) or original.is_relative_to(copied_to) \
+            or log_to == log_at:
         raise DiracError(f"--output {output} would copy the state {state} onto itself: name another folder")
     check_writable_folder(output)
 
@@ -276,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     state = state_folder(arguments.state or Path("checkpoints") / arguments.model)
     try:
         if arguments.travel_copy:
+            check_not_in_state(arguments.travel_copy, state)  # the copy would replace, or lock out, the state
             parts = write_travel_copy(state, arguments.travel_copy, moments=arguments.travel_moments,
                                       part_bytes=int(arguments.part_mib * 2**20))
             size = sum(p.stat().st_size for p in parts) / 2**20
@@ -285,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         check_before_work(options)  # before the log is opened beside the state
         if arguments.output is not None:
             check_output_apart(state, arguments.output)
+        if arguments.export is not None:
+            check_not_in_state(arguments.export, state)
+            check_writable(arguments.export)
     except DiracError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -493,6 +493,19 @@ def test_an_output_named_by_an_open_descriptor_is_written_into_not_replaced(tmp_
                                "--format", ".png"], stdout=redirected, stderr=subprocess.PIPE, timeout=300)
     assert done.returncode == 0, done.stderr  # it was "unknown image suffix", whatever --format said
     assert Image.open(tmp_path / "out.png").size == Image.open(small_png).size
+    import pty
+
+    from diraccodec.cli.common import check_outputs
+
+    controller, terminal = pty.openpty()
+    try:  # binary output to a terminal is garbage: refused; text (a report's Markdown) goes there
+        done = subprocess.run([*command, f"/dev/fd/{terminal}"], pass_fds=[terminal], stderr=subprocess.PIPE,
+                              timeout=300)
+        assert done.returncode == 2 and f"/dev/fd/{terminal} is a terminal".encode() in done.stderr, done.stderr
+        check_outputs({"--markdown": Path(f"/dev/fd/{terminal}")}, [])
+    finally:
+        os.close(controller)
+        os.close(terminal)
     closed = CliRunner().invoke(main, ["encode", str(small_png), "-q", "3", "-e", "1", "-o", "/dev/fd/250"])
     assert closed.exit_code == 2 and closed.stderr == "dirac: error: cannot write /dev/fd/250: descriptor 250 is " \
         "not open\n"  # not a file made in /dev/fd's place, nor one a later open would give that number

@@ -209,3 +209,13 @@ def test_the_adversarial_term_trains_a_critic_in_the_state_and_exports_the_unet_
     train_recording_batches(sample_image, plain, monkeypatch, steps=1, batch_size=2)
     with pytest.raises(DiracError, match="holds no critic"):
         train_recording_batches(sample_image, plain, monkeypatch, steps=2, batch_size=2, adversarial_weight=0.1)
+
+
+def test_a_level_range_given_high_first_is_named_so():
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    result = CliRunner().invoke(main, ["train", "diffusion", "--level-range", "5,1", "--steps", "1"])
+    assert result.exit_code == 2 and result.output == "dirac: error: --level-range takes LOW,HIGH with LOW at " \
+        "most HIGH, got '5,1'\n", result.output  # it said the range was outside the base's levels

@@ -337,3 +337,8 @@ def test_an_output_that_would_copy_the_state_onto_itself_is_refused_before_the_r
     assert "a-file is not a folder" in capsys.readouterr().err
     assert script.main(["restoration", "--state", str(tmp_path / "none"), "--travel-copy", str(tmp_path / "t")]) == 2
     assert "no training state at" in capsys.readouterr().err
+    for option in ("--travel-copy", "--export"):  # a copy or an export in the state's folder locked it out
+        assert train(script, photos, state, "--steps", "1", option, str(state / "inside")) == 2
+        assert "is inside the training state" in capsys.readouterr().err
+    assert train(script, photos, state, "--travel-copy", str(state)) == 2  # it replaced the state by the copy
+    assert read_state(state)[0].step == 1 and sorted(p.name for p in state.iterdir()) == ["state.safetensors.000"]

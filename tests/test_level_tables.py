@@ -179,3 +179,26 @@ def test_weights_files_list_their_metadata_in_the_order_given():
         assert [header.index(f'"{key}":') for key in order] == sorted(header.index(f'"{key}":') for key in order)
         assert torch.equal(load(data)["b"], tensors["b"])
     assert torch.equal(load(serialized(tensors, {}))["a"], tensors["a"])
+
+
+def test_level_tables_into_the_folder_of_the_weights_they_read_are_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+    from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS
+
+    folder = tmp_path / "w"
+    folder.mkdir()
+    (tmp_path / "no-photos").mkdir()
+    shutil.copy(DEFAULT_BASE_WEIGHTS, folder / "base.safetensors")
+    before = (folder / "base.safetensors").read_bytes()
+    result = CliRunner().invoke(main, ["train", "level-tables", str(folder), "--weights",
+                                       str(folder / "base.safetensors"), "--data", str(tmp_path / "no-photos")])
+    assert result.exit_code == 2 and f"holds {folder / 'base.safetensors'}, which this reads" in result.output
+    assert (folder / "base.safetensors").read_bytes() == before  # it was replaced under the installed U-Nets
+    monkeypatch.setenv("DIRAC_RESTORATION_WEIGHTS", "none")  # no file: nothing of the current folder's is read
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train", "level-tables", ".", "--data", str(tmp_path / "no-photos")])
+    assert result.exit_code == 2 and "no training photos under" in result.output, result.output

@@ -560,6 +560,21 @@ def test_a_state_never_replaces_what_is_not_a_state(photo_folder: Path, tmp_path
         train_base(options(photo_folder, tmp_path / "a-file", 1))
     with pytest.raises(DiracError, match="a-file is not a folder"):  # before training, not at the save
         train_base(options(photo_folder, tmp_path / "a-file" / "ck", 1))
+    state = tmp_path / "state"
+    train_base(options(photo_folder, state, 1))
+    (state / ".DS_Store").write_text("a desktop's")  # hidden: let be, and carried over by the save
+    train_base(options(photo_folder, state, 2))
+    assert (state / ".DS_Store").read_text() == "a desktop's" and load_checkpoint_metadata(state).step == 2
+    state_now, tensors = read_state(state)
+    (state / "came-mid-run.txt").write_text("kept")  # after the run's checks: the save keeps it too
+    from diraccodec.training.checkpoint import write_state
+
+    write_state(state, tensors, state_now)
+    assert (state / "came-mid-run.txt").read_text() == "kept"
+    auto = options(photo_folder, tmp_path / "ck", 1)
+    auto.device = "auto"  # the codec's word, not training's
+    with pytest.raises(DiracError, match=r"unknown device 'auto' \(use cpu or cuda\)"):
+        train_base(auto)
     budget = options(photo_folder, tmp_path / "ck", 1)
     budget.minutes = 0.2  # 12 s, within the 15 s kept for the save
     with pytest.raises(DiracError, match=r"--minutes 0\.2 leaves no time to train"):

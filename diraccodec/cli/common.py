@@ -107,11 +107,13 @@ def check_output(path: Path, source: Path | None = None) -> None:
     """Refuse, before the work rather than after it, "-" on a terminal (where the bytes would
     be garbage), an output that cannot be written where it is (image.files.check_writable),
     and the input itself named as the output (it would be lost)."""
-    from diraccodec.image.files import check_writable
+    from diraccodec.image.files import check_writable, names_a_terminal
 
     if not is_stream(path):
         if source is not None and not is_stream(source):
             check_not_an_input([path], [source])
+        if names_a_terminal(path):
+            raise DiracError(f"{path} is a terminal: redirect it to a file or a pipe, or name the file with -o")
         check_writable(path)
     elif sys.stdout is None:
         raise DiracError("standard output is closed: redirect it to a file or a pipe, or name the file with -o")
@@ -132,16 +134,18 @@ def check_outputs(outputs: dict[str, Path | None], inputs: Sequence[Path]) -> No
     """Refuse, before the work: an output that names an input, two options that name one file
     (the second write would replace the first) and an output that cannot be written where it
     is. `outputs` maps each option's name to its path, None where it was not given."""
-    from diraccodec.image.files import check_writable
+    from diraccodec.image.files import check_writable, descriptor_of
 
     named = {option: Path(path) for option, path in outputs.items() if path is not None}
     check_not_an_input(list(named.values()), inputs)
     seen: dict[str, str] = {}
     for option, path in named.items():
+        check_writable(path)
+        if descriptor_of(path) is not None:  # /dev/stdout twice: written in turn, not in place of each other
+            continue
         if (where := os.path.realpath(path)) in seen:
             raise DiracError(f"{seen[where]} and {option} name the same file {path}: name two files")
         seen[where] = option
-        check_writable(path)
 
 
 def _same_file(a: Path, b: Path) -> bool:

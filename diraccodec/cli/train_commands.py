@@ -120,8 +120,8 @@ def train_diffusion_command(data: tuple[Path, ...], weights: Path | None, level_
     levels = None
     if level_range is not None:
         bounds = parse_list(level_range, float, "--level-range")
-        if len(bounds) != 2:
-            raise DiracError(f"--level-range takes LOW,HIGH, got {level_range!r}")
+        if len(bounds) != 2 or not bounds[0] <= bounds[1]:
+            raise DiracError(f"--level-range takes LOW,HIGH with LOW at most HIGH, got {level_range!r}")
         levels = (bounds[0], bounds[1])
     train_diffusion(DiffusionTrainingOptions(data=tuple(data), base_weights=weights or default_weights_path(),
                                              level_range=levels, restoration_weights=restoration_weights,

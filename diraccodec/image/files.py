@@ -137,8 +137,18 @@ def descriptor_of(path: Path) -> int | None:
     return number
 
 
+def names_a_terminal(path: Path) -> bool:
+    """Whether `path` names a descriptor open on a terminal (/dev/stdout, not redirected), where
+    a binary output would be garbage, as the CLI's checks say for `-o -`."""
+    number = descriptor_of(path)
+    try:
+        return number is not None and os.isatty(number)
+    except OverflowError:
+        return False
+
+
 def _check_descriptor_writable(path: Path, number: int) -> None:
-    """Open for writing, and not a terminal (binary output there is garbage, as for `-o -`)."""
+    """Open, and for writing."""
     import fcntl  # POSIX, as descriptor_of's names are
 
     try:
@@ -147,8 +157,6 @@ def _check_descriptor_writable(path: Path, number: int) -> None:
         raise OutputWriteError(f"cannot write {path}: descriptor {number} is not open") from None
     if flags & os.O_ACCMODE == os.O_RDONLY:
         raise OutputWriteError(f"cannot write {path}: it is open for reading only")
-    if os.isatty(number):
-        raise OutputWriteError(f"cannot write {path}: it is a terminal; redirect it to a file or a pipe")
 
 
 def _write_descriptor(path: Path, number: int, data: bytes) -> None:

@@ -96,21 +96,27 @@ def _stored_at(path: Path) -> Path | None:
     return legacy if legacy.is_file() else None  # read_state says so where it is not one
 
 
-def check_state_place(path: Path, writable: bool = True) -> None:
-    """Refuse, before any work, a state name whose folder holds anything but a state's parts
-    (a save replaces the whole folder: the photos or notes in it would go), or is a file, or
-    (`writable`) cannot be made."""
+def _foreign_entries(folder: Path) -> list[str]:
+    """The names in a state's folder that are not its parts (nor a write check's trial file)."""
+    if not folder.is_dir():
+        return []
+    return sorted(entry.name for entry in folder.iterdir()
+                  if not entry.name.startswith((PART_PREFIX, f".{WRITE_CHECK_NAME}.")))
+
+
+def check_state_place(path: Path) -> None:
+    """Refuse, before any work, a state name whose folder holds other files (a state's folder
+    is the state's alone: `--checkpoint photos/` would mix the two), or is a file, or whose
+    parent cannot take the save's new folder. Hidden files (a desktop's .DS_Store) are let
+    be: a save carries them over."""
     folder = state_folder(path)
-    if folder.is_dir():
-        strangers = sorted(entry.name for entry in folder.iterdir()
-                           if not entry.name.startswith((PART_PREFIX, f".{WRITE_CHECK_NAME}.")))
-        if strangers:
-            raise DiracError(f"{folder} holds other files than a training state ({strangers[0]}): a save replaces "
-                             f"the whole folder; name a new one")
-    elif folder.exists():
+    if folder.exists() and not folder.is_dir():
         raise DiracError(f"{folder} is a file, not a training state's folder")
-    if writable:
-        check_writable_folder(folder)
+    visible = [name for name in _foreign_entries(folder) if not name.startswith(".")]
+    if visible:
+        raise DiracError(f"{folder} holds other files than a training state ({visible[0]}): move them out of it, "
+                         f"or name another folder")
+    check_writable_folder(folder.parent)  # where the save writes its new folder, then renames it
 
 
 def check_not_in_state(output: Path, state: Path) -> None:
@@ -134,7 +140,6 @@ def write_state(path: Path, tensors: dict[str, torch.Tensor], state: TrainingSta
     if state.warmup_from is not None:
         header["warmup_from"] = str(state.warmup_from)
     stream = memoryview(save(tensors, metadata=header))
-    check_state_place(path, writable=False)  # checked before the run: the last guard of what the folder holds
     folder = state_folder(path)
     temporary, previous = folder.with_name(f".{folder.name}.partial"), _previous(folder)
     shutil.rmtree(temporary, ignore_errors=True)
@@ -144,6 +149,8 @@ def write_state(path: Path, tensors: dict[str, torch.Tensor], state: TrainingSta
             part.write(stream[start : start + part_bytes])
             part.flush()
             os.fsync(part.fileno())
+    for name in _foreign_entries(folder):  # what else came into the folder goes with the state, never away
+        os.replace(folder / name, temporary / name)
     if folder.is_dir():
         shutil.rmtree(previous, ignore_errors=True)  # a whole state stands at `folder`
         os.replace(folder, previous)

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from diraccodec.errors import DiracError
-from diraccodec.training.data import DOWNSCALE_RANGE, opened_photo, shard_prescale, training_images
+from diraccodec.training.data import DOWNSCALE_RANGE, photo_size, read_photo, shard_prescale, training_images
 from diraccodec.transforms.networks import HYPER_STRIDE
 
 CHANNELS = 3
@@ -142,8 +142,7 @@ def _plan(folders: Iterable[Path], patch_size: int, scale_range: tuple[float, fl
     for folder in folders:
         scales = scale_grid(scale_range, shard_prescale(folder), scale_steps)
         for path in training_images([folder]):
-            with opened_photo(path) as image:
-                sizes = copy_sizes(image.size, patch_size, scales)
+            sizes = copy_sizes(photo_size(path), patch_size, scales)
             copies = []
             for width, height in sizes:
                 copies.append(_Copy(total, width, height))
@@ -158,8 +157,7 @@ def _decode_into(buffer: np.ndarray, photos: list[_Photo]) -> None:
     decodes and resizes outside the GIL)."""
 
     def decode(photo: _Photo) -> None:
-        with opened_photo(photo.path) as opened:
-            image = opened.convert("RGB")
+        image = read_photo(photo.path)
         for copy in photo.copies:
             size = (copy.width, copy.height)
             resized = image if size == image.size else image.resize(size, Image.Resampling.BILINEAR)

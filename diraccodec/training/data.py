@@ -84,16 +84,25 @@ def _shard_manifest(folder: Path) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def opened_photo(path: Path) -> Iterator[Image.Image]:
-    """A training photo, opened; one that Pillow cannot read (damaged, cut short, not an image)
-    is a DiracError that names it, at the first read of its pixels, not a traceback."""
+def _named_if_unreadable(path: Path) -> Iterator[None]:
+    """Pillow's errors on a photo it cannot read (damaged, cut short, not an image) as a
+    DiracError that names it: one bad file among thousands is a line, not a traceback."""
     try:
-        with Image.open(path) as image:
-            yield image
-    except DiracError:
-        raise
+        yield
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as error:
         raise DiracError(f"cannot read the training photo {path}: {error}; remove it or replace it") from None
+
+
+def photo_size(path: Path) -> tuple[int, int]:
+    """A training photo's size, from its header."""
+    with _named_if_unreadable(path), Image.open(path) as image:
+        return image.size
+
+
+def read_photo(path: Path) -> Image.Image:
+    """A training photo's pixels, as RGB."""
+    with _named_if_unreadable(path), Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def shard_prescale(folder: Path) -> float:
@@ -120,12 +129,11 @@ def pack_shard(
             target = output / f"{position:02d}-{Path(folder).name}" / path.relative_to(folder).with_suffix(".jpg")
             if target in written:  # the same name with two suffixes: one photo is enough
                 continue
-            with opened_photo(path) as image:
-                image = image.convert("RGB")
-                size = (round(image.width / prescale), round(image.height / prescale))
-                if min(size) < min_side:
-                    continue
-                small = image.resize(size, Image.Resampling.LANCZOS)
+            image = read_photo(path)
+            size = (round(image.width / prescale), round(image.height / prescale))
+            if min(size) < min_side:
+                continue
+            small = image.resize(size, Image.Resampling.LANCZOS)
             buffer = io.BytesIO()
             small.save(buffer, "JPEG", quality=quality, subsampling=0)
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from diraccodec.options import TRAINING_PHOTOS
 from diraccodec.training.base import hyperprior_modules
 from diraccodec.training.checkpoint import TrainingState
 from diraccodec.training.crops import CropSampler, check_whole_blocks
-from diraccodec.training.data import opened_photo, training_images
+from diraccodec.training.data import read_photo, training_images
 from diraccodec.training.loop import LoopOptions, check_before_work, run_loop, start_run
 from diraccodec.transforms.networks import LATENT_STRIDE
 
@@ -146,8 +146,7 @@ def fit_level_tables(weights: BaseWeights, photos: Sequence[Path], console: Cons
     escape = shared.lengths - 1
     with torch.no_grad():
         for path in track(photos, description="hyper-latents", console=console, disable=not console.is_terminal):
-            with opened_photo(path) as image:
-                y = codec.analysis_latents(np.asarray(image.convert("RGB")))
+            y = codec.analysis_latents(np.asarray(read_photo(path)))
             for level in range(levels):
                 _, hyper = codec.hyper_latents(y, float(level))
                 index = hyper.reshape(shared.count, -1) - shared.offsets[:, None]
@@ -164,10 +163,12 @@ def write_level_tables(source: Path, data: Sequence[Path], every: int, output: P
     decoder go with it, tied to the new weights (modelfiles.retie_unets), where they fit."""
     console = plain_console(console)
     written_base = output / "base.safetensors"
-    installed = (source, default_restoration_path(), default_diffusion_path())
-    if any(written_base.resolve() == path.resolve() or output.resolve() == path.resolve().parent for path in installed):
-        raise DiracError(f"{output} holds the weights the tables are counted for: write them into another folder "
-                         f"(they would replace those the diffusion decoder is tied to)")
+    written = {(output / name).resolve() for name in ("base.safetensors", "restoration.safetensors",
+                                                      "diffusion.safetensors")}  # with retie_unets's
+    read = [path for path in (source, default_restoration_path(), default_diffusion_path()) if path.is_file()]
+    if replaced := [path for path in read if path.resolve() in written]:
+        raise DiracError(f"{output} holds {replaced[0]}, which this reads: write into another folder (the weights "
+                         f"tied to each other would be replaced one by one)")
     check_writable_folder(output)
     photos = training_images(data)[::every]
     if not photos:

@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress, TextColumn
 
-from diraccodec.compute import resolve_device
+from diraccodec.compute import cuda_available
 from diraccodec.console import bar_columns, draws_live_bars
 from diraccodec.errors import DiracError, Terminated
 from diraccodec.image.files import write_atomic
@@ -96,9 +96,13 @@ def check_before_work(options: LoopOptions) -> None:
     room for a step and the save."""
     check_state_place(options.checkpoint)
     try:
-        resolve_device(options.device)
-    except ValueError as error:
-        raise DiracError(str(error)) from None
+        device = torch.device(options.device)
+    except RuntimeError:
+        raise DiracError(f"unknown device {options.device!r} (use cpu or cuda)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DiracError(f"unsupported device {options.device!r} (use cpu or cuda)")
+    if device.type == "cuda" and not cuda_available():
+        raise DiracError("device cuda was asked for, but this machine has no CUDA device (use cpu)")
     # (a launcher's deadline that has passed still gets its start, save and export)
     if options.minutes is not None and options.deadline is None and options.minutes * 60 <= options.save_margin_seconds:
         raise DiracError(f"--minutes {options.minutes:g} leaves no time to train: the last "
