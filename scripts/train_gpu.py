@@ -40,6 +40,7 @@ from diraccodec.options import TRAINING_PHOTOS  # noqa: E402
 from diraccodec.training.base import BaseTrainingOptions, export_base_checkpoint, train_base  # noqa: E402
 from diraccodec.training.checkpoint import (  # noqa: E402
     check_not_in_state,
+    check_state_place,
     state_exists,
     state_folder,
     state_parts,
@@ -281,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     state = state_folder(arguments.state or Path("checkpoints") / arguments.model)
     try:
         if arguments.travel_copy:
-            check_not_in_state(arguments.travel_copy, state)  # the copy would replace, or lock out, the state
+            # a state itself: not the state's folder or one inside it, nor a folder of other files
+            check_not_in_state(state_folder(arguments.travel_copy), state)
+            check_state_place(arguments.travel_copy)
             parts = write_travel_copy(state, arguments.travel_copy, moments=arguments.travel_moments,
                                       part_bytes=int(arguments.part_mib * 2**20))
             size = sum(p.stat().st_size for p in parts) / 2**20
@@ -293,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             check_output_apart(state, arguments.output)
         if arguments.export is not None:
             check_not_in_state(arguments.export, state)
+            if arguments.output is not None:  # OUTPUT/NAME is emptied before the state's copy goes there
+                check_not_in_state(arguments.export, arguments.output / state.name)
             check_writable(arguments.export)
     except DiracError as error:
         print(f"error: {error}", file=sys.stderr)

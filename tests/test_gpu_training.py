@@ -339,6 +339,13 @@ def test_an_output_that_would_copy_the_state_onto_itself_is_refused_before_the_r
     assert "no training state at" in capsys.readouterr().err
     for option in ("--travel-copy", "--export"):  # a copy or an export in the state's folder locked it out
         assert train(script, photos, state, "--steps", "1", option, str(state / "inside")) == 2
-        assert "is inside the training state" in capsys.readouterr().err
-    assert train(script, photos, state, "--travel-copy", str(state)) == 2  # it replaced the state by the copy
+        assert "or inside it: write it elsewhere" in capsys.readouterr().err
+    for copy in (state, state.with_name("base.safetensors")):  # either name replaced the state by the copy
+        assert train(script, photos, state, "--travel-copy", str(copy)) == 2
+        assert f"is the training state {state.resolve()} or inside it" in capsys.readouterr().err
+    assert train(script, photos, state, "--travel-copy", str(tmp_path)) == 2  # its files went into a state
+    assert "holds other files than a training state" in capsys.readouterr().err
     assert read_state(state)[0].step == 1 and sorted(p.name for p in state.iterdir()) == ["state.safetensors.000"]
+    export = tmp_path / "out" / "base" / "w.safetensors"  # where the state's copy goes, emptied first
+    assert train(script, photos, state, "--steps", "2", "--output", str(tmp_path / "out"), "--export", str(export)) == 2
+    assert "or inside it: write it elsewhere" in capsys.readouterr().err

@@ -560,17 +560,25 @@ def test_a_state_never_replaces_what_is_not_a_state(photo_folder: Path, tmp_path
         train_base(options(photo_folder, tmp_path / "a-file", 1))
     with pytest.raises(DiracError, match="a-file is not a folder"):  # before training, not at the save
         train_base(options(photo_folder, tmp_path / "a-file" / "ck", 1))
-    state = tmp_path / "state"
-    train_base(options(photo_folder, state, 1))
-    (state / ".DS_Store").write_text("a desktop's")  # hidden: let be, and carried over by the save
-    train_base(options(photo_folder, state, 2))
-    assert (state / ".DS_Store").read_text() == "a desktop's" and load_checkpoint_metadata(state).step == 2
-    state_now, tensors = read_state(state)
-    (state / "came-mid-run.txt").write_text("kept")  # after the run's checks: the save keeps it too
     from diraccodec.training.checkpoint import write_state
 
+    state = tmp_path / "state"
+    train_base(options(photo_folder, state, 1))
+    state_now, tensors = read_state(state)
+    (state / ".DS_Store").write_text("came mid-run")  # after the run's checks: the save keeps it
     write_state(state, tensors, state_now)
-    assert (state / "came-mid-run.txt").read_text() == "kept"
+    assert (state / ".DS_Store").read_text() == "came mid-run" and load_checkpoint_metadata(state).step == 1
+    with pytest.raises(DiracError, match=r"state holds other files than a training state \(.DS_Store\)"):
+        train_base(options(photo_folder, state, 2))  # the next run asks for it to be moved out
+    stranded = tmp_path / ".state.partial"
+    stranded.mkdir(exist_ok=True)
+    (state / ".DS_Store").rename(stranded / ".DS_Store")  # as a save killed before its swap leaves it
+    with pytest.raises(DiracError, match=r"left by an interrupted save: move it back into"):  # not cleared
+        write_state(state, tensors, state_now)
+    assert (stranded / ".DS_Store").read_text() == "came mid-run"
+    for bad in (".", "/"):
+        with pytest.raises(DiracError, match="name a folder of its own for the training state"):
+            train_base(options(photo_folder, Path(bad), 1))
     auto = options(photo_folder, tmp_path / "ck", 1)
     auto.device = "auto"  # the codec's word, not training's
     with pytest.raises(DiracError, match=r"unknown device 'auto' \(use cpu or cuda\)"):
@@ -594,7 +602,7 @@ def test_an_export_beside_a_state_stays_and_one_inside_it_is_refused(photo_folde
     train_base(options(photo_folder, state, 2))  # its save used to delete the export as that older checkpoint
     assert exported.is_file() and load_checkpoint_metadata(state).step == 2
     result = CliRunner().invoke(main, ["train", "export", str(state), str(state / "state.safetensors.000")])
-    assert result.exit_code == 2 and "is inside the training state" in result.output, result.output
+    assert result.exit_code == 2 and "or inside it: write it elsewhere" in result.output, result.output
     assert load_checkpoint_metadata(state).step == 2
 
 

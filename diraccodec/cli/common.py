@@ -113,7 +113,7 @@ def check_output(path: Path, source: Path | None = None) -> None:
         if source is not None and not is_stream(source):
             check_not_an_input([path], [source])
         if names_a_terminal(path):
-            raise DiracError(f"{path} is a terminal: redirect it to a file or a pipe, or name the file with -o")
+            raise DiracError(f"{path} is a terminal: redirect it to a file or a pipe")
         check_writable(path)
     elif sys.stdout is None:
         raise DiracError("standard output is closed: redirect it to a file or a pipe, or name the file with -o")

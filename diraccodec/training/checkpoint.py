@@ -52,6 +52,8 @@ class TrainingState:
 def state_folder(path: Path) -> Path:
     """The folder holding the state named `path` (a `.safetensors` suffix is dropped)."""
     path = Path(path)
+    if not path.name.removesuffix(".safetensors"):  # ".", "/", "~/": a folder of other things
+        raise DiracError(f"name a folder of its own for the training state, not {str(path)!r}")
     return path.with_name(path.name.removesuffix(".safetensors"))
 
 
@@ -68,6 +70,10 @@ def summary_path(path: Path) -> Path:
 
 def _previous(folder: Path) -> Path:
     return folder.with_name(f".{folder.name}.previous")
+
+
+def _temporary(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.partial")
 
 
 def _legacy_files(folder: Path) -> tuple[Path, Path]:
@@ -105,25 +111,35 @@ def _foreign_entries(folder: Path) -> list[str]:
 
 
 def check_state_place(path: Path) -> None:
-    """Refuse, before any work, a state name whose folder holds other files (a state's folder
-    is the state's alone: `--checkpoint photos/` would mix the two), or is a file, or whose
-    parent cannot take the save's new folder. Hidden files (a desktop's .DS_Store) are let
-    be: a save carries them over."""
+    """Refuse, before any work, a state name whose folder holds other files (a state's folder is
+    the state's alone: `--checkpoint photos/` would mix the two), or is a file, or whose parent
+    cannot take the save's new folder; and files an interrupted save left in its temporary
+    folder, which the next save would clear."""
     folder = state_folder(path)
     if folder.exists() and not folder.is_dir():
         raise DiracError(f"{folder} is a file, not a training state's folder")
-    visible = [name for name in _foreign_entries(folder) if not name.startswith(".")]
-    if visible:
-        raise DiracError(f"{folder} holds other files than a training state ({visible[0]}): move them out of it, "
+    if others := _foreign_entries(folder):
+        raise DiracError(f"{folder} holds other files than a training state ({others[0]}): move them out of it, "
                          f"or name another folder")
+    _check_no_stranded(folder)
     check_writable_folder(folder.parent)  # where the save writes its new folder, then renames it
 
 
+def _check_no_stranded(folder: Path) -> None:
+    """A save carries files that came into the state's folder during a run into its new folder,
+    by way of the temporary one: a save killed between the two leaves them there, to be moved
+    back rather than cleared."""
+    temporary = _temporary(folder)
+    if stranded := _foreign_entries(temporary):
+        raise DiracError(f"{temporary} holds {stranded[0]}, left by an interrupted save: move it back into "
+                         f"{folder}")
+
+
 def check_not_in_state(output: Path, state: Path) -> None:
-    """Refuse an output inside a state's folder (the next save replaces the folder)."""
+    """Refuse an output that is a state's folder or inside it (the next save replaces the folder)."""
     folder = state_folder(state).resolve()
     if Path(output).resolve().is_relative_to(folder):
-        raise DiracError(f"{output} is inside the training state {folder}: write it elsewhere")
+        raise DiracError(f"{output} is the training state {folder} or inside it: write it elsewhere")
 
 
 def state_exists(path: Path) -> bool:
@@ -141,7 +157,8 @@ def write_state(path: Path, tensors: dict[str, torch.Tensor], state: TrainingSta
         header["warmup_from"] = str(state.warmup_from)
     stream = memoryview(save(tensors, metadata=header))
     folder = state_folder(path)
-    temporary, previous = folder.with_name(f".{folder.name}.partial"), _previous(folder)
+    temporary, previous = _temporary(folder), _previous(folder)
+    _check_no_stranded(folder)
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
     for index, start in enumerate(range(0, len(stream), part_bytes)):
