@@ -240,7 +240,7 @@ def weights_id_bytes(weights_id: bytes | str) -> bytes:
         try:
             weights_id = bytes.fromhex(weights_id)
         except ValueError:
-            raise InvalidOptionError(f"a weights id in hex has 16 hex digits, got {_shown(weights_id)}") from None
+            raise InvalidOptionError(f"a weights id is 8 bytes or 16 hex digits, got {_shown(weights_id)}") from None
     if not isinstance(weights_id, bytes | bytearray) or len(weights_id) != 8:
         raise InvalidOptionError(f"a weights id is 8 bytes or 16 hex digits, got {_shown(weights_id)}")
     return bytes(weights_id)
@@ -328,7 +328,8 @@ def diffusion_weights_for(codec: BaseCodec, weights: str | Path | None = None) -
     if loaded.base_weights_id != codec.weights.weights_id:
         raise WrongWeightsError(
             f"the diffusion weights were trained on base weights {loaded.base_weights_id.hex()}, not on the loaded "
-            f"{codec.weights.weights_id.hex()}; use 0 steps or matching diffusion weights"
+            f"{codec.weights.weights_id.hex()}; use 0 steps, or diffusion weights trained on them "
+            f"($DIRAC_DIFFUSION_WEIGHTS, which every command reads)"
         )
     return loaded
 

@@ -279,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         arguments.minutes = max((arguments.deadline - time.time()) / 60, SHORTEST_MINUTES)
     if arguments.steps is None and arguments.minutes is None:
         arguments.minutes = DEFAULT_MINUTES
-    state = state_folder(arguments.state or Path("checkpoints") / arguments.model)
     try:
+        state = state_folder(arguments.state or Path("checkpoints") / arguments.model)
         if arguments.travel_copy:
             # a state itself: not the state's folder or one inside it, nor a folder of other files
             check_not_in_state(state_folder(arguments.travel_copy), state)

@@ -20,6 +20,7 @@ from PIL import Image, JpegImagePlugin
 
 import diraccodec
 from diraccodec.cli import main
+from diraccodec.errors import DiracError
 from tests.conftest import ROOT, SAMPLE, psnr, swapped_primaries_profile
 from tests.test_metadata import camera_jpeg
 
@@ -503,6 +504,8 @@ def test_an_output_named_by_an_open_descriptor_is_written_into_not_replaced(tmp_
                               timeout=300)
         assert done.returncode == 2 and f"/dev/fd/{terminal} is a terminal".encode() in done.stderr, done.stderr
         check_outputs({"--markdown": Path(f"/dev/fd/{terminal}")}, [])
+        with pytest.raises(DiracError, match=r"^--plot /dev/fd/\d+ is a terminal: redirect it to a file or a pipe$"):
+            check_outputs({"--plot": Path(f"/dev/fd/{terminal}")}, [])  # a picture, as compare's and export's
     finally:
         os.close(controller)
         os.close(terminal)

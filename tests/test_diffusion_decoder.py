@@ -28,7 +28,8 @@ def test_diffusion_for_other_base_weights_is_refused(small_image, tmp_path):
     other = tmp_path / "diffusion.safetensors"
     export_diffusion_weights(random_unet(), SamplerSettings(), b"\x00" * 8, other, {"purpose": "test"})
     data = diraccodec.encode(small_image, 3)
-    with pytest.raises(WrongWeightsError, match="trained on base weights"):
+    # eval and compare have no --diffusion-weights: the advice names what every command reads
+    with pytest.raises(WrongWeightsError, match=r"trained on base weights .*\(\$DIRAC_DIFFUSION_WEIGHTS, which every "):
         diraccodec.decode(data, steps=2, diffusion_weights=other)
 
 

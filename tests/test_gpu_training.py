@@ -337,6 +337,8 @@ def test_an_output_that_would_copy_the_state_onto_itself_is_refused_before_the_r
     assert "a-file is not a folder" in capsys.readouterr().err
     assert script.main(["restoration", "--state", str(tmp_path / "none"), "--travel-copy", str(tmp_path / "t")]) == 2
     assert "no training state at" in capsys.readouterr().err
+    assert script.main(["base", "--state", "/", "--steps", "1"]) == 2  # a ValueError traceback
+    assert "name a folder of its own for the training state" in capsys.readouterr().err
     for option in ("--travel-copy", "--export"):  # a copy or an export in the state's folder locked it out
         assert train(script, photos, state, "--steps", "1", option, str(state / "inside")) == 2
         assert "or inside it: write it elsewhere" in capsys.readouterr().err

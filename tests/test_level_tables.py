@@ -196,7 +196,8 @@ def test_level_tables_into_the_folder_of_the_weights_they_read_are_refused(tmp_p
     before = (folder / "base.safetensors").read_bytes()
     result = CliRunner().invoke(main, ["train", "level-tables", str(folder), "--weights",
                                        str(folder / "base.safetensors"), "--data", str(tmp_path / "no-photos")])
-    assert result.exit_code == 2 and f"holds {folder / 'base.safetensors'}, which this reads" in result.output
+    assert result.exit_code == 2, result.output
+    assert f"holds {folder / 'base.safetensors'}, which the tables are counted from" in result.output
     assert (folder / "base.safetensors").read_bytes() == before  # it was replaced under the installed U-Nets
     monkeypatch.setenv("DIRAC_RESTORATION_WEIGHTS", "none")  # no file: nothing of the current folder's is read
     monkeypatch.chdir(tmp_path)

@@ -48,7 +48,7 @@ from diraccodec.cli.common import (
     write_output,
 )
 from diraccodec.console import bar_columns, draws_live_bars
-from diraccodec.errors import DiracError
+from diraccodec.errors import CorruptFileError, DiracError
 from diraccodec.image.files import IMAGE_FORMATS
 from diraccodec.options import DEFAULT_QUALITY, MAX_STEPS
 
@@ -205,7 +205,7 @@ def info(sources: tuple[Path, ...], as_json: bool, max_pixels: int) -> None:
     for source in sources:
         try:
             text = info_text(source, as_json, max_pixels)
-            click.echo(f"\n{text}" if shown and not as_json else text)  # a blank line between two tables
+            click.echo(f"\n{text}" if shown and not as_json else text)  # a blank line between two files
             shown = True
         except DiracError as error:
             report_error(error, with_max_pixels=True, about=f"{shown_name(source, 'standard input')}: ")
@@ -215,7 +215,7 @@ def info(sources: tuple[Path, ...], as_json: bool, max_pixels: int) -> None:
 
 
 def info_text(source: Path, as_json: bool, max_pixels: int) -> str:
-    """`dirac info` of one file: a table, or one line of JSON."""
+    """`dirac info` of one file: a line per field, its name aligned, or one line of JSON."""
     from diraccodec import api
     from diraccodec.image.metadata import describe as describe_metadata
     from diraccodec.image.profiles import describe as describe_profile
@@ -267,7 +267,6 @@ def stream_split(data: bytes, max_pixels: int) -> dict[str, Any]:
     latents, where the installed base weights made the file; else why it was not read. A
     stream they find corrupt makes the file so, as a decode would call it."""
     from diraccodec import api
-    from diraccodec.errors import CorruptFileError
 
     try:
         split = api.stream_bytes(data, max_pixels=max_pixels)

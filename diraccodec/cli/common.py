@@ -130,16 +130,22 @@ def check_not_an_input(outputs: Sequence[Path | None], inputs: Sequence[Path]) -
             raise DiracError(f"the output {output} is {which}: name another file")
 
 
+TEXT_OUTPUTS = ("--json", "--markdown")  # the research commands' outputs a terminal may show
+
+
 def check_outputs(outputs: dict[str, Path | None], inputs: Sequence[Path]) -> None:
     """Refuse, before the work: an output that names an input, two options that name one file
-    (the second write would replace the first) and an output that cannot be written where it
-    is. `outputs` maps each option's name to its path, None where it was not given."""
-    from diraccodec.image.files import check_writable, descriptor_of
+    (the second write would replace the first), an output that cannot be written where it is,
+    and a picture named as a terminal (/dev/stdout, not redirected). `outputs` maps each
+    option's name to its path, None where it was not given."""
+    from diraccodec.image.files import check_writable, descriptor_of, names_a_terminal
 
     named = {option: Path(path) for option, path in outputs.items() if path is not None}
     check_not_an_input(list(named.values()), inputs)
     seen: dict[str, str] = {}
     for option, path in named.items():
+        if option not in TEXT_OUTPUTS and names_a_terminal(path):
+            raise DiracError(f"{option} {path} is a terminal: redirect it to a file or a pipe")
         check_writable(path)
         if descriptor_of(path) is not None:  # /dev/stdout twice: written in turn, not in place of each other
             continue

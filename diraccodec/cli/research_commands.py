@@ -181,8 +181,9 @@ def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path
     if updates and pooled_path is None:
         raise DiracError("--updated-by needs --json for the pooled report (the inputs are left as they are)")
     # JSON_PATH alone may be rewritten (the default); with --updated-by every input stays as it is
-    rewritten = pooled_path is not None and not updates and os.path.realpath(pooled_path) == os.path.realpath(json_path)
-    check_outputs({"--json": None if rewritten else pooled_path, "--markdown": markdown, "--plot": plot_path,
+    json_is_input = pooled_path is not None and not updates and \
+        os.path.realpath(pooled_path) == os.path.realpath(json_path)
+    check_outputs({"--json": None if json_is_input else pooled_path, "--markdown": markdown, "--plot": plot_path,
                    "--perception-plot": perception_plot}, [json_path, *updates])
     report = report_again(json_path, updates, pooled_path, markdown, plot_path, perception_plot)
     print_results(points_of(report), report, f"report of {report['data']}")

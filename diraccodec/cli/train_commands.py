@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from diraccodec.cli.common import console, parse_list, reports_errors, weights_option
+from diraccodec.cli.common import check_outputs, console, parse_list, reports_errors, weights_option
 from diraccodec.errors import DiracError
 from diraccodec.options import CONTEXTS, TRAINING_PHOTOS
 
@@ -196,7 +196,6 @@ def train_pack_command(output: Path, data: tuple[Path, ...], prescale: float, qu
 @reports_errors
 def train_export_command(checkpoint: Path, output: Path) -> None:
     """Write inference weights from a training checkpoint (base codec, diffusion decoder or restoration filter)."""
-    from diraccodec.image.files import check_writable
     from diraccodec.training.base import export_base_checkpoint
     from diraccodec.training.checkpoint import check_not_in_state, load_checkpoint_metadata
     from diraccodec.training.diffusion import export_diffusion_checkpoint
@@ -204,7 +203,7 @@ def train_export_command(checkpoint: Path, output: Path) -> None:
 
     metadata = load_checkpoint_metadata(checkpoint).metadata
     check_not_in_state(output, checkpoint)  # the state's next save replaces its folder
-    check_writable(output)
+    check_outputs({"OUTPUT": output}, [])
     if metadata.get("kind") == "restoration":
         export_restoration_checkpoint(checkpoint, output)
         kind = "restoration filter"

@@ -356,7 +356,8 @@ def write_json(report: dict, path: Path) -> None:
 
 
 def points_of(report: dict) -> list[Point]:
-    """The points of a saved report, complete or not; null figures come back as NaN."""
+    """The points of a saved report, complete or not; null figures come back as NaN, and a
+    point of another shape (a figure as text) is a TypeError, which report_again reports."""
     def restored(fields: dict) -> Point:
         point = Point(**fields)
         for name in ("psnr", "ms_ssim", "lpips", "fd_alexnet", "seconds_per_mp"):

@@ -36,7 +36,7 @@ _SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "G
 
 
 # What Pillow's parsers raise on a damaged file (a TIFF's broken directory gives a TypeError)
-_PILLOW_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError, struct.error)
+PILLOW_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError, struct.error)
 
 
 class ColourMode(IntEnum):
@@ -100,7 +100,7 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
         if kind := format_by_signature(source):
             raise ImageReadError(f"cannot read image: {label} is a damaged or truncated {kind} file") from None
         raise ImageReadError(f"cannot read image: {label} is not an image format Pillow knows") from None
-    except _PILLOW_READ_ERRORS as error:
+    except PILLOW_READ_ERRORS as error:
         raise ImageReadError(f"cannot read image {label}: {error}") from None
 
 
@@ -117,7 +117,7 @@ def loaded(image: Image.Image, max_pixels: int, label: str | None = None) -> Ima
             image_format, current = image.format, image.tell() + 1
             image = _load(image)
     # and a file closed before its pixels were read, where Pillow asserts that it is open
-    except (*_PILLOW_READ_ERRORS, AssertionError, AttributeError) as error:
+    except (*PILLOW_READ_ERRORS, AssertionError, AttributeError) as error:
         reason = str(error) or "its file was closed before its pixels were read"
         raise ImageReadError(f"cannot read {f'image {label}' if label else 'the image'}: {reason}") from None
     if frames > 1:

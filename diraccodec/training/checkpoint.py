@@ -52,7 +52,7 @@ class TrainingState:
 def state_folder(path: Path) -> Path:
     """The folder holding the state named `path` (a `.safetensors` suffix is dropped)."""
     path = Path(path)
-    if not path.name.removesuffix(".safetensors"):  # ".", "/", "~/": a folder of other things
+    if not path.name.removesuffix(".safetensors"):  # "." or "/": no name of its own
         raise DiracError(f"name a folder of its own for the training state, not {str(path)!r}")
     return path.with_name(path.name.removesuffix(".safetensors"))
 

@@ -20,16 +20,15 @@ import contextlib
 import hashlib
 import io
 import json
-import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from diraccodec.errors import DiracError
 from diraccodec.image.files import write_atomic
-from diraccodec.image.planes import IMAGE_SUFFIXES
+from diraccodec.image.planes import IMAGE_SUFFIXES, PILLOW_READ_ERRORS
 
 SHARD_MANIFEST = "shard.json"
 DOWNSCALE_RANGE = (1.5, 2.0)
@@ -89,7 +88,7 @@ def _named_if_unreadable(path: Path) -> Iterator[None]:
     DiracError that names it: one bad file among thousands is a line, not a traceback."""
     try:
         yield
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as error:
+    except PILLOW_READ_ERRORS as error:  # UnidentifiedImageError is an OSError
         raise DiracError(f"cannot read the training photo {path}: {error}; remove it or replace it") from None
 
 

@@ -29,6 +29,8 @@ from diraccodec.errors import DiracError
 from diraccodec.image.files import check_writable_folder
 from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
+    DEFAULT_DIFFUSION_WEIGHTS,
+    DEFAULT_RESTORATION_WEIGHTS,
     default_diffusion_path,
     default_restoration_path,
     load_base_weights,
@@ -163,12 +165,14 @@ def write_level_tables(source: Path, data: Sequence[Path], every: int, output: P
     decoder go with it, tied to the new weights (modelfiles.retie_unets), where they fit."""
     console = plain_console(console)
     written_base = output / "base.safetensors"
-    written = {(output / name).resolve() for name in ("base.safetensors", "restoration.safetensors",
-                                                      "diffusion.safetensors")}  # with retie_unets's
-    read = [path for path in (source, default_restoration_path(), default_diffusion_path()) if path.is_file()]
-    if replaced := [path for path in read if path.resolve() in written]:
-        raise DiracError(f"{output} holds {replaced[0]}, which this reads: write into another folder (the weights "
-                         f"tied to each other would be replaced one by one)")
+    restoration, diffusion = default_restoration_path(), default_diffusion_path()
+    # what this writes (retie_unets writes the U-Nets under the shipped files' names)
+    targets = {(output / path.name).resolve() for path in (DEFAULT_BASE_WEIGHTS, DEFAULT_RESTORATION_WEIGHTS,
+                                                           DEFAULT_DIFFUSION_WEIGHTS)}
+    read = [path for path in (source, restoration, diffusion) if path.is_file()]
+    if replaced := [path for path in read if path.resolve() in targets]:
+        raise DiracError(f"{output} holds {replaced[0]}, which the tables are counted from or carried with: write "
+                         f"into another folder (the weights tied to each other would be replaced one by one)")
     check_writable_folder(output)
     photos = training_images(data)[::every]
     if not photos:
@@ -180,7 +184,6 @@ def write_level_tables(source: Path, data: Sequence[Path], every: int, output: P
         "data": [str(folder) for folder in data]})
     console.print(f"wrote {written_base}: hyper tables for levels 0-{base.model.config.num_levels} "
                   f"counted on {len(photos)} photos")
-    restoration, diffusion = default_restoration_path(), default_diffusion_path()
     if not (restoration.exists() and diffusion.exists()):
         console.print("no restoration filter and diffusion decoder installed to carry over")
         return

@@ -92,8 +92,8 @@ class LoopOptions:
 
 def check_before_work(options: LoopOptions) -> None:
     """What every trainer checks before it loads anything: a place where the state can be saved
-    without losing what is there, a device this machine has, and a time budget that leaves
-    room for a step and the save."""
+    without losing what is there, a device this machine has, and a time budget longer than
+    the margin kept for the last save."""
     check_state_place(options.checkpoint)
     try:
         device = torch.device(options.device)
