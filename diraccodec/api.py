@@ -215,22 +215,30 @@ def check_weights_path(name: str, path: str | Path | None) -> str | Path | None:
     return path
 
 
+class DecodeOptions(NamedTuple):
+    """`decode`'s options as checked: Python's numbers and flags, the device resolved."""
+
+    steps: int | None
+    seed: int | None
+    compute: Compute
+    max_pixels: int
+    restore: bool
+    progress: Progress | None
+
+
 def check_decode_options(steps: int | None = None, seed: int | None = None, *,
                          weights: str | Path | None = None, diffusion_weights: str | Path | None = None,
                          device: str | torch.device | None = AUTO, exact: bool = False,
                          max_pixels: int = drc.DEFAULT_MAX_PIXELS, restore: bool = True,
-                         progress: Progress | None = None) -> None:
-    """The checks `decode` makes of its options before it reads a file, for callers that keep
-    options for later decodes (the Pillow plugin's defaults): a bad one fails where it is set."""
-    if steps is not None:
-        check_steps(steps)
-    check_seed(seed)
+                         progress: Progress | None = None) -> DecodeOptions:
+    """The checks `decode` makes of its options before it reads a file, also for callers that
+    keep options for later decodes (the Pillow plugin's defaults): a bad one fails where it is
+    set. The weights paths are checked for their kind only: they are read where they are used."""
     check_weights_path("weights", weights)
     check_weights_path("diffusion_weights", diffusion_weights)
-    compute_for(device, check_flag("exact", exact))
-    check_max_pixels(max_pixels)
-    check_flag("restore", restore)
-    check_progress(progress)
+    return DecodeOptions(check_steps(steps) if steps is not None else None, check_seed(seed),
+                         compute_for(device, check_flag("exact", exact)), check_max_pixels(max_pixels),
+                         bool(check_flag("restore", restore)), check_progress(progress))
 
 
 def weights_id_bytes(weights_id: bytes | str) -> bytes:
@@ -753,14 +761,13 @@ def decode(
     reconstruction (1) and each diffusion step: total is steps + 1.
     """
     data = file_bytes(data)
-    check_decode_options(steps, seed, weights=weights, diffusion_weights=diffusion_weights, device=device,
-                         exact=exact, max_pixels=max_pixels, restore=restore, progress=progress)
-    header = drc.unpack(data, int(max_pixels))
-    compute = compute_for(device, bool(exact))
+    options = check_decode_options(steps, seed, weights=weights, diffusion_weights=diffusion_weights, device=device,
+                                   exact=exact, max_pixels=max_pixels, restore=restore, progress=progress)
+    header = drc.unpack(data, options.max_pixels)
     with _exclusive():
-        codec = _codec_for_file(header, weights, compute)
+        codec = _codec_for_file(header, weights, options.compute)
         info = FileInfo(header, len(data))
-        steps = check_steps(steps) if steps is not None else _recommended_steps(info)
+        steps = options.steps if options.steps is not None else _recommended_steps(info)
         diffusion = get_diffusion(codec, diffusion_weights) if steps > 0 else None
         alpha = None  # checked first: a corrupt plane fails before the work
         if (alpha_payload := info.alpha_payload) is not None:
@@ -769,12 +776,12 @@ def decode(
         metadata = info.metadata
         detail_map = info.detail_map if diffusion is not None else None
         rules = STREAM_RULES[header.version]
-        report = progress or (lambda done, total: None)
+        report = options.progress or (lambda done, total: None)
         report(0, steps + 1)
         rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality,
                                rules.arithmetic, rules.whole_grid)
         report(1, steps + 1)
-        rgb = enhance(codec, rgb, header.quality, steps, check_seed(seed), diffusion, detail_map, bool(restore),
+        rgb = enhance(codec, rgb, header.quality, steps, options.seed, diffusion, detail_map, options.restore,
                       lambda done, total: report(1 + done, 1 + total))
     return planes_to_image(Planes(rgb, header.colour_mode, alpha, profile, metadata))
 
