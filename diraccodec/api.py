@@ -244,13 +244,12 @@ def check_decode_options(steps: int | None = None, seed: int | None = None, *,
 def weights_id_bytes(weights_id: bytes | str) -> bytes:
     """A base weights id as the format stores it (8 bytes) from those bytes or their hex (the
     Pillow plugin's `info["weights_id"]`, `dirac info`'s)."""
+    given = weights_id
     if isinstance(weights_id, str):
-        try:
+        with contextlib.suppress(ValueError):  # not hex: refused below as any other value
             weights_id = bytes.fromhex(weights_id)
-        except ValueError:
-            raise InvalidOptionError(f"a weights id is 8 bytes or 16 hex digits, got {_shown(weights_id)}") from None
     if not isinstance(weights_id, bytes | bytearray) or len(weights_id) != 8:
-        raise InvalidOptionError(f"a weights id is 8 bytes or 16 hex digits, got {_shown(weights_id)}")
+        raise InvalidOptionError(f"a weights id is 8 bytes or 16 hex digits, got {_shown(given)}")
     return bytes(weights_id)
 
 

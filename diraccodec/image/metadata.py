@@ -50,6 +50,14 @@ TIFF_DESCRIPTIVE_TAGS = (0x010E, 0x010F, 0x0110, 0x0112, 0x0131, 0x0132, 0x013B,
 TIFF_EXIF_IFDS = (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo)
 
 
+def info_bytes(name: str, part: object) -> bytes | None:
+    """A part of an image's info (profile, EXIF, XMP) as bytes, None where it is empty or absent.
+    Pillow's readers give bytes: anything else is a caller's own, refused by name."""
+    if part is not None and not isinstance(part, bytes | bytearray):
+        raise InvalidOptionError(f"the image's info[{name!r}] must be bytes, got {type(part).__name__}")
+    return bytes(part) if part else None
+
+
 def read_metadata(image: Image.Image) -> Metadata:
     """The EXIF and XMP that Pillow read from the image's file (of a TIFF, its descriptive
     tags: tiff_exif). Of EXIF that Pillow cannot parse, what it reads is kept, with a warning,
@@ -60,10 +68,7 @@ def read_metadata(image: Image.Image) -> Metadata:
     exif = image.info.get("exif") or (tiff_exif(image) if image.format == "TIFF" else None)
     if isinstance(exif, Image.Exif):  # as Pillow's writers take it
         exif = exif.tobytes()
-    for name, part in (("exif", exif), ("xmp", xmp)):  # a caller's own, set in info: Pillow's readers give bytes
-        if part is not None and not isinstance(part, bytes | bytearray):
-            raise InvalidOptionError(f"the image's info[{name!r}] must be bytes, got {type(part).__name__}")
-    return Metadata(_rewritten_exif(bytes(exif) if exif else None), bytes(xmp) if xmp else None)
+    return Metadata(_rewritten_exif(info_bytes("exif", exif)), info_bytes("xmp", xmp))
 
 
 def tiff_exif(image: Image.Image) -> bytes | None:

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from diraccodec.errors import CorruptFileError, ImageReadError, InvalidOptionError, LimitExceededError, counted
-from diraccodec.image.metadata import PILLOW_SETTINGS, Metadata, attach, read_metadata, tiff_exif
+from diraccodec.image.metadata import PILLOW_SETTINGS, Metadata, attach, info_bytes, read_metadata, tiff_exif
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -245,10 +245,7 @@ def image_to_planes(image: Image.Image, with_metadata: bool = True) -> Planes:
 
 
 def _planes(image: Image.Image, with_metadata: bool) -> Planes:
-    icc = image.info.get("icc_profile") or None
-    if icc is not None and not isinstance(icc, bytes | bytearray):  # a caller's own: Pillow's readers give bytes
-        raise InvalidOptionError(f"the image's info['icc_profile'] must be bytes, got {type(icc).__name__}")
-    icc = bytes(icc) if icc else None
+    icc = info_bytes("icc_profile", image.info.get("icc_profile") or None)
     metadata = read_metadata(image) if with_metadata else Metadata()
     if image.mode in _PREMULTIPLIED:  # alpha-premultiplied: the planes hold straight colours
         image = image.convert(_PREMULTIPLIED[image.mode])
