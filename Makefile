@@ -1,5 +1,5 @@
-# Set-up and the two everyday commands. Everything lands in .venv; torch is pinned to the
-# CPU build through constraints.txt (pyproject.toml states the range users get).
+# Set-up and the two everyday commands. Everything lands in .venv; torch is pinned to one
+# version through constraints.txt (pyproject.toml states the range users get).
 # The set-up installs the package as users get it (not editable: a wheel with the weights
 # inside). The tests still import the checkout's code (`python -m pytest` in the repository
 # puts it first on sys.path), and `demo` reinstalls the package first, so both run the code

@@ -538,8 +538,7 @@ def encode(
     elif not isinstance(image, Image.Image):
         image = open_image(_image_bytes(image), max_pixels, label)
     elif image.width * image.height > max_pixels:
-        raise LimitExceededError(f"image of {image.width}x{image.height} exceeds the limit of "
-                                 f"{counted(max_pixels, 'pixel')}")
+        raise LimitExceededError.of_pixels(image.width, image.height, max_pixels)
     else:  # as open_image reads and turns a file's (the Pillow plugin's save comes here)
         image = upright(loaded(image, max_pixels, label))
     if image.width == 0 or image.height == 0:

@@ -3,8 +3,15 @@ progress bars of one look."""
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn, track
+
+Item = TypeVar("Item")
 
 
 def plain_console(console: Console | None = None) -> Console:
@@ -23,3 +30,17 @@ def draws_live_bars(console: Console) -> bool:
 def bar_columns(description: str = "{task.description}") -> tuple[ProgressColumn, ...]:
     """A progress bar's columns: what it is, the bar, parts done of all, the time left."""
     return TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+
+
+def tracked(items: Sequence[Item], description: str, console: Console, lines: int = 10) -> Iterator[Item]:
+    """`items` one by one, with progress: a live bar on a terminal; elsewhere (a log, a pipe) a
+    line at each tenth done, so that minutes of work do not look like a hung command."""
+    if draws_live_bars(console):
+        yield from track(items, description=description, console=console)
+        return
+    total, started = len(items), time.monotonic()
+    shown = {math.ceil(total * part / lines) for part in range(1, lines + 1)}
+    for done, item in enumerate(items, 1):
+        yield item
+        if done in shown:
+            console.print(f"{description}: {done}/{total} ({time.monotonic() - started:.0f} s)")

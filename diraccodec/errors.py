@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import unicodedata
 import warnings
 
 
@@ -45,7 +46,11 @@ class OutputWriteError(DiracError):
 
 
 class LimitExceededError(DiracError):
-    pass
+    @classmethod
+    def of_pixels(cls, width: int, height: int, max_pixels: int, label: str | None = None) -> LimitExceededError:
+        """An image over the pixel limit, in the one wording every reader uses: its size and the limit."""
+        image = f"image {label}" if label else "image"
+        return cls(f"{image} of {width}x{height} exceeds the limit of {counted(max_pixels, 'pixel')}")
 
 
 def counted(number: int, noun: str) -> str:
@@ -60,8 +65,16 @@ class InvalidOptionError(DiracError):
     pass
 
 
+def one_line(text: str) -> str:
+    """`text` with its control characters written as escapes (\\n, \\x1b): a file name that
+    holds a line break keeps its message on one line, and one that holds a terminal's
+    escape sequence shows it rather than act on it."""
+    return "".join(char.encode("unicode_escape").decode("ascii") if unicodedata.category(char) == "Cc" else char
+                   for char in text)
+
+
 def show_warnings_on_one_line() -> None:
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"dirac: warning: {message}", file=sys.stderr)
+        print(one_line(f"dirac: warning: {message}"), file=sys.stderr)
 
     warnings.showwarning = show

@@ -3,16 +3,19 @@ coding the same symbols (and so the same pixels) in fewer bytes where they fit."
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 import diraccodec
 from diraccodec.api import get_codec
 from diraccodec.cli import main
+from diraccodec.console import tracked
 from diraccodec.entropy.tables import TOTAL, TableSet, tables_from_counts
 from diraccodec.errors import CorruptFileError, DiracError
 from diraccodec.modelfiles import (
@@ -134,7 +137,8 @@ def test_train_level_tables_writes_a_weights_set_that_decodes_the_same_pixels(sa
     output = tmp_path / "levels"
     result = CliRunner().invoke(main, ["train", "level-tables", str(output), "--data", str(photos)])
     assert result.exit_code == 0, result.output
-    assert "counted on 1 photos" in result.output
+    assert "counted on 1 photo\n" in result.output
+    assert "hyper-latents: 1/1 (" in result.output  # progress, in a log as on a terminal
     base = load_base_weights((output / "base.safetensors").resolve())
     assert base.hyper_level_tables is not None
     photo = sample_image.crop((128, 64, 224, 160))
@@ -203,3 +207,12 @@ def test_level_tables_into_the_folder_of_the_weights_they_read_are_refused(tmp_p
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["train", "level-tables", ".", "--data", str(tmp_path / "no-photos")])
     assert result.exit_code == 2 and "no training photos under" in result.output, result.output
+
+
+def test_long_work_in_a_log_prints_a_line_at_each_tenth_done():
+    log = io.StringIO()
+    console = Console(file=log, width=200)  # not a terminal: no live bar
+    assert list(tracked(range(25), "photos", console)) == list(range(25))
+    lines = log.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in lines] == [f"photos: {done}/25" for done in
+                                                        (3, 5, 8, 10, 13, 15, 18, 20, 23, 25)]

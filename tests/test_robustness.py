@@ -517,6 +517,70 @@ def test_a_long_valid_output_name_is_written(tmp_path, small_image):
     assert path.read_bytes() == b"data"
 
 
+def test_a_replaced_output_keeps_its_owner_and_one_this_user_may_not_write_is_refused(tmp_path, monkeypatch):
+    """As a plain write: the rename into place would pass over the file's own protection, and
+    would give a file replaced under sudo to root."""
+    from diraccodec.errors import OutputWriteError
+    from diraccodec.image import files
+
+    output = tmp_path / "out.drc"
+    output.write_bytes(b"before")
+    if os.geteuid() == 0:  # only root may give a file away
+        os.chown(output, 65534, 65534)
+        files.write_atomic(output, b"after")
+        assert output.read_bytes() == b"after" and (output.stat().st_uid, output.stat().st_gid) == (65534, 65534)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == output else real_access(path, mode))
+    for write in (files.check_writable, lambda path: files.write_atomic(path, b"new")):
+        with pytest.raises(OutputWriteError, match=r"out\.drc: Permission denied \(the file is read-only"):
+            write(output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.drc"] and output.read_bytes() != b"new"
+
+
+def test_a_failed_write_takes_away_the_folders_it_made(tmp_path, monkeypatch):
+    from diraccodec.errors import OutputWriteError
+    from diraccodec.image import files
+
+    def full(descriptor: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    (tmp_path / "there").mkdir()
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutputWriteError, match=r"c\.png: No space left on device$"):
+        files.write_atomic(tmp_path / "there" / "a" / "b" / "c.png", b"data")
+    assert list(tmp_path.rglob("*")) == [tmp_path / "there"]
+
+
+def test_an_output_named_as_a_folder_and_odd_names_are_one_line(tmp_path, small_image):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    small_image.save(tmp_path / "a.png")
+    runner = CliRunner()
+    for output in ("new/", "a.png/"):  # Path would drop the slash and write a file of that name
+        result = runner.invoke(main, ["encode", str(tmp_path / "a.png"), "-q", "2", "-o", f"{tmp_path}/{output}"])
+        assert result.exit_code == 2 and f"{tmp_path}/{output} ends in /, so it names a folder" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    result = runner.invoke(main, ["decode", str(tmp_path / "no\nsuch.drc"), "-o", str(tmp_path / "b.png")])
+    assert result.exit_code == 2 and result.output == f"dirac: error: no such file: {tmp_path}/no\\nsuch.drc\n"
+    long_name = tmp_path / "in" / ("a" * 251 + ".drc")  # its output's name (.jpeg) is one byte too long
+    long_name.parent.mkdir()
+    long_name.write_bytes(diraccodec.encode(small_image, 2, effort=1))
+    result = runner.invoke(main, ["batch", str(long_name.parent), str(tmp_path / "out"), "--format", ".jpeg"])
+    assert result.exit_code == 1 and re.search(r"failed: \S+\.drc: cannot write \S+\.jpeg: File name too long\n",
+                                               result.output), result.output
+
+
+def test_the_command_ignores_ctrl_c_once_its_work_is_done():
+    """An interruption in the interpreter's teardown (torch's exit handlers, a pool's workers)
+    would print a traceback, or give finished work an interrupted status."""
+    script = ("import signal, sys\nfrom diraccodec.cli import run\nsys.argv = ['dirac', '--version']\n"
+              "try:\n    run()\nexcept SystemExit:\n    pass\nprint(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.stdout.splitlines()[-1] == "True", result.stdout + result.stderr
+
+
 def test_a_transparent_colour_becomes_alpha(tmp_path):
     """PNG's tRNS for grey, 16-bit grey and RGB images: one colour marked transparent."""
     grey = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (8, 1))
@@ -635,6 +699,14 @@ def test_standard_streams_that_are_closed_or_full_are_one_line_errors(tmp_path, 
                             (f"{command} encode - -q 2 -o {tmp_path / 'b.drc'} <&-", "standard input is closed")):
         result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, shell
+    for buffering in ("PYTHONUNBUFFERED=1", "-u PYTHONUNBUFFERED"):  # the text fails as written, or at exit
+        full = "cannot write standard output: No space left on device"
+        for shell, expected in ((f"env {buffering} {command} info {encoded} > /dev/full", full),
+                                (f"env {buffering} {command} --version > /dev/full", full),
+                                (f"env {buffering} {command} info {encoded} >&-", "standard output is closed: "
+                                 "redirect it to a file or a pipe")):
+            result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=ROOT, timeout=120)
+            assert result.returncode == 2 and result.stderr == f"dirac: error: {expected}\n", (shell, result.stderr)
     small_image.save(tmp_path / "a.png")  # a pipe named as the input is read once, by the image reader
     piped = f"cat {tmp_path / 'a.png'} | {command} encode /dev/stdin -q 2 -e 1 -o {tmp_path / 'c.drc'}"
     result = subprocess.run(["bash", "-c", piped], capture_output=True, text=True, cwd=ROOT, timeout=120)

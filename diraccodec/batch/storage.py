@@ -81,7 +81,10 @@ class LocalStorage:
 
     def exists(self, location: Location) -> bool:
         """Whether an output is there to skip: a file (a folder of its name is no output; its write fails by name)."""
-        return Path(location).is_file()
+        try:
+            return Path(location).is_file()
+        except OSError as error:  # a name too long, a folder on the way that may not be searched
+            raise OutputWriteError(f"cannot write {location}: {error.strerror or error}") from None
 
     def write_atomic(self, location: Location, data: bytes) -> None:
         from diraccodec.image.files import write_atomic

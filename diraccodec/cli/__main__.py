@@ -1,5 +1,7 @@
 """`python -m diraccodec.cli`: the same as the `dirac` command."""
 
-from diraccodec.cli.main import main
+import sys
 
-main(prog_name="dirac")
+from diraccodec.cli.main import run
+
+sys.exit(run())

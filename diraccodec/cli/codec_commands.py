@@ -17,10 +17,12 @@ from rich.text import Text
 
 from diraccodec.cli.common import (
     EXIT_SOME_FAILED,
+    FileName,
     FileOrStream,
     bpp_option,
     check_output,
     check_outputs,
+    check_text_output,
     console,
     detail_map_option,
     device_option,
@@ -48,7 +50,7 @@ from diraccodec.cli.common import (
     write_output,
 )
 from diraccodec.console import bar_columns, draws_live_bars
-from diraccodec.errors import CorruptFileError, DiracError
+from diraccodec.errors import CorruptFileError, DiracError, one_line
 from diraccodec.image.files import IMAGE_FORMATS
 from diraccodec.options import DEFAULT_QUALITY, MAX_STEPS
 
@@ -127,8 +129,8 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
                           metadata=not strip, label=shown_name(source, "standard input"))
     write_output(output, data)
     info = api.inspect(data, max_pixels)
-    console.print(f"{shown_name(output, 'standard output')}: {len(data)} bytes, {info.bits_per_pixel:.4f} bpp, "
-                  f"level {info.header.quality:g}")
+    console.print(one_line(f"{shown_name(output, 'standard output')}: {len(data)} bytes, "
+                           f"{info.bits_per_pixel:.4f} bpp, level {info.header.quality:g}"))
 
 
 @click.command()
@@ -167,7 +169,8 @@ def decode(source: Path, output: Path, format_suffix: str | None, png_compressio
                            exact=exact, max_pixels=max_pixels, restore=not no_restore, progress=decoded)
     written = image_bytes(image, image_format, png_compression)
     write_output(output, written)
-    console.print(f"{shown_name(output, 'standard output')}: {image.width}x{image.height} {written_mode(written)}")
+    console.print(one_line(f"{shown_name(output, 'standard output')}: {image.width}x{image.height} "
+                           f"{written_mode(written)}"))
 
 
 def output_format(output: Path, format_suffix: str | None) -> str:
@@ -196,6 +199,7 @@ def info(sources: tuple[Path, ...], as_json: bool, max_pixels: int) -> None:
 
     Of several files, one that cannot be read is reported in a line of its own and the others
     are shown; the status is then 1, as for a batch."""
+    check_text_output()
     if sum(map(is_stream, sources)) > 1:
         raise DiracError("standard input (-) can be read once")
     if len(sources) == 1:
@@ -370,10 +374,10 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
             progress.advance(task)
             reason = f": {result.message}" if result.status == "failed" else ""
             if one_line_per_file:
-                progress.console.print(f"[{progress.tasks[0].completed:.0f}/{len(jobs)}] {result.status} "
-                                       f"{result.job.source}{reason}", markup=False, highlight=False)
+                progress.console.print(one_line(f"[{progress.tasks[0].completed:.0f}/{len(jobs)}] {result.status} "
+                                                f"{result.job.source}{reason}"), markup=False, highlight=False)
             elif reason:
-                progress.console.print(Text.assemble(("failed", "red"), f" {result.job.source}{reason}"))
+                progress.console.print(Text.assemble(("failed", "red"), one_line(f" {result.job.source}{reason}")))
 
         if ray_address is not None:
             from diraccodec.batch import run_batch_on_ray
@@ -405,7 +409,7 @@ def print_summary(results: list[Any], seconds: float) -> None:
     console.print(table)
     failed = [r for r in results if r.status == "failed"]
     for result in failed:
-        console.print(f"failed: {result.job.source}: {result.message}")
+        console.print(one_line(f"failed: {result.job.source}: {result.message}"))
     console.print(f"{len(results)} file{'' if len(results) == 1 else 's'} in {seconds:.1f} s")
 
 
@@ -420,7 +424,7 @@ def print_summary(results: list[Any], seconds: float) -> None:
               help="Also time whole decodes at this many diffusion steps (0: only one step, as a stage).")
 @click.option("--repeat", type=click.IntRange(1, 10), default=1, show_default=True,
               help="Time each stage this many times per image and keep the fastest.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--json", "json_path", type=FileName(dir_okay=False, path_type=Path), default=None,
               help="Also write every figure here.")
 @markdown_option
 @device_option

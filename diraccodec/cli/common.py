@@ -19,7 +19,7 @@ from rich.console import Console
 
 from diraccodec.console import plain_console
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
-from diraccodec.errors import MAX_PIXELS_HINT, DiracError, LimitExceededError, OutputWriteError, Terminated
+from diraccodec.errors import MAX_PIXELS_HINT, DiracError, LimitExceededError, OutputWriteError, Terminated, one_line
 from diraccodec.options import DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEVICE_CHOICES, EFFORT_PASSES, MAX_STEPS
 
 EXIT_SOME_FAILED = 1
@@ -72,7 +72,17 @@ STREAM = "-"  # a SOURCE or OUTPUT of "-" is standard input or output, as in cwe
 STANDARD_STREAM = Path(STREAM)
 
 
-class FileOrStream(click.Path):
+class FileName(click.Path):
+    """A file's path. A name that ends in "/" names a folder: where none is there, it is
+    refused (Path drops the slash, so a file of the folder's name would be written or read)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.endswith(("/", os.sep)) and not os.path.isdir(value):
+            self.fail(f"{value} ends in /, so it names a folder, and there is none: name a file", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class FileOrStream(FileName):
     """A file, or "-" as typed for standard input or output; "./-" stays the file named -."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
@@ -196,9 +206,60 @@ def _quiet_stdout_at_exit() -> None:
         os.close(null)
 
 
+def standard_output_failure(raised: OSError | None = None) -> OSError | None:
+    """Where writing the command's text to standard output failed (a full disk behind `> file`,
+    /dev/full): `raised` where that write raised it, else the error that flushing what is left
+    gives; None where all went out. A reader that left (EPIPE) is click's to handle: a quiet
+    status 1, as `| head` expects."""
+    if sys.stdout is None or isinstance(raised, BrokenPipeError):
+        return None
+    if raised is not None and _raised_writing_standard_output(raised):
+        return raised
+    try:
+        sys.stdout.flush()  # buffered text still unwritten fails again (unbuffered, it is gone)
+    except BrokenPipeError:
+        return None
+    except OSError as error:
+        return error
+    return None
+
+
+def _raised_writing_standard_output(error: OSError) -> bool:
+    """Whether `error` was raised where a stream on standard output's descriptor was written
+    (click.echo's, rich's): the innermost frame of its traceback holds one."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a test runner's stream, with no descriptor
+        return False
+    for value in frame.tb_frame.f_locals.values() if frame is not None else ():
+        with contextlib.suppress(Exception):
+            if callable(getattr(value, "write", None)) and value.fileno() == descriptor:
+                return True
+    return False
+
+
+def report_unwritten_standard_output(failure: OSError) -> NoReturn:
+    """One line and status 2 for text that could not be written, rather than a traceback, or
+    Python's complaint at exit that it could not flush."""
+    _quiet_stdout_at_exit()  # the text still buffered would fail again at exit
+    click.echo(f"dirac: error: cannot write standard output: {failure.strerror or failure}", err=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def check_text_output() -> None:
+    """Refuse a closed standard output where the text is the command's result (`dirac info
+    >&-`): it would vanish, with status 0."""
+    if sys.stdout is None:
+        raise DiracError("standard output is closed: redirect it to a file or a pipe")
+
+
 def stdout_console() -> Console:
     """Where tables go (stdout, at its width; in a file or a pipe wide enough not to fold a
     row), with file names printed as they are."""
+    check_text_output()
     terminal = Console(highlight=False, markup=False)
     return terminal if terminal.is_terminal else Console(highlight=False, markup=False, width=200)
 
@@ -207,7 +268,7 @@ def report_error(error: DiracError, with_max_pixels: bool, about: str = "") -> N
     """The error's one line on stderr (after `about`, such as a file's name), with the hint
     to raise the limit where the command has --max-pixels."""
     hint = f" {MAX_PIXELS_HINT}" if isinstance(error, LimitExceededError) and with_max_pixels else ""
-    click.echo(f"dirac: error: {about}{error}{hint}", err=True)
+    click.echo(one_line(f"dirac: error: {about}{error}{hint}"), err=True)
 
 
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -227,11 +288,11 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 weights_option = click.option(
-    "--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--weights", type=FileName(dir_okay=False, path_type=Path), default=None,
     help="Base weights file (default: $DIRAC_WEIGHTS if set, else the shipped weights).",
 )
 diffusion_weights_option = click.option(
-    "--diffusion-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--diffusion-weights", type=FileName(dir_okay=False, path_type=Path), default=None,
     help="Diffusion weights for steps above 0 (default: $DIRAC_DIFFUSION_WEIGHTS if set, else the shipped weights).",
 )
 no_restore_option = click.option(
@@ -357,7 +418,7 @@ def rate_target(quality: float | None, size_text: str | None, bpp: float | None)
     return {"quality": quality} if quality is not None else {"bpp": bpp}
 
 
-markdown_option = click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
+markdown_option = click.option("--markdown", type=FileName(dir_okay=False, path_type=Path), default=None,
                                help="Also write the table as Markdown here.")
 
 
@@ -368,8 +429,8 @@ def _png_file(_ctx: click.Context, parameter: click.Parameter, path: Path | None
     return path
 
 
-plot_option = click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+plot_option = click.option("--plot", "plot_path", type=FileName(dir_okay=False, path_type=Path), default=None,
                            callback=_png_file, help="Also draw the rate-distortion curves (PNG) here.")
 perception_plot_option = click.option(
-    "--perception-plot", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_png_file,
+    "--perception-plot", type=FileName(dir_okay=False, path_type=Path), default=None, callback=_png_file,
     help="Also draw the distortion-perception curves per level (PNG) here.")

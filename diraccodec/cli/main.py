@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -9,10 +10,16 @@ from typing import Any
 import click
 
 from diraccodec.cli.codec_commands import batch, bench, decode, encode, info
-from diraccodec.cli.common import EXIT_USER_ERROR, report_interruption, sigterm_as_interrupt
+from diraccodec.cli.common import (
+    EXIT_USER_ERROR,
+    report_interruption,
+    report_unwritten_standard_output,
+    sigterm_as_interrupt,
+    standard_output_failure,
+)
 from diraccodec.cli.research_commands import compare, evaluate_command, report_command
 from diraccodec.cli.train_commands import train
-from diraccodec.errors import show_warnings_on_one_line
+from diraccodec.errors import one_line, show_warnings_on_one_line
 
 USER_COMMANDS = (encode, decode, info, batch, bench)
 RESEARCH_COMMANDS = (evaluate_command, report_command, compare, train)
@@ -25,7 +32,15 @@ class SectionedGroup(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
             with sigterm_as_interrupt():
-                return self._main_with_one_line_errors(*args, **kwargs)
+                failure = None
+                try:
+                    return self._main_with_one_line_errors(*args, **kwargs)
+                except OSError as error:
+                    if (failure := standard_output_failure(error)) is None:
+                        raise  # not the text output's: a fault, shown whole
+                finally:  # what is still buffered fails at exit, after the command's own errors
+                    if failure := failure or standard_output_failure():
+                        report_unwritten_standard_output(failure)
         except KeyboardInterrupt as interruption:  # one that lands as the command ends
             report_interruption(interruption)
 
@@ -38,10 +53,10 @@ class SectionedGroup(click.Group):
         except click.UsageError as error:
             given = kwargs.get("args", args[0] if args else None)  # main(args) or main(args=...)
             path = error.ctx.command_path if error.ctx else self._command_path(given, kwargs.get("prog_name"))
-            click.echo(f"dirac: error: {error.format_message()} (see: {path} --help)", err=True)
+            click.echo(one_line(f"dirac: error: {error.format_message()} (see: {path} --help)"), err=True)
             sys.exit(EXIT_USER_ERROR)
         except click.ClickException as error:
-            click.echo(f"dirac: error: {error.format_message()}", err=True)
+            click.echo(one_line(f"dirac: error: {error.format_message()}"), err=True)
             sys.exit(error.exit_code)
         except click.exceptions.Abort as interruption:  # click's name for Ctrl-C outside a command
             report_interruption(interruption)
@@ -98,3 +113,14 @@ def main() -> None:
 
 for _command in (*USER_COMMANDS, *RESEARCH_COMMANDS):
     main.add_command(_command)
+
+
+def run() -> Any:
+    """The `dirac` command (and `python -m diraccodec.cli`): the group, then Ctrl-C ignored
+    while the process ends. The work is done and reported by then: an interruption in the
+    interpreter's teardown (torch's exit handlers, a pool's workers) would only print a
+    traceback, or give a finished batch the status of an interrupted one."""
+    try:
+        return main(prog_name="dirac")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

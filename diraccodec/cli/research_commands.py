@@ -10,6 +10,7 @@ import click
 from rich.table import Table
 
 from diraccodec.cli.common import (
+    FileName,
     check_outputs,
     console,
     device_option,
@@ -68,7 +69,7 @@ def parse_reference_settings(texts: tuple[str, ...], keys: list[str]) -> dict[st
 @click.option("--reference-settings", "reference_settings", multiple=True, metavar="KEY=Q1,Q2,...",
               help="Other qualities (0-100, ascending) for one of the references, e.g. avif=0,4,10,20 "
                    "(repeatable; defaults in docs/measuring.md).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--json", "json_path", type=FileName(dir_okay=False, path_type=Path),
               default=Path("runs/eval.json"), show_default=True,
               help="Every figure; rewritten after each setting, so a stopped run keeps its figures.")
 @markdown_option
@@ -160,11 +161,11 @@ def print_results(points: list[Point], report: dict, title: str) -> None:
 
 
 @click.command("report")
-@click.argument("json_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--updated-by", "updates", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+@click.argument("json_path", type=FileName(exists=True, dir_okay=False, path_type=Path))
+@click.option("--updated-by", "updates", type=FileName(exists=True, dir_okay=False, path_type=Path), multiple=True,
               help="A later run of some of the same settings: its points replace those of the same curve and "
                    "level, the others are added (repeatable, applied in order).")
-@click.option("--json", "pooled_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--json", "pooled_path", type=FileName(dir_okay=False, path_type=Path), default=None,
               help="Write the report here (needed with --updated-by, which leaves every input as it is; "
                    "default: rewrite JSON_PATH).")
 @markdown_option
@@ -196,7 +197,7 @@ def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path
 
 
 @click.command()
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source", type=FileName(path_type=Path))
 @click.option("-q", "--quality", type=float, required=True, help="Rate level of our file, -1 to 8.")
 @click.option("--steps", type=click.IntRange(1, MAX_STEPS), default=20, show_default=True,
               help="Diffusion steps of the last panel.")
@@ -204,7 +205,7 @@ def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path
 @click.option("--zoom", type=click.IntRange(1, 8), default=2, show_default=True,
               help="Each crop pixel drawn as ZOOM x ZOOM pixels.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed of the last panel.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+@click.option("-o", "--output", type=FileName(path_type=Path), required=True,
               help="Output picture (.png; any image suffix that decode writes).")
 @device_option
 @weights_option

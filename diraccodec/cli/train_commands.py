@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from diraccodec.cli.common import check_outputs, console, parse_list, reports_errors, weights_option
+from diraccodec.cli.common import FileName, check_outputs, console, parse_list, reports_errors, weights_option
 from diraccodec.errors import DiracError
 from diraccodec.options import CONTEXTS, TRAINING_PHOTOS
 
@@ -192,7 +192,7 @@ def train_pack_command(output: Path, data: tuple[Path, ...], prescale: float, qu
 
 @train.command("export")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output", type=FileName(dir_okay=False, path_type=Path))
 @reports_errors
 def train_export_command(checkpoint: Path, output: Path) -> None:
     """Write inference weights from a training checkpoint (base codec, diffusion decoder or restoration filter)."""

@@ -18,7 +18,6 @@ from diraccodec.errors import (
     NotADrcFileError,
     TruncatedFileError,
     UnsupportedVersionError,
-    counted,
 )
 from diraccodec.image import metadata as metadata_parts
 from diraccodec.image.metadata import Metadata
@@ -168,9 +167,7 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
     if width == 0 or height == 0:
         raise CorruptFileError("corrupt .drc file (zero image size)")
     if width * height > max_pixels:
-        raise LimitExceededError(
-            f"image of {width}x{height} exceeds the limit of {counted(max_pixels, 'pixel')}"
-        )
+        raise LimitExceededError.of_pixels(width, height, max_pixels)
     return DrcFile(
         width=width,
         height=height,

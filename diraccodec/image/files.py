@@ -120,6 +120,14 @@ def check_writable(path: Path) -> None:
         raise OutputWriteError(f"cannot write {path}: it is a socket")
     target = _written_path(path)
     _check_can_create_in(target.parent, _as_named(path, target))
+    _check_not_read_only(target, _as_named(path, target))
+
+
+def _check_not_read_only(target: Path, shown: str) -> None:
+    """Refuse to replace a file this process may not write, as a plain write refuses it: the
+    rename into place would pass over the file's own protection."""
+    if os.path.isfile(target) and not os.access(target, os.W_OK):
+        raise OutputWriteError(f"cannot write {shown}: Permission denied (the file is read-only to this user)")
 
 
 def descriptor_of(path: Path) -> int | None:
@@ -171,12 +179,16 @@ def _write_descriptor(path: Path, number: int, data: bytes) -> None:
         raise OutputWriteError(f"cannot write {path}: {error.strerror or error}") from None
 
 
-def _mode(path: Path) -> int | None:
-    """The file's mode through links, or None where there is none to read (never raises)."""
+def _status(path: Path) -> os.stat_result | None:
+    """The file's status through links, or None where there is none to read (never raises)."""
     try:
-        return os.stat(path).st_mode
+        return os.stat(path)
     except (OSError, ValueError):
         return None
+
+
+def _mode(path: Path) -> int | None:
+    return None if (status := _status(path)) is None else status.st_mode
 
 
 def _is_special_mode(mode: int | None) -> bool:
@@ -214,11 +226,12 @@ def _check_can_create_in(folder: Path, shown: Path | str) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it into place, with the mode a
-    plain write would give it: a new file's from the umask, a replaced file's own permission
-    bits. A symbolic link is written through (the file it names is replaced, the link stays),
-    and a device or a pipe (/dev/null, a FIFO), or an open descriptor's name (/dev/stdout), is
-    written into as it is."""
+    """Write to a temporary file beside `path`, then rename it into place, with the mode and
+    owner a plain write would give it: a new file's from the umask, a replaced file's own
+    permission bits, owner and group (as far as this process may set them); a file it may
+    not write is refused. A symbolic link is written through (the file it names is replaced,
+    the link stays), and a device or a pipe (/dev/null, a FIFO), or an open descriptor's name
+    (/dev/stdout), is written into as it is. Folders the write makes go again if it fails."""
     path = Path(path)
     if (number := descriptor_of(path)) is not None:
         _write_descriptor(path, number, data)
@@ -232,25 +245,48 @@ def write_atomic(path: Path, data: bytes) -> None:
         return
     target = _written_path(path)
     shown = _as_named(path, target)
-    replaced_mode = _mode(target)
+    _check_not_read_only(target, shown)
+    replaced = _status(target)
     made: list[Path] = []  # the temporary file, once named: removed however the write ends early
+    new_folders = _missing_folders(target.parent)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle = _created_beside(target, made)
         with os.fdopen(handle, "wb") as stream:
-            if replaced_mode is not None and stat.S_ISREG(replaced_mode):
-                os.fchmod(stream.fileno(), stat.S_IMODE(replaced_mode) & 0o777)
+            if replaced is not None and stat.S_ISREG(replaced.st_mode):
+                _keep_owner(stream.fileno(), replaced)
+                os.fchmod(stream.fileno(), stat.S_IMODE(replaced.st_mode) & 0o777)
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(made[-1], target)
     except BaseException as error:  # Ctrl-C, SIGTERM (raised by the CLI) and failures alike
         _remove(made)
+        for folder in new_folders:  # the deepest first; one another writer has put a file in stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         if isinstance(error, OSError):
             raise OutputWriteError(f"cannot write {shown}: {_why_not_written(target, error)}") from None
         raise
     finally:
         _forget_unfinished(made)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders a write into `folder` makes, the deepest first."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _keep_owner(descriptor: int, replaced: os.stat_result) -> None:
+    """Give the new file the replaced one's owner and group, as a plain write keeps them (a
+    file replaced under sudo stays its owner's); where this process may not, it keeps its own."""
+    if hasattr(os, "fchown") and (replaced.st_uid, replaced.st_gid) != (os.geteuid(), os.getegid()):
+        with contextlib.suppress(OSError):
+            os.fchown(descriptor, replaced.st_uid, replaced.st_gid)
 
 
 def _why_not_written(target: Path, error: OSError) -> str:

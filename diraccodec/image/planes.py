@@ -209,9 +209,7 @@ def _opened(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Im
     finally:
         Image.MAX_IMAGE_PIXELS = max_pixels
     if image.width * image.height > max_pixels:
-        raise LimitExceededError(
-            f"image {label} of {image.width}x{image.height} exceeds the limit of {counted(max_pixels, 'pixel')}"
-        )
+        raise LimitExceededError.of_pixels(image.width, image.height, max_pixels, label)
     return image
 
 

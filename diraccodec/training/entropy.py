@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import track
 
 from diraccodec.codec.base_codec import BaseCodec, BaseWeights
 from diraccodec.codec.hyperprior import MultiRateHyperprior
 from diraccodec.compute import thread_count_restored
-from diraccodec.console import plain_console
+from diraccodec.console import plain_console, tracked
 from diraccodec.entropy.tables import TableSet, tables_from_counts
-from diraccodec.errors import DiracError
+from diraccodec.errors import DiracError, counted
 from diraccodec.image.files import check_writable_folder
 from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
@@ -73,8 +72,7 @@ def latent_bank(model: MultiRateHyperprior, options: EntropyTrainingOptions, con
     chunk = 4
     latents = []
     with torch.no_grad():
-        for _ in track(range(0, options.crops, chunk), description="latents", console=console,
-                       disable=not console.is_terminal):
+        for _ in tracked(range(0, options.crops, chunk), "latents", console):
             latents.append(model.analysis(sampler.batch(chunk)).half())
     return torch.cat(latents)[: options.crops]
 
@@ -147,7 +145,7 @@ def fit_level_tables(weights: BaseWeights, photos: Sequence[Path], console: Cons
     counts = np.zeros((levels * shared.count, shared.frequencies.shape[1]))
     escape = shared.lengths - 1
     with torch.no_grad():
-        for path in track(photos, description="hyper-latents", console=console, disable=not console.is_terminal):
+        for path in tracked(photos, "hyper-latents", console):
             y = codec.analysis_latents(np.asarray(read_photo(path)))
             for level in range(levels):
                 _, hyper = codec.hyper_latents(y, float(level))
@@ -183,7 +181,7 @@ def write_level_tables(source: Path, data: Sequence[Path], every: int, output: P
         "photos": len(photos), "every": every, "pseudo_counts": LEVEL_TABLE_PSEUDO_COUNTS,
         "data": [str(folder) for folder in data]})
     console.print(f"wrote {written_base}: hyper tables for levels 0-{base.model.config.num_levels} "
-                  f"counted on {len(photos)} photos")
+                  f"counted on {counted(len(photos), 'photo')}")
     if not (restoration.exists() and diffusion.exists()):
         console.print("no restoration filter and diffusion decoder installed to carry over")
         return
