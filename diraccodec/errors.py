@@ -65,11 +65,19 @@ class InvalidOptionError(DiracError):
     pass
 
 
+# Characters a message shows as escapes: control characters, the line and paragraph
+# separators (str.splitlines breaks at them) and the bidirectional controls, which can make
+# a line read otherwise than it is
+_ESCAPED_CATEGORIES = {"Cc", "Zl", "Zp"}
+_BIDIRECTIONAL_CONTROLS = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def one_line(text: str) -> str:
-    """`text` with its control characters written as escapes (\\n, \\x1b): a file name that
-    holds a line break keeps its message on one line, and one that holds a terminal's
-    escape sequence shows it rather than act on it."""
-    return "".join(char.encode("unicode_escape").decode("ascii") if unicodedata.category(char) == "Cc" else char
+    """`text` with its control characters written as escapes (\\n, \\x1b, \\u202e): a file
+    name that holds a line break keeps its message on one line, and one that holds a
+    terminal's escape sequence shows it rather than act on it."""
+    return "".join(char.encode("unicode_escape").decode("ascii")
+                   if char in _BIDIRECTIONAL_CONTROLS or unicodedata.category(char) in _ESCAPED_CATEGORIES else char
                    for char in text)
 
 

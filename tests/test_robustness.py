@@ -530,11 +530,59 @@ def test_a_replaced_output_keeps_its_owner_and_one_this_user_may_not_write_is_re
         files.write_atomic(output, b"after")
         assert output.read_bytes() == b"after" and (output.stat().st_uid, output.stat().st_gid) == (65534, 65534)
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == output else real_access(path, mode))
+    monkeypatch.setattr(os, "access", lambda path, mode, **options: Path(path) != output and
+                        real_access(path, mode, **options))
     for write in (files.check_writable, lambda path: files.write_atomic(path, b"new")):
-        with pytest.raises(OutputWriteError, match=r"out\.drc: Permission denied \(the file is read-only"):
+        with pytest.raises(OutputWriteError, match=r"out\.drc: Permission denied \(this user may not write"):
             write(output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.drc"] and output.read_bytes() != b"new"
+
+
+def test_a_file_of_another_user_keeps_its_group_where_its_owner_cannot_be_kept(tmp_path, monkeypatch):
+    from diraccodec.image import files
+
+    output = tmp_path / "shared.drc"
+    output.write_bytes(b"before")
+    replaced = os.stat(output)
+    calls = []
+
+    def fchown(descriptor: int, owner: int, group: int) -> None:
+        calls.append((owner, group))
+        if owner != -1:
+            raise PermissionError(1, "Operation not permitted")
+
+    made = os.stat_result((replaced.st_mode, 0, 0, 1, replaced.st_uid + 1, replaced.st_gid + 1, 0, 0, 0, 0))
+    monkeypatch.setattr(os, "fstat", lambda descriptor: made)  # as a file this other user makes
+    monkeypatch.setattr(os, "fchown", fchown)
+    files._keep_owner(0, replaced)
+    assert calls == [(replaced.st_uid, replaced.st_gid), (-1, replaced.st_gid)]
+
+
+def test_a_write_whose_new_folder_another_writer_took_away_makes_it_again(tmp_path, monkeypatch):
+    """Two batch workers writing into one new folder: one whose write fails takes the folder
+    away, maybe just after the other made it."""
+    from diraccodec.image import files
+
+    real = files._created_beside
+    taken = []
+
+    def created_beside(path: Path, made: list[Path]) -> int:
+        if not taken:  # the other writer's cleanup lands between mkdir and the file
+            taken.append(path.parent)
+            path.parent.rmdir()
+        return real(path, made)
+
+    monkeypatch.setattr(files, "_created_beside", created_beside)
+    files.write_atomic(tmp_path / "new" / "a.drc", b"data")
+    assert taken and (tmp_path / "new" / "a.drc").read_bytes() == b"data"
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["a.drc"]
+
+
+def test_messages_escape_what_would_break_or_disguise_their_line():
+    from diraccodec.errors import one_line
+
+    assert one_line("a\nb\x1b[31mc\u2028d\u202ee") == "a\\nb\\x1b[31mc\\u2028d\\u202ee"
+    assert one_line("é 写真 👨\u200d👩.png") == "é 写真 👨\u200d👩.png"  # letters and emoji joiners stay
 
 
 def test_a_failed_write_takes_away_the_folders_it_made(tmp_path, monkeypatch):
@@ -558,9 +606,9 @@ def test_an_output_named_as_a_folder_and_odd_names_are_one_line(tmp_path, small_
 
     small_image.save(tmp_path / "a.png")
     runner = CliRunner()
-    for output in ("new/", "a.png/"):  # Path would drop the slash and write a file of that name
+    for output in ("new/", "a.png/", "new/."):  # Path would drop the ending and write a file of that name
         result = runner.invoke(main, ["encode", str(tmp_path / "a.png"), "-q", "2", "-o", f"{tmp_path}/{output}"])
-        assert result.exit_code == 2 and f"{tmp_path}/{output} ends in /, so it names a folder" in result.output
+        assert result.exit_code == 2 and f"{tmp_path}/{output} names a folder, and there is none" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
     result = runner.invoke(main, ["decode", str(tmp_path / "no\nsuch.drc"), "-o", str(tmp_path / "b.png")])
     assert result.exit_code == 2 and result.output == f"dirac: error: no such file: {tmp_path}/no\\nsuch.drc\n"
@@ -707,6 +755,16 @@ def test_standard_streams_that_are_closed_or_full_are_one_line_errors(tmp_path, 
                                  "redirect it to a file or a pipe")):
             result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=ROOT, timeout=120)
             assert result.returncode == 2 and result.stderr == f"dirac: error: {expected}\n", (shell, result.stderr)
+    report = ROOT / "docs" / "results" / "kodak.json"  # tables of over 8 KiB: written past the buffer
+    for closing, expected in (("> /dev/full", "cannot write standard output: No space left on device"),
+                              (">&-", "standard output is closed: redirect it to a file or a pipe")):
+        pooled, curves = tmp_path / f"r{len(closing)}.json", tmp_path / f"curves{len(closing)}"
+        shell = f"{command} report {report} --json {pooled} --curves {curves} {closing}"
+        result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert result.returncode == 2 and result.stderr.endswith(f"dirac: error: {expected}\n"), result.stderr
+        assert "Traceback" not in result.stderr
+        # the files are written before the table, or, where the table has nowhere to go, not begun
+        assert pooled.exists() == curves.exists() == (closing == "> /dev/full")
     small_image.save(tmp_path / "a.png")  # a pipe named as the input is read once, by the image reader
     piped = f"cat {tmp_path / 'a.png'} | {command} encode /dev/stdin -q 2 -e 1 -o {tmp_path / 'c.drc'}"
     result = subprocess.run(["bash", "-c", piped], capture_output=True, text=True, cwd=ROOT, timeout=120)

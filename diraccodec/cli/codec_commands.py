@@ -246,7 +246,7 @@ def info_text(source: Path, as_json: bool, max_pixels: int) -> str:
     stream = split.get("error") or (f"hyper-latents {split['hyper_latents']:.0f} B ({split['hyper_share']:.1f}%), "
                                     f"latents {split['latents']:.0f} B (information content)")
     rows = [
-        ("file", shown_name(source, "standard input")),
+        ("file", one_line(shown_name(source, "standard input"))),
         ("format version", str(header.version)),
         ("size", f"{header.width}x{header.height}"),
         ("colour mode", header.colour_mode.name),
@@ -437,11 +437,12 @@ def bench(images: tuple[Path, ...], level: float, effort: int, references: str, 
     """Time every stage in seconds per megapixel, beside AVIF and JPEG XL (default: the repository's sample)."""
     from diraccodec.bench import REFERENCES, BenchOptions, run_bench, table_of, write_bench
 
+    check_text_output()
     keys = parse_references(references, list(REFERENCES))
     check_outputs({"--json": json_path, "--markdown": markdown}, images)
     options = BenchOptions(tuple(images), level, effort, tuple(keys), steps, repeat, device, exact,
                            str(weights) if weights else None)
     report = run_bench(options, console)
+    write_bench(report, json_path, markdown)  # the files first: a table that cannot be shown loses nothing
     stdout_console().print(table_of(report))
-    write_bench(report, json_path, markdown)
 

@@ -73,12 +73,14 @@ STANDARD_STREAM = Path(STREAM)
 
 
 class FileName(click.Path):
-    """A file's path. A name that ends in "/" names a folder: where none is there, it is
-    refused (Path drops the slash, so a file of the folder's name would be written or read)."""
+    """A file's path. A name that ends in "/" (or "/.") names a folder: where none is there,
+    it is refused (Path drops the ending, so a file of the folder's name would be written or
+    read)."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and value.endswith(("/", os.sep)) and not os.path.isdir(value):
-            self.fail(f"{value} ends in /, so it names a folder, and there is none: name a file", param, ctx)
+        if isinstance(value, str) and value and os.path.basename(value) in ("", ".", "..") and \
+                not os.path.isdir(value):
+            self.fail(f"{value} names a folder, and there is none: name a file", param, ctx)
         return super().convert(value, param, ctx)
 
 
@@ -225,8 +227,9 @@ def standard_output_failure(raised: OSError | None = None) -> OSError | None:
 
 
 def _raised_writing_standard_output(error: OSError) -> bool:
-    """Whether `error` was raised where a stream on standard output's descriptor was written
-    (click.echo's, rich's): the innermost frame of its traceback holds one."""
+    """Whether `error` was raised where standard output was written: the innermost frame of
+    its traceback holds a stream on its descriptor (click.echo's `file`), or a console that
+    writes to one (rich's Console, whose `file` it is)."""
     frame = error.__traceback__
     while frame is not None and frame.tb_next is not None:
         frame = frame.tb_next
@@ -235,31 +238,33 @@ def _raised_writing_standard_output(error: OSError) -> bool:
     except (AttributeError, OSError, ValueError):  # a test runner's stream, with no descriptor
         return False
     for value in frame.tb_frame.f_locals.values() if frame is not None else ():
-        with contextlib.suppress(Exception):
-            if callable(getattr(value, "write", None)) and value.fileno() == descriptor:
-                return True
+        for stream in (value, getattr(value, "file", None)):
+            with contextlib.suppress(Exception):
+                if callable(getattr(stream, "write", None)) and stream.fileno() == descriptor:
+                    return True
     return False
 
 
-def report_unwritten_standard_output(failure: OSError) -> NoReturn:
+def report_unwritten_standard_output(failure: OSError, keep_status: bool = False) -> None:
     """One line and status 2 for text that could not be written, rather than a traceback, or
-    Python's complaint at exit that it could not flush."""
+    Python's complaint at exit that it could not flush; with `keep_status` (the command ended
+    with a failure status of its own) the line alone, and the caller's status stands."""
     _quiet_stdout_at_exit()  # the text still buffered would fail again at exit
     click.echo(f"dirac: error: cannot write standard output: {failure.strerror or failure}", err=True)
-    sys.exit(EXIT_USER_ERROR)
+    if not keep_status:
+        sys.exit(EXIT_USER_ERROR)
 
 
 def check_text_output() -> None:
-    """Refuse a closed standard output where the text is the command's result (`dirac info
-    >&-`): it would vanish, with status 0."""
+    """Refuse, before the work, a closed standard output where text is the command's result
+    (`dirac info >&-`, a report's tables): it would vanish, with status 0."""
     if sys.stdout is None:
         raise DiracError("standard output is closed: redirect it to a file or a pipe")
 
 
 def stdout_console() -> Console:
     """Where tables go (stdout, at its width; in a file or a pipe wide enough not to fold a
-    row), with file names printed as they are."""
-    check_text_output()
+    row), with file names printed as they are. The command has called check_text_output."""
     terminal = Console(highlight=False, markup=False)
     return terminal if terminal.is_terminal else Console(highlight=False, markup=False, width=200)
 

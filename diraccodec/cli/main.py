@@ -32,15 +32,19 @@ class SectionedGroup(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
             with sigterm_as_interrupt():
-                failure = None
                 try:
-                    return self._main_with_one_line_errors(*args, **kwargs)
+                    result = self._main_with_one_line_errors(*args, **kwargs)
                 except OSError as error:
                     if (failure := standard_output_failure(error)) is None:
                         raise  # not the text output's: a fault, shown whole
-                finally:  # what is still buffered fails at exit, after the command's own errors
-                    if failure := failure or standard_output_failure():
-                        report_unwritten_standard_output(failure)
+                    report_unwritten_standard_output(failure)
+                except SystemExit as ending:  # the command's own status stands, but a success
+                    if (failure := standard_output_failure()) is not None:
+                        report_unwritten_standard_output(failure, keep_status=ending.code not in (0, None))
+                    raise
+                if (failure := standard_output_failure()) is not None:  # what is still buffered
+                    report_unwritten_standard_output(failure)
+                return result
         except KeyboardInterrupt as interruption:  # one that lands as the command ends
             report_interruption(interruption)
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from diraccodec.cli.common import (
     FileName,
     check_outputs,
+    check_text_output,
     console,
     device_option,
     exact_option,
@@ -25,7 +26,7 @@ from diraccodec.cli.common import (
     weights_option,
 )
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
-from diraccodec.errors import DiracError
+from diraccodec.errors import DiracError, one_line
 from diraccodec.options import DEFAULT_EFFORT, EFFORT_PASSES, MAX_STEPS
 
 if TYPE_CHECKING:  # the evaluation loads torch: imported where a command runs
@@ -96,6 +97,7 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
     )
     from diraccodec.modelfiles import models_in_use
 
+    check_text_output()
     chosen = list(dict.fromkeys(parse_list(levels, float, "--levels")))  # each level once
     steps = parse_list(steps_text, int, "--steps")
     if not chosen or not steps or any(not 0 <= s <= MAX_STEPS for s in steps):
@@ -179,6 +181,7 @@ def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path
     """Tables, BD-rates and plots from an evaluation's JSON, also of a run stopped part-way, or of several pooled."""
     from diraccodec.evaluation.run import points_of, report_again
 
+    check_text_output()
     if updates and pooled_path is None:
         raise DiracError("--updated-by needs --json for the pooled report (the inputs are left as they are)")
     # JSON_PATH alone may be rewritten (the default); with --updated-by every input stays as it is
@@ -187,13 +190,15 @@ def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path
     check_outputs({"--json": None if json_is_input else pooled_path, "--markdown": markdown, "--plot": plot_path,
                    "--perception-plot": perception_plot}, [json_path, *updates])
     report = report_again(json_path, updates, pooled_path, markdown, plot_path, perception_plot)
-    print_results(points_of(report), report, f"report of {report['data']}")
-    console.print(f"{pooled_path or json_path}: {len(report['points'])} points")
-    if curves_folder is not None:
+    written = []
+    if curves_folder is not None:  # the files first: a table that cannot be shown loses nothing
         from diraccodec.evaluation.curves import write_curves
 
         written = write_curves(report, curves_folder, report["data"])
-        console.print(f"{curves_folder}: {len(written)} curves")
+    print_results(points_of(report), report, f"report of {report['data']}")
+    console.print(one_line(f"{pooled_path or json_path}: {len(report['points'])} points"))
+    if curves_folder is not None:
+        console.print(one_line(f"{curves_folder}: {len(written)} curves"))
 
 
 @click.command()
@@ -237,4 +242,4 @@ def compare(source: Path, quality: float, steps: int, box: str | None, zoom: int
         raise DiracError(f"--box {crop} does not fit inside the {image.width}x{image.height} image")
     picture = comparison_picture(image, quality, steps, crop, seed, zoom, str(weights) if weights else None, device)
     write_image(output, picture)
-    console.print(f"{output}: written")
+    console.print(one_line(f"{output}: written"))

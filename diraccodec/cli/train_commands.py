@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from diraccodec.cli.common import FileName, check_outputs, console, parse_list, reports_errors, weights_option
-from diraccodec.errors import DiracError
+from diraccodec.errors import DiracError, one_line
 from diraccodec.options import CONTEXTS, TRAINING_PHOTOS
 
 
@@ -187,7 +187,7 @@ def train_pack_command(output: Path, data: tuple[Path, ...], prescale: float, qu
     from diraccodec.training.data import pack_shard
 
     count, size = pack_shard(data, output, prescale, quality)
-    console.print(f"{output}: {count} images, {size / 2**20:.1f} MiB")
+    console.print(one_line(f"{output}: {count} images, {size / 2**20:.1f} MiB"))
 
 
 @train.command("export")
@@ -213,4 +213,4 @@ def train_export_command(checkpoint: Path, output: Path) -> None:
     else:
         export_base_checkpoint(checkpoint, output)
         kind = "base codec"
-    console.print(f"wrote {output} ({kind})")
+    console.print(one_line(f"wrote {output} ({kind})"))

@@ -126,8 +126,9 @@ def check_writable(path: Path) -> None:
 def _check_not_read_only(target: Path, shown: str) -> None:
     """Refuse to replace a file this process may not write, as a plain write refuses it: the
     rename into place would pass over the file's own protection."""
-    if os.path.isfile(target) and not os.access(target, os.W_OK):
-        raise OutputWriteError(f"cannot write {shown}: Permission denied (the file is read-only to this user)")
+    by_effective_ids = os.access in os.supports_effective_ids  # as the rename is checked, not the real user
+    if os.path.isfile(target) and not os.access(target, os.W_OK, effective_ids=by_effective_ids):
+        raise OutputWriteError(f"cannot write {shown}: Permission denied (this user may not write the file)")
 
 
 def descriptor_of(path: Path) -> int | None:
@@ -245,14 +246,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         return
     target = _written_path(path)
     shown = _as_named(path, target)
-    _check_not_read_only(target, shown)
     replaced = _status(target)
     made: list[Path] = []  # the temporary file, once named: removed however the write ends early
     new_folders = _missing_folders(target.parent)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle = _created_beside(target, made)
+        handle = _created_in_new_folders(target, made)
         with os.fdopen(handle, "wb") as stream:
+            _check_not_read_only(target, shown)  # after the folder's own check (a read-only file system)
             if replaced is not None and stat.S_ISREG(replaced.st_mode):
                 _keep_owner(stream.fileno(), replaced)
                 os.fchmod(stream.fileno(), stat.S_IMODE(replaced.st_mode) & 0o777)
@@ -281,12 +281,32 @@ def _missing_folders(folder: Path) -> list[Path]:
     return missing
 
 
+def _created_in_new_folders(target: Path, made: list[Path]) -> int:
+    """`_created_beside(target)`, the folders on the way made first. Another writer's failed
+    write may take a folder away again between the two (write_atomic): a few tries, since
+    once the file is in it no one can."""
+    for _ in range(2):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            return _created_beside(target, made)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return _created_beside(target, made)
+
+
 def _keep_owner(descriptor: int, replaced: os.stat_result) -> None:
     """Give the new file the replaced one's owner and group, as a plain write keeps them (a
-    file replaced under sudo stays its owner's); where this process may not, it keeps its own."""
-    if hasattr(os, "fchown") and (replaced.st_uid, replaced.st_gid) != (os.geteuid(), os.getegid()):
+    file replaced under sudo stays its owner's); where this process may not set the owner,
+    the group alone (a member of it may), else the new file keeps what it was given."""
+    if not hasattr(os, "fchown"):
+        return
+    made = os.fstat(descriptor)  # in a setgid folder, the folder's group
+    if (made.st_uid, made.st_gid) == (replaced.st_uid, replaced.st_gid):
+        return
+    try:
+        os.fchown(descriptor, replaced.st_uid, replaced.st_gid)
+    except OSError:  # another user's file: its group at least, where this user is a member
         with contextlib.suppress(OSError):
-            os.fchown(descriptor, replaced.st_uid, replaced.st_gid)
+            os.fchown(descriptor, -1, replaced.st_gid)
 
 
 def _why_not_written(target: Path, error: OSError) -> str:

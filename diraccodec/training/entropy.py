@@ -24,7 +24,7 @@ from diraccodec.codec.hyperprior import MultiRateHyperprior
 from diraccodec.compute import thread_count_restored
 from diraccodec.console import plain_console, tracked
 from diraccodec.entropy.tables import TableSet, tables_from_counts
-from diraccodec.errors import DiracError, counted
+from diraccodec.errors import DiracError, counted, one_line
 from diraccodec.image.files import check_writable_folder
 from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
@@ -180,14 +180,14 @@ def write_level_tables(source: Path, data: Sequence[Path], every: int, output: P
     write_with_level_tables(source, written_base, tables, {
         "photos": len(photos), "every": every, "pseudo_counts": LEVEL_TABLE_PSEUDO_COUNTS,
         "data": [str(folder) for folder in data]})
-    console.print(f"wrote {written_base}: hyper tables for levels 0-{base.model.config.num_levels} "
-                  f"counted on {counted(len(photos), 'photo')}")
+    console.print(one_line(f"wrote {written_base}: hyper tables for levels 0-{base.model.config.num_levels} "
+                           f"counted on {counted(len(photos), 'photo')}"))
     if not (restoration.exists() and diffusion.exists()):
         console.print("no restoration filter and diffusion decoder installed to carry over")
         return
     try:
         written = retie_unets(source, written_base, restoration, diffusion, output)
     except DiracError as error:
-        console.print(f"the installed restoration filter and diffusion decoder are not carried over: {error}")
+        console.print(one_line(f"the installed restoration filter and diffusion decoder are not carried over: {error}"))
         return
-    console.print(f"wrote {' and '.join(map(str, written))}, naming the new base weights")
+    console.print(one_line(f"wrote {' and '.join(map(str, written))}, naming the new base weights"))
