@@ -30,7 +30,7 @@ from PIL import Image
 
 from diraccodec.codec.base_codec import LOWEST_LEVEL, Arithmetic, BaseCodec, BaseWeights
 from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, ladder_position
-from diraccodec.compute import Compute, float32_default
+from diraccodec.compute import Compute, apart_from_caller, float32_default, one_thread_in_forked_children
 from diraccodec.container import drc
 from diraccodec.diffusion import detail_map as detail_maps
 from diraccodec.diffusion.decoder import DiffusionDecoder
@@ -98,14 +98,17 @@ STREAM_RULES = {
     4: StreamRules(Arithmetic.FIXED_POINT, whole_grid=False),  # version 3 with a signed level
 }
 
+MAX_PATH_LENGTH = 4096  # Linux's PATH_MAX: a longer string is no file's name
 _LOCK = threading.RLock()  # torch's thread count and kernel flags are process-wide
 
 
 @contextlib.contextmanager
 def _exclusive() -> Iterator[None]:
     """One call's model work at a time, with torch's default dtype float32 whatever the
-    caller's (its thread count, kernel flags and default dtype are process-wide)."""
-    with _LOCK, float32_default():
+    caller's (its thread count, kernel flags and default dtype are process-wide), and apart
+    from the caller's autocast and random numbers (compute.apart_from_caller)."""
+    one_thread_in_forked_children()
+    with _LOCK, float32_default(), apart_from_caller():
         yield
 
 
@@ -266,7 +269,10 @@ def _bytes_of(data: object) -> bytes | None:
 def file_bytes(data: bytes | bytearray | memoryview) -> bytes:
     """A .drc file's bytes from any bytes-like object; a path or another object is refused by name."""
     if isinstance(data, str | os.PathLike):
-        raise InvalidOptionError(f"give the .drc file's bytes, not a path: Path({str(data)!r}).read_bytes()")
+        if len(text := str(data)) > MAX_PATH_LENGTH:  # text, not a path (a response's body): not echoed
+            raise InvalidOptionError(f"a .drc file must be given as bytes, got {type(data).__name__} of "
+                                     f"{counted(len(text), 'character')}")
+        raise InvalidOptionError(f"give the .drc file's bytes, not a path: Path({text!r}).read_bytes()")
     if (found := _bytes_of(data)) is None:
         raise InvalidOptionError(f"a .drc file must be given as bytes, got {type(data).__name__}")
     return found

@@ -102,6 +102,34 @@ def float32_default() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def apart_from_caller() -> Iterator[None]:
+    """The codec's arithmetic and the caller's random numbers kept apart: no mixed precision
+    from a caller's torch.autocast (the codec sets its own, Compute.autocast), and torch's
+    global random numbers as they were (building a model draws its initial weights before the
+    file's replace them), so that a seeded pipeline draws the same whether or not it used the
+    codec first."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.autocast("cpu", enabled=False))
+        if cuda_available():
+            stack.enter_context(torch.autocast("cuda", enabled=False))
+        stack.enter_context(torch.random.fork_rng(devices=[]))
+        yield
+
+
+def _one_thread(*_unused: object) -> None:
+    torch.set_num_threads(1)
+
+
+@functools.cache
+def one_thread_in_forked_children() -> None:
+    """A process forked once the codec has run (multiprocessing's default on Linux) gets one
+    torch thread: the OpenMP thread pool the parent started does not survive fork, and the
+    child's first parallel kernel would wait for it forever. Spawned processes are not
+    touched. Registered once, at the codec's first call."""
+    os.register_at_fork(after_in_child=_one_thread)
+
+
+@contextlib.contextmanager
 def full_float32() -> Iterator[None]:
     """Float32 convolutions and matrix products on a GPU in full float32, not TF32 (cuDNN's
     default for convolutions, a 10-bit mantissa): the synthesis and the restoration filter set a

@@ -407,3 +407,58 @@ def test_a_caller_s_lower_pillow_limit_does_not_refuse_an_image_within_max_pixel
     data = diraccodec.encode(buffer.getvalue(), 1, effort=1, max_pixels=pixels)
     limit_after = Image.MAX_IMAGE_PIXELS
     assert diraccodec.inspect(data).header.pixels == pixels and limit_after == callers_limit
+
+
+# A caller's process as a pipeline runs it: seeded random numbers, then the codec's first use
+# (its models built), then a fork-started pool whose workers decode
+CALLER_SCRIPT = """
+import multiprocessing, sys, numpy as np, torch, diraccodec
+from PIL import Image
+def decoded(data):
+    return np.asarray(diraccodec.decode(data, steps=1)).tobytes()
+if __name__ == "__main__":
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8))
+    torch.manual_seed(7); expected = torch.rand(4)
+    torch.manual_seed(7); data = diraccodec.encode(image, 2, effort=1); pixels = decoded(data)
+    print("random numbers kept:", torch.equal(torch.rand(4), expected))
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        print("forked worker decodes:", pool.apply_async(decoded, (data,)).get(timeout=60) == pixels)
+"""
+
+
+def test_the_codec_leaves_a_callers_random_numbers_and_forked_workers_as_they_were(tmp_path):
+    """Building a model draws initial weights from torch's global generator, and a process
+    forked once torch's OpenMP threads ran waits for them forever at its first parallel kernel."""
+    result = subprocess.run([sys.executable, "-c", CALLER_SCRIPT], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    assert result.stdout.splitlines() == ["random numbers kept: True", "forked worker decodes: True"], \
+        result.stdout + result.stderr[-2000:]
+
+
+def test_a_callers_autocast_changes_neither_files_nor_pixels(small_image):
+    import torch
+
+    data = diraccodec.encode(small_image, 2, effort=1)
+    pixels = {steps: np.asarray(diraccodec.decode(data, steps=steps, exact=True)) for steps in (0, 1)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert diraccodec.encode(small_image, 2, effort=1) == data
+        for steps, expected in pixels.items():
+            assert np.array_equal(np.asarray(diraccodec.decode(data, steps=steps, exact=True)), expected)
+
+
+def test_text_given_as_a_file_is_not_echoed_and_files_opened_for_a_refusal_are_closed(tmp_path, small_image):
+    import gc
+    import warnings
+
+    with pytest.raises(InvalidOptionError, match=r"^a \.drc file must be given as bytes, got str of 100000 "
+                                                 r"characters$"):
+        diraccodec.decode("x" * 100_000)
+    (tmp_path / "a.drc").write_bytes(diraccodec.encode(small_image, 2, effort=1))
+    small_image.save(tmp_path / "a.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for path, options in ((tmp_path / "a.drc", {}), (tmp_path / "a.png", {"max_pixels": 10})):
+            with pytest.raises(DiracError):
+                diraccodec.encode(path, 2, **options)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
