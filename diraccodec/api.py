@@ -30,7 +30,7 @@ from PIL import Image
 
 from diraccodec.codec.base_codec import LOWEST_LEVEL, Arithmetic, BaseCodec, BaseWeights
 from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, ladder_position
-from diraccodec.compute import Compute, apart_from_caller, float32_default, one_thread_in_forked_children
+from diraccodec.compute import Compute, float32_default, one_thread_in_forked_children, without_callers_autocast
 from diraccodec.container import drc
 from diraccodec.diffusion import detail_map as detail_maps
 from diraccodec.diffusion.decoder import DiffusionDecoder
@@ -105,10 +105,10 @@ _LOCK = threading.RLock()  # torch's thread count and kernel flags are process-w
 @contextlib.contextmanager
 def _exclusive() -> Iterator[None]:
     """One call's model work at a time, with torch's default dtype float32 whatever the
-    caller's (its thread count, kernel flags and default dtype are process-wide), and apart
-    from the caller's autocast and random numbers (compute.apart_from_caller)."""
+    caller's (its thread count, kernel flags and default dtype are process-wide), and without
+    the caller's autocast."""
     one_thread_in_forked_children()
-    with _LOCK, float32_default(), apart_from_caller():
+    with _LOCK, float32_default(), without_callers_autocast():
         yield
 
 

@@ -102,17 +102,14 @@ def float32_default() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def apart_from_caller() -> Iterator[None]:
-    """The codec's arithmetic and the caller's random numbers kept apart: no mixed precision
-    from a caller's torch.autocast (the codec sets its own, Compute.autocast), and torch's
-    global random numbers as they were (building a model draws its initial weights before the
-    file's replace them), so that a seeded pipeline draws the same whether or not it used the
-    codec first."""
+def without_callers_autocast() -> Iterator[None]:
+    """No mixed precision from a caller's torch.autocast: the codec's arithmetic is its own
+    (Compute.autocast sets the U-Net's inside). Turned off only where the caller turned it on:
+    asking whether CUDA exists would keep a child forked later off CUDA."""
     with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.autocast("cpu", enabled=False))
-        if cuda_available():
-            stack.enter_context(torch.autocast("cuda", enabled=False))
-        stack.enter_context(torch.random.fork_rng(devices=[]))
+        for device_type in ("cpu", "cuda"):
+            if torch.is_autocast_enabled(device_type):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
         yield
 
 

@@ -119,7 +119,8 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
     try:
         tensors, metadata = _parse(data)
         fields = json.loads(metadata["config"])
-        model = MultiRateHyperprior(HyperpriorConfig.from_fields(fields)).float()  # whatever torch's default dtype
+        with torch.random.fork_rng(devices=[]):  # its initial weights, replaced below, draw from the caller's seed
+            model = MultiRateHyperprior(HyperpriorConfig.from_fields(fields)).float()  # whatever the default dtype
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         hyper_tables = TableSet.from_tensors(tensors, "tables.hyper")
         latent_tables = TableSet.from_tensors(tensors, "tables.latent")
@@ -213,7 +214,8 @@ def default_diffusion_path() -> Path:
 
 
 def _unet(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> ResidualUNet:
-    model = ResidualUNet(ResidualUNetConfig.from_fields(json.loads(metadata["config"]))).float()  # whatever the default
+    with torch.random.fork_rng(devices=[]):  # its initial weights, replaced below, draw from the caller's seed
+        model = ResidualUNet(ResidualUNetConfig.from_fields(json.loads(metadata["config"]))).float()
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     return model.eval().requires_grad_(False)
 

@@ -455,10 +455,13 @@ def test_text_given_as_a_file_is_not_echoed_and_files_opened_for_a_refusal_are_c
         diraccodec.decode("x" * 100_000)
     (tmp_path / "a.drc").write_bytes(diraccodec.encode(small_image, 2, effort=1))
     small_image.save(tmp_path / "a.png")
+    small_image.save(tmp_path / "a.gif", save_all=True, append_images=[small_image.rotate(90)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for path, options in ((tmp_path / "a.drc", {}), (tmp_path / "a.png", {"max_pixels": 10})):
+        for path, options in ((tmp_path / "a.drc", {}), (tmp_path / "a.png", {"max_pixels": 10}),
+                              (tmp_path / "a.gif", {"quality": 99})):
             with pytest.raises(DiracError):
-                diraccodec.encode(path, 2, **options)
+                diraccodec.encode(path, options.pop("quality", 2), **options)
+        diraccodec.encode(tmp_path / "a.gif", 2, effort=1)  # Pillow keeps a file of frames open to seek in
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
