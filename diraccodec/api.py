@@ -106,9 +106,10 @@ _LOCK = threading.RLock()  # torch's thread count and kernel flags are process-w
 def _exclusive() -> Iterator[None]:
     """One call's model work at a time, with torch's default dtype float32 whatever the
     caller's (its thread count, kernel flags and default dtype are process-wide), and without
-    the caller's autocast."""
-    one_thread_in_forked_children()
+    the caller's autocast; from the first call on, a forked child gets one torch thread
+    (compute.one_thread_in_forked_children)."""
     with _LOCK, float32_default(), without_callers_autocast():
+        one_thread_in_forked_children()
         yield
 
 
@@ -540,11 +541,14 @@ def encode(
     check_weights_path("weights", weights)
     compute = compute_for(device)
     if isinstance(image, str | os.PathLike):
+        if len(str(image)) > MAX_PATH_LENGTH:  # text, not a path: not echoed
+            raise InvalidOptionError(f"an image path is at most {MAX_PATH_LENGTH} characters, got "
+                                     f"{type(image).__name__} of {counted(len(str(image)), 'character')}")
         image = open_image(image, max_pixels, label)  # a .drc file, whatever its name, is refused there
     elif not isinstance(image, Image.Image):
         image = open_image(_image_bytes(image), max_pixels, label)
     elif image.width * image.height > max_pixels:
-        raise LimitExceededError.of_pixels(image.width, image.height, max_pixels)
+        raise LimitExceededError.of_pixels(image.width, image.height, max_pixels, label)
     else:  # as open_image reads and turns a file's (the Pillow plugin's save comes here)
         image = upright(loaded(image, max_pixels, label))
     if image.width == 0 or image.height == 0:

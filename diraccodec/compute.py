@@ -104,8 +104,9 @@ def float32_default() -> Iterator[None]:
 @contextlib.contextmanager
 def without_callers_autocast() -> Iterator[None]:
     """No mixed precision from a caller's torch.autocast: the codec's arithmetic is its own
-    (Compute.autocast sets the U-Net's inside). Turned off only where the caller turned it on:
-    asking whether CUDA exists would keep a child forked later off CUDA."""
+    (Compute.autocast sets the U-Net's inside). Turned off only where the caller turned it on,
+    which asks nothing of CUDA (a call on device="cpu" leaves a child forked later free to
+    use it)."""
     with contextlib.ExitStack() as stack:
         for device_type in ("cpu", "cuda"):
             if torch.is_autocast_enabled(device_type):
@@ -113,7 +114,7 @@ def without_callers_autocast() -> Iterator[None]:
         yield
 
 
-def _one_thread(*_unused: object) -> None:
+def _one_thread() -> None:
     torch.set_num_threads(1)
 
 

@@ -119,7 +119,7 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
     try:
         tensors, metadata = _parse(data)
         fields = json.loads(metadata["config"])
-        with torch.random.fork_rng(devices=[]):  # its initial weights, replaced below, draw from the caller's seed
+        with torch.random.fork_rng(devices=[]):  # its initial weights, replaced below, drawn aside from the caller's
             model = MultiRateHyperprior(HyperpriorConfig.from_fields(fields)).float()  # whatever the default dtype
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         hyper_tables = TableSet.from_tensors(tensors, "tables.hyper")
@@ -214,7 +214,7 @@ def default_diffusion_path() -> Path:
 
 
 def _unet(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> ResidualUNet:
-    with torch.random.fork_rng(devices=[]):  # its initial weights, replaced below, draw from the caller's seed
+    with torch.random.fork_rng(devices=[]):  # its initial weights, replaced below, drawn aside from the caller's
         model = ResidualUNet(ResidualUNetConfig.from_fields(json.loads(metadata["config"]))).float()
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     return model.eval().requires_grad_(False)

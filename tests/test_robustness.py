@@ -623,7 +623,7 @@ def test_an_output_named_as_a_folder_and_odd_names_are_one_line(tmp_path, small_
 def test_the_command_ignores_ctrl_c_once_its_work_is_done():
     """An interruption in the interpreter's teardown (torch's exit handlers, a pool's workers)
     would print a traceback, or give finished work an interrupted status."""
-    script = ("import signal, sys\nfrom diraccodec.cli import run\nsys.argv = ['dirac', '--version']\n"
+    script = ("import signal, sys\nfrom diraccodec.cli.main import run\nsys.argv = ['dirac', '--version']\n"
               "try:\n    run()\nexcept SystemExit:\n    pass\nprint(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.stdout.splitlines()[-1] == "True", result.stdout + result.stderr

@@ -4,6 +4,6 @@ Every command reports a user's mistake (bad file, bad option, unwritable output)
 line on stderr with exit status 2, never a traceback.
 """
 
-from diraccodec.cli.main import main, run
+from diraccodec.cli.main import main
 
-__all__ = ["main", "run"]
+__all__ = ["main"]

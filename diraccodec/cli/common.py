@@ -210,13 +210,13 @@ def _quiet_stdout_at_exit() -> None:
 
 def standard_output_failure(raised: OSError | None = None) -> OSError | None:
     """Where writing the command's text to standard output failed (a full disk behind `> file`,
-    /dev/full): `raised` where that write raised it, else the error that flushing what is left
-    gives; None where all went out. A reader that left (EPIPE) is click's to handle: a quiet
-    status 1, as `| head` expects."""
+    /dev/full): `raised` where that write raised it (None where another write did); with no
+    error raised, the one that flushing what is left gives; None where all went out. A reader
+    that left (EPIPE) is click's to handle: a quiet status 1, as `| head` expects."""
     if sys.stdout is None or isinstance(raised, BrokenPipeError):
         return None
-    if raised is not None and _raised_writing_standard_output(raised):
-        return raised
+    if raised is not None:  # another fault's is its own, shown whole
+        return raised if _raised_writing_standard_output(raised) else None
     try:
         sys.stdout.flush()  # buffered text still unwritten fails again (unbuffered, it is gone)
     except BrokenPipeError:

@@ -120,8 +120,9 @@ for _command in (*USER_COMMANDS, *RESEARCH_COMMANDS):
 
 
 def run() -> Any:
-    """The `dirac` command (and `python -m diraccodec.cli`): the group, then Ctrl-C ignored
-    while the process ends. The work is done and reported by then: an interruption in the
+    """The `dirac` command's entry point (and `python -m diraccodec.cli`'s), for a process that
+    ends with it: the group, then Ctrl-C ignored while the process ends (in-process callers
+    use `main`). The work is done and reported by then: an interruption in the
     interpreter's teardown (torch's exit handlers, a pool's workers) would only print a
     traceback, or give a finished batch the status of an interrupted one."""
     try:

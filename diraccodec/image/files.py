@@ -212,8 +212,8 @@ def _check_can_create_in(folder: Path, shown: Path | str) -> None:
     nearest folder above it that does (where the write will make the rest). A dangling link
     on the way counts as there: the write could not make a folder in its place. Any failure,
     a folder on the way that may not be searched too, is an OutputWriteError naming `shown`."""
-    while not os.path.lexists(folder) and folder != folder.parent:
-        folder = folder.parent
+    if missing := _missing_folders(folder):
+        folder = missing[-1].parent
     made: list[Path] = []
     try:
         if not folder.is_dir():

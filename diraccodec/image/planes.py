@@ -75,15 +75,17 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
     """
     label = label or ("input data" if isinstance(source, bytes) else str(source))
     try:
-        if not isinstance(source, bytes):  # read whole: Pillow keeps a file open for a lazy image of several
-            source = Path(source).read_bytes()  # frames, which no caller of this function would close
         with _pillow_limit(max_pixels):  # Pillow checks it again as it counts frames and loads (TIFF, GIF)
-            image = _opened(source, max_pixels, label)
-            if image.format == DRC_FORMAT:  # nothing decoded yet: the plugin decodes on load
-                raise InvalidOptionError(f"{label} is a .drc file already: decode it (dirac decode); encoding "
-                                         f"it again loses quality twice")
-            frames, image_format = getattr(image, "n_frames", 1), image.format
-            image = _load(image)
+            opened = _opened(source, max_pixels, label)
+            try:
+                if opened.format == DRC_FORMAT:  # nothing decoded yet: the plugin decodes on load
+                    raise InvalidOptionError(f"{label} is a .drc file already: decode it (dirac decode); "
+                                             f"encoding it again loses quality twice")
+                frames, image_format = getattr(opened, "n_frames", 1), opened.format
+                image = _load(opened)
+            except BaseException:
+                opened.close()  # its file, which a caller of this function never sees
+                raise
         if frames > 1:
             warnings.warn(_one_of_several(label, image_format, frames, None), UserWarning, stacklevel=2)
         return upright(image)
@@ -211,6 +213,7 @@ def _opened(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Im
     finally:
         Image.MAX_IMAGE_PIXELS = max_pixels
     if image.width * image.height > max_pixels:
+        image.close()
         raise LimitExceededError.of_pixels(image.width, image.height, max_pixels, label)
     return image
 
