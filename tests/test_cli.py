@@ -110,6 +110,16 @@ def test_decode_and_batch_take_the_restoration_switch_and_diffusion_weights(tmp_
 
 
 @pytest.mark.slow
+def test_an_encoded_file_named_as_an_image_is_written_with_a_warning(tmp_path: Path, small_png: Path):
+    """A viewer would call out.png broken: the name is the user's to keep, the warning says why."""
+    for name, warned in (("out.png", True), ("out.drc", False), ("out.PNG.drc", False)):
+        result = dirac("encode", small_png, "-q", "2", "-e", "1", "-o", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        assert diraccodec.inspect((tmp_path / name).read_bytes()).header.quality == 2
+        expected = f"dirac: warning: {tmp_path / name} is named as a PNG image, but holds a .drc file"
+        assert (expected in result.stderr) == warned, result.stderr
+
+
 def test_encode_decode_info(tmp_path: Path):
     # a name that reads as rich markup is printed as it is
     drc_path, png_path = tmp_path / "a[bold].drc", tmp_path / "a.png"

@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,9 +120,13 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
            max_pixels: int) -> None:
     """Compress an image into a .drc file ("-": standard input or output)."""
     from diraccodec import api
+    from diraccodec.image.planes import IMAGE_SUFFIXES
 
     rate = rate_target(quality, size_text, bpp)
     check_output(output, source)
+    if not is_stream(output) and output.suffix.lower() in IMAGE_SUFFIXES:  # a viewer would call it broken
+        warnings.warn(f"{output} is named as a {output.suffix.lower()[1:].upper()} image, but holds a .drc file "
+                      f"(name it .drc; dirac decode makes the image)", UserWarning, stacklevel=1)
     image = read_source(source) if is_stream(source) else source
     with progress_bar("searching latents") as searched:
         data = api.encode(image, **rate, effort=effort, steps=recommended_steps, detail_map=detail_map,
