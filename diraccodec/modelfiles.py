@@ -17,9 +17,10 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -63,6 +64,7 @@ LEVEL_TABLES = "tables.hyper_levels"  # optional: the hyper-latents' tables per 
 # Metadata of weights with level tables: the id of the same model with its shared tables alone,
 # whose files these weights still decode (BaseWeights.coding_for)
 SHARED_TABLES_ID = "shared_tables_weights_id"
+Model = TypeVar("Model", bound=torch.nn.Module)
 
 
 def _named_in_environment(variable: str, default: Path) -> Path:
@@ -119,9 +121,7 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
     try:
         tensors, metadata = _parse(data)
         fields = json.loads(metadata["config"])
-        with torch.random.fork_rng(devices=[]):  # its initial weights, replaced below, drawn aside from the caller's
-            model = MultiRateHyperprior(HyperpriorConfig.from_fields(fields)).float()  # whatever the default dtype
-        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        model = _loaded_model(lambda: MultiRateHyperprior(HyperpriorConfig.from_fields(fields)), tensors)
         hyper_tables = TableSet.from_tensors(tensors, "tables.hyper")
         latent_tables = TableSet.from_tensors(tensors, "tables.latent")
         level_tables = None
@@ -145,6 +145,16 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
         hyper_level_tables=level_tables,
         shared_tables_id=shared_tables_id,
     )
+
+
+def _loaded_model(build: Callable[[], Model], tensors: dict[str, torch.Tensor]) -> Model:
+    """The model `build` makes, in float32 whatever torch's default dtype, with the file's
+    `model.` tensors. Its initial weights, replaced at once, are drawn with torch's global
+    generator put back after: a seeded caller draws the same whether or not it loaded one."""
+    with torch.random.fork_rng(devices=[]):
+        model = build().float()
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    return model
 
 
 def check_level_tables(tables: TableSet, shared: TableSet, num_levels: int) -> None:
@@ -214,10 +224,8 @@ def default_diffusion_path() -> Path:
 
 
 def _unet(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> ResidualUNet:
-    with torch.random.fork_rng(devices=[]):  # its initial weights, replaced below, drawn aside from the caller's
-        model = ResidualUNet(ResidualUNetConfig.from_fields(json.loads(metadata["config"]))).float()
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    return model.eval().requires_grad_(False)
+    config = ResidualUNetConfig.from_fields(json.loads(metadata["config"]))
+    return _loaded_model(lambda: ResidualUNet(config), tensors).eval().requires_grad_(False)
 
 
 def _unet_file(path: Path, kind: str) -> tuple[ResidualUNet, bytes, dict[str, str], bytes]:
