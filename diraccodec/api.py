@@ -547,9 +547,8 @@ def encode(
         image = open_image(image, max_pixels, label)  # a .drc file, whatever its name, is refused there
     elif not isinstance(image, Image.Image):
         image = open_image(_image_bytes(image), max_pixels, label)
-    elif image.width * image.height > max_pixels:
-        raise LimitExceededError.of_pixels(image.width, image.height, max_pixels, label)
     else:  # as open_image reads and turns a file's (the Pillow plugin's save comes here)
+        LimitExceededError.check(image.width, image.height, max_pixels, label)
         image = upright(loaded(image, max_pixels, label))
     if image.width == 0 or image.height == 0:
         raise ImageReadError(f"{label or 'the image'} has no pixels ({image.width}x{image.height})")
@@ -682,8 +681,8 @@ class FileInfo:
     @property
     def detail_map(self) -> detail_maps.DetailMap | None:
         """The encoder's map of where the original has fine detail, where the file has one."""
-        payload = self.header.sections.get(drc.TAG_DETAIL)
-        return detail_maps.from_payload(payload, self.header.width, self.header.height) if payload else None
+        payload = self.header.sections.get(drc.TAG_DETAIL)  # an empty one is refused, as any under 2 bytes
+        return None if payload is None else detail_maps.from_payload(payload, self.header.width, self.header.height)
 
     @property
     def icc_profile(self) -> bytes | None:

@@ -45,12 +45,32 @@ class OutputWriteError(DiracError):
     pass
 
 
+CODED_SIDE = 64  # the base codec codes an image padded to multiples of this (docs/format.md)
+SMALL_PADDED_PIXELS = 1 << 22  # a padded size this small (2048 x 2048) is cheap, whatever the limit
+
+
 class LimitExceededError(DiracError):
     @classmethod
-    def of_pixels(cls, width: int, height: int, max_pixels: int, label: str | None = None) -> LimitExceededError:
-        """An image over the pixel limit, in the one wording every reader uses: its size and the limit."""
+    def check(cls, width: int, height: int, max_pixels: int, label: str | None = None) -> None:
+        """Refuse an image over the pixel limit, in the one wording every reader uses (its size
+        and the limit); or one so thin that its padded planes hold more than twice the limit
+        (and more than SMALL_PADDED_PIXELS): the work and memory follow the padded size, and a
+        100,000,000 x 1 strip is coded as 100,000,000 x 64 pixels."""
         image = f"image {label}" if label else "image"
-        return cls(f"{image} of {width}x{height} exceeds the limit of {counted(max_pixels, 'pixel')}")
+        limit = counted(max_pixels, "pixel")
+        if width * height > max_pixels:
+            raise cls(f"{image} of {width}x{height} exceeds the limit of {limit}")
+        padded_width, padded_height = (-(-side // CODED_SIDE) * CODED_SIDE for side in (width, height))
+        if padded_width * padded_height > max(2 * max_pixels, SMALL_PADDED_PIXELS):
+            raise cls(f"{image} of {width}x{height} is coded as {padded_width}x{padded_height} (each side padded "
+                      f"to a multiple of {CODED_SIDE}), over twice the limit of {limit}")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Python's MemoryError, torch's OutOfMemoryError (CUDA's) or its CPU allocator's
+    RuntimeError: not the input's fault, and never a sign of a corrupt file."""
+    return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or (isinstance(error, RuntimeError) and "can't allocate memory" in str(error)))
 
 
 def counted(number: int, noun: str) -> str:

@@ -1,10 +1,17 @@
-"""Shared fixtures: real images (the shipped sample and Kodak crops) and the shipped weights."""
+"""Shared fixtures and helpers: real images (the shipped sample and crops of it), the shipped
+weights, a camera's JPEG, small photos to train on, the command run as a user runs it."""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import io
 import os
+import struct
+import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -44,7 +51,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "parrots.png"
-KODAK = ROOT.parent / "shared" / "data" / "kodak"
+DATA = ROOT / "tests" / "data"  # small files the tests read: .drc files of earlier format versions
 
 
 @pytest.fixture(scope="package")
@@ -69,8 +76,6 @@ def srgb_profile() -> bytes:
 def swapped_primaries_profile() -> bytes:
     """An RGB profile that is not sRGB: littleCMS's sRGB with its red and blue colorants swapped
     (a file must keep it, as it would Adobe RGB's)."""
-    import struct
-
     profile = bytearray(srgb_profile())
     count = struct.unpack(">I", profile[128:132])[0]
     tags = {bytes(profile[132 + 12 * i : 136 + 12 * i]): struct.unpack(">II", profile[136 + 12 * i : 144 + 12 * i])
@@ -129,3 +134,77 @@ def random_diffusion_weights(tmp_path_factory) -> Path:
     base_id = load_base_weights(DEFAULT_BASE_WEIGHTS.resolve()).weights_id
     export_diffusion_weights(random_unet(), SamplerSettings(), base_id, path, {"purpose": "test"})
     return path
+
+
+def saved_as(image: Image.Image, image_format: str = "PNG", **options: object) -> bytes:
+    """What Image.save writes, in memory."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/`name`.py as a module: the scripts are commands, not a package."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dirac(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a new process, as a user would; env: variables to add."""
+    command = [sys.executable, "-m", "diraccodec.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env} if env else None)
+
+
+def make_photos(folder: Path, names: list[str], size: tuple[int, int] = (112, 96)) -> Path:
+    """Smooth random photos: enough structure for a codec to learn from in a few steps."""
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(len(names))
+    for name in names:
+        coarse = generator.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC).save(folder / f"{name}.png")
+    return folder
+
+
+# A camera's JPEG: EXIF with a thumbnail, and XMP
+MAKE, ORIENTATION, DATE_ORIGINAL = 0x010F, 0x0112, 0x9003
+XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+       b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+       b'tiff:Orientation="6" dc:format="image/jpeg"/></rdf:RDF></x:xmpmeta>')
+
+
+def exif_with_thumbnail(orientation: int) -> bytes:
+    """A camera's kind of EXIF, written out by hand (Pillow writes no thumbnail): IFD0 with the
+    make, the orientation and the Exif IFD (the time taken), then IFD1 pointing at a JPEG thumbnail."""
+    thumbnail = io.BytesIO()
+    Image.new("RGB", (16, 12), (200, 30, 30)).save(thumbnail, "JPEG")
+    entries0 = [(MAKE, 2, 4, b"Cam\x00"), (ORIENTATION, 3, 1, struct.pack("<HH", orientation, 0))]
+    ifd0 = 8
+    exif_ifd = ifd0 + 2 + 12 * (len(entries0) + 1) + 4
+    date = b"2026:01:02 03:04:05\x00"
+    date_at = exif_ifd + 2 + 12 + 4
+    ifd1 = date_at + len(date)
+    thumbnail_at = ifd1 + 2 + 2 * 12 + 4
+    entries0.append((0x8769, 4, 1, struct.pack("<I", exif_ifd)))
+    out = b"II*\x00" + struct.pack("<I", ifd0)
+    out += struct.pack("<H", len(entries0)) + b"".join(struct.pack("<HHI", tag, kind, count) + value
+                                                       for tag, kind, count, value in entries0)
+    out += struct.pack("<I", ifd1)
+    out += struct.pack("<H", 1) + struct.pack("<HHII", DATE_ORIGINAL, 2, len(date), date_at) + struct.pack("<I", 0)
+    out += date
+    out += struct.pack("<H", 2) + struct.pack("<HHII", 0x0201, 4, 1, thumbnail_at)
+    out += struct.pack("<HHII", 0x0202, 4, 1, len(thumbnail.getvalue())) + struct.pack("<I", 0)
+    return b"Exif\x00\x00" + out + thumbnail.getvalue()
+
+
+def camera_jpeg(image: Image.Image, orientation: int = 6) -> bytes:
+    return saved_as(image, "JPEG", quality=95, exif=exif_with_thumbnail(orientation), xmp=XMP)
+
+
+def parsed(exif: bytes) -> Image.Exif:
+    tags = Image.Exif()
+    tags.load(exif)
+    return tags

@@ -18,18 +18,22 @@ import diraccodec
 from diraccodec.cli import main
 from diraccodec.cli.common import parse_size
 from diraccodec.errors import DiracError, ImageReadError, InvalidOptionError
-from tests.conftest import ROOT
+from tests.conftest import DATA, ROOT
 
 
-@pytest.mark.parametrize("target", [2500, 4000, 9000])
+@pytest.mark.parametrize("target", [250, 500, 1000])
 def test_a_size_target_gives_the_largest_file_at_or_under_it(small_image, target):
+    """The targets lie between the files of levels -1 and 8 (about 120 and 1,350 bytes)."""
     data = diraccodec.encode(small_image, size=target)
     level = diraccodec.inspect(data).header.quality
-    assert len(data) <= target
-    # the next step up the 1/256 grid would not fit (or the top level was reached)
-    if level < 8:
-        assert len(diraccodec.encode(small_image, level + 1 / 256)) > target
+    assert len(data) <= target and level < 8
+    assert len(diraccodec.encode(small_image, level + 1 / 256)) > target  # the next step up would not fit
     assert diraccodec.encode(small_image, level) == data
+
+
+def test_a_size_target_above_the_top_level_gives_the_top_level(small_image):
+    data = diraccodec.encode(small_image, size=9000)
+    assert diraccodec.inspect(data).header.quality == 8 and data == diraccodec.encode(small_image, 8)
 
 
 @pytest.mark.slow
@@ -267,10 +271,9 @@ def test_the_latent_stream_splits_into_hyper_latents_and_latents(small_image, tm
     from diraccodec import api, modelfiles
     from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
     from diraccodec.errors import WrongWeightsError
-    from tests.test_codec import VERSION_2_FILE
 
-    shares = []
-    for data in (diraccodec.encode(small_image, 0), diraccodec.encode(small_image, 6), VERSION_2_FILE.read_bytes()):
+    shares, version_2 = [], (DATA / "parrots-v2.drc").read_bytes()
+    for data in (diraccodec.encode(small_image, 0), diraccodec.encode(small_image, 6), version_2):
         split = api.stream_bytes(data)
         assert split.total == len(diraccodec.inspect(data).header.sections[b"LATS"])
         assert 0 <= split.total - (split.hyper_latents + split.latents) <= 8  # the coder's last words
@@ -279,7 +282,7 @@ def test_the_latent_stream_splits_into_hyper_latents_and_latents(small_image, tm
     other = tmp_path / "other.safetensors"
     modelfiles.export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 8)), other, {"purpose": "test"})
     with pytest.raises(WrongWeightsError, match="file was made with weights"):
-        api.stream_bytes(VERSION_2_FILE.read_bytes(), weights=other)
+        api.stream_bytes(version_2, weights=other)
 
 
 def test_decode_reports_its_progress_and_gives_the_same_pixels(small_image):

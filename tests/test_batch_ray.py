@@ -63,7 +63,7 @@ def photos(tmp_path: Path, small_image: Image.Image) -> Path:
     return source
 
 
-def dirac(*args: str | Path) -> tuple[int, str]:
+def invoked(*args: str | Path) -> tuple[int, str]:
     result = CliRunner().invoke(main, [str(a) for a in args])
     return result.exit_code, result.output
 
@@ -97,8 +97,8 @@ def ray_instance() -> Iterator[str]:
 def test_ray_batch_equals_the_local_batch_skips_and_reports_failures(tmp_path: Path, photos: Path, ray_instance: str):
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     with single_thread():
-        assert dirac("batch", photos, local / "encoded", "-q", "2", "-j", "1")[0] == 1
-    code, output = dirac("batch", photos, on_ray / "encoded", "-q", "2", "--ray", ray_instance, "-j", "2")
+        assert invoked("batch", photos, local / "encoded", "-q", "2", "-j", "1")[0] == 1
+    code, output = invoked("batch", photos, on_ray / "encoded", "-q", "2", "--ray", ray_instance, "-j", "2")
     assert code == 1, output  # bad.png failed ...
     assert "failed" in output and "bad.png" in output and "Traceback" not in output
     encoded = files_under(on_ray / "encoded")
@@ -106,15 +106,15 @@ def test_ray_batch_equals_the_local_batch_skips_and_reports_failures(tmp_path: P
     assert encoded == files_under(local / "encoded")  # byte for byte
 
     with single_thread():
-        assert dirac("batch", local / "encoded", local / "decoded", "-j", "1")[0] == 0
-    code, output = dirac("batch", on_ray / "encoded", on_ray / "decoded", "--ray", ray_instance, "-j", "2")
+        assert invoked("batch", local / "encoded", local / "decoded", "-j", "1")[0] == 0
+    code, output = invoked("batch", on_ray / "encoded", on_ray / "decoded", "--ray", ray_instance, "-j", "2")
     assert code == 0, output
     for name in ("a b#3.png", "nested/two.png", "one.png"):
         assert np.array_equal(pixels(on_ray / "decoded" / name), pixels(local / "decoded" / name))
 
     (photos / "bad.png").unlink()
     stamps = {p: p.stat().st_mtime_ns for p in (on_ray / "encoded").rglob("*.drc")}
-    code, output = dirac("batch", photos, on_ray / "encoded", "-q", "2", "--ray", ray_instance)
+    code, output = invoked("batch", photos, on_ray / "encoded", "-q", "2", "--ray", ray_instance)
     assert code == 0 and "skipped" in output, output
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert not [p for p in (on_ray / "encoded").rglob("*") if p.is_file() and p.suffix != ".drc"]
@@ -125,8 +125,8 @@ def test_ray_keeps_a_folder_s_originals_when_converting_in_place(photos: Path, r
     """The job's flags travel to the actor with it: a decode onto an input of the batch fails there too."""
     (photos / "bad.png").unlink()
     original = (photos / "one.png").read_bytes()
-    assert dirac("batch", photos, photos, "-q", "2", "-e", "1", "--ray", ray_instance, "-j", "2")[0] == 0
-    code, output = dirac("batch", photos, photos, "-q", "2", "-e", "1", "--overwrite", "--ray", ray_instance)
+    assert invoked("batch", photos, photos, "-q", "2", "-e", "1", "--ray", ray_instance, "-j", "2")[0] == 0
+    code, output = invoked("batch", photos, photos, "-q", "2", "-e", "1", "--overwrite", "--ray", ray_instance)
     assert code == 1 and "is an input of this batch" in output, output
     assert (photos / "one.png").read_bytes() == original
 
@@ -209,7 +209,7 @@ def test_ray_alone_starts_a_local_instance_and_stops_it(tmp_path: Path, photos: 
 
 def test_ray_missing_is_a_one_line_error(tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
-    code, output = dirac("batch", photos, tmp_path / "out", "--ray")
+    code, output = invoked("batch", photos, tmp_path / "out", "--ray")
     assert code == 2
     assert f"dirac: error: {RAY_MISSING}" in output and "Traceback" not in output
     assert not (tmp_path / "out").exists()
@@ -297,7 +297,7 @@ def test_a_uri_s_query_stays_after_the_names_joined_to_its_path():
 
 def test_a_destination_uri_that_cannot_be_opened_fails_once_before_any_file(photos: Path):
     pytest.importorskip("pyarrow")
-    code, output = dirac("batch", photos, "xyz://bucket/out", "-q", "2", "-e", "1")
+    code, output = invoked("batch", photos, "xyz://bucket/out", "-q", "2", "-e", "1")
     assert code == 2 and output == "dirac: error: cannot open xyz://bucket/out: Unrecognized filesystem type in " \
                                    "URI: xyz://bucket/out\n"  # not once per file, each a failure
 

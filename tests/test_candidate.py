@@ -5,10 +5,8 @@ joined into weights that code an image. Tiny on the CPU: a step per stage on pho
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -31,18 +29,12 @@ from diraccodec.modelfiles import (
     read_manifest,
 )
 from diraccodec.perceptual.weights import CACHE_ENV
-from tests.test_gpu_training import make_photos
-
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+from tests.conftest import load_script, make_photos
 
 
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_candidate", SCRIPTS / "train_candidate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_candidate")
 
 
 def test_a_half_precision_copy_rounds_the_parameters_and_keeps_the_tables(tmp_path):

@@ -21,15 +21,7 @@ from PIL import Image, JpegImagePlugin
 import diraccodec
 from diraccodec.cli import main
 from diraccodec.errors import DiracError
-from tests.conftest import ROOT, SAMPLE, psnr, swapped_primaries_profile
-from tests.test_metadata import camera_jpeg
-
-
-def dirac(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the real console entry point in a new process, as a user would; env: variables to add."""
-    command = [sys.executable, "-m", "diraccodec.cli", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env} if env else None)
+from tests.conftest import ROOT, SAMPLE, camera_jpeg, dirac, psnr, swapped_primaries_profile
 
 
 @pytest.fixture
@@ -101,7 +93,8 @@ def test_decode_and_batch_take_the_restoration_switch_and_diffusion_weights(tmp_
                 assert np.array_equal(np.asarray(image), expected[name]), (name, path)
     for command in (["decode", str(small_drc), "-o", str(tmp_path / "x.png")], ["batch", str(encoded), str(decoded)]):
         missing = CliRunner().invoke(main, [*command, "--steps", "2", "--diffusion-weights", str(tmp_path / "no")])
-        assert missing.exit_code == 2 and missing.output.count("\n") == 1 and "error" in missing.output, missing.output
+        assert missing.exit_code == 2, missing.output
+        assert missing.output == f"dirac: error: cannot read weights {tmp_path / 'no'}: No such file or directory\n"
     # none installed ($DIRAC_DIFFUSION_WEIGHTS names no file): a batch that decodes with steps fails once, at once
     none_installed = CliRunner().invoke(main, ["batch", str(encoded), str(tmp_path / "later"), "--steps", "2"])
     assert none_installed.exit_code == 2, none_installed.output
@@ -421,6 +414,19 @@ def test_info_gives_its_fields_as_json(small_drc: Path):
     assert fields["metadata"] == {"exif": 0, "xmp": 0} and fields["restoration"].startswith("0 steps go through")
 
 
+def test_info_shows_a_section_tag_escaped(small_drc: Path, tmp_path: Path):
+    """A tag is four bytes the file chose: one that is a terminal's escape sequence is shown, not acted on."""
+    from diraccodec.container import drc
+
+    parsed = drc.unpack(small_drc.read_bytes())
+    parsed.sections[b"\x1b[2J"] = b"x"  # clear the screen; optional (not upper case), so the file stays valid
+    (tmp_path / "odd.drc").write_bytes(drc.pack(parsed))
+    for options in ([], ["--json"]):
+        result = dirac("info", tmp_path / "odd.drc", *options)
+        assert result.returncode == 0 and "\x1b" not in result.stdout, result.stderr
+        assert ("\\x1b[2J (1 B)" if not options else '"\\\\x1b[2J": 1') in result.stdout
+
+
 def test_info_of_several_files_shows_each_and_names_the_one_it_cannot_read(small_drc: Path, small_png: Path):
     import json
 
@@ -524,18 +530,36 @@ def test_an_output_named_by_an_open_descriptor_is_written_into_not_replaced(tmp_
         "not open\n"  # not a file made in /dev/fd's place, nor one a later open would give that number
 
 
-def test_unwritable_output_leaves_nothing(tmp_path: Path, small_png: Path):
+def test_unwritable_output_leaves_nothing(tmp_path: Path, small_png: Path, monkeypatch):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
+    target = locked / "out.drc"
     try:
-        # root ignores permission bits: there, aim below a regular file instead
-        target = small_png / "out.drc" if os.geteuid() == 0 else locked / "out.drc"
-        assert_one_line_error(dirac("encode", small_png, "-q", "3", "-o", target), "cannot write")
+        if os.geteuid() == 0:  # root ignores permission bits: the system's refusal is played in this process
+            real_open = os.open
+
+            def refused_in_locked(path, *args, **options):
+                if Path(path).parent == locked:
+                    raise PermissionError(13, "Permission denied", str(path))
+                return real_open(path, *args, **options)
+
+            monkeypatch.setattr(os, "open", refused_in_locked)
+            result = CliRunner().invoke(main, ["encode", str(small_png), "-q", "3", "-o", str(target)])
+            assert (result.exit_code, result.output) == (2, f"dirac: error: cannot write {target}: Permission denied\n")
+        else:
+            assert_one_line_error(dirac("encode", small_png, "-q", "3", "-o", target),
+                                  f"cannot write {target}: Permission denied")
         assert list(locked.iterdir()) == []
         assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "small.png"]
     finally:
         locked.chmod(0o700)
+
+
+def test_an_output_below_a_file_names_that_file(tmp_path: Path, small_png: Path):
+    assert_one_line_error(dirac("encode", small_png, "-q", "3", "-o", small_png / "out.drc"),
+                          f"cannot write {small_png / 'out.drc'}: {small_png} is not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.png"]
 
 
 def test_wrong_weights_are_named(tmp_path: Path, small_drc: Path):

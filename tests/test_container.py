@@ -15,6 +15,7 @@ from diraccodec.errors import (
     TruncatedFileError,
     UnsupportedVersionError,
 )
+from tests.fuzz_drc import reseal
 
 
 def example(**changes) -> drc.DrcFile:
@@ -22,10 +23,6 @@ def example(**changes) -> drc.DrcFile:
                   sections={drc.TAG_LATENTS: b"\x01\x02\x03\x04", drc.TAG_ALPHA: b"alpha"})
     fields.update(changes)
     return drc.DrcFile(**fields)
-
-
-def reseal(body: bytes) -> bytes:
-    return body + struct.pack(">I", zlib.crc32(body))
 
 
 def test_fields_round_trip():
@@ -86,9 +83,23 @@ def test_huge_claimed_size_is_refused_before_decoding():
     assert drc.unpack(drc.pack(example(width=2000, height=2000)), max_pixels=4_000_000).width == 2000
 
 
+def test_bytes_after_a_whole_file_are_named_as_such():
+    """A file with something appended, or two files joined, is not a cut-off file."""
+    whole = drc.pack(example())
+    for extra in (b"\x00", whole):
+        with pytest.raises(CorruptFileError, match=rf"^corrupt \.drc file \({len(extra)} bytes? after its end: "
+                                                   r"bytes appended, or files joined\)$") as raised:
+            drc.unpack(whole + extra)
+        assert type(raised.value) is CorruptFileError
+    with pytest.raises(TruncatedFileError, match=r"unexpected bytes after the last section"):
+        drc.unpack(whole[:-4] + b"\x00" * 8)  # no checksum where the last section ends
+
+
 def test_section_longer_than_file_is_refused():
     body = drc.pack(example())[:-4]
     header_end = 26
     lying = body[:header_end + 4] + struct.pack(">I", 10**9) + body[header_end + 8:]
-    with pytest.raises(CorruptFileError, match="section longer than the file"):
-        drc.unpack(reseal(lying))
+    with pytest.raises(CorruptFileError, match=r"^corrupt \.drc file \(section longer than the file"):
+        drc.unpack(reseal(lying))  # the checksum holds: the writer lied, no cut lost the section
+    with pytest.raises(TruncatedFileError, match=r"^truncated or corrupt \.drc file \(section longer"):
+        drc.unpack(lying + struct.pack(">I", 0))  # the checksum fails: most likely a cut-off file

@@ -32,10 +32,22 @@ def test_maps_round_trip_exactly_and_smooth_maps_cost_few_bits(shape):
 
 
 def test_a_corrupt_map_payload_is_a_clear_error():
-    with pytest.raises(CorruptFileError):
-        detail_map.from_payload(b"\x20", 64, 64)
+    for short in (b"", b"\x20"):
+        with pytest.raises(CorruptFileError):
+            detail_map.from_payload(short, 64, 64)
     with pytest.raises(CorruptFileError, match="whole 32-bit words"):
         detail_map.from_payload(b"\x20\x02abc", 64, 64)  # not whole words
+
+
+def test_coded_values_no_symbols_could_give_are_a_corrupt_file(small_image):
+    """constriction says so by an AssertionError, which must not reach the caller."""
+    parsed = drc.unpack(diraccodec.encode(small_image, 1, effort=1))
+    parsed.sections[drc.TAG_DETAIL] = parsed.sections[drc.TAG_DETAIL][:2] + b"\xff" * 64
+    with pytest.raises(CorruptFileError, match=r"^corrupt \.drc file \(detail map: invalid coded data\)$"):
+        diraccodec.decode(drc.pack(parsed), 2)
+    parsed.sections[drc.TAG_DETAIL] = b""  # shorter than its 2-byte header: not taken for no map
+    with pytest.raises(CorruptFileError, match=r"^corrupt \.drc file \(detail map"):
+        diraccodec.decode(drc.pack(parsed), 2)
 
 
 def test_the_map_measures_the_missing_fine_detail_block_by_block_in_bands(sample_image):

@@ -17,6 +17,8 @@ import diraccodec
 from diraccodec.api import get_codec
 from diraccodec.cli import main
 from diraccodec.errors import DiracError
+from diraccodec.evaluation.codecs import AVIF_OPTIONS, decode_with_pillow, encode_with_pillow
+from diraccodec.evaluation.pictures import avif_at_most
 
 
 @pytest.mark.slow
@@ -155,8 +157,12 @@ def test_compare_picture_puts_four_panels_side_by_side(tmp_path: Path, sample_im
         # the first panel is the original crop, enlarged by nearest neighbour
         original = sample_image.crop((116, 58, 180, 122)).resize((128, 128), Image.Resampling.NEAREST)
         assert picture.crop((0, 44, 128, 172)).tobytes() == original.tobytes()
-        # the third and fourth: the same crop of the file decoded at 0 and at 2 steps (the command's defaults)
+        # the second: AVIF's largest file within the .drc file's size, decoded
         data = diraccodec.encode(source, 2)
+        avif = decode_with_pillow(avif_at_most(Image.open(source).convert("RGB"), len(data))[0])
+        avif = avif.crop((16, 8, 80, 72)).resize((128, 128), Image.Resampling.NEAREST)
+        assert picture.crop((136, 44, 264, 172)).tobytes() == avif.tobytes()
+        # the third and fourth: the same crop of the file decoded at 0 and at 2 steps (the command's defaults)
         for panel, steps in ((2, 0), (3, 2)):
             decoded = diraccodec.decode(data, steps, 0).crop((16, 8, 80, 72))
             decoded = decoded.resize((128, 128), Image.Resampling.NEAREST)
@@ -166,15 +172,10 @@ def test_compare_picture_puts_four_panels_side_by_side(tmp_path: Path, sample_im
 
 
 def test_avif_at_most_picks_the_best_quality_within_the_size(sample_image: Image.Image):
-    from diraccodec.evaluation.pictures import avif_at_most
-
     image = sample_image.crop((0, 0, 128, 128))
     data, quality = avif_at_most(image, 1500)
-    assert len(data) <= 1500
-    if quality < 100:
-        from diraccodec.evaluation.codecs import AVIF_OPTIONS, encode_with_pillow
-
-        assert len(encode_with_pillow(image, "AVIF", quality + 1, **AVIF_OPTIONS)) > 1500
+    assert len(data) <= 1500 and data == encode_with_pillow(image, "AVIF", quality, **AVIF_OPTIONS)
+    assert quality < 100 and len(encode_with_pillow(image, "AVIF", quality + 1, **AVIF_OPTIONS)) > 1500
 
 
 def test_report_rebuilds_tables_and_plots_from_a_run_stopped_part_way(tmp_path: Path, sample_image: Image.Image):
@@ -281,7 +282,6 @@ def test_evaluated_images_are_pixels_without_their_profile(tmp_path: Path, sampl
     """A profile would cost diraccodec and AVIF its bytes, and JPEG, WebP and JPEG XL nothing."""
     from PIL import ImageCms
 
-    from diraccodec.evaluation.codecs import encode_with_pillow
     from diraccodec.evaluation.run import load_images
 
     profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

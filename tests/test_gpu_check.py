@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 
 
 @pytest.mark.slow
@@ -60,15 +59,8 @@ def test_gpu_check_names_what_its_time_limit_left_out(tmp_path, small_image):
     assert "## Left out by the time limit" in (out / "gpu-check.md").read_text()
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_failing_section_is_recorded_and_the_next_one_runs(tmp_path, small_image, monkeypatch):
-    gpu_check = load_script()
+    gpu_check = load_script("gpu_check")
     data = tmp_path / "images"
     data.mkdir()
     small_image.crop((0, 0, 64, 48)).save(data / "a.png")

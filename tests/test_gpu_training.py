@@ -8,7 +8,6 @@ it reports its throughput, and a state survives a save killed midway.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import subprocess
@@ -17,7 +16,6 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -33,20 +31,10 @@ from diraccodec.training.checkpoint import (
     summary_path,
     write_state,
 )
+from tests.conftest import ROOT, load_script, make_photos
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "train_gpu.py"
 TINY_BASE = ["--channels", "8", "--latent-channels", "12", "--batch-size", "2", "--patch-size", "64",
              "--threads", "1", "--log-every", "1", "--device", "cpu"]
-
-
-def make_photos(folder: Path, names: list[str], size: tuple[int, int] = (112, 96)) -> Path:
-    """Smooth random photos: enough structure for a codec to learn from in a few steps."""
-    folder.mkdir(parents=True, exist_ok=True)
-    generator = np.random.default_rng(len(names))
-    for name in names:
-        coarse = generator.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
-        Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC).save(folder / f"{name}.png")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +44,7 @@ def photos(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_gpu", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_gpu")
 
 
 def train(script: ModuleType, photos: Path, state: Path, *options: str) -> int:
@@ -199,7 +183,8 @@ def test_a_time_budget_stops_the_run_in_time_and_saves(script, photos, tmp_path)
 
 def test_sigterm_stops_at_a_step_boundary_saves_and_delivers(photos, tmp_path):
     state, output = tmp_path / "base", tmp_path / "out"
-    command = [sys.executable, str(SCRIPT), "base", "--state", str(state), "--data", str(photos), *TINY_BASE,
+    script = ROOT / "scripts" / "train_gpu.py"
+    command = [sys.executable, str(script), "base", "--state", str(state), "--data", str(photos), *TINY_BASE,
                "--steps", "100000", "--output", str(output)]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None

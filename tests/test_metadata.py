@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import struct
 import zlib
 
 import pytest
@@ -18,47 +17,7 @@ from diraccodec.container import drc
 from diraccodec.errors import CorruptFileError, InvalidOptionError
 from diraccodec.image.files import image_bytes
 from diraccodec.image.metadata import MAX_METADATA_BYTES, Metadata, inflate, read_metadata
-
-MAKE, ORIENTATION, DATE_ORIGINAL = 0x010F, 0x0112, 0x9003
-XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-       b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" '
-       b'tiff:Orientation="6" dc:format="image/jpeg"/></rdf:RDF></x:xmpmeta>')
-
-
-def exif_with_thumbnail(orientation: int) -> bytes:
-    """A camera's kind of EXIF, written out by hand (Pillow writes no thumbnail): IFD0 with the
-    make, the orientation and the Exif IFD (the time taken), then IFD1 pointing at a JPEG thumbnail."""
-    thumbnail = io.BytesIO()
-    Image.new("RGB", (16, 12), (200, 30, 30)).save(thumbnail, "JPEG")
-    entries0 = [(MAKE, 2, 4, b"Cam\x00"), (ORIENTATION, 3, 1, struct.pack("<HH", orientation, 0))]
-    ifd0 = 8
-    exif_ifd = ifd0 + 2 + 12 * (len(entries0) + 1) + 4
-    date = b"2026:01:02 03:04:05\x00"
-    date_at = exif_ifd + 2 + 12 + 4
-    ifd1 = date_at + len(date)
-    thumbnail_at = ifd1 + 2 + 2 * 12 + 4
-    entries0.append((0x8769, 4, 1, struct.pack("<I", exif_ifd)))
-    out = b"II*\x00" + struct.pack("<I", ifd0)
-    out += struct.pack("<H", len(entries0)) + b"".join(struct.pack("<HHI", tag, kind, count) + value
-                                                       for tag, kind, count, value in entries0)
-    out += struct.pack("<I", ifd1)
-    out += struct.pack("<H", 1) + struct.pack("<HHII", DATE_ORIGINAL, 2, len(date), date_at) + struct.pack("<I", 0)
-    out += date
-    out += struct.pack("<H", 2) + struct.pack("<HHII", 0x0201, 4, 1, thumbnail_at)
-    out += struct.pack("<HHII", 0x0202, 4, 1, len(thumbnail.getvalue())) + struct.pack("<I", 0)
-    return b"Exif\x00\x00" + out + thumbnail.getvalue()
-
-
-def camera_jpeg(image: Image.Image, orientation: int = 6) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=95, exif=exif_with_thumbnail(orientation), xmp=XMP)
-    return buffer.getvalue()
-
-
-def parsed(exif: bytes) -> Image.Exif:
-    tags = Image.Exif()
-    tags.load(exif)
-    return tags
+from tests.conftest import DATE_ORIGINAL, MAKE, ORIENTATION, XMP, camera_jpeg, exif_with_thumbnail, parsed
 
 
 def test_the_hand_written_exif_is_what_a_camera_writes(small_image):
@@ -194,3 +153,23 @@ def test_another_thread_s_warning_during_the_exif_rewrite_is_not_taken_for_pillo
     monkeypatch.undo()
     assert rewritten is not None and parsed(rewritten)[0x0112] == 6  # the orientation
     assert [str(w.message) for w in shown] == []
+
+
+def test_a_profile_and_xmp_over_pillows_png_text_limit_decode_to_png_and_encode_again(tmp_path, small_image):
+    """Pillow's PNG reader refuses a chunk over 1 MiB by default; the format carries up to 16 MiB."""
+    from click.testing import CliRunner
+    from PIL import PngImagePlugin
+
+    from diraccodec.cli import main
+
+    profile, xmp = bytes(range(256)) * 6_000, b"<x:xmpmeta>" + b"a" * 2_000_000 + b"</x:xmpmeta>"  # 1.5 and 2 MB
+    chunks = PngImagePlugin.PngInfo()
+    chunks.add_itxt("XML:com.adobe.xmp", xmp.decode(), zip=True)  # where PNG keeps XMP
+    small_image.crop((0, 0, 16, 16)).save(tmp_path / "big.png", icc_profile=profile, pnginfo=chunks)
+    encode = ["encode", "-q", "2", "-e", "1", "-o"]
+    for command in ([*encode, "big.drc", "big.png"], ["decode", "big.drc", "-o", "out.png"],
+                    [*encode, "again.drc", "out.png"]):
+        result = CliRunner().invoke(main, [str(tmp_path / word) if "." in word else word for word in command])
+        assert result.exit_code == 0, result.output
+    again = diraccodec.decode((tmp_path / "again.drc").read_bytes())
+    assert again.info["icc_profile"] == profile and again.info["xmp"] == xmp

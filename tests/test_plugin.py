@@ -14,8 +14,7 @@ import diraccodec
 from diraccodec import api, plugin
 from diraccodec.container import drc
 from diraccodec.errors import CorruptFileError, InvalidOptionError, TruncatedFileError
-from tests.conftest import SAMPLE, swapped_primaries_profile
-from tests.test_metadata import MAKE, XMP, camera_jpeg, parsed
+from tests.conftest import MAKE, SAMPLE, XMP, camera_jpeg, parsed, saved_as, swapped_primaries_profile
 
 
 def with_alpha(image: Image.Image) -> Image.Image:
@@ -27,9 +26,7 @@ def with_alpha(image: Image.Image) -> Image.Image:
 
 def saved(image: Image.Image, **options: object) -> bytes:
     """What Image.save writes for .drc, through a file object."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="DRC", **options)
-    return buffer.getvalue()
+    return saved_as(image, "DRC", **options)
 
 
 def opened(data: bytes) -> Image.Image:

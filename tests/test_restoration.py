@@ -183,7 +183,10 @@ def test_an_empty_weights_variable_counts_as_unset(small_image, monkeypatch):
     """`DIRAC_WEIGHTS=` (a shell's way to clear it) read as the current folder: "Is a directory"."""
     data = diraccodec.encode(small_image, 2, effort=1)
     expected = diraccodec.decode(data, 1).tobytes()
+    restored = diraccodec.decode(data, 0).tobytes()  # 0 steps: the filter's own weights file
+    assert restored != diraccodec.decode(data, 0, restore=False).tobytes()
     for variable in ("DIRAC_WEIGHTS", "DIRAC_DIFFUSION_WEIGHTS", "DIRAC_RESTORATION_WEIGHTS"):
         monkeypatch.setenv(variable, "")
     assert diraccodec.encode(small_image, 2, effort=1) == data
     assert diraccodec.decode(data, 1).tobytes() == expected
+    assert diraccodec.decode(data, 0).tobytes() == restored

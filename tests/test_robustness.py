@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import diraccodec
-from diraccodec.errors import DiracError, ImageReadError, LimitExceededError
+from diraccodec.errors import DiracError, ImageReadError, LimitExceededError, NotADrcFileError
 from diraccodec.transforms.tiling import TRIM_ABOVE_PIXELS
 from tests import fuzz_drc
-from tests.conftest import ROOT, psnr
+from tests.conftest import ROOT, psnr, saved_as
 
 SEEDS = fuzz_drc.seed_files()
 
@@ -77,18 +77,34 @@ def test_huge_claimed_image_is_refused_before_allocation():
     assert peak < 5_000_000
 
 
+def test_a_thin_strip_is_refused_by_its_padded_size(tmp_path):
+    """Work and memory follow the planes padded to multiples of 64: 100,000 x 1 is coded as 100,032 x 64."""
+    from diraccodec.container import drc
+    from diraccodec.errors import CODED_SIDE
+    from diraccodec.transforms.networks import HYPER_STRIDE
+
+    assert CODED_SIDE == HYPER_STRIDE
+    header = drc.unpack(SEEDS[0])
+    header.width, header.height = 100_000, 1
+    strip = Image.new("RGB", (100_000, 1), (90, 120, 150))
+    strip.save(tmp_path / "strip.png")
+    expected = (r"^image (\S+ )?of 100000x1 is coded as 100032x64 \(each side padded to a multiple of 64\), "
+                r"over twice the limit of 1000000 pixels$")
+    for attempt in (lambda: diraccodec.decode(drc.pack(header), max_pixels=1_000_000),
+                    lambda: diraccodec.encode(strip, 3, max_pixels=1_000_000),
+                    lambda: diraccodec.encode(tmp_path / "strip.png", 3, max_pixels=1_000_000)):
+        with pytest.raises(LimitExceededError, match=expected):
+            attempt()
+    LimitExceededError.check(100_000, 1, 3_300_000)  # 6,402,048 padded pixels: within twice that limit
+    LimitExceededError.check(96, 80, 96 * 80)  # a small image at a tight limit: 128 x 128 padded is still cheap
+
+
 def test_limit_is_configurable(small_image):
     with pytest.raises(LimitExceededError):
         diraccodec.encode(small_image, 3, max_pixels=1000)
     data = diraccodec.encode(small_image, 3)
     with pytest.raises(LimitExceededError):
         diraccodec.decode(data, max_pixels=small_image.width * small_image.height - 1)
-
-
-def encoded_as(image: Image.Image, image_format: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=image_format, **options)
-    return buffer.getvalue()
 
 
 def mode_cases(photo: Image.Image) -> dict[str, tuple[Image.Image, str]]:
@@ -162,27 +178,27 @@ def test_tiff_modes_from_files(small_image, tmp_path):
 
 def test_animated_image_encodes_its_first_frame_with_a_warning(small_image):
     frames = [small_image, small_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
-    data = encoded_as(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    data = saved_as(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         decoded = diraccodec.decode(diraccodec.encode(data, 6))
     assert any("first frame" in str(w.message) for w in caught)
     assert decoded.size == small_image.size
     assert psnr(frames[0], decoded.convert("RGB")) > psnr(frames[1], decoded.convert("RGB")) + 3  # the first one
-    pages = encoded_as(frames[0], "TIFF", save_all=True, append_images=frames[1:])
+    pages = saved_as(frames[0], "TIFF", save_all=True, append_images=frames[1:])
     with pytest.warns(UserWarning, match=r"^photo.tif has 2 pages: encoding the first page only$"):
         diraccodec.encode(pages, 2, effort=1, label="photo.tif")
 
 
-@pytest.mark.parametrize("size", [(1, 1), (1, 300), (300, 1), (2, 2)])
+@pytest.mark.parametrize("size", [(1, 300), (300, 1), (2, 2)])  # 1x1: test_codec
 def test_degenerate_sizes(sample_image, size):
     image = sample_image.resize(size)
     assert diraccodec.decode(diraccodec.encode(image, 3)).size == size
 
 
-@pytest.mark.parametrize("data", [b"", b"\x89PNG\r\n\x1a\n", b"GIF89a" + b"\x00" * 5, b"\xff\xd8\xff" + b"\x00" * 100])
-def test_truncated_and_empty_images_are_refused(data):
-    with pytest.raises(ImageReadError, match="cannot read image"):
+@pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n", b"GIF89a" + b"\x00" * 5, b"\xff\xd8\xff" + b"\x00" * 100])
+def test_truncated_images_are_refused(data):
+    with pytest.raises(ImageReadError, match=r"^cannot read image: "):
         diraccodec.encode(data, 3)
 
 
@@ -792,3 +808,67 @@ def test_a_drc_file_given_to_encode_is_refused_and_an_empty_one_is_called_empty(
     (tmp_path / "empty.drc").write_bytes(b"")
     result = CliRunner().invoke(main, ["decode", str(tmp_path / "empty.drc"), "-o", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "not a .drc file (it is empty)" in result.output
+
+
+class EndlessZeros(io.RawIOBase):
+    """A source that never ends (/dev/zero, a stream): read whole, it would fill the memory."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if len(buffer) > 1 << 20:
+            raise AssertionError("read as if it would end")
+        buffer[:] = bytes(len(buffer))
+        return len(buffer)
+
+    def readall(self) -> bytes:
+        raise AssertionError("read whole")
+
+
+def test_a_large_input_of_another_kind_is_refused_from_its_first_bytes(tmp_path):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+    from diraccodec.container import drc
+    from diraccodec.image.files import read_bytes
+
+    for command in (["info", "-"], ["decode", "-", "-o", str(tmp_path / "x.png")]):
+        result = CliRunner().invoke(main, command, input=io.BufferedReader(EndlessZeros()))
+        assert (result.exit_code, result.output) == (2, "dirac: error: not a .drc file (bad magic bytes)\n")
+    with pytest.raises(NotADrcFileError, match=r"^not a \.drc file \(bad magic bytes\)$"):
+        read_bytes(Path("/dev/zero"), drc.check_start, drc.START_BYTES)
+    assert list(tmp_path.iterdir()) == []
+
+
+CPU_ALLOCATION_FAILURE = ("DefaultCPUAllocator: can't allocate memory: you tried to allocate 32000000000 bytes. "
+                          "Error code 12 (Cannot allocate memory)")
+
+
+def test_running_out_of_memory_is_not_called_a_corrupt_file_and_the_command_says_it_in_one_line(
+        small_image, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from diraccodec import api
+    from diraccodec.cli import main
+    from diraccodec.codec import base_codec
+
+    data = diraccodec.encode(small_image, 3, effort=1)
+    (tmp_path / "in.drc").write_bytes(data)
+
+    def allocation_fails(*args, **options):
+        raise RuntimeError(CPU_ALLOCATION_FAILURE)
+
+    monkeypatch.setattr(base_codec, "decode_values", allocation_fails)
+    with pytest.raises(RuntimeError, match=r"^DefaultCPUAllocator: can't allocate memory"):
+        diraccodec.decode(data, 0)
+    result = CliRunner().invoke(main, ["decode", str(tmp_path / "in.drc"), "-o", str(tmp_path / "out.png")])
+    assert (result.exit_code, result.output) == (1, f"dirac: error: out of memory ({CPU_ALLOCATION_FAILURE})\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.drc"]
+    for error in (MemoryError(), RuntimeError("an unrelated fault")):  # a fault stays one, traceback and all
+        monkeypatch.setattr(api, "decode", lambda *args, error=error, **options: (_ for _ in ()).throw(error))
+        result = CliRunner().invoke(main, ["decode", str(tmp_path / "in.drc"), "-o", str(tmp_path / "out.png")])
+        if isinstance(error, MemoryError):
+            assert (result.exit_code, result.output) == (1, "dirac: error: out of memory\n")
+        else:
+            assert result.exception is error

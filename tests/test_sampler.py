@@ -251,12 +251,15 @@ def test_the_fused_pixel_norm_is_a_per_pixel_layer_norm_with_its_modulation():
 
 
 def test_cuda_graphs_are_asked_for_on_a_gpu_only(monkeypatch):
-    from diraccodec.compute import CPU, CUDA_GRAPHS_ENV, Compute
+    """Which function the sampler gets; no CUDA is touched until a replay is called."""
+    from diraccodec.compute import CPU, CUDA_GRAPHS_ENV, Compute, GraphReplay
 
     def network(x: torch.Tensor) -> torch.Tensor:
         return x * 2
 
     monkeypatch.setenv(CUDA_GRAPHS_ENV, "1")
+    replay = Compute(torch.device("cuda")).replayed(network)
+    assert isinstance(replay, GraphReplay) and replay.function is network and replay.captures == 0
     assert Compute(CPU).replayed(network) is network  # a CPU has no graphs: the function itself
     monkeypatch.setenv(CUDA_GRAPHS_ENV, "0")
     assert Compute(torch.device("cuda")).replayed(network) is network  # off unless asked for

@@ -12,7 +12,7 @@ from diraccodec.api import get_codec
 from diraccodec.errors import InvalidOptionError
 from diraccodec.transforms import search
 from diraccodec.transforms.search import SearchSettings
-from tests.test_cli import dirac
+from tests.conftest import dirac
 
 
 def objective(codec, original: np.ndarray, data: bytes, quality: float) -> float:

@@ -37,6 +37,7 @@ from diraccodec.cli.common import (
     parse_references,
     png_compress_option,
     rate_target,
+    read_drc_source,
     read_source,
     report_error,
     reports_errors,
@@ -167,7 +168,7 @@ def decode(source: Path, output: Path, format_suffix: str | None, png_compressio
 
     check_output(output, source)  # a bad output fails now, not after the work
     image_format = output_format(output, format_suffix)
-    data = read_source(source)
+    data = read_drc_source(source)
     check_alpha_fits(image_format, drc.unpack(data, max_pixels).colour_mode.has_alpha)  # before the decode too
     with progress_bar("decoding") as decoded:
         image = api.decode(data, steps, seed, weights=weights, diffusion_weights=diffusion_weights, device=device,
@@ -229,12 +230,14 @@ def info_text(source: Path, as_json: bool, max_pixels: int) -> str:
     from diraccodec.image.metadata import describe as describe_metadata
     from diraccodec.image.profiles import describe as describe_profile
 
-    data = read_source(source)
+    data = read_drc_source(source)
     details = api.inspect(data, max_pixels)
     header = details.header
     reads_as = api.installed_reader(header.weights_id)
     reading_note = "" if reads_as == header.weights_id else f" (read by the installed {reads_as.hex()}: the same model)"
-    sections = {tag.decode("ascii", "replace"): len(payload) for tag, payload in header.sections.items()}
+    # a tag is four bytes the file chose: shown escaped, so that one cannot act on a terminal
+    sections = {one_line(tag.decode("ascii", "backslashreplace")): len(payload)
+                for tag, payload in header.sections.items()}
     split, profile = stream_split(data, max_pixels), describe_profile(details.icc_profile)
     diffusion = diffusion_text(api.diffusion_support(reads_as))
     restoration = restoration_text(api.restoration_support(reads_as))

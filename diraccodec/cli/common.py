@@ -19,7 +19,15 @@ from rich.console import Console
 
 from diraccodec.console import plain_console
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
-from diraccodec.errors import MAX_PIXELS_HINT, DiracError, LimitExceededError, OutputWriteError, Terminated, one_line
+from diraccodec.errors import (
+    MAX_PIXELS_HINT,
+    DiracError,
+    LimitExceededError,
+    OutputWriteError,
+    Terminated,
+    is_out_of_memory,
+    one_line,
+)
 from diraccodec.options import DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEVICE_CHOICES, EFFORT_PASSES, MAX_STEPS
 
 EXIT_SOME_FAILED = 1
@@ -104,15 +112,27 @@ def shown_name(path: Path, stream: str) -> str:
 def read_source(path: Path) -> bytes:
     """The bytes of a file, or of standard input for "-" (refused on a terminal, where it would
     wait for typed bytes)."""
-    from diraccodec.image.files import read_bytes
+    return _read_source(path, None, 0)
+
+
+def read_drc_source(path: Path) -> bytes:
+    """`read_source` for a .drc file: its first bytes are checked before the rest is read, so
+    that a large file of another kind (a video, /dev/zero) is refused at once, not read whole."""
+    from diraccodec.container import drc
+
+    return _read_source(path, drc.check_start, drc.START_BYTES)
+
+
+def _read_source(path: Path, check_start: Callable[[bytes], None] | None, start_bytes: int) -> bytes:
+    from diraccodec.image.files import read_bytes, read_checked
 
     if not is_stream(path):
-        return read_bytes(path)
+        return read_bytes(path, check_start, start_bytes)
     if sys.stdin is None:
         raise DiracError("standard input is closed: pipe a file into it, or name the file")
     if sys.stdin.isatty():
         raise DiracError("standard input is a terminal: pipe a file into it, or name the file")
-    return sys.stdin.buffer.read()
+    return read_checked(sys.stdin.buffer, check_start, start_bytes)
 
 
 def check_output(path: Path, source: Path | None = None) -> None:
@@ -277,7 +297,8 @@ def report_error(error: DiracError, with_max_pixels: bool, about: str = "") -> N
 
 
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn DiracError into one line on stderr and exit status 2."""
+    """Turn DiracError into one line on stderr and exit status 2, and running out of memory
+    into one line and status 1 (not the input's fault: a smaller image, or fewer workers)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -286,6 +307,11 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except DiracError as error:
             report_error(error, with_max_pixels="max_pixels" in kwargs)
             sys.exit(EXIT_USER_ERROR)
+        except (MemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error):
+                raise  # a fault, shown whole
+            click.echo(one_line(f"dirac: error: out of memory{f' ({error})' if str(error) else ''}"), err=True)
+            sys.exit(EXIT_SOME_FAILED)
         except KeyboardInterrupt as interruption:
             report_interruption(interruption)
 

@@ -35,7 +35,7 @@ from diraccodec.entropy.coder import decode_values, encode_values
 from diraccodec.entropy.context import ContextLayers, anchor_mask, context_parameters
 from diraccodec.entropy.fixed_point import FixedPointNetwork
 from diraccodec.entropy.tables import TableSet, snap_scales
-from diraccodec.errors import CorruptFileError
+from diraccodec.errors import CorruptFileError, is_out_of_memory
 from diraccodec.transforms.networks import HYPER_STRIDE, LATENT_STRIDE
 from diraccodec.transforms.search import SearchProblem, SearchSettings, response_energy, search_symbols
 from diraccodec.transforms.tiling import apply_tiled, tile_windows
@@ -444,6 +444,8 @@ class BaseCodec:
                 del scale
                 latents.fill(decode_values(decoder, latents.coded(table_ids, parts[1]), tables), parts[1])
         except (ValueError, RuntimeError, OverflowError, AssertionError) as error:
+            if is_out_of_memory(error):
+                raise
             # constriction reports data that no symbol sequence could produce by an assertion
             raise CorruptFileError(f"corrupt .drc file (latent stream: {error})") from None
         return latents

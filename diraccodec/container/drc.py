@@ -18,6 +18,7 @@ from diraccodec.errors import (
     NotADrcFileError,
     TruncatedFileError,
     UnsupportedVersionError,
+    counted,
 )
 from diraccodec.image import metadata as metadata_parts
 from diraccodec.image.metadata import Metadata
@@ -120,13 +121,22 @@ def pack(drc: DrcFile) -> bytes:
     return body + _TRAILER.pack(zlib.crc32(body))
 
 
-def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
-    """Parse and validate; every failure is a DiracError naming what is wrong."""
+START_BYTES = 16  # what check_start reads: the magic, and an image format's signature where it is not
+
+
+def check_start(data: bytes) -> None:
+    """Refuse data that does not begin as a .drc file, from its first START_BYTES alone: a
+    reader may check them before it reads the rest of a large file."""
     if not data:
         raise NotADrcFileError("not a .drc file (it is empty)")
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
-        kind = format_by_signature(data[:16])
+        kind = format_by_signature(data[:START_BYTES])
         raise NotADrcFileError(f"not a .drc file ({f'a {kind} image: encode it first' if kind else 'bad magic bytes'})")
+
+
+def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
+    """Parse and validate; every failure is a DiracError naming what is wrong."""
+    check_start(data)
     if len(data) < _HEADER.size + _TRAILER.size:
         raise TruncatedFileError("truncated .drc file (header incomplete)")
     _, version, mode, level, width, height, weights_id, count = _HEADER.unpack_from(data)
@@ -152,6 +162,10 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
         sections[tag] = body[position : position + length]
         position += length
     if position != len(body):
+        end = position + _TRAILER.size  # where the file ends if its own checksum follows its last section
+        if zlib.crc32(body[:position]) == _TRAILER.unpack_from(data, position)[0]:
+            raise CorruptFileError(f"corrupt .drc file ({counted(len(data) - end, 'byte')} after its end: "
+                                   f"bytes appended, or files joined)")
         raise _truncated_or_corrupt(body, checksum, "unexpected bytes after the last section")
     if zlib.crc32(body) != checksum:
         raise CorruptFileError("corrupt .drc file (checksum mismatch)")
@@ -166,8 +180,7 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
         raise CorruptFileError("corrupt .drc file (no latent section)")
     if width == 0 or height == 0:
         raise CorruptFileError("corrupt .drc file (zero image size)")
-    if width * height > max_pixels:
-        raise LimitExceededError.of_pixels(width, height, max_pixels)
+    LimitExceededError.check(width, height, max_pixels)
     return DrcFile(
         width=width,
         height=height,

@@ -59,8 +59,11 @@ def decode_map(payload: bytes, shape: tuple[int, int], low: int, high: int) -> n
     decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
     for row in range(shape[0]):
         for column in range(shape[1]):
-            symbol = int(decoder.decode(constriction.stream.model.Categorical(counts.astype(np.float64),
-                                                                              perfect=False)))
+            model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+            try:
+                symbol = int(decoder.decode(model))
+            except AssertionError:  # constriction's word for data no symbol sequence could produce
+                raise CorruptFileError("corrupt .drc file (detail map: invalid coded data)") from None
             value = symbol - span + _predict(values, row, column)
             if not low <= value <= high:
                 raise CorruptFileError("corrupt .drc file (detail map value out of range)")

@@ -10,12 +10,14 @@ import secrets
 import stat
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
 from diraccodec.errors import DiracError, ImageReadError, OutputWriteError
-from diraccodec.image.metadata import save_options
+from diraccodec.image.metadata import pillow_reads_whole_metadata, save_options
 from diraccodec.options import DEFAULT_PNG_COMPRESSION
 
 WRITE_CHECK_NAME = "write-check"  # the trial file is hidden, as a temporary file: .write-check.<random>.part
@@ -28,9 +30,14 @@ _STANDARD_DESCRIPTORS = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
 _DESCRIPTOR_PATH = re.compile(r"/(?:dev/fd|proc/(?P<process>self|\d+)/fd)/(?P<number>\d+)")
 
 
-def read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path, check_start: Callable[[bytes], None] | None = None, start_bytes: int = 0) -> bytes:
+    """The file's bytes; `check_start` sees its first `start_bytes` before the rest is read
+    (and may raise), so that a large file of the wrong kind is refused without reading it whole."""
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as stream:
+            return read_checked(stream, check_start, start_bytes)
+    except DiracError:  # check_start's (some are OSErrors too)
+        raise
     except FileNotFoundError:
         if Path(path).is_symlink():
             raise DiracError(f"{path} is a link to nothing ({os.readlink(path)})") from None
@@ -39,6 +46,15 @@ def read_bytes(path: Path) -> bytes:
         raise DiracError(f"{path} is a folder, not a file") from None
     except OSError as error:
         raise ImageReadError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def read_checked(stream: BinaryIO, check_start: Callable[[bytes], None] | None, start_bytes: int) -> bytes:
+    """What is left in `stream`, its first `start_bytes` shown to `check_start` before the rest is read."""
+    if check_start is None:
+        return stream.read()
+    start = stream.read(start_bytes)
+    check_start(start)
+    return start + stream.read()
 
 
 # The temporary files this process is writing now: one ended by a signal removes them
@@ -359,7 +375,7 @@ def image_bytes(image: Image.Image, image_format: str, png_compression: int = DE
 def written_mode(data: bytes) -> str:
     """The mode of an encoded image as readers open it (its header alone): a WebP holds grey as
     RGB, and leaves out an alpha that is opaque everywhere."""
-    with Image.open(io.BytesIO(data)) as written:
+    with pillow_reads_whole_metadata(), Image.open(io.BytesIO(data)) as written:
         return written.mode
 
 

@@ -13,25 +13,43 @@ are stored zlib-compressed and inflated to at most MAX_METADATA_BYTES.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import threading
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import PIL
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, PngImagePlugin
 
 from diraccodec.errors import CorruptFileError, InvalidOptionError
 
 MAX_METADATA_BYTES = 1 << 24  # inflating a stored part stops here: a hostile file cannot ask for more
 EXIF_PREFIX = b"Exif\x00\x00"  # JPEG's APP1 marker starts its EXIF with it; PNG and WebP hold none
 XMP_TIFF_TAG = 700  # where TIFF keeps its XMP packet
-# Pillow's size limit and Python's warning filters are process-wide: the calls that change them
+# Pillow's size limits and Python's warning filters are process-wide: the calls that change them
 # (here and in diraccodec.image.planes) take turns, so that each restores what it found.
 PILLOW_SETTINGS = threading.RLock()
 PILLOW_FOLDER = Path(PIL.__file__).resolve().parent  # where Pillow's warnings come from
+
+
+@contextlib.contextmanager
+def pillow_reads_whole_metadata() -> Iterator[None]:
+    """Pillow's PNG reader refuses a profile or text chunk that inflates past 1 MiB (its
+    MAX_TEXT_CHUNK), so a PNG written with a larger profile or XMP would not open again: the
+    limit is raised to MAX_METADATA_BYTES while one is read (process-wide: under PILLOW_SETTINGS)."""
+    with PILLOW_SETTINGS:
+        previous = PngImagePlugin.MAX_TEXT_CHUNK
+        PngImagePlugin.MAX_TEXT_CHUNK = max(previous, MAX_METADATA_BYTES)
+        try:
+            yield
+        finally:
+            PngImagePlugin.MAX_TEXT_CHUNK = previous
+
+
 # The most of each part one JPEG marker holds (65,533 bytes, less the XMP's namespace name);
 # JPEG has no way to split EXIF or XMP over markers, as it splits an ICC profile.
 JPEG_MARKER_ROOM = {"exif": 65533, "xmp": 65533 - 29}

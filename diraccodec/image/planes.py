@@ -22,7 +22,15 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from diraccodec.errors import CorruptFileError, ImageReadError, InvalidOptionError, LimitExceededError, counted
-from diraccodec.image.metadata import PILLOW_SETTINGS, Metadata, attach, info_bytes, read_metadata, tiff_exif
+from diraccodec.image.metadata import (
+    PILLOW_SETTINGS,
+    Metadata,
+    attach,
+    info_bytes,
+    pillow_reads_whole_metadata,
+    read_metadata,
+    tiff_exif,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -190,10 +198,11 @@ def upright(image: Image.Image) -> Image.Image:
 @contextlib.contextmanager
 def _pillow_limit(max_pixels: int) -> Iterator[None]:
     """Pillow's own size guard moved to `max_pixels` (its error comes at twice that, its warning
-    at once: silenced). Its limit and the warning filters are process-wide: they are changed
-    under the lock that the package's own calls take, so other threads' warnings may be lost
-    meanwhile (warnings.catch_warnings is process-wide before Python 3.14)."""
-    with PILLOW_SETTINGS, warnings.catch_warnings():
+    at once: silenced), and its PNG reader's text limit to the metadata's. Its limits and the
+    warning filters are process-wide: they are changed under the lock that the package's own
+    calls take, so other threads' warnings may be lost meanwhile (warnings.catch_warnings is
+    process-wide before Python 3.14)."""
+    with PILLOW_SETTINGS, warnings.catch_warnings(), pillow_reads_whole_metadata():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         previous_limit = Image.MAX_IMAGE_PIXELS
         try:
@@ -212,9 +221,11 @@ def _opened(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Im
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     finally:
         Image.MAX_IMAGE_PIXELS = max_pixels
-    if image.width * image.height > max_pixels:
+    try:
+        LimitExceededError.check(image.width, image.height, max_pixels, label)
+    except LimitExceededError:
         image.close()
-        raise LimitExceededError.of_pixels(image.width, image.height, max_pixels, label)
+        raise
     return image
 
 
