@@ -458,6 +458,16 @@ class _Encoder:
             sections[drc.TAG_STEPS] = bytes([self.options.recommended_steps])
         return sections
 
+    def map_ends_at(self) -> float | None:
+        """The lowest level without the detail map, where the levels below carry it; None
+        where the caller's option gives every level the same."""
+        return None if self.options.detail_map is not None else \
+            detail_map_below(self.codec.weights.model.config.lambdas)
+
+    def sends_map(self, level: float) -> bool:
+        ends = self.map_ends_at()
+        return bool(self.options.detail_map) if ends is None else level < ends
+
     def file(self, level: float, searched: bool = True) -> bytes:
         """The .drc file at this level; searched=False rounds the latents (a quick size probe)."""
         codec, planes = self.codec, self.planes
@@ -465,8 +475,7 @@ class _Encoder:
         latents = codec.quantize(self.latents, level, planes.rgb, search)
         height, width = planes.rgb.shape[:2]
         sections = {drc.TAG_LATENTS: codec.write_stream(latents, level)}
-        wants_map = self.options.detail_map
-        if wants_map or (wants_map is None and level < detail_map_below(codec.weights.model.config.lambdas)):
+        if self.sends_map(level):
             base = codec.synthesize(latents, width, height, level)
             with codec.compute.kernels():
                 measured = detail_maps.measure(planes.rgb, base, device=codec.device)
@@ -610,22 +619,26 @@ def bpp_to_bytes(bpp: float | None, pixels: int) -> int:
 def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
     """The file of the highest level on the 1/256 grid whose size is at most `target` bytes.
 
-    Sizes grow with the level, so a bisection over the grid finds it: with plain rounding
-    first (quick), then, where the effort searches the latents, again with the search over
-    the few grid steps that the search's smaller files make room for."""
+    Sizes grow with the level among the levels that carry the detail map, and among those
+    that do not; but the map is a large share of a small image's file, so the first level
+    without it may make a smaller file than the last with it. Each run of levels is searched
+    by bisection, the highest run first: with plain rounding first (quick), then, where the
+    effort searches the latents, again with the search over the few grid steps that the
+    search's smaller files make room for."""
     check_size(target)
     grid = drc.LEVEL_DENOMINATOR
     lowest, highest = round(LOWEST_LEVEL * grid), num_levels * grid  # the levels in grid units
-
-    smallest: dict[bool, bytes] = {}  # the files at the lowest level, which several checks ask for
+    runs = [(lowest, highest)]
+    ends = encoder.map_ends_at()
+    if ends is not None and lowest < (first_without := math.ceil(ends * grid)) <= highest:
+        runs = [(lowest, first_without - 1), (first_without, highest)]
+    searches = encoder.search.passes > 0
+    made: dict[tuple[int, bool], bytes] = {}  # the files made so far: several checks ask for the same ones
 
     def size_at(step: int, searched: bool) -> tuple[int, bytes]:
-        if step == lowest and searched in smallest:
-            return len(smallest[searched]), smallest[searched]
-        data = encoder.file(step / grid, searched)
-        if step == lowest:
-            smallest[searched] = data
-        return len(data), data
+        if (step, searched) not in made:
+            made[step, searched] = encoder.file(step / grid, searched)
+        return len(made[step, searched]), made[step, searched]
 
     def highest_fitting(low: int, high: int, searched: bool) -> tuple[int, bytes] | None:
         """The highest grid step in [low, high] whose file fits, with its file; None if none does."""
@@ -639,30 +652,25 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
                 high = middle - 1
         return best
 
-    def below_smallest(searched: bool) -> InvalidOptionError:
-        smallest_size = size_at(lowest, searched)[0]
-        return InvalidOptionError(f"a target of {counted(target, 'byte')} is below the smallest file at level "
-                                  f"{LOWEST_LEVEL:g} ({counted(smallest_size, 'byte')}); ask for at least that")
+    def fitting_in(lowest: int, highest: int) -> tuple[int, bytes] | None:
+        plain = highest_fitting(lowest, highest, searched=False)
+        if not searches or (plain is None and size_at(lowest, searched=True)[0] > target):
+            return plain  # without the search the plain answer is the file; with it, nothing fits
+        # the searched file at a level is usually a few percent smaller than the plain one (at
+        # fine levels it can be a little larger): look around the plain answer, then everywhere
+        start = lowest if plain is None else plain[0]
+        top = min(highest, start + grid // 4)
+        found = highest_fitting(max(lowest, start - grid // 4), top, searched=True)
+        if found is not None and found[0] == top < highest:  # the window's top fits: higher levels may too
+            found = highest_fitting(top + 1, highest, searched=True) or found
+        return found or highest_fitting(lowest, highest, searched=True)
 
-    plain = highest_fitting(lowest, highest, searched=False)
-    searches = encoder.search.passes > 0
-    if plain is None and (not searches or size_at(lowest, searched=True)[0] > target):
-        raise below_smallest(searches)  # the smallest file of all does not fit: nothing will
-    if not searches:
-        assert plain is not None
-        return plain[1]
-    # the searched file at a level is usually a few percent smaller than the plain one (at
-    # fine levels it can be a little larger): look around the plain answer, then everywhere
-    start = lowest if plain is None else plain[0]
-    top = min(highest, start + grid // 4)
-    found = highest_fitting(max(lowest, start - grid // 4), top, searched=True)
-    if found is not None and found[0] == top < highest:  # the window's top fits: higher levels may too
-        found = highest_fitting(top + 1, highest, searched=True) or found
-    if found is None:
-        found = highest_fitting(lowest, highest, searched=True)
-    if found is None:
-        raise below_smallest(searched=True)
-    return found[1]
+    for low, high in reversed(runs):
+        if (found := fitting_in(low, high)) is not None:
+            return found[1]
+    smallest_size, smallest_step = min((size_at(low, searches)[0], low) for low, _ in runs)
+    raise InvalidOptionError(f"a target of {counted(target, 'byte')} is below the smallest file at level "
+                             f"{smallest_step / grid:g} ({counted(smallest_size, 'byte')}); ask for at least that")
 
 
 @dataclass

@@ -62,6 +62,36 @@ def test_a_target_between_the_files_of_levels_0_and_1_lands_below_level_1(small_
     assert smallest <= len(data) <= target and 0 < diraccodec.inspect(data).header.quality < 1
 
 
+def test_a_size_target_finds_the_files_without_the_detail_map_that_a_small_image_makes_smaller(small_image):
+    """Below level 3 the file carries the detail map: on a 32 x 32 image the first level without
+    it makes a smaller file than level -1, so sizes do not grow with the level all the way."""
+    tiny = small_image.crop((0, 0, 32, 32))
+    below, at_3 = len(diraccodec.encode(tiny, 2.99, effort=1)), len(diraccodec.encode(tiny, 3, effort=1))
+    lowest = len(diraccodec.encode(tiny, -1, effort=1))
+    assert at_3 < min(below, lowest)  # what the test is about
+    for effort in (1, 2):
+        data = diraccodec.encode(tiny, size=at_3, effort=effort)
+        assert len(data) <= at_3 and diraccodec.inspect(data).header.quality >= 3
+    with pytest.raises(InvalidOptionError, match=rf"^a target of {at_3 - 1} bytes is below the smallest file at "
+                                                 rf"level 3 \({at_3} bytes\); ask for at least that$"):
+        diraccodec.encode(tiny, size=at_3 - 1, effort=1)
+
+
+def test_size_targets_search_the_levels_with_and_without_the_map_apart():
+    from types import SimpleNamespace
+
+    from diraccodec import api
+
+    def file(level: float, searched: bool = True) -> bytes:  # the map adds 450 bytes below level 3
+        return bytes(round((level + 2) * 100 + (450 if level < 3 else 0)))
+
+    encoder = SimpleNamespace(file=file, search=SimpleNamespace(passes=0), map_ends_at=lambda: 3.0)
+    assert api.encode_to_size(encoder, 520, num_levels=8) == file(3.2)  # the highest level that fits
+    assert api.encode_to_size(encoder, 560, num_levels=8) == file(3.6)  # not level -0.9, whose file fits too
+    with pytest.raises(InvalidOptionError, match=r"below the smallest file at level 3 \(500 bytes\)"):
+        api.encode_to_size(encoder, 499, num_levels=8)
+
+
 def test_targets_below_the_smallest_file_and_bad_rates_are_clear_errors(small_image):
     with pytest.raises(InvalidOptionError, match=r"below the smallest file at level -1 \(\d+ bytes\)"):
         diraccodec.encode(small_image, size=100)
@@ -362,11 +392,12 @@ def test_a_size_target_climbs_past_the_window_where_the_search_makes_room():
         tried.append((level, searched))
         return file(level, searched)
 
-    encoder = SimpleNamespace(file=counted, search=SimpleNamespace(passes=1))
+    encoder = SimpleNamespace(file=counted, search=SimpleNamespace(passes=1), map_ends_at=lambda: None)
     data = api.encode_to_size(encoder, 5_000, num_levels=8)
     assert len(data) == 5_000  # level 8: (8 + 2) * 1000 / 2, where plain rounding fits only level 3
     assert len(tried) == len(set(tried))  # no level encoded twice
-    assert api.encode_to_size(SimpleNamespace(file=file, search=SimpleNamespace(passes=0)), 5_000, 8) == file(3, False)
+    plain = SimpleNamespace(file=file, search=SimpleNamespace(passes=0), map_ends_at=lambda: None)
+    assert api.encode_to_size(plain, 5_000, 8) == file(3, False)
 
 
 FLOAT64_DEFAULT = """

@@ -3,6 +3,7 @@ dies fails its own file alone."""
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import os
 from pathlib import Path
@@ -251,6 +252,11 @@ def test_a_folder_converted_in_place_keeps_its_originals_even_when_overwriting(t
     assert all(job.replaces_source for job in plan_jobs(five_photos, link, settings))
     assert all(job.replaces_source for job in plan_jobs(five_photos.absolute(), Path(os.path.relpath(five_photos)),
                                                         settings))
+    # a file:// URI names the same folder too (pyarrow reads it); a URI elsewhere replaces nothing here
+    assert all(job.replaces_source for job in plan_jobs(five_photos, five_photos.as_uri(), settings))
+    assert not any(job.replaces_source for job in plan_jobs(five_photos, "s3://bucket" + str(five_photos), settings))
+    if importlib.util.find_spec("pyarrow"):  # a URI source is listed through it
+        assert all(job.replaces_source for job in plan_jobs(link.as_uri(), five_photos, settings))
 
 
 def test_a_file_where_an_inputs_subfolder_must_be_fails_that_input_by_name(tmp_path, small_image):
@@ -275,6 +281,9 @@ def test_a_destination_inside_the_source_is_not_read_as_input(tmp_path, five_pho
         jobs = plan_jobs(five_photos, inside, settings)
         assert sorted(Path(job.source).name for job in jobs) == [f"{name}.png" for name in NAMES]
         run_batch(jobs, settings, 1, lambda result: None)
+    # named by a file:// URI, the destination is the same folder
+    assert sorted(Path(job.source).name for job in plan_jobs(five_photos, inside.as_uri(), settings)) == \
+        [f"{name}.png" for name in NAMES]
     assert sorted(p.relative_to(inside).as_posix() for p in inside.rglob("*")) == [f"{name}.drc" for name in NAMES]
 
 
@@ -314,3 +323,35 @@ def test_a_link_to_nothing_and_a_folder_in_an_output_s_place_fail_by_name(tmp_pa
     assert results["gone.png"].status == "failed"  # it went unmentioned
     assert results["gone.png"].message == f"{source / 'gone.png'} is a link to nothing ({tmp_path / 'deleted.png'})"
     assert results["photo.png"].status == "failed" and "photo.drc" in results["photo.png"].message  # not "skipped"
+
+
+def test_a_folder_the_batch_cannot_read_fails_it_before_any_file_and_an_empty_name_is_no_folder(
+        tmp_path, small_image, monkeypatch):
+    """Left out unsaid, its files would stay unconverted under a status of 0; an empty name (a
+    script's unset variable) would read or write the whole current folder."""
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    source = tmp_path / "in"
+    (source / "sub" / "locked").mkdir(parents=True)
+    small_image.save(source / "a.png")
+    small_image.save(source / "sub" / "locked" / "b.png")
+    real_scandir = os.scandir
+
+    def refused(path=".", *args, **options):  # as chmod 000 would, which root passes over
+        if Path(path).absolute() == source / "sub" / "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path, *args, **options)
+
+    monkeypatch.setattr(os, "scandir", refused)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["batch", "in", "out", "-e", "1"])
+    assert (result.exit_code, result.output) == (2, "dirac: error: cannot read folder in/sub/locked: "
+                                                    "Permission denied\n")
+    for arguments, name in ((["in", ""], "DESTINATION"), (["", "out"], "SOURCE")):
+        result = CliRunner().invoke(main, ["batch", *arguments, "-e", "1"], prog_name="dirac")
+        assert result.exit_code == 2 and result.output == (
+            f"dirac: error: Invalid value for '{name}': it is empty: name a folder (. for the current one) "
+            f"(see: dirac batch --help)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]

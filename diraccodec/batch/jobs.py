@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from diraccodec.batch.storage import Location, is_uri, join, location_of, storage_for
+from diraccodec.batch.storage import Location, is_uri, join, local_path, location_of, storage_for
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import MAX_PIXELS_HINT, DiracError, LimitExceededError
 from diraccodec.image.planes import IMAGE_SUFFIXES
@@ -96,23 +96,25 @@ def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettin
 
 
 def _same_place(location: Location) -> str:
-    """A key that two names of one file share (./p/a.png, /abs/p/a.png, a link to p)."""
-    return str(location) if is_uri(location) else os.path.realpath(location)  # never raises on a link loop
+    """A key that two names of one file share (./p/a.png, /abs/p/a.png, a link to p, file:///abs/p/a.png)."""
+    local = local_path(location)
+    return str(location) if local is None else os.path.realpath(local)  # never raises on a link loop
 
 
 def _inside(destination: Location, source: Location) -> PurePosixPath | None:
     """Where `destination` lies under `source`, relative to it (None: elsewhere, or the same folder)."""
-    if is_uri(destination) != is_uri(source):
+    if (below := local_path(destination)) is not None and (above := local_path(source)) is not None:
+        below, above = Path(os.path.realpath(below)), Path(os.path.realpath(above))
+        return PurePosixPath(below.relative_to(above).as_posix()) if below != above and below.is_relative_to(above) \
+            else None
+    if not (is_uri(destination) and is_uri(source)):  # one here, the other in a store
         return None
-    if is_uri(source):  # the same scheme, host and query (?endpoint_override=...), a path below
-        below, above = urlsplit(str(destination)), urlsplit(str(source))
-        if (below.scheme, below.netloc, below.query) != (above.scheme, above.netloc, above.query):
-            return None
-        lower, upper = unquote(below.path).rstrip("/"), unquote(above.path).rstrip("/")
-        return PurePosixPath(lower[len(upper):].strip("/")) if lower.startswith(upper + "/") else None
-    below, above = Path(os.path.realpath(destination)), Path(os.path.realpath(source))
-    return PurePosixPath(below.relative_to(above).as_posix()) if below != above and below.is_relative_to(above) \
-        else None
+    # two URIs: the same scheme, host and query (?endpoint_override=...), a path below
+    below, above = urlsplit(str(destination)), urlsplit(str(source))
+    if (below.scheme, below.netloc, below.query) != (above.scheme, above.netloc, above.query):
+        return None
+    lower, upper = unquote(below.path).rstrip("/"), unquote(above.path).rstrip("/")
+    return PurePosixPath(lower[len(upper):].strip("/")) if lower.startswith(upper + "/") else None
 
 
 def run_job(job: Job, settings: BatchSettings) -> JobResult:

@@ -9,6 +9,7 @@ runner knows which it has. Local paths stay `Path`s and behave as they always di
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -43,6 +44,18 @@ def location_of(text: str | Path) -> Location:
     return text if is_uri(text) else Path(text)
 
 
+def local_path(location: Location) -> Path | None:
+    """The local file a location names: a path, or a `file://` URI (which pyarrow reads, so
+    the folder guards must see through it: `file:///p` and `/p` are one folder); None for
+    any other URI."""
+    if not is_uri(location):
+        return Path(location)
+    parts = urlsplit(str(location))
+    if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost") or parts.query:
+        return None
+    return Path(unquote(parts.path))
+
+
 def join(folder: Location, relative: str) -> Location:
     """`relative` is a raw name ("a b#1.png"): in a URI it is quoted, and `ArrowStorage.path`
     unquotes it; it joins the URI's path, before any query (`?endpoint_override=...`)."""
@@ -70,9 +83,18 @@ class LocalStorage:
         folder = Path(folder)
         if not folder.is_dir():
             raise DiracError(f"no such folder: {folder}")
-        # a link to nothing is listed, so that its job fails by name rather than vanish unsaid
-        return sorted_relative([p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                                if p.is_file() or (p.is_symlink() and not p.exists())])
+
+        def unreadable(error: OSError) -> None:  # a folder left out unsaid would leave its files unconverted
+            raise DiracError(f"cannot read folder {error.filename}: {error.strerror or error}")
+
+        found = []
+        for parent, _, names in os.walk(folder, onerror=unreadable):  # links to folders are not followed
+            for name in names:
+                path = Path(parent) / name
+                # a link to nothing is listed, so that its job fails by name rather than vanish unsaid
+                if path.is_file() or (path.is_symlink() and not path.exists()):
+                    found.append(path.relative_to(folder).as_posix())
+        return sorted_relative(found)
 
     def read(self, location: Location) -> bytes:
         from diraccodec.image.files import read_bytes

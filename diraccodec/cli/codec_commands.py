@@ -20,6 +20,7 @@ from diraccodec.cli.common import (
     EXIT_SOME_FAILED,
     FileName,
     FileOrStream,
+    FolderName,
     bpp_option,
     check_output,
     check_outputs,
@@ -304,8 +305,8 @@ def restoration_text(support: Support) -> str:
 
 
 @click.command()
-@click.argument("source", type=click.Path(file_okay=False, path_type=str))
-@click.argument("destination", type=click.Path(file_okay=False, path_type=str))
+@click.argument("source", type=FolderName())
+@click.argument("destination", type=FolderName())
 @click.option("-q", "--quality", type=float, default=None,
               help=f"Rate level for images, -1 to 8 (default {DEFAULT_QUALITY:g}).")
 @size_option

@@ -92,6 +92,19 @@ class FileName(click.Path):
         return super().convert(value, param, ctx)
 
 
+class FolderName(click.Path):
+    """A folder's path, or a URI: an empty one (a script's unset variable) is refused, where
+    Path would take it for the current folder and read or write the whole tree there."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False, path_type=str)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "":
+            self.fail("it is empty: name a folder (. for the current one)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class FileOrStream(FileName):
     """A file, or "-" as typed for standard input or output; "./-" stays the file named -."""
 
