@@ -28,6 +28,11 @@ def test_two_inputs_with_one_output_convert_once_and_fail_once(tmp_path, small_i
     assert failed.status == "failed" and "same output as" in failed.message and "photo.jpg" in failed.message
     assert results[str(source / "other.png")].status == "converted"
     assert sorted(p.name for p in destination.iterdir()) == ["other.drc", "photo.drc"]
+    (source / "sub").mkdir()
+    small_image.save(source / "sub" / "other.png")
+    (destination / "sub").symlink_to(".")  # sub/other.drc is other.drc: one output of two inputs
+    later = {Path(job.source).relative_to(source).as_posix(): job for job in plan_jobs(source, destination, settings)}
+    assert later["sub/other.png"].same_output_as == source / "other.png"
 
 
 def test_hidden_files_and_folders_are_left_alone(tmp_path, small_image):

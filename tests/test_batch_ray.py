@@ -248,6 +248,13 @@ def test_an_unreachable_address_fails_in_seconds():
     check_reachable("a-name-without-a-port")  # left to Ray
 
 
+def test_an_empty_address_is_refused_before_ray_starts(photos: Path, tmp_path: Path):
+    code, output = invoked("batch", photos, tmp_path / "out", "--ray", " ", "-q", "2")
+    assert (code, output) == (2, "dirac: error: the Ray address is empty: give HOST:PORT or ray://HOST:PORT, or none "
+                                 "for a local or the configured cluster\n")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("cpus", "gpus", "node_cpus", "device", "workers", "expected"),
     [

@@ -89,7 +89,7 @@ def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettin
         else:
             continue
         job = Job(join(source, relative), join(destination, output.as_posix()))
-        first = first_source.setdefault(str(job.target), job.source)
+        first = first_source.setdefault(_same_place(job.target), job.source)  # a link in the destination too
         jobs.append(job if first == job.source else Job(job.source, job.target, same_output_as=first))
     sources = {_same_place(job.source) for job in jobs}
     return [replace(job, replaces_source=True) if _same_place(job.target) in sources else job for job in jobs]

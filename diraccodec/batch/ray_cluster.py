@@ -146,6 +146,9 @@ def run_batch_on_ray(
 
 def connect(ray: ModuleType, address: str) -> bool:
     """Whether this call connected, and so must disconnect at the end."""
+    if not address.strip():  # `--ray ""`, a script's unset variable
+        raise DiracError("the Ray address is empty: give HOST:PORT or ray://HOST:PORT, or none for a local "
+                         "or the configured cluster")
     if ray.is_initialized():
         return False
     if address != AUTO_ADDRESS:
