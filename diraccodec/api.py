@@ -633,37 +633,45 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
     if ends is not None and lowest < (first_without := math.ceil(ends * grid)) <= highest:
         runs = [(lowest, first_without - 1), (first_without, highest)]
     searches = encoder.search.passes > 0
-    made: dict[tuple[int, bool], bytes] = {}  # the files made so far: several checks ask for the same ones
+    sizes: dict[tuple[int, bool], int] = {}  # of the files made so far: several checks ask for the same ones
+    fitting: dict[tuple[int, bool], bytes] = {}  # those within the target, one of which is the answer
 
-    def size_at(step: int, searched: bool) -> tuple[int, bytes]:
-        if (step, searched) not in made:
-            made[step, searched] = encoder.file(step / grid, searched)
-        return len(made[step, searched]), made[step, searched]
+    def size_at(step: int, searched: bool) -> tuple[int, bytes | None]:
+        """The size of the file at this step, and the file where it fits."""
+        if (step, searched) not in sizes:
+            data = encoder.file(step / grid, searched)
+            sizes[step, searched] = len(data)
+            if len(data) <= target:
+                fitting[step, searched] = data
+        return sizes[step, searched], fitting.get((step, searched))
 
     def highest_fitting(low: int, high: int, searched: bool) -> tuple[int, bytes] | None:
         """The highest grid step in [low, high] whose file fits, with its file; None if none does."""
         best = None
         while low <= high:
             middle = (low + high) // 2
-            length, data = size_at(middle, searched)
-            if length <= target:
+            data = size_at(middle, searched)[1]
+            if data is not None:
                 best, low = (middle, data), middle + 1
             else:
                 high = middle - 1
         return best
 
-    def fitting_in(lowest: int, highest: int) -> tuple[int, bytes] | None:
-        plain = highest_fitting(lowest, highest, searched=False)
-        if not searches or (plain is None and size_at(lowest, searched=True)[0] > target):
-            return plain  # without the search the plain answer is the file; with it, nothing fits
+    def fitting_in(first: int, last: int) -> tuple[int, bytes] | None:
+        """The answer within one run of steps, whose sizes grow with the level."""
+        if size_at(first, searched=False)[0] > target and (not searches or size_at(first, searched=True)[0] > target):
+            return None  # not even the run's smallest file fits: a single trial, not a bisection
+        plain = highest_fitting(first, last, searched=False)
+        if not searches:
+            return plain
         # the searched file at a level is usually a few percent smaller than the plain one (at
         # fine levels it can be a little larger): look around the plain answer, then everywhere
-        start = lowest if plain is None else plain[0]
-        top = min(highest, start + grid // 4)
-        found = highest_fitting(max(lowest, start - grid // 4), top, searched=True)
-        if found is not None and found[0] == top < highest:  # the window's top fits: higher levels may too
-            found = highest_fitting(top + 1, highest, searched=True) or found
-        return found or highest_fitting(lowest, highest, searched=True)
+        start = first if plain is None else plain[0]
+        top = min(last, start + grid // 4)
+        found = highest_fitting(max(first, start - grid // 4), top, searched=True)
+        if found is not None and found[0] == top < last:  # the window's top fits: higher levels may too
+            found = highest_fitting(top + 1, last, searched=True) or found
+        return found or highest_fitting(first, last, searched=True)
 
     for low, high in reversed(runs):
         if (found := fitting_in(low, high)) is not None:

@@ -66,11 +66,22 @@ class LimitExceededError(DiracError):
                       f"to a multiple of {CODED_SIDE}), over twice the limit of {limit}")
 
 
+# what torch's RuntimeErrors say when memory runs out: its CPU allocator's (Linux, Windows),
+# CUDA's outside the caching allocator, cuBLAS's
+OUT_OF_MEMORY_WORDS = ("can't allocate memory", "not enough memory", "CUDA error: out of memory",
+                       "CUBLAS_STATUS_ALLOC_FAILED")
+
+
 def is_out_of_memory(error: BaseException) -> bool:
-    """Python's MemoryError, torch's OutOfMemoryError (CUDA's) or its CPU allocator's
-    RuntimeError: not the input's fault, and never a sign of a corrupt file."""
+    """Python's MemoryError, torch's OutOfMemoryError (CUDA's caching allocator) or a
+    RuntimeError that says memory ran out: not the input's fault, and never a sign of a
+    corrupt file."""
     return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
-            or (isinstance(error, RuntimeError) and "can't allocate memory" in str(error)))
+            or (isinstance(error, RuntimeError) and any(words in str(error) for words in OUT_OF_MEMORY_WORDS)))
+
+
+def out_of_memory_message(error: BaseException) -> str:
+    return f"out of memory ({error})" if str(error) else "out of memory"
 
 
 def counted(number: int, noun: str) -> str:

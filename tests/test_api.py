@@ -18,11 +18,11 @@ import diraccodec
 from diraccodec.cli import main
 from diraccodec.cli.common import parse_size
 from diraccodec.errors import DiracError, ImageReadError, InvalidOptionError
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA, ROOT, saved_as
 
 
 @pytest.mark.parametrize("target", [250, 500, 1000])
-def test_a_size_target_gives_the_largest_file_at_or_under_it(small_image, target):
+def test_a_size_target_gives_the_highest_level_whose_file_fits(small_image, target):
     """The targets lie between the files of levels -1 and 8 (about 120 and 1,350 bytes)."""
     data = diraccodec.encode(small_image, size=target)
     level = diraccodec.inspect(data).header.quality
@@ -325,15 +325,12 @@ def test_decode_reports_its_progress_and_gives_the_same_pixels(small_image):
 
 
 def test_images_opened_from_several_threads_leave_pillow_s_own_limit_as_it_was(small_image):
-    import io
 
     from PIL import Image
 
     from diraccodec.image.planes import open_image
 
-    buffer = io.BytesIO()
-    small_image.save(buffer, format="PNG")
-    data, before = buffer.getvalue(), Image.MAX_IMAGE_PIXELS
+    data, before = saved_as(small_image), Image.MAX_IMAGE_PIXELS
 
     def open_many(limit: int) -> None:
         for _ in range(200):
@@ -429,16 +426,14 @@ def test_a_caller_s_lower_pillow_limit_does_not_refuse_an_image_within_max_pixel
                                                                                     image_format):
     """Pillow checks its limit again as it counts a file's frames and loads its pixels (TIFF,
     GIF): the codec's own limit holds there too, and the caller's is back afterwards."""
-    import io
 
     from PIL import Image
 
-    buffer = io.BytesIO()
-    small_image.save(buffer, format=image_format)
+    image_data = saved_as(small_image, image_format)
     pixels = small_image.width * small_image.height
     callers_limit = pixels // 4
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", callers_limit)
-    data = diraccodec.encode(buffer.getvalue(), 1, effort=1, max_pixels=pixels)
+    data = diraccodec.encode(image_data, 1, effort=1, max_pixels=pixels)
     limit_after = Image.MAX_IMAGE_PIXELS
     assert diraccodec.inspect(data).header.pixels == pixels and limit_after == callers_limit
 

@@ -259,6 +259,7 @@ def test_a_folder_converted_in_place_keeps_its_originals_even_when_overwriting(t
                                                         settings))
     # a file:// URI names the same folder too (pyarrow reads it); a URI elsewhere replaces nothing here
     assert all(job.replaces_source for job in plan_jobs(five_photos, five_photos.as_uri(), settings))
+    assert all(job.replaces_source for job in plan_jobs(five_photos, f"{five_photos.as_uri()}?x=1", settings))
     assert not any(job.replaces_source for job in plan_jobs(five_photos, "s3://bucket" + str(five_photos), settings))
     if importlib.util.find_spec("pyarrow"):  # a URI source is listed through it
         assert all(job.replaces_source for job in plan_jobs(link.as_uri(), five_photos, settings))
@@ -339,18 +340,23 @@ def test_a_folder_the_batch_cannot_read_fails_it_before_any_file_and_an_empty_na
     from diraccodec.cli import main
 
     source = tmp_path / "in"
-    (source / "sub" / "locked").mkdir(parents=True)
+    for folder in ("sub/locked", ".private"):
+        (source / folder).mkdir(parents=True)
+        small_image.save(source / folder / "b.png")
     small_image.save(source / "a.png")
-    small_image.save(source / "sub" / "locked" / "b.png")
     real_scandir = os.scandir
+    refusing = [source / ".private"]  # hidden: left alone, so a batch goes on without it
 
     def refused(path=".", *args, **options):  # as chmod 000 would, which root passes over
-        if Path(path).absolute() == source / "sub" / "locked":
+        if Path(path).absolute() in refusing:
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path, *args, **options)
 
     monkeypatch.setattr(os, "scandir", refused)
     monkeypatch.chdir(tmp_path)
+    assert [Path(job.source).as_posix() for job in plan_jobs("in", "out", BatchSettings())] == \
+        ["in/a.png", "in/sub/locked/b.png"]
+    refusing.append(source / "sub" / "locked")
     result = CliRunner().invoke(main, ["batch", "in", "out", "-e", "1"])
     assert (result.exit_code, result.output) == (2, "dirac: error: cannot read folder in/sub/locked: "
                                                     "Permission denied\n")

@@ -290,6 +290,20 @@ def test_uris_through_pyarrow_give_the_local_paths_outputs(tmp_path: Path, photo
     assert [r.status for r in run_batch(jobs, settings, 1, lambda _: None)].count("skipped") == 3
 
 
+def test_a_uri_with_a_query_converts_both_ways(tmp_path: Path, photos: Path):
+    """The suffix that says what a file is comes from the URI's path, not from after its query."""
+    pytest.importorskip("pyarrow")
+    settings = BatchSettings(quality=2, effort=1)
+    encoded, decoded = f"{(tmp_path / 'encoded').as_uri()}?x=1", f"{(tmp_path / 'decoded').as_uri()}?x=1"
+    jobs = [job for job in plan_jobs(photos, encoded, settings) if Path(job.source).name == "one.png"]
+    assert [r.status for r in run_batch(jobs, settings, 1, lambda _: None)] == ["converted"]
+    back = plan_jobs(encoded, decoded, settings)
+    assert [job.encodes for job in back] == [False]
+    assert [r.status for r in run_batch(back, settings, 1, lambda _: None)] == ["converted"]
+    with Image.open(tmp_path / "decoded" / "one.png") as image, Image.open(photos / "one.png") as original:
+        assert image.size == original.size
+
+
 def test_a_uri_s_query_stays_after_the_names_joined_to_its_path():
     from diraccodec.batch.jobs import _inside
 

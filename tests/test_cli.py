@@ -416,15 +416,22 @@ def test_info_gives_its_fields_as_json(small_drc: Path):
 
 def test_info_shows_a_section_tag_escaped(small_drc: Path, tmp_path: Path):
     """A tag is four bytes the file chose: one that is a terminal's escape sequence is shown, not acted on."""
+    import json
+
     from diraccodec.container import drc
 
     parsed = drc.unpack(small_drc.read_bytes())
     parsed.sections[b"\x1b[2J"] = b"x"  # clear the screen; optional (not upper case), so the file stays valid
+    parsed.sections[b"\t\\ta"], parsed.sections[b"\\t\ta"] = b"yy", b"zzz"  # two tags, shown apart
     (tmp_path / "odd.drc").write_bytes(drc.pack(parsed))
     for options in ([], ["--json"]):
         result = dirac("info", tmp_path / "odd.drc", *options)
         assert result.returncode == 0 and "\x1b" not in result.stdout, result.stderr
-        assert ("\\x1b[2J (1 B)" if not options else '"\\\\x1b[2J": 1') in result.stdout
+        if options:
+            assert json.loads(result.stdout)["sections"] == {"LATS": len(parsed.sections[b"LATS"]), "\\x1b[2J": 1,
+                                                             "\\t\\\\ta": 2, "\\\\t\\ta": 3}
+        else:
+            assert "\\x1b[2J (1 B), \\t\\\\ta (2 B), \\\\t\\ta (3 B)" in result.stdout
 
 
 def test_info_of_several_files_shows_each_and_names_the_one_it_cannot_read(small_drc: Path, small_png: Path):

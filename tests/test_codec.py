@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import os
 import subprocess
 import sys
@@ -200,9 +199,7 @@ def test_a_profile_stored_as_it_is_still_decodes_and_a_corrupt_one_fails_in_one_
 def test_exif_orientation_is_applied_on_encode(small_image):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    buffer = io.BytesIO()
-    small_image.save(buffer, format="JPEG", quality=95, exif=exif)
-    decoded = diraccodec.decode(diraccodec.encode(buffer.getvalue(), 6))
+    decoded = diraccodec.decode(diraccodec.encode(saved_as(small_image, "JPEG", quality=95, exif=exif), 6))
     assert decoded.size == (small_image.height, small_image.width)
     upright = small_image.transpose(Image.Transpose.ROTATE_270)
     assert psnr(upright, decoded) > 20

@@ -180,9 +180,7 @@ def test_other_formats_still_open_and_save(small_image):
     with Image.open(SAMPLE) as png:
         assert png.format == "PNG" and png.size == (384, 256)
         png.load()
-    buffer = io.BytesIO()
-    small_image.save(buffer, format="PNG")
-    with Image.open(buffer) as again:
+    with Image.open(io.BytesIO(saved_as(small_image))) as again:
         assert np.array_equal(np.asarray(again), np.asarray(small_image))
     assert Image.registered_extensions()[".drc"] == "DRC"
 

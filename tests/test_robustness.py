@@ -652,9 +652,7 @@ def test_a_transparent_colour_becomes_alpha(tmp_path):
              (Image.fromarray(grey.astype(np.uint16) * 257), 16 * 257, "LA"),
              (Image.fromarray(np.dstack([grey] * 3)), (16, 16, 16), "RGBA")]
     for image, colour, mode in cases:
-        buffer = io.BytesIO()
-        image.save(buffer, "PNG", transparency=colour)
-        decoded = diraccodec.decode(diraccodec.encode(buffer.getvalue(), 2, effort=1))
+        decoded = diraccodec.decode(diraccodec.encode(saved_as(image, transparency=colour), 2, effort=1))
         assert decoded.mode == mode, image.mode
         alpha = np.asarray(decoded.getchannel("A"))
         assert (alpha[:, 2] == 0).all() and (np.delete(alpha, 2, axis=1) == 255).all(), image.mode
@@ -680,11 +678,9 @@ def test_an_image_object_is_turned_upright_as_a_file_is(small_image):
     """The API and the Pillow plugin take PIL images: their EXIF orientation is applied too."""
     exif = Image.Exif()
     exif[0x0112] = 6  # turned 90 degrees clockwise to view
-    buffer = io.BytesIO()
-    small_image.save(buffer, "JPEG", exif=exif, quality=95)
-    opened = Image.open(buffer)
-    from_object = diraccodec.decode(diraccodec.encode(opened, 2, effort=1, metadata=False))
-    from_bytes = diraccodec.decode(diraccodec.encode(buffer.getvalue(), 2, effort=1, metadata=False))
+    jpeg = saved_as(small_image, "JPEG", exif=exif, quality=95)
+    from_object = diraccodec.decode(diraccodec.encode(Image.open(io.BytesIO(jpeg)), 2, effort=1, metadata=False))
+    from_bytes = diraccodec.decode(diraccodec.encode(jpeg, 2, effort=1, metadata=False))
     assert from_object.size == from_bytes.size == (small_image.height, small_image.width)
     assert np.array_equal(np.asarray(from_object), np.asarray(from_bytes))
     tiff = io.BytesIO()
@@ -865,6 +861,17 @@ def test_running_out_of_memory_is_not_called_a_corrupt_file_and_the_command_says
     result = CliRunner().invoke(main, ["decode", str(tmp_path / "in.drc"), "-o", str(tmp_path / "out.png")])
     assert (result.exit_code, result.output) == (1, f"dirac: error: out of memory ({CPU_ALLOCATION_FAILURE})\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.drc"]
+    from diraccodec.batch import BatchSettings
+    from diraccodec.batch.jobs import Job, run_job
+    from diraccodec.errors import is_out_of_memory
+
+    monkeypatch.setattr(api, "decode", lambda *args, **options: allocation_fails())
+    failed = run_job(Job(tmp_path / "in.drc", tmp_path / "out.png"), BatchSettings())
+    assert (failed.status, failed.message) == ("failed", f"out of memory ({CPU_ALLOCATION_FAILURE})")
+    assert all(is_out_of_memory(RuntimeError(words)) for words in (
+        "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes"))
+    assert not is_out_of_memory(RuntimeError("Expected all tensors to be on the same device"))
     for error in (MemoryError(), RuntimeError("an unrelated fault")):  # a fault stays one, traceback and all
         monkeypatch.setattr(api, "decode", lambda *args, error=error, **options: (_ for _ in ()).throw(error))
         result = CliRunner().invoke(main, ["decode", str(tmp_path / "in.drc"), "-o", str(tmp_path / "out.png")])

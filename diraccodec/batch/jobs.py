@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from diraccodec.batch.storage import Location, is_uri, join, local_path, location_of, storage_for
+from diraccodec.batch.storage import Location, is_uri, join, local_path, location_of, path_of, storage_for
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
-from diraccodec.errors import MAX_PIXELS_HINT, DiracError, LimitExceededError
+from diraccodec.errors import MAX_PIXELS_HINT, DiracError, LimitExceededError, is_out_of_memory, out_of_memory_message
 from diraccodec.image.planes import IMAGE_SUFFIXES
 from diraccodec.options import AUTO, DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEFAULT_QUALITY
 
@@ -55,7 +55,7 @@ class Job:
 
     @property
     def encodes(self) -> bool:
-        return PurePosixPath(str(self.source)).suffix.lower() != DRC_SUFFIX
+        return path_of(self.source).suffix.lower() != DRC_SUFFIX
 
 
 @dataclass
@@ -143,7 +143,7 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
         image = api.decode(data, settings.steps, settings.seed, weights=settings.weights,
                            diffusion_weights=settings.diffusion_weights, device=settings.device, exact=settings.exact,
                            max_pixels=settings.max_pixels, restore=settings.restore)
-        output = image_bytes(image, image_format_for(Path(str(job.target))), settings.png_compression)
+        output = image_bytes(image, image_format_for(Path(path_of(job.target))), settings.png_compression)
         target.write_atomic(job.target, output)
         return JobResult(job, "converted", "", len(data), len(output), image.width * image.height)
     except LimitExceededError as error:
@@ -151,6 +151,8 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
     except DiracError as error:
         return JobResult(job, "failed", str(error))
     except Exception as error:
+        if is_out_of_memory(error):
+            return JobResult(job, "failed", out_of_memory_message(error))
         return JobResult(job, "failed", f"unexpected {type(error).__name__}: {error}")
 
 

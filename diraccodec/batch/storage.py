@@ -45,15 +45,20 @@ def location_of(text: str | Path) -> Location:
 
 
 def local_path(location: Location) -> Path | None:
-    """The local file a location names: a path, or a `file://` URI (which pyarrow reads, so
-    the folder guards must see through it: `file:///p` and `/p` are one folder); None for
-    any other URI."""
+    """The local file a location names: a path, or a `file://` URI (which pyarrow reads, its
+    query and fragment ignored, so the folder guards must see through it: `file:///p?x=1` and
+    `/p` are one folder); None for any other URI."""
     if not is_uri(location):
         return Path(location)
     parts = urlsplit(str(location))
-    if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost") or parts.query:
+    if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost"):
         return None
     return Path(unquote(parts.path))
+
+
+def path_of(location: Location) -> PurePosixPath:
+    """The path part of a location, whose suffix says what a file is (a URI's query is not in it)."""
+    return PurePosixPath(unquote(urlsplit(str(location)).path) if is_uri(location) else Path(location).as_posix())
 
 
 def join(folder: Location, relative: str) -> Location:
@@ -85,7 +90,9 @@ class LocalStorage:
             raise DiracError(f"no such folder: {folder}")
 
         def unreadable(error: OSError) -> None:  # a folder left out unsaid would leave its files unconverted
-            raise DiracError(f"cannot read folder {error.filename}: {error.strerror or error}")
+            hidden = any(part.startswith(".") for part in Path(error.filename).relative_to(folder).parts)
+            if not hidden:  # a batch leaves hidden folders alone (jobs.plan_jobs)
+                raise DiracError(f"cannot read folder {error.filename}: {error.strerror or error}")
 
         found = []
         for parent, _, names in os.walk(folder, onerror=unreadable):  # links to folders are not followed

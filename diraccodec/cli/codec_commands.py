@@ -236,9 +236,9 @@ def info_text(source: Path, as_json: bool, max_pixels: int) -> str:
     header = details.header
     reads_as = api.installed_reader(header.weights_id)
     reading_note = "" if reads_as == header.weights_id else f" (read by the installed {reads_as.hex()}: the same model)"
-    # a tag is four bytes the file chose: shown escaped, so that one cannot act on a terminal
-    sections = {one_line(tag.decode("ascii", "backslashreplace")): len(payload)
-                for tag, payload in header.sections.items()}
+    # a tag is four bytes the file chose: shown as Python writes bytes, escaped (a terminal's
+    # escape sequence cannot act) and each its own (a backslash is escaped too)
+    sections = {repr(tag)[2:-1]: len(payload) for tag, payload in header.sections.items()}
     split, profile = stream_split(data, max_pixels), describe_profile(details.icc_profile)
     diffusion = diffusion_text(api.diffusion_support(reads_as))
     restoration = restoration_text(api.restoration_support(reads_as))

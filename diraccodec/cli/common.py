@@ -27,6 +27,7 @@ from diraccodec.errors import (
     Terminated,
     is_out_of_memory,
     one_line,
+    out_of_memory_message,
 )
 from diraccodec.options import DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEVICE_CHOICES, EFFORT_PASSES, MAX_STEPS
 
@@ -323,7 +324,7 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except (MemoryError, RuntimeError) as error:
             if not is_out_of_memory(error):
                 raise  # a fault, shown whole
-            click.echo(one_line(f"dirac: error: out of memory{f' ({error})' if str(error) else ''}"), err=True)
+            click.echo(one_line(f"dirac: error: {out_of_memory_message(error)}"), err=True)
             sys.exit(EXIT_SOME_FAILED)
         except KeyboardInterrupt as interruption:
             report_interruption(interruption)

@@ -54,6 +54,9 @@ def read_checked(stream: BinaryIO, check_start: Callable[[bytes], None] | None, 
         return stream.read()
     start = stream.read(start_bytes)
     check_start(start)
+    if stream.seekable():  # read whole again: joining the start to the rest would copy the file
+        stream.seek(-len(start), os.SEEK_CUR)
+        return stream.read()
     return start + stream.read()
 
 
