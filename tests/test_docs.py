@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shlex
+import warnings
 from pathlib import Path
 
 import click
@@ -64,3 +66,43 @@ def test_every_option_is_in_the_command_s_reference(path: tuple[str, ...], comma
     missing = [max(parameter.opts, key=len) for parameter in command.params if isinstance(parameter, click.Option)
                and not any(named(option) for option in parameter.opts + parameter.secondary_opts)]
     assert not missing, f"dirac {' '.join(path)}: {', '.join(missing)} not in its reference"
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """Every `dirac ...` command line in the docs' and the README's code blocks (a line's
+    continuations joined, commands after `&&`, `|` or `;` apart), with its page; synopsis
+    lines (`[OPTIONS]`, `(-q LEVEL | ...)`, `...`) left out."""
+    found = []
+    for page in [*sorted(DOCS.glob("*.md")), DOCS.parent / "README.md"]:
+        for block in re.findall(r"^```(?:sh|bash|console)?\n(.*?)^```", page.read_text(), re.M | re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                for command in re.split(r"\s*(?:&&|\|\|?|;)\s*", line.strip().removeprefix("$ ")):
+                    if command.startswith("dirac ") and not re.search(r"\[[A-Z.]+\]|\(-|\.\.\.(\s|$)", command):
+                        found.append((page.name, command))
+    return found
+
+
+@pytest.mark.parametrize(("page", "command"), documented_commands())
+def test_every_documented_command_line_parses(page: str, command: str) -> None:
+    """Its command, options and values as the parser takes them: an option renamed or dropped
+    would leave a command in the docs that fails. Files the line names need not exist here."""
+    words = shlex.split(command, comments=True)[1:]
+    context = main.make_context("dirac", words)
+    group: click.Command = main
+    rest = unparsed(context)
+    while isinstance(group, click.Group):
+        name, group, rest = group.resolve_command(context, rest)
+        assert group is not None, command
+        try:
+            context = group.make_context(name, rest, parent=context)
+        except click.BadParameter as error:
+            assert "does not exist" in error.message, f"{page}: {command}: {error.format_message()}"
+            return
+        rest = unparsed(context)
+
+
+def unparsed(context: click.Context) -> list[str]:
+    """What a group's parse leaves for its command (click 9 keeps it all in `args`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return [*getattr(context, "protected_args", []), *context.args]
