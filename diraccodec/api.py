@@ -657,13 +657,16 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
                 high = middle - 1
         return best
 
-    def fitting_in(first: int, last: int) -> tuple[int, bytes] | None:
-        """The answer within one run of steps, whose sizes grow with the level."""
-        if size_at(first, searched=False)[0] > target and (not searches or size_at(first, searched=True)[0] > target):
-            return None  # not even the run's smallest file fits: a single trial, not a bisection
+    def fitting_in(first: int, last: int, likely: bool) -> tuple[int, bytes] | None:
+        """The answer within one run of steps, whose sizes grow with the level. A run that is
+        tried only because a higher one had no room (not `likely`) is first tried at its
+        smallest file: where that does not fit, one trial saves a bisection."""
+        if not likely and size_at(first, searched=False)[0] > target and \
+                (not searches or size_at(first, searched=True)[0] > target):
+            return None
         plain = highest_fitting(first, last, searched=False)
-        if not searches:
-            return plain
+        if not searches or (plain is None and size_at(first, searched=True)[0] > target):
+            return plain  # without the search the plain answer is the file; with it, nothing fits
         # the searched file at a level is usually a few percent smaller than the plain one (at
         # fine levels it can be a little larger): look around the plain answer, then everywhere
         start = first if plain is None else plain[0]
@@ -673,8 +676,8 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
             found = highest_fitting(top + 1, last, searched=True) or found
         return found or highest_fitting(first, last, searched=True)
 
-    for low, high in reversed(runs):
-        if (found := fitting_in(low, high)) is not None:
+    for index, (low, high) in enumerate(reversed(runs)):
+        if (found := fitting_in(low, high, likely=index == 0)) is not None:
             return found[1]
     smallest_size, smallest_step = min((size_at(low, searches)[0], low) for low, _ in runs)
     raise InvalidOptionError(f"a target of {counted(target, 'byte')} is below the smallest file at level "

@@ -81,7 +81,9 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def out_of_memory_message(error: BaseException) -> str:
-    return f"out of memory ({error})" if str(error) else "out of memory"
+    """"out of memory", and the error's first line (CUDA's go on with debugging advice)."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"out of memory ({first})" if first else "out of memory"
 
 
 def counted(number: int, noun: str) -> str:

@@ -85,8 +85,21 @@ def test_size_targets_search_the_levels_with_and_without_the_map_apart():
     def file(level: float, searched: bool = True) -> bytes:  # the map adds 450 bytes below level 3
         return bytes(round((level + 2) * 100 + (450 if level < 3 else 0)))
 
-    encoder = SimpleNamespace(file=file, search=SimpleNamespace(passes=0), map_ends_at=lambda: 3.0)
+    tried = []
+
+    def counted(level: float, searched: bool = True) -> bytes:
+        tried.append(level)
+        return file(level, searched)
+
+    encoder = SimpleNamespace(file=counted, search=SimpleNamespace(passes=0), map_ends_at=lambda: 3.0)
     assert api.encode_to_size(encoder, 520, num_levels=8) == file(3.2)  # the highest level that fits
+    assert len(tried) <= 11  # a bisection of levels 3-8 (1,280 grid steps), no trial of the levels below
+    tried.clear()
+    assert api.encode_to_size(encoder, 555, num_levels=8) == file(3.55)
+    tried.clear()
+    with pytest.raises(InvalidOptionError):
+        api.encode_to_size(encoder, 100, num_levels=8)
+    assert len(tried) <= 11 + 1  # below: a bisection of levels 3-8, then one trial of level -1
     assert api.encode_to_size(encoder, 560, num_levels=8) == file(3.6)  # not level -0.9, whose file fits too
     with pytest.raises(InvalidOptionError, match=r"below the smallest file at level 3 \(500 bytes\)"):
         api.encode_to_size(encoder, 499, num_levels=8)
@@ -123,13 +136,12 @@ def test_a_bad_size_fails_before_the_analysis(small_image, monkeypatch):
 def test_numpy_numbers_and_bytes_like_inputs_are_taken(small_image):
     data = diraccodec.encode(small_image, 3, effort=1)
     assert diraccodec.encode(small_image, np.float32(3), effort=np.int64(1)) == data
-    png = io.BytesIO()
-    small_image.save(png, format="PNG")
-    assert diraccodec.encode(bytearray(png.getvalue()), 3, effort=1) == data
-    assert diraccodec.encode(memoryview(png.getvalue()), 3, effort=1) == data
-    assert diraccodec.encode(io.BytesIO(png.getvalue()), 3, effort=1) == data  # a file object
-    assert diraccodec.encode(np.frombuffer(png.getvalue(), np.uint8), 3, effort=1) == data
-    assert diraccodec.encode(np.frombuffer(png.getvalue(), np.uint8)[:, None], 3, effort=1) == data  # cv2.imencode's
+    png = saved_as(small_image)
+    assert diraccodec.encode(bytearray(png), 3, effort=1) == data
+    assert diraccodec.encode(memoryview(png), 3, effort=1) == data
+    assert diraccodec.encode(io.BytesIO(png), 3, effort=1) == data  # a file object
+    assert diraccodec.encode(np.frombuffer(png, np.uint8), 3, effort=1) == data
+    assert diraccodec.encode(np.frombuffer(png, np.uint8)[:, None], 3, effort=1) == data  # cv2.imencode's
     pixels = np.asarray(diraccodec.decode(data, 0))
     for same in (bytearray(data), memoryview(data), np.frombuffer(data, np.uint8)):
         assert np.array_equal(np.asarray(diraccodec.decode(same, np.int64(0), np.int64(5))), pixels)
@@ -197,13 +209,12 @@ def test_a_pil_image_that_cannot_be_read_is_an_image_read_error(small_image):
     closed.close()
     with pytest.raises(ImageReadError, match=r"^cannot read the image: Operation on closed image$"):
         diraccodec.encode(closed, 3, effort=1)
-    png = io.BytesIO()
-    small_image.save(png, format="PNG")
-    with Image.open(io.BytesIO(png.getvalue())) as unread:
+    png = saved_as(small_image)
+    with Image.open(io.BytesIO(png)) as unread:
         pass  # closed before its pixels were read
     with pytest.raises(ImageReadError, match=r"^cannot read the image: its file was closed before its pixels "):
         diraccodec.encode(unread, 3, effort=1)
-    lazily = Image.open(io.BytesIO(png.getvalue()[:-200]))  # its header read, its pixels not yet
+    lazily = Image.open(io.BytesIO(png[:-200]))  # its header read, its pixels not yet
     with pytest.raises(ImageReadError, match=r"^cannot read image photo: image file is truncated"):
         diraccodec.encode(lazily, 3, effort=1, label="photo")
 
@@ -325,7 +336,6 @@ def test_decode_reports_its_progress_and_gives_the_same_pixels(small_image):
 
 
 def test_images_opened_from_several_threads_leave_pillow_s_own_limit_as_it_was(small_image):
-
     from PIL import Image
 
     from diraccodec.image.planes import open_image

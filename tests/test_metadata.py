@@ -17,7 +17,7 @@ from diraccodec.container import drc
 from diraccodec.errors import CorruptFileError, InvalidOptionError
 from diraccodec.image.files import image_bytes
 from diraccodec.image.metadata import MAX_METADATA_BYTES, Metadata, inflate, read_metadata
-from tests.conftest import DATE_ORIGINAL, MAKE, ORIENTATION, XMP, camera_jpeg, exif_with_thumbnail, parsed
+from tests.conftest import DATE_ORIGINAL, MAKE, ORIENTATION, XMP, camera_jpeg, exif_with_thumbnail, parsed, saved_as
 
 
 def test_the_hand_written_exif_is_what_a_camera_writes(small_image):
@@ -48,18 +48,15 @@ def test_exif_and_xmp_are_carried_upright_and_without_the_thumbnail(small_image)
 def test_a_tiffs_descriptive_tags_are_its_exif_and_its_layout_is_not(small_image):
     camera = parsed(exif_with_thumbnail(6)[6:])  # make, orientation 6 and the Exif IFD; Pillow drops IFD1
     camera[0x8298] = "Someone"  # Copyright
-    tiff = io.BytesIO()
-    small_image.save(tiff, "TIFF", exif=camera)
-    data = diraccodec.encode(tiff.getvalue(), 1, effort=1)
+    data = diraccodec.encode(saved_as(small_image, "TIFF", exif=camera), 1, effort=1)
     decoded = diraccodec.decode(data)
     assert decoded.size == (small_image.height, small_image.width)  # turned upright, as a JPEG is
     tags = parsed(decoded.info["exif"])
     assert tags[MAKE] == "Cam" and tags[0x8298] == "Someone" and ORIENTATION not in tags
     assert tags.get_ifd(ExifTags.IFD.Exif)[DATE_ORIGINAL] == "2026:01:02 03:04:05"
     assert not {0x0100, 0x0103, 0x0111, 0x0117} & set(tags)  # width, compression, strips: the TIFF's own
-    plain = io.BytesIO()
-    small_image.save(plain, "TIFF")  # layout tags alone: nothing to carry
-    assert drc.TAG_EXIF not in drc.unpack(diraccodec.encode(plain.getvalue(), 1, effort=1)).sections
+    plain = saved_as(small_image, "TIFF")  # layout tags alone: nothing to carry
+    assert drc.TAG_EXIF not in drc.unpack(diraccodec.encode(plain, 1, effort=1)).sections
 
 
 def test_metadata_false_leaves_both_out(small_image):

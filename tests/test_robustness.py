@@ -713,9 +713,8 @@ def test_damaged_inputs_outputs_and_limits_are_one_line_errors(tmp_path, small_i
     result = runner.invoke(main, ["encode", str(tmp_path / "a.tif"), "-q", "2", "-o", str(tmp_path / "c.drc"),
                                   "--max-pixels", "1"])
     assert result.exit_code == 2 and "exceeds the limit of 1 pixel (raise it" in result.output, result.output
-    png = io.BytesIO()
-    small_image.save(png, "PNG")
-    for cut, kind in ((png.getvalue()[:8], "PNG"), (png.getvalue()[:33], "PNG"),  # its signature; and IHDR
+    png = saved_as(small_image)
+    for cut, kind in ((png[:8], "PNG"), (png[:33], "PNG"),  # its signature; and IHDR
                       (b"RIFF\x04\x00\x00\x00WEBP", "WebP"), (b"\xff\xd8\xff", "JPEG"),
                       (b"BM\x46\x00\x00\x00\x00\x00\x00\x00", "BMP")):
         (tmp_path / "cut").write_bytes(cut)
@@ -835,6 +834,15 @@ def test_a_large_input_of_another_kind_is_refused_from_its_first_bytes(tmp_path)
     with pytest.raises(NotADrcFileError, match=r"^not a \.drc file \(bad magic bytes\)$"):
         read_bytes(Path("/dev/zero"), drc.check_start, drc.START_BYTES)
     assert list(tmp_path.iterdir()) == []
+    import tracemalloc
+
+    large = tmp_path / "large.drc"  # passes the check: read whole, once (the start joined to the rest is a copy)
+    large.write_bytes(drc.MAGIC + bytes(20_000_000))
+    tracemalloc.start()
+    data = read_bytes(large, drc.check_start, drc.START_BYTES)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert data == large.read_bytes() and peak < 1.5 * len(data)
 
 
 CPU_ALLOCATION_FAILURE = ("DefaultCPUAllocator: can't allocate memory: you tried to allocate 32000000000 bytes. "
@@ -872,6 +880,10 @@ def test_running_out_of_memory_is_not_called_a_corrupt_file_and_the_command_says
         "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
         "DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes"))
     assert not is_out_of_memory(RuntimeError("Expected all tensors to be on the same device"))
+    from diraccodec.errors import out_of_memory_message
+
+    assert out_of_memory_message(RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously "
+                                              "reported")) == "out of memory (CUDA error: out of memory)"
     for error in (MemoryError(), RuntimeError("an unrelated fault")):  # a fault stays one, traceback and all
         monkeypatch.setattr(api, "decode", lambda *args, error=error, **options: (_ for _ in ()).throw(error))
         result = CliRunner().invoke(main, ["decode", str(tmp_path / "in.drc"), "-o", str(tmp_path / "out.png")])

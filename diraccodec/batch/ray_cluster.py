@@ -146,9 +146,7 @@ def run_batch_on_ray(
 
 def connect(ray: ModuleType, address: str) -> bool:
     """Whether this call connected, and so must disconnect at the end."""
-    if not address.strip():  # `--ray ""`, a script's unset variable
-        raise DiracError("the Ray address is empty: give HOST:PORT or ray://HOST:PORT, or none for a local "
-                         "or the configured cluster")
+    check_address(address)
     if ray.is_initialized():
         return False
     if address != AUTO_ADDRESS:
@@ -166,6 +164,13 @@ def connect(ray: ModuleType, address: str) -> bool:
         if ours is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, ours)
     return True
+
+
+def check_address(address: str) -> None:
+    """Refuse an empty address (`--ray ""`, a script's unset variable), before any work."""
+    if not address.strip():
+        raise DiracError("the Ray address is empty: give HOST:PORT or ray://HOST:PORT, or none for a local "
+                         "or the configured cluster")
 
 
 def check_reachable(address: str) -> None:

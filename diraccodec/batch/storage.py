@@ -45,15 +45,13 @@ def location_of(text: str | Path) -> Location:
 
 
 def local_path(location: Location) -> Path | None:
-    """The local file a location names: a path, or a `file://` URI (which pyarrow reads, its
-    query and fragment ignored, so the folder guards must see through it: `file:///p?x=1` and
-    `/p` are one folder); None for any other URI."""
+    """The local file a location names: a path, or a `file:///` URI, which pyarrow reads as
+    that path (its query and fragment ignored), so the folder guards must see through it:
+    `file:///p?x=1` and `/p` are one folder. None for any other URI (pyarrow refuses
+    `file://host/p` and `FILE:///p`)."""
     if not is_uri(location):
         return Path(location)
-    parts = urlsplit(str(location))
-    if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost"):
-        return None
-    return Path(unquote(parts.path))
+    return Path(path_of(location)) if str(location).startswith("file:///") else None
 
 
 def path_of(location: Location) -> PurePosixPath:

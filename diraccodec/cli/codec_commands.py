@@ -352,13 +352,17 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
     if size_text is None and bpp is None and quality is None:
         quality = DEFAULT_QUALITY
     rate = rate_target(quality, size_text, bpp)
+    if ray_address is not None:
+        from diraccodec.batch.ray_cluster import check_address
+
+        check_address(ray_address)
     # a destination that cannot be written fails now, not once per file (Ray's workers write elsewhere)
     if not is_uri(destination) and ray_address is None:
         check_writable_folder(Path(destination))
     elif is_uri(destination):  # a missing bucket or refused credentials: said once, here
         storage_for(destination).exists(destination)
     # check the options once, before any worker (on the CPU with --ray: the head node may have no GPU)
-    codec = api.get_codec(weights, api.compute_for("cpu" if ray_address else device, exact))
+    codec = api.get_codec(weights, api.compute_for("cpu" if ray_address is not None else device, exact))
     if "quality" in rate:
         api.check_quality(quality, codec.num_levels)
     settings = BatchSettings(quality if quality is not None else DEFAULT_QUALITY, steps, seed, decoded_suffix,

@@ -34,7 +34,7 @@ def read_bytes(path: Path, check_start: Callable[[bytes], None] | None = None, s
     """The file's bytes; `check_start` sees its first `start_bytes` before the rest is read
     (and may raise), so that a large file of the wrong kind is refused without reading it whole."""
     try:
-        with open(path, "rb") as stream:
+        with open(path, "rb", buffering=0) as stream:  # unbuffered: read_checked reads it whole once
             return read_checked(stream, check_start, start_bytes)
     except DiracError:  # check_start's (some are OSErrors too)
         raise
@@ -49,12 +49,14 @@ def read_bytes(path: Path, check_start: Callable[[bytes], None] | None = None, s
 
 
 def read_checked(stream: BinaryIO, check_start: Callable[[bytes], None] | None, start_bytes: int) -> bytes:
-    """What is left in `stream`, its first `start_bytes` shown to `check_start` before the rest is read."""
+    """What is left in `stream`, its first `start_bytes` shown to `check_start` before the rest
+    is read. An unbuffered file is read again from there, in one piece: the start joined to
+    the rest would be a copy of the file (a pipe's bytes are joined: they cannot be read again)."""
     if check_start is None:
         return stream.read()
     start = stream.read(start_bytes)
     check_start(start)
-    if stream.seekable():  # read whole again: joining the start to the rest would copy the file
+    if isinstance(stream, io.RawIOBase) and stream.seekable():
         stream.seek(-len(start), os.SEEK_CUR)
         return stream.read()
     return start + stream.read()
