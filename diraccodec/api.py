@@ -657,12 +657,12 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
                 high = middle - 1
         return best
 
-    def fitting_in(first: int, last: int, likely: bool) -> tuple[int, bytes] | None:
-        """The answer within one run of steps, whose sizes grow with the level. A run that is
-        tried only because a higher one had no room (not `likely`) is first tried at its
-        smallest file: where that does not fit, one trial saves a bisection."""
-        if not likely and size_at(first, searched=False)[0] > target and \
-                (not searches or size_at(first, searched=True)[0] > target):
+    def fitting_in(first: int, last: int) -> tuple[int, bytes] | None:
+        """The answer within one run of steps, whose sizes grow with the level. The run's
+        smallest file is tried first: where it does not fit, one trial saves a bisection (a
+        target below level 3 is the common low-rate case), and where it does, the bisection
+        costs one trial more."""
+        if size_at(first, searched=False)[0] > target and (not searches or size_at(first, searched=True)[0] > target):
             return None
         plain = highest_fitting(first, last, searched=False)
         if not searches or (plain is None and size_at(first, searched=True)[0] > target):
@@ -676,8 +676,8 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
             found = highest_fitting(top + 1, last, searched=True) or found
         return found or highest_fitting(first, last, searched=True)
 
-    for index, (low, high) in enumerate(reversed(runs)):
-        if (found := fitting_in(low, high, likely=index == 0)) is not None:
+    for low, high in reversed(runs):
+        if (found := fitting_in(low, high)) is not None:
             return found[1]
     smallest_size, smallest_step = min((size_at(low, searches)[0], low) for low, _ in runs)
     raise InvalidOptionError(f"a target of {counted(target, 'byte')} is below the smallest file at level "

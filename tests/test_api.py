@@ -82,8 +82,9 @@ def test_size_targets_search_the_levels_with_and_without_the_map_apart():
 
     from diraccodec import api
 
-    def file(level: float, searched: bool = True) -> bytes:  # the map adds 450 bytes below level 3
-        return bytes(round((level + 2) * 100 + (450 if level < 3 else 0)))
+    def file(level: float, searched: bool = True) -> bytes:  # the map adds 350 bytes below level 3
+        size = round((level + 2) * 100 + (350 if level < 3 else 0))
+        return f"{level:.4f}".encode().ljust(size, b"\0")  # which level made it, and its size
 
     tried = []
 
@@ -91,18 +92,23 @@ def test_size_targets_search_the_levels_with_and_without_the_map_apart():
         tried.append(level)
         return file(level, searched)
 
+    def answer(target: int) -> float:
+        """The level of the file the search gives, checked to be the highest of its run that fits."""
+        data = api.encode_to_size(encoder, target, num_levels=8)
+        level = float(data.rstrip(b"\0"))
+        assert len(data) <= target < len(file(level + 1 / 256)) or level == 8
+        return level
+
     encoder = SimpleNamespace(file=counted, search=SimpleNamespace(passes=0), map_ends_at=lambda: 3.0)
-    assert api.encode_to_size(encoder, 520, num_levels=8) == file(3.2)  # the highest level that fits
-    assert len(tried) <= 11  # a bisection of levels 3-8 (1,280 grid steps), no trial of the levels below
+    assert 3.1 < answer(520) < 3.3  # not about -0.3, whose file fits too
+    assert len(tried) <= 1 + 11  # level 3, a bisection of levels 3-8 (1,280 grid steps), none of the levels below
     tried.clear()
-    assert api.encode_to_size(encoder, 555, num_levels=8) == file(3.55)
+    assert -0.8 < answer(480) < -0.6  # only the levels below have room
+    assert len(tried) <= 1 + 1 + 10  # level 3, level -1, a bisection of levels -1 to 3 (1,024 grid steps)
     tried.clear()
-    with pytest.raises(InvalidOptionError):
-        api.encode_to_size(encoder, 100, num_levels=8)
-    assert len(tried) <= 11 + 1  # below: a bisection of levels 3-8, then one trial of level -1
-    assert api.encode_to_size(encoder, 560, num_levels=8) == file(3.6)  # not level -0.9, whose file fits too
-    with pytest.raises(InvalidOptionError, match=r"below the smallest file at level 3 \(500 bytes\)"):
-        api.encode_to_size(encoder, 499, num_levels=8)
+    with pytest.raises(InvalidOptionError, match=r"below the smallest file at level -1 \(450 bytes\)"):
+        api.encode_to_size(encoder, 449, num_levels=8)
+    assert len(tried) == 2  # the smallest file of each run
 
 
 def test_targets_below_the_smallest_file_and_bad_rates_are_clear_errors(small_image):
