@@ -366,3 +366,33 @@ def test_a_folder_the_batch_cannot_read_fails_it_before_any_file_and_an_empty_na
             f"dirac: error: Invalid value for '{name}': it is empty: name a folder (. for the current one) "
             f"(see: dirac batch --help)\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_a_pipe_where_an_output_goes_fails_that_file_rather_than_wait_for_a_reader(tmp_path, small_image):
+    source, destination = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    destination.mkdir()
+    small_image.save(source / "a.png")
+    small_image.save(source / "b.png")
+    os.mkfifo(destination / "a.drc")
+    reader = os.open(destination / "a.drc", os.O_RDONLY | os.O_NONBLOCK)  # a write into it fails the test, not hangs
+    for overwrite in (False, True):
+        settings = BatchSettings(quality=1, effort=1, overwrite=overwrite)
+        results = {Path(r.job.source).name: r for r in run_batch(plan_jobs(source, destination, settings), settings,
+                                                                   1, lambda result: None)}
+        assert results["a.png"].status == "failed", overwrite
+        assert results["a.png"].message == f"cannot write {destination / 'a.drc'}: it is a pipe or a device, not a file"
+        assert results["b.png"].status in ("converted", "skipped")
+    os.close(reader)
+
+
+def test_links_to_files_are_converted_and_links_to_folders_not_followed(tmp_path, small_image):
+    source, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    source.mkdir()
+    elsewhere.mkdir()
+    small_image.save(elsewhere / "a.png")
+    (source / "linked.png").symlink_to(elsewhere / "a.png")
+    (source / "folder").symlink_to(elsewhere)
+    (source / "loop").symlink_to(source)  # a loop: not followed, so no endless walk
+    jobs = plan_jobs(source, tmp_path / "out", BatchSettings())
+    assert [Path(job.source).relative_to(source).as_posix() for job in jobs] == ["linked.png"]

@@ -114,8 +114,10 @@ class LocalStorage:
             raise OutputWriteError(f"cannot write {location}: {error.strerror or error}") from None
 
     def write_atomic(self, location: Location, data: bytes) -> None:
-        from diraccodec.image.files import write_atomic
+        from diraccodec.image.files import is_special, write_atomic
 
+        if is_special(Path(location)):  # a FIFO would hold the batch until a reader came
+            raise OutputWriteError(f"cannot write {location}: it is a pipe or a device, not a file")
         write_atomic(Path(location), data)
 
 
