@@ -82,8 +82,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def out_of_memory_message(error: BaseException) -> str:
     """"out of memory", and the error's first line (CUDA's go on with debugging advice)."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"out of memory ({first})" if first else "out of memory"
+    lines = str(error).strip().splitlines()
+    return f"out of memory ({lines[0]})" if lines else "out of memory"
 
 
 def counted(number: int, noun: str) -> str:
