@@ -57,6 +57,7 @@ from diraccodec.image.planes import (
 )
 from diraccodec.image.profiles import compress_profile, describes_srgb
 from diraccodec.modelfiles import (
+    DEFAULT_BASE_WEIGHTS,
     DiffusionWeights,
     default_diffusion_path,
     default_weights_path,
@@ -65,6 +66,7 @@ from diraccodec.modelfiles import (
     load_diffusion_weights,
     load_restoration_weights,
     released_base_weights,
+    shipped_base_weights_id,
 )
 from diraccodec.options import AUTO, DEFAULT_EFFORT, EFFORT_PASSES, MAX_STEPS, Progress
 from diraccodec.restoration.filter import Restorer
@@ -458,6 +460,11 @@ class _Encoder:
             sections[drc.TAG_STEPS] = bytes([self.options.recommended_steps])
         return sections
 
+    def metadata_bytes(self) -> int:
+        """What the image's EXIF and XMP add to each file: the bytes that metadata=False saves."""
+        return sum(drc.section_size(payload) for tag, payload in self.level_free_sections.items()
+                   if tag in (drc.TAG_EXIF, drc.TAG_XMP))
+
     def map_ends_at(self) -> float | None:
         """The lowest level without the detail map, where the levels below carry it; None
         where the caller's option gives every level the same."""
@@ -503,10 +510,10 @@ def _wrong_weights_message(file_weights: bytes, loaded: BaseWeights) -> str:
     """One line that names the weights a file needs, and the release that ships them if another does."""
     message = (f"file was made with weights {file_weights.hex()}, but the loaded weights are "
                f"{loaded.weights_id.hex()} ({loaded.path.name})")
-    from diraccodec import __version__  # the package's, set once it has imported this module
-
+    if file_weights.hex() == shipped_base_weights_id():
+        return f"{message}; decode it with the weights this package ships ({DEFAULT_BASE_WEIGHTS})"
     release = released_base_weights().get(file_weights.hex())
-    if release is not None and release != __version__:
+    if release is not None:
         return f"{message}; decode it with diraccodec {release}, which ships them (pip install 'diraccodec=={release}')"
     return f"{message}; decode it with the weights that made it"
 
@@ -680,8 +687,11 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
         if (found := fitting_in(low, high)) is not None:
             return found[1]
     smallest_size, smallest_step = min((size_at(low, searches)[0], low) for low, _ in runs)
+    metadata = encoder.metadata_bytes()
+    smallest = counted(smallest_size, "byte") + (
+        f", {metadata} of them metadata that --strip (metadata=False) leaves out" if metadata else "")
     raise InvalidOptionError(f"a target of {counted(target, 'byte')} is below the smallest file at level "
-                             f"{smallest_step / grid:g} ({counted(smallest_size, 'byte')}); ask for at least that")
+                             f"{smallest_step / grid:g} ({smallest}); ask for at least that")
 
 
 @dataclass

@@ -28,7 +28,7 @@ from rich.table import Table
 from diraccodec import api
 from diraccodec.compute import cpu_description
 from diraccodec.errors import DiracError
-from diraccodec.evaluation.codecs import decode_with_pillow, encode_with_pillow, register_jpeg_xl
+from diraccodec.evaluation.codecs import check_references, decode_with_pillow, encode_with_pillow
 from diraccodec.image.files import write_atomic
 from diraccodec.image.planes import IMAGE_SUFFIXES, image_to_planes, open_image
 from diraccodec.modelfiles import models_in_use
@@ -91,10 +91,18 @@ def variant_timing_parser(description: str) -> argparse.ArgumentParser:
     (scripts/context_cost.py, scripts/architecture_cost.py) on the first images of a folder."""
     cli = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("folder", type=Path)
-    cli.add_argument("--images", type=int, default=4, help="The first N images of the folder (default 4).")
+    cli.add_argument("--images", type=count, default=4, help="The first N images of the folder (default 4).")
     cli.add_argument("--quality", type=float, default=4.0)
-    cli.add_argument("--repeat", type=int, default=3)
+    cli.add_argument("--repeat", type=count, default=3)
     return cli
+
+
+def count(text: str) -> int:
+    """A count on a command line that times things: none would time nothing (an infinite time)."""
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {number}")
+    return number
 
 
 def first_images(folder: Path, count: int) -> tuple[list[np.ndarray], float]:
@@ -174,8 +182,7 @@ def image_keys(paths: list[Path]) -> list[str]:
 def run_bench(options: BenchOptions, console: Console) -> dict:
     if unknown := [key for key in options.references if key not in REFERENCES]:
         raise DiracError(f"unknown reference codec {unknown[0]!r}; choose from {', '.join(REFERENCES)}")
-    if "jxl" in options.references:
-        register_jpeg_xl()
+    check_references(options.references)
     paths = image_paths(options.images)
     if options.steps:  # no diffusion weights for the steps: fail now, not after the first image's timings
         api.get_diffusion(api.get_codec(options.weights, api.compute_for(options.device, options.exact)))

@@ -88,6 +88,15 @@ def released_base_weights() -> dict[str, str]:
         return {}
 
 
+def shipped_base_weights_id() -> str | None:
+    """The id (16 hex digits) of the base weights this package ships, from their manifest."""
+    try:
+        digest = read_manifest(WEIGHTS_DIR).get(DEFAULT_BASE_WEIGHTS.name, {}).get("sha256")
+    except DiracError:  # a damaged manifest: named where the weights are loaded, not here
+        return None
+    return str(digest)[:16] if digest else None
+
+
 def read_verified(path: Path) -> tuple[bytes, str]:
     """The file's bytes and SHA-256, after checking the hash against the manifest beside it."""
     try:
@@ -272,6 +281,8 @@ def load_diffusion_weights(path: Path) -> DiffusionWeights:
 
 def split_settings(fields: dict[str, object]) -> tuple[SamplerSettings, FinishingSettings]:
     """A weights file's "sampler" record (one JSON object) as the sampler's and the finishing's settings."""
+    if not isinstance(fields, dict):
+        raise ValueError("the sampler record is not a JSON object")
     unknown = set(fields) - SamplerSettings.field_names() - FinishingSettings.field_names()
     if unknown:
         raise ValueError(f"unknown sampler settings {sorted(unknown)}")
@@ -445,12 +456,20 @@ def write_half_precision_copy(source: Path, destination: Path) -> None:
 
 
 def read_manifest(folder: Path) -> dict[str, dict[str, object]]:
+    """The manifest of the weights files in `folder`: each file's name and its record (its
+    SHA-256 and size); empty where there is none. One that is not such an object is an error,
+    not a traceback where its records are read."""
+    path = folder / MANIFEST
     try:
-        return json.loads((folder / MANIFEST).read_text())
+        manifest = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
-    except (OSError, json.JSONDecodeError) as error:
-        raise DiracError(f"cannot read {folder / MANIFEST}: {error}") from None
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DiracError(f"cannot read {path}: {error}") from None
+    if not isinstance(manifest, dict) or not all(
+            isinstance(record, dict) and isinstance(record.get("sha256", ""), str) for record in manifest.values()):
+        raise DiracError(f"cannot read {path}: not an object of file names and their records with a sha256 each")
+    return manifest
 
 
 def models_in_use(base: str | Path | None = None) -> dict[str, str | None]:

@@ -99,7 +99,8 @@ def test_size_targets_search_the_levels_with_and_without_the_map_apart():
         assert len(data) <= target < len(file(level + 1 / 256)) or level == 8
         return level
 
-    encoder = SimpleNamespace(file=counted, search=SimpleNamespace(passes=0), map_ends_at=lambda: 3.0)
+    encoder = SimpleNamespace(file=counted, search=SimpleNamespace(passes=0), map_ends_at=lambda: 3.0,
+                              metadata_bytes=lambda: 0)
     assert 3.1 < answer(520) < 3.3  # not about -0.3, whose file fits too
     assert len(tried) <= 1 + 11  # level 3, a bisection of levels 3-8 (1,280 grid steps), none of the levels below
     tried.clear()

@@ -699,14 +699,23 @@ def test_a_file_of_an_earlier_release_names_it(tmp_path: Path, small_drc: Path, 
     from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
     from diraccodec.container import drc
 
+    def release_number(version: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in version.split(".")[:3])
+
     shipped_id = drc.unpack(small_drc.read_bytes()).weights_id.hex()
-    # the shipped base weights are listed with the release that ships them
-    assert modelfiles.released_base_weights()[shipped_id] == __version__
+    assert modelfiles.shipped_base_weights_id() == shipped_id
+    # the shipped base weights are listed with the release that first shipped them: this one or an earlier
+    assert release_number(modelfiles.released_base_weights()[shipped_id]) <= release_number(__version__)
     other = tmp_path / "other.safetensors"
     modelfiles.export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 8)), other, {"purpose": "test"})
+    arguments = ["decode", str(small_drc), "-o", str(tmp_path / "w.png"), "--weights", str(other)]
+    result = CliRunner().invoke(main, arguments)  # the shipped weights made it
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    shipped = modelfiles.DEFAULT_BASE_WEIGHTS
+    assert result.output.endswith(f"; decode it with the weights this package ships ({shipped})\n")
+    monkeypatch.setattr(api, "shipped_base_weights_id", lambda: None)  # as a later release, which ships others
     monkeypatch.setattr(api, "released_base_weights", lambda: {shipped_id: "0.0.9"})
-    result = CliRunner().invoke(main, ["decode", str(small_drc), "-o", str(tmp_path / "w.png"),
-                                       "--weights", str(other)])
+    result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and "decode it with diraccodec 0.0.9" in result.output
     assert "pip install 'diraccodec==0.0.9'" in result.output

@@ -228,3 +228,7 @@ def test_the_cost_script_times_both_codecs(tmp_path: Path, small_image: Image.Im
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 5 and rows[0].startswith("| stage")
     assert all(float(row.split("|")[2]) > 0 for row in rows[1:])
+    for count in ("--images", "--repeat"):  # none would time nothing: an infinite time, or nan
+        refused = subprocess.run([sys.executable, str(script), str(tmp_path), count, "0"],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and refused.stderr.endswith(f"argument {count}: must be 1 or more, got 0\n")

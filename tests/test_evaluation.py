@@ -118,6 +118,26 @@ def test_unknown_reference_codec_is_one_line_error(tmp_path: Path, sample_image:
                                                   "choose from jpeg, webp, avif, jxl"]
 
 
+def test_a_reference_this_pillow_cannot_write_is_one_line_before_any_work(tmp_path: Path, sample_image: Image.Image,
+                                                                         monkeypatch):
+    """Pillow writes AVIF from 11.3, and WebP or AVIF only where built with their library."""
+    import PIL
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sample_image.crop((0, 0, 64, 64)).save(folder / "a.png")
+    Image.init()
+    monkeypatch.delitem(Image.SAVE, "AVIF")  # as an older Pillow has it
+    monkeypatch.setattr(diraccodec.api, "encode", lambda *_, **__: pytest.fail("the work began"))
+    expected = (f"dirac: error: the avif reference needs a Pillow that writes AVIF (this is Pillow {PIL.__version__}): "
+                f"pip install --upgrade pillow")
+    for arguments in (["eval", "--data", str(folder), "--references", "jpeg,avif"],
+                      ["bench", str(folder / "a.png"), "--references", "avif"],
+                      ["compare", str(folder / "a.png"), "-q", "2", "-o", str(tmp_path / "c.png")]):
+        result = CliRunner().invoke(main, arguments)
+        assert result.exit_code == 2 and result.output.strip().splitlines() == [expected], arguments
+
+
 def image_folder(tmp_path: Path, image: Image.Image, box: tuple[int, int, int, int]) -> Path:
     """A folder holding one crop of `image`, as a.png."""
     folder = tmp_path / "images"

@@ -274,12 +274,15 @@ def test_a_weights_file_with_an_unknown_setting_is_refused(random_diffusion_weig
     with safe_open(str(random_diffusion_weights), "pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
         metadata = handle.metadata()
-    record = json.loads(metadata["sampler"]) | {"sharpening": 2.0}
-    odd = tmp_path / "diffusion.safetensors"
-    save_file(tensors, str(odd), metadata=metadata | {"sampler": json.dumps(record)})
-    record_in_manifest(odd)
-    with pytest.raises(DiracError, match="unknown sampler settings"):
-        load_diffusion_weights(odd)
+    for name, record, message in (("unknown", json.loads(metadata["sampler"]) | {"sharpening": 2.0},
+                                   "unknown sampler settings"),
+                                  ("list", ["eta"], "the sampler record is not a JSON object")):
+        odd = tmp_path / name / "diffusion.safetensors"
+        odd.parent.mkdir()
+        save_file(tensors, str(odd), metadata=metadata | {"sampler": json.dumps(record)})
+        record_in_manifest(odd)
+        with pytest.raises(DiracError, match=rf"^{odd} is not a diraccodec diffusion weights file \({message}"):
+            load_diffusion_weights(odd)
 
 
 def test_settings_carried_to_another_ladder_keep_each_lambdas_settings():

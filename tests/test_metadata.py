@@ -72,6 +72,19 @@ def test_metadata_false_leaves_both_out(small_image):
         diraccodec.encode(photo, 1, metadata="no")
 
 
+def test_a_size_target_below_the_smallest_file_counts_the_metadata_that_strip_saves(small_image):
+    photo = camera_jpeg(small_image, orientation=1)  # large enough for level -1 to make the smallest file
+    smallest, stripped = (len(diraccodec.encode(photo, -1, effort=1, metadata=keep)) for keep in (True, False))
+    sections = drc.unpack(diraccodec.encode(photo, -1, effort=1)).sections
+    metadata = sum(8 + len(sections[tag]) for tag in (drc.TAG_EXIF, drc.TAG_XMP))  # tag, length, payload
+    assert metadata == smallest - stripped > 0
+    with pytest.raises(InvalidOptionError, match=rf"^a target of {stripped} bytes is below the smallest file at level "
+                                                 rf"-1 \({smallest} bytes, {metadata} of them metadata that --strip "
+                                                 rf"\(metadata=False\) leaves out\); ask for at least that$"):
+        diraccodec.encode(photo, size=stripped, effort=1)
+    assert len(diraccodec.encode(photo, size=stripped, effort=1, metadata=False)) == stripped
+
+
 @pytest.mark.parametrize("image_format", ["PNG", "JPEG", "WEBP", "TIFF"])
 def test_every_output_format_that_holds_metadata_gets_it(small_image, image_format):
     decoded = diraccodec.decode(diraccodec.encode(camera_jpeg(small_image), 1, effort=1))

@@ -10,7 +10,7 @@ from PIL import ImageCms
 
 from diraccodec.errors import CorruptFileError
 from diraccodec.image.profiles import MAX_PROFILE_BYTES, compress_profile, decompress_profile, describes_srgb
-from tests.conftest import srgb_profile, swapped_primaries_profile
+from tests.conftest import grey_profile, srgb_profile, swapped_primaries_profile
 
 
 def test_only_a_profile_that_shows_as_srgb_is_left_out():
@@ -41,3 +41,36 @@ def test_an_output_format_without_profiles_warns_that_the_profile_is_left_out():
             image.info["icc_profile"]
     with pytest.warns(UserWarning, match=r"^the colour profile \([\d,]+ bytes\) is left out of the BMP output"):
         assert "icc_profile" not in Image.open(io.BytesIO(image_bytes(image, "BMP"))).info
+
+
+def test_a_grey_image_with_a_grey_profile_is_shown_the_same_in_webp_which_holds_rgb_only():
+    """WebP holds grey as RGB: the grey profile cannot go with it, so its greys go to sRGB."""
+    import numpy as np
+    from PIL import Image
+
+    from diraccodec.image.files import image_bytes
+
+    ramp = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (4, 1)), "L")
+    ramp.info |= {"icc_profile": grey_profile(1.0), "exif": Image.Exif().tobytes()}
+    linear = np.arange(0, 256, 4) / 255
+    srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055) * 255
+    for image in (ramp, Image.merge("LA", (ramp, ramp.point(lambda value: 255 - value)))):
+        image.info = ramp.info
+        with Image.open(io.BytesIO(image_bytes(image, "WEBP"))) as written:
+            assert written.mode == ("RGB" if image.mode == "L" else "RGBA") and "icc_profile" not in written.info
+            pixels = np.asarray(written).astype(int)
+            assert np.abs(pixels[0, :, :3] - srgb[:, None]).max() <= 2  # a linear grey shown in sRGB
+            assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+            if image.mode == "LA":
+                assert (pixels[..., 3] == np.asarray(image.getchannel("A"))).all()
+        for image_format in ("PNG", "TIFF", "JPEG"):  # grey formats keep both
+            if image.mode == "L" or image_format != "JPEG":
+                with Image.open(io.BytesIO(image_bytes(image, image_format))) as written:
+                    assert written.mode == image.mode and written.info["icc_profile"] == grey_profile(1.0)
+    unreadable = ramp.copy()
+    unreadable.info["icc_profile"] = grey_profile(1.0)[:140]  # a grey profile's header, its tags cut off
+    with pytest.warns(UserWarning, match=r"^the grey colour profile is left out of the WEBP output"):
+        data = image_bytes(unreadable, "WEBP")
+    with Image.open(io.BytesIO(data)) as written:
+        assert "icc_profile" not in written.info
+        assert (np.asarray(written)[..., 0] == np.asarray(ramp)).all()  # the greys as they were

@@ -349,6 +349,18 @@ def test_weights_need_a_matching_hash_in_the_manifest(tmp_path, small_image):
         diraccodec.encode(small_image, 3, weights=tampered)
 
 
+@pytest.mark.parametrize("manifest", [b'{"base.safetensors": {"sha256": 12345}}', b'{"base.safetensors": "abc"}',
+                                      b'["base.safetensors"]', b"\xff\xfe{}"])
+def test_a_damaged_manifest_beside_the_weights_is_one_line(tmp_path, small_image, manifest):
+    from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, MANIFEST
+
+    copy = tmp_path / "base.safetensors"
+    shutil.copy(DEFAULT_BASE_WEIGHTS, copy)
+    (tmp_path / MANIFEST).write_bytes(manifest)
+    with pytest.raises(DiracError, match=rf"^cannot read {tmp_path / MANIFEST}: "):
+        diraccodec.encode(small_image, 3, weights=copy)
+
+
 def _record_each(folder: Path, names: list[str]) -> None:
     from diraccodec.modelfiles import record_in_manifest
 
@@ -672,6 +684,42 @@ def test_a_transparent_colour_becomes_alpha(tmp_path):
             assert np.array_equal(np.asarray(decoded.getchannel("A")) == 0, clear), image.mode
         else:
             assert "A" not in decoded.getbands()
+
+
+def low_depth_grey_png(levels: np.ndarray, depth: int, transparent: int) -> bytes:
+    """A grey PNG of 2 or 4 bits per sample (which Pillow cannot write), one level marked
+    transparent (tRNS in the file's depth)."""
+    import struct
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = levels.shape
+    per_byte = 8 // depth
+    padded = np.zeros((height, -(-width // per_byte) * per_byte), dtype=np.uint8)
+    padded[:, :width] = levels
+    grouped = padded.reshape(height, -1, per_byte).astype(np.uint16)
+    packed = sum(grouped[:, :, i] << (8 - depth * (i + 1)) for i in range(per_byte)).astype(np.uint8)
+    rows = b"".join(b"\0" + row.tobytes() for row in packed)  # each row with filter type 0
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0))
+            + chunk(b"tRNS", struct.pack(">H", transparent)) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_a_low_depth_grey_pngs_transparent_level_becomes_alpha(depth):
+    """Pillow scales 2- and 4-bit samples to 8 bits but keeps tRNS's level in the file's depth."""
+    top = 2**depth - 1
+    levels = np.tile(np.arange(top + 1, dtype=np.uint8), (6, 3))
+    data = low_depth_grey_png(levels, depth, transparent=1)
+    with Image.open(io.BytesIO(data)) as plain:
+        assert (np.asarray(plain) == levels * (255 // top)).all()  # the file is what the test meant
+    opened = Image.open(io.BytesIO(data))
+    for source in (data, opened):
+        decoded = diraccodec.decode(diraccodec.encode(source, 2, effort=1))
+        assert decoded.mode == "LA"
+        assert ((np.asarray(decoded.getchannel("A")) == 0) == (levels == 1)).all()
+    assert opened.info["transparency"] == 1  # the caller's image keeps its info
 
 
 def test_an_image_object_is_turned_upright_as_a_file_is(small_image):

@@ -219,6 +219,7 @@ def compare(source: Path, quality: float, steps: int, box: str | None, zoom: int
             device: str, weights: Path | None) -> None:
     """Side by side crops: original, AVIF at the same size or smaller (its smallest where that is larger), 0 steps
     and N steps."""
+    from diraccodec.evaluation.codecs import check_references
     from diraccodec.evaluation.pictures import comparison_picture, is_valid_box
     from diraccodec.evaluation.run import SMALLEST_SIDE
     from diraccodec.image.files import image_format_for, write_image
@@ -226,6 +227,7 @@ def compare(source: Path, quality: float, steps: int, box: str | None, zoom: int
 
     image_format_for(output)
     check_outputs({"-o": output}, [source])
+    check_references(["avif"])
     image = open_image(source, DEFAULT_MAX_PIXELS).convert("RGB")
     if min(image.size) < SMALLEST_SIDE:  # the panels' LPIPS is measured over the whole image
         raise DiracError(f"{source} is {image.width}x{image.height}: the comparison's LPIPS needs at least "

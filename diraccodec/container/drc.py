@@ -121,6 +121,11 @@ def pack(drc: DrcFile) -> bytes:
     return body + _TRAILER.pack(zlib.crc32(body))
 
 
+def section_size(payload: bytes) -> int:
+    """The bytes a section adds to a file: its tag, its length and its payload."""
+    return _SECTION.size + len(payload)
+
+
 START_BYTES = 16  # what check_start reads: the magic, and an image format's signature where it is not
 
 

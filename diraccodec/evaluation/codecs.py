@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import PIL
 from PIL import Image
 
 from diraccodec import api
@@ -110,12 +111,27 @@ def register_jpeg_xl() -> None:
         raise DiracError("the JPEG XL reference needs pillow-jxl-plugin: pip install 'diraccodec[eval]'") from None
 
 
+REFERENCE_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF", "jxl": "JXL"}  # Pillow's names
+
+
+def check_references(keys: Sequence[str]) -> None:
+    """Make ready, before any work, the reference codecs that `keys` name: JPEG XL's plugin is
+    registered, and a format this Pillow cannot write (AVIF before Pillow 11.3, WebP or AVIF
+    built without their library) is one error, not a failure after the first timings."""
+    if "jxl" in keys:
+        register_jpeg_xl()
+    Image.init()  # every plugin Pillow has: the formats it can write are then listed
+    for key in keys:
+        if (image_format := REFERENCE_FORMATS[key]) not in Image.SAVE:
+            raise DiracError(f"the {key} reference needs a Pillow that writes {image_format} "
+                             f"(this is Pillow {PIL.__version__}): pip install --upgrade pillow")
+
+
 def reference_codecs(keys: Sequence[str] = REFERENCE_KEYS,
                      settings: Mapping[str, Sequence[float]] | None = None) -> list[CodecUnderTest]:
     """JPEG (4:2:0, optimised Huffman), WebP, AVIF and JPEG XL as people ship them, at
     REFERENCE_SETTINGS or at the qualities `settings` gives a key."""
-    if "jxl" in keys:
-        register_jpeg_xl()
+    check_references(keys)
     qualities = {**REFERENCE_SETTINGS, **(settings or {})}
     builders = {
         "jpeg": lambda values: pillow_codec("JPEG", "JPEG", values, optimize=True),

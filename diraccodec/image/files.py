@@ -18,6 +18,7 @@ from PIL import Image
 
 from diraccodec.errors import DiracError, ImageReadError, OutputWriteError
 from diraccodec.image.metadata import pillow_reads_whole_metadata, save_options
+from diraccodec.image.profiles import grey_shown_in_srgb, is_grey_profile
 from diraccodec.options import DEFAULT_PNG_COMPRESSION
 
 WRITE_CHECK_NAME = "write-check"  # the trial file is hidden, as a temporary file: .write-check.<random>.part
@@ -360,6 +361,8 @@ def image_bytes(image: Image.Image, image_format: str, png_compression: int = DE
     `png_compression`: zlib's level 0-9 for PNG."""
     buffer = io.BytesIO()
     options: dict[str, object] = {}
+    if image_format == "WEBP" and image.mode in ("L", "LA") and is_grey_profile(image.info.get("icc_profile")):
+        image = _grey_for_webp(image)
     if image_format == "PNG":
         options["compress_level"] = png_compression
     if image.info.get("icc_profile"):
@@ -375,6 +378,21 @@ def image_bytes(image: Image.Image, image_format: str, png_compression: int = DE
         options |= {"lossless": True, "exact": True}  # exact: the colours under alpha 0 kept too
     image.save(buffer, format=image_format, **options, **save_options(image, image_format))
     return buffer.getvalue()
+
+
+def _grey_for_webp(image: Image.Image) -> Image.Image:
+    """WebP holds grey as RGB, which a grey profile cannot describe (readers refuse it or show
+    the pixels as sRGB): the pixels are converted through the profile to sRGB, so that they
+    show as they did; where littleCMS cannot read the profile, it is left out, and said so."""
+    shown = grey_shown_in_srgb(image)
+    if shown is not None:
+        return shown
+    warnings.warn("the grey colour profile is left out of the WEBP output, which holds grey as RGB, and "
+                  "littleCMS cannot read it: viewers show its greys as sRGB (write PNG, TIFF or JPEG to keep it)",
+                  UserWarning, stacklevel=3)
+    plain = image.copy()
+    del plain.info["icc_profile"]
+    return plain
 
 
 def written_mode(data: bytes) -> str:

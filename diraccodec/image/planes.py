@@ -140,10 +140,16 @@ def loaded(image: Image.Image, max_pixels: int, label: str | None = None) -> Ima
 
 def _load(image: Image.Image) -> Image.Image:
     """The image with its pixels read (under the caller's _pillow_limit); a 16-bit grey PNG
-    with alpha, which Pillow loads as RGBA, as LA, with its info (profile, EXIF, XMP)."""
-    grey_with_alpha = _is_grey_png_with_alpha(image)
+    with alpha, which Pillow loads as RGBA, as LA, with its info (profile, EXIF, XMP); a 2- or
+    4-bit grey PNG's transparent level in 8 bits, as Pillow gives its samples."""
+    grey_with_alpha, depth_scale = _is_grey_png_with_alpha(image), _low_depth_grey_png_scale(image)
     image.load()
-    return image.convert("LA") if grey_with_alpha else image
+    if grey_with_alpha:
+        return image.convert("LA")
+    if depth_scale > 1 and isinstance(image.info.get("transparency"), int):
+        image = image.copy()  # the caller's keeps its info
+        image.info["transparency"] *= depth_scale
+    return image
 
 
 def _one_of_several(label: str, image_format: str | None, frames: int, current: int | None) -> str:
@@ -178,6 +184,14 @@ def _is_grey_png_with_alpha(image: Image.Image) -> bool:
     loads as RGBA (its raw mode says what the file holds): the codec keeps it grey."""
     return image.format == "PNG" and image.mode == "RGBA" and any(
         len(tile) > 3 and tile[3] == "LA;16B" for tile in image.tile)
+
+
+def _low_depth_grey_png_scale(image: Image.Image) -> int:
+    """What Pillow multiplies an opened, not yet loaded, 2- or 4-bit grey PNG's samples by
+    (85, 17) to make them 8-bit, where it leaves the tRNS level in the file's depth; else 1."""
+    scales = {"L;2": 85, "L;4": 17}
+    return next((scales[tile[3]] for tile in image.tile if len(tile) > 3 and tile[3] in scales), 1) \
+        if image.format == "PNG" else 1
 
 
 def upright(image: Image.Image) -> Image.Image:

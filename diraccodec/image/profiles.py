@@ -71,6 +71,38 @@ def describe(profile: bytes | None) -> str:
     return f"{name} ({len(profile):,} bytes)"
 
 
+def grey_shown_in_srgb(image: Image.Image) -> Image.Image | None:
+    """A grey image (L or LA) whose profile is a grey one, converted through it to sRGB (RGB
+    or RGBA, relative colorimetric, no profile): for a format that holds RGB only (WebP), where
+    a grey profile cannot describe the pixels. None where littleCMS cannot read the profile."""
+    try:
+        from PIL import ImageCms
+    except ImportError:
+        return None
+    ramp = Image.fromarray(np.arange(256, dtype=np.uint8)[None], "L")
+    # each grey level's colour, then a look-up; unoptimised: littleCMS's 8-bit tables were 9 levels off in the shadows
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
+        shown = ImageCms.profileToProfile(ramp, source, ImageCms.createProfile("sRGB"),
+                                          ImageCms.Intent.RELATIVE_COLORIMETRIC, outputMode="RGB",
+                                          flags=ImageCms.Flags.NOOPTIMIZE)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
+    if shown is None:  # profileToProfile gives None only where asked to work in place
+        return None
+    grey = image.getchannel(0) if image.mode == "LA" else image
+    rgb = Image.merge("RGB", [grey.point(np.asarray(band)[0].tolist()) for band in shown.split()])
+    if image.mode == "LA":
+        rgb.putalpha(image.getchannel("A"))
+    rgb.info = {key: value for key, value in image.info.items() if key != "icc_profile"}
+    return rgb
+
+
+def is_grey_profile(profile: bytes | None) -> bool:
+    """Whether the bytes are an ICC profile of grey colours (its header's colour space)."""
+    return bool(profile) and profile[36:40] == b"acsp" and profile[16:20] == b"GRAY"
+
+
 def compress_profile(profile: bytes) -> bytes:
     return compress(profile)
 
