@@ -12,8 +12,12 @@ PIP_INSTALL := rm -rf build && $(BIN)/python -m pip install --quiet -c constrain
 
 .PHONY: setup install demo test test-fast lint gpu-kit
 
+# --clear: a set-up that failed, or ran another Python, leaves nothing that a later one keeps
 $(BIN)/dirac: pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "make: diraccodec needs Python 3.11 or newer, which $(PYTHON) is not: name one, as in" \
+	  "make demo PYTHON=python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(PIP_INSTALL) '.[dev]'
 	touch $@

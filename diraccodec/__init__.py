@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 plugin.register()  # Image.open and Image.save then know .drc files
 
 __all__ = ["DiracError", "decode", "encode", "inspect"]
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"
 
 _API_FUNCTIONS = frozenset({"decode", "encode", "inspect"})
 

@@ -21,7 +21,7 @@ LAYERS = [
     ("api",),
     ("plugin", "batch"),
     ("perceptual", "evaluation", "training", "bench"),
-    ("cli",),
+    ("cli", "__main__"),
 ]
 
 

@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,11 @@ def test_the_command_line_answers_help_and_usage_errors_without_torch(tmp_path: 
     assert result.stdout.splitlines()[-2:] == [f"opened: DRC {small_image.size} LA 7", "torch loaded: []"]
 
 
+@pytest.mark.parametrize("module", ["diraccodec", "diraccodec.cli"])
+def test_python_dash_m_runs_the_command(module: str):
+    assert run([sys.executable, "-m", module, "--help"], cwd=ROOT).startswith("Usage: dirac [OPTIONS] COMMAND")
+
+
 def test_the_api_functions_and_modules_load_on_first_use():
     from diraccodec import decode
 
@@ -94,6 +101,14 @@ def test_the_wheel_works_in_a_fresh_environment(tmp_path: Path, small_image: Ima
     run([sys.executable, "-m", "build", "--no-isolation", "--outdir", tmp_path / "dist", ROOT], cwd=ROOT)
     (wheel,) = (tmp_path / "dist").glob("diraccodec-*.whl")
     assert wheel.name.startswith(f"diraccodec-{diraccodec.__version__}-")  # pyproject.toml reads it from the package
+    (sdist,) = (tmp_path / "dist").glob("diraccodec-*.tar.gz")
+    with tarfile.open(sdist) as source, zipfile.ZipFile(wheel) as built:
+        top = f"diraccodec-{diraccodec.__version__}"
+        shipped = {name.removeprefix(f"{top}/") for name in source.getnames()}
+        tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split())
+        # all that git tracks but its own file; outside a checkout (an unpacked sdist) what the tests need
+        assert not tracked - {".gitignore"} - shipped if tracked else {"LICENSE", "tests/conftest.py"} <= shipped
+        assert f"{top}.dist-info/licenses/LICENSE" in built.namelist()  # MIT's notice travels with every copy
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert "version" in project["dynamic"] and "version" not in project  # stated once, in the package
     venv = tmp_path / "venv"
