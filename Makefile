@@ -12,12 +12,17 @@ PIP_INSTALL := rm -rf build && $(BIN)/python -m pip install --quiet -c constrain
 
 .PHONY: setup install demo test test-fast lint gpu-kit
 
-# --clear: a set-up that failed, or ran another Python, leaves nothing that a later one keeps
+# A .venv whose own Python is older than 3.11 (made by hand, or before this check) is made
+# again; any other is kept, with what its user installed in it
+NEEDS_PYTHON := import sys; sys.exit(sys.version_info < (3, 11))
+
 $(BIN)/dirac: pyproject.toml constraints.txt
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	@$(PYTHON) -c '$(NEEDS_PYTHON)' || { \
 	  echo "make: diraccodec needs Python 3.11 or newer, which $(PYTHON) is not: name one, as in" \
 	  "make demo PYTHON=python3.11" >&2; exit 1; }
-	$(PYTHON) -m venv --clear $(VENV)
+	@if [ -e $(BIN)/python ] && ! $(BIN)/python -c '$(NEEDS_PYTHON)' 2>/dev/null; then \
+	  echo "make: $(VENV) runs an older Python: making it again"; $(PYTHON) -m venv --clear $(VENV); fi
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(PIP_INSTALL) '.[dev]'
 	touch $@

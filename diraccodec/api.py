@@ -507,7 +507,8 @@ def _codec_for_file(header: drc.DrcFile, weights: str | Path | None, compute: Co
 
 
 def _wrong_weights_message(file_weights: bytes, loaded: BaseWeights) -> str:
-    """One line that names the weights a file needs, and the release that ships them if another does."""
+    """One line that names the weights a file needs, and where they are: the weights this package
+    ships, or the release that ships them."""
     message = (f"file was made with weights {file_weights.hex()}, but the loaded weights are "
                f"{loaded.weights_id.hex()} ({loaded.path.name})")
     if file_weights.hex() == shipped_base_weights_id():

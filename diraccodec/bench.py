@@ -105,9 +105,9 @@ def count(text: str) -> int:
     return number
 
 
-def first_images(folder: Path, count: int) -> tuple[list[np.ndarray], float]:
-    """The first `count` images of `folder` in name order, as RGB arrays, and their megapixels."""
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+def first_images(folder: Path, number: int) -> tuple[list[np.ndarray], float]:
+    """The first `number` images of `folder` in name order, as RGB arrays, and their megapixels."""
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:number]
     images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     return images, sum(image.shape[0] * image.shape[1] for image in images) / 1e6
 

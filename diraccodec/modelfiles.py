@@ -467,7 +467,7 @@ def read_manifest(folder: Path) -> dict[str, dict[str, object]]:
     except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DiracError(f"cannot read {path}: {error}") from None
     if not isinstance(manifest, dict) or not all(
-            isinstance(record, dict) and isinstance(record.get("sha256", ""), str) for record in manifest.values()):
+            isinstance(record, dict) and isinstance(record.get("sha256"), str) for record in manifest.values()):
         raise DiracError(f"cannot read {path}: not an object of file names and their records with a sha256 each")
     return manifest
 

@@ -350,7 +350,7 @@ def test_weights_need_a_matching_hash_in_the_manifest(tmp_path, small_image):
 
 
 @pytest.mark.parametrize("manifest", [b'{"base.safetensors": {"sha256": 12345}}', b'{"base.safetensors": "abc"}',
-                                      b'["base.safetensors"]', b"\xff\xfe{}"])
+                                      b'{"base.safetensors": {"bytes": 5}}', b'["base.safetensors"]', b"\xff\xfe{}"])
 def test_a_damaged_manifest_beside_the_weights_is_one_line(tmp_path, small_image, manifest):
     from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, MANIFEST
 

@@ -123,8 +123,9 @@ def check_references(keys: Sequence[str]) -> None:
     Image.init()  # every plugin Pillow has: the formats it can write are then listed
     for key in keys:
         if (image_format := REFERENCE_FORMATS[key]) not in Image.SAVE:
-            raise DiracError(f"the {key} reference needs a Pillow that writes {image_format} "
-                             f"(this is Pillow {PIL.__version__}): pip install --upgrade pillow")
+            since = " from 11.3" if key == "avif" else ""
+            raise DiracError(f"the {key} reference needs a Pillow that writes {image_format}, which Pillow "
+                             f"{PIL.__version__} here does not (Pillow's own wheels write it{since})")
 
 
 def reference_codecs(keys: Sequence[str] = REFERENCE_KEYS,

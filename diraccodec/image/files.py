@@ -383,13 +383,13 @@ def image_bytes(image: Image.Image, image_format: str, png_compression: int = DE
 def _grey_for_webp(image: Image.Image) -> Image.Image:
     """WebP holds grey as RGB, which a grey profile cannot describe (readers refuse it or show
     the pixels as sRGB): the pixels are converted through the profile to sRGB, so that they
-    show as they did; where littleCMS cannot read the profile, it is left out, and said so."""
+    show as they did; where Pillow cannot convert through the profile, it is left out, and said so."""
     shown = grey_shown_in_srgb(image)
     if shown is not None:
         return shown
     warnings.warn("the grey colour profile is left out of the WEBP output, which holds grey as RGB, and "
-                  "littleCMS cannot read it: viewers show its greys as sRGB (write PNG, TIFF or JPEG to keep it)",
-                  UserWarning, stacklevel=3)
+                  "Pillow cannot convert through it: viewers show its greys as sRGB (write PNG, TIFF or JPEG to "
+                  "keep it)", UserWarning, stacklevel=3)
     plain = image.copy()
     del plain.info["icc_profile"]
     return plain

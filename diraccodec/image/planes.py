@@ -188,7 +188,8 @@ def _is_grey_png_with_alpha(image: Image.Image) -> bool:
 
 def _low_depth_grey_png_scale(image: Image.Image) -> int:
     """What Pillow multiplies an opened, not yet loaded, 2- or 4-bit grey PNG's samples by
-    (85, 17) to make them 8-bit, where it leaves the tRNS level in the file's depth; else 1."""
+    (85, 17) to make them 8-bit, where it leaves the tRNS level in the file's depth; else 1.
+    An image its caller has loaded keeps no tile to tell by: its level stays as Pillow gives it."""
     scales = {"L;2": 85, "L;4": 17}
     return next((scales[tile[3]] for tile in image.tile if len(tile) > 3 and tile[3] in scales), 1) \
         if image.format == "PNG" else 1

@@ -20,6 +20,7 @@ from PIL import Image
 from diraccodec.image.metadata import compress, inflate
 
 SRGB_TOLERANCE = 1  # levels of 8 bits: well below what lossy coding moves
+NO_OPTIMISATION = 0x0100  # littleCMS's cmsFLAGS_NOOPTIMIZE (ImageCms.Flags names it from Pillow 10.3)
 MAX_PROFILE_BYTES = 1 << 24  # inflating a stored profile stops here: a hostile file cannot ask for more
 
 
@@ -74,7 +75,8 @@ def describe(profile: bytes | None) -> str:
 def grey_shown_in_srgb(image: Image.Image) -> Image.Image | None:
     """A grey image (L or LA) whose profile is a grey one, converted through it to sRGB (RGB
     or RGBA, relative colorimetric, no profile): for a format that holds RGB only (WebP), where
-    a grey profile cannot describe the pixels. None where littleCMS cannot read the profile."""
+    a grey profile cannot describe the pixels. None where this Pillow cannot convert through it
+    (littleCMS cannot read it, or Pillow was built without littleCMS)."""
     try:
         from PIL import ImageCms
     except ImportError:
@@ -85,7 +87,7 @@ def grey_shown_in_srgb(image: Image.Image) -> Image.Image | None:
         source = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
         shown = ImageCms.profileToProfile(ramp, source, ImageCms.createProfile("sRGB"),
                                           ImageCms.Intent.RELATIVE_COLORIMETRIC, outputMode="RGB",
-                                          flags=ImageCms.Flags.NOOPTIMIZE)
+                                          flags=NO_OPTIMISATION)
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return None
     if shown is None:  # profileToProfile gives None only where asked to work in place
