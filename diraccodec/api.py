@@ -116,6 +116,8 @@ def _exclusive() -> Iterator[None]:
 
 
 def compute_for(device: str | torch.device | None = AUTO, exact: bool = False) -> Compute:
+    """Where and how the networks run, from the user's `device` ("auto", "cpu", "cuda") and
+    exact mode; a device this machine lacks is an InvalidOptionError."""
     try:
         return Compute.of(device, exact)
     except ValueError as error:
@@ -128,6 +130,8 @@ def _codec(weights: Path, compute: Compute) -> BaseCodec:
 
 
 def get_codec(weights: str | Path | None = None, compute: Compute | None = None) -> BaseCodec:
+    """The base codec of `weights` (the installed ones where None) on `compute`, built once per
+    process and kept: loading and preparing the models takes longer than a small image's work."""
     return _codec(Path(weights or default_weights_path()).resolve(), compute or Compute())
 
 
@@ -818,14 +822,14 @@ def decode(
         rgb = codec.decompress(header.sections[drc.TAG_LATENTS], header.width, header.height, header.quality,
                                rules.arithmetic, rules.whole_grid)
         report(1, steps + 1)
-        rgb = enhance(codec, rgb, header.quality, steps, options.seed, diffusion, detail_map, options.restore,
-                      lambda done, total: report(1 + done, 1 + total))
+        rgb = restore_or_enhance(codec, rgb, header.quality, steps, options.seed, diffusion, detail_map,
+                                 options.restore, lambda done, total: report(1 + done, 1 + total))
     return planes_to_image(Planes(rgb, header.colour_mode, alpha, profile, metadata))
 
 
-def enhance(codec: BaseCodec, rgb: np.ndarray, level: float, steps: int, seed: int | None,
-            diffusion: DiffusionDecoder | None, detail_map: detail_maps.DetailMap | None,
-            restore: bool = True, progress: Progress | None = None) -> np.ndarray:
+def restore_or_enhance(codec: BaseCodec, rgb: np.ndarray, level: float, steps: int, seed: int | None,
+                       diffusion: DiffusionDecoder | None, detail_map: detail_maps.DetailMap | None,
+                       restore: bool = True, progress: Progress | None = None) -> np.ndarray:
     """The decoder's last stages on a base synthesis: diffusion at steps > 0, else the filter."""
     if diffusion is not None and steps > 0:
         return diffusion.enhance(rgb, level, steps, seed, detail_map, progress)

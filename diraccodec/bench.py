@@ -180,6 +180,8 @@ def image_keys(paths: list[Path]) -> list[str]:
 
 
 def run_bench(options: BenchOptions, console: Console) -> dict:
+    """Time every stage of each image after one warm-up (model loading and first kernel calls
+    left out), beside the reference codecs; the report write_bench saves."""
     if unknown := [key for key in options.references if key not in REFERENCES]:
         raise DiracError(f"unknown reference codec {unknown[0]!r}; choose from {', '.join(REFERENCES)}")
     check_references(options.references)

@@ -1,4 +1,5 @@
-"""Where and how the networks run: the device, the fast kernels, and the exact mode.
+"""Where and how the networks run: the device, the fast kernels, and the exact mode; also the
+replay of CUDA graphs (GraphReplay) and the totals of a torch profile (profile_totals).
 
 The default is fast: oneDNN's convolutions on channels-last tensors on a CPU (cuDNN on a
 GPU), and bfloat16 for the diffusion U-Net where the device computes it natively. Its sums

@@ -79,6 +79,7 @@ def test_perception_axis_decodes_each_file_at_every_step_count(tmp_path: Path, s
 
 
 def test_partial_report_is_written_after_every_setting(tmp_path: Path, sample_image: Image.Image, monkeypatch):
+    from diraccodec.evaluation import report as report_module
     from diraccodec.evaluation import run
     from diraccodec.evaluation.codecs import reference_codecs
 
@@ -100,7 +101,7 @@ def test_partial_report_is_written_after_every_setting(tmp_path: Path, sample_im
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run, "write_report", stopped)
+    monkeypatch.setattr(report_module, "write_report", stopped)
     CliRunner().invoke(main, ["eval", "--data", str(data), "--levels", "2", "--references", "jpeg",
                               "--json", str(report)])
     saved = json.loads(report.read_text())
@@ -226,7 +227,8 @@ def test_report_rebuilds_tables_and_plots_from_a_run_stopped_part_way(tmp_path: 
 
 
 def test_report_pools_a_later_run_over_an_earlier_one_and_leaves_both(tmp_path: Path):
-    from diraccodec.evaluation.run import Point, report_of, write_json
+    from diraccodec.evaluation.report import report_of, write_json
+    from diraccodec.evaluation.run import Point
 
     def point(codec: str, level: float, lpips: float, steps: int | None = None) -> Point:
         return Point(codec, level, bpp=0.1 * level, psnr=25.0 + level, ms_ssim=0.9, lpips=lpips, fd_alexnet=1.0,
@@ -333,7 +335,8 @@ def test_images_are_read_as_the_codec_reads_them_and_bad_ones_are_one_line_error
 
 
 def test_runs_of_different_data_do_not_pool(tmp_path: Path):
-    from diraccodec.evaluation.run import Point, report_of, write_json
+    from diraccodec.evaluation.report import report_of, write_json
+    from diraccodec.evaluation.run import Point
 
     point = Point("AVIF", 20, bpp=0.5, psnr=30.0, ms_ssim=0.9, lpips=0.3, fd_alexnet=1.0, seconds_per_mp=1.0, images=2)
     for name, data in (("a.json", "kodak"), ("b.json", "train (held out)")):

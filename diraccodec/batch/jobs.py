@@ -118,6 +118,8 @@ def _inside(destination: Location, source: Location) -> PurePosixPath | None:
 
 
 def run_job(job: Job, settings: BatchSettings) -> JobResult:
+    """Convert one file, in the process of whichever worker runs it (local or Ray): every
+    failure becomes the job's result, named, so that one bad file never stops the batch."""
     from diraccodec import api
     from diraccodec.image.files import image_bytes, image_format_for
 

@@ -85,16 +85,8 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
     """Rate-distortion (and distortion-perception) evaluation on a folder of images (default: Kodak)."""
     from diraccodec import api
     from diraccodec.evaluation.codecs import REFERENCE_KEYS, diraccodec_codec, reference_codecs
-    from diraccodec.evaluation.run import (
-        describe_machine,
-        evaluate,
-        image_paths,
-        images_id,
-        read_images,
-        report_of,
-        write_json,
-        write_report,
-    )
+    from diraccodec.evaluation.report import describe_machine, report_of, write_json, write_report
+    from diraccodec.evaluation.run import evaluate, image_paths, images_id, read_images
     from diraccodec.modelfiles import models_in_use
 
     check_text_output()
@@ -144,7 +136,7 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
 
 def print_results(points: list[Point], report: dict, title: str) -> None:
     """The points as a table, then each BD-rate, on standard output."""
-    from diraccodec.evaluation.run import format_percent
+    from diraccodec.evaluation.report import format_percent
 
     table = Table(title=title)
     for column in ("codec", "setting", "bpp", "PSNR", "MS-SSIM", "LPIPS", "FD-AlexNet", "s/MP", "enc s/MP"):
@@ -179,7 +171,7 @@ def print_results(points: list[Point], report: dict, title: str) -> None:
 def report_command(json_path: Path, updates: tuple[Path, ...], pooled_path: Path | None, markdown: Path | None,
                    plot_path: Path | None, perception_plot: Path | None, curves_folder: Path | None) -> None:
     """Tables, BD-rates and plots from an evaluation's JSON, also of a run stopped part-way, or of several pooled."""
-    from diraccodec.evaluation.run import points_of, report_again
+    from diraccodec.evaluation.report import points_of, report_again
 
     check_text_output()
     if updates and pooled_path is None:

@@ -167,6 +167,13 @@ def padded_size(height: int, width: int) -> tuple[int, int]:
 
 
 class BaseCodec:
+    """The base codec of one set of weights on one device: image to latents and back, and the
+    latents to a range-coded stream and back.
+
+    The transforms run in `compute`'s mode (fast kernels, bfloat16 where native); the entropy
+    parameters, which encoder and decoder must compute alike on every device, run in fixed
+    point (or float64 for version 1 files): see the module's docstring."""
+
     def __init__(self, weights: BaseWeights, compute: Compute = Compute()) -> None:
         self.weights = weights
         self.compute = compute
@@ -467,6 +474,7 @@ class BaseCodec:
         return np.ascontiguousarray(x_hat[0, :, :height, :width].permute(1, 2, 0).numpy())
 
     def compress(self, rgb: np.ndarray, level: float, search: SearchSettings = SearchSettings()) -> bytes:
+        """An RGB image's latent stream at `level` (the LATS section), searched as `search` says."""
         return self.write_stream(self.analyse(rgb, level, search), level)
 
     def information_bits(self, latents: Latents, level: float) -> tuple[float, float]:
@@ -480,5 +488,7 @@ class BaseCodec:
 
     def decompress(self, payload: bytes, width: int, height: int, level: float,
                    arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False) -> np.ndarray:
+        """The base synthesis (height x width x 3, float) of a latent stream: no restoration
+        filter, no diffusion; `arithmetic` and `whole_grid` read older format versions."""
         return self.synthesize(self.read_stream(payload, width, height, level, arithmetic, whole_grid), width,
                                height, level)

@@ -82,7 +82,8 @@ class HyperpriorConfig:
 
     def as_fields(self) -> dict[str, Any]:
         """What a weights file or a training state records: widths only where they differ
-        from N, so that a model of one width is recorded as it always was."""
+        from N, so that the fields, and so the id, of weights of one width do not depend on
+        the separate widths existing."""
         fields = asdict(self)
         for name in ("analysis_channels", "synthesis_channels"):
             if fields[name] is None:
@@ -110,6 +111,11 @@ class ForwardResult:
 
 
 class MultiRateHyperprior(nn.Module):
+    """The base codec's networks: analysis and synthesis transforms, the hyperprior that
+    predicts each latent's mean and scale, and an optional checkerboard context. One model
+    serves every rate level: a learned gain per level and channel scales the latents before
+    rounding (and its inverse after), interpolated between whole levels."""
+
     def __init__(self, config: HyperpriorConfig = HyperpriorConfig()) -> None:
         super().__init__()
         self.config = config

@@ -20,6 +20,9 @@ FINISH_BAND_SIDE = 1024
 
 
 class DiffusionDecoder:
+    """The decoder's last stage: a trained U-Net with its sampler and finishing settings,
+    adding at decode time, in as many steps as asked, the detail the base reconstruction lacks."""
+
     def __init__(self, model: ResidualUNet, sampler: SamplerSettings, finishing: FinishingSettings,
                  compute: Compute = Compute(), restorer: Restorer | None = None) -> None:
         """restorer: the filter whose output the model was trained to enhance (None: it

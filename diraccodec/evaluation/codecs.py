@@ -61,7 +61,7 @@ def diraccodec_codec(
         decodings = []
         for count in steps:
             started = time.perf_counter()
-            decoded = api.enhance(codec, synthesis, quality, count, seed, diffusion, info.detail_map)
+            decoded = api.restore_or_enhance(codec, synthesis, quality, count, seed, diffusion, info.detail_map)
             decodings.append(Decoding(Image.fromarray(decoded), base_seconds + time.perf_counter() - started, count,
                                       base_seconds, encode_seconds))
         return data, decodings

@@ -15,7 +15,8 @@ import math
 import re
 from pathlib import Path
 
-from diraccodec.evaluation.run import OURS, Point, curves, points_of
+from diraccodec.evaluation.report import points_by_codec, points_of
+from diraccodec.evaluation.run import OURS, Point
 from diraccodec.image.files import write_atomic
 
 # How each curve was made: the reference codecs as `reference_codecs` in codecs.py runs them.
@@ -83,7 +84,7 @@ def write_curves(report: dict, folder: Path, data_name: str) -> list[Path]:
     """Write each curve of `report` (a loaded evaluation JSON) to `folder`; returns the paths written."""
     folder = Path(folder)
     written = []
-    for curve, points in curves(points_of(report)).items():
+    for curve, points in points_by_codec(points_of(report)).items():
         path = folder / file_name(curve)
         write_atomic(path, render(curve_document(curve, points, report, data_name)).encode())
         written.append(path)

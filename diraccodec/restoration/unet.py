@@ -101,6 +101,10 @@ class ResidualBlock(nn.Module):
 
 
 class ResidualUNet(nn.Module):
+    """The U-Net of the restoration filter and of the diffusion decoder: from the base
+    reconstruction (and, for diffusion, the noisy residual and its time), conditioned on the
+    rate level, it predicts the residual to add. Pixels are folded 2x2 into channels first."""
+
     def __init__(self, config: ResidualUNetConfig = ResidualUNetConfig()) -> None:
         super().__init__()
         self.config = config

@@ -82,6 +82,8 @@ def rate_distortion_loss(
 
 @thread_count_restored()
 def train_base(options: BaseTrainingOptions, console: Console | None = None) -> TrainingState:
+    """Train the base codec (transforms, hyperprior, level gains) for rate and distortion at
+    every level at once; a state in options.checkpoint is resumed, keeping its size."""
     console = plain_console(console)
     check_whole_blocks(options.patch_size)
     check_before_work(options)

@@ -144,6 +144,8 @@ def diffusion_loss(
 
 @thread_count_restored()
 def train_diffusion(options: DiffusionTrainingOptions, console: Console | None = None) -> TrainingState:
+    """Train the diffusion U-Net to predict the residual between the photo and the base
+    reconstruction from its noisy form at each time; a state in options.checkpoint is resumed."""
     console = plain_console(console)
     check_whole_blocks(options.patch_size)
     check_before_work(options)
@@ -244,7 +246,9 @@ def deepen_checkpoint(path: Path, blocks: int) -> bool:
     return True
 
 
-def export_diffusion_checkpoint(checkpoint: Path, output: Path, settings: SamplerSettings | None = None) -> None:
+def export_diffusion_checkpoint(checkpoint: Path, output: Path) -> None:
+    """The state's U-Net (its weight average where kept) as a diffusion weights file, with the
+    default sampler settings, started no higher than the time range the model was trained on."""
     metadata = load_checkpoint_metadata(checkpoint).metadata
     model = ResidualUNet(ResidualUNetConfig.from_fields(metadata["config"]))
     trained: torch.nn.Module = model  # what the state holds: the U-Net, or the U-Net beside its critic
@@ -252,7 +256,7 @@ def export_diffusion_checkpoint(checkpoint: Path, output: Path, settings: Sample
         trained = CriticisedUNet.around(model, metadata["critic"])
     state = load_checkpoint(checkpoint, trained, None, None, prefer_average=True)
     trained_range = metadata.get("start_time", TRAINED_TIME_RANGE)
-    settings = settings or SamplerSettings(start_time=min(SamplerSettings.start_time, trained_range))
+    settings = SamplerSettings(start_time=min(SamplerSettings.start_time, trained_range))
     info = {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **metadata}
     restoration_id = metadata.get("restoration_weights_id")
     export_diffusion_weights(model, settings, bytes.fromhex(metadata["base_weights_id"]), output, info,

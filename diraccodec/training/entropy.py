@@ -88,6 +88,8 @@ def rate_loss(model: MultiRateHyperprior, latents: torch.Tensor, levels: torch.T
 
 @thread_count_restored()
 def train_entropy(options: EntropyTrainingOptions, console: Console | None = None) -> TrainingState:
+    """Fine-tune the hyperprior for rate alone on large latent grids, the transforms frozen
+    (the module's docstring says why); a state in options.checkpoint is resumed."""
     console = plain_console(console)
     check_whole_blocks(options.patch_size)
     check_before_work(options)

@@ -62,6 +62,8 @@ def restoration_loss(
 
 @thread_count_restored()
 def train_restoration(options: RestorationTrainingOptions, console: Console | None = None) -> TrainingState:
+    """Train the restoration filter, which brings the base synthesis nearer the photo (the
+    0-step image); a state in options.checkpoint is resumed."""
     console = plain_console(console)
     check_whole_blocks(options.patch_size)
     check_before_work(options)
