@@ -117,7 +117,8 @@ def _exclusive() -> Iterator[None]:
 
 def compute_for(device: str | torch.device | None = AUTO, exact: bool = False) -> Compute:
     """Where and how the networks run, from the user's `device` ("auto", "cpu", "cuda") and
-    exact mode; a device this machine lacks is an InvalidOptionError."""
+    exact mode; a device name torch does not know, or CUDA where there is none, is an
+    InvalidOptionError."""
     try:
         return Compute.of(device, exact)
     except ValueError as error:
@@ -130,8 +131,9 @@ def _codec(weights: Path, compute: Compute) -> BaseCodec:
 
 
 def get_codec(weights: str | Path | None = None, compute: Compute | None = None) -> BaseCodec:
-    """The base codec of `weights` (the installed ones where None) on `compute`, built once per
-    process and kept: loading and preparing the models takes longer than a small image's work."""
+    """The base codec of `weights` (the installed ones where None) on `compute`, kept for the
+    next call (the last 8 weights and devices): loading and preparing the models takes longer
+    than a small image's work."""
     return _codec(Path(weights or default_weights_path()).resolve(), compute or Compute())
 
 

@@ -126,7 +126,7 @@ def _parse(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 @functools.lru_cache(maxsize=4)
 def load_base_weights(path: Path | None = None) -> BaseWeights:
     """The base codec's weights at `path` (the installed ones where None), hash-checked
-    against the manifest beside them, with their entropy tables; kept per path."""
+    against the manifest beside them, with their entropy tables; the last 4 loaded are kept."""
     path = Path(path or default_weights_path())
     data, digest = read_verified(path)
     try:

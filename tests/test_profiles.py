@@ -1,14 +1,18 @@
-"""ICC profiles: which ones a file keeps, and their compressed form."""
+"""Colour: which ICC profiles a file keeps, their compressed form, conversions to sRGB, gamma."""
 
 from __future__ import annotations
 
 import io
+import struct
 import zlib
 
+import numpy as np
 import pytest
-from PIL import ImageCms
+from PIL import Image, ImageCms
 
+import diraccodec
 from diraccodec.errors import CorruptFileError
+from diraccodec.image.files import image_bytes
 from diraccodec.image.profiles import MAX_PROFILE_BYTES, compress_profile, decompress_profile, describes_srgb
 from tests.conftest import grey_profile, srgb_profile, swapped_primaries_profile
 
@@ -30,10 +34,6 @@ def test_a_stored_profile_inflates_to_its_bytes_and_no_further():
 
 
 def test_an_output_format_without_profiles_warns_that_the_profile_is_left_out():
-    from PIL import Image
-
-    from diraccodec.image.files import image_bytes
-
     image = Image.new("RGB", (8, 8), (200, 30, 60))
     image.info["icc_profile"] = swapped_primaries_profile()
     for image_format in ("PNG", "TIFF", "WEBP", "JPEG"):  # each keeps it
@@ -45,11 +45,6 @@ def test_an_output_format_without_profiles_warns_that_the_profile_is_left_out():
 
 def test_a_grey_image_with_a_grey_profile_is_shown_the_same_in_webp_which_holds_rgb_only():
     """WebP holds grey as RGB: the grey profile cannot go with it, so its greys go to sRGB."""
-    import numpy as np
-    from PIL import Image
-
-    from diraccodec.image.files import image_bytes
-
     ramp = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (4, 1)), "L")
     exif = Image.Exif()
     exif[0x010F] = "Cam"  # the make
@@ -77,3 +72,35 @@ def test_a_grey_image_with_a_grey_profile_is_shown_the_same_in_webp_which_holds_
     with Image.open(io.BytesIO(data)) as written:
         assert "icc_profile" not in written.info
         assert (np.asarray(written)[..., 0] == np.asarray(ramp)).all()  # the greys as they were
+
+
+def png_with_chunks(image: Image.Image, chunks: list[tuple[bytes, bytes]]) -> bytes:
+    """The image as PNG with these chunks added after its header (Pillow writes no gAMA)."""
+    plain = io.BytesIO()
+    image.save(plain, "PNG")
+    data = plain.getvalue()
+    added = b"".join(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+                     for kind, body in chunks)
+    return data[:33] + added + data[33:]  # the signature (8) and IHDR (25) first
+
+
+def test_a_pngs_own_gamma_which_no_file_carries_is_named_in_a_warning():
+    """A .drc file holds an ICC profile or nothing: a PNG's gAMA (without an sRGB or ICC chunk
+    to override it) is lost, and viewers show the decoded image as sRGB."""
+    import warnings
+
+    ramp = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))).convert("RGB")
+    linear = png_with_chunks(ramp, [(b"gAMA", struct.pack(">I", 100_000))])  # samples proportional to light
+    expected = (r"^input data states its own gamma \(PNG gAMA 1\), which the file does not carry: viewers show it "
+                r"as sRGB \(convert it to sRGB first to keep its look\)$")
+    with pytest.warns(UserWarning, match=expected):
+        data = diraccodec.encode(linear, 3, effort=1)
+    with pytest.warns(UserWarning, match=r"^the image states its own gamma"):  # an image object, as opened
+        assert diraccodec.encode(Image.open(io.BytesIO(linear)), 3, effort=1) == data
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for kept in ([(b"gAMA", struct.pack(">I", 45_455))],  # what viewers take for sRGB
+                 [(b"gAMA", struct.pack(">I", 100_000)), (b"sRGB", b"\x00")],  # an sRGB chunk overrides gAMA
+                 [(b"gAMA", struct.pack(">I", 100_000)), (b"iCCP", b"sRGB\x00\x00" + zlib.compress(icc))]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            diraccodec.encode(png_with_chunks(ramp, kept), 3, effort=1)

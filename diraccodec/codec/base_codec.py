@@ -170,9 +170,10 @@ class BaseCodec:
     """The base codec of one set of weights on one device: image to latents and back, and the
     latents to a range-coded stream and back.
 
-    The transforms run in `compute`'s mode (fast kernels, bfloat16 where native); the entropy
-    parameters, which encoder and decoder must compute alike on every device, run in fixed
-    point (or float64 for version 1 files): see the module's docstring."""
+    The transforms run in `compute`'s mode (fast kernels; the encoder's search in bfloat16
+    where native); the entropy parameters, which encoder and decoder must compute alike on
+    every device, run in fixed point (or float64 for version 1 files): see the module's
+    docstring."""
 
     def __init__(self, weights: BaseWeights, compute: Compute = Compute()) -> None:
         self.weights = weights
@@ -488,7 +489,7 @@ class BaseCodec:
 
     def decompress(self, payload: bytes, width: int, height: int, level: float,
                    arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False) -> np.ndarray:
-        """The base synthesis (height x width x 3, float) of a latent stream: no restoration
+        """The base synthesis (height x width x 3, uint8) of a latent stream: no restoration
         filter, no diffusion; `arithmetic` and `whole_grid` read older format versions."""
         return self.synthesize(self.read_stream(payload, width, height, level, arithmetic, whole_grid), width,
                                height, level)

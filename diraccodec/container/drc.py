@@ -98,8 +98,8 @@ def version_for(level: float) -> int:
 
 
 def pack(drc: DrcFile) -> bytes:
-    """The file's bytes: header, sections in their order, and the CRC-32 of all before it; the
-    version is the lowest that holds the level where the file names none (docs/format.md)."""
+    """The file's bytes: header, sections in their order, and the CRC-32 of all before it.
+    Where the file names no version: 3, or 4 for a level below 0 (docs/format.md)."""
     version = version_for(drc.quality) if drc.version is None else drc.version
     level = quantize_level(drc.quality)
     if level < 0 and version < SIGNED_LEVEL_VERSION:

@@ -96,6 +96,7 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
                 raise
         if frames > 1:
             warnings.warn(_one_of_several(label, image_format, frames, None), UserWarning, stacklevel=2)
+        _warn_of_own_gamma(image, label, stacklevel=3)
         return upright(image)
     except (LimitExceededError, ImageReadError, InvalidOptionError):
         raise
@@ -135,7 +136,23 @@ def loaded(image: Image.Image, max_pixels: int, label: str | None = None) -> Ima
     if frames > 1:
         warnings.warn(_one_of_several(label or "the image", image_format, frames, current), UserWarning,
                       stacklevel=3)
+    _warn_of_own_gamma(image, label or "the image", stacklevel=4)
     return image
+
+
+SRGB_LIKE_GAMMA = 1 / 2.2  # a PNG gAMA that viewers take for sRGB (browsers treat 0.45455 so)
+
+
+def _warn_of_own_gamma(image: Image.Image, label: str, stacklevel: int) -> None:
+    """Say that a PNG's own gamma (gAMA, where no sRGB or ICC chunk overrides it) is not
+    carried: a .drc file holds an ICC profile or nothing, so viewers show the decoded image as
+    sRGB, lighter or darker than the original. Its pixels are coded as they are."""
+    gamma = image.info.get("gamma")
+    if image.format == "PNG" and "srgb" not in image.info and not image.info.get("icc_profile") and \
+            isinstance(gamma, float) and abs(gamma - SRGB_LIKE_GAMMA) >= 0.005:
+        warnings.warn(f"{label} states its own gamma (PNG gAMA {gamma:g}), which the file does not carry: "
+                      f"viewers show it as sRGB (convert it to sRGB first to keep its look)", UserWarning,
+                      stacklevel=stacklevel)
 
 
 def _load(image: Image.Image) -> Image.Image:

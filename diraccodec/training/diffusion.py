@@ -144,8 +144,9 @@ def diffusion_loss(
 
 @thread_count_restored()
 def train_diffusion(options: DiffusionTrainingOptions, console: Console | None = None) -> TrainingState:
-    """Train the diffusion U-Net to predict the residual between the photo and the base
-    reconstruction from its noisy form at each time; a state in options.checkpoint is resumed."""
+    """Train the diffusion U-Net to predict the residual between the photo and the image it
+    enhances (the base synthesis, or the restoration filter's output with --on-restored) from
+    its noisy form at each time; a state in options.checkpoint is resumed."""
     console = plain_console(console)
     check_whole_blocks(options.patch_size)
     check_before_work(options)
