@@ -261,6 +261,9 @@ def _opened(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Im
     return image
 
 
+DARK_PEAK = 16  # of 255: a scaled image whose brightest sample is below this is almost black
+
+
 def _to_8bit_grey(image: Image.Image) -> Image.Image:
     if image.mode in ("1", "L"):
         return image.convert("L")
@@ -271,7 +274,12 @@ def _to_8bit_grey(image: Image.Image) -> Image.Image:
         array = array / 257.0  # 16-bit samples
     elif image.mode == "F" and peak <= 1.0:
         array = array * 255.0  # floats in [0, 1]
-    return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), "L")
+    grey = np.clip(np.round(array), 0, 255).astype(np.uint8)
+    if 0 < grey.max() < DARK_PEAK:  # the scale guessed from the mode and peak may be the wrong one
+        scale = "0-1 or 0-255" if image.mode == "F" else "0-65535"
+        warnings.warn(f"the image's {image.mode} samples (peak {peak:g}) come out almost black in 8 bits (peak "
+                      f"{grey.max()} of 255): scale them to {scale} first", UserWarning, stacklevel=5)
+    return Image.fromarray(grey, "L")
 
 
 # The colour space an ICC profile must describe (its header's bytes 16-19) to describe a mode's pixels
