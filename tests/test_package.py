@@ -109,6 +109,7 @@ def test_the_wheel_works_in_a_fresh_environment(tmp_path: Path, small_image: Ima
         # all that git tracks but its own file; outside a checkout (an unpacked sdist) what the tests need
         assert not tracked - {".gitignore"} - shipped if tracked else {"LICENSE", "tests/conftest.py"} <= shipped
         assert f"{top}.dist-info/licenses/LICENSE" in built.namelist()  # MIT's notice travels with every copy
+        assert "diraccodec/py.typed" in built.namelist()  # type checkers read the annotations (PEP 561)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert "version" in project["dynamic"] and "version" not in project  # stated once, in the package
     venv = tmp_path / "venv"
