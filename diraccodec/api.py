@@ -563,10 +563,12 @@ def encode(
     max_pixels = check_max_pixels(max_pixels)
     check_weights_path("weights", weights)
     compute = compute_for(device)
+    shown = label or ("the image" if isinstance(image, Image.Image) else "input data")  # in warnings
     if isinstance(image, str | os.PathLike):
         if len(str(image)) > MAX_PATH_LENGTH:  # text, not a path: not echoed
             raise InvalidOptionError(f"an image path is at most {MAX_PATH_LENGTH} characters, got "
                                      f"{type(image).__name__} of {counted(len(str(image)), 'character')}")
+        shown = label or str(image)
         image = open_image(image, max_pixels, label)  # a .drc file, whatever its name, is refused there
     elif not isinstance(image, Image.Image):
         image = open_image(_image_bytes(image), max_pixels, label)
@@ -575,7 +577,7 @@ def encode(
         image = upright(loaded(image, max_pixels, label))
     if image.width == 0 or image.height == 0:
         raise ImageReadError(f"{label or 'the image'} has no pixels ({image.width}x{image.height})")
-    planes = image_to_planes(image, metadata)
+    planes = image_to_planes(image, metadata, shown)
     del image
     with _exclusive():
         codec = get_codec(weights, compute)

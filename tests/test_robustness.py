@@ -726,13 +726,15 @@ def test_grey_samples_that_scale_to_almost_black_are_named_in_a_warning():
     """The scale of F and I samples is guessed from the mode and the peak (user-guide.md):
     floats just over 1, or 10-bit samples in 32 bits, come out almost black."""
     ramp = np.linspace(0, 1, 64 * 64).reshape(64, 64)
-    for samples, expected in ((ramp * 1.02, r"F samples \(peak 1.02\) come out almost black in 8 bits \(peak 1 "
-                                            r"of 255\): scale them to 0-1 or 0-255 first$"),
-                              ((ramp * 1008).astype(np.int32), r"I samples \(peak 1008\) come out almost black in "
-                                                                r"8 bits \(peak 4 of 255\): scale them to 0-65535")):
+    for samples, expected in ((ramp * 1.02, r"F samples \(peak 1.02\) that come out almost black in 8 bits \(peak "
+                                            r"1 of 255\): scale them to 0-1 or 0-255 first$"),
+                              ((ramp * 1008).astype(np.int32), r"I samples \(peak 1008\) that come out almost black "
+                                                                r"in 8 bits \(peak 4 of 255\): scale them to 0-65535")):
         image = Image.fromarray(samples.astype(np.float32) if samples.dtype == np.float64 else samples)
-        with pytest.warns(UserWarning, match=rf"^the image's {expected}"):
+        with pytest.warns(UserWarning, match=rf"^the image has {expected}"):
             diraccodec.encode(image, 2, effort=1)
+        with pytest.warns(UserWarning, match=rf"^input data has {expected}"):  # a file's bytes
+            diraccodec.encode(saved_as(image, "TIFF"), 2, effort=1)
     for samples in (ramp.astype(np.float32), (ramp * 65535).astype(np.int32), np.zeros((8, 8), np.float32)):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # in range, or black as given

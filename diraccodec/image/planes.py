@@ -264,7 +264,7 @@ def _opened(source: str | Path | bytes, max_pixels: int, label: str) -> Image.Im
 DARK_PEAK = 16  # of 255: a scaled image whose brightest sample is below this is almost black
 
 
-def _to_8bit_grey(image: Image.Image) -> Image.Image:
+def _to_8bit_grey(image: Image.Image, label: str = "the image") -> Image.Image:
     if image.mode in ("1", "L"):
         return image.convert("L")
     array = np.asarray(image).astype(np.float64)
@@ -277,8 +277,8 @@ def _to_8bit_grey(image: Image.Image) -> Image.Image:
     grey = np.clip(np.round(array), 0, 255).astype(np.uint8)
     if 0 < grey.max() < DARK_PEAK:  # the scale guessed from the mode and peak may be the wrong one
         scale = "0-1 or 0-255" if image.mode == "F" else "0-65535"
-        warnings.warn(f"the image's {image.mode} samples (peak {peak:g}) come out almost black in 8 bits (peak "
-                      f"{grey.max()} of 255): scale them to {scale} first", UserWarning, stacklevel=5)
+        warnings.warn(f"{label} has {image.mode} samples (peak {peak:g}) that come out almost black in 8 bits "
+                      f"(peak {grey.max()} of 255): scale them to {scale} first", UserWarning, stacklevel=5)
     return Image.fromarray(grey, "L")
 
 
@@ -286,19 +286,19 @@ def _to_8bit_grey(image: Image.Image) -> Image.Image:
 _PROFILE_SPACES = {ColourMode.RGB: b"RGB ", ColourMode.RGBA: b"RGB ", ColourMode.L: b"GRAY", ColourMode.LA: b"GRAY"}
 
 
-def image_to_planes(image: Image.Image, with_metadata: bool = True) -> Planes:
+def image_to_planes(image: Image.Image, with_metadata: bool = True, label: str = "the image") -> Planes:
     """The image's pixels and profile, and its EXIF and XMP unless `with_metadata` is False.
 
     The profile is kept where it describes the planes' colours: one of another colour space
     (CMYK, Lab ...) no longer does once the pixels are converted to RGB or grey."""
-    planes = _planes(image, with_metadata)
+    planes = _planes(image, with_metadata, label)
     profile = planes.icc_profile  # an ICC profile says "acsp" at bytes 36-39; other bytes are kept as they came
     if profile and profile[36:40] == b"acsp" and profile[16:20] != _PROFILE_SPACES[planes.colour_mode]:
         planes.icc_profile = None
     return planes
 
 
-def _planes(image: Image.Image, with_metadata: bool) -> Planes:
+def _planes(image: Image.Image, with_metadata: bool, label: str = "the image") -> Planes:
     icc = info_bytes("icc_profile", image.info.get("icc_profile") or None)
     metadata = read_metadata(image) if with_metadata else Metadata()
     if image.mode in _PREMULTIPLIED:  # alpha-premultiplied: the planes hold straight colours
@@ -310,9 +310,9 @@ def _planes(image: Image.Image, with_metadata: bool) -> Planes:
     if mode == "PA":
         image, mode = image.convert("RGBA"), "RGBA"
     if "transparency" in image.info and (mode in _GREY_MODES or mode == "RGB"):  # a colour marked transparent
-        return _with_transparent_colour(image, icc, metadata)
+        return _with_transparent_colour(image, icc, metadata, label)
     if mode in _GREY_MODES:
-        grey = np.asarray(_to_8bit_grey(image))
+        grey = np.asarray(_to_8bit_grey(image, label))
         return Planes(np.repeat(grey[:, :, None], 3, axis=2), ColourMode.L, None, icc, metadata)
     if mode == "LA":
         grey, alpha = (np.asarray(band) for band in image.split())
@@ -326,7 +326,7 @@ def _planes(image: Image.Image, with_metadata: bool) -> Planes:
     return Planes(np.asarray(image).copy(), ColourMode.RGB, None, icc, metadata)
 
 
-def _with_transparent_colour(image: Image.Image, icc: bytes | None, metadata: Metadata) -> Planes:
+def _with_transparent_colour(image: Image.Image, icc: bytes | None, metadata: Metadata, label: str) -> Planes:
     """An image whose `transparency` names one colour (grey level or RGB triple): that colour
     becomes alpha 0, every other pixel alpha 255. Where the colour is nowhere (or is not one a
     pixel can have), the image goes without alpha, as it is."""
@@ -345,13 +345,13 @@ def _with_transparent_colour(image: Image.Image, icc: bytes | None, metadata: Me
     if transparent is None or not transparent.any():
         plain = image.copy()
         plain.info.pop("transparency")
-        planes = _planes(plain, with_metadata=False)
+        planes = _planes(plain, with_metadata=False, label=label)
         planes.icc_profile, planes.metadata = icc, metadata
         return planes
     alpha = np.where(transparent, 0, 255).astype(np.uint8)
     if image.mode == "RGB":
         return Planes(values.copy(), ColourMode.RGBA, alpha, icc, metadata)
-    grey = np.asarray(_to_8bit_grey(image))
+    grey = np.asarray(_to_8bit_grey(image, label))
     return Planes(np.repeat(grey[:, :, None], 3, axis=2), ColourMode.LA, alpha, icc, metadata)
 
 
