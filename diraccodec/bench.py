@@ -16,6 +16,7 @@ import shlex
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -127,7 +128,10 @@ def time_image(path: Path, options: BenchOptions) -> dict[str, float]:
     compute = api.compute_for(options.device, options.exact)
     codec = api.get_codec(options.weights, compute)
     seconds: dict[str, float] = {}
-    seconds["load"], planes = fastest(options.repeat, lambda: image_to_planes(open_image(path, 10**9)))
+    planes = image_to_planes(open_image(path, 10**9), label=str(path))  # its warnings, once
+    with warnings.catch_warnings():  # then timed without them
+        warnings.simplefilter("ignore")
+        seconds["load"], planes = fastest(options.repeat, lambda: image_to_planes(open_image(path, 10**9)))
     rgb = planes.rgb
     height, width = rgb.shape[:2]
     level = api.check_quality(options.level, codec.num_levels)
@@ -188,7 +192,9 @@ def run_bench(options: BenchOptions, console: Console) -> dict:
     paths = image_paths(options.images)
     if options.steps:  # no diffusion weights for the steps: fail now, not after the first image's timings
         api.get_diffusion(api.get_codec(options.weights, api.compute_for(options.device, options.exact)))
-    warm = open_image(paths[0], 10**9).convert("RGB").crop((0, 0, 128, 128))
+    with warnings.catch_warnings():  # the image's own warnings come with its timings
+        warnings.simplefilter("ignore")
+        warm = open_image(paths[0], 10**9).convert("RGB").crop((0, 0, 128, 128))
     warm_file = api.encode(warm, options.level, effort=options.effort, weights=options.weights, device=options.device)
     for steps in (0, 2):  # loads the models and sets up their kernels once, outside the timings
         with contextlib.suppress(DiracError):  # no diffusion weights: no step to time

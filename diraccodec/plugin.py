@@ -150,7 +150,8 @@ def _save(image: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     if not any(options.get(name) is not None for name in _RATE_OPTIONS):
         # an opened .drc image's info gives its level as `level`: save(**info) keeps it
         options["quality"] = image.encoderinfo.get("level", DEFAULT_QUALITY)
-    fp.write(api.encode(_with_given_info(image), **options))
+    label = f"the image saved as {filename}" if isinstance(filename, str) and filename else None  # in warnings
+    fp.write(api.encode(_with_given_info(image), **options, label=label))
 
 
 def _with_given_info(image: Image.Image) -> Image.Image:

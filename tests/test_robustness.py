@@ -722,23 +722,31 @@ def test_a_low_depth_grey_pngs_transparent_level_becomes_alpha(depth):
     assert opened.info["transparency"] == 1  # the caller's image keeps its info
 
 
-def test_grey_samples_that_scale_to_almost_black_are_named_in_a_warning():
+def test_grey_samples_that_scale_to_almost_black_are_named_in_a_warning(tmp_path):
     """The scale of F and I samples is guessed from the mode and the peak (user-guide.md):
     floats just over 1, or 10-bit samples in 32 bits, come out almost black."""
     ramp = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    unless = "if that is not the picture, scale them to"
     for samples, expected in ((ramp * 1.02, r"F samples \(peak 1.02\) that come out almost black in 8 bits \(peak "
-                                            r"1 of 255\): scale them to 0-1 or 0-255 first$"),
+                                            rf"1 of 255\): {unless} 0-1 or 0-255 first$"),
                               ((ramp * 1008).astype(np.int32), r"I samples \(peak 1008\) that come out almost black "
-                                                                r"in 8 bits \(peak 4 of 255\): scale them to 0-65535")):
+                                                                rf"in 8 bits \(peak 4 of 255\): {unless} 0-65535")):
         image = Image.fromarray(samples.astype(np.float32) if samples.dtype == np.float64 else samples)
         with pytest.warns(UserWarning, match=rf"^the image has {expected}"):
             diraccodec.encode(image, 2, effort=1)
         with pytest.warns(UserWarning, match=rf"^input data has {expected}"):  # a file's bytes
             diraccodec.encode(saved_as(image, "TIFF"), 2, effort=1)
-    for samples in (ramp.astype(np.float32), (ramp * 65535).astype(np.int32), np.zeros((8, 8), np.float32)):
+    with_infinity = ramp.astype(np.float32)
+    with_infinity[0, 0] = np.inf  # as bright as the brightest finite sample, not all else black
+    for samples in (ramp.astype(np.float32), (ramp * 65535).astype(np.int32), np.zeros((8, 8), np.float32),
+                    with_infinity):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # in range, or black as given
             diraccodec.encode(Image.fromarray(samples), 2, effort=1)
+    with pytest.warns(UserWarning, match=rf"^the image saved as {re.escape(str(tmp_path))}/x.drc has F samples"):
+        Image.fromarray((ramp * 1.02).astype(np.float32)).save(tmp_path / "x.drc", quality=2, effort=1)  # the plugin
+    decoded = diraccodec.decode(diraccodec.encode(Image.fromarray(with_infinity), 8, effort=1), 0)
+    assert abs(np.asarray(decoded).mean() - 127.5) < 3  # the ramp in 0-255, its infinity white
 
 
 def test_an_image_object_is_turned_upright_as_a_file_is(small_image):

@@ -77,7 +77,7 @@ def read_images(paths: list[Path]) -> list[Image.Image]:
     images = []
     for path in paths:
         # read as the codec reads its input (16-bit grey scaled, upright), then plain RGB pixels
-        planes = image_to_planes(open_image(path, DEFAULT_MAX_PIXELS), with_metadata=False)
+        planes = image_to_planes(open_image(path, DEFAULT_MAX_PIXELS), with_metadata=False, label=str(path))
         height, width = planes.rgb.shape[:2]
         if min(height, width) < SMALLEST_SIDE:
             raise DiracError(f"{path} is {width}x{height}: the metrics need at least {SMALLEST_SIDE} pixels a side "

@@ -96,7 +96,7 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
                 raise
         if frames > 1:
             warnings.warn(_one_of_several(label, image_format, frames, None), UserWarning, stacklevel=2)
-        _warn_of_own_gamma(image, label, stacklevel=3)
+        _warn_of_own_gamma(image, label, stacklevel=4)
         return upright(image)
     except (LimitExceededError, ImageReadError, InvalidOptionError):
         raise
@@ -149,7 +149,7 @@ def _warn_of_own_gamma(image: Image.Image, label: str, stacklevel: int) -> None:
     sRGB, lighter or darker than the original. Its pixels are coded as they are."""
     gamma = image.info.get("gamma")
     if image.format == "PNG" and "srgb" not in image.info and not image.info.get("icc_profile") and \
-            isinstance(gamma, float) and abs(gamma - SRGB_LIKE_GAMMA) >= 0.005:
+            isinstance(gamma, float) and gamma > 0 and abs(gamma - SRGB_LIKE_GAMMA) >= 0.005:  # 0: invalid, ignored
         warnings.warn(f"{label} states its own gamma (PNG gAMA {gamma:g}), which the file does not carry: "
                       f"viewers show it as sRGB (convert it to sRGB first to keep its look)", UserWarning,
                       stacklevel=stacklevel)
@@ -268,8 +268,9 @@ def _to_8bit_grey(image: Image.Image, label: str = "the image") -> Image.Image:
     if image.mode in ("1", "L"):
         return image.convert("L")
     array = np.asarray(image).astype(np.float64)
-    array = np.nan_to_num(array)
-    peak = float(array.max()) if array.size else 0.0
+    finite = array[np.isfinite(array)]
+    peak = float(finite.max()) if finite.size else 0.0
+    array = np.nan_to_num(array, nan=0.0, posinf=peak, neginf=0.0)  # an infinity is as bright as the rest
     if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
         array = array / 257.0  # 16-bit samples
     elif image.mode == "F" and peak <= 1.0:
@@ -278,7 +279,8 @@ def _to_8bit_grey(image: Image.Image, label: str = "the image") -> Image.Image:
     if 0 < grey.max() < DARK_PEAK:  # the scale guessed from the mode and peak may be the wrong one
         scale = "0-1 or 0-255" if image.mode == "F" else "0-65535"
         warnings.warn(f"{label} has {image.mode} samples (peak {peak:g}) that come out almost black in 8 bits "
-                      f"(peak {grey.max()} of 255): scale them to {scale} first", UserWarning, stacklevel=5)
+                      f"(peak {grey.max()} of 255): if that is not the picture, scale them to {scale} first",
+                      UserWarning, stacklevel=5)
     return Image.fromarray(grey, "L")
 
 
