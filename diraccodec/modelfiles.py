@@ -88,13 +88,19 @@ def released_base_weights() -> dict[str, str]:
         return {}
 
 
+def listed_id(path: Path) -> str | None:
+    """The id (16 hex digits, as in .drc headers) that the manifest beside `path` lists for it;
+    None where it lists none."""
+    digest = read_manifest(path.parent).get(path.name, {}).get("sha256")
+    return str(digest)[:16] if digest else None
+
+
 def shipped_base_weights_id() -> str | None:
-    """The id (16 hex digits) of the base weights this package ships, from their manifest."""
+    """The id of the base weights this package ships, from their manifest."""
     try:
-        digest = read_manifest(WEIGHTS_DIR).get(DEFAULT_BASE_WEIGHTS.name, {}).get("sha256")
+        return listed_id(DEFAULT_BASE_WEIGHTS)
     except DiracError:  # a damaged manifest: named where the weights are loaded, not here
         return None
-    return str(digest)[:16] if digest else None
 
 
 def read_verified(path: Path) -> tuple[bytes, str]:
@@ -482,8 +488,7 @@ def models_in_use(base: str | Path | None = None) -> dict[str, str | None]:
              "diffusion": default_diffusion_path()}
     ids: dict[str, str | None] = {}
     for name, path in paths.items():
-        digest = read_manifest(path.resolve().parent).get(path.name, {}).get("sha256") if path.exists() else None
-        ids[name] = str(digest)[:16] if digest else None
+        ids[name] = listed_id(path.resolve().parent / path.name) if path.exists() else None
     # a filter or a diffusion decoder made for other base weights is not used: not named either
     for name, loader in (("restoration", load_restoration_weights), ("diffusion", load_diffusion_weights)):
         if ids[name] is not None:

@@ -31,6 +31,7 @@ from diraccodec.image.metadata import (
     read_metadata,
     tiff_exif,
 )
+from diraccodec.image.profiles import colour_space
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -203,13 +204,17 @@ def _is_grey_png_with_alpha(image: Image.Image) -> bool:
         len(tile) > 3 and tile[3] == "LA;16B" for tile in image.tile)
 
 
+_LOW_DEPTH_GREY_SCALES = {"L;2": 85, "L;4": 17}  # a PNG's raw mode -> what Pillow multiplies its samples by
+
+
 def _low_depth_grey_png_scale(image: Image.Image) -> int:
     """What Pillow multiplies an opened, not yet loaded, 2- or 4-bit grey PNG's samples by
     (85, 17) to make them 8-bit, where it leaves the tRNS level in the file's depth; else 1.
     An image its caller has loaded keeps no tile to tell by: its level stays as Pillow gives it."""
-    scales = {"L;2": 85, "L;4": 17}
-    return next((scales[tile[3]] for tile in image.tile if len(tile) > 3 and tile[3] in scales), 1) \
-        if image.format == "PNG" else 1
+    if image.format != "PNG":
+        return 1
+    raw_modes = [tile[3] for tile in image.tile if len(tile) > 3]
+    return next((_LOW_DEPTH_GREY_SCALES[mode] for mode in raw_modes if mode in _LOW_DEPTH_GREY_SCALES), 1)
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -294,8 +299,8 @@ def image_to_planes(image: Image.Image, with_metadata: bool = True, label: str =
     The profile is kept where it describes the planes' colours: one of another colour space
     (CMYK, Lab ...) no longer does once the pixels are converted to RGB or grey."""
     planes = _planes(image, with_metadata, label)
-    profile = planes.icc_profile  # an ICC profile says "acsp" at bytes 36-39; other bytes are kept as they came
-    if profile and profile[36:40] == b"acsp" and profile[16:20] != _PROFILE_SPACES[planes.colour_mode]:
+    space = colour_space(planes.icc_profile)  # bytes that are no profile are kept as they came
+    if space is not None and space != _PROFILE_SPACES[planes.colour_mode]:
         planes.icc_profile = None
     return planes
 

@@ -100,9 +100,15 @@ def grey_shown_in_srgb(image: Image.Image) -> Image.Image | None:
     return rgb
 
 
+def colour_space(profile: bytes | None) -> bytes | None:
+    """The colour space an ICC profile describes (its header's bytes 16-19: b"RGB ", b"GRAY",
+    b"CMYK" ...); None where the bytes do not say "acsp" at 36-39, as a profile's do."""
+    return profile[16:20] if profile and profile[36:40] == b"acsp" else None
+
+
 def is_grey_profile(profile: bytes | None) -> bool:
-    """Whether the bytes are an ICC profile of grey colours (its header's colour space)."""
-    return bool(profile) and profile[36:40] == b"acsp" and profile[16:20] == b"GRAY"
+    """Whether the bytes are an ICC profile of grey colours."""
+    return colour_space(profile) == b"GRAY"
 
 
 def compress_profile(profile: bytes) -> bytes:
