@@ -8,7 +8,6 @@ decode the same images in the same run, through Pillow.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -21,17 +20,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from diraccodec import api
 from diraccodec.compute import cpu_description
+from diraccodec.container import drc
 from diraccodec.errors import DiracError
 from diraccodec.evaluation.codecs import check_references, decode_with_pillow, encode_with_pillow
 from diraccodec.image.files import write_atomic
-from diraccodec.image.planes import IMAGE_SUFFIXES, image_to_planes, open_image
+from diraccodec.image.planes import image_to_planes, images_in, open_image
 from diraccodec.modelfiles import models_in_use
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "parrots.png"
@@ -79,38 +78,12 @@ def image_paths(sources: tuple[Path, ...]) -> list[Path]:
     paths: list[Path] = []
     for source in sources:
         if source.is_dir():
-            paths += sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += images_in(source)
         else:
             paths.append(source)
     if not paths:
         raise DiracError("no images to time")
     return paths
-
-
-def variant_timing_parser(description: str) -> argparse.ArgumentParser:
-    """The command line of the scripts that time variants of the base codec against each other
-    (scripts/context_cost.py, scripts/architecture_cost.py) on the first images of a folder."""
-    cli = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_argument("folder", type=Path)
-    cli.add_argument("--images", type=count, default=4, help="The first N images of the folder (default 4).")
-    cli.add_argument("--quality", type=float, default=4.0)
-    cli.add_argument("--repeat", type=count, default=3)
-    return cli
-
-
-def count(text: str) -> int:
-    """A count on a command line that times things: none would time nothing (an infinite time)."""
-    number = int(text)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {number}")
-    return number
-
-
-def first_images(folder: Path, number: int) -> tuple[list[np.ndarray], float]:
-    """The first `number` images of `folder` in name order, as RGB arrays, and their megapixels."""
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:number]
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-    return images, sum(image.shape[0] * image.shape[1] for image in images) / 1e6
 
 
 def fastest(repeat: int, function: Callable[[], object]) -> tuple[float, object]:
@@ -141,7 +114,7 @@ def time_image(path: Path, options: BenchOptions) -> dict[str, float]:
     image = Image.fromarray(rgb)
     seconds["encode"], encoded = fastest(options.repeat, lambda: api.encode(
         image, level, effort=options.effort, weights=options.weights, device=options.device))
-    payload = api.inspect(encoded).header.sections[b"LATS"]
+    payload = api.inspect(encoded).header.sections[drc.TAG_LATENTS]
     seconds["entropy decoding"], decoded = fastest(
         options.repeat, lambda: codec.read_stream(payload, width, height, level))
     seconds["synthesis"], base = fastest(options.repeat, lambda: codec.synthesize(decoded, width, height, level))

@@ -28,8 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from _variant_timing import first_images, variant_timing_parser  # noqa: E402
+
 from diraccodec import api  # noqa: E402
-from diraccodec.bench import fastest, first_images, variant_timing_parser  # noqa: E402
+from diraccodec.bench import fastest  # noqa: E402
+from diraccodec.container import drc  # noqa: E402
 from diraccodec.evaluation.metrics import psnr  # noqa: E402
 from diraccodec.modelfiles import (  # noqa: E402
     RESTORATION_ENV,
@@ -79,7 +82,7 @@ def time_stages(rgb: np.ndarray, weights: Path, quality: float, repeat: int) -> 
     seconds["encode, effort 2 (default)"], encoded = fastest(
         repeat, lambda: api.encode(image, quality, weights=weights))
     seconds["encode, effort 3"], _ = fastest(repeat, lambda: api.encode(image, quality, effort=3, weights=weights))
-    latents = codec.read_stream(api.inspect(encoded).header.sections[b"LATS"], width, height, quality)
+    latents = codec.read_stream(api.inspect(encoded).header.sections[drc.TAG_LATENTS], width, height, quality)
     seconds["synthesis"], _ = fastest(repeat, lambda: codec.synthesize(latents, width, height, quality))
     seconds["decode, 0 steps"], decoded = fastest(repeat, lambda: api.decode(encoded, 0, weights=weights))
     return seconds, len(encoded), psnr(image, decoded)

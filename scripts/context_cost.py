@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from diraccodec.bench import fastest, first_images, variant_timing_parser  # noqa: E402
+from _variant_timing import first_images, variant_timing_parser  # noqa: E402
+
+from diraccodec.bench import fastest  # noqa: E402
 from diraccodec.codec.base_codec import BaseCodec  # noqa: E402
 from diraccodec.modelfiles import default_weights_path, export_base_weights, load_base_weights  # noqa: E402
 from diraccodec.training.base import model_from_weights  # noqa: E402

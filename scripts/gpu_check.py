@@ -58,7 +58,7 @@ from diraccodec import api  # noqa: E402
 from diraccodec.compute import CUDA_GRAPHS_ENV, cpu_description, profile_totals  # noqa: E402
 from diraccodec.container import drc  # noqa: E402
 from diraccodec.diffusion import sampler  # noqa: E402
-from diraccodec.image.planes import IMAGE_SUFFIXES  # noqa: E402
+from diraccodec.image.planes import images_in  # noqa: E402
 
 # docs/format.md, "Conformance": a decoder's pixels against the reference decoder's
 TOLERANCE = {0: (2, 0.01), 20: (8, 0.5)}  # steps -> (largest difference, mean difference or share differing)
@@ -289,7 +289,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     clock = Clock(args.minutes)
-    paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.images]
+    paths = images_in(args.data)[: args.images]
     images = [Image.open(path).convert("RGB") for path in paths]
     report: dict = {
         "command": " ".join(["python", *sys.argv]),

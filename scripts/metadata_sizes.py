@@ -19,14 +19,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from diraccodec.image.metadata import compress, read_metadata  # noqa: E402
-from diraccodec.image.planes import IMAGE_SUFFIXES, open_image  # noqa: E402
+from diraccodec.image.planes import images_in, open_image  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     folder = parser.parse_args().folder
-    paths = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    paths = images_in(folder, recursive=True)
     sizes: dict[str, list[tuple[int, int, int]]] = {"exif": [], "xmp": []}  # input, carried, stored
     for path in paths:
         with warnings.catch_warnings():

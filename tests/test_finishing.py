@@ -16,7 +16,7 @@ import diraccodec
 from diraccodec.diffusion.finishing import Finishing, FinishingSettings, finish
 from diraccodec.diffusion.sampler import SampledResidual, SamplerSettings, sample_residual
 from diraccodec.diffusion.schedule import per_level
-from diraccodec.transforms.layers import periodic_component
+from diraccodec.image.filters import periodic_component
 from tests.conftest import random_unet
 
 

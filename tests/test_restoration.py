@@ -12,8 +12,8 @@ import diraccodec
 from diraccodec.cli import main
 from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, export_restoration_weights, load_base_weights
 from diraccodec.restoration import filter as restoration
-from diraccodec.restoration.filter import FIXED_TIME, OUTPUT_SCALE, RestorationFilter, Restorer
-from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
+from diraccodec.restoration.filter import FIXED_TIME, RestorationFilter, Restorer
+from diraccodec.restoration.unet import RESIDUAL_SCALE, ResidualUNet, ResidualUNetConfig
 from tests.conftest import SAMPLE, psnr, random_unet
 
 
@@ -58,7 +58,7 @@ def test_filter_tiles_leave_no_seam(monkeypatch):
     rgb = np.random.default_rng(0).integers(0, 256, (200, 264, 3), dtype=np.uint8)
     restorer = Restorer(random_restorer())
     whole = restorer.restore(rgb, 2.5).astype(np.int16)
-    monkeypatch.setattr(restoration, "TILE", 64)
+    monkeypatch.setattr(restoration, "UNET_TILE", 64)
     tiled = restorer.restore(rgb, 2.5).astype(np.int16)
     assert whole.shape == rgb.shape and np.abs(whole - rgb).mean() > 1
     assert np.abs(tiled - whole).max() <= 1  # float rounding only
@@ -141,7 +141,7 @@ def test_training_starts_from_the_diffusion_unet_and_exports_a_filter(sample_ima
     restorer = load_restoration_weights(tmp_path / "r.safetensors").model
     unet = load_diffusion_weights(diffusion_weights).model
     base, level = torch.rand(1, 3, 64, 64), torch.tensor([3.0])
-    expected = unet(torch.zeros_like(base), torch.tensor([FIXED_TIME]), base, level) * OUTPUT_SCALE
+    expected = unet(torch.zeros_like(base), torch.tensor([FIXED_TIME]), base, level) * RESIDUAL_SCALE
     torch.testing.assert_close(restorer(base, level), expected)
     # the loss is the error relative to the base's: 1 for a filter that changes nothing
     identity = RestorationFilter(ResidualUNet(ResidualUNetConfig(widths=(8, 16, 16))))

@@ -10,7 +10,8 @@ from diraccodec.diffusion import sampler
 from diraccodec.diffusion.finishing import FinishingSettings, finish
 from diraccodec.diffusion.noise import gaussian_noise, mix32
 from diraccodec.diffusion.sampler import SamplerSettings, sample_residual
-from diraccodec.diffusion.schedule import RESIDUAL_SCALE, respaced_times, signal_level
+from diraccodec.diffusion.schedule import respaced_times, signal_level
+from diraccodec.restoration.unet import RESIDUAL_SCALE
 from tests.conftest import random_unet
 
 

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from diraccodec.entropy.map_coder import decode_map, encode_map
 from diraccodec.errors import CorruptFileError
-from diraccodec.transforms.layers import blur_radius, gaussian_blur
+from diraccodec.image.filters import blur_radius, gaussian_blur
 from diraccodec.transforms.tiling import spans
 
 BLOCK = 32

@@ -28,7 +28,7 @@ from diraccodec.codec.hyperprior import ladder_position
 from diraccodec.diffusion.detail_map import DetailMap, Emit, match_detail_in_bands
 from diraccodec.diffusion.sampler import SampledResidual, SamplerSettings
 from diraccodec.diffusion.schedule import held_level, per_level
-from diraccodec.transforms.layers import blur_radius, gaussian_blur, periodic_component, periodic_reach
+from diraccodec.image.filters import blur_radius, gaussian_blur, periodic_component, periodic_reach
 from diraccodec.transforms.tiling import spans
 
 

@@ -22,9 +22,9 @@ import torch
 
 from diraccodec.compute import Compute, GraphReplay
 from diraccodec.diffusion.noise import gaussian_noise
-from diraccodec.diffusion.schedule import RESIDUAL_SCALE, per_level, respaced_times, signal_level
+from diraccodec.diffusion.schedule import per_level, respaced_times, signal_level
 from diraccodec.options import Progress
-from diraccodec.restoration.unet import ResidualUNet
+from diraccodec.restoration.unet import RESIDUAL_SCALE, UNET_MARGIN, UNET_TILE, ResidualUNet
 from diraccodec.transforms.tiling import apply_tiled, replicate_padded
 
 # (noisy residual, time) -> clean prediction; the sampler later writes over the noisy residual
@@ -53,12 +53,10 @@ class SamplerSettings:
     # Fresh noise at every step (x_next = sqrt(a) x0 + sqrt(1 - a) z) instead of the DDIM
     # update's reuse of the implied noise: what a model trained on its own predictions expects.
     renoise: bool = False
-    # The U-Net's tile on a CPU (4x wider on a GPU). On a 12-megapixel photo a step takes 7.1 s
-    # with 1024-pixel tiles, 9.9 s with 768 (whose margins add more work) and 7.6 s with 2048
-    # (whose working set outgrows the caches), on a 2-core CPU. Runtime choices, like the
-    # margin: the values a weights file stores are not read (modelfiles.split_settings).
-    tile: int = 1024
-    margin: int = 96  # at least; more where the U-Net's receptive field is wider, so tiles leave no seam
+    # The U-Net's tile on a CPU and its least margin (restoration.unet). Runtime choices: the
+    # values a weights file stores are not read (modelfiles.split_settings).
+    tile: int = UNET_TILE
+    margin: int = UNET_MARGIN
 
     def __post_init__(self) -> None:  # JSON gives lists; keep the settings hashable
         object.__setattr__(self, "grid_power", tuple(float(v) for v in self.grid_power))

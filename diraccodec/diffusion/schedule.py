@@ -12,7 +12,6 @@ import math
 
 import torch
 
-RESIDUAL_SCALE = 0.1  # residuals (in [0, 1] pixel units) are divided by this for the model
 COSINE_OFFSET = 0.008
 
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from diraccodec.transforms.layers import gaussian_window, separable_blur
+from diraccodec.image.filters import gaussian_window, separable_blur
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 

@@ -25,7 +25,7 @@ from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import DiracError
 from diraccodec.evaluation.codecs import CodecUnderTest
 from diraccodec.evaluation.metrics import frechet_distance, lpips, ms_ssim, patch_features, psnr
-from diraccodec.image.planes import IMAGE_SUFFIXES, image_to_planes, open_image
+from diraccodec.image.planes import image_to_planes, images_in, open_image
 
 OURS = "diraccodec"
 SMALLEST_SIDE = 31  # pixels: LPIPS's AlexNet needs this much for its last layers
@@ -59,7 +59,7 @@ def image_paths(folder: Path, held_out: bool = False) -> list[Path]:
 
         paths = held_out_images([folder])
     else:
-        paths = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        paths = images_in(folder)
     if not paths:
         raise DiracError(f"no {'held-out ' if held_out else ''}images in {folder}")
     return paths

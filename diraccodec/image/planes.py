@@ -68,6 +68,13 @@ class Planes:
     metadata: Metadata = field(default_factory=Metadata)
 
 
+def images_in(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files in `folder` (with `recursive`, in its subfolders too), known by their
+    suffix, in name order: the order every command that takes a folder works in."""
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(path for path in entries if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+
+
 def _is_empty(source: str | Path | bytes) -> bool:
     """Whether the input has no bytes at all (a failed download, a truncated copy)."""
     try:

@@ -20,11 +20,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from diraccodec.compute import Compute
-from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
+from diraccodec.restoration.unet import RESIDUAL_SCALE, UNET_MARGIN, UNET_TILE, ResidualUNet, ResidualUNetConfig
 from diraccodec.transforms.tiling import apply_tiled
 
-# The U-Net's output is in units of 0.1 of the pixel range, as the diffusion decoder's is.
-OUTPUT_SCALE = 0.1
 # The diffusion time it sees. The diffusion decoder's prediction from no noise at this time
 # was the best starting point of those measured (0.1 and 0.4, on BSDS500 crops).
 FIXED_TIME = 0.1
@@ -46,17 +44,13 @@ class RestorationFilter(nn.Module):
     def forward(self, base: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """base (B, 3, H, W) in [0, 1], level (B,) -> the correction to add, in pixel units."""
         time = torch.full((base.shape[0],), FIXED_TIME, device=base.device, dtype=base.dtype)
-        return self.unet(torch.zeros_like(base), time, base, level) * OUTPUT_SCALE
+        return self.unet(torch.zeros_like(base), time, base, level) * RESIDUAL_SCALE
 
     def restore(self, base: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """The restored image, unclamped, for a base of any size (padded to the U-Net's multiple)."""
         height, width = base.shape[-2:]
         padded = F.pad(base, (0, -width % self.size_multiple, 0, -height % self.size_multiple), mode="replicate")
         return base + self(padded, level)[..., :height, :width]
-
-
-TILE = 1024  # on a CPU (4x on a GPU): a 12-megapixel photo in 12 tiles, larger ones in more ...
-MARGIN = 96  # ... with at least this margin (more where the U-Net sees further), so no seam shows
 
 
 class Restorer:
@@ -84,6 +78,6 @@ class Restorer:
         # a view of the 8-bit pixels (copied only when read-only, as from a PIL image)
         base = torch.from_numpy(np.require(base_rgb, np.uint8, ["C", "W"])).permute(2, 0, 1)[None]
         with self.compute.kernels():
-            restored = apply_tiled(restore_tile, base, Fraction(1), self.compute.tile(TILE),
-                                   self.model.unet.tile_margin(MARGIN))
+            restored = apply_tiled(restore_tile, base, Fraction(1), self.compute.tile(UNET_TILE),
+                                   self.model.unet.tile_margin(UNET_MARGIN))
         return np.ascontiguousarray(restored[0].permute(1, 2, 0).numpy())

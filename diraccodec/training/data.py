@@ -28,7 +28,7 @@ from PIL import Image
 
 from diraccodec.errors import DiracError
 from diraccodec.image.files import write_atomic
-from diraccodec.image.planes import IMAGE_SUFFIXES, PILLOW_READ_ERRORS
+from diraccodec.image.planes import PILLOW_READ_ERRORS, images_in
 
 SHARD_MANIFEST = "shard.json"
 DOWNSCALE_RANGE = (1.5, 2.0)
@@ -39,7 +39,7 @@ def list_images(folders: Iterable[Path]) -> list[Path]:
     """Every photo under the folders, held out or not, in a stable order."""
     paths: list[Path] = []
     for folder in folders:
-        paths.extend(p for p in sorted(Path(folder).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths.extend(images_in(Path(folder), recursive=True))
     return paths
 
 

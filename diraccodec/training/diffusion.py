@@ -18,7 +18,7 @@ from rich.console import Console
 from diraccodec.compute import thread_count_restored
 from diraccodec.console import plain_console
 from diraccodec.diffusion.sampler import SamplerSettings
-from diraccodec.diffusion.schedule import RESIDUAL_SCALE, signal_level
+from diraccodec.diffusion.schedule import signal_level
 from diraccodec.errors import DiracError
 from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
@@ -28,7 +28,7 @@ from diraccodec.modelfiles import (
     load_unet_weights,
 )
 from diraccodec.options import TRAINING_PHOTOS
-from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
+from diraccodec.restoration.unet import RESIDUAL_SCALE, ResidualUNet, ResidualUNetConfig
 from diraccodec.training.adversarial import CriticisedUNet, PatchCritic, adversarial_terms
 from diraccodec.training.checkpoint import (
     RNG_PREFIX,

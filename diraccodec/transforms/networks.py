@@ -54,8 +54,9 @@ class HyperAnalysis(nn.Sequential):
 class HyperSynthesis(nn.Sequential):
     """Predicts the mean and the scale of every latent from the hyper-latents.
 
-    At coding time it runs in float64 on the CPU (see `diraccodec.codec.base_codec`), so that the
-    encoder and the decoder derive bit-identical entropy tables on any machine.
+    At coding time it runs in fixed point (`diraccodec.entropy.fixed_point`; files of format
+    version 1 in float64 on the CPU), so that the encoder and the decoder derive bit-identical
+    entropy tables on any device.
     """
 
     def __init__(self, channels: int, latent_channels: int) -> None:
