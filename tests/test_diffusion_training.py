@@ -122,7 +122,7 @@ def test_training_on_the_filter_feeds_the_model_the_filter_output(sample_image, 
     batch, base, levels = seen[0]
     restoration = load_restoration_weights(DEFAULT_RESTORATION_WEIGHTS.resolve())
     with torch.no_grad():
-        synthesis = load_base_weights(DEFAULT_BASE_WEIGHTS.resolve()).model.reconstruct(batch, levels - 1)
+        synthesis = load_base_weights(DEFAULT_BASE_WEIGHTS.resolve()).model.reconstruct(batch, level_index=levels - 1)
         expected = restoration.model.restore(synthesis, levels).clamp(0, 1).mul(255).round().div(255)
     assert torch.allclose(base, expected, atol=1e-6) and not torch.allclose(base, synthesis, atol=1e-3)
 

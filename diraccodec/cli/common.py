@@ -354,7 +354,7 @@ device_option = click.option(
 )
 exact_option = click.option(
     "--exact", is_flag=True,
-    help="Pixels independent of the thread count (float32 kernels without oneDNN): about 3x slower on a CPU.",
+    help="Pixels independent of the thread count (float32 kernels without oneDNN): 3-8x slower on a CPU.",
 )
 steps_option = click.option(
     "--steps", type=click.IntRange(0, MAX_STEPS), default=None,

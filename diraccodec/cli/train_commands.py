@@ -35,7 +35,7 @@ def training_options(
         click.option("--batch-size", type=click.IntRange(1), default=batch_size, show_default=True,
                      help="Crops per step."),
         click.option("--patch-size", type=click.IntRange(64), default=patch_size, show_default=True,
-                     help="Side of each square crop, in pixels."),
+                     help="Side of each square crop, in pixels: a multiple of 64."),
         click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=2e-4,
                      show_default=True, help="Adam's learning rate (then a cosine decay over the last fifth)."),
         click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,

@@ -131,11 +131,13 @@ class MultiRateHyperprior(nn.Module):
         self.log_gain = nn.Parameter(start[:, None].repeat(1, m))
         self.log_inverse_gain = nn.Parameter(-start[:, None].repeat(1, m))
 
-    def gains(self, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gain and inverse gain for 0-based (possibly fractional) levels, shape (B, M, 1, 1)."""
-        level = level.to(self.log_gain.dtype).clamp(0, self.config.num_levels - 1)
-        low = level.floor().long().clamp(max=self.config.num_levels - 2)
-        weight = (level - low.to(level.dtype))[:, None]
+    def gains(self, level_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gain and inverse gain, shape (B, M, 1, 1), at (B,) fractional positions along the
+        trained levels: a level index counts from 0, as the model's tables do, where a file's
+        level counts from 1 (index 0 is level 1)."""
+        position = level_index.to(self.log_gain.dtype).clamp(0, self.config.num_levels - 1)
+        low = position.floor().long().clamp(max=self.config.num_levels - 2)
+        weight = (position - low.to(position.dtype))[:, None]
         log_gain = (1 - weight) * self.log_gain[low] + weight * self.log_gain[low + 1]
         log_inverse = (1 - weight) * self.log_inverse_gain[low] + weight * self.log_inverse_gain[low + 1]
         return log_gain.exp()[:, :, None, None], log_inverse.exp()[:, :, None, None]
@@ -157,15 +159,15 @@ class MultiRateHyperprior(nn.Module):
         return torch.where(is_anchor, mean, context_mean), torch.where(is_anchor, scale, context_scale)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """What the decoder shows at 0 steps: hard-quantised latents, 8-bit output. `level`
-        (B,) counts from 0 here, as `gains` does (a file's level 1 is 0); levels below the
-        first trained one are clamped to it, where the codec extrapolates them.
+    def reconstruct(self, x: torch.Tensor, level_index: torch.Tensor) -> torch.Tensor:
+        """What the decoder shows at 0 steps: hard-quantised latents, 8-bit output, at (B,)
+        level indices (`gains`: a file's level 1 is index 0); indices below 0 are clamped to
+        it, where the codec extrapolates the levels below 1.
 
         Float32 on any device; the bit-exact coding path lives in diraccodec.codec.base_codec. The
         diffusion decoder trains on these reconstructions.
         """
-        gain, inverse_gain = self.gains(level)
+        gain, inverse_gain = self.gains(level_index)
         y = self.analysis(x) * gain
         mean, _ = self.latent_parameters(y, torch.round(self.hyper_analysis(y)))
         y_hat = torch.round(y - mean) + mean
@@ -190,10 +192,10 @@ class MultiRateHyperprior(nn.Module):
         bits_latent = -torch.log2(y_likelihood).flatten(1).sum(1)
         return mean, bits_latent, -torch.log2(z_likelihood).flatten(1).sum(1)
 
-    def forward(self, x: torch.Tensor, level: torch.Tensor) -> ForwardResult:
-        """Training pass: noise for the rate, straight-through rounding for the decoder.
-        `level` (B,) counts from 0, as in `gains`."""
-        gain, inverse_gain = self.gains(level)
+    def forward(self, x: torch.Tensor, level_index: torch.Tensor) -> ForwardResult:
+        """Training pass at (B,) level indices (`gains`): noise for the rate, straight-through
+        rounding for the decoder."""
+        gain, inverse_gain = self.gains(level_index)
         y = self.analysis(x) * gain
         mean, bits_latent, bits_hyper = self.rate(y)
         y_hat = round_straight_through(y - mean) + mean

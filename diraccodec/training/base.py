@@ -67,14 +67,14 @@ def _lambda_table(lambdas: tuple[float, ...], device: torch.device) -> torch.Ten
 
 
 def rate_distortion_loss(
-    model: MultiRateHyperprior, batch: torch.Tensor, levels: torch.Tensor
+    model: MultiRateHyperprior, batch: torch.Tensor, level_indices: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Loss, bpp and PSNR, each averaged over the batch."""
-    result = model(batch, levels.float())
+    """Loss, bpp and PSNR, each averaged over the batch, at (B,) whole level indices (from 0)."""
+    result = model(batch, level_indices.float())
     pixels = batch.shape[-1] * batch.shape[-2]
     bpp = (result.bits_latent + result.bits_hyper) / pixels
     mse = (result.reconstruction - batch).pow(2).flatten(1).mean(1)
-    lambdas = _lambda_table(model.config.lambdas, batch.device)[levels]
+    lambdas = _lambda_table(model.config.lambdas, batch.device)[level_indices]
     loss = (lambdas * 255**2 * mse + bpp).mean()
     psnr = (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()
     return {"loss": loss, "bpp": bpp.mean().detach(), "psnr": psnr.detach()}
@@ -131,8 +131,9 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
 
     def next_loss() -> dict[str, torch.Tensor]:
         batch = sampler.batch(options.batch_size)
-        levels = torch.randint(config.num_levels, (options.batch_size,), generator=run.generator, device=run.device)
-        return rate_distortion_loss(run.step_model, batch, levels)
+        level_indices = torch.randint(config.num_levels, (options.batch_size,), generator=run.generator,
+                                      device=run.device)
+        return rate_distortion_loss(run.step_model, batch, level_indices)
 
     return run_loop(run, options, next_loss, console, options.batch_size * options.patch_size**2)
 

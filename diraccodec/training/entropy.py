@@ -77,9 +77,11 @@ def latent_bank(model: MultiRateHyperprior, options: EntropyTrainingOptions, con
     return torch.cat(latents)[: options.crops]
 
 
-def rate_loss(model: MultiRateHyperprior, latents: torch.Tensor, levels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Bits per pixel of latents at the given (fractional) levels."""
-    gain, _ = model.gains(levels)
+def rate_loss(
+    model: MultiRateHyperprior, latents: torch.Tensor, level_indices: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Bits per pixel of latents at the given (fractional) level indices (from 0)."""
+    gain, _ = model.gains(level_indices)
     _, bits_latent, bits_hyper = model.rate(latents.float() * gain)
     pixels = latents.shape[-1] * latents.shape[-2] * LATENT_STRIDE**2
     bpp = (bits_latent + bits_hyper) / pixels
@@ -114,15 +116,15 @@ def train_entropy(options: EntropyTrainingOptions, console: Console | None = Non
             "data": [str(p) for p in options.data],
         }
     )
-    top_level = model.config.num_levels - 1
+    top_index = model.config.num_levels - 1
 
     def next_loss() -> dict[str, torch.Tensor]:
         generator, device = run.generator, run.device
         batch = latents[torch.randint(latents.shape[0], (options.batch_size,), generator=generator, device=device)]
         mirrored = torch.rand((options.batch_size, 1, 1, 1), generator=generator, device=device) < 0.5
         batch = torch.where(mirrored, batch.flip(-1), batch)  # no host sync for a coin flip
-        levels = torch.rand(options.batch_size, generator=generator, device=device) * top_level
-        return rate_loss(run.step_model, batch, levels)
+        level_indices = torch.rand(options.batch_size, generator=generator, device=device) * top_index
+        return rate_loss(run.step_model, batch, level_indices)
 
     return run_loop(run, options, next_loss, console, options.batch_size * options.patch_size**2)
 

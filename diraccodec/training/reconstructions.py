@@ -53,7 +53,7 @@ class ReconstructedCrops:
         generator = self.run.generator
         levels = lowest + torch.rand(self.batch_size, generator=generator, device=generator.device) * (highest - lowest)
         with torch.no_grad(), torch.autocast(self.run.device.type, enabled=False):
-            base = self.base_model.reconstruct(batch, levels - 1)
+            base = self.base_model.reconstruct(batch, level_index=levels - 1)
             if self.restoration is not None:
                 base = self.restoration.restore(base, levels).clamp(0, 1).mul(255).round().div(255)
         return batch, base, levels
