@@ -37,7 +37,7 @@ from diraccodec.errors import DiracError  # noqa: E402
 from diraccodec.image.files import check_writable, check_writable_folder  # noqa: E402
 from diraccodec.modelfiles import DEFAULT_BASE_WEIGHTS, DEFAULT_DIFFUSION_WEIGHTS  # noqa: E402
 from diraccodec.options import TRAINING_PHOTOS  # noqa: E402
-from diraccodec.training.base import BaseTrainingOptions, export_base_checkpoint, train_base  # noqa: E402
+from diraccodec.training.base import BaseTrainingOptions, train_base  # noqa: E402
 from diraccodec.training.checkpoint import (  # noqa: E402
     check_not_in_state,
     check_state_place,
@@ -49,13 +49,12 @@ from diraccodec.training.checkpoint import (  # noqa: E402
 )
 from diraccodec.training.diffusion import (  # noqa: E402
     DiffusionTrainingOptions,
-    export_diffusion_checkpoint,
     train_diffusion,
 )
+from diraccodec.training.export import EXPORTERS  # noqa: E402
 from diraccodec.training.loop import LoopOptions, check_before_work  # noqa: E402
 from diraccodec.training.restoration import (  # noqa: E402
     RestorationTrainingOptions,
-    export_restoration_checkpoint,
     train_restoration,
 )
 
@@ -63,8 +62,6 @@ DEFAULT_MINUTES = 9.0
 SHORTEST_MINUTES = 0.1  # a run whose deadline has passed still starts, saves and exports
 DEFAULT_BATCH = {"base": 64, "diffusion": 32, "restoration": 32}
 TRAINERS = {"base": train_base, "diffusion": train_diffusion, "restoration": train_restoration}
-EXPORTERS = {"base": export_base_checkpoint, "diffusion": export_diffusion_checkpoint,
-             "restoration": export_restoration_checkpoint}
 
 
 def within(kind: type, low: float = -math.inf, high: float = math.inf, *, above: bool = False,

@@ -13,8 +13,10 @@ def test_export_command_recognises_a_diffusion_checkpoint(diffusion_weights, tmp
     from click.testing import CliRunner
 
     from diraccodec.cli import main
+    from diraccodec.training.checkpoint import load_checkpoint_metadata
 
     checkpoint = diffusion_weights.parent / "ck.safetensors"
+    assert load_checkpoint_metadata(checkpoint).metadata["kind"] == "diffusion"
     result = CliRunner().invoke(main, ["train", "export", str(checkpoint), str(tmp_path / "d.safetensors")])
     assert result.exit_code == 0 and "diffusion decoder" in result.output
     from diraccodec.modelfiles import load_diffusion_weights
@@ -22,6 +24,14 @@ def test_export_command_recognises_a_diffusion_checkpoint(diffusion_weights, tmp
     exported, fixture = (load_diffusion_weights(path).model.state_dict()
                          for path in (tmp_path / "d.safetensors", diffusion_weights))
     assert exported.keys() == fixture.keys() and all(torch.equal(exported[k], fixture[k]) for k in fixture)
+
+
+def test_a_state_without_its_kind_is_known_by_what_it_holds():
+    from diraccodec.training.export import state_kind
+
+    assert state_kind({"config": {}, "base_weights_id": "00", "kind": "restoration"}) == "restoration"
+    assert state_kind({"config": {}, "base_weights_id": "00"}) == "diffusion"  # a U-Net names its base
+    assert state_kind({"config": {}, "batch_size": 8}) == "base"
 
 
 def test_own_prediction_training_feeds_the_model_its_first_step():

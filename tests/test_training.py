@@ -60,7 +60,8 @@ def test_the_weight_average_is_what_export_ships(photo_folder: Path, tmp_path: P
         assert torch.get_num_threads() == 3  # --threads holds for the run only, not the caller
     finally:
         torch.set_num_threads(threads_before)
-    _, tensors = read_state(run.checkpoint)
+    state, tensors = read_state(run.checkpoint)
+    assert state.metadata["kind"] == "base"  # what `dirac train export` goes by
     assert int(tensors["average.updates"][0]) == 4
     weight = "synthesis.0.weight"
     assert not torch.equal(tensors[f"average.{weight}"], tensors[f"model.{weight}"])

@@ -196,21 +196,11 @@ def train_pack_command(output: Path, data: tuple[Path, ...], prescale: float, qu
 @reports_errors
 def train_export_command(checkpoint: Path, output: Path) -> None:
     """Write inference weights from a training checkpoint (base codec, diffusion decoder or restoration filter)."""
-    from diraccodec.training.base import export_base_checkpoint
     from diraccodec.training.checkpoint import check_not_in_state, load_checkpoint_metadata
-    from diraccodec.training.diffusion import export_diffusion_checkpoint
-    from diraccodec.training.restoration import export_restoration_checkpoint
+    from diraccodec.training.export import export_checkpoint
 
-    metadata = load_checkpoint_metadata(checkpoint).metadata
+    load_checkpoint_metadata(checkpoint)  # an unreadable state fails before the output is checked
     check_not_in_state(output, checkpoint)  # the state's next save replaces its folder
     check_outputs({"OUTPUT": output}, [])
-    if metadata.get("kind") == "restoration":
-        export_restoration_checkpoint(checkpoint, output)
-        kind = "restoration filter"
-    elif "base_weights_id" in metadata:
-        export_diffusion_checkpoint(checkpoint, output)
-        kind = "diffusion decoder"
-    else:
-        export_base_checkpoint(checkpoint, output)
-        kind = "base codec"
-    console.print(one_line(f"wrote {output} ({kind})"))
+    model = export_checkpoint(checkpoint, output)
+    console.print(one_line(f"wrote {output} ({model})"))

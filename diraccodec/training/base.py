@@ -26,7 +26,13 @@ from diraccodec.compute import thread_count_restored
 from diraccodec.console import plain_console
 from diraccodec.errors import DiracError
 from diraccodec.options import TRAINING_PHOTOS
-from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
+from diraccodec.training.checkpoint import (
+    TrainingState,
+    export_info,
+    load_checkpoint,
+    load_checkpoint_metadata,
+    state_exists,
+)
 from diraccodec.training.crops import CropSampler, check_whole_blocks
 from diraccodec.training.loop import LoopOptions, check_before_work, run_loop, start_run
 from diraccodec.training.widening import grow_model, grown_gains
@@ -116,6 +122,7 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
                   f"(analysis {config.analysis_width}, synthesis {config.synthesis_width}) context {config.context}")
     run.state.metadata.update(
         {
+            "kind": "base",
             "config": config.as_fields(),
             "batch_size": options.batch_size,
             "patch_size": options.patch_size,
@@ -260,5 +267,4 @@ def export_base_checkpoint(checkpoint: Path, output: Path) -> None:
 
     model = MultiRateHyperprior(HyperpriorConfig.from_fields(load_checkpoint_metadata(checkpoint).metadata["config"]))
     state = load_checkpoint(checkpoint, model, None, None, prefer_average=True)
-    info = {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **state.metadata}
-    export_base_weights(model, output, info)
+    export_base_weights(model, output, export_info(state))

@@ -49,6 +49,12 @@ class TrainingState:
     warmup_from: int | None = None  # the step a learning-rate ramp started at (a run begun without moments)
 
 
+def export_info(state: TrainingState) -> dict[str, Any]:
+    """What a weights file records of the state it was exported from: how long that trained,
+    and the state's own record (config, data, the weights it built on)."""
+    return {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **state.metadata}
+
+
 def state_folder(path: Path) -> Path:
     """The folder holding the state named `path` (a `.safetensors` suffix is dropped)."""
     path = Path(path)

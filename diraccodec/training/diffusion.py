@@ -33,6 +33,7 @@ from diraccodec.training.adversarial import CriticisedUNet, PatchCritic, adversa
 from diraccodec.training.checkpoint import (
     RNG_PREFIX,
     TrainingState,
+    export_info,
     load_checkpoint,
     load_checkpoint_metadata,
     model_weights,
@@ -42,7 +43,7 @@ from diraccodec.training.checkpoint import (
 )
 from diraccodec.training.crops import check_whole_blocks
 from diraccodec.training.loop import LoopOptions, check_before_work, run_loop, start_run
-from diraccodec.training.reconstructions import ReconstructedCrops
+from diraccodec.training.reconstructions import ReconstructedCrops, check_unet_levels, note_base_change
 
 # The model learns times in [0, 0.7]: wider than the sampler's default start, so the start
 # can be tuned at export without retraining.
@@ -170,18 +171,14 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
     elif options.start_from is not None:
         start = load_unet_weights(options.start_from)  # frozen, for inference
         unet = start.deepened(max(options.blocks or 1, start.config.blocks))  # a trainable copy, deeper if asked
-        if unet.config.max_level != top_level:
-            raise DiracError(f"the U-Net knows {unet.config.max_level:g} levels, the base codec {top_level}")
+        check_unet_levels(unet.config, top_level)
         console.print(f"starting from the U-Net of {options.start_from}")
     model: torch.nn.Module = unet or ResidualUNet(config)
     if critic_fields is not None or (not state_exists(options.checkpoint) and options.adversarial_weight > 0):
         model = CriticisedUNet.around(model, critic_fields)
     run = start_run(model, options, console, from_weights=unet is not None)
     critic = run.model.critic if isinstance(run.model, CriticisedUNet) else None
-    trained_on = run.state.metadata.get("base_weights_id")
-    if trained_on and trained_on != base_weights.weights_id.hex():
-        console.print(f"note: the saved state was trained on base {trained_on}; continuing on "
-                      f"{base_weights.weights_id.hex()} (fine-tuning)")
+    note_base_change(run, base_weights.weights_id, console)
     perceptual = None
     if options.lpips_weight > 0:
         from diraccodec.perceptual.lpips import LPIPS
@@ -197,6 +194,7 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
     crops = ReconstructedCrops(options.data, options.patch_size, options.batch_size, base_weights.model, run,
                                (lowest, highest), console, restoration.model if restoration else None)
     run.state.metadata.update({
+        "kind": "diffusion",
         "config": asdict(run.model.config),
         "base_weights_id": base_weights.weights_id.hex(),
         "lpips_weight": options.lpips_weight,
@@ -258,7 +256,6 @@ def export_diffusion_checkpoint(checkpoint: Path, output: Path) -> None:
     state = load_checkpoint(checkpoint, trained, None, None, prefer_average=True)
     trained_range = metadata.get("start_time", TRAINED_TIME_RANGE)
     settings = SamplerSettings(start_time=min(SamplerSettings.start_time, trained_range))
-    info = {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **metadata}
     restoration_id = metadata.get("restoration_weights_id")
-    export_diffusion_weights(model, settings, bytes.fromhex(metadata["base_weights_id"]), output, info,
+    export_diffusion_weights(model, settings, bytes.fromhex(metadata["base_weights_id"]), output, export_info(state),
                              bytes.fromhex(restoration_id) if restoration_id else None)

@@ -107,6 +107,7 @@ def train_entropy(options: EntropyTrainingOptions, console: Console | None = Non
     console.print(f"{latents.shape[0]} latent grids of {latents.shape[-2]}x{latents.shape[-1]}")
     run.state.metadata.update(
         {
+            "kind": "base",  # a fine-tune of the base codec's entropy model
             "config": model.config.as_fields(),
             "entropy_finetune_of": weights.weights_id.hex(),
             "batch_size": options.batch_size,

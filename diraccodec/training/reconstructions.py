@@ -16,11 +16,27 @@ import torch
 from rich.console import Console
 
 from diraccodec.codec.hyperprior import MultiRateHyperprior
+from diraccodec.errors import DiracError
 from diraccodec.restoration.filter import RestorationFilter
+from diraccodec.restoration.unet import ResidualUNetConfig
 from diraccodec.training.crops import CropSampler
 from diraccodec.training.loop import TrainingRun
 
 Frozen = TypeVar("Frozen", bound=torch.nn.Module)
+
+
+def check_unet_levels(config: ResidualUNetConfig, top_level: int) -> None:
+    """A U-Net conditioned on another number of levels would misread every crop's level."""
+    if config.max_level != top_level:
+        raise DiracError(f"the U-Net knows {config.max_level:g} levels, the base codec {top_level}")
+
+
+def note_base_change(run: TrainingRun, base_weights_id: bytes, console: Console) -> None:
+    """A resumed state that learnt from another base's reconstructions goes on as a fine-tune."""
+    trained_on = run.state.metadata.get("base_weights_id")
+    if trained_on and trained_on != base_weights_id.hex():
+        console.print(f"note: the saved state was trained on base {trained_on}; continuing on "
+                      f"{base_weights_id.hex()} (fine-tuning)")
 
 
 def _frozen_copy(model: Frozen, run: TrainingRun) -> Frozen:

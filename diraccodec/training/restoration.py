@@ -16,7 +16,6 @@ from rich.console import Console
 
 from diraccodec.compute import thread_count_restored
 from diraccodec.console import plain_console
-from diraccodec.errors import DiracError
 from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
     DEFAULT_DIFFUSION_WEIGHTS,
@@ -27,10 +26,16 @@ from diraccodec.modelfiles import (
 from diraccodec.options import TRAINING_PHOTOS
 from diraccodec.restoration.filter import RestorationFilter
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
-from diraccodec.training.checkpoint import TrainingState, load_checkpoint, load_checkpoint_metadata, state_exists
+from diraccodec.training.checkpoint import (
+    TrainingState,
+    export_info,
+    load_checkpoint,
+    load_checkpoint_metadata,
+    state_exists,
+)
 from diraccodec.training.crops import check_whole_blocks
 from diraccodec.training.loop import LoopOptions, check_before_work, run_loop, start_run
-from diraccodec.training.reconstructions import ReconstructedCrops
+from diraccodec.training.reconstructions import ReconstructedCrops, check_unet_levels, note_base_change
 
 # Floor of a crop's base MSE (pixel range 1): flat crops with almost no error must not
 # dominate a batch. An RMS error of 0.1% of the range is far below any level's.
@@ -77,18 +82,14 @@ def train_restoration(options: RestorationTrainingOptions, console: Console | No
     elif options.start_from is not None:
         starting_unet = load_unet_weights(options.start_from)
         config = starting_unet.config
-    if config.max_level != top_level:
-        raise DiracError(f"the U-Net knows {config.max_level:g} levels, the base codec {top_level}")
+    check_unet_levels(config, top_level)
     unet = ResidualUNet(config)
     if starting_unet is not None:
         unet.load_state_dict(starting_unet.state_dict())
         console.print(f"starting from the U-Net of {options.start_from}")
     restorer = RestorationFilter(unet)
     run = start_run(restorer, options, console, from_weights=starting_unet is not None)
-    trained_on = run.state.metadata.get("base_weights_id")
-    if trained_on and trained_on != base_weights.weights_id.hex():
-        console.print(f"note: the saved state was trained on base {trained_on}; continuing on "
-                      f"{base_weights.weights_id.hex()} (fine-tuning)")
+    note_base_change(run, base_weights.weights_id, console)
     crops = ReconstructedCrops(options.data, options.patch_size, options.batch_size, base_weights.model, run,
                                (1.0, float(top_level)), console)
     run.state.metadata.update({
@@ -110,5 +111,4 @@ def export_restoration_checkpoint(checkpoint: Path, output: Path) -> None:
     metadata = load_checkpoint_metadata(checkpoint).metadata
     restorer = RestorationFilter(ResidualUNet(ResidualUNetConfig.from_fields(metadata["config"])))
     state = load_checkpoint(checkpoint, restorer, None, None, prefer_average=True)
-    info = {"steps": state.step, "training_hours": round(state.seconds / 3600, 3), **metadata}
-    export_restoration_weights(restorer, bytes.fromhex(metadata["base_weights_id"]), output, info)
+    export_restoration_weights(restorer, bytes.fromhex(metadata["base_weights_id"]), output, export_info(state))
