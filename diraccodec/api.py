@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diraccodec.codec.base_codec import LOWEST_LEVEL, Arithmetic, BaseCodec, BaseWeights
+from diraccodec.codec.base_codec import LOWEST_LEVEL, BaseCodec, BaseWeights
 from diraccodec.codec.hyperprior import DEFAULT_LAMBDAS, ladder_position
 from diraccodec.compute import Compute, float32_default, one_thread_in_forked_children, without_callers_autocast
 from diraccodec.container import drc
 from diraccodec.diffusion import detail_map as detail_maps
 from diraccodec.diffusion.decoder import DiffusionDecoder
+from diraccodec.entropy.latent_stream import Arithmetic
 from diraccodec.errors import (
     CorruptFileError,
     DiracError,
@@ -778,7 +779,7 @@ def stream_bytes(data: bytes, *, weights: str | Path | None = None,
         payload = header.sections[drc.TAG_LATENTS]
         latents = codec.read_stream(payload, header.width, header.height, header.quality, rules.arithmetic,
                                     rules.whole_grid)
-        hyper_bits, latent_bits = codec.information_bits(latents, header.quality)
+        hyper_bits, latent_bits = codec.stream.information_bits(latents, header.quality)
     return StreamBytes(hyper_bits / 8, latent_bits / 8, len(payload))
 
 

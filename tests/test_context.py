@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from diraccodec.codec.base_codec import Arithmetic, BaseCodec
+from diraccodec.codec.base_codec import BaseCodec
 from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
 from diraccodec.entropy import context as context_module
 from diraccodec.entropy.context import CheckerboardContext, ContextLayers, anchor_mask, context_parameters
+from diraccodec.entropy.latent_stream import Arithmetic
 from diraccodec.modelfiles import default_weights_path, export_base_weights, load_base_weights
 from diraccodec.transforms.search import SearchSettings
 
@@ -130,7 +131,7 @@ def test_context_streams_round_trip_exactly(context_weights: Path, small_image: 
     latents = codec.analyse(rgb, 4, SearchSettings(passes=passes, progress=lambda *report: reports.append(report)))
     # the halves share the passes, the anchors first; two halves' searches report as one
     assert reports == {0: [], 1: [(1, 1)], 2: [(1, 2), (2, 2)]}[passes]
-    hyper_mean, hyper_tables = codec.entropy_parameters(latents.hyper)
+    hyper_mean, hyper_tables, _ = codec.stream.parameters(latents.hyper)
     non_anchor = ~anchor_mask(*latents.symbols.shape[1:]).numpy()
     rounded = (codec.analysis_latents(rgb).double() * codec._gains64(4)[0] - latents.mean).round().long().numpy()
 

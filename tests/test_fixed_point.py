@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from diraccodec.api import compute_for, get_codec
-from diraccodec.codec import base_codec
-from diraccodec.codec.base_codec import Arithmetic
+from diraccodec.entropy import latent_stream
 from diraccodec.entropy.fixed_point import ACTIVATION_BITS, WEIGHT_BITS, FixedPointNetwork
+from diraccodec.entropy.latent_stream import Arithmetic
 
 
 def _integer_layer(layer, x: np.ndarray) -> np.ndarray:
@@ -68,8 +68,8 @@ def photo_hyper(codec, sample_image) -> dict[float, np.ndarray]:
 
 
 def test_the_fixed_point_hyper_synthesis_is_the_stated_integer_computation(codec, photo_hyper):
-    network = codec._hyper_synthesis_fixed
-    float_network = codec._hyper_synthesis64
+    network = codec.stream._hyper_synthesis_fixed
+    float_network = codec.stream._hyper_synthesis64
     for hyper in photo_hyper.values():
         out = network(torch.from_numpy(hyper)[None])[0]
         np.testing.assert_array_equal(out.numpy(), integer_reference(network, hyper))
@@ -83,29 +83,29 @@ def test_fixed_point_parameters_do_not_depend_on_threads_or_tiles(codec, photo_h
     # a 12x16 grid (the photo's hyper-latents four times over each way), so that tiles of 2
     # with a margin of 4 are smaller than the grid and the margin has to hold the reach
     hyper = np.tile(photo_hyper[1.0], (1, 4, 4))
-    assert min(hyper.shape[1:]) > base_codec.HYPER_MARGIN * 2 + 2
+    assert min(hyper.shape[1:]) > latent_stream.HYPER_MARGIN * 2 + 2
     threads = torch.get_num_threads()
     try:
         by_threads = []
         for count in (1, 3):  # the tests run one thread: three make the sums split otherwise
             torch.set_num_threads(count)
-            by_threads.append(codec.entropy_parameters(hyper))
+            by_threads.append(codec.stream.parameters(hyper)[:2])
     finally:
         torch.set_num_threads(threads)
     (mean, table_ids), three_threads = by_threads
-    monkeypatch.setattr(base_codec, "WHOLE_HYPER_GRID", 1)  # tiles of HYPER_TILE with margins
-    monkeypatch.setattr(base_codec, "HYPER_TILE", 2)
-    tiled = codec.entropy_parameters(hyper)
+    monkeypatch.setattr(latent_stream, "WHOLE_HYPER_GRID", 1)  # tiles of HYPER_TILE with margins
+    monkeypatch.setattr(latent_stream, "HYPER_TILE", 2)
+    tiled = codec.stream.parameters(hyper)[:2]
     for other_mean, other_tables in (three_threads, tiled):
         assert torch.equal(other_mean, mean)
         np.testing.assert_array_equal(other_tables, table_ids)
     # the format version 1 arithmetic gives (slightly) other parameters for the same latents
-    float_mean, _ = codec.entropy_parameters(hyper, Arithmetic.FLOAT64_CPU)
+    float_mean = codec.stream.parameters(hyper, Arithmetic.FLOAT64_CPU)[0]
     assert not torch.equal(float_mean, mean) and (float_mean - mean).abs().max() < 0.05
 
 
 def test_huge_hyper_latents_from_a_corrupt_stream_are_clamped_and_stay_exact(codec):
-    network = codec._hyper_synthesis_fixed
+    network = codec.stream._hyper_synthesis_fixed
     hyper = np.random.default_rng(0).integers(-3, 4, size=(1, 96, 2, 3))
     hyper[0, :8, 0, 0] = 2**45
     hyper[0, 8:16, 1, 2] = -(2**50)

@@ -53,7 +53,7 @@ def test_table_bits_predict_the_stream_size(sample_image):
     codec = get_codec()
     latents = codec.analyse(np.asarray(sample_image), 5)
     predicted = codec.weights.latent_tables.bits(latents.symbols, latents.table_ids).sum()
-    rows, tables = codec.hyper_coding(latents.hyper.shape, 5)
+    rows, tables = codec.stream.hyper_coding(latents.hyper.shape, 5)
     predicted += tables.bits(latents.hyper, rows).sum()
     actual = 8 * len(codec.write_stream(latents, 5))
     assert abs(predicted - actual) < 0.01 * actual + 64
@@ -105,7 +105,7 @@ def test_moves_that_raise_the_whole_tiles_objective_are_undone_by_the_next_pass(
     started from; the last pass's moves stand on their cells' word. Here the second pass of
     each search keeps a move of +1 on every symbol, which must raise the objective."""
     codec, original = get_codec(), np.asarray(small_image)
-    assert codec._context_layers is None  # the passes are not split between anchors and the rest
+    assert not codec.stream.has_context  # the passes are not split between anchors and the rest
     plain = codec.analyse(original, 3).symbols
     one_pass = codec.analyse(original, 3, SearchSettings(passes=1)).symbols
     assert not np.array_equal(one_pass, plain)

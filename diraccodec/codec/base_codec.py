@@ -1,13 +1,9 @@
 """The base codec: RGB pixels to a range-coded latent stream and back.
 
-Determinism is designed in, because the decoder must rebuild the encoder's tables bit for
-bit. The only computation that selects tables is the hyper-synthesis (hyper-latents to the
-mean and scale of each latent), and the context model where the weights have one. The
-current format runs both in fixed point (diraccodec.entropy.fixed_point), exact on the
-codec's own device with any kernel and thread count; files of format version 1 ran them in
-float64 on the CPU, in one thread unless MKL sums alike on any thread count, and still
-decode that way. The transforms themselves run where `Compute` says, in tiles that go in
-and come out as 8-bit pixels, so that memory beyond one tile is that of the 8-bit image.
+The transforms and the encoder's search run here, where `Compute` says, in tiles that go in
+and come out as 8-bit pixels, so that memory beyond one tile is that of the 8-bit image. The
+entropy model, which encoder and decoder must compute alike on every device, is the
+codec's `stream` (diraccodec.entropy.latent_stream).
 
 The image is padded to a multiple of 64 pixels (the hyper-latents' stride). The stream codes
 only the latents of the image's own 16-pixel cells; those of the padding beyond are 0 (their
@@ -17,36 +13,29 @@ whole padded grid, which on a 481x321 photo is 18% more latents; they still deco
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import enum
-import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
-import constriction
 import numpy as np
 import torch
 
 from diraccodec.codec.hyperprior import MultiRateHyperprior, row_at
-from diraccodec.compute import Compute, mkl_is_strict, single_thread
-from diraccodec.entropy.coder import decode_values, encode_values
-from diraccodec.entropy.context import ContextLayers, anchor_mask, context_parameters
+from diraccodec.compute import Compute
+from diraccodec.entropy.context import ContextLayers, anchor_mask
 from diraccodec.entropy.fixed_point import FixedPointNetwork
-from diraccodec.entropy.tables import TableSet, snap_scales
-from diraccodec.errors import CorruptFileError, is_out_of_memory
+from diraccodec.entropy.latent_stream import (
+    Arithmetic,
+    Latents,
+    LatentStreamCoder,
+    image_cells,
+    outside_cells,
+)
+from diraccodec.entropy.tables import TableSet
 from diraccodec.transforms.networks import HYPER_STRIDE, LATENT_STRIDE
 from diraccodec.transforms.search import SearchProblem, SearchSettings, response_energy, search_symbols
-from diraccodec.transforms.tiling import apply_tiled, tile_windows
-
-
-class Arithmetic(enum.Enum):
-    """How the hyper-synthesis and the context model compute the entropy parameters; a file's
-    format version says which."""
-
-    FLOAT64_CPU = "float64 on the CPU, in one fixed order"  # format version 1
-    FIXED_POINT = "fixed point, exact on every device"  # format version 2 on
+from diraccodec.transforms.tiling import apply_tiled
 
 
 def check_fixed_point(model: MultiRateHyperprior) -> None:
@@ -85,55 +74,9 @@ class BaseWeights:
         return None
 
 
-HYPER_TO_LATENT = HYPER_STRIDE // LATENT_STRIDE
-WHOLE_HYPER_GRID = 64 * 64  # hyper-latents computed in one pass (an image of 16 megapixels) ...
-HYPER_TILE, HYPER_MARGIN = 24, 4  # ... above it, tiles of 24 with 4 of context (its reach is under 4)
-
 TILE_LATENTS = 32  # the analysis runs on tiles of 32x32 latents (512x512 pixels; 4x on a GPU), ...
 SYNTHESIS_TILE_LATENTS = 64  # ... the synthesis, which keeps no float image, on 64x64 (1024 pixels) ...
 MARGIN_LATENTS = 4  # ... each with 4 latents (64 pixels) of context on every side
-
-
-@dataclass
-class Latents:
-    """What a .drc file's latent stream carries, integer hyper-latents and latent symbols, with
-    the entropy parameters they imply (computed once: the hyper-synthesis is the costly part)."""
-
-    hyper: np.ndarray  # (N, Hp/64, Wp/64) int64
-    symbols: np.ndarray  # (M, Hp/16, Wp/16) int64: round(y * gain - mean)
-    mean: torch.Tensor  # (M, Hp/16, Wp/16) float64, predicted from `hyper`
-    table_ids: np.ndarray  # (M, Hp/16, Wp/16) the range coder's table of each symbol
-    # the latent rows and columns the stream codes; the symbols beyond are 0 (None: all, as
-    # format versions 1 and 2 coded them)
-    cells: tuple[int, int] | None = None
-
-    def coded(self, values: np.ndarray, part: np.ndarray | None = None) -> np.ndarray:
-        """(M, rows, columns) values -> those the stream carries, in its order: the coded cells,
-        or the positions of `part` ((rows, columns) bool) among them."""
-        rows, columns = self.cells or values.shape[1:]
-        values = values[:, :rows, :columns]
-        return values if part is None else values[:, part[:rows, :columns]]
-
-    def fill(self, values: np.ndarray, part: np.ndarray | None = None) -> None:
-        """The inverse of `coded` for the symbols: decoded values (flat) into their places."""
-        rows, columns = self.cells or self.symbols.shape[1:]
-        cells = self.symbols[:, :rows, :columns]  # a view: the values land in the symbols
-        if part is None:
-            cells[...] = values.reshape(cells.shape)
-        else:
-            cells[:, part[:rows, :columns]] = values.reshape(cells.shape[0], -1)
-
-
-def image_cells(height: int, width: int) -> tuple[int, int]:
-    """The latent rows and columns that cover an image: its 16-pixel cells."""
-    return -(-height // LATENT_STRIDE), -(-width // LATENT_STRIDE)
-
-
-def outside_cells(shape: tuple[int, int], cells: tuple[int, int]) -> np.ndarray:
-    """(rows, columns) bool: the latent positions of the padding beyond `cells`."""
-    outside = np.ones(shape, dtype=bool)
-    outside[: cells[0], : cells[1]] = False
-    return outside
 
 
 def _halves(search: SearchSettings) -> tuple[SearchSettings, SearchSettings]:
@@ -172,8 +115,7 @@ class BaseCodec:
 
     The transforms run in `compute`'s mode (fast kernels; the encoder's search in bfloat16
     where native); the entropy parameters, which encoder and decoder must compute alike on
-    every device, run in fixed point (or float64 for version 1 files): see the module's
-    docstring."""
+    every device, run in `stream` in fixed point (or float64 for version 1 files)."""
 
     def __init__(self, weights: BaseWeights, compute: Compute = Compute()) -> None:
         self.weights = weights
@@ -181,14 +123,10 @@ class BaseCodec:
         self.device = compute.device
         self.model = compute.prepare(weights.model)
         self.num_levels = self.model.config.num_levels
-        self._hyper_synthesis64 = copy.deepcopy(weights.model.hyper_synthesis).cpu().double()
-        self._hyper_synthesis_fixed = FixedPointNetwork(weights.model.hyper_synthesis, self.device)
-        self._latent_scales = torch.from_numpy(weights.latent_scales).to(self.device, torch.float64)
-        self._latent_prices = weights.latent_tables.prices(self.device)
-        context = weights.model.context
-        self._context_layers = None if context is None else {
-            Arithmetic.FLOAT64_CPU: ContextLayers.float64(context),
-            Arithmetic.FIXED_POINT: ContextLayers.fixed_point(context, self.device)}
+        self.stream = LatentStreamCoder(
+            weights.model.hyper_synthesis, weights.model.context, hyper_tables=weights.hyper_tables,
+            latent_tables=weights.latent_tables, latent_scales=weights.latent_scales,
+            hyper_level_tables=weights.hyper_level_tables, num_levels=self.num_levels, device=self.device)
         self._log_gain64 = weights.model.log_gain.detach().cpu().double()
         self._log_inverse_gain64 = weights.model.log_inverse_gain.detach().cpu().double()
         self._response_energies: dict[float, torch.Tensor] = {}
@@ -203,6 +141,7 @@ class BaseCodec:
             return self
         reader = copy.copy(self)  # shares the model and its prepared layers
         reader.weights = weights
+        reader.stream = self.stream.with_hyper_level_tables(weights.hyper_level_tables)
         return reader
 
     def _gains64(self, level: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,84 +154,6 @@ class BaseCodec:
         gain, inverse_gain = (row_at(table, position).exp()[:, None, None]
                               for table in (self._log_gain64, self._log_inverse_gain64))
         return gain, inverse_gain
-
-    def entropy_parameters(self, hyper: np.ndarray, arithmetic: Arithmetic = Arithmetic.FIXED_POINT
-                           ) -> tuple[torch.Tensor, np.ndarray]:
-        """Mean (float64) and table index (int16) of every latent, from integer hyper-latents: the
-        same on every machine, so the decoder rebuilds the encoder's tables. With a context model
-        they are final at the anchors only; the rest follow from the anchors' symbols."""
-        mean, table_ids, _ = self._hyper_parameters(hyper, arithmetic)
-        return mean, table_ids
-
-    def _exact_sums(self) -> contextlib.AbstractContextManager[None]:
-        """MKL in strict mode sums float64 alike on any thread count; otherwise one thread does."""
-        return contextlib.nullcontext() if mkl_is_strict() else single_thread()
-
-    def _hyper_parameters(self, hyper: np.ndarray, arithmetic: Arithmetic
-                          ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
-        """The hyper-synthesis' mean and table index of every latent (on the CPU), and with a
-        context model its float64 scale (where it ran), which the context refines.
-
-        In fixed point it runs on the codec's device, in float64 on the CPU in one fixed order.
-        A grid of up to WHOLE_HYPER_GRID hyper-latents (a 16-megapixel image) runs in one pass;
-        larger ones in tiles, whose float64 im2col buffers would otherwise take gigabytes. The
-        tiling depends on the image's size alone, so an encoder and a decoder tile alike."""
-        if arithmetic is Arithmetic.FIXED_POINT:
-            synthesis, device, sums = self._hyper_synthesis_fixed, self.device, contextlib.nullcontext()
-        else:
-            synthesis, device, sums = self._hyper_synthesis64, torch.device("cpu"), self._exact_sums()
-        z = torch.from_numpy(hyper).to(device, torch.float64)[None]
-        channels = self.model.config.latent_channels
-        height, width = hyper.shape[-2] * HYPER_TO_LATENT, hyper.shape[-1] * HYPER_TO_LATENT
-        mean = torch.empty((channels, height, width), dtype=torch.float64, device=device)
-        scale = None if self._context_layers is None else torch.empty_like(mean)
-        table_ids = torch.empty((channels, height, width), dtype=torch.int16, device=device)
-        table_scales = self._latent_scales.to(device)
-        whole = hyper.shape[-2] * hyper.shape[-1] <= WHOLE_HYPER_GRID
-        tile = max(hyper.shape[-2:]) if whole else HYPER_TILE
-        with torch.no_grad(), sums:
-            for (top, left, bottom, right), extent in tile_windows(*hyper.shape[-2:], tile, HYPER_MARGIN):
-                top_ext, left_ext, bottom_ext, right_ext = extent
-                out = synthesis(z[..., top_ext:bottom_ext, left_ext:right_ext])[0]
-                rows = slice((top - top_ext) * HYPER_TO_LATENT, (bottom - top_ext) * HYPER_TO_LATENT)
-                columns = slice((left - left_ext) * HYPER_TO_LATENT, (right - left_ext) * HYPER_TO_LATENT)
-                target = (slice(None), slice(top * HYPER_TO_LATENT, bottom * HYPER_TO_LATENT),
-                          slice(left * HYPER_TO_LATENT, right * HYPER_TO_LATENT))
-                mean[target] = out[:channels, rows, columns]
-                tile_scale = out[channels:, rows, columns].abs_()
-                if scale is not None:
-                    scale[target] = tile_scale
-                table_ids[target] = snap_scales(tile_scale.contiguous(), table_scales).to(torch.int16)
-                del out, tile_scale
-        return mean.cpu(), table_ids.cpu().numpy(), scale  # the scale stays where the context will run
-
-    def _refine_non_anchors(self, symbols: np.ndarray, mean: torch.Tensor, scale: torch.Tensor | None,
-                            table_ids: np.ndarray, arithmetic: Arithmetic) -> None:
-        """Replace the non-anchors' mean and table, in place, by the context model's prediction
-        from the anchors' symbols (non-anchor symbols are not read): in fixed point on the
-        codec's device, in float64 on the CPU in a fixed order for format version 1."""
-        assert self._context_layers is not None and scale is not None, "only weights with a context model refine"
-        layers = self._context_layers[arithmetic]
-        device = scale.device
-        flat_mean, flat_table_ids = mean.view(mean.shape[0], -1), table_ids.reshape(table_ids.shape[0], -1)
-        assert np.shares_memory(flat_table_ids, table_ids), "a view, so that the writes land in table_ids"
-        table_scales = self._latent_scales.to(device)
-        with contextlib.nullcontext() if arithmetic is Arithmetic.FIXED_POINT else self._exact_sums():
-            for positions, chunk_mean, chunk_scale in context_parameters(
-                    layers, torch.from_numpy(symbols).to(device), mean.to(device), scale):
-                positions = positions.cpu()
-                flat_mean[:, positions] = chunk_mean.cpu()
-                flat_table_ids[:, positions.numpy()] = snap_scales(chunk_scale, table_scales).cpu().numpy()
-
-    def hyper_coding(self, shape: tuple[int, ...], level: float) -> tuple[np.ndarray, TableSet]:
-        """Each hyper-latent's table row, and the tables: channel c's row of the weights' shared
-        tables or, where the weights carry tables per level, of the file's whole level (levels
-        below 1: level 0's), row level * N + c."""
-        rows = np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
-        if self.weights.hyper_level_tables is None:
-            return rows, self.weights.hyper_tables
-        row_level = min(max(math.floor(level), 0), self.num_levels)
-        return rows + row_level * shape[0], self.weights.hyper_level_tables
 
     def _lambda(self, level: float) -> float:
         """The level's rate-distortion trade-off, geometric between levels for fractions and,
@@ -342,7 +203,7 @@ class BaseCodec:
         if search.passes > 0 and rgb is None:
             raise ValueError("the search needs the image")
         y_scaled, hyper = self.hyper_latents(y, level)
-        mean, table_ids, scale = self._hyper_parameters(hyper, arithmetic)
+        mean, table_ids, scale = self.stream.parameters(hyper, arithmetic)
         # With a context model the non-anchors are rounded again once the anchors set their mean,
         # so their scaled latents are kept aside.
         non_anchor = None if scale is None else ~anchor_mask(*y_scaled.shape[1:])
@@ -363,7 +224,7 @@ class BaseCodec:
         anchor_search, rest_search = _halves(search)
         if anchor_search.passes > 0:
             symbols = self._search(rgb, level, mean, table_ids, symbols, anchor_search, anchors)
-        self._refine_non_anchors(symbols, mean, scale, table_ids, arithmetic)
+        self.stream.refine_non_anchors(symbols, mean, scale, table_ids, arithmetic)
         del scale
         symbols[:, ~is_anchor] = y_rest.sub_(mean[:, non_anchor]).round_().to(torch.int64).numpy()
         del y_rest
@@ -394,7 +255,7 @@ class BaseCodec:
             mean=mean.float().to(self.device),
             inverse_gain=inverse_gain,
             table_ids=table_ids,
-            price=self._latent_prices.bits,
+            price=self.stream.latent_prices.bits,
             distortion_weight=self._lambda(level) * 255**2 / 3,
             energy=self._response_energies[level],
             restoration=search.restoration,
@@ -409,54 +270,6 @@ class BaseCodec:
     def analyse(self, rgb: np.ndarray, level: float, search: SearchSettings = SearchSettings()) -> Latents:
         """The latents the stream will carry for this image and level (see `quantize`)."""
         return self.quantize(self.analysis_latents(rgb), level, rgb, search)
-
-    def write_stream(self, latents: Latents, level: float) -> bytes:
-        """The hyper-latents, then the latents; with a context model the anchors' before the rest.
-        The level picks the hyper-latents' tables where the weights carry them per level."""
-        encoder = constriction.stream.queue.RangeEncoder()
-        encode_values(encoder, latents.hyper, *self.hyper_coding(latents.hyper.shape, level))
-        parts = [None] if self._context_layers is None else self._anchor_parts(latents.symbols.shape[1:])
-        for part in parts:
-            encode_values(encoder, latents.coded(latents.symbols, part), latents.coded(latents.table_ids, part),
-                          self.weights.latent_tables)
-        return encoder.get_compressed().astype("<u4").tobytes()
-
-    @staticmethod
-    def _anchor_parts(shape: tuple[int, int]) -> list[np.ndarray]:
-        """A context model's two halves, in the stream's order: the anchors, then the rest."""
-        is_anchor = anchor_mask(*shape).numpy()
-        return [is_anchor, ~is_anchor]
-
-    def read_stream(self, payload: bytes, width: int, height: int, level: float,
-                    arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False) -> Latents:
-        """The latents of a stream at the file's level; `whole_grid`: it codes the padding's
-        latents too (format versions 1 and 2)."""
-        if len(payload) % 4:
-            raise CorruptFileError("corrupt .drc file (latent stream length is not a whole number of words)")
-        padded_height, padded_width = padded_size(height, width)
-        hyper_shape = (self.model.config.channels, padded_height // HYPER_STRIDE, padded_width // HYPER_STRIDE)
-        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-        tables = self.weights.latent_tables
-        hyper_coding = self.hyper_coding(hyper_shape, level)
-        try:
-            decoder = constriction.stream.queue.RangeDecoder(words)
-            hyper = decode_values(decoder, *hyper_coding)
-            hyper = hyper.reshape(hyper_shape)
-            mean, table_ids, scale = self._hyper_parameters(hyper, arithmetic)
-            latents = Latents(hyper, np.zeros(table_ids.shape, dtype=np.int64), mean, table_ids,
-                              None if whole_grid else image_cells(height, width))
-            parts = [None] if scale is None else self._anchor_parts(table_ids.shape[1:])
-            latents.fill(decode_values(decoder, latents.coded(table_ids, parts[0]), tables), parts[0])
-            if scale is not None:  # the rest, under the tables the anchors give them
-                self._refine_non_anchors(latents.symbols, mean, scale, table_ids, arithmetic)
-                del scale
-                latents.fill(decode_values(decoder, latents.coded(table_ids, parts[1]), tables), parts[1])
-        except (ValueError, RuntimeError, OverflowError, AssertionError) as error:
-            if is_out_of_memory(error):
-                raise
-            # constriction reports data that no symbol sequence could produce by an assertion
-            raise CorruptFileError(f"corrupt .drc file (latent stream: {error})") from None
-        return latents
 
     @torch.no_grad()
     def synthesize(self, latents: Latents, width: int, height: int, level: float) -> np.ndarray:
@@ -474,18 +287,22 @@ class BaseCodec:
         del y_hat
         return np.ascontiguousarray(x_hat[0, :, :height, :width].permute(1, 2, 0).numpy())
 
+    def write_stream(self, latents: Latents, level: float) -> bytes:
+        """The latent stream (the LATS section) of these latents at the file's level."""
+        return self.stream.write(latents, level)
+
+    def read_stream(self, payload: bytes, width: int, height: int, level: float,
+                    arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False) -> Latents:
+        """The latents of a stream at the file's level; `whole_grid`: it codes the padding's
+        latents too (format versions 1 and 2)."""
+        padded_height, padded_width = padded_size(height, width)
+        hyper_shape = (self.model.config.channels, padded_height // HYPER_STRIDE, padded_width // HYPER_STRIDE)
+        return self.stream.read(payload, hyper_shape, None if whole_grid else image_cells(height, width), level,
+                                arithmetic)
+
     def compress(self, rgb: np.ndarray, level: float, search: SearchSettings = SearchSettings()) -> bytes:
         """An RGB image's latent stream at `level` (the LATS section), searched as `search` says."""
         return self.write_stream(self.analyse(rgb, level, search), level)
-
-    def information_bits(self, latents: Latents, level: float) -> tuple[float, float]:
-        """Bits of the hyper-latents and of the coded latents, each value's -log2 of its
-        probability under the table that codes it: where a stream's bytes go (the range coder's
-        total is within a few bytes of their sum)."""
-        rows, tables = self.hyper_coding(latents.hyper.shape, level)
-        hyper = tables.bits(latents.hyper, rows)
-        coded = self.weights.latent_tables.bits(latents.coded(latents.symbols), latents.coded(latents.table_ids))
-        return float(hyper.sum()), float(coded.sum())
 
     def decompress(self, payload: bytes, width: int, height: int, level: float,
                    arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False) -> np.ndarray:
