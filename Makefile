@@ -10,16 +10,17 @@ BIN := $(VENV)/bin
 # setuptools packs whatever an earlier build left in build/lib, deleted modules too: start clean
 PIP_INSTALL := rm -rf build && $(BIN)/python -m pip install --quiet -c constraints.txt
 
-.PHONY: setup install demo test test-fast lint gpu-kit
+.PHONY: setup install demo test test-fast test-oldest lint gpu-kit
 
 # A .venv whose own Python is older than 3.11 (made by hand, or before this check) is made
 # again; any other is kept, with what its user installed in it
 NEEDS_PYTHON := import sys; sys.exit(sys.version_info < (3, 11))
+CHECK_PYTHON := $(PYTHON) -c '$(NEEDS_PYTHON)' || { \
+  echo "make: diraccodec needs Python 3.11 or newer, which $(PYTHON) is not: name one, as in" \
+  "make demo PYTHON=python3.11" >&2; exit 1; }
 
 $(BIN)/dirac: pyproject.toml constraints.txt
-	@$(PYTHON) -c '$(NEEDS_PYTHON)' || { \
-	  echo "make: diraccodec needs Python 3.11 or newer, which $(PYTHON) is not: name one, as in" \
-	  "make demo PYTHON=python3.11" >&2; exit 1; }
+	@$(CHECK_PYTHON)
 	@if [ -e $(BIN)/python ] && ! $(BIN)/python -c '$(NEEDS_PYTHON)' 2>/dev/null; then \
 	  echo "make: $(VENV) runs an older Python: making it again"; $(PYTHON) -m venv --clear $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +52,17 @@ test: setup
 test-fast: setup
 	$(BIN)/ruff check diraccodec tests scripts
 	$(PYTEST) -m "not slow"
+
+# the fast tier with the oldest versions pyproject.toml allows (scripts/oldest_requirements.py;
+# torch as constraints.txt pins it), in their own .venv-oldest: the stated floors tested
+OLDEST := .venv-oldest
+test-oldest:
+	@$(CHECK_PYTHON)
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
+	$(PYTHON) scripts/oldest_requirements.py > $(OLDEST)/oldest.txt
+	rm -rf build && $(OLDEST)/bin/python -m pip install --quiet -c $(OLDEST)/oldest.txt '.[dev]'
+	$(OLDEST)/bin/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check diraccodec tests scripts

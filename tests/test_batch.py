@@ -396,3 +396,22 @@ def test_links_to_files_are_converted_and_links_to_folders_not_followed(tmp_path
     (source / "loop").symlink_to(source)  # a loop: not followed, so no endless walk
     jobs = plan_jobs(source, tmp_path / "out", BatchSettings())
     assert [Path(job.source).relative_to(source).as_posix() for job in jobs] == ["linked.png"]
+
+
+def test_a_pyarrow_that_cannot_load_is_named_with_its_reason(tmp_path, monkeypatch):
+    """Installed but unloadable (pyarrow built for NumPy 2 beside NumPy 1.26, which pip allows)
+    is not called missing: the reason is the one line."""
+    import sys
+
+    from diraccodec.batch.storage import arrow_storage
+    from diraccodec.errors import DiracError
+
+    broken = tmp_path / "pyarrow"
+    broken.mkdir()
+    (broken / "__init__.py").write_text('raise ImportError("pyarrow requires NumPy 2.0 or newer, found 1.26.0")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [name for name in sys.modules if name == "pyarrow" or name.startswith("pyarrow.")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(DiracError, match=r"^s3://unloadable/photos: pyarrow cannot load: pyarrow requires NumPy 2\.0 "
+                                         r"or newer, found 1\.26\.0$"):
+        arrow_storage("s3://unloadable/photos")

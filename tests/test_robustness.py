@@ -930,7 +930,7 @@ def test_running_out_of_memory_is_not_called_a_corrupt_file_and_the_command_says
 
     from diraccodec import api
     from diraccodec.cli import main
-    from diraccodec.codec import base_codec
+    from diraccodec.entropy import latent_stream
 
     data = diraccodec.encode(small_image, 3, effort=1)
     (tmp_path / "in.drc").write_bytes(data)
@@ -938,7 +938,7 @@ def test_running_out_of_memory_is_not_called_a_corrupt_file_and_the_command_says
     def allocation_fails(*args, **options):
         raise RuntimeError(CPU_ALLOCATION_FAILURE)
 
-    monkeypatch.setattr(base_codec, "decode_values", allocation_fails)
+    monkeypatch.setattr(latent_stream, "decode_values", allocation_fails)
     with pytest.raises(RuntimeError, match=r"^DefaultCPUAllocator: can't allocate memory"):
         diraccodec.decode(data, 0)
     result = CliRunner().invoke(main, ["decode", str(tmp_path / "in.drc"), "-o", str(tmp_path / "out.png")])

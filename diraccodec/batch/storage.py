@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from diraccodec.errors import DiracError, ImageReadError, OutputWriteError
+from diraccodec.errors import DiracError, ImageReadError, OutputWriteError, one_line
 
 Location = Path | str  # a local path, or a URI string ("scheme://...")
 
@@ -210,8 +210,10 @@ def arrow_storage(uri: Location) -> ArrowStorage:
 def _open_arrow_storage(uri: str) -> ArrowStorage:
     try:
         import pyarrow.fs
-    except ImportError:
+    except ModuleNotFoundError:
         raise DiracError(f"{uri}: URIs need pyarrow (pip install pyarrow), or use a shared filesystem path") from None
+    except ImportError as error:  # installed, but it cannot load (say, built for a newer NumPy)
+        raise DiracError(f"{uri}: pyarrow cannot load: {one_line(str(error))}") from None
     try:
         filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
     except (ValueError, OSError) as error:

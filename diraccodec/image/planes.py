@@ -137,9 +137,11 @@ def loaded(image: Image.Image, max_pixels: int, label: str | None = None) -> Ima
                 frames = 1
             image_format, current = image.format, image.tell() + 1
             image = _load(image)
-    # and a file closed before its pixels were read, where Pillow asserts that it is open
+    # and a file closed before its pixels were read, where Pillow asserts that it is open (or,
+    # before 12.1, reads from no file at all)
     except (*PILLOW_READ_ERRORS, AssertionError, AttributeError) as error:
-        reason = str(error) or "its file was closed before its pixels were read"
+        closed = isinstance(error, AttributeError) or not str(error)
+        reason = "its file was closed before its pixels were read" if closed else str(error)
         raise ImageReadError(f"cannot read {f'image {label}' if label else 'the image'}: {reason}") from None
     if frames > 1:
         warnings.warn(_one_of_several(label or "the image", image_format, frames, current), UserWarning,
@@ -293,7 +295,7 @@ def _to_8bit_grey(image: Image.Image, label: str = "the image") -> Image.Image:
         warnings.warn(f"{label} has {image.mode} samples (peak {peak:g}) that come out almost black in 8 bits "
                       f"(peak {grey.max()} of 255): if that is not the picture, scale them to {scale} first",
                       UserWarning, stacklevel=5)
-    return Image.fromarray(grey, "L")
+    return Image.fromarray(grey)  # "L" from 8-bit samples in two dimensions
 
 
 # The colour space an ICC profile must describe (its header's bytes 16-19) to describe a mode's pixels
@@ -370,16 +372,16 @@ def _with_transparent_colour(image: Image.Image, icc: bytes | None, metadata: Me
 
 
 def planes_to_image(planes: Planes) -> Image.Image:
-    rgb = planes.rgb
+    # Pillow takes the mode from 8-bit arrays' shapes ("L", "RGB"); naming it was deprecated in 11.3
+    rgb = planes.rgb.astype(np.uint8, copy=False)
     if planes.colour_mode in (ColourMode.L, ColourMode.LA):
-        grey = np.clip(np.round(rgb.astype(np.float32).mean(axis=2)), 0, 255).astype(np.uint8)
-        image = Image.fromarray(grey, "L")
+        image = Image.fromarray(np.clip(np.round(rgb.astype(np.float32).mean(axis=2)), 0, 255).astype(np.uint8))
     else:
-        image = Image.fromarray(rgb, "RGB")
+        image = Image.fromarray(rgb)
     if planes.colour_mode.has_alpha:
         if planes.alpha is None:
             raise CorruptFileError("corrupt .drc file (alpha plane missing)")
-        image.putalpha(Image.fromarray(planes.alpha, "L"))
+        image.putalpha(Image.fromarray(planes.alpha.astype(np.uint8, copy=False)))
     if planes.icc_profile:
         image.info["icc_profile"] = planes.icc_profile
     attach(image, planes.metadata)

@@ -34,7 +34,7 @@ def _probe() -> Image.Image:
     ramps = [np.stack([ramp, ramp, ramp], axis=1)] + [
         np.stack([ramp if channel == primary else black for channel in range(3)], axis=1) for primary in range(3)
     ]
-    return Image.fromarray(np.concatenate([lattice, *ramps])[None], "RGB")
+    return Image.fromarray(np.concatenate([lattice, *ramps])[None])  # 8-bit, three channels: "RGB"
 
 
 def describes_srgb(profile: bytes) -> bool:
@@ -81,7 +81,7 @@ def grey_shown_in_srgb(image: Image.Image) -> Image.Image | None:
         from PIL import ImageCms
     except ImportError:
         return None
-    ramp = Image.fromarray(np.arange(256, dtype=np.uint8)[None], "L")
+    ramp = Image.fromarray(np.arange(256, dtype=np.uint8)[None])  # 8-bit, two dimensions: "L"
     # each grey level's colour, then a look-up; unoptimised: littleCMS's 8-bit tables were 9 levels off in the shadows
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
