@@ -135,7 +135,8 @@ def run_batch_on_ray(
     connected = connect(ray, address)
     results = None
     try:
-        results = _results(ray, jobs, settings, cluster_plan(ray, settings.device, workers), worker_identity(settings))
+        plan = cluster_plan(ray, settings.device, workers)
+        results = _Dispatcher(ray, jobs, settings, plan, worker_identity(settings)).results()
         return gather(results, on_result)
     finally:
         if results is not None:
@@ -190,96 +191,109 @@ def cluster_plan(ray: ModuleType, device: str, workers: int | None) -> WorkerPla
     return plan_workers(resources.get("CPU", 0.0), resources.get("GPU", 0.0), node_cpus, device, workers)
 
 
-def _results(ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: WorkerPlan,
-             identity: str) -> Iterator[JobResult]:
-    """Results in the order files finish. Work goes only to actors that have started, so actors
-    the cluster cannot place (yet) hold nothing up. An actor holds at most PIPELINE files: one
-    converting and the next already sent, so it never waits for a round trip through this
-    driver. When an actor dies, a file it finished keeps its result; if it held one file more,
-    that file fails, and if it held several, none can be blamed for sure (a result on its way
-    dies with the actor), so each goes back to the queue to be converted alone, by an actor
-    holding nothing else. An actor whose worker_identity differs from `identity` gets no work."""
-    actor_class = ray.remote(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0)(Converter)
-    actors: list[Any] = []
-    starting: dict[Any, Any] = {}  # ready() reference -> actor
-    running: dict[Any, tuple[Job, Any]] = {}  # convert() reference -> (job, actor)
-    held: dict[Any, deque[Any]] = {}  # actor -> its convert() references, oldest first
-    suspects: set[Job] = set()  # files of an actor that died holding several: each goes alone
-    queue = deque(jobs)
-    start_failure = ""
+class _Dispatcher:
+    """The files of one batch to the cluster's actors, and their results in the order files
+    finish. Work goes only to actors that have started, so actors the cluster cannot place
+    (yet) hold nothing up. An actor holds at most PIPELINE files: one converting and the next
+    already sent, so it never waits for a round trip through this driver. When an actor dies,
+    a file it finished keeps its result; if it held one file more, that file fails, and if it
+    held several, none can be blamed for sure (a result on its way dies with the actor), so
+    each goes back to the queue to be converted alone, by an actor holding nothing else. An
+    actor whose worker_identity differs from `identity` gets no work."""
 
-    def start() -> None:
-        actor = actor_class.remote(settings, plan.threads)
-        actors.append(actor)
-        starting[actor.ready.remote()] = actor
+    def __init__(self, ray: ModuleType, jobs: list[Job], settings: BatchSettings, plan: WorkerPlan,
+                 identity: str) -> None:
+        self.ray, self.settings, self.plan, self.identity = ray, settings, plan, identity
+        self.actor_class = ray.remote(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0)(Converter)
+        self.actors: list[Any] = []
+        self.starting: dict[Any, Any] = {}  # ready() reference -> actor
+        self.running: dict[Any, tuple[Job, Any]] = {}  # convert() reference -> (job, actor)
+        self.held: dict[Any, deque[Any]] = {}  # actor -> its convert() references, oldest first
+        self.suspects: set[Job] = set()  # files of an actor that died holding several: each goes alone
+        self.queue = deque(jobs)
+        self.start_failure = ""
 
-    def give_work(actor: Any) -> None:
-        files = held.setdefault(actor, deque())
+    def results(self) -> Iterator[JobResult]:
+        for _ in range(min(self.plan.count, len(self.queue))):
+            self._start()
+        try:
+            while self.queue or self.running:
+                if not self.starting and not self.running:
+                    for job in self.queue:
+                        yield JobResult(job, "failed", f"no Ray worker could start: {self.start_failure}")
+                    return
+                [reference], _ = self.ray.wait([*self.running, *self.starting], num_returns=1)
+                if reference in self.starting:
+                    self._started(reference)
+                else:
+                    yield from self._finished(reference)
+        finally:
+            for actor in self.actors:
+                self.ray.kill(actor)
+
+    def _start(self) -> None:
+        actor = self.actor_class.remote(self.settings, self.plan.threads)
+        self.actors.append(actor)
+        self.starting[actor.ready.remote()] = actor
+
+    def _give_work(self, actor: Any) -> None:
+        files = self.held.setdefault(actor, deque())
         # a second file only while there is work for every actor, so the last files go to idle ones
-        while queue and (not files or (len(files) < PIPELINE and len(queue) >= plan.count)):
-            if files and (queue[0] in suspects or running[files[0]][0] in suspects):
+        while self.queue and (not files or (len(files) < PIPELINE and len(self.queue) >= self.plan.count)):
+            if files and (self.queue[0] in self.suspects or self.running[files[0]][0] in self.suspects):
                 break
-            job = queue.popleft()
+            job = self.queue.popleft()
             # the worker's folder is not ours; the job's own flags go with it
             shipped = replace(job, source=absolute(job.source), target=absolute(job.target))
             reference = actor.convert.remote(shipped)
-            running[reference] = (job, actor)
+            self.running[reference] = (job, actor)
             files.append(reference)
 
-    for _ in range(min(plan.count, len(jobs))):
-        start()
-    try:
-        while queue or running:
-            if not starting and not running:
-                for job in queue:
-                    yield JobResult(job, "failed", f"no Ray worker could start: {start_failure}")
-                return
-            [reference], _ = ray.wait([*running, *starting], num_returns=1)
-            if reference in starting:
-                actor = starting.pop(reference)
-                try:
-                    converts_with = ray.get(reference)
-                except ray.exceptions.RayError as error:
-                    start_failure = one_line(error)
-                    continue
-                if converts_with != identity:  # its files would not be this batch's
-                    start_failure = f"a worker runs {converts_with}, where this batch runs {identity}"
-                    ray.kill(actor)
-                    continue
-                give_work(actor)
-                continue
-            job, actor = running[reference]
-            result, died = _outcome(ray, reference, job)
-            if not died:
-                del running[reference]
-                held[actor].remove(reference)
-                give_work(actor)  # before the caller sees the result: its printing may take a while
-                yield result
-                continue
-            with contextlib.suppress(Exception):  # unreachable rather than dead: it must not convert them too
-                ray.kill(actor)
-            # a file it finished before it died keeps its result (the wait may have named the death first)
-            unfinished = []
-            for sent in held.pop(actor):
-                sent_job = running.pop(sent)[0]
-                finished = sent != reference and ray.wait([sent], timeout=0)[0]
-                sent_result, lost = _outcome(ray, sent, sent_job) if finished else (None, True)
-                if lost:
-                    unfinished.append(sent_job)
-                else:
-                    yield sent_result
-            if len(unfinished) == 1:
-                yield JobResult(unfinished[0], "failed", WORKER_DIED)
+    def _started(self, reference: Any) -> None:
+        """An actor's start ended: work for it, or the reason why no actor could start."""
+        actor = self.starting.pop(reference)
+        try:
+            converts_with = self.ray.get(reference)
+        except self.ray.exceptions.RayError as error:
+            self.start_failure = one_line(error)
+            return
+        if converts_with != self.identity:  # its files would not be this batch's
+            self.start_failure = f"a worker runs {converts_with}, where this batch runs {self.identity}"
+            self.ray.kill(actor)
+            return
+        self._give_work(actor)
+
+    def _finished(self, reference: Any) -> Iterator[JobResult]:
+        """A file's conversion ended: its result, or those of its dead actor's files."""
+        job, actor = self.running[reference]
+        result, died = _outcome(self.ray, reference, job)
+        if not died:
+            del self.running[reference]
+            self.held[actor].remove(reference)
+            self._give_work(actor)  # before the caller sees the result: its printing may take a while
+            yield result
+            return
+        with contextlib.suppress(Exception):  # unreachable rather than dead: it must not convert them too
+            self.ray.kill(actor)
+        # a file it finished before it died keeps its result (the wait may have named the death first)
+        unfinished = []
+        for sent in self.held.pop(actor):
+            sent_job = self.running.pop(sent)[0]
+            finished = sent != reference and self.ray.wait([sent], timeout=0)[0]
+            sent_result, lost = _outcome(self.ray, sent, sent_job) if finished else (None, True)
+            if lost:
+                unfinished.append(sent_job)
             else:
-                suspects.update(unfinished)
-                queue.extendleft(reversed(unfinished))
-                for idle in [other for other, files in held.items() if not files]:
-                    give_work(idle)  # no result of theirs will come to ask for these
-            if queue:
-                start()  # in place of the dead one
-    finally:
-        for actor in actors:
-            ray.kill(actor)
+                yield sent_result
+        if len(unfinished) == 1:
+            yield JobResult(unfinished[0], "failed", WORKER_DIED)
+        else:
+            self.suspects.update(unfinished)
+            self.queue.extendleft(reversed(unfinished))
+            for idle in [other for other, files in self.held.items() if not files]:
+                self._give_work(idle)  # no result of theirs will come to ask for these
+        if self.queue:
+            self._start()  # in place of the dead one
 
 
 def _outcome(ray: ModuleType, reference: Any, job: Job) -> tuple[JobResult, bool]:
