@@ -54,13 +54,14 @@ test-fast: setup
 	$(PYTEST) -m "not slow"
 
 # the fast tier with the oldest versions pyproject.toml allows (scripts/oldest_requirements.py;
-# torch as constraints.txt pins it), in their own .venv-oldest: the stated floors tested
+# torch as constraints.txt pins it), in their own .venv-oldest: the stated floors tested. On
+# the oldest Python, 3.11: newer ones have no wheels of some floors (ray 2.10, numpy 1.26)
 OLDEST := .venv-oldest
+OLDEST_PYTHON ?= python3.11
 test-oldest:
-	@$(CHECK_PYTHON)
-	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST_PYTHON) -m venv $(OLDEST)
 	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
-	$(PYTHON) scripts/oldest_requirements.py > $(OLDEST)/oldest.txt
+	$(OLDEST)/bin/python scripts/oldest_requirements.py > $(OLDEST)/oldest.txt
 	rm -rf build && $(OLDEST)/bin/python -m pip install --quiet -c $(OLDEST)/oldest.txt '.[dev]'
 	$(OLDEST)/bin/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m "not slow"
 

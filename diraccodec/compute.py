@@ -5,7 +5,7 @@ The default is fast: oneDNN's convolutions on channels-last tensors on a CPU (cu
 GPU), and bfloat16 for the diffusion U-Net where the device computes it natively. Its sums
 follow the thread count and the kernels chosen, so pixels may differ from another machine's
 by the tolerance that docs/format.md states; the entropy decoding, which must be exact, never
-runs in this mode (see diraccodec.codec.base_codec).
+runs in this mode (see diraccodec.entropy.latent_stream).
 
 The exact mode (`exact=True`, `dirac decode --exact`) gives pixels that do not depend on the
 thread count. Two kinds of kernel sum in an order that follows the thread count: oneDNN's convolutions

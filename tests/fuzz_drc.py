@@ -111,7 +111,7 @@ def seed_files() -> list[bytes]:
     with Image.open(root / "samples" / "parrots.png") as sample:
         photo = sample.convert("RGB").crop((120, 40, 216, 120))
     rgba = photo.convert("RGBA")
-    rgba.putalpha(Image.fromarray(np.tile(np.arange(96, dtype=np.uint8), (80, 1)), "L"))
+    rgba.putalpha(Image.fromarray(np.tile(np.arange(96, dtype=np.uint8), (80, 1))))
     with_icc = photo.copy()
     with_icc.info["icc_profile"] = b"not really a profile but carried verbatim" * 3
     camera = Image.Exif()

@@ -398,7 +398,12 @@ def test_links_to_files_are_converted_and_links_to_folders_not_followed(tmp_path
     assert [Path(job.source).relative_to(source).as_posix() for job in jobs] == ["linked.png"]
 
 
-def test_a_pyarrow_that_cannot_load_is_named_with_its_reason(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("body", "reason"), [
+    ('raise ImportError("pyarrow requires NumPy 2.0 or newer, found 1.26.0")',
+     r"pyarrow requires NumPy 2\.0 or newer, found 1\.26\.0"),
+    ("import pyarrow.lib", r"No module named 'pyarrow\.lib'"),  # a part of it missing
+])
+def test_a_pyarrow_that_cannot_load_is_named_with_its_reason(tmp_path, monkeypatch, body, reason):
     """Installed but unloadable (pyarrow built for NumPy 2 beside NumPy 1.26, which pip allows)
     is not called missing: the reason is the one line."""
     import sys
@@ -408,10 +413,9 @@ def test_a_pyarrow_that_cannot_load_is_named_with_its_reason(tmp_path, monkeypat
 
     broken = tmp_path / "pyarrow"
     broken.mkdir()
-    (broken / "__init__.py").write_text('raise ImportError("pyarrow requires NumPy 2.0 or newer, found 1.26.0")\n')
+    (broken / "__init__.py").write_text(body + "\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in [name for name in sys.modules if name == "pyarrow" or name.startswith("pyarrow.")]:
         monkeypatch.delitem(sys.modules, name)
-    with pytest.raises(DiracError, match=r"^s3://unloadable/photos: pyarrow cannot load: pyarrow requires NumPy 2\.0 "
-                                         r"or newer, found 1\.26\.0$"):
+    with pytest.raises(DiracError, match=rf"^s3://unloadable/photos: pyarrow cannot load: {reason}$"):
         arrow_storage("s3://unloadable/photos")

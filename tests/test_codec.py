@@ -133,7 +133,7 @@ def test_greyscale_decodes_to_greyscale(small_image):
 def test_alpha_is_kept_exactly(small_image, mode):
     image = small_image.convert(mode)
     alpha = np.tile(np.linspace(0, 255, image.width, dtype=np.uint8), (image.height, 1))
-    image.putalpha(Image.fromarray(alpha, "L"))
+    image.putalpha(Image.fromarray(alpha))
     decoded = diraccodec.decode(diraccodec.encode(image, 5))
     assert decoded.mode == mode
     np.testing.assert_array_equal(np.asarray(decoded.getchannel("A")), alpha)

@@ -45,7 +45,7 @@ def test_an_output_format_without_profiles_warns_that_the_profile_is_left_out():
 
 def test_a_grey_image_with_a_grey_profile_is_shown_the_same_in_webp_which_holds_rgb_only():
     """WebP holds grey as RGB: the grey profile cannot go with it, so its greys go to sRGB."""
-    ramp = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (4, 1)), "L")
+    ramp = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (4, 1)))
     exif = Image.Exif()
     exif[0x010F] = "Cam"  # the make
     ramp.info |= {"icc_profile": grey_profile(1.0), "exif": exif.tobytes(), "xmp": b"<x:xmpmeta/>"}

@@ -210,9 +210,11 @@ def arrow_storage(uri: Location) -> ArrowStorage:
 def _open_arrow_storage(uri: str) -> ArrowStorage:
     try:
         import pyarrow.fs
-    except ModuleNotFoundError:
-        raise DiracError(f"{uri}: URIs need pyarrow (pip install pyarrow), or use a shared filesystem path") from None
-    except ImportError as error:  # installed, but it cannot load (say, built for a newer NumPy)
+    except ImportError as error:
+        if isinstance(error, ModuleNotFoundError) and error.name == "pyarrow":
+            raise DiracError(f"{uri}: URIs need pyarrow (pip install pyarrow), or use a shared filesystem path") \
+                from None
+        # installed, but it cannot load (say, built for a newer NumPy, or a part of it missing)
         raise DiracError(f"{uri}: pyarrow cannot load: {one_line(str(error))}") from None
     try:
         filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)

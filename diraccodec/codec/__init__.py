@@ -1,2 +1,2 @@
-"""The base codec: the multi-rate hyperprior model (transforms plus entropy models) and its
-bit-exact coding path from pixels to a range-coded latent stream and back."""
+"""The base codec: the multi-rate hyperprior model (transforms plus entropy models) and the
+codec of one set of its weights, pixels to a range-coded latent stream and back."""

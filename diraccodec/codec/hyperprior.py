@@ -164,8 +164,9 @@ class MultiRateHyperprior(nn.Module):
         level indices (`gains`: a file's level 1 is index 0); indices below 0 are clamped to
         it, where the codec extrapolates the levels below 1.
 
-        Float32 on any device; the bit-exact coding path lives in diraccodec.codec.base_codec. The
-        diffusion decoder trains on these reconstructions.
+        Float32 on any device; the bit-exact coding path is diraccodec.codec.base_codec's, its
+        entropy model diraccodec.entropy.latent_stream's. The diffusion decoder trains on these
+        reconstructions.
         """
         gain, inverse_gain = self.gains(level_index)
         y = self.analysis(x) * gain

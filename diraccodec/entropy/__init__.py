@@ -1,2 +1,3 @@
 """Entropy coding: the latents' probability models, their integer tables, the range coder with escapes,
-and the small coder of the detail map."""
+the latent stream (entropy parameters computed alike on every device, then range-coded), and the
+small coder of the detail map."""
