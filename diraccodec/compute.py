@@ -124,8 +124,9 @@ def one_thread_in_forked_children() -> None:
     """A process forked once the codec has run (multiprocessing's default on Linux) gets one
     torch thread: the OpenMP thread pool the parent started does not survive fork, and the
     child's first parallel kernel would wait for it forever. Spawned processes are not
-    touched. Registered once, at the codec's first call."""
-    os.register_at_fork(after_in_child=_one_thread)
+    touched. Registered once, at the codec's first call; Windows has no fork."""
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_one_thread)
 
 
 @contextlib.contextmanager

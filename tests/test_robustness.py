@@ -966,3 +966,82 @@ def test_running_out_of_memory_is_not_called_a_corrupt_file_and_the_command_says
             assert (result.exit_code, result.output) == (1, "dirac: error: out of memory\n")
         else:
             assert result.exception is error
+
+
+# What other systems do, simulated here: Windows has no fork, no fchmod before Python 3.13, a
+# text mode for files opened without O_BINARY, "permission denied" for a folder opened as a
+# file and at most 61 pool workers; macOS and Windows match file names whatever their case.
+
+def test_the_fork_hook_is_skipped_where_there_is_no_fork(monkeypatch):
+    from diraccodec import compute
+
+    monkeypatch.delattr(os, "register_at_fork")
+    compute.one_thread_in_forked_children.__wrapped__()  # the first encode or decode calls it
+
+
+def test_outputs_are_written_in_binary_mode_and_replaced_without_fchmod(tmp_path, monkeypatch):
+    from diraccodec.image import files
+
+    binary = 1 << 30  # stands for Windows' O_BINARY, which this system has not
+    monkeypatch.setattr(os, "O_BINARY", binary, raising=False)
+    monkeypatch.delattr(os, "fchmod")
+    real_open, flags = os.open, []
+
+    def recording_open(path, given, *rest):
+        flags.append(given)
+        return real_open(path, given & ~binary, *rest)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    target = tmp_path / "out.drc"
+    target.write_bytes(b"old")
+    files.write_atomic(target, b"\n\r\n\x1a")
+    assert target.read_bytes() == b"\n\r\n\x1a" and flags and all(flag & binary for flag in flags)
+
+
+def test_a_folder_that_the_system_calls_unreadable_is_named_a_folder(tmp_path, monkeypatch):
+    from diraccodec.image import files, planes
+
+    def denied(*args, **options):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(files, "open", denied, raising=False)
+    with pytest.raises(DiracError, match=rf"^{re.escape(str(tmp_path))} is a folder, not a file$"):
+        files.read_bytes(tmp_path)
+    monkeypatch.setattr(planes.Image, "open", denied)
+    with pytest.raises(ImageReadError, match=r"^cannot read image: photos is a folder$"):
+        planes.open_image(tmp_path, 10**6, label="photos")
+    with pytest.raises(ImageReadError, match=r"^cannot read image a\.png: \[Errno 13\] Permission denied$"):
+        planes.open_image(tmp_path / "a.png", 10**6, label="a.png")  # a file: the reason stands
+
+
+def test_names_that_differ_in_case_alone_are_one_output_on_macos_and_windows(tmp_path, small_image, monkeypatch):
+    from diraccodec.batch import BatchSettings, plan_jobs
+
+    source = tmp_path / "in"
+    source.mkdir()
+    small_image.save(source / "Photo.png")
+    small_image.save(source / "photo.jpg")
+    for platform, shared in (("linux", False), ("darwin", True), ("win32", True)):
+        monkeypatch.setattr(sys, "platform", platform)
+        jobs = plan_jobs(source, tmp_path / "out", BatchSettings(quality=3))
+        assert any(job.same_output_as is not None for job in jobs) == shared, platform
+
+
+def test_a_pool_on_windows_has_at_most_its_61_workers(monkeypatch, small_image, tmp_path):
+    from diraccodec.batch import BatchSettings, Job, local
+
+    class Refused(Exception):
+        pass
+
+    asked = []
+
+    def pool(max_workers, **options):
+        asked.append(max_workers)
+        raise Refused
+
+    monkeypatch.setattr(local, "ProcessPoolExecutor", pool)
+    monkeypatch.setattr(sys, "platform", "win32")
+    small_image.save(tmp_path / "a.png")
+    with pytest.raises(Refused):
+        list(local._results([Job(tmp_path / "a.png", tmp_path / "a.drc")], BatchSettings(quality=3), 64))
+    assert asked == [61]

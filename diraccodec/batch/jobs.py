@@ -8,6 +8,7 @@ bad file becomes a failed JobResult with its message instead of an exception.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -96,9 +97,13 @@ def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettin
 
 
 def _same_place(location: Location) -> str:
-    """A key that two names of one file share (./p/a.png, /abs/p/a.png, a link to p, file:///abs/p/a.png)."""
+    """A key that two names of one file share (./p/a.png, /abs/p/a.png, a link to p, file:///abs/p/a.png;
+    on macOS and Windows, whose own file systems match names whatever their case, A.PNG too)."""
     local = local_path(location)
-    return str(location) if local is None else os.path.realpath(local)  # never raises on a link loop
+    if local is None:
+        return str(location)
+    place = os.path.realpath(local)  # never raises on a link loop
+    return os.path.normcase(place).casefold() if sys.platform in ("darwin", "win32") else place
 
 
 def _inside(destination: Location, source: Location) -> PurePosixPath | None:

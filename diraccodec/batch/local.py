@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ WORKER_DIED = "worker process died while converting this file"
 # How long a broken pool's futures may take to end (they end at once; a submit that raced the
 # break may leave one that never does, and its file then goes again as a suspect)
 BROKEN_POOL_SECONDS = 60
+WINDOWS_MOST_WORKERS = 61  # a process pool's limit there (its wait takes 63 handles)
 
 
 def _init_worker() -> None:
@@ -73,6 +75,8 @@ def _results(jobs: list[Job], settings: BatchSettings, workers: int) -> Iterator
         for job in jobs:
             yield run_job(job, settings)
         return
+    if sys.platform == "win32":
+        workers = min(workers, WINDOWS_MOST_WORKERS)
     queue, start = deque(jobs), worker_start(settings.device)
     while queue:
         suspects = yield from _until_a_worker_dies(queue, settings, workers, start)

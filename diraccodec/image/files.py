@@ -43,9 +43,9 @@ def read_bytes(path: Path, check_start: Callable[[bytes], None] | None = None, s
         if Path(path).is_symlink():
             raise DiracError(f"{path} is a link to nothing ({os.readlink(path)})") from None
         raise DiracError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise DiracError(f"{path} is a folder, not a file") from None
     except OSError as error:
+        if isinstance(error, IsADirectoryError) or Path(path).is_dir():  # Windows: "permission denied"
+            raise DiracError(f"{path} is a folder, not a file") from None
         raise ImageReadError(f"cannot read {path}: {error.strerror or error}") from None
 
 
@@ -88,7 +88,8 @@ def _created_beside(path: Path, made: list[Path]) -> int:
         made.append(temporary)
         _UNFINISHED.add(temporary)
         try:
-            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            # O_BINARY: on Windows a file opened without it writes each 0x0A as 0x0D 0x0A
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except FileExistsError:  # another's file: never removed as ours
             made.pop()
             _UNFINISHED.discard(temporary)
@@ -277,7 +278,8 @@ def write_atomic(path: Path, data: bytes) -> None:
             _check_not_read_only(target, shown)  # after the folder's own check (a read-only file system)
             if replaced is not None and stat.S_ISREG(replaced.st_mode):
                 _keep_owner(stream.fileno(), replaced)
-                os.fchmod(stream.fileno(), stat.S_IMODE(replaced.st_mode) & 0o777)
+                if hasattr(os, "fchmod"):  # not on Windows before Python 3.13, whose one bit is refused above
+                    os.fchmod(stream.fileno(), stat.S_IMODE(replaced.st_mode) & 0o777)
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())

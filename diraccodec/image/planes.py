@@ -113,8 +113,10 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
                                  f"more than twice over") from None
     except FileNotFoundError:
         raise ImageReadError(f"cannot read image: no such file {label}") from None
-    except IsADirectoryError:
-        raise ImageReadError(f"cannot read image: {label} is a folder") from None
+    except (IsADirectoryError, PermissionError) as error:
+        if isinstance(error, IsADirectoryError) or (not isinstance(source, bytes) and Path(source).is_dir()):
+            raise ImageReadError(f"cannot read image: {label} is a folder") from None  # Windows: "permission denied"
+        raise ImageReadError(f"cannot read image {label}: {error}") from None
     except UnidentifiedImageError:
         if _is_empty(source):
             raise ImageReadError(f"cannot read image: {label} is empty") from None
