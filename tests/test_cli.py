@@ -771,3 +771,13 @@ def test_format_takes_a_suffix_with_or_without_its_dot_in_any_case(tmp_path: Pat
         assert image.format == "JPEG"
     refused = runner.invoke(main, ["decode", str(small_drc), "-o", "-", "--format", "gif"])
     assert refused.exit_code == 2 and "--format" in refused.stderr
+
+
+def test_a_name_the_output_encoding_lacks_is_escaped_not_a_traceback(small_drc: Path, tmp_path: Path):
+    """A console whose code page has no such characters (cp1252 on Windows): `info` still prints."""
+    named = tmp_path / "鸚鵡.drc"
+    shutil.copy(small_drc, named)
+    done = subprocess.run([sys.executable, "-m", "diraccodec.cli", "info", str(named)], capture_output=True,
+                          env={**os.environ, "PYTHONIOENCODING": "cp1252"}, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert f"{tmp_path}/\\u9e1a\\u9d61.drc".encode() in done.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import signal
 import sys
 from collections.abc import Sequence
@@ -125,6 +126,8 @@ def run() -> Any:
     use `main`). The work is done and reported by then: an interruption in the
     interpreter's teardown (torch's exit handlers, a pool's workers) would only print a
     traceback, or give a finished batch the status of an interrupted one."""
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a name the console's code page lacks (Windows) is escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return main(prog_name="dirac")
     finally:
