@@ -1045,3 +1045,27 @@ def test_a_pool_on_windows_has_at_most_its_61_workers(monkeypatch, small_image, 
     with pytest.raises(Refused):
         list(local._results([Job(tmp_path / "a.png", tmp_path / "a.drc")], BatchSettings(quality=3), 64))
     assert asked == [61]
+
+
+def test_an_output_held_open_a_moment_on_windows_is_replaced_once_it_is_free(tmp_path, monkeypatch):
+    from diraccodec.errors import OutputWriteError
+    from diraccodec.image import files
+
+    real_replace, tries = os.replace, []
+
+    def held_twice(source, target):
+        tries.append(target)
+        if len(tries) <= 2:
+            raise PermissionError(13, "Access is denied")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", held_twice)
+    monkeypatch.setattr(sys, "platform", "win32")
+    target = tmp_path / "out.png"
+    files.write_atomic(target, b"new")
+    assert target.read_bytes() == b"new" and len(tries) == 3
+    tries.clear()
+    monkeypatch.setattr(sys, "platform", "linux")  # elsewhere a refusal is final, and nothing is left behind
+    with pytest.raises(OutputWriteError, match=rf"^cannot write {re.escape(str(target))}: .*Access is denied"):
+        files.write_atomic(target, b"newer")
+    assert len(tries) == 1 and target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["out.png"]

@@ -9,6 +9,7 @@ import re
 import secrets
 import stat
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -93,6 +94,22 @@ def _created_beside(path: Path, made: list[Path]) -> int:
         except FileExistsError:  # another's file: never removed as ours
             made.pop()
             _UNFINISHED.discard(temporary)
+
+
+REPLACE_TRIES = 5  # on Windows, over about a second
+
+
+def _replace(temporary: Path, target: Path) -> None:
+    """os.replace, tried again on Windows while the target is held open a moment (a viewer, a
+    virus scanner or the search indexer reading the file it replaces)."""
+    for attempt in range(REPLACE_TRIES):
+        try:
+            os.replace(temporary, target)
+            return
+        except PermissionError:
+            if sys.platform != "win32" or attempt == REPLACE_TRIES - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
 
 
 def _remove(temporaries: list[Path]) -> None:
@@ -283,7 +300,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(made[-1], target)
+        _replace(made[-1], target)
     except BaseException as error:  # Ctrl-C, SIGTERM (raised by the CLI) and failures alike
         _remove(made)
         for folder in new_folders:  # the deepest first; one another writer has put a file in stays
