@@ -34,7 +34,8 @@ def test_a_state_without_its_kind_is_known_by_what_it_holds():
     assert state_kind({"config": {}, "batch_size": 8}) == "base"
 
 
-def test_a_state_of_a_model_this_version_does_not_know_is_one_line(diffusion_weights, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["vae", ["vae"]])  # a later version's, a hand-edited one
+def test_a_state_of_a_model_this_version_does_not_know_is_one_line(diffusion_weights, tmp_path, monkeypatch, kind):
     from click.testing import CliRunner
 
     from diraccodec.cli import main
@@ -42,10 +43,10 @@ def test_a_state_of_a_model_this_version_does_not_know_is_one_line(diffusion_wei
     from diraccodec.training.checkpoint import TrainingState
 
     checkpoint = diffusion_weights.parent / "ck.safetensors"
-    monkeypatch.setattr(export, "load_checkpoint_metadata", lambda path: TrainingState(1, 1.0, {"kind": "vae"}))
+    monkeypatch.setattr(export, "load_checkpoint_metadata", lambda path: TrainingState(1, 1.0, {"kind": kind}))
     result = CliRunner().invoke(main, ["train", "export", str(checkpoint), str(tmp_path / "w.safetensors")])
     assert (result.exit_code, result.output) == (
-        2, f"dirac: error: {checkpoint} trains a model this version does not know: 'vae'\n"), result.output
+        2, f"dirac: error: {checkpoint} trains a model this version does not know: {kind!r}\n"), result.output
 
 
 def test_own_prediction_training_feeds_the_model_its_first_step():

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 import warnings
 import zlib
 from pathlib import Path
@@ -1012,6 +1013,19 @@ def test_a_folder_that_the_system_calls_unreadable_is_named_a_folder(tmp_path, m
         planes.open_image(tmp_path, 10**6, label="photos")
     with pytest.raises(ImageReadError, match=r"^cannot read image a\.png: \[Errno 13\] Permission denied$"):
         planes.open_image(tmp_path / "a.png", 10**6, label="a.png")  # a file: the reason stands
+    # in a folder this user may not search, even asking whether it is a folder is refused
+    locked, real_stat = tmp_path / "locked", os.stat
+
+    def stat(path, *args, **options):
+        if str(path).startswith(str(locked)):
+            raise PermissionError(13, "Permission denied")
+        return real_stat(path, *args, **options)
+
+    monkeypatch.setattr(os, "stat", stat)
+    with pytest.raises(ImageReadError, match=rf"^cannot read {re.escape(str(locked))}/a\.drc: Permission denied$"):
+        files.read_bytes(locked / "a.drc")
+    with pytest.raises(ImageReadError, match=r"^cannot read image a\.png: \[Errno 13\] Permission denied$"):
+        planes.open_image(locked / "a.png", 10**6, label="a.png")
 
 
 def test_names_that_differ_in_case_alone_are_one_output_on_macos_and_windows(tmp_path, small_image, monkeypatch):
@@ -1021,10 +1035,22 @@ def test_names_that_differ_in_case_alone_are_one_output_on_macos_and_windows(tmp
     source.mkdir()
     small_image.save(source / "Photo.png")
     small_image.save(source / "photo.jpg")
-    for platform, shared in (("linux", False), ("darwin", True), ("win32", True)):
+    small_image.save(source / "Straße.png")  # ß is lowered alone, as the file systems do: not "ss"
+    small_image.save(source / "Strasse.jpg")
+    small_image.save(source / "cafe\u0301.png")  # é as e and an accent: APFS takes it for the é of the next
+    small_image.save(source / "caf\u00e9.jpg")
+    for platform, shared in (("linux", set()), ("darwin", {"photo.jpg", "café.jpg"}), ("win32", {"photo.jpg"})):
         monkeypatch.setattr(sys, "platform", platform)
         jobs = plan_jobs(source, tmp_path / "out", BatchSettings(quality=3))
-        assert any(job.same_output_as is not None for job in jobs) == shared, platform
+        assert {unicodedata.normalize("NFC", Path(job.source).name) for job in jobs if job.same_output_as} == shared, \
+            platform
+    # the outputs of an earlier run inside the folder are no inputs, whatever the case they are named in
+    for earlier in ("Photo", "Straße", "Strasse"):
+        (source / "out").mkdir(exist_ok=True)
+        shutil.copy(source / "Photo.png", source / "out" / f"{earlier}.png")
+    monkeypatch.setattr(sys, "platform", "darwin")
+    jobs = plan_jobs(source, source / "OUT", BatchSettings(quality=3))
+    assert not any("out" in Path(job.source).parent.name.lower() or job.replaces_source for job in jobs)
 
 
 def test_a_pool_on_windows_has_at_most_its_61_workers(monkeypatch, small_image, tmp_path):

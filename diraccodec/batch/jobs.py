@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -76,12 +77,13 @@ def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettin
     first_source: dict[str, Location] = {}
     relatives = storage_for(source).files(source)
     nested = _inside(destination, source)  # the outputs of earlier runs are not inputs
+    local_source = local_path(source) is not None  # whose names compare as the system's (_fold)
     for relative in relatives:
         path = PurePosixPath(relative)
         suffix = path.suffix.lower()
         if any(part.startswith(".") for part in path.parts):  # hidden files and folders, and temporary files
             continue
-        if nested is not None and nested in path.parents:
+        if nested is not None and nested in PurePosixPath(_fold(relative) if local_source else relative).parents:
             continue
         if suffix == DRC_SUFFIX:
             output = path.with_suffix(settings.decoded_suffix)
@@ -98,18 +100,28 @@ def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettin
 
 def _same_place(location: Location) -> str:
     """A key that two names of one file share (./p/a.png, /abs/p/a.png, a link to p, file:///abs/p/a.png;
-    on macOS and Windows, whose own file systems match names whatever their case, A.PNG too)."""
+    on macOS and Windows A.PNG too: _fold)."""
     local = local_path(location)
-    if local is None:
-        return str(location)
-    place = os.path.realpath(local)  # never raises on a link loop
-    return os.path.normcase(place).casefold() if sys.platform in ("darwin", "win32") else place
+    return str(location) if local is None else _fold(os.path.realpath(local))  # never raises on a link loop
+
+
+def _fold(name: str) -> str:
+    """A local name as the system's own file systems compare names: NTFS whatever the case,
+    APFS and HFS+ whatever the case and the Unicode composition (é as one character or two);
+    elsewhere as it is. Each character is lowered alone, as they do (ß stays ß, not ss). A
+    case-sensitive volume on a Mac sees a collision more than there is: a failure, not a loss."""
+    if sys.platform == "win32":
+        return name.lower()
+    if sys.platform == "darwin":
+        return unicodedata.normalize("NFD", name).lower()
+    return name
 
 
 def _inside(destination: Location, source: Location) -> PurePosixPath | None:
-    """Where `destination` lies under `source`, relative to it (None: elsewhere, or the same folder)."""
+    """Where `destination` lies under `source`, relative to it (None: elsewhere, or the same
+    folder); for local folders in the system's own comparison of names (_fold)."""
     if (below := local_path(destination)) is not None and (above := local_path(source)) is not None:
-        below, above = Path(os.path.realpath(below)), Path(os.path.realpath(above))
+        below, above = (Path(_fold(os.path.realpath(folder))) for folder in (below, above))
         return PurePosixPath(below.relative_to(above).as_posix()) if below != above and below.is_relative_to(above) \
             else None
     if not (is_uri(destination) and is_uri(source)):  # one here, the other in a store

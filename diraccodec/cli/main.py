@@ -126,7 +126,9 @@ def run() -> Any:
     use `main`). The work is done and reported by then: an interruption in the
     interpreter's teardown (torch's exit handlers, a pool's workers) would only print a
     traceback, or give a finished batch the status of an interrupted one."""
-    if isinstance(sys.stdout, io.TextIOWrapper):  # a name the console's code page lacks (Windows) is escaped
+    # a name the console's code page lacks (Windows) is escaped; a UTF-8 locale's surrogateescape,
+    # which prints an undecodable file name as its own bytes, is kept
+    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return main(prog_name="dirac")

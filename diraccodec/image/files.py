@@ -45,7 +45,9 @@ def read_bytes(path: Path, check_start: Callable[[bytes], None] | None = None, s
             raise DiracError(f"{path} is a link to nothing ({os.readlink(path)})") from None
         raise DiracError(f"no such file: {path}") from None
     except OSError as error:
-        if isinstance(error, IsADirectoryError) or Path(path).is_dir():  # Windows: "permission denied"
+        # Windows says "permission denied" of a folder; os.path.isdir never raises (Path.is_dir
+        # does, in a folder this user may not search)
+        if isinstance(error, IsADirectoryError) or os.path.isdir(path):
             raise DiracError(f"{path} is a folder, not a file") from None
         raise ImageReadError(f"cannot read {path}: {error.strerror or error}") from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import struct
 import warnings
 import zlib
@@ -114,8 +115,9 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
     except FileNotFoundError:
         raise ImageReadError(f"cannot read image: no such file {label}") from None
     except (IsADirectoryError, PermissionError) as error:
-        if isinstance(error, IsADirectoryError) or (not isinstance(source, bytes) and Path(source).is_dir()):
-            raise ImageReadError(f"cannot read image: {label} is a folder") from None  # Windows: "permission denied"
+        # Windows says "permission denied" of a folder; os.path.isdir never raises
+        if isinstance(error, IsADirectoryError) or (not isinstance(source, bytes) and os.path.isdir(source)):
+            raise ImageReadError(f"cannot read image: {label} is a folder") from None
         raise ImageReadError(f"cannot read image {label}: {error}") from None
     except UnidentifiedImageError:
         if _is_empty(source):

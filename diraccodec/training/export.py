@@ -28,7 +28,7 @@ def state_kind(metadata: dict[str, Any]) -> str:
 def export_checkpoint(checkpoint: Path, output: Path) -> str:
     """Write the weights of the state at `checkpoint` to `output`; returns the model's name."""
     kind = state_kind(load_checkpoint_metadata(checkpoint).metadata)
-    if kind not in EXPORTERS:  # a later version's model, or a hand-edited state
+    if not isinstance(kind, str) or kind not in EXPORTERS:  # a later version's model, or a hand-edited state
         raise DiracError(f"{checkpoint} trains a model this version does not know: {kind!r}")
     EXPORTERS[kind](checkpoint, output)
     return MODEL_NAMES[kind]
