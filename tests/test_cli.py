@@ -784,6 +784,7 @@ def test_a_name_the_output_encoding_lacks_is_escaped_not_a_traceback(small_drc: 
     # a name that is no UTF-8 under a UTF-8 locale: printed as its own bytes, which name the file
     undecodable = os.fsdecode(bytes(tmp_path) + b"/\xff.drc")
     shutil.copy(small_drc, undecodable)
-    done = subprocess.run([sys.executable, "-m", "diraccodec.cli", "info", undecodable], capture_output=True,
-                          env={**os.environ, "PYTHONUTF8": "1"}, timeout=120)
-    assert done.returncode == 0 and bytes(tmp_path) + b"/\xff.drc" in done.stdout, done.stderr.decode()
+    for encoding in ({"PYTHONUTF8": "1"}, {"PYTHONIOENCODING": "utf-8:strict"}, {"PYTHONIOENCODING": "cp1252"}):
+        done = subprocess.run([sys.executable, "-m", "diraccodec.cli", "info", undecodable], capture_output=True,
+                              env={**os.environ, **encoding}, timeout=120)
+        assert done.returncode == 0 and bytes(tmp_path) + b"/\xff.drc" in done.stdout, (encoding, done.stderr)

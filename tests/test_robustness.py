@@ -1039,7 +1039,11 @@ def test_names_that_differ_in_case_alone_are_one_output_on_macos_and_windows(tmp
     small_image.save(source / "Strasse.jpg")
     small_image.save(source / "cafe\u0301.png")  # é as e and an accent: APFS takes it for the é of the next
     small_image.save(source / "caf\u00e9.jpg")
-    for platform, shared in (("linux", set()), ("darwin", {"photo.jpg", "café.jpg"}), ("win32", {"photo.jpg"})):
+    small_image.save(source / "\u039f\u0394\u039f\u03a3.png")  # a Greek capital's last sigma is the small final one
+    small_image.save(source / "\u03bf\u03b4\u03bf\u03c2.jpg")
+    greek = "\u03bf\u03b4\u03bf\u03c2.jpg"
+    for platform, shared in (("linux", set()), ("darwin", {"photo.jpg", "café.jpg", greek}),
+                             ("win32", {"photo.jpg", greek})):
         monkeypatch.setattr(sys, "platform", platform)
         jobs = plan_jobs(source, tmp_path / "out", BatchSettings(quality=3))
         assert {unicodedata.normalize("NFC", Path(job.source).name) for job in jobs if job.same_output_as} == shared, \

@@ -108,13 +108,24 @@ def _same_place(location: Location) -> str:
 def _fold(name: str) -> str:
     """A local name as the system's own file systems compare names: NTFS whatever the case,
     APFS and HFS+ whatever the case and the Unicode composition (é as one character or two);
-    elsewhere as it is. Each character is lowered alone, as they do (ß stays ß, not ss). A
-    case-sensitive volume on a Mac sees a collision more than there is: a failure, not a loss."""
-    if sys.platform == "win32":
-        return name.lower()
+    elsewhere as it is. A case-sensitive volume on a Mac sees a collision more than there is:
+    a failure, not a loss."""
+    if sys.platform not in ("darwin", "win32"):
+        return name
     if sys.platform == "darwin":
-        return unicodedata.normalize("NFD", name).lower()
-    return name
+        name = unicodedata.normalize("NFD", name)
+    return "".join(map(_fold_character, name))
+
+
+def _fold_character(character: str) -> str:
+    """One character's case folded alone, as those file systems fold it: the Greek capital,
+    small and final sigma alike, the long s as s, but ß not as ss (a fold to several
+    characters is not theirs)."""
+    folded = character.casefold()
+    if len(folded) == 1:
+        return folded
+    lowered = character.lower()
+    return lowered if len(lowered) == 1 else character
 
 
 def _inside(destination: Location, source: Location) -> PurePosixPath | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import signal
 import sys
@@ -120,16 +121,32 @@ for _command in (*USER_COMMANDS, *RESEARCH_COMMANDS):
     main.add_command(_command)
 
 
+SHOWN_AS_BYTES_OR_ESCAPED = "diraccodec.shown"
+
+
+def _shown(error: UnicodeError) -> tuple[bytes, int]:
+    """What standard output prints of what its encoding cannot: a file name's undecodable bytes
+    (lone surrogates, as os.fsdecode gives them) as those bytes, so that the name names the
+    file; any other character escaped (\\u9e1a on a cp1252 console), never a traceback."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    shown = [bytes([ord(character) - 0xDC00]) if 0xDC80 <= ord(character) <= 0xDCFF
+             else character.encode("ascii", "backslashreplace")
+             for character in error.object[error.start:error.end]]
+    return b"".join(shown), error.end
+
+
+codecs.register_error(SHOWN_AS_BYTES_OR_ESCAPED, _shown)
+
+
 def run() -> Any:
     """The `dirac` command's entry point (and `python -m diraccodec.cli`'s), for a process that
     ends with it: the group, then Ctrl-C ignored while the process ends (in-process callers
     use `main`). The work is done and reported by then: an interruption in the
     interpreter's teardown (torch's exit handlers, a pool's workers) would only print a
     traceback, or give a finished batch the status of an interrupted one."""
-    # a name the console's code page lacks (Windows) is escaped; a UTF-8 locale's surrogateescape,
-    # which prints an undecodable file name as its own bytes, is kept
     if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
-        sys.stdout.reconfigure(errors="backslashreplace")
+        sys.stdout.reconfigure(errors=SHOWN_AS_BYTES_OR_ESCAPED)
     try:
         return main(prog_name="dirac")
     finally:
