@@ -1099,3 +1099,18 @@ def test_an_output_held_open_a_moment_on_windows_is_replaced_once_it_is_free(tmp
     with pytest.raises(OutputWriteError, match=rf"^cannot write {re.escape(str(target))}: .*Access is denied"):
         files.write_atomic(target, b"newer")
     assert len(tries) == 1 and target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_a_folder_listed_but_not_searchable_lists_no_images_rather_than_a_traceback(tmp_path, monkeypatch):
+    from diraccodec.image.planes import images_in
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    real_stat = os.stat
+
+    def stat(path, *args, **options):  # as in a folder with read permission and no search permission
+        if str(path).startswith(str(tmp_path / "a")):
+            raise PermissionError(13, "Permission denied")
+        return real_stat(path, *args, **options)
+
+    monkeypatch.setattr(os, "stat", stat)
+    assert images_in(tmp_path) == []  # each command then says it found no images there

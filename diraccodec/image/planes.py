@@ -73,7 +73,8 @@ def images_in(folder: Path, recursive: bool = False) -> list[Path]:
     """The image files in `folder` (with `recursive`, in its subfolders too), known by their
     suffix, in name order: the order every command that takes a folder works in."""
     entries = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(path for path in entries if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+    # os.path.isfile never raises (Path.is_file does, in a folder this user may list but not search)
+    return sorted(path for path in entries if path.suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(path))
 
 
 def _is_empty(source: str | Path | bytes) -> bool:
