@@ -162,6 +162,9 @@ def test_numpy_numbers_and_bytes_like_inputs_are_taken(small_image):
     (lambda image, data: diraccodec.encode(image, 3, steps=1.0), r"^steps must be a whole number, got 1.0$"),
     (lambda image, data: diraccodec.encode(image, 3, detail_map=1), r"^detail_map must be True or False or None"),
     (lambda image, data: diraccodec.encode(image, 3, max_pixels=-1), r"^max_pixels must be a whole number of at "),
+    (lambda image, data: diraccodec.encode(image, 3, max_pixels=0), r"^max_pixels must be .* at least 1, got 0$"),
+    (lambda image, data: diraccodec.encode(image, 3, steps=-1), r"^steps must be between 0 and 100, got -1$"),
+    (lambda image, data: diraccodec.encode(image, 3, steps=101), r"^steps must be between 0 and 100, got 101$"),
     (lambda image, data: diraccodec.encode(np.zeros((16, 16, 3), np.uint8), 3),
      r"^image must be a PIL image, a path or an image file's bytes, got numpy.ndarray: make a PIL image of its "),
     (lambda image, data: diraccodec.encode(None, 3), r"^image must be .* got NoneType$"),
@@ -510,3 +513,38 @@ def test_text_given_as_a_file_or_path_is_not_echoed_and_a_file_opened_for_a_refu
                 diraccodec.encode(path, 2, **options)
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
+class _Started(Exception):
+    pass
+
+
+def test_a_file_may_recommend_up_to_100_steps_and_decode_then_runs_them(small_image):
+    """encode(steps=N) writes the recommendation, and decode without steps takes it; 100, the
+    most a decoder runs, is allowed both ways (the decode is stopped as it begins)."""
+    for steps in (0, 7, 100):
+        data = diraccodec.encode(small_image, 1, effort=1, steps=steps)
+        assert diraccodec.inspect(data).recommended_steps == steps
+        totals = []
+
+        def stop_at_the_start(done, total, totals=totals):
+            totals.append(total)
+            raise _Started
+
+        with pytest.raises(_Started):
+            diraccodec.decode(data, progress=stop_at_the_start)
+        assert totals == [steps + 1]
+    assert diraccodec.inspect(diraccodec.encode(small_image, 1, effort=1)).recommended_steps is None
+
+
+def test_a_size_target_that_only_the_searched_file_meets_is_met(sample_image):
+    """Where the searched file at the lowest level is smaller than the plain one, a target
+    between the two is met by the search, not refused as below the smallest file."""
+    corner = sample_image.crop((0, 0, 128, 128))
+    lowest = (-1, 3)  # the first level of the runs with and without the detail map
+    plain = min(len(diraccodec.encode(corner, level, effort=1)) for level in lowest)
+    searched = min(len(diraccodec.encode(corner, level, effort=2)) for level in lowest)
+    assert searched < plain  # what the test needs of this image
+    assert len(diraccodec.encode(corner, size=searched, effort=2)) <= searched
+    with pytest.raises(InvalidOptionError, match="is below the smallest file"):
+        diraccodec.encode(corner, size=searched, effort=1)

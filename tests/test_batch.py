@@ -419,3 +419,77 @@ def test_a_pyarrow_that_cannot_load_is_named_with_its_reason(tmp_path, monkeypat
         monkeypatch.delitem(sys.modules, name)
     with pytest.raises(DiracError, match=rf"^s3://unloadable/photos: pyarrow cannot load: {reason}$"):
         arrow_storage("s3://unloadable/photos")
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(64, 4), (5, 4), (4, 4), (3, 3), (1, 1), (None, 1)])
+def test_default_workers_is_one_per_core_up_to_four(monkeypatch, cores, workers):
+    """Each worker holds a model and its threads: more than four crowd the memory, fewer than one converts nothing."""
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert local.default_workers() == workers
+
+
+class FailingFilesystem:
+    """A pyarrow filesystem whose writes or moves fail, as a full disk or a lost mount would make them."""
+
+    def __init__(self, filesystem, fail: str) -> None:
+        self.filesystem, self.fail = filesystem, fail
+
+    def __getattr__(self, name):
+        return getattr(self.filesystem, name)
+
+    def open_output_stream(self, path):
+        stream = self.filesystem.open_output_stream(path)
+        if self.fail != "write":
+            return stream
+
+        class HalfWriting:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exception):
+                stream.close()
+
+            def write(self, data):
+                stream.write(data[: len(data) // 2])
+                raise OSError("No space left on device")
+
+        return HalfWriting()
+
+    def move(self, source, destination):
+        if self.fail == "move":
+            raise OSError("Input/output error")
+        return self.filesystem.move(source, destination)
+
+
+@pytest.mark.parametrize("fail", ["write", "move"])
+def test_a_failed_write_to_a_file_uri_leaves_no_output_and_no_temporary(tmp_path, monkeypatch, fail):
+    """A file:// destination is no object store: a stream is visible while written, so a failure must leave
+    neither a half-written output nor the temporary written beside it."""
+    pytest.importorskip("pyarrow")
+    from diraccodec.batch.storage import arrow_storage
+    from diraccodec.errors import OutputWriteError
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    location = f"file://{folder}/photo.drc"
+    storage = arrow_storage(location)
+    data = bytes(range(256)) * 64
+    storage.write_atomic(location, data)  # as it is: written whole, nothing beside it
+    assert (folder / "photo.drc").read_bytes() == data and os.listdir(folder) == ["photo.drc"]
+    (folder / "photo.drc").unlink()
+    monkeypatch.setattr(storage, "filesystem", FailingFilesystem(storage.filesystem, fail))
+    with pytest.raises(OutputWriteError, match=f"^cannot write {location}: "):
+        storage.write_atomic(location, data)
+    assert os.listdir(folder) == []
+
+
+def test_uris_that_differ_in_their_query_get_filesystems_of_their_own(tmp_path, monkeypatch):
+    """?endpoint_override= names another server: a filesystem opened for one must not serve the other."""
+    pytest.importorskip("pyarrow")
+    from diraccodec.batch import storage
+
+    monkeypatch.setattr(storage, "_FILESYSTEMS", {})
+    one = storage.arrow_storage(f"file://{tmp_path}/a?endpoint_override=one.example:9000")
+    other = storage.arrow_storage(f"file://{tmp_path}/b?endpoint_override=two.example:9000")
+    assert one is not other
+    assert storage.arrow_storage(f"file://{tmp_path}/c?endpoint_override=one.example:9000") is one

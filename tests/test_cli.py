@@ -788,3 +788,115 @@ def test_a_name_the_output_encoding_lacks_is_escaped_not_a_traceback(small_drc: 
         done = subprocess.run([sys.executable, "-m", "diraccodec.cli", "info", undecodable], capture_output=True,
                               env={**os.environ, **encoding}, timeout=120)
         assert done.returncode == 0 and bytes(tmp_path) + b"/\xff.drc" in done.stdout, (encoding, done.stderr)
+
+
+def test_encode_without_a_rate_is_a_one_line_usage_error(tmp_path: Path, small_png: Path):
+    """None of -q, --size or --bpp is a mistake to name, not a file made at a rate the user never chose."""
+    output = tmp_path / "y.drc"
+    result = CliRunner().invoke(main, ["encode", str(small_png), "-e", "1", "-o", str(output)])
+    assert result.exit_code == 2, result.output
+    assert result.output == "dirac: error: give -q LEVEL, --size or --bpp\n"
+    assert not output.exists()
+
+
+def test_decode_follows_the_seed_it_is_given(tmp_path: Path, small_drc: Path):
+    """The seed picks the diffusion noise: the same seed gives the same pixels, another seed others."""
+    pixels = {}
+    for name, seed in (("first", "5"), ("again", "5"), ("other", "6")):
+        output = tmp_path / f"{name}.png"
+        result = CliRunner().invoke(main, ["decode", str(small_drc), "--steps", "2", "--seed", seed, "-o", str(output)])
+        assert result.exit_code == 0, result.output
+        with Image.open(output) as image:
+            pixels[name] = np.asarray(image)
+    assert np.array_equal(pixels["first"], pixels["again"])
+    assert not np.array_equal(pixels["first"], pixels["other"])
+    assert np.array_equal(pixels["first"], np.asarray(diraccodec.decode(small_drc.read_bytes(), 2, seed=5)))
+
+
+def test_encode_stores_the_recommended_steps_it_is_given(tmp_path: Path, small_png: Path):
+    """Decoders that are not told how many steps take the file's recommendation: --steps must reach the file."""
+    output = tmp_path / "steps.drc"
+    result = CliRunner().invoke(main, ["encode", str(small_png), "-q", "1", "-e", "1", "--steps", "3",
+                                       "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    assert diraccodec.inspect(output.read_bytes()).recommended_steps == 3
+    info = CliRunner().invoke(main, ["info", str(output)])
+    assert info.exit_code == 0 and re.search(r"^recommended steps +3$", info.output, re.M), info.output
+
+
+def test_plot_takes_a_png_suffix_in_any_case(tmp_path: Path):
+    """rd.PNG names a PNG file as well as rd.png does: only another suffix is refused."""
+    base = ["eval", "--data", str(tmp_path), "--levels", ""]  # an error of its own once the options are read
+    accepted = CliRunner().invoke(main, [*base, "--plot", str(tmp_path / "rd.PNG")])
+    assert accepted.exit_code == 2 and "--levels and --steps need at least one value" in accepted.output, \
+        accepted.output
+    refused = CliRunner().invoke(main, [*base, "--plot", str(tmp_path / "rd.jpg")])
+    assert refused.exit_code == 2 and "plots are written as PNG" in refused.output, refused.output
+
+
+def test_references_are_read_in_any_case():
+    """--references NONE and AVIF,Jxl are what the user meant: the keys are matched without case."""
+    from diraccodec.cli.common import parse_references
+
+    known = ["jpeg", "webp", "avif", "jxl"]
+    assert parse_references("NONE", known) == []
+    assert parse_references("None", known) == []
+    assert parse_references("AVIF, Jxl", known) == ["avif", "jxl"]
+    with pytest.raises(DiracError, match="unknown reference codec 'gif'"):
+        parse_references("GIF", known)
+
+
+def test_format_takes_a_dotted_suffix_in_upper_case(small_drc: Path):
+    """--format .JPEG is the .jpeg suffix as a user may type it: it writes JPEG."""
+    decoded = CliRunner().invoke(main, ["decode", str(small_drc), "-o", "-", "--format", ".JPEG"])
+    assert decoded.exit_code == 0, decoded.output
+    with Image.open(io.BytesIO(decoded.stdout_bytes)) as image:
+        assert image.format == "JPEG"
+
+
+def test_decoding_alpha_to_jpeg_fails_before_the_decode(tmp_path: Path, small_image: Image.Image, monkeypatch):
+    """JPEG cannot hold the alpha the file has: said at once, not after a decode that may take minutes."""
+    from diraccodec import api
+
+    source = tmp_path / "clear.drc"
+    source.write_bytes(diraccodec.encode(small_image.convert("RGBA"), 1, effort=1))
+    calls = []
+    monkeypatch.setattr(api, "decode", lambda *arguments, **options: calls.append(arguments))
+    output = tmp_path / "out.jpg"
+    result = CliRunner().invoke(main, ["decode", str(source), "-o", str(output)])
+    assert result.exit_code == 2, result.output
+    assert result.output == "dirac: error: JPEG cannot hold an alpha channel: write .png instead\n"
+    assert calls == [] and not output.exists()
+
+
+def test_batch_with_a_level_out_of_range_fails_once_before_any_file(tmp_path: Path, small_image: Image.Image,
+                                                                   monkeypatch):
+    """A bad -q is the batch's mistake, not each file's: one line, status 2, and no file converted or written."""
+    import diraccodec.batch
+
+    source, destination = tmp_path / "photos", tmp_path / "out"
+    source.mkdir()
+    small_image.save(source / "one.png")
+    small_image.save(source / "two.png")
+    runs = []
+    real_run_batch = diraccodec.batch.run_batch
+    monkeypatch.setattr(diraccodec.batch, "run_batch", lambda *a, **k: runs.append(a) or real_run_batch(*a, **k))
+    result = CliRunner().invoke(main, ["batch", str(source), str(destination), "-q", "9", "-j", "1"])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("dirac: error: quality must be between")
+    assert runs == [] and not destination.exists()
+
+
+def test_batch_summary_bpp_counts_the_encoded_files_alone(tmp_path: Path, small_image: Image.Image,
+                                                          sample_image: Image.Image):
+    """bpp is the encoded files' rate: the images a .drc beside them decodes to are no part of it."""
+    source, destination = tmp_path / "mixed", tmp_path / "out"
+    source.mkdir()
+    small_image.save(source / "photo.png")
+    (source / "earlier.drc").write_bytes(diraccodec.encode(sample_image.crop((0, 0, 64, 64)), 1, effort=1))
+    result = CliRunner().invoke(main, ["batch", str(source), str(destination), "-q", "2", "-e", "1", "-j", "1"])
+    assert result.exit_code == 0, result.output
+    assert (destination / "earlier.png").exists()
+    bpp = 8 * (destination / "photo.drc").stat().st_size / (small_image.width * small_image.height)
+    [row] = [line for line in result.output.splitlines() if "converted" in line and "│" in line]
+    assert row.split("│")[-2].strip() == f"{bpp:.4f}", result.output

@@ -34,6 +34,16 @@ VERSION_1_SYMBOLS = "3a1e9fced01561dec01ed331fb0e7fd030713d069fe92ec7ab02e038bda
 VERSION_2_FILE = DATA / "parrots-v2.drc"
 VERSION_2_CROP = (120, 40, 300, 150)
 VERSION_2_SYMBOLS = "566a4b6a6826ae450e2b15677442808523dff7198a97f36b6aa8b2901d796396"
+# 96x64 crops (120, 40, 216, 104) by the encoders of format versions 3 and 4 at levels 2 (with a
+# detail map), 8 (the top row of the level tables) and -1: the SHA-256 of their latent symbols
+# and of their detail map's codes (int64, little-endian).
+CURRENT_VERSION_FILES = {
+    "parrots-v3-level2.drc": ("42244db87f10d1c58bb2e04b3e456b665efcd35d8459722947bb5e8420414aaa",
+                              "11aadfb4d0bf7ea39d3083249d635e11fb447dfe4e0e6ba938563b6c4d806ffb"),
+    "parrots-v3-level8.drc": ("304c3a7c97d10e7ce20496ea31e5ca6c1d696cc84c20bb5cd3e90c311ef78447", None),
+    "parrots-v4-level-1.drc": ("b5f8b5d9fc3a8913a21e081bd4d66a5661217b2ee95611fc5ce959bfea062ff4",
+                               "0935302c3fed627eb549f329f86e0f9919768e9e8911ee864f710ad3c1246fa6"),
+}
 
 
 def test_round_trip_keeps_size_and_resembles_the_input(small_image):
@@ -78,6 +88,27 @@ def test_a_format_version_2_file_still_decodes_with_its_padding_coded(sample_ima
     assert decoded.size == crop.size and psnr(crop, decoded) > 28
     rewritten = diraccodec.encode(crop, 3)
     assert drc.unpack(rewritten).version == 3 and len(rewritten) < len(data)
+
+
+@pytest.mark.parametrize("name", list(CURRENT_VERSION_FILES))
+def test_files_of_the_current_format_versions_read_as_they_were_written(sample_image, name):
+    """Stored files, not a round trip: a change to the tables, the escapes or the map's coding
+    that encoder and decoder share would pass a round trip and misread every earlier file."""
+    from diraccodec.diffusion import detail_map
+
+    data = (DATA / name).read_bytes()
+    header = drc.unpack(data)
+    latents = get_codec(None, compute_for("cpu")).read_stream(header.sections[drc.TAG_LATENTS], header.width,
+                                                               header.height, header.quality)
+    symbols, map_codes = CURRENT_VERSION_FILES[name]
+    assert hashlib.sha256(latents.symbols.astype("<i8").tobytes()).hexdigest() == symbols
+    if map_codes is not None:
+        codes = detail_map.from_payload(header.sections[drc.TAG_DETAIL], header.width, header.height).codes
+        assert hashlib.sha256(codes.astype("<i8").tobytes()).hexdigest() == map_codes
+    else:
+        assert drc.TAG_DETAIL not in header.sections
+    crop = sample_image.crop((120, 40, 216, 104))
+    assert psnr(crop, diraccodec.decode(data, steps=0)) > 18
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 9), (13, 1), (37, 53), (65, 129)])

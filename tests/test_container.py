@@ -103,3 +103,33 @@ def test_section_longer_than_file_is_refused():
         drc.unpack(reseal(lying))  # the checksum holds: the writer lied, no cut lost the section
     with pytest.raises(TruncatedFileError, match=r"^truncated or corrupt \.drc file \(section longer"):
         drc.unpack(lying + struct.pack(">I", 0))  # the checksum fails: most likely a cut-off file
+
+
+def test_a_file_without_latents_or_pixels_is_corrupt():
+    """Refused by unpack, so that inspect and decode never meet them."""
+    no_latents = example(sections={drc.TAG_ALPHA: b"alpha"})
+    with pytest.raises(CorruptFileError, match=r"^corrupt \.drc file \(no latent section\)$"):
+        drc.unpack(drc.pack(no_latents))
+    for width, height in ((0, 5), (37, 0), (0, 0)):
+        with pytest.raises(CorruptFileError, match=r"^corrupt \.drc file \(zero image size\)$"):
+            drc.unpack(drc.pack(example(width=width, height=height)))
+
+
+def test_a_repeated_section_is_corrupt_and_an_empty_last_one_is_read():
+    body = drc.pack(example())[:-4]
+    count_at = drc._HEADER.size - 2
+    repeated = body[:count_at] + struct.pack(">H", 3) + body[count_at + 2:] + body[drc._HEADER.size:][:8 + 4]
+    with pytest.raises(CorruptFileError, match=r"^corrupt \.drc file \(section b'LATS' repeated\)$"):
+        drc.unpack(reseal(repeated))
+    empty_last = example(sections={**example().sections, b"note": b""})
+    assert drc.unpack(drc.pack(empty_last)).sections[b"note"] == b""
+
+
+def test_a_header_with_no_room_for_its_checksum_is_truncated():
+    header = drc.pack(example())[:drc._HEADER.size]
+    without_sections = header[:-2] + struct.pack(">H", 0)
+    for cut in range(len(header), len(header) + drc._TRAILER.size):
+        with pytest.raises(TruncatedFileError, match=r"^truncated \.drc file \(header incomplete\)$"):
+            drc.unpack((without_sections + b"\x00" * 4)[:cut])
+    with pytest.raises(CorruptFileError, match=r"\(no latent section\)"):  # whole: header and checksum
+        drc.unpack(reseal(without_sections))

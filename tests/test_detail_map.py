@@ -37,6 +37,11 @@ def test_a_corrupt_map_payload_is_a_clear_error():
             detail_map.from_payload(short, 64, 64)
     with pytest.raises(CorruptFileError, match="whole 32-bit words"):
         detail_map.from_payload(b"\x20\x02abc", 64, 64)  # not whole words
+    whole = detail_map.to_payload(detail_map.DetailMap(8, np.zeros((8, 8), np.int64)))
+    assert detail_map.from_payload(whole, 64, 64).block == 8
+    for block in (0, 1, 7):  # blocks under 8 pixels: a map as large as the image, which no encoder sends
+        with pytest.raises(CorruptFileError, match=r"\(detail map header\)"):
+            detail_map.from_payload(bytes([block]) + whole[1:], 64, 64)
 
 
 def test_coded_values_no_symbols_could_give_are_a_corrupt_file(small_image):

@@ -19,6 +19,10 @@ def test_same_seed_same_pixels_other_seed_other_pixels(small_image, random_diffu
         diraccodec.decode(data, steps=4, diffusion_weights=random_diffusion_weights, **options), dtype=np.int16)
     first, again, default, other = decode(seed=7), decode(seed=7), decode(), decode(seed=8)
     assert first.shape == base.shape and np.abs(first - base).mean() > 1  # the sampler changed the image
+    synthesis = np.asarray(diraccodec.decode(data, steps=0, restore=False), dtype=np.int16)
+    one_step = np.asarray(diraccodec.decode(data, steps=1, diffusion_weights=random_diffusion_weights),
+                          dtype=np.int16)  # one step is a step: neither 0-step image
+    assert min(np.abs(one_step - synthesis).mean(), np.abs(one_step - base).mean()) > 0.5
     np.testing.assert_array_equal(first, again)
     np.testing.assert_array_equal(default, decode(seed=0))
     assert np.abs(other - first).mean() > 0.5

@@ -54,8 +54,25 @@ def test_gaussian_latents_round_trip_exactly_with_escapes():
 
 def test_escape_beyond_the_code_range_is_refused():
     tables = build_gaussian_tables(gaussian_scales())
-    with pytest.raises(ValueError, match="latent value too large to code"):
-        round_trip(np.array([2**41]), np.array([0]), tables)
+    top = int(tables.offsets[0] + tables.lengths[0] - 2)  # the narrowest table's highest value
+    for far in (2**41, top + 2**40, int(tables.offsets[0]) - 2**40):  # distances of 2^40 and more
+        with pytest.raises(ValueError, match="latent value too large to code"):
+            round_trip(np.array([far]), np.array([0]), tables)
+    nearest = np.array([top + 2**40 - 1, int(tables.offsets[0]) - 2**40 + 1])  # the farthest that code
+    np.testing.assert_array_equal(round_trip(nearest, np.zeros(2, np.int64), tables)[0], nearest)
+
+
+def test_escapes_are_coded_as_the_format_says():
+    """The bytes of escapes (a sign, a bit count, then the bits in chunks of 16, lowest first;
+    docs/format.md), pinned: a change would misread every file written before it."""
+    import hashlib
+
+    tables = build_gaussian_tables(gaussian_scales())
+    values = np.array([10**6, -(10**9), 2**39 - 1, -(2**39), 513, -514, 2, -2, 2**15, 2**16 + 1, 0, 1])
+    encoder = constriction.stream.queue.RangeEncoder()
+    encode_values(encoder, values, np.zeros(values.size, np.int64), tables)
+    words = encoder.get_compressed().astype("<u4").tobytes()
+    assert hashlib.sha256(words).hexdigest() == "b11ab0d786ff4ffb59987d683b9e2e40f3267ed20d30dbcc38d164970862edec"
 
 
 def test_factorized_tables_cover_the_mass_and_round_trip():

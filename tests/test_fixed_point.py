@@ -120,9 +120,34 @@ def test_only_small_weights_and_leaky_relus_have_a_fixed_point_form():
     FixedPointNetwork(stack)
     with pytest.raises(TypeError, match="ReLU"):
         FixedPointNetwork(nn.Sequential(stack[0], nn.ReLU(), stack[2]))
+    with pytest.raises(TypeError, match="only leaky ReLUs may follow a convolution before the last"):
+        FixedPointNetwork(nn.Sequential(stack[0], stack[2]))
     stack[2].weight.data *= 1e12  # sums would overflow float64's integers unless inputs were clamped to nothing
     with pytest.raises(ValueError, match="too large"):
         FixedPointNetwork(stack)
+
+
+def test_each_layer_clamps_its_inputs_where_its_largest_sum_stays_below_2_to_the_53():
+    """The clamp is the bound of the sums over each output's own weights (a transposed
+    convolution's are its first axis), less the bias: a looser one lets a corrupt stream's huge
+    inputs round, and devices would disagree on the tables."""
+    from diraccodec.entropy.fixed_point import EXACT_BELOW, SMALLEST_LIMIT, input_limit
+
+    weight = torch.zeros(2, 3, 3, 3, dtype=torch.float64)
+    weight[0, 0, 0, 0], weight[1, :, 1, 1] = 4.0, -2.0  # reaches: 4 (first output), 6 (second)
+    bias = torch.tensor([0.0, -(2.0**40)], dtype=torch.float64)
+    assert input_limit(weight, bias, (1, 2, 3), 0, "layer") == (EXACT_BELOW - 1 - 2.0**40) // 6
+    transposed = nn.ConvTranspose2d(2, 3, 3, bias=False)  # its weight is (inputs, outputs, k, k)
+    transposed.weight.data.zero_()
+    transposed.weight.data[0, 0, 0, 0], transposed.weight.data[1, :, 1, 1] = 4.0, torch.tensor([-4.0, -1.0, -1.0])
+    [layer] = FixedPointNetwork(nn.Sequential(transposed)).layers  # the outputs' reaches 8, 1, 1 (the inputs' 4, 6)
+    assert layer.input_limit == (EXACT_BELOW - 1) // (8 * 2**WEIGHT_BITS)
+    # the smallest clamp allowed is SMALLEST_LIMIT in the inputs' own units, on their grid of 2^-bits
+    reach = (EXACT_BELOW - 1) / (SMALLEST_LIMIT * 2**8)
+    weight = torch.full((1, 1, 1, 1), reach, dtype=torch.float64)
+    assert input_limit(weight, torch.zeros(1, dtype=torch.float64), (1, 2, 3), 8, "layer") >= SMALLEST_LIMIT * 2**8
+    with pytest.raises(ValueError, match="too large"):
+        input_limit(weight, torch.zeros(1, dtype=torch.float64), (1, 2, 3), 9, "layer")
 
 
 def test_base_weights_without_a_fixed_point_form_are_refused_in_one_line(tmp_path, codec):

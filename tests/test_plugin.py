@@ -214,3 +214,93 @@ def test_an_opened_image_pickles_copies_and_closes_as_pillow_s_own_do(small_drc:
     assert isinstance(raised.value, UnsupportedVersionError)
     with pytest.raises(InvalidOptionError, match="max_pixels must be a whole number"):
         plugin.set_decode_options(max_pixels=None)
+
+
+def counted_decodes(monkeypatch) -> list[int]:
+    """Wrap the real api.decode so that a test can count how often the plugin runs it."""
+    calls: list[int] = []
+    real = api.decode
+
+    def counting(*arguments: object, **options: object) -> Image.Image:
+        calls.append(1)
+        return real(*arguments, **options)
+
+    monkeypatch.setattr(api, "decode", counting)
+    return calls
+
+
+def test_an_opened_image_is_decoded_once_however_often_its_pixels_are_read(small_drc: bytes, monkeypatch):
+    """Decoding is the costly part: tobytes, convert and getpixel after the first load reuse its pixels."""
+    decodes = counted_decodes(monkeypatch)
+    with opened(small_drc) as image:
+        image.load()
+        assert decodes == [1]
+        pixels = image.tobytes()
+        image.convert("L")
+        image.getpixel((0, 0))
+        image.load()
+        assert decodes == [1]
+        assert pixels == diraccodec.decode(small_drc).tobytes()
+
+
+def test_save_with_an_opened_images_info_keeps_its_own_level(small_image):
+    """save(**image.info) re-encodes an opened .drc image at its level, not at the default one."""
+    data = diraccodec.encode(small_image, quality=5, effort=1)
+    with opened(data) as image:
+        assert image.info["level"] == 5 != plugin.DEFAULT_QUALITY
+        again = saved(image, effort=1, **image.info)
+    assert api.inspect(again).header.quality == 5
+
+
+def test_image_open_bounds_the_header_by_the_decode_defaults_max_pixels(small_drc: bytes, monkeypatch,
+                                                                         restored_defaults):
+    """A service lowers max_pixels to refuse big images at Image.open, or raises it to open bigger ones."""
+    from diraccodec.errors import LimitExceededError
+
+    width, height = drc.unpack(small_drc).width, drc.unpack(small_drc).height
+    plugin.set_decode_options(max_pixels=width * height - 1)
+    with pytest.raises(LimitExceededError):
+        opened(small_drc)
+    plugin.set_decode_options(max_pixels=width * height)
+    with opened(small_drc) as image:
+        assert image.size == (width, height)
+    header = drc.unpack(small_drc)
+    header.width, header.height = 12_000, 10_000  # above the default limit: only the header is read at open
+    big = drc.pack(header)
+    plugin.set_decode_options()
+    with pytest.raises(LimitExceededError):
+        opened(big)
+    plugin.set_decode_options(max_pixels=12_000 * 10_000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # Pillow's own bomb check is not what is tested
+    with opened(big) as image:
+        assert image.size == (12_000, 10_000)
+
+
+def test_a_file_opened_by_path_is_closed_once_loaded(small_drc: bytes, tmp_path: Path):
+    """A file Image.open opened itself is closed after load, so no descriptor leaks while the image lives."""
+    path = tmp_path / "small.drc"
+    path.write_bytes(small_drc)
+    image = Image.open(path)
+    file = image.fp
+    assert file is not None and not file.closed
+    image.load()
+    assert file.closed
+    assert image.tobytes() == diraccodec.decode(small_drc).tobytes()
+    image.close()
+
+
+def test_save_with_quality_none_uses_the_default_level(small_image):
+    """quality=None (as from **options with no value) means no rate given: the default level, not an error."""
+    expected = diraccodec.encode(small_image, quality=plugin.DEFAULT_QUALITY, effort=1)
+    assert saved(small_image, quality=None, effort=1) == expected
+    assert saved(small_image, quality=None, size=None, bpp=None, effort=1) == expected
+
+
+def test_load_after_close_without_an_earlier_load_fails_without_decoding(small_drc: bytes, monkeypatch):
+    """A closed image that was never loaded refuses load at once, without spending a decode first."""
+    decodes = counted_decodes(monkeypatch)
+    image = opened(small_drc)
+    image.close()
+    with pytest.raises(ValueError, match="closed image"):
+        image.load()
+    assert decodes == []

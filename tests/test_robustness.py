@@ -14,7 +14,7 @@ import time
 import unicodedata
 import warnings
 import zlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -685,6 +685,101 @@ def test_a_transparent_colour_becomes_alpha(tmp_path):
             assert np.array_equal(np.asarray(decoded.getchannel("A")) == 0, clear), image.mode
         else:
             assert "A" not in decoded.getbands()
+
+
+def test_white_marked_transparent_in_an_8_bit_rgb_image_is_the_white_that_goes():
+    """255 is an 8-bit channel's own value, not a 16-bit colour to shift: the white pixels go
+    transparent, and the black ones stay."""
+    rgb = np.zeros((8, 32, 3), np.uint8)
+    rgb[:, 8:16] = 255
+    decoded = diraccodec.decode(diraccodec.encode(saved_as(Image.fromarray(rgb), transparency=(255, 255, 255)), 2,
+                                                  effort=1))
+    clear = np.zeros((8, 32), bool)
+    clear[:, 8:16] = True
+    assert np.array_equal(np.asarray(decoded.getchannel("A")) == 0, clear)
+
+
+def test_a_palette_with_an_alpha_per_entry_keeps_every_alpha():
+    """PNG's tRNS for a palette gives each entry its own alpha (pngquant's files): half-clear
+    entries stay half clear, not only the one fully clear."""
+    indices = np.tile(np.arange(4, dtype=np.uint8).repeat(8), (8, 1))
+    palette = Image.frombytes("P", (32, 8), indices.tobytes())
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    decoded = diraccodec.decode(diraccodec.encode(saved_as(palette, transparency=bytes([0, 64, 192, 255])), 6,
+                                                  effort=1))
+    assert decoded.mode == "RGBA"
+    alpha = np.asarray(decoded.getchannel("A"))
+    assert [int(alpha[:, 8 * entry + 4].mean()) for entry in range(4)] == [0, 64, 192, 255]
+
+
+def test_32_bit_grey_samples_peaking_at_255_are_8_bit_values():
+    """Mode I with nothing above 255 holds 8-bit values (as Pillow makes from L): not 16-bit ones
+    to divide by 257, which would make the image almost black."""
+    ramp = np.tile(np.arange(0, 256, 8, dtype=np.int32), (8, 1))
+    ramp[0, 0] = 255
+    from diraccodec.image.planes import image_to_planes
+
+    planes = image_to_planes(Image.fromarray(ramp, "I"))
+    assert planes.rgb[..., 0].max() == 255 and np.array_equal(planes.rgb[1:, :, 0], ramp[1:])
+
+
+def test_grey_decodes_round_the_mean_of_the_channels():
+    from diraccodec.image.metadata import Metadata
+    from diraccodec.image.planes import ColourMode, Planes, planes_to_image
+
+    rgb = np.array([[[1, 2, 2], [10, 10, 11], [0, 0, 0], [254, 255, 255]]], np.uint8)
+    grey = planes_to_image(Planes(rgb, ColourMode.L, None, None, Metadata()))
+    assert np.asarray(grey).tolist() == [[2, 10, 0, 255]]
+
+
+def test_an_alpha_plane_that_inflates_to_more_than_the_image_is_corrupt():
+    from diraccodec.errors import CorruptFileError
+    from diraccodec.image.planes import compress_alpha, decompress_alpha
+
+    alpha = np.arange(6 * 5, dtype=np.uint8).reshape(5, 6)
+    assert np.array_equal(decompress_alpha(compress_alpha(alpha), 6, 5), alpha)
+    for payload in (compress_alpha(np.zeros(6 * 5 + 1, np.uint8)), compress_alpha(alpha[:4])):
+        with pytest.raises(CorruptFileError, match=r"alpha plane has the wrong size"):
+            decompress_alpha(payload, 6, 5)
+
+
+def test_suffixes_are_known_in_any_case(tmp_path, small_image):
+    """Cameras name their files .JPG: folders, batches and outputs take suffixes in any case."""
+    from diraccodec.batch import BatchSettings, plan_jobs
+    from diraccodec.image.files import image_format_for
+    from diraccodec.image.planes import images_in
+
+    for name in ("A.JPG", "b.Png", "c.txt"):
+        small_image.save(tmp_path / name, format="PNG")
+    (tmp_path / "d.DRC").write_bytes(diraccodec.encode(small_image, 1, effort=1))
+    assert [path.name for path in images_in(tmp_path)] == ["A.JPG", "b.Png"]
+    jobs = plan_jobs(tmp_path, tmp_path / "out", BatchSettings())
+    assert sorted((Path(job.source).name, Path(job.target).name) for job in jobs) == [
+        ("A.JPG", "A.drc"), ("b.Png", "b.drc"), ("d.DRC", "d.png")]
+    assert [image_format_for(Path(name)) for name in ("OUT.PNG", "x.JPG", "y.Tif")] == ["PNG", "JPEG", "TIFF"]
+
+
+def test_alpha_is_refused_where_the_format_cannot_hold_it():
+    from diraccodec.errors import OutputWriteError
+    from diraccodec.image.files import check_alpha_fits
+
+    for image_format in ("JPEG", "BMP"):
+        with pytest.raises(OutputWriteError, match=f"^{image_format} cannot hold an alpha channel"):
+            check_alpha_fits(image_format, has_alpha=True)
+        check_alpha_fits(image_format, has_alpha=False)
+    check_alpha_fits("PNG", has_alpha=True)
+
+
+def test_a_store_folder_is_inside_another_only_below_its_path():
+    """s3://b/in2 is beside s3://b/in, not in it: its files are inputs like any other."""
+    from diraccodec.batch.jobs import _inside, location_of
+
+    def inside(destination: str, source: str) -> PurePosixPath | None:
+        return _inside(location_of(destination), location_of(source))
+
+    assert inside("s3://b/in/out", "s3://b/in") == PurePosixPath("out")
+    assert inside("s3://b/in2", "s3://b/in") is None
+    assert inside("s3://b/in/out", "s3://c/in") is None
 
 
 def low_depth_grey_png(levels: np.ndarray, depth: int, transparent: int) -> bytes:

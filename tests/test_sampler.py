@@ -33,6 +33,7 @@ def test_noise_is_standard_normal_and_a_function_of_position_seed_and_draw():
         assert abs(torch.corrcoef(torch.stack([noise.flatten(), other.flatten()]))[0, 1].item()) < 0.01
     # made in bands of rows, each value the same as alone: any part can be made on its own
     tall = gaussian_noise((1, 1, 600, 7), seed=2**40 + 3, draw=4)
+    assert not torch.equal(tall, gaussian_noise((1, 1, 600, 7), seed=3, draw=4))  # every bit of the seed counts
     assert torch.equal(tall[..., 300:310, :], gaussian_noise((1, 1, 600, 7), 2**40 + 3, 4)[..., 300:310, :])
     with pytest.raises(ValueError, match="one image"):
         gaussian_noise((2, 3, 4, 4), 0, 0)
@@ -369,3 +370,18 @@ def test_weights_stored_in_the_autocast_dtype_sample_the_same_bits_with_fewer_ca
     assert torch.equal(stored_result, plain_result)
     assert stored_casts < plain_casts / 2
     assert Compute(CPU, exact=True).prepare_for_autocast(model).conv_in.weight.dtype == torch.float32
+
+
+def test_each_noise_field_a_sampling_draws_is_a_new_one(monkeypatch):
+    """The starting noise and every renoising draw are fields of their own: one field drawn
+    again would correlate the steps' noise, and the seeded image would still repeat itself."""
+    draws = []
+    drawn = sampler.gaussian_noise
+
+    def recorded(shape, seed, draw, device="cpu"):
+        draws.append((seed, draw))
+        return drawn(shape, seed, draw, device)
+
+    monkeypatch.setattr(sampler, "gaussian_noise", recorded)
+    sample_residual(random_unet(), torch.rand(1, 3, 32, 32), 3.0, 4, 9, SamplerSettings(renoise=True))
+    assert draws == [(9, draw) for draw in range(4)]
