@@ -493,3 +493,28 @@ def test_uris_that_differ_in_their_query_get_filesystems_of_their_own(tmp_path, 
     other = storage.arrow_storage(f"file://{tmp_path}/b?endpoint_override=two.example:9000")
     assert one is not other
     assert storage.arrow_storage(f"file://{tmp_path}/c?endpoint_override=one.example:9000") is one
+
+
+def test_a_pool_holds_one_file_per_worker_at_most():
+    """When a worker dies, the files then in its pool are the suspects run again alone: a pool
+    holding more than one per worker would make a file a suspect that no worker had begun."""
+    from collections import deque
+    from concurrent.futures import Future
+
+    class InstantPool:
+        def __init__(self) -> None:
+            self.submitted = 0
+
+        def submit(self, function, job, settings) -> Future:
+            self.submitted += 1
+            future: Future = Future()
+            future.set_result(job)
+            return future
+
+    for workers in (1, 3):
+        pool, queue = InstantPool(), deque(Job(Path(f"{index}.png"), Path(f"{index}.drc")) for index in range(7))
+        done, most_in_pool = [], 0
+        for result in local._results_in(pool, queue, BatchSettings(), workers):
+            most_in_pool = max(most_in_pool, pool.submitted - len(done))
+            done.append(result)
+        assert most_in_pool == workers and len(done) == 7

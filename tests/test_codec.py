@@ -111,6 +111,16 @@ def test_files_of_the_current_format_versions_read_as_they_were_written(sample_i
     assert psnr(crop, diraccodec.decode(data, steps=0)) > 18
 
 
+def test_a_latent_stream_of_part_of_a_word_is_corrupt():
+    from dataclasses import replace
+
+    header = drc.unpack((DATA / "parrots-v3-level8.drc").read_bytes())
+    cut = drc.pack(replace(header, sections={**header.sections,
+                                             drc.TAG_LATENTS: header.sections[drc.TAG_LATENTS] + b"\x00"}))
+    with pytest.raises(CorruptFileError, match=r"latent stream length is not a whole number of words"):
+        diraccodec.decode(cut, steps=0)
+
+
 @pytest.mark.parametrize("size", [(1, 1), (1, 9), (13, 1), (37, 53), (65, 129)])
 def test_any_size_decodes_to_that_size(sample_image, size):
     image = sample_image.resize(size)

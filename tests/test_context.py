@@ -15,6 +15,7 @@ from diraccodec.codec.base_codec import BaseCodec
 from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
 from diraccodec.entropy import context as context_module
 from diraccodec.entropy.context import CheckerboardContext, ContextLayers, anchor_mask, context_parameters
+from diraccodec.entropy.fixed_point import ACTIVATION_BITS
 from diraccodec.entropy.latent_stream import Arithmetic
 from diraccodec.modelfiles import default_weights_path, export_base_weights, load_base_weights
 from diraccodec.transforms.search import SearchSettings
@@ -99,6 +100,23 @@ def test_the_fixed_point_context_is_the_stated_integer_computation_in_any_chunks
     float_mean, float_scale = coding_path(context, symbols, mean, scale)
     assert (float_mean - fixed_mean).abs().max() < 1e-3 and (float_scale - fixed_scale).abs().max() < 1e-3
     assert not torch.allclose(fixed_mean, mean[:, ~anchor_mask(9, 11)])  # the context did change the mean
+
+
+def test_huge_anchors_from_a_corrupt_stream_are_clamped_and_stay_exact():
+    """Anchors past the first layer's clamp give what anchors at the clamp give: every sum stays
+    an exact integer, so every device reads the same (wrong, but identical) parameters."""
+    context = active_context(6)
+    layers = ContextLayers.fixed_point(context)
+    generator = torch.Generator().manual_seed(3)
+    mean = torch.zeros(6, 5, 7, dtype=torch.float64)
+    scale = torch.round(torch.rand(6, 5, 7, generator=generator, dtype=torch.float64) * 2.0**20) * 2.0**-16
+    at_clamp = torch.full((6, 5, 7), layers.limits[0] * 2.0**-ACTIVATION_BITS, dtype=torch.float64)
+    at_clamp[1::2] *= -1
+    huge = at_clamp * 2.0**30
+    for clamped, reference in zip(coding_path(context, huge, mean, scale, fixed=True),
+                                  coding_path(context, at_clamp, mean, scale, fixed=True), strict=True):
+        assert torch.isfinite(clamped).all()
+        assert torch.equal(clamped, reference)
 
 
 @pytest.fixture(scope="module")

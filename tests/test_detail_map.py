@@ -39,6 +39,9 @@ def test_a_corrupt_map_payload_is_a_clear_error():
         detail_map.from_payload(b"\x20\x02abc", 64, 64)  # not whole words
     whole = detail_map.to_payload(detail_map.DetailMap(8, np.zeros((8, 8), np.int64)))
     assert detail_map.from_payload(whole, 64, 64).block == 8
+    # the same span, shifted: the symbols read alike, and the first value lands outside the range
+    with pytest.raises(CorruptFileError, match=r"\(detail map value out of range\)"):
+        decode_map(encode_map(np.array([[-24, 0]]), -24, 0), (1, 2), -12, 12)
     for block in (0, 1, 7):  # blocks under 8 pixels: a map as large as the image, which no encoder sends
         with pytest.raises(CorruptFileError, match=r"\(detail map header\)"):
             detail_map.from_payload(bytes([block]) + whole[1:], 64, 64)

@@ -107,3 +107,18 @@ def test_prices_are_the_tables_costs_with_the_escape_payload():
     assert bits.dtype == torch.float64 and bits.tolist() == pytest.approx(expected, abs=1e-12)
     # the numpy form used by the stream-size estimates is the same function
     assert np.array_equal(tables.bits(values.numpy(), np.full(values.shape, table)), bits.numpy())
+
+
+def test_a_table_set_and_a_distribution_that_cannot_code_are_refused():
+    """Tables longer than their rows, or with no symbol besides the escape, would read past the
+    frequencies or code nothing; a distribution of more symbols than the precision has units
+    cannot give each symbol a frequency of at least 1."""
+    from diraccodec.entropy.tables import TableSet
+
+    frequencies = np.full((2, 4), TOTAL // 4, np.int32)
+    TableSet(frequencies, np.array([-1, 0], np.int32), np.array([4, 2], np.int32))
+    for lengths in ([5, 4], [4, 1]):
+        with pytest.raises(ValueError, match="table length out of range"):
+            TableSet(frequencies, np.array([-1, 0], np.int32), np.array(lengths, np.int32))
+    with pytest.raises(ValueError, match="cannot quantize this distribution"):
+        quantize_pmf(np.ones(TOTAL + 5), tail_mass=0.0)

@@ -148,6 +148,16 @@ def test_train_level_tables_writes_a_weights_set_that_decodes_the_same_pixels(sa
         assert np.array_equal(np.asarray(diraccodec.decode(counted, steps=steps)), pixels)
 
 
+def test_tables_fitted_again_keep_naming_the_weights_without_them(level_weights, shared_weights, tmp_path):
+    """Refitting the level tables of weights that have them: the new set still names the
+    weights without level tables, whose files it decodes (not the set it was refitted from)."""
+    again = tmp_path / "again.safetensors"
+    write_with_level_tables(level_weights, again, load_base_weights(level_weights).hyper_level_tables,
+                            {"purpose": "test"})
+    assert load_base_weights(again).shared_tables_id == load_base_weights(shared_weights).weights_id
+    assert load_base_weights(level_weights).shared_tables_id == load_base_weights(shared_weights).weights_id
+
+
 def test_unets_are_not_tied_to_weights_that_reconstruct_otherwise(tmp_path):
     from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
     from diraccodec.modelfiles import (

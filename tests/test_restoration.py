@@ -179,6 +179,18 @@ def test_a_filter_made_for_other_base_weights_is_not_named_among_the_models_meas
     assert models_in_use()["restoration"] is None
 
 
+def test_base_weights_that_are_not_there_are_named_by_no_id(tmp_path):
+    """A manifest may list a file that is gone: a report names only weights it could load."""
+    import shutil
+
+    from diraccodec.modelfiles import models_in_use
+
+    shipped = DEFAULT_BASE_WEIGHTS.resolve()
+    assert models_in_use()["base"] == shipped_base_id().hex()
+    shutil.copy(shipped.parent / "manifest.json", tmp_path / "manifest.json")  # it lists the file, not here
+    assert models_in_use(tmp_path / shipped.name)["base"] is None
+
+
 def test_an_empty_weights_variable_counts_as_unset(small_image, monkeypatch):
     """`DIRAC_WEIGHTS=` (a shell's way to clear it) read as the current folder: "Is a directory"."""
     data = diraccodec.encode(small_image, 2, effort=1)
