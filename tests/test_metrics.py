@@ -80,3 +80,61 @@ def test_patches_cover_the_image_on_a_half_overlapping_grid(sample_image):
     assert grid.shape == (15, 3, 256, 256)  # 5 columns x 3 rows, every 128 pixels
     assert torch.equal(grid[1], patches(kodak_sized.crop((128, 0, 384, 256)))[0])
     assert patches(sample_image.crop((0, 0, 96, 64))).shape == (1, 3, 64, 64)
+
+
+def test_bd_rate_is_bjontegaards_cubic_fit():
+    """Log-rates that are cubics in quality are fitted exactly: the BD-rate is then the mean
+    of their difference over the common qualities, which a line through them would miss."""
+    quality = [30.0, 31.0, 32.0, 33.0, 34.0]
+    log_rate = [0.05 * (q - 32) ** 3 + 0.3 * (q - 32) for q in quality]
+    extra = [0.05 * (q - 30) ** 2 for q in quality]  # its mean over 30-34 is 0.05 * 16 / 3
+    rates_a = np.exp(log_rate).tolist()
+    rates_b = np.exp(np.add(log_rate, extra)).tolist()
+    assert bd_rate(rates_a, quality, rates_b, quality) == pytest.approx((np.exp(0.05 * 16 / 3) - 1) * 100, abs=1e-6)
+
+
+def test_a_report_gives_the_bd_rate_of_ours_against_each_reference():
+    """Ours at half a reference's bits for the same PSNR and LPIPS is -50%, not +100%."""
+    from diraccodec.evaluation.report import bd_rates
+    from diraccodec.evaluation.run import Point
+
+    def point(codec: str, bpp: float, quality: float) -> Point:
+        return Point(codec, quality, bpp, 25 + quality, 0.9, 0.5 - quality / 20, 1.0, 1.0, 2)
+
+    points = [point(codec, bpp * scale, quality) for codec, scale in (("AVIF", 1.0), ("diraccodec", 0.5))
+              for bpp, quality in ((0.1, 1.0), (0.2, 2.0), (0.4, 3.0), (0.8, 4.0))]
+    for metric in ("psnr", "lpips"):
+        assert bd_rates(points, metric) == {"diraccodec": {"AVIF": pytest.approx(-50.0, abs=1e-6)}}
+
+
+def test_psnr_of_an_exact_copy_is_100_db(sample_image):
+    """A finite figure: an exact copy's infinity would make every mean over images infinite."""
+    assert psnr(sample_image, sample_image.copy()) == 100.0
+
+
+def test_ms_ssim_sees_every_channel(sample_image):
+    red, green, blue = sample_image.split()
+    blurred_blue = Image.merge("RGB", (red, green, blue.filter(ImageFilter.GaussianBlur(3))))
+    assert ms_ssim(sample_image, blurred_blue) < 0.99
+
+
+def test_the_patches_of_a_small_image_cover_it():
+    """Patches of a short image are squares of its side, one every side at most: no column is left out."""
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (100, 300, 3), dtype=np.uint8))
+    tiles = patches(image)
+    assert tiles.shape == (3, 3, 100, 100)
+    pixels = torch.from_numpy(np.array(image, np.float32)).permute(2, 0, 1) / 255
+    assert torch.equal(torch.cat(list(tiles), dim=2), pixels)
+
+
+def test_lpips_gives_each_image_of_a_batch_its_own_distance():
+    from diraccodec.evaluation.metrics import _lpips_model
+
+    model = _lpips_model("alexnet")
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 3, 64, 64, generator=generator), torch.rand(2, 3, 64, 64, generator=generator)
+    b[1] = a[1]  # the second pair identical
+    together = model(a, b)
+    alone = torch.cat([model(a[:1], b[:1]), model(a[1:], b[1:])])
+    torch.testing.assert_close(together, alone)
+    assert together[1] == 0 < together[0]

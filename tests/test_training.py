@@ -625,3 +625,77 @@ def test_a_damaged_training_photo_or_shard_manifest_is_named_in_one_line(photo_f
     (folder / "shard.json").write_text("{bad")
     with pytest.raises(DiracError, match=r"shard.json is not a shard's manifest"):
         train_base(options(folder, tmp_path / "ck", 1))
+
+
+def tiny_base_state(folder: Path, seconds: float = 0.0) -> Path:
+    """A base training state of an untrained tiny model (N=8, M=12), written directly: no training."""
+    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.training.checkpoint import TrainingState, write_state
+
+    torch.manual_seed(0)
+    model = MultiRateHyperprior(HyperpriorConfig(8, 12))
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = TrainingState(step=7, seconds=seconds, metadata={"kind": "base", "config": model.config.as_fields()})
+    write_state(folder / "state", tensors, state)
+    return folder / "state"
+
+
+def test_exported_weights_record_the_hours_the_state_trained(tmp_path: Path):
+    """The weights file's info says how long its state trained: hours, not minutes."""
+    state = tiny_base_state(tmp_path, seconds=5400.0)  # an hour and a half
+    exported = tmp_path / "w.safetensors"
+    export_base_checkpoint(state, exported)
+    from safetensors import safe_open
+
+    with safe_open(str(exported), framework="pt") as handle:
+        info = json.loads(handle.metadata()["info"])
+    assert info["training_hours"] == 1.5 and info["steps"] == 7 and info["kind"] == "base"
+
+
+def test_a_travel_copy_keeps_integer_tensors_as_they_are(tmp_path: Path):
+    """The weight average's update count must survive a travel copy exactly (float16 would round it)."""
+    from diraccodec.training.checkpoint import TrainingState, write_state
+
+    tensors = {"model.w": torch.linspace(-1, 1, 6), "average.w": torch.linspace(-1, 1, 6) * 0.5,
+               "average.updates": torch.tensor([12345], dtype=torch.int64),
+               "model.counts": torch.tensor([3, 70001], dtype=torch.int32)}
+    write_state(tmp_path / "full", tensors, TrainingState(step=12345, seconds=1.0, metadata={}))
+    write_travel_copy(tmp_path / "full", tmp_path / "copy")
+    _, copy = read_state(tmp_path / "copy")
+    assert copy["model.w"].dtype == torch.float16 and copy["average.w"].dtype == torch.float16
+    assert copy["average.updates"].dtype == torch.int64 and copy["average.updates"].tolist() == [12345]
+    assert copy["model.counts"].dtype == torch.int32 and copy["model.counts"].tolist() == [3, 70001]
+
+
+def test_an_older_checkpoint_refuses_adam_moments_from_another_step(tmp_path: Path):
+    """The older layout's moments file must match its checkpoint's step, or a resume mixes two runs."""
+    from safetensors.torch import save_file
+
+    from diraccodec.errors import DiracError
+
+    header = {"seconds": "1.000", "meta": json.dumps({"kind": "base"})}
+    save_file({"model.w": torch.ones(3), "rng": torch.zeros(4, dtype=torch.uint8)}, str(tmp_path / "old.safetensors"),
+              metadata={**header, "step": "5"})
+    moments = {"adam.0.exp_avg": torch.full((3,), 0.25), "adam.0.exp_avg_sq": torch.full((3,), 0.5),
+               "adam.0.step": torch.tensor([5.0])}
+    save_file(moments, str(tmp_path / "old.optim.safetensors"), metadata={**header, "step": "5"})
+    state, tensors = read_state(tmp_path / "old")  # the same step: the moments join the state
+    assert state.step == 5 and torch.equal(tensors["adam.0.exp_avg"], moments["adam.0.exp_avg"])
+    assert "rng.data" in tensors and "rng" not in tensors
+    save_file(moments, str(tmp_path / "old.optim.safetensors"), metadata={**header, "step": "4"})
+    with pytest.raises(DiracError, match=r"old.optim.safetensors is from step 4, the model from 5"):
+        read_state(tmp_path / "old")
+
+
+def test_a_state_whose_header_outgrows_its_first_part_still_reads_its_metadata(tmp_path: Path):
+    """load_checkpoint_metadata reads the first part alone: a longer header must still be read whole."""
+    from diraccodec.training.checkpoint import TrainingState, state_parts, write_state
+
+    metadata = {"kind": "base", "note": "x" * 2000}
+    tensors = {f"model.layer{index}.weight": torch.full((2,), float(index)) for index in range(50)}
+    write_state(tmp_path / "state", tensors, TrainingState(step=42, seconds=9.5, metadata=metadata, warmup_from=40),
+                part_bytes=1024)
+    first = state_parts(tmp_path / "state")[0].read_bytes()
+    assert int.from_bytes(first[:8], "little") > len(first)  # the header runs on into the next parts
+    state = load_checkpoint_metadata(tmp_path / "state")
+    assert (state.step, state.seconds, state.metadata, state.warmup_from) == (42, 9.5, metadata, 40)

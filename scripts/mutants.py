@@ -1,0 +1,238 @@
+"""Faults the test suite must catch: each a one-line change to the package (a mutant) and the
+tests that must then fail. A test that still passes with its fault in place checks less than
+its name says.
+
+    python scripts/mutants.py               # every mutant: killed, survived or stale
+    python scripts/mutants.py entropy api   # those in files whose path holds either word
+
+Each mutant runs in a copy of the checkout made beside it (so that ../shared/data resolves as
+in the checkout) and deleted after; the checkout itself is never changed. The status is 1
+where a mutant survives, 2 where one is stale: its line is no longer in the code, and the
+entry needs the line as it now reads. Takes a few minutes: not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COPIED = ("diraccodec", "tests", "samples", "weights", "pyproject.toml")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    path: str  # under the repository root
+    line: str  # text found exactly once in the file
+    mutated: str  # what it becomes
+    tests: tuple[str, ...]  # pytest node ids, at least one of which must fail
+
+
+def mutant(path: str, line: str, mutated: str, *tests: str) -> Mutant:
+    return Mutant(f"diraccodec/{path}", line, mutated, tests)
+
+
+MUTANTS = (
+    # the container
+    mutant("container/drc.py", "if TAG_LATENTS not in sections:", "if False:",
+           "tests/test_container.py::test_a_file_without_latents_or_pixels_is_corrupt"),
+    mutant("container/drc.py", "if width == 0 or height == 0:", "if width == 0:",
+           "tests/test_container.py::test_a_file_without_latents_or_pixels_is_corrupt"),
+    mutant("container/drc.py", "if tag in sections:", "if False:",
+           "tests/test_container.py::test_a_repeated_section_is_corrupt_and_an_empty_last_one_is_read"),
+    mutant("container/drc.py", "if length > len(body) - position:", "if length >= len(body) - position:",
+           "tests/test_container.py::test_a_repeated_section_is_corrupt_and_an_empty_last_one_is_read"),
+    mutant("container/drc.py", "if len(data) < _HEADER.size + _TRAILER.size:", "if len(data) < _HEADER.size:",
+           "tests/test_container.py::test_a_header_with_no_room_for_its_checksum_is_truncated"),
+    # entropy coding
+    mutant("entropy/coder.py", "CHUNK_BITS = 16", "CHUNK_BITS = 15",
+           "tests/test_entropy.py::test_escapes_are_coded_as_the_format_says"),
+    mutant("entropy/coder.py", "if np.any(distance >= 1 << MAX_ESCAPE_BITS):",
+           "if np.any(distance > 1 << MAX_ESCAPE_BITS):",
+           "tests/test_entropy.py::test_escape_beyond_the_code_range_is_refused"),
+    mutant("entropy/tables.py", "if np.any(self.lengths < 2) or np.any(self.lengths > self.frequencies.shape[1]):",
+           "if np.any(self.lengths < 2):",
+           "tests/test_entropy.py::test_a_table_set_and_a_distribution_that_cannot_code_are_refused"),
+    mutant("entropy/tables.py", "if excess != 0 or frequencies.sum() != TOTAL:", "if False:",
+           "tests/test_entropy.py::test_a_table_set_and_a_distribution_that_cannot_code_are_refused"),
+    mutant("entropy/latent_stream.py", "row_level = min(max(math.floor(level), 0), self.num_levels)",
+           "row_level = min(max(math.floor(level), 0), self.num_levels - 1)",
+           "tests/test_codec.py::test_files_of_the_current_format_versions_read_as_they_were_written"),
+    mutant("entropy/latent_stream.py", "        if len(payload) % 4:\n", "        if False:\n",
+           "tests/test_codec.py::test_a_latent_stream_of_part_of_a_word_is_corrupt"),
+    mutant("entropy/map_coder.py", "return (int(values[row, column - 1]) + int(values[row - 1, column])) // 2",
+           "return int(values[row, column - 1])",
+           "tests/test_codec.py::test_files_of_the_current_format_versions_read_as_they_were_written"),
+    mutant("entropy/map_coder.py", "if not low <= value <= high:", "if False:",
+           "tests/test_detail_map.py::test_a_corrupt_map_payload_is_a_clear_error"),
+    mutant("entropy/fixed_point.py", "if slope is None and index + 1 < len(modules):", "if False:",
+           "tests/test_fixed_point.py::test_only_small_weights_and_leaky_relus_have_a_fixed_point_form"),
+    mutant("entropy/fixed_point.py", "(EXACT_BELOW - 1 - float(bias.abs().max()))", "(EXACT_BELOW - 1)",
+           "tests/test_fixed_point.py::test_each_layer_clamps_its_inputs_where_its_largest_sum_stays_below_2_to_the_53"),
+    mutant("entropy/fixed_point.py", "if limit < SMALLEST_LIMIT * 2.0**input_bits:", "if limit < SMALLEST_LIMIT:",
+           "tests/test_fixed_point.py::test_each_layer_clamps_its_inputs_where_its_largest_sum_stays_below_2_to_the_53"),
+    mutant("entropy/fixed_point.py", "input_dims = (0, 2, 3) if", "input_dims = (1, 2, 3) if",
+           "tests/test_fixed_point.py::test_each_layer_clamps_its_inputs_where_its_largest_sum_stays_below_2_to_the_53"),
+    mutant("entropy/context.py",
+           "return to_grid(values, ACTIVATION_BITS).clamp_(-self.limits[layer], self.limits[layer])",
+           "return to_grid(values, ACTIVATION_BITS)",
+           "tests/test_context.py::test_huge_anchors_from_a_corrupt_stream_are_clamped_and_stay_exact"),
+    # image input and output
+    mutant("image/planes.py", "if max(colour[:3]) > 255:", "if max(colour[:3]) >= 255:",
+           "tests/test_robustness.py::test_white_marked_transparent_in_an_8_bit_rgb_image_is_the_white_that_goes"),
+    mutant("image/planes.py", 'image = image.convert("RGBA" if "transparency" in image.info else "RGB")',
+           'image = image.convert("RGB")',
+           "tests/test_robustness.py::test_a_palette_with_an_alpha_per_entry_keeps_every_alpha"),
+    mutant("image/planes.py", "peak > 255):", "peak >= 255):",
+           "tests/test_robustness.py::test_32_bit_grey_samples_peaking_at_255_are_8_bit_values"),
+    mutant("image/planes.py", "np.clip(np.round(rgb.astype(np.float32).mean(axis=2)), 0, 255)",
+           "np.clip(rgb.astype(np.float32).mean(axis=2), 0, 255)",
+           "tests/test_robustness.py::test_grey_decodes_round_the_mean_of_the_channels"),
+    mutant("image/planes.py", "if len(raw) != expected or inflater.unconsumed_tail:", "if len(raw) != expected:",
+           "tests/test_robustness.py::test_an_alpha_plane_that_inflates_to_more_than_the_image_is_corrupt"),
+    mutant("image/planes.py", "path.suffix.lower() in IMAGE_SUFFIXES and", "path.suffix in IMAGE_SUFFIXES and",
+           "tests/test_robustness.py::test_suffixes_are_known_in_any_case"),
+    mutant("image/files.py", "IMAGE_FORMATS[Path(path).suffix.lower()]", "IMAGE_FORMATS[Path(path).suffix]",
+           "tests/test_robustness.py::test_suffixes_are_known_in_any_case"),
+    mutant("image/files.py", 'image_format in ("JPEG", "BMP")', 'image_format in ("JPEG",)',
+           "tests/test_robustness.py::test_alpha_is_refused_where_the_format_cannot_hold_it"),
+    # the API
+    mutant("api.py", "if not 0 <= steps <= MAX_STEPS:", "if not 0 <= steps < MAX_STEPS:",
+           "tests/test_api.py::test_a_file_may_recommend_up_to_100_steps_and_decode_then_runs_them"),
+    mutant("api.py", "if not 0 <= steps <= MAX_STEPS:", "if not steps <= MAX_STEPS:",
+           "tests/test_api.py::test_options_and_inputs_of_the_wrong_kind_are_refused_by_name"),
+    mutant("api.py", "    if steps > MAX_STEPS:\n", "    if steps >= MAX_STEPS:\n",
+           "tests/test_api.py::test_a_file_may_recommend_up_to_100_steps_and_decode_then_runs_them"),
+    mutant("api.py", "max_pixels < 1:", "max_pixels < 0:",
+           "tests/test_api.py::test_options_and_inputs_of_the_wrong_kind_are_refused_by_name"),
+    mutant("api.py", "if self.options.recommended_steps is not None:", "if False:",
+           "tests/test_api.py::test_a_file_may_recommend_up_to_100_steps_and_decode_then_runs_them"),
+    mutant("api.py", "if size_at(first, searched=False)[0] > target and (not searches or "
+           "size_at(first, searched=True)[0] > target):", "if size_at(first, searched=False)[0] > target:",
+           "tests/test_api.py::test_a_size_target_that_only_the_searched_file_meets_is_met"),
+    # diffusion
+    mutant("diffusion/decoder.py", "if steps <= 0:", "if steps <= 1:",
+           "tests/test_diffusion_decoder.py::test_same_seed_same_pixels_other_seed_other_pixels"),
+    mutant("diffusion/noise.py", "for shift in (0, 32)]", "for shift in (0, 0)]",
+           "tests/test_sampler.py::test_noise_is_standard_normal_and_a_function_of_position_seed_and_draw"),
+    mutant("diffusion/sampler.py", "seed, next(draws), device", "seed, 0, device",
+           "tests/test_sampler.py::test_each_noise_field_a_sampling_draws_is_a_new_one"),
+    mutant("diffusion/detail_map.py", "payload[0] < 8", "payload[0] < 1",
+           "tests/test_detail_map.py::test_a_corrupt_map_payload_is_a_clear_error"),
+    # weights files
+    mutant("modelfiles.py", "ids[name] = listed_id(path.resolve().parent / path.name) if path.exists() else None",
+           "ids[name] = listed_id(path.resolve().parent / path.name)",
+           "tests/test_restoration.py::test_base_weights_that_are_not_there_are_named_by_no_id"),
+    mutant("modelfiles.py", "shared = weights.weights_id if weights.hyper_level_tables is None else "
+           "weights.shared_tables_id", "shared = weights.weights_id",
+           "tests/test_level_tables.py::test_tables_fitted_again_keep_naming_the_weights_without_them"),
+    # the Pillow plugin
+    mutant("plugin.py", "            self._data = None  # kept until now", "            pass  # kept until now",
+           "tests/test_plugin.py::test_an_opened_image_is_decoded_once_however_often_its_pixels_are_read"),
+    mutant("plugin.py", 'options["quality"] = image.encoderinfo.get("level", DEFAULT_QUALITY)',
+           'options["quality"] = DEFAULT_QUALITY',
+           "tests/test_plugin.py::test_save_with_an_opened_images_info_keeps_its_own_level"),
+    mutant("plugin.py", 'max_pixels = _decode_defaults.get("max_pixels", drc.DEFAULT_MAX_PIXELS)',
+           "max_pixels = drc.DEFAULT_MAX_PIXELS",
+           "tests/test_plugin.py::test_image_open_bounds_the_header_by_the_decode_defaults_max_pixels"),
+    mutant("plugin.py", "            if self.fp and self._exclusive_fp:\n                self.fp.close()\n", "",
+           "tests/test_plugin.py::test_a_file_opened_by_path_is_closed_once_loaded"),
+    mutant("plugin.py", "if not any(options.get(name) is not None for name in _RATE_OPTIONS):",
+           "if not any(name in options for name in _RATE_OPTIONS):",
+           "tests/test_plugin.py::test_save_with_quality_none_uses_the_default_level"),
+    mutant("plugin.py", "        self._data = None  # a load after close", "        pass  # a load after close",
+           "tests/test_plugin.py::test_load_after_close_without_an_earlier_load_fails_without_decoding"),
+    # batches
+    mutant("batch/jobs.py", "suffix = path.suffix.lower()", "suffix = path.suffix",
+           "tests/test_robustness.py::test_suffixes_are_known_in_any_case"),
+    mutant("batch/jobs.py", 'if lower.startswith(upper + "/")', "if lower.startswith(upper)",
+           "tests/test_robustness.py::test_a_store_folder_is_inside_another_only_below_its_path"),
+    mutant("batch/local.py", "while queue and len(running) < workers and not broken:",
+           "while queue and len(running) <= workers and not broken:",
+           "tests/test_batch.py::test_a_pool_holds_one_file_per_worker_at_most"),
+    mutant("batch/local.py", "return max(1, min(4, (os.cpu_count() or 1)))",
+           "return max(1, min(5, (os.cpu_count() or 1)))",
+           "tests/test_batch.py::test_default_workers_is_one_per_core_up_to_four"),
+    mutant("batch/storage.py", "                with contextlib.suppress(OSError):\n"
+           "                    self.filesystem.delete_file(temporary)\n", "",
+           "tests/test_batch.py::test_a_failed_write_to_a_file_uri_leaves_no_output_and_no_temporary"),
+    mutant("batch/storage.py", "key = (parts.scheme, parts.netloc, parts.query)",
+           "key = (parts.scheme, parts.netloc, '')",
+           "tests/test_batch.py::test_uris_that_differ_in_their_query_get_filesystems_of_their_own"),
+    # the command line
+    mutant("cli/common.py", "if len(given) != 1:", "if len(given) > 1:",
+           "tests/test_cli.py::test_encode_without_a_rate_is_a_one_line_usage_error"),
+    mutant("cli/common.py", 'path.suffix.lower() != ".png"', 'path.suffix != ".png"',
+           "tests/test_cli.py::test_plot_takes_a_png_suffix_in_any_case"),
+    mutant("cli/common.py", '[key.strip().lower() for key in text.split(",") if key.strip()]',
+           '[key.strip() for key in text.split(",") if key.strip()]',
+           "tests/test_cli.py::test_references_are_read_in_any_case"),
+    mutant("cli/codec_commands.py", 'value = value.lower() if value.startswith(".") else',
+           'value = value if value.startswith(".") else',
+           "tests/test_cli.py::test_format_takes_a_dotted_suffix_in_upper_case"),
+    mutant("cli/codec_commands.py", "image = api.decode(data, steps, seed, weights=weights,",
+           "image = api.decode(data, steps, None, weights=weights,",
+           "tests/test_cli.py::test_decode_follows_the_seed_it_is_given"),
+    mutant("cli/codec_commands.py", "effort=effort, steps=recommended_steps, detail_map=detail_map,",
+           "effort=effort, steps=None, detail_map=detail_map,",
+           "tests/test_cli.py::test_encode_stores_the_recommended_steps_it_is_given"),
+    mutant("cli/codec_commands.py",
+           "    check_alpha_fits(image_format, drc.unpack(data, max_pixels).colour_mode.has_alpha)", "    pass",
+           "tests/test_cli.py::test_decoding_alpha_to_jpeg_fails_before_the_decode"),
+    mutant("cli/codec_commands.py", "        api.check_quality(quality, codec.num_levels)\n", "        pass\n",
+           "tests/test_cli.py::test_batch_with_a_level_out_of_range_fails_once_before_any_file"),
+    mutant("cli/codec_commands.py", "encoded = [r for r in chosen if r.job.encodes and r.pixels]",
+           "encoded = [r for r in chosen if r.pixels]",
+           "tests/test_cli.py::test_batch_summary_bpp_counts_the_encoded_files_alone"),
+)
+
+
+def outcome(fault: Mutant, copy: Path) -> str:
+    """'killed', 'survived' or 'stale', for one mutant applied to the copy and taken back after."""
+    file = copy / fault.path
+    text = file.read_text()
+    if text.count(fault.line) != 1:
+        return "stale"
+    file.write_text(text.replace(fault.line, fault.mutated))
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *fault.tests],
+                              cwd=copy, env={**os.environ, "PYTHONPATH": str(copy)}, capture_output=True, text=True)
+    finally:
+        file.write_text(text)
+    return "survived" if done.returncode == 0 else "killed"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("words", nargs="*", help="only the mutants in files whose path holds one of these")
+    words = parser.parse_args().words
+    chosen = [fault for fault in MUTANTS if not words or any(word in fault.path for word in words)]
+    copy = Path(tempfile.mkdtemp(prefix=".mutants-", dir=ROOT.parent))
+    try:
+        for name in COPIED:
+            source = ROOT / name
+            if source.is_dir():
+                shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(source, copy / name)
+        started, outcomes = time.perf_counter(), []
+        for number, fault in enumerate(chosen, 1):
+            outcomes.append(outcome(fault, copy))
+            print(f"[{number}/{len(chosen)}] {outcomes[-1]:8} {fault.path}: {fault.line.strip()[:60]!r}", flush=True)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    counts = {kind: outcomes.count(kind) for kind in ("killed", "survived", "stale")}
+    print(f"{counts['killed']} killed, {counts['survived']} survived, {counts['stale']} stale of {len(chosen)} "
+          f"in {time.perf_counter() - started:.0f} s")
+    return 1 if counts["survived"] else 2 if counts["stale"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

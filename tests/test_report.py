@@ -1,0 +1,66 @@
+"""The evaluation report's figures: BD-rates between curves, runs pooled, JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from diraccodec.evaluation.report import bd_rates, markdown_table, report_again, report_of, write_json
+from diraccodec.evaluation.run import Point
+
+RATES = (0.1, 0.2, 0.4, 0.8)
+
+
+def curve(codec: str, scale: float, **fields: float) -> list[Point]:
+    """Four points at RATES times `scale`, the same qualities for every codec."""
+    return [Point(codec, float(index), rate * scale, 25.0 + index, 0.9, 0.5 - index / 20, 1.0, 1.0, 2, **fields)
+            for index, rate in enumerate(RATES, 1)]
+
+
+def test_an_encoder_effort_is_measured_against_the_default_effort_too():
+    """`dirac eval --effort 2,3` reports what effort 3 saves over the default, beside the references."""
+    points = [*curve("AVIF", 1.0), *curve("diraccodec", 0.5), *curve("diraccodec effort 3", 0.45)]
+    rates = bd_rates(points, "psnr")
+    assert rates["diraccodec"] == {"AVIF": pytest.approx(-50.0)}
+    assert rates["diraccodec effort 3"] == {"AVIF": pytest.approx(-55.0), "diraccodec": pytest.approx(-10.0)}
+
+
+def saved(tmp_path: Path, name: str, points: list[Point], complete: bool = True, data_id: str | None = "ab12") -> Path:
+    path = tmp_path / name
+    write_json(report_of(points, "kodak", complete, f"dirac eval {name}", machine="here", data_id=data_id), path)
+    return path
+
+
+def test_pooled_runs_are_complete_only_where_every_run_was(tmp_path: Path):
+    first = saved(tmp_path, "first.json", curve("diraccodec", 1.0), complete=False)
+    second = saved(tmp_path, "second.json", curve("diraccodec", 1.0)[:2])
+    assert report_again(first, [second], tmp_path / "pooled.json")["complete"] is False
+    assert report_again(second, [saved(tmp_path, "third.json", curve("diraccodec", 1.0))],
+                        tmp_path / "pooled.json")["complete"] is True
+
+
+def test_pooled_runs_keep_the_images_fingerprint_only_where_every_run_had_it(tmp_path: Path):
+    """A run that recorded no fingerprint was never checked against the others' images."""
+    older = saved(tmp_path, "older.json", curve("diraccodec", 1.0), data_id=None)
+    newer = saved(tmp_path, "newer.json", curve("diraccodec", 1.0))
+    assert "data_id" not in report_again(older, [newer], tmp_path / "pooled.json")
+    assert report_again(newer, [newer], tmp_path / "again.json")["data_id"] == "ab12"
+
+
+def test_a_figure_that_could_not_be_measured_is_null_in_the_json(tmp_path: Path):
+    """NaN is no JSON: strict readers (browsers, jq) refuse a file holding it."""
+    points = curve("diraccodec", 1.0)
+    points[0].lpips = math.nan
+    text = saved(tmp_path, "report.json", points).read_text()
+    assert "NaN" not in text
+    assert json.loads(text)["points"][0]["lpips"] is None
+
+
+def test_the_markdown_table_gives_the_encode_time_in_its_column(tmp_path: Path):
+    report = report_of(curve("diraccodec", 1.0, encode_seconds_per_mp=0.25), "kodak", True, "dirac eval",
+                       machine="here")
+    row = markdown_table(report).splitlines()[6].split("|")
+    assert [cell.strip() for cell in row[9:11]] == ["1.00", "0.25"]  # enc+dec s/MP, then enc s/MP
