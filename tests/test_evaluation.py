@@ -446,3 +446,109 @@ def test_a_report_with_null_figures_prints_and_one_of_another_shape_is_refused(t
     (tmp_path / "text.json").write_text(json.dumps(report))
     result = CliRunner().invoke(main, ["report", str(tmp_path / "text.json"), "--markdown", str(tmp_path / "t.md")])
     assert result.exit_code == 2 and "is not an evaluation report (JSON without its fields)" in result.output
+
+
+def test_evaluate_scores_file_sizes_means_over_every_image_and_per_step_times(small_image: Image.Image):
+    """A user's bpp, scores and per-step times are 8 bits a byte, means over every image, and per step."""
+    from PIL import ImageFilter
+
+    from diraccodec.evaluation import metrics
+    from diraccodec.evaluation.codecs import CodecUnderTest, Decoding
+    from diraccodec.evaluation.run import evaluate
+
+    images = [small_image.crop((0, 0, 64, 48)), small_image.crop((32, 32, 96, 80))]  # 3072 pixels each
+    decoded = [images[0].point(lambda v: v // 32 * 32), images[1].filter(ImageFilter.GaussianBlur(2))]
+    files = [bytes(100), bytes(50)]
+    timings = [(0.5, 0.1, 0.05), (0.7, 0.2, 0.1)]  # seconds, shared (encode and synthesis), encode
+
+    def round_trip(image: Image.Image, setting: float) -> tuple[bytes, list[Decoding]]:
+        index = next(i for i, known in enumerate(images) if known is image)
+        seconds, shared, encode = timings[index]
+        return files[index], [Decoding(decoded[index], seconds, 4, shared, encode)]
+
+    [point] = evaluate(images, [CodecUnderTest("stub", (3,), round_trip)], Console(file=io.StringIO()))
+    megapixels = 2 * 3072 / 1e6
+    assert point.codec == "stub (4 steps)" and point.steps == 4 and point.images == 2
+    assert point.bpp == pytest.approx(8 * 150 / 6144)
+    for name in ("psnr", "ms_ssim", "lpips"):
+        scores = [getattr(metrics, name)(image, out) for image, out in zip(images, decoded, strict=True)]
+        assert scores[0] != pytest.approx(scores[1])  # the mean differs from either image's score
+        assert getattr(point, name) == pytest.approx(sum(scores) / 2), name
+    assert point.seconds_per_mp == pytest.approx(1.2 / megapixels)
+    assert point.encode_seconds_per_mp == pytest.approx(0.15 / megapixels)
+    assert point.seconds_per_step_per_mp == pytest.approx((1.2 - 0.3) / 4 / megapixels)
+
+
+def test_our_codec_times_the_encode_apart_from_the_shared_encode_and_synthesis(small_image: Image.Image):
+    """The "enc s/MP" column is the encode alone, less than the encode and synthesis every decoding shares."""
+    from diraccodec.evaluation.codecs import diraccodec_codec
+
+    codec = diraccodec_codec([1], steps=(0,), effort=1)
+    data, [decoding] = codec.round_trip(small_image.crop((0, 0, 64, 48)), 1)
+    assert data and decoding.steps == 0 and decoding.image.size == (64, 48)
+    assert 0 < decoding.encode_seconds < decoding.shared_seconds < decoding.seconds
+
+
+def test_jpeg_reference_optimises_its_huffman_tables(small_image: Image.Image):
+    """JPEG as people ship it: unoptimised Huffman tables would waste bytes and flatter our BD-rate."""
+    from diraccodec.evaluation.codecs import reference_codecs
+
+    [jpeg] = reference_codecs(["jpeg"], {"jpeg": [75]})
+    data, [decoding] = jpeg.round_trip(small_image, 75)
+    assert jpeg.name == "JPEG" and decoding.image.size == small_image.size
+    assert data == encode_with_pillow(small_image, "JPEG", 75, optimize=True)
+    assert len(data) < len(encode_with_pillow(small_image, "JPEG", 75))
+
+
+def test_report_prints_each_bd_rate_under_its_own_metric(tmp_path: Path):
+    """The LPIPS BD-rate printed is the LPIPS one, not the PSNR one repeated."""
+    from diraccodec.evaluation.report import format_percent, report_of, write_json
+    from diraccodec.evaluation.run import Point
+
+    def point(codec: str, setting: float, bpp: float, psnr: float, lpips: float) -> Point:
+        return Point(codec, setting, bpp=bpp, psnr=psnr, ms_ssim=0.9, lpips=lpips, fd_alexnet=1.0,
+                     seconds_per_mp=1.0, images=1)
+
+    points = [point("JPEG", q, bpp, psnr, lpips) for q, bpp, psnr, lpips in
+              ((10, 0.2, 26.0, 0.40), (30, 0.4, 29.0, 0.30), (60, 0.8, 32.0, 0.20), (90, 1.6, 35.0, 0.10))]
+    points += [point("diraccodec", level, bpp, psnr, lpips) for level, bpp, psnr, lpips in
+               ((1, 0.1, 26.0, 0.35), (2, 0.2, 29.0, 0.28), (3, 0.4, 32.0, 0.21), (4, 0.8, 35.0, 0.14))]
+    path = tmp_path / "eval.json"
+    write_json(report_of(points, "kodak", True, command="dirac eval", machine="here"), path)
+    result = CliRunner().invoke(main, ["report", str(path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(path.read_text())
+    by_psnr = format_percent(report["bd_rate_psnr_percent"]["diraccodec"]["JPEG"])
+    by_lpips = format_percent(report["bd_rate_lpips_percent"]["diraccodec"]["JPEG"])
+    assert by_psnr != by_lpips
+    assert f"BD-rate of diraccodec vs JPEG: {by_psnr} (PSNR), {by_lpips} (LPIPS)" in result.stdout, result.stdout
+
+
+def test_reference_settings_refuse_a_quality_given_twice(tmp_path: Path, sample_image: Image.Image, monkeypatch):
+    """A quality given twice would be measured twice, two points on one spot of the curve."""
+    folder = image_folder(tmp_path, sample_image, (0, 0, 64, 64))
+    monkeypatch.setattr(diraccodec.api, "encode", lambda *_, **__: pytest.fail("the work began"))
+    result = CliRunner().invoke(main, ["eval", "--data", str(folder), "--references", "jpeg",
+                                       "--reference-settings", "jpeg=30,30,60", "--json", str(tmp_path / "e.json")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == ["dirac: error: --reference-settings 'jpeg=30,30,60': give whole "
+                                                  "qualities from 0 to 100 in ascending order"]
+
+
+def test_compare_crops_a_centred_square_without_a_box(tmp_path: Path, sample_image: Image.Image, monkeypatch):
+    """Without --box the panels show the middle of the picture, at most 256 pixels a side."""
+    from diraccodec.evaluation import pictures
+
+    boxes = []
+
+    def picture(image: Image.Image, level: float, steps: int, box: tuple[int, int, int], *rest) -> Image.Image:
+        boxes.append(box)
+        return Image.new("RGB", (8, 8))
+
+    monkeypatch.setattr(pictures, "comparison_picture", picture)
+    for size, expected in (((300, 280), (22, 12, 256)), ((120, 64), (28, 0, 64))):
+        source = tmp_path / f"{size[0]}.png"
+        sample_image.crop((0, 0, *size)).save(source)
+        result = CliRunner().invoke(main, ["compare", str(source), "-q", "2", "-o", str(tmp_path / "c.png")])
+        assert result.exit_code == 0, result.output
+        assert boxes[-1] == expected, size
