@@ -20,15 +20,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 COPIED = ("diraccodec", "tests", "samples", "weights", "pyproject.toml")
 
 
-@dataclass(frozen=True)
-class Mutant:
+class Mutant(NamedTuple):
     path: str  # under the repository root
     line: str  # text found exactly once in the file
     mutated: str  # what it becomes
