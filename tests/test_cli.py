@@ -900,3 +900,33 @@ def test_batch_summary_bpp_counts_the_encoded_files_alone(tmp_path: Path, small_
     bpp = 8 * (destination / "photo.drc").stat().st_size / (small_image.width * small_image.height)
     [row] = [line for line in result.output.splitlines() if "converted" in line and "│" in line]
     assert row.split("│")[-2].strip() == f"{bpp:.4f}", result.output
+
+
+def test_dirac_alone_shows_its_commands_with_the_status_of_a_usage_error():
+    """A script that calls `dirac` with no command made a mistake: help, but not status 0."""
+    done = dirac()
+    assert done.returncode == 2 and "Commands:" in done.stdout and "encode" in done.stdout
+
+
+def test_a_usage_error_quoting_a_line_break_stays_one_line(small_drc: Path, tmp_path: Path):
+    """click quotes some values as they are: a name holding a line break must not split the error."""
+    done = dirac("decode", small_drc, "-o", f"{tmp_path}/x\n/")
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith("dirac: error: Invalid value for '-o'") and "x\\n/ names a folder" in line
+    assert line.endswith("(see: dirac decode --help)")
+
+
+def test_a_click_error_outside_usage_is_one_line_with_its_status(monkeypatch):
+    """Errors click raises beyond usage (a file it opens, say) keep their status and one line."""
+    runner = CliRunner()
+
+    @click.command()
+    def failing() -> None:
+        error = click.ClickException("cannot open\nphoto.png")
+        error.exit_code = 3
+        raise error
+
+    monkeypatch.setitem(main.commands, "failing", failing)
+    result = runner.invoke(main, ["failing"])
+    assert result.exit_code == 3 and result.output == "dirac: error: cannot open\\nphoto.png\n"

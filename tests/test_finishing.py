@@ -331,3 +331,27 @@ def test_the_detail_map_rule_keeps_its_lambda_on_another_ladder():
     lower = (0.0001, 0.000268, 0.00072, 0.00193, 0.00518, 0.0139, 0.0373, 0.1)
     assert lower[3] < DETAIL_MAP_BELOW_LAMBDA < lower[4] and 4 < detail_map_below(lower) < 5
     assert detail_map_below((0.01, 0.1)) == 1.0 and detail_map_below((0.0001, 0.0002)) == 2.0
+
+
+@pytest.mark.parametrize("cells", [0.0, -2.0])
+def test_settings_measuring_the_lattice_over_no_cells_are_refused(cells):
+    """The lattice is measured over lattice_cells periods: none or fewer cannot measure it, so a
+    weights file that says so is refused rather than finishing with a nonsense lattice."""
+    with pytest.raises(ValueError, match=rf"lattice_cells positive, not 8 and {cells}"):
+        FinishingSettings(lattice_period=8, lattice_cells=cells)
+    assert FinishingSettings(lattice_period=8, lattice_cells=0.5).lattice_cells == 0.5
+
+
+def test_levels_above_the_old_ladder_take_its_top_level_s_settings():
+    """Beyond the old ladder's top the new levels hold the top level's settings, even where
+    the settings list more levels than that ladder has: hand-set values are not extrapolated."""
+    from diraccodec.diffusion.finishing import settings_on_ladder
+
+    chosen_for, ladder = (0.001, 0.01, 0.1), (0.01, 0.1, 1.0)  # the new top lies 2 levels above
+    finishing = FinishingSettings(residual_gain=(1.0, 1.1, 1.2, 1.3, 1.4), kept_noise=(0.0, 0.1, 0.2, 0.3, 0.4),
+                                  detail_match=(0.0, 0.5, 0.6, 0.7, 0.8))
+    _, carried = settings_on_ladder(SamplerSettings(grid_power=(1.0, 0.9, 0.8, 0.7, 0.6)), finishing, chosen_for,
+                                    ladder)
+    assert carried.residual_gain == pytest.approx((1.1, 1.2, 1.2))
+    assert carried.kept_noise == pytest.approx((0.1, 0.2, 0.2))
+    assert carried.detail_match == (0.5, 0.6, 0.6)

@@ -183,3 +183,90 @@ def test_a_profile_and_xmp_over_pillows_png_text_limit_decode_to_png_and_encode_
         assert result.exit_code == 0, result.output
     again = diraccodec.decode((tmp_path / "again.drc").read_bytes())
     assert again.info["icc_profile"] == profile and again.info["xmp"] == xmp
+
+
+def test_pillows_png_text_limit_is_restored_after_a_read():
+    """The raised limit is process-wide: left raised, every other PNG read in the process loses Pillow's guard."""
+    from PIL import PngImagePlugin
+
+    from diraccodec.image.metadata import pillow_reads_whole_metadata
+
+    before = PngImagePlugin.MAX_TEXT_CHUNK
+    assert before < 16 << 20  # Pillow's own 1 MiB, or what this process set
+    with pillow_reads_whole_metadata():
+        assert PngImagePlugin.MAX_TEXT_CHUNK >= 16 << 20
+    assert before == PngImagePlugin.MAX_TEXT_CHUNK
+    with pytest.raises(RuntimeError), pillow_reads_whole_metadata():
+        raise RuntimeError("a read that fails")
+    assert before == PngImagePlugin.MAX_TEXT_CHUNK
+
+
+def test_a_jpeg_output_keeps_xmp_that_exactly_fills_its_marker_and_leaves_out_one_byte_more(small_image):
+    """JPEG's XMP marker holds 65,533 bytes less the 29 of its namespace: one byte more must be left out, not fail."""
+    image = small_image.crop((0, 0, 8, 8))
+    for size, kept in ((65533 - 29, True), (65533 - 28, False)):
+        image.info["xmp"] = b"<x:xmpmeta>" + b"a" * (size - 23) + b"</x:xmpmeta>"
+        assert len(image.info["xmp"]) == size
+        if kept:
+            written = image_bytes(image, "JPEG")
+        else:
+            with pytest.warns(UserWarning, match=f"XMP of {size} bytes left out of the JPEG output"):
+                written = image_bytes(image, "JPEG")
+        with Image.open(io.BytesIO(written)) as reopened:
+            assert (reopened.info.get("xmp") == image.info["xmp"]) is kept
+
+
+def test_a_jpeg_output_keeps_exif_that_exactly_fills_its_marker(small_image):
+    """65,533 bytes of EXIF (its prefix counted) is what one JPEG marker holds: all of it fits."""
+    import struct
+    import warnings
+
+    image = small_image.crop((0, 0, 8, 8))
+    # by hand, as Pillow writes no odd total: the prefix (6), the TIFF header (8), an IFD of two entries (30)
+    description = 65533 - 44
+    image.info["exif"] = (b"Exif\x00\x00II*\x00" + struct.pack("<IH", 8, 2)
+                          + struct.pack("<HHI", MAKE, 2, 4) + b"Cam\x00"
+                          + struct.pack("<HHII", 0x010E, 2, description, 44 - 6) + struct.pack("<I", 0)
+                          + b"d" * (description - 1) + b"\x00")
+    assert len(image.info["exif"]) == 65533
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        written = image_bytes(image, "JPEG")
+    with Image.open(io.BytesIO(written)) as reopened:
+        assert reopened.getexif()[MAKE] == "Cam" and len(reopened.getexif()[0x010E]) > 65000
+
+
+def test_every_descriptive_tag_of_a_tiff_is_kept(small_image):
+    """Each of these says who made the photo, with what and when: none may be lost on the way."""
+    from diraccodec.image.metadata import TIFF_DESCRIPTIVE_TAGS
+
+    tags = Image.Exif()
+    values = {tag: f"value {tag:#06x}" for tag in TIFF_DESCRIPTIVE_TAGS if tag != ORIENTATION}
+    for tag, value in values.items():
+        tags[tag] = value
+    tags[ORIENTATION] = 3
+    with Image.open(io.BytesIO(saved_as(small_image.crop((0, 0, 8, 8)), "TIFF", exif=tags))) as tiff:
+        kept = parsed(read_metadata(tiff).exif)
+    assert {tag: kept.get(tag) for tag in values} == values
+    assert kept[ORIENTATION] == 3 and len(TIFF_DESCRIPTIVE_TAGS) == 9
+
+
+def test_exif_read_in_part_is_kept_with_a_warning(small_image):
+    """The part Pillow can read is carried, but the loss of the rest must be said, not silent."""
+    import struct
+
+    image = small_image.crop((0, 0, 8, 8))
+    image.info["exif"] = (b"II*\x00" + struct.pack("<IH", 8, 2)
+                          + struct.pack("<HHII", 0x010E, 2, 100, 5000)  # ImageDescription far past the end
+                          + struct.pack("<HHI", MAKE, 2, 4) + b"Cam\x00" + struct.pack("<I", 0))
+    with pytest.warns(UserWarning, match=r"^EXIF carried in part: some of it cannot be read \(.*270"):
+        exif = read_metadata(image).exif
+    assert dict(parsed(exif)) == {MAKE: "Cam"}
+
+
+def test_exif_that_pillow_raises_on_is_left_out_with_a_warning(small_image):
+    """Pillow raises, rather than warns, on EXIF without a TIFF header: that loss must be said too."""
+    image = small_image.crop((0, 0, 8, 8))
+    image.info["exif"] = b"garbage"
+    with pytest.warns(UserWarning, match=r"^EXIF left out: it cannot be read \(not a TIFF file"):
+        assert read_metadata(image) == Metadata()

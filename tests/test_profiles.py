@@ -104,3 +104,85 @@ def test_a_pngs_own_gamma_which_no_file_carries_is_named_in_a_warning():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             diraccodec.encode(png_with_chunks(ramp, kept), 3, effort=1)
+
+
+def rgb_profile(name: str, colorants: tuple[tuple[float, float, float], ...], curve: bytes) -> bytes:
+    """A version 2 ICC matrix/TRC profile of RGB (a display's or a working space's kind): header,
+    tag table, then the description, white point, red, green and blue colorants and one curve for all three."""
+    def xyz(values: tuple[float, float, float]) -> bytes:  # XYZType of s15Fixed16Numbers
+        return b"XYZ " + bytes(4) + b"".join(struct.pack(">i", round(value * 65536)) for value in values)
+
+    d50 = (0.9642, 1.0, 0.8249)
+    text = name.encode() + b"\0"
+    tags = [(b"desc", b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)),
+            (b"wtpt", xyz(d50)), *((signature, xyz(colorant)) for signature, colorant in zip(
+                (b"rXYZ", b"gXYZ", b"bXYZ"), colorants, strict=True)),
+            (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    offset, table, body = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, data in tags:
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data + bytes(-len(data) % 4)
+    size = 128 + 4 + len(table) + len(body)
+    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + bytes(12) + b"acsp"
+              + bytes(28) + xyz(d50)[8:] + bytes(4 + 16 + 28))
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def gamma_curve(gamma: float) -> bytes:
+    return b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256)) + bytes(2)
+
+
+SRGB_COLORANTS = ((0.43607, 0.22249, 0.01392), (0.38515, 0.71687, 0.09708), (0.14307, 0.06061, 0.71410))  # D50
+
+
+def levels_off_srgb(profile: bytes) -> int:
+    """The most that the probe's colours in this profile differ from themselves shown in sRGB."""
+    from diraccodec.image.profiles import _probe
+
+    transform = ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(profile)), ImageCms.createProfile("sRGB"),
+                                        "RGB", "RGB", renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+    shown = np.asarray(ImageCms.applyTransform(_probe(), transform), dtype=np.int16)
+    return int(np.abs(shown - np.asarray(_probe(), dtype=np.int16)).max())
+
+
+def test_adobe_rgb_and_a_gamma_22_display_profile_are_kept():
+    """A profile a few levels off sRGB, like one far off, changes how the image shows: dropping it shifts colours."""
+    adobe = rgb_profile("Adobe RGB (1998)", ((0.60974, 0.31111, 0.01947), (0.20528, 0.62567, 0.06087),
+                                             (0.14919, 0.06322, 0.74457)), gamma_curve(563 / 256))
+    display = rgb_profile("sRGB primaries, gamma 2.2", SRGB_COLORANTS, gamma_curve(2.2))
+    assert ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(adobe))).strip() == "Adobe RGB (1998)"
+    assert levels_off_srgb(adobe) > 100 and 2 <= levels_off_srgb(display) < 20
+    assert not describes_srgb(adobe)
+    assert not describes_srgb(display)
+
+
+def test_an_srgb_profile_one_level_off_littlecms_s_counts_as_srgb():
+    """HP's sRGB profile (rounded colorants, a 1,024-entry curve) is one level off littleCMS's: it need not be kept."""
+    steps = np.arange(1024) / 1023
+    linear = np.where(steps <= 0.04045, steps / 12.92, ((steps + 0.055) / 1.055) ** 2.4)
+    curve = b"curv" + bytes(4) + struct.pack(">I", 1024) + np.round(linear * 65535).astype(">u2").tobytes()
+    hp = rgb_profile("sRGB IEC61966-2.1", SRGB_COLORANTS, curve)
+    assert levels_off_srgb(hp) == 1  # exactly the tolerance
+    assert describes_srgb(hp)
+
+
+def test_bytes_without_an_icc_signature_have_no_colour_space():
+    """Only a profile's header names a colour space: other bytes with "GRAY" at 16 must not read as a grey profile."""
+    from diraccodec.image.profiles import colour_space, is_grey_profile
+
+    assert colour_space(grey_profile(1.0)) == b"GRAY" and is_grey_profile(grey_profile(1.0))
+    assert colour_space(srgb_profile()) == b"RGB "
+    not_icc = bytearray(grey_profile(1.0))
+    not_icc[36:40] = b"xxxx"
+    for data in (bytes(not_icc), bytes(200), b"GRAY" * 40, None, b""):
+        assert colour_space(data) is None
+    assert not is_grey_profile(bytes(not_icc))
+
+
+def test_a_stored_profile_inflates_to_16_mib_and_no_further():
+    """16 MiB is the format's cap on a profile: a larger one is a bomb, refused before it fills memory."""
+    limit = 16 * 1024 * 1024
+    assert decompress_profile(zlib.compress(bytes(limit))) == bytes(limit)
+    with pytest.raises(CorruptFileError, match="ICC profile"):
+        decompress_profile(zlib.compress(bytes(limit + 1)))

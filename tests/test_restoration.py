@@ -202,3 +202,33 @@ def test_an_empty_weights_variable_counts_as_unset(small_image, monkeypatch):
     assert diraccodec.encode(small_image, 2, effort=1) == data
     assert diraccodec.decode(data, 1).tobytes() == expected
     assert diraccodec.decode(data, 0).tobytes() == restored
+
+
+def test_a_base_of_any_size_is_restored_as_if_its_edges_ran_on_to_the_size_multiple():
+    """Sides off the U-Net's multiple are padded by repeating the last row and column, the
+    right amount on each axis: a zero border or the axes swapped would change the edges."""
+    model = random_restorer()
+    base, level = torch.rand(1, 3, 20, 26), torch.tensor([2.5])
+    assert model.size_multiple == 8  # 20 and 26 take 4 rows and 6 columns
+    rows, columns = torch.arange(24).clamp(max=19), torch.arange(32).clamp(max=25)
+    padded = base[..., rows[:, None], columns]
+    with torch.no_grad():
+        restored = model.restore(base, level)
+        expected = model.restore(padded, level)[..., :20, :26]
+    assert restored.shape == base.shape and (restored - base).abs().mean() > 0.01
+    torch.testing.assert_close(restored, expected, rtol=0, atol=1e-6)
+
+
+def test_the_restored_8_bit_pixels_are_rounded_to_the_nearest_level_not_truncated():
+    """A correction of +0.7 grey levels must give v + 1 and one of -0.3 must keep v:
+    truncation would bias every pixel of a 0-step decode down by half a level."""
+    unet = ResidualUNet(ResidualUNetConfig(widths=(8, 16, 16))).eval()  # conv_out is zero
+    with torch.no_grad():  # a constant correction per channel: red +0.7, green -0.3, blue 0 levels
+        unet.conv_out.bias.copy_(torch.tensor([0.7, -0.3, 0.0]).repeat_interleave(4) / 255 / RESIDUAL_SCALE)
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    rgb = np.stack([values] * 3, axis=-1)
+    restored = Restorer(RestorationFilter(unet).eval()).restore(rgb, 3.0).astype(np.int16)
+    every = np.arange(256, dtype=np.int16).reshape(16, 16)
+    np.testing.assert_array_equal(restored[..., 0], np.minimum(every + 1, 255))
+    np.testing.assert_array_equal(restored[..., 1], every)
+    np.testing.assert_array_equal(restored[..., 2], every)

@@ -1209,3 +1209,85 @@ def test_a_folder_listed_but_not_searchable_lists_no_images_rather_than_a_traceb
 
     monkeypatch.setattr(os, "stat", stat)
     assert images_in(tmp_path) == []  # each command then says it found no images there
+
+
+def test_messages_escape_every_line_and_paragraph_separator():
+    from diraccodec.errors import counted, one_line
+
+    assert one_line("a\u2028b\u2029c\nd") == "a\\u2028b\\u2029c\\nd"
+    assert "".join(one_line("a\u2028b\u2029c\nd").splitlines()) == one_line("a\u2028b\u2029c\nd")
+    assert [counted(number, "pixel") for number in (0, 1, 2)] == ["0 pixels", "1 pixel", "2 pixels"]
+
+
+def test_a_warning_naming_a_file_with_a_line_break_is_one_line(capsys, monkeypatch):
+    from diraccodec.errors import show_warnings_on_one_line
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # put back after the test
+    show_warnings_on_one_line()
+    warnings.warn("photo\nname.png is odd", UserWarning, stacklevel=1)
+    assert capsys.readouterr().err == "dirac: warning: photo\\nname.png is odd\n"
+
+
+def test_cuda_running_out_of_memory_is_named_so_not_a_corrupt_file():
+    """torch's OutOfMemoryError says "CUDA out of memory. Tried to allocate ...": none of the
+    words a RuntimeError is known by, so its type is what tells it."""
+    import torch
+
+    from diraccodec.errors import is_out_of_memory, out_of_memory_message
+
+    error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)\nmore")
+    assert is_out_of_memory(error)
+    assert out_of_memory_message(error) == "out of memory (CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; " \
+                                           "79.1 GiB total))"
+    assert not is_out_of_memory(RuntimeError("corrupt .drc file"))
+
+
+def test_a_dumb_terminal_gets_lines_and_a_terminal_each_item_once():
+    from rich.console import Console
+
+    from diraccodec.console import draws_live_bars, tracked
+
+    def terminal(term: str) -> Console:
+        return Console(file=io.StringIO(), force_terminal=True, _environ={"TERM": term})
+
+    assert draws_live_bars(terminal("xterm")) and not draws_live_bars(terminal("dumb"))
+    assert list(tracked(list(range(5)), "work", terminal("xterm"))) == [0, 1, 2, 3, 4]
+    assert list(tracked(list(range(5)), "work", terminal("dumb"))) == [0, 1, 2, 3, 4]
+
+
+def test_devices_torch_knows_but_the_codec_does_not_run_on_are_refused():
+    import torch
+
+    from diraccodec.compute import Compute, resolve_device
+
+    for device in ("meta", "mps"):
+        with pytest.raises(ValueError, match=rf"unsupported device '{device}' \(use auto, cpu or cuda\)"):
+            resolve_device(device)
+    four_d = torch.zeros(1, 3, 4, 5)
+    assert Compute(exact=True).tensor(four_d).is_contiguous()  # the exact kernels take plain tensors
+    assert Compute().tensor(four_d).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.skipif(os.name != "posix" or not Path("/proc/self/fd").exists(), reason="POSIX descriptors")
+def test_a_descriptor_open_for_reading_or_of_another_process_is_not_written_into(tmp_path):
+    from diraccodec.errors import OutputWriteError
+    from diraccodec.image.files import check_writable, descriptor_of
+
+    with open(tmp_path / "input.txt", "w+b") as readable:
+        reading = os.open(tmp_path / "input.txt", os.O_RDONLY)
+        try:
+            with pytest.raises(OutputWriteError, match="it is open for reading only"):
+                check_writable(Path(f"/dev/fd/{reading}"))
+            assert descriptor_of(Path(f"/proc/self/fd/{readable.fileno()}")) == readable.fileno()
+            assert descriptor_of(Path(f"/proc/{os.getpid()}/fd/{readable.fileno()}")) == readable.fileno()
+            assert descriptor_of(Path(f"/proc/{os.getppid()}/fd/{readable.fileno()}")) is None  # the parent's file
+        finally:
+            os.close(reading)
+
+
+def test_text_printed_before_an_image_on_standard_output_comes_first():
+    script = ("import sys\nfrom pathlib import Path\nfrom diraccodec.image.files import write_atomic\n"
+              "print('text first', end='')\nwrite_atomic(Path('/dev/stdout'), b'<binary>')\n")
+    buffered = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=ROOT, timeout=60, env=buffered)
+    assert done.stdout == b"text first<binary>", done.stderr

@@ -385,3 +385,13 @@ def test_each_noise_field_a_sampling_draws_is_a_new_one(monkeypatch):
     monkeypatch.setattr(sampler, "gaussian_noise", recorded)
     sample_residual(random_unet(), torch.rand(1, 3, 32, 32), 3.0, 4, 9, SamplerSettings(renoise=True))
     assert draws == [(9, draw) for draw in range(4)]
+
+
+def test_the_even_grid_is_bit_for_bit_the_float64_linspace_of_earlier_files():
+    """Power 1 is the grid of files from before the power existed: its times must keep every
+    bit, or their decodes change (a float32 grid, or the power's formula, round otherwise)."""
+    for steps, start, end in ((7, 0.9, 0.05), (12, 0.7, 0.0), (3, 0.4, 0.1), (5, 0.63, 0.17)):
+        grid = respaced_times(steps, start, end, 1.0)
+        assert grid.dtype == torch.float64
+        assert torch.equal(grid, torch.linspace(start, end, steps + 1, dtype=torch.float64))
+    assert respaced_times(7, 0.9, 0.05).tolist()[1:3] == [0.7785714285714286, 0.6571428571428571]

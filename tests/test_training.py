@@ -699,3 +699,129 @@ def test_a_state_whose_header_outgrows_its_first_part_still_reads_its_metadata(t
     assert int.from_bytes(first[:8], "little") > len(first)  # the header runs on into the next parts
     state = load_checkpoint_metadata(tmp_path / "state")
     assert (state.step, state.seconds, state.metadata, state.warmup_from) == (42, 9.5, metadata, 40)
+
+
+def tiny_loop(checkpoint: Path, steps: int, **changes: object):
+    """run_loop over a one-weight model, its loss a fixed function of it: the loop alone, in milliseconds."""
+    import io
+
+    from rich.console import Console
+
+    from diraccodec.training.loop import LoopOptions, run_loop, start_run
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 1)
+    settings = LoopOptions(checkpoint=checkpoint, steps=steps, **{"log_every": 1000, "checkpoint_minutes": 1e9,
+                                                                  "threads": 1, "compile": False, **changes})
+    console = Console(file=io.StringIO())
+    run = start_run(model, settings, console)
+    x = torch.ones(4, 1)
+    return run_loop(run, settings, lambda: {"loss": (model(x) - 3).square().mean()}, console)
+
+
+def test_a_long_run_saves_its_state_every_checkpoint_minutes_before_it_ends(tmp_path: Path, monkeypatch):
+    """A run saves as it goes: one that crashed between its start and its end kept nothing."""
+    from diraccodec.training import loop
+
+    save, saved_at = loop.TrainingRun.save, []
+
+    def recorded(run, settings):
+        saved_at.append(run.state.step)
+        return save(run, settings)
+
+    monkeypatch.setattr(loop.TrainingRun, "save", recorded)
+    tiny_loop(tmp_path / "ck", 3, checkpoint_minutes=0.0)  # any time at all since the last save is due
+    assert saved_at[:3] == [1, 2, 3] and read_state(tmp_path / "ck")[0].step == 3
+
+
+def test_a_run_that_takes_no_step_still_leaves_a_state(tmp_path: Path):
+    """A run with its steps already done (or a budget spent at once) still leaves a state to resume and export."""
+    from diraccodec.training.checkpoint import state_exists
+
+    state = tiny_loop(tmp_path / "ck", 0)
+    assert state.step == 0 and state_exists(tmp_path / "ck") and read_state(tmp_path / "ck")[0].step == 0
+    assert json.loads(summary_path(tmp_path / "ck").read_text())["stopped_by"] == "steps"
+
+
+def test_minutes_that_end_before_a_later_deadline_still_end_the_run(tmp_path: Path):
+    """--minutes bounds a run launched with a distant deadline: the earlier of the two ends it."""
+    tiny_loop(tmp_path / "ck", 1, minutes=1e-6, deadline=time.time() + 3600, save_margin_seconds=0.0, stop_after=5)
+    summary = json.loads(summary_path(tmp_path / "ck").read_text())
+    assert summary["stopped_by"] == "time" and summary["steps_this_run"] == 0  # not stop_after's 5 steps
+
+
+def test_training_gives_the_callers_signal_handlers_back(tmp_path: Path):
+    """Training catches SIGINT and SIGTERM for itself: after it, Ctrl-C and `kill` reach the caller's handlers again."""
+    def mine(signum: int, frame: object) -> None:
+        pass
+
+    before = {number: signal.signal(number, mine) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        tiny_loop(tmp_path / "ck", 1)
+        assert signal.getsignal(signal.SIGINT) is mine and signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+
+
+def position_coded_photo(folder: Path, width: int, height: int) -> np.ndarray:
+    """A photo whose red says its column and green its row, saved under a name of the training split."""
+    from diraccodec.training.data import is_held_out
+
+    rows, columns = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    coded = np.stack([columns * 7, rows * 7, np.full_like(rows, 9)], axis=-1).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = next(f"p{index}.png" for index in range(1000) if not is_held_out(Path(f"p{index}.png")))
+    Image.fromarray(coded).save(folder / name)
+    return coded
+
+
+def test_crops_reach_the_last_row_and_column_of_a_photo(tmp_path: Path):
+    """Every position is a crop's: one pixel more than the patch gives two places each way, both drawn."""
+    from diraccodec.training.crops import CropSampler
+
+    position_coded_photo(tmp_path / "photos", 33, 33)
+    pixels = (CropSampler([tmp_path / "photos"], 32, scale_range=(1.0, 1.0)).batch(64) * 255).round().long()
+    lefts = {int(crop[0].min()) // 7 for crop in pixels}
+    tops = {int(crop[1].min()) // 7 for crop in pixels}
+    assert lefts == {0, 1} and tops == {0, 1}
+
+
+def test_a_draw_of_one_still_crops_inside_the_photo(tmp_path: Path, monkeypatch):
+    """A uniform source that gives 1.0 (some devices' generators have) picks the last place, not one past the photo."""
+    from diraccodec.training.crops import CropSampler
+
+    coded = position_coded_photo(tmp_path / "photos", 35, 34)  # 4 columns and 3 rows of places
+    sampler = CropSampler([tmp_path / "photos"], 32, scale_range=(1.0, 1.0))
+
+    def rand(size, generator=None, device=None):
+        return torch.ones(size if isinstance(size, tuple) else (size,), device=device)
+
+    monkeypatch.setattr(torch, "rand", rand)
+    crop = (sampler.batch(1)[0] * 255).round().long()  # and not mirrored: the coin says >= 0.5
+    assert torch.equal(crop, torch.from_numpy(coded[2:, 3:].astype(np.int64)).permute(2, 0, 1))
+
+
+def test_a_photo_exactly_the_patch_size_is_trained_on():
+    """A photo no larger than the patch is still one whole crop: only smaller ones are left out."""
+    from diraccodec.training.crops import copy_sizes
+
+    assert copy_sizes((32, 32), 32, [1.5, 2.0]) == [(32, 32)]
+    assert copy_sizes((48, 32), 32, [1.0]) == [(48, 32)]
+    assert copy_sizes((48, 31), 32, [1.0]) == []
+
+
+def test_a_small_photos_downscales_stop_where_it_would_lose_its_shape():
+    """A downscale the photo cannot take stops at its largest: squeezing each side up to the patch distorts it."""
+    from diraccodec.training.crops import copy_sizes
+
+    sizes = copy_sizes((96, 64), 32, [1.5, 3.0])
+    assert sizes == [(64, 43), (48, 32)] and all(abs(w / h - 1.5) < 0.02 for w, h in sizes)
+
+
+def test_a_photo_too_small_for_several_downscales_is_kept_once():
+    """Copies of the same size would make a small photo drawn as often as several large ones' downscales."""
+    from diraccodec.training.crops import copy_sizes
+
+    assert copy_sizes((40, 32), 32, [1.5, 1.75, 2.0]) == [(40, 32)]
+    assert copy_sizes((1000, 800), 32, [2.0, 2.0]) == [(500, 400)]
