@@ -98,6 +98,7 @@ def test_files_of_the_current_format_versions_read_as_they_were_written(sample_i
 
     data = (DATA / name).read_bytes()
     header = drc.unpack(data)
+    assert f"-v{header.version}-level{header.quality:g}." in name
     latents = get_codec(None, compute_for("cpu")).read_stream(header.sections[drc.TAG_LATENTS], header.width,
                                                                header.height, header.quality)
     symbols, map_codes = CURRENT_VERSION_FILES[name]

@@ -62,9 +62,9 @@ def test_escape_beyond_the_code_range_is_refused():
     np.testing.assert_array_equal(round_trip(nearest, np.zeros(2, np.int64), tables)[0], nearest)
 
 
-def test_escapes_are_coded_as_the_format_says():
+def test_the_bytes_of_escapes_are_pinned():
     """The bytes of escapes (a sign, a bit count, then the bits in chunks of 16, lowest first;
-    docs/format.md), pinned: a change would misread every file written before it."""
+    docs/format.md) as written today, pinned: a change would misread every file written before it."""
     import hashlib
 
     tables = build_gaussian_tables(gaussian_scales())

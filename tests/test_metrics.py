@@ -128,9 +128,9 @@ def test_the_patches_of_a_small_image_cover_it():
 
 
 def test_lpips_gives_each_image_of_a_batch_its_own_distance():
-    from diraccodec.evaluation.metrics import _lpips_model
+    from diraccodec.perceptual.lpips import LPIPS
 
-    model = _lpips_model("alexnet")
+    model = LPIPS("alexnet")
     generator = torch.Generator().manual_seed(0)
     a, b = torch.rand(2, 3, 64, 64, generator=generator), torch.rand(2, 3, 64, 64, generator=generator)
     b[1] = a[1]  # the second pair identical

@@ -21,6 +21,7 @@ def test_every_fault_is_a_line_the_code_still_has():
 
 
 def test_a_fault_the_tests_catch_is_killed_and_one_they_cannot_see_survives(tmp_path: Path):
+    """Only failing tests kill a fault: a test that is not there says nothing of it."""
     copy = tmp_path / "copy"
     for name in ("diraccodec", "tests", "pyproject.toml"):
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, copy / name)
@@ -28,5 +29,7 @@ def test_a_fault_the_tests_catch_is_killed_and_one_they_cannot_see_survives(tmp_
                             ("tests/test_container.py::test_a_repeated_section_is_corrupt_and_an_empty_last_one_is_read",))
     unseen = caught._replace(line="if TAG_LATENTS not in sections:", mutated="if TAG_LATENTS not in sections:  # x")
     stale = caught._replace(line="no such line")
-    assert [mutants.outcome(fault, copy) for fault in (caught, unseen, stale)] == ["killed", "survived", "stale"]
+    not_run = caught._replace(tests=("tests/test_container.py::test_that_is_not_there",))  # pytest's status 4
+    assert [mutants.outcome(fault, copy) for fault in (caught, unseen, stale, not_run)] == [
+        "killed", "survived", "stale", "error"]
     assert (copy / caught.path).read_text() == (ROOT / caught.path).read_text()  # each fault taken back

@@ -707,6 +707,7 @@ def tiny_loop(checkpoint: Path, steps: int, **changes: object):
 
     from rich.console import Console
 
+    from diraccodec.compute import thread_count_restored
     from diraccodec.training.loop import LoopOptions, run_loop, start_run
 
     torch.manual_seed(0)
@@ -714,9 +715,10 @@ def tiny_loop(checkpoint: Path, steps: int, **changes: object):
     settings = LoopOptions(checkpoint=checkpoint, steps=steps, **{"log_every": 1000, "checkpoint_minutes": 1e9,
                                                                   "threads": 1, "compile": False, **changes})
     console = Console(file=io.StringIO())
-    run = start_run(model, settings, console)
     x = torch.ones(4, 1)
-    return run_loop(run, settings, lambda: {"loss": (model(x) - 3).square().mean()}, console)
+    with thread_count_restored():  # start_run sets the count for the run, as the training commands do
+        run = start_run(model, settings, console)
+        return run_loop(run, settings, lambda: {"loss": (model(x) - 3).square().mean()}, console)
 
 
 def test_a_long_run_saves_its_state_every_checkpoint_minutes_before_it_ends(tmp_path: Path, monkeypatch):
