@@ -87,26 +87,35 @@ def swapped_primaries_profile() -> bytes:
     return bytes(profile)
 
 
-def grey_profile(gamma: float) -> bytes:
-    """A version 2 ICC profile of grey pixels with a plain gamma curve (a display's kind):
-    header, then the tag table and the tags (description, white point, grey curve)."""
-    def fixed(value: float) -> bytes:  # s15Fixed16Number
-        return struct.pack(">i", round(value * 65536))
+D50 = (0.9642, 1.0, 0.8249)  # the profile connection space's white
 
-    d50 = b"".join(fixed(value) for value in (0.9642, 1.0, 0.8249))
-    name = f"grey, gamma {gamma}".encode() + b"\0"
-    tags = [(b"desc", b"desc" + bytes(4) + struct.pack(">I", len(name)) + name + bytes(4 + 4 + 2 + 1 + 67)),
-            (b"wtpt", b"XYZ " + bytes(4) + d50),
-            (b"kTRC", b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256)) + bytes(2))]
+
+def xyz_tag(values: tuple[float, float, float]) -> bytes:
+    """An ICC XYZType: three s15Fixed16Numbers."""
+    return b"XYZ " + bytes(4) + b"".join(struct.pack(">i", round(value * 65536)) for value in values)
+
+
+def display_profile(colour_space: bytes, description: str, tags: list[tuple[bytes, bytes]]) -> bytes:
+    """A version 2 ICC display profile of `colour_space` (b"RGB ", b"GRAY"): header, tag table,
+    then the description, the white point and `tags`."""
+    text = description.encode() + b"\0"
+    tags = [(b"desc", b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)),
+            (b"wtpt", xyz_tag(D50)), *tags]
     offset, table, body = 128 + 4 + 12 * len(tags), b"", b""
     for signature, data in tags:
         table += signature + struct.pack(">II", offset + len(body), len(data))
         body += data + bytes(-len(data) % 4)
     size = 128 + 4 + len(table) + len(body)
-    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntrGRAYXYZ " + bytes(12) + b"acsp"
-              + bytes(24) + bytes(4) + d50 + bytes(4 + 16 + 28))
+    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntr" + colour_space + b"XYZ "
+              + bytes(12) + b"acsp" + bytes(28) + xyz_tag(D50)[8:] + bytes(4 + 16 + 28))
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + body
+
+
+def grey_profile(gamma: float) -> bytes:
+    """A profile of grey pixels with a plain gamma curve (a display's kind)."""
+    return display_profile(b"GRAY", f"grey, gamma {gamma}",
+                           [(b"kTRC", b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256)) + bytes(2))])
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:

@@ -14,7 +14,7 @@ import diraccodec
 from diraccodec.errors import CorruptFileError
 from diraccodec.image.files import image_bytes
 from diraccodec.image.profiles import MAX_PROFILE_BYTES, compress_profile, decompress_profile, describes_srgb
-from tests.conftest import grey_profile, srgb_profile, swapped_primaries_profile
+from tests.conftest import display_profile, grey_profile, srgb_profile, swapped_primaries_profile, xyz_tag
 
 
 def test_only_a_profile_that_shows_as_srgb_is_left_out():
@@ -107,26 +107,10 @@ def test_a_pngs_own_gamma_which_no_file_carries_is_named_in_a_warning():
 
 
 def rgb_profile(name: str, colorants: tuple[tuple[float, float, float], ...], curve: bytes) -> bytes:
-    """A version 2 ICC matrix/TRC profile of RGB (a display's or a working space's kind): header,
-    tag table, then the description, white point, red, green and blue colorants and one curve for all three."""
-    def xyz(values: tuple[float, float, float]) -> bytes:  # XYZType of s15Fixed16Numbers
-        return b"XYZ " + bytes(4) + b"".join(struct.pack(">i", round(value * 65536)) for value in values)
-
-    d50 = (0.9642, 1.0, 0.8249)
-    text = name.encode() + b"\0"
-    tags = [(b"desc", b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)),
-            (b"wtpt", xyz(d50)), *((signature, xyz(colorant)) for signature, colorant in zip(
-                (b"rXYZ", b"gXYZ", b"bXYZ"), colorants, strict=True)),
-            (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
-    offset, table, body = 128 + 4 + 12 * len(tags), b"", b""
-    for signature, data in tags:
-        table += signature + struct.pack(">II", offset + len(body), len(data))
-        body += data + bytes(-len(data) % 4)
-    size = 128 + 4 + len(table) + len(body)
-    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + bytes(12) + b"acsp"
-              + bytes(28) + xyz(d50)[8:] + bytes(4 + 16 + 28))
-    assert len(header) == 128
-    return header + struct.pack(">I", len(tags)) + table + body
+    """A matrix/TRC profile of RGB (a display's or a working space's kind): red, green and blue
+    colorants and one curve for all three."""
+    return display_profile(b"RGB ", name, [*((signature, xyz_tag(colorant)) for signature, colorant in zip(
+        (b"rXYZ", b"gXYZ", b"bXYZ"), colorants, strict=True)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)])
 
 
 def gamma_curve(gamma: float) -> bytes:
