@@ -167,7 +167,7 @@ MUTANTS = (
            "tests/test_metrics.py::test_lpips_gives_each_image_of_a_batch_its_own_distance"),
     mutant("evaluation/report.py", "bd_rate(*axis(grouped[name]), *axis(grouped[ours]))",
            "bd_rate(*axis(grouped[ours]), *axis(grouped[name]))",
-           "tests/test_metrics.py::test_a_report_gives_the_bd_rate_of_ours_against_each_reference"),
+           "tests/test_report.py::test_a_report_gives_the_bd_rate_of_ours_against_each_reference"),
     mutant("evaluation/report.py", "return [*names, base] if base != ours and base in grouped else names",
            "return names", "tests/test_report.py::test_an_encoder_effort_is_measured_against_the_default_effort_too"),
     mutant("evaluation/report.py", "complete=all(", "complete=any(",
@@ -354,6 +354,16 @@ MUTANTS = (
 )
 
 
+def copy_checkout(folder: Path) -> None:
+    """What the tests read of the checkout (the package, the tests, the sample and the weights), into `folder`."""
+    for name in COPIED:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, folder / name)
+
+
 def outcome(fault: Mutant, copy: Path) -> str:
     """'killed', 'survived', 'stale' or 'error', for one mutant applied to the copy and taken
     back after. Only failing tests kill: pytest's other statuses (collection, usage, no test
@@ -383,12 +393,7 @@ def main() -> int:
         parser.error(f"no mutant in a file whose path holds {' or '.join(words)}")
     copy = Path(tempfile.mkdtemp(prefix=".mutants-", dir=ROOT.parent))
     try:
-        for name in COPIED:
-            source = ROOT / name
-            if source.is_dir():
-                shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(source, copy / name)
+        copy_checkout(copy)
         started, outcomes = time.perf_counter(), []
         for number, fault in enumerate(chosen, 1):
             outcomes.append(outcome(fault, copy))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from tests.conftest import ROOT, load_script
@@ -23,8 +22,7 @@ def test_every_fault_is_a_line_the_code_still_has():
 def test_a_fault_the_tests_catch_is_killed_and_one_they_cannot_see_survives(tmp_path: Path):
     """Only failing tests kill a fault: a test that is not there says nothing of it."""
     copy = tmp_path / "copy"
-    for name in ("diraccodec", "tests", "pyproject.toml"):
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, copy / name)
+    mutants.copy_checkout(copy)
     caught = mutants.Mutant("diraccodec/container/drc.py", "if tag in sections:", "if False:",
                             ("tests/test_container.py::test_a_repeated_section_is_corrupt_and_an_empty_last_one_is_read",))
     unseen = caught._replace(line="if TAG_LATENTS not in sections:", mutated="if TAG_LATENTS not in sections:  # x")

@@ -20,6 +20,13 @@ def curve(codec: str, scale: float, **fields: float) -> list[Point]:
             for index, rate in enumerate(RATES, 1)]
 
 
+def test_a_report_gives_the_bd_rate_of_ours_against_each_reference():
+    """Ours at half a reference's bits for the same PSNR and LPIPS is -50%, not +100%."""
+    points = [*curve("AVIF", 1.0), *curve("diraccodec", 0.5)]
+    for metric in ("psnr", "lpips"):
+        assert bd_rates(points, metric) == {"diraccodec": {"AVIF": pytest.approx(-50.0, abs=1e-6)}}
+
+
 def test_an_encoder_effort_is_measured_against_the_default_effort_too():
     """`dirac eval --effort 2,3` reports what effort 3 saves over the default, beside the references."""
     points = [*curve("AVIF", 1.0), *curve("diraccodec", 0.5), *curve("diraccodec effort 3", 0.45)]
