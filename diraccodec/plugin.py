@@ -40,10 +40,10 @@ from typing import IO, Any
 
 from PIL import Image, ImageFile
 
-from diraccodec.container import drc
+from diraccodec.container import MAGIC
 from diraccodec.errors import InvalidOptionError
+from diraccodec.image import DRC_FORMAT
 from diraccodec.image.metadata import attach
-from diraccodec.image.planes import DRC_FORMAT
 from diraccodec.options import DEFAULT_QUALITY
 
 FORMAT = DRC_FORMAT  # the name encode refuses to read as an input (image.planes)
@@ -93,7 +93,7 @@ def set_decode_options(**options: Any) -> dict[str, Any]:
 
 def _accept(prefix: bytes) -> bool:
     """Only real .drc data reaches _open, so its errors are about a .drc file, never a probe."""
-    return prefix.startswith(drc.MAGIC)
+    return prefix.startswith(MAGIC)
 
 
 class DrcImageFile(ImageFile.ImageFile):
@@ -104,6 +104,8 @@ class DrcImageFile(ImageFile.ImageFile):
     _data: bytes | None = None  # the file, until it is decoded (an unpickled copy holds pixels, not this)
 
     def _open(self) -> None:
+        from diraccodec.container import drc  # with NumPy: on the first .drc file, not at `import diraccodec`
+
         assert self.fp is not None
         self.decoding: dict[str, Any] = {}
         self._data: bytes | None = self.fp.read()

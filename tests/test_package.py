@@ -56,6 +56,16 @@ print("torch loaded:", sorted(name for name in sys.modules if name.split(".")[0]
 """
 
 
+def test_the_package_and_the_command_s_entry_import_nothing_heavy():
+    """The console script imports diraccodec.cli.entry before any code of ours can catch Ctrl-C:
+    NumPy, click, rich and torch load later, inside `run`'s guard (or, for a Pillow user, with
+    the first .drc file), so that window stays about as short as the interpreter's start."""
+    script = ("import sys, diraccodec.cli.entry\n"
+              "print(sorted({name.split('.')[0] for name in sys.modules} & {'numpy', 'click', 'rich', 'torch'}))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout == "[]\n", result.stderr
+
+
 def test_the_command_line_answers_help_and_usage_errors_without_torch(tmp_path: Path, small_image: Image.Image):
     """torch takes seconds to import: `dirac --help`, a mistyped option or a shell's completion
     must not wait for it, and nor must a program that opens a .drc file with Pillow to read its

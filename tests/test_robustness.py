@@ -652,10 +652,76 @@ def test_an_output_named_as_a_folder_and_odd_names_are_one_line(tmp_path, small_
 def test_the_command_ignores_ctrl_c_once_its_work_is_done():
     """An interruption in the interpreter's teardown (torch's exit handlers, a pool's workers)
     would print a traceback, or give finished work an interrupted status."""
-    script = ("import signal, sys\nfrom diraccodec.cli.main import run\nsys.argv = ['dirac', '--version']\n"
+    script = ("import signal, sys\nfrom diraccodec.cli.entry import run\nsys.argv = ['dirac', '--version']\n"
               "try:\n    run()\nexcept SystemExit:\n    pass\nprint(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.stdout.splitlines()[-1] == "True", result.stdout + result.stderr
+
+
+# Ctrl-C as the `dirac` process loads its commands, made certain: an import finder that raises
+# the interruption (or the RuntimeError that Python 3.11 wraps around one landing in a class's
+# __set_name__, as a dataclass is made) when click is first imported.
+INTERRUPTED_AT_LOAD = """
+import sys
+class Interrupting:
+    def find_spec(self, name, path=None, target=None):
+        if name == "click":
+            cause = KeyboardInterrupt()
+            raise {raised}
+sys.meta_path.insert(0, Interrupting())
+from diraccodec.cli.entry import run
+sys.argv = ["dirac", "--version"]
+sys.exit(run())
+"""
+
+
+@pytest.mark.parametrize("raised", ["cause", "RuntimeError('Error calling __set_name__') from cause"])
+def test_ctrl_c_while_the_command_loads_is_one_line(raised):
+    """The console script's first import (the package, then cli.entry) loads no click, rich or
+    NumPy, and an interruption while `run` loads them is the one line and status of one during a
+    command: no traceback."""
+    script = INTERRUPTED_AT_LOAD.format(raised=raised)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert (result.returncode, result.stderr) == (130, "dirac: interrupted\n"), result.stderr
+
+
+def test_a_fault_while_the_command_loads_is_not_taken_for_ctrl_c():
+    """Only a RuntimeError caused by an interruption is one: any other is a fault, shown whole."""
+    script = INTERRUPTED_AT_LOAD.format(raised="RuntimeError('a fault') from ValueError()")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 1 and result.stderr.rstrip().endswith("RuntimeError: a fault"), result.stderr
+
+
+def test_ctrl_c_wrapped_as_a_module_loads_in_a_command_is_one_line(tmp_path, monkeypatch, capsys, small_image):
+    """torch loads with a command's first encode: Ctrl-C in a dataclass it makes reaches the
+    command as Python 3.11's RuntimeError, which the group takes: one line, status 130, the output unmade."""
+    from diraccodec import api
+    from diraccodec.cli import main
+
+    def interrupted(*arguments, **options):
+        raise RuntimeError("Error calling __set_name__") from KeyboardInterrupt()
+
+    monkeypatch.setattr(api, "encode", interrupted)
+    small_image.save(tmp_path / "in.png")
+    with pytest.raises(SystemExit) as ending:
+        main(["encode", str(tmp_path / "in.png"), "-q", "2", "-o", str(tmp_path / "out.drc")], prog_name="dirac")
+    assert ending.value.code == 130 and capsys.readouterr().err == "dirac: interrupted\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_ctrl_c_wrapped_outside_a_command_is_one_line(monkeypatch, capsys):
+    """`dirac --version` loads torch as click reads the options, before any command: the group
+    itself takes the wrapped interruption."""
+    from diraccodec import compute
+    from diraccodec.cli import main
+
+    def interrupted() -> list[str]:
+        raise RuntimeError("Error calling __set_name__") from KeyboardInterrupt()
+
+    monkeypatch.setattr(compute, "available_devices", interrupted)
+    with pytest.raises(SystemExit) as ending:
+        main(["--version"], prog_name="dirac")
+    assert ending.value.code == 130 and capsys.readouterr().err == "dirac: interrupted\n"
 
 
 def test_a_transparent_colour_becomes_alpha(tmp_path):

@@ -2,6 +2,6 @@
 
 import sys
 
-from diraccodec.cli.main import run
+from diraccodec.cli.entry import run
 
 sys.exit(run())

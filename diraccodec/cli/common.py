@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console
 
+from diraccodec.cli.entry import EXIT_INTERRUPTED, INTERRUPTED_LINE
 from diraccodec.console import plain_console
 from diraccodec.container.drc import DEFAULT_MAX_PIXELS
 from diraccodec.errors import (
@@ -33,7 +34,6 @@ from diraccodec.options import DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEVICE_C
 
 EXIT_SOME_FAILED = 1
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
@@ -69,7 +69,7 @@ def report_interruption(interruption: BaseException) -> NoReturn:
     """One line, and the status a shell gives a process ended by that signal."""
     terminated = _sigterm_came.is_set() or isinstance(interruption, Terminated) or \
         isinstance(interruption.__cause__, Terminated)
-    click.echo("dirac: terminated" if terminated else "dirac: interrupted", err=True)
+    click.echo("dirac: terminated" if terminated else INTERRUPTED_LINE, err=True)
     sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 

@@ -12,6 +12,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
+from diraccodec.container import MAGIC
 from diraccodec.errors import (
     CorruptFileError,
     LimitExceededError,
@@ -25,7 +26,6 @@ from diraccodec.image.metadata import Metadata
 from diraccodec.image.planes import ColourMode, format_by_signature
 from diraccodec.image.profiles import decompress_profile
 
-MAGIC = b"\x89DRC"
 FORMAT_VERSION = 3  # what this encoder writes for rate levels 0 and up
 # Version 4 is version 3 with the rate level signed (two's complement): written only below level
 # 0, so that every file a version-3 decoder can read stays version 3. Version 1 computed the

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from diraccodec.errors import CorruptFileError, ImageReadError, InvalidOptionError, LimitExceededError, counted
+from diraccodec.image import DRC_FORMAT
 from diraccodec.image.metadata import (
     PILLOW_SETTINGS,
     Metadata,
@@ -38,7 +39,6 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _PREMULTIPLIED = {"RGBa": "RGBA", "La": "LA"}
 ORIENTATION_TAG = 0x0112
-DRC_FORMAT = "DRC"  # the Pillow plugin's name for .drc files, which the codec decodes, never encodes
 # How files of the formats users meet begin: a file that begins so but that Pillow cannot
 # open is a damaged one of that format, not one of a format Pillow does not know
 _SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"II*\x00": "TIFF",

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
-import io
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +16,7 @@ from diraccodec.cli.common import (
     sigterm_as_interrupt,
     standard_output_failure,
 )
+from diraccodec.cli.entry import interruption_in
 from diraccodec.cli.research_commands import compare, evaluate_command, report_command
 from diraccodec.cli.train_commands import train
 from diraccodec.errors import one_line, show_warnings_on_one_line
@@ -47,7 +45,9 @@ class SectionedGroup(click.Group):
                 if (failure := standard_output_failure()) is not None:  # what is still buffered
                     report_unwritten_standard_output(failure)
                 return result
-        except KeyboardInterrupt as interruption:  # one that lands as the command ends
+        except (KeyboardInterrupt, RuntimeError) as error:  # the group's own, or one that lands as the command ends
+            if (interruption := interruption_in(error)) is None:
+                raise
             report_interruption(interruption)
 
     def _main_with_one_line_errors(self, *args: Any, **kwargs: Any) -> Any:
@@ -119,35 +119,3 @@ def main() -> None:
 
 for _command in (*USER_COMMANDS, *RESEARCH_COMMANDS):
     main.add_command(_command)
-
-
-SHOWN_AS_BYTES_OR_ESCAPED = "diraccodec.shown"
-
-
-def _shown(error: UnicodeError) -> tuple[bytes, int]:
-    """What standard output prints of what its encoding cannot: a file name's undecodable bytes
-    (lone surrogates, as os.fsdecode gives them) as those bytes, so that the name names the
-    file; any other character escaped (\\u9e1a on a cp1252 console), never a traceback."""
-    if not isinstance(error, UnicodeEncodeError):
-        raise error
-    shown = [bytes([ord(character) - 0xDC00]) if 0xDC80 <= ord(character) <= 0xDCFF
-             else character.encode("ascii", "backslashreplace")
-             for character in error.object[error.start:error.end]]
-    return b"".join(shown), error.end
-
-
-codecs.register_error(SHOWN_AS_BYTES_OR_ESCAPED, _shown)
-
-
-def run() -> Any:
-    """The `dirac` command's entry point (and `python -m diraccodec.cli`'s), for a process that
-    ends with it: the group, then Ctrl-C ignored while the process ends (in-process callers
-    use `main`). The work is done and reported by then: an interruption in the
-    interpreter's teardown (torch's exit handlers, a pool's workers) would only print a
-    traceback, or give a finished batch the status of an interrupted one."""
-    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
-        sys.stdout.reconfigure(errors=SHOWN_AS_BYTES_OR_ESCAPED)
-    try:
-        return main(prog_name="dirac")
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
