@@ -106,11 +106,13 @@ _LOCK = threading.RLock()  # torch's thread count and kernel flags are process-w
 
 
 @contextlib.contextmanager
-def _exclusive() -> Iterator[None]:
+def model_calls() -> Iterator[None]:
     """One call's model work at a time, with torch's default dtype float32 whatever the
     caller's (its thread count, kernel flags and default dtype are process-wide), and without
     the caller's autocast; from the first call on, a forked child gets one torch thread
-    (compute.one_thread_in_forked_children)."""
+    (compute.one_thread_in_forked_children). Every function here that runs the models runs
+    them inside it; code that runs the stages itself (evaluation, bench) does so too. It
+    nests: the API's functions may be called inside it."""
     with _LOCK, float32_default(), without_callers_autocast():
         one_thread_in_forked_children()
         yield
@@ -580,7 +582,7 @@ def encode(
         raise ImageReadError(f"{label or 'the image'} has no pixels ({image.width}x{image.height})")
     planes = image_to_planes(image, metadata, shown)
     del image
-    with _exclusive():
+    with model_calls():
         codec = get_codec(weights, compute)
         if quality is not None:
             return _Encoder(planes, codec, options).file(check_quality(quality, codec.num_levels))
@@ -773,7 +775,7 @@ def stream_bytes(data: bytes, *, weights: str | Path | None = None,
     hyper-latents (the side information) and the latents, under the base weights that made it."""
     data = file_bytes(data)
     header = drc.unpack(data, check_max_pixels(max_pixels))
-    with _exclusive():
+    with model_calls():
         codec = _codec_for_file(header, weights, compute_for("cpu"))
         rules = STREAM_RULES[header.version]
         payload = header.sections[drc.TAG_LATENTS]
@@ -810,7 +812,7 @@ def decode(
     options = check_decode_options(steps, seed, weights=weights, diffusion_weights=diffusion_weights, device=device,
                                    exact=exact, max_pixels=max_pixels, restore=restore, progress=progress)
     header = drc.unpack(data, options.max_pixels)
-    with _exclusive():
+    with model_calls():
         codec = _codec_for_file(header, weights, options.compute)
         info = FileInfo(header, len(data))
         steps = options.steps if options.steps is not None else _recommended_steps(info)

@@ -97,7 +97,13 @@ def fastest(repeat: int, function: Callable[[], object]) -> tuple[float, object]
 
 
 def time_image(path: Path, options: BenchOptions) -> dict[str, float]:
-    """Seconds per megapixel of each stage on one image, and the file's bpp."""
+    """Seconds per megapixel of each stage on one image, and the file's bpp, with the stages
+    run as the API runs them (api.model_calls: float32, no caller's autocast)."""
+    with api.model_calls():
+        return _time_stages(path, options)
+
+
+def _time_stages(path: Path, options: BenchOptions) -> dict[str, float]:
     compute = api.compute_for(options.device, options.exact)
     codec = api.get_codec(options.weights, compute)
     seconds: dict[str, float] = {}

@@ -67,3 +67,20 @@ def test_the_cpu_is_named_with_its_family_model_and_vector_instructions(tmp_path
     finally:
         compute.cpu_description.cache_clear()
     assert described == f"Some CPU, family 25 model 17 ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def test_bench_times_the_stages_as_the_api_runs_them_whatever_the_callers_default_dtype(small_image, tmp_path):
+    """bench runs the stages itself, inside the API's model_calls: under a caller's float64
+    default dtype the models still run (they failed on a float64 input)."""
+    import torch
+
+    from diraccodec.bench import BenchOptions, time_image
+
+    small_image.save(tmp_path / "a.png")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        figures = time_image(tmp_path / "a.png", BenchOptions(images=(tmp_path / "a.png",), references=(), steps=0))
+    finally:
+        torch.set_default_dtype(previous)
+    assert figures["synthesis"] > 0 and figures["bpp"] > 0

@@ -489,6 +489,31 @@ def test_our_codec_times_the_encode_apart_from_the_shared_encode_and_synthesis(s
     assert 0 < decoding.encode_seconds < decoding.shared_seconds < decoding.seconds
 
 
+def test_our_codec_scores_decodes_pixels_whatever_the_callers_autocast_or_default_dtype(small_image: Image.Image):
+    """The evaluation runs the decoder's stages itself: inside the API's model_calls, a caller's
+    bfloat16 autocast or float64 default changes no pixel (it moved them by 1, or failed)."""
+    import torch
+
+    from diraccodec.evaluation.codecs import diraccodec_codec
+
+    image = small_image.crop((0, 0, 64, 48))
+    codec = diraccodec_codec([2], steps=(0, 1), effort=1)
+    data, _ = codec.round_trip(image, 2)
+    expected = [np.asarray(diraccodec.decode(data, steps)) for steps in (0, 1)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = codec.round_trip(image, 2)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        under_float64 = codec.round_trip(image, 2)
+    finally:
+        torch.set_default_dtype(previous)
+    for file, decodings in (under_autocast, under_float64):
+        assert file == data
+        for decoding, pixels in zip(decodings, expected, strict=True):
+            np.testing.assert_array_equal(np.asarray(decoding.image), pixels)
+
+
 def test_jpeg_reference_optimises_its_huffman_tables(small_image: Image.Image):
     """JPEG as people ship it: unoptimised Huffman tables would waste bytes and flatter our BD-rate."""
     from diraccodec.evaluation.codecs import reference_codecs

@@ -45,10 +45,15 @@ def diraccodec_codec(
     effort: int = DEFAULT_EFFORT, device: str = AUTO, exact: bool = False,
 ) -> CodecUnderTest:
     """Our codec; each file is decoded once to the base synthesis, which is then restored (0
-    steps) or enhanced by the diffusion decoder (as `api.decode` does)."""
+    steps) or enhanced by the diffusion decoder (as `api.decode` does, and inside its
+    `model_calls`, so that the pixels are decode's whatever the caller's autocast or dtype)."""
     compute = api.compute_for(device, exact)
 
     def round_trip(image: Image.Image, level: float) -> tuple[bytes, list[Decoding]]:
+        with api.model_calls():
+            return timed_round_trip(image, level)
+
+    def timed_round_trip(image: Image.Image, level: float) -> tuple[bytes, list[Decoding]]:
         started = time.perf_counter()
         data = api.encode(image, level, weights=weights, effort=effort, device=device)
         encode_seconds = time.perf_counter() - started
