@@ -12,10 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from diraccodec.codec.base_codec import BaseCodec
+    from diraccodec.transforms.search import SearchProblem
 
 # Under pytest-xdist (`make test` runs `-n auto`) each worker, and every process a test
 # starts, runs torch in one thread: two workers of one thread each keep both cores busy through
@@ -165,6 +170,26 @@ def random_diffusion_weights(tmp_path_factory) -> Path:
     base_id = load_base_weights(DEFAULT_BASE_WEIGHTS.resolve()).weights_id
     export_diffusion_weights(random_unet(), SamplerSettings(), base_id, path, {"purpose": "test"})
     return path
+
+
+def captured_search(codec: BaseCodec, rgb: np.ndarray, level: float,
+                    monkeypatch: pytest.MonkeyPatch) -> tuple[SearchProblem, np.ndarray]:
+    """The SearchProblem of the codec's search of `rgb` at `level`, and the rounded symbols it
+    starts from, as the encoder makes them (the search itself is not run)."""
+    from diraccodec.codec import base_codec
+    from diraccodec.transforms.search import SearchSettings
+
+    seen: list[tuple] = []
+
+    def record(problem, symbols: np.ndarray, passes: int, progress=None) -> np.ndarray:
+        seen.append((problem, symbols.copy()))
+        return symbols
+
+    with monkeypatch.context() as patch:
+        patch.setattr(base_codec, "search_symbols", record)
+        codec.analyse(rgb, level, SearchSettings(passes=1))
+    (captured,) = seen
+    return captured
 
 
 def saved_as(image: Image.Image, image_format: str = "PNG", **options: object) -> bytes:

@@ -930,3 +930,29 @@ def test_a_click_error_outside_usage_is_one_line_with_its_status(monkeypatch):
     monkeypatch.setitem(main.commands, "failing", failing)
     result = runner.invoke(main, ["failing"])
     assert result.exit_code == 3 and result.output == "dirac: error: cannot open\\nphoto.png\n"
+
+
+# Text that a library printed for standard output and that is still buffered as the command ends
+BUFFERED_THEN_INFO = """
+import sys
+from diraccodec.cli import main
+print("text of a library, buffered")
+main(["info", *sys.argv[1:]], prog_name="dirac")
+"""
+
+
+def test_a_command_s_own_failure_keeps_its_status_where_its_text_cannot_be_written_either(tmp_path: Path,
+                                                                                          small_drc: Path):
+    """Standard output on a full disk: a command that failed for itself (two unreadable files,
+    status 1) keeps its status, which a script tells from a mistake on the command line (2), and
+    the text that could not go out still gets its line; after a success that text is status 2."""
+    broken = tmp_path / "broken.drc"
+    broken.write_bytes(b"not a drc file")
+    full = "dirac: error: cannot write standard output: No space left on device\n"
+    buffered = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    for files, status in (([broken, broken], 1), ([small_drc], 2)):
+        with open("/dev/full", "w") as stdout:
+            done = subprocess.run([sys.executable, "-c", BUFFERED_THEN_INFO, *map(str, files)], stdout=stdout,
+                                  stderr=subprocess.PIPE, text=True, cwd=ROOT, env=buffered, timeout=120)
+        assert done.returncode == status and done.stderr.endswith(full), done.stderr
+        assert "Traceback" not in done.stderr and (f"{broken}: " in done.stderr) == (status == 1)

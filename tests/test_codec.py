@@ -22,7 +22,7 @@ from diraccodec.container import drc
 from diraccodec.entropy.latent_stream import Arithmetic, Latents
 from diraccodec.errors import CorruptFileError, InvalidOptionError
 from diraccodec.transforms.search import SearchSettings
-from tests.conftest import DATA, ROOT, psnr, saved_as, srgb_profile, swapped_primaries_profile
+from tests.conftest import DATA, ROOT, captured_search, psnr, saved_as, srgb_profile, swapped_primaries_profile
 
 # A 192x128 crop of the sample at level 3, written by the encoder of format version 1 (entropy
 # parameters in float64 on the CPU), and the SHA-256 of its latent symbols (int64, little-endian).
@@ -144,6 +144,41 @@ def test_large_image_goes_through_tiles_without_seams(sample_image):
     for profile, edge in ((by_column, 512), (by_column, 1024), (by_row, 512)):
         assert profile[edge - 4:edge + 4].max() < 3 * np.median(profile) + 2, edge
     assert psnr(image, decoded) > 20
+
+
+def test_tiles_of_the_analysis_and_the_synthesis_give_what_one_pass_over_the_image_does(sample_image, monkeypatch):
+    """Each tile carries a margin of the neighbours' pixels (latents) wider than the transform
+    reaches, so that stitched tiles are the whole image's transform: no seams. Here tiles of 64
+    pixels (4 latents) cut a 256x192 crop that one pass takes whole at the shipped tile sizes."""
+    from diraccodec.codec import base_codec
+
+    codec = get_codec()
+    rgb = np.asarray(sample_image.crop((100, 40, 356, 232)))
+    latents = codec.analyse(rgb, 3)
+    whole_analysis, whole_synthesis = codec.analysis_latents(rgb), codec.synthesize(latents, 256, 192, 3)
+    monkeypatch.setattr(base_codec, "TILE_LATENTS", 4)
+    monkeypatch.setattr(base_codec, "SYNTHESIS_TILE_LATENTS", 4)
+    torch.testing.assert_close(codec.analysis_latents(rgb), whole_analysis, rtol=0, atol=1e-3)
+    tiled = codec.synthesize(latents, 256, 192, 3).astype(np.int16)
+    assert np.abs(tiled - whole_synthesis).max() <= 1  # a float rounding across an 8-bit level at most
+
+
+def test_the_search_weighs_squared_error_as_the_training_objective_does(small_image, monkeypatch):
+    """The objective is lambda * 255^2 * MSE + bits, the MSE a mean over every channel of every
+    pixel: the search's weight of the squared error summed over RGB is lambda * 255^2 / 3 bits.
+    Checked against the MSE of the decoder's own 8-bit pixels."""
+    from diraccodec.transforms import search
+
+    codec, rgb, level = get_codec(), np.asarray(small_image), 3
+    problem, symbols = captured_search(codec, rgb, level, monkeypatch)
+    rows, columns = symbols.shape[1:]
+    tile = search._TileSearch(problem, symbols, (slice(0, rows), slice(0, columns)), (rows, columns))
+    with torch.no_grad():
+        weighed = problem.distortion_weight * tile.cell_errors(torch.from_numpy(symbols).float()).sum().item()
+    height, width = rgb.shape[:2]
+    decoded = codec.synthesize(codec.analyse(rgb, level), width, height, level).astype(np.float64)
+    mse = np.mean((decoded / 255 - rgb / 255) ** 2)
+    assert weighed == pytest.approx(codec._lambda(level) * 255**2 * mse * height * width, rel=0.02)
 
 
 def test_latent_symbols_round_trip_exactly(small_image):

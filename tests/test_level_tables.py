@@ -221,3 +221,57 @@ def test_long_work_in_a_log_prints_a_line_at_each_tenth_done():
     lines = log.getvalue().splitlines()
     assert [line.split(" (")[0] for line in lines] == [f"photos: {done}/25" for done in
                                                         (3, 5, 8, 10, 13, 15, 18, 20, 23, 25)]
+
+
+def test_unets_are_retied_only_from_the_base_they_name_and_with_the_filter_their_decoder_enhances(tmp_path):
+    """retie_unets moves a filter and a decoder to base weights that reconstruct exactly as their
+    source: the same parameters, value for value (not merely the same layers); U-Nets trained on
+    another base's pixels, or a decoder trained on another filter's output, stay as they are."""
+    import torch
+
+    from diraccodec.codec.hyperprior import HyperpriorConfig, MultiRateHyperprior
+    from diraccodec.diffusion.sampler import SamplerSettings
+    from diraccodec.modelfiles import (
+        DEFAULT_RESTORATION_WEIGHTS,
+        export_base_weights,
+        export_diffusion_weights,
+        export_restoration_weights,
+        load_diffusion_weights,
+        load_restoration_weights,
+        retie_unets,
+    )
+    from diraccodec.restoration.filter import RestorationFilter
+    from tests.conftest import random_unet
+
+    def base(name: str, seed: int, info: str) -> Path:
+        torch.manual_seed(seed)
+        export_base_weights(MultiRateHyperprior(HyperpriorConfig(8, 8)), tmp_path / name, {"purpose": info})
+        return tmp_path / name
+
+    source, same, other = base("source.safetensors", 0, "source"), base("same.safetensors", 0, "a copy"), base(
+        "other.safetensors", 1, "other values")
+    source_id, same_id = (load_base_weights(path).weights_id for path in (source, same))
+    assert source_id != same_id
+    restoration, diffusion = tmp_path / "restoration.safetensors", tmp_path / "diffusion.safetensors"
+    export_restoration_weights(RestorationFilter(random_unet()), source_id, restoration, {"purpose": "test"})
+    filter_id = load_restoration_weights(restoration).weights_id
+
+    def decoder(enhances: bytes) -> Path:
+        export_diffusion_weights(random_unet(), SamplerSettings(), source_id, diffusion, {"purpose": "test"}, enhances)
+        load_diffusion_weights.cache_clear()
+        return diffusion
+
+    output = tmp_path / "retied"
+    output.mkdir()
+    with pytest.raises(DiracError, match=r"^other\.safetensors does not reconstruct as source\.safetensors"):
+        retie_unets(source, other, restoration, decoder(filter_id), output)
+    with pytest.raises(DiracError, match=f"^the restoration weights name base {load_base_weights().weights_id.hex()}"):
+        retie_unets(source, same, DEFAULT_RESTORATION_WEIGHTS, decoder(filter_id), output)
+    with pytest.raises(DiracError, match=r"^the diffusion decoder enhances another restoration filter$"):
+        retie_unets(source, same, restoration, decoder(bytes(8)), output)
+    assert not any(output.iterdir())
+    new_filter, new_decoder = retie_unets(source, same, restoration, decoder(filter_id), output)
+    assert load_restoration_weights(new_filter).base_weights_id == same_id
+    retied = load_diffusion_weights(new_decoder)
+    assert retied.base_weights_id == same_id
+    assert retied.restoration_weights_id == load_restoration_weights(new_filter).weights_id

@@ -19,7 +19,17 @@ from diraccodec.container import drc
 from diraccodec.errors import CorruptFileError, InvalidOptionError
 from diraccodec.image.files import image_bytes
 from diraccodec.image.metadata import MAX_METADATA_BYTES, Metadata, inflate, read_metadata
-from tests.conftest import DATE_ORIGINAL, MAKE, ORIENTATION, XMP, camera_jpeg, exif_with_thumbnail, parsed, saved_as
+from tests.conftest import (
+    DATE_ORIGINAL,
+    MAKE,
+    ORIENTATION,
+    XMP,
+    camera_jpeg,
+    exif_with_thumbnail,
+    parsed,
+    saved_as,
+    swapped_primaries_profile,
+)
 
 
 def test_the_hand_written_exif_is_what_a_camera_writes(small_image):
@@ -278,3 +288,18 @@ def test_exif_that_pillow_raises_on_is_left_out_with_a_warning(small_image):
     image.info["exif"] = b"garbage"
     with pytest.warns(UserWarning, match=r"^EXIF left out: it cannot be read \(not a TIFF file"):
         assert read_metadata(image) == Metadata()
+
+
+def test_exif_xmp_and_a_profile_are_stored_at_zlibs_highest_compression(small_image):
+    """Stored once and read at every decode, they count towards each file's bits: the encoder
+    spends the time for the smallest form (zlib level 9, which the stream's header names)."""
+    photo = camera_jpeg(small_image)
+    with Image.open(io.BytesIO(photo)) as image:
+        with_profile = saved_as(image, "JPEG", quality=95, exif=image.info["exif"], xmp=image.info["xmp"],
+                                icc_profile=swapped_primaries_profile())
+    sections = drc.unpack(diraccodec.encode(with_profile, 1, effort=1)).sections
+    for tag in (drc.TAG_EXIF, drc.TAG_XMP, drc.TAG_ICC_COMPRESSED):
+        stored = sections[tag]
+        part = zlib.decompress(stored)
+        assert stored == zlib.compress(part, 9) and stored[1] >> 6 == 3, tag  # FLEVEL 3: the smallest form
+        assert len(stored) == min(len(zlib.compress(part, level)) for level in range(10)), tag

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageFilter
+from torch.nn import functional as F
 
-from diraccodec.evaluation.metrics import bd_rate, frechet_distance, lpips, ms_ssim, patches, psnr
+from diraccodec.evaluation.metrics import bd_rate, frechet_distance, lpips, ms_ssim, patch_features, patches, psnr
 from diraccodec.perceptual.weights import load_numpy_pickle
+from tests.conftest import saved_as
 
 LPIPS_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lpips"
 
@@ -124,3 +128,82 @@ def test_lpips_gives_each_image_of_a_batch_its_own_distance():
     alone = torch.cat([model(a[:1], b[:1]), model(a[1:], b[1:])])
     torch.testing.assert_close(together, alone)
     assert together[1] == 0 < together[0]
+
+
+def reference_ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """MS-SSIM as Wang, Simoncelli and Bovik (2003) define it, in float64 per RGB channel on
+    [0, 255], then averaged: an 11x11 Gaussian window (sigma 1.5) over the valid part, K1 = 0.01,
+    K2 = 0.03, 2x2 means between scales, the contrast-structure term at each scale and the
+    luminance too at the coarsest, weighted (0.0448, 0.2856, 0.3001, 0.2363, 0.1333). Scales
+    smaller than the window are left out and the weights of the others scaled to sum to 1."""
+    taps = np.exp(-np.arange(-5.0, 6.0) ** 2 / (2 * 1.5**2))
+    window = np.outer(taps, taps) / taps.sum() ** 2
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    weights = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
+
+    def local_mean(x: np.ndarray) -> np.ndarray:
+        return np.einsum("ijkl,kl->ij", sliding_window_view(x, window.shape), window)
+
+    def halved(x: np.ndarray) -> np.ndarray:
+        rows, columns = x.shape[0] // 2, x.shape[1] // 2
+        return x[: 2 * rows, : 2 * columns].reshape(rows, 2, columns, 2).mean(axis=(1, 3))
+
+    scores = []
+    for channel in range(3):
+        x, y = a[..., channel].astype(np.float64), b[..., channel].astype(np.float64)
+        contrast_structure, luminance = [], 1.0
+        while len(contrast_structure) < len(weights) and min(x.shape) >= 11:
+            mean_x, mean_y = local_mean(x), local_mean(y)
+            variance_x, variance_y = local_mean(x * x) - mean_x**2, local_mean(y * y) - mean_y**2
+            covariance = local_mean(x * y) - mean_x * mean_y
+            terms = (2 * covariance + c2) / (variance_x + variance_y + c2)
+            contrast_structure.append(terms.mean())
+            luminance = ((2 * mean_x * mean_y + c1) / (mean_x**2 + mean_y**2 + c1) * terms).mean()
+            x, y = halved(x), halved(y)
+        used = weights[: len(contrast_structure)] / weights[: len(contrast_structure)].sum()
+        values = [*contrast_structure[:-1], luminance]
+        scores.append(np.prod(np.power(values, used)))
+    return float(np.mean(scores))
+
+
+def jpeg_at_quality_15(image: Image.Image) -> Image.Image:
+    with Image.open(io.BytesIO(saved_as(image, "JPEG", quality=15))) as compressed:
+        return compressed.convert("RGB")
+
+
+def darker(image: Image.Image) -> Image.Image:
+    return Image.eval(image, lambda value: value * 3 // 5)
+
+
+@pytest.mark.parametrize(("box", "distort"), [((100, 40, 292, 216), jpeg_at_quality_15),
+                                              ((150, 60, 246, 140), jpeg_at_quality_15),
+                                              ((150, 60, 246, 140), darker)],
+                         ids=["jpeg-5-scales", "jpeg-3-scales", "darker-3-scales"])
+def test_ms_ssim_is_wang_s_definition(sample_image, box, distort):
+    """A 192x176 crop has five scales (the fifth's 11 rows just fill the window), a 96x80 one
+    three; the distortions are a real codec's (JPEG at quality 15) and a darkening, which the
+    luminance term sees."""
+    original = sample_image.crop(box)
+    decoded = distort(original)
+    expected = reference_ms_ssim(np.asarray(original), np.asarray(decoded))
+    assert 0.85 < expected < 0.97  # distorted enough for every term to count
+    assert ms_ssim(original, decoded) == pytest.approx(expected, abs=1e-5)  # float32 against float64
+
+
+def test_fd_features_are_alexnet_conv5_of_lpips_normalised_patches(small_image):
+    """The Frechet distance compares the space-averaged ReLU output of AlexNet's fifth (last)
+    convolution on each patch, which AlexNet sees as LPIPS normalises it: [0, 1] mapped to
+    [-1, 1], then shifted by (-0.030, -0.088, -0.188) and scaled by (0.458, 0.448, 0.450)."""
+    from diraccodec.perceptual.lpips import LPIPS
+
+    convolutions = LPIPS("alexnet").stack.features  # the LPIPS package's ImageNet-trained weights
+    pixels = torch.from_numpy(np.array(small_image, np.float32) / 255).permute(2, 0, 1)[None]
+    x = (pixels[..., :80, :80] * 2 - 1 - torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        for index, convolution in enumerate(convolutions):  # conv1, pool, conv2, pool, conv3, conv4, conv5
+            x = F.relu(convolution(F.max_pool2d(x, 3, 2) if index in (1, 2) else x))
+    expected = x.mean(dim=(2, 3)).double().numpy()
+    features = patch_features(small_image)
+    assert features.shape == (1, 256) and len(convolutions) == 5  # one 80x80 patch of the 96x80 image
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-6)

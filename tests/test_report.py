@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -71,3 +72,29 @@ def test_the_markdown_table_gives_the_encode_time_in_its_column(tmp_path: Path):
                        machine="here")
     row = markdown_table(report).splitlines()[6].split("|")
     assert [cell.strip() for cell in row[9:11]] == ["1.00", "0.25"]  # enc+dec s/MP, then enc s/MP
+
+
+def test_the_json_keeps_seven_significant_digits_of_each_figure(tmp_path: Path):
+    """Far beyond what the measurements resolve, and no float's 17 digits of noise."""
+    points = curve("diraccodec", 1.0)
+    points[0].bpp, points[0].psnr, points[0].lpips = 0.123456789, 31.23456789, 1.23456789e-5
+    text = saved(tmp_path, "report.json", points).read_text()
+    written = json.loads(text)["points"][0]
+    assert (written["bpp"], written["psnr"], written["lpips"]) == (0.1234568, 31.23457, 1.234568e-05)
+
+
+def test_the_plot_shows_our_curves_at_0_steps_and_at_the_most_steps_up_to_20(tmp_path: Path, monkeypatch):
+    """Of the step counts measured (4, 20 and 50 here), the plot keeps it readable: the base
+    decode, and the diffusion decoder at its largest count of 20 or fewer."""
+    from diraccodec.evaluation import report
+
+    shown: list[list[str]] = []
+    monkeypatch.setattr(report, "save_figure",
+                        lambda figure, path: shown.extend([line.get_label() for line in ax.get_lines()]
+                                                          for ax in figure.axes))
+    points = [*curve("AVIF", 1.0), *curve("diraccodec", 0.5)]
+    for steps in (4, 20, 50):
+        points += [dataclasses.replace(point, codec=f"diraccodec ({steps} steps)", steps=steps)
+                   for point in curve("diraccodec", 0.5)]
+    report.plot(points, tmp_path / "rd.png", "rate-distortion")
+    assert shown == [["AVIF", "diraccodec", "diraccodec (20 steps)"]] * 3  # PSNR, MS-SSIM and LPIPS

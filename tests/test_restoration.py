@@ -232,3 +232,23 @@ def test_the_restored_8_bit_pixels_are_rounded_to_the_nearest_level_not_truncate
     np.testing.assert_array_equal(restored[..., 0], np.minimum(every + 1, 255))
     np.testing.assert_array_equal(restored[..., 1], every)
     np.testing.assert_array_equal(restored[..., 2], every)
+
+
+def test_the_shipped_filter_runs_its_unet_at_the_time_it_was_trained_at(small_image):
+    """The filter is the U-Net's prediction from no noise at diffusion time 0.1 (the best start
+    measured, against 0.4, and the time the shipped filter was trained at); another time is
+    another filter. On the base decode of a real crop."""
+    from diraccodec.modelfiles import DEFAULT_RESTORATION_WEIGHTS, load_restoration_weights
+
+    weights = load_restoration_weights(DEFAULT_RESTORATION_WEIGHTS)
+    assert weights is not None
+    crop = small_image.crop((0, 0, 64, 64))
+    decoded = diraccodec.decode(diraccodec.encode(crop, 3, effort=1), steps=0, restore=False)
+    base = torch.from_numpy(np.asarray(decoded, np.float32) / 255).permute(2, 0, 1)[None]
+    level = torch.tensor([3.0])
+    with torch.no_grad():
+        correction = weights.model(base, level)
+        at = {time: weights.model.unet(torch.zeros_like(base), torch.tensor([time]), base, level) * RESIDUAL_SCALE
+              for time in (0.1, 0.4)}
+    torch.testing.assert_close(correction, at[0.1], rtol=0, atol=1e-6)
+    assert (at[0.4] - at[0.1]).abs().max() > 1 / 255  # the time visibly changes the correction

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -395,3 +397,19 @@ def test_the_even_grid_is_bit_for_bit_the_float64_linspace_of_earlier_files():
         assert grid.dtype == torch.float64
         assert torch.equal(grid, torch.linspace(start, end, steps + 1, dtype=torch.float64))
     assert respaced_times(7, 0.9, 0.05).tolist()[1:3] == [0.7785714285714286, 0.6571428571428571]
+
+
+def test_the_signal_level_is_the_cosine_schedule_of_nichol_and_dhariwal():
+    """a(t) = f(t) / f(0), f(t) = cos((t + s) / (1 + s) * pi / 2)^2 with their offset s = 0.008
+    (Improved DDPM, 2021), kept within [1e-5, 1]: computed here from the formula in float64."""
+    def cosine(time: float) -> float:
+        return math.cos((time + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    def expected(time: float) -> float:
+        return min(max(cosine(time) / cosine(0.0), 1e-5), 1.0)
+
+    times = [0.0, 0.02, 0.1, 0.25, 0.5, 0.8, 0.99, 1.0]
+    levels = signal_level(torch.tensor(times, dtype=torch.float64))
+    torch.testing.assert_close(levels, torch.tensor([expected(t) for t in times], dtype=torch.float64),
+                               rtol=1e-12, atol=0)
+    assert levels[0] == 1.0 and levels[-1] == 1e-5

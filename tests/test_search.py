@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from diraccodec.api import get_codec
 from diraccodec.errors import InvalidOptionError
 from diraccodec.transforms import search
 from diraccodec.transforms.search import SearchSettings
-from tests.conftest import dirac
+from tests.conftest import captured_search, dirac
 
 
 def objective(codec, original: np.ndarray, data: bytes, quality: float) -> float:
@@ -122,3 +124,75 @@ def test_moves_that_raise_the_whole_tiles_objective_are_undone_by_the_next_pass(
     assert np.array_equal(raised, one_pass + 1)
     undone = codec.analyse(original, 3, SearchSettings(passes=3)).symbols  # the third pass undoes them
     assert np.array_equal(undone, one_pass)
+
+
+def test_the_search_moves_only_the_symbols_it_may(sample_image, monkeypatch):
+    """A mask of movable positions (a context model's half) holds in every tile: here the
+    rows below a staircase, which no tile's core lines up with."""
+    monkeypatch.setattr(search, "WINDOW_LATENTS", 150)  # cores of at most 4 latents
+    codec = get_codec()
+    rgb = np.asarray(sample_image.crop((0, 0, 256, 192)))  # 12 x 16 latents: 3 x 4 tiles
+    problem, plain = captured_search(codec, rgb, 3, monkeypatch)
+    rows, columns = plain.shape[1:]
+    movable = np.arange(rows)[:, None] > np.arange(columns)[None, :] // 2
+    searched = search.search_symbols(dataclasses.replace(problem, movable=movable), plain, 1)
+    assert np.array_equal(searched[:, ~movable], plain[:, ~movable])
+    assert (searched[:, movable] != plain[:, movable]).sum() > 20  # the others did move
+
+
+def test_each_tile_measures_its_cells_errors_as_the_whole_image_does(sample_image, monkeypatch):
+    """The margin around a tile's core gives its synthesis the neighbours' latents on every
+    side: the core's cells then err as they do in the whole image's synthesis, and the search
+    weighs each move by what it really does to the decoded image."""
+    monkeypatch.setattr(search, "WINDOW_LATENTS", 150)  # cores of at most 4 latents, windows of 12
+    codec = get_codec()
+    rgb = np.asarray(sample_image.crop((64, 32, 320, 288)))  # 16 x 16 latents: 4 x 4 tiles
+    problem, symbols = captured_search(codec, rgb, 3, monkeypatch)
+    rows, columns = symbols.shape[1:]
+    tiles: list[tuple[tuple[slice, slice], tuple[int, int]]] = []
+    monkeypatch.setattr(search, "_search_tile",
+                        lambda problem, symbols, core, passes, shape: tiles.append((core, shape)))  # no search
+    search.search_symbols(problem, symbols, 1)
+    assert len(tiles) == 16 and tiles[0][1] == (12, 12)
+
+    def cell_errors(core: tuple[slice, slice], shape: tuple[int, int]) -> torch.Tensor:
+        """The errors of the core's cells as the tile's own synthesis measures them."""
+        tile = search._TileSearch(problem, symbols, core, shape)
+        window = torch.from_numpy(symbols[:, tile.window[0], tile.window[1]]).float()
+        return tile.cell_errors(window).reshape(shape)[tile.inner]
+
+    with torch.no_grad():
+        whole = cell_errors((slice(0, rows), slice(0, columns)), (rows, columns))
+        for core, shape in tiles:
+            torch.testing.assert_close(cell_errors(core, shape), whole[core], rtol=1e-4, atol=1e-4)
+
+
+def test_a_moves_predicted_change_is_its_first_and_second_order_error_and_its_bits(small_image, monkeypatch):
+    """Each symbol's best move (-1, 0 or +1) minimises the weighted squared error's gradient
+    step g m plus its second-order term E m^2 (the synthesis' response energy: a step's own
+    pixel change, which the gradient cannot see) plus the move's exact price in bits."""
+    codec = get_codec()
+    problem, symbols = captured_search(codec, np.asarray(small_image), 3, monkeypatch)
+    rows, columns = symbols.shape[1:]
+    tile = search._TileSearch(problem, symbols, (slice(0, rows), slice(0, columns)), (rows, columns))
+    candidate = torch.from_numpy(symbols).float().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(tile.cell_errors(candidate).sum(), candidate)
+    values = torch.from_numpy(symbols)
+    value_bits = tile.bits(values)
+    best_change, best_move = search._best_moves(problem, gradient, values, value_bits, tile.bits)
+
+    weight, energy = problem.distortion_weight, problem.energy.double()
+    gradient = gradient.double()
+
+    def change(move: int, second_order: bool = True) -> torch.Tensor:
+        error = gradient * move + (energy * move**2 if second_order else 0)
+        return weight * error + (tile.bits(values + move) - value_bits).double()
+
+    def best(second_order: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        changes = torch.stack([torch.zeros_like(gradient), change(-1, second_order), change(1, second_order)])
+        return changes.min(dim=0).values, torch.tensor([0, -1, 1])[changes.argmin(dim=0)]  # ties: no move, then -1
+
+    expected_change, expected_move = best(second_order=True)
+    assert torch.equal(best_move.long(), expected_move)
+    torch.testing.assert_close(best_change.double(), expected_change, rtol=1e-5, atol=1e-4)
+    assert (best(second_order=False)[1] != expected_move).sum() > 10  # the gradient alone would choose otherwise
