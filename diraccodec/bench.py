@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ from diraccodec.compute import cpu_description
 from diraccodec.container import drc
 from diraccodec.errors import DiracError
 from diraccodec.evaluation.codecs import check_references, decode_with_pillow, encode_with_pillow
+from diraccodec.evaluation.report import command_line
 from diraccodec.image.files import write_atomic
 from diraccodec.image.planes import image_to_planes, images_in, open_image
 from diraccodec.modelfiles import models_in_use
@@ -190,7 +190,7 @@ def run_bench(options: BenchOptions, console: Console) -> dict:
         values = [image[name] for image in per_image.values() if name in image]
         summary[name] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
     return {
-        "command": " ".join(["dirac", *map(shlex.quote, sys.argv[1:])]) if sys.argv else "dirac bench",
+        "command": command_line() if sys.argv else "dirac bench",
         "options": {**asdict(options), "images": [str(p) for p in paths]},
         "machine": machine_description(options),
         "models": models_in_use(options.weights),  # the weights timed, by id

@@ -246,6 +246,9 @@ MUTANTS = (
     mutant("bench.py", "    with api.model_calls():\n        return _time_stages(path, options)",
            "    return _time_stages(path, options)",
            "tests/test_bench.py::test_bench_times_the_stages_as_the_api_runs_them_whatever_the_callers_default_dtype"),
+    mutant("evaluation/report.py", "return subprocess.list2cmdline(words) if windows else shlex.join(words)",
+           "return shlex.join(words)",
+           "tests/test_report.py::test_a_recorded_command_reads_back_as_its_words_in_the_systems_shell"),
     # training states
     mutant("training/checkpoint.py", "round(state.seconds / 3600, 3)", "round(state.seconds / 60, 3)",
            "tests/test_training.py::test_exported_weights_record_the_hours_the_state_trained"),
@@ -332,6 +335,9 @@ MUTANTS = (
     mutant("plugin.py", "        self._data = None  # a load after close", "        pass  # a load after close",
            "tests/test_plugin.py::test_load_after_close_without_an_earlier_load_fails_without_decoding"),
     # batches
+    mutant("batch/storage.py", "return Path(url2pathname(urlsplit(str(location)).path))",
+           "return Path(unquote(urlsplit(str(location)).path))",
+           "tests/test_batch_ray.py::test_a_file_uri_with_a_drive_is_that_drive_s_path_on_windows"),
     mutant("batch/jobs.py", "suffix = path.suffix.lower()", "suffix = path.suffix",
            "tests/test_robustness.py::test_suffixes_are_known_in_any_case"),
     mutant("batch/jobs.py", 'if lower.startswith(upper + "/")', "if lower.startswith(upper)",

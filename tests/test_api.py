@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -475,6 +476,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="forks its workers")
 def test_the_codec_leaves_a_callers_random_numbers_and_forked_workers_as_they_were(tmp_path):
     """Building a model draws initial weights from torch's global generator, and a process
     forked once torch's OpenMP threads ran waits for them forever at its first parallel kernel."""

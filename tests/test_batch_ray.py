@@ -313,6 +313,7 @@ def test_a_uri_s_query_stays_after_the_names_joined_to_its_path():
     assert local_path("in/a.png") == Path("in/a.png")
     assert local_path("file://localhost/in") is None and local_path("FILE:///in") is None
 
+
     assert join("s3://bucket/photos?region=eu-west-1", "a b#1.png") == "s3://bucket/photos/a%20b%231.png?region=eu-west-1"
     assert join("s3://bucket/photos/", "x.drc") == "s3://bucket/photos/x.drc"
     # a destination inside the source is found with the query too (its files are then not read as inputs)
@@ -320,6 +321,17 @@ def test_a_uri_s_query_stays_after_the_names_joined_to_its_path():
     assert _inside("s3://b/in/out?region=y", "s3://b/in?region=x") is None  # another endpoint
     assert str(_inside("s3://b/my%20in/out", "s3://b/my in")) == "out"  # spelt two ways
     assert str(_inside("s3://b/in//out/", "s3://b/in/")) == "out"
+
+
+def test_a_file_uri_with_a_drive_is_that_drive_s_path_on_windows(monkeypatch):
+    """pyarrow reads file:///C:/photos as C:\\photos: the folder guards must see the same path,
+    not "/C:/photos" (simulated: Windows' url2pathname, the one urllib.request uses there)."""
+    import nturl2path
+
+    from diraccodec.batch import storage
+
+    monkeypatch.setattr(storage, "url2pathname", nturl2path.url2pathname)
+    assert storage.local_path("file:///C:/my%20photos/a.png?x=1") == Path("C:\\my photos\\a.png")
 
 
 def test_a_destination_uri_that_cannot_be_opened_fails_once_before_any_file(photos: Path):

@@ -5,11 +5,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 from pathlib import Path
 
 import pytest
 
-from diraccodec.evaluation.report import bd_rates, markdown_table, report_again, report_of, write_json
+from diraccodec.evaluation.report import (
+    bd_rates,
+    markdown_table,
+    report_again,
+    report_of,
+    shell_words,
+    write_json,
+)
 from diraccodec.evaluation.run import Point
 
 RATES = (0.1, 0.2, 0.4, 0.8)
@@ -98,3 +106,12 @@ def test_the_plot_shows_our_curves_at_0_steps_and_at_the_most_steps_up_to_20(tmp
                    for point in curve("diraccodec", 0.5)]
     report.plot(points, tmp_path / "rd.png", "rate-distortion")
     assert shown == [["AVIF", "diraccodec", "diraccodec (20 steps)"]] * 3  # PSNR, MS-SSIM and LPIPS
+
+
+def test_a_recorded_command_reads_back_as_its_words_in_the_systems_shell():
+    """Reports and bench record the command that made them, to be run again: with POSIX
+    quoting a Windows console would split 'my photos' at its space."""
+    words = ["dirac", "eval", "--data", "my photos", "--json", "it's.json"]
+    posix = shell_words(words, windows=False)
+    assert shlex.split(posix) == words and posix.startswith("dirac eval --data 'my photos'")
+    assert shell_words(words, windows=True) == 'dirac eval --data "my photos" --json it\'s.json'

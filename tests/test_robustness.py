@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -369,11 +370,10 @@ def _record_each(folder: Path, names: list[str]) -> None:
         record_in_manifest(folder / name)
 
 
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="forks its workers")
 def test_processes_listing_weights_in_one_folder_at_once_lose_no_entry(tmp_path):
     """Four processes each list 30 files in one manifest at the same time (a read, a change and
     an atomic rename each): every entry is there. Without taking turns, 3 runs of 3 lost some."""
-    import multiprocessing
-
     from diraccodec.modelfiles import read_manifest
 
     names = [f"weights-{index}.safetensors" for index in range(120)]

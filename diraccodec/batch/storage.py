@@ -17,6 +17,11 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from diraccodec.errors import DiracError, ImageReadError, OutputWriteError, one_line
 
+if os.name == "nt":  # what urllib.request.url2pathname is, without importing http and email
+    from nturl2path import url2pathname  # "/C:/photos/a%20b" -> "C:\\photos\\a b"
+else:
+    url2pathname = unquote
+
 Location = Path | str  # a local path, or a URI string ("scheme://...")
 
 # Object stores make a single put visible whole or not at all, and their "rename" is a copy.
@@ -47,11 +52,11 @@ def location_of(text: str | Path) -> Location:
 def local_path(location: Location) -> Path | None:
     """The local file a location names: a path, or a `file:///` URI, which pyarrow reads as
     that path (its query and fragment ignored), so the folder guards must see through it:
-    `file:///p?x=1` and `/p` are one folder. None for any other URI (pyarrow refuses
-    `file://host/p` and `FILE:///p`)."""
+    `file:///p?x=1` and `/p` are one folder; on Windows `file:///C:/p` is `C:\\p`. None for any
+    other URI (pyarrow refuses `file://host/p` and `FILE:///p`)."""
     if not is_uri(location):
         return Path(location)
-    return Path(path_of(location)) if str(location).startswith("file:///") else None
+    return Path(url2pathname(urlsplit(str(location)).path)) if str(location).startswith("file:///") else None
 
 
 def path_of(location: Location) -> PurePosixPath:

@@ -4,9 +4,11 @@ it) and Markdown table, and the pooling of reports of several runs (`dirac repor
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import shlex
+import subprocess
 import sys
 import warnings
 from collections.abc import Sequence
@@ -145,8 +147,15 @@ def plot_perception(points: list[Point], path: Path, title: str) -> None:
     plt.close(figure)
 
 
+def shell_words(words: Sequence[str], windows: bool = os.name == "nt") -> str:
+    """Words as one command line that reads back as those words: POSIX shell quoting, or on
+    Windows the quoting its programs parse (`"my photos"`, which cmd.exe keeps whole)."""
+    return subprocess.list2cmdline(words) if windows else shlex.join(words)
+
+
 def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in ["dirac", *sys.argv[1:]])
+    """This process's `dirac` command, as a report records it."""
+    return shell_words(["dirac", *sys.argv[1:]])
 
 
 def _finite_or_none(value: object) -> object:
@@ -304,9 +313,9 @@ def report_again(json_path: Path, updates: Sequence[Path] = (), pooled_path: Pat
     note = " (stopped part-way; every setting it finished is here)"
     commands = [c + note if not r.get("complete", True) and not c.endswith(note) else c
                 for c, r in zip((report.get("command", "") for report in saved), saved, strict=True)]
-    pooling = " ".join(["dirac report", shlex.quote(str(json_path)),
-                        *(f"--updated-by {shlex.quote(str(update))}" for update in updates),
-                        f"--json {shlex.quote(str(pooled_path))}"])
+    pooling = shell_words(["dirac", "report", str(json_path),
+                           *(word for update in updates for word in ("--updated-by", str(update))),
+                           "--json", str(pooled_path)])
     command = " && ".join([*commands, pooling]) if updates else commands[0]
     measured = [r["models"] for r in saved if r.get("models")]  # the latest run's weights
     decodings = [r["decoding"] for r in saved if r.get("decoding")]
