@@ -42,7 +42,7 @@ _TRAILER = struct.Struct(">I")
 
 TAG_LATENTS = b"LATS"  # range-coded hyper-latents then latents (critical)
 TAG_ALPHA = b"ALPH"  # zlib-compressed 8-bit alpha plane (critical: the image has it)
-TAG_ICC = b"iccp"  # ICC profile bytes as they are (optional; earlier encoders wrote it, decoders still read it)
+TAG_ICC = b"iccp"  # ICC profile bytes as they are (optional; read, never written: the encoder writes iccz)
 TAG_ICC_COMPRESSED = b"iccz"  # zlib-compressed ICC profile (optional)
 TAG_STEPS = b"stps"  # recommended diffusion steps, one byte (optional)
 TAG_DETAIL = b"detl"  # the detail map for the diffusion decoder's finishing (optional)
