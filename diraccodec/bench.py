@@ -69,7 +69,8 @@ class BenchOptions:
 
 
 def image_paths(sources: tuple[Path, ...]) -> list[Path]:
-    """Image files from files and folders (a folder's images in name order); the sample if none."""
+    """Image files from files and folders (a folder's images in name order), each once however
+    often it is named (a file and its folder, a link to it); the sample if none."""
     if not sources:
         if not SAMPLE.exists():  # an installed package ships no sample
             raise DiracError("give the images (or folders of images) to time: the sample it takes by default, "
@@ -83,7 +84,10 @@ def image_paths(sources: tuple[Path, ...]) -> list[Path]:
             paths.append(source)
     if not paths:
         raise DiracError("no images to time")
-    return paths
+    unique: dict[str, Path] = {}
+    for path in paths:  # a second copy would be timed, then replace the first's figures
+        unique.setdefault(os.path.realpath(path), path)
+    return list(unique.values())
 
 
 def fastest(repeat: int, function: Callable[[], object]) -> tuple[float, object]:
@@ -178,6 +182,9 @@ def run_bench(options: BenchOptions, console: Console) -> dict:
     for steps in (0, 2):  # loads the models and sets up their kernels once, outside the timings
         with contextlib.suppress(DiracError):  # no diffusion weights: no step to time
             api.decode(warm_file, steps, weights=options.weights, device=options.device, exact=options.exact)
+    for key in options.references:  # and the reference codecs' libraries
+        image_format, settings = REFERENCES[key]
+        decode_with_pillow(encode_with_pillow(warm, image_format, **settings))
     per_image = {}
     names = image_keys(paths)
     for index, (path, key) in enumerate(zip(paths, names, strict=True), 1):

@@ -47,6 +47,10 @@ MS_SSIM_TEST = "tests/test_metrics.py::test_ms_ssim_is_wang_s_definition"
 FD_FEATURES_TEST = "tests/test_metrics.py::test_fd_features_are_alexnet_conv5_of_lpips_normalised_patches"
 RETIE_TEST = ("tests/test_level_tables.py::"
               "test_unets_are_retied_only_from_the_base_they_name_and_with_the_filter_their_decoder_enhances")
+BENCH_STAGES_TEST = ("tests/test_bench.py::"
+                     "test_each_stage_is_the_fastest_of_its_repeats_per_megapixel_and_times_only_its_own_calls")
+BENCH_SUMMARY_TEST = ("tests/test_bench.py::"
+                      "test_the_summary_is_each_figures_median_and_range_in_stage_order_after_a_warm_up")
 
 MUTANTS = (
     # the container
@@ -380,6 +384,39 @@ MUTANTS = (
            "tests/test_robustness.py::test_a_descriptor_open_for_reading_or_of_another_process_is_not_written_into"),
     mutant("image/files.py", "    if number == 1 and sys.stdout is not None:\n", "    if False:\n",
            "tests/test_robustness.py::test_text_printed_before_an_image_on_standard_output_comes_first"),
+    # bench
+    mutant("bench.py", "unique.setdefault(os.path.realpath(path), path)", "unique.setdefault(str(len(unique)), path)",
+           "tests/test_bench.py::test_an_image_named_twice_is_timed_once"),
+    mutant("bench.py", "        decode_with_pillow(encode_with_pillow(warm, image_format, **settings))", "        pass",
+           "tests/test_bench.py::test_the_summary_is_each_figures_median_and_range_in_stage_order_after_a_warm_up"),
+    mutant("bench.py", "best = min(best, time.perf_counter() - started)", "best = time.perf_counter() - started",
+           BENCH_STAGES_TEST),
+    mutant("bench.py", "    for _ in range(repeat):", "    for _ in range(1):", BENCH_STAGES_TEST),
+    mutant("bench.py", "megapixels = width * height / 1e6", "megapixels = width * width / 1e6", BENCH_STAGES_TEST),
+    mutant("bench.py", 'figures["bpp"] = 8 * len(encoded) / (width * height)',
+           'figures["bpp"] = len(encoded) / (width * height)', BENCH_STAGES_TEST),
+    mutant("bench.py", 'figures[f"{key} encode"] = encode_seconds / megapixels',
+           'figures[f"{key} encode"] = decode_seconds / megapixels', BENCH_STAGES_TEST),
+    mutant("bench.py", 'figures[f"{key} bpp"] = 8 * len(reference) / (width * height)',
+           'figures[f"{key} bpp"] = 8 * len(encoded) / (width * height)', BENCH_STAGES_TEST),
+    mutant("bench.py", 'seconds["diffusion step"] = max(five - one, 0.0) / EXTRA_STEPS',
+           'seconds["diffusion step"] = max(five - one, 0.0)', BENCH_STAGES_TEST),
+    mutant("bench.py", "diffusion.sample(base, level, 1 + EXTRA_STEPS))", "diffusion.sample(base, level, EXTRA_STEPS))",
+           BENCH_STAGES_TEST),
+    mutant("bench.py", "lambda: codec.write_stream(codec.quantize(latents, level, rgb), level))",
+           "lambda: codec.quantize(latents, level, rgb))", BENCH_STAGES_TEST),
+    mutant("bench.py", "lambda: api.decode(\n        encoded, 0,", "lambda: api.decode(\n        encoded, 2,",
+           BENCH_STAGES_TEST),
+    mutant("bench.py", "lambda: codec.synthesize(decoded, width, height, level))",
+           "lambda: codec.synthesize(codec.read_stream(payload, width, height, level), width, height, level))",
+           BENCH_STAGES_TEST),
+    mutant("bench.py", "    for steps in (0, 2):", "    for steps in ():", BENCH_SUMMARY_TEST),
+    mutant("bench.py", '"median": statistics.median(values)', '"median": statistics.mean(values)', BENCH_SUMMARY_TEST),
+    mutant("bench.py", "key=lambda name: list(per_image[names[0]]).index(name))", "key=str)", BENCH_SUMMARY_TEST),
+    mutant("bench.py", "sum(Image.open(p).size[0] * Image.open(p).size[1] for p in paths)",
+           "sum(Image.open(p).size[0] ** 2 for p in paths)", BENCH_SUMMARY_TEST),
+    mutant("bench.py", 'for k in ("median", "min", "max")) + " |")', 'for k in ("min", "median", "max")) + " |")',
+           "tests/test_bench.py::test_the_markdown_gives_median_min_and_max_in_the_columns_it_names"),
     # the command line
     mutant("cli/entry.py", "    if isinstance(error, RuntimeError) and isinstance(error.__cause__, KeyboardInterrupt):",
            "    if False:", "tests/test_robustness.py::test_ctrl_c_while_the_command_loads_is_one_line"),

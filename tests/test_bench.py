@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
+from PIL import Image
+from rich.console import Console
 
 from diraccodec.api import get_codec
 from diraccodec.bench import STAGES
@@ -84,3 +90,135 @@ def test_bench_times_the_stages_as_the_api_runs_them_whatever_the_callers_defaul
     finally:
         torch.set_default_dtype(previous)
     assert figures["synthesis"] > 0 and figures["bpp"] > 0
+
+
+def test_each_stage_is_the_fastest_of_its_repeats_per_megapixel_and_times_only_its_own_calls(
+        small_image, tmp_path, monkeypatch):
+    """A stage's figure is the shortest of `repeat` runs of its own calls, divided by the
+    image's megapixels, and the diffusion step is (5 steps minus 1) / 4: each stage is charged
+    a known time on a clock of the test's own (calls made inside another stage's are free), so
+    the figures are exact, not timings."""
+    from types import SimpleNamespace
+
+    from diraccodec import api, bench
+
+    now, depth = [0.0], [0]
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    results: dict[str, object] = {}
+
+    def charge(owner: object, name: str, cost: Callable[..., float], multiples: tuple[float, ...] = (3, 1, 2)) -> None:
+        """Replace owner.name by a call that advances the clock by cost(arguments) times the
+        next of `multiples` (the runs of a stage differ, so the fastest is known)."""
+        function, calls = getattr(owner, name), {}
+
+        def charged(*arguments: object, **options: object) -> object:
+            if depth[0] == 0:
+                seconds = cost(*arguments, **options)
+                index = calls[seconds] = calls.get(seconds, -1) + 1
+                now[0] += seconds * multiples[index % len(multiples)]
+            depth[0] += 1
+            try:
+                results[name] = function(*arguments, **options)
+            finally:
+                depth[0] -= 1
+            return results[name]
+
+        monkeypatch.setattr(owner, name, charged)
+
+    codec = api.get_codec(None, api.compute_for("auto", False))
+    restorer, diffusion = api.get_restorer(codec), api.get_diffusion(codec)
+    assert restorer is not None  # the shipped weights restore and sample
+    charge(bench, "image_to_planes", lambda *_, **__: 1.0, (9, 3, 1, 2))  # one untimed read for its warnings
+    charge(codec, "analysis_latents", lambda *_: 2.0)
+    charge(codec, "write_stream", lambda *_: 4.0)
+    charge(api, "encode", lambda *_, **__: 8.0)
+    charge(codec, "read_stream", lambda *_: 16.0)
+    charge(codec, "synthesize", lambda *_: 32.0)
+    charge(restorer, "restore", lambda *_: 64.0)
+    charge(api, "decode", lambda _, steps, **__: 128.0 if steps == 0 else 256.0)
+    charge(diffusion, "sample", lambda _, __, steps: 0.5 + 0.25 * (steps - 1))
+    charge(bench, "encode_with_pillow", lambda *_, **__: 0.125)
+    charge(bench, "decode_with_pillow", lambda *_: 0.0625)
+    small_image.save(tmp_path / "a.png")
+    options = bench.BenchOptions(images=(tmp_path / "a.png",), references=("jpeg",), steps=2, repeat=3)
+    figures = bench.time_image(tmp_path / "a.png", options)
+    megapixels = 96 * 80 / 1e6
+    expected = {"load": 1.0, "analysis": 2.0, "entropy coding": 4.0, "encode": 8.0, "entropy decoding": 16.0,
+                "synthesis": 32.0, "restoration": 64.0, "decode": 128.0, "diffusion step": 0.25,
+                "decode 2 steps": 256.0, "jpeg encode": 0.125, "jpeg decode": 0.0625}
+    expected = {stage: seconds / megapixels for stage, seconds in expected.items()}
+    expected["bpp"] = 8 * len(results["encode"]) / (96 * 80)
+    expected["jpeg bpp"] = 8 * len(results["encode_with_pillow"]) / (96 * 80)
+    assert expected["bpp"] != expected["jpeg bpp"]
+    assert figures == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_summary_is_each_figures_median_and_range_in_stage_order_after_a_warm_up(
+        sample_image, tmp_path, monkeypatch):
+    """The models are loaded (a decode at 0 and at 2 steps) before the first image is timed;
+    each figure's summary is the median, least and greatest over the images, in the order the
+    stages ran; the megapixels are those of every image, keyed apart where two share a name."""
+    from diraccodec import api, bench
+
+    events: list[tuple[str, object]] = []
+    decode = api.decode
+
+    def recorded_decode(data: bytes, steps: int = 0, **options: object) -> object:
+        events.append(("decode", steps))
+        return decode(data, steps, **options)
+
+    sizes = {(96, 80): (1.0, 5.0, 0.5), (64, 48): (2.0, 3.0, 0.25), (40, 72): (9.0, 4.0, 1.0)}
+
+    def scripted(path: Path, options: bench.BenchOptions) -> dict[str, float]:
+        events.append(("time", path))
+        load, synthesis, bpp = sizes[Image.open(path).size]
+        return {"synthesis": synthesis, "load": load, "bpp": bpp}  # not in name order
+
+    encode_with_pillow = bench.encode_with_pillow
+
+    def recorded_reference(image: Image.Image, image_format: str, **settings: object) -> bytes:
+        events.append(("reference", image_format))
+        return encode_with_pillow(image, image_format, **settings)
+
+    monkeypatch.setattr(api, "decode", recorded_decode)
+    monkeypatch.setattr(bench, "time_image", scripted)
+    monkeypatch.setattr(bench, "encode_with_pillow", recorded_reference)
+    paths = [tmp_path / "one" / "x.png", tmp_path / "two" / "x.png", tmp_path / "y.png"]
+    for path, size in zip(paths, sizes, strict=True):
+        path.parent.mkdir(exist_ok=True)
+        sample_image.crop((0, 0, *size)).save(path)
+    report = bench.run_bench(bench.BenchOptions(images=tuple(paths), references=("jpeg",)),
+                             Console(file=io.StringIO()))
+    assert events == [("decode", 0), ("decode", 2), ("reference", "JPEG"), *(("time", path) for path in paths)]
+    assert list(report["per_image"]) == [str(paths[0]), str(paths[1]), "y.png"]
+    assert report["images"] == 3 and report["megapixels"] == pytest.approx((96 * 80 + 64 * 48 + 40 * 72) / 1e6)
+    assert report["summary"] == {"synthesis": {"median": 4.0, "min": 3.0, "max": 5.0},
+                                 "load": {"median": 2.0, "min": 1.0, "max": 9.0},
+                                 "bpp": {"median": 0.5, "min": 0.25, "max": 1.0}}
+    assert list(report["summary"]) == ["synthesis", "load", "bpp"]
+
+
+def test_the_markdown_gives_median_min_and_max_in_the_columns_it_names():
+    """Each row reads as its header does: median, then the least, then the greatest; bits per
+    pixel with four digits, seconds with three."""
+    from diraccodec.bench import markdown_of
+
+    report = {"command": "dirac bench", "machine": {"device": "cpu"},
+              "summary": {"load": {"median": 2.0, "min": 1.0, "max": 9.0},
+                          "bpp": {"median": 0.5, "min": 0.25, "max": 1.0}}}
+    lines = markdown_of(report).splitlines()
+    assert lines[4:8] == ["| stage | s/MP median | min | max |", "|---|---|---|---|",
+                          "| load | 2.000 | 1.000 | 9.000 |", "| bpp | 0.5000 | 0.2500 | 1.0000 |"]
+
+
+def test_an_image_named_twice_is_timed_once(tmp_path, small_image):
+    """`dirac bench photos/a.png photos` names a.png twice: timed twice under one key, the
+    second copy's figures replaced the first's while the report counted both."""
+    from diraccodec.bench import image_paths
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        small_image.save(folder / name)
+    (tmp_path / "link.png").symlink_to(folder / "b.png")
+    assert image_paths((folder / "a.png", folder, tmp_path / "link.png")) == [folder / "a.png", folder / "b.png"]
