@@ -112,17 +112,101 @@ def dies_on_b_while_a_is_written(job: Job, settings: BatchSettings) -> JobResult
     return run_job(job, settings)
 
 
-def test_a_worker_stopped_mid_write_leaves_no_temporary_file(tmp_path, five_photos, monkeypatch):
+def ends_without_its_cleanup(number: int, _frame: object) -> None:
+    """A worker's end on SIGTERM as on Windows, where the pool's terminate runs no handler."""
+    os._exit(128 + number)
+
+
+@pytest.mark.parametrize("ends", ["with its handler", "as on Windows"])
+def test_a_worker_stopped_mid_write_leaves_no_temporary_file(tmp_path, five_photos, monkeypatch, ends):
     """When a worker dies the pool stops the others, each perhaps mid-write: no temporary file
-    of theirs stays beside the outputs, and their files go again whole."""
+    of theirs stays beside the outputs (the worker removes its own; where it cannot, the batch
+    does once it has ended), and their files go again whole."""
     source, destination = five_photos, tmp_path / "out"
     monkeypatch.setattr(local, "run_job", dies_on_b_while_a_is_written)
+    if ends == "as on Windows":
+        monkeypatch.setattr(local, "_end_mid_write", ends_without_its_cleanup)
     settings = BatchSettings(quality=1, effort=1)
     results = run_batch(plan_jobs(source, destination, settings), settings, 2, on_result=lambda result: None)
     outcomes = {Path(r.job.source).stem: r.status for r in results}
     assert outcomes == {"a": "converted", "b": "failed", "c": "converted", "d": "converted", "e": "converted"}
     assert sorted(p.name for p in destination.iterdir()) == ["a-is-being-written", "a.drc", "c.drc", "d.drc",
                                                             "e.drc"]
+
+
+def waits_for_a_to_stall_in_its_write(job: Job, settings: BatchSettings) -> JobResult:
+    """run_job, but a's write stalls before its rename, and b is converted once it does."""
+    import time
+
+    from diraccodec.image import files
+
+    writing = Path(job.target).parent / "a-is-being-written"
+    if Path(job.source).stem == "a":
+        files.os.fsync = lambda descriptor: (writing.touch(), time.sleep(60))  # this worker's os alone
+    elif Path(job.source).stem == "b":
+        deadline = time.monotonic() + 60
+        while not writing.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return run_job(job, settings)
+
+
+def test_a_batch_stopped_as_on_windows_leaves_no_temporary_file(tmp_path, five_photos, monkeypatch):
+    """Ctrl-C while a worker writes: the batch removes the file it was writing once it has
+    ended, where no handler of its own ran."""
+    import time
+
+    def interrupted_by_b(result: JobResult) -> None:
+        if Path(result.job.source).stem == "b":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(local, "run_job", waits_for_a_to_stall_in_its_write)
+    monkeypatch.setattr(local, "_end_mid_write", ends_without_its_cleanup)
+    settings, destination = BatchSettings(quality=1, effort=1), tmp_path / "out"
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(plan_jobs(five_photos, destination, settings), settings, 2, on_result=interrupted_by_b)
+    assert time.monotonic() - started < 30  # a's worker was stopped, not waited for
+    assert sorted(p.name for p in destination.iterdir()) == ["a-is-being-written", "b.drc"]
+
+
+def killed_in_its_first_write_of_a(job: Job, settings: BatchSettings) -> JobResult:
+    """run_job, but the worker writing a's output the first time is killed before the rename,
+    as the kernel kills one for memory: its temporary file is there, and no code of its runs."""
+    import signal
+
+    from diraccodec.image import files
+
+    first = Path(job.target).parent.parent / "a-was-killed"  # beside the batch's folders
+    if Path(job.source).stem == "a" and not first.exists():
+        first.touch()
+        files.os.fsync = lambda descriptor: os.kill(os.getpid(), signal.SIGKILL)  # this worker's os alone
+    return run_job(job, settings)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_worker_killed_mid_write_leaves_no_temporary_file(tmp_path, five_photos, monkeypatch, workers):
+    source, destination = five_photos, tmp_path / "out"
+    monkeypatch.setattr(local, "run_job", killed_in_its_first_write_of_a)
+    settings = BatchSettings(quality=1, effort=1)
+    results = run_batch(plan_jobs(source, destination, settings), settings, workers, on_result=lambda result: None)
+    assert sorted((Path(r.job.source).stem, r.status) for r in results) == [(name, "converted") for name in NAMES]
+    assert (tmp_path / "a-was-killed").exists()  # a's first worker was killed
+    assert sorted(p.name for p in destination.iterdir()) == [f"{name}.drc" for name in NAMES]
+
+
+def test_only_the_ended_workers_temporary_files_are_removed(tmp_path):
+    """Another writer's temporary file for the same output, a file of the same look beside
+    another output, and names that merely start alike stay."""
+    from diraccodec.image import files
+
+    output = tmp_path / "a [1].drc"
+    left = [tmp_path / f".a [1].drc.{writer}-{'0123456789ab'}.part" for writer in (41, 42)]
+    kept = [*left[1:], tmp_path / ".a [1].drc.41-0123456789ab.part.x", tmp_path / ".a [1].drc.41-0123.part",
+            tmp_path / ".b.drc.41-0123456789ab.part", tmp_path / ".a [1].drc.411-0123456789ab.part"]
+    for path in [*left, *kept]:
+        path.touch()
+    files.remove_left_by({41, 7}, [output, tmp_path / "missing" / "c.drc"])
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
 
 
 def sleeps_long(job: Job, settings: BatchSettings) -> JobResult:
@@ -514,7 +598,7 @@ def test_a_pool_holds_one_file_per_worker_at_most():
     for workers in (1, 3):
         pool, queue = InstantPool(), deque(Job(Path(f"{index}.png"), Path(f"{index}.drc")) for index in range(7))
         done, most_in_pool = [], 0
-        for result in local._results_in(pool, queue, BatchSettings(), workers):
+        for result in local._results_in(pool, queue, BatchSettings(), workers, {}, set()):
             most_in_pool = max(most_in_pool, pool.submitted - len(done))
             done.append(result)
         assert most_in_pool == workers and len(done) == 7

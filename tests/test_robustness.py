@@ -215,7 +215,7 @@ def test_an_empty_file_is_called_empty(tmp_path):
         diraccodec.encode(tmp_path / "text.png", 3)
 
 
-TEMPORARY = re.compile(r"\.\d\.drc\.[0-9a-f]{12}\.part")  # write_atomic's temporary for one of the outputs
+TEMPORARY = re.compile(r"\.\d\.drc\.\d+-[0-9a-f]{12}\.part")  # write_atomic's temporary for one of the outputs
 
 
 @pytest.mark.slow

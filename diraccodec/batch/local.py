@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from multiprocessing.context import BaseContext
 
 from diraccodec.batch.jobs import BatchSettings, Job, JobResult, gather, run_job
-from diraccodec.image.files import remove_unfinished
+from diraccodec.batch.storage import local_path
+from diraccodec.image.files import remove_left_by, remove_unfinished
 
 WORKER_DIED = "worker process died while converting this file"
 # How long a broken pool's futures may take to end (they end at once; a submit that raced the
@@ -90,18 +91,27 @@ def _results(jobs: list[Job], settings: BatchSettings, workers: int) -> Iterator
 def _until_a_worker_dies(queue: deque[Job], settings: BatchSettings, workers: int,
                          start: BaseContext | None) -> Iterator[JobResult]:
     """The results of jobs taken from `queue`, one per worker at a time, so that the files in a
-    pool are known when a worker dies; returns those files then (else nothing)."""
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=start) as pool:
-        try:
-            return (yield from _results_in(pool, queue, settings, workers))
-        except BaseException:  # Ctrl-C, SIGTERM (the CLI raises it as one), or the batch closed early
-            _stop_workers(pool)
-            raise
-
-
-def _results_in(pool: ProcessPoolExecutor, queue: deque[Job], settings: BatchSettings,
-                workers: int) -> Iterator[JobResult]:
+    pool are known when a worker dies; returns those files then (else nothing). Once the
+    pool's workers have ended, what one ended mid-write without its own cleanup left beside
+    its output goes: a worker killed (out of memory), or stopped on Windows, where no signal
+    runs its handler."""
     running: dict[Future, Job] = {}
+    worker_ids: set[int] = set()
+    try:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=start) as pool:
+            try:
+                return (yield from _results_in(pool, queue, settings, workers, running, worker_ids))
+            except BaseException:  # Ctrl-C, SIGTERM (the CLI raises it as one), or the batch closed early
+                _stop_workers(pool)
+                raise
+    finally:
+        remove_left_by(worker_ids, [path for job in running.values() if (path := local_path(job.target))])
+
+
+def _results_in(pool: ProcessPoolExecutor, queue: deque[Job], settings: BatchSettings, workers: int,
+                running: dict[Future, Job], worker_ids: set[int]) -> Iterator[JobResult]:
+    """The results of `queue`'s jobs, with the jobs in the pool kept in `running` and the ids
+    of its worker processes (known once a submit has started them) in `worker_ids`."""
     while queue or running:
         broken = False
         while queue and len(running) < workers and not broken:
@@ -109,6 +119,7 @@ def _results_in(pool: ProcessPoolExecutor, queue: deque[Job], settings: BatchSet
             try:
                 with _signals_held():
                     running[pool.submit(run_job, job, settings)] = job
+                worker_ids.update(process.pid for process in _workers_of(pool) if process.pid is not None)
             except BrokenProcessPool:  # a worker died since the last wait
                 queue.appendleft(job)
                 broken = True
@@ -125,12 +136,17 @@ def _results_in(pool: ProcessPoolExecutor, queue: deque[Job], settings: BatchSet
     return []
 
 
+def _workers_of(pool: ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:
+    """The pool's worker processes (it does not publish them)."""
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """End the pool's workers now rather than wait for their files (minutes, for a large
     decode); each removes the file it was writing (`_end_mid_write`). Left running, they would
     finish after this process is gone, or wait for work forever."""
     with _signals_held():
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
+        for process in _workers_of(pool):
             process.terminate()
 
 

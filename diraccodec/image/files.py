@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
 import re
@@ -11,7 +12,7 @@ import stat
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -85,9 +86,8 @@ def _created_beside(path: Path, made: list[Path]) -> int:
     whenever an interruption lands. It is created with mode 0666, so the system gives it what
     a plain write would (the umask applied), with no umask read here. Its name keeps at most
     200 bytes of `path`'s, so that a valid long name stays valid."""
-    shown = os.fsencode(path.name)[:200].decode(errors="ignore")
     while True:
-        temporary = path.with_name(f".{shown}.{secrets.token_hex(6)}.part")
+        temporary = path.with_name(f"{_temporary_prefix(path, os.getpid())}{secrets.token_hex(6)}.part")
         made.append(temporary)
         _UNFINISHED.add(temporary)
         try:
@@ -96,6 +96,32 @@ def _created_beside(path: Path, made: list[Path]) -> int:
         except FileExistsError:  # another's file: never removed as ours
             made.pop()
             _UNFINISHED.discard(temporary)
+
+
+def _temporary_prefix(path: Path, writer: int) -> str:
+    """How the names of the temporary files that process `writer` makes for `path` begin:
+    hidden, and naming their writer, so that what one ended mid-write leaves can be told from
+    another writer's (remove_left_by)."""
+    shown = os.fsencode(path.name)[:200].decode(errors="ignore")
+    return f".{shown}.{writer}-"
+
+
+TEMPORARY_END = re.compile(r"[0-9a-f]{12}\.part")  # what follows _temporary_prefix
+
+
+def remove_left_by(writers: Collection[int], paths: Iterable[Path]) -> None:
+    """Remove the temporary files that the processes `writers` left beside `paths`, for a
+    process whose workers have ended mid-write without their own cleanup (killed, out of
+    memory, or stopped where no signal runs a handler: on Windows). Another process's
+    temporary file for the same path stays."""
+    for path in paths:
+        with contextlib.suppress(OSError, OutputWriteError):  # a folder this process may not search
+            target = _written_path(path)
+            for writer in writers:
+                prefix = _temporary_prefix(target, writer)
+                for temporary in target.parent.glob(f"{glob.escape(prefix)}*.part"):
+                    if TEMPORARY_END.fullmatch(temporary.name[len(prefix):]):
+                        temporary.unlink(missing_ok=True)
 
 
 REPLACE_TRIES = 5  # on Windows, over about a second
