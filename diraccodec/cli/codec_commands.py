@@ -143,11 +143,12 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
 @click.command()
 @click.argument("source", type=FileOrStream(path_type=Path))
 @click.option("-o", "--output", type=FileOrStream(path_type=Path), required=True,
-              help="Output image: .png, .webp (lossless), .tif/.tiff, .bmp or .jpg/.jpeg (quality 100, 4:4:4); "
-                   '"-": standard output, PNG unless --format says otherwise.')
+              help="Output image: .png, .webp (lossless), .tif/.tiff, .bmp or .jpg/.jpeg (quality 100, 4:4:4; "
+                   '.jpg and .bmp not with alpha); "-": standard output, PNG unless --format says otherwise.')
 @click.option("--format", "format_suffix", type=ImageSuffix(), default=None,
-              help="The output's image format: for standard output, or a device, pipe or descriptor (/dev/stdout) "
-                   "named without an image suffix (default .png); a named output's suffix must agree.")
+              help="The output's image format (png, .PNG, jpg...): for standard output, or a device, pipe or "
+                   "descriptor (/dev/stdout) named without an image suffix (default .png); a named output's suffix "
+                   "must agree.")
 @png_compress_option
 @steps_option
 @seed_option
@@ -328,9 +329,9 @@ def restoration_text(support: Support) -> str:
                    "cluster, or per GPU).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="auto", metavar="[ADDRESS]",
-              help="Run on a Ray cluster (pip install diraccodec[ray]): its address, or alone for a local or the "
-                   "configured cluster. SOURCE and DESTINATION must be paths every node reads, or s3:// and "
-                   "other URIs that pyarrow opens.")
+              help="Run on a Ray cluster (pip install diraccodec[ray]): its address, or alone for the configured "
+                   "cluster, else a private one started and stopped on this machine. SOURCE and DESTINATION must "
+                   "be paths every node reads, or s3:// and other URIs that pyarrow opens (diraccodec[uris]).")
 @device_option
 @exact_option
 @no_restore_option
@@ -428,7 +429,7 @@ def print_summary(results: list[Any], seconds: float) -> None:
 
 @click.command()
 @click.argument("images", nargs=-1, type=click.Path(exists=True, path_type=Path))
-@click.option("-q", "--quality", "level", type=click.FloatRange(1, 8), default=4.0, show_default=True,
+@click.option("-q", "--quality", "level", type=click.FloatRange(-1, 8), default=4.0, show_default=True,
               help="Rate level of the files timed.")
 @effort_option
 @click.option("--references", default="avif,jxl", show_default=True,

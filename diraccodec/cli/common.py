@@ -386,8 +386,8 @@ def threads_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
     return click.option(
         "--threads", type=click.IntRange(1, 1024), default=None, metavar="N",
-        help="CPU threads for the networks (default: one per core). Fewer leave cores to other work. A decode "
-             "in the exact mode gives the same pixels with any number; an encode's bytes may follow it.",
+        help="CPU threads for the networks (default: one per core). Fewer leave cores to other work. Decoded "
+             "pixels may differ with the number, except with --exact; so may encoded bytes at efforts 2-5.",
     )(wrapper)
 
 

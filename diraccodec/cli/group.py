@@ -106,7 +106,7 @@ def print_version(ctx: click.Context, _parameter: click.Parameter, value: bool) 
 
 @click.group(cls=SectionedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=print_version,
-              help="Show the version and the devices available, then exit.")
+              help="Show the version, torch's version and the devices available, then exit.")
 def main() -> None:
     """diraccodec: a learned image codec whose decoder ends in a diffusion model.
 

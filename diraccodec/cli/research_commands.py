@@ -56,12 +56,15 @@ def parse_reference_settings(texts: tuple[str, ...], keys: list[str]) -> dict[st
               help="Only the first N images of the folder, in name order (default: all).")
 @click.option("--held-out", is_flag=True,
               help="The held-out training photos under --data (the 5% training leaves out) instead of its images.")
-@click.option("--levels", default="1,2,3,4,5,6,7,8", show_default=True, help="Comma-separated rate levels.")
+@click.option("--levels", default="1,2,3,4,5,6,7,8", show_default=True,
+              help="Comma-separated rate levels, each -1 to 8.")
 @click.option("--steps", "steps_text", default="0", show_default=True,
-              help="Diffusion step counts to decode each file with, e.g. 0,1,2,5,10,20,50 (the perception axis).")
+              help=f"Diffusion step counts to decode each file with, each 0-{MAX_STEPS}, e.g. 0,1,2,5,10,20,50 (the "
+                   "perception axis).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed for steps > 0.")
 @click.option("-e", "--effort", "efforts_text", default=str(DEFAULT_EFFORT), show_default=True,
-              help="Encoder efforts, e.g. 1,2,5: one curve each, with its BD-rate against the default effort's.")
+              help=f"Encoder efforts, each {min(EFFORT_PASSES)}-{max(EFFORT_PASSES)}, e.g. 1,2,5: one curve each, with "
+                   "its BD-rate against the default effort's.")
 @device_option
 @exact_option
 @click.option("--references", default="jpeg,webp,avif,jxl", show_default=True,

@@ -20,7 +20,8 @@ def train() -> None:
 
 training_data_option = click.option(
     "--data", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
-    default=[TRAINING_PHOTOS], show_default=True, help="Folders of training photos (or packed shards).")
+    default=[TRAINING_PHOTOS], show_default=True,
+    help="A folder of training photos (or packed shards); repeat for several.")
 
 
 def training_options(
@@ -44,7 +45,8 @@ def training_options(
         click.option("--checkpoint-minutes", type=click.FloatRange(min=0, min_open=True), default=5.0,
                      show_default=True, help="Minutes between saves of the state."),
         click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Train for this long (wall clock); the step count is then set from the measured speed."),
+                     help="Train for this long (wall clock), over 0.25: the last 15 s are kept for the save. The "
+                          "step count is then set from the measured speed."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seeds the crops and the initial weights."),
         click.option("--average-decay", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
                      help="Keep a moving average of the weights (e.g. 0.999) and export it; 0: none."),
