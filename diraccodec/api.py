@@ -178,6 +178,8 @@ def check_quality(quality: float, num_levels: int) -> float:
 
 
 def check_effort(effort: int) -> int:
+    """The encoder effort, 1 to 5, as an int: checked before any work, so a bad one costs no
+    analysis transform. The checks below do the same for their arguments."""
     if not _whole(effort):
         raise InvalidOptionError(f"effort must be a whole number, got {_shown(effort)}")
     if effort not in EFFORT_PASSES:
@@ -187,6 +189,7 @@ def check_effort(effort: int) -> int:
 
 
 def check_steps(steps: int | None) -> int:
+    """The diffusion step count, 0 to MAX_STEPS (None: 0)."""
     if steps is None:
         return 0
     if not _whole(steps):
@@ -197,12 +200,14 @@ def check_steps(steps: int | None) -> int:
 
 
 def check_seed(seed: int | None) -> int | None:
+    """A whole-number seed, or None for the default; any size (the sampler takes it modulo 2^64)."""
     if seed is not None and not _whole(seed):
         raise InvalidOptionError(f"seed must be a whole number, got {_shown(seed)}")
     return None if seed is None else int(seed)
 
 
 def check_max_pixels(max_pixels: int) -> int:
+    """The pixel limit, at least 1: images and files over it are refused before anything is allocated."""
     if not _whole(max_pixels) or max_pixels < 1:
         raise InvalidOptionError(f"max_pixels must be a whole number of at least 1, got {_shown(max_pixels)}")
     return int(max_pixels)
@@ -225,6 +230,7 @@ def check_progress(progress: Progress | None) -> Progress | None:
 
 
 def check_weights_path(name: str, path: str | Path | None) -> str | Path | None:
+    """A weights path or None: another type would otherwise fail deep in the loading, unnamed."""
     if path is not None and not isinstance(path, str | os.PathLike):
         raise InvalidOptionError(f"{name} must be a path or None, got {_shown(path)}")
     return path
@@ -618,12 +624,16 @@ def _image_bytes(image: object) -> bytes:
 
 
 def check_size(size: int) -> int:
+    """A target file size: a positive whole number of bytes."""
     if not _whole(size) or size <= 0:
         raise InvalidOptionError(f"size must be a positive number of bytes, got {_shown(size)}")
     return int(size)
 
 
 def bpp_to_bytes(bpp: float | None, pixels: int) -> int:
+    """The file size a target of `bpp` bits per pixel allows for `pixels` pixels (rounded down:
+    the file is at or under the target); refused where it is not a positive finite number of
+    bits or comes to less than one byte."""
     if not _real(bpp) or not bpp > 0 or math.isinf(_as_float(bpp)):
         raise InvalidOptionError(f"bpp must be a positive number, got {_shown(bpp)}")
     bpp = float(bpp)
@@ -708,6 +718,9 @@ def encode_to_size(encoder: _Encoder, target: int, num_levels: int) -> bytes:
 
 @dataclass
 class FileInfo:
+    """What `inspect` reads of a .drc file without decoding it: its header and sections, and
+    the figures derived from them (`dirac info` shows these)."""
+
     header: drc.DrcFile
     file_size: int
 

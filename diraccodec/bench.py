@@ -202,10 +202,15 @@ def run_bench(options: BenchOptions, console: Console) -> dict:
         "machine": machine_description(options),
         "models": models_in_use(options.weights),  # the weights timed, by id
         "images": len(paths),
-        "megapixels": sum(Image.open(p).size[0] * Image.open(p).size[1] for p in paths) / 1e6,
+        "megapixels": sum(_pixels(path) for path in paths) / 1e6,
         "summary": summary,
         "per_image": per_image,
     }
+
+
+def _pixels(path: Path) -> int:
+    with Image.open(path) as image:  # the header alone, closed again
+        return image.width * image.height
 
 
 def machine_description(options: BenchOptions) -> dict[str, object]:

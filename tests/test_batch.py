@@ -399,6 +399,10 @@ def test_diffusion_weights_are_checked_only_where_a_decode_may_run_steps(tmp_pat
     result = runner.invoke(main, ["batch", str(source), str(tmp_path / "stepped"), "-q", "1", "-e", "1", "--steps",
                                   "2", "--diffusion-weights", str(source / "kept.png")])
     assert result.exit_code == 2 and "kept.png" in result.output and not (tmp_path / "stepped").exists()
+    # without --steps, named diffusion weights are there for the files' recommendations: checked too
+    result = runner.invoke(main, ["batch", str(source), str(tmp_path / "recommended"), "-q", "1", "-e", "1",
+                                  "--diffusion-weights", str(source / "kept.png")])
+    assert result.exit_code == 2 and "kept.png" in result.output and not (tmp_path / "recommended").exists()
 
 
 def test_a_link_to_nothing_and_a_folder_in_an_output_s_place_fail_by_name(tmp_path, small_image):

@@ -9,7 +9,7 @@ are written atomically, so a run that is killed can simply be started again: fin
 are skipped.
 """
 
-from diraccodec.batch.jobs import DRC_SUFFIX, BatchSettings, Job, JobResult, plan_jobs, run_job
+from diraccodec.batch.jobs import DRC_SUFFIX, BatchSettings, Job, JobResult, check_settings, plan_jobs, run_job
 from diraccodec.batch.local import default_workers, run_batch
 from diraccodec.batch.ray_cluster import run_batch_on_ray
 
@@ -18,6 +18,7 @@ __all__ = [
     "BatchSettings",
     "Job",
     "JobResult",
+    "check_settings",
     "default_workers",
     "plan_jobs",
     "run_batch",

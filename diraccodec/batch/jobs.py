@@ -26,6 +26,9 @@ DRC_SUFFIX = ".drc"
 
 @dataclass(frozen=True)
 class BatchSettings:
+    """The options every file of a batch is converted with (the API's arguments), sent to each
+    worker with its jobs."""
+
     quality: float = DEFAULT_QUALITY
     steps: int | None = None
     seed: int | None = None
@@ -47,6 +50,8 @@ class BatchSettings:
 
 @dataclass(frozen=True)
 class Job:
+    """One file's conversion: where it comes from and where its output goes."""
+
     source: Location  # a Path, or a URI string (see diraccodec.batch.storage)
     target: Location
     # another input that converts to the same output (photo.png and photo.jpg): this one fails
@@ -62,6 +67,8 @@ class Job:
 
 @dataclass
 class JobResult:
+    """How one job ended, with its sizes for the batch's summary."""
+
     job: Job
     status: str  # "converted", "skipped" or "failed"
     message: str = ""
@@ -143,6 +150,22 @@ def _inside(destination: Location, source: Location) -> PurePosixPath | None:
         return None
     lower, upper = unquote(below.path).rstrip("/"), unquote(above.path).rstrip("/")
     return PurePosixPath(lower[len(upper):].strip("/")) if lower.startswith(upper + "/") else None
+
+
+def check_settings(settings: BatchSettings, jobs: Iterable[Job], on_ray: bool = False) -> None:
+    """Fail once, before any worker, where every file would fail alike: base weights that do
+    not load, a level out of range for them, and, where a .drc file may decode with steps (asked
+    for, or recommended by the files when diffusion weights are named), diffusion weights
+    missing, for other base weights, or without their restoration filter. For Ray the models
+    load on the CPU: the head node may have no GPU."""
+    from diraccodec import api
+
+    codec = api.get_codec(settings.weights, api.compute_for("cpu" if on_ray else settings.device, settings.exact))
+    if settings.size is None and settings.bpp is None:
+        api.check_quality(settings.quality, codec.num_levels)
+    may_take_steps = settings.steps or (settings.steps is None and settings.diffusion_weights is not None)
+    if may_take_steps and any(not job.encodes for job in jobs):
+        api.restorer_for(api.diffusion_weights_for(codec, settings.diffusion_weights), codec.compute)
 
 
 def run_job(job: Job, settings: BatchSettings) -> JobResult:

@@ -29,6 +29,9 @@ OBJECT_STORES = {"s3", "gcs", "abfs"}
 
 
 class Storage(Protocol):
+    """Where a batch reads and writes: a local disk or a store pyarrow opens, used alike by the
+    jobs (`storage_for` picks one by the location)."""
+
     def files(self, folder: Location) -> list[str]:
         """Every file under `folder`, as relative POSIX paths in the order of a sorted walk."""
 

@@ -345,8 +345,7 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
           exact: bool, no_restore: bool, weights: Path | None, diffusion_weights: Path | None,
           max_pixels: int) -> None:
     """Convert a folder tree: images become .drc files and .drc files become images."""
-    from diraccodec import api
-    from diraccodec.batch import BatchSettings, default_workers, plan_jobs, run_batch
+    from diraccodec.batch import BatchSettings, check_settings, default_workers, plan_jobs, run_batch
     from diraccodec.batch.storage import is_uri, storage_for
     from diraccodec.image.files import check_writable_folder
 
@@ -362,23 +361,16 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
         check_writable_folder(Path(destination))
     elif is_uri(destination):  # a missing bucket or refused credentials: said once, here
         storage_for(destination).exists(destination)
-    # check the options once, before any worker (on the CPU with --ray: the head node may have no GPU)
-    codec = api.get_codec(weights, api.compute_for("cpu" if ray_address is not None else device, exact))
-    if "quality" in rate:
-        api.check_quality(quality, codec.num_levels)
-    settings = BatchSettings(quality if quality is not None else DEFAULT_QUALITY, steps, seed, decoded_suffix,
-                             str(weights.resolve()) if weights else None, overwrite, max_pixels, effort,
-                             rate.get("size"), rate.get("bpp"), detail_map, device, exact, metadata=not strip,
-                             restore=not no_restore,
-                             diffusion_weights=str(diffusion_weights.resolve()) if diffusion_weights else None,
-                             png_compression=png_compression)
+    settings = BatchSettings(
+        quality=rate.get("quality", DEFAULT_QUALITY), size=rate.get("size"), bpp=rate.get("bpp"), effort=effort,
+        detail_map=detail_map, metadata=not strip, steps=steps, seed=seed, restore=not no_restore,
+        decoded_suffix=decoded_suffix, png_compression=png_compression, overwrite=overwrite, device=device,
+        exact=exact, max_pixels=max_pixels, weights=str(weights.resolve()) if weights else None,
+        diffusion_weights=str(diffusion_weights.resolve()) if diffusion_weights else None)
     jobs = plan_jobs(source, destination, settings)
     if not jobs:
         raise DiracError(f"no images or .drc files found under {source}")
-    if any(not job.encodes for job in jobs) and (steps or (steps is None and diffusion_weights is not None)):
-        # missing or wrong ones (or their restoration filter) fail once, not once per file;
-        # without --steps the files' recommendations may ask for them
-        api.restorer_for(api.diffusion_weights_for(codec, diffusion_weights), codec.compute)
+    check_settings(settings, jobs, on_ray=ray_address is not None)
     started = time.monotonic()
     one_line_per_file = not draws_live_bars(console)  # in a log, instead of the bar
     with Progress(*bar_columns(), console=console, transient=False, disable=one_line_per_file) as progress:
@@ -405,6 +397,8 @@ def batch(source: str, destination: str, quality: float | None, size_text: str |
 
 
 def print_summary(results: list[Any], seconds: float) -> None:
+    """The batch's table: files, megabytes and bpp by outcome, then each failure with its
+    reason and the time taken."""
     table = Table(title="dirac batch")
     for column in ("status", "files", "input MB", "output MB", "bpp"):
         table.add_column(column, justify="right" if column != "status" else "left")

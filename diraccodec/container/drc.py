@@ -53,6 +53,9 @@ KNOWN_TAGS = {TAG_LATENTS, TAG_ALPHA, TAG_ICC, TAG_ICC_COMPRESSED, TAG_STEPS, TA
 
 @dataclass
 class DrcFile:
+    """A .drc file's contents: the header's fields, and its sections by tag (the latents, the
+    alpha plane, the metadata...), as `pack` writes them and `unpack` reads them."""
+
     width: int
     height: int
     colour_mode: ColourMode

@@ -353,6 +353,8 @@ def format_percent(value: float | None) -> str:
 
 
 def markdown_table(report: dict) -> str:
+    """A report as Markdown, for docs/results.md: the command that reproduces it first, then
+    each codec's points and the BD-rates."""
     lines = [
         f"Reproduce: `{report['command']}` (data: {report['data']}; machine: {report['machine']})",
         "",
