@@ -278,9 +278,11 @@ def test_an_image_without_pixels_is_refused():
 def test_size_texts_use_decimal_and_binary_units():
     assert [parse_size(text) for text in ("30KB", "30kb", "30 KB", "1.5MB", "2KiB", "512", "512B")] == [
         30_000, 30_000, 30_000, 1_500_000, 2048, 512, 512]
-    for bad in ("30XB", "KB", "-3KB", "0"):
-        with pytest.raises(DiracError):
+    for bad in ("30XB", "KB", "-3KB"):
+        with pytest.raises(DiracError, match=rf"^--size takes a number with an optional unit \(B, KB, .*got '{bad}'$"):
             parse_size(bad)
+    with pytest.raises(DiracError, match=r"^--size must be at least 1 byte, got '0'$"):
+        parse_size("0")
     with pytest.raises(DiracError, match="--size is too large"):  # float() of 400 digits is infinite
         parse_size("9" * 400 + "KB")
     with pytest.raises(DiracError, match=r"at least 1 byte, got '0.5' \(whole bytes\)$"):
@@ -510,8 +512,10 @@ def test_text_given_as_a_file_or_path_is_not_echoed_and_a_file_opened_for_a_refu
     small_image.save(tmp_path / "a.png")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for path, options in ((tmp_path / "a.drc", {}), (tmp_path / "a.png", {"max_pixels": 10})):
-            with pytest.raises(DiracError):
+        for path, options, refusal in (
+                (tmp_path / "a.drc", {}, r"a\.drc is a \.drc file already: decode it"),
+                (tmp_path / "a.png", {"max_pixels": 10}, r"a\.png of 96x80 exceeds the limit of 10 pixels$")):
+            with pytest.raises(DiracError, match=refusal):  # refused once the file is open
                 diraccodec.encode(path, 2, **options)
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]

@@ -53,20 +53,23 @@ def test_levels_below_0_are_signed_in_version_4_alone():
 
 
 @pytest.mark.parametrize(
-    ("mutate", "error"),
+    ("mutate", "error", "message"),
     [
-        (lambda d: b"PNG\x00" + d[4:], NotADrcFileError),
-        (lambda d: b"", NotADrcFileError),
-        (lambda d: d[:10], TruncatedFileError),
-        (lambda d: d[:-7], TruncatedFileError),
-        (lambda d: d[:35] + bytes([d[35] ^ 0x40]) + d[36:], CorruptFileError),
-        (lambda d: d[:4] + b"\x07" + d[5:], UnsupportedVersionError),
+        (lambda d: b"PNG\x00" + d[4:], NotADrcFileError, r"not a \.drc file \(bad magic bytes\)"),
+        (lambda d: b"", NotADrcFileError, r"not a \.drc file \(it is empty\)"),
+        (lambda d: d[:10], TruncatedFileError, r"truncated \.drc file \(header incomplete\)"),
+        (lambda d: d[:-7], TruncatedFileError, r"truncated or corrupt \.drc file \(section header past the end"),
+        (lambda d: d[:35] + bytes([d[35] ^ 0x40]) + d[36:], CorruptFileError,
+         r"corrupt \.drc file \(checksum mismatch\)"),
+        (lambda d: d[:4] + b"\x07" + d[5:], UnsupportedVersionError, r"unsupported \.drc format version 7 "),
     ],
     ids=["magic", "empty", "header", "cut", "bitflip", "version"],
 )
-def test_malformed_files_are_refused(mutate, error):
-    with pytest.raises(error):
+def test_malformed_files_are_refused(mutate, error, message):
+    """Each damage by its own error (a subclass is another answer: a flipped bit is no cut-off file)."""
+    with pytest.raises(error, match=rf"^{message}") as raised:
         drc.unpack(mutate(drc.pack(example())))
+    assert type(raised.value) is error
 
 
 def test_unknown_critical_section_needs_newer_decoder_but_optional_is_skipped():

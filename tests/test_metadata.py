@@ -275,8 +275,12 @@ def test_exif_read_in_part_is_kept_with_a_warning(small_image):
         warnings.simplefilter("always")
         exif = read_metadata(image).exif
     said = [str(warning.message) for warning in caught]
-    if exif:  # newer Pillows read the part they can
-        assert dict(parsed(exif)) == {MAKE: "Cam"}
+    pillows_reading = Image.Exif()  # what this Pillow makes of the bytes itself decides which loss is due
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pillows_reading.load(image.info["exif"])
+    if len(pillows_reading):  # newer Pillows read the part they can
+        assert exif is not None and dict(parsed(exif)) == {MAKE: "Cam"}
         assert any(re.match(r"EXIF carried in part: some of it cannot be read \(.*270", text) for text in said), said
     else:  # Pillow 11.3 gives the whole up
         assert any(text.startswith("EXIF left out: it cannot be read") for text in said), said

@@ -161,8 +161,9 @@ def test_bad_options_raise_invalid_option_error(small_image, small_drc: bytes, t
 
 def test_damaged_files_raise_the_typed_errors(small_image, small_drc: bytes):
     flipped = small_drc[:40] + bytes([small_drc[40] ^ 1]) + small_drc[41:]
-    with pytest.raises(CorruptFileError, match="checksum"):
+    with pytest.raises(CorruptFileError, match=r"^corrupt \.drc file \(checksum mismatch\)$") as raised:
         opened(flipped)
+    assert type(raised.value) is CorruptFileError  # not a TruncatedFileError, its subclass
     with pytest.raises(TruncatedFileError):
         opened(small_drc[: len(small_drc) // 2])
     with pytest.raises(TruncatedFileError):

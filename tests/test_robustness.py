@@ -138,7 +138,7 @@ def test_every_pillow_mode_encodes_and_decodes(small_image, mode):
     assert decoded.mode == decoded_mode and decoded.size == small_image.size
     if mode not in ("1",):  # 1-bit input is binary noise to a photo codec; size and mode suffice
         expected = image.convert(decoded_mode) if mode not in ("I;16", "I", "F") else small_image.convert("L")
-        assert psnr(expected.convert("RGB"), decoded.convert("RGB")) > 18
+        assert psnr(expected.convert("RGB"), decoded.convert("RGB")) > 27  # 29.8-33.8 dB; 8x8 flat blocks: 20-21
 
 
 def test_alpha_premultiplied_modes_decode_with_their_alpha_and_straight_colours(small_image):
@@ -147,7 +147,7 @@ def test_alpha_premultiplied_modes_decode_with_their_alpha_and_straight_colours(
     for image, decoded_mode in ((straight.convert("RGBa"), "RGBA"), (straight.convert("LA").convert("La"), "LA")):
         decoded = diraccodec.decode(diraccodec.encode(image, 6))
         assert decoded.mode == decoded_mode and set(np.asarray(decoded)[..., -1].ravel()) == {128}
-        assert psnr(straight.convert(decoded_mode).convert("RGB"), decoded.convert("RGB")) > 18
+        assert psnr(straight.convert(decoded_mode).convert("RGB"), decoded.convert("RGB")) > 29  # 32.0, 33.7 dB
 
 
 def test_a_16_bit_grey_png_with_alpha_stays_grey(tmp_path):
@@ -1215,7 +1215,7 @@ def test_names_that_differ_in_case_alone_are_one_output_on_macos_and_windows(tmp
         shutil.copy(source / "Photo.png", source / "out" / f"{earlier}.png")
     monkeypatch.setattr(sys, "platform", "darwin")
     jobs = plan_jobs(source, source / "OUT", BatchSettings(quality=3))
-    assert not any("out" in Path(job.source).parent.name.lower() or job.replaces_source for job in jobs)
+    assert jobs and not any("out" in Path(job.source).parent.name.lower() or job.replaces_source for job in jobs)
 
 
 def test_a_pool_on_windows_has_at_most_its_61_workers(monkeypatch, small_image, tmp_path):
