@@ -189,7 +189,10 @@ def test_a_worker_killed_mid_write_leaves_no_temporary_file(tmp_path, five_photo
     monkeypatch.setattr(local, "run_job", killed_in_its_first_write_of_a)
     settings = BatchSettings(quality=1, effort=1)
     results = run_batch(plan_jobs(source, destination, settings), settings, workers, on_result=lambda result: None)
-    assert sorted((Path(r.job.source).stem, r.status) for r in results) == [(name, "converted") for name in NAMES]
+    outcomes = {Path(r.job.source).stem: (r.status, r.message) for r in results}
+    assert sorted(outcomes) == NAMES and len(results) == len(NAMES) and outcomes.pop("a") == ("converted", "")
+    # a file written just before a's worker died, its result not yet read, goes again and finds its output
+    assert all(outcome in (("converted", ""), ("skipped", "output exists")) for outcome in outcomes.values()), outcomes
     assert (tmp_path / "a-was-killed").exists()  # a's first worker was killed
     assert sorted(p.name for p in destination.iterdir()) == [f"{name}.drc" for name in NAMES]
 

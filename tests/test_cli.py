@@ -869,6 +869,26 @@ def test_decoding_alpha_to_jpeg_fails_before_the_decode(tmp_path: Path, small_im
     assert calls == [] and not output.exists()
 
 
+def test_an_image_wider_than_webp_holds_fails_before_the_decode(tmp_path: Path, sample_image: Image.Image,
+                                                                monkeypatch):
+    """libwebp holds sides of at most 16383 pixels (Pillow raises a ValueError past them): the
+    file's header says so before any decode, in one line, and a batch fails that file alone."""
+    from diraccodec import api
+    from diraccodec.batch import BatchSettings, Job, run_job
+
+    source = tmp_path / "wide.drc"
+    source.write_bytes(diraccodec.encode(sample_image.resize((16384, 1)), 1, effort=1))
+    calls = []
+    monkeypatch.setattr(api, "decode", lambda *arguments, **options: calls.append(arguments))
+    output = tmp_path / "wide.webp"
+    expected = "WEBP holds images of at most 16383 pixels a side, not 16384x1: write .png instead"
+    result = CliRunner().invoke(main, ["decode", str(source), "-o", str(output)])
+    assert (result.exit_code, result.output) == (2, f"dirac: error: {expected}\n")
+    failed = run_job(Job(source, output), BatchSettings())
+    assert (failed.status, failed.message) == ("failed", expected)
+    assert calls == [] and not output.exists()
+
+
 def test_batch_with_a_level_out_of_range_fails_once_before_any_file(tmp_path: Path, small_image: Image.Image,
                                                                    monkeypatch):
     """A bad -q is the batch's mistake, not each file's: one line, status 2, and no file converted or written."""
@@ -956,3 +976,23 @@ def test_a_command_s_own_failure_keeps_its_status_where_its_text_cannot_be_writt
                                   stderr=subprocess.PIPE, text=True, cwd=ROOT, env=buffered, timeout=120)
         assert done.returncode == status and done.stderr.endswith(full), done.stderr
         assert "Traceback" not in done.stderr and (f"{broken}: " in done.stderr) == (status == 1)
+
+
+def test_an_encoded_file_that_does_not_read_back_is_never_written(tmp_path: Path, small_image: Image.Image,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    """The encoder's file is read back before it replaces anything: one no decoder reads (a
+    fault of the encoder's) fails the file, and the output, or a batch's, stays as it was."""
+    from diraccodec import api
+    from diraccodec.batch import BatchSettings, Job, run_job
+
+    good = api.encode(small_image, 2, effort=1)
+    monkeypatch.setattr(api, "encode", lambda *arguments, **options: good[:-1] + bytes([good[-1] ^ 1]))
+    small_image.save(tmp_path / "photo.png")
+    output = tmp_path / "photo.drc"
+    output.write_bytes(b"before")
+    result = CliRunner().invoke(main, ["encode", str(tmp_path / "photo.png"), "-q", "2", "-o", str(output)])
+    assert result.exit_code == 2 and "checksum mismatch" in result.output, result.output
+    assert output.read_bytes() == b"before"
+    failed = run_job(Job(tmp_path / "photo.png", tmp_path / "out" / "photo.drc"), BatchSettings(quality=2))
+    assert failed.status == "failed" and "checksum mismatch" in failed.message
+    assert not (tmp_path / "out").exists()

@@ -307,3 +307,32 @@ def test_exif_xmp_and_a_profile_are_stored_at_zlibs_highest_compression(small_im
         part = zlib.decompress(stored)
         assert stored == zlib.compress(part, 9) and stored[1] >> 6 == 3, tag  # FLEVEL 3: the smallest form
         assert len(stored) == min(len(zlib.compress(part, level)) for level in range(10)), tag
+
+
+@pytest.mark.parametrize("part", ["exif", "xmp", "icc_profile"])
+def test_a_part_longer_than_a_decoder_inflates_is_left_out_with_a_warning(small_image, part):
+    """A part over the 16 MiB a decoder inflates would make a file every decoder refuses as
+    corrupt: the encoder leaves it out, says so, and the file decodes."""
+    from diraccodec.image.profiles import MAX_PROFILE_BYTES
+
+    assert MAX_PROFILE_BYTES == MAX_METADATA_BYTES == 16 << 20
+    image, description = small_image.copy(), "d" * (MAX_METADATA_BYTES + 1)
+    if part == "exif":
+        tags = Image.Exif()
+        tags[0x010E] = description  # ImageDescription
+        image.info["exif"] = tags.tobytes()
+    else:
+        image.info[part] = description.encode()
+    name = {"exif": "EXIF", "xmp": "XMP", "icc_profile": "ICC profile"}[part]
+    with pytest.warns(UserWarning, match=rf"^{name} left out: 16,777,2\d\d bytes, more than a \.drc file holds "
+                                         r"\(16 MiB\)"):
+        data = diraccodec.encode(image, 2, effort=1)
+    info = diraccodec.inspect(data)
+    assert info.header.metadata == Metadata() and info.header.icc_profile is None
+    assert diraccodec.decode(data).size == small_image.size
+    image.info[part] = image.info[part][: MAX_METADATA_BYTES - 4096] if part != "exif" else None  # fits: kept
+    if part != "exif":
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            kept = diraccodec.inspect(diraccodec.encode(image, 2, effort=1)).header
+        assert (kept.metadata.xmp if part == "xmp" else kept.icc_profile) == image.info[part]

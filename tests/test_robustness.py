@@ -215,6 +215,23 @@ def test_an_empty_file_is_called_empty(tmp_path):
         diraccodec.encode(tmp_path / "text.png", 3)
 
 
+def test_a_device_or_a_pipe_is_not_called_empty_and_a_pipe_is_read_once(tmp_path):
+    """Their size reads as 0 whatever they hold; and a pipe whose bytes were read cannot be
+    opened again to name their kind (the open would wait for a writer for ever)."""
+    import threading
+
+    with pytest.raises(ImageReadError, match=r"^cannot read image: /dev/zero is not an image format Pillow knows$"):
+        diraccodec.encode("/dev/zero", 3)
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=pipe.write_bytes, args=(b"\x89PNG\r\n\x1a\n but cut short",), daemon=True)
+    writer.start()
+    with pytest.raises(ImageReadError, match=r"pipe\.png is not an image format Pillow knows$"):
+        diraccodec.encode(pipe, 3)
+    writer.join(timeout=5)
+    assert not writer.is_alive()
+
+
 TEMPORARY = re.compile(r"\.\d\.drc\.\d+-[0-9a-f]{12}\.part")  # write_atomic's temporary for one of the outputs
 
 
@@ -825,15 +842,23 @@ def test_suffixes_are_known_in_any_case(tmp_path, small_image):
     assert [image_format_for(Path(name)) for name in ("OUT.PNG", "x.JPG", "y.Tif")] == ["PNG", "JPEG", "TIFF"]
 
 
-def test_alpha_is_refused_where_the_format_cannot_hold_it():
+def test_alpha_and_sides_are_refused_where_the_format_cannot_hold_them():
     from diraccodec.errors import OutputWriteError
-    from diraccodec.image.files import check_alpha_fits
+    from diraccodec.image.files import check_image_fits
 
     for image_format in ("JPEG", "BMP"):
         with pytest.raises(OutputWriteError, match=f"^{image_format} cannot hold an alpha channel"):
-            check_alpha_fits(image_format, has_alpha=True)
-        check_alpha_fits(image_format, has_alpha=False)
-    check_alpha_fits("PNG", has_alpha=True)
+            check_image_fits(image_format, 8, 8, has_alpha=True)
+        check_image_fits(image_format, 8, 8, has_alpha=False)
+    check_image_fits("PNG", 8, 8, has_alpha=True)
+    for image_format, most in (("WEBP", 16383), ("JPEG", 65500)):  # libwebp's and libjpeg's limits
+        check_image_fits(image_format, most, 1, has_alpha=False)
+        for width, height in ((most + 1, 1), (1, most + 1)):
+            with pytest.raises(OutputWriteError, match=rf"^{image_format} holds images of at most {most} pixels a "
+                                                       rf"side, not {width}x{height}: write \.png instead$"):
+                check_image_fits(image_format, width, height, has_alpha=False)
+    check_image_fits("PNG", 100_000, 1, has_alpha=False)
+    check_image_fits("TIFF", 100_000, 1, has_alpha=False)
 
 
 def test_a_store_folder_is_inside_another_only_below_its_path():

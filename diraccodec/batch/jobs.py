@@ -172,7 +172,7 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
     """Convert one file, in the process of whichever worker runs it (local or Ray): every
     failure becomes the job's result, named, so that one bad file never stops the batch."""
     from diraccodec import api
-    from diraccodec.image.files import image_bytes, image_format_for
+    from diraccodec.image.files import check_image_fits, image_bytes, image_format_for
 
     if job.same_output_as is not None:
         return JobResult(job, "failed", f"converts to the same output as {job.same_output_as}; rename one of them")
@@ -190,13 +190,16 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
                                  steps=settings.steps, detail_map=settings.detail_map, weights=settings.weights,
                                  device=settings.device, max_pixels=settings.max_pixels, label=str(job.source),
                                  metadata=settings.metadata)
+            info = api.inspect(encoded, settings.max_pixels)  # before the write, as `dirac encode` does
             target.write_atomic(job.target, encoded)
-            info = api.inspect(encoded, settings.max_pixels)
             return JobResult(job, "converted", "", len(data), len(encoded), info.header.pixels)
+        image_format = image_format_for(Path(path_of(job.target)))
+        header = api.inspect(data, settings.max_pixels).header
+        check_image_fits(image_format, header.width, header.height, header.colour_mode.has_alpha)  # before the work
         image = api.decode(data, settings.steps, settings.seed, weights=settings.weights,
                            diffusion_weights=settings.diffusion_weights, device=settings.device, exact=settings.exact,
                            max_pixels=settings.max_pixels, restore=settings.restore)
-        output = image_bytes(image, image_format_for(Path(path_of(job.target))), settings.png_compression)
+        output = image_bytes(image, image_format, settings.png_compression)
         target.write_atomic(job.target, output)
         return JobResult(job, "converted", "", len(data), len(output), image.width * image.height)
     except LimitExceededError as error:

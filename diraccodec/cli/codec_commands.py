@@ -134,8 +134,8 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
         data = api.encode(image, **rate, effort=effort, steps=recommended_steps, detail_map=detail_map,
                           device=device, weights=weights, max_pixels=max_pixels, progress=searched,
                           metadata=not strip, label=shown_name(source, "standard input"))
+    info = api.inspect(data, max_pixels)  # before the write: a file no decoder reads replaces nothing
     write_output(output, data)
-    info = api.inspect(data, max_pixels)
     console.print(one_line(f"{shown_name(output, 'standard output')}: {len(data)} bytes, "
                            f"{info.bits_per_pixel:.4f} bpp, level {info.header.quality:g}"))
 
@@ -166,12 +166,13 @@ def decode(source: Path, output: Path, format_suffix: str | None, png_compressio
     """Decompress a .drc file into an image ("-": standard input, or standard output)."""
     from diraccodec import api
     from diraccodec.container import drc
-    from diraccodec.image.files import check_alpha_fits, image_bytes, written_mode
+    from diraccodec.image.files import check_image_fits, image_bytes, written_mode
 
     check_output(output, source)  # a bad output fails now, not after the work
     image_format = output_format(output, format_suffix)
     data = read_drc_source(source)
-    check_alpha_fits(image_format, drc.unpack(data, max_pixels).colour_mode.has_alpha)  # before the decode too
+    header = drc.unpack(data, max_pixels)
+    check_image_fits(image_format, header.width, header.height, header.colour_mode.has_alpha)  # before the decode
     with progress_bar("decoding") as decoded:
         image = api.decode(data, steps, seed, weights=weights, diffusion_weights=diffusion_weights, device=device,
                            exact=exact, max_pixels=max_pixels, restore=not no_restore, progress=decoded)

@@ -396,11 +396,22 @@ def image_format_for(path: Path) -> str:
         raise OutputWriteError(f"cannot write {path}: unknown image suffix (use one of {known})") from None
 
 
-def check_alpha_fits(image_format: str, has_alpha: bool) -> None:
-    """JPEG has no alpha, and BMP's 32-bit pixels none that readers agree on (Pillow reads
-    them back as RGB): an image with alpha is refused there rather than written without it."""
+# The longest side an output format holds (libwebp's limit, libjpeg's); PNG, TIFF and BMP hold
+# any image within the pixel limit
+MOST_PIXELS_A_SIDE = {"WEBP": 16383, "JPEG": 65500}
+
+
+def check_image_fits(image_format: str, width: int, height: int, has_alpha: bool) -> None:
+    """Refuse an image the format cannot hold, before any work where the caller knows the size
+    from a file's header. JPEG has no alpha, and BMP's 32-bit pixels none that readers agree
+    on (Pillow reads them back as RGB): an image with alpha is refused there rather than written
+    without it. WebP and JPEG hold sides of at most 16383 and 65500 pixels."""
     if has_alpha and image_format in ("JPEG", "BMP"):
         raise OutputWriteError(f"{image_format} cannot hold an alpha channel: write .png instead")
+    most = MOST_PIXELS_A_SIDE.get(image_format)
+    if most is not None and max(width, height) > most:
+        raise OutputWriteError(f"{image_format} holds images of at most {most} pixels a side, not {width}x{height}: "
+                               f"write .png instead")
 
 
 def image_bytes(image: Image.Image, image_format: str, png_compression: int = DEFAULT_PNG_COMPRESSION) -> bytes:
@@ -418,7 +429,7 @@ def image_bytes(image: Image.Image, image_format: str, png_compression: int = DE
                           f"{image_format} output, which holds none: viewers show its colours as sRGB "
                           f"(write PNG, TIFF, WebP or JPEG to keep it)", UserWarning, stacklevel=2)
         options["icc_profile"] = image.info["icc_profile"]
-    check_alpha_fits(image_format, image.mode in ("RGBA", "LA"))
+    check_image_fits(image_format, image.width, image.height, image.mode in ("RGBA", "LA"))
     if image_format == "JPEG":
         options |= {"quality": 100, "subsampling": 0}  # full-resolution chroma: Pillow halves it otherwise
     if image_format == "WEBP":

@@ -86,7 +86,18 @@ def read_metadata(image: Image.Image) -> Metadata:
     exif = image.info.get("exif") or (tiff_exif(image) if image.format == "TIFF" else None)
     if isinstance(exif, Image.Exif):  # as Pillow's writers take it
         exif = exif.tobytes()
-    return Metadata(_rewritten_exif(info_bytes("exif", exif)), info_bytes("xmp", xmp))
+    return Metadata(held(_rewritten_exif(info_bytes("exif", exif)), MAX_METADATA_BYTES, "EXIF"),
+                    held(info_bytes("xmp", xmp), MAX_METADATA_BYTES, "XMP"))
+
+
+def held(part: bytes | None, limit: int, name: str, left_out: str = "") -> bytes | None:
+    """`part`, or None with a warning where it is longer than a decoder inflates (`limit`): a
+    file carrying it would be refused as corrupt by every decoder, this one too."""
+    if part is not None and len(part) > limit:
+        warnings.warn(f"{name} left out: {len(part):,} bytes, more than a .drc file holds ({limit >> 20} MiB)"
+                      f"{left_out}", UserWarning, stacklevel=2)
+        return None
+    return part
 
 
 def tiff_exif(image: Image.Image) -> bytes | None:

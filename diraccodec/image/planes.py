@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import struct
 import warnings
 import zlib
@@ -28,12 +29,13 @@ from diraccodec.image.metadata import (
     PILLOW_SETTINGS,
     Metadata,
     attach,
+    held,
     info_bytes,
     pillow_reads_whole_metadata,
     read_metadata,
     tiff_exif,
 )
-from diraccodec.image.profiles import colour_space
+from diraccodec.image.profiles import MAX_PROFILE_BYTES, colour_space
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -78,11 +80,15 @@ def images_in(folder: Path, recursive: bool = False) -> list[Path]:
 
 
 def _is_empty(source: str | Path | bytes) -> bool:
-    """Whether the input has no bytes at all (a failed download, a truncated copy)."""
+    """Whether the input has no bytes at all (a failed download, a truncated copy); a device
+    or a pipe, whose size reads as 0 (/dev/zero), is not called so."""
+    if isinstance(source, bytes):
+        return len(source) == 0
     try:
-        return len(source) == 0 if isinstance(source, bytes) else Path(source).stat().st_size == 0
+        status = Path(source).stat()
     except OSError:
         return False
+    return stat.S_ISREG(status.st_mode) and status.st_size == 0
 
 
 def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = None) -> Image.Image:
@@ -199,6 +205,8 @@ def format_by_signature(source: str | Path | bytes) -> str | None:
     try:
         if isinstance(source, bytes):
             start = source[:16]
+        elif not stat.S_ISREG(os.stat(source).st_mode):  # a pipe read once already cannot be read again
+            return None
         else:
             with open(source, "rb") as file:
                 start = file.read(16)
@@ -313,6 +321,7 @@ def image_to_planes(image: Image.Image, with_metadata: bool = True, label: str =
     The profile is kept where it describes the planes' colours: one of another colour space
     (CMYK, Lab ...) no longer does once the pixels are converted to RGB or grey."""
     planes = _planes(image, with_metadata, label)
+    planes.icc_profile = held(planes.icc_profile, MAX_PROFILE_BYTES, "ICC profile", " (its colours are read as sRGB)")
     space = colour_space(planes.icc_profile)  # bytes that are no profile are kept as they came
     if space is not None and space != _PROFILE_SPACES[planes.colour_mode]:
         planes.icc_profile = None
