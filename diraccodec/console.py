@@ -3,7 +3,9 @@ progress bars of one look."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
@@ -14,11 +16,30 @@ from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextCol
 Item = TypeVar("Item")
 
 
+class _StandardError:
+    """Standard error as it is at each write (a caller may replace sys.stderr), where a write
+    that fails (a full disk, /dev/full, a closed pipe) loses that message alone: progress and
+    reports must not stop the work they describe, whose result the exit status still gives."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stderr.write(text)
+        except OSError:
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            sys.stderr.flush()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(sys.stderr, name)
+
+
 def plain_console(console: Console | None = None) -> Console:
     """The console given, or one on stderr that prints file names as they are: no rich markup
     read into a name that holds "[/x]", and no line broken inside a name, so that a log keeps
-    each path whole for grep."""
-    return console or Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+    each path whole for grep. A message that cannot be written is lost, not an error."""
+    return console or Console(file=_StandardError(), highlight=False, markup=False, soft_wrap=True)
 
 
 def draws_live_bars(console: Console) -> bool:

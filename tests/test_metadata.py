@@ -286,6 +286,17 @@ def test_exif_read_in_part_is_kept_with_a_warning(small_image):
         assert any(text.startswith("EXIF left out: it cannot be read") for text in said), said
 
 
+def test_a_jpegs_corrupt_exif_is_one_warning(small_image):
+    """Pillow complains of it as it opens the JPEG (reading the resolution from it), and the
+    metadata's reading says it is left out: the user hears it once."""
+    corrupt = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff" + bytes(20)  # 65535 entries, 20 bytes of them
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        diraccodec.encode(saved_as(small_image, "JPEG", exif=corrupt), 2, effort=1)
+    said = [str(warning.message) for warning in caught]
+    assert len(said) == 1 and said[0].startswith("EXIF left out: it cannot be read (Corrupt EXIF data."), said
+
+
 def test_exif_that_pillow_raises_on_is_left_out_with_a_warning(small_image):
     """Pillow raises, rather than warns, on EXIF without a TIFF header: that loss must be said too."""
     image = small_image.crop((0, 0, 8, 8))

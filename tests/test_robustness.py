@@ -873,13 +873,16 @@ def test_a_store_folder_is_inside_another_only_below_its_path():
     assert inside("s3://b/in/out", "s3://c/in") is None
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def low_depth_grey_png(levels: np.ndarray, depth: int, transparent: int) -> bytes:
     """A grey PNG of 2 or 4 bits per sample (which Pillow cannot write), one level marked
     transparent (tRNS in the file's depth)."""
     import struct
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     height, width = levels.shape
     per_byte = 8 // depth
@@ -888,9 +891,28 @@ def low_depth_grey_png(levels: np.ndarray, depth: int, transparent: int) -> byte
     grouped = padded.reshape(height, -1, per_byte).astype(np.uint16)
     packed = sum(grouped[:, :, i] << (8 - depth * (i + 1)) for i in range(per_byte)).astype(np.uint8)
     rows = b"".join(b"\0" + row.tobytes() for row in packed)  # each row with filter type 0
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0))
-            + chunk(b"tRNS", struct.pack(">H", transparent)) + chunk(b"IDAT", zlib.compress(rows))
-            + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0))
+            + png_chunk(b"tRNS", struct.pack(">H", transparent)) + png_chunk(b"IDAT", zlib.compress(rows))
+            + png_chunk(b"IEND", b""))
+
+
+def test_a_16_bit_rgb_pngs_transparent_colour_is_matched_in_its_high_bytes():
+    """Pillow gives a 16-bit RGB PNG's samples as their high bytes and its tRNS colour in 16
+    bits: a colour with every channel under 256 is the pixels whose high bytes are 0, not an
+    8-bit colour (which here is the high bytes of another pixel)."""
+    import struct
+
+    values = np.full((6, 8, 3), 40_000, dtype=np.uint16)
+    values[0, 0] = (1, 2, 3)  # the transparent colour
+    values[5, 5] = (256, 512, 768)  # high bytes 1, 2, 3
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in values)
+    png = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 6, 16, 2, 0, 0, 0))
+           + png_chunk(b"tRNS", struct.pack(">HHH", 1, 2, 3)) + png_chunk(b"IDAT", zlib.compress(rows))
+           + png_chunk(b"IEND", b""))
+    decoded = diraccodec.decode(diraccodec.encode(png, 2, effort=1))
+    clear = np.zeros((6, 8), bool)
+    clear[0, 0] = True
+    assert decoded.mode == "RGBA" and np.array_equal(np.asarray(decoded.getchannel("A")) == 0, clear)
 
 
 @pytest.mark.parametrize("depth", [2, 4])
@@ -1042,6 +1064,24 @@ def test_standard_streams_that_are_closed_or_full_are_one_line_errors(tmp_path, 
     piped = f"cat {tmp_path / 'a.png'} | {command} encode /dev/stdin -q 2 -e 1 -o {tmp_path / 'c.drc'}"
     result = subprocess.run(["bash", "-c", piped], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0 and (tmp_path / "c.drc").exists(), result.stderr
+
+
+def test_a_standard_error_that_cannot_be_written_stops_no_work_and_keeps_the_status(tmp_path, small_image):
+    """Progress, reports and errors on a full standard error are lost, not faults: a batch
+    converts every file (it stopped after the first), and an error's status stays 2 (it was 1)."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for index in range(3):
+        small_image.rotate(90 * index).save(source / f"{index}.png")
+    command = f"{sys.executable} -m diraccodec.cli"
+    for shell, status in ((f"{command} batch {source} {tmp_path / 'out'} -q 2 -e 1 -j 1 2>/dev/full", 0),
+                          (f"{command} encode {source / '0.png'} -q 2 -o {tmp_path / 'a.drc'} 2>/dev/full", 0),
+                          (f"{command} encode {tmp_path / 'missing.png'} -q 2 -o {tmp_path / 'b.drc'} 2>/dev/full", 2),
+                          (f"{command} encode {source / '0.png'} --no-such-option 2>/dev/full", 2)):
+        result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert result.returncode == status, shell
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.drc", "1.drc", "2.drc"]
+    assert (tmp_path / "a.drc").exists() and not (tmp_path / "b.drc").exists()
 
 
 def test_a_drc_file_given_to_encode_is_refused_and_an_empty_one_is_called_empty(tmp_path, small_image):

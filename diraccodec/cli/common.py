@@ -65,11 +65,18 @@ def sigterm_as_interrupt() -> Iterator[None]:
         _sigterm_came.clear()
 
 
+def say(line: str) -> None:
+    """A line on standard error. Where it cannot be written (a full disk, /dev/full, a closed
+    pipe) the line is lost and the command goes on: its exit status still says how it ended."""
+    with contextlib.suppress(OSError):
+        click.echo(line, err=True)
+
+
 def report_interruption(interruption: BaseException) -> NoReturn:
     """One line, and the status a shell gives a process ended by that signal."""
     terminated = _sigterm_came.is_set() or isinstance(interruption, Terminated) or \
         isinstance(interruption.__cause__, Terminated)
-    click.echo("dirac: terminated" if terminated else INTERRUPTED_LINE, err=True)
+    say("dirac: terminated" if terminated else INTERRUPTED_LINE)
     sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
@@ -284,7 +291,7 @@ def report_unwritten_standard_output(failure: OSError, keep_status: bool = False
     Python's complaint at exit that it could not flush; with `keep_status` (the command ended
     with a failure status of its own) the line alone, and the caller's status stands."""
     _quiet_stdout_at_exit()  # the text still buffered would fail again at exit
-    click.echo(f"dirac: error: cannot write standard output: {failure.strerror or failure}", err=True)
+    say(f"dirac: error: cannot write standard output: {failure.strerror or failure}")
     if not keep_status:
         sys.exit(EXIT_USER_ERROR)
 
@@ -307,7 +314,7 @@ def report_error(error: DiracError, with_max_pixels: bool, about: str = "") -> N
     """The error's one line on stderr (after `about`, such as a file's name), with the hint
     to raise the limit where the command has --max-pixels."""
     hint = f" {MAX_PIXELS_HINT}" if isinstance(error, LimitExceededError) and with_max_pixels else ""
-    click.echo(one_line(f"dirac: error: {about}{error}{hint}"), err=True)
+    say(one_line(f"dirac: error: {about}{error}{hint}"))
 
 
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -324,7 +331,7 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except (MemoryError, RuntimeError) as error:
             if not is_out_of_memory(error):
                 raise  # a fault, shown whole
-            click.echo(one_line(f"dirac: error: {out_of_memory_message(error)}"), err=True)
+            say(one_line(f"dirac: error: {out_of_memory_message(error)}"))
             sys.exit(EXIT_SOME_FAILED)
         except KeyboardInterrupt as interruption:
             report_interruption(interruption)

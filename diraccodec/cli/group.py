@@ -13,6 +13,7 @@ from diraccodec.cli.common import (
     EXIT_USER_ERROR,
     report_interruption,
     report_unwritten_standard_output,
+    say,
     sigterm_as_interrupt,
     standard_output_failure,
 )
@@ -59,10 +60,10 @@ class SectionedGroup(click.Group):
         except click.UsageError as error:
             given = kwargs.get("args", args[0] if args else None)  # main(args) or main(args=...)
             path = error.ctx.command_path if error.ctx else self._command_path(given, kwargs.get("prog_name"))
-            click.echo(one_line(f"dirac: error: {error.format_message()} (see: {path} --help)"), err=True)
+            say(one_line(f"dirac: error: {error.format_message()} (see: {path} --help)"))
             sys.exit(EXIT_USER_ERROR)
         except click.ClickException as error:
-            click.echo(one_line(f"dirac: error: {error.format_message()}"), err=True)
+            say(one_line(f"dirac: error: {error.format_message()}"))
             sys.exit(error.exit_code)
         except click.exceptions.Abort as interruption:  # click's name for Ctrl-C outside a command
             report_interruption(interruption)

@@ -179,15 +179,26 @@ def _warn_of_own_gamma(image: Image.Image, label: str, stacklevel: int) -> None:
 def _load(image: Image.Image) -> Image.Image:
     """The image with its pixels read (under the caller's _pillow_limit); a 16-bit grey PNG
     with alpha, which Pillow loads as RGBA, as LA, with its info (profile, EXIF, XMP); a 2- or
-    4-bit grey PNG's transparent level in 8 bits, as Pillow gives its samples."""
+    4-bit grey PNG's transparent level in 8 bits, as Pillow gives its samples, and a 16-bit
+    RGB PNG's transparent colour as the high bytes that Pillow gives of its samples."""
     grey_with_alpha, depth_scale = _is_grey_png_with_alpha(image), _low_depth_grey_png_scale(image)
+    sixteen_bit_rgb = image.format == "PNG" and _raw_modes(image) == ["RGB;16B"]
     image.load()
     if grey_with_alpha:
         return image.convert("LA")
     if depth_scale > 1 and isinstance(image.info.get("transparency"), int):
         image = image.copy()  # the caller's keeps its info
         image.info["transparency"] *= depth_scale
+    if sixteen_bit_rgb and isinstance(image.info.get("transparency"), tuple):
+        image = image.copy()
+        image.info["transparency"] = tuple(value >> 8 for value in image.info["transparency"])
     return image
+
+
+def _raw_modes(image: Image.Image) -> list[str]:
+    """How an opened, not yet loaded, image's file stores its pixels (Pillow's raw modes),
+    which its mode may not say: Pillow loads some depths and layouts as others."""
+    return [tile[3] for tile in image.tile if len(tile) > 3]
 
 
 def _one_of_several(label: str, image_format: str | None, frames: int, current: int | None) -> str:
@@ -222,8 +233,7 @@ def format_by_signature(source: str | Path | bytes) -> str | None:
 def _is_grey_png_with_alpha(image: Image.Image) -> bool:
     """Whether an opened, not yet loaded, image is a 16-bit grey PNG with alpha, which Pillow
     loads as RGBA (its raw mode says what the file holds): the codec keeps it grey."""
-    return image.format == "PNG" and image.mode == "RGBA" and any(
-        len(tile) > 3 and tile[3] == "LA;16B" for tile in image.tile)
+    return image.format == "PNG" and image.mode == "RGBA" and "LA;16B" in _raw_modes(image)
 
 
 _LOW_DEPTH_GREY_SCALES = {"L;2": 85, "L;4": 17}  # a PNG's raw mode -> what Pillow multiplies its samples by
@@ -235,8 +245,7 @@ def _low_depth_grey_png_scale(image: Image.Image) -> int:
     An image its caller has loaded keeps no tile to tell by: its level stays as Pillow gives it."""
     if image.format != "PNG":
         return 1
-    raw_modes = [tile[3] for tile in image.tile if len(tile) > 3]
-    return next((_LOW_DEPTH_GREY_SCALES[mode] for mode in raw_modes if mode in _LOW_DEPTH_GREY_SCALES), 1)
+    return next((_LOW_DEPTH_GREY_SCALES[mode] for mode in _raw_modes(image) if mode in _LOW_DEPTH_GREY_SCALES), 1)
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -257,12 +266,16 @@ def upright(image: Image.Image) -> Image.Image:
 @contextlib.contextmanager
 def _pillow_limit(max_pixels: int) -> Iterator[None]:
     """Pillow's own size guard moved to `max_pixels` (its error comes at twice that, its warning
-    at once: silenced), and its PNG reader's text limit to the metadata's. Its limits and the
+    at once: silenced), and its PNG reader's text limit to the metadata's; its complaint of
+    corrupt EXIF silenced, said by the metadata's reading. Its limits and the
     warning filters are process-wide: they are changed under the lock that the package's own
     calls take, so other threads' warnings may be lost meanwhile (warnings.catch_warnings is
     process-wide before Python 3.14)."""
     with PILLOW_SETTINGS, warnings.catch_warnings(), pillow_reads_whole_metadata():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Pillow's own complaint of a JPEG's EXIF as it reads the resolution from it: the
+        # metadata's reading says what becomes of that EXIF, once (read_metadata)
+        warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)
         previous_limit = Image.MAX_IMAGE_PIXELS
         try:
             Image.MAX_IMAGE_PIXELS = max_pixels
@@ -365,7 +378,8 @@ def _with_transparent_colour(image: Image.Image, icc: bytes | None, metadata: Me
             all(isinstance(value, int) and 0 <= value <= 0xFFFF for value in colour[:3]):
         values = np.asarray(image)
         # a 16-bit PNG's colour, over pixels Pillow gives as their high bytes (every pixel of that
-        # high byte goes; one whose channels are all under 256 cannot be told from an 8-bit one)
+        # high byte goes). A file opened here has it in high bytes already (_load); of an image a
+        # caller loaded, one whose channels are all under 256 cannot be told from an 8-bit one
         if max(colour[:3]) > 255:
             colour = tuple(value >> 8 for value in colour)
         transparent = (values == np.asarray(colour[:3], dtype=values.dtype)).all(axis=2)
