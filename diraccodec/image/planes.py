@@ -182,7 +182,7 @@ def _load(image: Image.Image) -> Image.Image:
     4-bit grey PNG's transparent level in 8 bits, as Pillow gives its samples, and a 16-bit
     RGB PNG's transparent colour as the high bytes that Pillow gives of its samples."""
     grey_with_alpha, depth_scale = _is_grey_png_with_alpha(image), _low_depth_grey_png_scale(image)
-    sixteen_bit_rgb = image.format == "PNG" and _raw_modes(image) == ["RGB;16B"]
+    sixteen_bit_rgb = image.format == "PNG" and "RGB;16B" in _raw_modes(image)
     image.load()
     if grey_with_alpha:
         return image.convert("LA")
