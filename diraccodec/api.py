@@ -282,6 +282,8 @@ def _bytes_of(data: object) -> bytes | None:
         return memoryview(data).tobytes()
     except TypeError:
         return None
+    except ValueError as error:  # a memoryview released, an mmap closed
+        raise InvalidOptionError(f"cannot read the {type(data).__name__}: {error}") from None
 
 
 def file_bytes(data: bytes | bytearray | memoryview) -> bytes:
@@ -603,9 +605,13 @@ def _image_bytes(image: object) -> bytes:
     if isinstance(image, io.TextIOBase):
         raise InvalidOptionError("an image file object must be open in binary mode ('rb'), not text")
     if callable(getattr(image, "read", None)):  # io.BytesIO, an open file
-        if getattr(image, "seekable", lambda: False)():
-            image.seek(0)  # read whole, as Image.open reads one: a buffer just written is at its end
-        data = image.read()
+        try:
+            if getattr(image, "seekable", lambda: False)():
+                image.seek(0)  # read whole, as Image.open reads one: a buffer just written is at its end
+            data = image.read()
+        except (ValueError, OSError) as error:  # closed, or open for writing alone
+            reason = "it is not open for reading" if isinstance(error, io.UnsupportedOperation) else error
+            raise InvalidOptionError(f"cannot read the image file object: {reason}") from None
         if not isinstance(data, bytes | bytearray):
             raise InvalidOptionError(f"an image file object must give bytes, gave {type(data).__name__}")
         return bytes(data)
@@ -749,11 +755,7 @@ class FileInfo:
     @property
     def alpha_payload(self) -> bytes | None:
         """The compressed alpha plane, where the colour mode has alpha (its absence is corrupt)."""
-        if not self.header.colour_mode.has_alpha:
-            return None
-        if drc.TAG_ALPHA not in self.header.sections:
-            raise CorruptFileError("corrupt .drc file (alpha plane missing)")
-        return self.header.sections[drc.TAG_ALPHA]
+        return self.header.alpha_payload
 
     def check_sections(self) -> None:
         """Read the sections that every decode reads before its work (the alpha plane's
@@ -787,6 +789,7 @@ def stream_bytes(data: bytes, *, weights: str | Path | None = None,
     """Read a file's latent stream (no synthesis) and split its bytes between its two parts, the
     hyper-latents (the side information) and the latents, under the base weights that made it."""
     data = file_bytes(data)
+    check_weights_path("weights", weights)
     header = drc.unpack(data, check_max_pixels(max_pixels))
     with model_calls():
         codec = _codec_for_file(header, weights, compute_for("cpu"))

@@ -111,6 +111,7 @@ class DrcImageFile(ImageFile.ImageFile):
         self._data: bytes | None = self.fp.read()
         max_pixels = _decode_defaults.get("max_pixels", drc.DEFAULT_MAX_PIXELS)
         header = drc.unpack(self._data, max_pixels)  # checks the whole file, decodes nothing (and loads no torch)
+        _ = header.alpha_payload  # where the mode has alpha, its plane is there (its contents: on load)
         self._size = (header.width, header.height)
         self._mode = header.colour_mode.name  # RGB, L, RGBA, LA: Pillow's names
         self.info["level"] = header.quality  # not "quality": other writers read that from save(**info)

@@ -499,6 +499,28 @@ def test_a_callers_autocast_changes_neither_files_nor_pixels(small_image):
             assert np.array_equal(np.asarray(diraccodec.decode(data, steps=steps, exact=True)), expected)
 
 
+def test_inputs_that_cannot_be_read_are_refused_by_name(tmp_path, small_image):
+    """A closed file object or buffer, one open for writing, a released memoryview: an
+    InvalidOptionError that says why, not Python's ValueError from deep inside."""
+    small_image.save(tmp_path / "a.png")
+    closed = open(tmp_path / "a.png", "rb")  # noqa: SIM115
+    closed.close()
+    buffer = io.BytesIO((tmp_path / "a.png").read_bytes())
+    buffer.close()
+    with open(tmp_path / "b.png", "wb") as writing:
+        for image, reason in ((closed, "I/O operation on closed file"), (buffer, "I/O operation on closed file"),
+                              (writing, "it is not open for reading")):
+            with pytest.raises(InvalidOptionError, match=rf"^cannot read the image file object: {reason}"):
+                diraccodec.encode(image, 2)
+    released = memoryview(diraccodec.encode(small_image, 2, effort=1))
+    released.release()
+    for call in (diraccodec.decode, diraccodec.inspect, lambda data: diraccodec.encode(data, 2)):
+        with pytest.raises(InvalidOptionError, match=r"^cannot read the memoryview: operation forbidden on released"):
+            call(released)
+    with pytest.raises(InvalidOptionError, match=r"^weights must be a path or None, got 5"):
+        diraccodec.api.stream_bytes(diraccodec.encode(small_image, 2, effort=1), weights=5)
+
+
 def test_text_given_as_a_file_or_path_is_not_echoed_and_a_file_opened_for_a_refusal_is_closed(tmp_path, small_image):
     import gc
     import warnings

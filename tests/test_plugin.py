@@ -168,12 +168,16 @@ def test_damaged_files_raise_the_typed_errors(small_image, small_drc: bytes):
         opened(small_drc[: len(small_drc) // 2])
     with pytest.raises(TruncatedFileError):
         opened(small_drc[:20])
-    # intact container, but the RGBA file's alpha plane is gone: found by the decoder, on load
+    # intact container, but the RGBA file's alpha plane is gone: refused by Image.open, as
+    # inspect refuses it; one whose plane does not inflate, on load, as decode refuses it
     header = drc.unpack(diraccodec.encode(with_alpha(small_image), quality=3))
-    del header.sections[drc.TAG_ALPHA]
+    alpha = header.sections.pop(drc.TAG_ALPHA)
+    with pytest.raises(CorruptFileError, match=r"^corrupt \.drc file \(alpha plane missing\)$"):
+        opened(drc.pack(header))
+    header.sections[drc.TAG_ALPHA] = alpha[: len(alpha) // 2]
     with opened(drc.pack(header)) as image:
         assert image.mode == "RGBA"
-        with pytest.raises(CorruptFileError, match="alpha"):
+        with pytest.raises(CorruptFileError, match="alpha plane"):
             image.load()
 
 

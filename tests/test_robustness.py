@@ -192,6 +192,29 @@ def test_animated_image_encodes_its_first_frame_with_a_warning(small_image):
         diraccodec.encode(pages, 2, effort=1, label="photo.tif")
 
 
+def test_a_file_of_several_frames_is_closed_and_a_tiffs_exif_kept(tmp_path, small_image):
+    """Pillow keeps such a file open to seek its other frames: the encoder closes it (it was
+    left to the garbage collector, a ResourceWarning), and a TIFF's EXIF, which Pillow reads
+    from the file, still goes into the .drc file."""
+    import gc
+
+    tags = Image.Exif()
+    tags[0x010F] = "Cam"  # Make
+    frames = [small_image, small_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "a.tif", save_all=True, append_images=frames[1:], exif=tags)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        files = [diraccodec.encode(tmp_path / name, 2, effort=1) for name in ("a.gif", "a.tif")]
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+    exif = diraccodec.inspect(files[1]).header.metadata.exif
+    assert exif is not None
+    kept = Image.Exif()
+    kept.load(exif)
+    assert kept[0x010F] == "Cam"
+
+
 @pytest.mark.parametrize("size", [(1, 300), (300, 1), (2, 2)])  # 1x1: test_codec
 def test_degenerate_sizes(sample_image, size):
     image = sample_image.resize(size)
@@ -894,6 +917,17 @@ def low_depth_grey_png(levels: np.ndarray, depth: int, transparent: int) -> byte
     return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0))
             + png_chunk(b"tRNS", struct.pack(">H", transparent)) + png_chunk(b"IDAT", zlib.compress(rows))
             + png_chunk(b"IEND", b""))
+
+
+def test_a_palette_image_whose_palette_holds_alpha_keeps_it():
+    """Image.quantize of an RGBA image gives such an image: its alpha is in the palette's
+    entries, not in info["transparency"]."""
+    indices = np.tile(np.arange(2, dtype=np.uint8).repeat(8), (16, 1))
+    image = Image.new("P", (16, 16))
+    image.putdata(indices.ravel().tolist())
+    image.putpalette([0, 0, 0, 0, 255, 255, 255, 255], "RGBA")
+    decoded = diraccodec.decode(diraccodec.encode(image, 3, effort=1))
+    assert decoded.mode == "RGBA" and np.array_equal(np.asarray(decoded.getchannel("A")), np.where(indices, 255, 0))
 
 
 def test_a_16_bit_rgb_pngs_transparent_colour_is_matched_in_its_high_bytes():

@@ -74,6 +74,15 @@ class DrcFile:
         return value[0] if value else None
 
     @property
+    def alpha_payload(self) -> bytes | None:
+        """The compressed alpha plane, where the colour mode has alpha (its absence is corrupt)."""
+        if not self.colour_mode.has_alpha:
+            return None
+        if TAG_ALPHA not in self.sections:
+            raise CorruptFileError("corrupt .drc file (alpha plane missing)")
+        return self.sections[TAG_ALPHA]
+
+    @property
     def icc_profile(self) -> bytes | None:
         """The image's ICC profile, where it has one other than sRGB's (diraccodec.image.profiles)."""
         if payload := self.sections.get(TAG_ICC_COMPRESSED):

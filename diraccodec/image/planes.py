@@ -113,6 +113,9 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
         if frames > 1:
             warnings.warn(_one_of_several(label, image_format, frames, None), UserWarning, stacklevel=2)
         _warn_of_own_gamma(image, label, stacklevel=4)
+        if frames > 1:  # Pillow keeps the file of several frames open, to seek: the frame read goes alone
+            image = _detached(image)
+            opened.close()
         return upright(image)
     except (LimitExceededError, ImageReadError, InvalidOptionError):
         raise
@@ -248,6 +251,15 @@ def _low_depth_grey_png_scale(image: Image.Image) -> int:
     return next((_LOW_DEPTH_GREY_SCALES[mode] for mode in _raw_modes(image) if mode in _LOW_DEPTH_GREY_SCALES), 1)
 
 
+def _detached(image: Image.Image) -> Image.Image:
+    """A copy of a loaded frame that needs its file no more; of a TIFF, whose EXIF Pillow
+    reads from the file, with that EXIF in its info, where other formats keep theirs."""
+    copy = image.copy()
+    if image.format == "TIFF" and "exif" not in image.info and (exif := tiff_exif(image)):
+        copy.info["exif"] = exif
+    return copy
+
+
 def upright(image: Image.Image) -> Image.Image:
     """The image turned as its EXIF orientation says (itself where it needs no turn), the
     orientation taken out of its EXIF: a .drc file holds upright pixels."""
@@ -273,9 +285,9 @@ def _pillow_limit(max_pixels: int) -> Iterator[None]:
     process-wide before Python 3.14)."""
     with PILLOW_SETTINGS, warnings.catch_warnings(), pillow_reads_whole_metadata():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        # Pillow's own complaint of a JPEG's EXIF as it reads the resolution from it: the
-        # metadata's reading says what becomes of that EXIF, once (read_metadata)
-        warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)
+        # Pillow's own complaints of EXIF as it reads a JPEG's resolution from it (its TIFF
+        # reader's): the metadata's reading says what becomes of that EXIF, once (read_metadata)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
         previous_limit = Image.MAX_IMAGE_PIXELS
         try:
             Image.MAX_IMAGE_PIXELS = max_pixels
@@ -347,8 +359,8 @@ def _planes(image: Image.Image, with_metadata: bool, label: str = "the image") -
     if image.mode in _PREMULTIPLIED:  # alpha-premultiplied: the planes hold straight colours
         image = image.convert(_PREMULTIPLIED[image.mode])
     mode = image.mode
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if mode == "P":  # transparency in its info (tRNS), or an alpha in its palette (Image.quantize's of RGBA)
+        image = image.convert("RGBA" if image.has_transparency_data else "RGB")
         mode = image.mode
     if mode == "PA":
         image, mode = image.convert("RGBA"), "RGBA"
