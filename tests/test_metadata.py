@@ -287,20 +287,20 @@ def test_exif_read_in_part_is_kept_with_a_warning(small_image):
         assert any(text.startswith("EXIF left out: it cannot be read") for text in said), said
 
 
-@pytest.mark.parametrize(("exif", "said_first"), [
-    (b"\xff\xff" + bytes(20), "EXIF left out: it cannot be read (Corrupt EXIF data."),  # 65535 entries in 20 bytes
+@pytest.mark.parametrize(("exif", "said"), [
+    (b"\xff\xff" + bytes(20), r"Corrupt EXIF data\."),  # 65535 entries in 20 bytes
     (struct.pack(">H", 1) + struct.pack(">HHII", MAKE, 2, 100, 5000) + bytes(4),  # Make far past the end
-     "EXIF left out: it cannot be read (Tag data larger than file"),
+     r"Tag data larger than file|Truncated File Read"),  # as Pillow 13, 11.3 word it
 ])
-def test_a_jpegs_corrupt_exif_is_one_warning(small_image, exif, said_first):
+def test_a_jpegs_corrupt_exif_is_one_warning(small_image, exif, said):
     """Pillow complains of it as it opens the JPEG (reading the resolution from it), and the
     metadata's reading says what becomes of it: the user hears it once."""
     corrupt = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08" + exif
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         diraccodec.encode(saved_as(small_image, "JPEG", exif=corrupt), 2, effort=1)
-    said = [str(warning.message) for warning in caught]
-    assert len(said) == 1 and said[0].startswith(said_first), said
+    warned = [str(warning.message) for warning in caught]
+    assert len(warned) == 1 and re.match(rf"EXIF left out: it cannot be read \(({said})", warned[0]), warned
 
 
 def test_exif_that_pillow_raises_on_is_left_out_with_a_warning(small_image):
