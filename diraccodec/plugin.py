@@ -80,7 +80,10 @@ def _checked_decode_options(options: dict[str, Any]) -> dict[str, Any]:
     from diraccodec import api
 
     api.check_decode_options(**options)  # where they are set, not at a later load (max_pixels: at Image.open)
-    return dict(options)
+    checked = dict(options)
+    if "max_pixels" in checked:  # read by Image.open's own header check: a Python int (NumPy's overflows there)
+        checked["max_pixels"] = api.check_max_pixels(checked["max_pixels"])
+    return checked
 
 
 def set_decode_options(**options: Any) -> dict[str, Any]:

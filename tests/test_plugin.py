@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -279,6 +280,13 @@ def test_image_open_bounds_the_header_by_the_decode_defaults_max_pixels(small_dr
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # Pillow's own bomb check is not what is tested
     with opened(big) as image:
         assert image.size == (12_000, 10_000)
+    # a NumPy number, as the API takes it: its product with the size would overflow int32
+    plugin.set_decode_options(max_pixels=np.int32(2_000_000_000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with opened(big) as image:
+            assert image.size == (12_000, 10_000)
+    assert type(plugin.set_decode_options()["max_pixels"]) is int
 
 
 def test_a_file_opened_by_path_is_closed_once_loaded(small_drc: bytes, tmp_path: Path):
