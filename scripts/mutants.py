@@ -165,7 +165,7 @@ MUTANTS = (
     mutant("image/planes.py", "            image = _detached(image)\n            opened.close()\n",
            "            pass\n",
            "tests/test_robustness.py::test_a_file_of_several_frames_is_closed_and_a_tiffs_exif_kept"),
-    mutant("image/planes.py", '        copy.info["exif"] = exif\n', "        pass\n",
+    mutant("image/planes.py", '        image.info["exif"] = exif\n', "        pass\n",
            "tests/test_robustness.py::test_a_file_of_several_frames_is_closed_and_a_tiffs_exif_kept"),
     mutant("plugin.py", 'checked["max_pixels"] = api.check_max_pixels(checked["max_pixels"])',
            'checked["max_pixels"] = checked["max_pixels"]',

@@ -93,22 +93,33 @@ def test_a_dying_worker_fails_its_file_alone(tmp_path, five_photos, monkeypatch,
     assert sorted(p.name for p in destination.iterdir()) == ["a.drc", "c.drc", "d.drc", "e.drc"]
 
 
-def dies_on_b_while_a_is_written(job: Job, settings: BatchSettings) -> JobResult:
-    """run_job, but the first write of a's output stalls before its rename, and the worker
-    converting b ends while it does: the pool then stops a's worker in the middle of its write."""
+def stall_in_the_first_write_of_a(job: Job) -> None:
+    """Make the first write of a's output stall before its rename, with a file beside the
+    outputs that says so (not a .drc: no output of the batch's)."""
     import time
 
     from diraccodec.image import files
 
-    writing = Path(job.target).parent / "a-is-being-written"  # not a .drc: no output of the batch's
-    stem = Path(job.source).stem
-    if stem == "b":
-        deadline = time.monotonic() + 60
-        while not writing.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        os._exit(1)
-    if stem == "a" and not writing.exists():
+    writing = Path(job.target).parent / "a-is-being-written"
+    if Path(job.source).stem == "a" and not writing.exists():
         files.os.fsync = lambda descriptor: (writing.touch(), time.sleep(60))  # this worker's os alone
+
+
+def wait_for_a_to_stall(job: Job) -> None:
+    import time
+
+    writing, deadline = Path(job.target).parent / "a-is-being-written", time.monotonic() + 60
+    while not writing.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def dies_on_b_while_a_is_written(job: Job, settings: BatchSettings) -> JobResult:
+    """run_job, but the first write of a's output stalls before its rename, and the worker
+    converting b ends while it does: the pool then stops a's worker in the middle of its write."""
+    if Path(job.source).stem == "b":
+        wait_for_a_to_stall(job)
+        os._exit(1)
+    stall_in_the_first_write_of_a(job)
     return run_job(job, settings)
 
 
@@ -136,17 +147,9 @@ def test_a_worker_stopped_mid_write_leaves_no_temporary_file(tmp_path, five_phot
 
 def waits_for_a_to_stall_in_its_write(job: Job, settings: BatchSettings) -> JobResult:
     """run_job, but a's write stalls before its rename, and b is converted once it does."""
-    import time
-
-    from diraccodec.image import files
-
-    writing = Path(job.target).parent / "a-is-being-written"
-    if Path(job.source).stem == "a":
-        files.os.fsync = lambda descriptor: (writing.touch(), time.sleep(60))  # this worker's os alone
-    elif Path(job.source).stem == "b":
-        deadline = time.monotonic() + 60
-        while not writing.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+    if Path(job.source).stem == "b":
+        wait_for_a_to_stall(job)
+    stall_in_the_first_write_of_a(job)
     return run_job(job, settings)
 
 

@@ -251,13 +251,19 @@ def _low_depth_grey_png_scale(image: Image.Image) -> int:
     return next((_LOW_DEPTH_GREY_SCALES[mode] for mode in _raw_modes(image) if mode in _LOW_DEPTH_GREY_SCALES), 1)
 
 
-def _detached(image: Image.Image) -> Image.Image:
-    """A copy of a loaded frame that needs its file no more; of a TIFF, whose EXIF Pillow
-    reads from the file, with that EXIF in its info, where other formats keep theirs."""
-    copy = image.copy()
+def _with_exif_in_info(image: Image.Image) -> Image.Image:
+    """Of a TIFF, whose EXIF Pillow reads from the file, a copy with that EXIF in its info,
+    where other formats keep theirs (and a copy, unlike a TIFF, keeps it); else the image."""
     if image.format == "TIFF" and "exif" not in image.info and (exif := tiff_exif(image)):
-        copy.info["exif"] = exif
-    return copy
+        image = image.copy()  # the caller's keeps its info
+        image.info["exif"] = exif
+    return image
+
+
+def _detached(image: Image.Image) -> Image.Image:
+    """A copy of a loaded frame that needs its file no more (its EXIF too)."""
+    kept = _with_exif_in_info(image)
+    return kept if kept is not image else image.copy()
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -269,10 +275,8 @@ def upright(image: Image.Image) -> Image.Image:
         return image
     if orientation == 1:
         return image
-    if image.format == "TIFF" and "exif" not in image.info and (exif := tiff_exif(image)):
-        image = image.copy()  # the caller's keeps its info; the turned copy, unlike a TIFF, keeps EXIF
-        image.info["exif"] = exif  # only there, and turning takes the orientation out of it
-    return ImageOps.exif_transpose(image)
+    # the EXIF where turning takes the orientation out of it, and the turned copy keeps it
+    return ImageOps.exif_transpose(_with_exif_in_info(image))
 
 
 @contextlib.contextmanager
