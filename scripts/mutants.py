@@ -45,6 +45,8 @@ DEVICES_TEST = ("tests/test_robustness.py::"
 
 MS_SSIM_TEST = "tests/test_metrics.py::test_ms_ssim_is_wang_s_definition"
 FD_FEATURES_TEST = "tests/test_metrics.py::test_fd_features_are_alexnet_conv5_of_lpips_normalised_patches"
+UNREADABLE_FOLDER_TEST = ("tests/test_batch.py::"
+                          "test_a_folder_the_batch_cannot_read_fails_by_name_and_an_empty_name_is_no_folder")
 RETIE_TEST = ("tests/test_level_tables.py::"
               "test_unets_are_retied_only_from_the_base_they_name_and_with_the_filter_their_decoder_enhances")
 BENCH_STAGES_TEST = ("tests/test_bench.py::"
@@ -518,7 +520,7 @@ MUTANTS = (
            "tests/test_cli.py::test_an_encoded_file_that_does_not_read_back_is_never_written"),
     mutant("batch/jobs.py", "        api.check_quality(settings.quality, codec.num_levels)\n", "        pass\n",
            "tests/test_cli.py::test_batch_with_a_level_out_of_range_fails_once_before_any_file"),
-    mutant("batch/jobs.py", "if may_take_steps and any(not job.encodes for job in jobs):", "if False:",
+    mutant("batch/jobs.py", "if may_take_steps and any(job.decodes for job in jobs):", "if False:",
            "tests/test_batch.py::test_diffusion_weights_are_checked_only_where_a_decode_may_run_steps"),
     mutant("batch/jobs.py", "may_take_steps = settings.steps or (", "may_take_steps = bool(settings.steps) and (",
            "tests/test_batch.py::test_diffusion_weights_are_checked_only_where_a_decode_may_run_steps"),
@@ -528,6 +530,12 @@ MUTANTS = (
     mutant("cli/codec_commands.py", "encoded = [r for r in chosen if r.job.encodes and r.pixels]",
            "encoded = [r for r in chosen if r.pixels]",
            "tests/test_cli.py::test_batch_summary_bpp_counts_the_encoded_files_alone"),
+    mutant("batch/jobs.py", "if job.unreadable is not None:", "if False:", UNREADABLE_FOLDER_TEST),
+    mutant("batch/jobs.py", "(nested == path or nested in path.parents)", "(nested in path.parents)",
+           UNREADABLE_FOLDER_TEST),
+    mutant("batch/storage.py", "if Path(error.filename) == folder:", "if False:", UNREADABLE_FOLDER_TEST),
+    mutant("cli/codec_commands.py", "also = f\" and {counted(folders, 'unreadable folder')}\" if folders else \"\"",
+           "also = \"\"", UNREADABLE_FOLDER_TEST),
 )
 
 

@@ -429,10 +429,11 @@ def test_a_link_to_nothing_and_a_folder_in_an_output_s_place_fail_by_name(tmp_pa
     assert results["photo.png"].status == "failed" and "photo.drc" in results["photo.png"].message  # not "skipped"
 
 
-def test_a_folder_the_batch_cannot_read_fails_it_before_any_file_and_an_empty_name_is_no_folder(
+def test_a_folder_the_batch_cannot_read_fails_by_name_and_an_empty_name_is_no_folder(
         tmp_path, small_image, monkeypatch):
-    """Left out unsaid, its files would stay unconverted under a status of 0; an empty name (a
-    script's unset variable) would read or write the whole current folder."""
+    """Left out unsaid, its files would stay unconverted under a status of 0; the rest are
+    converted all the same. An empty name (a script's unset variable) would read or write the
+    whole current folder."""
     from click.testing import CliRunner
 
     from diraccodec.cli import main
@@ -454,16 +455,24 @@ def test_a_folder_the_batch_cannot_read_fails_it_before_any_file_and_an_empty_na
     monkeypatch.chdir(tmp_path)
     assert [Path(job.source).as_posix() for job in plan_jobs("in", "out", BatchSettings())] == \
         ["in/a.png", "in/sub/locked/b.png"]
-    refusing.append(source / "sub" / "locked")
-    result = CliRunner().invoke(main, ["batch", "in", "out", "-e", "1"])
-    assert (result.exit_code, result.output) == (2, "dirac: error: cannot read folder in/sub/locked: "
-                                                    "Permission denied\n")
+    refusing.append(source / "sub" / "locked")  # the destination (inside SOURCE) is left alone, read or not
+    assert [Path(job.source).as_posix() for job in plan_jobs("in", "in/sub/locked", BatchSettings())] == ["in/a.png"]
+    result = CliRunner().invoke(main, ["batch", "in", "out", "-e", "1", "-j", "1"])
+    failure = "in/sub/locked: cannot read this folder (Permission denied): its files are not converted"
+    assert result.exit_code == 1
+    assert result.output.splitlines()[:2] == ["[1/2] converted in/a.png", f"[2/2] failed {failure}"]
+    assert result.output.splitlines()[-2] == f"failed: {failure}"
+    assert result.output.splitlines()[-1].startswith("1 file and 1 unreadable folder in ")
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")) == ["a.drc"]
+    refusing.append(source)  # nothing to convert: the batch fails as a whole
+    result = CliRunner().invoke(main, ["batch", "in", "elsewhere", "-e", "1"])
+    assert (result.exit_code, result.output) == (2, "dirac: error: cannot read folder in: Permission denied\n")
     for arguments, name in ((["in", ""], "DESTINATION"), (["", "out"], "SOURCE")):
         result = CliRunner().invoke(main, ["batch", *arguments, "-e", "1"], prog_name="dirac")
         assert result.exit_code == 2 and result.output == (
             f"dirac: error: Invalid value for '{name}': it is empty: name a folder (. for the current one) "
             f"(see: dirac batch --help)\n")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
 
 
 def test_a_pipe_where_an_output_goes_fails_that_file_rather_than_wait_for_a_reader(tmp_path, small_image):

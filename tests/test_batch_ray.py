@@ -371,7 +371,7 @@ def test_uri_storage_writes_atomically_and_reports_missing_files(tmp_path: Path)
     storage.write_atomic(target, b"data")
     assert storage.exists(target) and storage.read(target) == b"data"
     assert (tmp_path / "deep" / "er" / "out file.drc").read_bytes() == b"data"
-    assert storage.files(folder) == ["deep/er/out file.drc"]  # no temporary file left beside it
+    assert storage.walk(folder).files == ["deep/er/out file.drc"]  # no temporary file left beside it
     with pytest.raises(DiracError, match="no such file"):
         storage.read(join(folder, "missing.png"))
     with pytest.raises(DiracError, match="no such folder"):

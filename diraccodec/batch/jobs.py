@@ -59,10 +59,17 @@ class Job:
     # its output is one of the batch's own inputs (a folder converted in place: a.drc to a.png
     # beside the original a.png): never replaced, even when overwriting
     replaces_source: bool = False
+    # the source is a folder under the batch's that could not be read, for this reason: its
+    # files, unknown, fail as one job
+    unreadable: str | None = None
 
     @property
     def encodes(self) -> bool:
-        return path_of(self.source).suffix.lower() != DRC_SUFFIX
+        return self.unreadable is None and path_of(self.source).suffix.lower() != DRC_SUFFIX
+
+    @property
+    def decodes(self) -> bool:
+        return self.unreadable is None and path_of(self.source).suffix.lower() == DRC_SUFFIX
 
 
 @dataclass
@@ -78,19 +85,27 @@ class JobResult:
 
 
 def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettings) -> list[Job]:
-    """Every image and .drc file under `source`, with its output path under `destination`."""
+    """Every image and .drc file under `source`, with its output path under `destination`; a
+    folder under `source` that could not be read is a job too, which fails."""
     source, destination = location_of(source), location_of(destination)
     jobs = []
     first_source: dict[str, Location] = {}
-    relatives = storage_for(source).files(source)
+    listing = storage_for(source).walk(source)
     nested = _inside(destination, source)  # the outputs of earlier runs are not inputs
     local_source = local_path(source) is not None  # whose names compare as the system's (_fold)
-    for relative in relatives:
+
+    def left_alone(relative: str) -> bool:
+        """Hidden files and folders (temporary files too), and the destination and all in it."""
+        hidden = any(part.startswith(".") for part in PurePosixPath(relative).parts)
+        path = PurePosixPath(_fold(relative) if local_source else relative)
+        return hidden or (nested is not None and (nested == path or nested in path.parents))
+
+    unreadable = [Job(join(source, relative), join(destination, relative), unreadable=reason)
+                  for relative, reason in listing.unreadable.items() if not left_alone(relative)]
+    for relative in listing.files:
         path = PurePosixPath(relative)
         suffix = path.suffix.lower()
-        if any(part.startswith(".") for part in path.parts):  # hidden files and folders, and temporary files
-            continue
-        if nested is not None and nested in PurePosixPath(_fold(relative) if local_source else relative).parents:
+        if left_alone(relative):
             continue
         if suffix == DRC_SUFFIX:
             output = path.with_suffix(settings.decoded_suffix)
@@ -102,7 +117,8 @@ def plan_jobs(source: str | Path, destination: str | Path, settings: BatchSettin
         first = first_source.setdefault(_same_place(job.target), job.source)  # a link in the destination too
         jobs.append(job if first == job.source else Job(job.source, job.target, same_output_as=first))
     sources = {_same_place(job.source) for job in jobs}
-    return [replace(job, replaces_source=True) if _same_place(job.target) in sources else job for job in jobs]
+    jobs = [replace(job, replaces_source=True) if _same_place(job.target) in sources else job for job in jobs]
+    return sorted(jobs + unreadable, key=lambda job: path_of(job.source))
 
 
 def _same_place(location: Location) -> str:
@@ -164,7 +180,7 @@ def check_settings(settings: BatchSettings, jobs: Iterable[Job], on_ray: bool = 
     if settings.size is None and settings.bpp is None:
         api.check_quality(settings.quality, codec.num_levels)
     may_take_steps = settings.steps or (settings.steps is None and settings.diffusion_weights is not None)
-    if may_take_steps and any(not job.encodes for job in jobs):
+    if may_take_steps and any(job.decodes for job in jobs):
         api.restorer_for(api.diffusion_weights_for(codec, settings.diffusion_weights), codec.compute)
 
 
@@ -174,6 +190,8 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
     from diraccodec import api
     from diraccodec.image.files import check_image_fits, image_bytes, image_format_for
 
+    if job.unreadable is not None:
+        return JobResult(job, "failed", f"cannot read this folder ({job.unreadable}): its files are not converted")
     if job.same_output_as is not None:
         return JobResult(job, "failed", f"converts to the same output as {job.same_output_as}; rename one of them")
     try:

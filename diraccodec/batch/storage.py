@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -28,12 +29,22 @@ Location = Path | str  # a local path, or a URI string ("scheme://...")
 OBJECT_STORES = {"s3", "gcs", "abfs"}
 
 
+@dataclass(frozen=True)
+class Listing:
+    """What a walk of a folder tree found, as relative POSIX paths in the order of a sorted walk."""
+
+    files: list[str]
+    # folders under the tree that could not be read, with the reason: their files are missing
+    # from `files`, and the batch fails each by name rather than leave them out unsaid
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+
 class Storage(Protocol):
     """Where a batch reads and writes: a local disk or a store pyarrow opens, used alike by the
     jobs (`storage_for` picks one by the location)."""
 
-    def files(self, folder: Location) -> list[str]:
-        """Every file under `folder`, as relative POSIX paths in the order of a sorted walk."""
+    def walk(self, folder: Location) -> Listing:
+        """Every file under `folder`, and every folder under it that could not be read."""
 
     def read(self, location: Location) -> bytes: ...
 
@@ -90,24 +101,26 @@ def sorted_relative(names: list[str]) -> list[str]:
 
 
 class LocalStorage:
-    def files(self, folder: Location) -> list[str]:
+    def walk(self, folder: Location) -> Listing:
         folder = Path(folder)
         if not folder.is_dir():
             raise DiracError(f"no such folder: {folder}")
+        unreadable: dict[str, str] = {}
 
-        def unreadable(error: OSError) -> None:  # a folder left out unsaid would leave its files unconverted
-            hidden = any(part.startswith(".") for part in Path(error.filename).relative_to(folder).parts)
-            if not hidden:  # a batch leaves hidden folders alone (jobs.plan_jobs)
-                raise DiracError(f"cannot read folder {error.filename}: {error.strerror or error}")
+        def refused(error: OSError) -> None:
+            reason = error.strerror or str(error)
+            if Path(error.filename) == folder:  # nothing to convert
+                raise DiracError(f"cannot read folder {error.filename}: {reason}")
+            unreadable[Path(error.filename).relative_to(folder).as_posix()] = reason
 
         found = []
-        for parent, _, names in os.walk(folder, onerror=unreadable):  # links to folders are not followed
+        for parent, _, names in os.walk(folder, onerror=refused):  # links to folders are not followed
             for name in names:
                 path = Path(parent) / name
                 # a link to nothing is listed, so that its job fails by name rather than vanish unsaid
                 if path.is_file() or (path.is_symlink() and not path.exists()):
                     found.append(path.relative_to(folder).as_posix())
-        return sorted_relative(found)
+        return Listing(sorted_relative(found), unreadable)
 
     def read(self, location: Location) -> bytes:
         from diraccodec.image.files import read_bytes
@@ -142,7 +155,7 @@ class ArrowStorage:
     def path(self, uri: Location) -> str:
         return self.prefix + unquote(urlsplit(str(uri)).path).lstrip("/")
 
-    def files(self, folder: Location) -> list[str]:
+    def walk(self, folder: Location) -> Listing:
         import pyarrow.fs
 
         base = self.path(folder).rstrip("/")
@@ -152,8 +165,8 @@ class ArrowStorage:
             raise DiracError(f"no such folder: {folder}") from None
         except OSError as error:
             raise DiracError(f"cannot list {folder}: {error}") from None
-        return sorted_relative([info.path[len(base) + 1:] for info in infos
-                                if info.type == pyarrow.fs.FileType.File])
+        return Listing(sorted_relative([info.path[len(base) + 1:] for info in infos
+                                        if info.type == pyarrow.fs.FileType.File]))
 
     def read(self, location: Location) -> bytes:
         try:

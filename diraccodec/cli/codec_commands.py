@@ -53,7 +53,7 @@ from diraccodec.cli.common import (
     write_output,
 )
 from diraccodec.console import bar_columns, draws_live_bars
-from diraccodec.errors import CorruptFileError, DiracError, one_line
+from diraccodec.errors import CorruptFileError, DiracError, counted, one_line
 from diraccodec.image.files import IMAGE_FORMATS
 from diraccodec.options import DEFAULT_QUALITY, MAX_STEPS
 
@@ -419,7 +419,9 @@ def print_summary(results: list[Any], seconds: float) -> None:
     failed = [r for r in results if r.status == "failed"]
     for result in failed:
         console.print(one_line(f"failed: {result.job.source}: {result.message}"))
-    console.print(f"{len(results)} file{'' if len(results) == 1 else 's'} in {seconds:.1f} s")
+    folders = sum(result.job.unreadable is not None for result in results)
+    also = f" and {counted(folders, 'unreadable folder')}" if folders else ""
+    console.print(f"{counted(len(results) - folders, 'file')}{also} in {seconds:.1f} s")
 
 
 @click.command()
