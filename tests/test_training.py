@@ -225,7 +225,9 @@ def test_a_time_budget_sets_the_step_count_and_a_run_without_moments_warms_up(ph
     state = train_base(budget)
     err = capsys.readouterr().err
     assert "ramps up over 200 steps" in err and "steps/s: this run ends near step" in err
-    assert state.step > 2 + 3 and load_checkpoint_metadata(checkpoint).step == state.step <= budget.steps
+    assert state.step > 2 + 3 and load_checkpoint_metadata(checkpoint).step == state.step
+    assert json.loads(summary_path(checkpoint).read_text())["stopped_by"] == "time"
+    assert (budget.steps, budget.schedule_start) == (1, 0)  # the run set its own copy's, not the caller's
     long_run = LoopOptions(checkpoint=checkpoint, steps=10_000, learning_rate=1e-3, warmup_steps=100)
     assert learning_rate_at(50, long_run, warmup_from=50) == pytest.approx(1e-5)
     assert learning_rate_at(149, long_run, warmup_from=50) == pytest.approx(1e-3)
@@ -251,9 +253,12 @@ def test_a_deadline_ends_a_budgeted_run_before_its_minutes_do(photo_folder: Path
 def test_a_deadline_ends_a_run_to_a_step_count_early_without_changing_the_count(photo_folder: Path, tmp_path: Path):
     budget = options(photo_folder, tmp_path / "ck", 10**6)
     budget.deadline, budget.log_every, budget.save_margin_seconds = time.time() + 2, 1000, 0.2
+    budget.calibration_steps = 3  # where the speed would be measured under minutes
     started = time.monotonic()
     train_base(budget)
-    assert time.monotonic() - started < 20 and budget.steps == 10**6  # stopped by the deadline, its count kept
+    summary = json.loads(summary_path(tmp_path / "ck").read_text())
+    assert time.monotonic() - started < 20 and summary["stopped_by"] == "time"  # stopped by the deadline
+    assert summary["learning_rate"] == budget.learning_rate  # its count kept: far from the decay, as at the start
 
 
 def test_a_slow_first_step_does_not_end_a_budgeted_run_early(photo_folder: Path, tmp_path: Path, monkeypatch):

@@ -23,7 +23,6 @@ from diraccodec.errors import DiracError
 from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
     export_diffusion_weights,
-    load_base_weights,
     load_restoration_weights,
     load_unet_weights,
 )
@@ -41,9 +40,13 @@ from diraccodec.training.checkpoint import (
     state_exists,
     write_state,
 )
-from diraccodec.training.crops import check_whole_blocks
-from diraccodec.training.loop import LoopOptions, check_before_work, run_loop, start_run
-from diraccodec.training.reconstructions import ReconstructedCrops, check_unet_levels, note_base_change
+from diraccodec.training.loop import LoopOptions, run_loop, start_run
+from diraccodec.training.reconstructions import (
+    ReconstructedCrops,
+    begin_unet_training,
+    check_unet_levels,
+    note_base_change,
+)
 
 # The model learns times in [0, 0.7]: wider than the sampler's default start, so the start
 # can be tuned at export without retraining.
@@ -149,10 +152,7 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
     enhances (the base synthesis, or the restoration filter's output with --on-restored) from
     its noisy form at each time; a state in options.checkpoint is resumed."""
     console = plain_console(console)
-    check_whole_blocks(options.patch_size)
-    check_before_work(options)
-    torch.manual_seed(options.seed)
-    base_weights = load_base_weights(Path(options.base_weights).resolve())
+    base_weights = begin_unet_training(options, options.patch_size, options.base_weights)
     top_level = base_weights.model.config.num_levels
     lowest, highest = options.level_range or (1.0, float(top_level))
     if not 1 <= lowest <= highest <= top_level:

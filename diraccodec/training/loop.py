@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -227,30 +227,94 @@ def _stop_requests() -> Iterator[_StopRequest]:
                 signal.signal(number, handler)
 
 
-@dataclass
-class _Pace:
-    """Where the speed under a time budget is measured from: the end of the run's first step
-    (on a GPU that step compiles the model, which can take a minute or more: counted in the
-    speed, it would set the run's end far too early, and a decay begun before the next
-    estimate would keep it there), then the step of its first estimate."""
+class _Budget:
+    """A run's wall-clock end (its `minutes`, a launcher's `deadline`), less what it keeps free
+    for the last save; under `minutes` it also sets options.steps from the measured speed, so
+    that the learning-rate decay ends when the time does.
 
-    step: int
-    since: float
-    first: bool = True
+    The speed is measured from the end of the run's first step, then from the step of its
+    first estimate: on a GPU the first step compiles the model, which can take a minute or
+    more; counted in the speed, it would set the run's end far too early, and a decay begun
+    before the next estimate would keep it there."""
+
+    def __init__(self, run: TrainingRun, options: LoopOptions) -> None:
+        self.options, self.first_step = options, run.state.step
+        self.end: float | None = None
+        self.margin = options.save_margin_seconds
+        self.next_step_seconds = 0.0
+        self.paced_from, self.paced_since, self.estimated = run.state.step, time.monotonic(), False
+        if options.minutes is not None:  # until the speed is known, no end and no decay
+            self.end = run.started + options.minutes * 60
+            options.steps, options.schedule_start = run.state.step + 10**9, run.state.step
+        if options.deadline is not None:
+            until = time.monotonic() + options.deadline - time.time()
+            self.end = until if self.end is None else min(self.end, until)
+
+    def out_of_time(self) -> bool:
+        """Whether the next step, as long as the last, would leave too little time for the save."""
+        return self.end is not None and time.monotonic() + self.next_step_seconds + self.margin > self.end
+
+    def fit_steps(self, step: int, console: Console) -> None:
+        """Under `minutes`, set options.steps so that the run ends at its end, at the speed
+        measured so far, refreshed every `calibration_steps` until the decay begins (a step
+        count's run keeps its count, ended early at most)."""
+        options, done = self.options, step - self.paced_from
+        if options.minutes is None or done == 0 or done % options.calibration_steps or step >= decay_start(options):
+            return
+        now = time.monotonic()
+        rate = done / max(now - self.paced_since, 1e-9)
+        options.steps = step + int(rate * max(0.0, self.end - self.margin - now))
+        if not self.estimated:
+            console.print(f"about {rate:.2f} steps/s: this run ends near step {options.steps}")
+            self.paced_from, self.paced_since, self.estimated = step, now, True
+
+    def stepped(self, step: int, seconds: float, now: float) -> None:
+        """After a step that took `seconds`: the next is taken to last as long, but after the
+        first, which compiles on a GPU (its time would stop a run with less than a compilation
+        left); the speed is measured from its end."""
+        first = step - self.first_step == 1
+        self.next_step_seconds = 0.0 if first else seconds
+        if first:
+            self.paced_from, self.paced_since = step, now
+
+    def saved(self, seconds: float) -> None:
+        """A save that took `seconds`: the last save must fit in the margin."""
+        self.margin = max(self.margin, 2 * seconds)
 
 
-def _fit_steps_to_time(options: LoopOptions, step: int, end: float, pace: _Pace, console: Console) -> None:
-    """Set options.steps so that the run ends at `end`, at the speed measured so far, refreshed
-    every `calibration_steps` until the decay begins."""
-    done = step - pace.step
-    if done == 0 or done % options.calibration_steps or step >= decay_start(options):
-        return
-    now = time.monotonic()
-    rate = done / max(now - pace.since, 1e-9)
-    options.steps = step + int(rate * max(0.0, end - now))
-    if pace.first:
-        console.print(f"about {rate:.2f} steps/s: this run ends near step {options.steps}")
-        pace.step, pace.since, pace.first = step, now, False
+class _Log:
+    """The running figures, kept on the device (no GPU sync per step), and their means over each
+    window of steps: shown on the progress bar, and printed as a line where no bar is drawn (a
+    log file)."""
+
+    def __init__(self, run: TrainingRun, options: LoopOptions, console: Console, show: Callable[[str], None],
+                 speed: Throughput, budget: _Budget) -> None:
+        self.run, self.options, self.console, self.show, self.speed, self.budget = \
+            run, options, console, show, speed, budget
+        self.window: dict[str, list[torch.Tensor]] = {}
+        self.logged: list[dict[str, float]] = []  # the mean figures of each window
+
+    def add(self, figures: dict[str, torch.Tensor]) -> None:
+        for name, value in figures.items():
+            self.window.setdefault(name, []).append(value.detach())
+
+    def write(self) -> None:
+        """The window's means, shown and (in a log file) printed; the window starts anew."""
+        state, options = self.run.state, self.options
+        means = {name: float(torch.stack(values).float().mean()) for name, values in self.window.items()}
+        self.window.clear()
+        self.logged.append(means)
+        shown = "  ".join(f"{name} {value:.4f}" for name, value in means.items())
+        rate = self.speed.window_rate(state.step - self.budget.first_step)
+        if rate is not None:
+            shown += f"  {rate:.1f} Mpx/s"
+        self.show(shown)
+        if not draws_live_bars(self.console):
+            total = "?" if options.minutes is not None and not self.budget.estimated else options.steps
+            self.console.print(f"step {state.step}/{total}  {shown}  "
+                               f"lr {self.run.optimizer.param_groups[0]['lr']:.2e}  {state.seconds / 3600:.2f} h",
+                               soft_wrap=True)  # one line per entry, however narrow
+            sys.stderr.flush()
 
 
 def run_loop(
@@ -264,8 +328,10 @@ def run_loop(
     {"loss": ..., other figures to log}; pixels_per_step: the training pixels in one step's batch.
 
     On a terminal a progress bar shows the running figures; otherwise (a log file) a line
-    is printed every `log_every` steps.
+    is printed every `log_every` steps. Under a time budget the step count is set from the
+    measured speed as the run goes, in a copy of `options`: the caller's stay as they were.
     """
+    options = replace(options)
     progress = Progress(*bar_columns(), TextColumn("{task.fields[figures]}"), console=console,
                         disable=not console.is_terminal)
     with progress:
@@ -282,72 +348,28 @@ def _train_until_stopped(
     pixels_per_step: int | None,
     show: Callable[[str], None],
 ) -> TrainingState:
-    """Step, log and save until a stop reason (_stop_reason), then save and print the summary.
-    Under a time budget, options.steps is set from the measured speed as the run goes."""
-    state, optimizer = run.state, run.optimizer
-    first_step, pace = state.step, _Pace(state.step, time.monotonic())
-    end, margin = None, options.save_margin_seconds
-    if options.minutes is not None:  # until the speed is known, no end and no decay
-        end = run.started + options.minutes * 60
-        options.steps, options.schedule_start = state.step + 10**9, state.step
-    if options.deadline is not None:
-        until = time.monotonic() + options.deadline - time.time()
-        end = until if end is None else min(end, until)
+    """Step, log and save until a stop reason (_stop_reason), then save and print the summary."""
+    state = run.state
+    budget = _Budget(run, options)
     speed = Throughput(run.device, run.started, pixels_per_step)
     profiled = StepProfile(options.profile_steps, options.profile_after, run.device)
-    window: dict[str, list[torch.Tensor]] = {}
-    logged: list[dict[str, float]] = []  # the mean figures of each log window
-
-    def log() -> None:
-        means = {name: float(torch.stack(values).float().mean()) for name, values in window.items()}
-        window.clear()
-        logged.append(means)
-        shown = "  ".join(f"{name} {value:.4f}" for name, value in means.items())
-        rate = speed.window_rate(state.step - first_step)
-        if rate is not None:
-            shown += f"  {rate:.1f} Mpx/s"
-        show(shown)
-        if not draws_live_bars(console):
-            total = "?" if options.minutes is not None and pace.first else options.steps
-            console.print(f"step {state.step}/{total}  {shown}  lr {optimizer.param_groups[0]['lr']:.2e}  "
-                          f"{state.seconds / 3600:.2f} h", soft_wrap=True)  # one line per entry, however narrow
-            sys.stderr.flush()
-
-    last_save, saved_step, next_step_seconds = time.monotonic(), state.step, 0.0
+    log = _Log(run, options, console, show, speed, budget)
+    last_save, saved_step = time.monotonic(), state.step
     with _stop_requests() as stop:
         try:
-            while True:
-                out_of_time = end is not None and time.monotonic() + next_step_seconds + margin > end
-                stopped_by = _stop_reason(options, state.step, state.step - first_step, stop.requested, out_of_time)
-                if stopped_by:
-                    break
-                if options.minutes is not None:  # a step count's run keeps its count, ended early at most
-                    _fit_steps_to_time(options, state.step, end - margin, pace, console)
+            while not (stopped_by := _stop_reason(options, state.step, state.step - budget.first_step,
+                                                  stop.requested, budget.out_of_time())):
+                budget.fit_steps(state.step, console)
                 step_started = time.monotonic()
-                profiled.before_step(state.step - first_step)
-                figures = _take_step(run, options, next_loss)
-                profile_lines = profiled.after_step(state.step - first_step)
-                for line in profile_lines:
-                    console.print(line, markup=False, highlight=False, soft_wrap=True)
-                if profile_lines and profiled.seconds:
-                    speed.leave_out(profiled.steps, profiled.seconds)
-                speed.stepped(state.step - first_step)
+                log.add(_measured_step(run, options, next_loss, profiled, speed, console, budget.first_step))
                 now = time.monotonic()
-                step_seconds = now - step_started
-                # the next step takes as long as this one, but for the first, which compiles on a GPU
-                # (its time would stop a run with less than a compilation left); the speed is
-                # measured from there too (_Pace)
-                next_step_seconds = step_seconds if state.step - first_step > 1 else 0.0
-                if state.step - first_step == 1:
-                    pace.step, pace.since = state.step, now
-                state.seconds += step_seconds
-                for name, value in figures.items():  # kept on the device: no GPU sync per step
-                    window.setdefault(name, []).append(value.detach())
+                budget.stepped(state.step, now - step_started, now)
+                state.seconds += now - step_started
                 if state.step % options.log_every == 0 or state.step == options.steps:
-                    log()
+                    log.write()
                 if now - last_save > options.checkpoint_minutes * 60:
                     run.save(options)
-                    margin = max(margin, 2 * (time.monotonic() - now))  # a save must fit in the margin
+                    budget.saved(time.monotonic() - now)
                     last_save, saved_step = time.monotonic(), state.step
         except Exception:  # a fault mid-run (out of memory, a kernel's): keep the steps since the last save
             if state.step != saved_step:
@@ -357,12 +379,28 @@ def _train_until_stopped(
             raise
     with suppress(Exception):  # a run that ended while it profiled; a fault costs nothing
         profiled.stop()
-    measured = speed.summary(state.step - first_step)  # before the last save and log line
-    if window:
-        log()
-    _finish_run(run, options, console, stopped_by, state.step - first_step, measured, logged, saved_step,
+    measured = speed.summary(state.step - budget.first_step)  # before the last save and log line
+    if log.window:
+        log.write()
+    _finish_run(run, options, console, stopped_by, state.step - budget.first_step, measured, log.logged, saved_step,
                 stop.interruption)
     return state
+
+
+def _measured_step(run: TrainingRun, options: LoopOptions, next_loss: Callable[[], dict[str, torch.Tensor]],
+                   profiled: StepProfile, speed: Throughput, console: Console, first_step: int
+                   ) -> dict[str, torch.Tensor]:
+    """One step (_take_step), profiled where due and marked for the throughput; a profile's time
+    is left out of the throughput."""
+    profiled.before_step(run.state.step - first_step)
+    figures = _take_step(run, options, next_loss)
+    profile_lines = profiled.after_step(run.state.step - first_step)
+    for line in profile_lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if profile_lines and profiled.seconds:
+        speed.leave_out(profiled.steps, profiled.seconds)
+    speed.stepped(run.state.step - first_step)
+    return figures
 
 
 def _finish_run(run: TrainingRun, options: LoopOptions, console: Console, stopped_by: str, steps_this_run: int,

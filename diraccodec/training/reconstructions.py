@@ -15,14 +15,26 @@ from typing import TypeVar
 import torch
 from rich.console import Console
 
+from diraccodec.codec.base_codec import BaseWeights
 from diraccodec.codec.hyperprior import MultiRateHyperprior
 from diraccodec.errors import DiracError
+from diraccodec.modelfiles import load_base_weights
 from diraccodec.restoration.filter import RestorationFilter
 from diraccodec.restoration.unet import ResidualUNetConfig
-from diraccodec.training.crops import CropSampler
-from diraccodec.training.loop import TrainingRun
+from diraccodec.training.crops import CropSampler, check_whole_blocks
+from diraccodec.training.loop import LoopOptions, TrainingRun, check_before_work
 
 Frozen = TypeVar("Frozen", bound=torch.nn.Module)
+
+
+def begin_unet_training(options: LoopOptions, patch_size: int, base_weights: Path) -> BaseWeights:
+    """What the U-Net trainings (restoration, diffusion) do before their model: check the crops'
+    size and the run's place, device and budget, seed torch, and load the base codec whose
+    reconstructions they learn from."""
+    check_whole_blocks(patch_size)
+    check_before_work(options)
+    torch.manual_seed(options.seed)
+    return load_base_weights(Path(base_weights).resolve())
 
 
 def check_unet_levels(config: ResidualUNetConfig, top_level: int) -> None:

@@ -20,7 +20,6 @@ from diraccodec.modelfiles import (
     DEFAULT_BASE_WEIGHTS,
     DEFAULT_DIFFUSION_WEIGHTS,
     export_restoration_weights,
-    load_base_weights,
     load_unet_weights,
 )
 from diraccodec.options import TRAINING_PHOTOS
@@ -33,9 +32,13 @@ from diraccodec.training.checkpoint import (
     load_checkpoint_metadata,
     state_exists,
 )
-from diraccodec.training.crops import check_whole_blocks
-from diraccodec.training.loop import LoopOptions, check_before_work, run_loop, start_run
-from diraccodec.training.reconstructions import ReconstructedCrops, check_unet_levels, note_base_change
+from diraccodec.training.loop import LoopOptions, run_loop, start_run
+from diraccodec.training.reconstructions import (
+    ReconstructedCrops,
+    begin_unet_training,
+    check_unet_levels,
+    note_base_change,
+)
 
 # Floor of a crop's base MSE (pixel range 1): flat crops with almost no error must not
 # dominate a batch. An RMS error of 0.1% of the range is far below any level's.
@@ -70,10 +73,7 @@ def train_restoration(options: RestorationTrainingOptions, console: Console | No
     """Train the restoration filter, which brings the base synthesis nearer the photo (the
     0-step image); a state in options.checkpoint is resumed."""
     console = plain_console(console)
-    check_whole_blocks(options.patch_size)
-    check_before_work(options)
-    torch.manual_seed(options.seed)
-    base_weights = load_base_weights(Path(options.base_weights).resolve())
+    base_weights = begin_unet_training(options, options.patch_size, options.base_weights)
     top_level = base_weights.model.config.num_levels
     config = ResidualUNetConfig(max_level=float(top_level))
     starting_unet = None
