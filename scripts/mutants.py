@@ -539,9 +539,12 @@ MUTANTS = (
     mutant("batch/jobs.py", "if job.unreadable is not None:", "if False:", UNREADABLE_FOLDER_TEST),
     mutant("batch/jobs.py", "(nested == path or nested in path.parents)", "(nested in path.parents)",
            UNREADABLE_FOLDER_TEST),
-    mutant("batch/storage.py", "if Path(error.filename) == folder:", "if False:", UNREADABLE_FOLDER_TEST),
+    mutant("batch/storage.py", "if Path(place) == folder:", "if False:", UNREADABLE_FOLDER_TEST),
     mutant("cli/codec_commands.py", "also = f\" and {counted(folders, 'unreadable folder')}\" if folders else \"\"",
            "also = \"\"", UNREADABLE_FOLDER_TEST),
+    mutant("cli/codec_commands.py", "chosen = [r for r in files if r.status == status]",
+           "chosen = [r for r in results if r.status == status]", UNREADABLE_FOLDER_TEST),
+    mutant("batch/storage.py", "                folders.clear()\n", "                pass\n", UNREADABLE_FOLDER_TEST),
 )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -439,30 +440,45 @@ def test_a_folder_the_batch_cannot_read_fails_by_name_and_an_empty_name_is_no_fo
     from diraccodec.cli import main
 
     source = tmp_path / "in"
-    for folder in ("sub/locked", ".private"):
+    for folder in ("sub/locked", ".private", "sub/entered/deeper", ".cache"):
         (source / folder).mkdir(parents=True)
         small_image.save(source / folder / "b.png")
     small_image.save(source / "a.png")
-    real_scandir = os.scandir
+    small_image.save(source / "sub" / "entered" / "c.png")
+    real_scandir, real_stat = os.scandir, os.stat
     refusing = [source / ".private"]  # hidden: left alone, so a batch goes on without it
+    not_entered = [source / ".cache", source / "sub" / "entered"]  # listed, but none of their files stat
 
     def refused(path=".", *args, **options):  # as chmod 000 would, which root passes over
         if Path(path).absolute() in refusing:
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path, *args, **options)
 
+    def stat_refused(path, *args, **options):  # as chmod 444 would: the names are read, not their files
+        if any(folder in Path(path).absolute().parents for folder in not_entered):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **options)
+
     monkeypatch.setattr(os, "scandir", refused)
     monkeypatch.chdir(tmp_path)
     assert [Path(job.source).as_posix() for job in plan_jobs("in", "out", BatchSettings())] == \
-        ["in/a.png", "in/sub/locked/b.png"]
+        ["in/a.png", "in/sub/entered/c.png", "in/sub/entered/deeper/b.png", "in/sub/locked/b.png"]
     refusing.append(source / "sub" / "locked")  # the destination (inside SOURCE) is left alone, read or not
-    assert [Path(job.source).as_posix() for job in plan_jobs("in", "in/sub/locked", BatchSettings())] == ["in/a.png"]
+    assert [Path(job.source).as_posix() for job in plan_jobs("in", "in/sub/locked", BatchSettings())] == \
+        ["in/a.png", "in/sub/entered/c.png", "in/sub/entered/deeper/b.png"]
+    monkeypatch.setattr(os, "stat", stat_refused)
     result = CliRunner().invoke(main, ["batch", "in", "out", "-e", "1", "-j", "1"])
-    failure = "in/sub/locked: cannot read this folder (Permission denied): its files are not converted"
+    failures = [f"in/sub/{name}: cannot read this folder (Permission denied): its files are not converted"
+                for name in ("entered", "locked")]  # one line for a folder and all under it
+    lines = result.output.splitlines()
     assert result.exit_code == 1
-    assert result.output.splitlines()[:2] == ["[1/2] converted in/a.png", f"[2/2] failed {failure}"]
-    assert result.output.splitlines()[-2] == f"failed: {failure}"
-    assert result.output.splitlines()[-1].startswith("1 file and 1 unreadable folder in ")
+    assert lines[:3] == ["[1/3] converted in/a.png", *(f"[{index}/3] failed {failure}"
+                                                        for index, failure in enumerate(failures, 2))]
+    assert lines[-3:-1] == [f"failed: {failure}" for failure in failures]
+    assert lines[-1].startswith("1 file and 2 unreadable folders in ")
+    table = "\n".join(lines[3:-3])  # the folders counted apart from the files, none of which failed
+    assert re.search(r"converted +│ +1 │", table) and re.search(r"unreadable folders +│ +2 │", table)
+    assert "failed" not in table
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")) == ["a.drc"]
     refusing.append(source)  # nothing to convert: the batch fails as a whole
     result = CliRunner().invoke(main, ["batch", "in", "elsewhere", "-e", "1"])

@@ -9,7 +9,9 @@ runner knows which it has. Local paths stay `Path`s and behave as they always di
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -107,19 +109,21 @@ class LocalStorage:
             raise DiracError(f"no such folder: {folder}")
         unreadable: dict[str, str] = {}
 
-        def refused(error: OSError) -> None:
+        def refused(place: str, error: OSError) -> None:
             reason = error.strerror or str(error)
-            if Path(error.filename) == folder:  # nothing to convert
-                raise DiracError(f"cannot read folder {error.filename}: {reason}")
-            unreadable[Path(error.filename).relative_to(folder).as_posix()] = reason
+            if Path(place) == folder:  # nothing to convert
+                raise DiracError(f"cannot read folder {place}: {reason}")
+            unreadable[Path(place).relative_to(folder).as_posix()] = reason
 
         found = []
-        for parent, _, names in os.walk(folder, onerror=refused):  # links to folders are not followed
-            for name in names:
-                path = Path(parent) / name
-                # a link to nothing is listed, so that its job fails by name rather than vanish unsaid
-                if path.is_file() or (path.is_symlink() and not path.exists()):
-                    found.append(path.relative_to(folder).as_posix())
+        # links to folders are not followed
+        for parent, folders, names in os.walk(folder, onerror=lambda error: refused(error.filename, error)):
+            try:
+                paths = [Path(parent) / name for name in names]
+                found += [path.relative_to(folder).as_posix() for path in paths if _is_listed(path)]
+            except OSError as error:  # a folder that may be listed but not entered: none of it can be read
+                refused(parent, error)
+                folders.clear()
         return Listing(sorted_relative(found), unreadable)
 
     def read(self, location: Location) -> bytes:
@@ -143,6 +147,18 @@ class LocalStorage:
 
 
 LOCAL = LocalStorage()
+
+
+def _is_listed(path: Path) -> bool:
+    """A file, or a link to nothing (listed, so that its job fails by name rather than vanish
+    unsaid). Any other error, such as a folder that may be listed but not entered, is raised:
+    some Pythons' Path.is_file calls that no file."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as error:
+        if error.errno not in (errno.ENOENT, errno.ELOOP):
+            raise
+        return os.path.islink(path)
 
 
 class ArrowStorage:

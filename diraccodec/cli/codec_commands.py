@@ -403,8 +403,9 @@ def print_summary(results: list[Any], seconds: float) -> None:
     table = Table(title="dirac batch")
     for column in ("status", "files", "input MB", "output MB", "bpp"):
         table.add_column(column, justify="right" if column != "status" else "left")
+    files = [r for r in results if r.job.unreadable is None]
     for status in ("converted", "skipped", "failed"):
-        chosen = [r for r in results if r.status == status]
+        chosen = [r for r in files if r.status == status]
         if not chosen:
             continue
         if status != "converted":  # nothing was read or written for these: no sizes to give
@@ -415,13 +416,15 @@ def print_summary(results: list[Any], seconds: float) -> None:
         encoded = [r for r in chosen if r.job.encodes and r.pixels]
         bpp = f"{8 * sum(r.output_bytes for r in encoded) / sum(r.pixels for r in encoded):.4f}" if encoded else "-"
         table.add_row(status, str(len(chosen)), f"{input_mb:.2f}", f"{output_mb:.2f}", bpp)
+    folders = len(results) - len(files)  # failed, each counted apart from the files
+    if folders:
+        table.add_row("unreadable folders", str(folders), "-", "-", "-")
     console.print(table)
     failed = [r for r in results if r.status == "failed"]
     for result in failed:
         console.print(one_line(f"failed: {result.job.source}: {result.message}"))
-    folders = sum(result.job.unreadable is not None for result in results)
     also = f" and {counted(folders, 'unreadable folder')}" if folders else ""
-    console.print(f"{counted(len(results) - folders, 'file')}{also} in {seconds:.1f} s")
+    console.print(f"{counted(len(files), 'file')}{also} in {seconds:.1f} s")
 
 
 @click.command()
