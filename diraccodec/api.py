@@ -129,7 +129,7 @@ def compute_for(device: str | torch.device | None = AUTO, exact: bool = False) -
 
 
 @functools.lru_cache(maxsize=8)
-def _codec(weights: Path, compute: Compute) -> BaseCodec:
+def _cached_codec(weights: Path, compute: Compute) -> BaseCodec:
     return BaseCodec(load_base_weights(weights), compute)
 
 
@@ -137,7 +137,7 @@ def get_codec(weights: str | Path | None = None, compute: Compute | None = None)
     """The base codec of `weights` (the installed ones where None) on `compute`, kept for the
     next call (the last 8 weights and devices): loading and preparing the models takes longer
     than a small image's work."""
-    return _codec(Path(weights or default_weights_path()).resolve(), compute or Compute())
+    return _cached_codec(Path(weights or default_weights_path()).resolve(), compute or Compute())
 
 
 def _shown(value: object) -> str:
@@ -315,7 +315,7 @@ class _InstalledFilter(NamedTuple):
 
 
 @functools.lru_cache(maxsize=8)
-def _restorer(weights: Path, compute: Compute) -> _InstalledFilter:
+def _cached_restorer(weights: Path, compute: Compute) -> _InstalledFilter:
     loaded = load_restoration_weights(weights)
     assert loaded is not None  # an explicit path either loads or raises
     return _InstalledFilter(Restorer(loaded.model, compute), loaded.base_weights_id, loaded.weights_id)
@@ -323,7 +323,7 @@ def _restorer(weights: Path, compute: Compute) -> _InstalledFilter:
 
 def _installed_restorer(compute: Compute) -> _InstalledFilter | None:
     path = installed_restoration_path()
-    return _restorer(path.resolve(), compute) if path is not None else None
+    return _cached_restorer(path.resolve(), compute) if path is not None else None
 
 
 def get_restorer(codec: BaseCodec) -> Restorer | None:
@@ -336,7 +336,7 @@ def get_restorer(codec: BaseCodec) -> Restorer | None:
 
 
 @functools.lru_cache(maxsize=8)
-def _diffusion(weights: Path, compute: Compute, restorer: Restorer | None) -> DiffusionDecoder:
+def _cached_diffusion(weights: Path, compute: Compute, restorer: Restorer | None) -> DiffusionDecoder:
     loaded = load_diffusion_weights(weights)
     return DiffusionDecoder(loaded.model, loaded.settings, loaded.finishing, compute, restorer)
 
@@ -345,7 +345,7 @@ def get_diffusion(codec: BaseCodec, weights: str | Path | None = None) -> Diffus
     """The diffusion decoder trained on `codec`'s reconstructions (and on the installed
     restoration filter's output, where it was trained on that); a clear error if there is none."""
     loaded = diffusion_weights_for(codec, weights)
-    return _diffusion(loaded.path, codec.compute, restorer_for(loaded, codec.compute))
+    return _cached_diffusion(loaded.path, codec.compute, restorer_for(loaded, codec.compute))
 
 
 def diffusion_weights_for(codec: BaseCodec, weights: str | Path | None = None) -> DiffusionWeights:
