@@ -545,6 +545,8 @@ MUTANTS = (
     mutant("cli/codec_commands.py", "chosen = [r for r in files if r.status == status]",
            "chosen = [r for r in results if r.status == status]", UNREADABLE_FOLDER_TEST),
     mutant("batch/storage.py", "                folders.clear()\n", "                pass\n", UNREADABLE_FOLDER_TEST),
+    mutant("batch/storage.py", " and getattr(error, \"winerror\", None) not in _NO_TARGET_WINERRORS:", ":",
+           "tests/test_batch.py::test_a_name_windows_cannot_resolve_is_no_file_and_a_refusal_makes_its_folder_unreadable"),
 )
 
 

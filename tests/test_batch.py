@@ -3,6 +3,7 @@ dies fails its own file alone."""
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import multiprocessing
 import os
@@ -428,6 +429,32 @@ def test_a_link_to_nothing_and_a_folder_in_an_output_s_place_fail_by_name(tmp_pa
     assert results["gone.png"].status == "failed"  # it went unmentioned
     assert results["gone.png"].message == f"{source / 'gone.png'} is a link to nothing ({tmp_path / 'deleted.png'})"
     assert results["photo.png"].status == "failed" and "photo.drc" in results["photo.png"].message  # not "skipped"
+
+
+def test_a_name_windows_cannot_resolve_is_no_file_and_a_refusal_makes_its_folder_unreadable(
+        tmp_path, small_image, monkeypatch):
+    """As pathlib reads Windows' errors: an invalid name or a link loop is no file (at most a
+    failed job), where access denied is a folder that may not be entered."""
+    from diraccodec.batch.storage import LOCAL
+
+    for name in ("a.png", "odd.png"):
+        small_image.save(tmp_path / name)
+    real_stat, winerror = os.stat, 123
+
+    def windows_stat(path, *args, **options):
+        if Path(path).name == "odd.png":
+            error = OSError(errno.EINVAL if winerror == 123 else errno.EACCES, "refused", str(path))
+            error.winerror = winerror
+            raise error
+        return real_stat(path, *args, **options)
+
+    monkeypatch.setattr(os, "stat", windows_stat)
+    assert LOCAL.walk(tmp_path).files == ["a.png"] and not LOCAL.walk(tmp_path).unreadable
+    winerror = 5  # ERROR_ACCESS_DENIED
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "odd.png").rename(tmp_path / "sub" / "odd.png")
+    small_image.save(tmp_path / "sub" / "b.png")
+    assert LOCAL.walk(tmp_path).files == ["a.png"] and LOCAL.walk(tmp_path).unreadable == {"sub": "refused"}
 
 
 def test_a_folder_the_batch_cannot_read_fails_by_name_and_an_empty_name_is_no_folder(

@@ -149,6 +149,12 @@ class LocalStorage:
 LOCAL = LocalStorage()
 
 
+# What stat says of a name whose target is missing or cannot be resolved, which pathlib, too,
+# takes for no file: POSIX errors, and Windows' "not ready", "invalid name" and a link loop
+_NO_TARGET_ERRNOS = (errno.ENOENT, errno.ELOOP)
+_NO_TARGET_WINERRORS = (21, 123, 1921)
+
+
 def _is_listed(path: Path) -> bool:
     """A file, or a link to nothing (listed, so that its job fails by name rather than vanish
     unsaid). Any other error, such as a folder that may be listed but not entered, is raised:
@@ -156,7 +162,7 @@ def _is_listed(path: Path) -> bool:
     try:
         return stat.S_ISREG(os.stat(path).st_mode)
     except OSError as error:
-        if error.errno not in (errno.ENOENT, errno.ELOOP):
+        if error.errno not in _NO_TARGET_ERRNOS and getattr(error, "winerror", None) not in _NO_TARGET_WINERRORS:
             raise
         return os.path.islink(path)
 
