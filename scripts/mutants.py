@@ -202,17 +202,17 @@ MUTANTS = (
     mutant("image/profiles.py", "MAX_PROFILE_BYTES = 1 << 24", "MAX_PROFILE_BYTES = 1 << 25",
            "tests/test_profiles.py::test_a_stored_profile_inflates_to_16_mib_and_no_further"),
     # the API
-    mutant("api.py", "if not 0 <= steps <= MAX_STEPS:", "if not 0 <= steps < MAX_STEPS:",
+    mutant("api/arguments.py", "if not 0 <= steps <= MAX_STEPS:", "if not 0 <= steps < MAX_STEPS:",
            "tests/test_api.py::test_a_file_may_recommend_up_to_100_steps_and_decode_then_runs_them"),
-    mutant("api.py", "if not 0 <= steps <= MAX_STEPS:", "if not steps <= MAX_STEPS:",
+    mutant("api/arguments.py", "if not 0 <= steps <= MAX_STEPS:", "if not steps <= MAX_STEPS:",
            "tests/test_api.py::test_options_and_inputs_of_the_wrong_kind_are_refused_by_name"),
-    mutant("api.py", "    if steps > MAX_STEPS:\n", "    if steps >= MAX_STEPS:\n",
+    mutant("api/__init__.py", "    if steps > MAX_STEPS:\n", "    if steps >= MAX_STEPS:\n",
            "tests/test_api.py::test_a_file_may_recommend_up_to_100_steps_and_decode_then_runs_them"),
-    mutant("api.py", "max_pixels < 1:", "max_pixels < 0:",
+    mutant("api/arguments.py", "max_pixels < 1:", "max_pixels < 0:",
            "tests/test_api.py::test_options_and_inputs_of_the_wrong_kind_are_refused_by_name"),
-    mutant("api.py", "if self.options.recommended_steps is not None:", "if False:",
+    mutant("api/encoding.py", "if self.options.recommended_steps is not None:", "if False:",
            "tests/test_api.py::test_a_file_may_recommend_up_to_100_steps_and_decode_then_runs_them"),
-    mutant("api.py", "if size_at(first, searched=False)[0] > target and (not searches or "
+    mutant("api/encoding.py", "if size_at(first, searched=False)[0] > target and (not searches or "
            "size_at(first, searched=True)[0] > target):", "if size_at(first, searched=False)[0] > target:",
            "tests/test_api.py::test_a_size_target_that_only_the_searched_file_meets_is_met"),
     # diffusion

@@ -135,7 +135,7 @@ def test_a_bad_size_fails_before_the_analysis(small_image, monkeypatch):
     def no_analysis(*arguments, **options):
         raise AssertionError("the image was analysed before its target was checked")
 
-    monkeypatch.setattr(api, "_Encoder", no_analysis)
+    monkeypatch.setattr(api, "Encoder", no_analysis)
     for bad in (0, -3, 1.5):
         with pytest.raises(InvalidOptionError, match="size must be a positive number of bytes"):
             diraccodec.encode(small_image, size=bad)

@@ -715,8 +715,8 @@ def test_a_file_of_an_earlier_release_names_it(tmp_path: Path, small_drc: Path, 
     assert result.exit_code == 2 and result.output.count("\n") == 1
     shipped = modelfiles.DEFAULT_BASE_WEIGHTS
     assert result.output.endswith(f"; decode it with the weights this package ships ({shipped})\n")
-    monkeypatch.setattr(api, "shipped_base_weights_id", lambda: None)  # as a later release, which ships others
-    monkeypatch.setattr(api, "released_base_weights", lambda: {shipped_id: "0.0.9"})
+    monkeypatch.setattr(api.models, "shipped_base_weights_id", lambda: None)  # as a later release, which ships others
+    monkeypatch.setattr(api.models, "released_base_weights", lambda: {shipped_id: "0.0.9"})
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and "decode it with diraccodec 0.0.9" in result.output

@@ -117,7 +117,7 @@ def test_the_encoder_sends_a_map_below_level_3_or_when_asked_and_decoding_follow
     replace_diffusion_settings(random_diffusion_weights, weights,
                                finishing=dataclasses.replace(loaded.finishing, detail_match=(0.0, 0.7, 0.0)))
     monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(weights))
-    api._cached_diffusion.cache_clear()
+    api.models._cached_diffusion.cache_clear()
     try:
         with_map = diraccodec.encode(small_image, 2)
         without = diraccodec.encode(small_image, 3)
@@ -152,7 +152,7 @@ def test_the_encoder_sends_a_map_below_level_3_or_when_asked_and_decoding_follow
                               np.asarray(diraccodec.decode(forced_off, steps=3,
                                                            diffusion_weights=random_diffusion_weights)))
     finally:
-        api._cached_diffusion.cache_clear()
+        api.models._cached_diffusion.cache_clear()
 
 
 def test_the_map_does_not_depend_on_which_diffusion_weights_are_installed(small_image, monkeypatch, tmp_path):
@@ -160,12 +160,12 @@ def test_the_map_does_not_depend_on_which_diffusion_weights_are_installed(small_
 
     with_weights = diraccodec.encode(small_image, 1)
     monkeypatch.setenv("DIRAC_DIFFUSION_WEIGHTS", str(tmp_path / "absent.safetensors"))
-    api._cached_diffusion.cache_clear()
+    api.models._cached_diffusion.cache_clear()
     try:
         assert diraccodec.encode(small_image, 1) == with_weights
         assert drc.TAG_DETAIL in drc.unpack(with_weights).sections
     finally:
-        api._cached_diffusion.cache_clear()
+        api.models._cached_diffusion.cache_clear()
 
 
 def test_the_encoder_writes_the_map_below_the_same_lambda_on_another_ladder(small_image, tmp_path):

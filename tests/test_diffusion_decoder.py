@@ -42,13 +42,13 @@ def test_steps_without_diffusion_weights_say_so(small_image, monkeypatch, tmp_pa
     from diraccodec import api
     from diraccodec.modelfiles import load_diffusion_weights
 
-    api._cached_diffusion.cache_clear()
+    api.models._cached_diffusion.cache_clear()
     load_diffusion_weights.cache_clear()
     try:
         with pytest.raises(InvalidOptionError, match=r"no diffusion weights at .*absent\.safetensors; use 0 steps"):
             diraccodec.decode(diraccodec.encode(small_image, 2), steps=5)
     finally:  # forget the answer for the patched path
-        api._cached_diffusion.cache_clear()
+        api.models._cached_diffusion.cache_clear()
         load_diffusion_weights.cache_clear()
     assert DEFAULT_BASE_WEIGHTS.exists()
 
