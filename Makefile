@@ -74,6 +74,8 @@ lint: setup
 # is ignored by git; weights/ and docs/ stay behind for the training call.
 GPU_PYTHON ?= 3.12
 KIT := .gpu
+# JPEG quality of the training shard: 65 where a larger start must fit too (docs/training-gpu.md)
+SHARD_QUALITY ?= 70
 
 gpu-kit: install
 	rm -rf .whl $(KIT)/start $(KIT)/shard $(KIT)/shard.tar $(KIT)/kodak && mkdir -p $(KIT)
@@ -81,7 +83,7 @@ gpu-kit: install
 	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
 	  $$(grep '^constriction==' constraints.txt)
 	$(BIN)/python scripts/train_candidate.py pack $(KIT)/start
-	$(BIN)/dirac train pack $(KIT)/shard --prescale 2 --quality 70
+	$(BIN)/dirac train pack $(KIT)/shard --prescale 2 --quality $(SHARD_QUALITY)
 	tar -cf $(KIT)/shard.tar -C $(KIT)/shard . && rm -rf $(KIT)/shard
 	cp -r ../shared/data/kodak $(KIT)/kodak
 	du -sh .whl $(KIT)/*

@@ -332,6 +332,8 @@ MUTANTS = (
     mutant("diffusion/schedule.py", "steps + 1, dtype=torch.float64)\n    progress",
            "steps + 1, dtype=torch.float32).double()\n    progress",
            "tests/test_sampler.py::test_the_even_grid_is_bit_for_bit_the_float64_linspace_of_earlier_files"),
+    mutant("training/checkpoint.py", "if not name.startswith(\".\")]:", "]:",
+           "tests/test_training.py::test_a_state_never_replaces_what_is_not_a_state"),
     mutant("training/loop.py", "if now - last_save > options.checkpoint_minutes * 60:", "if False:",
            "tests/test_training.py::test_a_long_run_saves_its_state_every_checkpoint_minutes_before_it_ends"),
     mutant("training/loop.py", "if run.state.step != saved_step or not state_parts(options.checkpoint):",

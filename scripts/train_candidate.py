@@ -339,7 +339,7 @@ def add_level_tables(folder: Path, photos_folder: Path) -> BaseWeights:
 
 
 def parser() -> argparse.ArgumentParser:
-    cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli = train_gpu.OneLineErrors(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = cli.add_subparsers(dest="command", required=True)
     packing = commands.add_parser("pack", help="Write the start: float16 copies of the weights and LPIPS VGG16.")
     packing.add_argument("start", type=Path)

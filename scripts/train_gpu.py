@@ -23,7 +23,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # a GPU machine runs the checkout without installing it
@@ -111,8 +111,16 @@ def existing(text: str) -> Path:
     return Path(text)
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A parser whose errors are one line that names --help, rather than the whole usage first
+    (its subcommands' parsers are of this kind too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli = OneLineErrors(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("model", choices=sorted(TRAINERS))
     cli.add_argument("--state", type=Path, help="The state's folder, resumed if it exists (default checkpoints/MODEL).")
     cli.add_argument("--data", type=existing, action="append", help=f"Folders of photos or packed shards "

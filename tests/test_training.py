@@ -574,8 +574,12 @@ def test_a_state_never_replaces_what_is_not_a_state(photo_folder: Path, tmp_path
     (state / ".DS_Store").write_text("came mid-run")  # after the run's checks: the save keeps it
     write_state(state, tensors, state_now)
     assert (state / ".DS_Store").read_text() == "came mid-run" and load_checkpoint_metadata(state).step == 1
-    with pytest.raises(DiracError, match=r"state holds other files than a training state \(.DS_Store\)"):
+    (state / "notes.txt").write_text("came mid-run")
+    with pytest.raises(DiracError, match=r"state holds other files than a training state \(notes.txt\)"):
         train_base(options(photo_folder, state, 2))  # the next run asks for it to be moved out
+    (state / "notes.txt").unlink()
+    assert train_base(options(photo_folder, state, 2)).step == 2  # a hidden file says nothing of the folder
+    assert (state / ".DS_Store").read_text() == "came mid-run"
     stranded = tmp_path / ".state.partial"
     stranded.mkdir(exist_ok=True)
     (state / ".DS_Store").rename(stranded / ".DS_Store")  # as a save killed before its swap leaves it

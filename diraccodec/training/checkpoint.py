@@ -118,13 +118,14 @@ def _foreign_entries(folder: Path) -> list[str]:
 
 def check_state_place(path: Path) -> None:
     """Refuse, before any work, a state name whose folder holds other files (a state's folder is
-    the state's alone: `--checkpoint photos/` would mix the two), or is a file, or whose parent
-    cannot take the save's new folder; and files an interrupted save left in its temporary
-    folder, which the next save would clear."""
+    the state's alone: `--checkpoint photos/` would mix the two; hidden ones, such as a file
+    manager's .DS_Store, say no such thing, and the saves keep them), or is a file, or whose
+    parent cannot take the save's new folder; and files an interrupted save left in its
+    temporary folder, which the next save would clear."""
     folder = state_folder(path)
     if folder.exists() and not folder.is_dir():
         raise DiracError(f"{folder} is a file, not a training state's folder")
-    if others := _foreign_entries(folder):
+    if others := [name for name in _foreign_entries(folder) if not name.startswith(".")]:
         raise DiracError(f"{folder} holds other files than a training state ({others[0]}): move them out of it, "
                          f"or name another folder")
     _check_no_stranded(folder)
