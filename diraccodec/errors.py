@@ -86,6 +86,14 @@ def out_of_memory_message(error: BaseException) -> str:
     return f"out of memory ({lines[0]})" if lines else "out of memory"
 
 
+def file_fault(error: Exception) -> str:
+    """Why a file is not of the kind expected, in words: a missing field is named as one (a
+    KeyError alone prints its key, as 'step')."""
+    if isinstance(error, KeyError) and error.args:
+        return f"it has no {error.args[0]!r} field"
+    return one_line(str(error))
+
+
 def counted(number: int, noun: str) -> str:
     """"1 byte", "2 bytes": a count and its noun, as a message says them."""
     return f"{number} {noun}{'' if number == 1 else 's'}"

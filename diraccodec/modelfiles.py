@@ -37,7 +37,7 @@ from diraccodec.entropy.tables import (
     gaussian_scales,
     hyper_grid,
 )
-from diraccodec.errors import DiracError
+from diraccodec.errors import DiracError, file_fault
 from diraccodec.image.files import write_atomic
 from diraccodec.restoration.filter import RestorationFilter
 from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig
@@ -109,6 +109,8 @@ def read_verified(path: Path) -> tuple[bytes, str]:
         data = path.read_bytes()
     except OSError as error:
         raise DiracError(f"cannot read weights {path}: {error.strerror or error}") from None
+    if not _is_safetensors(data):  # an image, say: not weights left out of the manifest
+        raise DiracError(f"{path} is not a weights file (safetensors)")
     digest = hashlib.sha256(data).hexdigest()
     expected = read_manifest(path.parent).get(path.name, {}).get("sha256")
     if expected is None:
@@ -119,6 +121,11 @@ def read_verified(path: Path) -> tuple[bytes, str]:
         raise DiracError(f"weights {path} fail their hash check (modified or corrupt): sha256 {digest[:16]}..., "
                          f"expected {expected[:16]}...")
     return data, digest
+
+
+def _is_safetensors(data: bytes) -> bool:
+    """Whether `data` opens as safetensors do: a little-endian header length, then its JSON."""
+    return len(data) > 8 and 8 + int.from_bytes(data[:8], "little") <= len(data) and data[8:9] == b"{"
 
 
 def _parse(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -149,7 +156,7 @@ def load_base_weights(path: Path | None = None) -> BaseWeights:
         check_fixed_point(model)  # the format's arithmetic must hold for these weights
         shared_tables_id = bytes.fromhex(metadata[SHARED_TABLES_ID]) if SHARED_TABLES_ID in metadata else None
     except (KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError) as error:
-        raise DiracError(f"{path} is not a diraccodec base weights file ({error})") from None
+        raise DiracError(f"{path} is not a diraccodec base weights file ({file_fault(error)})") from None
     model.eval().requires_grad_(False)
     return BaseWeights(
         model=model,
@@ -252,7 +259,7 @@ def _unet_file(path: Path, kind: str) -> tuple[ResidualUNet, bytes, dict[str, st
         tensors, metadata = _parse(data)
         return _unet(tensors, metadata), bytes.fromhex(metadata["base_weights_id"]), metadata, bytes.fromhex(digest)[:8]
     except (KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError) as error:
-        raise DiracError(f"{path} is not a diraccodec {kind} weights file ({error})") from None
+        raise DiracError(f"{path} is not a diraccodec {kind} weights file ({file_fault(error)})") from None
 
 
 def load_unet_weights(path: Path) -> ResidualUNet:
@@ -283,7 +290,7 @@ def load_diffusion_weights(path: Path) -> DiffusionWeights:
         restoration_id = bytes.fromhex(metadata["restoration_weights_id"]) if "restoration_weights_id" in metadata \
             else None
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
-        raise DiracError(f"{path} is not a diraccodec diffusion weights file ({error})") from None
+        raise DiracError(f"{path} is not a diraccodec diffusion weights file ({file_fault(error)})") from None
     return DiffusionWeights(model, settings, finishing, base_id, path, metadata, restoration_id)
 
 

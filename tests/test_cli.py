@@ -96,6 +96,9 @@ def test_decode_and_batch_take_the_restoration_switch_and_diffusion_weights(tmp_
         missing = CliRunner().invoke(main, [*command, "--steps", "2", "--diffusion-weights", str(tmp_path / "no")])
         assert missing.exit_code == 2, missing.output
         assert missing.output == f"dirac: error: cannot read weights {tmp_path / 'no'}: No such file or directory\n"
+        image = tmp_path / "one.png"
+        image_given = CliRunner().invoke(main, [*command, "--steps", "2", "--diffusion-weights", str(image)])
+        assert image_given.output == f"dirac: error: {image} is not a weights file (safetensors)\n"
     # none installed ($DIRAC_DIFFUSION_WEIGHTS names no file): a batch that decodes with steps fails once, at once
     none_installed = CliRunner().invoke(main, ["batch", str(encoded), str(tmp_path / "later"), "--steps", "2"])
     assert none_installed.exit_code == 2, none_installed.output

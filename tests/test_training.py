@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from diraccodec.training.base import BaseTrainingOptions, export_base_checkpoint, train_base
 from diraccodec.training.checkpoint import load_checkpoint_metadata, read_state, summary_path, write_travel_copy
@@ -131,6 +131,9 @@ def test_train_and_export_commands(photo_folder: Path, tmp_path: Path):
     not_a_checkpoint.write_bytes(b"not a checkpoint")
     result = runner.invoke(main, ["train", "export", str(not_a_checkpoint), str(tmp_path / "x.safetensors")])
     assert result.exit_code == 2 and "is not a diraccodec training checkpoint" in result.output
+    result = runner.invoke(main, ["train", "export", str(weights), str(tmp_path / "x.safetensors")])  # weights
+    assert result.output == f"dirac: error: {weights} is not a diraccodec training checkpoint (it has no 'step' " \
+                            "field)\n"
     tuned_state, tuned = tmp_path / "checkpoints" / "base-entropy", tmp_path / "tuned" / "base.safetensors"
     result = runner.invoke(main, ["train", "entropy", "--data", str(photo_folder), "--weights", str(weights),
                                   "--checkpoint", str(tuned_state), "--steps", "1", "--crops", "2",
@@ -164,6 +167,13 @@ def test_packed_shard_holds_training_photos_under_their_names_and_records_its_do
     sampler = CropSampler([shard], 32)
     assert sampler.image_count == sampler.copies == 2
     assert sampler.batch(3).shape == (3, 3, 32, 32)
+    from diraccodec.errors import DiracError
+
+    (tmp_path / "kept").mkdir()
+    for output in (tmp_path / "new", tmp_path / "kept"):  # a folder the failed pack made is not left behind
+        with pytest.raises(DiracError, match="after the 100x downscale: nothing to pack"):
+            pack_shard([folder], output, prescale=100.0, min_side=32)
+    assert not (tmp_path / "new").exists() and (tmp_path / "kept").is_dir()
 
 
 def test_the_held_out_split_is_fixed_by_name_and_no_training_path_sees_it(tmp_path: Path):
@@ -429,7 +439,7 @@ def test_the_gpu_script_reports_bad_input_in_one_line(photo_folder: Path, tmp_pa
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "train_gpu.py"
     unlisted = tmp_path / "base.safetensors"
-    unlisted.write_bytes(b"not weights")
+    save_file({"weight": torch.zeros(1)}, str(unlisted))  # weights no manifest lists
     result = subprocess.run([sys.executable, str(script), "base", "--data", str(photo_folder), "--state",
                              str(tmp_path / "state"), "--start-from", str(unlisted), "--steps", "1", "--device", "cpu"],
                             capture_output=True, text=True, timeout=300)
@@ -678,8 +688,6 @@ def test_a_travel_copy_keeps_integer_tensors_as_they_are(tmp_path: Path):
 
 def test_an_older_checkpoint_refuses_adam_moments_from_another_step(tmp_path: Path):
     """The older layout's moments file must match its checkpoint's step, or a resume mixes two runs."""
-    from safetensors.torch import save_file
-
     from diraccodec.errors import DiracError
 
     header = {"seconds": "1.000", "meta": json.dumps({"kind": "base"})}

@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load, load_file, save
 
-from diraccodec.errors import DiracError
+from diraccodec.errors import DiracError, file_fault
 from diraccodec.image.files import WRITE_CHECK_NAME, check_writable_folder
 from diraccodec.training.averaging import AVERAGE_PREFIX, WeightAverage
 
@@ -213,7 +213,7 @@ def read_state(path: Path) -> tuple[TrainingState, dict[str, torch.Tensor]]:
             return _state_from_header(_header_of(stream)), load(stream)
         return _read_legacy(location)
     except (SafetensorError, OSError, KeyError, ValueError) as error:
-        raise DiracError(f"{location} is not a diraccodec training checkpoint ({error})") from None
+        raise DiracError(f"{location} is not a diraccodec training checkpoint ({file_fault(error)})") from None
 
 
 def load_checkpoint_metadata(path: Path) -> TrainingState:
@@ -231,7 +231,7 @@ def load_checkpoint_metadata(path: Path) -> TrainingState:
             return _state_from_header(_header_of(struct.pack("<Q", length) + head))
         return _file_state(location)
     except (SafetensorError, OSError, KeyError, ValueError, struct.error) as error:
-        raise DiracError(f"{location} is not a diraccodec training checkpoint ({error})") from None
+        raise DiracError(f"{location} is not a diraccodec training checkpoint ({file_fault(error)})") from None
 
 
 def _header_of(stream: bytes) -> dict[str, str]:

@@ -120,6 +120,7 @@ def pack_shard(
     keeps its name (in a subfolder per source folder), so the held-out split reads the same.
     """
     folders = tuple(folders)  # read twice: for the photos and for the manifest
+    made = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     count = total = 0
     written: set[Path] = set()
@@ -140,6 +141,8 @@ def pack_shard(
             written.add(target)
             count, total = count + 1, total + buffer.tell()
     if count == 0:  # a shard of nothing would only fail later, on the GPU machine
+        if made:  # nothing was written into it
+            output.rmdir()
         raise DiracError(f"no training photo in {', '.join(map(str, folders))} is at least {min_side} pixels a "
                          f"side after the {prescale:g}x downscale: nothing to pack")
     manifest = {"prescale": prescale, "quality": quality, "images": count, "held_out": "excluded",
