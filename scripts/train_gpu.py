@@ -47,6 +47,7 @@ from diraccodec.training.checkpoint import (  # noqa: E402
     summary_path,
     write_travel_copy,
 )
+from diraccodec.training.crops import check_whole_blocks  # noqa: E402
 from diraccodec.training.diffusion import (  # noqa: E402
     DiffusionTrainingOptions,
     train_diffusion,
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         options = training_options(arguments, state)
         check_before_work(options)  # before the log is opened beside the state
+        check_whole_blocks(arguments.patch_size)
         if arguments.output is not None:
             check_output_apart(state, arguments.output)
         if arguments.export is not None:
