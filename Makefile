@@ -71,7 +71,7 @@ lint: setup
 # What a GPU machine without network needs for training and the GPU check
 # (docs/training-gpu.md): constriction's wheel for that machine's Python, the candidate's start
 # (float16 weights and LPIPS VGG16), the training shard in one tar file, and Kodak. All of it
-# is ignored by git; weights/ and docs/ stay behind for the training call.
+# is ignored by git; weights/, docs/ and tests/ stay behind for the training call.
 GPU_PYTHON ?= 3.12
 KIT := .gpu
 # JPEG quality of the training shard: 65 where a larger start must fit too (docs/training-gpu.md)

@@ -87,10 +87,10 @@ def out_of_memory_message(error: BaseException) -> str:
 
 
 def file_fault(error: Exception) -> str:
-    """Why a file is not of the kind expected, in words: a missing field is named as one (a
-    KeyError alone prints its key, as 'step')."""
+    """Why a file is not of the kind expected, in words: what it lacks is said so (a KeyError
+    alone prints its key, as 'step')."""
     if isinstance(error, KeyError) and error.args:
-        return f"it has no {error.args[0]!r} field"
+        return f"it has no {error.args[0]!r}"
     return one_line(str(error))
 
 

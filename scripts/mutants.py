@@ -554,7 +554,9 @@ MUTANTS = (
            "chosen = [r for r in results if r.status == status]", UNREADABLE_FOLDER_TEST),
     mutant("batch/storage.py", "                folders.clear()\n", "                pass\n", UNREADABLE_FOLDER_TEST),
     mutant("batch/storage.py", " and getattr(error, \"winerror\", None) not in _NO_TARGET_WINERRORS:", ":",
-           "tests/test_batch.py::test_a_name_windows_cannot_resolve_is_no_file_and_a_refusal_makes_its_folder_unreadable"),
+           "tests/test_batch.py::test_a_name_that_cannot_be_looked_at_fails_alone_and_windows_invalid_names_are_no_files"),
+    mutant("batch/storage.py", "if failures and len(failures) == len(names):", "if failures:",
+           "tests/test_batch.py::test_a_name_that_cannot_be_looked_at_fails_alone_and_windows_invalid_names_are_no_files"),
 )
 
 

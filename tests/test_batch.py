@@ -431,30 +431,30 @@ def test_a_link_to_nothing_and_a_folder_in_an_output_s_place_fail_by_name(tmp_pa
     assert results["photo.png"].status == "failed" and "photo.drc" in results["photo.png"].message  # not "skipped"
 
 
-def test_a_name_windows_cannot_resolve_is_no_file_and_a_refusal_makes_its_folder_unreadable(
+def test_a_name_that_cannot_be_looked_at_fails_alone_and_windows_invalid_names_are_no_files(
         tmp_path, small_image, monkeypatch):
-    """As pathlib reads Windows' errors: an invalid name or a link loop is no file (at most a
-    failed job), where access denied is a folder that may not be entered."""
+    """One name whose stat is refused is that file's failure, by name, not its folder's (only
+    when every name fails is the folder one that may not be entered); a link through a file
+    is a link to nothing, and Windows' invalid name no file, as pathlib reads them."""
     from diraccodec.batch.storage import LOCAL
 
-    for name in ("a.png", "odd.png"):
+    (tmp_path / "sub").mkdir()
+    for name in ("a.png", "odd.png", "sub/b.png", "sub/locked.png"):
         small_image.save(tmp_path / name)
-    real_stat, winerror = os.stat, 123
+    (tmp_path / "through.png").symlink_to(tmp_path / "a.png" / "x")  # ENOTDIR
+    real_stat = os.stat
 
-    def windows_stat(path, *args, **options):
-        if Path(path).name == "odd.png":
-            error = OSError(errno.EINVAL if winerror == 123 else errno.EACCES, "refused", str(path))
-            error.winerror = winerror
+    def refusing_stat(path, *args, **options):
+        if Path(path).name in ("odd.png", "locked.png"):
+            windows = Path(path).name == "odd.png"
+            error = OSError(errno.EINVAL if windows else errno.EACCES, "refused", str(path))
+            error.winerror = 123 if windows else None  # ERROR_INVALID_NAME
             raise error
         return real_stat(path, *args, **options)
 
-    monkeypatch.setattr(os, "stat", windows_stat)
-    assert LOCAL.walk(tmp_path).files == ["a.png"] and not LOCAL.walk(tmp_path).unreadable
-    winerror = 5  # ERROR_ACCESS_DENIED
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "odd.png").rename(tmp_path / "sub" / "odd.png")
-    small_image.save(tmp_path / "sub" / "b.png")
-    assert LOCAL.walk(tmp_path).files == ["a.png"] and LOCAL.walk(tmp_path).unreadable == {"sub": "refused"}
+    monkeypatch.setattr(os, "stat", refusing_stat)
+    listing = LOCAL.walk(tmp_path)
+    assert listing.files == ["a.png", "sub/b.png", "sub/locked.png", "through.png"] and not listing.unreadable
 
 
 def test_a_folder_the_batch_cannot_read_fails_by_name_and_an_empty_name_is_no_folder(
@@ -495,7 +495,7 @@ def test_a_folder_the_batch_cannot_read_fails_by_name_and_an_empty_name_is_no_fo
         ["in/a.png", "in/sub/entered/c.png", "in/sub/entered/deeper/b.png"]
     monkeypatch.setattr(os, "stat", stat_refused)
     result = CliRunner().invoke(main, ["batch", "in", "out", "-e", "1", "-j", "1"])
-    failures = [f"in/sub/{name}: cannot read this folder (Permission denied): its files are not converted"
+    failures = [f"in/sub/{name}: cannot read this folder (Permission denied): nothing in it is converted"
                 for name in ("entered", "locked")]  # one line for a folder and all under it
     lines = result.output.splitlines()
     assert result.exit_code == 1

@@ -132,8 +132,7 @@ def test_train_and_export_commands(photo_folder: Path, tmp_path: Path):
     result = runner.invoke(main, ["train", "export", str(not_a_checkpoint), str(tmp_path / "x.safetensors")])
     assert result.exit_code == 2 and "is not a diraccodec training checkpoint" in result.output
     result = runner.invoke(main, ["train", "export", str(weights), str(tmp_path / "x.safetensors")])  # weights
-    assert result.output == f"dirac: error: {weights} is not a diraccodec training checkpoint (it has no 'step' " \
-                            "field)\n"
+    assert result.output == f"dirac: error: {weights} is not a diraccodec training checkpoint (it has no 'step')\n"
     tuned_state, tuned = tmp_path / "checkpoints" / "base-entropy", tmp_path / "tuned" / "base.safetensors"
     result = runner.invoke(main, ["train", "entropy", "--data", str(photo_folder), "--weights", str(weights),
                                   "--checkpoint", str(tuned_state), "--steps", "1", "--crops", "2",

@@ -191,7 +191,7 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
     from diraccodec.image.files import check_image_fits, image_bytes, image_format_for
 
     if job.unreadable is not None:
-        return JobResult(job, "failed", f"cannot read this folder ({job.unreadable}): its files are not converted")
+        return JobResult(job, "failed", f"cannot read this folder ({job.unreadable}): nothing in it is converted")
     if job.same_output_as is not None:
         return JobResult(job, "failed", f"converts to the same output as {job.same_output_as}; rename one of them")
     try:

@@ -118,12 +118,19 @@ class LocalStorage:
         found = []
         # links to folders are not followed
         for parent, folders, names in os.walk(folder, onerror=lambda error: refused(error.filename, error)):
-            try:
-                paths = [Path(parent) / name for name in names]
-                found += [path.relative_to(folder).as_posix() for path in paths if _is_listed(path)]
-            except OSError as error:  # a folder that may be listed but not entered: none of it can be read
-                refused(parent, error)
+            listed, failures = [], []
+            for path in (Path(parent) / name for name in names):
+                try:
+                    if _is_listed(path):
+                        listed.append(path)
+                except OSError as error:  # listed, so that its job fails by name
+                    listed.append(path)
+                    failures.append(error)
+            if failures and len(failures) == len(names):  # may be listed but not entered: none of it can be read
+                refused(parent, failures[0])
                 folders.clear()
+            else:
+                found += [path.relative_to(folder).as_posix() for path in listed]
         return Listing(sorted_relative(found), unreadable)
 
     def read(self, location: Location) -> bytes:
@@ -151,14 +158,15 @@ LOCAL = LocalStorage()
 
 # What stat says of a name whose target is missing or cannot be resolved, which pathlib, too,
 # takes for no file: POSIX errors, and Windows' "not ready", "invalid name" and a link loop
-_NO_TARGET_ERRNOS = (errno.ENOENT, errno.ELOOP)
+_NO_TARGET_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
 _NO_TARGET_WINERRORS = (21, 123, 1921)
 
 
 def _is_listed(path: Path) -> bool:
     """A file, or a link to nothing (listed, so that its job fails by name rather than vanish
-    unsaid). Any other error, such as a folder that may be listed but not entered, is raised:
-    some Pythons' Path.is_file calls that no file."""
+    unsaid). Any other error is raised, for the walk to weigh: one name's is that file's, every
+    name's in a folder is a folder that may be listed but not entered (where some Pythons'
+    Path.is_file would call each no file)."""
     try:
         return stat.S_ISREG(os.stat(path).st_mode)
     except OSError as error:

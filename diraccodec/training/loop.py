@@ -228,9 +228,9 @@ def _stop_requests() -> Iterator[_StopRequest]:
 
 
 class _Budget:
-    """A run's wall-clock end (its `minutes`, a launcher's `deadline`), less what it keeps free
-    for the last save; under `minutes` it also sets options.steps from the measured speed, so
-    that the learning-rate decay ends when the time does.
+    """A run's wall-clock end (its `minutes`, a launcher's `deadline`) and the margin it keeps
+    before it for the last save; under `minutes` it also sets options.steps from the measured
+    speed, so that the learning-rate decay ends when the time does.
 
     The speed is measured from the end of the run's first step, then from the step of its
     first estimate: on a GPU the first step compiles the model, which can take a minute or
