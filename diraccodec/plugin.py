@@ -79,10 +79,11 @@ def _checked_decode_options(options: dict[str, Any]) -> dict[str, Any]:
                                  f"known: {', '.join(sorted(decode_options()))}")
     from diraccodec import api
 
-    api.check_decode_options(**options)  # where they are set, not at a later load (max_pixels: at Image.open)
+    # where they are set, not at a later load (max_pixels: at Image.open)
+    as_checked = api.check_decode_options(**options)
     checked = dict(options)
     if "max_pixels" in checked:  # read by Image.open's own header check: a Python int (NumPy's overflows there)
-        checked["max_pixels"] = api.check_max_pixels(checked["max_pixels"])
+        checked["max_pixels"] = as_checked.max_pixels
     return checked
 
 

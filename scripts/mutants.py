@@ -169,7 +169,7 @@ MUTANTS = (
            "tests/test_robustness.py::test_a_file_of_several_frames_is_closed_and_a_tiffs_exif_kept"),
     mutant("image/planes.py", '        image.info["exif"] = exif\n', "        pass\n",
            "tests/test_robustness.py::test_a_file_of_several_frames_is_closed_and_a_tiffs_exif_kept"),
-    mutant("plugin.py", 'checked["max_pixels"] = api.check_max_pixels(checked["max_pixels"])',
+    mutant("plugin.py", 'checked["max_pixels"] = as_checked.max_pixels',
            'checked["max_pixels"] = checked["max_pixels"]',
            "tests/test_plugin.py::test_image_open_bounds_the_header_by_the_decode_defaults_max_pixels"),
     mutant("plugin.py", "        _ = header.alpha_payload  #", "        pass  #",

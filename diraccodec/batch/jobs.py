@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from diraccodec.batch.storage import Location, is_uri, join, local_path, location_of, path_of, storage_for
-from diraccodec.container.drc import DEFAULT_MAX_PIXELS
+from diraccodec.container.drc import DEFAULT_MAX_PIXELS, unpack
 from diraccodec.errors import MAX_PIXELS_HINT, DiracError, LimitExceededError, is_out_of_memory, out_of_memory_message
 from diraccodec.image.planes import IMAGE_SUFFIXES
 from diraccodec.options import AUTO, DEFAULT_EFFORT, DEFAULT_PNG_COMPRESSION, DEFAULT_QUALITY
@@ -212,7 +212,7 @@ def run_job(job: Job, settings: BatchSettings) -> JobResult:
             target.write_atomic(job.target, encoded)
             return JobResult(job, "converted", "", len(data), len(encoded), info.header.pixels)
         image_format = image_format_for(Path(path_of(job.target)))
-        header = api.inspect(data, settings.max_pixels).header
+        header = unpack(data, settings.max_pixels)  # the decode reads its sections
         check_image_fits(image_format, header.width, header.height, header.colour_mode.has_alpha)  # before the work
         image = api.decode(data, settings.steps, settings.seed, weights=settings.weights,
                            diffusion_weights=settings.diffusion_weights, device=settings.device, exact=settings.exact,
