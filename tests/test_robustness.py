@@ -838,15 +838,21 @@ def test_grey_decodes_round_the_mean_of_the_channels():
     assert np.asarray(grey).tolist() == [[2, 10, 0, 255]]
 
 
-def test_an_alpha_plane_that_inflates_to_more_than_the_image_is_corrupt():
+def test_an_alpha_plane_that_is_not_one_whole_stream_of_the_image_size_is_corrupt():
     from diraccodec.errors import CorruptFileError
     from diraccodec.image.planes import compress_alpha, decompress_alpha
 
     alpha = np.arange(6 * 5, dtype=np.uint8).reshape(5, 6)
-    assert np.array_equal(decompress_alpha(compress_alpha(alpha), 6, 5), alpha)
+    payload = compress_alpha(alpha)
+    assert np.array_equal(decompress_alpha(payload + b"after", 6, 5), alpha)  # bytes after the stream
     for payload in (compress_alpha(np.zeros(6 * 5 + 1, np.uint8)), compress_alpha(alpha[:4])):
         with pytest.raises(CorruptFileError, match=r"alpha plane has the wrong size"):
             decompress_alpha(payload, 6, 5)
+    stored = zlib.compressobj(0)  # stored blocks: every pixel is in the stream before its end
+    whole = stored.compress(alpha.tobytes()) + stored.flush(zlib.Z_SYNC_FLUSH)
+    assert np.array_equal(decompress_alpha(whole + stored.flush(), 6, 5), alpha)
+    with pytest.raises(CorruptFileError, match=r"alpha plane's stream is cut off"):
+        decompress_alpha(whole, 6, 5)  # every pixel, but no end and no Adler-32
 
 
 def test_suffixes_are_known_in_any_case(tmp_path, small_image):

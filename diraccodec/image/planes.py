@@ -446,4 +446,6 @@ def decompress_alpha(payload: bytes, width: int, height: int) -> np.ndarray:
         raise CorruptFileError("corrupt .drc file (alpha plane does not inflate)") from None
     if len(raw) != expected or inflater.unconsumed_tail:
         raise CorruptFileError("corrupt .drc file (alpha plane has the wrong size)")
+    if not inflater.eof:  # all its bytes, but no end or Adler-32: as a metadata part, one whole stream
+        raise CorruptFileError("corrupt .drc file (alpha plane's stream is cut off)")
     return np.frombuffer(raw, dtype=np.uint8).reshape(height, width).copy()
