@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
@@ -90,13 +91,19 @@ def image_paths(sources: tuple[Path, ...]) -> list[Path]:
     return list(unique.values())
 
 
-def fastest(repeat: int, function: Callable[[], object]) -> tuple[float, object]:
-    """The shortest of `repeat` runs of `function`, and its last result."""
+def fastest(repeat: int, function: Callable[[], object], device: torch.device | None = None) -> tuple[float, object]:
+    """The shortest of `repeat` runs of `function`, and its last result. On a GPU each run is
+    timed from an idle device until its work is done: a call returns while its kernels still run."""
+    def finished() -> float:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     best, result = float("inf"), None
     for _ in range(repeat):
-        started = time.perf_counter()
+        started = finished()
         result = function()
-        best = min(best, time.perf_counter() - started)
+        best = min(best, finished() - started)
     return best, result
 
 
@@ -109,49 +116,51 @@ def time_image(path: Path, options: BenchOptions) -> dict[str, float]:
 
 def _time_stages(path: Path, options: BenchOptions) -> dict[str, float]:
     compute = api.compute_for(options.device, options.exact)
+
+    def timed(function: Callable[[], object]) -> tuple[float, object]:
+        return fastest(options.repeat, function, compute.device)
+
     codec = api.get_codec(options.weights, compute)
     seconds: dict[str, float] = {}
     planes = image_to_planes(open_image(path, 10**9), label=str(path))  # its warnings, once
     with warnings.catch_warnings():  # then timed without them
         warnings.simplefilter("ignore")
-        seconds["load"], planes = fastest(options.repeat, lambda: image_to_planes(open_image(path, 10**9)))
+        seconds["load"], planes = timed(lambda: image_to_planes(open_image(path, 10**9)))
     rgb = planes.rgb
     height, width = rgb.shape[:2]
     level = api.check_quality(options.level, codec.num_levels)
-    seconds["analysis"], latents = fastest(options.repeat, lambda: codec.analysis_latents(rgb))
-    seconds["entropy coding"], _ = fastest(
-        options.repeat, lambda: codec.write_stream(codec.quantize(latents, level, rgb), level))
+    seconds["analysis"], latents = timed(lambda: codec.analysis_latents(rgb))
+    seconds["entropy coding"], _ = timed(lambda: codec.write_stream(codec.quantize(latents, level, rgb), level))
     image = Image.fromarray(rgb)
-    seconds["encode"], encoded = fastest(options.repeat, lambda: api.encode(
+    seconds["encode"], encoded = timed(lambda: api.encode(
         image, level, effort=options.effort, weights=options.weights, device=options.device))
     payload = api.inspect(encoded).header.sections[drc.TAG_LATENTS]
-    seconds["entropy decoding"], decoded = fastest(
-        options.repeat, lambda: codec.read_stream(payload, width, height, level))
-    seconds["synthesis"], base = fastest(options.repeat, lambda: codec.synthesize(decoded, width, height, level))
+    seconds["entropy decoding"], decoded = timed(lambda: codec.read_stream(payload, width, height, level))
+    seconds["synthesis"], base = timed(lambda: codec.synthesize(decoded, width, height, level))
     restorer = api.get_restorer(codec)
     if restorer is not None:
-        seconds["restoration"], _ = fastest(options.repeat, lambda: restorer.restore(base, level))
-    seconds["decode"], _ = fastest(options.repeat, lambda: api.decode(
+        seconds["restoration"], _ = timed(lambda: restorer.restore(base, level))
+    seconds["decode"], _ = timed(lambda: api.decode(
         encoded, 0, weights=options.weights, device=options.device, exact=options.exact))
     try:
         diffusion = api.get_diffusion(codec)
     except DiracError:  # no diffusion weights for this base: no step to time
         diffusion = None
     if diffusion is not None:
-        one, _ = fastest(options.repeat, lambda: diffusion.sample(base, level, 1))
-        five, _ = fastest(options.repeat, lambda: diffusion.sample(base, level, 1 + EXTRA_STEPS))
+        one, _ = timed(lambda: diffusion.sample(base, level, 1))
+        five, _ = timed(lambda: diffusion.sample(base, level, 1 + EXTRA_STEPS))
         seconds["diffusion step"] = max(five - one, 0.0) / EXTRA_STEPS
     if options.steps:
-        seconds[f"decode {options.steps} steps"], _ = fastest(options.repeat, lambda: api.decode(
+        seconds[f"decode {options.steps} steps"], _ = timed(lambda: api.decode(
             encoded, options.steps, weights=options.weights, device=options.device, exact=options.exact))
     megapixels = width * height / 1e6
     figures = {stage: value / megapixels for stage, value in seconds.items()}
     figures["bpp"] = 8 * len(encoded) / (width * height)
     for key in options.references:
         image_format, settings = REFERENCES[key]
-        encode_seconds, reference = fastest(options.repeat, lambda f=image_format, s=settings: encode_with_pillow(
+        encode_seconds, reference = timed(lambda f=image_format, s=settings: encode_with_pillow(
             image, f, **s))
-        decode_seconds, _ = fastest(options.repeat, lambda r=reference: decode_with_pillow(r))
+        decode_seconds, _ = timed(lambda r=reference: decode_with_pillow(r))
         figures[f"{key} encode"] = encode_seconds / megapixels
         figures[f"{key} decode"] = decode_seconds / megapixels
         figures[f"{key} bpp"] = 8 * len(reference) / (width * height)

@@ -136,20 +136,27 @@ def full_float32() -> Iterator[None]:
     0-step decode's fidelity and are meant to run in float32 on every device. Set and put back
     through torch's per-backend precision where it has one (torch 2.9 on): the older flags
     cannot hold every setting ("medium"), and reading them after a caller used the newer
-    interface raises."""
+    interface raises. Before 2.9 the matrix products' setting goes back by its name, which
+    holds "medium"."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    if hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv"):
+    newer = hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv")
+    if newer:
         flags, full = ((matmul, "fp32_precision"), (cudnn.conv, "fp32_precision")), "ieee"
     else:
-        flags, full = ((matmul, "allow_tf32"), (cudnn, "allow_tf32")), False
+        flags, full = ((cudnn, "allow_tf32"),), False
     previous = [getattr(owner, name) for owner, name in flags]
+    matmul_precision = None if newer else torch.get_float32_matmul_precision()
     try:
         for owner, name in flags:
             setattr(owner, name, full)
+        if matmul_precision is not None:
+            torch.set_float32_matmul_precision("highest")
         yield
     finally:
         for (owner, name), value in zip(flags, previous, strict=True):
             setattr(owner, name, value)
+        if matmul_precision is not None:
+            torch.set_float32_matmul_precision(matmul_precision)
 
 
 @functools.cache

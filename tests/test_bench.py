@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 from rich.console import Console
@@ -151,6 +152,33 @@ def test_each_stage_is_the_fastest_of_its_repeats_per_megapixel_and_times_only_i
     expected["jpeg bpp"] = 8 * len(results["encode_with_pillow"]) / (96 * 80)
     assert expected["bpp"] != expected["jpeg bpp"]
     assert figures == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_stage_on_a_gpu_is_timed_until_its_work_is_done(monkeypatch):
+    """A call on CUDA returns while its kernels still run: each run is timed from an idle GPU
+    (the work queued before it waited for) until the GPU has finished it."""
+    from types import SimpleNamespace
+
+    from diraccodec import bench
+
+    now, events = [0.0], []
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def synchronize(device: torch.device) -> None:
+        events.append(("wait", str(device)))
+        now[0] += 5.0  # the queued work finishing
+
+    def queue_work() -> str:
+        events.append(("run", None))
+        now[0] += 1.0
+        return "result"
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    assert bench.fastest(2, queue_work, torch.device("cuda:0")) == (6.0, "result")
+    assert events == [("wait", "cuda:0"), ("run", None), ("wait", "cuda:0")] * 2
+    events.clear()
+    assert bench.fastest(2, queue_work, torch.device("cpu")) == (1.0, "result") and ("run", None) in events
+    assert all(kind == "run" for kind, _ in events)
 
 
 def test_the_summary_is_each_figures_median_and_range_in_stage_order_after_a_warm_up(

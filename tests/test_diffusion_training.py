@@ -156,6 +156,39 @@ def test_training_on_the_filter_feeds_the_model_the_filter_output(sample_image, 
     assert exported.restoration_weights_id == restoration.weights_id
 
 
+def test_the_frozen_stages_reconstruct_in_full_float32_beside_tf32_steps(sample_image, tmp_path, monkeypatch):
+    """On a GPU the trained model's steps run in TF32, and so did the frozen base and filter that
+    make its inputs, which the decoder runs in full float32: the reconstructions it learnt from
+    differed from those it is given."""
+    from diraccodec.codec.hyperprior import MultiRateHyperprior
+    from diraccodec.modelfiles import DEFAULT_RESTORATION_WEIGHTS
+    from diraccodec.restoration.filter import RestorationFilter
+
+    def full_float32_now() -> bool:
+        matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+        if hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv"):
+            return matmul.fp32_precision == cudnn.conv.fp32_precision == "ieee"
+        return not matmul.allow_tf32 and not cudnn.allow_tf32
+
+    seen = []
+    for owner, name in ((MultiRateHyperprior, "reconstruct"), (RestorationFilter, "restore")):
+        def recorded(*arguments, _function=getattr(owner, name), _name=name, **options):
+            seen.append((_name, full_float32_now()))
+            return _function(*arguments, **options)
+
+        monkeypatch.setattr(owner, name, recorded)
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    previous = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = True  # as start_run sets them on a GPU
+    try:
+        train_recording_batches(sample_image, tmp_path, monkeypatch, steps=2, batch_size=2,
+                                restoration_weights=DEFAULT_RESTORATION_WEIGHTS)
+        assert not full_float32_now()  # the steps' own setting is back
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = previous
+    assert seen == [("reconstruct", True), ("restore", True)] * 2
+
+
 def test_training_with_more_blocks_deepens_the_checkpoint_and_resumes_it(sample_image, tmp_path, monkeypatch):
     from diraccodec.errors import DiracError
     from diraccodec.restoration.unet import ResidualUNet, ResidualUNetConfig

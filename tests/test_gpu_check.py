@@ -59,6 +59,14 @@ def test_gpu_check_names_what_its_time_limit_left_out(tmp_path, small_image):
     assert "## Left out by the time limit" in (out / "gpu-check.md").read_text()
 
 
+def test_a_device_the_check_does_not_compare_by_name_is_refused(tmp_path):
+    """`cuda:1` went through as a CPU: no waits before the clock was read, no GPU memory, no CUDA graphs."""
+    result = subprocess.run([sys.executable, "scripts/gpu_check.py", "--data", str(tmp_path), "--device", "cuda:1",
+                             "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "argument --device: invalid choice: 'cuda:1'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_failing_section_is_recorded_and_the_next_one_runs(tmp_path, small_image, monkeypatch):
     gpu_check = load_script("gpu_check")
     data = tmp_path / "images"

@@ -189,6 +189,7 @@ def start_run(model: torch.nn.Module, options: LoopOptions, console: Console,
     compiled = on_cuda if options.compile is None else options.compile
     if compiled:  # where compilation fails, the steps run uncompiled rather than a short run ending
         torch._dynamo.config.suppress_errors = True
+        _count_compilations_anew()
     step_model = torch.compile(model) if compiled else model
     return TrainingRun(model, optimizer, generator, state, device, step_model, warmup_from, average, channels_last,
                        started)
@@ -393,7 +394,10 @@ def _measured_step(run: TrainingRun, options: LoopOptions, next_loss: Callable[[
     """One step (_take_step), profiled where due and marked for the throughput; a profile's time
     is left out of the throughput."""
     profiled.before_step(run.state.step - first_step)
-    figures = _take_step(run, options, next_loss)
+    if run.state.step == first_step and run.step_model is not run.model:
+        figures = _first_compiled_step(run, options, next_loss, console)
+    else:
+        figures = _take_step(run, options, next_loss)
     profile_lines = profiled.after_step(run.state.step - first_step)
     for line in profile_lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -401,6 +405,23 @@ def _measured_step(run: TrainingRun, options: LoopOptions, next_loss: Callable[[
         speed.leave_out(profiled.steps, profiled.seconds)
     speed.stepped(run.state.step - first_step)
     return figures
+
+
+def _first_compiled_step(run: TrainingRun, options: LoopOptions, next_loss: Callable[[], dict[str, torch.Tensor]],
+                         console: Console) -> dict[str, torch.Tensor]:
+    """The run's first step, which compiles; where the compiled steps fail as they run (a
+    generated kernel's fault: suppress_errors covers compiling alone), the run goes on uncompiled
+    rather than ending before its first save. A fault of the model itself fails again, and ends it."""
+    try:
+        return _take_step(run, options, next_loss)
+    except Exception as error:  # left before the retry: its traceback holds the failed step's tensors
+        fault = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
+    console.print(f"the compiled step failed ({fault}): the run goes on uncompiled",
+                  markup=False, highlight=False, soft_wrap=True)
+    run.step_model = run.model
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()  # what the compiled step held
+    return _take_step(run, options, next_loss)
 
 
 def _finish_run(run: TrainingRun, options: LoopOptions, console: Console, stopped_by: str, steps_this_run: int,
@@ -444,6 +465,15 @@ def _take_step(run: TrainingRun, options: LoopOptions,
         run.average.update(run.model)
     run.state.step += 1
     return figures
+
+
+def _count_compilations_anew() -> None:
+    """The compiler's counters are the process's: a run after another in one process
+    (train_candidate.py's stages) counts its own graphs and breaks, not the sum."""
+    with suppress(Exception):  # the compiler's own counters, not a public interface
+        from torch._dynamo.utils import counters
+
+        counters.clear()
 
 
 def _compilation(run: TrainingRun) -> dict[str, int]:

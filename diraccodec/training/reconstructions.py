@@ -3,7 +3,8 @@
 The decoder stages after the base (the diffusion decoder, the restoration filter) learn from
 what the decoder really shows: each crop gets a random fractional rate level and the base
 codec reconstructs it with hard quantisation, exactly as at decode time. The crops are cut
-and reconstructed on the training device, batch by batch, in float32 whatever the autocast.
+and reconstructed on the training device, batch by batch, in float32 whatever the autocast
+(on a GPU, not TF32, which the trained model's own steps use).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.console import Console
 
 from diraccodec.codec.base_codec import BaseWeights
 from diraccodec.codec.hyperprior import MultiRateHyperprior
+from diraccodec.compute import full_float32
 from diraccodec.errors import DiracError
 from diraccodec.modelfiles import load_base_weights
 from diraccodec.restoration.filter import RestorationFilter
@@ -80,7 +82,8 @@ class ReconstructedCrops:
         lowest, highest = self.levels
         generator = self.run.generator
         levels = lowest + torch.rand(self.batch_size, generator=generator, device=generator.device) * (highest - lowest)
-        with torch.no_grad(), torch.autocast(self.run.device.type, enabled=False):
+        # as the decoder runs them (Compute.kernels): float32, not the TF32 the trained model's steps use
+        with torch.no_grad(), torch.autocast(self.run.device.type, enabled=False), full_float32():
             base = self.base_model.reconstruct(batch, level_index=levels - 1)
             if self.restoration is not None:
                 base = self.restoration.restore(base, levels).clamp(0, 1).mul(255).round().div(255)
