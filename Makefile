@@ -54,8 +54,9 @@ test-fast: setup
 	$(PYTEST) -m "not slow"
 
 # the fast tier with the oldest versions pyproject.toml allows (scripts/oldest_requirements.py;
-# torch as constraints.txt pins it), in their own .venv-oldest: the stated floors tested. On
-# the oldest Python, 3.11: newer ones have no wheels of some floors (ray 2.10, numpy 1.26)
+# torch's too, a CUDA build of about 3 GB that runs on the CPU), in their own .venv-oldest:
+# the stated floors tested. On the oldest Python, 3.11: newer ones have no wheels of some
+# floors (ray 2.10, numpy 1.26)
 OLDEST := .venv-oldest
 OLDEST_PYTHON ?= python3.11
 test-oldest:

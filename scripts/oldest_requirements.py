@@ -3,9 +3,9 @@
     python scripts/oldest_requirements.py > oldest.txt
 
 What `make test-oldest` installs, so that the stated floors are tested rather than assumed:
-the package's dependencies and its extras (all but `dev`, the tools) at their floors. torch is
-the exception: it keeps the version constraints.txt pins, since its floor is a CUDA build of
-several gigabytes where no CPU build of it is at hand.
+the package's dependencies and its extras (all but `dev`, the tools) at their floors, torch
+too (the package index's build of it, made for CUDA, runs on a CPU: about 3 GB with its CUDA
+libraries, downloaded once).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOOR = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\[[^\]]*\])?\s*>=\s*([^,;\s]+)")
 
 
-def oldest_requirements(pyproject: dict, pinned: dict[str, str]) -> list[str]:
+def oldest_requirements(pyproject: dict) -> list[str]:
     project = pyproject["project"]
     extras = [requirement for extra, requirements in project["optional-dependencies"].items() if extra != "dev"
               for requirement in requirements]
@@ -29,15 +29,13 @@ def oldest_requirements(pyproject: dict, pinned: dict[str, str]) -> list[str]:
         if match is None:
             raise SystemExit(f"no floor (>=) in {requirement!r}: state one")
         name, floor = match.groups()
-        floors[name] = pinned.get(name.lower(), floor)
+        floors[name] = floor
     return [f"{name}=={floor}" for name, floor in floors.items()]
 
 
 def main() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    pins = (line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
-            if line.startswith("torch=="))
-    sys.stdout.write("".join(f"{line}\n" for line in oldest_requirements(pyproject, dict(pins))))
+    sys.stdout.write("".join(f"{line}\n" for line in oldest_requirements(pyproject)))
 
 
 if __name__ == "__main__":
