@@ -42,19 +42,63 @@ def test_noise_is_standard_normal_and_a_function_of_position_seed_and_draw():
         gaussian_noise((2, 3, 4, 4), 0, 0)
 
 
+def reference_mix32(value: int) -> int:
+    """docs/format.md's mix32, in Python's exact integers."""
+    value ^= value >> 16
+    value = (value * 0x21F0AAAD) & 0xFFFFFFFF
+    value ^= value >> 15
+    value = (value * 0x735A2D97) & 0xFFFFFFFF
+    return value ^ (value >> 15)
+
+
+def reference_uniform(counter: int, key: int) -> np.float32:
+    """docs/format.md's uniform: the hash in exact integers, then float32 as the format rounds it."""
+    hashed = reference_mix32(reference_mix32((counter & 0xFFFFFFFF) ^ key) ^ (((counter >> 32) + key) & 0xFFFFFFFF))
+    return (np.float32(hashed >> 8) + np.float32(0.5)) * np.float32(2.0**-24)
+
+
+def reference_noise(shape: tuple[int, int, int, int], seed: int, draw: int) -> np.ndarray:
+    """docs/format.md's noise generator, written from its text alone, one value at a time."""
+    _, channels, height, width = shape
+    seed %= 1 << 64  # two's complement for a negative seed
+
+    def key(stream: int) -> int:
+        value = 0x9E3779B9
+        for word in (seed & 0xFFFFFFFF, seed >> 32, draw & 0xFFFFFFFF, stream):
+            value = reference_mix32((value + word) & 0xFFFFFFFF)
+        return value
+
+    keys = key(0), key(1)
+    noise = np.empty((1, channels, height, width), np.float32)
+    for index in np.ndindex(channels, height, width):
+        counter = (index[0] * height + index[1]) * width + index[2]
+        radius = np.sqrt(np.float32(-2.0) * np.log(reference_uniform(counter, keys[0])))
+        noise[(0, *index)] = radius * np.cos(np.float32(2 * np.pi) * reference_uniform(counter, keys[1]))
+    return noise
+
+
 def test_the_hash_is_integer_arithmetic_that_no_device_can_round():
     values = torch.tensor([0, 1, 2, 0xFFFFFFFF, 123456789], dtype=torch.int64)
     hashed = mix32(values)
     assert hashed.dtype == torch.int64 and int(hashed.min()) >= 0 and int(hashed.max()) < 2**32
-    # a reference in Python's exact integers
+    assert hashed.tolist() == [reference_mix32(v) for v in values.tolist()]
 
-    def reference(value: int) -> int:
-        value ^= value >> 16
-        value = (value * 0x21F0AAAD) & 0xFFFFFFFF
-        value ^= value >> 15
-        value = (value * 0x735A2D97) & 0xFFFFFFFF
-        return value ^ (value >> 15)
-    assert hashed.tolist() == [reference(v) for v in values.tolist()]
+
+def test_the_noise_is_the_generator_the_format_states():
+    """The noise a decode draws is part of what a conforming decoder reproduces: every hash and
+    uniform exactly as docs/format.md writes them (counters past 2^32 too), and the values within
+    the float functions' last bits, for any seed (a negative one as two's complement) and draw."""
+    from diraccodec.diffusion.noise import _uniform
+
+    counters = [0, 1, 77, 0xFFFFFFFF, (1 << 32) + 5, (1 << 40) - 1]
+    for key in (0, 0x9E3779B9, 0xFFFFFFFF):
+        made = _uniform(torch.tensor(counters, dtype=torch.int64), key).numpy()
+        assert made.tolist() == [float(reference_uniform(counter, key)) for counter in counters]
+    for seed, draw in ((0, 0), (2**40 + 3, 7), (-1, 1), (2**64 - 1, 1)):
+        shape = (1, 3, 5, 7)
+        np.testing.assert_allclose(gaussian_noise(shape, seed, draw).numpy(), reference_noise(shape, seed, draw),
+                                   rtol=0, atol=1e-5)
+    assert torch.equal(gaussian_noise((1, 3, 4, 4), -1, 0), gaussian_noise((1, 3, 4, 4), 2**64 - 1, 0))
 
 
 @pytest.mark.cuda
