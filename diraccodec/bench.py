@@ -94,16 +94,16 @@ def image_paths(sources: tuple[Path, ...]) -> list[Path]:
 def fastest(repeat: int, function: Callable[[], object], device: torch.device | None = None) -> tuple[float, object]:
     """The shortest of `repeat` runs of `function`, and its last result. On a GPU each run is
     timed from an idle device until its work is done: a call returns while its kernels still run."""
-    def finished() -> float:
+    def synchronized_clock() -> float:
         if device is not None and device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter()
 
     best, result = float("inf"), None
     for _ in range(repeat):
-        started = finished()
+        started = synchronized_clock()
         result = function()
-        best = min(best, finished() - started)
+        best = min(best, synchronized_clock() - started)
     return best, result
 
 

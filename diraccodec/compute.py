@@ -136,8 +136,8 @@ def full_float32() -> Iterator[None]:
     0-step decode's fidelity and are meant to run in float32 on every device. Set and put back
     through torch's per-backend precision where it has one (torch 2.9 on): the older flags
     cannot hold every setting ("medium"), and reading them after a caller used the newer
-    interface raises. Before 2.9 the matrix products' setting goes back by its name, which
-    holds "medium"."""
+    interface raises. Before 2.9 the matrix products' setting is saved and put back with
+    torch.get_/set_float32_matmul_precision, whose names hold "medium" too."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     newer = hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv")
     if newer:

@@ -279,7 +279,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, required=True, help="Folder of test images (Kodak).")
     parser.add_argument("--images", type=int, default=24, help="How many of them to time.")
     parser.add_argument("--cross-images", type=int, default=3, help="How many to check across devices.")
-    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),  # the first GPU, as its name shows
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),  # the report names GPU 0
                         help="The device under test (cuda; cpu to try the script).")
     parser.add_argument("--large-megapixels", type=float, nargs="*", default=[12.0, 50.0],
                         help="Sizes of the large-photo runs (up to 12 MP at 20 steps, larger at 0 and 1); none: skip.")

@@ -6,6 +6,7 @@ Exact resume, the state's parts and time budgets are tested through scripts/trai
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from rich.console import Console
 from safetensors.torch import load_file, save_file
 
 from diraccodec.training.base import BaseTrainingOptions, export_base_checkpoint, train_base
@@ -722,12 +724,9 @@ def test_a_state_whose_header_outgrows_its_first_part_still_reads_its_metadata(t
     assert (state.step, state.seconds, state.metadata, state.warmup_from) == (42, 9.5, metadata, 40)
 
 
-def tiny_loop(checkpoint: Path, steps: int, console=None, **changes: object):
-    """run_loop over a one-weight model, its loss a fixed function of it: the loop alone, in milliseconds."""
-    import io
-
-    from rich.console import Console
-
+def tiny_loop(checkpoint: Path, steps: int, console: Console | None = None, **changes: object):
+    """run_loop over a one-weight model, its loss a fixed function of it and of inputs drawn from
+    the run's generator: the loop alone, in milliseconds. Returns (the state, the model, its optimiser)."""
     from diraccodec.compute import thread_count_restored
     from diraccodec.training.loop import LoopOptions, run_loop, start_run
 
@@ -736,41 +735,69 @@ def tiny_loop(checkpoint: Path, steps: int, console=None, **changes: object):
     settings = LoopOptions(checkpoint=checkpoint, steps=steps, **{"log_every": 1000, "checkpoint_minutes": 1e9,
                                                                   "threads": 1, "compile": False, **changes})
     console = console or Console(file=io.StringIO())
-    x = torch.ones(4, 1)
     with thread_count_restored():  # start_run sets the count for the run, as the training commands do
         run = start_run(model, settings, console)
-        return run_loop(run, settings, lambda: {"loss": (run.step_model(x) - 3).square().mean()}, console)
+
+        def loss() -> dict[str, torch.Tensor]:
+            x = torch.rand(4, 1, generator=run.generator)
+            return {"loss": (run.step_model(x) - 3).square().mean()}
+
+        return run_loop(run, settings, loss, console), model, run.optimizer
 
 
-def test_a_compiled_step_that_fails_as_it_runs_goes_on_uncompiled(tmp_path: Path, monkeypatch):
+class _FailsInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(context, value: torch.Tensor) -> torch.Tensor:
+        return value.clone()
+
+    @staticmethod
+    def backward(context, gradient: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("Triton Error [CUDA]: out of resource: shared memory\nRequired: 262144")
+
+
+class _CompiledThatFailsAsItRuns(torch.nn.Module):
+    """What torch.compile returns, its generated backward kernel failing at launch."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _FailsInBackward.apply(self.model(x))
+
+
+def test_a_compiled_step_that_fails_as_it_runs_is_taken_again_uncompiled(tmp_path: Path, monkeypatch):
     """A generated kernel's fault in the first step (suppress_errors covers compiling alone) ended
-    a run before its first save: it goes on uncompiled. A fault the model makes uncompiled too ends it."""
-    import io
-
-    from rich.console import Console
-
-    class FailsAsItRuns(torch.nn.Module):  # what torch.compile returns, its kernels failing at launch
-        def __init__(self, model: torch.nn.Module) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            raise RuntimeError("Triton Error [CUDA]: out of resource: shared memory\nRequired: 262144")
-
-    monkeypatch.setattr(torch, "compile", FailsAsItRuns)
+    a run before its first save: the step is taken again uncompiled, on the same batch, and the
+    run ends as an uncompiled run would. A fault the model makes uncompiled too ends it."""
+    state, plain, plain_optimizer = tiny_loop(tmp_path / "plain", 3)
+    monkeypatch.setattr(torch, "compile", _CompiledThatFailsAsItRuns)
     console = Console(file=io.StringIO(), width=300)
-    assert tiny_loop(tmp_path / "ck", 3, console, compile=True).step == 3
+    state, fallen_back, optimizer = tiny_loop(tmp_path / "ck", 3, console, compile=True)
+    assert state.step == 3 and all(torch.equal(mine, theirs) for mine, theirs in zip(
+        fallen_back.parameters(), plain.parameters(), strict=True))  # the same batches, each step taken once
+    assert [entry["step"] for entry in optimizer.state.values()] == [
+        entry["step"] for entry in plain_optimizer.state.values()]  # no step counted twice
     assert ("the compiled step failed (RuntimeError: Triton Error [CUDA]: out of resource: shared memory): "
-            "the run goes on uncompiled") in console.file.getvalue()
+            "it is taken again uncompiled, and so are the later ones") in console.file.getvalue()
     assert json.loads(summary_path(tmp_path / "ck").read_text())["compiled"] is False
 
-    def fails_always(model: torch.nn.Module) -> torch.nn.Module:
-        model.forward = FailsAsItRuns.forward.__get__(model)  # uncompiled, it fails too
-        return FailsAsItRuns(model)
+    def fails_uncompiled_too(model: torch.nn.Module) -> torch.nn.Module:
+        uncompiled = model.forward
+        model.forward = lambda x: _FailsInBackward.apply(uncompiled(x))
+        return _CompiledThatFailsAsItRuns(model)
 
-    monkeypatch.setattr(torch, "compile", fails_always)
+    monkeypatch.setattr(torch, "compile", fails_uncompiled_too)
     with pytest.raises(RuntimeError, match="out of resource"):
         tiny_loop(tmp_path / "always", 2, compile=True)
+    monkeypatch.setattr(torch, "compile", lambda model: _OutOfMemory())
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # uncompiled, the step would need more
+        tiny_loop(tmp_path / "memory", 2, compile=True)
+
+
+class _OutOfMemory(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
 def test_a_long_run_saves_its_state_every_checkpoint_minutes_before_it_ends(tmp_path: Path, monkeypatch):
@@ -792,7 +819,7 @@ def test_a_run_that_takes_no_step_still_leaves_a_state(tmp_path: Path):
     """A run with its steps already done (or a budget spent at once) still leaves a state to resume and export."""
     from diraccodec.training.checkpoint import state_exists
 
-    state = tiny_loop(tmp_path / "ck", 0)
+    state, _, _ = tiny_loop(tmp_path / "ck", 0)
     assert state.step == 0 and state_exists(tmp_path / "ck") and read_state(tmp_path / "ck")[0].step == 0
     assert json.loads(summary_path(tmp_path / "ck").read_text())["stopped_by"] == "steps"
 

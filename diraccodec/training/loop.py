@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -409,18 +410,25 @@ def _measured_step(run: TrainingRun, options: LoopOptions, next_loss: Callable[[
 
 def _first_compiled_step(run: TrainingRun, options: LoopOptions, next_loss: Callable[[], dict[str, torch.Tensor]],
                          console: Console) -> dict[str, torch.Tensor]:
-    """The run's first step, which compiles; where the compiled steps fail as they run (a
-    generated kernel's fault: suppress_errors covers compiling alone), the run goes on uncompiled
-    rather than ending before its first save. A fault of the model itself fails again, and ends it."""
+    """The run's first step, which compiles. Where the compiled model fails as it runs (a
+    generated kernel that cannot launch: suppress_errors covers compiling alone), the step is
+    taken again uncompiled, on the same batch, and so are the steps after it, rather than the
+    run ending before its first save. Nothing was updated yet: the fault came before the
+    optimiser's step. Out of memory, or a fault of the model itself, fails again and ends it."""
+    drawn_from = run.generator.get_state()
     try:
-        return _take_step(run, options, next_loss)
+        figures = _gradients(run, options, next_loss)
+    except torch.cuda.OutOfMemoryError:  # the uncompiled step needs more
+        raise
     except Exception as error:  # left before the retry: its traceback holds the failed step's tensors
-        fault = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
-    console.print(f"the compiled step failed ({fault}): the run goes on uncompiled",
+        fault = "".join(traceback.format_exception_only(error)).strip().splitlines()[0][:300]
+    else:
+        _update(run, options)
+        return figures
+    console.print(f"the compiled step failed ({fault}): it is taken again uncompiled, and so are the later ones",
                   markup=False, highlight=False, soft_wrap=True)
     run.step_model = run.model
-    if run.device.type == "cuda":
-        torch.cuda.empty_cache()  # what the compiled step held
+    run.generator.set_state(drawn_from)
     return _take_step(run, options, next_loss)
 
 
@@ -453,37 +461,56 @@ def _stop_reason(options: LoopOptions, step: int, steps_this_run: int, requested
 def _take_step(run: TrainingRun, options: LoopOptions,
                next_loss: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """One optimiser step at the schedule's learning rate; its figures stay on the device."""
+    figures = _gradients(run, options, next_loss)
+    _update(run, options)
+    return figures
+
+
+def _gradients(run: TrainingRun, options: LoopOptions,
+               next_loss: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A step's loss and gradients, at the schedule's learning rate; no weight changes yet."""
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate_at(run.state.step, options, run.warmup_from)
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=options.bf16):
         figures = next_loss()
     run.optimizer.zero_grad(set_to_none=True)
     figures["loss"].backward()
+    return figures
+
+
+def _update(run: TrainingRun, options: LoopOptions) -> None:
+    """The optimiser's step on the gradients, the weight average after it, and the step counted."""
     torch.nn.utils.clip_grad_norm_(run.model.parameters(), options.clip_norm)
     run.optimizer.step()
     if run.average is not None:
         run.average.update(run.model)
     run.state.step += 1
-    return figures
+
+
+def _compiler_counters() -> dict[str, Any] | None:
+    """torch.compile's own counters (None where this torch has them elsewhere): not a public interface."""
+    with suppress(Exception):
+        from torch._dynamo.utils import counters
+
+        return counters
+    return None
 
 
 def _count_compilations_anew() -> None:
     """The compiler's counters are the process's: a run after another in one process
     (train_candidate.py's stages) counts its own graphs and breaks, not the sum."""
-    with suppress(Exception):  # the compiler's own counters, not a public interface
-        from torch._dynamo.utils import counters
-
+    counters = _compiler_counters()
+    if counters is not None:
         counters.clear()
 
 
 def _compilation(run: TrainingRun) -> dict[str, int]:
     """What torch.compile made of the steps: graphs compiled and breaks between them (none
     compiled: it gave up, and the steps ran uncompiled; suppress_errors keeps that quiet)."""
-    if run.step_model is run.model:
+    counters = _compiler_counters()
+    if run.step_model is run.model or counters is None:
         return {}
-    with suppress(Exception):  # the compiler's own counters, not a public interface
-        from torch._dynamo.utils import counters
-
+    with suppress(Exception):  # counters of another shape in another torch
         return {"compiled_graphs": int(counters["stats"]["unique_graphs"]),
                 "graph_breaks": int(sum(counters["graph_break"].values()))}
     return {}
