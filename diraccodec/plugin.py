@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 import io
+from functools import partial
 from typing import IO, Any
 
 from PIL import Image, ImageFile
@@ -109,11 +110,14 @@ class DrcImageFile(ImageFile.ImageFile):
 
     def _open(self) -> None:
         from diraccodec.container import drc  # with NumPy: on the first .drc file, not at `import diraccodec`
+        from diraccodec.image.files import read_checked
 
         assert self.fp is not None
         self.decoding: dict[str, Any] = {}
-        self._data: bytes | None = self.fp.read()
         max_pixels = _decode_defaults.get("max_pixels", drc.DEFAULT_MAX_PIXELS)
+        # no more than a file of its header's size can hold: a file object may have no end
+        self._data: bytes | None = read_checked(self.fp, partial(drc.check_start, max_pixels=max_pixels),
+                                                drc.START_BYTES)
         header = drc.unpack(self._data, max_pixels)  # checks the whole file, decodes nothing (and loads no torch)
         _ = header.alpha_payload  # where the mode has alpha, its plane is there (its contents: on load)
         self._size = (header.width, header.height)

@@ -1187,6 +1187,62 @@ def test_a_large_input_of_another_kind_is_refused_from_its_first_bytes(tmp_path)
     assert data == large.read_bytes() and peak < 1.5 * len(data)
 
 
+class HeaderThenZeros(EndlessZeros):
+    """A .drc file's header (64x64, one section) and then zeros without end: counts what it serves."""
+
+    def __init__(self) -> None:
+        from diraccodec.container import drc
+
+        super().__init__()
+        self.header = drc.MAGIC + bytes([3, 0, 3, 0]) + (64).to_bytes(4, "big") * 2 + bytes(8) + (1).to_bytes(2, "big")
+        self.served = 0
+
+    def readinto(self, buffer) -> int:
+        count = super().readinto(buffer)
+        head = self.header[self.served : self.served + count]
+        buffer[: len(head)] = head
+        self.served += count
+        return count
+
+
+def test_a_drc_stream_without_an_end_is_read_no_further_than_a_file_of_its_size(tmp_path, monkeypatch):
+    """Read whole, a stream with a .drc header and no end filled the memory until the system
+    killed the process (or another one): a reader stops one byte past the most a file of the
+    header's size can hold, and says so in one line."""
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+    from diraccodec.container import drc
+    from diraccodec.errors import CorruptFileError, LimitExceededError
+
+    longest = drc.largest_file(HeaderThenZeros().header, drc.DEFAULT_MAX_PIXELS)
+    assert longest == 30 + (5 << 24) + 16 * 64 * 64  # metadata parts, and 16 bytes a pixel
+    for command in (["info", "-"], ["decode", "-", "-o", str(tmp_path / "x.png")]):
+        source = HeaderThenZeros()
+        result = CliRunner().invoke(main, command, input=io.BufferedReader(source))
+        assert (result.exit_code, result.output) == (
+            2, f"dirac: error: corrupt .drc file (over {longest} bytes, more than any file of a 64x64 image holds)\n")
+        assert longest < source.served <= longest + 2 * (1 << 20)  # what buffering reads ahead
+    monkeypatch.setattr(drc, "ROOM_BESIDE_PIXELS", 100)  # files of a testable size
+    header = HeaderThenZeros().header
+    with pytest.raises(CorruptFileError, match=r"over 65666 bytes, more than any file of a 64x64 image holds"):
+        drc.unpack(header + bytes(65_666 - len(header) + 1))
+    with pytest.raises(LimitExceededError, match=r"image of 64x64 exceeds the limit of 100 pixels"):
+        drc.unpack(header + bytes(2_000), max_pixels=100)  # the likelier reason, where it holds
+
+    class Counted(io.BytesIO):  # a file object, as Pillow's plugin reads it
+        read_in_all = 0
+
+        def read(self, size: int | None = -1) -> bytes:
+            chunk = super().read(size)
+            Counted.read_in_all += len(chunk)
+            return chunk
+
+    with pytest.raises(OSError, match="more than any file of a 64x64 image holds"):
+        Image.open(Counted(header + bytes(1_000_000)))
+    assert Counted.read_in_all <= 65_666 + 1 + len(header)  # Pillow's own look at the start, and no more
+
+
 CPU_ALLOCATION_FAILURE = ("DefaultCPUAllocator: can't allocate memory: you tried to allocate 32000000000 bytes. "
                           "Error code 12 (Cannot allocate memory)")
 

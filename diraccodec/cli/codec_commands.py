@@ -170,7 +170,7 @@ def decode(source: Path, output: Path, format_suffix: str | None, png_compressio
 
     check_output(output, source)  # a bad output fails now, not after the work
     image_format = output_format(output, format_suffix)
-    data = read_drc_source(source)
+    data = read_drc_source(source, max_pixels)
     header = drc.unpack(data, max_pixels)
     check_image_fits(image_format, header.width, header.height, header.colour_mode.has_alpha)  # before the decode
     with progress_bar("decoding") as decoded:
@@ -233,7 +233,7 @@ def info_text(source: Path, as_json: bool, max_pixels: int) -> str:
     from diraccodec.image.metadata import describe as describe_metadata
     from diraccodec.image.profiles import describe as describe_profile
 
-    data = read_drc_source(source)
+    data = read_drc_source(source, max_pixels)
     details = api.inspect(data, max_pixels)
     header = details.header
     reads_as = api.installed_reader(header.weights_id)

@@ -136,15 +136,16 @@ def read_source(path: Path) -> bytes:
     return _read_source(path, None, 0)
 
 
-def read_drc_source(path: Path) -> bytes:
+def read_drc_source(path: Path, max_pixels: int) -> bytes:
     """`read_source` for a .drc file: its first bytes are checked before the rest is read, so
-    that a large file of another kind (a video, /dev/zero) is refused at once, not read whole."""
+    that a large file of another kind (a video, /dev/zero) is refused at once, not read whole,
+    and no more is read than a file of its header's size can hold (a stream with no end)."""
     from diraccodec.container import drc
 
-    return _read_source(path, drc.check_start, drc.START_BYTES)
+    return _read_source(path, functools.partial(drc.check_start, max_pixels=max_pixels), drc.START_BYTES)
 
 
-def _read_source(path: Path, check_start: Callable[[bytes], None] | None, start_bytes: int) -> bytes:
+def _read_source(path: Path, check_start: Callable[[bytes], int | None] | None, start_bytes: int) -> bytes:
     from diraccodec.image.files import read_bytes, read_checked
 
     if not is_stream(path):

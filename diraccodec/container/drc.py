@@ -140,17 +140,35 @@ def section_size(payload: bytes) -> int:
     return _SECTION.size + len(payload)
 
 
-START_BYTES = 16  # what check_start reads: the magic, and an image format's signature where it is not
+START_BYTES = _HEADER.size  # what check_start reads: the header, or an image format's signature
+# The most a file holds beside what its pixels bound: its profile and metadata parts, each at
+# most 16 MiB inflated, and other optional sections; and per pixel, a latent stream (real
+# files code well under a byte a pixel) and an alpha plane, with ample room to spare
+ROOM_BESIDE_PIXELS = 5 << 24
+BYTES_PER_PIXEL_AT_MOST = 16
 
 
-def check_start(data: bytes) -> None:
-    """Refuse data that does not begin as a .drc file, from its first START_BYTES alone: a
-    reader may check them before it reads the rest of a large file."""
+def check_start(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> int | None:
+    """Refuse data that does not begin as a .drc file, from its first START_BYTES alone, so
+    that a reader may check them before it reads the rest of a large file; the most bytes the
+    file can hold (largest_file: a reader reads no more), None where `data` is shorter than
+    the header."""
     if not data:
         raise NotADrcFileError("not a .drc file (it is empty)")
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         kind = format_by_signature(data[:START_BYTES])
         raise NotADrcFileError(f"not a .drc file ({f'a {kind} image: encode it first' if kind else 'bad magic bytes'})")
+    return largest_file(data, max_pixels)
+
+
+def largest_file(data: bytes, max_pixels: int) -> int | None:
+    """The most bytes a .drc file beginning with `data` (its header) can hold, its pixels
+    counted up to `max_pixels`: a stream that has no end behind a header (a pipe of zeros)
+    is refused there rather than read until memory runs out. None without the whole header."""
+    if len(data) < _HEADER.size:
+        return None
+    width, height = _HEADER.unpack_from(data)[4:6]
+    return _HEADER.size + _TRAILER.size + ROOM_BESIDE_PIXELS + BYTES_PER_PIXEL_AT_MOST * min(width * height, max_pixels)
 
 
 def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
@@ -166,6 +184,10 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
         raise UnsupportedVersionError(
             f"unsupported .drc format version {version} (this decoder reads versions {readable})"
         )
+    if len(data) > (longest := largest_file(data, max_pixels)):  # a reader stops one byte past it
+        LimitExceededError.check(width, height, max_pixels)  # the likelier reason, where it holds
+        raise CorruptFileError(f"corrupt .drc file (over {counted(longest, 'byte')}, more than any file of a "
+                               f"{width}x{height} image holds)")
     body, (checksum,) = data[: -_TRAILER.size], _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
     sections: dict[bytes, bytes] = {}
     position = _HEADER.size

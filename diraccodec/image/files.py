@@ -33,9 +33,10 @@ _STANDARD_DESCRIPTORS = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
 _DESCRIPTOR_PATH = re.compile(r"/(?:dev/fd|proc/(?P<process>self|\d+)/fd)/(?P<number>\d+)")
 
 
-def read_bytes(path: Path, check_start: Callable[[bytes], None] | None = None, start_bytes: int = 0) -> bytes:
+def read_bytes(path: Path, check_start: Callable[[bytes], int | None] | None = None, start_bytes: int = 0) -> bytes:
     """The file's bytes; `check_start` sees its first `start_bytes` before the rest is read
-    (and may raise), so that a large file of the wrong kind is refused without reading it whole."""
+    (and may raise), so that a large file of the wrong kind is refused without reading it whole
+    (read_checked)."""
     try:
         with open(path, "rb", buffering=0) as stream:  # unbuffered: read_checked reads it whole once
             return read_checked(stream, check_start, start_bytes)
@@ -53,18 +54,48 @@ def read_bytes(path: Path, check_start: Callable[[bytes], None] | None = None, s
         raise ImageReadError(f"cannot read {path}: {error.strerror or error}") from None
 
 
-def read_checked(stream: BinaryIO, check_start: Callable[[bytes], None] | None, start_bytes: int) -> bytes:
+def read_checked(stream: BinaryIO, check_start: Callable[[bytes], int | None] | None, start_bytes: int) -> bytes:
     """What is left in `stream`, its first `start_bytes` shown to `check_start` before the rest
-    is read. An unbuffered file is read again from there, in one piece: the start joined to
-    the rest would be a copy of the file (a pipe's bytes are joined: they cannot be read again)."""
+    is read. `check_start` may raise, and returns the most bytes the whole may hold (None: no
+    bound), of which one more is read: enough for the reader to see that it is too long, and a
+    stream that has no end is not read until memory runs out. An unbuffered file is read again
+    from there, in one piece: the start joined to the rest would be a copy of the file (a
+    pipe's bytes are joined: they cannot be read again)."""
     if check_start is None:
         return stream.read()
     start = stream.read(start_bytes)
-    check_start(start)
+    most = check_start(start)
     if isinstance(stream, io.RawIOBase) and stream.seekable():
         stream.seek(-len(start), os.SEEK_CUR)
+        return _read_up_to(stream, most)
+    return start + _read_up_to(stream, None if most is None else max(most - len(start), 0))
+
+
+def _read_up_to(stream: BinaryIO, most: int | None) -> bytes:
+    """The rest of `stream`, or its next `most` bytes and one more where it holds more. A file
+    is read as far as it holds (no buffer of the bound's size, no empty read past its end), in
+    reads that go on to the count (a raw file's read is one system call, which returns at most
+    about 2 GiB); a pipe 1 MiB at a time."""
+    if most is None:
         return stream.read()
-    return start + stream.read()
+    wanted, left = most + 1, _bytes_left(stream)
+    if left is not None:  # a file: read what it holds, and no empty read after it (its buffer)
+        wanted = min(wanted, left)
+    piece = 1 << 20 if left is None else 1 << 30
+    chunks: list[bytes] = []
+    while wanted > 0 and (chunk := stream.read(min(wanted, piece))):
+        chunks.append(chunk)
+        wanted -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _bytes_left(stream: BinaryIO) -> int | None:
+    """What is left to read of a regular file (None for a pipe, a device or an object in memory)."""
+    try:
+        status = os.fstat(stream.fileno())
+        return status.st_size - stream.tell() if stat.S_ISREG(status.st_mode) else None
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        return None
 
 
 # The temporary files this process is writing now: one ended by a signal removes them
