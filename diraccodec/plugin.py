@@ -115,7 +115,7 @@ class DrcImageFile(ImageFile.ImageFile):
         assert self.fp is not None
         self.decoding: dict[str, Any] = {}
         max_pixels = _decode_defaults.get("max_pixels", drc.DEFAULT_MAX_PIXELS)
-        # no more than a file of its header's size can hold: a file object may have no end
+        # no more than a file of its header's size can hold (Pillow has read a file object it cannot seek whole)
         self._data: bytes | None = read_checked(self.fp, partial(drc.check_start, max_pixels=max_pixels),
                                                 drc.START_BYTES)
         header = drc.unpack(self._data, max_pixels)  # checks the whole file, decodes nothing (and loads no torch)

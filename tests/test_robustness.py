@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import multiprocessing
@@ -15,6 +16,7 @@ import time
 import unicodedata
 import warnings
 import zlib
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -1188,16 +1190,19 @@ def test_a_large_input_of_another_kind_is_refused_from_its_first_bytes(tmp_path)
 
 
 class HeaderThenZeros(EndlessZeros):
-    """A .drc file's header (64x64, one section) and then zeros without end: counts what it serves."""
+    """A .drc file's header (one section) and then zeros without end: counts what it serves;
+    its first read may return less than asked, as a pipe's does."""
 
-    def __init__(self) -> None:
+    def __init__(self, side: int = 64, first_read: int | None = None) -> None:
         from diraccodec.container import drc
 
         super().__init__()
-        self.header = drc.MAGIC + bytes([3, 0, 3, 0]) + (64).to_bytes(4, "big") * 2 + bytes(8) + (1).to_bytes(2, "big")
-        self.served = 0
+        self.header = drc.MAGIC + bytes([3, 0, 3, 0]) + side.to_bytes(4, "big") * 2 + bytes(8) + (1).to_bytes(2, "big")
+        self.served, self.first_read = 0, first_read
 
     def readinto(self, buffer) -> int:
+        if self.served == 0 and self.first_read is not None:
+            buffer = memoryview(buffer)[: self.first_read]
         count = super().readinto(buffer)
         head = self.header[self.served : self.served + count]
         buffer[: len(head)] = head
@@ -1213,7 +1218,8 @@ def test_a_drc_stream_without_an_end_is_read_no_further_than_a_file_of_its_size(
 
     from diraccodec.cli import main
     from diraccodec.container import drc
-    from diraccodec.errors import CorruptFileError, LimitExceededError
+    from diraccodec.errors import CorruptFileError, DiracError, LimitExceededError
+    from diraccodec.image.files import read_checked
 
     longest = drc.largest_file(HeaderThenZeros().header, drc.DEFAULT_MAX_PIXELS)
     assert longest == 30 + (5 << 24) + 16 * 64 * 64  # metadata parts, and 16 bytes a pixel
@@ -1223,10 +1229,24 @@ def test_a_drc_stream_without_an_end_is_read_no_further_than_a_file_of_its_size(
         assert (result.exit_code, result.output) == (
             2, f"dirac: error: corrupt .drc file (over {longest} bytes, more than any file of a 64x64 image holds)\n")
         assert longest < source.served <= longest + 2 * (1 << 20)  # what buffering reads ahead
+    # a size over the limit counts no pixel: the file is refused for its size after 80 MiB
+    result = CliRunner().invoke(main, ["info", "-", "--max-pixels", str(1024 * 1024 - 1)],
+                                input=io.BufferedReader(source := HeaderThenZeros(side=1024)))
+    assert (result.exit_code, result.output) == (
+        2, "dirac: error: image of 1024x1024 exceeds the limit of 1048575 pixels (raise it with --max-pixels)\n")
+    assert source.served <= 30 + (5 << 24) + 2 * (1 << 20)
+    # a pipe's first read of two bytes: the start is read on to the whole header
+    read = read_checked(HeaderThenZeros(first_read=2), partial(drc.check_start, max_pixels=4096), drc.START_BYTES)
+    assert len(read) == 30 + (5 << 24) + 16 * 64 * 64 + 1
+    # a thin strip's pixels are counted padded, as the latents of versions 1 and 2 cover them
+    assert drc.largest_file(HeaderThenZeros(side=1).header, 100) == 30 + (5 << 24) + 16 * 64 * 64
     monkeypatch.setattr(drc, "ROOM_BESIDE_PIXELS", 100)  # files of a testable size
     header = HeaderThenZeros().header
     with pytest.raises(CorruptFileError, match=r"over 65666 bytes, more than any file of a 64x64 image holds"):
         drc.unpack(header + bytes(65_666 - len(header) + 1))
+    with pytest.raises(DiracError) as longest_allowed:
+        drc.unpack(header + bytes(65_666 - len(header)))
+    assert "more than any file" not in str(longest_allowed.value)  # refused for its contents, not its length
     with pytest.raises(LimitExceededError, match=r"image of 64x64 exceeds the limit of 100 pixels"):
         drc.unpack(header + bytes(2_000), max_pixels=100)  # the likelier reason, where it holds
 
@@ -1241,6 +1261,11 @@ def test_a_drc_stream_without_an_end_is_read_no_further_than_a_file_of_its_size(
     with pytest.raises(OSError, match="more than any file of a 64x64 image holds"):
         Image.open(Counted(header + bytes(1_000_000)))
     assert Counted.read_in_all <= 65_666 + 1 + len(header)  # Pillow's own look at the start, and no more
+    # a decompressing reader passes on its compressed file's descriptor, whose size is not what it reads
+    monkeypatch.undo()
+    (tmp_path / "small.drc.gz").write_bytes(gzip.compress(diraccodec.encode(Image.new("RGB", (40, 30)), 1, effort=1)))
+    with gzip.open(tmp_path / "small.drc.gz") as compressed, Image.open(compressed) as opened:
+        assert opened.size == (40, 30)
 
 
 CPU_ALLOCATION_FAILURE = ("DefaultCPUAllocator: can't allocate memory: you tried to allocate 32000000000 bytes. "

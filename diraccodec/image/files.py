@@ -63,7 +63,7 @@ def read_checked(stream: BinaryIO, check_start: Callable[[bytes], int | None] | 
     pipe's bytes are joined: they cannot be read again)."""
     if check_start is None:
         return stream.read()
-    start = stream.read(start_bytes)
+    start = _read_to_count(stream, start_bytes)  # a pipe's read may return less than asked
     most = check_start(start)
     if isinstance(stream, io.RawIOBase) and stream.seekable():
         stream.seek(-len(start), os.SEEK_CUR)
@@ -72,29 +72,44 @@ def read_checked(stream: BinaryIO, check_start: Callable[[bytes], int | None] | 
 
 
 def _read_up_to(stream: BinaryIO, most: int | None) -> bytes:
-    """The rest of `stream`, or its next `most` bytes and one more where it holds more. A file
-    is read as far as it holds (no buffer of the bound's size, no empty read past its end), in
-    reads that go on to the count (a raw file's read is one system call, which returns at most
-    about 2 GiB); a pipe 1 MiB at a time."""
+    """The rest of `stream`, or its next `most` bytes and one more where it holds more. A disk
+    file is read as far as its size says, in one piece (no buffer of the bound's size), then on
+    in small reads to its end (it may have grown); a pipe 1 MiB at a time."""
     if most is None:
         return stream.read()
-    wanted, left = most + 1, _bytes_left(stream)
-    if left is not None:  # a file: read what it holds, and no empty read after it (its buffer)
-        wanted = min(wanted, left)
-    piece = 1 << 20 if left is None else 1 << 30
     chunks: list[bytes] = []
-    while wanted > 0 and (chunk := stream.read(min(wanted, piece))):
-        chunks.append(chunk)
-        wanted -= len(chunk)
+    wanted, size = most + 1, _disk_bytes_left(stream)
+    if size:
+        wanted -= _read_into(chunks, stream, min(wanted, size), 1 << 30)  # a read returns 2 GiB at most
+    _read_into(chunks, stream, wanted, 1 << 16 if size else 1 << 20)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _bytes_left(stream: BinaryIO) -> int | None:
-    """What is left to read of a regular file (None for a pipe, a device or an object in memory)."""
+def _read_to_count(stream: BinaryIO, count: int) -> bytes:
+    chunks: list[bytes] = []
+    _read_into(chunks, stream, count, count)
+    return b"".join(chunks)
+
+
+def _read_into(chunks: list[bytes], stream: BinaryIO, count: int, piece: int) -> int:
+    """Read up to `count` bytes into `chunks`, at most `piece` at a time, until the end: how many came."""
+    done = 0
+    while done < count and (chunk := stream.read(min(count - done, piece))):
+        chunks.append(chunk)
+        done += len(chunk)
+    return done
+
+
+def _disk_bytes_left(stream: BinaryIO) -> int | None:
+    """What a file on disk has left to read, by its size (None for a pipe, a device, an object in
+    memory or a decompressing reader, whose descriptor's size is not what it reads)."""
+    raw = getattr(stream, "raw", stream)
+    if not isinstance(raw, io.FileIO):
+        return None
     try:
-        status = os.fstat(stream.fileno())
-        return status.st_size - stream.tell() if stat.S_ISREG(status.st_mode) else None
-    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        status = os.fstat(raw.fileno())
+        return max(status.st_size - stream.tell(), 0) if stat.S_ISREG(status.st_mode) else None
+    except (OSError, ValueError):
         return None
 
 

@@ -30,7 +30,7 @@ from rich.progress import Progress, TextColumn
 
 from diraccodec.compute import cuda_available
 from diraccodec.console import bar_columns, draws_live_bars
-from diraccodec.errors import DiracError, Terminated
+from diraccodec.errors import DiracError, Terminated, is_out_of_memory
 from diraccodec.image.files import write_atomic
 from diraccodec.training.averaging import WeightAverage
 from diraccodec.training.checkpoint import (
@@ -418,9 +418,9 @@ def _first_compiled_step(run: TrainingRun, options: LoopOptions, next_loss: Call
     drawn_from = run.generator.get_state()
     try:
         figures = _gradients(run, options, next_loss)
-    except torch.cuda.OutOfMemoryError:  # the uncompiled step needs more
-        raise
     except Exception as error:  # left before the retry: its traceback holds the failed step's tensors
+        if is_out_of_memory(error):  # the uncompiled step needs more
+            raise
         fault = "".join(traceback.format_exception_only(error)).strip().splitlines()[0][:300]
     else:
         _update(run, options)
