@@ -414,7 +414,8 @@ def _first_compiled_step(run: TrainingRun, options: LoopOptions, next_loss: Call
     generated kernel that cannot launch: suppress_errors covers compiling alone), the step is
     taken again uncompiled, on the same batch, and so are the steps after it, rather than the
     run ending before its first save. Nothing was updated yet: the fault came before the
-    optimiser's step. Out of memory, or a fault of the model itself, fails again and ends it."""
+    optimiser's step. Out of memory ends the run (the uncompiled step needs more), and so does
+    a fault the uncompiled model makes too."""
     drawn_from = run.generator.get_state()
     try:
         figures = _gradients(run, options, next_loss)
