@@ -49,6 +49,11 @@ CODED_SIDE = 64  # the base codec codes an image padded to multiples of this (do
 SMALL_PADDED_PIXELS = 1 << 22  # a padded size this small (2048 x 2048) is cheap, whatever the limit
 
 
+def coded_size(width: int, height: int) -> tuple[int, int]:
+    """An image's size padded to multiples of CODED_SIDE, as the base codec codes it."""
+    return -(-width // CODED_SIDE) * CODED_SIDE, -(-height // CODED_SIDE) * CODED_SIDE
+
+
 class LimitExceededError(DiracError):
     @classmethod
     def check(cls, width: int, height: int, max_pixels: int, label: str | None = None) -> None:
@@ -60,7 +65,7 @@ class LimitExceededError(DiracError):
         limit = counted(max_pixels, "pixel")
         if width * height > max_pixels:
             raise cls(f"{image} of {width}x{height} exceeds the limit of {limit}")
-        padded_width, padded_height = (-(-side // CODED_SIDE) * CODED_SIDE for side in (width, height))
+        padded_width, padded_height = coded_size(width, height)
         if padded_width * padded_height > max(2 * max_pixels, SMALL_PADDED_PIXELS):
             raise cls(f"{image} of {width}x{height} is coded as {padded_width}x{padded_height} (each side padded "
                       f"to a multiple of {CODED_SIDE}), over twice the limit of {limit}")

@@ -8,6 +8,7 @@ that an older decoder skips. That is the room left for later fields.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from diraccodec.errors import (
     NotADrcFileError,
     TruncatedFileError,
     UnsupportedVersionError,
+    coded_size,
     counted,
 )
 from diraccodec.image import metadata as metadata_parts
@@ -148,7 +150,6 @@ START_BYTES = _HEADER.size  # what check_start reads: the header, or an image fo
 # bytes a pixel, 0.1 a padded one)
 ROOM_BESIDE_PIXELS = 5 << 24
 BYTES_PER_PIXEL_AT_MOST = 16
-PADDED_SIDE = 64
 
 
 def check_start(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> int | None:
@@ -176,7 +177,7 @@ def largest_file(data: bytes, max_pixels: int) -> int | None:
     width, height = _HEADER.unpack_from(data)[4:6]
     try:
         LimitExceededError.check(width, height, max_pixels)
-        padded = -(-width // PADDED_SIDE) * PADDED_SIDE * -(-height // PADDED_SIDE) * PADDED_SIDE
+        padded = math.prod(coded_size(width, height))
     except LimitExceededError:
         padded = 0
     return _HEADER.size + _TRAILER.size + ROOM_BESIDE_PIXELS + BYTES_PER_PIXEL_AT_MOST * padded
@@ -184,7 +185,7 @@ def largest_file(data: bytes, max_pixels: int) -> int | None:
 
 def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
     """Parse and validate; every failure is a DiracError naming what is wrong."""
-    check_start(data)
+    longest = check_start(data, max_pixels)
     if len(data) < _HEADER.size + _TRAILER.size:
         raise TruncatedFileError("truncated .drc file (header incomplete)")
     _, version, mode, level, width, height, weights_id, count = _HEADER.unpack_from(data)
@@ -195,7 +196,7 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DrcFile:
         raise UnsupportedVersionError(
             f"unsupported .drc format version {version} (this decoder reads versions {readable})"
         )
-    if len(data) > (longest := largest_file(data, max_pixels)):  # a reader stops one byte past it
+    if longest is not None and len(data) > longest:  # a reader stops one byte past it
         LimitExceededError.check(width, height, max_pixels)  # the likelier reason, where it holds
         raise CorruptFileError(f"corrupt .drc file (over {counted(longest, 'byte')}, more than any file of a "
                                f"{width}x{height} image holds)")
