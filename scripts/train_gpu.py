@@ -161,8 +161,9 @@ def parser() -> argparse.ArgumentParser:
     base.add_argument("--channels", type=POSITIVE_INT, default=96, help="N, the transforms' width (default 96).")
     base.add_argument("--latent-channels", type=POSITIVE_INT, help="M, the latents' channels (default: the "
                       "start's, else 160); from --start-from the new latents start at 0 beside the trained ones.")
-    base.add_argument("--context", choices=CONTEXTS, default="none",
-                      help="A new run's entropy model: none (the hyperprior alone) or checkerboard.")
+    base.add_argument("--context", choices=CONTEXTS,
+                      help="A new run's entropy model: none (the hyperprior alone) or checkerboard (default: "
+                           "--start-from's, else none).")
     base.add_argument("--lambdas", type=numbers(float, 8), help="A new run's rate-distortion trade-offs, ascending "
                       "(default: --start-from's, else the shipped ladder).")
     base.add_argument("--freeze-hyperprior", action="store_true",

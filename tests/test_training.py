@@ -381,7 +381,7 @@ def test_a_context_model_trains_from_hyperprior_weights_and_codes(photo_folder: 
     assert api.decode(api.encode(image, 2, weights=weights), weights=weights).size == (70, 50)
     # weights that already hold a context model do not start a plain hyperprior
     again = options(photo_folder, tmp_path / "ck2", 1)
-    again.start_from = weights
+    again.start_from, again.context = weights, "none"
     with pytest.raises(DiracError, match="does not fit a none context model"):
         train_base(again)
 
@@ -478,6 +478,33 @@ def test_a_frozen_hyperprior_stays_as_its_start_had_it_while_the_rest_trains(pho
         assert not torch.equal(after[name], before[name]), name
     assert not torch.equal(after["model.context.parameters_net.2.weight"], torch.zeros(24, 24, 1, 1))
     assert load_checkpoint_metadata(state).metadata["frozen_hyperprior"] is True
+
+
+def test_a_resumed_run_notes_only_the_options_that_differ_from_its_state(photo_folder: Path, tmp_path: Path):
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+
+    start = small_base_weights(tmp_path / "start")
+    state, weights = tmp_path / "state", tmp_path / "w" / "base.safetensors"
+    common = ["train", "base", "--data", str(photo_folder), "--checkpoint", str(state), "--batch-size", "1",
+              "--patch-size", "64", "--threads", "1"]
+    runner = CliRunner()
+    result = runner.invoke(main, [*common, "--steps", "1", "--start-from", str(start), "--context", "checkerboard",
+                                  "--freeze-hyperprior"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, [*common, "--steps", "2"])  # the defaults ask for nothing the state lacks
+    assert result.exit_code == 0 and "apply to new runs" not in result.output, result.output
+    for asked in (["--context", "none"], ["--start-from", str(start)]):
+        result = runner.invoke(main, [*common, "--steps", "2", *asked])
+        assert result.exit_code == 0 and "apply to new runs" in result.output, (asked, result.output)
+    # a new run from checkerboard weights keeps their context model unless told otherwise
+    assert runner.invoke(main, ["train", "export", str(state), str(weights)]).exit_code == 0
+    fresh = tmp_path / "fresh"
+    result = runner.invoke(main, [*common[:4], "--checkpoint", str(fresh), *common[6:], "--steps", "1",
+                                  "--start-from", str(weights)])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint_metadata(fresh).metadata["config"]["context"] == "checkerboard"
 
 
 def test_a_frozen_hyperprior_learns_the_means_and_scales_of_new_latents_alone(photo_folder: Path, tmp_path: Path):

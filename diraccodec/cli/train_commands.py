@@ -63,8 +63,9 @@ def training_options(
 
 @train.command("base")
 @training_options("checkpoints/base", 9000)
-@click.option("--context", type=click.Choice(CONTEXTS), default="none", show_default=True,
-              help="A new run's entropy model: the hyperprior alone, or with a checkerboard context model.")
+@click.option("--context", type=click.Choice(CONTEXTS), default=None,
+              help="A new run's entropy model: the hyperprior alone, or with a checkerboard context model "
+                   "(default: the start's, else none).")
 @click.option("--start-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Base weights a new run starts from (a context model they lack starts at zero).")
 @click.option("--lambdas", default=None, metavar="L1,...,L8",
@@ -81,7 +82,7 @@ def training_options(
 @click.option("--latent-channels", type=click.IntRange(min=1), default=None,
               help="A new run's latent channels, M (default: the start's, else 160); from --start-from the new "
                    "latents start at 0 beside the trained ones.")
-def train_base_command(data: tuple[Path, ...], context: str, start_from: Path | None, lambdas: str | None,
+def train_base_command(data: tuple[Path, ...], context: str | None, start_from: Path | None, lambdas: str | None,
                        **loop: Any) -> None:
     """Train the multi-rate hyperprior base codec."""
     from diraccodec.training.base import BaseTrainingOptions, train_base

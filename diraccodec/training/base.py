@@ -47,7 +47,8 @@ class BaseTrainingOptions(LoopOptions):
     # M, the latents' channels (None: start_from's, else the default); from start_from new
     # latents grow beside the trained ones, starting at 0
     latent_channels: int | None = None
-    context: str = HyperpriorConfig.context
+    # A new run's entropy model, one of CONTEXTS (None: start_from's, else the hyperprior alone)
+    context: str | None = None
     # A fresh run starts from these base weights (their size, transforms, gains and entropy
     # model; a context model they lack starts at zero, predicting what their hyperprior does).
     start_from: Path | None = None
@@ -100,9 +101,9 @@ def train_base(options: BaseTrainingOptions, console: Console | None = None) -> 
         model = MultiRateHyperprior(HyperpriorConfig.from_fields(metadata["config"]))
         frozen = bool(metadata.get("frozen_hyperprior", False))
         trained_latents = metadata.get("frozen_latents")
-        if (options.start_from is not None or options.lambdas is not None or options.context != model.config.context
-                or options.freeze_hyperprior != frozen or options.analysis_channels or options.synthesis_channels
-                or options.latent_channels):
+        if (options.start_from is not None or options.lambdas is not None
+                or options.context not in (None, model.config.context) or (options.freeze_hyperprior and not frozen)
+                or options.analysis_channels or options.synthesis_channels or options.latent_channels):
             console.print("note: resuming the saved state; --start-from, --lambdas, --context, --freeze-hyperprior "
                           "and the widths apply to new runs")
     else:
@@ -186,7 +187,7 @@ def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRat
             raise DiracError(f"the {name} width must be at least 1, got {width}")
     if options.start_from is None:
         config = HyperpriorConfig(options.channels, options.latent_channels or HyperpriorConfig.latent_channels,
-                                  ladder or DEFAULT_LAMBDAS, options.context)
+                                  ladder or DEFAULT_LAMBDAS, options.context or HyperpriorConfig.context)
         model = MultiRateHyperprior(with_widths(config, options.analysis_channels, options.synthesis_channels))
         return model, None, None
     from diraccodec.modelfiles import load_base_weights
@@ -197,7 +198,8 @@ def _new_model(options: BaseTrainingOptions, console: Console) -> tuple[MultiRat
                                    options.synthesis_channels, options.latent_channels)
     except ValueError as error:
         widths = [f"{name} {width}" for name, width in requested.items() if width]
-        raise DiracError(f"{options.start_from} does not fit a {options.context} context model"
+        context = options.context or loaded.model.config.context
+        raise DiracError(f"{options.start_from} does not fit a {context} context model"
                          f"{' of ' + ' and '.join(widths) if widths else ''}: {error}") from None
     grown = [f"{name} {old} -> {new}" for name, (old, new) in changed_widths(loaded.model.config, model.config).items()]
     if loaded.model.context is None and model.context is not None:
