@@ -633,6 +633,57 @@ def test_a_failed_write_to_a_file_uri_leaves_no_output_and_no_temporary(tmp_path
     assert os.listdir(folder) == []
 
 
+class RefusingListing:
+    """A pyarrow filesystem that cannot list one folder, nor so the tree as a whole, as an S3
+    bucket whose policy denies one prefix."""
+
+    def __init__(self, filesystem, refused: str) -> None:
+        self.filesystem, self.refused = filesystem, refused
+
+    def __getattr__(self, name):
+        return getattr(self.filesystem, name)
+
+    def get_file_info(self, selector):
+        import pyarrow.fs
+
+        if isinstance(selector, pyarrow.fs.FileSelector) and (
+                selector.recursive or selector.base_dir.rstrip("/").endswith(self.refused)):
+            raise OSError("AccessDenied: the policy refuses\nthis prefix")
+        return self.filesystem.get_file_info(selector)
+
+
+def test_a_uri_folder_that_cannot_be_listed_fails_by_name_and_the_rest_is_converted(tmp_path, small_image,
+                                                                                    monkeypatch):
+    """As a local folder that cannot be read: one refused prefix failed the whole batch."""
+    pytest.importorskip("pyarrow")
+    from click.testing import CliRunner
+
+    from diraccodec.batch import storage
+    from diraccodec.cli import main
+
+    source = tmp_path / "in"
+    for folder in ("sub/locked", "open/deeper"):
+        (source / folder).mkdir(parents=True)
+        small_image.save(source / folder / "b.png")
+    small_image.save(source / "a.png")
+    uri = f"file://{source}"
+    arrow = storage.arrow_storage(uri)
+    monkeypatch.setattr(arrow, "filesystem", RefusingListing(arrow.filesystem, "sub/locked"))
+    listing = arrow.walk(uri)
+    assert listing.files == ["a.png", "open/deeper/b.png"]
+    assert listing.unreadable == {"sub/locked": "AccessDenied: the policy refuses\\nthis prefix"}
+    result = CliRunner().invoke(main, ["batch", uri, str(tmp_path / "out"), "-e", "1", "-j", "1"])
+    assert result.exit_code == 1, result.output
+    assert (f"failed: {uri}/sub/locked: cannot read this folder (AccessDenied: the policy refuses\\nthis prefix): "
+            "nothing in it is converted") in result.output.splitlines()
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.drc")) == \
+        ["a.drc", "open/deeper/b.drc"]
+    monkeypatch.setattr(arrow, "filesystem", RefusingListing(arrow.filesystem.filesystem, str(source.name)))
+    result = CliRunner().invoke(main, ["batch", uri, str(tmp_path / "elsewhere"), "-e", "1"])
+    assert (result.exit_code, result.output) == (
+        2, f"dirac: error: cannot list {uri}: AccessDenied: the policy refuses\\nthis prefix\n")
+
+
 def test_uris_that_differ_in_their_query_get_filesystems_of_their_own(tmp_path, monkeypatch):
     """?endpoint_override= names another server: a filesystem opened for one must not serve the other."""
     pytest.importorskip("pyarrow")

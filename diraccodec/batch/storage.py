@@ -186,6 +186,9 @@ class ArrowStorage:
         return self.prefix + unquote(urlsplit(str(uri)).path).lstrip("/")
 
     def walk(self, folder: Location) -> Listing:
+        """One listing of the whole tree where the store gives it (one request stream on S3); where
+        it fails, folder by folder, so that a subfolder that cannot be listed fails by name and the
+        rest is converted, as on a local disk."""
         import pyarrow.fs
 
         base = self.path(folder).rstrip("/")
@@ -194,9 +197,35 @@ class ArrowStorage:
         except FileNotFoundError:
             raise DiracError(f"no such folder: {folder}") from None
         except OSError as error:
-            raise DiracError(f"cannot list {folder}: {error}") from None
+            return self._walk_folders(folder, base, error)
         return Listing(sorted_relative([info.path[len(base) + 1:] for info in infos
                                         if info.type == pyarrow.fs.FileType.File]))
+
+    def _walk_folders(self, folder: Location, base: str, error: OSError) -> Listing:
+        import pyarrow.fs
+
+        files: list[str] = []
+        unreadable: dict[str, str] = {}
+        pending = [base]
+        while pending:
+            place = pending.pop()
+            try:
+                infos = self.filesystem.get_file_info(pyarrow.fs.FileSelector(place))
+            except FileNotFoundError:  # gone since its parent was listed: nothing to convert
+                if place == base:
+                    raise DiracError(f"no such folder: {folder}") from None
+                continue
+            except OSError as refusal:
+                if place == base:  # nothing to convert: the whole tree's error says most
+                    raise DiracError(f"cannot list {folder}: {one_line(str(error))}") from None
+                unreadable[place[len(base) + 1:]] = one_line(str(refusal))
+                continue
+            for info in infos:
+                if info.type == pyarrow.fs.FileType.File:
+                    files.append(info.path[len(base) + 1:])
+                elif info.type == pyarrow.fs.FileType.Directory:
+                    pending.append(info.path)
+        return Listing(sorted_relative(files), unreadable)
 
     def read(self, location: Location) -> bytes:
         try:
