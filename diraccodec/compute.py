@@ -130,9 +130,11 @@ def one_thread_in_forked_children() -> None:
 
 
 @contextlib.contextmanager
-def full_float32() -> Iterator[None]:
-    """Float32 convolutions and matrix products on a GPU in full float32, not TF32 (cuDNN's
-    default for convolutions, a 10-bit mantissa): the synthesis and the restoration filter set a
+def full_float32(device_type: str | None = None) -> Iterator[None]:
+    """Float32 convolutions and matrix products in full float32 on `device_type`'s backends
+    (None: every one): on a GPU not TF32 (cuDNN's default for convolutions, a 10-bit mantissa),
+    on a CPU not the bfloat16 that a caller's `torch.backends.fp32_precision = "bf16"` or
+    matrix precision "medium" lets oneDNN use. The synthesis and the restoration filter set a
     0-step decode's fidelity and are meant to run in float32 on every device. Set and put back
     through torch's per-backend precision where it has one (torch 2.9 on): the older flags
     cannot hold every setting ("medium"), and reading them after a caller used the newer
@@ -140,23 +142,45 @@ def full_float32() -> Iterator[None]:
     torch.get_/set_float32_matmul_precision, whose names hold "medium" too."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     newer = hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv")
-    if newer:
-        flags, full = ((matmul, "fp32_precision"), (cudnn.conv, "fp32_precision")), "ieee"
-    else:
-        flags, full = ((cudnn, "allow_tf32"),), False
+    flags = []
+    if device_type in (None, "cuda"):
+        flags += [(matmul, "fp32_precision"), (cudnn.conv, "fp32_precision")] if newer else [(cudnn, "allow_tf32")]
     previous = [getattr(owner, name) for owner, name in flags]
     matmul_precision = None if newer else torch.get_float32_matmul_precision()
     try:
         for owner, name in flags:
-            setattr(owner, name, full)
+            setattr(owner, name, "ieee" if newer else False)
         if matmul_precision is not None:
             torch.set_float32_matmul_precision("highest")
-        yield
+        with _onednn_float32() if device_type in (None, "cpu") else contextlib.nullcontext():
+            yield
     finally:
         for (owner, name), value in zip(flags, previous, strict=True):
             setattr(owner, name, value)
         if matmul_precision is not None:
             torch.set_float32_matmul_precision(matmul_precision)
+
+
+@contextlib.contextmanager
+def _onednn_float32() -> Iterator[None]:
+    """oneDNN's convolutions and matrix products in float32 where a caller let them run in a
+    lower precision, and as they were after. torch reads each operation's precision through
+    its backend's and the global one ("none": the parent's), and tells only the outcome: one
+    that agrees with its backend's is put back as "none", so that it follows the caller's
+    later settings again rather than keep this one for good. Untouched where already float32."""
+    mkldnn = torch.backends.mkldnn
+    if not (hasattr(mkldnn, "fp32_precision") and hasattr(mkldnn, "conv") and hasattr(mkldnn, "matmul")):
+        yield  # before torch 2.9 a caller's "medium" is undone by full_float32's "highest"
+        return
+    lowered = [op for op in (mkldnn.conv, mkldnn.matmul) if op.fp32_precision not in ("ieee", "none")]
+    previous = ["none" if op.fp32_precision == mkldnn.fp32_precision else op.fp32_precision for op in lowered]
+    try:
+        for op in lowered:
+            op.fp32_precision = "ieee"
+        yield
+    finally:
+        for op, value in zip(lowered, previous, strict=True):
+            op.fp32_precision = value
 
 
 @functools.cache
@@ -360,12 +384,11 @@ class Compute:
 
     def kernels(self) -> contextlib.AbstractContextManager[None]:
         """The context the networks run in: thread-invariant kernels in the exact mode on a CPU,
-        full float32 (no TF32) on a GPU."""
-        if self.device.type == "cuda":
-            return full_float32()
-        if self.exact:
+        full float32 otherwise (no TF32 on a GPU, no bfloat16 from oneDNN on a CPU), whatever
+        precision the caller allowed torch."""
+        if self.device.type == "cpu" and self.exact:
             return thread_invariant()
-        return contextlib.nullcontext()
+        return full_float32(self.device.type)
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         """Mixed precision for the diffusion U-Net where `low_precision` allows it (its cast cache

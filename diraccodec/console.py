@@ -4,11 +4,13 @@ progress bars of one look."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn, track
@@ -19,20 +21,32 @@ Item = TypeVar("Item")
 class _StandardError:
     """Standard error as it is at each write (a caller may replace sys.stderr), where a write
     that fails (a full disk, /dev/full, a closed pipe) loses that message alone: progress and
-    reports must not stop the work they describe, whose result the exit status still gives."""
+    reports must not stop the work they describe, whose result the exit status still gives.
+    Closed when the program started (`2>&-`, where Python's sys.stderr is None), it takes
+    every message and keeps none."""
 
     def write(self, text: str) -> int:
         try:
-            return sys.stderr.write(text)
+            return standard_error().write(text)
         except OSError:
             return len(text)
 
     def flush(self) -> None:
         with contextlib.suppress(OSError):
-            sys.stderr.flush()
+            standard_error().flush()
 
     def __getattr__(self, name: str) -> object:
-        return getattr(sys.stderr, name)
+        return getattr(standard_error(), name)
+
+
+def standard_error() -> TextIO:
+    """sys.stderr, or where it is closed (None) a stream that keeps nothing."""
+    return sys.stderr if sys.stderr is not None else _discarded()
+
+
+@functools.cache
+def _discarded() -> TextIO:
+    return open(os.devnull, "w", encoding="utf-8")  # open for the process's life
 
 
 def plain_console(console: Console | None = None) -> Console:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import unicodedata
 import warnings
@@ -54,6 +55,12 @@ def coded_size(width: int, height: int) -> tuple[int, int]:
     return -(-width // CODED_SIDE) * CODED_SIDE, -(-height // CODED_SIDE) * CODED_SIDE
 
 
+def image_named(label: str) -> str:
+    """An image by its label in a message: "image NAME" for a file's name, a phrase that says
+    what the image is ("the image saved as x.drc", the Pillow plugin's) as it is."""
+    return label if label.startswith("the ") else f"image {label}"
+
+
 class LimitExceededError(DiracError):
     @classmethod
     def check(cls, width: int, height: int, max_pixels: int, label: str | None = None) -> None:
@@ -61,7 +68,7 @@ class LimitExceededError(DiracError):
         and the limit); or one so thin that its padded planes hold more than twice the limit
         (and more than SMALL_PADDED_PIXELS): the work and memory follow the padded size, and a
         100,000,000 x 1 strip is coded as 100,000,000 x 64 pixels."""
-        image = f"image {label}" if label else "image"
+        image = image_named(label) if label else "image"
         limit = counted(max_pixels, "pixel")
         if width * height > max_pixels:
             raise cls(f"{image} of {width}x{height} exceeds the limit of {limit}")
@@ -129,6 +136,9 @@ def one_line(text: str) -> str:
 
 def show_warnings_on_one_line() -> None:
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(one_line(f"dirac: warning: {message}"), file=sys.stderr)
+        if sys.stderr is None:  # closed (2>&-): print would write to standard output, into a file there
+            return
+        with contextlib.suppress(OSError):  # lost alone, as a report is (console._StandardError)
+            print(one_line(f"dirac: warning: {message}"), file=sys.stderr)
 
     warnings.showwarning = show

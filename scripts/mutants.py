@@ -51,6 +51,17 @@ RETIE_TEST = ("tests/test_level_tables.py::"
               "test_unets_are_retied_only_from_the_base_they_name_and_with_the_filter_their_decoder_enhances")
 DRC_STREAM_TEST = ("tests/test_robustness.py::"
                    "test_a_drc_stream_without_an_end_is_read_no_further_than_a_file_of_its_size")
+URI_FOLDER_TEST = ("tests/test_batch.py::"
+                   "test_a_uri_folder_that_cannot_be_listed_fails_by_name_and_the_rest_is_converted")
+STEPS_REFERENCE_TEST = ("tests/test_codec.py::"
+                        "test_decodes_with_steps_stay_within_the_format_s_tolerance_of_the_reference_decoder")
+CPU_PRECISION_TEST = ("tests/test_codec.py::"
+                      "test_a_cpu_runs_the_networks_in_float32_whatever_precision_the_caller_allowed")
+IMAGE_STREAM_TEST = ("tests/test_robustness.py::"
+                     "test_an_image_stream_without_an_end_is_read_no_further_than_an_image_file_within_the_limit")
+CLOSED_STDERR_TEST = ("tests/test_robustness.py::"
+                      "test_a_standard_error_that_cannot_be_written_stops_no_work_and_keeps_the_status")
+RESUME_NOTE_TEST = "tests/test_training.py::test_a_resumed_run_notes_only_the_options_that_differ_from_its_state"
 BENCH_STAGES_TEST = ("tests/test_bench.py::"
                      "test_each_stage_is_the_fastest_of_its_repeats_per_megapixel_and_times_only_its_own_calls")
 BENCH_SUMMARY_TEST = ("tests/test_bench.py::"
@@ -326,6 +337,35 @@ MUTANTS = (
     mutant("evaluation/report.py", "return subprocess.list2cmdline(words) if windows else shlex.join(words)",
            "return shlex.join(words)",
            "tests/test_report.py::test_a_recorded_command_reads_back_as_its_words_in_the_systems_shell"),
+    mutant("batch/storage.py", "return self._walk_folders(folder, base, error)",
+           'raise DiracError(f"cannot list {folder}: {error}") from None', URI_FOLDER_TEST),
+    mutant("batch/storage.py", "unreadable[place[len(base) + 1:]] = one_line(str(refusal))",
+           "pass", URI_FOLDER_TEST),
+    mutant("diffusion/sampler.py", "implied = prediction * a_now**0.5", "implied = prediction * a_now**0.45",
+           STEPS_REFERENCE_TEST),
+    mutant("diffusion/finishing.py", "residual = filtered + finishing.kept_noise * noise_left[..., top:bottom, :]",
+           "residual = filtered + 0.5 * finishing.kept_noise * noise_left[..., top:bottom, :]", STEPS_REFERENCE_TEST),
+    mutant("compute.py", "return full_float32(self.device.type)", "return contextlib.nullcontext()",
+           CPU_PRECISION_TEST),
+    mutant("compute.py", '["none" if op.fp32_precision == mkldnn.fp32_precision else op.fp32_precision for',
+           "[op.fp32_precision for", CPU_PRECISION_TEST),
+    mutant("api/models.py", "without_callers_autocast(), torch.inference_mode(False):", "without_callers_autocast():",
+           "tests/test_api.py::test_a_callers_inference_mode_changes_neither_files_nor_pixels"),
+    mutant("image/files.py", "    if len(data) > most:\n", "    if False:\n", IMAGE_STREAM_TEST),
+    mutant("errors.py", "        if sys.stderr is None:  # closed", "        if False:  # closed", CLOSED_STDERR_TEST),
+    mutant("console.py", "return sys.stderr if sys.stderr is not None else _discarded()", "return sys.stderr",
+           CLOSED_STDERR_TEST),
+    mutant("cli/common.py", "        if not math.isfinite(number):\n", "        if False:\n",
+           "tests/test_cli.py::test_batch_with_a_level_out_of_range_fails_once_before_any_file"),
+    mutant("errors.py", 'return label if label.startswith("the ") else f"image {label}"', 'return f"image {label}"',
+           "tests/test_plugin.py::test_bad_options_raise_invalid_option_error"),
+    mutant("api/__init__.py", "image = open_image(image, max_pixels)  # a .drc file",
+           "image = open_image(image, max_pixels, label)  # a .drc file",
+           "tests/test_api.py::test_a_path_is_named_by_itself_in_errors_and_an_empty_one_is_refused"),
+    mutant("cli/codec_commands.py", "        check_weights_there(diffusion_weights)\n", "        pass\n",
+           "tests/test_cli.py::test_decode_and_batch_take_the_restoration_switch_and_diffusion_weights"),
+    mutant("api/encoding.py", "progress(earlier + done, earlier + total)", "progress(done, total)",
+           "tests/test_api.py::test_a_size_target_reports_the_search_of_every_trial_as_one_count"),
     # training states
     mutant("training/checkpoint.py", "round(state.seconds / 3600, 3)", "round(state.seconds / 60, 3)",
            "tests/test_training.py::test_exported_weights_record_the_hours_the_state_trained"),
@@ -337,6 +377,10 @@ MUTANTS = (
            "            if len(head) < length:  # a header longer than a part: read the whole stream\n"
            "                return read_state(path)[0]\n", "",
            "tests/test_training.py::test_a_state_whose_header_outgrows_its_first_part_still_reads_its_metadata"),
+    mutant("training/base.py", "(options.freeze_hyperprior and not frozen)", "(options.freeze_hyperprior != frozen)",
+           RESUME_NOTE_TEST),
+    mutant("training/base.py", "options.context not in (None, model.config.context)",
+           "options.context != model.config.context", RESUME_NOTE_TEST),
     # restoration, finishing and the time grid
     mutant("restoration/filter.py", "(0, -width % self.size_multiple, 0, -height % self.size_multiple)",
            "(0, -height % self.size_multiple, 0, -width % self.size_multiple)",

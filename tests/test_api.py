@@ -63,6 +63,16 @@ def test_a_target_between_the_files_of_levels_0_and_1_lands_below_level_1(small_
     assert smallest <= len(data) <= target and 0 < diraccodec.inspect(data).header.quality < 1
 
 
+def test_a_size_target_reports_the_search_of_every_trial_as_one_count(small_image):
+    """Each trial file's search counted its tiles from 1 again: a bar went back at every trial."""
+    heard: list[tuple[int, int]] = []
+    target = len(diraccodec.encode(small_image, 4))
+    data = diraccodec.encode(small_image, size=target, progress=lambda done, total: heard.append((done, total)))
+    assert len(data) <= target and len(heard) > 2  # several searched trials
+    assert all(done <= total for done, total in heard) and heard[-1][0] == heard[-1][1]
+    assert [done for done, _ in heard] == sorted({done for done, _ in heard})  # never back, never stands
+
+
 def test_a_size_target_finds_the_files_without_the_detail_map_that_a_small_image_makes_smaller(small_image):
     """Below level 3 the file carries the detail map: on a 32 x 32 image the first level without
     it makes a smaller file than level -1, so sizes do not grow with the level all the way."""
@@ -100,7 +110,7 @@ def test_size_targets_search_the_levels_with_and_without_the_map_apart():
         assert len(data) <= target < len(file(level + 1 / 256)) or level == 8
         return level
 
-    encoder = SimpleNamespace(file=counted, search=SimpleNamespace(passes=0), map_ends_at=lambda: 3.0,
+    encoder = SimpleNamespace(file=counted, search=SimpleNamespace(passes=0, progress=None), map_ends_at=lambda: 3.0,
                               metadata_bytes=lambda: 0)
     assert 3.1 < answer(520) < 3.3  # not about -0.3, whose file fits too
     assert len(tried) <= 1 + 11  # level 3, a bisection of levels 3-8 (1,280 grid steps), none of the levels below
@@ -412,11 +422,11 @@ def test_a_size_target_climbs_past_the_window_where_the_search_makes_room():
         tried.append((level, searched))
         return file(level, searched)
 
-    encoder = SimpleNamespace(file=counted, search=SimpleNamespace(passes=1), map_ends_at=lambda: None)
+    encoder = SimpleNamespace(file=counted, search=SimpleNamespace(passes=1, progress=None), map_ends_at=lambda: None)
     data = api.encode_to_size(encoder, 5_000, num_levels=8)
     assert len(data) == 5_000  # level 8: (8 + 2) * 1000 / 2, where plain rounding fits only level 3
     assert len(tried) == len(set(tried))  # no level encoded twice
-    plain = SimpleNamespace(file=file, search=SimpleNamespace(passes=0), map_ends_at=lambda: None)
+    plain = SimpleNamespace(file=file, search=SimpleNamespace(passes=0, progress=None), map_ends_at=lambda: None)
     assert api.encode_to_size(plain, 5_000, 8) == file(3, False)
 
 
@@ -497,6 +507,29 @@ def test_a_callers_autocast_changes_neither_files_nor_pixels(small_image):
         assert diraccodec.encode(small_image, 2, effort=1) == data
         for steps, expected in pixels.items():
             assert np.array_equal(np.asarray(diraccodec.decode(data, steps=steps, exact=True)), expected)
+
+
+def test_a_path_is_named_by_itself_in_errors_and_an_empty_one_is_refused(tmp_path):
+    """A label names data, which has no name of its own: a missing file was called by the
+    label, and an empty path was "no such file " with nothing after it."""
+    missing = tmp_path / "missing.png"
+    with pytest.raises(ImageReadError, match=f"^cannot read image: no such file {missing}$"):
+        diraccodec.encode(str(missing), 3, label="holiday photo")
+    with pytest.raises(InvalidOptionError, match=r"^the image path is empty$"):
+        diraccodec.encode("", 3)
+
+
+def test_a_callers_inference_mode_changes_neither_files_nor_pixels(small_image):
+    """The encoder's search takes gradients, which torch.enable_grad alone does not allow under
+    inference mode: the default effort failed there with a traceback."""
+    import torch
+
+    data = diraccodec.encode(small_image, 2)
+    pixels = np.asarray(diraccodec.decode(data, steps=1))
+    with torch.inference_mode():
+        assert diraccodec.encode(small_image, 2) == data
+        assert np.array_equal(np.asarray(diraccodec.decode(data, steps=1)), pixels)
+        assert torch.is_inference_mode_enabled()  # the caller's, as it was
 
 
 def test_inputs_that_cannot_be_read_are_refused_by_name(tmp_path, small_image):

@@ -93,9 +93,10 @@ def test_decode_and_batch_take_the_restoration_switch_and_diffusion_weights(tmp_
             with Image.open(path) as image:
                 assert np.array_equal(np.asarray(image), expected[name]), (name, path)
     for command in (["decode", str(small_drc), "-o", str(tmp_path / "x.png")], ["batch", str(encoded), str(decoded)]):
-        missing = CliRunner().invoke(main, [*command, "--steps", "2", "--diffusion-weights", str(tmp_path / "no")])
-        assert missing.exit_code == 2, missing.output
-        assert missing.output == f"dirac: error: cannot read weights {tmp_path / 'no'}: No such file or directory\n"
+        for steps in (["--steps", "2"], []):  # with none, the file's recommendation: unread at 0, still refused
+            missing = CliRunner().invoke(main, [*command, *steps, "--diffusion-weights", str(tmp_path / "no")])
+            assert missing.exit_code == 2, missing.output
+            assert missing.output == f"dirac: error: cannot read weights {tmp_path / 'no'}: No such file or directory\n"
         image = tmp_path / "one.png"
         image_given = CliRunner().invoke(main, [*command, "--steps", "2", "--diffusion-weights", str(image)])
         assert image_given.output == f"dirac: error: {image} is not a weights file (safetensors)\n"
@@ -907,6 +908,10 @@ def test_batch_with_a_level_out_of_range_fails_once_before_any_file(tmp_path: Pa
     result = CliRunner().invoke(main, ["batch", str(source), str(destination), "-q", "9", "-j", "1"])
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1 and result.output.startswith("dirac: error: quality must be between")
+    for bpp in ("nan", "inf"):  # past a range's check, they failed each file alike
+        result = CliRunner().invoke(main, ["batch", str(source), str(destination), "--bpp", bpp, "-j", "1"])
+        assert (result.exit_code, result.output.count("\n")) == (2, 1), result.output
+        assert f"Invalid value for '--bpp': '{bpp}' is not a finite number." in result.output
     assert runs == [] and not destination.exists()
 
 

@@ -90,6 +90,7 @@ def test_a_format_version_2_file_still_decodes_with_its_padding_coded(sample_ima
     assert drc.unpack(rewritten).version == 3 and len(rewritten) < len(data)
 
 
+@pytest.mark.cuda(required=False)
 @pytest.mark.parametrize("name", list(CURRENT_VERSION_FILES))
 def test_files_of_the_current_format_versions_read_as_they_were_written(sample_image, name):
     """Stored files, not a round trip: a change to the tables, the escapes or the map's coding
@@ -111,11 +112,31 @@ def test_files_of_the_current_format_versions_read_as_they_were_written(sample_i
     # the reference decoder's pixels (the exact mode at 0 steps, saved as name.png when the file
     # was made): this decoder's, in either mode, are within the format's tolerance of them
     reference = np.asarray(Image.open(DATA / name.replace(".drc", ".png")), dtype=np.int16)
-    for exact in (False, True):
-        decoded = np.asarray(diraccodec.decode(data, steps=0, exact=exact), dtype=np.int16)
-        assert np.abs(decoded - reference).max() <= 2 and np.mean(decoded != reference) < 0.01, exact
+    for device in devices():
+        for exact in (False, True):
+            decoded = np.asarray(diraccodec.decode(data, steps=0, device=device, exact=exact), dtype=np.int16)
+            assert np.abs(decoded - reference).max() <= 2 and np.mean(decoded != reference) < 0.01, (device, exact)
     crop = np.asarray(sample_image.crop((120, 40, 216, 104)), dtype=np.int16)
     assert np.abs(reference - crop).mean() < 12  # made from the crop it names
+
+
+@pytest.mark.cuda(required=False)
+@pytest.mark.parametrize("name", list(CURRENT_VERSION_FILES))
+def test_decodes_with_steps_stay_within_the_format_s_tolerance_of_the_reference_decoder(name):
+    """The reference decoder's 20-step pixels (the exact mode on a CPU, saved as
+    name-steps20.png): a change to the sampler, its noise or schedule, the U-Net or the finishing
+    would pass every round trip. Another seed, or 5 steps, is over the format's tolerance; a
+    smaller change (the implied noise's scale off by 5%) is caught by the exact mode on a CPU,
+    which only rounds a value the other way where another CPU kind sums in another order."""
+    data = (DATA / name).read_bytes()
+    reference = np.asarray(Image.open(DATA / name.replace(".drc", "-steps20.png")), dtype=np.int16)
+    for device in devices():
+        for exact in (False, True):
+            decoded = np.asarray(diraccodec.decode(data, steps=20, device=device, exact=exact), dtype=np.int16)
+            difference = np.abs(decoded - reference)
+            assert difference.max() <= 8 and difference.mean() <= 0.5, (device, exact, difference.mean())
+            if exact and device == "cpu":
+                assert difference.max() <= 2 and np.mean(difference > 0) < 0.02, np.mean(difference > 0)
 
 
 def test_a_latent_stream_of_part_of_a_word_is_corrupt():
@@ -465,6 +486,36 @@ def test_a_gpu_runs_the_networks_in_full_float32_and_leaves_the_caller_s_precisi
     script = PRECISION_CHECK.format(setting=CALLERS_PRECISION[setting])
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+CALLERS_CPU_PRECISION = {  # where a program may ask for bfloat16 in float32's stead
+    "global": lambda: torch.backends,  # every backend's
+    "onednn convolutions": lambda: torch.backends.mkldnn.conv,
+}
+
+
+@pytest.mark.parametrize("setting", list(CALLERS_CPU_PRECISION))
+def test_a_cpu_runs_the_networks_in_float32_whatever_precision_the_caller_allowed(small_image, setting):
+    """A caller's bfloat16 for float32 work let oneDNN compute the synthesis and the analysis
+    in bfloat16: the files and the 0-step pixels moved with it. Where torch reads the caller's
+    setting through a parent, it does so again after the call."""
+    from diraccodec.compute import cpu_computes_bfloat16
+
+    if not hasattr(torch.backends.mkldnn, "conv"):
+        pytest.skip("torch before 2.9 has no per-backend precision")
+    if not cpu_computes_bfloat16():
+        pytest.skip("oneDNN computes bfloat16 only on CPUs that do so natively")
+    data = diraccodec.encode(small_image, 3, device="cpu")
+    pixels = np.asarray(diraccodec.decode(data, steps=0, device="cpu"))
+    owner = CALLERS_CPU_PRECISION[setting]()
+    owner.fp32_precision = "bf16"
+    try:
+        assert diraccodec.encode(small_image, 3, device="cpu") == data
+        np.testing.assert_array_equal(np.asarray(diraccodec.decode(data, steps=0, device="cpu")), pixels)
+        assert torch.backends.mkldnn.conv.fp32_precision == "bf16"  # the caller's, put back
+    finally:
+        owner.fp32_precision = "none"
+    assert torch.backends.mkldnn.conv.fp32_precision == "none"  # following the global setting again
 
 
 @pytest.mark.cuda

@@ -14,7 +14,7 @@ from PIL import Image
 import diraccodec
 from diraccodec import api, plugin
 from diraccodec.container import drc
-from diraccodec.errors import CorruptFileError, InvalidOptionError, TruncatedFileError
+from diraccodec.errors import CorruptFileError, InvalidOptionError, LimitExceededError, TruncatedFileError
 from tests.conftest import MAKE, SAMPLE, XMP, camera_jpeg, parsed, saved_as, swapped_primaries_profile
 
 
@@ -143,6 +143,9 @@ def test_bad_options_raise_invalid_option_error(small_image, small_drc: bytes, t
     with pytest.raises(InvalidOptionError, match="quality"):
         small_image.save(tmp_path / "bad.drc", quality=85)
     assert not (tmp_path / "bad.drc").exists()
+    with pytest.raises(LimitExceededError, match=rf"^the image saved as {tmp_path / 'big.drc'} of "
+                       rf"{small_image.width}x{small_image.height} exceeds the limit of 10 pixels"):
+        small_image.save(tmp_path / "big.drc", max_pixels=10)  # named as the message's subject, not "image the..."
     with pytest.raises(InvalidOptionError, match="stepz"):
         plugin.set_decode_options(stepz=1)
     for bad, message in (({"steps": "x"}, "steps must be a whole number"), ({"seed": 1.5}, "seed must be"),

@@ -1109,20 +1109,29 @@ def test_standard_streams_that_are_closed_or_full_are_one_line_errors(tmp_path, 
 
 
 def test_a_standard_error_that_cannot_be_written_stops_no_work_and_keeps_the_status(tmp_path, small_image):
-    """Progress, reports and errors on a full standard error are lost, not faults: a batch
-    converts every file (it stopped after the first), and an error's status stays 2 (it was 1)."""
+    """Progress, reports and errors on a full or closed standard error are lost, not faults: a
+    batch converts every file (it stopped after the first), and an error's status stays 2 (it
+    was 1). Closed, warnings went to standard output: into the file written there."""
     source = tmp_path / "in"
     source.mkdir()
     for index in range(3):
         small_image.rotate(90 * index).save(source / f"{index}.png")
+    frames = [small_image, small_image.rotate(90)]
+    frames[0].save(source / "moving.gif", save_all=True, append_images=frames[1:])  # warned of: animated
     command = f"{sys.executable} -m diraccodec.cli"
-    for shell, status in ((f"{command} batch {source} {tmp_path / 'out'} -q 2 -e 1 -j 1 2>/dev/full", 0),
-                          (f"{command} encode {source / '0.png'} -q 2 -o {tmp_path / 'a.drc'} 2>/dev/full", 0),
-                          (f"{command} encode {tmp_path / 'missing.png'} -q 2 -o {tmp_path / 'b.drc'} 2>/dev/full", 2),
-                          (f"{command} encode {source / '0.png'} --no-such-option 2>/dev/full", 2)):
-        result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=ROOT, timeout=120)
-        assert result.returncode == status, shell
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.drc", "1.drc", "2.drc"]
+    for number, closing in enumerate(("2>/dev/full", "2>&-")):
+        out = tmp_path / f"out{number}"
+        for shell, status in ((f"{command} batch {source} {out} -q 2 -e 1 -j 1 {closing}", 0),
+                              (f"{command} encode {source / '0.png'} -q 2 -o {tmp_path / 'a.drc'} {closing}", 0),
+                              (f"{command} encode {tmp_path / 'missing.png'} -q 2 -o {tmp_path / 'b.drc'} {closing}",
+                               2),
+                              (f"{command} encode {source / '0.png'} --no-such-option {closing}", 2)):
+            result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=ROOT, timeout=120)
+            assert result.returncode == status, shell
+        assert sorted(p.name for p in out.iterdir()) == ["0.drc", "1.drc", "2.drc", "moving.drc"]
+        shell = f"{command} encode {source / 'moving.gif'} -q 2 -e 1 -o - {closing}"
+        result = subprocess.run(["bash", "-c", shell], capture_output=True, cwd=ROOT, timeout=120)
+        assert result.returncode == 0 and diraccodec.inspect(result.stdout).header.width == small_image.width
     assert (tmp_path / "a.drc").exists() and not (tmp_path / "b.drc").exists()
 
 
@@ -1270,6 +1279,34 @@ def test_a_drc_stream_without_an_end_is_read_no_further_than_a_file_of_its_size(
 
 CPU_ALLOCATION_FAILURE = ("DefaultCPUAllocator: can't allocate memory: you tried to allocate 32000000000 bytes. "
                           "Error code 12 (Cannot allocate memory)")
+
+
+def test_an_image_stream_without_an_end_is_read_no_further_than_an_image_file_within_the_limit(
+        tmp_path, small_image):
+    """Pillow reads standard input or a file object whole: /dev/zero, or a stream with no end,
+    filled the memory until the system killed the process (or another one)."""
+    from click.testing import CliRunner
+
+    from diraccodec.cli import main
+    from diraccodec.errors import LimitExceededError
+    from diraccodec.image.files import IMAGE_BYTES_PER_PIXEL_AT_MOST, IMAGE_ROOM_BESIDE_PIXELS
+
+    png = saved_as(small_image, "PNG")
+    most = IMAGE_ROOM_BESIDE_PIXELS + IMAGE_BYTES_PER_PIXEL_AT_MOST * 1000
+    message = f"standard input holds over {most} bytes, more than an image file within the limit of 1000 pixels holds"
+    source = HeaderThenZeros()
+    source.header = png  # a whole image, then zeros without end
+    result = CliRunner().invoke(main, ["encode", "-", "-q", "3", "-e", "1", "--max-pixels", "1000",
+                                       "-o", str(tmp_path / "x.drc")], input=io.BufferedReader(source))
+    assert (result.exit_code, result.output) == (2, f"dirac: error: {message} (raise it with --max-pixels)\n")
+    assert most < source.served <= most + 2 * (1 << 20) and not (tmp_path / "x.drc").exists()
+    source = HeaderThenZeros()
+    source.header = png
+    with pytest.raises(LimitExceededError, match=f"^{message.replace('standard input', 'the image file object')}$"):
+        diraccodec.encode(io.BufferedReader(source), 3, effort=1, max_pixels=1000)
+    assert source.served <= most + 2 * (1 << 20)
+    data = diraccodec.encode(io.BytesIO(png), 3, effort=1)  # a file that ends is read as it was
+    assert data == diraccodec.encode(small_image, 3, effort=1)
 
 
 def test_running_out_of_memory_is_not_called_a_corrupt_file_and_the_command_says_it_in_one_line(

@@ -195,10 +195,12 @@ def encode(
         if len(str(image)) > MAX_PATH_LENGTH:  # text, not a path: not echoed
             raise InvalidOptionError(f"an image path is at most {MAX_PATH_LENGTH} characters, got "
                                      f"{type(image).__name__} of {counted(len(str(image)), 'character')}")
-        shown = label or str(image)
-        image = open_image(image, max_pixels, label)  # a .drc file, whatever its name, is refused there
+        if not str(image):
+            raise InvalidOptionError("the image path is empty")
+        shown = str(image)  # named by its path: a label names data
+        image = open_image(image, max_pixels)  # a .drc file, whatever its name, is refused there
     elif not isinstance(image, Image.Image):
-        image = open_image(image_file_bytes(image), max_pixels, label)
+        image = open_image(image_file_bytes(image, max_pixels), max_pixels, label)
     else:  # as open_image reads and turns a file's (the Pillow plugin's save comes here)
         LimitExceededError.check(image.width, image.height, max_pixels, label)
         image = upright(loaded(image, max_pixels, label))

@@ -195,19 +195,24 @@ def file_bytes(data: bytes | bytearray | memoryview) -> bytes:
     return found
 
 
-def image_file_bytes(image: object) -> bytes:
-    """An encoded image's bytes from any bytes-like object, a binary file object, or a flat
-    uint8 array (cv2.imencode's); anything else is refused by name."""
+def image_file_bytes(image: object, max_pixels: int = drc.DEFAULT_MAX_PIXELS) -> bytes:
+    """An encoded image's bytes from any bytes-like object, a binary file object (read no
+    further than an image file of `max_pixels` can hold), or a flat uint8 array
+    (cv2.imencode's); anything else is refused by name."""
     if isinstance(image, io.TextIOBase):
         raise InvalidOptionError("an image file object must be open in binary mode ('rb'), not text")
     if callable(getattr(image, "read", None)):  # io.BytesIO, an open file
+        from diraccodec.image.files import read_image_file
+
         try:
             if getattr(image, "seekable", lambda: False)():
                 image.seek(0)  # read whole, as Image.open reads one: a buffer just written is at its end
-            data = image.read()
+            data = read_image_file(image, max_pixels, "the image file object")  # type: ignore[arg-type]
         except (ValueError, OSError) as error:  # closed, or open for writing alone
             reason = "it is not open for reading" if isinstance(error, io.UnsupportedOperation) else error
             raise InvalidOptionError(f"cannot read the image file object: {reason}") from None
+        except TypeError:  # pieces of text, which cannot be joined as bytes, or no read(size)
+            raise InvalidOptionError("an image file object must give bytes from read(size)") from None
         if not isinstance(data, bytes | bytearray):
             raise InvalidOptionError(f"an image file object must give bytes, gave {type(data).__name__}")
         return bytes(data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from diraccodec.api.arguments import check_size
 from diraccodec.api.models import get_restorer
@@ -124,6 +124,8 @@ def encode_to_size(encoder: Encoder, target: int, num_levels: int) -> bytes:
     if ends is not None and lowest < (first_without := math.ceil(ends * grid)) <= highest:
         runs = [(lowest, first_without - 1), (first_without, highest)]
     searches = encoder.search.passes > 0
+    if encoder.search.progress is not None:  # one count over every trial's tiles, not one per trial
+        encoder.search = replace(encoder.search, progress=_over_trials(encoder.search.progress))
     sizes: dict[tuple[int, bool], int] = {}  # of the files made so far: several checks ask for the same ones
     fitting: dict[tuple[int, bool], bytes] = {}  # those within the target, one of which is the answer
 
@@ -176,3 +178,17 @@ def encode_to_size(encoder: Encoder, target: int, num_levels: int) -> bytes:
         f", {metadata} of them metadata that --strip (metadata=False) leaves out" if metadata else "")
     raise InvalidOptionError(f"a target of {counted(target, 'byte')} is below the smallest file at level "
                              f"{smallest_step / grid:g} ({smallest}); ask for at least that")
+
+
+def _over_trials(progress: Progress) -> Progress:
+    """`progress` of one search after another as one count: each trial's tiles are added to the
+    total as it starts, so what is done never goes back (a bar started again at each trial)."""
+    earlier = 0  # tiles of the trials finished
+
+    def report(done: int, total: int) -> None:
+        nonlocal earlier
+        progress(earlier + done, earlier + total)
+        if done == total:
+            earlier += total
+
+    return report

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
+
 from diraccodec.api.arguments import weights_id_bytes
 from diraccodec.codec.base_codec import LOWEST_LEVEL, BaseCodec, BaseWeights
 from diraccodec.compute import Compute, float32_default, one_thread_in_forked_children, without_callers_autocast
@@ -44,11 +46,11 @@ _LOCK = threading.RLock()  # torch's thread count and kernel flags are process-w
 def model_calls() -> Iterator[None]:
     """One call's model work at a time, with torch's default dtype float32 whatever the
     caller's (its thread count, kernel flags and default dtype are process-wide), and without
-    the caller's autocast; from the first call on, a forked child gets one torch thread
-    (compute.one_thread_in_forked_children). Every API function that runs the models runs
-    them inside it; code that runs the stages itself (evaluation, bench) does so too. It
-    nests: the API's functions may be called inside it."""
-    with _LOCK, float32_default(), without_callers_autocast():
+    the caller's autocast or inference mode (the encoder's search takes gradients); from the
+    first call on, a forked child gets one torch thread (compute.one_thread_in_forked_children).
+    Every API function that runs the models runs them inside it; code that runs the stages
+    itself (evaluation, bench) does so too. It nests: the API's functions may be called inside it."""
+    with _LOCK, float32_default(), without_callers_autocast(), torch.inference_mode(False):
         one_thread_in_forked_children()
         yield
 

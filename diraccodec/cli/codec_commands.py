@@ -25,6 +25,7 @@ from diraccodec.cli.common import (
     check_output,
     check_outputs,
     check_text_output,
+    check_weights_there,
     console,
     detail_map_option,
     device_option,
@@ -39,7 +40,7 @@ from diraccodec.cli.common import (
     png_compress_option,
     rate_target,
     read_drc_source,
-    read_source,
+    read_standard_input_image,
     report_error,
     reports_errors,
     seed_option,
@@ -129,7 +130,7 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
     if not is_stream(output) and output.suffix.lower() in IMAGE_SUFFIXES:  # a viewer would call it broken
         warnings.warn(f"{output} is named as a {output.suffix.lower()[1:].upper()} image, but holds a .drc file "
                       f"(name it .drc; dirac decode makes the image)", UserWarning, stacklevel=1)
-    image = read_source(source) if is_stream(source) else source
+    image = read_standard_input_image(max_pixels) if is_stream(source) else source
     with progress_bar("searching latents") as searched:
         data = api.encode(image, **rate, effort=effort, steps=recommended_steps, detail_map=detail_map,
                           device=device, weights=weights, max_pixels=max_pixels, progress=searched,
@@ -170,6 +171,8 @@ def decode(source: Path, output: Path, format_suffix: str | None, png_compressio
 
     check_output(output, source)  # a bad output fails now, not after the work
     image_format = output_format(output, format_suffix)
+    if diffusion_weights is not None:
+        check_weights_there(diffusion_weights)
     data = read_drc_source(source, max_pixels)
     header = drc.unpack(data, max_pixels)
     check_image_fits(image_format, header.width, header.height, header.colour_mode.has_alpha)  # before the decode

@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import click
 from rich.console import Console
@@ -130,10 +130,13 @@ def shown_name(path: Path, stream: str) -> str:
     return stream if is_stream(path) else str(path)
 
 
-def read_source(path: Path) -> bytes:
-    """The bytes of a file, or of standard input for "-" (refused on a terminal, where it would
-    wait for typed bytes)."""
-    return _read_source(path, None, 0)
+def read_standard_input_image(max_pixels: int) -> bytes:
+    """An image file piped into standard input (refused on a terminal, where it would wait for
+    typed bytes), read no further than a file within `max_pixels` can hold: Pillow reads a
+    named file itself, from its header on."""
+    from diraccodec.image.files import read_image_file
+
+    return read_image_file(_standard_input(), max_pixels, "standard input")
 
 
 def read_drc_source(path: Path, max_pixels: int) -> bytes:
@@ -150,11 +153,24 @@ def _read_source(path: Path, check_start: Callable[[bytes], int | None] | None, 
 
     if not is_stream(path):
         return read_bytes(path, check_start, start_bytes)
+    return read_checked(_standard_input(), check_start, start_bytes)
+
+
+def _standard_input() -> BinaryIO:
     if sys.stdin is None:
         raise DiracError("standard input is closed: pipe a file into it, or name the file")
     if sys.stdin.isatty():
         raise DiracError("standard input is a terminal: pipe a file into it, or name the file")
-    return read_checked(sys.stdin.buffer, check_start, start_bytes)
+    return sys.stdin.buffer
+
+
+def check_weights_there(path: Path) -> None:
+    """Refuse named weights that are not there even where the work would not read them
+    (diffusion weights for a 0-step decode): a mistyped name fails as it does where it is read."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        raise DiracError(f"cannot read weights {path.resolve()}: {error.strerror or error}") from None
 
 
 def check_output(path: Path, source: Path | None = None) -> None:
@@ -413,7 +429,21 @@ size_option = click.option(
     help="Target file size instead of -q, e.g. 30KB: the file is at or under it. B, KB (1,000 bytes), MB, GB, "
          "KiB (1,024), MiB, GiB; a bare number is bytes.",
 )
-bpp_option = click.option("--bpp", type=click.FloatRange(min=0, min_open=True), default=None,
+class PositiveFinite(click.FloatRange):
+    """A number above 0, refused by name where it is not finite (nan and inf pass a range): a
+    batch checks its options before the files, so each file would fail alike."""
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+bpp_option = click.option("--bpp", type=PositiveFinite(), default=None,
                           help="Target bits per pixel instead of -q (at or under it).")
 detail_map_option = click.option(
     "--detail-map/--no-detail-map", default=None,

@@ -60,7 +60,9 @@ def run() -> Any:
     except (KeyboardInterrupt, RuntimeError) as error:  # while the commands load (the group reports a command's)
         if interruption_in(error) is None:
             raise
-        print(INTERRUPTED_LINE, file=sys.stderr)
+        from diraccodec.console import standard_error
+
+        print(INTERRUPTED_LINE, file=standard_error())
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from PIL import Image
 
-from diraccodec.errors import DiracError, ImageReadError, OutputWriteError
+from diraccodec.errors import DiracError, ImageReadError, LimitExceededError, OutputWriteError, counted
 from diraccodec.image.metadata import pillow_reads_whole_metadata, save_options
 from diraccodec.image.profiles import grey_shown_in_srgb, is_grey_profile
 from diraccodec.options import DEFAULT_PNG_COMPRESSION
@@ -52,6 +52,24 @@ def read_bytes(path: Path, check_start: Callable[[bytes], int | None] | None = N
         if isinstance(error, IsADirectoryError) or os.path.isdir(path):
             raise DiracError(f"{path} is a folder, not a file") from None
         raise ImageReadError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+# The most an image file may hold for each pixel within the limit (16-bit RGBA takes 8 bytes, an
+# ASCII PPM of 16-bit values up to 18), and beside its pixels (metadata, profiles, thumbnails)
+IMAGE_BYTES_PER_PIXEL_AT_MOST = 24
+IMAGE_ROOM_BESIDE_PIXELS = 5 << 24
+
+
+def read_image_file(stream: BinaryIO, max_pixels: int, name: str) -> bytes:
+    """An image file's bytes from a stream that Pillow would read whole (standard input, a
+    file object), no further than a file of `max_pixels` pixels can hold and one byte more: a
+    stream without an end (/dev/zero) is refused, not read until memory runs out."""
+    most = IMAGE_ROOM_BESIDE_PIXELS + IMAGE_BYTES_PER_PIXEL_AT_MOST * max_pixels
+    data = read_checked(stream, lambda start: most, 0)
+    if len(data) > most:
+        raise LimitExceededError(f"{name} holds over {counted(most, 'byte')}, more than an image file within the "
+                                 f"limit of {counted(max_pixels, 'pixel')} holds")
+    return data
 
 
 def read_checked(stream: BinaryIO, check_start: Callable[[bytes], int | None] | None, start_bytes: int) -> bytes:

@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from diraccodec.errors import CorruptFileError, ImageReadError, InvalidOptionError, LimitExceededError, counted
+from diraccodec.errors import (
+    CorruptFileError,
+    ImageReadError,
+    InvalidOptionError,
+    LimitExceededError,
+    counted,
+    image_named,
+)
 from diraccodec.image import DRC_FORMAT
 from diraccodec.image.metadata import (
     PILLOW_SETTINGS,
@@ -156,7 +163,7 @@ def loaded(image: Image.Image, max_pixels: int, label: str | None = None) -> Ima
     except (*PILLOW_READ_ERRORS, AssertionError, AttributeError) as error:
         closed = isinstance(error, AttributeError) or not str(error)
         reason = "its file was closed before its pixels were read" if closed else str(error)
-        raise ImageReadError(f"cannot read {f'image {label}' if label else 'the image'}: {reason}") from None
+        raise ImageReadError(f"cannot read {image_named(label) if label else 'the image'}: {reason}") from None
     if frames > 1:
         warnings.warn(_one_of_several(label or "the image", image_format, frames, current), UserWarning,
                       stacklevel=3)
