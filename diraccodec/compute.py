@@ -31,6 +31,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.autograd import DeviceType
@@ -136,51 +137,48 @@ def full_float32(device_type: str | None = None) -> Iterator[None]:
     on a CPU not the bfloat16 that a caller's `torch.backends.fp32_precision = "bf16"` or
     matrix precision "medium" lets oneDNN use. The synthesis and the restoration filter set a
     0-step decode's fidelity and are meant to run in float32 on every device. Set and put back
-    through torch's per-backend precision where it has one (torch 2.9 on): the older flags
+    through torch's per-operation precision where it has one (torch 2.9 on): the older flags
     cannot hold every setting ("medium"), and reading them after a caller used the newer
     interface raises. Before 2.9 the matrix products' setting is saved and put back with
     torch.get_/set_float32_matmul_precision, whose names hold "medium" too."""
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    matmul, cudnn, mkldnn = torch.backends.cuda.matmul, torch.backends.cudnn, torch.backends.mkldnn
     newer = hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv")
-    flags = []
-    if device_type in (None, "cuda"):
-        flags += [(matmul, "fp32_precision"), (cudnn.conv, "fp32_precision")] if newer else [(cudnn, "allow_tf32")]
-    previous = [getattr(owner, name) for owner, name in flags]
+    operations = []  # each with its precision, set to "ieee"
+    if device_type in (None, "cuda") and newer:
+        operations += [matmul, cudnn.conv]
+    if device_type in (None, "cpu") and hasattr(mkldnn, "conv") and hasattr(mkldnn, "matmul"):
+        # oneDNN's only where the caller lowered them: an untouched setting stays untouched
+        operations += [op for op in (mkldnn.conv, mkldnn.matmul) if op.fp32_precision not in ("ieee", "none")]
+    previous = [op.fp32_precision for op in operations]
+    old_flag = cudnn.allow_tf32 if device_type in (None, "cuda") and not newer else None
     matmul_precision = None if newer else torch.get_float32_matmul_precision()
     try:
-        for owner, name in flags:
-            setattr(owner, name, "ieee" if newer else False)
+        for op in operations:
+            op.fp32_precision = "ieee"
+        if old_flag is not None:
+            cudnn.allow_tf32 = False
         if matmul_precision is not None:
             torch.set_float32_matmul_precision("highest")
-        with _onednn_float32() if device_type in (None, "cpu") else contextlib.nullcontext():
-            yield
+        yield
     finally:
-        for (owner, name), value in zip(flags, previous, strict=True):
-            setattr(owner, name, value)
+        for op, value in zip(operations, previous, strict=True):
+            _put_back(op, value)
+        if old_flag is not None:
+            cudnn.allow_tf32 = old_flag
         if matmul_precision is not None:
             torch.set_float32_matmul_precision(matmul_precision)
 
 
-@contextlib.contextmanager
-def _onednn_float32() -> Iterator[None]:
-    """oneDNN's convolutions and matrix products in float32 where a caller let them run in a
-    lower precision, and as they were after. torch reads each operation's precision through
-    its backend's and the global one ("none": the parent's), and tells only the outcome: one
-    that agrees with its backend's is put back as "none", so that it follows the caller's
-    later settings again rather than keep this one for good. Untouched where already float32."""
-    mkldnn = torch.backends.mkldnn
-    if not (hasattr(mkldnn, "fp32_precision") and hasattr(mkldnn, "conv") and hasattr(mkldnn, "matmul")):
-        yield  # before torch 2.9 a caller's "medium" is undone by full_float32's "highest"
-        return
-    lowered = [op for op in (mkldnn.conv, mkldnn.matmul) if op.fp32_precision not in ("ieee", "none")]
-    previous = ["none" if op.fp32_precision == mkldnn.fp32_precision else op.fp32_precision for op in lowered]
-    try:
-        for op in lowered:
-            op.fp32_precision = "ieee"
-        yield
-    finally:
-        for op, value in zip(lowered, previous, strict=True):
-            op.fp32_precision = value
+def _put_back(operation: Any, value: str) -> None:
+    """An operation's precision as the caller had it. torch reads an operation's "none" through
+    its backend's and the global setting, and its getter tells only the outcome: where "none"
+    gives that outcome, "none" is put back, so that the operation follows the caller's later
+    settings again rather than keep this value for good. (torch's own first value for cuDNN's
+    convolutions, "tf32", which a global setting still replaces, comes back as if the caller
+    had set it, as it did before torch had these settings.)"""
+    operation.fp32_precision = "none"
+    if operation.fp32_precision != value:
+        operation.fp32_precision = value
 
 
 @functools.cache

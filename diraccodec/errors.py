@@ -58,7 +58,7 @@ def coded_size(width: int, height: int) -> tuple[int, int]:
 def image_named(label: str) -> str:
     """An image by its label in a message: "image NAME" for a file's name, a phrase that says
     what the image is ("the image saved as x.drc", the Pillow plugin's) as it is."""
-    return label if label.startswith("the ") else f"image {label}"
+    return label if label.startswith("the image ") else f"image {label}"
 
 
 class LimitExceededError(DiracError):

@@ -497,25 +497,38 @@ CALLERS_CPU_PRECISION = {  # where a program may ask for bfloat16 in float32's s
 @pytest.mark.parametrize("setting", list(CALLERS_CPU_PRECISION))
 def test_a_cpu_runs_the_networks_in_float32_whatever_precision_the_caller_allowed(small_image, setting):
     """A caller's bfloat16 for float32 work let oneDNN compute the synthesis and the analysis
-    in bfloat16: the files and the 0-step pixels moved with it. Where torch reads the caller's
-    setting through a parent, it does so again after the call."""
+    in bfloat16: the files and the 0-step pixels moved with it. A setting torch reads through
+    a parent (the global one) does so again after the call, on either device: it was pinned."""
     from diraccodec.compute import cpu_computes_bfloat16
 
     if not hasattr(torch.backends.mkldnn, "conv"):
         pytest.skip("torch before 2.9 has no per-backend precision")
-    if not cpu_computes_bfloat16():
-        pytest.skip("oneDNN computes bfloat16 only on CPUs that do so natively")
-    data = diraccodec.encode(small_image, 3, device="cpu")
-    pixels = np.asarray(diraccodec.decode(data, steps=0, device="cpu"))
+    native = cpu_computes_bfloat16()  # elsewhere oneDNN keeps float32: only the settings are checked
+    data = diraccodec.encode(small_image, 3, device="cpu") if native else None
+    pixels = np.asarray(diraccodec.decode(data, steps=0, device="cpu")) if native else None
     owner = CALLERS_CPU_PRECISION[setting]()
     owner.fp32_precision = "bf16"
     try:
-        assert diraccodec.encode(small_image, 3, device="cpu") == data
-        np.testing.assert_array_equal(np.asarray(diraccodec.decode(data, steps=0, device="cpu")), pixels)
+        if native:
+            assert diraccodec.encode(small_image, 3, device="cpu") == data
+            np.testing.assert_array_equal(np.asarray(diraccodec.decode(data, steps=0, device="cpu")), pixels)
+        for device in ("cpu", "cuda"):  # the settings alone: no GPU needed
+            with Compute(torch.device(device)).kernels():
+                assert torch.backends.mkldnn.conv.fp32_precision == ("ieee" if device == "cpu" else "bf16")
         assert torch.backends.mkldnn.conv.fp32_precision == "bf16"  # the caller's, put back
     finally:
         owner.fp32_precision = "none"
     assert torch.backends.mkldnn.conv.fp32_precision == "none"  # following the global setting again
+    if setting == "global":
+        matmul = torch.backends.cuda.matmul
+        torch.backends.fp32_precision = "tf32"
+        try:
+            with Compute(torch.device("cuda")).kernels():
+                assert matmul.fp32_precision == "ieee"
+            torch.backends.fp32_precision = "ieee"
+            assert matmul.fp32_precision == "ieee"  # it follows the global setting, not the "tf32" it read
+        finally:
+            torch.backends.fp32_precision = "none"
 
 
 @pytest.mark.cuda

@@ -1132,6 +1132,11 @@ def test_a_standard_error_that_cannot_be_written_stops_no_work_and_keeps_the_sta
         shell = f"{command} encode {source / 'moving.gif'} -q 2 -e 1 -o - {closing}"
         result = subprocess.run(["bash", "-c", shell], capture_output=True, cwd=ROOT, timeout=120)
         assert result.returncode == 0 and diraccodec.inspect(result.stdout).header.width == small_image.width
+        shell = (f"{command} train base --data {source} --checkpoint {tmp_path / f'state{number}'} --steps 1 "
+                 f"--batch-size 1 --patch-size 64 --threads 1 --analysis-channels 8 --synthesis-channels 8 "
+                 f"--latent-channels 12 {closing}")  # its log lines are flushed as written
+        result = subprocess.run(["bash", "-c", shell], capture_output=True, cwd=ROOT, timeout=300)
+        assert result.returncode == 0, shell
     assert (tmp_path / "a.drc").exists() and not (tmp_path / "b.drc").exists()
 
 

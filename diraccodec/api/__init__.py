@@ -205,7 +205,7 @@ def encode(
         LimitExceededError.check(image.width, image.height, max_pixels, label)
         image = upright(loaded(image, max_pixels, label))
     if image.width == 0 or image.height == 0:
-        raise ImageReadError(f"{label or 'the image'} has no pixels ({image.width}x{image.height})")
+        raise ImageReadError(f"{shown} has no pixels ({image.width}x{image.height})")
     planes = image_to_planes(image, metadata, shown)
     del image
     with model_calls():

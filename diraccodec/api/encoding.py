@@ -108,6 +108,18 @@ class Encoder:
 
 
 def encode_to_size(encoder: Encoder, target: int, num_levels: int) -> bytes:
+    """The file of the highest level on the 1/256 grid whose size is at most `target` bytes
+    (_fitting_file), the search's progress counted over every trial's tiles as one."""
+    search = encoder.search
+    if search.progress is not None:  # one count, not one per trial (a bar went back at each)
+        encoder.search = replace(search, progress=_over_trials(search.progress))
+    try:
+        return _fitting_file(encoder, target, num_levels)
+    finally:
+        encoder.search = search
+
+
+def _fitting_file(encoder: Encoder, target: int, num_levels: int) -> bytes:
     """The file of the highest level on the 1/256 grid whose size is at most `target` bytes.
 
     Sizes grow with the level among the levels that carry the detail map, and among those
@@ -124,8 +136,6 @@ def encode_to_size(encoder: Encoder, target: int, num_levels: int) -> bytes:
     if ends is not None and lowest < (first_without := math.ceil(ends * grid)) <= highest:
         runs = [(lowest, first_without - 1), (first_without, highest)]
     searches = encoder.search.passes > 0
-    if encoder.search.progress is not None:  # one count over every trial's tiles, not one per trial
-        encoder.search = replace(encoder.search, progress=_over_trials(encoder.search.progress))
     sizes: dict[tuple[int, bool], int] = {}  # of the files made so far: several checks ask for the same ones
     fitting: dict[tuple[int, bool], bytes] = {}  # those within the target, one of which is the answer
 

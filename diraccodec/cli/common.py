@@ -140,7 +140,8 @@ def read_standard_input_image(max_pixels: int) -> bytes:
 
 
 def read_drc_source(path: Path, max_pixels: int) -> bytes:
-    """`read_source` for a .drc file: its first bytes are checked before the rest is read, so
+    """The bytes of a .drc file, or of standard input for "-" (refused on a terminal, where it
+    would wait for typed bytes). Its first bytes are checked before the rest is read, so
     that a large file of another kind (a video, /dev/zero) is refused at once, not read whole,
     and no more is read than a file of its header's size can hold (a stream with no end)."""
     from diraccodec.container import drc

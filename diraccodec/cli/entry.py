@@ -60,9 +60,9 @@ def run() -> Any:
     except (KeyboardInterrupt, RuntimeError) as error:  # while the commands load (the group reports a command's)
         if interruption_in(error) is None:
             raise
-        from diraccodec.console import standard_error
+        from diraccodec.console import plain_console
 
-        print(INTERRUPTED_LINE, file=standard_error())
+        plain_console().print(INTERRUPTED_LINE)  # lost alone where standard error is full or closed
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -316,7 +315,8 @@ class _Log:
             self.console.print(f"step {state.step}/{total}  {shown}  "
                                f"lr {self.run.optimizer.param_groups[0]['lr']:.2e}  {state.seconds / 3600:.2f} h",
                                soft_wrap=True)  # one line per entry, however narrow
-            sys.stderr.flush()
+            with suppress(OSError):  # a closed or full standard error loses the line alone
+                self.console.file.flush()
 
 
 def run_loop(
