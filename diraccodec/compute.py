@@ -140,7 +140,7 @@ def full_float32(device_type: str | None = None) -> Iterator[None]:
     through torch's per-operation precision where it has one (torch 2.9 on): the older flags
     cannot hold every setting ("medium"), and reading them after a caller used the newer
     interface raises. Before 2.9 the matrix products' setting is saved and put back with
-    torch.get_/set_float32_matmul_precision, whose names hold "medium" too."""
+    torch.get_/set_float32_matmul_precision, whose names hold "medium" too, for a GPU only."""
     matmul, cudnn, mkldnn = torch.backends.cuda.matmul, torch.backends.cudnn, torch.backends.mkldnn
     newer = hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv")
     operations = []  # each with its precision, set to "ieee"
@@ -150,8 +150,10 @@ def full_float32(device_type: str | None = None) -> Iterator[None]:
         # oneDNN's only where the caller lowered them: an untouched setting stays untouched
         operations += [op for op in (mkldnn.conv, mkldnn.matmul) if op.fp32_precision not in ("ieee", "none")]
     previous = [op.fp32_precision for op in operations]
-    old_flag = cudnn.allow_tf32 if device_type in (None, "cuda") and not newer else None
-    matmul_precision = None if newer else torch.get_float32_matmul_precision()
+    # before 2.9 the matrix products' setting is one for every device: a CPU call leaves it
+    older_cuda = device_type in (None, "cuda") and not newer
+    old_flag = cudnn.allow_tf32 if older_cuda else None
+    matmul_precision = torch.get_float32_matmul_precision() if older_cuda else None
     try:
         for op in operations:
             op.fp32_precision = "ieee"
