@@ -430,6 +430,8 @@ size_option = click.option(
     help="Target file size instead of -q, e.g. 30KB: the file is at or under it. B, KB (1,000 bytes), MB, GB, "
          "KiB (1,024), MiB, GiB; a bare number is bytes.",
 )
+
+
 class PositiveFinite(click.FloatRange):
     """A number above 0, refused by name where it is not finite (nan and inf pass a range): a
     batch checks its options before the files, so each file would fail alike."""
