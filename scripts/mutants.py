@@ -343,6 +343,8 @@ MUTANTS = (
            "pass", URI_FOLDER_TEST),
     mutant("diffusion/sampler.py", "implied = prediction * a_now**0.5", "implied = prediction * a_now**0.45",
            STEPS_REFERENCE_TEST),
+    mutant("diffusion/sampler.py", "x = torch.mul(prediction, a_after**0.5, out=x).add_(predicted_noise",
+           "x = torch.mul(prediction, a_after**0.45, out=x).add_(predicted_noise", STEPS_REFERENCE_TEST),
     mutant("diffusion/finishing.py", "residual = filtered + finishing.kept_noise * noise_left[..., top:bottom, :]",
            "residual = filtered + 0.5 * finishing.kept_noise * noise_left[..., top:bottom, :]", STEPS_REFERENCE_TEST),
     mutant("compute.py", "return full_float32(self.device.type)", "return contextlib.nullcontext()",
