@@ -65,7 +65,7 @@ def read_image_file(stream: BinaryIO, max_pixels: int, name: str) -> bytes:
     file object), no further than a file of `max_pixels` pixels can hold and one byte more: a
     stream without an end (/dev/zero) is refused, not read until memory runs out."""
     most = IMAGE_ROOM_BESIDE_PIXELS + IMAGE_BYTES_PER_PIXEL_AT_MOST * max_pixels
-    data = read_checked(stream, lambda start: most, 0)
+    data = _read_up_to(stream, most)
     if len(data) > most:
         raise LimitExceededError(f"{name} holds over {counted(most, 'byte')}, more than an image file within the "
                                  f"limit of {counted(max_pixels, 'pixel')} holds")
