@@ -670,7 +670,7 @@ def test_a_failed_write_takes_away_the_folders_it_made(tmp_path, monkeypatch):
     assert list(tmp_path.rglob("*")) == [tmp_path / "there"]
 
 
-def test_an_output_named_as_a_folder_and_odd_names_are_one_line(tmp_path, small_image):
+def test_an_output_named_as_a_folder_and_odd_names_are_one_line(tmp_path, small_image, monkeypatch):
     from click.testing import CliRunner
 
     from diraccodec.cli import main
@@ -680,6 +680,12 @@ def test_an_output_named_as_a_folder_and_odd_names_are_one_line(tmp_path, small_
     for output in ("new/", "a.png/", "new/."):  # Path would drop the ending and write a file of that name
         result = runner.invoke(main, ["encode", str(tmp_path / "a.png"), "-q", "2", "-o", f"{tmp_path}/{output}"])
         assert result.exit_code == 2 and f"{tmp_path}/{output} names a folder, and there is none" in result.output
+    monkeypatch.chdir(tmp_path)  # an empty name (a script's unset variable) is not the current folder
+    for arguments, name, kind in ((["encode", "a.png", "-q", "2", "-o", ""], "'-o' / '--output'", "a file"),
+                                  (["decode", "", "-o", "b.png"], "'SOURCE'", "a file"),
+                                  (["train", "pack", "", "--data", "."], "'OUTPUT'", "a folder")):
+        result = runner.invoke(main, arguments, prog_name="dirac")
+        assert result.exit_code == 2 and f"Invalid value for {name}: it is empty: name {kind}" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
     result = runner.invoke(main, ["decode", str(tmp_path / "no\nsuch.drc"), "-o", str(tmp_path / "b.png")])
     assert result.exit_code == 2 and result.output == f"dirac: error: no such file: {tmp_path}/no\\nsuch.drc\n"

@@ -89,12 +89,15 @@ STANDARD_STREAM = Path(STREAM)
 
 
 class FileName(click.Path):
-    """A file's path. A name that ends in "/" (or "/.") names a folder: where none is there,
-    it is refused (Path drops the ending, so a file of the folder's name would be written or
-    read)."""
+    """A file's path. An empty one (a script's unset variable) is refused, where Path would
+    take it for the current folder. A name that ends in "/" (or "/.") names a folder: where
+    none is there, it is refused (Path drops the ending, so a file of the folder's name would
+    be written or read)."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and value and os.path.basename(value) in ("", ".", "..") and \
+        if value == "":
+            self.fail("it is empty: name a file", param, ctx)
+        if isinstance(value, str) and os.path.basename(value) in ("", ".", "..") and \
                 not os.path.isdir(value):
             self.fail(f"{value} names a folder, and there is none: name a file", param, ctx)
         return super().convert(value, param, ctx)
@@ -104,8 +107,8 @@ class FolderName(click.Path):
     """A folder's path, or a URI: an empty one (a script's unset variable) is refused, where
     Path would take it for the current folder and read or write the whole tree there."""
 
-    def __init__(self) -> None:
-        super().__init__(file_okay=False, path_type=str)
+    def __init__(self, path_type: type = str) -> None:
+        super().__init__(file_okay=False, path_type=path_type)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if value == "":

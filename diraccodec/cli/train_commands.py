@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from diraccodec.cli.common import FileName, check_outputs, console, parse_list, reports_errors, weights_option
+from diraccodec.cli.common import (
+    FileName,
+    FolderName,
+    check_outputs,
+    console,
+    parse_list,
+    reports_errors,
+    weights_option,
+)
 from diraccodec.errors import DiracError, one_line
 from diraccodec.options import CONTEXTS, TRAINING_PHOTOS
 
@@ -164,7 +172,7 @@ def train_entropy_command(data: tuple[Path, ...], weights: Path | None, **loop: 
 
 
 @train.command("level-tables")
-@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("output", type=FolderName(path_type=Path))
 @training_data_option
 @click.option("--every", type=click.IntRange(1), default=1, show_default=True,
               help="Count every N-th training photo (held-out photos are never read).")
@@ -179,7 +187,7 @@ def train_level_tables_command(output: Path, data: tuple[Path, ...], every: int,
 
 
 @train.command("pack")
-@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("output", type=FolderName(path_type=Path))
 @training_data_option
 @click.option("--prescale", type=click.FloatRange(min=1), default=2.0, show_default=True,
               help="Downscale applied once, ahead of training.")
