@@ -14,14 +14,14 @@ from diraccodec.options import request_strict_mkl
 request_strict_mkl()  # before torch first calls MKL: decoded pixels then do not depend on the thread count
 
 from diraccodec import plugin  # noqa: E402 (after the request)
-from diraccodec.errors import DiracError  # noqa: E402
+from diraccodec.errors import DiracError, DiracWarning  # noqa: E402
 
 if TYPE_CHECKING:
     from diraccodec.api import decode, encode, inspect
 
 plugin.register()  # Image.open and Image.save then know .drc files
 
-__all__ = ["DiracError", "decode", "encode", "inspect"]
+__all__ = ["DiracError", "DiracWarning", "decode", "encode", "inspect"]
 __version__ = "0.3.0.dev0"
 
 _API_FUNCTIONS = frozenset({"decode", "encode", "inspect"})

@@ -27,7 +27,6 @@ import ctypes
 import functools
 import os
 import platform
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 from torch.autograd import DeviceType
 
+from diraccodec.errors import warn
 from diraccodec.options import AUTO, STRICT_MKL
 
 _MKL_CBWR_ALL = -1  # mkl_cbwr_get's query for the whole setting
@@ -185,12 +185,11 @@ def _put_back(operation: Any, value: str) -> None:
 
 @functools.cache
 def _warn_not_strict() -> None:
-    warnings.warn(
+    warn(
         f"MKL is not in strict reproducible mode (it was used before diraccodec was imported, or "
         f"MKL_CBWR={os.environ.get('MKL_CBWR')!r}); decoding runs in one thread, and decoded pixels may "
         f"differ in the last bit from other processes'. Import diraccodec first, or set MKL_CBWR={STRICT_MKL}",
         RuntimeWarning,
-        stacklevel=4,
     )
 
 
@@ -273,7 +272,7 @@ class GraphReplay:
             try:
                 self.graphs[key] = self._capture([tensor.clone() for tensor in inputs])
             except RuntimeError as error:  # an operation capture does not allow: run as it is
-                warnings.warn(f"CUDA graph capture failed, running without it: {error}", stacklevel=2)
+                warn(f"CUDA graph capture failed, running without it: {error}")
                 self.refused.add(key)
                 return self.function(*inputs)
             self.captures += 1

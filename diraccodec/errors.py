@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import unicodedata
 import warnings
@@ -132,6 +133,28 @@ def one_line(text: str) -> str:
     return "".join(char.encode("unicode_escape").decode("ascii")
                    if char in _BIDIRECTIONAL_CONTROLS or unicodedata.category(char) in _ESCAPED_CATEGORIES else char
                    for char in text)
+
+
+class DiracWarning(UserWarning):
+    """A warning about the caller's image, file or output (something left out, or read in a
+    way the caller may not expect): `warnings.filterwarnings("ignore", category=DiracWarning)`
+    silences them all, and no other."""
+
+
+PACKAGE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn(message: str, category: type[Warning] = DiracWarning) -> None:
+    """`warnings.warn` at the caller's line: the first frame outside this package and Pillow
+    (which calls the plugin), whatever the depth of the call, so that a warning shows where the
+    caller's code asked for the work and filters by module or line apply to it."""
+    folders = [PACKAGE_FOLDER]
+    if (pillow := sys.modules.get("PIL")) is not None and pillow.__file__:
+        folders.append(os.path.dirname(os.path.abspath(pillow.__file__)))
+    frame, level = sys._getframe(1), 2  # level 2: this function's caller
+    while frame.f_back is not None and any(frame.f_code.co_filename.startswith(folder + os.sep) for folder in folders):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def show_warnings_on_one_line() -> None:

@@ -53,6 +53,7 @@ DRC_STREAM_TEST = ("tests/test_robustness.py::"
                    "test_a_drc_stream_without_an_end_is_read_no_further_than_a_file_of_its_size")
 URI_FOLDER_TEST = ("tests/test_batch.py::"
                    "test_a_uri_folder_that_cannot_be_listed_fails_by_name_and_the_rest_is_converted")
+CALLER_LINE_TEST = "tests/test_api.py::test_a_warning_is_a_dirac_warning_at_the_caller_s_line_however_deep_it_arises"
 ODD_NAMES_TEST = "tests/test_robustness.py::test_an_output_named_as_a_folder_and_odd_names_are_one_line"
 STEPS_REFERENCE_TEST = ("tests/test_codec.py::"
                         "test_decodes_with_steps_stay_within_the_format_s_tolerance_of_the_reference_decoder")
@@ -217,7 +218,7 @@ MUTANTS = (
     mutant("image/metadata.py", "            if tag in tags:\n                kept[tag] = tags[tag]",
            "            if tag in tags and tag != 0x0110:\n                kept[tag] = tags[tag]",
            "tests/test_metadata.py::test_every_descriptive_tag_of_a_tiff_is_kept"),
-    mutant("image/metadata.py", '    if complaint:\n        warnings.warn(f"EXIF carried in part',
+    mutant("image/metadata.py", '    if complaint:\n        warn(f"EXIF carried in part',
            '    if False:\n        warn(f"EXIF carried in part',
            "tests/test_metadata.py::test_exif_read_in_part_is_kept_with_a_warning"),
     mutant("image/metadata.py", "if not c.filename or Path", "if Path",
@@ -592,6 +593,10 @@ MUTANTS = (
            "tests/test_cli.py::test_a_click_error_outside_usage_is_one_line_with_its_status"),
     mutant("cli/group.py", "keep_status=ending.code not in (0, None))", "keep_status=False)",
            "tests/test_cli.py::test_a_command_s_own_failure_keeps_its_status_where_its_text_cannot_be_written_either"),
+    mutant("errors.py", "warnings.warn(message, category, stacklevel=level)",
+           "warnings.warn(message, category, stacklevel=2)", CALLER_LINE_TEST),
+    mutant("errors.py", "        folders.append(os.path.dirname(os.path.abspath(pillow.__file__)))", "        pass",
+           CALLER_LINE_TEST),
     mutant("cli/common.py", '            self.fail("it is empty: name a file", param, ctx)', "            pass",
            ODD_NAMES_TEST),
     mutant("cli/common.py", "if len(given) != 1:", "if len(given) > 1:",

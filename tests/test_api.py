@@ -7,6 +7,7 @@ import io
 import multiprocessing
 import subprocess
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
@@ -260,6 +261,23 @@ def test_an_animated_pil_image_warns_that_its_current_frame_is_encoded(small_ima
     with pytest.warns(UserWarning, match=r"^the image is animated \(2 frames\): encoding frame 2 only$"):
         data = diraccodec.encode(animated, 3, effort=1)
     assert data == diraccodec.encode(animated.convert("RGB"), 3, effort=1)
+
+
+def test_a_warning_is_a_dirac_warning_at_the_caller_s_line_however_deep_it_arises(tmp_path, small_image):
+    """In the API's reading of an image, or in the plugin under Pillow's save: a warning names
+    the caller's line, so that a filter by module or line applies to it."""
+    gif = io.BytesIO()
+    small_image.save(gif, "GIF", save_all=True, append_images=[small_image.rotate(180)])
+    dark = Image.fromarray(np.linspace(0, 1.02, 64 * 64, dtype=np.float32).reshape(64, 64))
+    calls = (lambda: diraccodec.encode(Image.open(gif), 3, effort=1),
+             lambda: dark.save(tmp_path / "x.drc", quality=2, effort=1))
+    for call in calls:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        assert [(w.category, w.filename, w.lineno) for w in caught] == \
+            [(diraccodec.DiracWarning, __file__, call.__code__.co_firstlineno)]
+    assert issubclass(diraccodec.DiracWarning, UserWarning)
 
 
 def test_inspect_reads_the_sections_every_decode_reads_first(small_image):

@@ -6,7 +6,6 @@ import contextlib
 import json
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +53,7 @@ from diraccodec.cli.common import (
     write_output,
 )
 from diraccodec.console import bar_columns, draws_live_bars
-from diraccodec.errors import CorruptFileError, DiracError, counted, one_line
+from diraccodec.errors import CorruptFileError, DiracError, counted, one_line, warn
 from diraccodec.image.files import IMAGE_FORMATS
 from diraccodec.options import DEFAULT_QUALITY, MAX_STEPS
 
@@ -128,8 +127,8 @@ def encode(source: Path, quality: float | None, size_text: str | None, bpp: floa
     rate = rate_target(quality, size_text, bpp)
     check_output(output, source)
     if not is_stream(output) and output.suffix.lower() in IMAGE_SUFFIXES:  # a viewer would call it broken
-        warnings.warn(f"{output} is named as a {output.suffix.lower()[1:].upper()} image, but holds a .drc file "
-                      f"(name it .drc; dirac decode makes the image)", UserWarning, stacklevel=1)
+        warn(f"{output} is named as a {output.suffix.lower()[1:].upper()} image, but holds a .drc file "
+             f"(name it .drc; dirac decode makes the image)")
     image = read_standard_input_image(max_pixels) if is_stream(source) else source
     with progress_bar("searching latents") as searched:
         data = api.encode(image, **rate, effort=effort, steps=recommended_steps, detail_map=detail_map,

@@ -10,14 +10,13 @@ import re
 import shlex
 import subprocess
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from PIL import Image
 
-from diraccodec.errors import DiracError
+from diraccodec.errors import DiracError, warn
 from diraccodec.evaluation.metrics import FD_DESCRIPTION, bd_rate
 from diraccodec.evaluation.run import OURS, Point, curve_name
 from diraccodec.image.files import write_atomic
@@ -280,8 +279,8 @@ def _warn_where_runs_differ(saved: list[dict]) -> None:
     for field, what in (("models", "weights"), ("decoding", "decoder settings"), ("machine", "machines")):
         values = list(dict.fromkeys(json.dumps(r[field], sort_keys=True) for r in saved if r.get(field)))
         if len(values) > 1:
-            warnings.warn(f"the runs measured with different {what} ({' then '.join(values)}): the pooled curves "
-                          f"mix them; the report's command names every run", UserWarning, stacklevel=3)
+            warn(f"the runs measured with different {what} ({' then '.join(values)}): the pooled curves "
+                 f"mix them; the report's command names every run")
 
 
 def report_again(json_path: Path, updates: Sequence[Path] = (), pooled_path: Path | None = None,

@@ -11,14 +11,13 @@ import secrets
 import stat
 import sys
 import time
-import warnings
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image
 
-from diraccodec.errors import DiracError, ImageReadError, LimitExceededError, OutputWriteError, counted
+from diraccodec.errors import DiracError, ImageReadError, LimitExceededError, OutputWriteError, counted, warn
 from diraccodec.image.metadata import pillow_reads_whole_metadata, save_options
 from diraccodec.image.profiles import grey_shown_in_srgb, is_grey_profile
 from diraccodec.options import DEFAULT_PNG_COMPRESSION
@@ -489,9 +488,9 @@ def image_bytes(image: Image.Image, image_format: str, png_compression: int = DE
         options["compress_level"] = png_compression
     if image.info.get("icc_profile"):
         if image_format in FORMATS_WITHOUT_PROFILES:
-            warnings.warn(f"the colour profile ({len(image.info['icc_profile']):,} bytes) is left out of the "
-                          f"{image_format} output, which holds none: viewers show its colours as sRGB "
-                          f"(write PNG, TIFF, WebP or JPEG to keep it)", UserWarning, stacklevel=2)
+            warn(f"the colour profile ({len(image.info['icc_profile']):,} bytes) is left out of the "
+                 f"{image_format} output, which holds none: viewers show its colours as sRGB "
+                 f"(write PNG, TIFF, WebP or JPEG to keep it)")
         options["icc_profile"] = image.info["icc_profile"]
     check_image_fits(image_format, image.width, image.height, image.mode in ("RGBA", "LA"))
     if image_format == "JPEG":
@@ -509,9 +508,8 @@ def _grey_for_webp(image: Image.Image) -> Image.Image:
     shown = grey_shown_in_srgb(image)
     if shown is not None:
         return shown
-    warnings.warn("the grey colour profile is left out of the WEBP output, which holds grey as RGB, and "
-                  "Pillow cannot convert through it: viewers show its greys as sRGB (write PNG, TIFF or JPEG to "
-                  "keep it)", UserWarning, stacklevel=3)
+    warn("the grey colour profile is left out of the WEBP output, which holds grey as RGB, and "
+         "Pillow cannot convert through it: viewers show its greys as sRGB (write PNG, TIFF or JPEG to keep it)")
     plain = image.copy()
     del plain.info["icc_profile"]
     return plain

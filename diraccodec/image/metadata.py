@@ -25,7 +25,7 @@ from pathlib import Path
 import PIL
 from PIL import ExifTags, Image, PngImagePlugin
 
-from diraccodec.errors import CorruptFileError, InvalidOptionError
+from diraccodec.errors import CorruptFileError, InvalidOptionError, warn
 
 MAX_METADATA_BYTES = 1 << 24  # inflating a stored part stops here: a hostile file cannot ask for more
 EXIF_PREFIX = b"Exif\x00\x00"  # JPEG's APP1 marker starts its EXIF with it; PNG and WebP hold none
@@ -94,8 +94,7 @@ def held(part: bytes | None, limit: int, name: str, left_out: str = "") -> bytes
     """`part`, or None with a warning where it is longer than a decoder inflates (`limit`): a
     file carrying it would be refused as corrupt by every decoder, this one too."""
     if part is not None and len(part) > limit:
-        warnings.warn(f"{name} left out: {len(part):,} bytes, more than a .drc file holds ({limit >> 20} MiB)"
-                      f"{left_out}", UserWarning, stacklevel=2)
+        warn(f"{name} left out: {len(part):,} bytes, more than a .drc file holds ({limit >> 20} MiB){left_out}")
         return None
     return part
 
@@ -115,7 +114,7 @@ def tiff_exif(image: Image.Image) -> bytes | None:
                 kept[pointer] = dict(ifd)
         return kept.tobytes() if len(kept) else None
     except Exception as error:  # Pillow raises many kinds on malformed IFDs: the pixels still count
-        warnings.warn(f"EXIF left out: it cannot be read ({error})", UserWarning, stacklevel=2)
+        warn(f"EXIF left out: it cannot be read ({error})")
         return None
 
 
@@ -137,10 +136,10 @@ def _rewritten_exif(raw: bytes | None) -> bytes | None:
     complaint = str(pillows[0].message).strip() if pillows else ""
     if not len(exif):
         if complaint:
-            warnings.warn(f"EXIF left out: it cannot be read ({complaint})", UserWarning, stacklevel=3)
+            warn(f"EXIF left out: it cannot be read ({complaint})")
         return None
     if complaint:
-        warnings.warn(f"EXIF carried in part: some of it cannot be read ({complaint})", UserWarning, stacklevel=3)
+        warn(f"EXIF carried in part: some of it cannot be read ({complaint})")
     return written.removeprefix(EXIF_PREFIX)
 
 
@@ -198,7 +197,7 @@ def save_options(image: Image.Image, image_format: str) -> dict[str, object]:
             try:
                 tags.load(exif)
             except (SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error, OSError):
-                warnings.warn("EXIF left out of the TIFF output: it does not parse as EXIF", UserWarning, stacklevel=4)
+                warn("EXIF left out of the TIFF output: it does not parse as EXIF")
         if xmp:
             tags[XMP_TIFF_TAG] = xmp
         return {"exif": tags}
@@ -213,6 +212,6 @@ def _fitting_jpeg(parts: dict[str, bytes]) -> dict[str, bytes]:
         if len(value) <= JPEG_MARKER_ROOM[key]:
             fitting[key] = value
         else:
-            warnings.warn(f"{key.upper()} of {len(value)} bytes left out of the JPEG output: a JPEG marker "
-                          f"holds at most {JPEG_MARKER_ROOM[key]}", UserWarning, stacklevel=4)
+            warn(f"{key.upper()} of {len(value)} bytes left out of the JPEG output: a JPEG marker "
+                 f"holds at most {JPEG_MARKER_ROOM[key]}")
     return fitting

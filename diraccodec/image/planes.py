@@ -30,6 +30,7 @@ from diraccodec.errors import (
     LimitExceededError,
     counted,
     image_named,
+    warn,
 )
 from diraccodec.image import DRC_FORMAT
 from diraccodec.image.metadata import (
@@ -118,8 +119,8 @@ def open_image(source: str | Path | bytes, max_pixels: int, label: str | None = 
                 opened.close()  # its file, which a caller of this function never sees
                 raise
         if frames > 1:
-            warnings.warn(_one_of_several(label, image_format, frames, None), UserWarning, stacklevel=2)
-        _warn_of_own_gamma(image, label, stacklevel=4)
+            warn(_one_of_several(label, image_format, frames, None))
+        _warn_of_own_gamma(image, label)
         if frames > 1:  # Pillow keeps the file of several frames open, to seek: the frame read goes alone
             image = _detached(image)
             opened.close()
@@ -165,25 +166,23 @@ def loaded(image: Image.Image, max_pixels: int, label: str | None = None) -> Ima
         reason = "its file was closed before its pixels were read" if closed else str(error)
         raise ImageReadError(f"cannot read {image_named(label) if label else 'the image'}: {reason}") from None
     if frames > 1:
-        warnings.warn(_one_of_several(label or "the image", image_format, frames, current), UserWarning,
-                      stacklevel=3)
-    _warn_of_own_gamma(image, label or "the image", stacklevel=4)
+        warn(_one_of_several(label or "the image", image_format, frames, current))
+    _warn_of_own_gamma(image, label or "the image")
     return image
 
 
 SRGB_LIKE_GAMMA = 1 / 2.2  # a PNG gAMA that viewers take for sRGB (browsers treat 0.45455 so)
 
 
-def _warn_of_own_gamma(image: Image.Image, label: str, stacklevel: int) -> None:
+def _warn_of_own_gamma(image: Image.Image, label: str) -> None:
     """Say that a PNG's own gamma (gAMA, where no sRGB or ICC chunk overrides it) is not
     carried: a .drc file holds an ICC profile or nothing, so viewers show the decoded image as
     sRGB, lighter or darker than the original. Its pixels are coded as they are."""
     gamma = image.info.get("gamma")
     if image.format == "PNG" and "srgb" not in image.info and not image.info.get("icc_profile") and \
             isinstance(gamma, float) and gamma > 0 and abs(gamma - SRGB_LIKE_GAMMA) >= 0.005:  # 0: invalid, ignored
-        warnings.warn(f"{label} states its own gamma (PNG gAMA {gamma:g}), which the file does not carry: "
-                      f"viewers show it as sRGB (convert it to sRGB first to keep its look)", UserWarning,
-                      stacklevel=stacklevel)
+        warn(f"{label} states its own gamma (PNG gAMA {gamma:g}), which the file does not carry: "
+             f"viewers show it as sRGB (convert it to sRGB first to keep its look)")
 
 
 def _load(image: Image.Image) -> Image.Image:
@@ -341,9 +340,8 @@ def _to_8bit_grey(image: Image.Image, label: str = "the image") -> Image.Image:
     grey = np.clip(np.round(array), 0, 255).astype(np.uint8)
     if 0 < grey.max() < DARK_PEAK:  # the scale guessed from the mode and peak may be the wrong one
         scale = "0-1 or 0-255" if image.mode == "F" else "0-65535"
-        warnings.warn(f"{label} has {image.mode} samples (peak {peak:g}) that come out almost black in 8 bits "
-                      f"(peak {grey.max()} of 255): if that is not the picture, scale them to {scale} first",
-                      UserWarning, stacklevel=5)
+        warn(f"{label} has {image.mode} samples (peak {peak:g}) that come out almost black in 8 bits "
+             f"(peak {grey.max()} of 255): if that is not the picture, scale them to {scale} first")
     return Image.fromarray(grey)  # "L" from 8-bit samples in two dimensions
 
 
