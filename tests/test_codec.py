@@ -495,7 +495,7 @@ CALLERS_CPU_PRECISION = {  # where a program may ask for bfloat16 in float32's s
 
 
 @pytest.mark.parametrize("setting", list(CALLERS_CPU_PRECISION))
-def test_a_cpu_runs_the_networks_in_float32_whatever_precision_the_caller_allowed(small_image, setting):
+def test_a_cpu_runs_the_networks_in_float32_whatever_precision_the_caller_allowed(small_image, setting, request):
     """A caller's bfloat16 for float32 work let oneDNN compute the synthesis and the analysis
     in bfloat16: the files and the 0-step pixels moved with it. A setting torch reads through
     a parent (the global one) does so again after the call, on either device: it was pinned."""
@@ -504,6 +504,11 @@ def test_a_cpu_runs_the_networks_in_float32_whatever_precision_the_caller_allowe
     if not hasattr(torch.backends.mkldnn, "conv"):
         pytest.skip("torch before 2.9 has no per-backend precision")
     native = cpu_computes_bfloat16()  # elsewhere oneDNN keeps float32: only the settings are checked
+    # a CUDA call under a global setting leaves cuDNN's convolutions following it ("none"), where torch
+    # starts them at their own "tf32" as its recurrent layers: a later test reading the older
+    # flags (cudnn.allow_tf32) would find the two apart, which torch refuses
+    request.addfinalizer(lambda kept=torch.backends.cudnn.conv.fp32_precision: setattr(
+        torch.backends.cudnn.conv, "fp32_precision", kept))
     data = diraccodec.encode(small_image, 3, device="cpu") if native else None
     pixels = np.asarray(diraccodec.decode(data, steps=0, device="cpu")) if native else None
     owner = CALLERS_CPU_PRECISION[setting]()
