@@ -2,7 +2,8 @@
 replay of CUDA graphs (GraphReplay) and the totals of a torch profile (profile_totals).
 
 The default is fast: oneDNN's convolutions on channels-last tensors on a CPU (cuDNN on a
-GPU), and bfloat16 for the diffusion U-Net where the device computes it natively. Its sums
+GPU), and bfloat16 for the diffusion U-Net and the encoder's latent search where the device
+computes it natively (a decode's synthesis and restoration stay float32). Its sums
 follow the thread count and the kernels chosen, so pixels may differ from another machine's
 by the tolerance that docs/format.md states; the entropy decoding, which must be exact, never
 runs in this mode (see diraccodec.entropy.latent_stream).
@@ -341,9 +342,11 @@ class Compute:
 
     @property
     def low_precision(self) -> torch.dtype | None:
-        """The dtype the diffusion U-Net may run in (None: float32): bfloat16 on a GPU and on CPUs
-        that compute it natively, never in the exact mode. Its error stays far below one grey level
-        of the finished image, where the fidelity stages (synthesis, restoration) stay float32."""
+        """The dtype the diffusion U-Net and the encoder's latent search (its synthesis and
+        restoration filter) may run in (None: float32): bfloat16 on a GPU and on CPUs that compute
+        it natively, never in the exact mode. Its error stays far below one grey level of the
+        finished image, where a decode's fidelity stages (synthesis, restoration) stay float32:
+        the search only picks latents, which are coded exactly."""
         if self.exact:
             return None
         if self.device.type == "cuda" or cpu_computes_bfloat16():
@@ -390,8 +393,9 @@ class Compute:
         return full_float32(self.device.type)
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
-        """Mixed precision for the diffusion U-Net where `low_precision` allows it (its cast cache
-        off: inference weights are never cached, and CUDA graph capture forbids the cache)."""
+        """Mixed precision for the diffusion U-Net and the encoder's search where `low_precision`
+        allows it (its cast cache off: inference weights are never cached, and CUDA graph capture
+        forbids the cache)."""
         dtype = self.low_precision
         if dtype is None:
             return contextlib.nullcontext()

@@ -398,18 +398,18 @@ def test_the_api_says_which_installed_models_serve_a_files_weights(small_image):
     from diraccodec import api
 
     shipped = diraccodec.inspect(diraccodec.encode(small_image, 3)).header.weights_id
-    assert api.installed_reader(shipped) == shipped
+    assert api.serving_weights_id(shipped) == shipped
     diffusion, restoration = api.diffusion_support(shipped), api.restoration_support(shipped)
     assert diffusion.weights is not None and diffusion.weights.name == "diffusion.safetensors"
     assert diffusion.full_steps == 20 and diffusion.why_not == ""
     assert restoration.weights is not None and restoration.weights.name == "restoration.safetensors"
-    assert api.installed_reader(shipped.hex()) == shipped  # as the Pillow plugin's info gives it
+    assert api.serving_weights_id(shipped.hex()) == shipped  # as the Pillow plugin's info gives it
     assert api.diffusion_support(shipped.hex()) == diffusion and api.restoration_support(shipped.hex()) == restoration
     for bad in ("xyz", shipped.hex()[:-2], 7, shipped + b"\x00"):
         with pytest.raises(InvalidOptionError, match="weights id"):
             api.restoration_support(bad)
     other = bytes(8)
-    assert api.installed_reader(other) == other
+    assert api.serving_weights_id(other) == other
     unserved = api.diffusion_support(other)
     assert unserved.weights is None
     assert unserved.why_not == "not available: diffusion.safetensors was trained on other base weights"

@@ -45,6 +45,8 @@ def imports_of(path: Path) -> list[str]:
     """Every diraccodec module `path` imports, at the top or inside functions."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
+        assert not (isinstance(node, ast.ImportFrom) and node.level), \
+            f"{path}:{node.lineno}: a relative import, which this check cannot place: write it absolute"
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("diraccodec"):
             if node.module == "diraccodec":  # a submodule, or a name the package's front door exports
                 found += [f"diraccodec.{alias.name}" if is_module(alias.name) else "diraccodec" for alias in node.names]

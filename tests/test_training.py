@@ -652,7 +652,7 @@ def test_an_export_beside_a_state_stays_and_one_inside_it_is_refused(photo_folde
     train_base(options(photo_folder, state, 1))
     exported = tmp_path / "base.safetensors"  # the name an older layout's checkpoint had
     export_base_checkpoint(state, exported)
-    train_base(options(photo_folder, state, 2))  # its save used to delete the export as that older checkpoint
+    train_base(options(photo_folder, state, 2))  # its save must not delete the export as that older checkpoint
     assert exported.is_file() and load_checkpoint_metadata(state).step == 2
     result = CliRunner().invoke(main, ["train", "export", str(state), str(state / "state.safetensors.000")])
     assert result.exit_code == 2 and "or inside it: write it elsewhere" in result.output, result.output

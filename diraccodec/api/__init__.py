@@ -51,10 +51,10 @@ from diraccodec.api.models import (
     get_codec,
     get_diffusion,
     get_restorer,
-    installed_reader,
     model_calls,
     restoration_support,
     restorer_for,
+    serving_weights_id,
 )
 from diraccodec.codec.base_codec import LOWEST_LEVEL, BaseCodec
 from diraccodec.container import drc
@@ -115,11 +115,11 @@ __all__ = [
     "get_restorer",
     "image_file_bytes",
     "inspect",
-    "installed_reader",
     "model_calls",
     "restoration_support",
     "restore_or_enhance",
     "restorer_for",
+    "serving_weights_id",
     "stream_bytes",
     "weights_id_bytes",
 ]
@@ -186,7 +186,7 @@ def encode(
                                  f"give a quality ({LOWEST_LEVEL:g} to 8), a size in bytes or a bpp")
     metadata = check_flag("metadata", metadata)
     options = EncodeOptions(check_effort(effort), check_flag("detail_map", detail_map, none_allowed=True),
-                            check_steps(steps) if steps is not None else None, check_progress(progress))
+                            check_steps(steps), check_progress(progress))
     max_pixels = check_max_pixels(max_pixels)
     check_weights_path("weights", weights)
     compute = compute_for(device)

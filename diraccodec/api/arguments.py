@@ -85,10 +85,11 @@ def check_effort(effort: int) -> int:
     return int(effort)
 
 
-def check_steps(steps: int | None) -> int:
-    """The diffusion step count, 0 to MAX_STEPS (None: 0)."""
+def check_steps(steps: int | None) -> int | None:
+    """The diffusion step count, 0 to MAX_STEPS, or None (encode: none recommended; decode: the
+    file's recommendation)."""
     if steps is None:
-        return 0
+        return None
     if not _whole(steps):
         raise InvalidOptionError(f"steps must be a whole number, got {_shown(steps)}")
     if not 0 <= steps <= MAX_STEPS:
@@ -154,7 +155,7 @@ def check_decode_options(steps: int | None = None, seed: int | None = None, *,
     set. The weights paths are checked for their kind only: they are read where they are used."""
     check_weights_path("weights", weights)
     check_weights_path("diffusion_weights", diffusion_weights)
-    return DecodeOptions(check_steps(steps) if steps is not None else None, check_seed(seed),
+    return DecodeOptions(check_steps(steps), check_seed(seed),
                          compute_for(device, check_flag("exact", exact)), check_max_pixels(max_pixels),
                          bool(check_flag("restore", restore)), check_progress(progress))
 

@@ -111,7 +111,7 @@ def encode_to_size(encoder: Encoder, target: int, num_levels: int) -> bytes:
     """The file of the highest level on the 1/256 grid whose size is at most `target` bytes
     (_fitting_file), the search's progress counted over every trial's tiles as one."""
     search = encoder.search
-    if search.progress is not None:  # one count, not one per trial (a bar went back at each)
+    if search.progress is not None:  # one count, not one per trial: a bar never goes back
         encoder.search = replace(search, progress=_over_trials(search.progress))
     try:
         return _fitting_file(encoder, target, num_levels)
@@ -192,7 +192,7 @@ def _fitting_file(encoder: Encoder, target: int, num_levels: int) -> bytes:
 
 def _over_trials(progress: Progress) -> Progress:
     """`progress` of one search after another as one count: each trial's tiles are added to the
-    total as it starts, so what is done never goes back (a bar started again at each trial)."""
+    total as it starts, so what is done never goes back (a bar does not start again at each trial)."""
     earlier = 0  # tiles of the trials finished
 
     def report(done: int, total: int) -> None:

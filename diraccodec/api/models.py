@@ -150,7 +150,7 @@ class Support:
     full_steps: int = 0  # of diffusion weights: the step count from which the finishing applies in full
 
 
-def installed_reader(file_weights_id: bytes | str) -> bytes:
+def serving_weights_id(file_weights_id: bytes | str) -> bytes:
     """The base weights id whose restoration and diffusion models serve files of
     `file_weights_id`: the installed base weights' own where they read that earlier release's
     files as the same model (BaseWeights.coding_for), else the file's."""

@@ -238,7 +238,7 @@ def info_text(source: Path, as_json: bool, max_pixels: int) -> str:
     data = read_drc_source(source, max_pixels)
     details = api.inspect(data, max_pixels)
     header = details.header
-    reads_as = api.installed_reader(header.weights_id)
+    reads_as = api.serving_weights_id(header.weights_id)
     reading_note = "" if reads_as == header.weights_id else f" (read by the installed {reads_as.hex()}: the same model)"
     # a tag is four bytes the file chose: shown as Python writes bytes, escaped (a terminal's
     # escape sequence cannot act) and each its own (a backslash is escaped too)

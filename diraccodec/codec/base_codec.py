@@ -33,6 +33,7 @@ from diraccodec.entropy.latent_stream import (
     outside_cells,
 )
 from diraccodec.entropy.tables import TableSet
+from diraccodec.errors import coded_size
 from diraccodec.transforms.networks import HYPER_STRIDE, LATENT_STRIDE
 from diraccodec.transforms.search import SearchProblem, SearchSettings, response_energy, search_symbols
 from diraccodec.transforms.tiling import apply_tiled
@@ -105,10 +106,6 @@ def _halves(search: SearchSettings) -> tuple[SearchSettings, SearchSettings]:
 LOWEST_LEVEL = -1.0
 
 
-def padded_size(height: int, width: int) -> tuple[int, int]:
-    return -(-height // HYPER_STRIDE) * HYPER_STRIDE, -(-width // HYPER_STRIDE) * HYPER_STRIDE
-
-
 class BaseCodec:
     """The base codec of one set of weights on one device: image to latents and back, and the
     latents to a range-coded stream and back.
@@ -168,7 +165,7 @@ class BaseCodec:
     def _padded_pixels(rgb: np.ndarray) -> torch.Tensor:
         """(1, 3, Hp, Wp) uint8 view of the image with its edges replicated to the hyper grid."""
         height, width = rgb.shape[:2]
-        padded_height, padded_width = padded_size(height, width)
+        padded_width, padded_height = coded_size(width, height)
         padded = np.pad(rgb, ((0, padded_height - height), (0, padded_width - width), (0, 0)), mode="edge")
         return torch.from_numpy(padded).permute(2, 0, 1)[None]
 
@@ -295,7 +292,7 @@ class BaseCodec:
                     arithmetic: Arithmetic = Arithmetic.FIXED_POINT, whole_grid: bool = False) -> Latents:
         """The latents of a stream at the file's level; `whole_grid`: it codes the padding's
         latents too (format versions 1 and 2)."""
-        padded_height, padded_width = padded_size(height, width)
+        padded_width, padded_height = coded_size(width, height)
         hyper_shape = (self.model.config.channels, padded_height // HYPER_STRIDE, padded_width // HYPER_STRIDE)
         return self.stream.read(payload, hyper_shape, None if whole_grid else image_cells(height, width), level,
                                 arithmetic)

@@ -64,7 +64,7 @@ class DrcFile:
     quality: float  # the rate level (encode's `quality`), a multiple of 1/256 (below 0 only in version 4)
     weights_id: bytes  # 8 bytes
     sections: dict[bytes, bytes] = field(default_factory=dict)
-    version: int | None = None  # None: the lowest version that holds the level (version_for)
+    version: int | None = None  # None: the version an encoder writes at the level (version_for: 3, or 4 below 0)
 
     @property
     def pixels(self) -> int:

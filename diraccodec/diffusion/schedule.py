@@ -31,7 +31,7 @@ def respaced_times(steps: int, start_time: float, end_time: float = 0.0, power: 
     end, so the last prediction comes at a noisier time (end + (start - end) / steps**power)
     after many small steps where the model settles the image's structure.
     """
-    if power == 1.0:  # exactly the even grid of the files from before the power existed
+    if power == 1.0:  # exactly the even grid of the files that state no power
         return torch.linspace(start_time, end_time, steps + 1, dtype=torch.float64)
     progress = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     return end_time + (start_time - end_time) * (1 - progress) ** power

@@ -13,10 +13,9 @@ from __future__ import annotations
 import constriction
 import numpy as np
 
-from diraccodec.entropy.tables import TableSet
+from diraccodec.entropy.tables import MAX_ESCAPE_BITS, TableSet
 from diraccodec.errors import CorruptFileError
 
-MAX_ESCAPE_BITS = 40  # escaped distances below 2^40
 CHUNK_BITS = 16
 
 _model = constriction.stream.model

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from diraccodec.entropy.tables import SCALE_MIN
 from diraccodec.transforms.layers import lower_bound
 
-SCALE_LOWER_BOUND = 0.11
+SCALE_LOWER_BOUND = SCALE_MIN  # no predicted scale below the tables' smallest
 LIKELIHOOD_LOWER_BOUND = 1e-9
 
 

@@ -22,6 +22,10 @@ SCALE_TABLE_SIZE = 64
 SCALE_MIN = 0.11
 SCALE_MAX = 64.0
 GAUSSIAN_RANGE_SIGMAS = 8.0  # a table spans +-8 sigma; the rest goes through the escape
+MAX_ESCAPE_BITS = 40  # escaped distances below 2^40 (diraccodec.entropy.coder)
+# An escape's payload before the distance's bits, as the search prices it: a side bit and the
+# bit length out of MAX_ESCAPE_BITS, 1 + log2(40) = 6.32 bits, priced 6.3
+ESCAPE_HEADER_BITS = 6.3
 
 # A hyper-latent table covers the values whose probability mass is at least this.
 HYPER_TAIL_MASS = 2.0**-20
@@ -96,9 +100,9 @@ class Prices:
         if not outside.any():
             return cost
         distance = torch.where(below, -index, index - last).clamp_min_(1)
-        # the escape's payload (diraccodec.entropy.coder): a side bit, the bit length out of 40
-        # (5.3 bits) and the distance's bits below its leading one, floor(log2(distance))
-        return cost + outside * (6.3 + (torch.frexp(distance.double()).exponent - 1).double())
+        # the escape's payload (diraccodec.entropy.coder): its header and the distance's bits
+        # below its leading one, floor(log2(distance))
+        return cost + outside * (ESCAPE_HEADER_BITS + (torch.frexp(distance.double()).exponent - 1).double())
 
 
 def quantize_pmf(pmf: np.ndarray, tail_mass: float) -> np.ndarray:

@@ -40,8 +40,8 @@ class ResidualUNetConfig:
 
     @classmethod
     def from_fields(cls, fields: dict) -> ResidualUNetConfig:
-        """From the JSON of a weights file or checkpoint (where the widths are a list); files
-        from before `blocks` existed have one block per resolution."""
+        """From the JSON of a weights file or checkpoint (where the widths are a list); a file
+        that states no `blocks` has one block per resolution."""
         return cls(tuple(fields["widths"]), fields["embedding"], fields["max_level"], fields.get("blocks", 1))
 
 
