@@ -54,6 +54,8 @@ DRC_STREAM_TEST = ("tests/test_robustness.py::"
 URI_FOLDER_TEST = ("tests/test_batch.py::"
                    "test_a_uri_folder_that_cannot_be_listed_fails_by_name_and_the_rest_is_converted")
 CALLER_LINE_TEST = "tests/test_api.py::test_a_warning_is_a_dirac_warning_at_the_caller_s_line_however_deep_it_arises"
+PACKED_SHARD_TEST = ("tests/test_training.py::"
+                     "test_packed_shard_holds_training_photos_under_their_names_and_records_its_downscale")
 ODD_NAMES_TEST = "tests/test_robustness.py::test_an_output_named_as_a_folder_and_odd_names_are_one_line"
 STEPS_REFERENCE_TEST = ("tests/test_codec.py::"
                         "test_decodes_with_steps_stay_within_the_format_s_tolerance_of_the_reference_decoder")
@@ -414,8 +416,10 @@ MUTANTS = (
            "tests/test_training.py::test_train_and_export_commands"),
     mutant("modelfiles.py", "    if not _is_safetensors(data):", "    if False:",
            "tests/test_cli.py::test_decode_and_batch_take_the_restoration_switch_and_diffusion_weights"),
-    mutant("training/data.py", "            output.rmdir()\n", "            pass\n",
-           "tests/test_training.py::test_packed_shard_holds_training_photos_under_their_names_and_records_its_downscale"),
+    mutant("training/data.py", "shutil.rmtree(packing, ignore_errors=True)  # gone", "pass  # gone", PACKED_SHARD_TEST),
+    mutant("training/data.py", "and not (output / SHARD_MANIFEST).is_file():", "and False:", PACKED_SHARD_TEST),
+    mutant("training/entropy.py", "    check_resumed_base(options.checkpoint, weights)\n", "",
+           "tests/test_training.py::test_entropy_finetune_lowers_the_rate_and_leaves_the_transforms_alone"),
     mutant("training/checkpoint.py", "if not name.startswith(\".\")]:", "]:",
            "tests/test_training.py::test_a_state_never_replaces_what_is_not_a_state"),
     mutant("training/loop.py", "if now - last_save > options.checkpoint_minutes * 60:", "if False:",

@@ -105,6 +105,14 @@ def numbers(kind: type, count: int | None = None, each: Callable[[str], Any] | N
     return parse
 
 
+def level_range(text: str) -> tuple[float, float]:
+    """--level-range: two levels, the lower first (checked here, before the log and the models)."""
+    lowest, highest = numbers(float, 2)(text)
+    if lowest > highest:
+        raise argparse.ArgumentTypeError(f"LOW,HIGH with LOW at most HIGH expected, got {text!r}")
+    return lowest, highest
+
+
 def existing(text: str) -> Path:
     """An argparse type for a file or folder that must be there (a missing one would look empty)."""
     if not Path(text).exists():
@@ -188,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
                         help="Share of diffusion steps trained on the model's own prediction (default 0).")
     stages.add_argument("--relative-loss", action="store_true",
                         help="Weigh the diffusion loss by the residual's size at each level.")
-    stages.add_argument("--level-range", type=numbers(float, 2), metavar="LOW,HIGH",
+    stages.add_argument("--level-range", type=level_range, metavar="LOW,HIGH",
                         help="The levels the U-Net is trained at (default: 1 to the base's top level).")
     stages.add_argument("--on-restored", type=Path, help="Enhance this restoration filter's output (diffusion).")
     cli.add_argument("--start-from", type=Path, help="Weights a new run starts from: base weights for the base "

@@ -294,6 +294,7 @@ def test_an_export_that_fails_keeps_the_state_and_still_delivers(script, photos,
     ("--lpips-weight", "-1", "-1 is not at least 0"),
     ("--part-mib", "0", "0 is not above 0"),
     ("--widths", "32,x", "'x' is not a whole number"),
+    ("--level-range", "3,2", "LOW,HIGH with LOW at most HIGH expected, got '3,2'"),
     ("--data", "no/such/folder", "no/such/folder: no such file or folder"),
 ])
 def test_options_out_of_range_are_one_line_errors_before_any_work(script, tmp_path, capsys, option, value, message):

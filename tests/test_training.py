@@ -175,6 +175,22 @@ def test_packed_shard_holds_training_photos_under_their_names_and_records_its_do
         with pytest.raises(DiracError, match="after the 100x downscale: nothing to pack"):
             pack_shard([folder], output, prescale=100.0, min_side=32)
     assert not (tmp_path / "new").exists() and (tmp_path / "kept").is_dir()
+    # packed again from other photos, the shard is replaced whole: none of the earlier photos stay
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "c.png").write_bytes((photo_folder / "b.png").read_bytes())
+    assert pack_shard([other], shard, prescale=2.0, min_side=32)[0] == 1
+    assert sorted(p.relative_to(shard).as_posix() for p in shard.rglob("*.jpg")) == ["00-other/c.jpg"]
+    # a photo that fails to read midway leaves the earlier shard as it was, and nothing beside it
+    (other / "d.jpg").write_bytes((photo_folder / "a.jpg").read_bytes()[:300])
+    with pytest.raises(DiracError, match=r"d\.jpg"):
+        pack_shard([other], shard, prescale=2.0, min_side=32)
+    with pytest.raises(DiracError, match=r"d\.jpg"):
+        pack_shard([other], tmp_path / "fresh", prescale=2.0, min_side=32)
+    assert sorted(p.relative_to(shard).as_posix() for p in shard.rglob("*.jpg")) == ["00-other/c.jpg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "other", "photos", "shard"]
+    with pytest.raises(DiracError, match=r"photos holds files and no shard\.json: pack into a new folder"):
+        pack_shard([other], folder, prescale=2.0, min_side=32)  # a folder of photos is never packed over
 
 
 def test_the_held_out_split_is_fixed_by_name_and_no_training_path_sees_it(tmp_path: Path):
@@ -341,14 +357,17 @@ def test_a_compiled_run_says_what_the_compiler_made_of_its_steps(photo_folder: P
 def test_entropy_finetune_lowers_the_rate_and_leaves_the_transforms_alone(photo_folder: Path, tmp_path: Path,
                                                                            capsys):
     from diraccodec import api
+    from diraccodec.errors import DiracError
+    from diraccodec.modelfiles import load_base_weights
     from diraccodec.training.entropy import EntropyTrainingOptions, train_entropy
 
     start = small_base_weights(tmp_path / "start")
     checkpoint, tuned = tmp_path / "entropy.safetensors", tmp_path / "tuned" / "base.safetensors"
-    train_entropy(EntropyTrainingOptions(
+    run = EntropyTrainingOptions(
         data=(photo_folder,), base_weights=start, checkpoint=checkpoint, steps=30, batch_size=2, patch_size=128,
         crops=4, learning_rate=1e-2, log_every=1, checkpoint_minutes=1e9, threads=1,
-    ))
+    )
+    train_entropy(run)
     losses = [float(line.split("loss ")[1].split()[0]) for line in capsys.readouterr().err.splitlines()
               if line.startswith("step ")]
     assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
@@ -362,6 +381,12 @@ def test_entropy_finetune_lowers_the_rate_and_leaves_the_transforms_alone(photo_
     assert any(not torch.equal(before[key], after[key]) for key in trained)
     image = Image.open(photo_folder / "b.png").convert("RGB").crop((0, 0, 96, 80))
     assert api.decode(api.encode(image, 3, weights=tuned), weights=tuned).size == (96, 80)
+    # resumed, the state's transforms would go on under other weights' id: refused before any work
+    start_id, tuned_id = (load_base_weights(path).weights_id.hex() for path in (start, tuned))
+    with pytest.raises(DiracError, match=rf"^the training state at \S+/entropy fine-tunes base weights {start_id}, "
+                                         rf"not base\.safetensors \({tuned_id}\): name another --checkpoint"):
+        train_entropy(replace(run, base_weights=tuned, steps=31))
+    assert load_checkpoint_metadata(checkpoint).step == 30
 
 
 def test_a_context_model_trains_from_hyperprior_weights_and_codes(photo_folder: Path, tmp_path: Path):

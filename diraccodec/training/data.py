@@ -20,6 +20,8 @@ import contextlib
 import hashlib
 import io
 import json
+import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -118,10 +120,38 @@ def pack_shard(
     The downscale removes the source's JPEG blocking before the re-encoding at high quality.
     Held-out photos and those whose short side would fall under `min_side` are left out. Each
     keeps its name (in a subfolder per source folder), so the held-out split reads the same.
+    The shard is made beside `output` and takes its place once whole: an earlier shard there is
+    replaced (none of its photos kept), a failed pack leaves nothing, and a folder that holds
+    anything else is refused.
     """
     folders = tuple(folders)  # read twice: for the photos and for the manifest
-    made = not output.exists()
-    output.mkdir(parents=True, exist_ok=True)
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise DiracError(f"{output} is a file: name a folder for the shard")
+    if output.is_dir() and any(output.iterdir()) and not (output / SHARD_MANIFEST).is_file():
+        raise DiracError(f"{output} holds files and no {SHARD_MANIFEST}: pack into a new folder (or an earlier shard, "
+                         f"which is replaced)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    packing, replaced = (output.with_name(f".{output.name}.{os.getpid()}.{what}") for what in ("packing", "replaced"))
+    for leftover in (packing, replaced):  # of a run of this process id that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+    packing.mkdir()
+    try:
+        count, total = _pack_photos(folders, packing, prescale, quality, min_side)
+        manifest = {"prescale": prescale, "quality": quality, "images": count, "held_out": "excluded",
+                    "sources": [str(f) for f in folders]}
+        write_atomic(packing / SHARD_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        if output.is_dir():
+            output.rename(replaced)
+        packing.rename(output)
+    finally:
+        shutil.rmtree(packing, ignore_errors=True)  # gone where it took output's place
+        shutil.rmtree(replaced, ignore_errors=True)
+    return count, total
+
+
+def _pack_photos(folders: tuple[Path, ...], output: Path, prescale: float, quality: int,
+                 min_side: int) -> tuple[int, int]:
     count = total = 0
     written: set[Path] = set()
     for position, folder in enumerate(folders):
@@ -141,11 +171,6 @@ def pack_shard(
             written.add(target)
             count, total = count + 1, total + buffer.tell()
     if count == 0:  # a shard of nothing would only fail later, on the GPU machine
-        if made:  # nothing was written into it
-            output.rmdir()
         raise DiracError(f"no training photo in {', '.join(map(str, folders))} is at least {min_side} pixels a "
                          f"side after the {prescale:g}x downscale: nothing to pack")
-    manifest = {"prescale": prescale, "quality": quality, "images": count, "held_out": "excluded",
-                "sources": [str(f) for f in folders]}
-    write_atomic(output / SHARD_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return count, total

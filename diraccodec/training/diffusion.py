@@ -155,6 +155,8 @@ def train_diffusion(options: DiffusionTrainingOptions, console: Console | None =
     base_weights = begin_unet_training(options, options.patch_size, options.base_weights)
     top_level = base_weights.model.config.num_levels
     lowest, highest = options.level_range or (1.0, float(top_level))
+    if lowest > highest:
+        raise DiracError(f"--level-range takes LOW,HIGH with LOW at most HIGH, got {lowest:g},{highest:g}")
     if not 1 <= lowest <= highest <= top_level:
         raise DiracError(f"--level-range {lowest:g},{highest:g} is outside the base's levels 1-{top_level}")
     config = ResidualUNetConfig(widths=tuple(options.widths), max_level=float(top_level), blocks=options.blocks or 1)

@@ -38,7 +38,7 @@ from diraccodec.modelfiles import (
 )
 from diraccodec.options import TRAINING_PHOTOS
 from diraccodec.training.base import hyperprior_modules
-from diraccodec.training.checkpoint import TrainingState
+from diraccodec.training.checkpoint import TrainingState, load_checkpoint_metadata, state_exists, state_folder
 from diraccodec.training.crops import CropSampler, check_whole_blocks
 from diraccodec.training.data import read_photo, training_images
 from diraccodec.training.loop import LoopOptions, check_before_work, run_loop, start_run
@@ -88,6 +88,19 @@ def rate_loss(
     return {"loss": bpp.mean(), "hyper_bpp": (bits_hyper / pixels).mean().detach()}
 
 
+def check_resumed_base(checkpoint: Path, weights: BaseWeights) -> None:
+    """A state holds the whole model, its transforms too: resumed, it fine-tunes the base it
+    began from, whatever `--weights` names; other weights are refused rather than named in
+    the export as the base it fine-tunes."""
+    if not state_exists(checkpoint):
+        return
+    began_from = load_checkpoint_metadata(checkpoint).metadata.get("entropy_finetune_of")
+    if began_from is not None and began_from != weights.weights_id.hex():
+        raise DiracError(f"the training state at {state_folder(checkpoint)} fine-tunes base weights {began_from}, "
+                         f"not {weights.path.name} ({weights.weights_id.hex()}): name another --checkpoint "
+                         f"for these weights, or the weights it began from")
+
+
 @thread_count_restored()
 def train_entropy(options: EntropyTrainingOptions, console: Console | None = None) -> TrainingState:
     """Fine-tune the hyperprior for rate alone on large latent grids, the transforms frozen
@@ -97,6 +110,7 @@ def train_entropy(options: EntropyTrainingOptions, console: Console | None = Non
     check_before_work(options)
     torch.manual_seed(options.seed)
     weights = load_base_weights(options.base_weights)
+    check_resumed_base(options.checkpoint, weights)
     model = MultiRateHyperprior(weights.model.config)
     model.load_state_dict(weights.model.state_dict())
     model.requires_grad_(False)
