@@ -34,6 +34,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -317,9 +318,13 @@ def join(output: Path, destination: Path, settings_from: Path | None, level_tabl
     if level_tables_from is not None:
         base = add_level_tables(destination, level_tables_from)
     print(f"{destination}: base {base.weights_id.hex()}, restoration and diffusion decoder on it")
-    print(f"evaluate: DIRAC_WEIGHTS={destination / WEIGHTS['base']} "
-          f"DIRAC_RESTORATION_WEIGHTS={destination / WEIGHTS['restoration']} "
-          f"DIRAC_DIFFUSION_WEIGHTS={destination / WEIGHTS['diffusion']} dirac eval ...")
+    variables = {"DIRAC_WEIGHTS": "base", "DIRAC_RESTORATION_WEIGHTS": "restoration",
+                 "DIRAC_DIFFUSION_WEIGHTS": "diffusion"}
+    named = {variable: shlex.quote(str(destination / WEIGHTS[kind])) for variable, kind in variables.items()}
+    # as docs/results.md measures the shipped models (docs/results/kodak-default.json), to compare with
+    print(f"evaluate: {' '.join(f'{variable}={path}' for variable, path in named.items())} dirac eval "
+          f"--data ../shared/data/kodak --levels 1,2,3,4,5,6,7,8 --steps 0,5,20 "
+          f"--json {shlex.quote(str(destination / 'kodak.json'))}")
 
 
 def add_level_tables(folder: Path, photos_folder: Path) -> BaseWeights:

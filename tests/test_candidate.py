@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from types import ModuleType
 
 import numpy as np
@@ -107,7 +108,8 @@ def test_a_stage_given_a_deadline_counts_its_own_start_up(script, tmp_path, monk
 
 
 @pytest.mark.slow
-def test_a_candidate_trains_travels_in_parts_and_joins_into_weights_that_code(script, tmp_path, monkeypatch):
+def test_a_candidate_trains_travels_in_parts_and_joins_into_weights_that_code(script, tmp_path, monkeypatch,
+                                                                            capsys):
     from diraccodec import api
 
     start, work, output, candidate = (tmp_path / name for name in ("start", "work", "output", "candidate"))
@@ -130,7 +132,16 @@ def test_a_candidate_trains_travels_in_parts_and_joins_into_weights_that_code(sc
     log = (output / "candidate.log").read_text()
     assert log.count("summary {") == 3
 
+    capsys.readouterr()
     assert script.main(["join", str(output), str(candidate), "--level-tables-from", str(photos)]) == 0
+    # the evaluation command printed whole, as it runs: the candidate's three files named, the shipped
+    # models' measurement repeated
+    command = shlex.split(capsys.readouterr().out.splitlines()[-1].removeprefix("evaluate: "))
+    assert command[:3] == [f"DIRAC_WEIGHTS={candidate}/base.safetensors",
+                           f"DIRAC_RESTORATION_WEIGHTS={candidate}/restoration.safetensors",
+                           f"DIRAC_DIFFUSION_WEIGHTS={candidate}/diffusion.safetensors"]
+    assert command[3:] == ["dirac", "eval", "--data", "../shared/data/kodak", "--levels", "1,2,3,4,5,6,7,8",
+                           "--steps", "0,5,20", "--json", f"{candidate}/kodak.json"]
     base = load_base_weights(candidate / "base.safetensors")
     # hyper-latent tables per level, counted on the photos; the trained base kept beside it
     shared = load_base_weights(candidate / script.SHARED_TABLES_BASE)

@@ -832,10 +832,17 @@ def test_plot_takes_a_png_suffix_in_any_case(tmp_path: Path):
     """rd.PNG names a PNG file as well as rd.png does: only another suffix is refused."""
     base = ["eval", "--data", str(tmp_path), "--levels", ""]  # an error of its own once the options are read
     accepted = CliRunner().invoke(main, [*base, "--plot", str(tmp_path / "rd.PNG")])
-    assert accepted.exit_code == 2 and "--levels and --steps need at least one value" in accepted.output, \
-        accepted.output
+    assert accepted.exit_code == 2 and "--levels needs at least one level" in accepted.output, accepted.output
     refused = CliRunner().invoke(main, [*base, "--plot", str(tmp_path / "rd.jpg")])
     assert refused.exit_code == 2 and "plots are written as PNG" in refused.output, refused.output
+
+
+def test_eval_steps_out_of_range_are_named_as_steps(tmp_path: Path):
+    """The message named --levels too, whatever was wrong."""
+    for steps in ("", "101", "0,-1"):
+        result = CliRunner().invoke(main, ["eval", "--data", str(tmp_path), "--steps", steps])
+        assert result.exit_code == 2 and result.output == "dirac: error: --steps takes one or more step counts " \
+            f"between 0 and 100, got {steps!r}\n", result.output
 
 
 def test_references_are_read_in_any_case():

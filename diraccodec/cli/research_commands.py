@@ -95,8 +95,10 @@ def evaluate_command(data: Path, image_count: int | None, held_out: bool, levels
     check_text_output()
     chosen = list(dict.fromkeys(parse_list(levels, float, "--levels")))  # each level once
     steps = parse_list(steps_text, int, "--steps")
-    if not chosen or not steps or any(not 0 <= s <= MAX_STEPS for s in steps):
-        raise DiracError(f"--levels and --steps need at least one value; steps are between 0 and {MAX_STEPS}")
+    if not chosen:
+        raise DiracError("--levels needs at least one level")
+    if not steps or any(not 0 <= s <= MAX_STEPS for s in steps):
+        raise DiracError(f"--steps takes one or more step counts between 0 and {MAX_STEPS}, got {steps_text!r}")
     keys = [] if no_references else parse_references(references, REFERENCE_KEYS)
     # the references first: they are quick, so a long run that is stopped still has them
     codecs = reference_codecs(keys, parse_reference_settings(reference_settings, keys))
