@@ -136,23 +136,32 @@ def one_line(text: str) -> str:
 
 
 class DiracWarning(UserWarning):
-    """A warning about the caller's image, file or output (something left out, or read in a
-    way the caller may not expect): `warnings.filterwarnings("ignore", category=DiracWarning)`
-    silences them all, and no other."""
+    """A warning of diraccodec's: something of the caller's image, file or output left out or
+    read in a way the caller may not expect, or work done otherwise than asked (a CUDA graph
+    not captured, evaluations pooled across settings).
+    `warnings.filterwarnings("ignore", category=DiracWarning)` silences them all, and no other."""
 
 
 PACKAGE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+# Between the caller and the package: Pillow (which calls the plugin), torch (whose modules and
+# no_grad wrappers call the networks) and contextlib (a `with` calls a context manager's body)
+_CALLING_PACKAGES = ("PIL", "torch")
+
+
+def _not_the_caller(filename: str) -> bool:
+    folders = [PACKAGE_FOLDER]
+    for name in _CALLING_PACKAGES:
+        if (file := getattr(sys.modules.get(name), "__file__", None)) is not None:
+            folders.append(os.path.dirname(os.path.abspath(file)))
+    return filename == contextlib.__file__ or any(filename.startswith(folder + os.sep) for folder in folders)
 
 
 def warn(message: str, category: type[Warning] = DiracWarning) -> None:
-    """`warnings.warn` at the caller's line: the first frame outside this package and Pillow
-    (which calls the plugin), whatever the depth of the call, so that a warning shows where the
+    """`warnings.warn` at the caller's line: the first frame outside this package and what calls
+    it (_CALLING_PACKAGES), whatever the depth of the call, so that a warning shows where the
     caller's code asked for the work and filters by module or line apply to it."""
-    folders = [PACKAGE_FOLDER]
-    if (pillow := sys.modules.get("PIL")) is not None and pillow.__file__:
-        folders.append(os.path.dirname(os.path.abspath(pillow.__file__)))
     frame, level = sys._getframe(1), 2  # level 2: this function's caller
-    while frame.f_back is not None and any(frame.f_code.co_filename.startswith(folder + os.sep) for folder in folders):
+    while frame.f_back is not None and _not_the_caller(frame.f_code.co_filename):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
 

@@ -263,20 +263,29 @@ def test_an_animated_pil_image_warns_that_its_current_frame_is_encoded(small_ima
     assert data == diraccodec.encode(animated.convert("RGB"), 3, effort=1)
 
 
-def test_a_warning_is_a_dirac_warning_at_the_caller_s_line_however_deep_it_arises(tmp_path, small_image):
-    """In the API's reading of an image, or in the plugin under Pillow's save: a warning names
-    the caller's line, so that a filter by module or line applies to it."""
+def test_a_warning_is_a_dirac_warning_at_the_caller_s_line_however_deep_it_arises(tmp_path, small_image,
+                                                                                    monkeypatch, request):
+    """In the API's reading of an image, in the plugin under Pillow's save, or in a context
+    manager's start within a decode: a warning names the caller's line, so that a filter by
+    module or line applies to it."""
+    from diraccodec import compute
+
     gif = io.BytesIO()
     small_image.save(gif, "GIF", save_all=True, append_images=[small_image.rotate(180)])
     dark = Image.fromarray(np.linspace(0, 1.02, 64 * 64, dtype=np.float32).reshape(64, 64))
-    calls = (lambda: diraccodec.encode(Image.open(gif), 3, effort=1),
-             lambda: dark.save(tmp_path / "x.drc", quality=2, effort=1))
-    for call in calls:
+    data = diraccodec.encode(small_image, 3, effort=1)
+    monkeypatch.setattr(compute, "mkl_is_strict", lambda: False)  # the exact mode then warns, once a process
+    compute._warn_not_strict.cache_clear()
+    request.addfinalizer(compute._warn_not_strict.cache_clear)
+    calls = ((lambda: diraccodec.encode(Image.open(gif), 3, effort=1), diraccodec.DiracWarning),
+             (lambda: dark.save(tmp_path / "x.drc", quality=2, effort=1), diraccodec.DiracWarning),
+             (lambda: diraccodec.decode(data, 0, device="cpu", exact=True), RuntimeWarning))
+    for call, category in calls:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             call()
         assert [(w.category, w.filename, w.lineno) for w in caught] == \
-            [(diraccodec.DiracWarning, __file__, call.__code__.co_firstlineno)]
+            [(category, __file__, call.__code__.co_firstlineno)]
     assert issubclass(diraccodec.DiracWarning, UserWarning)
 
 

@@ -838,7 +838,7 @@ def test_plot_takes_a_png_suffix_in_any_case(tmp_path: Path):
 
 
 def test_eval_steps_out_of_range_are_named_as_steps(tmp_path: Path):
-    """The message named --levels too, whatever was wrong."""
+    """A bad --steps is named alone, not with --levels."""
     for steps in ("", "101", "0,-1"):
         result = CliRunner().invoke(main, ["eval", "--data", str(tmp_path), "--steps", steps])
         assert result.exit_code == 2 and result.output == "dirac: error: --steps takes one or more step counts " \

@@ -146,7 +146,8 @@ def test_train_and_export_commands(photo_folder: Path, tmp_path: Path):
 
 
 def test_packed_shard_holds_training_photos_under_their_names_and_records_its_downscale(photo_folder: Path,
-                                                                                        tmp_path: Path):
+                                                                                        tmp_path: Path,
+                                                                                        monkeypatch):
     from diraccodec.training.crops import CropSampler, scale_grid
     from diraccodec.training.data import is_held_out, pack_shard, shard_prescale
 
@@ -189,8 +190,39 @@ def test_packed_shard_holds_training_photos_under_their_names_and_records_its_do
         pack_shard([other], tmp_path / "fresh", prescale=2.0, min_side=32)
     assert sorted(p.relative_to(shard).as_posix() for p in shard.rglob("*.jpg")) == ["00-other/c.jpg"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "other", "photos", "shard"]
-    with pytest.raises(DiracError, match=r"photos holds files and no shard\.json: pack into a new folder"):
+    with pytest.raises(DiracError, match=r"photos holds files a pack does not write: pack into a new folder"):
         pack_shard([other], folder, prescale=2.0, min_side=32)  # a folder of photos is never packed over
+    (shard / "notes.txt").write_text("mine")  # nor an earlier shard that holds anything else
+    with pytest.raises(DiracError, match=r"shard holds files a pack does not write"):
+        pack_shard([other], shard, prescale=2.0, min_side=32)
+    (shard / "notes.txt").unlink()
+    with pytest.raises(DiracError, match=r"shard holds photos this pack reads: pack into another folder"):
+        pack_shard([shard / "00-other"], shard, prescale=2.0, min_side=32)
+    # through a symbolic link, or from inside it as ".", the shard itself is replaced
+    (tmp_path / "link").symlink_to(shard)
+    monkeypatch.chdir(shard)
+    for output in (tmp_path / "link", Path(".")):
+        assert pack_shard([folder], output, prescale=2.0, min_side=32)[0] == 2
+        assert (tmp_path / "link").is_symlink()
+        assert sorted(p.relative_to(shard).as_posix() for p in shard.rglob("*.jpg")) == \
+            ["00-photos/a.jpg", "00-photos/b.jpg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "link", "other", "photos", "shard"]
+    # stopped as the new manifest moves in, the new photos move out again and the earlier shard's back in
+    earlier = sorted(p.relative_to(shard).as_posix() for p in shard.rglob("*"))
+    (other / "d.jpg").unlink()
+    rename, stops = Path.rename, []
+
+    def stopping(path: Path, target: Path) -> Path:
+        if Path(target) == shard / "shard.json" and not stops:
+            stops.append(target)
+            raise KeyboardInterrupt
+        return rename(path, target)
+
+    monkeypatch.setattr(Path, "rename", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        pack_shard([other], shard, prescale=2.0, min_side=32)
+    assert stops and sorted(p.relative_to(shard).as_posix() for p in shard.rglob("*")) == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "link", "other", "photos", "shard"]
 
 
 def test_the_held_out_split_is_fixed_by_name_and_no_training_path_sees_it(tmp_path: Path):

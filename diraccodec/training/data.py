@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -120,34 +121,81 @@ def pack_shard(
     The downscale removes the source's JPEG blocking before the re-encoding at high quality.
     Held-out photos and those whose short side would fall under `min_side` are left out. Each
     keeps its name (in a subfolder per source folder), so the held-out split reads the same.
-    The shard is made beside `output` and takes its place once whole: an earlier shard there is
-    replaced (none of its photos kept), a failed pack leaves nothing, and a folder that holds
-    anything else is refused.
+    The shard is made beside `output` (a symbolic link's target) and moved into it once whole:
+    an earlier shard there is replaced (none of its photos kept), a failed pack leaves it as it
+    was, and a folder holding anything a pack does not write is refused.
     """
     folders = tuple(folders)  # read twice: for the photos and for the manifest
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise DiracError(f"{output} is a file: name a folder for the shard")
-    if output.is_dir() and any(output.iterdir()) and not (output / SHARD_MANIFEST).is_file():
-        raise DiracError(f"{output} holds files and no {SHARD_MANIFEST}: pack into a new folder (or an earlier shard, "
-                         f"which is replaced)")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = Path(output).resolve()
+    _check_shard_place(output, folders)
     packing, replaced = (output.with_name(f".{output.name}.{os.getpid()}.{what}") for what in ("packing", "replaced"))
-    for leftover in (packing, replaced):  # of a run of this process id that was killed
-        shutil.rmtree(leftover, ignore_errors=True)
-    packing.mkdir()
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in (packing, replaced):  # of a run of this process id that was killed
+            shutil.rmtree(leftover, ignore_errors=True)
+        packing.mkdir()
+    except OSError as error:
+        raise DiracError(f"cannot pack beside {output}: {error.strerror or error}") from None
     try:
         count, total = _pack_photos(folders, packing, prescale, quality, min_side)
         manifest = {"prescale": prescale, "quality": quality, "images": count, "held_out": "excluded",
                     "sources": [str(f) for f in folders]}
         write_atomic(packing / SHARD_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-        if output.is_dir():
-            output.rename(replaced)
-        packing.rename(output)
+        try:
+            _swap_into(output, packing, replaced)
+        except OSError as error:
+            raise DiracError(f"cannot put the shard into {output}: {error.strerror or error}") from None
     finally:
-        shutil.rmtree(packing, ignore_errors=True)  # gone where it took output's place
+        shutil.rmtree(packing, ignore_errors=True)
         shutil.rmtree(replaced, ignore_errors=True)
     return count, total
+
+
+def _swap_into(output: Path, packing: Path, replaced: Path) -> None:
+    """Move the packed shard into `output`, an earlier one's entries aside first; on a failure
+    midway every entry goes back. The folder itself stays (its mode, a link to it, a shell
+    inside it), and the manifests move first out and last in: a folder with one holds a whole
+    shard."""
+    output.mkdir(exist_ok=True)
+    replaced.mkdir()
+    moved_out: list[str] = []
+    moved_in: list[str] = []
+    try:
+        for entry in sorted(output.iterdir(), key=lambda entry: entry.name != SHARD_MANIFEST):
+            entry.rename(replaced / entry.name)
+            moved_out.append(entry.name)
+        for entry in sorted(packing.iterdir(), key=lambda entry: entry.name == SHARD_MANIFEST):
+            entry.rename(output / entry.name)
+            moved_in.append(entry.name)
+    except BaseException:
+        for name in reversed(moved_in):
+            (output / name).rename(packing / name)
+        for name in reversed(moved_out):
+            (replaced / name).rename(output / name)
+        raise
+
+
+_PACKED_FOLDER = re.compile(r"\d{2}-.+")  # a source folder's photos, by its position
+
+
+def _check_shard_place(output: Path, folders: tuple[Path, ...]) -> None:
+    """A new folder, an empty one, or an earlier shard holding only what a pack writes (its
+    manifest and its folders of JPEG photos), which is replaced; nothing a pack reads."""
+    if output.exists() and not output.is_dir():
+        raise DiracError(f"{output} is a file: name a folder for the shard")
+    if os.path.ismount(output):  # "/" too: it cannot be renamed
+        raise DiracError(f"{output} is a mount point: pack into a folder inside it")
+    if any(Path(folder).resolve().is_relative_to(output) for folder in folders):
+        raise DiracError(f"{output} holds photos this pack reads: pack into another folder")
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    packed = (output / SHARD_MANIFEST).is_file() and all(
+        entry.name == SHARD_MANIFEST or (entry.is_dir() and _PACKED_FOLDER.fullmatch(entry.name) and all(
+            path.is_dir() or path.suffix == ".jpg" for path in entry.rglob("*")))
+        for entry in output.iterdir())
+    if not packed:
+        raise DiracError(f"{output} holds files a pack does not write: pack into a new folder (or an earlier shard, "
+                         f"which is replaced)")
 
 
 def _pack_photos(folders: tuple[Path, ...], output: Path, prescale: float, quality: int,
