@@ -148,20 +148,18 @@ PACKAGE_FOLDER = os.path.dirname(os.path.abspath(__file__))
 _CALLING_PACKAGES = ("PIL", "torch")
 
 
-def _not_the_caller(filename: str) -> bool:
-    folders = [PACKAGE_FOLDER]
-    for name in _CALLING_PACKAGES:
-        if (file := getattr(sys.modules.get(name), "__file__", None)) is not None:
-            folders.append(os.path.dirname(os.path.abspath(file)))
-    return filename == contextlib.__file__ or any(filename.startswith(folder + os.sep) for folder in folders)
-
-
 def warn(message: str, category: type[Warning] = DiracWarning) -> None:
     """`warnings.warn` at the caller's line: the first frame outside this package and what calls
     it (_CALLING_PACKAGES), whatever the depth of the call, so that a warning shows where the
     caller's code asked for the work and filters by module or line apply to it."""
+    folders = [PACKAGE_FOLDER]
+    for name in _CALLING_PACKAGES:
+        if (file := getattr(sys.modules.get(name), "__file__", None)) is not None:
+            folders.append(os.path.dirname(os.path.abspath(file)))
+    prefixes = tuple(folder + os.sep for folder in folders)
     frame, level = sys._getframe(1), 2  # level 2: this function's caller
-    while frame.f_back is not None and _not_the_caller(frame.f_code.co_filename):
+    while frame.f_back is not None and (frame.f_code.co_filename == contextlib.__file__ or
+                                        frame.f_code.co_filename.startswith(prefixes)):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
 

@@ -183,7 +183,7 @@ def _check_shard_place(output: Path, folders: tuple[Path, ...]) -> None:
     manifest and its folders of JPEG photos), which is replaced; nothing a pack reads."""
     if output.exists() and not output.is_dir():
         raise DiracError(f"{output} is a file: name a folder for the shard")
-    if os.path.ismount(output):  # "/" too: it cannot be renamed
+    if os.path.ismount(output):  # "/" too: the shard, made beside it on another file system, cannot move in
         raise DiracError(f"{output} is a mount point: pack into a folder inside it")
     if any(Path(folder).resolve().is_relative_to(output) for folder in folders):
         raise DiracError(f"{output} holds photos this pack reads: pack into another folder")
